@@ -1,0 +1,146 @@
+//! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
+//!
+//! # Guarantees
+//! A blob is written to `<data_dir>/tmp/<id>`, fsynced, renamed to `messages/<id>.eml` and
+//! the `messages` directory is fsynced: after [`BlobWriter::commit`] returns the file
+//! survives a crash or power cut, and before it returns no reader can see a partial file.
+//! Leftovers in `tmp/` belong to messages that were never acknowledged and are removed when
+//! the store is opened.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use crate::error::StoreError;
+use crate::model::MessageId;
+use crate::ports::{BlobReader, BlobStore, BlobWriter};
+
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Message files in a spool directory.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    messages: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Open (creating if needed) the spool under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let messages = data_dir.join("messages");
+        let tmp = data_dir.join("tmp");
+        for dir in [&messages, &tmp] {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        }
+        Ok(FsBlobStore { messages, tmp })
+    }
+
+    /// Remove partial writes left by a crash. Only the receiving process may call this
+    /// (at start, before it accepts connections): the files belong to messages that were
+    /// never acknowledged. Returns how many were removed.
+    pub fn remove_unfinished(&self) -> Result<usize, StoreError> {
+        let entries =
+            std::fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
+        let mut n = 0;
+        for entry in entries.flatten() {
+            if std::fs::remove_file(entry.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Path of a committed message file.
+    pub fn path(&self, id: MessageId) -> PathBuf {
+        self.messages.join(format!("{id}.eml"))
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+        let tmp = self.tmp.join(id.to_string());
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .map_err(|e| StoreError::io("create", &tmp, e))?;
+        Ok(Box::new(FsBlobWriter {
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
+            tmp,
+            dest: self.path(id),
+            dir: self.messages.clone(),
+        }))
+    }
+
+    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError> {
+        let path = self.path(id);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(WRITE_BUFFER, f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(id)),
+            Err(e) => Err(StoreError::io("open", path, e)),
+        }
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
+        let path = self.path(id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", path, e)),
+        }
+    }
+}
+
+struct FsBlobWriter {
+    file: BufWriter<tokio::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+}
+
+#[async_trait]
+impl BlobWriter for FsBlobWriter {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all(buf)
+            .await
+            .map_err(|e| StoreError::io("write", &self.tmp, e))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let result = async {
+            self.file
+                .flush()
+                .await
+                .map_err(|e| StoreError::io("write", &self.tmp, e))?;
+            self.file
+                .get_ref()
+                .sync_all()
+                .await
+                .map_err(|e| StoreError::io("fsync", &self.tmp, e))?;
+            tokio::fs::rename(&self.tmp, &self.dest)
+                .await
+                .map_err(|e| StoreError::io("rename", &self.tmp, e))?;
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::io("fsync", &dir, e))
+            })
+            .await
+            .map_err(|e| StoreError::io("fsync", &self.dir, std::io::Error::other(e)))?
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+        }
+        result
+    }
+
+    async fn abort(self: Box<Self>) {
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}

@@ -1,0 +1,195 @@
+//! In-memory twins of the ports, for unit tests of the logic above them.
+//!
+//! They keep the same contract as the real adapters (idempotent insert, leases honoured,
+//! nothing visible before commit) so the contract suite runs against them too, but they
+//! are never the only test of a feature.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::health::HealthRecord;
+use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::ports::{BlobReader, BlobStore, BlobWriter, ClaimRequest, Index, ListQuery};
+
+/// Blobs in a map.
+#[derive(Clone, Default)]
+pub struct MemBlobStore {
+    blobs: Arc<Mutex<HashMap<MessageId, Arc<Vec<u8>>>>>,
+}
+
+impl MemBlobStore {
+    pub fn len(&self) -> usize {
+        self.blobs.lock().unwrap().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct MemWriter {
+    id: MessageId,
+    buf: Vec<u8>,
+    blobs: Arc<Mutex<HashMap<MessageId, Arc<Vec<u8>>>>>,
+}
+
+#[async_trait]
+impl BlobWriter for MemWriter {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.buf.extend_from_slice(buf);
+        Ok(())
+    }
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert(self.id, Arc::new(self.buf));
+        Ok(())
+    }
+    async fn abort(self: Box<Self>) {}
+}
+
+#[async_trait]
+impl BlobStore for MemBlobStore {
+    async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+        Ok(Box::new(MemWriter {
+            id,
+            buf: Vec::new(),
+            blobs: self.blobs.clone(),
+        }))
+    }
+    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError> {
+        let blob = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))?;
+        Ok(Box::new(std::io::Cursor::new(blob.as_ref().clone())))
+    }
+    async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
+        self.blobs.lock().unwrap().remove(&id);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct MemState {
+    records: BTreeMap<MessageId, Record>,
+    health: Option<HealthRecord>,
+}
+
+/// Records in an ordered map (ids sort by arrival, as in the real indexes).
+#[derive(Clone, Default)]
+pub struct MemIndex {
+    state: Arc<Mutex<MemState>>,
+}
+
+fn lease_free(rec: &Record, now: DateTime<Utc>) -> bool {
+    rec.lease.as_ref().is_none_or(|l| l.until <= now)
+}
+
+#[async_trait]
+impl Index for MemIndex {
+    async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        if s.records.contains_key(&rec.id) {
+            return Ok(false);
+        }
+        s.records.insert(rec.id, rec.clone());
+        Ok(true)
+    }
+    async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
+        Ok(self.state.lock().unwrap().records.get(&id).cloned())
+    }
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.records
+            .values()
+            .filter(|r| q.status.is_none_or(|st| r.status == st))
+            .take(q.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for r in self.state.lock().unwrap().records.values() {
+            c.add(r.status, 1);
+        }
+        Ok(c)
+    }
+    async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.records
+            .values()
+            .find(|r| r.status == status)
+            .map(|r| r.received_at))
+    }
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        for rec in s.records.values_mut() {
+            if out.len() >= req.limit {
+                break;
+            }
+            let eligible = rec.status == Status::Held
+                && lease_free(rec, req.now)
+                && match req.received_before {
+                    Some(b) => rec.received_at < b,
+                    None => rec.next_attempt_at <= req.now,
+                };
+            if eligible {
+                rec.lease = Some(Lease {
+                    owner: req.owner.clone(),
+                    until: req.lease_until,
+                });
+                out.push(rec.clone());
+            }
+        }
+        Ok(out)
+    }
+    async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let cur = s
+            .records
+            .get_mut(&rec.id)
+            .ok_or(StoreError::NotFound(rec.id))?;
+        if cur.lease.as_ref().map(|l| l.owner.as_str()) != Some(owner) {
+            return Err(StoreError::Leased(rec.id));
+        }
+        *cur = Record {
+            lease: None,
+            ..rec.clone()
+        };
+        Ok(())
+    }
+    async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let cur = s
+            .records
+            .get_mut(&rec.id)
+            .ok_or(StoreError::NotFound(rec.id))?;
+        if !lease_free(cur, now) {
+            return Err(StoreError::Leased(rec.id));
+        }
+        *cur = Record {
+            lease: None,
+            ..rec.clone()
+        };
+        Ok(())
+    }
+    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+        Ok(self.state.lock().unwrap().records.remove(&id).is_some())
+    }
+    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
+        Ok(self.state.lock().unwrap().health.clone())
+    }
+    async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
+        self.state.lock().unwrap().health = Some(h.clone());
+        Ok(())
+    }
+}

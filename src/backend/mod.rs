@@ -1,0 +1,43 @@
+//! Storage backends: one adapter per port and technology.
+//!
+//! - [`fs::FsBlobStore`] + [`sqlite::SqliteIndex`]: the embedded default (`standby serve`).
+//! - [`memory`]: in-memory twins for unit tests.
+
+pub mod fs;
+pub mod memory;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::StoreError;
+use crate::ports::{BlobStore, Index};
+
+pub use fs::FsBlobStore;
+pub use memory::{MemBlobStore, MemIndex};
+pub use sqlite::SqliteIndex;
+
+/// The storage a command works on.
+#[derive(Clone)]
+pub struct Storage {
+    pub blobs: Arc<dyn BlobStore>,
+    pub index: Arc<dyn Index>,
+}
+
+impl Storage {
+    /// The local spool under `config.data_dir`.
+    pub fn open_local(config: &Config) -> Result<Storage, StoreError> {
+        Ok(Storage {
+            blobs: Arc::new(FsBlobStore::open(config.data_dir())?),
+            index: Arc::new(SqliteIndex::open(config.data_dir())?),
+        })
+    }
+
+    /// Empty in-memory storage.
+    pub fn memory() -> Storage {
+        Storage {
+            blobs: Arc::new(MemBlobStore::default()),
+            index: Arc::new(MemIndex::default()),
+        }
+    }
+}

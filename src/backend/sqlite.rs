@@ -1,0 +1,437 @@
+//! `SqliteIndex`: the message index in an embedded SQLite database (`<data_dir>/index.db`).
+//!
+//! # Guarantees
+//! - WAL mode with `synchronous = FULL`: a write returns only after its commit is fsynced,
+//!   so "250 means durable" holds for the index row as it does for the blob.
+//! - `id` is the primary key: inserting an existing id changes nothing (idempotent ingest).
+//! - Claims run in one `BEGIN IMMEDIATE` transaction, so two processes (`standby serve` and
+//!   `standby drain`) never lease the same message at once.
+//!
+//! The full record is stored as JSON; the columns the queries filter and sort on (status,
+//! times, lease) are stored beside it and are the truth for those fields.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::StoreError;
+use crate::health::HealthRecord;
+use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::ports::{ClaimRequest, Index, ListQuery};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_status ON messages(status, id);
+CREATE INDEX IF NOT EXISTS messages_due ON messages(status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS health (
+    k INTEGER PRIMARY KEY CHECK (k = 1),
+    record TEXT NOT NULL
+);
+";
+
+/// The index database; cheap to clone, one connection shared behind a mutex.
+#[derive(Clone)]
+pub struct SqliteIndex {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    StoreError::Backend {
+        backend: "sqlite",
+        detail: e.to_string(),
+        transient,
+        source: Some(Box::new(e)),
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+/// Columns selected by every record query, in this order.
+const COLS: &str = "id, status, next_attempt_at, lease_owner, lease_until, record";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(1)?;
+    let next: i64 = row.get(2)?;
+    let owner: Option<String> = row.get(3)?;
+    let until: Option<i64> = row.get(4)?;
+    let json: String = row.get(5)?;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        id: id.clone(),
+        detail,
+    };
+    Ok((|| {
+        let mut rec: Record = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+        rec.status = status.parse().map_err(corrupt)?;
+        rec.next_attempt_at = from_ms(next);
+        rec.lease = match (owner, until) {
+            (Some(owner), Some(until)) => Some(Lease {
+                owner,
+                until: from_ms(until),
+            }),
+            _ => None,
+        };
+        Ok(rec)
+    })())
+}
+
+fn record_json(rec: &Record) -> Result<String, StoreError> {
+    let mut r = rec.clone();
+    r.lease = None;
+    serde_json::to_string(&r).map_err(|e| StoreError::Corrupt {
+        id: rec.id.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn collect(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Record>, StoreError> {
+    let rows = stmt.query_map(params, row_to_record).map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(db_err)??);
+    }
+    Ok(out)
+}
+
+impl SqliteIndex {
+    /// Open or create `<data_dir>/index.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create", data_dir, e))?;
+        let conn = Connection::open(data_dir.join("index.db")).map_err(db_err)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (for tests of code above the index).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(SqliteIndex {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` with the connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: "sqlite",
+            detail: format!("worker thread failed: {e}"),
+            transient: true,
+            source: None,
+        })?
+    }
+}
+
+fn write_record(
+    tx: &rusqlite::Transaction<'_>,
+    rec: &Record,
+    lease: Option<&Lease>,
+) -> Result<usize, StoreError> {
+    tx.execute(
+        "UPDATE messages SET status = ?2, next_attempt_at = ?3, lease_owner = ?4,
+                lease_until = ?5, record = ?6 WHERE id = ?1",
+        params![
+            rec.id.to_string(),
+            rec.status.as_str(),
+            ms(rec.next_attempt_at),
+            lease.map(|l| l.owner.as_str()),
+            lease.map(|l| ms(l.until)),
+            record_json(rec)?,
+        ],
+    )
+    .map_err(db_err)
+}
+
+#[async_trait]
+impl Index for SqliteIndex {
+    async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
+                    params![
+                        rec.id.to_string(),
+                        rec.status.as_str(),
+                        ms(rec.received_at),
+                        ms(rec.next_attempt_at),
+                        record_json(&rec)?,
+                    ],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!("SELECT {COLS} FROM messages WHERE id = ?1"))
+                .map_err(db_err)?;
+            let row = stmt
+                .query_row([id.to_string()], row_to_record)
+                .optional()
+                .map_err(db_err)?;
+            row.transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        let q = q.clone();
+        self.with(move |c| {
+            let limit = q.limit.map_or(-1, |l| l as i64);
+            match q.status {
+                Some(st) => {
+                    let mut stmt = c
+                        .prepare_cached(&format!(
+                            "SELECT {COLS} FROM messages WHERE status = ?1 ORDER BY id LIMIT ?2"
+                        ))
+                        .map_err(db_err)?;
+                    collect(&mut stmt, params![st.as_str(), limit])
+                }
+                None => {
+                    let mut stmt = c
+                        .prepare_cached(&format!(
+                            "SELECT {COLS} FROM messages ORDER BY id LIMIT ?1"
+                        ))
+                        .map_err(db_err)?;
+                    collect(&mut stmt, params![limit])
+                }
+            }
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT status, COUNT(*) FROM messages GROUP BY status")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db_err)?;
+            let mut counts = Counts::default();
+            for row in rows {
+                let (st, n) = row.map_err(db_err)?;
+                if let Ok(st) = st.parse::<Status>() {
+                    counts.add(st, n as u64);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.with(move |c| {
+            c.query_row(
+                "SELECT received_at FROM messages WHERE status = ?1 ORDER BY id LIMIT 1",
+                [status.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(from_ms))
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
+        let req = req.clone();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let now = ms(req.now);
+            let mut recs = {
+                let (sql, p): (String, [i64; 2]) = match req.received_before {
+                    Some(before) => (
+                        format!(
+                            "SELECT {COLS} FROM messages WHERE status = 'held'
+                             AND received_at < ?1
+                             AND (lease_until IS NULL OR lease_until <= ?2)
+                             ORDER BY id LIMIT {}",
+                            req.limit
+                        ),
+                        [ms(before), now],
+                    ),
+                    None => (
+                        format!(
+                            "SELECT {COLS} FROM messages WHERE status = 'held'
+                             AND next_attempt_at <= ?1
+                             AND (lease_until IS NULL OR lease_until <= ?2)
+                             ORDER BY id LIMIT {}",
+                            req.limit
+                        ),
+                        [now, now],
+                    ),
+                };
+                let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
+                collect(&mut stmt, p)?
+            };
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE messages SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1",
+                    )
+                    .map_err(db_err)?;
+                for rec in &mut recs {
+                    stmt.execute(params![
+                        rec.id.to_string(),
+                        req.owner,
+                        ms(req.lease_until)
+                    ])
+                    .map_err(db_err)?;
+                    rec.lease = Some(Lease {
+                        owner: req.owner.clone(),
+                        until: req.lease_until,
+                    });
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(recs)
+        })
+        .await
+    }
+
+    async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        let owner = owner.to_string();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let current: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT lease_owner FROM messages WHERE id = ?1",
+                    [rec.id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            match current {
+                None => return Err(StoreError::NotFound(rec.id)),
+                Some(o) if o.as_deref() != Some(owner.as_str()) => {
+                    return Err(StoreError::Leased(rec.id));
+                }
+                Some(_) => {}
+            }
+            write_record(&tx, &rec, None)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let until: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT lease_until FROM messages WHERE id = ?1",
+                    [rec.id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            match until {
+                None => return Err(StoreError::NotFound(rec.id)),
+                Some(Some(u)) if u > ms(now) => return Err(StoreError::Leased(rec.id)),
+                Some(_) => {}
+            }
+            write_record(&tx, &rec, None)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            c.execute("DELETE FROM messages WHERE id = ?1", [id.to_string()])
+                .map(|n| n == 1)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
+        self.with(|c| {
+            let json: Option<String> = c
+                .query_row("SELECT record FROM health WHERE k = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            json.map(|j| {
+                serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
+                    id: "health".into(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
+            id: "health".into(),
+            detail: e.to_string(),
+        })?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO health (k, record) VALUES (1, ?1)
+                 ON CONFLICT(k) DO UPDATE SET record = excluded.record",
+                [json],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+        })
+        .await
+    }
+}

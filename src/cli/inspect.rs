@@ -1,0 +1,226 @@
+//! `standby status`, `list` and `show`: read-only views of the spool.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::CliError;
+use crate::backend::Storage;
+use crate::config::Config;
+use crate::health::{HealthRecord, PrimaryState, ProbeResult};
+use crate::model::{Counts, MessageId, Record, Status};
+use crate::ports::ListQuery;
+
+#[derive(Serialize)]
+struct PrimaryView {
+    address: String,
+    state: PrimaryState,
+    since: Option<DateTime<Utc>>,
+    last_probe: Option<ProbeResult>,
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    primary: PrimaryView,
+    counts: Counts,
+    oldest_held: Option<DateTime<Utc>>,
+}
+
+/// One line of `standby list --json`.
+#[derive(Serialize)]
+pub(super) struct ListItem<'a> {
+    id: MessageId,
+    status: Status,
+    mail_from: &'a str,
+    rcpt_to: Vec<&'a str>,
+    size: u64,
+    received_at: DateTime<Utc>,
+    message_id: Option<&'a str>,
+    subject: Option<&'a str>,
+    attempts: u32,
+}
+
+impl<'a> From<&'a Record> for ListItem<'a> {
+    fn from(r: &'a Record) -> Self {
+        ListItem {
+            id: r.id,
+            status: r.status,
+            mail_from: &r.mail_from,
+            rcpt_to: r.rcpts.iter().map(|x| x.address.as_str()).collect(),
+            size: r.size,
+            received_at: r.received_at,
+            message_id: r.summary.message_id.as_deref(),
+            subject: r.summary.subject.as_deref(),
+            attempts: r.attempts,
+        }
+    }
+}
+
+fn ago(t: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - t).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Result<(), CliError> {
+    let address = config.primary_addr();
+    let health = storage
+        .index
+        .load_health()
+        .await?
+        .filter(|h| h.address == address)
+        .unwrap_or_else(|| HealthRecord::new(address.clone()));
+    let view = StatusView {
+        primary: PrimaryView {
+            address,
+            state: health.state,
+            since: health.since,
+            last_probe: health.last_probe,
+        },
+        counts: storage.index.counts().await?,
+        oldest_held: storage.index.oldest(Status::Held).await?,
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &view).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let p = &view.primary;
+    write!(out, "primary   {}  {}", p.address, p.state)?;
+    if let Some(since) = p.since {
+        write!(out, " since {} ({})", time(since), ago(since))?;
+    }
+    writeln!(out)?;
+    match &p.last_probe {
+        Some(probe) => writeln!(
+            out,
+            "probe     {} {}: {}",
+            if probe.ok { "ok" } else { "FAILED" },
+            ago(probe.at),
+            probe.detail
+        )?,
+        None => writeln!(out, "probe     none yet (is `standby serve` running?)")?,
+    }
+    let c = view.counts;
+    writeln!(
+        out,
+        "messages  held {}  paused {}  delivered {}  failed {}",
+        c.held, c.paused, c.delivered, c.failed
+    )?;
+    if let Some(t) = view.oldest_held {
+        writeln!(out, "oldest    held since {} ({})", time(t), ago(t))?;
+    }
+    Ok(())
+}
+
+pub(super) async fn list(
+    storage: &Storage,
+    status: Option<Status>,
+    json: bool,
+) -> Result<(), CliError> {
+    let recs = storage.index.list(&ListQuery { status, limit: None }).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        let items: Vec<ListItem<'_>> = recs.iter().map(ListItem::from).collect();
+        serde_json::to_writer_pretty(&mut out, &items).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return ignore_pipe(out.flush());
+    }
+    if recs.is_empty() {
+        writeln!(out, "no messages")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  SUBJECT",
+        "ID", "STATUS", "RECEIVED", "SIZE", "FROM -> TO"
+    )?;
+    for r in &recs {
+        let to = match r.rcpts.len() {
+            1 => r.rcpts[0].address.clone(),
+            n => format!("{} (+{})", r.rcpts[0].address, n - 1),
+        };
+        let from = if r.mail_from.is_empty() { "<>" } else { &r.mail_from };
+        let line = writeln!(
+            out,
+            "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  {}",
+            r.id.to_string(),
+            r.status.as_str(),
+            time(r.received_at),
+            r.size,
+            format!("{from} -> {to}"),
+            r.summary.subject.as_deref().unwrap_or("")
+        );
+        ignore_pipe(line)?;
+    }
+    ignore_pipe(out.flush())
+}
+
+/// `standby list | head` closes the pipe early; that is not an error.
+fn ignore_pipe(r: std::io::Result<()>) -> Result<(), CliError> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+pub(super) async fn show(
+    storage: &Storage,
+    id: MessageId,
+    json: bool,
+    raw: bool,
+) -> Result<(), CliError> {
+    let rec = storage
+        .index
+        .get(id)
+        .await?
+        .ok_or(crate::error::StoreError::NotFound(id))?;
+    if raw {
+        let mut body = storage.blobs.open(id).await?;
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut body, &mut stdout).await?;
+        stdout.flush().await?;
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rec).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "id          {}", rec.id)?;
+    writeln!(out, "status      {}", rec.status)?;
+    if let Some(reason) = &rec.reason {
+        writeln!(out, "reason      {reason}")?;
+    }
+    writeln!(out, "received    {} from {} [{}]{}", time(rec.received_at), rec.origin.helo, rec.origin.ip, if rec.origin.tls { " with TLS" } else { "" })?;
+    writeln!(out, "size        {} bytes  sha256 {}", rec.size, rec.sha256)?;
+    writeln!(out, "mail from   <{}>", rec.mail_from)?;
+    for r in &rec.rcpts {
+        writeln!(
+            out,
+            "rcpt to     <{}>  {:?}{}",
+            r.address,
+            r.status,
+            r.reply.as_deref().map(|x| format!("  ({x})")).unwrap_or_default()
+        )?;
+    }
+    let s = &rec.summary;
+    writeln!(out, "message-id  {}", s.message_id.as_deref().unwrap_or("-"))?;
+    writeln!(out, "from        {}", s.from.as_deref().unwrap_or("-"))?;
+    writeln!(out, "subject     {}", s.subject.as_deref().unwrap_or("-"))?;
+    writeln!(out, "date        {}", s.date.as_deref().unwrap_or("-"))?;
+    writeln!(out, "attempts    {}  next {}", rec.attempts, time(rec.next_attempt_at))?;
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! Configuration: one TOML file, every key overridable by a `STANDBY_` environment variable.
+//!
+//! `STANDBY_LISTEN` sets `listen`, `STANDBY_PRIMARY_ADDRESS` sets `[primary] address`: the
+//! variable is the key path in upper case joined by `_`. Environment values are text, so
+//! numeric and list keys also accept text (`STANDBY_DOMAINS=a.test,b.test`).
+//!
+//! Errors name the file (or the variable), the key and what is wrong; unknown keys are
+//! errors, because a misspelt `max_mesage_size` silently ignored is a limit not enforced.
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ConfigError;
+
+/// Prefix of every environment variable that overrides a key.
+pub const ENV_PREFIX: &str = "STANDBY_";
+/// Variable naming the config file (same as `--config`).
+pub const ENV_CONFIG: &str = "STANDBY_CONFIG";
+/// Variable holding the tracing filter (`info`, `standby=debug`, ...).
+pub const ENV_LOG: &str = "STANDBY_LOG";
+/// Default config file, in the working directory.
+pub const DEFAULT_CONFIG: &str = "standby.toml";
+
+/// `STANDBY_*` variables that are not config keys.
+const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG];
+/// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
+const SECTIONS: &[&str] = &["primary", "health", "drain", "tls"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name in our banner, EHLO and `Received:` header.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_listen", deserialize_with = "lenient")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Domains we accept mail for; anything else is refused (never an open relay).
+    #[serde(deserialize_with = "domain_list")]
+    pub domains: Vec<String>,
+    /// Optional file of accepted addresses, one per line; others get 550 5.1.1.
+    #[serde(default)]
+    pub recipients: Option<PathBuf>,
+    #[serde(default = "default_max_message_size", deserialize_with = "lenient")]
+    pub max_message_size: u64,
+    #[serde(default = "default_max_recipients", deserialize_with = "lenient")]
+    pub max_recipients: usize,
+    #[serde(default = "default_max_connections", deserialize_with = "lenient")]
+    pub max_connections: usize,
+    /// Seconds to wait for a client command (RFC 5321 §4.5.3.2 says 5 minutes).
+    #[serde(default = "default_command_timeout", deserialize_with = "lenient")]
+    pub command_timeout_secs: u64,
+    /// Days held mail is kept before it fails as expired.
+    #[serde(default = "default_hold_days", deserialize_with = "lenient")]
+    pub hold_days: u32,
+    #[serde(default)]
+    pub tls: ListenerTls,
+    pub primary: PrimaryConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
+}
+
+/// Certificate for STARTTLS on our listener; STARTTLS is offered only when both are set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// How to reach the primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryConfig {
+    /// `host:port` (port 25 when omitted). Connected to directly, never by MX lookup.
+    pub address: String,
+    #[serde(default, deserialize_with = "lenient")]
+    pub tls: TlsMode,
+    #[serde(default = "yes", deserialize_with = "lenient")]
+    pub tls_verify: bool,
+    /// Extra CA certificates (PEM) to trust besides the system store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    /// Name of the environment variable holding the password (never the password itself).
+    #[serde(default)]
+    pub auth_password_env: Option<String>,
+    /// Seconds to wait for any reply of the primary.
+    #[serde(default = "default_primary_timeout", deserialize_with = "lenient")]
+    pub timeout_secs: u64,
+}
+
+/// STARTTLS towards the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    #[default]
+    Opportunistic,
+    Required,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "required" => Ok(TlsMode::Required),
+            other => Err(format!(
+                "unknown TLS mode `{other}` (none, opportunistic, required)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_interval", deserialize_with = "lenient")]
+    pub interval_secs: u64,
+    #[serde(default = "default_up_after", deserialize_with = "lenient")]
+    pub up_after: u32,
+    #[serde(default = "default_down_after", deserialize_with = "lenient")]
+    pub down_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_secs: default_interval(),
+            up_after: default_up_after(),
+            down_after: default_down_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Parallel connections to the primary.
+    #[serde(default = "default_concurrency", deserialize_with = "lenient")]
+    pub concurrency: usize,
+    /// Messages per second at most; 0 means no limit.
+    #[serde(default, deserialize_with = "lenient")]
+    pub rate_per_sec: u32,
+    /// How long a claim on a message lasts; a crashed worker's messages return after it.
+    #[serde(default = "default_lease", deserialize_with = "lenient")]
+    pub lease_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            concurrency: default_concurrency(),
+            rate_per_sec: 0,
+            lease_secs: default_lease(),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2525))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("standby-data")
+}
+fn default_max_message_size() -> u64 {
+    40 * 1024 * 1024
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    200
+}
+fn default_command_timeout() -> u64 {
+    300
+}
+fn default_hold_days() -> u32 {
+    30
+}
+fn default_primary_timeout() -> u64 {
+    60
+}
+fn default_interval() -> u64 {
+    30
+}
+fn default_up_after() -> u32 {
+    3
+}
+fn default_down_after() -> u32 {
+    2
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_lease() -> u64 {
+    600
+}
+fn yes() -> bool {
+    true
+}
+
+/// Accept the native TOML type or text that parses to it (environment values are text).
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Native(T),
+        Text(String),
+    }
+    match Either::<T>::deserialize(d)? {
+        Either::Native(v) => Ok(v),
+        Either::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| D::Error::custom(format!("`{s}`: {e}"))),
+    }
+}
+
+/// A list of domains, as a TOML array or comma-separated text; lower-cased, no trailing dot.
+fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    let raw = match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Text(s) => s.split(',').map(str::to_string).collect(),
+    };
+    let mut out = Vec::new();
+    for d in raw {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if d.is_empty() {
+            continue;
+        }
+        if d.contains('@') || d.contains(char::is_whitespace) {
+            return Err(D::Error::custom(format!("`{d}` is not a domain name")));
+        }
+        out.push(d);
+    }
+    if out.is_empty() {
+        return Err(D::Error::custom(
+            "no domains configured: list the domains this standby accepts mail for",
+        ));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Load `path` and apply `STANDBY_*` overrides from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or variable, the key and the problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_parts(path, &text, std::env::vars())
+    }
+
+    /// Parse `text` (read from `path`) with the given environment.
+    pub fn from_parts(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut overridden = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if NOT_KEYS.contains(&var.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase();
+            let (section, field) = match SECTIONS
+                .iter()
+                .find_map(|s| key.strip_prefix(&format!("{s}_")).map(|f| (Some(*s), f)))
+            {
+                Some((s, f)) => (s, f.to_string()),
+                None => (None, key.clone()),
+            };
+            let target = match section {
+                Some(s) => table
+                    .entry(s)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| invalid(format!("`{s}` must be a table ([{s}])")))?,
+                None => &mut table,
+            };
+            target.insert(field, toml::Value::String(value));
+            overridden.push(var);
+        }
+        let config: Config = if overridden.is_empty() {
+            // Straight from the text, so errors carry line and column.
+            toml::from_str(text).map_err(|e| invalid(e.to_string()))?
+        } else {
+            // Check the file alone first so its own mistakes point at its lines.
+            toml::from_str::<Config>(text).map_err(|e| invalid(e.to_string()))?;
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+                var: overridden.join(", "),
+                message: e.to_string(),
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.max_recipients == 0 {
+            return Err(invalid("max_recipients must be at least 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections must be at least 1".into()));
+        }
+        if self.drain.concurrency == 0 {
+            return Err(invalid("drain.concurrency must be at least 1".into()));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid(
+                "tls.cert and tls.key must be set together (or neither)".into(),
+            ));
+        }
+        if self.primary.auth_user.is_some() != self.primary.auth_password_env.is_some() {
+            return Err(invalid(
+                "primary.auth_user and primary.auth_password_env must be set together".into(),
+            ));
+        }
+        if self.primary.address.trim().is_empty() {
+            return Err(invalid("primary.address is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Where the spool lives: relative `data_dir` is taken from the working directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `primary.address` with the default port added.
+    pub fn primary_addr(&self) -> String {
+        let a = self.primary.address.trim();
+        if a.rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            a.to_string()
+        } else {
+            format!("{a}:25")
+        }
+    }
+
+    /// The recipients file as a set of lower-cased addresses, if configured.
+    pub fn load_recipients(&self) -> Result<Option<HashSet<String>>, ConfigError> {
+        let Some(path) = &self.recipients else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_recipients(path, &text).map(Some)
+    }
+}
+
+/// Parse a recipients file: one address per line, `#` comments, blank lines ignored.
+pub fn parse_recipients(path: &Path, text: &str) -> Result<HashSet<String>, ConfigError> {
+    let mut set = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let valid = line
+            .rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !line.contains(' '));
+        if !valid {
+            return Err(ConfigError::Recipients {
+                path: path.to_path_buf(),
+                line: n + 1,
+                message: format!("`{line}` is not an address like user@example.com"),
+            });
+        }
+        set.insert(line.to_ascii_lowercase());
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "domains = [\"Example.TEST.\"]\n[primary]\naddress = \"127.0.0.1\"\n";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let c = Config::from_parts(Path::new("t.toml"), MIN, env(&[])).unwrap();
+        assert_eq!(c.domains, vec!["example.test"]);
+        assert_eq!(c.max_message_size, 40 * 1024 * 1024);
+        assert_eq!(c.max_recipients, 100);
+        assert_eq!(c.primary_addr(), "127.0.0.1:25");
+        assert_eq!(c.primary.tls, TlsMode::Opportunistic);
+        assert_eq!(c.health.up_after, 3);
+    }
+
+    #[test]
+    fn env_overrides_keys_and_sections() {
+        let c = Config::from_parts(
+            Path::new("t.toml"),
+            MIN,
+            env(&[
+                ("STANDBY_LISTEN", "127.0.0.1:2600"),
+                ("STANDBY_PRIMARY_ADDRESS", "10.0.0.1:587"),
+                ("STANDBY_PRIMARY_TLS", "required"),
+                ("STANDBY_HEALTH_UP_AFTER", "5"),
+                ("STANDBY_DOMAINS", "a.test, b.test"),
+                ("STANDBY_CONFIG", "ignored.toml"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2600);
+        assert_eq!(c.primary_addr(), "10.0.0.1:587");
+        assert_eq!(c.primary.tls, TlsMode::Required);
+        assert_eq!(c.health.up_after, 5);
+        assert_eq!(c.domains, vec!["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_variable() {
+        let bad = format!("{MIN}max_mesage_size = 5\n");
+        let e = Config::from_parts(Path::new("conf/s.toml"), &bad, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conf/s.toml") && e.contains("max_mesage_size"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+
+        let bad_tls = MIN.replace("127.0.0.1\"", "127.0.0.1\"\ntls = \"sometimes\"");
+        let e = Config::from_parts(Path::new("s.toml"), &bad_tls, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("tls"), "{e}");
+
+        let e = Config::from_parts(
+            Path::new("s.toml"),
+            MIN,
+            env(&[("STANDBY_MAX_RECIPIENTS", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("STANDBY_MAX_RECIPIENTS") && e.contains("lots"), "{e}");
+
+        let e = Config::from_parts(Path::new("s.toml"), "[primary]\naddress=\"x\"", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("domains"), "{e}");
+    }
+
+    #[test]
+    fn recipients_file_errors_name_the_line() {
+        let ok = parse_recipients(Path::new("r"), "# users\nAlice@Example.test\n\nbob@example.test # b\n")
+            .unwrap();
+        assert!(ok.contains("alice@example.test") && ok.contains("bob@example.test"));
+        let e = parse_recipients(Path::new("r.txt"), "a@b.test\nnot an address\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.txt:2"), "{e}");
+    }
+}

@@ -1,0 +1,660 @@
+//! The drain: hand held mail back to the primary.
+//!
+//! Work is claimed with expiring leases ([`Index::claim`](crate::ports::Index::claim)), so
+//! any number of drains (the serve loop, `standby drain`, a Lambda) can run at once without
+//! delivering a message twice; a crashed worker's messages come back when the lease
+//! expires. At-least-once: a crash between the primary's 250 and our write-back can
+//! duplicate that one message, nothing more.
+//!
+//! Each recipient is judged on its own reply: 2xx delivered, 4xx retried with
+//! [`backoff`], 5xx failed with the primary's reply recorded. A session-level failure
+//! (connection refused or lost, timeout, 421) stops the worker that saw it: the primary is
+//! struggling, and hammering it would only turn a backlog into a storm of deferrals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::backend::Storage;
+use crate::error::{RelayError, StoreError};
+use crate::model::{MessageId, RcptStatus, Record, Status};
+use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
+
+/// How many messages a worker leases at a time.
+const CLAIM_BATCH: usize = 8;
+
+/// Delay before the next attempt after `attempts` failed ones: 1m, 5m, 15m, 30m, then hourly.
+pub fn backoff(attempts: u32) -> Duration {
+    const STEPS: [u64; 4] = [60, 300, 900, 1800];
+    let secs = match attempts {
+        0 => 0,
+        n => STEPS.get(n as usize - 1).copied().unwrap_or(3600),
+    };
+    Duration::from_secs(secs)
+}
+
+/// Drain settings (from `[drain]` and `hold_days`).
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub hold_days: u32,
+    /// Messages per second at most; 0 for no limit.
+    pub rate_per_sec: u32,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    /// Why workers stopped early (the primary's trouble), if they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// The primary could not be reached at all during the run.
+    #[serde(skip)]
+    pub unreachable: bool,
+}
+
+/// The result of one attempt on one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Deferred,
+    Failed,
+}
+
+/// Per-message progress callback (for a progress bar).
+pub type Progress = Arc<dyn Fn(MessageId, Outcome) + Send + Sync>;
+
+/// Options of one run.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Stop claiming work at this instant (Lambda's deadline).
+    pub deadline: Option<Instant>,
+    pub progress: Option<Progress>,
+}
+
+/// A drain run failed on storage (the primary's failures are in the report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Delivers held messages through a [`Relay`].
+#[derive(Clone)]
+pub struct Drainer {
+    storage: Storage,
+    relay: Arc<dyn Relay>,
+    clock: Arc<dyn Clock>,
+    settings: DrainSettings,
+    pace: Arc<Mutex<Instant>>,
+}
+
+/// Apply one attempt's result to a record and return the message outcome.
+pub fn apply(
+    rec: &mut Record,
+    result: &Result<Transaction, RelayError>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let pending: Vec<usize> = rec
+        .rcpts
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == RcptStatus::Pending)
+        .map(|(i, _)| i)
+        .collect();
+    let set = |rec: &mut Record, i: usize, reply: &Reply| {
+        let r = &mut rec.rcpts[i];
+        r.reply = Some(reply.to_string());
+        r.status = if reply.is_positive() {
+            RcptStatus::Delivered
+        } else if reply.is_permanent() {
+            RcptStatus::Failed
+        } else {
+            RcptStatus::Pending
+        };
+    };
+    match result {
+        Err(e) => {
+            let reply = Reply::new(if e.is_transient() { 451 } else { 554 }, e.to_string());
+            for &i in &pending {
+                set(rec, i, &reply);
+            }
+        }
+        Ok(tx) if !tx.mail.is_positive() => {
+            for &i in &pending {
+                set(rec, i, &tx.mail);
+            }
+        }
+        Ok(tx) => {
+            for (n, &i) in pending.iter().enumerate() {
+                let rcpt_reply = tx.rcpts.get(n).cloned().unwrap_or_else(|| {
+                    Reply::new(451, "no reply to RCPT from the primary")
+                });
+                if !rcpt_reply.is_positive() {
+                    set(rec, i, &rcpt_reply);
+                    continue;
+                }
+                // Accepted at RCPT: the reply after the final dot decides.
+                let final_reply = tx.data.clone().unwrap_or_else(|| {
+                    Reply::new(451, "message data not accepted by the primary")
+                });
+                set(rec, i, &final_reply);
+            }
+        }
+    }
+    rec.attempts += 1;
+    rec.updated_at = now;
+    rec.settle();
+    let still_pending = rec.pending().count();
+    if still_pending > 0 {
+        let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
+        rec.next_attempt_at = now + delay;
+    }
+    match rec.status {
+        Status::Delivered => Outcome::Delivered,
+        Status::Failed => {
+            rec.reason = rec
+                .rcpts
+                .iter()
+                .find(|r| r.status == RcptStatus::Failed)
+                .and_then(|r| r.reply.clone());
+            Outcome::Failed
+        }
+        // Some recipients may be delivered; the message as a whole is deferred.
+        Status::Held | Status::Paused => Outcome::Deferred,
+    }
+}
+
+/// Mark a held message as expired: every pending recipient fails.
+pub fn expire(rec: &mut Record, hold_days: u32, now: DateTime<Utc>) {
+    let text = format!("expired: not delivered within hold_days = {hold_days}");
+    for r in rec.rcpts.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
+        r.status = RcptStatus::Failed;
+        r.reply = Some(text.clone());
+    }
+    rec.reason = Some("expired".into());
+    rec.updated_at = now;
+    rec.settle();
+}
+
+impl Drainer {
+    pub fn new(
+        storage: Storage,
+        relay: Arc<dyn Relay>,
+        clock: Arc<dyn Clock>,
+        settings: DrainSettings,
+    ) -> Self {
+        Drainer {
+            storage,
+            relay,
+            clock,
+            settings,
+            pace: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    fn owner() -> String {
+        format!("drain-{}-{}", std::process::id(), ulid::Ulid::new())
+    }
+
+    /// Held messages that a run would try now, oldest first (for `--dry-run`).
+    pub async fn due(&self) -> Result<Vec<Record>, StoreError> {
+        let now = self.clock.now();
+        let held = self
+            .storage
+            .index
+            .list(&crate::ports::ListQuery {
+                status: Some(Status::Held),
+                limit: None,
+            })
+            .await?;
+        Ok(held
+            .into_iter()
+            .filter(|r| r.next_attempt_at <= now && r.lease.as_ref().is_none_or(|l| l.until <= now))
+            .collect())
+    }
+
+    /// Fail held messages older than `hold_days`. Returns how many.
+    pub async fn expire_old(&self) -> Result<u64, StoreError> {
+        let owner = Self::owner();
+        let mut n = 0;
+        loop {
+            let now = self.clock.now();
+            let cutoff = now - chrono::Duration::days(i64::from(self.settings.hold_days));
+            let batch = self
+                .storage
+                .index
+                .claim(&ClaimRequest {
+                    now,
+                    owner: owner.clone(),
+                    lease_until: now + self.lease(),
+                    limit: 100,
+                    received_before: Some(cutoff),
+                })
+                .await?;
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            for mut rec in batch {
+                expire(&mut rec, self.settings.hold_days, now);
+                self.storage.index.complete(&rec, &owner).await?;
+                tracing::info!(id = %rec.id, "held message expired");
+                n += 1;
+            }
+        }
+    }
+
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::minutes(10))
+    }
+
+    /// Deliver everything due now; returns when nothing due is left, a deadline passes,
+    /// or every worker stopped on the primary's trouble.
+    pub async fn run(&self, opts: RunOptions) -> Result<DrainReport, DrainError> {
+        let expired = self.expire_old().await?;
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..self.settings.concurrency.max(1) {
+            let this = self.clone();
+            let opts = opts.clone();
+            workers.spawn(async move { this.worker(opts).await });
+        }
+        let mut report = DrainReport {
+            failed: expired,
+            ..Default::default()
+        };
+        let mut first_err = None;
+        let mut reached = false;
+        let mut any_unreachable = false;
+        while let Some(joined) = workers.join_next().await {
+            let w = match joined {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "drain worker panicked");
+                    continue;
+                }
+            };
+            report.delivered += w.delivered;
+            report.deferred += w.deferred;
+            report.failed += w.failed;
+            reached |= w.connected;
+            any_unreachable |= w.unreachable;
+            if report.stopped.is_none() {
+                report.stopped = w.stopped;
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        report.unreachable = any_unreachable && !reached;
+        Ok(report)
+    }
+
+    async fn pace(&self) {
+        if self.settings.rate_per_sec == 0 {
+            return;
+        }
+        let step = Duration::from_secs_f64(1.0 / f64::from(self.settings.rate_per_sec));
+        let slot = {
+            let mut next = self.pace.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + step;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    async fn worker(&self, opts: RunOptions) -> Result<WorkerReport, DrainError> {
+        let owner = Self::owner();
+        let index = &self.storage.index;
+        let mut w = WorkerReport::default();
+        let mut session: Option<Box<dyn RelaySession>> = None;
+        'claims: loop {
+            if opts.deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let now = self.clock.now();
+            let batch = index
+                .claim(&ClaimRequest {
+                    now,
+                    owner: owner.clone(),
+                    lease_until: now + self.lease(),
+                    limit: CLAIM_BATCH,
+                    received_before: None,
+                })
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut batch = batch.into_iter();
+            while let Some(mut rec) = batch.next() {
+                let deadline_passed = opts.deadline.is_some_and(|d| Instant::now() >= d);
+                if deadline_passed || w.stopped.is_some() {
+                    index.complete(&rec, &owner).await?;
+                    continue;
+                }
+                if session.is_none() {
+                    match self.relay.connect().await {
+                        Ok(s) => {
+                            session = Some(s);
+                            w.connected = true;
+                        }
+                        Err(e) => {
+                            // Not the message's fault: give it back untouched.
+                            tracing::warn!(error = %e, "cannot open a session with the primary");
+                            w.unreachable = !w.connected;
+                            w.stopped = Some(e.to_string());
+                            index.complete(&rec, &owner).await?;
+                            continue;
+                        }
+                    }
+                }
+                self.pace().await;
+                let result = match self.storage.blobs.open(rec.id).await {
+                    Ok(body) => {
+                        let rcpts: Vec<String> =
+                            rec.pending().map(|r| r.address.clone()).collect();
+                        let s = session.as_mut().expect("connected above");
+                        s.send(&rec.mail_from, &rcpts, body).await
+                    }
+                    Err(e) => Err(RelayError::Blob(e)),
+                };
+                let session_broken = match &result {
+                    Err(RelayError::Blob(_)) => false,
+                    Err(_) => true,
+                    Ok(tx) => tx.mail.code == 421 || tx.data.as_ref().is_some_and(|d| d.code == 421),
+                };
+                let outcome = apply(&mut rec, &result, self.clock.now());
+                match index.complete(&rec, &owner).await {
+                    Ok(()) => {}
+                    Err(StoreError::Leased(id)) => {
+                        tracing::warn!(%id, "lease lost before write-back; another worker owns the message");
+                    }
+                    Err(StoreError::NotFound(id)) => {
+                        tracing::warn!(%id, "message purged while it was being delivered");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                match outcome {
+                    Outcome::Delivered => w.delivered += 1,
+                    Outcome::Deferred => w.deferred += 1,
+                    Outcome::Failed => w.failed += 1,
+                }
+                tracing::info!(id = %rec.id, outcome = ?outcome, attempts = rec.attempts, "delivery attempt");
+                if let Some(p) = &opts.progress {
+                    p(rec.id, outcome);
+                }
+                if session_broken {
+                    let why = match &result {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "primary closed the session with 421".to_string(),
+                    };
+                    tracing::warn!(reason = %why, "stopping this drain worker");
+                    if let Some(s) = session.take() {
+                        s.quit().await;
+                    }
+                    w.stopped = Some(why);
+                }
+            }
+            if w.stopped.is_some() {
+                break 'claims;
+            }
+        }
+        if let Some(s) = session {
+            s.quit().await;
+        }
+        Ok(w)
+    }
+}
+
+#[derive(Default)]
+struct WorkerReport {
+    delivered: u64,
+    deferred: u64,
+    failed: u64,
+    connected: bool,
+    unreachable: bool,
+    stopped: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{Envelope, Spool};
+    use crate::model::Origin;
+    use crate::ports::SystemClock;
+    use async_trait::async_trait;
+    use std::collections::HashMap;
+    use std::sync::Mutex as StdMutex;
+    use tokio::io::AsyncReadExt;
+
+    /// A primary that answers from a script: per recipient address a reply code.
+    #[derive(Default)]
+    struct ScriptedRelay {
+        rcpt_codes: HashMap<String, u16>,
+        refuse_connect: bool,
+        data_code: Option<u16>,
+        delivered: Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+    }
+
+    struct ScriptedSession {
+        rcpt_codes: HashMap<String, u16>,
+        data_code: u16,
+        delivered: Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+    }
+
+    #[async_trait]
+    impl Relay for ScriptedRelay {
+        async fn connect(&self) -> Result<Box<dyn RelaySession>, RelayError> {
+            if self.refuse_connect {
+                return Err(RelayError::Connect {
+                    addr: "primary".into(),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            Ok(Box::new(ScriptedSession {
+                rcpt_codes: self.rcpt_codes.clone(),
+                data_code: self.data_code.unwrap_or(250),
+                delivered: self.delivered.clone(),
+            }))
+        }
+    }
+
+    #[async_trait]
+    impl RelaySession for ScriptedSession {
+        async fn send(
+            &mut self,
+            from: &str,
+            rcpts: &[String],
+            mut body: crate::ports::BlobReader,
+        ) -> Result<Transaction, RelayError> {
+            let replies: Vec<Reply> = rcpts
+                .iter()
+                .map(|r| {
+                    let code = self.rcpt_codes.get(r).copied().unwrap_or(250);
+                    Reply::new(code, "scripted")
+                })
+                .collect();
+            let accepted: Vec<String> = rcpts
+                .iter()
+                .zip(&replies)
+                .filter(|(_, r)| r.is_positive())
+                .map(|(a, _)| a.clone())
+                .collect();
+            let data = if accepted.is_empty() {
+                None
+            } else {
+                let mut bytes = Vec::new();
+                body.read_to_end(&mut bytes).await.unwrap();
+                if self.data_code == 250 {
+                    self.delivered
+                        .lock()
+                        .unwrap()
+                        .push((from.to_string(), accepted, bytes));
+                }
+                Some(Reply::new(self.data_code, "scripted"))
+            };
+            Ok(Transaction {
+                mail: Reply::new(250, "ok"),
+                rcpts: replies,
+                data,
+            })
+        }
+        async fn quit(self: Box<Self>) {}
+    }
+
+    fn settings() -> DrainSettings {
+        DrainSettings {
+            concurrency: 2,
+            lease: Duration::from_secs(60),
+            hold_days: 30,
+            rate_per_sec: 0,
+        }
+    }
+
+    async fn hold(storage: &Storage, rcpts: &[&str]) -> MessageId {
+        let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
+        let mut inc = spool
+            .begin(Envelope {
+                mail_from: "a@sender.test".into(),
+                rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+                origin: Origin::default(),
+            })
+            .await
+            .unwrap();
+        inc.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        inc.commit().await.unwrap().id
+    }
+
+    #[test]
+    fn backoff_schedule() {
+        let mins: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs() / 60).collect();
+        assert_eq!(mins, [1, 5, 15, 30, 60, 60, 60]);
+    }
+
+    #[tokio::test]
+    async fn per_recipient_outcomes_and_retry_only_pending() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["ok@x.test", "later@x.test", "gone@x.test"]).await;
+        let mut relay = ScriptedRelay::default();
+        relay.rcpt_codes.insert("later@x.test".into(), 450);
+        relay.rcpt_codes.insert("gone@x.test".into(), 550);
+        let delivered = relay.delivered.clone();
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let report = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!((report.delivered, report.deferred, report.failed), (0, 1, 0));
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
+        assert_eq!(st, [RcptStatus::Delivered, RcptStatus::Pending, RcptStatus::Failed]);
+        assert_eq!(rec.status, Status::Held);
+        assert_eq!(rec.attempts, 1);
+        assert!(rec.next_attempt_at > Utc::now() + chrono::Duration::seconds(50));
+        assert!(rec.rcpts[2].reply.as_deref().unwrap().starts_with("550"));
+        assert_eq!(delivered.lock().unwrap()[0].1, ["ok@x.test"]);
+        assert!(rec.lease.is_none());
+
+        // Not due yet: a second run does nothing.
+        let again = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(again, DrainReport::default());
+
+        // When due, only the pending recipient is tried; it now succeeds.
+        let mut due = rec.clone();
+        due.next_attempt_at = Utc::now();
+        storage.index.update(&due, Utc::now()).await.unwrap();
+        let d2 = Drainer::new(
+            storage.clone(),
+            Arc::new(ScriptedRelay {
+                delivered: delivered.clone(),
+                ..Default::default()
+            }),
+            Arc::new(SystemClock),
+            settings(),
+        );
+        let r2 = d2.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r2.failed, 1, "settles as failed: one recipient failed for good");
+        assert_eq!(delivered.lock().unwrap()[1].1, ["later@x.test"]);
+        let done = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!(done.status, Status::Failed);
+        assert_eq!(done.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn data_refusal_applies_to_accepted_recipients_only() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["a@x.test", "b@x.test"]).await;
+        let relay = ScriptedRelay {
+            data_code: Some(452),
+            ..Default::default()
+        };
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r.deferred, 1);
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert!(rec.rcpts.iter().all(|r| r.status == RcptStatus::Pending));
+        assert!(rec.rcpts[0].reply.as_deref().unwrap().starts_with("452"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_primary_leaves_messages_untouched() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["a@x.test"]).await;
+        let relay = ScriptedRelay {
+            refuse_connect: true,
+            ..Default::default()
+        };
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert!(r.unreachable && r.stopped.is_some());
+        assert_eq!((r.delivered, r.deferred, r.failed), (0, 0, 0));
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!((rec.status, rec.attempts), (Status::Held, 0));
+        assert!(rec.lease.is_none(), "lease released");
+    }
+
+    #[tokio::test]
+    async fn old_messages_expire_without_delivery() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["a@x.test"]).await;
+        let mut rec = storage.index.get(id).await.unwrap().unwrap();
+        rec.received_at = Utc::now() - chrono::Duration::days(31);
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let relay = ScriptedRelay::default();
+        let delivered = relay.delivered.clone();
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r.failed, 1);
+        assert!(delivered.lock().unwrap().is_empty());
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!((rec.status, rec.reason.as_deref()), (Status::Failed, Some("expired")));
+    }
+
+    #[tokio::test]
+    async fn concurrent_workers_deliver_each_message_once() {
+        let storage = Storage::memory();
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            ids.push(hold(&storage, &["a@x.test"]).await);
+        }
+        let relay = ScriptedRelay::default();
+        let delivered = relay.delivered.clone();
+        let mut s = settings();
+        s.concurrency = 4;
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), s);
+        let (a, b) = tokio::join!(d.run(RunOptions::default()), d.run(RunOptions::default()));
+        assert_eq!(a.unwrap().delivered + b.unwrap().delivered, 50);
+        assert_eq!(delivered.lock().unwrap().len(), 50);
+        assert_eq!(storage.index.counts().await.unwrap().delivered, 50);
+    }
+}

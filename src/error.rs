@@ -1,0 +1,126 @@
+//! Library error types. Each says whether retrying could help ([`StoreError::is_transient`],
+//! [`RelayError::is_transient`]) so callers decide between "try later" and "give up" without
+//! parsing strings.
+
+use std::path::PathBuf;
+
+use crate::model::MessageId;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A blob store or index operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation on the spool failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage backend (SQLite, DynamoDB, S3) refused or failed a request.
+    #[error("{backend}: {detail}")]
+    Backend {
+        backend: &'static str,
+        detail: String,
+        transient: bool,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// No message with this id.
+    #[error("message {0} not found")]
+    NotFound(MessageId),
+    /// A stored record could not be decoded.
+    #[error("record {id} is corrupt: {detail}")]
+    Corrupt { id: String, detail: String },
+    /// The record is leased by a drain worker; try again once the lease expires.
+    #[error("message {0} is being delivered right now (leased); try again shortly")]
+    Leased(MessageId),
+}
+
+impl StoreError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::StorageFull
+            ),
+            StoreError::Backend { transient, .. } => *transient,
+            StoreError::Leased(_) => true,
+            StoreError::NotFound(_) | StoreError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Talking to the primary failed below the level of a per-command SMTP reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out waiting for the primary during {stage}")]
+    Timeout { stage: &'static str },
+    /// The primary refused the session itself (banner, EHLO, STARTTLS, AUTH).
+    #[error("primary refused the session at {stage}: {code} {text}")]
+    Refused {
+        stage: &'static str,
+        code: u16,
+        text: String,
+    },
+    #[error("TLS with the primary failed: {0}")]
+    Tls(String),
+    #[error("primary broke the protocol: {0}")]
+    Protocol(String),
+    #[error("connection to the primary failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the stored message: {0}")]
+    Blob(#[from] StoreError),
+}
+
+impl RelayError {
+    /// Whether delivery may work later. Only an explicit 5xx refusal is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RelayError::Refused { code, .. } => *code < 500,
+            RelayError::Blob(e) => e.is_transient(),
+            _ => true,
+        }
+    }
+}
+
+/// The configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("recipients file {}:{line}: {message}", path.display())]
+    Recipients {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}

@@ -1,0 +1,175 @@
+//! Health of the primary, with hysteresis.
+//!
+//! One failed probe must not stop a drain and one good probe must not start one: a
+//! primary that flaps would otherwise get half a backlog and a storm of deferrals. The
+//! primary counts as `up` after `up_after` consecutive good probes and as `down` after
+//! `down_after` consecutive bad ones; in between it keeps its state. The record is stored
+//! in the index so the state survives restarts and the CLI can show it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ports::{Clock, Index, Probe};
+
+/// What the standby believes about the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryState {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl std::fmt::Display for PrimaryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrimaryState::Unknown => "unknown",
+            PrimaryState::Up => "up",
+            PrimaryState::Down => "down",
+        })
+    }
+}
+
+/// The last probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The stored health state of the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub address: String,
+    pub state: PrimaryState,
+    /// When `state` was entered.
+    pub since: Option<DateTime<Utc>>,
+    pub last_probe: Option<ProbeResult>,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+}
+
+/// Thresholds for [`HealthRecord::observe`].
+#[derive(Debug, Clone, Copy)]
+pub struct Hysteresis {
+    pub up_after: u32,
+    pub down_after: u32,
+}
+
+impl HealthRecord {
+    pub fn new(address: impl Into<String>) -> Self {
+        HealthRecord {
+            address: address.into(),
+            state: PrimaryState::Unknown,
+            since: None,
+            last_probe: None,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+        }
+    }
+
+    /// Fold one probe result into the state. Returns the new state when it changed.
+    pub fn observe(&mut self, result: ProbeResult, h: Hysteresis) -> Option<PrimaryState> {
+        let at = result.at;
+        if result.ok {
+            self.consecutive_ok = self.consecutive_ok.saturating_add(1);
+            self.consecutive_fail = 0;
+        } else {
+            self.consecutive_fail = self.consecutive_fail.saturating_add(1);
+            self.consecutive_ok = 0;
+        }
+        self.last_probe = Some(result);
+        let next = if self.consecutive_ok >= h.up_after.max(1) {
+            PrimaryState::Up
+        } else if self.consecutive_fail >= h.down_after.max(1) {
+            PrimaryState::Down
+        } else {
+            self.state
+        };
+        (next != self.state).then(|| {
+            self.state = next;
+            self.since = Some(at);
+            next
+        })
+    }
+}
+
+/// Probe once, fold the result into the stored record and save it.
+///
+/// The address stored is the configured one, so a changed `primary.address` starts
+/// from `unknown` rather than inheriting the old host's state.
+pub async fn check(
+    probe: &dyn Probe,
+    index: &dyn Index,
+    clock: &dyn Clock,
+    address: &str,
+    h: Hysteresis,
+) -> Result<HealthRecord, crate::error::StoreError> {
+    let mut rec = match index.load_health().await? {
+        Some(r) if r.address == address => r,
+        _ => HealthRecord::new(address),
+    };
+    let outcome = probe.probe().await;
+    let result = ProbeResult {
+        at: clock.now(),
+        ok: outcome.is_ok(),
+        detail: match &outcome {
+            Ok(d) => d.clone(),
+            Err(e) => e.to_string(),
+        },
+    };
+    if let Some(state) = rec.observe(result, h) {
+        tracing::info!(primary = address, %state, "primary health changed");
+    } else if let Err(e) = &outcome {
+        tracing::debug!(primary = address, error = %e, "probe failed");
+    }
+    index.save_health(&rec).await?;
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(ok: bool) -> ProbeResult {
+        ProbeResult {
+            at: Utc::now(),
+            ok,
+            detail: String::new(),
+        }
+    }
+
+    const H: Hysteresis = Hysteresis {
+        up_after: 3,
+        down_after: 2,
+    };
+
+    #[test]
+    fn needs_up_after_good_probes_to_come_up() {
+        let mut r = HealthRecord::new("p");
+        assert_eq!(r.observe(probe(true), H), None);
+        assert_eq!(r.observe(probe(true), H), None);
+        assert_eq!(r.state, PrimaryState::Unknown);
+        assert_eq!(r.observe(probe(true), H), Some(PrimaryState::Up));
+    }
+
+    #[test]
+    fn one_failure_does_not_flip_up() {
+        let mut r = HealthRecord::new("p");
+        for _ in 0..3 {
+            r.observe(probe(true), H);
+        }
+        assert_eq!(r.observe(probe(false), H), None);
+        assert_eq!(r.state, PrimaryState::Up);
+        // A good probe in between resets the failure count.
+        r.observe(probe(true), H);
+        assert_eq!(r.observe(probe(false), H), None);
+        assert_eq!(r.observe(probe(false), H), Some(PrimaryState::Down));
+        // And coming back needs up_after in a row again.
+        r.observe(probe(true), H);
+        r.observe(probe(true), H);
+        assert_eq!(r.state, PrimaryState::Down);
+        assert_eq!(r.observe(probe(true), H), Some(PrimaryState::Up));
+    }
+}

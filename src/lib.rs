@@ -1,0 +1,32 @@
+//! standby-mx: a standby (secondary) MX that holds mail while the primary is down and
+//! hands it back when it returns.
+//!
+//! The domain logic (ingest, drain, health) is written once against small traits
+//! ([`ports`]) and runs unchanged on every backend: files + SQLite for the embedded
+//! default, S3 + DynamoDB on AWS.
+//!
+//! # Layout
+//! - [`model`]: message ids, records, per-recipient status.
+//! - [`ports`]: `BlobStore`, `Index`, `Relay`, `Probe`, `Clock`.
+//! - [`backend`]: adapters (`FsBlobStore`, `SqliteIndex`, in-memory twins).
+//! - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
+//! - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
+//! - [`health`]: probing the primary with hysteresis.
+//! - [`smtp`]: the listener (session state machine, DATA decoder, TLS) and the client.
+//! - [`summary`]: the listing summary parsed with `mail-parser`.
+//! - [`config`]: TOML + `STANDBY_*` environment overrides.
+//! - [`serve`]: `standby serve`: listener plus the health and drain loop.
+//! - [`cli`]: the `standby` operator command.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod error;
+pub mod health;
+pub mod ingest;
+pub mod model;
+pub mod ports;
+pub mod serve;
+pub mod smtp;
+pub mod summary;

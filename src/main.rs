@@ -1,0 +1,32 @@
+//! The `standby` binary: logging, argument parsing, runtime, exit code. Nothing else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use standby::cli::{Cli, run};
+use standby::config::ENV_LOG;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("standby: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("standby: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The domain model: what a held message is, independent of where it is stored.
+//!
+//! A [`Record`] is the index entry for one accepted message. Its raw bytes live in a
+//! [`BlobStore`](crate::ports::BlobStore) under the same [`MessageId`]; the record carries the
+//! envelope (the only thing that is redelivered besides the bytes), per-recipient delivery
+//! state, and the drain's bookkeeping (attempts, next attempt, lease).
+//!
+//! The message status is *derived* from the recipients (see [`Record::settle`]) except for
+//! `paused`, which is an operator decision layered on top of `held`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Time-sortable message identifier (a ULID): sorting ids sorts by arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(ulid::Ulid);
+
+impl MessageId {
+    /// A new id for a message received at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        MessageId(ulid::Ulid::from_parts(ms, rand_bits()))
+    }
+}
+
+fn rand_bits() -> u128 {
+    // ulid's own generator; keeps the dependency list short.
+    ulid::Ulid::new().random()
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The text was not a message id (26 characters of Crockford base32).
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a message id (expected 26 characters like 01JD3X8Q2T5M7K9V0W4Y6Z8A1B)")]
+pub struct BadMessageId(pub String);
+
+impl FromStr for MessageId {
+    type Err = BadMessageId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s.trim())
+            .map(MessageId)
+            .map_err(|_| BadMessageId(s.to_string()))
+    }
+}
+
+/// Where a message stands as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for the primary; the drain will pick it up when due.
+    Held,
+    /// Held, but the operator said not to deliver it (`standby hold`).
+    Paused,
+    /// Every recipient was accepted by the primary.
+    Delivered,
+    /// No recipient is pending and at least one failed permanently (or the message expired).
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Held,
+        Status::Paused,
+        Status::Delivered,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Held => "held",
+            Status::Paused => "paused",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}` (held, paused, delivered, failed)"))
+    }
+}
+
+/// Delivery state of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// One accepted recipient and what the primary last said about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub status: RcptStatus,
+    /// The last SMTP reply for this recipient, e.g. `450 4.2.0 mailbox busy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+impl Recipient {
+    pub fn pending(address: impl Into<String>) -> Self {
+        Recipient {
+            address: address.into(),
+            status: RcptStatus::Pending,
+            reply: None,
+        }
+    }
+}
+
+/// Headers parsed from the message for listing; never used for delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<String>,
+}
+
+/// Who handed us the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub ip: String,
+    pub helo: String,
+    pub tls: bool,
+}
+
+/// A drain worker's claim on a record; expires at `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub until: DateTime<Utc>,
+}
+
+/// The index entry for one accepted message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: MessageId,
+    pub status: Status,
+    /// MAIL FROM as received; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub rcpts: Vec<Recipient>,
+    pub received_at: DateTime<Utc>,
+    /// Stored size in bytes, including our `Received:` header.
+    pub size: u64,
+    /// Hex sha256 of the stored bytes.
+    pub sha256: String,
+    pub summary: Summary,
+    pub origin: Origin,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    /// Why the message failed as a whole (`expired`, the primary's reply, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Record {
+    /// Recipients still waiting for delivery.
+    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
+        self.rcpts
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending)
+    }
+
+    /// Recompute the message status from the recipients. `paused` is kept while any
+    /// recipient is still pending, because it is the operator's decision, not the primary's.
+    pub fn settle(&mut self) {
+        let any_pending = self.rcpts.iter().any(|r| r.status == RcptStatus::Pending);
+        let any_failed = self.rcpts.iter().any(|r| r.status == RcptStatus::Failed);
+        self.status = if any_pending {
+            if self.status == Status::Paused {
+                Status::Paused
+            } else {
+                Status::Held
+            }
+        } else if any_failed {
+            Status::Failed
+        } else {
+            Status::Delivered
+        };
+    }
+}
+
+/// Messages per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub held: u64,
+    pub paused: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, status: Status, n: u64) {
+        match status {
+            Status::Held => self.held += n,
+            Status::Paused => self.paused += n,
+            Status::Delivered => self.delivered += n,
+            Status::Failed => self.failed += n,
+        }
+    }
+}
+
+/// Reduce an address to what may be logged at info: the domain only.
+pub fn redact(address: &str) -> &str {
+    match address.rsplit_once('@') {
+        Some((_, domain)) => domain,
+        None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(statuses: &[RcptStatus]) -> Record {
+        let now = Utc::now();
+        Record {
+            id: MessageId::new(now),
+            status: Status::Held,
+            mail_from: "a@b.test".into(),
+            rcpts: statuses
+                .iter()
+                .map(|s| Recipient {
+                    address: "x@example.test".into(),
+                    status: *s,
+                    reply: None,
+                })
+                .collect(),
+            received_at: now,
+            size: 1,
+            sha256: String::new(),
+            summary: Summary::default(),
+            origin: Origin::default(),
+            attempts: 0,
+            next_attempt_at: now,
+            lease: None,
+            reason: None,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn settle_derives_status_from_recipients() {
+        use RcptStatus::*;
+        let cases = [
+            (vec![Pending, Delivered], Status::Held),
+            (vec![Delivered, Delivered], Status::Delivered),
+            (vec![Delivered, Failed], Status::Failed),
+            (vec![Failed], Status::Failed),
+        ];
+        for (rcpts, want) in cases {
+            let mut r = record(&rcpts);
+            r.settle();
+            assert_eq!(r.status, want, "{rcpts:?}");
+        }
+        let mut paused = record(&[Pending]);
+        paused.status = Status::Paused;
+        paused.settle();
+        assert_eq!(paused.status, Status::Paused);
+    }
+
+    #[test]
+    fn ids_sort_by_time_and_round_trip() {
+        let t0 = Utc::now();
+        let a = MessageId::new(t0);
+        let b = MessageId::new(t0 + chrono::Duration::milliseconds(5));
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
+        assert!("nope".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn redact_keeps_domain_only() {
+        assert_eq!(redact("alice@example.test"), "example.test");
+        assert_eq!(redact(""), "");
+    }
+}

@@ -1,0 +1,182 @@
+//! The ports: the small traits the domain logic (ingest, drain, health) is written against.
+//!
+//! Each has one adapter per backend (`FsBlobStore`/`SqliteIndex` locally, S3/DynamoDB on AWS)
+//! and an in-memory twin for unit tests. The contract every adapter must keep is written on
+//! each method; `tests/contract.rs` runs the same suite against every adapter.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+use crate::error::{RelayError, StoreError};
+use crate::health::HealthRecord;
+use crate::model::{Counts, MessageId, Record, Status};
+
+/// A stored message body, read as a stream (messages can be 40 MB).
+pub type BlobReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Raw message bytes, keyed by message id.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Start writing a new blob. Nothing is visible under `id` until
+    /// [`BlobWriter::commit`] returns.
+    async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError>;
+    /// Open a committed blob for reading.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when there is no such blob.
+    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError>;
+    /// Remove a blob; removing a missing blob is not an error.
+    async fn delete(&self, id: MessageId) -> Result<(), StoreError>;
+}
+
+/// A blob being written. Dropping it without `commit` leaves nothing behind that a reader
+/// could see (adapters clean up temporary data on `abort` or on their next start).
+#[async_trait]
+pub trait BlobWriter: Send {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
+    /// Make the blob durable (survives a power cut) and visible under its id.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Throw the partial blob away.
+    async fn abort(self: Box<Self>);
+}
+
+/// What `Index::list` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this status; all when `None`.
+    pub status: Option<Status>,
+    /// Oldest first; at most this many.
+    pub limit: Option<usize>,
+}
+
+/// A drain worker asks for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub now: DateTime<Utc>,
+    /// Who claims (one id per drain run); a lease is only honoured for its owner.
+    pub owner: String,
+    pub lease_until: DateTime<Utc>,
+    pub limit: usize,
+    /// Claim held messages received before this time, whether due or not (expiry).
+    /// When `None`, claim held messages whose `next_attempt_at <= now`.
+    pub received_before: Option<DateTime<Utc>>,
+}
+
+/// The message index: envelope, per-recipient state and drain bookkeeping.
+#[async_trait]
+pub trait Index: Send + Sync + 'static {
+    /// Add a record. Idempotent on the id: returns `Ok(false)` and changes nothing when a
+    /// record with this id exists. Returns only once the record is durable.
+    async fn insert(&self, rec: &Record) -> Result<bool, StoreError>;
+    async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError>;
+    /// Records oldest first.
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError>;
+    async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Received time of the oldest message with this status.
+    async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Atomically lease up to `limit` held records (oldest first) whose lease is absent or
+    /// expired, and return them with the new lease set. Two concurrent claims never
+    /// return the same record while its lease runs.
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError>;
+    /// Write back a claimed record after an attempt and drop its lease.
+    ///
+    /// # Errors
+    /// [`StoreError::Leased`] when `owner` no longer holds the lease (it expired and another
+    /// worker took the record): the caller's result is discarded.
+    async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError>;
+    /// Operator write (hold, release, retry): replaces the record unless a live lease is
+    /// held on it.
+    ///
+    /// # Errors
+    /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::NotFound`].
+    async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Remove a record; `Ok(false)` when there was none.
+    async fn delete(&self, id: MessageId) -> Result<bool, StoreError>;
+    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError>;
+    async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError>;
+}
+
+/// Where time comes from, so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// An SMTP reply as received from the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            text: text.into(),
+        }
+    }
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+/// The replies of one mail transaction with the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub mail: Reply,
+    /// One per recipient, in the order given; empty when MAIL was refused.
+    pub rcpts: Vec<Reply>,
+    /// The reply to DATA when it was refused, else the reply after the final dot;
+    /// `None` when DATA was never sent because no recipient was accepted.
+    pub data: Option<Reply>,
+}
+
+/// Opens sessions to the primary.
+#[async_trait]
+pub trait Relay: Send + Sync + 'static {
+    /// Connect, read the banner, EHLO, STARTTLS and AUTH as configured.
+    async fn connect(&self) -> Result<Box<dyn RelaySession>, RelayError>;
+}
+
+/// One open session with the primary; may carry many transactions.
+#[async_trait]
+pub trait RelaySession: Send {
+    /// Run one mail transaction. Per-command refusals come back inside the
+    /// [`Transaction`]; an `Err` means the session is unusable (I/O, timeout, protocol).
+    async fn send(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[String],
+        body: BlobReader,
+    ) -> Result<Transaction, RelayError>;
+    /// Say QUIT and close; errors are ignored.
+    async fn quit(self: Box<Self>);
+}
+
+/// Checks whether the primary answers SMTP (banner, EHLO, QUIT).
+#[async_trait]
+pub trait Probe: Send + Sync + 'static {
+    /// `Ok` with a short description (e.g. the banner's host) when the primary answered
+    /// 220 and 250; `Err` says what went wrong.
+    async fn probe(&self) -> Result<String, RelayError>;
+}

@@ -1,0 +1,145 @@
+//! `standby serve`: the SMTP listener plus one loop that probes the primary and drains
+//! while it is up.
+//!
+//! The probe runs every `health.interval_secs`; after each probe that finds the primary
+//! `up`, the due held mail is drained. A drain stops by itself on the primary's first
+//! session-level failure, so the next probe decides again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::{FsBlobStore, Storage};
+use crate::config::Config;
+use crate::drain::{DrainSettings, Drainer, RunOptions};
+use crate::error::{ConfigError, StoreError};
+use crate::health::{self, Hysteresis, PrimaryState};
+use crate::ingest::Spool;
+use crate::ports::{Clock, SystemClock};
+use crate::smtp::client::RelaySetupError;
+use crate::smtp::server::{self, Server};
+use crate::smtp::session::Policy;
+use crate::smtp::tls::{self, TlsError};
+use crate::smtp::SmtpRelay;
+
+/// `standby serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Relay(#[from] RelaySetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Drain settings from the configuration.
+pub fn drain_settings(config: &Config) -> DrainSettings {
+    DrainSettings {
+        concurrency: config.drain.concurrency,
+        lease: Duration::from_secs(config.drain.lease_secs.max(1)),
+        hold_days: config.hold_days,
+        rate_per_sec: config.drain.rate_per_sec,
+    }
+}
+
+/// Hysteresis thresholds from the configuration.
+pub fn hysteresis(config: &Config) -> Hysteresis {
+    Hysteresis {
+        up_after: config.health.up_after,
+        down_after: config.health.down_after,
+    }
+}
+
+/// Run until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let removed = FsBlobStore::open(config.data_dir())?.remove_unfinished()?;
+    if removed > 0 {
+        tracing::info!(removed, "removed unfinished (never acknowledged) spool files");
+    }
+    let storage = Storage::open_local(&config)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let policy = Policy {
+        hostname: config.hostname.clone(),
+        domains: config.domains.iter().cloned().collect(),
+        recipients: config.load_recipients()?,
+        max_message_size: config.max_message_size,
+        max_recipients: config.max_recipients,
+        tls_available: tls.is_some(),
+    };
+    let server = Arc::new(Server {
+        policy,
+        spool: Spool::new(storage.clone(), clock.clone(), config.hostname.clone()),
+        tls,
+        max_connections: config.max_connections,
+        command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
+    });
+    let relay = Arc::new(SmtpRelay::from_config(&config)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or(config.listen, |a| a),
+        primary = relay.address(),
+        data_dir = %config.data_dir().display(),
+        "standby serving"
+    );
+    let drainer = Drainer::new(storage.clone(), relay.clone(), clock.clone(), drain_settings(&config));
+    let interval = Duration::from_secs(config.health.interval_secs.max(1));
+    let h = hysteresis(&config);
+    let address = relay.address().to_string();
+    let health_loop = async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let rec = match health::check(relay.as_ref(), storage.index.as_ref(), clock.as_ref(), &address, h).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record primary health");
+                    continue;
+                }
+            };
+            if rec.state == PrimaryState::Up {
+                match drainer.run(RunOptions::default()).await {
+                    Ok(r) if r.delivered + r.deferred + r.failed > 0 => tracing::info!(
+                        delivered = r.delivered,
+                        deferred = r.deferred,
+                        failed = r.failed,
+                        "drain run"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "drain failed"),
+                }
+            } else if let Err(e) = drainer.expire_old().await {
+                tracing::error!(error = %e, "expiring old messages failed");
+            }
+        }
+    };
+    tokio::select! {
+        () = server::run(listener, server, shutdown) => {}
+        () = health_loop => {}
+    }
+    tracing::info!("standby stopped");
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The SMTP server session as a state machine, without I/O.
+//!
+//! [`Session::handle`] takes one command line and returns the reply and what the
+//! connection must do next (read DATA, start TLS, close). The DATA bytes themselves are
+//! handled by the caller with [`DataDecoder`](super::data::DataDecoder); it reports the
+//! outcome back through [`Session::data_done`]. Commands are parsed by `smtp-proto`.
+//!
+//! Policy lives here: recipients are validated at RCPT time (configured domains only, so
+//! never an open relay; the recipients list when one is configured, so no backscatter),
+//! and every limit has its own reply code.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use smtp_proto::{Error as ProtoError, Request};
+
+use crate::model::MessageId;
+
+/// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4 says 512; extensions
+/// make lines longer, so allow what Postfix allows).
+pub const MAX_COMMAND_LINE: usize = 2048;
+/// Bad commands tolerated before we hang up (Postfix: `smtpd_hard_error_limit`).
+const MAX_ERRORS: u32 = 20;
+
+/// What the session needs to know; shared by all connections.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub hostname: String,
+    /// Lower-case domains we accept mail for.
+    pub domains: HashSet<String>,
+    /// Lower-case accepted addresses, when a recipients list is configured.
+    pub recipients: Option<HashSet<String>>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// A certificate is configured, so STARTTLS can be offered.
+    pub tls_available: bool,
+}
+
+/// What the connection does after sending the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Read the next command.
+    Command,
+    /// Read the message (the reply was 354).
+    Data,
+    /// Start the TLS handshake (the reply was 220).
+    StartTls,
+    /// Close the connection.
+    Close,
+}
+
+/// How receiving the DATA ended.
+#[derive(Debug)]
+pub enum DataOutcome {
+    /// Durably stored.
+    Stored(MessageId),
+    /// Larger than `max_message_size`; nothing was stored.
+    TooBig,
+    /// The spool failed; nothing was acknowledged.
+    StorageFailed,
+}
+
+/// One reply and the step after it.
+#[derive(Debug)]
+pub struct Step {
+    pub reply: String,
+    pub next: Next,
+}
+
+/// The per-connection SMTP state.
+#[derive(Debug)]
+pub struct Session<'p> {
+    policy: &'p Policy,
+    helo: Option<String>,
+    tls: bool,
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+    errors: u32,
+}
+
+/// A single-line reply with an enhanced status code.
+pub fn reply(code: u16, esc: &str, text: &str) -> String {
+    format!("{code} {esc} {text}\r\n")
+}
+
+fn step(code: u16, esc: &str, text: &str) -> Step {
+    Step {
+        reply: reply(code, esc, text),
+        next: Next::Command,
+    }
+}
+
+impl<'p> Session<'p> {
+    /// A session for a client at `tls` (true when the connection is already encrypted).
+    pub fn new(policy: &'p Policy, tls: bool) -> Self {
+        Session {
+            policy,
+            helo: None,
+            tls,
+            mail_from: None,
+            rcpts: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    /// The banner sent when the client connects.
+    pub fn greeting(&self) -> String {
+        format!("220 {} ESMTP standby-mx\r\n", self.policy.hostname)
+    }
+
+    pub fn helo(&self) -> &str {
+        self.helo.as_deref().unwrap_or("")
+    }
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+    pub fn mail_from(&self) -> Option<&str> {
+        self.mail_from.as_deref()
+    }
+    pub fn rcpts(&self) -> &[String] {
+        &self.rcpts
+    }
+
+    fn reset(&mut self) {
+        self.mail_from = None;
+        self.rcpts.clear();
+    }
+
+    /// The TLS handshake finished: RFC 3207 says forget everything, including EHLO.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.reset();
+    }
+
+    /// Count a client error; too many and the connection is closed.
+    fn error(&mut self, mut s: Step) -> Step {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            s.reply
+                .push_str(&reply(421, "4.7.0", "Too many errors, closing connection"));
+            s.next = Next::Close;
+        }
+        s
+    }
+
+    /// A command line longer than [`MAX_COMMAND_LINE`] arrived (and was discarded).
+    pub fn line_too_long(&mut self) -> Step {
+        self.error(step(500, "5.5.2", "Error: line too long"))
+    }
+
+    /// Handle one command line (ending in LF).
+    pub fn handle(&mut self, line: &[u8]) -> Step {
+        let parsed = Request::parse(&mut line.iter());
+        match parsed {
+            Ok(req) => self.request(req),
+            Err(e) => {
+                let s = match e {
+                    ProtoError::UnknownCommand => {
+                        step(500, "5.5.2", "Error: command not recognized")
+                    }
+                    ProtoError::InvalidSenderAddress => {
+                        step(501, "5.1.7", "Bad sender address syntax")
+                    }
+                    ProtoError::InvalidRecipientAddress => {
+                        step(501, "5.1.3", "Bad recipient address syntax")
+                    }
+                    ProtoError::SyntaxError { syntax } => {
+                        step(501, "5.5.4", &format!("Syntax: {syntax}"))
+                    }
+                    ProtoError::InvalidParameter { param } => {
+                        step(501, "5.5.4", &format!("Invalid parameter {param}"))
+                    }
+                    ProtoError::UnsupportedParameter { param } => step(
+                        555,
+                        "5.5.4",
+                        &format!("Unsupported parameter {}", printable(&param)),
+                    ),
+                    _ => step(500, "5.5.2", "Error: bad command"),
+                };
+                self.error(s)
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request<Cow<'_, str>>) -> Step {
+        match req {
+            Request::Ehlo { host } => {
+                self.helo = Some(host.into_owned());
+                self.reset();
+                let p = self.policy;
+                let mut r = format!("250-{}\r\n", p.hostname);
+                r.push_str("250-PIPELINING\r\n");
+                let _ = write!(r, "250-SIZE {}\r\n", p.max_message_size);
+                if p.tls_available && !self.tls {
+                    r.push_str("250-STARTTLS\r\n");
+                }
+                r.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n");
+                Step {
+                    reply: r,
+                    next: Next::Command,
+                }
+            }
+            Request::Helo { host } | Request::Lhlo { host } => {
+                self.helo = Some(host.into_owned());
+                self.reset();
+                step(250, "2.0.0", &self.policy.hostname)
+            }
+            Request::Mail { from } => {
+                if self.helo.is_none() {
+                    return self.error(step(503, "5.5.1", "Error: send HELO/EHLO first"));
+                }
+                if self.mail_from.is_some() {
+                    return self.error(step(503, "5.5.1", "Error: nested MAIL command"));
+                }
+                if from.size as u64 > self.policy.max_message_size {
+                    return step(552, "5.3.4", "Message size exceeds fixed limit");
+                }
+                self.mail_from = Some(from.address.into_owned());
+                step(250, "2.1.0", "Ok")
+            }
+            Request::Rcpt { to } => {
+                if self.mail_from.is_none() {
+                    return self.error(step(503, "5.5.1", "Error: need MAIL command"));
+                }
+                if self.rcpts.len() >= self.policy.max_recipients {
+                    return step(452, "4.5.3", "Error: too many recipients");
+                }
+                match self.check_recipient(&to.address) {
+                    Ok(addr) => {
+                        if !self.rcpts.contains(&addr) {
+                            self.rcpts.push(addr);
+                        }
+                        step(250, "2.1.5", "Ok")
+                    }
+                    Err(s) => self.error(s),
+                }
+            }
+            Request::Data => {
+                if self.mail_from.is_none() {
+                    return self.error(step(503, "5.5.1", "Error: need MAIL command"));
+                }
+                if self.rcpts.is_empty() {
+                    return self.error(step(554, "5.5.1", "Error: no valid recipients"));
+                }
+                Step {
+                    reply: "354 End data with <CR><LF>.<CR><LF>\r\n".to_string(),
+                    next: Next::Data,
+                }
+            }
+            Request::Rset => {
+                self.reset();
+                step(250, "2.0.0", "Ok")
+            }
+            Request::Noop { .. } => step(250, "2.0.0", "Ok"),
+            Request::Quit => Step {
+                reply: reply(221, "2.0.0", "Bye"),
+                next: Next::Close,
+            },
+            Request::Vrfy { .. } => step(
+                252,
+                "2.0.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Request::StartTls => {
+                if !self.policy.tls_available {
+                    self.error(step(502, "5.5.1", "Error: STARTTLS not available"))
+                } else if self.tls {
+                    self.error(step(503, "5.5.1", "Error: TLS already active"))
+                } else {
+                    Step {
+                        reply: reply(220, "2.0.0", "Ready to start TLS"),
+                        next: Next::StartTls,
+                    }
+                }
+            }
+            Request::Auth { .. } => self.error(step(
+                502,
+                "5.5.1",
+                "Error: authentication not enabled (this is an MX)",
+            )),
+            _ => self.error(step(502, "5.5.1", "Error: command not implemented")),
+        }
+    }
+
+    /// Decide on a recipient; returns the address to store, or the refusal.
+    fn check_recipient(&self, address: &str) -> Result<String, Step> {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Err(step(
+                550,
+                "5.1.1",
+                "Recipient address rejected: need a fully-qualified address",
+            ));
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // `%` and `!` in the local part are old routing syntaxes a naive primary could
+        // honour to relay elsewhere; Postfix refuses them the same way.
+        let routed = local.contains(['%', '!', '@']);
+        if routed || !self.policy.domains.contains(&domain) {
+            return Err(step(550, "5.7.1", "Relay access denied"));
+        }
+        let addr = format!("{local}@{domain}");
+        if let Some(list) = &self.policy.recipients
+            && !list.contains(&addr.to_lowercase())
+        {
+            return Err(step(
+                550,
+                "5.1.1",
+                "Recipient address rejected: User unknown",
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// The message has been received (or refused); the transaction ends either way.
+    pub fn data_done(&mut self, outcome: DataOutcome) -> Step {
+        self.reset();
+        match outcome {
+            DataOutcome::Stored(id) => step(250, "2.0.0", &format!("Ok: queued as {id}")),
+            DataOutcome::TooBig => step(552, "5.3.4", "Message size exceeds fixed limit"),
+            DataOutcome::StorageFailed => step(
+                451,
+                "4.3.0",
+                "Error: queue file write error, try again later",
+            ),
+        }
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(recipients: Option<&[&str]>) -> Policy {
+        Policy {
+            hostname: "standby.test".into(),
+            domains: ["example.test".to_string()].into(),
+            recipients: recipients.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            max_message_size: 1000,
+            max_recipients: 2,
+            tls_available: false,
+        }
+    }
+
+    fn code(s: &Step) -> &str {
+        &s.reply[..3]
+    }
+
+    #[test]
+    fn happy_path() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        let ehlo = s.handle(b"EHLO client.test\r\n");
+        assert!(ehlo.reply.contains("250-PIPELINING") && ehlo.reply.contains("SIZE 1000"));
+        assert!(!ehlo.reply.contains("STARTTLS"));
+        assert_eq!(code(&s.handle(b"MAIL FROM:<a@b.test> SIZE=10\r\n")), "250");
+        assert_eq!(code(&s.handle(b"RCPT TO:<Bob@Example.TEST>\r\n")), "250");
+        let d = s.handle(b"DATA\r\n");
+        assert_eq!((code(&d), d.next), ("354", Next::Data));
+        assert_eq!(s.rcpts(), ["Bob@example.test"]);
+        let id = MessageId::new(chrono::Utc::now());
+        assert!(s.data_done(DataOutcome::Stored(id)).reply.contains(&id.to_string()));
+        assert!(s.mail_from().is_none());
+        assert_eq!(s.handle(b"QUIT\r\n").next, Next::Close);
+    }
+
+    #[test]
+    fn relay_and_unknown_users_are_refused() {
+        let p = policy(Some(&["bob@example.test"]));
+        let mut s = Session::new(&p, false);
+        s.handle(b"EHLO c\r\n");
+        s.handle(b"MAIL FROM:<>\r\n");
+        for (rcpt, want) in [
+            ("<x@foreign.test>", "550 5.7.1"),
+            ("<bob%foreign.test@example.test>", "550 5.7.1"),
+            ("<foreign.test!bob@example.test>", "550 5.7.1"),
+            ("<alice@example.test>", "550 5.1.1"),
+            ("<BOB@example.test.>", "250 2.1.5"),
+        ] {
+            let r = s.handle(format!("RCPT TO:{rcpt}\r\n").as_bytes());
+            assert!(r.reply.starts_with(want), "{rcpt}: {}", r.reply);
+        }
+    }
+
+    #[test]
+    fn limits_and_sequence_errors() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        assert!(s.handle(b"MAIL FROM:<a@b>\r\n").reply.starts_with("503 5.5.1"));
+        s.handle(b"HELO c\r\n");
+        assert!(s.handle(b"MAIL FROM:<a@b> SIZE=1001\r\n").reply.starts_with("552 5.3.4"));
+        assert!(s.handle(b"DATA\r\n").reply.starts_with("503"));
+        s.handle(b"MAIL FROM:<a@b>\r\n");
+        assert!(s.handle(b"DATA\r\n").reply.starts_with("554"));
+        s.handle(b"RCPT TO:<a@example.test>\r\n");
+        s.handle(b"RCPT TO:<b@example.test>\r\n");
+        assert!(s.handle(b"RCPT TO:<c@example.test>\r\n").reply.starts_with("452 4.5.3"));
+        assert!(s.handle(b"VRFY x\r\n").reply.starts_with("252"));
+        assert!(s.handle(b"STARTTLS\r\n").reply.starts_with("502"));
+        assert!(s.handle(b"BOGUS\r\n").reply.starts_with("500 5.5.2"));
+        assert!(s.data_done(DataOutcome::TooBig).reply.starts_with("552 5.3.4"));
+    }
+
+    #[test]
+    fn too_many_errors_close_the_connection() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        let mut last = None;
+        for _ in 0..MAX_ERRORS {
+            last = Some(s.handle(b"XYZZY\r\n"));
+        }
+        let last = last.unwrap();
+        assert_eq!(last.next, Next::Close);
+        assert!(last.reply.contains("421 4.7.0"));
+    }
+}

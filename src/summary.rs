@@ -1,0 +1,118 @@
+//! The listing summary of a message (Message-ID, From, Subject, Date), parsed with
+//! `mail-parser` from the header block only.
+//!
+//! The summary is for people (`standby list`), never for delivery, so a message whose
+//! headers do not parse is still accepted and simply has an empty summary. Only the first
+//! [`HEAD_LIMIT`] bytes are kept, which bounds the parser's time and memory whatever the
+//! sender put in the message.
+
+use mail_parser::MessageParser;
+
+use crate::model::Summary;
+
+/// How much of the message's start is kept for the summary.
+pub const HEAD_LIMIT: usize = 64 * 1024;
+
+/// Longest value kept per field.
+const FIELD_LIMIT: usize = 998;
+
+/// Collects the header block of a message as it streams by.
+#[derive(Debug, Default)]
+pub struct HeadCapture {
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl HeadCapture {
+    /// Feed the next chunk of the message (as stored, CRLF line ends).
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.done {
+            return;
+        }
+        let room = HEAD_LIMIT - self.buf.len();
+        let start = self.buf.len().saturating_sub(3);
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Some(pos) = find(&self.buf[start..], b"\r\n\r\n") {
+            self.buf.truncate(start + pos + 4);
+            self.done = true;
+        } else if self.buf.len() >= HEAD_LIMIT {
+            self.done = true;
+        }
+    }
+
+    /// Parse what was captured.
+    pub fn summary(&self) -> Summary {
+        parse(&self.buf)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= FIELD_LIMIT {
+        return s.to_string();
+    }
+    let mut end = FIELD_LIMIT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Parse the summary fields from a header block (or a whole message).
+pub fn parse(raw: &[u8]) -> Summary {
+    let Some(msg) = MessageParser::default().parse_headers(raw) else {
+        return Summary::default();
+    };
+    let from = msg.from().and_then(|a| a.first()).map(|a| {
+        match (a.name(), a.address()) {
+            (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+            (None, Some(addr)) => addr.to_string(),
+            (Some(n), None) => n.to_string(),
+            (None, None) => String::new(),
+        }
+    });
+    Summary {
+        message_id: msg.message_id().map(clip),
+        from: from.filter(|f| !f.is_empty()).map(|f| clip(&f)),
+        subject: msg.subject().map(clip),
+        date: msg.date().map(|d| d.to_rfc3339()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: Alice Example <alice@example.org>\r\nTo: bob@example.test\r\n\
+Subject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <abc@example.org>\r\n\
+Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\nSubject: not a header\r\n";
+
+    #[test]
+    fn parses_fields_from_streamed_head() {
+        let mut cap = HeadCapture::default();
+        for chunk in MSG.chunks(7) {
+            cap.feed(chunk);
+        }
+        let s = cap.summary();
+        assert_eq!(s.message_id.as_deref(), Some("abc@example.org"));
+        assert_eq!(s.from.as_deref(), Some("Alice Example <alice@example.org>"));
+        assert_eq!(s.subject.as_deref(), Some("café"));
+        assert_eq!(s.date.as_deref(), Some("2026-11-28T10:00:00Z"));
+        assert!(!cap.buf.ends_with(b"not a header\r\n"));
+    }
+
+    #[test]
+    fn garbage_gives_empty_summary_and_bounded_capture() {
+        let mut cap = HeadCapture::default();
+        let junk = vec![0xffu8; 200_000];
+        cap.feed(&junk);
+        cap.feed(&junk);
+        assert!(cap.buf.len() <= HEAD_LIMIT);
+        let s = cap.summary();
+        assert!(s.subject.is_none() && s.message_id.is_none());
+    }
+}
