@@ -1,0 +1,389 @@
+//! Real peers for the integration tests: a Postfix primary (own config dir, loopback port,
+//! Maildir), the `standby` binary itself, swaks as the sending client, and a scriptable
+//! fake primary for replies Postfix will not give on demand (421 at the banner).
+//!
+//! A missing tool is a test failure that says how to install it, never a skip.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const STANDBY: &str = env!("CARGO_BIN_EXE_standby");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fail loudly when a tool the test needs is missing.
+pub fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: run `apt-get install -y {package}` (scripts/test does this)"
+    );
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until `f` returns true, or panic with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_listening(port: u16, timeout: Duration) {
+    wait_for(&format!("a listener on port {port}"), timeout, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// A private Postfix instance acting as the organisation's primary server.
+pub struct Postfix {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+fn script(args: &[&str]) -> Output {
+    let out = Command::new(repo().join("scripts/postfix-instance"))
+        .args(args)
+        .output()
+        .expect("run scripts/postfix-instance");
+    assert!(
+        out.status.success(),
+        "scripts/postfix-instance {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Postfix {
+    /// Configure (not start) a primary for example.test on a free loopback port.
+    pub fn primary() -> Postfix {
+        require("postfix", "postfix");
+        let dir = tempfile::Builder::new()
+            .prefix("standby-pf-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        script(&[
+            "init",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--role",
+            "primary",
+        ]);
+        Postfix { dir, port }
+    }
+
+    /// Answer chosen recipients with fixed replies, e.g. `("temp@example.test", "450 4.2.0 busy")`.
+    pub fn rcpt_replies(&self, rules: &[(&str, &str)]) {
+        let mut f = std::fs::File::create(self.dir.path().join("rcpt_access")).unwrap();
+        for (rcpt, action) in rules {
+            writeln!(f, "{rcpt} {action}").unwrap();
+        }
+    }
+
+    pub fn start(&self) {
+        script(&["start", self.dir.path().to_str().unwrap()]);
+        wait_listening(self.port, Duration::from_secs(20));
+    }
+
+    pub fn stop(&self) {
+        script(&["stop", self.dir.path().to_str().unwrap()]);
+        wait_for("postfix to stop listening", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    /// Messages delivered to the Maildir so far.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let new = self.dir.path().join("mail/maildir/new");
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(new) {
+            for e in entries.flatten() {
+                out.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+        out
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/postfix-instance"))
+            .args(["destroy", self.dir.path().to_str().unwrap()])
+            .output();
+    }
+}
+
+/// A `standby serve` process with its own data dir and config.
+pub struct Standby {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Standby {
+    /// Write a config for `primary_port` with `extra` TOML lines (top-level keys first,
+    /// then sections) and start the listener.
+    pub fn start(primary_port: u16, extra: &str) -> Standby {
+        Self::start_with_env(primary_port, extra, &[])
+    }
+
+    /// Like [`Standby::start`], with `STANDBY_*` overrides in the process environment.
+    pub fn start_with_env(primary_port: u16, extra: &str, env: &[(&str, &str)]) -> Standby {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("standby.toml");
+        let (top, sections) = match extra.find('[') {
+            Some(i) => extra.split_at(i),
+            None => (extra, ""),
+        };
+        let text = format!(
+            "hostname = \"standby.example.test\"\n\
+             listen = \"127.0.0.1:{port}\"\n\
+             data_dir = \"{data}\"\n\
+             domains = [\"example.test\"]\n\
+             command_timeout_secs = 30\n\
+             {top}\n\
+             [primary]\n\
+             address = \"127.0.0.1:{primary_port}\"\n\
+             tls = \"opportunistic\"\n\
+             timeout_secs = 10\n\
+             [health]\n\
+             interval_secs = 1\n\
+             up_after = 2\n\
+             down_after = 2\n\
+             {sections}\n",
+            data = dir.path().join("data").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut s = Standby {
+            dir,
+            port,
+            config,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// (Re)start the process on the same config and data.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(STANDBY)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("STANDBY_LOG", "standby=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start standby serve");
+        self.child = Some(child);
+        wait_listening(self.port, Duration::from_secs(20));
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Run `standby ARGS --config <ours>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(STANDBY)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("STANDBY_LOG", "warn")
+            .output()
+            .expect("run standby")
+    }
+
+    /// Run a CLI command that must succeed and print JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "standby {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("standby {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    pub fn list(&self, status: &str) -> Vec<Value> {
+        match self.json(&["list", "--status", status, "--json"]) {
+            Value::Array(v) => v,
+            other => panic!("list is not an array: {other}"),
+        }
+    }
+
+    pub fn counts(&self) -> Value {
+        self.json(&["status", "--json"])["counts"].clone()
+    }
+
+    pub fn messages_dir(&self) -> PathBuf {
+        self.dir.path().join("data/messages")
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Send with swaks; returns (success, transcript).
+pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
+    require("swaks", "swaks");
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("run swaks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Read a fixture with LF line ends and put `token` in place of `TOKEN`.
+pub fn fixture(name: &str, token: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("tests/fixtures").join(name)).unwrap();
+    text.replace("TOKEN", token)
+}
+
+/// Split a message into (header block, body) at the first empty line; CRLF folded to LF.
+pub fn split_message(raw: &[u8]) -> (String, Vec<u8>) {
+    let mut lf = Vec::with_capacity(raw.len());
+    for (i, &b) in raw.iter().enumerate() {
+        if !(b == b'\r' && raw.get(i + 1) == Some(&b'\n')) {
+            lf.push(b);
+        }
+    }
+    let pos = lf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("message has a header/body separator");
+    (
+        String::from_utf8_lossy(&lf[..pos + 1]).into_owned(),
+        lf[pos + 2..].to_vec(),
+    )
+}
+
+/// How a [`FakePrimary`] treats one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeReply {
+    /// 220 banner, then 250 to EHLO, 221 to QUIT.
+    Healthy,
+    /// `421` at the banner, then close.
+    Busy421,
+}
+
+/// A tiny SMTP responder driven by a script, one entry per connection (the last entry
+/// repeats). Counts the connections it served.
+pub struct FakePrimary {
+    pub port: u16,
+    pub served: Arc<Mutex<Vec<FakeReply>>>,
+}
+
+impl FakePrimary {
+    pub fn start(script: Vec<FakeReply>) -> FakePrimary {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let log = served.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let reply = *script.get(n).or(script.last()).unwrap();
+                log.lock().unwrap().push(reply);
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    match reply {
+                        FakeReply::Busy421 => {
+                            let _ = stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
+                        }
+                        FakeReply::Healthy => {
+                            let _ = stream.write_all(b"220 fake.test ESMTP\r\n");
+                            let mut r = BufReader::new(stream.try_clone().unwrap());
+                            let mut line = String::new();
+                            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                                let cmd = line.to_ascii_uppercase();
+                                let resp: &[u8] = if cmd.starts_with("EHLO") {
+                                    b"250-fake.test\r\n250 PIPELINING\r\n"
+                                } else if cmd.starts_with("QUIT") {
+                                    let _ = stream.write_all(b"221 2.0.0 bye\r\n");
+                                    break;
+                                } else {
+                                    b"502 5.5.1 not in this fake\r\n"
+                                };
+                                let _ = stream.write_all(resp);
+                                line.clear();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FakePrimary { port, served }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.served.lock().unwrap().len()
+    }
+}
+
+/// Path helper for messages in a data dir.
+pub fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
