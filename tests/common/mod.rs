@@ -81,6 +81,11 @@ fn script(args: &[&str]) -> Output {
 impl Postfix {
     /// Configure (not start) a primary for example.test on a free loopback port.
     pub fn primary() -> Postfix {
+        Self::primary_with(&[])
+    }
+
+    /// A primary with extra `scripts/postfix-instance init` options.
+    pub fn primary_with(extra: &[&str]) -> Postfix {
         require("postfix", "postfix");
         let dir = tempfile::Builder::new()
             .prefix("standby-pf-")
@@ -95,7 +100,10 @@ impl Postfix {
             &listen,
             "--role",
             "primary",
-        ]);
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>());
         Postfix { dir, port }
     }
 
@@ -241,6 +249,7 @@ impl Standby {
             .arg("--config")
             .arg(&self.config)
             .env("STANDBY_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run standby")
     }
@@ -386,4 +395,38 @@ impl FakePrimary {
 /// Path helper for messages in a data dir.
 pub fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Certificates for TLS tests: a CA and a server certificate for 127.0.0.1/localhost.
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_pki(dir: &Path) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let pki = TestPki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&pki.cert, leaf.pem()).unwrap();
+    std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
+    for p in [&pki.ca, &pki.cert, &pki.key] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    pki
 }

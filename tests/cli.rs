@@ -1,0 +1,140 @@
+//! The operator command as a script sees it: output shapes, exit codes (0 ok, 1 error,
+//! 2 usage, 3 primary down) and error messages that name the file, line or flag.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(STANDBY)
+        .args(args)
+        .env("STANDBY_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn config_errors_name_the_file_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let o = run(&["status", "--config", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "domains = [\"example.test\"]\nmax_mesage_size = 5\n[primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    let o = run(&["--config", bad.to_str().unwrap(), "status"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("bad.toml") && e.contains("max_mesage_size") && e.contains("line 2"), "{e}");
+
+    let rcpts = dir.path().join("recipients.txt");
+    std::fs::write(&rcpts, "bob@example.test\nnot an address\n").unwrap();
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domains = [\"example.test\"]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nrecipients = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+            free_port(),
+            dir.path().join("data").display(),
+            rcpts.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("recipients.txt:2"), "{}", stderr(&o));
+
+    let o = Command::new(STANDBY)
+        .args(["status", "--config", bad.to_str().unwrap()])
+        .env("STANDBY_LOG", "warn")
+        .env("STANDBY_PRIMARY_TLS", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    let o = sb.cli(&["show", "not-an-id"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not-an-id"));
+    let o = sb.cli(&["purge", "01M8HBRYFWJSMMQT86R411B1XH"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--yes"));
+    let o = sb.cli(&["hold"]);
+    assert_eq!(o.status.code(), Some(2), "hold needs ids or --all");
+}
+
+#[test]
+fn hold_release_retry_purge() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    for i in 0..3 {
+        let (ok, t) = swaks(
+            sb.port,
+            &["--from", "a@example.org", "--to", "bob@example.test", "--header", &format!("Subject: m{i}")],
+        );
+        assert!(ok, "{t}");
+    }
+    let ids: Vec<String> = sb
+        .list("held")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let subjects: Vec<String> = sb.list("all").iter().map(|m| m["subject"].as_str().unwrap().to_string()).collect();
+    assert_eq!(subjects, ["m0", "m1", "m2"], "oldest first");
+
+    assert!(sb.cli(&["hold", &ids[0]]).status.success());
+    assert_eq!(sb.list("paused").len(), 1);
+    assert_eq!(sb.counts()["paused"], 1);
+    // Only held messages can be paused: the paused one is reported, the rest proceed.
+    let o = sb.cli(&["hold", &ids[0], &ids[1]]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&ids[0]) && stderr(&o).contains("paused"));
+    assert_eq!(sb.list("paused").len(), 2);
+    let o = sb.cli(&["hold", "--all"]);
+    assert!(o.status.success());
+    assert_eq!(sb.list("paused").len(), 3);
+    // A paused message is not offered to the drain.
+    let dry = sb.cli(&["drain", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("0 message(s)"));
+
+    assert!(sb.cli(&["release", &ids[2]]).status.success());
+    assert_eq!(sb.list("held").len(), 1);
+    assert!(sb.cli(&["release", "--all"]).status.success());
+    assert_eq!(sb.list("held").len(), 3);
+    let dry = sb.json(&["drain", "--dry-run", "--json"]);
+    assert_eq!(dry.as_array().unwrap().len(), 3);
+
+    assert!(sb.cli(&["retry", &ids[1]]).status.success());
+
+    let text = String::from_utf8_lossy(&sb.cli(&["show", &ids[1]]).stdout).into_owned();
+    assert!(text.contains("mail from   <a@example.org>") && text.contains("subject     m1"), "{text}");
+
+    let blob = sb.messages_dir().join(format!("{}.eml", ids[1]));
+    assert!(blob.exists());
+    let o = sb.cli(&["purge", &ids[1], "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!blob.exists(), "blob removed");
+    assert_eq!(sb.list("all").len(), 2);
+    let o = sb.cli(&["show", &ids[1]]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not found"));
+    let o = sb.cli(&["purge", &ids[1], "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "purging a missing id is an error");
+}
