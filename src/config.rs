@@ -475,7 +475,10 @@ mod tests {
         let e = Config::from_parts(Path::new("conf/s.toml"), &bad, env(&[]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("conf/s.toml") && e.contains("max_mesage_size"), "{e}");
+        assert!(
+            e.contains("conf/s.toml") && e.contains("max_mesage_size"),
+            "{e}"
+        );
         assert!(e.contains("line 4"), "{e}");
 
         let bad_tls = MIN.replace("127.0.0.1\"", "127.0.0.1\"\ntls = \"sometimes\"");
@@ -491,7 +494,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("STANDBY_MAX_RECIPIENTS") && e.contains("lots"), "{e}");
+        assert!(
+            e.contains("STANDBY_MAX_RECIPIENTS") && e.contains("lots"),
+            "{e}"
+        );
 
         let e = Config::from_parts(Path::new("s.toml"), "[primary]\naddress=\"x\"", env(&[]))
             .unwrap_err()
@@ -501,8 +507,11 @@ mod tests {
 
     #[test]
     fn recipients_file_errors_name_the_line() {
-        let ok = parse_recipients(Path::new("r"), "# users\nAlice@Example.test\n\nbob@example.test # b\n")
-            .unwrap();
+        let ok = parse_recipients(
+            Path::new("r"),
+            "# users\nAlice@Example.test\n\nbob@example.test # b\n",
+        )
+        .unwrap();
         assert!(ok.contains("alice@example.test") && ok.contains("bob@example.test"));
         let e = parse_recipients(Path::new("r.txt"), "a@b.test\nnot an address\n")
             .unwrap_err()

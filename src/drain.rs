@@ -135,17 +135,20 @@ pub fn apply(
         }
         Ok(tx) => {
             for (n, &i) in pending.iter().enumerate() {
-                let rcpt_reply = tx.rcpts.get(n).cloned().unwrap_or_else(|| {
-                    Reply::new(451, "no reply to RCPT from the primary")
-                });
+                let rcpt_reply = tx
+                    .rcpts
+                    .get(n)
+                    .cloned()
+                    .unwrap_or_else(|| Reply::new(451, "no reply to RCPT from the primary"));
                 if !rcpt_reply.is_positive() {
                     set(rec, i, &rcpt_reply);
                     continue;
                 }
                 // Accepted at RCPT: the reply after the final dot decides.
-                let final_reply = tx.data.clone().unwrap_or_else(|| {
-                    Reply::new(451, "message data not accepted by the primary")
-                });
+                let final_reply = tx
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(451, "message data not accepted by the primary"));
                 set(rec, i, &final_reply);
             }
         }
@@ -176,7 +179,11 @@ pub fn apply(
 /// Mark a held message as expired: every pending recipient fails.
 pub fn expire(rec: &mut Record, hold_days: u32, now: DateTime<Utc>) {
     let text = format!("expired: not delivered within hold_days = {hold_days}");
-    for r in rec.rcpts.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
+    for r in rec
+        .rcpts
+        .iter_mut()
+        .filter(|r| r.status == RcptStatus::Pending)
+    {
         r.status = RcptStatus::Failed;
         r.reply = Some(text.clone());
     }
@@ -338,8 +345,7 @@ impl Drainer {
             if batch.is_empty() {
                 break;
             }
-            let mut batch = batch.into_iter();
-            while let Some(mut rec) = batch.next() {
+            for mut rec in batch {
                 let deadline_passed = opts.deadline.is_some_and(|d| Instant::now() >= d);
                 if deadline_passed || w.stopped.is_some() {
                     index.complete(&rec, &owner).await?;
@@ -364,8 +370,7 @@ impl Drainer {
                 self.pace().await;
                 let result = match self.storage.blobs.open(rec.id).await {
                     Ok(body) => {
-                        let rcpts: Vec<String> =
-                            rec.pending().map(|r| r.address.clone()).collect();
+                        let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
                         let s = session.as_mut().expect("connected above");
                         s.send(&rec.mail_from, &rcpts, body).await
                     }
@@ -374,7 +379,9 @@ impl Drainer {
                 let session_broken = match &result {
                     Err(RelayError::Blob(_)) => false,
                     Err(_) => true,
-                    Ok(tx) => tx.mail.code == 421 || tx.data.as_ref().is_some_and(|d| d.code == 421),
+                    Ok(tx) => {
+                        tx.mail.code == 421 || tx.data.as_ref().is_some_and(|d| d.code == 421)
+                    }
                 };
                 let outcome = apply(&mut rec, &result, self.clock.now());
                 match index.complete(&rec, &owner).await {
@@ -440,19 +447,22 @@ mod tests {
     use std::sync::Mutex as StdMutex;
     use tokio::io::AsyncReadExt;
 
+    /// What the scripted primary accepted: (MAIL FROM, recipients, body).
+    type Deliveries = Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>;
+
     /// A primary that answers from a script: per recipient address a reply code.
     #[derive(Default)]
     struct ScriptedRelay {
         rcpt_codes: HashMap<String, u16>,
         refuse_connect: bool,
         data_code: Option<u16>,
-        delivered: Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+        delivered: Deliveries,
     }
 
     struct ScriptedSession {
         rcpt_codes: HashMap<String, u16>,
         data_code: u16,
-        delivered: Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+        delivered: Deliveries,
     }
 
     #[async_trait]
@@ -552,12 +562,27 @@ mod tests {
         relay.rcpt_codes.insert("later@x.test".into(), 450);
         relay.rcpt_codes.insert("gone@x.test".into(), 550);
         let delivered = relay.delivered.clone();
-        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(relay),
+            Arc::new(SystemClock),
+            settings(),
+        );
         let report = d.run(RunOptions::default()).await.unwrap();
-        assert_eq!((report.delivered, report.deferred, report.failed), (0, 1, 0));
+        assert_eq!(
+            (report.delivered, report.deferred, report.failed),
+            (0, 1, 0)
+        );
         let rec = storage.index.get(id).await.unwrap().unwrap();
         let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
-        assert_eq!(st, [RcptStatus::Delivered, RcptStatus::Pending, RcptStatus::Failed]);
+        assert_eq!(
+            st,
+            [
+                RcptStatus::Delivered,
+                RcptStatus::Pending,
+                RcptStatus::Failed
+            ]
+        );
         assert_eq!(rec.status, Status::Held);
         assert_eq!(rec.attempts, 1);
         assert!(rec.next_attempt_at > Utc::now() + chrono::Duration::seconds(50));
@@ -583,7 +608,10 @@ mod tests {
             settings(),
         );
         let r2 = d2.run(RunOptions::default()).await.unwrap();
-        assert_eq!(r2.failed, 1, "settles as failed: one recipient failed for good");
+        assert_eq!(
+            r2.failed, 1,
+            "settles as failed: one recipient failed for good"
+        );
         assert_eq!(delivered.lock().unwrap()[1].1, ["later@x.test"]);
         let done = storage.index.get(id).await.unwrap().unwrap();
         assert_eq!(done.status, Status::Failed);
@@ -598,7 +626,12 @@ mod tests {
             data_code: Some(452),
             ..Default::default()
         };
-        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(relay),
+            Arc::new(SystemClock),
+            settings(),
+        );
         let r = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(r.deferred, 1);
         let rec = storage.index.get(id).await.unwrap().unwrap();
@@ -614,7 +647,12 @@ mod tests {
             refuse_connect: true,
             ..Default::default()
         };
-        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(relay),
+            Arc::new(SystemClock),
+            settings(),
+        );
         let r = d.run(RunOptions::default()).await.unwrap();
         assert!(r.unreachable && r.stopped.is_some());
         assert_eq!((r.delivered, r.deferred, r.failed), (0, 0, 0));
@@ -632,12 +670,20 @@ mod tests {
         storage.index.update(&rec, Utc::now()).await.unwrap();
         let relay = ScriptedRelay::default();
         let delivered = relay.delivered.clone();
-        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), settings());
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(relay),
+            Arc::new(SystemClock),
+            settings(),
+        );
         let r = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(r.failed, 1);
         assert!(delivered.lock().unwrap().is_empty());
         let rec = storage.index.get(id).await.unwrap().unwrap();
-        assert_eq!((rec.status, rec.reason.as_deref()), (Status::Failed, Some("expired")));
+        assert_eq!(
+            (rec.status, rec.reason.as_deref()),
+            (Status::Failed, Some("expired"))
+        );
     }
 
     #[tokio::test]

@@ -213,7 +213,10 @@ mod tests {
     async fn abort_leaves_nothing() {
         let storage = Storage::memory();
         let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
-        let mut inc = spool.begin(env(&["a@example.test", "b@example.test"])).await.unwrap();
+        let mut inc = spool
+            .begin(env(&["a@example.test", "b@example.test"]))
+            .await
+            .unwrap();
         let id = inc.id();
         inc.write(b"partial").await.unwrap();
         inc.abort().await;

@@ -18,11 +18,11 @@ use crate::error::{ConfigError, StoreError};
 use crate::health::{self, Hysteresis, PrimaryState};
 use crate::ingest::Spool;
 use crate::ports::{Clock, SystemClock};
+use crate::smtp::SmtpRelay;
 use crate::smtp::client::RelaySetupError;
 use crate::smtp::server::{self, Server};
 use crate::smtp::session::Policy;
 use crate::smtp::tls::{self, TlsError};
-use crate::smtp::SmtpRelay;
 
 /// `standby serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let removed = FsBlobStore::open(config.data_dir())?.remove_unfinished()?;
     if removed > 0 {
-        tracing::info!(removed, "removed unfinished (never acknowledged) spool files");
+        tracing::info!(
+            removed,
+            "removed unfinished (never acknowledged) spool files"
+        );
     }
     let storage = Storage::open_local(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -104,7 +107,12 @@ pub async fn serve(
         data_dir = %config.data_dir().display(),
         "standby serving"
     );
-    let drainer = Drainer::new(storage.clone(), relay.clone(), clock.clone(), drain_settings(&config));
+    let drainer = Drainer::new(
+        storage.clone(),
+        relay.clone(),
+        clock.clone(),
+        drain_settings(&config),
+    );
     let interval = Duration::from_secs(config.health.interval_secs.max(1));
     let h = hysteresis(&config);
     let address = relay.address().to_string();
@@ -113,7 +121,15 @@ pub async fn serve(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let rec = match health::check(relay.as_ref(), storage.index.as_ref(), clock.as_ref(), &address, h).await {
+            let rec = match health::check(
+                relay.as_ref(),
+                storage.index.as_ref(),
+                clock.as_ref(),
+                &address,
+                h,
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot record primary health");

@@ -67,14 +67,15 @@ pub fn parse(raw: &[u8]) -> Summary {
     let Some(msg) = MessageParser::default().parse_headers(raw) else {
         return Summary::default();
     };
-    let from = msg.from().and_then(|a| a.first()).map(|a| {
-        match (a.name(), a.address()) {
+    let from = msg
+        .from()
+        .and_then(|a| a.first())
+        .map(|a| match (a.name(), a.address()) {
             (Some(n), Some(addr)) => format!("{n} <{addr}>"),
             (None, Some(addr)) => addr.to_string(),
             (Some(n), None) => n.to_string(),
             (None, None) => String::new(),
-        }
-    });
+        });
     Summary {
         message_id: msg.message_id().map(clip),
         from: from.filter(|f| !f.is_empty()).map(|f| clip(&f)),

@@ -36,7 +36,10 @@ fn config_errors_name_the_file_key_and_line() {
     let o = run(&["--config", bad.to_str().unwrap(), "status"]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("bad.toml") && e.contains("max_mesage_size") && e.contains("line 2"), "{e}");
+    assert!(
+        e.contains("bad.toml") && e.contains("max_mesage_size") && e.contains("line 2"),
+        "{e}"
+    );
 
     let rcpts = dir.path().join("recipients.txt");
     std::fs::write(&rcpts, "bob@example.test\nnot an address\n").unwrap();
@@ -86,7 +89,14 @@ fn hold_release_retry_purge() {
     for i in 0..3 {
         let (ok, t) = swaks(
             sb.port,
-            &["--from", "a@example.org", "--to", "bob@example.test", "--header", &format!("Subject: m{i}")],
+            &[
+                "--from",
+                "a@example.org",
+                "--to",
+                "bob@example.test",
+                "--header",
+                &format!("Subject: m{i}"),
+            ],
         );
         assert!(ok, "{t}");
     }
@@ -96,7 +106,11 @@ fn hold_release_retry_purge() {
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 3);
-    let subjects: Vec<String> = sb.list("all").iter().map(|m| m["subject"].as_str().unwrap().to_string()).collect();
+    let subjects: Vec<String> = sb
+        .list("all")
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(subjects, ["m0", "m1", "m2"], "oldest first");
 
     assert!(sb.cli(&["hold", &ids[0]]).status.success());
@@ -124,7 +138,10 @@ fn hold_release_retry_purge() {
     assert!(sb.cli(&["retry", &ids[1]]).status.success());
 
     let text = String::from_utf8_lossy(&sb.cli(&["show", &ids[1]]).stdout).into_owned();
-    assert!(text.contains("mail from   <a@example.org>") && text.contains("subject     m1"), "{text}");
+    assert!(
+        text.contains("mail from   <a@example.org>") && text.contains("subject     m1"),
+        "{text}"
+    );
 
     let blob = sb.messages_dir().join(format!("{}.eml", ids[1]));
     assert!(blob.exists());

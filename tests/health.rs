@@ -11,7 +11,10 @@ use common::*;
 fn draining_waits_for_up_after_good_probes() {
     let pf = Postfix::primary();
     let sb = Standby::start_with_env(pf.port, "", &[("STANDBY_HEALTH_UP_AFTER", "3")]);
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "bob@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "bob@example.test"],
+    );
     assert!(ok, "{t}");
     pf.start();
 
@@ -31,7 +34,10 @@ fn draining_waits_for_up_after_good_probes() {
             assert_eq!(s["counts"]["delivered"], 1);
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never drained: {s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never drained: {s}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
@@ -64,5 +70,8 @@ fn one_failed_probe_does_not_flip_an_up_primary() {
         assert!(start.elapsed() < Duration::from_secs(60), "probes stalled");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(was_up && saw_failure_while_up, "the failed probe was observed while up");
+    assert!(
+        was_up && saw_failure_while_up,
+        "the failed probe was observed while up"
+    );
 }

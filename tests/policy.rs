@@ -27,7 +27,11 @@ fn standby_with_recipients() -> (Standby, FakePrimary) {
 #[test]
 fn foreign_domains_are_relay_denied() {
     let (sb, _p) = standby_with_recipients();
-    for to in ["bob@foreign.test", "bob@example.test.evil.test", "bob%foreign.test@example.test"] {
+    for to in [
+        "bob@foreign.test",
+        "bob@example.test.evil.test",
+        "bob%foreign.test@example.test",
+    ] {
         let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", to]);
         assert!(!ok, "{to} accepted:\n{t}");
         assert!(t.contains("550 5.7.1 Relay access denied"), "{to}:\n{t}");
@@ -38,11 +42,17 @@ fn foreign_domains_are_relay_denied() {
 #[test]
 fn unknown_users_are_refused_at_rcpt_time() {
     let (sb, _p) = standby_with_recipients();
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "mallory@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "mallory@example.test"],
+    );
     assert!(!ok);
     assert!(t.contains("550 5.1.1"), "{t}");
     // Listed users are accepted, case-insensitively.
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "Bob@Example.Test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "Bob@Example.Test"],
+    );
     assert!(ok, "{t}");
     assert_eq!(sb.list("held").len(), 1);
 }
@@ -55,10 +65,21 @@ fn oversize_message_gets_552_and_nothing_is_stored() {
     std::fs::write(&big, body.repeat(2000)).unwrap(); // ~142 KB > 100000
     let (ok, t) = swaks(
         sb.port,
-        &["--from", "a@example.org", "--to", "bob@example.test", "--body", big.to_str().unwrap()],
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test",
+            "--body",
+            big.to_str().unwrap(),
+        ],
     );
     assert!(!ok, "oversize accepted");
-    assert!(t.contains("552 5.3.4"), "{}", &t[t.len().saturating_sub(500)..]);
+    assert!(
+        t.contains("552 5.3.4"),
+        "{}",
+        &t[t.len().saturating_sub(500)..]
+    );
     assert!(sb.list("all").is_empty());
     assert_eq!(count_files(&sb.messages_dir()), 0);
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
@@ -69,14 +90,22 @@ fn too_many_recipients_get_452_and_the_rest_is_kept() {
     let (sb, _p) = standby_with_recipients();
     let (_ok, t) = swaks(
         sb.port,
-        &["--from", "a@example.org", "--to",
-          "bob@example.test,carol@example.test,dave@example.test,erin@example.test"],
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test,carol@example.test,dave@example.test,erin@example.test",
+        ],
     );
     assert!(t.contains("452 4.5.3"), "{t}");
     let held = sb.list("held");
     assert_eq!(held.len(), 1, "{t}");
     assert_eq!(
         held[0]["rcpt_to"],
-        serde_json::json!(["bob@example.test", "carol@example.test", "dave@example.test"])
+        serde_json::json!([
+            "bob@example.test",
+            "carol@example.test",
+            "dave@example.test"
+        ])
     );
 }

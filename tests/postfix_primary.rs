@@ -13,9 +13,19 @@ fn send_fixture(sb: &Standby, token: &str, to: &str) {
     std::fs::write(&path, fixture("rfc/multipart-8bit.eml", token)).unwrap();
     let (ok, transcript) = swaks(
         sb.port,
-        &["--from", "renee@example.org", "--to", to, "--data", path.to_str().unwrap()],
+        &[
+            "--from",
+            "renee@example.org",
+            "--to",
+            to,
+            "--data",
+            path.to_str().unwrap(),
+        ],
     );
-    assert!(ok && transcript.contains("250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(
+        ok && transcript.contains("250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
 }
 
 /// Delivered copies whose Message-ID carries `token`.
@@ -43,8 +53,14 @@ fn held_while_primary_down_then_delivered_byte_identical() {
 
     let held = sb.list("held");
     assert_eq!(held.len(), 3, "{held:?}");
-    let two = held.iter().find(|m| m["message_id"] == "tok-two@example.org").unwrap();
-    assert_eq!(two["rcpt_to"], serde_json::json!(["bob@example.test", "carol@example.test"]));
+    let two = held
+        .iter()
+        .find(|m| m["message_id"] == "tok-two@example.org")
+        .unwrap();
+    assert_eq!(
+        two["rcpt_to"],
+        serde_json::json!(["bob@example.test", "carol@example.test"])
+    );
     assert_eq!(two["mail_from"], "renee@example.org");
     assert_eq!(two["subject"], "Quarterly résumé");
 
@@ -60,9 +76,11 @@ fn held_while_primary_down_then_delivered_byte_identical() {
         sb.counts()["delivered"] == 3
     });
     assert_eq!(sb.counts()["held"], 0);
-    wait_for("postfix to deliver 4 copies", Duration::from_secs(20), || {
-        pf.delivered().len() == 4
-    });
+    wait_for(
+        "postfix to deliver 4 copies",
+        Duration::from_secs(20),
+        || pf.delivered().len() == 4,
+    );
 
     let delivered = pf.delivered();
     let stored = sb.list("delivered");
@@ -85,15 +103,26 @@ fn held_while_primary_down_then_delivered_byte_identical() {
         // ...and those are the fixture's bytes.
         let expected = fixture("rfc/multipart-8bit.eml", token);
         let (_, want_body) = split_message(expected.as_bytes());
-        assert_eq!(trim_end(&stored_body), trim_end(&want_body), "{token} stored");
+        assert_eq!(
+            trim_end(&stored_body),
+            trim_end(&want_body),
+            "{token} stored"
+        );
         for raw in got {
             let (head, body) = split_message(raw);
             assert_eq!(body, stored_body, "body of {token} changed");
             assert!(head.contains(&dkim), "DKIM-Signature changed:\n{head}");
             assert!(head.contains("From: =?utf-8?q?Ren=C3=A9e?= <renee@example.org>\n"));
             assert!(head.contains("Subject: =?utf-8?q?Quarterly_r=C3=A9sum=C3=A9?=\n"));
-            assert_eq!(head.matches("(standby-mx)").count(), 1, "one Received of ours:\n{head}");
-            assert!(head.contains("Return-Path: <renee@example.org>"), "envelope sender kept");
+            assert_eq!(
+                head.matches("(standby-mx)").count(),
+                1,
+                "one Received of ours:\n{head}"
+            );
+            assert!(
+                head.contains("Return-Path: <renee@example.org>"),
+                "envelope sender kept"
+            );
         }
     }
     // Envelope recipients were kept per copy.
@@ -128,14 +157,22 @@ fn acknowledged_mail_survives_kill_9() {
     sb.kill9();
     sb.spawn();
     let held = sb.list("held");
-    assert_eq!(held.len(), 5, "acknowledged mail lost across kill -9: {held:?}");
+    assert_eq!(
+        held.len(),
+        5,
+        "acknowledged mail lost across kill -9: {held:?}"
+    );
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
 
     pf.start();
-    wait_for("the standby to drain after restart", Duration::from_secs(60), || {
-        sb.counts()["delivered"] == 5
+    wait_for(
+        "the standby to drain after restart",
+        Duration::from_secs(60),
+        || sb.counts()["delivered"] == 5,
+    );
+    wait_for("postfix to deliver 5", Duration::from_secs(20), || {
+        pf.delivered().len() == 5
     });
-    wait_for("postfix to deliver 5", Duration::from_secs(20), || pf.delivered().len() == 5);
     let delivered = pf.delivered();
     for t in &tokens {
         assert_eq!(copies(&delivered, t).len(), 1, "{t} delivered exactly once");

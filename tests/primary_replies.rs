@@ -50,19 +50,41 @@ fn per_recipient_outcomes_from_a_real_postfix() {
     let sb = Standby::start(pf.port, "");
     let (ok, t) = swaks(
         sb.port,
-        &["--from", "a@example.org", "--to", "ok@example.test,temp@example.test,gone@example.test"],
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "ok@example.test,temp@example.test,gone@example.test",
+        ],
     );
     assert!(ok, "{t}");
 
-    wait_for("a delivery attempt", Duration::from_secs(30), || only(&sb)["attempts"] == 1);
+    wait_for("a delivery attempt", Duration::from_secs(30), || {
+        only(&sb)["attempts"] == 1
+    });
     let rec = only(&sb);
-    assert_eq!(rec["status"], "held", "a pending recipient keeps it held: {rec}");
+    assert_eq!(
+        rec["status"], "held",
+        "a pending recipient keeps it held: {rec}"
+    );
     assert_eq!(rcpt(&rec, "ok@example.test")["status"], "delivered");
     assert_eq!(rcpt(&rec, "temp@example.test")["status"], "pending");
-    assert!(rcpt(&rec, "temp@example.test")["reply"].as_str().unwrap().starts_with("450 4.2.0"));
+    assert!(
+        rcpt(&rec, "temp@example.test")["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("450 4.2.0")
+    );
     assert_eq!(rcpt(&rec, "gone@example.test")["status"], "failed");
-    assert!(rcpt(&rec, "gone@example.test")["reply"].as_str().unwrap().starts_with("550 5.1.1"));
-    wait_for("one copy at the primary", Duration::from_secs(10), || pf.delivered().len() == 1);
+    assert!(
+        rcpt(&rec, "gone@example.test")["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1")
+    );
+    wait_for("one copy at the primary", Duration::from_secs(10), || {
+        pf.delivered().len() == 1
+    });
     assert_eq!(delivered_to(&pf), ["ok@example.test"]);
 
     // The primary stops deferring; the operator retries instead of waiting a minute.
@@ -74,15 +96,23 @@ fn per_recipient_outcomes_from_a_real_postfix() {
     assert!(out.status.success());
     let id = rec["id"].as_str().unwrap();
     let out = sb.cli(&["retry", id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    wait_for("the retry", Duration::from_secs(30), || only(&sb)["attempts"] == 2);
+    wait_for("the retry", Duration::from_secs(30), || {
+        only(&sb)["attempts"] == 2
+    });
     let rec = only(&sb);
     assert_eq!(rec["status"], "failed", "{rec}");
     assert_eq!(rcpt(&rec, "temp@example.test")["status"], "delivered");
     assert_eq!(rcpt(&rec, "gone@example.test")["status"], "failed");
     assert!(rec["reason"].as_str().unwrap().starts_with("550"));
-    wait_for("two copies", Duration::from_secs(10), || pf.delivered().len() == 2);
+    wait_for("two copies", Duration::from_secs(10), || {
+        pf.delivered().len() == 2
+    });
     std::thread::sleep(Duration::from_secs(1));
     // ok@ was not delivered a second time.
     assert_eq!(delivered_to(&pf), ["ok@example.test", "temp@example.test"]);
@@ -95,9 +125,19 @@ fn a_421_mid_transaction_delivers_nothing() {
     pf.rcpt_replies(&[("bye@example.test", "421 4.3.2 shutting down")]);
     pf.start();
     let sb = Standby::start(pf.port, "");
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "ok@example.test,bye@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "ok@example.test,bye@example.test",
+        ],
+    );
     assert!(ok, "{t}");
-    wait_for("a delivery attempt", Duration::from_secs(30), || only(&sb)["attempts"] == 1);
+    wait_for("a delivery attempt", Duration::from_secs(30), || {
+        only(&sb)["attempts"] == 1
+    });
     let rec = only(&sb);
     assert_eq!(rec["status"], "held", "{rec}");
     for addr in ["ok@example.test", "bye@example.test"] {
@@ -111,26 +151,46 @@ fn a_421_mid_transaction_delivers_nothing() {
 fn primary_answering_421_at_the_banner_is_down_and_nothing_moves() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
     let sb = Standby::start(fake.port, "");
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "bob@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "bob@example.test"],
+    );
     assert!(ok, "{t}");
-    wait_for("the primary to be seen down", Duration::from_secs(20), || {
-        sb.json(&["status", "--json"])["primary"]["state"] == "down"
-    });
+    wait_for(
+        "the primary to be seen down",
+        Duration::from_secs(20),
+        || sb.json(&["status", "--json"])["primary"]["state"] == "down",
+    );
     let status = sb.json(&["status", "--json"]);
     assert!(
-        status["primary"]["last_probe"]["detail"].as_str().unwrap().contains("421"),
+        status["primary"]["last_probe"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("421"),
         "{status}"
     );
 
     let out = sb.cli(&["drain"]);
-    assert_eq!(out.status.code(), Some(3), "drain without --force probes first");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "drain without --force probes first"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
 
     let out = sb.cli(&["drain", "--force", "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["delivered"], 0);
     let rec = only(&sb);
     assert_eq!(rec["status"], "held");
-    assert_eq!(rec["attempts"], 0, "an unreachable primary is not the message's fault");
+    assert_eq!(
+        rec["attempts"], 0,
+        "an unreachable primary is not the message's fault"
+    );
 }

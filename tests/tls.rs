@@ -18,18 +18,43 @@ fn listener_offers_starttls_with_a_certificate() {
         pki.key.display()
     );
     let sb = Standby::start(fake.port, &extra);
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "bob@example.test", "--tls"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test",
+            "--tls",
+        ],
+    );
     assert!(ok, "{t}");
-    assert!(t.contains("250-STARTTLS") && t.contains("220 2.0.0 Ready to start TLS"), "{t}");
+    assert!(
+        t.contains("250-STARTTLS") && t.contains("220 2.0.0 Ready to start TLS"),
+        "{t}"
+    );
     let id = sb.list("held")[0]["id"].as_str().unwrap().to_string();
     let rec = sb.json(&["show", &id, "--json"]);
     assert_eq!(rec["origin"]["tls"], true);
     let raw = String::from_utf8(sb.cli(&["show", &id, "--raw"]).stdout).unwrap();
-    assert!(raw.starts_with("Received: from ") && raw.contains("with ESMTPS id"), "{raw}");
+    assert!(
+        raw.starts_with("Received: from ") && raw.contains("with ESMTPS id"),
+        "{raw}"
+    );
 
     // Without a certificate STARTTLS is not offered.
     let plain = Standby::start(fake.port, "");
-    let (_, t) = swaks(plain.port, &["--from", "a@example.org", "--to", "bob@example.test", "--quit-after", "EHLO"]);
+    let (_, t) = swaks(
+        plain.port,
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test",
+            "--quit-after",
+            "EHLO",
+        ],
+    );
     assert!(!t.contains("STARTTLS"), "{t}");
 }
 
@@ -60,9 +85,14 @@ fn drain_uses_verified_starttls_to_the_primary() {
             ("STANDBY_PRIMARY_CA_FILE", pki.ca.to_str().unwrap()),
         ],
     );
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "bob@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "bob@example.test"],
+    );
     assert!(ok, "{t}");
-    wait_for("delivery over TLS", Duration::from_secs(30), || pf.delivered().len() == 1);
+    wait_for("delivery over TLS", Duration::from_secs(30), || {
+        pf.delivered().len() == 1
+    });
     let (head, _) = split_message(&pf.delivered()[0]);
     assert!(head.contains("(using TLS"), "primary saw no TLS:\n{head}");
 }
@@ -73,16 +103,28 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     pf.start();
     // No ca_file: the test CA is unknown, so verification must fail and nothing is sent.
     let sb = Standby::start_with_env(pf.port, "", &[("STANDBY_PRIMARY_TLS", "required")]);
-    let (ok, t) = swaks(sb.port, &["--from", "a@example.org", "--to", "bob@example.test"]);
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "bob@example.test"],
+    );
     assert!(ok, "{t}");
     wait_for("the primary to be up", Duration::from_secs(20), || {
         sb.json(&["status", "--json"])["primary"]["state"] == "up"
     });
     let out = sb.cli(&["drain", "--force", "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        report["stopped"].as_str().unwrap().to_lowercase().contains("certificate"),
+        report["stopped"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
         "{report}"
     );
     assert_eq!(sb.counts()["held"], 1);

@@ -78,7 +78,10 @@ impl BlobStore for FsBlobStore {
     async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError> {
         let path = self.path(id);
         match tokio::fs::File::open(&path).await {
-            Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(WRITE_BUFFER, f))),
+            Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(
+                WRITE_BUFFER,
+                f,
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(id)),
             Err(e) => Err(StoreError::io("open", path, e)),
         }

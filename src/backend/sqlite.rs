@@ -8,7 +8,8 @@
 //!   `standby drain`) never lease the same message at once.
 //!
 //! The full record is stored as JSON; the columns the queries filter and sort on (status,
-//! times, lease) are stored beside it and are the truth for those fields.
+//! times, lease) are written from the same record beside it. The lease lives only in its
+//! columns, because claims change it without rewriting the record.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -68,15 +69,14 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 }
 
 /// Columns selected by every record query, in this order.
-const COLS: &str = "id, status, next_attempt_at, lease_owner, lease_until, record";
+const COLS: &str = "id, status, lease_owner, lease_until, record";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let id: String = row.get(0)?;
     let status: String = row.get(1)?;
-    let next: i64 = row.get(2)?;
-    let owner: Option<String> = row.get(3)?;
-    let until: Option<i64> = row.get(4)?;
-    let json: String = row.get(5)?;
+    let owner: Option<String> = row.get(2)?;
+    let until: Option<i64> = row.get(3)?;
+    let json: String = row.get(4)?;
     let corrupt = |detail: String| StoreError::Corrupt {
         id: id.clone(),
         detail,
@@ -84,7 +84,6 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
     Ok((|| {
         let mut rec: Record = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
         rec.status = status.parse().map_err(corrupt)?;
-        rec.next_attempt_at = from_ms(next);
         rec.lease = match (owner, until) {
             (Some(owner), Some(until)) => Some(Lease {
                 owner,
@@ -321,12 +320,8 @@ impl Index for SqliteIndex {
                     )
                     .map_err(db_err)?;
                 for rec in &mut recs {
-                    stmt.execute(params![
-                        rec.id.to_string(),
-                        req.owner,
-                        ms(req.lease_until)
-                    ])
-                    .map_err(db_err)?;
+                    stmt.execute(params![rec.id.to_string(), req.owner, ms(req.lease_until)])
+                        .map_err(db_err)?;
                     rec.lease = Some(Lease {
                         owner: req.owner.clone(),
                         until: req.lease_until,

@@ -38,7 +38,12 @@ pub(super) async fn drain(
                 let rcpts: Vec<&str> = r.pending().map(|x| x.address.as_str()).collect();
                 writeln!(out, "{}  <{}> -> {}", r.id, r.mail_from, rcpts.join(", "))?;
             }
-            writeln!(out, "{} message(s) would be sent to {}", due.len(), relay.address())?;
+            writeln!(
+                out,
+                "{} message(s) would be sent to {}",
+                due.len(),
+                relay.address()
+            )?;
         }
         return Ok(());
     }
@@ -52,10 +57,8 @@ pub(super) async fn drain(
         let total = storage.index.counts().await?.held;
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} {per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
     } else {

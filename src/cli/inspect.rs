@@ -129,7 +129,13 @@ pub(super) async fn list(
     status: Option<Status>,
     json: bool,
 ) -> Result<(), CliError> {
-    let recs = storage.index.list(&ListQuery { status, limit: None }).await?;
+    let recs = storage
+        .index
+        .list(&ListQuery {
+            status,
+            limit: None,
+        })
+        .await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
         let items: Vec<ListItem<'_>> = recs.iter().map(ListItem::from).collect();
@@ -151,7 +157,11 @@ pub(super) async fn list(
             1 => r.rcpts[0].address.clone(),
             n => format!("{} (+{})", r.rcpts[0].address, n - 1),
         };
-        let from = if r.mail_from.is_empty() { "<>" } else { &r.mail_from };
+        let from = if r.mail_from.is_empty() {
+            "<>"
+        } else {
+            &r.mail_from
+        };
         let line = writeln!(
             out,
             "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  {}",
@@ -204,7 +214,14 @@ pub(super) async fn show(
     if let Some(reason) = &rec.reason {
         writeln!(out, "reason      {reason}")?;
     }
-    writeln!(out, "received    {} from {} [{}]{}", time(rec.received_at), rec.origin.helo, rec.origin.ip, if rec.origin.tls { " with TLS" } else { "" })?;
+    writeln!(
+        out,
+        "received    {} from {} [{}]{}",
+        time(rec.received_at),
+        rec.origin.helo,
+        rec.origin.ip,
+        if rec.origin.tls { " with TLS" } else { "" }
+    )?;
     writeln!(out, "size        {} bytes  sha256 {}", rec.size, rec.sha256)?;
     writeln!(out, "mail from   <{}>", rec.mail_from)?;
     for r in &rec.rcpts {
@@ -213,14 +230,26 @@ pub(super) async fn show(
             "rcpt to     <{}>  {:?}{}",
             r.address,
             r.status,
-            r.reply.as_deref().map(|x| format!("  ({x})")).unwrap_or_default()
+            r.reply
+                .as_deref()
+                .map(|x| format!("  ({x})"))
+                .unwrap_or_default()
         )?;
     }
     let s = &rec.summary;
-    writeln!(out, "message-id  {}", s.message_id.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "message-id  {}",
+        s.message_id.as_deref().unwrap_or("-")
+    )?;
     writeln!(out, "from        {}", s.from.as_deref().unwrap_or("-"))?;
     writeln!(out, "subject     {}", s.subject.as_deref().unwrap_or("-"))?;
     writeln!(out, "date        {}", s.date.as_deref().unwrap_or("-"))?;
-    writeln!(out, "attempts    {}  next {}", rec.attempts, time(rec.next_attempt_at))?;
+    writeln!(
+        out,
+        "attempts    {}  next {}",
+        rec.attempts,
+        time(rec.next_attempt_at)
+    )?;
     Ok(())
 }

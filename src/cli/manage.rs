@@ -63,7 +63,11 @@ async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>
 }
 
 pub(super) async fn hold(storage: &Storage, ids: &[MessageId], all: bool) -> Result<(), CliError> {
-    let ids = if all { with_status(storage, Status::Held).await? } else { ids.to_vec() };
+    let ids = if all {
+        with_status(storage, Status::Held).await?
+    } else {
+        ids.to_vec()
+    };
     each(storage, &ids, "paused", |rec| match rec.status {
         Status::Held => {
             rec.status = Status::Paused;
@@ -74,8 +78,16 @@ pub(super) async fn hold(storage: &Storage, ids: &[MessageId], all: bool) -> Res
     .await
 }
 
-pub(super) async fn release(storage: &Storage, ids: &[MessageId], all: bool) -> Result<(), CliError> {
-    let ids = if all { with_status(storage, Status::Paused).await? } else { ids.to_vec() };
+pub(super) async fn release(
+    storage: &Storage,
+    ids: &[MessageId],
+    all: bool,
+) -> Result<(), CliError> {
+    let ids = if all {
+        with_status(storage, Status::Paused).await?
+    } else {
+        ids.to_vec()
+    };
     each(storage, &ids, "released", |rec| match rec.status {
         Status::Paused => {
             rec.status = Status::Held;
@@ -92,7 +104,11 @@ pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
         if rec.status == Status::Delivered {
             return Err("is already delivered".into());
         }
-        for r in rec.rcpts.iter_mut().filter(|r| r.status == RcptStatus::Failed) {
+        for r in rec
+            .rcpts
+            .iter_mut()
+            .filter(|r| r.status == RcptStatus::Failed)
+        {
             r.status = RcptStatus::Pending;
         }
         rec.status = Status::Held;

@@ -45,9 +45,7 @@ pub struct SmtpRelay {
 pub enum RelaySetupError {
     #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
-    #[error(
-        "primary.auth_password_env names `{0}`, but that environment variable is not set"
-    )]
+    #[error("primary.auth_password_env names `{0}`, but that environment variable is not set")]
     MissingPassword(String),
 }
 
@@ -120,13 +118,13 @@ impl SmtpRelay {
                 Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
             );
             let connector = TlsConnector::from(self.tls.clone());
-            let stream = tokio::time::timeout(
-                self.timeout,
-                connector.connect(self.server_name()?, plain),
-            )
-            .await
-            .map_err(|_| RelayError::Timeout { stage: "TLS handshake" })?
-            .map_err(|e| RelayError::Tls(e.to_string()))?;
+            let stream =
+                tokio::time::timeout(self.timeout, connector.connect(self.server_name()?, plain))
+                    .await
+                    .map_err(|_| RelayError::Timeout {
+                        stage: "TLS handshake",
+                    })?
+                    .map_err(|e| RelayError::Tls(e.to_string()))?;
             s.io = Box::new(stream);
             s.ehlo(&self.helo).await?;
         } else if tls && self.tls_mode == TlsMode::Required {
@@ -305,8 +303,7 @@ impl SmtpSession {
         if caps & EXT_8BIT_MIME != 0 {
             cmd.push_str(" BODY=8BITMIME");
         }
-        if caps & EXT_SMTP_UTF8 != 0 && (!from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()))
-        {
+        if caps & EXT_SMTP_UTF8 != 0 && (!from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii())) {
             cmd.push_str(" SMTPUTF8");
         }
         if let (Some(size), true) = (size_hint, caps & EXT_SIZE != 0) {
@@ -333,7 +330,11 @@ impl SmtpSession {
             dot_stuff(&chunk[..n], &mut at_line_start, &mut out);
             self.write(&out).await?;
         }
-        let end: &[u8] = if at_line_start { b".\r\n" } else { b"\r\n.\r\n" };
+        let end: &[u8] = if at_line_start {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        };
         self.write(end).await
     }
 }

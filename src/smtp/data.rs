@@ -179,17 +179,14 @@ mod tests {
     fn smuggling_sequences_never_end_the_message() {
         // Each would end DATA at a lenient receiver and start a second message.
         let tricks: [&[u8]; 6] = [
-            b"\n.\n",
-            b"\r.\r",
-            b"\n.\r\n",
-            b"\r\n.\n",
-            b"\r.\n",
-            b"\r\n.\r",
+            b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\n", b"\r\n.\r",
         ];
         for trick in tricks {
             let mut input = b"a".to_vec();
             input.extend_from_slice(trick);
-            input.extend_from_slice(b"MAIL FROM:<x@evil>\r\nRCPT TO:<y@victim>\r\nDATA\r\nbad\r\n.\r\n");
+            input.extend_from_slice(
+                b"MAIL FROM:<x@evil>\r\nRCPT TO:<y@victim>\r\nDATA\r\nbad\r\n.\r\n",
+            );
             let (msg, end) = decode(&input, 1);
             assert_eq!(end, Some(input.len()), "{trick:?}");
             // Only CRLF line ends remain, and every "." line is content that a relay stuffs.

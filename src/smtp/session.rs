@@ -367,7 +367,11 @@ mod tests {
         assert_eq!((code(&d), d.next), ("354", Next::Data));
         assert_eq!(s.rcpts(), ["Bob@example.test"]);
         let id = MessageId::new(chrono::Utc::now());
-        assert!(s.data_done(DataOutcome::Stored(id)).reply.contains(&id.to_string()));
+        assert!(
+            s.data_done(DataOutcome::Stored(id))
+                .reply
+                .contains(&id.to_string())
+        );
         assert!(s.mail_from().is_none());
         assert_eq!(s.handle(b"QUIT\r\n").next, Next::Close);
     }
@@ -394,19 +398,35 @@ mod tests {
     fn limits_and_sequence_errors() {
         let p = policy(None);
         let mut s = Session::new(&p, false);
-        assert!(s.handle(b"MAIL FROM:<a@b>\r\n").reply.starts_with("503 5.5.1"));
+        assert!(
+            s.handle(b"MAIL FROM:<a@b>\r\n")
+                .reply
+                .starts_with("503 5.5.1")
+        );
         s.handle(b"HELO c\r\n");
-        assert!(s.handle(b"MAIL FROM:<a@b> SIZE=1001\r\n").reply.starts_with("552 5.3.4"));
+        assert!(
+            s.handle(b"MAIL FROM:<a@b> SIZE=1001\r\n")
+                .reply
+                .starts_with("552 5.3.4")
+        );
         assert!(s.handle(b"DATA\r\n").reply.starts_with("503"));
         s.handle(b"MAIL FROM:<a@b>\r\n");
         assert!(s.handle(b"DATA\r\n").reply.starts_with("554"));
         s.handle(b"RCPT TO:<a@example.test>\r\n");
         s.handle(b"RCPT TO:<b@example.test>\r\n");
-        assert!(s.handle(b"RCPT TO:<c@example.test>\r\n").reply.starts_with("452 4.5.3"));
+        assert!(
+            s.handle(b"RCPT TO:<c@example.test>\r\n")
+                .reply
+                .starts_with("452 4.5.3")
+        );
         assert!(s.handle(b"VRFY x\r\n").reply.starts_with("252"));
         assert!(s.handle(b"STARTTLS\r\n").reply.starts_with("502"));
         assert!(s.handle(b"BOGUS\r\n").reply.starts_with("500 5.5.2"));
-        assert!(s.data_done(DataOutcome::TooBig).reply.starts_with("552 5.3.4"));
+        assert!(
+            s.data_done(DataOutcome::TooBig)
+                .reply
+                .starts_with("552 5.3.4")
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub fn free_port() -> u16 {
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -93,17 +96,19 @@ impl Postfix {
             .unwrap();
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        script(&[
-            "init",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--role",
-            "primary",
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>());
+        script(
+            &[
+                "init",
+                dir.path().to_str().unwrap(),
+                "--listen",
+                &listen,
+                "--role",
+                "primary",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        );
         Postfix { dir, port }
     }
 
@@ -263,7 +268,10 @@ impl Standby {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("standby {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "standby {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
@@ -360,7 +368,8 @@ impl FakePrimary {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     match reply {
                         FakeReply::Busy421 => {
-                            let _ = stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
+                            let _ =
+                                stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
                         }
                         FakeReply::Healthy => {
                             let _ = stream.write_all(b"220 fake.test ESMTP\r\n");

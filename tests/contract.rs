@@ -1,0 +1,218 @@
+//! The port contracts, run against every adapter: the in-memory twins and the local
+//! backend (FsBlobStore + SqliteIndex on a real directory). The AWS adapters join here.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
+use standby::error::StoreError;
+use standby::health::HealthRecord;
+use standby::model::{MessageId, Origin, Recipient, Record, Status, Summary};
+use standby::ports::{BlobStore, ClaimRequest, Index, ListQuery};
+use tokio::io::AsyncReadExt;
+
+fn record(age_secs: i64) -> Record {
+    let at = Utc::now() - Duration::seconds(age_secs);
+    Record {
+        id: MessageId::new(at),
+        status: Status::Held,
+        mail_from: "a@example.org".into(),
+        rcpts: vec![Recipient::pending("b@example.test")],
+        received_at: at,
+        size: 10,
+        sha256: "00".into(),
+        summary: Summary {
+            subject: Some("s".into()),
+            ..Default::default()
+        },
+        origin: Origin::default(),
+        attempts: 0,
+        next_attempt_at: at,
+        lease: None,
+        reason: None,
+        updated_at: at,
+    }
+}
+
+fn claim(owner: &str, limit: usize) -> ClaimRequest {
+    let now = Utc::now();
+    ClaimRequest {
+        now,
+        owner: owner.into(),
+        lease_until: now + Duration::seconds(60),
+        limit,
+        received_before: None,
+    }
+}
+
+async fn index_contract(index: Arc<dyn Index>) {
+    let old = record(300);
+    let mid = record(200);
+    let new = record(100);
+    for r in [&new, &old, &mid] {
+        assert!(index.insert(r).await.unwrap());
+    }
+    // Idempotent insert: a second delivery of the same id changes nothing.
+    let mut dup = old.clone();
+    dup.mail_from = "changed@example.org".into();
+    assert!(!index.insert(&dup).await.unwrap());
+    assert_eq!(index.get(old.id).await.unwrap().unwrap(), old);
+
+    let all = index.list(&ListQuery::default()).await.unwrap();
+    let ids: Vec<MessageId> = all.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [old.id, mid.id, new.id], "oldest first");
+    let limited = index
+        .list(&ListQuery {
+            status: Some(Status::Held),
+            limit: Some(2),
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(index.counts().await.unwrap().held, 3);
+    assert_eq!(
+        index
+            .oldest(Status::Held)
+            .await
+            .unwrap()
+            .map(|t| t.timestamp_millis()),
+        Some(old.received_at.timestamp_millis())
+    );
+
+    // Claims are exclusive while the lease runs.
+    let a = index.claim(&claim("a", 2)).await.unwrap();
+    assert_eq!(a.iter().map(|r| r.id).collect::<Vec<_>>(), [old.id, mid.id]);
+    assert_eq!(a[0].lease.as_ref().unwrap().owner, "a");
+    let b = index.claim(&claim("b", 10)).await.unwrap();
+    assert_eq!(b.iter().map(|r| r.id).collect::<Vec<_>>(), [new.id]);
+    assert!(index.claim(&claim("c", 10)).await.unwrap().is_empty());
+
+    // Only the owner may write back; the operator may not change a leased record.
+    assert!(matches!(
+        index.complete(&a[0], "b").await,
+        Err(StoreError::Leased(_))
+    ));
+    assert!(matches!(
+        index.update(&a[0], Utc::now()).await,
+        Err(StoreError::Leased(_))
+    ));
+    let mut done = a[0].clone();
+    done.status = Status::Delivered;
+    index.complete(&done, "a").await.unwrap();
+    let got = index.get(old.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.lease), (Status::Delivered, None));
+
+    // An expired lease can be taken over.
+    let later = ClaimRequest {
+        now: Utc::now() + Duration::seconds(120),
+        lease_until: Utc::now() + Duration::seconds(180),
+        ..claim("d", 10)
+    };
+    let d = index.claim(&later).await.unwrap();
+    assert_eq!(d.len(), 2, "both leases expired");
+    assert!(matches!(
+        index.complete(&d[0], "a").await,
+        Err(StoreError::Leased(_))
+    ));
+
+    // Not due yet: not claimed, except by the expiry sweep.
+    let mut future = record(50);
+    future.next_attempt_at = Utc::now() + Duration::hours(1);
+    index.insert(&future).await.unwrap();
+    assert!(
+        index
+            .claim(&claim("e", 10))
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id != future.id)
+    );
+    let sweep = ClaimRequest {
+        received_before: Some(Utc::now()),
+        ..claim("f", 10)
+    };
+    assert!(
+        index
+            .claim(&sweep)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == future.id)
+    );
+
+    assert!(index.delete(new.id).await.unwrap());
+    assert!(!index.delete(new.id).await.unwrap());
+    assert!(index.get(new.id).await.unwrap().is_none());
+    assert!(matches!(
+        index.update(&new, Utc::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert!(index.load_health().await.unwrap().is_none());
+    let h = HealthRecord::new("127.0.0.1:25");
+    index.save_health(&h).await.unwrap();
+    assert_eq!(index.load_health().await.unwrap(), Some(h));
+}
+
+async fn blob_contract(blobs: Arc<dyn BlobStore>) {
+    let id = MessageId::new(Utc::now());
+    assert!(matches!(blobs.open(id).await, Err(StoreError::NotFound(_))));
+    let mut w = blobs.create(id).await.unwrap();
+    w.write(b"hello ").await.unwrap();
+    w.write(b"world").await.unwrap();
+    assert!(blobs.open(id).await.is_err(), "invisible before commit");
+    w.commit().await.unwrap();
+    let mut got = Vec::new();
+    blobs
+        .open(id)
+        .await
+        .unwrap()
+        .read_to_end(&mut got)
+        .await
+        .unwrap();
+    assert_eq!(got, b"hello world");
+
+    let other = MessageId::new(Utc::now());
+    let mut w = blobs.create(other).await.unwrap();
+    w.write(b"partial").await.unwrap();
+    w.abort().await;
+    assert!(
+        blobs.open(other).await.is_err(),
+        "aborted blob stays invisible"
+    );
+
+    blobs.delete(id).await.unwrap();
+    blobs.delete(id).await.unwrap();
+    assert!(blobs.open(id).await.is_err());
+}
+
+#[tokio::test]
+async fn memory_adapters_keep_the_contract() {
+    index_contract(Arc::new(MemIndex::default())).await;
+    blob_contract(Arc::new(MemBlobStore::default())).await;
+}
+
+#[tokio::test]
+async fn local_adapters_keep_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    index_contract(Arc::new(SqliteIndex::open(dir.path()).unwrap())).await;
+    let fs = FsBlobStore::open(dir.path()).unwrap();
+    blob_contract(Arc::new(fs.clone())).await;
+    assert_eq!(
+        fs.remove_unfinished().unwrap(),
+        0,
+        "abort cleaned up after itself"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_index_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = record(10);
+    {
+        let index = SqliteIndex::open(dir.path()).unwrap();
+        index.insert(&r).await.unwrap();
+    }
+    let index = SqliteIndex::open(dir.path()).unwrap();
+    assert_eq!(index.get(r.id).await.unwrap(), Some(r));
+}
