@@ -154,6 +154,49 @@ mod tests {
         assert_eq!(r.observe(probe(true), H), Some(PrimaryState::Up));
     }
 
+    struct Fixed(bool);
+
+    #[async_trait::async_trait]
+    impl Probe for Fixed {
+        async fn probe(&self) -> Result<String, crate::error::RelayError> {
+            if self.0 {
+                Ok("ok".into())
+            } else {
+                Err(crate::error::RelayError::Timeout { stage: "banner" })
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_restart() {
+        use crate::backend::SqliteIndex;
+        use crate::ports::SystemClock;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = SqliteIndex::open(dir.path()).unwrap();
+            for _ in 0..3 {
+                check(&Fixed(true), &index, &SystemClock, "p:25", H)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(
+                index.load_health().await.unwrap().unwrap().state,
+                PrimaryState::Up
+            );
+        }
+        // A new process: one failed probe must not undo what was learned before.
+        let index = SqliteIndex::open(dir.path()).unwrap();
+        let rec = check(&Fixed(false), &index, &SystemClock, "p:25", H)
+            .await
+            .unwrap();
+        assert_eq!((rec.state, rec.consecutive_fail), (PrimaryState::Up, 1));
+        // A different primary address starts from scratch.
+        let other = check(&Fixed(true), &index, &SystemClock, "q:25", H)
+            .await
+            .unwrap();
+        assert_eq!(other.state, PrimaryState::Unknown);
+    }
+
     #[test]
     fn one_failure_does_not_flip_up() {
         let mut r = HealthRecord::new("p");

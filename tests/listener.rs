@@ -1,0 +1,132 @@
+//! The listener under raw SMTP: connection and time limits, PIPELINING, and the
+//! end-of-data smuggling tricks, checked all the way to a real Postfix primary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Read until `n` replies (lines whose 4th byte is a space) have arrived.
+fn replies(s: &mut TcpStream, n: usize) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let done = text
+            .lines()
+            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+            .count();
+        if done >= n {
+            return text;
+        }
+        let k = s.read(&mut buf).unwrap_or(0);
+        if k == 0 {
+            return text;
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
+}
+
+#[test]
+fn connection_limit_and_command_timeout() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start_with_env(
+        fake.port,
+        "",
+        &[
+            ("STANDBY_MAX_CONNECTIONS", "1"),
+            ("STANDBY_COMMAND_TIMEOUT_SECS", "1"),
+        ],
+    );
+    // The harness's readiness check used the one slot briefly; wait until it is free.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = connect(sb.port);
+    assert!(replies(&mut a, 1).starts_with("220 "));
+    let mut b = connect(sb.port);
+    let r = replies(&mut b, 1);
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    // `a` says nothing: after the command timeout it is told and closed.
+    let r = replies(&mut a, 1);
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}
+
+#[test]
+fn pipelined_transaction_gets_every_reply_in_order() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    let mut s = connect(sb.port);
+    replies(&mut s, 1);
+    s.write_all(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@foreign.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        .unwrap();
+    let r = replies(&mut s, 5);
+    let codes: Vec<&str> = r
+        .lines()
+        .filter(|l| &l[3..4] == " ")
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(codes, ["250", "250", "550", "250", "354"], "{r}");
+    s.write_all(b"Subject: p\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        .unwrap();
+    let r = replies(&mut s, 2);
+    assert!(
+        r.starts_with("250 2.0.0 Ok: queued as") && r.contains("221"),
+        "{r}"
+    );
+    assert_eq!(
+        sb.list("held")[0]["rcpt_to"],
+        serde_json::json!(["bob@example.test"])
+    );
+}
+
+#[test]
+fn smuggled_end_of_data_never_becomes_a_second_message() {
+    let pf = Postfix::primary();
+    let sb = Standby::start(pf.port, "");
+    let tricks: [&[u8]; 5] = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\n"];
+    for (i, trick) in tricks.iter().enumerate() {
+        let mut s = connect(sb.port);
+        replies(&mut s, 1);
+        let mut msg = format!(
+            "EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: trick {i}\r\n\r\nfirst"
+        )
+        .into_bytes();
+        msg.extend_from_slice(trick);
+        msg.extend_from_slice(
+            b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n",
+        );
+        s.write_all(&msg).unwrap();
+        let r = replies(&mut s, 6);
+        assert_eq!(r.matches("queued as").count(), 1, "trick {trick:?}: {r}");
+    }
+    assert_eq!(sb.list("held").len(), tricks.len());
+    assert!(
+        sb.list("all")
+            .iter()
+            .all(|m| m["rcpt_to"] == serde_json::json!(["bob@example.test"]))
+    );
+
+    pf.start();
+    wait_for("the drain", Duration::from_secs(60), || {
+        sb.counts()["delivered"] == tricks.len() as u64
+    });
+    wait_for("postfix delivery", Duration::from_secs(20), || {
+        pf.delivered().len() == tricks.len()
+    });
+    for m in pf.delivered() {
+        let text = String::from_utf8_lossy(&m).into_owned();
+        assert!(text.contains("Delivered-To: bob@example.test"), "{text}");
+        assert!(
+            text.contains("first") && text.contains("smuggled"),
+            "one message with both parts: {text}"
+        );
+    }
+}
