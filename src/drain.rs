@@ -525,6 +525,15 @@ mod tests {
         async fn quit(self: Box<Self>) {}
     }
 
+    fn drainer(storage: &Storage, relay: ScriptedRelay) -> Drainer {
+        Drainer::new(
+            storage.clone(),
+            Arc::new(relay),
+            Arc::new(SystemClock),
+            settings(),
+        )
+    }
+
     fn settings() -> DrainSettings {
         DrainSettings {
             concurrency: 2,
@@ -562,12 +571,7 @@ mod tests {
         relay.rcpt_codes.insert("later@x.test".into(), 450);
         relay.rcpt_codes.insert("gone@x.test".into(), 550);
         let delivered = relay.delivered.clone();
-        let d = Drainer::new(
-            storage.clone(),
-            Arc::new(relay),
-            Arc::new(SystemClock),
-            settings(),
-        );
+        let d = drainer(&storage, relay);
         let report = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(
             (report.delivered, report.deferred, report.failed),
@@ -626,12 +630,7 @@ mod tests {
             data_code: Some(452),
             ..Default::default()
         };
-        let d = Drainer::new(
-            storage.clone(),
-            Arc::new(relay),
-            Arc::new(SystemClock),
-            settings(),
-        );
+        let d = drainer(&storage, relay);
         let r = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(r.deferred, 1);
         let rec = storage.index.get(id).await.unwrap().unwrap();
@@ -647,12 +646,7 @@ mod tests {
             refuse_connect: true,
             ..Default::default()
         };
-        let d = Drainer::new(
-            storage.clone(),
-            Arc::new(relay),
-            Arc::new(SystemClock),
-            settings(),
-        );
+        let d = drainer(&storage, relay);
         let r = d.run(RunOptions::default()).await.unwrap();
         assert!(r.unreachable && r.stopped.is_some());
         assert_eq!((r.delivered, r.deferred, r.failed), (0, 0, 0));
@@ -670,12 +664,7 @@ mod tests {
         storage.index.update(&rec, Utc::now()).await.unwrap();
         let relay = ScriptedRelay::default();
         let delivered = relay.delivered.clone();
-        let d = Drainer::new(
-            storage.clone(),
-            Arc::new(relay),
-            Arc::new(SystemClock),
-            settings(),
-        );
+        let d = drainer(&storage, relay);
         let r = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(r.failed, 1);
         assert!(delivered.lock().unwrap().is_empty());

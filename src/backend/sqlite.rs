@@ -163,6 +163,39 @@ impl SqliteIndex {
     }
 }
 
+impl SqliteIndex {
+    /// Replace a record and drop its lease, in one transaction, if `allowed` says so
+    /// given the current lease (owner, until); otherwise [`StoreError::Leased`].
+    async fn write_back<F>(&self, rec: &Record, allowed: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(&Option<String>, Option<i64>) -> bool + Send + 'static,
+    {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let lease: Option<(Option<String>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT lease_owner, lease_until FROM messages WHERE id = ?1",
+                    [rec.id.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((owner, until)) = lease else {
+                return Err(StoreError::NotFound(rec.id));
+            };
+            if !allowed(&owner, until) {
+                return Err(StoreError::Leased(rec.id));
+            }
+            write_record(&tx, &rec, None)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+}
+
 fn write_record(
     tx: &rusqlite::Transaction<'_>,
     rec: &Record,
@@ -335,56 +368,17 @@ impl Index for SqliteIndex {
     }
 
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
-        let rec = rec.clone();
         let owner = owner.to_string();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let current: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT lease_owner FROM messages WHERE id = ?1",
-                    [rec.id.to_string()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?;
-            match current {
-                None => return Err(StoreError::NotFound(rec.id)),
-                Some(o) if o.as_deref() != Some(owner.as_str()) => {
-                    return Err(StoreError::Leased(rec.id));
-                }
-                Some(_) => {}
-            }
-            write_record(&tx, &rec, None)?;
-            tx.commit().map_err(db_err)
+        self.write_back(rec, move |lease_owner, _| {
+            lease_owner.as_deref() == Some(owner.as_str())
         })
         .await
     }
 
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let until: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT lease_until FROM messages WHERE id = ?1",
-                    [rec.id.to_string()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?;
-            match until {
-                None => return Err(StoreError::NotFound(rec.id)),
-                Some(Some(u)) if u > ms(now) => return Err(StoreError::Leased(rec.id)),
-                Some(_) => {}
-            }
-            write_record(&tx, &rec, None)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        let now = ms(now);
+        self.write_back(rec, move |_, until| until.is_none_or(|u| u <= now))
+            .await
     }
 
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {

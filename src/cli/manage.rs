@@ -10,37 +10,18 @@ use crate::error::StoreError;
 use crate::model::{MessageId, RcptStatus, Record, Status};
 use crate::ports::ListQuery;
 
-/// Apply `change` to each message and report; `Err(reason)` from `change` skips it.
-async fn each(
-    storage: &Storage,
+/// Run `op` on each id, one line per id on stdout (done) or stderr (why not).
+async fn report(
     ids: &[MessageId],
     verb: &str,
-    change: impl Fn(&mut Record) -> Result<(), String>,
+    op: impl AsyncFn(MessageId) -> Result<(), String>,
 ) -> Result<(), CliError> {
     let mut bad = 0;
     for &id in ids {
-        let result = async {
-            let mut rec = storage
-                .index
-                .get(id)
-                .await?
-                .ok_or(StoreError::NotFound(id))?;
-            if let Err(reason) = change(&mut rec) {
-                return Ok(Err(reason));
-            }
-            rec.updated_at = chrono::Utc::now();
-            storage.index.update(&rec, chrono::Utc::now()).await?;
-            Ok::<_, StoreError>(Ok(()))
-        }
-        .await;
-        match result {
-            Ok(Ok(())) => println!("{id}: {verb}"),
-            Ok(Err(reason)) => {
-                eprintln!("standby: {id}: {reason}");
-                bad += 1;
-            }
-            Err(e) => {
-                eprintln!("standby: {id}: {e}");
+        match op(id).await {
+            Ok(()) => println!("{id}: {verb}"),
+            Err(why) => {
+                eprintln!("standby: {id}: {why}");
                 bad += 1;
             }
         }
@@ -49,6 +30,32 @@ async fn each(
         return Err(CliError::Partial(bad));
     }
     Ok(())
+}
+
+/// Apply `change` to each message; `Err(reason)` from `change` skips it.
+async fn each(
+    storage: &Storage,
+    ids: &[MessageId],
+    verb: &str,
+    change: impl Fn(&mut Record) -> Result<(), String>,
+) -> Result<(), CliError> {
+    report(ids, verb, async |id| {
+        let mut rec = storage
+            .index
+            .get(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| StoreError::NotFound(id).to_string())?;
+        change(&mut rec)?;
+        let now = chrono::Utc::now();
+        rec.updated_at = now;
+        storage
+            .index
+            .update(&rec, now)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>, CliError> {
@@ -120,26 +127,12 @@ pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
 }
 
 pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
-    let mut bad = 0;
-    for &id in ids {
+    report(ids, "purged", async |id| {
         // Index first: once the row is gone no drain can pick the message up.
-        let result = async {
-            if !storage.index.delete(id).await? {
-                return Err(StoreError::NotFound(id));
-            }
-            storage.blobs.delete(id).await
+        if !storage.index.delete(id).await.map_err(|e| e.to_string())? {
+            return Err(StoreError::NotFound(id).to_string());
         }
-        .await;
-        match result {
-            Ok(()) => println!("{id}: purged"),
-            Err(e) => {
-                eprintln!("standby: {id}: {e}");
-                bad += 1;
-            }
-        }
-    }
-    if bad > 0 {
-        return Err(CliError::Partial(bad));
-    }
-    Ok(())
+        storage.blobs.delete(id).await.map_err(|e| e.to_string())
+    })
+    .await
 }
