@@ -4,15 +4,21 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use standby::cli::{Cli, run};
+use standby::cli::{Cli, Command, run};
 use standby::config::ENV_LOG;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon logs each message at info; operator commands only say what went wrong,
+    // so their own output (and the drain's progress bar) stays readable.
+    let default_level = match cli.command {
+        Command::Serve => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
