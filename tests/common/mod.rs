@@ -344,6 +344,98 @@ pub enum FakeReply {
     Healthy,
     /// `421` at the banner, then close.
     Busy421,
+    /// A submission server without PIPELINING: AUTH (PLAIN or LOGIN, as `FakeAuth` says)
+    /// is required before MAIL; messages are accepted and recorded in `FakePrimary::log`.
+    Submission(FakeAuth),
+}
+
+/// Which AUTH mechanism a [`FakeReply::Submission`] offers; it accepts `standby`/`s3cret`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeAuth {
+    Plain,
+    Login,
+}
+
+pub const FAKE_USER: &str = "standby";
+pub const FAKE_PASS: &str = "s3cret";
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// One submission session of the fake; every event is appended to `log`.
+fn submission(stream: TcpStream, auth: FakeAuth, log: &Mutex<Vec<String>>) {
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut say = |s: &str| {
+        let _ = w.write_all(s.as_bytes());
+    };
+    say("220 fake.test ESMTP\r\n");
+    let mut authed = false;
+    let mut line = String::new();
+    let mut next = |r: &mut BufReader<TcpStream>| {
+        line.clear();
+        r.read_line(&mut line).unwrap_or(0);
+        line.trim_end().to_string()
+    };
+    loop {
+        let cmd = next(&mut r);
+        let upper = cmd.to_ascii_uppercase();
+        if cmd.is_empty() || upper.starts_with("QUIT") {
+            say("221 2.0.0 bye\r\n");
+            return;
+        } else if upper.starts_with("EHLO") {
+            let mech = if auth == FakeAuth::Plain {
+                "PLAIN"
+            } else {
+                "LOGIN"
+            };
+            say(&format!(
+                "250-fake.test\r\n250-8BITMIME\r\n250 AUTH {mech}\r\n"
+            ));
+        } else if upper.starts_with("AUTH PLAIN ") && auth == FakeAuth::Plain {
+            authed = cmd[11..] == b64(&format!("\0{FAKE_USER}\0{FAKE_PASS}"));
+            log.lock().unwrap().push(format!("AUTH PLAIN {authed}"));
+            say(if authed {
+                "235 2.7.0 ok\r\n"
+            } else {
+                "535 5.7.8 bad credentials\r\n"
+            });
+        } else if upper == "AUTH LOGIN" && auth == FakeAuth::Login {
+            say("334 VXNlcm5hbWU6\r\n");
+            let user = next(&mut r);
+            say("334 UGFzc3dvcmQ6\r\n");
+            let pass = next(&mut r);
+            authed = user == b64(FAKE_USER) && pass == b64(FAKE_PASS);
+            log.lock().unwrap().push(format!("AUTH LOGIN {authed}"));
+            say(if authed {
+                "235 2.7.0 ok\r\n"
+            } else {
+                "535 5.7.8 bad credentials\r\n"
+            });
+        } else if upper.starts_with("MAIL") && !authed {
+            say("530 5.7.0 authentication required\r\n");
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            log.lock().unwrap().push(cmd.clone());
+            say("250 2.0.0 ok\r\n");
+        } else if upper == "DATA" {
+            say("354 go ahead\r\n");
+            let mut body = String::new();
+            loop {
+                let l = next(&mut r);
+                if l == "." {
+                    break;
+                }
+                body.push_str(&l);
+                body.push('\n');
+            }
+            log.lock().unwrap().push(format!("DATA {body}"));
+            say("250 2.0.0 queued\r\n");
+        } else {
+            say("502 5.5.1 not in this fake\r\n");
+        }
+    }
 }
 
 /// A tiny SMTP responder driven by a script, one entry per connection (the last entry
@@ -351,6 +443,8 @@ pub enum FakeReply {
 pub struct FakePrimary {
     pub port: u16,
     pub served: Arc<Mutex<Vec<FakeReply>>>,
+    /// What submission sessions did (AUTH results, MAIL/RCPT lines, DATA bodies).
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakePrimary {
@@ -358,15 +452,18 @@ impl FakePrimary {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(Mutex::new(Vec::new()));
-        let log = served.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (served2, log2) = (served.clone(), log.clone());
         std::thread::spawn(move || {
             for (n, stream) in listener.incoming().enumerate() {
                 let Ok(mut stream) = stream else { continue };
                 let reply = *script.get(n).or(script.last()).unwrap();
-                log.lock().unwrap().push(reply);
+                served2.lock().unwrap().push(reply);
+                let log = log2.clone();
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     match reply {
+                        FakeReply::Submission(auth) => submission(stream, auth, &log),
                         FakeReply::Busy421 => {
                             let _ =
                                 stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
@@ -393,7 +490,7 @@ impl FakePrimary {
                 });
             }
         });
-        FakePrimary { port, served }
+        FakePrimary { port, served, log }
     }
 
     pub fn connections(&self) -> usize {

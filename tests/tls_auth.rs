@@ -1,5 +1,6 @@
-//! STARTTLS in both directions: offered on our listener when a certificate is configured,
-//! and used towards the primary per `primary.tls`, with certificate verification.
+//! STARTTLS in both directions, and AUTH towards the primary. STARTTLS is offered on our
+//! listener when a certificate is configured and used towards the primary per
+//! `primary.tls`, with certificate verification; AUTH PLAIN/LOGIN when credentials are set.
 
 mod common;
 
@@ -129,4 +130,106 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     );
     assert_eq!(sb.counts()["held"], 1);
     assert!(pf.delivered().is_empty());
+}
+
+/// AUTH towards a primary's submission port, without PIPELINING (so the one-command-at-a-
+/// time path runs too). Credentials come from the variable `auth_password_env` names.
+#[test]
+fn drain_authenticates_with_plain_and_login() {
+    for auth in [FakeAuth::Plain, FakeAuth::Login] {
+        let fake = FakePrimary::start(vec![FakeReply::Submission(auth)]);
+        let sb = Standby::start_with_env(
+            fake.port,
+            "",
+            &[
+                ("STANDBY_PRIMARY_TLS", "none"),
+                ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
+                ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
+                ("PRIMARY_PW", FAKE_PASS),
+            ],
+        );
+        let (ok, t) = swaks(
+            sb.port,
+            &[
+                "--from",
+                "a@example.org",
+                "--to",
+                "bob@example.test,carol@example.test",
+            ],
+        );
+        assert!(ok, "{t}");
+        wait_for("delivery with AUTH", Duration::from_secs(30), || {
+            sb.counts()["delivered"] == 1
+        });
+        let log = fake.log.lock().unwrap().clone();
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("AUTH") && l.ends_with("true")),
+            "{auth:?}: {log:?}"
+        );
+        assert!(
+            log.contains(&"MAIL FROM:<a@example.org> BODY=8BITMIME".to_string()),
+            "{log:?}"
+        );
+        assert!(
+            log.contains(&"RCPT TO:<carol@example.test>".to_string()),
+            "{log:?}"
+        );
+        assert!(
+            log.iter().any(|l| l.starts_with("DATA Received: from ")),
+            "{log:?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_password_stops_the_drain_and_keeps_the_mail() {
+    let fake = FakePrimary::start(vec![FakeReply::Submission(FakeAuth::Plain)]);
+    let sb = Standby::start_with_env(
+        fake.port,
+        "",
+        &[
+            ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
+            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
+            ("PRIMARY_PW", "wrong"),
+        ],
+    );
+    let (ok, t) = swaks(
+        sb.port,
+        &["--from", "a@example.org", "--to", "bob@example.test"],
+    );
+    assert!(ok, "{t}");
+    let out = sb.cli(&["drain", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["stopped"].as_str().unwrap().contains("AUTH: 535"),
+        "{report}"
+    );
+    assert_eq!(sb.counts()["held"], 1);
+    assert!(
+        !fake
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("DATA"))
+    );
+
+    // A variable that is not set is a clear error, not an empty password.
+    let out = std::process::Command::new(STANDBY)
+        .args(["drain", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_PRIMARY_AUTH_USER", FAKE_USER)
+        .env("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_SET_ANYWHERE"));
 }
