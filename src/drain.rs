@@ -61,6 +61,24 @@ pub struct DrainReport {
     pub unreachable: bool,
 }
 
+impl DrainReport {
+    /// Whether the run tried anything or stopped on the primary's trouble.
+    pub fn eventful(&self) -> bool {
+        self.delivered + self.deferred + self.failed > 0 || self.stopped.is_some()
+    }
+
+    /// The summary kept for `standby status`.
+    pub fn result(&self, at: DateTime<Utc>) -> crate::health::DrainResult {
+        crate::health::DrainResult {
+            at,
+            delivered: self.delivered,
+            deferred: self.deferred,
+            failed: self.failed,
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
 /// The result of one attempt on one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

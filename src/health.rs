@@ -38,6 +38,18 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
+/// What the last drain run that did anything achieved; shown by `standby status`, so an
+/// operator sees why mail is not flowing (a wrong AUTH password, a 421) without the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainResult {
+    pub at: DateTime<Utc>,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
 /// The stored health state of the primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthRecord {
@@ -48,6 +60,8 @@ pub struct HealthRecord {
     pub last_probe: Option<ProbeResult>,
     pub consecutive_ok: u32,
     pub consecutive_fail: u32,
+    #[serde(default)]
+    pub last_drain: Option<DrainResult>,
 }
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -66,6 +80,7 @@ impl HealthRecord {
             last_probe: None,
             consecutive_ok: 0,
             consecutive_fail: 0,
+            last_drain: None,
         }
     }
 
@@ -126,6 +141,20 @@ pub async fn check(
     }
     index.save_health(&rec).await?;
     Ok(rec)
+}
+
+/// Remember the outcome of a drain run next to the primary's health.
+pub async fn record_drain(
+    index: &dyn Index,
+    address: &str,
+    result: DrainResult,
+) -> Result<(), crate::error::StoreError> {
+    let mut rec = match index.load_health().await? {
+        Some(r) if r.address == address => r,
+        _ => HealthRecord::new(address),
+    };
+    rec.last_drain = Some(result);
+    index.save_health(&rec).await
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ pub async fn serve(
             "removed unfinished (never acknowledged) spool files"
         );
     }
-    let storage = Storage::open_local(&config)?;
+    let storage = Storage::create_local(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tls = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
@@ -138,12 +138,21 @@ pub async fn serve(
             };
             if rec.state == PrimaryState::Up {
                 match drainer.run(RunOptions::default()).await {
-                    Ok(r) if r.delivered + r.deferred + r.failed > 0 => tracing::info!(
-                        delivered = r.delivered,
-                        deferred = r.deferred,
-                        failed = r.failed,
-                        "drain run"
-                    ),
+                    Ok(r) if r.eventful() => {
+                        tracing::info!(
+                            delivered = r.delivered,
+                            deferred = r.deferred,
+                            failed = r.failed,
+                            stopped = r.stopped.as_deref().unwrap_or(""),
+                            "drain run"
+                        );
+                        let result = r.result(clock.now());
+                        if let Err(e) =
+                            health::record_drain(storage.index.as_ref(), &address, result).await
+                        {
+                            tracing::error!(error = %e, "cannot record the drain result");
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "drain failed"),
                 }

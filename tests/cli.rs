@@ -155,3 +155,25 @@ fn hold_release_retry_purge() {
     let o = sb.cli(&["purge", &ids[1], "--yes"]);
     assert_eq!(o.status.code(), Some(1), "purging a missing id is an error");
 }
+
+#[test]
+fn a_missing_spool_is_an_error_not_an_empty_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domains = [\"example.test\"]\ndata_dir = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+            dir.path().join("elsewhere").display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("elsewhere") && stderr(&o).contains("no spool"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("elsewhere").exists(), "nothing created");
+}

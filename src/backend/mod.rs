@@ -25,12 +25,31 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// The local spool under `config.data_dir`.
-    pub fn open_local(config: &Config) -> Result<Storage, StoreError> {
+    /// The local spool under `config.data_dir`, created if missing (for `standby serve`).
+    pub fn create_local(config: &Config) -> Result<Storage, StoreError> {
         Ok(Storage {
             blobs: Arc::new(FsBlobStore::open(config.data_dir())?),
             index: Arc::new(SqliteIndex::open(config.data_dir())?),
         })
+    }
+
+    /// An existing local spool (for the operator commands). A missing `data_dir` is an
+    /// error rather than a new empty spool: it almost always means the wrong `--config`
+    /// or working directory, and "0 held" would then be a dangerous answer.
+    pub fn open_local(config: &Config) -> Result<Storage, StoreError> {
+        let dir = config.data_dir();
+        if !dir.join("index.db").exists() {
+            return Err(StoreError::io(
+                "open spool",
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no spool here (index.db missing); check --config and data_dir, \
+                     or start `standby serve` once to create it",
+                ),
+            ));
+        }
+        Self::create_local(config)
     }
 
     /// Empty in-memory storage.

@@ -80,6 +80,10 @@ pub(super) async fn drain(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if report.eventful() {
+        let result = report.result(chrono::Utc::now());
+        crate::health::record_drain(storage.index.as_ref(), relay.address(), result).await?;
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;

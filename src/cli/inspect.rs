@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::CliError;
 use crate::backend::Storage;
 use crate::config::Config;
-use crate::health::{HealthRecord, PrimaryState, ProbeResult};
+use crate::health::{DrainResult, HealthRecord, PrimaryState, ProbeResult};
 use crate::model::{Counts, MessageId, Record, Status};
 use crate::ports::ListQuery;
 
@@ -19,6 +19,7 @@ struct PrimaryView {
     state: PrimaryState,
     since: Option<DateTime<Utc>>,
     last_probe: Option<ProbeResult>,
+    last_drain: Option<DrainResult>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +87,7 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             state: health.state,
             since: health.since,
             last_probe: health.last_probe,
+            last_drain: health.last_drain,
         },
         counts: storage.index.counts().await?,
         oldest_held: storage.index.oldest(Status::Held).await?,
@@ -111,6 +113,20 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             probe.detail
         )?,
         None => writeln!(out, "probe     none yet (is `standby serve` running?)")?,
+    }
+    if let Some(d) = &p.last_drain {
+        write!(
+            out,
+            "drain     {}: delivered {}, deferred {}, failed {}",
+            ago(d.at),
+            d.delivered,
+            d.deferred,
+            d.failed
+        )?;
+        match &d.stopped {
+            Some(why) => writeln!(out, "; stopped: {why}")?,
+            None => writeln!(out)?,
+        }
     }
     let c = view.counts;
     writeln!(
