@@ -95,7 +95,16 @@ pub type Progress = Arc<dyn Fn(MessageId, Outcome) + Send + Sync>;
 pub struct RunOptions {
     /// Stop claiming work at this instant (Lambda's deadline).
     pub deadline: Option<Instant>,
+    /// Stop between messages once this turns true (shutdown); unsent claims are released.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     pub progress: Option<Progress>,
+}
+
+impl RunOptions {
+    fn should_stop(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.stop.as_ref().is_some_and(|rx| *rx.borrow())
+    }
 }
 
 /// A drain run failed on storage (the primary's failures are in the report instead).
@@ -347,7 +356,7 @@ impl Drainer {
         let mut w = WorkerReport::default();
         let mut session: Option<Box<dyn RelaySession>> = None;
         'claims: loop {
-            if opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            if opts.should_stop() {
                 break;
             }
             let now = self.clock.now();
@@ -364,8 +373,7 @@ impl Drainer {
                 break;
             }
             for mut rec in batch {
-                let deadline_passed = opts.deadline.is_some_and(|d| Instant::now() >= d);
-                if deadline_passed || w.stopped.is_some() {
+                if opts.should_stop() || w.stopped.is_some() {
                     index.complete(&rec, &owner).await?;
                     continue;
                 }

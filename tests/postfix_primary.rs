@@ -178,3 +178,56 @@ fn acknowledged_mail_survives_kill_9() {
         assert_eq!(copies(&delivered, t).len(), 1, "{t} delivered exactly once");
     }
 }
+
+#[test]
+fn sigterm_during_a_drain_releases_claims_for_a_prompt_restart() {
+    let pf = Postfix::primary();
+    let mut sb = Standby::start_with_env(
+        pf.port,
+        "",
+        &[
+            ("STANDBY_DRAIN_RATE_PER_SEC", "4"),
+            ("STANDBY_DRAIN_CONCURRENCY", "1"),
+        ],
+    );
+    let n = 16;
+    for i in 0..n {
+        let (ok, t) = swaks(
+            sb.port,
+            &[
+                "--from",
+                "a@example.org",
+                "--to",
+                "bob@example.test",
+                "--header",
+                &format!("Subject: n{i}"),
+            ],
+        );
+        assert!(ok, "{t}");
+    }
+    pf.start();
+    wait_for("the drain to start", Duration::from_secs(30), || {
+        sb.counts()["delivered"].as_u64().unwrap() >= 1
+    });
+    let status = sb.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let delivered = sb.counts()["delivered"].as_u64().unwrap();
+    assert!(
+        delivered < n,
+        "the drain was interrupted ({delivered} of {n})"
+    );
+    for m in sb.list("held") {
+        let rec = sb.json(&["show", m["id"].as_str().unwrap(), "--json"]);
+        assert!(rec.get("lease").is_none(), "claim left behind: {rec}");
+    }
+    // The default lease is 10 minutes: only released claims can go out this soon.
+    sb.spawn();
+    wait_for("the rest after restart", Duration::from_secs(30), || {
+        sb.counts()["delivered"] == n
+    });
+    wait_for("postfix delivery", Duration::from_secs(20), || {
+        pf.delivered().len() == n as usize
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pf.delivered().len(), n as usize, "nothing delivered twice");
+}

@@ -72,8 +72,8 @@ pub(super) async fn drain(
     });
     let report = drainer
         .run(RunOptions {
-            deadline: None,
             progress,
+            ..Default::default()
         })
         .await
         .map_err(|crate::drain::DrainError::Store(e)| CliError::Store(e))?;
