@@ -374,6 +374,7 @@ impl Drainer {
             }
             for mut rec in batch {
                 if opts.should_stop() || w.stopped.is_some() {
+                    tracing::debug!(id = %rec.id, "releasing claim");
                     index.complete(&rec, &owner).await?;
                     continue;
                 }
@@ -448,6 +449,7 @@ impl Drainer {
         if let Some(s) = session {
             s.quit().await;
         }
+        tracing::debug!(delivered = w.delivered, "drain worker done");
         Ok(w)
     }
 }

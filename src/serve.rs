@@ -113,58 +113,90 @@ pub async fn serve(
         clock.clone(),
         drain_settings(&config),
     );
-    let interval = Duration::from_secs(config.health.interval_secs.max(1));
-    let h = hysteresis(&config);
-    let address = relay.address().to_string();
-    let health_loop = async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let rec = match health::check(
-                relay.as_ref(),
-                storage.index.as_ref(),
-                clock.as_ref(),
-                &address,
-                h,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record primary health");
-                    continue;
-                }
-            };
-            if rec.state == PrimaryState::Up {
-                match drainer.run(RunOptions::default()).await {
-                    Ok(r) if r.eventful() => {
-                        tracing::info!(
-                            delivered = r.delivered,
-                            deferred = r.deferred,
-                            failed = r.failed,
-                            stopped = r.stopped.as_deref().unwrap_or(""),
-                            "drain run"
-                        );
-                        let result = r.result(clock.now());
-                        if let Err(e) =
-                            health::record_drain(storage.index.as_ref(), &address, result).await
-                        {
-                            tracing::error!(error = %e, "cannot record the drain result");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "drain failed"),
-                }
-            } else if let Err(e) = drainer.expire_old().await {
-                tracing::error!(error = %e, "expiring old messages failed");
-            }
-        }
-    };
-    tokio::select! {
-        () = server::run(listener, server, shutdown) => {}
-        () = health_loop => {}
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let health = tokio::spawn(health_loop(HealthLoop {
+        relay,
+        storage,
+        clock,
+        drainer,
+        interval: Duration::from_secs(config.health.interval_secs.max(1)),
+        hysteresis: hysteresis(&config),
+        stop: stop_rx,
+    }));
+    server::run(listener, server, shutdown).await;
+    // Let a running drain finish the message in hand and release its other claims, so a
+    // restart does not wait for leases to expire.
+    let _ = stop_tx.send(true);
+    tracing::debug!("waiting for the drain to stop");
+    if tokio::time::timeout(Duration::from_secs(15), health)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain did not stop within 15 s; its leases expire by themselves");
     }
     tracing::info!("standby stopped");
     Ok(())
+}
+
+struct HealthLoop {
+    relay: Arc<SmtpRelay>,
+    storage: Storage,
+    clock: Arc<dyn Clock>,
+    drainer: Drainer,
+    interval: Duration,
+    hysteresis: Hysteresis,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Probe every interval; drain while the primary is up, expire old mail while it is not.
+async fn health_loop(mut l: HealthLoop) {
+    let address = l.relay.address().to_string();
+    let mut tick = tokio::time::interval(l.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = l.stop.changed() => return,
+        }
+        let index = l.storage.index.as_ref();
+        let h = l.hysteresis;
+        let rec = match health::check(l.relay.as_ref(), index, l.clock.as_ref(), &address, h).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record primary health");
+                continue;
+            }
+        };
+        if rec.state != PrimaryState::Up {
+            if let Err(e) = l.drainer.expire_old().await {
+                tracing::error!(error = %e, "expiring old messages failed");
+            }
+            continue;
+        }
+        let opts = RunOptions {
+            stop: Some(l.stop.clone()),
+            ..Default::default()
+        };
+        match l.drainer.run(opts).await {
+            Ok(r) if r.eventful() => {
+                tracing::info!(
+                    delivered = r.delivered,
+                    deferred = r.deferred,
+                    failed = r.failed,
+                    stopped = r.stopped.as_deref().unwrap_or(""),
+                    "drain run"
+                );
+                let result = r.result(l.clock.now());
+                if let Err(e) = health::record_drain(index, &address, result).await {
+                    tracing::error!(error = %e, "cannot record the drain result");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "drain failed"),
+        }
+        if *l.stop.borrow() {
+            return;
+        }
+    }
 }

@@ -49,11 +49,7 @@ fn unknown_users_are_refused_at_rcpt_time() {
     assert!(!ok);
     assert!(t.contains("550 5.1.1"), "{t}");
     // Listed users are accepted, case-insensitively.
-    let (ok, t) = swaks(
-        sb.port,
-        &["--from", "a@example.org", "--to", "Bob@Example.Test"],
-    );
-    assert!(ok, "{t}");
+    sb.send("Bob@Example.Test", &[]);
     assert_eq!(sb.list("held").len(), 1);
 }
 

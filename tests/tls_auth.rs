@@ -19,17 +19,7 @@ fn listener_offers_starttls_with_a_certificate() {
         pki.key.display()
     );
     let sb = Standby::start(fake.port, &extra);
-    let (ok, t) = swaks(
-        sb.port,
-        &[
-            "--from",
-            "a@example.org",
-            "--to",
-            "bob@example.test",
-            "--tls",
-        ],
-    );
-    assert!(ok, "{t}");
+    let t = sb.send("bob@example.test", &["--tls"]);
     assert!(
         t.contains("250-STARTTLS") && t.contains("220 2.0.0 Ready to start TLS"),
         "{t}"
@@ -86,11 +76,7 @@ fn drain_uses_verified_starttls_to_the_primary() {
             ("STANDBY_PRIMARY_CA_FILE", pki.ca.to_str().unwrap()),
         ],
     );
-    let (ok, t) = swaks(
-        sb.port,
-        &["--from", "a@example.org", "--to", "bob@example.test"],
-    );
-    assert!(ok, "{t}");
+    sb.send("bob@example.test", &[]);
     wait_for("delivery over TLS", Duration::from_secs(30), || {
         pf.delivered().len() == 1
     });
@@ -104,11 +90,7 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     pf.start();
     // No ca_file: the test CA is unknown, so verification must fail and nothing is sent.
     let sb = Standby::start_with_env(pf.port, "", &[("STANDBY_PRIMARY_TLS", "required")]);
-    let (ok, t) = swaks(
-        sb.port,
-        &["--from", "a@example.org", "--to", "bob@example.test"],
-    );
-    assert!(ok, "{t}");
+    sb.send("bob@example.test", &[]);
     wait_for("the primary to be up", Duration::from_secs(20), || {
         sb.json(&["status", "--json"])["primary"]["state"] == "up"
     });
@@ -148,16 +130,7 @@ fn drain_authenticates_with_plain_and_login() {
                 ("PRIMARY_PW", FAKE_PASS),
             ],
         );
-        let (ok, t) = swaks(
-            sb.port,
-            &[
-                "--from",
-                "a@example.org",
-                "--to",
-                "bob@example.test,carol@example.test",
-            ],
-        );
-        assert!(ok, "{t}");
+        sb.send("bob@example.test,carol@example.test", &[]);
         wait_for("delivery with AUTH", Duration::from_secs(30), || {
             sb.counts()["delivered"] == 1
         });
@@ -195,11 +168,7 @@ fn wrong_password_stops_the_drain_and_keeps_the_mail() {
             ("PRIMARY_PW", "wrong"),
         ],
     );
-    let (ok, t) = swaks(
-        sb.port,
-        &["--from", "a@example.org", "--to", "bob@example.test"],
-    );
-    assert!(ok, "{t}");
+    sb.send("bob@example.test", &[]);
     let out = sb.cli(&["drain", "--json"]);
     assert_eq!(
         out.status.code(),

@@ -307,6 +307,15 @@ impl Standby {
         self.json(&["status", "--json"])["counts"].clone()
     }
 
+    /// Send a test message from a@example.org with swaks; it must be accepted.
+    pub fn send(&self, to: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--from", "a@example.org", "--to", to];
+        args.extend_from_slice(extra);
+        let (ok, t) = swaks(self.port, &args);
+        assert!(ok, "sending to {to} failed:\n{t}");
+        t
+    }
+
     pub fn messages_dir(&self) -> PathBuf {
         self.dir.path().join("data/messages")
     }
