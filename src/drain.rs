@@ -394,11 +394,13 @@ impl Drainer {
                         }
                     }
                 }
+                let Some(s) = session.as_mut() else {
+                    continue; // connected just above
+                };
                 self.pace().await;
                 let result = match self.storage.blobs.open(rec.id).await {
                     Ok(body) => {
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
-                        let s = session.as_mut().expect("connected above");
                         s.send(&rec.mail_from, &rcpts, body).await
                     }
                     Err(e) => Err(RelayError::Blob(e)),
