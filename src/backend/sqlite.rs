@@ -221,18 +221,21 @@ impl Index for SqliteIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
         let rec = rec.clone();
         self.with(move |c| {
+            let json = record_json(&rec)?;
             let n = c
-                .execute(
+                .prepare_cached(
                     "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
-                    params![
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
                         rec.id.to_string(),
                         rec.status.as_str(),
                         ms(rec.received_at),
                         ms(rec.next_attempt_at),
-                        record_json(&rec)?,
-                    ],
-                )
+                        json,
+                    ])
+                })
                 .map_err(db_err)?;
             Ok(n == 1)
         })
