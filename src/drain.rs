@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -47,14 +47,14 @@ pub struct DrainSettings {
     pub rate_per_sec: u32,
 }
 
-/// What one run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What one run did (also kept in the health record for `standby status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainReport {
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
     /// Why workers stopped early (the primary's trouble), if they did.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     /// The primary could not be reached at all during the run.
     #[serde(skip)]
@@ -65,17 +65,6 @@ impl DrainReport {
     /// Whether the run tried anything or stopped on the primary's trouble.
     pub fn eventful(&self) -> bool {
         self.delivered + self.deferred + self.failed > 0 || self.stopped.is_some()
-    }
-
-    /// The summary kept for `standby status`.
-    pub fn result(&self, at: DateTime<Utc>) -> crate::health::DrainResult {
-        crate::health::DrainResult {
-            at,
-            delivered: self.delivered,
-            deferred: self.deferred,
-            failed: self.failed,
-            stopped: self.stopped.clone(),
-        }
     }
 }
 

@@ -9,6 +9,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::drain::DrainReport;
+use crate::error::StoreError;
 use crate::ports::{Clock, Index, Probe};
 
 /// What the standby believes about the primary.
@@ -38,16 +40,13 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// What the last drain run that did anything achieved; shown by `standby status`, so an
+/// The last drain run that did anything, and when; shown by `standby status`, so an
 /// operator sees why mail is not flowing (a wrong AUTH password, a 421) without the logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainResult {
+pub struct LastDrain {
     pub at: DateTime<Utc>,
-    pub delivered: u64,
-    pub deferred: u64,
-    pub failed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
+    #[serde(flatten)]
+    pub report: DrainReport,
 }
 
 /// The stored health state of the primary.
@@ -61,7 +60,7 @@ pub struct HealthRecord {
     pub consecutive_ok: u32,
     pub consecutive_fail: u32,
     #[serde(default)]
-    pub last_drain: Option<DrainResult>,
+    pub last_drain: Option<LastDrain>,
 }
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -120,11 +119,8 @@ pub async fn check(
     clock: &dyn Clock,
     address: &str,
     h: Hysteresis,
-) -> Result<HealthRecord, crate::error::StoreError> {
-    let mut rec = match index.load_health().await? {
-        Some(r) if r.address == address => r,
-        _ => HealthRecord::new(address),
-    };
+) -> Result<HealthRecord, StoreError> {
+    let mut rec = load_for(index, address).await?;
     let outcome = probe.probe().await;
     let result = ProbeResult {
         at: clock.now(),
@@ -143,17 +139,30 @@ pub async fn check(
     Ok(rec)
 }
 
-/// Remember the outcome of a drain run next to the primary's health.
+/// The stored record for the primary at `address`; a different (or no) stored address
+/// starts from `unknown`, so a changed `primary.address` inherits nothing.
+pub async fn load_for(index: &dyn Index, address: &str) -> Result<HealthRecord, StoreError> {
+    Ok(match index.load_health().await? {
+        Some(r) if r.address == address => r,
+        _ => HealthRecord::new(address),
+    })
+}
+
+/// Remember a drain run next to the primary's health, if it tried anything or stopped.
 pub async fn record_drain(
     index: &dyn Index,
     address: &str,
-    result: DrainResult,
-) -> Result<(), crate::error::StoreError> {
-    let mut rec = match index.load_health().await? {
-        Some(r) if r.address == address => r,
-        _ => HealthRecord::new(address),
-    };
-    rec.last_drain = Some(result);
+    report: &DrainReport,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if !report.eventful() {
+        return Ok(());
+    }
+    let mut rec = load_for(index, address).await?;
+    rec.last_drain = Some(LastDrain {
+        at,
+        report: report.clone(),
+    });
     index.save_health(&rec).await
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::backend::{FsBlobStore, Storage};
+use crate::backend::Storage;
 use crate::config::Config;
 use crate::drain::{DrainSettings, Drainer, RunOptions};
 use crate::error::{ConfigError, StoreError};
@@ -66,14 +66,13 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let removed = FsBlobStore::open(config.data_dir())?.remove_unfinished()?;
+    let (storage, removed) = Storage::serve_local(&config)?;
     if removed > 0 {
         tracing::info!(
             removed,
             "removed unfinished (never acknowledged) spool files"
         );
     }
-    let storage = Storage::create_local(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tls = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
@@ -187,8 +186,7 @@ async fn health_loop(mut l: HealthLoop) {
                     stopped = r.stopped.as_deref().unwrap_or(""),
                     "drain run"
                 );
-                let result = r.result(l.clock.now());
-                if let Err(e) = health::record_drain(index, &address, result).await {
+                if let Err(e) = health::record_drain(index, &address, &r, l.clock.now()).await {
                     tracing::error!(error = %e, "cannot record the drain result");
                 }
             }

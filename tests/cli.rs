@@ -58,13 +58,24 @@ fn config_errors_name_the_file_key_and_line() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("recipients.txt:2"), "{}", stderr(&o));
 
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "domains = [\"example.test\"]\n[primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
     let o = Command::new(STANDBY)
-        .args(["status", "--config", bad.to_str().unwrap()])
+        .args(["status", "--config", good.to_str().unwrap()])
         .env("STANDBY_LOG", "warn")
         .env("STANDBY_PRIMARY_TLS", "sometimes")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("STANDBY_PRIMARY_TLS") && e.contains("sometimes"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 
-fn standby_with_recipients() -> (Standby, FakePrimary) {
+/// A standby with a recipients file and small limits; the directory holding the file is
+/// returned so it lives as long as the standby.
+fn standby_with_recipients() -> (Standby, FakePrimary, tempfile::TempDir) {
     // The primary is irrelevant here; a fake that is "up" keeps the logs quiet.
     let fake = FakePrimary::start(vec![FakeReply::Healthy]);
     let dir = tempfile::tempdir().unwrap();
@@ -20,13 +22,12 @@ fn standby_with_recipients() -> (Standby, FakePrimary) {
         list.display()
     );
     let sb = Standby::start(fake.port, &extra);
-    std::mem::forget(dir); // the file must outlive the standby process
-    (sb, fake)
+    (sb, fake, dir)
 }
 
 #[test]
 fn foreign_domains_are_relay_denied() {
-    let (sb, _p) = standby_with_recipients();
+    let (sb, _p, _dir) = standby_with_recipients();
     for to in [
         "bob@foreign.test",
         "bob@example.test.evil.test",
@@ -41,7 +42,7 @@ fn foreign_domains_are_relay_denied() {
 
 #[test]
 fn unknown_users_are_refused_at_rcpt_time() {
-    let (sb, _p) = standby_with_recipients();
+    let (sb, _p, _dir) = standby_with_recipients();
     let (ok, t) = swaks(
         sb.port,
         &["--from", "a@example.org", "--to", "mallory@example.test"],
@@ -55,7 +56,7 @@ fn unknown_users_are_refused_at_rcpt_time() {
 
 #[test]
 fn oversize_message_gets_552_and_nothing_is_stored() {
-    let (sb, _p) = standby_with_recipients();
+    let (sb, _p, _dir) = standby_with_recipients();
     let body = "x".repeat(70) + "\n";
     let big = sb.dir.path().join("big.txt");
     std::fs::write(&big, body.repeat(2000)).unwrap(); // ~142 KB > 100000
@@ -83,7 +84,7 @@ fn oversize_message_gets_552_and_nothing_is_stored() {
 
 #[test]
 fn too_many_recipients_get_452_and_the_rest_is_kept() {
-    let (sb, _p) = standby_with_recipients();
+    let (sb, _p, _dir) = standby_with_recipients();
     let (_ok, t) = swaks(
         sb.port,
         &[

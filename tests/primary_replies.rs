@@ -156,14 +156,7 @@ fn primary_answering_421_at_the_banner_is_down_and_nothing_moves() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
 
-    let out = sb.cli(&["drain", "--force", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = sb.drain_report(&["--force"], 3);
     assert_eq!(report["delivered"], 0);
     let rec = only(&sb);
     assert_eq!(rec["status"], "held");

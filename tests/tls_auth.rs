@@ -94,14 +94,7 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     wait_for("the primary to be up", Duration::from_secs(20), || {
         sb.json(&["status", "--json"])["primary"]["state"] == "up"
     });
-    let out = sb.cli(&["drain", "--force", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = sb.drain_report(&["--force"], 3);
     assert!(
         report["stopped"]
             .as_str()
@@ -114,22 +107,29 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     assert!(pf.delivered().is_empty());
 }
 
+/// A submission-port fake primary offering `auth`, and a standby configured to log in to it
+/// as `standby` with `password` (read from the variable `auth_password_env` names).
+fn submission_primary(auth: FakeAuth, password: &str) -> (FakePrimary, Standby) {
+    let fake = FakePrimary::start(vec![FakeReply::Submission(auth)]);
+    let sb = Standby::start_with_env(
+        fake.port,
+        "",
+        &[
+            ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
+            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
+            ("PRIMARY_PW", password),
+        ],
+    );
+    (fake, sb)
+}
+
 /// AUTH towards a primary's submission port, without PIPELINING (so the one-command-at-a-
 /// time path runs too). Credentials come from the variable `auth_password_env` names.
 #[test]
 fn drain_authenticates_with_plain_and_login() {
     for auth in [FakeAuth::Plain, FakeAuth::Login] {
-        let fake = FakePrimary::start(vec![FakeReply::Submission(auth)]);
-        let sb = Standby::start_with_env(
-            fake.port,
-            "",
-            &[
-                ("STANDBY_PRIMARY_TLS", "none"),
-                ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
-                ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
-                ("PRIMARY_PW", FAKE_PASS),
-            ],
-        );
+        let (fake, sb) = submission_primary(auth, FAKE_PASS);
         sb.send("bob@example.test,carol@example.test", &[]);
         wait_for("delivery with AUTH", Duration::from_secs(30), || {
             sb.counts()["delivered"] == 1
@@ -157,26 +157,9 @@ fn drain_authenticates_with_plain_and_login() {
 
 #[test]
 fn wrong_password_stops_the_drain_and_keeps_the_mail() {
-    let fake = FakePrimary::start(vec![FakeReply::Submission(FakeAuth::Plain)]);
-    let sb = Standby::start_with_env(
-        fake.port,
-        "",
-        &[
-            ("STANDBY_PRIMARY_TLS", "none"),
-            ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
-            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
-            ("PRIMARY_PW", "wrong"),
-        ],
-    );
+    let (fake, sb) = submission_primary(FakeAuth::Plain, "wrong");
     sb.send("bob@example.test", &[]);
-    let out = sb.cli(&["drain", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = sb.drain_report(&[], 3);
     assert!(
         report["stopped"].as_str().unwrap().contains("AUTH: 535"),
         "{report}"

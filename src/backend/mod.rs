@@ -25,10 +25,18 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// The local spool under `config.data_dir`, created if missing (for `standby serve`).
-    pub fn create_local(config: &Config) -> Result<Storage, StoreError> {
+    /// The local spool for `standby serve`: created if missing, with the partial writes a
+    /// crash left behind removed (only the receiving process may do that, before it
+    /// accepts connections). Also returns how many were removed.
+    pub fn serve_local(config: &Config) -> Result<(Storage, usize), StoreError> {
+        let blobs = FsBlobStore::open(config.data_dir())?;
+        let removed = blobs.remove_unfinished()?;
+        Ok((Self::local(blobs, config)?, removed))
+    }
+
+    fn local(blobs: FsBlobStore, config: &Config) -> Result<Storage, StoreError> {
         Ok(Storage {
-            blobs: Arc::new(FsBlobStore::open(config.data_dir())?),
+            blobs: Arc::new(blobs),
             index: Arc::new(SqliteIndex::open(config.data_dir())?),
         })
     }
@@ -49,7 +57,7 @@ impl Storage {
                 ),
             ));
         }
-        Self::create_local(config)
+        Self::local(FsBlobStore::open(dir)?, config)
     }
 
     /// Empty in-memory storage.

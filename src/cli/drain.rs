@@ -57,8 +57,10 @@ pub(super) async fn drain(
         let total = storage.index.counts().await?.held;
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len}  {eta} left  last: {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
     } else {
@@ -80,10 +82,8 @@ pub(super) async fn drain(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if report.eventful() {
-        let result = report.result(chrono::Utc::now());
-        crate::health::record_drain(storage.index.as_ref(), relay.address(), result).await?;
-    }
+    let index = storage.index.as_ref();
+    crate::health::record_drain(index, relay.address(), &report, chrono::Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;

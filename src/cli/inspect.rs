@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::CliError;
 use crate::backend::Storage;
 use crate::config::Config;
-use crate::health::{DrainResult, HealthRecord, PrimaryState, ProbeResult};
+use crate::health::{self, LastDrain, PrimaryState, ProbeResult};
 use crate::model::{Counts, MessageId, Record, Status};
 use crate::ports::ListQuery;
 
@@ -19,7 +19,7 @@ struct PrimaryView {
     state: PrimaryState,
     since: Option<DateTime<Utc>>,
     last_probe: Option<ProbeResult>,
-    last_drain: Option<DrainResult>,
+    last_drain: Option<LastDrain>,
 }
 
 #[derive(Serialize)]
@@ -75,12 +75,7 @@ fn time(t: DateTime<Utc>) -> String {
 
 pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Result<(), CliError> {
     let address = config.primary_addr();
-    let health = storage
-        .index
-        .load_health()
-        .await?
-        .filter(|h| h.address == address)
-        .unwrap_or_else(|| HealthRecord::new(address.clone()));
+    let health = health::load_for(storage.index.as_ref(), &address).await?;
     let view = StatusView {
         primary: PrimaryView {
             address,
@@ -119,11 +114,11 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             out,
             "drain     {}: delivered {}, deferred {}, failed {}",
             ago(d.at),
-            d.delivered,
-            d.deferred,
-            d.failed
+            d.report.delivered,
+            d.report.deferred,
+            d.report.failed
         )?;
-        match &d.stopped {
+        match &d.report.stopped {
             Some(why) => writeln!(out, "; stopped: {why}")?,
             None => writeln!(out)?,
         }

@@ -296,6 +296,25 @@ impl Standby {
         })
     }
 
+    /// Run `standby drain ARGS --json`, expect exit `code`, return the JSON report.
+    pub fn drain_report(&self, args: &[&str], code: i32) -> Value {
+        let mut all = vec!["drain", "--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "standby {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "drain: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     pub fn list(&self, status: &str) -> Vec<Value> {
         match self.json(&["list", "--status", status, "--json"]) {
             Value::Array(v) => v,
@@ -528,7 +547,7 @@ impl FakePrimary {
     }
 }
 
-/// Path helper for messages in a data dir.
+/// How many entries a directory has (0 when it does not exist).
 pub fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
