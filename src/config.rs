@@ -27,8 +27,16 @@ pub const ENV_LOG: &str = "STANDBY_LOG";
 /// Default config file, in the working directory.
 pub const DEFAULT_CONFIG: &str = "standby.toml";
 
+/// Conventional variable for the primary's password or its Secrets Manager ARN.
+pub const ENV_PRIMARY_SECRET: &str = "STANDBY_PRIMARY_SECRET";
+
 /// `STANDBY_*` variables that are not config keys.
-const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG];
+const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET];
+
+/// What the Lambda functions assume before their environment is applied: the AWS
+/// backend, and STARTTLS required towards the primary (it is reached over the internet).
+const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
+[primary]\naddress = \"\"\ntls = \"required\"\n";
 /// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
 const SECTIONS: &[&str] = &["primary", "health", "drain", "tls"];
 
@@ -43,8 +51,29 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Where messages and the index live: `local` (files + SQLite under `data_dir`, the
+    /// default) or `aws` (S3 `bucket` + DynamoDB `table`).
+    #[serde(default, deserialize_with = "lenient")]
+    pub backend: BackendKind,
+    /// S3 bucket of the raw messages (`backend = "aws"`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// DynamoDB table of the index (`backend = "aws"`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Key prefix of the raw messages in the bucket: the receipt rule's S3 object key prefix.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// AWS region; the standard chain (`AWS_REGION`, profile) when unset.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint of an emulator (moto); `AWS_ENDPOINT_URL` works too.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
     /// Domains we accept mail for; anything else is refused (never an open relay).
-    #[serde(deserialize_with = "domain_list")]
+    /// Required for the local backend; on AWS, SES receipt rules decide, and this list only
+    /// limits which header addresses the reconciler may take as recipients.
+    #[serde(default, deserialize_with = "domain_list")]
     pub domains: Vec<String>,
     /// Optional file of accepted addresses, one per line; others get 550 5.1.1.
     #[serde(default)]
@@ -68,6 +97,26 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub drain: DrainConfig,
+}
+
+/// Which storage backend a config uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Aws,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(BackendKind::Local),
+            "aws" => Ok(BackendKind::Aws),
+            other => Err(format!("unknown backend `{other}` (local, aws)")),
+        }
+    }
 }
 
 /// Certificate for STARTTLS on our listener; STARTTLS is offered only when both are set.
@@ -243,6 +292,10 @@ where
 }
 
 /// A list of domains, as a TOML array or comma-separated text; lower-cased, no trailing dot.
+fn default_prefix() -> String {
+    "incoming/".into()
+}
+
 fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -286,6 +339,35 @@ impl Config {
         Self::from_parts(path, &text, std::env::vars())
     }
 
+    /// The drain function's configuration: only environment variables, on top of
+    /// [`LAMBDA_DEFAULTS`]. `STANDBY_PRIMARY` (host:port) is the primary's address;
+    /// `STANDBY_PRIMARY_AUTH_USER` turns on AUTH with the password (or secret ARN) in
+    /// `STANDBY_PRIMARY_SECRET`.
+    pub fn from_lambda_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut auth = false;
+        let mut secret_env_set = false;
+        for (k, v) in env {
+            match k.as_str() {
+                "STANDBY_PRIMARY" => vars.push(("STANDBY_PRIMARY_ADDRESS".into(), v)),
+                _ => {
+                    auth |= k == "STANDBY_PRIMARY_AUTH_USER";
+                    secret_env_set |= k == "STANDBY_PRIMARY_AUTH_PASSWORD_ENV";
+                    vars.push((k, v));
+                }
+            }
+        }
+        if auth && !secret_env_set {
+            vars.push((
+                "STANDBY_PRIMARY_AUTH_PASSWORD_ENV".into(),
+                ENV_PRIMARY_SECRET.into(),
+            ));
+        }
+        Self::from_parts(Path::new("(Lambda environment)"), LAMBDA_DEFAULTS, vars)
+    }
+
     /// Parse `text` (read from `path`) with the given environment.
     pub fn from_parts(
         path: &Path,
@@ -297,8 +379,16 @@ impl Config {
             message,
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let secret_var = table
+            .get("primary")
+            .and_then(|p| p.get("auth_password_env"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         let mut overridden = Vec::new();
         for (var, value) in env {
+            if secret_var.as_deref() == Some(var.as_str()) {
+                continue;
+            }
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -344,6 +434,21 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
+        match self.backend {
+            BackendKind::Local if self.domains.is_empty() => {
+                return Err(invalid(
+                    "no domains configured: list the domains this standby accepts mail for"
+                        .into(),
+                ));
+            }
+            BackendKind::Aws if self.bucket.is_none() || self.table.is_none() => {
+                return Err(invalid(
+                    "backend = \"aws\" needs `bucket` and `table` (STANDBY_BUCKET, STANDBY_TABLE)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         if self.max_recipients == 0 {
             return Err(invalid("max_recipients must be at least 1".into()));
         }
@@ -364,7 +469,10 @@ impl Config {
             ));
         }
         if self.primary.address.trim().is_empty() {
-            return Err(invalid("primary.address is empty".into()));
+            return Err(invalid(
+                "primary.address is empty (STANDBY_PRIMARY_ADDRESS; STANDBY_PRIMARY in Lambda)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -372,6 +480,20 @@ impl Config {
     /// Where the spool lives: relative `data_dir` is taken from the working directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Where the AWS backend's data is, when `backend = "aws"`.
+    pub fn aws_settings(&self) -> Option<crate::backend::aws::AwsSettings> {
+        match (self.backend, &self.bucket, &self.table) {
+            (BackendKind::Aws, Some(bucket), Some(table)) => Some(crate::backend::aws::AwsSettings {
+                bucket: bucket.clone(),
+                table: table.clone(),
+                prefix: self.prefix.clone(),
+                region: self.region.clone(),
+                endpoint_url: self.endpoint_url.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// `primary.address` with the default port added.

@@ -387,7 +387,7 @@ impl Drainer {
                     continue; // connected just above
                 };
                 self.pace().await;
-                let result = match self.storage.blobs.open(rec.id).await {
+                let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
                         s.send(&rec.mail_from, &rcpts, body).await

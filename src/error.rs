@@ -31,6 +31,9 @@ pub enum StoreError {
     /// No message with this id.
     #[error("message {0} not found")]
     NotFound(MessageId),
+    /// No raw message stored under this name.
+    #[error("no raw message stored as `{0}`")]
+    MissingBlob(String),
     /// A stored record could not be decoded.
     #[error("record {id} is corrupt: {detail}")]
     Corrupt { id: String, detail: String },
@@ -60,7 +63,7 @@ impl StoreError {
             ),
             StoreError::Backend { transient, .. } => *transient,
             StoreError::Leased(_) => true,
-            StoreError::NotFound(_) | StoreError::Corrupt { .. } => false,
+            StoreError::NotFound(_) | StoreError::MissingBlob(_) | StoreError::Corrupt { .. } => false,
         }
     }
 }

@@ -61,6 +61,14 @@ pub struct HealthRecord {
     pub consecutive_fail: u32,
     #[serde(default)]
     pub last_drain: Option<LastDrain>,
+    /// Probes answered and failed since this record began (for alarms and `status`).
+    #[serde(default)]
+    pub probes_ok: u64,
+    #[serde(default)]
+    pub probes_failed: u64,
+    /// Blobs stored before this instant have been checked by the reconciler (AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_until: Option<DateTime<Utc>>,
 }
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -80,6 +88,9 @@ impl HealthRecord {
             consecutive_ok: 0,
             consecutive_fail: 0,
             last_drain: None,
+            probes_ok: 0,
+            probes_failed: 0,
+            reconciled_until: None,
         }
     }
 
@@ -87,9 +98,11 @@ impl HealthRecord {
     pub fn observe(&mut self, result: ProbeResult, h: Hysteresis) -> Option<PrimaryState> {
         let at = result.at;
         if result.ok {
+            self.probes_ok = self.probes_ok.saturating_add(1);
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_fail = 0;
         } else {
+            self.probes_failed = self.probes_failed.saturating_add(1);
             self.consecutive_fail = self.consecutive_fail.saturating_add(1);
             self.consecutive_ok = 0;
         }

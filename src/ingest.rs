@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{MessageId, Origin, Recipient, Record, Status, redact};
+use crate::model::{Intake, MessageId, Origin, Recipient, Record, Status, redact};
 use crate::ports::{BlobWriter, Clock};
 use crate::summary::HeadCapture;
 
@@ -124,9 +124,12 @@ impl Incoming {
             lease: None,
             reason: None,
             updated_at: received_at,
+            blob: None,
+            intake: Intake::Smtp,
+            verdicts: None,
         };
         if let Err(e) = storage.index.insert(&rec).await {
-            let _ = storage.blobs.delete(id).await;
+            let _ = storage.blobs.delete(&id.to_string()).await;
             return Err(e);
         }
         tracing::info!(
@@ -196,7 +199,7 @@ mod tests {
         let rec = inc.commit().await.unwrap();
 
         let mut stored = Vec::new();
-        let mut r = storage.blobs.open(rec.id).await.unwrap();
+        let mut r = storage.blobs.open(&rec.blob_key()).await.unwrap();
         tokio::io::AsyncReadExt::read_to_end(&mut r, &mut stored)
             .await
             .unwrap();
@@ -220,7 +223,7 @@ mod tests {
         let id = inc.id();
         inc.write(b"partial").await.unwrap();
         inc.abort().await;
-        assert!(storage.blobs.open(id).await.is_err());
+        assert!(storage.blobs.open(&id.to_string()).await.is_err());
         assert_eq!(storage.index.get(id).await.unwrap(), None);
     }
 }

@@ -17,6 +17,7 @@
 //! - [`config`]: TOML + `STANDBY_*` environment overrides.
 //! - [`serve`]: `standby serve`: listener plus the health and drain loop.
 //! - [`cli`]: the `standby` operator command.
+//! - [`lambda`]: the `standby-ingest` and `standby-drain` handlers (AWS).
 
 pub mod backend;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod drain;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod lambda;
 pub mod model;
 pub mod ports;
 pub mod serve;

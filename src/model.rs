@@ -20,6 +20,20 @@ use serde::{Deserialize, Serialize};
 pub struct MessageId(ulid::Ulid);
 
 impl MessageId {
+    /// The id for a blob that was stored under a name we did not choose (an SES message
+    /// id): the time part is the blob's modification time in whole seconds and the
+    /// random part comes from a hash of the name. Every process that sees the same blob
+    /// (ingest, its retries, the reconciler) derives the same id, which makes indexing it
+    /// idempotent without a second lookup item.
+    pub fn derived(name: &str, stored_at: DateTime<Utc>) -> Self {
+        use sha2::{Digest, Sha256};
+        let secs = u64::try_from(stored_at.timestamp()).unwrap_or(0);
+        let digest = Sha256::digest(name.as_bytes());
+        let mut bits = [0u8; 16];
+        bits[6..].copy_from_slice(&digest[..10]);
+        MessageId(ulid::Ulid::from_parts(secs * 1000, u128::from_be_bytes(bits)))
+    }
+
     /// A new id for a message received at `at`.
     pub fn new(at: DateTime<Utc>) -> Self {
         let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
@@ -146,6 +160,50 @@ pub struct Origin {
     pub tls: bool,
 }
 
+/// How a message came in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Intake {
+    /// Our own SMTP listener (`standby serve`).
+    #[default]
+    Smtp,
+    /// Amazon SES inbound: a receipt rule stored it in S3 and invoked the ingest function.
+    Ses,
+    /// Found in the blob store without an index entry (the ingest function never ran or
+    /// failed past its retries) and indexed from its headers by the reconciler. The
+    /// envelope is then a reconstruction, so an SES event arriving later replaces it.
+    Reconciled,
+}
+
+impl Intake {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Intake::Smtp => "smtp",
+            Intake::Ses => "ses",
+            Intake::Reconciled => "reconciled",
+        }
+    }
+}
+
+/// The receiving service's verdicts on a message (SES: spam, virus, SPF, DKIM, DMARC),
+/// kept as given (`PASS`, `FAIL`, `GRAY`, `PROCESSING_FAILED`, `DISABLED`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdicts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<String>,
+    /// The sender domain's DMARC policy, present when DMARC failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_policy: Option<String>,
+}
+
 /// A drain worker's claim on a record; expires at `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -176,9 +234,22 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Key of the raw message in the blob store when it is not the id (SES names its
+    /// objects by its own message id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    #[serde(default)]
+    pub intake: Intake,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts: Option<Verdicts>,
 }
 
 impl Record {
+    /// Where the raw bytes are in the blob store.
+    pub fn blob_key(&self) -> String {
+        self.blob.clone().unwrap_or_else(|| self.id.to_string())
+    }
+
     /// Recipients still waiting for delivery.
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
         self.rcpts
@@ -261,6 +332,9 @@ mod tests {
             lease: None,
             reason: None,
             updated_at: now,
+            blob: None,
+            intake: Intake::Smtp,
+            verdicts: None,
         }
     }
 

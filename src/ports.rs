@@ -15,19 +15,36 @@ use crate::model::{Counts, MessageId, Record, Status};
 /// A stored message body, read as a stream (messages can be 40 MB).
 pub type BlobReader = Box<dyn AsyncRead + Send + Unpin>;
 
-/// Raw message bytes, keyed by message id.
+/// A committed blob, as listed by [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub key: String,
+    /// When the blob was stored (S3: `LastModified`, whole seconds).
+    pub stored_at: DateTime<Utc>,
+    pub size: u64,
+}
+
+/// Raw message bytes, keyed by name: the message id for blobs we write ourselves, the
+/// receiving service's name for blobs it wrote (see [`Record::blob_key`](crate::model::Record::blob_key)).
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Start writing a new blob. Nothing is visible under `id` until
-    /// [`BlobWriter::commit`] returns.
+    /// Start writing a new blob named after `id`. Nothing is visible under that name
+    /// until [`BlobWriter::commit`] returns.
     async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError>;
     /// Open a committed blob for reading.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] when there is no such blob.
-    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError>;
+    /// [`StoreError::MissingBlob`] when there is no such blob.
+    async fn open(&self, key: &str) -> Result<BlobReader, StoreError>;
     /// Remove a blob; removing a missing blob is not an error.
-    async fn delete(&self, id: MessageId) -> Result<(), StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Size and store time of one blob.
+    ///
+    /// # Errors
+    /// [`StoreError::MissingBlob`] when there is no such blob.
+    async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError>;
+    /// Every committed blob, in no particular order (for reconciliation).
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
 }
 
 /// A blob being written. Dropping it without `commit` leaves nothing behind that a reader

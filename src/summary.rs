@@ -62,6 +62,35 @@ fn clip(s: &str) -> String {
     s[..end].to_string()
 }
 
+/// The header block at the start of a whole message, bounded by [`HEAD_LIMIT`].
+pub fn head(raw: &[u8]) -> &[u8] {
+    let cut = &raw[..raw.len().min(HEAD_LIMIT)];
+    match find(cut, b"\r\n\r\n").or_else(|| find(cut, b"\n\n")) {
+        Some(pos) => &cut[..pos + 2],
+        None => cut,
+    }
+}
+
+/// Whether a header block looks like the start of a mail message: it must parse and
+/// have at least one header field. Used where a stored object could be anything (S3),
+/// never to refuse mail on our own listener.
+pub fn check_message(head: &[u8]) -> Result<(), String> {
+    if head.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty".into());
+    }
+    match MessageParser::default().parse_headers(head) {
+        Some(m) if m.headers().iter().any(|h| !h.name().is_empty()) => {
+            let first_line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+            if first_line.contains(&b':') || first_line.starts_with(b"From ") {
+                Ok(())
+            } else {
+                Err("the first line is not a header field".into())
+            }
+        }
+        _ => Err("no header fields".into()),
+    }
+}
+
 /// Parse the summary fields from a header block (or a whole message).
 pub fn parse(raw: &[u8]) -> Summary {
     let Some(msg) = MessageParser::default().parse_headers(raw) else {

@@ -14,7 +14,8 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 
 use crate::error::StoreError;
 use crate::model::MessageId;
-use crate::ports::{BlobReader, BlobStore, BlobWriter};
+use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
+use chrono::{DateTime, Utc};
 
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -55,6 +56,15 @@ impl FsBlobStore {
     pub fn path(&self, id: MessageId) -> PathBuf {
         self.messages.join(format!("{id}.eml"))
     }
+
+    /// Path of the blob named `key`; names are message ids here, so anything else (a
+    /// path separator, `..`) is refused rather than joined to the directory.
+    fn key_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        match key.parse::<MessageId>() {
+            Ok(id) if id.to_string() == key => Ok(self.path(id)),
+            _ => Err(StoreError::MissingBlob(key.to_string())),
+        }
+    }
 }
 
 #[async_trait]
@@ -75,25 +85,67 @@ impl BlobStore for FsBlobStore {
         }))
     }
 
-    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError> {
-        let path = self.path(id);
+    async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+        let path = self.key_path(key)?;
         match tokio::fs::File::open(&path).await {
             Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(
                 WRITE_BUFFER,
                 f,
             ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::MissingBlob(key.to_string()))
+            }
             Err(e) => Err(StoreError::io("open", path, e)),
         }
     }
 
-    async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
-        let path = self.path(id);
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let Ok(path) = self.key_path(key) else {
+            return Ok(());
+        };
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", path, e)),
         }
+    }
+
+    async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
+        let path = self.key_path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(BlobInfo {
+                key: key.to_string(),
+                stored_at: meta.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
+                size: meta.len(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::MissingBlob(key.to_string()))
+            }
+            Err(e) => Err(StoreError::io("stat", path, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        let dir = self.messages.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))?;
+            let mut out = Vec::new();
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
+                    continue;
+                };
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(BlobInfo {
+                    key: key.to_string(),
+                    stored_at: meta.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
+                    size: meta.len(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::io("list", &self.messages, std::io::Error::other(e)))?
     }
 }
 

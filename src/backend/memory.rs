@@ -13,12 +13,14 @@ use chrono::{DateTime, Utc};
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
-use crate::ports::{BlobReader, BlobStore, BlobWriter, ClaimRequest, Index, ListQuery};
+use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Index, ListQuery};
+
+type BlobMap = Arc<Mutex<HashMap<String, (Arc<Vec<u8>>, DateTime<Utc>)>>>;
 
 /// Blobs in a map.
 #[derive(Clone, Default)]
 pub struct MemBlobStore {
-    blobs: Arc<Mutex<HashMap<MessageId, Arc<Vec<u8>>>>>,
+    blobs: BlobMap,
 }
 
 impl MemBlobStore {
@@ -28,12 +30,19 @@ impl MemBlobStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Store a blob under a name of someone else's choosing (as SES does).
+    pub fn put(&self, key: &str, bytes: Vec<u8>, at: DateTime<Utc>) {
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (Arc::new(bytes), at));
+    }
 }
 
 struct MemWriter {
-    id: MessageId,
+    key: String,
     buf: Vec<u8>,
-    blobs: Arc<Mutex<HashMap<MessageId, Arc<Vec<u8>>>>>,
+    blobs: BlobMap,
 }
 
 #[async_trait]
@@ -46,7 +55,7 @@ impl BlobWriter for MemWriter {
         self.blobs
             .lock()
             .unwrap()
-            .insert(self.id, Arc::new(self.buf));
+            .insert(self.key, (Arc::new(self.buf), Utc::now()));
         Ok(())
     }
     async fn abort(self: Box<Self>) {}
@@ -56,24 +65,48 @@ impl BlobWriter for MemWriter {
 impl BlobStore for MemBlobStore {
     async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
         Ok(Box::new(MemWriter {
-            id,
+            key: id.to_string(),
             buf: Vec::new(),
             blobs: self.blobs.clone(),
         }))
     }
-    async fn open(&self, id: MessageId) -> Result<BlobReader, StoreError> {
+    async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
         let blob = self
             .blobs
             .lock()
             .unwrap()
-            .get(&id)
-            .cloned()
-            .ok_or(StoreError::NotFound(id))?;
+            .get(key)
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| StoreError::MissingBlob(key.to_string()))?;
         Ok(Box::new(std::io::Cursor::new(blob.as_ref().clone())))
     }
-    async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
-        self.blobs.lock().unwrap().remove(&id);
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.blobs.lock().unwrap().remove(key);
         Ok(())
+    }
+    async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
+        let blobs = self.blobs.lock().unwrap();
+        let (b, at) = blobs
+            .get(key)
+            .ok_or_else(|| StoreError::MissingBlob(key.to_string()))?;
+        Ok(BlobInfo {
+            key: key.to_string(),
+            stored_at: *at,
+            size: b.len() as u64,
+        })
+    }
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        Ok(self
+            .blobs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, (b, at))| BlobInfo {
+                key: key.clone(),
+                stored_at: *at,
+                size: b.len() as u64,
+            })
+            .collect())
     }
 }
 

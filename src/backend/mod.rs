@@ -1,8 +1,11 @@
 //! Storage backends: one adapter per port and technology.
 //!
 //! - [`fs::FsBlobStore`] + [`sqlite::SqliteIndex`]: the embedded default (`standby serve`).
+//! - [`aws::S3BlobStore`] + [`aws::DynamoIndex`]: the serverless deployment (SES inbound,
+//!   Lambda functions) and the operator command pointed at it.
 //! - [`memory`]: in-memory twins for unit tests.
 
+pub mod aws;
 pub mod fs;
 pub mod memory;
 pub mod sqlite;
@@ -58,6 +61,26 @@ impl Storage {
             ));
         }
         Self::local(FsBlobStore::open(dir)?, config)
+    }
+
+    /// The storage the config names, for the operator commands: the local spool (which
+    /// must exist) or S3 + DynamoDB.
+    pub async fn open(config: &Config) -> Result<Storage, StoreError> {
+        match config.aws_settings() {
+            Some(settings) => {
+                let clients = aws::AwsClients::connect(&settings).await;
+                Ok(Self::aws(&clients, &settings))
+            }
+            None => Self::open_local(config),
+        }
+    }
+
+    /// S3 + DynamoDB with already created clients.
+    pub fn aws(clients: &aws::AwsClients, settings: &aws::AwsSettings) -> Storage {
+        Storage {
+            blobs: Arc::new(clients.blob_store(settings)),
+            index: Arc::new(clients.index(settings)),
+        }
     }
 
     /// Empty in-memory storage.

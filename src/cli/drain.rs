@@ -14,18 +14,15 @@ use crate::smtp::SmtpRelay;
 
 pub(super) async fn drain(
     config: &Config,
+    relay: SmtpRelay,
     storage: &Storage,
     force: bool,
     dry_run: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let relay = Arc::new(SmtpRelay::from_config(config)?);
-    let drainer = Drainer::new(
-        storage.clone(),
-        relay.clone(),
-        Arc::new(SystemClock),
-        drain_settings(config),
-    );
+    let settings = drain_settings(config);
+    let relay = Arc::new(relay);
+    let drainer = Drainer::new(storage.clone(), relay.clone(), Arc::new(SystemClock), settings);
     if dry_run {
         let due = drainer.due().await?;
         let mut out = std::io::stdout().lock();

@@ -208,7 +208,7 @@ pub(super) async fn show(
         .await?
         .ok_or(crate::error::StoreError::NotFound(id))?;
     if raw {
-        let mut body = storage.blobs.open(id).await?;
+        let mut body = storage.blobs.open(&rec.blob_key()).await?;
         let mut stdout = tokio::io::stdout();
         tokio::io::copy(&mut body, &mut stdout).await?;
         stdout.flush().await?;

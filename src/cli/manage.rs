@@ -128,11 +128,15 @@ pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
 
 pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
     report(ids, "purged", async |id| {
+        let key = match storage.index.get(id).await.map_err(|e| e.to_string())? {
+            Some(rec) => rec.blob_key(),
+            None => return Err(StoreError::NotFound(id).to_string()),
+        };
         // Index first: once the row is gone no drain can pick the message up.
         if !storage.index.delete(id).await.map_err(|e| e.to_string())? {
             return Err(StoreError::NotFound(id).to_string());
         }
-        storage.blobs.delete(id).await.map_err(|e| e.to_string())
+        storage.blobs.delete(&key).await.map_err(|e| e.to_string())
     })
     .await
 }

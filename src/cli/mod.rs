@@ -3,6 +3,7 @@
 //! Exit codes are a contract for scripts: 0 success, 1 error, 2 usage, 3 the primary is
 //! not answering. `--json` output shapes are documented in the README and stay stable.
 
+mod aws;
 mod drain;
 mod inspect;
 mod manage;
@@ -86,7 +87,13 @@ pub enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Invoke the deployed drain function instead (AWS backend) and print its summary.
+        #[arg(long, value_name = "FUNCTION", conflicts_with = "json")]
+        remote: Option<String>,
     },
+    /// Create the S3 bucket and DynamoDB table of `backend = "aws"` (for emulators and
+    /// first-time setups; the deployment template defines the same resources).
+    AwsInit,
     /// Pause held messages: they stay in the spool and are not delivered.
     Hold {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -129,6 +136,11 @@ pub enum CliError {
     Relay(#[from] RelaySetupError),
     #[error(transparent)]
     BadId(#[from] BadMessageId),
+    #[error(transparent)]
+    Setup(#[from] crate::lambda::SetupError),
+    /// An AWS call outside the storage ports (Lambda invoke, table creation) failed.
+    #[error("{0}")]
+    Aws(String),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -164,9 +176,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         crate::serve::serve(config, shutdown_signal()).await?;
         return Ok(());
     }
-    let storage = Storage::open_local(&config)?;
+    if let Command::AwsInit = cli.command {
+        return aws::init(&config).await;
+    }
+    if let Command::Drain {
+        remote: Some(function),
+        force,
+        dry_run,
+        ..
+    } = &cli.command
+    {
+        return aws::remote_drain(&config, function, *force, *dry_run).await;
+    }
+    let storage = Storage::open(&config).await?;
     match cli.command {
-        Command::Serve => unreachable!("handled above"),
+        Command::Serve | Command::AwsInit => unreachable!("handled above"),
         Command::Status { json } => inspect::status(&config, &storage, json).await,
         Command::List { status, json } => inspect::list(&storage, status.status(), json).await,
         Command::Show { id, json, raw } => {
@@ -176,7 +200,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             force,
             dry_run,
             json,
-        } => drain::drain(&config, &storage, force, dry_run, json).await,
+            ..
+        } => {
+            let relay = aws::relay(&config).await?;
+            drain::drain(&config, relay, &storage, force, dry_run, json).await
+        }
         Command::Hold { ids, all } => manage::hold(&storage, &parse_ids(&ids)?, all).await,
         Command::Release { ids, all } => manage::release(&storage, &parse_ids(&ids)?, all).await,
         Command::Retry { ids } => manage::retry(&storage, &parse_ids(&ids)?).await,

@@ -40,6 +40,20 @@ pub struct SmtpRelay {
     timeout: Duration,
 }
 
+/// The value of the variable named by `primary.auth_password_env`, when AUTH is configured.
+///
+/// # Errors
+/// [`RelaySetupError::MissingPassword`] when the variable is not set.
+pub fn password_from_env(config: &Config) -> Result<Option<String>, RelaySetupError> {
+    let p = &config.primary;
+    match (&p.auth_user, &p.auth_password_env) {
+        (Some(_), Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| RelaySetupError::MissingPassword(var.clone())),
+        _ => Ok(None),
+    }
+}
+
 /// The relay could not be set up from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum RelaySetupError {
@@ -52,12 +66,18 @@ pub enum RelaySetupError {
 impl SmtpRelay {
     /// Build from `[primary]`; reads the password from the named environment variable.
     pub fn from_config(config: &Config) -> Result<Self, RelaySetupError> {
+        Self::with_password(config, password_from_env(config)?)
+    }
+
+    /// Build from `[primary]` with the password already resolved (e.g. from a secret).
+    pub fn with_password(config: &Config, password: Option<String>) -> Result<Self, RelaySetupError> {
         let p = &config.primary;
-        let credentials = match (&p.auth_user, &p.auth_password_env) {
-            (Some(user), Some(var)) => {
-                let pass = std::env::var(var)
-                    .map_err(|_| RelaySetupError::MissingPassword(var.clone()))?;
-                Some((user.clone(), pass))
+        let credentials = match (&p.auth_user, password) {
+            (Some(user), Some(pass)) => Some((user.clone(), pass)),
+            (Some(_), None) => {
+                return Err(RelaySetupError::MissingPassword(
+                    p.auth_password_env.clone().unwrap_or_default(),
+                ));
             }
             _ => None,
         };

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod aws;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,22 @@
+//! `standby-drain`: invoked every minute by the schedule, or directly with
+//! `{"force": true}` / `{"dry_run": true}`. Wiring only; the handler is
+//! `standby::lambda::drain`.
+
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use standby::lambda::{deadline_instant, drain::DrainRequest, drain_from_env, init_tracing};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let function = drain_from_env().await?;
+    let function = &function;
+    run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let request = DrainRequest::from_payload(&event.payload);
+            let deadline = deadline_instant(event.context.deadline);
+            let summary = function.handle(request, Some(deadline)).await?;
+            Ok::<_, Error>(serde_json::to_value(summary)?)
+        },
+    ))
+    .await
+}

@@ -1,0 +1,440 @@
+//! `DynamoIndex`: the message index in one DynamoDB table (design in [`super::schema`]).
+//!
+//! # Guarantees
+//! - Insert is a `PutItem` with `attribute_not_exists(pk)`: a second insert of the same id
+//!   (a retried Lambda event) changes nothing and reports `false`.
+//! - A claim is a conditional `UpdateItem` per candidate (`status = held` and no live
+//!   lease), so concurrent drains never lease the same message; the candidates come from
+//!   the eventually consistent status index, the decision from the base table.
+//! - Write-backs are conditional on the lease: `complete` only for the lease owner,
+//!   operator `update` only when no live lease is held.
+//! - Reads of single items are strongly consistent.
+//!
+//! The record is stored as JSON in `record`; the attributes that queries and conditions
+//! use are written beside it from the same record. The lease lives only in its attributes.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::errors::classify;
+use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK};
+use crate::error::StoreError;
+use crate::health::HealthRecord;
+use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::ports::{ClaimRequest, Index, ListQuery};
+
+const BACKEND: &str = "dynamodb";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The index table.
+#[derive(Debug, Clone)]
+pub struct DynamoIndex {
+    client: Client,
+    table: String,
+}
+
+fn pk(id: MessageId) -> AttributeValue {
+    AttributeValue::S(format!("{MESSAGE_PREFIX}{id}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Sort key of the status index: received time, then id, as fixed-width text.
+fn recv_key(at: DateTime<Utc>, id: &str) -> String {
+    format!("{:013}#{id}", at.timestamp_millis().max(0))
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn corrupt(item: &Item, detail: impl Into<String>) -> StoreError {
+    let id = item
+        .get(PK)
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_default();
+    StoreError::Corrupt {
+        id,
+        detail: detail.into(),
+    }
+}
+
+fn to_item(rec: &Record) -> Result<Item, StoreError> {
+    let mut bare = rec.clone();
+    bare.lease = None;
+    let json = serde_json::to_string(&bare).map_err(|e| StoreError::Corrupt {
+        id: rec.id.to_string(),
+        detail: e.to_string(),
+    })?;
+    let mut item = Item::new();
+    item.insert(PK.into(), pk(rec.id));
+    item.insert(GSI_PK.into(), s(rec.status.as_str()));
+    item.insert(GSI_SK.into(), s(recv_key(rec.received_at, &rec.id.to_string())));
+    item.insert("due".into(), n(rec.next_attempt_at.timestamp_millis()));
+    item.insert("record".into(), s(json));
+    if let Some(lease) = &rec.lease {
+        item.insert("lease_owner".into(), s(lease.owner.clone()));
+        item.insert("lease_until".into(), n(lease.until.timestamp_millis()));
+    }
+    Ok(item)
+}
+
+fn from_item(item: &Item) -> Result<Record, StoreError> {
+    let json = item
+        .get("record")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| corrupt(item, "no `record` attribute"))?;
+    let mut rec: Record = serde_json::from_str(json).map_err(|e| corrupt(item, e.to_string()))?;
+    if let Some(st) = item.get(GSI_PK).and_then(|v| v.as_s().ok()) {
+        rec.status = st.parse().map_err(|e: String| corrupt(item, e))?;
+    }
+    let owner = item.get("lease_owner").and_then(|v| v.as_s().ok());
+    let until = item
+        .get("lease_until")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    rec.lease = match (owner, until) {
+        (Some(owner), Some(until)) => Some(Lease {
+            owner: owner.clone(),
+            until: from_ms(until),
+        }),
+        _ => None,
+    };
+    Ok(rec)
+}
+
+fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+impl DynamoIndex {
+    pub fn new(client: Client, table: &str) -> Self {
+        DynamoIndex {
+            client,
+            table: table.to_string(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// One page of the status index, oldest first, starting after `start`.
+    async fn query_status(
+        &self,
+        status: Status,
+        before: Option<&str>,
+        limit: Option<i32>,
+        start: Option<Item>,
+    ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .expression_attribute_values(":s", s(status.as_str()))
+            .scan_index_forward(true)
+            .set_exclusive_start_key(start)
+            .set_limit(limit);
+        q = match before {
+            Some(b) => q
+                .key_condition_expression("#s = :s AND #r < :b")
+                .expression_attribute_names("#s", GSI_PK)
+                .expression_attribute_names("#r", GSI_SK)
+                .expression_attribute_values(":b", s(b)),
+            None => q
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", GSI_PK),
+        };
+        let out = q
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "Query", e))?;
+        let next = out.last_evaluated_key().cloned();
+        Ok((out.items.unwrap_or_default(), next))
+    }
+
+    /// Records with one status, oldest first, at most `limit`.
+    async fn list_status(&self, status: Status, limit: Option<usize>) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let want = limit.map(|l| i32::try_from(l - out.len()).unwrap_or(i32::MAX));
+            let (items, next) = self.query_status(status, None, want, start).await?;
+            for item in &items {
+                out.push(from_item(item)?);
+            }
+            if next.is_none() || limit.is_some_and(|l| out.len() >= l) {
+                return Ok(out);
+            }
+            start = next;
+        }
+    }
+
+    /// After a failed condition: was the item missing (NotFound) or leased?
+    async fn why_refused(&self, id: MessageId) -> StoreError {
+        match self.get(id).await {
+            Ok(None) => StoreError::NotFound(id),
+            Ok(Some(_)) => StoreError::Leased(id),
+            Err(e) => e,
+        }
+    }
+
+    /// Try to lease one candidate; `None` when another worker won it or it changed.
+    async fn lease_one(&self, id: MessageId, req: &ClaimRequest) -> Result<Option<Record>, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .update_expression("SET lease_owner = :o, lease_until = :u")
+            .condition_expression(
+                "attribute_exists(pk) AND #s = :held AND \
+                 (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            )
+            .expression_attribute_names("#s", GSI_PK)
+            .expression_attribute_values(":o", s(req.owner.clone()))
+            .expression_attribute_values(":u", n(req.lease_until.timestamp_millis()))
+            .expression_attribute_values(":held", s(Status::Held.as_str()))
+            .expression_attribute_values(":now", n(req.now.timestamp_millis()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => match out.attributes() {
+                Some(item) => from_item(item).map(Some),
+                None => Ok(None),
+            },
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(classify(BACKEND, "UpdateItem (claim)", e)),
+        }
+    }
+
+    /// Replace a record (dropping its lease) under `condition`.
+    async fn put_if(
+        &self,
+        rec: &Record,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<(), StoreError> {
+        let mut bare = rec.clone();
+        bare.lease = None;
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&bare)?))
+            .condition_expression(condition);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Err(self.why_refused(rec.id).await),
+            Err(e) => Err(classify(BACKEND, "PutItem", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Index for DynamoIndex {
+    async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(rec)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(classify(BACKEND, "PutItem", e)),
+        }
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "GetItem", e))?;
+        out.item().map(from_item).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        let statuses: Vec<Status> = match q.status {
+            Some(s) => vec![s],
+            None => Status::ALL.to_vec(),
+        };
+        let mut out = Vec::new();
+        for st in statuses {
+            out.extend(self.list_status(st, q.limit).await?);
+        }
+        out.sort_by(|a, b| (a.received_at, a.id).cmp(&(b.received_at, b.id)));
+        if let Some(l) = q.limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let mut counts = Counts::default();
+        for st in Status::ALL {
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(GSI)
+                    .key_condition_expression("#s = :s")
+                    .expression_attribute_names("#s", GSI_PK)
+                    .expression_attribute_values(":s", s(st.as_str()))
+                    .select(Select::Count)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| classify(BACKEND, "Query (count)", e))?;
+                counts.add(st, u64::try_from(out.count()).unwrap_or(0));
+                start = out.last_evaluated_key().cloned();
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .list_status(status, Some(1))
+            .await?
+            .first()
+            .map(|r| r.received_at))
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
+        let before = req
+            .received_before
+            .map(|b| recv_key(b, ""));
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let (items, next) = self
+                .query_status(Status::Held, before.as_deref(), Some(100), start)
+                .await?;
+            for item in &items {
+                let rec = from_item(item)?;
+                let free = rec.lease.as_ref().is_none_or(|l| l.until <= req.now);
+                let due = req.received_before.is_some() || rec.next_attempt_at <= req.now;
+                if !(free && due) {
+                    continue;
+                }
+                if let Some(claimed) = self.lease_one(rec.id, req).await? {
+                    out.push(claimed);
+                    if out.len() >= req.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
+        self.put_if(
+            rec,
+            "attribute_exists(pk) AND lease_owner = :o",
+            vec![(":o", s(owner))],
+        )
+        .await
+    }
+
+    async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.put_if(
+            rec,
+            "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            vec![(":now", n(now.timestamp_millis()))],
+        )
+        .await
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "DeleteItem", e))?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(HEALTH_PK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "GetItem (health)", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let json = item
+            .get("record")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| corrupt(item, "health item without `record`"))?;
+        serde_json::from_str(json)
+            .map(Some)
+            .map_err(|e| corrupt(item, e.to_string()))
+    }
+
+    async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
+            id: HEALTH_PK.into(),
+            detail: e.to_string(),
+        })?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(HEALTH_PK))
+            .item("record", s(json))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "PutItem (health)", e))?;
+        Ok(())
+    }
+}

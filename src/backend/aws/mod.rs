@@ -1,0 +1,99 @@
+//! The AWS backend: raw messages in S3 ([`S3BlobStore`]), the index in DynamoDB
+//! ([`DynamoIndex`]).
+//!
+//! In the serverless deployment SES inbound writes each message to S3 itself (S3 action)
+//! and the ingest function indexes it; the drain function and the operator's `standby`
+//! command then work on the same two stores through the same ports as the local backend.
+//!
+//! Clients come from the standard AWS chain (environment, profile, instance/Lambda role).
+//! `AWS_ENDPOINT_URL` or the config's `endpoint_url` points them at an emulator (moto);
+//! with an endpoint override S3 is addressed path-style, as emulators expect.
+//!
+//! # Retries
+//! The SDK's standard retry mode is set explicitly with 3 attempts and exponential backoff
+//! (throttling, 5xx, timeouts, connection errors). Three attempts keep a Lambda invocation
+//! well inside its time limit; anything still failing is reported as a transient
+//! [`StoreError`] so the caller (Lambda's own async retries, the next drain run) tries
+//! again later. Connect and operation timeouts are set so a hung endpoint cannot eat the
+//! invocation.
+
+mod dynamo;
+mod errors;
+pub mod provision;
+mod s3;
+pub mod schema;
+pub mod secrets;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+
+pub use dynamo::DynamoIndex;
+pub use errors::{classify, is_transient_code};
+pub use s3::S3BlobStore;
+
+/// Where the AWS backend's data lives (from the config or the Lambda environment).
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub bucket: String,
+    pub table: String,
+    /// Object key prefix of raw messages, e.g. `incoming/`.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+/// The SDK clients, created once (per process, per Lambda cold start) and shared.
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    pub s3: aws_sdk_s3::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl AwsClients {
+    /// Load the shared SDK configuration (standard chain) and build the clients.
+    pub async fn connect(settings: &AwsSettings) -> AwsClients {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(100)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            );
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        Self::from_sdk(loader.load().await)
+    }
+
+    /// Clients from an SDK configuration built elsewhere (tests give static credentials).
+    pub fn from_sdk(sdk: aws_config::SdkConfig) -> AwsClients {
+        let path_style = sdk.endpoint_url().is_some();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(path_style)
+                .build(),
+        );
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        AwsClients { s3, dynamodb, sdk }
+    }
+
+    pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
+        S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
+    }
+
+    pub fn index(&self, settings: &AwsSettings) -> DynamoIndex {
+        DynamoIndex::new(self.dynamodb.clone(), &settings.table)
+    }
+}

@@ -1,0 +1,183 @@
+//! `S3BlobStore`: raw messages as S3 objects under a key prefix.
+//!
+//! # Guarantees
+//! - Blobs written here are buffered and stored with one `PutObject` at commit, with
+//!   `If-None-Match: *`: an object is never half-visible, and an existing object (SES's or
+//!   ours) is never overwritten. S3 acknowledges a PUT only once the object is durably
+//!   stored, and reads after a PUT see it (strong read-after-write consistency).
+//! - SES writes its own objects at `prefix + SES message id`; those are read through the
+//!   record's [`blob`](crate::model::Record::blob) key. Keys never contain the prefix.
+//! - Listing ([`BlobStore::list`]) pages through `ListObjectsV2`, 1,000 keys a request.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::errors::classify;
+use crate::error::StoreError;
+use crate::model::MessageId;
+use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
+
+const BACKEND: &str = "s3";
+
+/// Raw messages in `s3://bucket/prefix<key>`.
+#[derive(Debug, Clone)]
+pub struct S3BlobStore {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3BlobStore {
+    pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
+        S3BlobStore {
+            client,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn object_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StoreError::MissingBlob(key.to_string())
+                } else {
+                    classify(BACKEND, "GetObject", e)
+                }
+            })
+    }
+}
+
+/// S3 times to chrono, truncated to whole seconds.
+fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> DateTime<Utc> {
+    Utc.timestamp_opt(t.secs(), 0).single().unwrap_or_default()
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: id.to_string(),
+            buf: Vec::new(),
+        }))
+    }
+
+    async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+        let out = self.get(key).await?;
+        Ok(Box::new(Box::pin(out.body.into_async_read()) as Pin<Box<_>>))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        // DeleteObject of a missing key succeeds in S3.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "DeleteObject", e))?;
+        Ok(())
+    }
+
+    async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_not_found()) {
+                    StoreError::MissingBlob(key.to_string())
+                } else {
+                    classify(BACKEND, "HeadObject", e)
+                }
+            })?;
+        Ok(BlobInfo {
+            key: key.to_string(),
+            // Whole seconds, as ListObjectsV2 reports it: ingest and the reconciler derive
+            // the same message id from it.
+            stored_at: out.last_modified().map(to_chrono).unwrap_or_default(),
+            size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(BACKEND, "ListObjectsV2", e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                // "Folder" placeholder objects and nested prefixes are not messages.
+                if key.is_empty() || key.contains('/') {
+                    continue;
+                }
+                out.push(BlobInfo {
+                    key: key.to_string(),
+                    stored_at: obj.last_modified().map(to_chrono).unwrap_or_default(),
+                    size: u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct S3Writer {
+    store: S3BlobStore,
+    key: String,
+    buf: Vec<u8>,
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.buf.extend_from_slice(buf);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let S3Writer { store, key, buf } = *self;
+        store
+            .client
+            .put_object()
+            .bucket(&store.bucket)
+            .key(store.object_key(&key))
+            .if_none_match("*")
+            .content_type("message/rfc822")
+            .body(ByteStream::from(buf))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "PutObject", e))?;
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) {}
+}

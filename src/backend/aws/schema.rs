@@ -1,0 +1,80 @@
+//! The DynamoDB table and S3 bucket, defined once.
+//!
+//! `standby aws-init` creates them from these definitions (for emulators and first-time
+//! setups), [`DynamoIndex`](super::DynamoIndex) reads and writes items by the same names,
+//! and the deployment template must declare the same keys and index.
+//!
+//! # Table design
+//! One table, partition key `pk` (string), no sort key, on-demand capacity.
+//!
+//! | item | `pk` | other attributes |
+//! |---|---|---|
+//! | message | `msg#<id>` | `status`, `recv` (`<received ms, 13 digits>#<id>`), `due` (ms), `lease_owner`, `lease_until` (ms), `record` (JSON), `expires_at` (TTL, epoch s, set when retention allows deletion) |
+//! | health | `health#primary` | `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark) |
+//!
+//! GSI `by_status`: partition `status`, sort `recv`, all attributes projected. Listing by
+//! status in received order, the oldest held message, and the drain's claim candidates are
+//! all one `Query` on it. GSI reads are eventually consistent, so a claim is a conditional
+//! `UpdateItem` on the base table (`status = held` and no live lease): two drains can see
+//! the same candidate but only one wins it.
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
+};
+
+pub const PK: &str = "pk";
+pub const GSI: &str = "by_status";
+pub const GSI_PK: &str = "status";
+pub const GSI_SK: &str = "recv";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+pub const HEALTH_PK: &str = "health#primary";
+pub const MESSAGE_PREFIX: &str = "msg#";
+
+/// Key schema of the table.
+pub fn key_schema() -> Vec<KeySchemaElement> {
+    vec![key(PK, KeyType::Hash)]
+}
+
+/// Every key attribute (table and GSI) with its type.
+pub fn attribute_definitions() -> Vec<AttributeDefinition> {
+    [PK, GSI_PK, GSI_SK]
+        .into_iter()
+        .map(|name| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        })
+        .collect()
+}
+
+/// The status index.
+pub fn global_secondary_indexes() -> Vec<GlobalSecondaryIndex> {
+    vec![
+        GlobalSecondaryIndex::builder()
+            .index_name(GSI)
+            .key_schema(key(GSI_PK, KeyType::Hash))
+            .key_schema(key(GSI_SK, KeyType::Range))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .expect("name, keys and projection are set"),
+    ]
+}
+
+pub fn billing_mode() -> BillingMode {
+    BillingMode::PayPerRequest
+}
+
+fn key(name: &str, kind: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .expect("name and type are set")
+}

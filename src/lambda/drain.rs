@@ -1,0 +1,155 @@
+//! The `standby-drain` handler: reconcile, probe, drain, within one invocation.
+//!
+//! Runs every minute from the schedule (payload ignored unless it is an object with
+//! `force` / `dry_run`), or on demand (`standby drain --remote`). One invocation:
+//!
+//! 1. reconcile raw objects that have no index record ([`super::reconcile`]);
+//! 2. probe the primary; the hysteresis state lives in the table's health item, so
+//!    successive invocations build it up like `standby serve`'s loop does;
+//! 3. when the primary is up (or `force`), drain with the same engine as `standby serve`,
+//!    claiming no new work once less than [`SAFETY_MARGIN`] of the invocation is left;
+//!    otherwise only expire mail past `hold_days`.
+//!
+//! The reserved concurrency of one (set by the template) keeps runs from overlapping; the
+//! leases would keep two from delivering the same message anyway.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::reconcile::{ReconcileReport, reconcile};
+use crate::backend::Storage;
+use crate::config::Config;
+use crate::drain::{DrainError, Drainer, RunOptions};
+use crate::error::StoreError;
+use crate::health::{self, PrimaryState};
+use crate::ports::{Clock, SystemClock};
+use crate::serve::{drain_settings, hysteresis};
+use crate::smtp::SmtpRelay;
+
+/// Claims stop when less than this is left of the invocation.
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
+
+/// The invocation payload (anything else, e.g. the scheduler's `{}`, means defaults).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default)]
+pub struct DrainRequest {
+    /// Deliver even if the primary is not (yet) considered up.
+    pub force: bool,
+    /// Change nothing; report what is due and what would be reconciled.
+    pub dry_run: bool,
+}
+
+impl DrainRequest {
+    pub fn from_payload(payload: &serde_json::Value) -> DrainRequest {
+        serde_json::from_value(payload.clone()).unwrap_or_default()
+    }
+}
+
+/// What the function returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainSummary {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub reconciled: u64,
+    /// The primary's state after this invocation's probe: `up`, `down`, `unknown`.
+    pub primary: String,
+    /// The probe's answer or error.
+    pub probe: String,
+    /// Messages held after the run.
+    pub held: u64,
+    /// Dry run only: messages that would be tried now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// The drain function's state, built once per cold start.
+pub struct DrainFunction {
+    config: Config,
+    storage: Storage,
+    relay: Arc<SmtpRelay>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DrainFunction {
+    pub fn new(config: Config, storage: Storage, relay: SmtpRelay) -> Self {
+        DrainFunction {
+            config,
+            storage,
+            relay: Arc::new(relay),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// One invocation. `deadline` is when the invocation ends (from the Lambda context).
+    pub async fn handle(
+        &self,
+        req: DrainRequest,
+        deadline: Option<Instant>,
+    ) -> Result<DrainSummary, StoreError> {
+        let address = self.relay.address().to_string();
+        let index = self.storage.index.as_ref();
+        let now = self.clock.now();
+        let rec: ReconcileReport =
+            reconcile(&self.storage, &address, &self.config.domains, now, req.dry_run).await?;
+        let drainer = Drainer::new(
+            self.storage.clone(),
+            self.relay.clone(),
+            self.clock.clone(),
+            drain_settings(&self.config),
+        );
+        let mut summary = DrainSummary {
+            reconciled: rec.reconciled,
+            ..Default::default()
+        };
+        if req.dry_run {
+            let h = health::load_for(index, &address).await?;
+            summary.primary = h.state.to_string();
+            summary.due = Some(drainer.due().await?.len() as u64);
+            summary.held = index.counts().await?.held;
+            return Ok(summary);
+        }
+        let h = health::check(
+            self.relay.as_ref(),
+            index,
+            self.clock.as_ref(),
+            &address,
+            hysteresis(&self.config),
+        )
+        .await?;
+        summary.primary = h.state.to_string();
+        summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
+        if h.state == PrimaryState::Up || req.force {
+            let opts = RunOptions {
+                deadline: deadline.map(|d| tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))),
+                ..Default::default()
+            };
+            let report = drainer
+                .run(opts)
+                .await
+                .map_err(|DrainError::Store(e)| e)?;
+            health::record_drain(index, &address, &report, self.clock.now()).await?;
+            summary.delivered = report.delivered;
+            summary.deferred = report.deferred;
+            summary.failed = report.failed;
+            summary.stopped = report.stopped;
+        } else {
+            summary.failed = drainer.expire_old().await?;
+        }
+        summary.held = index.counts().await?.held;
+        tracing::info!(
+            delivered = summary.delivered,
+            deferred = summary.deferred,
+            failed = summary.failed,
+            reconciled = summary.reconciled,
+            held = summary.held,
+            primary = %summary.primary,
+            "drain invocation"
+        );
+        Ok(summary)
+    }
+}

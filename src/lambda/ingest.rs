@@ -1,0 +1,270 @@
+//! The `standby-ingest` handler: index a message SES stored in S3.
+//!
+//! SES runs the receipt rule's S3 action (the raw message at `prefix + mail.messageId`),
+//! then invokes this function asynchronously with the event (no body). The handler reads
+//! the object, checks that it is a message, and inserts one index record:
+//!
+//! - envelope = `mail.source` + `receipt.recipients` (see [`super::ses`]);
+//! - id = [`MessageId::derived`] from the object name and store time, so Lambda's retries
+//!   and duplicate deliveries of the event insert nothing new, and the reconciler finds
+//!   the same id;
+//! - verdicts kept on the record; a virus `FAIL` is quarantined: status `failed`, reason
+//!   `virus`, never drained;
+//! - a record the reconciler made first (envelope guessed from headers) is replaced by
+//!   the exact envelope while it is still undelivered.
+//!
+//! A missing object, an object that is not a message, or a storage failure is an error:
+//! Lambda retries the event (and sends it to the on-failure destination after the last
+//! retry); the object stays in S3 for the reconciler. Nothing is silently dropped.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::ses::{SesEvent, SesPayload};
+use crate::backend::Storage;
+use crate::error::StoreError;
+use crate::model::{
+    Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Summary, Verdicts, redact,
+};
+use crate::summary;
+
+/// What one invocation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    /// New records.
+    pub indexed: u32,
+    /// Events for messages already indexed (retries, duplicate deliveries).
+    pub duplicates: u32,
+    /// Reconciled records replaced by the event's exact envelope.
+    pub upgraded: u32,
+    /// Records stored as failed because SES found a virus.
+    pub quarantined: u32,
+    /// SES reads this for RequestResponse invocations; the rule goes on either way.
+    pub disposition: &'static str,
+}
+
+/// Why an event could not be indexed (Lambda retries it).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the event is not an SES event: {0}")]
+    BadEvent(String),
+    #[error("SES message {ses_id}: raw object {key} is missing (check the receipt rule's bucket and object key prefix)")]
+    MissingObject { ses_id: String, key: String },
+    #[error("SES message {ses_id}: object {key} is not a mail message ({detail})")]
+    NotAMessage {
+        ses_id: String,
+        key: String,
+        detail: String,
+    },
+    #[error("SES message {ses_id}: {source}")]
+    Store {
+        ses_id: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Indexes SES events into a [`Storage`] whose blob store holds the SES objects.
+#[derive(Clone)]
+pub struct Ingest {
+    storage: Storage,
+    /// Shown in listings, e.g. `s3://bucket/incoming/`.
+    prefix: String,
+}
+
+impl Ingest {
+    pub fn new(storage: Storage, prefix: impl Into<String>) -> Self {
+        Ingest {
+            storage,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Handle one invocation's payload.
+    pub async fn handle(&self, payload: serde_json::Value) -> Result<IngestReport, IngestError> {
+        let event = SesEvent::parse(payload).map_err(|e| IngestError::BadEvent(e.to_string()))?;
+        if event.records.is_empty() {
+            return Err(IngestError::BadEvent("no Records".into()));
+        }
+        let mut report = IngestReport {
+            disposition: "CONTINUE",
+            ..Default::default()
+        };
+        for rec in &event.records {
+            self.one(&rec.ses, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn one(&self, ses: &SesPayload, report: &mut IngestReport) -> Result<(), IngestError> {
+        let ses_id = ses
+            .mail
+            .message_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| IngestError::BadEvent("mail.messageId is missing".into()))?;
+        let store = |source| IngestError::Store {
+            ses_id: ses_id.clone(),
+            source,
+        };
+        let key = ses_id.as_str();
+        let shown = format!("{}{key}", self.prefix);
+        let (bytes, stored_at) = match read_blob(&self.storage, key).await {
+            Ok(v) => v,
+            Err(StoreError::MissingBlob(_)) => {
+                tracing::error!(ses_id = key, object = %shown, "raw message object is missing");
+                return Err(IngestError::MissingObject {
+                    ses_id: ses_id.clone(),
+                    key: shown,
+                });
+            }
+            Err(e) => return Err(store(e)),
+        };
+        let head = summary::head(&bytes);
+        if let Err(detail) = summary::check_message(head) {
+            tracing::error!(ses_id = key, %detail, "raw object is not a message");
+            return Err(IngestError::NotAMessage {
+                ses_id: ses_id.clone(),
+                key: shown,
+                detail,
+            });
+        }
+        let received_at = parse_time(ses.receipt.timestamp.as_deref())
+            .or_else(|| parse_time(ses.mail.timestamp.as_deref()))
+            .unwrap_or(stored_at);
+        let mut summary = summary::parse(head);
+        fill_from_common_headers(&mut summary, ses);
+        let verdicts = ses.receipt.verdicts();
+        let mut rcpts: Vec<String> = Vec::new();
+        for r in &ses.receipt.recipients {
+            let r = r.trim();
+            if !r.is_empty() && !rcpts.iter().any(|x| x.eq_ignore_ascii_case(r)) {
+                rcpts.push(r.to_string());
+            }
+        }
+        if rcpts.is_empty() {
+            return Err(IngestError::BadEvent(format!(
+                "SES message {key}: receipt.recipients is empty"
+            )));
+        }
+        let mut rec = Record {
+            id: MessageId::derived(key, stored_at),
+            status: Status::Held,
+            mail_from: ses.mail.source.clone().unwrap_or_default(),
+            rcpts: rcpts.into_iter().map(Recipient::pending).collect(),
+            received_at,
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            summary,
+            origin: Origin {
+                ip: String::new(),
+                helo: "amazonses.com".into(),
+                tls: false,
+            },
+            attempts: 0,
+            next_attempt_at: received_at,
+            lease: None,
+            reason: None,
+            updated_at: Utc::now(),
+            blob: Some(key.to_string()),
+            intake: Intake::Ses,
+            verdicts: Some(verdicts.clone()),
+        };
+        let quarantined = quarantine_if_infected(&mut rec, &verdicts);
+        let idx = &self.storage.index;
+        if idx.insert(&rec).await.map_err(store)? {
+            report.indexed += 1;
+            report.quarantined += u32::from(quarantined);
+            tracing::info!(
+                id = %rec.id,
+                ses_id = key,
+                size = rec.size,
+                rcpts = rec.rcpts.len(),
+                from_domain = redact(&rec.mail_from),
+                status = %rec.status,
+                "message indexed"
+            );
+            return Ok(());
+        }
+        // Already indexed: a retry, a duplicate event, or the reconciler got there first.
+        let existing = idx.get(rec.id).await.map_err(store)?;
+        match existing {
+            Some(old)
+                if old.intake == Intake::Reconciled
+                    && matches!(old.status, Status::Held | Status::Paused) =>
+            {
+                rec.attempts = old.attempts;
+                rec.next_attempt_at = old.next_attempt_at;
+                rec.settle();
+                idx.update(&rec, Utc::now()).await.map_err(store)?;
+                report.upgraded += 1;
+                tracing::info!(id = %rec.id, ses_id = key, "reconciled record given the event's envelope");
+            }
+            _ => {
+                report.duplicates += 1;
+                tracing::info!(id = %rec.id, ses_id = key, "duplicate event; already indexed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A virus FAIL is kept (for the operator to look at) but never delivered.
+fn quarantine_if_infected(rec: &mut Record, v: &Verdicts) -> bool {
+    if v.virus.as_deref() != Some("FAIL") {
+        return false;
+    }
+    for r in &mut rec.rcpts {
+        r.status = RcptStatus::Failed;
+        r.reply = Some("quarantined: SES virus verdict FAIL".into());
+    }
+    rec.reason = Some("virus".into());
+    rec.settle();
+    true
+}
+
+/// SES's parsed headers fill what our own parse of the object did not find.
+fn fill_from_common_headers(s: &mut Summary, ses: &SesPayload) {
+    let c = &ses.mail.common_headers;
+    if s.from.is_none() {
+        s.from = c.from.first().cloned();
+    }
+    if s.subject.is_none() {
+        s.subject = c.subject.clone();
+    }
+    if s.message_id.is_none() {
+        s.message_id = c
+            .message_id
+            .as_deref()
+            .map(|m| m.trim_matches(['<', '>']).to_string());
+    }
+    if s.date.is_none() {
+        s.date = c.date.clone();
+    }
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The whole blob and its store time.
+pub(crate) async fn read_blob(
+    storage: &Storage,
+    key: &str,
+) -> Result<(Vec<u8>, DateTime<Utc>), StoreError> {
+    let info = storage.blobs.stat(key).await?;
+    let mut reader = storage.blobs.open(key).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+    reader
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: "blob",
+            detail: format!("reading {key}: {e}"),
+            transient: true,
+            source: Some(Box::new(e)),
+        })?;
+    Ok((bytes, info.stored_at))
+}

@@ -1,0 +1,102 @@
+//! The two Lambda functions' handlers, kept in the library so tests call them directly
+//! and the binaries in `functions/` stay wiring only.
+//!
+//! - [`ingest`]: `standby-ingest`, invoked by the SES receipt rule after its S3 action.
+//! - [`drain`]: `standby-drain`, invoked every minute by the schedule.
+//! - [`reconcile`]: objects without records, run by the drain.
+//! - [`ses`]: the lenient SES event.
+//!
+//! Both functions read only environment variables: `STANDBY_BUCKET`, `STANDBY_TABLE`,
+//! `STANDBY_PREFIX` (default `incoming/`), and for the drain `STANDBY_PRIMARY` and the
+//! other `STANDBY_*` keys of [`Config::from_lambda_env`], plus the standard `AWS_REGION`
+//! and `AWS_ENDPOINT_URL`.
+
+pub mod drain;
+pub mod ingest;
+pub mod reconcile;
+pub mod ses;
+
+use std::time::{Duration, Instant};
+
+use crate::backend::Storage;
+use crate::backend::aws::{AwsClients, AwsSettings, secrets};
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::smtp::SmtpRelay;
+
+/// Everything a function needs, or why it cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Relay(#[from] crate::smtp::client::RelaySetupError),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+}
+
+/// JSON logs for CloudWatch; level from `STANDBY_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::config::ENV_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_ansi(false)
+        .without_time() // CloudWatch stamps each line
+        .init();
+}
+
+/// The ingest function: storage from the environment (it needs nothing else).
+pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let missing = |k: &str| ConfigError::Env {
+        var: k.into(),
+        message: "must be set".into(),
+    };
+    let settings = AwsSettings {
+        bucket: var("STANDBY_BUCKET").ok_or_else(|| missing("STANDBY_BUCKET"))?,
+        table: var("STANDBY_TABLE").ok_or_else(|| missing("STANDBY_TABLE"))?,
+        prefix: var("STANDBY_PREFIX").unwrap_or_else(|| "incoming/".into()),
+        region: var("STANDBY_REGION"),
+        endpoint_url: var("STANDBY_ENDPOINT_URL"),
+    };
+    let clients = AwsClients::connect(&settings).await;
+    Ok(ingest::Ingest::new(
+        Storage::aws(&clients, &settings),
+        format!("s3://{}/{}", settings.bucket, settings.prefix),
+    ))
+}
+
+/// The drain function: config, storage and the relay (password or secret resolved once).
+pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
+    let config = Config::from_lambda_env(std::env::vars())?;
+    let settings = config.aws_settings().ok_or_else(|| ConfigError::Env {
+        var: "STANDBY_BUCKET, STANDBY_TABLE".into(),
+        message: "both must be set".into(),
+    })?;
+    let clients = AwsClients::connect(&settings).await;
+    let relay = relay_for(&config, &clients).await?;
+    Ok(drain::DrainFunction::new(
+        config,
+        Storage::aws(&clients, &settings),
+        relay,
+    ))
+}
+
+/// The relay to the primary, with the password resolved from Secrets Manager when the
+/// variable holds a secret ARN.
+pub async fn relay_for(config: &Config, clients: &AwsClients) -> Result<SmtpRelay, SetupError> {
+    let password = match crate::smtp::client::password_from_env(config)? {
+        Some(v) => Some(secrets::resolve(&clients.sdk, &v).await?),
+        None => None,
+    };
+    Ok(SmtpRelay::with_password(config, password)?)
+}
+
+/// The Lambda context's deadline (ms since the epoch) as an `Instant`.
+pub fn deadline_instant(deadline_ms: u64) -> Instant {
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}

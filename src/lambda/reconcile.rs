@@ -1,0 +1,226 @@
+//! The reconciler: raw messages in the blob store that have no index record.
+//!
+//! On AWS, S3 is the source of truth: SES has stored the message (and told the sender
+//! 250) before the ingest function runs. If ingest fails past Lambda's retries, the
+//! object is still there without a record, and nothing would ever deliver it. The drain
+//! function therefore runs this first: every object older than [`MIN_AGE`] (so an ingest
+//! in flight is not raced) whose derived id has no record is indexed from its own
+//! headers and marked [`Intake::Reconciled`]:
+//!
+//! - MAIL FROM from `Return-Path` (SES writes the envelope sender there);
+//! - recipients from the `for` clause of the topmost `Received` (SES's own), else from
+//!   `To`/`Cc` addresses in the configured domains. Nothing outside the domains is ever
+//!   taken, so a guessed envelope cannot turn the drain into a relay;
+//! - SES's `X-SES-*-Verdict` headers as verdicts; a virus FAIL is quarantined.
+//!
+//! Without a usable recipient the record is stored as `failed` with the reason, visible
+//! to the operator (`standby list --status failed`, `show --raw`), never deleted.
+//!
+//! To keep the cost flat, objects stored before the last run's watermark (kept in the
+//! health item) minus [`OVERLAP`] are not looked up again; listing the prefix is still one
+//! request per 1,000 objects.
+
+use chrono::{DateTime, Duration, Utc};
+use mail_parser::{HeaderValue, MessageParser};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::backend::Storage;
+use crate::error::StoreError;
+use crate::model::{
+    Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Verdicts,
+};
+use crate::summary;
+
+/// Objects younger than this are left to the ingest function.
+pub const MIN_AGE: Duration = Duration::minutes(5);
+/// How far before the watermark a run looks again (store times are not perfectly ordered).
+pub const OVERLAP: Duration = Duration::minutes(15);
+
+/// What a reconcile run found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Objects looked at (within the window).
+    pub checked: u64,
+    /// Records created.
+    pub reconciled: u64,
+    /// Of those, stored as failed (no recipient, or a virus).
+    pub unroutable: u64,
+}
+
+/// Index every unindexed blob stored in the window ending `MIN_AGE` before `now`.
+///
+/// `address` is the primary's (the health item carries the watermark); `domains`
+/// limits header recipients; `dry_run` counts without writing.
+pub async fn reconcile(
+    storage: &Storage,
+    address: &str,
+    domains: &[String],
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<ReconcileReport, StoreError> {
+    let mut health = crate::health::load_for(storage.index.as_ref(), address).await?;
+    let upto = now - MIN_AGE;
+    let from = health.reconciled_until.map(|w| w - OVERLAP);
+    let mut report = ReconcileReport::default();
+    for blob in storage.blobs.list().await? {
+        if blob.stored_at > upto || from.is_some_and(|f| blob.stored_at < f) {
+            continue;
+        }
+        report.checked += 1;
+        let id = match blob.key.parse::<MessageId>() {
+            Ok(id) if id.to_string() == blob.key => id,
+            _ => MessageId::derived(&blob.key, blob.stored_at),
+        };
+        if storage.index.get(id).await?.is_some() {
+            continue;
+        }
+        let (bytes, stored_at) = crate::lambda::ingest::read_blob(storage, &blob.key).await?;
+        let rec = from_headers(id, &blob.key, &bytes, stored_at, domains, now);
+        report.reconciled += 1;
+        report.unroutable += u64::from(rec.status == Status::Failed);
+        tracing::warn!(
+            id = %rec.id,
+            key = %blob.key,
+            rcpts = rec.rcpts.len(),
+            status = %rec.status,
+            dry_run,
+            "raw message had no index record; reconciled from its headers"
+        );
+        if !dry_run {
+            storage.index.insert(&rec).await?;
+        }
+    }
+    if !dry_run {
+        // Re-read: nothing else writes the health item during a drain invocation (the
+        // drain function runs one at a time), but keep the newest probe state anyway.
+        health = crate::health::load_for(storage.index.as_ref(), address).await?;
+        health.reconciled_until = Some(upto);
+        storage.index.save_health(&health).await?;
+    }
+    Ok(report)
+}
+
+/// Build a record for a raw message from its headers alone.
+pub fn from_headers(
+    id: MessageId,
+    key: &str,
+    bytes: &[u8],
+    stored_at: DateTime<Utc>,
+    domains: &[String],
+    now: DateTime<Utc>,
+) -> Record {
+    let head = summary::head(bytes);
+    let parsed = MessageParser::default().parse_headers(head);
+    let mut mail_from = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut verdicts = Verdicts::default();
+    let in_domains = |addr: &str| {
+        let d = addr
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        d.is_some_and(|d| domains.iter().any(|x| *x == d))
+    };
+    if let Some(m) = &parsed {
+        if let HeaderValue::Address(a) = m.return_path() {
+            if let Some(addr) = a.first().and_then(|a| a.address()) {
+                mail_from = addr.to_string();
+            }
+        } else if let HeaderValue::Text(t) = m.return_path() {
+            mail_from = t.trim().trim_matches(['<', '>']).to_string();
+        }
+        if let Some(for_) = m.received().and_then(|r| r.for_.as_deref()) {
+            let addr = for_.trim().trim_matches(['<', '>']).to_string();
+            if addr.contains('@') && (domains.is_empty() || in_domains(&addr)) {
+                rcpts.push(addr);
+            }
+        }
+        if rcpts.is_empty() && !domains.is_empty() {
+            for list in [m.to(), m.cc()].into_iter().flatten() {
+                for a in list.iter() {
+                    if let Some(addr) = a.address()
+                        && in_domains(addr)
+                        && !rcpts.iter().any(|x| x.eq_ignore_ascii_case(addr))
+                    {
+                        rcpts.push(addr.to_string());
+                    }
+                }
+            }
+        }
+        let header = |name: &str| {
+            m.header_raw(name)
+                .map(|v| v.trim().split(|c: char| c.is_whitespace()).next().unwrap_or("").to_string())
+        };
+        verdicts.spam = header("X-SES-Spam-Verdict");
+        verdicts.virus = header("X-SES-Virus-Verdict");
+    }
+    let mut rec = Record {
+        id,
+        status: Status::Held,
+        mail_from,
+        rcpts: rcpts.into_iter().map(Recipient::pending).collect(),
+        received_at: stored_at,
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        summary: summary::parse(head),
+        origin: Origin::default(),
+        attempts: 0,
+        next_attempt_at: now,
+        lease: None,
+        reason: None,
+        updated_at: now,
+        blob: (key != id.to_string()).then(|| key.to_string()),
+        intake: Intake::Reconciled,
+        verdicts: Some(verdicts),
+    };
+    let virus = rec.verdicts.as_ref().and_then(|v| v.virus.as_deref()) == Some("FAIL");
+    if virus {
+        for r in &mut rec.rcpts {
+            r.status = RcptStatus::Failed;
+            r.reply = Some("quarantined: SES virus verdict FAIL".into());
+        }
+        rec.reason = Some("virus".into());
+    }
+    if rec.rcpts.is_empty() {
+        rec.status = Status::Failed;
+        rec.reason = Some("reconciled: no recipient in our domains found in the headers".into());
+    } else {
+        rec.settle();
+    }
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: &[u8] = b"Return-Path: <alice@example.org>\r\n\
+Received: from mail.example.org (mail.example.org [192.0.2.1])\r\n by inbound-smtp.us-east-1.amazonaws.com with SMTP id abc123\r\n for bob@example.test;\r\n Sat, 28 Nov 2026 10:00:00 +0000 (UTC)\r\n\
+X-SES-Spam-Verdict: PASS\r\nX-SES-Virus-Verdict: PASS\r\n\
+From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r\nSubject: hi\r\n\r\nbody\r\n";
+
+    #[test]
+    fn envelope_from_ses_headers() {
+        let now = Utc::now();
+        let id = MessageId::derived("abc123", now);
+        let rec = from_headers(id, "abc123", RAW, now, &["example.test".into()], now);
+        assert_eq!(rec.mail_from, "alice@example.org");
+        let rcpts: Vec<_> = rec.rcpts.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(rcpts, ["bob@example.test"]);
+        assert_eq!(rec.status, Status::Held);
+        assert_eq!(rec.intake, Intake::Reconciled);
+        assert_eq!(rec.blob.as_deref(), Some("abc123"));
+        assert_eq!(rec.verdicts.unwrap().spam.as_deref(), Some("PASS"));
+    }
+
+    #[test]
+    fn foreign_or_missing_recipients_are_never_guessed() {
+        let raw = b"From: a@example.org\r\nTo: eve@elsewhere.example\r\nSubject: x\r\n\r\nbody\r\n";
+        let now = Utc::now();
+        let id = MessageId::derived("k", now);
+        let rec = from_headers(id, "k", raw, now, &["example.test".into()], now);
+        assert!(rec.rcpts.is_empty());
+        assert_eq!(rec.status, Status::Failed);
+        assert!(rec.reason.unwrap().contains("no recipient"));
+    }
+}

@@ -1,0 +1,128 @@
+//! A moto server per test (S3, DynamoDB, Secrets Manager over real HTTP) and clients for
+//! it with static test credentials. moto comes from the venv `scripts/test` makes.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use standby::backend::Storage;
+use standby::backend::aws::{AwsClients, AwsSettings};
+
+use super::{free_port, wait_for};
+
+pub const REGION: &str = "us-east-1";
+
+/// Environment for child processes (the `standby` CLI, the Lambda binaries).
+pub fn child_env(moto: &Moto) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", REGION),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("STANDBY_VENV").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/standby-mx/venv")
+        },
+        PathBuf::from,
+    );
+    venv.join("bin").join(name)
+}
+
+/// Path of a tool from the test venv, or a failure that says how to get it.
+pub fn require_venv_tool(name: &str) -> PathBuf {
+    let bin = venv_bin(name);
+    assert!(
+        bin.exists(),
+        "{} not found: run scripts/test, which makes the venv ~/.cache/standby-mx/venv with \
+         `pip install 'moto[server]' cargo-lambda` (or set STANDBY_VENV to such a venv)",
+        bin.display()
+    );
+    bin
+}
+
+/// A moto server on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = require_venv_tool("moto_server");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("moto server", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { child, url, port }
+    }
+
+    /// Bucket and table names for one test (`name` must be a valid bucket name).
+    pub fn settings(&self, name: &str) -> AwsSettings {
+        AwsSettings {
+            bucket: name.to_string(),
+            table: name.to_string(),
+            prefix: "incoming/".into(),
+            region: Some(REGION.into()),
+            endpoint_url: Some(self.url.clone()),
+        }
+    }
+
+    pub async fn clients(&self) -> AwsClients {
+        let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&self.url)
+            .credentials_provider(creds)
+            .load()
+            .await;
+        AwsClients::from_sdk(sdk)
+    }
+
+    /// Bucket and table created, and the storage on them.
+    pub async fn storage(&self, name: &str) -> (AwsClients, AwsSettings, Storage) {
+        let clients = self.clients().await;
+        let settings = self.settings(name);
+        standby::backend::aws::provision::ensure(&clients, &settings)
+            .await
+            .expect("create bucket and table in moto");
+        let storage = Storage::aws(&clients, &settings);
+        (clients, settings, storage)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Put a raw message where an SES receipt rule's S3 action would.
+pub async fn ses_put(clients: &AwsClients, s: &AwsSettings, ses_id: &str, raw: &[u8]) {
+    clients
+        .s3
+        .put_object()
+        .bucket(&s.bucket)
+        .key(format!("{}{ses_id}", s.prefix))
+        .body(aws_sdk_s3::primitives::ByteStream::from(raw.to_vec()))
+        .send()
+        .await
+        .expect("put object in moto");
+}
