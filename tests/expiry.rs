@@ -91,5 +91,5 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
     let kept = storage.index.get(young).await.unwrap().unwrap();
     assert_eq!(kept.status, Status::Held);
     // The message itself is kept for the operator (no bounce, no silent deletion).
-    assert!(storage.blobs.open(old).await.is_ok());
+    assert!(storage.blobs.open(&old.to_string()).await.is_ok());
 }
