@@ -85,6 +85,12 @@ impl DrainFunction {
         }
     }
 
+    /// Use another clock (tests move time instead of waiting for backoff).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// One invocation. `deadline` is when the invocation ends (from the Lambda context).
     pub async fn handle(
         &self,

@@ -1,0 +1,196 @@
+//! The drain handler (`standby-drain`) against moto and a real Postfix primary: held mail
+//! goes out with its original envelope, a 4xx is retried on a later invocation, a primary
+//! that is down leaves everything held and the failed probe is counted.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::aws::{Moto, ses_put};
+use common::{Postfix, repo};
+use standby::backend::Storage;
+use standby::config::Config;
+use standby::lambda::drain::{DrainFunction, DrainRequest};
+use standby::lambda::ingest::Ingest;
+use standby::ports::Clock;
+use standby::smtp::SmtpRelay;
+
+/// Wall clock plus an offset the test moves.
+#[derive(Default)]
+struct Shifted(Mutex<chrono::Duration>);
+impl Shifted {
+    fn advance(&self, d: chrono::Duration) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+impl Clock for Shifted {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.0.lock().unwrap()
+    }
+}
+
+fn event(name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/ses").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Put the object and run ingest, as SES and the ingest function would.
+async fn receive(moto_clients: &standby::backend::aws::AwsClients, s: &standby::backend::aws::AwsSettings, storage: &Storage, name: &str, token: &str) {
+    let ev = event(name);
+    let id = ev["Records"][0]["ses"]["mail"]["messageId"].as_str().unwrap();
+    let raw = common::fixture("ses/message.eml", token);
+    ses_put(moto_clients, s, id, raw.as_bytes()).await;
+    Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+}
+
+fn function(storage: &Storage, table: &str, primary_port: u16, clock: Arc<Shifted>) -> DrainFunction {
+    let env = [
+        ("STANDBY_BUCKET", table.to_string()),
+        ("STANDBY_TABLE", table.to_string()),
+        ("STANDBY_PRIMARY", format!("127.0.0.1:{primary_port}")),
+        ("STANDBY_PRIMARY_TLS", "none".into()),
+        ("STANDBY_PRIMARY_TIMEOUT_SECS", "10".into()),
+        ("STANDBY_HEALTH_UP_AFTER", "1".into()),
+        ("STANDBY_HEALTH_DOWN_AFTER", "1".into()),
+        ("STANDBY_DOMAINS", "example.test".into()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let config = Config::from_lambda_env(env).unwrap();
+    let relay = SmtpRelay::from_config(&config).unwrap();
+    DrainFunction::new(config, storage.clone(), relay).with_clock(clock)
+}
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(120))
+}
+
+/// (Delivered-To, whole message) of each delivered copy.
+fn copies(pf: &Postfix) -> Vec<(String, String)> {
+    pf.delivered()
+        .into_iter()
+        .map(|m| {
+            let text = String::from_utf8(m).unwrap();
+            let to = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Delivered-To: "))
+                .unwrap_or_default()
+                .to_string();
+            (to, text)
+        })
+        .collect()
+}
+
+fn wait_copies(pf: &Postfix, n: usize) -> Vec<(String, String)> {
+    common::wait_for(&format!("{n} copies at the primary"), Duration::from_secs(30), || {
+        pf.delivered().len() >= n
+    });
+    copies(pf)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("deliver").await;
+    let pf = Postfix::primary();
+    pf.start();
+    receive(&clients, &s, &storage, "normal.json", "tok-normal").await;
+    receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
+    // An object whose ingest never ran: the reconciler indexes it from its headers
+    // (Received ... for bob@example.test) once it is older than MIN_AGE.
+    ses_put(&clients, &s, "lost0ingest0object0abcdefghijklmnopqrst", common::fixture("ses/message.eml", "tok-lost").as_bytes()).await;
+    let clock = Arc::new(Shifted::default());
+    clock.advance(chrono::Duration::minutes(10));
+
+    let f = function(&storage, "deliver", pf.port, clock);
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.primary, "up", "{sum:?}");
+    assert_eq!((sum.reconciled, sum.delivered, sum.deferred, sum.failed), (1, 3, 0, 0), "{sum:?}");
+    assert_eq!(sum.held, 0);
+
+    let got = wait_copies(&pf, 4);
+    assert_eq!(got.len(), 4, "bob x3 (normal, multi, lost) and erin; never carol or dave");
+    let mut to: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["bob@example.test", "bob@example.test", "bob@example.test", "erin@example.test"]);
+    for (_, text) in &got {
+        assert!(text.contains("Return-Path: <prvs=144d0cba7=alice@example.org>"), "{text}");
+        assert!(text.contains("Subject: Quarterly figures"));
+    }
+    for token in ["tok-normal", "tok-multi", "tok-lost"] {
+        assert!(got.iter().any(|(_, t)| t.contains(token)), "{token} delivered");
+    }
+    // The bytes SES stored arrive unchanged after the primary's own trace headers; only
+    // SES's `Return-Path:` is gone, because Postfix's cleanup replaces it with the
+    // envelope sender (the line checked above) as RFC 5321 §4.4 asks of final delivery.
+    let stored = common::fixture("ses/message.eml", "tok-normal");
+    let stored = stored.split_once("\r\n").unwrap().1.to_string();
+    let normal = got.iter().find(|(_, t)| t.contains("tok-normal")).unwrap();
+    let (got_text, want) = (normal.1.replace("\r\n", "\n"), stored.replace("\r\n", "\n"));
+    assert!(got_text.contains(&want), "stored:\n{want}\ndelivered:\n{got_text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_4xx_is_retried_on_a_later_invocation() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("retry").await;
+    let pf = Postfix::primary();
+    pf.rcpt_replies(&[("erin@example.test", "450 4.2.0 mailbox busy")]);
+    pf.start();
+    receive(&clients, &s, &storage, "multi-rcpt.json", "tok-retry").await;
+    let clock = Arc::new(Shifted::default());
+    let f = function(&storage, "retry", pf.port, clock.clone());
+
+    let first = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((first.delivered, first.deferred, first.held), (0, 1, 1), "{first:?}");
+    let got = wait_copies(&pf, 1);
+    assert_eq!(got[0].0, "bob@example.test");
+
+    // The primary stops deferring; the next scheduled run is before the backoff ends.
+    pf.rcpt_replies(&[]);
+    let out = std::process::Command::new(repo().join("scripts/postfix-instance"))
+        .args(["reload", pf.dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let early = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((early.delivered, early.deferred, early.held), (0, 0, 1), "{early:?}");
+
+    clock.advance(chrono::Duration::minutes(2));
+    let later = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((later.delivered, later.held), (1, 0), "{later:?}");
+    let got = wait_copies(&pf, 2);
+    let mut to: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["bob@example.test", "erin@example.test"], "bob got exactly one copy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("down").await;
+    let pf = Postfix::primary(); // configured, never started: the port refuses
+    receive(&clients, &s, &storage, "normal.json", "tok-down").await;
+    let f = function(&storage, "down", pf.port, Arc::new(Shifted::default()));
+
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.primary, "down", "{sum:?}");
+    assert!(sum.probe.contains("connect"), "{sum:?}");
+    assert_eq!((sum.delivered, sum.deferred, sum.failed, sum.held), (0, 0, 0, 1));
+    // Forced while down: the attempt cannot connect and changes nothing.
+    let forced = f
+        .handle(DrainRequest { force: true, dry_run: false }, deadline())
+        .await
+        .unwrap();
+    assert_eq!((forced.delivered, forced.deferred, forced.held), (0, 0, 1), "{forced:?}");
+
+    let h = storage.index.load_health().await.unwrap().unwrap();
+    assert_eq!(h.probes_failed, 2);
+    assert_eq!(h.consecutive_fail, 2);
+    assert_eq!(h.probes_ok, 0);
+    let recs = storage.index.list(&Default::default()).await.unwrap();
+    assert_eq!(recs[0].attempts, 0, "an unreachable primary is not an attempt");
+    assert!(pf.delivered().is_empty());
+}
