@@ -437,8 +437,7 @@ impl Config {
         match self.backend {
             BackendKind::Local if self.domains.is_empty() => {
                 return Err(invalid(
-                    "no domains configured: list the domains this standby accepts mail for"
-                        .into(),
+                    "no domains configured: list the domains this standby accepts mail for".into(),
                 ));
             }
             BackendKind::Aws if self.bucket.is_none() || self.table.is_none() => {
@@ -485,13 +484,15 @@ impl Config {
     /// Where the AWS backend's data is, when `backend = "aws"`.
     pub fn aws_settings(&self) -> Option<crate::backend::aws::AwsSettings> {
         match (self.backend, &self.bucket, &self.table) {
-            (BackendKind::Aws, Some(bucket), Some(table)) => Some(crate::backend::aws::AwsSettings {
-                bucket: bucket.clone(),
-                table: table.clone(),
-                prefix: self.prefix.clone(),
-                region: self.region.clone(),
-                endpoint_url: self.endpoint_url.clone(),
-            }),
+            (BackendKind::Aws, Some(bucket), Some(table)) => {
+                Some(crate::backend::aws::AwsSettings {
+                    bucket: bucket.clone(),
+                    table: table.clone(),
+                    prefix: self.prefix.clone(),
+                    region: self.region.clone(),
+                    endpoint_url: self.endpoint_url.clone(),
+                })
+            }
             _ => None,
         }
     }

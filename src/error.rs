@@ -63,7 +63,9 @@ impl StoreError {
             ),
             StoreError::Backend { transient, .. } => *transient,
             StoreError::Leased(_) => true,
-            StoreError::NotFound(_) | StoreError::MissingBlob(_) | StoreError::Corrupt { .. } => false,
+            StoreError::NotFound(_) | StoreError::MissingBlob(_) | StoreError::Corrupt { .. } => {
+                false
+            }
         }
     }
 }

@@ -31,7 +31,10 @@ impl MessageId {
         let digest = Sha256::digest(name.as_bytes());
         let mut bits = [0u8; 16];
         bits[6..].copy_from_slice(&digest[..10]);
-        MessageId(ulid::Ulid::from_parts(secs * 1000, u128::from_be_bytes(bits)))
+        MessageId(ulid::Ulid::from_parts(
+            secs * 1000,
+            u128::from_be_bytes(bits),
+        ))
     }
 
     /// A new id for a message received at `at`.

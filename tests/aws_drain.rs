@@ -32,21 +32,33 @@ impl Clock for Shifted {
 }
 
 fn event(name: &str) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(repo().join("tests/fixtures/ses").join(name)).unwrap();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/ses").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// Put the object and run ingest, as SES and the ingest function would.
-async fn receive(moto_clients: &standby::backend::aws::AwsClients, s: &standby::backend::aws::AwsSettings, storage: &Storage, name: &str, token: &str) {
+async fn receive(
+    moto_clients: &standby::backend::aws::AwsClients,
+    s: &standby::backend::aws::AwsSettings,
+    storage: &Storage,
+    name: &str,
+    token: &str,
+) {
     let ev = event(name);
-    let id = ev["Records"][0]["ses"]["mail"]["messageId"].as_str().unwrap();
+    let id = ev["Records"][0]["ses"]["mail"]["messageId"]
+        .as_str()
+        .unwrap();
     let raw = common::fixture("ses/message.eml", token);
     ses_put(moto_clients, s, id, raw.as_bytes()).await;
     Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
 }
 
-fn function(storage: &Storage, table: &str, primary_port: u16, clock: Arc<Shifted>) -> DrainFunction {
+fn function(
+    storage: &Storage,
+    table: &str,
+    primary_port: u16,
+    clock: Arc<Shifted>,
+) -> DrainFunction {
     let env = [
         ("STANDBY_BUCKET", table.to_string()),
         ("STANDBY_TABLE", table.to_string()),
@@ -84,9 +96,11 @@ fn copies(pf: &Postfix) -> Vec<(String, String)> {
 }
 
 fn wait_copies(pf: &Postfix, n: usize) -> Vec<(String, String)> {
-    common::wait_for(&format!("{n} copies at the primary"), Duration::from_secs(30), || {
-        pf.delivered().len() >= n
-    });
+    common::wait_for(
+        &format!("{n} copies at the primary"),
+        Duration::from_secs(30),
+        || pf.delivered().len() >= n,
+    );
     copies(pf)
 }
 
@@ -100,27 +114,55 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
     // An object whose ingest never ran: the reconciler indexes it from its headers
     // (Received ... for bob@example.test) once it is older than MIN_AGE.
-    ses_put(&clients, &s, "lost0ingest0object0abcdefghijklmnopqrst", common::fixture("ses/message.eml", "tok-lost").as_bytes()).await;
+    ses_put(
+        &clients,
+        &s,
+        "lost0ingest0object0abcdefghijklmnopqrst",
+        common::fixture("ses/message.eml", "tok-lost").as_bytes(),
+    )
+    .await;
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(10));
 
     let f = function(&storage, "deliver", pf.port, clock);
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.primary, "up", "{sum:?}");
-    assert_eq!((sum.reconciled, sum.delivered, sum.deferred, sum.failed), (1, 3, 0, 0), "{sum:?}");
+    assert_eq!(
+        (sum.reconciled, sum.delivered, sum.deferred, sum.failed),
+        (1, 3, 0, 0),
+        "{sum:?}"
+    );
     assert_eq!(sum.held, 0);
 
     let got = wait_copies(&pf, 4);
-    assert_eq!(got.len(), 4, "bob x3 (normal, multi, lost) and erin; never carol or dave");
+    assert_eq!(
+        got.len(),
+        4,
+        "bob x3 (normal, multi, lost) and erin; never carol or dave"
+    );
     let mut to: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     to.sort();
-    assert_eq!(to, ["bob@example.test", "bob@example.test", "bob@example.test", "erin@example.test"]);
+    assert_eq!(
+        to,
+        [
+            "bob@example.test",
+            "bob@example.test",
+            "bob@example.test",
+            "erin@example.test"
+        ]
+    );
     for (_, text) in &got {
-        assert!(text.contains("Return-Path: <prvs=144d0cba7=alice@example.org>"), "{text}");
+        assert!(
+            text.contains("Return-Path: <prvs=144d0cba7=alice@example.org>"),
+            "{text}"
+        );
         assert!(text.contains("Subject: Quarterly figures"));
     }
     for token in ["tok-normal", "tok-multi", "tok-lost"] {
-        assert!(got.iter().any(|(_, t)| t.contains(token)), "{token} delivered");
+        assert!(
+            got.iter().any(|(_, t)| t.contains(token)),
+            "{token} delivered"
+        );
     }
     // The bytes SES stored arrive unchanged after the primary's own trace headers; only
     // SES's `Return-Path:` is gone, because Postfix's cleanup replaces it with the
@@ -129,7 +171,10 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     let stored = stored.split_once("\r\n").unwrap().1.to_string();
     let normal = got.iter().find(|(_, t)| t.contains("tok-normal")).unwrap();
     let (got_text, want) = (normal.1.replace("\r\n", "\n"), stored.replace("\r\n", "\n"));
-    assert!(got_text.contains(&want), "stored:\n{want}\ndelivered:\n{got_text}");
+    assert!(
+        got_text.contains(&want),
+        "stored:\n{want}\ndelivered:\n{got_text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,7 +189,11 @@ async fn a_4xx_is_retried_on_a_later_invocation() {
     let f = function(&storage, "retry", pf.port, clock.clone());
 
     let first = f.handle(DrainRequest::default(), deadline()).await.unwrap();
-    assert_eq!((first.delivered, first.deferred, first.held), (0, 1, 1), "{first:?}");
+    assert_eq!(
+        (first.delivered, first.deferred, first.held),
+        (0, 1, 1),
+        "{first:?}"
+    );
     let got = wait_copies(&pf, 1);
     assert_eq!(got[0].0, "bob@example.test");
 
@@ -156,7 +205,11 @@ async fn a_4xx_is_retried_on_a_later_invocation() {
         .unwrap();
     assert!(out.status.success());
     let early = f.handle(DrainRequest::default(), deadline()).await.unwrap();
-    assert_eq!((early.delivered, early.deferred, early.held), (0, 0, 1), "{early:?}");
+    assert_eq!(
+        (early.delivered, early.deferred, early.held),
+        (0, 0, 1),
+        "{early:?}"
+    );
 
     clock.advance(chrono::Duration::minutes(2));
     let later = f.handle(DrainRequest::default(), deadline()).await.unwrap();
@@ -164,7 +217,11 @@ async fn a_4xx_is_retried_on_a_later_invocation() {
     let got = wait_copies(&pf, 2);
     let mut to: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     to.sort();
-    assert_eq!(to, ["bob@example.test", "erin@example.test"], "bob got exactly one copy");
+    assert_eq!(
+        to,
+        ["bob@example.test", "erin@example.test"],
+        "bob got exactly one copy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,19 +235,35 @@ async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.primary, "down", "{sum:?}");
     assert!(sum.probe.contains("connect"), "{sum:?}");
-    assert_eq!((sum.delivered, sum.deferred, sum.failed, sum.held), (0, 0, 0, 1));
+    assert_eq!(
+        (sum.delivered, sum.deferred, sum.failed, sum.held),
+        (0, 0, 0, 1)
+    );
     // Forced while down: the attempt cannot connect and changes nothing.
     let forced = f
-        .handle(DrainRequest { force: true, dry_run: false }, deadline())
+        .handle(
+            DrainRequest {
+                force: true,
+                dry_run: false,
+            },
+            deadline(),
+        )
         .await
         .unwrap();
-    assert_eq!((forced.delivered, forced.deferred, forced.held), (0, 0, 1), "{forced:?}");
+    assert_eq!(
+        (forced.delivered, forced.deferred, forced.held),
+        (0, 0, 1),
+        "{forced:?}"
+    );
 
     let h = storage.index.load_health().await.unwrap().unwrap();
     assert_eq!(h.probes_failed, 2);
     assert_eq!(h.consecutive_fail, 2);
     assert_eq!(h.probes_ok, 0);
     let recs = storage.index.list(&Default::default()).await.unwrap();
-    assert_eq!(recs[0].attempts, 0, "an unreachable primary is not an attempt");
+    assert_eq!(
+        recs[0].attempts, 0,
+        "an unreachable primary is not an attempt"
+    );
     assert!(pf.delivered().is_empty());
 }

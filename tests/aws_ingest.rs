@@ -15,8 +15,8 @@ use standby::ports::ListQuery;
 use tokio::io::AsyncReadExt;
 
 fn event(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(common::repo().join("tests/fixtures/ses").join(name))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(common::repo().join("tests/fixtures/ses").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -69,7 +69,10 @@ async fn normal_event_is_indexed_with_envelope_verdicts_and_summary() {
         (v.spam.as_deref(), v.virus.as_deref(), v.spf.as_deref()),
         (Some("PASS"), Some("PASS"), Some("PASS"))
     );
-    assert_eq!((v.dkim.as_deref(), v.dmarc.as_deref()), (Some("PASS"), Some("GRAY")));
+    assert_eq!(
+        (v.dkim.as_deref(), v.dmarc.as_deref()),
+        (Some("PASS"), Some("GRAY"))
+    );
 
     // The raw bytes are read back through the record's blob key, unchanged.
     let mut got = Vec::new();
@@ -95,10 +98,7 @@ async fn event_without_common_headers_from_is_accepted() {
         .collect::<Vec<_>>()
         .join(&b'\n');
     ses_put(&clients, &settings, &ses_id(&ev), &body).await;
-    let report = Ingest::new(storage.clone(), "")
-        .handle(ev)
-        .await
-        .unwrap();
+    let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
     assert_eq!(report.indexed, 1);
     let r = &all(&storage).await[0];
     assert_eq!(r.summary.from, None);
@@ -173,7 +173,10 @@ async fn missing_object_is_an_error_and_indexes_nothing() {
     match &err {
         IngestError::MissingObject { ses_id, key } => {
             assert_eq!(ses_id, "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1");
-            assert_eq!(key, "s3://missing/incoming/o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1");
+            assert_eq!(
+                key,
+                "s3://missing/incoming/o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1"
+            );
         }
         other => panic!("expected MissingObject, got {other:?}"),
     }
@@ -186,8 +189,17 @@ async fn object_that_is_not_a_message_is_an_error() {
     let moto = Moto::start();
     let (clients, settings, storage) = moto.storage("garbage").await;
     let ev = event("normal.json");
-    ses_put(&clients, &settings, &ses_id(&ev), b"\x00\x01\x02 binary junk, no header\r\n").await;
-    let err = Ingest::new(storage.clone(), "").handle(ev).await.unwrap_err();
+    ses_put(
+        &clients,
+        &settings,
+        &ses_id(&ev),
+        b"\x00\x01\x02 binary junk, no header\r\n",
+    )
+    .await;
+    let err = Ingest::new(storage.clone(), "")
+        .handle(ev)
+        .await
+        .unwrap_err();
     assert!(matches!(err, IngestError::NotAMessage { .. }), "{err:?}");
     assert!(all(&storage).await.is_empty());
     let err = Ingest::new(storage.clone(), "")

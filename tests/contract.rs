@@ -175,7 +175,10 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
     w.write(b"hello ").await.unwrap();
     w.write(b"world").await.unwrap();
     assert!(blobs.open(&key).await.is_err(), "invisible before commit");
-    assert!(blobs.list().await.unwrap().is_empty(), "unlisted before commit");
+    assert!(
+        blobs.list().await.unwrap().is_empty(),
+        "unlisted before commit"
+    );
     w.commit().await.unwrap();
     let mut got = Vec::new();
     blobs

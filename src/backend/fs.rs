@@ -115,7 +115,10 @@ impl BlobStore for FsBlobStore {
         match tokio::fs::metadata(&path).await {
             Ok(meta) => Ok(BlobInfo {
                 key: key.to_string(),
-                stored_at: meta.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
+                stored_at: meta
+                    .modified()
+                    .map(DateTime::<Utc>::from)
+                    .unwrap_or_default(),
                 size: meta.len(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -138,7 +141,10 @@ impl BlobStore for FsBlobStore {
                 let Ok(meta) = entry.metadata() else { continue };
                 out.push(BlobInfo {
                     key: key.to_string(),
-                    stored_at: meta.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
+                    stored_at: meta
+                        .modified()
+                        .map(DateTime::<Utc>::from)
+                        .unwrap_or_default(),
                     size: meta.len(),
                 });
             }

@@ -76,7 +76,10 @@ pub(super) async fn remote_drain(
         .send()
         .await
         .map_err(|e| aws_err("Invoke", e))?;
-    let body = out.payload().map(|b| b.as_ref().to_vec()).unwrap_or_default();
+    let body = out
+        .payload()
+        .map(|b| b.as_ref().to_vec())
+        .unwrap_or_default();
     if let Some(err) = out.function_error() {
         return Err(CliError::Aws(format!(
             "drain function {function} failed ({err}): {}",

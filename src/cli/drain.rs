@@ -22,7 +22,12 @@ pub(super) async fn drain(
 ) -> Result<(), CliError> {
     let settings = drain_settings(config);
     let relay = Arc::new(relay);
-    let drainer = Drainer::new(storage.clone(), relay.clone(), Arc::new(SystemClock), settings);
+    let drainer = Drainer::new(
+        storage.clone(),
+        relay.clone(),
+        Arc::new(SystemClock),
+        settings,
+    );
     if dry_run {
         let due = drainer.due().await?;
         let mut out = std::io::stdout().lock();

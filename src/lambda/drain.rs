@@ -100,8 +100,14 @@ impl DrainFunction {
         let address = self.relay.address().to_string();
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
-        let rec: ReconcileReport =
-            reconcile(&self.storage, &address, &self.config.domains, now, req.dry_run).await?;
+        let rec: ReconcileReport = reconcile(
+            &self.storage,
+            &address,
+            &self.config.domains,
+            now,
+            req.dry_run,
+        )
+        .await?;
         let drainer = Drainer::new(
             self.storage.clone(),
             self.relay.clone(),
@@ -131,13 +137,12 @@ impl DrainFunction {
         summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
         if h.state == PrimaryState::Up || req.force {
             let opts = RunOptions {
-                deadline: deadline.map(|d| tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))),
+                deadline: deadline.map(|d| {
+                    tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))
+                }),
                 ..Default::default()
             };
-            let report = drainer
-                .run(opts)
-                .await
-                .map_err(|DrainError::Store(e)| e)?;
+            let report = drainer.run(opts).await.map_err(|DrainError::Store(e)| e)?;
             health::record_drain(index, &address, &report, self.clock.now()).await?;
             summary.delivered = report.delivered;
             summary.deferred = report.deferred;

@@ -50,7 +50,9 @@ pub struct IngestReport {
 pub enum IngestError {
     #[error("the event is not an SES event: {0}")]
     BadEvent(String),
-    #[error("SES message {ses_id}: raw object {key} is missing (check the receipt rule's bucket and object key prefix)")]
+    #[error(
+        "SES message {ses_id}: raw object {key} is missing (check the receipt rule's bucket and object key prefix)"
+    )]
     MissingObject { ses_id: String, key: String },
     #[error("SES message {ses_id}: object {key} is not a mail message ({detail})")]
     NotAMessage {
@@ -64,6 +66,19 @@ pub enum IngestError {
         #[source]
         source: StoreError,
     },
+}
+
+impl IngestError {
+    /// A stable name for the Lambda error type (shown in CloudWatch and the on-failure queue).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngestError::BadEvent(_) => "BadEvent",
+            IngestError::MissingObject { .. } => "MissingObject",
+            IngestError::NotAMessage { .. } => "NotAMessage",
+            IngestError::Store { source, .. } if source.is_transient() => "StoreUnavailable",
+            IngestError::Store { .. } => "StoreError",
+        }
+    }
 }
 
 /// Indexes SES events into a [`Storage`] whose blob store holds the SES objects.
@@ -246,7 +261,9 @@ fn fill_from_common_headers(s: &mut Summary, ses: &SesPayload) {
 }
 
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s?).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The whole blob and its store time.

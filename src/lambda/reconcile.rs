@@ -27,9 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{
-    Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Verdicts,
-};
+use crate::model::{Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Verdicts};
 use crate::summary;
 
 /// Objects younger than this are left to the ingest function.
@@ -148,8 +146,13 @@ pub fn from_headers(
             }
         }
         let header = |name: &str| {
-            m.header_raw(name)
-                .map(|v| v.trim().split(|c: char| c.is_whitespace()).next().unwrap_or("").to_string())
+            m.header_raw(name).map(|v| {
+                v.trim()
+                    .split(|c: char| c.is_whitespace())
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
         };
         verdicts.spam = header("X-SES-Spam-Verdict");
         verdicts.virus = header("X-SES-Virus-Verdict");

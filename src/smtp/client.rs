@@ -70,7 +70,10 @@ impl SmtpRelay {
     }
 
     /// Build from `[primary]` with the password already resolved (e.g. from a secret).
-    pub fn with_password(config: &Config, password: Option<String>) -> Result<Self, RelaySetupError> {
+    pub fn with_password(
+        config: &Config,
+        password: Option<String>,
+    ) -> Result<Self, RelaySetupError> {
         let p = &config.primary;
         let credentials = match (&p.auth_user, password) {
             (Some(user), Some(pass)) => Some((user.clone(), pass)),

@@ -126,3 +126,35 @@ pub async fn ses_put(clients: &AwsClients, s: &AwsSettings, ses_id: &str, raw: &
         .await
         .expect("put object in moto");
 }
+
+/// A config file for the `standby` CLI with `backend = "aws"` on `moto`.
+pub fn cli_config(dir: &std::path::Path, name: &str, primary_port: u16) -> PathBuf {
+    let path = dir.join("standby.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "backend = \"aws\"\nbucket = \"{name}\"\ntable = \"{name}\"\n\
+             hostname = \"standby.example.test\"\n\
+             [primary]\naddress = \"127.0.0.1:{primary_port}\"\ntls = \"none\"\ntimeout_secs = 10\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Run `standby` with the moto environment and `extra` variables.
+pub fn standby_cli(
+    moto: &Moto,
+    config: &std::path::Path,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(super::STANDBY)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(child_env(moto))
+        .envs(extra.iter().copied())
+        .output()
+        .expect("run standby")
+}

@@ -81,7 +81,10 @@ fn to_item(rec: &Record) -> Result<Item, StoreError> {
     let mut item = Item::new();
     item.insert(PK.into(), pk(rec.id));
     item.insert(GSI_PK.into(), s(rec.status.as_str()));
-    item.insert(GSI_SK.into(), s(recv_key(rec.received_at, &rec.id.to_string())));
+    item.insert(
+        GSI_SK.into(),
+        s(recv_key(rec.received_at, &rec.id.to_string())),
+    );
     item.insert("due".into(), n(rec.next_attempt_at.timestamp_millis()));
     item.insert("record".into(), s(json));
     if let Some(lease) = &rec.lease {
@@ -165,16 +168,17 @@ impl DynamoIndex {
                 .key_condition_expression("#s = :s")
                 .expression_attribute_names("#s", GSI_PK),
         };
-        let out = q
-            .send()
-            .await
-            .map_err(|e| classify(BACKEND, "Query", e))?;
+        let out = q.send().await.map_err(|e| classify(BACKEND, "Query", e))?;
         let next = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), next))
     }
 
     /// Records with one status, oldest first, at most `limit`.
-    async fn list_status(&self, status: Status, limit: Option<usize>) -> Result<Vec<Record>, StoreError> {
+    async fn list_status(
+        &self,
+        status: Status,
+        limit: Option<usize>,
+    ) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
         let mut start = None;
         loop {
@@ -200,7 +204,11 @@ impl DynamoIndex {
     }
 
     /// Try to lease one candidate; `None` when another worker won it or it changed.
-    async fn lease_one(&self, id: MessageId, req: &ClaimRequest) -> Result<Option<Record>, StoreError> {
+    async fn lease_one(
+        &self,
+        id: MessageId,
+        req: &ClaimRequest,
+    ) -> Result<Option<Record>, StoreError> {
         let res = self
             .client
             .update_item()
@@ -339,9 +347,7 @@ impl Index for DynamoIndex {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
-        let before = req
-            .received_before
-            .map(|b| recv_key(b, ""));
+        let before = req.received_before.map(|b| recv_key(b, ""));
         let mut out = Vec::new();
         let mut start = None;
         loop {

@@ -48,7 +48,9 @@ where
             format!("{op}: cannot reach the service ({})", describe(&err)),
         ),
         SdkError::ResponseError(_) => (true, format!("{op}: unreadable response (HTTP {status})")),
-        SdkError::ConstructionFailure(_) => (false, format!("{op}: bad request ({})", describe(&err))),
+        SdkError::ConstructionFailure(_) => {
+            (false, format!("{op}: bad request ({})", describe(&err)))
+        }
         SdkError::ServiceError(se) => {
             let e = se.err();
             let code = e.code().unwrap_or("unknown");

@@ -18,6 +18,14 @@ use crate::error::StoreError;
 /// Create what is missing; returns one line per resource saying what was done.
 pub async fn ensure(clients: &AwsClients, s: &AwsSettings) -> Result<Vec<String>, StoreError> {
     let mut done = Vec::new();
+    // HeadBucket first: in us-east-1 CreateBucket of a bucket you own answers 200 again.
+    let exists = clients
+        .s3
+        .head_bucket()
+        .bucket(&s.bucket)
+        .send()
+        .await
+        .is_ok();
     let region = clients.sdk.region().map(|r| r.to_string());
     let mut create = clients.s3.create_bucket().bucket(&s.bucket);
     if let Some(r) = region.as_deref().filter(|r| *r != "us-east-1") {
@@ -27,8 +35,13 @@ pub async fn ensure(clients: &AwsClients, s: &AwsSettings) -> Result<Vec<String>
                 .build(),
         );
     }
-    match create.send().await {
-        Ok(_) => done.push(format!("created bucket {}", s.bucket)),
+    match if exists {
+        Ok(())
+    } else {
+        create.send().await.map(|_| ())
+    } {
+        Ok(()) if exists => done.push(format!("bucket {} exists", s.bucket)),
+        Ok(()) => done.push(format!("created bucket {}", s.bucket)),
         Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => {
             done.push(format!("bucket {} exists", s.bucket));
         }

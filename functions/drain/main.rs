@@ -2,7 +2,7 @@
 //! `{"force": true}` / `{"dry_run": true}`. Wiring only; the handler is
 //! `standby::lambda::drain`.
 
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, run, service_fn};
 use standby::lambda::{deadline_instant, drain::DrainRequest, drain_from_env, init_tracing};
 
 #[tokio::main]
@@ -14,8 +14,18 @@ async fn main() -> Result<(), Error> {
         move |event: LambdaEvent<serde_json::Value>| async move {
             let request = DrainRequest::from_payload(&event.payload);
             let deadline = deadline_instant(event.context.deadline);
-            let summary = function.handle(request, Some(deadline)).await?;
-            Ok::<_, Error>(serde_json::to_value(summary)?)
+            match function.handle(request, Some(deadline)).await {
+                Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
+                Err(e) => Err(Diagnostic {
+                    error_type: if e.is_transient() {
+                        "StoreUnavailable"
+                    } else {
+                        "StoreError"
+                    }
+                    .into(),
+                    error_message: e.to_string(),
+                }),
+            }
         },
     ))
     .await

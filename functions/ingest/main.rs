@@ -1,7 +1,7 @@
 //! `standby-ingest`: invoked by the SES receipt rule (Lambda action, Event) after the S3
 //! action stored the message. Wiring only; the handler is `standby::lambda::ingest`.
 
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -10,8 +10,13 @@ async fn main() -> Result<(), Error> {
     let ingest = &ingest;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            let report = ingest.handle(event.payload).await?;
-            Ok::<_, Error>(serde_json::to_value(report)?)
+            match ingest.handle(event.payload).await {
+                Ok(report) => Ok(serde_json::to_value(report).unwrap_or_default()),
+                Err(e) => Err(Diagnostic {
+                    error_type: e.kind().into(),
+                    error_message: e.to_string(),
+                }),
+            }
         },
     ))
     .await

@@ -1,0 +1,128 @@
+//! The operator command with `backend = "aws"` against moto: aws-init, status, list,
+//! show (also --raw), hold/release and a drain run from the operator's machine into a
+//! real Postfix primary.
+
+mod common;
+
+use common::aws::{Moto, cli_config, ses_put, standby_cli};
+use common::{Postfix, repo};
+use serde_json::Value;
+use standby::lambda::ingest::Ingest;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_commands_work_against_s3_and_dynamodb() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pf = Postfix::primary();
+    let cfg = cli_config(dir.path(), "opcli", pf.port);
+
+    // aws-init creates both, and is idempotent.
+    let first = ok(&standby_cli(&moto, &cfg, &["aws-init"], &[]));
+    assert!(
+        first.contains("created bucket opcli") && first.contains("created table opcli"),
+        "{first}"
+    );
+    let again = ok(&standby_cli(&moto, &cfg, &["aws-init"], &[]));
+    assert!(
+        again.contains("bucket opcli exists") && again.contains("table opcli exists"),
+        "{again}"
+    );
+
+    // Mail arrives the SES way: object, then the ingest handler.
+    let clients = moto.clients().await;
+    let settings = moto.settings("opcli");
+    let storage = standby::backend::Storage::aws(&clients, &settings);
+    let ev: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/ses/multi-rcpt.json")).unwrap(),
+    )
+    .unwrap();
+    let ses_id = ev["Records"][0]["ses"]["mail"]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let raw = common::fixture("ses/message.eml", "tok-cli");
+    ses_put(&clients, &settings, &ses_id, raw.as_bytes()).await;
+    Ingest::new(storage, "").handle(ev).await.unwrap();
+
+    let status = json(&standby_cli(&moto, &cfg, &["status", "--json"], &[]));
+    assert_eq!(status["counts"]["held"], 1, "{status}");
+    assert_eq!(status["primary"]["state"], "unknown");
+
+    let list = json(&standby_cli(
+        &moto,
+        &cfg,
+        &["list", "--status", "held", "--json"],
+        &[],
+    ));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        list[0]["rcpt_to"],
+        serde_json::json!(["bob@example.test", "erin@example.test"])
+    );
+    assert_eq!(list[0]["subject"], "Quarterly figures");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    let show = json(&standby_cli(&moto, &cfg, &["show", &id, "--json"], &[]));
+    assert_eq!(show["intake"], "ses");
+    assert_eq!(show["blob"], ses_id.as_str());
+    assert_eq!(show["verdicts"]["dmarc"], "GRAY");
+    let raw_out = standby_cli(&moto, &cfg, &["show", &id, "--raw"], &[]);
+    assert_eq!(ok(&raw_out), raw, "show --raw gives the stored bytes");
+
+    // hold: the drain leaves it alone; release: it goes.
+    ok(&standby_cli(&moto, &cfg, &["hold", &id], &[]));
+    pf.start();
+    let report = json(&standby_cli(&moto, &cfg, &["drain", "--json"], &[]));
+    assert_eq!(report["delivered"], 0, "{report}");
+    assert!(pf.delivered().is_empty());
+    ok(&standby_cli(&moto, &cfg, &["release", &id], &[]));
+    let report = json(&standby_cli(&moto, &cfg, &["drain", "--json"], &[]));
+    assert_eq!(report["delivered"], 1, "{report}");
+    common::wait_for(
+        "2 copies at the primary",
+        std::time::Duration::from_secs(30),
+        || pf.delivered().len() == 2,
+    );
+    let status = json(&standby_cli(&moto, &cfg, &["status", "--json"], &[]));
+    assert_eq!(status["counts"]["held"], 0, "{status}");
+    assert_eq!(status["counts"]["delivered"], 1, "{status}");
+    assert_eq!(status["primary"]["last_drain"]["delivered"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_backend_errors_are_clear() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // No table yet: a permanent error naming the problem, exit 1, not a panic.
+    let cfg = cli_config(dir.path(), "nosuch", 25);
+    let out = standby_cli(&moto, &cfg, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+    // backend = "aws" without a table is refused when the config is read.
+    std::fs::write(
+        &cfg,
+        "backend = \"aws\"\nbucket = \"b\"\n[primary]\naddress = \"p:587\"\n",
+    )
+    .unwrap();
+    let out = standby_cli(&moto, &cfg, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs `bucket` and `table`"), "{err}");
+    let _ = moto.port;
+}
