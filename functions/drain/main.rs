@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
         move |event: LambdaEvent<serde_json::Value>| async move {
             let request = DrainRequest::from_payload(&event.payload);
             let deadline = deadline_instant(event.context.deadline);
-            match function.handle(request, Some(deadline)).await {
+            match function.handle(request, deadline).await {
                 Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
                 Err(e) => Err(Diagnostic {
                     error_type: if e.is_transient() {

@@ -135,7 +135,17 @@ impl DrainFunction {
         .await?;
         summary.primary = h.state.to_string();
         summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
-        if h.state == PrimaryState::Up || req.force {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(left) = left.filter(|l| *l <= SAFETY_MARGIN) {
+            let why = format!(
+                "the invocation ends in {} s, less than the {} s kept in reserve: nothing was \
+                 claimed (set the function timeout to a few minutes)",
+                left.as_secs(),
+                SAFETY_MARGIN.as_secs()
+            );
+            tracing::warn!("{why}");
+            summary.stopped = Some(why);
+        } else if h.state == PrimaryState::Up || req.force {
             let opts = RunOptions {
                 deadline: deadline.map(|d| {
                     tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))

@@ -96,7 +96,19 @@ pub async fn relay_for(config: &Config, clients: &AwsClients) -> Result<SmtpRela
 }
 
 /// The Lambda context's deadline (ms since the epoch) as an `Instant`.
-pub fn deadline_instant(deadline_ms: u64) -> Instant {
+///
+/// `None` when the value cannot be an epoch time (before 2020): `cargo lambda watch`
+/// sends the timeout itself (`600000`) instead of a point in time, and treating that as
+/// 1970 would make every run stop before claiming anything.
+pub fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
+    const YEAR_2020_MS: u64 = 1_577_836_800_000;
+    if deadline_ms < YEAR_2020_MS {
+        tracing::warn!(
+            deadline_ms,
+            "the invocation deadline is not a time; running without one"
+        );
+        return None;
+    }
     let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
 }

@@ -1,0 +1,217 @@
+//! The two Lambda binaries run for real under `cargo lambda watch` (its emulation of the
+//! Lambda runtime and invoke APIs), wired only by environment variables, against moto and
+//! a real Postfix primary: an SES event invoked with `cargo lambda invoke` becomes a
+//! DynamoDB item, and `standby drain --remote` invokes the drain binary through the
+//! Lambda Invoke API and prints its summary.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::aws::{Moto, child_env, cli_config, require_venv_tool, ses_put, standby_cli};
+use common::{Postfix, free_port, repo, wait_for};
+
+const INGEST: &str = env!("CARGO_BIN_EXE_standby-ingest");
+const DRAIN: &str = env!("CARGO_BIN_EXE_standby-drain");
+
+/// Processes killed on drop.
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn path_with_venv() -> String {
+    let bin = require_venv_tool("cargo-lambda");
+    format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Start a Lambda binary against the emulator's runtime API under `name`.
+fn function(
+    bin: &str,
+    name: &str,
+    port: u16,
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Child {
+    Command::new(bin)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt/{name}"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the Lambda binary")
+}
+
+fn invoke(port: u16, name: &str, data_file: &std::path::Path) -> std::process::Output {
+    Command::new("cargo")
+        .current_dir(repo())
+        .env("PATH", path_with_venv())
+        .args([
+            "lambda",
+            "invoke",
+            name,
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .arg("--data-file")
+        .arg(data_file)
+        .args(["--output-format", "json"])
+        .output()
+        .expect("cargo lambda invoke")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binaries_run_under_the_lambda_emulator() {
+    let moto = Moto::start();
+    let (clients, settings, storage) = moto.storage("binaries").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new("cargo")
+            .current_dir(repo())
+            .env("PATH", path_with_venv())
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--timeout",
+                "300",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("watch.log")).unwrap())
+            .spawn()
+            .expect("start cargo lambda watch"),
+    );
+    wait_for("the Lambda emulator", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let mut env = child_env(&moto);
+    env.extend(
+        [
+            ("STANDBY_BUCKET", "binaries".to_string()),
+            ("STANDBY_TABLE", "binaries".to_string()),
+            ("STANDBY_PRIMARY", format!("127.0.0.1:{}", pf.port)),
+            ("STANDBY_PRIMARY_TLS", "none".to_string()),
+            ("STANDBY_HEALTH_UP_AFTER", "1".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    procs.0.push(function(
+        INGEST,
+        "standby-ingest",
+        port,
+        &env,
+        &dir.path().join("ingest.log"),
+    ));
+    procs.0.push(function(
+        DRAIN,
+        "standby-drain",
+        port,
+        &env,
+        &dir.path().join("drain.log"),
+    ));
+
+    // SES: the S3 action, then the Lambda action with the event.
+    let event_file = repo().join("tests/fixtures/ses/normal.json");
+    let out = invoke(port, "standby-ingest", &event_file);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "no object yet: the function must fail\n{stdout}"
+    );
+    assert!(
+        stderr.contains("MissingObject") || stdout.contains("MissingObject"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        storage
+            .index
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let raw = common::fixture("ses/message.eml", "tok-binaries");
+    ses_put(
+        &clients,
+        &settings,
+        "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1",
+        raw.as_bytes(),
+    )
+    .await;
+    let out = invoke(port, "standby-ingest", &event_file);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["indexed"], 1, "{report}");
+    let recs = storage.index.list(&Default::default()).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].rcpts[0].address, "bob@example.test");
+
+    // The operator asks the deployed drain function to run now.
+    let cfg = cli_config(dir.path(), "binaries", pf.port);
+    let lambda_url = format!("http://127.0.0.1:{port}");
+    let out = standby_cli(
+        &moto,
+        &cfg,
+        &["drain", "--remote", "standby-drain"],
+        &[("AWS_ENDPOINT_URL_LAMBDA", lambda_url.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}\ndrain log: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("drain.log")).unwrap_or_default()
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["delivered"], 1, "{summary}");
+    assert_eq!(summary["primary"], "up", "{summary}");
+    assert_eq!(summary["held"], 0, "{summary}");
+    wait_for("the copy at the primary", Duration::from_secs(30), || {
+        pf.delivered().len() == 1
+    });
+    assert!(String::from_utf8_lossy(&pf.delivered()[0]).contains("tok-binaries"));
+    // The functions log JSON (CloudWatch) and never the full addresses at info.
+    let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('{') && l.contains("message indexed")),
+        "{log}"
+    );
+    assert!(!log.contains("bob@example.test"), "{log}");
+}
