@@ -117,7 +117,7 @@ pub fn from_headers(
         let d = addr
             .rsplit_once('@')
             .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
-        d.is_some_and(|d| domains.iter().any(|x| *x == d))
+        d.is_some_and(|d| domains.contains(&d))
     };
     if let Some(m) = &parsed {
         if let HeaderValue::Address(a) = m.return_path() {

@@ -303,7 +303,7 @@ impl Index for DynamoIndex {
         for st in statuses {
             out.extend(self.list_status(st, q.limit).await?);
         }
-        out.sort_by(|a, b| (a.received_at, a.id).cmp(&(b.received_at, b.id)));
+        out.sort_by_key(|a| (a.received_at, a.id));
         if let Some(l) = q.limit {
             out.truncate(l);
         }
