@@ -266,7 +266,13 @@ async fn aws_claims_race_without_double_leases() {
     let (ca, cb) = (claim("a", 30), claim("b", 30));
     let (a, b) = tokio::join!(storage.index.claim(&ca), storage.index.claim(&cb));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.len() + b.len(), 30, "every message claimed once");
+    assert_eq!(
+        a.len() + b.len(),
+        30,
+        "every message claimed once: a {} b {}",
+        a.len(),
+        b.len()
+    );
     for r in &a {
         assert!(b.iter().all(|x| x.id != r.id), "{} claimed twice", r.id);
     }

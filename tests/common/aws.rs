@@ -1,4 +1,5 @@
-//! A moto server per test (S3, DynamoDB, Secrets Manager over real HTTP) and clients for
+//! A moto server per test (S3, DynamoDB, Secrets Manager over real HTTP, one request at
+//! a time as `scripts/moto-server` explains) and clients for
 //! it with static test credentials. moto comes from the venv `scripts/test` makes.
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub fn child_env(moto: &Moto) -> Vec<(String, String)> {
 }
 
 fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("STANDBY_VENV").map_or_else(
+    let venv = std::env::var_os("STANDBYMX_VENV").map_or_else(
         || {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".cache/standby-mx/venv")
@@ -43,7 +44,7 @@ pub fn require_venv_tool(name: &str) -> PathBuf {
     assert!(
         bin.exists(),
         "{} not found: run scripts/test, which makes the venv ~/.cache/standby-mx/venv with \
-         `pip install 'moto[server]' cargo-lambda` (or set STANDBY_VENV to such a venv)",
+         `pip install 'moto[server]' cargo-lambda` (or set STANDBYMX_VENV to such a venv)",
         bin.display()
     );
     bin
@@ -58,9 +59,12 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let bin = require_venv_tool("moto_server");
+        require_venv_tool("moto_server");
+        let python = require_venv_tool("python");
         let port = free_port();
-        let child = Command::new(bin)
+        // moto's own server, one request at a time (see the script for why).
+        let child = Command::new(python)
+            .arg(super::repo().join("scripts/moto-server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

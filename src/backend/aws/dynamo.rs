@@ -194,15 +194,6 @@ impl DynamoIndex {
         }
     }
 
-    /// After a failed condition: was the item missing (NotFound) or leased?
-    async fn why_refused(&self, id: MessageId) -> StoreError {
-        match self.get(id).await {
-            Ok(None) => StoreError::NotFound(id),
-            Ok(Some(_)) => StoreError::Leased(id),
-            Err(e) => e,
-        }
-    }
-
     /// Try to lease one candidate; `None` when another worker won it or it changed.
     async fn lease_one(
         &self,
@@ -215,9 +206,11 @@ impl DynamoIndex {
             .table_name(&self.table)
             .key(PK, pk(id))
             .update_expression("SET lease_owner = :o, lease_until = :u")
+            // `lease_owner = :o`: the SDK may resend a request whose answer was lost; the
+            // resend must find its own lease, not a failed condition.
             .condition_expression(
                 "attribute_exists(pk) AND #s = :held AND \
-                 (attribute_not_exists(lease_until) OR lease_until <= :now)",
+                 (attribute_not_exists(lease_until) OR lease_until <= :now OR lease_owner = :o)",
             )
             .expression_attribute_names("#s", GSI_PK)
             .expression_attribute_values(":o", s(req.owner.clone()))
@@ -257,7 +250,12 @@ impl DynamoIndex {
         }
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(self.why_refused(rec.id).await),
+            Err(e) if is_condition_failed(&e) => match self.get(rec.id).await? {
+                // A resent write whose first answer was lost finds its own result.
+                Some(cur) if cur == bare => Ok(()),
+                Some(_) => Err(StoreError::Leased(rec.id)),
+                None => Err(StoreError::NotFound(rec.id)),
+            },
             Err(e) => Err(classify(BACKEND, "PutItem", e)),
         }
     }
