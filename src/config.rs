@@ -641,4 +641,62 @@ mod tests {
             .to_string();
         assert!(e.contains("r.txt:2"), "{e}");
     }
+
+    #[test]
+    fn lambda_environment() {
+        let c = Config::from_lambda_env(env(&[
+            ("STANDBY_BUCKET", "mail-bucket"),
+            ("STANDBY_TABLE", "standby"),
+            ("STANDBY_PRIMARY", "mx1.example.test:587"),
+            ("STANDBY_PRIMARY_AUTH_USER", "standby"),
+            (
+                "STANDBY_PRIMARY_SECRET",
+                "arn:aws:secretsmanager:us-east-1:1:secret:p",
+            ),
+            ("STANDBY_LOG", "debug"),
+        ]))
+        .unwrap();
+        assert_eq!(c.backend, BackendKind::Aws);
+        assert_eq!(c.primary_addr(), "mx1.example.test:587");
+        assert_eq!(
+            c.primary.tls,
+            TlsMode::Required,
+            "STARTTLS required by default"
+        );
+        assert_eq!(
+            c.primary.auth_password_env.as_deref(),
+            Some(ENV_PRIMARY_SECRET)
+        );
+        let s = c.aws_settings().unwrap();
+        assert_eq!(
+            (s.bucket.as_str(), s.table.as_str()),
+            ("mail-bucket", "standby")
+        );
+        assert_eq!(s.prefix, "incoming/");
+        assert!(c.domains.is_empty(), "SES decides which domains arrive");
+
+        let e = Config::from_lambda_env(env(&[("STANDBY_BUCKET", "b"), ("STANDBY_TABLE", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("STANDBY_PRIMARY"), "{e}");
+        let e = Config::from_lambda_env(env(&[("STANDBY_PRIMARY", "p:587")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("STANDBY_BUCKET"), "{e}");
+    }
+
+    #[test]
+    fn the_password_variable_is_never_read_as_a_key() {
+        let text = format!("{MIN}auth_user = \"u\"\nauth_password_env = \"STANDBY_SMTP_PASS\"\n");
+        let c = Config::from_parts(
+            Path::new("t.toml"),
+            &text,
+            env(&[
+                ("STANDBY_SMTP_PASS", "s3cret"),
+                ("STANDBY_PRIMARY_SECRET", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.primary.auth_user.as_deref(), Some("u"));
+    }
 }

@@ -126,3 +126,84 @@ async fn aws_backend_errors_are_clear() {
     assert!(err.contains("needs `bucket` and `table`"), "{err}");
     let _ = moto.port;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_password_from_a_secrets_manager_arn() {
+    use common::{FAKE_PASS, FAKE_USER, FakeAuth, FakePrimary, FakeReply};
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (clients, settings, storage) = moto.storage("secret").await;
+    let sm = aws_sdk_secretsmanager::Client::new(&clients.sdk);
+    let arn = sm
+        .create_secret()
+        .name("standby/primary")
+        .secret_string(format!(
+            r#"{{"username":"{FAKE_USER}","password":"{FAKE_PASS}"}}"#
+        ))
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        standby::backend::aws::secrets::resolve(&clients.sdk, &arn)
+            .await
+            .unwrap(),
+        FAKE_PASS
+    );
+
+    let fake = FakePrimary::start(vec![FakeReply::Submission(FakeAuth::Plain)]);
+    let cfg = dir.path().join("standby.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "backend = \"aws\"\nbucket = \"secret\"\ntable = \"secret\"\n\
+             [primary]\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\
+             auth_user = \"{FAKE_USER}\"\nauth_password_env = \"STANDBY_PRIMARY_SECRET\"\n",
+            fake.port
+        ),
+    )
+    .unwrap();
+    let ev: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/ses/normal.json")).unwrap(),
+    )
+    .unwrap();
+    let raw = common::fixture("ses/message.eml", "tok-secret");
+    ses_put(
+        &clients,
+        &settings,
+        "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1",
+        raw.as_bytes(),
+    )
+    .await;
+    Ingest::new(storage, "").handle(ev).await.unwrap();
+
+    let out = standby_cli(
+        &moto,
+        &cfg,
+        &["drain", "--force", "--json"],
+        &[("STANDBY_PRIMARY_SECRET", arn.as_str())],
+    );
+    let report = json(&out);
+    assert_eq!(report["delivered"], 1, "{report}");
+    let log = fake.log.lock().unwrap().join("\n");
+    assert!(log.contains("AUTH PLAIN true"), "{log}");
+
+    // A secret that does not exist: a clear error naming it, nothing sent.
+    let out = standby_cli(
+        &moto,
+        &cfg,
+        &["drain", "--force"],
+        &[(
+            "STANDBY_PRIMARY_SECRET",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reading secret arn:aws:secretsmanager") && err.contains("nope"),
+        "{err}"
+    );
+}

@@ -24,6 +24,8 @@ struct PrimaryView {
 
 #[derive(Serialize)]
 struct StatusView {
+    /// Where the messages are: the spool directory or the bucket and table.
+    store: String,
     primary: PrimaryView,
     counts: Counts,
     oldest_held: Option<DateTime<Utc>>,
@@ -76,7 +78,15 @@ fn time(t: DateTime<Utc>) -> String {
 pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Result<(), CliError> {
     let address = config.primary_addr();
     let health = health::load_for(storage.index.as_ref(), &address).await?;
+    let store = match config.aws_settings() {
+        Some(a) => format!(
+            "s3://{}/{} + dynamodb table {}",
+            a.bucket, a.prefix, a.table
+        ),
+        None => config.data_dir().display().to_string(),
+    };
     let view = StatusView {
+        store,
         primary: PrimaryView {
             address,
             state: health.state,
@@ -94,6 +104,7 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
         return Ok(());
     }
     let p = &view.primary;
+    writeln!(out, "store     {}", view.store)?;
     write!(out, "primary   {}  {}", p.address, p.state)?;
     if let Some(since) = p.since {
         write!(out, " since {} ({})", time(since), ago(since))?;
