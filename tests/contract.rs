@@ -277,3 +277,33 @@ async fn aws_claims_race_without_double_leases() {
         assert!(b.iter().all(|x| x.id != r.id), "{} claimed twice", r.id);
     }
 }
+
+#[tokio::test]
+async fn aws_errors_say_whether_to_retry() {
+    let moto = common::aws::Moto::start();
+    let clients = moto.clients().await;
+    // A table that does not exist: permanent, named in the message.
+    let missing = standby::backend::Storage::aws(&clients, &moto.settings("nosuchtable"));
+    let e = missing.index.counts().await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("ResourceNotFoundException"), "{e}");
+    // Nothing listening: transient (the next run may reach it).
+    let mut settings = moto.settings("any");
+    let port = common::free_port();
+    settings.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
+    let sdk = clients
+        .sdk
+        .to_builder()
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .build();
+    let down = standby::backend::aws::AwsClients::from_sdk(sdk);
+    let storage = standby::backend::Storage::aws(&down, &settings);
+    let e = storage
+        .index
+        .get(MessageId::new(Utc::now()))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    let e = storage.blobs.stat("x").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+}
