@@ -267,3 +267,44 @@ async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
     );
     assert!(pf.delivered().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_reports_and_changes_nothing() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("dryrun").await;
+    let pf = Postfix::primary();
+    pf.start();
+    receive(&clients, &s, &storage, "normal.json", "tok-dry").await;
+    ses_put(
+        &clients,
+        &s,
+        "unindexed0object0for0the0dry0run0abcdefgh",
+        common::fixture("ses/message.eml", "tok-dry2").as_bytes(),
+    )
+    .await;
+    let clock = Arc::new(Shifted::default());
+    clock.advance(chrono::Duration::minutes(10));
+    let f = function(&storage, "dryrun", pf.port, clock);
+    let req = DrainRequest {
+        force: false,
+        dry_run: true,
+    };
+    let sum = f.handle(req, deadline()).await.unwrap();
+    assert_eq!(
+        (sum.reconciled, sum.due, sum.delivered, sum.held),
+        (1, Some(1), 0, 1),
+        "{sum:?}"
+    );
+    // Nothing was written: still one record, no probe recorded, nothing at the primary.
+    assert_eq!(
+        storage.index.list(&Default::default()).await.unwrap().len(),
+        1
+    );
+    assert!(storage.index.load_health().await.unwrap().is_none());
+    assert!(pf.delivered().is_empty());
+    // The payload decides: anything that is not a request object means defaults.
+    let parsed = DrainRequest::from_payload(&serde_json::json!({"dry_run": true}));
+    assert!(parsed.dry_run && !parsed.force);
+    let scheduled = DrainRequest::from_payload(&serde_json::json!("scheduler input"));
+    assert!(!scheduled.dry_run && !scheduled.force);
+}
