@@ -38,12 +38,25 @@ pub fn require(tool: &str, package: &str) {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
+///
+/// Taken below Linux's ephemeral range (32768-60999): the tests open thousands of client
+/// connections (the SDK to moto, the drain to Postfix), and a port handed out from that
+/// range could be taken by one of them before the server that should listen on it starts.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + seed.wrapping_add(n.wrapping_mul(104_729)) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
 
 /// Wait until `f` returns true, or panic with `what` after `timeout`.
