@@ -102,6 +102,13 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
     assert_eq!(status["counts"]["held"], 0, "{status}");
     assert_eq!(status["counts"]["delivered"], 1, "{status}");
     assert_eq!(status["primary"]["last_drain"]["delivered"], 1, "{status}");
+    assert!(
+        status["store"]
+            .as_str()
+            .unwrap()
+            .contains("s3://opcli/incoming/"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

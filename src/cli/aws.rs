@@ -14,8 +14,7 @@ use crate::smtp::SmtpRelay;
 fn settings(config: &Config, what: &str) -> Result<AwsSettings, CliError> {
     config.aws_settings().ok_or_else(|| {
         CliError::Usage(format!(
-            "{what} needs backend = \"aws\" with bucket and table in {}",
-            "the config"
+            "{what} needs backend = \"aws\" with bucket and table in the config"
         ))
     })
 }

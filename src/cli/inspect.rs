@@ -20,6 +20,8 @@ struct PrimaryView {
     since: Option<DateTime<Utc>>,
     last_probe: Option<ProbeResult>,
     last_drain: Option<LastDrain>,
+    probes_ok: u64,
+    probes_failed: u64,
 }
 
 #[derive(Serialize)]
@@ -93,6 +95,8 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             since: health.since,
             last_probe: health.last_probe,
             last_drain: health.last_drain,
+            probes_ok: health.probes_ok,
+            probes_failed: health.probes_failed,
         },
         counts: storage.index.counts().await?,
         oldest_held: storage.index.oldest(Status::Held).await?,
