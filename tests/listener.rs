@@ -9,33 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Read until `n` replies (lines whose 4th byte is a space) have arrived.
-fn replies(s: &mut TcpStream, n: usize) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let done = text
-            .lines()
-            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
-            .count();
-        if done >= n {
-            return text;
-        }
-        let k = s.read(&mut buf).unwrap_or(0);
-        if k == 0 {
-            return text;
-        }
-        out.extend_from_slice(&buf[..k]);
-    }
-}
-
 #[test]
 fn connection_limit_and_command_timeout() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);

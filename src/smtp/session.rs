@@ -152,6 +152,11 @@ impl<'p> Session<'p> {
 
     /// Handle one command line (ending in LF).
     pub fn handle(&mut self, line: &[u8]) -> Step {
+        // The parser drops source routes (`<@a,@b:user@c>`) silently; RFC 5321 lets a
+        // server decline them, and a standby has no reason to accept one.
+        if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"RCPT TO:") && has_source_route(line) {
+            return self.error(step(550, "5.7.1", "Relay access denied (source route)"));
+        }
         let parsed = Request::parse(&mut line.iter());
         match parsed {
             Ok(req) => self.request(req),
@@ -162,6 +167,12 @@ impl<'p> Session<'p> {
                     }
                     ProtoError::InvalidSenderAddress => {
                         step(501, "5.1.7", "Bad sender address syntax")
+                    }
+                    // An address the parser refuses but which carries routing syntax
+                    // (a bare bang path, a source route) is a relay attempt, and is
+                    // answered as one.
+                    ProtoError::InvalidRecipientAddress if has_routing(line) => {
+                        step(550, "5.7.1", "Relay access denied")
                     }
                     ProtoError::InvalidRecipientAddress => {
                         step(501, "5.1.3", "Bad recipient address syntax")
@@ -285,6 +296,10 @@ impl<'p> Session<'p> {
     }
 
     /// Decide on a recipient; returns the address to store, or the refusal.
+    ///
+    /// Refused as relaying (550 5.7.1): a domain not ours (IP literals included), and any
+    /// routing syntax in the local part, quoted or escaped or not (`%`, `!`, `@`, `:`),
+    /// because a primary or a later hop might still honour it.
     fn check_recipient(&self, address: &str) -> Result<String, Step> {
         let Some((local, domain)) = address.rsplit_once('@') else {
             return Err(step(
@@ -296,7 +311,7 @@ impl<'p> Session<'p> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         // `%` and `!` in the local part are old routing syntaxes a naive primary could
         // honour to relay elsewhere; Postfix refuses them the same way.
-        let routed = local.contains(['%', '!', '@']);
+        let routed = local.contains(['%', '!', '@', ':']);
         if routed || !self.policy.domains.contains(&domain) {
             return Err(step(550, "5.7.1", "Relay access denied"));
         }
@@ -333,6 +348,25 @@ fn printable(s: &str) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(64)
         .collect()
+}
+
+/// Whether the address of a `RCPT TO:` line starts with a source route (`<@`).
+fn has_source_route(line: &[u8]) -> bool {
+    let arg = &line[8..];
+    let start = arg
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(arg.len());
+    arg[start..].starts_with(b"<@")
+}
+
+/// Whether a command line carries address routing syntax (`!`, `%`, a source route) or
+/// an address literal (`[192.0.2.1]`, never one of our domains).
+fn has_routing(line: &[u8]) -> bool {
+    let arg = line.splitn(2, |b| *b == b':').nth(1).unwrap_or_default();
+    arg.iter()
+        .any(|b| matches!(b, b'!' | b'%' | b':' | b',' | b'['))
+        || arg.iter().filter(|b| **b == b'@').count() > 1
 }
 
 #[cfg(test)]
@@ -391,6 +425,36 @@ mod tests {
         ] {
             let r = s.handle(format!("RCPT TO:{rcpt}\r\n").as_bytes());
             assert!(r.reply.starts_with(want), "{rcpt}: {}", r.reply);
+        }
+    }
+
+    /// Every relay trick known to have worked against some MTA.
+    pub(crate) fn relay_attempts() -> impl Iterator<Item = &'static str> {
+        include_str!("../../tests/fixtures/relay-attempts.txt")
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    }
+
+    #[test]
+    fn relay_battery_is_refused_with_5_7_1() {
+        let p = policy(None);
+        let attempt = |rcpt: &str| {
+            let mut s = Session::new(&p, false);
+            s.handle(b"EHLO c\r\n");
+            s.handle(b"MAIL FROM:<a@example.org>\r\n");
+            s.handle(format!("RCPT TO:{rcpt}\r\n").as_bytes()).reply
+        };
+        for rcpt in relay_attempts() {
+            let r = attempt(rcpt);
+            assert!(r.starts_with("550 5.7.1"), "{rcpt}: {r}");
+        }
+        for ok in [
+            "<bob@example.test>",
+            "<Bob@EXAMPLE.test.>",
+            "<postmaster@example.test>",
+        ] {
+            let r = attempt(ok);
+            assert!(r.starts_with("250 "), "{ok}: {r}");
         }
     }
 

@@ -8,7 +8,7 @@
 
 pub mod aws;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -75,6 +75,34 @@ fn wait_listening(port: u16, timeout: Duration) {
     wait_for(&format!("a listener on port {port}"), timeout, || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
+}
+
+/// A raw SMTP connection with a 10 s read timeout.
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Read until `n` replies (lines whose 4th byte is a space) have arrived.
+pub fn replies(s: &mut TcpStream, n: usize) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let done = text
+            .lines()
+            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+            .count();
+        if done >= n {
+            return text;
+        }
+        let k = s.read(&mut buf).unwrap_or(0);
+        if k == 0 {
+            return text;
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
 }
 
 /// A private Postfix instance acting as the organisation's primary server.
