@@ -145,6 +145,10 @@ pub struct PrimaryConfig {
     /// Name of the environment variable holding the password (never the password itself).
     #[serde(default)]
     pub auth_password_env: Option<String>,
+    /// Send the AUTH password over a connection without TLS. Off by default: only for a
+    /// primary on a trusted network that cannot do STARTTLS.
+    #[serde(default, deserialize_with = "lenient")]
+    pub allow_plaintext_auth: bool,
     /// Seconds to wait for any reply of the primary.
     #[serde(default = "default_primary_timeout", deserialize_with = "lenient")]
     pub timeout_secs: u64,
@@ -465,6 +469,16 @@ impl Config {
         if self.primary.auth_user.is_some() != self.primary.auth_password_env.is_some() {
             return Err(invalid(
                 "primary.auth_user and primary.auth_password_env must be set together".into(),
+            ));
+        }
+        if self.primary.auth_user.is_some()
+            && self.primary.tls == TlsMode::None
+            && !self.primary.allow_plaintext_auth
+        {
+            return Err(invalid(
+                "primary.auth_user with primary.tls = \"none\" would send the password in the \
+                 clear: use tls = \"required\", or set primary.allow_plaintext_auth = true"
+                    .into(),
             ));
         }
         if self.primary.address.trim().is_empty() {

@@ -166,7 +166,7 @@ async fn primary_password_from_a_secrets_manager_arn() {
         &cfg,
         format!(
             "backend = \"aws\"\nbucket = \"secret\"\ntable = \"secret\"\n\
-             [primary]\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\
+             [primary]\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\nallow_plaintext_auth = true\n\
              auth_user = \"{FAKE_USER}\"\nauth_password_env = \"STANDBY_PRIMARY_SECRET\"\n",
             fake.port
         ),

@@ -116,6 +116,7 @@ fn submission_primary(auth: FakeAuth, password: &str) -> (FakePrimary, Standby) 
         "",
         &[
             ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_PRIMARY_ALLOW_PLAINTEXT_AUTH", "true"),
             ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
             ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
             ("PRIMARY_PW", password),
@@ -184,4 +185,85 @@ fn wrong_password_stops_the_drain_and_keeps_the_mail() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_SET_ANYWHERE"));
+}
+
+/// The password never travels without TLS unless the config says so, and never shows
+/// in logs or command output.
+#[test]
+fn no_password_over_plain_text_and_none_in_logs() {
+    const PW: &str = "Pw-9f3b1c!never-logged";
+    // tls = "none" with AUTH: refused when the config is read.
+    let fake = FakePrimary::start(vec![FakeReply::Submission(FakeAuth::Plain)]);
+    let sb = Standby::start(fake.port, "");
+    let out = std::process::Command::new(STANDBY)
+        .args(["status", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_PRIMARY_TLS", "none")
+        .env("STANDBY_PRIMARY_AUTH_USER", FAKE_USER)
+        .env("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW")
+        .env("PRIMARY_PW", PW)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allow_plaintext_auth"), "{err}");
+    drop(sb);
+
+    // Opportunistic TLS against a primary without STARTTLS: the session stays plain, so
+    // the standby does not log in and the mail stays held.
+    let sb = Standby::start_with_env(
+        fake.port,
+        "",
+        &[
+            // The daemon never drains here (the primary never counts as up), so the one
+            // attempt is the operator's below.
+            ("STANDBY_HEALTH_UP_AFTER", "100000"),
+            ("STANDBY_PRIMARY_TLS", "opportunistic"),
+            ("STANDBY_PRIMARY_AUTH_USER", FAKE_USER),
+            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
+            ("PRIMARY_PW", PW),
+        ],
+    );
+    sb.send("bob@example.test", &[]);
+    let out = std::process::Command::new(STANDBY)
+        .args(["drain", "--force", "--json", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_PRIMARY_TLS", "opportunistic")
+        .env("STANDBY_PRIMARY_AUTH_USER", FAKE_USER)
+        .env("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW")
+        .env("PRIMARY_PW", PW)
+        .env("STANDBY_LOG", "trace")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("without TLS"), "{stdout}\n{stderr}");
+    assert_eq!(sb.counts()["held"], 1);
+    let log = fake.log.lock().unwrap().join("\n");
+    assert!(
+        !log.contains("AUTH"),
+        "the password was offered in the clear: {log}"
+    );
+    // Nowhere: drain output, trace-level logs, the daemon's debug log, status --json.
+    let status = sb.cli(&["status", "--json"]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{FAKE_USER}\0{PW}"))
+    };
+    for (what, text) in [
+        ("drain stdout", stdout.to_string()),
+        ("drain stderr", stderr.to_string()),
+        ("serve log", sb.log()),
+        (
+            "status",
+            String::from_utf8_lossy(&status.stdout).to_string(),
+        ),
+    ] {
+        assert!(
+            !text.contains(PW) && !text.contains(&b64),
+            "password in {what}: {text}"
+        );
+    }
 }

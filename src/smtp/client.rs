@@ -37,6 +37,7 @@ pub struct SmtpRelay {
     tls_mode: TlsMode,
     tls: Arc<rustls::ClientConfig>,
     credentials: Option<(String, String)>,
+    allow_plaintext_auth: bool,
     timeout: Duration,
 }
 
@@ -90,6 +91,7 @@ impl SmtpRelay {
             tls_mode: p.tls,
             tls: super::tls::client_config(p.tls_verify, p.ca_file.as_deref())?,
             credentials,
+            allow_plaintext_auth: p.allow_plaintext_auth,
             timeout: Duration::from_secs(p.timeout_secs.max(1)),
         })
     }
@@ -130,6 +132,7 @@ impl SmtpRelay {
             return Err(refused("banner", banner));
         }
         s.ehlo(&self.helo).await?;
+        let mut encrypted = false;
         if tls && s.caps.capabilities & EXT_START_TLS != 0 {
             s.cmd("STARTTLS\r\n").await?;
             let r = s.reply("STARTTLS").await?;
@@ -149,6 +152,7 @@ impl SmtpRelay {
                     })?
                     .map_err(|e| RelayError::Tls(e.to_string()))?;
             s.io = Box::new(stream);
+            encrypted = true;
             s.ehlo(&self.helo).await?;
         } else if tls && self.tls_mode == TlsMode::Required {
             return Err(RelayError::Tls(
@@ -156,6 +160,14 @@ impl SmtpRelay {
             ));
         }
         if auth && let Some((user, pass)) = &self.credentials {
+            if !encrypted && !self.allow_plaintext_auth {
+                return Err(RelayError::Tls(
+                    "not sending the AUTH password over a connection without TLS (the primary \
+                     offered no STARTTLS or it failed); set primary.allow_plaintext_auth = true \
+                     only for a primary on a trusted network"
+                        .into(),
+                ));
+            }
             s.auth(user, pass).await?;
         }
         Ok(s)
