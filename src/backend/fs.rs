@@ -19,6 +19,14 @@ use chrono::{DateTime, Utc};
 
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// Create `dir` if needed and make it accessible to its owner only.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::io("chmod", dir, e))
+}
+
 /// Message files in a spool directory.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -27,12 +35,14 @@ pub struct FsBlobStore {
 }
 
 impl FsBlobStore {
-    /// Open (creating if needed) the spool under `data_dir`.
+    /// Open (creating if needed) the spool under `data_dir`. The spool holds other
+    /// people's mail: its directories are made private (0700) and message files are
+    /// created 0600, whatever the umask.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let messages = data_dir.join("messages");
         let tmp = data_dir.join("tmp");
-        for dir in [&messages, &tmp] {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        for dir in [data_dir, &messages, &tmp] {
+            private_dir(dir)?;
         }
         Ok(FsBlobStore { messages, tmp })
     }
@@ -74,6 +84,7 @@ impl BlobStore for FsBlobStore {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .await
             .map_err(|e| StoreError::io("create", &tmp, e))?;

@@ -119,8 +119,13 @@ fn collect(
 impl SqliteIndex {
     /// Open or create `<data_dir>/index.db`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create", data_dir, e))?;
-        let conn = Connection::open(data_dir.join("index.db")).map_err(db_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        super::fs::private_dir(data_dir)?;
+        let path = data_dir.join("index.db");
+        let conn = Connection::open(&path).map_err(db_err)?;
+        // SQLite gives its -wal and -shm files the database file's mode.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::io("chmod", &path, e))?;
         Self::init(conn)
     }
 
