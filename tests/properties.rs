@@ -1,0 +1,104 @@
+//! Property tests over the SMTP session state machine and the summary parser: whatever
+//! a client sends, the session answers with well-formed replies, never accepts a
+//! recipient outside our domains, never starts DATA without an accepted recipient, and
+//! the summary parser neither panics nor returns unbounded fields.
+
+use proptest::prelude::*;
+use standby::smtp::session::{Next, Policy, Session};
+
+fn policy() -> Policy {
+    Policy {
+        hostname: "standby.test".into(),
+        domains: ["example.test".to_string()].into(),
+        recipients: None,
+        max_message_size: 1000,
+        max_recipients: 3,
+        tls_available: true,
+    }
+}
+
+/// Command lines a client (or an attacker) might send: real verbs with hostile
+/// arguments, and raw bytes.
+fn line() -> impl Strategy<Value = Vec<u8>> {
+    let addr = prop_oneof![
+        Just("<bob@example.test>".to_string()),
+        Just("<>".to_string()),
+        "<[a-z%!@:,\\[\\]\"\\\\.]{0,30}@?[a-z.\\[\\]0-9:]{0,20}>",
+        "[ -~]{0,40}",
+    ];
+    prop_oneof![
+        "(EHLO|HELO|LHLO) [ -~]{0,20}".prop_map(|s| s.into_bytes()),
+        addr.clone()
+            .prop_map(|a| format!("MAIL FROM:{a}").into_bytes()),
+        addr.prop_map(|a| format!("RCPT TO:{a}").into_bytes()),
+        Just(b"DATA".to_vec()),
+        Just(b"RSET".to_vec()),
+        Just(b"NOOP".to_vec()),
+        Just(b"STARTTLS".to_vec()),
+        Just(b"AUTH PLAIN AGJvYgBwdw==".to_vec()),
+        Just(b"BDAT 10 LAST".to_vec()),
+        "VRFY [ -~]{0,20}".prop_map(|s| s.into_bytes()),
+        prop::collection::vec(any::<u8>(), 0..80),
+    ]
+    .prop_map(|mut l| {
+        l.retain(|b| *b != b'\n');
+        l.extend_from_slice(b"\r\n");
+        l
+    })
+}
+
+fn well_formed(reply: &str) -> bool {
+    !reply.is_empty()
+        && reply.ends_with("\r\n")
+        && reply.split_terminator("\r\n").all(|l| {
+            let b = l.as_bytes();
+            b.len() >= 4
+                && b[..3].iter().all(u8::is_ascii_digit)
+                && (b[3] == b' ' || b[3] == b'-')
+                && l.chars().all(|c| c != '\r' && c != '\n')
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn session_invariants(lines in prop::collection::vec(line(), 1..40)) {
+        let p = policy();
+        let mut s = Session::new(&p, false);
+        prop_assert!(well_formed(&s.greeting()));
+        for l in &lines {
+            let step = s.handle(l);
+            prop_assert!(well_formed(&step.reply), "{:?} -> {:?}", String::from_utf8_lossy(l), step.reply);
+            for r in s.rcpts() {
+                let domain = r.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+                prop_assert_eq!(domain.as_deref(), Some("example.test"), "accepted {}", r);
+                prop_assert!(!r.contains(['%', '!', ':']), "accepted routed {}", r);
+            }
+            prop_assert!(s.rcpts().len() <= 3);
+            match step.next {
+                Next::Data => {
+                    prop_assert!(s.mail_from().is_some() && !s.rcpts().is_empty());
+                    prop_assert!(step.reply.starts_with("354"));
+                    // The client sends nothing; the transaction ends as if it were refused.
+                    s.data_done(standby::smtp::session::DataOutcome::TooBig);
+                }
+                Next::StartTls => { s.tls_started(); }
+                Next::Close => break,
+                Next::Command => {}
+            }
+        }
+    }
+
+    #[test]
+    fn summary_parser_is_total_and_bounded(raw in prop::collection::vec(any::<u8>(), 0..4096),
+                                           head in "(Subject|From|Message-ID|Date): [ -~]{0,3000}\r\n") {
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(&raw);
+        let s = standby::summary::parse(&msg);
+        for f in [&s.subject, &s.from, &s.message_id, &s.date].into_iter().flatten() {
+            prop_assert!(f.len() <= 998 * 4, "field of {} bytes", f.len());
+        }
+        let _ = standby::summary::check_message(standby::summary::head(&msg));
+    }
+}
