@@ -278,6 +278,12 @@ impl Standby {
         wait_listening(self.port, Duration::from_secs(20));
     }
 
+    /// Set (or replace) an environment variable for the next [`Standby::spawn`].
+    pub fn env_set(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
