@@ -52,10 +52,9 @@ fn send_one(port: u16, token: &str, lines: usize) -> bool {
     if !replies(&mut s, 1).starts_with("220 ") {
         return false;
     }
-    let cmds = format!(
-        "EHLO load.test\r\nMAIL FROM:<load@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
-    );
-    if s.write_all(cmds.as_bytes()).is_err() {
+    let cmds: &[u8] =
+        b"EHLO load.test\r\nMAIL FROM:<load@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n";
+    if s.write_all(cmds).is_err() {
         return false;
     }
     let r = replies(&mut s, 4);
