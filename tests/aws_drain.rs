@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::aws::{Moto, ses_put};
+use common::aws::{Moto, ses_event as event, ses_put};
 use common::{Postfix, repo};
 use standby::backend::Storage;
 use standby::config::Config;
@@ -29,11 +29,6 @@ impl Clock for Shifted {
     fn now(&self) -> DateTime<Utc> {
         Utc::now() + *self.0.lock().unwrap()
     }
-}
-
-fn event(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(repo().join("tests/fixtures/ses").join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 /// Put the object and run ingest, as SES and the ingest function would.

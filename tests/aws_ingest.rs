@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use common::aws::{Moto, ses_put};
+use common::aws::{Moto, ses_event as event, ses_put};
 use sha2::{Digest, Sha256};
 use standby::backend::Storage;
 use standby::lambda::ingest::{Ingest, IngestError};
@@ -13,12 +13,6 @@ use standby::lambda::reconcile::reconcile;
 use standby::model::{Intake, RcptStatus, Status};
 use standby::ports::ListQuery;
 use tokio::io::AsyncReadExt;
-
-fn event(name: &str) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(common::repo().join("tests/fixtures/ses").join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn ses_id(ev: &serde_json::Value) -> String {
     ev["Records"][0]["ses"]["mail"]["messageId"]

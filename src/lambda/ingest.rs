@@ -227,7 +227,7 @@ impl Ingest {
 }
 
 /// A virus FAIL is kept (for the operator to look at) but never delivered.
-fn quarantine_if_infected(rec: &mut Record, v: &Verdicts) -> bool {
+pub(crate) fn quarantine_if_infected(rec: &mut Record, v: &Verdicts) -> bool {
     if v.virus.as_deref() != Some("FAIL") {
         return false;
     }

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Verdicts};
+use crate::model::{Intake, MessageId, Origin, Recipient, Record, Status, Verdicts};
 use crate::summary;
 
 /// Objects younger than this are left to the ingest function.
@@ -174,16 +174,9 @@ pub fn from_headers(
         updated_at: now,
         blob: (key != id.to_string()).then(|| key.to_string()),
         intake: Intake::Reconciled,
-        verdicts: Some(verdicts),
+        verdicts: Some(verdicts.clone()),
     };
-    let virus = rec.verdicts.as_ref().and_then(|v| v.virus.as_deref()) == Some("FAIL");
-    if virus {
-        for r in &mut rec.rcpts {
-            r.status = RcptStatus::Failed;
-            r.reply = Some("quarantined: SES virus verdict FAIL".into());
-        }
-        rec.reason = Some("virus".into());
-    }
+    super::ingest::quarantine_if_infected(&mut rec, &verdicts);
     if rec.rcpts.is_empty() {
         rec.status = Status::Failed;
         rec.reason = Some("reconciled: no recipient in our domains found in the headers".into());
@@ -214,6 +207,17 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
         assert_eq!(rec.intake, Intake::Reconciled);
         assert_eq!(rec.blob.as_deref(), Some("abc123"));
         assert_eq!(rec.verdicts.unwrap().spam.as_deref(), Some("PASS"));
+    }
+
+    #[test]
+    fn a_virus_verdict_in_the_headers_is_quarantined() {
+        let raw = String::from_utf8_lossy(RAW)
+            .replace("X-SES-Virus-Verdict: PASS", "X-SES-Virus-Verdict: FAIL");
+        let now = Utc::now();
+        let id = MessageId::derived("v", now);
+        let rec = from_headers(id, "v", raw.as_bytes(), now, &["example.test".into()], now);
+        assert_eq!(rec.status, Status::Failed);
+        assert_eq!(rec.reason.as_deref(), Some("virus"));
     }
 
     #[test]

@@ -162,3 +162,9 @@ pub fn standby_cli(
         .output()
         .expect("run standby")
 }
+
+/// An SES Lambda-action event from `tests/fixtures/ses/`.
+pub fn ses_event(name: &str) -> serde_json::Value {
+    let path = super::repo().join("tests/fixtures/ses").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
