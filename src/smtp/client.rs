@@ -251,7 +251,11 @@ impl SmtpSession {
     }
 
     /// Bytes of the next complete reply.
+    /// One whole reply. The timeout bounds the reply, not each read: a primary (or a
+    /// tarpit) trickling one byte at a time cannot hold a drain worker forever
+    /// (RFC 5321 §4.5.3.2 times replies).
     async fn raw_reply(&mut self, stage: &'static str) -> Result<Vec<u8>, RelayError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             if let Some(n) = complete_reply(&self.buf) {
                 return Ok(self.buf.drain(..n).collect());
@@ -260,7 +264,7 @@ impl SmtpSession {
                 return Err(RelayError::Protocol(format!("reply to {stage} too long")));
             }
             self.buf.reserve(4096);
-            let n = tokio::time::timeout(self.timeout, self.io.read_buf(&mut self.buf))
+            let n = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf))
                 .await
                 .map_err(|_| RelayError::Timeout { stage })??;
             if n == 0 {

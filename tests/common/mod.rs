@@ -442,6 +442,11 @@ pub enum FakeReply {
     Healthy,
     /// `421` at the banner, then close.
     Busy421,
+    /// Banner, EHLO, MAIL, RCPT and DATA's 354 as usual, then the connection is closed
+    /// after the first lines of the message, with no reply to the final dot.
+    DropMidData,
+    /// Sends its banner one byte per second (a primary in distress, or a tarpit).
+    Trickle,
     /// A submission server without PIPELINING: AUTH (PLAIN or LOGIN, as `FakeAuth` says)
     /// is required before MAIL; messages are accepted and recorded in `FakePrimary::log`.
     Submission(FakeAuth),
@@ -536,6 +541,36 @@ fn submission(stream: TcpStream, auth: FakeAuth, log: &Mutex<Vec<String>>) {
     }
 }
 
+/// See [`FakeReply::DropMidData`].
+fn drop_mid_data(stream: TcpStream, log: &Mutex<Vec<String>>) {
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let _ = w.write_all(b"220 fake.test ESMTP\r\n");
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap_or(0) > 0 {
+        let upper = line.trim_end().to_ascii_uppercase();
+        let resp: &[u8] = if upper.starts_with("EHLO") {
+            b"250-fake.test\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            b"250 2.0.0 ok\r\n"
+        } else if upper == "DATA" {
+            let _ = w.write_all(b"354 go ahead\r\n");
+            line.clear();
+            let _ = r.read_line(&mut line);
+            log.lock().unwrap().push("dropped mid-DATA".into());
+            let _ = w.shutdown(std::net::Shutdown::Both);
+            return;
+        } else if upper.starts_with("QUIT") {
+            let _ = w.write_all(b"221 2.0.0 bye\r\n");
+            return;
+        } else {
+            b"502 5.5.1 not in this fake\r\n"
+        };
+        let _ = w.write_all(resp);
+        line.clear();
+    }
+}
+
 /// A tiny SMTP responder driven by a script, one entry per connection (the last entry
 /// repeats). Counts the connections it served.
 pub struct FakePrimary {
@@ -562,6 +597,15 @@ impl FakePrimary {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     match reply {
                         FakeReply::Submission(auth) => submission(stream, auth, &log),
+                        FakeReply::DropMidData => drop_mid_data(stream, &log),
+                        FakeReply::Trickle => {
+                            for b in b"220 fake.test ESMTP\r\n" {
+                                if stream.write_all(&[*b]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
+                        }
                         FakeReply::Busy421 => {
                             let _ =
                                 stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
