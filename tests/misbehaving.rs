@@ -72,3 +72,33 @@ fn a_primary_answering_one_byte_per_second_times_out() {
     assert_eq!(report["delivered"], 0, "{report}");
     assert_eq!(sb.counts()["held"], 1);
 }
+
+#[test]
+fn a_failed_tls_handshake_with_tls_required_sends_nothing() {
+    let fake = FakePrimary::start(vec![FakeReply::BadTls]);
+    let sb = standby_for(&fake);
+    sb.send("bob@example.test", &[]);
+    let out = std::process::Command::new(STANDBY)
+        .args(["drain", "--force", "--json", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_PRIMARY_TLS", "required")
+        .env("STANDBY_PRIMARY_TIMEOUT_SECS", "2")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["delivered"], 0, "{report}");
+    assert!(
+        report["stopped"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("TLS"),
+        "{report}"
+    );
+    assert_eq!(sb.counts()["held"], 1);
+    let rec = &sb.list("held")[0];
+    assert_eq!(
+        rec["attempts"], 0,
+        "a session that never started is not an attempt: {rec}"
+    );
+}

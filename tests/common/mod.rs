@@ -445,6 +445,8 @@ pub enum FakeReply {
     /// Banner, EHLO, MAIL, RCPT and DATA's 354 as usual, then the connection is closed
     /// after the first lines of the message, with no reply to the final dot.
     DropMidData,
+    /// Offers STARTTLS, answers 220 to it, then sends bytes that are not TLS.
+    BadTls,
     /// Sends its banner one byte per second (a primary in distress, or a tarpit).
     Trickle,
     /// A submission server without PIPELINING: AUTH (PLAIN or LOGIN, as `FakeAuth` says)
@@ -541,6 +543,27 @@ fn submission(stream: TcpStream, auth: FakeAuth, log: &Mutex<Vec<String>>) {
     }
 }
 
+/// See [`FakeReply::BadTls`].
+fn bad_tls(stream: TcpStream) {
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let _ = w.write_all(b"220 fake.test ESMTP\r\n");
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap_or(0) > 0 {
+        let upper = line.trim_end().to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            let _ = w.write_all(b"250-fake.test\r\n250 STARTTLS\r\n");
+        } else if upper == "STARTTLS" {
+            let _ = w.write_all(b"220 2.0.0 go ahead\r\nthis is not a TLS record at all\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+            return;
+        } else {
+            let _ = w.write_all(b"502 5.5.1 not in this fake\r\n");
+        }
+        line.clear();
+    }
+}
+
 /// See [`FakeReply::DropMidData`].
 fn drop_mid_data(stream: TcpStream, log: &Mutex<Vec<String>>) {
     let mut w = stream.try_clone().unwrap();
@@ -598,6 +621,7 @@ impl FakePrimary {
                     match reply {
                         FakeReply::Submission(auth) => submission(stream, auth, &log),
                         FakeReply::DropMidData => drop_mid_data(stream, &log),
+                        FakeReply::BadTls => bad_tls(stream),
                         FakeReply::Trickle => {
                             for b in b"220 fake.test ESMTP\r\n" {
                                 if stream.write_all(&[*b]).is_err() {
