@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{Intake, MessageId, Origin, Recipient, Record, Status, redact};
+use crate::model::{MessageId, Origin, Record, redact};
 use crate::ports::{BlobWriter, Clock};
 use crate::summary::HeadCapture;
 
@@ -110,23 +110,15 @@ impl Incoming {
         } = self;
         writer.commit().await?;
         let rec = Record {
-            id,
-            status: Status::Held,
-            mail_from: env.mail_from,
-            rcpts: env.rcpts.into_iter().map(Recipient::pending).collect(),
-            received_at,
-            size,
-            sha256: hex::encode(hasher.finalize()),
-            summary: head.summary(),
             origin: env.origin,
-            attempts: 0,
-            next_attempt_at: received_at,
-            lease: None,
-            reason: None,
-            updated_at: received_at,
-            blob: None,
-            intake: Intake::Smtp,
-            verdicts: None,
+            ..Record::held(
+                id,
+                env.mail_from,
+                env.rcpts,
+                received_at,
+                (size, hex::encode(hasher.finalize())),
+                head.summary(),
+            )
         };
         if let Err(e) = storage.index.insert(&rec).await {
             let _ = storage.blobs.delete(&id.to_string()).await;

@@ -248,6 +248,39 @@ pub struct Record {
 }
 
 impl Record {
+    /// A newly received message: held, every recipient pending, due at once. The intake,
+    /// origin, blob name and verdicts are the caller's to set (they default to our own
+    /// listener's: `smtp`, no origin, blob named by the id, no verdicts).
+    pub fn held(
+        id: MessageId,
+        mail_from: String,
+        rcpts: Vec<String>,
+        received_at: DateTime<Utc>,
+        bytes: (u64, String),
+        summary: Summary,
+    ) -> Record {
+        let (size, sha256) = bytes;
+        Record {
+            id,
+            status: Status::Held,
+            mail_from,
+            rcpts: rcpts.into_iter().map(Recipient::pending).collect(),
+            received_at,
+            size,
+            sha256,
+            summary,
+            origin: Origin::default(),
+            attempts: 0,
+            next_attempt_at: received_at,
+            lease: None,
+            reason: None,
+            updated_at: received_at,
+            blob: None,
+            intake: Intake::Smtp,
+            verdicts: None,
+        }
+    }
+
     /// Where the raw bytes are in the blob store.
     pub fn blob_key(&self) -> String {
         self.blob.clone().unwrap_or_else(|| self.id.to_string())

@@ -43,6 +43,24 @@ pub trait BlobStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::MissingBlob`] when there is no such blob.
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError>;
+    /// A whole blob and its info, for readers that need both (the SES ingest, the
+    /// reconciler). Stores that get both from one request (S3's GetObject) override it.
+    async fn read_all(&self, key: &str) -> Result<(Vec<u8>, BlobInfo), StoreError> {
+        use tokio::io::AsyncReadExt;
+        let info = self.stat(key).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        self.open(key)
+            .await?
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StoreError::Backend {
+                backend: "blob",
+                detail: format!("reading {key}: {e}"),
+                transient: true,
+                source: Some(Box::new(e)),
+            })?;
+        Ok((bytes, info))
+    }
     /// Every committed blob, in no particular order (for reconciliation).
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
 }

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::aws::{Moto, cli_config, ses_put, standby_cli};
-use common::{Postfix, repo};
+use common::Postfix;
+use common::aws::{Moto, cli_config, ses_receive, standby_cli};
 use serde_json::Value;
-use standby::lambda::ingest::Ingest;
 
 fn ok(out: &std::process::Output) -> String {
     assert!(
@@ -47,17 +46,8 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
     let clients = moto.clients().await;
     let settings = moto.settings("opcli");
     let storage = standby::backend::Storage::aws(&clients, &settings);
-    let ev: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/fixtures/ses/multi-rcpt.json")).unwrap(),
-    )
-    .unwrap();
-    let ses_id = ev["Records"][0]["ses"]["mail"]["messageId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let raw = common::fixture("ses/message.eml", "tok-cli");
-    ses_put(&clients, &settings, &ses_id, raw.as_bytes()).await;
-    Ingest::new(storage, "").handle(ev).await.unwrap();
+    let (ses_id, raw) =
+        ses_receive(&clients, &settings, &storage, "multi-rcpt.json", "tok-cli").await;
 
     let status = json(&standby_cli(&moto, &cfg, &["status", "--json"], &[]));
     assert_eq!(status["counts"]["held"], 1, "{status}");
@@ -172,19 +162,7 @@ async fn primary_password_from_a_secrets_manager_arn() {
         ),
     )
     .unwrap();
-    let ev: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/fixtures/ses/normal.json")).unwrap(),
-    )
-    .unwrap();
-    let raw = common::fixture("ses/message.eml", "tok-secret");
-    ses_put(
-        &clients,
-        &settings,
-        "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1",
-        raw.as_bytes(),
-    )
-    .await;
-    Ingest::new(storage, "").handle(ev).await.unwrap();
+    ses_receive(&clients, &settings, &storage, "normal.json", "tok-secret").await;
 
     let out = standby_cli(
         &moto,

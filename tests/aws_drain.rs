@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::aws::{Moto, ses_event as event, ses_put};
+use common::aws::{Moto, ses_put, ses_receive};
 use common::{Postfix, repo};
 use standby::backend::Storage;
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
-use standby::lambda::ingest::Ingest;
 use standby::ports::Clock;
 use standby::smtp::SmtpRelay;
 
@@ -29,23 +28,6 @@ impl Clock for Shifted {
     fn now(&self) -> DateTime<Utc> {
         Utc::now() + *self.0.lock().unwrap()
     }
-}
-
-/// Put the object and run ingest, as SES and the ingest function would.
-async fn receive(
-    moto_clients: &standby::backend::aws::AwsClients,
-    s: &standby::backend::aws::AwsSettings,
-    storage: &Storage,
-    name: &str,
-    token: &str,
-) {
-    let ev = event(name);
-    let id = ev["Records"][0]["ses"]["mail"]["messageId"]
-        .as_str()
-        .unwrap();
-    let raw = common::fixture("ses/message.eml", token);
-    ses_put(moto_clients, s, id, raw.as_bytes()).await;
-    Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
 }
 
 fn function(
@@ -105,8 +87,8 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     let (clients, s, storage) = moto.storage("deliver").await;
     let pf = Postfix::primary();
     pf.start();
-    receive(&clients, &s, &storage, "normal.json", "tok-normal").await;
-    receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
+    ses_receive(&clients, &s, &storage, "normal.json", "tok-normal").await;
+    ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
     // An object whose ingest never ran: the reconciler indexes it from its headers
     // (Received ... for bob@example.test) once it is older than MIN_AGE.
     ses_put(
@@ -179,7 +161,7 @@ async fn a_4xx_is_retried_on_a_later_invocation() {
     let pf = Postfix::primary();
     pf.rcpt_replies(&[("erin@example.test", "450 4.2.0 mailbox busy")]);
     pf.start();
-    receive(&clients, &s, &storage, "multi-rcpt.json", "tok-retry").await;
+    ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-retry").await;
     let clock = Arc::new(Shifted::default());
     let f = function(&storage, "retry", pf.port, clock.clone());
 
@@ -224,7 +206,7 @@ async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
     let moto = Moto::start();
     let (clients, s, storage) = moto.storage("down").await;
     let pf = Postfix::primary(); // configured, never started: the port refuses
-    receive(&clients, &s, &storage, "normal.json", "tok-down").await;
+    ses_receive(&clients, &s, &storage, "normal.json", "tok-down").await;
     let f = function(&storage, "down", pf.port, Arc::new(Shifted::default()));
 
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
@@ -269,7 +251,7 @@ async fn dry_run_reports_and_changes_nothing() {
     let (clients, s, storage) = moto.storage("dryrun").await;
     let pf = Postfix::primary();
     pf.start();
-    receive(&clients, &s, &storage, "normal.json", "tok-dry").await;
+    ses_receive(&clients, &s, &storage, "normal.json", "tok-dry").await;
     ses_put(
         &clients,
         &s,

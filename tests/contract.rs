@@ -189,7 +189,17 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
         .await
         .unwrap();
     assert_eq!(got, b"hello world");
+    let (all, read_info) = blobs.read_all(&key).await.unwrap();
+    assert_eq!(all, b"hello world");
+    assert!(matches!(
+        blobs.read_all("01JD3X8Q2T5M7K9V0W4Y6Z8A1B").await,
+        Err(StoreError::MissingBlob(_))
+    ));
     let info = blobs.stat(&key).await.unwrap();
+    assert_eq!(
+        read_info, info,
+        "read_all and stat agree (same store time, whole seconds on S3)"
+    );
     assert_eq!((info.key.as_str(), info.size), (key.as_str(), 11));
     assert!((Utc::now() - info.stored_at).num_seconds().abs() < 60);
     let listed = blobs.list().await.unwrap();

@@ -9,7 +9,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::aws::{Moto, child_env, cli_config, require_venv_tool, ses_put, standby_cli};
+use common::aws::{
+    Moto, child_env, cli_config, require_venv_tool, ses_event, ses_message_id, ses_put, standby_cli,
+};
 use common::{Postfix, free_port, repo, wait_for};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_standby-ingest");
@@ -165,7 +167,7 @@ async fn binaries_run_under_the_lambda_emulator() {
     ses_put(
         &clients,
         &settings,
-        "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1",
+        &ses_message_id(&ses_event("normal.json")),
         raw.as_bytes(),
     )
     .await;

@@ -19,6 +19,18 @@ use chrono::{DateTime, Utc};
 
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// A message file's [`BlobInfo`].
+fn info(key: &str, meta: &std::fs::Metadata) -> BlobInfo {
+    BlobInfo {
+        key: key.to_string(),
+        stored_at: meta
+            .modified()
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_default(),
+        size: meta.len(),
+    }
+}
+
 /// Create `dir` if needed and make it accessible to its owner only.
 pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
@@ -124,14 +136,7 @@ impl BlobStore for FsBlobStore {
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
         let path = self.key_path(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(meta) => Ok(BlobInfo {
-                key: key.to_string(),
-                stored_at: meta
-                    .modified()
-                    .map(DateTime::<Utc>::from)
-                    .unwrap_or_default(),
-                size: meta.len(),
-            }),
+            Ok(meta) => Ok(info(key, &meta)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::MissingBlob(key.to_string()))
             }
@@ -150,14 +155,7 @@ impl BlobStore for FsBlobStore {
                     continue;
                 };
                 let Ok(meta) = entry.metadata() else { continue };
-                out.push(BlobInfo {
-                    key: key.to_string(),
-                    stored_at: meta
-                        .modified()
-                        .map(DateTime::<Utc>::from)
-                        .unwrap_or_default(),
-                    size: meta.len(),
-                });
+                out.push(info(key, &meta));
             }
             Ok(out)
         })

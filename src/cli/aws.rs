@@ -3,10 +3,8 @@
 
 use std::io::Write;
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-
 use super::CliError;
-use crate::backend::aws::{AwsClients, AwsSettings};
+use crate::backend::aws::{AwsClients, AwsSettings, classify, secrets};
 use crate::config::Config;
 use crate::lambda::drain::DrainSummary;
 use crate::smtp::SmtpRelay;
@@ -19,14 +17,17 @@ fn settings(config: &Config, what: &str) -> Result<AwsSettings, CliError> {
     })
 }
 
-/// The relay to the primary: on AWS the password variable may hold a secret ARN.
+/// The relay to the primary. The password variable may hold a Secrets Manager ARN; only
+/// then are AWS clients needed to read it.
 pub(super) async fn relay(config: &Config) -> Result<SmtpRelay, CliError> {
+    let arn =
+        crate::smtp::client::password_from_env(config)?.is_some_and(|v| secrets::is_secret_arn(&v));
     match config.aws_settings() {
-        Some(s) => {
+        Some(s) if arn => {
             let clients = AwsClients::connect(&s).await;
             Ok(crate::lambda::relay_for(config, &clients).await?)
         }
-        None => Ok(SmtpRelay::from_config(config)?),
+        _ => Ok(SmtpRelay::from_config(config)?),
     }
 }
 
@@ -40,21 +41,6 @@ pub(super) async fn init(config: &Config) -> Result<(), CliError> {
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-fn aws_err<E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static>(
-    op: &str,
-    e: aws_smithy_runtime_api::client::result::SdkError<
-        E,
-        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-    >,
-) -> CliError {
-    let detail = match (e.code(), e.message()) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.to_string(),
-        _ => aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
-    };
-    CliError::Aws(format!("{op}: {detail}"))
 }
 
 /// Invoke the deployed drain function and print its summary.
@@ -74,7 +60,7 @@ pub(super) async fn remote_drain(
         .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
         .send()
         .await
-        .map_err(|e| aws_err("Invoke", e))?;
+        .map_err(|e| classify("lambda", "Invoke", e))?;
     let body = out
         .payload()
         .map(|b| b.as_ref().to_vec())

@@ -20,13 +20,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use super::ses::{SesEvent, SesPayload};
 use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{
-    Intake, MessageId, Origin, RcptStatus, Recipient, Record, Status, Summary, Verdicts, redact,
+    Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
 use crate::summary;
 
@@ -126,8 +125,8 @@ impl Ingest {
         };
         let key = ses_id.as_str();
         let shown = format!("{}{key}", self.prefix);
-        let (bytes, stored_at) = match read_blob(&self.storage, key).await {
-            Ok(v) => v,
+        let (bytes, stored_at) = match self.storage.blobs.read_all(key).await {
+            Ok((bytes, info)) => (bytes, info.stored_at),
             Err(StoreError::MissingBlob(_)) => {
                 tracing::error!(ses_id = key, object = %shown, "raw message object is missing");
                 return Err(IngestError::MissingObject {
@@ -165,27 +164,22 @@ impl Ingest {
             )));
         }
         let mut rec = Record {
-            id: MessageId::derived(key, stored_at),
-            status: Status::Held,
-            mail_from: ses.mail.source.clone().unwrap_or_default(),
-            rcpts: rcpts.into_iter().map(Recipient::pending).collect(),
-            received_at,
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            summary,
             origin: Origin {
                 ip: String::new(),
                 helo: "amazonses.com".into(),
                 tls: false,
             },
-            attempts: 0,
-            next_attempt_at: received_at,
-            lease: None,
-            reason: None,
-            updated_at: Utc::now(),
             blob: Some(key.to_string()),
             intake: Intake::Ses,
             verdicts: Some(verdicts.clone()),
+            ..Record::held(
+                MessageId::derived(key, stored_at),
+                ses.mail.source.clone().unwrap_or_default(),
+                rcpts,
+                received_at,
+                (bytes.len() as u64, hex::encode(Sha256::digest(&bytes))),
+                summary,
+            )
         };
         let quarantined = quarantine_if_infected(&mut rec, &verdicts);
         let idx = &self.storage.index;
@@ -264,24 +258,4 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s?)
         .ok()
         .map(|t| t.with_timezone(&Utc))
-}
-
-/// The whole blob and its store time.
-pub(crate) async fn read_blob(
-    storage: &Storage,
-    key: &str,
-) -> Result<(Vec<u8>, DateTime<Utc>), StoreError> {
-    let info = storage.blobs.stat(key).await?;
-    let mut reader = storage.blobs.open(key).await?;
-    let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
-    reader
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| StoreError::Backend {
-            backend: "blob",
-            detail: format!("reading {key}: {e}"),
-            transient: true,
-            source: Some(Box::new(e)),
-        })?;
-    Ok((bytes, info.stored_at))
 }

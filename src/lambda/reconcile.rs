@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{Intake, MessageId, Origin, Recipient, Record, Status, Verdicts};
+use crate::model::{Intake, MessageId, Record, Status, Verdicts};
 use crate::summary;
 
 /// Objects younger than this are left to the ingest function.
@@ -73,7 +73,8 @@ pub async fn reconcile(
         if storage.index.get(id).await?.is_some() {
             continue;
         }
-        let (bytes, stored_at) = crate::lambda::ingest::read_blob(storage, &blob.key).await?;
+        let (bytes, info) = storage.blobs.read_all(&blob.key).await?;
+        let stored_at = info.stored_at;
         let rec = from_headers(id, &blob.key, &bytes, stored_at, domains, now);
         report.reconciled += 1;
         report.unroutable += u64::from(rec.status == Status::Failed);
@@ -158,23 +159,19 @@ pub fn from_headers(
         verdicts.virus = header("X-SES-Virus-Verdict");
     }
     let mut rec = Record {
-        id,
-        status: Status::Held,
-        mail_from,
-        rcpts: rcpts.into_iter().map(Recipient::pending).collect(),
-        received_at: stored_at,
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        summary: summary::parse(head),
-        origin: Origin::default(),
-        attempts: 0,
         next_attempt_at: now,
-        lease: None,
-        reason: None,
         updated_at: now,
         blob: (key != id.to_string()).then(|| key.to_string()),
         intake: Intake::Reconciled,
         verdicts: Some(verdicts.clone()),
+        ..Record::held(
+            id,
+            mail_from,
+            rcpts,
+            stored_at,
+            (bytes.len() as u64, hex::encode(Sha256::digest(bytes))),
+            summary::parse(head),
+        )
     };
     super::ingest::quarantine_if_infected(&mut rec, &verdicts);
     if rec.rcpts.is_empty() {

@@ -168,3 +168,32 @@ pub fn ses_event(name: &str) -> serde_json::Value {
     let path = super::repo().join("tests/fixtures/ses").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
+
+/// SES's message id in an event (the S3 object name after the prefix).
+pub fn ses_message_id(ev: &serde_json::Value) -> String {
+    ev["Records"][0]["ses"]["mail"]["messageId"]
+        .as_str()
+        .expect("fixture has mail.messageId")
+        .to_string()
+}
+
+/// Receive a message the SES way: `ses/message.eml` with `token` put where the receipt
+/// rule's S3 action would, then the ingest handler run on the event fixture `name`.
+/// Returns SES's message id and the stored bytes.
+pub async fn ses_receive(
+    clients: &AwsClients,
+    s: &AwsSettings,
+    storage: &Storage,
+    name: &str,
+    token: &str,
+) -> (String, String) {
+    let ev = ses_event(name);
+    let id = ses_message_id(&ev);
+    let raw = super::fixture("ses/message.eml", token);
+    ses_put(clients, s, &id, raw.as_bytes()).await;
+    standby::lambda::ingest::Ingest::new(storage.clone(), "")
+        .handle(ev)
+        .await
+        .expect("ingest the fixture");
+    (id, raw)
+}

@@ -543,54 +543,73 @@ fn submission(stream: TcpStream, auth: FakeAuth, log: &Mutex<Vec<String>>) {
     }
 }
 
-/// See [`FakeReply::BadTls`].
-fn bad_tls(stream: TcpStream) {
+/// What a scripted fake says to one command line.
+enum Say {
+    /// This reply, then the next command.
+    Reply(&'static [u8]),
+    /// This reply, then close the connection.
+    Last(&'static [u8]),
+}
+
+/// Send the banner, then answer each command line (upper-cased, trimmed) with `f`
+/// until it says [`Say::Last`] or the client goes away.
+fn line_loop(stream: TcpStream, mut f: impl FnMut(&str, &mut BufReader<TcpStream>) -> Say) {
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let _ = w.write_all(b"220 fake.test ESMTP\r\n");
     let mut line = String::new();
     while r.read_line(&mut line).unwrap_or(0) > 0 {
-        let upper = line.trim_end().to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
-            let _ = w.write_all(b"250-fake.test\r\n250 STARTTLS\r\n");
-        } else if upper == "STARTTLS" {
-            let _ = w.write_all(b"220 2.0.0 go ahead\r\nthis is not a TLS record at all\r\n");
-            std::thread::sleep(Duration::from_millis(200));
-            return;
-        } else {
-            let _ = w.write_all(b"502 5.5.1 not in this fake\r\n");
-        }
+        let cmd = line.trim_end().to_ascii_uppercase();
         line.clear();
+        match f(&cmd, &mut r) {
+            Say::Reply(b) => {
+                let _ = w.write_all(b);
+            }
+            Say::Last(b) => {
+                let _ = w.write_all(b);
+                std::thread::sleep(Duration::from_millis(200));
+                return;
+            }
+        }
+    }
+}
+
+const NOT_HERE: Say = Say::Reply(b"502 5.5.1 not in this fake\r\n");
+
+/// See [`FakeReply::Healthy`].
+fn healthy(cmd: &str, _: &mut BufReader<TcpStream>) -> Say {
+    match cmd {
+        c if c.starts_with("EHLO") => Say::Reply(b"250-fake.test\r\n250 PIPELINING\r\n"),
+        c if c.starts_with("QUIT") => Say::Last(b"221 2.0.0 bye\r\n"),
+        _ => NOT_HERE,
+    }
+}
+
+/// See [`FakeReply::BadTls`].
+fn bad_tls(cmd: &str, _: &mut BufReader<TcpStream>) -> Say {
+    match cmd {
+        c if c.starts_with("EHLO") => Say::Reply(b"250-fake.test\r\n250 STARTTLS\r\n"),
+        "STARTTLS" => Say::Last(b"220 2.0.0 go ahead\r\nthis is not a TLS record at all\r\n"),
+        _ => NOT_HERE,
     }
 }
 
 /// See [`FakeReply::DropMidData`].
-fn drop_mid_data(stream: TcpStream, log: &Mutex<Vec<String>>) {
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let _ = w.write_all(b"220 fake.test ESMTP\r\n");
-    let mut line = String::new();
-    while r.read_line(&mut line).unwrap_or(0) > 0 {
-        let upper = line.trim_end().to_ascii_uppercase();
-        let resp: &[u8] = if upper.starts_with("EHLO") {
-            b"250-fake.test\r\n250 8BITMIME\r\n"
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
-            b"250 2.0.0 ok\r\n"
-        } else if upper == "DATA" {
-            let _ = w.write_all(b"354 go ahead\r\n");
-            line.clear();
-            let _ = r.read_line(&mut line);
+fn drop_mid_data(cmd: &str, r: &mut BufReader<TcpStream>, log: &Mutex<Vec<String>>) -> Say {
+    match cmd {
+        c if c.starts_with("EHLO") => Say::Reply(b"250-fake.test\r\n250 8BITMIME\r\n"),
+        c if c.starts_with("MAIL") || c.starts_with("RCPT") || c == "RSET" => {
+            Say::Reply(b"250 2.0.0 ok\r\n")
+        }
+        "DATA" => {
+            let _ = r.get_mut().write_all(b"354 go ahead\r\n");
+            let _ = r.read_line(&mut String::new());
             log.lock().unwrap().push("dropped mid-DATA".into());
-            let _ = w.shutdown(std::net::Shutdown::Both);
-            return;
-        } else if upper.starts_with("QUIT") {
-            let _ = w.write_all(b"221 2.0.0 bye\r\n");
-            return;
-        } else {
-            b"502 5.5.1 not in this fake\r\n"
-        };
-        let _ = w.write_all(resp);
-        line.clear();
+            let _ = r.get_ref().shutdown(std::net::Shutdown::Both);
+            Say::Last(b"")
+        }
+        c if c.starts_with("QUIT") => Say::Last(b"221 2.0.0 bye\r\n"),
+        _ => NOT_HERE,
     }
 }
 
@@ -620,8 +639,10 @@ impl FakePrimary {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     match reply {
                         FakeReply::Submission(auth) => submission(stream, auth, &log),
-                        FakeReply::DropMidData => drop_mid_data(stream, &log),
-                        FakeReply::BadTls => bad_tls(stream),
+                        FakeReply::DropMidData => {
+                            line_loop(stream, |c, r| drop_mid_data(c, r, &log));
+                        }
+                        FakeReply::BadTls => line_loop(stream, bad_tls),
                         FakeReply::Trickle => {
                             for b in b"220 fake.test ESMTP\r\n" {
                                 if stream.write_all(&[*b]).is_err() {
@@ -634,24 +655,7 @@ impl FakePrimary {
                             let _ =
                                 stream.write_all(b"421 4.3.2 fake.test maintenance, try later\r\n");
                         }
-                        FakeReply::Healthy => {
-                            let _ = stream.write_all(b"220 fake.test ESMTP\r\n");
-                            let mut r = BufReader::new(stream.try_clone().unwrap());
-                            let mut line = String::new();
-                            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                                let cmd = line.to_ascii_uppercase();
-                                let resp: &[u8] = if cmd.starts_with("EHLO") {
-                                    b"250-fake.test\r\n250 PIPELINING\r\n"
-                                } else if cmd.starts_with("QUIT") {
-                                    let _ = stream.write_all(b"221 2.0.0 bye\r\n");
-                                    break;
-                                } else {
-                                    b"502 5.5.1 not in this fake\r\n"
-                                };
-                                let _ = stream.write_all(resp);
-                                line.clear();
-                            }
-                        }
+                        FakeReply::Healthy => line_loop(stream, healthy),
                     }
                 });
             }

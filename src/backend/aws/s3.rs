@@ -96,6 +96,30 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
+    /// One GetObject: the body with its time and size (no HeadObject first).
+    async fn read_all(&self, key: &str) -> Result<(Vec<u8>, BlobInfo), StoreError> {
+        let out = self.get(key).await?;
+        let stored_at = out.last_modified().map(to_chrono).unwrap_or_default();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Backend {
+                backend: BACKEND,
+                detail: format!("GetObject {key}: reading the body: {e}"),
+                transient: true,
+                source: Some(Box::new(e)),
+            })?
+            .into_bytes()
+            .to_vec();
+        let info = BlobInfo {
+            key: key.to_string(),
+            stored_at,
+            size: bytes.len() as u64,
+        };
+        Ok((bytes, info))
+    }
+
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
         let out = self
             .client
