@@ -30,8 +30,11 @@ pub const DEFAULT_CONFIG: &str = "standby.toml";
 /// Conventional variable for the primary's password or its Secrets Manager ARN.
 pub const ENV_PRIMARY_SECRET: &str = "STANDBY_PRIMARY_SECRET";
 
+/// The drain function's metrics dimension (the stack name); unset: no metrics.
+pub const ENV_METRICS: &str = "STANDBY_METRICS";
+
 /// `STANDBY_*` variables that are not config keys.
-const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET];
+const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS];
 
 /// What the Lambda functions assume before their environment is applied: the AWS
 /// backend, and STARTTLS required towards the primary (it is reached over the internet).
@@ -90,6 +93,11 @@ pub struct Config {
     /// Days held mail is kept before it fails as expired.
     #[serde(default = "default_hold_days", deserialize_with = "lenient")]
     pub hold_days: u32,
+    /// Days after receipt that delivered mail is kept, then deleted (AWS backend: DynamoDB
+    /// TTL on the record and an S3 lifecycle rule on the object's `standby-state=delivered`
+    /// tag). Unset: kept until purged. The local spool keeps delivered mail until purged.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub keep_delivered_days: Option<u32>,
     #[serde(default)]
     pub tls: ListenerTls,
     pub primary: PrimaryConfig,
@@ -295,11 +303,21 @@ where
     }
 }
 
-/// A list of domains, as a TOML array or comma-separated text; lower-cased, no trailing dot.
+/// [`lenient`] for an optional key (absent: `None`, by `#[serde(default)]`).
+fn lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: Display,
+{
+    lenient(d).map(Some)
+}
+
 fn default_prefix() -> String {
     "incoming/".into()
 }
 
+/// A list of domains, as a TOML array or comma-separated text; lower-cased, no trailing dot.
 fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -353,7 +371,8 @@ impl Config {
         let mut vars: Vec<(String, String)> = Vec::new();
         let mut auth = false;
         let mut secret_env_set = false;
-        for (k, v) in env {
+        // Empty means unset: a template cannot leave a variable out (PrimaryAuthUser = "").
+        for (k, v) in env.into_iter().filter(|(_, v)| !v.is_empty()) {
             match k.as_str() {
                 "STANDBY_PRIMARY" => vars.push(("STANDBY_PRIMARY_ADDRESS".into(), v)),
                 _ => {
@@ -505,6 +524,7 @@ impl Config {
                     prefix: self.prefix.clone(),
                     region: self.region.clone(),
                     endpoint_url: self.endpoint_url.clone(),
+                    keep_delivered_days: self.keep_delivered_days,
                 })
             }
             _ => None,
@@ -654,6 +674,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("r.txt:2"), "{e}");
+    }
+
+    #[test]
+    fn template_environment_with_empty_values() {
+        // What infra/template.yaml sets when PrimaryAuthUser and PrimarySecretArn are empty.
+        let c = Config::from_lambda_env(env(&[
+            ("STANDBY_BUCKET", "mail-bucket"),
+            ("STANDBY_TABLE", "standby"),
+            ("STANDBY_PRIMARY", "mx1.example.test:587"),
+            ("STANDBY_PRIMARY_AUTH_USER", ""),
+            ("STANDBY_PRIMARY_SECRET", ""),
+            ("STANDBY_KEEP_DELIVERED_DAYS", "30"),
+            ("STANDBY_METRICS", "standby-prod"),
+        ]))
+        .unwrap();
+        assert_eq!(c.primary.auth_user, None, "empty means no AUTH");
+        assert_eq!(c.primary.auth_password_env, None);
+        assert_eq!(c.keep_delivered_days, Some(30));
+        assert_eq!(c.aws_settings().unwrap().keep_delivered_days, Some(30));
+        let bad = Config::from_lambda_env(env(&[
+            ("STANDBY_BUCKET", "b"),
+            ("STANDBY_TABLE", "t"),
+            ("STANDBY_PRIMARY", "p:587"),
+            ("STANDBY_KEEP_DELIVERED_DAYS", "a month"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("STANDBY_KEEP_DELIVERED_DAYS"), "{bad}");
     }
 
     #[test]

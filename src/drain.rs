@@ -403,6 +403,12 @@ impl Drainer {
                 };
                 let outcome = apply(&mut rec, &result, self.clock.now());
                 match index.complete(&rec, &owner).await {
+                    Ok(()) if outcome == Outcome::Delivered => {
+                        // Only retention depends on the mark: a failure keeps the object longer.
+                        if let Err(e) = self.storage.blobs.mark_delivered(&rec.blob_key()).await {
+                            tracing::warn!(id = %rec.id, error = %e, "could not mark the stored message delivered");
+                        }
+                    }
                     Ok(()) => {}
                     Err(StoreError::Leased(id)) => {
                         tracing::warn!(%id, "lease lost before write-back; another worker owns the message");

@@ -38,6 +38,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError>;
     /// Remove a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Note that the primary accepted the message, so the store's own retention can
+    /// remove it later (S3: a tag the bucket's lifecycle rule acts on). Default: nothing.
+    async fn mark_delivered(&self, _key: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Size and store time of one blob.
     ///
     /// # Errors

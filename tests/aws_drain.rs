@@ -285,3 +285,68 @@ async fn dry_run_reports_and_changes_nothing() {
     let scheduled = DrainRequest::from_payload(&serde_json::json!("scheduler input"));
     assert!(!scheduled.dry_run && !scheduled.force);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivered_mail_is_tagged_for_the_lifecycle_rule_and_its_record_expires() {
+    let moto = Moto::start();
+    let (clients, mut s, _) = moto.storage("retain").await;
+    s.keep_delivered_days = Some(30);
+    let storage = Storage::aws(&clients, &s);
+    let pf = Postfix::primary();
+    pf.start();
+    let (ses_id, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-keep").await;
+    // A second message arrives after the run and stays held: only delivered mail is marked.
+    let f = function(&storage, "retain", pf.port, Arc::new(Shifted::default()));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 1, "{sum:?}");
+    let (held_id, _) = ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-new").await;
+
+    let tags = |key: String| {
+        let clients = clients.clone();
+        async move {
+            clients
+                .s3
+                .get_object_tagging()
+                .bucket("retain")
+                .key(format!("incoming/{key}"))
+                .send()
+                .await
+                .unwrap()
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        tags(ses_id).await,
+        [("standby-state".to_string(), "delivered".to_string())]
+    );
+    assert!(tags(held_id).await.is_empty(), "held mail is not marked");
+
+    let items = clients
+        .dynamodb
+        .scan()
+        .table_name("retain")
+        .send()
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for item in items.items() {
+        let Some(status) = item.get("status").and_then(|v| v.as_s().ok()) else {
+            continue; // the health item
+        };
+        let rec: serde_json::Value = serde_json::from_str(item["record"].as_s().unwrap()).unwrap();
+        let received: DateTime<Utc> = rec["received_at"].as_str().unwrap().parse().unwrap();
+        let ttl = item.get("expires_at").map(|v| v.as_n().unwrap().clone());
+        match status.as_str() {
+            "delivered" => {
+                let want = (received + chrono::Duration::days(30)).timestamp();
+                assert_eq!(ttl, Some(want.to_string()), "TTL 30 days after receipt");
+                seen += 1;
+            }
+            _ => assert_eq!(ttl, None, "a {status} record must not expire"),
+        }
+    }
+    assert_eq!(seen, 1);
+}

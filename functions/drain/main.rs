@@ -1,21 +1,33 @@
 //! `standby-drain`: invoked every minute by the schedule, or directly with
 //! `{"force": true}` / `{"dry_run": true}`. Wiring only; the handler is
-//! `standby::lambda::drain`.
+//! `standby::lambda::drain`. With `STANDBY_METRICS=<stack>` each run also prints its
+//! CloudWatch metrics (`standby::lambda::metrics`).
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, run, service_fn};
-use standby::lambda::{deadline_instant, drain::DrainRequest, drain_from_env, init_tracing};
+use standby::config::ENV_METRICS;
+use standby::lambda::{
+    deadline_instant, drain::DrainRequest, drain_from_env, init_tracing, metrics,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_tracing();
     let function = drain_from_env().await?;
     let function = &function;
+    let stack = std::env::var(ENV_METRICS).ok().filter(|s| !s.is_empty());
+    let stack = &stack;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let request = DrainRequest::from_payload(&event.payload);
             let deadline = deadline_instant(event.context.deadline);
             match function.handle(request, deadline).await {
-                Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
+                Ok(summary) => {
+                    if let Some(stack) = stack {
+                        // EMF: one line on stdout becomes the alarms' metrics.
+                        println!("{}", metrics::emf(&summary, stack, chrono::Utc::now()));
+                    }
+                    Ok(serde_json::to_value(summary).unwrap_or_default())
+                }
                 Err(e) => Err(Diagnostic {
                     error_type: if e.is_transient() {
                         "StoreUnavailable"

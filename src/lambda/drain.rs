@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::drain::{DrainError, Drainer, RunOptions};
 use crate::error::StoreError;
 use crate::health::{self, PrimaryState};
+use crate::model::Status;
 use crate::ports::{Clock, SystemClock};
 use crate::serve::{drain_settings, hysteresis};
 use crate::smtp::SmtpRelay;
@@ -60,6 +61,12 @@ pub struct DrainSummary {
     pub probe: String,
     /// Messages held after the run.
     pub held: u64,
+    /// Age of the oldest held message, in seconds (absent when nothing is held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_held_secs: Option<u64>,
+    /// This invocation's probe failed.
+    #[serde(default)]
+    pub probe_failed: bool,
     /// Dry run only: messages that would be tried now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due: Option<u64>,
@@ -134,6 +141,7 @@ impl DrainFunction {
         )
         .await?;
         summary.primary = h.state.to_string();
+        summary.probe_failed = h.last_probe.as_ref().is_some_and(|p| !p.ok);
         summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if let Some(left) = left.filter(|l| *l <= SAFETY_MARGIN) {
@@ -162,6 +170,10 @@ impl DrainFunction {
             summary.failed = drainer.expire_old().await?;
         }
         summary.held = index.counts().await?.held;
+        summary.oldest_held_secs = index
+            .oldest(Status::Held)
+            .await?
+            .map(|t| (self.clock.now() - t).num_seconds().max(0).unsigned_abs());
         tracing::info!(
             delivered = summary.delivered,
             deferred = summary.deferred,

@@ -13,6 +13,7 @@
 
 pub mod drain;
 pub mod ingest;
+pub mod metrics;
 pub mod reconcile;
 pub mod ses;
 
@@ -61,6 +62,8 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
         prefix: var("STANDBY_PREFIX").unwrap_or_else(|| "incoming/".into()),
         region: var("STANDBY_REGION"),
         endpoint_url: var("STANDBY_ENDPOINT_URL"),
+        // Ingest never writes a delivered record.
+        keep_delivered_days: None,
     };
     let clients = AwsClients::connect(&settings).await;
     Ok(ingest::Ingest::new(

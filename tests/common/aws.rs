@@ -85,6 +85,7 @@ impl Moto {
             prefix: "incoming/".into(),
             region: Some(REGION.into()),
             endpoint_url: Some(self.url.clone()),
+            keep_delivered_days: None,
         }
     }
 

@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::errors::classify;
-use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK};
+use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, TTL_ATTRIBUTE};
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
@@ -36,6 +36,7 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoIndex {
     client: Client,
     table: String,
+    keep_delivered_days: Option<u32>,
 }
 
 fn pk(id: MessageId) -> AttributeValue {
@@ -134,7 +135,24 @@ impl DynamoIndex {
         DynamoIndex {
             client,
             table: table.to_string(),
+            keep_delivered_days: None,
         }
+    }
+
+    /// Delivered records get `expires_at` (the table's TTL attribute) this many days after
+    /// receipt, so DynamoDB deletes them as the bucket's lifecycle deletes their objects.
+    pub fn keep_delivered(mut self, days: Option<u32>) -> Self {
+        self.keep_delivered_days = days;
+        self
+    }
+
+    fn item(&self, rec: &Record) -> Result<Item, StoreError> {
+        let mut item = to_item(rec)?;
+        if let (Status::Delivered, Some(days)) = (rec.status, self.keep_delivered_days) {
+            let at = rec.received_at + chrono::Duration::days(i64::from(days));
+            item.insert(TTL_ATTRIBUTE.into(), n(at.timestamp()));
+        }
+        Ok(item)
     }
 
     pub fn table(&self) -> &str {
@@ -243,7 +261,7 @@ impl DynamoIndex {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&bare)?))
+            .set_item(Some(self.item(&bare)?))
             .condition_expression(condition);
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
@@ -268,7 +286,7 @@ impl Index for DynamoIndex {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(rec)?))
+            .set_item(Some(self.item(rec)?))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;

@@ -43,6 +43,8 @@ pub struct AwsSettings {
     pub prefix: String,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// Delivered records expire (TTL) this many days after receipt.
+    pub keep_delivered_days: Option<u32>,
 }
 
 /// The SDK clients, created once (per process, per Lambda cold start) and shared.
@@ -95,5 +97,6 @@ impl AwsClients {
 
     pub fn index(&self, settings: &AwsSettings) -> DynamoIndex {
         DynamoIndex::new(self.dynamodb.clone(), &settings.table)
+            .keep_delivered(settings.keep_delivered_days)
     }
 }

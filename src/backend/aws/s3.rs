@@ -7,6 +7,7 @@
 //!   stored, and reads after a PUT see it (strong read-after-write consistency).
 //! - SES writes its own objects at `prefix + SES message id`; those are read through the
 //!   record's [`blob`](crate::model::Record::blob) key. Keys never contain the prefix.
+//! - Delivered objects are tagged [`DELIVERED_TAG`] for the bucket's lifecycle rule.
 //! - Listing ([`BlobStore::list`]) pages through `ListObjectsV2`, 1,000 keys a request.
 
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Tag, Tagging};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::errors::classify;
@@ -22,6 +24,18 @@ use crate::model::MessageId;
 use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
 
 const BACKEND: &str = "s3";
+
+/// The tag [`BlobStore::mark_delivered`] sets; the template's lifecycle rule matches it.
+pub const DELIVERED_TAG: (&str, &str) = ("standby-state", "delivered");
+
+fn internal(e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend: BACKEND,
+        detail: format!("building a request: {e}"),
+        transient: false,
+        source: None,
+    }
+}
 
 /// Raw messages in `s3://bucket/prefix<key>`.
 #[derive(Debug, Clone)]
@@ -93,6 +107,25 @@ impl BlobStore for S3BlobStore {
             .send()
             .await
             .map_err(|e| classify(BACKEND, "DeleteObject", e))?;
+        Ok(())
+    }
+
+    /// Tags the object `standby-state=delivered`; the template's lifecycle rule deletes
+    /// tagged objects `RetentionDays` after receipt.
+    async fn mark_delivered(&self, key: &str) -> Result<(), StoreError> {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let tagging = Tagging::builder()
+            .tag_set(tag(DELIVERED_TAG.0, DELIVERED_TAG.1).map_err(|e| internal(&e))?)
+            .build()
+            .map_err(|e| internal(&e))?;
+        self.client
+            .put_object_tagging()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "PutObjectTagging", e))?;
         Ok(())
     }
 
