@@ -32,7 +32,7 @@ use aws_config::{BehaviorVersion, Region};
 
 pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
-pub use s3::S3BlobStore;
+pub use s3::{DELIVERED_TAG, S3BlobStore};
 
 /// Where the AWS backend's data lives (from the config or the Lambda environment).
 #[derive(Debug, Clone)]

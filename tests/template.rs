@@ -1,0 +1,399 @@
+//! What the linters cannot see in `infra/template.yaml`: that it matches the code.
+//!
+//! cfn-lint, `sam validate --lint` and checkov (run by `scripts/test`) check that the
+//! template is valid and hardened. These tests check that it is *ours*: the table is the
+//! one `src/backend/aws/schema.rs` defines, each function may do exactly what its code
+//! does (ingest cannot delete or send, the drain cannot write raw objects), each receipt
+//! rule stores to S3 before it invokes ingest with scanning on, the rules' recipients come
+//! from the parameters, and the drain's environment is a configuration the code accepts.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use standby::backend::aws::schema;
+
+/// The template as JSON, short-form intrinsics (`!Ref x`) turned into their long form
+/// (`{"Ref": "x"}`, `{"Fn::Sub": ...}`).
+fn template() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/infra/template.yaml"
+    ))
+    .expect("read infra/template.yaml");
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("template is YAML");
+    to_json(yaml)
+}
+
+fn to_json(v: serde_norway::Value) -> Value {
+    use serde_norway::Value as Y;
+    match v {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(n).expect("a number"),
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Y::Mapping(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let k = k.as_str().expect("string keys").to_string();
+                    (k, to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => {
+            let name = t.tag.to_string().trim_start_matches('!').to_string();
+            let key = match name.as_str() {
+                "Ref" | "Condition" => name,
+                _ => format!("Fn::{name}"),
+            };
+            json!({ key: to_json(t.value) })
+        }
+    }
+}
+
+fn resources_of(t: &Value, kind: &str) -> Vec<(String, Value)> {
+    t["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == kind)
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
+}
+
+/// Every action the function's inline policies allow (an `!If` contributes both arms).
+fn policy_actions(function: &Value) -> BTreeSet<String> {
+    fn statements(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Object(m) if m.contains_key("Fn::If") => {
+                for arm in m["Fn::If"].as_array().unwrap().iter().skip(1) {
+                    statements(arm, out);
+                }
+            }
+            Value::Object(m) if m.contains_key("Ref") => {} // AWS::NoValue
+            Value::Object(_) => out.push(v.clone()),
+            _ => panic!("unexpected statement {v}"),
+        }
+    }
+    let mut all = Vec::new();
+    for policy in function["Properties"]["Policies"].as_array().unwrap() {
+        assert!(
+            policy.is_object() && policy.get("Statement").is_some(),
+            "only inline policy documents, so the test sees every action: {policy}"
+        );
+        for s in policy["Statement"].as_array().unwrap() {
+            statements(s, &mut all);
+        }
+    }
+    let mut actions = BTreeSet::new();
+    for s in all {
+        assert_eq!(s["Effect"], "Allow", "{s}");
+        match &s["Action"] {
+            Value::String(a) => {
+                actions.insert(a.clone());
+            }
+            Value::Array(list) => actions.extend(list.iter().map(|a| a.as_str().unwrap().into())),
+            other => panic!("odd Action {other}"),
+        }
+    }
+    actions
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn the_table_is_the_one_the_code_uses() {
+    let t = template();
+    let tables = resources_of(&t, "AWS::DynamoDB::Table");
+    assert_eq!(tables.len(), 1);
+    let p = &tables[0].1["Properties"];
+    assert_eq!(p["BillingMode"], schema::billing_mode().as_str());
+    assert_eq!(
+        p["KeySchema"],
+        json!([{ "AttributeName": schema::PK, "KeyType": "HASH" }])
+    );
+    let defs: BTreeSet<(String, String)> = p["AttributeDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["AttributeName"].as_str().unwrap().into(),
+                d["AttributeType"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = schema::attribute_definitions()
+        .iter()
+        .map(|d| {
+            (
+                d.attribute_name().to_string(),
+                d.attribute_type().as_str().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(defs, want);
+    let gsi = schema::global_secondary_indexes();
+    assert_eq!(gsi.len(), 1);
+    let ours = &p["GlobalSecondaryIndexes"];
+    assert_eq!(ours.as_array().unwrap().len(), 1);
+    assert_eq!(ours[0]["IndexName"], gsi[0].index_name());
+    assert_eq!(
+        ours[0]["KeySchema"],
+        json!([
+            { "AttributeName": schema::GSI_PK, "KeyType": "HASH" },
+            { "AttributeName": schema::GSI_SK, "KeyType": "RANGE" },
+        ])
+    );
+    assert_eq!(ours[0]["Projection"]["ProjectionType"], "ALL");
+    assert_eq!(
+        p["TimeToLiveSpecification"],
+        json!({ "AttributeName": schema::TTL_ATTRIBUTE, "Enabled": true })
+    );
+    assert_eq!(
+        p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+}
+
+#[test]
+fn each_function_may_do_what_its_code_does_and_no_more() {
+    let t = template();
+    let f = &t["Resources"];
+    let ingest = policy_actions(&f["IngestFunction"]);
+    assert_eq!(
+        ingest,
+        set(&[
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "s3:GetObject",
+        ])
+    );
+    let drain = policy_actions(&f["DrainFunction"]);
+    assert_eq!(
+        drain,
+        set(&[
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+            "s3:GetObject",
+            "s3:ListBucket",
+            "s3:PutObjectTagging",
+            "secretsmanager:GetSecretValue",
+        ])
+    );
+    for (name, actions) in [("ingest", &ingest), ("drain", &drain)] {
+        for forbidden in ["s3:PutObject", "s3:DeleteObject", "dynamodb:DeleteItem"] {
+            assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
+        }
+        assert!(
+            !actions
+                .iter()
+                .any(|a| a.starts_with("ses:") || a.contains('*')),
+            "{name}: no sending, no wildcards: {actions:?}"
+        );
+    }
+    // Object permissions are scoped to the prefix the functions are told to use.
+    let prefix = t["Globals"]["Function"]["Environment"]["Variables"]["STANDBY_PREFIX"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = t["Resources"]["IngestFunction"]["Properties"]["Policies"].to_string();
+    assert!(text.contains(&format!("${{MailBucket.Arn}}/{prefix}*")), "{text}");
+
+    let d = &f["DrainFunction"]["Properties"];
+    assert_eq!(d["ReservedConcurrentExecutions"], 1, "one drain at a time");
+    let on_failure = &f["IngestFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]
+        ["OnFailure"];
+    assert_eq!(on_failure["Type"], "SQS");
+    assert_eq!(
+        on_failure["Destination"],
+        json!({ "Fn::GetAtt": "IngestFailures.Arn" })
+    );
+    for (group, function) in [("IngestLogs", "IngestFunction"), ("DrainLogs", "DrainFunction")] {
+        let g = &f[group]["Properties"];
+        assert_eq!(
+            g["LogGroupName"],
+            json!({ "Fn::Sub": format!("/aws/lambda/${{{function}}}") })
+        );
+        assert_eq!(g["RetentionInDays"], json!({ "Ref": "LogRetentionDays" }));
+    }
+    let schedule = &f["DrainSchedule"]["Properties"];
+    assert_eq!(schedule["ScheduleExpression"], "rate(1 minute)");
+    assert_eq!(
+        schedule["Target"]["Arn"],
+        json!({ "Fn::GetAtt": "DrainFunction.Arn" })
+    );
+}
+
+#[test]
+fn every_rule_stores_before_it_invokes_ingest_with_scanning_on() {
+    let t = template();
+    let rules = resources_of(&t, "AWS::SES::ReceiptRule");
+    assert_eq!(rules.len(), 4);
+    let prefix = &t["Globals"]["Function"]["Environment"]["Variables"]["STANDBY_PREFIX"];
+    for (name, r) in &rules {
+        let rule = &r["Properties"]["Rule"];
+        assert_eq!(rule["ScanEnabled"], true, "{name}: spam and virus scanning");
+        assert_eq!(rule["Enabled"], true, "{name}");
+        assert_eq!(rule["TlsPolicy"], json!({ "Ref": "ReceiveTlsPolicy" }));
+        let actions = rule["Actions"].as_array().unwrap();
+        assert_eq!(actions.len(), 2, "{name}");
+        let s3 = &actions[0]["S3Action"];
+        assert_eq!(s3["BucketName"], json!({ "Ref": "MailBucket" }), "{name}: S3 first");
+        assert_eq!(&s3["ObjectKeyPrefix"], prefix, "{name}: the prefix ingest reads");
+        let lambda = &actions[1]["LambdaAction"];
+        assert_eq!(
+            lambda["FunctionArn"],
+            json!({ "Fn::GetAtt": "IngestFunction.Arn" }),
+            "{name}: then ingest"
+        );
+        assert_eq!(lambda["InvocationType"], "Event", "{name}: asynchronous");
+        // SES can write and invoke before the rule exists only with the policy and the
+        // permission in place.
+        let deps = r["DependsOn"].as_array().unwrap();
+        assert!(deps.contains(&json!("MailBucketPolicy")), "{name}");
+        let n = name.trim_start_matches("ReceiptRule");
+        assert!(deps.contains(&json!(format!("IngestPermission{n}"))), "{name}");
+        let perm = &t["Resources"][format!("IngestPermission{n}")]["Properties"];
+        assert_eq!(perm["Principal"], "ses.amazonaws.com");
+        assert_eq!(perm["SourceAccount"], json!({ "Ref": "AWS::AccountId" }));
+        let arn = perm["SourceArn"]["Fn::Sub"].as_str().unwrap();
+        assert!(
+            arn.ends_with(&format!(":receipt-rule/${{AWS::StackName}}-{n}")),
+            "{name}: the permission names this rule: {arn}"
+        );
+        assert_eq!(
+            rule["Name"],
+            json!({ "Fn::Sub": format!("${{AWS::StackName}}-{n}") })
+        );
+    }
+}
+
+#[test]
+fn rule_recipients_come_from_the_parameters() {
+    let t = template();
+    let r = &t["Resources"];
+    assert_eq!(
+        r["ReceiptRule1"]["Properties"]["Rule"]["Recipients"],
+        json!({ "Fn::If": ["HasRecipients", { "Ref": "Recipients" }, { "Ref": "DomainNames" }] }),
+        "without explicit recipients the rule takes every address of the domains"
+    );
+    for n in 2..=4 {
+        let rule = &r[format!("ReceiptRule{n}")];
+        assert_eq!(rule["Condition"], format!("HasRecipients{n}"));
+        assert_eq!(
+            rule["Properties"]["Rule"]["Recipients"],
+            json!({ "Ref": format!("Recipients{n}") })
+        );
+        assert_eq!(
+            t["Parameters"][format!("Recipients{n}")]["Type"],
+            "CommaDelimitedList"
+        );
+        // A later rule exists only with the one before it, which it is placed after.
+        if n > 2 {
+            let cond = t["Conditions"][format!("HasRecipients{n}")].to_string();
+            assert!(cond.contains(&format!("HasRecipients{}", n - 1)), "{cond}");
+        }
+    }
+}
+
+#[test]
+fn the_bucket_takes_only_our_rules_puts_over_tls_and_expires_delivered_mail() {
+    let t = template();
+    let b = &t["Resources"]["MailBucket"]["Properties"];
+    assert_eq!(b["VersioningConfiguration"]["Status"], "Enabled");
+    assert!(b.get("ObjectLockConfiguration").is_none());
+    assert!(b.get("ObjectLockEnabled").is_none());
+    let block = &b["PublicAccessBlockConfiguration"];
+    for k in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[k], true, "{k}");
+    }
+    let rules = b["LifecycleConfiguration"]["Rules"].as_array().unwrap();
+    let delivered = rules.iter().find(|r| r["Id"] == "delivered-mail").unwrap();
+    let (k, v) = standby::backend::aws::DELIVERED_TAG;
+    assert_eq!(delivered["TagFilters"], json!([{ "Key": k, "Value": v }]));
+    assert_eq!(delivered["ExpirationInDays"], json!({ "Ref": "RetentionDays" }));
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.get("NoncurrentVersionExpiration").is_some())
+    );
+
+    let policy = &t["Resources"]["MailBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    let tls = policy
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == "TlsOnly")
+        .unwrap();
+    assert_eq!(tls["Effect"], "Deny");
+    assert_eq!(tls["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    let ses = policy
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Principal"]["Service"] == "ses.amazonaws.com")
+        .unwrap();
+    assert_eq!(ses["Action"], "s3:PutObject");
+    assert_eq!(
+        ses["Condition"]["StringEquals"]["aws:SourceAccount"],
+        json!({ "Ref": "AWS::AccountId" })
+    );
+    let arn = ses["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+        .as_str()
+        .unwrap();
+    assert!(
+        arn.contains("receipt-rule-set/${RuleSetName}:receipt-rule/"),
+        "{arn}"
+    );
+}
+
+#[test]
+fn the_drain_environment_is_a_configuration_the_code_accepts() {
+    let t = template();
+    let vars = t["Resources"]["DrainFunction"]["Properties"]["Environment"]["Variables"]
+        .as_object()
+        .unwrap();
+    // Stand in a plausible value for each intrinsic, as CloudFormation would resolve it
+    // with the parameters' defaults.
+    let env: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| {
+            let value = match (k.as_str(), v) {
+                (_, Value::String(s)) => s.clone(),
+                ("STANDBY_PRIMARY", _) => "mail.example.com:587".into(),
+                ("STANDBY_PRIMARY_TLS", _) => "required".into(),
+                ("STANDBY_DOMAINS", _) => "example.com,example.org".into(),
+                ("STANDBY_HOLD_DAYS", _) => "5".into(),
+                ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
+                // PrimaryAuthUser / PrimarySecretArn default to empty.
+                ("STANDBY_PRIMARY_AUTH_USER" | "STANDBY_PRIMARY_SECRET", _) => String::new(),
+                _ => "standby-prod".into(),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    let c = standby::config::Config::from_lambda_env(env.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{env:?}"));
+    assert_eq!(c.primary_addr(), "mail.example.com:587");
+    assert_eq!(c.keep_delivered_days, Some(30));
+    assert_eq!(c.primary.auth_user, None);
+    assert_eq!(c.domains, ["example.com", "example.org"]);
+    assert!(vars.contains_key(standby::config::ENV_METRICS));
+    // The alarms read the namespace the drain writes.
+    for alarm in ["MailHeldAlarm", "OldestHeldAlarm", "ProbeFailureAlarm"] {
+        let p = &t["Resources"][alarm]["Properties"];
+        assert_eq!(p["Namespace"], standby::lambda::metrics::NAMESPACE, "{alarm}");
+        assert_eq!(p["Dimensions"][0]["Name"], "Stack");
+    }
+}
