@@ -98,6 +98,11 @@ pub struct Config {
     /// tag). Unset: kept until purged. The local spool keeps delivered mail until purged.
     #[serde(default, deserialize_with = "lenient_opt")]
     pub keep_delivered_days: Option<u32>,
+    /// The host name the domains' MX records give for this standby (`standby doctor`
+    /// checks it). Default: `inbound-smtp.<region>.amazonaws.com` for the AWS backend,
+    /// `hostname` for the local one.
+    #[serde(default)]
+    pub mx_host: Option<String>,
     #[serde(default)]
     pub tls: ListenerTls,
     pub primary: PrimaryConfig,

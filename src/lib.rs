@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod drain;
 pub mod error;
 pub mod health;

@@ -15,11 +15,8 @@ use standby::backend::aws::schema;
 /// The template as JSON, short-form intrinsics (`!Ref x`) turned into their long form
 /// (`{"Ref": "x"}`, `{"Fn::Sub": ...}`).
 fn template() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/infra/template.yaml"
-    ))
-    .expect("read infra/template.yaml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/infra/template.yaml"))
+        .expect("read infra/template.yaml");
     let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("template is YAML");
     to_json(yaml)
 }
@@ -203,18 +200,24 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
         .unwrap()
         .to_string();
     let text = t["Resources"]["IngestFunction"]["Properties"]["Policies"].to_string();
-    assert!(text.contains(&format!("${{MailBucket.Arn}}/{prefix}*")), "{text}");
+    assert!(
+        text.contains(&format!("${{MailBucket.Arn}}/{prefix}*")),
+        "{text}"
+    );
 
     let d = &f["DrainFunction"]["Properties"];
     assert_eq!(d["ReservedConcurrentExecutions"], 1, "one drain at a time");
-    let on_failure = &f["IngestFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]
-        ["OnFailure"];
+    let on_failure =
+        &f["IngestFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"];
     assert_eq!(on_failure["Type"], "SQS");
     assert_eq!(
         on_failure["Destination"],
         json!({ "Fn::GetAtt": "IngestFailures.Arn" })
     );
-    for (group, function) in [("IngestLogs", "IngestFunction"), ("DrainLogs", "DrainFunction")] {
+    for (group, function) in [
+        ("IngestLogs", "IngestFunction"),
+        ("DrainLogs", "DrainFunction"),
+    ] {
         let g = &f[group]["Properties"];
         assert_eq!(
             g["LogGroupName"],
@@ -244,8 +247,15 @@ fn every_rule_stores_before_it_invokes_ingest_with_scanning_on() {
         let actions = rule["Actions"].as_array().unwrap();
         assert_eq!(actions.len(), 2, "{name}");
         let s3 = &actions[0]["S3Action"];
-        assert_eq!(s3["BucketName"], json!({ "Ref": "MailBucket" }), "{name}: S3 first");
-        assert_eq!(&s3["ObjectKeyPrefix"], prefix, "{name}: the prefix ingest reads");
+        assert_eq!(
+            s3["BucketName"],
+            json!({ "Ref": "MailBucket" }),
+            "{name}: S3 first"
+        );
+        assert_eq!(
+            &s3["ObjectKeyPrefix"], prefix,
+            "{name}: the prefix ingest reads"
+        );
         let lambda = &actions[1]["LambdaAction"];
         assert_eq!(
             lambda["FunctionArn"],
@@ -258,7 +268,10 @@ fn every_rule_stores_before_it_invokes_ingest_with_scanning_on() {
         let deps = r["DependsOn"].as_array().unwrap();
         assert!(deps.contains(&json!("MailBucketPolicy")), "{name}");
         let n = name.trim_start_matches("ReceiptRule");
-        assert!(deps.contains(&json!(format!("IngestPermission{n}"))), "{name}");
+        assert!(
+            deps.contains(&json!(format!("IngestPermission{n}"))),
+            "{name}"
+        );
         let perm = &t["Resources"][format!("IngestPermission{n}")]["Properties"];
         assert_eq!(perm["Principal"], "ses.amazonaws.com");
         assert_eq!(perm["SourceAccount"], json!({ "Ref": "AWS::AccountId" }));
@@ -322,7 +335,10 @@ fn the_bucket_takes_only_our_rules_puts_over_tls_and_expires_delivered_mail() {
     let delivered = rules.iter().find(|r| r["Id"] == "delivered-mail").unwrap();
     let (k, v) = standby::backend::aws::DELIVERED_TAG;
     assert_eq!(delivered["TagFilters"], json!([{ "Key": k, "Value": v }]));
-    assert_eq!(delivered["ExpirationInDays"], json!({ "Ref": "RetentionDays" }));
+    assert_eq!(
+        delivered["ExpirationInDays"],
+        json!({ "Ref": "RetentionDays" })
+    );
     assert!(
         rules
             .iter()
@@ -393,7 +409,11 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
     // The alarms read the namespace the drain writes.
     for alarm in ["MailHeldAlarm", "OldestHeldAlarm", "ProbeFailureAlarm"] {
         let p = &t["Resources"][alarm]["Properties"];
-        assert_eq!(p["Namespace"], standby::lambda::metrics::NAMESPACE, "{alarm}");
+        assert_eq!(
+            p["Namespace"],
+            standby::lambda::metrics::NAMESPACE,
+            "{alarm}"
+        );
         assert_eq!(p["Dimensions"][0]["Name"], "Stack");
     }
 }

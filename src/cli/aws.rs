@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::CliError;
-use crate::backend::aws::{AwsClients, AwsSettings, classify, secrets};
+use crate::backend::aws::{AwsClients, AwsSettings, classify};
 use crate::config::Config;
 use crate::lambda::drain::DrainSummary;
 use crate::smtp::SmtpRelay;
@@ -17,18 +17,9 @@ fn settings(config: &Config, what: &str) -> Result<AwsSettings, CliError> {
     })
 }
 
-/// The relay to the primary. The password variable may hold a Secrets Manager ARN; only
-/// then are AWS clients needed to read it.
+/// The relay to the primary (password possibly in Secrets Manager).
 pub(super) async fn relay(config: &Config) -> Result<SmtpRelay, CliError> {
-    let arn =
-        crate::smtp::client::password_from_env(config)?.is_some_and(|v| secrets::is_secret_arn(&v));
-    match config.aws_settings() {
-        Some(s) if arn => {
-            let clients = AwsClients::connect(&s).await;
-            Ok(crate::lambda::relay_for(config, &clients).await?)
-        }
-        _ => Ok(SmtpRelay::from_config(config)?),
-    }
+    Ok(crate::lambda::operator_relay(config).await?)
 }
 
 /// Create the bucket and the table if they do not exist; say what was done.

@@ -4,6 +4,7 @@
 //! not answering. `--json` output shapes are documented in the README and stay stable.
 
 mod aws;
+mod doctor;
 mod drain;
 mod inspect;
 mod manage;
@@ -91,6 +92,15 @@ pub enum Command {
         #[arg(long, value_name = "FUNCTION", conflicts_with = "json")]
         remote: Option<String>,
     },
+    /// Check the setup: MX records, SES identity and receipt rules (AWS), storage, the
+    /// drain's login at the primary and its health. Exits 1 when a check fails.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// DNS server for the MX checks, `IP:PORT` (default: the system's resolvers).
+        #[arg(long, value_name = "IP:PORT")]
+        nameserver: Option<std::net::SocketAddr>,
+    },
     /// Create the S3 bucket and DynamoDB table of `backend = "aws"` (for emulators and
     /// first-time setups; the deployment template defines the same resources).
     AwsInit,
@@ -145,6 +155,9 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     PrimaryDown(String),
+    /// `standby doctor` found failing checks; the report says which.
+    #[error("{0} check(s) failed")]
+    Unhealthy(usize),
     /// Some of several messages could not be changed; each was reported already.
     #[error("{0} of the messages could not be changed")]
     Partial(usize),
@@ -179,6 +192,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::AwsInit = cli.command {
         return aws::init(&config).await;
     }
+    if let Command::Doctor { json, nameserver } = cli.command {
+        return doctor::run(&config, json, nameserver).await;
+    }
     if let Command::Drain {
         remote: Some(function),
         force,
@@ -190,7 +206,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let storage = Storage::open(&config).await?;
     match cli.command {
-        Command::Serve | Command::AwsInit => unreachable!("handled above"),
+        Command::Serve | Command::AwsInit | Command::Doctor { .. } => {
+            unreachable!("handled above")
+        }
         Command::Status { json } => inspect::status(&config, &storage, json).await,
         Command::List { status, json } => inspect::list(&storage, status.status(), json).await,
         Command::Show { id, json, raw } => {

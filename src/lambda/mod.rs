@@ -88,6 +88,20 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
     ))
 }
 
+/// The relay for a drain (or a check) run from the operator's machine: the password
+/// variable may hold a Secrets Manager ARN; only then are AWS clients needed to read it.
+pub async fn operator_relay(config: &Config) -> Result<SmtpRelay, SetupError> {
+    let arn =
+        crate::smtp::client::password_from_env(config)?.is_some_and(|v| secrets::is_secret_arn(&v));
+    match config.aws_settings() {
+        Some(s) if arn => {
+            let clients = AwsClients::connect(&s).await;
+            relay_for(config, &clients).await
+        }
+        _ => Ok(SmtpRelay::from_config(config)?),
+    }
+}
+
 /// The relay to the primary, with the password resolved from Secrets Manager when the
 /// variable holds a secret ARN.
 pub async fn relay_for(config: &Config, clients: &AwsClients) -> Result<SmtpRelay, SetupError> {

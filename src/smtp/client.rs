@@ -126,6 +126,7 @@ impl SmtpRelay {
             caps: EhloResponse::default(),
             timeout: self.timeout,
             dirty: false,
+            encrypted: false,
         };
         let banner = s.reply("banner").await?;
         if banner.code != 220 {
@@ -153,6 +154,7 @@ impl SmtpRelay {
                     .map_err(|e| RelayError::Tls(e.to_string()))?;
             s.io = Box::new(stream);
             encrypted = true;
+            s.encrypted = true;
             s.ehlo(&self.helo).await?;
         } else if tls && self.tls_mode == TlsMode::Required {
             return Err(RelayError::Tls(
@@ -202,6 +204,44 @@ impl Relay for SmtpRelay {
     }
 }
 
+/// What [`SmtpRelay::login`] found: a session as the drain opens it, then QUIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCheck {
+    /// STARTTLS was negotiated.
+    pub tls: bool,
+    /// AUTH succeeded (false when no AUTH is configured).
+    pub authenticated: bool,
+    /// With `tls = "opportunistic"`: why STARTTLS was given up.
+    pub tls_error: Option<String>,
+}
+
+impl SmtpRelay {
+    /// Open a session exactly as the drain does (STARTTLS per `primary.tls`, AUTH when
+    /// configured), send nothing, QUIT. For `standby doctor`.
+    pub async fn login(&self) -> Result<LoginCheck, RelayError> {
+        let (session, tls_error) = match self.tls_mode {
+            TlsMode::None => (self.open(false, true).await?, None),
+            TlsMode::Required => (self.open(true, true).await?, None),
+            TlsMode::Opportunistic => match self.open(true, true).await {
+                Err(RelayError::Tls(e)) => (self.open(false, true).await?, Some(e)),
+                other => (other?, None),
+            },
+        };
+        let tls = session.encrypted;
+        Box::new(session).quit().await;
+        Ok(LoginCheck {
+            tls,
+            authenticated: self.credentials.is_some(),
+            tls_error,
+        })
+    }
+
+    /// The AUTH user, when AUTH is configured.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.credentials.as_ref().map(|(u, _)| u.as_str())
+    }
+}
+
 #[async_trait]
 impl Probe for SmtpRelay {
     async fn probe(&self) -> Result<String, RelayError> {
@@ -220,6 +260,8 @@ pub struct SmtpSession {
     timeout: Duration,
     /// A transaction was left half-way; send RSET before the next one.
     dirty: bool,
+    /// STARTTLS was negotiated.
+    encrypted: bool,
 }
 
 /// Length of the first complete reply in `buf` (all its lines), if there is one.

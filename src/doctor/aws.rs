@@ -1,0 +1,374 @@
+//! The AWS side: SES must know the domains (verified identity, DKIM), the *active*
+//! receipt rule set must store every configured domain's mail in our bucket before it
+//! invokes ingest, and the bucket and table must exist with the settings the code and the
+//! template expect. Receipt rules live only in the classic SES API (v1).
+
+use aws_sdk_ses::types::{ReceiptAction, ReceiptRule};
+
+use super::Check;
+use crate::backend::aws::schema::{GSI, GSI_PK, GSI_SK, PK, TTL_ATTRIBUTE};
+use crate::backend::aws::{AwsClients, AwsSettings};
+use crate::config::Config;
+
+/// Clients and names for the AWS checks.
+pub struct Context {
+    clients: AwsClients,
+    ses: aws_sdk_ses::Client,
+    settings: AwsSettings,
+    pub region: String,
+}
+
+fn err(e: &impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
+}
+
+impl Context {
+    /// `None` when the config has no bucket/table (the storage check reports that).
+    pub async fn new(config: &Config) -> Option<Context> {
+        let settings = config.aws_settings()?;
+        let clients = AwsClients::connect(&settings).await;
+        let region = clients
+            .sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+        let ses = aws_sdk_ses::Client::new(&clients.sdk);
+        Some(Context {
+            clients,
+            ses,
+            settings,
+            region,
+        })
+    }
+
+    pub async fn checks(&self, config: &Config) -> Vec<Check> {
+        let mut out = Vec::new();
+        for d in &config.domains {
+            out.push(self.identity(d).await);
+        }
+        out.push(self.receipt_rules(config).await);
+        out.push(self.bucket().await);
+        out.push(self.table().await);
+        out
+    }
+
+    async fn identity(&self, domain: &str) -> Check {
+        let name = format!("ses identity {domain}");
+        let verify = format!(
+            "verify the domain in SES in {} (scripts/deploy does; or `aws ses verify-domain-dkim \
+             --domain {domain}`) and publish the records it prints",
+            self.region
+        );
+        let v = match self
+            .ses
+            .get_identity_verification_attributes()
+            .identities(domain)
+            .send()
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return Check::fail(name, err(&e), "check the AWS credentials and region"),
+        };
+        let Some(attrs) = v.verification_attributes().get(domain) else {
+            return Check::fail(
+                name,
+                format!("not an SES identity in {}", self.region),
+                verify,
+            );
+        };
+        let status = attrs.verification_status().as_str().to_string();
+        if status != "Success" {
+            return Check::fail(name, format!("verification {status}"), verify);
+        }
+        let dkim = self
+            .ses
+            .get_identity_dkim_attributes()
+            .identities(domain)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.dkim_attributes().get(domain).cloned());
+        match dkim {
+            Some(d) if d.dkim_enabled() && d.dkim_verification_status().as_str() == "Success" => {
+                Check::pass(name, "verified, DKIM verified")
+            }
+            Some(d) => Check::warn(
+                name,
+                format!(
+                    "verified, DKIM {} ({})",
+                    d.dkim_verification_status().as_str(),
+                    if d.dkim_enabled() {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    }
+                ),
+                "publish the three DKIM CNAMEs (stack output DkimRecords)",
+            ),
+            None => Check::warn(name, "verified, no DKIM", "enable Easy DKIM for the domain"),
+        }
+    }
+
+    async fn receipt_rules(&self, config: &Config) -> Check {
+        let name = "receipt rules";
+        let s = &self.settings;
+        let set = match self.ses.describe_active_receipt_rule_set().send().await {
+            Ok(o) => o,
+            Err(e) => {
+                return Check::fail(
+                    name,
+                    err(&e),
+                    "SES receiving exists only in some regions; check the region",
+                );
+            }
+        };
+        let Some(meta) = set.metadata() else {
+            return Check::fail(
+                name,
+                format!(
+                    "no active receipt rule set in {}: SES rejects all mail",
+                    self.region
+                ),
+                "activate ours: `aws ses set-active-receipt-rule-set --rule-set-name standby-mx` \
+                 (scripts/deploy does this)",
+            );
+        };
+        let set_name = meta.name().unwrap_or("?").to_string();
+        let ours: Vec<&ReceiptRule> = set
+            .rules()
+            .iter()
+            .filter(|r| stores_to(r, &s.bucket, &s.prefix).is_some())
+            .collect();
+        if ours.is_empty() {
+            return Check::fail(
+                name,
+                format!(
+                    "the active rule set `{set_name}` has no rule storing to s3://{}/{}",
+                    s.bucket, s.prefix
+                ),
+                "deploy infra/template.yaml and activate its rule set (scripts/deploy)",
+            );
+        }
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        for r in &ours {
+            let rname = r.name();
+            if !r.enabled() {
+                problems.push(format!("rule {rname} is disabled"));
+            }
+            match stores_to(r, &s.bucket, &s.prefix) {
+                Some(i)
+                    if !r.actions()[i + 1..]
+                        .iter()
+                        .any(|a| a.lambda_action().is_some()) =>
+                {
+                    problems.push(format!(
+                        "rule {rname} invokes no Lambda after its S3 action"
+                    ))
+                }
+                _ => {}
+            }
+            if !r.scan_enabled() {
+                warnings.push(format!("rule {rname} does not scan for spam and viruses"));
+            }
+        }
+        let enabled: Vec<&&ReceiptRule> = ours.iter().filter(|r| r.enabled()).collect();
+        let covered = |addr: &str| {
+            let addr = addr.to_ascii_lowercase();
+            let domain = addr.rsplit_once('@').map_or(addr.as_str(), |(_, d)| d);
+            enabled.iter().any(|r| {
+                r.recipients().is_empty()
+                    || r.recipients().iter().any(|c| {
+                        let c = c.to_ascii_lowercase();
+                        c == addr || c == domain
+                    })
+            })
+        };
+        let mut wanted: Vec<String> = config.domains.clone();
+        if let Some(path) = &config.recipients
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            wanted.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        let missing: Vec<&String> = wanted.iter().filter(|w| !covered(w)).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "not covered by an enabled rule: {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let rules = ours.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ");
+        if !problems.is_empty() {
+            return Check::fail(
+                name,
+                format!("active set `{set_name}` ({rules}): {}", problems.join("; ")),
+                "redeploy with the domains/recipients (scripts/deploy --recipients FILE)",
+            );
+        }
+        if !warnings.is_empty() {
+            return Check::warn(
+                name,
+                format!("active set `{set_name}` ({rules}): {}", warnings.join("; ")),
+                "turn on ScanEnabled (the template does)",
+            );
+        }
+        Check::pass(
+            name,
+            format!(
+                "active set `{set_name}` ({rules}) stores to s3://{}/{} then invokes ingest",
+                s.bucket, s.prefix
+            ),
+        )
+    }
+
+    async fn bucket(&self) -> Check {
+        let b = &self.settings.bucket;
+        let name = "bucket";
+        let s3 = &self.clients.s3;
+        if let Err(e) = s3.head_bucket().bucket(b).send().await {
+            return Check::fail(
+                name,
+                format!("s3://{b}: {}", err(&e)),
+                "deploy the stack (or `standby aws-init` for a test setup)",
+            );
+        }
+        let mut warnings: Vec<String> = Vec::new();
+        match s3.get_bucket_versioning().bucket(b).send().await {
+            Ok(v) if v.status().is_some_and(|s| s.as_str() == "Enabled") => {}
+            Ok(_) => warnings.push("versioning is off".into()),
+            Err(e) => warnings.push(format!("versioning unknown ({})", err(&e))),
+        }
+        let block = s3.get_public_access_block().bucket(b).send().await;
+        let blocked = block
+            .ok()
+            .and_then(|o| o.public_access_block_configuration().cloned())
+            .is_some_and(|c| {
+                c.block_public_acls() == Some(true)
+                    && c.block_public_policy() == Some(true)
+                    && c.ignore_public_acls() == Some(true)
+                    && c.restrict_public_buckets() == Some(true)
+            });
+        if !blocked {
+            warnings.push("public access is not fully blocked".into());
+        }
+        if s3
+            .get_object_lock_configuration()
+            .bucket(b)
+            .send()
+            .await
+            .is_ok_and(|o| {
+                o.object_lock_configuration()
+                    .and_then(|c| c.rule())
+                    .and_then(|r| r.default_retention())
+                    .is_some()
+            })
+        {
+            return Check::fail(
+                name,
+                format!("s3://{b} has a default Object Lock retention: SES cannot write to it"),
+                "remove the default retention (keep Object Lock for an archive bucket)",
+            );
+        }
+        if warnings.is_empty() {
+            Check::pass(name, format!("s3://{b}: versioned, public access blocked"))
+        } else {
+            Check::warn(
+                name,
+                format!("s3://{b}: {}", warnings.join(", ")),
+                "deploy infra/template.yaml, which sets both",
+            )
+        }
+    }
+
+    async fn table(&self) -> Check {
+        let t = &self.settings.table;
+        let name = "table";
+        let ddb = &self.clients.dynamodb;
+        let desc = match ddb.describe_table().table_name(t).send().await {
+            Ok(d) => d,
+            Err(e) => {
+                return Check::fail(
+                    name,
+                    format!("{t}: {}", err(&e)),
+                    "deploy the stack (or `standby aws-init` for a test setup)",
+                );
+            }
+        };
+        let Some(table) = desc.table() else {
+            return Check::fail(name, format!("{t}: no description"), "deploy the stack");
+        };
+        let keys: Vec<String> = table
+            .key_schema()
+            .iter()
+            .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+            .collect();
+        let gsi_ok = table.global_secondary_indexes().iter().any(|g| {
+            let k: Vec<String> = g
+                .key_schema()
+                .iter()
+                .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+                .collect();
+            g.index_name() == Some(GSI)
+                && k == [format!("{GSI_PK}:HASH"), format!("{GSI_SK}:RANGE")]
+        });
+        if keys != [format!("{PK}:HASH")] || !gsi_ok {
+            return Check::fail(
+                name,
+                format!(
+                    "{t}: keys {keys:?}, index {GSI} ({GSI_PK}, {GSI_SK}) {}",
+                    if gsi_ok { "present" } else { "missing" }
+                ),
+                "the table must be the template's (src/backend/aws/schema.rs); recreate it",
+            );
+        }
+        let ttl = ddb
+            .describe_time_to_live()
+            .table_name(t)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.time_to_live_description().cloned());
+        let ttl_on = ttl.is_some_and(|d| {
+            d.attribute_name() == Some(TTL_ATTRIBUTE)
+                && d.time_to_live_status()
+                    .is_some_and(|s| matches!(s.as_str(), "ENABLED" | "ENABLING"))
+        });
+        if !ttl_on {
+            return Check::warn(
+                name,
+                format!("{t}: TTL on {TTL_ATTRIBUTE} is off: delivered records are never removed"),
+                format!(
+                    "aws dynamodb update-time-to-live --table-name {t} --time-to-live-specification Enabled=true,AttributeName={TTL_ATTRIBUTE}"
+                ),
+            );
+        }
+        Check::pass(
+            name,
+            format!("{t}: keys and index as the code expects, TTL on {TTL_ATTRIBUTE}"),
+        )
+    }
+}
+
+/// Index of the rule's S3 action writing to `bucket`/`prefix`, if it has one.
+fn stores_to(rule: &ReceiptRule, bucket: &str, prefix: &str) -> Option<usize> {
+    rule.actions().iter().position(|a: &ReceiptAction| {
+        a.s3_action().is_some_and(|s| {
+            s.bucket_name() == bucket && s.object_key_prefix().unwrap_or("") == prefix
+        })
+    })
+}

@@ -1,0 +1,175 @@
+//! `standby doctor`: is this standby ready for the day the primary dies?
+//!
+//! A standby that was never tested fails when it is needed: an MX record that was never
+//! added, an SES identity still pending, a receipt rule set that was never activated, a
+//! primary that refuses the drain's login. Each check here looks at the real thing (DNS
+//! through a resolver, the AWS APIs, an SMTP session with the primary) and says pass,
+//! warn or fail, with the fix for anything that is not a pass. Checks are independent:
+//! one failing does not hide the others.
+//!
+//! One file per area: [`dns`] (MX records), [`aws`] (SES identity and receipt rules,
+//! bucket, table), [`local`] (the spool), [`primary`] (login and health state).
+
+pub mod aws;
+pub mod dns;
+pub mod local;
+pub mod primary;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::backend::Storage;
+use crate::config::{BackendKind, Config};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked, e.g. `mx example.com`.
+    pub name: String,
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (warn and fail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            verdict: Verdict::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn warn(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            verdict: Verdict::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            verdict: Verdict::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Every check, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn new(checks: Vec<Check>) -> Report {
+        Report {
+            ok: checks.iter().all(|c| c.verdict != Verdict::Fail),
+            checks,
+        }
+    }
+
+    /// The checks that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.verdict == Verdict::Fail)
+    }
+
+    /// A table for people: one line per check, the fix indented below it.
+    pub fn render(&self) -> String {
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut out = format!("{:<width$}  {:<6}{}\n", "CHECK", "RESULT", "DETAIL");
+        for c in &self.checks {
+            out.push_str(&format!(
+                "{:<width$}  {:<6}{}\n",
+                c.name, c.verdict, c.detail
+            ));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("{:<width$}  {:<6}fix: {fix}\n", "", ""));
+            }
+        }
+        let (fails, warns) = self
+            .checks
+            .iter()
+            .fold((0, 0), |(f, w), c| match c.verdict {
+                Verdict::Fail => (f + 1, w),
+                Verdict::Warn => (f, w + 1),
+                Verdict::Pass => (f, w),
+            });
+        out.push_str(&format!(
+            "{} checks: {} failed, {} warnings\n",
+            self.checks.len(),
+            fails,
+            warns
+        ));
+        out
+    }
+}
+
+/// Where to look.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// DNS server for the MX checks (`IP:port`); the system resolver when `None`.
+    pub nameserver: Option<SocketAddr>,
+}
+
+/// Run every check that applies to this configuration's backend.
+pub async fn run(config: &Config, storage: Result<&Storage, String>, opts: &Options) -> Report {
+    let mut checks = Vec::new();
+    let aws = match config.backend {
+        BackendKind::Aws => aws::Context::new(config).await,
+        BackendKind::Local => None,
+    };
+    let standby_mx = dns::standby_host(config, aws.as_ref().map(|a| a.region.as_str()));
+    checks.extend(dns::check_domains(config, &standby_mx, opts.nameserver).await);
+    match &aws {
+        Some(ctx) => checks.extend(ctx.checks(config).await),
+        None => checks.push(local::spool(config)),
+    }
+    checks.push(primary::login(config).await);
+    checks.push(primary::health(config, storage).await);
+    Report::new(checks)
+}

@@ -1,0 +1,103 @@
+//! The primary: can the drain log in the way it will on the day (STARTTLS and AUTH as
+//! configured), and what does the stored health state say.
+
+use super::Check;
+use crate::backend::Storage;
+use crate::config::{Config, TlsMode};
+use crate::health::{self, PrimaryState};
+
+/// Open a session with the primary as the drain does, then QUIT.
+pub async fn login(config: &Config) -> Check {
+    let name = "primary login";
+    let addr = config.primary_addr();
+    let relay = match crate::lambda::operator_relay(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::fail(
+                name,
+                e.to_string(),
+                "fix [primary] in the config (or the secret it names)",
+            );
+        }
+    };
+    match relay.login().await {
+        Ok(l) => {
+            let auth = match relay.auth_user() {
+                Some(u) if l.authenticated => format!("AUTH as {u}"),
+                _ => "no AUTH configured".into(),
+            };
+            let tls = if l.tls { "STARTTLS" } else { "no TLS" };
+            let detail = format!("{addr}: {tls}, {auth}");
+            match (&l.tls_error, config.primary.tls) {
+                (Some(e), _) => Check::warn(
+                    name,
+                    format!("{detail}; STARTTLS failed: {e}"),
+                    "fix the primary's certificate (or primary.ca_file), then set primary.tls = \"required\"",
+                ),
+                (None, TlsMode::Opportunistic) if !l.tls => Check::warn(
+                    name,
+                    format!("{detail} (the primary offers no STARTTLS)"),
+                    "enable STARTTLS on the primary's listener; mail crosses the network in the clear",
+                ),
+                _ => Check::pass(name, detail),
+            }
+        }
+        Err(e) => Check::fail(
+            name,
+            format!("{addr}: {e}"),
+            "check primary.address and port, the primary's firewall (the drain's address \
+             must be allowed), STARTTLS and the AUTH credentials; infra/README.md shows the \
+             primary's side",
+        ),
+    }
+}
+
+/// The health state the drain keeps (probes with hysteresis).
+pub async fn health(config: &Config, storage: Result<&Storage, String>) -> Check {
+    let name = "primary health";
+    let storage = match storage {
+        Ok(s) => s,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("cannot open the index: {e}"),
+                "see the storage checks above",
+            );
+        }
+    };
+    let rec = match health::load_for(storage.index.as_ref(), &config.primary_addr()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("reading the health record: {e}"),
+                "see the storage checks above",
+            );
+        }
+    };
+    let held = storage.index.counts().await.map(|c| c.held).unwrap_or(0);
+    let last = rec
+        .last_probe
+        .as_ref()
+        .map(|p| {
+            format!(
+                ", last probe {} ({})",
+                p.at.format("%Y-%m-%d %H:%M:%SZ"),
+                p.detail
+            )
+        })
+        .unwrap_or_default();
+    match rec.state {
+        PrimaryState::Up => Check::pass(name, format!("up, {held} held{last}")),
+        PrimaryState::Unknown => Check::warn(
+            name,
+            format!("unknown: no probe recorded yet, {held} held"),
+            "start `standby serve` (or check that the drain's schedule runs)",
+        ),
+        PrimaryState::Down => Check::warn(
+            name,
+            format!("down, {held} held{last}"),
+            "mail is being held; it is delivered when the primary answers again",
+        ),
+    }
+}

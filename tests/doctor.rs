@@ -1,0 +1,273 @@
+//! `standby doctor` against real DNS (dnsmasq), a primary that answers SMTP, a real local
+//! spool, and moto for SES, S3 and DynamoDB: a good setup passes, and each broken one
+//! fails the check that names what is broken (and exits 1).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::aws::{Moto, child_env, cli_config, require_venv_tool, standby_cli};
+use common::dns::Dns;
+use common::{FakePrimary, FakeReply, STANDBY, Standby, free_port, repo};
+use serde_json::Value;
+
+/// (exit code, report) of `standby doctor --json`.
+fn doctor(config: &Path, dns: &Dns, env: &[(String, String)]) -> (i32, Value) {
+    let out = Command::new(STANDBY)
+        .arg("--config")
+        .arg(config)
+        .args(["doctor", "--json", "--nameserver", &dns.addr()])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn verdict<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report:#}"))["verdict"]
+        .as_str()
+        .unwrap()
+}
+
+fn failing(report: &Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] == "fail")
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const GOOD_LOCAL: &[(&str, u16, &str)] = &[
+    ("example.test", 10, "mx1.example.test"),
+    ("example.test", 20, "standby.example.test"),
+];
+
+#[test]
+fn local_setup_good_and_broken() {
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 64]);
+    let standby = Standby::start(primary.port, "");
+    common::wait_for(
+        "the primary to be seen up",
+        std::time::Duration::from_secs(20),
+        || {
+            let out = Command::new(STANDBY)
+                .arg("--config")
+                .arg(&standby.config)
+                .args(["status", "--json"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("\"up\"")
+        },
+    );
+
+    let good = Dns::start(GOOD_LOCAL);
+    // The fake primary offers no STARTTLS: with tls = "opportunistic" the login check
+    // warns that mail would cross in the clear; with "none" it passes.
+    let (code, report) = doctor(&standby.config, &good, &[]);
+    assert_eq!(code, 0, "a warning is not a failure: {report:#}");
+    assert_eq!(verdict(&report, "primary login"), "warn");
+    let plain = [("STANDBY_PRIMARY_TLS".to_string(), "none".to_string())];
+    let (code, report) = doctor(&standby.config, &good, &plain);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["ok"], true);
+    for name in [
+        "mx example.test",
+        "spool",
+        "primary login",
+        "primary health",
+    ] {
+        assert_eq!(verdict(&report, name), "pass", "{name}: {report:#}");
+    }
+
+    // MX in the wrong order: the standby would take mail while the primary is up.
+    let swapped = Dns::start(&[
+        ("example.test", 20, "mx1.example.test"),
+        ("example.test", 10, "standby.example.test"),
+    ]);
+    let (code, report) = doctor(&standby.config, &swapped, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(failing(&report), ["mx example.test"], "{report:#}");
+    let check = &report["checks"][0];
+    assert!(
+        check["detail"].as_str().unwrap().contains("not higher"),
+        "{check}"
+    );
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("standby.example.test")
+    );
+
+    // The standby was never added to DNS.
+    let missing = Dns::start(&[("example.test", 10, "mx1.example.test")]);
+    let (code, report) = doctor(&standby.config, &missing, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(failing(&report), ["mx example.test"], "{report:#}");
+
+    // The table for people names the failing check and its fix too.
+    let out = Command::new(STANDBY)
+        .arg("--config")
+        .arg(&standby.config)
+        .args(["doctor", "--nameserver", &missing.addr()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mx example.test") && l.contains("FAIL")),
+        "{text}"
+    );
+    assert!(text.contains("fix: add `example.test. MX"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 check(s) failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The primary does not answer where the drain would deliver.
+    let closed = free_port();
+    let (code, report) = doctor(
+        &standby.config,
+        &good,
+        &[(
+            "STANDBY_PRIMARY_ADDRESS".into(),
+            format!("127.0.0.1:{closed}"),
+        )],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(failing(&report), ["primary login"], "{report:#}");
+}
+
+/// Bucket and table by `standby aws-init`, SES by the fixture script with `flags`.
+fn aws_setup(moto: &Moto, dir: &Path, flags: &[&str]) -> std::path::PathBuf {
+    let primary_port = free_port();
+    let config = cli_config(dir, "standby-mail", primary_port);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("hostname = ", "domains = [\"example.test\"]\nhostname = "),
+    )
+    .unwrap();
+    let out = standby_cli(moto, &config, &["aws-init"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let python = require_venv_tool("python");
+    let out = Command::new(python)
+        .arg(repo().join("tests/fixtures/ses-setup.py"))
+        .args([moto.url.as_str(), "standby-mail", "example.test"])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    config
+}
+
+const GOOD_AWS: &[(&str, u16, &str)] = &[
+    ("example.test", 10, "mx1.example.test"),
+    ("example.test", 20, "inbound-smtp.us-east-1.amazonaws.com"),
+];
+
+#[test]
+fn aws_setup_good_and_broken() {
+    let dns = Dns::start(GOOD_AWS);
+
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = aws_setup(&moto, dir.path(), &[]);
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 8]);
+    let env: Vec<(String, String)> = child_env(&moto)
+        .into_iter()
+        .chain([(
+            "STANDBY_PRIMARY_ADDRESS".to_string(),
+            format!("127.0.0.1:{}", primary.port),
+        )])
+        .collect();
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 0, "{report:#}");
+    for name in [
+        "mx example.test",
+        "ses identity example.test",
+        "receipt rules",
+        "table",
+        "primary login",
+    ] {
+        assert_eq!(verdict(&report, name), "pass", "{name}: {report:#}");
+    }
+    // moto answers GetBucketVersioning with a `GetBucketVersioningResponse` root where
+    // S3 sends `VersioningConfiguration`, which the SDK rejects: the check says it could
+    // not tell (a warning), and nothing else about the bucket is wrong.
+    let bucket = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bucket")
+        .unwrap();
+    let detail = bucket["detail"].as_str().unwrap();
+    assert_eq!(bucket["verdict"], "warn", "{bucket}");
+    assert!(
+        detail.contains("versioning unknown") && detail.contains("GetBucketVersioningResponse"),
+        "{detail}"
+    );
+    assert!(!detail.contains("public access"), "{detail}");
+    // No drain has run yet: the health state is unknown, which is a warning.
+    assert_eq!(verdict(&report, "primary health"), "warn");
+
+    // Unverified domain, rule set never activated, scanning off: one moto each.
+    for (flag, check) in [
+        ("--no-verify", "ses identity example.test"),
+        ("--no-activate", "receipt rules"),
+    ] {
+        let moto = Moto::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = aws_setup(&moto, dir.path(), &[flag]);
+        let env: Vec<(String, String)> = child_env(&moto)
+            .into_iter()
+            .chain([(
+                "STANDBY_PRIMARY_ADDRESS".to_string(),
+                format!("127.0.0.1:{}", primary.port),
+            )])
+            .collect();
+        let (code, report) = doctor(&config, &dns, &env);
+        assert_eq!(code, 1, "{flag}: {report:#}");
+        assert_eq!(failing(&report), [check], "{flag}: {report:#}");
+    }
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = aws_setup(&moto, dir.path(), &["--no-scan"]);
+    let (code, report) = doctor(&config, &dns, &child_env(&moto));
+    assert_eq!(verdict(&report, "receipt rules"), "warn", "{report:#}");
+    // The primary in this config is a closed port: that fails, and nothing else does.
+    assert_eq!(code, 1);
+    assert_eq!(failing(&report), ["primary login"], "{report:#}");
+
+    // SES inbound is not the standby in DNS.
+    let wrong = Dns::start(&[
+        ("example.test", 10, "mx1.example.test"),
+        ("example.test", 20, "backup.example.test"),
+    ]);
+    let (_, report) = doctor(&config, &wrong, &child_env(&moto));
+    assert_eq!(verdict(&report, "mx example.test"), "fail");
+    assert!(
+        report["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inbound-smtp.us-east-1.amazonaws.com is not an MX host"),
+        "{report:#}"
+    );
+}
