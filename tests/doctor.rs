@@ -271,3 +271,72 @@ fn aws_setup_good_and_broken() {
         "{report:#}"
     );
 }
+
+/// The login check opens the session the drain would: STARTTLS verified against the
+/// configured CA (real Postfix), AUTH with the configured password (fake submission port).
+#[test]
+fn primary_login_checks_starttls_and_auth_as_configured() {
+    let dns = Dns::start(GOOD_LOCAL);
+    let holder = tempfile::tempdir().unwrap();
+    let pki = common::make_pki(holder.path());
+    let pf = common::Postfix::primary_with(&[
+        "--tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--tls-key",
+        pki.key.to_str().unwrap(),
+    ]);
+    pf.start();
+    let standby = Standby::start(pf.port, "");
+    let login = |env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (_, report) = doctor(&standby.config, &dns, &env);
+        let c = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "primary login")
+            .unwrap()
+            .clone();
+        (
+            c["verdict"].as_str().unwrap().to_string(),
+            c["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let ca = pki.ca.to_str().unwrap();
+    let (v, d) = login(&[
+        ("STANDBY_PRIMARY_TLS", "required"),
+        ("STANDBY_PRIMARY_CA_FILE", ca),
+    ]);
+    assert_eq!(v, "pass", "{d}");
+    assert!(d.contains("STARTTLS, no AUTH configured"), "{d}");
+    // The test CA unknown: the certificate does not verify, and the drain would refuse.
+    let (v, d) = login(&[("STANDBY_PRIMARY_TLS", "required")]);
+    assert_eq!(v, "fail", "{d}");
+    assert!(d.to_lowercase().contains("certificate"), "{d}");
+
+    let sub = FakePrimary::start(vec![FakeReply::Submission(common::FakeAuth::Plain); 4]);
+    let addr = format!("127.0.0.1:{}", sub.port);
+    let auth = |password: &str| {
+        login(&[
+            ("STANDBY_PRIMARY_ADDRESS", addr.as_str()),
+            ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_PRIMARY_ALLOW_PLAINTEXT_AUTH", "true"),
+            ("STANDBY_PRIMARY_AUTH_USER", common::FAKE_USER),
+            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PRIMARY_PW"),
+            ("PRIMARY_PW", password),
+        ])
+    };
+    let (v, d) = auth(common::FAKE_PASS);
+    assert_eq!(v, "pass", "{d}");
+    assert!(d.contains(&format!("AUTH as {}", common::FAKE_USER)), "{d}");
+    let (v, d) = auth("xyzzy-not-it-42");
+    assert_eq!(v, "fail", "{d}");
+    assert!(d.contains("535"), "the primary's refusal is shown: {d}");
+    assert!(
+        !d.contains("xyzzy-not-it-42"),
+        "the password never appears: {d}"
+    );
+}
