@@ -165,6 +165,26 @@ fn destroy_keeps_the_mail_unless_told() {
     assert!(text(&out).0.contains("nothing changed"));
 }
 
+/// `scripts/stack.py after-deploy` for the stand-in stack, with no terminal to ask.
+fn after_deploy(moto: &Moto, config: &Path, extra: &[&str]) -> Output {
+    Command::new(require_venv_tool("python"))
+        .arg(repo().join("scripts/stack.py"))
+        .args([
+            "after-deploy",
+            "--stack",
+            "standby-mx",
+            "--region",
+            "us-east-1",
+        ])
+        .arg("--config-out")
+        .arg(config)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .envs(child_env(moto))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     let moto = Moto::start();
@@ -184,9 +204,8 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
             .status
             .success()
     );
-    let python = require_venv_tool("python");
     let port = primary.port.to_string();
-    let out = Command::new(&python)
+    let out = Command::new(require_venv_tool("python"))
         .arg(repo().join("tests/fixtures/ses-setup.py"))
         .args([moto.url.as_str(), "standby-mail", "example.test"])
         .args([
@@ -203,19 +222,7 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     assert!(out.status.success(), "{out:?}");
 
     let config = dir.path().join("standby.toml");
-    let out = Command::new(&python)
-        .arg(repo().join("scripts/stack.py"))
-        .args([
-            "after-deploy",
-            "--stack",
-            "standby-mx",
-            "--region",
-            "us-east-1",
-        ])
-        .args(["--yes", "--config-out", config.to_str().unwrap()])
-        .envs(child_env(&moto))
-        .output()
-        .unwrap();
+    let out = after_deploy(&moto, &config, &["--yes"]);
     let (said, err) = text(&out);
     assert!(out.status.success(), "{said}{err}");
     assert!(
@@ -240,20 +247,7 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     );
 
     // Run again: the set is already active and the config unchanged; nothing is asked.
-    let out = Command::new(&python)
-        .arg(repo().join("scripts/stack.py"))
-        .args([
-            "after-deploy",
-            "--stack",
-            "standby-mx",
-            "--region",
-            "us-east-1",
-        ])
-        .args(["--config-out", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .envs(child_env(&moto))
-        .output()
-        .unwrap();
+    let out = after_deploy(&moto, &config, &[]);
     let (said, err) = text(&out);
     assert!(out.status.success(), "{said}{err}");
     assert!(

@@ -178,6 +178,16 @@ fn aws_setup(moto: &Moto, dir: &Path, flags: &[&str]) -> std::path::PathBuf {
     config
 }
 
+/// The moto environment, with the primary at `port`.
+fn moto_env(moto: &Moto, port: u16) -> Vec<(String, String)> {
+    let mut env = child_env(moto);
+    env.push((
+        "STANDBY_PRIMARY_ADDRESS".into(),
+        format!("127.0.0.1:{port}"),
+    ));
+    env
+}
+
 const GOOD_AWS: &[(&str, u16, &str)] = &[
     ("example.test", 10, "mx1.example.test"),
     ("example.test", 20, "inbound-smtp.us-east-1.amazonaws.com"),
@@ -191,13 +201,7 @@ fn aws_setup_good_and_broken() {
     let dir = tempfile::tempdir().unwrap();
     let config = aws_setup(&moto, dir.path(), &[]);
     let primary = FakePrimary::start(vec![FakeReply::Healthy; 8]);
-    let env: Vec<(String, String)> = child_env(&moto)
-        .into_iter()
-        .chain([(
-            "STANDBY_PRIMARY_ADDRESS".to_string(),
-            format!("127.0.0.1:{}", primary.port),
-        )])
-        .collect();
+    let env = moto_env(&moto, primary.port);
     let (code, report) = doctor(&config, &dns, &env);
     assert_eq!(code, 0, "{report:#}");
     for name in [
@@ -236,13 +240,7 @@ fn aws_setup_good_and_broken() {
         let moto = Moto::start();
         let dir = tempfile::tempdir().unwrap();
         let config = aws_setup(&moto, dir.path(), &[flag]);
-        let env: Vec<(String, String)> = child_env(&moto)
-            .into_iter()
-            .chain([(
-                "STANDBY_PRIMARY_ADDRESS".to_string(),
-                format!("127.0.0.1:{}", primary.port),
-            )])
-            .collect();
+        let env = moto_env(&moto, primary.port);
         let (code, report) = doctor(&config, &dns, &env);
         assert_eq!(code, 1, "{flag}: {report:#}");
         assert_eq!(failing(&report), [check], "{flag}: {report:#}");

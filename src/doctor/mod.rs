@@ -71,10 +71,8 @@ impl Check {
         fix: impl Into<String>,
     ) -> Check {
         Check {
-            name: name.into(),
             verdict: Verdict::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            ..Check::fail(name, detail, fix)
         }
     }
 
