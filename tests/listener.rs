@@ -64,22 +64,42 @@ fn smuggled_end_of_data_never_becomes_a_second_message() {
     let pf = Postfix::primary();
     let sb = Standby::start(pf.port, "");
     let tricks: [&[u8]; 5] = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\n"];
-    for (i, trick) in tricks.iter().enumerate() {
-        let mut s = connect(sb.port);
-        replies(&mut s, 1);
-        let mut msg = format!(
-            "EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: trick {i}\r\n\r\nfirst"
-        )
-        .into_bytes();
-        msg.extend_from_slice(trick);
-        msg.extend_from_slice(
-            b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n",
-        );
-        s.write_all(&msg).unwrap();
-        let r = replies(&mut s, 6);
-        assert_eq!(r.matches("queued as").count(), 1, "trick {trick:?}: {r}");
+    let commands =
+        "EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n";
+    let mut sessions = 0;
+    // Each trick twice: commands one at a time (waiting for each reply), and with
+    // PIPELINING (commands, message, smuggled commands and QUIT in one write).
+    for pipelined in [false, true] {
+        for (i, trick) in tricks.iter().enumerate() {
+            let mut s = connect(sb.port);
+            replies(&mut s, 1);
+            let mut msg = Vec::new();
+            let mut seen = String::new();
+            if pipelined {
+                msg.extend_from_slice(commands.as_bytes());
+            } else {
+                for cmd in commands.split_inclusive("\r\n") {
+                    s.write_all(cmd.as_bytes()).unwrap();
+                    seen.push_str(&replies(&mut s, 1));
+                }
+                assert!(seen.contains("354 "), "{seen}");
+            }
+            msg.extend_from_slice(format!("Subject: trick {i}\r\n\r\nfirst").as_bytes());
+            msg.extend_from_slice(trick);
+            msg.extend_from_slice(
+                b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n",
+            );
+            s.write_all(&msg).unwrap();
+            seen.push_str(&replies(&mut s, if pipelined { 6 } else { 2 }));
+            assert_eq!(
+                seen.matches("queued as").count(),
+                1,
+                "trick {trick:?}, pipelined {pipelined}: {seen}"
+            );
+            sessions += 1;
+        }
     }
-    assert_eq!(sb.list("held").len(), tricks.len());
+    assert_eq!(sb.list("held").len(), sessions);
     assert!(
         sb.list("all")
             .iter()
@@ -88,10 +108,10 @@ fn smuggled_end_of_data_never_becomes_a_second_message() {
 
     pf.start();
     wait_for("the drain", Duration::from_secs(60), || {
-        sb.counts()["delivered"] == tricks.len() as u64
+        sb.counts()["delivered"] == sessions as u64
     });
     wait_for("postfix delivery", Duration::from_secs(20), || {
-        pf.delivered().len() == tricks.len()
+        pf.delivered().len() == sessions
     });
     for m in pf.delivered() {
         let text = String::from_utf8_lossy(&m).into_owned();

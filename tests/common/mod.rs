@@ -450,6 +450,13 @@ pub enum FakeReply {
     BadTls,
     /// Sends its banner one byte per second (a primary in distress, or a tarpit).
     Trickle,
+    /// A primary without PIPELINING that answers MAIL, RCPT and the final dot with these
+    /// replies (CRLF included); DATA bodies are recorded in `FakePrimary::log`.
+    Replies {
+        mail: &'static str,
+        rcpt: &'static str,
+        data_end: &'static str,
+    },
     /// A submission server without PIPELINING: AUTH (PLAIN or LOGIN, as `FakeAuth` says)
     /// is required before MAIL; messages are accepted and recorded in `FakePrimary::log`.
     Submission(FakeAuth),
@@ -614,6 +621,36 @@ fn drop_mid_data(cmd: &str, r: &mut BufReader<TcpStream>, log: &Mutex<Vec<String
     }
 }
 
+/// See [`FakeReply::Replies`].
+fn replies_as(
+    cmd: &str,
+    r: &mut BufReader<TcpStream>,
+    (mail, rcpt, data_end): (&'static str, &'static str, &'static str),
+    log: &Mutex<Vec<String>>,
+) -> Say {
+    match cmd {
+        c if c.starts_with("EHLO") => Say::Reply(b"250-fake.test\r\n250 8BITMIME\r\n"),
+        c if c.starts_with("MAIL") => Say::Reply(mail.as_bytes()),
+        c if c.starts_with("RCPT") => Say::Reply(rcpt.as_bytes()),
+        "RSET" => Say::Reply(b"250 2.0.0 ok\r\n"),
+        "DATA" => {
+            let _ = r.get_mut().write_all(b"354 go ahead\r\n");
+            let mut body = String::new();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != ".\r\n" {
+                body.push_str(&line);
+                line.clear();
+            }
+            log.lock()
+                .unwrap()
+                .push(format!("DATA {} bytes", body.len()));
+            Say::Reply(data_end.as_bytes())
+        }
+        c if c.starts_with("QUIT") => Say::Last(b"221 2.0.0 bye\r\n"),
+        _ => NOT_HERE,
+    }
+}
+
 /// A tiny SMTP responder driven by a script, one entry per connection (the last entry
 /// repeats). Counts the connections it served.
 pub struct FakePrimary {
@@ -644,6 +681,13 @@ impl FakePrimary {
                             line_loop(stream, |c, r| drop_mid_data(c, r, &log));
                         }
                         FakeReply::BadTls => line_loop(stream, bad_tls),
+                        FakeReply::Replies {
+                            mail,
+                            rcpt,
+                            data_end,
+                        } => line_loop(stream, |c, r| {
+                            replies_as(c, r, (mail, rcpt, data_end), &log)
+                        }),
                         FakeReply::Trickle => {
                             for b in b"220 fake.test ESMTP\r\n" {
                                 if stream.write_all(&[*b]).is_err() {
