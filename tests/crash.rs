@@ -38,6 +38,17 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// `STANDBYMX_CRASH_SEED`, or one from the clock (printed, so the run can be replayed).
+fn seed() -> u64 {
+    env_u64("STANDBYMX_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1
+    })
+}
+
 /// The message for `token`: its body ends with a trailer that shows truncation.
 fn message(token: &str, lines: usize) -> String {
     let mut m = format!("Subject: crash {token}\r\nMessage-ID: <{token}@crash.test>\r\n\r\n");
@@ -80,13 +91,7 @@ fn send_one(port: u16, token: &str, lines: usize) -> bool {
 #[test]
 fn kill_9_while_receiving_loses_nothing_acknowledged() {
     let kills = env_u64("STANDBYMX_CRASH_KILLS").unwrap_or(20);
-    let seed = env_u64("STANDBYMX_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
-    });
+    let seed = seed();
     eprintln!("crash test: {kills} kills, seed {seed} (STANDBYMX_CRASH_SEED replays it)");
     let mut rng = Rng(seed);
     let pf = Postfix::primary(); // down while mail is received
@@ -199,13 +204,7 @@ fn tokens_at(pf: &Postfix) -> HashMap<String, usize> {
 fn kill_9_while_draining_loses_nothing_and_duplicates_only_what_was_in_flight() {
     let kills = env_u64("STANDBYMX_CRASH_DRAIN_KILLS").unwrap_or(10);
     let count = env_u64("STANDBYMX_CRASH_DRAIN_MESSAGES").unwrap_or(400) as usize;
-    let seed = env_u64("STANDBYMX_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
-    });
+    let seed = seed();
     eprintln!("drain crash test: {kills} kills, {count} messages, seed {seed}");
     let mut rng = Rng(seed);
     let concurrency = 4;
