@@ -30,8 +30,8 @@ use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
 use standby::model::{Counts, MessageId, Record, Status};
 use standby::ports::{ClaimRequest, Index, ListQuery, SystemClock};
-use standby::smtp::server::{self, Server};
-use standby::smtp::session::Policy;
+use standby::serve::smtp_server;
+use standby::smtp::server;
 use tokio::net::TcpListener;
 
 /// The index the listener's spool sees: an insert becomes an SES event for the ingest
@@ -154,24 +154,15 @@ async fn main() -> anyhow::Result<()> {
             index: storage.index.clone(),
         }),
     };
-    let server = Arc::new(Server {
-        policy: Policy {
-            hostname: config.hostname.clone(),
-            domains: config.domains.iter().cloned().collect(),
-            recipients: config.load_recipients()?,
-            max_message_size: config.max_message_size,
-            max_recipients: config.max_recipients,
-            tls_available: false,
-        },
-        spool: Spool::new(
+    let server = Arc::new(smtp_server(
+        &config,
+        Spool::new(
             spool_storage,
             Arc::new(SystemClock),
             config.hostname.clone(),
         ),
-        tls: None,
-        max_connections: config.max_connections,
-        command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
-    });
+        None,
+    )?);
     let relay = standby::lambda::operator_relay(&config).await?;
     let interval = Duration::from_secs(config.health.interval_secs.max(1));
     let drain = DrainFunction::new(config.clone(), storage, relay);

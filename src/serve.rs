@@ -61,6 +61,28 @@ pub fn hysteresis(config: &Config) -> Hysteresis {
     }
 }
 
+/// The SMTP listener's shared state for `config`, accepting into `spool`.
+pub fn smtp_server(
+    config: &Config,
+    spool: Spool,
+    tls: Option<TlsAcceptor>,
+) -> Result<Server, ConfigError> {
+    Ok(Server {
+        policy: Policy {
+            hostname: config.hostname.clone(),
+            domains: config.domains.iter().cloned().collect(),
+            recipients: config.load_recipients()?,
+            max_message_size: config.max_message_size,
+            max_recipients: config.max_recipients,
+            tls_available: tls.is_some(),
+        },
+        spool,
+        tls,
+        max_connections: config.max_connections,
+        command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
+    })
+}
+
 /// Run until `shutdown` completes.
 pub async fn serve(
     config: Config,
@@ -78,21 +100,11 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
         _ => None,
     };
-    let policy = Policy {
-        hostname: config.hostname.clone(),
-        domains: config.domains.iter().cloned().collect(),
-        recipients: config.load_recipients()?,
-        max_message_size: config.max_message_size,
-        max_recipients: config.max_recipients,
-        tls_available: tls.is_some(),
-    };
-    let server = Arc::new(Server {
-        policy,
-        spool: Spool::new(storage.clone(), clock.clone(), config.hostname.clone()),
+    let server = Arc::new(smtp_server(
+        &config,
+        Spool::new(storage.clone(), clock.clone(), config.hostname.clone()),
         tls,
-        max_connections: config.max_connections,
-        command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
-    });
+    )?);
     let relay = Arc::new(SmtpRelay::from_config(&config)?);
     let listener = TcpListener::bind(config.listen)
         .await

@@ -208,6 +208,7 @@ fn kill_9_while_draining_loses_nothing_and_duplicates_only_what_was_in_flight() 
     eprintln!("drain crash test: {kills} kills, {count} messages, seed {seed}");
     let mut rng = Rng(seed);
     let concurrency = 4;
+    let workers = concurrency.to_string();
     let pf = Postfix::primary();
     // Short leases: a killed drain's claims come free in 2 s instead of 10 minutes. The
     // rate limit stretches the drain over several kills.
@@ -217,7 +218,7 @@ fn kill_9_while_draining_loses_nothing_and_duplicates_only_what_was_in_flight() 
         &[
             ("STANDBY_HEALTH_UP_AFTER", "100000"),
             ("STANDBY_DRAIN_LEASE_SECS", "2"),
-            ("STANDBY_DRAIN_CONCURRENCY", "4"),
+            ("STANDBY_DRAIN_CONCURRENCY", workers.as_str()),
             ("STANDBY_DRAIN_RATE_PER_SEC", "60"),
         ],
     );

@@ -141,6 +141,19 @@ fn local_setup_good_and_broken() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // No spool where the config points: the spool check fails (and the health it holds).
+    let nowhere = standby.dir.path().join("no-such-spool");
+    let (code, report) = doctor(
+        &standby.config,
+        &good,
+        &[(
+            "STANDBY_DATA_DIR".into(),
+            nowhere.to_str().unwrap().to_string(),
+        )],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(failing(&report), ["spool", "primary health"], "{report:#}");
+
     // The primary does not answer where the drain would deliver.
     let closed = free_port();
     let (code, report) = doctor(

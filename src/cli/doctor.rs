@@ -16,7 +16,7 @@ pub(super) async fn run(
     let storage = Storage::open(config).await.map_err(|e| e.to_string());
     let report = doctor::run(
         config,
-        storage.as_ref().map_err(Clone::clone),
+        storage.as_ref().map_err(String::as_str),
         &Options { nameserver },
     )
     .await;

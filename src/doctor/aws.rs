@@ -6,7 +6,7 @@
 use aws_sdk_ses::types::{ReceiptAction, ReceiptRule};
 
 use super::Check;
-use crate::backend::aws::schema::{GSI, GSI_PK, GSI_SK, PK, TTL_ATTRIBUTE};
+use crate::backend::aws::schema::{self, GSI, GSI_PK, GSI_SK, TTL_ATTRIBUTE};
 use crate::backend::aws::{AwsClients, AwsSettings};
 use crate::config::Config;
 
@@ -140,10 +140,11 @@ impl Context {
             );
         };
         let set_name = meta.name().unwrap_or("?").to_string();
-        let ours: Vec<&ReceiptRule> = set
+        // Our rules, each with the position of its S3 action into our bucket and prefix.
+        let ours: Vec<(&ReceiptRule, usize)> = set
             .rules()
             .iter()
-            .filter(|r| stores_to(r, &s.bucket, &s.prefix).is_some())
+            .filter_map(|r| stores_to(r, &s.bucket, &s.prefix).map(|i| (r, i)))
             .collect();
         if ours.is_empty() {
             return Check::fail(
@@ -157,28 +158,28 @@ impl Context {
         }
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        for r in &ours {
+        for &(r, i) in &ours {
             let rname = r.name();
             if !r.enabled() {
                 problems.push(format!("rule {rname} is disabled"));
             }
-            match stores_to(r, &s.bucket, &s.prefix) {
-                Some(i)
-                    if !r.actions()[i + 1..]
-                        .iter()
-                        .any(|a| a.lambda_action().is_some()) =>
-                {
-                    problems.push(format!(
-                        "rule {rname} invokes no Lambda after its S3 action"
-                    ))
-                }
-                _ => {}
+            if !r.actions()[i + 1..]
+                .iter()
+                .any(|a| a.lambda_action().is_some())
+            {
+                problems.push(format!(
+                    "rule {rname} invokes no Lambda after its S3 action"
+                ));
             }
             if !r.scan_enabled() {
                 warnings.push(format!("rule {rname} does not scan for spam and viruses"));
             }
         }
-        let enabled: Vec<&&ReceiptRule> = ours.iter().filter(|r| r.enabled()).collect();
+        let enabled: Vec<&ReceiptRule> = ours
+            .iter()
+            .map(|&(r, _)| r)
+            .filter(|r| r.enabled())
+            .collect();
         let covered = |addr: &str| {
             let addr = addr.to_ascii_lowercase();
             let domain = addr.rsplit_once('@').map_or(addr.as_str(), |(_, d)| d);
@@ -191,15 +192,13 @@ impl Context {
             })
         };
         let mut wanted: Vec<String> = config.domains.clone();
-        if let Some(path) = &config.recipients
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
-            wanted.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
+        match config.load_recipients() {
+            Ok(addresses) => {
+                let mut addresses: Vec<String> = addresses.into_iter().flatten().collect();
+                addresses.sort();
+                wanted.extend(addresses);
+            }
+            Err(e) => problems.push(e.to_string()),
         }
         let missing: Vec<&String> = wanted.iter().filter(|w| !covered(w)).collect();
         if !missing.is_empty() {
@@ -212,7 +211,11 @@ impl Context {
                     .join(", ")
             ));
         }
-        let rules = ours.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ");
+        let rules = ours
+            .iter()
+            .map(|(r, _)| r.name())
+            .collect::<Vec<_>>()
+            .join(", ");
         if !problems.is_empty() {
             return Check::fail(
                 name,
@@ -312,25 +315,21 @@ impl Context {
         let Some(table) = desc.table() else {
             return Check::fail(name, format!("{t}: no description"), "deploy the stack");
         };
-        let keys: Vec<String> = table
-            .key_schema()
-            .iter()
-            .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
-            .collect();
+        let ours = schema::global_secondary_indexes();
         let gsi_ok = table.global_secondary_indexes().iter().any(|g| {
-            let k: Vec<String> = g
-                .key_schema()
-                .iter()
-                .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
-                .collect();
-            g.index_name() == Some(GSI)
-                && k == [format!("{GSI_PK}:HASH"), format!("{GSI_SK}:RANGE")]
+            ours.iter()
+                .any(|o| g.index_name() == Some(o.index_name()) && g.key_schema() == o.key_schema())
         });
-        if keys != [format!("{PK}:HASH")] || !gsi_ok {
+        if table.key_schema() != schema::key_schema().as_slice() || !gsi_ok {
             return Check::fail(
                 name,
                 format!(
-                    "{t}: keys {keys:?}, index {GSI} ({GSI_PK}, {GSI_SK}) {}",
+                    "{t}: keys {:?}, index {GSI} ({GSI_PK}, {GSI_SK}) {}",
+                    table
+                        .key_schema()
+                        .iter()
+                        .map(|k| k.attribute_name())
+                        .collect::<Vec<_>>(),
                     if gsi_ok { "present" } else { "missing" }
                 ),
                 "the table must be the template's (src/backend/aws/schema.rs); recreate it",

@@ -4,16 +4,22 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::Check;
+use crate::backend::Storage;
 use crate::config::Config;
 
 /// Warn below this much free space: a day of a small domain's mail at 40 MB a message
 /// would not fit, and `standby serve` answers 452 when the disk fills.
 const LOW_SPACE: u64 = 1024 * 1024 * 1024;
 
-pub fn spool(config: &Config) -> Check {
+/// `storage` is the spool as the operator commands open it: a missing or incomplete
+/// spool is already an error there.
+pub fn spool(config: &Config, storage: Result<&Storage, &str>) -> Check {
     let dir = config.data_dir();
     let name = "spool";
-    let meta = match std::fs::metadata(dir) {
+    let opened = storage
+        .map_err(str::to_string)
+        .and_then(|_| std::fs::metadata(dir).map_err(|e| e.to_string()));
+    let meta = match opened {
         Ok(m) => m,
         Err(e) => {
             return Check::fail(
@@ -32,13 +38,6 @@ pub fn spool(config: &Config) -> Check {
                 dir.display()
             ),
             format!("chmod 700 {}", dir.display()),
-        );
-    }
-    if !dir.join("index.db").exists() {
-        return Check::fail(
-            name,
-            format!("{} has no index.db", dir.display()),
-            "start `standby serve` once, or point data_dir at the spool",
         );
     }
     match free_bytes(dir) {

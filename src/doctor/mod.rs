@@ -155,7 +155,7 @@ pub struct Options {
 }
 
 /// Run every check that applies to this configuration's backend.
-pub async fn run(config: &Config, storage: Result<&Storage, String>, opts: &Options) -> Report {
+pub async fn run(config: &Config, storage: Result<&Storage, &str>, opts: &Options) -> Report {
     let mut checks = Vec::new();
     let aws = match config.backend {
         BackendKind::Aws => aws::Context::new(config).await,
@@ -165,7 +165,7 @@ pub async fn run(config: &Config, storage: Result<&Storage, String>, opts: &Opti
     checks.extend(dns::check_domains(config, &standby_mx, opts.nameserver).await);
     match &aws {
         Some(ctx) => checks.extend(ctx.checks(config).await),
-        None => checks.push(local::spool(config)),
+        None => checks.push(local::spool(config, storage)),
     }
     checks.push(primary::login(config).await);
     checks.push(primary::health(config, storage).await);

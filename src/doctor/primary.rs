@@ -22,10 +22,9 @@ pub async fn login(config: &Config) -> Check {
     };
     match relay.login().await {
         Ok(l) => {
-            let auth = match relay.auth_user() {
-                Some(u) if l.authenticated => format!("AUTH as {u}"),
-                _ => "no AUTH configured".into(),
-            };
+            let auth = relay
+                .auth_user()
+                .map_or("no AUTH configured".into(), |u| format!("AUTH as {u}"));
             let tls = if l.tls { "STARTTLS" } else { "no TLS" };
             let detail = format!("{addr}: {tls}, {auth}");
             match (&l.tls_error, config.primary.tls) {
@@ -53,7 +52,7 @@ pub async fn login(config: &Config) -> Check {
 }
 
 /// The health state the drain keeps (probes with hysteresis).
-pub async fn health(config: &Config, storage: Result<&Storage, String>) -> Check {
+pub async fn health(config: &Config, storage: Result<&Storage, &str>) -> Check {
     let name = "primary health";
     let storage = match storage {
         Ok(s) => s,

@@ -133,7 +133,6 @@ impl SmtpRelay {
             return Err(refused("banner", banner));
         }
         s.ehlo(&self.helo).await?;
-        let mut encrypted = false;
         if tls && s.caps.capabilities & EXT_START_TLS != 0 {
             s.cmd("STARTTLS\r\n").await?;
             let r = s.reply("STARTTLS").await?;
@@ -153,7 +152,6 @@ impl SmtpRelay {
                     })?
                     .map_err(|e| RelayError::Tls(e.to_string()))?;
             s.io = Box::new(stream);
-            encrypted = true;
             s.encrypted = true;
             s.ehlo(&self.helo).await?;
         } else if tls && self.tls_mode == TlsMode::Required {
@@ -162,7 +160,7 @@ impl SmtpRelay {
             ));
         }
         if auth && let Some((user, pass)) = &self.credentials {
-            if !encrypted && !self.allow_plaintext_auth {
+            if !s.encrypted && !self.allow_plaintext_auth {
                 return Err(RelayError::Tls(
                     "not sending the AUTH password over a connection without TLS (the primary \
                      offered no STARTTLS or it failed); set primary.allow_plaintext_auth = true \
@@ -209,15 +207,14 @@ impl Relay for SmtpRelay {
 pub struct LoginCheck {
     /// STARTTLS was negotiated.
     pub tls: bool,
-    /// AUTH succeeded (false when no AUTH is configured).
-    pub authenticated: bool,
     /// With `tls = "opportunistic"`: why STARTTLS was given up.
     pub tls_error: Option<String>,
 }
 
 impl SmtpRelay {
     /// Open a session exactly as the drain does (STARTTLS per `primary.tls`, AUTH when
-    /// configured), send nothing, QUIT. For `standby doctor`.
+    /// configured: [`SmtpRelay::auth_user`] logged in), send nothing, QUIT. For
+    /// `standby doctor`.
     pub async fn login(&self) -> Result<LoginCheck, RelayError> {
         let (session, tls_error) = match self.tls_mode {
             TlsMode::None => (self.open(false, true).await?, None),
@@ -229,11 +226,7 @@ impl SmtpRelay {
         };
         let tls = session.encrypted;
         Box::new(session).quit().await;
-        Ok(LoginCheck {
-            tls,
-            authenticated: self.credentials.is_some(),
-            tls_error,
-        })
+        Ok(LoginCheck { tls, tls_error })
     }
 
     /// The AUTH user, when AUTH is configured.
