@@ -41,7 +41,7 @@ const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS
 const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
 [primary]\naddress = \"\"\ntls = \"required\"\n";
 /// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["primary", "health", "drain", "tls"];
+const SECTIONS: &[&str] = &["primary", "health", "drain", "tls", "dsn"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +110,8 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub drain: DrainConfig,
+    #[serde(default)]
+    pub dsn: DsnConfig,
 }
 
 /// Which storage backend a config uses.
@@ -234,6 +236,45 @@ impl Default for DrainConfig {
             lease_secs: default_lease(),
         }
     }
+}
+
+/// Bounces (RFC 3464 DSNs) for held mail that fails: sent only to authenticated senders,
+/// never for `<>`, at most one per message (see `crate::dsn`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DsnConfig {
+    /// Send DSNs to authenticated senders; off: every failed message is parked for the operator.
+    #[serde(default = "yes", deserialize_with = "lenient")]
+    pub enabled: bool,
+    /// Name in the DSN (`Reporting-MTA`, `MAILER-DAEMON@...`). Default: `mx_host`, else `hostname`.
+    #[serde(default)]
+    pub reporting_mta: Option<String>,
+    /// Check the sender's SPF at receipt (`standby serve`): without a pass (or a DMARC pass
+    /// from SES on AWS) no DSN is ever sent.
+    #[serde(default = "yes", deserialize_with = "lenient")]
+    pub spf: bool,
+    /// DNS server for the SPF lookups, `IP:port`; the system's resolvers when unset.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub nameserver: Option<SocketAddr>,
+    /// Seconds the 250 after DATA may wait for an unfinished SPF check; then `TEMPERROR`.
+    #[serde(default = "default_spf_timeout", deserialize_with = "lenient")]
+    pub spf_timeout_secs: u64,
+}
+
+impl Default for DsnConfig {
+    fn default() -> Self {
+        DsnConfig {
+            enabled: true,
+            reporting_mta: None,
+            spf: true,
+            nameserver: None,
+            spf_timeout_secs: default_spf_timeout(),
+        }
+    }
+}
+
+fn default_spf_timeout() -> u64 {
+    5
 }
 
 fn default_hostname() -> String {

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::backend::Storage;
+use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
 use crate::model::{MessageId, RcptStatus, Record, Status};
 use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
@@ -45,6 +46,8 @@ pub struct DrainSettings {
     pub hold_days: u32,
     /// Messages per second at most; 0 for no limit.
     pub rate_per_sec: u32,
+    /// Bounces for messages that fail here (see [`crate::dsn`]).
+    pub dsn: DsnSettings,
 }
 
 /// What one run did (also kept in the health record for `standby status`).
@@ -268,6 +271,7 @@ impl Drainer {
             }
             for mut rec in batch {
                 expire(&mut rec, self.settings.hold_days, now);
+                dsn::settle(&self.storage, &mut rec, &self.settings.dsn, now).await?;
                 self.storage.index.complete(&rec, &owner).await?;
                 tracing::info!(id = %rec.id, "held message expired");
                 n += 1;
@@ -402,6 +406,17 @@ impl Drainer {
                     }
                 };
                 let outcome = apply(&mut rec, &result, self.clock.now());
+                if outcome == Outcome::Failed {
+                    // On a storage error the lease stays: the message is tried again
+                    // after it runs out, and the bounce decided then.
+                    dsn::settle(
+                        &self.storage,
+                        &mut rec,
+                        &self.settings.dsn,
+                        self.clock.now(),
+                    )
+                    .await?;
+                }
                 match index.complete(&rec, &owner).await {
                     Ok(()) if outcome == Outcome::Delivered => {
                         // Only retention depends on the mark: a failure keeps the object longer.
@@ -565,6 +580,10 @@ mod tests {
             lease: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
+            dsn: DsnSettings {
+                enabled: true,
+                reporting_mta: "standby.test".into(),
+            },
         }
     }
 

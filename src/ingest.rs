@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{MessageId, Origin, Record, redact};
+use crate::model::{MessageId, Origin, Record, Verdicts, redact};
 use crate::ports::{BlobWriter, Clock};
 use crate::summary::HeadCapture;
 
@@ -62,6 +62,7 @@ impl Spool {
             hasher,
             size: header.len() as u64,
             head: HeadCapture::default(),
+            verdicts: None,
             storage: self.storage.clone(),
         })
     }
@@ -76,12 +77,19 @@ pub struct Incoming {
     hasher: Sha256,
     size: u64,
     head: HeadCapture,
+    verdicts: Option<Verdicts>,
     storage: Storage,
 }
 
 impl Incoming {
     pub fn id(&self) -> MessageId {
         self.id
+    }
+
+    /// Record what was checked about the sender at receipt (our SPF check), kept with the
+    /// message so a later bounce can be decided without guessing.
+    pub fn set_verdicts(&mut self, verdicts: Verdicts) {
+        self.verdicts = Some(verdicts);
     }
 
     /// Append message bytes (already dot-unstuffed, CRLF line ends).
@@ -106,11 +114,13 @@ impl Incoming {
             hasher,
             size,
             head,
+            verdicts,
             storage,
         } = self;
         writer.commit().await?;
         let rec = Record {
             origin: env.origin,
+            verdicts,
             ..Record::held(
                 id,
                 env.mail_from,

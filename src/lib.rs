@@ -22,8 +22,10 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod doctor;
 pub mod drain;
+pub mod dsn;
 pub mod error;
 pub mod health;
 pub mod ingest;

@@ -176,6 +176,9 @@ pub enum Intake {
     /// failed past its retries) and indexed from its headers by the reconciler. The
     /// envelope is then a reconstruction, so an SES event arriving later replaces it.
     Reconciled,
+    /// A delivery status notification we generated for a message that failed (see
+    /// [`crate::dsn`]); its sender is `<>`, so it never causes another.
+    Dsn,
 }
 
 impl Intake {
@@ -184,6 +187,7 @@ impl Intake {
             Intake::Smtp => "smtp",
             Intake::Ses => "ses",
             Intake::Reconciled => "reconciled",
+            Intake::Dsn => "dsn",
         }
     }
 }
@@ -205,6 +209,33 @@ pub struct Verdicts {
     /// The sender domain's DMARC policy, present when DMARC failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmarc_policy: Option<String>,
+}
+
+impl Verdicts {
+    /// Whether the envelope sender was authenticated: SPF or DMARC passed. Only then may
+    /// a bounce go to it (anything else risks backscatter to a forged address).
+    pub fn sender_authenticated(&self) -> bool {
+        let pass =
+            |v: &Option<String>| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("PASS"));
+        pass(&self.spf) || pass(&self.dmarc)
+    }
+
+    /// Whether the receiving service judged the message spam or a virus.
+    pub fn flagged(&self) -> bool {
+        let fail =
+            |v: &Option<String>| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("FAIL"));
+        fail(&self.spam) || fail(&self.virus)
+    }
+}
+
+/// What became of the bounce for a failed message: at most one per message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Bounce {
+    /// A DSN to the envelope sender was queued as its own record.
+    Queued { id: MessageId },
+    /// No DSN was sent; the message is parked for the operator.
+    Suppressed { why: String },
 }
 
 /// A drain worker's claim on a record; expires at `until`.
@@ -245,6 +276,9 @@ pub struct Record {
     pub intake: Intake,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdicts: Option<Verdicts>,
+    /// Set once the message failed: the DSN queued for it, or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<Bounce>,
 }
 
 impl Record {
@@ -278,6 +312,7 @@ impl Record {
             blob: None,
             intake: Intake::Smtp,
             verdicts: None,
+            bounce: None,
         }
     }
 
@@ -371,6 +406,7 @@ mod tests {
             blob: None,
             intake: Intake::Smtp,
             verdicts: None,
+            bounce: None,
         }
     }
 

@@ -220,3 +220,13 @@ pub trait Probe: Send + Sync + 'static {
     /// 220 and 250; `Err` says what went wrong.
     async fn probe(&self) -> Result<String, RelayError>;
 }
+
+/// Checks the envelope sender at receipt, so a bounce can later go only to a sender who
+/// is who they claim to be (see [`crate::dsn`]).
+#[async_trait]
+pub trait SenderCheck: Send + Sync + 'static {
+    /// The SPF result (RFC 7208 §2.6) for `mail_from` sent from `ip` after `helo`, in
+    /// upper case as SES writes its verdicts: `PASS`, `FAIL`, `SOFTFAIL`, `NEUTRAL`,
+    /// `NONE`, `TEMPERROR`, `PERMERROR`.
+    async fn spf(&self, ip: std::net::IpAddr, helo: &str, mail_from: &str) -> String;
+}

@@ -14,14 +14,16 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::Storage;
 use crate::config::Config;
 use crate::drain::{DrainSettings, Drainer, RunOptions};
+use crate::dsn::DsnSettings;
 use crate::error::{ConfigError, StoreError};
 use crate::health::{self, Hysteresis, PrimaryState};
 use crate::ingest::Spool;
-use crate::ports::{Clock, SystemClock};
+use crate::ports::{Clock, SenderCheck, SystemClock};
 use crate::smtp::SmtpRelay;
 use crate::smtp::client::RelaySetupError;
 use crate::smtp::server::{self, Server};
 use crate::smtp::session::Policy;
+use crate::smtp::spf::SpfCheck;
 use crate::smtp::tls::{self, TlsError};
 
 /// `standby serve` could not start.
@@ -50,6 +52,15 @@ pub fn drain_settings(config: &Config) -> DrainSettings {
         lease: Duration::from_secs(config.drain.lease_secs.max(1)),
         hold_days: config.hold_days,
         rate_per_sec: config.drain.rate_per_sec,
+        dsn: DsnSettings {
+            enabled: config.dsn.enabled,
+            reporting_mta: config
+                .dsn
+                .reporting_mta
+                .clone()
+                .or_else(|| config.mx_host.clone())
+                .unwrap_or_else(|| config.hostname.clone()),
+        },
     }
 }
 
@@ -67,6 +78,17 @@ pub fn smtp_server(
     spool: Spool,
     tls: Option<TlsAcceptor>,
 ) -> Result<Server, ConfigError> {
+    let sender_check: Option<Arc<dyn SenderCheck>> = if config.dsn.spf {
+        let check = SpfCheck::new(config.dsn.nameserver, config.hostname.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                path: "/etc/resolv.conf".into(),
+                message: format!("{e} (set [dsn] nameserver, or [dsn] spf = false)"),
+            }
+        })?;
+        Some(Arc::new(check))
+    } else {
+        None
+    };
     Ok(Server {
         policy: Policy {
             hostname: config.hostname.clone(),
@@ -80,6 +102,8 @@ pub fn smtp_server(
         tls,
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
+        sender_check,
+        sender_check_timeout: Duration::from_secs(config.dsn.spf_timeout_secs),
     })
 }
 

@@ -37,6 +37,7 @@ fn record(age_secs: i64) -> Record {
         blob: None,
         intake: Default::default(),
         verdicts: None,
+        bounce: None,
     }
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use standby::backend::{FsBlobStore, SqliteIndex, Storage};
 use standby::drain::{DrainSettings, Drainer, RunOptions};
+use standby::dsn::DsnSettings;
 use standby::error::RelayError;
 use standby::ingest::{Envelope, Spool};
-use standby::model::{Origin, RcptStatus, Status};
+use standby::model::{Bounce, Intake, Origin, RcptStatus, Status, Verdicts};
 use standby::ports::{Clock, Relay, RelaySession};
 
 struct At(DateTime<Utc>);
@@ -71,6 +72,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
             lease: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
+            dsn: dsn_settings(),
         },
     );
     let report = drainer.run(RunOptions::default()).await.unwrap();
@@ -90,6 +92,92 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
     assert!(expired.lease.is_none());
     let kept = storage.index.get(young).await.unwrap().unwrap();
     assert_eq!(kept.status, Status::Held);
-    // The message itself is kept for the operator (no bounce, no silent deletion).
+    // The message itself is kept for the operator (no bounce, no silent deletion): its
+    // sender was never authenticated.
     assert!(storage.blobs.open(&old.to_string()).await.is_ok());
+    assert!(
+        matches!(&expired.bounce, Some(Bounce::Suppressed { why }) if why.contains("not authenticated")),
+        "{:?}",
+        expired.bounce
+    );
+    assert_eq!(
+        storage.index.counts().await.unwrap().held,
+        1,
+        "no DSN queued"
+    );
+}
+
+fn dsn_settings() -> DsnSettings {
+    DsnSettings {
+        enabled: true,
+        reporting_mta: "standby.test".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage {
+        blobs: Arc::new(FsBlobStore::open(dir.path()).unwrap()),
+        index: Arc::new(SqliteIndex::open(dir.path()).unwrap()),
+    };
+    let now = Utc::now();
+    let spool = Spool::new(
+        storage.clone(),
+        Arc::new(At(now - chrono::Duration::days(31))),
+        "standby.test",
+    );
+    let mut inc = spool
+        .begin(Envelope {
+            mail_from: "alice@example.org".into(),
+            rcpts: vec!["bob@example.test".into()],
+            origin: Origin::default(),
+        })
+        .await
+        .unwrap();
+    inc.set_verdicts(Verdicts {
+        spf: Some("PASS".into()),
+        ..Default::default()
+    });
+    inc.write(b"Subject: old\r\n\r\nx\r\n").await.unwrap();
+    let old = inc.commit().await.unwrap().id;
+
+    let drainer = Drainer::new(
+        storage.clone(),
+        Arc::new(Untouchable),
+        Arc::new(At(now)),
+        DrainSettings {
+            concurrency: 1,
+            lease: Duration::from_secs(60),
+            hold_days: 30,
+            rate_per_sec: 0,
+            dsn: dsn_settings(),
+        },
+    );
+    // Expiry runs while the primary is down: the DSN is queued, not sent.
+    assert_eq!(drainer.expire_old().await.unwrap(), 1);
+    assert_eq!(drainer.expire_old().await.unwrap(), 0, "expired once");
+    let expired = storage.index.get(old).await.unwrap().unwrap();
+    let Some(Bounce::Queued { id }) = expired.bounce else {
+        panic!("{:?}", expired.bounce);
+    };
+    let dsn = storage.index.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (dsn.status, dsn.intake, dsn.mail_from.as_str()),
+        (Status::Held, Intake::Dsn, "")
+    );
+    assert_eq!(dsn.rcpts[0].address, "alice@example.org");
+    let (bytes, _) = storage.blobs.read_all(&id.to_string()).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Status: 4.4.7"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@example.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: old"),
+        "original headers attached: {text}"
+    );
+    // The DSN itself is young and has sender <>: it never expires into another DSN here.
+    assert_eq!(storage.index.counts().await.unwrap().held, 1);
 }

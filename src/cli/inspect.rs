@@ -10,7 +10,7 @@ use super::CliError;
 use crate::backend::Storage;
 use crate::config::Config;
 use crate::health::{self, LastDrain, PrimaryState, ProbeResult};
-use crate::model::{Counts, MessageId, Record, Status};
+use crate::model::{Bounce, Counts, Intake, MessageId, Record, Status};
 use crate::ports::ListQuery;
 
 #[derive(Serialize)]
@@ -45,6 +45,13 @@ pub(super) struct ListItem<'a> {
     message_id: Option<&'a str>,
     subject: Option<&'a str>,
     attempts: u32,
+    intake: Intake,
+    /// Why it failed (failed messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    /// The DSN queued for a failed message, or why it was parked without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bounce: Option<&'a Bounce>,
 }
 
 impl<'a> From<&'a Record> for ListItem<'a> {
@@ -59,7 +66,18 @@ impl<'a> From<&'a Record> for ListItem<'a> {
             message_id: r.summary.message_id.as_deref(),
             subject: r.summary.subject.as_deref(),
             attempts: r.attempts,
+            intake: r.intake,
+            reason: r.reason.as_deref(),
+            bounce: r.bounce.as_ref(),
         }
+    }
+}
+
+/// One line on what became of a failed message's bounce.
+fn bounce_text(b: &Bounce) -> String {
+    match b {
+        Bounce::Queued { id } => format!("DSN {id} queued to the sender"),
+        Bounce::Suppressed { why } => format!("parked, no DSN: {why}"),
     }
 }
 
@@ -199,6 +217,11 @@ pub(super) async fn list(
             r.summary.subject.as_deref().unwrap_or("")
         );
         ignore_pipe(line)?;
+        if r.status == Status::Failed {
+            let why = r.reason.as_deref().unwrap_or("failed");
+            let bounce = r.bounce.as_ref().map(bounce_text).unwrap_or_default();
+            ignore_pipe(writeln!(out, "{:<28}{why}; {bounce}", ""))?;
+        }
     }
     ignore_pipe(out.flush())
 }
@@ -239,6 +262,22 @@ pub(super) async fn show(
     writeln!(out, "status      {}", rec.status)?;
     if let Some(reason) = &rec.reason {
         writeln!(out, "reason      {reason}")?;
+    }
+    if let Some(b) = &rec.bounce {
+        writeln!(out, "bounce      {}", bounce_text(b))?;
+    }
+    writeln!(out, "intake      {}", rec.intake.as_str())?;
+    if let Some(v) = &rec.verdicts {
+        let show = |x: &Option<String>| x.as_deref().unwrap_or("-").to_string();
+        writeln!(
+            out,
+            "verdicts    spf {}  dkim {}  dmarc {}  spam {}  virus {}",
+            show(&v.spf),
+            show(&v.dkim),
+            show(&v.dmarc),
+            show(&v.spam),
+            show(&v.virus)
+        )?;
     }
     writeln!(
         out,

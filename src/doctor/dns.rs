@@ -7,12 +7,8 @@
 //! dnsmasq, or an authoritative server to bypass caches).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::{Resolver, TokioResolver};
 
 use super::Check;
 use crate::config::{BackendKind, Config};
@@ -82,29 +78,6 @@ pub fn judge(domain: &str, records: &[(u16, String)], standby: &str) -> Check {
     Check::pass(name, listing)
 }
 
-/// A resolver for `nameserver`, or the system's.
-fn resolver(nameserver: Option<SocketAddr>) -> Result<TokioResolver, String> {
-    let mut builder = match nameserver {
-        Some(addr) => {
-            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-            for c in &mut ns.connections {
-                c.port = addr.port();
-            }
-            Resolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], vec![ns]),
-                TokioRuntimeProvider::default(),
-            )
-        }
-        None => TokioResolver::builder_tokio()
-            .map_err(|e| format!("reading the system resolver configuration: {e}"))?,
-    };
-    let opts = builder.options_mut();
-    opts.timeout = Duration::from_secs(3);
-    opts.attempts = 2;
-    opts.cache_size = 0;
-    builder.build().map_err(|e| e.to_string())
-}
-
 /// One check per configured domain.
 pub async fn check_domains(
     config: &Config,
@@ -118,7 +91,7 @@ pub async fn check_domains(
             "set `domains = [\"example.com\"]` in the config (STANDBY_DOMAINS)",
         )];
     }
-    let resolver = match resolver(nameserver) {
+    let resolver = match crate::dns::resolver(nameserver, false) {
         Ok(r) => r,
         Err(e) => {
             return vec![Check::fail(

@@ -5,11 +5,13 @@
 //! - [`server`]: the tokio listener that drives sessions over sockets.
 //! - [`client`]: `SmtpRelay`, delivery to and probing of the primary.
 //! - [`tls`]: rustls configuration for both.
+//! - [`spf`]: the sender's SPF result at receipt (for bounces only).
 
 pub mod client;
 pub mod data;
 pub mod server;
 pub mod session;
+pub mod spf;
 pub mod tls;
 
 pub use client::SmtpRelay;

@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use super::data::DataDecoder;
 use super::session::{DataOutcome, MAX_COMMAND_LINE, Next, Policy, Session, reply};
 use crate::ingest::{Envelope, Spool};
-use crate::model::Origin;
+use crate::model::{Origin, Verdicts};
+use crate::ports::SenderCheck;
 
 /// Any byte stream a session can run over (TCP, TLS over TCP, an in-memory pipe in tests).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -33,6 +34,43 @@ pub struct Server {
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
     pub command_timeout: Duration,
+    /// SPF at receipt (for bounces only); `None`: no verdict is recorded, so no DSN.
+    pub sender_check: Option<Arc<dyn SenderCheck>>,
+    /// How long the 250 after DATA waits for an unfinished sender check.
+    pub sender_check_timeout: Duration,
+}
+
+/// A sender check running while the message arrives; stopped if the message is not kept.
+struct PendingCheck(tokio::task::JoinHandle<String>);
+
+impl PendingCheck {
+    fn start(server: &Server, session: &Session<'_>, peer: SocketAddr) -> Option<Self> {
+        let check = server.sender_check.clone()?;
+        let from = session.mail_from().filter(|f| !f.is_empty())?.to_string();
+        let helo = session.helo().to_string();
+        let ip = peer.ip();
+        Some(PendingCheck(tokio::spawn(async move {
+            check.spf(ip, &helo, &from).await
+        })))
+    }
+
+    /// The verdicts, `TEMPERROR` when the check did not finish within `limit`.
+    async fn verdicts(mut self, limit: Duration) -> Verdicts {
+        let spf = match tokio::time::timeout(limit, &mut self.0).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) | Err(_) => "TEMPERROR".to_string(),
+        };
+        Verdicts {
+            spf: Some(spf),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for PendingCheck {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Accept connections until `shutdown` completes, then give open sessions a few seconds.
@@ -225,6 +263,7 @@ async fn receive_data(
             tls: session.tls(),
         },
     };
+    let check = PendingCheck::start(server, session, peer);
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -277,9 +316,12 @@ async fn receive_data(
     if too_big {
         return Ok(Some(DataOutcome::TooBig));
     }
-    let Some(incoming) = incoming.filter(|_| !failed) else {
+    let Some(mut incoming) = incoming.filter(|_| !failed) else {
         return Ok(Some(DataOutcome::StorageFailed));
     };
+    if let Some(check) = check {
+        incoming.set_verdicts(check.verdicts(server.sender_check_timeout).await);
+    }
     Ok(Some(match incoming.commit().await {
         Ok(rec) => DataOutcome::Stored(rec.id),
         Err(e) => {

@@ -1,5 +1,5 @@
 //! A real DNS server for the tests: dnsmasq on a free loopback port, answering only the
-//! MX records it is given (no upstream, no /etc/hosts), killed on drop.
+//! MX and TXT records it is given (no upstream, no /etc/hosts), killed on drop.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,6 +14,11 @@ pub struct Dns {
 impl Dns {
     /// Serve `mx` = (domain, preference, host) records.
     pub fn start(mx: &[(&str, u16, &str)]) -> Dns {
+        Self::start_with(mx, &[])
+    }
+
+    /// Serve MX records and `txt` = (name, text) records (SPF policies).
+    pub fn start_with(mx: &[(&str, u16, &str)], txt: &[(&str, &str)]) -> Dns {
         require("dnsmasq", "dnsmasq-base");
         let port = free_port();
         let mut cmd = Command::new("dnsmasq");
@@ -31,6 +36,24 @@ impl Dns {
         .arg(format!("--port={port}"));
         for (domain, pref, host) in mx {
             cmd.arg(format!("--mx-host={domain},{host},{pref}"));
+        }
+        for (name, text) in txt {
+            // As one argument (no shell), dnsmasq would keep quotes as part of the text.
+            assert!(
+                !text.contains(','),
+                "dnsmasq splits TXT text at commas: {text}"
+            );
+            cmd.arg(format!("--txt-record={name},{text}"));
+        }
+        // Authoritative for the names it was given: a type it has no record of gets an
+        // empty answer (NODATA), as from a real zone, instead of REFUSED.
+        let names: std::collections::BTreeSet<&str> = mx
+            .iter()
+            .map(|(d, _, _)| *d)
+            .chain(txt.iter().map(|(n, _)| *n))
+            .collect();
+        for name in names {
+            cmd.arg(format!("--local=/{name}/"));
         }
         let child = cmd
             .stdout(Stdio::null())

@@ -245,14 +245,21 @@ impl Standby {
             data = dir.path().join("data").display(),
         );
         std::fs::write(&config, text).unwrap();
+        // SPF at receipt needs DNS: tests that check it start their own dnsmasq and set
+        // STANDBY_DSN_SPF and STANDBY_DSN_NAMESERVER; the rest do not depend on the
+        // machine's resolver.
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if !env.iter().any(|(k, _)| k == "STANDBY_DSN_SPF") {
+            env.push(("STANDBY_DSN_SPF".into(), "false".into()));
+        }
         let mut s = Standby {
             dir,
             port,
             config,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             child: None,
         };
         s.spawn();

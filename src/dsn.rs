@@ -1,0 +1,474 @@
+//! Delivery status notifications (RFC 3464) for held mail that failed, without backscatter.
+//!
+//! A standby MX accepts mail for the whole internet, and most of what spammers send to
+//! backup MXs carries a forged envelope sender. Bouncing that mail sends "undeliverable"
+//! reports to innocent third parties (backscatter), which gets the standby's address
+//! blocklisted. So a DSN goes out only when:
+//!
+//! - the sender was authenticated at receipt: SPF or DMARC `PASS` (SES's verdicts on AWS,
+//!   our own SPF check at the listener when self-hosted), and the message was not judged
+//!   spam or a virus;
+//! - the sender is not the null sender `<>` (a bounce never causes another);
+//! - no DSN was queued for the message before: the DSN's id is derived from the original's,
+//!   and the original records it in [`Record::bounce`], so retries after a crash and
+//!   concurrent drains converge on one.
+//!
+//! Everything else is parked as `failed` with the reason in `bounce`, for the operator
+//! (`standby list --status failed`). A DSN is an ordinary held record with sender `<>`:
+//! the drain hands it to the primary, which delivers or relays it to the sender, so it
+//! goes out only when the primary is up and through the organisation's own outbound path.
+
+use chrono::{DateTime, Utc};
+use mail_builder::MessageBuilder;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::backend::Storage;
+use crate::error::StoreError;
+use crate::model::{Bounce, Intake, MessageId, RcptStatus, Record, Status, redact};
+use crate::summary::{self, HEAD_LIMIT};
+
+/// Longest diagnostic text copied from the primary's reply into a DSN field.
+const DIAGNOSTIC_LIMIT: usize = 900;
+
+/// DSN settings (from `[dsn]`).
+#[derive(Debug, Clone)]
+pub struct DsnSettings {
+    /// Send DSNs at all; when off, every failed message is parked.
+    pub enabled: bool,
+    /// Our name in the DSN (`Reporting-MTA`, `From: MAILER-DAEMON@...`).
+    pub reporting_mta: String,
+}
+
+/// Why no DSN may be sent for `rec`, or `None` when one may.
+pub fn suppression(rec: &Record, settings: &DsnSettings) -> Option<String> {
+    if rec.mail_from.is_empty() {
+        return Some("null sender: a bounce never gets a bounce".into());
+    }
+    if !settings.enabled {
+        return Some("DSNs are off in the config ([dsn] enabled = false)".into());
+    }
+    let Some(v) = &rec.verdicts else {
+        return Some("sender not authenticated (no SPF or DMARC verdict recorded)".into());
+    };
+    if v.flagged() {
+        return Some("judged spam or virus at receipt".into());
+    }
+    if !v.sender_authenticated() {
+        let show = |x: &Option<String>| x.clone().unwrap_or_else(|| "none".into());
+        return Some(format!(
+            "sender not authenticated (SPF {}, DMARC {})",
+            show(&v.spf),
+            show(&v.dmarc)
+        ));
+    }
+    None
+}
+
+/// The id of the DSN for `orig`: the same every time, so queueing it is idempotent.
+pub fn dsn_id(orig: &Record) -> MessageId {
+    MessageId::derived(&format!("dsn:{}", orig.id), orig.received_at)
+}
+
+/// Decide and record the bounce for a message that just failed: queue its one DSN (an
+/// index record with sender `<>` and a blob), or note why there is none. Sets
+/// `rec.bounce`; the caller writes `rec` back. Does nothing when the message has not
+/// failed or its bounce was already decided.
+///
+/// # Errors
+/// Storage errors; the caller must then not write `rec` back, so the decision is taken
+/// again on the next attempt (and finds the DSN if it was queued).
+pub async fn settle(
+    storage: &Storage,
+    rec: &mut Record,
+    settings: &DsnSettings,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if rec.status != Status::Failed || rec.bounce.is_some() {
+        return Ok(());
+    }
+    if let Some(why) = suppression(rec, settings) {
+        tracing::info!(id = %rec.id, reason = %why, "no DSN; message parked as failed");
+        rec.bounce = Some(Bounce::Suppressed { why });
+        return Ok(());
+    }
+    let id = dsn_id(rec);
+    if storage.index.get(id).await?.is_none() {
+        let head = read_head(storage, rec).await?;
+        let bytes = build(rec, &head, &settings.reporting_mta, id, now);
+        let (size, sha256) = store_blob(storage, id, &bytes).await?;
+        let dsn = Record {
+            intake: Intake::Dsn,
+            ..Record::held(
+                id,
+                String::new(),
+                vec![rec.mail_from.clone()],
+                now,
+                (size, sha256),
+                summary::parse(summary::head(&bytes)),
+            )
+        };
+        storage.index.insert(&dsn).await?;
+        tracing::info!(id = %rec.id, dsn = %id, to_domain = redact(&rec.mail_from), "DSN queued");
+    }
+    rec.bounce = Some(Bounce::Queued { id });
+    Ok(())
+}
+
+/// The original's header block (for the DSN's third part), bounded by [`HEAD_LIMIT`].
+async fn read_head(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreError> {
+    let key = rec.blob_key();
+    let reader = match storage.blobs.open(&key).await {
+        Ok(r) => r,
+        // The body is gone (purged); the DSN still says what failed.
+        Err(StoreError::MissingBlob(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(HEAD_LIMIT as u64)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: "blob",
+            detail: format!("reading {key}: {e}"),
+            transient: true,
+            source: Some(Box::new(e)),
+        })?;
+    let len = summary::head(&buf).len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Write the DSN's blob; returns its size and hash. A blob left by an earlier attempt
+/// that crashed before its index insert is taken as it is (S3 refuses to overwrite it).
+async fn store_blob(
+    storage: &Storage,
+    id: MessageId,
+    bytes: &[u8],
+) -> Result<(u64, String), StoreError> {
+    let mut w = storage.blobs.create(id).await?;
+    if let Err(e) = w.write(bytes).await {
+        w.abort().await;
+        return Err(e);
+    }
+    match w.commit().await {
+        Ok(()) => Ok((bytes.len() as u64, hex::encode(Sha256::digest(bytes)))),
+        Err(e) => match storage.blobs.read_all(&id.to_string()).await {
+            Ok((existing, _)) => Ok((
+                existing.len() as u64,
+                hex::encode(Sha256::digest(&existing)),
+            )),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+/// The RFC 3464 status code for a recipient's last reply: the enhanced code the primary
+/// gave, else one from the reply's class. An expiry is `4.4.7` (delivery time expired).
+fn status_code(reply: &str) -> String {
+    if reply.starts_with("expired") {
+        return "4.4.7".into();
+    }
+    let mut words = reply.split_whitespace();
+    let basic = words.next().unwrap_or_default();
+    if let Some(enhanced) = words.next()
+        && is_enhanced(enhanced)
+        && enhanced.starts_with(&basic[..1.min(basic.len())])
+    {
+        return enhanced.to_string();
+    }
+    match basic.as_bytes().first() {
+        Some(b'4') => "4.0.0".into(),
+        _ => "5.0.0".into(),
+    }
+}
+
+fn is_enhanced(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Printable ASCII only, one line, bounded: DSN fields are 7-bit header-like text.
+fn field(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(DIAGNOSTIC_LIMIT)
+        .collect()
+}
+
+/// The DSN for `orig` (which failed), as raw message bytes with CRLF line ends: a
+/// `multipart/report` with a human explanation, the machine-readable
+/// `message/delivery-status` and the original's header block (`text/rfc822-headers`).
+pub fn build(
+    orig: &Record,
+    head: &[u8],
+    reporting_mta: &str,
+    id: MessageId,
+    now: DateTime<Utc>,
+) -> Vec<u8> {
+    let failed: Vec<(&str, &str)> = orig
+        .rcpts
+        .iter()
+        .filter(|r| r.status == RcptStatus::Failed)
+        .map(|r| (r.address.as_str(), r.reply.as_deref().unwrap_or("failed")))
+        .collect();
+    let host = field(reporting_mta);
+
+    let mut text = format!(
+        "This is the mail system at host {host},\r\n\
+         the standby mail exchanger for your recipient's domain.\r\n\r\n\
+         It held your message while the domain's own mail server was\r\n\
+         unavailable, then could not deliver it to the following\r\n\
+         recipient(s):\r\n\r\n"
+    );
+    for (addr, reply) in &failed {
+        text.push_str(&format!("<{}>: {}\r\n", field(addr), field(reply)));
+    }
+    text.push_str("\r\nThe headers of your message are attached.\r\n");
+
+    let mut status = format!(
+        "Reporting-MTA: dns; {host}\r\nX-Standby-Id: {}\r\nArrival-Date: {}\r\n",
+        orig.id,
+        orig.received_at.to_rfc2822()
+    );
+    for (addr, reply) in &failed {
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n\
+             Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {}\r\n",
+            field(addr),
+            status_code(reply),
+            field(reply),
+            now.to_rfc2822()
+        ));
+    }
+
+    let mut parts = vec![
+        MimePart::new("text/plain", text),
+        MimePart::new("message/delivery-status", status.into_bytes()).transfer_encoding("7bit"),
+    ];
+    if !head.is_empty() {
+        let cte = if head.is_ascii() { "7bit" } else { "8bit" };
+        parts.push(MimePart::new("text/rfc822-headers", head.to_vec()).transfer_encoding(cte));
+    }
+    let report = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        parts,
+    );
+    let mut builder = MessageBuilder::new()
+        .from((
+            "Mail Delivery System".to_string(),
+            format!("MAILER-DAEMON@{host}"),
+        ))
+        .to(orig.mail_from.as_str())
+        .subject("Undelivered Mail Returned to Sender")
+        .date(now.timestamp())
+        .message_id(format!("{id}@{host}"))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(report);
+    if let Some(mid) = &orig.summary.message_id {
+        builder = builder.in_reply_to(mid.trim_matches(['<', '>']));
+    }
+    builder.write_to_vec().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Summary, Verdicts};
+    use mail_parser::MimeHeaders;
+
+    fn settings() -> DsnSettings {
+        DsnSettings {
+            enabled: true,
+            reporting_mta: "standby.example.test".into(),
+        }
+    }
+
+    fn failed(from: &str, verdicts: Option<Verdicts>) -> Record {
+        let mut rec = Record::held(
+            MessageId::new(Utc::now()),
+            from.into(),
+            vec!["ok@example.test".into(), "gone@example.test".into()],
+            Utc::now(),
+            (10, "00".into()),
+            Summary {
+                message_id: Some("orig-1@sender.test".into()),
+                ..Default::default()
+            },
+        );
+        rec.rcpts[0].status = RcptStatus::Delivered;
+        rec.rcpts[1].status = RcptStatus::Failed;
+        rec.rcpts[1].reply = Some("550 5.1.1 <gone@example.test>: unknown user".into());
+        rec.verdicts = verdicts;
+        rec.settle();
+        rec
+    }
+
+    fn v(spf: &str, dmarc: Option<&str>, spam: Option<&str>) -> Option<Verdicts> {
+        Some(Verdicts {
+            spf: Some(spf.into()),
+            dmarc: dmarc.map(Into::into),
+            spam: spam.map(Into::into),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_authenticated_clean_senders_get_a_dsn() {
+        let s = settings();
+        let cases = [
+            ("a@s.test", v("PASS", None, None), None),
+            ("a@s.test", v("FAIL", Some("PASS"), None), None),
+            ("a@s.test", v("pass", None, Some("PASS")), None),
+            ("", v("PASS", None, None), Some("null sender")),
+            ("a@s.test", None, Some("no SPF or DMARC verdict")),
+            (
+                "a@s.test",
+                v("SOFTFAIL", None, None),
+                Some("SPF SOFTFAIL, DMARC none"),
+            ),
+            (
+                "a@s.test",
+                v("GRAY", Some("FAIL"), None),
+                Some("SPF GRAY, DMARC FAIL"),
+            ),
+            (
+                "a@s.test",
+                v("PASS", None, Some("FAIL")),
+                Some("spam or virus"),
+            ),
+        ];
+        for (from, verdicts, want) in cases {
+            let got = suppression(&failed(from, verdicts.clone()), &s);
+            match want {
+                None => assert_eq!(got, None, "{from} {verdicts:?}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{from} {verdicts:?}: {got:?}"
+                ),
+            }
+        }
+        let off = DsnSettings {
+            enabled: false,
+            ..settings()
+        };
+        let rec = failed("a@s.test", v("PASS", None, None));
+        assert!(suppression(&rec, &off).unwrap().contains("enabled = false"));
+    }
+
+    #[test]
+    fn status_codes_come_from_the_reply() {
+        assert_eq!(status_code("550 5.1.1 <x>: unknown"), "5.1.1");
+        assert_eq!(status_code("552 5.3.4 too big"), "5.3.4");
+        assert_eq!(status_code("554 refused"), "5.0.0");
+        assert_eq!(status_code("550 4.1.1 mismatched class"), "5.0.0");
+        assert_eq!(
+            status_code("expired: not delivered within hold_days = 5"),
+            "4.4.7"
+        );
+        assert_eq!(status_code(""), "5.0.0");
+    }
+
+    #[test]
+    fn the_dsn_is_a_parseable_multipart_report() {
+        let rec = failed("alice@sender.test", v("PASS", None, None));
+        let head = b"Received: from x\r\nSubject: Hello \xc3\xa9\r\nMessage-ID: <orig-1@sender.test>\r\n\r\n";
+        let id = dsn_id(&rec);
+        let raw = build(&rec, head, "standby.example.test", id, Utc::now());
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let ct = msg.content_type().unwrap();
+        assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+        assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+        assert_eq!(
+            msg.to().unwrap().first().unwrap().address(),
+            Some("alice@sender.test")
+        );
+        assert_eq!(
+            msg.header_raw("Auto-Submitted").map(str::trim),
+            Some("auto-replied")
+        );
+        assert_eq!(msg.parts.len(), 4, "root + three parts");
+        let status = String::from_utf8_lossy(msg.parts[2].contents());
+        assert!(
+            status.contains("Reporting-MTA: dns; standby.example.test"),
+            "{status}"
+        );
+        assert!(
+            status.contains("Final-Recipient: rfc822; gone@example.test"),
+            "{status}"
+        );
+        assert!(status.contains("Status: 5.1.1"), "{status}");
+        assert!(
+            !status.contains("ok@example.test"),
+            "delivered recipients are not reported"
+        );
+        let headers = msg.parts[3].contents();
+        assert_eq!(
+            headers,
+            head.as_slice(),
+            "original header block, byte for byte"
+        );
+        assert!(
+            raw.windows(2)
+                .filter(|w| w[1] == b'\n')
+                .all(|w| w[0] == b'\r'),
+            "CRLF line ends only"
+        );
+    }
+
+    #[tokio::test]
+    async fn settling_twice_queues_one_dsn() {
+        let storage = Storage::memory();
+        let mut rec = failed("alice@sender.test", v("PASS", None, None));
+        let mut again = rec.clone();
+        settle(&storage, &mut rec, &settings(), Utc::now())
+            .await
+            .unwrap();
+        let Some(Bounce::Queued { id }) = rec.bounce else {
+            panic!("{:?}", rec.bounce);
+        };
+        // A second worker (or a retry after a crash) that did not see the first decision.
+        settle(&storage, &mut again, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(again.bounce, Some(Bounce::Queued { id }));
+        let all = storage.index.list(&Default::default()).await.unwrap();
+        assert_eq!(all.len(), 1, "one DSN record");
+        let dsn = &all[0];
+        assert_eq!(
+            (dsn.id, dsn.intake, dsn.mail_from.as_str()),
+            (id, Intake::Dsn, "")
+        );
+        assert_eq!(dsn.rcpts[0].address, "alice@sender.test");
+        assert_eq!(dsn.status, Status::Held);
+        let (bytes, _) = storage.blobs.read_all(&id.to_string()).await.unwrap();
+        assert_eq!(dsn.size, bytes.len() as u64);
+
+        // A DSN that fails in turn is never bounced.
+        let mut dsn = dsn.clone();
+        dsn.rcpts[0].status = RcptStatus::Failed;
+        dsn.settle();
+        settle(&storage, &mut dsn, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert!(matches!(dsn.bounce, Some(Bounce::Suppressed { .. })));
+        assert_eq!(
+            storage.index.list(&Default::default()).await.unwrap().len(),
+            1
+        );
+    }
+}
