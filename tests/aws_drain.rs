@@ -1,6 +1,7 @@
 //! The drain handler (`standby-drain`) against moto and a real Postfix primary: held mail
 //! goes out with its original envelope, a 4xx is retried on a later invocation, a primary
-//! that is down leaves everything held and the failed probe is counted.
+//! that is down leaves everything held and the failed probe is counted, and a permanent
+//! refusal bounces to the sender only when SES authenticated it.
 
 mod common;
 
@@ -8,12 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::aws::{Moto, ses_put, ses_receive};
+use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_receive};
 use common::{Postfix, repo};
 use standby::backend::Storage;
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
+use standby::lambda::ingest::Ingest;
+use standby::model::{Bounce, Intake, Status};
 use standby::ports::Clock;
+use standby::ports::ListQuery;
 use standby::smtp::SmtpRelay;
 
 /// Wall clock plus an offset the test moves.
@@ -349,4 +353,94 @@ async fn delivered_mail_is_tagged_for_the_lifecycle_rule_and_its_record_expires(
         }
     }
     assert_eq!(seen, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_refusal_bounces_once_and_only_to_a_sender_ses_authenticated() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("bounce").await;
+    let pf = Postfix::primary();
+    pf.rcpt_replies(&[("bob@example.test", "550 5.1.1 no such user here")]);
+    pf.start();
+    // SES said SPF PASS for this one ...
+    let (pass_ses, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-pass").await;
+    // ... and SPF and DMARC FAIL for this one (a forged sender).
+    let mut ev = ses_event("multi-rcpt.json");
+    let receipt = &mut ev["Records"][0]["ses"]["receipt"];
+    receipt["spfVerdict"]["status"] = "FAIL".into();
+    receipt["dmarcVerdict"]["status"] = "FAIL".into();
+    let forged_ses = ses_message_id(&ev);
+    let raw = common::fixture("ses/message.eml", "tok-forged");
+    ses_put(&clients, &s, &forged_ses, raw.as_bytes()).await;
+    Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+
+    let clock = Arc::new(Shifted::default());
+    let f = function(&storage, "bounce", pf.port, clock.clone());
+    let first = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(first.failed, 2, "{first:?}");
+    // The DSN is an ordinary held message with sender <>; this or the next run sends it.
+    clock.advance(chrono::Duration::minutes(2));
+    f.handle(DrainRequest::default(), deadline()).await.unwrap();
+
+    let all = storage.index.list(&ListQuery::default()).await.unwrap();
+    let by_blob = |ses: &str| {
+        all.iter()
+            .find(|r| r.blob.as_deref() == Some(ses))
+            .unwrap_or_else(|| panic!("{ses} not indexed: {all:?}"))
+    };
+    let pass = by_blob(&pass_ses);
+    assert_eq!(pass.status, Status::Failed);
+    let Some(Bounce::Queued { id: dsn_id }) = pass.bounce else {
+        panic!("{:?}", pass.bounce);
+    };
+    let forged = by_blob(&forged_ses);
+    assert_eq!(forged.status, Status::Failed);
+    assert!(
+        matches!(&forged.bounce, Some(Bounce::Suppressed { why }) if why.contains("SPF FAIL, DMARC FAIL")),
+        "{:?}",
+        forged.bounce
+    );
+    assert_eq!(all.len(), 3, "two messages and one DSN: {all:?}");
+    let dsn = storage.index.get(dsn_id).await.unwrap().unwrap();
+    assert_eq!(
+        (dsn.intake, dsn.mail_from.as_str(), dsn.status),
+        (Intake::Dsn, "", Status::Delivered)
+    );
+    assert_eq!(dsn.rcpts[0].address, "prvs=144d0cba7=alice@example.org");
+    // Stored in the bucket next to the mail, written create-only.
+    let obj = clients
+        .s3
+        .get_object()
+        .bucket(&s.bucket)
+        .key(format!("{}{dsn_id}", s.prefix))
+        .send()
+        .await
+        .expect("the DSN's object");
+    let body = obj.body.collect().await.unwrap().into_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@example.test"),
+        "{text}"
+    );
+    // The primary took it from <> (and relays it to the sender's domain itself).
+    common::wait_for(
+        "the primary to log the DSN",
+        Duration::from_secs(20),
+        || pf.maillog().contains("from=<>"),
+    );
+
+    // Later runs send nothing more.
+    clock.advance(chrono::Duration::hours(2));
+    let again = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((again.delivered, again.failed), (0, 0), "{again:?}");
+    assert_eq!(
+        storage
+            .index
+            .list(&ListQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }

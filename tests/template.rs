@@ -179,12 +179,30 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:UpdateItem",
             "s3:GetObject",
             "s3:ListBucket",
+            "s3:PutObject",
             "s3:PutObjectTagging",
             "secretsmanager:GetSecretValue",
         ])
     );
+    // The drain writes only new objects (bounces): PutObject is allowed with If-None-Match
+    // only, so it can never overwrite a stored message.
+    let statements = f["DrainFunction"]["Properties"]["Policies"][0]["Statement"]
+        .as_array()
+        .unwrap();
+    let put = statements
+        .iter()
+        .find(|st| st["Action"] == "s3:PutObject")
+        .expect("a PutObject statement");
+    assert_eq!(
+        put["Condition"]["Null"]["s3:if-none-match"], "false",
+        "{put}"
+    );
+    assert!(
+        !ingest.contains("s3:PutObject"),
+        "ingest must not s3:PutObject"
+    );
     for (name, actions) in [("ingest", &ingest), ("drain", &drain)] {
-        for forbidden in ["s3:PutObject", "s3:DeleteObject", "dynamodb:DeleteItem"] {
+        for forbidden in ["s3:DeleteObject", "dynamodb:DeleteItem"] {
             assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
         }
         assert!(
@@ -392,6 +410,7 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                 ("STANDBY_DOMAINS", _) => "example.com,example.org".into(),
                 ("STANDBY_HOLD_DAYS", _) => "5".into(),
                 ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
+                ("STANDBY_DSN_REPORTING_MTA", _) => "example.com".into(),
                 // PrimaryAuthUser / PrimarySecretArn default to empty.
                 ("STANDBY_PRIMARY_AUTH_USER" | "STANDBY_PRIMARY_SECRET", _) => String::new(),
                 _ => "standby-prod".into(),
@@ -405,6 +424,7 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
     assert_eq!(c.keep_delivered_days, Some(30));
     assert_eq!(c.primary.auth_user, None);
     assert_eq!(c.domains, ["example.com", "example.org"]);
+    assert_eq!(c.dsn.reporting_mta.as_deref(), Some("example.com"));
     assert!(vars.contains_key(standby::config::ENV_METRICS));
     // The alarms read the namespace the drain writes.
     for alarm in ["MailHeldAlarm", "OldestHeldAlarm", "ProbeFailureAlarm"] {
