@@ -96,7 +96,10 @@ pub async fn settle(
         return Ok(());
     }
     let id = dsn_id(rec);
-    if storage.index.get(id).await?.is_none() {
+    let existing = storage.index.get(id).await?;
+    // A record of another intake under the DSN's id: the reconciler (AWS) indexed a DSN
+    // object whose own index insert was cut off by a crash. Ours replaces it.
+    if existing.as_ref().is_none_or(|r| r.intake != Intake::Dsn) {
         let head = read_head(storage, rec).await?;
         let bytes = build(rec, &head, &settings.reporting_mta, id, now);
         let (size, sha256) = store_blob(storage, id, &bytes).await?;
@@ -111,7 +114,11 @@ pub async fn settle(
                 summary::parse(summary::head(&bytes)),
             )
         };
-        storage.index.insert(&dsn).await?;
+        if existing.is_some() {
+            storage.index.update(&dsn, now).await?;
+        } else {
+            storage.index.insert(&dsn).await?;
+        }
         tracing::info!(id = %rec.id, dsn = %id, to_domain = redact(&rec.mail_from), "DSN queued");
     }
     rec.bounce = Some(Bounce::Queued { id });
@@ -457,6 +464,22 @@ mod tests {
         assert_eq!(dsn.status, Status::Held);
         let (bytes, _) = storage.blobs.read_all(&id.to_string()).await.unwrap();
         assert_eq!(dsn.size, bytes.len() as u64);
+
+        // A DSN object indexed by the reconciler (its own insert lost in a crash) is
+        // taken back as a DSN, not left as a failed unroutable message.
+        let mut stray = dsn.clone();
+        stray.intake = Intake::Reconciled;
+        stray.status = Status::Failed;
+        storage.index.update(&stray, Utc::now()).await.unwrap();
+        let mut third = failed("alice@sender.test", v("PASS", None, None));
+        third.id = rec.id;
+        third.received_at = rec.received_at;
+        settle(&storage, &mut third, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(third.bounce, Some(Bounce::Queued { id }));
+        let back = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!((back.intake, back.status), (Intake::Dsn, Status::Held));
 
         // A DSN that fails in turn is never bounced.
         let mut dsn = dsn.clone();
