@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod fs;
+pub mod group;
 pub mod memory;
 pub mod sqlite;
 

@@ -7,6 +7,9 @@
 //! - Claims run in one `BEGIN IMMEDIATE` transaction, so two processes (`standby serve` and
 //!   `standby drain`) never lease the same message at once.
 //!
+//! Inserts from concurrent sessions are grouped ([`Group`]): every insert waiting while a
+//! transaction commits goes into the next one, so one WAL fsync makes a batch durable.
+//!
 //! The full record is stored as JSON; the columns the queries filter and sort on (status,
 //! times, lease) are written from the same record beside it. The lease lives only in its
 //! columns, because claims change it without rewriting the record.
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::group::Group;
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
@@ -45,6 +49,75 @@ CREATE TABLE IF NOT EXISTS health (
 #[derive(Clone)]
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
+    inserts: Arc<Group<Record, Result<bool, StoreError>>>,
+}
+
+/// Most inserts one transaction takes.
+const INSERT_BATCH: usize = 256;
+
+/// Insert `recs` in one transaction; per record whether it was new.
+fn insert_all(conn: &Mutex<Connection>, recs: &[Record]) -> Result<Vec<bool>, StoreError> {
+    let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let tx = c.transaction().map_err(db_err)?;
+    let mut out = Vec::with_capacity(recs.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
+            )
+            .map_err(db_err)?;
+        for rec in recs {
+            let n = stmt
+                .execute(params![
+                    rec.id.to_string(),
+                    rec.status.as_str(),
+                    ms(rec.received_at),
+                    ms(rec.next_attempt_at),
+                    record_json(rec)?,
+                ])
+                .map_err(db_err)?;
+            out.push(n == 1);
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(out)
+}
+
+/// The grouped inserter over `conn`: a failed transaction fails every insert in it.
+fn inserter(conn: Arc<Mutex<Connection>>) -> Group<Record, Result<bool, StoreError>> {
+    Group::new(INSERT_BATCH, move |recs: Vec<Record>| {
+        let conn = conn.clone();
+        async move {
+            let n = recs.len();
+            let res = tokio::task::spawn_blocking(move || insert_all(&conn, &recs))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StoreError::Backend {
+                        backend: "sqlite",
+                        detail: format!("worker thread failed: {e}"),
+                        transient: true,
+                        source: None,
+                    })
+                });
+            match res {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let (detail, transient) = (e.to_string(), e.is_transient());
+                    (0..n)
+                        .map(|_| {
+                            Err(StoreError::Backend {
+                                backend: "sqlite",
+                                detail: detail.clone(),
+                                transient,
+                                source: None,
+                            })
+                        })
+                        .collect()
+                }
+            }
+        }
+    })
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -142,8 +215,10 @@ impl SqliteIndex {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteIndex {
-            conn: Arc::new(Mutex::new(conn)),
+            inserts: Arc::new(inserter(conn.clone())),
+            conn,
         })
     }
 
@@ -224,27 +299,14 @@ fn write_record(
 #[async_trait]
 impl Index for SqliteIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
-        let rec = rec.clone();
-        self.with(move |c| {
-            let json = record_json(&rec)?;
-            let n = c
-                .prepare_cached(
-                    "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        rec.id.to_string(),
-                        rec.status.as_str(),
-                        ms(rec.received_at),
-                        ms(rec.next_attempt_at),
-                        json,
-                    ])
-                })
-                .map_err(db_err)?;
-            Ok(n == 1)
+        self.inserts.submit(rec.clone()).await.unwrap_or_else(|| {
+            Err(StoreError::Backend {
+                backend: "sqlite",
+                detail: "insert worker stopped".into(),
+                transient: true,
+                source: None,
+            })
         })
-        .await
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {

@@ -56,10 +56,12 @@ impl PendingCheck {
 
     /// The verdicts, `TEMPERROR` when the check did not finish within `limit`.
     async fn verdicts(mut self, limit: Duration) -> Verdicts {
+        let waited = std::time::Instant::now();
         let spf = match tokio::time::timeout(limit, &mut self.0).await {
             Ok(Ok(v)) => v,
             Ok(Err(_)) | Err(_) => "TEMPERROR".to_string(),
         };
+        tracing::debug!(spf = %spf, waited_us = waited.elapsed().as_micros(), "sender check");
         Verdicts {
             spf: Some(spf),
             ..Default::default()
