@@ -50,58 +50,47 @@ CREATE TABLE IF NOT EXISTS health (
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
     inserts: Arc<Group<Record, Result<bool, StoreError>>>,
+    completions: Arc<Group<(Record, String), Result<(), StoreError>>>,
 }
 
-/// Most inserts one transaction takes.
-const INSERT_BATCH: usize = 256;
+/// Most writes one grouped transaction takes.
+const GROUP_MAX: usize = 256;
 
-/// Insert `recs` in one transaction; per record whether it was new.
-fn insert_all(conn: &Mutex<Connection>, recs: &[Record]) -> Result<Vec<bool>, StoreError> {
-    let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-    let tx = c.transaction().map_err(db_err)?;
-    let mut out = Vec::with_capacity(recs.len());
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
-            )
-            .map_err(db_err)?;
-        for rec in recs {
-            let n = stmt
-                .execute(params![
-                    rec.id.to_string(),
-                    rec.status.as_str(),
-                    ms(rec.received_at),
-                    ms(rec.next_attempt_at),
-                    record_json(rec)?,
-                ])
-                .map_err(db_err)?;
-            out.push(n == 1);
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(out)
-}
+/// One write of a grouped transaction. The outer error is the database's and fails the
+/// whole transaction; the inner result is this item's own (a lost lease, a missing
+/// record) and leaves the others alone.
+type ItemFn<T, R> = fn(&rusqlite::Transaction<'_>, &T) -> Result<Result<R, StoreError>, StoreError>;
 
-/// The grouped inserter over `conn`: a failed transaction fails every insert in it.
-fn inserter(conn: Arc<Mutex<Connection>>) -> Group<Record, Result<bool, StoreError>> {
-    Group::new(INSERT_BATCH, move |recs: Vec<Record>| {
+/// Writes of concurrent callers grouped into one `BEGIN IMMEDIATE` transaction each (one
+/// WAL fsync per group); a failed transaction fails every write in it.
+fn grouped<T, R>(
+    conn: Arc<Mutex<Connection>>,
+    item: ItemFn<T, R>,
+) -> Group<T, Result<R, StoreError>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    Group::new(GROUP_MAX, move |items: Vec<T>| {
         let conn = conn.clone();
         async move {
-            let n = recs.len();
-            let res = tokio::task::spawn_blocking(move || insert_all(&conn, &recs))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(StoreError::Backend {
-                        backend: "sqlite",
-                        detail: format!("worker thread failed: {e}"),
-                        transient: true,
-                        source: None,
-                    })
-                });
+            let n = items.len();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(db_err)?;
+                let out = items
+                    .iter()
+                    .map(|it| item(&tx, it))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().map_err(db_err)?;
+                Ok(out)
+            })
+            .await
+            .unwrap_or_else(|e| Err(worker_failed(e.to_string())));
             match res {
-                Ok(v) => v.into_iter().map(Ok).collect(),
+                Ok(v) => v,
                 Err(e) => {
                     let (detail, transient) = (e.to_string(), e.is_transient());
                     (0..n)
@@ -118,6 +107,65 @@ fn inserter(conn: Arc<Mutex<Connection>>) -> Group<Record, Result<bool, StoreErr
             }
         }
     })
+}
+
+fn worker_failed(why: String) -> StoreError {
+    StoreError::Backend {
+        backend: "sqlite",
+        detail: format!("worker thread failed: {why}"),
+        transient: true,
+        source: None,
+    }
+}
+
+/// Insert one record unless its id exists; whether it was new.
+fn insert_item(
+    tx: &rusqlite::Transaction<'_>,
+    rec: &Record,
+) -> Result<Result<bool, StoreError>, StoreError> {
+    let json = match record_json(rec) {
+        Ok(j) => j,
+        Err(e) => return Ok(Err(e)),
+    };
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, status, received_at, next_attempt_at, record)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                rec.id.to_string(),
+                rec.status.as_str(),
+                ms(rec.received_at),
+                ms(rec.next_attempt_at),
+                json,
+            ])
+        })
+        .map_err(db_err)?;
+    Ok(Ok(n == 1))
+}
+
+/// A drain worker's write-back: only while `owner` holds the lease.
+fn complete_item(
+    tx: &rusqlite::Transaction<'_>,
+    (rec, owner): &(Record, String),
+) -> Result<Result<(), StoreError>, StoreError> {
+    let lease: Option<Option<String>> = tx
+        .query_row(
+            "SELECT lease_owner FROM messages WHERE id = ?1",
+            [rec.id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    match lease {
+        None => Ok(Err(StoreError::NotFound(rec.id))),
+        Some(o) if o.as_deref() != Some(owner.as_str()) => Ok(Err(StoreError::Leased(rec.id))),
+        Some(_) => {
+            write_record(tx, rec, None)?;
+            Ok(Ok(()))
+        }
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -217,7 +265,8 @@ impl SqliteIndex {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteIndex {
-            inserts: Arc::new(inserter(conn.clone())),
+            inserts: Arc::new(grouped(conn.clone(), insert_item)),
+            completions: Arc::new(grouped(conn.clone(), complete_item)),
             conn,
         })
     }
@@ -234,12 +283,7 @@ impl SqliteIndex {
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Backend {
-            backend: "sqlite",
-            detail: format!("worker thread failed: {e}"),
-            transient: true,
-            source: None,
-        })?
+        .map_err(|e| worker_failed(e.to_string()))?
     }
 }
 
@@ -438,11 +482,10 @@ impl Index for SqliteIndex {
     }
 
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
-        let owner = owner.to_string();
-        self.write_back(rec, move |lease_owner, _| {
-            lease_owner.as_deref() == Some(owner.as_str())
-        })
-        .await
+        self.completions
+            .submit((rec.clone(), owner.to_string()))
+            .await
+            .unwrap_or_else(|| Err(worker_failed("write-back worker stopped".into())))
     }
 
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
