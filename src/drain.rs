@@ -26,7 +26,7 @@ use crate::model::{MessageId, RcptStatus, Record, Status};
 use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
 
 /// How many messages a worker leases at a time.
-const CLAIM_BATCH: usize = 8;
+const CLAIM_BATCH: usize = 32;
 
 /// Delay before the next attempt after `attempts` failed ones: 1m, 5m, 15m, 30m, then hourly.
 pub fn backoff(attempts: u32) -> Duration {
