@@ -318,7 +318,7 @@ fn default_down_after() -> u32 {
     2
 }
 fn default_concurrency() -> usize {
-    4
+    8
 }
 fn default_lease() -> u64 {
     600

@@ -7,10 +7,12 @@
 //!
 //! # Layout
 //! - [`model`]: message ids, records, per-recipient status.
-//! - [`ports`]: `BlobStore`, `Index`, `Relay`, `Probe`, `Clock`.
-//! - [`backend`]: adapters (`FsBlobStore`, `SqliteIndex`, in-memory twins).
+//! - [`ports`]: `BlobStore`, `Index`, `Relay`, `Probe`, `Clock`, `SenderCheck`.
+//! - [`backend`]: adapters (`FsBlobStore`, `SqliteIndex`, in-memory twins) and group commit.
 //! - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
 //! - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
+//! - [`dsn`]: bounces for failed mail, only to authenticated senders (no backscatter).
+//! - [`dns`]: the resolvers (MX checks, SPF at receipt).
 //! - [`health`]: probing the primary with hysteresis.
 //! - [`smtp`]: the listener (session state machine, DATA decoder, TLS) and the client.
 //! - [`summary`]: the listing summary parsed with `mail-parser`.

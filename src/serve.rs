@@ -112,11 +112,17 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (storage, removed) = Storage::serve_local(&config)?;
-    if removed > 0 {
+    let (storage, recovered) = Storage::serve_local(&config)?;
+    if recovered.removed > 0 {
         tracing::info!(
-            removed,
+            removed = recovered.removed,
             "removed unfinished (never acknowledged) spool files"
+        );
+    }
+    if recovered.restored > 0 {
+        tracing::warn!(
+            restored = recovered.restored,
+            "finished moving acknowledged messages into the spool after a crash"
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

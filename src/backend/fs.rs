@@ -1,18 +1,19 @@
 //! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
 //!
 //! # Guarantees
-//! A blob is written to `<data_dir>/tmp/<id>`, fsynced, renamed to `messages/<id>.eml` and
-//! the `messages` directory is fsynced: after [`BlobWriter::commit`] returns the file
-//! survives a crash or power cut, and before it returns no reader can see a partial file.
-//! Leftovers in `tmp/` belong to messages that were never acknowledged and are removed when
-//! the store is opened.
+//! A blob is written to `<data_dir>/tmp/<id>`, flushed to disk, then renamed to
+//! `messages/<id>.eml`; no reader sees a partial file. When [`BlobWriter::commit`] returns,
+//! the complete file is on disk under one of its two names: the rename itself becomes
+//! durable with the next journal commit, which the index insert that follows forces (one
+//! fsync instead of two). If the power fails before that, the file is still in `tmp/`, and
+//! [`FsBlobStore::recover`] finishes the rename at the next start for every message the
+//! index knows; the other leftovers in `tmp/` were never acknowledged and are removed.
 //!
 //! # Group commit
-//! Both flushes are shared by every commit waiting at the same moment ([`Group`]): one
+//! The data flush is shared by every commit waiting at the same moment ([`Group`]): one
 //! `syncfs(2)` makes the data of all their files durable (elsewhere than Linux, each file
-//! is fsynced), and one fsync of `messages/` their renames. With ten sessions committing
-//! at once that is two flushes for ten messages instead of twenty, and each commit still
-//! returns only after flushes that started after its own writes.
+//! is fsynced). With ten sessions committing at once that is one flush for ten messages,
+//! and each commit still returns only after a flush that started after its own writes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +49,15 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("chmod", dir, e))
 }
 
+/// What [`FsBlobStore::recover`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Acknowledged messages whose rename the crash interrupted, now in `messages/`.
+    pub restored: usize,
+    /// Partial, never acknowledged files, deleted.
+    pub removed: usize,
+}
+
 /// Message files in a spool directory.
 #[derive(Clone)]
 pub struct FsBlobStore {
@@ -68,16 +78,14 @@ impl std::fmt::Debug for FsBlobStore {
 /// Most commits one flush serves.
 const GROUP_MAX: usize = 256;
 
-/// The two shared flushes of a commit (see the module docs).
+/// The shared data flush of commits (see the module docs).
 struct Flushes {
     /// Data of written files: takes a handle on each file.
     data: Group<std::fs::File, Result<(), String>>,
-    /// Renames into `messages/`.
-    dir: Group<(), Result<(), String>>,
 }
 
 impl Flushes {
-    fn new(messages: PathBuf) -> Self {
+    fn new() -> Self {
         Flushes {
             data: Group::new(GROUP_MAX, |files: Vec<std::fs::File>| async move {
                 let n = files.len();
@@ -85,17 +93,6 @@ impl Flushes {
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 vec![res.map_err(|e| e.to_string()); n]
-            }),
-            dir: Group::new(GROUP_MAX, move |batch: Vec<()>| {
-                let dir = messages.clone();
-                async move {
-                    let res = tokio::task::spawn_blocking(move || {
-                        std::fs::File::open(&dir).and_then(|d| d.sync_all())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                    vec![res.map_err(|e| e.to_string()); batch.len()]
-                }
             }),
         }
     }
@@ -122,25 +119,72 @@ impl FsBlobStore {
             private_dir(dir)?;
         }
         Ok(FsBlobStore {
-            flushes: Arc::new(Flushes::new(messages.clone())),
+            flushes: Arc::new(Flushes::new()),
             messages,
             tmp,
         })
     }
 
     /// Remove partial writes left by a crash. Only the receiving process may call this
-    /// (at start, before it accepts connections): the files belong to messages that were
-    /// never acknowledged. Returns how many were removed.
+    /// (at start, before it accepts connections). Returns how many were removed.
     pub fn remove_unfinished(&self) -> Result<usize, StoreError> {
+        self.recover(|_| Ok(false)).map(|r| r.removed)
+    }
+
+    /// Clean up `tmp/` after a crash (see the module docs): finish the rename of every
+    /// file whose message `indexed` says was acknowledged, remove the rest. Only the
+    /// receiving process may call this, at start, before it accepts connections.
+    pub fn recover(
+        &self,
+        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
+    ) -> Result<Recovered, StoreError> {
+        self.sweep(indexed, true)
+    }
+
+    /// Only finish interrupted renames of acknowledged messages, removing nothing: safe
+    /// while `standby serve` runs (a file in `tmp/` is indexed only after a crash undid
+    /// its rename), so every operator command on the spool does it when it opens it.
+    pub fn restore(
+        &self,
+        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
+    ) -> Result<Recovered, StoreError> {
+        self.sweep(indexed, false)
+    }
+
+    fn sweep(
+        &self,
+        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
+        remove: bool,
+    ) -> Result<Recovered, StoreError> {
         let entries =
             std::fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
-        let mut n = 0;
+        let mut out = Recovered::default();
         for entry in entries.flatten() {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                n += 1;
+            let path = entry.path();
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<MessageId>().ok());
+            match id {
+                Some(id) if indexed(id)? => {
+                    std::fs::rename(&path, self.path(id))
+                        .map_err(|e| StoreError::io("rename", &path, e))?;
+                    out.restored += 1;
+                }
+                _ if remove => {
+                    if std::fs::remove_file(&path).is_ok() {
+                        out.removed += 1;
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(n)
+        if out.restored > 0 {
+            std::fs::File::open(&self.messages)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io("fsync", &self.messages, e))?;
+        }
+        Ok(out)
     }
 
     /// Path of a committed message file.
@@ -270,9 +314,7 @@ impl BlobWriter for FsBlobWriter {
             flushed("fsync", &self.tmp, self.flushes.data.submit(handle).await)?;
             tokio::fs::rename(&self.tmp, &self.dest)
                 .await
-                .map_err(|e| StoreError::io("rename", &self.tmp, e))?;
-            let dir = self.dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-            flushed("fsync", &dir, self.flushes.dir.submit(()).await)
+                .map_err(|e| StoreError::io("rename", &self.tmp, e))
         }
         .await;
         if result.is_err() {

@@ -29,20 +29,20 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// The local spool for `standby serve`: created if missing, with the partial writes a
-    /// crash left behind removed (only the receiving process may do that, before it
-    /// accepts connections). Also returns how many were removed.
-    pub fn serve_local(config: &Config) -> Result<(Storage, usize), StoreError> {
+    /// The local spool for `standby serve`: created if missing, with what a crash left in
+    /// `tmp/` cleaned up: acknowledged messages put in place, partial writes removed (only
+    /// the receiving process may do that, before it accepts connections).
+    pub fn serve_local(config: &Config) -> Result<(Storage, fs::Recovered), StoreError> {
         let blobs = FsBlobStore::open(config.data_dir())?;
-        let removed = blobs.remove_unfinished()?;
-        Ok((Self::local(blobs, config)?, removed))
-    }
-
-    fn local(blobs: FsBlobStore, config: &Config) -> Result<Storage, StoreError> {
-        Ok(Storage {
-            blobs: Arc::new(blobs),
-            index: Arc::new(SqliteIndex::open(config.data_dir())?),
-        })
+        let index = SqliteIndex::open(config.data_dir())?;
+        let recovered = blobs.recover(|id| index.contains(id))?;
+        Ok((
+            Storage {
+                blobs: Arc::new(blobs),
+                index: Arc::new(index),
+            },
+            recovered,
+        ))
     }
 
     /// An existing local spool (for the operator commands). A missing `data_dir` is an
@@ -61,7 +61,19 @@ impl Storage {
                 ),
             ));
         }
-        Self::local(FsBlobStore::open(dir)?, config)
+        let blobs = FsBlobStore::open(dir)?;
+        let index = SqliteIndex::open(dir)?;
+        let restored = blobs.restore(|id| index.contains(id))?.restored;
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                "finished moving acknowledged messages into the spool after a crash"
+            );
+        }
+        Ok(Storage {
+            blobs: Arc::new(blobs),
+            index: Arc::new(index),
+        })
     }
 
     /// The storage the config names, for the operator commands: the local spool (which

@@ -250,6 +250,20 @@ impl SqliteIndex {
         Self::init(conn)
     }
 
+    /// Whether a record with this id exists, asked synchronously (start-up recovery,
+    /// before anything else uses the index).
+    pub fn contains(&self, id: MessageId) -> Result<bool, StoreError> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        c.query_row(
+            "SELECT 1 FROM messages WHERE id = ?1",
+            [id.to_string()],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(db_err)
+    }
+
     /// A private in-memory database (for tests of code above the index).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory().map_err(db_err)?)
