@@ -171,11 +171,7 @@ impl FsBlobStore {
                         .map_err(|e| StoreError::io("rename", &path, e))?;
                     out.restored += 1;
                 }
-                _ if remove => {
-                    if std::fs::remove_file(&path).is_ok() {
-                        out.removed += 1;
-                    }
-                }
+                _ if remove && std::fs::remove_file(&path).is_ok() => out.removed += 1,
                 _ => {}
             }
         }
