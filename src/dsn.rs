@@ -139,12 +139,7 @@ async fn read_head(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreErro
         .take(HEAD_LIMIT as u64)
         .read_to_end(&mut buf)
         .await
-        .map_err(|e| StoreError::Backend {
-            backend: "blob",
-            detail: format!("reading {key}: {e}"),
-            transient: true,
-            source: Some(Box::new(e)),
-        })?;
+        .map_err(|e| StoreError::blob_read(&key, e))?;
     let len = summary::head(&buf).len();
     buf.truncate(len);
     Ok(buf)

@@ -51,6 +51,16 @@ impl StoreError {
         }
     }
 
+    /// Reading an opened blob's stream failed (any backend).
+    pub fn blob_read(key: &str, source: std::io::Error) -> Self {
+        StoreError::Backend {
+            backend: "blob",
+            detail: format!("reading {key}: {source}"),
+            transient: true,
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -58,12 +58,7 @@ pub trait BlobStore: Send + Sync + 'static {
             .await?
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| StoreError::Backend {
-                backend: "blob",
-                detail: format!("reading {key}: {e}"),
-                transient: true,
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| StoreError::blob_read(key, e))?;
         Ok((bytes, info))
     }
     /// Every committed blob, in no particular order (for reconciliation).

@@ -63,18 +63,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
     rec.next_attempt_at = now + chrono::Duration::hours(1);
     storage.index.update(&rec, now).await.unwrap();
 
-    let drainer = Drainer::new(
-        storage.clone(),
-        Arc::new(Untouchable),
-        Arc::new(At(now)),
-        DrainSettings {
-            concurrency: 1,
-            lease: Duration::from_secs(60),
-            hold_days: 30,
-            rate_per_sec: 0,
-            dsn: dsn_settings(),
-        },
-    );
+    let drainer = expiring_drainer(&storage, now);
     let report = drainer.run(RunOptions::default()).await.unwrap();
     assert_eq!((report.delivered, report.failed), (0, 1));
 
@@ -107,11 +96,23 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
     );
 }
 
-fn dsn_settings() -> DsnSettings {
-    DsnSettings {
-        enabled: true,
-        reporting_mta: "standby.test".into(),
-    }
+/// A drain at `now` with `hold_days = 30`, against a primary it must never contact.
+fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
+    Drainer::new(
+        storage.clone(),
+        Arc::new(Untouchable),
+        Arc::new(At(now)),
+        DrainSettings {
+            concurrency: 1,
+            lease: Duration::from_secs(60),
+            hold_days: 30,
+            rate_per_sec: 0,
+            dsn: DsnSettings {
+                enabled: true,
+                reporting_mta: "standby.test".into(),
+            },
+        },
+    )
 }
 
 #[tokio::test]
@@ -142,18 +143,7 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
     inc.write(b"Subject: old\r\n\r\nx\r\n").await.unwrap();
     let old = inc.commit().await.unwrap().id;
 
-    let drainer = Drainer::new(
-        storage.clone(),
-        Arc::new(Untouchable),
-        Arc::new(At(now)),
-        DrainSettings {
-            concurrency: 1,
-            lease: Duration::from_secs(60),
-            hold_days: 30,
-            rate_per_sec: 0,
-            dsn: dsn_settings(),
-        },
-    );
+    let drainer = expiring_drainer(&storage, now);
     // Expiry runs while the primary is down: the DSN is queued, not sent.
     assert_eq!(drainer.expire_old().await.unwrap(), 1);
     assert_eq!(drainer.expire_old().await.unwrap(), 0, "expired once");

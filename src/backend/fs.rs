@@ -63,7 +63,7 @@ pub struct Recovered {
 pub struct FsBlobStore {
     messages: PathBuf,
     tmp: PathBuf,
-    flushes: Arc<Flushes>,
+    flush: Arc<DataFlush>,
 }
 
 impl std::fmt::Debug for FsBlobStore {
@@ -78,24 +78,18 @@ impl std::fmt::Debug for FsBlobStore {
 /// Most commits one flush serves.
 const GROUP_MAX: usize = 256;
 
-/// The shared data flush of commits (see the module docs).
-struct Flushes {
-    /// Data of written files: takes a handle on each file.
-    data: Group<std::fs::File, Result<(), String>>,
-}
+/// The data flush shared by the commits waiting at one moment (see the module docs);
+/// takes a handle on each file.
+type DataFlush = Group<std::fs::File, Result<(), String>>;
 
-impl Flushes {
-    fn new() -> Self {
-        Flushes {
-            data: Group::new(GROUP_MAX, |files: Vec<std::fs::File>| async move {
-                let n = files.len();
-                let res = tokio::task::spawn_blocking(move || sync_files(&files))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                vec![res.map_err(|e| e.to_string()); n]
-            }),
-        }
-    }
+fn data_flush() -> DataFlush {
+    Group::new(GROUP_MAX, |files: Vec<std::fs::File>| async move {
+        let n = files.len();
+        let res = tokio::task::spawn_blocking(move || sync_files(&files))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        vec![res.map_err(|e| e.to_string()); n]
+    })
 }
 
 /// Make the data of `files` durable: one `syncfs` of their file system on Linux (they
@@ -119,7 +113,7 @@ impl FsBlobStore {
             private_dir(dir)?;
         }
         Ok(FsBlobStore {
-            flushes: Arc::new(Flushes::new()),
+            flush: Arc::new(data_flush()),
             messages,
             tmp,
         })
@@ -213,7 +207,7 @@ impl BlobStore for FsBlobStore {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             tmp,
             dest: self.path(id),
-            flushes: self.flushes.clone(),
+            flush: self.flush.clone(),
         }))
     }
 
@@ -277,7 +271,7 @@ struct FsBlobWriter {
     file: BufWriter<tokio::fs::File>,
     tmp: PathBuf,
     dest: PathBuf,
-    flushes: Arc<Flushes>,
+    flush: Arc<DataFlush>,
 }
 
 #[async_trait]
@@ -307,7 +301,7 @@ impl BlobWriter for FsBlobWriter {
                 .map_err(|e| StoreError::io("fsync", &self.tmp, e))?
                 .into_std()
                 .await;
-            flushed("fsync", &self.tmp, self.flushes.data.submit(handle).await)?;
+            flushed("fsync", &self.tmp, self.flush.submit(handle).await)?;
             tokio::fs::rename(&self.tmp, &self.dest)
                 .await
                 .map_err(|e| StoreError::io("rename", &self.tmp, e))
