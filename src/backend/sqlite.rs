@@ -145,27 +145,37 @@ fn insert_item(
     Ok(Ok(n == 1))
 }
 
-/// A drain worker's write-back: only while `owner` holds the lease.
-fn complete_item(
+/// Replace a record and drop its lease if `allowed` says so given the current lease
+/// (owner, until). The outer error is the database's; the inner one is this record's own:
+/// [`StoreError::NotFound`] or [`StoreError::Leased`], with nothing written.
+fn write_if(
     tx: &rusqlite::Transaction<'_>,
-    (rec, owner): &(Record, String),
+    rec: &Record,
+    allowed: impl FnOnce(&Option<String>, Option<i64>) -> bool,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    let lease: Option<Option<String>> = tx
+    let lease: Option<(Option<String>, Option<i64>)> = tx
         .query_row(
-            "SELECT lease_owner FROM messages WHERE id = ?1",
+            "SELECT lease_owner, lease_until FROM messages WHERE id = ?1",
             [rec.id.to_string()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .map_err(db_err)?;
     match lease {
         None => Ok(Err(StoreError::NotFound(rec.id))),
-        Some(o) if o.as_deref() != Some(owner.as_str()) => Ok(Err(StoreError::Leased(rec.id))),
-        Some(_) => {
-            write_record(tx, rec, None)?;
-            Ok(Ok(()))
-        }
+        Some((owner, until)) if !allowed(&owner, until) => Ok(Err(StoreError::Leased(rec.id))),
+        Some(_) => write_record(tx, rec, None).map(|_| Ok(())),
     }
+}
+
+/// A drain worker's write-back: only while `owner` holds the lease.
+fn complete_item(
+    tx: &rusqlite::Transaction<'_>,
+    (rec, owner): &(Record, String),
+) -> Result<Result<(), StoreError>, StoreError> {
+    write_if(tx, rec, |lease_owner, _| {
+        lease_owner.as_deref() == Some(owner.as_str())
+    })
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -313,21 +323,7 @@ impl SqliteIndex {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let lease: Option<(Option<String>, Option<i64>)> = tx
-                .query_row(
-                    "SELECT lease_owner, lease_until FROM messages WHERE id = ?1",
-                    [rec.id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let Some((owner, until)) = lease else {
-                return Err(StoreError::NotFound(rec.id));
-            };
-            if !allowed(&owner, until) {
-                return Err(StoreError::Leased(rec.id));
-            }
-            write_record(&tx, &rec, None)?;
+            write_if(&tx, &rec, allowed)??;
             tx.commit().map_err(db_err)
         })
         .await
