@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::aws::{Moto, ses_put};
+use common::aws::{Moto, ses_event, ses_put};
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
@@ -41,11 +41,7 @@ fn main() {
         let moto = Moto::start();
         let (clients, settings, storage) = moto.storage("benchdrain").await;
         let ingest = Ingest::new(storage.clone(), "");
-        let template: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(common::repo().join("tests/fixtures/ses/normal.json"))
-                .expect("fixture"),
-        )
-        .expect("fixture json");
+        let template = ses_event("normal.json");
         for i in 0..N {
             let ses_id = format!("drain{i:05}0000000000000000000000000000000");
             let raw = common::fixture("ses/message.eml", &format!("tok-{i}"));

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::aws::{Moto, ses_put};
+use common::aws::{Moto, ses_event, ses_put};
 use standby::lambda::ingest::Ingest;
 
 const N: usize = 200;
@@ -25,11 +25,7 @@ fn main() {
         let moto = Moto::start();
         let (clients, settings, storage) = moto.storage("bench").await;
         let ingest = Ingest::new(storage.clone(), "");
-        let template: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(common::repo().join("tests/fixtures/ses/normal.json"))
-                .expect("fixture"),
-        )
-        .expect("fixture json");
+        let template = ses_event("normal.json");
         let mut times: Vec<Duration> = Vec::with_capacity(N);
         for i in 0..N {
             let ses_id = format!("bench{i:05}0000000000000000000000000000000");
