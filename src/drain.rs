@@ -240,6 +240,7 @@ impl Drainer {
             .list(&crate::ports::ListQuery {
                 status: Some(Status::Held),
                 limit: None,
+                after: None,
             })
             .await?;
         Ok(held

@@ -81,8 +81,27 @@ pub trait BlobWriter: Send {
 pub struct ListQuery {
     /// Only this status; all when `None`.
     pub status: Option<Status>,
-    /// Oldest first; at most this many.
+    /// At most this many.
     pub limit: Option<usize>,
+    /// Only records after this one in list order: the last record of the previous page.
+    pub after: Option<Cursor>,
+}
+
+/// A place in list order (received time, then id), taken from a listed record, so a
+/// long listing can be read page by page instead of all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub received_at: DateTime<Utc>,
+    pub id: MessageId,
+}
+
+impl From<&Record> for Cursor {
+    fn from(r: &Record) -> Self {
+        Cursor {
+            received_at: r.received_at,
+            id: r.id,
+        }
+    }
 }
 
 /// A drain worker asks for work.
@@ -105,13 +124,13 @@ pub trait Index: Send + Sync + 'static {
     /// record with this id exists. Returns only once the record is durable.
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError>;
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError>;
-    /// Records oldest first.
+    /// Records in list order: oldest first (received time, then id).
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError>;
     async fn counts(&self) -> Result<Counts, StoreError>;
     /// Received time of the oldest message with this status.
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError>;
-    /// Atomically lease up to `limit` held records (oldest first) whose lease is absent or
-    /// expired, and return them with the new lease set. Two concurrent claims never
+    /// Atomically lease up to `limit` held records (oldest first, in list order) whose
+    /// lease is absent or expired, and return them with the new lease set. Two concurrent claims never
     /// return the same record while its lease runs.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError>;
     /// Write back a claimed record after an attempt and drop its lease.

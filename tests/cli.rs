@@ -177,3 +177,51 @@ fn a_missing_spool_is_an_error_not_an_empty_answer() {
     );
     assert!(!dir.path().join("elsewhere").exists(), "nothing created");
 }
+
+#[test]
+fn list_reads_a_large_spool_page_by_page() {
+    // More messages than one page of the index (500): the listing must be whole, in
+    // order, and `list | head` must end cleanly once the reader has had enough.
+    require("smtp-source", "postfix");
+    let sb = Standby::start(free_port(), "");
+    let n = 1_203;
+    let src = Command::new("smtp-source")
+        .args(["-s", "5", "-m", &n.to_string(), "-l", "2048"])
+        .args(["-f", "a@example.org", "-t", "bob@example.test"])
+        .arg(format!("127.0.0.1:{}", sb.port))
+        .output()
+        .expect("run smtp-source");
+    assert!(src.status.success(), "{}", stderr(&src));
+
+    let all = sb.list("held");
+    assert_eq!(all.len(), n, "every held message listed once");
+    // Ids are ULIDs of the receipt time, so their order is the list order.
+    let ids: Vec<&str> = all.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "oldest first, no repeats"
+    );
+    let text = sb.cli(&["list"]);
+    let lines = String::from_utf8_lossy(&text.stdout).lines().count();
+    assert_eq!(lines, n + 1, "a header and one line per message");
+
+    // The reader stops after three lines: the command stops too, with success.
+    let mut child = Command::new(STANDBY)
+        .args(["list", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run standby list");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..3 {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(!line.is_empty());
+    }
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", stderr(&done));
+}

@@ -11,7 +11,7 @@ use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::health::HealthRecord;
 use standby::model::{MessageId, Origin, Recipient, Record, Status, Summary};
-use standby::ports::{BlobStore, ClaimRequest, Index, ListQuery};
+use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery};
 use tokio::io::AsyncReadExt;
 
 fn record(age_secs: i64) -> Record {
@@ -72,10 +72,27 @@ async fn index_contract(index: Arc<dyn Index>) {
         .list(&ListQuery {
             status: Some(Status::Held),
             limit: Some(2),
+            after: None,
         })
         .await
         .unwrap();
     assert_eq!(limited.len(), 2);
+    // Paging: each page starts after the previous page's last record.
+    for status in [None, Some(Status::Held)] {
+        let (mut seen, mut after) = (Vec::new(), None);
+        loop {
+            let q = ListQuery {
+                status,
+                limit: Some(1),
+                after,
+            };
+            let page = index.list(&q).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(Cursor::from(last));
+            seen.extend(page.iter().map(|r| r.id));
+        }
+        assert_eq!(seen, ids, "pages of one, status {status:?}");
+    }
     assert_eq!(index.counts().await.unwrap().held, 3);
     assert_eq!(
         index

@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
-use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Index, ListQuery};
+use crate::ports::{
+    BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index, ListQuery,
+};
 
 type BlobMap = Arc<Mutex<HashMap<String, (Arc<Vec<u8>>, DateTime<Utc>)>>>;
 
@@ -141,12 +143,16 @@ impl Index for MemIndex {
     }
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
         let s = self.state.lock().unwrap();
-        Ok(s.records
+        let mut recs: Vec<Record> = s
+            .records
             .values()
             .filter(|r| q.status.is_none_or(|st| r.status == st))
-            .take(q.limit.unwrap_or(usize::MAX))
+            .filter(|r| q.after.is_none_or(|a| Cursor::from(*r) > a))
             .cloned()
-            .collect())
+            .collect();
+        recs.sort_by_key(|r| Cursor::from(r));
+        recs.truncate(q.limit.unwrap_or(usize::MAX));
+        Ok(recs)
     }
     async fn counts(&self) -> Result<Counts, StoreError> {
         let mut c = Counts::default();

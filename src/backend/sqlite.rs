@@ -13,6 +13,12 @@
 //! The full record is stored as JSON; the columns the queries filter and sort on (status,
 //! times, lease) are written from the same record beside it. The lease lives only in its
 //! columns, because claims change it without rewriting the record.
+//!
+//! Every listing and claim walks one index in list order, (status, received_at, id), and
+//! stops at its limit; nothing sorts the table. A claim skips the leased and the
+//! not-yet-due rows it passes, as the DynamoDB claim does. An index on the due time would
+//! find due rows without passing the others, but then every claim would sort them all by
+//! age: at 100,000 held that sort, not the delivery, set the drain rate.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,8 +43,10 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_until INTEGER,
     record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_status ON messages(status, id);
-CREATE INDEX IF NOT EXISTS messages_due ON messages(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS messages_recv ON messages(status, received_at, id);
+CREATE INDEX IF NOT EXISTS messages_order ON messages(received_at, id);
+DROP INDEX IF EXISTS messages_status;
+DROP INDEX IF EXISTS messages_due;
 CREATE TABLE IF NOT EXISTS health (
     k INTEGER PRIMARY KEY CHECK (k = 1),
     record TEXT NOT NULL
@@ -380,25 +388,29 @@ impl Index for SqliteIndex {
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
         let q = q.clone();
         self.with(move |c| {
-            let limit = q.limit.map_or(-1, |l| l as i64);
-            match q.status {
-                Some(st) => {
-                    let mut stmt = c
-                        .prepare_cached(&format!(
-                            "SELECT {COLS} FROM messages WHERE status = ?1 ORDER BY id LIMIT ?2"
-                        ))
-                        .map_err(db_err)?;
-                    collect(&mut stmt, params![st.as_str(), limit])
-                }
-                None => {
-                    let mut stmt = c
-                        .prepare_cached(&format!(
-                            "SELECT {COLS} FROM messages ORDER BY id LIMIT ?1"
-                        ))
-                        .map_err(db_err)?;
-                    collect(&mut stmt, params![limit])
-                }
+            let mut conds = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(st) = q.status {
+                conds.push("status = ?");
+                args.push(st.as_str().to_string().into());
             }
+            if let Some(after) = q.after {
+                conds.push("(received_at, id) > (?, ?)");
+                args.push(ms(after.received_at).into());
+                args.push(after.id.to_string().into());
+            }
+            let filter = if conds.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conds.join(" AND "))
+            };
+            args.push(q.limit.map_or(-1, |l| l as i64).into());
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {COLS} FROM messages {filter} ORDER BY received_at, id LIMIT ?"
+                ))
+                .map_err(db_err)?;
+            collect(&mut stmt, rusqlite::params_from_iter(args))
         })
         .await
     }
@@ -426,7 +438,7 @@ impl Index for SqliteIndex {
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.with(move |c| {
             c.query_row(
-                "SELECT received_at FROM messages WHERE status = ?1 ORDER BY id LIMIT 1",
+                "SELECT received_at FROM messages WHERE status = ?1 ORDER BY received_at, id LIMIT 1",
                 [status.as_str()],
                 |r| r.get::<_, i64>(0),
             )
@@ -451,7 +463,7 @@ impl Index for SqliteIndex {
                             "SELECT {COLS} FROM messages WHERE status = 'held'
                              AND received_at < ?1
                              AND (lease_until IS NULL OR lease_until <= ?2)
-                             ORDER BY id LIMIT {}",
+                             ORDER BY received_at, id LIMIT {}",
                             req.limit
                         ),
                         [ms(before), now],
@@ -461,7 +473,7 @@ impl Index for SqliteIndex {
                             "SELECT {COLS} FROM messages WHERE status = 'held'
                              AND next_attempt_at <= ?1
                              AND (lease_until IS NULL OR lease_until <= ?2)
-                             ORDER BY id LIMIT {}",
+                             ORDER BY received_at, id LIMIT {}",
                             req.limit
                         ),
                         [now, now],

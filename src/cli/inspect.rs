@@ -168,35 +168,72 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
     Ok(())
 }
 
+/// Records per page read from the index: `standby list | head` returns after the first
+/// page however many messages are held, and memory stays flat for any number.
+const LIST_PAGE: usize = 500;
+
 pub(super) async fn list(
     storage: &Storage,
     status: Option<Status>,
     json: bool,
 ) -> Result<(), CliError> {
-    let recs = storage
-        .index
-        .list(&ListQuery {
-            status,
-            limit: None,
-        })
-        .await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut query = ListQuery {
+        status,
+        limit: Some(LIST_PAGE),
+        after: None,
+    };
+    let mut listed = 0usize;
+    loop {
+        let page = storage.index.list(&query).await?;
+        let written = if json {
+            list_json(&mut out, &page, listed == 0)
+        } else {
+            list_lines(&mut out, &page, listed == 0)
+        };
+        match written {
+            // `standby list | head`: the reader has all it wants; stop reading pages.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        listed += page.len();
+        match page.last() {
+            Some(last) if page.len() == LIST_PAGE => query.after = Some(last.into()),
+            _ => break,
+        }
+    }
     if json {
-        let items: Vec<ListItem<'_>> = recs.iter().map(ListItem::from).collect();
-        serde_json::to_writer_pretty(&mut out, &items).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-        return ignore_pipe(out.flush());
+        ignore_pipe(writeln!(out, "{}]", if listed == 0 { "[" } else { "\n" }))?;
+    } else if listed == 0 {
+        ignore_pipe(writeln!(out, "no messages"))?;
     }
-    if recs.is_empty() {
-        writeln!(out, "no messages")?;
-        return Ok(());
+    ignore_pipe(out.flush())
+}
+
+/// One page of a JSON array written as it is read: `[` before the first page's first
+/// item, a comma between items; the caller closes the array.
+fn list_json(out: &mut impl Write, page: &[Record], first_page: bool) -> std::io::Result<()> {
+    for (i, r) in page.iter().enumerate() {
+        let sep = match (first_page, i) {
+            (true, 0) => "[\n",
+            _ => ",\n",
+        };
+        out.write_all(sep.as_bytes())?;
+        serde_json::to_writer(&mut *out, &ListItem::from(r))?;
     }
-    writeln!(
-        out,
-        "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  SUBJECT",
-        "ID", "STATUS", "RECEIVED", "SIZE", "FROM -> TO"
-    )?;
-    for r in &recs {
+    Ok(())
+}
+
+/// One page as table rows, after the header when it is the first.
+fn list_lines(out: &mut impl Write, page: &[Record], first_page: bool) -> std::io::Result<()> {
+    if first_page && !page.is_empty() {
+        writeln!(
+            out,
+            "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  SUBJECT",
+            "ID", "STATUS", "RECEIVED", "SIZE", "FROM -> TO"
+        )?;
+    }
+    for r in page {
         let to = match r.rcpts.len() {
             1 => r.rcpts[0].address.clone(),
             n => format!("{} (+{})", r.rcpts[0].address, n - 1),
@@ -206,7 +243,7 @@ pub(super) async fn list(
         } else {
             &r.mail_from
         };
-        let line = writeln!(
+        writeln!(
             out,
             "{:<26}  {:<9}  {:<19}  {:>9}  {:<28}  {}",
             r.id.to_string(),
@@ -215,15 +252,14 @@ pub(super) async fn list(
             r.size,
             format!("{from} -> {to}"),
             r.summary.subject.as_deref().unwrap_or("")
-        );
-        ignore_pipe(line)?;
+        )?;
         if r.status == Status::Failed {
             let why = r.reason.as_deref().unwrap_or("failed");
             let bounce = r.bounce.as_ref().map(bounce_text).unwrap_or_default();
-            ignore_pipe(writeln!(out, "{:<28}{why}; {bounce}", ""))?;
+            writeln!(out, "{:<28}{why}; {bounce}", "")?;
         }
     }
-    ignore_pipe(out.flush())
+    Ok(())
 }
 
 /// `standby list | head` closes the pipe early; that is not an error.

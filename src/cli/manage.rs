@@ -64,6 +64,7 @@ async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>
         .list(&ListQuery {
             status: Some(status),
             limit: None,
+            after: None,
         })
         .await?;
     Ok(recs.into_iter().map(|r| r.id).collect())

@@ -25,7 +25,7 @@ use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, TTL_ATTR
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
-use crate::ports::{ClaimRequest, Index, ListQuery};
+use crate::ports::{ClaimRequest, Cursor, Index, ListQuery};
 
 const BACKEND: &str = "dynamodb";
 
@@ -54,6 +54,14 @@ fn n(v: i64) -> AttributeValue {
 /// Sort key of the status index: received time, then id, as fixed-width text.
 fn recv_key(at: DateTime<Utc>, id: &str) -> String {
     format!("{:013}#{id}", at.timestamp_millis().max(0))
+}
+
+/// Which part of one status's sort keys a query reads.
+#[derive(Debug, Clone)]
+enum KeyRange {
+    All,
+    Before(String),
+    After(String),
 }
 
 fn from_ms(v: i64) -> DateTime<Utc> {
@@ -159,11 +167,12 @@ impl DynamoIndex {
         &self.table
     }
 
-    /// One page of the status index, oldest first, starting after `start`.
+    /// One page of the status index, oldest first, starting after `start`, within `range`
+    /// of the sort key.
     async fn query_status(
         &self,
         status: Status,
-        before: Option<&str>,
+        range: KeyRange,
         limit: Option<i32>,
         start: Option<Item>,
     ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
@@ -176,32 +185,41 @@ impl DynamoIndex {
             .scan_index_forward(true)
             .set_exclusive_start_key(start)
             .set_limit(limit);
-        q = match before {
-            Some(b) => q
-                .key_condition_expression("#s = :s AND #r < :b")
-                .expression_attribute_names("#s", GSI_PK)
+        q = q.expression_attribute_names("#s", GSI_PK);
+        q = match range {
+            KeyRange::All => q.key_condition_expression("#s = :s"),
+            KeyRange::Before(k) => q
+                .key_condition_expression("#s = :s AND #r < :k")
                 .expression_attribute_names("#r", GSI_SK)
-                .expression_attribute_values(":b", s(b)),
-            None => q
-                .key_condition_expression("#s = :s")
-                .expression_attribute_names("#s", GSI_PK),
+                .expression_attribute_values(":k", s(k)),
+            KeyRange::After(k) => q
+                .key_condition_expression("#s = :s AND #r > :k")
+                .expression_attribute_names("#r", GSI_SK)
+                .expression_attribute_values(":k", s(k)),
         };
         let out = q.send().await.map_err(|e| classify(BACKEND, "Query", e))?;
         let next = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), next))
     }
 
-    /// Records with one status, oldest first, at most `limit`.
+    /// Records with one status, oldest first, after `after`, at most `limit`.
     async fn list_status(
         &self,
         status: Status,
+        after: Option<Cursor>,
         limit: Option<usize>,
     ) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
         let mut start = None;
+        let range = match after {
+            Some(c) => KeyRange::After(recv_key(c.received_at, &c.id.to_string())),
+            None => KeyRange::All,
+        };
         loop {
             let want = limit.map(|l| i32::try_from(l - out.len()).unwrap_or(i32::MAX));
-            let (items, next) = self.query_status(status, None, want, start).await?;
+            let (items, next) = self
+                .query_status(status, range.clone(), want, start)
+                .await?;
             for item in &items {
                 out.push(from_item(item)?);
             }
@@ -317,9 +335,9 @@ impl Index for DynamoIndex {
         };
         let mut out = Vec::new();
         for st in statuses {
-            out.extend(self.list_status(st, q.limit).await?);
+            out.extend(self.list_status(st, q.after, q.limit).await?);
         }
-        out.sort_by_key(|a| (a.received_at, a.id));
+        out.sort_by_key(|r| Cursor::from(r));
         if let Some(l) = q.limit {
             out.truncate(l);
         }
@@ -356,19 +374,22 @@ impl Index for DynamoIndex {
 
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
-            .list_status(status, Some(1))
+            .list_status(status, None, Some(1))
             .await?
             .first()
             .map(|r| r.received_at))
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
-        let before = req.received_before.map(|b| recv_key(b, ""));
+        let range = match req.received_before {
+            Some(b) => KeyRange::Before(recv_key(b, "")),
+            None => KeyRange::All,
+        };
         let mut out = Vec::new();
         let mut start = None;
         loop {
             let (items, next) = self
-                .query_status(Status::Held, before.as_deref(), Some(100), start)
+                .query_status(Status::Held, range.clone(), Some(100), start)
                 .await?;
             for item in &items {
                 let rec = from_item(item)?;
