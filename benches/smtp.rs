@@ -25,6 +25,7 @@ fn policy() -> Policy {
         max_message_size: 40 << 20,
         max_recipients: 100,
         tls_available: false,
+        journal: Default::default(),
     }
 }
 

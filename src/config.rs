@@ -41,7 +41,7 @@ const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS
 const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
 [primary]\naddress = \"\"\ntls = \"required\"\n";
 /// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["primary", "health", "drain", "tls", "dsn"];
+const SECTIONS: &[&str] = &["primary", "health", "drain", "tls", "dsn", "journal"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +112,8 @@ pub struct Config {
     pub drain: DrainConfig,
     #[serde(default)]
     pub dsn: DsnConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
 }
 
 /// Which storage backend a config uses.
@@ -270,6 +272,58 @@ impl Default for DsnConfig {
             nameserver: None,
             spf_timeout_secs: default_spf_timeout(),
         }
+    }
+}
+
+/// Journal intake (see `crate::journal`): copies of all mail the primary accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Addresses the primary sends its journal copies to, e.g.
+    /// `journal@standby.example.com`; `journal+user=domain@...` matches too. Their domain
+    /// is accepted for these addresses only. Empty: no journal intake.
+    #[serde(default, deserialize_with = "address_list")]
+    pub addresses: Vec<String>,
+}
+
+fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    let raw = match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Text(s) => s.split(',').map(str::to_string).collect(),
+    };
+    let mut out = Vec::new();
+    for a in raw {
+        let a = a.trim().to_ascii_lowercase();
+        if a.is_empty() {
+            continue;
+        }
+        match a.rsplit_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !local.contains(['+', '@', '%', '!'])
+                    && domain.contains('.')
+                    && !a.contains(char::is_whitespace) => {}
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "`{a}` is not a journal address (like journal@standby.example.com, no +extension)"
+                )));
+            }
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// The journal addresses and the domains whose recipients a journal copy keeps.
+    pub fn journal(&self) -> crate::journal::Journal {
+        crate::journal::Journal::new(&self.journal.addresses, &self.domains)
     }
 }
 

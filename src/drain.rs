@@ -190,8 +190,9 @@ pub fn apply(
                 .and_then(|r| r.reply.clone());
             Outcome::Failed
         }
-        // Some recipients may be delivered; the message as a whole is deferred.
-        Status::Held | Status::Paused => Outcome::Deferred,
+        // Some recipients may be delivered; the message as a whole is deferred. (A
+        // journal copy is never claimed.)
+        Status::Held | Status::Paused | Status::Journal => Outcome::Deferred,
     }
 }
 
@@ -241,6 +242,7 @@ impl Drainer {
                 status: Some(Status::Held),
                 limit: None,
                 after: None,
+                ..Default::default()
             })
             .await?;
         Ok(held
@@ -595,6 +597,7 @@ mod tests {
                 mail_from: "a@sender.test".into(),
                 rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
                 origin: Origin::default(),
+                journal: false,
             })
             .await
             .unwrap();

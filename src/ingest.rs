@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
+use crate::journal::Journal;
 use crate::model::{MessageId, Origin, Record, Verdicts, redact};
 use crate::ports::{BlobWriter, Clock};
 use crate::summary::HeadCapture;
@@ -23,6 +24,8 @@ pub struct Envelope {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub origin: Origin,
+    /// Sent to journal addresses: filed as a journal copy, never drained.
+    pub journal: bool,
 }
 
 /// Accepts messages into a [`Storage`].
@@ -31,6 +34,7 @@ pub struct Spool {
     storage: Storage,
     clock: Arc<dyn Clock>,
     hostname: String,
+    journal: Arc<Journal>,
 }
 
 impl Spool {
@@ -39,7 +43,14 @@ impl Spool {
             storage,
             clock,
             hostname: hostname.into(),
+            journal: Arc::default(),
         }
+    }
+
+    /// File transactions to these journal addresses as journal copies.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Arc::new(journal);
+        self
     }
 
     /// Start receiving one message for `env`.
@@ -64,6 +75,7 @@ impl Spool {
             head: HeadCapture::default(),
             verdicts: None,
             storage: self.storage.clone(),
+            journal: self.journal.clone(),
         })
     }
 }
@@ -79,6 +91,7 @@ pub struct Incoming {
     head: HeadCapture,
     verdicts: Option<Verdicts>,
     storage: Storage,
+    journal: Arc<Journal>,
 }
 
 impl Incoming {
@@ -116,9 +129,11 @@ impl Incoming {
             head,
             verdicts,
             storage,
+            journal,
         } = self;
         writer.commit().await?;
-        let rec = Record {
+        let is_journal = env.journal;
+        let mut rec = Record {
             origin: env.origin,
             verdicts,
             ..Record::held(
@@ -130,6 +145,9 @@ impl Incoming {
                 head.summary(),
             )
         };
+        if is_journal {
+            journal.file(&mut rec, head.bytes());
+        }
         if let Err(e) = storage.index.insert(&rec).await {
             let _ = storage.blobs.delete(&id.to_string()).await;
             return Err(e);
@@ -139,7 +157,8 @@ impl Incoming {
             size,
             rcpts = rec.rcpts.len(),
             from_domain = redact(&rec.mail_from),
-            "message held"
+            status = %rec.status,
+            "message stored"
         );
         Ok(rec)
     }
@@ -187,6 +206,7 @@ mod tests {
                 helo: "mx.example.org\r\nX-Evil: 1".into(),
                 tls: false,
             },
+            journal: false,
         }
     }
 

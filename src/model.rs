@@ -81,14 +81,18 @@ pub enum Status {
     Delivered,
     /// No recipient is pending and at least one failed permanently (or the message expired).
     Failed,
+    /// A journal copy sent by the primary (see [`crate::journal`]): archived, never
+    /// drained; `standby replay` delivers it again on request.
+    Journal,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Held,
         Status::Paused,
         Status::Delivered,
         Status::Failed,
+        Status::Journal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +101,7 @@ impl Status {
             Status::Paused => "paused",
             Status::Delivered => "delivered",
             Status::Failed => "failed",
+            Status::Journal => "journal",
         }
     }
 }
@@ -113,7 +118,9 @@ impl FromStr for Status {
         Status::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown status `{s}` (held, paused, delivered, failed)"))
+            .ok_or_else(|| {
+                format!("unknown status `{s}` (held, paused, delivered, failed, journal)")
+            })
     }
 }
 
@@ -279,6 +286,22 @@ pub struct Record {
     /// Set once the message failed: the DSN queued for it, or why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<Bounce>,
+    /// Set on a journal copy: its journal envelope and where its recipients came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<crate::journal::JournalCopy>,
+    /// Replay runs that delivered this message again (`standby replay`), so a rerun with
+    /// the same run id skips it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<Replayed>,
+}
+
+/// One replay of a message to the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    pub run: String,
+    pub at: DateTime<Utc>,
+    /// Recipients the primary accepted in this run.
+    pub rcpts: Vec<String>,
 }
 
 impl Record {
@@ -313,6 +336,8 @@ impl Record {
             intake: Intake::Smtp,
             verdicts: None,
             bounce: None,
+            journal: None,
+            replays: Vec::new(),
         }
     }
 
@@ -331,6 +356,9 @@ impl Record {
     /// Recompute the message status from the recipients. `paused` is kept while any
     /// recipient is still pending, because it is the operator's decision, not the primary's.
     pub fn settle(&mut self) {
+        if self.status == Status::Journal {
+            return; // archived, never delivered by the drain
+        }
         let any_pending = self.rcpts.iter().any(|r| r.status == RcptStatus::Pending);
         let any_failed = self.rcpts.iter().any(|r| r.status == RcptStatus::Failed);
         self.status = if any_pending {
@@ -354,6 +382,7 @@ pub struct Counts {
     pub paused: u64,
     pub delivered: u64,
     pub failed: u64,
+    pub journal: u64,
 }
 
 impl Counts {
@@ -363,6 +392,7 @@ impl Counts {
             Status::Paused => self.paused += n,
             Status::Delivered => self.delivered += n,
             Status::Failed => self.failed += n,
+            Status::Journal => self.journal += n,
         }
     }
 }
@@ -406,6 +436,8 @@ mod tests {
             blob: None,
             intake: Intake::Smtp,
             verdicts: None,
+            journal: None,
+            replays: Vec::new(),
             bounce: None,
         }
     }

@@ -85,6 +85,10 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Only records after this one in list order: the last record of the previous page.
     pub after: Option<Cursor>,
+    /// Only records received at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only records received before this time.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// A place in list order (received time, then id), taken from a listed record, so a

@@ -97,6 +97,7 @@ pub fn smtp_server(
             max_message_size: config.max_message_size,
             max_recipients: config.max_recipients,
             tls_available: tls.is_some(),
+            journal: config.journal(),
         },
         spool,
         tls,
@@ -132,7 +133,8 @@ pub async fn serve(
     };
     let server = Arc::new(smtp_server(
         &config,
-        Spool::new(storage.clone(), clock.clone(), config.hostname.clone()),
+        Spool::new(storage.clone(), clock.clone(), config.hostname.clone())
+            .with_journal(config.journal()),
         tls,
     )?);
     let relay = Arc::new(SmtpRelay::from_config(&config)?);

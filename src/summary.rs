@@ -40,6 +40,11 @@ impl HeadCapture {
         }
     }
 
+    /// The header block captured so far (at most [`HEAD_LIMIT`] bytes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Parse what was captured.
     pub fn summary(&self) -> Summary {
         parse(&self.buf)

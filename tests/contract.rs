@@ -38,6 +38,8 @@ fn record(age_secs: i64) -> Record {
         intake: Default::default(),
         verdicts: None,
         bounce: None,
+        journal: None,
+        replays: Vec::new(),
     }
 }
 
@@ -73,6 +75,7 @@ async fn index_contract(index: Arc<dyn Index>) {
             status: Some(Status::Held),
             limit: Some(2),
             after: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -85,6 +88,7 @@ async fn index_contract(index: Arc<dyn Index>) {
                 status,
                 limit: Some(1),
                 after,
+                ..ListQuery::default()
             };
             let page = index.list(&q).await.unwrap();
             let Some(last) = page.last() else { break };
@@ -93,6 +97,26 @@ async fn index_contract(index: Arc<dyn Index>) {
         }
         assert_eq!(seen, ids, "pages of one, status {status:?}");
     }
+    // A time window: [since, until).
+    let window = index
+        .list(&ListQuery {
+            since: Some(mid.received_at),
+            until: Some(new.received_at),
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|r| r.id).collect::<Vec<_>>(), [mid.id]);
+    let from_mid = index
+        .list(&ListQuery {
+            status: Some(Status::Held),
+            since: Some(mid.received_at),
+            after: Some(Cursor::from(&mid)),
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(from_mid.iter().map(|r| r.id).collect::<Vec<_>>(), [new.id]);
     assert_eq!(index.counts().await.unwrap().held, 3);
     assert_eq!(
         index

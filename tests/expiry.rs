@@ -49,6 +49,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
                     mail_from: "a@example.org".into(),
                     rcpts: vec!["bob@example.test".into()],
                     origin: Origin::default(),
+                    journal: false,
                 })
                 .await
                 .unwrap();
@@ -133,6 +134,7 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
             mail_from: "alice@example.org".into(),
             rcpts: vec!["bob@example.test".into()],
             origin: Origin::default(),
+            journal: false,
         })
         .await
         .unwrap();

@@ -14,6 +14,7 @@ fn policy() -> Policy {
         max_message_size: 1000,
         max_recipients: 3,
         tls_available: true,
+        journal: Default::default(),
     }
 }
 

@@ -148,6 +148,8 @@ impl Index for MemIndex {
             .values()
             .filter(|r| q.status.is_none_or(|st| r.status == st))
             .filter(|r| q.after.is_none_or(|a| Cursor::from(*r) > a))
+            .filter(|r| q.since.is_none_or(|t| r.received_at >= t))
+            .filter(|r| q.until.is_none_or(|t| r.received_at < t))
             .cloned()
             .collect();
         recs.sort_by_key(|r| Cursor::from(r));

@@ -402,6 +402,14 @@ impl Index for SqliteIndex {
                 args.push(ms(after.received_at).into());
                 args.push(after.id.to_string().into());
             }
+            if let Some(t) = q.since {
+                conds.push("received_at >= ?");
+                args.push(ms(t).into());
+            }
+            if let Some(t) = q.until {
+                conds.push("received_at < ?");
+                args.push(ms(t).into());
+            }
             let filter = if conds.is_empty() {
                 String::new()
             } else {

@@ -182,6 +182,7 @@ pub(super) async fn list(
         status,
         limit: Some(LIST_PAGE),
         after: None,
+        ..Default::default()
     };
     let mut listed = 0usize;
     loop {

@@ -65,6 +65,7 @@ async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>
             status: Some(status),
             limit: None,
             after: None,
+            ..Default::default()
         })
         .await?;
     Ok(recs.into_iter().map(|r| r.id).collect())

@@ -8,9 +8,11 @@ mod doctor;
 mod drain;
 mod inspect;
 mod manage;
+mod recover;
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::backend::Storage;
@@ -38,6 +40,7 @@ pub enum StatusFilter {
     Paused,
     Delivered,
     Failed,
+    Journal,
     All,
 }
 
@@ -48,6 +51,7 @@ impl StatusFilter {
             StatusFilter::Paused => Some(Status::Paused),
             StatusFilter::Delivered => Some(Status::Delivered),
             StatusFilter::Failed => Some(Status::Failed),
+            StatusFilter::Journal => Some(Status::Journal),
             StatusFilter::All => None,
         }
     }
@@ -123,6 +127,53 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Deliver journal copies (and delivered copies still kept) of mail received in a
+    /// time window to the primary again, with their original envelope and one
+    /// `X-Standby-Replay:` header. A rerun with the same --run-id sends nothing twice.
+    Replay {
+        /// Start of the window: `2026-11-28`, `2026-11-28T09:00:00Z`, or `3d` / `12h`
+        /// / `30m` ago.
+        #[arg(long, value_parser = parse_time)]
+        since: DateTime<Utc>,
+        /// End of the window (not included); now when omitted.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// Only to this original recipient.
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Option<String>,
+        /// Only list what would be sent.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Continue an interrupted run (its id is printed at the end of each run).
+        #[arg(long, value_name = "ID")]
+        run_id: Option<String>,
+    },
+    /// Write stored messages to an mbox file, a Maildir or a directory of .eml files.
+    Export {
+        #[arg(long, value_enum)]
+        format: crate::export::Format,
+        /// The mbox file or the directory to create (an existing empty directory is used).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "all")]
+        status: StatusFilter,
+        /// Received at or after (same forms as replay --since).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Received before.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// Only messages to this recipient.
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Option<String>,
+        /// Only messages from this envelope sender (`<>` for bounces).
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete messages from the spool for good.
     Purge {
         #[arg(required = true)]
@@ -163,6 +214,8 @@ pub enum CliError {
     Partial(usize),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("export: {0}")]
+    Export(String),
 }
 
 impl CliError {
@@ -174,6 +227,33 @@ impl CliError {
             _ => 1,
         }
     }
+}
+
+/// A time for `--since` / `--until`: RFC 3339, a UTC date or date and time, or a span
+/// ago (`90m`, `12h`, `3d`).
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    let unit = s.chars().last().unwrap_or(' ');
+    let span = match (s[..s.len() - unit.len_utf8()].parse::<i64>(), unit) {
+        (Ok(n), 'm') => chrono::Duration::try_minutes(n),
+        (Ok(n), 'h') => chrono::Duration::try_hours(n),
+        (Ok(n), 'd') => chrono::Duration::try_days(n),
+        _ => None,
+    };
+    span.map(|d| Utc::now() - d).ok_or_else(|| {
+        format!("`{s}` is not a time (2026-11-28, 2026-11-28T09:00:00Z, 2026-11-28 09:00, or 30m / 12h / 3d ago)")
+    })
 }
 
 fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, CliError> {
@@ -226,6 +306,42 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hold { ids, all } => manage::hold(&storage, &parse_ids(&ids)?, all).await,
         Command::Release { ids, all } => manage::release(&storage, &parse_ids(&ids)?, all).await,
         Command::Retry { ids } => manage::retry(&storage, &parse_ids(&ids)?).await,
+        Command::Replay {
+            since,
+            until,
+            rcpt,
+            dry_run,
+            json,
+            run_id,
+        } => {
+            let req = crate::replay::ReplayRequest {
+                since,
+                until,
+                rcpt,
+                run: run_id.unwrap_or_else(|| format!("replay-{}", ulid::Ulid::new())),
+            };
+            let relay = aws::relay(&config).await?;
+            recover::replay(relay, &storage, req, dry_run, json).await
+        }
+        Command::Export {
+            format,
+            out,
+            status,
+            since,
+            until,
+            rcpt,
+            from,
+            json,
+        } => {
+            let sel = crate::export::Selection {
+                status: status.status(),
+                since,
+                until,
+                rcpt,
+                from,
+            };
+            recover::export(&storage, sel, format, &out, json).await
+        }
         Command::Purge { ids, yes } => {
             if !yes {
                 return Err(CliError::Usage(

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::ses::{SesEvent, SesPayload};
 use crate::backend::Storage;
 use crate::error::StoreError;
+use crate::journal::Journal;
 use crate::model::{
     Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
@@ -86,6 +87,7 @@ pub struct Ingest {
     storage: Storage,
     /// Shown in listings, e.g. `s3://bucket/incoming/`.
     prefix: String,
+    journal: Journal,
 }
 
 impl Ingest {
@@ -93,7 +95,14 @@ impl Ingest {
         Ingest {
             storage,
             prefix: prefix.into(),
+            journal: Journal::default(),
         }
+    }
+
+    /// File messages to these journal addresses as journal copies.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// Handle one invocation's payload.
@@ -181,7 +190,13 @@ impl Ingest {
                 summary,
             )
         };
-        let quarantined = quarantine_if_infected(&mut rec, &verdicts);
+        // A journal copy is archived whatever its verdicts: it is never drained.
+        let quarantined = if rec.rcpts.iter().any(|r| self.journal.matches(&r.address)) {
+            self.journal.file(&mut rec, head);
+            false
+        } else {
+            quarantine_if_infected(&mut rec, &verdicts)
+        };
         let idx = &self.storage.index;
         if idx.insert(&rec).await.map_err(store)? {
             report.indexed += 1;

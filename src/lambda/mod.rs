@@ -49,8 +49,11 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The ingest function: storage from the environment (it needs nothing else).
+/// The ingest function: storage from the environment, and the journal addresses
+/// (`STANDBY_JOURNAL_ADDRESSES`) with the domains whose recipients a copy keeps
+/// (`STANDBY_DOMAINS`).
 pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
+    let journal = Config::from_lambda_env(std::env::vars())?.journal();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let missing = |k: &str| ConfigError::Env {
         var: k.into(),
@@ -69,7 +72,8 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
     Ok(ingest::Ingest::new(
         Storage::aws(&clients, &settings),
         format!("s3://{}/{}", settings.bucket, settings.prefix),
-    ))
+    )
+    .with_journal(journal))
 }
 
 /// The drain function: config, storage and the relay (password or secret resolved once).

@@ -264,6 +264,7 @@ async fn receive_data(
             helo: session.helo().to_string(),
             tls: session.tls(),
         },
+        journal: session.is_journal(),
     };
     let check = PendingCheck::start(server, session, peer);
     let mut incoming = match server.spool.begin(env).await {

@@ -35,6 +35,9 @@ pub struct Policy {
     pub max_recipients: usize,
     /// A certificate is configured, so STARTTLS can be offered.
     pub tls_available: bool,
+    /// Journal addresses: accepted whatever the domain list says, each transaction
+    /// either all journal or none (see [`crate::journal`]).
+    pub journal: crate::journal::Journal,
 }
 
 /// What the connection does after sending the reply.
@@ -76,6 +79,8 @@ pub struct Session<'p> {
     tls: bool,
     mail_from: Option<String>,
     rcpts: Vec<String>,
+    /// The recipients so far are journal addresses.
+    journal: bool,
     errors: u32,
 }
 
@@ -100,6 +105,7 @@ impl<'p> Session<'p> {
             tls,
             mail_from: None,
             rcpts: Vec::new(),
+            journal: false,
             errors: 0,
         }
     }
@@ -122,9 +128,15 @@ impl<'p> Session<'p> {
         &self.rcpts
     }
 
+    /// The transaction's recipients are journal addresses.
+    pub fn is_journal(&self) -> bool {
+        self.journal
+    }
+
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.journal = false;
     }
 
     /// The TLS handshake finished: RFC 3207 says forget everything, including EHLO.
@@ -238,8 +250,23 @@ impl<'p> Session<'p> {
                 if self.rcpts.len() >= self.policy.max_recipients {
                     return step(452, "4.5.3", "Error: too many recipients");
                 }
-                match self.check_recipient(&to.address) {
+                let journal = self.policy.journal.matches(&to.address);
+                if !self.rcpts.is_empty() && journal != self.journal {
+                    // RFC 5321 §4.5.3.1.10: a client sends the rest in another transaction.
+                    return step(
+                        452,
+                        "4.5.3",
+                        "Journal copies and other mail go in separate transactions",
+                    );
+                }
+                let checked = if journal {
+                    Ok(to.address.trim().to_string())
+                } else {
+                    self.check_recipient(&to.address)
+                };
+                match checked {
                     Ok(addr) => {
+                        self.journal = journal;
                         if !self.rcpts.contains(&addr) {
                             self.rcpts.push(addr);
                         }
@@ -381,6 +408,10 @@ mod tests {
             max_message_size: 1000,
             max_recipients: 2,
             tls_available: false,
+            journal: crate::journal::Journal::new(
+                &["journal@archive.example.test".to_string()],
+                &["example.test".to_string()],
+            ),
         }
     }
 
@@ -408,6 +439,31 @@ mod tests {
         );
         assert!(s.mail_from().is_none());
         assert_eq!(s.handle(b"QUIT\r\n").next, Next::Close);
+    }
+
+    #[test]
+    fn journal_copies_come_in_their_own_transactions() {
+        let p = policy(Some(&["bob@example.test"]));
+        let mut s = Session::new(&p, false);
+        s.handle(b"EHLO c\r\n");
+        s.handle(b"MAIL FROM:<a@b.test>\r\n");
+        // Accepted although its domain is not ours and it is not on the recipients list.
+        let j = s.handle(b"RCPT TO:<journal+bob=example.test@archive.example.test>\r\n");
+        assert_eq!(code(&j), "250");
+        assert_eq!(code(&s.handle(b"RCPT TO:<bob@example.test>\r\n")), "452");
+        assert!(s.is_journal());
+        s.handle(b"RSET\r\n");
+        assert!(!s.is_journal());
+        s.handle(b"MAIL FROM:<a@b.test>\r\n");
+        assert_eq!(code(&s.handle(b"RCPT TO:<bob@example.test>\r\n")), "250");
+        let j = s.handle(b"RCPT TO:<journal@archive.example.test>\r\n");
+        assert!(j.reply.starts_with("452 4.5.3"), "{}", j.reply);
+        assert!(!s.is_journal());
+        // Other addresses in the journal domain are relaying.
+        s.handle(b"RSET\r\n");
+        s.handle(b"MAIL FROM:<a@b.test>\r\n");
+        let r = s.handle(b"RCPT TO:<postmaster@archive.example.test>\r\n");
+        assert!(r.reply.starts_with("550 5.7.1"), "{}", r.reply);
     }
 
     #[test]

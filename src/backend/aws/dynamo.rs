@@ -62,6 +62,32 @@ enum KeyRange {
     All,
     Before(String),
     After(String),
+    /// Inclusive at both ends.
+    Between(String, String),
+}
+
+impl KeyRange {
+    /// The keys a listing reads: after the cursor or from `since`, whichever is later,
+    /// and before `until`. The cursor's own key is in the range; the caller skips it.
+    fn of(q: &ListQuery) -> KeyRange {
+        let lo = [
+            q.after.map(|c| recv_key(c.received_at, &c.id.to_string())),
+            q.since.map(|t| recv_key(t, "")),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        // `~` sorts after every character of an id, and `until` itself is excluded.
+        let hi = q
+            .until
+            .map(|t| recv_key(t - chrono::Duration::milliseconds(1), "~"));
+        match (lo, hi) {
+            (None, None) => KeyRange::All,
+            (Some(lo), None) => KeyRange::After(lo),
+            (None, Some(hi)) => KeyRange::Before(hi),
+            (Some(lo), Some(hi)) => KeyRange::Between(lo, hi),
+        }
+    }
 }
 
 fn from_ms(v: i64) -> DateTime<Utc> {
@@ -193,35 +219,38 @@ impl DynamoIndex {
                 .expression_attribute_names("#r", GSI_SK)
                 .expression_attribute_values(":k", s(k)),
             KeyRange::After(k) => q
-                .key_condition_expression("#s = :s AND #r > :k")
+                .key_condition_expression("#s = :s AND #r >= :k")
                 .expression_attribute_names("#r", GSI_SK)
                 .expression_attribute_values(":k", s(k)),
+            KeyRange::Between(lo, hi) => q
+                .key_condition_expression("#s = :s AND #r BETWEEN :lo AND :hi")
+                .expression_attribute_names("#r", GSI_SK)
+                .expression_attribute_values(":lo", s(lo))
+                .expression_attribute_values(":hi", s(hi)),
         };
         let out = q.send().await.map_err(|e| classify(BACKEND, "Query", e))?;
         let next = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), next))
     }
 
-    /// Records with one status, oldest first, after `after`, at most `limit`.
-    async fn list_status(
-        &self,
-        status: Status,
-        after: Option<Cursor>,
-        limit: Option<usize>,
-    ) -> Result<Vec<Record>, StoreError> {
-        let mut out = Vec::new();
+    /// Records with one status in list order within `q`'s range, at most `q.limit`.
+    async fn list_status(&self, status: Status, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        let (limit, mut out) = (q.limit, Vec::new());
         let mut start = None;
-        let range = match after {
-            Some(c) => KeyRange::After(recv_key(c.received_at, &c.id.to_string())),
-            None => KeyRange::All,
-        };
+        let range = KeyRange::of(q);
         loop {
-            let want = limit.map(|l| i32::try_from(l - out.len()).unwrap_or(i32::MAX));
+            // One more than wanted: the cursor's own record may come first.
+            let want = limit.map(|l| i32::try_from(l + 1 - out.len()).unwrap_or(i32::MAX));
             let (items, next) = self
                 .query_status(status, range.clone(), want, start)
                 .await?;
             for item in &items {
-                out.push(from_item(item)?);
+                let rec = from_item(item)?;
+                if q.after.is_none_or(|a| Cursor::from(&rec) > a)
+                    && out.len() < limit.unwrap_or(usize::MAX)
+                {
+                    out.push(rec);
+                }
             }
             if next.is_none() || limit.is_some_and(|l| out.len() >= l) {
                 return Ok(out);
@@ -335,7 +364,7 @@ impl Index for DynamoIndex {
         };
         let mut out = Vec::new();
         for st in statuses {
-            out.extend(self.list_status(st, q.after, q.limit).await?);
+            out.extend(self.list_status(st, q).await?);
         }
         out.sort_by_key(|r| Cursor::from(r));
         if let Some(l) = q.limit {
@@ -374,7 +403,13 @@ impl Index for DynamoIndex {
 
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
-            .list_status(status, None, Some(1))
+            .list_status(
+                status,
+                &ListQuery {
+                    limit: Some(1),
+                    ..ListQuery::default()
+                },
+            )
             .await?
             .first()
             .map(|r| r.received_at))

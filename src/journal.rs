@@ -1,0 +1,225 @@
+//! Journal intake: a copy of every message the primary accepts, kept here, outside the
+//! primary's failure domain, so mail accepted since the primary's last backup can be put
+//! back after its mailbox store is lost (`standby replay`).
+//!
+//! The primary sends the copies to configured journal addresses (Postfix `always_bcc` or
+//! `recipient_bcc_maps`). A transaction addressed to a journal address is stored and
+//! indexed like held mail, with status [`Status::Journal`], and is never drained. Its
+//! recipients are the *original* recipients, the ones a replay delivers to, found in this
+//! order:
+//!
+//! 1. the journal envelope: `recipient_bcc_maps` can give each original recipient its own
+//!    journal address, `journal+bob=example.test@standby.example.com`, so the copy's
+//!    envelope names every original recipient, Bcc included;
+//! 2. the header: `To` and `Cc` (an `always_bcc` copy carries only the journal address in
+//!    its envelope, so Bcc recipients of the original are not known).
+//!
+//! Either way only addresses in the configured `domains` are kept. The primary journals
+//! outbound mail too, and a replay must never send mail back out to other people's
+//! domains; a copy with no recipient of ours is archived with none and a replay skips it.
+
+use std::collections::HashSet;
+
+use mail_parser::MessageParser;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Recipient, Record, Status};
+
+/// How the original recipients of a journal copy were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptSource {
+    /// Encoded in the journal addresses of the envelope (`journal+user=domain@...`).
+    Envelope,
+    /// The `To` and `Cc` header fields (Bcc recipients unknown).
+    Headers,
+}
+
+/// What a journal copy's record keeps besides the original recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalCopy {
+    /// The journal addresses it was sent to (the copy's own envelope).
+    pub to: Vec<String>,
+    pub source: RcptSource,
+}
+
+/// The configured journal addresses, and the domains whose recipients a copy keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// (local part, domain), lower case.
+    addresses: HashSet<(String, String)>,
+    domains: HashSet<String>,
+}
+
+fn split(addr: &str) -> Option<(String, String)> {
+    let (local, domain) = addr.trim().rsplit_once('@')?;
+    Some((
+        local.to_ascii_lowercase(),
+        domain.trim_end_matches('.').to_ascii_lowercase(),
+    ))
+}
+
+impl Journal {
+    pub fn new<'a>(
+        addresses: impl IntoIterator<Item = &'a String>,
+        domains: impl IntoIterator<Item = &'a String>,
+    ) -> Self {
+        Journal {
+            addresses: addresses.into_iter().filter_map(|a| split(a)).collect(),
+            domains: domains
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.addresses.is_empty()
+    }
+
+    /// The journal domains, which the listener accepts for the journal addresses only.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.addresses.iter().map(|(_, d)| d.as_str())
+    }
+
+    /// Whether `addr` is a journal address, bare or with a `+extension`.
+    pub fn matches(&self, addr: &str) -> bool {
+        self.extension(addr).is_some()
+    }
+
+    /// `Some(extension)` (possibly empty) when `addr` is a journal address.
+    fn extension(&self, addr: &str) -> Option<String> {
+        let (local, domain) = split(addr)?;
+        let (base, ext) = match local.split_once('+') {
+            Some((b, e)) => (b.to_string(), e.to_string()),
+            None => (local, String::new()),
+        };
+        self.addresses.contains(&(base, domain)).then_some(ext)
+    }
+
+    /// Turn a just-received record (recipients = the journal envelope) into a journal
+    /// copy: status `journal`, recipients the original ones (see the module docs). `head`
+    /// is the message's header block.
+    pub fn file(&self, rec: &mut Record, head: &[u8]) {
+        let envelope: Vec<String> = rec.rcpts.iter().map(|r| r.address.clone()).collect();
+        let mut originals: Vec<String> = envelope
+            .iter()
+            .filter_map(|a| self.extension(a))
+            .filter_map(|ext| decode(&ext))
+            .collect();
+        let source = if originals.is_empty() {
+            originals = header_rcpts(head);
+            RcptSource::Headers
+        } else {
+            RcptSource::Envelope
+        };
+        let mut kept: Vec<String> = Vec::new();
+        for a in originals {
+            let ours = split(&a).is_some_and(|(_, d)| self.domains.contains(&d));
+            if ours && !kept.iter().any(|k| k.eq_ignore_ascii_case(&a)) {
+                kept.push(a);
+            }
+        }
+        rec.status = Status::Journal;
+        rec.rcpts = kept.into_iter().map(Recipient::pending).collect();
+        rec.journal = Some(JournalCopy {
+            to: envelope,
+            source,
+        });
+    }
+}
+
+/// `bob=example.test` → `bob@example.test` (the last `=` separates the domain, so a
+/// local part may contain `=` itself).
+fn decode(ext: &str) -> Option<String> {
+    let (local, domain) = ext.rsplit_once('=')?;
+    (!local.is_empty() && domain.contains('.')).then(|| format!("{local}@{domain}"))
+}
+
+/// Addresses in the `To` and `Cc` fields.
+fn header_rcpts(head: &[u8]) -> Vec<String> {
+    let Some(msg) = MessageParser::default().parse_headers(head) else {
+        return Vec::new();
+    };
+    [msg.to(), msg.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a.iter())
+        .filter_map(|a| a.address())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MessageId, Summary};
+    use chrono::Utc;
+
+    fn journal() -> Journal {
+        Journal::new(
+            &["Journal@Standby.example.test".to_string()],
+            &["example.test".to_string()],
+        )
+    }
+
+    fn rec(rcpts: &[&str]) -> Record {
+        let now = Utc::now();
+        Record::held(
+            MessageId::new(now),
+            "alice@example.org".into(),
+            rcpts.iter().map(|s| s.to_string()).collect(),
+            now,
+            (1, "00".into()),
+            Summary::default(),
+        )
+    }
+
+    #[test]
+    fn matches_bare_and_extended_addresses_only() {
+        let j = journal();
+        assert!(j.matches("journal@standby.example.test"));
+        assert!(j.matches("JOURNAL+bob=example.test@standby.example.test."));
+        assert!(!j.matches("journal@example.test"));
+        assert!(!j.matches("journalx@standby.example.test"));
+        assert!(!j.matches("bob@example.test"));
+        assert!(!Journal::default().is_enabled());
+    }
+
+    #[test]
+    fn envelope_extensions_give_every_recipient_bcc_included() {
+        let j = journal();
+        let mut r = rec(&[
+            "journal+bob=example.test@standby.example.test",
+            "journal+carol+tag=example.test@standby.example.test",
+            "journal+dave=elsewhere.example@standby.example.test",
+        ]);
+        j.file(&mut r, b"To: someone@example.test\r\n\r\n");
+        assert_eq!(r.status, Status::Journal);
+        let got: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
+        assert_eq!(got, ["bob@example.test", "carol+tag@example.test"]);
+        assert_eq!(r.journal.as_ref().unwrap().source, RcptSource::Envelope);
+        assert_eq!(r.journal.as_ref().unwrap().to.len(), 3);
+    }
+
+    #[test]
+    fn a_bare_journal_address_takes_our_to_and_cc_recipients() {
+        let j = journal();
+        let mut r = rec(&["journal@standby.example.test"]);
+        let head = b"From: a@example.org\r\nTo: Bob <bob@example.test>, x@other.example\r\n\
+Cc: carol@EXAMPLE.test, bob@example.test\r\nSubject: s\r\n\r\n";
+        j.file(&mut r, head);
+        let got: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
+        assert_eq!(got, ["bob@example.test", "carol@EXAMPLE.test"]);
+        assert_eq!(r.journal.as_ref().unwrap().source, RcptSource::Headers);
+    }
+
+    #[test]
+    fn outbound_mail_is_archived_without_recipients() {
+        let j = journal();
+        let mut r = rec(&["journal@standby.example.test"]);
+        j.file(&mut r, b"To: x@other.example\r\n\r\n");
+        assert!(r.rcpts.is_empty());
+        assert_eq!(r.status, Status::Journal);
+    }
+}

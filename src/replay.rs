@@ -1,0 +1,369 @@
+//! Replay: deliver kept copies of recent mail to the primary again, after its mailbox
+//! store was lost (a dead disk, a restore from an old backup).
+//!
+//! The copies are journal copies ([`crate::journal`]) and delivered standby copies still
+//! in the spool. Each goes to the primary with its original envelope (sender, and the
+//! original recipients that are ours) and one added `X-Standby-Replay:` header naming the
+//! run, so the recipients and the primary's operator can tell a replayed message apart.
+//!
+//! Idempotent per message and run: after the primary accepts a message, the record notes
+//! the run id and the recipients accepted ([`Replayed`]); a rerun with the same id (after
+//! an interruption) sends only what that run has not delivered yet. As with the drain,
+//! a crash between the primary's 250 and that note can duplicate the one message in
+//! flight, nothing more.
+//!
+//! What is not replayed: a journal copy of a replayed message (the primary journals what
+//! a replay delivers, and those copies come back here), and a delivered standby copy
+//! whose Message-ID a journal copy in the same window has (the primary journaled it when
+//! the drain delivered it). Copies without recipients of ours (outbound mail) are
+//! archived but never sent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use crate::backend::Storage;
+use crate::error::{RelayError, StoreError};
+use crate::model::{Record, Replayed, Status};
+use crate::ports::{Clock, ListQuery, Relay, RelaySession};
+
+/// The header a replayed message carries.
+pub const REPLAY_HEADER: &str = "X-Standby-Replay";
+
+/// Which copies a replay run sends.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    pub since: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+    /// Only this original recipient (case-insensitive).
+    pub rcpt: Option<String>,
+    pub run: String,
+}
+
+/// One message a run would send, and to whom.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub rec: Record,
+    /// Recipients this run has not delivered to yet.
+    pub rcpts: Vec<String>,
+}
+
+/// What one message's replay came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// The primary accepted every recipient.
+    Replayed,
+    /// Some recipients were refused (temporarily or for good); a rerun tries them again.
+    Partial(String),
+    /// Refused as a whole, or the stored copy could not be read.
+    Refused(String),
+}
+
+/// The result of a run (`standby replay --json` prints it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    pub run: String,
+    /// Messages in the window with something left to send.
+    pub candidates: usize,
+    /// Messages in the window this run had already sent completely.
+    pub already_done: usize,
+    pub replayed: usize,
+    pub partial: usize,
+    pub refused: usize,
+    /// Messages not tried because the primary could not be reached.
+    pub not_sent: usize,
+    /// Recipients the primary accepted in this invocation.
+    pub recipients: usize,
+    /// Why the run stopped before the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The journal copy came from a replay (it carries our header).
+fn is_echo(head: &[u8]) -> bool {
+    let name = REPLAY_HEADER.as_bytes();
+    head.split(|&b| b == b'\n').any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':'
+    })
+}
+
+/// Page through one status within the window.
+async fn in_window(
+    storage: &Storage,
+    status: Status,
+    req: &ReplayRequest,
+) -> Result<Vec<Record>, StoreError> {
+    let mut out = Vec::new();
+    let mut q = ListQuery {
+        status: Some(status),
+        limit: Some(500),
+        since: Some(req.since),
+        until: req.until,
+        ..ListQuery::default()
+    };
+    loop {
+        let page = storage.index.list(&q).await?;
+        let full = page.len() == 500;
+        q.after = page.last().map(Into::into);
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Read the start of a stored message (enough for its header block).
+async fn head_of(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreError> {
+    let mut r = storage.blobs.open(&rec.blob_key()).await?;
+    let mut buf = vec![0u8; crate::summary::HEAD_LIMIT];
+    let mut n = 0;
+    while n < buf.len() {
+        let k = r
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| StoreError::blob_read(&rec.blob_key(), e))?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    buf.truncate(n);
+    Ok(crate::summary::head(&buf).to_vec())
+}
+
+/// The copies a run sends, oldest first, and how many it had already sent.
+pub async fn candidates(
+    storage: &Storage,
+    req: &ReplayRequest,
+) -> Result<(Vec<Candidate>, usize), StoreError> {
+    let journal = in_window(storage, Status::Journal, req).await?;
+    let delivered = in_window(storage, Status::Delivered, req).await?;
+    let journaled: HashSet<&str> = journal
+        .iter()
+        .filter_map(|r| r.summary.message_id.as_deref())
+        .collect();
+    let mut picked: Vec<&Record> = Vec::new();
+    for r in &journal {
+        if !is_echo(&head_of(storage, r).await?) {
+            picked.push(r);
+        }
+    }
+    picked.extend(delivered.iter().filter(|r| {
+        r.summary
+            .message_id
+            .as_deref()
+            .is_none_or(|m| !journaled.contains(m))
+    }));
+    picked.sort_by_key(|r| (r.received_at, r.id));
+    let (mut out, mut done) = (Vec::new(), 0);
+    for rec in picked {
+        let wanted: Vec<String> = rec
+            .rcpts
+            .iter()
+            .map(|r| r.address.clone())
+            .filter(|a| {
+                req.rcpt
+                    .as_deref()
+                    .is_none_or(|want| a.eq_ignore_ascii_case(want))
+            })
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let sent: Vec<&String> = rec
+            .replays
+            .iter()
+            .filter(|m| m.run == req.run)
+            .flat_map(|m| &m.rcpts)
+            .collect();
+        let rcpts: Vec<String> = wanted
+            .into_iter()
+            .filter(|a| !sent.iter().any(|s| s.eq_ignore_ascii_case(a)))
+            .collect();
+        if rcpts.is_empty() {
+            done += 1;
+        } else {
+            out.push(Candidate {
+                rec: rec.clone(),
+                rcpts,
+            });
+        }
+    }
+    Ok((out, done))
+}
+
+/// Sends candidates to the primary.
+pub struct Replayer {
+    storage: Storage,
+    relay: Arc<dyn Relay>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Replayer {
+    pub fn new(storage: Storage, relay: Arc<dyn Relay>, clock: Arc<dyn Clock>) -> Self {
+        Replayer {
+            storage,
+            relay,
+            clock,
+        }
+    }
+
+    /// Send every candidate over one session (reopened once if it breaks), noting each
+    /// accepted one in its record; `progress` is called after each message.
+    pub async fn run(
+        &self,
+        run: &str,
+        cands: Vec<Candidate>,
+        already_done: usize,
+        progress: &(dyn Fn(&Candidate, &ReplayOutcome) + Sync),
+    ) -> Result<ReplayReport, ReplayError> {
+        let mut report = ReplayReport {
+            run: run.to_string(),
+            candidates: cands.len(),
+            already_done,
+            ..Default::default()
+        };
+        let mut session: Option<Box<dyn RelaySession>> = None;
+        for (i, cand) in cands.iter().enumerate() {
+            if session.is_none() {
+                match self.relay.connect().await {
+                    Ok(s) => session = Some(s),
+                    Err(e) => {
+                        report.not_sent = cands.len() - i;
+                        report.stopped = Some(format!("cannot reach the primary: {e}"));
+                        break;
+                    }
+                }
+            }
+            let Some(s) = session.as_mut() else { break };
+            let result = self.send_one(s.as_mut(), run, cand).await;
+            let outcome = match result {
+                Ok(tx) => {
+                    let (outcome, accepted) = self.note(run, cand, &tx).await?;
+                    report.recipients += accepted;
+                    outcome
+                }
+                Err(RelayError::Blob(e)) => {
+                    ReplayOutcome::Refused(format!("stored copy unreadable: {e}"))
+                }
+                Err(e) => {
+                    // The session broke mid-message: this one counts as not sent and the
+                    // next message opens a new session.
+                    session = None;
+                    tracing::warn!(id = %cand.rec.id, error = %e, "replay session failed");
+                    ReplayOutcome::Refused(format!("session failed: {e}"))
+                }
+            };
+            match &outcome {
+                ReplayOutcome::Replayed => report.replayed += 1,
+                ReplayOutcome::Partial(_) => report.partial += 1,
+                ReplayOutcome::Refused(_) => report.refused += 1,
+            }
+            tracing::info!(id = %cand.rec.id, outcome = ?outcome, "replay");
+            progress(cand, &outcome);
+        }
+        if let Some(s) = session {
+            s.quit().await;
+        }
+        Ok(report)
+    }
+
+    /// One transaction: our header, then the stored bytes.
+    async fn send_one(
+        &self,
+        s: &mut dyn RelaySession,
+        run: &str,
+        cand: &Candidate,
+    ) -> Result<crate::ports::Transaction, RelayError> {
+        let stored = self
+            .storage
+            .blobs
+            .open(&cand.rec.blob_key())
+            .await
+            .map_err(RelayError::Blob)?;
+        let header = format!(
+            "{REPLAY_HEADER}: run={run}; id={}; received={}\r\n",
+            cand.rec.id,
+            cand.rec.received_at.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let body = Box::new(std::io::Cursor::new(header.into_bytes()).chain(stored));
+        s.send(&cand.rec.mail_from, &cand.rcpts, body).await
+    }
+
+    /// Note what the primary accepted in the record (re-read, so a concurrent change is
+    /// not overwritten); the outcome and how many recipients were accepted.
+    async fn note(
+        &self,
+        run: &str,
+        cand: &Candidate,
+        tx: &crate::ports::Transaction,
+    ) -> Result<(ReplayOutcome, usize), StoreError> {
+        let data_ok = tx.data.as_ref().is_some_and(|d| d.is_positive());
+        let accepted: Vec<String> = if data_ok && tx.mail.is_positive() {
+            cand.rcpts
+                .iter()
+                .zip(&tx.rcpts)
+                .filter(|(_, r)| r.is_positive())
+                .map(|(a, _)| a.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let refusals: Vec<String> = std::iter::once(&tx.mail)
+            .chain(&tx.rcpts)
+            .chain(&tx.data)
+            .filter(|r| !r.is_positive())
+            .map(|r| r.to_string())
+            .collect();
+        if accepted.is_empty() {
+            return Ok((ReplayOutcome::Refused(refusals.join("; ")), 0));
+        }
+        let now = self.clock.now();
+        if let Some(mut rec) = self.storage.index.get(cand.rec.id).await? {
+            match rec.replays.iter_mut().find(|m| m.run == run) {
+                Some(m) => {
+                    m.rcpts.extend(accepted.iter().cloned());
+                    m.at = now;
+                }
+                None => rec.replays.push(Replayed {
+                    run: run.to_string(),
+                    at: now,
+                    rcpts: accepted.clone(),
+                }),
+            }
+            rec.updated_at = now;
+            self.storage.index.update(&rec, now).await?;
+        }
+        let outcome = if accepted.len() == cand.rcpts.len() {
+            ReplayOutcome::Replayed
+        } else {
+            ReplayOutcome::Partial(refusals.join("; "))
+        };
+        Ok((outcome, accepted.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_recognised_by_our_header_only() {
+        assert!(is_echo(
+            b"Received: x\r\nx-standby-replay: run=r; id=1\r\n\r\n"
+        ));
+        assert!(!is_echo(b"Subject: X-Standby-Replay: no\r\n\r\n"));
+        assert!(!is_echo(b"X-Standby-Replayed: 1\r\n\r\n"));
+    }
+}
