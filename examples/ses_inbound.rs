@@ -150,9 +150,12 @@ async fn main() -> anyhow::Result<()> {
             ingest: Ingest::new(
                 storage.clone(),
                 format!("s3://{}/{}", settings.bucket, settings.prefix),
-            ),
+            )
+            .with_journal(config.journal())
+            .with_retention(config.retention()),
             index: storage.index.clone(),
         }),
+        audit: storage.audit.clone(),
     };
     let server = Arc::new(smtp_server(
         &config,

@@ -41,7 +41,15 @@ const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS
 const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
 [primary]\naddress = \"\"\ntls = \"required\"\n";
 /// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["primary", "health", "drain", "tls", "dsn", "journal"];
+const SECTIONS: &[&str] = &[
+    "primary",
+    "health",
+    "drain",
+    "tls",
+    "dsn",
+    "journal",
+    "retention",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +122,8 @@ pub struct Config {
     pub dsn: DsnConfig,
     #[serde(default)]
     pub journal: JournalConfig,
+    #[serde(default)]
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 /// Which storage backend a config uses.
@@ -321,6 +331,14 @@ fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 }
 
 impl Config {
+    /// The retention policy; `keep_delivered_days` (older key) stands in for an unset
+    /// `[retention] delivered_days`.
+    pub fn retention(&self) -> crate::retention::RetentionPolicy {
+        let mut p = self.retention.clone();
+        p.delivered_days = p.delivered_days.or(self.keep_delivered_days);
+        p
+    }
+
     /// The journal addresses and the domains whose recipients a journal copy keeps.
     pub fn journal(&self) -> crate::journal::Journal {
         crate::journal::Journal::new(&self.journal.addresses, &self.domains)
@@ -382,7 +400,7 @@ fn yes() -> bool {
 }
 
 /// Accept the native TOML type or text that parses to it (environment values are text).
-fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr + Deserialize<'de>,
@@ -404,7 +422,7 @@ where
 }
 
 /// [`lenient`] for an optional key (absent: `None`, by `#[serde(default)]`).
-fn lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr + Deserialize<'de>,

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// The record is leased by a drain worker; try again once the lease expires.
     #[error("message {0} is being delivered right now (leased); try again shortly")]
     Leased(MessageId),
+    /// The message is under legal hold: nothing may delete it.
+    #[error("message {0} is under legal hold; `standby release --legal {0}` first")]
+    LegalHold(MessageId),
 }
 
 impl StoreError {
@@ -73,9 +76,10 @@ impl StoreError {
             ),
             StoreError::Backend { transient, .. } => *transient,
             StoreError::Leased(_) => true,
-            StoreError::NotFound(_) | StoreError::MissingBlob(_) | StoreError::Corrupt { .. } => {
-                false
-            }
+            StoreError::NotFound(_)
+            | StoreError::MissingBlob(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::LegalHold(_) => false,
         }
     }
 }

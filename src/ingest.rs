@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::journal::Journal;
 use crate::model::{MessageId, Origin, Record, Verdicts, redact};
 use crate::ports::{BlobWriter, Clock};
+use crate::retention::RetentionPolicy;
 use crate::summary::HeadCapture;
 
 /// The envelope of a message being received.
@@ -35,6 +36,7 @@ pub struct Spool {
     clock: Arc<dyn Clock>,
     hostname: String,
     journal: Arc<Journal>,
+    retention: Arc<RetentionPolicy>,
 }
 
 impl Spool {
@@ -44,7 +46,14 @@ impl Spool {
             clock,
             hostname: hostname.into(),
             journal: Arc::default(),
+            retention: Arc::default(),
         }
+    }
+
+    /// Mark messages confidential by these retention rules as they come in.
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = Arc::new(policy);
+        self
     }
 
     /// File transactions to these journal addresses as journal copies.
@@ -76,6 +85,7 @@ impl Spool {
             verdicts: None,
             storage: self.storage.clone(),
             journal: self.journal.clone(),
+            retention: self.retention.clone(),
         })
     }
 }
@@ -92,6 +102,7 @@ pub struct Incoming {
     verdicts: Option<Verdicts>,
     storage: Storage,
     journal: Arc<Journal>,
+    retention: Arc<RetentionPolicy>,
 }
 
 impl Incoming {
@@ -130,6 +141,7 @@ impl Incoming {
             verdicts,
             storage,
             journal,
+            retention,
         } = self;
         writer.commit().await?;
         let is_journal = env.journal;
@@ -148,6 +160,7 @@ impl Incoming {
         if is_journal {
             journal.file(&mut rec, head.bytes());
         }
+        retention.classify(&mut rec, head.bytes());
         if let Err(e) = storage.index.insert(&rec).await {
             let _ = storage.blobs.delete(&id.to_string()).await;
             return Err(e);

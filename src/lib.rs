@@ -37,6 +37,7 @@ pub mod lambda;
 pub mod model;
 pub mod ports;
 pub mod replay;
+pub mod retention;
 pub mod serve;
 pub mod smtp;
 pub mod summary;

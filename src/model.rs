@@ -293,6 +293,22 @@ pub struct Record {
     /// the same run id skips it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replays: Vec<Replayed>,
+    /// Under legal hold: no deletion of any kind (retention, purge, expiry of the copy)
+    /// until an operator releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_hold: Option<LegalHold>,
+    /// The retention rule that marked this message confidential at receipt (see
+    /// [`crate::retention`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidential: Option<String>,
+}
+
+/// A legal hold placed by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegalHold {
+    pub at: DateTime<Utc>,
+    /// Who placed it and why, as given (`--reason`).
+    pub reason: String,
 }
 
 /// One replay of a message to the primary.
@@ -338,6 +354,8 @@ impl Record {
             bounce: None,
             journal: None,
             replays: Vec::new(),
+            legal_hold: None,
+            confidential: None,
         }
     }
 
@@ -438,6 +456,8 @@ mod tests {
             verdicts: None,
             journal: None,
             replays: Vec::new(),
+            legal_hold: None,
+            confidential: None,
             bounce: None,
         }
     }

@@ -43,6 +43,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn mark_delivered(&self, _key: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Place or lift a legal hold on the stored bytes, so the store's own retention (S3:
+    /// the lifecycle rule on delivered objects) leaves them alone. Default: nothing (the
+    /// local spool deletes only through the retention job, which reads the record).
+    async fn set_legal_hold(&self, _key: &str, _hold: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Size and store time of one blob.
     ///
     /// # Errors
@@ -153,6 +159,31 @@ pub trait Index: Send + Sync + 'static {
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError>;
     async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError>;
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError>;
+}
+
+/// One line of the audit log: a deletion, a legal hold or its release.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// `delete`, `legal-hold`, `legal-release`.
+    pub action: String,
+    pub id: MessageId,
+    /// Who: `retention` (the policy job) or `operator:<user>`.
+    pub by: String,
+    /// The rule or reason: `journal_days = 2555`, `confidential rule hr`, `--reason` text.
+    pub reason: String,
+    /// The message's status and receipt time when it happened.
+    pub status: Status,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The append-only audit log of deletions and legal holds (`standby audit`).
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Append one entry; returns once it is durable.
+    async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Every entry, oldest first.
+    async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Where time comes from, so tests can move it.

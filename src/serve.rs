@@ -134,7 +134,8 @@ pub async fn serve(
     let server = Arc::new(smtp_server(
         &config,
         Spool::new(storage.clone(), clock.clone(), config.hostname.clone())
-            .with_journal(config.journal()),
+            .with_journal(config.journal())
+            .with_retention(config.retention()),
         tls,
     )?);
     let relay = Arc::new(SmtpRelay::from_config(&config)?);
@@ -164,6 +165,7 @@ pub async fn serve(
         drainer,
         interval: Duration::from_secs(config.health.interval_secs.max(1)),
         hysteresis: hysteresis(&config),
+        retention: config.retention(),
         stop: stop_rx,
     }));
     server::run(listener, server, shutdown).await;
@@ -188,18 +190,28 @@ struct HealthLoop {
     drainer: Drainer,
     interval: Duration,
     hysteresis: Hysteresis,
+    retention: crate::retention::RetentionPolicy,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Probe every interval; drain while the primary is up, expire old mail while it is not.
+/// Probe every interval; drain while the primary is up, expire old mail while it is not;
+/// apply the retention policy every `[retention] interval_secs`.
 async fn health_loop(mut l: HealthLoop) {
     let address = l.relay.address().to_string();
     let mut tick = tokio::time::interval(l.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = Duration::from_secs(l.retention.interval_secs.max(1));
+    let mut retained: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = l.stop.changed() => return,
+        }
+        if retained.is_none_or(|t| t.elapsed() >= every) {
+            retained = Some(tokio::time::Instant::now());
+            if let Err(e) = crate::retention::run(&l.storage, &l.retention, l.clock.now()).await {
+                tracing::error!(error = %e, "retention run failed");
+            }
         }
         let index = l.storage.index.as_ref();
         let h = l.hysteresis;

@@ -40,6 +40,8 @@ fn record(age_secs: i64) -> Record {
         bounce: None,
         journal: None,
         replays: Vec::new(),
+        legal_hold: None,
+        confidential: None,
     }
 }
 

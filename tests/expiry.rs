@@ -35,6 +35,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
     let storage = Storage {
         blobs: Arc::new(FsBlobStore::open(dir.path()).unwrap()),
         index: Arc::new(SqliteIndex::open(dir.path()).unwrap()),
+        audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
     };
     let now = Utc::now();
     let receive = |days_ago: i64| {
@@ -122,6 +123,7 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
     let storage = Storage {
         blobs: Arc::new(FsBlobStore::open(dir.path()).unwrap()),
         index: Arc::new(SqliteIndex::open(dir.path()).unwrap()),
+        audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
     };
     let now = Utc::now();
     let spool = Spool::new(

@@ -14,7 +14,8 @@ use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
 use crate::ports::{
-    BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index, ListQuery,
+    AuditEntry, AuditLog, BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index,
+    ListQuery,
 };
 
 type BlobMap = Arc<Mutex<HashMap<String, (Arc<Vec<u8>>, DateTime<Utc>)>>>;
@@ -232,5 +233,22 @@ impl Index for MemIndex {
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
         self.state.lock().unwrap().health = Some(h.clone());
         Ok(())
+    }
+}
+
+/// Audit entries in a vector.
+#[derive(Clone, Default)]
+pub struct MemAuditLog {
+    entries: Arc<Mutex<Vec<AuditEntry>>>,
+}
+
+#[async_trait]
+impl AuditLog for MemAuditLog {
+    async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.entries.lock().unwrap().push(entry.clone());
+        Ok(())
+    }
+    async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self.entries.lock().unwrap().clone())
     }
 }

@@ -3,8 +3,11 @@
 //! - [`fs::FsBlobStore`] + [`sqlite::SqliteIndex`]: the embedded default (`standby serve`).
 //! - [`aws::S3BlobStore`] + [`aws::DynamoIndex`]: the serverless deployment (SES inbound,
 //!   Lambda functions) and the operator command pointed at it.
+//! - [`audit::FsAuditLog`] (a JSONL file) and [`aws::DynamoAuditLog`] (items in the index
+//!   table): the audit log of deletions and legal holds.
 //! - [`memory`]: in-memory twins for unit tests.
 
+pub mod audit;
 pub mod aws;
 pub mod fs;
 pub mod group;
@@ -15,10 +18,11 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::StoreError;
-use crate::ports::{BlobStore, Index};
+use crate::ports::{AuditLog, BlobStore, Index};
 
+pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
-pub use memory::{MemBlobStore, MemIndex};
+pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
 
 /// The storage a command works on.
@@ -26,6 +30,8 @@ pub use sqlite::SqliteIndex;
 pub struct Storage {
     pub blobs: Arc<dyn BlobStore>,
     pub index: Arc<dyn Index>,
+    /// Deletions and legal holds, append-only.
+    pub audit: Arc<dyn AuditLog>,
 }
 
 impl Storage {
@@ -40,6 +46,7 @@ impl Storage {
             Storage {
                 blobs: Arc::new(blobs),
                 index: Arc::new(index),
+                audit: Arc::new(FsAuditLog::new(config.data_dir())),
             },
             recovered,
         ))
@@ -73,6 +80,7 @@ impl Storage {
         Ok(Storage {
             blobs: Arc::new(blobs),
             index: Arc::new(index),
+            audit: Arc::new(FsAuditLog::new(dir)),
         })
     }
 
@@ -93,6 +101,7 @@ impl Storage {
         Storage {
             blobs: Arc::new(clients.blob_store(settings)),
             index: Arc::new(clients.index(settings)),
+            audit: Arc::new(clients.audit_log(settings)),
         }
     }
 
@@ -101,6 +110,7 @@ impl Storage {
         Storage {
             blobs: Arc::new(MemBlobStore::default()),
             index: Arc::new(MemIndex::default()),
+            audit: Arc::new(MemAuditLog::default()),
         }
     }
 }

@@ -263,6 +263,34 @@ fn list_lines(out: &mut impl Write, page: &[Record], first_page: bool) -> std::i
     Ok(())
 }
 
+pub(super) async fn audit(storage: &Storage, json: bool) -> Result<(), CliError> {
+    let entries = storage.audit.entries().await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        serde_json::to_writer_pretty(&mut out, &entries).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return ignore_pipe(out.flush());
+    }
+    if entries.is_empty() {
+        writeln!(out, "no audit entries")?;
+        return Ok(());
+    }
+    for e in &entries {
+        let line = writeln!(
+            out,
+            "{}  {:<13}  {}  {:<9}  by {}: {}",
+            time(e.at),
+            e.action,
+            e.id,
+            e.status.as_str(),
+            e.by,
+            e.reason
+        );
+        ignore_pipe(line)?;
+    }
+    ignore_pipe(out.flush())
+}
+
 /// `standby list | head` closes the pipe early; that is not an error.
 fn ignore_pipe(r: std::io::Result<()>) -> Result<(), CliError> {
     match r {

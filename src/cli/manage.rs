@@ -128,17 +128,194 @@ pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
     .await
 }
 
+/// Delete messages for good, each audited first; a message under legal hold is refused.
 pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
+    let by = operator();
     report(ids, "purged", async |id| {
-        let key = match storage.index.get(id).await.map_err(|e| e.to_string())? {
-            Some(rec) => rec.blob_key(),
+        let rec = match storage.index.get(id).await.map_err(|e| e.to_string())? {
+            Some(rec) => rec,
             None => return Err(StoreError::NotFound(id).to_string()),
         };
-        // Index first: once the row is gone no drain can pick the message up.
-        if !storage.index.delete(id).await.map_err(|e| e.to_string())? {
-            return Err(StoreError::NotFound(id).to_string());
-        }
-        storage.blobs.delete(&key).await.map_err(|e| e.to_string())
+        crate::retention::delete(storage, &rec, &by, "standby purge", chrono::Utc::now())
+            .await
+            .map_err(|e| e.to_string())
     })
     .await
+}
+
+/// Who runs the command, for the audit log: `operator:<login>`.
+pub(super) fn operator() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("operator:{user}")
+}
+
+/// Which messages a legal hold or its release covers.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LegalSelection {
+    pub ids: Vec<MessageId>,
+    pub rcpt: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn legal_targets(
+    storage: &Storage,
+    sel: &LegalSelection,
+) -> Result<Vec<MessageId>, CliError> {
+    if !sel.ids.is_empty() {
+        return Ok(sel.ids.clone());
+    }
+    if sel.rcpt.is_none() && sel.since.is_none() && sel.until.is_none() {
+        return Err(CliError::Usage(
+            "name the messages: IDs, or --rcpt ADDR and/or --since/--until TIME".into(),
+        ));
+    }
+    let mut q = ListQuery {
+        since: sel.since,
+        until: sel.until,
+        limit: Some(500),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = storage.index.list(&q).await?;
+        out.extend(
+            page.iter()
+                .filter(|r| {
+                    sel.rcpt.as_deref().is_none_or(|want| {
+                        r.rcpts.iter().any(|x| x.address.eq_ignore_ascii_case(want))
+                    })
+                })
+                .map(|r| r.id),
+        );
+        if page.len() < 500 {
+            return Ok(out);
+        }
+        q.after = page.last().map(Into::into);
+    }
+}
+
+/// Place (`hold = true`) or lift a legal hold, audited.
+pub(super) async fn legal(
+    storage: &Storage,
+    sel: &LegalSelection,
+    hold: bool,
+    reason: &str,
+) -> Result<(), CliError> {
+    let ids = legal_targets(storage, sel).await?;
+    let by = operator();
+    let (verb, action) = if hold {
+        ("placed under legal hold", "legal-hold")
+    } else {
+        ("released from legal hold", "legal-release")
+    };
+    report(&ids, verb, async |id| {
+        let now = chrono::Utc::now();
+        let mut rec = storage
+            .index
+            .get(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| StoreError::NotFound(id).to_string())?;
+        if rec.legal_hold.is_some() == hold {
+            return Ok(()); // already so: nothing to change or audit
+        }
+        storage
+            .audit
+            .append(&crate::ports::AuditEntry {
+                at: now,
+                action: action.into(),
+                id,
+                by: by.clone(),
+                reason: reason.into(),
+                status: rec.status,
+                received_at: rec.received_at,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        rec.legal_hold = hold.then(|| crate::model::LegalHold {
+            at: now,
+            reason: reason.to_string(),
+        });
+        rec.updated_at = now;
+        storage
+            .index
+            .update(&rec, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        storage
+            .blobs
+            .set_legal_hold(&rec.blob_key(), hold)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// `standby retention`: apply the policy at `now`, or list what it would delete.
+pub(super) async fn retention(
+    storage: &Storage,
+    policy: &crate::retention::RetentionPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        let due = crate::retention::due(storage, policy, now).await?;
+        if json {
+            let items: Vec<serde_json::Value> = due
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.rec.id.to_string(),
+                        "status": d.rec.status,
+                        "received_at": d.rec.received_at,
+                        "rule": d.rule,
+                        "legal_hold": d.held_back,
+                    })
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut out, &items).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            for d in &due {
+                let hold = if d.held_back {
+                    "  (legal hold: kept)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "{}  {:<9}  {}{hold}",
+                    d.rec.id,
+                    d.rec.status.as_str(),
+                    d.rule
+                )?;
+            }
+            let n = due.iter().filter(|d| !d.held_back).count();
+            writeln!(
+                out,
+                "{n} message(s) would be deleted, {} kept under legal hold",
+                due.len() - n
+            )?;
+        }
+        return Ok(());
+    }
+    let report = crate::retention::run(storage, policy, now).await?;
+    if json {
+        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "deleted {}, kept under legal hold {}",
+            report.deleted, report.held_back
+        )?;
+    }
+    Ok(())
 }

@@ -108,19 +108,43 @@ pub enum Command {
     /// Create the S3 bucket and DynamoDB table of `backend = "aws"` (for emulators and
     /// first-time setups; the deployment template defines the same resources).
     AwsInit,
-    /// Pause held messages: they stay in the spool and are not delivered.
+    /// Pause held messages: they stay in the spool and are not delivered. With --legal,
+    /// place messages of any kind under legal hold instead: nothing deletes them.
     Hold {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "legal"], conflicts_with = "all")]
         ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        legal: LegalArgs,
     },
-    /// Release paused messages for delivery.
+    /// Release paused messages for delivery; with --legal, lift a legal hold.
     Release {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "legal"], conflicts_with = "all")]
         ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        legal: LegalArgs,
+    },
+    /// Apply the retention policy now (`standby serve` does it every
+    /// `[retention] interval_secs`): delete what it says is due, audited; never what is
+    /// under legal hold.
+    Retention {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// As if it were this time: `2027-06-01`, or `+90d` from now (with --dry-run:
+        /// what will be due by then).
+        #[arg(long, value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log: every deletion, legal hold and release, oldest first.
+    Audit {
+        #[arg(long)]
+        json: bool,
     },
     /// Try held or failed messages again at once (failed recipients become pending).
     Retry {
@@ -184,6 +208,27 @@ pub enum Command {
     },
 }
 
+/// Legal hold options of `hold` and `release`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LegalArgs {
+    /// A legal hold (not a delivery pause): IDs, or every message matching --rcpt,
+    /// --since and --until.
+    #[arg(long, conflicts_with = "all")]
+    legal: bool,
+    /// With --legal: messages to this recipient.
+    #[arg(long, value_name = "ADDR", requires = "legal")]
+    rcpt: Option<String>,
+    /// With --legal: received at or after.
+    #[arg(long, value_parser = parse_time, requires = "legal")]
+    since: Option<DateTime<Utc>>,
+    /// With --legal: received before.
+    #[arg(long, value_parser = parse_time, requires = "legal")]
+    until: Option<DateTime<Utc>>,
+    /// With --legal: why (a case number), kept in the record and the audit log.
+    #[arg(long, requires = "legal")]
+    reason: Option<String>,
+}
+
 /// Why a command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -229,8 +274,8 @@ impl CliError {
     }
 }
 
-/// A time for `--since` / `--until`: RFC 3339, a UTC date or date and time, or a span
-/// ago (`90m`, `12h`, `3d`).
+/// A time for `--since` / `--until` / `--at`: RFC 3339, a UTC date or date and time, a
+/// span ago (`90m`, `12h`, `3d`) or from now (`+90d`).
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -244,15 +289,30 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
-    let unit = s.chars().last().unwrap_or(' ');
-    let span = match (s[..s.len() - unit.len_utf8()].parse::<i64>(), unit) {
+    let (ahead, span) = match s.strip_prefix('+') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let unit = span.chars().last().unwrap_or(' ');
+    let n = span[..span.len() - unit.len_utf8()].parse::<i64>();
+    let span = match (n, unit) {
         (Ok(n), 'm') => chrono::Duration::try_minutes(n),
         (Ok(n), 'h') => chrono::Duration::try_hours(n),
         (Ok(n), 'd') => chrono::Duration::try_days(n),
         _ => None,
     };
-    span.map(|d| Utc::now() - d).ok_or_else(|| {
-        format!("`{s}` is not a time (2026-11-28, 2026-11-28T09:00:00Z, 2026-11-28 09:00, or 30m / 12h / 3d ago)")
+    span.map(|d| {
+        if ahead {
+            Utc::now() + d
+        } else {
+            Utc::now() - d
+        }
+    })
+    .ok_or_else(|| {
+        format!(
+            "`{s}` is not a time (2026-11-28, 2026-11-28T09:00:00Z, 2026-11-28 09:00, \
+                 30m / 12h / 3d ago, or +90d from now)"
+        )
     })
 }
 
@@ -285,6 +345,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         return aws::remote_drain(&config, function, *force, *dry_run).await;
     }
     let storage = Storage::open(&config).await?;
+    let cli_hold = matches!(cli.command, Command::Hold { .. });
     match cli.command {
         Command::Serve | Command::AwsInit | Command::Doctor { .. } => {
             unreachable!("handled above")
@@ -303,8 +364,34 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let relay = aws::relay(&config).await?;
             drain::drain(&config, relay, &storage, force, dry_run, json).await
         }
-        Command::Hold { ids, all } => manage::hold(&storage, &parse_ids(&ids)?, all).await,
-        Command::Release { ids, all } => manage::release(&storage, &parse_ids(&ids)?, all).await,
+        Command::Hold { ids, all, legal } if !legal.legal => {
+            manage::hold(&storage, &parse_ids(&ids)?, all).await
+        }
+        Command::Release { ids, all, legal } if !legal.legal => {
+            manage::release(&storage, &parse_ids(&ids)?, all).await
+        }
+        Command::Hold { ids, legal, .. } | Command::Release { ids, legal, .. } => {
+            let sel = manage::LegalSelection {
+                ids: parse_ids(&ids)?,
+                rcpt: legal.rcpt,
+                since: legal.since,
+                until: legal.until,
+            };
+            let reason = legal.reason.unwrap_or_default();
+            manage::legal(&storage, &sel, cli_hold, &reason).await
+        }
+        Command::Audit { json } => inspect::audit(&storage, json).await,
+        Command::Retention { dry_run, at, json } => {
+            let policy = config.retention();
+            manage::retention(
+                &storage,
+                &policy,
+                at.unwrap_or_else(Utc::now),
+                dry_run,
+                json,
+            )
+            .await
+        }
         Command::Retry { ids } => manage::retry(&storage, &parse_ids(&ids)?).await,
         Command::Replay {
             since,

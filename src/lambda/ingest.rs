@@ -28,6 +28,7 @@ use crate::journal::Journal;
 use crate::model::{
     Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
+use crate::retention::RetentionPolicy;
 use crate::summary;
 
 /// What one invocation did.
@@ -88,6 +89,7 @@ pub struct Ingest {
     /// Shown in listings, e.g. `s3://bucket/incoming/`.
     prefix: String,
     journal: Journal,
+    retention: RetentionPolicy,
 }
 
 impl Ingest {
@@ -96,7 +98,14 @@ impl Ingest {
             storage,
             prefix: prefix.into(),
             journal: Journal::default(),
+            retention: RetentionPolicy::default(),
         }
+    }
+
+    /// Mark messages confidential by these retention rules as they are indexed.
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
     }
 
     /// File messages to these journal addresses as journal copies.
@@ -197,6 +206,7 @@ impl Ingest {
         } else {
             quarantine_if_infected(&mut rec, &verdicts)
         };
+        self.retention.classify(&mut rec, head);
         let idx = &self.storage.index;
         if idx.insert(&rec).await.map_err(store)? {
             report.indexed += 1;

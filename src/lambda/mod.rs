@@ -53,7 +53,7 @@ pub fn init_tracing() {
 /// (`STANDBY_JOURNAL_ADDRESSES`) with the domains whose recipients a copy keeps
 /// (`STANDBY_DOMAINS`).
 pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
-    let journal = Config::from_lambda_env(std::env::vars())?.journal();
+    let config = Config::from_lambda_env(std::env::vars())?;
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let missing = |k: &str| ConfigError::Env {
         var: k.into(),
@@ -73,7 +73,8 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
         Storage::aws(&clients, &settings),
         format!("s3://{}/{}", settings.bucket, settings.prefix),
     )
-    .with_journal(journal))
+    .with_journal(config.journal())
+    .with_retention(config.retention()))
 }
 
 /// The drain function: config, storage and the relay (password or secret resolved once).

@@ -182,7 +182,10 @@ impl DynamoIndex {
 
     fn item(&self, rec: &Record) -> Result<Item, StoreError> {
         let mut item = to_item(rec)?;
-        if let (Status::Delivered, Some(days)) = (rec.status, self.keep_delivered_days) {
+        // No TTL under legal hold: DynamoDB would delete the record regardless.
+        if let (Status::Delivered, Some(days), None) =
+            (rec.status, self.keep_delivered_days, &rec.legal_hold)
+        {
             let at = rec.received_at + chrono::Duration::days(i64::from(days));
             item.insert(TTL_ATTRIBUTE.into(), n(at.timestamp()));
         }

@@ -17,6 +17,7 @@
 //! again later. Connect and operation timeouts are set so a hung endpoint cannot eat the
 //! invocation.
 
+mod audit;
 mod dynamo;
 mod errors;
 pub mod provision;
@@ -30,6 +31,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 
+pub use audit::DynamoAuditLog;
 pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
 pub use s3::{DELIVERED_TAG, S3BlobStore};
@@ -93,6 +95,10 @@ impl AwsClients {
 
     pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
         S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
+    }
+
+    pub fn audit_log(&self, settings: &AwsSettings) -> DynamoAuditLog {
+        DynamoAuditLog::new(self.dynamodb.clone(), &settings.table)
     }
 
     pub fn index(&self, settings: &AwsSettings) -> DynamoIndex {

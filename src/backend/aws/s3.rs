@@ -37,6 +37,9 @@ fn internal(e: &dyn std::fmt::Display) -> StoreError {
     }
 }
 
+/// The tag [`BlobStore::set_legal_hold`] sets.
+pub const LEGAL_HOLD_TAG: (&str, &str) = ("standby-state", "legal-hold");
+
 /// Raw messages in `s3://bucket/prefix<key>`.
 #[derive(Debug, Clone)]
 pub struct S3BlobStore {
@@ -46,6 +49,28 @@ pub struct S3BlobStore {
 }
 
 impl S3BlobStore {
+    /// Replace the object's tags with this one.
+    async fn put_tag(&self, key: &str, (k, v): (&str, &str)) -> Result<(), StoreError> {
+        let tag = Tag::builder()
+            .key(k)
+            .value(v)
+            .build()
+            .map_err(|e| internal(&e))?;
+        let tagging = Tagging::builder()
+            .tag_set(tag)
+            .build()
+            .map_err(|e| internal(&e))?;
+        self.client
+            .put_object_tagging()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "PutObjectTagging", e))?;
+        Ok(())
+    }
+
     pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
         S3BlobStore {
             client,
@@ -113,19 +138,23 @@ impl BlobStore for S3BlobStore {
     /// Tags the object `standby-state=delivered`; the template's lifecycle rule deletes
     /// tagged objects `RetentionDays` after receipt.
     async fn mark_delivered(&self, key: &str) -> Result<(), StoreError> {
-        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
-        let tagging = Tagging::builder()
-            .tag_set(tag(DELIVERED_TAG.0, DELIVERED_TAG.1).map_err(|e| internal(&e))?)
-            .build()
-            .map_err(|e| internal(&e))?;
+        self.put_tag(key, DELIVERED_TAG).await
+    }
+
+    /// A held object's tag is `standby-state=legal-hold`, which no lifecycle rule acts on
+    /// (it replaces `delivered`); released, the object has no tag, and the retention job
+    /// decides alone.
+    async fn set_legal_hold(&self, key: &str, hold: bool) -> Result<(), StoreError> {
+        if hold {
+            return self.put_tag(key, LEGAL_HOLD_TAG).await;
+        }
         self.client
-            .put_object_tagging()
+            .delete_object_tagging()
             .bucket(&self.bucket)
             .key(self.object_key(key))
-            .tagging(tagging)
             .send()
             .await
-            .map_err(|e| classify(BACKEND, "PutObjectTagging", e))?;
+            .map_err(|e| classify(BACKEND, "DeleteObjectTagging", e))?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | message | `msg#<id>` | `status`, `recv` (`<received ms, 13 digits>#<id>`), `due` (ms), `lease_owner`, `lease_until` (ms), `record` (JSON), `expires_at` (TTL, epoch s, set when retention allows deletion) |
 //! | health | `health#primary` | `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark) |
+//! | audit entry | `audit#<ulid>` | `status` = `audit`, `recv` (`<ms>#<ulid>`), `record` (JSON); never updated or deleted |
 //!
 //! GSI `by_status`: partition `status`, sort `recv`, all attributes projected. Listing by
 //! status in received order, the oldest held message, and the drain's claim candidates are
@@ -30,6 +31,9 @@ pub const GSI_SK: &str = "recv";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 pub const HEALTH_PK: &str = "health#primary";
 pub const MESSAGE_PREFIX: &str = "msg#";
+/// Audit entries: `pk = audit#<ulid>`, in the status index under this partition.
+pub const AUDIT_PREFIX: &str = "audit#";
+pub const AUDIT_STATUS: &str = "audit";
 
 /// Key schema of the table.
 pub fn key_schema() -> Vec<KeySchemaElement> {

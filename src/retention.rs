@@ -1,0 +1,395 @@
+//! Retention: keep what law or policy requires, delete what policy says must go, and
+//! never delete anything under legal hold.
+//!
+//! Per class, how long a message is kept (`[retention]` in the config):
+//! - delivered held mail: `delivered_days` after its delivery;
+//! - failed held mail: `failed_days` after it failed;
+//! - journal copies: `journal_days` after receipt.
+//!
+//! Unset means kept until purged. Held and paused mail is never deleted here (it is still
+//! to be delivered; `hold_days` expiry turns it into failed mail first).
+//!
+//! Confidential rules mark a message at receipt, by recipient, sender or a header, and
+//! shorten its retention to the rule's `keep_days` (0: delete at the next run once it is
+//! delivered, or at once for a journal copy). The rule is matched when the message comes
+//! in, because its header is at hand then; the record keeps the rule's name, and the
+//! rule's current `keep_days` applies at each run.
+//!
+//! Legal hold overrides every deletion: retention, `standby purge`, and the AWS TTL and
+//! lifecycle rules (a held record carries no TTL).
+//!
+//! Every deletion is written to the audit log before it happens (a failed deletion is
+//! retried by the next run and audited again), so the log never misses one.
+
+use chrono::{DateTime, Duration, Utc};
+use mail_parser::MessageParser;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Storage;
+use crate::error::StoreError;
+use crate::model::{Record, Status};
+use crate::ports::{AuditEntry, ListQuery};
+
+/// One confidential rule (`[[retention.confidential]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidentialRule {
+    /// Shown in the audit log and `standby show`.
+    pub name: String,
+    /// A recipient: `hr@example.com`, or `*@legal.example.com` for a whole domain.
+    #[serde(default)]
+    pub rcpt: Option<String>,
+    /// The envelope sender, same forms.
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// A header field and a text its value contains, case-insensitive:
+    /// `X-Classification: confidential`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Days to keep a matching message (counted like its class's); 0: not at all.
+    pub keep_days: u32,
+}
+
+/// The retention policy (`[retention]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
+    pub delivered_days: Option<u32>,
+    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
+    pub failed_days: Option<u32>,
+    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
+    pub journal_days: Option<u32>,
+    #[serde(default)]
+    pub confidential: Vec<ConfidentialRule>,
+    /// Seconds between retention runs in `standby serve` (default 3600).
+    #[serde(default = "hourly", deserialize_with = "crate::config::lenient")]
+    pub interval_secs: u64,
+}
+
+fn hourly() -> u64 {
+    3600
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            delivered_days: None,
+            failed_days: None,
+            journal_days: None,
+            confidential: Vec::new(),
+            interval_secs: hourly(),
+        }
+    }
+}
+
+fn pattern_matches(pattern: &str, addr: &str) -> bool {
+    match pattern.strip_prefix("*@") {
+        Some(domain) => addr
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => pattern.eq_ignore_ascii_case(addr),
+    }
+}
+
+fn header_matches(rule: &str, head: &[u8]) -> bool {
+    let Some((name, want)) = rule.split_once(':') else {
+        return false;
+    };
+    let (name, want) = (name.trim(), want.trim().to_lowercase());
+    let Some(msg) = MessageParser::default().parse_headers(head) else {
+        return false;
+    };
+    msg.headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .filter_map(|h| h.value().as_text())
+        .any(|v| v.to_lowercase().contains(&want))
+}
+
+impl RetentionPolicy {
+    /// Mark a message arriving with `head` confidential when a rule matches (the first).
+    pub fn classify(&self, rec: &mut Record, head: &[u8]) {
+        let rcpts: Vec<&str> = rec
+            .rcpts
+            .iter()
+            .map(|r| r.address.as_str())
+            .chain(
+                rec.journal
+                    .iter()
+                    .flat_map(|j| j.to.iter().map(String::as_str)),
+            )
+            .collect();
+        rec.confidential = self
+            .confidential
+            .iter()
+            .find(|rule| {
+                rule.rcpt
+                    .as_deref()
+                    .is_some_and(|p| rcpts.iter().any(|a| pattern_matches(p, a)))
+                    || rule
+                        .sender
+                        .as_deref()
+                        .is_some_and(|p| pattern_matches(p, &rec.mail_from))
+                    || rule
+                        .header
+                        .as_deref()
+                        .is_some_and(|h| header_matches(h, head))
+            })
+            .map(|rule| rule.name.clone());
+    }
+
+    /// How long a message of this status is kept, and why (`None`: kept).
+    fn keep(&self, rec: &Record) -> Option<(u32, String)> {
+        let class = match rec.status {
+            Status::Delivered => self.delivered_days.map(|d| (d, "delivered_days")),
+            Status::Failed => self.failed_days.map(|d| (d, "failed_days")),
+            Status::Journal => self.journal_days.map(|d| (d, "journal_days")),
+            Status::Held | Status::Paused => return None,
+        }
+        .map(|(d, k)| (d, format!("{k} = {d}")));
+        let rule = rec
+            .confidential
+            .as_deref()
+            .and_then(|name| self.confidential.iter().find(|r| r.name == name))
+            .map(|r| (r.keep_days, format!("confidential rule {}", r.name)));
+        match (class, rule) {
+            (Some(c), Some(r)) => Some(if r.0 < c.0 { r } else { c }),
+            (c, r) => c.or(r),
+        }
+    }
+
+    /// When the message may be deleted, and the rule that says so; `None`: keep it.
+    pub fn expires(&self, rec: &Record) -> Option<(DateTime<Utc>, String)> {
+        let (days, why) = self.keep(rec)?;
+        let base = match rec.status {
+            Status::Journal => rec.received_at,
+            _ => rec.updated_at,
+        };
+        Some((base + Duration::days(i64::from(days)), why))
+    }
+
+    /// The shortest time any message of `status` is kept: nothing received since
+    /// `now - shortest` can be due, which bounds each run's scan.
+    fn shortest(&self, status: Status) -> Option<u32> {
+        let class = match status {
+            Status::Delivered => self.delivered_days,
+            Status::Failed => self.failed_days,
+            Status::Journal => self.journal_days,
+            Status::Held | Status::Paused => return None,
+        };
+        let rules = self.confidential.iter().map(|r| r.keep_days).min();
+        match (class, rules) {
+            (Some(c), Some(r)) => Some(c.min(r)),
+            (c, r) => c.or(r),
+        }
+    }
+}
+
+/// What a retention run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    pub deleted: u64,
+    /// Due for deletion but under legal hold.
+    pub held_back: u64,
+}
+
+/// A message the policy says may go at `now`.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub rec: Record,
+    /// The rule: `journal_days = 2555`, `confidential rule hr`.
+    pub rule: String,
+    /// Under legal hold: it stays.
+    pub held_back: bool,
+}
+
+/// Every message due for deletion at `now`, oldest first within each status.
+pub async fn due(
+    storage: &Storage,
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<Vec<Due>, StoreError> {
+    let mut out = Vec::new();
+    for status in [Status::Delivered, Status::Failed, Status::Journal] {
+        let Some(shortest) = policy.shortest(status) else {
+            continue;
+        };
+        let mut q = ListQuery {
+            status: Some(status),
+            until: Some(now - Duration::days(i64::from(shortest))),
+            limit: Some(500),
+            ..ListQuery::default()
+        };
+        loop {
+            let page = storage.index.list(&q).await?;
+            for rec in &page {
+                if let Some((at, rule)) = policy.expires(rec)
+                    && at <= now
+                {
+                    out.push(Due {
+                        rec: rec.clone(),
+                        rule,
+                        held_back: rec.legal_hold.is_some(),
+                    });
+                }
+            }
+            if page.len() < 500 {
+                break;
+            }
+            q.after = page.last().map(Into::into);
+        }
+    }
+    Ok(out)
+}
+
+/// Delete what the policy says is due at `now`, auditing each deletion first.
+pub async fn run(
+    storage: &Storage,
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<RetentionReport, StoreError> {
+    let mut report = RetentionReport::default();
+    for d in due(storage, policy, now).await? {
+        if d.held_back {
+            report.held_back += 1;
+            continue;
+        }
+        delete(storage, &d.rec, "retention", &d.rule, now).await?;
+        report.deleted += 1;
+    }
+    if report.deleted + report.held_back > 0 {
+        tracing::info!(
+            deleted = report.deleted,
+            held_back = report.held_back,
+            "retention run"
+        );
+    }
+    Ok(report)
+}
+
+/// Audit, then delete a message's blob and record. Refuses a message under legal hold.
+pub async fn delete(
+    storage: &Storage,
+    rec: &Record,
+    by: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if rec.legal_hold.is_some() {
+        return Err(StoreError::LegalHold(rec.id));
+    }
+    storage
+        .audit
+        .append(&AuditEntry {
+            at: now,
+            action: "delete".into(),
+            id: rec.id,
+            by: by.into(),
+            reason: reason.into(),
+            status: rec.status,
+            received_at: rec.received_at,
+        })
+        .await?;
+    storage.blobs.delete(&rec.blob_key()).await?;
+    storage.index.delete(rec.id).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LegalHold, MessageId, Summary};
+
+    fn rec(status: Status, age_days: i64, rcpt: &str) -> Record {
+        let at = Utc::now() - Duration::days(age_days);
+        let mut r = Record::held(
+            MessageId::new(at),
+            "alice@example.org".into(),
+            vec![rcpt.into()],
+            at,
+            (1, "00".into()),
+            Summary::default(),
+        );
+        r.status = status;
+        r
+    }
+
+    fn policy() -> RetentionPolicy {
+        RetentionPolicy {
+            delivered_days: Some(30),
+            failed_days: None,
+            journal_days: Some(365),
+            confidential: vec![ConfidentialRule {
+                name: "hr".into(),
+                rcpt: Some("*@hr.example.test".into()),
+                sender: None,
+                header: Some("X-Classification: Confidential".into()),
+                keep_days: 0,
+            }],
+            ..RetentionPolicy::default()
+        }
+    }
+
+    #[test]
+    fn classes_rules_and_their_bases() {
+        let p = policy();
+        let d = rec(Status::Delivered, 40, "bob@example.test");
+        assert_eq!(p.expires(&d).unwrap().1, "delivered_days = 30");
+        assert!(
+            p.expires(&rec(Status::Failed, 400, "bob@example.test"))
+                .is_none()
+        );
+        assert!(
+            p.expires(&rec(Status::Held, 400, "bob@example.test"))
+                .is_none()
+        );
+        let mut c = rec(Status::Journal, 1, "pay@hr.example.test");
+        p.classify(&mut c, b"Subject: x\r\n\r\n");
+        assert_eq!(c.confidential.as_deref(), Some("hr"));
+        let (at, why) = p.expires(&c).unwrap();
+        assert_eq!(why, "confidential rule hr");
+        assert_eq!(at, c.received_at);
+        let mut h = rec(Status::Journal, 1, "bob@example.test");
+        p.classify(&mut h, b"X-Classification: strictly CONFIDENTIAL\r\n\r\n");
+        assert_eq!(h.confidential.as_deref(), Some("hr"));
+        let mut n = rec(Status::Journal, 1, "bob@example.test");
+        p.classify(&mut n, b"Subject: X-Classification: confidential\r\n\r\n");
+        assert_eq!(n.confidential, None);
+        assert_eq!(p.shortest(Status::Journal), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_run_deletes_what_is_due_audits_it_and_spares_legal_holds() {
+        let storage = Storage::memory();
+        let p = policy();
+        let old = rec(Status::Delivered, 40, "bob@example.test");
+        let young = rec(Status::Delivered, 10, "bob@example.test");
+        let mut held = rec(Status::Delivered, 50, "bob@example.test");
+        held.legal_hold = Some(LegalHold {
+            at: Utc::now(),
+            reason: "case 7".into(),
+        });
+        for r in [&old, &young, &held] {
+            storage.index.insert(r).await.unwrap();
+        }
+        let report = run(&storage, &p, Utc::now()).await.unwrap();
+        assert_eq!(
+            report,
+            RetentionReport {
+                deleted: 1,
+                held_back: 1
+            }
+        );
+        assert!(storage.index.get(old.id).await.unwrap().is_none());
+        assert!(storage.index.get(young.id).await.unwrap().is_some());
+        assert!(storage.index.get(held.id).await.unwrap().is_some());
+        let audit = storage.audit.entries().await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!((audit[0].id, audit[0].action.as_str()), (old.id, "delete"));
+        assert!(matches!(
+            delete(&storage, &held, "operator:root", "purge", Utc::now()).await,
+            Err(StoreError::LegalHold(_))
+        ));
+    }
+}
