@@ -40,6 +40,10 @@ const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS
 /// backend, and STARTTLS required towards the primary (it is reached over the internet).
 const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
 [primary]\naddress = \"\"\ntls = \"required\"\n";
+/// The ingest function never talks to the primary; it reads only the storage, journal
+/// and retention keys. `.invalid` (RFC 2606) stands in for the primary it has none of.
+const INGEST_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-ingest.invalid\"\n\
+[primary]\naddress = \"no-primary.invalid\"\n";
 /// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
 const SECTIONS: &[&str] = &[
     "primary",
@@ -75,6 +79,16 @@ pub struct Config {
     /// Key prefix of the raw messages in the bucket: the receipt rule's S3 object key prefix.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// S3 bucket with Object Lock enabled where journal copies are archived with a
+    /// per-object retention of `[retention] journal_days` (`backend = "aws"`). Unset: no
+    /// archive copy.
+    #[serde(default)]
+    pub archive_bucket: Option<String>,
+    /// Object Lock mode of the archive copies: `governance` (deletable with the
+    /// `s3:BypassGovernanceRetention` permission) or `compliance` (by no one, root
+    /// included, until the date).
+    #[serde(default, deserialize_with = "lenient")]
+    pub archive_lock_mode: LockMode,
     /// AWS region; the standard chain (`AWS_REGION`, profile) when unset.
     #[serde(default)]
     pub region: Option<String>,
@@ -179,6 +193,28 @@ pub struct PrimaryConfig {
     /// Seconds to wait for any reply of the primary.
     #[serde(default = "default_primary_timeout", deserialize_with = "lenient")]
     pub timeout_secs: u64,
+}
+
+/// S3 Object Lock retention mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    #[default]
+    Governance,
+    Compliance,
+}
+
+impl FromStr for LockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(LockMode::Governance),
+            "compliance" => Ok(LockMode::Compliance),
+            other => Err(format!(
+                "unknown Object Lock mode `{other}` (governance, compliance)"
+            )),
+        }
+    }
 }
 
 /// STARTTLS towards the primary.
@@ -331,6 +367,17 @@ fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 }
 
 impl Config {
+    /// The archive bucket and its lock mode, when one is configured.
+    pub fn archive(&self) -> Option<crate::backend::aws::ArchiveSettings> {
+        self.archive_bucket
+            .clone()
+            .filter(|b| !b.trim().is_empty())
+            .map(|bucket| crate::backend::aws::ArchiveSettings {
+                bucket,
+                mode: self.archive_lock_mode,
+            })
+    }
+
     /// The retention policy; `keep_delivered_days` (older key) stands in for an unset
     /// `[retention] delivered_days`.
     pub fn retention(&self) -> crate::retention::RetentionPolicy {
@@ -486,6 +533,20 @@ impl Config {
     pub fn from_lambda_env(
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Self::lambda(env, LAMBDA_DEFAULTS)
+    }
+
+    /// The ingest function's configuration: its environment, where no primary is needed.
+    pub fn from_ingest_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::lambda(env, INGEST_DEFAULTS)
+    }
+
+    fn lambda(
+        env: impl IntoIterator<Item = (String, String)>,
+        defaults: &str,
+    ) -> Result<Config, ConfigError> {
         let mut vars: Vec<(String, String)> = Vec::new();
         let mut auth = false;
         let mut secret_env_set = false;
@@ -506,7 +567,7 @@ impl Config {
                 ENV_PRIMARY_SECRET.into(),
             ));
         }
-        Self::from_parts(Path::new("(Lambda environment)"), LAMBDA_DEFAULTS, vars)
+        Self::from_parts(Path::new("(Lambda environment)"), defaults, vars)
     }
 
     /// Parse `text` (read from `path`) with the given environment.
@@ -643,6 +704,7 @@ impl Config {
                     region: self.region.clone(),
                     endpoint_url: self.endpoint_url.clone(),
                     keep_delivered_days: self.keep_delivered_days,
+                    archive: self.archive(),
                 })
             }
             _ => None,

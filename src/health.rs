@@ -69,6 +69,10 @@ pub struct HealthRecord {
     /// Blobs stored before this instant have been checked by the reconciler (AWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled_until: Option<DateTime<Utc>>,
+    /// The last retention run of the drain function (AWS), which runs it at most every
+    /// `[retention] interval_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_at: Option<DateTime<Utc>>,
 }
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -91,6 +95,7 @@ impl HealthRecord {
             probes_ok: 0,
             probes_failed: 0,
             reconciled_until: None,
+            retained_at: None,
         }
     }
 

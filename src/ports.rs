@@ -49,6 +49,18 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn set_legal_hold(&self, _key: &str, _hold: bool) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Keep an immutable copy of a journal copy (`bytes`, stored under `key`) until
+    /// `retain_until` (S3: in the Object Lock archive bucket, when one is configured). Idempotent. Default: nothing
+    /// (the local spool has no write-once storage; its retention job and legal hold
+    /// are the whole policy).
+    async fn archive(
+        &self,
+        _key: &str,
+        _bytes: &[u8],
+        _retain_until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Size and store time of one blob.
     ///
     /// # Errors

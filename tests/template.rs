@@ -167,16 +167,32 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
             "s3:GetObject",
+            "s3:PutObject",
+            "s3:PutObjectRetention",
         ])
+    );
+    // Ingest writes objects only into the archive (journal copies), never the mail bucket.
+    let archive = f["IngestFunction"]["Properties"]["Policies"][0]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st.to_string().contains("ArchiveJournalCopies"))
+        .expect("the archive statement")
+        .clone();
+    assert_eq!(
+        archive["Fn::If"][1]["Resource"],
+        json!({ "Fn::Sub": "${ArchiveBucket.Arn}/journal/*" })
     );
     let drain = policy_actions(&f["DrainFunction"]);
     assert_eq!(
         drain,
         set(&[
+            "dynamodb:DeleteItem",
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:Query",
             "dynamodb:UpdateItem",
+            "s3:DeleteObject",
             "s3:GetObject",
             "s3:ListBucket",
             "s3:PutObject",
@@ -197,13 +213,30 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
         put["Condition"]["Null"]["s3:if-none-match"], "false",
         "{put}"
     );
-    assert!(
-        !ingest.contains("s3:PutObject"),
-        "ingest must not s3:PutObject"
+    // The retention job deletes messages, never audit entries: DeleteItem only on keys
+    // starting with msg#, DeleteObject only under the prefix.
+    let delete_item = statements
+        .iter()
+        .find(|st| st["Action"] == "dynamodb:DeleteItem")
+        .expect("a DeleteItem statement");
+    assert_eq!(
+        delete_item["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+        json!(["msg#*"]),
+        "{delete_item}"
+    );
+    let delete_object = statements
+        .iter()
+        .find(|st| st["Action"] == "s3:DeleteObject")
+        .expect("a DeleteObject statement");
+    assert_eq!(
+        delete_object["Resource"],
+        json!({ "Fn::Sub": "${MailBucket.Arn}/incoming/*" })
     );
     for (name, actions) in [("ingest", &ingest), ("drain", &drain)] {
-        for forbidden in ["s3:DeleteObject", "dynamodb:DeleteItem"] {
-            assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
+        if name == "ingest" {
+            for forbidden in ["s3:DeleteObject", "dynamodb:DeleteItem"] {
+                assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
+            }
         }
         assert!(
             !actions
@@ -255,7 +288,11 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
 fn every_rule_stores_before_it_invokes_ingest_with_scanning_on() {
     let t = template();
     let rules = resources_of(&t, "AWS::SES::ReceiptRule");
-    assert_eq!(rules.len(), 4);
+    assert_eq!(
+        rules.len(),
+        5,
+        "four for the domains' recipients, one for the journal"
+    );
     let prefix = &t["Globals"]["Function"]["Environment"]["Variables"]["STANDBY_PREFIX"];
     for (name, r) in &rules {
         let rule = &r["Properties"]["Rule"];
@@ -331,6 +368,47 @@ fn rule_recipients_come_from_the_parameters() {
             assert!(cond.contains(&format!("HasRecipients{}", n - 1)), "{cond}");
         }
     }
+}
+
+#[test]
+fn journal_copies_go_to_a_locked_archive_with_per_object_retention() {
+    let t = template();
+    let r = &t["Resources"];
+    let a = &r["ArchiveBucket"];
+    assert_eq!(a["Condition"], "HasJournal");
+    let p = &a["Properties"];
+    assert_eq!(p["ObjectLockEnabled"], true);
+    assert!(
+        p.get("ObjectLockConfiguration").is_none(),
+        "no default retention: each copy gets its own"
+    );
+    assert_eq!(p["VersioningConfiguration"]["Status"], "Enabled");
+    let rules = p["LifecycleConfiguration"]["Rules"].as_array().unwrap();
+    let cold = rules.iter().find(|x| x["Id"] == "journal-to-cold").unwrap();
+    assert_eq!(cold["Prefix"], "journal/");
+    assert_eq!(cold["Transitions"][0]["StorageClass"], "GLACIER_IR");
+    assert_eq!(cold["Transitions"][0]["TransitionInDays"], 30);
+    let expiry = rules.iter().find(|x| x["Id"] == "journal-expiry").unwrap();
+    assert_eq!(expiry["ExpirationInDays"], json!({ "Ref": "JournalDays" }));
+    let env = &r["IngestFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        env["STANDBY_ARCHIVE_BUCKET"],
+        json!({ "Fn::If": ["HasJournal", { "Ref": "ArchiveBucket" }, ""] })
+    );
+    assert_eq!(
+        env["STANDBY_RETENTION_JOURNAL_DAYS"],
+        json!({ "Ref": "JournalDays" })
+    );
+    assert_eq!(
+        t["Parameters"]["ArchiveLockMode"]["AllowedValues"],
+        json!(["GOVERNANCE", "COMPLIANCE"])
+    );
+    let journal = &r["ReceiptRuleJournal"];
+    assert_eq!(journal["Condition"], "HasJournal");
+    assert_eq!(
+        journal["Properties"]["Rule"]["Recipients"],
+        json!({ "Ref": "JournalAddresses" })
+    );
 }
 
 #[test]
@@ -411,8 +489,14 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                 ("STANDBY_HOLD_DAYS", _) => "5".into(),
                 ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
                 ("STANDBY_DSN_REPORTING_MTA", _) => "example.com".into(),
-                // PrimaryAuthUser / PrimarySecretArn default to empty.
-                ("STANDBY_PRIMARY_AUTH_USER" | "STANDBY_PRIMARY_SECRET", _) => String::new(),
+                ("STANDBY_RETENTION_JOURNAL_DAYS", _) => "2555".into(),
+                // PrimaryAuthUser / PrimarySecretArn / JournalAddresses default to empty.
+                (
+                    "STANDBY_PRIMARY_AUTH_USER"
+                    | "STANDBY_PRIMARY_SECRET"
+                    | "STANDBY_JOURNAL_ADDRESSES",
+                    _,
+                ) => String::new(),
                 _ => "standby-prod".into(),
             };
             (k.clone(), value)
@@ -425,7 +509,40 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
     assert_eq!(c.primary.auth_user, None);
     assert_eq!(c.domains, ["example.com", "example.org"]);
     assert_eq!(c.dsn.reporting_mta.as_deref(), Some("example.com"));
+    let policy = c.retention();
+    assert_eq!(
+        (policy.delivered_days, policy.journal_days),
+        (Some(30), Some(2555))
+    );
     assert!(vars.contains_key(standby::config::ENV_METRICS));
+    // The ingest function's own variables (with a journal configured) load too.
+    let ingest = [
+        ("STANDBY_BUCKET", "mail"),
+        ("STANDBY_TABLE", "index"),
+        ("STANDBY_DOMAINS", "example.com"),
+        ("STANDBY_JOURNAL_ADDRESSES", "journal@standby.example.com"),
+        ("STANDBY_RETENTION_JOURNAL_DAYS", "2555"),
+        ("STANDBY_ARCHIVE_BUCKET", "archive"),
+        ("STANDBY_ARCHIVE_LOCK_MODE", "COMPLIANCE"),
+    ];
+    let names = t["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"]
+        .as_object()
+        .unwrap();
+    for (k, _) in &ingest[2..] {
+        assert!(names.contains_key(*k), "the ingest function sets {k}");
+    }
+    let c = standby::config::Config::from_ingest_env(
+        ingest.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    assert!(
+        c.journal()
+            .matches("journal+bob=example.com@standby.example.com")
+    );
+    assert_eq!(
+        c.archive().map(|a| a.mode),
+        Some(standby::config::LockMode::Compliance)
+    );
     // The alarms read the namespace the drain writes.
     for alarm in ["MailHeldAlarm", "OldestHeldAlarm", "ProbeFailureAlarm"] {
         let p = &t["Resources"][alarm]["Properties"];

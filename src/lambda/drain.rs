@@ -72,6 +72,9 @@ pub struct DrainSummary {
     pub due: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Messages the retention policy deleted in this invocation.
+    #[serde(default)]
+    pub retention_deleted: u64,
 }
 
 /// The drain function's state, built once per cold start.
@@ -96,6 +99,25 @@ impl DrainFunction {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Apply the retention policy when the last run is `[retention] interval_secs` old
+    /// (the function runs every minute; the policy needs far less). How many it deleted.
+    async fn retention(&self, address: &str) -> Result<u64, StoreError> {
+        let policy = self.config.retention();
+        let index = self.storage.index.as_ref();
+        let now = self.clock.now();
+        let every = chrono::Duration::seconds(i64::try_from(policy.interval_secs).unwrap_or(3600));
+        let mut h = health::load_for(index, address).await?;
+        if h.retained_at.is_some_and(|t| now - t < every) {
+            return Ok(0);
+        }
+        let report = crate::retention::run(&self.storage, &policy, now).await?;
+        // Reloaded: the probe and the drain wrote the record meanwhile.
+        h = health::load_for(index, address).await?;
+        h.retained_at = Some(now);
+        index.save_health(&h).await?;
+        Ok(report.deleted)
     }
 
     /// One invocation. `deadline` is when the invocation ends (from the Lambda context).
@@ -169,6 +191,7 @@ impl DrainFunction {
         } else {
             summary.failed = drainer.expire_old().await?;
         }
+        summary.retention_deleted = self.retention(&address).await?;
         summary.held = index.counts().await?.held;
         summary.oldest_held_secs = index
             .oldest(Status::Held)

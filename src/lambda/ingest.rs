@@ -207,6 +207,19 @@ impl Ingest {
             quarantine_if_infected(&mut rec, &verdicts)
         };
         self.retention.classify(&mut rec, head);
+        if rec.status == Status::Journal {
+            // Before the index: an indexed journal copy always has its archive copy (a
+            // retried event repeats the idempotent copy).
+            let until = self
+                .retention
+                .journal_days
+                .map(|d| rec.received_at + chrono::Duration::days(i64::from(d)));
+            self.storage
+                .blobs
+                .archive(key, &bytes, until)
+                .await
+                .map_err(store)?;
+        }
         let idx = &self.storage.index;
         if idx.insert(&rec).await.map_err(store)? {
             report.indexed += 1;

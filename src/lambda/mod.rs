@@ -53,7 +53,7 @@ pub fn init_tracing() {
 /// (`STANDBY_JOURNAL_ADDRESSES`) with the domains whose recipients a copy keeps
 /// (`STANDBY_DOMAINS`).
 pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
-    let config = Config::from_lambda_env(std::env::vars())?;
+    let config = Config::from_ingest_env(std::env::vars())?;
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let missing = |k: &str| ConfigError::Env {
         var: k.into(),
@@ -67,6 +67,7 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
         endpoint_url: var("STANDBY_ENDPOINT_URL"),
         // Ingest never writes a delivered record.
         keep_delivered_days: None,
+        archive: config.archive(),
     };
     let clients = AwsClients::connect(&settings).await;
     Ok(ingest::Ingest::new(

@@ -86,6 +86,7 @@ impl Moto {
             region: Some(REGION.into()),
             endpoint_url: Some(self.url.clone()),
             keep_delivered_days: None,
+            archive: None,
         }
     }
 

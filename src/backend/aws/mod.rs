@@ -17,6 +17,7 @@
 //! again later. Connect and operation timeouts are set so a hung endpoint cannot eat the
 //! invocation.
 
+pub mod archive;
 mod audit;
 mod dynamo;
 mod errors;
@@ -47,6 +48,15 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// Delivered records expire (TTL) this many days after receipt.
     pub keep_delivered_days: Option<u32>,
+    /// The Object Lock bucket journal copies are archived in.
+    pub archive: Option<ArchiveSettings>,
+}
+
+/// An S3 bucket with Object Lock enabled, for journal copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSettings {
+    pub bucket: String,
+    pub mode: crate::config::LockMode,
 }
 
 /// The SDK clients, created once (per process, per Lambda cold start) and shared.
@@ -95,6 +105,7 @@ impl AwsClients {
 
     pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
         S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
+            .with_archive(settings.archive.clone())
     }
 
     pub fn audit_log(&self, settings: &AwsSettings) -> DynamoAuditLog {

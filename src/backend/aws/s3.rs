@@ -18,6 +18,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Tag, Tagging};
 use chrono::{DateTime, TimeZone, Utc};
 
+use super::ArchiveSettings;
 use super::errors::classify;
 use crate::error::StoreError;
 use crate::model::MessageId;
@@ -46,6 +47,7 @@ pub struct S3BlobStore {
     client: Client,
     bucket: String,
     prefix: String,
+    archive: Option<ArchiveSettings>,
 }
 
 impl S3BlobStore {
@@ -76,7 +78,14 @@ impl S3BlobStore {
             client,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            archive: None,
         }
+    }
+
+    /// Archive journal copies in this Object Lock bucket (see [`super::archive`]).
+    pub fn with_archive(mut self, archive: Option<ArchiveSettings>) -> Self {
+        self.archive = archive;
+        self
     }
 
     fn object_key(&self, key: &str) -> String {
@@ -145,6 +154,9 @@ impl BlobStore for S3BlobStore {
     /// (it replaces `delivered`); released, the object has no tag, and the retention job
     /// decides alone.
     async fn set_legal_hold(&self, key: &str, hold: bool) -> Result<(), StoreError> {
+        if let Some(a) = &self.archive {
+            super::archive::legal_hold(&self.client, a, key, hold).await?;
+        }
         if hold {
             return self.put_tag(key, LEGAL_HOLD_TAG).await;
         }
@@ -156,6 +168,18 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(|e| classify(BACKEND, "DeleteObjectTagging", e))?;
         Ok(())
+    }
+
+    async fn archive(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        until: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        match &self.archive {
+            Some(a) => super::archive::copy(&self.client, a, key, bytes, until).await,
+            None => Ok(()),
+        }
     }
 
     /// One GetObject: the body with its time and size (no HeadObject first).
