@@ -13,13 +13,12 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::backend::Storage;
 use crate::error::StoreError;
-use crate::model::{Record, Status};
+use crate::model::Record;
 use crate::ports::ListQuery;
 
 /// Output formats.
@@ -32,34 +31,6 @@ pub enum Format {
     Maildir,
     /// A directory with one `ID.eml` per message.
     Eml,
-}
-
-/// Which messages to export.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub status: Option<Status>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// A recipient (case-insensitive).
-    pub rcpt: Option<String>,
-    /// The envelope sender (case-insensitive; `<>` for the null sender).
-    pub from: Option<String>,
-}
-
-impl Selection {
-    fn wants(&self, r: &Record) -> bool {
-        let from_ok = self.from.as_deref().is_none_or(|f| {
-            let f = if f == "<>" { "" } else { f };
-            r.mail_from.eq_ignore_ascii_case(f)
-        });
-        let rcpt_ok = self.rcpt.as_deref().is_none_or(|want| {
-            r.rcpts.iter().any(|x| x.address.eq_ignore_ascii_case(want))
-                || r.journal
-                    .as_ref()
-                    .is_some_and(|j| j.to.iter().any(|x| x.eq_ignore_ascii_case(want)))
-        });
-        from_ok && rcpt_ok
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +66,7 @@ pub struct ExportReport {
 /// Write the selected messages to `out` in `format`; `progress` is called after each.
 pub async fn export(
     storage: &Storage,
-    sel: &Selection,
+    sel: &ListQuery,
     format: Format,
     out: &Path,
     progress: &(dyn Fn(&Record) + Sync),
@@ -129,15 +100,12 @@ pub async fn export(
         }
     };
     let mut q = ListQuery {
-        status: sel.status,
-        since: sel.since,
-        until: sel.until,
         limit: Some(500),
-        ..ListQuery::default()
+        ..sel.clone()
     };
     loop {
         let page = storage.index.list(&q).await?;
-        for rec in page.iter().filter(|r| sel.wants(r)) {
+        for rec in &page {
             report.bytes += match &mut mbox {
                 Some(w) => mbox_message(storage, rec, w)
                     .await

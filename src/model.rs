@@ -124,6 +124,23 @@ impl FromStr for Status {
     }
 }
 
+/// What a message is kept for: held mail (to deliver) or a journal copy (to archive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Held,
+    Journal,
+}
+
+impl Class {
+    pub fn of(status: Status) -> Class {
+        match status {
+            Status::Journal => Class::Journal,
+            _ => Class::Held,
+        }
+    }
+}
+
 /// Delivery state of one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,7 +10,7 @@ use tokio::io::AsyncRead;
 
 use crate::error::{RelayError, StoreError};
 use crate::health::HealthRecord;
-use crate::model::{Counts, MessageId, Record, Status};
+use crate::model::{Class, Counts, MessageId, Record, Status};
 
 /// A stored message body, read as a stream (messages can be 40 MB).
 pub type BlobReader = Box<dyn AsyncRead + Send + Unpin>;
@@ -107,6 +107,39 @@ pub struct ListQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only records received before this time.
     pub until: Option<DateTime<Utc>>,
+    /// Only held mail (any status but `journal`) or only journal copies.
+    pub class: Option<Class>,
+    /// Only this envelope sender (case-insensitive; `<>` for the null sender).
+    pub from: Option<String>,
+    /// Only messages to this recipient (case-insensitive; a journal copy's original
+    /// recipients).
+    pub rcpt: Option<String>,
+    /// Only messages whose subject contains this text (case-insensitive).
+    pub subject: Option<String>,
+}
+
+impl ListQuery {
+    /// Whether a record passes the class, sender, recipient and subject filters (for
+    /// backends that cannot ask an index; time and cursor are the caller's range).
+    pub fn matches(&self, r: &Record) -> bool {
+        let class = self.class.is_none_or(|c| Class::of(r.status) == c);
+        let status = self.status.is_none_or(|s| r.status == s);
+        let from = self.from.as_deref().is_none_or(|f| {
+            let f = if f == "<>" { "" } else { f };
+            r.mail_from.eq_ignore_ascii_case(f)
+        });
+        let rcpt = self
+            .rcpt
+            .as_deref()
+            .is_none_or(|want| r.rcpts.iter().any(|x| x.address.eq_ignore_ascii_case(want)));
+        let subject = self.subject.as_deref().is_none_or(|want| {
+            r.summary
+                .subject
+                .as_deref()
+                .is_some_and(|s| s.to_lowercase().contains(&want.to_lowercase()))
+        });
+        class && status && from && rcpt && subject
+    }
 }
 
 /// A place in list order (received time, then id), taken from a listed record, so a

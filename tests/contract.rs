@@ -10,7 +10,7 @@ use chrono::{Duration, Utc};
 use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::health::HealthRecord;
-use standby::model::{MessageId, Origin, Recipient, Record, Status, Summary};
+use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary};
 use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery};
 use tokio::io::AsyncReadExt;
 
@@ -204,6 +204,141 @@ async fn index_contract(index: Arc<dyn Index>) {
     assert_eq!(index.load_health().await.unwrap(), Some(h));
 }
 
+/// The search filters of `list`, alone and combined, through paging; and the search
+/// terms follow a record's changes and deletion.
+async fn search_contract(index: Arc<dyn Index>) {
+    let mk = |age: i64, from: &str, rcpts: &[&str], subject: &str, status: Status| {
+        let mut r = record(age);
+        r.mail_from = from.into();
+        r.rcpts = rcpts.iter().map(|a| Recipient::pending(*a)).collect();
+        r.summary.subject = Some(subject.into());
+        r.status = status;
+        r
+    };
+    let a = mk(
+        50,
+        "alice@example.org",
+        &["bob@example.test"],
+        "Quarterly figures",
+        Status::Held,
+    );
+    let b = mk(
+        40,
+        "",
+        &["Carol@example.test", "bob@example.test"],
+        "Undeliverable: x",
+        Status::Failed,
+    );
+    let c = mk(
+        30,
+        "ALICE@example.org",
+        &["carol@example.test"],
+        "lunch",
+        Status::Journal,
+    );
+    let d = mk(
+        20,
+        "dave@example.net",
+        &["erin@example.test"],
+        "quarterly review",
+        Status::Delivered,
+    );
+    for r in [&a, &b, &c, &d] {
+        assert!(index.insert(r).await.unwrap());
+    }
+    let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let find = async |q: ListQuery| {
+        // Pages of one, so the filters must hold across the cursor too.
+        let (mut out, mut after) = (Vec::new(), None);
+        loop {
+            let page = index
+                .list(&ListQuery {
+                    limit: Some(1),
+                    after,
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(Cursor::from(last));
+            out.extend(page);
+        }
+        assert_eq!(
+            ids(index.list(&q).await.unwrap()),
+            ids(out.clone()),
+            "{q:?}"
+        );
+        ids(out)
+    };
+    let q = |f: fn(&mut ListQuery)| {
+        let mut q = ListQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        find(q(|q| q.rcpt = Some("CAROL@example.test".into()))).await,
+        [b.id, c.id]
+    );
+    assert_eq!(
+        find(q(|q| q.rcpt = Some("bob@example.test".into()))).await,
+        [a.id, b.id]
+    );
+    assert_eq!(
+        find(q(|q| q.from = Some("alice@EXAMPLE.org".into()))).await,
+        [a.id, c.id]
+    );
+    assert_eq!(find(q(|q| q.from = Some("<>".into()))).await, [b.id]);
+    assert_eq!(
+        find(q(|q| q.subject = Some("QUARTERLY".into()))).await,
+        [a.id, d.id]
+    );
+    assert_eq!(find(q(|q| q.class = Some(Class::Journal))).await, [c.id]);
+    assert_eq!(
+        find(q(|q| q.class = Some(Class::Held))).await,
+        [a.id, b.id, d.id]
+    );
+    let both = q(|q| {
+        q.rcpt = Some("bob@example.test".into());
+        q.subject = Some("undeliver".into());
+    });
+    assert_eq!(find(both).await, [b.id]);
+    let mut window = q(|q| q.class = Some(Class::Held));
+    window.since = Some(b.received_at);
+    window.until = Some(d.received_at);
+    assert_eq!(find(window).await, [b.id]);
+    assert!(
+        find(q(|q| q.rcpt = Some("nobody@example.test".into())))
+            .await
+            .is_empty()
+    );
+
+    // A changed recipient list and subject are searched as changed; a deleted record is
+    // found by nothing.
+    let mut a2 = a.clone();
+    a2.rcpts = vec![Recipient::pending("zed@example.test")];
+    a2.summary.subject = Some("renamed".into());
+    index.update(&a2, Utc::now()).await.unwrap();
+    assert_eq!(
+        find(q(|q| q.rcpt = Some("zed@example.test".into()))).await,
+        [a.id]
+    );
+    assert_eq!(
+        find(q(|q| q.rcpt = Some("bob@example.test".into()))).await,
+        [b.id]
+    );
+    assert_eq!(
+        find(q(|q| q.subject = Some("renamed".into()))).await,
+        [a.id]
+    );
+    assert!(index.delete(b.id).await.unwrap());
+    assert!(find(q(|q| q.rcpt = Some("carol@example.test".into()))).await == [c.id]);
+    assert!(
+        find(q(|q| q.subject = Some("undeliverable".into())))
+            .await
+            .is_empty()
+    );
+}
+
 async fn blob_contract(blobs: Arc<dyn BlobStore>) {
     let id = MessageId::new(Utc::now());
     let key = id.to_string();
@@ -273,6 +408,7 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
 #[tokio::test]
 async fn memory_adapters_keep_the_contract() {
     index_contract(Arc::new(MemIndex::default())).await;
+    search_contract(Arc::new(MemIndex::default())).await;
     blob_contract(Arc::new(MemBlobStore::default())).await;
 }
 
@@ -280,6 +416,8 @@ async fn memory_adapters_keep_the_contract() {
 async fn local_adapters_keep_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     index_contract(Arc::new(SqliteIndex::open(dir.path()).unwrap())).await;
+    let other = tempfile::tempdir().unwrap();
+    search_contract(Arc::new(SqliteIndex::open(other.path()).unwrap())).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
     assert_eq!(
@@ -306,6 +444,8 @@ async fn aws_adapters_keep_the_contract() {
     let moto = common::aws::Moto::start();
     let (_, _, storage) = moto.storage("contract").await;
     index_contract(storage.index.clone()).await;
+    let (_, _, other) = moto.storage("search").await;
+    search_contract(other.index.clone()).await;
     blob_contract(storage.blobs.clone()).await;
 }
 

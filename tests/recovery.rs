@@ -84,6 +84,21 @@ fn journal_copies_from_postfix_are_replayed_once_after_the_mailbox_is_lost() {
         "the original recipients, from the header: {rcpts:?}"
     );
 
+    // Search: by original recipient and class, by subject.
+    let carol = sb.json(&[
+        "list",
+        "--class",
+        "journal",
+        "--rcpt",
+        "Carol@example.test",
+        "--json",
+    ]);
+    assert_eq!(carol.as_array().unwrap().len(), 2, "{carol}");
+    let m3 = sb.json(&["list", "--subject", "M3", "--json"]);
+    assert_eq!(m3.as_array().unwrap().len(), 1, "{m3}");
+    let none = sb.json(&["list", "--class", "held", "--json"]);
+    assert!(none.as_array().unwrap().is_empty(), "{none}");
+
     // The primary's disk dies: its mailbox store is gone.
     let maildir = pf.dir.path().join("mail/maildir");
     std::fs::remove_dir_all(&maildir).unwrap();

@@ -147,7 +147,7 @@ impl Index for MemIndex {
         let mut recs: Vec<Record> = s
             .records
             .values()
-            .filter(|r| q.status.is_none_or(|st| r.status == st))
+            .filter(|r| q.matches(r))
             .filter(|r| q.after.is_none_or(|a| Cursor::from(*r) > a))
             .filter(|r| q.since.is_none_or(|t| r.received_at >= t))
             .filter(|r| q.until.is_none_or(|t| r.received_at < t))

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::group::Group;
 use crate::error::StoreError;
 use crate::health::HealthRecord;
-use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
 use crate::ports::{ClaimRequest, Index, ListQuery};
 
 const SCHEMA: &str = "
@@ -50,10 +50,68 @@ CREATE INDEX IF NOT EXISTS messages_recv
 CREATE INDEX IF NOT EXISTS messages_order ON messages(received_at, id);
 DROP INDEX IF EXISTS messages_status;
 DROP INDEX IF EXISTS messages_due;
+CREATE INDEX IF NOT EXISTS messages_class ON messages((status = 'journal'), received_at, id);
+CREATE INDEX IF NOT EXISTS messages_sender
+    ON messages(lower(json_extract(record, '$.mail_from')), received_at, id);
+CREATE TABLE IF NOT EXISTS message_rcpts (
+    rcpt TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (rcpt, received_at, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_rcpts_id ON message_rcpts(id);
+CREATE VIRTUAL TABLE IF NOT EXISTS message_subjects USING fts5(subject, tokenize = 'trigram');
 CREATE TABLE IF NOT EXISTS health (
     k INTEGER PRIMARY KEY CHECK (k = 1),
     record TEXT NOT NULL
 );
+";
+
+/// Search terms kept beside each record by triggers, so every write path (grouped
+/// inserts, write-backs, operator updates, deletes) keeps them right: one row per
+/// recipient address (lower case) in `message_rcpts`, the subject in the trigram
+/// full-text table `message_subjects` (rowid = the message's rowid). The update trigger
+/// fires only when the addresses or the subject change, not on every delivery attempt.
+const SEARCH: &str = "
+CREATE TRIGGER IF NOT EXISTS messages_search_ai AFTER INSERT ON messages BEGIN
+    INSERT OR IGNORE INTO message_rcpts
+        SELECT lower(json_extract(j.value, '$.address')), NEW.received_at, NEW.id
+        FROM json_each(NEW.record, '$.rcpts') AS j;
+    INSERT INTO message_subjects(rowid, subject)
+        SELECT NEW.rowid, json_extract(NEW.record, '$.summary.subject')
+        WHERE json_extract(NEW.record, '$.summary.subject') IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_search_ad AFTER DELETE ON messages BEGIN
+    DELETE FROM message_rcpts WHERE id = OLD.id;
+    DELETE FROM message_subjects WHERE rowid = OLD.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_search_au AFTER UPDATE OF record ON messages
+WHEN (SELECT group_concat(json_extract(value, '$.address'), ',')
+        FROM json_each(OLD.record, '$.rcpts'))
+     IS NOT (SELECT group_concat(json_extract(value, '$.address'), ',')
+        FROM json_each(NEW.record, '$.rcpts'))
+  OR json_extract(OLD.record, '$.summary.subject')
+     IS NOT json_extract(NEW.record, '$.summary.subject')
+BEGIN
+    DELETE FROM message_rcpts WHERE id = OLD.id;
+    DELETE FROM message_subjects WHERE rowid = OLD.rowid;
+    INSERT OR IGNORE INTO message_rcpts
+        SELECT lower(json_extract(j.value, '$.address')), NEW.received_at, NEW.id
+        FROM json_each(NEW.record, '$.rcpts') AS j;
+    INSERT INTO message_subjects(rowid, subject)
+        SELECT NEW.rowid, json_extract(NEW.record, '$.summary.subject')
+        WHERE json_extract(NEW.record, '$.summary.subject') IS NOT NULL;
+END;
+";
+
+/// Fill the search tables for a database made before they existed (`user_version` < 2).
+const SEARCH_BACKFILL: &str = "
+INSERT OR IGNORE INTO message_rcpts
+    SELECT lower(json_extract(j.value, '$.address')), m.received_at, m.id
+    FROM messages AS m, json_each(m.record, '$.rcpts') AS j;
+INSERT INTO message_subjects(rowid, subject)
+    SELECT rowid, json_extract(record, '$.summary.subject') FROM messages
+    WHERE json_extract(record, '$.summary.subject') IS NOT NULL;
 ";
 
 /// The index database; cheap to clone, one connection shared behind a mutex.
@@ -213,6 +271,88 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 /// Columns selected by every record query, in this order.
 const COLS: &str = "id, status, lease_owner, lease_until, record";
 
+/// The query for one listing page. Each filter is answered by an index: the recipient by
+/// `message_rcpts` (which then drives the walk, in list order), the subject by the
+/// trigram table, the sender and the class by expression indexes, times by the list
+/// order itself.
+fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conds: Vec<&str> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    // With a recipient, `r` (message_rcpts) leads and carries the order columns.
+    let (from, t) = match &q.rcpt {
+        Some(rcpt) => {
+            conds.push("r.rcpt = ?");
+            args.push(Value::Text(rcpt.to_lowercase()));
+            (
+                "message_rcpts AS r CROSS JOIN messages AS m ON m.id = r.id",
+                "r",
+            )
+        }
+        None => ("messages AS m", "m"),
+    };
+    if let Some(st) = q.status {
+        conds.push("m.status = ?");
+        args.push(Value::Text(st.as_str().into()));
+    }
+    if let Some(class) = q.class {
+        conds.push("(m.status = 'journal') = ?");
+        args.push(Value::Integer(i64::from(class == Class::Journal)));
+    }
+    if let Some(from) = &q.from {
+        conds.push("lower(json_extract(m.record, '$.mail_from')) = ?");
+        let from = if from == "<>" { "" } else { from.as_str() };
+        args.push(Value::Text(from.to_lowercase()));
+    }
+    if let Some(subject) = &q.subject {
+        conds.push("m.rowid IN (SELECT rowid FROM message_subjects WHERE subject LIKE ?)");
+        // `%` and `_` in the text act as LIKE's wildcards (an ESCAPE clause would keep
+        // the trigram index from answering).
+        args.push(Value::Text(format!("%{subject}%")));
+    }
+    let ranges = [
+        (q.after.is_some(), "({t}.received_at, {t}.id) > (?, ?)"),
+        (q.since.is_some(), "{t}.received_at >= ?"),
+        (q.until.is_some(), "{t}.received_at < ?"),
+    ];
+    let mut range_conds: Vec<String> = Vec::new();
+    for (on, cond) in ranges {
+        if on {
+            range_conds.push(cond.replace("{t}", t));
+        }
+    }
+    if let Some(after) = q.after {
+        args.push(Value::Integer(ms(after.received_at)));
+        args.push(Value::Text(after.id.to_string()));
+    }
+    if let Some(t) = q.since {
+        args.push(Value::Integer(ms(t)));
+    }
+    if let Some(t) = q.until {
+        args.push(Value::Integer(ms(t)));
+    }
+    let all: Vec<String> = conds
+        .iter()
+        .map(|c| c.to_string())
+        .chain(range_conds)
+        .collect();
+    let filter = if all.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", all.join(" AND "))
+    };
+    args.push(Value::Integer(q.limit.map_or(-1, |l| l as i64)));
+    let cols = COLS
+        .split(", ")
+        .map(|c| format!("m.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        format!("SELECT {cols} FROM {from} {filter} ORDER BY {t}.received_at, {t}.id LIMIT ?"),
+        args,
+    )
+}
+
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let id: String = row.get(0)?;
     let status: String = row.get(1)?;
@@ -298,6 +438,15 @@ impl SqliteIndex {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        if version < 2 {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SEARCH_BACKFILL} {SEARCH} PRAGMA user_version = 2; COMMIT;"
+            ))
+            .map_err(db_err)?;
+        }
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteIndex {
             inserts: Arc::new(grouped(conn.clone(), insert_item)),
@@ -391,36 +540,8 @@ impl Index for SqliteIndex {
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
         let q = q.clone();
         self.with(move |c| {
-            let mut conds = Vec::new();
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(st) = q.status {
-                conds.push("status = ?");
-                args.push(st.as_str().to_string().into());
-            }
-            if let Some(after) = q.after {
-                conds.push("(received_at, id) > (?, ?)");
-                args.push(ms(after.received_at).into());
-                args.push(after.id.to_string().into());
-            }
-            if let Some(t) = q.since {
-                conds.push("received_at >= ?");
-                args.push(ms(t).into());
-            }
-            if let Some(t) = q.until {
-                conds.push("received_at < ?");
-                args.push(ms(t).into());
-            }
-            let filter = if conds.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conds.join(" AND "))
-            };
-            args.push(q.limit.map_or(-1, |l| l as i64).into());
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {COLS} FROM messages {filter} ORDER BY received_at, id LIMIT ?"
-                ))
-                .map_err(db_err)?;
+            let (sql, args) = list_sql(&q);
+            let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
             collect(&mut stmt, rusqlite::params_from_iter(args))
         })
         .await
@@ -568,5 +689,119 @@ impl Index for SqliteIndex {
             .map_err(db_err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of one listing, one line per step.
+    fn plan(index: &SqliteIndex, q: &ListQuery) -> Vec<String> {
+        let (sql, args) = list_sql(q);
+        let c = index.conn.lock().unwrap();
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn every_filter_is_answered_by_an_index() {
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let now = Utc::now();
+        let cursor = crate::ports::Cursor {
+            received_at: now,
+            id: MessageId::new(now),
+        };
+        let cases: Vec<(&str, ListQuery)> = vec![
+            (
+                "status",
+                ListQuery {
+                    status: Some(Status::Held),
+                    ..Default::default()
+                },
+            ),
+            (
+                "class",
+                ListQuery {
+                    class: Some(Class::Journal),
+                    ..Default::default()
+                },
+            ),
+            (
+                "from",
+                ListQuery {
+                    from: Some("a@example.org".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "rcpt",
+                ListQuery {
+                    rcpt: Some("b@example.test".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "subject",
+                ListQuery {
+                    subject: Some("figures".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "since",
+                ListQuery {
+                    since: Some(now),
+                    ..Default::default()
+                },
+            ),
+            (
+                "page",
+                ListQuery {
+                    after: Some(cursor),
+                    ..Default::default()
+                },
+            ),
+            (
+                "rcpt and subject in a window",
+                ListQuery {
+                    rcpt: Some("b@example.test".into()),
+                    subject: Some("figures".into()),
+                    since: Some(now),
+                    until: Some(now),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (what, q) in cases {
+            let steps = plan(&index, &q);
+            assert!(
+                steps.iter().all(|s| {
+                    let table = s.strip_prefix("SCAN ").and_then(|t| t.split(' ').next());
+                    !matches!(table, Some("m" | "r"))
+                }),
+                "{what}: a table scan in {steps:?}"
+            );
+            // The subject's matches come from the trigram index (the `L` is its LIKE) in
+            // no order, so they alone are sorted; every other listing walks an index in
+            // list order and sorts nothing.
+            if q.subject.is_some() && q.rcpt.is_none() {
+                assert!(
+                    steps
+                        .iter()
+                        .any(|s| s.contains("message_subjects VIRTUAL TABLE INDEX")
+                            && s.contains(":L")),
+                    "{what}: the trigram index in {steps:?}"
+                );
+            } else {
+                assert!(
+                    steps.iter().all(|s| !s.contains("TEMP B-TREE")),
+                    "{what}: a sort in {steps:?}"
+                );
+            }
+        }
     }
 }

@@ -172,17 +172,11 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
 /// page however many messages are held, and memory stays flat for any number.
 const LIST_PAGE: usize = 500;
 
-pub(super) async fn list(
-    storage: &Storage,
-    status: Option<Status>,
-    json: bool,
-) -> Result<(), CliError> {
+pub(super) async fn list(storage: &Storage, query: ListQuery, json: bool) -> Result<(), CliError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut query = ListQuery {
-        status,
         limit: Some(LIST_PAGE),
-        after: None,
-        ..Default::default()
+        ..query
     };
     let mut listed = 0usize;
     loop {

@@ -176,21 +176,14 @@ async fn legal_targets(
     let mut q = ListQuery {
         since: sel.since,
         until: sel.until,
+        rcpt: sel.rcpt.clone(),
         limit: Some(500),
         ..Default::default()
     };
     let mut out = Vec::new();
     loop {
         let page = storage.index.list(&q).await?;
-        out.extend(
-            page.iter()
-                .filter(|r| {
-                    sel.rcpt.as_deref().is_none_or(|want| {
-                        r.rcpts.iter().any(|x| x.address.eq_ignore_ascii_case(want))
-                    })
-                })
-                .map(|r| r.id),
-        );
+        out.extend(page.iter().map(|r| r.id));
         if page.len() < 500 {
             return Ok(out);
         }

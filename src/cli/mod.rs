@@ -19,6 +19,7 @@ use crate::backend::Storage;
 use crate::config::{Config, DEFAULT_CONFIG, ENV_CONFIG};
 use crate::error::{ConfigError, StoreError};
 use crate::model::{BadMessageId, MessageId, Status};
+use crate::ports::ListQuery;
 use crate::serve::ServeError;
 use crate::smtp::client::RelaySetupError;
 
@@ -66,10 +67,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List messages, oldest first.
+    /// List messages, oldest first; the filters combine (and).
     List {
         #[arg(long, value_enum, default_value = "all")]
         status: StatusFilter,
+        /// Held mail (any status but journal) or journal copies only.
+        #[arg(long, value_enum)]
+        class: Option<crate::model::Class>,
+        /// Envelope sender (`<>` for bounces).
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+        /// A recipient (of a journal copy: an original recipient).
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Option<String>,
+        /// Text the subject contains (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
+        subject: Option<String>,
+        /// Received at or after (`2026-11-28`, `3d`, ...).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Received before.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
         #[arg(long)]
         json: bool,
     },
@@ -351,7 +370,28 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             unreachable!("handled above")
         }
         Command::Status { json } => inspect::status(&config, &storage, json).await,
-        Command::List { status, json } => inspect::list(&storage, status.status(), json).await,
+        Command::List {
+            status,
+            class,
+            from,
+            rcpt,
+            subject,
+            since,
+            until,
+            json,
+        } => {
+            let query = ListQuery {
+                status: status.status(),
+                class,
+                from,
+                rcpt,
+                subject,
+                since,
+                until,
+                ..ListQuery::default()
+            };
+            inspect::list(&storage, query, json).await
+        }
         Command::Show { id, json, raw } => {
             inspect::show(&storage, id.parse::<MessageId>()?, json, raw).await
         }
@@ -420,12 +460,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             from,
             json,
         } => {
-            let sel = crate::export::Selection {
+            let sel = ListQuery {
                 status: status.status(),
                 since,
                 until,
                 rcpt,
                 from,
+                ..ListQuery::default()
             };
             recover::export(&storage, sel, format, &out, json).await
         }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::CliError;
 use crate::backend::Storage;
-use crate::export::{self, Format, Selection};
+use crate::export::{self, Format};
+use crate::ports::ListQuery;
 use crate::ports::SystemClock;
 use crate::replay::{self, ReplayOutcome, ReplayRequest, Replayer};
 use crate::smtp::SmtpRelay;
@@ -129,7 +130,7 @@ pub(super) async fn replay(
 
 pub(super) async fn export(
     storage: &Storage,
-    sel: Selection,
+    sel: ListQuery,
     format: Format,
     out_path: &Path,
     json: bool,

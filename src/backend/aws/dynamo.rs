@@ -24,7 +24,7 @@ use super::errors::classify;
 use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, TTL_ATTRIBUTE};
 use crate::error::StoreError;
 use crate::health::HealthRecord;
-use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
 use crate::ports::{ClaimRequest, Cursor, Index, ListQuery};
 
 const BACKEND: &str = "dynamodb";
@@ -243,13 +243,20 @@ impl DynamoIndex {
         let range = KeyRange::of(q);
         loop {
             // One more than wanted: the cursor's own record may come first.
-            let want = limit.map(|l| i32::try_from(l + 1 - out.len()).unwrap_or(i32::MAX));
+            let filtered = q.from.is_some() || q.rcpt.is_some() || q.subject.is_some();
+            let want = match limit {
+                // Matches may be sparse: read full pages.
+                Some(_) if filtered => Some(500),
+                Some(l) => Some(i32::try_from(l + 1 - out.len()).unwrap_or(i32::MAX)),
+                None => None,
+            };
             let (items, next) = self
                 .query_status(status, range.clone(), want, start)
                 .await?;
             for item in &items {
                 let rec = from_item(item)?;
                 if q.after.is_none_or(|a| Cursor::from(&rec) > a)
+                    && q.matches(&rec)
                     && out.len() < limit.unwrap_or(usize::MAX)
                 {
                     out.push(rec);
@@ -361,9 +368,14 @@ impl Index for DynamoIndex {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        // The class picks status partitions; sender, recipient and subject are checked
+        // on the items the time range returns.
         let statuses: Vec<Status> = match q.status {
             Some(s) => vec![s],
-            None => Status::ALL.to_vec(),
+            None => Status::ALL
+                .into_iter()
+                .filter(|s| q.class.is_none_or(|c| Class::of(*s) == c))
+                .collect(),
         };
         let mut out = Vec::new();
         for st in statuses {
