@@ -40,6 +40,16 @@ fn function(
     primary_port: u16,
     clock: Arc<Shifted>,
 ) -> DrainFunction {
+    function_with(storage, table, primary_port, clock, &[])
+}
+
+fn function_with(
+    storage: &Storage,
+    table: &str,
+    primary_port: u16,
+    clock: Arc<Shifted>,
+    extra: &[(&str, &str)],
+) -> DrainFunction {
     let env = [
         ("STANDBY_BUCKET", table.to_string()),
         ("STANDBY_TABLE", table.to_string()),
@@ -50,7 +60,9 @@ fn function(
         ("STANDBY_HEALTH_DOWN_AFTER", "1".into()),
         ("STANDBY_DOMAINS", "example.test".into()),
     ]
-    .map(|(k, v)| (k.to_string(), v));
+    .map(|(k, v)| (k.to_string(), v))
+    .into_iter()
+    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_lambda_env(env).unwrap();
     let relay = SmtpRelay::from_config(&config).unwrap();
     DrainFunction::new(config, storage.clone(), relay).with_clock(clock)
@@ -443,4 +455,55 @@ async fn a_permanent_refusal_bounces_once_and_only_to_a_sender_ses_authenticated
             .len(),
         3
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_function_applies_retention_once_per_interval_and_audits_it() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("retain").await;
+    let pf = Postfix::primary();
+    pf.start();
+    ses_receive(&clients, &s, &storage, "normal.json", "tok-retain").await;
+    let clock = Arc::new(Shifted::default());
+    let policy = [("STANDBY_RETENTION_DELIVERED_DAYS", "1")];
+    let f = function_with(&storage, "retain", pf.port, clock.clone(), &policy);
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.delivered, sum.retention_deleted), (1, 0), "{sum:?}");
+
+    // Two days on, the delivered message is past delivered_days: deleted, audited.
+    clock.advance(chrono::Duration::days(2));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.retention_deleted, 1, "{sum:?}");
+    assert!(
+        storage
+            .index
+            .list(&ListQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let audit = storage.audit.entries().await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].by.as_str(), audit[0].reason.as_str()),
+        ("retention", "delivered_days = 1")
+    );
+    let ran = storage
+        .index
+        .load_health()
+        .await
+        .unwrap()
+        .unwrap()
+        .retained_at;
+    // The next minute's invocation does not run it again (hourly by default).
+    clock.advance(chrono::Duration::minutes(1));
+    f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    let again = storage
+        .index
+        .load_health()
+        .await
+        .unwrap()
+        .unwrap()
+        .retained_at;
+    assert_eq!(ran, again);
 }
