@@ -316,15 +316,17 @@ impl Context {
             return Check::fail(name, format!("{t}: no description"), "deploy the stack");
         };
         let ours = schema::global_secondary_indexes();
-        let gsi_ok = table.global_secondary_indexes().iter().any(|g| {
-            ours.iter()
-                .any(|o| g.index_name() == Some(o.index_name()) && g.key_schema() == o.key_schema())
+        let gsi_ok = ours.iter().all(|o| {
+            table
+                .global_secondary_indexes()
+                .iter()
+                .any(|g| g.index_name() == Some(o.index_name()) && g.key_schema() == o.key_schema())
         });
         if table.key_schema() != schema::key_schema().as_slice() || !gsi_ok {
             return Check::fail(
                 name,
                 format!(
-                    "{t}: keys {:?}, index {GSI} ({GSI_PK}, {GSI_SK}) {}",
+                    "{t}: keys {:?}, indexes {GSI} ({GSI_PK}, {GSI_SK}), by_sender, by_rcpt {}",
                     table
                         .key_schema()
                         .iter()

@@ -21,7 +21,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::errors::classify;
-use super::schema::{GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, TTL_ATTRIBUTE};
+use super::schema::{
+    GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, RCPT_ATTR, RCPT_GSI, SENDER_ATTR,
+    SENDER_GSI, TTL_ATTRIBUTE,
+};
+use super::search;
 use crate::error::StoreError;
 use crate::health::HealthRecord;
 use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
@@ -120,6 +124,7 @@ fn to_item(rec: &Record) -> Result<Item, StoreError> {
         GSI_SK.into(),
         s(recv_key(rec.received_at, &rec.id.to_string())),
     );
+    item.insert(SENDER_ATTR.into(), s(search::sender_key(&rec.mail_from)));
     item.insert("due".into(), n(rec.next_attempt_at.timestamp_millis()));
     item.insert("record".into(), s(json));
     if let Some(lease) = &rec.lease {
@@ -205,16 +210,28 @@ impl DynamoIndex {
         limit: Option<i32>,
         start: Option<Item>,
     ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+        self.query_index((GSI, GSI_PK, status.as_str()), range, limit, start)
+            .await
+    }
+
+    /// One page of an index (name, partition attribute, value), in `recv` order.
+    async fn query_index(
+        &self,
+        (index, part, value): (&str, &str, &str),
+        range: KeyRange,
+        limit: Option<i32>,
+        start: Option<Item>,
+    ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
         let mut q = self
             .client
             .query()
             .table_name(&self.table)
-            .index_name(GSI)
-            .expression_attribute_values(":s", s(status.as_str()))
+            .index_name(index)
+            .expression_attribute_values(":s", s(value))
             .scan_index_forward(true)
             .set_exclusive_start_key(start)
             .set_limit(limit);
-        q = q.expression_attribute_names("#s", GSI_PK);
+        q = q.expression_attribute_names("#s", part);
         q = match range {
             KeyRange::All => q.key_condition_expression("#s = :s"),
             KeyRange::Before(k) => q
@@ -269,6 +286,48 @@ impl DynamoIndex {
         }
     }
 
+    /// Records from one partition of the sender or recipient index, in list order within
+    /// `q`'s range, at most `q.limit`. `keys_only`: the index holds recipient items, whose
+    /// messages are read (strongly consistent) one by one.
+    async fn list_index(
+        &self,
+        index: (&str, &str, &str),
+        q: &ListQuery,
+        keys_only: bool,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (limit, mut out) = (q.limit.unwrap_or(usize::MAX), Vec::new());
+        let (range, mut start) = (KeyRange::of(q), None);
+        loop {
+            let (items, next) = self
+                .query_index(index, range.clone(), Some(100), start)
+                .await?;
+            for item in &items {
+                let rec = if keys_only {
+                    match search::id_of(item) {
+                        // Gone: a recipient item left by a crash between two writes.
+                        Some(id) => match self.get(id).await? {
+                            Some(r) => r,
+                            None => continue,
+                        },
+                        None => continue,
+                    }
+                } else {
+                    from_item(item)?
+                };
+                if q.after.is_none_or(|a| Cursor::from(&rec) > a) && q.matches(&rec) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Try to lease one candidate; `None` when another worker won it or it changed.
     async fn lease_one(
         &self,
@@ -314,17 +373,38 @@ impl DynamoIndex {
     ) -> Result<(), StoreError> {
         let mut bare = rec.clone();
         bare.lease = None;
+        let item = self.item(&bare)?;
+        let ttl = search::ttl_of(&item);
         let mut req = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(self.item(&bare)?))
-            .condition_expression(condition);
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllOld);
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
         }
         match req.send().await {
-            Ok(_) => Ok(()),
+            Ok(out) => {
+                // The recipient items follow the message's addresses and TTL.
+                let old = out.attributes().map(from_item).transpose()?;
+                let old_ttl = out.attributes().and_then(search::ttl_of);
+                let (old_addrs, new_addrs) = (
+                    old.as_ref().map(search::addresses).unwrap_or_default(),
+                    search::addresses(&bare),
+                );
+                if old_addrs != new_addrs || old_ttl != ttl {
+                    let recv = recv_key(bare.received_at, &bare.id.to_string());
+                    search::put_rcpts(&self.client, &self.table, &bare, &recv, ttl).await?;
+                    let stale = old_addrs
+                        .difference(&new_addrs)
+                        .cloned()
+                        .collect::<Vec<_>>();
+                    search::delete_rcpts(&self.client, &self.table, bare.id, stale).await?;
+                }
+                Ok(())
+            }
             Err(e) if is_condition_failed(&e) => match self.get(rec.id).await? {
                 // A resent write whose first answer was lost finds its own result.
                 Some(cur) if cur == bare => Ok(()),
@@ -339,11 +419,15 @@ impl DynamoIndex {
 #[async_trait]
 impl Index for DynamoIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+        // Recipient items first: an indexed message can always be found by recipient.
+        let item = self.item(rec)?;
+        let recv = recv_key(rec.received_at, &rec.id.to_string());
+        search::put_rcpts(&self.client, &self.table, rec, &recv, search::ttl_of(&item)).await?;
         let res = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(self.item(rec)?))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
@@ -368,8 +452,20 @@ impl Index for DynamoIndex {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError> {
-        // The class picks status partitions; sender, recipient and subject are checked
-        // on the items the time range returns.
+        // A sender or a recipient is one partition of its index, read in list order
+        // within the time range; otherwise the class picks status partitions. The other
+        // filters are checked on what the range returns (the subject always: DynamoDB has
+        // no substring index).
+        if let Some(from) = &q.from {
+            let key = search::sender_key(if from == "<>" { "" } else { from });
+            return self
+                .list_index((SENDER_GSI, SENDER_ATTR, &key), q, false)
+                .await;
+        }
+        if let Some(rcpt) = &q.rcpt {
+            let key = rcpt.to_lowercase();
+            return self.list_index((RCPT_GSI, RCPT_ATTR, &key), q, true).await;
+        }
         let statuses: Vec<Status> = match q.status {
             Some(s) => vec![s],
             None => Status::ALL
@@ -490,7 +586,13 @@ impl Index for DynamoIndex {
             .send()
             .await
             .map_err(|e| classify(BACKEND, "DeleteItem", e))?;
-        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+        let Some(old) = out.attributes().filter(|a| !a.is_empty()) else {
+            return Ok(false);
+        };
+        if let Ok(rec) = from_item(old) {
+            search::delete_rcpts(&self.client, &self.table, id, search::addresses(&rec)).await?;
+        }
+        Ok(true)
     }
 
     async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {

@@ -24,6 +24,7 @@ mod errors;
 pub mod provision;
 mod s3;
 pub mod schema;
+mod search;
 pub mod secrets;
 
 use std::time::Duration;

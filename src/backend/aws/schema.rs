@@ -11,7 +11,13 @@
 //! |---|---|---|
 //! | message | `msg#<id>` | `status`, `recv` (`<received ms, 13 digits>#<id>`), `due` (ms), `lease_owner`, `lease_until` (ms), `record` (JSON), `expires_at` (TTL, epoch s, set when retention allows deletion) |
 //! | health | `health#primary` | `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark) |
+//! | recipient | `rcpt#<id>#<address>` | `rcpt` (address, lower case), `recv`; one per address of a message, kept by the index's writes |
 //! | audit entry | `audit#<ulid>` | `status` = `audit`, `recv` (`<ms>#<ulid>`), `record` (JSON); never updated or deleted |
+//!
+//! Message items also carry `sender` (lower-case envelope sender, `<>` for none).
+//!
+//! GSIs `by_sender` (partition `sender`, sort `recv`, all attributes) and `by_rcpt`
+//! (partition `rcpt`, sort `recv`, keys only) answer `standby list --from / --rcpt`.
 //!
 //! GSI `by_status`: partition `status`, sort `recv`, all attributes projected. Listing by
 //! status in received order, the oldest held message, and the drain's claim candidates are
@@ -31,6 +37,14 @@ pub const GSI_SK: &str = "recv";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 pub const HEALTH_PK: &str = "health#primary";
 pub const MESSAGE_PREFIX: &str = "msg#";
+/// The sender index: messages by lower-case envelope sender (`<>` for none), in list order.
+pub const SENDER_GSI: &str = "by_sender";
+pub const SENDER_ATTR: &str = "sender";
+/// The recipient index, over recipient items `rcpt#<id>#<address>` (one per address of a
+/// message, lower case), keys only.
+pub const RCPT_GSI: &str = "by_rcpt";
+pub const RCPT_ATTR: &str = "rcpt";
+pub const RCPT_PREFIX: &str = "rcpt#";
 /// Audit entries: `pk = audit#<ulid>`, in the status index under this partition.
 pub const AUDIT_PREFIX: &str = "audit#";
 pub const AUDIT_STATUS: &str = "audit";
@@ -42,7 +56,7 @@ pub fn key_schema() -> Vec<KeySchemaElement> {
 
 /// Every key attribute (table and GSI) with its type.
 pub fn attribute_definitions() -> Vec<AttributeDefinition> {
-    [PK, GSI_PK, GSI_SK]
+    [PK, GSI_PK, GSI_SK, SENDER_ATTR, RCPT_ATTR]
         .into_iter()
         .map(|name| {
             AttributeDefinition::builder()
@@ -54,20 +68,21 @@ pub fn attribute_definitions() -> Vec<AttributeDefinition> {
         .collect()
 }
 
-/// The status index.
+/// The status, sender and recipient indexes, each sorted by `recv` (list order).
 pub fn global_secondary_indexes() -> Vec<GlobalSecondaryIndex> {
-    vec![
+    let index = |name: &str, part: &str, projection: ProjectionType| {
         GlobalSecondaryIndex::builder()
-            .index_name(GSI)
-            .key_schema(key(GSI_PK, KeyType::Hash))
+            .index_name(name)
+            .key_schema(key(part, KeyType::Hash))
             .key_schema(key(GSI_SK, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(Projection::builder().projection_type(projection).build())
             .build()
-            .expect("name, keys and projection are set"),
+            .expect("name, keys and projection are set")
+    };
+    vec![
+        index(GSI, GSI_PK, ProjectionType::All),
+        index(SENDER_GSI, SENDER_ATTR, ProjectionType::All),
+        index(RCPT_GSI, RCPT_ATTR, ProjectionType::KeysOnly),
     ]
 }
 
