@@ -158,7 +158,18 @@ impl Incoming {
             )
         };
         if is_journal {
-            journal.file(&mut rec, head.bytes());
+            // A journal report is read back whole (its envelope is in the body).
+            let whole = if crate::journal::is_report(head.bytes()) {
+                storage
+                    .blobs
+                    .read_all(&id.to_string())
+                    .await
+                    .ok()
+                    .map(|(b, _)| b)
+            } else {
+                None
+            };
+            journal.file(&mut rec, head.bytes(), || whole);
         }
         retention.classify(&mut rec, head.bytes());
         if let Err(e) = storage.index.insert(&rec).await {

@@ -11,7 +11,12 @@
 //! 1. the journal envelope: `recipient_bcc_maps` can give each original recipient its own
 //!    journal address, `journal+bob=example.test@standby.example.com`, so the copy's
 //!    envelope names every original recipient, Bcc included;
-//! 2. the header: `To` and `Cc` (an `always_bcc` copy carries only the journal address in
+//! 2. an Exchange *envelope journal report* (header `X-MS-Journal-Report`): its first text
+//!    part lists the original envelope, one field a line (`Sender:`, `To:`, `Cc:`, `Bcc:`,
+//!    `Recipient:`, with `, Expanded: ...` or `, Forwarded: ...` after a rewritten one),
+//!    and the original message is attached unaltered (`message/rfc822`); a replay sends
+//!    that attachment, from the report's sender;
+//! 3. the header: `To` and `Cc` (an `always_bcc` copy carries only the journal address in
 //!    its envelope, so Bcc recipients of the original are not known).
 //!
 //! Either way only addresses in the configured `domains` are kept. The primary journals
@@ -33,6 +38,8 @@ pub enum RcptSource {
     Envelope,
     /// The `To` and `Cc` header fields (Bcc recipients unknown).
     Headers,
+    /// An Exchange envelope journal report; the original is its attachment.
+    Report,
 }
 
 /// What a journal copy's record keeps besides the original recipients.
@@ -99,15 +106,24 @@ impl Journal {
 
     /// Turn a just-received record (recipients = the journal envelope) into a journal
     /// copy: status `journal`, recipients the original ones (see the module docs). `head`
-    /// is the message's header block.
-    pub fn file(&self, rec: &mut Record, head: &[u8]) {
+    /// is the message's header block; `whole` reads the whole message, asked for only
+    /// when the head says it is an Exchange journal report.
+    pub fn file(&self, rec: &mut Record, head: &[u8], whole: impl FnOnce() -> Option<Vec<u8>>) {
         let envelope: Vec<String> = rec.rcpts.iter().map(|r| r.address.clone()).collect();
         let mut originals: Vec<String> = envelope
             .iter()
             .filter_map(|a| self.extension(a))
             .filter_map(|ext| decode(&ext))
             .collect();
-        let source = if originals.is_empty() {
+        let report = is_report(head)
+            .then(whole)
+            .flatten()
+            .and_then(|raw| report_envelope(&raw));
+        let source = if let Some((sender, rcpts)) = report {
+            originals = rcpts;
+            rec.mail_from = sender;
+            RcptSource::Report
+        } else if originals.is_empty() {
             originals = header_rcpts(head);
             RcptSource::Headers
         } else {
@@ -127,6 +143,45 @@ impl Journal {
             source,
         });
     }
+}
+
+/// The head carries Exchange's journal report header.
+pub fn is_report(head: &[u8]) -> bool {
+    MessageParser::default()
+        .parse_headers(head)
+        .is_some_and(|m| m.header_raw("X-MS-Journal-Report").is_some())
+}
+
+/// The original envelope a journal report lists: (sender, recipients).
+fn report_envelope(raw: &[u8]) -> Option<(String, Vec<String>)> {
+    let msg = MessageParser::default().parse(raw)?;
+    let text = msg.body_text(0)?;
+    let (mut sender, mut rcpts) = (None, Vec::new());
+    for line in text.lines() {
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        // `To: member@x, Expanded: list@x`: the address before the comma received it.
+        let addr = value.split(',').next().unwrap_or("").trim();
+        let addr = addr
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
+        match field.trim().to_ascii_lowercase().as_str() {
+            "sender" if sender.is_none() => sender = Some(addr),
+            "to" | "cc" | "bcc" | "recipient" if addr.contains('@') => rcpts.push(addr),
+            _ => {}
+        }
+    }
+    Some((sender?, rcpts))
+}
+
+/// The original message attached to an Exchange journal report, byte for byte.
+pub fn report_original(raw: &[u8]) -> Option<Vec<u8>> {
+    let msg = MessageParser::default().parse(raw)?;
+    msg.attachments()
+        .find_map(|part| part.message())
+        .map(|m| m.raw_message().to_vec())
 }
 
 /// `bob=example.test` → `bob@example.test` (the last `=` separates the domain, so a
@@ -194,7 +249,7 @@ mod tests {
             "journal+carol+tag=example.test@standby.example.test",
             "journal+dave=elsewhere.example@standby.example.test",
         ]);
-        j.file(&mut r, b"To: someone@example.test\r\n\r\n");
+        j.file(&mut r, b"To: someone@example.test\r\n\r\n", || None);
         assert_eq!(r.status, Status::Journal);
         let got: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
         assert_eq!(got, ["bob@example.test", "carol+tag@example.test"]);
@@ -208,17 +263,54 @@ mod tests {
         let mut r = rec(&["journal@standby.example.test"]);
         let head = b"From: a@example.org\r\nTo: Bob <bob@example.test>, x@other.example\r\n\
 Cc: carol@EXAMPLE.test, bob@example.test\r\nSubject: s\r\n\r\n";
-        j.file(&mut r, head);
+        j.file(&mut r, head, || None);
         let got: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
         assert_eq!(got, ["bob@example.test", "carol@EXAMPLE.test"]);
         assert_eq!(r.journal.as_ref().unwrap().source, RcptSource::Headers);
+    }
+
+    /// An Exchange envelope journal report: the envelope in the first part, the original
+    /// attached.
+    pub(crate) const REPORT: &[u8] =
+        include_bytes!("../tests/fixtures/exchange-journal-report.eml");
+
+    #[test]
+    fn an_exchange_report_gives_the_envelope_bcc_included_and_the_original() {
+        let j = Journal::new(
+            &["journal@standby.example.test".to_string()],
+            &["example.test".to_string()],
+        );
+        let mut r = rec(&["journal@standby.example.test"]);
+        r.mail_from = "exchange@example.test".into();
+        let head = crate::summary::head(REPORT);
+        j.file(&mut r, head, || Some(REPORT.to_vec()));
+        let got: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "bob@example.test",
+                "carol@example.test",
+                "dave@example.test"
+            ]
+        );
+        assert_eq!(r.mail_from, "alice@example.org");
+        assert_eq!(r.journal.as_ref().unwrap().source, RcptSource::Report);
+        let original = report_original(REPORT).unwrap();
+        assert!(original.starts_with(b"From: alice@example.org\r\n"));
+        assert!(original.ends_with(b"Minutes.\r\n") || original.ends_with(b"Minutes."));
+        // Without the header it is an ordinary copy, whatever its body says.
+        let mut plain = rec(&["journal@standby.example.test"]);
+        j.file(&mut plain, b"To: bob@example.test\r\n\r\n", || {
+            panic!("not read")
+        });
+        assert_eq!(plain.journal.as_ref().unwrap().source, RcptSource::Headers);
     }
 
     #[test]
     fn outbound_mail_is_archived_without_recipients() {
         let j = journal();
         let mut r = rec(&["journal@standby.example.test"]);
-        j.file(&mut r, b"To: x@other.example\r\n\r\n");
+        j.file(&mut r, b"To: x@other.example\r\n\r\n", || None);
         assert!(r.rcpts.is_empty());
         assert_eq!(r.status, Status::Journal);
     }

@@ -27,6 +27,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::backend::Storage;
 use crate::error::{RelayError, StoreError};
+use crate::journal::RcptSource;
 use crate::model::{Record, Replayed, Status};
 use crate::ports::{Clock, ListQuery, Relay, RelaySession};
 
@@ -279,25 +280,49 @@ impl Replayer {
         Ok(report)
     }
 
-    /// One transaction: our header, then the stored bytes.
+    /// One transaction: our header, then the stored bytes (of an Exchange journal report,
+    /// the original message attached to it).
     async fn send_one(
         &self,
         s: &mut dyn RelaySession,
         run: &str,
         cand: &Candidate,
     ) -> Result<crate::ports::Transaction, RelayError> {
-        let stored = self
-            .storage
-            .blobs
-            .open(&cand.rec.blob_key())
-            .await
-            .map_err(RelayError::Blob)?;
+        let key = cand.rec.blob_key();
         let header = format!(
             "{REPLAY_HEADER}: run={run}; id={}; received={}\r\n",
             cand.rec.id,
             cand.rec.received_at.format("%Y-%m-%dT%H:%M:%SZ")
         );
-        let body = Box::new(std::io::Cursor::new(header.into_bytes()).chain(stored));
+        let header = std::io::Cursor::new(header.into_bytes());
+        let report = cand
+            .rec
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.source == RcptSource::Report);
+        let body: crate::ports::BlobReader = if report {
+            let (raw, _) = self
+                .storage
+                .blobs
+                .read_all(&key)
+                .await
+                .map_err(RelayError::Blob)?;
+            let original = crate::journal::report_original(&raw).ok_or_else(|| {
+                RelayError::Blob(StoreError::Corrupt {
+                    id: cand.rec.id.to_string(),
+                    detail: "journal report without an attached message".into(),
+                })
+            })?;
+            Box::new(header.chain(std::io::Cursor::new(original)))
+        } else {
+            let stored = self
+                .storage
+                .blobs
+                .open(&key)
+                .await
+                .map_err(RelayError::Blob)?;
+            Box::new(header.chain(stored))
+        };
         s.send(&cand.rec.mail_from, &cand.rcpts, body).await
     }
 

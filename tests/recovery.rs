@@ -153,6 +153,67 @@ fn journal_copies_from_postfix_are_replayed_once_after_the_mailbox_is_lost() {
 }
 
 #[test]
+fn an_exchange_journal_report_is_replayed_as_its_original_to_every_envelope_recipient() {
+    let pf = Postfix::primary();
+    pf.start();
+    let sb = Standby::start(
+        pf.port,
+        "[journal]\naddresses = [\"journal@standby.example.test\"]\n",
+    );
+    let report = repo().join("tests/fixtures/exchange-journal-report.eml");
+    let (ok, t) = swaks(
+        sb.port,
+        &[
+            "--from",
+            "exchange@example.test",
+            "--to",
+            "journal@standby.example.test",
+            "--data",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{t}");
+    let journal = sb.list("journal");
+    assert_eq!(journal.len(), 1);
+    assert_eq!(
+        journal[0]["mail_from"], "alice@example.org",
+        "the report's sender"
+    );
+    assert_eq!(
+        journal[0]["rcpt_to"],
+        serde_json::json!([
+            "bob@example.test",
+            "carol@example.test",
+            "dave@example.test"
+        ]),
+        "the report's envelope, Bcc included, other domains left out"
+    );
+
+    let r = sb.json(&["replay", "--since", "1h", "--json"]);
+    assert_eq!(
+        (r["replayed"].clone(), r["recipients"].clone()),
+        (1.into(), 3.into()),
+        "{r}"
+    );
+    wait_for(
+        "3 deliveries of the original",
+        Duration::from_secs(30),
+        || pf.delivered().len() == 3,
+    );
+    for m in pf.delivered() {
+        let text = String::from_utf8_lossy(&m);
+        assert_eq!(
+            subject(&m),
+            "Board minutes",
+            "the original, not the report:\n{text}"
+        );
+        assert!(text.contains("Minutes.") && !text.contains("Journal report"));
+        assert_eq!(text.matches("X-Standby-Replay: run=").count(), 1);
+        assert!(text.contains("Return-Path: <alice@example.org>"), "{text}");
+    }
+}
+
+#[test]
 fn replay_rejects_a_bad_time_naming_the_flag() {
     let sb = Standby::start(free_port(), JOURNAL);
     let out = sb.cli(&["replay", "--since", "yesterday"]);

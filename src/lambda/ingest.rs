@@ -201,7 +201,7 @@ impl Ingest {
         };
         // A journal copy is archived whatever its verdicts: it is never drained.
         let quarantined = if rec.rcpts.iter().any(|r| self.journal.matches(&r.address)) {
-            self.journal.file(&mut rec, head);
+            self.journal.file(&mut rec, head, || Some(bytes.clone()));
             false
         } else {
             quarantine_if_infected(&mut rec, &verdicts)
