@@ -60,11 +60,32 @@ pub struct RetentionPolicy {
     pub failed_days: Option<u32>,
     #[serde(default, deserialize_with = "crate::config::lenient_opt")]
     pub journal_days: Option<u32>,
-    #[serde(default)]
+    /// In a file, `[[retention.confidential]]` tables; in the environment
+    /// (`STANDBY_RETENTION_CONFIDENTIAL`, a template parameter), the same as JSON:
+    /// `[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]`.
+    #[serde(default, deserialize_with = "rules")]
     pub confidential: Vec<ConfidentialRule>,
     /// Seconds between retention runs in `standby serve` (default 3600).
     #[serde(default = "hourly", deserialize_with = "crate::config::lenient")]
     pub interval_secs: u64,
+}
+
+fn rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ConfidentialRule>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Native(Vec<ConfidentialRule>),
+        Json(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Native(v) => Ok(v),
+        Either::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Either::Json(s) => serde_json::from_str(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "confidential rules as JSON ([{{\"name\": ..., \"rcpt\": ..., \"keep_days\": 0}}]): {e}"
+            ))
+        }),
+    }
 }
 
 fn hourly() -> u64 {

@@ -511,6 +511,10 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                 ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
                 ("STANDBY_DSN_REPORTING_MTA", _) => "example.com".into(),
                 ("STANDBY_RETENTION_JOURNAL_DAYS", _) => "2555".into(),
+                ("STANDBY_RETENTION_FAILED_DAYS", _) => "90".into(),
+                ("STANDBY_RETENTION_CONFIDENTIAL", _) => {
+                    r#"[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]"#.into()
+                }
                 // PrimaryAuthUser / PrimarySecretArn / JournalAddresses default to empty.
                 (
                     "STANDBY_PRIMARY_AUTH_USER"
@@ -545,6 +549,7 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         ("STANDBY_RETENTION_JOURNAL_DAYS", "2555"),
         ("STANDBY_ARCHIVE_BUCKET", "archive"),
         ("STANDBY_ARCHIVE_LOCK_MODE", "COMPLIANCE"),
+        ("STANDBY_RETENTION_CONFIDENTIAL", "[]"),
     ];
     let names = t["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"]
         .as_object()
