@@ -333,16 +333,7 @@ pub struct JournalConfig {
 }
 
 fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        List(Vec<String>),
-        Text(String),
-    }
-    let raw = match Either::deserialize(d)? {
-        Either::List(v) => v,
-        Either::Text(s) => s.split(',').map(str::to_string).collect(),
-    };
+    let raw = list_or_text(d)?;
     let mut out = Vec::new();
     for a in raw {
         let a = a.trim().to_ascii_lowercase();
@@ -483,17 +474,22 @@ fn default_prefix() -> String {
 }
 
 /// A list of domains, as a TOML array or comma-separated text; lower-cased, no trailing dot.
-fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// A TOML array of strings, or comma-separated text (an environment value).
+fn list_or_text<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {
         List(Vec<String>),
         Text(String),
     }
-    let raw = match Either::deserialize(d)? {
+    Ok(match Either::deserialize(d)? {
         Either::List(v) => v,
         Either::Text(s) => s.split(',').map(str::to_string).collect(),
-    };
+    })
+}
+
+fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let raw = list_or_text(d)?;
     let mut out = Vec::new();
     for d in raw {
         let d = d.trim().trim_end_matches('.').to_ascii_lowercase();

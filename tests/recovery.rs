@@ -12,21 +12,6 @@ use serde_json::Value;
 
 const JOURNAL: &str = "[journal]\naddresses = [\"journal@archive.example.test\"]\n";
 
-fn postconf(pf: &Postfix, settings: &[&str]) {
-    let out = Command::new("postconf")
-        .arg("-c")
-        .arg(pf.dir.path())
-        .arg("-e")
-        .args(settings)
-        .output()
-        .expect("run postconf");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn subject(msg: &[u8]) -> String {
     let text = String::from_utf8_lossy(msg);
     text.lines()
@@ -40,16 +25,13 @@ fn subject(msg: &[u8]) -> String {
 fn journal_copies_from_postfix_are_replayed_once_after_the_mailbox_is_lost() {
     let pf = Postfix::primary();
     let sb = Standby::start(pf.port, JOURNAL);
-    postconf(
-        &pf,
-        &[
-            "always_bcc = journal@archive.example.test",
-            &format!(
-                "transport_maps = inline:{{archive.example.test=smtp:[127.0.0.1]:{}}}",
-                sb.port
-            ),
-        ],
-    );
+    pf.postconf(&[
+        "always_bcc = journal@archive.example.test",
+        &format!(
+            "transport_maps = inline:{{archive.example.test=smtp:[127.0.0.1]:{}}}",
+            sb.port
+        ),
+    ]);
     pf.start();
     for (i, to) in [
         "bob@example.test",

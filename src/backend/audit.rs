@@ -50,12 +50,7 @@ impl AuditLog for FsAuditLog {
             f.sync_data().map_err(err)
         })
         .await
-        .map_err(|e| StoreError::Backend {
-            backend: "audit",
-            detail: e.to_string(),
-            transient: true,
-            source: None,
-        })?
+        .map_err(worker_failed)?
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
@@ -82,11 +77,15 @@ impl AuditLog for FsAuditLog {
             Ok(out)
         })
         .await
-        .map_err(|e| StoreError::Backend {
-            backend: "audit",
-            detail: e.to_string(),
-            transient: true,
-            source: None,
-        })?
+        .map_err(worker_failed)?
+    }
+}
+
+fn worker_failed(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Backend {
+        backend: "audit",
+        detail: format!("worker thread failed: {e}"),
+        transient: true,
+        source: None,
     }
 }

@@ -86,11 +86,7 @@ pub(super) async fn drain(
     }
     let index = storage.index.as_ref();
     crate::health::record_drain(index, relay.address(), &report, chrono::Utc::now()).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
+    super::print_summary(json, &report, |out| {
         writeln!(
             out,
             "delivered {}, deferred {}, failed {}",
@@ -99,7 +95,8 @@ pub(super) async fn drain(
         if let Some(why) = &report.stopped {
             writeln!(out, "stopped early: {why}")?;
         }
-    }
+        Ok(())
+    })?;
     if report.unreachable {
         return Err(CliError::PrimaryDown(format!(
             "primary {} could not be reached: {}",

@@ -32,6 +32,16 @@ async fn report(
     Ok(())
 }
 
+/// One message's record, or why not (for [`report`]'s line).
+async fn fetch(storage: &Storage, id: MessageId) -> Result<Record, String> {
+    storage
+        .index
+        .get(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| StoreError::NotFound(id).to_string())
+}
+
 /// Apply `change` to each message; `Err(reason)` from `change` skips it.
 async fn each(
     storage: &Storage,
@@ -40,12 +50,7 @@ async fn each(
     change: impl Fn(&mut Record) -> Result<(), String>,
 ) -> Result<(), CliError> {
     report(ids, verb, async |id| {
-        let mut rec = storage
-            .index
-            .get(id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| StoreError::NotFound(id).to_string())?;
+        let mut rec = fetch(storage, id).await?;
         change(&mut rec)?;
         let now = chrono::Utc::now();
         rec.updated_at = now;
@@ -132,10 +137,7 @@ pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
 pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
     let by = operator();
     report(ids, "purged", async |id| {
-        let rec = match storage.index.get(id).await.map_err(|e| e.to_string())? {
-            Some(rec) => rec,
-            None => return Err(StoreError::NotFound(id).to_string()),
-        };
+        let rec = fetch(storage, id).await?;
         crate::retention::delete(storage, &rec, &by, "standby purge", chrono::Utc::now())
             .await
             .map_err(|e| e.to_string())
@@ -207,12 +209,7 @@ pub(super) async fn legal(
     };
     report(&ids, verb, async |id| {
         let now = chrono::Utc::now();
-        let mut rec = storage
-            .index
-            .get(id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| StoreError::NotFound(id).to_string())?;
+        let mut rec = fetch(storage, id).await?;
         if rec.legal_hold.is_some() == hold {
             return Ok(()); // already so: nothing to change or audit
         }
@@ -299,16 +296,13 @@ pub(super) async fn retention(
         }
         return Ok(());
     }
+    drop(out);
     let report = crate::retention::run(storage, policy, now).await?;
-    if json {
-        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
+    super::print_summary(json, &report, |out| {
         writeln!(
             out,
             "deleted {}, kept under legal hold {}",
             report.deleted, report.held_back
-        )?;
-    }
-    Ok(())
+        )
+    })
 }

@@ -335,6 +335,24 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
+/// Print a command's summary on stdout: one JSON line with `--json`, else what `text`
+/// writes.
+fn print_summary<T: serde::Serialize>(
+    json: bool,
+    summary: &T,
+    text: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, summary).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        text(&mut out)?;
+    }
+    Ok(())
+}
+
 fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, CliError> {
     ids.iter()
         .map(|s| s.parse::<MessageId>().map_err(CliError::from))

@@ -91,10 +91,8 @@ pub(super) async fn replay(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if json {
-        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
+    drop(out);
+    super::print_summary(json, &report, |out| {
         writeln!(
             out,
             "run {}: replayed {}, partly {}, refused {}, not sent {} ({} recipients; {} already done)",
@@ -113,7 +111,8 @@ pub(super) async fn replay(
                 report.run
             )?;
         }
-    }
+        Ok(())
+    })?;
     if report.not_sent > 0 && report.replayed + report.partial + report.refused == 0 {
         return Err(CliError::PrimaryDown(format!(
             "primary {address}: {}",
@@ -157,18 +156,13 @@ pub(super) async fn export(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
+    super::print_summary(json, &report, |out| {
         writeln!(
             out,
             "exported {} message(s), {} bytes, to {}",
             report.messages,
             report.bytes,
             report.out.display()
-        )?;
-    }
-    Ok(())
+        )
+    })
 }

@@ -164,6 +164,19 @@ impl Postfix {
         }
     }
 
+    /// Set `main.cf` parameters (`name = value`) before `start`.
+    pub fn postconf(&self, settings: &[&str]) {
+        let out = Command::new("postconf")
+            .arg("-c")
+            .arg(self.dir.path())
+            .arg("-e")
+            .args(settings)
+            .output()
+            .expect("run postconf");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "postconf {settings:?}: {err}");
+    }
+
     pub fn start(&self) {
         script(&["start", self.dir.path().to_str().unwrap()]);
         wait_listening(self.port, Duration::from_secs(20));

@@ -69,6 +69,17 @@ where
 }
 
 /// The error with its causes, one line.
+/// A request the SDK's builder refused (a required field left unset): a bug of ours, so
+/// not worth retrying.
+pub fn request_build(backend: &'static str, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend,
+        detail: format!("building a request: {e}"),
+        transient: false,
+        source: None,
+    }
+}
+
 fn describe(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();

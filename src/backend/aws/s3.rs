@@ -30,12 +30,7 @@ const BACKEND: &str = "s3";
 pub const DELIVERED_TAG: (&str, &str) = ("standby-state", "delivered");
 
 fn internal(e: &dyn std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        detail: format!("building a request: {e}"),
-        transient: false,
-        source: None,
-    }
+    super::errors::request_build(BACKEND, e)
 }
 
 /// The tag [`BlobStore::set_legal_hold`] sets.

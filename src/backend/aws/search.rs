@@ -136,10 +136,5 @@ pub(super) async fn delete_rcpts(
 }
 
 fn internal(e: &dyn std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        detail: format!("building a request: {e}"),
-        transient: false,
-        source: None,
-    }
+    super::errors::request_build(BACKEND, e)
 }
