@@ -99,6 +99,67 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
             .contains("s3://opcli/incoming/"),
         "{status}"
     );
+
+    // Recovery and retention commands on S3 + DynamoDB: search by recipient (the by_rcpt
+    // index), export, replay of the delivered copy after the primary lost its mailboxes,
+    // legal hold and the audit items.
+    let erin = json(&standby_cli(
+        &moto,
+        &cfg,
+        &["list", "--rcpt", "ERIN@example.test", "--json"],
+        &[],
+    ));
+    assert_eq!(erin.as_array().unwrap().len(), 1, "{erin}");
+    let out = dir.path().join("eml");
+    let exported = json(&standby_cli(
+        &moto,
+        &cfg,
+        &[
+            "export",
+            "--format",
+            "eml",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(exported["messages"], 1, "{exported}");
+    let file = std::fs::read(out.join(format!("{id}.eml"))).unwrap();
+    assert_eq!(file, raw.as_bytes(), "exported byte for byte");
+    std::fs::remove_dir_all(pf.dir.path().join("mail/maildir")).unwrap();
+    let replay = json(&standby_cli(
+        &moto,
+        &cfg,
+        &["replay", "--since", "2000-01-01", "--json"],
+        &[],
+    ));
+    assert_eq!(
+        (replay["replayed"].clone(), replay["recipients"].clone()),
+        (1.into(), 2.into()),
+        "{replay}"
+    );
+    common::wait_for(
+        "2 replayed copies",
+        std::time::Duration::from_secs(30),
+        || pf.delivered().len() == 2,
+    );
+    ok(&standby_cli(
+        &moto,
+        &cfg,
+        &["hold", "--legal", &id, "--reason", "case 9"],
+        &[],
+    ));
+    let purge = standby_cli(&moto, &cfg, &["purge", &id, "--yes"], &[]);
+    assert_eq!(
+        purge.status.code(),
+        Some(1),
+        "purge under legal hold is refused"
+    );
+    let audit = json(&standby_cli(&moto, &cfg, &["audit", "--json"], &[]));
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert_eq!(audit[0]["action"], "legal-hold");
+    assert_eq!(audit[0]["reason"], "case 9");
 }
 
 #[tokio::test(flavor = "multi_thread")]
