@@ -48,6 +48,10 @@ pub struct JournalCopy {
     /// The journal addresses it was sent to (the copy's own envelope).
     pub to: Vec<String>,
     pub source: RcptSource,
+    /// A copy of a message a replay delivered (it carries `X-Standby-Replay`): archived,
+    /// never replayed itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// The configured journal addresses, and the domains whose recipients a copy keeps.
@@ -96,6 +100,9 @@ impl Journal {
 
     /// `Some(extension)` (possibly empty) when `addr` is a journal address.
     fn extension(&self, addr: &str) -> Option<String> {
+        if self.addresses.is_empty() {
+            return None; // the common case, asked at every RCPT: no work
+        }
         let (local, domain) = split(addr)?;
         let (base, ext) = match local.split_once('+') {
             Some((b, e)) => (b.to_string(), e.to_string()),
@@ -141,6 +148,7 @@ impl Journal {
         rec.journal = Some(JournalCopy {
             to: envelope,
             source,
+            replayed: crate::replay::is_echo(head),
         });
     }
 }

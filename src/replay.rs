@@ -89,8 +89,8 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
-/// The journal copy came from a replay (it carries our header).
-fn is_echo(head: &[u8]) -> bool {
+/// A message's header block carries our replay header (the primary journaled a replay).
+pub(crate) fn is_echo(head: &[u8]) -> bool {
     let name = REPLAY_HEADER.as_bytes();
     head.split(|&b| b == b'\n').any(|line| {
         line.len() > name.len()
@@ -124,25 +124,6 @@ async fn in_window(
     }
 }
 
-/// Read the start of a stored message (enough for its header block).
-async fn head_of(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreError> {
-    let mut r = storage.blobs.open(&rec.blob_key()).await?;
-    let mut buf = vec![0u8; crate::summary::HEAD_LIMIT];
-    let mut n = 0;
-    while n < buf.len() {
-        let k = r
-            .read(&mut buf[n..])
-            .await
-            .map_err(|e| StoreError::blob_read(&rec.blob_key(), e))?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    buf.truncate(n);
-    Ok(crate::summary::head(&buf).to_vec())
-}
-
 /// The copies a run sends, oldest first, and how many it had already sent.
 pub async fn candidates(
     storage: &Storage,
@@ -154,12 +135,10 @@ pub async fn candidates(
         .iter()
         .filter_map(|r| r.summary.message_id.as_deref())
         .collect();
-    let mut picked: Vec<&Record> = Vec::new();
-    for r in &journal {
-        if !is_echo(&head_of(storage, r).await?) {
-            picked.push(r);
-        }
-    }
+    let mut picked: Vec<&Record> = journal
+        .iter()
+        .filter(|r| !r.journal.as_ref().is_some_and(|j| j.replayed))
+        .collect();
     picked.extend(delivered.iter().filter(|r| {
         r.summary
             .message_id
