@@ -234,37 +234,74 @@ pub async fn due(
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
 ) -> Result<Vec<Due>, StoreError> {
+    let mut walk = DueWalk::new(policy, now);
     let mut out = Vec::new();
-    for status in [Status::Delivered, Status::Failed, Status::Journal] {
-        let Some(shortest) = policy.shortest(status) else {
-            continue;
-        };
-        let mut q = ListQuery {
-            status: Some(status),
-            until: Some(now - Duration::days(i64::from(shortest))),
-            limit: Some(500),
-            ..ListQuery::default()
-        };
-        loop {
-            let page = storage.index.list(&q).await?;
-            for rec in &page {
-                if let Some((at, rule)) = policy.expires(rec)
-                    && at <= now
-                {
-                    out.push(Due {
-                        rec: rec.clone(),
-                        rule,
-                        held_back: rec.legal_hold.is_some(),
-                    });
-                }
-            }
-            if page.len() < 500 {
-                break;
-            }
-            q.after = page.last().map(Into::into);
-        }
+    while let Some(page) = walk.next_page(storage).await? {
+        out.extend(page);
     }
     Ok(out)
+}
+
+/// The due messages a page of the index at a time, so a first run over a large archive
+/// needs no more memory than one page.
+struct DueWalk<'p> {
+    policy: &'p RetentionPolicy,
+    now: DateTime<Utc>,
+    /// Statuses still to walk, and the query of the current one.
+    statuses: std::vec::IntoIter<Status>,
+    query: Option<ListQuery>,
+}
+
+impl<'p> DueWalk<'p> {
+    fn new(policy: &'p RetentionPolicy, now: DateTime<Utc>) -> Self {
+        DueWalk {
+            policy,
+            now,
+            statuses: vec![Status::Delivered, Status::Failed, Status::Journal].into_iter(),
+            query: None,
+        }
+    }
+
+    /// The next page's due messages (possibly none); `None` when the walk is over.
+    async fn next_page(&mut self, storage: &Storage) -> Result<Option<Vec<Due>>, StoreError> {
+        loop {
+            if self.query.is_none() {
+                let Some(status) = self.statuses.next() else {
+                    return Ok(None);
+                };
+                let Some(shortest) = self.policy.shortest(status) else {
+                    continue;
+                };
+                self.query = Some(ListQuery {
+                    status: Some(status),
+                    until: Some(self.now - Duration::days(i64::from(shortest))),
+                    limit: Some(500),
+                    ..ListQuery::default()
+                });
+            }
+            let Some(q) = self.query.as_mut() else {
+                continue;
+            };
+            let page = storage.index.list(q).await?;
+            q.after = page.last().map(Into::into);
+            if page.len() < 500 {
+                self.query = None;
+            }
+            let due = page
+                .into_iter()
+                .filter_map(|rec| {
+                    let (at, rule) = self.policy.expires(&rec)?;
+                    let held_back = rec.legal_hold.is_some();
+                    (at <= self.now).then_some(Due {
+                        rec,
+                        rule,
+                        held_back,
+                    })
+                })
+                .collect();
+            return Ok(Some(due));
+        }
+    }
 }
 
 /// Delete what the policy says is due at `now`, auditing each deletion first.
@@ -274,13 +311,16 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
-    for d in due(storage, policy, now).await? {
-        if d.held_back {
-            report.held_back += 1;
-            continue;
+    let mut walk = DueWalk::new(policy, now);
+    while let Some(page) = walk.next_page(storage).await? {
+        for d in page {
+            if d.held_back {
+                report.held_back += 1;
+                continue;
+            }
+            delete(storage, &d.rec, "retention", &d.rule, now).await?;
+            report.deleted += 1;
         }
-        delete(storage, &d.rec, "retention", &d.rule, now).await?;
-        report.deleted += 1;
     }
     if report.deleted + report.held_back > 0 {
         tracing::info!(
@@ -381,6 +421,26 @@ mod tests {
         p.classify(&mut n, b"Subject: X-Classification: confidential\r\n\r\n");
         assert_eq!(n.confidential, None);
         assert_eq!(p.shortest(Status::Journal), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_run_pages_through_more_than_one_page_deleting_as_it_goes() {
+        let storage = Storage::memory();
+        let n = 1_203;
+        for i in 0..n {
+            let mut r = rec(Status::Delivered, 40, "bob@example.test");
+            r.received_at -= Duration::seconds(i);
+            r.updated_at = r.received_at;
+            r.id = MessageId::new(r.received_at);
+            storage.index.insert(&r).await.unwrap();
+        }
+        let young = rec(Status::Delivered, 1, "bob@example.test");
+        storage.index.insert(&young).await.unwrap();
+        let report = run(&storage, &policy(), Utc::now()).await.unwrap();
+        assert_eq!(report.deleted, n as u64);
+        let left = storage.index.list(&ListQuery::default()).await.unwrap();
+        assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), [young.id]);
+        assert_eq!(storage.audit.entries().await.unwrap().len(), n as usize);
     }
 
     #[tokio::test]
