@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use crate::backend::Storage;
 use crate::error::{RelayError, StoreError};
 use crate::journal::RcptSource;
-use crate::model::{Record, Replayed, Status};
+use crate::model::{MessageId, Record, Replayed, Status};
 use crate::ports::{Clock, ListQuery, Relay, RelaySession};
 
 /// The header a replayed message carries.
@@ -47,7 +47,15 @@ pub struct ReplayRequest {
 /// One message a run would send, and to whom.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub rec: Record,
+    pub id: MessageId,
+    pub status: Status,
+    pub received_at: DateTime<Utc>,
+    pub mail_from: String,
+    pub subject: Option<String>,
+    /// Where the stored bytes are ([`Record::blob_key`]).
+    pub blob: String,
+    /// An Exchange journal report: its attached original is what goes.
+    pub report: bool,
     /// Recipients this run has not delivered to yet.
     pub rcpts: Vec<String>,
 }
@@ -99,87 +107,100 @@ pub(crate) fn is_echo(head: &[u8]) -> bool {
     })
 }
 
-/// Page through one status within the window.
-async fn in_window(
+/// Call `f` on each record of one status in the window, a page at a time.
+async fn each_in_window(
     storage: &Storage,
     status: Status,
     req: &ReplayRequest,
-) -> Result<Vec<Record>, StoreError> {
-    let mut out = Vec::new();
+    mut f: impl FnMut(Record),
+) -> Result<(), StoreError> {
     let mut q = ListQuery {
         status: Some(status),
         limit: Some(500),
         since: Some(req.since),
         until: req.until,
+        rcpt: req.rcpt.clone(),
         ..ListQuery::default()
     };
     loop {
         let page = storage.index.list(&q).await?;
         let full = page.len() == 500;
         q.after = page.last().map(Into::into);
-        out.extend(page);
+        page.into_iter().for_each(&mut f);
         if !full {
-            return Ok(out);
+            return Ok(());
         }
     }
 }
 
-/// The copies a run sends, oldest first, and how many it had already sent.
+/// What a run sends of `rec`; `None` when it has nothing to send (`done` is set when
+/// this run already sent it all).
+fn candidate(rec: Record, req: &ReplayRequest, done: &mut usize) -> Option<Candidate> {
+    let sent: Vec<&String> = rec
+        .replays
+        .iter()
+        .filter(|m| m.run == req.run)
+        .flat_map(|m| &m.rcpts)
+        .collect();
+    let wanted = rec.rcpts.iter().map(|r| &r.address).filter(|a| {
+        req.rcpt
+            .as_deref()
+            .is_none_or(|want| a.eq_ignore_ascii_case(want))
+    });
+    let mut any = false;
+    let rcpts: Vec<String> = wanted
+        .inspect(|_| any = true)
+        .filter(|a| !sent.iter().any(|s| s.eq_ignore_ascii_case(a)))
+        .cloned()
+        .collect();
+    if rcpts.is_empty() {
+        *done += usize::from(any);
+        return None;
+    }
+    Some(Candidate {
+        id: rec.id,
+        status: rec.status,
+        received_at: rec.received_at,
+        blob: rec.blob_key(),
+        report: rec
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.source == RcptSource::Report),
+        mail_from: rec.mail_from,
+        subject: rec.summary.subject,
+        rcpts,
+    })
+}
+
+/// The copies a run sends, oldest first, and how many it had already sent. Read a page
+/// at a time; what is kept per message is only what sending it needs.
 pub async fn candidates(
     storage: &Storage,
     req: &ReplayRequest,
 ) -> Result<(Vec<Candidate>, usize), StoreError> {
-    let journal = in_window(storage, Status::Journal, req).await?;
-    let delivered = in_window(storage, Status::Delivered, req).await?;
-    let journaled: HashSet<&str> = journal
-        .iter()
-        .filter_map(|r| r.summary.message_id.as_deref())
-        .collect();
-    let mut picked: Vec<&Record> = journal
-        .iter()
-        .filter(|r| !r.journal.as_ref().is_some_and(|j| j.replayed))
-        .collect();
-    picked.extend(delivered.iter().filter(|r| {
-        r.summary
-            .message_id
-            .as_deref()
-            .is_none_or(|m| !journaled.contains(m))
-    }));
-    picked.sort_by_key(|r| (r.received_at, r.id));
     let (mut out, mut done) = (Vec::new(), 0);
-    for rec in picked {
-        let wanted: Vec<String> = rec
-            .rcpts
-            .iter()
-            .map(|r| r.address.clone())
-            .filter(|a| {
-                req.rcpt
-                    .as_deref()
-                    .is_none_or(|want| a.eq_ignore_ascii_case(want))
-            })
-            .collect();
-        if wanted.is_empty() {
-            continue;
+    let mut journaled: HashSet<String> = HashSet::new();
+    each_in_window(storage, Status::Journal, req, |rec| {
+        if let Some(m) = &rec.summary.message_id {
+            journaled.insert(m.clone());
         }
-        let sent: Vec<&String> = rec
-            .replays
-            .iter()
-            .filter(|m| m.run == req.run)
-            .flat_map(|m| &m.rcpts)
-            .collect();
-        let rcpts: Vec<String> = wanted
-            .into_iter()
-            .filter(|a| !sent.iter().any(|s| s.eq_ignore_ascii_case(a)))
-            .collect();
-        if rcpts.is_empty() {
-            done += 1;
-        } else {
-            out.push(Candidate {
-                rec: rec.clone(),
-                rcpts,
-            });
+        if !rec.journal.as_ref().is_some_and(|j| j.replayed) {
+            out.extend(candidate(rec, req, &mut done));
         }
-    }
+    })
+    .await?;
+    each_in_window(storage, Status::Delivered, req, |rec| {
+        let journaled_too = rec
+            .summary
+            .message_id
+            .as_ref()
+            .is_some_and(|m| journaled.contains(m));
+        if !journaled_too {
+            out.extend(candidate(rec, req, &mut done));
+        }
+    })
+    .await?;
+    out.sort_by_key(|c| (c.received_at, c.id));
     Ok((out, done))
 }
 
@@ -241,7 +262,7 @@ impl Replayer {
                     // The session broke mid-message: this one counts as not sent and the
                     // next message opens a new session.
                     session = None;
-                    tracing::warn!(id = %cand.rec.id, error = %e, "replay session failed");
+                    tracing::warn!(id = %cand.id, error = %e, "replay session failed");
                     ReplayOutcome::Refused(format!("session failed: {e}"))
                 }
             };
@@ -250,7 +271,7 @@ impl Replayer {
                 ReplayOutcome::Partial(_) => report.partial += 1,
                 ReplayOutcome::Refused(_) => report.refused += 1,
             }
-            tracing::info!(id = %cand.rec.id, outcome = ?outcome, "replay");
+            tracing::info!(id = %cand.id, outcome = ?outcome, "replay");
             progress(cand, &outcome);
         }
         if let Some(s) = session {
@@ -267,28 +288,23 @@ impl Replayer {
         run: &str,
         cand: &Candidate,
     ) -> Result<crate::ports::Transaction, RelayError> {
-        let key = cand.rec.blob_key();
+        let key = &cand.blob;
         let header = format!(
             "{REPLAY_HEADER}: run={run}; id={}; received={}\r\n",
-            cand.rec.id,
-            cand.rec.received_at.format("%Y-%m-%dT%H:%M:%SZ")
+            cand.id,
+            cand.received_at.format("%Y-%m-%dT%H:%M:%SZ")
         );
         let header = std::io::Cursor::new(header.into_bytes());
-        let report = cand
-            .rec
-            .journal
-            .as_ref()
-            .is_some_and(|j| j.source == RcptSource::Report);
-        let body: crate::ports::BlobReader = if report {
+        let body: crate::ports::BlobReader = if cand.report {
             let (raw, _) = self
                 .storage
                 .blobs
-                .read_all(&key)
+                .read_all(key)
                 .await
                 .map_err(RelayError::Blob)?;
             let original = crate::journal::report_original(&raw).ok_or_else(|| {
                 RelayError::Blob(StoreError::Corrupt {
-                    id: cand.rec.id.to_string(),
+                    id: cand.id.to_string(),
                     detail: "journal report without an attached message".into(),
                 })
             })?;
@@ -297,12 +313,12 @@ impl Replayer {
             let stored = self
                 .storage
                 .blobs
-                .open(&key)
+                .open(key)
                 .await
                 .map_err(RelayError::Blob)?;
             Box::new(header.chain(stored))
         };
-        s.send(&cand.rec.mail_from, &cand.rcpts, body).await
+        s.send(&cand.mail_from, &cand.rcpts, body).await
     }
 
     /// Note what the primary accepted in the record (re-read, so a concurrent change is
@@ -334,7 +350,7 @@ impl Replayer {
             return Ok((ReplayOutcome::Refused(refusals.join("; ")), 0));
         }
         let now = self.clock.now();
-        if let Some(mut rec) = self.storage.index.get(cand.rec.id).await? {
+        if let Some(mut rec) = self.storage.index.get(cand.id).await? {
             match rec.replays.iter_mut().find(|m| m.run == run) {
                 Some(m) => {
                     m.rcpts.extend(accepted.iter().cloned());

@@ -40,12 +40,12 @@ pub(super) async fn replay(
                 .iter()
                 .map(|c| {
                     serde_json::json!({
-                        "id": c.rec.id.to_string(),
-                        "status": c.rec.status,
-                        "received_at": c.rec.received_at,
-                        "mail_from": c.rec.mail_from,
+                        "id": c.id.to_string(),
+                        "status": c.status,
+                        "received_at": c.received_at,
+                        "mail_from": c.mail_from,
                         "rcpt_to": c.rcpts,
-                        "subject": c.rec.summary.subject,
+                        "subject": c.subject,
                     })
                 })
                 .collect();
@@ -56,9 +56,9 @@ pub(super) async fn replay(
                 writeln!(
                     out,
                     "{}  {:<9}  <{}> -> {}",
-                    c.rec.id,
-                    c.rec.status.as_str(),
-                    c.rec.mail_from,
+                    c.id,
+                    c.status.as_str(),
+                    c.mail_from,
                     c.rcpts.join(", ")
                 )?;
             }
