@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter
 use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::Record;
-use crate::ports::ListQuery;
+use crate::ports::{ListQuery, Pages};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -99,12 +99,8 @@ pub async fn export(
             None
         }
     };
-    let mut q = ListQuery {
-        limit: Some(500),
-        ..sel.clone()
-    };
-    loop {
-        let page = storage.index.list(&q).await?;
+    let mut pages = Pages::new(sel.clone());
+    while let Some(page) = pages.next(storage.index.as_ref()).await? {
         for rec in &page {
             report.bytes += match &mut mbox {
                 Some(w) => mbox_message(storage, rec, w)
@@ -115,10 +111,6 @@ pub async fn export(
             report.messages += 1;
             progress(rec);
         }
-        if page.len() < 500 {
-            break;
-        }
-        q.after = page.last().map(Into::into);
     }
     if let Some(mut w) = mbox {
         w.flush().await.map_err(io(&partial))?;

@@ -142,6 +142,41 @@ impl ListQuery {
     }
 }
 
+/// A listing read a page at a time, each page after the last, so any number of records
+/// is read in the memory of one page (the CLI's `list`, export, replay, retention).
+#[derive(Debug, Clone)]
+pub struct Pages {
+    /// The next page's query; `None` once a short page ended the listing.
+    query: Option<ListQuery>,
+}
+
+impl Pages {
+    /// Records per page.
+    pub const SIZE: usize = 500;
+
+    pub fn new(query: ListQuery) -> Self {
+        Pages {
+            query: Some(ListQuery {
+                limit: Some(Self::SIZE),
+                ..query
+            }),
+        }
+    }
+
+    /// The next page, or `None` when there is no more.
+    pub async fn next(&mut self, index: &dyn Index) -> Result<Option<Vec<Record>>, StoreError> {
+        let Some(q) = self.query.as_mut() else {
+            return Ok(None);
+        };
+        let page = index.list(q).await?;
+        q.after = page.last().map(Into::into);
+        if page.len() < Self::SIZE {
+            self.query = None;
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
 /// A place in list order (received time, then id), taken from a listed record, so a
 /// long listing can be read page by page instead of all at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +255,21 @@ pub struct AuditEntry {
     /// The message's status and receipt time when it happened.
     pub status: Status,
     pub received_at: DateTime<Utc>,
+}
+
+impl AuditEntry {
+    /// An entry for `action` on `rec` at `now`.
+    pub fn of(rec: &Record, action: &str, by: &str, reason: &str, now: DateTime<Utc>) -> Self {
+        AuditEntry {
+            at: now,
+            action: action.into(),
+            id: rec.id,
+            by: by.into(),
+            reason: reason.into(),
+            status: rec.status,
+            received_at: rec.received_at,
+        }
+    }
 }
 
 /// The append-only audit log of deletions and legal holds (`standby audit`).

@@ -29,7 +29,7 @@ use crate::backend::Storage;
 use crate::error::{RelayError, StoreError};
 use crate::journal::RcptSource;
 use crate::model::{MessageId, Record, Replayed, Status};
-use crate::ports::{Clock, ListQuery, Relay, RelaySession};
+use crate::ports::{Clock, ListQuery, Pages, Relay, RelaySession};
 
 /// The header a replayed message carries.
 pub const REPLAY_HEADER: &str = "X-Standby-Replay";
@@ -114,23 +114,17 @@ async fn each_in_window(
     req: &ReplayRequest,
     mut f: impl FnMut(Record),
 ) -> Result<(), StoreError> {
-    let mut q = ListQuery {
+    let mut pages = Pages::new(ListQuery {
         status: Some(status),
-        limit: Some(500),
         since: Some(req.since),
         until: req.until,
         rcpt: req.rcpt.clone(),
         ..ListQuery::default()
-    };
-    loop {
-        let page = storage.index.list(&q).await?;
-        let full = page.len() == 500;
-        q.after = page.last().map(Into::into);
+    });
+    while let Some(page) = pages.next(storage.index.as_ref()).await? {
         page.into_iter().for_each(&mut f);
-        if !full {
-            return Ok(());
-        }
     }
+    Ok(())
 }
 
 /// What a run sends of `rec`; `None` when it has nothing to send (`done` is set when

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{Record, Status};
-use crate::ports::{AuditEntry, ListQuery};
+use crate::ports::{AuditEntry, ListQuery, Pages};
 
 /// One confidential rule (`[[retention.confidential]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -247,9 +247,9 @@ pub async fn due(
 struct DueWalk<'p> {
     policy: &'p RetentionPolicy,
     now: DateTime<Utc>,
-    /// Statuses still to walk, and the query of the current one.
+    /// Statuses still to walk, and the pages of the current one.
     statuses: std::vec::IntoIter<Status>,
-    query: Option<ListQuery>,
+    pages: Option<Pages>,
 }
 
 impl<'p> DueWalk<'p> {
@@ -258,35 +258,33 @@ impl<'p> DueWalk<'p> {
             policy,
             now,
             statuses: vec![Status::Delivered, Status::Failed, Status::Journal].into_iter(),
-            query: None,
+            pages: None,
         }
     }
 
     /// The next page's due messages (possibly none); `None` when the walk is over.
     async fn next_page(&mut self, storage: &Storage) -> Result<Option<Vec<Due>>, StoreError> {
         loop {
-            if self.query.is_none() {
-                let Some(status) = self.statuses.next() else {
-                    return Ok(None);
-                };
-                let Some(shortest) = self.policy.shortest(status) else {
-                    continue;
-                };
-                self.query = Some(ListQuery {
-                    status: Some(status),
-                    until: Some(self.now - Duration::days(i64::from(shortest))),
-                    limit: Some(500),
-                    ..ListQuery::default()
-                });
-            }
-            let Some(q) = self.query.as_mut() else {
+            let pages = match self.pages.as_mut() {
+                Some(p) => p,
+                None => {
+                    let Some(status) = self.statuses.next() else {
+                        return Ok(None);
+                    };
+                    let Some(shortest) = self.policy.shortest(status) else {
+                        continue;
+                    };
+                    self.pages.insert(Pages::new(ListQuery {
+                        status: Some(status),
+                        until: Some(self.now - Duration::days(i64::from(shortest))),
+                        ..ListQuery::default()
+                    }))
+                }
+            };
+            let Some(page) = pages.next(storage.index.as_ref()).await? else {
+                self.pages = None;
                 continue;
             };
-            let page = storage.index.list(q).await?;
-            q.after = page.last().map(Into::into);
-            if page.len() < 500 {
-                self.query = None;
-            }
             let due = page
                 .into_iter()
                 .filter_map(|rec| {
@@ -345,15 +343,7 @@ pub async fn delete(
     }
     storage
         .audit
-        .append(&AuditEntry {
-            at: now,
-            action: "delete".into(),
-            id: rec.id,
-            by: by.into(),
-            reason: reason.into(),
-            status: rec.status,
-            received_at: rec.received_at,
-        })
+        .append(&AuditEntry::of(rec, "delete", by, reason, now))
         .await?;
     storage.blobs.delete(&rec.blob_key()).await?;
     storage.index.delete(rec.id).await?;

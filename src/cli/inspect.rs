@@ -11,7 +11,7 @@ use crate::backend::Storage;
 use crate::config::Config;
 use crate::health::{self, LastDrain, PrimaryState, ProbeResult};
 use crate::model::{Bounce, Counts, Intake, MessageId, Record, Status};
-use crate::ports::ListQuery;
+use crate::ports::{ListQuery, Pages};
 
 #[derive(Serialize)]
 struct PrimaryView {
@@ -168,19 +168,13 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
     Ok(())
 }
 
-/// Records per page read from the index: `standby list | head` returns after the first
-/// page however many messages are held, and memory stays flat for any number.
-const LIST_PAGE: usize = 500;
-
 pub(super) async fn list(storage: &Storage, query: ListQuery, json: bool) -> Result<(), CliError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut query = ListQuery {
-        limit: Some(LIST_PAGE),
-        ..query
-    };
+    // A page at a time: `standby list | head` returns after the first page however many
+    // messages are held, and memory stays flat for any number.
+    let mut pages = Pages::new(query);
     let mut listed = 0usize;
-    loop {
-        let page = storage.index.list(&query).await?;
+    while let Some(page) = pages.next(storage.index.as_ref()).await? {
         let written = if json {
             list_json(&mut out, &page, listed == 0)
         } else {
@@ -192,10 +186,6 @@ pub(super) async fn list(storage: &Storage, query: ListQuery, json: bool) -> Res
             other => other?,
         }
         listed += page.len();
-        match page.last() {
-            Some(last) if page.len() == LIST_PAGE => query.after = Some(last.into()),
-            _ => break,
-        }
     }
     if json {
         ignore_pipe(writeln!(out, "{}]", if listed == 0 { "[" } else { "\n" }))?;

@@ -8,7 +8,7 @@ use super::CliError;
 use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{MessageId, RcptStatus, Record, Status};
-use crate::ports::ListQuery;
+use crate::ports::{ListQuery, Pages};
 
 /// Run `op` on each id, one line per id on stdout (done) or stderr (why not).
 async fn report(
@@ -154,53 +154,38 @@ pub(super) fn operator() -> String {
     format!("operator:{user}")
 }
 
-/// Which messages a legal hold or its release covers.
-#[derive(Debug, Clone, Default)]
-pub(super) struct LegalSelection {
-    pub ids: Vec<MessageId>,
-    pub rcpt: Option<String>,
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    pub until: Option<chrono::DateTime<chrono::Utc>>,
-}
-
+/// The messages a legal hold or its release covers: `ids`, else every message `sel`
+/// (recipient, time window) lists.
 async fn legal_targets(
     storage: &Storage,
-    sel: &LegalSelection,
+    ids: &[MessageId],
+    sel: &ListQuery,
 ) -> Result<Vec<MessageId>, CliError> {
-    if !sel.ids.is_empty() {
-        return Ok(sel.ids.clone());
+    if !ids.is_empty() {
+        return Ok(ids.to_vec());
     }
     if sel.rcpt.is_none() && sel.since.is_none() && sel.until.is_none() {
         return Err(CliError::Usage(
             "name the messages: IDs, or --rcpt ADDR and/or --since/--until TIME".into(),
         ));
     }
-    let mut q = ListQuery {
-        since: sel.since,
-        until: sel.until,
-        rcpt: sel.rcpt.clone(),
-        limit: Some(500),
-        ..Default::default()
-    };
+    let mut pages = Pages::new(sel.clone());
     let mut out = Vec::new();
-    loop {
-        let page = storage.index.list(&q).await?;
+    while let Some(page) = pages.next(storage.index.as_ref()).await? {
         out.extend(page.iter().map(|r| r.id));
-        if page.len() < 500 {
-            return Ok(out);
-        }
-        q.after = page.last().map(Into::into);
     }
+    Ok(out)
 }
 
 /// Place (`hold = true`) or lift a legal hold, audited.
 pub(super) async fn legal(
     storage: &Storage,
-    sel: &LegalSelection,
+    ids: &[MessageId],
+    sel: &ListQuery,
     hold: bool,
     reason: &str,
 ) -> Result<(), CliError> {
-    let ids = legal_targets(storage, sel).await?;
+    let ids = legal_targets(storage, ids, sel).await?;
     let by = operator();
     let (verb, action) = if hold {
         ("placed under legal hold", "legal-hold")
@@ -215,15 +200,9 @@ pub(super) async fn legal(
         }
         storage
             .audit
-            .append(&crate::ports::AuditEntry {
-                at: now,
-                action: action.into(),
-                id,
-                by: by.clone(),
-                reason: reason.into(),
-                status: rec.status,
-                received_at: rec.received_at,
-            })
+            .append(&crate::ports::AuditEntry::of(
+                &rec, action, &by, reason, now,
+            ))
             .await
             .map_err(|e| e.to_string())?;
         rec.legal_hold = hold.then(|| crate::model::LegalHold {

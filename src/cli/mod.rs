@@ -429,14 +429,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             manage::release(&storage, &parse_ids(&ids)?, all).await
         }
         Command::Hold { ids, legal, .. } | Command::Release { ids, legal, .. } => {
-            let sel = manage::LegalSelection {
-                ids: parse_ids(&ids)?,
+            let sel = ListQuery {
                 rcpt: legal.rcpt,
                 since: legal.since,
                 until: legal.until,
+                ..ListQuery::default()
             };
             let reason = legal.reason.unwrap_or_default();
-            manage::legal(&storage, &sel, cli_hold, &reason).await
+            manage::legal(&storage, &parse_ids(&ids)?, &sel, cli_hold, &reason).await
         }
         Command::Audit { json } => inspect::audit(&storage, json).await,
         Command::Retention { dry_run, at, json } => {
