@@ -21,14 +21,14 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use standby::backend::Storage;
 use standby::config::{BackendKind, Config};
 use standby::error::StoreError;
-use standby::health::HealthRecord;
 use standby::ingest::Spool;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
+use standby::model::HealthRecord;
 use standby::model::{Counts, MessageId, Record, Status};
+use standby::ports::Storage;
 use standby::ports::{ClaimRequest, Index, ListQuery, SystemClock};
 use standby::serve::smtp_server;
 use standby::smtp::server;
@@ -159,11 +159,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let server = Arc::new(smtp_server(
         &config,
-        Spool::new(
+        Arc::new(Spool::new(
             spool_storage,
             Arc::new(SystemClock),
             config.hostname.clone(),
-        ),
+        )),
         None,
     )?);
     let relay = standby::lambda::operator_relay(&config).await?;

@@ -137,7 +137,7 @@ pub struct Config {
     #[serde(default)]
     pub journal: JournalConfig,
     #[serde(default)]
-    pub retention: crate::retention::RetentionPolicy,
+    pub retention: RetentionPolicy,
 }
 
 /// Which storage backend a config uses.
@@ -193,6 +193,28 @@ pub struct PrimaryConfig {
     /// Seconds to wait for any reply of the primary.
     #[serde(default = "default_primary_timeout", deserialize_with = "lenient")]
     pub timeout_secs: u64,
+}
+
+/// Where the AWS backend's data lives (from the config or the Lambda environment).
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub bucket: String,
+    pub table: String,
+    /// Object key prefix of raw messages, e.g. `incoming/`.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// Delivered records expire (TTL) this many days after receipt.
+    pub keep_delivered_days: Option<u32>,
+    /// The Object Lock bucket journal copies are archived in.
+    pub archive: Option<ArchiveSettings>,
+}
+
+/// An S3 bucket with Object Lock enabled, for journal copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSettings {
+    pub bucket: String,
+    pub mode: LockMode,
 }
 
 /// S3 Object Lock retention mode.
@@ -357,13 +379,150 @@ fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     Ok(out)
 }
 
+/// One confidential rule (`[[retention.confidential]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidentialRule {
+    /// Shown in the audit log and `standby show`.
+    pub name: String,
+    /// A recipient: `hr@example.com`, or `*@legal.example.com` for a whole domain.
+    #[serde(default)]
+    pub rcpt: Option<String>,
+    /// The envelope sender, same forms.
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// A header field and a text its value contains, case-insensitive:
+    /// `X-Classification: confidential`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Days to keep a matching message (counted like its class's); 0: not at all.
+    pub keep_days: u32,
+}
+
+/// The retention policy (`[retention]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub delivered_days: Option<u32>,
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub failed_days: Option<u32>,
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub journal_days: Option<u32>,
+    /// In a file, `[[retention.confidential]]` tables; in the environment
+    /// (`STANDBY_RETENTION_CONFIDENTIAL`, a template parameter), the same as JSON:
+    /// `[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]`.
+    #[serde(default, deserialize_with = "rules")]
+    pub confidential: Vec<ConfidentialRule>,
+    /// Seconds between retention runs in `standby serve` (default 3600).
+    #[serde(default = "hourly", deserialize_with = "lenient")]
+    pub interval_secs: u64,
+}
+
+fn rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ConfidentialRule>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Native(Vec<ConfidentialRule>),
+        Json(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Native(v) => Ok(v),
+        Either::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Either::Json(s) => serde_json::from_str(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "confidential rules as JSON ([{{\"name\": ..., \"rcpt\": ..., \"keep_days\": 0}}]): {e}"
+            ))
+        }),
+    }
+}
+
+fn hourly() -> u64 {
+    3600
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            delivered_days: None,
+            failed_days: None,
+            journal_days: None,
+            confidential: Vec::new(),
+            interval_secs: hourly(),
+        }
+    }
+}
+
+/// The configured journal addresses, and the domains whose recipients a copy keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// (local part, domain), lower case.
+    addresses: HashSet<(String, String)>,
+    domains: HashSet<String>,
+}
+
+fn split(addr: &str) -> Option<(String, String)> {
+    let (local, domain) = addr.trim().rsplit_once('@')?;
+    Some((
+        local.to_ascii_lowercase(),
+        domain.trim_end_matches('.').to_ascii_lowercase(),
+    ))
+}
+
+impl Journal {
+    pub fn new<'a>(
+        addresses: impl IntoIterator<Item = &'a String>,
+        domains: impl IntoIterator<Item = &'a String>,
+    ) -> Self {
+        Journal {
+            addresses: addresses.into_iter().filter_map(|a| split(a)).collect(),
+            domains: domains
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.addresses.is_empty()
+    }
+
+    /// The journal domains, which the listener accepts for the journal addresses only.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.addresses.iter().map(|(_, d)| d.as_str())
+    }
+
+    /// Whether `addr` is in one of the domains whose recipients a journal copy keeps.
+    pub fn keeps(&self, addr: &str) -> bool {
+        split(addr).is_some_and(|(_, d)| self.domains.contains(&d))
+    }
+
+    /// Whether `addr` is a journal address, bare or with a `+extension`.
+    pub fn matches(&self, addr: &str) -> bool {
+        self.extension(addr).is_some()
+    }
+
+    /// `Some(extension)` (possibly empty) when `addr` is a journal address.
+    pub fn extension(&self, addr: &str) -> Option<String> {
+        if self.addresses.is_empty() {
+            return None; // the common case, asked at every RCPT: no work
+        }
+        let (local, domain) = split(addr)?;
+        let (base, ext) = match local.split_once('+') {
+            Some((b, e)) => (b.to_string(), e.to_string()),
+            None => (local, String::new()),
+        };
+        self.addresses.contains(&(base, domain)).then_some(ext)
+    }
+}
+
 impl Config {
     /// The archive bucket and its lock mode, when one is configured.
-    pub fn archive(&self) -> Option<crate::backend::aws::ArchiveSettings> {
+    pub fn archive(&self) -> Option<ArchiveSettings> {
         self.archive_bucket
             .clone()
             .filter(|b| !b.trim().is_empty())
-            .map(|bucket| crate::backend::aws::ArchiveSettings {
+            .map(|bucket| ArchiveSettings {
                 bucket,
                 mode: self.archive_lock_mode,
             })
@@ -371,15 +530,15 @@ impl Config {
 
     /// The retention policy; `keep_delivered_days` (older key) stands in for an unset
     /// `[retention] delivered_days`.
-    pub fn retention(&self) -> crate::retention::RetentionPolicy {
+    pub fn retention(&self) -> RetentionPolicy {
         let mut p = self.retention.clone();
         p.delivered_days = p.delivered_days.or(self.keep_delivered_days);
         p
     }
 
     /// The journal addresses and the domains whose recipients a journal copy keeps.
-    pub fn journal(&self) -> crate::journal::Journal {
-        crate::journal::Journal::new(&self.journal.addresses, &self.domains)
+    pub fn journal(&self) -> Journal {
+        Journal::new(&self.journal.addresses, &self.domains)
     }
 }
 
@@ -690,19 +849,17 @@ impl Config {
     }
 
     /// Where the AWS backend's data is, when `backend = "aws"`.
-    pub fn aws_settings(&self) -> Option<crate::backend::aws::AwsSettings> {
+    pub fn aws_settings(&self) -> Option<AwsSettings> {
         match (self.backend, &self.bucket, &self.table) {
-            (BackendKind::Aws, Some(bucket), Some(table)) => {
-                Some(crate::backend::aws::AwsSettings {
-                    bucket: bucket.clone(),
-                    table: table.clone(),
-                    prefix: self.prefix.clone(),
-                    region: self.region.clone(),
-                    endpoint_url: self.endpoint_url.clone(),
-                    keep_delivered_days: self.keep_delivered_days,
-                    archive: self.archive(),
-                })
-            }
+            (BackendKind::Aws, Some(bucket), Some(table)) => Some(AwsSettings {
+                bucket: bucket.clone(),
+                table: table.clone(),
+                prefix: self.prefix.clone(),
+                region: self.region.clone(),
+                endpoint_url: self.endpoint_url.clone(),
+                keep_delivered_days: self.keep_delivered_days,
+                archive: self.archive(),
+            }),
             _ => None,
         }
     }

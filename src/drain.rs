@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::Storage;
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
-use crate::model::{MessageId, RcptStatus, Record, Status};
+use crate::model::{DrainReport, MessageId, RcptStatus, Record, Status};
+use crate::ports::Storage;
 use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
 
 /// How many messages a worker leases at a time.
@@ -48,27 +47,6 @@ pub struct DrainSettings {
     pub rate_per_sec: u32,
     /// Bounces for messages that fail here (see [`crate::dsn`]).
     pub dsn: DsnSettings,
-}
-
-/// What one run did (also kept in the health record for `standby status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainReport {
-    pub delivered: u64,
-    pub deferred: u64,
-    pub failed: u64,
-    /// Why workers stopped early (the primary's trouble), if they did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
-    /// The primary could not be reached at all during the run.
-    #[serde(skip)]
-    pub unreachable: bool,
-}
-
-impl DrainReport {
-    /// Whether the run tried anything or stopped on the primary's trouble.
-    pub fn eventful(&self) -> bool {
-        self.delivered + self.deferred + self.failed > 0 || self.stopped.is_some()
-    }
 }
 
 /// The result of one attempt on one message.
@@ -482,8 +460,8 @@ struct WorkerReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{Envelope, Spool};
-    use crate::model::Origin;
+    use crate::ingest::Spool;
+    use crate::model::{Envelope, Origin};
     use crate::ports::SystemClock;
     use async_trait::async_trait;
     use std::collections::HashMap;

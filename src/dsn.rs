@@ -26,9 +26,9 @@ use mail_builder::mime::MimePart;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{Bounce, Intake, MessageId, RcptStatus, Record, Status, redact};
+use crate::ports::Storage;
 use crate::summary::{self, HEAD_LIMIT};
 
 /// Longest diagnostic text copied from the primary's reply into a DSN field.

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
-use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::Record;
+use crate::ports::Storage;
 use crate::ports::{ListQuery, Pages};
 
 /// Output formats.

@@ -7,73 +7,10 @@
 //! in the index so the state survives restarts and the CLI can show it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::drain::DrainReport;
 use crate::error::StoreError;
+use crate::model::{DrainReport, HealthRecord, LastDrain, PrimaryState, ProbeResult};
 use crate::ports::{Clock, Index, Probe};
-
-/// What the standby believes about the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrimaryState {
-    Unknown,
-    Up,
-    Down,
-}
-
-impl std::fmt::Display for PrimaryState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PrimaryState::Unknown => "unknown",
-            PrimaryState::Up => "up",
-            PrimaryState::Down => "down",
-        })
-    }
-}
-
-/// The last probe's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProbeResult {
-    pub at: DateTime<Utc>,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// The last drain run that did anything, and when; shown by `standby status`, so an
-/// operator sees why mail is not flowing (a wrong AUTH password, a 421) without the logs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastDrain {
-    pub at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub report: DrainReport,
-}
-
-/// The stored health state of the primary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthRecord {
-    pub address: String,
-    pub state: PrimaryState,
-    /// When `state` was entered.
-    pub since: Option<DateTime<Utc>>,
-    pub last_probe: Option<ProbeResult>,
-    pub consecutive_ok: u32,
-    pub consecutive_fail: u32,
-    #[serde(default)]
-    pub last_drain: Option<LastDrain>,
-    /// Probes answered and failed since this record began (for alarms and `status`).
-    #[serde(default)]
-    pub probes_ok: u64,
-    #[serde(default)]
-    pub probes_failed: u64,
-    /// Blobs stored before this instant have been checked by the reconciler (AWS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconciled_until: Option<DateTime<Utc>>,
-    /// The last retention run of the drain function (AWS), which runs it at most every
-    /// `[retention] interval_secs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retained_at: Option<DateTime<Utc>>,
-}
 
 /// Thresholds for [`HealthRecord::observe`].
 #[derive(Debug, Clone, Copy)]

@@ -11,23 +11,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::backend::Storage;
+use crate::config::Journal;
+use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::journal::Journal;
-use crate::model::{MessageId, Origin, Record, Verdicts, redact};
-use crate::ports::{BlobWriter, Clock};
-use crate::retention::RetentionPolicy;
+use crate::model::{Envelope, MessageId, Record, Verdicts, redact};
+use crate::ports::Storage;
+use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
 use crate::summary::HeadCapture;
-
-/// The envelope of a message being received.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub mail_from: String,
-    pub rcpts: Vec<String>,
-    pub origin: Origin,
-    /// Sent to journal addresses: filed as a journal copy, never drained.
-    pub journal: bool,
-}
 
 /// Accepts messages into a [`Storage`].
 #[derive(Clone)]
@@ -193,6 +183,36 @@ impl Incoming {
     }
 }
 
+#[async_trait::async_trait]
+impl Inbound for Spool {
+    async fn begin(&self, env: Envelope) -> Result<Box<dyn Accepting>, StoreError> {
+        Ok(Box::new(Spool::begin(self, env).await?))
+    }
+}
+
+#[async_trait::async_trait]
+impl Accepting for Incoming {
+    fn id(&self) -> MessageId {
+        self.id
+    }
+
+    fn set_verdicts(&mut self, verdicts: Verdicts) {
+        Incoming::set_verdicts(self, verdicts)
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        Incoming::write(self, chunk).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<Record, StoreError> {
+        Incoming::commit(*self).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        Incoming::abort(*self).await
+    }
+}
+
 /// Our trace header (RFC 5321 §4.4), folded, with CRLF line ends.
 fn received_header(host: &str, id: MessageId, env: &Envelope, at: DateTime<Utc>) -> String {
     let helo = sanitize(&env.origin.helo);
@@ -219,6 +239,7 @@ fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Origin;
     use crate::ports::SystemClock;
 
     fn env(rcpts: &[&str]) -> Envelope {

@@ -23,94 +23,12 @@
 //! outbound mail too, and a replay must never send mail back out to other people's
 //! domains; a copy with no recipient of ours is archived with none and a replay skips it.
 
-use std::collections::HashSet;
-
 use mail_parser::MessageParser;
-use serde::{Deserialize, Serialize};
 
-use crate::model::{Recipient, Record, Status};
-
-/// How the original recipients of a journal copy were found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RcptSource {
-    /// Encoded in the journal addresses of the envelope (`journal+user=domain@...`).
-    Envelope,
-    /// The `To` and `Cc` header fields (Bcc recipients unknown).
-    Headers,
-    /// An Exchange envelope journal report; the original is its attachment.
-    Report,
-}
-
-/// What a journal copy's record keeps besides the original recipients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalCopy {
-    /// The journal addresses it was sent to (the copy's own envelope).
-    pub to: Vec<String>,
-    pub source: RcptSource,
-    /// A copy of a message a replay delivered (it carries `X-Standby-Replay`): archived,
-    /// never replayed itself.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub replayed: bool,
-}
-
-/// The configured journal addresses, and the domains whose recipients a copy keeps.
-#[derive(Debug, Clone, Default)]
-pub struct Journal {
-    /// (local part, domain), lower case.
-    addresses: HashSet<(String, String)>,
-    domains: HashSet<String>,
-}
-
-fn split(addr: &str) -> Option<(String, String)> {
-    let (local, domain) = addr.trim().rsplit_once('@')?;
-    Some((
-        local.to_ascii_lowercase(),
-        domain.trim_end_matches('.').to_ascii_lowercase(),
-    ))
-}
+use crate::config::Journal;
+use crate::model::{JournalCopy, RcptSource, Recipient, Record, Status};
 
 impl Journal {
-    pub fn new<'a>(
-        addresses: impl IntoIterator<Item = &'a String>,
-        domains: impl IntoIterator<Item = &'a String>,
-    ) -> Self {
-        Journal {
-            addresses: addresses.into_iter().filter_map(|a| split(a)).collect(),
-            domains: domains
-                .into_iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
-        }
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        !self.addresses.is_empty()
-    }
-
-    /// The journal domains, which the listener accepts for the journal addresses only.
-    pub fn domains(&self) -> impl Iterator<Item = &str> {
-        self.addresses.iter().map(|(_, d)| d.as_str())
-    }
-
-    /// Whether `addr` is a journal address, bare or with a `+extension`.
-    pub fn matches(&self, addr: &str) -> bool {
-        self.extension(addr).is_some()
-    }
-
-    /// `Some(extension)` (possibly empty) when `addr` is a journal address.
-    fn extension(&self, addr: &str) -> Option<String> {
-        if self.addresses.is_empty() {
-            return None; // the common case, asked at every RCPT: no work
-        }
-        let (local, domain) = split(addr)?;
-        let (base, ext) = match local.split_once('+') {
-            Some((b, e)) => (b.to_string(), e.to_string()),
-            None => (local, String::new()),
-        };
-        self.addresses.contains(&(base, domain)).then_some(ext)
-    }
-
     /// Turn a just-received record (recipients = the journal envelope) into a journal
     /// copy: status `journal`, recipients the original ones (see the module docs). `head`
     /// is the message's header block; `whole` reads the whole message, asked for only
@@ -138,7 +56,7 @@ impl Journal {
         };
         let mut kept: Vec<String> = Vec::new();
         for a in originals {
-            let ours = split(&a).is_some_and(|(_, d)| self.domains.contains(&d));
+            let ours = self.keeps(&a);
             if ours && !kept.iter().any(|k| k.eq_ignore_ascii_case(&a)) {
                 kept.push(a);
             }

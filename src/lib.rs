@@ -6,20 +6,38 @@
 //! default, S3 + DynamoDB on AWS.
 //!
 //! # Layout
-//! - [`model`]: message ids, records, per-recipient status.
-//! - [`ports`]: `BlobStore`, `Index`, `Relay`, `Probe`, `Clock`, `SenderCheck`.
-//! - [`backend`]: adapters (`FsBlobStore`, `SqliteIndex`, in-memory twins) and group commit.
-//! - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
-//! - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
-//! - [`dsn`]: bounces for failed mail, only to authenticated senders (no backscatter).
-//! - [`dns`]: the resolvers (MX checks, SPF at receipt).
-//! - [`health`]: probing the primary with hysteresis.
-//! - [`smtp`]: the listener (session state machine, DATA decoder, TLS) and the client.
-//! - [`summary`]: the listing summary parsed with `mail-parser`.
-//! - [`config`]: TOML + `STANDBY_*` environment overrides.
-//! - [`serve`]: `standby serve`: listener plus the health and drain loop.
-//! - [`cli`]: the `standby` operator command.
-//! - [`lambda`]: the `standby-ingest` and `standby-drain` handlers (AWS).
+//! Six layers; a module imports only from its own layer and those above it in this
+//! list, and `tests/layout.rs` fails the build's tests when one does not:
+//!
+//! 1. **Model** (plain data, imports nothing else):
+//!    - [`model`]: message ids, envelopes, records, per-recipient status, the primary's
+//!      health record, drain reports, journal copies.
+//!    - [`error`]: typed errors that say whether to retry.
+//! 2. **Config** ([`config`]): TOML + `STANDBY_*` environment overrides, and the settings
+//!    types every layer below reads (retention policy, journal addresses, AWS settings).
+//! 3. **Ports** ([`ports`]): `BlobStore`, `Index`, `AuditLog`, `Relay`, `Probe`, `Clock`,
+//!    `SenderCheck`, `Inbound` (what the listener hands messages to), and `Storage`, the
+//!    bundle of storage ports one backend provides.
+//! 4. **Domain**: written once against the ports; imports the model, config, ports and
+//!    other domain modules, never an adapter or an entry point.
+//!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
+//!    - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
+//!    - [`dsn`]: bounces for failed mail, only to authenticated senders (no backscatter).
+//!    - [`health`]: probing the primary with hysteresis.
+//!    - [`journal`], [`replay`], [`export`], [`retention`]: recovery and retention.
+//!    - [`summary`]: the listing summary parsed with `mail-parser`.
+//! 5. **Adapters**: implement the ports for one technology; import the model, config and
+//!    ports, never a domain module.
+//!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, the audit
+//!      logs, in-memory twins, group commit; and the constructors of `Storage`.
+//!    - [`smtp`]: the listener (session state machine, DATA decoder, TLS), feeding an
+//!      `Inbound`; the client (`SmtpRelay`, the `Relay` and `Probe` adapter); the SPF
+//!      check (`SpfCheck`, the `SenderCheck` adapter).
+//!    - [`dns`]: the resolvers (MX checks, SPF lookups).
+//! 6. **Entry points** (wiring: build adapters, hand them to the domain):
+//!    - [`serve`]: `standby serve`: listener plus the health and drain loop.
+//!    - [`cli`]: the `standby` operator command; [`doctor`]: its setup checks.
+//!    - [`lambda`]: the `standby-ingest` and `standby-drain` handlers (AWS).
 
 pub mod backend;
 pub mod cli;

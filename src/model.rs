@@ -305,7 +305,7 @@ pub struct Record {
     pub bounce: Option<Bounce>,
     /// Set on a journal copy: its journal envelope and where its recipients came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub journal: Option<crate::journal::JournalCopy>,
+    pub journal: Option<JournalCopy>,
     /// Replay runs that delivered this message again (`standby replay`), so a rerun with
     /// the same run id skips it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -437,6 +437,131 @@ pub fn redact(address: &str) -> &str {
     match address.rsplit_once('@') {
         Some((_, domain)) => domain,
         None => "",
+    }
+}
+
+// ---- A message being received (see `crate::ingest`) ----
+
+/// The envelope of a message being received.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub origin: Origin,
+    /// Sent to journal addresses: filed as a journal copy, never drained.
+    pub journal: bool,
+}
+
+// ---- Journal copies (see `crate::journal`) ----
+
+/// How the original recipients of a journal copy were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptSource {
+    /// Encoded in the journal addresses of the envelope (`journal+user=domain@...`).
+    Envelope,
+    /// The `To` and `Cc` header fields (Bcc recipients unknown).
+    Headers,
+    /// An Exchange envelope journal report; the original is its attachment.
+    Report,
+}
+
+/// What a journal copy's record keeps besides the original recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalCopy {
+    /// The journal addresses it was sent to (the copy's own envelope).
+    pub to: Vec<String>,
+    pub source: RcptSource,
+    /// A copy of a message a replay delivered (it carries `X-Standby-Replay`): archived,
+    /// never replayed itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+// ---- The primary's health (see `crate::health`) ----
+
+/// What the standby believes about the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryState {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl std::fmt::Display for PrimaryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrimaryState::Unknown => "unknown",
+            PrimaryState::Up => "up",
+            PrimaryState::Down => "down",
+        })
+    }
+}
+
+/// The last probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The last drain run that did anything, and when; shown by `standby status`, so an
+/// operator sees why mail is not flowing (a wrong AUTH password, a 421) without the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastDrain {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub report: DrainReport,
+}
+
+/// The stored health state of the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub address: String,
+    pub state: PrimaryState,
+    /// When `state` was entered.
+    pub since: Option<DateTime<Utc>>,
+    pub last_probe: Option<ProbeResult>,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+    #[serde(default)]
+    pub last_drain: Option<LastDrain>,
+    /// Probes answered and failed since this record began (for alarms and `status`).
+    #[serde(default)]
+    pub probes_ok: u64,
+    #[serde(default)]
+    pub probes_failed: u64,
+    /// Blobs stored before this instant have been checked by the reconciler (AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_until: Option<DateTime<Utc>>,
+    /// The last retention run of the drain function (AWS), which runs it at most every
+    /// `[retention] interval_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_at: Option<DateTime<Utc>>,
+}
+
+// ---- Drain runs (see `crate::drain`) ----
+
+/// What one run did (also kept in the health record for `standby status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    /// Why workers stopped early (the primary's trouble), if they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// The primary could not be reached at all during the run.
+    #[serde(skip)]
+    pub unreachable: bool,
+}
+
+impl DrainReport {
+    /// Whether the run tried anything or stopped on the primary's trouble.
+    pub fn eventful(&self) -> bool {
+        self.delivered + self.deferred + self.failed > 0 || self.stopped.is_some()
     }
 }
 

@@ -4,13 +4,47 @@
 //! and an in-memory twin for unit tests. The contract every adapter must keep is written on
 //! each method; `tests/contract.rs` runs the same suite against every adapter.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
 use crate::error::{RelayError, StoreError};
-use crate::health::HealthRecord;
-use crate::model::{Class, Counts, MessageId, Record, Status};
+use crate::model::{Class, Counts, Envelope, HealthRecord, MessageId, Record, Status, Verdicts};
+
+/// The storage a command works on: the bundle of storage ports one backend provides
+/// (built by `crate::backend`).
+#[derive(Clone)]
+pub struct Storage {
+    pub blobs: Arc<dyn BlobStore>,
+    pub index: Arc<dyn Index>,
+    /// Deletions and legal holds, append-only.
+    pub audit: Arc<dyn AuditLog>,
+}
+
+/// Where the SMTP listener puts what it accepts (implemented by `ingest::Spool`): the
+/// listener speaks SMTP, the intake decides how a message is filed and makes it durable.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
+    /// Start receiving one message for `env`.
+    async fn begin(&self, env: Envelope) -> Result<Box<dyn Accepting>, StoreError>;
+}
+
+/// A message being received: bytes are streamed in, then [`Accepting::commit`] makes it
+/// durable. Only when `commit` returns may the listener answer 250.
+#[async_trait]
+pub trait Accepting: Send {
+    fn id(&self) -> MessageId;
+    /// What was checked about the sender at receipt (SPF), kept with the message.
+    fn set_verdicts(&mut self, verdicts: Verdicts);
+    /// Append message bytes (already dot-unstuffed, CRLF line ends).
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
+    /// Make the message durable: blob, then index row.
+    async fn commit(self: Box<Self>) -> Result<Record, StoreError>;
+    /// Drop the partial message.
+    async fn abort(self: Box<Self>);
+}
 
 /// A stored message body, read as a stream (messages can be 40 MB).
 pub type BlobReader = Box<dyn AsyncRead + Send + Unpin>;

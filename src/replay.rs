@@ -25,10 +25,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
-use crate::backend::Storage;
 use crate::error::{RelayError, StoreError};
-use crate::journal::RcptSource;
+use crate::model::RcptSource;
 use crate::model::{MessageId, Record, Replayed, Status};
+use crate::ports::Storage;
 use crate::ports::{Clock, ListQuery, Pages, Relay, RelaySession};
 
 /// The header a replayed message carries.

@@ -23,86 +23,13 @@
 
 use chrono::{DateTime, Duration, Utc};
 use mail_parser::MessageParser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::backend::Storage;
+use crate::config::RetentionPolicy;
 use crate::error::StoreError;
 use crate::model::{Record, Status};
+use crate::ports::Storage;
 use crate::ports::{AuditEntry, ListQuery, Pages};
-
-/// One confidential rule (`[[retention.confidential]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfidentialRule {
-    /// Shown in the audit log and `standby show`.
-    pub name: String,
-    /// A recipient: `hr@example.com`, or `*@legal.example.com` for a whole domain.
-    #[serde(default)]
-    pub rcpt: Option<String>,
-    /// The envelope sender, same forms.
-    #[serde(default)]
-    pub sender: Option<String>,
-    /// A header field and a text its value contains, case-insensitive:
-    /// `X-Classification: confidential`.
-    #[serde(default)]
-    pub header: Option<String>,
-    /// Days to keep a matching message (counted like its class's); 0: not at all.
-    pub keep_days: u32,
-}
-
-/// The retention policy (`[retention]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionPolicy {
-    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
-    pub delivered_days: Option<u32>,
-    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
-    pub failed_days: Option<u32>,
-    #[serde(default, deserialize_with = "crate::config::lenient_opt")]
-    pub journal_days: Option<u32>,
-    /// In a file, `[[retention.confidential]]` tables; in the environment
-    /// (`STANDBY_RETENTION_CONFIDENTIAL`, a template parameter), the same as JSON:
-    /// `[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]`.
-    #[serde(default, deserialize_with = "rules")]
-    pub confidential: Vec<ConfidentialRule>,
-    /// Seconds between retention runs in `standby serve` (default 3600).
-    #[serde(default = "hourly", deserialize_with = "crate::config::lenient")]
-    pub interval_secs: u64,
-}
-
-fn rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ConfidentialRule>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Native(Vec<ConfidentialRule>),
-        Json(String),
-    }
-    match Either::deserialize(d)? {
-        Either::Native(v) => Ok(v),
-        Either::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
-        Either::Json(s) => serde_json::from_str(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "confidential rules as JSON ([{{\"name\": ..., \"rcpt\": ..., \"keep_days\": 0}}]): {e}"
-            ))
-        }),
-    }
-}
-
-fn hourly() -> u64 {
-    3600
-}
-
-impl Default for RetentionPolicy {
-    fn default() -> Self {
-        RetentionPolicy {
-            delivered_days: None,
-            failed_days: None,
-            journal_days: None,
-            confidential: Vec::new(),
-            interval_secs: hourly(),
-        }
-    }
-}
 
 fn pattern_matches(pattern: &str, addr: &str) -> bool {
     match pattern.strip_prefix("*@") {
@@ -353,6 +280,7 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfidentialRule;
     use crate::model::{LegalHold, MessageId, Summary};
 
     fn rec(status: Status, age_days: i64, rcpt: &str) -> Record {

@@ -11,14 +11,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::backend::Storage;
 use crate::config::Config;
 use crate::drain::{DrainSettings, Drainer, RunOptions};
 use crate::dsn::DsnSettings;
 use crate::error::{ConfigError, StoreError};
-use crate::health::{self, Hysteresis, PrimaryState};
+use crate::health::{self, Hysteresis};
 use crate::ingest::Spool;
-use crate::ports::{Clock, SenderCheck, SystemClock};
+use crate::model::PrimaryState;
+use crate::ports::Storage;
+use crate::ports::{Clock, Inbound, SenderCheck, SystemClock};
 use crate::smtp::SmtpRelay;
 use crate::smtp::client::RelaySetupError;
 use crate::smtp::server::{self, Server};
@@ -75,7 +76,7 @@ pub fn hysteresis(config: &Config) -> Hysteresis {
 /// The SMTP listener's shared state for `config`, accepting into `spool`.
 pub fn smtp_server(
     config: &Config,
-    spool: Spool,
+    spool: Arc<dyn Inbound>,
     tls: Option<TlsAcceptor>,
 ) -> Result<Server, ConfigError> {
     let sender_check: Option<Arc<dyn SenderCheck>> = if config.dsn.spf {
@@ -133,9 +134,11 @@ pub async fn serve(
     };
     let server = Arc::new(smtp_server(
         &config,
-        Spool::new(storage.clone(), clock.clone(), config.hostname.clone())
-            .with_journal(config.journal())
-            .with_retention(config.retention()),
+        Arc::new(
+            Spool::new(storage.clone(), clock.clone(), config.hostname.clone())
+                .with_journal(config.journal())
+                .with_retention(config.retention()),
+        ),
         tls,
     )?);
     let relay = Arc::new(SmtpRelay::from_config(&config)?);
@@ -190,7 +193,7 @@ struct HealthLoop {
     drainer: Drainer,
     interval: Duration,
     hysteresis: Hysteresis,
-    retention: crate::retention::RetentionPolicy,
+    retention: crate::config::RetentionPolicy,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 

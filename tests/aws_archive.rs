@@ -7,13 +7,13 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put};
-use standby::backend::Storage;
 use standby::backend::aws::ArchiveSettings;
+use standby::config::Journal;
 use standby::config::LockMode;
-use standby::journal::Journal;
+use standby::config::{ConfidentialRule, RetentionPolicy};
 use standby::lambda::ingest::Ingest;
 use standby::model::Status;
-use standby::retention::{ConfidentialRule, RetentionPolicy};
+use standby::ports::Storage;
 
 const JOURNAL_TO: &str = "journal+bob=example.test@archive.example.test";
 

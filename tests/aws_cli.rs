@@ -45,7 +45,7 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
     // Mail arrives the SES way: object, then the ingest handler.
     let clients = moto.clients().await;
     let settings = moto.settings("opcli");
-    let storage = standby::backend::Storage::aws(&clients, &settings);
+    let storage = standby::ports::Storage::aws(&clients, &settings);
     let (ses_id, raw) =
         ses_receive(&clients, &settings, &storage, "multi-rcpt.json", "tok-cli").await;
 

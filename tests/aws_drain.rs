@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_receive};
 use common::{Postfix, repo};
-use standby::backend::Storage;
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
 use standby::model::{Bounce, Intake, Status};
 use standby::ports::Clock;
 use standby::ports::ListQuery;
+use standby::ports::Storage;
 use standby::smtp::SmtpRelay;
 
 /// Wall clock plus an offset the test moves.

@@ -7,11 +7,11 @@ mod common;
 use chrono::{Duration, Utc};
 use common::aws::{Moto, ses_event as event, ses_put};
 use sha2::{Digest, Sha256};
-use standby::backend::Storage;
 use standby::lambda::ingest::{Ingest, IngestError};
 use standby::lambda::reconcile::reconcile;
 use standby::model::{Intake, RcptStatus, Status};
 use standby::ports::ListQuery;
+use standby::ports::Storage;
 use tokio::io::AsyncReadExt;
 
 fn ses_id(ev: &serde_json::Value) -> String {

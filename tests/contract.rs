@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
-use standby::health::HealthRecord;
+use standby::model::HealthRecord;
 use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary};
 use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery};
 use tokio::io::AsyncReadExt;
@@ -477,7 +477,7 @@ async fn aws_errors_say_whether_to_retry() {
     let moto = common::aws::Moto::start();
     let clients = moto.clients().await;
     // A table that does not exist: permanent, named in the message.
-    let missing = standby::backend::Storage::aws(&clients, &moto.settings("nosuchtable"));
+    let missing = standby::ports::Storage::aws(&clients, &moto.settings("nosuchtable"));
     let e = missing.index.counts().await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("ResourceNotFoundException"), "{e}");
@@ -491,7 +491,7 @@ async fn aws_errors_say_whether_to_retry() {
         .endpoint_url(format!("http://127.0.0.1:{port}"))
         .build();
     let down = standby::backend::aws::AwsClients::from_sdk(sdk);
-    let storage = standby::backend::Storage::aws(&down, &settings);
+    let storage = standby::ports::Storage::aws(&down, &settings);
     let e = storage
         .index
         .get(MessageId::new(Utc::now()))

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use standby::backend::{FsBlobStore, SqliteIndex, Storage};
+use standby::backend::{FsBlobStore, SqliteIndex};
 use standby::drain::{DrainSettings, Drainer, RunOptions};
 use standby::dsn::DsnSettings;
 use standby::error::RelayError;
-use standby::ingest::{Envelope, Spool};
-use standby::model::{Bounce, Intake, Origin, RcptStatus, Status, Verdicts};
+use standby::ingest::Spool;
+use standby::model::{Bounce, Envelope, Intake, Origin, RcptStatus, Status, Verdicts};
+use standby::ports::Storage;
 use standby::ports::{Clock, Relay, RelaySession};
 
 struct At(DateTime<Utc>);

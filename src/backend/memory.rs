@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::health::HealthRecord;
+use crate::model::HealthRecord;
 use crate::model::{Counts, Lease, MessageId, Record, Status};
 use crate::ports::{
     AuditEntry, AuditLog, BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index,

@@ -18,21 +18,12 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::StoreError;
-use crate::ports::{AuditLog, BlobStore, Index};
+use crate::ports::Storage;
 
 pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
 pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
-
-/// The storage a command works on.
-#[derive(Clone)]
-pub struct Storage {
-    pub blobs: Arc<dyn BlobStore>,
-    pub index: Arc<dyn Index>,
-    /// Deletions and legal holds, append-only.
-    pub audit: Arc<dyn AuditLog>,
-}
 
 impl Storage {
     /// The local spool for `standby serve`: created if missing, with what a crash left in

@@ -31,7 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::group::Group;
 use crate::error::StoreError;
-use crate::health::HealthRecord;
+use crate::model::HealthRecord;
 use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
 use crate::ports::{ClaimRequest, Index, ListQuery};
 

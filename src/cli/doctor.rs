@@ -4,9 +4,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use super::CliError;
-use crate::backend::Storage;
 use crate::config::Config;
 use crate::doctor::{self, Options};
+use crate::ports::Storage;
 
 pub(super) async fn run(
     config: &Config,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::CliError;
 use super::inspect::ListItem;
-use crate::backend::Storage;
 use crate::config::Config;
 use crate::drain::{Drainer, Progress, RunOptions};
+use crate::ports::Storage;
 use crate::ports::{Probe, SystemClock};
 use crate::serve::drain_settings;
 use crate::smtp::SmtpRelay;

@@ -7,10 +7,11 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use super::CliError;
-use crate::backend::Storage;
 use crate::config::Config;
-use crate::health::{self, LastDrain, PrimaryState, ProbeResult};
+use crate::health;
 use crate::model::{Bounce, Counts, Intake, MessageId, Record, Status};
+use crate::model::{LastDrain, PrimaryState, ProbeResult};
+use crate::ports::Storage;
 use crate::ports::{ListQuery, Pages};
 
 #[derive(Serialize)]

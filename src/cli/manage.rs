@@ -5,9 +5,9 @@
 //! changed (the drain's result would overwrite the change); try again shortly.
 
 use super::CliError;
-use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{MessageId, RcptStatus, Record, Status};
+use crate::ports::Storage;
 use crate::ports::{ListQuery, Pages};
 
 /// Run `op` on each id, one line per id on stdout (done) or stderr (why not).
@@ -227,7 +227,7 @@ pub(super) async fn legal(
 /// `standby retention`: apply the policy at `now`, or list what it would delete.
 pub(super) async fn retention(
     storage: &Storage,
-    policy: &crate::retention::RetentionPolicy,
+    policy: &crate::config::RetentionPolicy,
     now: chrono::DateTime<chrono::Utc>,
     dry_run: bool,
     json: bool,

@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use crate::backend::Storage;
 use crate::config::{Config, DEFAULT_CONFIG, ENV_CONFIG};
 use crate::error::{ConfigError, StoreError};
 use crate::model::{BadMessageId, MessageId, Status};
 use crate::ports::ListQuery;
+use crate::ports::Storage;
 use crate::serve::ServeError;
 use crate::smtp::client::RelaySetupError;
 

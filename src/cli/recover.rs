@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::CliError;
-use crate::backend::Storage;
 use crate::export::{self, Format};
 use crate::ports::ListQuery;
+use crate::ports::Storage;
 use crate::ports::SystemClock;
 use crate::replay::{self, ReplayOutcome, ReplayRequest, Replayer};
 use crate::smtp::SmtpRelay;

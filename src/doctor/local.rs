@@ -4,8 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::Check;
-use crate::backend::Storage;
 use crate::config::Config;
+use crate::ports::Storage;
 
 /// Warn below this much free space: a day of a small domain's mail at 40 MB a message
 /// would not fit, and `standby serve` answers 452 when the disk fills.

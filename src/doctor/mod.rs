@@ -20,8 +20,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::backend::Storage;
 use crate::config::{BackendKind, Config};
+use crate::ports::Storage;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

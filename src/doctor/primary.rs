@@ -2,9 +2,10 @@
 //! configured), and what does the stored health state say.
 
 use super::Check;
-use crate::backend::Storage;
 use crate::config::{Config, TlsMode};
-use crate::health::{self, PrimaryState};
+use crate::health;
+use crate::model::PrimaryState;
+use crate::ports::Storage;
 
 /// Open a session with the primary as the drain does, then QUIT.
 pub async fn login(config: &Config) -> Check {

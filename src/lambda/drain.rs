@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::reconcile::{ReconcileReport, reconcile};
-use crate::backend::Storage;
 use crate::config::Config;
 use crate::drain::{DrainError, Drainer, RunOptions};
 use crate::error::StoreError;
-use crate::health::{self, PrimaryState};
+use crate::health;
+use crate::model::PrimaryState;
 use crate::model::Status;
+use crate::ports::Storage;
 use crate::ports::{Clock, SystemClock};
 use crate::serve::{drain_settings, hysteresis};
 use crate::smtp::SmtpRelay;

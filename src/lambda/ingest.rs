@@ -22,13 +22,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ses::{SesEvent, SesPayload};
-use crate::backend::Storage;
+use crate::config::Journal;
+use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::journal::Journal;
 use crate::model::{
     Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
-use crate::retention::RetentionPolicy;
+use crate::ports::Storage;
 use crate::summary;
 
 /// What one invocation did.

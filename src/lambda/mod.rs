@@ -19,10 +19,10 @@ pub mod ses;
 
 use std::time::{Duration, Instant};
 
-use crate::backend::Storage;
 use crate::backend::aws::{AwsClients, AwsSettings, secrets};
 use crate::config::Config;
 use crate::error::ConfigError;
+use crate::ports::Storage;
 use crate::smtp::SmtpRelay;
 
 /// Everything a function needs, or why it cannot start.

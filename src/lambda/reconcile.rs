@@ -25,9 +25,9 @@ use mail_parser::{HeaderValue, MessageParser};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::Storage;
 use crate::error::StoreError;
 use crate::model::{Intake, MessageId, Record, Status, Verdicts};
+use crate::ports::Storage;
 use crate::summary;
 
 /// Objects younger than this are left to the ingest function.

@@ -17,9 +17,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::data::DataDecoder;
 use super::session::{DataOutcome, MAX_COMMAND_LINE, Next, Policy, Session, reply};
-use crate::ingest::{Envelope, Spool};
-use crate::model::{Origin, Verdicts};
-use crate::ports::SenderCheck;
+use crate::model::{Envelope, Origin, Verdicts};
+use crate::ports::{Inbound, SenderCheck};
 
 /// Any byte stream a session can run over (TCP, TLS over TCP, an in-memory pipe in tests).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -30,7 +29,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Everything a connection needs; shared by all connections.
 pub struct Server {
     pub policy: Policy,
-    pub spool: Spool,
+    pub spool: Arc<dyn Inbound>,
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
     pub command_timeout: Duration,

@@ -37,7 +37,7 @@ pub struct Policy {
     pub tls_available: bool,
     /// Journal addresses: accepted whatever the domain list says, each transaction
     /// either all journal or none (see [`crate::journal`]).
-    pub journal: crate::journal::Journal,
+    pub journal: crate::config::Journal,
 }
 
 /// What the connection does after sending the reply.
@@ -408,7 +408,7 @@ mod tests {
             max_message_size: 1000,
             max_recipients: 2,
             tls_available: false,
-            journal: crate::journal::Journal::new(
+            journal: crate::config::Journal::new(
                 &["journal@archive.example.test".to_string()],
                 &["example.test".to_string()],
             ),

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use standby::backend::Storage;
 use standby::backend::aws::{AwsClients, AwsSettings};
+use standby::ports::Storage;
 
 use super::{free_port, wait_for};
 

@@ -27,7 +27,7 @@ use super::schema::{
 };
 use super::search;
 use crate::error::StoreError;
-use crate::health::HealthRecord;
+use crate::model::HealthRecord;
 use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
 use crate::ports::{ClaimRequest, Cursor, Index, ListQuery};
 

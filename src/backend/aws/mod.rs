@@ -38,27 +38,7 @@ pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
 pub use s3::{DELIVERED_TAG, S3BlobStore};
 
-/// Where the AWS backend's data lives (from the config or the Lambda environment).
-#[derive(Debug, Clone)]
-pub struct AwsSettings {
-    pub bucket: String,
-    pub table: String,
-    /// Object key prefix of raw messages, e.g. `incoming/`.
-    pub prefix: String,
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    /// Delivered records expire (TTL) this many days after receipt.
-    pub keep_delivered_days: Option<u32>,
-    /// The Object Lock bucket journal copies are archived in.
-    pub archive: Option<ArchiveSettings>,
-}
-
-/// An S3 bucket with Object Lock enabled, for journal copies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveSettings {
-    pub bucket: String,
-    pub mode: crate::config::LockMode,
-}
+pub use crate::config::{ArchiveSettings, AwsSettings};
 
 /// The SDK clients, created once (per process, per Lambda cold start) and shared.
 #[derive(Clone, Debug)]
