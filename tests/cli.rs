@@ -94,6 +94,31 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn bad_times_are_usage_errors_naming_the_flag() {
+    // No config is read: clap rejects the value first (exit 2), and nothing panics.
+    for (args, flag) in [
+        (&["list", "--since", ""][..], "--since"),
+        (&["list", "--since", "+"], "--since"),
+        (&["list", "--until", "-"], "--until"),
+        (
+            &["export", "--format", "eml", "--out", "x", "--since", "3x"],
+            "--since",
+        ),
+        (&["replay", "--since", "99999999999999999999d"], "--since"),
+        (&["retention", "--at", "+9999999y"], "--at"),
+    ] {
+        let o = run(args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(
+            e.contains(flag) && e.contains("2026-11-28"),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+}
+
+#[test]
 fn hold_release_retry_purge() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
     let sb = Standby::start(fake.port, "");

@@ -9,6 +9,7 @@ mod drain;
 mod inspect;
 mod manage;
 mod recover;
+mod time;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ use crate::ports::ListQuery;
 use crate::ports::Storage;
 use crate::serve::ServeError;
 use crate::smtp::client::RelaySetupError;
+use time::parse_time;
 
 /// A standby (secondary) MX: holds mail while your primary is down, hands it back after.
 #[derive(Debug, Parser)]
@@ -174,8 +176,8 @@ pub enum Command {
     /// time window to the primary again, with their original envelope and one
     /// `X-Standby-Replay:` header. A rerun with the same --run-id sends nothing twice.
     Replay {
-        /// Start of the window: `2026-11-28`, `2026-11-28T09:00:00Z`, or `3d` / `12h`
-        /// / `30m` ago.
+        /// Start of the window: `2026-11-28` (midnight) or `2026-11-28 09:00` in local
+        /// time, `2026-11-28T09:00:00Z`, or `3d` / `12h` / `30m` / `2w` ago.
         #[arg(long, value_parser = parse_time)]
         since: DateTime<Utc>,
         /// End of the window (not included); now when omitted.
@@ -291,48 +293,6 @@ impl CliError {
             _ => 1,
         }
     }
-}
-
-/// A time for `--since` / `--until` / `--at`: RFC 3339, a UTC date or date and time, a
-/// span ago (`90m`, `12h`, `3d`) or from now (`+90d`).
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
-            return Ok(t.and_utc());
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    let (ahead, span) = match s.strip_prefix('+') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let unit = span.chars().last().unwrap_or(' ');
-    let n = span[..span.len() - unit.len_utf8()].parse::<i64>();
-    let span = match (n, unit) {
-        (Ok(n), 'm') => chrono::Duration::try_minutes(n),
-        (Ok(n), 'h') => chrono::Duration::try_hours(n),
-        (Ok(n), 'd') => chrono::Duration::try_days(n),
-        _ => None,
-    };
-    span.map(|d| {
-        if ahead {
-            Utc::now() + d
-        } else {
-            Utc::now() - d
-        }
-    })
-    .ok_or_else(|| {
-        format!(
-            "`{s}` is not a time (2026-11-28, 2026-11-28T09:00:00Z, 2026-11-28 09:00, \
-                 30m / 12h / 3d ago, or +90d from now)"
-        )
-    })
 }
 
 /// Print a command's summary on stdout: one JSON line with `--json`, else what `text`
