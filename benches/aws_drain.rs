@@ -53,7 +53,7 @@ fn main() {
         let env = [
             ("STANDBY_BUCKET", "benchdrain".to_string()),
             ("STANDBY_TABLE", "benchdrain".to_string()),
-            ("STANDBY_PRIMARY", format!("127.0.0.1:{port}")),
+            ("STANDBY_PRIMARY_ADDRESS", format!("127.0.0.1:{port}")),
             ("STANDBY_PRIMARY_TLS", "none".into()),
             ("STANDBY_HEALTH_UP_AFTER", "1".into()),
             ("STANDBY_DOMAINS", "example.test".into()),

@@ -32,7 +32,6 @@ use standby::ports::Storage;
 use standby::ports::{ClaimRequest, Index, ListQuery, SystemClock};
 use standby::serve::smtp_server;
 use standby::smtp::server;
-use tokio::net::TcpListener;
 
 /// The index the listener's spool sees: an insert becomes an SES event for the ingest
 /// handler, which writes the real index; nothing else is used by the listener.
@@ -179,9 +178,9 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(interval).await;
         }
     });
-    let listener = TcpListener::bind(config.listen).await?;
+    let listeners = server::listeners(&config.listen)?;
     tracing::info!(listen = %config.listen, "SES inbound stand-in listening");
-    server::run(listener, server, async {
+    server::run(listeners, server, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

@@ -155,7 +155,10 @@ def cmd_after_deploy(a):
         f'table = "{out["Table"]}"\n'
         f'region = "{a.region}"\n'
         f"domains = {json.dumps(domains)}\n"
-        f"hold_days = {params.get('HoldDays', '5')}\n\n"
+        f"hold_days = {params.get('HoldDays', '5')}\n"
+        "# EHLO name of `standby drain` run from here, as the drain function's; set the\n"
+        "# standby's real, fully qualified name if the primary checks HELO.\n"
+        'hostname = "standby-drain.invalid"\n\n'
         "[primary]\n"
         f'address = "{params.get("PrimaryHost")}:{params.get("DrainPort", "587")}"\n'
         f'tls = "{params.get("PrimaryTls", "required")}"\n'

@@ -1,17 +1,32 @@
 //! Configuration: one TOML file, every key overridable by a `STANDBY_` environment variable.
 //!
-//! `STANDBY_LISTEN` sets `listen`, `STANDBY_PRIMARY_ADDRESS` sets `[primary] address`: the
-//! variable is the key path in upper case joined by `_`. Environment values are text, so
-//! numeric and list keys also accept text (`STANDBY_DOMAINS=a.test,b.test`).
+//! The file is found as other daemons find theirs: `--config PATH`, else `STANDBY_CONFIG`,
+//! else the first of [`SEARCH_PATH`] that exists ([`Config::locate`]).
 //!
-//! Errors name the file (or the variable), the key and what is wrong; unknown keys are
-//! errors, because a misspelt `max_mesage_size` silently ignored is a limit not enforced.
+//! Every key has exactly one environment name, the same in the CLI, `standby serve` and
+//! the Lambda functions: `STANDBY_LISTEN` sets `listen`, `STANDBY_PRIMARY_ADDRESS` sets
+//! `[primary] address` (the key path in upper case joined by `_`, derived from the structs
+//! in [`env`]). Environment values are text, so numeric and list keys also accept text
+//! (`STANDBY_DOMAINS=a.test,b.test`). `STANDBY_CONFIG`, `STANDBY_LOG` and the variables a
+//! `*_env` key names (the primary's password) are the only other `STANDBY_` variables;
+//! any other is an error that names it and the closest known name.
+//!
+//! Errors name the file and line (or the variable), the key and what is wrong; unknown
+//! keys are errors, because a misspelt `max_mesage_size` silently ignored is a limit not
+//! enforced.
+
+mod env;
+mod listen;
+
+pub use env::Names as EnvNames;
+pub use listen::{BindError, ListenAddrs};
 
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -24,17 +39,12 @@ pub const ENV_PREFIX: &str = "STANDBY_";
 pub const ENV_CONFIG: &str = "STANDBY_CONFIG";
 /// Variable holding the tracing filter (`info`, `standby=debug`, ...).
 pub const ENV_LOG: &str = "STANDBY_LOG";
-/// Default config file, in the working directory.
-pub const DEFAULT_CONFIG: &str = "standby.toml";
+/// Where the config file is looked for when neither `--config` nor `STANDBY_CONFIG`
+/// names one: the working directory, then the system's place.
+pub const SEARCH_PATH: [&str; 2] = ["standby.toml", "/etc/standby/standby.toml"];
 
-/// Conventional variable for the primary's password or its Secrets Manager ARN.
-pub const ENV_PRIMARY_SECRET: &str = "STANDBY_PRIMARY_SECRET";
-
-/// The drain function's metrics dimension (the stack name); unset: no metrics.
-pub const ENV_METRICS: &str = "STANDBY_METRICS";
-
-/// `STANDBY_*` variables that are not config keys.
-const NOT_KEYS: &[&str] = &[ENV_CONFIG, ENV_LOG, ENV_PRIMARY_SECRET, ENV_METRICS];
+/// Every config variable, from the structs (see [`env`]).
+static NAMES: LazyLock<EnvNames> = LazyLock::new(EnvNames::of::<Config>);
 
 /// What the Lambda functions assume before their environment is applied: the AWS
 /// backend, and STARTTLS required towards the primary (it is reached over the internet).
@@ -44,26 +54,17 @@ const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.inv
 /// and retention keys. `.invalid` (RFC 2606) stands in for the primary it has none of.
 const INGEST_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-ingest.invalid\"\n\
 [primary]\naddress = \"no-primary.invalid\"\n";
-/// Sections of the file; a variable `STANDBY_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &[
-    "primary",
-    "health",
-    "drain",
-    "tls",
-    "dsn",
-    "journal",
-    "retention",
-];
-
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Name in our banner, EHLO and `Received:` header.
-    #[serde(default = "default_hostname")]
+    /// Name in our banner, EHLO and `Received:` header: a fully qualified domain name
+    /// (primaries refuse short names in EHLO). Default: `/etc/hostname`, if it holds one.
+    #[serde(default, deserialize_with = "fqdn")]
     pub hostname: String,
-    #[serde(default = "default_listen", deserialize_with = "lenient")]
-    pub listen: SocketAddr,
+    /// The SMTP listener: one address or several (`["0.0.0.0:25", "[::]:25"]`).
+    #[serde(default = "default_listen")]
+    pub listen: ListenAddrs,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Where messages and the index live: `local` (files + SQLite under `data_dir`, the
@@ -138,6 +139,18 @@ pub struct Config {
     pub journal: JournalConfig,
     #[serde(default)]
     pub retention: RetentionPolicy,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Metrics (`[metrics]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The drain function's CloudWatch metrics dimension `Stack` (the template sets the
+    /// stack's name); unset: no metrics.
+    #[serde(default)]
+    pub stack: Option<String>,
 }
 
 /// Which storage backend a config uses.
@@ -546,15 +559,77 @@ fn default_spf_timeout() -> u64 {
     5
 }
 
-fn default_hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// Where the default `hostname` comes from.
+const ETC_HOSTNAME: &str = "/etc/hostname";
+/// The example in every error about the hostname.
+const HOSTNAME_FIX: &str = "set hostname = \"mx2.example.com\" (this standby's name in DNS)";
+
+/// Why `name` is not a fully qualified domain name a primary accepts in EHLO: at least
+/// two labels of letters, digits and inner hyphens (63 bytes at most each, 253 in all), a
+/// top-level label that is not all digits (an IP address is not a name), not `localhost`.
+pub fn check_fqdn(name: &str) -> Result<(), String> {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = n.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let why = if n.is_empty() {
+        "is empty"
+    } else if labels.len() < 2 {
+        "is a short name, not a fully qualified domain name"
+    } else if n.len() > 253 || !labels.iter().all(label_ok) {
+        "is not a valid domain name"
+    } else if labels
+        .last()
+        .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()))
+    {
+        "is an address, not a domain name"
+    } else if labels
+        .iter()
+        .any(|l| ["localhost", "localdomain"].contains(&l.to_ascii_lowercase().as_str()))
+    {
+        "names localhost, not this standby"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "hostname `{name}` {why} (primaries refuse such names in EHLO): {HOSTNAME_FIX}"
+    ))
 }
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 2525))
+
+fn fqdn<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    let name = name.trim().to_string();
+    check_fqdn(&name).map_err(D::Error::custom)?;
+    Ok(name)
+}
+
+/// The default hostname: the contents of `/etc/hostname` (`etc`), when it is a fully
+/// qualified name; otherwise an error telling to set the key in `path`.
+fn default_hostname(path: &Path, etc: Option<String>) -> Result<String, ConfigError> {
+    let name = etc.map(|s| s.trim().to_string()).unwrap_or_default();
+    let why = match check_fqdn(&name) {
+        Ok(()) => return Ok(name),
+        Err(_) if name.is_empty() => format!("{ETC_HOSTNAME} is empty or missing"),
+        Err(_) => {
+            format!("{ETC_HOSTNAME} says `{name}`, which is not a fully qualified domain name")
+        }
+    };
+    Err(ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: format!(
+            "hostname is not set and {why} (primaries refuse short names in EHLO): \
+             {HOSTNAME_FIX} in {}",
+            path.display()
+        ),
+    })
+}
+
+fn default_listen() -> ListenAddrs {
+    ListenAddrs::one(SocketAddr::from(([127, 0, 0, 1], 2525)))
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("standby-data")
@@ -669,6 +744,42 @@ fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 }
 
 impl Config {
+    /// Where the config file is: `explicit` (`--config`), else `from_env`
+    /// (`STANDBY_CONFIG`), else the first of [`SEARCH_PATH`] that exists.
+    ///
+    /// # Errors
+    /// `STANDBY_CONFIG` naming a file that does not exist, or no file anywhere in the
+    /// search path ([`ConfigError::NotFound`] lists each place looked at).
+    pub fn locate(
+        explicit: Option<&Path>,
+        from_env: Option<PathBuf>,
+    ) -> Result<PathBuf, ConfigError> {
+        Self::locate_in(explicit, from_env, SEARCH_PATH.map(PathBuf::from).to_vec())
+    }
+
+    fn locate_in(
+        explicit: Option<&Path>,
+        from_env: Option<PathBuf>,
+        search: Vec<PathBuf>,
+    ) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Some(p) = from_env.filter(|p| !p.as_os_str().is_empty()) {
+            if p.exists() {
+                return Ok(p);
+            }
+            return Err(ConfigError::Env {
+                var: ENV_CONFIG.into(),
+                message: format!("names {}, which does not exist", p.display()),
+            });
+        }
+        match search.iter().find(|p| p.exists()) {
+            Some(p) => Ok(p.clone()),
+            None => Err(ConfigError::NotFound { looked: search }),
+        }
+    }
+
     /// Load `path` and apply `STANDBY_*` overrides from the process environment.
     ///
     /// # Errors
@@ -681,10 +792,8 @@ impl Config {
         Self::from_parts(path, &text, std::env::vars())
     }
 
-    /// The drain function's configuration: only environment variables, on top of
-    /// [`LAMBDA_DEFAULTS`]. `STANDBY_PRIMARY` (host:port) is the primary's address;
-    /// `STANDBY_PRIMARY_AUTH_USER` turns on AUTH with the password (or secret ARN) in
-    /// `STANDBY_PRIMARY_SECRET`.
+    /// The drain function's configuration: only environment variables (the same names
+    /// as everywhere), on top of [`LAMBDA_DEFAULTS`].
     pub fn from_lambda_env(
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -702,30 +811,23 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         defaults: &str,
     ) -> Result<Config, ConfigError> {
-        let mut vars: Vec<(String, String)> = Vec::new();
-        let mut auth = false;
-        let mut secret_env_set = false;
         // Empty means unset: a template cannot leave a variable out (PrimaryAuthUser = "").
-        for (k, v) in env.into_iter().filter(|(_, v)| !v.is_empty()) {
-            match k.as_str() {
-                "STANDBY_PRIMARY" => vars.push(("STANDBY_PRIMARY_ADDRESS".into(), v)),
-                _ => {
-                    auth |= k == "STANDBY_PRIMARY_AUTH_USER";
-                    secret_env_set |= k == "STANDBY_PRIMARY_AUTH_PASSWORD_ENV";
-                    vars.push((k, v));
-                }
-            }
-        }
-        if auth && !secret_env_set {
-            vars.push((
-                "STANDBY_PRIMARY_AUTH_PASSWORD_ENV".into(),
-                ENV_PRIMARY_SECRET.into(),
-            ));
-        }
-        Self::from_parts(Path::new("(Lambda environment)"), defaults, vars)
+        let env = env.into_iter().filter(|(_, v)| !v.is_empty());
+        Self::from_parts(Path::new("(Lambda environment)"), defaults, env)
     }
 
-    /// Parse `text` (read from `path`) with the given environment.
+    /// Every config variable, derived from the structs.
+    pub fn env_names() -> &'static EnvNames {
+        &NAMES
+    }
+
+    /// Parse `text` (read from `path`) with the given environment: each `STANDBY_*`
+    /// variable sets its key; `STANDBY_CONFIG`, `STANDBY_LOG` and the variables a `*_env`
+    /// key names are not keys; any other `STANDBY_*` variable is an error.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the file's line for a mistake in the file,
+    /// [`ConfigError::Env`] naming the variable for one in the environment.
     pub fn from_parts(
         path: &Path,
         text: &str,
@@ -735,53 +837,69 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let secret_var = table
-            .get("primary")
-            .and_then(|p| p.get("auth_password_env"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let mut overridden = Vec::new();
-        for (var, value) in env {
-            if secret_var.as_deref() == Some(var.as_str()) {
-                continue;
-            }
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if NOT_KEYS.contains(&var.as_str()) || rest.is_empty() {
-                continue;
-            }
-            let key = rest.to_ascii_lowercase();
-            let (section, field) = match SECTIONS
+        let file: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        // Variables that are not keys: ours, and those `*_env` keys name (in the
+        // environment or the file).
+        let mut exempt: HashSet<&str> = HashSet::from([ENV_CONFIG, ENV_LOG]);
+        for (var, key_path) in NAMES.env_keys() {
+            let named = env
                 .iter()
-                .find_map(|s| key.strip_prefix(&format!("{s}_")).map(|f| (Some(*s), f)))
-            {
-                Some((s, f)) => (s, f.to_string()),
-                None => (None, key.clone()),
-            };
-            let target = match section {
-                Some(s) => table
-                    .entry(s)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| invalid(format!("`{s}` must be a table ([{s}])")))?,
-                None => &mut table,
-            };
-            target.insert(field, toml::Value::String(value));
-            overridden.push(var);
+                .find(|(k, _)| k == var)
+                .map(|(_, v)| v.as_str())
+                .or_else(|| lookup(&file, key_path).and_then(toml::Value::as_str));
+            exempt.extend(named);
         }
-        let config: Config = if overridden.is_empty() {
+        let mut overrides: Vec<(&str, &[&str], &str)> = Vec::new();
+        for (var, value) in &env {
+            if exempt.contains(var.as_str()) {
+                continue;
+            }
+            let Some(key_path) = NAMES.path(var) else {
+                return Err(unknown_variable(var));
+            };
+            overrides.push((var, key_path, value));
+        }
+        let merged = |skip: Option<usize>| -> Result<Config, ConfigError> {
+            let mut table = file.clone();
+            for (i, (_, key_path, value)) in overrides.iter().enumerate() {
+                if Some(i) != skip {
+                    set(&mut table, key_path, value).map_err(invalid)?;
+                }
+            }
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| invalid(e.to_string()))
+        };
+        let config: Config = if overrides.is_empty() {
             // Straight from the text, so errors carry line and column.
             toml::from_str(text).map_err(|e| invalid(e.to_string()))?
         } else {
-            // Check the file alone first so its own mistakes point at its lines.
-            toml::from_str::<Config>(text).map_err(|e| invalid(e.to_string()))?;
-            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
-                var: overridden.join(", "),
-                message: e.to_string(),
-            })?
+            match merged(None) {
+                Ok(c) => c,
+                Err(ConfigError::Invalid { message, .. }) => {
+                    let message = message.trim().to_string();
+                    // Whose mistake? A variable whose removal mends it; else the file's,
+                    // with its line.
+                    let culprit = (0..overrides.len()).find(|&i| merged(Some(i)).is_ok());
+                    if culprit.is_none() {
+                        toml::from_str::<Config>(text).map_err(|e| invalid(e.to_string()))?;
+                    }
+                    let var = match culprit {
+                        Some(i) => overrides[i].0.to_string(),
+                        None => overrides.iter().map(|o| o.0).collect::<Vec<_>>().join(", "),
+                    };
+                    return Err(ConfigError::Env { var, message });
+                }
+                Err(e) => return Err(e),
+            }
         };
+        let mut config = config;
+        if config.hostname.is_empty() {
+            let etc = std::fs::read_to_string(ETC_HOSTNAME).ok();
+            config.hostname = default_hostname(path, etc)?;
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -836,8 +954,7 @@ impl Config {
         }
         if self.primary.address.trim().is_empty() {
             return Err(invalid(
-                "primary.address is empty (STANDBY_PRIMARY_ADDRESS; STANDBY_PRIMARY in Lambda)"
-                    .into(),
+                "primary.address is empty (STANDBY_PRIMARY_ADDRESS)".into(),
             ));
         }
         Ok(())
@@ -889,6 +1006,53 @@ impl Config {
     }
 }
 
+/// The value at `key_path` in `table`.
+fn lookup<'t>(table: &'t toml::Table, key_path: &[&str]) -> Option<&'t toml::Value> {
+    let (last, sections) = key_path.split_last()?;
+    let mut t = table;
+    for s in sections {
+        t = t.get(*s)?.as_table()?;
+    }
+    t.get(*last)
+}
+
+/// Set the key at `key_path` to the text `value`, creating its sections.
+fn set(table: &mut toml::Table, key_path: &[&str], value: &str) -> Result<(), String> {
+    let Some((last, sections)) = key_path.split_last() else {
+        return Ok(());
+    };
+    let mut t = table;
+    for s in sections {
+        t = t
+            .entry(*s)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{s}` must be a table ([{s}])"))?;
+    }
+    t.insert((*last).to_string(), toml::Value::String(value.to_string()));
+    Ok(())
+}
+
+/// A `STANDBY_*` variable that is no setting: named, with the closest setting.
+fn unknown_variable(var: &str) -> ConfigError {
+    let hint = match (NAMES.closest(var), NAMES.section_of(var)) {
+        (Some(near), _) => format!("did you mean {near}?"),
+        (None, Some((section, names))) => {
+            format!("the [{section}] settings are {}", names.join(", "))
+        }
+        (None, None) => "settings are STANDBY_ and the key's path in capitals, like \
+                         STANDBY_PRIMARY_ADDRESS for [primary] address"
+            .to_string(),
+    };
+    ConfigError::Env {
+        var: var.to_string(),
+        message: format!(
+            "not a setting: {hint} (besides settings, only {ENV_CONFIG}, {ENV_LOG} and the \
+             variable a *_env key names may start with {ENV_PREFIX})"
+        ),
+    }
+}
+
 /// Parse a recipients file: one address per line, `#` comments, blank lines ignored.
 pub fn parse_recipients(path: &Path, text: &str) -> Result<HashSet<String>, ConfigError> {
     let mut set = HashSet::new();
@@ -916,13 +1080,18 @@ pub fn parse_recipients(path: &Path, text: &str) -> Result<HashSet<String>, Conf
 mod tests {
     use super::*;
 
-    const MIN: &str = "domains = [\"Example.TEST.\"]\n[primary]\naddress = \"127.0.0.1\"\n";
+    const MIN: &str = "domains = [\"Example.TEST.\"]\nhostname = \"standby.example.test\"\n\
+                       [primary]\naddress = \"127.0.0.1\"\n";
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    fn parts(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+        Config::from_parts(Path::new("conf/s.toml"), text, env(vars)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -934,6 +1103,8 @@ mod tests {
         assert_eq!(c.primary_addr(), "127.0.0.1:25");
         assert_eq!(c.primary.tls, TlsMode::Opportunistic);
         assert_eq!(c.health.up_after, 3);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.metrics.stack, None);
     }
 
     #[test]
@@ -942,57 +1113,250 @@ mod tests {
             Path::new("t.toml"),
             MIN,
             env(&[
-                ("STANDBY_LISTEN", "127.0.0.1:2600"),
+                ("STANDBY_LISTEN", "127.0.0.1:2600, [::1]:2600"),
                 ("STANDBY_PRIMARY_ADDRESS", "10.0.0.1:587"),
                 ("STANDBY_PRIMARY_TLS", "required"),
                 ("STANDBY_HEALTH_UP_AFTER", "5"),
                 ("STANDBY_DOMAINS", "a.test, b.test"),
+                ("STANDBY_METRICS_STACK", "standby-prod"),
                 ("STANDBY_CONFIG", "ignored.toml"),
+                ("STANDBY_LOG", "debug"),
                 ("OTHER", "x"),
             ]),
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 2600);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2600, [::1]:2600");
         assert_eq!(c.primary_addr(), "10.0.0.1:587");
         assert_eq!(c.primary.tls, TlsMode::Required);
         assert_eq!(c.health.up_after, 5);
         assert_eq!(c.domains, vec!["a.test", "b.test"]);
+        assert_eq!(c.metrics.stack.as_deref(), Some("standby-prod"));
     }
 
     #[test]
     fn errors_name_file_key_and_variable() {
         let bad = format!("{MIN}max_mesage_size = 5\n");
-        let e = Config::from_parts(Path::new("conf/s.toml"), &bad, env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = parts(&bad, &[]).unwrap_err();
         assert!(
             e.contains("conf/s.toml") && e.contains("max_mesage_size"),
             "{e}"
         );
-        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
 
         let bad_tls = MIN.replace("127.0.0.1\"", "127.0.0.1\"\ntls = \"sometimes\"");
-        let e = Config::from_parts(Path::new("s.toml"), &bad_tls, env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = parts(&bad_tls, &[]).unwrap_err();
         assert!(e.contains("sometimes") && e.contains("tls"), "{e}");
+        // A mistake in the file points at its line even when variables are set too.
+        let e = parts(&bad_tls, &[("STANDBY_HEALTH_UP_AFTER", "5")]).unwrap_err();
+        assert!(e.contains("conf/s.toml") && e.contains("line 5"), "{e}");
 
-        let e = Config::from_parts(
-            Path::new("s.toml"),
-            MIN,
-            env(&[("STANDBY_MAX_RECIPIENTS", "lots")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parts(MIN, &[("STANDBY_MAX_RECIPIENTS", "lots")]).unwrap_err();
         assert!(
             e.contains("STANDBY_MAX_RECIPIENTS") && e.contains("lots"),
             "{e}"
         );
+        // Of several variables, the one at fault is named, alone.
+        let e = parts(
+            MIN,
+            &[
+                ("STANDBY_HEALTH_UP_AFTER", "5"),
+                ("STANDBY_PRIMARY_TLS", "sometimes"),
+                ("STANDBY_DRAIN_CONCURRENCY", "2"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("environment variable STANDBY_PRIMARY_TLS:") && e.contains("sometimes"),
+            "{e}"
+        );
+        // A variable may supply what the file lacks.
+        let no_primary = "hostname = \"mx2.example.org\"\ndomains = [\"example.org\"]\n";
+        let c = parts(no_primary, &[("STANDBY_PRIMARY_ADDRESS", "10.0.0.1")]).unwrap();
+        assert_eq!(c.primary_addr(), "10.0.0.1:25");
 
-        let e = Config::from_parts(Path::new("s.toml"), "[primary]\naddress=\"x\"", env(&[]))
+        let e = parts("hostname = \"a.b\"\n[primary]\naddress=\"x\"", &[]).unwrap_err();
+        assert!(e.contains("domains"), "{e}");
+    }
+
+    #[test]
+    fn unknown_variables_are_errors_with_the_closest_name() {
+        for (var, near) in [
+            ("STANDBY_PRIMARY", "STANDBY_PRIMARY_ADDRESS"),
+            ("STANDBY_METRICS", "STANDBY_METRICS_STACK"),
+            ("STANDBY_HEALTH_UPAFTER", "STANDBY_HEALTH_UP_AFTER"),
+            ("STANDBY_MAX_MESAGE_SIZE", "STANDBY_MAX_MESSAGE_SIZE"),
+        ] {
+            let e = parts(MIN, &[(var, "x")]).unwrap_err();
+            assert!(
+                e.starts_with(&format!("environment variable {var}: not a setting")),
+                "{e}"
+            );
+            assert!(e.contains(&format!("did you mean {near}")), "{var}: {e}");
+            // The same in the Lambda functions.
+            let e = Config::from_lambda_env(env(&[
+                ("STANDBY_BUCKET", "b"),
+                ("STANDBY_TABLE", "t"),
+                ("STANDBY_PRIMARY_ADDRESS", "p:587"),
+                (var, "x"),
+            ]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("domains"), "{e}");
+            assert!(e.contains(var) && e.contains(near), "{e}");
+        }
+        // No close name: the section's settings, or how names are made.
+        let e = parts(MIN, &[("STANDBY_PRIMARY_SECRET", "x")]).unwrap_err();
+        assert!(
+            e.contains("the [primary] settings are STANDBY_PRIMARY_ADDRESS, STANDBY_PRIMARY_TLS"),
+            "{e}"
+        );
+        let e = parts(MIN, &[("STANDBY_QQQQQQQQQQQQQQQQQQQQ", "x")]).unwrap_err();
+        assert!(
+            e.contains("STANDBY_PRIMARY_ADDRESS for [primary] address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_name_reaches_its_key() {
+        // Each derived name sets a key the structs accept: a value of the wrong kind is
+        // refused for that variable (never "unknown field"), and text keys take it.
+        let names = Config::env_names();
+        for var in names.all() {
+            let r = parts(MIN, &[(var, "\u{1}")]);
+            if let Err(e) = &r {
+                assert!(
+                    !e.contains("unknown field") && !e.contains("expected struct"),
+                    "{var}: {e}"
+                );
+                assert!(
+                    e.contains(var) || e.contains("conf/s.toml:"),
+                    "{var}: the error names neither it nor the file: {e}"
+                );
+            }
+        }
+        let c = parts(
+            MIN,
+            &[
+                ("STANDBY_MX_HOST", "mx.example.test"),
+                ("STANDBY_PRIMARY_AUTH_USER", "u"),
+                ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "PW"),
+                ("STANDBY_DSN_REPORTING_MTA", "example.test"),
+                ("STANDBY_TLS_CERT", "c.pem"),
+                ("STANDBY_TLS_KEY", "k.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mx_host.as_deref(), Some("mx.example.test"));
+        assert_eq!(c.primary.auth_user.as_deref(), Some("u"));
+        assert_eq!(c.dsn.reporting_mta.as_deref(), Some("example.test"));
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("c.pem")));
+    }
+
+    #[test]
+    fn hostname_must_be_fully_qualified() {
+        for ok in [
+            "mx2.example.com",
+            "MX2.Example.COM.",
+            "a-b.c1.example",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(check_fqdn(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "vm",
+            "localhost",
+            "localhost.localdomain",
+            "mx.localhost",
+            "10.0.0.1",
+            "-mx.example.com",
+            "mx-.example.com",
+            "mx..example.com",
+            "mx_2.example.com",
+            "mx 2.example.com",
+        ] {
+            let e = check_fqdn(bad).unwrap_err();
+            assert!(e.contains("mx2.example.com"), "{bad}: {e}");
+        }
+        // In the file: its line, and the fix.
+        let text = MIN.replace("standby.example.test", "vm");
+        let e = parts(&text, &[]).unwrap_err();
+        assert!(
+            e.contains("conf/s.toml") && e.contains("line 2") && e.contains("`vm`"),
+            "{e}"
+        );
+        assert!(e.contains("set hostname = \"mx2.example.com\""), "{e}");
+        // In the environment: the variable.
+        let e = parts(MIN, &[("STANDBY_HOSTNAME", "vm")]).unwrap_err();
+        assert!(
+            e.starts_with("environment variable STANDBY_HOSTNAME:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_default_hostname_must_be_fully_qualified_too() {
+        let file = Path::new("/etc/standby/standby.toml");
+        assert_eq!(
+            default_hostname(file, Some("mx2.example.org\n".into())).unwrap(),
+            "mx2.example.org"
+        );
+        for etc in [Some("vm\n".to_string()), Some(String::new()), None] {
+            let e = default_hostname(file, etc.clone()).unwrap_err().to_string();
+            assert!(
+                e.contains("/etc/hostname")
+                    && e.contains("set hostname = \"mx2.example.com\"")
+                    && e.contains("in /etc/standby/standby.toml"),
+                "{etc:?}: {e}"
+            );
+        }
+        let e = default_hostname(file, Some("vm\n".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("says `vm`"), "{e}");
+    }
+
+    #[test]
+    fn the_config_file_is_looked_up_like_other_daemons_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().join("standby.toml");
+        let etc = dir.path().join("etc-standby.toml");
+        let named = dir.path().join("named.toml");
+        let search = || vec![here.clone(), etc.clone()];
+        // Nothing anywhere: every place is named.
+        let e = Config::locate_in(None, None, search())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&here.display().to_string())
+                && e.contains(&etc.display().to_string())
+                && e.contains("--config")
+                && e.contains("STANDBY_CONFIG"),
+            "{e}"
+        );
+        std::fs::write(&etc, "").unwrap();
+        assert_eq!(Config::locate_in(None, None, search()).unwrap(), etc);
+        std::fs::write(&here, "").unwrap();
+        assert_eq!(Config::locate_in(None, None, search()).unwrap(), here);
+        // STANDBY_CONFIG comes before the search path; a missing one is an error naming it.
+        let e = Config::locate_in(None, Some(named.clone()), search())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("STANDBY_CONFIG") && e.contains("named.toml"),
+            "{e}"
+        );
+        std::fs::write(&named, "").unwrap();
+        assert_eq!(
+            Config::locate_in(None, Some(named.clone()), search()).unwrap(),
+            named
+        );
+        // --config comes first, as given (a missing file is reported when read).
+        let flag = dir.path().join("flag.toml");
+        assert_eq!(
+            Config::locate_in(Some(&flag), Some(named), search()).unwrap(),
+            flag
+        );
     }
 
     #[test]
@@ -1015,21 +1379,23 @@ mod tests {
         let c = Config::from_lambda_env(env(&[
             ("STANDBY_BUCKET", "mail-bucket"),
             ("STANDBY_TABLE", "standby"),
-            ("STANDBY_PRIMARY", "mx1.example.test:587"),
+            ("STANDBY_PRIMARY_ADDRESS", "mx1.example.test:587"),
             ("STANDBY_PRIMARY_AUTH_USER", ""),
+            ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", ""),
             ("STANDBY_PRIMARY_SECRET", ""),
             ("STANDBY_KEEP_DELIVERED_DAYS", "30"),
-            ("STANDBY_METRICS", "standby-prod"),
+            ("STANDBY_METRICS_STACK", "standby-prod"),
         ]))
         .unwrap();
         assert_eq!(c.primary.auth_user, None, "empty means no AUTH");
         assert_eq!(c.primary.auth_password_env, None);
         assert_eq!(c.keep_delivered_days, Some(30));
         assert_eq!(c.aws_settings().unwrap().keep_delivered_days, Some(30));
+        assert_eq!(c.metrics.stack.as_deref(), Some("standby-prod"));
         let bad = Config::from_lambda_env(env(&[
             ("STANDBY_BUCKET", "b"),
             ("STANDBY_TABLE", "t"),
-            ("STANDBY_PRIMARY", "p:587"),
+            ("STANDBY_PRIMARY_ADDRESS", "p:587"),
             ("STANDBY_KEEP_DELIVERED_DAYS", "a month"),
         ]))
         .unwrap_err()
@@ -1042,8 +1408,12 @@ mod tests {
         let c = Config::from_lambda_env(env(&[
             ("STANDBY_BUCKET", "mail-bucket"),
             ("STANDBY_TABLE", "standby"),
-            ("STANDBY_PRIMARY", "mx1.example.test:587"),
+            ("STANDBY_PRIMARY_ADDRESS", "mx1.example.test:587"),
             ("STANDBY_PRIMARY_AUTH_USER", "standby"),
+            (
+                "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
+                "STANDBY_PRIMARY_SECRET",
+            ),
             (
                 "STANDBY_PRIMARY_SECRET",
                 "arn:aws:secretsmanager:us-east-1:1:secret:p",
@@ -1052,6 +1422,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.backend, BackendKind::Aws);
+        assert_eq!(c.hostname, "standby-drain.invalid");
         assert_eq!(c.primary_addr(), "mx1.example.test:587");
         assert_eq!(
             c.primary.tls,
@@ -1060,7 +1431,7 @@ mod tests {
         );
         assert_eq!(
             c.primary.auth_password_env.as_deref(),
-            Some(ENV_PRIMARY_SECRET)
+            Some("STANDBY_PRIMARY_SECRET")
         );
         let s = c.aws_settings().unwrap();
         assert_eq!(
@@ -1073,25 +1444,38 @@ mod tests {
         let e = Config::from_lambda_env(env(&[("STANDBY_BUCKET", "b"), ("STANDBY_TABLE", "t")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("STANDBY_PRIMARY"), "{e}");
-        let e = Config::from_lambda_env(env(&[("STANDBY_PRIMARY", "p:587")]))
+        assert!(e.contains("STANDBY_PRIMARY_ADDRESS"), "{e}");
+        let e = Config::from_lambda_env(env(&[("STANDBY_PRIMARY_ADDRESS", "p:587")]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("STANDBY_BUCKET"), "{e}");
+        // The ingest function's defaults load as they are.
+        let c = Config::from_ingest_env(env(&[("STANDBY_BUCKET", "b"), ("STANDBY_TABLE", "t")]))
+            .unwrap();
+        assert_eq!(c.hostname, "standby-ingest.invalid");
     }
 
     #[test]
     fn the_password_variable_is_never_read_as_a_key() {
         let text = format!("{MIN}auth_user = \"u\"\nauth_password_env = \"STANDBY_SMTP_PASS\"\n");
-        let c = Config::from_parts(
-            Path::new("t.toml"),
-            &text,
-            env(&[
+        let c = parts(&text, &[("STANDBY_SMTP_PASS", "s3cret")]).unwrap();
+        assert_eq!(c.primary.auth_user.as_deref(), Some("u"));
+        // Named in the environment instead of the file: the same.
+        let c = parts(
+            MIN,
+            &[
+                ("STANDBY_PRIMARY_AUTH_USER", "u"),
+                ("STANDBY_PRIMARY_AUTH_PASSWORD_ENV", "STANDBY_SMTP_PASS"),
                 ("STANDBY_SMTP_PASS", "s3cret"),
-                ("STANDBY_PRIMARY_SECRET", "x"),
-            ]),
+            ],
         )
         .unwrap();
-        assert_eq!(c.primary.auth_user.as_deref(), Some("u"));
+        assert_eq!(
+            c.primary.auth_password_env.as_deref(),
+            Some("STANDBY_SMTP_PASS")
+        );
+        // A variable no key names is not exempt.
+        let e = parts(&text, &[("STANDBY_OTHER_PASS", "s3cret")]).unwrap_err();
+        assert!(e.contains("STANDBY_OTHER_PASS"), "{e}");
     }
 }

@@ -136,6 +136,12 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    /// Neither `--config` nor `STANDBY_CONFIG` was given and no file is in the search path.
+    #[error(
+        "no config file: looked for {} (none given with --config PATH or STANDBY_CONFIG)",
+        looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
+    )]
+    NotFound { looked: Vec<PathBuf> },
     #[error("recipients file {}:{line}: {message}", path.display())]
     Recipients {
         path: PathBuf,

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -38,12 +37,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Relay(#[from] RelaySetupError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::config::BindError),
 }
 
 /// Drain settings from the configuration.
@@ -142,14 +137,9 @@ pub async fn serve(
         tls,
     )?);
     let relay = Arc::new(SmtpRelay::from_config(&config)?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listeners = server::listeners(&config.listen)?;
     tracing::info!(
-        listen = %listener.local_addr().map_or(config.listen, |a| a),
+        listen = %server::local_addrs(&listeners),
         primary = relay.address(),
         data_dir = %config.data_dir().display(),
         "standby serving"
@@ -171,7 +161,7 @@ pub async fn serve(
         retention: config.retention(),
         stop: stop_rx,
     }));
-    server::run(listener, server, shutdown).await;
+    server::run(listeners, server, shutdown).await;
     // Let a running drain finish the message in hand and release its other claims, so a
     // restart does not wait for leases to expire.
     let _ = stop_tx.send(true);

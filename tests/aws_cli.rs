@@ -175,7 +175,7 @@ async fn aws_backend_errors_are_clear() {
     // backend = "aws" without a table is refused when the config is read.
     std::fs::write(
         &cfg,
-        "backend = \"aws\"\nbucket = \"b\"\n[primary]\naddress = \"p:587\"\n",
+        "backend = \"aws\"\nbucket = \"b\"\nhostname = \"standby.example.test\"\n[primary]\naddress = \"p:587\"\n",
     )
     .unwrap();
     let out = standby_cli(&moto, &cfg, &["status"], &[]);
@@ -217,7 +217,7 @@ async fn primary_password_from_a_secrets_manager_arn() {
         &cfg,
         format!(
             "backend = \"aws\"\nbucket = \"secret\"\ntable = \"secret\"\n\
-             [primary]\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\nallow_plaintext_auth = true\n\
+             hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\nallow_plaintext_auth = true\n\
              auth_user = \"{FAKE_USER}\"\nauth_password_env = \"STANDBY_PRIMARY_SECRET\"\n",
             fake.port
         ),

@@ -53,7 +53,10 @@ fn function_with(
     let env = [
         ("STANDBY_BUCKET", table.to_string()),
         ("STANDBY_TABLE", table.to_string()),
-        ("STANDBY_PRIMARY", format!("127.0.0.1:{primary_port}")),
+        (
+            "STANDBY_PRIMARY_ADDRESS",
+            format!("127.0.0.1:{primary_port}"),
+        ),
         ("STANDBY_PRIMARY_TLS", "none".into()),
         ("STANDBY_PRIMARY_TIMEOUT_SECS", "10".into()),
         ("STANDBY_HEALTH_UP_AFTER", "1".into()),

@@ -47,7 +47,7 @@ fn config_errors_name_the_file_key_and_line() {
     std::fs::write(
         &cfg,
         format!(
-            "domains = [\"example.test\"]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nrecipients = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+            "domains = [\"example.test\"]\nhostname = \"standby.example.test\"\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nrecipients = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
             free_port(),
             dir.path().join("data").display(),
             rcpts.display()
@@ -61,7 +61,7 @@ fn config_errors_name_the_file_key_and_line() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "domains = [\"example.test\"]\n[primary]\naddress = \"127.0.0.1:25\"\n",
+        "domains = [\"example.test\"]\nhostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
     )
     .unwrap();
     let o = Command::new(STANDBY)
@@ -74,6 +74,106 @@ fn config_errors_name_the_file_key_and_line() {
     let e = stderr(&o);
     assert!(
         e.contains("STANDBY_PRIMARY_TLS") && e.contains("sometimes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_config_file_is_found_like_other_daemons_find_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_dir = |env: &[(&str, &str)]| {
+        Command::new(STANDBY)
+            .arg("status")
+            .current_dir(dir.path())
+            .env("STANDBY_LOG", "warn")
+            .env_remove("STANDBY_CONFIG")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // Nothing given, nothing found: every place looked at is named.
+    let o = in_dir(&[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    if std::path::Path::new("/etc/standby/standby.toml").exists() {
+        // This machine has a system config: it is the one read.
+        assert!(e.contains("/etc/standby/standby.toml"), "{e}");
+    } else {
+        assert!(
+            e.contains("no config file")
+                && e.contains("standby.toml and /etc/standby/standby.toml")
+                && e.contains("--config")
+                && e.contains("STANDBY_CONFIG"),
+            "{e}"
+        );
+    }
+    // ./standby.toml is read (its mistake, with its line, shows it was).
+    let typo = "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
+                max_mesage_size = 5\n[primary]\naddress = \"127.0.0.1:25\"\n";
+    std::fs::write(dir.path().join("standby.toml"), typo).unwrap();
+    let e = stderr(&in_dir(&[]));
+    assert!(
+        e.starts_with("standby: standby.toml: TOML parse error at line 3")
+            && e.contains("max_mesage_size"),
+        "{e}"
+    );
+    // STANDBY_CONFIG comes before it; one naming no file is an error naming the variable.
+    let named = dir.path().join("named.toml");
+    std::fs::write(&named, typo).unwrap();
+    let e = stderr(&in_dir(&[("STANDBY_CONFIG", named.to_str().unwrap())]));
+    assert!(e.contains("named.toml: TOML parse error at line 3"), "{e}");
+    let o = in_dir(&[("STANDBY_CONFIG", "/nonexistent/standby.toml")]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        e.contains("STANDBY_CONFIG") && e.contains("/nonexistent/standby.toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn one_name_per_setting_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
+         [primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    // The Lambda's old name for the address: an error naming it and the right name.
+    for (var, near) in [
+        ("STANDBY_PRIMARY", "STANDBY_PRIMARY_ADDRESS"),
+        ("STANDBY_METRICS", "STANDBY_METRICS_STACK"),
+        ("STANDBY_PRIMARY_ADRESS", "STANDBY_PRIMARY_ADDRESS"),
+    ] {
+        let o = Command::new(STANDBY)
+            .args(["status", "--config", cfg.to_str().unwrap()])
+            .env("STANDBY_LOG", "warn")
+            .env(var, "mx1.example.test:25")
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(&format!("environment variable {var}: not a setting"))
+                && e.contains(&format!("did you mean {near}?")),
+            "{e}"
+        );
+    }
+    // A short hostname is refused with the fix, naming the file.
+    std::fs::write(
+        &cfg,
+        "hostname = \"vm\"\ndomains = [\"example.test\"]\n[primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    let o = run(&["status", "--config", cfg.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("s.toml")
+            && e.contains("line 1")
+            && e.contains("set hostname = \"mx2.example.com\""),
         "{e}"
     );
 }
@@ -188,7 +288,7 @@ fn a_missing_spool_is_an_error_not_an_empty_answer() {
     std::fs::write(
         &cfg,
         format!(
-            "domains = [\"example.test\"]\ndata_dir = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+            "domains = [\"example.test\"]\nhostname = \"standby.example.test\"\ndata_dir = \"{}\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
             dir.path().join("elsewhere").display()
         ),
     )

@@ -196,7 +196,7 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     std::fs::write(
         &seed,
         "backend = \"aws\"\nbucket = \"standby-mail\"\ntable = \"standby-mail\"\n\
-         [primary]\naddress = \"127.0.0.1:25\"\n",
+         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
     )
     .unwrap();
     assert!(

@@ -120,7 +120,7 @@ async fn binaries_run_under_the_lambda_emulator() {
         [
             ("STANDBY_BUCKET", "binaries".to_string()),
             ("STANDBY_TABLE", "binaries".to_string()),
-            ("STANDBY_PRIMARY", format!("127.0.0.1:{}", pf.port)),
+            ("STANDBY_PRIMARY_ADDRESS", format!("127.0.0.1:{}", pf.port)),
             ("STANDBY_PRIMARY_TLS", "none".to_string()),
             ("STANDBY_HEALTH_UP_AFTER", "1".to_string()),
         ]

@@ -122,3 +122,86 @@ fn smuggled_end_of_data_never_becomes_a_second_message() {
         );
     }
 }
+
+/// A new connection to `addr` and its banner (220, or the 421 of a full house).
+fn banner(addr: &str) -> (std::net::TcpStream, String) {
+    let s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = s;
+    let r = replies(&mut s, 1);
+    (s, r)
+}
+
+/// Retry `f` (every 100 ms, 10 s at most) until it returns a value.
+fn wait_for_value<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut out = None;
+    wait_for(what, Duration::from_secs(10), || {
+        out = f();
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+#[test]
+fn ipv4_and_ipv6_listeners_side_by_side_under_one_connection_limit() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "no IPv6 loopback on this machine (`ip -6 addr show lo` should list ::1; \
+         `sysctl net.ipv6.conf.lo.disable_ipv6=0`)"
+    );
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start_with_env(
+        fake.port,
+        "",
+        &[
+            ("STANDBY_LISTEN", "127.0.0.1:{port},[::1]:{port}"),
+            ("STANDBY_MAX_CONNECTIONS", "1"),
+        ],
+    );
+    let v4 = format!("127.0.0.1:{}", sb.port);
+    let v6 = format!("[::1]:{}", sb.port);
+    assert!(
+        sb.log().contains(&format!("listen={v4}, {v6}")),
+        "the start line names both: {}",
+        sb.log()
+    );
+
+    // One limit for both: while a session holds the only slot on IPv4, IPv6 gets 421.
+    // (The harness's readiness check held the slot briefly: wait for it to be free.)
+    let held = wait_for_value("the slot the readiness check used", || {
+        let (s, r) = banner(&v4);
+        r.starts_with("220 ").then_some(s)
+    });
+    let (_, r) = banner(&v6);
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    drop(held);
+
+    // A message through each.
+    for (server, subject) in [(&v4, "over IPv4"), (&v6, "over IPv6")] {
+        let sent = wait_for_value("a free slot", || {
+            let (ok, t) = swaks_at(
+                server,
+                &[
+                    "--from",
+                    "a@example.org",
+                    "--to",
+                    "bob@example.test",
+                    "--header",
+                    &format!("Subject: {subject}"),
+                ],
+            );
+            (ok || !t.contains("421 4.7.0")).then_some((ok, t))
+        });
+        assert!(
+            sent.0 && sent.1.contains("250 2.0.0 Ok: queued as"),
+            "{server}: {}",
+            sent.1
+        );
+    }
+    let subjects: Vec<String> = sb
+        .list("held")
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects, ["over IPv4", "over IPv6"]);
+}

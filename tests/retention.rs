@@ -250,8 +250,8 @@ fn a_legal_hold_by_recipient_and_time_and_a_bad_policy_named() {
     let cfg = dir.path().join("bad.toml");
     std::fs::write(
         &cfg,
-        "domains = [\"example.test\"]\n[primary]\naddress = \"127.0.0.1:25\"\n\
-         [retention]\njournal_days = \"forever\"\n",
+        "domains = [\"example.test\"]\nhostname = \"standby.example.test\"\n\
+         [primary]\naddress = \"127.0.0.1:25\"\n[retention]\njournal_days = \"forever\"\n",
     )
     .unwrap();
     let o = std::process::Command::new(STANDBY)

@@ -498,35 +498,43 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         .as_object()
         .unwrap();
     // Stand in a plausible value for each intrinsic, as CloudFormation would resolve it
-    // with the parameters' defaults.
-    let env: Vec<(String, String)> = vars
-        .iter()
-        .map(|(k, v)| {
-            let value = match (k.as_str(), v) {
-                (_, Value::String(s)) => s.clone(),
-                ("STANDBY_PRIMARY", _) => "mail.example.com:587".into(),
-                ("STANDBY_PRIMARY_TLS", _) => "required".into(),
-                ("STANDBY_DOMAINS", _) => "example.com,example.org".into(),
-                ("STANDBY_HOLD_DAYS", _) => "5".into(),
-                ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
-                ("STANDBY_DSN_REPORTING_MTA", _) => "example.com".into(),
-                ("STANDBY_RETENTION_JOURNAL_DAYS", _) => "2555".into(),
-                ("STANDBY_RETENTION_FAILED_DAYS", _) => "90".into(),
-                ("STANDBY_RETENTION_CONFIDENTIAL", _) => {
-                    r#"[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]"#.into()
-                }
-                // PrimaryAuthUser / PrimarySecretArn / JournalAddresses default to empty.
-                (
-                    "STANDBY_PRIMARY_AUTH_USER"
-                    | "STANDBY_PRIMARY_SECRET"
-                    | "STANDBY_JOURNAL_ADDRESSES",
-                    _,
-                ) => String::new(),
-                _ => "standby-prod".into(),
-            };
-            (k.clone(), value)
-        })
-        .collect();
+    // with the parameters' defaults (PrimaryAuthUser empty: no AUTH).
+    let resolve = |auth: bool| -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| {
+                let value = match (k.as_str(), v) {
+                    (_, Value::String(s)) => s.clone(),
+                    // `!If [HasAuth, then, else]`: the branch the condition picks.
+                    (_, Value::Object(o)) if o.contains_key("Fn::If") => {
+                        let branches = &o["Fn::If"];
+                        assert_eq!(branches[0], "HasAuth", "{k}");
+                        match (auth, &branches[1]) {
+                            (false, _) => branches[2].as_str().unwrap().to_string(),
+                            (true, Value::String(s)) => s.clone(),
+                            (true, _) => "arn:aws:secretsmanager:eu-west-1:1:secret:pw".into(),
+                        }
+                    }
+                    ("STANDBY_PRIMARY_AUTH_USER", _) if auth => "standby".into(),
+                    ("STANDBY_PRIMARY_ADDRESS", _) => "mail.example.com:587".into(),
+                    ("STANDBY_PRIMARY_TLS", _) => "required".into(),
+                    ("STANDBY_DOMAINS", _) => "example.com,example.org".into(),
+                    ("STANDBY_HOLD_DAYS", _) => "5".into(),
+                    ("STANDBY_KEEP_DELIVERED_DAYS", _) => "30".into(),
+                    ("STANDBY_DSN_REPORTING_MTA", _) => "example.com".into(),
+                    ("STANDBY_RETENTION_JOURNAL_DAYS", _) => "2555".into(),
+                    ("STANDBY_RETENTION_FAILED_DAYS", _) => "90".into(),
+                    ("STANDBY_RETENTION_CONFIDENTIAL", _) => {
+                        r#"[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]"#.into()
+                    }
+                    // PrimaryAuthUser / JournalAddresses default to empty.
+                    ("STANDBY_PRIMARY_AUTH_USER" | "STANDBY_JOURNAL_ADDRESSES", _) => String::new(),
+                    _ => "standby-prod".into(),
+                };
+                (k.clone(), value)
+            })
+            .collect()
+    };
+    let env = resolve(false);
     let c = standby::config::Config::from_lambda_env(env.clone())
         .unwrap_or_else(|e| panic!("{e}\n{env:?}"));
     assert_eq!(c.primary_addr(), "mail.example.com:587");
@@ -539,7 +547,19 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         (policy.delivered_days, policy.journal_days),
         (Some(30), Some(2555))
     );
-    assert!(vars.contains_key(standby::config::ENV_METRICS));
+    assert_eq!(c.metrics.stack.as_deref(), Some("standby-prod"));
+    // With PrimaryAuthUser set, the password's secret ARN is in the variable
+    // auth_password_env names, which is therefore not a setting.
+    let env = resolve(true);
+    let c = standby::config::Config::from_lambda_env(env.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{env:?}"));
+    assert_eq!(c.primary.auth_user.as_deref(), Some("standby"));
+    let secret_var = c.primary.auth_password_env.as_deref().unwrap();
+    let secret = env.iter().find(|(k, _)| k == secret_var).map(|(_, v)| v);
+    assert!(
+        secret.is_some_and(|v| standby::backend::aws::secrets::is_secret_arn(v)),
+        "{secret_var} holds the secret ARN: {env:?}"
+    );
     // The ingest function's own variables (with a journal configured) load too.
     let ingest = [
         ("STANDBY_BUCKET", "mail"),
@@ -569,6 +589,25 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         c.archive().map(|a| a.mode),
         Some(standby::config::LockMode::Compliance)
     );
+    // Every variable a function gets (the globals included) has one meaning: a setting's
+    // one name, the log filter, or the variable auth_password_env names.
+    let named = &vars["STANDBY_PRIMARY_AUTH_PASSWORD_ENV"]["Fn::If"][1];
+    for function in ["IngestFunction", "DrainFunction"] {
+        let own = t["Resources"][function]["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap();
+        let globals = t["Globals"]["Function"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap();
+        for name in own.keys().chain(globals.keys()) {
+            assert!(
+                standby::config::Config::env_names().path(name).is_some()
+                    || name == standby::config::ENV_LOG
+                    || named == name.as_str(),
+                "{function}: {name} is no setting (see Config::env_names)"
+            );
+        }
+    }
     // The alarms read the namespace the drain writes.
     for alarm in ["MailHeldAlarm", "OldestHeldAlarm", "ProbeFailureAlarm"] {
         let p = &t["Resources"][alarm]["Properties"];

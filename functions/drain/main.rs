@@ -1,10 +1,9 @@
 //! `standby-drain`: invoked every minute by the schedule, or directly with
 //! `{"force": true}` / `{"dry_run": true}`. Wiring only; the handler is
-//! `standby::lambda::drain`. With `STANDBY_METRICS=<stack>` each run also prints its
-//! CloudWatch metrics (`standby::lambda::metrics`).
+//! `standby::lambda::drain`. With `STANDBY_METRICS_STACK=<stack>` (`[metrics] stack`)
+//! each run also prints its CloudWatch metrics (`standby::lambda::metrics`).
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, run, service_fn};
-use standby::config::ENV_METRICS;
 use standby::lambda::{
     deadline_instant, drain::DrainRequest, drain_from_env, init_tracing, metrics,
 };
@@ -14,8 +13,7 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let function = drain_from_env().await?;
     let function = &function;
-    let stack = std::env::var(ENV_METRICS).ok().filter(|s| !s.is_empty());
-    let stack = &stack;
+    let stack = &function.config().metrics.stack;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let request = DrainRequest::from_payload(&event.payload);

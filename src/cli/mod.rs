@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG, ENV_CONFIG};
+use crate::config::{Config, ENV_CONFIG};
 use crate::error::{ConfigError, StoreError};
 use crate::model::{BadMessageId, MessageId, Status};
 use crate::ports::ListQuery;
@@ -29,9 +29,10 @@ use time::parse_time;
 #[derive(Debug, Parser)]
 #[command(name = "standby", version, about)]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, env = ENV_CONFIG, default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file [default: $STANDBY_CONFIG, else ./standby.toml, else
+    /// /etc/standby/standby.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -321,7 +322,11 @@ fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, CliError> {
 
 /// Run a parsed command (inside a tokio runtime).
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let config = Config::load(&cli.config)?;
+    let path = Config::locate(
+        cli.config.as_deref(),
+        std::env::var_os(ENV_CONFIG).map(PathBuf::from),
+    )?;
+    let config = Config::load(&path)?;
     if let Command::Serve = cli.command {
         crate::serve::serve(config, shutdown_signal()).await?;
         return Ok(());

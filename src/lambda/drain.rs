@@ -87,6 +87,11 @@ pub struct DrainFunction {
 }
 
 impl DrainFunction {
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn new(config: Config, storage: Storage, relay: SmtpRelay) -> Self {
         DrainFunction {
             config,

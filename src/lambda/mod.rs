@@ -6,10 +6,14 @@
 //! - [`reconcile`]: objects without records, run by the drain.
 //! - [`ses`]: the lenient SES event.
 //!
-//! Both functions read only environment variables: `STANDBY_BUCKET`, `STANDBY_TABLE`,
-//! `STANDBY_PREFIX` (default `incoming/`), and for the drain `STANDBY_PRIMARY` and the
-//! other `STANDBY_*` keys of [`Config::from_lambda_env`], plus the standard `AWS_REGION`
-//! and `AWS_ENDPOINT_URL`.
+//! Both functions read only environment variables, with the same names as every other
+//! entry point ([`Config::from_lambda_env`]): `STANDBY_BUCKET`, `STANDBY_TABLE`,
+//! `STANDBY_PREFIX` (default `incoming/`), for the drain `STANDBY_PRIMARY_ADDRESS` and
+//! the other `[primary]` keys, `STANDBY_METRICS_STACK`, and so on; an empty value means
+//! unset, because a template cannot leave a variable out. The primary's password (or its
+//! Secrets Manager ARN) is in the variable `STANDBY_PRIMARY_AUTH_PASSWORD_ENV` names.
+//! The standard `AWS_REGION` and `AWS_ENDPOINT_URL` apply unless `STANDBY_REGION` or
+//! `STANDBY_ENDPOINT_URL` override them.
 
 pub mod drain;
 pub mod ingest;
@@ -54,20 +58,10 @@ pub fn init_tracing() {
 /// (`STANDBY_DOMAINS`).
 pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
     let config = Config::from_ingest_env(std::env::vars())?;
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let missing = |k: &str| ConfigError::Env {
-        var: k.into(),
-        message: "must be set".into(),
-    };
     let settings = AwsSettings {
-        bucket: var("STANDBY_BUCKET").ok_or_else(|| missing("STANDBY_BUCKET"))?,
-        table: var("STANDBY_TABLE").ok_or_else(|| missing("STANDBY_TABLE"))?,
-        prefix: var("STANDBY_PREFIX").unwrap_or_else(|| "incoming/".into()),
-        region: var("STANDBY_REGION"),
-        endpoint_url: var("STANDBY_ENDPOINT_URL"),
         // Ingest never writes a delivered record.
         keep_delivered_days: None,
-        archive: config.archive(),
+        ..aws_settings(&config)?
     };
     let clients = AwsClients::connect(&settings).await;
     Ok(ingest::Ingest::new(
@@ -78,13 +72,17 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
     .with_retention(config.retention()))
 }
 
+fn aws_settings(config: &Config) -> Result<AwsSettings, ConfigError> {
+    config.aws_settings().ok_or_else(|| ConfigError::Env {
+        var: "STANDBY_BUCKET, STANDBY_TABLE".into(),
+        message: "both must be set".into(),
+    })
+}
+
 /// The drain function: config, storage and the relay (password or secret resolved once).
 pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
     let config = Config::from_lambda_env(std::env::vars())?;
-    let settings = config.aws_settings().ok_or_else(|| ConfigError::Env {
-        var: "STANDBY_BUCKET, STANDBY_TABLE".into(),
-        message: "both must be set".into(),
-    })?;
+    let settings = aws_settings(&config)?;
     let clients = AwsClients::connect(&settings).await;
     let relay = relay_for(&config, &clients).await?;
     Ok(drain::DrainFunction::new(

@@ -8,15 +8,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::data::DataDecoder;
 use super::session::{DataOutcome, MAX_COMMAND_LINE, Next, Policy, Session, reply};
+use crate::config::{BindError, ListenAddrs};
 use crate::model::{Envelope, Origin, Verdicts};
 use crate::ports::{Inbound, SenderCheck};
 
@@ -74,17 +76,63 @@ impl Drop for PendingCheck {
     }
 }
 
-/// Accept connections until `shutdown` completes, then give open sessions a few seconds.
+/// Bind every address of `addrs` (IPv6 sockets IPv6-only, so `[::]:25` and `0.0.0.0:25`
+/// coexist); call inside the runtime.
+///
+/// # Errors
+/// The first address that cannot be bound.
+pub fn listeners(addrs: &ListenAddrs) -> Result<Vec<TcpListener>, BindError> {
+    addrs
+        .bind()?
+        .into_iter()
+        .zip(addrs.iter())
+        .map(|(l, &addr)| TcpListener::from_std(l).map_err(|source| BindError { addr, source }))
+        .collect()
+}
+
+/// The bound addresses (ports resolved), for the log.
+pub fn local_addrs(listeners: &[TcpListener]) -> String {
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    addrs.join(", ")
+}
+
+/// The next connection on any of `listeners`, starting the search after the one that
+/// delivered last, so a busy listener cannot starve the others.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for k in 0..n {
+            let i = (*next + k) % n;
+            if let Poll::Ready(res) = listeners[i].poll_accept(cx) {
+                *next = (i + 1) % n;
+                return Poll::Ready(res);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Accept connections on every listener, all under one connection limit, until
+/// `shutdown` completes; then give open sessions a few seconds.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     server: Arc<Server>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limit = Arc::new(Semaphore::new(server.max_connections));
+    let mut next = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            res = listener.accept() => match res {
+            res = accept_any(&listeners, &mut next) => match res {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

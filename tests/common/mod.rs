@@ -230,7 +230,8 @@ impl Standby {
         Self::start_with_env(primary_port, extra, &[])
     }
 
-    /// Like [`Standby::start`], with `STANDBY_*` overrides in the process environment.
+    /// Like [`Standby::start`], with `STANDBY_*` overrides in the process environment;
+    /// `{port}` in a value stands for the listener's port (`[::1]:{port}`).
     pub fn start_with_env(primary_port: u16, extra: &str, env: &[(&str, &str)]) -> Standby {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -263,7 +264,7 @@ impl Standby {
         // machine's resolver.
         let mut env: Vec<(String, String)> = env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.replace("{port}", &port.to_string())))
             .collect();
         if !env.iter().any(|(k, _)| k == "STANDBY_DSN_SPF") {
             env.push(("STANDBY_DSN_SPF".into(), "false".into()));
@@ -418,9 +419,14 @@ impl Drop for Standby {
 
 /// Send with swaks; returns (success, transcript).
 pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
+    swaks_at(&format!("127.0.0.1:{port}"), args)
+}
+
+/// Send with swaks to `server` (`127.0.0.1:2525`, `[::1]:2525`).
+pub fn swaks_at(server: &str, args: &[&str]) -> (bool, String) {
     require("swaks", "swaks");
     let out = Command::new("swaks")
-        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"])
+        .args(["--server", server, "--timeout", "30"])
         .args(args)
         .output()
         .expect("run swaks");
