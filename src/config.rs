@@ -41,7 +41,7 @@ pub const ENV_CONFIG: &str = "STANDBY_CONFIG";
 pub const ENV_LOG: &str = "STANDBY_LOG";
 /// Where the config file is looked for when neither `--config` nor `STANDBY_CONFIG`
 /// names one: the working directory, then the system's place.
-pub const SEARCH_PATH: [&str; 2] = ["standby.toml", "/etc/standby/standby.toml"];
+pub const SEARCH_PATH: [&str; 2] = ["./standby.toml", "/etc/standby/standby.toml"];
 
 /// Every config variable, from the structs (see [`env`]).
 static NAMES: LazyLock<EnvNames> = LazyLock::new(EnvNames::of::<Config>);

@@ -101,7 +101,7 @@ fn the_config_file_is_found_like_other_daemons_find_theirs() {
     } else {
         assert!(
             e.contains("no config file")
-                && e.contains("standby.toml and /etc/standby/standby.toml")
+                && e.contains("looked for ./standby.toml and /etc/standby/standby.toml")
                 && e.contains("--config")
                 && e.contains("STANDBY_CONFIG"),
             "{e}"
@@ -113,7 +113,7 @@ fn the_config_file_is_found_like_other_daemons_find_theirs() {
     std::fs::write(dir.path().join("standby.toml"), typo).unwrap();
     let e = stderr(&in_dir(&[]));
     assert!(
-        e.starts_with("standby: standby.toml: TOML parse error at line 3")
+        e.starts_with("standby: ./standby.toml: TOML parse error at line 3")
             && e.contains("max_mesage_size"),
         "{e}"
     );
