@@ -219,6 +219,33 @@ fn bad_times_are_usage_errors_naming_the_flag() {
 }
 
 #[test]
+fn naive_times_are_read_in_the_local_time_zone() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    sb.send("bob@example.test", &[]);
+    // The wall-clock time of an hour ago at UTC+14, written without an offset.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let wall = (an_hour_ago + chrono::Duration::hours(14))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let since = |tz: &str| {
+        let o = Command::new(STANDBY)
+            .args(["list", "--json", "--since", &wall, "--config"])
+            .arg(&sb.config)
+            .env("STANDBY_LOG", "warn")
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        list.as_array().unwrap().len()
+    };
+    // POSIX TZ strings: UTC+14 and UTC, no time zone database needed.
+    assert_eq!(since("XYZ-14"), 1, "at UTC+14, {wall} was an hour ago");
+    assert_eq!(since("UTC0"), 0, "in UTC, {wall} is 13 hours ahead");
+}
+
+#[test]
 fn hold_release_retry_purge() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
     let sb = Standby::start(fake.port, "");
