@@ -8,6 +8,7 @@ mod doctor;
 mod drain;
 mod inspect;
 mod manage;
+mod owner;
 mod recover;
 
 use std::path::PathBuf;
@@ -263,6 +264,8 @@ pub enum CliError {
     BadId(#[from] BadMessageId),
     #[error(transparent)]
     Setup(#[from] crate::lambda::SetupError),
+    #[error(transparent)]
+    Owner(#[from] owner::OwnerError),
     /// An AWS call outside the storage ports (Lambda invoke, table creation) failed.
     #[error("{0}")]
     Aws(String),
@@ -359,9 +362,20 @@ fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, CliError> {
         .collect()
 }
 
-/// Run a parsed command (inside a tokio runtime).
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Before the async runtime starts, while the process has one thread: read the
+/// configuration and, run as root on another user's spool, become that user (see
+/// [`owner`]).
+///
+/// # Errors
+/// A configuration error, or [`owner::OwnerError`] naming the command to run instead.
+pub fn prepare(cli: &Cli) -> Result<Config, CliError> {
     let config = Config::load(&cli.config)?;
+    owner::become_spool_owner(&config, matches!(cli.command, Command::Serve))?;
+    Ok(config)
+}
+
+/// Run a parsed command with its configuration from [`prepare`] (inside a tokio runtime).
+pub async fn run(cli: Cli, config: Config) -> Result<(), CliError> {
     if let Command::Serve = cli.command {
         crate::serve::serve(config, shutdown_signal()).await?;
         return Ok(());
