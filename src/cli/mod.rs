@@ -377,7 +377,10 @@ pub fn prepare(cli: &Cli) -> Result<Config, CliError> {
 /// Run a parsed command with its configuration from [`prepare`] (inside a tokio runtime).
 pub async fn run(cli: Cli, config: Config) -> Result<(), CliError> {
     if let Command::Serve = cli.command {
-        crate::serve::serve(config, shutdown_signal()).await?;
+        // SIGHUP re-reads the file serve started with.
+        let path = cli.config.clone();
+        let reload = move || Config::load(&path);
+        crate::serve::serve(config, reload, shutdown_signal()).await?;
         return Ok(());
     }
     if let Command::AwsInit = cli.command {
