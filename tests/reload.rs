@@ -310,3 +310,53 @@ fn recipients_journal_and_retention_rules_reload_and_broken_files_are_ignored() 
     // The daemon never stopped.
     assert!(!sb.log().contains("standby stopped"));
 }
+
+/// The unit's reload and stop settings: `ExecReload=` sends the SIGHUP tested above,
+/// secrets come from an optional environment file, the hardening stays, and
+/// `TimeoutStopSec` outlasts serve's graceful stop (10 s for open sessions in
+/// `smtp::server::run`, then 15 s for the drain in `serve`). `systemd-analyze verify`
+/// must accept the unit without a warning.
+#[test]
+fn the_systemd_unit_reloads_with_sighup_and_outlasts_the_graceful_stop() {
+    require("systemd-analyze", "systemd");
+    let unit = std::fs::read_to_string(repo().join("infra/systemd/standby.service")).unwrap();
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for want in [
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "EnvironmentFile=-/etc/standby/standby.env",
+        "User=standby",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "ProtectHome=true",
+        "PrivateTmp=true",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "ReadWritePaths=/var/lib/standby",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "infra/systemd/standby.service lacks `{want}`"
+        );
+    }
+    let stop: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in plain seconds");
+    let graceful = 10 + 15;
+    assert!(
+        stop >= graceful + 10,
+        "TimeoutStopSec={stop} leaves no room after the {graceful} s graceful stop"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("standby.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/standby", STANDBY)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
