@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         audit: storage.audit.clone(),
     };
-    let server = Arc::new(smtp_server(
+    let server = smtp_server(
         &config,
         Arc::new(Spool::new(
             spool_storage,
@@ -164,7 +164,8 @@ async fn main() -> anyhow::Result<()> {
             config.hostname.clone(),
         )),
         None,
-    )?);
+    )?
+    .shared();
     let relay = standby::lambda::operator_relay(&config).await?;
     let interval = Duration::from_secs(config.health.interval_secs.max(1));
     let drain = DrainFunction::new(config.clone(), storage, relay);

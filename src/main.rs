@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use standby::cli::{Cli, Command, run};
+use standby::cli::{Cli, Command, prepare, run};
 use standby::config::ENV_LOG;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before the runtime's threads exist: this may switch to the spool owner's user.
+    let config = match prepare(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("standby: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -30,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("standby: {e}");

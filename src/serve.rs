@@ -4,6 +4,12 @@
 //! The probe runs every `health.interval_secs`; after each probe that finds the primary
 //! `up`, the due held mail is drained. A drain stops by itself on the primary's first
 //! session-level failure, so the next probe decides again.
+//!
+//! SIGHUP re-reads the configuration file and applies, without dropping a connection,
+//! the TLS certificate and key, the recipients file and the `[journal]` and
+//! `[retention]` rules (see [`reload`]).
+
+mod reload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +45,8 @@ pub enum ServeError {
     Relay(#[from] RelaySetupError),
     #[error(transparent)]
     Bind(#[from] crate::config::BindError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Drain settings from the configuration.
@@ -104,11 +112,27 @@ pub fn smtp_server(
     })
 }
 
-/// Run until `shutdown` completes.
+/// The listener's STARTTLS acceptor for `config`'s `[tls]` certificate and key, if set.
+///
+/// # Errors
+/// [`TlsError`] naming the file that cannot be read or used.
+pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, TlsError> {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsAcceptor::from(tls::server_config(cert, key)?))),
+        _ => Ok(None),
+    }
+}
+
+/// Run until `shutdown` completes; on SIGHUP, apply what [`reload`] reloads from the
+/// configuration `load` reads (the same file serve started with).
 pub async fn serve(
     config: Config,
+    load: impl Fn() -> Result<Config, ConfigError> + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Before anything else: a SIGHUP's default action would end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ServeError::Signal)?;
     let (storage, recovered) = Storage::serve_local(&config)?;
     if recovered.removed > 0 {
         tracing::info!(
@@ -123,19 +147,17 @@ pub async fn serve(
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
-        _ => None,
+    let spool = {
+        let (storage, clock, hostname) = (storage.clone(), clock.clone(), config.hostname.clone());
+        move |c: &Config| -> Arc<dyn Inbound> {
+            Arc::new(
+                Spool::new(storage.clone(), clock.clone(), hostname.clone())
+                    .with_journal(c.journal())
+                    .with_retention(c.retention()),
+            )
+        }
     };
-    let server = Arc::new(smtp_server(
-        &config,
-        Arc::new(
-            Spool::new(storage.clone(), clock.clone(), config.hostname.clone())
-                .with_journal(config.journal())
-                .with_retention(config.retention()),
-        ),
-        tls,
-    )?);
+    let server = smtp_server(&config, spool(&config), tls_acceptor(&config)?)?.shared();
     let relay = Arc::new(SmtpRelay::from_config(&config)?);
     let listeners = server::listeners(&config.listen)?;
     tracing::info!(
@@ -151,6 +173,17 @@ pub async fn serve(
         drain_settings(&config),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
+    tokio::spawn(
+        reload::Reloader {
+            load: Box::new(load),
+            spool: Box::new(spool),
+            started: config.clone(),
+            server: server.clone(),
+            retention: retention_tx,
+        }
+        .run(hangups),
+    );
     let health = tokio::spawn(health_loop(HealthLoop {
         relay,
         storage,
@@ -158,7 +191,7 @@ pub async fn serve(
         drainer,
         interval: Duration::from_secs(config.health.interval_secs.max(1)),
         hysteresis: hysteresis(&config),
-        retention: config.retention(),
+        retention,
         stop: stop_rx,
     }));
     server::run(listeners, server, shutdown).await;
@@ -183,7 +216,8 @@ struct HealthLoop {
     drainer: Drainer,
     interval: Duration,
     hysteresis: Hysteresis,
-    retention: crate::config::RetentionPolicy,
+    /// Replaced on SIGHUP.
+    retention: tokio::sync::watch::Receiver<crate::config::RetentionPolicy>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -193,16 +227,17 @@ async fn health_loop(mut l: HealthLoop) {
     let address = l.relay.address().to_string();
     let mut tick = tokio::time::interval(l.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let every = Duration::from_secs(l.retention.interval_secs.max(1));
     let mut retained: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = l.stop.changed() => return,
         }
+        let policy = l.retention.borrow().clone();
+        let every = Duration::from_secs(policy.interval_secs.max(1));
         if retained.is_none_or(|t| t.elapsed() >= every) {
             retained = Some(tokio::time::Instant::now());
-            if let Err(e) = crate::retention::run(&l.storage, &l.retention, l.clock.now()).await {
+            if let Err(e) = crate::retention::run(&l.storage, &policy, l.clock.now()).await {
                 tracing::error!(error = %e, "retention run failed");
             }
         }

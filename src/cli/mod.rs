@@ -8,6 +8,7 @@ mod doctor;
 mod drain;
 mod inspect;
 mod manage;
+mod owner;
 mod recover;
 mod time;
 
@@ -266,6 +267,8 @@ pub enum CliError {
     BadId(#[from] BadMessageId),
     #[error(transparent)]
     Setup(#[from] crate::lambda::SetupError),
+    #[error(transparent)]
+    Owner(#[from] owner::OwnerError),
     /// An AWS call outside the storage ports (Lambda invoke, table creation) failed.
     #[error("{0}")]
     Aws(String),
@@ -320,15 +323,35 @@ fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, CliError> {
         .collect()
 }
 
-/// Run a parsed command (inside a tokio runtime).
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// A configuration and the file it was read from.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: Config,
+}
+
+/// Before the async runtime starts, while the process has one thread: find and read the
+/// configuration and, run as root on another user's spool, become that user (see
+/// [`owner`]).
+///
+/// # Errors
+/// A configuration error, or [`owner::OwnerError`] naming the command to run instead.
+pub fn prepare(cli: &Cli) -> Result<Loaded, CliError> {
     let path = Config::locate(
         cli.config.as_deref(),
         std::env::var_os(ENV_CONFIG).map(PathBuf::from),
     )?;
     let config = Config::load(&path)?;
+    owner::become_spool_owner(&config, matches!(cli.command, Command::Serve))?;
+    Ok(Loaded { path, config })
+}
+
+/// Run a parsed command with its configuration from [`prepare`] (inside a tokio runtime).
+pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
+    let Loaded { path, config } = loaded;
     if let Command::Serve = cli.command {
-        crate::serve::serve(config, shutdown_signal()).await?;
+        // SIGHUP re-reads the file serve started with.
+        let reload = move || Config::load(&path);
+        crate::serve::serve(config, reload, shutdown_signal()).await?;
         return Ok(());
     }
     if let Command::AwsInit = cli.command {

@@ -29,6 +29,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Everything a connection needs; shared by all connections.
+#[derive(Clone)]
 pub struct Server {
     pub policy: Policy,
     pub spool: Arc<dyn Inbound>,
@@ -39,6 +40,17 @@ pub struct Server {
     pub sender_check: Option<Arc<dyn SenderCheck>>,
     /// How long the 250 after DATA waits for an unfinished sender check.
     pub sender_check_timeout: Duration,
+}
+
+/// The listener's current [`Server`]; `standby serve` swaps in a new one on SIGHUP. Each
+/// connection loads it once, when accepted, and keeps that one to its end.
+pub type Shared = Arc<arc_swap::ArcSwap<Server>>;
+
+impl Server {
+    /// This server as the listener's replaceable [`Shared`] state.
+    pub fn shared(self) -> Shared {
+        Arc::new(arc_swap::ArcSwap::from_pointee(self))
+    }
 }
 
 /// A sender check running while the message arrives; stopped if the message is not kept.
@@ -124,10 +136,11 @@ async fn accept_any(
 /// `shutdown` completes; then give open sessions a few seconds.
 pub async fn run(
     listeners: Vec<TcpListener>,
-    server: Arc<Server>,
+    current: Shared,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(server.max_connections));
+    let max_connections = current.load().max_connections;
+    let limit = Arc::new(Semaphore::new(max_connections));
     let mut next = 0;
     tokio::pin!(shutdown);
     loop {
@@ -144,7 +157,7 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let server = server.clone();
+        let server = current.load_full();
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 tokio::spawn(async move {
@@ -166,7 +179,7 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        limit.acquire_many(server.max_connections as u32),
+        limit.acquire_many(max_connections as u32),
     )
     .await;
 }

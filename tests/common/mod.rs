@@ -339,6 +339,16 @@ impl Standby {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// Send `signal` (`HUP`, `TERM`, ...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let c = self.child.as_ref().expect("standby is running");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{signal} failed");
+    }
+
     /// Run `standby ARGS --config <ours>`.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(STANDBY)
