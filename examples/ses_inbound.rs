@@ -27,7 +27,7 @@ use standby::ingest::Spool;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
 use standby::model::HealthRecord;
-use standby::model::{Counts, MessageId, Record, Status};
+use standby::model::{Counts, MessageId, Record, Status, Verdicts};
 use standby::ports::Storage;
 use standby::ports::{ClaimRequest, Index, ListQuery, SystemClock};
 use standby::serve::smtp_server;
@@ -117,6 +117,14 @@ impl Index for SesInbound {
     }
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.index.update(rec, now).await
+    }
+    async fn set_verdicts(
+        &self,
+        id: MessageId,
+        verdicts: &Verdicts,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.index.set_verdicts(id, verdicts, now).await
     }
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
         self.index.delete(id).await

@@ -332,14 +332,15 @@ pub struct DsnConfig {
     /// Name in the DSN (`Reporting-MTA`, `MAILER-DAEMON@...`). Default: `mx_host`, else `hostname`.
     #[serde(default)]
     pub reporting_mta: Option<String>,
-    /// Check the sender's SPF at receipt (`standby serve`): without a pass (or a DMARC pass
-    /// from SES on AWS) no DSN is ever sent.
+    /// Check the sender's SPF of what `standby serve` accepts (after the 250, in the
+    /// background): without a pass (or a DMARC pass from SES on AWS) no DSN is ever sent.
     #[serde(default = "yes", deserialize_with = "lenient")]
     pub spf: bool,
     /// DNS server for the SPF lookups, `IP:port`; the system's resolvers when unset.
     #[serde(default, deserialize_with = "lenient_opt")]
     pub nameserver: Option<SocketAddr>,
-    /// Seconds the 250 after DATA may wait for an unfinished SPF check; then `TEMPERROR`.
+    /// Seconds one SPF lookup may take (in the background after the 250, or when a bounce
+    /// waits for a verdict still pending); then `TEMPERROR`. The 250 never waits for it.
     #[serde(default = "default_spf_timeout", deserialize_with = "lenient")]
     pub spf_timeout_secs: u64,
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
-use crate::model::{DrainReport, MessageId, RcptStatus, Record, Status};
+use crate::model::{DrainReport, MessageId, RcptStatus, Record, Status, redact};
 use crate::ports::Storage;
 use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
 
@@ -172,6 +172,100 @@ pub fn apply(
         // journal copy is never claimed.)
         Status::Held | Status::Paused | Status::Journal => Outcome::Deferred,
     }
+}
+
+/// Longest reply text from the primary written to the log.
+const LOGGED_REPLY: usize = 300;
+
+/// Log one attempt at info, one line per group of recipients that got the same reply:
+/// what became of them, their domains (never the addresses), the primary's reply
+/// (control characters replaced, bounded) and, when it accepted them, its queue id, so
+/// one grep for the id finds the message in the standby's log and in the primary's.
+/// `tried` are the indexes of the recipients this attempt was for.
+fn log_attempt(rec: &Record, tried: &[usize]) {
+    /// Recipients that got the same reply.
+    struct Group<'a> {
+        status: RcptStatus,
+        reply: &'a str,
+        rcpts: usize,
+        domains: Vec<&'a str>,
+    }
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for r in tried.iter().filter_map(|&i| rec.rcpts.get(i)) {
+        let reply = r.reply.as_deref().unwrap_or_default();
+        let domain = redact(&r.address);
+        match groups
+            .iter_mut()
+            .find(|g| g.status == r.status && g.reply == reply)
+        {
+            Some(g) => {
+                g.rcpts += 1;
+                if !g.domains.contains(&domain) {
+                    g.domains.push(domain);
+                }
+            }
+            None => groups.push(Group {
+                status: r.status,
+                reply,
+                rcpts: 1,
+                domains: vec![domain],
+            }),
+        }
+    }
+    for g in groups {
+        let outcome = match g.status {
+            RcptStatus::Delivered => "delivered",
+            RcptStatus::Pending => "deferred",
+            RcptStatus::Failed => "failed",
+        };
+        let queue_id = if g.status == RcptStatus::Delivered {
+            queue_id(g.reply)
+        } else {
+            ""
+        };
+        let reply: String = g
+            .reply
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .take(LOGGED_REPLY)
+            .collect();
+        tracing::info!(
+            id = %rec.id,
+            outcome,
+            attempts = rec.attempts,
+            rcpts = g.rcpts,
+            domains = g.domains.join(",").as_str(),
+            reply = reply.as_str(),
+            queue_id,
+            status = %rec.status,
+            "delivery attempt"
+        );
+    }
+}
+
+/// The primary's id for a message it accepted, from its reply to the end of data:
+/// Postfix's `queued as 4XyZ12`; otherwise the reply's text after the codes (Exchange's
+/// `<...> Queued mail for delivery`, Sendmail's `<id> Message accepted for delivery`),
+/// which carries whatever id the primary logs.
+pub fn queue_id(reply: &str) -> &str {
+    const MARK: &str = "queued as ";
+    if let Some(at) = reply.to_ascii_lowercase().find(MARK) {
+        let id = reply[at + MARK.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        return id.trim_end_matches(['.', ',', ';', ')']);
+    }
+    let mut rest = reply.trim();
+    for _ in 0..2 {
+        // The basic code, then an enhanced one (`2.6.0`).
+        if let Some((word, tail)) = rest.split_once(' ')
+            && word.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            rest = tail.trim_start();
+        }
+    }
+    rest
 }
 
 /// Mark a held message as expired: every pending recipient fails.
@@ -386,6 +480,13 @@ impl Drainer {
                         tx.mail.code == 421 || tx.data.as_ref().is_some_and(|d| d.code == 421)
                     }
                 };
+                let tried: Vec<usize> = rec
+                    .rcpts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.status == RcptStatus::Pending)
+                    .map(|(i, _)| i)
+                    .collect();
                 let outcome = apply(&mut rec, &result, self.clock.now());
                 if outcome == Outcome::Failed {
                     // On a storage error the lease stays: the message is tried again
@@ -419,7 +520,7 @@ impl Drainer {
                     Outcome::Deferred => w.deferred += 1,
                     Outcome::Failed => w.failed += 1,
                 }
-                tracing::info!(id = %rec.id, outcome = ?outcome, attempts = rec.attempts, "delivery attempt");
+                log_attempt(&rec, &tried);
                 if let Some(p) = &opts.progress {
                     p(rec.id, outcome);
                 }
@@ -564,6 +665,7 @@ mod tests {
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),
+                sender: None,
             },
         }
     }
@@ -581,6 +683,26 @@ mod tests {
             .unwrap();
         inc.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
         inc.commit().await.unwrap().id
+    }
+
+    #[test]
+    fn queue_ids_from_the_primarys_reply() {
+        for (reply, id) in [
+            ("250 2.0.0 Ok: queued as 4XyZ12AbC", "4XyZ12AbC"),
+            ("250 2.0.0 Ok: queued as 3F2A81C0D3.", "3F2A81C0D3"),
+            ("250 Ok: Queued As ABC123", "ABC123"),
+            (
+                "250 2.6.0 <a1b2@ex.example.com> [InternalId=123] Queued mail for delivery",
+                "<a1b2@ex.example.com> [InternalId=123] Queued mail for delivery",
+            ),
+            (
+                "250 2.0.0 5B3Kq1xQ012345 Message accepted for delivery",
+                "5B3Kq1xQ012345 Message accepted for delivery",
+            ),
+            ("250 ok", "ok"),
+        ] {
+            assert_eq!(queue_id(reply), id, "{reply}");
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! blocklisted. So a DSN goes out only when:
 //!
 //! - the sender was authenticated at receipt: SPF or DMARC `PASS` (SES's verdicts on AWS,
-//!   our own SPF check at the listener when self-hosted), and the message was not judged
-//!   spam or a virus;
+//!   our own SPF check of what the listener accepted when self-hosted, which runs after
+//!   the 250 and is looked up here if it has not finished: see [`crate::sender`]), and
+//!   the message was not judged spam or a virus;
 //! - the sender is not the null sender `<>` (a bounce never causes another);
 //! - no DSN was queued for the message before: the DSN's id is derived from the original's,
 //!   and the original records it in [`Record::bounce`], so retries after a crash and
@@ -29,6 +30,7 @@ use tokio::io::AsyncReadExt;
 use crate::error::StoreError;
 use crate::model::{Bounce, Intake, MessageId, RcptStatus, Record, Status, redact};
 use crate::ports::Storage;
+use crate::sender::SenderVerifier;
 use crate::summary::{self, HEAD_LIMIT};
 
 /// Longest diagnostic text copied from the primary's reply into a DSN field.
@@ -41,6 +43,9 @@ pub struct DsnSettings {
     pub enabled: bool,
     /// Our name in the DSN (`Reporting-MTA`, `From: MAILER-DAEMON@...`).
     pub reporting_mta: String,
+    /// Looks up an SPF verdict still pending (or `TEMPERROR`) when a bounce is decided;
+    /// `None`: such a sender counts as not authenticated.
+    pub sender: Option<SenderVerifier>,
 }
 
 /// Why no DSN may be sent for `rec`, or `None` when one may.
@@ -56,6 +61,9 @@ pub fn suppression(rec: &Record, settings: &DsnSettings) -> Option<String> {
     };
     if v.flagged() {
         return Some("judged spam or virus at receipt".into());
+    }
+    if v.spf_pending() && !v.sender_authenticated() {
+        return Some("sender not authenticated (SPF check never finished)".into());
     }
     if !v.sender_authenticated() {
         let show = |x: &Option<String>| x.clone().unwrap_or_else(|| "none".into());
@@ -89,6 +97,14 @@ pub async fn settle(
 ) -> Result<(), StoreError> {
     if rec.status != Status::Failed || rec.bounce.is_some() {
         return Ok(());
+    }
+    if settings.enabled
+        && !rec.mail_from.is_empty()
+        && let Some(verifier) = &settings.sender
+        && let Some(v) = verifier.check_now(rec).await
+    {
+        tracing::info!(id = %rec.id, spf = v.spf.as_deref().unwrap_or(""), "SPF looked up for the bounce decision");
+        rec.verdicts = Some(v);
     }
     if let Some(why) = suppression(rec, settings) {
         tracing::info!(id = %rec.id, reason = %why, "no DSN; message parked as failed");
@@ -297,6 +313,7 @@ mod tests {
         DsnSettings {
             enabled: true,
             reporting_mta: "standby.example.test".into(),
+            sender: None,
         }
     }
 

@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::config::Journal;
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::model::{Envelope, MessageId, Record, Verdicts, redact};
+use crate::model::{Envelope, MessageId, Record, Status, Verdicts, redact};
 use crate::ports::Storage;
 use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
+use crate::sender::{Job, SenderChecks};
 use crate::summary::HeadCapture;
 
 /// Accepts messages into a [`Storage`].
@@ -27,6 +28,7 @@ pub struct Spool {
     hostname: String,
     journal: Arc<Journal>,
     retention: Arc<RetentionPolicy>,
+    checks: Option<SenderChecks>,
 }
 
 impl Spool {
@@ -37,7 +39,17 @@ impl Spool {
             hostname: hostname.into(),
             journal: Arc::default(),
             retention: Arc::default(),
+            checks: None,
         }
+    }
+
+    /// Check each accepted message's sender (SPF) in the background: it is stored with
+    /// a pending verdict and its check queued after the index insert, so the 250 never
+    /// waits for DNS (see [`crate::sender`]). Without this, no verdict is recorded, so
+    /// no DSN is ever sent for mail this listener received.
+    pub fn with_sender_checks(mut self, checks: SenderChecks) -> Self {
+        self.checks = Some(checks);
+        self
     }
 
     /// Mark messages confidential by these retention rules as they come in.
@@ -72,10 +84,10 @@ impl Spool {
             hasher,
             size: header.len() as u64,
             head: HeadCapture::default(),
-            verdicts: None,
             storage: self.storage.clone(),
             journal: self.journal.clone(),
             retention: self.retention.clone(),
+            checks: self.checks.clone(),
         })
     }
 }
@@ -89,21 +101,15 @@ pub struct Incoming {
     hasher: Sha256,
     size: u64,
     head: HeadCapture,
-    verdicts: Option<Verdicts>,
     storage: Storage,
     journal: Arc<Journal>,
     retention: Arc<RetentionPolicy>,
+    checks: Option<SenderChecks>,
 }
 
 impl Incoming {
     pub fn id(&self) -> MessageId {
         self.id
-    }
-
-    /// Record what was checked about the sender at receipt (our SPF check), kept with the
-    /// message so a later bounce can be decided without guessing.
-    pub fn set_verdicts(&mut self, verdicts: Verdicts) {
-        self.verdicts = Some(verdicts);
     }
 
     /// Append message bytes (already dot-unstuffed, CRLF line ends).
@@ -128,16 +134,15 @@ impl Incoming {
             hasher,
             size,
             head,
-            verdicts,
             storage,
             journal,
             retention,
+            checks,
         } = self;
         writer.commit().await?;
         let is_journal = env.journal;
         let mut rec = Record {
             origin: env.origin,
-            verdicts,
             ..Record::held(
                 id,
                 env.mail_from,
@@ -162,12 +167,24 @@ impl Incoming {
             journal.file(&mut rec, head.bytes(), || whole);
         }
         retention.classify(&mut rec, head.bytes());
+        // A journal copy is never bounced: no sender check for it.
+        let check = checks
+            .filter(|_| rec.status != Status::Journal)
+            .and_then(|c| Some((c, Job::of(&rec)?)));
+        if check.is_some() {
+            rec.verdicts = Some(Verdicts::pending());
+        }
         if let Err(e) = storage.index.insert(&rec).await {
             let _ = storage.blobs.delete(&id.to_string()).await;
             return Err(e);
         }
+        if let Some((checks, job)) = check {
+            checks.submit(job);
+        }
         tracing::info!(
             %id,
+            ip = %rec.origin.ip,
+            helo = sanitize(&rec.origin.helo).as_str(),
             size,
             rcpts = rec.rcpts.len(),
             from_domain = redact(&rec.mail_from),
@@ -194,10 +211,6 @@ impl Inbound for Spool {
 impl Accepting for Incoming {
     fn id(&self) -> MessageId {
         self.id
-    }
-
-    fn set_verdicts(&mut self, verdicts: Verdicts) {
-        Incoming::set_verdicts(self, verdicts)
     }
 
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {

@@ -23,6 +23,7 @@
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
 //!    - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
 //!    - [`dsn`]: bounces for failed mail, only to authenticated senders (no backscatter).
+//!    - [`sender`]: the sender's SPF verdict, checked after the 250 in the background.
 //!    - [`health`]: probing the primary with hysteresis.
 //!    - [`journal`], [`replay`], [`export`], [`retention`]: recovery and retention.
 //!    - [`summary`]: the listing summary parsed with `mail-parser`.
@@ -56,6 +57,7 @@ pub mod model;
 pub mod ports;
 pub mod replay;
 pub mod retention;
+pub mod sender;
 pub mod serve;
 pub mod smtp;
 pub mod summary;

@@ -236,6 +236,33 @@ pub struct Verdicts {
 }
 
 impl Verdicts {
+    /// The SPF verdict of a message accepted by our own listener whose check has not
+    /// finished yet (it runs after the 250; see [`Verdicts::spf_pending`]).
+    /// Not a pass: until it is replaced, the sender counts as not authenticated.
+    pub const PENDING: &'static str = "PENDING";
+
+    /// Verdicts of a message whose SPF check is still to come.
+    pub fn pending() -> Self {
+        Verdicts {
+            spf: Some(Self::PENDING.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Just an SPF result.
+    pub fn spf(result: impl Into<String>) -> Self {
+        Verdicts {
+            spf: Some(result.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the SPF check was queued at receipt and has not stored its result yet (a
+    /// restart, a full queue, or a drain holding the message when it finished).
+    pub fn spf_pending(&self) -> bool {
+        self.spf.as_deref() == Some(Self::PENDING)
+    }
+
     /// Whether the envelope sender was authenticated: SPF or DMARC passed. Only then may
     /// a bounce go to it (anything else risks backscatter to a forged address).
     pub fn sender_authenticated(&self) -> bool {

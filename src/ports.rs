@@ -36,8 +36,6 @@ pub trait Inbound: Send + Sync + 'static {
 #[async_trait]
 pub trait Accepting: Send {
     fn id(&self) -> MessageId;
-    /// What was checked about the sender at receipt (SPF), kept with the message.
-    fn set_verdicts(&mut self, verdicts: Verdicts);
     /// Append message bytes (already dot-unstuffed, CRLF line ends).
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
     /// Make the message durable: blob, then index row.
@@ -269,6 +267,20 @@ pub trait Index: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::NotFound`].
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Replace only the record's verdicts (the sender check, which finishes after the
+    /// message was accepted), leaving every other field as stored, unless a live lease is
+    /// held on it: a drain writes its whole copy back, and would undo the change. Need not
+    /// be durable when it returns (a lost verdict is still pending, and is checked again
+    /// when a bounce depends on it).
+    ///
+    /// # Errors
+    /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::NotFound`].
+    async fn set_verdicts(
+        &self,
+        id: MessageId,
+        verdicts: &Verdicts,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Remove a record; `Ok(false)` when there was none.
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError>;
     async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError>;
@@ -399,8 +411,9 @@ pub trait Probe: Send + Sync + 'static {
     async fn probe(&self) -> Result<String, RelayError>;
 }
 
-/// Checks the envelope sender at receipt, so a bounce can later go only to a sender who
-/// is who they claim to be (see [`crate::dsn`]).
+/// Checks the envelope sender of an accepted message (after its 250, in the background),
+/// so a bounce can later go only to a sender who is who they claim to be (see
+/// [`crate::dsn`]). Callers bound the time a check may take.
 #[async_trait]
 pub trait SenderCheck: Send + Sync + 'static {
     /// The SPF result (RFC 7208 §2.6) for `mail_from` sent from `ip` after `helo`, in

@@ -24,7 +24,8 @@ use crate::health::{self, Hysteresis};
 use crate::ingest::Spool;
 use crate::model::PrimaryState;
 use crate::ports::Storage;
-use crate::ports::{Clock, Inbound, SenderCheck, SystemClock};
+use crate::ports::{Clock, Inbound, SystemClock};
+use crate::sender::{Limits, SenderChecks, SenderVerifier};
 use crate::smtp::SmtpRelay;
 use crate::smtp::client::RelaySetupError;
 use crate::smtp::server::{self, Server};
@@ -49,8 +50,43 @@ pub enum ServeError {
     Signal(#[source] std::io::Error),
 }
 
-/// Drain settings from the configuration.
+/// The SPF lookups `[dsn]` asks for (`spf`, `nameserver`, `spf_timeout_secs` per
+/// lookup); `None` when `spf = false`.
+///
+/// # Errors
+/// The system's resolver configuration cannot be read and no `nameserver` is set.
+pub fn sender_verifier(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<SenderVerifier>, ConfigError> {
+    if !config.dsn.spf {
+        return Ok(None);
+    }
+    let check = SpfCheck::new(config.dsn.nameserver, config.hostname.clone()).map_err(|e| {
+        ConfigError::Invalid {
+            path: "/etc/resolv.conf".into(),
+            message: format!("{e} (set [dsn] nameserver, or [dsn] spf = false)"),
+        }
+    })?;
+    Ok(Some(SenderVerifier::new(
+        Arc::new(check),
+        Duration::from_secs(config.dsn.spf_timeout_secs.max(1)),
+        clock,
+    )))
+}
+
+/// Drain settings from the configuration. An SPF verdict still pending when a bounce
+/// is due is looked up then; if the resolver cannot be set up here, such a sender counts
+/// as not authenticated (no DSN).
 pub fn drain_settings(config: &Config) -> DrainSettings {
+    let sender = sender_verifier(config, Arc::new(SystemClock)).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no SPF lookups for bounce decisions: pending verdicts count as not authenticated");
+        None
+    });
+    drain_settings_with(config, sender)
+}
+
+fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> DrainSettings {
     DrainSettings {
         concurrency: config.drain.concurrency,
         lease: Duration::from_secs(config.drain.lease_secs.max(1)),
@@ -64,6 +100,7 @@ pub fn drain_settings(config: &Config) -> DrainSettings {
                 .clone()
                 .or_else(|| config.mx_host.clone())
                 .unwrap_or_else(|| config.hostname.clone()),
+            sender,
         },
     }
 }
@@ -82,17 +119,6 @@ pub fn smtp_server(
     spool: Arc<dyn Inbound>,
     tls: Option<TlsAcceptor>,
 ) -> Result<Server, ConfigError> {
-    let sender_check: Option<Arc<dyn SenderCheck>> = if config.dsn.spf {
-        let check = SpfCheck::new(config.dsn.nameserver, config.hostname.clone()).map_err(|e| {
-            ConfigError::Invalid {
-                path: "/etc/resolv.conf".into(),
-                message: format!("{e} (set [dsn] nameserver, or [dsn] spf = false)"),
-            }
-        })?;
-        Some(Arc::new(check))
-    } else {
-        None
-    };
     Ok(Server {
         policy: Policy {
             hostname: config.hostname.clone(),
@@ -107,8 +133,6 @@ pub fn smtp_server(
         tls,
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
-        sender_check,
-        sender_check_timeout: Duration::from_secs(config.dsn.spf_timeout_secs),
     })
 }
 
@@ -147,14 +171,32 @@ pub async fn serve(
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // SPF after the 250: the listener stores each message with a pending verdict and
+    // the background worker looks it up (see `crate::sender`).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let verifier = sender_verifier(&config, clock.clone())?;
+    let (checks, checks_worker) = match &verifier {
+        Some(v) => {
+            let (checks, worker) = SenderChecks::start(
+                v.clone(),
+                storage.index.clone(),
+                Limits::default(),
+                stop_rx.clone(),
+            );
+            (Some(checks), Some(worker))
+        }
+        None => (None, None),
+    };
     let spool = {
         let (storage, clock, hostname) = (storage.clone(), clock.clone(), config.hostname.clone());
         move |c: &Config| -> Arc<dyn Inbound> {
-            Arc::new(
-                Spool::new(storage.clone(), clock.clone(), hostname.clone())
-                    .with_journal(c.journal())
-                    .with_retention(c.retention()),
-            )
+            let mut spool = Spool::new(storage.clone(), clock.clone(), hostname.clone())
+                .with_journal(c.journal())
+                .with_retention(c.retention());
+            if let Some(checks) = &checks {
+                spool = spool.with_sender_checks(checks.clone());
+            }
+            Arc::new(spool)
         }
     };
     let server = smtp_server(&config, spool(&config), tls_acceptor(&config)?)?.shared();
@@ -170,9 +212,8 @@ pub async fn serve(
         storage.clone(),
         relay.clone(),
         clock.clone(),
-        drain_settings(&config),
+        drain_settings_with(&config, verifier),
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
     tokio::spawn(
         reload::Reloader {
@@ -204,6 +245,10 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("drain did not stop within 15 s; its leases expire by themselves");
+    }
+    if let Some(worker) = checks_worker {
+        // It gives checks in flight two seconds; what is left stays pending.
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     }
     tracing::info!("standby stopped");
     Ok(())

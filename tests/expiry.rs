@@ -113,6 +113,7 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),
+                sender: None,
             },
         },
     )
@@ -141,12 +142,14 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
         })
         .await
         .unwrap();
-    inc.set_verdicts(Verdicts {
-        spf: Some("PASS".into()),
-        ..Default::default()
-    });
     inc.write(b"Subject: old\r\n\r\nx\r\n").await.unwrap();
     let old = inc.commit().await.unwrap().id;
+    // The sender check, finished after the 250.
+    storage
+        .index
+        .set_verdicts(old, &Verdicts::spf("PASS"), now)
+        .await
+        .unwrap();
 
     let drainer = expiring_drainer(&storage, now);
     // Expiry runs while the primary is down: the DSN is queued, not sent.

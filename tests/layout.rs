@@ -15,8 +15,8 @@ fn layer(module: &str) -> Option<Layer> {
         "error" | "model" => Layer::Model,
         "config" => Layer::Config,
         "ports" => Layer::Ports,
-        "ingest" | "drain" | "health" | "dsn" | "journal" | "retention" | "replay" | "export"
-        | "summary" => Layer::Domain,
+        "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
+        | "export" | "summary" => Layer::Domain,
         "backend" | "smtp" | "dns" => Layer::Adapter,
         "serve" | "cli" | "lambda" | "doctor" => Layer::Entry,
         _ => return None,

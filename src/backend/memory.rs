@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::HealthRecord;
-use crate::model::{Counts, Lease, MessageId, Record, Status};
+use crate::model::{Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{
     AuditEntry, AuditLog, BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index,
     ListQuery,
@@ -222,6 +222,20 @@ impl Index for MemIndex {
             lease: None,
             ..rec.clone()
         };
+        Ok(())
+    }
+    async fn set_verdicts(
+        &self,
+        id: MessageId,
+        verdicts: &Verdicts,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let cur = s.records.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        if !lease_free(cur, now) {
+            return Err(StoreError::Leased(id));
+        }
+        cur.verdicts = Some(verdicts.clone());
         Ok(())
     }
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {

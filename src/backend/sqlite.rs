@@ -9,6 +9,9 @@
 //!
 //! Inserts from concurrent sessions are grouped ([`Group`]): every insert waiting while a
 //! transaction commits goes into the next one, so one WAL fsync makes a batch durable.
+//! Verdicts (the sender check, after the 250) are grouped too, and committed without an
+//! fsync of their own: the next durable commit carries them to disk, so the check adds no
+//! flush per message to the receive path.
 //!
 //! The full record is stored as JSON; the columns the queries filter and sort on (status,
 //! times, lease) are written from the same record beside it. The lease lives only in its
@@ -32,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::group::Group;
 use crate::error::StoreError;
 use crate::model::HealthRecord;
-use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
+use crate::model::{Class, Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{ClaimRequest, Index, ListQuery};
 
 const SCHEMA: &str = "
@@ -120,7 +123,11 @@ pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
     inserts: Arc<Group<Record, Result<bool, StoreError>>>,
     completions: Arc<Group<(Record, String), Result<(), StoreError>>>,
+    verdicts: Arc<Group<VerdictWrite, Result<(), StoreError>>>,
 }
+
+/// A sender check's result for one record, and the time its lease is judged at.
+type VerdictWrite = (MessageId, Verdicts, DateTime<Utc>);
 
 /// Most writes one grouped transaction takes.
 const GROUP_MAX: usize = 256;
@@ -130,11 +137,23 @@ const GROUP_MAX: usize = 256;
 /// record) and leaves the others alone.
 type ItemFn<T, R> = fn(&rusqlite::Transaction<'_>, &T) -> Result<Result<R, StoreError>, StoreError>;
 
+/// How a grouped transaction commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// fsync the WAL before returning (`synchronous = FULL`, the connection's setting).
+    Durable,
+    /// Write the WAL without an fsync (`synchronous = NORMAL` for this transaction): the
+    /// next durable commit's fsync covers it, and a power cut may lose it. Only for
+    /// writes the contract lets go (verdicts).
+    Lazy,
+}
+
 /// Writes of concurrent callers grouped into one `BEGIN IMMEDIATE` transaction each (one
-/// WAL fsync per group); a failed transaction fails every write in it.
+/// WAL fsync per group, for durable ones); a failed transaction fails every write in it.
 fn grouped<T, R>(
     conn: Arc<Mutex<Connection>>,
     item: ItemFn<T, R>,
+    commit: Commit,
 ) -> Group<T, Result<R, StoreError>>
 where
     T: Send + 'static,
@@ -146,15 +165,28 @@ where
             let n = items.len();
             let res = tokio::task::spawn_blocking(move || {
                 let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-                let tx = c
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(db_err)?;
-                let out = items
-                    .iter()
-                    .map(|it| item(&tx, it))
-                    .collect::<Result<Vec<_>, _>>()?;
-                tx.commit().map_err(db_err)?;
-                Ok(out)
+                if commit == Commit::Lazy {
+                    c.pragma_update(None, "synchronous", "NORMAL")
+                        .map_err(db_err)?;
+                }
+                let run = |c: &mut Connection| {
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(db_err)?;
+                    let out = items
+                        .iter()
+                        .map(|it| item(&tx, it))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    tx.commit().map_err(db_err)?;
+                    Ok(out)
+                };
+                let out = run(&mut c);
+                if commit == Commit::Lazy {
+                    // Every other write on this connection must stay durable.
+                    c.pragma_update(None, "synchronous", "FULL")
+                        .map_err(db_err)?;
+                }
+                out
             })
             .await
             .unwrap_or_else(|e| Err(worker_failed(e.to_string())));
@@ -235,6 +267,47 @@ fn write_if(
         Some((owner, until)) if !allowed(&owner, until) => Ok(Err(StoreError::Leased(rec.id))),
         Some(_) => write_record(tx, rec, None).map(|_| Ok(())),
     }
+}
+
+/// A sender check's result: only the record's `verdicts`, only while no live lease is
+/// held (a drain's write-back would replace the whole record).
+fn verdict_item(
+    tx: &rusqlite::Transaction<'_>,
+    (id, verdicts, now): &VerdictWrite,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let json = match serde_json::to_string(verdicts) {
+        Ok(j) => j,
+        Err(e) => {
+            return Ok(Err(StoreError::Corrupt {
+                id: id.to_string(),
+                detail: e.to_string(),
+            }));
+        }
+    };
+    let n = tx
+        .prepare_cached(
+            "UPDATE messages SET record = json_set(record, '$.verdicts', json(?2))
+             WHERE id = ?1 AND (lease_until IS NULL OR lease_until <= ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id.to_string(), json, ms(*now)]))
+        .map_err(db_err)?;
+    if n == 1 {
+        return Ok(Ok(()));
+    }
+    let exists = tx
+        .query_row(
+            "SELECT 1 FROM messages WHERE id = ?1",
+            [id.to_string()],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(db_err)?
+        .is_some();
+    Ok(Err(if exists {
+        StoreError::Leased(*id)
+    } else {
+        StoreError::NotFound(*id)
+    }))
 }
 
 /// A drain worker's write-back: only while `owner` holds the lease.
@@ -449,8 +522,9 @@ impl SqliteIndex {
         }
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteIndex {
-            inserts: Arc::new(grouped(conn.clone(), insert_item)),
-            completions: Arc::new(grouped(conn.clone(), complete_item)),
+            inserts: Arc::new(grouped(conn.clone(), insert_item, Commit::Durable)),
+            completions: Arc::new(grouped(conn.clone(), complete_item, Commit::Durable)),
+            verdicts: Arc::new(grouped(conn.clone(), verdict_item, Commit::Lazy)),
             conn,
         })
     }
@@ -646,6 +720,18 @@ impl Index for SqliteIndex {
         let now = ms(now);
         self.write_back(rec, move |_, until| until.is_none_or(|u| u <= now))
             .await
+    }
+
+    async fn set_verdicts(
+        &self,
+        id: MessageId,
+        verdicts: &Verdicts,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.verdicts
+            .submit((id, verdicts.clone(), now))
+            .await
+            .unwrap_or_else(|| Err(worker_failed("verdict worker stopped".into())))
     }
 
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {

@@ -19,8 +19,8 @@ use tokio_rustls::TlsAcceptor;
 use super::data::DataDecoder;
 use super::session::{DataOutcome, MAX_COMMAND_LINE, Next, Policy, Session, reply};
 use crate::config::{BindError, ListenAddrs};
-use crate::model::{Envelope, Origin, Verdicts};
-use crate::ports::{Inbound, SenderCheck};
+use crate::model::{Envelope, Origin, redact};
+use crate::ports::Inbound;
 
 /// Any byte stream a session can run over (TCP, TLS over TCP, an in-memory pipe in tests).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -36,10 +36,6 @@ pub struct Server {
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
     pub command_timeout: Duration,
-    /// SPF at receipt (for bounces only); `None`: no verdict is recorded, so no DSN.
-    pub sender_check: Option<Arc<dyn SenderCheck>>,
-    /// How long the 250 after DATA waits for an unfinished sender check.
-    pub sender_check_timeout: Duration,
 }
 
 /// The listener's current [`Server`]; `standby serve` swaps in a new one on SIGHUP. Each
@@ -50,41 +46,6 @@ impl Server {
     /// This server as the listener's replaceable [`Shared`] state.
     pub fn shared(self) -> Shared {
         Arc::new(arc_swap::ArcSwap::from_pointee(self))
-    }
-}
-
-/// A sender check running while the message arrives; stopped if the message is not kept.
-struct PendingCheck(tokio::task::JoinHandle<String>);
-
-impl PendingCheck {
-    fn start(server: &Server, session: &Session<'_>, peer: SocketAddr) -> Option<Self> {
-        let check = server.sender_check.clone()?;
-        let from = session.mail_from().filter(|f| !f.is_empty())?.to_string();
-        let helo = session.helo().to_string();
-        let ip = peer.ip();
-        Some(PendingCheck(tokio::spawn(async move {
-            check.spf(ip, &helo, &from).await
-        })))
-    }
-
-    /// The verdicts, `TEMPERROR` when the check did not finish within `limit`.
-    async fn verdicts(mut self, limit: Duration) -> Verdicts {
-        let waited = std::time::Instant::now();
-        let spf = match tokio::time::timeout(limit, &mut self.0).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(_)) | Err(_) => "TEMPERROR".to_string(),
-        };
-        tracing::debug!(spf = %spf, waited_us = waited.elapsed().as_micros(), "sender check");
-        Verdicts {
-            spf: Some(spf),
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for PendingCheck {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -171,6 +132,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let msg = reply(421, "4.7.0", "Too many connections, try again later");
+                    log_refusals(&msg, peer, "", None);
                     let _ = stream.write_all(msg.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });
@@ -190,6 +152,7 @@ struct Conn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     timeout: Duration,
+    peer: SocketAddr,
 }
 
 enum Read {
@@ -199,6 +162,14 @@ enum Read {
 }
 
 impl Conn {
+    /// Queue a reply for the client. Every reply goes through here, so every refusal in
+    /// one is logged (see [`log_refusals`]): `helo` as the client gave it, `about` the
+    /// address the reply concerns.
+    fn say(&mut self, reply: &str, helo: &str, about: Option<&str>) {
+        log_refusals(reply, self.peer, helo, about);
+        self.out.extend_from_slice(reply.as_bytes());
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
@@ -230,9 +201,10 @@ pub async fn serve_connection(
         inbuf: Vec::with_capacity(READ_CHUNK),
         out: Vec::new(),
         timeout: server.command_timeout,
+        peer,
     };
     let mut session = Session::new(&server.policy, false);
-    conn.out.extend_from_slice(session.greeting().as_bytes());
+    conn.say(&session.greeting(), "", None);
     conn.flush().await?;
     let mut discarding = false;
     loop {
@@ -251,7 +223,8 @@ pub async fn serve_connection(
                         "421 4.4.2 {} Error: timeout exceeded\r\n",
                         server.policy.hostname
                     );
-                    let _ = conn.io.write_all(msg.as_bytes()).await;
+                    conn.say(&msg, session.helo(), None);
+                    let _ = conn.flush().await;
                     return Ok(());
                 }
             }
@@ -263,7 +236,7 @@ pub async fn serve_connection(
         } else {
             session.handle(&line)
         };
-        conn.out.extend_from_slice(step.reply.as_bytes());
+        conn.say(&step.reply, session.helo(), step.about.as_deref());
         match step.next {
             Next::Command => {}
             Next::Close => {
@@ -277,7 +250,7 @@ pub async fn serve_connection(
                     return Ok(());
                 };
                 let done = session.data_done(outcome);
-                conn.out.extend_from_slice(done.reply.as_bytes());
+                conn.say(&done.reply, session.helo(), done.about.as_deref());
             }
             Next::StartTls => {
                 conn.flush().await?;
@@ -326,7 +299,6 @@ async fn receive_data(
         },
         journal: session.is_journal(),
     };
-    let check = PendingCheck::start(server, session, peer);
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -379,12 +351,9 @@ async fn receive_data(
     if too_big {
         return Ok(Some(DataOutcome::TooBig));
     }
-    let Some(mut incoming) = incoming.filter(|_| !failed) else {
+    let Some(incoming) = incoming.filter(|_| !failed) else {
         return Ok(Some(DataOutcome::StorageFailed));
     };
-    if let Some(check) = check {
-        incoming.set_verdicts(check.verdicts(server.sender_check_timeout).await);
-    }
     Ok(Some(match incoming.commit().await {
         Ok(rec) => DataOutcome::Stored(rec.id),
         Err(e) => {
@@ -392,4 +361,192 @@ async fn receive_data(
             DataOutcome::StorageFailed
         }
     }))
+}
+
+/// Log every refusal in `reply` (each 4xx or 5xx line) at info, so an operator can answer
+/// "why did my mail bounce": the code and enhanced code, the client's IP and HELO, the
+/// reply text, and the domain of the address involved. The address itself only at
+/// debug (addresses are personal data; domains are what an operator greps for).
+fn log_refusals(reply: &str, peer: SocketAddr, helo: &str, about: Option<&str>) {
+    for line in reply.split("\r\n") {
+        let Some(code) = line.get(..3).and_then(|c| c.parse::<u16>().ok()) else {
+            continue;
+        };
+        if code < 400 || line.as_bytes().get(3) == Some(&b'-') {
+            continue;
+        }
+        let rest = line.get(4..).unwrap_or_default();
+        let (enhanced, text) = match rest.split_once(' ') {
+            Some((e, t)) if is_enhanced(e) => (e, t),
+            _ => ("", rest),
+        };
+        let helo: String = helo.chars().take(255).collect();
+        let domain = about.map_or("", redact);
+        let ip = peer.ip();
+        tracing::info!(code, enhanced, %ip, helo = helo.as_str(), domain, text, "refused");
+        if let Some(address) = about {
+            tracing::debug!(code, %ip, address, "refused: the address");
+        }
+    }
+}
+
+/// An RFC 3463 enhanced status code (`5.7.1`).
+fn is_enhanced(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let class_ok = parts.next().is_some_and(|c| matches!(c, "2" | "4" | "5"));
+    let rest: Vec<&str> = parts.collect();
+    class_ok
+        && rest.len() == 2
+        && rest
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::Spool;
+    use crate::ports::{Storage, SystemClock};
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn server() -> Server {
+        Server {
+            policy: Policy {
+                hostname: "standby.test".into(),
+                domains: ["example.test".to_string()].into(),
+                recipients: Some(["bob@example.test".to_string()].into()),
+                max_message_size: 100,
+                max_recipients: 1,
+                tls_available: false,
+                journal: crate::config::Journal::new(&[], &[]),
+            },
+            spool: Arc::new(Spool::new(
+                Storage::memory(),
+                Arc::new(SystemClock),
+                "standby.test",
+            )),
+            tls: None,
+            max_connections: 10,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Every 4xx and 5xx the listener sends, whatever produced it, has its log line at
+    /// info with code, enhanced code, client IP, HELO and domain; no address is logged.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_refusal_is_logged_with_its_domain_and_never_its_address() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let big = "x".repeat(200);
+        let script = [
+            "XYZZY",                                // 500 5.5.2
+            "MAIL FROM:<a@sender.test>",            // 503 5.5.1 (no HELO)
+            "EHLO client.example",                  //
+            "MAIL FROM:<a@sender.test> SIZE=99999", // 552 5.3.4 at MAIL
+            "MAIL FROM:<a@sender.test>",            //
+            "DATA",                                 // 554 5.5.1 no recipients
+            "RCPT TO:<carol@foreign.test>",         // 550 5.7.1 relay
+            "RCPT TO:<@hop.test:dave@relay.test>",  // 550 5.7.1 source route
+            "RCPT TO:<eve@example.test>",           // 550 5.1.1 unknown user
+            "RCPT TO:<bob@example.test>",           //
+            "RCPT TO:<bob2@example.test>",          // 452 4.5.3 too many
+            "DATA",                                 // 354
+            &big,                                   //
+            ".",                                    // 552 5.3.4 after DATA
+            "QUIT",
+        ];
+        let (client, server_end) = tokio::io::duplex(64 * 1024);
+        let srv = server();
+        let peer: SocketAddr = "192.0.2.7:4567".parse().unwrap();
+        let session = serve_connection(&srv, Box::new(server_end), peer);
+        let talk = async move {
+            let (mut rd, mut wr) = tokio::io::split(client);
+            for line in script {
+                wr.write_all(format!("{line}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            let mut replies = String::new();
+            rd.read_to_string(&mut replies).await.unwrap();
+            replies
+        };
+        let (res, replies) = tokio::join!(session, talk);
+        res.unwrap();
+
+        let refusals: Vec<&str> = replies
+            .lines()
+            .filter(|l| {
+                l.as_bytes().get(3) == Some(&b' ') && matches!(l.as_bytes()[0], b'4' | b'5')
+            })
+            .collect();
+        let codes: Vec<&str> = refusals.iter().map(|l| &l[..9]).collect();
+        assert_eq!(
+            codes,
+            [
+                "500 5.5.2",
+                "503 5.5.1",
+                "552 5.3.4",
+                "554 5.5.1",
+                "550 5.7.1",
+                "550 5.7.1",
+                "550 5.1.1",
+                "452 4.5.3",
+                "552 5.3.4"
+            ],
+            "{replies}"
+        );
+        let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(" refused ")).collect();
+        assert_eq!(
+            lines.len(),
+            refusals.len(),
+            "one log line per refusal:\n{log}"
+        );
+        for (line, code) in lines.iter().zip(&codes) {
+            let (basic, enhanced) = code.split_once(' ').unwrap();
+            assert!(line.contains(&format!("code={basic} ")), "{line}");
+            assert!(line.contains(&format!("enhanced=\"{enhanced}\"")), "{line}");
+            assert!(line.contains("ip=192.0.2.7"), "{line}");
+        }
+        // HELO once given; the domain of the address each refusal is about.
+        assert!(!lines[1].contains("client.example"), "{}", lines[1]);
+        for (n, domain) in [
+            (2, "sender.test"),
+            (3, "sender.test"),
+            (4, "foreign.test"),
+            (5, "relay.test"),
+            (6, "example.test"),
+            (7, "example.test"),
+            (8, "sender.test"),
+        ] {
+            let line = lines[n];
+            assert!(line.contains("helo=\"client.example\""), "{line}");
+            assert!(line.contains(&format!("domain=\"{domain}\"")), "{line}");
+        }
+        for address in ["a@sender.test", "carol@", "dave@", "eve@", "bob2@"] {
+            assert!(!log.contains(address), "{address} logged at info:\n{log}");
+        }
+    }
 }

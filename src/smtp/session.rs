@@ -69,6 +69,16 @@ pub enum DataOutcome {
 pub struct Step {
     pub reply: String,
     pub next: Next,
+    /// The address the reply is about (the recipient of a RCPT, the sender of a
+    /// transaction), for the listener's log of refusals; never sent.
+    pub about: Option<String>,
+}
+
+impl Step {
+    fn about(mut self, address: &str) -> Step {
+        self.about = Some(address.to_string());
+        self
+    }
 }
 
 /// The per-connection SMTP state.
@@ -93,6 +103,7 @@ fn step(code: u16, esc: &str, text: &str) -> Step {
     Step {
         reply: reply(code, esc, text),
         next: Next::Command,
+        about: None,
     }
 }
 
@@ -167,7 +178,8 @@ impl<'p> Session<'p> {
         // The parser drops source routes (`<@a,@b:user@c>`) silently; RFC 5321 lets a
         // server decline them, and a standby has no reason to accept one.
         if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"RCPT TO:") && has_source_route(line) {
-            return self.error(step(550, "5.7.1", "Relay access denied (source route)"));
+            let s = step(550, "5.7.1", "Relay access denied (source route)");
+            return self.error(s.about(&raw_address(line)));
         }
         let parsed = Request::parse(&mut line.iter());
         match parsed {
@@ -178,16 +190,16 @@ impl<'p> Session<'p> {
                         step(500, "5.5.2", "Error: command not recognized")
                     }
                     ProtoError::InvalidSenderAddress => {
-                        step(501, "5.1.7", "Bad sender address syntax")
+                        step(501, "5.1.7", "Bad sender address syntax").about(&raw_address(line))
                     }
                     // An address the parser refuses but which carries routing syntax
                     // (a bare bang path, a source route) is a relay attempt, and is
                     // answered as one.
                     ProtoError::InvalidRecipientAddress if has_routing(line) => {
-                        step(550, "5.7.1", "Relay access denied")
+                        step(550, "5.7.1", "Relay access denied").about(&raw_address(line))
                     }
                     ProtoError::InvalidRecipientAddress => {
-                        step(501, "5.1.3", "Bad recipient address syntax")
+                        step(501, "5.1.3", "Bad recipient address syntax").about(&raw_address(line))
                     }
                     ProtoError::SyntaxError { syntax } => {
                         step(501, "5.5.4", &format!("Syntax: {syntax}"))
@@ -223,6 +235,7 @@ impl<'p> Session<'p> {
                 Step {
                     reply: r,
                     next: Next::Command,
+                    about: None,
                 }
             }
             Request::Helo { host } | Request::Lhlo { host } => {
@@ -238,7 +251,8 @@ impl<'p> Session<'p> {
                     return self.error(step(503, "5.5.1", "Error: nested MAIL command"));
                 }
                 if from.size as u64 > self.policy.max_message_size {
-                    return step(552, "5.3.4", "Message size exceeds fixed limit");
+                    return step(552, "5.3.4", "Message size exceeds fixed limit")
+                        .about(&from.address);
                 }
                 self.mail_from = Some(from.address.into_owned());
                 step(250, "2.1.0", "Ok")
@@ -248,7 +262,7 @@ impl<'p> Session<'p> {
                     return self.error(step(503, "5.5.1", "Error: need MAIL command"));
                 }
                 if self.rcpts.len() >= self.policy.max_recipients {
-                    return step(452, "4.5.3", "Error: too many recipients");
+                    return step(452, "4.5.3", "Error: too many recipients").about(&to.address);
                 }
                 let journal = self.policy.journal.matches(&to.address);
                 if !self.rcpts.is_empty() && journal != self.journal {
@@ -257,7 +271,8 @@ impl<'p> Session<'p> {
                         452,
                         "4.5.3",
                         "Journal copies and other mail go in separate transactions",
-                    );
+                    )
+                    .about(&to.address);
                 }
                 let checked = if journal {
                     Ok(to.address.trim().to_string())
@@ -272,7 +287,7 @@ impl<'p> Session<'p> {
                         }
                         step(250, "2.1.5", "Ok")
                     }
-                    Err(s) => self.error(s),
+                    Err(s) => self.error(s.about(&to.address)),
                 }
             }
             Request::Data => {
@@ -280,11 +295,13 @@ impl<'p> Session<'p> {
                     return self.error(step(503, "5.5.1", "Error: need MAIL command"));
                 }
                 if self.rcpts.is_empty() {
-                    return self.error(step(554, "5.5.1", "Error: no valid recipients"));
+                    let s = step(554, "5.5.1", "Error: no valid recipients");
+                    return self.error(s.about(self.mail_from.as_deref().unwrap_or_default()));
                 }
                 Step {
                     reply: "354 End data with <CR><LF>.<CR><LF>\r\n".to_string(),
                     next: Next::Data,
+                    about: None,
                 }
             }
             Request::Rset => {
@@ -295,6 +312,7 @@ impl<'p> Session<'p> {
             Request::Quit => Step {
                 reply: reply(221, "2.0.0", "Bye"),
                 next: Next::Close,
+                about: None,
             },
             Request::Vrfy { .. } => step(
                 252,
@@ -310,6 +328,7 @@ impl<'p> Session<'p> {
                     Step {
                         reply: reply(220, "2.0.0", "Ready to start TLS"),
                         next: Next::StartTls,
+                        about: None,
                     }
                 }
             }
@@ -357,8 +376,9 @@ impl<'p> Session<'p> {
 
     /// The message has been received (or refused); the transaction ends either way.
     pub fn data_done(&mut self, outcome: DataOutcome) -> Step {
+        let sender = self.mail_from.take().unwrap_or_default();
         self.reset();
-        match outcome {
+        let s = match outcome {
             DataOutcome::Stored(id) => step(250, "2.0.0", &format!("Ok: queued as {id}")),
             DataOutcome::TooBig => step(552, "5.3.4", "Message size exceeds fixed limit"),
             DataOutcome::StorageFailed => step(
@@ -366,7 +386,8 @@ impl<'p> Session<'p> {
                 "4.3.0",
                 "Error: queue file write error, try again later",
             ),
-        }
+        };
+        s.about(&sender)
     }
 }
 
@@ -375,6 +396,18 @@ fn printable(s: &str) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(64)
         .collect()
+}
+
+/// The address argument of a MAIL or RCPT line as sent (for the log of a refusal whose
+/// address did not parse): after the colon, up to the first space, without `<>`.
+fn raw_address(line: &[u8]) -> String {
+    let arg = line.splitn(2, |b| *b == b':').nth(1).unwrap_or_default();
+    let arg = String::from_utf8_lossy(arg);
+    arg.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_matches(['<', '>'])
+        .to_string()
 }
 
 /// Whether the address of a `RCPT TO:` line starts with a source route (`<@`).

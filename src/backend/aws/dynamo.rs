@@ -7,7 +7,8 @@
 //!   lease), so concurrent drains never lease the same message; the candidates come from
 //!   the eventually consistent status index, the decision from the base table.
 //! - Write-backs are conditional on the lease: `complete` only for the lease owner,
-//!   operator `update` only when no live lease is held.
+//!   operator `update` only when no live lease is held. A verdict update changes only the
+//!   verdicts, read-modify-write conditional on the record's text and the lease.
 //! - Reads of single items are strongly consistent.
 //!
 //! The record is stored as JSON in `record`; the attributes that queries and conditions
@@ -28,7 +29,7 @@ use super::schema::{
 use super::search;
 use crate::error::StoreError;
 use crate::model::HealthRecord;
-use crate::model::{Class, Counts, Lease, MessageId, Record, Status};
+use crate::model::{Class, Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{ClaimRequest, Cursor, Index, ListQuery};
 
 const BACKEND: &str = "dynamodb";
@@ -574,6 +575,65 @@ impl Index for DynamoIndex {
             vec![(":now", n(now.timestamp_millis()))],
         )
         .await
+    }
+
+    async fn set_verdicts(
+        &self,
+        id: MessageId,
+        verdicts: &Verdicts,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_value(verdicts).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            detail: e.to_string(),
+        })?;
+        // The record is one JSON attribute: read it, change its verdicts, and write it
+        // back only if nobody wrote it in between (compare-and-set on the whole text).
+        for _ in 0..5 {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key(PK, pk(id))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "GetItem", e))?;
+            let Some(item) = out.item() else {
+                return Err(StoreError::NotFound(id));
+            };
+            if from_item(item)?.lease.is_some_and(|l| l.until > now) {
+                return Err(StoreError::Leased(id));
+            }
+            let old = item
+                .get("record")
+                .and_then(|v| v.as_s().ok())
+                .ok_or_else(|| corrupt(item, "no `record` attribute"))?;
+            let mut json: serde_json::Value =
+                serde_json::from_str(old).map_err(|e| corrupt(item, e.to_string()))?;
+            json["verdicts"] = value.clone();
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pk(id))
+                .update_expression("SET #r = :new")
+                .condition_expression(
+                    "#r = :old AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+                )
+                .expression_attribute_names("#r", "record")
+                .expression_attribute_values(":new", s(json.to_string()))
+                .expression_attribute_values(":old", s(old.clone()))
+                .expression_attribute_values(":now", n(now.timestamp_millis()))
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(()),
+                Err(e) if is_condition_failed(&e) => continue,
+                Err(e) => return Err(classify(BACKEND, "UpdateItem (verdicts)", e)),
+            }
+        }
+        Err(StoreError::Leased(id))
     }
 
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
