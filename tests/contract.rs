@@ -10,7 +10,7 @@ use chrono::{Duration, Utc};
 use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::model::HealthRecord;
-use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary};
+use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary, Verdicts};
 use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery};
 use tokio::io::AsyncReadExt;
 
@@ -129,10 +129,35 @@ async fn index_contract(index: Arc<dyn Index>) {
         Some(old.received_at.timestamp_millis())
     );
 
+    // A verdict update (the sender check, after acceptance) changes only the verdicts.
+    let pending = Verdicts::pending();
+    index
+        .set_verdicts(old.id, &pending, Utc::now())
+        .await
+        .unwrap();
+    let with_verdict = Record {
+        verdicts: Some(pending.clone()),
+        ..old.clone()
+    };
+    assert_eq!(index.get(old.id).await.unwrap().unwrap(), with_verdict);
+    assert!(matches!(
+        index
+            .set_verdicts(MessageId::new(Utc::now()), &pending, Utc::now())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
     // Claims are exclusive while the lease runs.
     let a = index.claim(&claim("a", 2)).await.unwrap();
     assert_eq!(a.iter().map(|r| r.id).collect::<Vec<_>>(), [old.id, mid.id]);
     assert_eq!(a[0].lease.as_ref().unwrap().owner, "a");
+    assert_eq!(a[0].verdicts, Some(pending.clone()));
+    // No verdict update under a drain's lease: the drain writes its whole copy back.
+    let pass = Verdicts::spf("PASS");
+    assert!(matches!(
+        index.set_verdicts(old.id, &pass, Utc::now()).await,
+        Err(StoreError::Leased(_))
+    ));
     let b = index.claim(&claim("b", 10)).await.unwrap();
     assert_eq!(b.iter().map(|r| r.id).collect::<Vec<_>>(), [new.id]);
     assert!(index.claim(&claim("c", 10)).await.unwrap().is_empty());
@@ -151,6 +176,18 @@ async fn index_contract(index: Arc<dyn Index>) {
     index.complete(&done, "a").await.unwrap();
     let got = index.get(old.id).await.unwrap().unwrap();
     assert_eq!((got.status, got.lease), (Status::Delivered, None));
+    assert_eq!(got.verdicts, Some(pending.clone()));
+    // Once the lease is gone the verdict lands, and the drain's write stays.
+    index.set_verdicts(old.id, &pass, Utc::now()).await.unwrap();
+    let got = index.get(old.id).await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        Record {
+            verdicts: Some(pass.clone()),
+            lease: None,
+            ..done.clone()
+        }
+    );
 
     // An expired lease can be taken over.
     let later = ClaimRequest {
