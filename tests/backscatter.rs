@@ -1,6 +1,6 @@
 //! No backscatter: when the primary (a real Postfix) permanently refuses a recipient of held
 //! mail, exactly one DSN goes back, through the primary, and only to a sender whose SPF
-//! passed at receipt (checked by `standby serve` against a real DNS server, dnsmasq). Forged,
+//! passed (checked by `standby serve` after the 250, against a real DNS server, dnsmasq). Forged,
 //! unauthenticated and null senders get nothing; their messages are parked as failed with
 //! the reason, for the operator.
 
@@ -70,14 +70,15 @@ fn failed_mail_bounces_once_and_only_to_authenticated_senders() {
             .to_string();
         ids.push(id);
     }
+    // The SPF check runs after the 250; its verdict lands on the record.
     for ((from, spf), id) in SENDERS.iter().zip(&ids) {
-        let rec = sb.json(&["show", id, "--json"]);
-        assert_eq!(
-            rec["verdicts"]["spf"].as_str(),
-            *spf,
-            "{from}: {}",
-            rec["verdicts"]
+        let verdict = || sb.json(&["show", id, "--json"])["verdicts"]["spf"].clone();
+        wait_for(
+            &format!("{from}'s SPF verdict"),
+            Duration::from_secs(20),
+            || verdict() != "PENDING",
         );
+        assert_eq!(verdict().as_str(), *spf, "{from}");
     }
 
     pf.start();

@@ -126,7 +126,11 @@ fn refusals_stored_messages_and_deliveries_are_logged_for_the_operator() {
         .find(|l| l.contains("delivery attempt") && field(l, "id") == Some(id.as_str()))
         .unwrap();
     assert_eq!(field(delivery, "outcome"), Some("delivered"), "{delivery}");
-    assert_eq!(field(delivery, "domains"), Some("example.test"), "{delivery}");
+    assert_eq!(
+        field(delivery, "domains"),
+        Some("example.test"),
+        "{delivery}"
+    );
     let reply = field(delivery, "reply").unwrap();
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{delivery}");
     let queue_id = field(delivery, "queue_id").unwrap();
@@ -135,13 +139,21 @@ fn refusals_stored_messages_and_deliveries_are_logged_for_the_operator() {
         "{delivery}"
     );
     // ... which Postfix's own log names for this very message.
-    wait_for("postfix to log the message", Duration::from_secs(30), || {
-        pf.maillog()
-            .contains(&format!("{queue_id}: message-id=<logs-test-1@example.org>"))
-    });
+    wait_for(
+        "postfix to log the message",
+        Duration::from_secs(30),
+        || {
+            pf.maillog()
+                .contains(&format!("{queue_id}: message-id=<logs-test-1@example.org>"))
+        },
+    );
 
     // Addresses never appear at info, only their domains.
-    for address in ["carol@foreign.test", "alice@example.org", "bob@example.test"] {
+    for address in [
+        "carol@foreign.test",
+        "alice@example.org",
+        "bob@example.test",
+    ] {
         assert!(!log.contains(address), "{address} in the log:\n{log}");
     }
 }

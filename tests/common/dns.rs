@@ -78,3 +78,39 @@ impl Drop for Dns {
         let _ = self.child.wait();
     }
 }
+
+/// A resolver that never answers: UDP queries on 127.0.0.1 are read and dropped, TCP
+/// connections on the same port are accepted and left hanging (an unreachable or
+/// overloaded resolver, as in a disaster). Runs until the test process ends.
+pub struct DeadDns {
+    pub port: u16,
+}
+
+impl DeadDns {
+    pub fn start() -> DeadDns {
+        for _ in 0..50 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+                continue; // the TCP port is taken: try another
+            };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while udp.recv(&mut buf).is_ok() {}
+            });
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for conn in tcp.incoming().flatten() {
+                    held.push(conn);
+                }
+            });
+            return DeadDns { port };
+        }
+        panic!("no port free for both UDP and TCP on 127.0.0.1");
+    }
+
+    /// `IP:port`, for `[dsn] nameserver`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
