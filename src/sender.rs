@@ -48,7 +48,7 @@ pub struct SenderVerifier {
     clock: Arc<dyn Clock>,
     /// When a lookup last ran out of time (ms since the epoch; 0: never).
     timed_out_at: Arc<AtomicI64>,
-    /// Whether the last lookup answered in time (for one log line per change).
+    /// Whether lookups answer (for one log line per change).
     answering: Arc<AtomicBool>,
 }
 
@@ -99,27 +99,27 @@ impl SenderVerifier {
 
     /// The SPF verdict for `job`; `TEMPERROR` when the lookup took longer than the timeout.
     pub async fn check(&self, job: &Job) -> Verdicts {
+        let started = tokio::time::Instant::now();
         let lookup = self.check.spf(job.ip, &job.helo, &job.mail_from);
-        let spf = match tokio::time::timeout(self.timeout, lookup).await {
-            Ok(v) => {
-                if !self.answering.swap(true, Ordering::Relaxed) {
-                    tracing::info!("SPF lookups answer again");
-                }
-                v
+        let spf = tokio::time::timeout(self.timeout, lookup)
+            .await
+            .unwrap_or_else(|_| "TEMPERROR".to_string());
+        // A temporary error that took most of the timeout (ours, or the resolver's own
+        // retries giving up) means the resolver is in trouble, not one sender's domain.
+        let stuck = spf == "TEMPERROR" && started.elapsed() >= self.timeout / 2;
+        if stuck {
+            self.timed_out_at
+                .store(self.clock.now().timestamp_millis(), Ordering::Relaxed);
+            if self.answering.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    timeout_secs = self.timeout.as_secs_f64(),
+                    "SPF lookups time out (resolver slow or unreachable): verdicts are \
+                     TEMPERROR and asked again when a bounce depends on them"
+                );
             }
-            Err(_) => {
-                self.timed_out_at
-                    .store(self.clock.now().timestamp_millis(), Ordering::Relaxed);
-                if self.answering.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(
-                        timeout_secs = self.timeout.as_secs_f64(),
-                        "SPF lookups time out (resolver slow or unreachable): verdicts are \
-                         TEMPERROR and asked again when a bounce depends on them"
-                    );
-                }
-                "TEMPERROR".to_string()
-            }
-        };
+        } else if spf != "TEMPERROR" && !self.answering.swap(true, Ordering::Relaxed) {
+            tracing::info!("SPF lookups answer again");
+        }
         tracing::debug!(id = %job.id, spf = %spf, "sender checked");
         Verdicts::spf(spf)
     }

@@ -5,7 +5,7 @@
 //! - [`server`]: the tokio listener that drives sessions over sockets.
 //! - [`client`]: `SmtpRelay`, delivery to and probing of the primary.
 //! - [`tls`]: rustls configuration for both.
-//! - [`spf`]: the sender's SPF result at receipt (for bounces only).
+//! - [`spf`]: the sender's SPF lookup (the `SenderCheck` adapter; for bounces only).
 
 pub mod client;
 pub mod data;

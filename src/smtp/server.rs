@@ -4,7 +4,12 @@
 //! buffered and flushed when the client's pipelined input is used up (RFC 2920). The
 //! message is decoded and written to the spool as it arrives, so memory per connection
 //! stays at the read buffer whatever the message size; the 250 after DATA is sent only
-//! once [`Incoming::commit`](crate::ingest::Incoming::commit) returned.
+//! once [`Incoming::commit`](crate::ingest::Incoming::commit) returned (which never
+//! waits for DNS: the sender's SPF is checked after the 250).
+//!
+//! Every reply to the client is queued through one function, which logs each refusal
+//! (4xx, 5xx) with its code, the client and the domain involved: the operator's answer to
+//! "why did my mail bounce", with no refusal path left out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
-//! SPF at receipt, with `mail-auth` (Stalwart's implementation of RFC 7208).
+//! SPF lookups, with `mail-auth` (Stalwart's implementation of RFC 7208).
 //!
-//! The standby checks SPF only to decide, later, whether a bounce may go to the sender;
+//! The standby checks SPF only to decide, later, whether a bounce may go to the sender
+//! (the lookup runs after the message was accepted, from the client IP, HELO and MAIL
+//! FROM stored with it: see `crate::sender`, which also bounds its time);
 //! it never refuses mail on SPF (the primary's own filters judge the message once it is
 //! delivered, and a standby that refuses what the primary would accept loses mail).
 
