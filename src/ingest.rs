@@ -292,6 +292,67 @@ mod tests {
         assert_eq!(storage.index.get(rec.id).await.unwrap(), Some(rec));
     }
 
+    /// A check that passes every sender.
+    struct Pass;
+
+    #[async_trait::async_trait]
+    impl crate::ports::SenderCheck for Pass {
+        async fn spf(&self, _: std::net::IpAddr, _: &str, _: &str) -> String {
+            "PASS".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sender_is_checked_after_the_commit_except_journal_copies_and_null_senders() {
+        use crate::sender::{Limits, SenderChecks, SenderVerifier};
+        let storage = Storage::memory();
+        let verifier = SenderVerifier::new(
+            Arc::new(Pass),
+            std::time::Duration::from_secs(5),
+            Arc::new(SystemClock),
+        );
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (checks, _worker) =
+            SenderChecks::start(verifier, storage.index.clone(), Limits::default(), stop);
+        let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test")
+            .with_journal(Journal::new(
+                &["journal@archive.example.test".to_string()],
+                &["example.test".to_string()],
+            ))
+            .with_sender_checks(checks);
+        let commit = |env: Envelope| {
+            let spool = spool.clone();
+            async move {
+                let mut inc = spool.begin(env).await.unwrap();
+                inc.write(b"Subject: s\r\n\r\nx\r\n").await.unwrap();
+                inc.commit().await.unwrap()
+            }
+        };
+        let held = commit(env(&["bob@example.test"])).await;
+        assert_eq!(held.verdicts, Some(Verdicts::pending()), "stored pending");
+        let journal = commit(Envelope {
+            journal: true,
+            ..env(&["journal@archive.example.test"])
+        })
+        .await;
+        assert_eq!((journal.status, journal.verdicts), (Status::Journal, None));
+        let bounce = commit(Envelope {
+            mail_from: String::new(),
+            ..env(&["bob@example.test"])
+        })
+        .await;
+        assert_eq!(bounce.verdicts, None, "the null sender is never bounced");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = storage.index.get(held.id).await.unwrap().unwrap();
+            if got.verdicts == Some(Verdicts::spf("PASS")) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", got.verdicts);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn abort_leaves_nothing() {
         let storage = Storage::memory();
