@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Journal;
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::model::{Envelope, MessageId, Record, Verdicts, redact};
+use crate::model::{Envelope, MessageId, Record, Status, Verdicts, redact};
 use crate::ports::Storage;
 use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
 use crate::summary::HeadCapture;
@@ -117,8 +117,9 @@ impl Incoming {
     /// Make the message durable: blob committed (fsynced), then the index row committed.
     ///
     /// # Errors
-    /// Any storage error; the message must then not be acknowledged. A blob committed
-    /// before an index failure is removed again on a best-effort basis.
+    /// Any storage error; the message must then not be acknowledged (the listener answers
+    /// 451 and the client keeps it). A blob committed before an index failure is removed
+    /// only when it is certain no record points at it (see [`settle_failed_insert`]).
     pub async fn commit(self) -> Result<Record, StoreError> {
         let Incoming {
             id,
@@ -133,11 +134,14 @@ impl Incoming {
             journal,
             retention,
         } = self;
+        let blob = writer.key();
         writer.commit().await?;
+        let key = blob.clone().unwrap_or_else(|| id.to_string());
         let is_journal = env.journal;
         let mut rec = Record {
             origin: env.origin,
             verdicts,
+            blob,
             ..Record::held(
                 id,
                 env.mail_from,
@@ -148,23 +152,22 @@ impl Incoming {
             )
         };
         if is_journal {
-            // A journal report is read back whole (its envelope is in the body).
-            let whole = if crate::journal::is_report(head.bytes()) {
-                storage
-                    .blobs
-                    .read_all(&id.to_string())
-                    .await
-                    .ok()
-                    .map(|(b, _)| b)
+            // A journal report is read back whole (its envelope is in the body), and so is
+            // a copy the store keeps an archive copy of.
+            let whole = if crate::journal::is_report(head.bytes()) || storage.blobs.archives() {
+                storage.blobs.read_all(&key).await.ok().map(|(b, _)| b)
             } else {
                 None
             };
-            journal.file(&mut rec, head.bytes(), || whole);
+            journal.file(&mut rec, head.bytes(), || whole.clone());
+            if rec.status == Status::Journal && storage.blobs.archives() {
+                let bytes = whole.ok_or_else(|| StoreError::MissingBlob(key.clone()))?;
+                archive_journal_copy(&storage, &retention, &rec, &key, &bytes).await?;
+            }
         }
         retention.classify(&mut rec, head.bytes());
         if let Err(e) = storage.index.insert(&rec).await {
-            let _ = storage.blobs.delete(&id.to_string()).await;
-            return Err(e);
+            settle_failed_insert(&storage, &rec, &key, e).await?;
         }
         tracing::info!(
             %id,
@@ -211,6 +214,62 @@ impl Accepting for Incoming {
     async fn abort(self: Box<Self>) {
         Incoming::abort(*self).await
     }
+}
+
+/// After the index refused or failed to answer an insert whose blob is stored: `Ok` when
+/// the record is there after all (the answer was lost, or a retry of the request landed),
+/// so the message is durable and may be acknowledged; otherwise the error, for a 451.
+///
+/// The blob is removed only when it is certain the index write did not happen and never
+/// will: the index says (strongly consistent read) it has no record, and the write was
+/// refused on its merits (not a timeout or an unreachable service, whose request may still
+/// land after the read). Otherwise it stays: a blob a record may come to point at must not
+/// go, and one that no record ever points at was never acknowledged (the client got 451
+/// and sends the message again), so it is only storage to reclaim.
+async fn settle_failed_insert(
+    storage: &Storage,
+    rec: &Record,
+    key: &str,
+    e: StoreError,
+) -> Result<(), StoreError> {
+    match storage.index.get(rec.id).await {
+        Ok(Some(stored)) if stored.sha256 == rec.sha256 => {
+            tracing::warn!(id = %rec.id, error = %e, "index write reported an error but the record is stored");
+            Ok(())
+        }
+        Ok(None) if !e.is_transient() => {
+            if let Err(d) = storage.blobs.delete(key).await {
+                tracing::warn!(id = %rec.id, error = %d, "cannot remove the blob of a refused message");
+            }
+            Err(e)
+        }
+        _ => {
+            tracing::warn!(
+                id = %rec.id,
+                blob = key,
+                error = %e,
+                "index write failed and may still land; blob left in place (never acknowledged \
+                 unless its record appears)"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Keep the write-once archive copy of a journal copy (S3: the Object Lock bucket) before
+/// it is indexed, so an indexed journal copy always has one; idempotent, so a retry
+/// repeats it harmlessly. `key` is the blob's key, `bytes` the whole message.
+pub async fn archive_journal_copy(
+    storage: &Storage,
+    retention: &RetentionPolicy,
+    rec: &Record,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let until = retention
+        .journal_days
+        .map(|d| rec.received_at + chrono::Duration::days(i64::from(d)));
+    storage.blobs.archive(key, bytes, until).await
 }
 
 /// Our trace header (RFC 5321 §4.4), folded, with CRLF line ends.

@@ -198,10 +198,26 @@ async fn index_contract(index: Arc<dyn Index>) {
         Err(StoreError::NotFound(_))
     ));
 
-    assert!(index.load_health().await.unwrap().is_none());
-    let h = HealthRecord::new("127.0.0.1:25");
-    index.save_health(&h).await.unwrap();
-    assert_eq!(index.load_health().await.unwrap(), Some(h));
+    // Health: one record per node; a node's save never touches another's, and health
+    // items are not messages.
+    let counts = index.counts().await.unwrap();
+    let listed = index.list(&ListQuery::default()).await.unwrap().len();
+    assert!(index.load_health("mx20").await.unwrap().is_none());
+    assert!(index.list_health().await.unwrap().is_empty());
+    let mx30 = HealthRecord::new("mx30", "127.0.0.1:25");
+    let mut mx20 = HealthRecord::new("mx20", "127.0.0.1:25");
+    index.save_health(&mx30).await.unwrap();
+    index.save_health(&mx20).await.unwrap();
+    mx20.probes_ok = 7;
+    index.save_health(&mx20).await.unwrap();
+    assert_eq!(index.load_health("mx20").await.unwrap(), Some(mx20.clone()));
+    assert_eq!(index.load_health("mx30").await.unwrap(), Some(mx30.clone()));
+    assert_eq!(index.list_health().await.unwrap(), [mx20, mx30]);
+    assert_eq!(index.counts().await.unwrap(), counts);
+    assert_eq!(
+        index.list(&ListQuery::default()).await.unwrap().len(),
+        listed
+    );
 }
 
 /// The search filters of `list`, alone and combined, through paging; and the search
