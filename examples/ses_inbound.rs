@@ -112,6 +112,14 @@ impl Index for SesInbound {
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
         self.index.claim(req).await
     }
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.index.renew(id, owner, until).await
+    }
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.index.complete(rec, owner).await
     }

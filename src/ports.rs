@@ -268,6 +268,16 @@ pub trait Index: Send + Sync + 'static {
     /// lease is absent or expired, and return them with the new lease set. Two concurrent claims never
     /// return the same record while its lease runs.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError>;
+    /// Extend `owner`'s lease on `id` to `until`. A drain renews right before each
+    /// delivery attempt, so a lease that ran out while earlier messages of its batch were
+    /// sent is never used to send: `Ok(false)` when `owner` no longer holds the lease
+    /// (another worker claimed the message after it ran out) or the record is gone.
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Write back a claimed record after an attempt and drop its lease.
     ///
     /// # Errors

@@ -152,16 +152,42 @@ async fn index_contract(index: Arc<dyn Index>) {
     let got = index.get(old.id).await.unwrap().unwrap();
     assert_eq!((got.status, got.lease), (Status::Delivered, None));
 
-    // An expired lease can be taken over.
+    // Only the owner renews a lease; a renewed lease outlasts the claim that would
+    // have taken it over.
+    let now = Utc::now();
+    assert!(
+        !index
+            .renew(mid.id, "b", now + Duration::seconds(150))
+            .await
+            .unwrap()
+    );
+    assert!(
+        index
+            .renew(mid.id, "a", now + Duration::seconds(150))
+            .await
+            .unwrap()
+    );
+
+    // An expired lease can be taken over, and its old owner can then no longer renew it.
     let later = ClaimRequest {
-        now: Utc::now() + Duration::seconds(120),
-        lease_until: Utc::now() + Duration::seconds(180),
+        now: now + Duration::seconds(120),
+        lease_until: now + Duration::seconds(180),
         ..claim("d", 10)
     };
     let d = index.claim(&later).await.unwrap();
-    assert_eq!(d.len(), 2, "both leases expired");
+    assert_eq!(
+        d.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [new.id],
+        "b's lease expired, a's renewed one did not"
+    );
+    assert!(
+        !index
+            .renew(new.id, "b", now + Duration::seconds(240))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
-        index.complete(&d[0], "a").await,
+        index.complete(&d[0], "b").await,
         Err(StoreError::Leased(_))
     ));
 

@@ -194,6 +194,21 @@ impl Index for MemIndex {
         }
         Ok(out)
     }
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        match s.records.get_mut(&id).and_then(|r| r.lease.as_mut()) {
+            Some(lease) if lease.owner == owner => {
+                lease.until = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         let cur = s

@@ -648,6 +648,24 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
+                params![id.to_string(), owner, ms(until)],
+            )
+            .map(|n| n == 1)
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.completions
             .submit((rec.clone(), owner.to_string()))

@@ -558,6 +558,30 @@ impl Index for DynamoIndex {
         }
     }
 
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .update_expression("SET lease_until = :u")
+            .condition_expression("attribute_exists(pk) AND lease_owner = :o")
+            .expression_attribute_values(":o", s(owner))
+            .expression_attribute_values(":u", n(until.timestamp_millis()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(classify(BACKEND, "UpdateItem (renew)", e)),
+        }
+    }
+
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.put_if(
             rec,
