@@ -352,4 +352,128 @@ mod tests {
         assert!(storage.blobs.open(&id.to_string()).await.is_err());
         assert_eq!(storage.index.get(id).await.unwrap(), None);
     }
+
+    /// An index whose inserts fail in one of the ways a remote index can.
+    #[derive(Clone, Copy)]
+    enum Failure {
+        /// The write landed, the answer was lost (a timeout after the server applied it).
+        LandedAnswerLost,
+        /// Refused on its merits (access denied, a missing table): certainly not written.
+        Refused,
+        /// No answer (a timeout): the write may still land.
+        NoAnswer,
+    }
+
+    struct Failing(crate::backend::MemIndex, Failure);
+
+    fn backend_error(transient: bool) -> StoreError {
+        StoreError::Backend {
+            backend: "test",
+            detail: "insert failed".into(),
+            transient,
+            source: None,
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::Index for Failing {
+        async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+            match self.1 {
+                Failure::LandedAnswerLost => {
+                    self.0.insert(rec).await?;
+                    Err(backend_error(true))
+                }
+                Failure::Refused => Err(backend_error(false)),
+                Failure::NoAnswer => Err(backend_error(true)),
+            }
+        }
+        async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, q: &crate::ports::ListQuery) -> Result<Vec<Record>, StoreError> {
+            self.0.list(q).await
+        }
+        async fn counts(&self) -> Result<crate::model::Counts, StoreError> {
+            self.0.counts().await
+        }
+        async fn oldest(&self, st: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
+            self.0.oldest(st).await
+        }
+        async fn claim(&self, r: &crate::ports::ClaimRequest) -> Result<Vec<Record>, StoreError> {
+            self.0.claim(r).await
+        }
+        async fn renew(
+            &self,
+            id: MessageId,
+            o: &str,
+            u: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.0.renew(id, o, u).await
+        }
+        async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
+            self.0.complete(rec, owner).await
+        }
+        async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
+            self.0.update(rec, now).await
+        }
+        async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn load_health(
+            &self,
+            node: &str,
+        ) -> Result<Option<crate::model::HealthRecord>, StoreError> {
+            self.0.load_health(node).await
+        }
+        async fn save_health(&self, h: &crate::model::HealthRecord) -> Result<(), StoreError> {
+            self.0.save_health(h).await
+        }
+        async fn list_health(&self) -> Result<Vec<crate::model::HealthRecord>, StoreError> {
+            self.0.list_health().await
+        }
+    }
+
+    /// Commit one message into storage whose index fails as `failure` says; the result
+    /// and whether the blob is still there.
+    async fn commit_with(failure: Failure) -> (Result<Record, StoreError>, bool, MessageId) {
+        let storage = Storage {
+            index: Arc::new(Failing(crate::backend::MemIndex::default(), failure)),
+            ..Storage::memory()
+        };
+        let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
+        let mut inc = spool.begin(env(&["bob@example.test"])).await.unwrap();
+        let id = inc.id();
+        inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        let res = inc.commit().await;
+        let blob = storage.blobs.open(&id.to_string()).await.is_ok();
+        (res, blob, id)
+    }
+
+    #[tokio::test]
+    async fn an_index_write_that_landed_is_a_success_despite_its_error() {
+        let (res, blob, id) = commit_with(Failure::LandedAnswerLost).await;
+        assert_eq!(
+            res.unwrap().id,
+            id,
+            "the record is there: the message is durable"
+        );
+        assert!(blob);
+    }
+
+    #[tokio::test]
+    async fn a_refused_index_write_removes_the_blob() {
+        let (res, blob, _) = commit_with(Failure::Refused).await;
+        assert!(res.is_err(), "no 250");
+        assert!(!blob, "certainly never indexed: the blob goes");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_index_write_leaves_the_blob() {
+        let (res, blob, _) = commit_with(Failure::NoAnswer).await;
+        assert!(res.is_err(), "no 250");
+        assert!(
+            blob,
+            "the write may still land and point at it: the blob stays"
+        );
+    }
 }

@@ -582,3 +582,42 @@ async fn fs_spool_recovers_an_interrupted_rename() {
         0
     );
 }
+
+#[tokio::test]
+async fn aws_blob_store_never_overwrites_and_serve_blobs_are_found_where_the_record_says() {
+    let moto = common::aws::Moto::start();
+    let (clients, settings, ses) = moto.storage("nooverwrite").await;
+    let serve = standby::ports::Storage::aws_serve(&clients, &settings);
+    let id = MessageId::new(Utc::now());
+    let put = |store: Arc<dyn BlobStore>, bytes: &'static [u8]| async move {
+        let mut w = store.create(id).await.unwrap();
+        let key = w.key();
+        w.write(bytes).await.unwrap();
+        (key, w.commit().await)
+    };
+    let (key, first) = put(serve.blobs.clone(), b"first").await;
+    first.unwrap();
+    let key = key.expect("a serve blob is keyed by its whole object key");
+    assert_eq!(key, format!("serve/{id}"));
+    // The same id again: S3 answers 412 to `If-None-Match: *` (moto 5.2.5 implements
+    // it), and the stored bytes stay.
+    let (_, second) = put(serve.blobs.clone(), b"second").await;
+    let e = second.expect_err("a second PutObject of the same key must be refused");
+    assert!(e.to_string().contains("PreconditionFailed"), "{e}");
+    assert!(!e.is_transient(), "{e}");
+    // Any store reads it by the record's key, whatever its own prefix; the SES store's
+    // listing (the reconciler's) never shows it.
+    let (bytes, _) = ses.blobs.read_all(&key).await.unwrap();
+    assert_eq!(bytes, b"first");
+    assert!(ses.blobs.list().await.unwrap().is_empty());
+    let obj = clients
+        .s3
+        .get_object()
+        .bucket("nooverwrite")
+        .key(format!("serve/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let body = obj.body.collect().await.unwrap().into_bytes();
+    assert_eq!(&body[..], b"first");
+}
