@@ -1397,6 +1397,36 @@ mod tests {
     }
 
     #[test]
+    fn node_id_and_the_serve_prefix() {
+        let c = Config::from_parts(
+            Path::new("t.toml"),
+            MIN,
+            env(&[("STANDBY_NODE_ID", "mx30")]),
+        )
+        .unwrap();
+        assert_eq!(c.node_id(), "mx30");
+        let c = Config::from_parts(Path::new("t.toml"), MIN, env(&[])).unwrap();
+        assert!(!c.node_id().is_empty(), "the host name by default");
+        let e = Config::from_parts(
+            Path::new("t.toml"),
+            MIN,
+            env(&[("STANDBY_NODE_ID", "mx 30")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("t.toml") && e.contains("STANDBY_NODE_ID"), "{e}");
+        // The receipt rule's prefix may not be where serve nodes store their mail.
+        let e = Config::from_parts(
+            Path::new("t.toml"),
+            &format!("prefix = \"serve/\"\n{MIN}"),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("serve/") && e.contains("t.toml"), "{e}");
+    }
+
+    #[test]
     fn recipients_file_errors_name_the_line() {
         let ok = parse_recipients(
             Path::new("r"),
