@@ -124,8 +124,14 @@ async fn two_nodes_share_one_table_and_deliver_each_message_once() {
     let moto = Moto::start();
     moto.storage("twonodes").await;
     let pf = Postfix::primary(); // down while mail comes in
-    let mx20 = node(&moto, "twonodes", "mx20", pf.port, &[]);
-    let mx30 = node(&moto, "twonodes", "mx30", pf.port, &[]);
+    // One worker per node at 10 messages/s: a worker claims 32 at a time, so both nodes
+    // get part of the 50 to deliver, at the same time.
+    let slow = [
+        ("STANDBY_DRAIN_CONCURRENCY", "1"),
+        ("STANDBY_DRAIN_RATE_PER_SEC", "10"),
+    ];
+    let mx20 = node(&moto, "twonodes", "mx20", pf.port, &slow);
+    let mx30 = node(&moto, "twonodes", "mx30", pf.port, &slow);
     assert_ne!(mx20.port, mx30.port);
 
     // Both nodes see the primary down, each in its own record.
@@ -140,7 +146,7 @@ async fn two_nodes_share_one_table_and_deliver_each_message_once() {
         },
     );
 
-    let per_node = 15;
+    let per_node = 25;
     let mut sent = Vec::new();
     for (sb, name) in [(&mx20, "mx20"), (&mx30, "mx30")] {
         for m in 0..per_node {
@@ -188,20 +194,25 @@ async fn two_nodes_share_one_table_and_deliver_each_message_once() {
             })
         },
     );
-    // Both drained: the drain runs of both nodes are recorded (the leases split the work,
-    // or one was quicker; what matters is that neither delivered a message twice).
-    let drained: Vec<String> = status(&mx20)["nodes"]
+    // Both drained, each its share (the leases split the work), and neither a message
+    // twice (checked above).
+    let delivered: HashMap<String, u64> = status(&mx20)["nodes"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|n| !n["last_drain"].is_null())
-        .map(|n| n["node"].as_str().unwrap().to_string())
+        .map(|n| {
+            let d = n["last_drain"]["delivered"].as_u64().unwrap_or(0);
+            (n["node"].as_str().unwrap().to_string(), d)
+        })
         .collect();
     eprintln!(
-        "two nodes: {} messages, delivered once each; nodes with a drain run: {drained:?}",
+        "two nodes: {} messages, each delivered once; last drain run per node: {delivered:?}",
         sent.len()
     );
-    assert!(!drained.is_empty());
+    assert!(
+        delivered.values().all(|d| *d > 0) && delivered.len() == 2,
+        "both nodes drained: {delivered:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -418,7 +429,7 @@ async fn the_drain_function_delivers_what_a_node_received_and_the_reconciler_lea
     let env = [
         ("STANDBY_BUCKET", "mixed".to_string()),
         ("STANDBY_TABLE", "mixed".to_string()),
-        ("STANDBY_PRIMARY", format!("127.0.0.1:{}", pf.port)),
+        ("STANDBY_PRIMARY_ADDRESS", format!("127.0.0.1:{}", pf.port)),
         ("STANDBY_PRIMARY_TLS", "none".into()),
         ("STANDBY_HEALTH_UP_AFTER", "1".into()),
         ("STANDBY_DOMAINS", "example.test".into()),
