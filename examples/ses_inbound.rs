@@ -112,6 +112,14 @@ impl Index for SesInbound {
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
         self.index.claim(req).await
     }
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.index.renew(id, owner, until).await
+    }
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.index.complete(rec, owner).await
     }
@@ -129,11 +137,14 @@ impl Index for SesInbound {
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
         self.index.delete(id).await
     }
-    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
-        self.index.load_health().await
+    async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
+        self.index.load_health(node).await
     }
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
         self.index.save_health(h).await
+    }
+    async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {
+        self.index.list_health().await
     }
 }
 

@@ -49,7 +49,7 @@ static NAMES: LazyLock<EnvNames> = LazyLock::new(EnvNames::of::<Config>);
 /// What the Lambda functions assume before their environment is applied: the AWS
 /// backend, and STARTTLS required towards the primary (it is reached over the internet).
 const LAMBDA_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-drain.invalid\"\n\
-[primary]\naddress = \"\"\ntls = \"required\"\n";
+node_id = \"lambda\"\n[primary]\naddress = \"\"\ntls = \"required\"\n";
 /// The ingest function never talks to the primary; it reads only the storage, journal
 /// and retention keys. `.invalid` (RFC 2606) stands in for the primary it has none of.
 const INGEST_DEFAULTS: &str = "backend = \"aws\"\nhostname = \"standby-ingest.invalid\"\n\
@@ -78,8 +78,14 @@ pub struct Config {
     #[serde(default)]
     pub table: Option<String>,
     /// Key prefix of the raw messages in the bucket: the receipt rule's S3 object key prefix.
+    /// (`standby serve` on AWS writes its own under [`SERVE_PREFIX`], never here.)
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// This process's name among the nodes that share one index (several `standby serve`
+    /// on one bucket and table, the drain function): its record of the primary's health
+    /// is kept under it. Default: the machine's host name (`lambda` in the functions).
+    #[serde(default)]
+    pub node_id: Option<String>,
     /// S3 bucket with Object Lock enabled where journal copies are archived with a
     /// per-object retention of `[retention] journal_days` (`backend = "aws"`). Unset: no
     /// archive copy.
@@ -152,6 +158,11 @@ pub struct MetricsConfig {
     #[serde(default)]
     pub stack: Option<String>,
 }
+
+/// Where `standby serve` on the AWS backend stores the messages it receives: its own
+/// prefix, never the SES receipt rule's (`prefix`), so the reconciler, which indexes
+/// unindexed SES objects from their headers, never takes one of ours for SES's.
+pub const SERVE_PREFIX: &str = "serve/";
 
 /// Which storage backend a config uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -924,6 +935,21 @@ impl Config {
             }
             _ => {}
         }
+        if self.prefix.starts_with(SERVE_PREFIX) {
+            return Err(invalid(format!(
+                "prefix `{}` is inside `{SERVE_PREFIX}`, where `standby serve` stores the mail it \
+                 receives itself: give the receipt rule's S3 action another prefix (incoming/)",
+                self.prefix
+            )));
+        }
+        if let Some(node) = &self.node_id
+            && (node.is_empty() || node.len() > 128 || !node.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return Err(invalid(format!(
+                "node_id `{node}` must be 1 to 128 printable characters without spaces \
+                 (STANDBY_NODE_ID)"
+            )));
+        }
         if self.max_recipients == 0 {
             return Err(invalid("max_recipients must be at least 1".into()));
         }
@@ -959,6 +985,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// This node's name (`node_id`): set, or the machine's host name, else `hostname`.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| self.hostname.clone())
+        })
     }
 
     /// Where the spool lives: relative `data_dir` is taken from the working directory.
@@ -1358,6 +1395,36 @@ mod tests {
             Config::locate_in(Some(&flag), Some(named), search()).unwrap(),
             flag
         );
+    }
+
+    #[test]
+    fn node_id_and_the_serve_prefix() {
+        let c = Config::from_parts(
+            Path::new("t.toml"),
+            MIN,
+            env(&[("STANDBY_NODE_ID", "mx30")]),
+        )
+        .unwrap();
+        assert_eq!(c.node_id(), "mx30");
+        let c = Config::from_parts(Path::new("t.toml"), MIN, env(&[])).unwrap();
+        assert!(!c.node_id().is_empty(), "the host name by default");
+        let e = Config::from_parts(
+            Path::new("t.toml"),
+            MIN,
+            env(&[("STANDBY_NODE_ID", "mx 30")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("t.toml") && e.contains("STANDBY_NODE_ID"), "{e}");
+        // The receipt rule's prefix may not be where serve nodes store their mail.
+        let e = Config::from_parts(
+            Path::new("t.toml"),
+            &format!("prefix = \"serve/\"\n{MIN}"),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("serve/") && e.contains("t.toml"), "{e}");
     }
 
     #[test]

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
-use crate::model::{DrainReport, MessageId, RcptStatus, Record, Status, redact};
+use crate::model::{DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact};
 use crate::ports::Storage;
-use crate::ports::{ClaimRequest, Clock, Relay, RelaySession, Reply, Transaction};
+use crate::ports::{ClaimRequest, Clock, Index, Relay, RelaySession, Reply, Transaction};
 
 /// How many messages a worker leases at a time.
 const CLAIM_BATCH: usize = 32;
@@ -354,6 +354,28 @@ impl Drainer {
         }
     }
 
+    /// Right before an attempt: whether `owner` still holds the lease on `rec`, renewed
+    /// when less than half of it is left (a batch is claimed at once, and a slow primary
+    /// or the rate limit can outlast the lease of its last messages). Without this, a
+    /// lease that ran out could be used to send a message another node has claimed and
+    /// is sending too.
+    async fn still_ours(&self, rec: &mut Record, owner: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let left = rec.lease.as_ref().map(|l| l.until - now);
+        if left.is_some_and(|l| l > self.lease() / 2) {
+            return Ok(true);
+        }
+        let until = now + self.lease();
+        if !self.storage.index.renew(rec.id, owner, until).await? {
+            return Ok(false);
+        }
+        rec.lease = Some(Lease {
+            owner: owner.to_string(),
+            until,
+        });
+        Ok(true)
+    }
+
     fn lease(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::minutes(10))
     }
@@ -443,7 +465,7 @@ impl Drainer {
             for mut rec in batch {
                 if opts.should_stop() || w.stopped.is_some() {
                     tracing::debug!(id = %rec.id, "releasing claim");
-                    index.complete(&rec, &owner).await?;
+                    release(index.as_ref(), &rec, &owner).await?;
                     continue;
                 }
                 if session.is_none() {
@@ -457,7 +479,7 @@ impl Drainer {
                             tracing::warn!(error = %e, "cannot open a session with the primary");
                             w.unreachable = !w.connected;
                             w.stopped = Some(e.to_string());
-                            index.complete(&rec, &owner).await?;
+                            release(index.as_ref(), &rec, &owner).await?;
                             continue;
                         }
                     }
@@ -466,6 +488,10 @@ impl Drainer {
                     continue; // connected just above
                 };
                 self.pace().await;
+                if !self.still_ours(&mut rec, &owner).await? {
+                    tracing::warn!(id = %rec.id, "lease ran out before the attempt and another worker took the message; not sending it");
+                    continue;
+                }
                 let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
@@ -556,6 +582,15 @@ struct WorkerReport {
     connected: bool,
     unreachable: bool,
     stopped: Option<String>,
+}
+
+/// Give a claimed record back untouched. A lease that ran out and was taken by another
+/// worker meanwhile is that worker's now: nothing to give back.
+async fn release(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
+    match index.complete(rec, owner).await {
+        Err(StoreError::Leased(_)) => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

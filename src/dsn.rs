@@ -118,9 +118,10 @@ pub async fn settle(
     if existing.as_ref().is_none_or(|r| r.intake != Intake::Dsn) {
         let head = read_head(storage, rec).await?;
         let bytes = build(rec, &head, &settings.reporting_mta, id, now);
-        let (size, sha256) = store_blob(storage, id, &bytes).await?;
+        let (size, sha256, blob) = store_blob(storage, id, &bytes).await?;
         let dsn = Record {
             intake: Intake::Dsn,
+            blob,
             ..Record::held(
                 id,
                 String::new(),
@@ -161,27 +162,33 @@ async fn read_head(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreErro
     Ok(buf)
 }
 
-/// Write the DSN's blob; returns its size and hash. A blob left by an earlier attempt
+/// Write the DSN's blob; returns its size, hash and key (when not the id, see
+/// [`BlobWriter::key`](crate::ports::BlobWriter::key)). A blob left by an earlier attempt
 /// that crashed before its index insert is taken as it is (S3 refuses to overwrite it).
 async fn store_blob(
     storage: &Storage,
     id: MessageId,
     bytes: &[u8],
-) -> Result<(u64, String), StoreError> {
+) -> Result<(u64, String, Option<String>), StoreError> {
     let mut w = storage.blobs.create(id).await?;
+    let blob = w.key();
     if let Err(e) = w.write(bytes).await {
         w.abort().await;
         return Err(e);
     }
     match w.commit().await {
-        Ok(()) => Ok((bytes.len() as u64, hex::encode(Sha256::digest(bytes)))),
-        Err(e) => match storage.blobs.read_all(&id.to_string()).await {
-            Ok((existing, _)) => Ok((
-                existing.len() as u64,
-                hex::encode(Sha256::digest(&existing)),
-            )),
-            Err(_) => Err(e),
-        },
+        Ok(()) => Ok((bytes.len() as u64, hex::encode(Sha256::digest(bytes)), blob)),
+        Err(e) => {
+            let key = blob.clone().unwrap_or_else(|| id.to_string());
+            match storage.blobs.read_all(&key).await {
+                Ok((existing, _)) => Ok((
+                    existing.len() as u64,
+                    hex::encode(Sha256::digest(&existing)),
+                    blob,
+                )),
+                Err(_) => Err(e),
+            }
+        }
     }
 }
 

@@ -5,6 +5,11 @@
 //! primary counts as `up` after `up_after` consecutive good probes and as `down` after
 //! `down_after` consecutive bad ones; in between it keeps its state. The record is stored
 //! in the index so the state survives restarts and the CLI can show it.
+//!
+//! Each node (`node_id`: every `standby serve` process, the drain function) probes for
+//! itself and keeps its own record: several nodes sharing one index (MX 20 and MX 30 on
+//! two machines, a listener beside the SES path) never overwrite each other's counts, and
+//! `standby status` shows what each of them sees.
 
 use chrono::{DateTime, Utc};
 
@@ -20,8 +25,9 @@ pub struct Hysteresis {
 }
 
 impl HealthRecord {
-    pub fn new(address: impl Into<String>) -> Self {
+    pub fn new(node: impl Into<String>, address: impl Into<String>) -> Self {
         HealthRecord {
+            node: node.into(),
             address: address.into(),
             state: PrimaryState::Unknown,
             since: None,
@@ -64,7 +70,7 @@ impl HealthRecord {
     }
 }
 
-/// Probe once, fold the result into the stored record and save it.
+/// Probe once, fold the result into `node`'s stored record and save it.
 ///
 /// The address stored is the configured one, so a changed `primary.address` starts
 /// from `unknown` rather than inheriting the old host's state.
@@ -72,10 +78,10 @@ pub async fn check(
     probe: &dyn Probe,
     index: &dyn Index,
     clock: &dyn Clock,
-    address: &str,
+    (node, address): (&str, &str),
     h: Hysteresis,
 ) -> Result<HealthRecord, StoreError> {
-    let mut rec = load_for(index, address).await?;
+    let mut rec = load_for(index, node, address).await?;
     let outcome = probe.probe().await;
     let result = ProbeResult {
         at: clock.now(),
@@ -94,26 +100,58 @@ pub async fn check(
     Ok(rec)
 }
 
-/// The stored record for the primary at `address`; a different (or no) stored address
-/// starts from `unknown`, so a changed `primary.address` inherits nothing.
-pub async fn load_for(index: &dyn Index, address: &str) -> Result<HealthRecord, StoreError> {
-    Ok(match index.load_health().await? {
-        Some(r) if r.address == address => r,
-        _ => HealthRecord::new(address),
+/// `node`'s stored record for the primary at `address`; a different (or no) stored
+/// address starts from `unknown`, so a changed `primary.address` inherits nothing.
+pub async fn load_for(
+    index: &dyn Index,
+    node: &str,
+    address: &str,
+) -> Result<HealthRecord, StoreError> {
+    Ok(match index.load_health(node).await? {
+        Some(r) if r.address == address => HealthRecord {
+            node: node.to_string(),
+            ..r
+        },
+        _ => HealthRecord::new(node, address),
     })
+}
+
+/// What an operator is shown as the primary's health: `node`'s own record when it has
+/// one for `address`, else the most recently probed record of another node for it (an
+/// operator's machine never probes; the nodes that serve do), else a fresh `unknown`.
+pub async fn view(
+    index: &dyn Index,
+    node: &str,
+    address: &str,
+) -> Result<HealthRecord, StoreError> {
+    if let Some(r) = index
+        .load_health(node)
+        .await?
+        .filter(|r| r.address == address)
+    {
+        return Ok(r);
+    }
+    let probed = |r: &HealthRecord| r.last_probe.as_ref().map(|p| p.at);
+    Ok(index
+        .list_health()
+        .await?
+        .into_iter()
+        .filter(|r| r.address == address)
+        .max_by_key(probed)
+        .unwrap_or_else(|| HealthRecord::new(node, address)))
 }
 
 /// Remember a drain run next to the primary's health, if it tried anything or stopped.
 pub async fn record_drain(
     index: &dyn Index,
-    address: &str,
+    (node, address): (&str, &str),
     report: &DrainReport,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if !report.eventful() {
         return Ok(());
     }
-    let mut rec = load_for(index, address).await?;
+    let mut rec = load_for(index, node, address).await?;
     rec.last_drain = Some(LastDrain {
         at,
         report: report.clone(),
@@ -140,7 +178,7 @@ mod tests {
 
     #[test]
     fn needs_up_after_good_probes_to_come_up() {
-        let mut r = HealthRecord::new("p");
+        let mut r = HealthRecord::new("n", "p");
         assert_eq!(r.observe(probe(true), H), None);
         assert_eq!(r.observe(probe(true), H), None);
         assert_eq!(r.state, PrimaryState::Unknown);
@@ -168,31 +206,61 @@ mod tests {
         {
             let index = SqliteIndex::open(dir.path()).unwrap();
             for _ in 0..3 {
-                check(&Fixed(true), &index, &SystemClock, "p:25", H)
+                check(&Fixed(true), &index, &SystemClock, ("n", "p:25"), H)
                     .await
                     .unwrap();
             }
             assert_eq!(
-                index.load_health().await.unwrap().unwrap().state,
+                index.load_health("n").await.unwrap().unwrap().state,
                 PrimaryState::Up
             );
         }
         // A new process: one failed probe must not undo what was learned before.
         let index = SqliteIndex::open(dir.path()).unwrap();
-        let rec = check(&Fixed(false), &index, &SystemClock, "p:25", H)
+        let rec = check(&Fixed(false), &index, &SystemClock, ("n", "p:25"), H)
             .await
             .unwrap();
         assert_eq!((rec.state, rec.consecutive_fail), (PrimaryState::Up, 1));
         // A different primary address starts from scratch.
-        let other = check(&Fixed(true), &index, &SystemClock, "q:25", H)
+        let other = check(&Fixed(true), &index, &SystemClock, ("n", "q:25"), H)
             .await
             .unwrap();
         assert_eq!(other.state, PrimaryState::Unknown);
     }
 
+    #[tokio::test]
+    async fn nodes_keep_their_own_records() {
+        use crate::backend::MemIndex;
+        use crate::ports::SystemClock;
+        let index = MemIndex::default();
+        for _ in 0..3 {
+            check(&Fixed(true), &index, &SystemClock, ("mx20", "p:25"), H)
+                .await
+                .unwrap();
+        }
+        // Another node's failed probes leave the first node's state and counts alone.
+        for _ in 0..2 {
+            check(&Fixed(false), &index, &SystemClock, ("mx30", "p:25"), H)
+                .await
+                .unwrap();
+        }
+        let all = index.list_health().await.unwrap();
+        let seen: Vec<_> = all
+            .iter()
+            .map(|r| (r.node.as_str(), r.state, r.probes_ok, r.probes_failed))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("mx20", PrimaryState::Up, 3, 0),
+                ("mx30", PrimaryState::Down, 0, 2)
+            ]
+        );
+    }
+
     #[test]
     fn one_failure_does_not_flip_up() {
-        let mut r = HealthRecord::new("p");
+        let mut r = HealthRecord::new("n", "p");
         for _ in 0..3 {
             r.observe(probe(true), H);
         }

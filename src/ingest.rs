@@ -123,8 +123,9 @@ impl Incoming {
     /// Make the message durable: blob committed (fsynced), then the index row committed.
     ///
     /// # Errors
-    /// Any storage error; the message must then not be acknowledged. A blob committed
-    /// before an index failure is removed again on a best-effort basis.
+    /// Any storage error; the message must then not be acknowledged (the listener answers
+    /// 451 and the client keeps it). A blob committed before an index failure is removed
+    /// only when it is certain no record points at it (see [`settle_failed_insert`]).
     pub async fn commit(self) -> Result<Record, StoreError> {
         let Incoming {
             id,
@@ -139,10 +140,13 @@ impl Incoming {
             retention,
             checks,
         } = self;
+        let blob = writer.key();
         writer.commit().await?;
+        let key = blob.clone().unwrap_or_else(|| id.to_string());
         let is_journal = env.journal;
         let mut rec = Record {
             origin: env.origin,
+            blob,
             ..Record::held(
                 id,
                 env.mail_from,
@@ -153,18 +157,18 @@ impl Incoming {
             )
         };
         if is_journal {
-            // A journal report is read back whole (its envelope is in the body).
-            let whole = if crate::journal::is_report(head.bytes()) {
-                storage
-                    .blobs
-                    .read_all(&id.to_string())
-                    .await
-                    .ok()
-                    .map(|(b, _)| b)
+            // A journal report is read back whole (its envelope is in the body), and so is
+            // a copy the store keeps an archive copy of.
+            let whole = if crate::journal::is_report(head.bytes()) || storage.blobs.archives() {
+                storage.blobs.read_all(&key).await.ok().map(|(b, _)| b)
             } else {
                 None
             };
-            journal.file(&mut rec, head.bytes(), || whole);
+            journal.file(&mut rec, head.bytes(), || whole.clone());
+            if rec.status == Status::Journal && storage.blobs.archives() {
+                let bytes = whole.ok_or_else(|| StoreError::MissingBlob(key.clone()))?;
+                archive_journal_copy(&storage, &retention, &rec, &key, &bytes).await?;
+            }
         }
         retention.classify(&mut rec, head.bytes());
         // A journal copy is never bounced: no sender check for it.
@@ -175,8 +179,7 @@ impl Incoming {
             rec.verdicts = Some(Verdicts::pending());
         }
         if let Err(e) = storage.index.insert(&rec).await {
-            let _ = storage.blobs.delete(&id.to_string()).await;
-            return Err(e);
+            settle_failed_insert(&storage, &rec, &key, e).await?;
         }
         if let Some((checks, job)) = check {
             checks.submit(job);
@@ -224,6 +227,62 @@ impl Accepting for Incoming {
     async fn abort(self: Box<Self>) {
         Incoming::abort(*self).await
     }
+}
+
+/// After the index refused or failed to answer an insert whose blob is stored: `Ok` when
+/// the record is there after all (the answer was lost, or a retry of the request landed),
+/// so the message is durable and may be acknowledged; otherwise the error, for a 451.
+///
+/// The blob is removed only when it is certain the index write did not happen and never
+/// will: the index says (strongly consistent read) it has no record, and the write was
+/// refused on its merits (not a timeout or an unreachable service, whose request may still
+/// land after the read). Otherwise it stays: a blob a record may come to point at must not
+/// go, and one that no record ever points at was never acknowledged (the client got 451
+/// and sends the message again), so it is only storage to reclaim.
+async fn settle_failed_insert(
+    storage: &Storage,
+    rec: &Record,
+    key: &str,
+    e: StoreError,
+) -> Result<(), StoreError> {
+    match storage.index.get(rec.id).await {
+        Ok(Some(stored)) if stored.sha256 == rec.sha256 => {
+            tracing::warn!(id = %rec.id, error = %e, "index write reported an error but the record is stored");
+            Ok(())
+        }
+        Ok(None) if !e.is_transient() => {
+            if let Err(d) = storage.blobs.delete(key).await {
+                tracing::warn!(id = %rec.id, error = %d, "cannot remove the blob of a refused message");
+            }
+            Err(e)
+        }
+        _ => {
+            tracing::warn!(
+                id = %rec.id,
+                blob = key,
+                error = %e,
+                "index write failed and may still land; blob left in place (never acknowledged \
+                 unless its record appears)"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Keep the write-once archive copy of a journal copy (S3: the Object Lock bucket) before
+/// it is indexed, so an indexed journal copy always has one; idempotent, so a retry
+/// repeats it harmlessly. `key` is the blob's key, `bytes` the whole message.
+pub async fn archive_journal_copy(
+    storage: &Storage,
+    retention: &RetentionPolicy,
+    rec: &Record,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let until = retention
+        .journal_days
+        .map(|d| rec.received_at + chrono::Duration::days(i64::from(d)));
+    storage.blobs.archive(key, bytes, until).await
 }
 
 /// Our trace header (RFC 5321 §4.4), folded, with CRLF line ends.
@@ -366,5 +425,137 @@ mod tests {
         inc.abort().await;
         assert!(storage.blobs.open(&id.to_string()).await.is_err());
         assert_eq!(storage.index.get(id).await.unwrap(), None);
+    }
+
+    /// An index whose inserts fail in one of the ways a remote index can.
+    #[derive(Clone, Copy)]
+    enum Failure {
+        /// The write landed, the answer was lost (a timeout after the server applied it).
+        LandedAnswerLost,
+        /// Refused on its merits (access denied, a missing table): certainly not written.
+        Refused,
+        /// No answer (a timeout): the write may still land.
+        NoAnswer,
+    }
+
+    struct Failing(crate::backend::MemIndex, Failure);
+
+    fn backend_error(transient: bool) -> StoreError {
+        StoreError::Backend {
+            backend: "test",
+            detail: "insert failed".into(),
+            transient,
+            source: None,
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::Index for Failing {
+        async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
+            match self.1 {
+                Failure::LandedAnswerLost => {
+                    self.0.insert(rec).await?;
+                    Err(backend_error(true))
+                }
+                Failure::Refused => Err(backend_error(false)),
+                Failure::NoAnswer => Err(backend_error(true)),
+            }
+        }
+        async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, q: &crate::ports::ListQuery) -> Result<Vec<Record>, StoreError> {
+            self.0.list(q).await
+        }
+        async fn counts(&self) -> Result<crate::model::Counts, StoreError> {
+            self.0.counts().await
+        }
+        async fn oldest(&self, st: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
+            self.0.oldest(st).await
+        }
+        async fn claim(&self, r: &crate::ports::ClaimRequest) -> Result<Vec<Record>, StoreError> {
+            self.0.claim(r).await
+        }
+        async fn renew(
+            &self,
+            id: MessageId,
+            o: &str,
+            u: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.0.renew(id, o, u).await
+        }
+        async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
+            self.0.complete(rec, owner).await
+        }
+        async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
+            self.0.update(rec, now).await
+        }
+        async fn set_verdicts(
+            &self,
+            id: MessageId,
+            v: &Verdicts,
+            now: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            self.0.set_verdicts(id, v, now).await
+        }
+        async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn load_health(
+            &self,
+            node: &str,
+        ) -> Result<Option<crate::model::HealthRecord>, StoreError> {
+            self.0.load_health(node).await
+        }
+        async fn save_health(&self, h: &crate::model::HealthRecord) -> Result<(), StoreError> {
+            self.0.save_health(h).await
+        }
+        async fn list_health(&self) -> Result<Vec<crate::model::HealthRecord>, StoreError> {
+            self.0.list_health().await
+        }
+    }
+
+    /// Commit one message into storage whose index fails as `failure` says; the result
+    /// and whether the blob is still there.
+    async fn commit_with(failure: Failure) -> (Result<Record, StoreError>, bool, MessageId) {
+        let storage = Storage {
+            index: Arc::new(Failing(crate::backend::MemIndex::default(), failure)),
+            ..Storage::memory()
+        };
+        let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
+        let mut inc = spool.begin(env(&["bob@example.test"])).await.unwrap();
+        let id = inc.id();
+        inc.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        let res = inc.commit().await;
+        let blob = storage.blobs.open(&id.to_string()).await.is_ok();
+        (res, blob, id)
+    }
+
+    #[tokio::test]
+    async fn an_index_write_that_landed_is_a_success_despite_its_error() {
+        let (res, blob, id) = commit_with(Failure::LandedAnswerLost).await;
+        assert_eq!(
+            res.unwrap().id,
+            id,
+            "the record is there: the message is durable"
+        );
+        assert!(blob);
+    }
+
+    #[tokio::test]
+    async fn a_refused_index_write_removes_the_blob() {
+        let (res, blob, _) = commit_with(Failure::Refused).await;
+        assert!(res.is_err(), "no 250");
+        assert!(!blob, "certainly never indexed: the blob goes");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_index_write_leaves_the_blob() {
+        let (res, blob, _) = commit_with(Failure::NoAnswer).await;
+        assert!(res.is_err(), "no 250");
+        assert!(
+            blob,
+            "the write may still land and point at it: the blob stays"
+        );
     }
 }

@@ -543,9 +543,16 @@ pub struct LastDrain {
     pub report: DrainReport,
 }
 
-/// The stored health state of the primary.
+/// The stored health state of the primary, as one node sees it.
+///
+/// Every process that probes the primary (each `standby serve`, the drain function) is a
+/// node with its own record, keyed by its `node_id`, so nodes sharing one index never
+/// overwrite each other's probes and `standby status` can show them all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthRecord {
+    /// The node that probes (`node_id`). Empty in records written before nodes existed.
+    #[serde(default)]
+    pub node: String,
     pub address: String,
     pub state: PrimaryState,
     /// When `state` was entered.

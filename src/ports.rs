@@ -93,6 +93,11 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether [`BlobStore::archive`] keeps a copy (so a caller reads a journal copy's
+    /// bytes back only when they are needed). Default: no.
+    fn archives(&self) -> bool {
+        false
+    }
     /// Size and store time of one blob.
     ///
     /// # Errors
@@ -119,6 +124,12 @@ pub trait BlobStore: Send + Sync + 'static {
 /// could see (adapters clean up temporary data on `abort` or on their next start).
 #[async_trait]
 pub trait BlobWriter: Send {
+    /// The key the blob is stored under when it is not the message id (an S3 store
+    /// writing under a prefix of its own); the record keeps it as its
+    /// [`blob`](crate::model::Record::blob) so every reader finds the bytes. Default: `None`.
+    fn key(&self) -> Option<String> {
+        None
+    }
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
     /// Make the blob durable (survives a power cut) and visible under its id.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
@@ -255,6 +266,16 @@ pub trait Index: Send + Sync + 'static {
     /// lease is absent or expired, and return them with the new lease set. Two concurrent claims never
     /// return the same record while its lease runs.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError>;
+    /// Extend `owner`'s lease on `id` to `until`. A drain renews right before each
+    /// delivery attempt, so a lease that ran out while earlier messages of its batch were
+    /// sent is never used to send: `Ok(false)` when `owner` no longer holds the lease
+    /// (another worker claimed the message after it ran out) or the record is gone.
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Write back a claimed record after an attempt and drop its lease.
     ///
     /// # Errors
@@ -283,8 +304,13 @@ pub trait Index: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Remove a record; `Ok(false)` when there was none.
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError>;
-    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError>;
+    /// The health record `node` saved, if any.
+    async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError>;
+    /// Store `h` as the record of `h.node`, replacing only that node's record: nodes
+    /// sharing one index (several `serve` processes, the drain function) each keep their own.
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError>;
+    /// Every node's health record, ordered by node.
+    async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError>;
 }
 
 /// One line of the audit log: a deletion, a legal hold or its release.

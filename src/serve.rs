@@ -157,7 +157,7 @@ pub async fn serve(
     // Before anything else: a SIGHUP's default action would end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Signal)?;
-    let (storage, recovered) = Storage::serve_local(&config)?;
+    let (storage, recovered) = Storage::serve(&config).await?;
     if recovered.removed > 0 {
         tracing::info!(
             removed = recovered.removed,
@@ -205,7 +205,8 @@ pub async fn serve(
     tracing::info!(
         listen = %server::local_addrs(&listeners),
         primary = relay.address(),
-        data_dir = %config.data_dir().display(),
+        node = %config.node_id(),
+        store = %store_description(&config),
         "standby serving"
     );
     let drainer = Drainer::new(
@@ -233,6 +234,7 @@ pub async fn serve(
         interval: Duration::from_secs(config.health.interval_secs.max(1)),
         hysteresis: hysteresis(&config),
         retention,
+        node: config.node_id(),
         stop: stop_rx,
     }));
     server::run(listeners, server, shutdown).await;
@@ -254,6 +256,19 @@ pub async fn serve(
     Ok(())
 }
 
+/// Where received mail goes, for the start line.
+fn store_description(config: &Config) -> String {
+    match config.aws_settings() {
+        Some(a) => format!(
+            "s3://{}/{} + dynamodb table {}",
+            a.bucket,
+            crate::config::SERVE_PREFIX,
+            a.table
+        ),
+        None => config.data_dir().display().to_string(),
+    }
+}
+
 struct HealthLoop {
     relay: Arc<SmtpRelay>,
     storage: Storage,
@@ -263,6 +278,8 @@ struct HealthLoop {
     hysteresis: Hysteresis,
     /// Replaced on SIGHUP.
     retention: tokio::sync::watch::Receiver<crate::config::RetentionPolicy>,
+    /// This node's name: its health record's key in a shared index.
+    node: String,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -288,8 +305,8 @@ async fn health_loop(mut l: HealthLoop) {
         }
         let index = l.storage.index.as_ref();
         let h = l.hysteresis;
-        let rec = match health::check(l.relay.as_ref(), index, l.clock.as_ref(), &address, h).await
-        {
+        let key = (l.node.as_str(), address.as_str());
+        let rec = match health::check(l.relay.as_ref(), index, l.clock.as_ref(), key, h).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record primary health");
@@ -315,7 +332,7 @@ async fn health_loop(mut l: HealthLoop) {
                     stopped = r.stopped.as_deref().unwrap_or(""),
                     "drain run"
                 );
-                if let Err(e) = health::record_drain(index, &address, &r, l.clock.now()).await {
+                if let Err(e) = health::record_drain(index, key, &r, l.clock.now()).await {
                     tracing::error!(error = %e, "cannot record the drain result");
                 }
             }

@@ -252,7 +252,7 @@ async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
         "{forced:?}"
     );
 
-    let h = storage.index.load_health().await.unwrap().unwrap();
+    let h = storage.index.load_health("lambda").await.unwrap().unwrap();
     assert_eq!(h.probes_failed, 2);
     assert_eq!(h.consecutive_fail, 2);
     assert_eq!(h.probes_ok, 0);
@@ -296,7 +296,7 @@ async fn dry_run_reports_and_changes_nothing() {
         storage.index.list(&Default::default()).await.unwrap().len(),
         1
     );
-    assert!(storage.index.load_health().await.unwrap().is_none());
+    assert!(storage.index.load_health("lambda").await.unwrap().is_none());
     assert!(pf.delivered().is_empty());
     // The payload decides: anything that is not a request object means defaults.
     let parsed = DrainRequest::from_payload(&serde_json::json!({"dry_run": true}));
@@ -352,9 +352,10 @@ async fn delivered_mail_is_tagged_for_the_lifecycle_rule_and_its_record_expires(
         .unwrap();
     let mut seen = 0;
     for item in items.items() {
-        let Some(status) = item.get("status").and_then(|v| v.as_s().ok()) else {
+        if !item["pk"].as_s().unwrap().starts_with("msg#") {
             continue; // the health item
-        };
+        }
+        let status = item["status"].as_s().unwrap();
         let rec: serde_json::Value = serde_json::from_str(item["record"].as_s().unwrap()).unwrap();
         let received: DateTime<Utc> = rec["received_at"].as_str().unwrap().parse().unwrap();
         let ttl = item.get("expires_at").map(|v| v.as_n().unwrap().clone());
@@ -493,7 +494,7 @@ async fn the_drain_function_applies_retention_once_per_interval_and_audits_it() 
     );
     let ran = storage
         .index
-        .load_health()
+        .load_health("lambda")
         .await
         .unwrap()
         .unwrap()
@@ -503,7 +504,7 @@ async fn the_drain_function_applies_retention_once_per_interval_and_audits_it() 
     f.handle(DrainRequest::default(), deadline()).await.unwrap();
     let again = storage
         .index
-        .load_health()
+        .load_health("lambda")
         .await
         .unwrap()
         .unwrap()

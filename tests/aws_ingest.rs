@@ -213,7 +213,7 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     // and indexes it from its headers: the Received `for` clause names bob only.
     let later = Utc::now() + Duration::minutes(10);
     let domains = vec!["example.test".to_string()];
-    let rep = reconcile(&storage, "primary:587", &domains, later, false)
+    let rep = reconcile(&storage, ("lambda", "primary:587"), &domains, later, false)
         .await
         .unwrap();
     assert_eq!(rep.reconciled, 1);
@@ -222,7 +222,7 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     assert_eq!(r.mail_from, "prvs=144d0cba7=alice@example.org");
     assert_eq!(r.rcpts.len(), 1);
     // A second run finds nothing new.
-    let again = reconcile(&storage, "primary:587", &domains, later, false)
+    let again = reconcile(&storage, ("lambda", "primary:587"), &domains, later, false)
         .await
         .unwrap();
     assert_eq!(again.reconciled, 0);

@@ -189,16 +189,42 @@ async fn index_contract(index: Arc<dyn Index>) {
         }
     );
 
-    // An expired lease can be taken over.
+    // Only the owner renews a lease; a renewed lease outlasts the claim that would
+    // have taken it over.
+    let now = Utc::now();
+    assert!(
+        !index
+            .renew(mid.id, "b", now + Duration::seconds(150))
+            .await
+            .unwrap()
+    );
+    assert!(
+        index
+            .renew(mid.id, "a", now + Duration::seconds(150))
+            .await
+            .unwrap()
+    );
+
+    // An expired lease can be taken over, and its old owner can then no longer renew it.
     let later = ClaimRequest {
-        now: Utc::now() + Duration::seconds(120),
-        lease_until: Utc::now() + Duration::seconds(180),
+        now: now + Duration::seconds(120),
+        lease_until: now + Duration::seconds(180),
         ..claim("d", 10)
     };
     let d = index.claim(&later).await.unwrap();
-    assert_eq!(d.len(), 2, "both leases expired");
+    assert_eq!(
+        d.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [new.id],
+        "b's lease expired, a's renewed one did not"
+    );
+    assert!(
+        !index
+            .renew(new.id, "b", now + Duration::seconds(240))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
-        index.complete(&d[0], "a").await,
+        index.complete(&d[0], "b").await,
         Err(StoreError::Leased(_))
     ));
 
@@ -235,10 +261,26 @@ async fn index_contract(index: Arc<dyn Index>) {
         Err(StoreError::NotFound(_))
     ));
 
-    assert!(index.load_health().await.unwrap().is_none());
-    let h = HealthRecord::new("127.0.0.1:25");
-    index.save_health(&h).await.unwrap();
-    assert_eq!(index.load_health().await.unwrap(), Some(h));
+    // Health: one record per node; a node's save never touches another's, and health
+    // items are not messages.
+    let counts = index.counts().await.unwrap();
+    let listed = index.list(&ListQuery::default()).await.unwrap().len();
+    assert!(index.load_health("mx20").await.unwrap().is_none());
+    assert!(index.list_health().await.unwrap().is_empty());
+    let mx30 = HealthRecord::new("mx30", "127.0.0.1:25");
+    let mut mx20 = HealthRecord::new("mx20", "127.0.0.1:25");
+    index.save_health(&mx30).await.unwrap();
+    index.save_health(&mx20).await.unwrap();
+    mx20.probes_ok = 7;
+    index.save_health(&mx20).await.unwrap();
+    assert_eq!(index.load_health("mx20").await.unwrap(), Some(mx20.clone()));
+    assert_eq!(index.load_health("mx30").await.unwrap(), Some(mx30.clone()));
+    assert_eq!(index.list_health().await.unwrap(), [mx20, mx30]);
+    assert_eq!(index.counts().await.unwrap(), counts);
+    assert_eq!(
+        index.list(&ListQuery::default()).await.unwrap().len(),
+        listed
+    );
 }
 
 /// The search filters of `list`, alone and combined, through paging; and the search
@@ -576,4 +618,43 @@ async fn fs_spool_recovers_an_interrupted_rename() {
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
         0
     );
+}
+
+#[tokio::test]
+async fn aws_blob_store_never_overwrites_and_serve_blobs_are_found_where_the_record_says() {
+    let moto = common::aws::Moto::start();
+    let (clients, settings, ses) = moto.storage("nooverwrite").await;
+    let serve = standby::ports::Storage::aws_serve(&clients, &settings);
+    let id = MessageId::new(Utc::now());
+    let put = |store: Arc<dyn BlobStore>, bytes: &'static [u8]| async move {
+        let mut w = store.create(id).await.unwrap();
+        let key = w.key();
+        w.write(bytes).await.unwrap();
+        (key, w.commit().await)
+    };
+    let (key, first) = put(serve.blobs.clone(), b"first").await;
+    first.unwrap();
+    let key = key.expect("a serve blob is keyed by its whole object key");
+    assert_eq!(key, format!("serve/{id}"));
+    // The same id again: S3 answers 412 to `If-None-Match: *` (moto 5.2.5 implements
+    // it), and the stored bytes stay.
+    let (_, second) = put(serve.blobs.clone(), b"second").await;
+    let e = second.expect_err("a second PutObject of the same key must be refused");
+    assert!(e.to_string().contains("PreconditionFailed"), "{e}");
+    assert!(!e.is_transient(), "{e}");
+    // Any store reads it by the record's key, whatever its own prefix; the SES store's
+    // listing (the reconciler's) never shows it.
+    let (bytes, _) = ses.blobs.read_all(&key).await.unwrap();
+    assert_eq!(bytes, b"first");
+    assert!(ses.blobs.list().await.unwrap().is_empty());
+    let obj = clients
+        .s3
+        .get_object()
+        .bucket("nooverwrite")
+        .key(format!("serve/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let body = obj.body.collect().await.unwrap().into_bytes();
+    assert_eq!(&body[..], b"first");
 }

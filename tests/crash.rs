@@ -14,25 +14,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-
-/// xorshift64*: enough randomness for kill timing, and a printed seed replays a run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -47,45 +32,6 @@ fn seed() -> u64 {
             .as_nanos() as u64
             | 1
     })
-}
-
-/// The message for `token`: its body ends with a trailer that shows truncation.
-fn message(token: &str, lines: usize) -> String {
-    let mut m = format!("Subject: crash {token}\r\nMessage-ID: <{token}@crash.test>\r\n\r\n");
-    for i in 0..lines {
-        m.push_str(&format!("{token} line {i} {}\r\n", "z".repeat(60)));
-    }
-    m.push_str(&format!("END-{token}\r\n"));
-    m
-}
-
-/// Send one message on a fresh connection; true only if DATA got 250.
-fn send_one(port: u16, token: &str, lines: usize) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    if !replies(&mut s, 1).starts_with("220 ") {
-        return false;
-    }
-    let cmds: &[u8] =
-        b"EHLO load.test\r\nMAIL FROM:<load@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n";
-    if s.write_all(cmds).is_err() {
-        return false;
-    }
-    let r = replies(&mut s, 4);
-    if !r.contains("354 ") {
-        return false;
-    }
-    let body = message(token, lines);
-    if s.write_all(body.as_bytes())
-        .and_then(|_| s.write_all(b".\r\n"))
-        .is_err()
-    {
-        return false;
-    }
-    let r = replies(&mut s, 1);
-    r.lines().last().is_some_and(|l| l.starts_with("250 "))
 }
 
 #[test]
@@ -179,25 +125,6 @@ fn kill_9_while_receiving_loses_nothing_acknowledged() {
          too, whole)",
         acked.len()
     );
-}
-
-/// (token, copies) of every message at the primary; panics on a truncated one.
-fn tokens_at(pf: &Postfix) -> HashMap<String, usize> {
-    let mut at: HashMap<String, usize> = HashMap::new();
-    for m in pf.delivered() {
-        let text = String::from_utf8_lossy(&m).to_string();
-        let token = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: crash "))
-            .unwrap()
-            .to_string();
-        assert!(
-            text.contains(&format!("END-{token}")),
-            "{token} delivered truncated"
-        );
-        *at.entry(token).or_default() += 1;
-    }
-    at
 }
 
 #[test]

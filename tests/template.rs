@@ -251,7 +251,10 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
         .expect("a DeleteObject statement");
     assert_eq!(
         delete_object["Resource"],
-        json!({ "Fn::Sub": "${MailBucket.Arn}/incoming/*" })
+        json!([
+            { "Fn::Sub": "${MailBucket.Arn}/incoming/*" },
+            { "Fn::Sub": "${MailBucket.Arn}/serve/*" }
+        ])
     );
     for (name, actions) in [("ingest", &ingest), ("drain", &drain)] {
         if name == "ingest" {
@@ -617,5 +620,50 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
             "{alarm}"
         );
         assert_eq!(p["Dimensions"][0]["Name"], "Stack");
+    }
+}
+
+#[test]
+fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
+    let t = template();
+    let doc = &t["Resources"]["ServeNodePolicy"]["Properties"]["PolicyDocument"];
+    let wrapped = json!({ "Properties": { "Policies": [doc] } });
+    assert_eq!(
+        policy_actions(&wrapped),
+        set(&[
+            "dynamodb:BatchWriteItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+            "s3:DeleteObject",
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:PutObjectRetention",
+            "s3:PutObjectTagging",
+        ])
+    );
+    let statements = doc["Statement"].as_array().unwrap();
+    // Received mail goes under the code's serve prefix, create-only, never under the SES
+    // prefix (where the reconciler would take it for SES's).
+    let put = statements
+        .iter()
+        .find(|st| st["Action"] == "s3:PutObject")
+        .expect("a PutObject statement");
+    assert_eq!(
+        put["Resource"],
+        json!({ "Fn::Sub": format!("${{MailBucket.Arn}}/{}*", standby::config::SERVE_PREFIX) })
+    );
+    assert_eq!(put["Condition"]["Null"]["s3:if-none-match"], "false");
+    // Deletes reach messages only, never audit entries.
+    for st in statements {
+        let text = st["Action"].to_string();
+        if text.contains("dynamodb:DeleteItem") || text.contains("dynamodb:BatchWriteItem") {
+            assert_eq!(
+                st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+                json!(["msg#*", "rcpt#*"])
+            );
+        }
     }
 }

@@ -116,7 +116,7 @@ impl BlobStore for MemBlobStore {
 #[derive(Default)]
 struct MemState {
     records: BTreeMap<MessageId, Record>,
-    health: Option<HealthRecord>,
+    health: BTreeMap<String, HealthRecord>,
 }
 
 /// Records in an ordered map (ids sort by arrival, as in the real indexes).
@@ -194,6 +194,21 @@ impl Index for MemIndex {
         }
         Ok(out)
     }
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        match s.records.get_mut(&id).and_then(|r| r.lease.as_mut()) {
+            Some(lease) if lease.owner == owner => {
+                lease.until = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         let cur = s
@@ -241,12 +256,23 @@ impl Index for MemIndex {
     async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
         Ok(self.state.lock().unwrap().records.remove(&id).is_some())
     }
-    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
-        Ok(self.state.lock().unwrap().health.clone())
+    async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
+        Ok(self.state.lock().unwrap().health.get(node).cloned())
     }
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
-        self.state.lock().unwrap().health = Some(h.clone());
+        let mut state = self.state.lock().unwrap();
+        state.health.insert(h.node.clone(), h.clone());
         Ok(())
+    }
+    async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .health
+            .values()
+            .cloned()
+            .collect())
     }
 }
 

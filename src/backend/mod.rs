@@ -2,7 +2,12 @@
 //!
 //! - [`fs::FsBlobStore`] + [`sqlite::SqliteIndex`]: the embedded default (`standby serve`).
 //! - [`aws::S3BlobStore`] + [`aws::DynamoIndex`]: the serverless deployment (SES inbound,
-//!   Lambda functions) and the operator command pointed at it.
+//!   Lambda functions), `standby serve` nodes sharing one bucket and table, and the
+//!   operator command pointed at them.
+//!
+//! Group commit ([`group`]) is the local spool's: one fsync serves many messages. S3 and
+//! DynamoDB take each write on its own (a PutObject is one durable object, a conditional
+//! PutItem cannot be batched), so the AWS adapters write directly.
 //! - [`audit::FsAuditLog`] (a JSONL file) and [`aws::DynamoAuditLog`] (items in the index
 //!   table): the audit log of deletions and legal holds.
 //! - [`memory`]: in-memory twins for unit tests.
@@ -26,6 +31,37 @@ pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
 
 impl Storage {
+    /// The storage `standby serve` receives into, by `backend`: the local spool (see
+    /// [`Storage::serve_local`]), or S3 + DynamoDB shared with other nodes (see
+    /// [`Storage::aws_serve`]), whose check that the table answers comes first so a
+    /// wrong table or missing permission stops the start instead of 451-ing every message.
+    pub async fn serve(config: &Config) -> Result<(Storage, fs::Recovered), StoreError> {
+        match config.aws_settings() {
+            Some(settings) => {
+                let clients = aws::AwsClients::connect(&settings).await;
+                let storage = Self::aws_serve(&clients, &settings);
+                storage.index.load_health(&config.node_id()).await?;
+                Ok((storage, fs::Recovered::default()))
+            }
+            None => Self::serve_local(config),
+        }
+    }
+
+    /// S3 + DynamoDB for a `standby serve` node: like [`Storage::aws`], except that new
+    /// messages (and the DSNs its drain queues) go under
+    /// [`SERVE_PREFIX`](crate::config::SERVE_PREFIX), never the SES prefix.
+    pub fn aws_serve(clients: &aws::AwsClients, settings: &aws::AwsSettings) -> Storage {
+        Storage {
+            blobs: Arc::new(
+                clients
+                    .blob_store(settings)
+                    .writing_under(crate::config::SERVE_PREFIX),
+            ),
+            index: Arc::new(clients.index(settings)),
+            audit: Arc::new(clients.audit_log(settings)),
+        }
+    }
+
     /// The local spool for `standby serve`: created if missing, with what a crash left in
     /// `tmp/` cleaned up: acknowledged messages put in place, partial writes removed (only
     /// the receiving process may do that, before it accepts connections).

@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS health (
     k INTEGER PRIMARY KEY CHECK (k = 1),
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS node_health (
+    node TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Search terms kept beside each record by triggers, so every write path (grouped
@@ -317,6 +321,15 @@ fn complete_item(
 ) -> Result<Result<(), StoreError>, StoreError> {
     write_if(tx, rec, |lease_owner, _| {
         lease_owner.as_deref() == Some(owner.as_str())
+    })
+}
+
+/// A stored health record. (The one-row `health` table of spools from before per-node
+/// records is no longer read: such a spool's node starts from `unknown` once.)
+fn health_from_json(json: &str) -> Result<HealthRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id: "health".into(),
+        detail: e.to_string(),
     })
 }
 
@@ -709,6 +722,24 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
+                params![id.to_string(), owner, ms(until)],
+            )
+            .map(|n| n == 1)
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.completions
             .submit((rec.clone(), owner.to_string()))
@@ -743,36 +774,50 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
-        self.with(|c| {
+    async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
+        let node = node.to_string();
+        self.with(move |c| {
             let json: Option<String> = c
-                .query_row("SELECT record FROM health WHERE k = 1", [], |r| r.get(0))
+                .query_row(
+                    "SELECT record FROM node_health WHERE node = ?1",
+                    [node],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db_err)?;
-            json.map(|j| {
-                serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
-                    id: "health".into(),
-                    detail: e.to_string(),
-                })
-            })
-            .transpose()
+            json.map(|j| health_from_json(&j)).transpose()
         })
         .await
     }
 
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
-            id: "health".into(),
+            id: format!("health of {}", h.node),
             detail: e.to_string(),
         })?;
+        let node = h.node.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO health (k, record) VALUES (1, ?1)
-                 ON CONFLICT(k) DO UPDATE SET record = excluded.record",
-                [json],
+                "INSERT INTO node_health (node, record) VALUES (?1, ?2)
+                 ON CONFLICT(node) DO UPDATE SET record = excluded.record",
+                [node, json],
             )
             .map(|_| ())
             .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT record FROM node_health ORDER BY node")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|j| health_from_json(&j.map_err(db_err)?))
+                .collect()
         })
         .await
     }

@@ -85,7 +85,8 @@ pub(super) async fn drain(
         b.finish_and_clear();
     }
     let index = storage.index.as_ref();
-    crate::health::record_drain(index, relay.address(), &report, chrono::Utc::now()).await?;
+    let key = (config.node_id(), relay.address().to_string());
+    crate::health::record_drain(index, (&key.0, &key.1), &report, chrono::Utc::now()).await?;
     super::print_summary(json, &report, |out| {
         writeln!(
             out,

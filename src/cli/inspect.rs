@@ -16,6 +16,8 @@ use crate::ports::{ListQuery, Pages};
 
 #[derive(Serialize)]
 struct PrimaryView {
+    /// The node whose probes these are (`node_id`).
+    node: String,
     address: String,
     state: PrimaryState,
     since: Option<DateTime<Utc>>,
@@ -29,7 +31,10 @@ struct PrimaryView {
 struct StatusView {
     /// Where the messages are: the spool directory or the bucket and table.
     store: String,
+    /// This node's view, or the freshest other node's (see `health::view`).
     primary: PrimaryView,
+    /// Every node that probes the primary and shares this index, by node.
+    nodes: Vec<PrimaryView>,
     counts: Counts,
     oldest_held: Option<DateTime<Utc>>,
 }
@@ -96,9 +101,25 @@ fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
+impl From<crate::model::HealthRecord> for PrimaryView {
+    fn from(h: crate::model::HealthRecord) -> Self {
+        PrimaryView {
+            node: h.node,
+            address: h.address,
+            state: h.state,
+            since: h.since,
+            last_probe: h.last_probe,
+            last_drain: h.last_drain,
+            probes_ok: h.probes_ok,
+            probes_failed: h.probes_failed,
+        }
+    }
+}
+
 pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Result<(), CliError> {
     let address = config.primary_addr();
-    let health = health::load_for(storage.index.as_ref(), &address).await?;
+    let index = storage.index.as_ref();
+    let health = health::view(index, &config.node_id(), &address).await?;
     let store = match config.aws_settings() {
         Some(a) => format!(
             "s3://{}/{} + dynamodb table {}",
@@ -108,17 +129,15 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
     };
     let view = StatusView {
         store,
-        primary: PrimaryView {
-            address,
-            state: health.state,
-            since: health.since,
-            last_probe: health.last_probe,
-            last_drain: health.last_drain,
-            probes_ok: health.probes_ok,
-            probes_failed: health.probes_failed,
-        },
-        counts: storage.index.counts().await?,
-        oldest_held: storage.index.oldest(Status::Held).await?,
+        primary: health.into(),
+        nodes: index
+            .list_health()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        counts: index.counts().await?,
+        oldest_held: index.oldest(Status::Held).await?,
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -155,6 +174,28 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
         match &d.report.stopped {
             Some(why) => writeln!(out, "; stopped: {why}")?,
             None => writeln!(out)?,
+        }
+    }
+    // Several nodes share this index (serve nodes, the drain function): one line each.
+    if view.nodes.len() > 1 {
+        for (i, n) in view.nodes.iter().enumerate() {
+            let probe = n
+                .last_probe
+                .as_ref()
+                .map_or("no probe yet".to_string(), |p| {
+                    format!("probe {} {}", if p.ok { "ok" } else { "FAILED" }, ago(p.at))
+                });
+            let drain = n.last_drain.as_ref().map_or(String::new(), |d| {
+                format!("; drain {}: delivered {}", ago(d.at), d.report.delivered)
+            });
+            writeln!(
+                out,
+                "{}{}  {} {}  {probe}{drain}",
+                if i == 0 { "nodes     " } else { "          " },
+                n.node,
+                n.address,
+                n.state
+            )?;
         }
     }
     let c = view.counts;

@@ -65,7 +65,8 @@ pub async fn health(config: &Config, storage: Result<&Storage, &str>) -> Check {
             );
         }
     };
-    let rec = match health::load_for(storage.index.as_ref(), &config.primary_addr()).await {
+    let index = storage.index.as_ref();
+    let rec = match health::view(index, &config.node_id(), &config.primary_addr()).await {
         Ok(r) => r,
         Err(e) => {
             return Check::fail(

@@ -109,18 +109,18 @@ impl DrainFunction {
 
     /// Apply the retention policy when the last run is `[retention] interval_secs` old
     /// (the function runs every minute; the policy needs far less). How many it deleted.
-    async fn retention(&self, address: &str) -> Result<u64, StoreError> {
+    async fn retention(&self, node: &str, address: &str) -> Result<u64, StoreError> {
         let policy = self.config.retention();
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
         let every = chrono::Duration::seconds(i64::try_from(policy.interval_secs).unwrap_or(3600));
-        let mut h = health::load_for(index, address).await?;
+        let mut h = health::load_for(index, node, address).await?;
         if h.retained_at.is_some_and(|t| now - t < every) {
             return Ok(0);
         }
         let report = crate::retention::run(&self.storage, &policy, now).await?;
         // Reloaded: the probe and the drain wrote the record meanwhile.
-        h = health::load_for(index, address).await?;
+        h = health::load_for(index, node, address).await?;
         h.retained_at = Some(now);
         index.save_health(&h).await?;
         Ok(report.deleted)
@@ -132,12 +132,13 @@ impl DrainFunction {
         req: DrainRequest,
         deadline: Option<Instant>,
     ) -> Result<DrainSummary, StoreError> {
+        let node = self.config.node_id();
         let address = self.relay.address().to_string();
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
         let rec: ReconcileReport = reconcile(
             &self.storage,
-            &address,
+            (&node, &address),
             &self.config.domains,
             now,
             req.dry_run,
@@ -154,7 +155,7 @@ impl DrainFunction {
             ..Default::default()
         };
         if req.dry_run {
-            let h = health::load_for(index, &address).await?;
+            let h = health::load_for(index, &node, &address).await?;
             summary.primary = h.state.to_string();
             summary.due = Some(drainer.due().await?.len() as u64);
             summary.held = index.counts().await?.held;
@@ -164,7 +165,7 @@ impl DrainFunction {
             self.relay.as_ref(),
             index,
             self.clock.as_ref(),
-            &address,
+            (&node, &address),
             hysteresis(&self.config),
         )
         .await?;
@@ -189,7 +190,7 @@ impl DrainFunction {
                 ..Default::default()
             };
             let report = drainer.run(opts).await.map_err(|DrainError::Store(e)| e)?;
-            health::record_drain(index, &address, &report, self.clock.now()).await?;
+            health::record_drain(index, (&node, &address), &report, self.clock.now()).await?;
             summary.delivered = report.delivered;
             summary.deferred = report.deferred;
             summary.failed = report.failed;
@@ -197,7 +198,7 @@ impl DrainFunction {
         } else {
             summary.failed = drainer.expire_old().await?;
         }
-        summary.retention_deleted = self.retention(&address).await?;
+        summary.retention_deleted = self.retention(&node, &address).await?;
         summary.held = index.counts().await?.held;
         summary.oldest_held_secs = index
             .oldest(Status::Held)

@@ -25,6 +25,7 @@ use super::ses::{SesEvent, SesPayload};
 use crate::config::Journal;
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
+use crate::ingest::archive_journal_copy;
 use crate::model::{
     Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
@@ -210,13 +211,7 @@ impl Ingest {
         if rec.status == Status::Journal {
             // Before the index: an indexed journal copy always has its archive copy (a
             // retried event repeats the idempotent copy).
-            let until = self
-                .retention
-                .journal_days
-                .map(|d| rec.received_at + chrono::Duration::days(i64::from(d)));
-            self.storage
-                .blobs
-                .archive(key, &bytes, until)
+            archive_journal_copy(&self.storage, &self.retention, &rec, key, &bytes)
                 .await
                 .map_err(store)?;
         }

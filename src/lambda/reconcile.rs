@@ -48,16 +48,17 @@ pub struct ReconcileReport {
 
 /// Index every unindexed blob stored in the window ending `MIN_AGE` before `now`.
 ///
-/// `address` is the primary's (the health item carries the watermark); `domains`
-/// limits header recipients; `dry_run` counts without writing.
+/// `node` and `address` name the health record that carries the watermark (the drain
+/// function's, for the primary at `address`); `domains` limits header recipients;
+/// `dry_run` counts without writing.
 pub async fn reconcile(
     storage: &Storage,
-    address: &str,
+    (node, address): (&str, &str),
     domains: &[String],
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<ReconcileReport, StoreError> {
-    let mut health = crate::health::load_for(storage.index.as_ref(), address).await?;
+    let mut health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
     let upto = now - MIN_AGE;
     let from = health.reconciled_until.map(|w| w - OVERLAP);
     let mut report = ReconcileReport::default();
@@ -93,7 +94,7 @@ pub async fn reconcile(
     if !dry_run {
         // Re-read: nothing else writes the health item during a drain invocation (the
         // drain function runs one at a time), but keep the newest probe state anyway.
-        health = crate::health::load_for(storage.index.as_ref(), address).await?;
+        health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
         health.reconciled_until = Some(upto);
         storage.index.save_health(&health).await?;
     }

@@ -23,8 +23,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::errors::classify;
 use super::schema::{
-    GSI, GSI_PK, GSI_SK, HEALTH_PK, MESSAGE_PREFIX, PK, RCPT_ATTR, RCPT_GSI, SENDER_ATTR,
-    SENDER_GSI, TTL_ATTRIBUTE,
+    GSI, GSI_PK, GSI_SK, HEALTH_PREFIX, HEALTH_STATUS, MESSAGE_PREFIX, PK, RCPT_ATTR, RCPT_GSI,
+    SENDER_ATTR, SENDER_GSI, TTL_ATTRIBUTE,
 };
 use super::search;
 use crate::error::StoreError;
@@ -559,6 +559,30 @@ impl Index for DynamoIndex {
         }
     }
 
+    async fn renew(
+        &self,
+        id: MessageId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .update_expression("SET lease_until = :u")
+            .condition_expression("attribute_exists(pk) AND lease_owner = :o")
+            .expression_attribute_values(":o", s(owner))
+            .expression_attribute_values(":u", n(until.timestamp_millis()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(classify(BACKEND, "UpdateItem (renew)", e)),
+        }
+    }
+
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
         self.put_if(
             rec,
@@ -655,41 +679,59 @@ impl Index for DynamoIndex {
         Ok(true)
     }
 
-    async fn load_health(&self) -> Result<Option<HealthRecord>, StoreError> {
+    async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PK, s(HEALTH_PK))
+            .key(PK, s(format!("{HEALTH_PREFIX}{node}")))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| classify(BACKEND, "GetItem (health)", e))?;
-        let Some(item) = out.item() else {
-            return Ok(None);
-        };
-        let json = item
-            .get("record")
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| corrupt(item, "health item without `record`"))?;
-        serde_json::from_str(json)
-            .map(Some)
-            .map_err(|e| corrupt(item, e.to_string()))
+        out.item().map(health_of).transpose()
     }
 
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
-            id: HEALTH_PK.into(),
+            id: format!("{HEALTH_PREFIX}{}", h.node),
             detail: e.to_string(),
         })?;
         self.client
             .put_item()
             .table_name(&self.table)
-            .item(PK, s(HEALTH_PK))
+            .item(PK, s(format!("{HEALTH_PREFIX}{}", h.node)))
+            .item(GSI_PK, s(HEALTH_STATUS))
+            .item(GSI_SK, s(h.node.clone()))
             .item("record", s(json))
             .send()
             .await
             .map_err(|e| classify(BACKEND, "PutItem (health)", e))?;
         Ok(())
     }
+
+    async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {
+        let (mut out, mut start) = (Vec::new(), None);
+        loop {
+            let (items, next) = self
+                .query_index((GSI, GSI_PK, HEALTH_STATUS), KeyRange::All, None, start)
+                .await?;
+            for item in &items {
+                out.push(health_of(item)?);
+            }
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// A health item's record.
+fn health_of(item: &Item) -> Result<HealthRecord, StoreError> {
+    let json = item
+        .get("record")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| corrupt(item, "health item without `record`"))?;
+    serde_json::from_str(json).map_err(|e| corrupt(item, e.to_string()))
 }

@@ -4,6 +4,9 @@
 //! In the serverless deployment SES inbound writes each message to S3 itself (S3 action)
 //! and the ingest function indexes it; the drain function and the operator's `standby`
 //! command then work on the same two stores through the same ports as the local backend.
+//! `standby serve` nodes can share them too: they store what they receive under
+//! [`SERVE_PREFIX`](crate::config::SERVE_PREFIX) (see [`S3BlobStore::writing_under`]),
+//! index it in the same table, and keep one health item per node.
 //!
 //! Clients come from the standard AWS chain (environment, profile, instance/Lambda role).
 //! `AWS_ENDPOINT_URL` or the config's `endpoint_url` points them at an emulator (moto);

@@ -6,7 +6,15 @@
 //!   ours) is never overwritten. S3 acknowledges a PUT only once the object is durably
 //!   stored, and reads after a PUT see it (strong read-after-write consistency).
 //! - SES writes its own objects at `prefix + SES message id`; those are read through the
-//!   record's [`blob`](crate::model::Record::blob) key. Keys never contain the prefix.
+//!   record's [`blob`](crate::model::Record::blob) key. Such keys never contain the prefix.
+//! - A key with a `/` is a whole object key in the bucket (SES message ids and our ids
+//!   never contain one). A store made [`writing_under`](S3BlobStore::writing_under) a
+//!   prefix of its own (`standby serve`: [`SERVE_PREFIX`](crate::config::SERVE_PREFIX))
+//!   creates `<that prefix><id>` and hands out that whole key
+//!   ([`BlobWriter::key`]) for the record, so every reader (the drain function, the
+//!   operator's commands, whatever their `prefix`) finds the object where the record says.
+//! - [`BlobStore::list`] lists only `prefix` (the SES objects, for the reconciler), never
+//!   another prefix's objects.
 //! - Delivered objects are tagged [`DELIVERED_TAG`] for the bucket's lifecycle rule.
 //! - Listing ([`BlobStore::list`]) pages through `ListObjectsV2`, 1,000 keys a request.
 
@@ -42,6 +50,8 @@ pub struct S3BlobStore {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Where [`BlobStore::create`] writes, when not under `prefix` (see the module docs).
+    write_prefix: Option<String>,
     archive: Option<ArchiveSettings>,
 }
 
@@ -73,8 +83,17 @@ impl S3BlobStore {
             client,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            write_prefix: None,
             archive: None,
         }
+    }
+
+    /// Create new blobs at `<prefix><id>` (a prefix with a trailing `/`, such as
+    /// `serve/`), keyed by that whole object key, instead of under the SES prefix.
+    pub fn writing_under(mut self, prefix: &str) -> Self {
+        debug_assert!(prefix.ends_with('/'), "a write prefix ends with `/`");
+        self.write_prefix = Some(prefix.to_string());
+        self
     }
 
     /// Archive journal copies in this Object Lock bucket (see [`super::archive`]).
@@ -83,8 +102,13 @@ impl S3BlobStore {
         self
     }
 
+    /// The object key of a blob key: a key with a `/` is already whole.
     fn object_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        if key.contains('/') {
+            key.to_string()
+        } else {
+            format!("{}{key}", self.prefix)
+        }
     }
 
     async fn get(
@@ -115,11 +139,19 @@ fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> DateTime<Utc> {
 #[async_trait]
 impl BlobStore for S3BlobStore {
     async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+        let key = match &self.write_prefix {
+            Some(p) => format!("{p}{id}"),
+            None => id.to_string(),
+        };
         Ok(Box::new(S3Writer {
             store: self.clone(),
-            key: id.to_string(),
+            key,
             buf: Vec::new(),
         }))
+    }
+
+    fn archives(&self) -> bool {
+        self.archive.is_some()
     }
 
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
@@ -263,6 +295,10 @@ struct S3Writer {
 
 #[async_trait]
 impl BlobWriter for S3Writer {
+    fn key(&self) -> Option<String> {
+        self.key.contains('/').then(|| self.key.clone())
+    }
+
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
         self.buf.extend_from_slice(buf);
         Ok(())

@@ -10,7 +10,7 @@
 //! | item | `pk` | other attributes |
 //! |---|---|---|
 //! | message | `msg#<id>` | `status`, `recv` (`<received ms, 13 digits>#<id>`), `due` (ms), `lease_owner`, `lease_until` (ms), `record` (JSON), `expires_at` (TTL, epoch s, set when retention allows deletion) |
-//! | health | `health#primary` | `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark) |
+//! | health | `health#<node>` | `status` = `health`, `recv` = the node, `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark); one per node (`node_id`: each `standby serve`, the drain function) |
 //! | recipient | `rcpt#<id>#<address>` | `rcpt` (address, lower case), `recv`; one per address of a message, kept by the index's writes |
 //! | audit entry | `audit#<ulid>` | `status` = `audit`, `recv` (`<ms>#<ulid>`), `record` (JSON); never updated or deleted |
 //!
@@ -35,7 +35,10 @@ pub const GSI: &str = "by_status";
 pub const GSI_PK: &str = "status";
 pub const GSI_SK: &str = "recv";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
-pub const HEALTH_PK: &str = "health#primary";
+/// Health items: `pk = health#<node>`, in the status index under [`HEALTH_STATUS`] (so
+/// every node's record is one Query away), sorted by node.
+pub const HEALTH_PREFIX: &str = "health#";
+pub const HEALTH_STATUS: &str = "health";
 pub const MESSAGE_PREFIX: &str = "msg#";
 /// The sender index: messages by lower-case envelope sender (`<>` for none), in list order.
 pub const SENDER_GSI: &str = "by_sender";
