@@ -755,6 +755,34 @@ fn domain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     Ok(out)
 }
 
+/// Run as root, a config file found in the working directory (`./standby.toml`) must be
+/// root's and writable by no one else: `sudo standby drain` in a directory another user
+/// controls must not read that user's file (its `data_dir`, primary and
+/// `auth_password_env` would otherwise decide where root's secrets go).
+fn trusted_as_root(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "run as root, a config file in the working directory must belong to root and \
+                 be writable by no one else (this one: uid {}, mode {:o}); name the file you \
+                 mean with --config",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Config {
     /// Where the config file is: `explicit` (`--config`), else `from_env`
     /// (`STANDBY_CONFIG`), else the first of [`SEARCH_PATH`] that exists.
@@ -787,6 +815,7 @@ impl Config {
             });
         }
         match search.iter().find(|p| p.exists()) {
+            Some(p) if p.is_relative() => trusted_as_root(p).map(|()| p.clone()),
             Some(p) => Ok(p.clone()),
             None => Err(ConfigError::NotFound { looked: search }),
         }
@@ -1111,12 +1140,44 @@ pub fn parse_recipients(path: &Path, text: &str) -> Result<HashSet<String>, Conf
         }
         set.insert(line.to_ascii_lowercase());
     }
+    if set.is_empty() {
+        // Empty or truncated (a half-written copy, a failed export from the primary):
+        // every recipient would get 550 5.1.1 and senders would bounce mail we should hold.
+        return Err(ConfigError::Recipients {
+            path: path.to_path_buf(),
+            line: text.lines().count().max(1),
+            message: "lists no address: every recipient would be refused; remove the \
+                      `recipients` key to accept every address of your domains"
+                .into(),
+        });
+    }
     Ok(set)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_reads_only_roots_config_from_the_working_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run the tests as root (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("standby.toml");
+        std::fs::write(&f, "").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        trusted_as_root(&f).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = trusted_as_root(&f).unwrap_err().to_string();
+        assert!(e.contains("--config") && e.contains("664"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+        let e = trusted_as_root(&f).unwrap_err().to_string();
+        assert!(e.contains("uid 65534"), "{e}");
+    }
 
     const MIN: &str = "domains = [\"Example.TEST.\"]\nhostname = \"standby.example.test\"\n\
                        [primary]\naddress = \"127.0.0.1\"\n";
@@ -1435,6 +1496,10 @@ mod tests {
         )
         .unwrap();
         assert!(ok.contains("alice@example.test") && ok.contains("bob@example.test"));
+        let e = parse_recipients(Path::new("r.txt"), "# nobody yet\n\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.txt") && e.contains("no address"), "{e}");
         let e = parse_recipients(Path::new("r.txt"), "a@b.test\nnot an address\n")
             .unwrap_err()
             .to_string();

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
-use crate::model::{DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact};
+use crate::model::{
+    DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
+};
 use crate::ports::Storage;
 use crate::ports::{ClaimRequest, Clock, Index, Relay, RelaySession, Reply, Transaction};
 
@@ -223,8 +225,7 @@ fn log_attempt(rec: &Record, tried: &[usize]) {
         } else {
             ""
         };
-        let reply: String = g
-            .reply
+        let reply: String = redact_text(g.reply)
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .take(LOGGED_REPLY)

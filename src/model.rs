@@ -467,6 +467,39 @@ pub fn redact(address: &str) -> &str {
     }
 }
 
+/// `text` (a reply of the primary, say) with the local part of every address in it
+/// replaced by `*`: `550 5.1.1 <bob@example.test>: Recipient address rejected` becomes
+/// `550 5.1.1 <*@example.test>: ...`, so info logs keep the domain only.
+pub fn redact_text(text: &str) -> String {
+    let stop = |c: char| {
+        c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ':' | ';' | '(' | ')' | '[' | ']')
+    };
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split('@').enumerate() {
+        if i == 0 {
+            out.push_str(part);
+            continue;
+        }
+        // `out` ends with the local part of the address this '@' belongs to (quoted or not).
+        if out.ends_with('"')
+            && let Some(open) = out[..out.len() - 1].rfind('"')
+        {
+            out.truncate(open + 1);
+            out.push_str("*\"@");
+            out.push_str(part);
+            continue;
+        }
+        let keep = out.trim_end_matches(|c: char| !stop(c)).len();
+        if keep < out.len() {
+            out.truncate(keep);
+            out.push('*');
+        }
+        out.push('@');
+        out.push_str(part);
+    }
+    out
+}
+
 // ---- A message being received (see `crate::ingest`) ----
 
 /// The envelope of a message being received.
@@ -601,6 +634,24 @@ impl DrainReport {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redacted_text_keeps_domains_only() {
+        use super::redact_text;
+        assert_eq!(
+            redact_text("550 5.1.1 <bob@example.test>: Recipient address rejected"),
+            "550 5.1.1 <*@example.test>: Recipient address rejected"
+        );
+        assert_eq!(
+            redact_text("553 a.b+c@x.test and \"q\"@y.test, d@z"),
+            "553 *@x.test and \"*\"@y.test, *@z"
+        );
+        assert_eq!(
+            redact_text("250 2.0.0 Ok: queued as 4Xyz"),
+            "250 2.0.0 Ok: queued as 4Xyz"
+        );
+        assert_eq!(redact_text("@"), "@");
+    }
+
     use super::*;
 
     fn record(statuses: &[RcptStatus]) -> Record {
