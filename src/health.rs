@@ -100,19 +100,40 @@ pub async fn check(
     Ok(rec)
 }
 
+/// Where the one health record lived before each node had its own (`health#primary` in
+/// DynamoDB). Read only to carry its watermarks over; never written.
+pub const LEGACY_NODE: &str = "primary";
+
 /// `node`'s stored record for the primary at `address`; a different (or no) stored
-/// address starts from `unknown`, so a changed `primary.address` inherits nothing.
+/// address starts from `unknown`, so a changed `primary.address` inherits nothing of the
+/// probe state.
+///
+/// The watermarks are not about the primary but about the store, so they are always kept:
+/// `reconciled_until` (losing it makes the reconciler rescan every object in the bucket
+/// and re-index, then redeliver, any whose record has already expired) and
+/// `retained_at`. A node with no record yet takes them from the record of
+/// [`LEGACY_NODE`], so upgrading a stack from the single-record layout rescans nothing.
 pub async fn load_for(
     index: &dyn Index,
     node: &str,
     address: &str,
 ) -> Result<HealthRecord, StoreError> {
-    Ok(match index.load_health(node).await? {
+    let own = index.load_health(node).await?;
+    let marks = match &own {
+        Some(r) => Some(r.clone()),
+        None if node != LEGACY_NODE => index.load_health(LEGACY_NODE).await?,
+        None => None,
+    };
+    Ok(match own {
         Some(r) if r.address == address => HealthRecord {
             node: node.to_string(),
             ..r
         },
-        _ => HealthRecord::new(node, address),
+        _ => HealthRecord {
+            reconciled_until: marks.as_ref().and_then(|m| m.reconciled_until),
+            retained_at: marks.as_ref().and_then(|m| m.retained_at),
+            ..HealthRecord::new(node, address)
+        },
     })
 }
 
@@ -256,6 +277,30 @@ mod tests {
                 ("mx30", PrimaryState::Down, 0, 2)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn watermarks_survive_a_new_address_and_a_new_node() {
+        use crate::backend::MemIndex;
+        let index = MemIndex::default();
+        let mark = Utc::now();
+        let mut old = HealthRecord::new(LEGACY_NODE, "p:25");
+        old.reconciled_until = Some(mark);
+        old.retained_at = Some(mark);
+        index.save_health(&old).await.unwrap();
+        // A node with no record yet (the first run after the upgrade) carries them over.
+        let fresh = load_for(&index, "lambda", "p:25").await.unwrap();
+        assert_eq!(
+            (fresh.reconciled_until, fresh.retained_at),
+            (Some(mark), Some(mark))
+        );
+        // A changed primary address resets the probe state, not the store's watermarks.
+        let mut own = fresh.clone();
+        own.consecutive_ok = 7;
+        index.save_health(&own).await.unwrap();
+        let moved = load_for(&index, "lambda", "q:25").await.unwrap();
+        assert_eq!(moved.consecutive_ok, 0);
+        assert_eq!(moved.reconciled_until, Some(mark));
     }
 
     #[test]

@@ -173,6 +173,59 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     );
 }
 
+/// A stack upgraded from the single health item (`health#primary`, written before nodes
+/// had their own) keeps its reconcile watermark: the first run after the upgrade does
+/// not rescan the bucket and re-index (then redeliver) objects checked long ago, whose
+/// records may have expired since.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgraded_stack_keeps_the_reconcile_watermark_of_the_old_health_item() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("upgrade").await;
+    let pf = Postfix::primary();
+    pf.start();
+    // An object checked before the upgrade (its record has since expired).
+    ses_put(
+        &clients,
+        &s,
+        "checked0long0ago0abcdefghijklmnopqrstuv",
+        common::fixture("ses/message.eml", "tok-old").as_bytes(),
+    )
+    .await;
+    // The item as the old code wrote it: its own key, no node, no status-index attributes.
+    // Its last run was ten minutes before this one, long after the object was stored.
+    let mark = (Utc::now() + chrono::Duration::minutes(50)).to_rfc3339();
+    let record = serde_json::json!({
+        "address": format!("127.0.0.1:{}", pf.port),
+        "state": "up",
+        "since": null,
+        "last_probe": null,
+        "consecutive_ok": 0,
+        "consecutive_fail": 0,
+        "reconciled_until": mark,
+    });
+    let attr = aws_sdk_dynamodb::types::AttributeValue::S;
+    clients
+        .dynamodb
+        .put_item()
+        .table_name(&s.table)
+        .item("pk", attr("health#primary".into()))
+        .item("record", attr(record.to_string()))
+        .send()
+        .await
+        .expect("put the old health item");
+    let clock = Arc::new(Shifted::default());
+    clock.advance(chrono::Duration::minutes(60));
+    let f = function(&storage, "upgrade", pf.port, clock);
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.reconciled, sum.delivered), (0, 0), "{sum:?}");
+    let rec = storage.index.load_health("lambda").await.unwrap().unwrap();
+    assert!(
+        rec.reconciled_until
+            .is_some_and(|w| w >= mark.parse::<DateTime<Utc>>().unwrap()),
+        "{rec:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_4xx_is_retried_on_a_later_invocation() {
     let moto = Moto::start();
