@@ -320,6 +320,10 @@ pub struct DrainConfig {
     /// How long a claim on a message lasts; a crashed worker's messages return after it.
     #[serde(default = "default_lease", deserialize_with = "lenient")]
     pub lease_secs: u64,
+    /// How far the clocks of the drains sharing one index may disagree: a lease is taken
+    /// over only once it ended this long ago by the claimer's clock.
+    #[serde(default = "default_clock_skew", deserialize_with = "lenient")]
+    pub clock_skew_secs: u64,
 }
 
 impl Default for DrainConfig {
@@ -328,6 +332,7 @@ impl Default for DrainConfig {
             concurrency: default_concurrency(),
             rate_per_sec: 0,
             lease_secs: default_lease(),
+            clock_skew_secs: default_clock_skew(),
         }
     }
 }
@@ -678,6 +683,9 @@ fn default_concurrency() -> usize {
 }
 fn default_lease() -> u64 {
     600
+}
+fn default_clock_skew() -> u64 {
+    60
 }
 fn yes() -> bool {
     true

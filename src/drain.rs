@@ -6,6 +6,19 @@
 //! expires. At-least-once: a crash between the primary's 250 and our write-back can
 //! duplicate that one message, nothing more.
 //!
+//! A lease holds for the whole transaction, whatever the batch size, lease length or the
+//! primary's speed: each claim has a random token; right before a message is sent its lease
+//! is renewed (conditional on the token) and the message skipped if that fails; while the
+//! transaction runs (the wait for the final dot's reply included) a [`Keeper`] renews it
+//! every `lease / 3`; and the final dot is written only while the lease is known to be
+//! ours (checked as the body ends, see [`Keeper::guard`]). A renewal that fails before
+//! the dot aborts the transaction: the session is dropped mid-DATA, which the primary
+//! must treat as no message (RFC 5321 §4.1.1.4). The write-back is conditional on the
+//! token and on the version read with the claim. Another claim's lease is taken over only
+//! once it ended `clock_skew` ago by the claimer's clock (`[drain] clock_skew_secs`): the
+//! assumption is that the clocks of all drains sharing an index (hosts, laptops, Lambda)
+//! agree to within that margin.
+//!
 //! Each recipient is judged on its own reply: 2xx delivered, 4xx retried with
 //! [`backoff`], 5xx failed with the primary's reply recorded. A session-level failure
 //! (connection refused or lost, timeout, 421) stops the worker that saw it: the primary is
@@ -24,7 +37,9 @@ use crate::model::{
     DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
 };
 use crate::ports::Storage;
-use crate::ports::{ClaimRequest, Clock, Index, Relay, RelaySession, Reply, Transaction};
+use crate::ports::{
+    BlobReader, ClaimRequest, Clock, Index, Relay, RelaySession, Reply, Transaction,
+};
 
 /// How many messages a worker leases at a time.
 const CLAIM_BATCH: usize = 32;
@@ -44,6 +59,8 @@ pub fn backoff(attempts: u32) -> Duration {
 pub struct DrainSettings {
     pub concurrency: usize,
     pub lease: Duration,
+    /// How far the clocks of drains sharing the index may disagree (see the module doc).
+    pub clock_skew: Duration,
     pub hold_days: u32,
     /// Messages per second at most; 0 for no limit.
     pub rate_per_sec: u32,
@@ -79,11 +96,15 @@ impl RunOptions {
     }
 }
 
-/// A drain run failed on storage (the primary's failures are in the report instead).
+/// A drain run failed on storage (the primary's failures are in the report instead),
+/// or a worker panicked (a bug: the run fails, with the panic's message, once the claims
+/// the worker held were given back).
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("a drain worker panicked: {0}")]
+    WorkerPanicked(String),
 }
 
 /// Delivers held messages through a [`Relay`].
@@ -301,8 +322,13 @@ impl Drainer {
         }
     }
 
-    fn owner() -> String {
+    /// A new lease token for one claim: random, never shared by two claims.
+    fn token() -> String {
         format!("drain-{}-{}", std::process::id(), ulid::Ulid::new())
+    }
+
+    fn skew(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
     }
 
     /// Held messages that a run would try now, oldest first (for `--dry-run`).
@@ -326,9 +352,9 @@ impl Drainer {
 
     /// Fail held messages older than `hold_days`. Returns how many.
     pub async fn expire_old(&self) -> Result<u64, StoreError> {
-        let owner = Self::owner();
         let mut n = 0;
         loop {
+            let owner = Self::token();
             let now = self.clock.now();
             let cutoff = now - chrono::Duration::days(i64::from(self.settings.hold_days));
             let batch = self
@@ -340,6 +366,7 @@ impl Drainer {
                     lease_until: now + self.lease(),
                     limit: 100,
                     received_before: Some(cutoff),
+                    skew: self.skew(),
                 })
                 .await?;
             if batch.is_empty() {
@@ -355,17 +382,13 @@ impl Drainer {
         }
     }
 
-    /// Right before an attempt: whether `owner` still holds the lease on `rec`, renewed
-    /// when less than half of it is left (a batch is claimed at once, and a slow primary
+    /// Right before an attempt: whether the claim `owner` still holds the lease on `rec`,
+    /// renewed to a whole lease from now (a batch is claimed at once, and a slow primary
     /// or the rate limit can outlast the lease of its last messages). Without this, a
     /// lease that ran out could be used to send a message another node has claimed and
     /// is sending too.
     async fn still_ours(&self, rec: &mut Record, owner: &str) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let left = rec.lease.as_ref().map(|l| l.until - now);
-        if left.is_some_and(|l| l > self.lease() / 2) {
-            return Ok(true);
-        }
         let until = now + self.lease();
         if !self.storage.index.renew(rec.id, owner, until).await? {
             return Ok(false);
@@ -386,16 +409,21 @@ impl Drainer {
     pub async fn run(&self, opts: RunOptions) -> Result<DrainReport, DrainError> {
         let expired = self.expire_old().await?;
         let mut workers = tokio::task::JoinSet::new();
+        // Claims not yet written back, so those of a worker that panicked (or stopped on
+        // an error) are given back at the end instead of waiting out their lease.
+        let claims = Claims::default();
         for _ in 0..self.settings.concurrency.max(1) {
             let this = self.clone();
             let opts = opts.clone();
-            workers.spawn(async move { this.worker(opts).await });
+            let claims = claims.clone();
+            workers.spawn(async move { this.worker(opts, claims).await });
         }
         let mut report = DrainReport {
             failed: expired,
             ..Default::default()
         };
         let mut first_err = None;
+        let mut panicked = None;
         let mut reached = false;
         let mut any_unreachable = false;
         while let Some(joined) = workers.join_next().await {
@@ -406,18 +434,43 @@ impl Drainer {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "drain worker panicked");
+                    let why = match e.try_into_panic() {
+                        Ok(p) => p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into()),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::error!(panic = %why, "drain worker panicked");
+                    panicked.get_or_insert(why);
                     continue;
                 }
             };
             report.delivered += w.delivered;
             report.deferred += w.deferred;
             report.failed += w.failed;
+            report.aborted += w.aborted;
             reached |= w.connected;
             any_unreachable |= w.unreachable;
             if report.stopped.is_none() {
                 report.stopped = w.stopped;
             }
+        }
+        let left = claims.take();
+        if !left.is_empty() {
+            tracing::warn!(
+                claims = left.len(),
+                "giving back the claims of a worker that stopped"
+            );
+        }
+        for (rec, token) in left {
+            if let Err(e) = release(self.storage.index.as_ref(), &rec, &token).await {
+                tracing::warn!(id = %rec.id, error = %e, "could not give back a claim; it returns when its lease ends");
+            }
+        }
+        if let Some(why) = panicked {
+            return Err(DrainError::WorkerPanicked(why));
         }
         if let Some(e) = first_err {
             return Err(e);
@@ -441,8 +494,7 @@ impl Drainer {
         tokio::time::sleep_until(slot).await;
     }
 
-    async fn worker(&self, opts: RunOptions) -> Result<WorkerReport, DrainError> {
-        let owner = Self::owner();
+    async fn worker(&self, opts: RunOptions, claims: Claims) -> Result<WorkerReport, DrainError> {
         let index = &self.storage.index;
         let mut w = WorkerReport::default();
         let mut session: Option<Box<dyn RelaySession>> = None;
@@ -451,6 +503,7 @@ impl Drainer {
                 break;
             }
             let now = self.clock.now();
+            let owner = Self::token();
             let batch = index
                 .claim(&ClaimRequest {
                     now,
@@ -458,15 +511,18 @@ impl Drainer {
                     lease_until: now + self.lease(),
                     limit: CLAIM_BATCH,
                     received_before: None,
+                    skew: self.skew(),
                 })
                 .await?;
             if batch.is_empty() {
                 break;
             }
+            claims.add(&batch, &owner);
             for mut rec in batch {
                 if opts.should_stop() || w.stopped.is_some() {
                     tracing::debug!(id = %rec.id, "releasing claim");
                     release(index.as_ref(), &rec, &owner).await?;
+                    claims.done(rec.id);
                     continue;
                 }
                 if session.is_none() {
@@ -481,6 +537,7 @@ impl Drainer {
                             w.unreachable = !w.connected;
                             w.stopped = Some(e.to_string());
                             release(index.as_ref(), &rec, &owner).await?;
+                            claims.done(rec.id);
                             continue;
                         }
                     }
@@ -491,15 +548,42 @@ impl Drainer {
                 self.pace().await;
                 if !self.still_ours(&mut rec, &owner).await? {
                     tracing::warn!(id = %rec.id, "lease ran out before the attempt and another worker took the message; not sending it");
+                    claims.done(rec.id);
                     continue;
                 }
+                let keeper = Keeper::start(
+                    index.clone(),
+                    self.clock.clone(),
+                    rec.id,
+                    &owner,
+                    self.lease(),
+                );
+                // With the "delivery attempt" line after the write-back, this brackets the
+                // window in which a crash can duplicate the message.
+                tracing::debug!(id = %rec.id, "attempt started");
                 let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
-                        s.send(&rec.mail_from, &rcpts, body).await
+                        s.send(&rec.mail_from, &rcpts, keeper.guard(body)).await
                     }
                     Err(e) => Err(RelayError::Blob(e)),
                 };
+                match keeper.stop() {
+                    Kept::Held => {}
+                    Kept::LostBeforeDot => {
+                        // The final dot was never written: dropping the connection
+                        // mid-DATA aborts the transaction at the primary. The message is
+                        // another claim's now.
+                        tracing::warn!(id = %rec.id, "lease lost while sending; transaction aborted before the final dot, not written back");
+                        session = None;
+                        claims.done(rec.id);
+                        w.aborted += 1;
+                        continue;
+                    }
+                    Kept::LostAfterDot => {
+                        tracing::error!(id = %rec.id, "lease lost after the final dot (renewals failed for a whole lease); the write-back will be refused and the message may be delivered twice");
+                    }
+                }
                 let session_broken = match &result {
                     Err(RelayError::Blob(_)) => false,
                     Err(_) => true,
@@ -526,7 +610,9 @@ impl Drainer {
                     )
                     .await?;
                 }
-                match index.complete(&rec, &owner).await {
+                let written = index.complete(&rec, &owner).await;
+                claims.done(rec.id);
+                match written {
                     Ok(()) if outcome == Outcome::Delivered => {
                         // Only retention depends on the mark: a failure keeps the object longer.
                         if let Err(e) = self.storage.blobs.mark_delivered(&rec.blob_key()).await {
@@ -534,7 +620,7 @@ impl Drainer {
                         }
                     }
                     Ok(()) => {}
-                    Err(StoreError::Leased(id)) => {
+                    Err(StoreError::Leased(id) | StoreError::Changed(id)) => {
                         tracing::warn!(%id, "lease lost before write-back; another worker owns the message");
                     }
                     Err(StoreError::NotFound(id)) => {
@@ -575,8 +661,194 @@ impl Drainer {
     }
 }
 
+/// The claims of one run that are not written back yet: (record as claimed, token).
+#[derive(Clone, Default)]
+struct Claims(Arc<std::sync::Mutex<std::collections::HashMap<MessageId, (Record, String)>>>);
+
+impl Claims {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<MessageId, (Record, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn add(&self, batch: &[Record], token: &str) {
+        let mut m = self.lock();
+        for r in batch {
+            m.insert(r.id, (r.clone(), token.to_string()));
+        }
+    }
+    fn done(&self, id: MessageId) {
+        self.lock().remove(&id);
+    }
+    fn take(&self) -> Vec<(Record, String)> {
+        self.lock().drain().map(|(_, v)| v).collect()
+    }
+}
+
+/// What became of a lease while its message was being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Ours throughout.
+    Held,
+    /// Lost before the final dot: the dot was not written, the transaction is aborted.
+    LostBeforeDot,
+    /// Lost after the final dot was written (renewals failed for a whole lease while
+    /// waiting for the reply): the outcome may be delivered by another claim too.
+    LostAfterDot,
+}
+
+/// Shared between a [`Keeper`]'s renewal task and the body it guards.
+struct KeeperState {
+    /// The lease is known lost (a renewal was refused).
+    lost: std::sync::atomic::AtomicBool,
+    /// Until when the lease is known ours (ms since the epoch, the drain's clock).
+    until_ms: std::sync::atomic::AtomicI64,
+    /// The body ended with the lease ours: the final dot may be written.
+    dot: std::sync::atomic::AtomicBool,
+    /// The body ended without the lease: the dot was refused.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps one message's lease while its transaction runs: renews it every `lease / 3`
+/// (conditional on the claim's token) until stopped, and guards the body so the final
+/// dot is written only while the lease is ours.
+pub struct Keeper {
+    state: Arc<KeeperState>,
+    clock: Arc<dyn Clock>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Start renewing `owner`'s lease on `id`, which the caller just renewed to a whole
+    /// `lease` from now.
+    pub fn start(
+        index: Arc<dyn Index>,
+        clock: Arc<dyn Clock>,
+        id: MessageId,
+        owner: &str,
+        lease: chrono::Duration,
+    ) -> Keeper {
+        use std::sync::atomic::Ordering::SeqCst;
+        let state = Arc::new(KeeperState {
+            lost: false.into(),
+            until_ms: (clock.now() + lease).timestamp_millis().into(),
+            dot: false.into(),
+            refused: false.into(),
+        });
+        let every = (lease / 3)
+            .to_std()
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(10));
+        let (st, owner, c) = (state.clone(), owner.to_string(), clock.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let until = c.now() + lease;
+                match index.renew(id, &owner, until).await {
+                    Ok(true) => st.until_ms.store(until.timestamp_millis(), SeqCst),
+                    Ok(false) => {
+                        st.lost.store(true, SeqCst);
+                        tracing::warn!(%id, "lease renewal refused: another claim or an operator took the message");
+                        return;
+                    }
+                    // The lease still runs until `until_ms`; the guard checks it.
+                    Err(e) => tracing::warn!(%id, error = %e, "lease renewal failed; trying again"),
+                }
+            }
+        });
+        Keeper { state, clock, task }
+    }
+
+    /// Whether the lease is ours right now.
+    fn ours(&self) -> bool {
+        ours(&self.state, self.clock.as_ref())
+    }
+
+    /// `body`, ending with an error instead of its end when the lease is not ours at that
+    /// moment: the client writes the final dot only after the body ended, so it never
+    /// completes a transaction whose lease was lost.
+    pub fn guard(&self, body: BlobReader) -> BlobReader {
+        Box::new(GuardedBody {
+            inner: body,
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+        })
+    }
+
+    /// Stop renewing; what became of the lease.
+    fn stop(self) -> Kept {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.task.abort();
+        let held = self.ours();
+        if self.state.refused.load(SeqCst) {
+            Kept::LostBeforeDot
+        } else if held {
+            Kept::Held
+        } else if self.state.dot.load(SeqCst) {
+            Kept::LostAfterDot
+        } else {
+            // Lost, but the body never ended: no dot was written (nobody accepted, or the
+            // session failed first).
+            Kept::Held
+        }
+    }
+}
+
+impl Drop for Keeper {
+    /// Renewals end with the attempt, also when it unwinds (a panicking worker).
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn ours(state: &KeeperState, clock: &dyn Clock) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    !state.lost.load(SeqCst) && state.until_ms.load(SeqCst) > clock.now().timestamp_millis()
+}
+
+/// A message body that checks the lease as it ends (see [`Keeper::guard`]).
+struct GuardedBody {
+    inner: BlobReader,
+    state: Arc<KeeperState>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The body ended while the lease was not ours: the transaction must not complete.
+#[derive(Debug, thiserror::Error)]
+#[error("the lease on this message was lost; the transaction is aborted before the final dot")]
+pub struct LeaseLost;
+
+impl tokio::io::AsyncRead for GuardedBody {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::task::Poll;
+        use tokio::io::AsyncRead as _;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                // The end of the body: the client writes the final dot next.
+                if ours(&this.state, this.clock.as_ref()) {
+                    this.state.dot.store(true, SeqCst);
+                    Poll::Ready(Ok(()))
+                } else {
+                    this.state.refused.store(true, SeqCst);
+                    Poll::Ready(Err(std::io::Error::other(LeaseLost)))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 #[derive(Default)]
 struct WorkerReport {
+    /// Transactions aborted before the final dot because the lease was lost.
+    aborted: u64,
     delivered: u64,
     deferred: u64,
     failed: u64,
@@ -589,7 +861,7 @@ struct WorkerReport {
 /// worker meanwhile is that worker's now: nothing to give back.
 async fn release(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
     match index.complete(rec, owner).await {
-        Err(StoreError::Leased(_)) => Ok(()),
+        Err(StoreError::Leased(_) | StoreError::Changed(_) | StoreError::NotFound(_)) => Ok(()),
         other => other,
     }
 }
@@ -696,6 +968,7 @@ mod tests {
         DrainSettings {
             concurrency: 2,
             lease: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
             dsn: DsnSettings {
@@ -857,6 +1130,54 @@ mod tests {
             (rec.status, rec.reason.as_deref()),
             (Status::Failed, Some("expired"))
         );
+    }
+
+    /// A primary whose session panics (a bug in a relay, or a test's guard).
+    struct Panicking;
+
+    #[async_trait]
+    impl Relay for Panicking {
+        async fn connect(&self) -> Result<Box<dyn RelaySession>, RelayError> {
+            Ok(Box::new(Panicking))
+        }
+    }
+
+    #[async_trait]
+    impl RelaySession for Panicking {
+        async fn send(
+            &mut self,
+            _: &str,
+            _: &[String],
+            _: crate::ports::BlobReader,
+        ) -> Result<Transaction, RelayError> {
+            panic!("this message must not be delivered");
+        }
+        async fn quit(self: Box<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn a_panicking_worker_fails_the_run_and_gives_its_claims_back() {
+        let storage = Storage::memory();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(hold(&storage, &["a@x.test"]).await);
+        }
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(Panicking),
+            Arc::new(SystemClock),
+            settings(),
+        );
+        let err = d.run(RunOptions::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, DrainError::WorkerPanicked(why) if why.contains("must not be delivered")),
+            "{err}"
+        );
+        for id in ids {
+            let rec = storage.index.get(id).await.unwrap().unwrap();
+            assert_eq!((rec.status, rec.attempts), (Status::Held, 0));
+            assert!(rec.lease.is_none(), "claim given back");
+        }
     }
 
     #[tokio::test]

@@ -131,7 +131,11 @@ pub async fn settle(
                 summary::parse(summary::head(&bytes)),
             )
         };
-        if existing.is_some() {
+        if let Some(old) = &existing {
+            let dsn = Record {
+                version: old.version,
+                ..dsn
+            };
             storage.index.update(&dsn, now).await?;
         } else {
             storage.index.insert(&dsn).await?;

@@ -40,6 +40,12 @@ pub enum StoreError {
     /// The record is leased by a drain worker; try again once the lease expires.
     #[error("message {0} is being delivered right now (leased); try again shortly")]
     Leased(MessageId),
+    /// The record changed since it was read (a drain delivered it, another operator or
+    /// the sender check wrote it): nothing was written; read it again and decide again.
+    #[error(
+        "message {0} changed since it was read (a drain or another command wrote it); nothing was changed, try again"
+    )]
+    Changed(MessageId),
     /// The message is under legal hold: nothing may delete it.
     #[error("message {0} is under legal hold; `standby release --legal {0}` first")]
     LegalHold(MessageId),
@@ -75,7 +81,7 @@ impl StoreError {
                     | std::io::ErrorKind::StorageFull
             ),
             StoreError::Backend { transient, .. } => *transient,
-            StoreError::Leased(_) => true,
+            StoreError::Leased(_) | StoreError::Changed(_) => true,
             StoreError::NotFound(_)
             | StoreError::MissingBlob(_)
             | StoreError::Corrupt { .. }

@@ -498,8 +498,8 @@ mod tests {
         ) -> Result<(), StoreError> {
             self.0.set_verdicts(id, v, now).await
         }
-        async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
-            self.0.delete(id).await
+        async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+            self.0.delete(rec).await
         }
         async fn load_health(
             &self,

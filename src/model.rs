@@ -292,6 +292,9 @@ pub enum Bounce {
 /// A drain worker's claim on a record; expires at `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The claim's lease token: random and new for every claim (never shared by two
+    /// workers, nor by two claims of one worker), so renewals and the write-back succeed
+    /// only for the claim that holds the lease now.
     pub owner: String,
     pub until: DateTime<Utc>,
 }
@@ -345,6 +348,13 @@ pub struct Record {
     /// [`crate::retention`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidential: Option<String>,
+    /// The record's version as read from the index: every change of the record (a
+    /// drain's write-back, an operator's change, a verdict, a legal hold) is written only
+    /// if the stored version is still this one, and stores the next (compare-and-set), so
+    /// no writer overwrites a change it never saw. Claims and renewals change only the
+    /// lease and keep it. A record written before versions existed reads as 0.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A legal hold placed by an operator.
@@ -400,6 +410,7 @@ impl Record {
             replays: Vec::new(),
             legal_hold: None,
             confidential: None,
+            version: 0,
         }
     }
 
@@ -617,12 +628,20 @@ pub struct DrainReport {
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
+    /// Transactions aborted before the final dot because the message's lease was lost
+    /// (another claim has it now); nothing was delivered or written back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub aborted: u64,
     /// Why workers stopped early (the primary's trouble), if they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     /// The primary could not be reached at all during the run.
     #[serde(skip)]
     pub unreachable: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DrainReport {
@@ -686,6 +705,7 @@ mod tests {
             legal_hold: None,
             confidential: None,
             bounce: None,
+            version: 0,
         }
     }
 

@@ -241,13 +241,25 @@ impl From<&Record> for Cursor {
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub now: DateTime<Utc>,
-    /// Who claims (one id per drain run); a lease is only honoured for its owner.
+    /// The claim's lease token (random, new for every claim; see
+    /// [`Lease::owner`](crate::model::Lease::owner)): renewals and the write-back must name it.
     pub owner: String,
     pub lease_until: DateTime<Utc>,
     pub limit: usize,
     /// Claim held messages received before this time, whether due or not (expiry).
     /// When `None`, claim held messages whose `next_attempt_at <= now`.
     pub received_before: Option<DateTime<Utc>>,
+    /// How far the claimers' clocks may disagree (`[drain] clock_skew_secs`): another
+    /// claim's lease is taken over only once it ended at least this long before `now`,
+    /// so a claimer whose clock runs ahead by less than this never takes a live lease.
+    pub skew: chrono::Duration,
+}
+
+impl ClaimRequest {
+    /// Leases that ended at or before this instant are free to take.
+    pub fn expired_by(&self) -> DateTime<Utc> {
+        self.now - self.skew.max(chrono::Duration::zero())
+    }
 }
 
 /// The message index: envelope, per-recipient state and drain bookkeeping.
@@ -263,36 +275,45 @@ pub trait Index: Send + Sync + 'static {
     /// Received time of the oldest message with this status.
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Atomically lease up to `limit` held records (oldest first, in list order) whose
-    /// lease is absent or expired, and return them with the new lease set. Two concurrent claims never
-    /// return the same record while its lease runs.
+    /// lease is absent or ended by [`ClaimRequest::expired_by`], and return them with the
+    /// new lease set. Two concurrent claims never return the same record while its lease
+    /// runs. A claim changes only the lease, not the record's version.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError>;
-    /// Extend `owner`'s lease on `id` to `until`. A drain renews right before each
-    /// delivery attempt, so a lease that ran out while earlier messages of its batch were
-    /// sent is never used to send: `Ok(false)` when `owner` no longer holds the lease
-    /// (another worker claimed the message after it ran out) or the record is gone.
+    /// Extend the lease of the claim whose token is `owner` on `id` to `until`. A drain
+    /// renews right before each delivery attempt and keeps renewing while it runs, so a
+    /// lease that ran out is never used to send: `Ok(false)` when `owner` no longer holds
+    /// the lease (another claim took the message after it ran out, an operator changed
+    /// it) or the record is gone. Keeps the version; need not be durable when it returns
+    /// (after a crash nobody is left to use the lease).
     async fn renew(
         &self,
         id: MessageId,
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    /// Write back a claimed record after an attempt and drop its lease.
+    /// Write back a claimed record after an attempt and drop its lease, only if the
+    /// claim whose token is `owner` still holds the lease and the stored version is
+    /// still `rec.version`; the stored version becomes `rec.version + 1`.
     ///
     /// # Errors
     /// [`StoreError::Leased`] when `owner` no longer holds the lease (it expired and another
-    /// worker took the record): the caller's result is discarded.
+    /// claim took the record, or an operator changed it): the caller's result is
+    /// discarded. [`StoreError::Changed`] when the version moved; [`StoreError::NotFound`].
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError>;
-    /// Operator write (hold, release, retry): replaces the record unless a live lease is
-    /// held on it.
+    /// Operator write (hold, release, retry, legal hold, replay marks): replaces the record
+    /// only if the stored version is still `rec.version` (the one the caller read) and no
+    /// live lease is held on it at `now`; the stored version becomes `rec.version + 1`.
     ///
     /// # Errors
-    /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::NotFound`].
+    /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::Changed`] when
+    /// someone wrote it since it was read; [`StoreError::NotFound`].
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Replace only the record's verdicts (the sender check, which finishes after the
     /// message was accepted), leaving every other field as stored, unless a live lease is
-    /// held on it: a drain writes its whole copy back, and would undo the change. Need not
-    /// be durable when it returns (a lost verdict is still pending, and is checked again
-    /// when a bounce depends on it).
+    /// held on it: a drain writes its whole copy back, and would undo the change. Moves
+    /// the version on (a whole-record write read before it then fails as changed). Need
+    /// not be durable when it returns (a lost verdict is still pending, and is checked
+    /// again when a bounce depends on it).
     ///
     /// # Errors
     /// [`StoreError::Leased`] when a drain holds the record; [`StoreError::NotFound`].
@@ -302,8 +323,15 @@ pub trait Index: Send + Sync + 'static {
         verdicts: &Verdicts,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Remove a record; `Ok(false)` when there was none.
-    async fn delete(&self, id: MessageId) -> Result<bool, StoreError>;
+    /// Remove a record as it was read: only if the stored version is still `rec.version`
+    /// and the stored record is not under legal hold (checked in the delete's own
+    /// condition, so a hold placed after the read is never ignored). `Ok(false)` when there
+    /// was none.
+    ///
+    /// # Errors
+    /// [`StoreError::LegalHold`] when the stored record is under legal hold;
+    /// [`StoreError::Changed`] when it was written since it was read.
+    async fn delete(&self, rec: &Record) -> Result<bool, StoreError>;
     /// The health record `node` saved, if any.
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError>;
     /// Store `h` as the record of `h.node`, replacing only that node's record: nodes

@@ -143,6 +143,13 @@ pub struct RetentionReport {
     pub deleted: u64,
     /// Due for deletion but under legal hold.
     pub held_back: u64,
+    /// Due when read, but changed before the delete (left for the next run).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub changed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A message the policy says may go at `now`.
@@ -243,21 +250,39 @@ pub async fn run(
                 report.held_back += 1;
                 continue;
             }
-            delete(storage, &d.rec, "retention", &d.rule, now).await?;
-            report.deleted += 1;
+            match delete(storage, &d.rec, "retention", &d.rule, now).await {
+                Ok(()) => report.deleted += 1,
+                // Placed or changed since this page was read: the hold wins, and a changed
+                // record is judged again by the next run.
+                Err(StoreError::LegalHold(_)) => report.held_back += 1,
+                Err(StoreError::Changed(id)) => {
+                    tracing::info!(%id, "changed since it was read; left for the next retention run");
+                    report.changed += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    if report.deleted + report.held_back > 0 {
+    if report.deleted + report.held_back + report.changed > 0 {
         tracing::info!(
             deleted = report.deleted,
             held_back = report.held_back,
+            changed = report.changed,
             "retention run"
         );
     }
     Ok(report)
 }
 
-/// Audit, then delete a message's blob and record. Refuses a message under legal hold.
+/// Audit, then delete a message's record and blob, as `rec` was read: the record goes
+/// only if it is unchanged since (its version) and not under legal hold, both checked in
+/// the delete's own condition, so a legal hold placed or a `retry` made after the read
+/// wins. The record goes first: a refused delete leaves the bytes where they were. A
+/// refused delete is audited as `delete-cancelled` (the `delete` line before it did not
+/// happen); the next run decides again on the record as it is then.
+///
+/// # Errors
+/// [`StoreError::LegalHold`] (read or stored under legal hold), [`StoreError::Changed`].
 pub async fn delete(
     storage: &Storage,
     rec: &Record,
@@ -272,8 +297,19 @@ pub async fn delete(
         .audit
         .append(&AuditEntry::of(rec, "delete", by, reason, now))
         .await?;
+    match storage.index.delete(rec).await {
+        Ok(_) => {}
+        Err(e @ (StoreError::LegalHold(_) | StoreError::Changed(_))) => {
+            let why = format!("{reason}: not deleted, {e}");
+            storage
+                .audit
+                .append(&AuditEntry::of(rec, "delete-cancelled", by, &why, now))
+                .await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
     storage.blobs.delete(&rec.blob_key()).await?;
-    storage.index.delete(rec.id).await?;
     Ok(())
 }
 
@@ -380,7 +416,8 @@ mod tests {
             report,
             RetentionReport {
                 deleted: 1,
-                held_back: 1
+                held_back: 1,
+                changed: 0,
             }
         );
         assert!(storage.index.get(old.id).await.unwrap().is_none());

@@ -399,6 +399,7 @@ mod tests {
                 lease_until: now + chrono::Duration::seconds(60),
                 limit: 1,
                 received_before: None,
+                skew: chrono::Duration::zero(),
             })
             .await
             .unwrap();

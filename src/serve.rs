@@ -90,6 +90,7 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
     DrainSettings {
         concurrency: config.drain.concurrency,
         lease: Duration::from_secs(config.drain.lease_secs.max(1)),
+        clock_skew: Duration::from_secs(config.drain.clock_skew_secs),
         hold_days: config.hold_days,
         rate_per_sec: config.drain.rate_per_sec,
         dsn: DsnSettings {

@@ -150,6 +150,7 @@ async fn virus_fail_is_quarantined_and_never_drained() {
             lease_until: Utc::now() + Duration::days(2),
             limit: 10,
             received_before: None,
+            skew: Duration::zero(),
         })
         .await
         .unwrap();

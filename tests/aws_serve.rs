@@ -362,7 +362,7 @@ async fn kill_9_of_a_node_while_draining_duplicates_only_what_was_in_flight() {
         Duration::from_secs(60),
         || pf.delivered().len() >= acked,
     );
-    std::thread::sleep(Duration::from_secs(2));
+    pf.wait_queue_empty(Duration::from_secs(60));
     let at = tokens_at(&pf);
     assert_eq!(
         at.len(),

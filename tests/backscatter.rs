@@ -161,7 +161,13 @@ fn failed_mail_bounces_once_and_only_to_authenticated_senders() {
     // Another drain and several more serve-loop runs: still one DSN, nothing re-sent.
     let report = sb.drain_report(&["--force"], 0);
     assert_eq!(report["delivered"], 0, "{report}");
-    std::thread::sleep(Duration::from_secs(3));
+    // Two more probes mean at least one whole serve-loop drain run after this point.
+    let probes = |sb: &Standby| sb.json(&["status", "--json"])["primary"]["probes_ok"].as_u64();
+    let seen = probes(&sb).unwrap();
+    wait_for("two more serve-loop runs", Duration::from_secs(30), || {
+        probes(&sb).unwrap() >= seen + 2
+    });
+    pf.wait_queue_empty(Duration::from_secs(30));
     assert_eq!(pf.delivered().len(), 6);
     assert_eq!(sb.counts()["delivered"], 1);
 

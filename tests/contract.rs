@@ -42,6 +42,7 @@ fn record(age_secs: i64) -> Record {
         replays: Vec::new(),
         legal_hold: None,
         confidential: None,
+        version: 0,
     }
 }
 
@@ -53,6 +54,7 @@ fn claim(owner: &str, limit: usize) -> ClaimRequest {
         lease_until: now + Duration::seconds(60),
         limit,
         received_before: None,
+        skew: Duration::zero(),
     }
 }
 
@@ -137,6 +139,7 @@ async fn index_contract(index: Arc<dyn Index>) {
         .unwrap();
     let with_verdict = Record {
         verdicts: Some(pending.clone()),
+        version: 1,
         ..old.clone()
     };
     assert_eq!(index.get(old.id).await.unwrap().unwrap(), with_verdict);
@@ -152,6 +155,7 @@ async fn index_contract(index: Arc<dyn Index>) {
     assert_eq!(a.iter().map(|r| r.id).collect::<Vec<_>>(), [old.id, mid.id]);
     assert_eq!(a[0].lease.as_ref().unwrap().owner, "a");
     assert_eq!(a[0].verdicts, Some(pending.clone()));
+    assert_eq!(a[0].version, 1, "a claim keeps the version");
     // No verdict update under a drain's lease: the drain writes its whole copy back.
     let pass = Verdicts::spf("PASS");
     assert!(matches!(
@@ -175,7 +179,11 @@ async fn index_contract(index: Arc<dyn Index>) {
     done.status = Status::Delivered;
     index.complete(&done, "a").await.unwrap();
     let got = index.get(old.id).await.unwrap().unwrap();
-    assert_eq!((got.status, got.lease), (Status::Delivered, None));
+    assert_eq!(
+        (got.status, got.lease, got.version),
+        (Status::Delivered, None, 2),
+        "the write-back stores the next version"
+    );
     assert_eq!(got.verdicts, Some(pending.clone()));
     // Once the lease is gone the verdict lands, and the drain's write stays.
     index.set_verdicts(old.id, &pass, Utc::now()).await.unwrap();
@@ -185,6 +193,7 @@ async fn index_contract(index: Arc<dyn Index>) {
         Record {
             verdicts: Some(pass.clone()),
             lease: None,
+            version: 3,
             ..done.clone()
         }
     );
@@ -205,6 +214,18 @@ async fn index_contract(index: Arc<dyn Index>) {
             .unwrap()
     );
 
+    // Another claim's lease is taken over only once it ended `skew` ago: b's lease ended
+    // 40 s before this claim's clock, inside a 60 s skew.
+    let early = ClaimRequest {
+        now: now + Duration::seconds(100),
+        lease_until: now + Duration::seconds(180),
+        skew: Duration::seconds(60),
+        ..claim("d0", 10)
+    };
+    assert!(
+        index.claim(&early).await.unwrap().is_empty(),
+        "a lease within the clock-skew margin is not taken"
+    );
     // An expired lease can be taken over, and its old owner can then no longer renew it.
     let later = ClaimRequest {
         now: now + Duration::seconds(120),
@@ -253,8 +274,8 @@ async fn index_contract(index: Arc<dyn Index>) {
             .any(|r| r.id == future.id)
     );
 
-    assert!(index.delete(new.id).await.unwrap());
-    assert!(!index.delete(new.id).await.unwrap());
+    assert!(index.delete(&new).await.unwrap());
+    assert!(!index.delete(&new).await.unwrap());
     assert!(index.get(new.id).await.unwrap().is_none());
     assert!(matches!(
         index.update(&new, Utc::now()).await,
@@ -409,7 +430,7 @@ async fn search_contract(index: Arc<dyn Index>) {
         find(q(|q| q.subject = Some("renamed".into()))).await,
         [a.id]
     );
-    assert!(index.delete(b.id).await.unwrap());
+    assert!(index.delete(&b).await.unwrap());
     assert!(find(q(|q| q.rcpt = Some("carol@example.test".into()))).await == [c.id]);
     assert!(
         find(q(|q| q.subject = Some("undeliverable".into())))
@@ -657,4 +678,205 @@ async fn aws_blob_store_never_overwrites_and_serve_blobs_are_found_where_the_rec
         .unwrap();
     let body = obj.body.collect().await.unwrap().into_bytes();
     assert_eq!(&body[..], b"first");
+}
+
+/// Compare-and-set: every record write names the version it read and stores the next; a
+/// write from a stale read changes nothing, whoever wrote in between (an operator, a
+/// drain's write-back, the sender check); a delete also re-checks the legal hold itself.
+async fn version_contract(index: Arc<dyn Index>) {
+    let rec = record(100);
+    assert!(index.insert(&rec).await.unwrap());
+    let read = |id| {
+        let index = index.clone();
+        async move { index.get(id).await.unwrap().unwrap() }
+    };
+    let v0 = read(rec.id).await;
+    assert_eq!(v0.version, 0, "a new record is at version 0");
+
+    // Two operators read the same version; the second write finds it changed.
+    let (mut first, mut second) = (v0.clone(), v0.clone());
+    first.status = Status::Paused;
+    index.update(&first, Utc::now()).await.unwrap();
+    second.reason = Some("stale".into());
+    assert!(matches!(
+        index.update(&second, Utc::now()).await,
+        Err(StoreError::Changed(_))
+    ));
+    let v1 = read(rec.id).await;
+    assert_eq!(
+        (v1.status, v1.reason.as_deref(), v1.version),
+        (Status::Paused, None, 1)
+    );
+
+    // An operator's read, then a drain claims, delivers and writes back: the operator's
+    // change (made on what it read) is refused, and the delivery stays.
+    let mut released = v1.clone();
+    released.status = Status::Held;
+    index.update(&released, Utc::now()).await.unwrap();
+    let operator = read(rec.id).await;
+    let claimed = index.claim(&claim("drain-x", 10)).await.unwrap();
+    let mut delivered = claimed.into_iter().find(|r| r.id == rec.id).unwrap();
+    assert_eq!(delivered.version, operator.version);
+    delivered.status = Status::Delivered;
+    index.complete(&delivered, "drain-x").await.unwrap();
+    let mut held = operator.clone();
+    held.status = Status::Paused;
+    assert!(matches!(
+        index.update(&held, Utc::now()).await,
+        Err(StoreError::Changed(_))
+    ));
+    let now_delivered = read(rec.id).await;
+    assert_eq!(now_delivered.status, Status::Delivered);
+
+    // A write-back from a stale version is refused too (the token alone is not enough).
+    let mut again = now_delivered.clone();
+    again.status = Status::Held;
+    index.update(&again, Utc::now()).await.unwrap();
+    let c = index.claim(&claim("drain-y", 10)).await.unwrap();
+    let mut mine = c.into_iter().find(|r| r.id == rec.id).unwrap();
+    // The sender check lands between the claim and the write-back (it may not under a
+    // live lease, so the lease must have ended: judged far in the future).
+    index
+        .set_verdicts(
+            rec.id,
+            &Verdicts::spf("PASS"),
+            Utc::now() + Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    mine.status = Status::Delivered;
+    assert!(matches!(
+        index.complete(&mine, "drain-y").await,
+        Err(StoreError::Changed(_))
+    ));
+    let cur = read(rec.id).await;
+    assert_eq!(cur.status, Status::Held);
+    assert_eq!(cur.verdicts, Some(Verdicts::spf("PASS")));
+
+    // Retention read the record; a legal hold placed after the read stops the delete,
+    // in the delete's own condition.
+    let mut done = cur.clone();
+    done.status = Status::Delivered;
+    index
+        .update(&done, Utc::now() + Duration::hours(1))
+        .await
+        .unwrap();
+    let retention_read = read(rec.id).await;
+    let mut hold = retention_read.clone();
+    hold.legal_hold = Some(standby::model::LegalHold {
+        at: Utc::now(),
+        reason: "case 7".into(),
+    });
+    index.update(&hold, Utc::now()).await.unwrap();
+    assert!(matches!(
+        index.delete(&retention_read).await,
+        Err(StoreError::LegalHold(_))
+    ));
+    let under_hold = read(rec.id).await;
+    assert!(matches!(
+        index.delete(&under_hold).await,
+        Err(StoreError::LegalHold(_))
+    ));
+    // Lifted: a delete from a read before the lift is stale, one after it goes.
+    let mut lifted = under_hold.clone();
+    lifted.legal_hold = None;
+    index.update(&lifted, Utc::now()).await.unwrap();
+    assert!(matches!(
+        index.delete(&under_hold).await,
+        Err(StoreError::Changed(_))
+    ));
+    assert!(index.get(rec.id).await.unwrap().is_some());
+    let fresh = read(rec.id).await;
+    assert!(index.delete(&fresh).await.unwrap());
+    assert!(!index.delete(&fresh).await.unwrap());
+}
+
+#[tokio::test]
+async fn memory_index_keeps_versions() {
+    version_contract(Arc::new(MemIndex::default())).await;
+}
+
+#[tokio::test]
+async fn sqlite_index_keeps_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    version_contract(Arc::new(SqliteIndex::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn dynamo_index_keeps_versions() {
+    let moto = common::aws::Moto::start();
+    let (_, _, storage) = moto.storage("versions").await;
+    version_contract(storage.index.clone()).await;
+}
+
+/// A spool made before versions existed (no `version` column) opens, its records read
+/// as version 0, and compare-and-set works on them from there.
+#[tokio::test]
+async fn sqlite_spool_without_versions_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = record(10);
+    {
+        let index = SqliteIndex::open(dir.path()).unwrap();
+        index.insert(&r).await.unwrap();
+    }
+    // As the previous release left it: the same table without the column.
+    let db = dir.path().join("index.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("ALTER TABLE messages DROP COLUMN version")
+        .unwrap();
+    let cols: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('messages')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!cols.contains(&"version".to_string()), "{cols:?}");
+    drop(c);
+    let index = SqliteIndex::open(dir.path()).unwrap();
+    let got = index.get(r.id).await.unwrap().unwrap();
+    assert_eq!(got, r);
+    assert_eq!(got.version, 0);
+    let mut paused = got.clone();
+    paused.status = Status::Paused;
+    index.update(&paused, Utc::now()).await.unwrap();
+    assert!(matches!(
+        index.update(&got, Utc::now()).await,
+        Err(StoreError::Changed(_))
+    ));
+    assert_eq!(index.get(r.id).await.unwrap().unwrap().version, 1);
+}
+
+/// A DynamoDB item written before versions existed (no `ver`) reads as version 0 and
+/// takes compare-and-set writes and deletes.
+#[tokio::test]
+async fn dynamo_items_without_versions_keep_working() {
+    let moto = common::aws::Moto::start();
+    let (clients, _, storage) = moto.storage("oldversions").await;
+    let r = record(10);
+    storage.index.insert(&r).await.unwrap();
+    clients
+        .dynamodb
+        .update_item()
+        .table_name("oldversions")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("msg#{}", r.id)),
+        )
+        .update_expression("REMOVE ver")
+        .send()
+        .await
+        .unwrap();
+    let got = storage.index.get(r.id).await.unwrap().unwrap();
+    assert_eq!((got.version, &got), (0, &r));
+    let mut paused = got.clone();
+    paused.status = Status::Paused;
+    storage.index.update(&paused, Utc::now()).await.unwrap();
+    assert!(matches!(
+        storage.index.update(&got, Utc::now()).await,
+        Err(StoreError::Changed(_))
+    ));
+    let v1 = storage.index.get(r.id).await.unwrap().unwrap();
+    assert_eq!((v1.status, v1.version), (Status::Paused, 1));
+    assert!(storage.index.delete(&v1).await.unwrap());
 }

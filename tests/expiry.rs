@@ -108,6 +108,7 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
         DrainSettings {
             concurrency: 1,
             lease: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
             dsn: DsnSettings {

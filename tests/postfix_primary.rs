@@ -64,8 +64,12 @@ fn held_while_primary_down_then_delivered_byte_identical() {
     assert_eq!(two["mail_from"], "renee@example.org");
     assert_eq!(two["subject"], "Quarterly résumé");
 
-    // Several probe intervals with the primary down: nothing moves.
-    std::thread::sleep(Duration::from_secs(3));
+    // Several probe intervals with the primary down (counted, not slept): nothing moves.
+    let failed = |sb: &Standby| sb.json(&["status", "--json"])["primary"]["probes_failed"].as_u64();
+    let seen = failed(&sb).unwrap_or(0);
+    wait_for("three more failed probes", Duration::from_secs(30), || {
+        failed(&sb).unwrap_or(0) >= seen + 3
+    });
     let status = sb.json(&["status", "--json"]);
     assert_eq!(status["primary"]["state"], "down", "{status}");
     assert_eq!(status["counts"]["held"], 3);
@@ -221,6 +225,6 @@ fn sigterm_during_a_drain_releases_claims_for_a_prompt_restart() {
     wait_for("postfix delivery", Duration::from_secs(20), || {
         pf.delivered().len() == n as usize
     });
-    std::thread::sleep(Duration::from_millis(500));
+    pf.wait_queue_empty(Duration::from_secs(20));
     assert_eq!(pf.delivered().len(), n as usize, "nothing delivered twice");
 }

@@ -130,7 +130,7 @@ fn journal_copies_from_postfix_are_replayed_once_after_the_mailbox_is_lost() {
         "carol@example.test",
     ]);
     assert_eq!(bob_only.as_array().unwrap().len(), 2, "{bob_only}");
-    std::thread::sleep(Duration::from_secs(2));
+    pf.wait_queue_empty(Duration::from_secs(20));
     assert_eq!(pf.delivered().len(), 5, "nothing delivered twice");
 }
 

@@ -129,6 +129,20 @@ fn lease_free(rec: &Record, now: DateTime<Utc>) -> bool {
     rec.lease.as_ref().is_none_or(|l| l.until <= now)
 }
 
+/// Compare-and-set: `cur` becomes `rec` (without a lease, at the next version) only if
+/// it is still at the version `rec` was read at.
+fn replace(cur: &mut Record, rec: &Record) -> Result<(), StoreError> {
+    if cur.version != rec.version {
+        return Err(StoreError::Changed(rec.id));
+    }
+    *cur = Record {
+        lease: None,
+        version: rec.version + 1,
+        ..rec.clone()
+    };
+    Ok(())
+}
+
 #[async_trait]
 impl Index for MemIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
@@ -136,7 +150,13 @@ impl Index for MemIndex {
         if s.records.contains_key(&rec.id) {
             return Ok(false);
         }
-        s.records.insert(rec.id, rec.clone());
+        s.records.insert(
+            rec.id,
+            Record {
+                version: 0,
+                ..rec.clone()
+            },
+        );
         Ok(true)
     }
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
@@ -179,7 +199,7 @@ impl Index for MemIndex {
                 break;
             }
             let eligible = rec.status == Status::Held
-                && lease_free(rec, req.now)
+                && lease_free(rec, req.expired_by())
                 && match req.received_before {
                     Some(b) => rec.received_at < b,
                     None => rec.next_attempt_at <= req.now,
@@ -218,11 +238,7 @@ impl Index for MemIndex {
         if cur.lease.as_ref().map(|l| l.owner.as_str()) != Some(owner) {
             return Err(StoreError::Leased(rec.id));
         }
-        *cur = Record {
-            lease: None,
-            ..rec.clone()
-        };
-        Ok(())
+        replace(cur, rec)
     }
     async fn update(&self, rec: &Record, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
@@ -233,11 +249,7 @@ impl Index for MemIndex {
         if !lease_free(cur, now) {
             return Err(StoreError::Leased(rec.id));
         }
-        *cur = Record {
-            lease: None,
-            ..rec.clone()
-        };
-        Ok(())
+        replace(cur, rec)
     }
     async fn set_verdicts(
         &self,
@@ -251,10 +263,22 @@ impl Index for MemIndex {
             return Err(StoreError::Leased(id));
         }
         cur.verdicts = Some(verdicts.clone());
+        cur.version += 1;
         Ok(())
     }
-    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
-        Ok(self.state.lock().unwrap().records.remove(&id).is_some())
+    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let Some(cur) = s.records.get(&rec.id) else {
+            return Ok(false);
+        };
+        if cur.legal_hold.is_some() {
+            return Err(StoreError::LegalHold(rec.id));
+        }
+        if cur.version != rec.version {
+            return Err(StoreError::Changed(rec.id));
+        }
+        s.records.remove(&rec.id);
+        Ok(true)
     }
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         Ok(self.state.lock().unwrap().health.get(node).cloned())

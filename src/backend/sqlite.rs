@@ -128,6 +128,21 @@ pub struct SqliteIndex {
     inserts: Arc<Group<Record, Result<bool, StoreError>>>,
     completions: Arc<Group<(Record, String), Result<(), StoreError>>>,
     verdicts: Arc<Group<VerdictWrite, Result<(), StoreError>>>,
+    renewals: Arc<Group<Renewal, Result<bool, StoreError>>>,
+}
+
+/// A lease renewal: the record, the claim's token, the new end.
+type Renewal = (MessageId, String, DateTime<Utc>);
+
+/// Extend a lease only for the claim that holds it (its token); the version stays.
+fn renew_item(
+    tx: &rusqlite::Transaction<'_>,
+    (id, owner, until): &Renewal,
+) -> Result<Result<bool, StoreError>, StoreError> {
+    tx.prepare_cached("UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2")
+        .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner, ms(*until)]))
+        .map(|n| Ok(n == 1))
+        .map_err(db_err)
 }
 
 /// A sender check's result for one record, and the time its lease is judged at.
@@ -251,26 +266,36 @@ fn insert_item(
 }
 
 /// Replace a record and drop its lease if `allowed` says so given the current lease
-/// (owner, until). The outer error is the database's; the inner one is this record's own:
-/// [`StoreError::NotFound`] or [`StoreError::Leased`], with nothing written.
+/// (owner, until), and only if the stored version is still `rec.version` (compare-and-set;
+/// the stored version moves on by one). The outer error is the database's; the inner one
+/// is this record's own: [`StoreError::NotFound`], [`StoreError::Leased`] or
+/// [`StoreError::Changed`], with nothing written.
 fn write_if(
     tx: &rusqlite::Transaction<'_>,
     rec: &Record,
     allowed: impl FnOnce(&Option<String>, Option<i64>) -> bool,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    let lease: Option<(Option<String>, Option<i64>)> = tx
+    let lease: Option<(Option<String>, Option<i64>, i64)> = tx
         .query_row(
-            "SELECT lease_owner, lease_until FROM messages WHERE id = ?1",
+            "SELECT lease_owner, lease_until, version FROM messages WHERE id = ?1",
             [rec.id.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(db_err)?;
     match lease {
         None => Ok(Err(StoreError::NotFound(rec.id))),
-        Some((owner, until)) if !allowed(&owner, until) => Ok(Err(StoreError::Leased(rec.id))),
-        Some(_) => write_record(tx, rec, None).map(|_| Ok(())),
+        Some((owner, until, _)) if !allowed(&owner, until) => Ok(Err(StoreError::Leased(rec.id))),
+        Some((_, _, version)) if version != stored_version(rec.version) => {
+            Ok(Err(StoreError::Changed(rec.id)))
+        }
+        Some(_) => write_record(tx, rec).map(|_| Ok(())),
     }
+}
+
+/// A record's version as the `version` column holds it.
+fn stored_version(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// A sender check's result: only the record's `verdicts`, only while no live lease is
@@ -290,7 +315,8 @@ fn verdict_item(
     };
     let n = tx
         .prepare_cached(
-            "UPDATE messages SET record = json_set(record, '$.verdicts', json(?2))
+            "UPDATE messages SET record = json_set(record, '$.verdicts', json(?2)),
+                version = version + 1
              WHERE id = ?1 AND (lease_until IS NULL OR lease_until <= ?3)",
         )
         .and_then(|mut stmt| stmt.execute(params![id.to_string(), json, ms(*now)]))
@@ -355,7 +381,7 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 }
 
 /// Columns selected by every record query, in this order.
-const COLS: &str = "id, status, lease_owner, lease_until, record";
+const COLS: &str = "id, status, lease_owner, lease_until, record, version";
 
 /// The query for one listing page. Each filter is answered by an index: the recipient by
 /// `message_rcpts` (which then drives the walk, in list order), the subject by the
@@ -445,6 +471,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
     let owner: Option<String> = row.get(2)?;
     let until: Option<i64> = row.get(3)?;
     let json: String = row.get(4)?;
+    let version: i64 = row.get(5)?;
     let corrupt = |detail: String| StoreError::Corrupt {
         id: id.clone(),
         detail,
@@ -452,6 +479,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
     Ok((|| {
         let mut rec: Record = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
         rec.status = status.parse().map_err(corrupt)?;
+        rec.version = u64::try_from(version).unwrap_or(0);
         rec.lease = match (owner, until) {
             (Some(owner), Some(until)) => Some(Lease {
                 owner,
@@ -524,6 +552,7 @@ impl SqliteIndex {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate_versions(&conn)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db_err)?;
@@ -538,6 +567,8 @@ impl SqliteIndex {
             inserts: Arc::new(grouped(conn.clone(), insert_item, Commit::Durable)),
             completions: Arc::new(grouped(conn.clone(), complete_item, Commit::Durable)),
             verdicts: Arc::new(grouped(conn.clone(), verdict_item, Commit::Lazy)),
+            // A renewal need not survive a crash: nobody is left to use the lease.
+            renewals: Arc::new(grouped(conn.clone(), renew_item, Commit::Lazy)),
             conn,
         })
     }
@@ -577,24 +608,45 @@ impl SqliteIndex {
     }
 }
 
-fn write_record(
-    tx: &rusqlite::Transaction<'_>,
-    rec: &Record,
-    lease: Option<&Lease>,
-) -> Result<usize, StoreError> {
+/// Write `rec` over its row at the next version, without a lease (the caller checked
+/// the version and the lease in the same transaction).
+fn write_record(tx: &rusqlite::Transaction<'_>, rec: &Record) -> Result<usize, StoreError> {
+    let next = Record {
+        version: rec.version + 1,
+        ..rec.clone()
+    };
     tx.execute(
-        "UPDATE messages SET status = ?2, next_attempt_at = ?3, lease_owner = ?4,
-                lease_until = ?5, record = ?6 WHERE id = ?1",
+        "UPDATE messages SET status = ?2, next_attempt_at = ?3, lease_owner = NULL,
+                lease_until = NULL, record = ?4, version = ?5 WHERE id = ?1",
         params![
             rec.id.to_string(),
             rec.status.as_str(),
             ms(rec.next_attempt_at),
-            lease.map(|l| l.owner.as_str()),
-            lease.map(|l| ms(l.until)),
-            record_json(rec)?,
+            record_json(&next)?,
+            stored_version(next.version),
         ],
     )
     .map_err(db_err)
+}
+
+/// Schema step of its own (kept apart from the other migrations so each can change
+/// alone): the `version` column of compare-and-set writes. A spool made before it gets
+/// the column in place, every existing record at version 0.
+fn migrate_versions(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info('messages') WHERE name = 'version'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(db_err)?
+        .is_some();
+    if !has {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -685,7 +737,7 @@ impl Index for SqliteIndex {
                              ORDER BY received_at, id LIMIT {}",
                             req.limit
                         ),
-                        [ms(before), now],
+                        [ms(before), ms(req.expired_by())],
                     ),
                     None => (
                         format!(
@@ -695,7 +747,7 @@ impl Index for SqliteIndex {
                              ORDER BY received_at, id LIMIT {}",
                             req.limit
                         ),
-                        [now, now],
+                        [now, ms(req.expired_by())],
                     ),
                 };
                 let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
@@ -728,16 +780,10 @@ impl Index for SqliteIndex {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let owner = owner.to_string();
-        self.with(move |c| {
-            c.execute(
-                "UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
-                params![id.to_string(), owner, ms(until)],
-            )
-            .map(|n| n == 1)
-            .map_err(db_err)
-        })
-        .await
+        self.renewals
+            .submit((id, owner.to_string(), until))
+            .await
+            .unwrap_or_else(|| Err(worker_failed("renewal worker stopped".into())))
     }
 
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
@@ -765,11 +811,41 @@ impl Index for SqliteIndex {
             .unwrap_or_else(|| Err(worker_failed("verdict worker stopped".into())))
     }
 
-    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
+    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+        let (id, version) = (rec.id, stored_version(rec.version));
         self.with(move |c| {
-            c.execute("DELETE FROM messages WHERE id = ?1", [id.to_string()])
-                .map(|n| n == 1)
-                .map_err(db_err)
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            // The legal hold is checked in the delete's own condition: a hold placed
+            // after the record was read is never ignored.
+            let n = tx
+                .execute(
+                    "DELETE FROM messages WHERE id = ?1 AND version = ?2
+                     AND json_extract(record, '$.legal_hold') IS NULL",
+                    params![id.to_string(), version],
+                )
+                .map_err(db_err)?;
+            let out = if n == 1 {
+                Ok(true)
+            } else {
+                let cur: Option<(i64, Option<String>)> = tx
+                    .query_row(
+                        "SELECT version, json_extract(record, '$.legal_hold')
+                         FROM messages WHERE id = ?1",
+                        [id.to_string()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                match cur {
+                    None => Ok(false),
+                    Some((_, Some(_))) => Err(StoreError::LegalHold(id)),
+                    Some(_) => Err(StoreError::Changed(id)),
+                }
+            };
+            tx.commit().map_err(db_err)?;
+            out
         })
         .await
     }

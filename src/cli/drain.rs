@@ -80,7 +80,10 @@ pub(super) async fn drain(
             ..Default::default()
         })
         .await
-        .map_err(|crate::drain::DrainError::Store(e)| CliError::Store(e))?;
+        .map_err(|e| match e {
+            crate::drain::DrainError::Store(e) => CliError::Store(e),
+            other => CliError::Drain(other),
+        })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -2,7 +2,14 @@
 //!
 //! Each id is handled on its own and reported on its own line; one bad id does not stop
 //! the others, but makes the command exit 1. A message a drain holds a lease on is not
-//! changed (the drain's result would overwrite the change); try again shortly.
+//! changed (the drain's result would overwrite the change); try again shortly. A lease
+//! counts as ended only `[drain] clock_skew_secs` after its end by this host's clock.
+//!
+//! Every change is compare-and-set on the record's version: the record is read, the
+//! change decided on what was read, and written only if nobody (a drain's write-back,
+//! the sender check, another operator) wrote it in between. When someone did, the change
+//! is decided again on the record as it is now (a message delivered meanwhile is no
+//! longer paused or retried), a few times at most.
 
 use super::CliError;
 use crate::error::StoreError;
@@ -42,23 +49,46 @@ async fn fetch(storage: &Storage, id: MessageId) -> Result<Record, String> {
         .ok_or_else(|| StoreError::NotFound(id).to_string())
 }
 
+/// How many times a change is decided again when the record changed under it.
+const TRIES: usize = 3;
+
+/// Read a record, decide and write `change` compare-and-set on its version; decided
+/// again on a fresh read when the record changed in between. `change` answers whether
+/// there is anything to write; `Err(reason)` from it skips the message.
+pub(super) async fn change_one(
+    storage: &Storage,
+    id: MessageId,
+    skew: chrono::Duration,
+    mut change: impl AsyncFnMut(&mut Record, chrono::DateTime<chrono::Utc>) -> Result<bool, String>,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..TRIES {
+        let mut rec = fetch(storage, id).await?;
+        let now = chrono::Utc::now();
+        if !change(&mut rec, now).await? {
+            return Ok(());
+        }
+        rec.updated_at = now;
+        // A lease counts as ended only `skew` after its end by our clock.
+        match storage.index.update(&rec, now - skew).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::Changed(_)) => last = e.to_string(),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(last)
+}
+
 /// Apply `change` to each message; `Err(reason)` from `change` skips it.
 async fn each(
     storage: &Storage,
+    skew: chrono::Duration,
     ids: &[MessageId],
     verb: &str,
     change: impl Fn(&mut Record) -> Result<(), String>,
 ) -> Result<(), CliError> {
     report(ids, verb, async |id| {
-        let mut rec = fetch(storage, id).await?;
-        change(&mut rec)?;
-        let now = chrono::Utc::now();
-        rec.updated_at = now;
-        storage
-            .index
-            .update(&rec, now)
-            .await
-            .map_err(|e| e.to_string())
+        change_one(storage, id, skew, async |rec, _| change(rec).map(|()| true)).await
     })
     .await
 }
@@ -76,13 +106,18 @@ async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>
     Ok(recs.into_iter().map(|r| r.id).collect())
 }
 
-pub(super) async fn hold(storage: &Storage, ids: &[MessageId], all: bool) -> Result<(), CliError> {
+pub(super) async fn hold(
+    storage: &Storage,
+    skew: chrono::Duration,
+    ids: &[MessageId],
+    all: bool,
+) -> Result<(), CliError> {
     let ids = if all {
         with_status(storage, Status::Held).await?
     } else {
         ids.to_vec()
     };
-    each(storage, &ids, "paused", |rec| match rec.status {
+    each(storage, skew, &ids, "paused", |rec| match rec.status {
         Status::Held => {
             rec.status = Status::Paused;
             Ok(())
@@ -94,6 +129,7 @@ pub(super) async fn hold(storage: &Storage, ids: &[MessageId], all: bool) -> Res
 
 pub(super) async fn release(
     storage: &Storage,
+    skew: chrono::Duration,
     ids: &[MessageId],
     all: bool,
 ) -> Result<(), CliError> {
@@ -102,7 +138,7 @@ pub(super) async fn release(
     } else {
         ids.to_vec()
     };
-    each(storage, &ids, "released", |rec| match rec.status {
+    each(storage, skew, &ids, "released", |rec| match rec.status {
         Status::Paused => {
             rec.status = Status::Held;
             rec.next_attempt_at = chrono::Utc::now();
@@ -113,8 +149,12 @@ pub(super) async fn release(
     .await
 }
 
-pub(super) async fn retry(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
-    each(storage, ids, "queued for delivery now", |rec| {
+pub(super) async fn retry(
+    storage: &Storage,
+    skew: chrono::Duration,
+    ids: &[MessageId],
+) -> Result<(), CliError> {
+    each(storage, skew, ids, "queued for delivery now", |rec| {
         if rec.status == Status::Delivered {
             return Err("is already delivered".into());
         }
@@ -180,6 +220,7 @@ async fn legal_targets(
 /// Place (`hold = true`) or lift a legal hold, audited.
 pub(super) async fn legal(
     storage: &Storage,
+    skew: chrono::Duration,
     ids: &[MessageId],
     sel: &ListQuery,
     hold: bool,
@@ -193,33 +234,36 @@ pub(super) async fn legal(
         ("released from legal hold", "legal-release")
     };
     report(&ids, verb, async |id| {
-        let now = chrono::Utc::now();
-        let mut rec = fetch(storage, id).await?;
-        if rec.legal_hold.is_some() == hold {
-            return Ok(()); // already so: nothing to change or audit
+        let (mut key, mut audited) = (None, false);
+        change_one(storage, id, skew, async |rec, now| {
+            key = Some(rec.blob_key());
+            if rec.legal_hold.is_some() == hold {
+                key = None;
+                return Ok(false); // already so: nothing to change or audit
+            }
+            if !audited {
+                storage
+                    .audit
+                    .append(&crate::ports::AuditEntry::of(rec, action, &by, reason, now))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                audited = true;
+            }
+            rec.legal_hold = hold.then(|| crate::model::LegalHold {
+                at: now,
+                reason: reason.to_string(),
+            });
+            Ok(true)
+        })
+        .await?;
+        match key {
+            Some(key) => storage
+                .blobs
+                .set_legal_hold(&key, hold)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
         }
-        storage
-            .audit
-            .append(&crate::ports::AuditEntry::of(
-                &rec, action, &by, reason, now,
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-        rec.legal_hold = hold.then(|| crate::model::LegalHold {
-            at: now,
-            reason: reason.to_string(),
-        });
-        rec.updated_at = now;
-        storage
-            .index
-            .update(&rec, now)
-            .await
-            .map_err(|e| e.to_string())?;
-        storage
-            .blobs
-            .set_legal_hold(&rec.blob_key(), hold)
-            .await
-            .map_err(|e| e.to_string())
     })
     .await
 }

@@ -259,6 +259,9 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A drain run failed (storage, or a worker panicked: a bug).
+    #[error(transparent)]
+    Drain(#[from] crate::drain::DrainError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -370,6 +373,9 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         return aws::remote_drain(&config, function, *force, *dry_run).await;
     }
     let storage = Storage::open(&config).await?;
+    // Operator changes count a drain's lease as ended only this long after its end.
+    let skew =
+        chrono::Duration::seconds(i64::try_from(config.drain.clock_skew_secs).unwrap_or(i64::MAX));
     let cli_hold = matches!(cli.command, Command::Hold { .. });
     match cli.command {
         Command::Serve | Command::AwsInit | Command::Doctor { .. } => {
@@ -411,10 +417,10 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
             drain::drain(&config, relay, &storage, force, dry_run, json).await
         }
         Command::Hold { ids, all, legal } if !legal.legal => {
-            manage::hold(&storage, &parse_ids(&ids)?, all).await
+            manage::hold(&storage, skew, &parse_ids(&ids)?, all).await
         }
         Command::Release { ids, all, legal } if !legal.legal => {
-            manage::release(&storage, &parse_ids(&ids)?, all).await
+            manage::release(&storage, skew, &parse_ids(&ids)?, all).await
         }
         Command::Hold { ids, legal, .. } | Command::Release { ids, legal, .. } => {
             let sel = ListQuery {
@@ -424,7 +430,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
                 ..ListQuery::default()
             };
             let reason = legal.reason.unwrap_or_default();
-            manage::legal(&storage, &parse_ids(&ids)?, &sel, cli_hold, &reason).await
+            manage::legal(&storage, skew, &parse_ids(&ids)?, &sel, cli_hold, &reason).await
         }
         Command::Audit { json } => inspect::audit(&storage, json).await,
         Command::Retention { dry_run, at, json } => {
@@ -438,7 +444,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
             )
             .await
         }
-        Command::Retry { ids } => manage::retry(&storage, &parse_ids(&ids)?).await,
+        Command::Retry { ids } => manage::retry(&storage, skew, &parse_ids(&ids)?).await,
         Command::Replay {
             since,
             until,

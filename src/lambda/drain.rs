@@ -189,7 +189,15 @@ impl DrainFunction {
                 }),
                 ..Default::default()
             };
-            let report = drainer.run(opts).await.map_err(|DrainError::Store(e)| e)?;
+            let report = drainer.run(opts).await.map_err(|e| match e {
+                DrainError::Store(e) => e,
+                DrainError::WorkerPanicked(why) => StoreError::Backend {
+                    backend: "drain",
+                    detail: format!("a drain worker panicked: {why}"),
+                    transient: false,
+                    source: None,
+                },
+            })?;
             health::record_drain(index, (&node, &address), &report, self.clock.now()).await?;
             summary.delivered = report.delivered;
             summary.deferred = report.deferred;

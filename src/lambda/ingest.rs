@@ -239,6 +239,7 @@ impl Ingest {
             {
                 rec.attempts = old.attempts;
                 rec.next_attempt_at = old.next_attempt_at;
+                rec.version = old.version;
                 rec.settle();
                 idx.update(&rec, Utc::now()).await.map_err(store)?;
                 report.upgraded += 1;

@@ -77,6 +77,25 @@ impl Moto {
         Moto { child, url, port }
     }
 
+    /// moto's own `moto_server`, which serves requests on threads: what real concurrency
+    /// does to its DynamoDB model (a condition is checked and the write applied without a
+    /// lock, so two conditional writes on one item can both succeed, unlike DynamoDB).
+    pub fn start_threaded() -> Moto {
+        let bin = require_venv_tool("moto_server");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("moto server", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { child, url, port }
+    }
+
     /// Bucket and table names for one test (`name` must be a valid bucket name).
     pub fn settings(&self, name: &str) -> AwsSettings {
         AwsSettings {

@@ -204,6 +204,21 @@ impl Postfix {
     pub fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
+
+    /// Wait until every message this primary accepted has left its queue (as many
+    /// `removed` lines in the log as `message-id=` lines from cleanup): the positive
+    /// signal that nothing more will reach the Maildir, before counting what did.
+    pub fn wait_queue_empty(&self, timeout: Duration) {
+        wait_for("the primary's queue to empty", timeout, || {
+            let log = self.maillog();
+            let accepted = log
+                .lines()
+                .filter(|l| l.contains("/cleanup[") && l.contains(": message-id="))
+                .count();
+            let removed = log.lines().filter(|l| l.ends_with(": removed")).count();
+            accepted > 0 && accepted == removed
+        });
+    }
 }
 
 impl Drop for Postfix {
@@ -359,6 +374,21 @@ impl Standby {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run standby")
+    }
+
+    /// Start `standby ARGS --config <ours>` in the background, its stderr (the log, at
+    /// `log` level) in `stderr_to` and its stdout piped.
+    pub fn cli_spawn(&self, args: &[&str], log: &str, stderr_to: &Path) -> Child {
+        Command::new(STANDBY)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("STANDBY_LOG", log)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(stderr_to).unwrap())
+            .spawn()
+            .expect("start standby")
     }
 
     /// Run a CLI command that must succeed and print JSON.

@@ -6,9 +6,14 @@
 //! - A claim is a conditional `UpdateItem` per candidate (`status = held` and no live
 //!   lease), so concurrent drains never lease the same message; the candidates come from
 //!   the eventually consistent status index, the decision from the base table.
-//! - Write-backs are conditional on the lease: `complete` only for the lease owner,
-//!   operator `update` only when no live lease is held. A verdict update changes only the
-//!   verdicts, read-modify-write conditional on the record's text and the lease.
+//! - Write-backs are conditional on the lease: `complete` only for the claim's lease token,
+//!   operator `update` only when no live lease is held; and every record write on the
+//!   record's version (`ver`, compare-and-set: the condition names the version read, the
+//!   write stores the next). A verdict update changes only the verdicts, read-modify-write
+//!   conditional on the version and the lease. A delete is conditional on the version and
+//!   on no legal hold (`legal_hold`, written beside the record while one is placed).
+//! - An item written before versions existed has no `ver` and reads as version 0; a
+//!   condition on version 0 also accepts a missing `ver`, so old tables keep working.
 //! - Reads of single items are strongly consistent.
 //!
 //! The record is stored as JSON in `record`; the attributes that queries and conditions
@@ -128,6 +133,13 @@ fn to_item(rec: &Record) -> Result<Item, StoreError> {
     item.insert(SENDER_ATTR.into(), s(search::sender_key(&rec.mail_from)));
     item.insert("due".into(), n(rec.next_attempt_at.timestamp_millis()));
     item.insert("record".into(), s(json));
+    item.insert(
+        VERSION.into(),
+        n(i64::try_from(rec.version).unwrap_or(i64::MAX)),
+    );
+    if rec.legal_hold.is_some() {
+        item.insert(LEGAL_HOLD.into(), AttributeValue::Bool(true));
+    }
     if let Some(lease) = &rec.lease {
         item.insert("lease_owner".into(), s(lease.owner.clone()));
         item.insert("lease_until".into(), n(lease.until.timestamp_millis()));
@@ -156,7 +168,28 @@ fn from_item(item: &Item) -> Result<Record, StoreError> {
         }),
         _ => None,
     };
+    rec.version = item
+        .get(VERSION)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     Ok(rec)
+}
+
+/// The record's version (compare-and-set), a number attribute beside the record.
+const VERSION: &str = "ver";
+/// Present (true) while the record is under legal hold, so a delete can be conditional on it.
+const LEGAL_HOLD: &str = "legal_hold";
+
+/// A condition that the stored version is `version` (placeholder `:ver`). Version 0 also
+/// matches an item written before versions existed.
+fn version_is(version: u64) -> (&'static str, AttributeValue) {
+    let cond = if version == 0 {
+        "(attribute_not_exists(ver) OR ver = :ver)"
+    } else {
+        "ver = :ver"
+    };
+    (cond, n(i64::try_from(version).unwrap_or(i64::MAX)))
 }
 
 fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
@@ -329,43 +362,71 @@ impl DynamoIndex {
         }
     }
 
+    /// One conditional `UpdateItem` on a message item: `Ok(Some(new item))` when it was
+    /// applied, `Ok(None)` when the condition failed. Every in-place change (claim,
+    /// renewal, verdicts) goes through here.
+    async fn update_if(
+        &self,
+        id: MessageId,
+        what: &'static str,
+        update: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Item>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, pk(id))
+            .update_expression(update)
+            .condition_expression(format!("attribute_exists(pk) AND {condition}"))
+            .return_values(ReturnValue::AllNew);
+        for (k, v) in names {
+            req = req.expression_attribute_names(*k, *v);
+        }
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(classify(BACKEND, what, e)),
+        }
+    }
+
     /// Try to lease one candidate; `None` when another worker won it or it changed.
     async fn lease_one(
         &self,
         id: MessageId,
         req: &ClaimRequest,
     ) -> Result<Option<Record>, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, pk(id))
-            .update_expression("SET lease_owner = :o, lease_until = :u")
-            // `lease_owner = :o`: the SDK may resend a request whose answer was lost; the
-            // resend must find its own lease, not a failed condition.
-            .condition_expression(
-                "attribute_exists(pk) AND #s = :held AND \
-                 (attribute_not_exists(lease_until) OR lease_until <= :now OR lease_owner = :o)",
+        let item = self
+            .update_if(
+                id,
+                "UpdateItem (claim)",
+                "SET lease_owner = :o, lease_until = :u",
+                // `lease_owner = :o`: the SDK may resend a request whose answer was lost;
+                // the resend must find its own lease, not a failed condition. A lease of
+                // another claim is taken only once it ended `skew` before our `now`.
+                "#s = :held AND \
+                 (attribute_not_exists(lease_until) OR lease_until <= :free OR lease_owner = :o)",
+                &[("#s", GSI_PK)],
+                vec![
+                    (":o", s(req.owner.clone())),
+                    (":u", n(req.lease_until.timestamp_millis())),
+                    (":held", s(Status::Held.as_str())),
+                    (":free", n(req.expired_by().timestamp_millis())),
+                ],
             )
-            .expression_attribute_names("#s", GSI_PK)
-            .expression_attribute_values(":o", s(req.owner.clone()))
-            .expression_attribute_values(":u", n(req.lease_until.timestamp_millis()))
-            .expression_attribute_values(":held", s(Status::Held.as_str()))
-            .expression_attribute_values(":now", n(req.now.timestamp_millis()))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match res {
-            Ok(out) => match out.attributes() {
-                Some(item) => from_item(item).map(Some),
-                None => Ok(None),
-            },
-            Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(classify(BACKEND, "UpdateItem (claim)", e)),
-        }
+            .await?;
+        item.filter(|i| !i.is_empty())
+            .map(|i| from_item(&i))
+            .transpose()
     }
 
-    /// Replace a record (dropping its lease) under `condition`.
+    /// Replace a record (dropping its lease) under `condition` and the condition that
+    /// its stored version is still `rec.version`; the item is written at the next version.
     async fn put_if(
         &self,
         rec: &Record,
@@ -374,14 +435,17 @@ impl DynamoIndex {
     ) -> Result<(), StoreError> {
         let mut bare = rec.clone();
         bare.lease = None;
+        bare.version = rec.version + 1;
         let item = self.item(&bare)?;
         let ttl = search::ttl_of(&item);
+        let (version_cond, version) = version_is(rec.version);
         let mut req = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression(condition)
+            .condition_expression(format!("{condition} AND {version_cond}"))
+            .expression_attribute_values(":ver", version)
             .return_values(ReturnValue::AllOld);
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
@@ -409,6 +473,7 @@ impl DynamoIndex {
             Err(e) if is_condition_failed(&e) => match self.get(rec.id).await? {
                 // A resent write whose first answer was lost finds its own result.
                 Some(cur) if cur == bare => Ok(()),
+                Some(cur) if cur.version != rec.version => Err(StoreError::Changed(rec.id)),
                 Some(_) => Err(StoreError::Leased(rec.id)),
                 None => Err(StoreError::NotFound(rec.id)),
             },
@@ -421,7 +486,10 @@ impl DynamoIndex {
 impl Index for DynamoIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
         // Recipient items first: an indexed message can always be found by recipient.
-        let item = self.item(rec)?;
+        let item = self.item(&Record {
+            version: 0,
+            ..rec.clone()
+        })?;
         let recv = recv_key(rec.received_at, &rec.id.to_string());
         search::put_rcpts(&self.client, &self.table, rec, &recv, search::ttl_of(&item)).await?;
         let res = self
@@ -565,22 +633,17 @@ impl Index for DynamoIndex {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, pk(id))
-            .update_expression("SET lease_until = :u")
-            .condition_expression("attribute_exists(pk) AND lease_owner = :o")
-            .expression_attribute_values(":o", s(owner))
-            .expression_attribute_values(":u", n(until.timestamp_millis()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(classify(BACKEND, "UpdateItem (renew)", e)),
-        }
+        let done = self
+            .update_if(
+                id,
+                "UpdateItem (renew)",
+                "SET lease_until = :u",
+                "lease_owner = :o",
+                &[],
+                vec![(":o", s(owner)), (":u", n(until.timestamp_millis()))],
+            )
+            .await?;
+        Ok(done.is_some())
     }
 
     async fn complete(&self, rec: &Record, owner: &str) -> Result<(), StoreError> {
@@ -612,7 +675,7 @@ impl Index for DynamoIndex {
             detail: e.to_string(),
         })?;
         // The record is one JSON attribute: read it, change its verdicts, and write it
-        // back only if nobody wrote it in between (compare-and-set on the whole text).
+        // back only if nobody wrote it in between (compare-and-set on the version).
         for _ in 0..5 {
             let out = self
                 .client
@@ -636,40 +699,62 @@ impl Index for DynamoIndex {
             let mut json: serde_json::Value =
                 serde_json::from_str(old).map_err(|e| corrupt(item, e.to_string()))?;
             json["verdicts"] = value.clone();
-            let res = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(PK, pk(id))
-                .update_expression("SET #r = :new")
-                .condition_expression(
-                    "#r = :old AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            let version = from_item(item)?.version;
+            json["version"] = (version + 1).into();
+            let (version_cond, at) = version_is(version);
+            let done = self
+                .update_if(
+                    id,
+                    "UpdateItem (verdicts)",
+                    "SET #r = :new, ver = :next",
+                    &format!(
+                        "{version_cond} AND \
+                         (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                    ),
+                    &[("#r", "record")],
+                    vec![
+                        (":new", s(json.to_string())),
+                        (":ver", at),
+                        (":next", n(i64::try_from(version + 1).unwrap_or(i64::MAX))),
+                        (":now", n(now.timestamp_millis())),
+                    ],
                 )
-                .expression_attribute_names("#r", "record")
-                .expression_attribute_values(":new", s(json.to_string()))
-                .expression_attribute_values(":old", s(old.clone()))
-                .expression_attribute_values(":now", n(now.timestamp_millis()))
-                .send()
-                .await;
-            match res {
-                Ok(_) => return Ok(()),
-                Err(e) if is_condition_failed(&e) => continue,
-                Err(e) => return Err(classify(BACKEND, "UpdateItem (verdicts)", e)),
+                .await?;
+            if done.is_some() {
+                return Ok(());
             }
         }
         Err(StoreError::Leased(id))
     }
 
-    async fn delete(&self, id: MessageId) -> Result<bool, StoreError> {
-        let out = self
+    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+        let id = rec.id;
+        let (version_cond, version) = version_is(rec.version);
+        let res = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key(PK, pk(id))
+            // The legal hold is checked in the delete's own condition: a hold placed
+            // after the record was read is never ignored.
+            .condition_expression(format!(
+                "attribute_not_exists(pk) OR ({version_cond} AND attribute_not_exists({LEGAL_HOLD}))"
+            ))
+            .expression_attribute_values(":ver", version)
             .return_values(ReturnValue::AllOld)
             .send()
-            .await
-            .map_err(|e| classify(BACKEND, "DeleteItem", e))?;
+            .await;
+        let out = match res {
+            Ok(out) => out,
+            Err(e) if is_condition_failed(&e) => {
+                return match self.get(id).await? {
+                    None => Ok(false),
+                    Some(cur) if cur.legal_hold.is_some() => Err(StoreError::LegalHold(id)),
+                    Some(_) => Err(StoreError::Changed(id)),
+                };
+            }
+            Err(e) => return Err(classify(BACKEND, "DeleteItem", e)),
+        };
         let Some(old) = out.attributes().filter(|a| !a.is_empty()) else {
             return Ok(false);
         };
