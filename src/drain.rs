@@ -826,7 +826,6 @@ impl tokio::io::AsyncRead for GuardedBody {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::sync::atomic::Ordering::SeqCst;
         use std::task::Poll;
-        use tokio::io::AsyncRead as _;
         let before = buf.filled().len();
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {

@@ -186,20 +186,23 @@ async fn double_claims(moto: &Moto, n: usize) -> usize {
     won_by_both
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_drains_on_one_table_in_threaded_moto_deliver_each_message_once() {
-    let n = 400;
-    let moto = Moto::start_threaded();
-    let doubled = double_claims(&moto, 200).await;
-    moto.storage("threaded").await;
+/// Two `standby drain --force` processes on one table of `moto`, after a serve node
+/// received `n` messages there: what reached the primary (token, copies), the run took,
+/// and a summary line.
+async fn two_drains(
+    moto: &Moto,
+    name: &str,
+    n: usize,
+) -> (HashMap<String, usize>, Vec<String>, String) {
+    moto.storage(name).await;
     let pf = Postfix::primary();
     let top =
-        "backend = \"aws\"\nbucket = \"threaded\"\ntable = \"threaded\"\nnode_id = \"mx20\"\n";
-    let aws = child_env(&moto);
+        format!("backend = \"aws\"\nbucket = \"{name}\"\ntable = \"{name}\"\nnode_id = \"mx20\"\n");
+    let aws = child_env(moto);
     let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("STANDBY_HEALTH_UP_AFTER", "100000"));
     env.extend(SHORT_LEASES);
-    let mut sb = Standby::start_with_env(pf.port, top, &env);
+    let mut sb = Standby::start_with_env(pf.port, &top, &env);
     let sent = fill(&sb, "t", n);
     assert_eq!(sb.counts()["held"], n as u64);
     sb.kill9(); // only the two drains from here on
@@ -219,31 +222,68 @@ async fn two_drains_on_one_table_in_threaded_moto_deliver_each_message_once() {
         .collect();
     // A drain ends when it finds nothing to claim; a message whose lease the other had
     // just let run out may be left: a last run picks it up.
-    let mut last = None;
-    if sb.counts()["held"] != 0 {
-        last = Some(sb.drain_report(&["--force"], 0));
-    }
+    let last = if sb.counts()["held"] != 0 {
+        sb.drain_report(&["--force"], 0)["delivered"]
+            .as_u64()
+            .unwrap()
+    } else {
+        0
+    };
     assert_eq!(sb.counts()["held"], 0);
     let took = t0.elapsed();
     pf.wait_queue_empty(Duration::from_secs(120));
-    exactly_once(&pf, &sent);
-    let by: HashMap<usize, u64> = reports
+    let by: Vec<u64> = reports
         .iter()
-        .enumerate()
-        .map(|(i, r)| (i, r["delivered"].as_u64().unwrap()))
+        .map(|r| r["delivered"].as_u64().unwrap())
         .collect();
+    assert!(by.iter().all(|d| *d > 0), "both drains delivered: {by:?}");
     let all_logs: String = logs
         .iter()
         .map(|l| std::fs::read_to_string(l).unwrap())
         .collect();
-    eprintln!(
-        "concurrency (threaded moto): {doubled} of 200 items claimed by both of two \
-         concurrent claims (moto's lost update); {n} messages drained by two processes in \
-         {took:?}, each once at the primary; delivered per drain {by:?}, by a last run {}; \
-         {} sends skipped because the lease had been taken over, {} aborted before the dot",
-        last.map_or(0, |r| r["delivered"].as_u64().unwrap()),
+    let summary = format!(
+        "{n} messages drained by two processes in {took:?}; delivered per drain {by:?}, by a \
+         last run {last}; {} sends skipped because the lease had been taken over, {} aborted \
+         before the dot",
         count(&all_logs, "lease ran out before the attempt"),
         count(&all_logs, "transaction aborted before the final dot"),
     );
-    assert!(by.values().all(|d| *d > 0), "both drains delivered: {by:?}");
+    (tokens_at(&pf), sent, summary)
+}
+
+/// On moto as the tests run it (one request at a time, so each conditional write is
+/// atomic, as DynamoDB's are), two drain processes deliver each message exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_drains_on_one_dynamodb_table_deliver_each_message_once() {
+    let moto = Moto::start();
+    let (at, sent, summary) = two_drains(&moto, "twodrains", 200).await;
+    let twice: Vec<_> = at.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    for t in &sent {
+        assert_eq!(at.get(t), Some(&1), "{t} reached the primary");
+    }
+    eprintln!("concurrency (moto, one request at a time): {summary}; each once at the primary");
+}
+
+/// On `moto_server` itself, which serves requests on threads, conditional writes are not
+/// atomic: two concurrent claims of one item both succeed now and then, and so can a
+/// renewal and a takeover, so two drains may both send a message. What can be checked
+/// there is that nothing is lost; the figures (double claims, duplicates) go to the note.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_threaded_moto_conditional_writes_are_not_atomic_and_nothing_is_lost() {
+    let moto = Moto::start_threaded();
+    let doubled = double_claims(&moto, 200).await;
+    let (at, sent, summary) = two_drains(&moto, "threaded", 200).await;
+    for t in &sent {
+        assert!(
+            at.get(t).is_some_and(|n| *n >= 1),
+            "{t} reached the primary"
+        );
+    }
+    assert_eq!(at.len(), sent.len());
+    let duplicated: usize = at.values().map(|n| n - 1).sum();
+    eprintln!(
+        "concurrency (threaded moto): {doubled} of 200 items claimed by both of two \
+         concurrent conditional claims; {summary}; {duplicated} duplicated at the primary"
+    );
 }
