@@ -241,6 +241,8 @@ fn kill_9_while_draining_loses_nothing_and_duplicates_only_what_was_in_flight() 
     }
     assert_eq!(sb.counts()["delivered"], acked as u64);
     eprintln!(
-        "drain crash test: {kills} kills ({killed_mid_drain} with the drain part-way), {acked}          messages, 0 lost, {duplicated} duplicated at the primary, each one in flight at a          kill ({in_flight_total} in flight over all kills)"
+        "drain crash test: {kills} kills ({killed_mid_drain} with the drain part-way), {acked} \
+         messages, 0 lost, {duplicated} duplicated at the primary, each one in flight at a \
+         kill ({in_flight_total} in flight over all kills)"
     );
 }
