@@ -141,10 +141,10 @@ fn in_flight(log: &str, from: usize) -> HashSet<String> {
     for l in log[from..].lines() {
         if l.contains("attempt started") {
             started.extend(id_of(l));
-        } else if l.contains("delivery attempt") || l.contains("aborted before the final dot") {
-            if let Some(id) = id_of(l) {
-                started.remove(&id);
-            }
+        } else if (l.contains("delivery attempt") || l.contains("aborted before the final dot"))
+            && let Some(id) = id_of(l)
+        {
+            started.remove(&id);
         }
     }
     started
