@@ -272,8 +272,11 @@ pub async fn delete(
         .audit
         .append(&AuditEntry::of(rec, "delete", by, reason, now))
         .await?;
-    storage.blobs.delete(&rec.blob_key()).await?;
+    // Row first (the local index leaves a tombstone with it), then the bytes: a crash
+    // in between leaves a file the next start knows to delete, never a row without its
+    // message.
     storage.index.delete(rec.id).await?;
+    storage.blobs.delete(&rec.blob_key()).await?;
     Ok(())
 }
 
