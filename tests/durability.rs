@@ -102,7 +102,10 @@ fn a_second_serve_on_the_same_spool_exits_and_touches_nothing() {
         err.contains("serve.lock") && err.contains("only one `standby serve`"),
         "the error names the lock: {err}"
     );
-    assert!(in_flight.exists(), "the second serve removed an in-flight file");
+    assert!(
+        in_flight.exists(),
+        "the second serve removed an in-flight file"
+    );
     assert_eq!(names(&sb.dir.path().join("data")), before);
     // The first one still works.
     sb.send("bob@example.test", &[]);
@@ -137,12 +140,12 @@ fn orphans_are_moved_and_audited_and_tombstoned_files_deleted_at_start() {
     let orphans = sb.dir.path().join("data/orphans");
     assert_eq!(
         names(&orphans),
-        vec![format!("{orphan}.env"), format!("{orphan}.eml")],
+        vec![format!("{orphan}.eml"), format!("{orphan}.env")],
         "the orphan and its envelope moved, never deleted"
     );
     assert_eq!(
         names(&messages),
-        vec![format!("{kept}.env"), format!("{kept}.eml")],
+        vec![format!("{kept}.eml"), format!("{kept}.env")],
         "the tombstoned message's files deleted, the indexed one kept"
     );
     let audit = sb.json(&["audit", "--json"]);

@@ -87,9 +87,11 @@ impl LazyFs {
             .expect("start lazyfs.py");
         self.child = Some(child);
         let mnt = self.mnt.clone();
-        wait_for("the lazy file system to mount", Duration::from_secs(20), || {
-            mounted(&mnt)
-        });
+        wait_for(
+            "the lazy file system to mount",
+            Duration::from_secs(20),
+            || mounted(&mnt),
+        );
     }
 
     /// The power goes: whatever was not synced is lost; then unmount.
@@ -100,7 +102,9 @@ impl LazyFs {
         }
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         let mnt = self.mnt.clone();
-        wait_for("the mount to go", Duration::from_secs(20), || !mounted(&mnt));
+        wait_for("the mount to go", Duration::from_secs(20), || {
+            !mounted(&mnt)
+        });
     }
 }
 

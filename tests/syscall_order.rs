@@ -50,7 +50,9 @@ fn parse(trace: &str) -> Vec<Call> {
                 open.insert(pid.to_string(), (name.to_string(), args.to_string(), ts));
             }
         } else if let Some(tail) = rest.strip_prefix("<... ") {
-            let Some((name, _)) = tail.split_once(" resumed>") else { continue };
+            let Some((name, _)) = tail.split_once(" resumed>") else {
+                continue;
+            };
             if let Some((n, args, start)) = open.remove(pid)
                 && n == name
             {
@@ -92,7 +94,10 @@ fn acks(calls: &[Call]) -> Vec<(String, f64)> {
         let mut rest = c.args.as_str();
         while let Some(i) = rest.find("250 2.0.0 Ok: queued as ") {
             rest = &rest[i + "250 2.0.0 Ok: queued as ".len()..];
-            let id: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
+            let id: String = rest
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
             out.push((id, c.start));
         }
     }
@@ -118,7 +123,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
             .filter(|c| fd_path(c).ends_with(&path))
             .map(|c| c.end)
             .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))))
-            .ok_or(format!("{id}: no fdatasync of tmp/{id}{suffix} before its 250"))
+            .ok_or(format!(
+                "{id}: no fdatasync of tmp/{id}{suffix} before its 250"
+            ))
     };
     let data = synced("")?;
     let envelope = synced(".env")?;
@@ -126,7 +133,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .iter()
         .filter(before)
         .find(|c| c.name == "syncfs" && c.start >= created)
-        .ok_or(format!("{id}: no syncfs after its file was created, before its 250"))?;
+        .ok_or(format!(
+            "{id}: no syncfs after its file was created, before its 250"
+        ))?;
     let rename = calls
         .iter()
         .filter(before)
@@ -207,11 +216,12 @@ fn every_250_comes_after_the_message_and_its_row_are_flushed() {
 
     // Stop the daemon (strace ends with it) so the trace is complete.
     let strace_pid = sb.pid().expect("running");
-    let children = std::fs::read_to_string(format!(
-        "/proc/{strace_pid}/task/{strace_pid}/children"
-    ))
-    .unwrap();
-    let serve_pid = children.split_whitespace().next().expect("serve under strace");
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let serve_pid = children
+        .split_whitespace()
+        .next()
+        .expect("serve under strace");
     assert!(
         Command::new("kill")
             .args(["-TERM", serve_pid])

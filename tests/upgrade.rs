@@ -27,16 +27,21 @@ fn a_spool_made_by_the_previous_release_opens_and_delivers() {
         .unwrap();
     drop(db);
     let mut files = 0;
-    for e in std::fs::read_dir(fixture.join("messages")).unwrap().flatten() {
+    for e in std::fs::read_dir(fixture.join("messages"))
+        .unwrap()
+        .flatten()
+    {
         std::fs::copy(e.path(), data.join("messages").join(e.file_name())).unwrap();
         files += 1;
     }
     assert_eq!(files, 3, "the fixture from {release} has three messages");
     sb.spawn();
 
-    wait_for("the held messages to drain", Duration::from_secs(60), || {
-        sb.counts()["held"] == 0
-    });
+    wait_for(
+        "the held messages to drain",
+        Duration::from_secs(60),
+        || sb.counts()["held"] == 0,
+    );
     let counts = sb.counts();
     assert_eq!(counts["delivered"], 2, "{counts}");
     assert_eq!(counts["paused"], 1, "the paused one stays paused: {counts}");

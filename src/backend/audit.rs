@@ -6,10 +6,11 @@
 //! command appending at once never interleave), and each append is fsynced before it
 //! returns, so an audited deletion is never lost in a crash.
 //!
-//! A power cut mid-append can leave a torn last line (no newline, not whole JSON): that
-//! one is skipped with a warning naming it, and the next append starts on a new line, so
-//! the log keeps working. A line that does not parse anywhere else is reported with its
-//! line number, never skipped: that is not a torn append.
+//! A power cut mid-append can leave a torn last line (the start of an entry, no newline):
+//! it is skipped with a warning naming it, and the next append starts on a new line, so
+//! the log keeps working (the torn line stays, and is skipped again on every read). A
+//! line that is not the start of an entry is reported with its line number, never
+//! skipped: that is not a torn append.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -74,16 +75,15 @@ impl AuditLog for FsAuditLog {
             std::io::BufReader::new(f)
                 .read_to_string(&mut text)
                 .map_err(|e| StoreError::io("read", &path, e))?;
-            let torn_tail = !text.is_empty() && !text.ends_with('\n');
-            let lines: Vec<&str> = text.lines().collect();
             let mut out = Vec::new();
-            for (n, line) in lines.iter().enumerate() {
+            for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
                 match serde_json::from_str(line) {
                     Ok(entry) => out.push(entry),
-                    Err(e) if torn_tail && n + 1 == lines.len() => {
+                    // Cut short: the start of an entry, its end missing.
+                    Err(e) if e.is_eof() => {
                         tracing::warn!(
                             file = %path.display(),
                             line = n + 1,

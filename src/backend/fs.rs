@@ -119,8 +119,7 @@ pub fn lock_spool(data_dir: &Path) -> Result<SpoolLock, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io("open", &path, e))?;
-    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-    {
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();
@@ -287,8 +286,7 @@ impl FsBlobStore {
                     } else {
                         self.path(id)
                     };
-                    std::fs::rename(&path, dest)
-                        .map_err(|e| StoreError::io("rename", &path, e))?;
+                    std::fs::rename(&path, dest).map_err(|e| StoreError::io("rename", &path, e))?;
                     out.restored += usize::from(!envelope);
                 }
                 _ if remove && std::fs::remove_file(&path).is_ok() => {
@@ -353,7 +351,10 @@ impl FsBlobStore {
             if tombstoned(id) {
                 for (path, in_messages) in files {
                     match std::fs::remove_file(&path) {
-                        Ok(()) => out.deleted += usize::from(path.extension() == Some(std::ffi::OsStr::new("eml"))),
+                        Ok(()) => {
+                            out.deleted +=
+                                usize::from(path.extension() == Some(std::ffi::OsStr::new("eml")))
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(StoreError::io("remove", &path, e)),
                     }
@@ -431,7 +432,10 @@ impl FsBlobStore {
     /// reindex` does this once the message has its row again.
     pub fn adopt(&self, id: MessageId) -> Result<(), StoreError> {
         for (from, to) in [
-            (self.orphans.join(format!("{id}.env")), self.envelope_path(id)),
+            (
+                self.orphans.join(format!("{id}.env")),
+                self.envelope_path(id),
+            ),
             (self.orphans.join(format!("{id}.eml")), self.path(id)),
         ] {
             match std::fs::rename(&from, &to) {
@@ -658,7 +662,10 @@ mod tests {
             b"{\"envelope\":1}\n"
         );
         assert!(fs.path(id).exists());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         fs.delete(&id.to_string()).await.unwrap();
         assert!(!fs.path(id).exists() && !fs.envelope_path(id).exists());
     }

@@ -106,8 +106,11 @@ impl Storage {
         // Anything older than this was stored before we started: no process can still be
         // about to index it.
         let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        let orphans =
-            blobs.sweep_orphans(|id| index.contains(id), |id| tombstones.contains(&id), settled)?;
+        let orphans = blobs.sweep_orphans(
+            |id| index.contains(id),
+            |id| tombstones.contains(&id),
+            settled,
+        )?;
         index.clear_tombstones(&tombstones)?;
         let audit = FsAuditLog::new(dir);
         let now = chrono::Utc::now();

@@ -104,7 +104,11 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
             "reindexed {} message(s) ({} from orphans/, {}), {} already indexed",
             summary.reindexed,
             summary.adopted,
-            if held { "held" } else { "paused: `standby release` sends them" },
+            if held {
+                "held"
+            } else {
+                "paused: `standby release` sends them"
+            },
             summary.indexed
         )?;
         for f in &summary.no_envelope {
