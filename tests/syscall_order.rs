@@ -35,8 +35,11 @@ fn parse(trace: &str) -> Vec<Call> {
     let mut open: HashMap<String, (String, String, f64)> = HashMap::new();
     let mut calls = Vec::new();
     for line in trace.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // `PID  SECONDS.MICROS CALL...` (strace pads the pid).
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };
