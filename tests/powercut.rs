@@ -189,6 +189,13 @@ fn power_cuts_while_receiving_and_draining_lose_nothing_acknowledged() {
         Duration::from_secs(60),
         || pf.delivered().len() >= delivered,
     );
+    for m in pf.delivered() {
+        let text = String::from_utf8_lossy(&m);
+        assert!(
+            text.contains("Subject: crash "),
+            "a message reached the primary with its bytes lost to a power cut:\n{text}"
+        );
+    }
     let at = tokens_at(&pf);
     let lost: Vec<&String> = acked.iter().filter(|t| !at.contains_key(*t)).collect();
     let duplicated: usize = at.values().map(|n| n - 1).sum();
