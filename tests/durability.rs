@@ -89,13 +89,26 @@ fn a_second_serve_on_the_same_spool_exits_and_touches_nothing() {
     let before = names(&sb.dir.path().join("data"));
 
     let other = free_port();
-    let out = std::process::Command::new(STANDBY)
+    let mut second = std::process::Command::new(STANDBY)
         .args(["serve", "--config"])
         .arg(&sb.config)
         .env("STANDBY_LISTEN", format!("127.0.0.1:{other}"))
         .env("STANDBY_DSN_SPF", "false")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // It must exit by itself; one that is still running after 20 s is serving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("the second serve is running on the same spool");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second serve ran: {err}");
     assert!(
