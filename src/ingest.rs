@@ -5,6 +5,10 @@
 //! header block for the summary on the way), and [`Incoming::commit`] makes the blob
 //! durable and inserts the index row. Only when `commit` returns may the listener say 250:
 //! a crash at any earlier point leaves at most an unreferenced temporary file.
+//!
+//! The envelope travels with the bytes: [`Stamp`] is handed to the blob writer, which
+//! (on the local spool) makes it durable beside the message in the same flush, so
+//! [`rebuild`] can make the record again from the spool alone (`standby reindex`).
 
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Journal;
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::model::{Envelope, MessageId, Record, Status, Verdicts, redact};
+use crate::model::{Envelope, MessageId, Origin, Record, Status, Verdicts, redact};
 use crate::ports::Storage;
 use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
 use crate::sender::{Job, SenderChecks};
@@ -69,6 +73,7 @@ impl Spool {
         let received_at = self.clock.now();
         let id = MessageId::new(received_at);
         let mut writer = self.storage.blobs.create(id).await?;
+        writer.set_envelope(Stamp::of(id, received_at, &env).to_json());
         let header = received_header(&self.hostname, id, &env, received_at);
         let mut hasher = Sha256::new();
         hasher.update(header.as_bytes());
@@ -90,6 +95,76 @@ impl Spool {
             checks: self.checks.clone(),
         })
     }
+}
+
+/// The envelope kept with a message's bytes (the local spool's `messages/<id>.env`):
+/// everything the record has that the bytes do not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub id: MessageId,
+    pub received_at: DateTime<Utc>,
+    /// MAIL FROM; empty for the null sender.
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub origin: Origin,
+    /// Sent to a journal address.
+    #[serde(default)]
+    pub journal: bool,
+}
+
+impl Stamp {
+    pub fn of(id: MessageId, received_at: DateTime<Utc>, env: &Envelope) -> Self {
+        Stamp {
+            id,
+            received_at,
+            mail_from: env.mail_from.clone(),
+            rcpts: env.rcpts.clone(),
+            origin: env.origin.clone(),
+            journal: env.journal,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// # Errors
+    /// The text is not a stamp (a torn or foreign file): what does not parse, as text.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// The record of a spooled message, made again from its [`Stamp`] and stored bytes as
+/// [`Incoming::commit`] made it at receipt (hash, size, summary, journal filing,
+/// confidential rules), in status `held` (a journal copy: `journal`); what happened to it
+/// since (delivery attempts) is not in the spool, and the caller decides the status.
+pub fn rebuild(
+    stamp: &Stamp,
+    bytes: &[u8],
+    journal: &Journal,
+    retention: &RetentionPolicy,
+) -> Record {
+    let mut head = HeadCapture::default();
+    head.feed(bytes);
+    let mut rec = Record {
+        origin: stamp.origin.clone(),
+        ..Record::held(
+            stamp.id,
+            stamp.mail_from.clone(),
+            stamp.rcpts.clone(),
+            stamp.received_at,
+            (bytes.len() as u64, hex::encode(Sha256::digest(bytes))),
+            head.summary(),
+        )
+    };
+    if stamp.journal {
+        journal.file(&mut rec, head.bytes(), || Some(bytes.to_vec()));
+    }
+    retention.classify(&mut rec, head.bytes());
+    rec
 }
 
 /// A message being received; see the module docs.

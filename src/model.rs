@@ -37,6 +37,12 @@ impl MessageId {
         ))
     }
 
+    /// The receipt time the id carries (to the millisecond).
+    pub fn received_at(&self) -> DateTime<Utc> {
+        let ms = i64::try_from(self.0.timestamp_ms()).unwrap_or(0);
+        DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    }
+
     /// A new id for a message received at `at`.
     pub fn new(at: DateTime<Utc>) -> Self {
         let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);

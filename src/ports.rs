@@ -130,6 +130,11 @@ pub trait BlobWriter: Send {
     fn key(&self) -> Option<String> {
         None
     }
+    /// Keep `envelope` (the ingest's JSON) with the bytes, made durable by the same
+    /// [`commit`](BlobWriter::commit), so the index can be rebuilt from the store alone
+    /// (the local spool: `standby reindex`). Default: not kept (S3 objects are indexed
+    /// by the reconciler from their own metadata).
+    fn set_envelope(&mut self, _envelope: Vec<u8>) {}
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
     /// Make the blob durable (survives a power cut) and visible under its id.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

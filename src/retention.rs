@@ -297,6 +297,9 @@ pub async fn delete(
         .audit
         .append(&AuditEntry::of(rec, "delete", by, reason, now))
         .await?;
+    // Row first (the local index leaves a tombstone with it), then the bytes: a crash
+    // in between leaves a file the next start knows to delete, never a row without its
+    // message. The row goes only if it is still the one the decision was made on.
     match storage.index.delete(rec).await {
         Ok(_) => {}
         Err(e @ (StoreError::LegalHold(_) | StoreError::Changed(_))) => {

@@ -158,7 +158,17 @@ pub async fn serve(
     // Before anything else: a SIGHUP's default action would end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Signal)?;
-    let (storage, recovered) = Storage::serve(&config).await?;
+    // `started` holds the spool's lock until serve returns.
+    let (storage, started) = Storage::serve(&config).await?;
+    let recovered = started.recovered;
+    if !started.orphans.moved.is_empty() || started.orphans.deleted > 0 {
+        tracing::warn!(
+            orphaned = started.orphans.moved.len(),
+            deleted = started.orphans.deleted,
+            "message files without an index record moved to orphans/ (audited; `standby \
+             reindex` indexes them again); files of deleted messages removed"
+        );
+    }
     if recovered.removed > 0 {
         tracing::info!(
             removed = recovered.removed,
@@ -254,6 +264,7 @@ pub async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     }
     tracing::info!("standby stopped");
+    drop(started.lock);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The spool holds other people's mail: the data directory and everything in it are
-//! private to the standby's user, whatever the umask.
+//! private to the standby's user, whatever the umask. `standby serve` runs here under
+//! umask 000 (everything would be world-writable if the code relied on it).
 
 mod common;
 
@@ -16,9 +17,21 @@ fn mode(p: &std::path::Path) -> u32 {
 }
 
 #[test]
-fn spool_directories_and_files_are_private() {
+fn spool_directories_and_files_are_private_under_a_permissive_umask() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
-    let sb = Standby::start(fake.port, "");
+    let mut sb = Standby::configure(fake.port, "", &[]);
+    // `sh -c 'umask 000; exec "$0" "$@"' standby serve --config ...`
+    sb.wrapper = ["sh", "-c", "umask 000; exec \"$0\" \"$@\""]
+        .map(String::from)
+        .to_vec();
+    sb.spawn();
+    // The umask really is 000 in the daemon.
+    let pid = sb.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Umask:\t0000"),
+        "serve does not run under umask 000:\n{status}"
+    );
     sb.send("bob@example.test", &[]);
     let data = sb.dir.path().join("data");
     for dir in [data.clone(), data.join("messages"), data.join("tmp")] {
@@ -29,9 +42,11 @@ fn spool_directories_and_files_are_private() {
         .flatten()
         .map(|e| e.path())
         .collect();
-    assert_eq!(msgs.len(), 1);
-    assert_eq!(mode(&msgs[0]), 0o600, "{}", msgs[0].display());
-    for f in ["index.db", "index.db-wal", "index.db-shm"] {
+    assert_eq!(msgs.len(), 2, "the message and its envelope: {msgs:?}");
+    for m in &msgs {
+        assert_eq!(mode(m), 0o600, "{}", m.display());
+    }
+    for f in ["index.db", "index.db-wal", "index.db-shm", "serve.lock"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
 }

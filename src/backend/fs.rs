@@ -1,19 +1,42 @@
 //! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
 //!
 //! # Guarantees
-//! A blob is written to `<data_dir>/tmp/<id>`, flushed to disk, then renamed to
-//! `messages/<id>.eml`; no reader sees a partial file. When [`BlobWriter::commit`] returns,
-//! the complete file is on disk under one of its two names: the rename itself becomes
-//! durable with the next journal commit, which the index insert that follows forces (one
-//! fsync instead of two). If the power fails before that, the file is still in `tmp/`, and
-//! [`FsBlobStore::recover`] finishes the rename at the next start for every message the
-//! index knows; the other leftovers in `tmp/` were never acknowledged and are removed.
+//! A blob is written to `<data_dir>/tmp/<id>` (and its envelope, when the caller gives
+//! one, to `tmp/<id>.env`), both are flushed to disk, then renamed to
+//! `messages/<id>.eml` and `messages/<id>.env`; no reader sees a partial file. When
+//! [`BlobWriter::commit`] returns, the complete file is on disk under one of its two
+//! names. The rename itself is not fsynced: on ext4 and XFS a later journal commit (the
+//! index insert's) does not make it durable for certain. What holds instead is that the
+//! data is flushed *before* the rename (so a rename that survives a power cut never
+//! points at missing data), and that [`FsBlobStore::recover`] finishes the rename at the
+//! next start for every message the index knows; the other leftovers in `tmp/` were
+//! never acknowledged and are removed.
 //!
-//! # Group commit
+//! # Group commit, and each file's own errors
 //! The data flush is shared by every commit waiting at the same moment ([`Group`]): one
-//! `syncfs(2)` makes the data of all their files durable (elsewhere than Linux, each file
-//! is fsynced). With ten sessions committing at once that is one flush for ten messages,
-//! and each commit still returns only after a flush that started after its own writes.
+//! `syncfs(2)` writes back the data of all their files (elsewhere than Linux, each file
+//! is fsynced), then each file gets its own `fdatasync(2)`. The `syncfs` does the work;
+//! the `fdatasync` of a file already written back is cheap, and it is what reports *that
+//! file's* writeback error (`syncfs` reports none before Linux 5.8, and after that only
+//! against the first file's handle). A file whose flush failed fails its own commit (the
+//! listener answers 451 and nothing is indexed), the others of the batch go on. With ten
+//! sessions committing at once that is one syncfs for ten messages, and each commit still
+//! returns only after a flush that started after its own writes.
+//!
+//! # Deletes, orphans and tombstones
+//! [`BlobStore::delete`] unlinks the message (and its envelope) and then fsyncs
+//! `messages/`, so a deletion that returned survives a power cut. Callers delete the
+//! index row first (the SQLite index leaves a tombstone in the same transaction): a crash
+//! between the two leaves a tombstoned file, which the next start deletes
+//! ([`FsBlobStore::sweep_orphans`]). A file in `messages/` with neither a row nor a
+//! tombstone is an *orphan* (an index restored from an old copy, a row lost): it is
+//! never deleted, only moved to `orphans/` (and audited by the caller), where `standby
+//! reindex` finds it.
+//!
+//! # The envelope travels with the bytes
+//! `messages/<id>.env` holds the message's envelope (JSON written by the ingest), made
+//! durable in the same flush as the message: `standby reindex` rebuilds a lost or corrupt
+//! index from the spool alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,11 +81,96 @@ pub struct Recovered {
     pub removed: usize,
 }
 
+/// What [`FsBlobStore::sweep_orphans`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Orphans {
+    /// Messages with neither an index row nor a tombstone, moved to `orphans/`.
+    pub moved: Vec<MessageId>,
+    /// Files of deleted (tombstoned) messages that a crash left behind, now deleted.
+    pub deleted: usize,
+}
+
+/// The exclusive lock `standby serve` holds on its data directory (`serve.lock`, an
+/// `flock(2)`), for as long as this value lives; the kernel drops it when the process
+/// ends, however it ends.
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: std::fs::File,
+}
+
+/// Lock `data_dir` for one `standby serve` (or `standby reindex`) at a time; creates
+/// `data_dir` if it is missing, and touches nothing else in it.
+///
+/// # Errors
+/// [`StoreError::Io`] naming the lock file: another process holds it (its pid, as it
+/// wrote it in the file, is in the message), or the file cannot be opened.
+pub fn lock_spool(data_dir: &Path) -> Result<SpoolLock, StoreError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if !data_dir.exists() {
+        private_dir(data_dir)?;
+    }
+    let path = data_dir.join("serve.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() {
+            "another process".to_string()
+        } else {
+            format!("another process (pid {holder})")
+        };
+        return Err(StoreError::io(
+            "lock",
+            &path,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{who} is using this data directory ({e}); only one `standby serve` \
+                     may run on a spool: stop it first, or give this one another data_dir"
+                ),
+            ),
+        ));
+    }
+    let pid = std::process::id().to_string();
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()));
+    Ok(SpoolLock { _file: file })
+}
+
+/// fsync a directory, so the entries created, renamed or removed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync", dir, e))
+}
+
+/// The message id a spool file is named after (`<id>`, `<id>.eml`, `<id>.env`).
+fn file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
+    let name = name.to_str()?;
+    let stem = name
+        .strip_suffix(".eml")
+        .or_else(|| name.strip_suffix(".env"))
+        .unwrap_or(name);
+    stem.parse().ok()
+}
+
 /// Message files in a spool directory.
 #[derive(Clone)]
 pub struct FsBlobStore {
     messages: PathBuf,
     tmp: PathBuf,
+    orphans: PathBuf,
     flush: Arc<DataFlush>,
 }
 
@@ -79,27 +187,40 @@ impl std::fmt::Debug for FsBlobStore {
 const GROUP_MAX: usize = 256;
 
 /// The data flush shared by the commits waiting at one moment (see the module docs);
-/// takes a handle on each file.
-type DataFlush = Group<std::fs::File, Result<(), String>>;
+/// each commit submits a handle on each of its files (the message, its envelope).
+type DataFlush = Group<Vec<std::fs::File>, Result<(), String>>;
 
 fn data_flush() -> DataFlush {
-    Group::new(GROUP_MAX, |files: Vec<std::fs::File>| async move {
-        let n = files.len();
-        let res = tokio::task::spawn_blocking(move || sync_files(&files))
+    Group::new(GROUP_MAX, |batch: Vec<Vec<std::fs::File>>| async move {
+        let n = batch.len();
+        tokio::task::spawn_blocking(move || sync_batch(&batch))
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        vec![res.map_err(|e| e.to_string()); n]
+            .unwrap_or_else(|e| vec![Err(format!("flush worker failed: {e}")); n])
     })
 }
 
-/// Make the data of `files` durable: one `syncfs` of their file system on Linux (they
-/// all live in the spool's `tmp/`), else an fsync each.
-fn sync_files(files: &[std::fs::File]) -> std::io::Result<()> {
+/// Make the data of every commit's files durable: one `syncfs` of their file system on
+/// Linux (they all live in the spool's `tmp/`) to write everything back at once, then an
+/// `fdatasync` of each file, which reports that file's own writeback error (see the
+/// module docs). One result per commit: a failed file fails only its commit; a failed
+/// `syncfs` fails them all.
+fn sync_batch(batch: &[Vec<std::fs::File>]) -> Vec<Result<(), String>> {
     #[cfg(target_os = "linux")]
-    if let Some(first) = files.first() {
-        return rustix::fs::syncfs(first).map_err(std::io::Error::from);
+    if let Some(first) = batch.iter().flatten().next()
+        && let Err(e) = rustix::fs::syncfs(first)
+    {
+        let e = std::io::Error::from(e);
+        return vec![Err(format!("syncfs: {e}")); batch.len()];
     }
-    files.iter().try_for_each(std::fs::File::sync_all)
+    batch
+        .iter()
+        .map(|files| {
+            files
+                .iter()
+                .try_for_each(std::fs::File::sync_data)
+                .map_err(|e| format!("fdatasync: {e}"))
+        })
+        .collect()
 }
 
 impl FsBlobStore {
@@ -114,6 +235,7 @@ impl FsBlobStore {
         }
         Ok(FsBlobStore {
             flush: Arc::new(data_flush()),
+            orphans: data_dir.join("orphans"),
             messages,
             tmp,
         })
@@ -155,24 +277,26 @@ impl FsBlobStore {
         let mut out = Recovered::default();
         for entry in entries.flatten() {
             let path = entry.path();
-            let id = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<MessageId>().ok());
-            match id {
+            let name = entry.file_name();
+            let envelope = name.to_str().is_some_and(|n| n.ends_with(".env"));
+            match file_id(&name) {
                 Some(id) if indexed(id)? => {
-                    std::fs::rename(&path, self.path(id))
-                        .map_err(|e| StoreError::io("rename", &path, e))?;
-                    out.restored += 1;
+                    let dest = if envelope {
+                        self.envelope_path(id)
+                    } else {
+                        self.path(id)
+                    };
+                    std::fs::rename(&path, dest).map_err(|e| StoreError::io("rename", &path, e))?;
+                    out.restored += usize::from(!envelope);
                 }
-                _ if remove && std::fs::remove_file(&path).is_ok() => out.removed += 1,
+                _ if remove && std::fs::remove_file(&path).is_ok() => {
+                    out.removed += usize::from(!envelope);
+                }
                 _ => {}
             }
         }
         if out.restored > 0 {
-            std::fs::File::open(&self.messages)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io("fsync", &self.messages, e))?;
+            sync_dir(&self.messages)?;
         }
         Ok(out)
     }
@@ -180,6 +304,148 @@ impl FsBlobStore {
     /// Path of a committed message file.
     pub fn path(&self, id: MessageId) -> PathBuf {
         self.messages.join(format!("{id}.eml"))
+    }
+
+    /// Path of a committed message's envelope (see the module docs).
+    pub fn envelope_path(&self, id: MessageId) -> PathBuf {
+        self.messages.join(format!("{id}.env"))
+    }
+
+    /// `<data_dir>/orphans/`: message files found without an index row.
+    pub fn orphans_dir(&self) -> &Path {
+        &self.orphans
+    }
+
+    /// At start, before accepting connections (see the module docs): delete the files of
+    /// messages whose row was deleted (`tombstoned`), move those with no row (`indexed`
+    /// false) to `orphans/`, never deleting them. Files modified after `settled` are left
+    /// alone: an operator command (a drain queueing a DSN) may be between storing a
+    /// message and indexing it.
+    pub fn sweep_orphans(
+        &self,
+        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
+        tombstoned: impl Fn(MessageId) -> bool,
+        settled: std::time::SystemTime,
+    ) -> Result<Orphans, StoreError> {
+        let mut by_id: std::collections::BTreeMap<MessageId, Vec<(PathBuf, bool)>> =
+            Default::default();
+        for dir in [&self.messages, &self.orphans] {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("list", dir, e)),
+            };
+            for entry in entries.flatten() {
+                if let Some(id) = file_id(&entry.file_name()) {
+                    let in_messages = dir == &self.messages;
+                    by_id
+                        .entry(id)
+                        .or_default()
+                        .push((entry.path(), in_messages));
+                }
+            }
+        }
+        let mut out = Orphans::default();
+        let (mut changed_messages, mut changed_orphans) = (false, false);
+        for (id, files) in by_id {
+            if tombstoned(id) {
+                for (path, in_messages) in files {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            out.deleted +=
+                                usize::from(path.extension() == Some(std::ffi::OsStr::new("eml")))
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StoreError::io("remove", &path, e)),
+                    }
+                    changed_messages |= in_messages;
+                    changed_orphans |= !in_messages;
+                }
+                continue;
+            }
+            let files: Vec<PathBuf> = files
+                .into_iter()
+                .filter(|(_, in_messages)| *in_messages)
+                .map(|(p, _)| p)
+                .collect();
+            if files.is_empty() || indexed(id)? {
+                continue;
+            }
+            let settled_files = files.iter().all(|p| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t <= settled)
+            });
+            if !settled_files {
+                continue;
+            }
+            private_dir(&self.orphans)?;
+            for path in &files {
+                let dest = self.orphans.join(path.file_name().unwrap_or_default());
+                std::fs::rename(path, &dest).map_err(|e| StoreError::io("rename", path, e))?;
+            }
+            changed_messages = true;
+            changed_orphans = true;
+            out.moved.push(id);
+        }
+        if changed_orphans && self.orphans.exists() {
+            sync_dir(&self.orphans)?;
+        }
+        if changed_messages {
+            sync_dir(&self.messages)?;
+        }
+        Ok(out)
+    }
+
+    /// Every message in the spool, `messages/` then `orphans/`: (id, the message file,
+    /// its envelope file's bytes if it has one, whether it is an orphan). For `standby
+    /// reindex`.
+    pub fn spooled(&self) -> Result<Vec<Spooled>, StoreError> {
+        let mut out = Vec::new();
+        for (dir, orphan) in [(&self.messages, false), (&self.orphans, true)] {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("list", dir, e)),
+            };
+            let mut found: Vec<Spooled> = entries
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name();
+                    let id = name.to_str()?.strip_suffix(".eml")?.parse().ok()?;
+                    let envelope = std::fs::read(dir.join(format!("{id}.env"))).ok();
+                    Some(Spooled {
+                        id,
+                        path: entry.path(),
+                        envelope,
+                        orphan,
+                    })
+                })
+                .collect();
+            found.sort_by_key(|s| s.id);
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// Put an orphan back into `messages/` (its envelope with it), durably: `standby
+    /// reindex` does this once the message has its row again.
+    pub fn adopt(&self, id: MessageId) -> Result<(), StoreError> {
+        for (from, to) in [
+            (
+                self.orphans.join(format!("{id}.env")),
+                self.envelope_path(id),
+            ),
+            (self.orphans.join(format!("{id}.eml")), self.path(id)),
+        ] {
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("rename", &from, e)),
+            }
+        }
+        sync_dir(&self.messages)?;
+        sync_dir(&self.orphans)
     }
 
     /// Path of the blob named `key`; names are message ids here, so anything else (a
@@ -190,6 +456,17 @@ impl FsBlobStore {
             _ => Err(StoreError::MissingBlob(key.to_string())),
         }
     }
+}
+
+/// One message file found by [`FsBlobStore::spooled`].
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    pub id: MessageId,
+    pub path: PathBuf,
+    /// The envelope file's bytes (`None`: a message stored before envelopes were kept).
+    pub envelope: Option<Vec<u8>>,
+    /// Found in `orphans/`.
+    pub orphan: bool,
 }
 
 #[async_trait]
@@ -207,6 +484,7 @@ impl BlobStore for FsBlobStore {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             tmp,
             dest: self.path(id),
+            envelope: None,
             flush: self.flush.clone(),
         }))
     }
@@ -225,15 +503,25 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    /// Unlink the message and its envelope, then fsync `messages/` so the deletion is
+    /// durable when this returns (see the module docs for the order with the index).
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let Ok(path) = self.key_path(key) else {
             return Ok(());
         };
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("remove", path, e)),
-        }
+        let dir = self.messages.clone();
+        tokio::task::spawn_blocking(move || {
+            for p in [path.with_extension("env"), path] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", p, e)),
+                }
+            }
+            sync_dir(&dir)
+        })
+        .await
+        .map_err(|e| StoreError::io("remove", &self.messages, std::io::Error::other(e)))?
     }
 
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
@@ -271,7 +559,25 @@ struct FsBlobWriter {
     file: BufWriter<tokio::fs::File>,
     tmp: PathBuf,
     dest: PathBuf,
+    /// Written beside the message at commit, in the same flush.
+    envelope: Option<Vec<u8>>,
     flush: Arc<DataFlush>,
+}
+
+/// Create `path` (0600, never over an existing file) holding `bytes`; the handle, for
+/// the flush.
+async fn write_new(path: &Path, bytes: &[u8]) -> Result<std::fs::File, StoreError> {
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|e| StoreError::io("create", path, e))?;
+    f.write_all(bytes)
+        .await
+        .map_err(|e| StoreError::io("write", path, e))?;
+    Ok(f.into_std().await)
 }
 
 #[async_trait]
@@ -283,11 +589,18 @@ impl BlobWriter for FsBlobWriter {
             .map_err(|e| StoreError::io("write", &self.tmp, e))
     }
 
+    fn set_envelope(&mut self, envelope: Vec<u8>) {
+        self.envelope = Some(envelope);
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         let flushed = |what: &'static str, path: &Path, r: Option<Result<(), String>>| {
             r.unwrap_or_else(|| Err("flush worker stopped".into()))
                 .map_err(|e| StoreError::io(what, path, std::io::Error::other(e)))
         };
+        let env_tmp = self.tmp.with_extension("env");
+        let env_dest = self.dest.with_extension("env");
+        let envelope = self.envelope.take();
         let result = async {
             self.file
                 .flush()
@@ -301,7 +614,16 @@ impl BlobWriter for FsBlobWriter {
                 .map_err(|e| StoreError::io("fsync", &self.tmp, e))?
                 .into_std()
                 .await;
-            flushed("fsync", &self.tmp, self.flush.submit(handle).await)?;
+            let mut files = vec![handle];
+            if let Some(env) = &envelope {
+                files.push(write_new(&env_tmp, env).await?);
+            }
+            flushed("fsync", &self.tmp, self.flush.submit(files).await)?;
+            if envelope.is_some() {
+                tokio::fs::rename(&env_tmp, &env_dest)
+                    .await
+                    .map_err(|e| StoreError::io("rename", &env_tmp, e))?;
+            }
             tokio::fs::rename(&self.tmp, &self.dest)
                 .await
                 .map_err(|e| StoreError::io("rename", &self.tmp, e))
@@ -309,11 +631,56 @@ impl BlobWriter for FsBlobWriter {
         .await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&self.tmp).await;
+            if envelope.is_some() {
+                let _ = tokio::fs::remove_file(&env_tmp).await;
+                let _ = tokio::fs::remove_file(&env_dest).await;
+            }
         }
         result
     }
 
     async fn abort(self: Box<Self>) {
         let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_envelope_is_committed_beside_the_message_and_deleted_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        let id = MessageId::new(Utc::now());
+        let mut w = fs.create(id).await.unwrap();
+        w.set_envelope(b"{\"envelope\":1}\n".to_vec());
+        w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(fs.envelope_path(id)).unwrap(),
+            b"{\"envelope\":1}\n"
+        );
+        assert!(fs.path(id).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        fs.delete(&id.to_string()).await.unwrap();
+        assert!(!fs.path(id).exists() && !fs.envelope_path(id).exists());
+    }
+
+    #[test]
+    fn a_second_lock_on_a_spool_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_spool(dir.path()).unwrap();
+        let err = lock_spool(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("serve.lock"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        lock_spool(dir.path()).unwrap();
     }
 }

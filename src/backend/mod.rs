@@ -23,27 +23,55 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::StoreError;
-use crate::ports::Storage;
+use crate::model::{MessageId, Status};
+use crate::ports::{AuditEntry, AuditLog, Storage};
 
 pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
 pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
 
+/// What opening the storage for `standby serve` found and holds.
+#[derive(Debug, Default)]
+pub struct Started {
+    /// What a crash left in `tmp/`.
+    pub recovered: fs::Recovered,
+    /// What was in `messages/` without a row.
+    pub orphans: fs::Orphans,
+    /// The local spool's lock, held while this lives.
+    pub lock: Option<fs::SpoolLock>,
+}
+
+/// The audit entry for a message file moved to `orphans/`: its status is unknown (no
+/// record), so `held`, as it was when received.
+fn orphan_entry(id: MessageId, now: chrono::DateTime<chrono::Utc>) -> AuditEntry {
+    AuditEntry {
+        at: now,
+        action: "orphan".into(),
+        id,
+        by: "serve".into(),
+        reason: "message file without an index record moved to orphans/ \
+                 (`standby reindex` indexes it again)"
+            .into(),
+        status: Status::Held,
+        received_at: id.received_at(),
+    }
+}
+
 impl Storage {
     /// The storage `standby serve` receives into, by `backend`: the local spool (see
     /// [`Storage::serve_local`]), or S3 + DynamoDB shared with other nodes (see
     /// [`Storage::aws_serve`]), whose check that the table answers comes first so a
     /// wrong table or missing permission stops the start instead of 451-ing every message.
-    pub async fn serve(config: &Config) -> Result<(Storage, fs::Recovered), StoreError> {
+    pub async fn serve(config: &Config) -> Result<(Storage, Started), StoreError> {
         match config.aws_settings() {
             Some(settings) => {
                 let clients = aws::AwsClients::connect(&settings).await;
                 let storage = Self::aws_serve(&clients, &settings);
                 storage.index.load_health(&config.node_id()).await?;
-                Ok((storage, fs::Recovered::default()))
+                Ok((storage, Started::default()))
             }
-            None => Self::serve_local(config),
+            None => Self::serve_local(config).await,
         }
     }
 
@@ -62,20 +90,44 @@ impl Storage {
         }
     }
 
-    /// The local spool for `standby serve`: created if missing, with what a crash left in
-    /// `tmp/` cleaned up: acknowledged messages put in place, partial writes removed (only
-    /// the receiving process may do that, before it accepts connections).
-    pub fn serve_local(config: &Config) -> Result<(Storage, fs::Recovered), StoreError> {
-        let blobs = FsBlobStore::open(config.data_dir())?;
-        let index = SqliteIndex::open(config.data_dir())?;
+    /// The local spool for `standby serve`, locked for this process first (a second
+    /// `serve` on the same data directory stops there, having touched nothing), created
+    /// if missing, with what a crash left cleaned up before any connection is accepted:
+    /// in `tmp/`, acknowledged messages put in place and partial writes removed; in
+    /// `messages/`, files of deleted (tombstoned) messages deleted and files with no
+    /// index row moved to `orphans/` and audited (see [`fs`]).
+    pub async fn serve_local(config: &Config) -> Result<(Storage, Started), StoreError> {
+        let dir = config.data_dir();
+        let lock = fs::lock_spool(dir)?;
+        let blobs = FsBlobStore::open(dir)?;
+        let index = SqliteIndex::open(dir)?;
         let recovered = blobs.recover(|id| index.contains(id))?;
+        let tombstones = index.tombstones()?;
+        // Anything older than this was stored before we started: no process can still be
+        // about to index it.
+        let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let orphans = blobs.sweep_orphans(
+            |id| index.contains(id),
+            |id| tombstones.contains(&id),
+            settled,
+        )?;
+        index.clear_tombstones(&tombstones)?;
+        let audit = FsAuditLog::new(dir);
+        let now = chrono::Utc::now();
+        for id in &orphans.moved {
+            audit.append(&orphan_entry(*id, now)).await?;
+        }
         Ok((
             Storage {
                 blobs: Arc::new(blobs),
                 index: Arc::new(index),
-                audit: Arc::new(FsAuditLog::new(config.data_dir())),
+                audit: Arc::new(audit),
             },
-            recovered,
+            Started {
+                recovered,
+                orphans,
+                lock: Some(lock),
+            },
         ))
     }
 

@@ -10,6 +10,7 @@ mod inspect;
 mod manage;
 mod owner;
 mod recover;
+mod reindex;
 mod time;
 
 use std::path::PathBuf;
@@ -221,6 +222,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the local spool's index from its message files and their envelopes
+    /// (messages/ and orphans/), after the index was lost or corrupted; `standby serve`
+    /// must be stopped. Rebuilt messages are paused unless --held.
+    Reindex {
+        /// Queue rebuilt messages for delivery (held) instead of pausing them.
+        #[arg(long)]
+        held: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete messages from the spool for good.
     Purge {
         #[arg(required = true)]
@@ -372,13 +383,16 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
     {
         return aws::remote_drain(&config, function, *force, *dry_run).await;
     }
+    if let Command::Reindex { held, json } = cli.command {
+        return reindex::reindex(&config, held, json).await;
+    }
     let storage = Storage::open(&config).await?;
     // Operator changes count a drain's lease as ended only this long after its end.
     let skew =
         chrono::Duration::seconds(i64::try_from(config.drain.clock_skew_secs).unwrap_or(i64::MAX));
     let cli_hold = matches!(cli.command, Command::Hold { .. });
     match cli.command {
-        Command::Serve | Command::AwsInit | Command::Doctor { .. } => {
+        Command::Serve | Command::AwsInit | Command::Doctor { .. } | Command::Reindex { .. } => {
             unreachable!("handled above")
         }
         Command::Status { json } => inspect::status(&config, &storage, json).await,

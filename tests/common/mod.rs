@@ -236,6 +236,8 @@ pub struct Standby {
     pub config: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// A command the daemon runs under (`strace ...`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl Standby {
@@ -248,6 +250,14 @@ impl Standby {
     /// Like [`Standby::start`], with `STANDBY_*` overrides in the process environment;
     /// `{port}` in a value stands for the listener's port (`[::1]:{port}`).
     pub fn start_with_env(primary_port: u16, extra: &str, env: &[(&str, &str)]) -> Standby {
+        let mut s = Self::configure(primary_port, extra, env);
+        s.spawn();
+        s
+    }
+
+    /// Like [`Standby::start_with_env`], without starting the process: set `wrapper` or
+    /// prepare the data directory first, then [`Standby::spawn`].
+    pub fn configure(primary_port: u16, extra: &str, env: &[(&str, &str)]) -> Standby {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("standby.toml");
@@ -284,15 +294,14 @@ impl Standby {
         if !env.iter().any(|(k, _)| k == "STANDBY_DSN_SPF") {
             env.push(("STANDBY_DSN_SPF".into(), "false".into()));
         }
-        let mut s = Standby {
+        Standby {
             dir,
             port,
             config,
             env,
             child: None,
-        };
-        s.spawn();
-        s
+            wrapper: Vec::new(),
+        }
     }
 
     /// (Re)start the process on the same config and data.
@@ -302,7 +311,15 @@ impl Standby {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
-        let child = Command::new(STANDBY)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(STANDBY);
+                c
+            }
+            None => Command::new(STANDBY),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("STANDBY_LOG", "standby=debug,info")
@@ -319,6 +336,16 @@ impl Standby {
     pub fn env_set(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The running process's pid (the wrapper's, when there is one).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Wait for the process (after something else ended it); its exit status.
+    pub fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().map(|mut c| c.wait().unwrap())
     }
 
     /// SIGKILL, no chance to clean up.

@@ -1,0 +1,228 @@
+//! The local spool's durability rules, through the real binary:
+//!
+//! - one `standby serve` per data directory (an `flock`): a second one exits with an
+//!   error naming the lock and touches nothing, not even `tmp/`;
+//! - at start, a message file without an index row is moved to `orphans/` and audited,
+//!   never deleted, and the file of a deleted (tombstoned) message is deleted;
+//! - every message file carries its envelope, so `standby reindex` rebuilds a lost or
+//!   corrupt index, orphans included, with the records as they were made at receipt.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use serde_json::Value;
+
+/// Make every file in `dir` look older than the start's 60 s "still being indexed"
+/// window.
+fn age(dir: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(600);
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+        f.set_modified(old).unwrap();
+    }
+}
+
+fn ids(sb: &Standby) -> Vec<String> {
+    let mut v: Vec<String> = sb
+        .list("all")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn sql(sb: &Standby, statement: &str) {
+    let db = rusqlite::Connection::open(sb.dir.path().join("data/index.db")).unwrap();
+    db.execute_batch(statement).unwrap();
+}
+
+/// The fields of a record that receipt decides (not later delivery attempts).
+fn receipt_fields(rec: &Value) -> Value {
+    let mut r = rec.clone();
+    let keep = [
+        "id",
+        "mail_from",
+        "received_at",
+        "size",
+        "sha256",
+        "summary",
+        "origin",
+    ];
+    r.as_object_mut()
+        .unwrap()
+        .retain(|k, _| keep.contains(&k.as_str()));
+    r["rcpts"] = rec["rcpts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["address"].clone())
+        .collect();
+    r
+}
+
+#[test]
+fn a_second_serve_on_the_same_spool_exits_and_touches_nothing() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    sb.send("bob@example.test", &[]);
+    // What a message being received right now looks like.
+    let tmp = sb.dir.path().join("data/tmp");
+    let in_flight = tmp.join("01JAAAAAAAAAAAAAAAAAAAAAAA");
+    std::fs::write(&in_flight, b"Subject: arriving\r\n").unwrap();
+    age(&tmp);
+    let before = names(&sb.dir.path().join("data"));
+
+    let other = free_port();
+    let mut second = std::process::Command::new(STANDBY)
+        .args(["serve", "--config"])
+        .arg(&sb.config)
+        .env("STANDBY_LISTEN", format!("127.0.0.1:{other}"))
+        .env("STANDBY_DSN_SPF", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; one that is still running after 20 s is serving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("the second serve is running on the same spool");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second serve ran: {err}");
+    assert!(
+        err.contains("serve.lock") && err.contains("only one `standby serve`"),
+        "the error names the lock: {err}"
+    );
+    assert!(
+        in_flight.exists(),
+        "the second serve removed an in-flight file"
+    );
+    assert_eq!(names(&sb.dir.path().join("data")), before);
+    // The first one still works.
+    sb.send("bob@example.test", &[]);
+    assert_eq!(sb.list("held").len(), 2);
+}
+
+#[test]
+fn orphans_are_moved_and_audited_and_tombstoned_files_deleted_at_start() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let mut sb = Standby::start(fake.port, "");
+    for i in 0..3 {
+        sb.send("bob@example.test", &["--header", &format!("Subject: m{i}")]);
+    }
+    let all = ids(&sb);
+    let (orphan, deleted, kept) = (&all[0], &all[1], &all[2]);
+    let orphan_rec = sb.json(&["show", orphan, "--json"]);
+    assert!(sb.terminate().success());
+    // A row lost (an index restored from an older copy), and a delete whose file a
+    // crash kept (the row and its tombstone committed, the unlink not).
+    sql(
+        &sb,
+        &format!(
+            "DELETE FROM messages WHERE id = '{orphan}';
+             DELETE FROM messages WHERE id = '{deleted}';
+             INSERT INTO tombstones (id, deleted_at) VALUES ('{deleted}', 0);"
+        ),
+    );
+    let messages = sb.messages_dir();
+    age(&messages);
+    sb.spawn();
+
+    let orphans = sb.dir.path().join("data/orphans");
+    assert_eq!(
+        names(&orphans),
+        vec![format!("{orphan}.eml"), format!("{orphan}.env")],
+        "the orphan and its envelope moved, never deleted"
+    );
+    assert_eq!(
+        names(&messages),
+        vec![format!("{kept}.eml"), format!("{kept}.env")],
+        "the tombstoned message's files deleted, the indexed one kept"
+    );
+    let audit = sb.json(&["audit", "--json"]);
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == orphan.as_str())
+        .unwrap_or_else(|| panic!("no audit entry for the orphan: {audit}"));
+    assert_eq!(entry["action"], "orphan");
+
+    // Reindex (serve stopped: it takes the lock) puts it back, as it was received.
+    let running = sb.cli(&["reindex"]);
+    assert!(!running.status.success(), "reindex ran beside serve");
+    assert!(sb.terminate().success());
+    let report = sb.json(&["reindex", "--json"]);
+    assert_eq!(report["reindexed"], 1, "{report}");
+    assert_eq!(report["adopted"], 1, "{report}");
+    assert!(names(&orphans).is_empty());
+    let rebuilt = sb.json(&["show", orphan, "--json"]);
+    assert_eq!(receipt_fields(&rebuilt), receipt_fields(&orphan_rec));
+    assert_eq!(rebuilt["status"], "paused", "nothing redelivered unasked");
+    let raw = sb.cli(&["show", orphan, "--raw"]).stdout;
+    assert!(String::from_utf8_lossy(&raw).contains("Subject: m"));
+}
+
+#[test]
+fn reindex_rebuilds_a_lost_and_a_corrupt_index_from_the_spool() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let mut sb = Standby::start(fake.port, "");
+    sb.send("bob@example.test", &["--header", "Subject: first"]);
+    sb.send(
+        "carol@example.test",
+        &["--to", "dave@example.test", "--header", "Subject: second"],
+    );
+    let before: Vec<Value> = ids(&sb)
+        .iter()
+        .map(|id| receipt_fields(&sb.json(&["show", id, "--json"])))
+        .collect();
+    assert_eq!(before.len(), 2);
+    assert!(sb.terminate().success());
+    let data = sb.dir.path().join("data");
+
+    // Lost.
+    for f in ["index.db", "index.db-wal", "index.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let report = sb.json(&["reindex", "--held", "--json"]);
+    assert_eq!(report["reindexed"], 2, "{report}");
+    let after: Vec<Value> = ids(&sb)
+        .iter()
+        .map(|id| receipt_fields(&sb.json(&["show", id, "--json"])))
+        .collect();
+    assert_eq!(after, before, "the records as they were made at receipt");
+    assert_eq!(sb.list("held").len(), 2, "--held queues them");
+
+    // Corrupt: moved aside (never deleted), rebuilt.
+    for f in ["index.db-wal", "index.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::write(data.join("index.db"), vec![0x5a; 8192]).unwrap();
+    let report = sb.json(&["reindex", "--json"]);
+    assert_eq!(report["reindexed"], 2, "{report}");
+    let aside = report["set_aside"].as_str().expect("set aside");
+    assert!(Path::new(aside).exists(), "{aside}");
+    assert_eq!(sb.list("paused").len(), 2);
+}

@@ -1,0 +1,270 @@
+//! "250 means durable", checked where it happens: `standby serve` runs under `strace -f`
+//! while swaks and smtp-source send, and for every `250 ... queued as <id>` written to a
+//! client socket the trace must show, finished before that write:
+//!
+//! 1. a `syncfs` that started after the message's file was created, and an `fdatasync`
+//!    of the file and of its envelope (the per-file flush reports that file's own
+//!    writeback error);
+//! 2. after those, the rename of the file into `messages/`;
+//! 3. after the rename, an fsync or fdatasync of the index's WAL (`index.db-wal`): the
+//!    row's commit.
+//!
+//! A SIGKILL test cannot see a missing flush (the page cache survives the process); this
+//! one does. With the flushes removed from `FsBlobStore`'s commit it fails on the first
+//! message.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// One finished system call from the trace.
+#[derive(Debug, Clone)]
+struct Call {
+    name: String,
+    args: String,
+    start: f64,
+    end: f64,
+}
+
+/// Parse `strace -f -ttt -T -y` output, joining `<unfinished ...>` / `resumed` pairs.
+fn parse(trace: &str) -> Vec<Call> {
+    let mut open: HashMap<String, (String, String, f64)> = HashMap::new();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        // `PID  SECONDS.MICROS CALL...` (strace pads the pid).
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Ok(ts) = ts.parse::<f64>() else { continue };
+        let duration = |s: &str| {
+            s.rsplit_once('<')
+                .and_then(|(_, d)| d.trim_end_matches('>').parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            if let Some((name, args)) = head.split_once('(') {
+                open.insert(pid.to_string(), (name.to_string(), args.to_string(), ts));
+            }
+        } else if let Some(tail) = rest.strip_prefix("<... ") {
+            let Some((name, _)) = tail.split_once(" resumed>") else {
+                continue;
+            };
+            if let Some((n, args, start)) = open.remove(pid)
+                && n == name
+            {
+                calls.push(Call {
+                    end: start + duration(rest),
+                    name: n,
+                    args: format!("{args}{tail}"),
+                    start,
+                });
+            }
+        } else if let Some((name, args)) = rest.split_once('(') {
+            calls.push(Call {
+                name: name.to_string(),
+                args: args.to_string(),
+                start: ts,
+                end: ts + duration(rest),
+            });
+        }
+    }
+    calls
+}
+
+/// The path strace's `-y` shows for the call's first (fd) argument.
+fn fd_path(c: &Call) -> &str {
+    c.args
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(p, _)| p)
+        .unwrap_or("")
+}
+
+/// Message ids acknowledged in one socket write, with the write's start time.
+fn acks(calls: &[Call]) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for c in calls {
+        if !matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg") {
+            continue;
+        }
+        let mut rest = c.args.as_str();
+        while let Some(i) = rest.find("250 2.0.0 Ok: queued as ") {
+            rest = &rest[i + "250 2.0.0 Ok: queued as ".len()..];
+            let id: String = rest
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            out.push((id, c.start));
+        }
+    }
+    out
+}
+
+/// Why the trace does not show acknowledgement `id` (written at `at`) as durable, if not.
+fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
+    let before = |c: &&Call| c.end <= at;
+    let tmp = format!("/tmp/{id}");
+    let created = calls
+        .iter()
+        .filter(|c| c.name == "openat" && c.args.contains(&format!("{tmp}\"")))
+        .map(|c| c.start)
+        .next()
+        .ok_or(format!("{id}: its file tmp/{id} was never created"))?;
+    let synced = |suffix: &str| {
+        let path = format!("{tmp}{suffix}");
+        calls
+            .iter()
+            .filter(before)
+            .filter(|c| c.name == "fdatasync" || c.name == "fsync")
+            .filter(|c| fd_path(c).ends_with(&path))
+            .map(|c| c.end)
+            .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))))
+            .ok_or(format!(
+                "{id}: no fdatasync of tmp/{id}{suffix} before its 250"
+            ))
+    };
+    let data = synced("")?;
+    let envelope = synced(".env")?;
+    calls
+        .iter()
+        .filter(before)
+        .find(|c| c.name == "syncfs" && c.start >= created)
+        .ok_or(format!(
+            "{id}: no syncfs after its file was created, before its 250"
+        ))?;
+    let rename = calls
+        .iter()
+        .filter(before)
+        .find(|c| {
+            c.name.starts_with("rename")
+                && c.args.contains(&format!("{tmp}\""))
+                && c.args.contains(&format!("/messages/{id}.eml\""))
+        })
+        .ok_or(format!("{id}: not renamed into messages/ before its 250"))?;
+    if rename.start < data.max(envelope) {
+        return Err(format!("{id}: renamed before its data was flushed"));
+    }
+    calls
+        .iter()
+        .filter(before)
+        .find(|c| {
+            (c.name == "fdatasync" || c.name == "fsync")
+                && fd_path(c).ends_with("/index.db-wal")
+                && c.start >= rename.end
+        })
+        .ok_or(format!("{id}: no WAL fsync between its rename and its 250"))?;
+    Ok(())
+}
+
+#[test]
+fn every_250_comes_after_the_message_and_its_row_are_flushed() {
+    require("strace", "strace");
+    require("smtp-source", "postfix");
+    require("swaks", "swaks");
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    // Health off: only receiving happens under the trace.
+    let mut sb = Standby::configure(fake.port, "", &[("STANDBY_HEALTH_UP_AFTER", "100000")]);
+    let trace = sb.dir.path().join("strace.txt");
+    sb.wrapper = [
+        "strace",
+        "-f",
+        "-ttt",
+        "-T",
+        "-y",
+        "-s",
+        "4096",
+        "-e",
+        "trace=openat,write,writev,sendto,sendmsg,fsync,fdatasync,syncfs,rename,renameat,renameat2",
+        "-o",
+        trace.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    sb.spawn();
+
+    for i in 0..5 {
+        sb.send(
+            "bob@example.test",
+            &["--header", &format!("Subject: swaks {i}")],
+        );
+    }
+    let out = Command::new("smtp-source")
+        .args([
+            "-s",
+            "8",
+            "-m",
+            "80",
+            "-l",
+            "4096",
+            "-f",
+            "load@example.org",
+            "-t",
+            "bob@example.test",
+        ])
+        .arg(format!("127.0.0.1:{}", sb.port))
+        .output()
+        .expect("run smtp-source");
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Stop the daemon (strace ends with it) so the trace is complete.
+    let strace_pid = sb.pid().expect("running");
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let serve_pid = children
+        .split_whitespace()
+        .next()
+        .expect("serve under strace");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", serve_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("serve to stop", Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{serve_pid}")).exists()
+    });
+    sb.wait();
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let calls = parse(&text);
+    let acked = acks(&calls);
+    assert_eq!(
+        acked.len(),
+        85,
+        "every message got its 250 in the trace ({} socket writes seen)",
+        calls.iter().filter(|c| c.name.starts_with("write")).count()
+    );
+    let failures: Vec<String> = acked
+        .iter()
+        .filter_map(|(id, at)| check(&calls, id, *at).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} acknowledgements came before their data was durable, e.g.:\n{}",
+        failures.len(),
+        acked.len(),
+        failures
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "syscall order: {} acknowledgements, each after syncfs + fdatasync of its file and \
+         envelope, its rename, and a WAL fsync",
+        acked.len()
+    );
+}
