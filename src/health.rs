@@ -14,7 +14,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::model::{DrainReport, HealthRecord, LastDrain, PrimaryState, ProbeResult};
+use crate::model::{
+    Breaker, DrainReport, Halt, HealthRecord, LastDrain, PrimaryState, ProbeResult,
+};
 use crate::ports::{Clock, Index, Probe};
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -39,6 +41,7 @@ impl HealthRecord {
             probes_failed: 0,
             reconciled_until: None,
             retained_at: None,
+            halted: None,
         }
     }
 
@@ -163,6 +166,8 @@ pub async fn view(
 }
 
 /// Remember a drain run next to the primary's health, if it tried anything or stopped.
+/// A run stopped by `[drain] breaker_5xx` refusals in a row halts draining
+/// ([`HealthRecord::halted`]) until [`resume`].
 pub async fn record_drain(
     index: &dyn Index,
     (node, address): (&str, &str),
@@ -177,7 +182,37 @@ pub async fn record_drain(
         at,
         report: report.clone(),
     });
+    if report.breaker == Some(Breaker::Refusals5xx) {
+        rec.halted = Some(Halt {
+            at,
+            reason: report.stopped.clone().unwrap_or_default(),
+        });
+    }
     index.save_health(&rec).await
+}
+
+/// Whether draining is halted for `node` by the circuit breaker (and why): runs that
+/// start by themselves (the serve loop, the schedule, `standby drain` without `--force`)
+/// do not start then.
+pub async fn halted(
+    index: &dyn Index,
+    (node, address): (&str, &str),
+) -> Result<Option<Halt>, StoreError> {
+    Ok(load_for(index, node, address).await?.halted)
+}
+
+/// An operator's `--force`: clear the halt, if any (returned), so draining resumes.
+pub async fn resume(
+    index: &dyn Index,
+    (node, address): (&str, &str),
+) -> Result<Option<Halt>, StoreError> {
+    let mut rec = load_for(index, node, address).await?;
+    let Some(halt) = rec.halted.take() else {
+        return Ok(None);
+    };
+    index.save_health(&rec).await?;
+    tracing::info!(primary = address, reason = %halt.reason, "draining resumed by --force");
+    Ok(Some(halt))
 }
 
 #[cfg(test)]

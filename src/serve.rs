@@ -92,6 +92,7 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
         lease: Duration::from_secs(config.drain.lease_secs.max(1)),
         hold_days: config.hold_days,
         rate_per_sec: config.drain.rate_per_sec,
+        breaker_5xx: config.drain.breaker_5xx,
         dsn: DsnSettings {
             enabled: config.dsn.enabled,
             reporting_mta: config
@@ -313,7 +314,8 @@ async fn health_loop(mut l: HealthLoop) {
                 continue;
             }
         };
-        if rec.state != PrimaryState::Up {
+        // Halted by the circuit breaker: only an operator's `standby drain --force` resumes.
+        if rec.state != PrimaryState::Up || rec.halted.is_some() {
             if let Err(e) = l.drainer.expire_old().await {
                 tracing::error!(error = %e, "expiring old messages failed");
             }
