@@ -93,13 +93,17 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     sb.send("bob@example.test", &[]);
     // The probe runs the drain's session: the certificate fails it, so the primary never
     // counts as up, and `status` says why.
-    wait_for("a probe failing on the certificate", Duration::from_secs(20), || {
-        let p = &sb.json(&["status", "--json"])["primary"]["last_probe"];
-        p["ok"] == false
-            && p["detail"]
-                .as_str()
-                .is_some_and(|d| d.to_lowercase().contains("certificate"))
-    });
+    wait_for(
+        "a probe failing on the certificate",
+        Duration::from_secs(20),
+        || {
+            let p = &sb.json(&["status", "--json"])["primary"]["last_probe"];
+            p["ok"] == false
+                && p["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.to_lowercase().contains("certificate"))
+        },
+    );
     assert_ne!(sb.json(&["status", "--json"])["primary"]["state"], "up");
     let report = sb.drain_report(&["--force"], 3);
     assert!(
