@@ -338,6 +338,38 @@ mod tests {
         assert_eq!(moved.reconciled_until, Some(mark));
     }
 
+    #[tokio::test]
+    async fn refusals_halt_draining_until_resumed_and_a_4xx_at_mail_does_not() {
+        use crate::backend::MemIndex;
+        let index = MemIndex::default();
+        let key = ("n", "p:25");
+        let stopped = |kind| DrainReport {
+            failed: 3,
+            stopped: Some("circuit breaker: why".into()),
+            breaker: Some(kind),
+            ..Default::default()
+        };
+        record_drain(&index, key, &stopped(Breaker::Mail4xx), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(halted(&index, key).await.unwrap(), None);
+        record_drain(&index, key, &stopped(Breaker::Refusals5xx), Utc::now())
+            .await
+            .unwrap();
+        let halt = halted(&index, key).await.unwrap().unwrap();
+        assert_eq!(halt.reason, "circuit breaker: why");
+        // A later run that tripped nothing leaves the halt: only --force resumes.
+        let quiet = DrainReport {
+            delivered: 1,
+            ..Default::default()
+        };
+        record_drain(&index, key, &quiet, Utc::now()).await.unwrap();
+        assert!(halted(&index, key).await.unwrap().is_some());
+        assert_eq!(resume(&index, key).await.unwrap(), Some(halt));
+        assert_eq!(halted(&index, key).await.unwrap(), None);
+        assert_eq!(resume(&index, key).await.unwrap(), None);
+    }
+
     #[test]
     fn one_failure_does_not_flip_up() {
         let mut r = HealthRecord::new("n", "p");
