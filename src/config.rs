@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -214,9 +215,84 @@ pub struct PrimaryConfig {
     /// primary on a trusted network that cannot do STARTTLS.
     #[serde(default, deserialize_with = "lenient")]
     pub allow_plaintext_auth: bool,
-    /// Seconds to wait for any reply of the primary.
-    #[serde(default = "default_primary_timeout", deserialize_with = "lenient")]
-    pub timeout_secs: u64,
+    /// Seconds to wait for a reply of the primary, or to hand it a block of data: the
+    /// default of every stage below left unset, and the value for the stages without a
+    /// key of their own (connect, EHLO, STARTTLS and the handshake, AUTH, RSET, QUIT).
+    /// Unset: each stage key takes RFC 5321 §4.5.3.2's value, the others 60 s.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub timeout_secs: Option<u64>,
+    /// The 220 greeting (RFC 5321: 5 minutes).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub greeting_timeout_secs: Option<u64>,
+    /// The reply to MAIL (5 minutes).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub mail_timeout_secs: Option<u64>,
+    /// The reply to each RCPT (5 minutes).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub rcpt_timeout_secs: Option<u64>,
+    /// The 354 to DATA (2 minutes).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub data_timeout_secs: Option<u64>,
+    /// Each block of message data written (3 minutes).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub block_timeout_secs: Option<u64>,
+    /// The reply to the final dot (10 minutes: the primary's content filters run then).
+    /// Past it the message is deferred as ambiguous: the primary may have it.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub dot_timeout_secs: Option<u64>,
+    /// The name the primary's certificate is checked against (and sent as SNI), for an
+    /// `address` that is an IP literal or not the certificate's name. Default: the host
+    /// part of `address`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+}
+
+/// How long the drain waits at each stage of a session with the primary (`[primary]
+/// *_timeout_secs`), resolved: a stage key, else `timeout_secs`, else the stage's
+/// RFC 5321 §4.5.3.2 value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimeouts {
+    /// Connect, EHLO, STARTTLS and the handshake, AUTH, RSET, QUIT.
+    pub other: Duration,
+    pub greeting: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data: Duration,
+    pub block: Duration,
+    pub dot: Duration,
+}
+
+impl StageTimeouts {
+    /// The same limit for every stage (the health probe's `[health] timeout_secs`).
+    pub fn all(d: Duration) -> Self {
+        StageTimeouts {
+            other: d,
+            greeting: d,
+            mail: d,
+            rcpt: d,
+            data: d,
+            block: d,
+            dot: d,
+        }
+    }
+}
+
+impl PrimaryConfig {
+    /// Each stage's timeout (see [`StageTimeouts`]); at least one second each.
+    pub fn timeouts(&self) -> StageTimeouts {
+        let pick = |key: Option<u64>, rfc: u64| {
+            Duration::from_secs(key.or(self.timeout_secs).unwrap_or(rfc).max(1))
+        };
+        StageTimeouts {
+            other: pick(None, default_primary_timeout()),
+            greeting: pick(self.greeting_timeout_secs, 300),
+            mail: pick(self.mail_timeout_secs, 300),
+            rcpt: pick(self.rcpt_timeout_secs, 300),
+            data: pick(self.data_timeout_secs, 120),
+            block: pick(self.block_timeout_secs, 180),
+            dot: pick(self.dot_timeout_secs, 600),
+        }
+    }
 }
 
 /// Where the AWS backend's data lives (from the config or the Lambda environment).
@@ -296,6 +372,13 @@ pub struct HealthConfig {
     pub up_after: u32,
     #[serde(default = "default_down_after", deserialize_with = "lenient")]
     pub down_after: u32,
+    /// Each probe logs in as the drain does (AUTH when configured); `false` skips AUTH
+    /// for a primary that rate-limits logins.
+    #[serde(default = "yes", deserialize_with = "lenient")]
+    pub probe_auth: bool,
+    /// Seconds the probe waits at each stage (connect, greeting, EHLO, STARTTLS, AUTH).
+    #[serde(default = "default_probe_timeout", deserialize_with = "lenient")]
+    pub timeout_secs: u64,
 }
 
 impl Default for HealthConfig {
@@ -304,6 +387,8 @@ impl Default for HealthConfig {
             interval_secs: default_interval(),
             up_after: default_up_after(),
             down_after: default_down_after(),
+            probe_auth: true,
+            timeout_secs: default_probe_timeout(),
         }
     }
 }
@@ -324,6 +409,12 @@ pub struct DrainConfig {
     /// over only once it ended this long ago by the claimer's clock.
     #[serde(default = "default_clock_skew", deserialize_with = "lenient")]
     pub clock_skew_secs: u64,
+    /// Circuit breaker: after this many messages in a row refused with 5xx (no delivery
+    /// in between) the run stops and draining stays halted until `standby drain
+    /// --force`; a primary that came back empty must not fail the whole backlog. 0 turns
+    /// it off.
+    #[serde(default = "default_breaker_5xx", deserialize_with = "lenient")]
+    pub breaker_5xx: u32,
 }
 
 impl Default for DrainConfig {
@@ -333,6 +424,7 @@ impl Default for DrainConfig {
             rate_per_sec: 0,
             lease_secs: default_lease(),
             clock_skew_secs: default_clock_skew(),
+            breaker_5xx: default_breaker_5xx(),
         }
     }
 }
@@ -668,6 +760,12 @@ fn default_hold_days() -> u32 {
 }
 fn default_primary_timeout() -> u64 {
     60
+}
+fn default_probe_timeout() -> u64 {
+    10
+}
+fn default_breaker_5xx() -> u32 {
+    20
 }
 fn default_interval() -> u64 {
     30
@@ -1015,6 +1113,14 @@ impl Config {
                  clear: use tls = \"required\", or set primary.allow_plaintext_auth = true"
                     .into(),
             ));
+        }
+        if let Some(name) = &self.primary.tls_server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err(invalid(format!(
+                "primary.tls_server_name `{name}` is not a DNS name or IP address \
+                 (STANDBY_PRIMARY_TLS_SERVER_NAME)"
+            )));
         }
         if self.primary.address.trim().is_empty() {
             return Err(invalid(

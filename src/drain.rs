@@ -19,12 +19,23 @@
 //! assumption is that the clocks of all drains sharing an index (hosts, laptops, Lambda)
 //! agree to within that margin.
 //!
-//! Each recipient is judged on its own reply: 2xx delivered, 4xx retried with
-//! [`backoff`], 5xx failed with the primary's reply recorded. A session-level failure
-//! (connection refused or lost, timeout, 421) stops the worker that saw it: the primary is
-//! struggling, and hammering it would only turn a backlog into a storm of deferrals.
+//! Each recipient is judged on its own reply: accepted at RCPT (250 or 251 only) and 2xx
+//! after the final dot delivered, 4xx retried with [`backoff`], 5xx failed with the
+//! primary's reply recorded. A session-level failure (connection refused or lost,
+//! timeout, 421) stops the worker that saw it: the primary is struggling, and hammering it
+//! would only turn a backlog into a storm of deferrals. No reply to the final dot is
+//! *ambiguous*: deferred like a 4xx, counted apart ([`DrainReport::ambiguous`]), since the
+//! retry may deliver the message twice.
+//!
+//! A circuit breaker stops the whole run, leaving the rest of the claims untouched, when
+//! the primary answers MAIL with a 4xx (it cannot take mail now: a full disk), or refuses
+//! `[drain] breaker_5xx` messages in a row with 5xx and delivers none in between (it came
+//! back with an empty user directory: without the breaker the whole backlog would fail
+//! and bounce in one run). The latter halts draining until an operator's `--force`
+//! ([`RunOptions::force`], recorded by [`crate::health`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,7 +45,7 @@ use tokio::time::Instant;
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
 use crate::model::{
-    DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
+    Breaker, DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
 };
 use crate::ports::Storage;
 use crate::ports::{
@@ -66,6 +77,8 @@ pub struct DrainSettings {
     pub rate_per_sec: u32,
     /// Bounces for messages that fail here (see [`crate::dsn`]).
     pub dsn: DsnSettings,
+    /// Messages in a row refused with 5xx that stop the run and halt draining; 0: off.
+    pub breaker_5xx: u32,
 }
 
 /// The result of one attempt on one message.
@@ -87,6 +100,8 @@ pub struct RunOptions {
     /// Stop between messages once this turns true (shutdown); unsent claims are released.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     pub progress: Option<Progress>,
+    /// An operator's `--force`: no circuit breaker in this run.
+    pub force: bool,
 }
 
 impl RunOptions {
@@ -148,9 +163,10 @@ pub fn apply(
                 set(rec, i, &reply);
             }
         }
-        Ok(tx) if !tx.mail.is_positive() => {
+        Ok(tx) if tx.mail.code != 250 => {
+            let reply = not_positive(&tx.mail, "MAIL", "250");
             for &i in &pending {
-                set(rec, i, &tx.mail);
+                set(rec, i, &reply);
             }
         }
         Ok(tx) => {
@@ -160,8 +176,8 @@ pub fn apply(
                     .get(n)
                     .cloned()
                     .unwrap_or_else(|| Reply::new(451, "no reply to RCPT from the primary"));
-                if !rcpt_reply.is_positive() {
-                    set(rec, i, &rcpt_reply);
+                if !matches!(rcpt_reply.code, 250 | 251) {
+                    set(rec, i, &not_positive(&rcpt_reply, "RCPT", "250 or 251"));
                     continue;
                 }
                 // Accepted at RCPT: the reply after the final dot decides.
@@ -194,6 +210,95 @@ pub fn apply(
         // Some recipients may be delivered; the message as a whole is deferred. (A
         // journal copy is never claimed.)
         Status::Held | Status::Paused | Status::Journal => Outcome::Deferred,
+    }
+}
+
+/// `reply` as a refusal: a 4xx or 5xx as it is; anything else the command did not accept
+/// with `accepting` (a 235 to RCPT, say) becomes a temporary failure, never a delivery.
+fn not_positive(reply: &Reply, command: &str, accepting: &str) -> Reply {
+    if reply.code >= 400 {
+        return reply.clone();
+    }
+    Reply::new(
+        451,
+        format!("4.5.0 the primary answered {command} with `{reply}`; only {accepting} accepts"),
+    )
+}
+
+/// One run's circuit breaker, shared by its workers.
+struct BreakerState {
+    /// Refusals in a row that trip it; 0: off (and off under `--force`).
+    limit: u32,
+    in_a_row: AtomicU32,
+    tripped: std::sync::Mutex<Option<(Breaker, String)>>,
+}
+
+impl BreakerState {
+    fn new(limit: u32, force: bool) -> Self {
+        BreakerState {
+            limit: if force { 0 } else { limit },
+            in_a_row: AtomicU32::new(0),
+            tripped: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.limit > 0
+    }
+
+    fn tripped(&self) -> Option<(Breaker, String)> {
+        self.tripped.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn trip(&self, kind: Breaker, why: String) {
+        if let Ok(mut g) = self.tripped.lock()
+            && g.is_none()
+        {
+            tracing::warn!(reason = %why, "circuit breaker: stopping the drain run");
+            *g = Some((kind, why));
+        }
+    }
+
+    /// Judge one attempt on `rec` (`tried`: its recipients this attempt was for).
+    fn observe(&self, rec: &Record, tried: &[usize], result: &Result<Transaction, RelayError>) {
+        if !self.armed() {
+            return;
+        }
+        if let Ok(tx) = result
+            && (400..500).contains(&tx.mail.code)
+        {
+            self.trip(
+                Breaker::Mail4xx,
+                format!(
+                    "circuit breaker: the primary answered MAIL with `{}` (it cannot take                      mail now); the run stopped, the other messages left untouched",
+                    redact_text(&tx.mail.to_string())
+                ),
+            );
+            return;
+        }
+        let rcpts: Vec<_> = tried.iter().filter_map(|&i| rec.rcpts.get(i)).collect();
+        if rcpts.iter().any(|r| r.status == RcptStatus::Delivered) {
+            self.in_a_row.store(0, Ordering::SeqCst);
+            return;
+        }
+        if rcpts.is_empty() || !rcpts.iter().all(|r| r.status == RcptStatus::Failed) {
+            return;
+        }
+        let n = self.in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= self.limit {
+            let last = rcpts
+                .iter()
+                .find_map(|r| r.reply.as_deref())
+                .map(redact_text)
+                .unwrap_or_default();
+            self.trip(
+                Breaker::Refusals5xx,
+                format!(
+                    "circuit breaker: {n} messages in a row refused with 5xx ([drain]                      breaker_5xx = {}; last: `{last}`); draining halted, the other messages                      left untouched. If the primary is right to refuse them, `standby drain                      --force` resumes",
+                    self.limit
+                ),
+            );
+        }
     }
 }
 
@@ -408,6 +513,7 @@ impl Drainer {
     /// or every worker stopped on the primary's trouble.
     pub async fn run(&self, opts: RunOptions) -> Result<DrainReport, DrainError> {
         let expired = self.expire_old().await?;
+        let breaker = Arc::new(BreakerState::new(self.settings.breaker_5xx, opts.force));
         let mut workers = tokio::task::JoinSet::new();
         // Claims not yet written back, so those of a worker that panicked (or stopped on
         // an error) are given back at the end instead of waiting out their lease.
@@ -416,7 +522,8 @@ impl Drainer {
             let this = self.clone();
             let opts = opts.clone();
             let claims = claims.clone();
-            workers.spawn(async move { this.worker(opts, claims).await });
+            let breaker = breaker.clone();
+            workers.spawn(async move { this.worker(opts, claims, &breaker).await });
         }
         let mut report = DrainReport {
             failed: expired,
@@ -451,6 +558,7 @@ impl Drainer {
             report.deferred += w.deferred;
             report.failed += w.failed;
             report.aborted += w.aborted;
+            report.ambiguous += w.ambiguous;
             reached |= w.connected;
             any_unreachable |= w.unreachable;
             if report.stopped.is_none() {
@@ -475,6 +583,10 @@ impl Drainer {
         if let Some(e) = first_err {
             return Err(e);
         }
+        if let Some((kind, why)) = breaker.tripped() {
+            report.breaker = Some(kind);
+            report.stopped = Some(why);
+        }
         report.unreachable = any_unreachable && !reached;
         Ok(report)
     }
@@ -494,7 +606,12 @@ impl Drainer {
         tokio::time::sleep_until(slot).await;
     }
 
-    async fn worker(&self, opts: RunOptions, claims: Claims) -> Result<WorkerReport, DrainError> {
+    async fn worker(
+        &self,
+        opts: RunOptions,
+        claims: Claims,
+        breaker: &BreakerState,
+    ) -> Result<WorkerReport, DrainError> {
         let index = &self.storage.index;
         let mut w = WorkerReport::default();
         let mut session: Option<Box<dyn RelaySession>> = None;
@@ -519,7 +636,7 @@ impl Drainer {
             }
             claims.add(&batch, &owner);
             for mut rec in batch {
-                if opts.should_stop() || w.stopped.is_some() {
+                if opts.should_stop() || w.stopped.is_some() || breaker.tripped().is_some() {
                     tracing::debug!(id = %rec.id, "releasing claim");
                     release(index.as_ref(), &rec, &owner).await?;
                     claims.done(rec.id);
@@ -588,9 +705,12 @@ impl Drainer {
                     Err(RelayError::Blob(_)) => false,
                     Err(_) => true,
                     Ok(tx) => {
-                        tx.mail.code == 421 || tx.data.as_ref().is_some_and(|d| d.code == 421)
+                        tx.ambiguous
+                            || tx.mail.code == 421
+                            || tx.data.as_ref().is_some_and(|d| d.code == 421)
                     }
                 };
+                let ambiguous = matches!(&result, Ok(tx) if tx.ambiguous);
                 let tried: Vec<usize> = rec
                     .rcpts
                     .iter()
@@ -599,6 +719,11 @@ impl Drainer {
                     .map(|(i, _)| i)
                     .collect();
                 let outcome = apply(&mut rec, &result, self.clock.now());
+                breaker.observe(&rec, &tried, &result);
+                if ambiguous {
+                    w.ambiguous += 1;
+                    tracing::warn!(id = %rec.id, "no reply to the final dot: the primary may have the message; deferred, and the retry may deliver it twice");
+                }
                 if outcome == Outcome::Failed {
                     // On a storage error the lease stays: the message is tried again
                     // after it runs out, and the bounce decided then.
@@ -640,6 +765,10 @@ impl Drainer {
                 if session_broken {
                     let why = match &result {
                         Err(e) => e.to_string(),
+                        Ok(tx) if tx.ambiguous => tx
+                            .data
+                            .as_ref()
+                            .map_or_else(String::new, ToString::to_string),
                         Ok(_) => "primary closed the session with 421".to_string(),
                     };
                     tracing::warn!(reason = %why, "stopping this drain worker");
@@ -649,7 +778,7 @@ impl Drainer {
                     w.stopped = Some(why);
                 }
             }
-            if w.stopped.is_some() {
+            if w.stopped.is_some() || breaker.tripped().is_some() {
                 break 'claims;
             }
         }
@@ -851,6 +980,7 @@ struct WorkerReport {
     delivered: u64,
     deferred: u64,
     failed: u64,
+    ambiguous: u64,
     connected: bool,
     unreachable: bool,
     stopped: Option<String>,
@@ -949,6 +1079,7 @@ mod tests {
                 mail: Reply::new(250, "ok"),
                 rcpts: replies,
                 data,
+                ambiguous: false,
             })
         }
         async fn quit(self: Box<Self>) {}
@@ -970,6 +1101,7 @@ mod tests {
             clock_skew: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
+            breaker_5xx: 20,
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),
@@ -1076,6 +1208,64 @@ mod tests {
         let done = storage.index.get(id).await.unwrap().unwrap();
         assert_eq!(done.status, Status::Failed);
         assert_eq!(done.attempts, 2);
+    }
+
+    #[test]
+    fn a_positive_reply_other_than_250_or_251_to_rcpt_is_no_acceptance() {
+        let now = Utc::now();
+        let mut rec = Record::held(
+            MessageId::new(now),
+            "s@y.test".into(),
+            vec!["a@x.test".into(), "b@x.test".into()],
+            now,
+            (1, String::new()),
+            Default::default(),
+        );
+        let tx = Transaction {
+            mail: Reply::new(250, "ok"),
+            rcpts: vec![Reply::new(235, "2.7.0 ok"), Reply::new(251, "ok")],
+            data: Some(Reply::new(250, "queued")),
+            ambiguous: false,
+        };
+        apply(&mut rec, &Ok(tx), Utc::now());
+        assert_eq!(rec.rcpts[0].status, RcptStatus::Pending);
+        assert!(rec.rcpts[0].reply.as_deref().unwrap().starts_with("451"));
+        assert_eq!(rec.rcpts[1].status, RcptStatus::Delivered);
+    }
+
+    #[tokio::test]
+    async fn the_breaker_stops_after_5xx_in_a_row_and_force_overrides_it() {
+        let storage = Storage::memory();
+        for _ in 0..6 {
+            hold(&storage, &["gone@x.test"]).await;
+        }
+        let scripted = || {
+            let mut relay = ScriptedRelay::default();
+            relay.rcpt_codes.insert("gone@x.test".into(), 550);
+            Arc::new(relay)
+        };
+        let mut s = settings();
+        s.concurrency = 1;
+        s.breaker_5xx = 2;
+        let d = Drainer::new(
+            storage.clone(),
+            scripted(),
+            Arc::new(SystemClock),
+            s.clone(),
+        );
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!((r.failed, r.breaker), (2, Some(Breaker::Refusals5xx)));
+        assert!(r.stopped.as_deref().unwrap().contains("breaker_5xx = 2"));
+        let c = storage.index.counts().await.unwrap();
+        assert_eq!((c.held, c.failed), (4, 2));
+        let forced = d
+            .run(RunOptions {
+                force: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((forced.failed, forced.breaker), (4, None));
     }
 
     #[tokio::test]

@@ -112,6 +112,10 @@ pub enum RelayError {
     Tls(String),
     #[error("primary broke the protocol: {0}")]
     Protocol(String),
+    /// The configured primary is this standby itself (its listen address, or it greets
+    /// with our hostname): draining into it would loop forever.
+    #[error("primary loops back to myself: {0}; nothing was sent (fix [primary] address)")]
+    Loop(String),
     #[error("connection to the primary failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("reading the stored message: {0}")]

@@ -14,7 +14,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::model::{DrainReport, HealthRecord, LastDrain, PrimaryState, ProbeResult};
+use crate::model::{
+    Breaker, DrainReport, Halt, HealthRecord, LastDrain, PrimaryState, ProbeResult,
+};
 use crate::ports::{Clock, Index, Probe};
 
 /// Thresholds for [`HealthRecord::observe`].
@@ -39,6 +41,7 @@ impl HealthRecord {
             probes_failed: 0,
             reconciled_until: None,
             retained_at: None,
+            halted: None,
         }
     }
 
@@ -163,6 +166,8 @@ pub async fn view(
 }
 
 /// Remember a drain run next to the primary's health, if it tried anything or stopped.
+/// A run stopped by `[drain] breaker_5xx` refusals in a row halts draining
+/// ([`HealthRecord::halted`]) until [`resume`].
 pub async fn record_drain(
     index: &dyn Index,
     (node, address): (&str, &str),
@@ -177,7 +182,37 @@ pub async fn record_drain(
         at,
         report: report.clone(),
     });
+    if report.breaker == Some(Breaker::Refusals5xx) {
+        rec.halted = Some(Halt {
+            at,
+            reason: report.stopped.clone().unwrap_or_default(),
+        });
+    }
     index.save_health(&rec).await
+}
+
+/// Whether draining is halted for `node` by the circuit breaker (and why): runs that
+/// start by themselves (the serve loop, the schedule, `standby drain` without `--force`)
+/// do not start then.
+pub async fn halted(
+    index: &dyn Index,
+    (node, address): (&str, &str),
+) -> Result<Option<Halt>, StoreError> {
+    Ok(load_for(index, node, address).await?.halted)
+}
+
+/// An operator's `--force`: clear the halt, if any (returned), so draining resumes.
+pub async fn resume(
+    index: &dyn Index,
+    (node, address): (&str, &str),
+) -> Result<Option<Halt>, StoreError> {
+    let mut rec = load_for(index, node, address).await?;
+    let Some(halt) = rec.halted.take() else {
+        return Ok(None);
+    };
+    index.save_health(&rec).await?;
+    tracing::info!(primary = address, reason = %halt.reason, "draining resumed by --force");
+    Ok(Some(halt))
 }
 
 #[cfg(test)]
@@ -301,6 +336,38 @@ mod tests {
         let moved = load_for(&index, "lambda", "q:25").await.unwrap();
         assert_eq!(moved.consecutive_ok, 0);
         assert_eq!(moved.reconciled_until, Some(mark));
+    }
+
+    #[tokio::test]
+    async fn refusals_halt_draining_until_resumed_and_a_4xx_at_mail_does_not() {
+        use crate::backend::MemIndex;
+        let index = MemIndex::default();
+        let key = ("n", "p:25");
+        let stopped = |kind| DrainReport {
+            failed: 3,
+            stopped: Some("circuit breaker: why".into()),
+            breaker: Some(kind),
+            ..Default::default()
+        };
+        record_drain(&index, key, &stopped(Breaker::Mail4xx), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(halted(&index, key).await.unwrap(), None);
+        record_drain(&index, key, &stopped(Breaker::Refusals5xx), Utc::now())
+            .await
+            .unwrap();
+        let halt = halted(&index, key).await.unwrap().unwrap();
+        assert_eq!(halt.reason, "circuit breaker: why");
+        // A later run that tripped nothing leaves the halt: only --force resumes.
+        let quiet = DrainReport {
+            delivered: 1,
+            ..Default::default()
+        };
+        record_drain(&index, key, &quiet, Utc::now()).await.unwrap();
+        assert!(halted(&index, key).await.unwrap().is_some());
+        assert_eq!(resume(&index, key).await.unwrap(), Some(halt));
+        assert_eq!(halted(&index, key).await.unwrap(), None);
+        assert_eq!(resume(&index, key).await.unwrap(), None);
     }
 
     #[test]

@@ -624,6 +624,29 @@ pub struct HealthRecord {
     /// `[retention] interval_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_at: Option<DateTime<Utc>>,
+    /// Draining halted by the circuit breaker (`[drain] breaker_5xx` refusals in a row):
+    /// no run starts by itself until `standby drain --force` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<Halt>,
+}
+
+/// Why and since when draining is halted (see [`HealthRecord::halted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What tripped the drain's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Breaker {
+    /// A 4xx at MAIL: the primary cannot take mail now (disk full); the run stops, the
+    /// next one tries again.
+    Mail4xx,
+    /// `[drain] breaker_5xx` messages in a row refused with 5xx: draining halts until
+    /// `standby drain --force`.
+    Refusals5xx,
 }
 
 // ---- Drain runs (see `crate::drain`) ----
@@ -638,9 +661,16 @@ pub struct DrainReport {
     /// (another claim has it now); nothing was delivered or written back.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub aborted: u64,
+    /// Of the deferred: no reply came to the final dot, so the primary may have them and
+    /// the next attempt may deliver them twice.
+    #[serde(default)]
+    pub ambiguous: u64,
     /// Why workers stopped early (the primary's trouble), if they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The circuit breaker stopped the run (`stopped` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
     /// The primary could not be reached at all during the run.
     #[serde(skip)]
     pub unreachable: bool,

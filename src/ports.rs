@@ -438,6 +438,10 @@ pub struct Transaction {
     /// The reply to DATA when it was refused, else the reply after the final dot;
     /// `None` when DATA was never sent because no recipient was accepted.
     pub data: Option<Reply>,
+    /// The final dot was sent and no reply came (timeout, lost connection): the primary
+    /// may have the message. `data` then holds a 4xx that says so, and the session is
+    /// unusable.
+    pub ambiguous: bool,
 }
 
 /// Opens sessions to the primary.

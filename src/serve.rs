@@ -93,6 +93,7 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
         clock_skew: Duration::from_secs(config.drain.clock_skew_secs),
         hold_days: config.hold_days,
         rate_per_sec: config.drain.rate_per_sec,
+        breaker_5xx: config.drain.breaker_5xx,
         dsn: DsnSettings {
             enabled: config.dsn.enabled,
             reporting_mta: config
@@ -325,7 +326,8 @@ async fn health_loop(mut l: HealthLoop) {
                 continue;
             }
         };
-        if rec.state != PrimaryState::Up {
+        // Halted by the circuit breaker: only an operator's `standby drain --force` resumes.
+        if rec.state != PrimaryState::Up || rec.halted.is_some() {
             if let Err(e) = l.drainer.expire_old().await {
                 tracing::error!(error = %e, "expiring old messages failed");
             }

@@ -91,9 +91,20 @@ fn unverifiable_primary_certificate_is_not_used_when_tls_is_required() {
     // No ca_file: the test CA is unknown, so verification must fail and nothing is sent.
     let sb = Standby::start_with_env(pf.port, "", &[("STANDBY_PRIMARY_TLS", "required")]);
     sb.send("bob@example.test", &[]);
-    wait_for("the primary to be up", Duration::from_secs(20), || {
-        sb.json(&["status", "--json"])["primary"]["state"] == "up"
-    });
+    // The probe runs the drain's session: the certificate fails it, so the primary never
+    // counts as up, and `status` says why.
+    wait_for(
+        "a probe failing on the certificate",
+        Duration::from_secs(20),
+        || {
+            let p = &sb.json(&["status", "--json"])["primary"]["last_probe"];
+            p["ok"] == false
+                && p["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.to_lowercase().contains("certificate"))
+        },
+    );
+    assert_ne!(sb.json(&["status", "--json"])["primary"]["state"], "up");
     let report = sb.drain_report(&["--force"], 3);
     assert!(
         report["stopped"]
@@ -160,7 +171,12 @@ fn drain_authenticates_with_plain_and_login() {
 fn wrong_password_stops_the_drain_and_keeps_the_mail() {
     let (fake, sb) = submission_primary(FakeAuth::Plain, "wrong");
     sb.send("bob@example.test", &[]);
-    let report = sb.drain_report(&[], 3);
+    // The probe logs in as the drain does: the wrong password fails it, nothing is sent.
+    let out = sb.cli(&["drain"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AUTH: 535"), "{err}");
+    let report = sb.drain_report(&["--force"], 3);
     assert!(
         report["stopped"].as_str().unwrap().contains("AUTH: 535"),
         "{report}"

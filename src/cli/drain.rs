@@ -49,11 +49,26 @@ pub(super) async fn drain(
         }
         return Ok(());
     }
-    if !force && let Err(e) = relay.probe().await {
-        return Err(CliError::PrimaryDown(format!(
-            "primary {} is not answering ({e}); nothing was sent. Use --force to try anyway.",
-            relay.address()
-        )));
+    let index = storage.index.as_ref();
+    let key = (config.node_id(), relay.address().to_string());
+    if force {
+        if let Some(halt) = crate::health::resume(index, (&key.0, &key.1)).await? {
+            tracing::warn!(reason = %halt.reason, "--force: resuming a drain the circuit breaker halted");
+        }
+    } else {
+        if let Some(halt) = crate::health::halted(index, (&key.0, &key.1)).await? {
+            return Err(CliError::PrimaryDown(format!(
+                "draining is halted since {}: {}; nothing was sent",
+                halt.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                halt.reason
+            )));
+        }
+        if let Err(e) = relay.probe().await {
+            return Err(CliError::PrimaryDown(format!(
+                "primary {} is not answering ({e}); nothing was sent. Use --force to try anyway.",
+                relay.address()
+            )));
+        }
     }
     let bar = if !json && std::io::stderr().is_terminal() {
         let total = storage.index.counts().await?.held;
@@ -77,6 +92,7 @@ pub(super) async fn drain(
     let report = drainer
         .run(RunOptions {
             progress,
+            force,
             ..Default::default()
         })
         .await
@@ -87,15 +103,26 @@ pub(super) async fn drain(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let index = storage.index.as_ref();
-    let key = (config.node_id(), relay.address().to_string());
     crate::health::record_drain(index, (&key.0, &key.1), &report, chrono::Utc::now()).await?;
+    if force && report.breaker.is_none() {
+        // A probe of `standby serve` that began before the resume above may have saved
+        // the halt back meanwhile.
+        crate::health::resume(index, (&key.0, &key.1)).await?;
+    }
     super::print_summary(json, &report, |out| {
         writeln!(
             out,
             "delivered {}, deferred {}, failed {}",
             report.delivered, report.deferred, report.failed
         )?;
+        if report.ambiguous > 0 {
+            writeln!(
+                out,
+                "{} of the deferred got no reply to the final dot: the primary may have them, \
+                 and the next attempt may deliver them twice",
+                report.ambiguous
+            )?;
+        }
         if let Some(why) = &report.stopped {
             writeln!(out, "stopped early: {why}")?;
         }

@@ -25,6 +25,9 @@ struct PrimaryView {
     last_drain: Option<LastDrain>,
     probes_ok: u64,
     probes_failed: u64,
+    /// Draining halted by the circuit breaker until `standby drain --force`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    halted: Option<crate::model::Halt>,
 }
 
 #[derive(Serialize)]
@@ -112,6 +115,7 @@ impl From<crate::model::HealthRecord> for PrimaryView {
             last_drain: h.last_drain,
             probes_ok: h.probes_ok,
             probes_failed: h.probes_failed,
+            halted: h.halted,
         }
     }
 }
@@ -171,10 +175,26 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             d.report.deferred,
             d.report.failed
         )?;
+        if d.report.ambiguous > 0 {
+            write!(
+                out,
+                " ({} without a reply to the final dot: possible duplicates)",
+                d.report.ambiguous
+            )?;
+        }
         match &d.report.stopped {
             Some(why) => writeln!(out, "; stopped: {why}")?,
             None => writeln!(out)?,
         }
+    }
+    if let Some(h) = &p.halted {
+        writeln!(
+            out,
+            "halted    since {} ({}): {}",
+            time(h.at),
+            ago(h.at),
+            h.reason
+        )?;
     }
     // Several nodes share this index (serve nodes, the drain function): one line each.
     if view.nodes.len() > 1 {

@@ -31,8 +31,16 @@ pub async fn login(config: &Config) -> Check {
             match (&l.tls_error, config.primary.tls) {
                 (Some(e), _) => Check::warn(
                     name,
-                    format!("{detail}; STARTTLS failed: {e}"),
-                    "fix the primary's certificate (or primary.ca_file), then set primary.tls = \"required\"",
+                    format!("{detail}; the TLS handshake failed, plain text: {e}"),
+                    "enable TLS 1.2 or 1.3 on the primary's listener, then set primary.tls = \"required\"",
+                ),
+                (None, _) if l.cert_error.is_some() => Check::warn(
+                    name,
+                    format!(
+                        "{detail}, but the certificate does not verify ({}): encrypted, not authenticated",
+                        l.cert_error.as_deref().unwrap_or_default()
+                    ),
+                    "fix the primary's certificate (or primary.ca_file, or primary.tls_server_name for an IP address), then set primary.tls = \"required\"",
                 ),
                 (None, TlsMode::Opportunistic) if !l.tls => Check::warn(
                     name,

@@ -33,6 +33,11 @@ use crate::smtp::SmtpRelay;
 /// Claims stop when less than this is left of the invocation.
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 
+/// No reply of the primary is waited for in the last this much of the invocation (a
+/// 10-minute `dot_timeout_secs` would outlast it): the write-back of the message in hand
+/// needs the time. Cut short after the final dot, the message is deferred as ambiguous.
+pub const SESSION_MARGIN: Duration = Duration::from_secs(10);
+
 /// The invocation payload (anything else, e.g. the scheduler's `{}`, means defaults).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(default)]
@@ -55,6 +60,9 @@ pub struct DrainSummary {
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
+    /// Of the deferred: no reply to the final dot (the primary may have them).
+    #[serde(default)]
+    pub ambiguous: u64,
     pub reconciled: u64,
     /// The primary's state after this invocation's probe: `up`, `down`, `unknown`.
     pub primary: String,
@@ -144,9 +152,16 @@ impl DrainFunction {
             req.dry_run,
         )
         .await?;
+        // This invocation's relay: no reply waited for past its end.
+        let relay = Arc::new(
+            self.relay
+                .as_ref()
+                .clone()
+                .with_deadline(deadline.map(|d| d.checked_sub(SESSION_MARGIN).unwrap_or(d))),
+        );
         let drainer = Drainer::new(
             self.storage.clone(),
-            self.relay.clone(),
+            relay.clone(),
             self.clock.clone(),
             drain_settings(&self.config),
         );
@@ -162,7 +177,7 @@ impl DrainFunction {
             return Ok(summary);
         }
         let h = health::check(
-            self.relay.as_ref(),
+            relay.as_ref(),
             index,
             self.clock.as_ref(),
             (&node, &address),
@@ -182,11 +197,22 @@ impl DrainFunction {
             );
             tracing::warn!("{why}");
             summary.stopped = Some(why);
+        } else if let (Some(halt), false) = (&h.halted, req.force) {
+            summary.stopped = Some(format!(
+                "draining halted since {}: {}",
+                halt.at.to_rfc3339(),
+                halt.reason
+            ));
+            summary.failed = drainer.expire_old().await?;
         } else if h.state == PrimaryState::Up || req.force {
+            if req.force {
+                health::resume(index, (&node, &address)).await?;
+            }
             let opts = RunOptions {
                 deadline: deadline.map(|d| {
                     tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))
                 }),
+                force: req.force,
                 ..Default::default()
             };
             let report = drainer.run(opts).await.map_err(|e| match e {
@@ -202,6 +228,7 @@ impl DrainFunction {
             summary.delivered = report.delivered;
             summary.deferred = report.deferred;
             summary.failed = report.failed;
+            summary.ambiguous = report.ambiguous;
             summary.stopped = report.stopped;
         } else {
             summary.failed = drainer.expire_old().await?;

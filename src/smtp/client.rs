@@ -3,10 +3,27 @@
 //! The primary is always reached at its configured address, never through an MX lookup
 //! (which would point back at us). Sessions are reused for many messages; with
 //! PIPELINING the MAIL, RCPT and DATA commands go out in one write (RFC 2920). Replies are
-//! parsed by `smtp-proto`; every read has a timeout. Per-recipient refusals are returned
-//! in the [`Transaction`] for the drain to judge; only session-level failures are errors.
+//! parsed by `smtp-proto`. Per-recipient refusals are returned in the [`Transaction`] for
+//! the drain to judge; only session-level failures are errors.
+//!
+//! Read as an attacker on the path would, every reply is suspect:
+//! - bytes that arrive with the `220` to STARTTLS, before the handshake, are an injection
+//!   ("NO STARTTLS", USENIX Security 2021): the session is dropped, never resumed in TLS;
+//! - every reply must answer the command it is matched with: a byte left over where none
+//!   can be (after the 354, before a new transaction) drops the session;
+//! - only 354 continues DATA, only 250/251 accepts a RCPT and only 250 a MAIL; anything
+//!   else positive drops the session before the final dot;
+//! - each stage has its own timeout (RFC 5321 §4.5.3.2, [`StageTimeouts`]), bounded by an
+//!   optional deadline (the Lambda's); a timeout or a lost connection after the final dot
+//!   is *ambiguous* ([`Transaction::ambiguous`]): the primary may have the message;
+//! - a primary at one of our own listen addresses, or that greets with our hostname, is
+//!   this standby itself: [`RelayError::Loop`].
+//!
+//! TLS: `required` verifies the certificate; `opportunistic` encrypts even when it does not
+//! verify (noted, see [`TlsState`]) and falls back to plain text only when the handshake
+//! itself fails, as Postfix's `may`.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,11 +35,13 @@ use smtp_proto::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::data::dot_stuff;
 use super::server::Io;
-use crate::config::{Config, TlsMode};
+use super::tls::{CertPolicy, ClientTls};
+use crate::config::{Config, StageTimeouts, TlsMode};
 use crate::error::RelayError;
 use crate::ports::{BlobReader, Probe, Relay, RelaySession, Reply, Transaction};
 
@@ -35,10 +54,20 @@ pub struct SmtpRelay {
     addr: String,
     helo: String,
     tls_mode: TlsMode,
-    tls: Arc<rustls::ClientConfig>,
+    tls: ClientTls,
+    /// `[primary] tls_server_name`, else the host part of `addr`.
+    server_name: Option<String>,
     credentials: Option<(String, String)>,
     allow_plaintext_auth: bool,
-    timeout: Duration,
+    timeouts: StageTimeouts,
+    /// The health probe's: `[health] timeout_secs` at every stage.
+    probe_timeouts: StageTimeouts,
+    /// The probe logs in (`[health] probe_auth`).
+    probe_auth: bool,
+    /// This standby's listen addresses: a primary among them is a loop.
+    own: Vec<SocketAddr>,
+    /// No reply is waited for past this instant (the Lambda's invocation deadline).
+    deadline: Option<Instant>,
 }
 
 /// The value of the variable named by `primary.auth_password_env`, when AUTH is configured.
@@ -89,11 +118,25 @@ impl SmtpRelay {
             addr: config.primary_addr(),
             helo: config.hostname.clone(),
             tls_mode: p.tls,
-            tls: super::tls::client_config(p.tls_verify, p.ca_file.as_deref())?,
+            tls: ClientTls::new(p.tls_verify, p.ca_file.as_deref())?,
+            server_name: p.tls_server_name.clone(),
             credentials,
             allow_plaintext_auth: p.allow_plaintext_auth,
-            timeout: Duration::from_secs(p.timeout_secs.max(1)),
+            timeouts: p.timeouts(),
+            probe_timeouts: StageTimeouts::all(Duration::from_secs(
+                config.health.timeout_secs.max(1),
+            )),
+            probe_auth: config.health.probe_auth,
+            own: config.listen.iter().copied().collect(),
+            deadline: None,
         })
+    }
+
+    /// The same relay, waiting for no reply past `deadline` (a Lambda invocation's end):
+    /// a stage timeout longer than what is left is cut short.
+    pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        self.deadline = deadline.map(Instant::from_std);
+        self
     }
 
     pub fn address(&self) -> &str {
@@ -101,18 +144,63 @@ impl SmtpRelay {
     }
 
     fn server_name(&self) -> Result<ServerName<'static>, RelayError> {
-        let host = self
-            .addr
-            .rsplit_once(':')
-            .map_or(self.addr.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = match &self.server_name {
+            Some(name) => name.as_str(),
+            None => self
+                .addr
+                .rsplit_once(':')
+                .map_or(self.addr.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+        };
         ServerName::try_from(host.to_string())
             .map_err(|e| RelayError::Tls(format!("bad server name `{host}`: {e}")))
     }
 
-    async fn open(&self, tls: bool, auth: bool) -> Result<SmtpSession, RelayError> {
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+    /// `d`, cut short to what is left before the deadline, if there is one.
+    fn bounded(&self, d: Duration) -> Duration {
+        self.deadline
+            .map_or(d, |dl| d.min(dl.saturating_duration_since(Instant::now())))
+    }
+
+    /// Whether `name` (from a greeting or an EHLO reply) is our own hostname.
+    fn is_me(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        !name.is_empty() && name.eq_ignore_ascii_case(self.helo.trim_end_matches('.'))
+    }
+
+    /// Resolve the primary's address and refuse one of our own listen addresses.
+    async fn resolve(&self, t: &StageTimeouts) -> Result<Vec<SocketAddr>, RelayError> {
+        let connect_err = |source| RelayError::Connect {
+            addr: self.addr.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(
+            self.bounded(t.other),
+            tokio::net::lookup_host(self.addr.as_str()),
+        )
+        .await
+        .map_err(|_| RelayError::Timeout { stage: "connect" })?
+        .map_err(connect_err)?
+        .collect();
+        if let Some(a) = addrs.iter().find(|a| is_own(**a, &self.own)) {
+            return Err(RelayError::Loop(format!(
+                "{} ({a}) is where this standby listens",
+                self.addr
+            )));
+        }
+        Ok(addrs)
+    }
+
+    async fn open(
+        &self,
+        tls: bool,
+        auth: bool,
+        t: &StageTimeouts,
+    ) -> Result<SmtpSession, RelayError> {
+        let addrs = self.resolve(t).await?;
+        let connect = TcpStream::connect(addrs.as_slice());
+        let stream = tokio::time::timeout(self.bounded(t.other), connect)
             .await
             .map_err(|_| RelayError::Timeout { stage: "connect" })?
             .map_err(|source| RelayError::Connect {
@@ -124,43 +212,79 @@ impl SmtpRelay {
             io: Box::new(stream),
             buf: Vec::new(),
             caps: EhloResponse::default(),
-            timeout: self.timeout,
+            timeouts: *t,
+            deadline: self.deadline,
             dirty: false,
-            encrypted: false,
+            broken: false,
+            tls: TlsState::Plain,
         };
-        let banner = s.reply("banner").await?;
+        let banner = s.reply("greeting", t.greeting).await?;
         if banner.code != 220 {
-            return Err(refused("banner", banner));
+            return Err(refused("greeting", banner));
+        }
+        if let Some(host) = banner.text.split_whitespace().next()
+            && self.is_me(host)
+        {
+            return Err(RelayError::Loop(format!(
+                "{} greets as `{host}`, this standby's own hostname",
+                self.addr
+            )));
         }
         s.ehlo(&self.helo).await?;
+        self.check_ehlo_name(&s)?;
         if tls && s.caps.capabilities & EXT_START_TLS != 0 {
-            s.cmd("STARTTLS\r\n").await?;
-            let r = s.reply("STARTTLS").await?;
+            s.cmd("STARTTLS\r\n", t.other).await?;
+            let r = s.reply("STARTTLS", t.other).await?;
             if r.code != 220 {
                 return Err(refused("STARTTLS", r));
             }
+            // Nothing may follow the 220 before the handshake: whatever did was sent in
+            // the clear and would be read as replies inside TLS.
+            if !s.buf.is_empty() {
+                return Err(RelayError::Protocol(format!(
+                    "{} bytes arrived after the 220 to STARTTLS, before the TLS handshake \
+                     (a reply injection on the path, or a broken primary); session dropped",
+                    s.buf.len()
+                )));
+            }
+            let policy = match self.tls_mode {
+                TlsMode::Required => CertPolicy::Verify,
+                _ => CertPolicy::Encrypt,
+            };
+            let (config, note) = self
+                .tls
+                .config(policy)
+                .map_err(|e| RelayError::Tls(e.to_string()))?;
             let plain = std::mem::replace(
                 &mut s.io,
                 Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
             );
-            let connector = TlsConnector::from(self.tls.clone());
-            let stream =
-                tokio::time::timeout(self.timeout, connector.connect(self.server_name()?, plain))
-                    .await
-                    .map_err(|_| RelayError::Timeout {
-                        stage: "TLS handshake",
-                    })?
-                    .map_err(|e| RelayError::Tls(e.to_string()))?;
+            let connector = TlsConnector::from(config);
+            let handshake = connector.connect(self.server_name()?, plain);
+            let stream = tokio::time::timeout(self.bounded(t.other), handshake)
+                .await
+                .map_err(|_| RelayError::Timeout {
+                    stage: "TLS handshake",
+                })?
+                .map_err(|e| RelayError::Tls(e.to_string()))?;
             s.io = Box::new(stream);
-            s.encrypted = true;
+            s.tls = match note.outcome() {
+                Some(Ok(())) => TlsState::Verified,
+                Some(Err(why)) => {
+                    tracing::warn!(primary = %self.addr, reason = %why, "the primary's certificate does not verify; encrypting without authentication (tls = \"opportunistic\")");
+                    TlsState::Unverified(why)
+                }
+                None => TlsState::Unchecked,
+            };
             s.ehlo(&self.helo).await?;
+            self.check_ehlo_name(&s)?;
         } else if tls && self.tls_mode == TlsMode::Required {
             return Err(RelayError::Tls(
                 "primary does not offer STARTTLS and primary.tls = \"required\"".into(),
             ));
         }
         if auth && let Some((user, pass)) = &self.credentials {
-            if !s.encrypted && !self.allow_plaintext_auth {
+            if !s.tls.encrypted() && !self.allow_plaintext_auth {
                 return Err(RelayError::Tls(
                     "not sending the AUTH password over a connection without TLS (the primary \
                      offered no STARTTLS or it failed); set primary.allow_plaintext_auth = true \
@@ -172,6 +296,53 @@ impl SmtpRelay {
         }
         Ok(s)
     }
+
+    fn check_ehlo_name(&self, s: &SmtpSession) -> Result<(), RelayError> {
+        if self.is_me(&s.caps.hostname) {
+            return Err(RelayError::Loop(format!(
+                "{} answers EHLO as `{}`, this standby's own hostname",
+                self.addr, s.caps.hostname
+            )));
+        }
+        Ok(())
+    }
+
+    /// A session as `primary.tls` says: with `opportunistic`, plain text again when the
+    /// TLS handshake itself fails (logged; the session's [`TlsState`] says so).
+    async fn session(&self, auth: bool, t: &StageTimeouts) -> Result<SmtpSession, RelayError> {
+        match self.tls_mode {
+            TlsMode::None => self.open(false, auth, t).await,
+            TlsMode::Required => self.open(true, auth, t).await,
+            // Only a failed handshake (rustls speaks TLS 1.2 and 1.3 only; old primaries
+            // exist): a certificate that does not verify is used encrypted, above.
+            TlsMode::Opportunistic => match self.open(true, auth, t).await {
+                Err(RelayError::Tls(e)) => {
+                    tracing::warn!(primary = %self.addr, error = %e, "STARTTLS with the primary failed; retrying without TLS (tls = \"opportunistic\")");
+                    let mut s = self.open(false, auth, t).await?;
+                    s.tls = TlsState::Fallback(e);
+                    Ok(s)
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+/// Whether `target` is one of `own` listen addresses (an unspecified one, `0.0.0.0:25`,
+/// stands for every local address of its family on that port).
+fn is_own(target: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|l| {
+        l.port() == target.port()
+            && (l.ip() == target.ip()
+                || (l.ip().is_unspecified()
+                    && l.is_ipv4() == target.is_ipv4()
+                    && is_local_ip(target.ip())))
+    })
+}
+
+/// Whether `ip` is an address of this machine: loopback, or one a socket can bind to.
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 fn refused(stage: &'static str, r: Reply) -> RelayError {
@@ -185,20 +356,52 @@ fn refused(stage: &'static str, r: Reply) -> RelayError {
 #[async_trait]
 impl Relay for SmtpRelay {
     async fn connect(&self) -> Result<Box<dyn RelaySession>, RelayError> {
-        let session = match self.tls_mode {
-            TlsMode::None => self.open(false, true).await?,
-            TlsMode::Required => self.open(true, true).await?,
-            // Opportunistic: if the handshake fails, deliver in the clear rather than not
-            // at all (what Postfix does with `smtp_tls_security_level = may`).
-            TlsMode::Opportunistic => match self.open(true, true).await {
-                Err(RelayError::Tls(e)) => {
-                    tracing::warn!(error = %e, "STARTTLS with the primary failed; retrying without TLS");
-                    self.open(false, true).await?
-                }
-                other => other?,
-            },
-        };
-        Ok(Box::new(session))
+        Ok(Box::new(self.session(true, &self.timeouts).await?))
+    }
+}
+
+/// What became of TLS in a session with the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsState {
+    /// No STARTTLS (`tls = "none"`, or the primary offers none).
+    Plain,
+    /// STARTTLS; the certificate verified.
+    Verified,
+    /// STARTTLS; the certificate did not verify (why) and was used anyway (`opportunistic`).
+    Unverified(String),
+    /// STARTTLS; no certificate checked (`tls_verify = false`).
+    Unchecked,
+    /// The TLS handshake failed (why); the session went on in plain text (`opportunistic`).
+    Fallback(String),
+}
+
+impl TlsState {
+    pub fn encrypted(&self) -> bool {
+        matches!(
+            self,
+            TlsState::Verified | TlsState::Unverified(_) | TlsState::Unchecked
+        )
+    }
+}
+
+impl std::fmt::Display for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsState::Plain => write!(f, "no TLS"),
+            TlsState::Verified => write!(f, "STARTTLS, certificate verified"),
+            TlsState::Unverified(why) => {
+                write!(
+                    f,
+                    "STARTTLS, certificate NOT verified ({why}): encrypted only"
+                )
+            }
+            TlsState::Unchecked => {
+                write!(f, "STARTTLS, certificate not checked (tls_verify = false)")
+            }
+            TlsState::Fallback(why) => {
+                write!(f, "PLAIN TEXT: the TLS handshake failed ({why})")
+            }
+        }
     }
 }
 
@@ -209,6 +412,8 @@ pub struct LoginCheck {
     pub tls: bool,
     /// With `tls = "opportunistic"`: why STARTTLS was given up.
     pub tls_error: Option<String>,
+    /// With `tls = "opportunistic"`: why the certificate did not verify (used anyway).
+    pub cert_error: Option<String>,
 }
 
 impl SmtpRelay {
@@ -216,17 +421,20 @@ impl SmtpRelay {
     /// configured: [`SmtpRelay::auth_user`] logged in), send nothing, QUIT. For
     /// `standby doctor`.
     pub async fn login(&self) -> Result<LoginCheck, RelayError> {
-        let (session, tls_error) = match self.tls_mode {
-            TlsMode::None => (self.open(false, true).await?, None),
-            TlsMode::Required => (self.open(true, true).await?, None),
-            TlsMode::Opportunistic => match self.open(true, true).await {
-                Err(RelayError::Tls(e)) => (self.open(false, true).await?, Some(e)),
-                other => (other?, None),
+        let session = self.session(true, &self.timeouts).await?;
+        let check = LoginCheck {
+            tls: session.tls.encrypted(),
+            tls_error: match &session.tls {
+                TlsState::Fallback(e) => Some(e.clone()),
+                _ => None,
+            },
+            cert_error: match &session.tls {
+                TlsState::Unverified(e) => Some(e.clone()),
+                _ => None,
             },
         };
-        let tls = session.encrypted;
         Box::new(session).quit().await;
-        Ok(LoginCheck { tls, tls_error })
+        Ok(check)
     }
 
     /// The AUTH user, when AUTH is configured.
@@ -237,11 +445,19 @@ impl SmtpRelay {
 
 #[async_trait]
 impl Probe for SmtpRelay {
+    /// The drain's own session (STARTTLS per `primary.tls`, AUTH unless `[health]
+    /// probe_auth = false`), each stage within `[health] timeout_secs`, then QUIT: a wrong
+    /// password or a certificate that will not do fails the probe, not every drain.
     async fn probe(&self) -> Result<String, RelayError> {
-        let s = self.open(false, false).await?;
-        let host = s.caps.hostname.clone();
+        let s = self.session(self.probe_auth, &self.probe_timeouts).await?;
+        let mut detail = format!("220/250 from {}; {}", s.caps.hostname, s.tls);
+        match (self.auth_user(), self.probe_auth) {
+            (Some(u), true) => detail.push_str(&format!("; AUTH as {u}")),
+            (Some(_), false) => detail.push_str("; AUTH not tried (probe_auth = false)"),
+            (None, _) => {}
+        }
         Box::new(s).quit().await;
-        Ok(format!("220/250 from {host}"))
+        Ok(detail)
     }
 }
 
@@ -250,11 +466,14 @@ pub struct SmtpSession {
     io: Box<dyn Io>,
     buf: Vec<u8>,
     caps: EhloResponse<String>,
-    timeout: Duration,
+    timeouts: StageTimeouts,
+    /// No reply is waited for past this (the Lambda's deadline).
+    deadline: Option<Instant>,
     /// A transaction was left half-way; send RSET before the next one.
     dirty: bool,
-    /// STARTTLS was negotiated.
-    encrypted: bool,
+    /// The session is in an unknown state (no reply to the final dot): never reused.
+    broken: bool,
+    tls: TlsState,
 }
 
 /// Length of the first complete reply in `buf` (all its lines), if there is one.
@@ -270,27 +489,84 @@ fn complete_reply(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// A reply to MAIL: 250 accepts, 4xx and 5xx refuse; anything else is out of step.
+fn check_mail(r: &Reply) -> Result<(), RelayError> {
+    match r.code {
+        250 | 400..=599 => Ok(()),
+        _ => Err(RelayError::Protocol(format!(
+            "primary answered MAIL with `{r}`: only 250 accepts a sender; session dropped"
+        ))),
+    }
+}
+
+/// A reply to RCPT: 250 and 251 accept, 4xx and 5xx refuse; anything else (a 235, a 354)
+/// is no acceptance and drops the session before any data.
+fn check_rcpt(r: &Reply) -> Result<(), RelayError> {
+    match r.code {
+        250 | 251 | 400..=599 => Ok(()),
+        _ => Err(RelayError::Protocol(format!(
+            "primary answered RCPT with `{r}`: only 250 or 251 accepts a recipient; session \
+             dropped, nothing sent"
+        ))),
+    }
+}
+
+fn rcpt_accepted(r: &Reply) -> bool {
+    matches!(r.code, 250 | 251)
+}
+
 impl SmtpSession {
-    async fn cmd(&mut self, line: &str) -> Result<(), RelayError> {
-        self.write(line.as_bytes()).await
+    async fn cmd(&mut self, line: &str, timeout: Duration) -> Result<(), RelayError> {
+        self.write(line.as_bytes(), "write", timeout).await
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
-        tokio::time::timeout(self.timeout, async {
+    /// The instant a wait of `timeout` must end by: now + timeout, or the deadline.
+    fn until(&self, timeout: Duration) -> Instant {
+        let at = Instant::now() + timeout;
+        self.deadline.map_or(at, |d| d.min(at))
+    }
+
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<(), RelayError> {
+        let until = self.until(timeout);
+        tokio::time::timeout_at(until, async {
             self.io.write_all(bytes).await?;
             self.io.flush().await
         })
         .await
-        .map_err(|_| RelayError::Timeout { stage: "write" })??;
+        .map_err(|_| RelayError::Timeout { stage })??;
         Ok(())
     }
 
-    /// Bytes of the next complete reply.
+    /// Nothing may be waiting from the primary now (before a new command group, after
+    /// the 354): a reply no command asked for would be matched with the next command.
+    fn expect_silence(&self, stage: &'static str) -> Result<(), RelayError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let shown: String = String::from_utf8_lossy(&self.buf[..self.buf.len().min(80)])
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        Err(RelayError::Protocol(format!(
+            "the primary sent `{shown}` {stage}, which no command asked for: replies would \
+             no longer match commands; session dropped"
+        )))
+    }
+
     /// One whole reply. The timeout bounds the reply, not each read: a primary (or a
     /// tarpit) trickling one byte at a time cannot hold a drain worker forever
     /// (RFC 5321 §4.5.3.2 times replies).
-    async fn raw_reply(&mut self, stage: &'static str) -> Result<Vec<u8>, RelayError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+    async fn raw_reply(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RelayError> {
+        let deadline = self.until(timeout);
         loop {
             if let Some(n) = complete_reply(&self.buf) {
                 return Ok(self.buf.drain(..n).collect());
@@ -310,8 +586,8 @@ impl SmtpSession {
         }
     }
 
-    async fn reply(&mut self, stage: &'static str) -> Result<Reply, RelayError> {
-        let raw = self.raw_reply(stage).await?;
+    async fn reply(&mut self, stage: &'static str, timeout: Duration) -> Result<Reply, RelayError> {
+        let raw = self.raw_reply(stage, timeout).await?;
         let r = ResponseReceiver::default()
             .parse(&mut raw.iter())
             .map_err(|e| RelayError::Protocol(format!("bad reply to {stage}: {e:?}")))?;
@@ -325,37 +601,45 @@ impl SmtpSession {
     }
 
     async fn ehlo(&mut self, helo: &str) -> Result<(), RelayError> {
-        self.cmd(&format!("EHLO {helo}\r\n")).await?;
-        let raw = self.raw_reply("EHLO").await?;
+        let t = self.timeouts.other;
+        self.cmd(&format!("EHLO {helo}\r\n"), t).await?;
+        let raw = self.raw_reply("EHLO", t).await?;
         if raw.starts_with(b"250") {
             self.caps = EhloResponse::parse(&mut raw.iter())
                 .map_err(|e| RelayError::Protocol(format!("bad EHLO reply: {e:?}")))?;
             return Ok(());
         }
         // Not ESMTP: fall back to HELO with no extensions.
-        self.cmd(&format!("HELO {helo}\r\n")).await?;
-        let r = self.reply("HELO").await?;
+        self.cmd(&format!("HELO {helo}\r\n"), t).await?;
+        let r = self.reply("HELO", t).await?;
         if r.code != 250 {
             return Err(refused("HELO", r));
         }
         self.caps = EhloResponse::default();
+        self.caps.hostname = r
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         Ok(())
     }
 
     async fn auth(&mut self, user: &str, pass: &str) -> Result<(), RelayError> {
         let b64 = base64::engine::general_purpose::STANDARD;
+        let t = self.timeouts.other;
         let mechs = self.caps.auth_mechanisms;
         if mechs & AUTH_PLAIN != 0 {
             let token = b64.encode(format!("\0{user}\0{pass}"));
-            self.cmd(&format!("AUTH PLAIN {token}\r\n")).await?;
+            self.cmd(&format!("AUTH PLAIN {token}\r\n"), t).await?;
         } else if mechs & AUTH_LOGIN != 0 {
-            self.cmd("AUTH LOGIN\r\n").await?;
+            self.cmd("AUTH LOGIN\r\n", t).await?;
             for part in [user, pass] {
-                let r = self.reply("AUTH").await?;
+                let r = self.reply("AUTH", t).await?;
                 if r.code != 334 {
                     return Err(refused("AUTH", r));
                 }
-                self.cmd(&format!("{}\r\n", b64.encode(part))).await?;
+                self.cmd(&format!("{}\r\n", b64.encode(part)), t).await?;
             }
         } else {
             return Err(RelayError::Refused {
@@ -364,7 +648,7 @@ impl SmtpSession {
                 text: "primary offers neither AUTH PLAIN nor AUTH LOGIN".into(),
             });
         }
-        let r = self.reply("AUTH").await?;
+        let r = self.reply("AUTH", t).await?;
         if r.code != 235 {
             return Err(refused("AUTH", r));
         }
@@ -387,11 +671,13 @@ impl SmtpSession {
         cmd
     }
 
-    /// Send the message body, dot-stuffed, and the final dot.
-    async fn body(&mut self, mut body: BlobReader) -> Result<(), RelayError> {
+    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`; returns
+    /// what ends it (the final dot, after a CRLF when the body lacks one), still unsent.
+    async fn body(&mut self, mut body: BlobReader) -> Result<&'static [u8], RelayError> {
         let mut chunk = vec![0u8; CHUNK];
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
         let mut at_line_start = true;
+        let block = self.timeouts.block;
         loop {
             let n = body
                 .read(&mut chunk)
@@ -402,14 +688,13 @@ impl SmtpSession {
             }
             out.clear();
             dot_stuff(&chunk[..n], &mut at_line_start, &mut out);
-            self.write(&out).await?;
+            self.write(&out, "message data", block).await?;
         }
-        let end: &[u8] = if at_line_start {
+        Ok(if at_line_start {
             b".\r\n"
         } else {
             b"\r\n.\r\n"
-        };
-        self.write(end).await
+        })
     }
 }
 
@@ -421,11 +706,19 @@ impl RelaySession for SmtpSession {
         rcpts: &[String],
         body: BlobReader,
     ) -> Result<Transaction, RelayError> {
+        let t = self.timeouts;
+        if self.broken {
+            return Err(RelayError::Protocol(
+                "session left in an unknown state by an earlier transaction".into(),
+            ));
+        }
         if self.dirty {
-            self.cmd("RSET\r\n").await?;
-            self.reply("RSET").await?;
+            self.expect_silence("before RSET")?;
+            self.cmd("RSET\r\n", t.other).await?;
+            self.reply("RSET", t.other).await?;
             self.dirty = false;
         }
+        self.expect_silence("before MAIL")?;
         let pipelining = self.caps.capabilities & EXT_PIPELINING != 0;
         let mail_cmd = self.mail_command(mail_from, rcpts, None);
         let rcpt_cmds: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
@@ -433,67 +726,139 @@ impl RelaySession for SmtpSession {
             mail: Reply::new(0, ""),
             rcpts: Vec::with_capacity(rcpts.len()),
             data: None,
+            ambiguous: false,
         };
+        // Replies are read in the order the commands went out, each checked against its
+        // command: MAIL, one per RCPT, then DATA (RFC 2920 §3.1).
         let data_reply = if pipelining {
             let mut batch = mail_cmd;
             batch.extend(rcpt_cmds.iter().map(String::as_str));
             batch.push_str("DATA\r\n");
-            self.cmd(&batch).await?;
-            tx.mail = self.reply("MAIL").await?;
+            self.cmd(&batch, t.mail).await?;
+            tx.mail = self.reply("MAIL", t.mail).await?;
+            check_mail(&tx.mail)?;
             for _ in rcpts {
-                tx.rcpts.push(self.reply("RCPT").await?);
+                let r = self.reply("RCPT", t.rcpt).await?;
+                check_rcpt(&r)?;
+                tx.rcpts.push(r);
             }
-            self.reply("DATA").await?
+            self.reply("DATA", t.data).await?
         } else {
-            self.cmd(&mail_cmd).await?;
-            tx.mail = self.reply("MAIL").await?;
-            if !tx.mail.is_positive() {
+            self.cmd(&mail_cmd, t.mail).await?;
+            tx.mail = self.reply("MAIL", t.mail).await?;
+            check_mail(&tx.mail)?;
+            if tx.mail.code != 250 {
                 self.dirty = true;
                 return Ok(tx);
             }
             for cmd in &rcpt_cmds {
-                self.cmd(cmd).await?;
-                tx.rcpts.push(self.reply("RCPT").await?);
+                self.cmd(cmd, t.rcpt).await?;
+                let r = self.reply("RCPT", t.rcpt).await?;
+                check_rcpt(&r)?;
+                tx.rcpts.push(r);
             }
-            if !tx.rcpts.iter().any(Reply::is_positive) {
+            if !tx.rcpts.iter().any(rcpt_accepted) {
                 self.dirty = true;
                 return Ok(tx);
             }
-            self.cmd("DATA\r\n").await?;
-            self.reply("DATA").await?
+            self.cmd("DATA\r\n", t.data).await?;
+            self.reply("DATA", t.data).await?
         };
-        let accepted = tx.mail.is_positive() && tx.rcpts.iter().any(Reply::is_positive);
-        if data_reply.code != 354 {
-            self.dirty = true;
-            if accepted {
-                tx.data = Some(data_reply);
+        let accepted = tx.mail.code == 250 && tx.rcpts.iter().any(rcpt_accepted);
+        match data_reply.code {
+            354 => {}
+            400..=599 => {
+                self.dirty = true;
+                if accepted {
+                    tx.data = Some(data_reply);
+                }
+                return Ok(tx);
             }
-            return Ok(tx);
+            // A 250 here would mark the recipients delivered with no message sent.
+            _ => {
+                return Err(RelayError::Protocol(format!(
+                    "primary answered DATA with `{data_reply}` instead of 354; no message \
+                     data was sent, session dropped"
+                )));
+            }
         }
+        // The 354 is the last reply owed: anything more is out of step (a reply to the
+        // final dot sent ahead of the data, say).
+        self.expect_silence("after its 354 to DATA")?;
         if !accepted {
             // A pipelining server said 354 with nobody to deliver to: end the empty
             // message at once; its reply carries no delivery.
-            self.write(b".\r\n").await?;
-            self.reply("end of data").await?;
+            self.write(b".\r\n", "end of data", t.block).await?;
+            self.reply("end of data", t.dot).await?;
             self.dirty = true;
             return Ok(tx);
         }
-        self.body(body).await?;
-        tx.data = Some(self.reply("end of data").await?);
+        let end = self.body(body).await?;
+        // The point of no return: once the final dot is out, the primary may have the
+        // message, whatever happens to its reply.
+        self.write(end, "end of data", t.block).await?;
+        match self.reply("end of data", t.dot).await {
+            Ok(r) => tx.data = Some(r),
+            Err(e) => {
+                self.broken = true;
+                tx.ambiguous = true;
+                tx.data = Some(Reply::new(
+                    451,
+                    format!(
+                        "4.4.2 no reply to the final dot ({e}): the primary may have the \
+                         message, so sending it again may deliver it twice"
+                    ),
+                ));
+            }
+        }
         Ok(tx)
     }
 
     async fn quit(mut self: Box<Self>) {
-        if self.cmd("QUIT\r\n").await.is_ok() {
-            let _ = self.reply("QUIT").await;
+        let t = self.timeouts.other;
+        if !self.broken && self.cmd("QUIT\r\n", t).await.is_ok() {
+            let _ = self.reply("QUIT", t).await;
         }
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(t, self.io.shutdown()).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_listen_addresses_are_a_loop() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let own = [a("127.0.0.1:2525")];
+        assert!(is_own(a("127.0.0.1:2525"), &own));
+        assert!(!is_own(a("127.0.0.1:2526"), &own));
+        assert!(!is_own(a("127.0.0.2:2525"), &own));
+        // `0.0.0.0:25` listens on every local address of the machine, port 25.
+        let any = [a("0.0.0.0:25")];
+        assert!(is_own(a("127.0.0.1:25"), &any));
+        assert!(is_own(a("127.0.0.53:25"), &any));
+        assert!(
+            !is_own(a("192.0.2.1:25"), &any),
+            "TEST-NET-1 is no local address"
+        );
+        assert!(!is_own(a("127.0.0.1:587"), &any));
+        // An IPv6 wildcard (IPv6-only sockets) is not an IPv4 address.
+        assert!(!is_own(a("127.0.0.1:25"), &[a("[::]:25")]));
+        assert!(is_own(a("[::1]:25"), &[a("[::]:25")]));
+    }
+
+    #[test]
+    fn only_250_and_251_accept_a_recipient() {
+        for code in [250, 251, 450, 550] {
+            assert!(check_rcpt(&Reply::new(code, "x")).is_ok(), "{code}");
+        }
+        for code in [220, 235, 252, 354] {
+            assert!(check_rcpt(&Reply::new(code, "x")).is_err(), "{code}");
+        }
+        assert!(check_mail(&Reply::new(251, "x")).is_err());
+        assert!(!rcpt_accepted(&Reply::new(252, "x")));
+    }
 
     #[test]
     fn finds_end_of_multiline_reply() {

@@ -2,12 +2,15 @@
 //!
 //! Server side: the certificate and key from `[tls]` for STARTTLS on our listener.
 //! Client side: the primary's certificate is verified against the system roots plus an
-//! optional `primary.ca_file`, unless `primary.tls_verify = false` (then any certificate is
-//! accepted: encryption without authentication, for a primary with a self-signed cert).
+//! optional `primary.ca_file`. With `tls = "required"` a certificate that does not verify
+//! fails the handshake; with `opportunistic` it is used anyway and the failure noted
+//! ([`CertNote`]): encrypted without authentication beats plain text, as Postfix's `may`
+//! does. `primary.tls_verify = false` checks no certificate (a self-signed primary).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -78,11 +81,48 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(cfg))
 }
 
-/// Client config for talking to the primary.
-pub fn client_config(verify: bool, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let cfg = if verify {
+/// How the primary's certificate counts for one handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertPolicy {
+    /// A certificate that does not verify fails the handshake (`tls = "required"`).
+    Verify,
+    /// A certificate that does not verify is used anyway, and the failure noted: the
+    /// session is encrypted, not authenticated (`tls = "opportunistic"`, as Postfix's
+    /// `may`; never plain text because of a certificate).
+    Encrypt,
+}
+
+/// Client side towards the primary: the trust roots, loaded once, and a fresh rustls
+/// config per handshake that notes whether the certificate verified.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// `None` with `tls_verify = false`: no certificate is checked.
+    verifier: Option<Result<Arc<WebPkiServerVerifier>, String>>,
+}
+
+/// What became of the primary's certificate in one handshake.
+#[derive(Debug, Default)]
+pub struct CertNote(Mutex<Option<Result<(), String>>>);
+
+impl CertNote {
+    /// `Some(Ok)` verified, `Some(Err(why))` used without verifying, `None` not checked
+    /// (`tls_verify = false`) or no handshake.
+    pub fn outcome(&self) -> Option<Result<(), String>> {
+        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+    fn set(&self, r: Result<(), String>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(r);
+        }
+    }
+}
+
+impl ClientTls {
+    /// Trust the system roots plus `ca_file`, or check nothing when `verify` is false.
+    pub fn new(verify: bool, ca_file: Option<&Path>) -> Result<Self, TlsError> {
+        if !verify {
+            return Ok(ClientTls { verifier: None });
+        }
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(native.certs);
@@ -94,30 +134,77 @@ pub fn client_config(verify: bool, ca_file: Option<&Path>) -> Result<Arc<ClientC
                 })?;
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
+        // No roots at all is a verification failure at each handshake, not a setup error:
+        // `opportunistic` still encrypts.
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("no trusted certificate authorities ({e})"));
+        Ok(ClientTls {
+            verifier: Some(verifier),
+        })
+    }
+
+    /// A config for one handshake under `policy`, and the note it fills in.
+    pub fn config(
+        &self,
+        policy: CertPolicy,
+    ) -> Result<(Arc<ClientConfig>, Arc<CertNote>), TlsError> {
+        let note = Arc::new(CertNote::default());
+        let checker = Checked {
+            verifier: self.verifier.clone(),
+            policy,
+            note: note.clone(),
+            provider: provider(),
+        };
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-            .with_no_client_auth()
-    };
-    Ok(Arc::new(cfg))
+            .with_custom_certificate_verifier(Arc::new(checker))
+            .with_no_client_auth();
+        Ok((Arc::new(cfg), note))
+    }
 }
 
-/// `tls_verify = false`: check the handshake signatures, accept any certificate.
+/// The primary's certificate checked as [`CertPolicy`] says; the handshake signatures
+/// are always checked against the certificate's key.
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+struct Checked {
+    verifier: Option<Result<Arc<WebPkiServerVerifier>, String>>,
+    policy: CertPolicy,
+    note: Arc<CertNote>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for AcceptAny {
+impl ServerCertVerifier for Checked {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let checked = match &self.verifier {
+            None => return Ok(ServerCertVerified::assertion()),
+            Some(Err(why)) => Err((
+                why.clone(),
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            )),
+            Some(Ok(v)) => v
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|e| (e.to_string(), e)),
+        };
+        match checked {
+            Ok(ok) => {
+                self.note.set(Ok(()));
+                Ok(ok)
+            }
+            Err((_, e)) if self.policy == CertPolicy::Verify => Err(e),
+            Err((why, _)) => {
+                self.note.set(Err(why));
+                Ok(ServerCertVerified::assertion())
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -130,7 +217,7 @@ impl ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -144,11 +231,13 @@ impl ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
