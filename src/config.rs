@@ -128,10 +128,13 @@ pub struct Config {
     #[serde(default = "default_min_data_rate", deserialize_with = "lenient")]
     pub min_data_rate_bytes_per_sec: u64,
     /// Sessions one client address may hold at once (IPv6: one /64); more get 421 4.7.0.
-    #[serde(default = "default_max_connections_per_ip", deserialize_with = "lenient")]
+    #[serde(
+        default = "default_max_connections_per_ip",
+        deserialize_with = "lenient"
+    )]
     pub max_connections_per_ip: usize,
     /// Connections one client address may open per minute (IPv6: one /64); more get
-    /// 421 4.7.0. 0: no limit.
+    /// 421 4.7.0. 0 (the default): no limit.
     #[serde(default = "default_max_connection_rate", deserialize_with = "lenient")]
     pub max_connection_rate_per_ip: u32,
     /// Free bytes the spool's file system must keep: below it, MAIL gets 452 4.3.1
@@ -444,9 +447,7 @@ impl JournalAllow {
     /// Whether `ip` may send journal copies (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn permits(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(ip, std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
         self.0.iter().any(|n| n.contains(&ip))
@@ -746,7 +747,9 @@ fn default_max_connections_per_ip() -> usize {
     20
 }
 fn default_max_connection_rate() -> u32 {
-    120
+    // Off, as Postfix's smtpd_client_connection_rate_limit: senders and load tools
+    // (smtp-source) open one connection per message.
+    0
 }
 fn default_min_free_bytes() -> u64 {
     256 * 1024 * 1024

@@ -52,7 +52,8 @@ fn first_line(s: &mut TcpStream) -> String {
 /// Read until a line starting with `prefix` arrives; returns when it did.
 fn wait_line(s: &mut TcpStream, prefix: &str, within: Duration) -> Option<Instant> {
     let end = Instant::now() + within;
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < end {
@@ -67,7 +68,11 @@ fn wait_line(s: &mut TcpStream, prefix: &str, within: Duration) -> Option<Instan
                     return Some(Instant::now());
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
@@ -113,7 +118,14 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
     let started = Instant::now();
     let (ok, t) = swaks(
         sb.port,
-        &["--from", "a@example.org", "--to", "bob@example.test", "--body", "tok-flood"],
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test",
+            "--body",
+            "tok-flood",
+        ],
     );
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -133,6 +145,7 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
             assert!(l.starts_with("220 "), "{l}");
         }
     }
+    eprintln!("swaks under the flood: 250 after {took:?}; {refused} of 300 hogs refused");
     assert_eq!(refused, 300 - 6 * 20);
     assert_eq!(sb.list("held").len(), 1);
 }
@@ -146,7 +159,6 @@ fn trickling_clients_are_cut_off() {
     let (sb, _p) = standby(&[
         ("STANDBY_COMMAND_TIMEOUT_SECS", "3"),
         ("STANDBY_SESSION_TIMEOUT_SECS", "6"),
-        ("STANDBY_MIN_DATA_RATE_BYTES_PER_SEC", "1000"),
     ]);
     let trickle = |s: &mut TcpStream, bytes: &[u8], every: Duration, until: Duration| {
         let mut w = s.try_clone().unwrap();
@@ -165,31 +177,59 @@ fn trickling_clients_are_cut_off() {
     let mut a = connect_from(Ipv4Addr::new(127, 0, 0, 2), sb.port);
     assert!(first_line(&mut a).starts_with("220 "));
     let t0 = Instant::now();
-    let w = trickle(&mut a, b"NOOPNOOP", Duration::from_millis(400), Duration::from_secs(12));
-    let at = wait_line(&mut a, "421 4.4.2", Duration::from_secs(10)).expect("421 for the slowloris");
+    let w = trickle(
+        &mut a,
+        b"NOOPNOOP",
+        Duration::from_millis(400),
+        Duration::from_secs(12),
+    );
+    let at =
+        wait_line(&mut a, "421 4.4.2", Duration::from_secs(10)).expect("421 for the slowloris");
     let took = at - t0;
-    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     drop(w);
 
     // Whole NOOPs every 0.4 s: every command answered, cut at the session's 6 s.
     let mut b = connect_from(Ipv4Addr::new(127, 0, 0, 3), sb.port);
     let t0 = Instant::now();
     assert!(first_line(&mut b).starts_with("220 "));
-    let _w = trickle(&mut b, b"NOOP\r\n", Duration::from_millis(70), Duration::from_secs(12));
-    let at = wait_line(&mut b, "421 4.4.2", Duration::from_secs(10)).expect("421 at the session's end");
+    let _w = trickle(
+        &mut b,
+        b"NOOP\r\n",
+        Duration::from_millis(70),
+        Duration::from_secs(12),
+    );
+    let at =
+        wait_line(&mut b, "421 4.4.2", Duration::from_secs(10)).expect("421 at the session's end");
     let took = at - t0;
-    assert!(took >= Duration::from_millis(5500) && took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(5500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
 
-    // DATA at ~14 bytes a second, under 1000: cut after the 10 s grace, nothing stored.
+    // DATA at ~14 bytes a second, under 1000: cut after the 10 s grace, nothing stored
+    // (a standby with the default session length).
+    let (sb, _p) = standby(&[("STANDBY_MIN_DATA_RATE_BYTES_PER_SEC", "1000")]);
     let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 4), sb.port);
     assert!(first_line(&mut c).starts_with("220 "));
     c.write_all(b"HELO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
         .unwrap();
     let t0 = Instant::now();
-    let _w = trickle(&mut c, b"Subject: slow\r\n", Duration::from_millis(70), Duration::from_secs(20));
+    let _w = trickle(
+        &mut c,
+        b"Subject: slow\r\n",
+        Duration::from_millis(70),
+        Duration::from_secs(20),
+    );
     let at = wait_line(&mut c, "421 4.4.2", Duration::from_secs(16)).expect("421 for slow DATA");
     let took = at - t0;
-    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(13), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "{took:?}"
+    );
     assert!(sb.list("all").is_empty());
 }
 
@@ -244,7 +284,10 @@ fn connection_rate_per_address() {
             assert!(l.starts_with("220 "), "{n}: {l}");
             s.write_all(b"QUIT\r\n").unwrap();
         } else {
-            assert!(l.starts_with("421 4.7.0") && l.contains("per minute"), "{n}: {l}");
+            assert!(
+                l.starts_with("421 4.7.0") && l.contains("per minute"),
+                "{n}: {l}"
+            );
         }
     }
     let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 8), sb.port);
@@ -277,7 +320,7 @@ fn lhlo_free_space_and_hop_count() {
         .map(|l| &l[..9])
         .collect();
     assert_eq!(
-        finals[1..],
+        finals,
         [
             "502 5.5.1",
             "250 ENHAN",
@@ -288,7 +331,8 @@ fn lhlo_free_space_and_hop_count() {
             "250 2.1.0",
             "250 2.1.5",
             "354 End d",
-            "250 2.0.0"
+            "250 2.0.0",
+            "221 2.0.0"
         ],
         "{r}"
     );
@@ -339,5 +383,8 @@ fn journal_copies_only_from_allowed_clients() {
     assert!(accepted.starts_with("250 2.1.5"), "{accepted}");
     let journal = sb.list("journal");
     assert_eq!(journal.len(), 1, "{journal:?}");
-    assert_eq!(journal[0]["rcpt_to"], serde_json::json!(["bob@example.test"]));
+    assert_eq!(
+        journal[0]["rcpt_to"],
+        serde_json::json!(["bob@example.test"])
+    );
 }

@@ -23,16 +23,25 @@ fn policy() -> Policy {
     }
 }
 
-/// A quoted local part of arbitrary bytes, as a client might send it: most bytes as
-/// they are, some backslash-escaped (what `"` and `\` need to stay inside the quotes).
+/// A quoted local part of arbitrary bytes, as a client might send it: any byte, often
+/// printable ASCII (space, `"`, `\\`, `<`, `>`, `;`, `=` included) or a UTF-8 character so
+/// that many are accepted; some backslash-escaped (what `"` and `\\` need to stay inside
+/// the quotes).
 fn quoted_local() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec((any::<u8>(), any::<bool>()), 1..24).prop_map(|bytes| {
+    let piece = prop_oneof![
+        2 => any::<u8>().prop_map(|b| vec![b]),
+        5 => (0x20u8..0x7f).prop_map(|b| vec![b]),
+        2 => prop::sample::select(&[' ', '"', '\\', '<', '>', ';', '=', '.', '('][..])
+            .prop_map(|c| vec![c as u8]),
+        1 => any::<char>().prop_map(|c| c.to_string().into_bytes()),
+    ];
+    prop::collection::vec((piece, any::<bool>()), 1..24).prop_map(|pieces| {
         let mut out = vec![b'"'];
-        for (b, escape) in bytes {
-            if escape || b == b'"' || b == b'\\' {
+        for (bytes, escape) in pieces {
+            if bytes.len() == 1 && (escape || bytes[0] == b'"' || bytes[0] == b'\\') {
                 out.push(b'\\');
             }
-            out.push(b);
+            out.extend_from_slice(&bytes);
         }
         out.push(b'"');
         out

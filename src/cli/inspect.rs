@@ -403,9 +403,21 @@ pub(super) async fn show(
         "message-id  {}",
         field(s.message_id.as_deref().unwrap_or("-"))
     )?;
-    writeln!(out, "from        {}", field(s.from.as_deref().unwrap_or("-")))?;
-    writeln!(out, "subject     {}", field(s.subject.as_deref().unwrap_or("-")))?;
-    writeln!(out, "date        {}", field(s.date.as_deref().unwrap_or("-")))?;
+    writeln!(
+        out,
+        "from        {}",
+        field(s.from.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "subject     {}",
+        field(s.subject.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "date        {}",
+        field(s.date.as_deref().unwrap_or("-"))
+    )?;
     writeln!(
         out,
         "attempts    {}  next {}",

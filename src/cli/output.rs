@@ -81,7 +81,10 @@ mod tests {
             String::from_utf8(out.inner).unwrap(),
             "subject x\\e]0;t\\u{7}\nnext\\e[2J\\u{9b}1m\n"
         );
-        assert_eq!(address("john doe@example.test"), "\"john doe\"@example.test");
+        assert_eq!(
+            address("john doe@example.test"),
+            "\"john doe\"@example.test"
+        );
         assert_eq!(field("a\nb"), "a\\nb");
     }
 }

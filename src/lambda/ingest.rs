@@ -29,8 +29,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ses::{SesEvent, SesPayload};
-use crate::config::{Journal, JournalAllow};
 use crate::config::RetentionPolicy;
+use crate::config::{Journal, JournalAllow};
 use crate::error::StoreError;
 use crate::ingest::archive_journal_copy;
 use crate::model::{

@@ -80,7 +80,10 @@ pub fn journal_allow(config: &Config) -> JournalAllow {
         None => {
             let host = config.primary_addr();
             let host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-            let ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok();
+            let ip = host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok();
             JournalAllow::new(ip.into_iter().map(Into::into).collect())
         }
     }

@@ -47,14 +47,20 @@ fn is_atext(c: char) -> bool {
 
 /// A local part that may go out unquoted: `atom *("." atom)`.
 fn is_dot_string(local: &str) -> bool {
-    !local.is_empty() && local.split('.').all(|a| !a.is_empty() && a.chars().all(is_atext))
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|a| !a.is_empty() && a.chars().all(is_atext))
 }
 
 fn valid_domain(domain: &str) -> bool {
     if let Some(inner) = domain.strip_prefix('[') {
         // An address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
         return inner.strip_suffix(']').is_some_and(|lit| {
-            !lit.is_empty() && lit.chars().all(|c| c.is_ascii_graphic() && !"[]\\".contains(c))
+            !lit.is_empty()
+                && lit
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !"[]\\".contains(c))
         });
     }
     !domain.is_empty()

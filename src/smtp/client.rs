@@ -433,7 +433,11 @@ impl RelaySession for SmtpSession {
         let mail_from = address::smtp_path(mail_from).ok_or_else(|| unsendable(mail_from))?;
         let rcpts: Vec<String> = rcpts
             .iter()
-            .map(|r| address::smtp_path(r).filter(|p| !p.is_empty()).ok_or_else(|| unsendable(r)))
+            .map(|r| {
+                address::smtp_path(r)
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| unsendable(r))
+            })
             .collect::<Result<_, _>>()?;
         let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
         if utf8 && self.caps.capabilities & EXT_SMTP_UTF8 == 0 {

@@ -77,7 +77,7 @@ impl Default for Limits {
             session_timeout: Duration::from_secs(1800),
             min_data_rate: 1024,
             max_per_ip: 20,
-            rate_per_ip: 120,
+            rate_per_ip: 0,
             min_free: None,
         }
     }
@@ -142,7 +142,11 @@ impl Clients {
             });
         }
         let c = map.entry(key).or_default();
-        while c.recent.front().is_some_and(|t| now.duration_since(*t) >= minute) {
+        while c
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
             c.recent.pop_front();
         }
         // Refused attempts count too, as with Postfix's anvil: hammering keeps a client out.
@@ -252,12 +256,12 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let server = current.load_full();
         // Per client first, so one client's flood never takes the slots of others.
-        let admitted = clients
-            .admit(peer.ip(), &server.limits)
-            .and_then(|slot| match limit.clone().try_acquire_owned() {
+        let admitted = clients.admit(peer.ip(), &server.limits).and_then(|slot| {
+            match limit.clone().try_acquire_owned() {
                 Ok(permit) => Ok((slot, permit)),
                 Err(_) => Err("Too many connections, try again later"),
-            });
+            }
+        });
         match admitted {
             Ok((slot, permit)) => {
                 tokio::spawn(async move {

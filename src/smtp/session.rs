@@ -257,14 +257,18 @@ impl<'p> Session<'p> {
                     ProtoError::InvalidRecipientAddress => {
                         step(501, "5.1.3", "Bad recipient address syntax").about(&raw_address(line))
                     }
-                    ProtoError::SyntaxError { syntax } if syntax.starts_with("MAIL") => {
-                        step(501, "5.1.7", &format!("Bad sender address syntax: {syntax}"))
-                            .about(&raw_address(line))
-                    }
-                    ProtoError::SyntaxError { syntax } if syntax.starts_with("RCPT") => {
-                        step(501, "5.1.3", &format!("Bad recipient address syntax: {syntax}"))
-                            .about(&raw_address(line))
-                    }
+                    ProtoError::SyntaxError { syntax } if syntax.starts_with("MAIL") => step(
+                        501,
+                        "5.1.7",
+                        &format!("Bad sender address syntax: {syntax}"),
+                    )
+                    .about(&raw_address(line)),
+                    ProtoError::SyntaxError { syntax } if syntax.starts_with("RCPT") => step(
+                        501,
+                        "5.1.3",
+                        &format!("Bad recipient address syntax: {syntax}"),
+                    )
+                    .about(&raw_address(line)),
                     ProtoError::SyntaxError { syntax } => {
                         step(501, "5.5.4", &format!("Syntax: {syntax}"))
                     }
@@ -326,8 +330,7 @@ impl<'p> Session<'p> {
                         .about(&from.address);
                 }
                 if self.storage_low {
-                    return step(452, "4.3.1", "Insufficient system storage")
-                        .about(&from.address);
+                    return step(452, "4.3.1", "Insufficient system storage").about(&from.address);
                 }
                 let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
                 let sender = if from.address.is_empty() {
@@ -335,7 +338,11 @@ impl<'p> Session<'p> {
                 } else {
                     match Address::from_decoded(&from.address) {
                         Ok(a) if !a.is_ascii() && !smtputf8 => {
-                            let s = step(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address");
+                            let s = step(
+                                553,
+                                "5.6.7",
+                                "Must declare SMTPUTF8 to send unicode address",
+                            );
                             return self.error(s.about(&from.address));
                         }
                         Ok(a) => a.decoded(),
@@ -356,33 +363,47 @@ impl<'p> Session<'p> {
                 if self.rcpts.len() >= self.policy.max_recipients {
                     return step(452, "4.5.3", "Error: too many recipients").about(&to.address);
                 }
-                let postmaster = to.address.is_empty()
-                    && raw_address(line).eq_ignore_ascii_case("postmaster");
+                let postmaster =
+                    to.address.is_empty() && raw_address(line).eq_ignore_ascii_case("postmaster");
                 let addr = if postmaster {
                     // RFC 5321 §4.5.1: `<Postmaster>` without a domain MUST be accepted.
                     match self.policy.postmaster.as_deref().map(Address::from_decoded) {
                         Some(Ok(a)) => a,
                         _ => {
-                            let s = step(550, "5.7.1", "Relay access denied (no domain configured)");
+                            let s =
+                                step(550, "5.7.1", "Relay access denied (no domain configured)");
                             return self.error(s.about(&to.address));
                         }
                     }
                 } else {
                     match Address::from_decoded(&to.address) {
                         Ok(a) if !a.is_ascii() && !self.smtputf8 => {
-                            let s = step(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address");
+                            let s = step(
+                                553,
+                                "5.6.7",
+                                "Must declare SMTPUTF8 to send unicode address",
+                            );
                             return self.error(s.about(&to.address));
                         }
                         Ok(a) => a,
                         Err(e) => {
-                            let s = step(501, "5.1.3", &format!("Bad recipient address syntax: {e}"));
+                            let s =
+                                step(501, "5.1.3", &format!("Bad recipient address syntax: {e}"));
                             return self.error(s.about(&to.address));
                         }
                     }
                 };
                 let journal = self.policy.journal.matches(&addr.decoded());
-                if journal && !self.client.is_some_and(|ip| self.policy.journal_allow.permits(ip)) {
-                    let s = step(550, "5.7.1", "Journal copies are accepted from the primary only");
+                if journal
+                    && !self
+                        .client
+                        .is_some_and(|ip| self.policy.journal_allow.permits(ip))
+                {
+                    let s = step(
+                        550,
+                        "5.7.1",
+                        "Journal copies are accepted from the primary only",
+                    );
                     return self.error(s.about(&to.address));
                 }
                 if !self.rcpts.is_empty() && journal != self.journal {
@@ -764,11 +785,21 @@ mod tests {
             (b"RCPT TO:<Postmaster>\r\n", "250 2.1.5"),
         ] {
             let r = s.handle(line);
-            assert!(r.reply.starts_with(want), "{:?}: {}", String::from_utf8_lossy(line), r.reply);
+            assert!(
+                r.reply.starts_with(want),
+                "{:?}: {}",
+                String::from_utf8_lossy(line),
+                r.reply
+            );
         }
-        assert_eq!(s.rcpts(), ["John Doe@example.test", "postmaster@example.test"]);
         assert_eq!(
-            crate::model::Address::from_decoded(&s.rcpts()[0]).unwrap().to_smtp(),
+            s.rcpts(),
+            ["John Doe@example.test", "postmaster@example.test"]
+        );
+        assert_eq!(
+            crate::model::Address::from_decoded(&s.rcpts()[0])
+                .unwrap()
+                .to_smtp(),
             "\"John Doe\"@example.test"
         );
     }
@@ -793,7 +824,11 @@ mod tests {
         let r = s.handle(b"MAIL FROM:<a@b.test>\r\n");
         assert!(r.reply.starts_with("452 4.3.1"), "{}", r.reply);
         s.set_storage_low(false);
-        assert!(s.handle(b"MAIL FROM:<a@b.test>\r\n").reply.starts_with("250"));
+        assert!(
+            s.handle(b"MAIL FROM:<a@b.test>\r\n")
+                .reply
+                .starts_with("250")
+        );
     }
 
     #[test]
