@@ -76,7 +76,8 @@ mod tests {
     #[test]
     fn controls_are_escaped_and_line_ends_kept() {
         let mut out = Human::new(Vec::new());
-        write!(out, "subject {}\nnext\x1b[2J\u{9b}1m\n", "x\x1b]0;t\x07").unwrap();
+        let subject = "x\x1b]0;t\x07";
+        write!(out, "subject {subject}\nnext\x1b[2J\u{9b}1m\n").unwrap();
         assert_eq!(
             String::from_utf8(out.inner).unwrap(),
             "subject x\\e]0;t\\u{7}\nnext\\e[2J\\u{9b}1m\n"

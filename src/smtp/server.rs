@@ -531,9 +531,8 @@ async fn receive_data(
         // Each read within the command timeout, and the whole message at the minimum
         // rate: by then, `received / min_rate` seconds (plus grace) after the 354.
         let mut until = Instant::now() + conn.timeout;
-        if server.limits.min_data_rate > 0 {
-            let allowed = Duration::from_secs(received / server.limits.min_data_rate);
-            until = until.min(started + DATA_RATE_GRACE + allowed);
+        if let Some(secs) = received.checked_div(server.limits.min_data_rate) {
+            until = until.min(started + DATA_RATE_GRACE + Duration::from_secs(secs));
         }
         match conn.read_more(until).await? {
             Read::Data => {}
