@@ -33,6 +33,10 @@ use crate::model::{Address, MessageId, address::is_control};
 pub const MAX_COMMAND_LINE: usize = 2048;
 /// Bad commands tolerated before we hang up (Postfix: `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
+/// NOOP, RSET and VRFY a session may send before each one counts as an error
+/// (Postfix: `smtpd_junk_command_limit`): a client that pipelines them by the million
+/// burns our CPU, not its own, and is closed after [`MAX_ERRORS`] more.
+const MAX_JUNK: u32 = 100;
 /// `Received:` headers a message may carry (Postfix: `hopcount_limit`); more is a loop.
 pub const MAX_HOPS: usize = 50;
 
@@ -121,6 +125,8 @@ pub struct Session<'p> {
     /// The recipients so far are journal addresses.
     journal: bool,
     errors: u32,
+    /// NOOP, RSET, VRFY so far (see [`MAX_JUNK`]).
+    junk: u32,
     /// The client's address (unknown in unit tests: journal intake refused then).
     client: Option<IpAddr>,
     /// The spool is short of space: MAIL gets 452 4.3.1 (set by the listener).
@@ -152,6 +158,7 @@ impl<'p> Session<'p> {
             rcpts: Vec::new(),
             journal: false,
             errors: 0,
+            junk: 0,
             client: None,
             storage_low: false,
         }
@@ -214,6 +221,16 @@ impl<'p> Session<'p> {
             s.next = Next::Close;
         }
         s
+    }
+
+    /// A command that does no work; past [`MAX_JUNK`] each counts as an error.
+    fn junk(&mut self, s: Step) -> Step {
+        self.junk = self.junk.saturating_add(1);
+        if self.junk > MAX_JUNK {
+            self.error(s)
+        } else {
+            s
+        }
     }
 
     /// A command line longer than [`MAX_COMMAND_LINE`] arrived (and was discarded).
@@ -447,19 +464,19 @@ impl<'p> Session<'p> {
             }
             Request::Rset => {
                 self.reset();
-                step(250, "2.0.0", "Ok")
+                self.junk(step(250, "2.0.0", "Ok"))
             }
-            Request::Noop { .. } => step(250, "2.0.0", "Ok"),
+            Request::Noop { .. } => self.junk(step(250, "2.0.0", "Ok")),
             Request::Quit => Step {
                 reply: reply(221, "2.0.0", "Bye"),
                 next: Next::Close,
                 about: None,
             },
-            Request::Vrfy { .. } => step(
+            Request::Vrfy { .. } => self.junk(step(
                 252,
                 "2.0.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
-            ),
+            )),
             Request::StartTls => {
                 if !self.policy.tls_available {
                     self.error(step(502, "5.5.1", "Error: STARTTLS not available"))
@@ -518,7 +535,12 @@ impl<'p> Session<'p> {
         let sender = self.mail_from.take().unwrap_or_default();
         self.reset();
         let s = match outcome {
-            DataOutcome::Stored(id) => step(250, "2.0.0", &format!("Ok: queued as {id}")),
+            DataOutcome::Stored(id) => {
+                // A client that delivers is doing work: a long session of messages with an
+                // RSET between each is not junk.
+                self.junk = 0;
+                step(250, "2.0.0", &format!("Ok: queued as {id}"))
+            }
             DataOutcome::TooBig => step(552, "5.3.4", "Message size exceeds fixed limit"),
             DataOutcome::TooManyHops => step(554, "5.4.6", "Too many hops (mail loop?)"),
             DataOutcome::StorageFailed => step(
@@ -864,6 +886,18 @@ mod tests {
                 .reply
                 .starts_with("552 5.3.4")
         );
+    }
+
+    #[test]
+    fn a_flood_of_noops_is_closed() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        for _ in 0..MAX_JUNK + MAX_ERRORS - 1 {
+            assert_eq!(s.handle(b"NOOP\r\n").next, Next::Command);
+        }
+        let last = s.handle(b"NOOP\r\n");
+        assert_eq!(last.next, Next::Close);
+        assert!(last.reply.contains("421 4.7.0"), "{}", last.reply);
     }
 
     #[test]
