@@ -247,7 +247,8 @@ fn a_client_that_never_reads_is_dropped() {
     let from = Ipv4Addr::new(127, 0, 0, 6);
     let mut deaf = connect_from(from, sb.port);
     deaf.set_nonblocking(true).unwrap();
-    let noops = "NOOP\r\n".repeat(100_000);
+    // EHLO: not a junk command, and each reply is long, so replies pile up fast.
+    let noops = "EHLO deaf.example\r\n".repeat(100_000);
     let mut sent = 0;
     let t0 = Instant::now();
     // Keep the server's replies piling up until both socket buffers are full.
