@@ -264,3 +264,67 @@ fn postmaster_and_smtputf8() {
         "{held:?}"
     );
 }
+
+/// A UTF-8 envelope goes only to a primary that offers SMTPUTF8 (with the parameter on
+/// MAIL); to one that does not, it is held with the reason, never sent as it is.
+#[test]
+fn utf8_envelopes_wait_for_a_primary_with_smtputf8() {
+    let primary = Postfix::primary();
+    primary.postconf(&["smtputf8_enable = no"]);
+    primary.start();
+    let wire = Recorder::start(primary.port);
+    let sb = Standby::start(wire.port, "");
+    let mut s = connect(sb.port);
+    replies(&mut s, 1);
+    s.write_all(
+        "EHLO c\r\nMAIL FROM:<jörg@exämple.org> SMTPUTF8\r\nRCPT TO:<bob@example.test>\r\n\
+         DATA\r\nSubject: utf8\r\n\r\ntok-utf8\r\n.\r\nQUIT\r\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = replies(&mut s, 5);
+    assert!(r.contains("250 2.0.0"), "{r}");
+    let id = sb.list("held")[0]["id"].as_str().unwrap().to_string();
+    let mut reply = String::new();
+    wait_for("a drain attempt", Duration::from_secs(60), || {
+        let rec = sb.json(&["show", &id, "--json"]);
+        reply = rec["rcpts"][0]["reply"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !reply.is_empty()
+    });
+    assert!(reply.contains("SMTPUTF8"), "{reply}");
+    assert_eq!(sb.list("held").len(), 1);
+    assert!(
+        !wire.lines().iter().any(|l| l.starts_with("MAIL FROM:")),
+        "{:?}",
+        wire.lines()
+    );
+    assert!(primary.delivered().is_empty());
+
+    // A primary that offers it gets the envelope, with the parameter.
+    let able = Postfix::primary();
+    able.start();
+    let wire = Recorder::start(able.port);
+    let sb = Standby::start(wire.port, "");
+    let mut s = connect(sb.port);
+    replies(&mut s, 1);
+    s.write_all(
+        "EHLO c\r\nMAIL FROM:<jörg@exämple.org> SMTPUTF8\r\nRCPT TO:<bob@example.test>\r\n\
+         DATA\r\nSubject: utf8\r\n\r\ntok-utf8\r\n.\r\nQUIT\r\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    replies(&mut s, 5);
+    wait_for("delivery", Duration::from_secs(60), || {
+        !able.delivered().is_empty()
+    });
+    assert!(
+        wire.lines()
+            .iter()
+            .any(|l| l.starts_with("MAIL FROM:<jörg@exämple.org>") && l.contains(" SMTPUTF8")),
+        "{:?}",
+        wire.lines()
+    );
+}
