@@ -26,6 +26,8 @@ fn policy() -> Policy {
         max_recipients: 100,
         tls_available: false,
         journal: Default::default(),
+        journal_allow: Default::default(),
+        postmaster: Some("postmaster@example.test".into()),
     }
 }
 

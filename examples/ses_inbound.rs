@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 storage.clone(),
                 format!("s3://{}/{}", settings.bucket, settings.prefix),
             )
-            .with_journal(config.journal())
+            .with_journal(config.journal(), standby::lambda::journal_allow(&config))
             .with_retention(config.retention()),
             index: storage.index.clone(),
         }),

@@ -117,9 +117,31 @@ pub struct Config {
     pub max_recipients: usize,
     #[serde(default = "default_max_connections", deserialize_with = "lenient")]
     pub max_connections: usize,
-    /// Seconds to wait for a client command (RFC 5321 §4.5.3.2 says 5 minutes).
+    /// Seconds to wait for a client command (RFC 5321 §4.5.3.2 says 5 minutes): a whole
+    /// command line must arrive within it, not just each byte of it.
     #[serde(default = "default_command_timeout", deserialize_with = "lenient")]
     pub command_timeout_secs: u64,
+    /// Longest an SMTP session may last, however busy the client keeps it; then 421 4.4.2.
+    #[serde(default = "default_session_timeout", deserialize_with = "lenient")]
+    pub session_timeout_secs: u64,
+    /// Slowest a client may send DATA, averaged from the 354 (after 10 s of grace);
+    /// a slower one gets 421 4.4.2 and nothing is stored. 0: no minimum.
+    #[serde(default = "default_min_data_rate", deserialize_with = "lenient")]
+    pub min_data_rate_bytes_per_sec: u64,
+    /// Sessions one client address may hold at once (IPv6: one /64); more get 421 4.7.0.
+    #[serde(
+        default = "default_max_connections_per_ip",
+        deserialize_with = "lenient"
+    )]
+    pub max_connections_per_ip: usize,
+    /// Connections one client address may open per minute (IPv6: one /64); more get
+    /// 421 4.7.0. 0 (the default): no limit.
+    #[serde(default = "default_max_connection_rate", deserialize_with = "lenient")]
+    pub max_connection_rate_per_ip: u32,
+    /// Free bytes the spool's file system must keep: below it, MAIL gets 452 4.3.1
+    /// (Postfix's `queue_minfree`). Local backend only; 0: no check.
+    #[serde(default = "default_min_free_bytes", deserialize_with = "lenient")]
+    pub min_free_bytes: u64,
     /// Days held mail is kept before it fails as expired.
     #[serde(default = "default_hold_days", deserialize_with = "lenient")]
     pub hold_days: u32,
@@ -474,6 +496,63 @@ pub struct JournalConfig {
     /// is accepted for these addresses only. Empty: no journal intake.
     #[serde(default, deserialize_with = "address_list")]
     pub addresses: Vec<String>,
+    /// Networks (CIDR, or single addresses) journal copies may come from; anyone else
+    /// gets 550 5.7.1 for a journal address. Unset: loopback and the primary's address.
+    #[serde(default, deserialize_with = "net_list")]
+    pub allow: Option<Vec<ipnet::IpNet>>,
+}
+
+fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
+    let mut out = Vec::new();
+    for n in list_or_text(d)? {
+        let n = n.trim();
+        if n.is_empty() {
+            continue;
+        }
+        let net = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                D::Error::custom(format!(
+                    "`{n}` is not a network like 192.0.2.0/24, 2001:db8::/32 or 192.0.2.1"
+                ))
+            })?;
+        out.push(net);
+    }
+    Ok(Some(out))
+}
+
+/// The networks journal copies are accepted from (`[journal] allow`, or its default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalAllow(Vec<ipnet::IpNet>);
+
+impl JournalAllow {
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        JournalAllow(nets)
+    }
+
+    /// The default: loopback, and the primary's addresses.
+    pub fn loopback_and(primary: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
+        let mut nets: Vec<ipnet::IpNet> = vec![
+            "127.0.0.0/8".parse().expect("valid network"),
+            "::1/128".parse().expect("valid network"),
+        ];
+        nets.extend(primary.into_iter().map(ipnet::IpNet::from));
+        JournalAllow(nets)
+    }
+
+    /// Whether `ip` may send journal copies (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn nets(&self) -> &[ipnet::IpNet] {
+        &self.0
+    }
 }
 
 fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -754,6 +833,23 @@ fn default_max_connections() -> usize {
 }
 fn default_command_timeout() -> u64 {
     300
+}
+fn default_session_timeout() -> u64 {
+    1800
+}
+fn default_min_data_rate() -> u64 {
+    1024
+}
+fn default_max_connections_per_ip() -> usize {
+    20
+}
+fn default_max_connection_rate() -> u32 {
+    // Off, as Postfix's smtpd_client_connection_rate_limit: senders and load tools
+    // (smtp-source) open one connection per message.
+    0
+}
+fn default_min_free_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 fn default_hold_days() -> u32 {
     30
@@ -1091,6 +1187,16 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections must be at least 1".into()));
         }
+        if self.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "max_connections_per_ip must be at least 1 (STANDBY_MAX_CONNECTIONS_PER_IP)".into(),
+            ));
+        }
+        if self.session_timeout_secs == 0 {
+            return Err(invalid(
+                "session_timeout_secs must be at least 1 (STANDBY_SESSION_TIMEOUT_SECS)".into(),
+            ));
+        }
         if self.drain.concurrency == 0 {
             return Err(invalid("drain.concurrency must be at least 1".into()));
         }
@@ -1242,17 +1348,18 @@ pub fn parse_recipients(path: &Path, text: &str) -> Result<HashSet<String>, Conf
         if line.is_empty() {
             continue;
         }
-        let valid = line
-            .rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !line.contains(' '));
-        if !valid {
+        // RFC 5321 form, as the listener reads addresses: `"john doe"@example.test`.
+        let Ok(addr) = crate::model::Address::parse(line) else {
             return Err(ConfigError::Recipients {
                 path: path.to_path_buf(),
                 line: n + 1,
-                message: format!("`{line}` is not an address like user@example.com"),
+                message: format!(
+                    "`{line}` is not an address like user@example.com (quote a local part \
+                     with spaces: \"john doe\"@example.com)"
+                ),
             });
-        }
-        set.insert(line.to_ascii_lowercase());
+        };
+        set.insert(addr.decoded().to_lowercase());
     }
     if set.is_empty() {
         // Empty or truncated (a half-written copy, a failed export from the primary):
@@ -1606,10 +1713,12 @@ mod tests {
     fn recipients_file_errors_name_the_line() {
         let ok = parse_recipients(
             Path::new("r"),
-            "# users\nAlice@Example.test\n\nbob@example.test # b\n",
+            "# users\nAlice@Example.test\n\nbob@example.test # b\n\"John Doe\"@example.test\n",
         )
         .unwrap();
         assert!(ok.contains("alice@example.test") && ok.contains("bob@example.test"));
+        // Quoted local parts are stored decoded, as the listener compares them.
+        assert!(ok.contains("john doe@example.test"), "{ok:?}");
         let e = parse_recipients(Path::new("r.txt"), "# nobody yet\n\n")
             .unwrap_err()
             .to_string();

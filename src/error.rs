@@ -120,6 +120,10 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
     #[error("reading the stored message: {0}")]
     Blob(#[from] StoreError),
+    /// The envelope cannot go to this primary as it is (a UTF-8 address to a primary
+    /// that does not offer SMTPUTF8): held, with this reason, until it can or expires.
+    #[error("not sent: {0}")]
+    Unsendable(String),
 }
 
 impl RelayError {

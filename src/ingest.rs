@@ -365,7 +365,11 @@ fn received_header(host: &str, id: MessageId, env: &Envelope, at: DateTime<Utc>)
     let helo = sanitize(&env.origin.helo);
     let with = if env.origin.tls { "ESMTPS" } else { "ESMTP" };
     let for_clause = match env.rcpts.as_slice() {
-        [one] => format!("\r\n\tfor <{}>", sanitize(one)),
+        // The RFC 5321 form, as on the wire: `for <"john doe"@example.test>`.
+        [one] => {
+            let path = crate::model::address::smtp_path(one).unwrap_or_else(|| one.clone());
+            format!("\r\n\tfor <{}>", sanitize(&path))
+        }
         _ => String::new(),
     };
     format!(

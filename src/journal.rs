@@ -71,6 +71,23 @@ impl Journal {
     }
 }
 
+/// The client SES received a message from: the address in the message's first
+/// (topmost) `Received:` field, the one SES prepends (`from helo (name [192.0.2.1]) by
+/// inbound-smtp.<region>.amazonaws.com ...`). `None` when that field is not SES's or names
+/// no address: whatever a sender wrote below it proves nothing.
+pub fn ses_client_ip(head: &[u8]) -> Option<std::net::IpAddr> {
+    let msg = MessageParser::default().parse_headers(head)?;
+    let first = msg.received_all().next()?;
+    let by_ses = match first.by() {
+        Some(mail_parser::Host::Name(n)) => {
+            let n = n.to_ascii_lowercase();
+            n.starts_with("inbound-smtp.") && n.ends_with(".amazonaws.com")
+        }
+        _ => false,
+    };
+    by_ses.then(|| first.from_ip()).flatten()
+}
+
 /// The head carries Exchange's journal report header.
 pub fn is_report(head: &[u8]) -> bool {
     MessageParser::default()

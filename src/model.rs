@@ -14,6 +14,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod address;
+pub use address::{Address, AddressError};
+
 /// Time-sortable message identifier (a ULID): sorting ids sorts by arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{BackendKind, Config, JournalAllow};
 use crate::drain::{DrainSettings, Drainer, RunOptions};
 use crate::dsn::DsnSettings;
 use crate::error::{ConfigError, StoreError};
@@ -28,7 +28,7 @@ use crate::ports::{Clock, Inbound, SystemClock};
 use crate::sender::{Limits, SenderChecks, SenderVerifier};
 use crate::smtp::SmtpRelay;
 use crate::smtp::client::RelaySetupError;
-use crate::smtp::server::{self, Server};
+use crate::smtp::server::{self, Limits as ListenerLimits, Server};
 use crate::smtp::session::Policy;
 use crate::smtp::spf::SpfCheck;
 use crate::smtp::tls::{self, TlsError};
@@ -130,12 +130,45 @@ pub fn smtp_server(
             max_recipients: config.max_recipients,
             tls_available: tls.is_some(),
             journal: config.journal(),
+            journal_allow: journal_allow(config),
+            postmaster: Policy::postmaster_of(&config.domains),
         },
         spool,
         tls,
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
+        limits: ListenerLimits {
+            session_timeout: Duration::from_secs(config.session_timeout_secs.max(1)),
+            min_data_rate: config.min_data_rate_bytes_per_sec,
+            max_per_ip: config.max_connections_per_ip,
+            rate_per_ip: config.max_connection_rate_per_ip,
+            min_free: (config.backend == BackendKind::Local && config.min_free_bytes > 0)
+                .then(|| (config.data_dir().to_path_buf(), config.min_free_bytes)),
+        },
     })
+}
+
+/// Where journal copies may come from: `[journal] allow`, else loopback and the
+/// primary's addresses (its name resolved now, at start and on SIGHUP).
+pub fn journal_allow(config: &Config) -> JournalAllow {
+    if let Some(nets) = &config.journal.allow {
+        return JournalAllow::new(nets.clone());
+    }
+    if config.journal.addresses.is_empty() {
+        return JournalAllow::default();
+    }
+    let primary = match std::net::ToSocketAddrs::to_socket_addrs(config.primary_addr().as_str()) {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot resolve primary.address: journal copies accepted from loopback only \
+                 until it resolves (on SIGHUP); set [journal] allow to list the primary"
+            );
+            Vec::new()
+        }
+    };
+    JournalAllow::loopback_and(primary)
 }
 
 /// The listener's STARTTLS acceptor for `config`'s `[tls]` certificate and key, if set.

@@ -8,9 +8,9 @@ mod common;
 use chrono::{Duration, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put};
 use standby::backend::aws::ArchiveSettings;
-use standby::config::Journal;
 use standby::config::LockMode;
 use standby::config::{ConfidentialRule, RetentionPolicy};
+use standby::config::{Journal, JournalAllow};
 use standby::lambda::ingest::Ingest;
 use standby::model::Status;
 use standby::ports::Storage;
@@ -55,10 +55,14 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
         ..RetentionPolicy::default()
     };
     let ingest = Ingest::new(storage.clone(), "")
-        .with_journal(Journal::new(
-            &["journal@archive.example.test".to_string()],
-            &["example.test".to_string()],
-        ))
+        .with_journal(
+            Journal::new(
+                &["journal@archive.example.test".to_string()],
+                &["example.test".to_string()],
+            ),
+            // The fixture's SES `Received:` names 192.0.2.10, the primary here.
+            JournalAllow::new(vec!["192.0.2.0/28".parse().unwrap()]),
+        )
         .with_retention(policy.clone());
 
     // One journal copy for bob, one for hr (confidential: kept 0 days).
@@ -216,4 +220,101 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
     // Audit items are not messages: counts and listings do not see them.
     let counts = storage.index.counts().await.unwrap();
     assert_eq!((counts.journal, counts.held), (1, 0));
+}
+
+/// A message to a journal address that SES received from a client outside
+/// `STANDBY_JOURNAL_ALLOW` (or whose SES `Received:` names none) is never a journal copy:
+/// it is kept as failed (never drained, never replayed, no DSN), nothing reaches the
+/// archive, and the audit log says why.
+#[tokio::test]
+async fn journal_copies_from_elsewhere_are_refused_and_audited() {
+    let moto = Moto::start();
+    let (clients, mut settings, _) = moto.storage("jref").await;
+    let archive = "jref-locked";
+    clients
+        .s3
+        .create_bucket()
+        .bucket(archive)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create the Object Lock bucket");
+    settings.archive = Some(ArchiveSettings {
+        bucket: archive.into(),
+        mode: LockMode::Governance,
+    });
+    let storage = Storage::aws(&clients, &settings);
+    let ingest = Ingest::new(storage.clone(), "").with_journal(
+        Journal::new(
+            &["journal@archive.example.test".to_string()],
+            &["example.test".to_string()],
+        ),
+        JournalAllow::new(vec!["192.0.2.10/32".parse().unwrap()]),
+    );
+    let fixture = common::fixture("ses/message.eml", "tok-planted");
+    let planted = fixture.replace("192.0.2.10", "203.0.113.9");
+    // A forged `Received:` below SES's proves nothing: SES's own (the first) counts.
+    let forged = planted.replacen(
+        "X-SES-Spam-Verdict",
+        "Received: from mail.example.org (mail.example.org [192.0.2.10])\n by \
+         inbound-smtp.us-east-1.amazonaws.com with SMTP id forged;\n Sat, 28 Nov 2026 \
+         09:30:01 +0000 (UTC)\nX-SES-Spam-Verdict",
+        1,
+    );
+    assert_ne!(forged, planted);
+    let without = fixture.replace("Received: from", "X-Received: from");
+    let allowed = fixture.clone();
+    let cases = [
+        ("jref-planted-1", planted.as_str(), Some("203.0.113.9")),
+        ("jref-forged-02", forged.as_str(), Some("203.0.113.9")),
+        ("jref-noreceiv3", without.as_str(), None),
+        ("jref-allowed-4", allowed.as_str(), Some("allowed")),
+    ];
+    for (ses_id, raw, _) in &cases {
+        ses_put(&clients, &settings, ses_id, raw.as_bytes()).await;
+        let ev = journal_event(ses_id, JOURNAL_TO);
+        assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1, "{ses_id}");
+    }
+    let recs = storage
+        .index
+        .list(&standby::ports::ListQuery::default())
+        .await
+        .unwrap();
+    let audit = storage.audit.entries().await.unwrap();
+    for (ses_id, _, client) in cases {
+        let rec = recs
+            .iter()
+            .find(|r| r.blob.as_deref() == Some(ses_id))
+            .unwrap();
+        let archived = clients
+            .s3
+            .head_object()
+            .bucket(archive)
+            .key(format!("journal/{ses_id}"))
+            .send()
+            .await
+            .is_ok();
+        if client == Some("allowed") {
+            assert_eq!(rec.status, Status::Journal, "{ses_id}");
+            assert!(archived, "{ses_id}: the allowed copy is archived");
+            assert!(!audit.iter().any(|e| e.id == rec.id));
+            continue;
+        }
+        assert_eq!(rec.status, Status::Failed, "{ses_id}");
+        assert!(rec.journal.is_none(), "{ses_id}: not a journal copy");
+        assert!(!archived, "{ses_id}: nothing planted in the archive");
+        assert!(
+            matches!(rec.bounce, Some(standby::model::Bounce::Suppressed { .. })),
+            "{ses_id}: no DSN"
+        );
+        let entry = audit
+            .iter()
+            .find(|e| e.id == rec.id)
+            .unwrap_or_else(|| panic!("{ses_id}: no audit entry in {audit:?}"));
+        assert_eq!(entry.action, "journal-refused");
+        match client {
+            Some(ip) => assert!(entry.reason.contains(ip), "{}", entry.reason),
+            None => assert!(entry.reason.contains("Received"), "{}", entry.reason),
+        }
+    }
 }

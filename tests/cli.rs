@@ -377,3 +377,51 @@ fn list_reads_a_large_spool_page_by_page() {
     let done = child.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", stderr(&done));
 }
+
+/// What a sender wrote into a message (an OSC that retitles the terminal, a CSI that
+/// clears it, 8-bit C1) is shown escaped by `list` and `show`, never sent to the
+/// operator's terminal as it is; `--json` stays valid JSON with the text intact.
+#[test]
+fn list_and_show_escape_control_characters() {
+    use std::io::Write;
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let sb = Standby::start(fake.port, "");
+    let mut s = connect(sb.port);
+    replies(&mut s, 1);
+    s.write_all(
+        "EHLO c\r\nMAIL FROM:<a@example.org> SMTPUTF8\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+         Subject: \x1b]0;pwned\x07 hi \x1b[2J \u{9b}31m\r\n\
+         From: \"\x1b[31mThe Boss\" <boss@example.org>\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = replies(&mut s, 6);
+    assert!(r.contains("250 2.0.0"), "{r}");
+    let id = sb.list("held")[0]["id"].as_str().unwrap().to_string();
+    let raw_controls = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .collect::<Vec<char>>()
+    };
+    for args in [vec!["list"], vec!["show", id.as_str()]] {
+        let o = sb.cli(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            raw_controls(&o.stdout),
+            Vec::<char>::new(),
+            "{args:?} printed raw controls:\n{out:?}"
+        );
+        assert!(
+            out.contains("\\e]0;pwned\\u{7} hi \\e[2J \\u{9b}31m"),
+            "{args:?}:\n{out}"
+        );
+        if args[0] == "show" {
+            assert!(out.contains("\\e[31mThe Boss"), "{out}");
+        }
+    }
+    // JSON keeps the text, escaped the JSON way.
+    let subject = sb.list("held")[0]["subject"].as_str().unwrap().to_string();
+    assert!(subject.starts_with("\x1b]0;pwned"), "{subject:?}");
+}

@@ -569,6 +569,7 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         ("STANDBY_TABLE", "index"),
         ("STANDBY_DOMAINS", "example.com"),
         ("STANDBY_JOURNAL_ADDRESSES", "journal@standby.example.com"),
+        ("STANDBY_JOURNAL_ALLOW", "192.0.2.25/32,2001:db8::/64"),
         ("STANDBY_RETENTION_JOURNAL_DAYS", "2555"),
         ("STANDBY_ARCHIVE_BUCKET", "archive"),
         ("STANDBY_ARCHIVE_LOCK_MODE", "COMPLIANCE"),
@@ -587,6 +588,21 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
     assert!(
         c.journal()
             .matches("journal+bob=example.com@standby.example.com")
+    );
+    // JournalAllow feeds STANDBY_JOURNAL_ALLOW; the ingest function checks it.
+    assert_eq!(
+        names["STANDBY_JOURNAL_ALLOW"],
+        json!({ "Fn::Join": [",", { "Ref": "JournalAllow" }] })
+    );
+    let allow = standby::lambda::journal_allow(&c);
+    assert!(allow.permits("192.0.2.25".parse().unwrap()));
+    assert!(allow.permits("2001:db8::7".parse().unwrap()));
+    assert!(!allow.permits("192.0.2.26".parse().unwrap()));
+    assert!(!allow.permits("127.0.0.1".parse().unwrap()));
+    let rule = &t["Rules"]["JournalNeedsAllow"];
+    assert_eq!(
+        rule["Assertions"][0]["Assert"],
+        json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "JournalAllow" }] }, ""] }] })
     );
     assert_eq!(
         c.archive().map(|a| a.mode),

@@ -20,7 +20,7 @@ pub(super) async fn run(
         &Options { nameserver },
     )
     .await;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::Human::unless_json(json, std::io::stdout().lock());
     if json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::other)?;
         writeln!(out)?;

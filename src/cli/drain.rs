@@ -30,7 +30,7 @@ pub(super) async fn drain(
     );
     if dry_run {
         let due = drainer.due().await?;
-        let mut out = std::io::stdout().lock();
+        let mut out = super::output::Human::unless_json(json, std::io::stdout().lock());
         if json {
             let items: Vec<ListItem<'_>> = due.iter().map(ListItem::from).collect();
             serde_json::to_writer_pretty(&mut out, &items).map_err(std::io::Error::from)?;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use super::CliError;
+use super::output::{Human, address, field};
 use crate::config::Config;
 use crate::health;
 use crate::model::{Bounce, Counts, Intake, MessageId, Record, Status};
@@ -149,6 +150,7 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
         writeln!(out)?;
         return Ok(());
     }
+    let mut out = Human::new(out);
     let p = &view.primary;
     writeln!(out, "store     {}", view.store)?;
     write!(out, "primary   {}  {}", p.address, p.state)?;
@@ -162,7 +164,7 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             "probe     {} {}: {}",
             if probe.ok { "ok" } else { "FAILED" },
             ago(probe.at),
-            probe.detail
+            field(&probe.detail)
         )?,
         None => writeln!(out, "probe     none yet (is `standby serve` running?)")?,
     }
@@ -183,7 +185,7 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
             )?;
         }
         match &d.report.stopped {
-            Some(why) => writeln!(out, "; stopped: {why}")?,
+            Some(why) => writeln!(out, "; stopped: {}", field(why))?,
             None => writeln!(out)?,
         }
     }
@@ -240,7 +242,7 @@ pub(super) async fn list(storage: &Storage, query: ListQuery, json: bool) -> Res
         let written = if json {
             list_json(&mut out, &page, listed == 0)
         } else {
-            list_lines(&mut out, &page, listed == 0)
+            list_lines(&mut Human::new(&mut out), &page, listed == 0)
         };
         match written {
             // `standby list | head`: the reader has all it wants; stop reading pages.
@@ -282,13 +284,14 @@ fn list_lines(out: &mut impl Write, page: &[Record], first_page: bool) -> std::i
     }
     for r in page {
         let to = match r.rcpts.len() {
-            1 => r.rcpts[0].address.clone(),
-            n => format!("{} (+{})", r.rcpts[0].address, n - 1),
+            0 => "-".to_string(),
+            1 => address(&r.rcpts[0].address).into_owned(),
+            n => format!("{} (+{})", address(&r.rcpts[0].address), n - 1),
         };
         let from = if r.mail_from.is_empty() {
-            "<>"
+            "<>".into()
         } else {
-            &r.mail_from
+            address(&r.mail_from)
         };
         writeln!(
             out,
@@ -298,12 +301,12 @@ fn list_lines(out: &mut impl Write, page: &[Record], first_page: bool) -> std::i
             time(r.received_at),
             r.size,
             format!("{from} -> {to}"),
-            r.summary.subject.as_deref().unwrap_or("")
+            field(r.summary.subject.as_deref().unwrap_or(""))
         )?;
         if r.status == Status::Failed {
-            let why = r.reason.as_deref().unwrap_or("failed");
+            let why = field(r.reason.as_deref().unwrap_or("failed"));
             let bounce = r.bounce.as_ref().map(bounce_text).unwrap_or_default();
-            writeln!(out, "{:<28}{why}; {bounce}", "")?;
+            writeln!(out, "{:<28}{why}; {}", "", field(&bounce))?;
         }
     }
     Ok(())
@@ -317,6 +320,7 @@ pub(super) async fn audit(storage: &Storage, json: bool) -> Result<(), CliError>
         writeln!(out)?;
         return ignore_pipe(out.flush());
     }
+    let mut out = Human::new(out);
     if entries.is_empty() {
         writeln!(out, "no audit entries")?;
         return Ok(());
@@ -329,8 +333,8 @@ pub(super) async fn audit(storage: &Storage, json: bool) -> Result<(), CliError>
             e.action,
             e.id,
             e.status.as_str(),
-            e.by,
-            e.reason
+            field(&e.by),
+            field(&e.reason)
         );
         ignore_pipe(line)?;
     }
@@ -369,13 +373,14 @@ pub(super) async fn show(
         writeln!(out)?;
         return Ok(());
     }
+    let mut out = Human::new(out);
     writeln!(out, "id          {}", rec.id)?;
     writeln!(out, "status      {}", rec.status)?;
     if let Some(reason) = &rec.reason {
-        writeln!(out, "reason      {reason}")?;
+        writeln!(out, "reason      {}", field(reason))?;
     }
     if let Some(b) = &rec.bounce {
-        writeln!(out, "bounce      {}", bounce_text(b))?;
+        writeln!(out, "bounce      {}", field(&bounce_text(b)))?;
     }
     writeln!(out, "intake      {}", rec.intake.as_str())?;
     if let Some(v) = &rec.verdicts {
@@ -394,21 +399,21 @@ pub(super) async fn show(
         out,
         "received    {} from {} [{}]{}",
         time(rec.received_at),
-        rec.origin.helo,
-        rec.origin.ip,
+        field(&rec.origin.helo),
+        field(&rec.origin.ip),
         if rec.origin.tls { " with TLS" } else { "" }
     )?;
     writeln!(out, "size        {} bytes  sha256 {}", rec.size, rec.sha256)?;
-    writeln!(out, "mail from   <{}>", rec.mail_from)?;
+    writeln!(out, "mail from   <{}>", address(&rec.mail_from))?;
     for r in &rec.rcpts {
         writeln!(
             out,
             "rcpt to     <{}>  {:?}{}",
-            r.address,
+            address(&r.address),
             r.status,
             r.reply
                 .as_deref()
-                .map(|x| format!("  ({x})"))
+                .map(|x| format!("  ({})", field(x)))
                 .unwrap_or_default()
         )?;
     }
@@ -416,11 +421,23 @@ pub(super) async fn show(
     writeln!(
         out,
         "message-id  {}",
-        s.message_id.as_deref().unwrap_or("-")
+        field(s.message_id.as_deref().unwrap_or("-"))
     )?;
-    writeln!(out, "from        {}", s.from.as_deref().unwrap_or("-"))?;
-    writeln!(out, "subject     {}", s.subject.as_deref().unwrap_or("-"))?;
-    writeln!(out, "date        {}", s.date.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "from        {}",
+        field(s.from.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "subject     {}",
+        field(s.subject.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "date        {}",
+        field(s.date.as_deref().unwrap_or("-"))
+    )?;
     writeln!(
         out,
         "attempts    {}  next {}",

@@ -277,7 +277,7 @@ pub(super) async fn retention(
     json: bool,
 ) -> Result<(), CliError> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::Human::unless_json(json, std::io::stdout().lock());
     if dry_run {
         let due = crate::retention::due(storage, policy, now).await?;
         if json {

@@ -8,6 +8,7 @@ mod doctor;
 mod drain;
 mod inspect;
 mod manage;
+mod output;
 mod owner;
 mod recover;
 mod reindex;
@@ -321,7 +322,7 @@ fn print_summary<T: serde::Serialize>(
     text: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<(), CliError> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
+    let mut out = output::Human::unless_json(json, std::io::stdout().lock());
     if json {
         serde_json::to_writer(&mut out, summary).map_err(std::io::Error::from)?;
         writeln!(out)?;

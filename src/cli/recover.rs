@@ -33,7 +33,7 @@ pub(super) async fn replay(
     json: bool,
 ) -> Result<(), CliError> {
     let (cands, done) = replay::candidates(storage, &req).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::Human::unless_json(json, std::io::stdout().lock());
     if dry_run {
         if json {
             let items: Vec<serde_json::Value> = cands

@@ -13,6 +13,13 @@
 //! - a record the reconciler made first (envelope guessed from headers) is replaced by
 //!   the exact envelope while it is still undelivered.
 //!
+//! A message to a journal address is filed as a journal copy only when the client SES
+//! received it from (its `Received:` field, see [`crate::journal::ses_client_ip`]) is in
+//! `[journal] allow` (`STANDBY_JOURNAL_ALLOW`, the template's `JournalAllow`); anything
+//! else is indexed as failed (never drained, never archived, no DSN) with a
+//! `journal-refused` entry in the audit log, since a copy planted there would be kept for
+//! years and delivered by a later `standby replay`.
+//!
 //! A missing object, an object that is not a message, or a storage failure is an error:
 //! Lambda retries the event (and sends it to the on-failure destination after the last
 //! retry); the object stays in S3 for the reconciler. Nothing is silently dropped.
@@ -22,14 +29,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ses::{SesEvent, SesPayload};
-use crate::config::Journal;
 use crate::config::RetentionPolicy;
+use crate::config::{Journal, JournalAllow};
 use crate::error::StoreError;
 use crate::ingest::archive_journal_copy;
 use crate::model::{
-    Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
+    Bounce, Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
 };
-use crate::ports::Storage;
+use crate::ports::{AuditEntry, Storage};
 use crate::summary;
 
 /// What one invocation did.
@@ -90,6 +97,7 @@ pub struct Ingest {
     /// Shown in listings, e.g. `s3://bucket/incoming/`.
     prefix: String,
     journal: Journal,
+    journal_allow: JournalAllow,
     retention: RetentionPolicy,
 }
 
@@ -99,6 +107,7 @@ impl Ingest {
             storage,
             prefix: prefix.into(),
             journal: Journal::default(),
+            journal_allow: JournalAllow::default(),
             retention: RetentionPolicy::default(),
         }
     }
@@ -109,9 +118,11 @@ impl Ingest {
         self
     }
 
-    /// File messages to these journal addresses as journal copies.
-    pub fn with_journal(mut self, journal: Journal) -> Self {
+    /// File messages to these journal addresses as journal copies, when SES received
+    /// them from a client in `allow`.
+    pub fn with_journal(mut self, journal: Journal, allow: JournalAllow) -> Self {
         self.journal = journal;
+        self.journal_allow = allow;
         self
     }
 
@@ -201,8 +212,15 @@ impl Ingest {
             )
         };
         // A journal copy is archived whatever its verdicts: it is never drained.
+        let mut refused = None;
         let quarantined = if rec.rcpts.iter().any(|r| self.journal.matches(&r.address)) {
-            self.journal.file(&mut rec, head, || Some(bytes.clone()));
+            let client = crate::journal::ses_client_ip(head);
+            rec.origin.ip = client.map(|ip| ip.to_string()).unwrap_or_default();
+            if client.is_some_and(|ip| self.journal_allow.permits(ip)) {
+                self.journal.file(&mut rec, head, || Some(bytes.clone()));
+            } else {
+                refused = Some(refuse_journal_copy(&mut rec, client));
+            }
             false
         } else {
             quarantine_if_infected(&mut rec, &verdicts)
@@ -216,6 +234,12 @@ impl Ingest {
                 .map_err(store)?;
         }
         let idx = &self.storage.index;
+        if let Some(why) = &refused {
+            // Before the index, so a retry after a failed append writes it again.
+            let entry = AuditEntry::of(&rec, "journal-refused", "ingest", why, Utc::now());
+            self.storage.audit.append(&entry).await.map_err(store)?;
+            tracing::warn!(id = %rec.id, ses_id = key, client = %rec.origin.ip, "journal copy refused");
+        }
         if idx.insert(&rec).await.map_err(store)? {
             report.indexed += 1;
             report.quarantined += u32::from(quarantined);
@@ -252,6 +276,23 @@ impl Ingest {
         }
         Ok(())
     }
+}
+
+/// A message to a journal address from a client not allowed to send journal copies: kept
+/// for the operator as failed, with no DSN; returns the reason.
+fn refuse_journal_copy(rec: &mut Record, client: Option<std::net::IpAddr>) -> String {
+    let why = match client {
+        Some(ip) => format!("journal copy from {ip}, which is not in [journal] allow"),
+        None => "journal copy without SES's Received: field naming the client".to_string(),
+    };
+    for r in &mut rec.rcpts {
+        r.status = RcptStatus::Failed;
+        r.reply = Some("550 5.7.1 journal copies are accepted from the primary only".into());
+    }
+    rec.reason = Some(why.clone());
+    rec.bounce = Some(Bounce::Suppressed { why: why.clone() });
+    rec.settle();
+    why
 }
 
 /// A virus FAIL is kept (for the operator to look at) but never delivered.

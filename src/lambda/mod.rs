@@ -24,7 +24,7 @@ pub mod ses;
 use std::time::{Duration, Instant};
 
 use crate::backend::aws::{AwsClients, AwsSettings, secrets};
-use crate::config::Config;
+use crate::config::{Config, JournalAllow};
 use crate::error::ConfigError;
 use crate::ports::Storage;
 use crate::smtp::SmtpRelay;
@@ -68,8 +68,25 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
         Storage::aws(&clients, &settings),
         format!("s3://{}/{}", settings.bucket, settings.prefix),
     )
-    .with_journal(config.journal())
+    .with_journal(config.journal(), journal_allow(&config))
     .with_retention(config.retention()))
+}
+
+/// Where SES may have received journal copies from: `STANDBY_JOURNAL_ALLOW`; unset,
+/// only the primary's address when it is an IP literal (the function resolves no names).
+pub fn journal_allow(config: &Config) -> JournalAllow {
+    match &config.journal.allow {
+        Some(nets) => JournalAllow::new(nets.clone()),
+        None => {
+            let host = config.primary_addr();
+            let host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+            let ip = host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok();
+            JournalAllow::new(ip.into_iter().map(Into::into).collect())
+        }
+    }
 }
 
 fn aws_settings(config: &Config) -> Result<AwsSettings, ConfigError> {

@@ -79,6 +79,8 @@ impl Reloader {
         let mut next = Server::clone(&self.server.load());
         next.policy.recipients = recipients;
         next.policy.journal = config.journal();
+        // `[journal] allow`, or the primary's address resolved again.
+        next.policy.journal_allow = super::journal_allow(&config);
         next.policy.tls_available = tls.is_some();
         next.tls = tls;
         next.spool = (self.spool)(&config);

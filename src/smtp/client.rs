@@ -43,6 +43,7 @@ use super::server::Io;
 use super::tls::{CertPolicy, ClientTls};
 use crate::config::{Config, StageTimeouts, TlsMode};
 use crate::error::RelayError;
+use crate::model::address;
 use crate::ports::{BlobReader, Probe, Relay, RelaySession, Reply, Transaction};
 
 const MAX_REPLY: usize = 64 * 1024;
@@ -719,6 +720,25 @@ impl RelaySession for SmtpSession {
             self.dirty = false;
         }
         self.expect_silence("before MAIL")?;
+        // Addresses are stored decoded: each goes out re-serialised in RFC 5321 form, so a
+        // quoted local part stays one address (see `crate::model::address`).
+        let unsendable = |a: &str| RelayError::Unsendable(format!("`{a}` is no RFC 5321 address"));
+        let mail_from = address::smtp_path(mail_from).ok_or_else(|| unsendable(mail_from))?;
+        let rcpts: Vec<String> = rcpts
+            .iter()
+            .map(|r| {
+                address::smtp_path(r)
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| unsendable(r))
+            })
+            .collect::<Result<_, _>>()?;
+        let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+        if utf8 && self.caps.capabilities & EXT_SMTP_UTF8 == 0 {
+            return Err(RelayError::Unsendable(
+                "the envelope has a UTF-8 address and the primary does not offer SMTPUTF8".into(),
+            ));
+        }
+        let (mail_from, rcpts) = (mail_from.as_str(), rcpts.as_slice());
         let pipelining = self.caps.capabilities & EXT_PIPELINING != 0;
         let mail_cmd = self.mail_command(mail_from, rcpts, None);
         let rcpt_cmds: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();

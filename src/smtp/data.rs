@@ -129,6 +129,51 @@ impl DataDecoder {
     }
 }
 
+/// Counts the `Received:` fields of a decoded message's header (CRLF line ends), fed in
+/// chunks; stops looking at the first empty line. A count past Postfix's
+/// `hopcount_limit` (50) means the message is looping between servers.
+#[derive(Debug, Clone, Default)]
+pub struct HopCounter {
+    /// The start of the current line (up to `received:`'s length).
+    start: Vec<u8>,
+    /// Bytes of the current line seen so far.
+    len: usize,
+    count: usize,
+    done: bool,
+}
+
+const RECEIVED: &[u8] = b"received:";
+
+impl HopCounter {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if self.done {
+                return;
+            }
+            if b == b'\n' {
+                // A line of just CR (or nothing) ends the header.
+                if self.len <= 1 {
+                    self.done = true;
+                } else if self.start.eq_ignore_ascii_case(RECEIVED) {
+                    self.count += 1;
+                }
+                self.start.clear();
+                self.len = 0;
+                continue;
+            }
+            if self.start.len() < RECEIVED.len() && self.len == self.start.len() {
+                self.start.push(b);
+            }
+            self.len += 1;
+        }
+    }
+
+    /// `Received:` fields so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
 /// Dot-stuff a message for sending (RFC 5321 §4.5.2). The caller tracks whether the
 /// previous chunk ended a line (`at_line_start`), since messages are sent in chunks.
 pub fn dot_stuff(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
@@ -196,6 +241,22 @@ mod tests {
             let mut stuffed = Vec::new();
             dot_stuff(&msg, &mut true, &mut stuffed);
             assert!(!stuffed.windows(5).any(|w| w == b"\r\n.\r\n"), "{trick:?}");
+        }
+    }
+
+    #[test]
+    fn hops_are_counted_in_the_header_only() {
+        let mut msg = String::new();
+        for i in 0..3 {
+            msg.push_str(&format!("Received: from h{i}\r\n\tby x\r\n"));
+        }
+        msg.push_str("RECEIVED:y\r\nX-Received: no\r\nSubject: s\r\n\r\nReceived: body\r\n");
+        for step in [1, 2, 5, 100] {
+            let mut h = HopCounter::default();
+            for c in msg.as_bytes().chunks(step) {
+                h.feed(c);
+            }
+            assert_eq!(h.count(), 4, "step {step}");
         }
     }
 

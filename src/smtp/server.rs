@@ -10,19 +10,31 @@
 //! Every reply to the client is queued through one function, which logs each refusal
 //! (4xx, 5xx) with its code, the client and the domain involved: the operator's answer to
 //! "why did my mail bounce", with no refusal path left out.
+//!
+//! No client can hold the listener: every write has a timeout (a client that pipelines
+//! and never reads is dropped), a whole command line must arrive within
+//! `command_timeout_secs` and the whole session within `session_timeout_secs` (so bytes
+//! trickled one at a time do not keep a slot), DATA must average
+//! `min_data_rate_bytes_per_sec`, and one client address (an IPv6 /64) gets at most
+//! `max_connections_per_ip` sessions at once and `max_connection_rate_per_ip` new ones
+//! a minute; past those, 421 4.7.0 before any slot is taken.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::data::DataDecoder;
-use super::session::{DataOutcome, MAX_COMMAND_LINE, Next, Policy, Session, reply};
+use super::data::{DataDecoder, HopCounter};
+use super::session::{DataOutcome, MAX_COMMAND_LINE, MAX_HOPS, Next, Policy, Session, reply};
 use crate::config::{BindError, ListenAddrs};
 use crate::model::{Envelope, Origin, redact};
 use crate::ports::Inbound;
@@ -41,6 +53,124 @@ pub struct Server {
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
     pub command_timeout: Duration,
+    pub limits: Limits,
+}
+
+/// The listener's defences against clients that hold slots (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest a session may last.
+    pub session_timeout: Duration,
+    /// Slowest average DATA rate, bytes per second (0: none).
+    pub min_data_rate: u64,
+    /// Sessions at once per client address (IPv6: per /64).
+    pub max_per_ip: usize,
+    /// New connections per minute per client address (0: no limit).
+    pub rate_per_ip: u32,
+    /// The spool's directory and the free bytes its file system must keep, checked at MAIL.
+    pub min_free: Option<(PathBuf, u64)>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            session_timeout: Duration::from_secs(1800),
+            min_data_rate: 1024,
+            max_per_ip: 20,
+            rate_per_ip: 0,
+            min_free: None,
+        }
+    }
+}
+
+/// Grace before the DATA rate counts (a client may pause before its first bytes).
+const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
+
+/// The key per-client limits count by: the address, or an IPv6 address's /64 (one
+/// host usually owns a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+#[derive(Default)]
+struct PerClient {
+    active: usize,
+    /// When its connections of the last minute were opened.
+    recent: VecDeque<Instant>,
+}
+
+/// Sessions and recent connections per client; an entry goes when both are empty.
+#[derive(Default)]
+struct Clients(Mutex<HashMap<IpAddr, PerClient>>);
+
+/// One client's session slot; dropping it frees the slot.
+struct ClientSlot {
+    clients: Arc<Clients>,
+    key: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.clients.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get_mut(&self.key) {
+            c.active = c.active.saturating_sub(1);
+        }
+    }
+}
+
+impl Clients {
+    /// A slot for a new connection from `ip`, or the reason there is none.
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<ClientSlot, &'static str> {
+        let key = client_key(ip);
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, c| {
+                c.recent.retain(|t| now.duration_since(*t) < minute);
+                c.active > 0 || !c.recent.is_empty()
+            });
+        }
+        let c = map.entry(key).or_default();
+        while c
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
+            c.recent.pop_front();
+        }
+        // Refused attempts count too, as with Postfix's anvil: hammering keeps a client out.
+        if limits.rate_per_ip > 0 {
+            c.recent.push_back(now);
+            if c.recent.len() > limits.rate_per_ip as usize {
+                return Err("Too many connections from your address per minute, try again later");
+            }
+        }
+        if c.active >= limits.max_per_ip {
+            return Err("Too many connections from your address, try again later");
+        }
+        c.active += 1;
+        Ok(ClientSlot {
+            clients: self.clone(),
+            key,
+        })
+    }
+}
+
+/// Free bytes on the file system of `dir` for unprivileged writers; `None` if unknown.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The listener's current [`Server`]; `standby serve` swaps in a new one on SIGHUP. Each
@@ -107,6 +237,7 @@ pub async fn run(
 ) {
     let max_connections = current.load().max_connections;
     let limit = Arc::new(Semaphore::new(max_connections));
+    let clients = Arc::new(Clients::default());
     let mut next = 0;
     tokio::pin!(shutdown);
     loop {
@@ -124,22 +255,33 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let server = current.load_full();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
+        // Per client first, so one client's flood never takes the slots of others.
+        let admitted = clients.admit(peer.ip(), &server.limits).and_then(|slot| {
+            match limit.clone().try_acquire_owned() {
+                Ok(permit) => Ok((slot, permit)),
+                Err(_) => Err("Too many connections, try again later"),
+            }
+        });
+        match admitted {
+            Ok((slot, permit)) => {
                 tokio::spawn(async move {
                     if let Err(e) = serve_connection(&server, Box::new(stream), peer).await {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
                     drop(permit);
+                    drop(slot);
                 });
             }
-            Err(_) => {
+            Err(why) => {
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let msg = reply(421, "4.7.0", "Too many connections, try again later");
+                    let msg = reply(421, "4.7.0", why);
                     log_refusals(&msg, peer, "", None);
-                    let _ = stream.write_all(msg.as_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    let bye = async {
+                        let _ = stream.write_all(msg.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
                 });
             }
         }
@@ -158,6 +300,8 @@ struct Conn {
     out: Vec<u8>,
     timeout: Duration,
     peer: SocketAddr,
+    /// The end of the session, whatever the client does.
+    session_end: Instant,
 }
 
 enum Read {
@@ -175,18 +319,33 @@ impl Conn {
         self.out.extend_from_slice(reply.as_bytes());
     }
 
+    /// Send what is queued; a client that does not read it within the command timeout
+    /// (or before the session's end) is a `TimedOut` error.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.io.flush().await?;
+            let until = (Instant::now() + self.timeout).min(self.session_end);
+            let write = async {
+                self.io.write_all(&self.out).await?;
+                self.io.flush().await
+            };
+            match tokio::time::timeout_at(until, write).await {
+                Ok(res) => res?,
+                Err(_) => {
+                    tracing::info!(peer = %self.peer, "client does not read its replies; dropped");
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            }
             self.out.clear();
         }
         Ok(())
     }
 
-    async fn read_more(&mut self) -> std::io::Result<Read> {
+    /// Read what the client sent, waiting until `until` at the latest (and never past
+    /// the session's end).
+    async fn read_more(&mut self, until: Instant) -> std::io::Result<Read> {
         self.inbuf.reserve(READ_CHUNK);
-        match tokio::time::timeout(self.timeout, self.io.read_buf(&mut self.inbuf)).await {
+        let until = until.min(self.session_end);
+        match tokio::time::timeout_at(until, self.io.read_buf(&mut self.inbuf)).await {
             Err(_) => Ok(Read::TimedOut),
             Ok(Ok(0)) => Ok(Read::Eof),
             Ok(Ok(_)) => Ok(Read::Data),
@@ -207,11 +366,15 @@ pub async fn serve_connection(
         out: Vec::new(),
         timeout: server.command_timeout,
         peer,
+        session_end: Instant::now() + server.limits.session_timeout,
     };
-    let mut session = Session::new(&server.policy, false);
+    let mut session = Session::new(&server.policy, false).with_client(peer.ip());
     conn.say(&session.greeting(), "", None);
     conn.flush().await?;
     let mut discarding = false;
+    // A whole command line must arrive by then: bytes trickled one at a time (slowloris)
+    // do not push it back.
+    let mut line_due = Instant::now() + conn.timeout;
     loop {
         let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') else {
             if conn.inbuf.len() > MAX_COMMAND_LINE {
@@ -220,21 +383,23 @@ pub async fn serve_connection(
                 discarding = true;
             }
             conn.flush().await?;
-            match conn.read_more().await? {
+            match conn.read_more(line_due).await? {
                 Read::Data => continue,
                 Read::Eof => return Ok(()),
                 Read::TimedOut => {
-                    let msg = format!(
-                        "421 4.4.2 {} Error: timeout exceeded\r\n",
-                        server.policy.hostname
-                    );
-                    conn.say(&msg, session.helo(), None);
-                    let _ = conn.flush().await;
+                    timed_out(&mut conn, &server.policy.hostname, session.helo()).await;
                     return Ok(());
                 }
             }
         };
+        line_due = Instant::now() + conn.timeout;
         let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
+        if let Some((dir, min)) = &server.limits.min_free
+            && line.len() >= 4
+            && line[..4].eq_ignore_ascii_case(b"MAIL")
+        {
+            session.set_storage_low(free_bytes(dir).is_some_and(|free| free < *min));
+        }
         let step = if discarding || line.len() > MAX_COMMAND_LINE {
             discarding = false;
             session.line_too_long()
@@ -256,6 +421,7 @@ pub async fn serve_connection(
                 };
                 let done = session.data_done(outcome);
                 conn.say(&done.reply, session.helo(), done.about.as_deref());
+                line_due = Instant::now() + conn.timeout;
             }
             Next::StartTls => {
                 conn.flush().await?;
@@ -269,7 +435,8 @@ pub async fn serve_connection(
                     &mut conn.io,
                     Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
                 );
-                let handshake = tokio::time::timeout(conn.timeout, acceptor.accept(plain)).await;
+                let until = (Instant::now() + conn.timeout).min(conn.session_end);
+                let handshake = tokio::time::timeout_at(until, acceptor.accept(plain)).await;
                 match handshake {
                     Ok(Ok(tls)) => {
                         conn.io = Box::new(tls);
@@ -281,9 +448,20 @@ pub async fn serve_connection(
                     }
                     Err(_) => return Ok(()),
                 }
+                line_due = Instant::now() + conn.timeout;
             }
         }
     }
+}
+
+/// Tell a client whose time is up, if it still reads.
+async fn timed_out(conn: &mut Conn, hostname: &str, helo: &str) {
+    let msg = format!("421 4.4.2 {hostname} Error: timeout exceeded\r\n");
+    conn.say(&msg, helo, None);
+    // A short last chance: a client that stopped reading gets no more of our time.
+    conn.timeout = conn.timeout.min(Duration::from_secs(5));
+    conn.session_end = conn.session_end.max(Instant::now() + conn.timeout);
+    let _ = conn.flush().await;
 }
 
 /// Stream one message from the connection into the spool. `None` when the client went
@@ -315,17 +493,28 @@ async fn receive_data(
     let mut too_big = false;
     let mut size: u64 = 0;
     let mut decoder = DataDecoder::new();
+    let mut hops = HopCounter::default();
     let mut chunk = Vec::with_capacity(READ_CHUNK);
+    let started = Instant::now();
+    let mut received: u64 = 0;
     loop {
         chunk.clear();
         let end = decoder.feed(&conn.inbuf, &mut chunk);
-        conn.inbuf.drain(..end.unwrap_or(conn.inbuf.len()));
+        let used = end.unwrap_or(conn.inbuf.len());
+        received += used as u64;
+        conn.inbuf.drain(..used);
         size += chunk.len() as u64;
+        hops.feed(&chunk);
         if size > server.policy.max_message_size && !too_big {
             too_big = true;
             if let Some(i) = incoming.take() {
                 i.abort().await;
             }
+        }
+        if hops.count() > MAX_HOPS
+            && let Some(i) = incoming.take()
+        {
+            i.abort().await;
         }
         if let Some(i) = incoming.as_mut()
             && let Err(e) = i.write(&chunk).await
@@ -339,13 +528,24 @@ async fn receive_data(
         if end.is_some() {
             break;
         }
-        match conn.read_more().await? {
+        // Each read within the command timeout, and the whole message at the minimum
+        // rate: by then, `received / min_rate` seconds (plus grace) after the 354.
+        let mut until = Instant::now() + conn.timeout;
+        if let Some(secs) = received.checked_div(server.limits.min_data_rate) {
+            until = until.min(started + DATA_RATE_GRACE + Duration::from_secs(secs));
+        }
+        match conn.read_more(until).await? {
             Read::Data => {}
-            Read::Eof | Read::TimedOut => {
+            read => {
                 if let Some(i) = incoming.take() {
                     i.abort().await;
                 }
-                tracing::info!(%peer, "client went away during DATA; nothing stored");
+                if matches!(read, Read::TimedOut) {
+                    tracing::info!(%peer, received, "client too slow during DATA; nothing stored");
+                    timed_out(conn, &server.policy.hostname, session.helo()).await;
+                } else {
+                    tracing::info!(%peer, "client went away during DATA; nothing stored");
+                }
                 return Ok(None);
             }
         }
@@ -355,6 +555,9 @@ async fn receive_data(
     }
     if too_big {
         return Ok(Some(DataOutcome::TooBig));
+    }
+    if hops.count() > MAX_HOPS {
+        return Ok(Some(DataOutcome::TooManyHops));
     }
     let Some(incoming) = incoming.filter(|_| !failed) else {
         return Ok(Some(DataOutcome::StorageFailed));
@@ -439,6 +642,8 @@ mod tests {
                 max_recipients: 1,
                 tls_available: false,
                 journal: crate::config::Journal::new(&[], &[]),
+                journal_allow: Default::default(),
+                postmaster: None,
             },
             spool: Arc::new(Spool::new(
                 Storage::memory(),
@@ -448,6 +653,7 @@ mod tests {
             tls: None,
             max_connections: 10,
             command_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
         }
     }
 

@@ -8,20 +8,37 @@
 //! Policy lives here: recipients are validated at RCPT time (configured domains only, so
 //! never an open relay; the recipients list when one is configured, so no backscatter),
 //! and every limit has its own reply code.
+//!
+//! Addresses are data: each one is parsed once into an [`Address`] (what `smtp-proto`
+//! decoded, checked), and a MAIL or RCPT line with a control character, bytes that are
+//! not UTF-8 or unbalanced angle brackets is refused with 501 before it is parsed, since
+//! the parser would drop a CR or read a quoted `>` as the end of the path. What is stored
+//! is the decoded form; every output serialises it again (`Address::to_smtp`), so a
+//! quoted `"bob> NOTIFY=SUCCESS"@example.test` stays one quoted address at the primary.
+//! A UTF-8 address needs the `SMTPUTF8` parameter on MAIL (RFC 6531), and journal
+//! addresses take mail only from the `[journal] allow` networks.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
-use smtp_proto::{Error as ProtoError, Request};
+use smtp_proto::{Error as ProtoError, MAIL_SMTPUTF8, Request};
 
-use crate::model::MessageId;
+use crate::config::JournalAllow;
+use crate::model::{Address, MessageId, address::is_control};
 
 /// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4 says 512; extensions
 /// make lines longer, so allow what Postfix allows).
 pub const MAX_COMMAND_LINE: usize = 2048;
 /// Bad commands tolerated before we hang up (Postfix: `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
+/// NOOP, RSET and VRFY a session may send before each one counts as an error
+/// (Postfix: `smtpd_junk_command_limit`): a client that pipelines them by the million
+/// burns our CPU, not its own, and is closed after [`MAX_ERRORS`] more.
+const MAX_JUNK: u32 = 100;
+/// `Received:` headers a message may carry (Postfix: `hopcount_limit`); more is a loop.
+pub const MAX_HOPS: usize = 50;
 
 /// What the session needs to know; shared by all connections.
 #[derive(Debug, Clone)]
@@ -38,6 +55,18 @@ pub struct Policy {
     /// Journal addresses: accepted whatever the domain list says, each transaction
     /// either all journal or none (see [`crate::journal`]).
     pub journal: crate::config::Journal,
+    /// The clients journal addresses take mail from (`[journal] allow`); anyone else
+    /// gets 550 5.7.1 for them.
+    pub journal_allow: JournalAllow,
+    /// Where `RCPT TO:<Postmaster>` goes: `postmaster@` the first configured domain.
+    pub postmaster: Option<String>,
+}
+
+impl Policy {
+    /// `postmaster@` the first of `domains`, the address `<Postmaster>` is relayed as.
+    pub fn postmaster_of(domains: &[String]) -> Option<String> {
+        domains.first().map(|d| format!("postmaster@{d}"))
+    }
 }
 
 /// What the connection does after sending the reply.
@@ -60,6 +89,8 @@ pub enum DataOutcome {
     Stored(MessageId),
     /// Larger than `max_message_size`; nothing was stored.
     TooBig,
+    /// More `Received:` headers than [`MAX_HOPS`]: a mail loop; nothing was stored.
+    TooManyHops,
     /// The spool failed; nothing was acknowledged.
     StorageFailed,
 }
@@ -88,10 +119,18 @@ pub struct Session<'p> {
     helo: Option<String>,
     tls: bool,
     mail_from: Option<String>,
+    /// MAIL carried `SMTPUTF8`: UTF-8 addresses are allowed in this transaction.
+    smtputf8: bool,
     rcpts: Vec<String>,
     /// The recipients so far are journal addresses.
     journal: bool,
     errors: u32,
+    /// NOOP, RSET, VRFY so far (see [`MAX_JUNK`]).
+    junk: u32,
+    /// The client's address (unknown in unit tests: journal intake refused then).
+    client: Option<IpAddr>,
+    /// The spool is short of space: MAIL gets 452 4.3.1 (set by the listener).
+    storage_low: bool,
 }
 
 /// A single-line reply with an enhanced status code.
@@ -115,10 +154,25 @@ impl<'p> Session<'p> {
             helo: None,
             tls,
             mail_from: None,
+            smtputf8: false,
             rcpts: Vec::new(),
             journal: false,
             errors: 0,
+            junk: 0,
+            client: None,
+            storage_low: false,
         }
+    }
+
+    /// The client connects from `ip` (what `[journal] allow` is checked against).
+    pub fn with_client(mut self, ip: IpAddr) -> Self {
+        self.client = Some(ip);
+        self
+    }
+
+    /// Whether the spool is short of space; while it is, MAIL is answered 452 4.3.1.
+    pub fn set_storage_low(&mut self, low: bool) {
+        self.storage_low = low;
     }
 
     /// The banner sent when the client connects.
@@ -146,6 +200,7 @@ impl<'p> Session<'p> {
 
     fn reset(&mut self) {
         self.mail_from = None;
+        self.smtputf8 = false;
         self.rcpts.clear();
         self.journal = false;
     }
@@ -168,6 +223,16 @@ impl<'p> Session<'p> {
         s
     }
 
+    /// A command that does no work; past [`MAX_JUNK`] each counts as an error.
+    fn junk(&mut self, s: Step) -> Step {
+        self.junk = self.junk.saturating_add(1);
+        if self.junk > MAX_JUNK {
+            self.error(s)
+        } else {
+            s
+        }
+    }
+
     /// A command line longer than [`MAX_COMMAND_LINE`] arrived (and was discarded).
     pub fn line_too_long(&mut self) -> Step {
         self.error(step(500, "5.5.2", "Error: line too long"))
@@ -175,6 +240,14 @@ impl<'p> Session<'p> {
 
     /// Handle one command line (ending in LF).
     pub fn handle(&mut self, line: &[u8]) -> Step {
+        if let Some((verb, problem)) = bad_path(line) {
+            let (esc, what) = match verb {
+                Verb::Mail => ("5.1.7", "sender"),
+                Verb::Rcpt => ("5.1.3", "recipient"),
+            };
+            let text = format!("Bad {what} address syntax: {problem}");
+            return self.error(step(501, esc, &text).about(&raw_address(line)));
+        }
         // The parser drops source routes (`<@a,@b:user@c>`) silently; RFC 5321 lets a
         // server decline them, and a standby has no reason to accept one.
         if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"RCPT TO:") && has_source_route(line) {
@@ -183,7 +256,7 @@ impl<'p> Session<'p> {
         }
         let parsed = Request::parse(&mut line.iter());
         match parsed {
-            Ok(req) => self.request(req),
+            Ok(req) => self.request(req, line),
             Err(e) => {
                 let s = match e {
                     ProtoError::UnknownCommand => {
@@ -201,6 +274,18 @@ impl<'p> Session<'p> {
                     ProtoError::InvalidRecipientAddress => {
                         step(501, "5.1.3", "Bad recipient address syntax").about(&raw_address(line))
                     }
+                    ProtoError::SyntaxError { syntax } if syntax.starts_with("MAIL") => step(
+                        501,
+                        "5.1.7",
+                        &format!("Bad sender address syntax: {syntax}"),
+                    )
+                    .about(&raw_address(line)),
+                    ProtoError::SyntaxError { syntax } if syntax.starts_with("RCPT") => step(
+                        501,
+                        "5.1.3",
+                        &format!("Bad recipient address syntax: {syntax}"),
+                    )
+                    .about(&raw_address(line)),
                     ProtoError::SyntaxError { syntax } => {
                         step(501, "5.5.4", &format!("Syntax: {syntax}"))
                     }
@@ -219,7 +304,7 @@ impl<'p> Session<'p> {
         }
     }
 
-    fn request(&mut self, req: Request<Cow<'_, str>>) -> Step {
+    fn request(&mut self, req: Request<Cow<'_, str>>, line: &[u8]) -> Step {
         match req {
             Request::Ehlo { host } => {
                 self.helo = Some(host.into_owned());
@@ -238,11 +323,18 @@ impl<'p> Session<'p> {
                     about: None,
                 }
             }
-            Request::Helo { host } | Request::Lhlo { host } => {
+            Request::Helo { host } => {
                 self.helo = Some(host.into_owned());
                 self.reset();
                 step(250, "2.0.0", &self.policy.hostname)
             }
+            // LMTP's greeting: a client that speaks LMTP to an MX would take each 250
+            // after DATA as per-recipient replies it never gets.
+            Request::Lhlo { .. } => self.error(step(
+                502,
+                "5.5.1",
+                "Error: LHLO is LMTP, this is SMTP (use EHLO)",
+            )),
             Request::Mail { from } => {
                 if self.helo.is_none() {
                     return self.error(step(503, "5.5.1", "Error: send HELO/EHLO first"));
@@ -254,7 +346,31 @@ impl<'p> Session<'p> {
                     return step(552, "5.3.4", "Message size exceeds fixed limit")
                         .about(&from.address);
                 }
-                self.mail_from = Some(from.address.into_owned());
+                if self.storage_low {
+                    return step(452, "4.3.1", "Insufficient system storage").about(&from.address);
+                }
+                let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+                let sender = if from.address.is_empty() {
+                    String::new()
+                } else {
+                    match Address::from_decoded(&from.address) {
+                        Ok(a) if !a.is_ascii() && !smtputf8 => {
+                            let s = step(
+                                553,
+                                "5.6.7",
+                                "Must declare SMTPUTF8 to send unicode address",
+                            );
+                            return self.error(s.about(&from.address));
+                        }
+                        Ok(a) => a.decoded(),
+                        Err(e) => {
+                            let s = step(501, "5.1.7", &format!("Bad sender address syntax: {e}"));
+                            return self.error(s.about(&from.address));
+                        }
+                    }
+                };
+                self.mail_from = Some(sender);
+                self.smtputf8 = smtputf8;
                 step(250, "2.1.0", "Ok")
             }
             Request::Rcpt { to } => {
@@ -264,7 +380,49 @@ impl<'p> Session<'p> {
                 if self.rcpts.len() >= self.policy.max_recipients {
                     return step(452, "4.5.3", "Error: too many recipients").about(&to.address);
                 }
-                let journal = self.policy.journal.matches(&to.address);
+                let postmaster =
+                    to.address.is_empty() && raw_address(line).eq_ignore_ascii_case("postmaster");
+                let addr = if postmaster {
+                    // RFC 5321 §4.5.1: `<Postmaster>` without a domain MUST be accepted.
+                    match self.policy.postmaster.as_deref().map(Address::from_decoded) {
+                        Some(Ok(a)) => a,
+                        _ => {
+                            let s =
+                                step(550, "5.7.1", "Relay access denied (no domain configured)");
+                            return self.error(s.about(&to.address));
+                        }
+                    }
+                } else {
+                    match Address::from_decoded(&to.address) {
+                        Ok(a) if !a.is_ascii() && !self.smtputf8 => {
+                            let s = step(
+                                553,
+                                "5.6.7",
+                                "Must declare SMTPUTF8 to send unicode address",
+                            );
+                            return self.error(s.about(&to.address));
+                        }
+                        Ok(a) => a,
+                        Err(e) => {
+                            let s =
+                                step(501, "5.1.3", &format!("Bad recipient address syntax: {e}"));
+                            return self.error(s.about(&to.address));
+                        }
+                    }
+                };
+                let journal = self.policy.journal.matches(&addr.decoded());
+                if journal
+                    && !self
+                        .client
+                        .is_some_and(|ip| self.policy.journal_allow.permits(ip))
+                {
+                    let s = step(
+                        550,
+                        "5.7.1",
+                        "Journal copies are accepted from the primary only",
+                    );
+                    return self.error(s.about(&to.address));
+                }
                 if !self.rcpts.is_empty() && journal != self.journal {
                     // RFC 5321 §4.5.3.1.10: a client sends the rest in another transaction.
                     return step(
@@ -275,9 +433,9 @@ impl<'p> Session<'p> {
                     .about(&to.address);
                 }
                 let checked = if journal {
-                    Ok(to.address.trim().to_string())
+                    Ok(addr.decoded())
                 } else {
-                    self.check_recipient(&to.address)
+                    self.check_recipient(&addr, postmaster)
                 };
                 match checked {
                     Ok(addr) => {
@@ -306,19 +464,19 @@ impl<'p> Session<'p> {
             }
             Request::Rset => {
                 self.reset();
-                step(250, "2.0.0", "Ok")
+                self.junk(step(250, "2.0.0", "Ok"))
             }
-            Request::Noop { .. } => step(250, "2.0.0", "Ok"),
+            Request::Noop { .. } => self.junk(step(250, "2.0.0", "Ok")),
             Request::Quit => Step {
                 reply: reply(221, "2.0.0", "Bye"),
                 next: Next::Close,
                 about: None,
             },
-            Request::Vrfy { .. } => step(
+            Request::Vrfy { .. } => self.junk(step(
                 252,
                 "2.0.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
-            ),
+            )),
             Request::StartTls => {
                 if !self.policy.tls_available {
                     self.error(step(502, "5.5.1", "Error: STARTTLS not available"))
@@ -341,20 +499,16 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// Decide on a recipient; returns the address to store, or the refusal.
+    /// Decide on a recipient; returns the address to store (decoded), or the refusal.
     ///
     /// Refused as relaying (550 5.7.1): a domain not ours (IP literals included), and any
     /// routing syntax in the local part, quoted or escaped or not (`%`, `!`, `@`, `:`),
-    /// because a primary or a later hop might still honour it.
-    fn check_recipient(&self, address: &str) -> Result<String, Step> {
-        let Some((local, domain)) = address.rsplit_once('@') else {
-            return Err(step(
-                550,
-                "5.1.1",
-                "Recipient address rejected: need a fully-qualified address",
-            ));
-        };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    /// because a primary or a later hop might still honour it. Postmaster (bare, or at
+    /// one of our domains) is accepted whatever the recipients list says (RFC 5321
+    /// §4.5.1).
+    fn check_recipient(&self, address: &Address, postmaster: bool) -> Result<String, Step> {
+        let local = address.local();
+        let domain = address.domain().to_ascii_lowercase();
         // `%` and `!` in the local part are old routing syntaxes a naive primary could
         // honour to relay elsewhere; Postfix refuses them the same way.
         let routed = local.contains(['%', '!', '@', ':']);
@@ -362,7 +516,9 @@ impl<'p> Session<'p> {
             return Err(step(550, "5.7.1", "Relay access denied"));
         }
         let addr = format!("{local}@{domain}");
+        let postmaster = postmaster || local.eq_ignore_ascii_case("postmaster");
         if let Some(list) = &self.policy.recipients
+            && !postmaster
             && !list.contains(&addr.to_lowercase())
         {
             return Err(step(
@@ -379,8 +535,14 @@ impl<'p> Session<'p> {
         let sender = self.mail_from.take().unwrap_or_default();
         self.reset();
         let s = match outcome {
-            DataOutcome::Stored(id) => step(250, "2.0.0", &format!("Ok: queued as {id}")),
+            DataOutcome::Stored(id) => {
+                // A client that delivers is doing work: a long session of messages with an
+                // RSET between each is not junk.
+                self.junk = 0;
+                step(250, "2.0.0", &format!("Ok: queued as {id}"))
+            }
             DataOutcome::TooBig => step(552, "5.3.4", "Message size exceeds fixed limit"),
+            DataOutcome::TooManyHops => step(554, "5.4.6", "Too many hops (mail loop?)"),
             DataOutcome::StorageFailed => step(
                 451,
                 "4.3.0",
@@ -408,6 +570,57 @@ fn raw_address(line: &[u8]) -> String {
         .unwrap_or_default()
         .trim_matches(['<', '>'])
         .to_string()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Mail,
+    Rcpt,
+}
+
+/// What is wrong with the path of a MAIL or RCPT line that the parser would not see:
+/// a control character (C0, DEL, C1; the parser silently drops a CR), bytes that are not
+/// UTF-8 (it would put U+FFFD in their place), or an angle bracket left open or a quote
+/// left unclosed. `None` for other lines and for well-formed paths.
+fn bad_path(line: &[u8]) -> Option<(Verb, &'static str)> {
+    let verb = match line.get(..4) {
+        Some(v) if v.eq_ignore_ascii_case(b"MAIL") => Verb::Mail,
+        Some(v) if v.eq_ignore_ascii_case(b"RCPT") => Verb::Rcpt,
+        _ => return None,
+    };
+    let colon = line.iter().position(|b| *b == b':')?;
+    let arg = &line[colon + 1..];
+    let arg = arg.strip_suffix(b"\n").unwrap_or(arg);
+    let arg = arg.strip_suffix(b"\r").unwrap_or(arg);
+    let Ok(arg) = std::str::from_utf8(arg) else {
+        return Some((verb, "not UTF-8"));
+    };
+    if arg.chars().any(is_control) {
+        return Some((verb, "control character"));
+    }
+    let path = arg.trim_start_matches(' ');
+    let Some(inner) = path.strip_prefix('<') else {
+        return None; // no path at all: the parser says which syntax it wants
+    };
+    let (mut quoted, mut escaped) = (false, false);
+    for c in inner.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return None,
+            '<' if !quoted => return Some((verb, "unbalanced angle brackets")),
+            _ => {}
+        }
+    }
+    Some((
+        verb,
+        if quoted {
+            "unbalanced quotes"
+        } else {
+            "unbalanced angle brackets"
+        },
+    ))
 }
 
 /// Whether the address of a `RCPT TO:` line starts with a source route (`<@`).
@@ -445,7 +658,13 @@ mod tests {
                 &["journal@archive.example.test".to_string()],
                 &["example.test".to_string()],
             ),
+            journal_allow: JournalAllow::loopback_and([]),
+            postmaster: Some("postmaster@example.test".into()),
         }
+    }
+
+    fn from_loopback(p: &Policy) -> Session<'_> {
+        Session::new(p, false).with_client("127.0.0.1".parse().unwrap())
     }
 
     fn code(s: &Step) -> &str {
@@ -477,7 +696,7 @@ mod tests {
     #[test]
     fn journal_copies_come_in_their_own_transactions() {
         let p = policy(Some(&["bob@example.test"]));
-        let mut s = Session::new(&p, false);
+        let mut s = from_loopback(&p);
         s.handle(b"EHLO c\r\n");
         s.handle(b"MAIL FROM:<a@b.test>\r\n");
         // Accepted although its domain is not ours and it is not on the recipients list.
@@ -548,6 +767,93 @@ mod tests {
     }
 
     #[test]
+    fn journal_copies_only_from_allowed_clients() {
+        let p = policy(None);
+        for (client, want) in [
+            (Some("127.0.0.1"), "250 2.1.5"),
+            (Some("::ffff:127.0.0.1"), "250 2.1.5"),
+            (Some("192.0.2.9"), "550 5.7.1"),
+            (None, "550 5.7.1"),
+        ] {
+            let mut s = Session::new(&p, false);
+            if let Some(ip) = client {
+                s = s.with_client(ip.parse().unwrap());
+            }
+            s.handle(b"EHLO c\r\n");
+            s.handle(b"MAIL FROM:<a@b.test>\r\n");
+            let r = s.handle(b"RCPT TO:<journal@archive.example.test>\r\n");
+            assert!(r.reply.starts_with(want), "{client:?}: {}", r.reply);
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused_before_parsing() {
+        let p = policy(Some(&["bob@example.test", "john doe@example.test"]));
+        let mut s = Session::new(&p, false);
+        s.handle(b"EHLO c\r\n");
+        for (line, want) in [
+            (&b"MAIL FROM:<a\x1b@b.test>\r\n"[..], "501 5.1.7"),
+            (b"MAIL FROM:<a@b.test\r\n", "501 5.1.7"),
+            (b"MAIL FROM:<a\xff@b.test>\r\n", "501 5.1.7"),
+            (b"MAIL FROM:<\"a\rb\"@b.test>\r\n", "501 5.1.7"),
+            (b"MAIL FROM:<a@b.test> SMTPUTF8\r\n", "250 2.1.0"),
+            (b"RCPT TO:<\"bob\xc2\x9b\"@example.test>\r\n", "501 5.1.3"),
+            (b"RCPT TO:<bob@example.test\r\n", "501 5.1.3"),
+            (b"RCPT TO:<<bob@example.test>\r\n", "501 5.1.3"),
+            (b"RCPT TO:<\"bob>@example.test>\r\n", "501 5.1.3"),
+            (b"RCPT TO:<\"bob\x7f\"@example.test>\r\n", "501 5.1.3"),
+            (b"RCPT TO:<>\r\n", "501 5.1.3"),
+            (b"RCPT TO:<\"John Doe\"@example.test>\r\n", "250 2.1.5"),
+            (b"RCPT TO:<Postmaster>\r\n", "250 2.1.5"),
+        ] {
+            let r = s.handle(line);
+            assert!(
+                r.reply.starts_with(want),
+                "{:?}: {}",
+                String::from_utf8_lossy(line),
+                r.reply
+            );
+        }
+        assert_eq!(
+            s.rcpts(),
+            ["John Doe@example.test", "postmaster@example.test"]
+        );
+        assert_eq!(
+            crate::model::Address::from_decoded(&s.rcpts()[0])
+                .unwrap()
+                .to_smtp(),
+            "\"John Doe\"@example.test"
+        );
+    }
+
+    #[test]
+    fn utf8_needs_smtputf8_lhlo_is_refused_and_low_space_defers_mail() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        assert!(s.handle(b"LHLO c\r\n").reply.starts_with("502 5.5.1"));
+        s.handle(b"EHLO c\r\n");
+        let utf8 = "MAIL FROM:<jörg@exämple.test>\r\n";
+        assert!(s.handle(utf8.as_bytes()).reply.starts_with("553 5.6.7"));
+        s.handle(b"MAIL FROM:<a@b.test>\r\n");
+        let r = s.handle("RCPT TO:<jörg@example.test>\r\n".as_bytes());
+        assert!(r.reply.starts_with("553 5.6.7"), "{}", r.reply);
+        s.handle(b"RSET\r\n");
+        s.handle("MAIL FROM:<jörg@exämple.test> SMTPUTF8\r\n".as_bytes());
+        let r = s.handle("RCPT TO:<jörg@example.test>\r\n".as_bytes());
+        assert!(r.reply.starts_with("250"), "{}", r.reply);
+        s.handle(b"RSET\r\n");
+        s.set_storage_low(true);
+        let r = s.handle(b"MAIL FROM:<a@b.test>\r\n");
+        assert!(r.reply.starts_with("452 4.3.1"), "{}", r.reply);
+        s.set_storage_low(false);
+        assert!(
+            s.handle(b"MAIL FROM:<a@b.test>\r\n")
+                .reply
+                .starts_with("250")
+        );
+    }
+
+    #[test]
     fn limits_and_sequence_errors() {
         let p = policy(None);
         let mut s = Session::new(&p, false);
@@ -580,6 +886,18 @@ mod tests {
                 .reply
                 .starts_with("552 5.3.4")
         );
+    }
+
+    #[test]
+    fn a_flood_of_noops_is_closed() {
+        let p = policy(None);
+        let mut s = Session::new(&p, false);
+        for _ in 0..MAX_JUNK + MAX_ERRORS - 1 {
+            assert_eq!(s.handle(b"NOOP\r\n").next, Next::Command);
+        }
+        let last = s.handle(b"NOOP\r\n");
+        assert_eq!(last.next, Next::Close);
+        assert!(last.reply.contains("421 4.7.0"), "{}", last.reply);
     }
 
     #[test]
