@@ -215,6 +215,52 @@ async fn two_nodes_share_one_table_and_deliver_each_message_once() {
     );
 }
 
+/// A node collects a large message in a temporary file, not in memory (a node may
+/// receive 200 messages of 40 MB at once): eight 12 MB messages at once leave its peak
+/// memory far below their sum, and each object in S3 is whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_messages_are_collected_on_disk_not_in_memory() {
+    common::require("smtp-source", "postfix");
+    let moto = Moto::start();
+    moto.storage("large").await;
+    let pf = Postfix::primary(); // down: everything is held
+    let never = [("STANDBY_HEALTH_UP_AFTER", "100000")];
+    let sb = node(&moto, "large", "mx20", pf.port, &never);
+    let size: u64 = 12_000_000;
+    let out = std::process::Command::new("smtp-source")
+        .args(["-s", "8", "-m", "8", "-l", &size.to_string(), "-t"])
+        .arg("user@example.test")
+        .arg(format!("127.0.0.1:{}", sb.port))
+        .output()
+        .expect("run smtp-source");
+    assert!(out.status.success(), "{out:?}");
+    wait_for("eight held", Duration::from_secs(120), || {
+        status(&sb)["counts"]["held"] == 8
+    });
+    let peak = sb.peak_rss();
+    eprintln!(
+        "peak RSS receiving 8 x {size} bytes on S3: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        peak < 64 << 20,
+        "peak RSS {} MiB receiving 8 x 12 MB: messages are held in memory",
+        peak >> 20
+    );
+    let clients = moto.clients().await;
+    let listed = clients
+        .s3
+        .list_objects_v2()
+        .bucket("large")
+        .prefix("serve/")
+        .send()
+        .await
+        .unwrap();
+    let sizes: Vec<i64> = listed.contents().iter().filter_map(|o| o.size()).collect();
+    assert_eq!(sizes.len(), 8, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n as u64 >= size), "{sizes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_a_node_while_receiving_loses_nothing_acknowledged() {
     let kills = env_u64("STANDBYMX_AWS_SERVE_KILLS").unwrap_or(6);

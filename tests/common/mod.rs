@@ -381,6 +381,19 @@ impl Standby {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// Peak resident memory of the running process so far (`VmHWM`), in bytes.
+    #[allow(dead_code)]
+    pub fn peak_rss(&self) -> u64 {
+        let c = self.child.as_ref().expect("standby is running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", c.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kb * 1024
+    }
+
     /// Send `signal` (`HUP`, `TERM`, ...) to the running process.
     pub fn signal(&self, signal: &str) {
         let c = self.child.as_ref().expect("standby is running");

@@ -1,10 +1,13 @@
 //! `S3BlobStore`: raw messages as S3 objects under a key prefix.
 //!
 //! # Guarantees
-//! - Blobs written here are buffered and stored with one `PutObject` at commit, with
+//! - Blobs written here are collected and stored with one `PutObject` at commit, with
 //!   `If-None-Match: *`: an object is never half-visible, and an existing object (SES's or
-//!   ours) is never overwritten. S3 acknowledges a PUT only once the object is durably
-//!   stored, and reads after a PUT see it (strong read-after-write consistency).
+//!   ours) is never overwritten. Past [`SPILL_AT`] bytes a blob is collected in a
+//!   temporary file (removed when the writer is dropped) instead of memory (`standby
+//!   serve` may receive 200 messages of 40 MB at once), and the PUT streams it from there.
+//!   S3 acknowledges a PUT only once the object is durably stored, and reads after a PUT
+//!   see it (strong read-after-write consistency).
 //! - SES writes its own objects at `prefix + SES message id`; those are read through the
 //!   record's [`blob`](crate::model::Record::blob) key. Such keys never contain the prefix.
 //! - A key with a `/` is a whole object key in the bucket (SES message ids and our ids
@@ -147,6 +150,7 @@ impl BlobStore for S3BlobStore {
             store: self.clone(),
             key,
             buf: Vec::new(),
+            spill: None,
         }))
     }
 
@@ -287,10 +291,23 @@ impl BlobStore for S3BlobStore {
     }
 }
 
+/// A blob larger than this is collected in a temporary file, not in memory.
+pub const SPILL_AT: usize = 256 * 1024;
+
 struct S3Writer {
     store: S3BlobStore,
     key: String,
     buf: Vec<u8>,
+    /// The temporary file (removed when dropped) once the blob outgrew [`SPILL_AT`].
+    spill: Option<(tempfile::TempPath, tokio::fs::File)>,
+}
+
+fn spill_error(e: std::io::Error) -> StoreError {
+    StoreError::io(
+        "collect a message for S3 in a temporary file",
+        std::env::temp_dir(),
+        e,
+    )
 }
 
 #[async_trait]
@@ -300,12 +317,47 @@ impl BlobWriter for S3Writer {
     }
 
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        self.buf.extend_from_slice(buf);
-        Ok(())
+        use tokio::io::AsyncWriteExt;
+        if self.spill.is_none() && self.buf.len() + buf.len() > SPILL_AT {
+            let (file, path) = tempfile::NamedTempFile::new()
+                .map_err(spill_error)?
+                .into_parts();
+            let mut file = tokio::fs::File::from_std(file);
+            file.write_all(&self.buf).await.map_err(spill_error)?;
+            self.buf = Vec::new();
+            self.spill = Some((path, file));
+        }
+        match &mut self.spill {
+            Some((_, file)) => file.write_all(buf).await.map_err(spill_error),
+            None => {
+                self.buf.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let S3Writer { store, key, buf } = *self;
+        use tokio::io::AsyncWriteExt;
+        let S3Writer {
+            store,
+            key,
+            buf,
+            spill,
+        } = *self;
+        // `path` lives until the PUT is done (a retry reopens the file), then is removed.
+        let (body, _path) = match spill {
+            None => (ByteStream::from(buf), None),
+            Some((path, mut file)) => {
+                file.flush().await.map_err(spill_error)?;
+                drop(file);
+                let body = ByteStream::read_from()
+                    .path(&path)
+                    .build()
+                    .await
+                    .map_err(|e| internal(&e))?;
+                (body, Some(path))
+            }
+        };
         store
             .client
             .put_object()
@@ -313,7 +365,7 @@ impl BlobWriter for S3Writer {
             .key(store.object_key(&key))
             .if_none_match("*")
             .content_type("message/rfc822")
-            .body(ByteStream::from(buf))
+            .body(body)
             .send()
             .await
             .map_err(|e| classify(BACKEND, "PutObject", e))?;
