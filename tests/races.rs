@@ -93,6 +93,7 @@ impl RelaySession for GatedPrimary {
             mail: Reply::new(250, "ok"),
             rcpts: rcpts.iter().map(|_| Reply::new(250, "ok")).collect(),
             data: Some(Reply::new(250, "2.0.0 Ok: queued as T1")),
+            ambiguous: false,
         })
     }
     async fn quit(self: Box<Self>) {}
@@ -203,6 +204,7 @@ fn drainer(storage: &Storage, primary: &GatedPrimary, lease: Duration) -> Draine
             clock_skew: Duration::ZERO,
             hold_days: 30,
             rate_per_sec: 0,
+            breaker_5xx: 20,
             dsn: DsnSettings {
                 enabled: false,
                 reporting_mta: "standby.test".into(),
