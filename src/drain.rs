@@ -180,11 +180,13 @@ pub fn apply(
                     set(rec, i, &not_positive(&rcpt_reply, "RCPT", "250 or 251"));
                     continue;
                 }
-                // Accepted at RCPT: the reply after the final dot decides.
-                let final_reply = tx
-                    .data
-                    .clone()
-                    .unwrap_or_else(|| Reply::new(451, "message data not accepted by the primary"));
+                // Accepted at RCPT: the reply after the final dot decides, and only a 250
+                // there is a delivery (a 221 or 252 may mean anything).
+                let final_reply = match &tx.data {
+                    Some(d) if d.code == 250 || d.code >= 400 => d.clone(),
+                    Some(d) => odd_final_reply(d),
+                    None => Reply::new(451, "message data not accepted by the primary"),
+                };
                 set(rec, i, &final_reply);
             }
         }
@@ -211,6 +213,47 @@ pub fn apply(
         // journal copy is never claimed.)
         Status::Held | Status::Paused | Status::Journal => Outcome::Deferred,
     }
+}
+
+/// A reply to the final dot that is neither 250 nor a refusal (a 221, a 252, a 354): not
+/// a delivery, but the primary may have the message, so it is ambiguous.
+fn odd_final_reply(reply: &Reply) -> Reply {
+    Reply::new(
+        451,
+        format!(
+            "4.5.0 the primary answered the final dot with `{reply}`; only 250 delivers, and it may have the message"
+        ),
+    )
+}
+
+/// Whether the primary answered the final dot with something that is neither a 250 nor
+/// a refusal (see [`odd_final_reply`]).
+fn odd_final(tx: &Transaction) -> bool {
+    tx.data.as_ref().is_some_and(|d| {
+        d.code != 250 && d.code < 400 && tx.rcpts.iter().any(|r| matches!(r.code, 250 | 251))
+    })
+}
+
+/// The class and subject of a reply's enhanced status code (`(5, 7)` for
+/// `550 5.7.1 ...`), when its text starts with one (RFC 3463).
+fn enhanced(reply: &Reply) -> Option<(u8, u16)> {
+    let first = reply.text.split_ascii_whitespace().next()?;
+    let mut parts = first.splitn(3, '.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail = parts.next()?;
+    (matches!(class, 2 | 4 | 5) && !detail.is_empty() && detail.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((class, subject))
+}
+
+/// A refusal about this message's sender or content rather than the primary's state:
+/// an enhanced code of subject 7 (security or policy: SPF, DMARC, a blocklist, a virus
+/// scanner) or, at MAIL, subject 1 (the sender's address, e.g. `4.1.8` sender domain not
+/// found). A spammer's forged sender gets these from a healthy primary, so they never
+/// trip the circuit breaker: otherwise twenty spam messages held during the outage would
+/// halt the draining of everything else.
+fn about_the_message(reply: &Reply, at_mail: bool) -> bool {
+    matches!(enhanced(reply), Some((_, 7))) || (at_mail && matches!(enhanced(reply), Some((_, 1))))
 }
 
 /// `reply` as a refusal: a 4xx or 5xx as it is; anything else the command did not accept
@@ -266,11 +309,13 @@ impl BreakerState {
         }
         if let Ok(tx) = result
             && (400..500).contains(&tx.mail.code)
+            && !about_the_message(&tx.mail, true)
         {
             self.trip(
                 Breaker::Mail4xx,
                 format!(
-                    "circuit breaker: the primary answered MAIL with `{}` (it cannot take                      mail now); the run stopped, the other messages left untouched",
+                    "circuit breaker: the primary answered MAIL with `{}` (it cannot take \
+                     mail now); the run stopped, the other messages left untouched",
                     redact_text(&tx.mail.to_string())
                 ),
             );
@@ -284,6 +329,20 @@ impl BreakerState {
         if rcpts.is_empty() || !rcpts.iter().all(|r| r.status == RcptStatus::Failed) {
             return;
         }
+        // Only refusals at RCPT say the primary no longer knows our recipients (it came
+        // back with an empty directory). A refused sender (at MAIL) or content (after
+        // the dot), or a policy refusal at RCPT, is about this message: not counted, and
+        // it does not reset the count either.
+        let Ok(tx) = result else { return };
+        let at_rcpt = tx.mail.code == 250
+            && !tx.rcpts.is_empty()
+            && tx
+                .rcpts
+                .iter()
+                .all(|r| r.code >= 500 && !about_the_message(r, false));
+        if !at_rcpt {
+            return;
+        }
         let n = self.in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
         if n >= self.limit {
             let last = rcpts
@@ -294,7 +353,10 @@ impl BreakerState {
             self.trip(
                 Breaker::Refusals5xx,
                 format!(
-                    "circuit breaker: {n} messages in a row refused with 5xx ([drain]                      breaker_5xx = {}; last: `{last}`); draining halted, the other messages                      left untouched. If the primary is right to refuse them, `standby drain                      --force` resumes",
+                    "circuit breaker: {n} messages in a row refused with 5xx at RCPT ([drain] \
+                     breaker_5xx = {}; last: `{last}`); draining halted, the other messages \
+                     left untouched. If the primary is right to refuse them, `standby drain \
+                     --force` resumes",
                     self.limit
                 ),
             );
@@ -492,17 +554,23 @@ impl Drainer {
     /// or the rate limit can outlast the lease of its last messages). Without this, a
     /// lease that ran out could be used to send a message another node has claimed and
     /// is sending too.
-    async fn still_ours(&self, rec: &mut Record, owner: &str) -> Result<bool, StoreError> {
+    /// Returns the renewed lease's end, computed before the renewal was sent (so it
+    /// never overstates the lease by the renewal's latency), or `None`.
+    async fn still_ours(
+        &self,
+        rec: &mut Record,
+        owner: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
         let until = now + self.lease();
         if !self.storage.index.renew(rec.id, owner, until).await? {
-            return Ok(false);
+            return Ok(None);
         }
         rec.lease = Some(Lease {
             owner: owner.to_string(),
             until,
         });
-        Ok(true)
+        Ok(Some(until))
     }
 
     fn lease(&self) -> chrono::Duration {
@@ -663,23 +731,29 @@ impl Drainer {
                     continue; // connected just above
                 };
                 self.pace().await;
-                if !self.still_ours(&mut rec, &owner).await? {
+                let Some(until) = self.still_ours(&mut rec, &owner).await? else {
                     tracing::warn!(id = %rec.id, "lease ran out before the attempt and another worker took the message; not sending it");
                     claims.done(rec.id);
                     continue;
-                }
+                };
                 let keeper = Keeper::start(
                     index.clone(),
                     self.clock.clone(),
                     rec.id,
                     &owner,
                     self.lease(),
+                    until,
                 );
                 // With the "delivery attempt" line after the write-back, this brackets the
                 // window in which a crash can duplicate the message.
                 tracing::debug!(id = %rec.id, "attempt started");
+                // Whether the session saw a command of this transaction: a storage error
+                // opening the message leaves it clean, one while reading the body leaves
+                // it inside DATA.
+                let mut sent = false;
                 let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
+                        sent = true;
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
                         s.send(&rec.mail_from, &rcpts, keeper.guard(body)).await
                     }
@@ -702,15 +776,18 @@ impl Drainer {
                     }
                 }
                 let session_broken = match &result {
-                    Err(RelayError::Blob(_)) => false,
+                    // Refused before MAIL was written: the session is as it was.
+                    Err(RelayError::Unsendable(_)) => false,
+                    Err(RelayError::Blob(_)) => sent,
                     Err(_) => true,
                     Ok(tx) => {
                         tx.ambiguous
+                            || odd_final(tx)
                             || tx.mail.code == 421
                             || tx.data.as_ref().is_some_and(|d| d.code == 421)
                     }
                 };
-                let ambiguous = matches!(&result, Ok(tx) if tx.ambiguous);
+                let ambiguous = matches!(&result, Ok(tx) if tx.ambiguous || odd_final(tx));
                 let tried: Vec<usize> = rec
                     .rcpts
                     .iter()
@@ -722,20 +799,26 @@ impl Drainer {
                 breaker.observe(&rec, &tried, &result);
                 if ambiguous {
                     w.ambiguous += 1;
-                    tracing::warn!(id = %rec.id, "no reply to the final dot: the primary may have the message; deferred, and the retry may deliver it twice");
+                    tracing::warn!(id = %rec.id, "no reply (or no 250) to the final dot: the primary may have the message; deferred, and the retry may deliver it twice");
                 }
-                if outcome == Outcome::Failed {
-                    // On a storage error the lease stays: the message is tried again
-                    // after it runs out, and the bounce decided then.
-                    dsn::settle(
+                let mut outcome = outcome;
+                if outcome == Outcome::Failed
+                    && let Err(e) = dsn::settle(
                         &self.storage,
                         &mut rec,
                         &self.settings.dsn,
                         self.clock.now(),
                     )
-                    .await?;
+                    .await
+                {
+                    // The bounce could not be decided (storage trouble): what the primary
+                    // accepted is still written back (never sent again); the refused
+                    // recipients wait, and are tried and bounced on a later attempt.
+                    tracing::warn!(id = %rec.id, error = %e, "could not queue the DSN; the refused recipients stay held and are tried again");
+                    defer_refused(&mut rec, &tried, self.clock.now());
+                    outcome = Outcome::Deferred;
                 }
-                let written = index.complete(&rec, &owner).await;
+                let written = write_back(index.as_ref(), &rec, &owner).await;
                 claims.done(rec.id);
                 match written {
                     Ok(()) if outcome == Outcome::Delivered => {
@@ -848,19 +931,20 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Start renewing `owner`'s lease on `id`, which the caller just renewed to a whole
-    /// `lease` from now.
+    /// Start renewing `owner`'s lease on `id`, which the caller just renewed to `until`
+    /// (a whole `lease` from before that renewal).
     pub fn start(
         index: Arc<dyn Index>,
         clock: Arc<dyn Clock>,
         id: MessageId,
         owner: &str,
         lease: chrono::Duration,
+        until: DateTime<Utc>,
     ) -> Keeper {
         use std::sync::atomic::Ordering::SeqCst;
         let state = Arc::new(KeeperState {
             lost: false.into(),
-            until_ms: (clock.now() + lease).timestamp_millis().into(),
+            until_ms: until.timestamp_millis().into(),
             dot: false.into(),
             refused: false.into(),
         });
@@ -986,6 +1070,45 @@ struct WorkerReport {
     stopped: Option<String>,
 }
 
+/// A failed attempt whose bounce could not be decided: its refused recipients go back
+/// to pending (keeping the refusal as their last reply) and the message is held.
+fn defer_refused(rec: &mut Record, tried: &[usize], now: DateTime<Utc>) {
+    for &i in tried {
+        if let Some(r) = rec.rcpts.get_mut(i)
+            && r.status == RcptStatus::Failed
+        {
+            r.status = RcptStatus::Pending;
+        }
+    }
+    rec.status = Status::Held;
+    rec.reason = None;
+    rec.bounce = None;
+    rec.settle();
+    let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
+    rec.next_attempt_at = now + delay;
+}
+
+/// Write an attempt's outcome back under the claim's lease, trying a transient storage
+/// error again a few times (the primary has answered: a write-back given up is a
+/// message sent again once the lease runs out).
+async fn write_back(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..WRITE_BACK_TRIES - 1 {
+        match index.complete(rec, owner).await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(id = %rec.id, error = %e, "write-back failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+            other => return other,
+        }
+    }
+    index.complete(rec, owner).await
+}
+
+/// Write-back attempts before a worker gives up (waits 0.2 s, 0.8 s, 3.2 s between).
+const WRITE_BACK_TRIES: u32 = 4;
+
 /// Give a claimed record back untouched. A lease that ran out and was taken by another
 /// worker meanwhile is that worker's now: nothing to give back.
 async fn release(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
@@ -1013,6 +1136,10 @@ mod tests {
     #[derive(Default)]
     struct ScriptedRelay {
         rcpt_codes: HashMap<String, u16>,
+        /// The text of every RCPT reply (default `scripted`).
+        rcpt_text: Option<String>,
+        /// A refusal of MAIL, when set.
+        mail: Option<Reply>,
         refuse_connect: bool,
         data_code: Option<u16>,
         delivered: Deliveries,
@@ -1020,6 +1147,8 @@ mod tests {
 
     struct ScriptedSession {
         rcpt_codes: HashMap<String, u16>,
+        rcpt_text: String,
+        mail: Option<Reply>,
         data_code: u16,
         delivered: Deliveries,
     }
@@ -1035,6 +1164,8 @@ mod tests {
             }
             Ok(Box::new(ScriptedSession {
                 rcpt_codes: self.rcpt_codes.clone(),
+                rcpt_text: self.rcpt_text.clone().unwrap_or_else(|| "scripted".into()),
+                mail: self.mail.clone(),
                 data_code: self.data_code.unwrap_or(250),
                 delivered: self.delivered.clone(),
             }))
@@ -1049,11 +1180,19 @@ mod tests {
             rcpts: &[String],
             mut body: crate::ports::BlobReader,
         ) -> Result<Transaction, RelayError> {
+            if let Some(mail) = &self.mail {
+                return Ok(Transaction {
+                    mail: mail.clone(),
+                    rcpts: Vec::new(),
+                    data: None,
+                    ambiguous: false,
+                });
+            }
             let replies: Vec<Reply> = rcpts
                 .iter()
                 .map(|r| {
                     let code = self.rcpt_codes.get(r).copied().unwrap_or(250);
-                    Reply::new(code, "scripted")
+                    Reply::new(code, self.rcpt_text.clone())
                 })
                 .collect();
             let accepted: Vec<String> = rcpts
@@ -1266,6 +1405,185 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((forced.failed, forced.breaker), (4, None));
+    }
+
+    /// Runs a drain with `relay` over six held messages to `gone@x.test` (breaker at 2,
+    /// one worker) and returns its report.
+    async fn six_refused(relay: ScriptedRelay) -> DrainReport {
+        let storage = Storage::memory();
+        for _ in 0..6 {
+            hold(&storage, &["gone@x.test"]).await;
+        }
+        let mut s = settings();
+        s.concurrency = 1;
+        s.breaker_5xx = 2;
+        let d = Drainer::new(storage, Arc::new(relay), Arc::new(SystemClock), s);
+        d.run(RunOptions::default()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_about_the_message_never_trip_the_breaker() {
+        // A healthy primary refusing spam with forged senders: SPF or policy at RCPT,
+        // content after the dot, the sender at MAIL. Every message is tried.
+        let policy = ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
+            rcpt_text: Some("5.7.23 SPF validation failed".into()),
+            ..Default::default()
+        };
+        let r = six_refused(policy).await;
+        assert_eq!((r.failed, r.breaker), (6, None), "{r:?}");
+        let content = ScriptedRelay {
+            data_code: Some(554),
+            ..Default::default()
+        };
+        let r = six_refused(content).await;
+        assert_eq!((r.failed, r.breaker), (6, None), "{r:?}");
+        let sender = ScriptedRelay {
+            mail: Some(Reply::new(
+                450,
+                "4.1.8 Sender address rejected: Domain not found",
+            )),
+            ..Default::default()
+        };
+        let r = six_refused(sender).await;
+        assert_eq!((r.deferred, r.breaker), (6, None), "{r:?}");
+        // The primary's own trouble at MAIL still stops the run at once.
+        let full = ScriptedRelay {
+            mail: Some(Reply::new(452, "4.3.1 Insufficient system storage")),
+            ..Default::default()
+        };
+        let r = six_refused(full).await;
+        assert_eq!(
+            (r.deferred, r.breaker),
+            (1, Some(Breaker::Mail4xx)),
+            "{r:?}"
+        );
+        // And unknown users (no enhanced code, or 5.1.1) trip it.
+        let unknown = ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
+            rcpt_text: Some("5.1.1 User unknown".into()),
+            ..Default::default()
+        };
+        let r = six_refused(unknown).await;
+        assert_eq!(
+            (r.failed, r.breaker),
+            (2, Some(Breaker::Refusals5xx)),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_250_after_the_dot_is_a_delivery() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["a@x.test"]).await;
+        let relay = ScriptedRelay {
+            data_code: Some(221),
+            ..Default::default()
+        };
+        let d = drainer(&storage, relay);
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!((r.delivered, r.deferred, r.ambiguous), (0, 1, 1), "{r:?}");
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Held);
+        assert!(
+            rec.rcpts[0]
+                .reply
+                .as_deref()
+                .unwrap()
+                .contains("only 250 delivers"),
+            "{rec:?}"
+        );
+    }
+
+    /// A blob store that cannot store anything new (a full disk): a DSN cannot be queued.
+    struct NoNewBlobs(Arc<dyn crate::ports::BlobStore>);
+
+    #[async_trait]
+    impl crate::ports::BlobStore for NoNewBlobs {
+        async fn create(
+            &self,
+            _id: MessageId,
+        ) -> Result<Box<dyn crate::ports::BlobWriter>, StoreError> {
+            Err(StoreError::io(
+                "create",
+                "blob",
+                std::io::Error::from(std::io::ErrorKind::StorageFull),
+            ))
+        }
+        async fn open(&self, key: &str) -> Result<crate::ports::BlobReader, StoreError> {
+            self.0.open(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
+            self.0.stat(key).await
+        }
+        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
+            self.0.list().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bounce_that_cannot_be_queued_never_sends_the_accepted_recipients_again() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["ok@x.test", "gone@x.test"]).await;
+        // An authenticated sender: the failure gets a DSN, which needs storage.
+        let mut rec = storage.index.get(id).await.unwrap().unwrap();
+        rec.verdicts = Some(crate::model::Verdicts {
+            spf: Some("pass".into()),
+            ..Default::default()
+        });
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let script = |delivered: &Deliveries| ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
+            delivered: delivered.clone(),
+            ..Default::default()
+        };
+        let delivered = Deliveries::default();
+        let mut full = storage.clone();
+        full.blobs = Arc::new(NoNewBlobs(storage.blobs.clone()));
+        let d = Drainer::new(
+            full,
+            Arc::new(script(&delivered)),
+            Arc::new(SystemClock),
+            settings(),
+        );
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!((r.delivered, r.deferred, r.failed), (0, 1, 0), "{r:?}");
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
+        assert_eq!(st, [RcptStatus::Delivered, RcptStatus::Pending]);
+        assert!(rec.lease.is_none() && rec.bounce.is_none(), "{rec:?}");
+
+        // Space again, and due: only the refused recipient is tried, and bounced.
+        let mut due = rec.clone();
+        due.next_attempt_at = Utc::now();
+        storage.index.update(&due, Utc::now()).await.unwrap();
+        let d = Drainer::new(
+            storage.clone(),
+            Arc::new(script(&delivered)),
+            Arc::new(SystemClock),
+            settings(),
+        );
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r.failed, 1, "{r:?}");
+        let sent: Vec<Vec<String>> = delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.1.clone())
+            .collect();
+        let to_ok = sent
+            .iter()
+            .filter(|r| r.contains(&"ok@x.test".to_string()))
+            .count();
+        assert_eq!(to_ok, 1, "ok@ once: {sent:?}");
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert!(
+            matches!(rec.bounce, Some(crate::model::Bounce::Queued { .. })),
+            "{rec:?}"
+        );
     }
 
     #[tokio::test]

@@ -127,11 +127,15 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    /// Whether delivery may work later. Only an explicit 5xx refusal is permanent.
+    /// Whether delivery may work later. Only an explicit 5xx refusal, or a stored
+    /// message whose bytes are gone, is permanent.
     pub fn is_transient(&self) -> bool {
         match self {
             RelayError::Refused { code, .. } => *code < 500,
-            RelayError::Blob(e) => e.is_transient(),
+            // Only bytes that are gone for good fail the message: a storage error on
+            // our side (a full disk, an S3 403 or a broken stream) is ours, never the
+            // sender's, and is tried again.
+            RelayError::Blob(e) => !matches!(e, StoreError::MissingBlob(_)),
             _ => true,
         }
     }

@@ -7,7 +7,8 @@
 //! 2. probe the primary; the hysteresis state lives in the table's health item, so
 //!    successive invocations build it up like `standby serve`'s loop does;
 //! 3. when the primary is up (or `force`), drain with the same engine as `standby serve`,
-//!    claiming no new work once less than [`SAFETY_MARGIN`] of the invocation is left;
+//!    starting no transaction once less than [`keep_for_the_dot`] of the invocation is
+//!    left (room for the final dot's reply; at least [`SAFETY_MARGIN`]);
 //!    otherwise only expire mail past `hold_days`.
 //!
 //! The reserved concurrency of one (set by the template) keeps runs from overlapping; the
@@ -37,6 +38,16 @@ pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 /// 10-minute `dot_timeout_secs` would outlast it): the write-back of the message in hand
 /// needs the time. Cut short after the final dot, the message is deferred as ambiguous.
 pub const SESSION_MARGIN: Duration = Duration::from_secs(10);
+
+/// How much of the invocation's `left` time no transaction is started in: enough for
+/// the reply to the last message's final dot (`dot`, at most half of what is left, so a
+/// 10-minute `dot_timeout_secs` in a 5-minute function still leaves half of it for
+/// sending), and never less than [`SAFETY_MARGIN`]. Without it, a primary whose content
+/// filter takes 30 s would get the last message of each worker cut off after its dot,
+/// ambiguous, and sent again by the next invocation.
+pub fn keep_for_the_dot(left: Duration, dot: Duration) -> Duration {
+    (dot + SESSION_MARGIN).min(left / 2).max(SAFETY_MARGIN)
+}
 
 /// The invocation payload (anything else, e.g. the scheduler's `{}`, means defaults).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -208,9 +219,11 @@ impl DrainFunction {
             if req.force {
                 health::resume(index, (&node, &address)).await?;
             }
+            let dot = self.config.primary.timeouts().dot;
             let opts = RunOptions {
                 deadline: deadline.map(|d| {
-                    tokio::time::Instant::from_std(d.checked_sub(SAFETY_MARGIN).unwrap_or(d))
+                    let keep = keep_for_the_dot(d.saturating_duration_since(Instant::now()), dot);
+                    tokio::time::Instant::from_std(d.checked_sub(keep).unwrap_or(d))
                 }),
                 force: req.force,
                 ..Default::default()
@@ -249,5 +262,22 @@ impl DrainFunction {
             "drain invocation"
         );
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_stop_early_enough_for_the_final_dots_reply() {
+        let s = Duration::from_secs;
+        // A 5-minute function and the RFC's 10-minute dot: half of it is kept.
+        assert_eq!(keep_for_the_dot(s(300), s(600)), s(150));
+        // A short dot timeout: that plus the session margin.
+        assert_eq!(keep_for_the_dot(s(300), s(30)), s(40));
+        // Never less than the safety margin.
+        assert_eq!(keep_for_the_dot(s(300), s(1)), SAFETY_MARGIN);
+        assert_eq!(keep_for_the_dot(s(20), s(600)), SAFETY_MARGIN);
     }
 }
