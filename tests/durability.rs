@@ -185,6 +185,48 @@ fn orphans_are_moved_and_audited_and_tombstoned_files_deleted_at_start() {
     assert!(String::from_utf8_lossy(&raw).contains("Subject: m"));
 }
 
+/// A delete whose unlink a power cut undid, then `standby reindex` before any start: the
+/// deleted message is not brought back (nor redelivered with `--held`). And a tombstone
+/// whose message has a row again never costs that message its file at start.
+#[test]
+fn reindex_never_brings_back_a_deleted_message_and_start_never_deletes_an_indexed_one() {
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let mut sb = Standby::start(fake.port, "");
+    for i in 0..2 {
+        sb.send("bob@example.test", &["--header", &format!("Subject: m{i}")]);
+    }
+    let all = ids(&sb);
+    let (deleted, revived) = (&all[0], &all[1]);
+    assert!(sb.terminate().success());
+    sql(
+        &sb,
+        &format!(
+            "DELETE FROM messages WHERE id = '{deleted}';
+             INSERT INTO tombstones (id, deleted_at) VALUES ('{deleted}', 0);
+             INSERT INTO tombstones (id, deleted_at) VALUES ('{revived}', 0);"
+        ),
+    );
+    let report = sb.json(&["reindex", "--held", "--json"]);
+    assert_eq!(report["reindexed"], 0, "{report}");
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert!(
+        !sb.cli(&["show", deleted, "--json"]).status.success(),
+        "the deleted message came back"
+    );
+
+    let messages = sb.messages_dir();
+    age(&messages);
+    sb.spawn();
+    assert_eq!(
+        names(&messages),
+        vec![format!("{revived}.eml"), format!("{revived}.env")],
+        "the deleted message's files removed, the indexed one's kept despite its tombstone"
+    );
+    let raw = sb.cli(&["show", revived, "--raw"]);
+    assert!(raw.status.success(), "{raw:?}");
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("Subject: m1"));
+}
+
 #[test]
 fn reindex_rebuilds_a_lost_and_a_corrupt_index_from_the_spool() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);

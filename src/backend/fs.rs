@@ -348,7 +348,9 @@ impl FsBlobStore {
         let mut out = Orphans::default();
         let (mut changed_messages, mut changed_orphans) = (false, false);
         for (id, files) in by_id {
-            if tombstoned(id) {
+            // A tombstone with a row again (an operator's `reindex` brought the message
+            // back): the row wins, its files stay.
+            if tombstoned(id) && !indexed(id)? {
                 for (path, in_messages) in files {
                     match std::fs::remove_file(&path) {
                         Ok(()) => {

@@ -32,6 +32,8 @@ struct Summary {
     adopted: usize,
     /// Messages that had their row already.
     indexed: usize,
+    /// Files of deleted messages (tombstoned) left behind by a crash: not brought back.
+    deleted: usize,
     /// Message files without a readable envelope, left as they are.
     no_envelope: Vec<String>,
     /// Where a corrupt index was moved.
@@ -62,7 +64,14 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
     };
     let journal = config.journal();
     let retention = config.retention();
+    // Messages deleted (retention, an operator) whose files a crash left behind: the
+    // next start removes them; they are never brought back.
+    let deleted = index.tombstones()?;
     for found in blobs.spooled()? {
+        if deleted.contains(&found.id) && !index.contains(found.id)? {
+            summary.deleted += 1;
+            continue;
+        }
         if index.contains(found.id)? {
             summary.indexed += 1;
             if found.orphan {
@@ -101,7 +110,8 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
         }
         writeln!(
             out,
-            "reindexed {} message(s) ({} from orphans/, {}), {} already indexed",
+            "reindexed {} message(s) ({} from orphans/, {}), {} already indexed, {} deleted \
+             (left for the next start to remove)",
             summary.reindexed,
             summary.adopted,
             if held {
@@ -109,7 +119,8 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
             } else {
                 "paused: `standby release` sends them"
             },
-            summary.indexed
+            summary.indexed,
+            summary.deleted
         )?;
         for f in &summary.no_envelope {
             writeln!(out, "not indexed, no envelope: {f}")?;
