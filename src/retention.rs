@@ -312,15 +312,46 @@ pub async fn delete(
         }
         Err(e) => return Err(e),
     }
-    storage.blobs.delete(&rec.blob_key()).await?;
-    Ok(())
+    // The row is gone: the bytes must follow. The local spool's tombstone finishes the
+    // job at the next start; a store without tombstones (S3) has only these tries, and
+    // an object left behind is written to the audit log with its key for the operator.
+    let key = rec.blob_key();
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match storage.blobs.delete(&key).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && tries < BLOB_DELETE_TRIES => {
+                tracing::warn!(id = %rec.id, error = %e, "deleting the stored message failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+            Err(e) => {
+                let why = format!(
+                    "{reason}: the record is deleted but the stored message `{key}` is not \
+                     ({e}); delete it by hand"
+                );
+                tracing::error!(id = %rec.id, error = %e, "record deleted, stored message left behind");
+                storage
+                    .audit
+                    .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))
+                    .await?;
+                return Err(e);
+            }
+        }
+    }
 }
+
+/// Tries to delete the stored bytes once the record is gone.
+const BLOB_DELETE_TRIES: u32 = 3;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ConfidentialRule;
     use crate::model::{LegalHold, MessageId, Summary};
+    use std::sync::Arc;
 
     fn rec(status: Status, age_days: i64, rcpt: &str) -> Record {
         let at = Utc::now() - Duration::days(age_days);
@@ -433,5 +464,76 @@ mod tests {
             delete(&storage, &held, "operator:root", "purge", Utc::now()).await,
             Err(StoreError::LegalHold(_))
         ));
+    }
+
+    /// A store whose deletes fail `fails` times (transiently) before they work.
+    struct FlakyDeletes {
+        inner: Arc<dyn crate::ports::BlobStore>,
+        fails: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::BlobStore for FlakyDeletes {
+        async fn create(
+            &self,
+            id: MessageId,
+        ) -> Result<Box<dyn crate::ports::BlobWriter>, StoreError> {
+            self.inner.create(id).await
+        }
+        async fn open(&self, key: &str) -> Result<crate::ports::BlobReader, StoreError> {
+            self.inner.open(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self
+                .fails
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Backend {
+                    backend: "test",
+                    detail: "SlowDown".into(),
+                    transient: true,
+                    source: None,
+                });
+            }
+            self.inner.delete(key).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
+            self.inner.stat(key).await
+        }
+        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
+            self.inner.list().await
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_left_behind_by_a_delete_are_retried_then_audited_with_their_key() {
+        for (fails, ok) in [(1, true), (BLOB_DELETE_TRIES, false)] {
+            let mut storage = Storage::memory();
+            storage.blobs = Arc::new(FlakyDeletes {
+                inner: storage.blobs.clone(),
+                fails: fails.into(),
+            });
+            let old = rec(Status::Delivered, 40, "bob@example.test");
+            storage.index.insert(&old).await.unwrap();
+            let done = delete(&storage, &old, "retention", "policy", Utc::now()).await;
+            assert_eq!(done.is_ok(), ok, "{fails} failures: {done:?}");
+            assert!(storage.index.get(old.id).await.unwrap().is_none());
+            let actions: Vec<String> = storage
+                .audit
+                .entries()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.action)
+                .collect();
+            let want: &[&str] = if ok {
+                &["delete"]
+            } else {
+                &["delete", "delete-incomplete"]
+            };
+            assert_eq!(actions, want, "{fails} failures");
+        }
     }
 }
