@@ -153,6 +153,54 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
     assert_eq!(sb.list("held").len(), 1);
 }
 
+/// Clients spread over ten addresses fill every slot and then idle between commands
+/// (under every per-address cap, a command well within the command timeout): stress
+/// mode cuts each wait to 10 s, so they are told `421 4.4.2` and a client from another
+/// address gets its 250 soon after, not at the end of the 300 s command timeout.
+#[test]
+fn idle_sessions_on_every_slot_give_them_back_under_stress() {
+    let (sb, _p) = standby(&[("STANDBY_MAX_CONNECTIONS", "20")]);
+    let mut idle: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut s = connect_from(Ipv4Addr::new(127, 0, 1, 1 + (i % 10) as u8), sb.port);
+            assert!(first_line(&mut s).starts_with("220 "));
+            s.write_all(b"EHLO idle.example\r\n").unwrap();
+            assert!(wait_line(&mut s, "250 ", Duration::from_secs(5)).is_some());
+            s
+        })
+        .collect();
+    let mut late = connect_from(Ipv4Addr::new(127, 0, 2, 1), sb.port);
+    assert!(
+        first_line(&mut late).starts_with("421 4.7.0"),
+        "every slot should be taken"
+    );
+    let started = Instant::now();
+    for s in &mut idle {
+        let told = wait_line(s, "421 4.4.2", Duration::from_secs(25));
+        assert!(
+            told.is_some(),
+            "an idle session kept its slot for {:?} under stress",
+            started.elapsed()
+        );
+    }
+    eprintln!(
+        "idle sessions dropped under stress after {:?}",
+        started.elapsed()
+    );
+    let (ok, t) = swaks(
+        sb.port,
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "bob@example.test",
+            "--body",
+            "tok-stress",
+        ],
+    );
+    assert!(ok, "{t}");
+}
+
 /// A client that trickles a command a byte at a time is cut off after the command
 /// timeout although it never stops sending; one that keeps sending whole commands is
 /// cut off at the session's end; and DATA slower than the minimum rate ends with 421

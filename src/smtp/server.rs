@@ -17,7 +17,11 @@
 //! trickled one at a time do not keep a slot), DATA must average
 //! `min_data_rate_bytes_per_sec`, and one client address (an IPv6 /64) gets at most
 //! `max_connections_per_ip` sessions at once and `max_connection_rate_per_ip` new ones
-//! a minute; past those, 421 4.7.0 before any slot is taken.
+//! a minute; past those, 421 4.7.0 before any slot is taken. Clients spread over enough
+//! addresses to fill the slots anyway (a command every few minutes each) meet stress
+//! mode, as in Postfix: while fewer than a fifth of the slots are free, every wait for a
+//! client is cut to [`STRESS_TIMEOUT`], so idle sessions give their slots back in
+//! seconds, not at the end of `session_timeout_secs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -264,8 +268,11 @@ pub async fn run(
         });
         match admitted {
             Ok((slot, permit)) => {
+                let stress = Stress::new(limit.clone(), max_connections);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(&server, Box::new(stream), peer).await {
+                    if let Err(e) =
+                        serve_connection_under(&server, Box::new(stream), peer, Some(stress)).await
+                    {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
                     drop(permit);
@@ -293,12 +300,33 @@ pub async fn run(
     .await;
 }
 
+/// How long a client is waited for while the listener is under stress (Postfix:
+/// `smtpd_timeout = ${stress?{10}:{300}}s`).
+pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the listener is short of slots: fewer than a fifth of them free.
+#[derive(Clone)]
+pub struct Stress {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Stress {
+    pub fn new(slots: Arc<Semaphore>, max: usize) -> Self {
+        Stress { slots, max }
+    }
+    fn on(&self) -> bool {
+        self.slots.available_permits() * 5 < self.max
+    }
+}
+
 /// Buffers of one connection.
 struct Conn {
     io: Box<dyn Io>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     timeout: Duration,
+    stress: Option<Stress>,
     peer: SocketAddr,
     /// The end of the session, whatever the client does.
     session_end: Instant,
@@ -311,6 +339,15 @@ enum Read {
 }
 
 impl Conn {
+    /// How long the client is waited for from now: the command timeout, or
+    /// [`STRESS_TIMEOUT`] while the listener is short of slots.
+    fn wait(&self) -> Duration {
+        match &self.stress {
+            Some(s) if s.on() => self.timeout.min(STRESS_TIMEOUT),
+            _ => self.timeout,
+        }
+    }
+
     /// Queue a reply for the client. Every reply goes through here, so every refusal in
     /// one is logged (see [`log_refusals`]): `helo` as the client gave it, `about` the
     /// address the reply concerns.
@@ -323,7 +360,7 @@ impl Conn {
     /// (or before the session's end) is a `TimedOut` error.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let until = (Instant::now() + self.timeout).min(self.session_end);
+            let until = (Instant::now() + self.wait()).min(self.session_end);
             let write = async {
                 self.io.write_all(&self.out).await?;
                 self.io.flush().await
@@ -345,11 +382,19 @@ impl Conn {
     async fn read_more(&mut self, until: Instant) -> std::io::Result<Read> {
         self.inbuf.reserve(READ_CHUNK);
         let until = until.min(self.session_end);
-        match tokio::time::timeout_at(until, self.io.read_buf(&mut self.inbuf)).await {
-            Err(_) => Ok(Read::TimedOut),
-            Ok(Ok(0)) => Ok(Read::Eof),
-            Ok(Ok(_)) => Ok(Read::Data),
-            Ok(Err(e)) => Err(e),
+        // Looked at again every STRESS_TIMEOUT: once the listener is short of slots, a
+        // client idle that long is cut off, although its own deadline is further out.
+        // (`read_buf` is cancel-safe: nothing read is lost when a look times out.)
+        let waiting_since = Instant::now();
+        loop {
+            let look = until.min(Instant::now() + STRESS_TIMEOUT);
+            match tokio::time::timeout_at(look, self.io.read_buf(&mut self.inbuf)).await {
+                Err(_) if look < until && waiting_since.elapsed() < self.wait() => continue,
+                Err(_) => return Ok(Read::TimedOut),
+                Ok(Ok(0)) => return Ok(Read::Eof),
+                Ok(Ok(_)) => return Ok(Read::Data),
+                Ok(Err(e)) => return Err(e),
+            }
         }
     }
 }
@@ -360,11 +405,23 @@ pub async fn serve_connection(
     io: Box<dyn Io>,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
+    serve_connection_under(server, io, peer, None).await
+}
+
+/// [`serve_connection`], with waits cut short while `stress` says the listener is short
+/// of slots.
+pub async fn serve_connection_under(
+    server: &Server,
+    io: Box<dyn Io>,
+    peer: SocketAddr,
+    stress: Option<Stress>,
+) -> std::io::Result<()> {
     let mut conn = Conn {
         io,
         inbuf: Vec::with_capacity(READ_CHUNK),
         out: Vec::new(),
         timeout: server.command_timeout,
+        stress,
         peer,
         session_end: Instant::now() + server.limits.session_timeout,
     };
@@ -374,7 +431,7 @@ pub async fn serve_connection(
     let mut discarding = false;
     // A whole command line must arrive by then: bytes trickled one at a time (slowloris)
     // do not push it back.
-    let mut line_due = Instant::now() + conn.timeout;
+    let mut line_due = Instant::now() + conn.wait();
     loop {
         let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') else {
             if conn.inbuf.len() > MAX_COMMAND_LINE {
@@ -392,7 +449,7 @@ pub async fn serve_connection(
                 }
             }
         };
-        line_due = Instant::now() + conn.timeout;
+        line_due = Instant::now() + conn.wait();
         let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
         if let Some((dir, min)) = &server.limits.min_free
             && line.len() >= 4
@@ -421,7 +478,7 @@ pub async fn serve_connection(
                 };
                 let done = session.data_done(outcome);
                 conn.say(&done.reply, session.helo(), done.about.as_deref());
-                line_due = Instant::now() + conn.timeout;
+                line_due = Instant::now() + conn.wait();
             }
             Next::StartTls => {
                 conn.flush().await?;
@@ -435,7 +492,7 @@ pub async fn serve_connection(
                     &mut conn.io,
                     Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
                 );
-                let until = (Instant::now() + conn.timeout).min(conn.session_end);
+                let until = (Instant::now() + conn.wait()).min(conn.session_end);
                 let handshake = tokio::time::timeout_at(until, acceptor.accept(plain)).await;
                 match handshake {
                     Ok(Ok(tls)) => {
@@ -448,7 +505,7 @@ pub async fn serve_connection(
                     }
                     Err(_) => return Ok(()),
                 }
-                line_due = Instant::now() + conn.timeout;
+                line_due = Instant::now() + conn.wait();
             }
         }
     }
@@ -530,7 +587,7 @@ async fn receive_data(
         }
         // Each read within the command timeout, and the whole message at the minimum
         // rate: by then, `received / min_rate` seconds (plus grace) after the 354.
-        let mut until = Instant::now() + conn.timeout;
+        let mut until = Instant::now() + conn.wait();
         if let Some(secs) = received.checked_div(server.limits.min_data_rate) {
             until = until.min(started + DATA_RATE_GRACE + Duration::from_secs(secs));
         }
