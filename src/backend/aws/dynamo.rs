@@ -401,23 +401,34 @@ impl DynamoIndex {
         id: MessageId,
         req: &ClaimRequest,
     ) -> Result<Option<Record>, StoreError> {
+        // `lease_owner = :o`: the SDK may resend a request whose answer was lost; the
+        // resend must find its own lease, not a failed condition. A lease of another
+        // claim is taken only once it ended `skew` before our `now`. And the message must
+        // be due on the item itself: the index the candidates come from is eventually
+        // consistent, and a stale entry of a message just deferred (ambiguous after the
+        // dot, say) would otherwise have it sent again at once.
+        let mut condition = String::from(
+            "#s = :held AND \
+             (attribute_not_exists(lease_until) OR lease_until <= :free OR lease_owner = :o)",
+        );
+        let mut values = vec![
+            (":o", s(req.owner.clone())),
+            (":u", n(req.lease_until.timestamp_millis())),
+            (":held", s(Status::Held.as_str())),
+            (":free", n(req.expired_by().timestamp_millis())),
+        ];
+        if req.received_before.is_none() {
+            condition.push_str(" AND (attribute_not_exists(due) OR due <= :now)");
+            values.push((":now", n(req.now.timestamp_millis())));
+        }
         let item = self
             .update_if(
                 id,
                 "UpdateItem (claim)",
                 "SET lease_owner = :o, lease_until = :u",
-                // `lease_owner = :o`: the SDK may resend a request whose answer was lost;
-                // the resend must find its own lease, not a failed condition. A lease of
-                // another claim is taken only once it ended `skew` before our `now`.
-                "#s = :held AND \
-                 (attribute_not_exists(lease_until) OR lease_until <= :free OR lease_owner = :o)",
+                &condition,
                 &[("#s", GSI_PK)],
-                vec![
-                    (":o", s(req.owner.clone())),
-                    (":u", n(req.lease_until.timestamp_millis())),
-                    (":held", s(Status::Held.as_str())),
-                    (":free", n(req.expired_by().timestamp_millis())),
-                ],
+                values,
             )
             .await?;
         item.filter(|i| !i.is_empty())
