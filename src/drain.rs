@@ -273,14 +273,25 @@ struct BreakerState {
     /// Refusals in a row that trip it; 0: off (and off under `--force`).
     limit: u32,
     in_a_row: AtomicU32,
+    /// Messages in a row refused for reasons about the message (see
+    /// [`about_the_message`]); these trip it at [`ABOUT_THE_MESSAGE_FACTOR`] × `limit`.
+    about_in_a_row: AtomicU32,
     tripped: std::sync::Mutex<Option<(Breaker, String)>>,
 }
+
+/// Refusals about the message (policy, sender, content) trip the breaker only after this
+/// many times as many in a row as refusals at RCPT: a healthy primary refusing spam also
+/// delivers the mail between, which resets the count; one refusing *everything* on
+/// policy grounds (it came back without the standby in its relay list: `554 5.7.1 Relay
+/// access denied`) is still stopped before the whole backlog bounces.
+const ABOUT_THE_MESSAGE_FACTOR: u32 = 5;
 
 impl BreakerState {
     fn new(limit: u32, force: bool) -> Self {
         BreakerState {
             limit: if force { 0 } else { limit },
             in_a_row: AtomicU32::new(0),
+            about_in_a_row: AtomicU32::new(0),
             tripped: std::sync::Mutex::new(None),
         }
     }
@@ -324,15 +335,16 @@ impl BreakerState {
         let rcpts: Vec<_> = tried.iter().filter_map(|&i| rec.rcpts.get(i)).collect();
         if rcpts.iter().any(|r| r.status == RcptStatus::Delivered) {
             self.in_a_row.store(0, Ordering::SeqCst);
+            self.about_in_a_row.store(0, Ordering::SeqCst);
             return;
         }
         if rcpts.is_empty() || !rcpts.iter().all(|r| r.status == RcptStatus::Failed) {
             return;
         }
-        // Only refusals at RCPT say the primary no longer knows our recipients (it came
-        // back with an empty directory). A refused sender (at MAIL) or content (after
-        // the dot), or a policy refusal at RCPT, is about this message: not counted, and
-        // it does not reset the count either.
+        // Refusals at RCPT say the primary no longer knows our recipients (it came back
+        // with an empty directory). A refused sender (at MAIL) or content (after the
+        // dot), or a policy refusal at RCPT, may be about this message only (spam with a
+        // forged sender): counted apart, against a higher limit.
         let Ok(tx) = result else { return };
         let at_rcpt = tx.mail.code == 250
             && !tx.rcpts.is_empty()
@@ -341,6 +353,26 @@ impl BreakerState {
                 .iter()
                 .all(|r| r.code >= 500 && !about_the_message(r, false));
         if !at_rcpt {
+            let about_limit = self.limit.saturating_mul(ABOUT_THE_MESSAGE_FACTOR);
+            let n = self.about_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= about_limit {
+                let last = rcpts
+                    .iter()
+                    .find_map(|r| r.reply.as_deref())
+                    .map(redact_text)
+                    .unwrap_or_default();
+                self.trip(
+                    Breaker::Refusals5xx,
+                    format!(
+                        "circuit breaker: {n} messages in a row refused with 5xx for policy, \
+                         sender or content ({ABOUT_THE_MESSAGE_FACTOR} x [drain] breaker_5xx \
+                         = {}; last: `{last}`); draining halted, the other messages left \
+                         untouched. If the primary is right to refuse them, `standby drain \
+                         --force` resumes",
+                        self.limit
+                    ),
+                );
+            }
             return;
         }
         let n = self.in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
@@ -815,7 +847,7 @@ impl Drainer {
                     // accepted is still written back (never sent again); the refused
                     // recipients wait, and are tried and bounced on a later attempt.
                     tracing::warn!(id = %rec.id, error = %e, "could not queue the DSN; the refused recipients stay held and are tried again");
-                    defer_refused(&mut rec, &tried, self.clock.now());
+                    defer_refused(&mut rec, self.clock.now());
                     outcome = Outcome::Deferred;
                 }
                 let written = write_back(index.as_ref(), &rec, &owner).await;
@@ -848,14 +880,19 @@ impl Drainer {
                 if session_broken {
                     let why = match &result {
                         Err(e) => e.to_string(),
-                        Ok(tx) if tx.ambiguous => tx
+                        Ok(tx) if tx.ambiguous || odd_final(tx) => tx
                             .data
                             .as_ref()
                             .map_or_else(String::new, ToString::to_string),
                         Ok(_) => "primary closed the session with 421".to_string(),
                     };
                     tracing::warn!(reason = %why, "stopping this drain worker");
-                    if let Some(s) = session.take() {
+                    // Cut off inside DATA (our storage failed mid-body): a QUIT would be
+                    // message text to the primary. Dropping the connection aborts it.
+                    let mid_data = sent && matches!(&result, Err(RelayError::Blob(_)));
+                    if let Some(s) = session.take()
+                        && !mid_data
+                    {
                         s.quit().await;
                     }
                     w.stopped = Some(why);
@@ -1070,13 +1107,14 @@ struct WorkerReport {
     stopped: Option<String>,
 }
 
-/// A failed attempt whose bounce could not be decided: its refused recipients go back
-/// to pending (keeping the refusal as their last reply) and the message is held.
-fn defer_refused(rec: &mut Record, tried: &[usize], now: DateTime<Utc>) {
-    for &i in tried {
-        if let Some(r) = rec.rcpts.get_mut(i)
-            && r.status == RcptStatus::Failed
-        {
+/// A failed message whose bounce could not be decided: every refused recipient (of this
+/// attempt or an earlier one: none of them has the message) goes back to pending, keeping
+/// the refusal as its last reply, and the message is held, so a later attempt refuses
+/// them again and decides the bounce then. (A failed message is never claimed again: left
+/// failed without its bounce decided, its sender would never hear of it.)
+fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
+    for r in &mut rec.rcpts {
+        if r.status == RcptStatus::Failed {
             r.status = RcptStatus::Pending;
         }
     }
@@ -1095,6 +1133,10 @@ async fn write_back(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), 
     let mut wait = Duration::from_millis(200);
     for _ in 0..WRITE_BACK_TRIES - 1 {
         match index.complete(rec, owner).await {
+            // A lost lease or a changed record will not come back: no retry.
+            Err(e @ (StoreError::Leased(_) | StoreError::Changed(_) | StoreError::NotFound(_))) => {
+                return Err(e);
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!(id = %rec.id, error = %e, "write-back failed; trying again");
                 tokio::time::sleep(wait).await;
@@ -1410,8 +1452,12 @@ mod tests {
     /// Runs a drain with `relay` over six held messages to `gone@x.test` (breaker at 2,
     /// one worker) and returns its report.
     async fn six_refused(relay: ScriptedRelay) -> DrainReport {
+        refused(6, relay).await
+    }
+
+    async fn refused(messages: usize, relay: ScriptedRelay) -> DrainReport {
         let storage = Storage::memory();
-        for _ in 0..6 {
+        for _ in 0..messages {
             hold(&storage, &["gone@x.test"]).await;
         }
         let mut s = settings();
@@ -1468,6 +1514,19 @@ mod tests {
         assert_eq!(
             (r.failed, r.breaker),
             (2, Some(Breaker::Refusals5xx)),
+            "{r:?}"
+        );
+        // A primary refusing everything on policy grounds (back without the standby in
+        // its relay list) is stopped too, at five times the limit.
+        let relay_denied = ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), 554)].into(),
+            rcpt_text: Some("5.7.1 Relay access denied".into()),
+            ..Default::default()
+        };
+        let r = refused(14, relay_denied).await;
+        assert_eq!(
+            (r.failed, r.breaker),
+            (10, Some(Breaker::Refusals5xx)),
             "{r:?}"
         );
     }
@@ -1584,6 +1643,69 @@ mod tests {
             matches!(rec.bounce, Some(crate::model::Bounce::Queued { .. })),
             "{rec:?}"
         );
+    }
+
+    /// The bounce of a recipient refused in an earlier attempt is due when the last
+    /// pending one is delivered; if it cannot be queued then, the message must not be
+    /// left failed with no bounce decided (nothing claims a failed message again).
+    #[tokio::test]
+    async fn a_bounce_due_after_an_earlier_refusal_is_never_dropped() {
+        let storage = Storage::memory();
+        let id = hold(&storage, &["gone@x.test", "later@x.test"]).await;
+        let mut rec = storage.index.get(id).await.unwrap().unwrap();
+        rec.verdicts = Some(crate::model::Verdicts {
+            spf: Some("pass".into()),
+            ..Default::default()
+        });
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let delivered = Deliveries::default();
+        let relay = |later: u16| ScriptedRelay {
+            rcpt_codes: [
+                ("gone@x.test".to_string(), 550),
+                ("later@x.test".to_string(), later),
+            ]
+            .into(),
+            delivered: delivered.clone(),
+            ..Default::default()
+        };
+        let due_now = || async {
+            let mut due = storage.index.get(id).await.unwrap().unwrap();
+            due.next_attempt_at = Utc::now();
+            storage.index.update(&due, Utc::now()).await.unwrap();
+        };
+        let run = |storage: Storage, relay: ScriptedRelay| async move {
+            Drainer::new(storage, Arc::new(relay), Arc::new(SystemClock), settings())
+                .run(RunOptions::default())
+                .await
+                .unwrap()
+        };
+        // 1: gone@ refused for good, later@ deferred.
+        run(storage.clone(), relay(451)).await;
+        // 2: later@ delivered, and the disk is full: the bounce for gone@ cannot be queued.
+        due_now().await;
+        let mut full = storage.clone();
+        full.blobs = Arc::new(NoNewBlobs(storage.blobs.clone()));
+        run(full, relay(250)).await;
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Held, "{rec:?}");
+        let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
+        assert_eq!(st, [RcptStatus::Pending, RcptStatus::Delivered]);
+        // 3: space again: gone@ refused again and bounced; later@ not sent again.
+        due_now().await;
+        let r = run(storage.clone(), relay(250)).await;
+        assert_eq!(r.failed, 1, "{r:?}");
+        let rec = storage.index.get(id).await.unwrap().unwrap();
+        assert!(
+            matches!(rec.bounce, Some(crate::model::Bounce::Queued { .. })),
+            "{rec:?}"
+        );
+        let to_later = delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.1.contains(&"later@x.test".to_string()))
+            .count();
+        assert_eq!(to_later, 1);
     }
 
     #[tokio::test]
