@@ -1468,7 +1468,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refusals_about_the_message_never_trip_the_breaker() {
+    async fn refusals_about_the_message_trip_the_breaker_only_at_five_times_the_limit() {
         // A healthy primary refusing spam with forged senders: SPF or policy at RCPT,
         // content after the dot, the sender at MAIL. Every message is tried.
         let policy = ScriptedRelay {

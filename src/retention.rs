@@ -328,16 +328,19 @@ pub async fn delete(
                 wait *= 4;
             }
             Err(e) => {
+                // The message is deleted as far as everything else is concerned; the run
+                // goes on (one stuck object must not stop every later delete).
                 let why = format!(
                     "{reason}: the record is deleted but the stored message `{key}` is not \
-                     ({e}); delete it by hand"
+                     ({e}); a local spool removes it at its next start, on S3 delete the \
+                     object by hand"
                 );
                 tracing::error!(id = %rec.id, error = %e, "record deleted, stored message left behind");
                 storage
                     .audit
                     .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))
                     .await?;
-                return Err(e);
+                return Ok(());
             }
         }
     }
@@ -510,6 +513,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_left_behind_by_a_delete_are_retried_then_audited_with_their_key() {
         for (fails, ok) in [(1, true), (BLOB_DELETE_TRIES, false)] {
+            // `ok`: the bytes went; either way the delete itself succeeds (the row is gone).
             let mut storage = Storage::memory();
             storage.blobs = Arc::new(FlakyDeletes {
                 inner: storage.blobs.clone(),
@@ -518,7 +522,7 @@ mod tests {
             let old = rec(Status::Delivered, 40, "bob@example.test");
             storage.index.insert(&old).await.unwrap();
             let done = delete(&storage, &old, "retention", "policy", Utc::now()).await;
-            assert_eq!(done.is_ok(), ok, "{fails} failures: {done:?}");
+            assert!(done.is_ok(), "{fails} failures: {done:?}");
             assert!(storage.index.get(old.id).await.unwrap().is_none());
             let actions: Vec<String> = storage
                 .audit

@@ -133,6 +133,9 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     trickle.join().unwrap();
+    for l in sb.log().lines().filter(|l| l.contains("DBG")) {
+        eprintln!("{l}");
+    }
     assert!(ok, "the flood kept a normal client out:\n{t}");
     assert!(took < Duration::from_secs(5), "took {took:?}:\n{t}");
 
@@ -153,14 +156,25 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
     assert_eq!(sb.list("held").len(), 1);
 }
 
-/// Clients spread over ten addresses fill every slot and then idle between commands
-/// (under every per-address cap, a command well within the command timeout): stress
-/// mode cuts each wait to 10 s, so they are told `421 4.4.2` and a client from another
-/// address gets its 250 soon after, not at the end of the 300 s command timeout.
+/// Clients spread over ten addresses fill every slot (under every per-address cap) and
+/// then idle between commands, or trickle a command a byte every 2 s, well within the
+/// 300 s command timeout. Stress mode (fewer than a fifth of the slots free) cuts every
+/// wait to 10 s and every command line to 10 s however its bytes come: sessions are
+/// told `421 4.4.2` until a fifth of the slots is free, and a client from another
+/// address gets its 250 within 20 s, not after 300.
 #[test]
-fn idle_sessions_on_every_slot_give_them_back_under_stress() {
-    let (sb, _p) = standby(&[("STANDBY_MAX_CONNECTIONS", "20")]);
-    let mut idle: Vec<TcpStream> = (0..20)
+fn idle_or_trickling_sessions_on_every_slot_give_them_back_under_stress() {
+    for trickling in [0, 20] {
+        slots_come_back_under_stress(trickling);
+    }
+}
+
+fn slots_come_back_under_stress(trickling: usize) {
+    let (sb, _p) = standby(&[
+        ("STANDBY_MAX_CONNECTIONS", "20"),
+        ("STANDBY_COMMAND_TIMEOUT_SECS", "300"),
+    ]);
+    let mut held: Vec<TcpStream> = (0..20)
         .map(|i| {
             let mut s = connect_from(Ipv4Addr::new(127, 0, 1, 1 + (i % 10) as u8), sb.port);
             assert!(first_line(&mut s).starts_with("220 "));
@@ -174,18 +188,38 @@ fn idle_sessions_on_every_slot_give_them_back_under_stress() {
         first_line(&mut late).starts_with("421 4.7.0"),
         "every slot should be taken"
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        let mut slow: Vec<TcpStream> = held[20 - trickling..]
+            .iter()
+            .map(|s| s.try_clone().unwrap())
+            .collect();
+        std::thread::spawn(move || {
+            let line = b"NOOP trickled one byte at a time";
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for s in &mut slow {
+                    let _ = s.write(&line[k % line.len()..k % line.len() + 1]);
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        })
+    };
     let started = Instant::now();
-    for s in &mut idle {
-        let told = wait_line(s, "421 4.4.2", Duration::from_secs(25));
-        assert!(
-            told.is_some(),
-            "an idle session kept its slot for {:?} under stress",
-            started.elapsed()
-        );
+    let mut cut = 0;
+    for s in &mut held {
+        let left = Duration::from_secs(20).saturating_sub(started.elapsed());
+        if wait_line(s, "421 4.4.2", left).is_some() {
+            cut += 1;
+        }
     }
-    eprintln!(
-        "idle sessions dropped under stress after {:?}",
-        started.elapsed()
+    let took = started.elapsed();
+    eprintln!("{trickling} of 20 trickling: {cut} sessions told 421 4.4.2 within {took:?}");
+    assert!(
+        cut >= 4,
+        "{trickling} trickling: only {cut} of 20 slots came back under stress"
     );
     let (ok, t) = swaks(
         sb.port,
@@ -198,7 +232,9 @@ fn idle_sessions_on_every_slot_give_them_back_under_stress() {
             "tok-stress",
         ],
     );
-    assert!(ok, "{t}");
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert!(ok, "{trickling} trickling: {t}");
 }
 
 /// A client that trickles a command a byte at a time is cut off after the command

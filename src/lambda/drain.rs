@@ -39,14 +39,17 @@ pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 /// needs the time. Cut short after the final dot, the message is deferred as ambiguous.
 pub const SESSION_MARGIN: Duration = Duration::from_secs(10);
 
-/// How much of the invocation's `left` time no transaction is started in: enough for
-/// the reply to the last message's final dot (`dot`, at most half of what is left, so a
+/// How much of the invocation's `left` time no transaction is started in: enough to send
+/// the last message and wait for its final dot's reply (`dot`; at most half of what is left, so a
 /// 10-minute `dot_timeout_secs` in a 5-minute function still leaves half of it for
 /// sending), and never less than [`SAFETY_MARGIN`]. Without it, a primary whose content
 /// filter takes 30 s would get the last message of each worker cut off after its dot,
 /// ambiguous, and sent again by the next invocation.
 pub fn keep_for_the_dot(left: Duration, dot: Duration) -> Duration {
-    (dot + SESSION_MARGIN).min(left / 2).max(SAFETY_MARGIN)
+    // SAFETY_MARGIN more for what comes before the dot (MAIL, RCPT, the body).
+    (dot + SESSION_MARGIN + SAFETY_MARGIN)
+        .min(left / 2)
+        .max(SAFETY_MARGIN)
 }
 
 /// The invocation payload (anything else, e.g. the scheduler's `{}`, means defaults).
@@ -274,10 +277,11 @@ mod tests {
         let s = Duration::from_secs;
         // A 5-minute function and the RFC's 10-minute dot: half of it is kept.
         assert_eq!(keep_for_the_dot(s(300), s(600)), s(150));
-        // A short dot timeout: that plus the session margin.
-        assert_eq!(keep_for_the_dot(s(300), s(30)), s(40));
+        // A short dot timeout: that, the session margin and time to send the message.
+        assert_eq!(keep_for_the_dot(s(300), s(30)), s(70));
+        assert_eq!(keep_for_the_dot(s(300), s(1)), s(41));
         // Never less than the safety margin.
-        assert_eq!(keep_for_the_dot(s(300), s(1)), SAFETY_MARGIN);
+        assert_eq!(keep_for_the_dot(s(40), s(1)), SAFETY_MARGIN);
         assert_eq!(keep_for_the_dot(s(20), s(600)), SAFETY_MARGIN);
     }
 }

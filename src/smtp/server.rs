@@ -339,6 +339,10 @@ enum Read {
 }
 
 impl Conn {
+    fn stressed(&self) -> bool {
+        self.stress.as_ref().is_some_and(Stress::on)
+    }
+
     /// How long the client is waited for from now: the command timeout, or
     /// [`STRESS_TIMEOUT`] while the listener is short of slots.
     fn wait(&self) -> Duration {
@@ -432,6 +436,7 @@ pub async fn serve_connection_under(
     // A whole command line must arrive by then: bytes trickled one at a time (slowloris)
     // do not push it back.
     let mut line_due = Instant::now() + conn.wait();
+    let mut line_start = Instant::now();
     loop {
         let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') else {
             if conn.inbuf.len() > MAX_COMMAND_LINE {
@@ -440,7 +445,14 @@ pub async fn serve_connection_under(
                 discarding = true;
             }
             conn.flush().await?;
-            match conn.read_more(line_due).await? {
+            // Under stress the line is due STRESS_TIMEOUT after it began, although bytes
+            // keep trickling in.
+            let due = if conn.stressed() {
+                line_due.min(line_start + STRESS_TIMEOUT)
+            } else {
+                line_due
+            };
+            match conn.read_more(due).await? {
                 Read::Data => continue,
                 Read::Eof => return Ok(()),
                 Read::TimedOut => {
@@ -450,6 +462,7 @@ pub async fn serve_connection_under(
             }
         };
         line_due = Instant::now() + conn.wait();
+        line_start = Instant::now();
         let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
         if let Some((dir, min)) = &server.limits.min_free
             && line.len() >= 4
@@ -479,6 +492,7 @@ pub async fn serve_connection_under(
                 let done = session.data_done(outcome);
                 conn.say(&done.reply, session.helo(), done.about.as_deref());
                 line_due = Instant::now() + conn.wait();
+                line_start = Instant::now();
             }
             Next::StartTls => {
                 conn.flush().await?;
@@ -506,6 +520,7 @@ pub async fn serve_connection_under(
                     Err(_) => return Ok(()),
                 }
                 line_due = Instant::now() + conn.wait();
+                line_start = Instant::now();
             }
         }
     }
