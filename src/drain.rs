@@ -1449,12 +1449,8 @@ mod tests {
         assert_eq!((forced.failed, forced.breaker), (4, None));
     }
 
-    /// Runs a drain with `relay` over six held messages to `gone@x.test` (breaker at 2,
-    /// one worker) and returns its report.
-    async fn six_refused(relay: ScriptedRelay) -> DrainReport {
-        refused(6, relay).await
-    }
-
+    /// Runs a drain with `relay` over `messages` held messages to `gone@x.test` (breaker
+    /// at 2, one worker) and returns its report.
     async fn refused(messages: usize, relay: ScriptedRelay) -> DrainReport {
         let storage = Storage::memory();
         for _ in 0..messages {
@@ -1469,66 +1465,58 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_about_the_message_trip_the_breaker_only_at_five_times_the_limit() {
-        // A healthy primary refusing spam with forged senders: SPF or policy at RCPT,
-        // content after the dot, the sender at MAIL. Every message is tried.
-        let policy = ScriptedRelay {
-            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
-            rcpt_text: Some("5.7.23 SPF validation failed".into()),
+        let at_rcpt = |code: u16, text: &str| ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), code)].into(),
+            rcpt_text: Some(text.into()),
             ..Default::default()
         };
-        let r = six_refused(policy).await;
-        assert_eq!((r.failed, r.breaker), (6, None), "{r:?}");
-        let content = ScriptedRelay {
+        let at_mail = |code: u16, text: &str| ScriptedRelay {
+            mail: Some(Reply::new(code, text)),
+            ..Default::default()
+        };
+        let after_dot = ScriptedRelay {
             data_code: Some(554),
             ..Default::default()
         };
-        let r = six_refused(content).await;
-        assert_eq!((r.failed, r.breaker), (6, None), "{r:?}");
-        let sender = ScriptedRelay {
-            mail: Some(Reply::new(
-                450,
-                "4.1.8 Sender address rejected: Domain not found",
-            )),
-            ..Default::default()
-        };
-        let r = six_refused(sender).await;
-        assert_eq!((r.deferred, r.breaker), (6, None), "{r:?}");
-        // The primary's own trouble at MAIL still stops the run at once.
-        let full = ScriptedRelay {
-            mail: Some(Reply::new(452, "4.3.1 Insufficient system storage")),
-            ..Default::default()
-        };
-        let r = six_refused(full).await;
-        assert_eq!(
-            (r.deferred, r.breaker),
-            (1, Some(Breaker::Mail4xx)),
-            "{r:?}"
-        );
-        // And unknown users (no enhanced code, or 5.1.1) trip it.
-        let unknown = ScriptedRelay {
-            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
-            rcpt_text: Some("5.1.1 User unknown".into()),
-            ..Default::default()
-        };
-        let r = six_refused(unknown).await;
-        assert_eq!(
-            (r.failed, r.breaker),
-            (2, Some(Breaker::Refusals5xx)),
-            "{r:?}"
-        );
-        // A primary refusing everything on policy grounds (back without the standby in
-        // its relay list) is stopped too, at five times the limit.
-        let relay_denied = ScriptedRelay {
-            rcpt_codes: [("gone@x.test".to_string(), 554)].into(),
-            rcpt_text: Some("5.7.1 Relay access denied".into()),
-            ..Default::default()
-        };
-        let r = refused(14, relay_denied).await;
-        assert_eq!(
-            (r.failed, r.breaker),
-            (10, Some(Breaker::Refusals5xx)),
-            "{r:?}"
-        );
+        // (messages held, the primary, (failed, deferred, breaker)) with breaker_5xx = 2.
+        let cases = [
+            // A healthy primary refusing spam with forged senders (SPF at RCPT, content
+            // after the dot, the sender at MAIL): every message is tried.
+            (
+                6,
+                at_rcpt(550, "5.7.23 SPF validation failed"),
+                (6, 0, None),
+            ),
+            (6, after_dot, (6, 0, None)),
+            (
+                6,
+                at_mail(450, "4.1.8 Sender address rejected"),
+                (0, 6, None),
+            ),
+            // The primary's own trouble at MAIL stops the run at once.
+            (
+                6,
+                at_mail(452, "4.3.1 Insufficient system storage"),
+                (0, 1, Some(Breaker::Mail4xx)),
+            ),
+            // Unknown users trip it at the limit.
+            (
+                6,
+                at_rcpt(550, "5.1.1 User unknown"),
+                (2, 0, Some(Breaker::Refusals5xx)),
+            ),
+            // A primary refusing everything on policy grounds (back without the standby
+            // in its relay list) is stopped too, at five times the limit.
+            (
+                14,
+                at_rcpt(554, "5.7.1 Relay access denied"),
+                (10, 0, Some(Breaker::Refusals5xx)),
+            ),
+        ];
+        for (messages, relay, want) in cases {
+            let r = refused(messages, relay).await;
+            assert_eq!((r.failed, r.deferred, r.breaker), want, "{r:?}");
+        }
     }
 
     #[tokio::test]
