@@ -50,6 +50,7 @@ use crate::model::{
 use crate::ports::Storage;
 use crate::ports::{
     BlobReader, ClaimRequest, Clock, Index, Relay, RelaySession, Reply, Transaction,
+    retry_transient,
 };
 
 /// How many messages a worker leases at a time.
@@ -194,10 +195,8 @@ pub fn apply(
     rec.attempts += 1;
     rec.updated_at = now;
     rec.settle();
-    let still_pending = rec.pending().count();
-    if still_pending > 0 {
-        let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
-        rec.next_attempt_at = now + delay;
+    if rec.pending().count() > 0 {
+        retry_later(rec, now);
     }
     match rec.status {
         Status::Delivered => Outcome::Delivered,
@@ -234,16 +233,9 @@ fn odd_final(tx: &Transaction) -> bool {
     })
 }
 
-/// The class and subject of a reply's enhanced status code (`(5, 7)` for
-/// `550 5.7.1 ...`), when its text starts with one (RFC 3463).
-fn enhanced(reply: &Reply) -> Option<(u8, u16)> {
-    let first = reply.text.split_ascii_whitespace().next()?;
-    let mut parts = first.splitn(3, '.');
-    let class: u8 = parts.next()?.parse().ok()?;
-    let subject: u16 = parts.next()?.parse().ok()?;
-    let detail = parts.next()?;
-    (matches!(class, 2 | 4 | 5) && !detail.is_empty() && detail.bytes().all(|b| b.is_ascii_digit()))
-        .then_some((class, subject))
+/// The subject of a reply's enhanced status code (`7` for `550 5.7.1 ...`).
+fn subject(reply: &Reply) -> Option<&str> {
+    reply.enhanced()?.split('.').nth(1)
 }
 
 /// A refusal about this message's sender or content rather than the primary's state:
@@ -253,7 +245,11 @@ fn enhanced(reply: &Reply) -> Option<(u8, u16)> {
 /// trip the circuit breaker: otherwise twenty spam messages held during the outage would
 /// halt the draining of everything else.
 fn about_the_message(reply: &Reply, at_mail: bool) -> bool {
-    matches!(enhanced(reply), Some((_, 7))) || (at_mail && matches!(enhanced(reply), Some((_, 1))))
+    match subject(reply) {
+        Some("7") => true,
+        Some("1") => at_mail,
+        _ => false,
+    }
 }
 
 /// `reply` as a refusal: a 4xx or 5xx as it is; anything else the command did not accept
@@ -352,31 +348,25 @@ impl BreakerState {
                 .rcpts
                 .iter()
                 .all(|r| r.code >= 500 && !about_the_message(r, false));
-        if !at_rcpt {
-            let about_limit = self.limit.saturating_mul(ABOUT_THE_MESSAGE_FACTOR);
-            let n = self.about_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
-            if n >= about_limit {
-                let last = rcpts
-                    .iter()
-                    .find_map(|r| r.reply.as_deref())
-                    .map(redact_text)
-                    .unwrap_or_default();
-                self.trip(
-                    Breaker::Refusals5xx,
-                    format!(
-                        "circuit breaker: {n} messages in a row refused with 5xx for policy, \
-                         sender or content ({ABOUT_THE_MESSAGE_FACTOR} x [drain] breaker_5xx \
-                         = {}; last: `{last}`); draining halted, the other messages left \
-                         untouched. If the primary is right to refuse them, `standby drain \
-                         --force` resumes",
-                        self.limit
-                    ),
-                );
-            }
-            return;
-        }
-        let n = self.in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.limit {
+        // Which count this refusal adds to, the limit it trips at, and what it is.
+        let (count, limit, what) = if at_rcpt {
+            (
+                &self.in_a_row,
+                self.limit,
+                String::from("at RCPT ([drain] breaker_5xx"),
+            )
+        } else {
+            (
+                &self.about_in_a_row,
+                self.limit.saturating_mul(ABOUT_THE_MESSAGE_FACTOR),
+                format!(
+                    "for policy, sender or content ({ABOUT_THE_MESSAGE_FACTOR} x [drain] \
+                     breaker_5xx"
+                ),
+            )
+        };
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= limit {
             let last = rcpts
                 .iter()
                 .find_map(|r| r.reply.as_deref())
@@ -385,10 +375,9 @@ impl BreakerState {
             self.trip(
                 Breaker::Refusals5xx,
                 format!(
-                    "circuit breaker: {n} messages in a row refused with 5xx at RCPT ([drain] \
-                     breaker_5xx = {}; last: `{last}`); draining halted, the other messages \
-                     left untouched. If the primary is right to refuse them, `standby drain \
-                     --force` resumes",
+                    "circuit breaker: {n} messages in a row refused with 5xx {what} = {}; \
+                     last: `{last}`); draining halted, the other messages left untouched. \
+                     If the primary is right to refuse them, `standby drain --force` resumes",
                     self.limit
                 ),
             );
@@ -807,19 +796,20 @@ impl Drainer {
                         tracing::error!(id = %rec.id, "lease lost after the final dot (renewals failed for a whole lease); the write-back will be refused and the message may be delivered twice");
                     }
                 }
+                // No reply to the final dot, or one that is neither 250 nor a refusal: the
+                // primary may have the message.
+                let ambiguous = matches!(&result, Ok(tx) if tx.ambiguous || odd_final(tx));
                 let session_broken = match &result {
                     // Refused before MAIL was written: the session is as it was.
                     Err(RelayError::Unsendable(_)) => false,
                     Err(RelayError::Blob(_)) => sent,
                     Err(_) => true,
                     Ok(tx) => {
-                        tx.ambiguous
-                            || odd_final(tx)
+                        ambiguous
                             || tx.mail.code == 421
                             || tx.data.as_ref().is_some_and(|d| d.code == 421)
                     }
                 };
-                let ambiguous = matches!(&result, Ok(tx) if tx.ambiguous || odd_final(tx));
                 let tried: Vec<usize> = rec
                     .rcpts
                     .iter()
@@ -880,7 +870,7 @@ impl Drainer {
                 if session_broken {
                     let why = match &result {
                         Err(e) => e.to_string(),
-                        Ok(tx) if tx.ambiguous || odd_final(tx) => tx
+                        Ok(tx) if ambiguous => tx
                             .data
                             .as_ref()
                             .map_or_else(String::new, ToString::to_string),
@@ -1118,10 +1108,14 @@ fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
             r.status = RcptStatus::Pending;
         }
     }
-    rec.status = Status::Held;
     rec.reason = None;
     rec.bounce = None;
     rec.settle();
+    retry_later(rec, now);
+}
+
+/// The next attempt after [`backoff`] for the attempts made so far.
+fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
     let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
     rec.next_attempt_at = now + delay;
 }
@@ -1130,22 +1124,10 @@ fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
 /// error again a few times (the primary has answered: a write-back given up is a
 /// message sent again once the lease runs out).
 async fn write_back(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
-    let mut wait = Duration::from_millis(200);
-    for _ in 0..WRITE_BACK_TRIES - 1 {
-        match index.complete(rec, owner).await {
-            // A lost lease or a changed record will not come back: no retry.
-            Err(e @ (StoreError::Leased(_) | StoreError::Changed(_) | StoreError::NotFound(_))) => {
-                return Err(e);
-            }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(id = %rec.id, error = %e, "write-back failed; trying again");
-                tokio::time::sleep(wait).await;
-                wait *= 4;
-            }
-            other => return other,
-        }
-    }
-    index.complete(rec, owner).await
+    retry_transient(WRITE_BACK_TRIES, "write-back", || {
+        index.complete(rec, owner)
+    })
+    .await
 }
 
 /// Write-back attempts before a worker gives up (waits 0.2 s, 0.8 s, 3.2 s between).
@@ -1542,61 +1524,65 @@ mod tests {
         );
     }
 
-    /// A blob store that cannot store anything new (a full disk): a DSN cannot be queued.
-    struct NoNewBlobs(Arc<dyn crate::ports::BlobStore>);
-
-    #[async_trait]
-    impl crate::ports::BlobStore for NoNewBlobs {
-        async fn create(
-            &self,
-            _id: MessageId,
-        ) -> Result<Box<dyn crate::ports::BlobWriter>, StoreError> {
-            Err(StoreError::io(
-                "create",
-                "blob",
-                std::io::Error::from(std::io::ErrorKind::StorageFull),
-            ))
-        }
-        async fn open(&self, key: &str) -> Result<crate::ports::BlobReader, StoreError> {
-            self.0.open(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.0.delete(key).await
-        }
-        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
-            self.0.stat(key).await
-        }
-        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
-            self.0.list().await
-        }
+    /// `storage` with a full disk: nothing new can be stored, so a DSN cannot be queued.
+    fn full(storage: &Storage) -> Storage {
+        let mut full = storage.clone();
+        full.blobs = Arc::new(crate::backend::memory::FaultyBlobs {
+            full: true,
+            ..crate::backend::memory::FaultyBlobs::new(storage.blobs.clone())
+        });
+        full
     }
 
-    #[tokio::test]
-    async fn a_bounce_that_cannot_be_queued_never_sends_the_accepted_recipients_again() {
-        let storage = Storage::memory();
-        let id = hold(&storage, &["ok@x.test", "gone@x.test"]).await;
-        // An authenticated sender: the failure gets a DSN, which needs storage.
+    /// Hold a message from an SPF-authenticated sender: a failure gets a DSN, which needs
+    /// storage.
+    async fn hold_authenticated(storage: &Storage, rcpts: &[&str]) -> MessageId {
+        let id = hold(storage, rcpts).await;
         let mut rec = storage.index.get(id).await.unwrap().unwrap();
         rec.verdicts = Some(crate::model::Verdicts {
             spf: Some("pass".into()),
             ..Default::default()
         });
         storage.index.update(&rec, Utc::now()).await.unwrap();
-        let script = |delivered: &Deliveries| ScriptedRelay {
+        id
+    }
+
+    /// Make `id` due now.
+    async fn due_now(storage: &Storage, id: MessageId) {
+        let mut due = storage.index.get(id).await.unwrap().unwrap();
+        due.next_attempt_at = Utc::now();
+        storage.index.update(&due, Utc::now()).await.unwrap();
+    }
+
+    /// How many deliveries went to `rcpt`.
+    fn sent_to(delivered: &Deliveries, rcpt: &str) -> usize {
+        delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.1.iter().any(|r| r == rcpt))
+            .count()
+    }
+
+    /// One drain run over `storage` with `relay`, default settings.
+    async fn run_once(storage: Storage, relay: ScriptedRelay) -> DrainReport {
+        Drainer::new(storage, Arc::new(relay), Arc::new(SystemClock), settings())
+            .run(RunOptions::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bounce_that_cannot_be_queued_never_sends_the_accepted_recipients_again() {
+        let storage = Storage::memory();
+        let id = hold_authenticated(&storage, &["ok@x.test", "gone@x.test"]).await;
+        let delivered = Deliveries::default();
+        let script = || ScriptedRelay {
             rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
             delivered: delivered.clone(),
             ..Default::default()
         };
-        let delivered = Deliveries::default();
-        let mut full = storage.clone();
-        full.blobs = Arc::new(NoNewBlobs(storage.blobs.clone()));
-        let d = Drainer::new(
-            full,
-            Arc::new(script(&delivered)),
-            Arc::new(SystemClock),
-            settings(),
-        );
-        let r = d.run(RunOptions::default()).await.unwrap();
+        let r = run_once(full(&storage), script()).await;
         assert_eq!((r.delivered, r.deferred, r.failed), (0, 1, 0), "{r:?}");
         let rec = storage.index.get(id).await.unwrap().unwrap();
         let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
@@ -1604,28 +1590,10 @@ mod tests {
         assert!(rec.lease.is_none() && rec.bounce.is_none(), "{rec:?}");
 
         // Space again, and due: only the refused recipient is tried, and bounced.
-        let mut due = rec.clone();
-        due.next_attempt_at = Utc::now();
-        storage.index.update(&due, Utc::now()).await.unwrap();
-        let d = Drainer::new(
-            storage.clone(),
-            Arc::new(script(&delivered)),
-            Arc::new(SystemClock),
-            settings(),
-        );
-        let r = d.run(RunOptions::default()).await.unwrap();
+        due_now(&storage, id).await;
+        let r = run_once(storage.clone(), script()).await;
         assert_eq!(r.failed, 1, "{r:?}");
-        let sent: Vec<Vec<String>> = delivered
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| d.1.clone())
-            .collect();
-        let to_ok = sent
-            .iter()
-            .filter(|r| r.contains(&"ok@x.test".to_string()))
-            .count();
-        assert_eq!(to_ok, 1, "ok@ once: {sent:?}");
+        assert_eq!(sent_to(&delivered, "ok@x.test"), 1, "ok@ once");
         let rec = storage.index.get(id).await.unwrap().unwrap();
         assert!(
             matches!(rec.bounce, Some(crate::model::Bounce::Queued { .. })),
@@ -1639,13 +1607,7 @@ mod tests {
     #[tokio::test]
     async fn a_bounce_due_after_an_earlier_refusal_is_never_dropped() {
         let storage = Storage::memory();
-        let id = hold(&storage, &["gone@x.test", "later@x.test"]).await;
-        let mut rec = storage.index.get(id).await.unwrap().unwrap();
-        rec.verdicts = Some(crate::model::Verdicts {
-            spf: Some("pass".into()),
-            ..Default::default()
-        });
-        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let id = hold_authenticated(&storage, &["gone@x.test", "later@x.test"]).await;
         let delivered = Deliveries::default();
         let relay = |later: u16| ScriptedRelay {
             rcpt_codes: [
@@ -1656,44 +1618,54 @@ mod tests {
             delivered: delivered.clone(),
             ..Default::default()
         };
-        let due_now = || async {
-            let mut due = storage.index.get(id).await.unwrap().unwrap();
-            due.next_attempt_at = Utc::now();
-            storage.index.update(&due, Utc::now()).await.unwrap();
-        };
-        let run = |storage: Storage, relay: ScriptedRelay| async move {
-            Drainer::new(storage, Arc::new(relay), Arc::new(SystemClock), settings())
-                .run(RunOptions::default())
-                .await
-                .unwrap()
-        };
         // 1: gone@ refused for good, later@ deferred.
-        run(storage.clone(), relay(451)).await;
+        run_once(storage.clone(), relay(451)).await;
         // 2: later@ delivered, and the disk is full: the bounce for gone@ cannot be queued.
-        due_now().await;
-        let mut full = storage.clone();
-        full.blobs = Arc::new(NoNewBlobs(storage.blobs.clone()));
-        run(full, relay(250)).await;
+        due_now(&storage, id).await;
+        run_once(full(&storage), relay(250)).await;
         let rec = storage.index.get(id).await.unwrap().unwrap();
         assert_eq!(rec.status, Status::Held, "{rec:?}");
         let st: Vec<RcptStatus> = rec.rcpts.iter().map(|r| r.status).collect();
         assert_eq!(st, [RcptStatus::Pending, RcptStatus::Delivered]);
         // 3: space again: gone@ refused again and bounced; later@ not sent again.
-        due_now().await;
-        let r = run(storage.clone(), relay(250)).await;
+        due_now(&storage, id).await;
+        let r = run_once(storage.clone(), relay(250)).await;
         assert_eq!(r.failed, 1, "{r:?}");
         let rec = storage.index.get(id).await.unwrap().unwrap();
         assert!(
             matches!(rec.bounce, Some(crate::model::Bounce::Queued { .. })),
             "{rec:?}"
         );
-        let to_later = delivered
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|d| d.1.contains(&"later@x.test".to_string()))
-            .count();
-        assert_eq!(to_later, 1);
+        assert_eq!(sent_to(&delivered, "later@x.test"), 1);
+    }
+
+    /// The keeper trusts the lease end it is given (the renewal's, computed before the
+    /// request went out), not "a whole lease from now": a lease that already ended lets no
+    /// final dot out.
+    #[tokio::test]
+    async fn the_keeper_refuses_the_dot_once_the_lease_it_was_given_has_ended() {
+        use tokio::io::AsyncReadExt;
+        let storage = Storage::memory();
+        let id = hold(&storage, &["a@x.test"]).await;
+        let lease = chrono::Duration::seconds(60);
+        let ended = Utc::now() - chrono::Duration::seconds(1);
+        let keeper = Keeper::start(
+            storage.index.clone(),
+            Arc::new(SystemClock),
+            id,
+            "owner",
+            lease,
+            ended,
+        );
+        let body: BlobReader = Box::new(std::io::Cursor::new(b"Subject: t\r\n\r\nx\r\n".to_vec()));
+        let mut guarded = keeper.guard(body);
+        let mut bytes = Vec::new();
+        let end = guarded.read_to_end(&mut bytes).await;
+        assert!(
+            end.is_err(),
+            "the body ended (dot allowed) on a lease that had ended"
+        );
+        assert_eq!(keeper.stop(), Kept::LostBeforeDot);
     }
 
     #[tokio::test]

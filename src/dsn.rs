@@ -205,7 +205,7 @@ fn status_code(reply: &str) -> String {
     let mut words = reply.split_whitespace();
     let basic = words.next().unwrap_or_default();
     if let Some(enhanced) = words.next()
-        && is_enhanced(enhanced)
+        && crate::ports::is_enhanced_code(enhanced)
         && enhanced.starts_with(&basic[..1.min(basic.len())])
     {
         return enhanced.to_string();
@@ -214,15 +214,6 @@ fn status_code(reply: &str) -> String {
         Some(b'4') => "4.0.0".into(),
         _ => "5.0.0".into(),
     }
-}
-
-fn is_enhanced(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Printable ASCII only, one line, bounded: DSN fields are 7-bit header-like text.

@@ -421,6 +421,59 @@ impl Reply {
     pub fn is_permanent(&self) -> bool {
         self.code >= 500
     }
+    /// The enhanced status code the reply's text starts with (`5.7.1` of
+    /// `550 5.7.1 Relay access denied`), if any.
+    pub fn enhanced(&self) -> Option<&str> {
+        self.text
+            .split_ascii_whitespace()
+            .next()
+            .filter(|c| is_enhanced_code(c))
+    }
+}
+
+/// An RFC 3463 enhanced status code: class 2, 4 or 5, then subject and detail of one to
+/// three digits each (`5.7.1`).
+pub fn is_enhanced_code(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let class_ok = parts.next().is_some_and(|c| matches!(c, "2" | "4" | "5"));
+    let rest: Vec<&str> = parts.collect();
+    class_ok
+        && rest.len() == 2
+        && rest
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Run a storage call up to `tries` times, waiting 0.2 s, then 0.8 s, 3.2 s... between,
+/// while it fails with an error that waiting can cure ([`StoreError::is_transient`]; a
+/// lease taken, a record changed or gone will not come back, and is returned at once).
+/// For the writes that must follow something already done (a write-back after the
+/// primary answered, a blob delete after its record went).
+pub async fn retry_transient<T, F, Fut>(tries: u32, what: &str, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut tried = 1;
+    loop {
+        match op().await {
+            Err(e)
+                if tried < tries
+                    && e.is_transient()
+                    && !matches!(
+                        e,
+                        StoreError::Leased(_) | StoreError::Changed(_) | StoreError::NotFound(_)
+                    ) =>
+            {
+                tracing::warn!(error = %e, "{what} failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+                tried += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 impl std::fmt::Display for Reply {

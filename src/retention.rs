@@ -29,7 +29,7 @@ use crate::config::RetentionPolicy;
 use crate::error::StoreError;
 use crate::model::{Record, Status};
 use crate::ports::Storage;
-use crate::ports::{AuditEntry, ListQuery, Pages};
+use crate::ports::{AuditEntry, ListQuery, Pages, retry_transient};
 
 fn pattern_matches(pattern: &str, addr: &str) -> bool {
     match pattern.strip_prefix("*@") {
@@ -316,34 +316,24 @@ pub async fn delete(
     // job at the next start; a store without tombstones (S3) has only these tries, and
     // an object left behind is written to the audit log with its key for the operator.
     let key = rec.blob_key();
-    let mut wait = std::time::Duration::from_millis(200);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match storage.blobs.delete(&key).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && tries < BLOB_DELETE_TRIES => {
-                tracing::warn!(id = %rec.id, error = %e, "deleting the stored message failed; trying again");
-                tokio::time::sleep(wait).await;
-                wait *= 4;
-            }
-            Err(e) => {
-                // The message is deleted as far as everything else is concerned; the run
-                // goes on (one stuck object must not stop every later delete).
-                let why = format!(
-                    "{reason}: the record is deleted but the stored message `{key}` is not \
-                     ({e}); a local spool removes it at its next start, on S3 delete the \
-                     object by hand"
-                );
-                tracing::error!(id = %rec.id, error = %e, "record deleted, stored message left behind");
-                storage
-                    .audit
-                    .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))
-                    .await?;
-                return Ok(());
-            }
-        }
+    if let Err(e) = retry_transient(BLOB_DELETE_TRIES, "deleting the stored message", || {
+        storage.blobs.delete(&key)
+    })
+    .await
+    {
+        // The message is deleted as far as everything else is concerned; the run goes on
+        // (one stuck object must not stop every later delete).
+        let why = format!(
+            "{reason}: the record is deleted but the stored message `{key}` is not ({e}); \
+             a local spool removes it at its next start, on S3 delete the object by hand"
+        );
+        tracing::error!(id = %rec.id, error = %e, "record deleted, stored message left behind");
+        storage
+            .audit
+            .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))
+            .await?;
     }
+    Ok(())
 }
 
 /// Tries to delete the stored bytes once the record is gone.
@@ -352,6 +342,7 @@ const BLOB_DELETE_TRIES: u32 = 3;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::memory::FaultyBlobs;
     use crate::config::ConfidentialRule;
     use crate::model::{LegalHold, MessageId, Summary};
     use std::sync::Arc;
@@ -469,56 +460,16 @@ mod tests {
         ));
     }
 
-    /// A store whose deletes fail `fails` times (transiently) before they work.
-    struct FlakyDeletes {
-        inner: Arc<dyn crate::ports::BlobStore>,
-        fails: std::sync::atomic::AtomicU32,
-    }
-
-    #[async_trait::async_trait]
-    impl crate::ports::BlobStore for FlakyDeletes {
-        async fn create(
-            &self,
-            id: MessageId,
-        ) -> Result<Box<dyn crate::ports::BlobWriter>, StoreError> {
-            self.inner.create(id).await
-        }
-        async fn open(&self, key: &str) -> Result<crate::ports::BlobReader, StoreError> {
-            self.inner.open(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            use std::sync::atomic::Ordering::SeqCst;
-            if self
-                .fails
-                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(StoreError::Backend {
-                    backend: "test",
-                    detail: "SlowDown".into(),
-                    transient: true,
-                    source: None,
-                });
-            }
-            self.inner.delete(key).await
-        }
-        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
-            self.inner.stat(key).await
-        }
-        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
-            self.inner.list().await
-        }
-    }
-
     #[tokio::test]
     async fn bytes_left_behind_by_a_delete_are_retried_then_audited_with_their_key() {
         for (fails, ok) in [(1, true), (BLOB_DELETE_TRIES, false)] {
             // `ok`: the bytes went; either way the delete itself succeeds (the row is gone).
             let mut storage = Storage::memory();
-            storage.blobs = Arc::new(FlakyDeletes {
-                inner: storage.blobs.clone(),
-                fails: fails.into(),
-            });
+            let faulty = FaultyBlobs::new(storage.blobs.clone());
+            faulty
+                .delete_failures
+                .store(fails, std::sync::atomic::Ordering::SeqCst);
+            storage.blobs = Arc::new(faulty);
             let old = rec(Status::Delivered, 40, "bob@example.test");
             storage.index.insert(&old).await.unwrap();
             let done = delete(&storage, &old, "retention", "policy", Utc::now()).await;

@@ -27,6 +27,35 @@ fn connect_from(from: Ipv4Addr, port: u16) -> TcpStream {
     s
 }
 
+/// Sockets fed `line` one byte each `every` (slowloris) by a thread, until stopped.
+struct Trickle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Trickle {
+    fn start(mut sockets: Vec<TcpStream>, line: &'static [u8], every: Duration) -> Trickle {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut k = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                for s in &mut sockets {
+                    let _ = s.write(&line[k % line.len()..k % line.len() + 1]);
+                }
+                k += 1;
+                std::thread::sleep(every);
+            }
+        });
+        Trickle { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 /// The standby with the primary down (421 banner): what is accepted stays held.
 fn standby(env: &[(&str, &str)]) -> (Standby, FakePrimary) {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
@@ -100,22 +129,7 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
     let slow: Vec<TcpStream> = (0..50)
         .map(|i| connect_from(Ipv4Addr::new(127, 0, 0, 8 + (i % 2) as u8), sb.port))
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let trickle = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut slow = slow;
-            let line = b"EHLO slowloris.example\r\n";
-            let mut k = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for s in &mut slow {
-                    let _ = s.write(&line[k % line.len()..k % line.len() + 1]);
-                }
-                k += 1;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })
-    };
+    let trickle = Trickle::start(slow, b"EHLO slowloris.example\r\n", Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(500));
 
     let started = Instant::now();
@@ -131,8 +145,7 @@ fn a_flood_from_a_few_addresses_leaves_room_for_everyone_else() {
         ],
     );
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    trickle.join().unwrap();
+    trickle.stop();
     for l in sb.log().lines().filter(|l| l.contains("DBG")) {
         eprintln!("{l}");
     }
@@ -188,25 +201,15 @@ fn slots_come_back_under_stress(trickling: usize) {
         first_line(&mut late).starts_with("421 4.7.0"),
         "every slot should be taken"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let trickle = {
-        let stop = stop.clone();
-        let mut slow: Vec<TcpStream> = held[20 - trickling..]
-            .iter()
-            .map(|s| s.try_clone().unwrap())
-            .collect();
-        std::thread::spawn(move || {
-            let line = b"NOOP trickled one byte at a time";
-            let mut k = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for s in &mut slow {
-                    let _ = s.write(&line[k % line.len()..k % line.len() + 1]);
-                }
-                k += 1;
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        })
-    };
+    let slow = held[20 - trickling..]
+        .iter()
+        .map(|s| s.try_clone().unwrap())
+        .collect();
+    let trickle = Trickle::start(
+        slow,
+        b"NOOP trickled one byte at a time",
+        Duration::from_secs(2),
+    );
     let started = Instant::now();
     let mut cut = 0;
     for s in &mut held {
@@ -235,8 +238,7 @@ fn slots_come_back_under_stress(trickling: usize) {
             "tok-stress",
         ],
     );
-    stop.store(true, Ordering::Relaxed);
-    trickle.join().unwrap();
+    trickle.stop();
     assert!(ok, "{trickling} trickling: {t}");
 }
 

@@ -316,3 +316,62 @@ impl AuditLog for MemAuditLog {
         Ok(self.entries.lock().unwrap().clone())
     }
 }
+
+/// A blob store that fails on purpose, for unit tests of what the logic above does when
+/// storage does: `create` fails while `full` is set (a full disk), and the next
+/// `delete_failures` deletes fail transiently (S3 throttling). Everything else goes to
+/// `inner`.
+#[cfg(test)]
+pub struct FaultyBlobs {
+    pub inner: Arc<dyn BlobStore>,
+    pub full: bool,
+    pub delete_failures: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(test)]
+impl FaultyBlobs {
+    pub fn new(inner: Arc<dyn BlobStore>) -> Self {
+        FaultyBlobs {
+            inner,
+            full: false,
+            delete_failures: 0.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[async_trait]
+impl BlobStore for FaultyBlobs {
+    async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+        if self.full {
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(StoreError::io("create", "blob", full));
+        }
+        self.inner.create(id).await
+    }
+    async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+        self.inner.open(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let fail = self
+            .delete_failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(StoreError::Backend {
+                backend: "test",
+                detail: "SlowDown".into(),
+                transient: true,
+                source: None,
+            });
+        }
+        self.inner.delete(key).await
+    }
+    async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
+        self.inner.stat(key).await
+    }
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        self.inner.list().await
+    }
+}

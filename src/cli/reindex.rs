@@ -68,11 +68,12 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
     // next start removes them; they are never brought back.
     let deleted = index.tombstones()?;
     for found in blobs.spooled()? {
-        if deleted.contains(&found.id) && !index.contains(found.id)? {
+        let has_row = index.contains(found.id)?;
+        if !has_row && deleted.contains(&found.id) {
             summary.deleted += 1;
             continue;
         }
-        if index.contains(found.id)? {
+        if has_row {
             summary.indexed += 1;
             if found.orphan {
                 blobs.adopt(found.id)?;

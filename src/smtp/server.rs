@@ -268,7 +268,10 @@ pub async fn run(
         });
         match admitted {
             Ok((slot, permit)) => {
-                let stress = Stress::new(limit.clone(), max_connections);
+                let stress = Stress {
+                    slots: limit.clone(),
+                    max: max_connections,
+                };
                 tokio::spawn(async move {
                     if let Err(e) =
                         serve_connection_under(&server, Box::new(stream), peer, Some(stress)).await
@@ -305,16 +308,12 @@ pub async fn run(
 pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the listener is short of slots: fewer than a fifth of them free.
-#[derive(Clone)]
-pub struct Stress {
+struct Stress {
     slots: Arc<Semaphore>,
     max: usize,
 }
 
 impl Stress {
-    pub fn new(slots: Arc<Semaphore>, max: usize) -> Self {
-        Stress { slots, max }
-    }
     fn on(&self) -> bool {
         self.slots.available_permits() * 5 < self.max
     }
@@ -346,9 +345,10 @@ impl Conn {
     /// How long the client is waited for from now: the command timeout, or
     /// [`STRESS_TIMEOUT`] while the listener is short of slots.
     fn wait(&self) -> Duration {
-        match &self.stress {
-            Some(s) if s.on() => self.timeout.min(STRESS_TIMEOUT),
-            _ => self.timeout,
+        if self.stressed() {
+            self.timeout.min(STRESS_TIMEOUT)
+        } else {
+            self.timeout
         }
     }
 
@@ -414,7 +414,7 @@ pub async fn serve_connection(
 
 /// [`serve_connection`], with waits cut short while `stress` says the listener is short
 /// of slots.
-pub async fn serve_connection_under(
+async fn serve_connection_under(
     server: &Server,
     io: Box<dyn Io>,
     peer: SocketAddr,
@@ -657,7 +657,7 @@ fn log_refusals(reply: &str, peer: SocketAddr, helo: &str, about: Option<&str>) 
         }
         let rest = line.get(4..).unwrap_or_default();
         let (enhanced, text) = match rest.split_once(' ') {
-            Some((e, t)) if is_enhanced(e) => (e, t),
+            Some((e, t)) if crate::ports::is_enhanced_code(e) => (e, t),
             _ => ("", rest),
         };
         let helo: String = helo.chars().take(255).collect();
@@ -668,18 +668,6 @@ fn log_refusals(reply: &str, peer: SocketAddr, helo: &str, about: Option<&str>) 
             tracing::debug!(code, %ip, address, "refused: the address");
         }
     }
-}
-
-/// An RFC 3463 enhanced status code (`5.7.1`).
-fn is_enhanced(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let class_ok = parts.next().is_some_and(|c| matches!(c, "2" | "4" | "5"));
-    let rest: Vec<&str> = parts.collect();
-    class_ok
-        && rest.len() == 2
-        && rest
-            .iter()
-            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
