@@ -233,9 +233,11 @@ fn odd_final(tx: &Transaction) -> bool {
     })
 }
 
-/// The subject of a reply's enhanced status code (`7` for `550 5.7.1 ...`).
-fn subject(reply: &Reply) -> Option<&str> {
-    reply.enhanced()?.split('.').nth(1)
+/// The subject and detail of a reply's enhanced status code (`("7", "1")` for
+/// `550 5.7.1 ...`).
+fn subject(reply: &Reply) -> Option<(&str, &str)> {
+    let mut parts = reply.enhanced()?.split('.').skip(1);
+    Some((parts.next()?, parts.next()?))
 }
 
 /// A refusal about this message's sender or content rather than the primary's state:
@@ -246,8 +248,11 @@ fn subject(reply: &Reply) -> Option<&str> {
 /// halt the draining of everything else.
 fn about_the_message(reply: &Reply, at_mail: bool) -> bool {
     match subject(reply) {
-        Some("7") => true,
-        Some("1") => at_mail,
+        Some(("7", _)) => true,
+        // The sender's address (bad 1.7, unknown domain 1.8): Postfix checks the sender
+        // at RCPT by default (`smtpd_delay_reject`), so at either stage.
+        Some(("1", "7" | "8")) => true,
+        Some(("1", _)) => at_mail,
         _ => false,
     }
 }
@@ -338,16 +343,29 @@ impl BreakerState {
             return;
         }
         // Refusals at RCPT say the primary no longer knows our recipients (it came back
-        // with an empty directory). A refused sender (at MAIL) or content (after the
-        // dot), or a policy refusal at RCPT, may be about this message only (spam with a
-        // forged sender): counted apart, against a higher limit.
+        // with an empty directory). A refused sender (at MAIL) or a policy refusal at
+        // RCPT may be about this message only (spam with a forged sender): counted apart,
+        // against a higher limit, and only for a sender that authenticated and was not
+        // judged spam, so a flood of spam held during the outage cannot halt the drain
+        // (a primary that refuses everything refuses authenticated senders too). A
+        // refusal after the final dot is about the content: never counted.
         let Ok(tx) = result else { return };
+        if tx.mail.code == 250 && tx.rcpts.iter().any(|r| matches!(r.code, 250 | 251)) {
+            return;
+        }
         let at_rcpt = tx.mail.code == 250
             && !tx.rcpts.is_empty()
             && tx
                 .rcpts
                 .iter()
                 .all(|r| r.code >= 500 && !about_the_message(r, false));
+        let clean_sender = rec
+            .verdicts
+            .as_ref()
+            .is_some_and(|v| v.sender_authenticated() && !v.flagged());
+        if !at_rcpt && !clean_sender {
+            return;
+        }
         // Which count this refusal adds to, the limit it trips at, and what it is.
         let (count, limit, what) = if at_rcpt {
             (
@@ -1431,12 +1449,17 @@ mod tests {
         assert_eq!((forced.failed, forced.breaker), (4, None));
     }
 
-    /// Runs a drain with `relay` over `messages` held messages to `gone@x.test` (breaker
-    /// at 2, one worker) and returns its report.
-    async fn refused(messages: usize, relay: ScriptedRelay) -> DrainReport {
+    /// Runs a drain with `relay` over `messages` held messages to `gone@x.test` (from an
+    /// SPF-authenticated sender when `authenticated`; breaker at 2, one worker) and
+    /// returns its report.
+    async fn refused(messages: usize, authenticated: bool, relay: ScriptedRelay) -> DrainReport {
         let storage = Storage::memory();
         for _ in 0..messages {
-            hold(&storage, &["gone@x.test"]).await;
+            if authenticated {
+                hold_authenticated(&storage, &["gone@x.test"]).await;
+            } else {
+                hold(&storage, &["gone@x.test"]).await;
+            }
         }
         let mut s = settings();
         s.concurrency = 1;
@@ -1460,43 +1483,64 @@ mod tests {
             data_code: Some(554),
             ..Default::default()
         };
-        // (messages held, the primary, (failed, deferred, breaker)) with breaker_5xx = 2.
+        // (messages held, authenticated sender, the primary, (failed, deferred, breaker))
+        // with breaker_5xx = 2.
         let cases = [
-            // A healthy primary refusing spam with forged senders (SPF at RCPT, content
-            // after the dot, the sender at MAIL): every message is tried.
+            // A healthy primary refusing spam with forged senders (SPF or a bad sender
+            // domain at RCPT, content after the dot, the sender at MAIL): every message
+            // is tried.
             (
                 6,
+                false,
                 at_rcpt(550, "5.7.23 SPF validation failed"),
                 (6, 0, None),
             ),
-            (6, after_dot, (6, 0, None)),
             (
                 6,
+                false,
+                at_rcpt(550, "5.1.8 Sender address rejected"),
+                (6, 0, None),
+            ),
+            // (Their six DSNs are drained, and refused, in the same run.)
+            (6, true, after_dot, (12, 0, None)),
+            (
+                6,
+                false,
                 at_mail(450, "4.1.8 Sender address rejected"),
                 (0, 6, None),
             ),
             // The primary's own trouble at MAIL stops the run at once.
             (
                 6,
+                false,
                 at_mail(452, "4.3.1 Insufficient system storage"),
                 (0, 1, Some(Breaker::Mail4xx)),
             ),
             // Unknown users trip it at the limit.
             (
                 6,
+                false,
                 at_rcpt(550, "5.1.1 User unknown"),
                 (2, 0, Some(Breaker::Refusals5xx)),
             ),
             // A primary refusing everything on policy grounds (back without the standby
-            // in its relay list) is stopped too, at five times the limit.
+            // in its relay list) is stopped too, at five times the limit, counting the
+            // senders that authenticated (it refuses those too); spam never counts.
             (
                 14,
+                false,
+                at_rcpt(554, "5.7.1 Relay access denied"),
+                (14, 0, None),
+            ),
+            (
+                14,
+                true,
                 at_rcpt(554, "5.7.1 Relay access denied"),
                 (10, 0, Some(Breaker::Refusals5xx)),
             ),
         ];
-        for (messages, relay, want) in cases {
-            let r = refused(messages, relay).await;
+        for (messages, authenticated, relay, want) in cases {
+            let r = refused(messages, authenticated, relay).await;
             assert_eq!((r.failed, r.deferred, r.breaker), want, "{r:?}");
         }
     }
