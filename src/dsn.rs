@@ -87,8 +87,9 @@ pub fn dsn_id(orig: &Record) -> MessageId {
 /// failed or its bounce was already decided.
 ///
 /// # Errors
-/// Storage errors; the caller must then not write `rec` back, so the decision is taken
-/// again on the next attempt (and finds the DSN if it was queued).
+/// Storage errors; `rec`'s bounce is then undecided and it must not be written back as
+/// failed: the drain puts its refused recipients back to pending (`defer_refused`), so
+/// the decision is taken again on a later attempt (and finds the DSN if it was queued).
 pub async fn settle(
     storage: &Storage,
     rec: &mut Record,

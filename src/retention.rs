@@ -146,6 +146,20 @@ pub struct RetentionReport {
     /// Due when read, but changed before the delete (left for the next run).
     #[serde(skip_serializing_if = "is_zero")]
     pub changed: u64,
+    /// Of `deleted`, records whose stored bytes could not be deleted (audited as
+    /// `delete-incomplete` with the key: a local spool removes them at its next start, on
+    /// S3 they need deleting by hand).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub incomplete: u64,
+}
+
+/// What [`delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The record and its stored bytes.
+    Whole,
+    /// The record; its bytes could not be deleted (audited as `delete-incomplete`).
+    BytesLeft,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -251,7 +265,11 @@ pub async fn run(
                 continue;
             }
             match delete(storage, &d.rec, "retention", &d.rule, now).await {
-                Ok(()) => report.deleted += 1,
+                Ok(Deleted::Whole) => report.deleted += 1,
+                Ok(Deleted::BytesLeft) => {
+                    report.deleted += 1;
+                    report.incomplete += 1;
+                }
                 // Placed or changed since this page was read: the hold wins, and a changed
                 // record is judged again by the next run.
                 Err(StoreError::LegalHold(_)) => report.held_back += 1,
@@ -268,6 +286,7 @@ pub async fn run(
             deleted = report.deleted,
             held_back = report.held_back,
             changed = report.changed,
+            incomplete = report.incomplete,
             "retention run"
         );
     }
@@ -289,7 +308,7 @@ pub async fn delete(
     by: &str,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Deleted, StoreError> {
     if rec.legal_hold.is_some() {
         return Err(StoreError::LegalHold(rec.id));
     }
@@ -332,8 +351,9 @@ pub async fn delete(
             .audit
             .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))
             .await?;
+        return Ok(Deleted::BytesLeft);
     }
-    Ok(())
+    Ok(Deleted::Whole)
 }
 
 /// Tries to delete the stored bytes once the record is gone.
@@ -446,6 +466,7 @@ mod tests {
                 deleted: 1,
                 held_back: 1,
                 changed: 0,
+                incomplete: 0,
             }
         );
         assert!(storage.index.get(old.id).await.unwrap().is_none());
@@ -473,7 +494,12 @@ mod tests {
             let old = rec(Status::Delivered, 40, "bob@example.test");
             storage.index.insert(&old).await.unwrap();
             let done = delete(&storage, &old, "retention", "policy", Utc::now()).await;
-            assert!(done.is_ok(), "{fails} failures: {done:?}");
+            let want = if ok {
+                Deleted::Whole
+            } else {
+                Deleted::BytesLeft
+            };
+            assert_eq!(done.unwrap(), want, "{fails} failures");
             assert!(storage.index.get(old.id).await.unwrap().is_none());
             let actions: Vec<String> = storage
                 .audit

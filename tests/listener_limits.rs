@@ -242,6 +242,30 @@ fn slots_come_back_under_stress(trickling: usize) {
     assert!(ok, "{trickling} trickling: {t}");
 }
 
+/// A client that streams bytes without a line end as fast as it can (its read is always
+/// ready) is cut off at the command timeout all the same.
+#[test]
+fn a_line_that_never_ends_is_cut_off_however_fast_it_comes() {
+    let (sb, _p) = standby(&[("STANDBY_COMMAND_TIMEOUT_SECS", "3")]);
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 3, 1), sb.port);
+    assert!(first_line(&mut s).starts_with("220 "));
+    let mut w = s.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let chunk = [b'x'; 64 * 1024];
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end && w.write_all(&chunk).is_ok() {}
+    });
+    let started = Instant::now();
+    let told = wait_line(&mut s, "421 4.4.2", Duration::from_secs(15));
+    drop(s);
+    let _ = flood.join();
+    assert!(
+        told.is_some(),
+        "a never-ending line kept its session for {:?} (command timeout 3 s)",
+        started.elapsed()
+    );
+}
+
 /// A client that trickles a command a byte at a time is cut off after the command
 /// timeout although it never stops sending; one that keeps sending whole commands is
 /// cut off at the session's end; and DATA slower than the minimum rate ends with 421

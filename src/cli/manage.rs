@@ -178,9 +178,19 @@ pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), Cl
     let by = operator();
     report(ids, "purged", async |id| {
         let rec = fetch(storage, id).await?;
-        crate::retention::delete(storage, &rec, &by, "standby purge", chrono::Utc::now())
+        match crate::retention::delete(storage, &rec, &by, "standby purge", chrono::Utc::now())
             .await
-            .map_err(|e| e.to_string())
+        {
+            Ok(crate::retention::Deleted::Whole) => Ok(()),
+            // The record is gone, but not the bytes: the operator must hear of it.
+            Ok(crate::retention::Deleted::BytesLeft) => Err(format!(
+                "record deleted, but the stored message `{}` was not (audited as \
+                 delete-incomplete): a local spool removes it at its next start, on S3 \
+                 delete the object by hand",
+                rec.blob_key()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await
 }
@@ -326,6 +336,19 @@ pub(super) async fn retention(
             out,
             "deleted {}, kept under legal hold {}",
             report.deleted, report.held_back
-        )
-    })
+        )?;
+        if report.incomplete > 0 {
+            writeln!(
+                out,
+                "{} of them left their stored message behind: `standby audit` lists them \
+                 (delete-incomplete, with the key)",
+                report.incomplete
+            )?;
+        }
+        Ok(())
+    })?;
+    if report.incomplete > 0 {
+        return Err(CliError::Partial(report.incomplete as usize));
+    }
+    Ok(())
 }

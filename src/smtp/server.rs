@@ -391,6 +391,11 @@ impl Conn {
         // (`read_buf` is cancel-safe: nothing read is lost when a look times out.)
         let waiting_since = Instant::now();
         loop {
+            // Checked before reading: a client that always has bytes waiting would
+            // otherwise never see its deadline (the read is ready before the timer).
+            if Instant::now() >= until {
+                return Ok(Read::TimedOut);
+            }
             let look = until.min(Instant::now() + STRESS_TIMEOUT);
             match tokio::time::timeout_at(look, self.io.read_buf(&mut self.inbuf)).await {
                 Err(_) if look < until && waiting_since.elapsed() < self.wait() => continue,
