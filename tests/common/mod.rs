@@ -205,20 +205,38 @@ impl Postfix {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
-    /// Wait until every message this primary accepted has left its queue (as many
-    /// `removed` lines in the log as `message-id=` lines from cleanup): the positive
-    /// signal that nothing more will reach the Maildir, before counting what did.
+    /// Wait until every message this primary accepted has left its queue: no file in any
+    /// of its queue directories, and at least one message delivered (a `removed` line).
+    /// The positive signal that nothing more will reach the Maildir, before counting what
+    /// did. Files, not log lines: a client killed mid-DATA leaves a `message-id=` line
+    /// from cleanup for a file that is discarded without a `removed` line.
     pub fn wait_queue_empty(&self, timeout: Duration) {
+        let queue = self.dir.path().join("queue");
         wait_for("the primary's queue to empty", timeout, || {
-            let log = self.maillog();
-            let accepted = log
-                .lines()
-                .filter(|l| l.contains("/cleanup[") && l.contains(": message-id="))
-                .count();
-            let removed = log.lines().filter(|l| l.ends_with(": removed")).count();
-            accepted > 0 && accepted == removed
+            let delivered = self.maillog().lines().any(|l| l.ends_with(": removed"));
+            let queued = ["maildrop", "incoming", "active", "deferred", "hold"]
+                .iter()
+                .map(|d| files_under(&queue.join(d)))
+                .sum::<usize>();
+            delivered && queued == 0
         });
     }
+}
+
+/// Regular files under `dir`, at any depth (Postfix hashes some queues into
+/// subdirectories); 0 for a directory that does not exist.
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 impl Drop for Postfix {
