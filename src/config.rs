@@ -872,8 +872,11 @@ fn default_up_after() -> u32 {
 fn default_down_after() -> u32 {
     2
 }
+/// Parallel sessions to the primary. Postfix opens up to 20 per destination by default;
+/// 16 keeps the SQLite write-backs grouped (measured: 8 → 16 workers drained 2,000 queued
+/// messages about 30 % faster on a 2-core host, see BENCHMARKS.md) while staying under it.
 fn default_concurrency() -> usize {
-    8
+    16
 }
 fn default_lease() -> u64 {
     600
