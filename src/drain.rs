@@ -315,10 +315,20 @@ impl BreakerState {
     }
 
     /// Judge one attempt on `rec` (`tried`: its recipients this attempt was for).
-    fn observe(&self, rec: &Record, tried: &[usize], result: &Result<Transaction, RelayError>) {
+    /// Returns whether the attempt ended after the breaker had tripped (an attempt in
+    /// flight on another worker when it tripped, or a refusal past the limit): its
+    /// refusals must then not fail the message (see [`defer_refusals_after_trip`]), so a
+    /// run bounces at most `breaker_5xx` messages in a row however many workers it has.
+    fn observe(
+        &self,
+        rec: &Record,
+        tried: &[usize],
+        result: &Result<Transaction, RelayError>,
+    ) -> bool {
         if !self.armed() {
-            return;
+            return false;
         }
+        let late = self.tripped().is_some();
         if let Ok(tx) = result
             && (400..500).contains(&tx.mail.code)
             && !about_the_message(&tx.mail, true)
@@ -331,16 +341,16 @@ impl BreakerState {
                     redact_text(&tx.mail.to_string())
                 ),
             );
-            return;
+            return late;
         }
         let rcpts: Vec<_> = tried.iter().filter_map(|&i| rec.rcpts.get(i)).collect();
         if rcpts.iter().any(|r| r.status == RcptStatus::Delivered) {
             self.in_a_row.store(0, Ordering::SeqCst);
             self.about_in_a_row.store(0, Ordering::SeqCst);
-            return;
+            return late;
         }
         if rcpts.is_empty() || !rcpts.iter().all(|r| r.status == RcptStatus::Failed) {
-            return;
+            return late;
         }
         // Refusals at RCPT say the primary no longer knows our recipients (it came back
         // with an empty directory). A refused sender (at MAIL) or a policy refusal at
@@ -349,9 +359,9 @@ impl BreakerState {
         // judged spam, so a flood of spam held during the outage cannot halt the drain
         // (a primary that refuses everything refuses authenticated senders too). A
         // refusal after the final dot is about the content: never counted.
-        let Ok(tx) = result else { return };
+        let Ok(tx) = result else { return late };
         if tx.mail.code == 250 && tx.rcpts.iter().any(|r| matches!(r.code, 250 | 251)) {
-            return;
+            return late;
         }
         let at_rcpt = tx.mail.code == 250
             && !tx.rcpts.is_empty()
@@ -364,7 +374,7 @@ impl BreakerState {
             .as_ref()
             .is_some_and(|v| v.sender_authenticated() && !v.flagged());
         if !at_rcpt && !clean_sender {
-            return;
+            return late;
         }
         // Which count this refusal adds to, the limit it trips at, and what it is.
         let (count, limit, what) = if at_rcpt {
@@ -384,7 +394,11 @@ impl BreakerState {
             )
         };
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= limit {
+        if n > limit {
+            // Counted past the limit: the breaker has tripped (on this count or another).
+            return true;
+        }
+        if n == limit {
             let last = rcpts
                 .iter()
                 .find_map(|r| r.reply.as_deref())
@@ -400,6 +414,7 @@ impl BreakerState {
                 ),
             );
         }
+        late
     }
 }
 
@@ -835,13 +850,16 @@ impl Drainer {
                     .filter(|(_, r)| r.status == RcptStatus::Pending)
                     .map(|(i, _)| i)
                     .collect();
-                let outcome = apply(&mut rec, &result, self.clock.now());
-                breaker.observe(&rec, &tried, &result);
+                let mut outcome = apply(&mut rec, &result, self.clock.now());
+                if breaker.observe(&rec, &tried, &result)
+                    && defer_refusals_after_trip(&mut rec, &tried, self.clock.now())
+                {
+                    outcome = Outcome::Deferred;
+                }
                 if ambiguous {
                     w.ambiguous += 1;
                     tracing::warn!(id = %rec.id, "no reply (or no 250) to the final dot: the primary may have the message; deferred, and the retry may deliver it twice");
                 }
-                let mut outcome = outcome;
                 if outcome == Outcome::Failed
                     && let Err(e) = dsn::settle(
                         &self.storage,
@@ -1132,6 +1150,28 @@ fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
     retry_later(rec, now);
 }
 
+/// An attempt that ended after the run's breaker tripped (see [`BreakerState::observe`]):
+/// the primary is refusing wholesale, so this attempt's refusals are no verdict on the
+/// message. Its refused recipients wait, like everything else the halted run leaves;
+/// recipients refused by earlier attempts stay as they were. Whether any did.
+fn defer_refusals_after_trip(rec: &mut Record, tried: &[usize], now: DateTime<Utc>) -> bool {
+    let mut any = false;
+    for &i in tried {
+        if let Some(r) = rec.rcpts.get_mut(i)
+            && r.status == RcptStatus::Failed
+        {
+            r.status = RcptStatus::Pending;
+            any = true;
+        }
+    }
+    if any {
+        rec.reason = None;
+        rec.settle();
+        retry_later(rec, now);
+    }
+    any
+}
+
 /// The next attempt after [`backoff`] for the attempts made so far.
 fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
     let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
@@ -1185,6 +1225,8 @@ mod tests {
         refuse_connect: bool,
         data_code: Option<u16>,
         delivered: Deliveries,
+        /// How long each transaction takes.
+        latency: Option<Duration>,
     }
 
     struct ScriptedSession {
@@ -1193,6 +1235,7 @@ mod tests {
         mail: Option<Reply>,
         data_code: u16,
         delivered: Deliveries,
+        latency: Option<Duration>,
     }
 
     #[async_trait]
@@ -1210,6 +1253,7 @@ mod tests {
                 mail: self.mail.clone(),
                 data_code: self.data_code.unwrap_or(250),
                 delivered: self.delivered.clone(),
+                latency: self.latency,
             }))
         }
     }
@@ -1222,6 +1266,9 @@ mod tests {
             rcpts: &[String],
             mut body: crate::ports::BlobReader,
         ) -> Result<Transaction, RelayError> {
+            if let Some(latency) = self.latency {
+                tokio::time::sleep(latency).await;
+            }
             if let Some(mail) = &self.mail {
                 return Ok(Transaction {
                     mail: mail.clone(),
@@ -1447,6 +1494,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((forced.failed, forced.breaker), (4, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tripped_breaker_fails_no_attempt_that_was_in_flight_on_another_worker() {
+        let storage = Storage::memory();
+        // Enough for every worker to claim a batch of its own.
+        for _ in 0..300 {
+            hold(&storage, &["gone@x.test"]).await;
+        }
+        // Eight workers, each with a refusal on its way when the second one trips the
+        // breaker: only those two are failed (and bounced); the others wait.
+        let relay = ScriptedRelay {
+            rcpt_codes: [("gone@x.test".to_string(), 550)].into(),
+            latency: Some(Duration::from_millis(50)),
+            ..Default::default()
+        };
+        let mut s = settings();
+        s.concurrency = 8;
+        s.breaker_5xx = 2;
+        let d = Drainer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock), s);
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r.breaker, Some(Breaker::Refusals5xx));
+        assert_eq!(r.failed, 2, "{r:?}");
+        let c = storage.index.counts().await.unwrap();
+        assert_eq!((c.failed, c.held), (2, 298));
+        let waiting = storage
+            .index
+            .list(&crate::ports::ListQuery {
+                status: Some(Status::Held),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            waiting
+                .iter()
+                .all(|rec| rec.rcpts.iter().all(|r| r.status == RcptStatus::Pending)),
+            "a recipient of a waiting message was left failed"
+        );
     }
 
     /// Runs a drain with `relay` over `messages` held messages to `gone@x.test` (from an

@@ -51,9 +51,10 @@ use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
 use chrono::{DateTime, Utc};
 
 const WRITE_BUFFER: usize = 256 * 1024;
-/// Read buffer of an opened message: large enough for few reads per message, small
-/// enough that opening one (the reader zero-fills its buffer) costs next to nothing
-/// and stays off glibc's mmap threshold (128 KiB), which a drain pays per message.
+/// Read buffer of an opened message, for readers that ask for little at a time (IMAP,
+/// export, the parsers); one asking for this much or more (the drain's SMTP client reads
+/// 64 KiB) bypasses it. Small enough that opening a message (the reader zero-fills its
+/// buffer) costs next to nothing and stays under glibc's mmap threshold (128 KiB).
 const READ_BUFFER: usize = 64 * 1024;
 
 /// A message file's [`BlobInfo`].

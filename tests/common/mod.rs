@@ -206,19 +206,34 @@ impl Postfix {
     }
 
     /// Wait until every message this primary accepted has left its queue: no file in any
-    /// of its queue directories, and at least one message delivered (a `removed` line).
-    /// The positive signal that nothing more will reach the Maildir, before counting what
-    /// did. Files, not log lines: a client killed mid-DATA leaves a `message-id=` line
-    /// from cleanup for a file that is discarded without a `removed` line.
+    /// of its queue directories, twice in a row with no delivery in between, and at least
+    /// one message delivered (a `removed` line). The positive signal that nothing more
+    /// will reach the Maildir, before counting what did. Files, not log lines: a client
+    /// killed mid-DATA leaves a `message-id=` line from cleanup for a file that is
+    /// discarded without a `removed` line. Twice: qmgr moves files from `deferred/` back
+    /// to `active/`, and one scan could miss a file on the move.
     pub fn wait_queue_empty(&self, timeout: Duration) {
         let queue = self.dir.path().join("queue");
-        wait_for("the primary's queue to empty", timeout, || {
-            let delivered = self.maillog().lines().any(|l| l.ends_with(": removed"));
+        assert!(
+            queue.join("incoming").is_dir(),
+            "no queue directory at {}",
+            queue.display()
+        );
+        let scan = || {
+            let removed = self
+                .maillog()
+                .lines()
+                .filter(|l| l.ends_with(": removed"))
+                .count();
             let queued = ["maildrop", "incoming", "active", "deferred", "hold"]
                 .iter()
                 .map(|d| files_under(&queue.join(d)))
                 .sum::<usize>();
-            delivered && queued == 0
+            (removed, queued)
+        };
+        wait_for("the primary's queue to empty", timeout, || {
+            let (removed, queued) = scan();
+            removed > 0 && queued == 0 && scan() == (removed, 0)
         });
     }
 }
