@@ -177,12 +177,25 @@ impl HopCounter {
 /// Dot-stuff a message for sending (RFC 5321 §4.5.2). The caller tracks whether the
 /// previous chunk ended a line (`at_line_start`), since messages are sent in chunks.
 pub fn dot_stuff(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-    for &b in chunk {
-        if *at_line_start && b == b'.' {
+    // A line at a time (memchr finds its end), not a byte at a time: the drain stuffs
+    // every byte it sends, and the per-byte loop was a sixth of its CPU on 100 KB mail.
+    let mut rest = chunk;
+    while let Some(&first) = rest.first() {
+        if *at_line_start && first == b'.' {
             out.push(b'.');
         }
-        out.push(b);
-        *at_line_start = b == b'\n';
+        match memchr::memchr(b'\n', rest) {
+            Some(end) => {
+                out.extend_from_slice(&rest[..=end]);
+                rest = &rest[end + 1..];
+                *at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                *at_line_start = false;
+                rest = &[];
+            }
+        }
     }
 }
 
@@ -257,6 +270,34 @@ mod tests {
                 h.feed(c);
             }
             assert_eq!(h.count(), 4, "step {step}");
+        }
+    }
+
+    /// The byte-at-a-time definition [`dot_stuff`] must match.
+    fn dot_stuff_bytewise(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
+        for &b in chunk {
+            if *at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            *at_line_start = b == b'\n';
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dot_stuff_matches_the_bytewise_definition_in_any_chunks(
+            msg in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..200),
+            step in 1usize..20,
+        ) {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            let (mut a, mut b) = (true, true);
+            for c in msg.chunks(step) {
+                dot_stuff(c, &mut a, &mut fast);
+                dot_stuff_bytewise(c, &mut b, &mut slow);
+                proptest::prop_assert_eq!(a, b);
+            }
+            proptest::prop_assert_eq!(fast, slow);
         }
     }
 
