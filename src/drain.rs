@@ -315,10 +315,12 @@ impl BreakerState {
     }
 
     /// Judge one attempt on `rec` (`tried`: its recipients this attempt was for).
-    /// Returns whether the attempt ended after the breaker had tripped (an attempt in
-    /// flight on another worker when it tripped, or a refusal past the limit): its
-    /// refusals must then not fail the message (see [`defer_refusals_after_trip`]), so a
-    /// run bounces at most `breaker_5xx` messages in a row however many workers it has.
+    /// Returns whether this is a refusal of the kind the breaker counts that came after it
+    /// had tripped (an attempt in flight on another worker when it tripped, or a count
+    /// past the limit): its refusals must then not fail the message (see
+    /// [`defer_refusals_after_trip`]), so a run bounces at most `breaker_5xx` messages in a
+    /// row however many workers it has. Refusals it does not count (content, a sender
+    /// that did not authenticate, an attempt that also delivered) stand as they are.
     fn observe(
         &self,
         rec: &Record,
@@ -328,7 +330,6 @@ impl BreakerState {
         if !self.armed() {
             return false;
         }
-        let late = self.tripped().is_some();
         if let Ok(tx) = result
             && (400..500).contains(&tx.mail.code)
             && !about_the_message(&tx.mail, true)
@@ -341,16 +342,16 @@ impl BreakerState {
                     redact_text(&tx.mail.to_string())
                 ),
             );
-            return late;
+            return false;
         }
         let rcpts: Vec<_> = tried.iter().filter_map(|&i| rec.rcpts.get(i)).collect();
         if rcpts.iter().any(|r| r.status == RcptStatus::Delivered) {
             self.in_a_row.store(0, Ordering::SeqCst);
             self.about_in_a_row.store(0, Ordering::SeqCst);
-            return late;
+            return false;
         }
         if rcpts.is_empty() || !rcpts.iter().all(|r| r.status == RcptStatus::Failed) {
-            return late;
+            return false;
         }
         // Refusals at RCPT say the primary no longer knows our recipients (it came back
         // with an empty directory). A refused sender (at MAIL) or a policy refusal at
@@ -359,9 +360,9 @@ impl BreakerState {
         // judged spam, so a flood of spam held during the outage cannot halt the drain
         // (a primary that refuses everything refuses authenticated senders too). A
         // refusal after the final dot is about the content: never counted.
-        let Ok(tx) = result else { return late };
+        let Ok(tx) = result else { return false };
         if tx.mail.code == 250 && tx.rcpts.iter().any(|r| matches!(r.code, 250 | 251)) {
-            return late;
+            return false;
         }
         let at_rcpt = tx.mail.code == 250
             && !tx.rcpts.is_empty()
@@ -374,7 +375,7 @@ impl BreakerState {
             .as_ref()
             .is_some_and(|v| v.sender_authenticated() && !v.flagged());
         if !at_rcpt && !clean_sender {
-            return late;
+            return false;
         }
         // Which count this refusal adds to, the limit it trips at, and what it is.
         let (count, limit, what) = if at_rcpt {
@@ -393,6 +394,7 @@ impl BreakerState {
                 ),
             )
         };
+        let late = self.tripped().is_some();
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         if n > limit {
             // Counted past the limit: the breaker has tripped (on this count or another).
@@ -413,8 +415,11 @@ impl BreakerState {
                     self.limit
                 ),
             );
+            return late;
         }
-        late
+        // Below the limit: the count may have been reset by a delivery on another worker
+        // after the breaker tripped, so ask again now that this one is counted.
+        late || self.tripped().is_some()
     }
 }
 
@@ -1152,8 +1157,9 @@ fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
 
 /// An attempt that ended after the run's breaker tripped (see [`BreakerState::observe`]):
 /// the primary is refusing wholesale, so this attempt's refusals are no verdict on the
-/// message. Its refused recipients wait, like everything else the halted run leaves;
-/// recipients refused by earlier attempts stay as they were. Whether any did.
+/// message. Its refused recipients wait, due at once and the attempt not counted, like
+/// everything else the halted run leaves (`standby drain --force` takes them with the
+/// rest); recipients refused by earlier attempts stay as they were. Whether any did.
 fn defer_refusals_after_trip(rec: &mut Record, tried: &[usize], now: DateTime<Utc>) -> bool {
     let mut any = false;
     for &i in tried {
@@ -1166,8 +1172,10 @@ fn defer_refusals_after_trip(rec: &mut Record, tried: &[usize], now: DateTime<Ut
     }
     if any {
         rec.reason = None;
+        rec.attempts = rec.attempts.saturating_sub(1);
+        rec.next_attempt_at = now;
         rec.settle();
-        retry_later(rec, now);
+        tracing::info!(id = %rec.id, "refused after the circuit breaker tripped: not failed, its recipients wait with the rest");
     }
     any
 }
@@ -1517,6 +1525,10 @@ mod tests {
         let r = d.run(RunOptions::default()).await.unwrap();
         assert_eq!(r.breaker, Some(Breaker::Refusals5xx));
         assert_eq!(r.failed, 2, "{r:?}");
+        assert!(
+            r.deferred > 0,
+            "no attempt was in flight at the trip: {r:?}"
+        );
         let c = storage.index.counts().await.unwrap();
         assert_eq!((c.failed, c.held), (2, 298));
         let waiting = storage
@@ -1533,6 +1545,15 @@ mod tests {
                 .all(|rec| rec.rcpts.iter().all(|r| r.status == RcptStatus::Pending)),
             "a recipient of a waiting message was left failed"
         );
+        // The operator's `--force` takes every one of them, those in flight at the trip too.
+        let forced = d
+            .run(RunOptions {
+                force: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(forced.failed, 298, "{forced:?}");
     }
 
     /// Runs a drain with `relay` over `messages` held messages to `gone@x.test` (from an
