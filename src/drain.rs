@@ -1469,6 +1469,16 @@ mod tests {
         assert_eq!(rec.rcpts[1].status, RcptStatus::Delivered);
     }
 
+    /// The operator's `standby drain --force`.
+    async fn forced_run(d: &Drainer) -> DrainReport {
+        d.run(RunOptions {
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn the_breaker_stops_after_5xx_in_a_row_and_force_overrides_it() {
         let storage = Storage::memory();
@@ -1494,13 +1504,7 @@ mod tests {
         assert!(r.stopped.as_deref().unwrap().contains("breaker_5xx = 2"));
         let c = storage.index.counts().await.unwrap();
         assert_eq!((c.held, c.failed), (4, 2));
-        let forced = d
-            .run(RunOptions {
-                force: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let forced = forced_run(&d).await;
         assert_eq!((forced.failed, forced.breaker), (4, None));
     }
 
@@ -1546,13 +1550,7 @@ mod tests {
             "a recipient of a waiting message was left failed"
         );
         // The operator's `--force` takes every one of them, those in flight at the trip too.
-        let forced = d
-            .run(RunOptions {
-                force: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let forced = forced_run(&d).await;
         assert_eq!(forced.failed, 298, "{forced:?}");
     }
 
