@@ -1,11 +1,13 @@
-//! Upgrades: a spool made by the previous release opens, migrates and delivers.
+//! Upgrades: a spool made by an earlier release opens, migrates and delivers.
 //!
-//! The fixture (`tests/fixtures/upgrade/spool/`) was made by the previous release's own
+//! Each fixture (`tests/fixtures/upgrade/<name>/`) was made by that release's own
 //! `standby serve` and `standby hold` (`tests/fixtures/upgrade/make-fixture`; the commit
-//! is in its `RELEASE` file): its index as SQL text and its message files, which have no
-//! envelope files (that release did not write them). Loaded into a data directory, it
-//! must open under this release without a message turning into an orphan, keep the
-//! paused one paused, and deliver the held ones, whole, to a real Postfix primary.
+//! is in its `RELEASE` file): its index as SQL text and its message files. `spool` has no
+//! envelope files (that release did not write them); `spool-env` has the `<id>.env`
+//! sidecars the spool kept before the envelope moved into the message file. Loaded into
+//! a data directory, each must open under this release without a message turning into an
+//! orphan, keep the paused one paused, and deliver the held ones, whole, to a real
+//! Postfix primary.
 
 mod common;
 
@@ -15,7 +17,18 @@ use common::*;
 
 #[test]
 fn a_spool_made_by_the_previous_release_opens_and_delivers() {
-    let fixture = repo().join("tests/fixtures/upgrade/spool");
+    opens_and_delivers("spool", false);
+}
+
+#[test]
+fn a_spool_with_envelope_sidecars_opens_and_delivers() {
+    opens_and_delivers("spool-env", true);
+}
+
+/// Load the fixture `name` into a fresh data directory, start this release on it and
+/// check what the module docs say; `sidecars`: the fixture has an `<id>.env` per message.
+fn opens_and_delivers(name: &str, sidecars: bool) {
+    let fixture = repo().join("tests/fixtures/upgrade").join(name);
     let release = std::fs::read_to_string(fixture.join("RELEASE")).unwrap();
     let pf = Postfix::primary();
     pf.start();
@@ -26,15 +39,27 @@ fn a_spool_made_by_the_previous_release_opens_and_delivers() {
     db.execute_batch(&std::fs::read_to_string(fixture.join("index.sql")).unwrap())
         .unwrap();
     drop(db);
-    let mut files = 0;
+    let (mut messages, mut envelopes) = (0, 0);
     for e in std::fs::read_dir(fixture.join("messages"))
         .unwrap()
         .flatten()
     {
         std::fs::copy(e.path(), data.join("messages").join(e.file_name())).unwrap();
-        files += 1;
+        match e.path().extension().and_then(|x| x.to_str()) {
+            Some("eml") => messages += 1,
+            Some("env") => envelopes += 1,
+            other => panic!("unexpected file in the fixture {name}: {other:?}"),
+        }
     }
-    assert_eq!(files, 3, "the fixture from {release} has three messages");
+    assert_eq!(
+        messages, 3,
+        "the fixture {name} from {release} has three messages"
+    );
+    assert_eq!(
+        envelopes,
+        if sidecars { 3 } else { 0 },
+        "the fixture {name} from {release}: envelope files"
+    );
     sb.spawn();
 
     wait_for(
