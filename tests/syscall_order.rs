@@ -5,6 +5,7 @@
 //! 1. an `fdatasync` of the file and one of its envelope, each started after the last
 //!    write to that file (the per-file flush writes the data back and reports that
 //!    file's own writeback error);
+//!    and an fsync of `tmp/` started after both were created (their names);
 //! 2. after those, the rename of the file into `messages/`;
 //! 3. after the rename, an fsync or fdatasync of the index's WAL (`index.db-wal`): the
 //!    row's commit.
@@ -141,6 +142,22 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
     };
     let data = synced("")?;
     let envelope = synced(".env")?;
+    let env_created = calls
+        .iter()
+        .filter(|c| c.name == "openat" && c.args.contains(&format!("{tmp}.env\"")))
+        .map(|c| c.end)
+        .next()
+        .ok_or(format!("{id}: its envelope tmp/{id}.env was never created"))?;
+    let names = calls
+        .iter()
+        .filter(before)
+        .filter(|c| c.name == "fsync" || c.name == "fdatasync")
+        .filter(|c| fd_path(c).ends_with("/tmp") && c.start >= env_created)
+        .map(|c| c.end)
+        .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a: f64| a.min(e))))
+        .ok_or(format!(
+            "{id}: no fsync of tmp/ after its files were created, before its 250"
+        ))?;
     let rename = calls
         .iter()
         .filter(before)
@@ -152,6 +169,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .ok_or(format!("{id}: not renamed into messages/ before its 250"))?;
     if rename.start < data.max(envelope) {
         return Err(format!("{id}: renamed before its data was flushed"));
+    }
+    if rename.start < names {
+        return Err(format!("{id}: renamed before tmp/ was flushed"));
     }
     calls
         .iter()

@@ -41,6 +41,7 @@
 //! index from the spool alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -176,6 +177,8 @@ pub struct FsBlobStore {
     messages: PathBuf,
     tmp: PathBuf,
     orphans: PathBuf,
+    /// `tmp/` itself, fsynced by each commit so the new files' names are durable there.
+    tmp_dir: Arc<std::fs::File>,
 }
 
 impl std::fmt::Debug for FsBlobStore {
@@ -197,7 +200,9 @@ impl FsBlobStore {
         for dir in [data_dir, &messages, &tmp] {
             private_dir(dir)?;
         }
+        let tmp_dir = std::fs::File::open(&tmp).map_err(|e| StoreError::io("open", &tmp, e))?;
         Ok(FsBlobStore {
+            tmp_dir: Arc::new(tmp_dir),
             orphans: data_dir.join("orphans"),
             messages,
             tmp,
@@ -450,6 +455,7 @@ impl BlobStore for FsBlobStore {
             tmp,
             dest: self.path(id),
             envelope: None,
+            tmp_dir: self.tmp_dir.clone(),
         }))
     }
 
@@ -525,10 +531,11 @@ struct FsBlobWriter {
     dest: PathBuf,
     /// Written beside the message at commit, flushed with it.
     envelope: Option<Vec<u8>>,
+    tmp_dir: Arc<std::fs::File>,
 }
 
-/// Create `path` (0600, never over an existing file) holding `bytes`, and flush it.
-async fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Create `path` (0600, never over an existing file) holding `bytes`.
+async fn write_new(path: &Path, bytes: &[u8]) -> Result<tokio::fs::File, StoreError> {
     let mut f = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -539,9 +546,12 @@ async fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.write_all(bytes)
         .await
         .map_err(|e| StoreError::io("write", path, e))?;
-    f.sync_data()
+    // tokio's write returns once the bytes are handed to a blocking thread; only `flush`
+    // reports that write's error (`sync_data` would wait for it and drop the error).
+    f.flush()
         .await
-        .map_err(|e| StoreError::io("fdatasync", path, e))
+        .map_err(|e| StoreError::io("write", path, e))?;
+    Ok(f)
 }
 
 #[async_trait]
@@ -566,7 +576,15 @@ impl BlobWriter for FsBlobWriter {
                 .flush()
                 .await
                 .map_err(|e| StoreError::io("write", &self.tmp, e))?;
-            // The message's flush and the envelope's run at once (see the module docs).
+            let sidecar = match &envelope {
+                Some(env) => Some(write_new(&env_tmp, env).await?),
+                None => None,
+            };
+            // Three flushes at once (see the module docs): the message's data, the
+            // envelope's, and `tmp/`, where both were created: their names must survive
+            // until the renames below are made durable by a later journal commit or
+            // finished by recovery (POSIX promises a new file's name only with an fsync
+            // of its directory).
             let message = async {
                 self.file
                     .get_mut()
@@ -575,12 +593,24 @@ impl BlobWriter for FsBlobWriter {
                     .map_err(|e| StoreError::io("fdatasync", &self.tmp, e))
             };
             let sidecar = async {
-                match &envelope {
-                    Some(env) => write_new_synced(&env_tmp, env).await,
+                match sidecar {
+                    Some(f) => f
+                        .sync_data()
+                        .await
+                        .map_err(|e| StoreError::io("fdatasync", &env_tmp, e)),
                     None => Ok(()),
                 }
             };
-            tokio::try_join!(message, sidecar)?;
+            let names = async {
+                let dir = self.tmp_dir.clone();
+                let path = self.tmp.parent().unwrap_or(&self.tmp).to_path_buf();
+                tokio::task::spawn_blocking(move || dir.sync_all())
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(|e| StoreError::io("fsync", &path, e))
+            };
+            tokio::try_join!(message, sidecar, names)?;
             if envelope.is_some() {
                 tokio::fs::rename(&env_tmp, &env_dest)
                     .await
