@@ -9,9 +9,9 @@
 //! whole, and at most the messages a drain worker had in flight at a cut twice (the
 //! primary's 250 came, the write-back was lost): at most cuts x drain concurrency.
 //!
-//! FUSE never receives `syncfs(2)`: what survives here survived because of the per-file
-//! `fdatasync` (the syscall-order test covers `syncfs`). The file system drops data,
-//! not directory entries.
+//! What survives here survived because of the per-file `fdatasync` (FUSE passes it to
+//! the file system; it would not pass a `syncfs`). The file system drops data, not
+//! directory entries: the syscall-order test checks the fsync of `tmp/`.
 //!
 //! `STANDBYMX_POWERCUTS` (default 10; `scripts/crash-test` runs many more) and
 //! `STANDBYMX_CRASH_SEED` replays a run.

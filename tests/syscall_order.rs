@@ -154,7 +154,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .filter(|c| c.name == "fsync" || c.name == "fdatasync")
         .filter(|c| fd_path(c).ends_with("/tmp") && fd_path(c) != "/tmp" && c.start >= env_created)
         .map(|c| c.end)
-        .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a: f64| a.min(e))))
+        .fold(None, |a: Option<f64>, e| {
+            Some(a.map_or(e, |a: f64| a.min(e)))
+        })
         .ok_or(format!(
             "{id}: no fsync of tmp/ after its files were created, before its 250"
         ))?;

@@ -2,28 +2,33 @@
 //!
 //! # Guarantees
 //! A blob is written to `<data_dir>/tmp/<id>` (and its envelope, when the caller gives
-//! one, to `tmp/<id>.env`), both are flushed to disk, then renamed to
-//! `messages/<id>.eml` and `messages/<id>.env`; no reader sees a partial file. When
+//! one, to `tmp/<id>.env`); both files and `tmp/` itself are flushed to disk (so the
+//! data and the two names in `tmp/` are durable), then the files are renamed to
+//! `messages/<id>.env` and `messages/<id>.eml`; no reader sees a partial file. When
 //! [`BlobWriter::commit`] returns, the complete file is on disk under one of its two
 //! names. The rename itself is not fsynced: on ext4 and XFS a later journal commit (the
 //! index insert's) does not make it durable for certain. What holds instead is that the
-//! data is flushed *before* the rename (so a rename that survives a power cut never
-//! points at missing data), and that [`FsBlobStore::recover`] finishes the rename at the
-//! next start for every message the index knows; the other leftovers in `tmp/` were
-//! never acknowledged and are removed.
+//! data and the `tmp/` name are flushed *before* the rename (so a rename that survives
+//! a power cut never points at missing data, and one that does not leaves the file in
+//! `tmp/`), and that [`FsBlobStore::recover`] finishes the rename at the next start for
+//! every message the index knows; the other leftovers in `tmp/` were never acknowledged
+//! and are removed.
 //!
 //! # Each file its own flush, all of them at once
-//! Each file (the message, its envelope) gets its own `fdatasync(2)`, and a commit
-//! issues them concurrently (tokio's blocking pool), as do the other sessions committing
-//! at that moment: the file system folds the flushes that wait together into one journal
-//! commit (ext4's jbd2, XFS's log force), so ten sessions committing at once cost about
-//! one commit, not ten. The per-file flush is also what reports *that file's* writeback
-//! error (its own error sequence, sampled when the file was opened): a file whose flush
-//! failed fails its own commit (the listener answers 451 and nothing is indexed).
-//! Earlier versions ran one `syncfs(2)` for the batch and then the per-file flushes;
-//! measured on ext4 (scripts/bench's loop-mounted file systems) the `syncfs` alone cost
-//! twice a file's `fdatasync` (it walks every dirty inode of the file system, the index's
-//! included), and FUSE and network file systems do not pass it to their server at all.
+//! A commit issues three flushes at once (tokio's blocking pool): an `fdatasync(2)` of
+//! the message, one of its envelope, and an `fsync(2)` of `tmp/` (POSIX makes a new
+//! file's name durable only through its directory; ext4, XFS and btrfs happen to commit
+//! it with the file, others need not). The other sessions committing at that moment do
+//! the same, and the file system folds the flushes waiting together into one journal
+//! commit (ext4's jbd2, XFS's log force); each flush whose commit already happened costs
+//! one device cache flush. The per-file flush is also what reports *that file's*
+//! writeback error (its own error sequence, sampled when the file was opened): a file
+//! whose flush failed fails its own commit (the listener answers 451 and nothing is
+//! indexed). Earlier versions ran one `syncfs(2)` for all commits waiting, then the
+//! per-file flushes; on ext4 (scripts/bench's loop-mounted file systems) the `syncfs`
+//! alone took twice a file's `fdatasync` (it writes back every dirty inode of the file
+//! system, the index's included, then commits), receiving ran 20-30 % slower, and FUSE
+//! and network file systems never pass `syncfs` to their server anyway.
 //!
 //! # Deletes, orphans and tombstones
 //! [`BlobStore::delete`] unlinks the message (and its envelope) and then fsyncs

@@ -1,8 +1,11 @@
 //! `SqliteIndex`: the message index in an embedded SQLite database (`<data_dir>/index.db`).
 //!
 //! # Guarantees
-//! - WAL mode with `synchronous = FULL`: a write returns only after its commit is fsynced,
-//!   so "250 means durable" holds for the index row as it does for the blob.
+//! - WAL mode with `synchronous = FULL`: a write returns only after its commit is flushed,
+//!   so "250 means durable" holds for the index row as it does for the blob. The bundled
+//!   SQLite is built to flush with `fdatasync(2)`, not `fsync(2)` (`.cargo/config.toml`):
+//!   the WAL's data and size, without its modification time, which on ext4 would cost a
+//!   journal commit per transaction.
 //! - `id` is the primary key: inserting an existing id changes nothing (idempotent ingest).
 //! - A grouped write whose `COMMIT` fails is reported as transient (it may still land):
 //!   its frames can be in the WAL already, and the next open replays them. Only a write

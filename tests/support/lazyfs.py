@@ -11,8 +11,8 @@ cache would lose. Unmount (`umount -l MOUNTPOINT`) and mount again to "reboot".
 
 Metadata operations (create, rename, unlink, mkdir, chmod) go straight to BACKING:
 this models lost *data*, not lost directory entries (no file system model here can
-drop a rename; the syscall-order test checks the directory fsyncs instead). FUSE
-never receives syncfs(2), so only per-file fsync/fdatasync make data survive here.
+drop a rename; the syscall-order test checks the directory fsyncs instead). Only
+per-file fsync/fdatasync make data survive here (FUSE never receives syncfs(2)).
 
 Needs Debian's python3-fusepy (scripts/test installs it).
 """
