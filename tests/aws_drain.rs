@@ -564,3 +564,204 @@ async fn the_drain_function_applies_retention_once_per_interval_and_audits_it() 
         .retained_at;
     assert_eq!(ran, again);
 }
+
+/// `ev` with SES message id `id` and `rcpts` as the receipt's recipients: the event one
+/// receipt rule sends for the recipients it matched.
+fn rule_event(name: &str, id: &str, rcpts: &[&str]) -> serde_json::Value {
+    let mut ev = ses_event(name);
+    let ses = &mut ev["Records"][0]["ses"];
+    ses["mail"]["messageId"] = id.into();
+    ses["receipt"]["recipients"] = rcpts.iter().map(|r| serde_json::json!(r)).collect();
+    ev
+}
+
+/// Sorted Delivered-To of every copy at the primary, once its queue is empty.
+fn delivered_to(pf: &Postfix, n: usize) -> Vec<String> {
+    let got = wait_copies(pf, n);
+    pf.wait_queue_empty(Duration::from_secs(30));
+    let mut to: Vec<String> = copies(pf).into_iter().map(|(t, _)| t).collect();
+    assert!(got.len() <= to.len());
+    to.sort();
+    to
+}
+
+/// SES runs every matching rule of the active rule set; each rule's event carries only the
+/// recipients that rule matched, and each rule's S3 action writes the same object. The
+/// second event merges its recipients into the record the first made, even after the
+/// first one's recipients were delivered: each recipient gets the message once.
+#[tokio::test(flavor = "multi_thread")]
+async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("rules").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let id = "tworules0object0abcdefghijklmnopqrstuvw";
+    ses_put(
+        &clients,
+        &s,
+        id,
+        common::fixture("ses/message.eml", "tok-rules").as_bytes(),
+    )
+    .await;
+    let ingest = Ingest::new(storage.clone(), "");
+    let first = ingest
+        .handle(rule_event("normal.json", id, &["bob@example.test"]))
+        .await
+        .unwrap();
+    assert_eq!(first.indexed, 1, "{first:?}");
+    let f = function(&storage, "rules", pf.port, Arc::new(Shifted::default()));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
+    assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
+
+    // The other rule's event, late (Lambda's async retries) and then again (a duplicate).
+    let second = ingest
+        .handle(rule_event("normal.json", id, &["erin@example.test"]))
+        .await
+        .unwrap();
+    assert_eq!((second.indexed, second.merged), (0, 1), "{second:?}");
+    let again = ingest
+        .handle(rule_event("normal.json", id, &["erin@example.test"]))
+        .await
+        .unwrap();
+    assert_eq!((again.merged, again.duplicates), (0, 1), "{again:?}");
+    let recs = storage.index.list(&ListQuery::default()).await.unwrap();
+    assert_eq!(recs.len(), 1, "one record for the object");
+    assert_eq!(recs[0].status, Status::Held);
+
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
+    assert_eq!(
+        delivered_to(&pf, 2),
+        ["bob@example.test", "erin@example.test"],
+        "erin got it, bob not twice"
+    );
+}
+
+/// The reconciler guessed an envelope from the headers because ingest had not run; the
+/// exact event comes later (async retries, throttling). Recipients the guess missed get
+/// the message once, whether the guess was delivered already or parked as failed for
+/// want of a recipient in our domains.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_exact_event_reaches_the_recipients_a_delivered_or_failed_guess_missed() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("lateguess").await;
+    let pf = Postfix::primary();
+    pf.start();
+    // One object whose headers name bob (Received ... for bob), one naming nobody of ours.
+    let (guessed, parked) = (
+        "guessed0object0abcdefghijklmnopqrstuvwxy",
+        "parked00object0abcdefghijklmnopqrstuvwxy",
+    );
+    let raw = common::fixture("ses/message.eml", "tok-guessed");
+    ses_put(&clients, &s, guessed, raw.as_bytes()).await;
+    let foreign = common::fixture("ses/message.eml", "tok-parked")
+        .replace("\r\n for bob@example.test;", "")
+        .replace("\n for bob@example.test;", "")
+        .replace("To: bob@example.test", "To: eve@elsewhere.example");
+    assert!(!foreign.contains("bob@example.test"), "{foreign}");
+    ses_put(&clients, &s, parked, foreign.as_bytes()).await;
+    let clock = Arc::new(Shifted::default());
+    clock.advance(chrono::Duration::minutes(10));
+    let f = function(&storage, "lateguess", pf.port, clock);
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(
+        (sum.reconciled, sum.delivered, sum.held),
+        (2, 1, 0),
+        "{sum:?}"
+    );
+    assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
+    let failed = storage
+        .index
+        .list(&ListQuery {
+            status: Some(Status::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "the guess without a recipient is parked");
+
+    // The exact events: bob and the Bcc'd erin; erin alone for the parked one.
+    let ingest = Ingest::new(storage.clone(), "");
+    let a = ingest
+        .handle(rule_event(
+            "normal.json",
+            guessed,
+            &["bob@example.test", "erin@example.test"],
+        ))
+        .await
+        .unwrap();
+    let b = ingest
+        .handle(rule_event("normal.json", parked, &["erin@example.test"]))
+        .await
+        .unwrap();
+    assert_eq!((a.upgraded, b.upgraded), (1, 1), "{a:?} {b:?}");
+    for rec in storage.index.list(&ListQuery::default()).await.unwrap() {
+        assert_eq!(rec.intake, Intake::Ses, "{rec:?}");
+        assert_eq!(rec.status, Status::Held, "{rec:?}");
+    }
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.delivered, sum.held), (2, 0), "{sum:?}");
+    let to = delivered_to(&pf, 3);
+    assert_eq!(
+        to,
+        ["bob@example.test", "erin@example.test", "erin@example.test"],
+        "erin once per message, bob once"
+    );
+    for (_, text) in copies(&pf) {
+        assert!(
+            text.contains("Return-Path: <prvs=144d0cba7=alice@example.org>"),
+            "the event's sender: {text}"
+        );
+    }
+}
+
+/// A journal copy whose ingest never ran (the primary journals to the standby's journal
+/// address during an outage): the reconciler files it as journal, like the ingest would.
+/// Guessed as ordinary mail, it would go to its To/Cc recipients, and the primary would
+/// journal that delivery again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciler_files_a_journal_copy_as_journal_and_delivers_nothing() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("journalrec").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let raw = common::fixture("ses/message.eml", "tok-journal")
+        .replace("for bob@example.test;", "for journal@example.test;");
+    ses_put(
+        &clients,
+        &s,
+        "journal0object0abcdefghijklmnopqrstuvwx",
+        raw.as_bytes(),
+    )
+    .await;
+    let clock = Arc::new(Shifted::default());
+    clock.advance(chrono::Duration::minutes(10));
+    let f = function_with(
+        &storage,
+        "journalrec",
+        pf.port,
+        clock,
+        &[
+            ("STANDBY_JOURNAL_ADDRESSES", "journal@example.test"),
+            // The client SES names in the fixture's Received: field.
+            ("STANDBY_JOURNAL_ALLOW", "192.0.2.10/32"),
+        ],
+    );
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(
+        (sum.reconciled, sum.delivered, sum.failed, sum.held),
+        (1, 0, 0, 0),
+        "{sum:?}"
+    );
+    let recs = storage.index.list(&ListQuery::default()).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].status, Status::Journal, "{:?}", recs[0]);
+    let rcpts: Vec<&str> = recs[0].rcpts.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(
+        rcpts,
+        ["bob@example.test"],
+        "the original recipient, kept for replay"
+    );
+    assert!(pf.delivered().is_empty(), "nothing reached a mailbox");
+}

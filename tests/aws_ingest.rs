@@ -214,18 +214,33 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     // and indexes it from its headers: the Received `for` clause names bob only.
     let later = Utc::now() + Duration::minutes(10);
     let domains = vec!["example.test".to_string()];
-    let rep = reconcile(&storage, ("lambda", "primary:587"), &domains, later, false)
-        .await
-        .unwrap();
+    let filing = Ingest::new(storage.clone(), "");
+    let rep = reconcile(
+        &storage,
+        ("lambda", "primary:587"),
+        &domains,
+        &filing,
+        later,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(rep.reconciled, 1);
     let r = &all(&storage).await[0];
     assert_eq!(r.intake, Intake::Reconciled);
     assert_eq!(r.mail_from, "prvs=144d0cba7=alice@example.org");
     assert_eq!(r.rcpts.len(), 1);
     // A second run finds nothing new.
-    let again = reconcile(&storage, ("lambda", "primary:587"), &domains, later, false)
-        .await
-        .unwrap();
+    let again = reconcile(
+        &storage,
+        ("lambda", "primary:587"),
+        &domains,
+        &filing,
+        later,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.reconciled, 0);
     // The late event gives the exact envelope (bob and the Bcc'd erin).
     let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
@@ -234,4 +249,51 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].intake, Intake::Ses);
     assert_eq!(recs[0].rcpts.len(), 2);
+}
+
+/// Two receipt rules' events for one object at once (SES invokes each rule's action
+/// asynchronously): one record, with both rules' recipients.
+#[tokio::test]
+async fn two_rules_events_at_once_make_one_record_with_both_recipient_sets() {
+    let moto = Moto::start();
+    let (clients, settings, storage) = moto.storage("rules2").await;
+    let ev = event("normal.json");
+    let id = ses_id(&ev);
+    ses_put(&clients, &settings, &id, &raw("tok-rules2")).await;
+    let with = |rcpts: &[&str]| {
+        let mut e = ev.clone();
+        e["Records"][0]["ses"]["receipt"]["recipients"] =
+            rcpts.iter().map(|r| serde_json::json!(r)).collect();
+        e
+    };
+    let ingest = Ingest::new(storage.clone(), "");
+    let (a, b) = tokio::join!(
+        ingest.handle(with(&["bob@example.test", "carol@example.test"])),
+        ingest.handle(with(&["erin@example.test", "Bob@example.test"]))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.indexed + b.indexed, 1, "{a:?} {b:?}");
+    assert_eq!(a.merged + b.merged, 1, "{a:?} {b:?}");
+    let recs = all(&storage).await;
+    assert_eq!(recs.len(), 1);
+    let mut rcpts: Vec<String> = recs[0]
+        .rcpts
+        .iter()
+        .map(|r| r.address.to_ascii_lowercase())
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "bob@example.test",
+            "carol@example.test",
+            "erin@example.test"
+        ]
+    );
+    assert!(
+        recs[0]
+            .rcpts
+            .iter()
+            .all(|r| r.status == RcptStatus::Pending)
+    );
 }

@@ -175,9 +175,37 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
             "s3:GetObject",
+            "s3:ListBucket",
             "s3:PutObject",
             "s3:PutObjectRetention",
         ])
+    );
+    // Without s3:ListBucket a missing key answers 403, not 404: the archive copy of a
+    // journal copy is made after a HeadObject that finds it missing, by ingest and by the
+    // drain's reconciler alike; a missing message must read as missing too.
+    for function in ["IngestFunction", "DrainFunction"] {
+        let statements = f[function]["Properties"]["Policies"][0]["Statement"]
+            .as_array()
+            .unwrap();
+        let list = statements
+            .iter()
+            .find(|st| st.to_string().contains("MissingArchiveCopiesAre404"))
+            .unwrap_or_else(|| panic!("{function}: ListBucket on the archive"));
+        assert_eq!(list["Fn::If"][1]["Action"], "s3:ListBucket", "{list}");
+        assert_eq!(
+            list["Fn::If"][1]["Resource"],
+            json!({ "Fn::GetAtt": "ArchiveBucket.Arn" }),
+            "{list}"
+        );
+    }
+    assert!(
+        f["IngestFunction"]["Properties"]["Policies"][0]["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|st| st["Sid"] == "MissingMessagesAre404"
+                && st["Resource"] == json!({ "Fn::GetAtt": "MailBucket.Arn" })),
+        "ingest: ListBucket on the mail bucket"
     );
     // Ingest writes objects only into the archive (journal copies), never the mail bucket.
     let archive = f["IngestFunction"]["Properties"]["Policies"][0]["Statement"]
@@ -205,6 +233,7 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "s3:GetObject",
             "s3:ListBucket",
             "s3:PutObject",
+            "s3:PutObjectRetention",
             "s3:PutObjectTagging",
             "secretsmanager:GetSecretValue",
         ])
@@ -508,6 +537,12 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                 let value = match (k.as_str(), v) {
                     (_, Value::String(s)) => s.clone(),
                     // `!If [HasAuth, then, else]`: the branch the condition picks.
+                    // `!If [HasJournal, ...]`: JournalAddresses defaults to empty.
+                    (_, Value::Object(o))
+                        if o.contains_key("Fn::If") && o["Fn::If"][0] == "HasJournal" =>
+                    {
+                        o["Fn::If"][2].as_str().unwrap().to_string()
+                    }
                     (_, Value::Object(o)) if o.contains_key("Fn::If") => {
                         let branches = &o["Fn::If"];
                         assert_eq!(branches[0], "HasAuth", "{k}");
@@ -530,7 +565,13 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                         r#"[{"name": "hr", "rcpt": "*@hr.example.com", "keep_days": 0}]"#.into()
                     }
                     // PrimaryAuthUser / JournalAddresses default to empty.
-                    ("STANDBY_PRIMARY_AUTH_USER" | "STANDBY_JOURNAL_ADDRESSES", _) => String::new(),
+                    (
+                        "STANDBY_PRIMARY_AUTH_USER"
+                        | "STANDBY_JOURNAL_ADDRESSES"
+                        | "STANDBY_JOURNAL_ALLOW",
+                        _,
+                    ) => String::new(),
+                    ("STANDBY_ARCHIVE_LOCK_MODE", _) => "GOVERNANCE".into(),
                     _ => "standby-prod".into(),
                 };
                 (k.clone(), value)
@@ -563,6 +604,22 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
         secret.is_some_and(|v| standby::backend::aws::secrets::is_secret_arn(v)),
         "{secret_var} holds the secret ARN: {env:?}"
     );
+    // With a journal configured, the drain's reconciler files journal copies as the
+    // ingest does: the same addresses, clients and archive.
+    let mut env = resolve(false);
+    for (k, v) in [
+        ("STANDBY_JOURNAL_ADDRESSES", "journal@standby.example.com"),
+        ("STANDBY_JOURNAL_ALLOW", "192.0.2.25/32"),
+        ("STANDBY_ARCHIVE_BUCKET", "archive"),
+    ] {
+        assert!(vars.contains_key(k), "the drain function sets {k}");
+        env.retain(|(name, _)| name != k);
+        env.push((k.into(), v.into()));
+    }
+    let c = standby::config::Config::from_lambda_env(env.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{env:?}"));
+    assert!(c.journal().matches("journal@standby.example.com"));
+    assert!(standby::lambda::journal_allow(&c).permits("192.0.2.25".parse().unwrap()));
     // The ingest function's own variables (with a journal configured) load too.
     let ingest = [
         ("STANDBY_BUCKET", "mail"),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::ingest::Ingest;
 use super::reconcile::{ReconcileReport, reconcile};
 use crate::config::Config;
 use crate::drain::{DrainError, Drainer, RunOptions};
@@ -158,10 +159,14 @@ impl DrainFunction {
         let address = self.relay.address().to_string();
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
+        let filing = Ingest::new(self.storage.clone(), "")
+            .with_journal(self.config.journal(), super::journal_allow(&self.config))
+            .with_retention(self.config.retention());
         let rec: ReconcileReport = reconcile(
             &self.storage,
             (&node, &address),
             &self.config.domains,
+            &filing,
             now,
             req.dry_run,
         )

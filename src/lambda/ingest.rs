@@ -10,8 +10,10 @@
 //!   the same id;
 //! - verdicts kept on the record; a virus `FAIL` is quarantined: status `failed`, reason
 //!   `virus`, never drained;
-//! - a record the reconciler made first (envelope guessed from headers) is replaced by
-//!   the exact envelope while it is still undelivered.
+//! - an event for a record that exists merges into it ([`merged`]): SES runs every
+//!   matching receipt rule, each event carrying only the recipients its rule matched, so
+//!   each adds its recipients whatever the record's state; a record the reconciler made
+//!   first (envelope guessed from headers) takes the exact envelope, delivered or not.
 //!
 //! A message to a journal address is filed as a journal copy only when the client SES
 //! received it from (its `Received:` field, see [`crate::journal::ses_client_ip`]) is in
@@ -48,6 +50,8 @@ pub struct IngestReport {
     pub duplicates: u32,
     /// Reconciled records replaced by the event's exact envelope.
     pub upgraded: u32,
+    /// Records given the recipients of another receipt rule's event for the same object.
+    pub merged: u32,
     /// Records stored as failed because SES found a virus.
     pub quarantined: u32,
     /// SES reads this for RequestResponse invocations; the rule goes on either way.
@@ -120,10 +124,64 @@ impl Ingest {
 
     /// File messages to these journal addresses as journal copies, when SES received
     /// them from a client in `allow`.
+    /// The journal addresses this ingest files copies for.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     pub fn with_journal(mut self, journal: Journal, allow: JournalAllow) -> Self {
         self.journal = journal;
         self.journal_allow = allow;
         self
+    }
+
+    /// File a record about to be indexed (by this handler, or by the reconciler for an
+    /// object whose ingest never ran) by the rules both share: a message to a journal
+    /// address (or, when `guessed` says the recipients were guessed from headers, an
+    /// Exchange journal report) is a journal copy when SES received it
+    /// from a client in `[journal] allow` (archived before it is indexed, never
+    /// drained), else failed with a `journal-refused` audit entry (appended before the
+    /// index, so a retry writes it again); anything else is quarantined on a virus
+    /// verdict. Then the retention rules classify it. Returns whether it was quarantined.
+    pub async fn file(
+        &self,
+        rec: &mut Record,
+        head: &[u8],
+        bytes: &[u8],
+        key: &str,
+        guessed: bool,
+    ) -> Result<bool, StoreError> {
+        let journal_copy = rec.rcpts.iter().any(|r| self.journal.matches(&r.address))
+            || (guessed && self.journal.is_enabled() && crate::journal::is_report(head));
+        let mut refused = None;
+        let quarantined = if journal_copy {
+            // A journal copy is archived whatever its verdicts: it is never drained.
+            let client = crate::journal::ses_client_ip(head);
+            rec.origin.ip = client.map(|ip| ip.to_string()).unwrap_or_default();
+            if client.is_some_and(|ip| self.journal_allow.permits(ip)) {
+                self.journal.file(rec, head, || Some(bytes.to_vec()));
+            } else {
+                refused = Some(refuse_journal_copy(rec, client));
+            }
+            false
+        } else {
+            match rec.verdicts.clone() {
+                Some(v) => quarantine_if_infected(rec, &v),
+                None => false,
+            }
+        };
+        self.retention.classify(rec, head);
+        if rec.status == Status::Journal {
+            // Before the index: an indexed journal copy always has its archive copy (a
+            // retried event repeats the idempotent copy).
+            archive_journal_copy(&self.storage, &self.retention, rec, key, bytes).await?;
+        }
+        if let Some(why) = &refused {
+            let entry = AuditEntry::of(rec, "journal-refused", "ingest", why, Utc::now());
+            self.storage.audit.append(&entry).await?;
+            tracing::warn!(id = %rec.id, ses_id = key, client = %rec.origin.ip, "journal copy refused");
+        }
+        Ok(quarantined)
     }
 
     /// Handle one invocation's payload.
@@ -211,35 +269,11 @@ impl Ingest {
                 summary,
             )
         };
-        // A journal copy is archived whatever its verdicts: it is never drained.
-        let mut refused = None;
-        let quarantined = if rec.rcpts.iter().any(|r| self.journal.matches(&r.address)) {
-            let client = crate::journal::ses_client_ip(head);
-            rec.origin.ip = client.map(|ip| ip.to_string()).unwrap_or_default();
-            if client.is_some_and(|ip| self.journal_allow.permits(ip)) {
-                self.journal.file(&mut rec, head, || Some(bytes.clone()));
-            } else {
-                refused = Some(refuse_journal_copy(&mut rec, client));
-            }
-            false
-        } else {
-            quarantine_if_infected(&mut rec, &verdicts)
-        };
-        self.retention.classify(&mut rec, head);
-        if rec.status == Status::Journal {
-            // Before the index: an indexed journal copy always has its archive copy (a
-            // retried event repeats the idempotent copy).
-            archive_journal_copy(&self.storage, &self.retention, &rec, key, &bytes)
-                .await
-                .map_err(store)?;
-        }
+        let quarantined = self
+            .file(&mut rec, head, &bytes, key, false)
+            .await
+            .map_err(store)?;
         let idx = &self.storage.index;
-        if let Some(why) = &refused {
-            // Before the index, so a retry after a failed append writes it again.
-            let entry = AuditEntry::of(&rec, "journal-refused", "ingest", why, Utc::now());
-            self.storage.audit.append(&entry).await.map_err(store)?;
-            tracing::warn!(id = %rec.id, ses_id = key, client = %rec.origin.ip, "journal copy refused");
-        }
         if idx.insert(&rec).await.map_err(store)? {
             report.indexed += 1;
             report.quarantined += u32::from(quarantined);
@@ -254,28 +288,126 @@ impl Ingest {
             );
             return Ok(());
         }
-        // Already indexed: a retry, a duplicate event, or the reconciler got there first.
-        let existing = idx.get(rec.id).await.map_err(store)?;
-        match existing {
-            Some(old)
-                if old.intake == Intake::Reconciled
-                    && matches!(old.status, Status::Held | Status::Paused) =>
-            {
-                rec.attempts = old.attempts;
-                rec.next_attempt_at = old.next_attempt_at;
-                rec.version = old.version;
-                rec.settle();
-                idx.update(&rec, Utc::now()).await.map_err(store)?;
-                report.upgraded += 1;
-                tracing::info!(id = %rec.id, ses_id = key, "reconciled record given the event's envelope");
-            }
-            _ => {
+        // Already indexed: a retry, a duplicate event, another receipt rule's event for
+        // the same object, or the reconciler got there first.
+        self.merge(&rec, key, report).await.map_err(store)
+    }
+
+    /// Merge this event's envelope into the record with its id (see [`merged`]), as a
+    /// compare-and-set on the record's version: re-read and merge again when someone
+    /// wrote it meanwhile; wait while a drain holds it (its write-back would otherwise
+    /// fail, and what it delivered would be sent again), up to [`LEASE_WAIT`], then fail
+    /// so Lambda retries the event later. Nothing is lost by failing: the event is kept
+    /// by Lambda's retries and then its on-failure queue.
+    async fn merge(
+        &self,
+        rec: &Record,
+        key: &str,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        let idx = &self.storage.index;
+        let started = std::time::Instant::now();
+        let mut changed = 0;
+        loop {
+            let Some(old) = idx.get(rec.id).await? else {
+                // Deleted since the insert found it (purge, retention): nothing to add to.
+                report.duplicates += 1;
+                tracing::info!(id = %rec.id, ses_id = key, "event for a deleted record; nothing to merge");
+                return Ok(());
+            };
+            let now = Utc::now();
+            let Some(next) = merged(&old, rec, now) else {
                 report.duplicates += 1;
                 tracing::info!(id = %rec.id, ses_id = key, "duplicate event; already indexed");
+                return Ok(());
+            };
+            match idx.update(&next, now).await {
+                Ok(()) => {
+                    if old.intake == Intake::Reconciled {
+                        report.upgraded += 1;
+                        tracing::info!(id = %rec.id, ses_id = key, "reconciled record given the event's envelope");
+                    } else {
+                        report.merged += 1;
+                        tracing::info!(
+                            id = %rec.id,
+                            ses_id = key,
+                            rcpts = next.rcpts.len(),
+                            added = next.rcpts.len().saturating_sub(old.rcpts.len()),
+                            "recipients of another receipt rule added"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Changed(_)) if changed < 10 => changed += 1,
+                Err(StoreError::Leased(_)) if started.elapsed() < LEASE_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
+}
+
+/// How long an ingest waits for a drain to finish with a record it must add recipients
+/// to (a drain renews its lease while it sends, so a lease can outlast this: Lambda then
+/// retries the event).
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `old` with what the event's record `new` adds, or `None` when it adds nothing.
+///
+/// SES runs every matching rule of the active rule set, each with the recipients it
+/// matched, and each rule's S3 action writes the same object: the events share one id,
+/// and each must add its recipients, whatever the record's status. Recipients already
+/// there keep their state (delivered stays delivered); new ones come with the state the
+/// event gave them (pending, or failed for a quarantined message) and are due now. A
+/// record the reconciler guessed from headers takes the event's exact envelope: its
+/// sender, and, of the guessed recipients, only those the event names or that were
+/// delivered already (a guess parked as failed for want of a recipient reopens). Journal
+/// copies are filed once and never merged.
+pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> {
+    if old.status == Status::Journal || new.status == Status::Journal {
+        return None;
+    }
+    let mut m = old.clone();
+    let reconciled = old.intake == Intake::Reconciled;
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    if reconciled {
+        m.mail_from = new.mail_from.clone();
+        m.intake = new.intake;
+        m.origin = new.origin.clone();
+        m.verdicts = new.verdicts.clone();
+        m.rcpts.retain(|r| {
+            r.status == RcptStatus::Delivered
+                || new.rcpts.iter().any(|n| same(&n.address, &r.address))
+        });
+        if old.status == Status::Failed
+            && old
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("reconciled:"))
+        {
+            m.reason = None;
+        }
+    }
+    let mut added = false;
+    for r in &new.rcpts {
+        if !m.rcpts.iter().any(|x| same(&x.address, &r.address)) {
+            m.rcpts.push(r.clone());
+            added |= r.status == RcptStatus::Pending;
+        }
+    }
+    if !added && !reconciled {
+        return None;
+    }
+    if added {
+        m.next_attempt_at = m.next_attempt_at.min(now);
+    }
+    if new.reason.as_deref() == Some("virus") {
+        m.reason = new.reason.clone();
+    }
+    m.settle();
+    m.updated_at = now;
+    Some(m)
 }
 
 /// A message to a journal address from a client not allowed to send journal copies: kept
@@ -333,4 +465,91 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s?)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(rcpts: &[&str], intake: Intake) -> Record {
+        let now = Utc::now();
+        Record {
+            intake,
+            ..Record::held(
+                MessageId::derived("k", now),
+                "a@example.org".into(),
+                rcpts.iter().map(|r| r.to_string()).collect(),
+                now,
+                (1, String::new()),
+                Summary::default(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_merge_adds_new_recipients_and_keeps_what_was_delivered() {
+        let mut old = rec(&["bob@example.test"], Intake::Ses);
+        old.rcpts[0].status = RcptStatus::Delivered;
+        old.settle();
+        assert_eq!(old.status, Status::Delivered);
+        let now = Utc::now();
+        let new = rec(&["BOB@example.test", "erin@example.test"], Intake::Ses);
+        let m = merged(&old, &new, now).expect("erin is new");
+        let got: Vec<_> = m
+            .rcpts
+            .iter()
+            .map(|r| (r.address.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bob@example.test", RcptStatus::Delivered),
+                ("erin@example.test", RcptStatus::Pending)
+            ]
+        );
+        assert_eq!(m.status, Status::Held);
+        assert!(m.next_attempt_at <= now);
+        assert_eq!(m.version, old.version, "written as a compare-and-set on it");
+        // The same event again adds nothing.
+        assert!(merged(&m, &new, now).is_none());
+    }
+
+    #[test]
+    fn a_guess_takes_the_exact_envelope_and_a_parked_guess_reopens() {
+        let now = Utc::now();
+        let mut guess = rec(
+            &["bob@example.test", "list@example.test"],
+            Intake::Reconciled,
+        );
+        guess.mail_from = "guessed@example.org".into();
+        guess.rcpts[0].status = RcptStatus::Delivered;
+        guess.settle();
+        let exact = rec(&["erin@example.test"], Intake::Ses);
+        let m = merged(&guess, &exact, now).unwrap();
+        let got: Vec<_> = m.rcpts.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(
+            got,
+            ["bob@example.test", "erin@example.test"],
+            "delivered bob stays, the undelivered guess goes"
+        );
+        assert_eq!(
+            (m.intake, m.mail_from.as_str()),
+            (Intake::Ses, "a@example.org")
+        );
+
+        let mut parked = rec(&[], Intake::Reconciled);
+        parked.status = Status::Failed;
+        parked.reason = Some("reconciled: no recipient in our domains found in the headers".into());
+        let m = merged(&parked, &exact, now).unwrap();
+        assert_eq!((m.status, m.reason.as_deref()), (Status::Held, None));
+    }
+
+    #[test]
+    fn journal_copies_are_never_merged() {
+        let now = Utc::now();
+        let mut j = rec(&["bob@example.test"], Intake::Ses);
+        j.status = Status::Journal;
+        assert!(merged(&j, &rec(&["erin@example.test"], Intake::Ses), now).is_none());
+        assert!(merged(&rec(&["bob@example.test"], Intake::Ses), &j, now).is_none());
+    }
 }

@@ -11,7 +11,12 @@
 //! - recipients from the `for` clause of the topmost `Received` (SES's own), else from
 //!   `To`/`Cc` addresses in the configured domains. Nothing outside the domains is ever
 //!   taken, so a guessed envelope cannot turn the drain into a relay;
-//! - SES's `X-SES-*-Verdict` headers as verdicts; a virus FAIL is quarantined.
+//! - SES's `X-SES-*-Verdict` headers as verdicts; a virus FAIL is quarantined;
+//! - filed by the ingest's own rules ([`Ingest::file`]): a copy to a journal address
+//!   (the `for` clause may name one outside the domains) or an Exchange journal report is
+//!   filed as journal (archived, never delivered) or refused, never held for the To/Cc
+//!   recipients it names, which would deliver it to them and have the primary journal
+//!   it again.
 //!
 //! Without a usable recipient the record is stored as `failed` with the reason, visible
 //! to the operator (`standby list --status failed`, `show --raw`), never deleted.
@@ -25,6 +30,8 @@ use mail_parser::{HeaderValue, MessageParser};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::ingest::Ingest;
+use crate::config::Journal;
 use crate::error::StoreError;
 use crate::model::{Intake, MessageId, Record, Status, Verdicts};
 use crate::ports::Storage;
@@ -50,11 +57,12 @@ pub struct ReconcileReport {
 ///
 /// `node` and `address` name the health record that carries the watermark (the drain
 /// function's, for the primary at `address`); `domains` limits header recipients;
-/// `dry_run` counts without writing.
+/// `filing` files each record as the ingest would; `dry_run` counts without writing.
 pub async fn reconcile(
     storage: &Storage,
     (node, address): (&str, &str),
     domains: &[String],
+    filing: &Ingest,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<ReconcileReport, StoreError> {
@@ -76,7 +84,20 @@ pub async fn reconcile(
         }
         let (bytes, info) = storage.blobs.read_all(&blob.key).await?;
         let stored_at = info.stored_at;
-        let rec = from_headers(id, &blob.key, &bytes, stored_at, domains, now);
+        let mut rec = from_headers(
+            id,
+            &blob.key,
+            &bytes,
+            stored_at,
+            domains,
+            filing.journal(),
+            now,
+        );
+        if !dry_run {
+            filing
+                .file(&mut rec, summary::head(&bytes), &bytes, &blob.key, true)
+                .await?;
+        }
         report.reconciled += 1;
         report.unroutable += u64::from(rec.status == Status::Failed);
         tracing::warn!(
@@ -108,6 +129,7 @@ pub fn from_headers(
     bytes: &[u8],
     stored_at: DateTime<Utc>,
     domains: &[String],
+    journal: &Journal,
     now: DateTime<Utc>,
 ) -> Record {
     let head = summary::head(bytes);
@@ -131,7 +153,9 @@ pub fn from_headers(
         }
         if let Some(for_) = m.received().and_then(|r| r.for_.as_deref()) {
             let addr = for_.trim().trim_matches(['<', '>']).to_string();
-            if addr.contains('@') && (domains.is_empty() || in_domains(&addr)) {
+            if addr.contains('@')
+                && (domains.is_empty() || in_domains(&addr) || journal.matches(&addr))
+            {
                 rcpts.push(addr);
             }
         }
@@ -139,7 +163,7 @@ pub fn from_headers(
             for list in [m.to(), m.cc()].into_iter().flatten() {
                 for a in list.iter() {
                     if let Some(addr) = a.address()
-                        && in_domains(addr)
+                        && (in_domains(addr) || journal.matches(addr))
                         && !rcpts.iter().any(|x| x.eq_ignore_ascii_case(addr))
                     {
                         rcpts.push(addr.to_string());
@@ -197,7 +221,15 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
     fn envelope_from_ses_headers() {
         let now = Utc::now();
         let id = MessageId::derived("abc123", now);
-        let rec = from_headers(id, "abc123", RAW, now, &["example.test".into()], now);
+        let rec = from_headers(
+            id,
+            "abc123",
+            RAW,
+            now,
+            &["example.test".into()],
+            &Journal::default(),
+            now,
+        );
         assert_eq!(rec.mail_from, "alice@example.org");
         let rcpts: Vec<_> = rec.rcpts.iter().map(|r| r.address.as_str()).collect();
         assert_eq!(rcpts, ["bob@example.test"]);
@@ -213,7 +245,15 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
             .replace("X-SES-Virus-Verdict: PASS", "X-SES-Virus-Verdict: FAIL");
         let now = Utc::now();
         let id = MessageId::derived("v", now);
-        let rec = from_headers(id, "v", raw.as_bytes(), now, &["example.test".into()], now);
+        let rec = from_headers(
+            id,
+            "v",
+            raw.as_bytes(),
+            now,
+            &["example.test".into()],
+            &Journal::default(),
+            now,
+        );
         assert_eq!(rec.status, Status::Failed);
         assert_eq!(rec.reason.as_deref(), Some("virus"));
     }
@@ -223,7 +263,15 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
         let raw = b"From: a@example.org\r\nTo: eve@elsewhere.example\r\nSubject: x\r\n\r\nbody\r\n";
         let now = Utc::now();
         let id = MessageId::derived("k", now);
-        let rec = from_headers(id, "k", raw, now, &["example.test".into()], now);
+        let rec = from_headers(
+            id,
+            "k",
+            raw,
+            now,
+            &["example.test".into()],
+            &Journal::default(),
+            now,
+        );
         assert!(rec.rcpts.is_empty());
         assert_eq!(rec.status, Status::Failed);
         assert!(rec.reason.unwrap().contains("no recipient"));
