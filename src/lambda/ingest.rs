@@ -122,13 +122,13 @@ impl Ingest {
         self
     }
 
-    /// File messages to these journal addresses as journal copies, when SES received
-    /// them from a client in `allow`.
     /// The journal addresses this ingest files copies for.
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
 
+    /// File messages to these journal addresses as journal copies, when SES received
+    /// them from a client in `allow`.
     pub fn with_journal(mut self, journal: Journal, allow: JournalAllow) -> Self {
         self.journal = journal;
         self.journal_allow = allow;
@@ -380,6 +380,18 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
             r.status == RcptStatus::Delivered
                 || new.rcpts.iter().any(|n| same(&n.address, &r.address))
         });
+        // A recipient both name takes the event's state (a virus verdict, a refused
+        // journal copy), unless the primary already answered for it: the guess's
+        // verdicts came from headers a sender can write.
+        for r in &mut m.rcpts {
+            if r.status == RcptStatus::Delivered || r.reply.is_some() {
+                continue;
+            }
+            if let Some(n) = new.rcpts.iter().find(|n| same(&n.address, &r.address)) {
+                r.status = n.status;
+                r.reply = n.reply.clone();
+            }
+        }
         if old.status == Status::Failed
             && old
                 .reason
@@ -542,6 +554,38 @@ mod tests {
         parked.reason = Some("reconciled: no recipient in our domains found in the headers".into());
         let m = merged(&parked, &exact, now).unwrap();
         assert_eq!((m.status, m.reason.as_deref()), (Status::Held, None));
+    }
+
+    #[test]
+    fn a_guessed_recipient_takes_the_events_verdict_unless_the_primary_answered() {
+        let now = Utc::now();
+        // The guess read a forged `X-SES-Virus-Verdict: PASS`; SES's event says FAIL.
+        let guess = rec(
+            &["bob@example.test", "carol@example.test"],
+            Intake::Reconciled,
+        );
+        let mut exact = rec(&["bob@example.test", "carol@example.test"], Intake::Ses);
+        assert!(quarantine_if_infected(
+            &mut exact,
+            &Verdicts {
+                virus: Some("FAIL".into()),
+                ..Verdicts::default()
+            }
+        ));
+        let mut answered = guess.clone();
+        answered.rcpts[1].reply = Some("450 4.2.0 busy".into());
+        let m = merged(&answered, &exact, now).unwrap();
+        assert_eq!(m.rcpts[0].status, RcptStatus::Failed, "{m:?}");
+        assert_eq!(
+            m.rcpts[1].status,
+            RcptStatus::Pending,
+            "the primary's answer stands"
+        );
+        let m = merged(&guess, &exact, now).unwrap();
+        assert_eq!(
+            (m.status, m.reason.as_deref()),
+            (Status::Failed, Some("virus"))
+        );
     }
 
     #[test]

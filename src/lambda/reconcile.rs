@@ -151,7 +151,15 @@ pub fn from_headers(
         } else if let HeaderValue::Text(t) = m.return_path() {
             mail_from = t.trim().trim_matches(['<', '>']).to_string();
         }
-        if let Some(for_) = m.received().and_then(|r| r.for_.as_deref()) {
+        // SES's own Received: field is the topmost one (`received()` is the bottom-most,
+        // which the sender may have written); only its `for` clause names an envelope
+        // recipient.
+        let ses_received = m.received_all().next().filter(|r| {
+            matches!(r.by(), Some(mail_parser::Host::Name(n))
+                if n.to_ascii_lowercase().starts_with("inbound-smtp.")
+                    && n.to_ascii_lowercase().ends_with(".amazonaws.com"))
+        });
+        if let Some(for_) = ses_received.and_then(|r| r.for_.as_deref()) {
             let addr = for_.trim().trim_matches(['<', '>']).to_string();
             if addr.contains('@')
                 && (domains.is_empty() || in_domains(&addr) || journal.matches(&addr))
@@ -171,14 +179,20 @@ pub fn from_headers(
                 }
             }
         }
+        // SES prepends its verdicts; a field of the same name lower down is the sender's
+        // (`header_raw` would return the last one).
         let header = |name: &str| {
-            m.header_raw(name).map(|v| {
-                v.trim()
-                    .split(|c: char| c.is_whitespace())
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
+            m.headers()
+                .iter()
+                .find(|h| h.name().eq_ignore_ascii_case(name))
+                .and_then(|h| h.value().as_text())
+                .map(|v| {
+                    v.trim()
+                        .split(|c: char| c.is_whitespace())
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
         };
         verdicts.spam = header("X-SES-Spam-Verdict");
         verdicts.virus = header("X-SES-Virus-Verdict");
@@ -256,6 +270,31 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
         );
         assert_eq!(rec.status, Status::Failed);
         assert_eq!(rec.reason.as_deref(), Some("virus"));
+    }
+
+    #[test]
+    fn only_ses_own_topmost_fields_count_not_what_the_sender_wrote_below() {
+        let raw = String::from_utf8_lossy(RAW)
+            .replace("X-SES-Virus-Verdict: PASS", "X-SES-Virus-Verdict: FAIL")
+            .replace(
+                "From: Alice",
+                "X-SES-Virus-Verdict: PASS\r\nReceived: from x by y for journal@example.test;\r\n Sat, 28 Nov 2026 09:00:00 +0000\r\nFrom: Alice",
+            );
+        let now = Utc::now();
+        let id = MessageId::derived("f", now);
+        let journal = Journal::new(&["journal@example.test".to_string()], &[]);
+        let rec = from_headers(
+            id,
+            "f",
+            raw.as_bytes(),
+            now,
+            &["example.test".into()],
+            &journal,
+            now,
+        );
+        assert_eq!(rec.reason.as_deref(), Some("virus"), "{rec:?}");
+        let rcpts: Vec<_> = rec.rcpts.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(rcpts, ["bob@example.test"], "SES's `for`, not the sender's");
     }
 
     #[test]
