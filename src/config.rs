@@ -92,6 +92,11 @@ pub struct Config {
     /// archive copy.
     #[serde(default)]
     pub archive_bucket: Option<String>,
+    /// URL of the ingest function's on-failure SQS queue (the template's
+    /// `IngestFailures`): the drain function ingests the events it holds, with their exact
+    /// envelope, each run. Unset: not read.
+    #[serde(default)]
+    pub ingest_failures_queue: Option<String>,
     /// Object Lock mode of the archive copies: `governance` (deletable with the
     /// `s3:BypassGovernanceRetention` permission) or `compliance` (by no one, root
     /// included, until the date).

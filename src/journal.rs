@@ -77,6 +77,14 @@ impl Journal {
 /// no address: whatever a sender wrote below it proves nothing.
 pub fn ses_client_ip(head: &[u8]) -> Option<std::net::IpAddr> {
     let msg = MessageParser::default().parse_headers(head)?;
+    ses_received(&msg)?.from_ip()
+}
+
+/// SES's own `Received:` field: the topmost one, when SES wrote it (`by
+/// inbound-smtp.<region>.amazonaws.com`). Fields below it are the sender's to write.
+pub fn ses_received<'a, 'x>(
+    msg: &'a mail_parser::Message<'x>,
+) -> Option<&'a mail_parser::Received<'x>> {
     let first = msg.received_all().next()?;
     let by_ses = match first.by() {
         Some(mail_parser::Host::Name(n)) => {
@@ -85,7 +93,7 @@ pub fn ses_client_ip(head: &[u8]) -> Option<std::net::IpAddr> {
         }
         _ => false,
     };
-    by_ses.then(|| first.from_ip()).flatten()
+    by_ses.then_some(first)
 }
 
 /// The head carries Exchange's journal report header.

@@ -537,3 +537,24 @@ pub trait SenderCheck: Send + Sync + 'static {
     /// `NONE`, `TEMPERROR`, `PERMERROR`.
     async fn spf(&self, ip: std::net::IpAddr, helo: &str, mail_from: &str) -> String;
 }
+
+/// One event the ingest function gave up on (Lambda's on-failure destination holds it).
+#[derive(Debug, Clone)]
+pub struct FailedEvent {
+    /// Names it for [`FailedEvents::done`].
+    pub handle: String,
+    /// The event as the ingest function was invoked with it.
+    pub event: serde_json::Value,
+}
+
+/// The ingest function's failed events, for the drain function to ingest again: an event
+/// that failed because a drain held its record (an ingest that must add recipients waits
+/// only so long) or because the index was unavailable still carries the exact envelope,
+/// which the reconciler cannot recover from headers.
+#[async_trait]
+pub trait FailedEvents: Send + Sync {
+    /// Up to `max` events. Each one not [`done`](FailedEvents::done) comes back later.
+    async fn take(&self, max: usize) -> Result<Vec<FailedEvent>, StoreError>;
+    /// The event was ingested: remove it.
+    async fn done(&self, handle: &str) -> Result<(), StoreError>;
+}

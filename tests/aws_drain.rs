@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_receive};
 use common::{Postfix, repo};
+use standby::backend::aws::sqs::SqsFailedEvents;
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::lambda::ingest::Ingest;
 use standby::model::{Bounce, Intake, Status};
-use standby::ports::Clock;
 use standby::ports::ListQuery;
 use standby::ports::Storage;
+use standby::ports::{ClaimRequest, Clock};
 use standby::smtp::SmtpRelay;
 
 /// Wall clock plus an offset the test moves.
@@ -764,4 +765,108 @@ async fn the_reconciler_files_a_journal_copy_as_journal_and_delivers_nothing() {
         "the original recipient, kept for replay"
     );
     assert!(pf.delivered().is_empty(), "nothing reached a mailbox");
+}
+
+/// An event that still failed after Lambda's retries because a drain held its record
+/// (the merge waits only so long) lands in the ingest function's on-failure queue; the
+/// drain function ingests it from there once the lease is gone, and the recipients it
+/// adds get the message. Left alone, they never would: the reconciler skips an object
+/// that has a record.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("failq").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let id = "failedq0object0abcdefghijklmnopqrstuvwx";
+    ses_put(
+        &clients,
+        &s,
+        id,
+        common::fixture("ses/message.eml", "tok-failq").as_bytes(),
+    )
+    .await;
+    Ingest::new(storage.clone(), "")
+        .handle(rule_event("normal.json", id, &["bob@example.test"]))
+        .await
+        .unwrap();
+    // Another drain holds the record for 3 s more.
+    let now = Utc::now();
+    let claimed = storage
+        .index
+        .claim(&ClaimRequest {
+            now,
+            owner: "another-drain".into(),
+            lease_until: now + chrono::Duration::seconds(3),
+            limit: 10,
+            received_before: None,
+            skew: chrono::Duration::zero(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The other rule's event fails on that lease, and Lambda, after its retries, puts
+    // the invocation record in the on-failure queue.
+    let second = rule_event("normal.json", id, &["erin@example.test"]);
+    let err = Ingest::new(storage.clone(), "")
+        .with_lease_wait(Duration::ZERO)
+        .handle(second.clone())
+        .await
+        .unwrap_err();
+    let sqs = aws_sdk_sqs::Client::new(&clients.sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name("failq")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let record = serde_json::json!({
+        "version": "1.0",
+        "requestContext": { "condition": "RetriesExhausted", "approximateInvokeCount": 3 },
+        "requestPayload": second,
+        "responseContext": { "statusCode": 200, "functionError": "Unhandled" },
+        "responsePayload": { "errorType": err.kind(), "errorMessage": err.to_string() },
+    });
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(record.to_string())
+        .send()
+        .await
+        .unwrap();
+    let queue = Arc::new(SqsFailedEvents::new(
+        &clients.sdk,
+        &url,
+        Duration::from_secs(1),
+    ));
+    let f = function(&storage, "failq", pf.port, Arc::new(Shifted::default()))
+        .with_failed_events(queue);
+
+    // While the lease runs the event stays queued, and nothing is delivered.
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.reingested, sum.delivered), (0, 0), "{sum:?}");
+
+    std::thread::sleep(Duration::from_secs(4));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(
+        (sum.reingested, sum.delivered, sum.held),
+        (1, 1, 0),
+        "{sum:?}"
+    );
+    assert_eq!(
+        delivered_to(&pf, 2),
+        ["bob@example.test", "erin@example.test"]
+    );
+    let left = sqs
+        .receive_message()
+        .queue_url(&url)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        left.messages.unwrap_or_default().is_empty(),
+        "the event left the queue"
+    );
 }

@@ -215,32 +215,24 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     let later = Utc::now() + Duration::minutes(10);
     let domains = vec!["example.test".to_string()];
     let filing = Ingest::new(storage.clone(), "");
-    let rep = reconcile(
-        &storage,
-        ("lambda", "primary:587"),
-        &domains,
-        &filing,
-        later,
-        false,
-    )
-    .await
-    .unwrap();
+    let run = || {
+        reconcile(
+            &storage,
+            ("lambda", "primary:587"),
+            &domains,
+            &filing,
+            later,
+            false,
+        )
+    };
+    let rep = run().await.unwrap();
     assert_eq!(rep.reconciled, 1);
     let r = &all(&storage).await[0];
     assert_eq!(r.intake, Intake::Reconciled);
     assert_eq!(r.mail_from, "prvs=144d0cba7=alice@example.org");
     assert_eq!(r.rcpts.len(), 1);
     // A second run finds nothing new.
-    let again = reconcile(
-        &storage,
-        ("lambda", "primary:587"),
-        &domains,
-        &filing,
-        later,
-        false,
-    )
-    .await
-    .unwrap();
+    let again = run().await.unwrap();
     assert_eq!(again.reconciled, 0);
     // The late event gives the exact envelope (bob and the Bcc'd erin).
     let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();

@@ -98,6 +98,8 @@ fn a_recipients_file_is_split_over_the_receipt_rules() {
     assert_eq!(get("DomainNames"), "example.com,example.org");
     assert_eq!(get("Architecture"), "x86_64");
     assert!(plan.contains("--guided"), "first deploy is guided: {plan}");
+    // A re-run with no changes goes on to the after-deploy steps.
+    assert!(plan.contains("--no-fail-on-empty-changeset"), "{plan}");
 }
 
 #[test]

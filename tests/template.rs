@@ -236,7 +236,17 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "s3:PutObjectRetention",
             "s3:PutObjectTagging",
             "secretsmanager:GetSecretValue",
+            "sqs:DeleteMessage",
+            "sqs:ReceiveMessage",
         ])
+    );
+    let failures = t["Resources"]["DrainFunction"]["Properties"]["Environment"]["Variables"]
+        ["STANDBY_INGEST_FAILURES_QUEUE"]
+        .clone();
+    assert_eq!(
+        failures,
+        json!({ "Ref": "IngestFailures" }),
+        "the queue's URL"
     );
     // The drain writes only new objects (bounces): PutObject is allowed with If-None-Match
     // only, so it can never overwrite a stored message.
@@ -310,7 +320,27 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
     );
 
     let d = &f["DrainFunction"]["Properties"];
-    assert_eq!(d["ReservedConcurrentExecutions"], 1, "one drain at a time");
+    // Reserving concurrency fails where the account's total is 100 or less (Lambda keeps
+    // 100 unreserved): optional, off by default.
+    assert_eq!(
+        d["ReservedConcurrentExecutions"],
+        json!({ "Fn::If": ["ReserveDrain", 1, { "Ref": "AWS::NoValue" }] })
+    );
+    assert_eq!(t["Parameters"]["DrainReservedConcurrency"]["Default"], 0);
+    // Scheduled (asynchronous) runs are never retried or queued for hours.
+    assert_eq!(d["EventInvokeConfig"]["MaximumRetryAttempts"], 0);
+    assert_eq!(d["EventInvokeConfig"]["MaximumEventAgeInSeconds"], 60);
+    // Lambda blocks outbound port 25.
+    let rule = t["Rules"]["DrainNotOnPort25"]["Assertions"][0]["Assert"].to_string();
+    assert!(
+        rule.contains("DrainPort") && rule.contains("\"25\""),
+        "{rule}"
+    );
+    // The table (audit log included) outlives the stack, encrypted with the free AWS owned key.
+    let table = &f["IndexTable"];
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    assert_eq!(table["UpdateReplacePolicy"], "Retain");
+    assert_eq!(table["Properties"]["SSESpecification"]["SSEEnabled"], false);
     let on_failure =
         &f["IngestFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"];
     assert_eq!(on_failure["Type"], "SQS");

@@ -27,6 +27,7 @@ use crate::error::StoreError;
 use crate::health;
 use crate::model::PrimaryState;
 use crate::model::Status;
+use crate::ports::FailedEvents;
 use crate::ports::Storage;
 use crate::ports::{Clock, SystemClock};
 use crate::serve::{drain_settings, hysteresis};
@@ -79,6 +80,8 @@ pub struct DrainSummary {
     #[serde(default)]
     pub ambiguous: u64,
     pub reconciled: u64,
+    /// Events from the ingest function's failure queue ingested by this run.
+    pub reingested: u64,
     /// The primary's state after this invocation's probe: `up`, `down`, `unknown`.
     pub primary: String,
     /// The probe's answer or error.
@@ -102,11 +105,15 @@ pub struct DrainSummary {
 }
 
 /// The drain function's state, built once per cold start.
+/// Most failed ingest events one run takes from the queue.
+pub const REINGEST_MAX: usize = 100;
+
 pub struct DrainFunction {
     config: Config,
     storage: Storage,
     relay: Arc<SmtpRelay>,
     clock: Arc<dyn Clock>,
+    failed: Option<Arc<dyn FailedEvents>>,
 }
 
 impl DrainFunction {
@@ -121,7 +128,51 @@ impl DrainFunction {
             storage,
             relay: Arc::new(relay),
             clock: Arc::new(SystemClock),
+            failed: None,
         }
+    }
+
+    /// Ingest the events the ingest function gave up on, from `queue`, at each run.
+    pub fn with_failed_events(mut self, queue: Arc<dyn FailedEvents>) -> Self {
+        self.failed = Some(queue);
+        self
+    }
+
+    /// Ingest again what the ingest function gave up on (up to [`REINGEST_MAX`] events a
+    /// run), without waiting on leases: an event whose record a drain holds stays in the
+    /// queue for a later run. How many were ingested.
+    async fn reingest(&self, filing: &Ingest) -> Result<u64, StoreError> {
+        let Some(queue) = &self.failed else {
+            return Ok(0);
+        };
+        let filing = filing.clone().with_lease_wait(std::time::Duration::ZERO);
+        let mut done = 0;
+        let mut seen = 0;
+        while seen < REINGEST_MAX {
+            let batch = queue.take(10).await?;
+            if batch.is_empty() {
+                break;
+            }
+            seen += batch.len();
+            for ev in batch {
+                match filing.handle(ev.event).await {
+                    Ok(report) => {
+                        queue.done(&ev.handle).await?;
+                        done += 1;
+                        tracing::info!(
+                            indexed = report.indexed,
+                            merged = report.merged,
+                            upgraded = report.upgraded,
+                            "failed ingest event ingested"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = e.kind(), "failed ingest event still failing; left in the queue");
+                    }
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Use another clock (tests move time instead of waiting for backoff).
@@ -162,6 +213,12 @@ impl DrainFunction {
         let filing = Ingest::new(self.storage.clone(), "")
             .with_journal(self.config.journal(), super::journal_allow(&self.config))
             .with_retention(self.config.retention());
+        // Before the reconciler: an event's exact envelope beats a guess from headers.
+        let reingested = if req.dry_run {
+            0
+        } else {
+            self.reingest(&filing).await?
+        };
         let rec: ReconcileReport = reconcile(
             &self.storage,
             (&node, &address),
@@ -186,6 +243,7 @@ impl DrainFunction {
         );
         let mut summary = DrainSummary {
             reconciled: rec.reconciled,
+            reingested,
             ..Default::default()
         };
         if req.dry_run {

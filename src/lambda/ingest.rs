@@ -103,6 +103,7 @@ pub struct Ingest {
     journal: Journal,
     journal_allow: JournalAllow,
     retention: RetentionPolicy,
+    lease_wait: std::time::Duration,
 }
 
 impl Ingest {
@@ -113,7 +114,15 @@ impl Ingest {
             journal: Journal::default(),
             journal_allow: JournalAllow::default(),
             retention: RetentionPolicy::default(),
+            lease_wait: LEASE_WAIT,
         }
+    }
+
+    /// Wait at most this long for a drain to finish with a record an event must add
+    /// recipients to (default [`LEASE_WAIT`]); then the event fails and is tried again.
+    pub fn with_lease_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lease_wait = wait;
+        self
     }
 
     /// Mark messages confidential by these retention rules as they are indexed.
@@ -339,7 +348,7 @@ impl Ingest {
                     return Ok(());
                 }
                 Err(StoreError::Changed(_)) if changed < 10 => changed += 1,
-                Err(StoreError::Leased(_)) if started.elapsed() < LEASE_WAIT => {
+                Err(StoreError::Leased(_)) if started.elapsed() < self.lease_wait => {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
                 Err(e) => return Err(e),
@@ -350,7 +359,8 @@ impl Ingest {
 
 /// How long an ingest waits for a drain to finish with a record it must add recipients
 /// to (a drain renews its lease while it sends, so a lease can outlast this: Lambda then
-/// retries the event).
+/// retries the event, and after its retries the drain function takes it from the
+/// on-failure queue, see [`crate::ports::FailedEvents`]).
 pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// `old` with what the event's record `new` adds, or `None` when it adds nothing.

@@ -23,6 +23,7 @@ pub mod ses;
 
 use std::time::{Duration, Instant};
 
+use crate::backend::aws::sqs::SqsFailedEvents;
 use crate::backend::aws::{AwsClients, AwsSettings, secrets};
 use crate::config::{Config, JournalAllow};
 use crate::error::ConfigError;
@@ -102,11 +103,20 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
     let settings = aws_settings(&config)?;
     let clients = AwsClients::connect(&settings).await;
     let relay = relay_for(&config, &clients).await?;
-    Ok(drain::DrainFunction::new(
-        config,
-        Storage::aws(&clients, &settings),
-        relay,
-    ))
+    let queue = config
+        .ingest_failures_queue
+        .clone()
+        .filter(|q| !q.is_empty());
+    let function = drain::DrainFunction::new(config, Storage::aws(&clients, &settings), relay);
+    Ok(match queue {
+        // Hidden for 5 minutes once taken: longer than a run (the function's timeout).
+        Some(url) => function.with_failed_events(std::sync::Arc::new(SqsFailedEvents::new(
+            &clients.sdk,
+            url,
+            std::time::Duration::from_secs(300),
+        ))),
+        None => function,
+    })
 }
 
 /// The relay for a drain (or a check) run from the operator's machine: the password

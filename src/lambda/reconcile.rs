@@ -154,11 +154,7 @@ pub fn from_headers(
         // SES's own Received: field is the topmost one (`received()` is the bottom-most,
         // which the sender may have written); only its `for` clause names an envelope
         // recipient.
-        let ses_received = m.received_all().next().filter(|r| {
-            matches!(r.by(), Some(mail_parser::Host::Name(n))
-                if n.to_ascii_lowercase().starts_with("inbound-smtp.")
-                    && n.to_ascii_lowercase().ends_with(".amazonaws.com"))
-        });
+        let ses_received = crate::journal::ses_received(m);
         if let Some(for_) = ses_received.and_then(|r| r.for_.as_deref()) {
             let addr = for_.trim().trim_matches(['<', '>']).to_string();
             if addr.contains('@')

@@ -29,6 +29,7 @@ mod s3;
 pub mod schema;
 mod search;
 pub mod secrets;
+pub mod sqs;
 
 use std::time::Duration;
 
