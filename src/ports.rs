@@ -545,6 +545,8 @@ pub struct FailedEvent {
     pub handle: String,
     /// The event as the ingest function was invoked with it.
     pub event: serde_json::Value,
+    /// How many times it was taken, this time included.
+    pub receives: u32,
 }
 
 /// The ingest function's failed events, for the drain function to ingest again: an event

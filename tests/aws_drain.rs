@@ -870,3 +870,60 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
         "the event left the queue"
     );
 }
+
+/// The failure queue is best effort: one that cannot be read never stops delivery, and
+/// an event that cannot succeed (its object is gone) leaves the queue after a few tries
+/// instead of coming back for 14 days.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_it() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("poison").await;
+    let pf = Postfix::primary();
+    pf.start();
+    ses_receive(&clients, &s, &storage, "normal.json", "tok-poison").await;
+    let sqs = aws_sdk_sqs::Client::new(&clients.sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name("poison")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    // A queue that does not exist (deleted, or not yet allowed): the run delivers anyway.
+    let gone = url.replace("/poison", "/no-such-queue");
+    let f = function(&storage, "poison", pf.port, Arc::new(Shifted::default())).with_failed_events(
+        Arc::new(SqsFailedEvents::new(
+            &clients.sdk,
+            &gone,
+            Duration::from_secs(1),
+        )),
+    );
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.reingested, sum.delivered), (0, 1), "{sum:?}");
+    assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
+
+    // An event for an object that is gone; visible again at once, so one run sees it
+    // REINGEST_TRIES times and drops it.
+    let missing = rule_event(
+        "normal.json",
+        "missing0object0abcdefghijklmnopqrstuvwx",
+        &["bob@example.test"],
+    );
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(serde_json::json!({ "requestPayload": missing }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let f = function(&storage, "poison", pf.port, Arc::new(Shifted::default())).with_failed_events(
+        Arc::new(SqsFailedEvents::new(&clients.sdk, &url, Duration::ZERO)),
+    );
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.reingested, sum.delivered), (0, 0), "{sum:?}");
+    let left = sqs.receive_message().queue_url(&url).send().await.unwrap();
+    assert!(
+        left.messages.unwrap_or_default().is_empty(),
+        "the hopeless event left the queue"
+    );
+}

@@ -321,12 +321,12 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
 
     let d = &f["DrainFunction"]["Properties"];
     // Reserving concurrency fails where the account's total is 100 or less (Lambda keeps
-    // 100 unreserved): optional, off by default.
+    // 100 unreserved): optional (on by default: one run at a time).
     assert_eq!(
         d["ReservedConcurrentExecutions"],
         json!({ "Fn::If": ["ReserveDrain", 1, { "Ref": "AWS::NoValue" }] })
     );
-    assert_eq!(t["Parameters"]["DrainReservedConcurrency"]["Default"], 0);
+    assert_eq!(t["Parameters"]["DrainReservedConcurrency"]["MinValue"], 0);
     // Scheduled (asynchronous) runs are never retried or queued for hours.
     assert_eq!(d["EventInvokeConfig"]["MaximumRetryAttempts"], 0);
     assert_eq!(d["EventInvokeConfig"]["MaximumEventAgeInSeconds"], 60);

@@ -104,10 +104,12 @@ pub struct DrainSummary {
     pub retention_deleted: u64,
 }
 
-/// The drain function's state, built once per cold start.
 /// Most failed ingest events one run takes from the queue.
 pub const REINGEST_MAX: usize = 100;
+/// Receives after which an event failing for good is dropped from the queue.
+pub const REINGEST_TRIES: u32 = 5;
 
+/// The drain function's state, built once per cold start.
 pub struct DrainFunction {
     config: Config,
     storage: Storage,
@@ -139,25 +141,34 @@ impl DrainFunction {
     }
 
     /// Ingest again what the ingest function gave up on (up to [`REINGEST_MAX`] events a
-    /// run), without waiting on leases: an event whose record a drain holds stays in the
-    /// queue for a later run. How many were ingested.
-    async fn reingest(&self, filing: &Ingest) -> Result<u64, StoreError> {
+    /// run, and for at most a third of the time the run has left, so delivery keeps its
+    /// share), without waiting on leases: an event whose record a drain holds stays in
+    /// the queue for a later run. An event that fails for a reason no retry mends (the
+    /// object is gone, it is not a message, not an SES event) is dropped after
+    /// [`REINGEST_TRIES`] receives, logged with its cause; the reconciler still covers
+    /// an object without a record. Best effort: a queue that cannot be read never stops
+    /// the run. How many were ingested.
+    async fn reingest(&self, filing: &Ingest, deadline: Option<Instant>) -> u64 {
         let Some(queue) = &self.failed else {
-            return Ok(0);
+            return 0;
         };
+        let started = Instant::now();
+        let budget = deadline.map(|d| d.saturating_duration_since(started) / 3);
         let filing = filing.clone().with_lease_wait(std::time::Duration::ZERO);
-        let mut done = 0;
-        let mut seen = 0;
-        while seen < REINGEST_MAX {
-            let batch = queue.take(10).await?;
-            if batch.is_empty() {
-                break;
-            }
+        let (mut done, mut seen) = (0, 0);
+        while seen < REINGEST_MAX && budget.is_none_or(|b| started.elapsed() < b) {
+            let batch = match queue.take(10).await {
+                Ok(b) if b.is_empty() => break,
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingest failure queue unreadable; delivering anyway");
+                    break;
+                }
+            };
             seen += batch.len();
             for ev in batch {
-                match filing.handle(ev.event).await {
+                let remove = match filing.handle(ev.event).await {
                     Ok(report) => {
-                        queue.done(&ev.handle).await?;
                         done += 1;
                         tracing::info!(
                             indexed = report.indexed,
@@ -165,14 +176,23 @@ impl DrainFunction {
                             upgraded = report.upgraded,
                             "failed ingest event ingested"
                         );
+                        true
+                    }
+                    Err(e) if e.is_permanent() && ev.receives >= REINGEST_TRIES => {
+                        tracing::error!(error = %e, kind = e.kind(), receives = ev.receives, "failed ingest event dropped: it cannot succeed");
+                        true
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, kind = e.kind(), "failed ingest event still failing; left in the queue");
+                        tracing::warn!(error = %e, kind = e.kind(), receives = ev.receives, "failed ingest event still failing; left in the queue");
+                        false
                     }
+                };
+                if remove && let Err(e) = queue.done(&ev.handle).await {
+                    tracing::warn!(error = %e, "could not remove an event from the ingest failure queue; it comes back and is ingested again (idempotent)");
                 }
             }
         }
-        Ok(done)
+        done
     }
 
     /// Use another clock (tests move time instead of waiting for backoff).
@@ -217,7 +237,7 @@ impl DrainFunction {
         let reingested = if req.dry_run {
             0
         } else {
-            self.reingest(&filing).await?
+            self.reingest(&filing, deadline).await
         };
         let rec: ReconcileReport = reconcile(
             &self.storage,

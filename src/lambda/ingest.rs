@@ -82,6 +82,17 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// No retry can mend it: the object is gone, is not a message, or the event is not
+    /// an SES event.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            IngestError::BadEvent(_)
+                | IngestError::MissingObject { .. }
+                | IngestError::NotAMessage { .. }
+        )
+    }
+
     /// A stable name for the Lambda error type (shown in CloudWatch and the on-failure queue).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -390,14 +401,16 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
             r.status == RcptStatus::Delivered
                 || new.rcpts.iter().any(|n| same(&n.address, &r.address))
         });
-        // A recipient both name takes the event's state (a virus verdict, a refused
-        // journal copy), unless the primary already answered for it: the guess's
-        // verdicts came from headers a sender can write.
+        // A recipient both name and not delivered yet fails when the event says so (a
+        // virus verdict, a refused journal copy), whatever the primary answered: the
+        // guess's verdicts came from headers a sender can write.
         for r in &mut m.rcpts {
-            if r.status == RcptStatus::Delivered || r.reply.is_some() {
+            if r.status == RcptStatus::Delivered {
                 continue;
             }
-            if let Some(n) = new.rcpts.iter().find(|n| same(&n.address, &r.address)) {
+            if let Some(n) = new.rcpts.iter().find(|n| same(&n.address, &r.address))
+                && n.status == RcptStatus::Failed
+            {
                 r.status = n.status;
                 r.reply = n.reply.clone();
             }
@@ -567,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_guessed_recipient_takes_the_events_verdict_unless_the_primary_answered() {
+    fn a_guessed_recipient_fails_when_the_event_says_so_unless_delivered() {
         let now = Utc::now();
         // The guess read a forged `X-SES-Virus-Verdict: PASS`; SES's event says FAIL.
         let guess = rec(
@@ -583,14 +596,27 @@ mod tests {
             }
         ));
         let mut answered = guess.clone();
+        answered.rcpts[0].status = RcptStatus::Delivered;
         answered.rcpts[1].reply = Some("450 4.2.0 busy".into());
         let m = merged(&answered, &exact, now).unwrap();
-        assert_eq!(m.rcpts[0].status, RcptStatus::Failed, "{m:?}");
+        assert_eq!(
+            m.rcpts[0].status,
+            RcptStatus::Delivered,
+            "what was delivered stays"
+        );
         assert_eq!(
             m.rcpts[1].status,
-            RcptStatus::Pending,
-            "the primary's answer stands"
+            RcptStatus::Failed,
+            "a 4xx does not save a virus"
         );
+        assert_eq!(m.status, Status::Failed, "never drained");
+        // A pending event keeps the primary's verdict on a recipient it refused.
+        let mut refused = guess.clone();
+        refused.rcpts[0].status = RcptStatus::Failed;
+        refused.rcpts[0].reply = Some("550 5.1.1 no such user".into());
+        let clean = rec(&["bob@example.test", "carol@example.test"], Intake::Ses);
+        let m = merged(&refused, &clean, now).unwrap();
+        assert_eq!(m.rcpts[0].status, RcptStatus::Failed);
         let m = merged(&guess, &exact, now).unwrap();
         assert_eq!(
             (m.status, m.reason.as_deref()),

@@ -144,11 +144,18 @@ pub fn from_headers(
         d.is_some_and(|d| domains.contains(&d))
     };
     if let Some(m) = &parsed {
-        if let HeaderValue::Address(a) = m.return_path() {
+        // The topmost Return-Path: SES writes the envelope sender there, and
+        // `return_path()` is the bottom-most, which the sender may have written.
+        let return_path = m
+            .headers()
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Return-Path"))
+            .map(|h| h.value());
+        if let Some(HeaderValue::Address(a)) = return_path {
             if let Some(addr) = a.first().and_then(|a| a.address()) {
                 mail_from = addr.to_string();
             }
-        } else if let HeaderValue::Text(t) = m.return_path() {
+        } else if let Some(HeaderValue::Text(t)) = return_path {
             mail_from = t.trim().trim_matches(['<', '>']).to_string();
         }
         // SES's own Received: field is the topmost one (`received()` is the bottom-most,
@@ -274,7 +281,7 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
             .replace("X-SES-Virus-Verdict: PASS", "X-SES-Virus-Verdict: FAIL")
             .replace(
                 "From: Alice",
-                "X-SES-Virus-Verdict: PASS\r\nReceived: from x by y for journal@example.test;\r\n Sat, 28 Nov 2026 09:00:00 +0000\r\nFrom: Alice",
+                "Return-Path: <victim@example.net>\r\nX-SES-Virus-Verdict: PASS\r\nReceived: from x by y for journal@example.test;\r\n Sat, 28 Nov 2026 09:00:00 +0000\r\nFrom: Alice",
             );
         let now = Utc::now();
         let id = MessageId::derived("f", now);
@@ -291,6 +298,7 @@ From: Alice <alice@example.org>\r\nTo: bob@example.test, eve@elsewhere.example\r
         assert_eq!(rec.reason.as_deref(), Some("virus"), "{rec:?}");
         let rcpts: Vec<_> = rec.rcpts.iter().map(|r| r.address.as_str()).collect();
         assert_eq!(rcpts, ["bob@example.test"], "SES's `for`, not the sender's");
+        assert_eq!(rec.mail_from, "alice@example.org", "SES's Return-Path");
     }
 
     #[test]

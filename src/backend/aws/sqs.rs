@@ -55,16 +55,31 @@ impl FailedEvents for SqsFailedEvents {
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .visibility_timeout(self.visibility.as_secs().min(43_200) as i32)
             .wait_time_seconds(0)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
             .send()
             .await
             .map_err(|e| classify(BACKEND, "receive failed ingest events", e))?;
         let mut events = Vec::new();
         for m in out.messages.unwrap_or_default() {
+            let receives = m
+                .attributes
+                .as_ref()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                })
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
             let Some(handle) = m.receipt_handle else {
                 continue;
             };
             match m.body.as_deref().and_then(event_of) {
-                Some(event) => events.push(FailedEvent { handle, event }),
+                Some(event) => events.push(FailedEvent {
+                    handle,
+                    event,
+                    receives,
+                }),
                 None => tracing::warn!(
                     message_id = m.message_id.as_deref().unwrap_or(""),
                     "ingest failure queue: a message without an SES event; left in the queue"
