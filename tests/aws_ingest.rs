@@ -231,6 +231,15 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     assert_eq!(r.intake, Intake::Reconciled);
     assert_eq!(r.mail_from, "prvs=144d0cba7=alice@example.org");
     assert_eq!(r.rcpts.len(), 1);
+    // SES's test object, written when a rule's S3 action is made or changed, is no
+    // message: a run never makes it a (failed) record.
+    ses_put(
+        &clients,
+        &settings,
+        "AMAZON_SES_SETUP_NOTIFICATION",
+        b"This is a test message sent by Amazon SES to verify the receipt rule.",
+    )
+    .await;
     // A second run finds nothing new.
     let again = run().await.unwrap();
     assert_eq!(again.reconciled, 0);

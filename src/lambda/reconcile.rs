@@ -37,6 +37,11 @@ use crate::model::{Intake, MessageId, Record, Status, Verdicts};
 use crate::ports::Storage;
 use crate::summary;
 
+/// The object SES writes under a rule's prefix when it creates or changes the rule's S3
+/// action, to test that it may write there (SES developer guide, "Deliver to S3 bucket
+/// action"): not a message, never a record.
+pub const SES_SETUP_NOTIFICATION: &str = "AMAZON_SES_SETUP_NOTIFICATION";
+
 /// Objects younger than this are left to the ingest function.
 pub const MIN_AGE: Duration = Duration::minutes(5);
 /// How far before the watermark a run looks again (store times are not perfectly ordered).
@@ -72,6 +77,9 @@ pub async fn reconcile(
     let mut report = ReconcileReport::default();
     for blob in storage.blobs.list().await? {
         if blob.stored_at > upto || from.is_some_and(|f| blob.stored_at < f) {
+            continue;
+        }
+        if blob.key.ends_with(SES_SETUP_NOTIFICATION) {
             continue;
         }
         report.checked += 1;
