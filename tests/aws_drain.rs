@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_receive};
+use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_put_fixture, ses_receive};
 use common::{Postfix, repo};
 use standby::backend::aws::sqs::SqsFailedEvents;
 use standby::config::Config;
@@ -111,11 +111,11 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
     // An object whose ingest never ran: the reconciler indexes it from its headers
     // (Received ... for bob@example.test) once it is older than MIN_AGE.
-    ses_put(
+    ses_put_fixture(
         &clients,
         &s,
         "lost0ingest0object0abcdefghijklmnopqrst",
-        common::fixture("ses/message.eml", "tok-lost").as_bytes(),
+        "tok-lost",
     )
     .await;
     let clock = Arc::new(Shifted::default());
@@ -185,11 +185,11 @@ async fn an_upgraded_stack_keeps_the_reconcile_watermark_of_the_old_health_item(
     let pf = Postfix::primary();
     pf.start();
     // An object checked before the upgrade (its record has since expired).
-    ses_put(
+    ses_put_fixture(
         &clients,
         &s,
         "checked0long0ago0abcdefghijklmnopqrstuv",
-        common::fixture("ses/message.eml", "tok-old").as_bytes(),
+        "tok-old",
     )
     .await;
     // The item as the old code wrote it: its own key, no node, no status-index attributes.
@@ -325,11 +325,11 @@ async fn dry_run_reports_and_changes_nothing() {
     let pf = Postfix::primary();
     pf.start();
     ses_receive(&clients, &s, &storage, "normal.json", "tok-dry").await;
-    ses_put(
+    ses_put_fixture(
         &clients,
         &s,
         "unindexed0object0for0the0dry0run0abcdefgh",
-        common::fixture("ses/message.eml", "tok-dry2").as_bytes(),
+        "tok-dry2",
     )
     .await;
     let clock = Arc::new(Shifted::default());
@@ -597,13 +597,7 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
     let pf = Postfix::primary();
     pf.start();
     let id = "tworules0object0abcdefghijklmnopqrstuvw";
-    ses_put(
-        &clients,
-        &s,
-        id,
-        common::fixture("ses/message.eml", "tok-rules").as_bytes(),
-    )
-    .await;
+    ses_put_fixture(&clients, &s, id, "tok-rules").await;
     let ingest = Ingest::new(storage.clone(), "");
     let first = ingest
         .handle(rule_event("normal.json", id, &["bob@example.test"]))
@@ -654,8 +648,7 @@ async fn a_late_exact_event_reaches_the_recipients_a_delivered_or_failed_guess_m
         "guessed0object0abcdefghijklmnopqrstuvwxy",
         "parked00object0abcdefghijklmnopqrstuvwxy",
     );
-    let raw = common::fixture("ses/message.eml", "tok-guessed");
-    ses_put(&clients, &s, guessed, raw.as_bytes()).await;
+    ses_put_fixture(&clients, &s, guessed, "tok-guessed").await;
     let foreign = common::fixture("ses/message.eml", "tok-parked")
         .replace("\r\n for bob@example.test;", "")
         .replace("\n for bob@example.test;", "")
@@ -779,13 +772,7 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
     let pf = Postfix::primary();
     pf.start();
     let id = "failedq0object0abcdefghijklmnopqrstuvwx";
-    ses_put(
-        &clients,
-        &s,
-        id,
-        common::fixture("ses/message.eml", "tok-failq").as_bytes(),
-    )
-    .await;
+    ses_put_fixture(&clients, &s, id, "tok-failq").await;
     Ingest::new(storage.clone(), "")
         .handle(rule_event("normal.json", id, &["bob@example.test"]))
         .await

@@ -608,12 +608,11 @@ impl BlobWriter for FsBlobWriter {
             };
             let names = async {
                 let dir = self.tmp_dir.clone();
-                let path = self.tmp.parent().unwrap_or(&self.tmp).to_path_buf();
                 tokio::task::spawn_blocking(move || dir.sync_all())
                     .await
                     .map_err(std::io::Error::other)
                     .and_then(|r| r)
-                    .map_err(|e| StoreError::io("fsync", &path, e))
+                    .map_err(|e| StoreError::io("fsync", self.tmp.parent().unwrap_or(&self.tmp), e))
             };
             tokio::try_join!(message, sidecar, names)?;
             if envelope.is_some() {

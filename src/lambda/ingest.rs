@@ -316,7 +316,7 @@ impl Ingest {
     /// Merge this event's envelope into the record with its id (see [`merged`]), as a
     /// compare-and-set on the record's version: re-read and merge again when someone
     /// wrote it meanwhile; wait while a drain holds it (its write-back would otherwise
-    /// fail, and what it delivered would be sent again), up to [`LEASE_WAIT`], then fail
+    /// fail, and what it delivered would be sent again), up to the lease wait, then fail
     /// so Lambda retries the event later. Nothing is lost by failing: the event is kept
     /// by Lambda's retries and then its on-failure queue.
     async fn merge(

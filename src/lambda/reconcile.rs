@@ -152,13 +152,16 @@ pub fn from_headers(
         d.is_some_and(|d| domains.contains(&d))
     };
     if let Some(m) = &parsed {
-        // The topmost Return-Path: SES writes the envelope sender there, and
-        // `return_path()` is the bottom-most, which the sender may have written.
-        let return_path = m
-            .headers()
-            .iter()
-            .find(|h| h.name().eq_ignore_ascii_case("Return-Path"))
-            .map(|h| h.value());
+        // SES prepends its fields (Return-Path, Received, the verdicts): the topmost of
+        // each name is SES's; one lower down is the sender's (mail-parser's
+        // `return_path()`, `received()` and `header_raw` return the bottom-most).
+        let topmost = |name: &str| {
+            m.headers()
+                .iter()
+                .find(|h| h.name().eq_ignore_ascii_case(name))
+                .map(|h| h.value())
+        };
+        let return_path = topmost("Return-Path");
         if let Some(HeaderValue::Address(a)) = return_path {
             if let Some(addr) = a.first().and_then(|a| a.address()) {
                 mail_from = addr.to_string();
@@ -166,9 +169,7 @@ pub fn from_headers(
         } else if let Some(HeaderValue::Text(t)) = return_path {
             mail_from = t.trim().trim_matches(['<', '>']).to_string();
         }
-        // SES's own Received: field is the topmost one (`received()` is the bottom-most,
-        // which the sender may have written); only its `for` clause names an envelope
-        // recipient.
+        // Only the `for` clause of SES's own Received: field names an envelope recipient.
         let ses_received = crate::journal::ses_received(m);
         if let Some(for_) = ses_received.and_then(|r| r.for_.as_deref()) {
             let addr = for_.trim().trim_matches(['<', '>']).to_string();
@@ -190,20 +191,14 @@ pub fn from_headers(
                 }
             }
         }
-        // SES prepends its verdicts; a field of the same name lower down is the sender's
-        // (`header_raw` would return the last one).
         let header = |name: &str| {
-            m.headers()
-                .iter()
-                .find(|h| h.name().eq_ignore_ascii_case(name))
-                .and_then(|h| h.value().as_text())
-                .map(|v| {
-                    v.trim()
-                        .split(|c: char| c.is_whitespace())
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
+            topmost(name).and_then(|v| v.as_text()).map(|v| {
+                v.trim()
+                    .split(|c: char| c.is_whitespace())
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
         };
         verdicts.spam = header("X-SES-Spam-Verdict");
         verdicts.virus = header("X-SES-Virus-Verdict");

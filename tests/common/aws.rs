@@ -152,6 +152,12 @@ pub async fn ses_put(clients: &AwsClients, s: &AwsSettings, ses_id: &str, raw: &
         .expect("put object in moto");
 }
 
+/// Put `ses/message.eml` with `token` where SES's S3 action would, as `ses_id`.
+pub async fn ses_put_fixture(clients: &AwsClients, s: &AwsSettings, ses_id: &str, token: &str) {
+    let raw = super::fixture("ses/message.eml", token);
+    ses_put(clients, s, ses_id, raw.as_bytes()).await;
+}
+
 /// A config file for the `standby` CLI with `backend = "aws"` on `moto`.
 pub fn cli_config(dir: &std::path::Path, name: &str, primary_port: u16) -> PathBuf {
     let path = dir.join("standby.toml");
