@@ -21,6 +21,7 @@ use crate::error::StoreError;
 use crate::model::{Envelope, MessageId, Origin, Record, Status, Verdicts, redact};
 use crate::ports::Storage;
 use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
+use crate::publish::Publisher;
 use crate::sender::{Job, SenderChecks};
 use crate::summary::HeadCapture;
 
@@ -33,11 +34,13 @@ pub struct Spool {
     journal: Arc<Journal>,
     retention: Arc<RetentionPolicy>,
     checks: Option<SenderChecks>,
+    publisher: Arc<Publisher>,
 }
 
 impl Spool {
     pub fn new(storage: Storage, clock: Arc<dyn Clock>, hostname: impl Into<String>) -> Self {
         Spool {
+            publisher: Arc::new(Publisher::new(storage.clone())),
             storage,
             clock,
             hostname: hostname.into(),
@@ -45,6 +48,18 @@ impl Spool {
             retention: Arc::default(),
             checks: None,
         }
+    }
+
+    /// Share `publisher` (one per process, so a graceful stop flushes every spool's).
+    pub fn with_publisher(mut self, publisher: Arc<Publisher>) -> Self {
+        self.publisher = publisher;
+        self
+    }
+
+    /// Wait until every message accepted so far is published (see [`crate::publish`]):
+    /// a graceful stop calls this last.
+    pub async fn flush(&self) {
+        self.publisher.flush().await;
     }
 
     /// Check each accepted message's sender (SPF) in the background: it is stored with
@@ -73,7 +88,6 @@ impl Spool {
         let received_at = self.clock.now();
         let id = MessageId::new(received_at);
         let mut writer = self.storage.blobs.create(id).await?;
-        writer.set_envelope(Stamp::of(id, received_at, &env).to_json());
         let header = received_header(&self.hostname, id, &env, received_at);
         let mut hasher = Sha256::new();
         hasher.update(header.as_bytes());
@@ -93,6 +107,7 @@ impl Spool {
             journal: self.journal.clone(),
             retention: self.retention.clone(),
             checks: self.checks.clone(),
+            publisher: self.publisher.clone(),
         })
     }
 }
@@ -110,6 +125,13 @@ pub struct Stamp {
     /// Sent to a journal address.
     #[serde(default)]
     pub journal: bool,
+    /// The stored bytes' size and SHA-256 (hex), written at commit, after the last byte:
+    /// a start after a power cut indexes a message whose row was lost only when its
+    /// bytes match them (see [`crate::publish::readmit`]). Absent from older envelopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Stamp {
@@ -121,6 +143,8 @@ impl Stamp {
             rcpts: env.rcpts.clone(),
             origin: env.origin.clone(),
             journal: env.journal,
+            size: None,
+            sha256: None,
         }
     }
 
@@ -180,6 +204,7 @@ pub struct Incoming {
     journal: Arc<Journal>,
     retention: Arc<RetentionPolicy>,
     checks: Option<SenderChecks>,
+    publisher: Arc<Publisher>,
 }
 
 impl Incoming {
@@ -195,7 +220,8 @@ impl Incoming {
         self.writer.write(chunk).await
     }
 
-    /// Make the message durable: blob committed (fsynced), then the index row committed.
+    /// Make the message durable: blob and envelope committed (flushed), then the index
+    /// row written, made durable by the publisher off the path (see [`crate::publish`]).
     ///
     /// # Errors
     /// Any storage error; the message must then not be acknowledged (the listener answers
@@ -214,8 +240,19 @@ impl Incoming {
             journal,
             retention,
             checks,
+            publisher,
         } = self;
         let blob = writer.key();
+        let sha256 = hex::encode(hasher.finalize());
+        let mut writer = writer;
+        writer.set_envelope(
+            Stamp {
+                size: Some(size),
+                sha256: Some(sha256.clone()),
+                ..Stamp::of(id, received_at, &env)
+            }
+            .to_json(),
+        );
         writer.commit().await?;
         let key = blob.clone().unwrap_or_else(|| id.to_string());
         let is_journal = env.journal;
@@ -227,7 +264,7 @@ impl Incoming {
                 env.mail_from,
                 env.rcpts,
                 received_at,
-                (size, hex::encode(hasher.finalize())),
+                (size, sha256),
                 head.summary(),
             )
         };
@@ -253,9 +290,13 @@ impl Incoming {
         if check.is_some() {
             rec.verdicts = Some(Verdicts::pending());
         }
-        if let Err(e) = storage.index.insert(&rec).await {
+        // Not flushed here: the bytes and envelope just flushed survive a power cut on
+        // their own, and the publisher makes the row durable off the path (see
+        // [`crate::publish`]).
+        if let Err(e) = storage.index.insert_unsynced(&rec).await {
             settle_failed_insert(&storage, &rec, &key, e).await?;
         }
+        publisher.submit(key);
         if let Some((checks, job)) = check {
             checks.submit(job);
         }

@@ -70,6 +70,14 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError>;
     /// Remove a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The index rows of these committed blobs are durable now ([`Index::sync`]
+    /// returned after [`Index::insert_unsynced`]): a store that keeps committed blobs
+    /// apart until then (the local spool's `tmp/`, from where a start after a power cut
+    /// indexes them again) puts them in place. Default: nothing (every committed blob
+    /// is in place).
+    async fn publish(&self, _keys: Vec<String>) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Note that the primary accepted the message, so the store's own retention can
     /// remove it later (S3: a tag the bucket's lifecycle rule acts on). Default: nothing.
     async fn mark_delivered(&self, _key: &str) -> Result<(), StoreError> {
@@ -136,7 +144,8 @@ pub trait BlobWriter: Send {
     /// by the reconciler from their own metadata).
     fn set_envelope(&mut self, _envelope: Vec<u8>) {}
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
-    /// Make the blob durable (survives a power cut) and visible under its id.
+    /// Make the blob (and its envelope) durable, surviving a power cut, and readable
+    /// under its id (the local spool keeps it apart until [`BlobStore::publish`]).
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Throw the partial blob away.
     async fn abort(self: Box<Self>);
@@ -273,6 +282,19 @@ pub trait Index: Send + Sync + 'static {
     /// Add a record. Idempotent on the id: returns `Ok(false)` and changes nothing when a
     /// record with this id exists. Returns only once the record is durable.
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError>;
+    /// [`Index::insert`], except that the record may be lost by a power cut (never by a
+    /// crash of the process) until the next [`Index::sync`] returns; every reader sees
+    /// it at once. Only for a record whose blob was committed with its envelope to a
+    /// store that indexes such blobs again at start (the local spool, see
+    /// `BlobStore::publish`). Default: [`Index::insert`].
+    async fn insert_unsynced(&self, rec: &Record) -> Result<bool, StoreError> {
+        self.insert(rec).await
+    }
+    /// Make every write that returned before this call durable. Default: nothing (every
+    /// write is durable when it returns).
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError>;
     /// Records in list order: oldest first (received time, then id).
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError>;

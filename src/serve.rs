@@ -215,6 +215,28 @@ pub async fn serve(
             "finished moving acknowledged messages into the spool after a crash"
         );
     }
+    let unindexed: Vec<_> = recovered
+        .unindexed
+        .into_iter()
+        .map(|s| (s.id, s.envelope.unwrap_or_default()))
+        .collect();
+    if !unindexed.is_empty() {
+        let again = crate::publish::readmit(
+            &storage,
+            unindexed,
+            &config.journal(),
+            &config.retention(),
+            false,
+        )
+        .await?;
+        tracing::warn!(
+            indexed = again.indexed,
+            discarded = again.discarded,
+            "indexed again the stored messages whose index rows a power cut lost; \
+             discarded those whose bytes were incomplete (never acknowledged)"
+        );
+    }
+    let publisher = Arc::new(crate::publish::Publisher::new(storage.clone()));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // SPF after the 250: the listener stores each message with a pending verdict and
     // the background worker looks it up (see `crate::sender`).
@@ -234,8 +256,10 @@ pub async fn serve(
     };
     let spool = {
         let (storage, clock, hostname) = (storage.clone(), clock.clone(), config.hostname.clone());
+        let publisher = publisher.clone();
         move |c: &Config| -> Arc<dyn Inbound> {
             let mut spool = Spool::new(storage.clone(), clock.clone(), hostname.clone())
+                .with_publisher(publisher.clone())
                 .with_journal(c.journal())
                 .with_retention(c.retention());
             if let Some(checks) = &checks {
@@ -296,6 +320,14 @@ pub async fn serve(
     if let Some(worker) = checks_worker {
         // It gives checks in flight two seconds; what is left stays pending.
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    }
+    // Every accepted message's row durable and the message in place, so the next start
+    // has nothing to index again.
+    if tokio::time::timeout(Duration::from_secs(5), publisher.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishing the last stored messages took over 5 s; the next start does it");
     }
     tracing::info!("standby stopped");
     drop(started.lock);

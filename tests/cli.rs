@@ -295,6 +295,7 @@ fn hold_release_retry_purge() {
         "{text}"
     );
 
+    sb.wait_published();
     let blob = sb.messages_dir().join(format!("{}.eml", ids[1]));
     assert!(blob.exists());
     let o = sb.cli(&["purge", &ids[1], "--yes"]);

@@ -451,6 +451,7 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
         Err(StoreError::MissingBlob(_))
     ));
     let mut w = blobs.create(id).await.unwrap();
+    w.set_envelope(b"{}\n".to_vec());
     w.write(b"hello ").await.unwrap();
     w.write(b"world").await.unwrap();
     assert!(blobs.open(&key).await.is_err(), "invisible before commit");
@@ -520,10 +521,12 @@ async fn local_adapters_keep_the_contract() {
     search_contract(Arc::new(SqliteIndex::open(other.path()).unwrap())).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let left = fs.recover(|_| Ok(false), |_| false, later).unwrap();
     assert_eq!(
-        fs.remove_unfinished().unwrap(),
-        0,
-        "abort cleaned up after itself"
+        (left.removed, left.unindexed.len()),
+        (0, 0),
+        "abort and delete cleaned up after themselves"
     );
 }
 
@@ -602,41 +605,66 @@ async fn aws_errors_say_whether_to_retry() {
     assert!(e.is_transient(), "{e}");
 }
 
-/// A power cut after the index insert but before the blob's rename reached the disk
-/// leaves an acknowledged message in `tmp/`: it is still readable, and the next start
-/// puts it in place; a partial file of a message never acknowledged is removed.
+/// What a crash or power cut leaves in `tmp/`: a committed message whose row is there
+/// (its publication or rename undone) is readable where it is and put in place at start;
+/// a committed message whose row a power cut lost is handed back to be indexed again; a
+/// partial file of a message never acknowledged is removed.
 #[tokio::test]
-async fn fs_spool_recovers_an_interrupted_rename() {
+async fn fs_spool_recovers_what_a_power_cut_left_in_tmp() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsBlobStore::open(dir.path()).unwrap();
     let index = SqliteIndex::open(dir.path()).unwrap();
+    let commit = |id: MessageId, body: &'static [u8]| {
+        let fs = fs.clone();
+        async move {
+            let mut w = fs.create(id).await.unwrap();
+            w.set_envelope(b"{\"stamp\":1}\n".to_vec());
+            w.write(body).await.unwrap();
+            w.commit().await.unwrap();
+        }
+    };
     let r = record(11);
-    let mut w = fs.create(r.id).await.unwrap();
-    w.write(b"Subject: acked\r\n\r\nbody\r\n").await.unwrap();
-    w.commit().await.unwrap();
+    commit(r.id, b"Subject: acked\r\n\r\nbody\r\n").await;
     index.insert(&r).await.unwrap();
-    // Undo the rename, as a power cut before the journal commit would.
-    std::fs::rename(fs.path(r.id), dir.path().join("tmp").join(r.id.to_string())).unwrap();
+    // Committed, row lost: the envelope comes back with it.
+    let lost = record(13);
+    commit(lost.id, b"Subject: row lost\r\n\r\n").await;
     let partial = record(12);
     std::fs::write(dir.path().join("tmp").join(partial.id.to_string()), b"Subj").unwrap();
 
-    assert!(matches!(
-        fs.open(&r.id.to_string()).await,
-        Err(StoreError::MissingBlob(_))
-    ));
-
-    // An operator command (while serve may be receiving): renames only, deletes nothing.
-    let got = fs.restore(|id| index.contains(id)).unwrap();
-    assert_eq!((got.restored, got.removed), (1, 0));
+    // Committed but not published: readable in `tmp/` already.
     let (bytes, _) = fs.read_all(&r.id.to_string()).await.unwrap();
     assert_eq!(bytes, b"Subject: acked\r\n\r\nbody\r\n");
-    assert!(dir.path().join("tmp").join(partial.id.to_string()).exists());
+    assert!(!fs.path(r.id).exists());
 
-    // `standby serve` at start: the never-acknowledged partial file goes.
-    let got = fs.recover(|id| index.contains(id)).unwrap();
-    assert_eq!((got.restored, got.removed), (0, 1));
+    // `standby serve` at start.
+    // (`settled` in the future: the partial file counts as old.)
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let got = fs
+        .recover(|id| index.contains(id), |_| false, later)
+        .unwrap();
+    assert_eq!((got.restored, got.removed), (1, 1));
+    assert_eq!(got.unindexed.len(), 1);
+    assert_eq!(got.unindexed[0].id, lost.id);
+    assert_eq!(
+        got.unindexed[0].envelope.as_deref(),
+        Some(&b"{\"stamp\":1}\n"[..])
+    );
+    assert!(fs.path(r.id).exists() && fs.envelope_path(r.id).exists());
+    assert!(!dir.path().join("tmp").join(partial.id.to_string()).exists());
+    // Published once indexed again; deleted wherever it is.
+    fs.publish(vec![lost.id.to_string()]).await.unwrap();
+    assert!(fs.path(lost.id).exists());
+    fs.delete(&lost.id.to_string()).await.unwrap();
+    fs.delete(&r.id.to_string()).await.unwrap();
     assert_eq!(
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("messages"))
+            .unwrap()
+            .count(),
         0
     );
 }

@@ -33,6 +33,7 @@ fn spool_directories_and_files_are_private_under_a_permissive_umask() {
         "serve does not run under umask 000:\n{status}"
     );
     sb.send("bob@example.test", &[]);
+    sb.wait_published();
     let data = sb.dir.path().join("data");
     for dir in [data.clone(), data.join("messages"), data.join("tmp")] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());

@@ -157,7 +157,7 @@ fn client_gone_mid_data_leaves_nothing() {
         sb.log().contains("client went away during DATA")
     });
     assert!(sb.list("all").is_empty());
-    assert_eq!(count_files(&sb.messages_dir()), 0);
+    assert_eq!(sb.stored_files(), 0);
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
     still_serving(&sb);
 }

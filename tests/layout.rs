@@ -16,7 +16,7 @@ fn layer(module: &str) -> Option<Layer> {
         "config" => Layer::Config,
         "ports" => Layer::Ports,
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
-        | "export" | "summary" => Layer::Domain,
+        | "export" | "summary" | "publish" => Layer::Domain,
         "backend" | "smtp" | "dns" => Layer::Adapter,
         "serve" | "cli" | "lambda" | "doctor" => Layer::Entry,
         _ => return None,

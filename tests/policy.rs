@@ -78,7 +78,7 @@ fn oversize_message_gets_552_and_nothing_is_stored() {
         &t[t.len().saturating_sub(500)..]
     );
     assert!(sb.list("all").is_empty());
-    assert_eq!(count_files(&sb.messages_dir()), 0);
+    assert_eq!(sb.stored_files(), 0);
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
 }
 

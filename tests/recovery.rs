@@ -259,6 +259,7 @@ fn export_is_read_back_by_python_mailbox_byte_for_byte() {
         ]);
         assert_eq!(r["messages"], 3, "{r}");
     }
+    sb.wait_published();
     let check = Command::new("python3")
         .args(["-c", EXPORT_CHECK])
         .arg(sb.messages_dir())

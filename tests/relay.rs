@@ -43,7 +43,7 @@ fn relay_battery_is_refused_through_the_listener() {
         attempts.len()
     );
     assert!(sb.list("all").is_empty(), "a relay attempt was stored");
-    assert_eq!(count_files(&sb.messages_dir()), 0);
+    assert_eq!(sb.stored_files(), 0);
     let log = fake.log.lock().unwrap().join("\n");
     assert!(
         !log.contains("MAIL"),

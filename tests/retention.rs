@@ -97,6 +97,7 @@ fn retention_deletes_what_the_policy_says_never_a_legal_hold_and_audits_it() {
     assert_eq!(shown["legal_hold"]["reason"], "case 7", "{shown}");
 
     // Now: the confidential copies are due; the one on hold is listed as kept.
+    sb.wait_published();
     let plan = sb.json(&["retention", "--dry-run", "--json"]);
     let mut planned: Vec<(String, bool)> = plan
         .as_array()

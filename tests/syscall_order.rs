@@ -6,9 +6,12 @@
 //!    write to that file (the per-file flush writes the data back and reports that
 //!    file's own writeback error);
 //!    and an fsync of `tmp/` started after both were created (their names);
-//! 2. after those, the rename of the file into `messages/`;
-//! 3. after the rename, an fsync or fdatasync of the index's WAL (`index.db-wal`): the
-//!    row's commit.
+//! 2. the row's write to the index's WAL (`index.db-wal`), not yet flushed (see
+//!    `standby::publish`);
+//!
+//! and, before or after the 250, the file's move into `messages/` only after an
+//! `fdatasync` of the WAL that started after the row's write (a file in `messages/`
+//! always has a durable row; one left in `tmp/` is indexed again at start).
 //!
 //! A SIGKILL test cannot see a missing flush (the page cache survives the process); this
 //! one does. With the flushes removed from `FsBlobStore`'s commit it fails on the first
@@ -160,30 +163,42 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .ok_or(format!(
             "{id}: no fsync of tmp/ after its files were created, before its 250"
         ))?;
-    let rename = calls
+    let _ = (data, envelope, names);
+    // The row: written to the WAL before the 250 (its id is in the page's bytes), not
+    // necessarily flushed by then. The move into `messages/` (after the 250, by the
+    // publisher, or at the stop) must follow a WAL flush that started after that write:
+    // a file in `messages/` always has a durable row.
+    let row = calls
         .iter()
         .filter(before)
+        .filter(|c| c.name.starts_with("write") || c.name.starts_with("pwrite"))
+        .filter(|c| fd_path(c).ends_with("/index.db-wal") && c.args.contains(id))
+        .map(|c| c.end)
+        .next()
+        .ok_or(format!(
+            "{id}: its row was not written to the WAL before its 250"
+        ))?;
+    let rename = calls
+        .iter()
         .find(|c| {
             c.name.starts_with("rename")
                 && c.args.contains(&format!("{tmp}\""))
                 && c.args.contains(&format!("/messages/{id}.eml\""))
         })
-        .ok_or(format!("{id}: not renamed into messages/ before its 250"))?;
-    if rename.start < data.max(envelope) {
-        return Err(format!("{id}: renamed before its data was flushed"));
-    }
-    if rename.start < names {
-        return Err(format!("{id}: renamed before tmp/ was flushed"));
-    }
+        .ok_or(format!(
+            "{id}: never moved into messages/ (not even at the stop)"
+        ))?;
     calls
         .iter()
-        .filter(before)
         .find(|c| {
             (c.name == "fdatasync" || c.name == "fsync")
                 && fd_path(c).ends_with("/index.db-wal")
-                && c.start >= rename.end
+                && c.start >= row
+                && c.end <= rename.start
         })
-        .ok_or(format!("{id}: no WAL fsync between its rename and its 250"))?;
+        .ok_or(format!(
+            "{id}: moved into messages/ without a WAL flush after its row was written"
+        ))?;
     Ok(())
 }
 
@@ -205,7 +220,7 @@ fn every_250_comes_after_the_message_and_its_row_are_flushed() {
         "-s",
         "4096",
         "-e",
-        "trace=openat,write,writev,sendto,sendmsg,fsync,fdatasync,syncfs,rename,renameat,renameat2",
+        "trace=openat,write,writev,pwrite64,sendto,sendmsg,fsync,fdatasync,syncfs,rename,renameat,renameat2",
         "-o",
         trace.to_str().unwrap(),
     ]
@@ -288,7 +303,8 @@ fn every_250_comes_after_the_message_and_its_row_are_flushed() {
     );
     eprintln!(
         "syscall order: {} acknowledgements, each after an fdatasync of its file and of its \
-         envelope that followed their last writes, its rename, and a WAL flush",
+         envelope that followed their last writes and its row's write; each move into \
+         messages/ after a WAL flush that followed the row's write",
         acked.len()
     );
 }

@@ -1,34 +1,37 @@
 //! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
 //!
 //! # Guarantees
-//! A blob is written to `<data_dir>/tmp/<id>` (and its envelope, when the caller gives
-//! one, to `tmp/<id>.env`); both files and `tmp/` itself are flushed to disk (so the
-//! data and the two names in `tmp/` are durable), then the files are renamed to
-//! `messages/<id>.env` and `messages/<id>.eml`; no reader sees a partial file. When
-//! [`BlobWriter::commit`] returns, the complete file is on disk under one of its two
-//! names. The rename itself is not fsynced: on ext4 and XFS a later journal commit (the
-//! index insert's) does not make it durable for certain. What holds instead is that the
-//! data and the `tmp/` name are flushed *before* the rename (so a rename that survives
-//! a power cut never points at missing data, and one that does not leaves the file in
-//! `tmp/`), and that [`FsBlobStore::recover`] finishes the rename at the next start for
-//! every message the index knows; the other leftovers in `tmp/` were never acknowledged
-//! and are removed.
+//! A message is written to `<data_dir>/tmp/<id>` and its envelope (the ingest's JSON,
+//! with the bytes' size and SHA-256) to `tmp/<id>.env`, by one blocking call at commit
+//! for a message under the 256 KiB write buffer; both files and `tmp/` itself are
+//! flushed before [`BlobWriter::commit`] returns (so the data and the two names are
+//! durable). The message stays in `tmp/` until its index row is durable too: the
+//! publisher ([`crate::publish`], through [`BlobStore::publish`]) then renames it to
+//! `messages/<id>.eml` and `messages/<id>.env`. Readers look in `messages/`, then in
+//! `tmp/`, then in `messages/` again (a publish between the two looks), so a committed
+//! message is readable at once. A file in `messages/` therefore always has a durable
+//! row; the renames themselves are not fsynced, and [`FsBlobStore::recover`] finishes,
+//! at the next start, any a power cut undid. The same start hands back each committed
+//! message in `tmp/` whose row a power cut lost, to be indexed again from its envelope
+//! ([`crate::publish::readmit`]); other leftovers in `tmp/` were never acknowledged and
+//! are removed.
 //!
-//! # Each file its own flush, all of them at once
-//! A commit issues three flushes at once (tokio's blocking pool): an `fdatasync(2)` of
-//! the message, one of its envelope, and an `fsync(2)` of `tmp/` (POSIX makes a new
-//! file's name durable only through its directory; ext4, XFS and btrfs happen to commit
-//! it with the file, others need not). The other sessions committing at that moment do
-//! the same, and the file system folds the flushes waiting together into one journal
-//! commit (ext4's jbd2, XFS's log force); each flush whose commit already happened costs
-//! one device cache flush. The per-file flush is also what reports *that file's*
-//! writeback error (its own error sequence, sampled when the file was opened): a file
-//! whose flush failed fails its own commit (the listener answers 451 and nothing is
-//! indexed). Earlier versions ran one `syncfs(2)` for all commits waiting, then the
-//! per-file flushes; on ext4 (scripts/bench's loop-mounted file systems) the `syncfs`
-//! alone took twice a file's `fdatasync` (it writes back every dirty inode of the file
-//! system, the index's included, then commits), receiving ran 20-30 % slower, and FUSE
-//! and network file systems never pass `syncfs` to their server anyway.
+//! # Each file its own flush
+//! A commit flushes the message and its envelope at once (`fdatasync(2)` each, the
+//! envelope's on a second blocking thread: one after the other, each waits for a journal
+//! commit of its own, as a file's blocks are allocated only when it is written back),
+//! then `tmp/` (`fsync(2)`: POSIX makes a new file's name durable only through its
+//! directory; ext4, XFS and btrfs commit it with the file's flush, so this one costs
+//! little there). The other sessions committing at that moment do the same, and the file
+//! system folds the flushes waiting together into one journal commit (ext4's jbd2, XFS's
+//! log force). The per-file flush is also what reports *that file's* writeback error
+//! (its own error sequence, sampled when the file was opened): a file whose flush failed
+//! fails its own commit (the listener answers 451 and nothing is indexed). Earlier
+//! versions ran one `syncfs(2)` for all commits waiting, then the per-file flushes; on
+//! ext4 (scripts/bench's loop-mounted file systems) the `syncfs` alone took twice a
+//! file's `fdatasync` (it writes back every dirty inode of the file system, the index's
+//! included, then commits), and FUSE and network file systems never pass `syncfs` to
+//! their server anyway.
 //!
 //! # Deletes, orphans and tombstones
 //! [`BlobStore::delete`] unlinks the message (and its envelope) and then fsyncs
@@ -42,14 +45,14 @@
 //!
 //! # The envelope travels with the bytes
 //! `messages/<id>.env` holds the message's envelope (JSON written by the ingest), made
-//! durable in the same flush as the message: `standby reindex` rebuilds a lost or corrupt
-//! index from the spool alone.
+//! durable in the same commit as the message: `standby reindex` rebuilds a lost or
+//! corrupt index from the spool alone, and a start after a power cut indexes again what
+//! lost its row.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 use crate::error::StoreError;
 use crate::model::MessageId;
@@ -83,13 +86,16 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("chmod", dir, e))
 }
 
-/// What [`FsBlobStore::recover`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What [`FsBlobStore::recover`] did and found.
+#[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// Acknowledged messages whose rename the crash interrupted, now in `messages/`.
+    /// Indexed messages a crash left in `tmp/`, now in `messages/`.
     pub restored: usize,
     /// Partial, never acknowledged files, deleted.
     pub removed: usize,
+    /// Committed messages (bytes and envelope flushed) whose index row a power cut lost:
+    /// each may have been acknowledged. Still in `tmp/`.
+    pub unindexed: Vec<Spooled>,
 }
 
 /// What [`FsBlobStore::sweep_orphans`] did.
@@ -184,6 +190,8 @@ pub struct FsBlobStore {
     orphans: PathBuf,
     /// `tmp/` itself, fsynced by each commit so the new files' names are durable there.
     tmp_dir: Arc<std::fs::File>,
+    /// Held while publishing and while deleting, so a delete never races a rename.
+    publishing: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for FsBlobStore {
@@ -208,68 +216,95 @@ impl FsBlobStore {
         let tmp_dir = std::fs::File::open(&tmp).map_err(|e| StoreError::io("open", &tmp, e))?;
         Ok(FsBlobStore {
             tmp_dir: Arc::new(tmp_dir),
+            publishing: Arc::default(),
             orphans: data_dir.join("orphans"),
             messages,
             tmp,
         })
     }
 
-    /// Remove partial writes left by a crash. Only the receiving process may call this
-    /// (at start, before it accepts connections). Returns how many were removed.
-    pub fn remove_unfinished(&self) -> Result<usize, StoreError> {
-        self.recover(|_| Ok(false)).map(|r| r.removed)
-    }
-
-    /// Clean up `tmp/` after a crash (see the module docs): finish the rename of every
-    /// file whose message `indexed` says was acknowledged, remove the rest. Only the
-    /// receiving process may call this, at start, before it accepts connections.
+    /// Clean up `tmp/` after a crash (see the module docs): finish the move into
+    /// `messages/` of every message `indexed` says has its row; delete the files of
+    /// messages deleted since (`tombstoned`); hand back, as [`Recovered::unindexed`],
+    /// every message committed with its envelope whose row a power cut lost (the caller
+    /// checks the envelope's size and digest against the bytes, indexes it and publishes
+    /// it, or deletes it); remove the rest (partial writes, never acknowledged), except
+    /// files modified after `settled` (an operator command may be between storing a
+    /// DSN and indexing it). Only the receiving process may call this, at start, before
+    /// it accepts connections, after the index's own writes are made durable.
+    ///
+    /// # Errors
+    /// Listing, renaming, removing, or reading an envelope failed: the start stops
+    /// (an envelope that cannot be read is never taken for a missing one).
     pub fn recover(
         &self,
         indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
-    ) -> Result<Recovered, StoreError> {
-        self.sweep(indexed, true)
-    }
-
-    /// Only finish interrupted renames of acknowledged messages, removing nothing: safe
-    /// while `standby serve` runs (a file in `tmp/` is indexed only after a crash undid
-    /// its rename), so every operator command on the spool does it when it opens it.
-    pub fn restore(
-        &self,
-        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
-    ) -> Result<Recovered, StoreError> {
-        self.sweep(indexed, false)
-    }
-
-    fn sweep(
-        &self,
-        indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
-        remove: bool,
+        tombstoned: impl Fn(MessageId) -> bool,
+        settled: std::time::SystemTime,
     ) -> Result<Recovered, StoreError> {
         let entries =
             std::fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
-        let mut out = Recovered::default();
+        let mut by_id: std::collections::BTreeMap<MessageId, (bool, bool)> = Default::default();
         for entry in entries.flatten() {
-            let path = entry.path();
             let name = entry.file_name();
             let envelope = name.to_str().is_some_and(|n| n.ends_with(".env"));
             match file_id(&name) {
-                Some(id) if indexed(id)? => {
-                    let dest = if envelope {
-                        self.envelope_path(id)
+                Some(id) => {
+                    let files = by_id.entry(id).or_default();
+                    if envelope {
+                        files.1 = true;
                     } else {
-                        self.path(id)
-                    };
-                    std::fs::rename(&path, dest).map_err(|e| StoreError::io("rename", &path, e))?;
-                    out.restored += usize::from(!envelope);
+                        files.0 = true;
+                    }
                 }
-                _ if remove && std::fs::remove_file(&path).is_ok() => {
-                    out.removed += usize::from(!envelope);
+                None => {
+                    let _ = std::fs::remove_file(entry.path());
                 }
-                _ => {}
+            }
+        }
+        let mut out = Recovered::default();
+        let recent = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > settled)
+        };
+        for (id, (message, envelope)) in by_id {
+            let path = self.unsettled(id);
+            let env = path.with_extension("env");
+            if indexed(id)? {
+                for (from, to, there) in [
+                    (&env, self.envelope_path(id), envelope),
+                    (&path, self.path(id), message),
+                ] {
+                    if there {
+                        std::fs::rename(from, to).map_err(|e| StoreError::io("rename", from, e))?;
+                    }
+                }
+                out.restored += usize::from(message);
+            } else if message && envelope && !tombstoned(id) {
+                let bytes = std::fs::read(&env).map_err(|e| StoreError::io("read", &env, e))?;
+                out.unindexed.push(Spooled {
+                    id,
+                    envelope: Some(bytes),
+                    path,
+                    orphan: false,
+                });
+            } else if !tombstoned(id) && !envelope && recent(&path) {
+                // Not ours to judge yet.
+            } else {
+                for (p, there) in [(&env, envelope), (&path, message)] {
+                    if there {
+                        std::fs::remove_file(p).map_err(|e| StoreError::io("remove", p, e))?;
+                    }
+                }
+                out.removed += usize::from(message);
             }
         }
         if out.restored > 0 {
             sync_dir(&self.messages)?;
+        }
+        if out.removed > 0 {
+            sync_dir(&self.tmp)?;
         }
         Ok(out)
     }
@@ -423,13 +458,43 @@ impl FsBlobStore {
         sync_dir(&self.orphans)
     }
 
-    /// Path of the blob named `key`; names are message ids here, so anything else (a
-    /// path separator, `..`) is refused rather than joined to the directory.
-    fn key_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+    /// The message id a key names; names are message ids here, so anything else (a
+    /// path separator, `..`) is refused rather than joined to a directory.
+    fn key_id(&self, key: &str) -> Result<MessageId, StoreError> {
         match key.parse::<MessageId>() {
-            Ok(id) if id.to_string() == key => Ok(self.path(id)),
+            Ok(id) if id.to_string() == key => Ok(id),
             _ => Err(StoreError::MissingBlob(key.to_string())),
         }
+    }
+
+    /// Where a committed message waits until its index row is durable and it is
+    /// published (see the module docs).
+    fn unsettled(&self, id: MessageId) -> PathBuf {
+        self.tmp.join(id.to_string())
+    }
+
+    /// `op` on the message file, in `messages/` or, not published yet, in `tmp/`; then in
+    /// `messages/` again, as the settling rename may have moved it between the two looks.
+    async fn find<T: Send + 'static>(
+        &self,
+        key: &str,
+        id: MessageId,
+        op: fn(&Path) -> std::io::Result<T>,
+        what: &'static str,
+    ) -> Result<T, StoreError> {
+        let paths = [self.path(id), self.unsettled(id), self.path(id)];
+        let key = key.to_string();
+        blocking(what, &self.messages, move || {
+            for p in &paths {
+                match op(p) {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io(what, p, e)),
+                }
+            }
+            Err(StoreError::MissingBlob(key))
+        })
+        .await
     }
 }
 
@@ -446,126 +511,211 @@ pub struct Spooled {
 
 #[async_trait]
 impl BlobStore for FsBlobStore {
+    /// Nothing touches the disk yet: a message smaller than the write buffer is
+    /// created, written and flushed by one blocking call at commit.
     async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
-        let tmp = self.tmp.join(id.to_string());
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .await
-            .map_err(|e| StoreError::io("create", &tmp, e))?;
         Ok(Box::new(FsBlobWriter {
-            file: BufWriter::with_capacity(WRITE_BUFFER, file),
-            tmp,
-            dest: self.path(id),
+            buf: Vec::with_capacity(16 * 1024),
+            file: None,
+            tmp: self.tmp.join(id.to_string()),
             envelope: None,
             tmp_dir: self.tmp_dir.clone(),
         }))
     }
 
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
-        let path = self.key_path(key)?;
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(
-                READ_BUFFER,
-                f,
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::MissingBlob(key.to_string()))
-            }
-            Err(e) => Err(StoreError::io("open", path, e)),
-        }
+        let id = self.key_id(key)?;
+        let f = self
+            .find(key, id, |p| std::fs::File::open(p), "open")
+            .await?;
+        Ok(Box::new(tokio::io::BufReader::with_capacity(
+            READ_BUFFER,
+            tokio::fs::File::from_std(f),
+        )))
     }
 
-    /// Unlink the message and its envelope, then fsync `messages/` so the deletion is
-    /// durable when this returns (see the module docs for the order with the index).
+    /// Unlink the message and its envelope, wherever they are (`messages/`, or `tmp/`
+    /// before they are published), then fsync the directories so the deletion is durable when
+    /// this returns (see the module docs for the order with the index).
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let Ok(path) = self.key_path(key) else {
+        let Ok(id) = self.key_id(key) else {
             return Ok(());
         };
-        let dir = self.messages.clone();
-        tokio::task::spawn_blocking(move || {
-            for p in [path.with_extension("env"), path] {
+        let store = self.clone();
+        blocking("remove", &self.messages, move || {
+            let _publishing = store.publishing.lock().unwrap_or_else(|p| p.into_inner());
+            // `tmp/` first: files only ever move from there to `messages/`, so another
+            // process publishing meanwhile cannot make this miss one.
+            let mut in_tmp = false;
+            for (p, tmp) in [
+                (store.unsettled(id).with_extension("env"), true),
+                (store.unsettled(id), true),
+                (store.envelope_path(id), false),
+                (store.path(id), false),
+            ] {
                 match std::fs::remove_file(&p) {
-                    Ok(()) => {}
+                    Ok(()) => in_tmp |= tmp,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(StoreError::io("remove", p, e)),
                 }
             }
-            sync_dir(&dir)
+            if in_tmp {
+                store
+                    .tmp_dir
+                    .sync_all()
+                    .map_err(|e| StoreError::io("fsync", &store.tmp, e))?;
+            }
+            sync_dir(&store.messages)
         })
         .await
-        .map_err(|e| StoreError::io("remove", &self.messages, std::io::Error::other(e)))?
     }
 
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
-        let path = self.key_path(key)?;
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) => Ok(info(key, &meta)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::MissingBlob(key.to_string()))
-            }
-            Err(e) => Err(StoreError::io("stat", path, e)),
-        }
+        let id = self.key_id(key)?;
+        let meta = self.find(key, id, |p| std::fs::metadata(p), "stat").await?;
+        Ok(info(key, &meta))
     }
 
+    /// Move messages whose rows are durable from `tmp/` to `messages/` (see the module
+    /// docs). The renames are not fsynced: a start-up recovery finishes any a power cut
+    /// undid, as the rows are there.
+    async fn publish(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        let store = self.clone();
+        blocking("rename", &self.tmp, move || {
+            let _publishing = store.publishing.lock().unwrap_or_else(|p| p.into_inner());
+            for key in keys {
+                let Ok(id) = store.key_id(&key) else { continue };
+                let from = store.unsettled(id);
+                for (from, to) in [
+                    (from.with_extension("env"), store.envelope_path(id)),
+                    (from, store.path(id)),
+                ] {
+                    match std::fs::rename(&from, &to) {
+                        Ok(()) => {}
+                        // Deleted meanwhile.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StoreError::io("rename", &from, e)),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Published messages and committed ones waiting in `tmp/` (those with their
+    /// envelope: a message file alone there may be a partial write).
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
-        let dir = self.messages.clone();
-        tokio::task::spawn_blocking(move || {
-            let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))?;
-            let mut out = Vec::new();
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
-                    continue;
-                };
-                let Ok(meta) = entry.metadata() else { continue };
-                out.push(info(key, &meta));
+        let (messages, tmp) = (self.messages.clone(), self.tmp.clone());
+        blocking("list", &self.messages, move || {
+            // `tmp/` first: a message published between the two listings is then seen
+            // twice (kept once), never missed.
+            let mut out: Vec<BlobInfo> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (dir, published) in [(&tmp, false), (&messages, true)] {
+                let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let key = if published {
+                        name.strip_suffix(".eml")
+                    } else {
+                        Some(name).filter(|n| {
+                            !n.ends_with(".env") && dir.join(format!("{n}.env")).exists()
+                        })
+                    };
+                    let Some(key) = key else { continue };
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if seen.insert(key.to_string()) {
+                        out.push(info(key, &meta));
+                    }
+                }
             }
             Ok(out)
         })
         .await
-        .map_err(|e| StoreError::io("list", &self.messages, std::io::Error::other(e)))?
     }
 }
 
 struct FsBlobWriter {
-    file: BufWriter<tokio::fs::File>,
+    /// Bytes not yet written to the file: a message smaller than [`WRITE_BUFFER`] is
+    /// written, flushed and named by one blocking call at commit.
+    buf: Vec<u8>,
+    /// Created at the first write that fills the buffer, or at commit.
+    file: Option<std::fs::File>,
     tmp: PathBuf,
-    dest: PathBuf,
     /// Written beside the message at commit, flushed with it.
     envelope: Option<Vec<u8>>,
     tmp_dir: Arc<std::fs::File>,
 }
 
-/// Create `path` (0600, never over an existing file) holding `bytes`.
-async fn write_new(path: &Path, bytes: &[u8]) -> Result<tokio::fs::File, StoreError> {
-    let mut f = tokio::fs::OpenOptions::new()
+/// Create `path` (0600, never over an existing file).
+fn create_new(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .await
-        .map_err(|e| StoreError::io("create", path, e))?;
+        .map_err(|e| StoreError::io("create", path, e))
+}
+
+/// Append `bytes` to `file`, or to `path` created for them (noted in `made`).
+fn append(
+    file: Option<std::fs::File>,
+    path: &Path,
+    bytes: &[u8],
+    made: &mut Vec<PathBuf>,
+) -> Result<std::fs::File, StoreError> {
+    use std::io::Write;
+    let mut f = match file {
+        Some(f) => f,
+        None => {
+            let f = create_new(path)?;
+            made.push(path.to_path_buf());
+            f
+        }
+    };
     f.write_all(bytes)
-        .await
-        .map_err(|e| StoreError::io("write", path, e))?;
-    // tokio's write returns once the bytes are handed to a blocking thread; only `flush`
-    // reports that write's error (`sync_data` would wait for it and drop the error).
-    f.flush()
-        .await
         .map_err(|e| StoreError::io("write", path, e))?;
     Ok(f)
 }
 
+/// Run blocking file work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::io(what, path, std::io::Error::other(e)))?
+}
+
 #[async_trait]
 impl BlobWriter for FsBlobWriter {
-    async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        self.file
-            .write_all(buf)
-            .await
-            .map_err(|e| StoreError::io("write", &self.tmp, e))
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() < WRITE_BUFFER {
+            return Ok(());
+        }
+        let (file, tmp) = (self.file.take(), self.tmp.clone());
+        let mut bytes = std::mem::take(&mut self.buf);
+        let (file, bytes) = blocking("write", &self.tmp, move || {
+            // The file is this writer's whether it was created now or before: a failed
+            // write removes it (the caller answers 451 and drops the writer).
+            let f = append(file, &tmp, &bytes, &mut Vec::new()).inspect_err(|e| {
+                if !matches!(e, StoreError::Io { op: "create", .. }) {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            })?;
+            bytes.clear();
+            Ok((f, bytes))
+        })
+        .await?;
+        self.file = Some(file);
+        self.buf = bytes;
+        Ok(())
     }
 
     fn set_envelope(&mut self, envelope: Vec<u8>) {
@@ -573,70 +723,72 @@ impl BlobWriter for FsBlobWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let tmp = self.tmp.clone();
         let env_tmp = self.tmp.with_extension("env");
-        let env_dest = self.dest.with_extension("env");
-        let envelope = self.envelope.take();
-        let result = async {
-            self.file
-                .flush()
-                .await
-                .map_err(|e| StoreError::io("write", &self.tmp, e))?;
-            let sidecar = match &envelope {
-                Some(env) => Some(write_new(&env_tmp, env).await?),
-                None => None,
-            };
-            // Three flushes at once (see the module docs): the message's data, the
-            // envelope's, and `tmp/`, where both were created: their names must survive
-            // until the renames below are made durable by a later journal commit or
-            // finished by recovery (POSIX promises a new file's name only with an fsync
-            // of its directory).
-            let message = async {
-                self.file
-                    .get_mut()
+        let (file, bytes, envelope) = (
+            self.file.take(),
+            std::mem::take(&mut self.buf),
+            self.envelope.take(),
+        );
+        let dir = self.tmp_dir.clone();
+        let (t, e) = (tmp.clone(), env_tmp.clone());
+        blocking("commit", &tmp, move || {
+            // What this writer created, removed if the commit fails (a name that was
+            // taken, `create_new` failing, belongs to someone else).
+            let mut made = Vec::new();
+            if file.is_some() {
+                made.push(t.clone());
+            }
+            let flush = || {
+                let message = append(file, &t, &bytes, &mut made)?;
+                let sidecar = match &envelope {
+                    Some(env) => Some(append(None, &e, env, &mut made)?),
+                    None => None,
+                };
+                // Each file its own flush (it reports that file's writeback error), the
+                // two at once (one after the other, each would wait for a journal commit
+                // of its own: the envelope's data is allocated only when it is written
+                // back), then `tmp/`, where both were created: POSIX promises a new
+                // file's name only with an fsync of its directory, which the message's
+                // flush has committed already on ext4 and XFS.
+                let sidecar = sidecar.map(|f| {
+                    let (done, result) = std::sync::mpsc::channel();
+                    let flush = move || {
+                        let _ = done.send(f.sync_data());
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => drop(rt.spawn_blocking(flush)),
+                        Err(_) => flush(),
+                    }
+                    result
+                });
+                message
                     .sync_data()
-                    .await
-                    .map_err(|e| StoreError::io("fdatasync", &self.tmp, e))
-            };
-            let sidecar = async {
-                match sidecar {
-                    Some(f) => f
-                        .sync_data()
-                        .await
-                        .map_err(|e| StoreError::io("fdatasync", &env_tmp, e)),
-                    None => Ok(()),
+                    .map_err(|err| StoreError::io("fdatasync", &t, err))?;
+                if let Some(result) = sidecar {
+                    result
+                        .recv()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("flush thread stopped")))
+                        .map_err(|err| StoreError::io("fdatasync", &e, err))?;
                 }
+                dir.sync_all()
+                    .map_err(|err| StoreError::io("fsync", t.parent().unwrap_or(&t), err))
             };
-            let names = async {
-                let dir = self.tmp_dir.clone();
-                tokio::task::spawn_blocking(move || dir.sync_all())
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r)
-                    .map_err(|e| StoreError::io("fsync", self.tmp.parent().unwrap_or(&self.tmp), e))
-            };
-            tokio::try_join!(message, sidecar, names)?;
-            if envelope.is_some() {
-                tokio::fs::rename(&env_tmp, &env_dest)
-                    .await
-                    .map_err(|e| StoreError::io("rename", &env_tmp, e))?;
+            let flushed = flush();
+            if flushed.is_err() {
+                for path in &made {
+                    let _ = std::fs::remove_file(path);
+                }
             }
-            tokio::fs::rename(&self.tmp, &self.dest)
-                .await
-                .map_err(|e| StoreError::io("rename", &self.tmp, e))
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&self.tmp).await;
-            if envelope.is_some() {
-                let _ = tokio::fs::remove_file(&env_tmp).await;
-                let _ = tokio::fs::remove_file(&env_dest).await;
-            }
-        }
-        result
+            flushed
+        })
+        .await
     }
 
     async fn abort(self: Box<Self>) {
-        let _ = tokio::fs::remove_file(&self.tmp).await;
+        if self.file.is_some() {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+        }
     }
 }
 
@@ -645,7 +797,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_envelope_is_committed_beside_the_message_and_deleted_with_it() {
+    async fn the_envelope_is_committed_beside_the_message_published_and_deleted_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FsBlobStore::open(dir.path()).unwrap();
         let id = MessageId::new(Utc::now());
@@ -653,17 +805,47 @@ mod tests {
         w.set_envelope(b"{\"envelope\":1}\n".to_vec());
         w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
         w.commit().await.unwrap();
+        let tmp = dir.path().join("tmp");
+        assert_eq!(
+            std::fs::read(tmp.join(format!("{id}.env"))).unwrap(),
+            b"{\"envelope\":1}\n"
+        );
+        assert!(tmp.join(id.to_string()).exists() && !fs.path(id).exists());
+        fs.publish(vec![id.to_string()]).await.unwrap();
         assert_eq!(
             std::fs::read(fs.envelope_path(id)).unwrap(),
             b"{\"envelope\":1}\n"
         );
         assert!(fs.path(id).exists());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
         fs.delete(&id.to_string()).await.unwrap();
         assert!(!fs.path(id).exists() && !fs.envelope_path(id).exists());
+    }
+
+    /// A message larger than the write buffer goes to disk as it arrives, whole.
+    #[tokio::test]
+    async fn a_message_larger_than_the_buffer_is_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        let id = MessageId::new(Utc::now());
+        let mut w = fs.create(id).await.unwrap();
+        let mut want = Vec::new();
+        for i in 0..100u32 {
+            let chunk = vec![b'a' + (i % 26) as u8; 10_000];
+            w.write(&chunk).await.unwrap();
+            want.extend_from_slice(&chunk);
+        }
+        w.commit().await.unwrap();
+        let (got, info) = fs.read_all(&id.to_string()).await.unwrap();
+        assert_eq!(info.size, want.len() as u64);
+        assert!(got == want, "bytes differ");
+        // Aborting one that reached the disk leaves nothing.
+        let other = MessageId::new(Utc::now());
+        let mut w = fs.create(other).await.unwrap();
+        w.write(&vec![b'x'; 2 * WRITE_BUFFER]).await.unwrap();
+        assert!(dir.path().join("tmp").join(other.to_string()).exists());
+        w.abort().await;
+        assert!(!dir.path().join("tmp").join(other.to_string()).exists());
     }
 
     #[test]

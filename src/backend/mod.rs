@@ -93,7 +93,9 @@ impl Storage {
     /// The local spool for `standby serve`, locked for this process first (a second
     /// `serve` on the same data directory stops there, having touched nothing), created
     /// if missing, with what a crash left cleaned up before any connection is accepted:
-    /// in `tmp/`, acknowledged messages put in place and partial writes removed; in
+    /// in `tmp/`, indexed messages put in place, partial writes removed, and committed
+    /// messages whose row a power cut lost handed back in [`Started::recovered`] for the
+    /// caller to index again ([`crate::publish::readmit`]); in
     /// `messages/`, files of deleted (tombstoned) messages deleted and files with no
     /// index row moved to `orphans/` and audited (see [`fs`]).
     pub async fn serve_local(config: &Config) -> Result<(Storage, Started), StoreError> {
@@ -101,11 +103,18 @@ impl Storage {
         let lock = fs::lock_spool(dir)?;
         let blobs = FsBlobStore::open(dir)?;
         let index = SqliteIndex::open(dir)?;
-        let recovered = blobs.recover(|id| index.contains(id))?;
+        // Rows a crashed process wrote unflushed are in the WAL (the page cache): flushed
+        // before their messages move into `messages/`, where a file must have its row.
+        crate::ports::Index::sync(&index).await?;
         let tombstones = index.tombstones()?;
         // Anything older than this was stored before we started: no process can still be
         // about to index it.
         let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let recovered = blobs.recover(
+            |id| index.contains(id),
+            |id| tombstones.contains(&id),
+            settled,
+        )?;
         let orphans = blobs.sweep_orphans(
             |id| index.contains(id),
             |id| tombstones.contains(&id),
@@ -147,15 +156,10 @@ impl Storage {
                 ),
             ));
         }
+        // Messages still in `tmp/` (not published yet, or a crash came first) are read
+        // there; only `standby serve`'s start moves them.
         let blobs = FsBlobStore::open(dir)?;
         let index = SqliteIndex::open(dir)?;
-        let restored = blobs.restore(|id| index.contains(id))?.restored;
-        if restored > 0 {
-            tracing::warn!(
-                restored,
-                "finished moving acknowledged messages into the spool after a crash"
-            );
-        }
         Ok(Storage {
             blobs: Arc::new(blobs),
             index: Arc::new(index),

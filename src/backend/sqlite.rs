@@ -1,8 +1,11 @@
 //! `SqliteIndex`: the message index in an embedded SQLite database (`<data_dir>/index.db`).
 //!
 //! # Guarantees
-//! - WAL mode with `synchronous = FULL`: a write returns only after its commit is flushed,
-//!   so "250 means durable" holds for the index row as it does for the blob. The bundled
+//! - WAL mode with `synchronous = FULL`: a write returns only after its commit is flushed.
+//!   The receive path's insert is the exception ([`Index::insert_unsynced`]): committed
+//!   without a flush, made durable by the publisher's [`Index::sync`] off the path, as the
+//!   message's flushed envelope survives a power cut on its own (see
+//!   [`crate::publish`]). The bundled
 //!   SQLite is built to flush with `fdatasync(2)`, not `fsync(2)` (`.cargo/config.toml`):
 //!   the WAL's data and size, without its modification time, which on ext4 would cost a
 //!   journal commit per transaction.
@@ -135,10 +138,68 @@ INSERT INTO message_subjects(rowid, subject)
 #[derive(Clone)]
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
+    /// `index.db-wal`, flushed by [`Index::sync`] (`None`: in memory).
+    wal: Option<Arc<Wal>>,
     inserts: Arc<Group<Record, Result<bool, StoreError>>>,
+    /// Inserts committed without a flush (see [`Index::insert_unsynced`]).
+    unsynced: Arc<Group<Record, Result<bool, StoreError>>>,
     completions: Arc<Group<(Record, String), Result<(), StoreError>>>,
     verdicts: Arc<Group<VerdictWrite, Result<(), StoreError>>>,
     renewals: Arc<Group<Renewal, Result<bool, StoreError>>>,
+}
+
+/// The WAL file, held open from the index's start: Linux reports a writeback error to
+/// every descriptor opened before it, once, so a flush through a descriptor opened
+/// later could miss an error that SQLite's own descriptor was told of. SQLite deletes
+/// its WAL only when its last connection closes (after a full checkpoint); should the
+/// file ever be a new one, the descriptor is opened again (what the old file held is in
+/// the database by then).
+pub struct Wal {
+    path: std::path::PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl Wal {
+    fn open(path: std::path::PathBuf) -> Result<Self, StoreError> {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("open", &path, e)),
+        };
+        Ok(Wal {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let current = match std::fs::metadata(&self.path) {
+            Ok(m) => Some((m.dev(), m.ino())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("stat", &self.path, e)),
+        };
+        let held = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()));
+        if held != current {
+            *file = match current {
+                Some(_) => Some(
+                    std::fs::File::open(&self.path)
+                        .map_err(|e| StoreError::io("open", &self.path, e))?,
+                ),
+                None => None,
+            };
+        }
+        match file.as_ref() {
+            Some(f) => f
+                .sync_data()
+                .map_err(|e| StoreError::io("fdatasync", &self.path, e)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A lease renewal: the record, the claim's token, the new end.
@@ -194,10 +255,14 @@ where
             let n = items.len();
             let res = tokio::task::spawn_blocking(move || {
                 let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-                if commit == Commit::Lazy {
-                    c.pragma_update(None, "synchronous", "NORMAL")
-                        .map_err(db_err)?;
-                }
+                // Set for every transaction, durable ones too: a lazy one whose reset
+                // failed must not leave the connection lazy.
+                let level = match commit {
+                    Commit::Lazy => "NORMAL",
+                    Commit::Durable => "FULL",
+                };
+                c.pragma_update(None, "synchronous", level)
+                    .map_err(db_err)?;
                 let run = |c: &mut Connection| {
                     let tx = c
                         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -556,7 +621,9 @@ impl SqliteIndex {
         // SQLite gives its -wal and -shm files the database file's mode.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::io("chmod", &path, e))?;
-        Self::init(conn)
+        let mut index = Self::init(conn)?;
+        index.wal = Some(Arc::new(Wal::open(data_dir.join("index.db-wal"))?));
+        Ok(index)
     }
 
     /// Whether a record with this id exists, asked synchronously (start-up recovery,
@@ -599,7 +666,9 @@ impl SqliteIndex {
         migrate_tombstones(&conn)?;
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteIndex {
+            wal: None,
             inserts: Arc::new(grouped(conn.clone(), insert_item, Commit::Durable)),
+            unsynced: Arc::new(grouped(conn.clone(), insert_item, Commit::Lazy)),
             completions: Arc::new(grouped(conn.clone(), complete_item, Commit::Durable)),
             verdicts: Arc::new(grouped(conn.clone(), verdict_item, Commit::Lazy)),
             // A renewal need not survive a crash: nobody is left to use the lease.
@@ -741,14 +810,31 @@ fn migrate_versions(conn: &Connection) -> Result<(), StoreError> {
 #[async_trait]
 impl Index for SqliteIndex {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError> {
-        self.inserts.submit(rec.clone()).await.unwrap_or_else(|| {
-            Err(StoreError::Backend {
-                backend: "sqlite",
-                detail: "insert worker stopped".into(),
-                transient: true,
-                source: None,
-            })
-        })
+        self.inserts
+            .submit(rec.clone())
+            .await
+            .unwrap_or_else(|| Err(worker_failed("insert worker stopped".into())))
+    }
+
+    async fn insert_unsynced(&self, rec: &Record) -> Result<bool, StoreError> {
+        self.unsynced
+            .submit(rec.clone())
+            .await
+            .unwrap_or_else(|| Err(worker_failed("insert worker stopped".into())))
+    }
+
+    /// `fdatasync(2)` of the WAL, outside SQLite's locks (writers go on meanwhile): an
+    /// unsynced commit has written its frames to the WAL already, so once they are on
+    /// disk the commit survives a power cut. Frames a checkpoint moved into the database
+    /// file are durable anyway (with `synchronous = NORMAL` a checkpoint flushes the WAL
+    /// before and the database after). See [`Wal`].
+    async fn sync(&self) -> Result<(), StoreError> {
+        let Some(wal) = self.wal.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || wal.sync())
+            .await
+            .map_err(|e| worker_failed(e.to_string()))?
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {

@@ -519,8 +519,26 @@ impl Standby {
         t
     }
 
+    /// `data/messages/`, where a message is once published: call
+    /// [`Standby::wait_published`] first to find every accepted message there.
     pub fn messages_dir(&self) -> PathBuf {
         self.dir.path().join("data/messages")
+    }
+
+    /// Wait until every accepted message has left `data/tmp/` for `data/messages/` (the
+    /// publisher moves them once their index rows are flushed, see `standby::publish`).
+    pub fn wait_published(&self) {
+        let tmp = self.dir.path().join("data/tmp");
+        wait_for(
+            "accepted messages to be published",
+            Duration::from_secs(10),
+            || count_files(&tmp) == 0,
+        );
+    }
+
+    /// Files in `data/messages/` and `data/tmp/`: everything stored, published or not.
+    pub fn stored_files(&self) -> usize {
+        count_files(&self.messages_dir()) + count_files(&self.dir.path().join("data/tmp"))
     }
 }
 
