@@ -132,7 +132,6 @@ pub async fn settle(
                 summary::parse(summary::head(&bytes)),
             )
         };
-        let key = dsn.blob_key();
         if let Some(old) = &existing {
             let dsn = Record {
                 version: old.version,
@@ -141,11 +140,6 @@ pub async fn settle(
             storage.index.update(&dsn, now).await?;
         } else {
             storage.index.insert(&dsn).await?;
-        }
-        // Its row is durable: the store may put it in place (the local spool keeps it in
-        // `tmp/` until then, readable there).
-        if let Err(e) = storage.blobs.publish(vec![key]).await {
-            tracing::warn!(dsn = %id, error = %e, "DSN stored and indexed, not yet moved into place (the next start does)");
         }
         tracing::info!(id = %rec.id, dsn = %id, to_domain = redact(&rec.mail_from), "DSN queued");
     }

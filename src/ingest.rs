@@ -220,8 +220,9 @@ impl Incoming {
         self.writer.write(chunk).await
     }
 
-    /// Make the message durable: blob and envelope committed (flushed), then the index
-    /// row written, made durable by the publisher off the path (see [`crate::publish`]).
+    /// Make the message durable: on the local spool, the blob and its envelope written
+    /// out, the index row written, then all three flushed at once; elsewhere the blob
+    /// committed, then the row. Only then may the listener answer 250.
     ///
     /// # Errors
     /// Any storage error; the message must then not be acknowledged (the listener answers
@@ -253,7 +254,19 @@ impl Incoming {
             }
             .to_json(),
         );
-        writer.commit().await?;
+        // Staged (the local spool): written out and readable, flushed below together
+        // with the row. Otherwise (S3) committed now, and the row written after it.
+        let staged = match writer.stage().await {
+            Ok(staged) => staged,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        let mut writer = Some(writer);
+        if !staged && let Some(w) = writer.take() {
+            w.commit().await?;
+        }
         let key = blob.clone().unwrap_or_else(|| id.to_string());
         let is_journal = env.journal;
         let mut rec = Record {
@@ -290,11 +303,32 @@ impl Incoming {
         if check.is_some() {
             rec.verdicts = Some(Verdicts::pending());
         }
-        // Not flushed here: the bytes and envelope just flushed survive a power cut on
-        // their own, and the publisher makes the row durable off the path (see
-        // [`crate::publish`]).
-        if let Err(e) = storage.index.insert_unsynced(&rec).await {
-            settle_failed_insert(&storage, &rec, &key, e).await?;
+        match writer {
+            // The row written, then the message, its envelope and the row flushed at
+            // once: the file system folds the flushes into one journal commit where one
+            // after the other would wait for two (see [`crate::publish`]).
+            Some(writer) => {
+                if let Err(e) = storage.index.insert_unsynced(&rec).await {
+                    // On an error the writer is dropped unflushed: its files stay in
+                    // `tmp/` unless the settling removed them, and the next start keeps
+                    // them only if the row landed and their bytes are whole.
+                    settle_failed_insert(&storage, &rec, &key, e).await?;
+                }
+                let (flushed, synced) = tokio::join!(writer.commit(), storage.index.sync());
+                if let Err(e) = flushed {
+                    // Not durable, so not acknowledged: no row may point at it.
+                    if let Err(d) = storage.index.delete(&rec).await {
+                        tracing::warn!(%id, error = %d, "cannot remove the row of a message whose flush failed (the next start removes it)");
+                    }
+                    return Err(e);
+                }
+                synced?;
+            }
+            None => {
+                if let Err(e) = storage.index.insert(&rec).await {
+                    settle_failed_insert(&storage, &rec, &key, e).await?;
+                }
+            }
         }
         publisher.submit(key);
         if let Some((checks, job)) = check {

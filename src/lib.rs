@@ -21,8 +21,8 @@
 //! 4. **Domain**: written once against the ports; imports the model, config, ports and
 //!    other domain modules, never an adapter or an entry point.
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
-//!    - [`publish`]: the receive path's index rows made durable in batches, off the
-//!      path, and what a power cut left unindexed indexed again at start.
+//!    - [`publish`]: received messages moved into place in batches once durable, and
+//!      what a crash left unpublished checked (published or removed) at start.
 //!    - [`drain`]: leases, redelivery, per-recipient outcomes, backoff, expiry.
 //!    - [`dsn`]: bounces for failed mail, only to authenticated senders (no backscatter).
 //!    - [`sender`]: the sender's SPF verdict, checked after the 250 in the background.

@@ -70,11 +70,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError>;
     /// Remove a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// The index rows of these committed blobs are durable now ([`Index::sync`]
-    /// returned after [`Index::insert_unsynced`]): a store that keeps committed blobs
-    /// apart until then (the local spool's `tmp/`, from where a start after a power cut
-    /// indexes them again) puts them in place. Default: nothing (every committed blob
-    /// is in place).
+    /// The index rows of these committed blobs are durable: a store that keeps
+    /// committed blobs apart until then (the local spool's `tmp/`, where a start after a
+    /// crash checks each against its row) puts them in place. Default: nothing (every
+    /// committed blob is in place).
     async fn publish(&self, _keys: Vec<String>) -> Result<(), StoreError> {
         Ok(())
     }
@@ -144,6 +143,14 @@ pub trait BlobWriter: Send {
     /// by the reconciler from their own metadata).
     fn set_envelope(&mut self, _envelope: Vec<u8>) {}
     async fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
+    /// Write out the whole blob (and its envelope) so it is readable under its id now,
+    /// durable only once [`commit`](BlobWriter::commit) returns: the caller may then
+    /// write the index row and flush it at the same time as the blob. `false`: this
+    /// store cannot (a blob is readable only once committed, S3), so the caller commits
+    /// first. Default: `false`.
+    async fn stage(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// Make the blob (and its envelope) durable, surviving a power cut, and readable
     /// under its id (the local spool keeps it apart until [`BlobStore::publish`]).
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
@@ -284,9 +291,9 @@ pub trait Index: Send + Sync + 'static {
     async fn insert(&self, rec: &Record) -> Result<bool, StoreError>;
     /// [`Index::insert`], except that the record may be lost by a power cut (never by a
     /// crash of the process) until the next [`Index::sync`] returns; every reader sees
-    /// it at once. Only for a record whose blob was committed with its envelope to a
-    /// store that indexes such blobs again at start (the local spool, see
-    /// `BlobStore::publish`). Default: [`Index::insert`].
+    /// it at once. For the receive path, which flushes the row and the staged blob at
+    /// the same time ([`BlobWriter::stage`]) and answers only when both are durable.
+    /// Default: [`Index::insert`].
     async fn insert_unsynced(&self, rec: &Record) -> Result<bool, StoreError> {
         self.insert(rec).await
     }

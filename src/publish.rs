@@ -1,24 +1,27 @@
-//! Publishing: the receive path's index rows made durable in batches, off the path.
+//! Publishing: received messages moved into place once durable, in batches, off the
+//! reply's path; and what a crash left unpublished, checked at start.
 //!
-//! [`Incoming::commit`](crate::ingest::Incoming::commit) lets the listener answer 250 once
-//! the message's bytes and its envelope (with their size and digest) are flushed and its
-//! row is written, but not flushed ([`Index::insert_unsynced`](crate::ports::Index)).
-//! The bytes alone survive a power cut: the store keeps a committed message apart until
-//! its row is durable (the local spool's `tmp/`), and the next start indexes every such
-//! message again from its envelope ([`readmit`]). The publisher then makes the rows
-//! durable in batches, one [`Index::sync`](crate::ports::Index::sync) for every message
-//! committed while the previous one ran, and has the store put those messages in place
-//! ([`BlobStore::publish`](crate::ports::BlobStore::publish)): a start after a power cut
-//! has at most the last batch to index again, and a message in place always has its row
-//! (a file there without one is an orphan, as before).
+//! [`Incoming::commit`](crate::ingest::Incoming::commit) on the local spool stages the
+//! message and its envelope in `tmp/` (written, not flushed:
+//! [`BlobWriter::stage`](crate::ports::BlobWriter::stage)), writes the row unflushed
+//! ([`Index::insert_unsynced`](crate::ports::Index::insert_unsynced)), then flushes the
+//! files and the index's WAL at once, and the listener answers 250 once all are on disk.
+//! Why at once: on the bench's journaled ext4 a WAL flush after the files' flush was a
+//! second journal commit every session waited for; issued together, the file system
+//! folds them into one.
 //!
-//! Why: on the bench's journaled ext4 a flush of the index's WAL after each file's flush
-//! was a second journal commit every session waited for, one after the other. Now a
-//! session waits for its own files' flush; the WAL's runs beside it and the file system
-//! folds the two into one commit when they meet.
+//! The message stays in `tmp/` (readable there) until the publisher renames it into
+//! `messages/` ([`BlobStore::publish`](crate::ports::BlobStore::publish)) in a batch, after
+//! one more [`Index::sync`](crate::ports::Index::sync) (cheap: the rows are durable
+//! already; it also carries the lazily written sender verdicts). A file in `messages/`
+//! thus always has a durable row. A crash before the flushes finished can leave a staged
+//! message in `tmp/` whose row is missing, or whose bytes a power cut cut short: its 250
+//! was never sent. [`check_unpublished`] runs at start and publishes each message whose
+//! row is there and whose bytes match the row's size and SHA-256, and removes the others
+//! (row and files).
 //!
-//! Stores that keep every write durable (S3 and DynamoDB) take the default port methods:
-//! `insert_unsynced` is `insert`, `sync` and `publish` do nothing.
+//! Stores that cannot stage (S3) commit the blob first and insert the row durably after;
+//! `insert_unsynced`, `sync` and `publish` are then the defaults.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -30,8 +33,8 @@ use crate::ports::Storage;
 
 /// Most messages one batch publishes.
 const BATCH_MAX: usize = 4096;
-/// How long a batch gathers messages after its first: each WAL flush is a journal
-/// commit of the file system, which the receiving sessions' flushes then wait behind.
+/// How long a batch gathers messages after its first: fewer, larger batches of renames
+/// (each batch's directory changes go into the file system's next journal commit).
 const GATHER: Duration = Duration::from_millis(100);
 /// Tries of one batch before its messages are left for the next start to publish.
 const TRIES: u32 = 3;
@@ -105,9 +108,9 @@ async fn worker(storage: Storage, mut rx: mpsc::UnboundedReceiver<Msg>) {
     }
 }
 
-/// Make the batch's rows durable, then put its messages in place; on failure, try again
-/// a little later, and after [`TRIES`] leave them where they are (readable there; the
-/// next start publishes or indexes them again).
+/// Make sure the batch's rows are durable, then put its messages in place; on failure,
+/// try again a little later, and after [`TRIES`] leave them where they are (readable
+/// there; the next start publishes them).
 async fn publish(storage: &Storage, keys: Vec<String>) {
     let n = keys.len();
     let mut tries = 0;
@@ -137,71 +140,58 @@ async fn publish(storage: &Storage, keys: Vec<String>) {
     }
 }
 
-/// What [`readmit`] did at start.
+/// What [`check_unpublished`] did at start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Readmitted {
-    /// Messages indexed again (as at receipt) and published.
-    pub indexed: usize,
-    /// Messages whose bytes do not match their envelope's size and digest (their flush
-    /// never finished, so they were never acknowledged): deleted.
-    pub discarded: usize,
+pub struct Unpublished {
+    /// Acknowledged messages (row and bytes whole), now in place.
+    pub published: usize,
+    /// Messages never acknowledged (no row, or bytes that do not match it): removed,
+    /// with their row.
+    pub removed: usize,
 }
 
-/// At start, before any connection: index again each committed message whose row a power
-/// cut lost (`found`: its id and its envelope's bytes, from the local spool's recovery),
-/// as [`Incoming::commit`](crate::ingest::Incoming::commit) indexed it (held, or filed as
-/// a journal copy), durably, then publish it. A message whose envelope lacks the size and
-/// digest (written by an older version, which indexed before acknowledging) or whose
-/// bytes do not match them was never acknowledged: it is deleted. With `paused` (`standby
-/// reindex`, whose policy is that nothing is redelivered unasked), held mail comes back
-/// `paused`.
+/// At start, before any connection: each message a crash left in `tmp/` with its
+/// envelope (`found`: ids) is published if its row is there and its bytes match the
+/// row's size and SHA-256 (its flushes finished, so it may have been acknowledged), and
+/// removed otherwise, row and files (they did not: no 250 was sent).
 ///
 /// # Errors
-/// Reading a message or writing its row failed: the start stops, the files stay.
-pub async fn readmit(
+/// Reading a message or removing one failed: the start stops, the files stay.
+pub async fn check_unpublished(
     storage: &Storage,
-    found: Vec<(crate::model::MessageId, Vec<u8>)>,
-    journal: &crate::config::Journal,
-    retention: &crate::config::RetentionPolicy,
-    paused: bool,
-) -> Result<Readmitted, StoreError> {
-    let mut out = Readmitted::default();
+    found: Vec<crate::model::MessageId>,
+) -> Result<Unpublished, StoreError> {
+    use sha2::{Digest, Sha256};
+    let mut out = Unpublished::default();
     let mut publish = Vec::new();
-    for (id, envelope) in found {
+    for id in found {
         let key = id.to_string();
-        let stamp = crate::ingest::Stamp::from_json(&envelope)
-            .ok()
-            .filter(|s| s.id == id && s.size.is_some() && s.sha256.is_some());
-        let bytes = match &stamp {
-            Some(_) => Some(storage.blobs.read_all(&key).await?.0),
-            None => None,
-        };
-        let rec = stamp
-            .as_ref()
-            .zip(bytes.as_deref())
-            .and_then(|(stamp, bytes)| {
-                let rec = crate::ingest::rebuild(stamp, bytes, journal, retention);
-                let whole =
-                    stamp.size == Some(rec.size) && stamp.sha256.as_ref() == Some(&rec.sha256);
-                whole.then_some(rec)
-            });
-        match rec {
-            Some(mut rec) => {
-                if paused && rec.status == crate::model::Status::Held {
-                    rec.status = crate::model::Status::Paused;
+        let rec = storage.index.get(id).await?;
+        let whole = match &rec {
+            Some(rec) => match storage.blobs.read_all(&key).await {
+                Ok((bytes, _)) => {
+                    bytes.len() as u64 == rec.size
+                        && hex::encode(Sha256::digest(&bytes)) == rec.sha256
                 }
-                storage.index.insert(&rec).await?;
-                publish.push(key);
-                out.indexed += 1;
-            }
-            None => {
-                tracing::warn!(%id, "stored message incomplete or without its digest (never acknowledged): removed");
-                storage.blobs.delete(&key).await?;
-                out.discarded += 1;
-            }
+                Err(StoreError::MissingBlob(_)) => false,
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        if whole {
+            publish.push(key);
+            out.published += 1;
+            continue;
         }
+        tracing::warn!(%id, indexed = rec.is_some(), "message left incomplete or unindexed by a crash (never acknowledged): removed");
+        if let Some(rec) = &rec {
+            storage.index.delete(rec).await?;
+        }
+        storage.blobs.delete(&key).await?;
+        out.removed += 1;
     }
     if !publish.is_empty() {
+        storage.index.sync().await?;
         storage.blobs.publish(publish).await?;
     }
     Ok(out)

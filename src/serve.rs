@@ -215,25 +215,14 @@ pub async fn serve(
             "finished moving acknowledged messages into the spool after a crash"
         );
     }
-    let unindexed: Vec<_> = recovered
-        .unindexed
-        .into_iter()
-        .map(|s| (s.id, s.envelope.unwrap_or_default()))
-        .collect();
-    if !unindexed.is_empty() {
-        let again = crate::publish::readmit(
-            &storage,
-            unindexed,
-            &config.journal(),
-            &config.retention(),
-            false,
-        )
-        .await?;
+    let unpublished: Vec<_> = recovered.unpublished.iter().map(|s| s.id).collect();
+    if !unpublished.is_empty() {
+        let checked = crate::publish::check_unpublished(&storage, unpublished).await?;
         tracing::warn!(
-            indexed = again.indexed,
-            discarded = again.discarded,
-            "indexed again the stored messages whose index rows a power cut lost; \
-             discarded those whose bytes were incomplete (never acknowledged)"
+            published = checked.published,
+            removed = checked.removed,
+            "after a crash: acknowledged messages put in place; messages whose flush or \
+             index row never finished (never acknowledged) removed"
         );
     }
     let publisher = Arc::new(crate::publish::Publisher::new(storage.clone()));

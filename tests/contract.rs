@@ -521,10 +521,9 @@ async fn local_adapters_keep_the_contract() {
     search_contract(Arc::new(SqliteIndex::open(other.path()).unwrap())).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-    let left = fs.recover(|_| Ok(false), |_| false, later).unwrap();
+    let left = fs.recover(|_| Ok(false), |_| false).unwrap();
     assert_eq!(
-        (left.removed, left.unindexed.len()),
+        (left.removed, left.unpublished.len()),
         (0, 0),
         "abort and delete cleaned up after themselves"
     );
@@ -605,58 +604,60 @@ async fn aws_errors_say_whether_to_retry() {
     assert!(e.is_transient(), "{e}");
 }
 
-/// What a crash or power cut leaves in `tmp/`: a committed message whose row is there
-/// (its publication or rename undone) is readable where it is and put in place at start;
-/// a committed message whose row a power cut lost is handed back to be indexed again; a
-/// partial file of a message never acknowledged is removed.
+/// What a crash leaves in `tmp/`: a message received with its envelope is handed back
+/// (whatever its row: the caller checks), readable where it is; a file committed
+/// without staging whose rename a power cut undid and whose row is there is put in
+/// place; a partial file of a message never acknowledged is removed.
 #[tokio::test]
-async fn fs_spool_recovers_what_a_power_cut_left_in_tmp() {
+async fn fs_spool_recovers_what_a_crash_left_in_tmp() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsBlobStore::open(dir.path()).unwrap();
     let index = SqliteIndex::open(dir.path()).unwrap();
-    let commit = |id: MessageId, body: &'static [u8]| {
+    let commit = |id: MessageId, body: &'static [u8], envelope: bool| {
         let fs = fs.clone();
         async move {
             let mut w = fs.create(id).await.unwrap();
-            w.set_envelope(b"{\"stamp\":1}\n".to_vec());
             w.write(body).await.unwrap();
+            if envelope {
+                // The receive path: staged, then flushed, then left in `tmp/`.
+                w.set_envelope(b"{\"stamp\":1}\n".to_vec());
+                assert!(w.stage().await.unwrap());
+            }
             w.commit().await.unwrap();
         }
     };
-    let r = record(11);
-    commit(r.id, b"Subject: acked\r\n\r\nbody\r\n").await;
-    index.insert(&r).await.unwrap();
-    // Committed, row lost: the envelope comes back with it.
-    let lost = record(13);
-    commit(lost.id, b"Subject: row lost\r\n\r\n").await;
+    let received = record(11);
+    commit(received.id, b"Subject: acked\r\n\r\nbody\r\n", true).await;
+    index.insert(&received).await.unwrap();
+    // Not staged (a DSN): in `messages/` at commit; a power cut undid the rename.
+    let dsn = record(13);
+    commit(dsn.id, b"Subject: dsn\r\n\r\n", false).await;
+    index.insert(&dsn).await.unwrap();
+    std::fs::rename(
+        fs.path(dsn.id),
+        dir.path().join("tmp").join(dsn.id.to_string()),
+    )
+    .unwrap();
     let partial = record(12);
     std::fs::write(dir.path().join("tmp").join(partial.id.to_string()), b"Subj").unwrap();
 
-    // Committed but not published: readable in `tmp/` already.
-    let (bytes, _) = fs.read_all(&r.id.to_string()).await.unwrap();
+    // Committed, not published: readable in `tmp/` already.
+    let (bytes, _) = fs.read_all(&received.id.to_string()).await.unwrap();
     assert_eq!(bytes, b"Subject: acked\r\n\r\nbody\r\n");
-    assert!(!fs.path(r.id).exists());
+    assert!(!fs.path(received.id).exists());
 
     // `standby serve` at start.
-    // (`settled` in the future: the partial file counts as old.)
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-    let got = fs
-        .recover(|id| index.contains(id), |_| false, later)
-        .unwrap();
+    let got = fs.recover(|id| index.contains(id), |_| false).unwrap();
     assert_eq!((got.restored, got.removed), (1, 1));
-    assert_eq!(got.unindexed.len(), 1);
-    assert_eq!(got.unindexed[0].id, lost.id);
-    assert_eq!(
-        got.unindexed[0].envelope.as_deref(),
-        Some(&b"{\"stamp\":1}\n"[..])
-    );
-    assert!(fs.path(r.id).exists() && fs.envelope_path(r.id).exists());
+    assert_eq!(got.unpublished.len(), 1);
+    assert_eq!(got.unpublished[0].id, received.id);
+    assert!(fs.path(dsn.id).exists());
     assert!(!dir.path().join("tmp").join(partial.id.to_string()).exists());
-    // Published once indexed again; deleted wherever it is.
-    fs.publish(vec![lost.id.to_string()]).await.unwrap();
-    assert!(fs.path(lost.id).exists());
-    fs.delete(&lost.id.to_string()).await.unwrap();
-    fs.delete(&r.id.to_string()).await.unwrap();
+    fs.publish(vec![received.id.to_string()]).await.unwrap();
+    assert!(fs.path(received.id).exists() && fs.envelope_path(received.id).exists());
+    for id in [received.id, dsn.id] {
+        fs.delete(&id.to_string()).await.unwrap();
+    }
     assert_eq!(
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
         0

@@ -6,12 +6,10 @@
 //!    write to that file (the per-file flush writes the data back and reports that
 //!    file's own writeback error);
 //!    and an fsync of `tmp/` started after both were created (their names);
-//! 2. the row's write to the index's WAL (`index.db-wal`), not yet flushed (see
-//!    `standby::publish`);
+//! 2. the row's write to the index's WAL (`index.db-wal`), and after it an `fdatasync`
+//!    of the WAL (issued beside the files' flushes, see `standby::publish`);
 //!
-//! and, before or after the 250, the file's move into `messages/` only after an
-//! `fdatasync` of the WAL that started after the row's write (a file in `messages/`
-//! always has a durable row; one left in `tmp/` is indexed again at start).
+//! and, after the 250 or at the stop, the file's move into `messages/`.
 //!
 //! A SIGKILL test cannot see a missing flush (the page cache survives the process); this
 //! one does. With the flushes removed from `FsBlobStore`'s commit it fails on the first
@@ -163,11 +161,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .ok_or(format!(
             "{id}: no fsync of tmp/ after its files were created, before its 250"
         ))?;
-    let _ = (data, envelope, names);
-    // The row: written to the WAL before the 250 (its id is in the page's bytes), not
-    // necessarily flushed by then. The move into `messages/` (after the 250, by the
-    // publisher, or at the stop) must follow a WAL flush that started after that write:
-    // a file in `messages/` always has a durable row.
+    // The row: written to the WAL (its id is in the page's bytes), then flushed, both
+    // before the 250: a WAL flush that started after the row's write and ended before
+    // the 250 (it may run beside the files' flushes, never before the row's write).
     let row = calls
         .iter()
         .filter(before)
@@ -178,7 +174,20 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .ok_or(format!(
             "{id}: its row was not written to the WAL before its 250"
         ))?;
-    let rename = calls
+    calls
+        .iter()
+        .filter(before)
+        .find(|c| {
+            (c.name == "fdatasync" || c.name == "fsync")
+                && fd_path(c).ends_with("/index.db-wal")
+                && c.start >= row
+        })
+        .ok_or(format!(
+            "{id}: no WAL flush after its row was written, before its 250"
+        ))?;
+    let _ = (data, envelope, names);
+    // The move into `messages/` (by the publisher, after the 250, or at the stop).
+    calls
         .iter()
         .find(|c| {
             c.name.starts_with("rename")
@@ -187,17 +196,6 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         })
         .ok_or(format!(
             "{id}: never moved into messages/ (not even at the stop)"
-        ))?;
-    calls
-        .iter()
-        .find(|c| {
-            (c.name == "fdatasync" || c.name == "fsync")
-                && fd_path(c).ends_with("/index.db-wal")
-                && c.start >= row
-                && c.end <= rename.start
-        })
-        .ok_or(format!(
-            "{id}: moved into messages/ without a WAL flush after its row was written"
         ))?;
     Ok(())
 }
@@ -303,8 +301,8 @@ fn every_250_comes_after_the_message_and_its_row_are_flushed() {
     );
     eprintln!(
         "syscall order: {} acknowledgements, each after an fdatasync of its file and of its \
-         envelope that followed their last writes and its row's write; each move into \
-         messages/ after a WAL flush that followed the row's write",
+         envelope that followed their last writes, an fsync of tmp/, and a WAL flush that \
+         followed its row's write",
         acked.len()
     );
 }

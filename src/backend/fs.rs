@@ -89,13 +89,13 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
 /// What [`FsBlobStore::recover`] did and found.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// Indexed messages a crash left in `tmp/`, now in `messages/`.
+    /// Indexed DSNs a crash left in `tmp/`, now in `messages/`.
     pub restored: usize,
     /// Partial, never acknowledged files, deleted.
     pub removed: usize,
-    /// Committed messages (bytes and envelope flushed) whose index row a power cut lost:
-    /// each may have been acknowledged. Still in `tmp/`.
-    pub unindexed: Vec<Spooled>,
+    /// Messages received with their envelope, still in `tmp/`: acknowledged (and to be
+    /// published) only if their row is there and their bytes match it.
+    pub unpublished: Vec<Spooled>,
 }
 
 /// What [`FsBlobStore::sweep_orphans`] did.
@@ -223,24 +223,20 @@ impl FsBlobStore {
         })
     }
 
-    /// Clean up `tmp/` after a crash (see the module docs): finish the move into
-    /// `messages/` of every message `indexed` says has its row; delete the files of
-    /// messages deleted since (`tombstoned`); hand back, as [`Recovered::unindexed`],
-    /// every message committed with its envelope whose row a power cut lost (the caller
-    /// checks the envelope's size and digest against the bytes, indexes it and publishes
-    /// it, or deletes it); remove the rest (partial writes, never acknowledged), except
-    /// files modified after `settled` (an operator command may be between storing a
-    /// DSN and indexing it). Only the receiving process may call this, at start, before
-    /// it accepts connections, after the index's own writes are made durable.
+    /// Clean up `tmp/` after a crash (see the module docs): hand back, as
+    /// [`Recovered::unpublished`], every message received with its envelope (the caller
+    /// publishes it if its row is there and its bytes match the row, and removes it
+    /// otherwise: it was never acknowledged); move into `messages/` every other file
+    /// `indexed` says has its row; remove the rest (partial writes, files of messages
+    /// deleted since, `tombstoned`). Only the receiving process may call this, at start,
+    /// before it accepts connections.
     ///
     /// # Errors
-    /// Listing, renaming, removing, or reading an envelope failed: the start stops
-    /// (an envelope that cannot be read is never taken for a missing one).
+    /// Listing, renaming, removing, or reading an envelope failed: the start stops.
     pub fn recover(
         &self,
         indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
         tombstoned: impl Fn(MessageId) -> bool,
-        settled: std::time::SystemTime,
     ) -> Result<Recovered, StoreError> {
         let entries =
             std::fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
@@ -263,15 +259,22 @@ impl FsBlobStore {
             }
         }
         let mut out = Recovered::default();
-        let recent = |p: &Path| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > settled)
-        };
         for (id, (message, envelope)) in by_id {
             let path = self.unsettled(id);
             let env = path.with_extension("env");
-            if indexed(id)? {
+            let indexed = indexed(id)?;
+            if message && envelope && (indexed || !tombstoned(id)) {
+                // Received by `standby serve`: its row and its bytes are checked against
+                // each other by the caller.
+                let bytes = std::fs::read(&env).map_err(|e| StoreError::io("read", &env, e))?;
+                out.unpublished.push(Spooled {
+                    id,
+                    envelope: Some(bytes),
+                    path,
+                    orphan: false,
+                });
+            } else if indexed {
+                // Flushed before its row was written, its rename undone by a power cut.
                 for (from, to, there) in [
                     (&env, self.envelope_path(id), envelope),
                     (&path, self.path(id), message),
@@ -281,16 +284,6 @@ impl FsBlobStore {
                     }
                 }
                 out.restored += usize::from(message);
-            } else if message && envelope && !tombstoned(id) {
-                let bytes = std::fs::read(&env).map_err(|e| StoreError::io("read", &env, e))?;
-                out.unindexed.push(Spooled {
-                    id,
-                    envelope: Some(bytes),
-                    path,
-                    orphan: false,
-                });
-            } else if !tombstoned(id) && !envelope && recent(&path) {
-                // Not ours to judge yet.
             } else {
                 for (p, there) in [(&env, envelope), (&path, message)] {
                     if there {
@@ -519,6 +512,10 @@ impl BlobStore for FsBlobStore {
             file: None,
             tmp: self.tmp.join(id.to_string()),
             envelope: None,
+            envelope_file: None,
+            staged: false,
+            dest: self.path(id),
+            made: Vec::new(),
             tmp_dir: self.tmp_dir.clone(),
         }))
     }
@@ -639,14 +636,65 @@ impl BlobStore for FsBlobStore {
 
 struct FsBlobWriter {
     /// Bytes not yet written to the file: a message smaller than [`WRITE_BUFFER`] is
-    /// written, flushed and named by one blocking call at commit.
+    /// written by one blocking call at stage (or commit).
     buf: Vec<u8>,
-    /// Created at the first write that fills the buffer, or at commit.
+    /// Created at the first write that fills the buffer, or at stage.
     file: Option<std::fs::File>,
     tmp: PathBuf,
-    /// Written beside the message at commit, flushed with it.
+    /// Written beside the message at stage, flushed with it.
     envelope: Option<Vec<u8>>,
+    /// The envelope's file, once staged.
+    envelope_file: Option<std::fs::File>,
+    /// Staged ([`BlobWriter::stage`]): the row is flushed with the files, and the
+    /// publisher moves them. Otherwise the commit moves them into `messages/` itself,
+    /// before the caller writes the row (a file there without a row is an orphan only
+    /// after the start's settling window).
+    staged: bool,
+    /// `messages/<id>.eml`.
+    dest: PathBuf,
+    /// Files this writer created, removed if it fails or is aborted.
+    made: Vec<PathBuf>,
     tmp_dir: Arc<std::fs::File>,
+}
+
+/// A writer's files once written out, not flushed.
+struct Staged {
+    file: std::fs::File,
+    envelope_file: Option<std::fs::File>,
+    made: Vec<PathBuf>,
+}
+
+/// Write out what `w` holds: the rest of the message, then its envelope (both created
+/// if needed). Nothing is flushed.
+fn write_out(
+    file: Option<std::fs::File>,
+    tmp: &Path,
+    bytes: &[u8],
+    envelope: Option<&[u8]>,
+    mut made: Vec<PathBuf>,
+) -> Result<Staged, (StoreError, Vec<PathBuf>)> {
+    let file = match append(file, tmp, bytes, &mut made) {
+        Ok(f) => f,
+        Err(e) => return Err((e, made)),
+    };
+    let envelope_file = match envelope {
+        Some(env) => match append(None, &tmp.with_extension("env"), env, &mut made) {
+            Ok(f) => Some(f),
+            Err(e) => return Err((e, made)),
+        },
+        None => None,
+    };
+    Ok(Staged {
+        file,
+        envelope_file,
+        made,
+    })
+}
+
+fn remove_all(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Create `path` (0600, never over an existing file).
@@ -701,25 +749,52 @@ impl BlobWriter for FsBlobWriter {
         }
         let (file, tmp) = (self.file.take(), self.tmp.clone());
         let mut bytes = std::mem::take(&mut self.buf);
-        let (file, bytes) = blocking("write", &self.tmp, move || {
-            // The file is this writer's whether it was created now or before: a failed
-            // write removes it (the caller answers 451 and drops the writer).
-            let f = append(file, &tmp, &bytes, &mut Vec::new()).inspect_err(|e| {
-                if !matches!(e, StoreError::Io { op: "create", .. }) {
-                    let _ = std::fs::remove_file(&tmp);
+        let made = std::mem::take(&mut self.made);
+        let (file, bytes, made) = blocking("write", &self.tmp, move || {
+            let mut made = made;
+            match append(file, &tmp, &bytes, &mut made) {
+                Ok(f) => {
+                    bytes.clear();
+                    Ok((f, bytes, made))
                 }
-            })?;
-            bytes.clear();
-            Ok((f, bytes))
+                Err(e) => {
+                    // The caller answers 451 and drops the writer: nothing of it stays.
+                    remove_all(&made);
+                    Err(e)
+                }
+            }
         })
         .await?;
         self.file = Some(file);
         self.buf = bytes;
+        self.made = made;
         Ok(())
     }
 
     fn set_envelope(&mut self, envelope: Vec<u8>) {
         self.envelope = Some(envelope);
+    }
+
+    /// Write the rest of the message and its envelope to `tmp/`, unflushed, in one
+    /// blocking call: readable from now on (see [`FsBlobStore::open`]), durable at
+    /// [`BlobWriter::commit`].
+    async fn stage(&mut self) -> Result<bool, StoreError> {
+        let (file, tmp) = (self.file.take(), self.tmp.clone());
+        let bytes = std::mem::take(&mut self.buf);
+        let envelope = self.envelope.take();
+        let made = std::mem::take(&mut self.made);
+        let staged = blocking("write", &self.tmp, move || {
+            write_out(file, &tmp, &bytes, envelope.as_deref(), made).map_err(|(e, made)| {
+                remove_all(&made);
+                e
+            })
+        })
+        .await?;
+        self.file = Some(staged.file);
+        self.envelope_file = staged.envelope_file;
+        self.made = staged.made;
+        self.staged = true;
+        Ok(true)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
@@ -730,28 +805,42 @@ impl BlobWriter for FsBlobWriter {
             std::mem::take(&mut self.buf),
             self.envelope.take(),
         );
+        let (staged_env, made) = (self.envelope_file.take(), std::mem::take(&mut self.made));
+        let (was_staged, dest) = (self.staged, self.dest.clone());
         let dir = self.tmp_dir.clone();
         let (t, e) = (tmp.clone(), env_tmp.clone());
         blocking("commit", &tmp, move || {
-            // What this writer created, removed if the commit fails (a name that was
-            // taken, `create_new` failing, belongs to someone else).
-            let mut made = Vec::new();
-            if file.is_some() {
-                made.push(t.clone());
-            }
-            let flush = || {
-                let message = append(file, &t, &bytes, &mut made)?;
-                let sidecar = match &envelope {
-                    Some(env) => Some(append(None, &e, env, &mut made)?),
-                    None => None,
-                };
-                // Each file its own flush (it reports that file's writeback error), the
-                // two at once (one after the other, each would wait for a journal commit
-                // of its own: the envelope's data is allocated only when it is written
-                // back), then `tmp/`, where both were created: POSIX promises a new
-                // file's name only with an fsync of its directory, which the message's
-                // flush has committed already on ext4 and XFS.
-                let sidecar = sidecar.map(|f| {
+            // Not staged (or written to since): write out now.
+            let staged = match (file, bytes.is_empty() && envelope.is_none()) {
+                (Some(file), true) => Staged {
+                    file,
+                    envelope_file: staged_env,
+                    made,
+                },
+                (file, _) => {
+                    let mut st = write_out(file, &t, &bytes, envelope.as_deref(), made).map_err(
+                        |(err, made)| {
+                            remove_all(&made);
+                            err
+                        },
+                    )?;
+                    st.envelope_file = st.envelope_file.or(staged_env);
+                    st
+                }
+            };
+            let Staged {
+                file: message,
+                envelope_file,
+                made,
+            } = staged;
+            // Each file its own flush (it reports that file's writeback error), the
+            // two at once (one after the other, each would wait for a journal commit
+            // of its own: a file's blocks are allocated only when it is written
+            // back), then `tmp/`, where both were created: POSIX promises a new
+            // file's name only with an fsync of its directory, which the message's
+            // flush has committed already on ext4 and XFS.
+            let flushed = (|| {
+                let sidecar = envelope_file.map(|f| {
                     let (done, result) = std::sync::mpsc::channel();
                     let flush = move || {
                         let _ = done.send(f.sync_data());
@@ -773,22 +862,35 @@ impl BlobWriter for FsBlobWriter {
                 }
                 dir.sync_all()
                     .map_err(|err| StoreError::io("fsync", t.parent().unwrap_or(&t), err))
-            };
-            let flushed = flush();
-            if flushed.is_err() {
-                for path in &made {
-                    let _ = std::fs::remove_file(path);
+            })();
+            let placed = flushed.and_then(|()| {
+                if was_staged {
+                    return Ok(());
                 }
+                for (from, to) in [(&e, dest.with_extension("env")), (&t, dest.clone())] {
+                    match std::fs::rename(from, &to) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound && from == &e => {}
+                        Err(err) => return Err(StoreError::io("rename", from, err)),
+                    }
+                }
+                Ok(())
+            });
+            if placed.is_err() {
+                remove_all(&made);
             }
-            flushed
+            placed
         })
         .await
     }
 
     async fn abort(self: Box<Self>) {
-        if self.file.is_some() {
-            let _ = tokio::fs::remove_file(&self.tmp).await;
-        }
+        let made = self.made.clone();
+        let _ = blocking("remove", &self.tmp, move || {
+            remove_all(&made);
+            Ok(())
+        })
+        .await;
     }
 }
 
@@ -804,6 +906,10 @@ mod tests {
         let mut w = fs.create(id).await.unwrap();
         w.set_envelope(b"{\"envelope\":1}\n".to_vec());
         w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        assert!(w.stage().await.unwrap());
+        // Staged: readable before it is durable.
+        let (bytes, _) = fs.read_all(&id.to_string()).await.unwrap();
+        assert_eq!(bytes, b"Subject: x\r\n\r\nbody\r\n");
         w.commit().await.unwrap();
         let tmp = dir.path().join("tmp");
         assert_eq!(

@@ -110,11 +110,7 @@ impl Storage {
         // Anything older than this was stored before we started: no process can still be
         // about to index it.
         let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        let recovered = blobs.recover(
-            |id| index.contains(id),
-            |id| tombstones.contains(&id),
-            settled,
-        )?;
+        let recovered = blobs.recover(|id| index.contains(id), |id| tombstones.contains(&id))?;
         let orphans = blobs.sweep_orphans(
             |id| index.contains(id),
             |id| tombstones.contains(&id),

@@ -67,24 +67,17 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
     // Messages deleted (retention, an operator) whose files a crash left behind: the
     // next start removes them; they are never brought back.
     let deleted = index.tombstones()?;
-    // What a crash left in `tmp/` first, as `standby serve`'s start does: indexed messages
-    // put in place, committed ones whose row was lost indexed again (paused unless
-    // `--held`), partial writes removed.
-    index.sync().await?;
-    let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    let recovered = blobs.recover(|id| index.contains(id), |id| deleted.contains(&id), settled)?;
-    let unindexed = recovered
-        .unindexed
-        .into_iter()
-        .map(|s| (s.id, s.envelope.unwrap_or_default()))
-        .collect();
+    // What a crash left in `tmp/` first, as `standby serve`'s start does: each message
+    // put in place if its row is there and its bytes match it, removed otherwise (never
+    // acknowledged); partial writes removed.
+    let recovered = blobs.recover(|id| index.contains(id), |id| deleted.contains(&id))?;
     let storage = crate::ports::Storage {
         blobs: std::sync::Arc::new(blobs.clone()),
         index: std::sync::Arc::new(index.clone()),
         audit: std::sync::Arc::new(crate::backend::FsAuditLog::new(dir)),
     };
-    let again = crate::publish::readmit(&storage, unindexed, &journal, &retention, !held).await?;
-    summary.reindexed += again.indexed;
+    let unpublished = recovered.unpublished.iter().map(|s| s.id).collect();
+    crate::publish::check_unpublished(&storage, unpublished).await?;
     for found in blobs.spooled()? {
         let has_row = index.contains(found.id)?;
         if !has_row && deleted.contains(&found.id) {
