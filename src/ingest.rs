@@ -308,11 +308,13 @@ impl Incoming {
             // once: the file system folds the flushes into one journal commit where one
             // after the other would wait for two (see [`crate::publish`]).
             Some(writer) => {
-                if let Err(e) = storage.index.insert_unsynced(&rec).await {
-                    // On an error the writer is dropped unflushed: its files stay in
-                    // `tmp/` unless the settling removed them, and the next start keeps
-                    // them only if the row landed and their bytes are whole.
-                    settle_failed_insert(&storage, &rec, &key, e).await?;
+                if let Err(e) = storage.index.insert_unsynced(&rec).await
+                    && let Err(e) = settle_failed_insert(&storage, &rec, &key, e).await
+                {
+                    // Not acknowledged: its files go (should the row land after all,
+                    // the next start drops a row without its message).
+                    writer.abort().await;
+                    return Err(e);
                 }
                 let (flushed, synced) = tokio::join!(writer.commit(), storage.index.sync());
                 if let Err(e) = flushed {

@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::StoreError;
+use crate::model::{MessageId, Status};
 use crate::ports::Storage;
 
 /// Most messages one batch publishes.
@@ -143,48 +146,76 @@ async fn publish(storage: &Storage, keys: Vec<String>) {
 /// What [`check_unpublished`] did at start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Unpublished {
-    /// Acknowledged messages (row and bytes whole), now in place.
+    /// Messages whose row is there and whose bytes match it: in place now.
     pub published: usize,
-    /// Messages never acknowledged (no row, or bytes that do not match it): removed,
-    /// with their row.
+    /// Messages without a row whose bytes match their envelope's size and SHA-256 (their
+    /// flush finished; the row's did not, or the index is older than the spool): indexed
+    /// again from the envelope and put in place. Each may have been acknowledged (an
+    /// index restored from an older copy) or not (a crash between the two flushes: then
+    /// the client sends it again, a crash-window duplicate).
+    pub readmitted: usize,
+    /// Messages whose bytes match neither (a power cut before their flush finished, so
+    /// no 250 was sent): removed, with their row.
     pub removed: usize,
 }
 
-/// At start, before any connection: each message a crash left in `tmp/` with its
-/// envelope (`found`: ids) is published if its row is there and its bytes match the
-/// row's size and SHA-256 (its flushes finished, so it may have been acknowledged), and
-/// removed otherwise, row and files (they did not: no 250 was sent).
+/// At start, before any connection: each message a crash left in `tmp/` (`found`: its
+/// id and its envelope's bytes, if any) is published if its row is there and its bytes
+/// match the row's size and SHA-256; indexed again from its envelope and published if it
+/// has no row and its bytes match the envelope (held, or `paused` for `standby
+/// reindex`, whose rule is that nothing it rebuilds is redelivered unasked); removed
+/// otherwise, with its row: its flush never finished, so it was never acknowledged.
 ///
 /// # Errors
-/// Reading a message or removing one failed: the start stops, the files stay.
+/// Reading a message or writing the index failed: the start stops, the files stay.
 pub async fn check_unpublished(
     storage: &Storage,
-    found: Vec<crate::model::MessageId>,
+    found: Vec<(MessageId, Option<Vec<u8>>)>,
+    journal: &crate::config::Journal,
+    retention: &crate::config::RetentionPolicy,
+    paused: bool,
 ) -> Result<Unpublished, StoreError> {
-    use sha2::{Digest, Sha256};
     let mut out = Unpublished::default();
     let mut publish = Vec::new();
-    for id in found {
+    for (id, envelope) in found {
         let key = id.to_string();
-        let rec = storage.index.get(id).await?;
-        let whole = match &rec {
-            Some(rec) => match storage.blobs.read_all(&key).await {
-                Ok((bytes, _)) => {
-                    bytes.len() as u64 == rec.size
-                        && hex::encode(Sha256::digest(&bytes)) == rec.sha256
-                }
-                Err(StoreError::MissingBlob(_)) => false,
-                Err(e) => return Err(e),
-            },
-            None => false,
+        let bytes = match storage.blobs.read_all(&key).await {
+            Ok((bytes, _)) => Some(bytes),
+            Err(StoreError::MissingBlob(_)) => None,
+            Err(e) => return Err(e),
         };
-        if whole {
-            publish.push(key);
-            out.published += 1;
-            continue;
+        let row = storage.index.get(id).await?;
+        let digest = bytes
+            .as_deref()
+            .map(|b| (b.len() as u64, hex::encode(Sha256::digest(b))));
+        match (&row, &digest) {
+            (Some(rec), Some((size, sha))) if rec.size == *size && &rec.sha256 == sha => {
+                publish.push(key);
+                out.published += 1;
+                continue;
+            }
+            (None, Some((size, sha))) => {
+                let stamp = envelope
+                    .as_deref()
+                    .and_then(|e| crate::ingest::Stamp::from_json(e).ok())
+                    .filter(|s| {
+                        s.id == id && s.size == Some(*size) && s.sha256.as_ref() == Some(sha)
+                    });
+                if let (Some(stamp), Some(bytes)) = (stamp, &bytes) {
+                    let mut rec = crate::ingest::rebuild(&stamp, bytes, journal, retention);
+                    if paused && rec.status == Status::Held {
+                        rec.status = Status::Paused;
+                    }
+                    storage.index.insert(&rec).await?;
+                    publish.push(key);
+                    out.readmitted += 1;
+                    continue;
+                }
+            }
+            _ => {}
         }
-        tracing::warn!(%id, indexed = rec.is_some(), "message left incomplete or unindexed by a crash (never acknowledged): removed");
-        if let Some(rec) = &rec {
+        tracing::warn!(%id, indexed = row.is_some(), "message left incomplete by a crash (never acknowledged): removed");
+        if let Some(rec) = &row {
             storage.index.delete(rec).await?;
         }
         storage.blobs.delete(&key).await?;

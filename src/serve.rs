@@ -209,20 +209,33 @@ pub async fn serve(
             "removed unfinished (never acknowledged) spool files"
         );
     }
-    if recovered.restored > 0 {
+    if started.dropped > 0 {
         tracing::warn!(
-            restored = recovered.restored,
-            "finished moving acknowledged messages into the spool after a crash"
+            dropped = started.dropped,
+            "after a power cut: rows whose messages never reached the disk (never \
+             acknowledged) removed"
         );
     }
-    let unpublished: Vec<_> = recovered.unpublished.iter().map(|s| s.id).collect();
+    let unpublished: Vec<_> = recovered
+        .unpublished
+        .into_iter()
+        .map(|s| (s.id, s.envelope))
+        .collect();
     if !unpublished.is_empty() {
-        let checked = crate::publish::check_unpublished(&storage, unpublished).await?;
+        let checked = crate::publish::check_unpublished(
+            &storage,
+            unpublished,
+            &config.journal(),
+            &config.retention(),
+            false,
+        )
+        .await?;
         tracing::warn!(
             published = checked.published,
+            readmitted = checked.readmitted,
             removed = checked.removed,
-            "after a crash: acknowledged messages put in place; messages whose flush or \
-             index row never finished (never acknowledged) removed"
+            "after a crash: stored messages put in place (those without a row indexed \
+             again from their envelope); incomplete ones (never acknowledged) removed"
         );
     }
     let publisher = Arc::new(crate::publish::Publisher::new(storage.clone()));

@@ -126,30 +126,37 @@ fn a_second_serve_on_the_same_spool_exits_and_touches_nothing() {
 }
 
 /// What a crash leaves in `tmp/` (the publisher moves messages into `messages/` after
-/// their 250): a message whose row is there and whose bytes match it was acknowledged,
-/// and the next start puts it in place; one whose bytes are short of its row's size and
-/// digest (a power cut before its flush finished), one without a row (a crash before
-/// the row's flush) and one deleted (tombstoned) before it was published were never
-/// acknowledged, or are gone: removed, rows included.
+/// their 250), and rows whose files it lost, checked at the next start:
+/// - row and bytes that match: acknowledged, put in place;
+/// - bytes that match their envelope but no row (the files' flush finished, the row's
+///   did not, or an index older than the spool): indexed again, as received, held;
+/// - a row but bytes short of it (a power cut before the flush finished, no 250 sent),
+///   and a row whose message is nowhere (its WAL flush finished, its files' did not):
+///   removed, row and files;
+/// - a message deleted (tombstoned) before it was published: removed.
 #[test]
 fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
     let mut sb = Standby::start(fake.port, "");
-    for i in 0..4 {
+    for i in 0..5 {
         sb.send("bob@example.test", &["--header", &format!("Subject: m{i}")]);
     }
     let all = ids(&sb);
-    let (acked, torn, unindexed, purged) = (&all[0], &all[1], &all[2], &all[3]);
+    let (acked, unindexed, torn, purged, vanished) = (&all[0], &all[1], &all[2], &all[3], &all[4]);
     let acked_rec = sb.json(&["show", acked, "--json"]);
+    let unindexed_rec = sb.json(&["show", unindexed, "--json"]);
     assert!(sb.terminate().success());
     let (messages, tmp) = (sb.messages_dir(), sb.dir.path().join("data/tmp"));
-    for id in [acked, torn, unindexed, purged] {
+    for id in [acked, unindexed, torn, purged] {
         std::fs::rename(messages.join(format!("{id}.eml")), tmp.join(id)).unwrap();
         std::fs::rename(
             messages.join(format!("{id}.env")),
             tmp.join(format!("{id}.env")),
         )
         .unwrap();
+    }
+    for f in [format!("{vanished}.eml"), format!("{vanished}.env")] {
+        std::fs::remove_file(messages.join(f)).unwrap();
     }
     let torn_file = tmp.join(torn);
     let len = std::fs::metadata(&torn_file).unwrap().len();
@@ -170,17 +177,23 @@ fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
 
     assert_eq!(
         ids(&sb),
-        vec![acked.clone()],
-        "only the acknowledged one stays"
+        vec![acked.clone(), unindexed.clone()],
+        "the whole ones stay, the others go"
     );
-    let rec = sb.json(&["show", acked, "--json"]);
-    assert_eq!(receipt_fields(&rec), receipt_fields(&acked_rec));
-    assert_eq!(rec["status"], "held");
+    for (id, before) in [(acked, &acked_rec), (unindexed, &unindexed_rec)] {
+        let rec = sb.json(&["show", id, "--json"]);
+        assert_eq!(receipt_fields(&rec), receipt_fields(before));
+        assert_eq!(rec["status"], "held");
+    }
     assert!(names(&tmp).is_empty(), "left in tmp/: {:?}", names(&tmp));
-    assert_eq!(
-        names(&messages),
-        vec![format!("{acked}.eml"), format!("{acked}.env")]
-    );
+    let mut want = vec![
+        format!("{acked}.eml"),
+        format!("{acked}.env"),
+        format!("{unindexed}.eml"),
+        format!("{unindexed}.env"),
+    ];
+    want.sort();
+    assert_eq!(names(&messages), want);
     assert!(names(&sb.dir.path().join("data/orphans")).is_empty());
     let raw = sb.cli(&["show", acked, "--raw"]);
     assert!(String::from_utf8_lossy(&raw.stdout).contains("Subject: m0"));

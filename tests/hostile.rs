@@ -61,6 +61,7 @@ fn size_limit_is_exact() {
         1,
         "only the message at the limit is stored"
     );
+    sb.wait_published();
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
 }
 
@@ -158,6 +159,7 @@ fn client_gone_mid_data_leaves_nothing() {
     });
     assert!(sb.list("all").is_empty());
     assert_eq!(sb.stored_files(), 0);
+    sb.wait_published();
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
     still_serving(&sb);
 }

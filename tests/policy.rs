@@ -79,6 +79,7 @@ fn oversize_message_gets_552_and_nothing_is_stored() {
     );
     assert!(sb.list("all").is_empty());
     assert_eq!(sb.stored_files(), 0);
+    sb.wait_published();
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
 }
 

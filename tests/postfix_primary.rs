@@ -166,6 +166,7 @@ fn acknowledged_mail_survives_kill_9() {
         5,
         "acknowledged mail lost across kill -9: {held:?}"
     );
+    sb.wait_published();
     assert_eq!(count_files(&sb.dir.path().join("data/tmp")), 0);
 
     pf.start();

@@ -89,12 +89,10 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
 /// What [`FsBlobStore::recover`] did and found.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// Indexed DSNs a crash left in `tmp/`, now in `messages/`.
-    pub restored: usize,
     /// Partial, never acknowledged files, deleted.
     pub removed: usize,
-    /// Messages received with their envelope, still in `tmp/`: acknowledged (and to be
-    /// published) only if their row is there and their bytes match it.
+    /// Message files a crash left in `tmp/` with a row or an envelope (the envelope's
+    /// bytes when there is one), still there: the caller checks each.
     pub unpublished: Vec<Spooled>,
 }
 
@@ -172,6 +170,37 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("fsync", dir, e))
 }
 
+/// A descriptor flushed by every commit, whose first failed flush fails every later
+/// one: Linux reports a writeback error once per descriptor, so on a descriptor shared by
+/// all sessions the commit after the one that saw an error would see none. A spool whose
+/// directory cannot be flushed answers 451 until `standby serve` restarts.
+pub(crate) struct Sticky {
+    file: std::fs::File,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Sticky {
+    pub(crate) fn new(file: std::fs::File) -> Self {
+        Sticky {
+            file,
+            failed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// `fsync(2)`, or the error a flush of this descriptor met before.
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "an earlier flush of this file failed (restart `standby serve` once the disk is sound)",
+            ));
+        }
+        self.file
+            .sync_all()
+            .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
+    }
+}
+
 /// The message id a spool file is named after (`<id>`, `<id>.eml`, `<id>.env`).
 fn file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
     let name = name.to_str()?;
@@ -189,7 +218,7 @@ pub struct FsBlobStore {
     tmp: PathBuf,
     orphans: PathBuf,
     /// `tmp/` itself, fsynced by each commit so the new files' names are durable there.
-    tmp_dir: Arc<std::fs::File>,
+    tmp_dir: Arc<Sticky>,
     /// Held while publishing and while deleting, so a delete never races a rename.
     publishing: Arc<std::sync::Mutex<()>>,
 }
@@ -215,7 +244,7 @@ impl FsBlobStore {
         }
         let tmp_dir = std::fs::File::open(&tmp).map_err(|e| StoreError::io("open", &tmp, e))?;
         Ok(FsBlobStore {
-            tmp_dir: Arc::new(tmp_dir),
+            tmp_dir: Arc::new(Sticky::new(tmp_dir)),
             publishing: Arc::default(),
             orphans: data_dir.join("orphans"),
             messages,
@@ -224,15 +253,14 @@ impl FsBlobStore {
     }
 
     /// Clean up `tmp/` after a crash (see the module docs): hand back, as
-    /// [`Recovered::unpublished`], every message received with its envelope (the caller
-    /// publishes it if its row is there and its bytes match the row, and removes it
-    /// otherwise: it was never acknowledged); move into `messages/` every other file
-    /// `indexed` says has its row; remove the rest (partial writes, files of messages
-    /// deleted since, `tombstoned`). Only the receiving process may call this, at start,
-    /// before it accepts connections.
+    /// [`Recovered::unpublished`], every message file that has a row (`indexed`) or an
+    /// envelope, for the caller to check (see `crate::publish::check_unpublished`);
+    /// remove the rest (partial writes, envelopes without their message, files of
+    /// messages deleted since, `tombstoned`). Only the receiving process may call this,
+    /// at start, before it accepts connections.
     ///
     /// # Errors
-    /// Listing, renaming, removing, or reading an envelope failed: the start stops.
+    /// Listing, removing, or reading an envelope failed: the start stops.
     pub fn recover(
         &self,
         indexed: impl Fn(MessageId) -> Result<bool, StoreError>,
@@ -259,47 +287,51 @@ impl FsBlobStore {
             }
         }
         let mut out = Recovered::default();
+        let gone = |r: std::io::Result<()>, p: &Path, op: &'static str| match r {
+            // Another process (a `standby drain` storing a DSN) moved it meanwhile.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(op, p, e)),
+            _ => Ok(()),
+        };
         for (id, (message, envelope)) in by_id {
             let path = self.unsettled(id);
             let env = path.with_extension("env");
             let indexed = indexed(id)?;
-            if message && envelope && (indexed || !tombstoned(id)) {
-                // Received by `standby serve`: its row and its bytes are checked against
-                // each other by the caller.
-                let bytes = std::fs::read(&env).map_err(|e| StoreError::io("read", &env, e))?;
+            if message && (indexed || (envelope && !tombstoned(id))) {
+                // Checked by the caller: its row against its bytes, or its envelope
+                // against its bytes when it has no row.
+                let bytes = if envelope {
+                    match std::fs::read(&env) {
+                        Ok(b) => Some(b),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(StoreError::io("read", &env, e)),
+                    }
+                } else {
+                    None
+                };
                 out.unpublished.push(Spooled {
                     id,
-                    envelope: Some(bytes),
+                    envelope: bytes,
                     path,
                     orphan: false,
                 });
-            } else if indexed {
-                // Flushed before its row was written, its rename undone by a power cut.
-                for (from, to, there) in [
-                    (&env, self.envelope_path(id), envelope),
-                    (&path, self.path(id), message),
-                ] {
-                    if there {
-                        std::fs::rename(from, to).map_err(|e| StoreError::io("rename", from, e))?;
-                    }
-                }
-                out.restored += usize::from(message);
             } else {
                 for (p, there) in [(&env, envelope), (&path, message)] {
                     if there {
-                        std::fs::remove_file(p).map_err(|e| StoreError::io("remove", p, e))?;
+                        gone(std::fs::remove_file(p), p, "remove")?;
                     }
                 }
                 out.removed += usize::from(message);
             }
         }
-        if out.restored > 0 {
-            sync_dir(&self.messages)?;
-        }
         if out.removed > 0 {
             sync_dir(&self.tmp)?;
         }
         Ok(out)
+    }
+
+    /// Whether the message file of `id` is there, published or not.
+    pub fn has(&self, id: MessageId) -> bool {
+        self.path(id).exists() || self.unsettled(id).exists() || self.path(id).exists()
     }
 
     /// Path of a committed message file.
@@ -559,7 +591,7 @@ impl BlobStore for FsBlobStore {
             if in_tmp {
                 store
                     .tmp_dir
-                    .sync_all()
+                    .sync()
                     .map_err(|e| StoreError::io("fsync", &store.tmp, e))?;
             }
             sync_dir(&store.messages)
@@ -654,7 +686,7 @@ struct FsBlobWriter {
     dest: PathBuf,
     /// Files this writer created, removed if it fails or is aborted.
     made: Vec<PathBuf>,
-    tmp_dir: Arc<std::fs::File>,
+    tmp_dir: Arc<Sticky>,
 }
 
 /// A writer's files once written out, not flushed.
@@ -860,7 +892,7 @@ impl BlobWriter for FsBlobWriter {
                         .unwrap_or_else(|_| Err(std::io::Error::other("flush thread stopped")))
                         .map_err(|err| StoreError::io("fdatasync", &e, err))?;
                 }
-                dir.sync_all()
+                dir.sync()
                     .map_err(|err| StoreError::io("fsync", t.parent().unwrap_or(&t), err))
             })();
             let placed = flushed.and_then(|()| {

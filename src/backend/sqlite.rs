@@ -157,6 +157,9 @@ pub struct SqliteIndex {
 pub struct Wal {
     path: std::path::PathBuf,
     file: Mutex<Option<std::fs::File>>,
+    /// Set by the first failed flush: every later one fails too (the descriptor is
+    /// shared by all sessions, and Linux reports a writeback error to it once).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Wal {
@@ -169,6 +172,7 @@ impl Wal {
         Ok(Wal {
             path,
             file: Mutex::new(file),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -193,10 +197,21 @@ impl Wal {
                 None => None,
             };
         }
+        use std::sync::atomic::Ordering;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::io(
+                "fdatasync",
+                &self.path,
+                std::io::Error::other(
+                    "an earlier flush of the WAL failed (restart `standby serve` once the disk is sound)",
+                ),
+            ));
+        }
         match file.as_ref() {
-            Some(f) => f
-                .sync_data()
-                .map_err(|e| StoreError::io("fdatasync", &self.path, e)),
+            Some(f) => f.sync_data().map_err(|e| {
+                self.failed.store(true, Ordering::SeqCst);
+                StoreError::io("fdatasync", &self.path, e)
+            }),
             None => Ok(()),
         }
     }
@@ -717,6 +732,27 @@ impl SqliteIndex {
             .filter_map(|r| r.ok()?.parse().ok())
             .collect();
         Ok(ids)
+    }
+
+    /// Held records received at most `window` before the newest held one: where a row
+    /// whose message files a power cut lost can be (see
+    /// [`Storage::serve_local`](crate::ports::Storage::serve_local)).
+    pub fn newest_held(&self, window: chrono::Duration) -> Result<Vec<Record>, StoreError> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = c
+            .prepare(&format!(
+                "SELECT {COLS} FROM messages WHERE status = 'held' AND received_at >=
+                 (SELECT MAX(received_at) FROM messages WHERE status = 'held') - ?1"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([window.num_milliseconds()], row_to_record)
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(db_err)??);
+        }
+        Ok(out)
     }
 
     /// Forget tombstones whose files are durably gone.

@@ -68,16 +68,24 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
     // next start removes them; they are never brought back.
     let deleted = index.tombstones()?;
     // What a crash left in `tmp/` first, as `standby serve`'s start does: each message
-    // put in place if its row is there and its bytes match it, removed otherwise (never
-    // acknowledged); partial writes removed.
+    // put in place if its row is there and its bytes match it, indexed again (paused
+    // unless `--held`) if it has no row and its bytes match its envelope, removed
+    // otherwise (never acknowledged); partial writes removed.
     let recovered = blobs.recover(|id| index.contains(id), |id| deleted.contains(&id))?;
     let storage = crate::ports::Storage {
         blobs: std::sync::Arc::new(blobs.clone()),
         index: std::sync::Arc::new(index.clone()),
         audit: std::sync::Arc::new(crate::backend::FsAuditLog::new(dir)),
     };
-    let unpublished = recovered.unpublished.iter().map(|s| s.id).collect();
-    crate::publish::check_unpublished(&storage, unpublished).await?;
+    let unpublished = recovered
+        .unpublished
+        .into_iter()
+        .map(|s| (s.id, s.envelope))
+        .collect();
+    let checked =
+        crate::publish::check_unpublished(&storage, unpublished, &journal, &retention, !held)
+            .await?;
+    summary.reindexed += checked.readmitted;
     for found in blobs.spooled()? {
         let has_row = index.contains(found.id)?;
         if !has_row && deleted.contains(&found.id) {
