@@ -186,8 +186,9 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
             "{id}: no WAL flush after its row was written, before its 250"
         ))?;
     let _ = (data, envelope, names);
-    // The move into `messages/` (by the publisher, after the 250, or at the stop).
-    calls
+    // The move into `messages/` (by the publisher, after the 250, or at the stop), after
+    // a WAL flush that followed the row's write: a file there always has a durable row.
+    let rename = calls
         .iter()
         .find(|c| {
             c.name.starts_with("rename")
@@ -196,6 +197,17 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         })
         .ok_or(format!(
             "{id}: never moved into messages/ (not even at the stop)"
+        ))?;
+    calls
+        .iter()
+        .find(|c| {
+            (c.name == "fdatasync" || c.name == "fsync")
+                && fd_path(c).ends_with("/index.db-wal")
+                && c.start >= row
+                && c.end <= rename.start
+        })
+        .ok_or(format!(
+            "{id}: moved into messages/ before its row was flushed"
         ))?;
     Ok(())
 }
