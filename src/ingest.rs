@@ -126,8 +126,9 @@ pub struct Stamp {
     #[serde(default)]
     pub journal: bool,
     /// The stored bytes' size and SHA-256 (hex), written at commit, after the last byte:
-    /// a start after a power cut indexes a message whose row was lost only when its
-    /// bytes match them (see [`crate::publish::readmit`]). Absent from older envelopes.
+    /// a start after a crash indexes a message without a row again only when its bytes
+    /// match them (see [`crate::publish::check_unpublished`]). Absent from older
+    /// envelopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

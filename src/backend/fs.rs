@@ -1,20 +1,22 @@
 //! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
 //!
 //! # Guarantees
-//! A message is written to `<data_dir>/tmp/<id>` and its envelope (the ingest's JSON,
-//! with the bytes' size and SHA-256) to `tmp/<id>.env`, by one blocking call at commit
-//! for a message under the 256 KiB write buffer; both files and `tmp/` itself are
-//! flushed before [`BlobWriter::commit`] returns (so the data and the two names are
-//! durable). The message stays in `tmp/` until its index row is durable too: the
-//! publisher ([`crate::publish`], through [`BlobStore::publish`]) then renames it to
-//! `messages/<id>.eml` and `messages/<id>.env`. Readers look in `messages/`, then in
-//! `tmp/`, then in `messages/` again (a publish between the two looks), so a committed
-//! message is readable at once. A file in `messages/` therefore always has a durable
-//! row; the renames themselves are not fsynced, and [`FsBlobStore::recover`] finishes,
-//! at the next start, any a power cut undid. The same start hands back each committed
-//! message in `tmp/` whose row a power cut lost, to be indexed again from its envelope
-//! ([`crate::publish::readmit`]); other leftovers in `tmp/` were never acknowledged and
-//! are removed.
+//! The receive path stages a message: at the final dot it is written to
+//! `<data_dir>/tmp/<id>` and its envelope (the ingest's JSON, with the bytes' size and
+//! SHA-256) to `tmp/<id>.env`, by one blocking call for a message under the 256 KiB
+//! write buffer ([`BlobWriter::stage`]); readers find it there at once (they look in
+//! `messages/`, then in `tmp/`, then in `messages/` again, as a publish may move it
+//! between two looks). [`BlobWriter::commit`] then flushes both files and `tmp/` itself
+//! (so the data and the two names are durable), while the caller flushes the index row.
+//! The message stays in `tmp/` until the publisher ([`crate::publish`], through
+//! [`BlobStore::publish`]) renames it to `messages/<id>.env` and `messages/<id>.eml`, so
+//! a file in `messages/` always has a durable row. A commit that was not staged (a DSN
+//! the drain stores) renames its files into `messages/` itself, after their flush and
+//! before the caller writes the row. The renames are not fsynced. At the next start,
+//! [`FsBlobStore::recover`] hands back every message file left in `tmp/` with a row or
+//! an envelope, for the caller to check against each other
+//! (`crate::publish::check_unpublished`), and removes the other leftovers (partial
+//! writes, never acknowledged).
 //!
 //! # Each file its own flush
 //! A commit flushes the message and its envelope at once (`fdatasync(2)` each, the
@@ -26,7 +28,7 @@
 //! system folds the flushes waiting together into one journal commit (ext4's jbd2, XFS's
 //! log force). The per-file flush is also what reports *that file's* writeback error
 //! (its own error sequence, sampled when the file was opened): a file whose flush failed
-//! fails its own commit (the listener answers 451 and nothing is indexed). Earlier
+//! fails its own commit (the listener answers 451 and the row is removed). Earlier
 //! versions ran one `syncfs(2)` for all commits waiting, then the per-file flushes; on
 //! ext4 (scripts/bench's loop-mounted file systems) the `syncfs` alone took twice a
 //! file's `fdatasync` (it writes back every dirty inode of the file system, the index's

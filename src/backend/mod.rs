@@ -95,9 +95,9 @@ impl Storage {
     /// The local spool for `standby serve`, locked for this process first (a second
     /// `serve` on the same data directory stops there, having touched nothing), created
     /// if missing, with what a crash left cleaned up before any connection is accepted:
-    /// in `tmp/`, indexed messages put in place, partial writes removed, and committed
-    /// messages whose row a power cut lost handed back in [`Started::recovered`] for the
-    /// caller to index again ([`crate::publish::readmit`]); in
+    /// in `tmp/`, partial writes removed and the other messages handed back in
+    /// [`Started::recovered`] for the caller to check (`crate::publish::check_unpublished`);
+    /// rows among the newest held whose message is nowhere dropped; in
     /// `messages/`, files of deleted (tombstoned) messages deleted and files with no
     /// index row moved to `orphans/` and audited (see [`fs`]).
     pub async fn serve_local(config: &Config) -> Result<(Storage, Started), StoreError> {
