@@ -139,7 +139,7 @@ INSERT INTO message_subjects(rowid, subject)
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
     /// `index.db-wal`, flushed by [`Index::sync`] (`None`: in memory).
-    wal: Option<Arc<Wal>>,
+    wal: Option<Arc<Group<(), Result<(), StoreError>>>>,
     inserts: Arc<Group<Record, Result<bool, StoreError>>>,
     /// Inserts committed without a flush (see [`Index::insert_unsynced`]).
     unsynced: Arc<Group<Record, Result<bool, StoreError>>>,
@@ -637,7 +637,30 @@ impl SqliteIndex {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::io("chmod", &path, e))?;
         let mut index = Self::init(conn)?;
-        index.wal = Some(Arc::new(Wal::open(data_dir.join("index.db-wal"))?));
+        let wal = Arc::new(Wal::open(data_dir.join("index.db-wal"))?);
+        // Every caller waiting while a flush runs is served by the next one (a caller
+        // returns only after a flush that started after its call): one `fdatasync` for
+        // all the sessions committing at that moment, not one each in turn.
+        index.wal = Some(Arc::new(Group::new(GROUP_MAX, move |calls: Vec<()>| {
+            let wal = wal.clone();
+            async move {
+                let res = tokio::task::spawn_blocking(move || wal.sync())
+                    .await
+                    .unwrap_or_else(|e| Err(worker_failed(e.to_string())));
+                calls
+                    .iter()
+                    .map(|()| match &res {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(StoreError::Backend {
+                            backend: "sqlite",
+                            detail: e.to_string(),
+                            transient: e.is_transient(),
+                            source: None,
+                        }),
+                    })
+                    .collect::<Vec<_>>()
+            }
+        })));
         Ok(index)
     }
 
@@ -868,9 +891,9 @@ impl Index for SqliteIndex {
         let Some(wal) = self.wal.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || wal.sync())
+        wal.submit(())
             .await
-            .map_err(|e| worker_failed(e.to_string()))?
+            .unwrap_or_else(|| Err(worker_failed("WAL flush worker stopped".into())))
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<Record>, StoreError> {
