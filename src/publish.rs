@@ -11,10 +11,9 @@
 //! folds them into one.
 //!
 //! The message stays in `tmp/` (readable there) until the publisher renames it into
-//! `messages/` ([`BlobStore::publish`](crate::ports::BlobStore::publish)) in a batch, after
-//! one more [`Index::sync`](crate::ports::Index::sync) (cheap: the rows are durable
-//! already; it also carries the lazily written sender verdicts). A file in `messages/`
-//! thus always has a durable row. A crash before the flushes finished can leave a staged
+//! `messages/` ([`BlobStore::publish`](crate::ports::BlobStore::publish)) in a batch; only
+//! messages whose row was flushed before their 250 are submitted, so a file in
+//! `messages/` always has a durable row. A crash before the flushes finished can leave a staged
 //! message in `tmp/` whose row is missing, or whose bytes a power cut cut short: its 250
 //! was never sent. [`check_unpublished`] runs at start and publishes each message whose
 //! row is there and whose bytes match the row's size and SHA-256, and removes the others
@@ -111,20 +110,15 @@ async fn worker(storage: Storage, mut rx: mpsc::UnboundedReceiver<Msg>) {
     }
 }
 
-/// Make sure the batch's rows are durable, then put its messages in place; on failure,
-/// try again a little later, and after [`TRIES`] leave them where they are (readable
-/// there; the next start publishes them).
+/// Put the batch's messages in place (their rows were flushed before their 250s); on
+/// failure, try again a little later, and after [`TRIES`] leave them where they are
+/// (readable there; the next start publishes them).
 async fn publish(storage: &Storage, keys: Vec<String>) {
     let n = keys.len();
     let mut tries = 0;
     loop {
         tries += 1;
-        let res: Result<(), StoreError> = async {
-            storage.index.sync().await?;
-            storage.blobs.publish(keys.clone()).await
-        }
-        .await;
-        match res {
+        match storage.blobs.publish(keys.clone()).await {
             Ok(()) => return,
             Err(e) if tries < TRIES => {
                 tracing::warn!(error = %e, messages = n, "publishing stored messages failed; trying again");

@@ -333,7 +333,13 @@ impl FsBlobStore {
 
     /// Whether the message file of `id` is there, published or not.
     pub fn has(&self, id: MessageId) -> bool {
-        self.path(id).exists() || self.unsettled(id).exists() || self.path(id).exists()
+        self.places(id).iter().any(|p| p.exists())
+    }
+
+    /// Where the message file of `id` can be, in the order to look: `messages/`, `tmp/`
+    /// (not published yet), `messages/` again (published between the two looks).
+    fn places(&self, id: MessageId) -> [PathBuf; 3] {
+        [self.path(id), self.unsettled(id), self.path(id)]
     }
 
     /// Path of a committed message file.
@@ -509,7 +515,7 @@ impl FsBlobStore {
         op: fn(&Path) -> std::io::Result<T>,
         what: &'static str,
     ) -> Result<T, StoreError> {
-        let paths = [self.path(id), self.unsettled(id), self.path(id)];
+        let paths = self.places(id);
         let key = key.to_string();
         blocking(what, &self.messages, move || {
             for p in &paths {
