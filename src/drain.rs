@@ -885,8 +885,10 @@ impl Drainer {
                 claims.done(rec.id);
                 match written {
                     Ok(()) if outcome == Outcome::Delivered => {
-                        // Only retention depends on the mark: a failure keeps the object longer.
-                        if let Err(e) = self.storage.blobs.mark_delivered(&rec.blob_key()).await {
+                        // The store's own retention may now delete the bytes (unless a
+                        // legal hold says otherwise, placed before or meanwhile): a
+                        // failed mark only keeps the object longer.
+                        if let Err(e) = crate::retention::mark(&self.storage, &rec).await {
                             tracing::warn!(id = %rec.id, error = %e, "could not mark the stored message delivered");
                         }
                     }

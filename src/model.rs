@@ -366,6 +366,22 @@ pub struct Record {
     pub version: u64,
 }
 
+/// What a blob store that deletes on its own (S3: the bucket's lifecycle rule, which acts
+/// on the object's `standby-state` tag) may do with a message's bytes. It follows the
+/// record: whoever changes one of the things it depends on (the status, the legal hold)
+/// marks the bytes again after writing the record (see `crate::retention::mark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Delivered and not under legal hold: the store may delete the bytes when its own
+    /// retention says so.
+    Expirable,
+    /// Under legal hold: never.
+    LegalHold,
+    /// Still to deliver (held, paused, failed), or a journal copy: only the retention
+    /// job, which reads the record, deletes it.
+    Keep,
+}
+
 /// A legal hold placed by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegalHold {
@@ -420,6 +436,17 @@ impl Record {
             legal_hold: None,
             confidential: None,
             version: 0,
+        }
+    }
+
+    /// What the blob store's own retention may do with the raw bytes (see [`Disposal`]).
+    pub fn disposal(&self) -> Disposal {
+        if self.legal_hold.is_some() {
+            Disposal::LegalHold
+        } else if self.status == Status::Delivered {
+            Disposal::Expirable
+        } else {
+            Disposal::Keep
         }
     }
 

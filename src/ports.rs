@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
 use crate::error::{RelayError, StoreError};
-use crate::model::{Class, Counts, Envelope, HealthRecord, MessageId, Record, Status, Verdicts};
+use crate::model::{
+    Class, Counts, Disposal, Envelope, HealthRecord, MessageId, Record, Status, Verdicts,
+};
 
 /// The storage a command works on: the bundle of storage ports one backend provides
 /// (built by `crate::backend`).
@@ -77,10 +79,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn publish(&self, _keys: Vec<String>) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Note that the primary accepted the message, so the store's own retention can
-    /// remove it later (S3: a tag the bucket's lifecycle rule acts on). Default: nothing.
-    async fn mark_delivered(&self, _key: &str) -> Result<(), StoreError> {
-        Ok(())
+    /// Tell the store what its own retention may do with the bytes (S3: the object's
+    /// `standby-state` tag, which the bucket's lifecycle rule acts on); `Ok(false)` when
+    /// the store deletes nothing on its own and keeps no such mark (the default).
+    async fn mark(&self, _key: &str, _disposal: Disposal) -> Result<bool, StoreError> {
+        Ok(false)
     }
     /// Place or lift a legal hold on the stored bytes, so the store's own retention (S3:
     /// the lifecycle rule on delivered objects) leaves them alone. Default: nothing (the

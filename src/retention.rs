@@ -18,6 +18,11 @@
 //! Legal hold overrides every deletion: retention, `standby purge`, and the AWS TTL and
 //! lifecycle rules (a held record carries no TTL).
 //!
+//! A store that deletes on its own (S3's lifecycle rule on delivered objects) is told
+//! what it may do through a mark on the bytes ([`mark`], [`Disposal`]), which follows
+//! the record: the drain marks what it delivered, a late SES event that reopens a
+//! delivered record lifts the mark, and a legal hold replaces it.
+//!
 //! Every deletion is written to the audit log before it happens (a failed deletion is
 //! retried by the next run and audited again), so the log never misses one.
 
@@ -27,7 +32,7 @@ use serde::Serialize;
 
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::model::{Record, Status};
+use crate::model::{Disposal, Record, Status};
 use crate::ports::Storage;
 use crate::ports::{AuditEntry, ListQuery, Pages, retry_transient};
 
@@ -291,6 +296,35 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// Mark `rec`'s bytes with what the store's own retention may do with them
+/// ([`Record::disposal`]), then read the record again and mark again until the mark
+/// matches the record as stored. Every writer of something the mark depends on (the
+/// drain's delivery, a late event's new recipients, an operator's legal hold) writes the
+/// record first and marks after: two marks racing end on the record's last state, as the
+/// last one to finish reads it after both writes. A store that keeps no mark is asked
+/// once.
+///
+/// # Errors
+/// The store's or the index's. A failed mark keeps the bytes longer (a delivered one
+/// left unmarked), or lets the store delete them at its retention time (a reopened or
+/// legal-held one left marked delivered): the caller says which.
+pub async fn mark(storage: &Storage, rec: &Record) -> Result<Disposal, StoreError> {
+    let key = rec.blob_key();
+    let mut want = rec.disposal();
+    // Bounded: each round follows a record write someone made meanwhile.
+    for _ in 0..5 {
+        if !storage.blobs.mark(&key, want).await? {
+            return Ok(want);
+        }
+        match storage.index.get(rec.id).await? {
+            Some(now) if now.disposal() != want => want = now.disposal(),
+            // Unchanged, or deleted (its bytes go with it).
+            _ => return Ok(want),
+        }
+    }
+    Ok(want)
 }
 
 /// Audit, then delete a message's record and blob, as `rec` was read: the record goes

@@ -72,6 +72,30 @@ fn function_with(
     DrainFunction::new(config, storage.clone(), relay).with_clock(clock)
 }
 
+/// The tags of `incoming/<key>` in `bucket`, as (key, value).
+async fn object_tags(
+    clients: &standby::backend::aws::AwsClients,
+    bucket: &str,
+    key: &str,
+) -> Vec<(String, String)> {
+    clients
+        .s3
+        .get_object_tagging()
+        .bucket(bucket)
+        .key(format!("incoming/{key}"))
+        .send()
+        .await
+        .unwrap()
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect()
+}
+
+fn state(v: &str) -> Vec<(String, String)> {
+    vec![("standby-state".to_string(), v.to_string())]
+}
+
 fn deadline() -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(120))
 }
@@ -608,6 +632,7 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
     assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
+    assert_eq!(object_tags(&clients, "rules", id).await, state("delivered"));
 
     // The other rule's event, late (Lambda's async retries) and then again (a duplicate).
     let second = ingest
@@ -623,6 +648,11 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
     let recs = storage.index.list(&ListQuery::default()).await.unwrap();
     assert_eq!(recs.len(), 1, "one record for the object");
     assert_eq!(recs[0].status, Status::Held);
+    // Reopened: the bucket's lifecycle rule must not delete the object before erin has it.
+    assert!(
+        object_tags(&clients, "rules", id).await.is_empty(),
+        "a reopened record's object is no longer marked delivered"
+    );
 
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
@@ -630,6 +660,67 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
         delivered_to(&pf, 2),
         ["bob@example.test", "erin@example.test"],
         "erin got it, bob not twice"
+    );
+}
+
+/// A message under legal hold keeps its `legal-hold` tag when the drain delivers it (the
+/// bucket's lifecycle rule deletes objects tagged `delivered`), and a hold placed between
+/// the drain's write-back and its tagging wins: the drain reads the record again after
+/// tagging and puts the hold's tag back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("hold").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let (held_key, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-hold").await;
+    let place_hold = async |key: &str| {
+        let recs = storage.index.list(&ListQuery::default()).await.unwrap();
+        let mut rec = recs.into_iter().find(|r| r.blob_key() == key).unwrap();
+        rec.legal_hold = Some(standby::model::LegalHold {
+            at: Utc::now(),
+            reason: "litigation".into(),
+        });
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        // What `standby hold --legal` does after the record.
+        storage.blobs.set_legal_hold(key, true).await.unwrap();
+        standby::retention::mark(&storage, &rec).await.unwrap();
+    };
+    place_hold(&held_key).await;
+    assert_eq!(
+        object_tags(&clients, "hold", &held_key).await,
+        state("legal-hold")
+    );
+
+    let f = function(&storage, "hold", pf.port, Arc::new(Shifted::default()));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 1, "{sum:?}");
+    assert_eq!(
+        object_tags(&clients, "hold", &held_key).await,
+        state("legal-hold"),
+        "delivered under legal hold: never marked for the lifecycle rule"
+    );
+
+    // The race: the drain wrote back a delivery (the record it holds says delivered,
+    // no hold), an operator places a hold, then the drain's tagging comes.
+    let (raced_key, _) = ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-raced").await;
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 1, "{sum:?}");
+    let recs = storage.index.list(&ListQuery::default()).await.unwrap();
+    let stale = recs
+        .into_iter()
+        .find(|r| r.blob_key() == raced_key)
+        .unwrap();
+    assert_eq!(
+        (stale.status, stale.legal_hold.is_some()),
+        (Status::Delivered, false)
+    );
+    place_hold(&raced_key).await;
+    standby::retention::mark(&storage, &stale).await.unwrap();
+    assert_eq!(
+        object_tags(&clients, "hold", &raced_key).await,
+        state("legal-hold"),
+        "the hold placed meanwhile wins over the drain's late tagging"
     );
 }
 

@@ -244,11 +244,10 @@ pub(super) async fn legal(
         ("released from legal hold", "legal-release")
     };
     report(&ids, verb, async |id| {
-        let (mut key, mut audited) = (None, false);
+        let (mut changed, mut audited) = (None, false);
         change_one(storage, id, skew, async |rec, now| {
-            key = Some(rec.blob_key());
             if rec.legal_hold.is_some() == hold {
-                key = None;
+                changed = None;
                 return Ok(false); // already so: nothing to change or audit
             }
             if !audited {
@@ -263,17 +262,23 @@ pub(super) async fn legal(
                 at: now,
                 reason: reason.to_string(),
             });
+            changed = Some(rec.clone());
             Ok(true)
         })
         .await?;
-        match key {
-            Some(key) => storage
-                .blobs
-                .set_legal_hold(&key, hold)
-                .await
-                .map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
+        let Some(rec) = changed else { return Ok(()) };
+        storage
+            .blobs
+            .set_legal_hold(&rec.blob_key(), hold)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The store's own retention follows the record: a drain that marked the bytes
+        // delivered meanwhile is overruled, and a released delivered message may expire
+        // again.
+        crate::retention::mark(storage, &rec)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await
 }

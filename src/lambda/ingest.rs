@@ -36,7 +36,8 @@ use crate::config::{Journal, JournalAllow};
 use crate::error::StoreError;
 use crate::ingest::archive_journal_copy;
 use crate::model::{
-    Bounce, Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts, redact,
+    Bounce, Disposal, Intake, MessageId, Origin, RcptStatus, Record, Status, Summary, Verdicts,
+    redact,
 };
 use crate::ports::{AuditEntry, Storage};
 use crate::summary;
@@ -339,10 +340,21 @@ impl Ingest {
             let Some(next) = merged(&old, rec, now) else {
                 report.duplicates += 1;
                 tracing::info!(id = %rec.id, ses_id = key, "duplicate event; already indexed");
+                // A retry of an event whose merge reopened a delivered record but could
+                // not lift its mark: lift it now (for a record never marked, a no-op).
+                if old.disposal() != Disposal::Expirable {
+                    crate::retention::mark(&self.storage, &old).await?;
+                }
                 return Ok(());
             };
             match idx.update(&next, now).await {
                 Ok(()) => {
+                    // A delivered record reopened for new recipients: the store must not
+                    // delete its bytes now (S3's lifecycle rule on the delivered tag). A
+                    // failure fails the event, and Lambda's retry lifts the mark.
+                    if old.disposal() != next.disposal() {
+                        crate::retention::mark(&self.storage, &next).await?;
+                    }
                     if old.intake == Intake::Reconciled {
                         report.upgraded += 1;
                         tracing::info!(id = %rec.id, ses_id = key, "reconciled record given the event's envelope");

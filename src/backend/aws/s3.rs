@@ -32,12 +32,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::ArchiveSettings;
 use super::errors::classify;
 use crate::error::StoreError;
-use crate::model::MessageId;
+use crate::model::{Disposal, MessageId};
 use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
 
 const BACKEND: &str = "s3";
 
-/// The tag [`BlobStore::mark_delivered`] sets; the template's lifecycle rule matches it.
+/// The tag [`BlobStore::mark`] sets on delivered mail; the template's lifecycle rule matches it.
 pub const DELIVERED_TAG: (&str, &str) = ("standby-state", "delivered");
 
 fn internal(e: &dyn std::fmt::Display) -> StoreError {
@@ -175,10 +175,24 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
-    /// Tags the object `standby-state=delivered`; the template's lifecycle rule deletes
-    /// tagged objects `RetentionDays` after receipt.
-    async fn mark_delivered(&self, key: &str) -> Result<(), StoreError> {
-        self.put_tag(key, DELIVERED_TAG).await
+    /// The object's tag: `standby-state=delivered` (the template's lifecycle rule deletes
+    /// tagged objects `RetentionDays` after receipt), `standby-state=legal-hold` (no rule
+    /// acts on it), or none.
+    async fn mark(&self, key: &str, disposal: Disposal) -> Result<bool, StoreError> {
+        match disposal {
+            Disposal::Expirable => self.put_tag(key, DELIVERED_TAG).await?,
+            Disposal::LegalHold => self.put_tag(key, LEGAL_HOLD_TAG).await?,
+            Disposal::Keep => {
+                self.client
+                    .delete_object_tagging()
+                    .bucket(&self.bucket)
+                    .key(self.object_key(key))
+                    .send()
+                    .await
+                    .map_err(|e| classify(BACKEND, "DeleteObjectTagging", e))?;
+            }
+        }
+        Ok(true)
     }
 
     /// A held object's tag is `standby-state=legal-hold`, which no lifecycle rule acts on
