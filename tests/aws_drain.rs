@@ -640,6 +640,11 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
         .await
         .unwrap();
     assert_eq!((second.indexed, second.merged), (0, 1), "{second:?}");
+    // Reopened: the bucket's lifecycle rule must not delete the object before erin has it.
+    assert!(
+        object_tags(&clients, "rules", id).await.is_empty(),
+        "a reopened record's object is no longer marked delivered"
+    );
     let again = ingest
         .handle(rule_event("normal.json", id, &["erin@example.test"]))
         .await
@@ -648,11 +653,6 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
     let recs = storage.index.list(&ListQuery::default()).await.unwrap();
     assert_eq!(recs.len(), 1, "one record for the object");
     assert_eq!(recs[0].status, Status::Held);
-    // Reopened: the bucket's lifecycle rule must not delete the object before erin has it.
-    assert!(
-        object_tags(&clients, "rules", id).await.is_empty(),
-        "a reopened record's object is no longer marked delivered"
-    );
 
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
@@ -661,6 +661,7 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
         ["bob@example.test", "erin@example.test"],
         "erin got it, bob not twice"
     );
+    assert_eq!(object_tags(&clients, "rules", id).await, state("delivered"));
 }
 
 /// A message under legal hold keeps its `legal-hold` tag when the drain delivers it (the
