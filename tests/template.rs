@@ -174,10 +174,13 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
+            "s3:DeleteObjectTagging",
             "s3:GetObject",
             "s3:ListBucket",
             "s3:PutObject",
             "s3:PutObjectRetention",
+            // A late event reopening a delivered record lifts its delivered tag.
+            "s3:PutObjectTagging",
         ])
     );
     // Without s3:ListBucket a missing key answers 403, not 404: the archive copy of a
@@ -230,6 +233,7 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:Query",
             "dynamodb:UpdateItem",
             "s3:DeleteObject",
+            "s3:DeleteObjectTagging",
             "s3:GetObject",
             "s3:ListBucket",
             "s3:PutObject",
@@ -741,6 +745,7 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
             "dynamodb:Query",
             "dynamodb:UpdateItem",
             "s3:DeleteObject",
+            "s3:DeleteObjectTagging",
             "s3:GetObject",
             // 404, not 403, for a record whose object is gone.
             "s3:ListBucket",
