@@ -160,6 +160,60 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     assert_eq!(audit[0]["action"], "legal-hold");
     assert_eq!(audit[0]["reason"], "case 9");
+
+    // Released, the delivered message may expire again (the tag follows the record);
+    // purged, none of its bytes stay in the versioned bucket: no noncurrent version, no
+    // delete marker (a plain DeleteObject would keep the bytes for NoncurrentVersionDays).
+    let object = format!("incoming/{ses_id}");
+    let versions = async || {
+        let page = clients
+            .s3
+            .list_object_versions()
+            .bucket("opcli")
+            .prefix(&object)
+            .send()
+            .await
+            .unwrap();
+        (page.versions().len(), page.delete_markers().len())
+    };
+    // A second version of the object, as an overwrite would leave.
+    clients
+        .s3
+        .put_object()
+        .bucket("opcli")
+        .key(&object)
+        .body(raw.clone().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions().await, (2, 0));
+    ok(&standby_cli(
+        &moto,
+        &cfg,
+        &["release", "--legal", &id, "--reason", "case closed"],
+        &[],
+    ));
+    let tags = clients
+        .s3
+        .get_object_tagging()
+        .bucket("opcli")
+        .key(&object)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tags.tag_set()
+            .iter()
+            .map(|t| (t.key(), t.value()))
+            .collect::<Vec<_>>(),
+        [("standby-state", "delivered")]
+    );
+    ok(&standby_cli(&moto, &cfg, &["purge", &id, "--yes"], &[]));
+    assert_eq!(
+        versions().await,
+        (0, 0),
+        "no version of the purged message left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

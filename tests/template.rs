@@ -234,8 +234,10 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "dynamodb:UpdateItem",
             "s3:DeleteObject",
             "s3:DeleteObjectTagging",
+            "s3:DeleteObjectVersion",
             "s3:GetObject",
             "s3:ListBucket",
+            "s3:ListBucketVersions",
             "s3:PutObject",
             "s3:PutObjectRetention",
             "s3:PutObjectTagging",
@@ -290,8 +292,13 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
     }
     let delete_object = statements
         .iter()
-        .find(|st| st["Action"] == "s3:DeleteObject")
+        .find(|st| st["Sid"] == "RetentionDeletesObjects")
         .expect("a DeleteObject statement");
+    assert_eq!(
+        delete_object["Action"],
+        json!(["s3:DeleteObject", "s3:DeleteObjectVersion"]),
+        "a deleted message's bytes go with every version"
+    );
     assert_eq!(
         delete_object["Resource"],
         json!([
@@ -301,7 +308,11 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
     );
     for (name, actions) in [("ingest", &ingest), ("drain", &drain)] {
         if name == "ingest" {
-            for forbidden in ["s3:DeleteObject", "dynamodb:DeleteItem"] {
+            for forbidden in [
+                "s3:DeleteObject",
+                "s3:DeleteObjectVersion",
+                "dynamodb:DeleteItem",
+            ] {
                 assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
             }
         }
@@ -746,9 +757,11 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
             "dynamodb:UpdateItem",
             "s3:DeleteObject",
             "s3:DeleteObjectTagging",
+            "s3:DeleteObjectVersion",
             "s3:GetObject",
             // 404, not 403, for a record whose object is gone.
             "s3:ListBucket",
+            "s3:ListBucketVersions",
             "s3:PutObject",
             "s3:PutObjectRetention",
             "s3:PutObjectTagging",

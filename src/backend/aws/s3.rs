@@ -163,16 +163,63 @@ impl BlobStore for S3BlobStore {
         Ok(Box::new(Box::pin(out.body.into_async_read()) as Pin<Box<_>>))
     }
 
+    /// The object and every version of it. In a versioned bucket (the template's) a
+    /// plain DeleteObject only adds a delete marker and keeps the bytes as a noncurrent
+    /// version (S3 API reference, DeleteObject: "To permanently delete an object in a
+    /// versioned bucket, you must include the object's versionId"), until the lifecycle
+    /// rule's `NoncurrentVersionDays`: a purge, a retention delete or a confidential
+    /// rule's delete must remove the bytes now. So the current object goes first (it no
+    /// longer reads, whatever follows), then each version and delete marker of this exact
+    /// key by its id (`s3:ListBucketVersions`, `s3:DeleteObjectVersion`).
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let object = self.object_key(key);
         // DeleteObject of a missing key succeeds in S3.
         self.client
             .delete_object()
             .bucket(&self.bucket)
-            .key(self.object_key(key))
+            .key(&object)
             .send()
             .await
             .map_err(|e| classify(BACKEND, "DeleteObject", e))?;
-        Ok(())
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&object)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "ListObjectVersions", e))?;
+            // The prefix also matches longer keys: only this one's versions go.
+            let versions = page
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(object.as_str()))
+                .filter_map(|v| v.version_id());
+            let markers = page
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(object.as_str()))
+                .filter_map(|m| m.version_id());
+            for version in versions.chain(markers) {
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&object)
+                    .version_id(version)
+                    .send()
+                    .await
+                    .map_err(|e| classify(BACKEND, "DeleteObject (version)", e))?;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+        }
     }
 
     /// The object's tag: `standby-state=delivered` (the template's lifecycle rule deletes
