@@ -217,3 +217,31 @@ async fn binaries_run_under_the_lambda_emulator() {
     );
     assert!(!log.contains("bob@example.test"), "{log}");
 }
+
+/// `scripts/build-lambdas` refuses a bootstrap that needs a newer glibc than Lambda's
+/// provided.al2023 runtime has (2.34; the binary would die at its first start): the two
+/// functions as built here pass, and the same binaries fail against an older limit, with
+/// the symbol versions that are too new named.
+#[test]
+fn the_glibc_check_passes_the_functions_and_refuses_newer_symbols() {
+    let check = repo().join("scripts/check-glibc");
+    let out = Command::new(&check)
+        .args(["--max", "2.34", INGEST, DRAIN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&check)
+        .args(["--max", "2.16", DRAIN])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("newer than the 2.16") && err.contains("GLIBC_2.17"),
+        "{err}"
+    );
+}
