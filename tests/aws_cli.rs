@@ -307,3 +307,82 @@ async fn primary_password_from_a_secrets_manager_arn() {
         "{err}"
     );
 }
+
+/// `standby drain --remote` invokes the drain function once: a synchronous Invoke lasts
+/// as long as the run, and a retry would start a second run or, while the first holds
+/// the reserved concurrency, be throttled. Against an endpoint that throttles every
+/// Invoke (as Lambda does while the scheduled run holds the one slot), the command makes
+/// one request and says the function is busy and nothing was started.
+#[test]
+fn drain_remote_invokes_once_and_says_when_the_function_is_busy() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let (mut line, mut length) = (String::new(), 0usize);
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let invoke = line.starts_with("POST /2015-03-31/functions/standby-drain/");
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    if invoke {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let json = r#"{"Type":"User","message":"Rate Exceeded.","Reason":"ReservedFunctionConcurrentInvocationLimitExceeded"}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: TooManyRequestsException\r\n\
+                         content-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cli_config(dir.path(), "remote", 25);
+    let out = std::process::Command::new(common::STANDBY)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["drain", "--remote", "standby-drain"])
+        .envs([
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}")),
+            ("STANDBY_LOG", "warn"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is busy") && err.contains("nothing was started"),
+        "{err}"
+    );
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one Invoke, no retry"
+    );
+}

@@ -34,6 +34,10 @@ pub(super) async fn init(config: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
+/// How long `drain --remote` waits for the drain function's answer: Lambda's longest
+/// run (15 minutes) and a margin.
+const INVOKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60 + 30);
+
 /// Invoke the deployed drain function and print its summary.
 pub(super) async fn remote_drain(
     config: &Config,
@@ -43,7 +47,24 @@ pub(super) async fn remote_drain(
 ) -> Result<(), CliError> {
     let s = settings(config, "drain --remote")?;
     let clients = AwsClients::connect(&s).await;
-    let lambda = aws_sdk_lambda::Client::new(&clients.sdk);
+    // A synchronous Invoke answers when the run ends, which takes up to the function's
+    // timeout (300 s in the template, 900 s at most on Lambda): the shared clients' 30 s
+    // attempt timeout would give up mid-run, and their retries would start a second run
+    // (or be throttled by the reserved concurrency the first one holds). One attempt,
+    // waiting as long as Lambda lets a run last.
+    let lambda = aws_sdk_lambda::Client::from_conf(
+        aws_sdk_lambda::config::Builder::from(&clients.sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .read_timeout(INVOKE_TIMEOUT)
+                    .operation_attempt_timeout(INVOKE_TIMEOUT)
+                    .operation_timeout(INVOKE_TIMEOUT)
+                    .build(),
+            )
+            .build(),
+    );
     let payload = serde_json::json!({ "force": force, "dry_run": dry_run });
     let out = lambda
         .invoke()
@@ -51,7 +72,19 @@ pub(super) async fn remote_drain(
         .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
         .send()
         .await
-        .map_err(|e| classify("lambda", "Invoke", e))?;
+        .map_err(|e| {
+            if e.as_service_error()
+                .is_some_and(|se| se.is_too_many_requests_exception())
+            {
+                CliError::Aws(format!(
+                    "drain function {function} is busy (TooManyRequestsException: a run, \
+                     the schedule's or another operator's, holds its reserved concurrency); \
+                     nothing was started: try again when it ends"
+                ))
+            } else {
+                classify("lambda", "Invoke", e).into()
+            }
+        })?;
     let body = out
         .payload()
         .map(|b| b.as_ref().to_vec())
