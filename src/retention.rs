@@ -307,24 +307,34 @@ pub async fn run(
 /// once.
 ///
 /// # Errors
-/// The store's or the index's. A failed mark keeps the bytes longer (a delivered one
-/// left unmarked), or lets the store delete them at its retention time (a reopened or
-/// legal-held one left marked delivered): the caller says which.
+/// The store's or the index's, or [`StoreError::Changed`] when the record kept changing.
+/// The only mark that lets the store delete bytes is the delivered one, so on any error
+/// the mark is lifted (best effort): the bytes are then kept longer, never deleted
+/// early; a delivered message left unmarked waits for the retention job.
 pub async fn mark(storage: &Storage, rec: &Record) -> Result<Disposal, StoreError> {
     let key = rec.blob_key();
     let mut want = rec.disposal();
-    // Bounded: each round follows a record write someone made meanwhile.
-    for _ in 0..5 {
-        if !storage.blobs.mark(&key, want).await? {
-            return Ok(want);
+    let result = async {
+        // Bounded: each round follows a record write someone made meanwhile.
+        for _ in 0..5 {
+            if !storage.blobs.mark(&key, want).await? {
+                return Ok(want);
+            }
+            match storage.index.get(rec.id).await? {
+                Some(now) if now.disposal() != want => want = now.disposal(),
+                // Unchanged, or deleted (its bytes go with it).
+                _ => return Ok(want),
+            }
         }
-        match storage.index.get(rec.id).await? {
-            Some(now) if now.disposal() != want => want = now.disposal(),
-            // Unchanged, or deleted (its bytes go with it).
-            _ => return Ok(want),
-        }
+        Err(StoreError::Changed(rec.id))
     }
-    Ok(want)
+    .await;
+    if result.is_err()
+        && let Err(e) = storage.blobs.mark(&key, Disposal::Keep).await
+    {
+        tracing::error!(id = %rec.id, key = %key, error = %e, "could not lift the stored message's mark after a failed one: check its tag");
+    }
+    result
 }
 
 /// Audit, then delete a message's record and blob, as `rec` was read: the record goes

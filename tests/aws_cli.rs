@@ -193,21 +193,54 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
         &["release", "--legal", &id, "--reason", "case closed"],
         &[],
     ));
-    let tags = clients
-        .s3
-        .get_object_tagging()
-        .bucket("opcli")
-        .key(&object)
-        .send()
+    let tags = async || {
+        clients
+            .s3
+            .get_object_tagging()
+            .bucket("opcli")
+            .key(&object)
+            .send()
+            .await
+            .unwrap()
+            .tag_set()
+            .iter()
+            .map(|t| format!("{}={}", t.key(), t.value()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tags().await, ["standby-state=delivered"]);
+    // A hold whose first run stopped after writing the record (the tag still says
+    // delivered, so the lifecycle rule would delete the object): running it again
+    // marks the bytes, though the record needs no change.
+    let mut rec = storage
+        .index
+        .get(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    rec.legal_hold = Some(standby::model::LegalHold {
+        at: chrono::Utc::now(),
+        reason: "case 10".into(),
+    });
+    storage
+        .index
+        .update(&rec, chrono::Utc::now())
         .await
         .unwrap();
-    assert_eq!(
-        tags.tag_set()
-            .iter()
-            .map(|t| (t.key(), t.value()))
-            .collect::<Vec<_>>(),
-        [("standby-state", "delivered")]
-    );
+    assert_eq!(tags().await, ["standby-state=delivered"]);
+    ok(&standby_cli(
+        &moto,
+        &cfg,
+        &["hold", "--legal", &id, "--reason", "case 10"],
+        &[],
+    ));
+    assert_eq!(tags().await, ["standby-state=legal-hold"]);
+    ok(&standby_cli(
+        &moto,
+        &cfg,
+        &["release", "--legal", &id, "--reason", "case 10 closed"],
+        &[],
+    ));
+    assert_eq!(tags().await, ["standby-state=delivered"]);
     ok(&standby_cli(&moto, &cfg, &["purge", &id, "--yes"], &[]));
     assert_eq!(
         versions().await,

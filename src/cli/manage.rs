@@ -244,11 +244,13 @@ pub(super) async fn legal(
         ("released from legal hold", "legal-release")
     };
     report(&ids, verb, async |id| {
-        let (mut changed, mut audited) = (None, false);
+        let (mut current, mut audited) = (None, false);
         change_one(storage, id, skew, async |rec, now| {
             if rec.legal_hold.is_some() == hold {
-                changed = None;
-                return Ok(false); // already so: nothing to change or audit
+                // Already so: nothing to change or audit; the stored bytes are marked
+                // again below (an earlier run may have failed after the record).
+                current = Some(rec.clone());
+                return Ok(false);
             }
             if !audited {
                 storage
@@ -262,11 +264,11 @@ pub(super) async fn legal(
                 at: now,
                 reason: reason.to_string(),
             });
-            changed = Some(rec.clone());
+            current = Some(rec.clone());
             Ok(true)
         })
         .await?;
-        let Some(rec) = changed else { return Ok(()) };
+        let Some(rec) = current else { return Ok(()) };
         storage
             .blobs
             .set_legal_hold(&rec.blob_key(), hold)
