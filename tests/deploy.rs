@@ -145,6 +145,26 @@ fn bad_input_is_refused_with_the_file_and_line() {
     let out = script("deploy", &["--dry-run", "--region", "x", "--frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("unknown option --frobnicate"));
+    // Receipt rules are named <stack>-journal and SES takes 64 characters at most.
+    for bad in ["x".repeat(57).as_str(), "1mx", "mx_2"] {
+        let out = script(
+            "deploy",
+            &["--dry-run", "--region", "x", "--stack-name", bad],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(text(&out).1.contains("at most 56 characters"), "{bad}");
+    }
+    let (plan, _) = text(&script(
+        "deploy",
+        &[
+            "--dry-run",
+            "--region",
+            "us-east-1",
+            "--stack-name",
+            &"x".repeat(56),
+        ],
+    ));
+    assert!(plan.contains("sam deploy"), "{plan}");
 }
 
 #[test]

@@ -790,3 +790,37 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
         }
     }
 }
+
+/// The rule set name parameter takes exactly what SES takes (CreateReceiptRuleSet: ASCII
+/// letters, digits, underscores and dashes, starting and ending with a letter or digit,
+/// at most 64 characters), so a bad name fails at the parameter, not half-way through a
+/// deploy. Checked with Python's `re`, which reads this pattern as CloudFormation does.
+#[test]
+fn the_rule_set_name_pattern_is_ses_s() {
+    let t = template();
+    let pattern = t["Parameters"]["RuleSetName"]["AllowedPattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = "a".repeat(64);
+    let too_long = "a".repeat(65);
+    let good = ["standby-mx", "a", "A_1-b", long.as_str()];
+    let bad = ["a.b", "-x", "x-", "_x", "x_", "", "a b", too_long.as_str()];
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import re, sys, json; p = sys.argv[1]; \
+             print(json.dumps([bool(re.fullmatch(p, n)) for n in json.loads(sys.argv[2])]))",
+            &pattern,
+            &serde_json::to_string(&[good.as_slice(), bad.as_slice()].concat()).unwrap(),
+        ])
+        .output()
+        .expect("python3 (apt-get install -y python3)");
+    let got: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<bool> = good
+        .iter()
+        .map(|_| true)
+        .chain(bad.iter().map(|_| false))
+        .collect();
+    assert_eq!(got, want, "{pattern}: {good:?} accepted, {bad:?} refused");
+}
