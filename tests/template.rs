@@ -374,6 +374,30 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
         );
         assert_eq!(g["RetentionInDays"], json!({ "Ref": "LogRetentionDays" }));
     }
+    // Nothing invokes a function before its log group exists (Lambda would create it
+    // itself, without retention, and the stack's would then fail as already there).
+    assert!(
+        f["DrainSchedule"]["DependsOn"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("DrainLogs"))),
+        "{}",
+        f["DrainSchedule"]
+    );
+    let rules: Vec<_> = f
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::SES::ReceiptRule")
+        .collect();
+    assert!(rules.len() >= 2);
+    for (name, rule) in rules {
+        assert!(
+            rule["DependsOn"]
+                .as_array()
+                .is_some_and(|d| d.contains(&json!("IngestLogs"))),
+            "{name} invokes the ingest function before its log group exists"
+        );
+    }
     let schedule = &f["DrainSchedule"]["Properties"];
     assert_eq!(schedule["ScheduleExpression"], "rate(1 minute)");
     assert_eq!(
