@@ -848,3 +848,77 @@ fn the_rule_set_name_pattern_is_ses_s() {
         .collect();
     assert_eq!(got, want, "{pattern}: {good:?} accepted, {bad:?} refused");
 }
+
+/// The audit log is append-only for everything the stack runs: every statement that lets a
+/// function or a `standby serve` node write to the table names the partition keys it may
+/// write (`dynamodb:LeadingKeys`), and audit entries (`audit#...`) may only be put (the
+/// code puts them with `attribute_not_exists(pk)`), never updated, deleted or batch
+/// written.
+#[test]
+fn audit_entries_can_only_be_appended() {
+    fn flatten(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|s| flatten(s, out)),
+            Value::Object(m) if m.contains_key("Fn::If") => {
+                for arm in m["Fn::If"].as_array().unwrap().iter().skip(1) {
+                    flatten(arm, out);
+                }
+            }
+            Value::Object(m) if m.contains_key("Ref") => {}
+            Value::Object(_) => out.push(v.clone()),
+            _ => panic!("unexpected statement {v}"),
+        }
+    }
+    let t = template();
+    let r = &t["Resources"];
+    let mut policies: Vec<(&str, Vec<Value>)> = Vec::new();
+    for function in ["IngestFunction", "DrainFunction"] {
+        let mut all = Vec::new();
+        for p in r[function]["Properties"]["Policies"].as_array().unwrap() {
+            flatten(&p["Statement"], &mut all);
+        }
+        policies.push((function, all));
+    }
+    let mut node = Vec::new();
+    flatten(
+        &r["ServeNodePolicy"]["Properties"]["PolicyDocument"]["Statement"],
+        &mut node,
+    );
+    policies.push(("ServeNodePolicy", node));
+    let writes = [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+    ];
+    for (name, statements) in policies {
+        let mut appends = 0;
+        for st in statements {
+            let actions: Vec<String> = match &st["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_string()).collect(),
+                other => panic!("{name}: action {other}"),
+            };
+            if !actions.iter().any(|a| writes.contains(&a.as_str())) {
+                continue;
+            }
+            let keys: Vec<&str> =
+                st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: a table write without LeadingKeys: {st}"))
+                    .iter()
+                    .map(|k| k.as_str().unwrap())
+                    .collect();
+            if keys.iter().any(|k| k.starts_with("audit#")) {
+                assert_eq!(actions, ["dynamodb:PutItem"], "{name}: audit entries: {st}");
+                assert_eq!(keys, ["audit#*"], "{name}: {st}");
+                appends += 1;
+            }
+            assert!(
+                keys.iter().all(|k| !k.contains('*') || k.ends_with("#*")),
+                "{name}: a key pattern wide enough to match audit#: {st}"
+            );
+        }
+        assert_eq!(appends, 1, "{name}: one statement appends audit entries");
+    }
+}
