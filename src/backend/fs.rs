@@ -62,6 +62,8 @@ use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
 use chrono::{DateTime, Utc};
 
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Largest message [`BlobStore::open`] reads whole at once (see there).
+const WHOLE_READ: u64 = 256 * 1024;
 /// Read buffer of an opened message, for readers that ask for little at a time (IMAP,
 /// export, the parsers); one asking for this much or more (the drain's SMTP client reads
 /// 64 KiB) bypasses it. Small enough that opening a message (the reader zero-fills its
@@ -560,15 +562,37 @@ impl BlobStore for FsBlobStore {
         }))
     }
 
+    /// A message up to [`WHOLE_READ`] is read whole by the call that opens it: each
+    /// read of a `tokio::fs::File` is a hand-over to the blocking pool and back (a 100 KB
+    /// message took four, where the drain spends most of its CPU switching threads), and
+    /// the files never change once written. A larger one is read as it is consumed.
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
         let id = self.key_id(key)?;
-        let f = self
-            .find(key, id, |p| std::fs::File::open(p), "open")
+        let opened = self
+            .find(
+                key,
+                id,
+                |p| {
+                    use std::io::Read;
+                    let mut f = std::fs::File::open(p)?;
+                    let len = f.metadata()?.len();
+                    if len > WHOLE_READ {
+                        return Ok(Err(f));
+                    }
+                    let mut bytes = Vec::with_capacity(len as usize + 1);
+                    f.read_to_end(&mut bytes)?;
+                    Ok(Ok(bytes))
+                },
+                "open",
+            )
             .await?;
-        Ok(Box::new(tokio::io::BufReader::with_capacity(
-            READ_BUFFER,
-            tokio::fs::File::from_std(f),
-        )))
+        Ok(match opened {
+            Ok(bytes) => Box::new(std::io::Cursor::new(bytes)),
+            Err(f) => Box::new(tokio::io::BufReader::with_capacity(
+                READ_BUFFER,
+                tokio::fs::File::from_std(f),
+            )),
+        })
     }
 
     /// Unlink the message and its envelope, wherever they are (`messages/`, or `tmp/`
@@ -992,6 +1016,37 @@ mod tests {
         assert!(dir.path().join("tmp").join(other.to_string()).exists());
         w.abort().await;
         assert!(!dir.path().join("tmp").join(other.to_string()).exists());
+    }
+
+    /// Messages up to the whole-read limit are read by the open, larger ones as they are
+    /// consumed: both give the bytes exactly, at and across the limit.
+    #[tokio::test]
+    async fn opened_messages_read_back_exactly_either_side_of_the_whole_read_limit() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        for len in [
+            0,
+            1,
+            WHOLE_READ - 1,
+            WHOLE_READ,
+            WHOLE_READ + 1,
+            3 * WHOLE_READ,
+        ] {
+            let id = MessageId::new(Utc::now());
+            let want: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut w = fs.create(id).await.unwrap();
+            w.write(&want).await.unwrap();
+            w.commit().await.unwrap();
+            let mut got = Vec::new();
+            fs.open(&id.to_string())
+                .await
+                .unwrap()
+                .read_to_end(&mut got)
+                .await
+                .unwrap();
+            assert!(got == want, "{len} bytes differ");
+        }
     }
 
     #[test]
