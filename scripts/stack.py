@@ -5,8 +5,13 @@
                                       Recipients..Recipients4 parameters (100 each)
     stack.py after-deploy ...         activate the receipt rule set, verify the other
                                       domains, print the DNS records, finish the SMTP
-                                      secret, write standby.toml
-    stack.py before-destroy ...       deactivate our receipt rule set, empty the bucket
+                                      secret, allow JournalAllow through SES's IP
+                                      filters, write standby.toml (with the stack's
+                                      retention, journal and archive settings)
+    stack.py identity ...             "true" if the stack should create the first
+                                      domain's SES identity, "false" if it exists already
+    stack.py before-destroy ...       deactivate our receipt rule set, remove our IP
+                                      filters, empty the bucket (if told)
 
 Only `recipients` runs without boto3 and AWS credentials (it is what --dry-run uses).
 """
@@ -111,14 +116,26 @@ def cmd_after_deploy(a):
             print(f"!! not activated: SES rejects mail for {', '.join(domains)} until "
                   f"`aws ses set-active-receipt-rule-set --rule-set-name {ours} --region {a.region}`")
 
-    # 2. Identities: the template owns the first domain's; verify the others here.
+    # 1b. The MX set, in the hosted zone when the stack was given one.
+    if params.get("HostedZoneId") and domains:
+        merge_mx(boto3.client("route53", region_name=a.region), params, domains[0], a.region, a.yes)
+
+    # 2. Identities: the template owns the first domain's, unless it was an SES identity
+    # before the stack (CreateDomainIdentity=false); verify the others here.
     records = []
+    own_identity = "DkimRecords" in out
     if not params.get("HostedZoneId"):
         for mx in out.get("MxRecords", "").split(" | "):
-            records.append(mx)
+            if mx:
+                records.append(mx)
         for dkim in out.get("DkimRecords", "").split(" | "):
-            records.append(dkim)
-    for d in domains[1:]:
+            if dkim:
+                records.append(dkim)
+    if not own_identity and domains:
+        print(f"== SES identity {domains[0]} existed before the stack: it is left as it was"
+              + (" (set its custom MAIL FROM yourself: aws sesv2 "
+                 "put-email-identity-mail-from-attributes)" if "MailFromRecords" in out else ""))
+    for d in (domains if not own_identity else domains[1:]):
         ses.verify_domain_identity(Domain=d)
         tokens = ses.verify_domain_dkim(Domain=d)["DkimTokens"]
         records.append(f"{d}. MX {params.get('PrimaryMxPreference', '10')} <your primary MX host>.")
@@ -147,7 +164,22 @@ def cmd_after_deploy(a):
               f"user {secret['username']}; password: aws secretsmanager get-secret-value "
               f"--secret-id {arn} --query SecretString")
 
-    # 4. The operator CLI's config.
+    # 4. Journal copies from the primary: SES blocks mail from Amazon EC2 addresses unless
+    # an IP address filter allows them (SES Developer Guide, "Email receiving concepts",
+    # IP address filters), so each IPv4 network of JournalAllow gets an Allow filter. The
+    # filters are the region's, not the rule set's: ours are named <stack>-j<n>, and
+    # filters of ours no longer in JournalAllow are removed.
+    allow = split_list(params.get("JournalAllow", ""))
+    try:
+        sync_journal_filters(ses, a.stack, allow)
+    except Exception as e:  # noqa: BLE001 - said, then the other steps go on
+        if allow:
+            raise
+        # Nothing to allow; only stale filters of an earlier JournalAllow would go.
+        print(f"!! could not list SES receipt filters ({e}): remove any named "
+              f"{filter_prefix(a.stack)}<n> yourself if JournalAllow was emptied")
+
+    # 5. The operator CLI's config.
     config = (
         "# Written by scripts/deploy for the operator commands (standby status, list, ...).\n"
         'backend = "aws"\n'
@@ -167,6 +199,11 @@ def cmd_after_deploy(a):
         config += (f'auth_user = "{params["PrimaryAuthUser"]}"\n'
                    "# export STANDBY_PRIMARY_SECRET=<the secret's ARN> for `standby drain`/`doctor`\n"
                    'auth_password_env = "STANDBY_PRIMARY_SECRET"\n')
+    top, tables = retention_config(params, out)
+    if out.get("AlarmTopic"):
+        # `standby doctor` checks the topic has a confirmed subscription.
+        tables += f'\n[metrics]\nalarm_topic = "{out["AlarmTopic"]}"\n'
+    config = config.replace("\n[primary]\n", f"{top}\n[primary]\n", 1) + tables
     if os.path.exists(a.config_out) and open(a.config_out).read() != config:
         if not confirm(f"{a.config_out} exists; replace it?", a.yes):
             print(f"!! kept {a.config_out}; the stack's config would be:\n{config}")
@@ -174,6 +211,154 @@ def cmd_after_deploy(a):
     with open(a.config_out, "w") as f:
         f.write(config)
     print(f"== wrote {a.config_out} (drain function: {out['DrainFunctionName']})")
+
+
+def merge_mx(route53, params, domain, region, yes):
+    """Add the standby's MX record to the domain's MX set in the hosted zone, keeping every
+    record there. Route 53 has one record set per name and type, and an UPSERT replaces
+    all of it (Route 53 API reference, ChangeResourceRecordSets), so the set is read, the
+    standby's record added, the change printed, and the merged set written back after
+    asking. The primary's record is added only when the domain has no MX at all."""
+    zone = params["HostedZoneId"]
+    name = domain.rstrip(".") + "."
+    page = route53.list_resource_record_sets(
+        HostedZoneId=zone, StartRecordName=name, StartRecordType="MX", MaxItems="1")
+    current = next((r for r in page.get("ResourceRecordSets", [])
+                    if r["Name"].lower() == name.lower() and r["Type"] == "MX"), None)
+    have = [r["Value"] for r in current["ResourceRecords"]] if current else []
+    ours = f"{params.get('StandbyMxPreference', '20')} inbound-smtp.{region}.amazonaws.com."
+    same = lambda a, b: a.split()[-1].rstrip(".").lower() == b.split()[-1].rstrip(".").lower()
+    want = list(have)
+    if not any(same(v, ours) for v in have):
+        want.append(ours)
+    if not have:
+        primary = params.get("PrimaryMxHost") or params.get("PrimaryHost")
+        want.insert(0, f"{params.get('PrimaryMxPreference', '10')} {primary.rstrip('.')}.")
+    if want == have:
+        print(f"== MX {name}: {' | '.join(have)} (the standby's record is there)")
+        return
+    print(f"== MX {name} in hosted zone {zone}:")
+    for v in want:
+        print(f"   {'keep' if v in have else 'add '} {name} MX {v}")
+    if not confirm(f"Write the MX set of {name} as above?", yes):
+        print(f"!! MX set of {name} not changed: add `{name} MX {ours}` yourself")
+        return
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={
+        "Comment": "standby-mx: the standby's MX record added to the set",
+        "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": name, "Type": "MX", "TTL": current["TTL"] if current else 300,
+            "ResourceRecords": [{"Value": v} for v in want]}}]})
+    print(f"== MX set of {name} written: {' | '.join(want)}")
+
+
+def split_list(value):
+    """A CommaDelimitedList parameter as CloudFormation gives it ("a,b"), or moto ("['a', 'b']")."""
+    return [v.strip(" '\"[]") for v in value.split(",") if v.strip(" '\"[]")]
+
+
+def filter_prefix(stack):
+    return f"{stack}-j"
+
+
+def sync_journal_filters(ses, stack, allow):
+    import ipaddress
+    want = {}
+    for cidr in allow:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            print(f"!! JournalAllow entry {cidr!r} is not an address or network: no filter for it")
+            continue
+        if net.version != 4:
+            print(f"== JournalAllow {cidr}: SES IP address filters take IPv4 networks; none made for it")
+            continue
+        want[str(net)] = None
+    prefix = filter_prefix(stack)
+    have = {f["Name"]: (f["IpFilter"]["Cidr"], f["IpFilter"].get("Policy"))
+            for f in ses.list_receipt_filters().get("Filters", [])
+            if f["Name"].startswith(prefix) and f["Name"][len(prefix):].isdigit()}
+    kept = set()
+    for name, (cidr, policy) in sorted(have.items()):
+        net = str(ipaddress.ip_network(cidr, strict=False))
+        if net in want and net not in kept and policy == "Allow":
+            kept.add(net)
+            print(f"== SES receipt filter {name} allows {net} (journal copies from the primary)")
+        else:
+            ses.delete_receipt_filter(FilterName=name)
+            print(f"== removed SES receipt filter {name} ({cidr}, {policy}: not an Allow of JournalAllow)")
+    used = set(have)
+    n = 1
+    for net in want:
+        if net in kept:
+            continue
+        while f"{prefix}{n}" in used:
+            n += 1
+        name = f"{prefix}{n}"
+        used.add(name)
+        ses.create_receipt_filter(Filter={"Name": name, "IpFilter": {"Cidr": net, "Policy": "Allow"}})
+        print(f"== created SES receipt filter {name}: allow {net} (SES blocks Amazon EC2 "
+              "addresses by default; journal copies come from there)")
+
+
+def retention_config(params, out):
+    """The stack's retention, journal and archive settings, as the functions have them, so
+    the operator commands (retention, hold --legal, purge) apply the same policy and reach
+    the archive bucket's copies."""
+    top, text = "", ""
+    if params.get("RetentionDays"):
+        top += f"keep_delivered_days = {params['RetentionDays']}\n"
+    journal = split_list(params.get("JournalAddresses", ""))
+    if journal and out.get("ArchiveBucket"):
+        top += (f'archive_bucket = "{out["ArchiveBucket"]}"\n'
+                f'archive_lock_mode = "{params.get("ArchiveLockMode", "GOVERNANCE").lower()}"\n')
+    if journal:
+        text += ("\n[journal]\n"
+                 f"addresses = {json.dumps(journal)}\n"
+                 f"allow = {json.dumps(split_list(params.get('JournalAllow', '')))}\n")
+    retention = ""
+    if params.get("FailedRetentionDays"):
+        retention += f"failed_days = {params['FailedRetentionDays']}\n"
+    if journal and params.get("JournalDays"):
+        retention += f"journal_days = {params['JournalDays']}\n"
+    if params.get("ConfidentialRules", "").strip():
+        retention += f"confidential = {json.dumps(params['ConfidentialRules'])}\n"
+    if retention:
+        text += "\n[retention]\n" + retention
+    return top, text
+
+
+def cmd_identity(a):
+    """Print "true" when the stack should create the first domain's SES identity: it
+    owns it already, or the domain is no SES identity yet. "false" when the domain is an
+    identity made outside the stack (creating it again would fail the deploy)."""
+    import boto3
+    from botocore.exceptions import ClientError
+    cfn = boto3.client("cloudformation", region_name=a.region)
+    ses = boto3.client("ses", region_name=a.region)
+    domain = a.domain
+    try:
+        stack = cfn.describe_stacks(StackName=a.stack)["Stacks"][0]
+    except ClientError:
+        stack = None  # not deployed yet
+    if stack:
+        ours = cfn.describe_stack_resources(StackName=a.stack)["StackResources"]
+        if any(r["LogicalResourceId"] == "DomainIdentity" for r in ours):
+            print("true")
+            return
+        params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+        domain = domain or next(iter(split_list(params.get("DomainNames", ""))), None)
+    if not domain:
+        print("identity: no domain known yet (first guided run): the stack creates the identity",
+              file=sys.stderr)
+        print("true")
+        return
+    attrs = ses.get_identity_verification_attributes(Identities=[domain])["VerificationAttributes"]
+    if domain in attrs:
+        print(f"identity: {domain} is an SES identity already ({attrs[domain].get('VerificationStatus')}):"
+              " the stack leaves it alone (CreateDomainIdentity=false)", file=sys.stderr)
+        print("false")
+    else:
+        print("true")
 
 
 def cmd_before_destroy(a):
@@ -187,6 +372,11 @@ def cmd_before_destroy(a):
         # An active rule set cannot be deleted.
         ses.set_active_receipt_rule_set()
         print(f"== deactivated receipt rule set {active}: SES now rejects mail in {a.region}")
+    prefix = filter_prefix(a.stack)
+    for f in ses.list_receipt_filters().get("Filters", []):
+        if f["Name"].startswith(prefix) and f["Name"][len(prefix):].isdigit():
+            ses.delete_receipt_filter(FilterName=f["Name"])
+            print(f"== removed SES receipt filter {f['Name']} ({f['IpFilter']['Cidr']})")
     if a.delete_bucket:
         s3 = boto3.resource("s3", region_name=a.region)
         bucket = s3.Bucket(out["Bucket"])
@@ -209,9 +399,13 @@ def main():
         q.add_argument("--yes", action="store_true")
     d.add_argument("--config-out", default="standby.toml")
     sub.choices["before-destroy"].add_argument("--delete-bucket", action="store_true")
+    i = sub.add_parser("identity")
+    i.add_argument("--stack", required=True)
+    i.add_argument("--region", required=True)
+    i.add_argument("--domain")
     a = p.parse_args()
     {"recipients": cmd_recipients, "after-deploy": cmd_after_deploy,
-     "before-destroy": cmd_before_destroy}[a.cmd](a)
+     "before-destroy": cmd_before_destroy, "identity": cmd_identity}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -298,3 +298,273 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
         }
     }
 }
+
+/// `scripts/stack.py` pieces that moto cannot run (it has no SES receipt filters), with a
+/// stand-in SES client: each IPv4 network of `JournalAllow` gets an Allow receipt filter
+/// named `<stack>-j<n>` (SES blocks mail from Amazon EC2 addresses unless a filter allows
+/// them, and a primary journaling from EC2 would be refused), IPv6 entries are said and
+/// skipped, filters of ours no longer listed are removed, others' are left alone. And the
+/// operator's config carries the stack's retention, journal and archive settings, which
+/// `standby` reads back (so `hold --legal` reaches the archive copy).
+#[test]
+fn journal_filters_follow_journal_allow_and_the_config_carries_the_policy() {
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import stack
+class Ses:
+    def __init__(self):
+        self.filters = [{"Name": "other-rule", "IpFilter": {"Cidr": "203.0.113.9/32", "Policy": "Block"}}]
+    def list_receipt_filters(self):
+        return {"Filters": [dict(f) for f in self.filters]}
+    def create_receipt_filter(self, Filter):
+        assert all(f["Name"] != Filter["Name"] for f in self.filters), Filter
+        self.filters.append(Filter)
+    def delete_receipt_filter(self, FilterName):
+        self.filters = [f for f in self.filters if f["Name"] != FilterName]
+ses = Ses()
+stack.sync_journal_filters(ses, "mx", stack.split_list("['192.0.2.25/32', '2001:db8::/64', '198.51.100.0/24']"))
+first = sorted((f["Name"], f["IpFilter"]["Cidr"], f["IpFilter"]["Policy"]) for f in ses.filters)
+stack.sync_journal_filters(ses, "mx", ["198.51.100.7/24"])
+second = sorted((f["Name"], f["IpFilter"]["Cidr"]) for f in ses.filters)
+params = {"RetentionDays": "30", "FailedRetentionDays": "90", "JournalDays": "2555",
+          "JournalAddresses": "journal@example.test", "JournalAllow": "192.0.2.25/32",
+          "ArchiveLockMode": "COMPLIANCE",
+          "ConfidentialRules": '[{"name": "hr", "rcpt": "*@hr.example.test", "keep_days": 0}]'}
+top, tables = stack.retention_config(params, {"ArchiveBucket": "mx-archive"})
+print(json.dumps({"first": first, "second": second, "top": top, "tables": tables}))
+"#;
+    let out = Command::new(require_venv_tool("python"))
+        .args(["-c", script])
+        .arg(repo().join("scripts"))
+        .output()
+        .unwrap();
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "{said}{err}");
+    let last = said.lines().last().unwrap();
+    let got: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        got["first"],
+        serde_json::json!([
+            ["mx-j1", "192.0.2.25/32", "Allow"],
+            ["mx-j2", "198.51.100.0/24", "Allow"],
+            ["other-rule", "203.0.113.9/32", "Block"]
+        ]),
+        "{said}"
+    );
+    assert!(
+        said.contains("2001:db8::/64: SES IP address filters take IPv4"),
+        "{said}"
+    );
+    assert_eq!(
+        got["second"],
+        serde_json::json!([
+            ["mx-j2", "198.51.100.0/24"],
+            ["other-rule", "203.0.113.9/32"]
+        ]),
+        "{said}"
+    );
+
+    // The generated settings, in a config `standby` reads.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("standby.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "backend = \"aws\"\nbucket = \"mx-mail\"\ntable = \"mx-mail\"\nregion = \"us-east-1\"\n\
+             domains = [\"example.test\"]\nhostname = \"standby-drain.invalid\"\n{}\n\
+             [primary]\naddress = \"mx1.example.test:587\"\n{}",
+            got["top"].as_str().unwrap(),
+            got["tables"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = standby::config::Config::load(&path)
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&path).unwrap()));
+    let aws = config.aws_settings().unwrap();
+    let archive = aws.archive.expect("archive settings");
+    assert_eq!(archive.bucket, "mx-archive");
+    assert_eq!(archive.mode, standby::config::LockMode::Compliance);
+    assert_eq!(aws.keep_delivered_days, Some(30));
+    let policy = config.retention();
+    assert_eq!(
+        (
+            policy.failed_days,
+            policy.journal_days,
+            policy.confidential.len()
+        ),
+        (Some(90), Some(2555), 1)
+    );
+    assert!(config.journal().is_enabled());
+}
+
+/// `AWS::SES::EmailIdentity` fails for a domain that is an SES identity already (most
+/// domains that ever used SES): `scripts/stack.py identity`, which `scripts/deploy` asks
+/// before `sam deploy`, says `false` for such a domain, so the stack leaves it alone, and
+/// `true` for a new one. Against moto, with the identity made outside any stack.
+#[test]
+fn an_existing_ses_identity_is_left_to_itself() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.toml");
+    std::fs::write(
+        &seed,
+        "backend = \"aws\"\nbucket = \"idmail\"\ntable = \"idmail\"\n\
+         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    assert!(
+        standby_cli(&moto, &seed, &["aws-init"], &[])
+            .status
+            .success()
+    );
+    // example.test becomes an SES identity, and a stand-in stack without DomainIdentity.
+    let out = Command::new(require_venv_tool("python"))
+        .arg(repo().join("tests/fixtures/ses-setup.py"))
+        .args([moto.url.as_str(), "idmail", "example.test"])
+        .args([
+            "--no-activate",
+            "--stack",
+            "standby-mx",
+            "--primary-port",
+            "25",
+        ])
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let identity = |stack: &str, domain: Option<&str>| {
+        let mut cmd = Command::new(require_venv_tool("python"));
+        cmd.arg(repo().join("scripts/stack.py"))
+            .args(["identity", "--stack", stack, "--region", "us-east-1"])
+            .envs(child_env(&moto));
+        if let Some(d) = domain {
+            cmd.args(["--domain", d]);
+        }
+        let out = cmd.output().unwrap();
+        let (said, err) = text(&out);
+        assert!(out.status.success(), "{said}{err}");
+        (said.trim().to_string(), err)
+    };
+    // The deployed stack's first domain (from its parameters), and named.
+    let (said, err) = identity("standby-mx", None);
+    assert_eq!(said, "false", "{err}");
+    assert!(
+        err.contains("example.test is an SES identity already"),
+        "{err}"
+    );
+    assert_eq!(identity("standby-mx", Some("example.test")).0, "false");
+    // A first deploy for a new domain creates it.
+    assert_eq!(identity("new-stack", Some("fresh.example.net")).0, "true");
+    assert_eq!(identity("new-stack", None).0, "true");
+}
+
+/// With a hosted zone, the standby's MX record joins the domain's MX set and nothing in
+/// it is dropped (an UPSERT replaces the whole set; the template's RecordSet would fail on
+/// the existing one): the change is printed, written only when confirmed, and a second
+/// run finds the record there. Against moto's Route 53.
+#[test]
+fn the_standby_joins_the_existing_mx_set_and_the_primary_stays() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.toml");
+    std::fs::write(
+        &seed,
+        "backend = \"aws\"\nbucket = \"mxmail\"\ntable = \"mxmail\"\n\
+         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    assert!(
+        standby_cli(&moto, &seed, &["aws-init"], &[])
+            .status
+            .success()
+    );
+    // The zone, with the primary's MX and a second MX of the organisation's.
+    let zone_py = r#"
+import boto3, json, sys
+r53 = boto3.client("route53", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+if sys.argv[2] == "create":
+    z = r53.create_hosted_zone(Name="example.test.", CallerReference="t")["HostedZone"]["Id"].split("/")[-1]
+    r53.change_resource_record_sets(HostedZoneId=z, ChangeBatch={"Changes": [{"Action": "CREATE",
+        "ResourceRecordSet": {"Name": "example.test.", "Type": "MX", "TTL": 3600,
+        "ResourceRecords": [{"Value": "10 mx1.example.test."}, {"Value": "15 mx2.example.test."}]}}]})
+    print(z)
+else:
+    sets = r53.list_resource_record_sets(HostedZoneId=sys.argv[3])["ResourceRecordSets"]
+    mx = [s for s in sets if s["Type"] == "MX"]
+    print(json.dumps([[s["Name"], s["TTL"], sorted(r["Value"] for r in s["ResourceRecords"])] for s in mx]))
+"#;
+    let zone_cmd = |args: &[&str]| {
+        let out = Command::new(require_venv_tool("python"))
+            .args(["-c", zone_py, moto.url.as_str()])
+            .args(args)
+            .envs(child_env(&moto))
+            .output()
+            .unwrap();
+        let (said, err) = text(&out);
+        assert!(out.status.success(), "{said}{err}");
+        said.trim().to_string()
+    };
+    let zone = zone_cmd(&["create"]);
+    let out = Command::new(require_venv_tool("python"))
+        .arg(repo().join("tests/fixtures/ses-setup.py"))
+        .args([moto.url.as_str(), "mxmail", "example.test"])
+        .args([
+            "--no-activate",
+            "--stack",
+            "standby-mx",
+            "--primary-port",
+            "25",
+        ])
+        .args(["--hosted-zone-id", &zone])
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let before = zone_cmd(&["list", &zone]);
+    let config = dir.path().join("standby.toml");
+
+    // No terminal, no --yes: the change is printed, the zone is left as it was.
+    let out = after_deploy(&moto, &config, &[]);
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "{said}{err}");
+    assert!(
+        said.contains("keep example.test. MX 10 mx1.example.test."),
+        "{said}"
+    );
+    assert!(
+        said.contains("keep example.test. MX 15 mx2.example.test."),
+        "{said}"
+    );
+    assert!(
+        said.contains("add  example.test. MX 20 inbound-smtp.us-east-1.amazonaws.com."),
+        "{said}"
+    );
+    assert!(
+        said.contains("MX set of example.test. not changed"),
+        "{said}"
+    );
+    assert_eq!(zone_cmd(&["list", &zone]), before);
+
+    let out = after_deploy(&moto, &config, &["--yes"]);
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "{said}{err}");
+    let after: serde_json::Value = serde_json::from_str(&zone_cmd(&["list", &zone])).unwrap();
+    assert_eq!(
+        after,
+        serde_json::json!([[
+            "example.test.",
+            3600,
+            [
+                "10 mx1.example.test.",
+                "15 mx2.example.test.",
+                "20 inbound-smtp.us-east-1.amazonaws.com."
+            ]
+        ]]),
+        "{said}"
+    );
+    let out = after_deploy(&moto, &config, &["--yes"]);
+    let (said, _) = text(&out);
+    assert!(said.contains("(the standby's record is there)"), "{said}");
+}

@@ -922,3 +922,98 @@ fn audit_entries_can_only_be_appended() {
         assert_eq!(appends, 1, "{name}: one statement appends audit entries");
     }
 }
+
+/// The first domain's SES identity is the stack's only when it was absent
+/// (`CreateDomainIdentity`, set by `scripts/deploy`), and it outlives the stack either way:
+/// `scripts/destroy` must not take an identity other uses of SES depend on. Its DKIM
+/// records and output go with it.
+#[test]
+fn the_ses_identity_is_made_only_when_absent_and_kept() {
+    let t = template();
+    let r = &t["Resources"];
+    assert_eq!(t["Parameters"]["CreateDomainIdentity"]["Default"], "true");
+    let id = &r["DomainIdentity"];
+    assert_eq!(id["Condition"], "OwnIdentity");
+    assert_eq!(id["DeletionPolicy"], "Retain");
+    assert_eq!(id["UpdateReplacePolicy"], "Retain");
+    assert_eq!(
+        t["Conditions"]["OwnIdentity"],
+        json!({ "Fn::Equals": [{ "Ref": "CreateDomainIdentity" }, "true"] })
+    );
+    for n in 1..=3 {
+        assert_eq!(r[format!("DkimRecord{n}")]["Condition"], "ManageDkimDns");
+    }
+    assert_eq!(t["Outputs"]["DkimRecords"]["Condition"], "OwnIdentity");
+    // Whatever uses the identity exists only with it.
+    for section in ["Resources", "Outputs"] {
+        for (name, v) in t[section].as_object().unwrap() {
+            if name != "DomainIdentity" && v.to_string().contains("DomainIdentity") {
+                assert!(
+                    v["Condition"] == "OwnIdentity" || v["Condition"] == "ManageDkimDns",
+                    "{name} uses the identity without its condition"
+                );
+            }
+        }
+    }
+}
+
+/// No MX record set in the template: every domain in use has one (the primary's), and
+/// AWS::Route53::RecordSet fails on an existing set, where an UPSERT would replace it
+/// and drop the primary's record. scripts/stack.py merges the standby's record instead
+/// (tests/deploy.rs).
+#[test]
+fn the_template_owns_no_mx_record_set() {
+    let t = template();
+    for (name, r) in t["Resources"].as_object().unwrap() {
+        // The custom MAIL FROM subdomain's MX (sending) is a name of its own.
+        let mail_from = r["Properties"]["Name"]
+            .to_string()
+            .contains("MailFromSubdomain");
+        if r["Type"] == "AWS::Route53::RecordSet" && !mail_from {
+            assert_ne!(r["Properties"]["Type"], "MX", "{name} is an MX record set");
+        }
+    }
+}
+
+/// Alarms that arrive: CloudWatch cannot publish to a topic under the AWS managed key
+/// `alias/aws/sns` (every alarm action failed), so the topic has no KMS key (a skip with
+/// its reason for checkov); the probe alarm fires when 4 of 5 one-minute periods saw a
+/// failed probe (one run a minute, each probe bounded by `[health] timeout_secs`), where
+/// a sum of 5 in one 5-minute period missed a late run.
+#[test]
+fn alarms_can_reach_the_topic_and_fire_in_an_outage() {
+    let t = template();
+    let r = &t["Resources"];
+    let topic = &r["AlarmTopic"];
+    assert!(
+        topic["Properties"].get("KmsMasterKeyId").is_none(),
+        "CloudWatch cannot use the key of {}",
+        topic["Properties"]
+    );
+    assert!(
+        topic["Metadata"]["checkov"]["skip"]
+            .to_string()
+            .contains("CKV_AWS_26"),
+        "{topic}"
+    );
+    let p = &r["ProbeFailureAlarm"]["Properties"];
+    assert_eq!(
+        (
+            p["Period"].clone(),
+            p["EvaluationPeriods"].clone(),
+            p["DatapointsToAlarm"].clone(),
+            p["Threshold"].clone()
+        ),
+        (json!(60), json!(5), json!(4), json!(1))
+    );
+    // Every alarm notifies the topic.
+    for (name, res) in r.as_object().unwrap() {
+        if res["Type"] == "AWS::CloudWatch::Alarm" {
+            assert_eq!(
+                res["Properties"]["AlarmActions"],
+                json!([{ "Ref": "AlarmTopic" }]),
+                "{name}"
+            );
+        }
+    }
+}
