@@ -185,6 +185,11 @@ pub struct MetricsConfig {
     /// stack's name); unset: no metrics.
     #[serde(default)]
     pub stack: Option<String>,
+    /// The SNS topic the stack's alarms notify (its `AlarmTopic` output; scripts/deploy
+    /// writes it into the operator's config): `standby doctor` checks that it has a
+    /// confirmed subscription.
+    #[serde(default)]
+    pub alarm_topic: Option<String>,
 }
 
 /// Where `standby serve` on the AWS backend stores the messages it receives: its own

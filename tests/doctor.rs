@@ -351,3 +351,56 @@ fn primary_login_checks_starttls_and_auth_as_configured() {
         "the password never appears: {d}"
     );
 }
+
+/// `[metrics] alarm_topic` (scripts/deploy writes the stack's `AlarmTopic` there): the
+/// doctor fails while the topic has no confirmed subscription, since then no alarm
+/// reaches anyone, and passes once an address is subscribed. (moto confirms every
+/// subscription at once, so the pending case is not exercised here.)
+#[test]
+fn the_alarm_topic_needs_a_confirmed_subscription() {
+    let dns = Dns::start(GOOD_AWS);
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = aws_setup(&moto, dir.path(), &[]);
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 16]);
+    let env = moto_env(&moto, primary.port);
+    let sns = |args: &[&str]| {
+        let out = Command::new(require_venv_tool("python"))
+            .args([
+                "-c",
+                "import boto3, sys\n\
+                 c = boto3.client('sns', endpoint_url=sys.argv[1], region_name='us-east-1')\n\
+                 if sys.argv[2] == 'topic': print(c.create_topic(Name='standby-alarms')['TopicArn'])\n\
+                 else: c.subscribe(TopicArn=sys.argv[3], Protocol='email', Endpoint='oncall@example.net')",
+                moto.url.as_str(),
+            ])
+            .args(args)
+            .envs(child_env(&moto))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let topic = sns(&["topic"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[metrics]\nalarm_topic = \"{topic}\"\n"),
+    )
+    .unwrap();
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(failing(&report), ["alarm subscription"], "{report:#}");
+    assert!(
+        report.to_string().contains("has no subscription"),
+        "{report:#}"
+    );
+    sns(&["subscribe", &topic]);
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(verdict(&report, "alarm subscription"), "pass");
+    assert!(
+        report.to_string().contains("email oncall@example.net"),
+        "{report:#}"
+    );
+}

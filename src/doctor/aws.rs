@@ -55,7 +55,80 @@ impl Context {
         out.push(self.receipt_rules(config).await);
         out.push(self.bucket().await);
         out.push(self.table().await);
+        if let Some(topic) = &config.metrics.alarm_topic {
+            out.push(self.alarm_subscription(topic).await);
+        }
         out
+    }
+
+    /// The stack's alarms reach someone only through a confirmed subscription of its
+    /// topic: SNS mails a confirmation link to `AlarmEmail`, and until someone follows it
+    /// every alarm goes nowhere, on exactly the day it matters.
+    async fn alarm_subscription(&self, topic: &str) -> Check {
+        let name = "alarm subscription";
+        let sns = aws_sdk_sns::Client::new(&self.clients.sdk);
+        let (mut confirmed, mut pending) = (Vec::new(), Vec::new());
+        let mut token = None;
+        loop {
+            let page = match sns
+                .list_subscriptions_by_topic()
+                .topic_arn(topic)
+                .set_next_token(token)
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    return Check::fail(
+                        name,
+                        format!("{topic}: {}", err(&e)),
+                        "check `[metrics] alarm_topic` (the stack's AlarmTopic output) and that \
+                         these credentials may sns:ListSubscriptionsByTopic",
+                    );
+                }
+            };
+            for sub in page.subscriptions() {
+                let who = format!(
+                    "{} {}",
+                    sub.protocol().unwrap_or("?"),
+                    sub.endpoint().unwrap_or("?")
+                );
+                // A pending one has "PendingConfirmation" where the ARN would be.
+                if sub
+                    .subscription_arn()
+                    .is_some_and(|a| a.starts_with("arn:"))
+                {
+                    confirmed.push(who);
+                } else {
+                    pending.push(who);
+                }
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        match (confirmed.is_empty(), pending.is_empty()) {
+            (false, _) => Check::pass(name, format!("alarms reach {}", confirmed.join(", "))),
+            (true, false) => Check::fail(
+                name,
+                format!(
+                    "no confirmed subscription: {} waiting for confirmation, so no alarm reaches anyone",
+                    pending.join(", ")
+                ),
+                "follow the link in the mail AWS Notifications sent to that address (look in its \
+                 spam folder; `aws sns subscribe` sends it again)",
+            ),
+            (true, true) => Check::fail(
+                name,
+                format!("{topic} has no subscription, so no alarm reaches anyone"),
+                format!(
+                    "subscribe an address that does not depend on the primary: scripts/deploy \
+                     --alarm-email ADDRESS, or `aws sns subscribe --topic-arn {topic} --protocol \
+                     email --notification-endpoint ADDRESS`, then confirm it"
+                ),
+            ),
+        }
     }
 
     async fn identity(&self, domain: &str) -> Check {
