@@ -10,6 +10,8 @@
                                       retention, journal and archive settings)
     stack.py identity ...             "true" if the stack should create the first
                                       domain's SES identity, "false" if it exists already
+    stack.py owns-mx ...              "true" if the stack owns its MX set as a resource
+                                      (an earlier version's): LegacyMxRecordSet
     stack.py before-destroy ...       deactivate our receipt rule set, remove our IP
                                       filters, empty the bucket (if told)
 
@@ -221,6 +223,9 @@ def merge_mx(route53, params, domain, region, yes):
     asking. The primary's record is added only when the domain has no MX at all."""
     zone = params["HostedZoneId"]
     name = domain.rstrip(".") + "."
+    if params.get("LegacyMxRecordSet") == "true":
+        print(f"== MX {name}: the stack's own record set (made by an earlier version), left to it")
+        return
     page = route53.list_resource_record_sets(
         HostedZoneId=zone, StartRecordName=name, StartRecordType="MX", MaxItems="1")
     current = next((r for r in page.get("ResourceRecordSets", [])
@@ -327,6 +332,20 @@ def retention_config(params, out):
     return top, text
 
 
+def cmd_owns_mx(a):
+    """Print "true" when the deployed stack owns its domain's MX set as the resource
+    MxRecords (made by an earlier version): the update must keep it (LegacyMxRecordSet),
+    or CloudFormation would delete the live set."""
+    import boto3
+    from botocore.exceptions import ClientError
+    cfn = boto3.client("cloudformation", region_name=a.region)
+    try:
+        ours = cfn.describe_stack_resources(StackName=a.stack)["StackResources"]
+    except ClientError:
+        ours = []  # not deployed yet
+    print("true" if any(r["LogicalResourceId"] == "MxRecords" for r in ours) else "false")
+
+
 def cmd_identity(a):
     """Print "true" when the stack should create the first domain's SES identity: it
     owns it already, or the domain is no SES identity yet. "false" when the domain is an
@@ -403,9 +422,13 @@ def main():
     i.add_argument("--stack", required=True)
     i.add_argument("--region", required=True)
     i.add_argument("--domain")
+    m = sub.add_parser("owns-mx")
+    m.add_argument("--stack", required=True)
+    m.add_argument("--region", required=True)
     a = p.parse_args()
     {"recipients": cmd_recipients, "after-deploy": cmd_after_deploy,
-     "before-destroy": cmd_before_destroy, "identity": cmd_identity}[a.cmd](a)
+     "before-destroy": cmd_before_destroy, "identity": cmd_identity,
+     "owns-mx": cmd_owns_mx}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -457,6 +457,35 @@ fn an_existing_ses_identity_is_left_to_itself() {
     // A first deploy for a new domain creates it.
     assert_eq!(identity("new-stack", Some("fresh.example.net")).0, "true");
     assert_eq!(identity("new-stack", None).0, "true");
+
+    // A stack made by an earlier version owns its MX set as the resource MxRecords: the
+    // update must keep it (CloudFormation would delete the live set with the resource).
+    let owns_mx = |stack: &str| {
+        let out = Command::new(require_venv_tool("python"))
+            .arg(repo().join("scripts/stack.py"))
+            .args(["owns-mx", "--stack", stack, "--region", "us-east-1"])
+            .envs(child_env(&moto))
+            .output()
+            .unwrap();
+        let (said, err) = text(&out);
+        assert!(out.status.success(), "{said}{err}");
+        said.trim().to_string()
+    };
+    assert_eq!(owns_mx("standby-mx"), "false");
+    assert_eq!(owns_mx("never-deployed"), "false");
+    let old_stack = r#"
+import boto3, sys
+template = "Resources:\n  MxRecords:\n    Type: AWS::S3::Bucket\n    Properties:\n      BucketName: old-mx-stand-in\n"
+cfn = boto3.client("cloudformation", endpoint_url=sys.argv[1], region_name="us-east-1")
+cfn.create_stack(StackName="old-mx", TemplateBody=template)
+"#;
+    let out = Command::new(require_venv_tool("python"))
+        .args(["-c", old_stack, moto.url.as_str()])
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(owns_mx("old-mx"), "true");
 }
 
 /// With a hosted zone, the standby's MX record joins the domain's MX set and nothing in
