@@ -987,3 +987,22 @@ fn the_template_owns_no_mx_record_set() {
         t["Conditions"]["LegacyMx"]
     );
 }
+
+/// Journal copies move to Glacier IR from 36 KB up: S3 moves nothing under 128 KB unless a
+/// rule says so (most journal copies are smaller), and under about 34 KB Glacier IR's
+/// 128 KB minimum charge and the transition fee cost more than Standard over the default
+/// 7-year retention (the arithmetic is beside the rule).
+#[test]
+fn journal_copies_above_36_kb_move_to_glacier_ir() {
+    let t = template();
+    let rules = t["Resources"]["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .unwrap();
+    let cold = rules
+        .iter()
+        .find(|r| r["Id"] == "journal-to-cold")
+        .expect("the transition rule");
+    assert_eq!(cold["ObjectSizeGreaterThan"], json!(36864), "{cold}");
+    assert_eq!(cold["Transitions"][0]["StorageClass"], "GLACIER_IR");
+    assert_eq!(t["Parameters"]["JournalDays"]["Default"], json!(2555));
+}
