@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::error::StoreError;
-use crate::model::{Bounce, Intake, MessageId, RcptStatus, Record, Status, redact};
+use crate::model::{Bounce, Intake, MessageId, RcptStatus, Recipient, Record, Status, redact};
 use crate::ports::Storage;
 use crate::sender::SenderVerifier;
 use crate::summary::{self, HEAD_LIMIT};
@@ -96,7 +96,14 @@ pub async fn settle(
     settings: &DsnSettings,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if rec.status != Status::Failed || rec.bounce.is_some() {
+    if rec.status != Status::Failed {
+        return Ok(());
+    }
+    // What is still to decide: failed recipients no decision covered. A record bounced
+    // before recipients carried the mark counts as decided for all its failed ones.
+    let marked = rec.rcpts.iter().any(|r| r.bounced);
+    let open = |r: &Recipient| r.status == RcptStatus::Failed && !r.bounced;
+    if rec.bounce.is_some() && (!marked || !rec.rcpts.iter().any(open)) {
         return Ok(());
     }
     if settings.enabled
@@ -109,10 +116,28 @@ pub async fn settle(
     }
     if let Some(why) = suppression(rec, settings) {
         tracing::info!(id = %rec.id, reason = %why, "no DSN; message parked as failed");
+        mark_reported(rec);
         rec.bounce = Some(Bounce::Suppressed { why });
         return Ok(());
     }
-    let id = dsn_id(rec);
+    // The first DSN's id is derived from the message's; a later one (recipients a late
+    // event added, failed in turn) from the recipients it reports, so retries and
+    // concurrent drains still converge on one DSN each.
+    let id = if rec.bounce.is_none() {
+        dsn_id(rec)
+    } else {
+        let mut reported: Vec<String> = rec
+            .rcpts
+            .iter()
+            .filter(|r| open(r))
+            .map(|r| r.address.to_ascii_lowercase())
+            .collect();
+        reported.sort();
+        MessageId::derived(
+            &format!("dsn:{}:{}", rec.id, reported.join(",")),
+            rec.received_at,
+        )
+    };
     let existing = storage.index.get(id).await?;
     // A record of another intake under the DSN's id: the reconciler (AWS) indexed a DSN
     // object whose own index insert was cut off by a crash. Ours replaces it.
@@ -143,8 +168,18 @@ pub async fn settle(
         }
         tracing::info!(id = %rec.id, dsn = %id, to_domain = redact(&rec.mail_from), "DSN queued");
     }
+    mark_reported(rec);
     rec.bounce = Some(Bounce::Queued { id });
     Ok(())
+}
+
+/// Note that every failed recipient's failure is decided on (see [`Recipient::bounced`]).
+fn mark_reported(rec: &mut Record) {
+    for r in &mut rec.rcpts {
+        if r.status == RcptStatus::Failed {
+            r.bounced = true;
+        }
+    }
 }
 
 /// The original's header block (for the DSN's third part), bounded by [`HEAD_LIMIT`].
@@ -241,10 +276,12 @@ pub fn build(
     id: MessageId,
     now: DateTime<Utc>,
 ) -> Vec<u8> {
+    // Only failures no earlier DSN reported (a second DSN, for recipients a late event
+    // added, names only its own).
     let failed: Vec<(&str, &str)> = orig
         .rcpts
         .iter()
-        .filter(|r| r.status == RcptStatus::Failed)
+        .filter(|r| r.status == RcptStatus::Failed && !r.bounced)
         .map(|r| (r.address.as_str(), r.reply.as_deref().unwrap_or("failed")))
         .collect();
     let host = field(reporting_mta);
@@ -449,6 +486,68 @@ mod tests {
                 .filter(|w| w[1] == b'\n')
                 .all(|w| w[0] == b'\r'),
             "CRLF line ends only"
+        );
+    }
+
+    /// A failed, bounced record reopened by a late SES event for another receipt rule: the
+    /// new recipient fails in turn and gets a DSN of its own, naming only it; the first
+    /// recipient is not reported twice, and settling again queues nothing more. A record
+    /// bounced before recipients carried the mark is taken as decided.
+    #[tokio::test]
+    async fn recipients_added_after_a_bounce_get_their_own_dsn() {
+        let storage = Storage::memory();
+        let mut rec = failed("alice@sender.test", v("PASS", None, None));
+        settle(&storage, &mut rec, &settings(), Utc::now())
+            .await
+            .unwrap();
+        let Some(Bounce::Queued { id: first }) = rec.bounce.clone() else {
+            panic!("{:?}", rec.bounce);
+        };
+        // The late event's recipient, merged as ingest does, then refused by the primary.
+        let mut late = rec.clone();
+        late.rcpts = vec![Recipient::pending("late@example.test")];
+        let mut rec = crate::lambda::ingest::merged(&rec, &late, Utc::now()).unwrap();
+        assert_eq!(rec.status, Status::Held);
+        let r = rec
+            .rcpts
+            .iter_mut()
+            .find(|r| r.address == "late@example.test")
+            .unwrap();
+        r.status = RcptStatus::Failed;
+        r.reply = Some("550 5.1.1 <late@example.test>: unknown user".into());
+        rec.settle();
+        assert_eq!(rec.status, Status::Failed);
+        settle(&storage, &mut rec, &settings(), Utc::now())
+            .await
+            .unwrap();
+        let Some(Bounce::Queued { id: second }) = rec.bounce.clone() else {
+            panic!("{:?}", rec.bounce);
+        };
+        assert_ne!(first, second, "a DSN of its own");
+        let (bytes, _) = storage.blobs.read_all(&second.to_string()).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("late@example.test"), "{text}");
+        assert!(!text.contains("gone@example.test"), "reported once: {text}");
+        let mut again = rec.clone();
+        settle(&storage, &mut again, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(again.bounce, Some(Bounce::Queued { id: second }));
+        assert_eq!(
+            storage.index.list(&Default::default()).await.unwrap().len(),
+            2,
+            "two DSNs, no third"
+        );
+
+        // Bounced by an earlier version: no recipient carries the mark, all are decided.
+        let mut legacy = failed("alice@sender.test", v("PASS", None, None));
+        legacy.bounce = Some(Bounce::Queued { id: first });
+        settle(&storage, &mut legacy, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.index.list(&Default::default()).await.unwrap().len(),
+            2
         );
     }
 

@@ -167,6 +167,11 @@ pub struct Recipient {
     /// The last SMTP reply for this recipient, e.g. `450 4.2.0 mailbox busy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// Failed, and its failure decided on: reported to the sender in a queued DSN, or
+    /// suppressed (`crate::dsn::settle`). A recipient added to a failed record later (a
+    /// late SES event) is not, so its own failure gets its own decision.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounced: bool,
 }
 
 impl Recipient {
@@ -175,6 +180,7 @@ impl Recipient {
             address: address.into(),
             status: RcptStatus::Pending,
             reply: None,
+            bounced: false,
         }
     }
 }
@@ -751,6 +757,7 @@ mod tests {
                     address: "x@example.test".into(),
                     status: *s,
                     reply: None,
+                    bounced: false,
                 })
                 .collect(),
             received_at: now,

@@ -436,6 +436,16 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
             m.reason = None;
         }
     }
+    // The failures a bounce was decided on stay decided (records from before recipients
+    // carried the mark have it set here): recipients added now get a decision of their
+    // own if they fail in turn, and the earlier ones are not reported twice.
+    if m.bounce.is_some() {
+        for r in &mut m.rcpts {
+            if r.status == RcptStatus::Failed {
+                r.bounced = true;
+            }
+        }
+    }
     let mut added = false;
     for r in &new.rcpts {
         if !m.rcpts.iter().any(|x| same(&x.address, &r.address)) {
