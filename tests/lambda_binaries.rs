@@ -245,3 +245,88 @@ fn the_glibc_check_passes_the_functions_and_refuses_newer_symbols() {
         "{err}"
     );
 }
+
+/// Each function opens its S3 and DynamoDB connections during init, before the first
+/// invocation: started against a runtime API that never hands it one, with the AWS
+/// endpoint a listener that counts requests, each binary has made its two requests (a
+/// HeadObject and a GetItem). moto speaks plain HTTP, so the TLS saving shows only on
+/// AWS; what is tested is that the connections are made at init.
+#[test]
+fn functions_open_their_connections_during_init() {
+    use std::io::{BufRead, BufReader, Write};
+    for bin in [INGEST, DRAIN] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut target = String::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("x-amz-target:") {
+                            target = v.trim().to_string();
+                        }
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{} {target}", line.trim()));
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+        // A runtime API nobody listens on: the function never gets an invocation.
+        let dead = free_port();
+        let env: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("STANDBY_BUCKET", "warm"),
+            ("STANDBY_TABLE", "warm"),
+            ("STANDBY_DOMAINS", "example.test"),
+            ("STANDBY_PRIMARY_ADDRESS", "127.0.0.1:25"),
+            ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_LOG", "warn"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = function(bin, "warm", dead, &env, &dir.path().join("log"));
+        let started = std::time::Instant::now();
+        let got = loop {
+            let got = seen.lock().unwrap().clone();
+            if got.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            got.iter()
+                .any(|r| r.starts_with("HEAD /warm/incoming/.warm")),
+            "{bin}: S3 at init: {got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|r| r.contains("dynamodb") && r.contains("getitem")),
+            "{bin}: DynamoDB at init: {got:?}"
+        );
+    }
+}

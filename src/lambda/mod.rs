@@ -30,6 +30,10 @@ use crate::error::ConfigError;
 use crate::ports::Storage;
 use crate::smtp::SmtpRelay;
 
+/// How long a function's init waits for its connections to open (Lambda gives an init
+/// 10 s; a slow start only moves the handshakes to the first invocation).
+const WARM_WITHIN: Duration = Duration::from_secs(3);
+
 /// Everything a function needs, or why it cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -65,6 +69,7 @@ pub async fn ingest_from_env() -> Result<ingest::Ingest, SetupError> {
         ..aws_settings(&config)?
     };
     let clients = AwsClients::connect(&settings).await;
+    clients.warm(&settings, WARM_WITHIN).await;
     Ok(ingest::Ingest::new(
         Storage::aws(&clients, &settings),
         format!("s3://{}/{}", settings.bucket, settings.prefix),
@@ -102,6 +107,7 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
     let config = Config::from_lambda_env(std::env::vars())?;
     let settings = aws_settings(&config)?;
     let clients = AwsClients::connect(&settings).await;
+    clients.warm(&settings, WARM_WITHIN).await;
     let relay = relay_for(&config, &clients).await?;
     let queue = config
         .ingest_failures_queue

@@ -88,6 +88,37 @@ impl AwsClients {
         AwsClients { s3, dynamodb, sdk }
     }
 
+    /// Open the connections to S3 and DynamoDB now, with one cheap request each whose
+    /// answer does not matter (a HeadObject and a GetItem of keys that do not exist):
+    /// a Lambda function calls this during its init, so the first invocation does not
+    /// pay the TLS handshakes (most of a second at 128-256 MB). Bounded by `within`;
+    /// nothing fails if it does not finish.
+    pub async fn warm(&self, settings: &AwsSettings, within: Duration) {
+        let s3 = self
+            .s3
+            .head_object()
+            .bucket(&settings.bucket)
+            .key(format!("{}.warm", settings.prefix))
+            .send();
+        let dynamodb = self
+            .dynamodb
+            .get_item()
+            .table_name(&settings.table)
+            .key(
+                schema::PK,
+                aws_sdk_dynamodb::types::AttributeValue::S("warm#".into()),
+            )
+            .send();
+        match tokio::time::timeout(within, async { tokio::join!(s3, dynamodb) }).await {
+            Ok((s3, dynamodb)) => tracing::debug!(
+                s3 = s3.is_ok(),
+                dynamodb = dynamodb.is_ok(),
+                "connections opened at init"
+            ),
+            Err(_) => tracing::debug!("connections not open within the init's bound"),
+        }
+    }
+
     pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
         S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
             .with_archive(settings.archive.clone())
