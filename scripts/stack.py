@@ -137,7 +137,7 @@ def cmd_after_deploy(a):
         print(f"== SES identity {domains[0]} existed before the stack: it is left as it was"
               + (" (set its custom MAIL FROM yourself: aws sesv2 "
                  "put-email-identity-mail-from-attributes)" if "MailFromRecords" in out else ""))
-    for d in (domains if not own_identity else domains[1:]):
+    for d in domains[1:]:
         ses.verify_domain_identity(Domain=d)
         tokens = ses.verify_domain_dkim(Domain=d)["DkimTokens"]
         records.append(f"{d}. MX {params.get('PrimaryMxPreference', '10')} <your primary MX host>.")
@@ -171,7 +171,9 @@ def cmd_after_deploy(a):
     # IP address filters), so each IPv4 network of JournalAllow gets an Allow filter. The
     # filters are the region's, not the rule set's: ours are named <stack>-j<n>, and
     # filters of ours no longer in JournalAllow are removed.
-    allow = split_list(params.get("JournalAllow", ""))
+    # Only with journal addresses: the filters open the whole region's rule sets to
+    # those networks.
+    allow = split_list(params.get("JournalAllow", "")) if split_list(params.get("JournalAddresses", "")) else []
     try:
         sync_journal_filters(ses, a.stack, allow)
     except Exception as e:  # noqa: BLE001 - said, then the other steps go on
@@ -185,26 +187,26 @@ def cmd_after_deploy(a):
     config = (
         "# Written by scripts/deploy for the operator commands (standby status, list, ...).\n"
         'backend = "aws"\n'
-        f'bucket = "{out["Bucket"]}"\n'
-        f'table = "{out["Table"]}"\n'
-        f'region = "{a.region}"\n'
-        f"domains = {json.dumps(domains)}\n"
+        f'bucket = {q(out["Bucket"])}\n'
+        f'table = {q(out["Table"])}\n'
+        f'region = {q(a.region)}\n'
+        f"domains = {json.dumps(domains, ensure_ascii=False)}\n"
         f"hold_days = {params.get('HoldDays', '5')}\n"
         "# EHLO name of `standby drain` run from here, as the drain function's; set the\n"
         "# standby's real, fully qualified name if the primary checks HELO.\n"
         'hostname = "standby-drain.invalid"\n\n'
         "[primary]\n"
-        f'address = "{params.get("PrimaryHost")}:{params.get("DrainPort", "587")}"\n'
-        f'tls = "{params.get("PrimaryTls", "required")}"\n'
+        f'address = {q(str(params.get("PrimaryHost")) + ":" + str(params.get("DrainPort", "587")))}\n'
+        f'tls = {q(params.get("PrimaryTls", "required"))}\n'
     )
     if params.get("PrimaryAuthUser"):
-        config += (f'auth_user = "{params["PrimaryAuthUser"]}"\n'
+        config += (f'auth_user = {q(params["PrimaryAuthUser"])}\n'
                    "# export STANDBY_PRIMARY_SECRET=<the secret's ARN> for `standby drain`/`doctor`\n"
                    'auth_password_env = "STANDBY_PRIMARY_SECRET"\n')
     top, tables = retention_config(params, out)
     if out.get("AlarmTopic"):
         # `standby doctor` checks the topic has a confirmed subscription.
-        tables += f'\n[metrics]\nalarm_topic = "{out["AlarmTopic"]}"\n'
+        tables += f'\n[metrics]\nalarm_topic = {q(out["AlarmTopic"])}\n'
     config = config.replace("\n[primary]\n", f"{top}\n[primary]\n", 1) + tables
     if os.path.exists(a.config_out) and open(a.config_out).read() != config:
         if not confirm(f"{a.config_out} exists; replace it?", a.yes):
@@ -215,45 +217,109 @@ def cmd_after_deploy(a):
     print(f"== wrote {a.config_out} (drain function: {out['DrainFunctionName']})")
 
 
+def read_mx(route53, zone, name):
+    """The MX record set of `name` in `zone`, or None."""
+    page = route53.list_resource_record_sets(
+        HostedZoneId=zone, StartRecordName=name, StartRecordType="MX", MaxItems="1")
+    return next((r for r in page.get("ResourceRecordSets", [])
+                 if r["Name"].lower() == name.lower() and r["Type"] == "MX"), None)
+
+
+def write_mx(route53, zone, name, current, want, comment):
+    """Replace the set `current` (as read) by `want`: an UPSERT of the whole set, or a
+    DELETE of exactly what was read when nothing is left. (A DELETE and a CREATE in one
+    batch would also refuse a set someone changed meanwhile; moto, which the tests run
+    against, mishandles that batch on a set it wrote itself.)"""
+    if want:
+        change = {"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": name, "Type": "MX", "TTL": current["TTL"] if current else 300,
+            "ResourceRecords": [{"Value": v} for v in want]}}
+    else:
+        change = {"Action": "DELETE", "ResourceRecordSet": current}
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={
+        "Comment": comment, "Changes": [change]})
+
+
+def standby_mx(region):
+    return f"inbound-smtp.{region}.amazonaws.com"
+
+
+def mx_host(value):
+    return value.split()[-1].rstrip(".").lower()
+
+
 def merge_mx(route53, params, domain, region, yes):
     """Add the standby's MX record to the domain's MX set in the hosted zone, keeping every
-    record there. Route 53 has one record set per name and type, and an UPSERT replaces
-    all of it (Route 53 API reference, ChangeResourceRecordSets), so the set is read, the
-    standby's record added, the change printed, and the merged set written back after
-    asking. The primary's record is added only when the domain has no MX at all."""
+    record there. Route 53 has one record set per name and type (Route 53 API reference,
+    ChangeResourceRecordSets), so the set is read, the standby's record added (or its
+    preference corrected), the change printed, and the merged set written back after
+    asking. The primary's record is
+    added only when the domain has no MX at all. The standby must stay the least
+    preferred: a set where it would not be is refused."""
     zone = params["HostedZoneId"]
     name = domain.rstrip(".") + "."
     if params.get("LegacyMxRecordSet") == "true":
         print(f"== MX {name}: the stack's own record set (made by an earlier version), left to it")
         return
-    page = route53.list_resource_record_sets(
-        HostedZoneId=zone, StartRecordName=name, StartRecordType="MX", MaxItems="1")
-    current = next((r for r in page.get("ResourceRecordSets", [])
-                    if r["Name"].lower() == name.lower() and r["Type"] == "MX"), None)
+    current = read_mx(route53, zone, name)
+    if current and "ResourceRecords" not in current:
+        sys.exit(f"stack.py: the MX set of {name} is an alias or a routing-policy set: add "
+                 f"`{name} MX {params.get('StandbyMxPreference', '20')} {standby_mx(region)}.` yourself")
     have = [r["Value"] for r in current["ResourceRecords"]] if current else []
-    ours = f"{params.get('StandbyMxPreference', '20')} inbound-smtp.{region}.amazonaws.com."
-    same = lambda a, b: a.split()[-1].rstrip(".").lower() == b.split()[-1].rstrip(".").lower()
-    want = list(have)
-    if not any(same(v, ours) for v in have):
-        want.append(ours)
+    pref = int(params.get("StandbyMxPreference", "20"))
+    ours = f"{pref} {standby_mx(region)}."
+    others = [v for v in have if mx_host(v) != standby_mx(region)]
     if not have:
-        primary = params.get("PrimaryMxHost") or params.get("PrimaryHost")
-        want.insert(0, f"{params.get('PrimaryMxPreference', '10')} {primary.rstrip('.')}.")
-    if want == have:
+        primary = (params.get("PrimaryMxHost") or params.get("PrimaryHost") or "").rstrip(".")
+        if not primary or re.fullmatch(r"[0-9.]+|[0-9A-Fa-f:]+", primary):
+            sys.exit(f"stack.py: {name} has no MX record, and the primary's MX needs a host "
+                     f"name (PrimaryMxHost), not {primary or 'nothing'}")
+        others = [f"{params.get('PrimaryMxPreference', '10')} {primary}."]
+    least_preferred = max((int(v.split()[0]) for v in others), default=-1)
+    if pref <= least_preferred:
+        sys.exit(f"stack.py: StandbyMxPreference {pref} would not be the least preferred MX of "
+                 f"{name} ({' | '.join(others)}): senders would prefer the standby while the "
+                 "primary is up. Choose a higher StandbyMxPreference")
+    want = others + [ours]
+    if sorted(want) == sorted(have):
         print(f"== MX {name}: {' | '.join(have)} (the standby's record is there)")
         return
     print(f"== MX {name} in hosted zone {zone}:")
-    for v in want:
-        print(f"   {'keep' if v in have else 'add '} {name} MX {v}")
+    for v in sorted(set(want) | set(have), key=lambda v: int(v.split()[0])):
+        verb = "keep" if v in have and v in want else ("add " if v in want else "drop")
+        print(f"   {verb} {name} MX {v}")
     if not confirm(f"Write the MX set of {name} as above?", yes):
         print(f"!! MX set of {name} not changed: add `{name} MX {ours}` yourself")
         return
-    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={
-        "Comment": "standby-mx: the standby's MX record added to the set",
-        "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
-            "Name": name, "Type": "MX", "TTL": current["TTL"] if current else 300,
-            "ResourceRecords": [{"Value": v} for v in want]}}]})
+    write_mx(route53, zone, name, current, want,
+             "standby-mx: the standby's MX record added to the set")
     print(f"== MX set of {name} written: {' | '.join(want)}")
+
+
+def unmerge_mx(route53, params, domain, region):
+    """At destroy: take the standby's record out of the domain's MX set again (a standby
+    MX left pointing at SES, which then refuses the mail, turns a primary's outage into
+    bounces), keeping every other record."""
+    zone = params.get("HostedZoneId")
+    if not zone or params.get("LegacyMxRecordSet") == "true":
+        return
+    name = domain.rstrip(".") + "."
+    current = read_mx(route53, zone, name)
+    if not current or "ResourceRecords" not in current:
+        return
+    have = [r["Value"] for r in current["ResourceRecords"]]
+    want = [v for v in have if mx_host(v) != standby_mx(region)]
+    if want == have:
+        return
+    write_mx(route53, zone, name, current, want,
+             "standby-mx: the standby's MX record removed at destroy")
+    print(f"== MX set of {name}: removed the standby's record ({' | '.join(want) or 'no MX left'})")
+
+
+def q(value):
+    """A TOML basic string: JSON's escapes are TOML's, and characters outside ASCII stay
+    themselves (JSON's surrogate pairs are not valid TOML)."""
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def split_list(value):
@@ -314,22 +380,37 @@ def retention_config(params, out):
         top += f"keep_delivered_days = {params['RetentionDays']}\n"
     journal = split_list(params.get("JournalAddresses", ""))
     if journal and out.get("ArchiveBucket"):
-        top += (f'archive_bucket = "{out["ArchiveBucket"]}"\n'
-                f'archive_lock_mode = "{params.get("ArchiveLockMode", "GOVERNANCE").lower()}"\n')
+        top += (f'archive_bucket = {q(out["ArchiveBucket"])}\n'
+                f'archive_lock_mode = {q(params.get("ArchiveLockMode", "GOVERNANCE").lower())}\n')
     if journal:
         text += ("\n[journal]\n"
-                 f"addresses = {json.dumps(journal)}\n"
-                 f"allow = {json.dumps(split_list(params.get('JournalAllow', '')))}\n")
+                 f"addresses = {json.dumps(journal, ensure_ascii=False)}\n"
+                 f"allow = {json.dumps(split_list(params.get('JournalAllow', '')), ensure_ascii=False)}\n")
     retention = ""
     if params.get("FailedRetentionDays"):
         retention += f"failed_days = {params['FailedRetentionDays']}\n"
     if journal and params.get("JournalDays"):
         retention += f"journal_days = {params['JournalDays']}\n"
     if params.get("ConfidentialRules", "").strip():
-        retention += f"confidential = {json.dumps(params['ConfidentialRules'])}\n"
+        retention += f"confidential = {q(params['ConfidentialRules'])}\n"
     if retention:
         text += "\n[retention]\n" + retention
     return top, text
+
+
+def stack_missing(e):
+    """A ClientError that says the stack does not exist (and nothing else)."""
+    err = e.response.get("Error", {})
+    return err.get("Code") == "ValidationError" and "does not exist" in err.get("Message", "")
+
+
+def samconfig_domain(path):
+    """The first domain of DomainNames in samconfig.toml's parameter_overrides (a deploy
+    without --domains reuses it), or None."""
+    if not path or not os.path.exists(path):
+        return None
+    m = re.search(r'DomainNames=\\?"?([^",\\ ]+)', open(path).read())
+    return m.group(1) if m else None
 
 
 def cmd_owns_mx(a):
@@ -341,8 +422,10 @@ def cmd_owns_mx(a):
     cfn = boto3.client("cloudformation", region_name=a.region)
     try:
         ours = cfn.describe_stack_resources(StackName=a.stack)["StackResources"]
-    except ClientError:
-        ours = []  # not deployed yet
+    except ClientError as e:
+        if not stack_missing(e):
+            raise  # denied, throttled, expired: never guess "absent" (it deletes the set)
+        ours = []
     print("true" if any(r["LogicalResourceId"] == "MxRecords" for r in ours) else "false")
 
 
@@ -357,8 +440,13 @@ def cmd_identity(a):
     domain = a.domain
     try:
         stack = cfn.describe_stacks(StackName=a.stack)["Stacks"][0]
-    except ClientError:
-        stack = None  # not deployed yet
+    except ClientError as e:
+        if not stack_missing(e):
+            raise
+        stack = None
+    if stack and stack.get("StackStatus") == "ROLLBACK_COMPLETE":
+        stack = None  # its first create failed: it owns nothing (and is deleted on deploy)
+    domain = domain or samconfig_domain(a.samconfig)
     if stack:
         ours = cfn.describe_stack_resources(StackName=a.stack)["StackResources"]
         if any(r["LogicalResourceId"] == "DomainIdentity" for r in ours):
@@ -386,13 +474,22 @@ def cmd_before_destroy(a):
     ses = boto3.client("ses", region_name=a.region)
     stack = cfn.describe_stacks(StackName=a.stack)["Stacks"][0]
     out = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+    domains = split_list(params.get("DomainNames", ""))
+    if domains:
+        unmerge_mx(boto3.client("route53", region_name=a.region), params, domains[0], a.region)
     active = ses.describe_active_receipt_rule_set().get("Metadata", {}).get("Name")
     if active == out.get("RuleSet"):
         # An active rule set cannot be deleted.
         ses.set_active_receipt_rule_set()
         print(f"== deactivated receipt rule set {active}: SES now rejects mail in {a.region}")
     prefix = filter_prefix(a.stack)
-    for f in ses.list_receipt_filters().get("Filters", []):
+    try:
+        filters = ses.list_receipt_filters().get("Filters", [])
+    except Exception as e:  # noqa: BLE001 - said; the rest of the teardown goes on
+        filters = []
+        print(f"!! could not list SES receipt filters ({e}): remove any named {prefix}<n> yourself")
+    for f in filters:
         if f["Name"].startswith(prefix) and f["Name"][len(prefix):].isdigit():
             ses.delete_receipt_filter(FilterName=f["Name"])
             print(f"== removed SES receipt filter {f['Name']} ({f['IpFilter']['Cidr']})")
@@ -422,6 +519,7 @@ def main():
     i.add_argument("--stack", required=True)
     i.add_argument("--region", required=True)
     i.add_argument("--domain")
+    i.add_argument("--samconfig", default="infra/samconfig.toml")
     m = sub.add_parser("owns-mx")
     m.add_argument("--stack", required=True)
     m.add_argument("--region", required=True)

@@ -456,7 +456,23 @@ fn an_existing_ses_identity_is_left_to_itself() {
     assert_eq!(identity("standby-mx", Some("example.test")).0, "false");
     // A first deploy for a new domain creates it.
     assert_eq!(identity("new-stack", Some("fresh.example.net")).0, "true");
-    assert_eq!(identity("new-stack", None).0, "true");
+    // A redeploy after a destroy (the identity kept, no stack, no --domains) finds the
+    // domain in samconfig.toml.
+    let samconfig = dir.path().join("samconfig.toml");
+    std::fs::write(
+        &samconfig,
+        "version = 0.1\n[default.deploy.parameters]\nparameter_overrides = \"DomainNames=\\\"example.test,example.org\\\" PrimaryHost=\\\"mx1.example.test\\\"\"\n",
+    )
+    .unwrap();
+    let out = Command::new(require_venv_tool("python"))
+        .arg(repo().join("scripts/stack.py"))
+        .args(["identity", "--stack", "gone-stack", "--region", "us-east-1"])
+        .arg("--samconfig")
+        .arg(&samconfig)
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).0.trim(), "false", "{}", text(&out).1);
 
     // A stack made by an earlier version owns its MX set as the resource MxRecords: the
     // update must keep it (CloudFormation would delete the live set with the resource).
@@ -519,6 +535,13 @@ if sys.argv[2] == "create":
         "ResourceRecordSet": {"Name": "example.test.", "Type": "MX", "TTL": 3600,
         "ResourceRecords": [{"Value": "10 mx1.example.test."}, {"Value": "15 mx2.example.test."}]}}]})
     print(z)
+elif sys.argv[2] == "low":
+    # The organisation's second MX at 30, above the standby's 20.
+    r53.change_resource_record_sets(HostedZoneId=sys.argv[3], ChangeBatch={"Changes": [{"Action": "UPSERT",
+        "ResourceRecordSet": {"Name": "example.test.", "Type": "MX", "TTL": 3600,
+        "ResourceRecords": [{"Value": "10 mx1.example.test."}, {"Value": "30 mx2.example.test."}]}}]})
+    sets = r53.list_resource_record_sets(HostedZoneId=sys.argv[3])["ResourceRecordSets"]
+    print(json.dumps([[s["Name"], s["TTL"], sorted(r["Value"] for r in s["ResourceRecords"])] for s in sets if s["Type"] == "MX"]))
 else:
     sets = r53.list_resource_record_sets(HostedZoneId=sys.argv[3])["ResourceRecordSets"]
     mx = [s for s in sets if s["Type"] == "MX"]
@@ -596,4 +619,32 @@ else:
     let out = after_deploy(&moto, &config, &["--yes"]);
     let (said, _) = text(&out);
     assert!(said.contains("(the standby's record is there)"), "{said}");
+
+    // Destroy takes the standby's record out again (SES would refuse the mail a standby
+    // MX left pointing at it receives), keeping the others.
+    let out = Command::new(require_venv_tool("python"))
+        .arg(repo().join("scripts/stack.py"))
+        .args([
+            "before-destroy",
+            "--stack",
+            "standby-mx",
+            "--region",
+            "us-east-1",
+            "--yes",
+        ])
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "{said}{err}");
+    assert!(said.contains("removed the standby's record"), "{said}");
+    assert_eq!(zone_cmd(&["list", &zone]), before, "{said}");
+
+    // A set where the standby would not be the least preferred is refused, unchanged.
+    let low = zone_cmd(&["low", &zone]);
+    let out = after_deploy(&moto, &config, &["--yes"]);
+    let (said, err) = text(&out);
+    assert!(!out.status.success(), "{said}{err}");
+    assert!(err.contains("would not be the least preferred"), "{err}");
+    assert_eq!(zone_cmd(&["list", &zone]), low);
 }

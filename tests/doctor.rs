@@ -371,7 +371,7 @@ fn the_alarm_topic_needs_a_confirmed_subscription() {
                 "import boto3, sys\n\
                  c = boto3.client('sns', endpoint_url=sys.argv[1], region_name='us-east-1')\n\
                  if sys.argv[2] == 'topic': print(c.create_topic(Name='standby-alarms')['TopicArn'])\n\
-                 else: c.subscribe(TopicArn=sys.argv[3], Protocol='email', Endpoint='oncall@example.net')",
+                 else: c.subscribe(TopicArn=sys.argv[3], Protocol='email', Endpoint=sys.argv[4])",
                 moto.url.as_str(),
             ])
             .args(args)
@@ -395,7 +395,13 @@ fn the_alarm_topic_needs_a_confirmed_subscription() {
         report.to_string().contains("has no subscription"),
         "{report:#}"
     );
-    sns(&["subscribe", &topic]);
+    // Only an address the primary receives for: a warning (alarms would wait in the
+    // standby during the outage they report).
+    sns(&["subscribe", &topic, "postmaster@example.test"]);
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(verdict(&report, "alarm subscription"), "warn", "{report:#}");
+    sns(&["subscribe", &topic, "oncall@example.net"]);
     let (code, report) = doctor(&config, &dns, &env);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(verdict(&report, "alarm subscription"), "pass");

@@ -934,14 +934,20 @@ fn the_ses_identity_is_made_only_when_absent_and_kept() {
     assert_eq!(t["Parameters"]["CreateDomainIdentity"]["Default"], "true");
     let id = &r["DomainIdentity"];
     assert_eq!(id["Condition"], "OwnIdentity");
-    assert_eq!(id["DeletionPolicy"], "Retain");
+    // Kept when the stack goes, taken away by a first deploy that rolls back.
+    assert_eq!(id["DeletionPolicy"], "RetainExceptOnCreate");
     assert_eq!(id["UpdateReplacePolicy"], "Retain");
     assert_eq!(
         t["Conditions"]["OwnIdentity"],
         json!({ "Fn::Equals": [{ "Ref": "CreateDomainIdentity" }, "true"] })
     );
     for n in 1..=3 {
-        assert_eq!(r[format!("DkimRecord{n}")]["Condition"], "ManageDkimDns");
+        let dkim = &r[format!("DkimRecord{n}")];
+        assert_eq!(dkim["Condition"], "ManageDkimDns");
+        assert_eq!(
+            dkim["DeletionPolicy"], "RetainExceptOnCreate",
+            "kept with the identity"
+        );
     }
     assert_eq!(t["Outputs"]["DkimRecords"]["Condition"], "OwnIdentity");
     // Whatever uses the identity exists only with it.

@@ -56,7 +56,7 @@ impl Context {
         out.push(self.bucket().await);
         out.push(self.table().await);
         if let Some(topic) = &config.metrics.alarm_topic {
-            out.push(self.alarm_subscription(topic).await);
+            out.push(self.alarm_subscription(topic, &config.domains).await);
         }
         out
     }
@@ -64,7 +64,7 @@ impl Context {
     /// The stack's alarms reach someone only through a confirmed subscription of its
     /// topic: SNS mails a confirmation link to `AlarmEmail`, and until someone follows it
     /// every alarm goes nowhere, on exactly the day it matters.
-    async fn alarm_subscription(&self, topic: &str) -> Check {
+    async fn alarm_subscription(&self, topic: &str, own_domains: &[String]) -> Check {
         let name = "alarm subscription";
         let sns = aws_sdk_sns::Client::new(&self.clients.sdk);
         let (mut confirmed, mut pending) = (Vec::new(), Vec::new());
@@ -108,7 +108,22 @@ impl Context {
                 break;
             }
         }
+        // An address in one of the standby's own domains gets its alarms through the
+        // primary, the server whose outage they report.
+        let ours = |who: &String| {
+            who.rsplit_once('@')
+                .is_some_and(|(_, d)| own_domains.iter().any(|o| o.eq_ignore_ascii_case(d.trim())))
+        };
         match (confirmed.is_empty(), pending.is_empty()) {
+            (false, _) if confirmed.iter().all(ours) => Check::warn(
+                name,
+                format!(
+                    "alarms reach only {}, in a domain whose mail the primary handles: during \
+                     an outage they wait in the standby",
+                    confirmed.join(", ")
+                ),
+                "subscribe an address outside these domains as well (aws sns subscribe)",
+            ),
             (false, _) => Check::pass(name, format!("alarms reach {}", confirmed.join(", "))),
             (true, false) => Check::fail(
                 name,
