@@ -46,6 +46,10 @@ pub enum StoreError {
         "message {0} changed since it was read (a drain or another command wrote it); nothing was changed, try again"
     )]
     Changed(MessageId),
+    /// A node's health record was saved by another run since it was read: nothing was
+    /// written; read it again and apply the change again.
+    #[error("the health record of node {0} changed since it was read; nothing was written")]
+    HealthChanged(String),
     /// The message is under legal hold: nothing may delete it.
     #[error("message {0} is under legal hold; `standby release --legal {0}` first")]
     LegalHold(MessageId),
@@ -81,7 +85,7 @@ impl StoreError {
                     | std::io::ErrorKind::StorageFull
             ),
             StoreError::Backend { transient, .. } => *transient,
-            StoreError::Leased(_) | StoreError::Changed(_) => true,
+            StoreError::Leased(_) | StoreError::Changed(_) | StoreError::HealthChanged(_) => true,
             StoreError::NotFound(_)
             | StoreError::MissingBlob(_)
             | StoreError::Corrupt { .. }

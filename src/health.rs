@@ -42,6 +42,7 @@ impl HealthRecord {
             reconciled_until: None,
             retained_at: None,
             halted: None,
+            version: 0,
         }
     }
 
@@ -84,7 +85,6 @@ pub async fn check(
     (node, address): (&str, &str),
     h: Hysteresis,
 ) -> Result<HealthRecord, StoreError> {
-    let mut rec = load_for(index, node, address).await?;
     let outcome = probe.probe().await;
     let result = ProbeResult {
         at: clock.now(),
@@ -94,13 +94,16 @@ pub async fn check(
             Err(e) => e.to_string(),
         },
     };
-    if let Some(state) = rec.observe(result, h) {
-        tracing::info!(primary = address, %state, "primary health changed");
-    } else if let Err(e) = &outcome {
+    if let Err(e) = &outcome {
         tracing::debug!(primary = address, error = %e, "probe failed");
     }
-    index.save_health(&rec).await?;
-    Ok(rec)
+    update(index, node, address, |rec| {
+        if let Some(state) = rec.observe(result.clone(), h) {
+            tracing::info!(primary = address, %state, "primary health changed");
+        }
+        true
+    })
+    .await
 }
 
 /// Where the one health record lived before each node had its own (`health#primary` in
@@ -132,12 +135,46 @@ pub async fn load_for(
             node: node.to_string(),
             ..r
         },
+        // A fresh start still saves over the stored record: its version is the one read.
         _ => HealthRecord {
             reconciled_until: marks.as_ref().and_then(|m| m.reconciled_until),
             retained_at: marks.as_ref().and_then(|m| m.retained_at),
+            version: own.as_ref().map_or(0, |r| r.version),
             ..HealthRecord::new(node, address)
         },
     })
+}
+
+/// Change `node`'s record for the primary at `address` with `f` and save it, as a
+/// compare-and-set: when another run of the same node saved it meanwhile (an overlapping
+/// drain invocation, `standby drain` beside the function), read it again and apply `f`
+/// again, so neither run's change (a probe count, a watermark, a circuit-breaker halt)
+/// is lost. `f` returns whether there is anything to save. Returns the record as saved
+/// (or as read, when `f` saved nothing).
+///
+/// # Errors
+/// The index's; [`StoreError::HealthChanged`] after many tries in a row.
+pub async fn update(
+    index: &dyn Index,
+    node: &str,
+    address: &str,
+    mut f: impl FnMut(&mut HealthRecord) -> bool,
+) -> Result<HealthRecord, StoreError> {
+    let mut tries = 0;
+    loop {
+        let mut rec = load_for(index, node, address).await?;
+        if !f(&mut rec) {
+            return Ok(rec);
+        }
+        match index.save_health(&rec).await {
+            Ok(()) => {
+                rec.version += 1;
+                return Ok(rec);
+            }
+            Err(StoreError::HealthChanged(_)) if tries < 20 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What an operator is shown as the primary's health: `node`'s own record when it has
@@ -177,18 +214,21 @@ pub async fn record_drain(
     if !report.eventful() {
         return Ok(());
     }
-    let mut rec = load_for(index, node, address).await?;
-    rec.last_drain = Some(LastDrain {
-        at,
-        report: report.clone(),
-    });
-    if report.breaker == Some(Breaker::Refusals5xx) {
-        rec.halted = Some(Halt {
+    update(index, node, address, |rec| {
+        rec.last_drain = Some(LastDrain {
             at,
-            reason: report.stopped.clone().unwrap_or_default(),
+            report: report.clone(),
         });
-    }
-    index.save_health(&rec).await
+        if report.breaker == Some(Breaker::Refusals5xx) {
+            rec.halted = Some(Halt {
+                at,
+                reason: report.stopped.clone().unwrap_or_default(),
+            });
+        }
+        true
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Whether draining is halted for `node` by the circuit breaker (and why): runs that
@@ -206,13 +246,16 @@ pub async fn resume(
     index: &dyn Index,
     (node, address): (&str, &str),
 ) -> Result<Option<Halt>, StoreError> {
-    let mut rec = load_for(index, node, address).await?;
-    let Some(halt) = rec.halted.take() else {
-        return Ok(None);
-    };
-    index.save_health(&rec).await?;
-    tracing::info!(primary = address, reason = %halt.reason, "draining resumed by --force");
-    Ok(Some(halt))
+    let mut cleared = None;
+    update(index, node, address, |rec| {
+        cleared = rec.halted.take();
+        cleared.is_some()
+    })
+    .await?;
+    if let Some(halt) = &cleared {
+        tracing::info!(primary = address, reason = %halt.reason, "draining resumed by --force");
+    }
+    Ok(cleared)
 }
 
 #[cfg(test)]

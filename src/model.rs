@@ -664,6 +664,12 @@ pub struct HealthRecord {
     /// no run starts by itself until `standby drain --force` clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<Halt>,
+    /// Bumped by every save; a save is conditional on it (see `Index::save_health`), so
+    /// two runs of one node (an overlapping drain, `standby drain` beside the function)
+    /// never overwrite each other's probe counts, watermarks or circuit-breaker halt.
+    /// 0: never saved, or saved before records had versions.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Why and since when draining is halted (see [`HealthRecord::halted`]).

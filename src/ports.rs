@@ -373,6 +373,12 @@ pub trait Index: Send + Sync + 'static {
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError>;
     /// Store `h` as the record of `h.node`, replacing only that node's record: nodes
     /// sharing one index (several `serve` processes, the drain function) each keep their own.
+    /// A compare-and-set: only if the stored record's version is `h.version` (0: no
+    /// record, or one saved before versions), storing `h.version + 1`.
+    ///
+    /// # Errors
+    /// [`StoreError::HealthChanged`] when another run saved it since it was read
+    /// (`crate::health::update` reads it again and applies its change again).
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError>;
     /// Every node's health record, ordered by node.
     async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError>;

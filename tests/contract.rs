@@ -289,14 +289,72 @@ async fn index_contract(index: Arc<dyn Index>) {
     assert!(index.load_health("mx20").await.unwrap().is_none());
     assert!(index.list_health().await.unwrap().is_empty());
     let mx30 = HealthRecord::new("mx30", "127.0.0.1:25");
-    let mut mx20 = HealthRecord::new("mx20", "127.0.0.1:25");
+    let mx20 = HealthRecord::new("mx20", "127.0.0.1:25");
     index.save_health(&mx30).await.unwrap();
     index.save_health(&mx20).await.unwrap();
-    mx20.probes_ok = 7;
-    index.save_health(&mx20).await.unwrap();
-    assert_eq!(index.load_health("mx20").await.unwrap(), Some(mx20.clone()));
-    assert_eq!(index.load_health("mx30").await.unwrap(), Some(mx30.clone()));
-    assert_eq!(index.list_health().await.unwrap(), [mx20, mx30]);
+    // Saves are compare-and-set on the version read: a second save of what was read
+    // before the first one's is refused, and changes nothing.
+    let mut read = index.load_health("mx20").await.unwrap().unwrap();
+    assert_eq!(read.version, 1);
+    let mut stale = read.clone();
+    read.probes_ok = 7;
+    index.save_health(&read).await.unwrap();
+    stale.halted = None;
+    stale.probes_failed = 3;
+    assert!(matches!(
+        index.save_health(&stale).await,
+        Err(StoreError::HealthChanged(n)) if n == "mx20"
+    ));
+    let stored = index.load_health("mx20").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.probes_ok, stored.probes_failed, stored.version),
+        (7, 0, 2)
+    );
+    // A record never saved (version 0) is not saved over one that was.
+    assert!(matches!(
+        index
+            .save_health(&HealthRecord::new("mx20", "127.0.0.1:25"))
+            .await,
+        Err(StoreError::HealthChanged(_))
+    ));
+    let mx30 = index.load_health("mx30").await.unwrap().unwrap();
+    assert_eq!(mx30.version, 1);
+    assert_eq!(index.list_health().await.unwrap(), [stored, mx30]);
+
+    // Two runs of one node changing its record at once (an overlapping drain, or
+    // `standby drain` beside the function): each change survives, the watermark never
+    // moves back, and a circuit-breaker halt is not lost.
+    let node = ("mx40", "127.0.0.1:25");
+    let t = Utc::now();
+    let mut runs = Vec::new();
+    for i in 0..8i64 {
+        let index = index.clone();
+        runs.push(tokio::spawn(async move {
+            standby::health::update(index.as_ref(), node.0, node.1, |h| {
+                h.probes_ok += 1;
+                h.reconciled_until = h
+                    .reconciled_until
+                    .max(Some(t + chrono::Duration::seconds(i)));
+                if i == 3 {
+                    h.halted = Some(standby::model::Halt {
+                        at: t,
+                        reason: "20 refusals".into(),
+                    });
+                }
+                true
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+    let h = index.load_health(node.0).await.unwrap().unwrap();
+    assert_eq!(h.probes_ok, 8, "every run's change kept: {h:?}");
+    assert_eq!(h.reconciled_until, Some(t + chrono::Duration::seconds(7)));
+    assert!(h.halted.is_some(), "the halt kept");
+    assert_eq!(h.version, 8);
     assert_eq!(index.counts().await.unwrap(), counts);
     assert_eq!(
         index.list(&ListQuery::default()).await.unwrap().len(),

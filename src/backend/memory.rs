@@ -285,7 +285,13 @@ impl Index for MemIndex {
     }
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
         let mut state = self.state.lock().unwrap();
-        state.health.insert(h.node.clone(), h.clone());
+        let stored = state.health.get(&h.node).map_or(0, |r| r.version);
+        if stored != h.version {
+            return Err(StoreError::HealthChanged(h.node.clone()));
+        }
+        let mut next = h.clone();
+        next.version = h.version + 1;
+        state.health.insert(h.node.clone(), next);
         Ok(())
     }
     async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {

@@ -1104,19 +1104,40 @@ impl Index for SqliteIndex {
     }
 
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
+        let mut next = h.clone();
+        next.version = h.version + 1;
+        let json = serde_json::to_string(&next).map_err(|e| StoreError::Corrupt {
             id: format!("health of {}", h.node),
             detail: e.to_string(),
         })?;
-        let node = h.node.clone();
+        let (node, read_at) = (h.node.clone(), h.version);
         self.with(move |c| {
-            c.execute(
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM node_health WHERE node = ?1",
+                    [&node],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let version = stored
+                .as_deref()
+                .map(health_from_json)
+                .transpose()?
+                .map_or(0, |r| r.version);
+            if version != read_at {
+                return Err(StoreError::HealthChanged(node));
+            }
+            tx.execute(
                 "INSERT INTO node_health (node, record) VALUES (?1, ?2)
                  ON CONFLICT(node) DO UPDATE SET record = excluded.record",
-                [node, json],
+                [&node, &json],
             )
-            .map(|_| ())
-            .map_err(db_err)
+            .map_err(db_err)?;
+            tx.commit().map_err(commit_err)
         })
         .await
     }

@@ -208,15 +208,16 @@ impl DrainFunction {
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
         let every = chrono::Duration::seconds(i64::try_from(policy.interval_secs).unwrap_or(3600));
-        let mut h = health::load_for(index, node, address).await?;
+        let h = health::load_for(index, node, address).await?;
         if h.retained_at.is_some_and(|t| now - t < every) {
             return Ok(0);
         }
         let report = crate::retention::run(&self.storage, &policy, now).await?;
-        // Reloaded: the probe and the drain wrote the record meanwhile.
-        h = health::load_for(index, node, address).await?;
-        h.retained_at = Some(now);
-        index.save_health(&h).await?;
+        health::update(index, node, address, |h| {
+            h.retained_at = h.retained_at.max(Some(now));
+            true
+        })
+        .await?;
         Ok(report.deleted)
     }
 

@@ -71,7 +71,7 @@ pub async fn reconcile(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<ReconcileReport, StoreError> {
-    let mut health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
+    let health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
     let upto = now - MIN_AGE;
     let from = health.reconciled_until.map(|w| w - OVERLAP);
     let mut report = ReconcileReport::default();
@@ -121,11 +121,14 @@ pub async fn reconcile(
         }
     }
     if !dry_run {
-        // Re-read: nothing else writes the health item during a drain invocation (the
-        // drain function runs one at a time), but keep the newest probe state anyway.
-        health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
-        health.reconciled_until = Some(upto);
-        storage.index.save_health(&health).await?;
+        // A compare-and-set: an overlapping run (reserved concurrency is optional, and
+        // `standby drain` may run beside the function) keeps its own changes, and the
+        // watermark never moves back.
+        crate::health::update(storage.index.as_ref(), node, address, |h| {
+            h.reconciled_until = h.reconciled_until.max(Some(upto));
+            true
+        })
+        .await?;
     }
     Ok(report)
 }

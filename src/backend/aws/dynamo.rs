@@ -788,22 +788,44 @@ impl Index for DynamoIndex {
         out.item().map(health_of).transpose()
     }
 
+    /// Conditional on the item's `hver` (the record's version, kept beside its JSON so
+    /// the condition can read it): the one read, or no item (or an item saved before
+    /// versions) for version 0.
     async fn save_health(&self, h: &HealthRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(h).map_err(|e| StoreError::Corrupt {
+        let mut next = h.clone();
+        next.version = h.version + 1;
+        let json = serde_json::to_string(&next).map_err(|e| StoreError::Corrupt {
             id: format!("{HEALTH_PREFIX}{}", h.node),
             detail: e.to_string(),
         })?;
-        self.client
+        let condition = if h.version == 0 {
+            "attribute_not_exists(pk) OR attribute_not_exists(hver) OR hver = :v"
+        } else {
+            "hver = :v"
+        };
+        let out = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item(PK, s(format!("{HEALTH_PREFIX}{}", h.node)))
             .item(GSI_PK, s(HEALTH_STATUS))
             .item(GSI_SK, s(h.node.clone()))
             .item("record", s(json))
+            .item("hver", AttributeValue::N(next.version.to_string()))
+            .condition_expression(condition)
+            .expression_attribute_values(":v", AttributeValue::N(h.version.to_string()))
             .send()
-            .await
-            .map_err(|e| classify(BACKEND, "PutItem (health)", e))?;
-        Ok(())
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::HealthChanged(h.node.clone()))
+            }
+            Err(e) => Err(classify(BACKEND, "PutItem (health)", e)),
+        }
     }
 
     async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError> {
