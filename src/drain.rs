@@ -1146,13 +1146,17 @@ struct WorkerReport {
 /// them again and decides the bounce then. (A failed message is never claimed again: left
 /// failed without its bounce decided, its sender would never hear of it.)
 fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
+    // Failures an earlier bounce reported stay failed (never sent again, never reported
+    // twice), and so does that bounce.
     for r in &mut rec.rcpts {
-        if r.status == RcptStatus::Failed {
+        if r.status == RcptStatus::Failed && !r.bounced {
             r.status = RcptStatus::Pending;
         }
     }
     rec.reason = None;
-    rec.bounce = None;
+    if !rec.rcpts.iter().any(|r| r.bounced) {
+        rec.bounce = None;
+    }
     rec.settle();
     retry_later(rec, now);
 }
@@ -1220,6 +1224,40 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex as StdMutex;
     use tokio::io::AsyncReadExt;
+
+    /// A bounce that could not be decided puts back only the failures no earlier bounce
+    /// reported: those stay failed (never sent again, never reported twice), with that
+    /// bounce, so the follow-up DSN is still due for the new failure.
+    #[test]
+    fn an_undecided_bounce_keeps_what_an_earlier_one_reported() {
+        let now = Utc::now();
+        let mut rec = Record::held(
+            MessageId::new(now),
+            "alice@sender.test".into(),
+            vec!["gone@example.test".into(), "late@example.test".into()],
+            now,
+            (1, "00".into()),
+            Default::default(),
+        );
+        rec.rcpts[0].status = RcptStatus::Failed;
+        rec.rcpts[0].bounced = true;
+        rec.rcpts[1].status = RcptStatus::Failed;
+        rec.bounce = Some(crate::model::Bounce::Suppressed { why: "x".into() });
+        rec.bounce_marks = true;
+        defer_refused(&mut rec, now);
+        assert_eq!(
+            (rec.rcpts[0].status, rec.rcpts[1].status),
+            (RcptStatus::Failed, RcptStatus::Pending)
+        );
+        assert!(rec.bounce.is_some());
+        assert_eq!(rec.status, Status::Held);
+        // Nothing reported yet: every failure goes back, the bounce with them.
+        rec.rcpts[0].bounced = false;
+        rec.rcpts[1].status = RcptStatus::Failed;
+        defer_refused(&mut rec, now);
+        assert!(rec.rcpts.iter().all(|r| r.status == RcptStatus::Pending));
+        assert!(rec.bounce.is_none());
+    }
 
     /// What the scripted primary accepted: (MAIL FROM, recipients, body).
     type Deliveries = Arc<StdMutex<Vec<(String, Vec<String>, Vec<u8>)>>>;

@@ -101,9 +101,8 @@ pub async fn settle(
     }
     // What is still to decide: failed recipients no decision covered. A record bounced
     // before recipients carried the mark counts as decided for all its failed ones.
-    let marked = rec.rcpts.iter().any(|r| r.bounced);
     let open = |r: &Recipient| r.status == RcptStatus::Failed && !r.bounced;
-    if rec.bounce.is_some() && (!marked || !rec.rcpts.iter().any(open)) {
+    if rec.bounce.is_some() && (!rec.bounce_marks || !rec.rcpts.iter().any(open)) {
         return Ok(());
     }
     if settings.enabled
@@ -180,6 +179,7 @@ fn mark_reported(rec: &mut Record) {
             r.bounced = true;
         }
     }
+    rec.bounce_marks = true;
 }
 
 /// The original's header block (for the DSN's third part), bounded by [`HEAD_LIMIT`].
@@ -539,6 +539,30 @@ mod tests {
             "two DSNs, no third"
         );
 
+        // The reconciler's guess bounced (marked), then the exact event replaced its
+        // recipients: the one it names fails in turn and gets a DSN of its own, though no
+        // remaining recipient carries a mark.
+        let mut guess = failed("alice@sender.test", v("PASS", None, None));
+        settle(&storage, &mut guess, &settings(), Utc::now())
+            .await
+            .unwrap();
+        guess.rcpts.retain(|r| r.status == RcptStatus::Delivered);
+        guess.rcpts.push(Recipient {
+            status: RcptStatus::Failed,
+            reply: Some("550 5.1.1 no".into()),
+            ..Recipient::pending("bob@example.test")
+        });
+        guess.settle();
+        let before = storage.index.list(&Default::default()).await.unwrap().len();
+        settle(&storage, &mut guess, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.index.list(&Default::default()).await.unwrap().len(),
+            before + 1,
+            "bob's DSN"
+        );
+
         // Bounced by an earlier version: no recipient carries the mark, all are decided.
         let mut legacy = failed("alice@sender.test", v("PASS", None, None));
         legacy.bounce = Some(Bounce::Queued { id: first });
@@ -547,7 +571,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             storage.index.list(&Default::default()).await.unwrap().len(),
-            2
+            before + 1
         );
     }
 

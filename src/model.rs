@@ -348,6 +348,11 @@ pub struct Record {
     /// Set once the message failed: the DSN queued for it, or why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<Bounce>,
+    /// The bounce was decided by a version that marks each recipient it covered
+    /// ([`Recipient::bounced`]): failed recipients without the mark are still to decide.
+    /// A record bounced before (`bounce` set, this false) counts as decided for all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounce_marks: bool,
     /// Set on a journal copy: its journal envelope and where its recipients came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalCopy>,
@@ -437,6 +442,7 @@ impl Record {
             intake: Intake::Smtp,
             verdicts: None,
             bounce: None,
+            bounce_marks: false,
             journal: None,
             replays: Vec::new(),
             legal_hold: None,
@@ -784,6 +790,7 @@ mod tests {
             legal_hold: None,
             confidential: None,
             bounce: None,
+            bounce_marks: false,
             version: 0,
         }
     }

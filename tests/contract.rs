@@ -38,6 +38,7 @@ fn record(age_secs: i64) -> Record {
         intake: Default::default(),
         verdicts: None,
         bounce: None,
+        bounce_marks: false,
         journal: None,
         replays: Vec::new(),
         legal_hold: None,

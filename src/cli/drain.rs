@@ -104,11 +104,6 @@ pub(super) async fn drain(
         b.finish_and_clear();
     }
     crate::health::record_drain(index, (&key.0, &key.1), &report, chrono::Utc::now()).await?;
-    if force && report.breaker.is_none() {
-        // A probe of `standby serve` that began before the resume above may have saved
-        // the halt back meanwhile.
-        crate::health::resume(index, (&key.0, &key.1)).await?;
-    }
     super::print_summary(json, &report, |out| {
         writeln!(
             out,

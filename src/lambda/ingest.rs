@@ -402,6 +402,17 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
         return None;
     }
     let mut m = old.clone();
+    // A record bounced before recipients carried their mark: its failures are all
+    // decided; marked now, so recipients added here get a decision of their own if they
+    // fail in turn, whatever the merge keeps of the old ones.
+    if m.bounce.is_some() && !m.bounce_marks {
+        for r in &mut m.rcpts {
+            if r.status == RcptStatus::Failed {
+                r.bounced = true;
+            }
+        }
+        m.bounce_marks = true;
+    }
     let reconciled = old.intake == Intake::Reconciled;
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     if reconciled {
@@ -434,16 +445,6 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
                 .is_some_and(|r| r.starts_with("reconciled:"))
         {
             m.reason = None;
-        }
-    }
-    // The failures a bounce was decided on stay decided (records from before recipients
-    // carried the mark have it set here): recipients added now get a decision of their
-    // own if they fail in turn, and the earlier ones are not reported twice.
-    if m.bounce.is_some() {
-        for r in &mut m.rcpts {
-            if r.status == RcptStatus::Failed {
-                r.bounced = true;
-            }
         }
     }
     let mut added = false;
