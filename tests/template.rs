@@ -190,6 +190,14 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
         let statements = f[function]["Properties"]["Policies"][0]["Statement"]
             .as_array()
             .unwrap();
+        // ListBucket on the mail bucket without a condition: a missing message must
+        // read as missing (404), and a GetObject's implicit list check carries no prefix.
+        assert!(
+            statements.iter().any(|st| st["Action"] == "s3:ListBucket"
+                && st["Resource"] == json!({ "Fn::GetAtt": "MailBucket.Arn" })
+                && st.get("Condition").is_none()),
+            "{function}: unconditioned ListBucket on the mail bucket"
+        );
         let list = statements
             .iter()
             .find(|st| st.to_string().contains("MissingArchiveCopiesAre404"))
