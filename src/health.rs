@@ -98,6 +98,10 @@ pub async fn check(
         tracing::debug!(primary = address, error = %e, "probe failed");
     }
     update(index, node, address, |rec| {
+        // A newer probe of another run of this node landed first: keep it.
+        if rec.last_probe.as_ref().is_some_and(|p| p.at > result.at) {
+            return false;
+        }
         if let Some(state) = rec.observe(result.clone(), h) {
             tracing::info!(primary = address, %state, "primary health changed");
         }
