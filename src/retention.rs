@@ -411,6 +411,56 @@ mod tests {
     use crate::model::{LegalHold, MessageId, Summary};
     use std::sync::Arc;
 
+    /// The mark follows the record as stored, not as the caller read it, and a failure
+    /// never leaves the one mark that lets the store delete (delivered): it is lifted.
+    #[tokio::test]
+    async fn the_mark_follows_the_stored_record_and_a_failure_lifts_it() {
+        let blobs = Arc::new(FaultyBlobs::new(Arc::new(
+            crate::backend::MemBlobStore::default(),
+        )));
+        let storage = Storage {
+            blobs: blobs.clone(),
+            ..Storage::memory()
+        };
+        let mut delivered = rec(Status::Delivered, 1, "bob@example.test");
+        storage.index.insert(&delivered).await.unwrap();
+        delivered = storage.index.get(delivered.id).await.unwrap().unwrap();
+        let key = delivered.blob_key();
+        // A hold placed after the caller read the record: its mark wins.
+        let mut held = delivered.clone();
+        held.legal_hold = Some(LegalHold {
+            at: Utc::now(),
+            reason: "case".into(),
+        });
+        storage.index.update(&held, Utc::now()).await.unwrap();
+        assert_eq!(
+            mark(&storage, &delivered).await.unwrap(),
+            Disposal::LegalHold
+        );
+        assert_eq!(
+            blobs.marks.lock().unwrap().clone(),
+            [
+                (key.clone(), Disposal::Expirable),
+                (key.clone(), Disposal::LegalHold)
+            ]
+        );
+        // The store failing: an error, and the mark lifted (never left delivered).
+        blobs.marks.lock().unwrap().clear();
+        blobs
+            .mark_failures
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let released = storage.index.get(held.id).await.unwrap().unwrap();
+        let mut released = released;
+        released.legal_hold = None;
+        storage.index.update(&released, Utc::now()).await.unwrap();
+        let released = storage.index.get(held.id).await.unwrap().unwrap();
+        assert!(mark(&storage, &released).await.is_err());
+        assert_eq!(
+            blobs.marks.lock().unwrap().clone(),
+            [(key.clone(), Disposal::Keep)]
+        );
+    }
+
     fn rec(status: Status, age_days: i64, rcpt: &str) -> Record {
         let at = Utc::now() - Duration::days(age_days);
         let mut r = Record::held(

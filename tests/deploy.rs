@@ -648,3 +648,91 @@ else:
     assert!(err.contains("would not be the least preferred"), "{err}");
     assert_eq!(zone_cmd(&["list", &zone]), low);
 }
+
+/// The MX merge's other cases, with a stand-in Route 53 client: a domain with no MX gets
+/// the primary's record and the standby's; a primary given as an IP address is refused
+/// (an MX names a host); a standby record at another preference is corrected, the others
+/// kept; a stack that owns its set (LegacyMxRecordSet) is left alone.
+#[test]
+fn the_mx_merge_handles_an_empty_set_a_moved_preference_and_a_legacy_stack() {
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import stack
+class R53:
+    def __init__(self, values):
+        self.sets = [] if values is None else [{"Name": "example.test.", "Type": "MX", "TTL": 600,
+                     "ResourceRecords": [{"Value": v} for v in values]}]
+    def list_resource_record_sets(self, **kw):
+        return {"ResourceRecordSets": list(self.sets)}
+    def change_resource_record_sets(self, HostedZoneId, ChangeBatch):
+        for c in ChangeBatch["Changes"]:
+            if c["Action"] == "UPSERT":
+                self.sets = [c["ResourceRecordSet"]]
+            elif c["Action"] == "DELETE":
+                self.sets = []
+    def values(self):
+        return [[s["TTL"], [r["Value"] for r in s["ResourceRecords"]]] for s in self.sets]
+params = {"HostedZoneId": "Z1", "PrimaryHost": "mx1.example.test", "StandbyMxPreference": "20",
+          "PrimaryMxPreference": "10"}
+out = {}
+r = R53(None)
+stack.merge_mx(r, params, "example.test", "eu-west-1", True)
+out["empty"] = r.values()
+r = R53(["10 mx1.example.test.", "30 inbound-smtp.eu-west-1.amazonaws.com."])
+stack.merge_mx(r, params, "example.test", "eu-west-1", True)
+out["moved"] = r.values()
+r = R53(["10 mx1.example.test."])
+stack.merge_mx(r, dict(params, LegacyMxRecordSet="true"), "example.test", "eu-west-1", True)
+out["legacy"] = r.values()
+try:
+    stack.merge_mx(R53(None), dict(params, PrimaryHost="192.0.2.25"), "example.test", "eu-west-1", True)
+    out["ip"] = "written"
+except SystemExit as e:
+    out["ip"] = str(e)
+print(json.dumps(out))
+"#;
+    let out = Command::new(require_venv_tool("python"))
+        .args(["-c", script])
+        .arg(repo().join("scripts"))
+        .output()
+        .unwrap();
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "{said}{err}");
+    let got: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        got["empty"],
+        serde_json::json!([[
+            300,
+            [
+                "10 mx1.example.test.",
+                "20 inbound-smtp.eu-west-1.amazonaws.com."
+            ]
+        ]]),
+        "{said}"
+    );
+    assert_eq!(
+        got["moved"],
+        serde_json::json!([[
+            600,
+            [
+                "10 mx1.example.test.",
+                "20 inbound-smtp.eu-west-1.amazonaws.com."
+            ]
+        ]]),
+        "{said}"
+    );
+    assert!(
+        said.contains("drop example.test. MX 30 inbound-smtp"),
+        "{said}"
+    );
+    assert_eq!(
+        got["legacy"],
+        serde_json::json!([[600, ["10 mx1.example.test."]]]),
+        "{said}"
+    );
+    assert!(
+        got["ip"].as_str().unwrap().contains("needs a host name"),
+        "{said}"
+    );
+}

@@ -332,6 +332,10 @@ pub struct FaultyBlobs {
     pub inner: Arc<dyn BlobStore>,
     pub full: bool,
     pub delete_failures: std::sync::atomic::AtomicU32,
+    /// Marks that fail before one succeeds (this store keeps marks, like S3's tags).
+    pub mark_failures: std::sync::atomic::AtomicU32,
+    /// Every mark made, in order.
+    pub marks: std::sync::Mutex<Vec<(String, crate::model::Disposal)>>,
 }
 
 #[cfg(test)]
@@ -341,6 +345,8 @@ impl FaultyBlobs {
             inner,
             full: false,
             delete_failures: 0.into(),
+            mark_failures: 0.into(),
+            marks: Default::default(),
         }
     }
 }
@@ -379,5 +385,22 @@ impl BlobStore for FaultyBlobs {
     }
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
         self.inner.list().await
+    }
+    async fn mark(&self, key: &str, disposal: crate::model::Disposal) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .mark_failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Backend {
+                backend: "test",
+                detail: "SlowDown".into(),
+                transient: true,
+                source: None,
+            });
+        }
+        self.marks.lock().unwrap().push((key.to_string(), disposal));
+        Ok(true)
     }
 }
