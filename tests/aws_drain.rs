@@ -398,28 +398,14 @@ async fn delivered_mail_is_tagged_for_the_lifecycle_rule_and_its_record_expires(
     assert_eq!(sum.delivered, 1, "{sum:?}");
     let (held_id, _) = ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-new").await;
 
-    let tags = |key: String| {
-        let clients = clients.clone();
-        async move {
-            clients
-                .s3
-                .get_object_tagging()
-                .bucket("retain")
-                .key(format!("incoming/{key}"))
-                .send()
-                .await
-                .unwrap()
-                .tag_set()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string()))
-                .collect::<Vec<_>>()
-        }
-    };
     assert_eq!(
-        tags(ses_id).await,
-        [("standby-state".to_string(), "delivered".to_string())]
+        object_tags(&clients, "retain", &ses_id).await,
+        state("delivered")
     );
-    assert!(tags(held_id).await.is_empty(), "held mail is not marked");
+    assert!(
+        object_tags(&clients, "retain", &held_id).await.is_empty(),
+        "held mail is not marked"
+    );
 
     let items = clients
         .dynamodb

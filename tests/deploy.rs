@@ -187,6 +187,24 @@ fn destroy_keeps_the_mail_unless_told() {
     assert!(text(&out).0.contains("nothing changed"));
 }
 
+/// Bucket and table `name` in moto, made by `standby aws-init` as the stack would have them.
+fn aws_init(moto: &Moto, dir: &Path, name: &str) {
+    let seed = dir.join("seed.toml");
+    std::fs::write(
+        &seed,
+        format!(
+            "backend = \"aws\"\nbucket = \"{name}\"\ntable = \"{name}\"\n\
+             hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n"
+        ),
+    )
+    .unwrap();
+    assert!(
+        standby_cli(moto, &seed, &["aws-init"], &[])
+            .status
+            .success()
+    );
+}
+
 /// `scripts/stack.py after-deploy` for the stand-in stack, with no terminal to ask.
 fn after_deploy(moto: &Moto, config: &Path, extra: &[&str]) -> Output {
     Command::new(require_venv_tool("python"))
@@ -214,18 +232,7 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     let primary = FakePrimary::start(vec![FakeReply::Healthy; 8]);
     // Bucket and table as the stack would have them, then the SES rule set (inactive,
     // as CloudFormation leaves it) and a stand-in stack with our outputs.
-    let seed = dir.path().join("seed.toml");
-    std::fs::write(
-        &seed,
-        "backend = \"aws\"\nbucket = \"standby-mail\"\ntable = \"standby-mail\"\n\
-         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
-    )
-    .unwrap();
-    assert!(
-        standby_cli(&moto, &seed, &["aws-init"], &[])
-            .status
-            .success()
-    );
+    aws_init(&moto, dir.path(), "standby-mail");
     let port = primary.port.to_string();
     let out = Command::new(require_venv_tool("python"))
         .arg(repo().join("tests/fixtures/ses-setup.py"))
@@ -406,18 +413,7 @@ print(json.dumps({"first": first, "second": second, "top": top, "tables": tables
 fn an_existing_ses_identity_is_left_to_itself() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let seed = dir.path().join("seed.toml");
-    std::fs::write(
-        &seed,
-        "backend = \"aws\"\nbucket = \"idmail\"\ntable = \"idmail\"\n\
-         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
-    )
-    .unwrap();
-    assert!(
-        standby_cli(&moto, &seed, &["aws-init"], &[])
-            .status
-            .success()
-    );
+    aws_init(&moto, dir.path(), "idmail");
     // example.test becomes an SES identity, and a stand-in stack without DomainIdentity.
     let out = Command::new(require_venv_tool("python"))
         .arg(repo().join("tests/fixtures/ses-setup.py"))
@@ -512,18 +508,7 @@ cfn.create_stack(StackName="old-mx", TemplateBody=template)
 fn the_standby_joins_the_existing_mx_set_and_the_primary_stays() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let seed = dir.path().join("seed.toml");
-    std::fs::write(
-        &seed,
-        "backend = \"aws\"\nbucket = \"mxmail\"\ntable = \"mxmail\"\n\
-         hostname = \"standby.example.test\"\n[primary]\naddress = \"127.0.0.1:25\"\n",
-    )
-    .unwrap();
-    assert!(
-        standby_cli(&moto, &seed, &["aws-init"], &[])
-            .status
-            .success()
-    );
+    aws_init(&moto, dir.path(), "mxmail");
     // The zone, with the primary's MX and a second MX of the organisation's.
     let zone_py = r#"
 import boto3, json, sys

@@ -3,9 +3,9 @@
 //! # Guarantees
 //! - WAL mode with `synchronous = FULL`: a write returns only after its commit is flushed.
 //!   The receive path's insert is the exception ([`Index::insert_unsynced`]): committed
-//!   without a flush, made durable by the publisher's [`Index::sync`] off the path, as the
-//!   message's flushed envelope survives a power cut on its own (see
-//!   [`crate::publish`]). The bundled
+//!   without a flush, then made durable by the [`Index::sync`] that `Incoming::commit`
+//!   runs beside the message file's flush, before the 250 (concurrent sessions share one
+//!   `fdatasync` of the WAL). The bundled
 //!   SQLite is built to flush with `fdatasync(2)`, not `fsync(2)` (`.cargo/config.toml`):
 //!   the WAL's data and size, without its modification time, which on ext4 would cost a
 //!   journal commit per transaction.
@@ -23,8 +23,10 @@
 //! Inserts from concurrent sessions are grouped ([`Group`]): every insert waiting while a
 //! transaction commits goes into the next one, so one WAL fsync makes a batch durable.
 //! Verdicts (the sender check, after the 250) are grouped too, and committed without an
-//! fsync of their own: the next durable commit carries them to disk, so the check adds no
-//! flush per message to the receive path.
+//! fsync of their own: the next durable commit or WAL flush (the next message's, a
+//! checkpoint) carries them to disk, so the check adds no flush per message to the
+//! receive path. The WAL is written in order, so a power cut loses only the newest
+//! verdicts, which are then looked up again (a lost verdict reads as pending).
 //!
 //! The full record is stored as JSON; the columns the queries filter and sort on (status,
 //! times, lease) are written from the same record beside it. The lease lives only in its

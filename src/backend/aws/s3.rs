@@ -249,17 +249,12 @@ impl BlobStore for S3BlobStore {
         if let Some(a) = &self.archive {
             super::archive::legal_hold(&self.client, a, key, hold).await?;
         }
-        if hold {
-            return self.put_tag(key, LEGAL_HOLD_TAG).await;
-        }
-        self.client
-            .delete_object_tagging()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .send()
-            .await
-            .map_err(|e| classify(BACKEND, "DeleteObjectTagging", e))?;
-        Ok(())
+        let tag = if hold {
+            Disposal::LegalHold
+        } else {
+            Disposal::Keep
+        };
+        self.mark(key, tag).await.map(|_| ())
     }
 
     async fn archive(
