@@ -112,7 +112,7 @@ impl Spool {
     }
 }
 
-/// The envelope kept with a message's bytes (the local spool's `messages/<id>.env`):
+/// The envelope kept with a message's bytes (in the local spool's `messages/<id>.spool`):
 /// everything the record has that the bytes do not.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stamp {

@@ -296,7 +296,7 @@ fn hold_release_retry_purge() {
     );
 
     sb.wait_published();
-    let blob = sb.messages_dir().join(format!("{}.eml", ids[1]));
+    let blob = sb.messages_dir().join(format!("{}.spool", ids[1]));
     assert!(blob.exists());
     let o = sb.cli(&["purge", &ids[1], "--yes"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -125,40 +125,58 @@ fn a_second_serve_on_the_same_spool_exits_and_touches_nothing() {
     assert_eq!(sb.list("held").len(), 2);
 }
 
+/// A spool file's message and envelope (`<id>.spool`: the message, the envelope, a
+/// 32-byte footer with both lengths, little-endian, at bytes 8 and 16).
+fn unspool(path: &Path) -> (Vec<u8>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let footer = &bytes[bytes.len() - 32..];
+    assert_eq!(&footer[..8], b"STBYSPL1", "{}", path.display());
+    let message = u64::from_le_bytes(footer[8..16].try_into().unwrap()) as usize;
+    let envelope = u64::from_le_bytes(footer[16..24].try_into().unwrap()) as usize;
+    (
+        bytes[..message].to_vec(),
+        bytes[message..message + envelope].to_vec(),
+    )
+}
+
 /// What a crash leaves in `tmp/` (the publisher moves messages into `messages/` after
 /// their 250), and rows whose files it lost, checked at the next start:
 /// - row and bytes that match: acknowledged, put in place;
-/// - bytes that match their envelope but no row (the files' flush finished, the row's
+/// - bytes that match their envelope but no row (the file's flush finished, the row's
 ///   did not, or an index older than the spool): indexed again, as received, held;
-/// - a row but bytes short of it (a power cut before the flush finished, no 250 sent),
-///   and a row whose message is nowhere (its WAL flush finished, its files' did not):
-///   removed, row and files;
-/// - a message deleted (tombstoned) before it was published: removed.
+/// - a row but a file cut short (no footer: a power cut before the flush finished, no
+///   250 sent), a row whose bytes are not the ones it was made for (the footer there,
+///   the data not), and a row whose message is nowhere (its WAL flush finished, its
+///   file's did not): removed, row and file;
+/// - a message deleted (tombstoned) before it was published: removed;
+/// - an earlier release's files (`tmp/<id>` and `tmp/<id>.env`), matching their
+///   envelope, without a row: indexed again and put in place as they are.
 #[test]
 fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
     let mut sb = Standby::start(fake.port, "");
-    for i in 0..5 {
+    for i in 0..7 {
         sb.send("bob@example.test", &["--header", &format!("Subject: m{i}")]);
     }
     let all = ids(&sb);
-    let (acked, unindexed, torn, purged, vanished) = (&all[0], &all[1], &all[2], &all[3], &all[4]);
+    let [acked, unindexed, torn, purged, vanished, garbled, legacy] = &all[..] else {
+        panic!("seven messages: {all:?}")
+    };
     let acked_rec = sb.json(&["show", acked, "--json"]);
     let unindexed_rec = sb.json(&["show", unindexed, "--json"]);
+    let legacy_rec = sb.json(&["show", legacy, "--json"]);
     assert!(sb.terminate().success());
     let (messages, tmp) = (sb.messages_dir(), sb.dir.path().join("data/tmp"));
-    for id in [acked, unindexed, torn, purged] {
-        std::fs::rename(messages.join(format!("{id}.eml")), tmp.join(id)).unwrap();
-        std::fs::rename(
-            messages.join(format!("{id}.env")),
-            tmp.join(format!("{id}.env")),
-        )
-        .unwrap();
+    let spool = |id: &str| format!("{id}.spool");
+    for id in [acked, unindexed, torn, purged, garbled] {
+        std::fs::rename(messages.join(spool(id)), tmp.join(spool(id))).unwrap();
     }
-    for f in [format!("{vanished}.eml"), format!("{vanished}.env")] {
-        std::fs::remove_file(messages.join(f)).unwrap();
-    }
-    let torn_file = tmp.join(torn);
+    std::fs::remove_file(messages.join(spool(vanished))).unwrap();
+    let (legacy_bytes, legacy_env) = unspool(&messages.join(spool(legacy)));
+    std::fs::remove_file(messages.join(spool(legacy))).unwrap();
+    std::fs::write(tmp.join(legacy), &legacy_bytes).unwrap();
+    std::fs::write(tmp.join(format!("{legacy}.env")), &legacy_env).unwrap();
+    let torn_file = tmp.join(spool(torn));
     let len = std::fs::metadata(&torn_file).unwrap().len();
     std::fs::File::options()
         .write(true)
@@ -166,10 +184,14 @@ fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
+    let garbled_file = tmp.join(spool(garbled));
+    let mut bytes = std::fs::read(&garbled_file).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&garbled_file, bytes).unwrap();
     sql(
         &sb,
         &format!(
-            "DELETE FROM messages WHERE id IN ('{unindexed}', '{purged}');
+            "DELETE FROM messages WHERE id IN ('{unindexed}', '{purged}', '{legacy}');
              INSERT INTO tombstones (id, deleted_at) VALUES ('{purged}', 0);"
         ),
     );
@@ -177,26 +199,37 @@ fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
 
     assert_eq!(
         ids(&sb),
-        vec![acked.clone(), unindexed.clone()],
+        vec![acked.clone(), unindexed.clone(), legacy.clone()],
         "the whole ones stay, the others go"
     );
-    for (id, before) in [(acked, &acked_rec), (unindexed, &unindexed_rec)] {
+    for (id, before) in [
+        (acked, &acked_rec),
+        (unindexed, &unindexed_rec),
+        (legacy, &legacy_rec),
+    ] {
         let rec = sb.json(&["show", id, "--json"]);
         assert_eq!(receipt_fields(&rec), receipt_fields(before));
         assert_eq!(rec["status"], "held");
     }
     assert!(names(&tmp).is_empty(), "left in tmp/: {:?}", names(&tmp));
     let mut want = vec![
-        format!("{acked}.eml"),
-        format!("{acked}.env"),
-        format!("{unindexed}.eml"),
-        format!("{unindexed}.env"),
+        spool(acked),
+        spool(unindexed),
+        format!("{legacy}.eml"),
+        format!("{legacy}.env"),
     ];
     want.sort();
     assert_eq!(names(&messages), want);
     assert!(names(&sb.dir.path().join("data/orphans")).is_empty());
     let raw = sb.cli(&["show", acked, "--raw"]);
+    assert_eq!(
+        raw.stdout,
+        unspool(&messages.join(spool(acked))).0,
+        "the message, without its envelope"
+    );
     assert!(String::from_utf8_lossy(&raw.stdout).contains("Subject: m0"));
+    let raw = sb.cli(&["show", legacy, "--raw"]);
+    assert_eq!(raw.stdout, legacy_bytes);
 }
 
 #[test]
@@ -227,13 +260,13 @@ fn orphans_are_moved_and_audited_and_tombstoned_files_deleted_at_start() {
     let orphans = sb.dir.path().join("data/orphans");
     assert_eq!(
         names(&orphans),
-        vec![format!("{orphan}.eml"), format!("{orphan}.env")],
-        "the orphan and its envelope moved, never deleted"
+        vec![format!("{orphan}.spool")],
+        "the orphan (its envelope in its file) moved, never deleted"
     );
     assert_eq!(
         names(&messages),
-        vec![format!("{kept}.eml"), format!("{kept}.env")],
-        "the tombstoned message's files deleted, the indexed one kept"
+        vec![format!("{kept}.spool")],
+        "the tombstoned message's file deleted, the indexed one kept"
     );
     let audit = sb.json(&["audit", "--json"]);
     let entry = audit
@@ -293,7 +326,7 @@ fn reindex_never_brings_back_a_deleted_message_and_start_never_deletes_an_indexe
     sb.spawn();
     assert_eq!(
         names(&messages),
-        vec![format!("{revived}.eml"), format!("{revived}.env")],
+        vec![format!("{revived}.spool")],
         "the deleted message's files removed, the indexed one's kept despite its tombstone"
     );
     let raw = sb.cli(&["show", revived, "--raw"]);
@@ -315,13 +348,20 @@ fn reindex_rebuilds_a_lost_and_a_corrupt_index_from_the_spool() {
         .map(|id| receipt_fields(&sb.json(&["show", id, "--json"])))
         .collect();
     assert_eq!(before.len(), 2);
+    let legacy = ids(&sb)[0].clone();
     assert!(sb.terminate().success());
     let data = sb.dir.path().join("data");
 
-    // Lost.
+    // Lost; one of the messages in the layout of an earlier release (`<id>.eml` and its
+    // envelope in `<id>.env`).
     for f in ["index.db", "index.db-wal", "index.db-shm"] {
         let _ = std::fs::remove_file(data.join(f));
     }
+    let file = sb.messages_dir().join(format!("{legacy}.spool"));
+    let (message, envelope) = unspool(&file);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(sb.messages_dir().join(format!("{legacy}.eml")), message).unwrap();
+    std::fs::write(sb.messages_dir().join(format!("{legacy}.env")), envelope).unwrap();
     let report = sb.json(&["reindex", "--held", "--json"]);
     assert_eq!(report["reindexed"], 2, "{report}");
     let after: Vec<Value> = ids(&sb)

@@ -210,7 +210,10 @@ fn replay_rejects_a_bad_time_naming_the_flag() {
 const EXPORT_CHECK: &str = r#"
 import json, mailbox, os, re, sys
 spool, mbox_path, maildir_path, eml_path = sys.argv[1:5]
-stored = {f[:-4]: open(os.path.join(spool, f), "rb").read() for f in os.listdir(spool) if f.endswith(".eml")}
+def message(b):  # a spool file: the message, its envelope, a 32-byte footer (lengths at 8 and 16)
+    return b[:int.from_bytes(b[-24:-16], "little")]
+stored = {f[:-6]: message(open(os.path.join(spool, f), "rb").read()) for f in os.listdir(spool) if f.endswith(".spool")}
+if not stored: sys.exit("no .spool files in " + spool)
 def unquote(b):  # mboxrd: one '>' less on every >*From line
     return re.sub(rb"(?m)^>(>*From )", rb"\1", b)
 mb = [unquote(m) for m in (mailbox.mbox(mbox_path).get_bytes(k) for k in mailbox.mbox(mbox_path).keys())]

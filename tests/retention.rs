@@ -128,7 +128,11 @@ fn retention_deletes_what_the_policy_says_never_a_legal_hold_and_audits_it() {
     let left = ids(&sb);
     assert!(!left.contains_key("j2 hr") && !left.contains_key("j4 classified"));
     for gone in ["j2 hr", "j4 classified"] {
-        assert!(!sb.messages_dir().join(format!("{}.eml", id[gone])).exists());
+        assert!(
+            !sb.messages_dir()
+                .join(format!("{}.spool", id[gone]))
+                .exists()
+        );
     }
 
     // 40 days on: the plain journal copy is past journal_days; held mail is never
@@ -148,7 +152,7 @@ fn retention_deletes_what_the_policy_says_never_a_legal_hold_and_audits_it() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("legal hold"));
     assert!(
         sb.messages_dir()
-            .join(format!("{}.eml", id["j3 hr on hold"]))
+            .join(format!("{}.spool", id["j3 hr on hold"]))
             .exists()
     );
 

@@ -2,10 +2,10 @@
 //! while swaks and smtp-source send, and for every `250 ... queued as <id>` written to a
 //! client socket the trace must show, finished before that write:
 //!
-//! 1. an `fdatasync` of the file and one of its envelope, each started after the last
-//!    write to that file (the per-file flush writes the data back and reports that
-//!    file's own writeback error);
-//!    and an fsync of `tmp/` started after both were created (their names);
+//! 1. an `fdatasync` of the message's file (`tmp/<id>.spool`: the bytes, then the
+//!    envelope) started after the last write to it (the per-file flush writes the data
+//!    back and reports that file's own writeback error), and an fsync of `tmp/` started
+//!    after the file was created (its name);
 //! 2. the row's write to the index's WAL (`index.db-wal`), and after it an `fdatasync`
 //!    of the WAL (issued beside the files' flushes, see `standby::publish`);
 //!
@@ -112,13 +112,14 @@ fn acks(calls: &[Call]) -> Vec<(String, f64)> {
 /// Why the trace does not show acknowledgement `id` (written at `at`) as durable, if not.
 fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
     let before = |c: &&Call| c.end <= at;
-    let tmp = format!("/tmp/{id}");
+    // One file per message: its bytes, then its envelope and footer.
+    let tmp = format!("/tmp/{id}.spool");
     let created = calls
         .iter()
         .filter(|c| c.name == "openat" && c.args.contains(&format!("{tmp}\"")))
         .map(|c| c.start)
         .next()
-        .ok_or(format!("{id}: its file tmp/{id} was never created"))?;
+        .ok_or(format!("{id}: its file tmp/{id}.spool was never created"))?;
     let synced = |suffix: &str| {
         let path = format!("{tmp}{suffix}");
         let on_file = |c: &&Call| fd_path(c).ends_with(&path);
@@ -138,28 +139,21 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
             .map(|c| c.end)
             .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))))
             .ok_or(format!(
-                "{id}: no fdatasync of tmp/{id}{suffix} after its last write, before its 250"
+                "{id}: no fdatasync of tmp/{id}.spool{suffix} after its last write, before its 250"
             ))
     };
     let data = synced("")?;
-    let envelope = synced(".env")?;
-    let env_created = calls
-        .iter()
-        .filter(|c| c.name == "openat" && c.args.contains(&format!("{tmp}.env\"")))
-        .map(|c| c.end)
-        .next()
-        .ok_or(format!("{id}: its envelope tmp/{id}.env was never created"))?;
     let names = calls
         .iter()
         .filter(before)
         .filter(|c| c.name == "fsync" || c.name == "fdatasync")
-        .filter(|c| fd_path(c).ends_with("/tmp") && fd_path(c) != "/tmp" && c.start >= env_created)
+        .filter(|c| fd_path(c).ends_with("/tmp") && fd_path(c) != "/tmp" && c.start >= created)
         .map(|c| c.end)
         .fold(None, |a: Option<f64>, e| {
             Some(a.map_or(e, |a: f64| a.min(e)))
         })
         .ok_or(format!(
-            "{id}: no fsync of tmp/ after its files were created, before its 250"
+            "{id}: no fsync of tmp/ after its file was created, before its 250"
         ))?;
     // The row: written to the WAL (its id is in the page's bytes), then flushed, both
     // before the 250: a WAL flush that started after the row's write and ended before
@@ -185,7 +179,7 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .ok_or(format!(
             "{id}: no WAL flush after its row was written, before its 250"
         ))?;
-    let _ = (data, envelope, names);
+    let _ = (data, names);
     // The move into `messages/` (by the publisher, after the 250, or at the stop), after
     // a WAL flush that followed the row's write: a file there always has a durable row.
     let rename = calls
@@ -193,7 +187,7 @@ fn check(calls: &[Call], id: &str, at: f64) -> Result<(), String> {
         .find(|c| {
             c.name.starts_with("rename")
                 && c.args.contains(&format!("{tmp}\""))
-                && c.args.contains(&format!("/messages/{id}.eml\""))
+                && c.args.contains(&format!("/messages/{id}.spool\""))
         })
         .ok_or(format!(
             "{id}: never moved into messages/ (not even at the stop)"
@@ -312,8 +306,8 @@ fn every_250_comes_after_the_message_and_its_row_are_flushed() {
             .join("\n")
     );
     eprintln!(
-        "syscall order: {} acknowledgements, each after an fdatasync of its file and of its \
-         envelope that followed their last writes, an fsync of tmp/, and a WAL flush that \
+        "syscall order: {} acknowledgements, each after an fdatasync of its file (message \
+         and envelope) that followed its last write, an fsync of tmp/, and a WAL flush that \
          followed its row's write",
         acked.len()
     );

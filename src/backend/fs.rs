@@ -1,61 +1,66 @@
 //! `FsBlobStore`: raw messages as files under `<data_dir>/messages/`.
 //!
 //! # Guarantees
-//! The receive path stages a message: at the final dot it is written to
-//! `<data_dir>/tmp/<id>` and its envelope (the ingest's JSON, with the bytes' size and
-//! SHA-256) to `tmp/<id>.env`, by one blocking call for a message under the 256 KiB
-//! write buffer ([`BlobWriter::stage`]); readers find it there at once (they look in
-//! `messages/`, then in `tmp/`, then in `messages/` again, as a publish may move it
-//! between two looks). [`BlobWriter::commit`] then flushes both files and `tmp/` itself
-//! (so the data and the two names are durable), while the caller flushes the index row.
-//! The message stays in `tmp/` until the publisher ([`crate::publish`], through
-//! [`BlobStore::publish`]) renames it to `messages/<id>.env` and `messages/<id>.eml`, so
-//! a file in `messages/` always has a durable row. A commit that was not staged (a DSN
-//! the drain stores) renames its files into `messages/` itself, after their flush and
-//! before the caller writes the row. The renames are not fsynced. At the next start,
-//! [`FsBlobStore::recover`] hands back every message file left in `tmp/` with a row or
-//! an envelope, for the caller to check against each other
+//! The receive path stages a message: at the final dot the rest of its bytes, its
+//! envelope (the ingest's JSON, with the bytes' size and SHA-256) and a footer are
+//! written to `<data_dir>/tmp/<id>.spool` (the layout: [`super::spool_file`]), by one
+//! blocking call for a message under the 256 KiB write buffer ([`BlobWriter::stage`]);
+//! readers find it there at once (they look in `messages/`, then in `tmp/`, then in
+//! `messages/` again, as a publish may move it between two looks). [`BlobWriter::commit`]
+//! then flushes the file and `tmp/` itself (so the bytes, the envelope and the name are
+//! durable), while the caller flushes the index row. The message stays in `tmp/` until
+//! the publisher ([`crate::publish`], through [`BlobStore::publish`]) renames it to
+//! `messages/<id>.spool`, so a file in `messages/` always has a durable row. A commit
+//! that was not staged (a DSN the drain stores) renames its file into `messages/` itself,
+//! after its flush and before the caller writes the row. The renames are not fsynced. At
+//! the next start, [`FsBlobStore::recover`] hands back every message file left in `tmp/`
+//! with a row or an envelope, for the caller to check against each other
 //! (`crate::publish::check_unpublished`), and removes the other leftovers (partial
-//! writes, never acknowledged).
+//! writes, never acknowledged). In `tmp/`, a file without its footer is a write in
+//! progress or a partial one: readers do not see it.
 //!
-//! # Each file its own flush
-//! A commit flushes the message and its envelope at once (`fdatasync(2)` each, the
-//! envelope's on a second blocking thread: one after the other, each waits for a journal
-//! commit of its own, as a file's blocks are allocated only when it is written back),
-//! then `tmp/` (`fsync(2)`: POSIX makes a new file's name durable only through its
-//! directory; ext4, XFS and btrfs commit it with the file's flush, so this one costs
-//! little there). The other sessions committing at that moment do the same, and the file
-//! system folds the flushes waiting together into one journal commit (ext4's jbd2, XFS's
-//! log force). The per-file flush is also what reports *that file's* writeback error
-//! (its own error sequence, sampled when the file was opened): a file whose flush failed
-//! fails its own commit (the listener answers 451 and the row is removed). Earlier
-//! versions ran one `syncfs(2)` for all commits waiting, then the per-file flushes; on
-//! ext4 (scripts/bench's loop-mounted file systems) the `syncfs` alone took twice a
-//! file's `fdatasync` (it writes back every dirty inode of the file system, the index's
-//! included, then commits), and FUSE and network file systems never pass `syncfs` to
-//! their server anyway.
+//! # One flush per message
+//! A commit flushes the message's file (`fdatasync(2)`), then `tmp/` (`fsync(2)`: POSIX
+//! makes a new file's name durable only through its directory; ext4, XFS and btrfs commit
+//! it with the file's flush, so this one costs little there). The other sessions
+//! committing at that moment do the same, and the file system folds the flushes waiting
+//! together into one journal commit (ext4's jbd2, XFS's log force). The per-file flush is
+//! also what reports *that file's* writeback error (its own error sequence, sampled when
+//! the file was opened): a file whose flush failed fails its own commit (the listener
+//! answers 451 and the row is removed). Earlier versions ran one `syncfs(2)` for all
+//! commits waiting, then the per-file flushes; on ext4 (scripts/bench's loop-mounted file
+//! systems) the `syncfs` alone took twice a file's `fdatasync` (it writes back every dirty
+//! inode of the file system, the index's included, then commits), and FUSE and network
+//! file systems never pass `syncfs` to their server anyway. Earlier still, the envelope
+//! had a file of its own, flushed beside the message's: a second journal commit to wait
+//! for.
 //!
 //! # Deletes, orphans and tombstones
-//! [`BlobStore::delete`] unlinks the message (and its envelope) and then fsyncs
-//! `messages/`, so a deletion that returned survives a power cut. Callers delete the
-//! index row first (the SQLite index leaves a tombstone in the same transaction): a crash
-//! between the two leaves a tombstoned file, which the next start deletes
-//! ([`FsBlobStore::sweep_orphans`]). A file in `messages/` with neither a row nor a
-//! tombstone is an *orphan* (an index restored from an old copy, a row lost): it is
-//! never deleted, only moved to `orphans/` (and audited by the caller), where `standby
-//! reindex` finds it.
+//! [`BlobStore::delete`] unlinks the message's file and then fsyncs `messages/`, so a
+//! deletion that returned survives a power cut. Callers delete the index row first (the
+//! SQLite index leaves a tombstone in the same transaction): a crash between the two
+//! leaves a tombstoned file, which the next start deletes ([`FsBlobStore::sweep_orphans`]).
+//! A file in `messages/` with neither a row nor a tombstone is an *orphan* (an index
+//! restored from an old copy, a row lost): it is never deleted, only moved to `orphans/`
+//! (and audited by the caller), where `standby reindex` finds it.
 //!
 //! # The envelope travels with the bytes
-//! `messages/<id>.env` holds the message's envelope (JSON written by the ingest), made
-//! durable in the same commit as the message: `standby reindex` rebuilds a lost or
-//! corrupt index from the spool alone, and a start after a power cut indexes again what
-//! lost its row.
+//! Each `<id>.spool` carries the message's envelope, made durable by the same flush:
+//! `standby reindex` rebuilds a lost or corrupt index from the spool alone, and a start
+//! after a power cut indexes again what lost its row.
+//!
+//! # Spools of earlier releases
+//! Files an earlier release wrote keep their names and are read as they are: the raw
+//! message as `messages/<id>.eml` (in `tmp/`: `<id>`), its envelope, if that release kept
+//! one, in `<id>.env` beside it. Every reader, the recovery at start, the sweep, deletes
+//! and `standby reindex` handle both layouts; nothing is rewritten.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::spool_file;
 use crate::error::StoreError;
 use crate::model::MessageId;
 use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
@@ -205,14 +210,43 @@ impl Sticky {
     }
 }
 
-/// The message id a spool file is named after (`<id>`, `<id>.eml`, `<id>.env`).
+/// The message id a spool file is named after (`<id>.spool`; from earlier releases
+/// `<id>`, `<id>.eml`, `<id>.env`).
 fn file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
     let name = name.to_str()?;
     let stem = name
-        .strip_suffix(".eml")
+        .strip_suffix(SPOOL)
+        .or_else(|| name.strip_suffix(".eml"))
         .or_else(|| name.strip_suffix(".env"))
         .unwrap_or(name);
     stem.parse().ok()
+}
+
+/// `.spool`: the suffix of a file in this release's layout ([`spool_file`]).
+const SPOOL: &str = ".spool";
+
+/// How a message file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `<id>.spool`: message, envelope, footer ([`spool_file`]).
+    Spool,
+    /// An earlier release's raw message (`<id>.eml`; `<id>` in `tmp/`).
+    Raw,
+}
+
+/// Where a message file can be, in the order to look, with its layout and whether it is
+/// in `tmp/` (there a file without its footer is not there yet).
+type Place = (PathBuf, Form, bool);
+
+/// The size of the message in the file at `path` and its modification time.
+fn message_info(key: &str, path: &Path, form: Form) -> std::io::Result<BlobInfo> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut out = info(key, &meta);
+    if form == Form::Spool {
+        out.size = spool_file::read_layout(&file, meta.len())?.message;
+    }
+    Ok(out)
 }
 
 /// Message files in a spool directory.
@@ -272,19 +306,11 @@ impl FsBlobStore {
     ) -> Result<Recovered, StoreError> {
         let entries =
             std::fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
-        let mut by_id: std::collections::BTreeMap<MessageId, (bool, bool)> = Default::default();
+        // Per id: its files (message, envelope sidecar), as found.
+        let mut by_id: std::collections::BTreeMap<MessageId, Vec<PathBuf>> = Default::default();
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let envelope = name.to_str().is_some_and(|n| n.ends_with(".env"));
-            match file_id(&name) {
-                Some(id) => {
-                    let files = by_id.entry(id).or_default();
-                    if envelope {
-                        files.1 = true;
-                    } else {
-                        files.0 = true;
-                    }
-                }
+            match file_id(&entry.file_name()) {
+                Some(id) => by_id.entry(id).or_default().push(entry.path()),
                 None => {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -296,35 +322,51 @@ impl FsBlobStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(op, p, e)),
             _ => Ok(()),
         };
-        for (id, (message, envelope)) in by_id {
-            let path = self.unsettled(id);
-            let env = path.with_extension("env");
-            let indexed = indexed(id)?;
-            if message && (indexed || (envelope && !tombstoned(id))) {
-                // Checked by the caller: its row against its bytes, or its envelope
-                // against its bytes when it has no row.
-                let bytes = if envelope {
-                    match std::fs::read(&env) {
-                        Ok(b) => Some(b),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                        Err(e) => return Err(StoreError::io("read", &env, e)),
-                    }
-                } else {
-                    None
-                };
-                out.unpublished.push(Spooled {
-                    id,
-                    envelope: bytes,
-                    path,
-                    orphan: false,
-                });
+        let read = |p: &Path, what: std::io::Result<Vec<u8>>| match what {
+            Ok(b) => Ok(Some(b)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io("read", p, e)),
+        };
+        for (id, files) in by_id {
+            let spool = self.unsettled(id);
+            let raw = self.tmp.join(id.to_string());
+            let sidecar = raw.with_extension("env");
+            // The message's file and its envelope, in whichever layout it has (an
+            // earlier release's, when a crash of it left files here).
+            let (message, envelope) = if files.contains(&spool) {
+                let env = read(&spool, spool_file::read_envelope(&spool))?;
+                (Some(spool.clone()), env.filter(|e| !e.is_empty()))
+            } else if files.contains(&sidecar) {
+                let env = read(&sidecar, std::fs::read(&sidecar))?;
+                (files.contains(&raw).then(|| raw.clone()), env)
             } else {
-                for (p, there) in [(&env, envelope), (&path, message)] {
-                    if there {
+                (files.contains(&raw).then(|| raw.clone()), None)
+            };
+            let indexed = indexed(id)?;
+            match message {
+                Some(path) if indexed || (envelope.is_some() && !tombstoned(id)) => {
+                    // Checked by the caller: its row against its bytes, or its envelope
+                    // against its bytes when it has no row.
+                    out.unpublished.push(Spooled {
+                        id,
+                        envelope,
+                        path,
+                        orphan: false,
+                    });
+                }
+                message => {
+                    for p in &files {
                         gone(std::fs::remove_file(p), p, "remove")?;
                     }
+                    out.removed += usize::from(message.is_some());
                 }
-                out.removed += usize::from(message);
             }
         }
         if out.removed > 0 {
@@ -335,23 +377,28 @@ impl FsBlobStore {
 
     /// Whether the message file of `id` is there, published or not.
     pub fn has(&self, id: MessageId) -> bool {
-        self.places(id).iter().any(|p| p.exists())
+        self.places(id).iter().any(|(p, _, _)| p.exists())
     }
 
     /// Where the message file of `id` can be, in the order to look: `messages/`, `tmp/`
-    /// (not published yet), `messages/` again (published between the two looks).
-    fn places(&self, id: MessageId) -> [PathBuf; 3] {
-        [self.path(id), self.unsettled(id), self.path(id)]
+    /// (not published yet), `messages/` again (published between the two looks); then
+    /// the same for a file an earlier release wrote.
+    fn places(&self, id: MessageId) -> [Place; 6] {
+        let raw = self.messages.join(format!("{id}.eml"));
+        [
+            (self.path(id), Form::Spool, false),
+            (self.unsettled(id), Form::Spool, true),
+            (self.path(id), Form::Spool, false),
+            (raw.clone(), Form::Raw, false),
+            (self.tmp.join(id.to_string()), Form::Raw, true),
+            (raw, Form::Raw, false),
+        ]
     }
 
-    /// Path of a committed message file.
+    /// Path of a committed message's file (`messages/<id>.spool`, see the module docs;
+    /// one an earlier release wrote is `messages/<id>.eml`).
     pub fn path(&self, id: MessageId) -> PathBuf {
-        self.messages.join(format!("{id}.eml"))
-    }
-
-    /// Path of a committed message's envelope (see the module docs).
-    pub fn envelope_path(&self, id: MessageId) -> PathBuf {
-        self.messages.join(format!("{id}.env"))
+        self.messages.join(format!("{id}{SPOOL}"))
     }
 
     /// `<data_dir>/orphans/`: message files found without an index row.
@@ -397,8 +444,10 @@ impl FsBlobStore {
                 for (path, in_messages) in files {
                     match std::fs::remove_file(&path) {
                         Ok(()) => {
-                            out.deleted +=
-                                usize::from(path.extension() == Some(std::ffi::OsStr::new("eml")))
+                            out.deleted += usize::from(
+                                path.extension()
+                                    .is_some_and(|x| x == "eml" || x == spool_file::EXT),
+                            )
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(StoreError::io("remove", &path, e)),
@@ -443,7 +492,7 @@ impl FsBlobStore {
     }
 
     /// Every message in the spool, `messages/` then `orphans/`: (id, the message file,
-    /// its envelope file's bytes if it has one, whether it is an orphan). For `standby
+    /// its envelope's bytes if it has one, whether it is an orphan). For `standby
     /// reindex`.
     pub fn spooled(&self) -> Result<Vec<Spooled>, StoreError> {
         let mut out = Vec::new();
@@ -457,8 +506,15 @@ impl FsBlobStore {
                 .flatten()
                 .filter_map(|entry| {
                     let name = entry.file_name();
-                    let id = name.to_str()?.strip_suffix(".eml")?.parse().ok()?;
-                    let envelope = std::fs::read(dir.join(format!("{id}.env"))).ok();
+                    let name = name.to_str()?;
+                    let (id, envelope) = if let Some(id) = name.strip_suffix(SPOOL) {
+                        let id: MessageId = id.parse().ok()?;
+                        let envelope = spool_file::read_envelope(&entry.path()).ok();
+                        (id, envelope.filter(|e| !e.is_empty()))
+                    } else {
+                        let id: MessageId = name.strip_suffix(".eml")?.parse().ok()?;
+                        (id, std::fs::read(dir.join(format!("{id}.env"))).ok())
+                    };
                     Some(Spooled {
                         id,
                         path: entry.path(),
@@ -476,14 +532,13 @@ impl FsBlobStore {
     /// Put an orphan back into `messages/` (its envelope with it), durably: `standby
     /// reindex` does this once the message has its row again.
     pub fn adopt(&self, id: MessageId) -> Result<(), StoreError> {
-        for (from, to) in [
-            (
-                self.orphans.join(format!("{id}.env")),
-                self.envelope_path(id),
-            ),
-            (self.orphans.join(format!("{id}.eml")), self.path(id)),
+        for name in [
+            format!("{id}{SPOOL}"),
+            format!("{id}.env"),
+            format!("{id}.eml"),
         ] {
-            match std::fs::rename(&from, &to) {
+            let from = self.orphans.join(&name);
+            match std::fs::rename(&from, self.messages.join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io("rename", &from, e)),
@@ -505,25 +560,28 @@ impl FsBlobStore {
     /// Where a committed message waits until its index row is durable and it is
     /// published (see the module docs).
     fn unsettled(&self, id: MessageId) -> PathBuf {
-        self.tmp.join(id.to_string())
+        self.tmp.join(format!("{id}{SPOOL}"))
     }
 
     /// `op` on the message file, in `messages/` or, not published yet, in `tmp/`; then in
-    /// `messages/` again, as the settling rename may have moved it between the two looks.
+    /// `messages/` again, as the settling rename may have moved it between the two looks
+    /// (and the same for an earlier release's file). In `tmp/`, a file that is not whole
+    /// yet (`op` fails with [`std::io::ErrorKind::InvalidData`]) is not there.
     async fn find<T: Send + 'static>(
         &self,
         key: &str,
         id: MessageId,
-        op: fn(&Path) -> std::io::Result<T>,
+        op: fn(&str, &Path, Form) -> std::io::Result<T>,
         what: &'static str,
     ) -> Result<T, StoreError> {
-        let paths = self.places(id);
+        let places = self.places(id);
         let key = key.to_string();
         blocking(what, &self.messages, move || {
-            for p in &paths {
-                match op(p) {
+            for (p, form, in_tmp) in &places {
+                match op(&key, p, *form) {
                     Ok(v) => return Ok(v),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if *in_tmp && e.kind() == std::io::ErrorKind::InvalidData => {}
                     Err(e) => return Err(StoreError::io(what, p, e)),
                 }
             }
@@ -533,15 +591,31 @@ impl FsBlobStore {
     }
 }
 
-/// One message file found by [`FsBlobStore::spooled`].
+/// One message file found by [`FsBlobStore::spooled`] or [`FsBlobStore::recover`].
 #[derive(Debug, Clone)]
 pub struct Spooled {
     pub id: MessageId,
     pub path: PathBuf,
-    /// The envelope file's bytes (`None`: a message stored before envelopes were kept).
+    /// The envelope's bytes (`None`: a message stored before envelopes were kept, a DSN
+    /// the drain queued, or a file that is not whole).
     pub envelope: Option<Vec<u8>>,
     /// Found in `orphans/`.
     pub orphan: bool,
+}
+
+impl Spooled {
+    /// The message's bytes, as received (without the envelope a `.spool` file carries).
+    ///
+    /// # Errors
+    /// Reading failed, or the `.spool` file is not whole.
+    pub fn message(&self) -> Result<Vec<u8>, StoreError> {
+        let mut bytes =
+            std::fs::read(&self.path).map_err(|e| StoreError::io("read", &self.path, e))?;
+        if self.path.extension().is_some_and(|x| x == spool_file::EXT) {
+            spool_file::split(&mut bytes).map_err(|e| StoreError::io("read", &self.path, e))?;
+        }
+        Ok(bytes)
+    }
 }
 
 #[async_trait]
@@ -552,35 +626,45 @@ impl BlobStore for FsBlobStore {
         Ok(Box::new(FsBlobWriter {
             buf: Vec::with_capacity(16 * 1024),
             file: None,
-            tmp: self.tmp.join(id.to_string()),
+            written: 0,
+            tmp: self.unsettled(id),
             envelope: None,
-            envelope_file: None,
+            sealed: false,
             staged: false,
             dest: self.path(id),
-            made: Vec::new(),
+            made: false,
             tmp_dir: self.tmp_dir.clone(),
         }))
     }
 
-    /// A message up to [`WHOLE_READ`] is read whole by the call that opens it: each
+    /// A message file up to [`WHOLE_READ`] is read whole by the call that opens it: each
     /// read of a `tokio::fs::File` is a hand-over to the blocking pool and back (a 100 KB
     /// message took four, where the drain spends most of its CPU switching threads), and
-    /// the files never change once written. A larger one is read as it is consumed.
+    /// the files never change once written. A larger one is read as it is consumed, up to
+    /// the end of the message (its footer says where).
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+        use tokio::io::AsyncReadExt;
         let id = self.key_id(key)?;
         let opened = self
             .find(
                 key,
                 id,
-                |p| {
+                |_, p, form| {
                     use std::io::Read;
                     let mut f = std::fs::File::open(p)?;
                     let len = f.metadata()?.len();
                     if len > WHOLE_READ {
-                        return Ok(Err(f));
+                        let message = match form {
+                            Form::Spool => spool_file::read_layout(&f, len)?.message,
+                            Form::Raw => len,
+                        };
+                        return Ok(Err((f, message)));
                     }
                     let mut bytes = Vec::with_capacity(len as usize + 1);
                     f.read_to_end(&mut bytes)?;
+                    if form == Form::Spool {
+                        spool_file::split(&mut bytes)?;
+                    }
                     Ok(Ok(bytes))
                 },
                 "open",
@@ -588,16 +672,17 @@ impl BlobStore for FsBlobStore {
             .await?;
         Ok(match opened {
             Ok(bytes) => Box::new(std::io::Cursor::new(bytes)),
-            Err(f) => Box::new(tokio::io::BufReader::with_capacity(
-                READ_BUFFER,
-                tokio::fs::File::from_std(f),
-            )),
+            Err((f, message)) => Box::new(
+                tokio::io::BufReader::with_capacity(READ_BUFFER, tokio::fs::File::from_std(f))
+                    .take(message),
+            ),
         })
     }
 
-    /// Unlink the message and its envelope, wherever they are (`messages/`, or `tmp/`
-    /// before they are published), then fsync the directories so the deletion is durable when
-    /// this returns (see the module docs for the order with the index).
+    /// Unlink the message's file (and an earlier release's envelope sidecar), wherever
+    /// it is (`messages/`, or `tmp/` before it is published), then fsync the directories
+    /// so the deletion is durable when this returns (see the module docs for the order
+    /// with the index).
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let Ok(id) = self.key_id(key) else {
             return Ok(());
@@ -607,12 +692,15 @@ impl BlobStore for FsBlobStore {
             let _publishing = store.publishing.lock().unwrap_or_else(|p| p.into_inner());
             // `tmp/` first: files only ever move from there to `messages/`, so another
             // process publishing meanwhile cannot make this miss one.
+            let raw = store.tmp.join(id.to_string());
             let mut in_tmp = false;
             for (p, tmp) in [
-                (store.unsettled(id).with_extension("env"), true),
                 (store.unsettled(id), true),
-                (store.envelope_path(id), false),
+                (raw.with_extension("env"), true),
+                (raw, true),
                 (store.path(id), false),
+                (store.messages.join(format!("{id}.env")), false),
+                (store.messages.join(format!("{id}.eml")), false),
             ] {
                 match std::fs::remove_file(&p) {
                     Ok(()) => in_tmp |= tmp,
@@ -633,8 +721,7 @@ impl BlobStore for FsBlobStore {
 
     async fn stat(&self, key: &str) -> Result<BlobInfo, StoreError> {
         let id = self.key_id(key)?;
-        let meta = self.find(key, id, |p| std::fs::metadata(p), "stat").await?;
-        Ok(info(key, &meta))
+        self.find(key, id, message_info, "stat").await
     }
 
     /// Move messages whose rows are durable from `tmp/` to `messages/` (see the module
@@ -644,28 +731,32 @@ impl BlobStore for FsBlobStore {
         let store = self.clone();
         blocking("rename", &self.tmp, move || {
             let _publishing = store.publishing.lock().unwrap_or_else(|p| p.into_inner());
+            let rename = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+                Ok(()) => Ok(true),
+                // Deleted meanwhile (or in the other layout).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StoreError::io("rename", from, e)),
+            };
             for key in keys {
                 let Ok(id) = store.key_id(&key) else { continue };
-                let from = store.unsettled(id);
-                for (from, to) in [
-                    (from.with_extension("env"), store.envelope_path(id)),
-                    (from, store.path(id)),
-                ] {
-                    match std::fs::rename(&from, &to) {
-                        Ok(()) => {}
-                        // Deleted meanwhile.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(StoreError::io("rename", &from, e)),
-                    }
+                if rename(&store.unsettled(id), &store.path(id))? {
+                    continue;
                 }
+                // A message an earlier release left in `tmp/` (its start-up recovery).
+                let raw = store.tmp.join(id.to_string());
+                rename(
+                    &raw.with_extension("env"),
+                    &store.messages.join(format!("{id}.env")),
+                )?;
+                rename(&raw, &store.messages.join(format!("{id}.eml")))?;
             }
             Ok(())
         })
         .await
     }
 
-    /// Published messages and committed ones waiting in `tmp/` (those with their
-    /// envelope: a message file alone there may be a partial write).
+    /// Published messages and committed ones waiting in `tmp/` (whole files: a message
+    /// file alone there, or one without its footer, may be a partial write).
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
         let (messages, tmp) = (self.messages.clone(), self.tmp.clone());
         blocking("list", &self.messages, move || {
@@ -678,18 +769,29 @@ impl BlobStore for FsBlobStore {
                 for entry in entries.flatten() {
                     let name = entry.file_name();
                     let Some(name) = name.to_str() else { continue };
-                    let key = if published {
-                        name.strip_suffix(".eml")
-                    } else {
-                        Some(name).filter(|n| {
-                            !n.ends_with(".env") && dir.join(format!("{n}.env")).exists()
-                        })
+                    let (key, form) = match name.strip_suffix(SPOOL) {
+                        Some(key) => (key, Form::Spool),
+                        None if published => match name.strip_suffix(".eml") {
+                            Some(key) => (key, Form::Raw),
+                            None => continue,
+                        },
+                        // An earlier release's message in `tmp/`: committed if its
+                        // envelope is there.
+                        None if !name.ends_with(".env")
+                            && dir.join(format!("{name}.env")).exists() =>
+                        {
+                            (name, Form::Raw)
+                        }
+                        None => continue,
                     };
-                    let Some(key) = key else { continue };
-                    let Ok(meta) = entry.metadata() else { continue };
-                    if seen.insert(key.to_string()) {
-                        out.push(info(key, &meta));
+                    if seen.contains(key) {
+                        continue;
                     }
+                    let Ok(info) = message_info(key, &entry.path(), form) else {
+                        continue;
+                    };
+                    seen.insert(key.to_string());
+                    out.push(info);
                 }
             }
             Ok(out)
@@ -704,61 +806,24 @@ struct FsBlobWriter {
     buf: Vec<u8>,
     /// Created at the first write that fills the buffer, or at stage.
     file: Option<std::fs::File>,
+    /// Bytes of the message written to the file so far.
+    written: u64,
+    /// `tmp/<id>.spool`.
     tmp: PathBuf,
-    /// Written beside the message at stage, flushed with it.
+    /// Written after the message at stage, flushed with it.
     envelope: Option<Vec<u8>>,
-    /// The envelope's file, once staged.
-    envelope_file: Option<std::fs::File>,
-    /// Staged ([`BlobWriter::stage`]): the row is flushed with the files, and the
-    /// publisher moves them. Otherwise the commit moves them into `messages/` itself,
-    /// before the caller writes the row (a file there without a row is an orphan only
-    /// after the start's settling window).
+    /// The envelope and the footer are written: the file is whole.
+    sealed: bool,
+    /// Staged ([`BlobWriter::stage`]): the row is flushed with the file, and the
+    /// publisher moves it. Otherwise the commit moves it into `messages/` itself, before
+    /// the caller writes the row (a file there without a row is an orphan only after the
+    /// start's settling window).
     staged: bool,
-    /// `messages/<id>.eml`.
+    /// `messages/<id>.spool`.
     dest: PathBuf,
-    /// Files this writer created, removed if it fails or is aborted.
-    made: Vec<PathBuf>,
+    /// This writer created its file: removed if it fails or is aborted.
+    made: bool,
     tmp_dir: Arc<Sticky>,
-}
-
-/// A writer's files once written out, not flushed.
-struct Staged {
-    file: std::fs::File,
-    envelope_file: Option<std::fs::File>,
-    made: Vec<PathBuf>,
-}
-
-/// Write out what `w` holds: the rest of the message, then its envelope (both created
-/// if needed). Nothing is flushed.
-fn write_out(
-    file: Option<std::fs::File>,
-    tmp: &Path,
-    bytes: &[u8],
-    envelope: Option<&[u8]>,
-    mut made: Vec<PathBuf>,
-) -> Result<Staged, (StoreError, Vec<PathBuf>)> {
-    let file = match append(file, tmp, bytes, &mut made) {
-        Ok(f) => f,
-        Err(e) => return Err((e, made)),
-    };
-    let envelope_file = match envelope {
-        Some(env) => match append(None, &tmp.with_extension("env"), env, &mut made) {
-            Ok(f) => Some(f),
-            Err(e) => return Err((e, made)),
-        },
-        None => None,
-    };
-    Ok(Staged {
-        file,
-        envelope_file,
-        made,
-    })
-}
-
-fn remove_all(paths: &[PathBuf]) {
-    for p in paths {
-        let _ = std::fs::remove_file(p);
-    }
 }
 
 /// Create `path` (0600, never over an existing file).
@@ -772,25 +837,32 @@ fn create_new(path: &Path) -> Result<std::fs::File, StoreError> {
         .map_err(|e| StoreError::io("create", path, e))
 }
 
-/// Append `bytes` to `file`, or to `path` created for them (noted in `made`).
+/// Append `bytes` to `file`, or to `path` created for them (`made` then set).
 fn append(
     file: Option<std::fs::File>,
     path: &Path,
     bytes: &[u8],
-    made: &mut Vec<PathBuf>,
+    made: &mut bool,
 ) -> Result<std::fs::File, StoreError> {
     use std::io::Write;
     let mut f = match file {
         Some(f) => f,
         None => {
             let f = create_new(path)?;
-            made.push(path.to_path_buf());
+            *made = true;
             f
         }
     };
     f.write_all(bytes)
         .map_err(|e| StoreError::io("write", path, e))?;
     Ok(f)
+}
+
+/// Remove `path` if this writer `made` it.
+fn remove_made(path: &Path, made: bool) {
+    if made {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Run blocking file work on tokio's blocking pool.
@@ -804,18 +876,57 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::io(what, path, std::io::Error::other(e)))?
 }
 
+impl FsBlobWriter {
+    /// The rest of the message, its envelope and the footer, in one blocking call: the
+    /// file is whole (readable in `tmp/` from now on), not flushed. Nothing is written
+    /// twice: a writer sealed once is not sealed again.
+    async fn seal(&mut self) -> Result<(), StoreError> {
+        if self.sealed {
+            return Ok(());
+        }
+        let mut bytes = std::mem::take(&mut self.buf);
+        let envelope = self.envelope.take().unwrap_or_default();
+        let message = self.written + bytes.len() as u64;
+        bytes.extend_from_slice(&envelope);
+        bytes.extend_from_slice(&spool_file::footer(message, envelope.len() as u64));
+        let (file, tmp, mut made) = (self.file.take(), self.tmp.clone(), self.made);
+        let (file, made) = blocking("write", &self.tmp, move || {
+            match append(file, &tmp, &bytes, &mut made) {
+                Ok(f) => Ok((f, made)),
+                Err(e) => {
+                    // The caller answers 451 and drops the writer: nothing of it stays.
+                    remove_made(&tmp, made);
+                    Err(e)
+                }
+            }
+        })
+        .await?;
+        self.file = Some(file);
+        self.made = made;
+        self.written = message;
+        self.sealed = true;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl BlobWriter for FsBlobWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        if self.sealed {
+            return Err(StoreError::io(
+                "write",
+                &self.tmp,
+                std::io::Error::other("the message was already staged: nothing more is added"),
+            ));
+        }
         self.buf.extend_from_slice(chunk);
         if self.buf.len() < WRITE_BUFFER {
             return Ok(());
         }
-        let (file, tmp) = (self.file.take(), self.tmp.clone());
+        let (file, tmp, mut made) = (self.file.take(), self.tmp.clone(), self.made);
         let mut bytes = std::mem::take(&mut self.buf);
-        let made = std::mem::take(&mut self.made);
+        let n = bytes.len() as u64;
         let (file, bytes, made) = blocking("write", &self.tmp, move || {
-            let mut made = made;
             match append(file, &tmp, &bytes, &mut made) {
                 Ok(f) => {
                     bytes.clear();
@@ -823,12 +934,13 @@ impl BlobWriter for FsBlobWriter {
                 }
                 Err(e) => {
                     // The caller answers 451 and drops the writer: nothing of it stays.
-                    remove_all(&made);
+                    remove_made(&tmp, made);
                     Err(e)
                 }
             }
         })
         .await?;
+        self.written += n;
         self.file = Some(file);
         self.buf = bytes;
         self.made = made;
@@ -839,109 +951,47 @@ impl BlobWriter for FsBlobWriter {
         self.envelope = Some(envelope);
     }
 
-    /// Write the rest of the message and its envelope to `tmp/`, unflushed, in one
-    /// blocking call: readable from now on (see [`FsBlobStore::open`]), durable at
+    /// Write the rest of the message, its envelope and the footer to `tmp/`, unflushed,
+    /// in one blocking call: readable from now on (see [`FsBlobStore::open`]), durable at
     /// [`BlobWriter::commit`].
     async fn stage(&mut self) -> Result<bool, StoreError> {
-        let (file, tmp) = (self.file.take(), self.tmp.clone());
-        let bytes = std::mem::take(&mut self.buf);
-        let envelope = self.envelope.take();
-        let made = std::mem::take(&mut self.made);
-        let staged = blocking("write", &self.tmp, move || {
-            write_out(file, &tmp, &bytes, envelope.as_deref(), made).map_err(|(e, made)| {
-                remove_all(&made);
-                e
-            })
-        })
-        .await?;
-        self.file = Some(staged.file);
-        self.envelope_file = staged.envelope_file;
-        self.made = staged.made;
+        self.seal().await?;
         self.staged = true;
         Ok(true)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        let tmp = self.tmp.clone();
-        let env_tmp = self.tmp.with_extension("env");
-        let (file, bytes, envelope) = (
-            self.file.take(),
-            std::mem::take(&mut self.buf),
-            self.envelope.take(),
-        );
-        let (staged_env, made) = (self.envelope_file.take(), std::mem::take(&mut self.made));
-        let (was_staged, dest) = (self.staged, self.dest.clone());
-        let dir = self.tmp_dir.clone();
-        let (t, e) = (tmp.clone(), env_tmp.clone());
-        blocking("commit", &tmp, move || {
-            // Not staged (or written to since): write out now.
-            let staged = match (file, bytes.is_empty() && envelope.is_none()) {
-                (Some(file), true) => Staged {
-                    file,
-                    envelope_file: staged_env,
-                    made,
-                },
-                (file, _) => {
-                    let mut st = write_out(file, &t, &bytes, envelope.as_deref(), made).map_err(
-                        |(err, made)| {
-                            remove_all(&made);
-                            err
-                        },
-                    )?;
-                    st.envelope_file = st.envelope_file.or(staged_env);
-                    st
-                }
-            };
-            let Staged {
-                file: message,
-                envelope_file,
-                made,
-            } = staged;
-            // Each file its own flush (it reports that file's writeback error), the
-            // two at once (one after the other, each would wait for a journal commit
-            // of its own: a file's blocks are allocated only when it is written
-            // back), then `tmp/`, where both were created: POSIX promises a new
-            // file's name only with an fsync of its directory, which the message's
-            // flush has committed already on ext4 and XFS.
-            let flushed = (|| {
-                let sidecar = envelope_file.map(|f| {
-                    let (done, result) = std::sync::mpsc::channel();
-                    let flush = move || {
-                        let _ = done.send(f.sync_data());
-                    };
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) => drop(rt.spawn_blocking(flush)),
-                        Err(_) => flush(),
-                    }
-                    result
-                });
-                message
+        // Not staged: written out now.
+        self.seal().await?;
+        let (file, tmp, made) = (self.file.take(), self.tmp.clone(), self.made);
+        let (was_staged, dest, dir) = (self.staged, self.dest.clone(), self.tmp_dir.clone());
+        blocking("commit", &self.tmp, move || {
+            // The file's own flush (it reports that file's writeback error), then `tmp/`,
+            // where it was created: POSIX promises a new file's name only with an fsync
+            // of its directory, which the file's flush has committed already on ext4 and
+            // XFS.
+            let flushed = match &file {
+                Some(f) => f
                     .sync_data()
-                    .map_err(|err| StoreError::io("fdatasync", &t, err))?;
-                if let Some(result) = sidecar {
-                    result
-                        .recv()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("flush thread stopped")))
-                        .map_err(|err| StoreError::io("fdatasync", &e, err))?;
-                }
+                    .map_err(|err| StoreError::io("fdatasync", &tmp, err)),
+                None => Err(StoreError::io(
+                    "fdatasync",
+                    &tmp,
+                    std::io::Error::other("no file was written"),
+                )),
+            }
+            .and_then(|()| {
                 dir.sync()
-                    .map_err(|err| StoreError::io("fsync", t.parent().unwrap_or(&t), err))
-            })();
+                    .map_err(|err| StoreError::io("fsync", tmp.parent().unwrap_or(&tmp), err))
+            });
             let placed = flushed.and_then(|()| {
                 if was_staged {
                     return Ok(());
                 }
-                for (from, to) in [(&e, dest.with_extension("env")), (&t, dest.clone())] {
-                    match std::fs::rename(from, &to) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound && from == &e => {}
-                        Err(err) => return Err(StoreError::io("rename", from, err)),
-                    }
-                }
-                Ok(())
+                std::fs::rename(&tmp, &dest).map_err(|err| StoreError::io("rename", &tmp, err))
             });
             if placed.is_err() {
-                remove_all(&made);
+                remove_made(&tmp, made);
             }
             placed
         })
@@ -949,9 +999,9 @@ impl BlobWriter for FsBlobWriter {
     }
 
     async fn abort(self: Box<Self>) {
-        let made = self.made.clone();
+        let (tmp, made) = (self.tmp.clone(), self.made);
         let _ = blocking("remove", &self.tmp, move || {
-            remove_all(&made);
+            remove_made(&tmp, made);
             Ok(())
         })
         .await;
@@ -963,7 +1013,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_envelope_is_committed_beside_the_message_published_and_deleted_with_it() {
+    async fn the_envelope_is_committed_in_the_message_file_published_and_deleted_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FsBlobStore::open(dir.path()).unwrap();
         let id = MessageId::new(Utc::now());
@@ -971,25 +1021,100 @@ mod tests {
         w.set_envelope(b"{\"envelope\":1}\n".to_vec());
         w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
         assert!(w.stage().await.unwrap());
-        // Staged: readable before it is durable.
-        let (bytes, _) = fs.read_all(&id.to_string()).await.unwrap();
+        // Staged: readable before it is durable, without its envelope.
+        let (bytes, info) = fs.read_all(&id.to_string()).await.unwrap();
         assert_eq!(bytes, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(info.size, bytes.len() as u64);
+        assert!(
+            w.write(b"more").await.is_err(),
+            "nothing is added once staged"
+        );
         w.commit().await.unwrap();
         let tmp = dir.path().join("tmp");
+        let names = |d: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&tmp), [format!("{id}.spool")], "one file per message");
         assert_eq!(
-            std::fs::read(tmp.join(format!("{id}.env"))).unwrap(),
+            spool_file::read_envelope(&tmp.join(format!("{id}.spool"))).unwrap(),
             b"{\"envelope\":1}\n"
         );
-        assert!(tmp.join(id.to_string()).exists() && !fs.path(id).exists());
+        assert!(!fs.path(id).exists());
         fs.publish(vec![id.to_string()]).await.unwrap();
         assert_eq!(
-            std::fs::read(fs.envelope_path(id)).unwrap(),
+            spool_file::read_envelope(&fs.path(id)).unwrap(),
             b"{\"envelope\":1}\n"
         );
-        assert!(fs.path(id).exists());
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(names(&dir.path().join("messages")), [format!("{id}.spool")]);
+        assert!(names(&tmp).is_empty());
+        let listed = fs.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].size, 20);
+        let spooled = fs.spooled().unwrap();
+        assert_eq!(spooled[0].message().unwrap(), b"Subject: x\r\n\r\nbody\r\n");
         fs.delete(&id.to_string()).await.unwrap();
-        assert!(!fs.path(id).exists() && !fs.envelope_path(id).exists());
+        assert!(names(&dir.path().join("messages")).is_empty());
+    }
+
+    /// A message in `tmp/` without its footer (a write in progress, a partial one) is
+    /// not there for readers; in `messages/` it is damage, and says so.
+    #[tokio::test]
+    async fn a_file_without_its_footer_is_not_read_as_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        let id = MessageId::new(Utc::now());
+        std::fs::write(fs.unsettled(id), b"Subject: cut\r\n\r\nhalf").unwrap();
+        assert!(matches!(
+            fs.open(&id.to_string()).await,
+            Err(StoreError::MissingBlob(_))
+        ));
+        assert!(fs.list().await.unwrap().is_empty());
+        std::fs::rename(fs.unsettled(id), fs.path(id)).unwrap();
+        let err = fs.read_all(&id.to_string()).await.unwrap_err().to_string();
+        assert!(err.contains("not a whole spool file"), "{err}");
+    }
+
+    /// Files an earlier release wrote (`<id>.eml` with `<id>.env`, in `tmp/` `<id>`) are
+    /// read, listed, published and deleted as they are.
+    #[tokio::test]
+    async fn an_earlier_releases_files_are_read_published_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        let (old, staged) = (MessageId::new(Utc::now()), MessageId::new(Utc::now()));
+        let messages = dir.path().join("messages");
+        let tmp = dir.path().join("tmp");
+        std::fs::write(messages.join(format!("{old}.eml")), b"old message").unwrap();
+        std::fs::write(messages.join(format!("{old}.env")), b"{}").unwrap();
+        std::fs::write(tmp.join(staged.to_string()), b"staged message").unwrap();
+        std::fs::write(tmp.join(format!("{staged}.env")), b"{\"s\":1}").unwrap();
+        assert_eq!(
+            fs.read_all(&old.to_string()).await.unwrap().0,
+            b"old message"
+        );
+        assert_eq!(
+            fs.read_all(&staged.to_string()).await.unwrap().0,
+            b"staged message"
+        );
+        let mut sizes: Vec<u64> = fs.list().await.unwrap().iter().map(|b| b.size).collect();
+        sizes.sort();
+        assert_eq!(sizes, [11, 14]);
+        fs.publish(vec![staged.to_string()]).await.unwrap();
+        assert!(messages.join(format!("{staged}.eml")).exists());
+        assert!(messages.join(format!("{staged}.env")).exists());
+        let spooled = fs.spooled().unwrap();
+        assert_eq!(spooled.len(), 2);
+        assert!(spooled.iter().all(|s| s.envelope.is_some()));
+        let first = spooled.iter().find(|s| s.id == old).unwrap();
+        assert_eq!(first.message().unwrap(), b"old message");
+        for id in [old, staged] {
+            fs.delete(&id.to_string()).await.unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&messages).unwrap().count(), 0);
     }
 
     /// A message larger than the write buffer goes to disk as it arrives, whole.
@@ -1013,9 +1138,9 @@ mod tests {
         let other = MessageId::new(Utc::now());
         let mut w = fs.create(other).await.unwrap();
         w.write(&vec![b'x'; 2 * WRITE_BUFFER]).await.unwrap();
-        assert!(dir.path().join("tmp").join(other.to_string()).exists());
+        assert!(fs.unsettled(other).exists());
         w.abort().await;
-        assert!(!dir.path().join("tmp").join(other.to_string()).exists());
+        assert!(!fs.unsettled(other).exists());
     }
 
     /// Messages up to the whole-read limit are read by the open, larger ones as they are
@@ -1025,10 +1150,16 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
         let fs = FsBlobStore::open(dir.path()).unwrap();
+        // The file is the message, its envelope and the footer: either side of the
+        // limit by the file's size, and by the message's.
+        let envelope = b"{\"envelope\":true}";
+        let whole = WHOLE_READ - (envelope.len() + spool_file::FOOTER) as u64;
         for len in [
             0,
             1,
-            WHOLE_READ - 1,
+            whole - 1,
+            whole,
+            whole + 1,
             WHOLE_READ,
             WHOLE_READ + 1,
             3 * WHOLE_READ,
@@ -1036,8 +1167,10 @@ mod tests {
             let id = MessageId::new(Utc::now());
             let want: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut w = fs.create(id).await.unwrap();
+            w.set_envelope(envelope.to_vec());
             w.write(&want).await.unwrap();
             w.commit().await.unwrap();
+            assert_eq!(fs.stat(&id.to_string()).await.unwrap().size, len);
             let mut got = Vec::new();
             fs.open(&id.to_string())
                 .await

@@ -17,6 +17,7 @@ pub mod aws;
 pub mod fs;
 pub mod group;
 pub mod memory;
+pub mod spool_file;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! `standby reindex`: rebuild the local spool's index from the spool itself.
 //!
-//! Every message file carries its envelope (`messages/<id>.env`, made durable with the
-//! bytes, see [`crate::backend::fs`]), so a lost index (`index.db` deleted, a disk
-//! restored without it), a corrupt one (it will not open, or `PRAGMA quick_check`
+//! Every message file carries its envelope (`messages/<id>.spool`: the message, then its
+//! envelope, made durable together, see [`crate::backend::fs`]; an earlier release's
+//! `<id>.eml` has it beside it, in `<id>.env`), so a lost index (`index.db` deleted, a
+//! disk restored without it), a corrupt one (it will not open, or `PRAGMA quick_check`
 //! complains: it is moved aside as `index.db.corrupt-<time>`, never deleted) or one
 //! restored from an older copy can be made whole again: each message without a row, in
 //! `messages/` or in `orphans/`, gets its record back (hash, size, summary, journal
@@ -111,8 +112,7 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
             summary.no_envelope.push(found.path.display().to_string());
             continue;
         };
-        let bytes = std::fs::read(&found.path)
-            .map_err(|e| crate::error::StoreError::io("read", &found.path, e))?;
+        let bytes = found.message()?;
         let mut rec = rebuild(&stamp, &bytes, &journal, &retention);
         if rec.status == Status::Held && !held {
             rec.status = Status::Paused;
