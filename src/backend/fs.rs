@@ -630,6 +630,7 @@ impl BlobStore for FsBlobStore {
             tmp: self.unsettled(id),
             envelope: None,
             sealed: false,
+            failed: false,
             staged: false,
             dest: self.path(id),
             made: false,
@@ -814,6 +815,9 @@ struct FsBlobWriter {
     envelope: Option<Vec<u8>>,
     /// The envelope and the footer are written: the file is whole.
     sealed: bool,
+    /// A write failed and took the file with it: every later call fails too, so nothing
+    /// can go on to write a file missing what was lost.
+    failed: bool,
     /// Staged ([`BlobWriter::stage`]): the row is flushed with the file, and the
     /// publisher moves it. Otherwise the commit moves it into `messages/` itself, before
     /// the caller writes the row (a file there without a row is an orphan only after the
@@ -881,9 +885,11 @@ impl FsBlobWriter {
     /// file is whole (readable in `tmp/` from now on), not flushed. Nothing is written
     /// twice: a writer sealed once is not sealed again.
     async fn seal(&mut self) -> Result<(), StoreError> {
+        self.usable()?;
         if self.sealed {
             return Ok(());
         }
+        self.failed = true;
         let mut bytes = std::mem::take(&mut self.buf);
         let envelope = self.envelope.take().unwrap_or_default();
         let message = self.written + bytes.len() as u64;
@@ -905,6 +911,19 @@ impl FsBlobWriter {
         self.made = made;
         self.written = message;
         self.sealed = true;
+        self.failed = false;
+        Ok(())
+    }
+
+    /// An error if an earlier write failed (see [`FsBlobWriter::failed`]).
+    fn usable(&self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::io(
+                "write",
+                &self.tmp,
+                std::io::Error::other("an earlier write of this message failed"),
+            ));
+        }
         Ok(())
     }
 }
@@ -912,6 +931,7 @@ impl FsBlobWriter {
 #[async_trait]
 impl BlobWriter for FsBlobWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.usable()?;
         if self.sealed {
             return Err(StoreError::io(
                 "write",
@@ -926,6 +946,7 @@ impl BlobWriter for FsBlobWriter {
         let (file, tmp, mut made) = (self.file.take(), self.tmp.clone(), self.made);
         let mut bytes = std::mem::take(&mut self.buf);
         let n = bytes.len() as u64;
+        self.failed = true;
         let (file, bytes, made) = blocking("write", &self.tmp, move || {
             match append(file, &tmp, &bytes, &mut made) {
                 Ok(f) => {
@@ -941,6 +962,7 @@ impl BlobWriter for FsBlobWriter {
         })
         .await?;
         self.written += n;
+        self.failed = false;
         self.file = Some(file);
         self.buf = bytes;
         self.made = made;
@@ -1059,6 +1081,25 @@ mod tests {
         assert_eq!(spooled[0].message().unwrap(), b"Subject: x\r\n\r\nbody\r\n");
         fs.delete(&id.to_string()).await.unwrap();
         assert!(names(&dir.path().join("messages")).is_empty());
+    }
+
+    /// A writer whose write failed (its bytes gone with its file) refuses to go on: it
+    /// never stages a file that is whole by its footer but missing what was lost.
+    #[tokio::test]
+    async fn a_writer_refuses_to_go_on_after_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsBlobStore::open(dir.path()).unwrap();
+        let id = MessageId::new(Utc::now());
+        let mut w = fs.create(id).await.unwrap();
+        // Something in the way of the file the first full buffer goes to.
+        std::fs::write(fs.unsettled(id), b"in the way").unwrap();
+        assert!(w.write(&vec![b'a'; WRITE_BUFFER]).await.is_err());
+        std::fs::remove_file(fs.unsettled(id)).unwrap();
+        assert!(w.write(b"the rest\r\n").await.is_err());
+        w.set_envelope(b"{}".to_vec());
+        assert!(w.stage().await.is_err());
+        assert!(w.commit().await.is_err());
+        assert!(!fs.unsettled(id).exists() && !fs.path(id).exists());
     }
 
     /// A message in `tmp/` without its footer (a write in progress, a partial one) is

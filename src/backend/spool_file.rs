@@ -24,8 +24,12 @@
 //! # The footer
 //! `STBYSPL1`, the message's length and the envelope's (little-endian `u64`s), `STBYEND\n`.
 //! A file is whole only if both marks are there and the lengths add up to its size with
-//! the footer: a partial write (a crash before the flush) never passes, as the footer is
-//! written last.
+//! the footer: a write cut short (a crash before it finished) never passes, as the footer
+//! is written last. The footer says the write finished, not that it reached the disk:
+//! after a power cut a file whose flush did not finish may keep its footer and lose
+//! earlier blocks. Only the flush before the 250 makes the bytes durable, and the start
+//! after a crash checks what it finds in `tmp/` against the SHA-256 in the row or the
+//! envelope (`standby::publish::check_unpublished`).
 
 use std::io;
 
