@@ -35,7 +35,7 @@
 //! ([`RunOptions::force`], recorded by [`crate::health`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -645,17 +645,44 @@ impl Drainer {
         // Claims not yet written back, so those of a worker that panicked (or stopped on
         // an error) are given back at the end instead of waiting out their lease.
         let claims = Claims::default();
-        for _ in 0..self.settings.concurrency.max(1) {
-            let this = self.clone();
-            let opts = opts.clone();
-            let claims = claims.clone();
-            let breaker = breaker.clone();
-            workers.spawn(async move { this.worker(opts, claims, &breaker).await });
-        }
         let mut report = DrainReport {
             failed: expired,
             ..Default::default()
         };
+        // One claim before the workers start, so a run with nothing due (every minute of
+        // a quiet day on AWS) asks the index once, not once per worker; a first batch
+        // short of a full one took everything due, so one worker is enough (it goes on
+        // claiming what falls due meanwhile, the DSNs of this run included, until a
+        // claim comes back empty).
+        let first = if opts.should_stop() {
+            Vec::new()
+        } else {
+            let owner = Self::token();
+            let batch = self.claim(&owner).await?;
+            claims.add(&batch, &owner);
+            batch.into_iter().map(|r| (r, owner.clone())).collect()
+        };
+        if first.is_empty() {
+            return Ok(report);
+        }
+        let exhausted = Arc::new(AtomicBool::new(false));
+        let n = if first.len() < CLAIM_BATCH {
+            1
+        } else {
+            self.settings.concurrency.max(1)
+        };
+        let mut first = Some(first);
+        for _ in 0..n {
+            let this = self.clone();
+            let opts = opts.clone();
+            let claims = claims.clone();
+            let breaker = breaker.clone();
+            let start = Start {
+                batch: first.take().unwrap_or_default(),
+                exhausted: exhausted.clone(),
+            };
+            workers.spawn(async move { this.worker(opts, claims, &breaker, start).await });
+        }
         let mut first_err = None;
         let mut panicked = None;
         let mut reached = false;
@@ -733,36 +760,52 @@ impl Drainer {
         tokio::time::sleep_until(slot).await;
     }
 
+    /// Lease up to a batch of due messages for `owner`.
+    async fn claim(&self, owner: &str) -> Result<Vec<Record>, DrainError> {
+        let now = self.clock.now();
+        Ok(self
+            .storage
+            .index
+            .claim(&ClaimRequest {
+                now,
+                owner: owner.to_string(),
+                lease_until: now + self.lease(),
+                limit: CLAIM_BATCH,
+                received_before: None,
+                skew: self.skew(),
+            })
+            .await?)
+    }
+
     async fn worker(
         &self,
         opts: RunOptions,
         claims: Claims,
         breaker: &BreakerState,
+        start: Start,
     ) -> Result<WorkerReport, DrainError> {
         let index = &self.storage.index;
         let mut w = WorkerReport::default();
         let mut session: Option<Box<dyn RelaySession>> = None;
+        let mut given = start.batch;
         'claims: loop {
-            if opts.should_stop() {
-                break;
-            }
-            let now = self.clock.now();
-            let owner = Self::token();
-            let batch = index
-                .claim(&ClaimRequest {
-                    now,
-                    owner: owner.clone(),
-                    lease_until: now + self.lease(),
-                    limit: CLAIM_BATCH,
-                    received_before: None,
-                    skew: self.skew(),
-                })
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            claims.add(&batch, &owner);
-            for mut rec in batch {
+            let batch: Vec<(Record, String)> = if !given.is_empty() {
+                std::mem::take(&mut given)
+            } else {
+                if opts.should_stop() || start.exhausted.load(Ordering::SeqCst) {
+                    break;
+                }
+                let owner = Self::token();
+                let batch = self.claim(&owner).await?;
+                if batch.is_empty() {
+                    // Nothing due: the workers still running finish what they hold.
+                    start.exhausted.store(true, Ordering::SeqCst);
+                    break;
+                }
+                claims.add(&batch, &owner);
+                batch.into_iter().map(|r| (r, owner.clone())).collect()
+            };
+            for (mut rec, owner) in batch {
                 if opts.should_stop() || w.stopped.is_some() || breaker.tripped().is_some() {
                     tracing::debug!(id = %rec.id, "releasing claim");
                     release(index.as_ref(), &rec, &owner).await?;
@@ -1125,6 +1168,14 @@ impl tokio::io::AsyncRead for GuardedBody {
             other => other,
         }
     }
+}
+
+/// What a worker starts with: the run's first batch (for one of them) and the flag set
+/// when a claim comes back empty (nothing more is due): the workers then claim no more
+/// in this run.
+struct Start {
+    batch: Vec<(Record, String)>,
+    exhausted: Arc<AtomicBool>,
 }
 
 #[derive(Default)]

@@ -40,6 +40,7 @@ impl HealthRecord {
             probes_ok: 0,
             probes_failed: 0,
             reconciled_until: None,
+            sweep: None,
             retained_at: None,
             halted: None,
             version: 0,
@@ -120,8 +121,8 @@ pub const LEGACY_NODE: &str = "primary";
 ///
 /// The watermarks are not about the primary but about the store, so they are always kept:
 /// `reconciled_until` (losing it makes the reconciler rescan every object in the bucket
-/// and re-index, then redeliver, any whose record has already expired) and
-/// `retained_at`. A node with no record yet takes them from the record of
+/// and re-index, then redeliver, any whose record has already expired), the reconciler's
+/// `sweep` position and `retained_at`. A node with no record yet takes them from the record of
 /// [`LEGACY_NODE`], so upgrading a stack from the single-record layout rescans nothing.
 pub async fn load_for(
     index: &dyn Index,
@@ -142,6 +143,7 @@ pub async fn load_for(
         // A fresh start still saves over the stored record: its version is the one read.
         _ => HealthRecord {
             reconciled_until: marks.as_ref().and_then(|m| m.reconciled_until),
+            sweep: marks.as_ref().and_then(|m| m.sweep.clone()),
             retained_at: marks.as_ref().and_then(|m| m.retained_at),
             version: own.as_ref().map_or(0, |r| r.version),
             ..HealthRecord::new(node, address)

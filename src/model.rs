@@ -662,6 +662,10 @@ pub struct HealthRecord {
     /// Blobs stored before this instant have been checked by the reconciler (AWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled_until: Option<DateTime<Utc>>,
+    /// The reconciler's sweep of the blob store (AWS): where the one under way is, or
+    /// when the next begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
     /// The last retention run of the drain function (AWS), which runs it at most every
     /// `[retention] interval_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -676,6 +680,25 @@ pub struct HealthRecord {
     /// 0: never saved, or saved before records had versions.
     #[serde(default)]
     pub version: u64,
+}
+
+/// The reconciler's pass over every stored blob (see `standby::lambda::reconcile`), a few
+/// pages per run, resumed from here by the next run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sweep {
+    /// When the sweep under way began; `None`: none under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// The last key the sweep under way listed: it goes on after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// When the next sweep begins (set when one finishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+    /// Objects the sweep under way failed to check: while any did, it does not move the
+    /// watermark, so the next sweep checks them again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
 }
 
 /// Why and since when draining is halted (see [`HealthRecord::halted`]).

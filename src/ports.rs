@@ -85,6 +85,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn mark(&self, _key: &str, _disposal: Disposal) -> Result<bool, StoreError> {
         Ok(false)
     }
+    /// The mark [`BlobStore::mark`] left on the bytes, if the store keeps one (S3: the
+    /// `standby-state` tag): a marked blob had a record once. Default: `None`.
+    async fn marked(&self, _key: &str) -> Result<Option<Disposal>, StoreError> {
+        Ok(None)
+    }
     /// Place or lift a legal hold on the stored bytes, so the store's own retention (S3:
     /// the lifecycle rule on delivered objects) leaves them alone. Default: nothing (the
     /// local spool deletes only through the retention job, which reads the record).
@@ -128,6 +133,31 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Every committed blob, in no particular order (for reconciliation).
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
+    /// Up to `max` committed blobs whose keys sort after `after` (all when `None`), in
+    /// key order, and the key to continue after when there may be more: a listing with
+    /// bounded memory, resumable from a saved position (the reconciler's sweep). Default:
+    /// from [`BlobStore::list`].
+    async fn list_page(&self, after: Option<&str>, max: usize) -> Result<BlobPage, StoreError> {
+        let mut all: Vec<BlobInfo> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|b| after.is_none_or(|a| b.key.as_str() > a))
+            .collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        let more = all.len() > max;
+        all.truncate(max);
+        let next = more.then(|| all.last().map(|b| b.key.clone())).flatten();
+        Ok(BlobPage { blobs: all, next })
+    }
+}
+
+/// One page of [`BlobStore::list_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobPage {
+    pub blobs: Vec<BlobInfo>,
+    /// Where the next page starts (after this key); `None`: this was the last.
+    pub next: Option<String>,
 }
 
 /// A blob being written. Dropping it without `commit` leaves nothing behind that a reader
@@ -309,6 +339,19 @@ pub trait Index: Send + Sync + 'static {
     /// Records in list order: oldest first (received time, then id).
     async fn list(&self, q: &ListQuery) -> Result<Vec<Record>, StoreError>;
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// How many messages have `status`: what a caller that needs one figure asks, so an
+    /// index that counts by reading (DynamoDB) reads that status's records only, not the
+    /// delivered archive. Default: from [`Index::counts`].
+    async fn count(&self, status: Status) -> Result<u64, StoreError> {
+        let c = self.counts().await?;
+        Ok(match status {
+            Status::Held => c.held,
+            Status::Paused => c.paused,
+            Status::Delivered => c.delivered,
+            Status::Failed => c.failed,
+            Status::Journal => c.journal,
+        })
+    }
     /// Received time of the oldest message with this status.
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Atomically lease up to `limit` held records (oldest first, in list order) whose

@@ -391,6 +391,12 @@ pub async fn delete(
              a local spool removes it at its next start, on S3 delete the object by hand"
         );
         tracing::error!(id = %rec.id, error = %e, "record deleted, stored message left behind");
+        // Best effort: marked as the store's own retention's to delete (S3: the
+        // `delivered` tag, which the lifecycle rule expires), which also tells the
+        // reconciler the object had a record once and is not to be indexed again.
+        if let Err(e) = storage.blobs.mark(&key, Disposal::Expirable).await {
+            tracing::warn!(id = %rec.id, error = %e, "could not mark the object left behind either");
+        }
         storage
             .audit
             .append(&AuditEntry::of(rec, "delete-incomplete", by, &why, now))

@@ -244,6 +244,7 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "s3:DeleteObjectTagging",
             "s3:DeleteObjectVersion",
             "s3:GetObject",
+            "s3:GetObjectTagging",
             "s3:ListBucket",
             "s3:ListBucketVersions",
             "s3:PutObject",
@@ -770,6 +771,12 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
             "{alarm}"
         );
         assert_eq!(p["Dimensions"][0]["Name"], "Stack");
+        // A metric the drain declares: an alarm on one it does not write never fires.
+        let metric = p["MetricName"].as_str().unwrap_or_default();
+        assert!(
+            standby::lambda::metrics::declared().contains(&metric.to_string()),
+            "{alarm} watches {metric}, which the drain does not write"
+        );
     }
 }
 

@@ -71,7 +71,7 @@ pub(super) async fn drain(
         }
     }
     let bar = if !json && std::io::stderr().is_terminal() {
-        let total = storage.index.counts().await?.held;
+        let total = storage.index.count(crate::model::Status::Held).await?;
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(

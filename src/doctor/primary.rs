@@ -84,7 +84,11 @@ pub async fn health(config: &Config, storage: Result<&Storage, &str>) -> Check {
             );
         }
     };
-    let held = storage.index.counts().await.map(|c| c.held).unwrap_or(0);
+    let held = storage
+        .index
+        .count(crate::model::Status::Held)
+        .await
+        .unwrap_or(0);
     let last = rec
         .last_probe
         .as_ref()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::ingest::Ingest;
-use super::reconcile::{ReconcileReport, reconcile};
+use super::reconcile::{Bounds, ReconcileReport, reconcile_within};
 use crate::config::Config;
 use crate::drain::{DrainError, Drainer, RunOptions};
 use crate::error::StoreError;
@@ -60,7 +60,8 @@ pub fn keep_for_the_dot(left: Duration, dot: Duration) -> Duration {
 pub struct DrainRequest {
     /// Deliver even if the primary is not (yet) considered up.
     pub force: bool,
-    /// Change nothing; report what is due and what would be reconciled.
+    /// Change nothing; report what is due and what the sweep's next pages would
+    /// reconcile (nothing between sweeps).
     pub dry_run: bool,
 }
 
@@ -240,15 +241,33 @@ impl DrainFunction {
         } else {
             self.reingest(&filing, deadline).await
         };
-        let rec: ReconcileReport = reconcile(
+        // The sweep lists for half of what is left of the invocation at most, and never
+        // stops the probe and the drain after it: a failure is logged, and the next run
+        // goes on from where the sweep was.
+        let bounds = Bounds {
+            until: deadline.map(|d| {
+                let start = Instant::now();
+                start + d.saturating_duration_since(start) / 2
+            }),
+            ..Bounds::for_hold_days(self.config.hold_days)
+        };
+        let rec: ReconcileReport = reconcile_within(
             &self.storage,
             (&node, &address),
             &self.config.domains,
             &filing,
             now,
             req.dry_run,
+            bounds,
         )
-        .await?;
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reconciler failed; probing and draining anyway");
+            ReconcileReport {
+                errors: 1,
+                ..Default::default()
+            }
+        });
         // This invocation's relay: no reply waited for past its end.
         let relay = Arc::new(
             self.relay
@@ -271,7 +290,7 @@ impl DrainFunction {
             let h = health::load_for(index, &node, &address).await?;
             summary.primary = h.state.to_string();
             summary.due = Some(drainer.due().await?.len() as u64);
-            summary.held = index.counts().await?.held;
+            summary.held = index.count(Status::Held).await?;
             return Ok(summary);
         }
         let h = health::check(
@@ -334,7 +353,7 @@ impl DrainFunction {
             summary.failed = drainer.expire_old().await?;
         }
         summary.retention_deleted = self.retention(&node, &address).await?;
-        summary.held = index.counts().await?.held;
+        summary.held = index.count(Status::Held).await?;
         summary.oldest_held_secs = index
             .oldest(Status::Held)
             .await?

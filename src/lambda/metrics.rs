@@ -2,8 +2,15 @@
 //!
 //! The drain prints one JSON object per invocation to standard output; CloudWatch Logs
 //! turns it into metrics in namespace [`NAMESPACE`] with dimension `Stack`, which the
-//! template's alarms watch (mail held for 15 minutes, the oldest held message's age, probe
-//! failures). No `PutMetricData` call, so no extra permission and no extra latency.
+//! template's alarms watch (mail held for 15 minutes and the oldest held message's age,
+//! both from `OldestHeldSeconds`; probe failures). No `PutMetricData` call, so no extra
+//! permission and no extra latency.
+//!
+//! Only what an alarm watches is a metric: each custom metric costs $0.30 a month, more
+//! than everything else an idle stack costs together (`scripts/cost`). The run's other
+//! figures (held, delivered, deferred, failed, reconciled) are in the same object as plain
+//! fields, free, and searchable with CloudWatch Logs Insights; the drain's errors and
+//! invocations are Lambda's own metrics (`AWS/Lambda`), free too.
 //! Format: <https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>
 
 use chrono::{DateTime, Utc};
@@ -16,17 +23,19 @@ pub const NAMESPACE: &str = "StandbyMx";
 /// The EMF object for one invocation's summary, with dimension `Stack = stack`.
 pub fn emf(summary: &DrainSummary, stack: &str, at: DateTime<Utc>) -> Value {
     let metrics = [
-        ("HeldMessages", "Count", summary.held),
         (
             "OldestHeldSeconds",
             "Seconds",
             summary.oldest_held_secs.unwrap_or(0),
         ),
         ("ProbeFailures", "Count", u64::from(summary.probe_failed)),
-        ("Delivered", "Count", summary.delivered),
-        ("Deferred", "Count", summary.deferred),
-        ("Failed", "Count", summary.failed),
-        ("Reconciled", "Count", summary.reconciled),
+    ];
+    let fields = [
+        ("HeldMessages", summary.held),
+        ("Delivered", summary.delivered),
+        ("Deferred", summary.deferred),
+        ("Failed", summary.failed),
+        ("Reconciled", summary.reconciled),
     ];
     let mut out = json!({
         "_aws": {
@@ -45,7 +54,23 @@ pub fn emf(summary: &DrainSummary, stack: &str, at: DateTime<Utc>) -> Value {
     for (name, _, value) in metrics {
         out[name] = json!(value);
     }
+    for (name, value) in fields {
+        out[name] = json!(value);
+    }
     out
+}
+
+/// The names of the metrics [`emf`] declares (what an alarm may watch).
+pub fn declared() -> Vec<String> {
+    emf(&DrainSummary::default(), "", DateTime::<Utc>::UNIX_EPOCH)["_aws"]["CloudWatchMetrics"]
+        [0]["Metrics"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["Name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -69,14 +94,16 @@ mod tests {
         assert_eq!(v["Stack"], "standby-prod");
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000_i64);
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
-        let declared = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap();
-        assert_eq!(declared.len(), 7);
-        for m in declared {
+        // Only what an alarm watches is a metric (each costs $0.30 a month).
+        assert_eq!(metrics.len(), 2);
+        for m in metrics {
             let name = m["Name"].as_str().unwrap();
             assert!(v[name].is_u64(), "{name} has no value");
         }
+        assert_eq!(declared(), ["OldestHeldSeconds", "ProbeFailures"]);
         assert_eq!(v["HeldMessages"], 7);
         assert_eq!(v["OldestHeldSeconds"], 900);
         assert_eq!(v["ProbeFailures"], 1);

@@ -3,9 +3,10 @@
 //! On AWS, S3 is the source of truth: SES has stored the message (and told the sender
 //! 250) before the ingest function runs. If ingest fails past Lambda's retries, the
 //! object is still there without a record, and nothing would ever deliver it. The drain
-//! function therefore runs this first: every object older than [`MIN_AGE`] (so an ingest
-//! in flight is not raced) whose derived id has no record is indexed from its own
-//! headers and marked [`Intake::Reconciled`]:
+//! function therefore runs this first (after the events of the ingest's failure queue):
+//! every object its sweep lists (see below) that is older than [`MIN_AGE`] (so an ingest
+//! in flight is not raced), was stored since the last sweep began, and whose derived id
+//! has no record is indexed from its own headers and marked [`Intake::Reconciled`]:
 //!
 //! - MAIL FROM from `Return-Path` (SES writes the envelope sender there);
 //! - recipients from the `for` clause of the topmost `Received` (SES's own), else from
@@ -21,9 +22,30 @@
 //! Without a usable recipient the record is stored as `failed` with the reason, visible
 //! to the operator (`standby list --status failed`, `show --raw`), never deleted.
 //!
-//! To keep the cost flat, objects stored before the last run's watermark (kept in the
-//! health item) minus [`OVERLAP`] are not looked up again; listing the prefix is still one
-//! request per 1,000 objects.
+//! # A bounded source
+//! The fast path for a failed ingest is not here: Lambda puts an event that failed its
+//! retries (or grew too old in its queue) on the ingest function's on-failure queue, and
+//! the drain function ingests it from there with its exact envelope at each run. This is
+//! the safety net for what that misses, and it must not cost more as the archive grows:
+//! a *sweep* lists the store a few pages per run ([`SWEEP_PAGES`] of [`PAGE`] keys, one
+//! `ListObjectsV2` each, never the whole listing in memory), saving where it is in the
+//! drain function's health item, and once it has been through every key the next begins
+//! [`SWEEP_EVERY`] later. Runs between sweeps list nothing. Within a sweep only objects
+//! stored since the last finished sweep began (the watermark, minus [`OVERLAP`]) are
+//! looked up in the index, so its reads follow the traffic, not the archive: for a
+//! million stored objects a sweep is about 1,000 list requests a day.
+//!
+//! The price is time: a message whose event reached neither the function nor its failure
+//! queue (Lambda documents that an overloaded function's queued events may be dropped)
+//! waits for the next sweep, up to [`SWEEP_EVERY`] and the sweep's own length. Sweeps
+//! come at least four times within `hold_days` ([`Bounds::for_hold_days`]), as a message
+//! is indexed with the time it was stored and one found after `hold_days` would expire
+//! without an attempt. An object without a record that carries the `standby-state` mark
+//! had a record once (deleted by retention, its bytes left for the store's lifecycle
+//! rule): it is not indexed again, which would deliver it again. An object that fails
+//! (unreadable, an index error) is logged and skipped, and the sweep keeps the watermark
+//! where it was so the next one tries it again; a run lists for half of what is left of
+//! its invocation at most, and the drain runs whatever the reconciler met.
 
 use chrono::{DateTime, Duration, Utc};
 use mail_parser::{HeaderValue, MessageParser};
@@ -33,8 +55,8 @@ use sha2::{Digest, Sha256};
 use super::ingest::Ingest;
 use crate::config::Journal;
 use crate::error::StoreError;
-use crate::model::{Intake, MessageId, Record, Status, Verdicts};
-use crate::ports::Storage;
+use crate::model::{Intake, MessageId, Record, Status, Sweep, Verdicts};
+use crate::ports::{BlobInfo, Storage};
 use crate::summary;
 
 /// The object SES writes under a rule's prefix when it creates or changes the rule's S3
@@ -47,90 +69,236 @@ pub const MIN_AGE: Duration = Duration::minutes(5);
 /// How far before the watermark a run looks again (store times are not perfectly ordered).
 pub const OVERLAP: Duration = Duration::minutes(15);
 
+/// Keys one list request asks for (S3's most).
+pub const PAGE: usize = 1000;
+/// List requests a run makes at most while a sweep is under way.
+pub const SWEEP_PAGES: usize = 10;
+
+/// How much of the store one run lists (`pages` requests of `page` keys, none once
+/// `until` has passed) and how long after one sweep the next begins (`every`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub page: usize,
+    pub pages: usize,
+    pub every: Duration,
+    pub until: Option<std::time::Instant>,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            page: PAGE,
+            pages: SWEEP_PAGES,
+            every: SWEEP_EVERY,
+            until: None,
+        }
+    }
+}
+
+impl Bounds {
+    /// Sweeps [`SWEEP_EVERY`], or four times within `hold_days` when that is shorter: a
+    /// message only the sweep finds is indexed with the time it was stored, and one found
+    /// after `hold_days` would expire (and bounce) without a single attempt.
+    pub fn for_hold_days(hold_days: u32) -> Self {
+        Bounds {
+            every: SWEEP_EVERY.min(Duration::hours(i64::from(hold_days.max(1)) * 24 / 4)),
+            ..Bounds::default()
+        }
+    }
+}
+/// From the end of one sweep to the start of the next.
+pub const SWEEP_EVERY: Duration = Duration::hours(24);
+
 /// What a reconcile run found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
-    /// Objects looked at (within the window).
+    /// List requests made (0 between sweeps).
+    pub pages: u64,
+    /// The sweep under way went through its last key in this run.
+    pub swept: bool,
+    /// Objects looked up in the index (stored since the watermark).
     pub checked: u64,
+    /// Objects without a record whose mark says they had one (a record deleted by
+    /// retention, its bytes left for the store's own expiry): not indexed again.
+    pub marked: u64,
+    /// Objects (or a page) that failed: logged, skipped, tried again by the next sweep.
+    pub errors: u64,
     /// Records created.
     pub reconciled: u64,
     /// Of those, stored as failed (no recipient, or a virus).
     pub unroutable: u64,
 }
 
-/// Index every unindexed blob stored in the window ending `MIN_AGE` before `now`.
+/// Go on with the sweep (see the module docs), or begin one when it is due: index every
+/// unindexed blob it lists that was stored after the watermark (less [`OVERLAP`]) and at
+/// least [`MIN_AGE`] before `now`.
 ///
-/// `node` and `address` name the health record that carries the watermark (the drain
-/// function's, for the primary at `address`); `domains` limits header recipients;
-/// `filing` files each record as the ingest would; `dry_run` counts without writing.
+/// `node` and `address` name the health record that carries the sweep and the watermark
+/// (the drain function's, for the primary at `address`); `domains` limits header
+/// recipients; `filing` files each record as the ingest would; `dry_run` counts without
+/// writing (and saves no position).
 pub async fn reconcile(
+    storage: &Storage,
+    node: (&str, &str),
+    domains: &[String],
+    filing: &Ingest,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<ReconcileReport, StoreError> {
+    let bounds = Bounds::default();
+    reconcile_within(storage, node, domains, filing, now, dry_run, bounds).await
+}
+
+/// [`reconcile`], listing at most `bounds` in this run.
+pub async fn reconcile_within(
     storage: &Storage,
     (node, address): (&str, &str),
     domains: &[String],
     filing: &Ingest,
     now: DateTime<Utc>,
     dry_run: bool,
+    bounds: Bounds,
 ) -> Result<ReconcileReport, StoreError> {
     let health = crate::health::load_for(storage.index.as_ref(), node, address).await?;
+    let read = health.sweep.clone().unwrap_or_default();
+    let mut report = ReconcileReport::default();
+    if read.started.is_none() && read.next_at.is_some_and(|at| now < at) {
+        return Ok(report);
+    }
+    let started = read.started.unwrap_or(now);
     let upto = now - MIN_AGE;
     let from = health.reconciled_until.map(|w| w - OVERLAP);
-    let mut report = ReconcileReport::default();
-    for blob in storage.blobs.list().await? {
-        if blob.stored_at > upto || from.is_some_and(|f| blob.stored_at < f) {
-            continue;
+    let mut after = read.after.clone();
+    let mut errors = read.errors;
+    for _ in 0..bounds.pages.max(1) {
+        if bounds.until.is_some_and(|u| std::time::Instant::now() >= u) {
+            break;
         }
-        if blob.key.ends_with(SES_SETUP_NOTIFICATION) {
-            continue;
-        }
-        report.checked += 1;
-        let id = match blob.key.parse::<MessageId>() {
-            Ok(id) if id.to_string() == blob.key => id,
-            _ => MessageId::derived(&blob.key, blob.stored_at),
+        let page = match storage.blobs.list_page(after.as_deref(), bounds.page).await {
+            Ok(p) => p,
+            Err(e) => {
+                // The position so far is kept; the next run lists from there.
+                tracing::warn!(error = %e, "reconciler: listing the store failed");
+                report.errors += 1;
+                break;
+            }
         };
-        if storage.index.get(id).await?.is_some() {
-            continue;
+        report.pages += 1;
+        for blob in page.blobs {
+            if blob.stored_at > upto || from.is_some_and(|f| blob.stored_at < f) {
+                continue;
+            }
+            // One object that cannot be read or indexed must not stop the sweep, nor the
+            // drain after it: the sweep goes on, and keeps the watermark where it was so
+            // the next sweep looks at it again.
+            if let Err(e) = check(storage, &blob, domains, filing, now, dry_run, &mut report).await
+            {
+                tracing::warn!(key = %blob.key, error = %e, "reconciler: object skipped");
+                report.errors += 1;
+                errors += 1;
+            }
         }
-        let (bytes, info) = storage.blobs.read_all(&blob.key).await?;
-        let stored_at = info.stored_at;
-        let mut rec = from_headers(
-            id,
-            &blob.key,
-            &bytes,
-            stored_at,
-            domains,
-            filing.journal(),
-            now,
-        );
-        if !dry_run {
-            filing
-                .file(&mut rec, summary::head(&bytes), &bytes, &blob.key, true)
-                .await?;
-        }
-        report.reconciled += 1;
-        report.unroutable += u64::from(rec.status == Status::Failed);
-        tracing::warn!(
-            id = %rec.id,
-            key = %blob.key,
-            rcpts = rec.rcpts.len(),
-            status = %rec.status,
-            dry_run,
-            "raw message had no index record; reconciled from its headers"
-        );
-        if !dry_run {
-            storage.index.insert(&rec).await?;
+        after = page.next;
+        if after.is_none() {
+            report.swept = true;
+            break;
         }
     }
     if !dry_run {
+        let sweep = if report.swept {
+            Sweep {
+                started: None,
+                after: None,
+                next_at: Some(now + bounds.every),
+                errors: 0,
+            }
+        } else {
+            Sweep {
+                started: Some(started),
+                after,
+                next_at: None,
+                errors,
+            }
+        };
+        // Every object stored before the sweep began, less the age it must reach, was
+        // old enough to be checked when its page came; unless one of them failed.
+        let mark = (report.swept && errors == 0).then(|| started - MIN_AGE);
         // A compare-and-set: an overlapping run (reserved concurrency is optional, and
-        // `standby drain` may run beside the function) keeps its own changes, and the
-        // watermark never moves back.
+        // `standby drain` may run beside the function) keeps its own changes; a run that
+        // finds the sweep moved on by another leaves it there, and the watermark never
+        // moves back.
         crate::health::update(storage.index.as_ref(), node, address, |h| {
-            h.reconciled_until = h.reconciled_until.max(Some(upto));
+            if h.sweep.clone().unwrap_or_default() != read {
+                return false;
+            }
+            h.sweep = Some(sweep.clone());
+            h.reconciled_until = h.reconciled_until.max(mark);
             true
         })
         .await?;
     }
     Ok(report)
+}
+
+/// Index `blob` from its headers if it has no record (see [`reconcile`]).
+async fn check(
+    storage: &Storage,
+    blob: &BlobInfo,
+    domains: &[String],
+    filing: &Ingest,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    if blob.key.ends_with(SES_SETUP_NOTIFICATION) {
+        return Ok(());
+    }
+    report.checked += 1;
+    let id = match blob.key.parse::<MessageId>() {
+        Ok(id) if id.to_string() == blob.key => id,
+        _ => MessageId::derived(&blob.key, blob.stored_at),
+    };
+    if storage.index.get(id).await?.is_some() {
+        return Ok(());
+    }
+    // Marked: its record existed and is gone (a retention delete whose object delete
+    // failed, a delivered record's TTL that ran out before the store's lifecycle rule):
+    // indexing it again would deliver it again.
+    if let Some(mark) = storage.blobs.marked(&blob.key).await? {
+        tracing::warn!(key = %blob.key, ?mark, "object marked but without a record: its record was deleted; not indexed again");
+        report.marked += 1;
+        return Ok(());
+    }
+    let (bytes, info) = storage.blobs.read_all(&blob.key).await?;
+    let stored_at = info.stored_at;
+    let mut rec = from_headers(
+        id,
+        &blob.key,
+        &bytes,
+        stored_at,
+        domains,
+        filing.journal(),
+        now,
+    );
+    if !dry_run {
+        filing
+            .file(&mut rec, summary::head(&bytes), &bytes, &blob.key, true)
+            .await?;
+    }
+    report.reconciled += 1;
+    report.unroutable += u64::from(rec.status == Status::Failed);
+    tracing::warn!(
+        id = %rec.id,
+        key = %blob.key,
+        rcpts = rec.rcpts.len(),
+        status = %rec.status,
+        dry_run,
+        "raw message had no index record; reconciled from its headers"
+    );
+    if !dry_run {
+        storage.index.insert(&rec).await?;
+    }
+    Ok(())
 }
 
 /// Build a record for a raw message from its headers alone.
@@ -233,6 +401,15 @@ pub fn from_headers(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_sweep_comes_four_times_within_the_hold_and_at_least_daily() {
+        assert_eq!(Bounds::for_hold_days(1).every, Duration::hours(6));
+        assert_eq!(Bounds::for_hold_days(2).every, Duration::hours(12));
+        assert_eq!(Bounds::for_hold_days(0).every, Duration::hours(6));
+        assert_eq!(Bounds::for_hold_days(5).every, SWEEP_EVERY);
+        assert_eq!(Bounds::for_hold_days(30).every, Duration::hours(24));
+    }
     use super::*;
 
     const RAW: &[u8] = b"Return-Path: <alice@example.org>\r\n\

@@ -59,6 +59,16 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// [`Moto::start`], appending one JSON line per request to `log` (see
+    /// `scripts/moto-server`).
+    pub fn start_logged(log: &std::path::Path) -> Moto {
+        Self::start_with(&["--log", log.to_str().expect("a UTF-8 path")])
+    }
+
+    fn start_with(extra: &[&str]) -> Moto {
         require_venv_tool("moto_server");
         let python = require_venv_tool("python");
         let port = free_port();
@@ -66,6 +76,7 @@ impl Moto {
         let child = Command::new(python)
             .arg(super::repo().join("scripts/moto-server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

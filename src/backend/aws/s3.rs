@@ -33,7 +33,7 @@ use super::ArchiveSettings;
 use super::errors::classify;
 use crate::error::StoreError;
 use crate::model::{Disposal, MessageId};
-use crate::ports::{BlobInfo, BlobReader, BlobStore, BlobWriter};
+use crate::ports::{BlobInfo, BlobPage, BlobReader, BlobStore, BlobWriter};
 
 const BACKEND: &str = "s3";
 
@@ -242,6 +242,27 @@ impl BlobStore for S3BlobStore {
         Ok(true)
     }
 
+    /// One `GetObjectTagging`: the `standby-state` tag as the disposal it stands for.
+    async fn marked(&self, key: &str) -> Result<Option<Disposal>, StoreError> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "GetObjectTagging", e))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .find(|t| t.key() == DELIVERED_TAG.0)
+            .and_then(|t| match t.value() {
+                v if v == DELIVERED_TAG.1 => Some(Disposal::Expirable),
+                v if v == LEGAL_HOLD_TAG.1 => Some(Disposal::LegalHold),
+                _ => None,
+            }))
+    }
+
     /// A held object's tag is `standby-state=legal-hold`, which no lifecycle rule acts on
     /// (it replaces `delivered`); released, the object has no tag, and the retention job
     /// decides alone.
@@ -342,6 +363,42 @@ impl BlobStore for S3BlobStore {
                     size: u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0),
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// One `ListObjectsV2` request (`StartAfter`, `MaxKeys` up to S3's 1,000): keys come
+    /// in UTF-8 binary order, which is `str`'s order (S3 API reference, ListObjectsV2).
+    async fn list_page(&self, after: Option<&str>, max: usize) -> Result<BlobPage, StoreError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
+            .max_keys(i32::try_from(max.clamp(1, 1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "ListObjectsV2", e))?;
+        let mut out = BlobPage::default();
+        let mut last = None;
+        for obj in page.contents() {
+            let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                continue;
+            };
+            last = Some(key.to_string());
+            // "Folder" placeholder objects and nested prefixes are not messages.
+            if key.is_empty() || key.contains('/') {
+                continue;
+            }
+            out.blobs.push(BlobInfo {
+                key: key.to_string(),
+                stored_at: obj.last_modified().map(to_chrono).unwrap_or_default(),
+                size: u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0),
+            });
+        }
+        if page.is_truncated() == Some(true) {
+            out.next = last;
         }
         Ok(out)
     }

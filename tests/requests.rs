@@ -1,0 +1,321 @@
+//! AWS requests per operation, counted where AWS bills them: the real SDK against moto,
+//! which logs every request it answers (`scripts/moto-server --log`). These are the
+//! inputs of the cost model (`scripts/cost`), and bounds on them:
+//!
+//! - an idle drain run (the primary up, nothing due) makes the same requests with 200
+//!   and with 2,000 delivered messages stored: nothing in it grows with the archive (no
+//!   listing of the bucket between the reconciler's daily sweeps, no count of delivered
+//!   records);
+//! - an idle run during an outage (the primary down) with 200 and 2,000 held messages:
+//!   only the count of the held partition grows (a page per 1 MB of held records);
+//! - one message received (the ingest function) and drained (the drain function).
+//!
+//! With `STANDBYMX_REQUEST_COUNTS=FILE` the figures are also written to FILE as JSON
+//! (`scripts/bench` does, for BENCHMARKS.md and the cost model).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::Postfix;
+use common::aws::{Moto, ses_put};
+use standby::config::Config;
+use standby::lambda::drain::{DrainFunction, DrainRequest};
+use standby::model::{MessageId, Origin, Recipient, Record, Status, Summary};
+use standby::ports::Storage;
+use standby::smtp::SmtpRelay;
+
+/// Requests per "service Operation" since a mark.
+type Counts = BTreeMap<String, u64>;
+
+/// moto's request log.
+struct Log(PathBuf);
+
+impl Log {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    /// Requests logged so far.
+    fn mark(&self) -> usize {
+        self.lines().len()
+    }
+
+    /// Requests since `mark`, per service and operation.
+    fn since(&self, mark: usize) -> Counts {
+        let mut out = Counts::new();
+        for l in self.lines().into_iter().skip(mark) {
+            let name = format!(
+                "{} {}",
+                l["service"].as_str().unwrap(),
+                l["op"].as_str().unwrap()
+            );
+            *out.entry(name).or_default() += 1;
+        }
+        out
+    }
+}
+
+fn total(c: &Counts) -> u64 {
+    c.values().sum()
+}
+
+fn function(storage: &Storage, name: &str, primary_port: u16) -> DrainFunction {
+    let env = [
+        ("STANDBY_BUCKET", name.to_string()),
+        ("STANDBY_TABLE", name.to_string()),
+        (
+            "STANDBY_PRIMARY_ADDRESS",
+            format!("127.0.0.1:{primary_port}"),
+        ),
+        ("STANDBY_PRIMARY_TLS", "none".into()),
+        ("STANDBY_PRIMARY_TIMEOUT_SECS", "5".into()),
+        ("STANDBY_HEALTH_UP_AFTER", "1".into()),
+        ("STANDBY_HEALTH_DOWN_AFTER", "1".into()),
+        ("STANDBY_DOMAINS", "example.test".into()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let config = Config::from_lambda_env(env).unwrap();
+    let relay = SmtpRelay::from_config(&config).unwrap();
+    DrainFunction::new(config, storage.clone(), relay)
+}
+
+async fn run(f: &DrainFunction) -> standby::lambda::drain::DrainSummary {
+    f.handle(
+        DrainRequest::default(),
+        Some(Instant::now() + Duration::from_secs(120)),
+    )
+    .await
+    .expect("drain run")
+}
+
+/// `n` messages stored as SES stores them, each with its record in `status`, received
+/// a day ago (held ones not due for an hour).
+async fn seed(
+    clients: &standby::backend::aws::AwsClients,
+    settings: &standby::backend::aws::AwsSettings,
+    storage: &Storage,
+    n: usize,
+    status: Status,
+) {
+    let at = Utc::now() - chrono::Duration::days(1);
+    for i in 0..n {
+        let id = MessageId::new(at);
+        let raw = format!(
+            "From: a@example.org\r\nTo: b@example.test\r\nSubject: seed {i}\r\n\r\nbody {i}\r\n"
+        );
+        ses_put(clients, settings, &id.to_string(), raw.as_bytes()).await;
+        let mut rcpt = Recipient::pending("b@example.test");
+        if status == Status::Delivered {
+            rcpt.status = standby::model::RcptStatus::Delivered;
+        }
+        let rec = Record {
+            id,
+            status,
+            mail_from: "a@example.org".into(),
+            rcpts: vec![rcpt],
+            received_at: at,
+            size: raw.len() as u64,
+            sha256: "00".into(),
+            summary: Summary {
+                subject: Some(format!("seed {i}")),
+                ..Default::default()
+            },
+            origin: Origin::default(),
+            attempts: 0,
+            next_attempt_at: Utc::now() + chrono::Duration::hours(1),
+            lease: None,
+            reason: None,
+            updated_at: at,
+            blob: None,
+            intake: Default::default(),
+            verdicts: None,
+            bounce: None,
+            bounce_marks: false,
+            journal: None,
+            replays: Vec::new(),
+            legal_hold: None,
+            confidential: None,
+            version: 0,
+        };
+        storage.index.insert(&rec).await.unwrap();
+    }
+}
+
+fn show(what: &str, c: &Counts) -> String {
+    let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{what}: {} requests ({})", total(c), parts.join(", "))
+}
+
+fn write_figures(figures: &serde_json::Value) {
+    if let Some(path) = std::env::var_os("STANDBYMX_REQUEST_COUNTS") {
+        let path = Path::new(&path);
+        let mut all: serde_json::Value = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        for (k, v) in figures.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_makes_the_same_requests_at_200_and_2000_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log(dir.path().join("requests.jsonl"));
+    let moto = Moto::start_logged(&log.0);
+    let (clients, settings, storage) = moto.storage("idle-delivered").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let f = function(&storage, "idle-delivered", pf.port);
+    let mut idle = Vec::new();
+    for (n, more) in [(200, 200), (2000, 1800)] {
+        seed(&clients, &settings, &storage, more, Status::Delivered).await;
+        // The first run sweeps the bucket (it is due at once on a new table); the next
+        // is what every minute of a quiet day costs.
+        if n == 200 {
+            let mark = log.mark();
+            let sweep = run(&f).await;
+            assert_eq!(sweep.reconciled, 0, "{sweep:?}");
+            let c = log.since(mark);
+            eprintln!("{}", show("first run, sweeping 200 stored", &c));
+            assert_eq!(c.get("s3 ListObjectsV2"), Some(&1), "{c:?}");
+        }
+        let mark = log.mark();
+        let s = run(&f).await;
+        assert_eq!(s.primary, "up", "{s:?}");
+        assert_eq!((s.delivered, s.held), (0, 0), "{s:?}");
+        let c = log.since(mark);
+        eprintln!("{}", show(&format!("idle run, {n} delivered stored"), &c));
+        assert!(
+            !c.keys()
+                .any(|k| k.starts_with("s3 List") || k.ends_with(" Scan")),
+            "an idle run lists or scans: {c:?}"
+        );
+        idle.push((n, c));
+    }
+    assert_eq!(
+        idle[0].1, idle[1].1,
+        "an idle run's requests grow with the delivered messages stored"
+    );
+    assert!(total(&idle[0].1) <= 12, "{}", show("idle run", &idle[0].1));
+    write_figures(&serde_json::json!({
+        "idle_run_200_delivered": idle[0].1,
+        "idle_run_2000_delivered": idle[1].1,
+        "custom_metrics": standby::lambda::metrics::declared(),
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_in_an_outage_grows_only_with_the_held_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log(dir.path().join("requests.jsonl"));
+    let moto = Moto::start_logged(&log.0);
+    let (clients, settings, storage) = moto.storage("idle-held").await;
+    // Nothing listens there: the primary is down.
+    let f = function(&storage, "idle-held", common::free_port());
+    let mut idle = Vec::new();
+    for (n, more) in [(200, 200), (2000, 1800)] {
+        seed(&clients, &settings, &storage, more, Status::Held).await;
+        if n == 200 {
+            run(&f).await;
+        }
+        let mark = log.mark();
+        let s = run(&f).await;
+        assert_eq!(s.primary, "down", "{s:?}");
+        assert_eq!(s.held, n as u64, "{s:?}");
+        let c = log.since(mark);
+        eprintln!("{}", show(&format!("idle run, primary down, {n} held"), &c));
+        idle.push((n, c));
+    }
+    let (small, large) = (&idle[0].1, &idle[1].1);
+    for (op, count) in large {
+        let before = small.get(op).copied().unwrap_or(0);
+        if op == "dynamodb Query" {
+            // Counting the held partition reads it, a page per 1 MB: 2,000 small records
+            // are one or two pages more than 200.
+            assert!(*count <= before + 3, "{op}: {before} -> {count}");
+        } else {
+            assert_eq!(*count, before, "{op} grows with the held messages");
+        }
+    }
+    write_figures(&serde_json::json!({
+        "idle_run_200_held_primary_down": small,
+        "idle_run_2000_held_primary_down": large,
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_received_and_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log(dir.path().join("requests.jsonl"));
+    let moto = Moto::start_logged(&log.0);
+    let (clients, settings, storage) = moto.storage("one-message").await;
+    let pf = Postfix::primary();
+    pf.start();
+    let f = function(&storage, "one-message", pf.port);
+    run(&f).await;
+    // The test's own PutObject stands for SES's S3 action: not the standby's request.
+    let mark = log.mark();
+    let ev = common::aws::ses_event("normal.json");
+    let id = common::aws::ses_message_id(&ev);
+    let raw = common::fixture("ses/message.eml", "tok-requests");
+    ses_put(&clients, &settings, &id, raw.as_bytes()).await;
+    let after_put = log.mark();
+    assert_eq!(after_put, mark + 1);
+    standby::lambda::ingest::Ingest::new(storage.clone(), "")
+        .handle(ev)
+        .await
+        .expect("ingest");
+    let ingest = log.since(after_put);
+    let mark = log.mark();
+    let s = run(&f).await;
+    assert_eq!(s.delivered, 1, "{s:?}");
+    let drain = log.since(mark);
+    eprintln!("{}", show("ingest of one message", &ingest));
+    eprintln!("{}", show("drain run delivering it", &drain));
+    common::wait_for("Postfix to store it", Duration::from_secs(30), || {
+        pf.delivered().len() == 1
+    });
+    assert!(total(&ingest) <= 8, "{}", show("ingest", &ingest));
+    assert!(total(&drain) <= 18, "{}", show("drain", &drain));
+
+    // A run delivering a full claim's worth: the run's own requests (health, claims,
+    // counts) spread over its messages, as in a real backlog.
+    const BATCH: usize = 32;
+    for i in 0..BATCH {
+        let mut ev = common::aws::ses_event("normal.json");
+        let id = format!("{}{i:03}", &common::aws::ses_message_id(&ev)[..20]);
+        ev["Records"][0]["ses"]["mail"]["messageId"] = serde_json::json!(id);
+        let raw = common::fixture("ses/message.eml", &format!("tok-batch{i}"));
+        ses_put(&clients, &settings, &id, raw.as_bytes()).await;
+        standby::lambda::ingest::Ingest::new(storage.clone(), "")
+            .handle(ev)
+            .await
+            .expect("ingest");
+    }
+    let mark = log.mark();
+    let s = run(&f).await;
+    assert_eq!(s.delivered, BATCH as u64, "{s:?}");
+    let batch = log.since(mark);
+    eprintln!("{}", show(&format!("drain run delivering {BATCH}"), &batch));
+    assert!(
+        total(&batch) <= 12 * BATCH as u64,
+        "{}",
+        show("drain of a batch", &batch)
+    );
+    write_figures(&serde_json::json!({
+        "ingest_one_message": ingest,
+        "drain_run_one_message": drain,
+        "drain_run_32_messages": batch,
+    }));
+}
