@@ -699,6 +699,13 @@ pub struct Sweep {
     /// watermark, so the next sweep checks them again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub errors: u64,
+    /// Sweeps in a row that ended with objects failing (the watermark held back).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub frozen: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why and since when draining is halted (see [`HealthRecord::halted`]).

@@ -352,6 +352,12 @@ pub trait Index: Send + Sync + 'static {
             Status::Journal => c.journal,
         })
     }
+    /// [`Index::count`], counting no further than `limit`: an index that counts by
+    /// reading its records (DynamoDB bills each one read) stops there, so a run during an
+    /// outage with a million held does not pay to count them all every minute.
+    async fn count_at_most(&self, status: Status, limit: u64) -> Result<u64, StoreError> {
+        Ok(self.count(status).await?.min(limit))
+    }
     /// Received time of the oldest message with this status.
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Atomically lease up to `limit` held records (oldest first, in list order) whose

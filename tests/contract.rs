@@ -123,6 +123,16 @@ async fn index_contract(index: Arc<dyn Index>) {
         .unwrap();
     assert_eq!(from_mid.iter().map(|r| r.id).collect::<Vec<_>>(), [new.id]);
     assert_eq!(index.counts().await.unwrap().held, 3);
+    assert_eq!(index.count(Status::Held).await.unwrap(), 3);
+    assert_eq!(index.count(Status::Delivered).await.unwrap(), 0);
+    // Counting stops at the limit (DynamoDB reads no further), and is exact below it.
+    for (limit, want) in [(0, 0), (1, 1), (2, 2), (3, 3), (10, 3)] {
+        assert_eq!(
+            index.count_at_most(Status::Held, limit).await.unwrap(),
+            want,
+            "limit {limit}"
+        );
+    }
     assert_eq!(
         index
             .oldest(Status::Held)

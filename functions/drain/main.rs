@@ -20,7 +20,9 @@ async fn main() -> Result<(), Error> {
             let deadline = deadline_instant(event.context.deadline);
             match function.handle(request, deadline).await {
                 Ok(summary) => {
-                    if let Some(stack) = stack {
+                    // Not for a dry run: it measures nothing (no probe, no oldest age),
+                    // and a zero would flip the alarms to OK and back.
+                    if let (Some(stack), false) = (stack, request.dry_run) {
                         // EMF: one line on stdout becomes the alarms' metrics.
                         println!("{}", metrics::emf(&summary, stack, chrono::Utc::now()));
                     }

@@ -36,6 +36,7 @@ pub fn emf(summary: &DrainSummary, stack: &str, at: DateTime<Utc>) -> Value {
         ("Deferred", summary.deferred),
         ("Failed", summary.failed),
         ("Reconciled", summary.reconciled),
+        ("ReconcileErrors", summary.reconcile_errors),
     ];
     let mut out = json!({
         "_aws": {

@@ -55,7 +55,7 @@ use sha2::{Digest, Sha256};
 use super::ingest::Ingest;
 use crate::config::Journal;
 use crate::error::StoreError;
-use crate::model::{Intake, MessageId, Record, Status, Sweep, Verdicts};
+use crate::model::{Disposal, Intake, MessageId, Record, Status, Sweep, Verdicts};
 use crate::ports::{BlobInfo, Storage};
 use crate::summary;
 
@@ -108,6 +108,8 @@ impl Bounds {
 }
 /// From the end of one sweep to the start of the next.
 pub const SWEEP_EVERY: Duration = Duration::hours(24);
+/// Sweeps in a row in which an object failed before the watermark moves on without it.
+pub const FROZEN_SWEEPS: u32 = 3;
 
 /// What a reconcile run found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -184,19 +186,32 @@ pub async fn reconcile_within(
             }
         };
         report.pages += 1;
+        let mut out_of_time = false;
         for blob in page.blobs {
-            if blob.stored_at > upto || from.is_some_and(|f| blob.stored_at < f) {
-                continue;
+            if bounds.until.is_some_and(|u| std::time::Instant::now() >= u) {
+                // The position is this key's predecessor: the next run starts here.
+                out_of_time = true;
+                break;
             }
-            // One object that cannot be read or indexed must not stop the sweep, nor the
-            // drain after it: the sweep goes on, and keeps the watermark where it was so
-            // the next sweep looks at it again.
-            if let Err(e) = check(storage, &blob, domains, filing, now, dry_run, &mut report).await
-            {
-                tracing::warn!(key = %blob.key, error = %e, "reconciler: object skipped");
-                report.errors += 1;
-                errors += 1;
+            let key = blob.key.clone();
+            if blob.stored_at <= upto && from.is_none_or(|f| blob.stored_at >= f) {
+                // One object that cannot be read or indexed must not stop the sweep, nor
+                // the drain after it: the sweep goes on, and keeps the watermark where it
+                // was so the next sweep looks at it again. One gone meanwhile (a
+                // retention run, the lifecycle rule) is no error.
+                match check(storage, &blob, domains, filing, now, dry_run, &mut report).await {
+                    Ok(()) | Err(StoreError::MissingBlob(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(key = %blob.key, error = %e, "reconciler: object skipped");
+                        report.errors += 1;
+                        errors += 1;
+                    }
+                }
             }
+            after = Some(key);
+        }
+        if out_of_time {
+            break;
         }
         after = page.next;
         if after.is_none() {
@@ -205,12 +220,25 @@ pub async fn reconcile_within(
         }
     }
     if !dry_run {
+        // Sweeps in a row that met an object failing: after [`FROZEN_SWEEPS`] the
+        // watermark moves on anyway (logged), so one object that always fails cannot
+        // make every later sweep look up everything stored since.
+        let frozen = if errors > 0 { read.frozen + 1 } else { 0 };
+        let give_up = report.swept && errors > 0 && frozen >= FROZEN_SWEEPS;
+        if give_up {
+            tracing::error!(
+                errors,
+                sweeps = frozen,
+                "reconciler: objects failed in {frozen} sweeps in a row; moving on without them (see the warnings for their keys)"
+            );
+        }
         let sweep = if report.swept {
             Sweep {
                 started: None,
                 after: None,
                 next_at: Some(now + bounds.every),
                 errors: 0,
+                frozen: if give_up { 0 } else { frozen },
             }
         } else {
             Sweep {
@@ -218,11 +246,12 @@ pub async fn reconcile_within(
                 after,
                 next_at: None,
                 errors,
+                frozen: read.frozen,
             }
         };
         // Every object stored before the sweep began, less the age it must reach, was
         // old enough to be checked when its page came; unless one of them failed.
-        let mark = (report.swept && errors == 0).then(|| started - MIN_AGE);
+        let mark = (report.swept && (errors == 0 || give_up)).then(|| started - MIN_AGE);
         // A compare-and-set: an overlapping run (reserved concurrency is optional, and
         // `standby drain` may run beside the function) keeps its own changes; a run that
         // finds the sweep moved on by another leaves it there, and the watermark never
@@ -264,8 +293,11 @@ async fn check(
     // Marked: its record existed and is gone (a retention delete whose object delete
     // failed, a delivered record's TTL that ran out before the store's lifecycle rule):
     // indexing it again would deliver it again.
-    if let Some(mark) = storage.blobs.marked(&blob.key).await? {
-        tracing::warn!(key = %blob.key, ?mark, "object marked but without a record: its record was deleted; not indexed again");
+    // Only the `delivered` mark: a legal-hold mark without its record means the record
+    // was lost (retention never deletes a held record: a table restored from an older
+    // copy), and the message is indexed again like any other.
+    if storage.blobs.marked(&blob.key).await? == Some(Disposal::Expirable) {
+        tracing::warn!(key = %blob.key, "object marked delivered but without a record: its record was deleted; not indexed again");
         report.marked += 1;
         return Ok(());
     }
@@ -401,6 +433,9 @@ pub fn from_headers(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::ports::{BlobReader, BlobStore, BlobWriter};
+    use std::sync::Arc;
 
     #[test]
     fn a_sweep_comes_four_times_within_the_hold_and_at_least_daily() {
@@ -410,7 +445,87 @@ mod tests {
         assert_eq!(Bounds::for_hold_days(5).every, SWEEP_EVERY);
         assert_eq!(Bounds::for_hold_days(30).every, Duration::hours(24));
     }
-    use super::*;
+
+    /// A store in which one key cannot be read.
+    struct Unreadable {
+        inner: Arc<dyn BlobStore>,
+        key: String,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for Unreadable {
+        async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
+            self.inner.create(id).await
+        }
+        async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+            if key == self.key {
+                return Err(StoreError::Backend {
+                    backend: "test",
+                    detail: "AccessDenied".into(),
+                    transient: false,
+                    source: None,
+                });
+            }
+            self.inner.open(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
+            self.inner.stat(key).await
+        }
+        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
+            self.inner.list().await
+        }
+    }
+
+    /// An object that cannot be read is skipped, the others are indexed and the drain
+    /// goes on; the watermark stays so the next sweeps try it again, until
+    /// [`FROZEN_SWEEPS`] sweeps in a row failed on it: then it moves on.
+    #[tokio::test]
+    async fn an_object_that_fails_is_skipped_and_holds_the_watermark_for_a_few_sweeps() {
+        let mem = Storage::memory();
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let id = MessageId::new(Utc::now());
+            let mut w = mem.blobs.create(id).await.unwrap();
+            w.write(RAW).await.unwrap();
+            w.commit().await.unwrap();
+            keys.push(id.to_string());
+        }
+        let storage = Storage {
+            blobs: Arc::new(Unreadable {
+                inner: mem.blobs.clone(),
+                key: keys[1].clone(),
+            }),
+            ..mem
+        };
+        let filing = Ingest::new(storage.clone(), "");
+        let domains = ["example.test".to_string()];
+        let node = ("lambda", "primary:587");
+        let watermark = || async {
+            crate::health::load_for(storage.index.as_ref(), node.0, node.1)
+                .await
+                .unwrap()
+                .reconciled_until
+        };
+        let t0 = Utc::now() + Duration::minutes(10);
+        let run = |at| reconcile(&storage, node, &domains, &filing, at, false);
+        let first = run(t0).await.unwrap();
+        assert_eq!((first.swept, first.reconciled, first.errors), (true, 2, 1));
+        assert_eq!(watermark().await, None, "held back by the failure");
+        for n in 1..FROZEN_SWEEPS {
+            let at = t0 + SWEEP_EVERY * (n as i32) + Duration::minutes(1);
+            let again = run(at).await.unwrap();
+            assert_eq!((again.swept, again.errors), (true, 1), "sweep {n}");
+            let moved = watermark().await;
+            if n + 1 < FROZEN_SWEEPS {
+                assert_eq!(moved, None, "sweep {n}");
+            } else {
+                assert!(moved.is_some(), "moved on after {FROZEN_SWEEPS} sweeps");
+            }
+        }
+    }
 
     const RAW: &[u8] = b"Return-Path: <alice@example.org>\r\n\
 Received: from mail.example.org (mail.example.org [192.0.2.1])\r\n by inbound-smtp.us-east-1.amazonaws.com with SMTP id abc123\r\n for bob@example.test;\r\n Sat, 28 Nov 2026 10:00:00 +0000 (UTC)\r\n\

@@ -576,9 +576,16 @@ impl Index for DynamoIndex {
     /// item of that status, a page per 1 MB, so callers that need one figure (the drain's
     /// held count) ask for that one, never for the delivered archive.
     async fn count(&self, status: Status) -> Result<u64, StoreError> {
+        self.count_at_most(status, u64::MAX).await
+    }
+
+    /// Pages of at most `limit` less what is counted (the Query's `Limit` is the items it
+    /// reads, so no page reads past it).
+    async fn count_at_most(&self, status: Status, limit: u64) -> Result<u64, StoreError> {
         let mut total = 0;
         let mut start = None;
-        loop {
+        while total < limit {
+            let left = i32::try_from(limit - total).unwrap_or(i32::MAX);
             let out = self
                 .client
                 .query()
@@ -588,6 +595,7 @@ impl Index for DynamoIndex {
                 .expression_attribute_names("#s", GSI_PK)
                 .expression_attribute_values(":s", s(status.as_str()))
                 .select(Select::Count)
+                .limit(left)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -595,9 +603,10 @@ impl Index for DynamoIndex {
             total += u64::try_from(out.count()).unwrap_or(0);
             start = out.last_evaluated_key().cloned();
             if start.is_none() {
-                return Ok(total);
+                break;
             }
         }
+        Ok(total.min(limit))
     }
 
     async fn oldest(&self, status: Status) -> Result<Option<DateTime<Utc>>, StoreError> {
