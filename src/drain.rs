@@ -857,6 +857,7 @@ impl Drainer {
                     Ok(body) => {
                         sent = true;
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
+                        let body = verified(body, &rec);
                         s.send(&rec.mail_from, &rcpts, keeper.guard(body)).await
                     }
                     Err(e) => Err(RelayError::Blob(e)),
@@ -953,7 +954,13 @@ impl Drainer {
                 if let Some(p) = &opts.progress {
                     p(rec.id, outcome);
                 }
-                if session_broken {
+                if session_broken && is_mismatch(&result) {
+                    // This message's bytes, not the storage or the primary: the connection
+                    // is dropped (the transaction, cut off inside DATA, is discarded) and
+                    // the worker goes on with the next message on a new one.
+                    tracing::warn!(id = %rec.id, "the stored message is not the one received; transaction aborted before the final dot, message kept held");
+                    session = None;
+                } else if session_broken {
                     let why = match &result {
                         Err(e) => e.to_string(),
                         Ok(tx) if ambiguous => tx
@@ -1164,6 +1171,84 @@ impl tokio::io::AsyncRead for GuardedBody {
                     this.state.refused.store(true, SeqCst);
                     Poll::Ready(Err(std::io::Error::other(LeaseLost)))
                 }
+            }
+            other => other,
+        }
+    }
+}
+
+/// `body` checked against the size and SHA-256 its record was made with, as it is sent:
+/// bytes that are not what was acknowledged (a spool file a power cut left with its
+/// footer but not all its data, read before the start-up check; a damaged disk or
+/// object) end with an error instead of their end, so the client never writes the final
+/// dot and the primary discards the transaction; the message stays held, and its
+/// attempts log the mismatch. A record without a digest (none of ours) is not checked.
+pub fn verified(body: BlobReader, rec: &Record) -> BlobReader {
+    if rec.sha256.is_empty() {
+        return body;
+    }
+    Box::new(VerifiedBody {
+        inner: body,
+        hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        size: 0,
+        want: (rec.size, rec.sha256.clone()),
+        checked: false,
+    })
+}
+
+/// Whether `result` is [`verified`]'s refusal of bytes that are not the record's.
+fn is_mismatch(result: &Result<Transaction, RelayError>) -> bool {
+    matches!(result, Err(RelayError::Blob(StoreError::Io { source, .. }))
+        if source.get_ref().is_some_and(|e| e.is::<BodyMismatch>()))
+}
+
+/// The stored bytes are not the ones the record was made for.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored message is not the one received ({0}); it is not sent")]
+pub struct BodyMismatch(String);
+
+struct VerifiedBody {
+    inner: BlobReader,
+    hasher: sha2::Sha256,
+    size: u64,
+    want: (u64, String),
+    /// The end was reached and matched.
+    checked: bool,
+}
+
+impl tokio::io::AsyncRead for VerifiedBody {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use sha2::Digest;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if read.is_empty() && buf.remaining() > 0 && !this.checked {
+                    // The end: the client writes the final dot next, if this says so.
+                    this.checked = true;
+                    let sha = hex::encode(std::mem::take(&mut this.hasher).finalize());
+                    let (size, want) = &this.want;
+                    if this.size != *size || &sha != want {
+                        let why = format!(
+                            "{} bytes with SHA-256 {sha}, the record says {size} bytes with {want}",
+                            this.size
+                        );
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            BodyMismatch(why),
+                        )));
+                    }
+                } else if !read.is_empty() {
+                    this.size += read.len() as u64;
+                    this.hasher.update(read);
+                }
+                Poll::Ready(Ok(()))
             }
             other => other,
         }
@@ -1393,7 +1478,10 @@ mod tests {
                 None
             } else {
                 let mut bytes = Vec::new();
-                body.read_to_end(&mut bytes).await.unwrap();
+                // As the real client: a body that ends in an error gets no final dot.
+                body.read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| RelayError::Blob(StoreError::io("read", "blob", e)))?;
                 if self.data_code == 250 {
                     self.delivered
                         .lock()
@@ -1450,6 +1538,37 @@ mod tests {
             .unwrap();
         inc.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
         inc.commit().await.unwrap().id
+    }
+
+    /// Bytes that are not what the record was made for (a torn or damaged file) are
+    /// never completed at the primary; the message stays held, and the worker goes on
+    /// with the next one.
+    #[tokio::test]
+    async fn bytes_that_are_not_the_records_are_never_sent_and_the_worker_goes_on() {
+        let storage = Storage::memory();
+        // The bad one first in line (claims go oldest first).
+        let bad = hold(&storage, &["a@x.test"]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let good = hold(&storage, &["b@x.test"]).await;
+        let mut rec = storage.index.get(bad).await.unwrap().unwrap();
+        rec.sha256 = "0".repeat(64);
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let relay = ScriptedRelay::default();
+        let delivered = relay.delivered.clone();
+        let d = drainer(&storage, relay);
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!((r.delivered, r.deferred), (1, 1), "{r:?}");
+        let got = delivered.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, ["b@x.test"]);
+        let rec = storage.index.get(bad).await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Held);
+        let reply = rec.rcpts[0].reply.clone().unwrap_or_default();
+        assert!(reply.contains("not the one received"), "{reply}");
+        assert_eq!(
+            storage.index.get(good).await.unwrap().unwrap().status,
+            Status::Delivered
+        );
     }
 
     #[test]
