@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
 use crate::model::{
-    Breaker, DrainReport, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
+    Breaker, DrainReport, Intake, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
 };
 use crate::ports::Storage;
 use crate::ports::{
@@ -788,6 +788,11 @@ impl Drainer {
         let mut w = WorkerReport::default();
         let mut session: Option<Box<dyn RelaySession>> = None;
         let mut given = start.batch;
+        // Messages in a row whose bytes were not their record's: a few are damage to
+        // those files; more look like a disk returning other data, or a spool restored
+        // from another backup than its index, and the worker stops rather than cut off
+        // transaction after transaction at the primary.
+        let mut mismatches = 0u32;
         'claims: loop {
             let batch: Vec<(Record, String)> = if !given.is_empty() {
                 std::mem::take(&mut given)
@@ -954,7 +959,12 @@ impl Drainer {
                 if let Some(p) = &opts.progress {
                     p(rec.id, outcome);
                 }
-                if session_broken && is_mismatch(&result) {
+                mismatches = if is_mismatch(&result) {
+                    mismatches + 1
+                } else {
+                    0
+                };
+                if session_broken && is_mismatch(&result) && mismatches < MISMATCH_STOP {
                     // This message's bytes, not the storage or the primary: the connection
                     // is dropped (the transaction, cut off inside DATA, is discarded) and
                     // the worker goes on with the next message on a new one.
@@ -1182,9 +1192,13 @@ impl tokio::io::AsyncRead for GuardedBody {
 /// footer but not all its data, read before the start-up check; a damaged disk or
 /// object) end with an error instead of their end, so the client never writes the final
 /// dot and the primary discards the transaction; the message stays held, and its
-/// attempts log the mismatch. A record without a digest (none of ours) is not checked.
+/// attempts log the mismatch. Checked: bytes this program wrote (our listener's, our
+/// DSNs). Not checked: a record without a digest (none of ours), and objects SES wrote,
+/// which are whole by S3's guarantee, but which every receipt rule matching a message
+/// writes again under the same key, possibly with other bytes (another rule's spam
+/// scan or added header) after the hash was taken.
 pub fn verified(body: BlobReader, rec: &Record) -> BlobReader {
-    if rec.sha256.is_empty() {
+    if rec.sha256.is_empty() || matches!(rec.intake, Intake::Ses | Intake::Reconciled) {
         return body;
     }
     Box::new(VerifiedBody {
@@ -1195,6 +1209,9 @@ pub fn verified(body: BlobReader, rec: &Record) -> BlobReader {
         checked: false,
     })
 }
+
+/// Mismatched bodies in a row after which a worker stops (see `worker`).
+const MISMATCH_STOP: u32 = 3;
 
 /// Whether `result` is [`verified`]'s refusal of bytes that are not the record's.
 fn is_mismatch(result: &Result<Transaction, RelayError>) -> bool {
@@ -1569,6 +1586,41 @@ mod tests {
             storage.index.get(good).await.unwrap().unwrap().status,
             Status::Delivered
         );
+    }
+
+    /// An object SES wrote is not checked (every receipt rule matching a message writes
+    /// it again under the same key, maybe with other bytes); and several mismatches in a
+    /// row stop the worker (a disk returning other data, not one damaged file).
+    #[tokio::test]
+    async fn ses_objects_are_not_checked_and_many_mismatches_stop_the_worker() {
+        let storage = Storage::memory();
+        let ses = hold(&storage, &["s@x.test"]).await;
+        let mut rec = storage.index.get(ses).await.unwrap().unwrap();
+        rec.sha256 = "0".repeat(64);
+        rec.intake = Intake::Ses;
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let d = drainer(&storage, ScriptedRelay::default());
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(r.delivered, 1, "{r:?}");
+
+        let storage = Storage::memory();
+        for _ in 0..MISMATCH_STOP {
+            let bad = hold(&storage, &["a@x.test"]).await;
+            let mut rec = storage.index.get(bad).await.unwrap().unwrap();
+            rec.sha256 = "0".repeat(64);
+            storage.index.update(&rec, Utc::now()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hold(&storage, &["b@x.test"]).await;
+        let d = drainer(&storage, ScriptedRelay::default());
+        let r = d.run(RunOptions::default()).await.unwrap();
+        assert_eq!(
+            (r.delivered, r.deferred),
+            (0, u64::from(MISMATCH_STOP)),
+            "{r:?}"
+        );
+        assert!(r.stopped.is_some(), "{r:?}");
     }
 
     #[test]

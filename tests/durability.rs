@@ -349,6 +349,9 @@ fn reindex_rebuilds_a_lost_and_a_corrupt_index_from_the_spool() {
         .collect();
     assert_eq!(before.len(), 2);
     let legacy = ids(&sb)[0].clone();
+    let two = ids(&sb);
+    sb.send("erin@example.test", &["--header", "Subject: third"]);
+    let third = ids(&sb).into_iter().find(|id| !two.contains(id)).unwrap();
     assert!(sb.terminate().success());
     let data = sb.dir.path().join("data");
 
@@ -362,8 +365,18 @@ fn reindex_rebuilds_a_lost_and_a_corrupt_index_from_the_spool() {
     std::fs::remove_file(&file).unwrap();
     std::fs::write(sb.messages_dir().join(format!("{legacy}.eml")), message).unwrap();
     std::fs::write(sb.messages_dir().join(format!("{legacy}.env")), envelope).unwrap();
+    // And a third whose bytes lost a block: not indexed, reported.
+    let damaged = sb.messages_dir().join(format!("{}.spool", third));
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[3] ^= 0x20;
+    std::fs::write(&damaged, bytes).unwrap();
     let report = sb.json(&["reindex", "--held", "--json"]);
     assert_eq!(report["reindexed"], 2, "{report}");
+    assert_eq!(
+        report["damaged"],
+        serde_json::json!([damaged.display().to_string()]),
+        "{report}"
+    );
     let after: Vec<Value> = ids(&sb)
         .iter()
         .map(|id| receipt_fields(&sb.json(&["show", id, "--json"])))

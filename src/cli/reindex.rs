@@ -37,6 +37,10 @@ struct Summary {
     deleted: usize,
     /// Message files without a readable envelope, left as they are.
     no_envelope: Vec<String>,
+    /// Message files whose bytes are not the ones their envelope describes (size and
+    /// SHA-256: lost blocks, a damaged disk), left as they are and not indexed: indexed
+    /// with the hash of what is there, they would be sent as if received so.
+    damaged: Vec<String>,
     /// Where a corrupt index was moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     set_aside: Option<PathBuf>,
@@ -113,6 +117,17 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
             continue;
         };
         let bytes = found.message()?;
+        let digest = (
+            bytes.len() as u64,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        );
+        if stamp.size.is_some_and(|n| n != digest.0)
+            || stamp.sha256.as_ref().is_some_and(|h| *h != digest.1)
+        {
+            tracing::warn!(file = %found.path.display(), "bytes differ from the size and SHA-256 its envelope gives: not indexed");
+            summary.damaged.push(found.path.display().to_string());
+            continue;
+        }
         let mut rec = rebuild(&stamp, &bytes, &journal, &retention);
         if rec.status == Status::Held && !held {
             rec.status = Status::Paused;
@@ -144,6 +159,12 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
         )?;
         for f in &summary.no_envelope {
             writeln!(out, "not indexed, no envelope: {f}")?;
+        }
+        for f in &summary.damaged {
+            writeln!(
+                out,
+                "not indexed, bytes differ from its envelope's size and SHA-256: {f}"
+            )?;
         }
         Ok(())
     })
