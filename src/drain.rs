@@ -1111,11 +1111,13 @@ impl Keeper {
     /// moment: the client writes the final dot only after the body ended, so it never
     /// completes a transaction whose lease was lost.
     pub fn guard(&self, body: BlobReader) -> BlobReader {
-        Box::new(GuardedBody {
-            inner: body,
-            state: self.state.clone(),
-            clock: self.clock.clone(),
-        })
+        watched(
+            body,
+            LeaseWatch {
+                state: self.state.clone(),
+                clock: self.clock.clone(),
+            },
+        )
     }
 
     /// Stop renewing; what became of the lease.
@@ -1149,9 +1151,69 @@ fn ours(state: &KeeperState, clock: &dyn Clock) -> bool {
     !state.lost.load(SeqCst) && state.until_ms.load(SeqCst) > clock.now().timestamp_millis()
 }
 
-/// A message body that checks the lease as it ends (see [`Keeper::guard`]).
-struct GuardedBody {
+/// What a wrapper around a message body does with the bytes passing through and at
+/// their end. The client writes the final dot only after the body ended, so an error
+/// from `end` keeps the transaction from completing ([`Keeper::guard`], [`verified`]).
+trait BodyWatch: Send + Unpin + 'static {
+    fn data(&mut self, _bytes: &[u8]) {}
+    fn end(&mut self) -> std::io::Result<()>;
+}
+
+fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
+    Box::new(Watched {
+        inner: body,
+        watch,
+        ended: None,
+    })
+}
+
+/// A message body with its [`BodyWatch`]; `end` is asked once, and a body that ended in
+/// an error keeps failing.
+struct Watched<W> {
     inner: BlobReader,
+    watch: W,
+    /// Whether the end was reached, and passed.
+    ended: Option<bool>,
+}
+
+impl<W: BodyWatch> tokio::io::AsyncRead for Watched<W> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match this.ended {
+            Some(true) => return Poll::Ready(Ok(())),
+            Some(false) => {
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the message body already ended in an error",
+                )));
+            }
+            None => {}
+        }
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.watch.data(read);
+                } else if buf.remaining() > 0 {
+                    // The end of the body: the client writes the final dot next.
+                    let end = this.watch.end();
+                    this.ended = Some(end.is_ok());
+                    return Poll::Ready(end);
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Checks the lease as the body ends (see [`Keeper::guard`]).
+struct LeaseWatch {
     state: Arc<KeeperState>,
     clock: Arc<dyn Clock>,
 }
@@ -1161,28 +1223,15 @@ struct GuardedBody {
 #[error("the lease on this message was lost; the transaction is aborted before the final dot")]
 pub struct LeaseLost;
 
-impl tokio::io::AsyncRead for GuardedBody {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+impl BodyWatch for LeaseWatch {
+    fn end(&mut self) -> std::io::Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                // The end of the body: the client writes the final dot next.
-                if ours(&this.state, this.clock.as_ref()) {
-                    this.state.dot.store(true, SeqCst);
-                    Poll::Ready(Ok(()))
-                } else {
-                    this.state.refused.store(true, SeqCst);
-                    Poll::Ready(Err(std::io::Error::other(LeaseLost)))
-                }
-            }
-            other => other,
+        if ours(&self.state, self.clock.as_ref()) {
+            self.state.dot.store(true, SeqCst);
+            Ok(())
+        } else {
+            self.state.refused.store(true, SeqCst);
+            Err(std::io::Error::other(LeaseLost))
         }
     }
 }
@@ -1201,13 +1250,14 @@ pub fn verified(body: BlobReader, rec: &Record) -> BlobReader {
     if rec.sha256.is_empty() || matches!(rec.intake, Intake::Ses | Intake::Reconciled) {
         return body;
     }
-    Box::new(VerifiedBody {
-        inner: body,
-        hasher: <sha2::Sha256 as sha2::Digest>::new(),
-        size: 0,
-        want: (rec.size, rec.sha256.clone()),
-        checked: false,
-    })
+    watched(
+        body,
+        DigestWatch {
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            size: 0,
+            want: (rec.size, rec.sha256.clone()),
+        },
+    )
 }
 
 /// Mismatched bodies in a row after which a worker stops (see `worker`).
@@ -1224,51 +1274,33 @@ fn is_mismatch(result: &Result<Transaction, RelayError>) -> bool {
 #[error("the stored message is not the one received ({0}); it is not sent")]
 pub struct BodyMismatch(String);
 
-struct VerifiedBody {
-    inner: BlobReader,
+/// Hashes the body as it passes and compares at its end (see [`verified`]).
+struct DigestWatch {
     hasher: sha2::Sha256,
     size: u64,
     want: (u64, String),
-    /// The end was reached and matched.
-    checked: bool,
 }
 
-impl tokio::io::AsyncRead for VerifiedBody {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use sha2::Digest;
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let read = &buf.filled()[before..];
-                if read.is_empty() && buf.remaining() > 0 && !this.checked {
-                    // The end: the client writes the final dot next, if this says so.
-                    this.checked = true;
-                    let sha = hex::encode(std::mem::take(&mut this.hasher).finalize());
-                    let (size, want) = &this.want;
-                    if this.size != *size || &sha != want {
-                        let why = format!(
-                            "{} bytes with SHA-256 {sha}, the record says {size} bytes with {want}",
-                            this.size
-                        );
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            BodyMismatch(why),
-                        )));
-                    }
-                } else if !read.is_empty() {
-                    this.size += read.len() as u64;
-                    this.hasher.update(read);
-                }
-                Poll::Ready(Ok(()))
-            }
-            other => other,
+impl BodyWatch for DigestWatch {
+    fn data(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.hasher, bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        let sha = hex::encode(sha2::Digest::finalize(std::mem::take(&mut self.hasher)));
+        let (size, want) = &self.want;
+        if self.size == *size && &sha == want {
+            return Ok(());
         }
+        let why = format!(
+            "{} bytes with SHA-256 {sha}, the record says {size} bytes with {want}",
+            self.size
+        );
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            BodyMismatch(why),
+        ))
     }
 }
 

@@ -700,12 +700,8 @@ pub struct Sweep {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub errors: u64,
     /// Sweeps in a row that ended with objects failing (the watermark held back).
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub frozen: u32,
-}
-
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
 }
 
 /// Why and since when draining is halted (see [`HealthRecord::halted`]).
@@ -754,8 +750,8 @@ pub struct DrainReport {
     pub unreachable: bool,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 impl DrainReport {

@@ -51,22 +51,7 @@ fn function_with(
     clock: Arc<Shifted>,
     extra: &[(&str, &str)],
 ) -> DrainFunction {
-    let env = [
-        ("STANDBY_BUCKET", table.to_string()),
-        ("STANDBY_TABLE", table.to_string()),
-        (
-            "STANDBY_PRIMARY_ADDRESS",
-            format!("127.0.0.1:{primary_port}"),
-        ),
-        ("STANDBY_PRIMARY_TLS", "none".into()),
-        ("STANDBY_PRIMARY_TIMEOUT_SECS", "10".into()),
-        ("STANDBY_HEALTH_UP_AFTER", "1".into()),
-        ("STANDBY_HEALTH_DOWN_AFTER", "1".into()),
-        ("STANDBY_DOMAINS", "example.test".into()),
-    ]
-    .map(|(k, v)| (k.to_string(), v))
-    .into_iter()
-    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env = common::aws::drain_env(table, primary_port, extra);
     let config = Config::from_lambda_env(env).unwrap();
     let relay = SmtpRelay::from_config(&config).unwrap();
     DrainFunction::new(config, storage.clone(), relay).with_clock(clock)

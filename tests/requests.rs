@@ -68,20 +68,7 @@ fn total(c: &Counts) -> u64 {
 }
 
 fn function(storage: &Storage, name: &str, primary_port: u16) -> DrainFunction {
-    let env = [
-        ("STANDBY_BUCKET", name.to_string()),
-        ("STANDBY_TABLE", name.to_string()),
-        (
-            "STANDBY_PRIMARY_ADDRESS",
-            format!("127.0.0.1:{primary_port}"),
-        ),
-        ("STANDBY_PRIMARY_TLS", "none".into()),
-        ("STANDBY_PRIMARY_TIMEOUT_SECS", "5".into()),
-        ("STANDBY_HEALTH_UP_AFTER", "1".into()),
-        ("STANDBY_HEALTH_DOWN_AFTER", "1".into()),
-        ("STANDBY_DOMAINS", "example.test".into()),
-    ]
-    .map(|(k, v)| (k.to_string(), v));
+    let env = common::aws::drain_env(name, primary_port, &[]);
     let config = Config::from_lambda_env(env).unwrap();
     let relay = SmtpRelay::from_config(&config).unwrap();
     DrainFunction::new(config, storage.clone(), relay)

@@ -336,6 +336,8 @@ pub struct FaultyBlobs {
     pub mark_failures: std::sync::atomic::AtomicU32,
     /// Every mark made, in order.
     pub marks: std::sync::Mutex<Vec<(String, crate::model::Disposal)>>,
+    /// A key whose bytes cannot be read (an S3 403, a damaged disk).
+    pub unreadable: Option<String>,
 }
 
 #[cfg(test)]
@@ -347,6 +349,7 @@ impl FaultyBlobs {
             delete_failures: 0.into(),
             mark_failures: 0.into(),
             marks: Default::default(),
+            unreadable: None,
         }
     }
 }
@@ -362,6 +365,14 @@ impl BlobStore for FaultyBlobs {
         self.inner.create(id).await
     }
     async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
+        if self.unreadable.as_deref() == Some(key) {
+            return Err(StoreError::Backend {
+                backend: "test",
+                detail: "AccessDenied".into(),
+                transient: false,
+                source: None,
+            });
+        }
         self.inner.open(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -434,7 +434,7 @@ pub fn from_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{BlobReader, BlobStore, BlobWriter};
+    use crate::backend::memory::FaultyBlobs;
     use std::sync::Arc;
 
     #[test]
@@ -444,39 +444,6 @@ mod tests {
         assert_eq!(Bounds::for_hold_days(0).every, Duration::hours(6));
         assert_eq!(Bounds::for_hold_days(5).every, SWEEP_EVERY);
         assert_eq!(Bounds::for_hold_days(30).every, Duration::hours(24));
-    }
-
-    /// A store in which one key cannot be read.
-    struct Unreadable {
-        inner: Arc<dyn BlobStore>,
-        key: String,
-    }
-
-    #[async_trait::async_trait]
-    impl BlobStore for Unreadable {
-        async fn create(&self, id: MessageId) -> Result<Box<dyn BlobWriter>, StoreError> {
-            self.inner.create(id).await
-        }
-        async fn open(&self, key: &str) -> Result<BlobReader, StoreError> {
-            if key == self.key {
-                return Err(StoreError::Backend {
-                    backend: "test",
-                    detail: "AccessDenied".into(),
-                    transient: false,
-                    source: None,
-                });
-            }
-            self.inner.open(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn stat(&self, key: &str) -> Result<crate::ports::BlobInfo, StoreError> {
-            self.inner.stat(key).await
-        }
-        async fn list(&self) -> Result<Vec<crate::ports::BlobInfo>, StoreError> {
-            self.inner.list().await
-        }
     }
 
     /// An object that cannot be read is skipped, the others are indexed and the drain
@@ -494,9 +461,9 @@ mod tests {
             keys.push(id.to_string());
         }
         let storage = Storage {
-            blobs: Arc::new(Unreadable {
-                inner: mem.blobs.clone(),
-                key: keys[1].clone(),
+            blobs: Arc::new(FaultyBlobs {
+                unreadable: Some(keys[1].clone()),
+                ..FaultyBlobs::new(mem.blobs.clone())
             }),
             ..mem
         };

@@ -13,6 +13,27 @@ use super::{free_port, wait_for};
 
 pub const REGION: &str = "us-east-1";
 
+/// The drain function's environment on the table and bucket `name`, the primary on
+/// loopback at `primary_port` without TLS, one probe to change state, domain
+/// `example.test`; then `extra`.
+pub fn drain_env(name: &str, primary_port: u16, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let port = format!("127.0.0.1:{primary_port}");
+    [
+        ("STANDBY_BUCKET", name),
+        ("STANDBY_TABLE", name),
+        ("STANDBY_PRIMARY_ADDRESS", port.as_str()),
+        ("STANDBY_PRIMARY_TLS", "none"),
+        ("STANDBY_PRIMARY_TIMEOUT_SECS", "10"),
+        ("STANDBY_HEALTH_UP_AFTER", "1"),
+        ("STANDBY_HEALTH_DOWN_AFTER", "1"),
+        ("STANDBY_DOMAINS", "example.test"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Environment for child processes (the `standby` CLI, the Lambda binaries).
 pub fn child_env(moto: &Moto) -> Vec<(String, String)> {
     [
