@@ -7,6 +7,7 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put};
+use common::iam::Principal;
 use standby::backend::aws::ArchiveSettings;
 use standby::config::LockMode;
 use standby::config::{ConfidentialRule, RetentionPolicy};
@@ -54,7 +55,7 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
         }],
         ..RetentionPolicy::default()
     };
-    let ingest = Ingest::new(storage.clone(), "")
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
         .with_journal(
             Journal::new(
                 &["journal@archive.example.test".to_string()],
@@ -156,8 +157,10 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
         "the locked version is still there"
     );
 
-    // A legal hold reaches the archive copy and retags the incoming object.
-    storage
+    // A legal hold (`standby hold --legal`) reaches the archive copy and retags the
+    // incoming object.
+    moto.storage_as(Principal::Operator, &settings)
+        .await
         .blobs
         .set_legal_hold("journal-bob-0001", true)
         .await
@@ -186,9 +189,13 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
 
     // Retention now: the confidential copy goes (S3 object and item), audited in
     // DynamoDB; the other stays (30 days); the archive keeps both locked copies.
-    let report = standby::retention::run(&storage, &policy, Utc::now())
-        .await
-        .unwrap();
+    let report = standby::retention::run(
+        &moto.storage_as(Principal::Drain, &settings).await,
+        &policy,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.deleted, 1);
     assert!(storage.index.get(hr.id).await.unwrap().is_none());
     assert!(storage.index.get(bob.id).await.unwrap().is_some());
@@ -244,7 +251,7 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
         mode: LockMode::Governance,
     });
     let storage = Storage::aws(&clients, &settings);
-    let ingest = Ingest::new(storage.clone(), "").with_journal(
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "").with_journal(
         Journal::new(
             &["journal@archive.example.test".to_string()],
             &["example.test".to_string()],

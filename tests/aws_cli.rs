@@ -5,7 +5,7 @@
 mod common;
 
 use common::Postfix;
-use common::aws::{Moto, cli_config, ses_receive, standby_cli};
+use common::aws::{Moto, child_env, cli_config, ses_receive, standby_cli};
 use serde_json::Value;
 
 fn ok(out: &std::process::Output) -> String {
@@ -46,8 +46,7 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
     let clients = moto.clients().await;
     let settings = moto.settings("opcli");
     let storage = standby::ports::Storage::aws(&clients, &settings);
-    let (ses_id, raw) =
-        ses_receive(&clients, &settings, &storage, "multi-rcpt.json", "tok-cli").await;
+    let (ses_id, raw) = ses_receive(&clients, &settings, "multi-rcpt.json", "tok-cli").await;
 
     let status = json(&standby_cli(&moto, &cfg, &["status", "--json"], &[]));
     assert_eq!(status["counts"]["held"], 1, "{status}");
@@ -253,9 +252,17 @@ async fn operator_commands_work_against_s3_and_dynamodb() {
 async fn aws_backend_errors_are_clear() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    // No table yet: a permanent error naming the problem, exit 1, not a panic.
+    // No table yet: a permanent error naming the problem, exit 1, not a panic. Run with
+    // an administrator's key: under OperatorPolicy, which names the stack's table only, a
+    // real account answers AccessDeniedException for another table instead.
     let cfg = cli_config(dir.path(), "nosuch", 25);
-    let out = standby_cli(&moto, &cfg, &["status"], &[]);
+    let out = std::process::Command::new(common::STANDBY)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("status")
+        .envs(child_env(&moto))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ResourceNotFoundException"), "{err}");
@@ -277,7 +284,7 @@ async fn primary_password_from_a_secrets_manager_arn() {
     use common::{FAKE_PASS, FAKE_USER, FakeAuth, FakePrimary, FakeReply};
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (clients, settings, storage) = moto.storage("secret").await;
+    let (clients, settings, _) = moto.storage("secret").await;
     let sm = aws_sdk_secretsmanager::Client::new(&clients.sdk);
     let arn = sm
         .create_secret()
@@ -310,7 +317,7 @@ async fn primary_password_from_a_secrets_manager_arn() {
         ),
     )
     .unwrap();
-    ses_receive(&clients, &settings, &storage, "normal.json", "tok-secret").await;
+    ses_receive(&clients, &settings, "normal.json", "tok-secret").await;
 
     let out = standby_cli(
         &moto,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::aws::{Moto, ses_event, ses_message_id, ses_put, ses_put_fixture, ses_receive};
+use common::iam::Principal;
 use common::{Postfix, repo};
 use standby::backend::aws::sqs::SqsFailedEvents;
 use standby::config::Config;
@@ -113,11 +114,11 @@ fn wait_copies(pf: &Postfix, n: usize) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     let moto = Moto::start();
-    let (clients, s, storage) = moto.storage("deliver").await;
+    let (clients, s, _) = moto.storage("deliver").await;
     let pf = Postfix::primary();
     pf.start();
-    ses_receive(&clients, &s, &storage, "normal.json", "tok-normal").await;
-    ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-multi").await;
+    ses_receive(&clients, &s, "normal.json", "tok-normal").await;
+    ses_receive(&clients, &s, "multi-rcpt.json", "tok-multi").await;
     // An object whose ingest never ran: the reconciler indexes it from its headers
     // (Received ... for bob@example.test) once it is older than MIN_AGE.
     ses_put_fixture(
@@ -130,7 +131,12 @@ async fn held_and_unindexed_mail_is_delivered_with_the_original_envelope() {
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(10));
 
-    let f = function(&storage, "deliver", pf.port, clock);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "deliver",
+        pf.port,
+        clock,
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.primary, "up", "{sum:?}");
     assert_eq!(
@@ -225,7 +231,12 @@ async fn an_upgraded_stack_keeps_the_reconcile_watermark_of_the_old_health_item(
         .expect("put the old health item");
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(60));
-    let f = function(&storage, "upgrade", pf.port, clock);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "upgrade",
+        pf.port,
+        clock,
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.reconciled, sum.delivered), (0, 0), "{sum:?}");
     let rec = storage.index.load_health("lambda").await.unwrap().unwrap();
@@ -239,13 +250,18 @@ async fn an_upgraded_stack_keeps_the_reconcile_watermark_of_the_old_health_item(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_4xx_is_retried_on_a_later_invocation() {
     let moto = Moto::start();
-    let (clients, s, storage) = moto.storage("retry").await;
+    let (clients, s, _) = moto.storage("retry").await;
     let pf = Postfix::primary();
     pf.rcpt_replies(&[("erin@example.test", "450 4.2.0 mailbox busy")]);
     pf.start();
-    ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-retry").await;
+    ses_receive(&clients, &s, "multi-rcpt.json", "tok-retry").await;
     let clock = Arc::new(Shifted::default());
-    let f = function(&storage, "retry", pf.port, clock.clone());
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "retry",
+        pf.port,
+        clock.clone(),
+    );
 
     let first = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(
@@ -288,8 +304,13 @@ async fn primary_down_leaves_everything_held_and_counts_the_failed_probe() {
     let moto = Moto::start();
     let (clients, s, storage) = moto.storage("down").await;
     let pf = Postfix::primary(); // configured, never started: the port refuses
-    ses_receive(&clients, &s, &storage, "normal.json", "tok-down").await;
-    let f = function(&storage, "down", pf.port, Arc::new(Shifted::default()));
+    ses_receive(&clients, &s, "normal.json", "tok-down").await;
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "down",
+        pf.port,
+        Arc::new(Shifted::default()),
+    );
 
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.primary, "down", "{sum:?}");
@@ -333,7 +354,7 @@ async fn dry_run_reports_and_changes_nothing() {
     let (clients, s, storage) = moto.storage("dryrun").await;
     let pf = Postfix::primary();
     pf.start();
-    ses_receive(&clients, &s, &storage, "normal.json", "tok-dry").await;
+    ses_receive(&clients, &s, "normal.json", "tok-dry").await;
     ses_put_fixture(
         &clients,
         &s,
@@ -343,7 +364,12 @@ async fn dry_run_reports_and_changes_nothing() {
     .await;
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(10));
-    let f = function(&storage, "dryrun", pf.port, clock);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "dryrun",
+        pf.port,
+        clock,
+    );
     let req = DrainRequest {
         force: false,
         dry_run: true,
@@ -373,15 +399,19 @@ async fn delivered_mail_is_tagged_for_the_lifecycle_rule_and_its_record_expires(
     let moto = Moto::start();
     let (clients, mut s, _) = moto.storage("retain").await;
     s.keep_delivered_days = Some(30);
-    let storage = Storage::aws(&clients, &s);
     let pf = Postfix::primary();
     pf.start();
-    let (ses_id, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-keep").await;
+    let (ses_id, _) = ses_receive(&clients, &s, "normal.json", "tok-keep").await;
     // A second message arrives after the run and stays held: only delivered mail is marked.
-    let f = function(&storage, "retain", pf.port, Arc::new(Shifted::default()));
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "retain",
+        pf.port,
+        Arc::new(Shifted::default()),
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.delivered, 1, "{sum:?}");
-    let (held_id, _) = ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-new").await;
+    let (held_id, _) = ses_receive(&clients, &s, "multi-rcpt.json", "tok-new").await;
 
     assert_eq!(
         object_tags(&clients, "retain", &ses_id).await,
@@ -428,7 +458,7 @@ async fn a_permanent_refusal_bounces_once_and_only_to_a_sender_ses_authenticated
     pf.rcpt_replies(&[("bob@example.test", "550 5.1.1 no such user here")]);
     pf.start();
     // SES said SPF PASS for this one ...
-    let (pass_ses, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-pass").await;
+    let (pass_ses, _) = ses_receive(&clients, &s, "normal.json", "tok-pass").await;
     // ... and SPF and DMARC FAIL for this one (a forged sender).
     let mut ev = ses_event("multi-rcpt.json");
     let receipt = &mut ev["Records"][0]["ses"]["receipt"];
@@ -437,10 +467,18 @@ async fn a_permanent_refusal_bounces_once_and_only_to_a_sender_ses_authenticated
     let forged_ses = ses_message_id(&ev);
     let raw = common::fixture("ses/message.eml", "tok-forged");
     ses_put(&clients, &s, &forged_ses, raw.as_bytes()).await;
-    Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+    Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
 
     let clock = Arc::new(Shifted::default());
-    let f = function(&storage, "bounce", pf.port, clock.clone());
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "bounce",
+        pf.port,
+        clock.clone(),
+    );
     let first = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(first.failed, 2, "{first:?}");
     // The DSN is an ordinary held message with sender <>; this or the next run sends it.
@@ -516,10 +554,16 @@ async fn the_drain_function_applies_retention_once_per_interval_and_audits_it() 
     let (clients, s, storage) = moto.storage("retain").await;
     let pf = Postfix::primary();
     pf.start();
-    ses_receive(&clients, &s, &storage, "normal.json", "tok-retain").await;
+    ses_receive(&clients, &s, "normal.json", "tok-retain").await;
     let clock = Arc::new(Shifted::default());
     let policy = [("STANDBY_RETENTION_DELIVERED_DAYS", "1")];
-    let f = function_with(&storage, "retain", pf.port, clock.clone(), &policy);
+    let f = function_with(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "retain",
+        pf.port,
+        clock.clone(),
+        &policy,
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.delivered, sum.retention_deleted), (1, 0), "{sum:?}");
 
@@ -593,13 +637,18 @@ async fn recipients_of_two_receipt_rules_each_get_the_message_once() {
     pf.start();
     let id = "tworules0object0abcdefghijklmnopqrstuvw";
     ses_put_fixture(&clients, &s, id, "tok-rules").await;
-    let ingest = Ingest::new(storage.clone(), "");
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "");
     let first = ingest
         .handle(rule_event("normal.json", id, &["bob@example.test"]))
         .await
         .unwrap();
     assert_eq!(first.indexed, 1, "{first:?}");
-    let f = function(&storage, "rules", pf.port, Arc::new(Shifted::default()));
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "rules",
+        pf.port,
+        Arc::new(Shifted::default()),
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.delivered, sum.held), (1, 0), "{sum:?}");
     assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
@@ -645,7 +694,7 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
     let (clients, s, storage) = moto.storage("hold").await;
     let pf = Postfix::primary();
     pf.start();
-    let (held_key, _) = ses_receive(&clients, &s, &storage, "normal.json", "tok-hold").await;
+    let (held_key, _) = ses_receive(&clients, &s, "normal.json", "tok-hold").await;
     let place_hold = async |key: &str| {
         let recs = storage.index.list(&ListQuery::default()).await.unwrap();
         let mut rec = recs.into_iter().find(|r| r.blob_key() == key).unwrap();
@@ -664,7 +713,12 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
         state("legal-hold")
     );
 
-    let f = function(&storage, "hold", pf.port, Arc::new(Shifted::default()));
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "hold",
+        pf.port,
+        Arc::new(Shifted::default()),
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.delivered, 1, "{sum:?}");
     assert_eq!(
@@ -675,7 +729,7 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
 
     // The race: the drain wrote back a delivery (the record it holds says delivered,
     // no hold), an operator places a hold, then the drain's tagging comes.
-    let (raced_key, _) = ses_receive(&clients, &s, &storage, "multi-rcpt.json", "tok-raced").await;
+    let (raced_key, _) = ses_receive(&clients, &s, "multi-rcpt.json", "tok-raced").await;
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.delivered, 1, "{sum:?}");
     let recs = storage.index.list(&ListQuery::default()).await.unwrap();
@@ -720,7 +774,12 @@ async fn a_late_exact_event_reaches_the_recipients_a_delivered_or_failed_guess_m
     ses_put(&clients, &s, parked, foreign.as_bytes()).await;
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(10));
-    let f = function(&storage, "lateguess", pf.port, clock);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "lateguess",
+        pf.port,
+        clock,
+    );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(
         (sum.reconciled, sum.delivered, sum.held),
@@ -739,7 +798,7 @@ async fn a_late_exact_event_reaches_the_recipients_a_delivered_or_failed_guess_m
     assert_eq!(failed.len(), 1, "the guess without a recipient is parked");
 
     // The exact events: bob and the Bcc'd erin; erin alone for the parked one.
-    let ingest = Ingest::new(storage.clone(), "");
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "");
     let a = ingest
         .handle(rule_event(
             "normal.json",
@@ -795,7 +854,7 @@ async fn the_reconciler_files_a_journal_copy_as_journal_and_delivers_nothing() {
     let clock = Arc::new(Shifted::default());
     clock.advance(chrono::Duration::minutes(10));
     let f = function_with(
-        &storage,
+        &moto.storage_as(Principal::Drain, &s).await,
         "journalrec",
         pf.port,
         clock,
@@ -836,7 +895,7 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
     pf.start();
     let id = "failedq0object0abcdefghijklmnopqrstuvwx";
     ses_put_fixture(&clients, &s, id, "tok-failq").await;
-    Ingest::new(storage.clone(), "")
+    Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "")
         .handle(rule_event("normal.json", id, &["bob@example.test"]))
         .await
         .unwrap();
@@ -858,7 +917,7 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
     // The other rule's event fails on that lease, and Lambda, after its retries, puts
     // the invocation record in the on-failure queue.
     let second = rule_event("normal.json", id, &["erin@example.test"]);
-    let err = Ingest::new(storage.clone(), "")
+    let err = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "")
         .with_lease_wait(Duration::ZERO)
         .handle(second.clone())
         .await
@@ -886,12 +945,17 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
         .await
         .unwrap();
     let queue = Arc::new(SqsFailedEvents::new(
-        &clients.sdk,
+        &moto.clients_as(Principal::Drain).await.sdk,
         &url,
         Duration::from_secs(1),
     ));
-    let f = function(&storage, "failq", pf.port, Arc::new(Shifted::default()))
-        .with_failed_events(queue);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "failq",
+        pf.port,
+        Arc::new(Shifted::default()),
+    )
+    .with_failed_events(queue);
 
     // While the lease runs the event stays queued, and nothing is delivered.
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
@@ -927,10 +991,10 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_it() {
     let moto = Moto::start();
-    let (clients, s, storage) = moto.storage("poison").await;
+    let (clients, s, _) = moto.storage("poison").await;
     let pf = Postfix::primary();
     pf.start();
-    ses_receive(&clients, &s, &storage, "normal.json", "tok-poison").await;
+    ses_receive(&clients, &s, "normal.json", "tok-poison").await;
     let sqs = aws_sdk_sqs::Client::new(&clients.sdk);
     let url = sqs
         .create_queue()
@@ -942,13 +1006,17 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
         .unwrap();
     // A queue that does not exist (deleted, or not yet allowed): the run delivers anyway.
     let gone = url.replace("/poison", "/no-such-queue");
-    let f = function(&storage, "poison", pf.port, Arc::new(Shifted::default())).with_failed_events(
-        Arc::new(SqsFailedEvents::new(
-            &clients.sdk,
-            &gone,
-            Duration::from_secs(1),
-        )),
-    );
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "poison",
+        pf.port,
+        Arc::new(Shifted::default()),
+    )
+    .with_failed_events(Arc::new(SqsFailedEvents::new(
+        &moto.clients_as(Principal::Drain).await.sdk,
+        &gone,
+        Duration::from_secs(1),
+    )));
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.reingested, sum.delivered), (0, 1), "{sum:?}");
     assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
@@ -966,9 +1034,17 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
         .send()
         .await
         .unwrap();
-    let f = function(&storage, "poison", pf.port, Arc::new(Shifted::default())).with_failed_events(
-        Arc::new(SqsFailedEvents::new(&clients.sdk, &url, Duration::ZERO)),
-    );
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "poison",
+        pf.port,
+        Arc::new(Shifted::default()),
+    )
+    .with_failed_events(Arc::new(SqsFailedEvents::new(
+        &moto.clients_as(Principal::Drain).await.sdk,
+        &url,
+        Duration::ZERO,
+    )));
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.reingested, sum.delivered), (0, 0), "{sum:?}");
     let left = sqs.receive_message().queue_url(&url).send().await.unwrap();

@@ -6,6 +6,7 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::aws::{Moto, ses_event as event, ses_put};
+use common::iam::Principal;
 use sha2::{Digest, Sha256};
 use standby::lambda::ingest::{Ingest, IngestError};
 use standby::lambda::reconcile::{Bounds, reconcile, reconcile_within};
@@ -37,7 +38,10 @@ async fn normal_event_is_indexed_with_envelope_verdicts_and_summary() {
     let body = raw("tok-normal");
     ses_put(&clients, &settings, &ses_id(&ev), &body).await;
 
-    let ingest = Ingest::new(storage.clone(), "s3://normal/incoming/");
+    let ingest = Ingest::new(
+        moto.storage_as(Principal::Ingest, &settings).await,
+        "s3://normal/incoming/",
+    );
     let report = ingest.handle(ev.clone()).await.unwrap();
     assert_eq!((report.indexed, report.duplicates), (1, 0));
 
@@ -92,7 +96,10 @@ async fn event_without_common_headers_from_is_accepted() {
         .collect::<Vec<_>>()
         .join(&b'\n');
     ses_put(&clients, &settings, &ses_id(&ev), &body).await;
-    let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+    let report = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
     assert_eq!(report.indexed, 1);
     let r = &all(&storage).await[0];
     assert_eq!(r.summary.from, None);
@@ -106,7 +113,7 @@ async fn duplicate_deliveries_create_one_item() {
     let (clients, settings, storage) = moto.storage("dup").await;
     let ev = event("normal.json");
     ses_put(&clients, &settings, &ses_id(&ev), &raw("tok-dup")).await;
-    let ingest = Ingest::new(storage.clone(), "");
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "");
     // Lambda's async retries and SES's at-least-once delivery: at once and later.
     let (a, b) = tokio::join!(ingest.handle(ev.clone()), ingest.handle(ev.clone()));
     let c = ingest.handle(ev).await.unwrap();
@@ -123,7 +130,10 @@ async fn envelope_recipients_come_from_the_receipt_not_the_headers() {
     let (clients, settings, storage) = moto.storage("multi").await;
     let ev = event("multi-rcpt.json");
     ses_put(&clients, &settings, &ses_id(&ev), &raw("tok-multi")).await;
-    Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+    Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
     let r = &all(&storage).await[0];
     let rcpts: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
     assert_eq!(rcpts, ["bob@example.test", "erin@example.test"]);
@@ -135,7 +145,10 @@ async fn virus_fail_is_quarantined_and_never_drained() {
     let (clients, settings, storage) = moto.storage("virus").await;
     let ev = event("virus.json");
     ses_put(&clients, &settings, &ses_id(&ev), &raw("tok-virus")).await;
-    let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+    let report = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
     assert_eq!((report.indexed, report.quarantined), (1, 1));
     let r = &all(&storage).await[0];
     assert_eq!(r.status, Status::Failed);
@@ -160,11 +173,14 @@ async fn virus_fail_is_quarantined_and_never_drained() {
 #[tokio::test]
 async fn missing_object_is_an_error_and_indexes_nothing() {
     let moto = Moto::start();
-    let (_, _, storage) = moto.storage("missing").await;
-    let err = Ingest::new(storage.clone(), "s3://missing/incoming/")
-        .handle(event("normal.json"))
-        .await
-        .unwrap_err();
+    let (_, settings, storage) = moto.storage("missing").await;
+    let err = Ingest::new(
+        moto.storage_as(Principal::Ingest, &settings).await,
+        "s3://missing/incoming/",
+    )
+    .handle(event("normal.json"))
+    .await
+    .unwrap_err();
     match &err {
         IngestError::MissingObject { ses_id, key } => {
             assert_eq!(ses_id, "o3vrnil0e2ic28trm7dfhrc2v0clambda4nbp0g1");
@@ -191,13 +207,13 @@ async fn object_that_is_not_a_message_is_an_error() {
         b"\x00\x01\x02 binary junk, no header\r\n",
     )
     .await;
-    let err = Ingest::new(storage.clone(), "")
+    let err = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
         .handle(ev)
         .await
         .unwrap_err();
     assert!(matches!(err, IngestError::NotAMessage { .. }), "{err:?}");
     assert!(all(&storage).await.is_empty());
-    let err = Ingest::new(storage.clone(), "")
+    let err = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
         .handle(serde_json::json!({"Records": []}))
         .await
         .unwrap_err();
@@ -214,10 +230,12 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     // and indexes it from its headers: the Received `for` clause names bob only.
     let later = Utc::now() + Duration::minutes(10);
     let domains = vec!["example.test".to_string()];
-    let filing = Ingest::new(storage.clone(), "");
+    // The reconciler runs in the drain function.
+    let drain = moto.storage_as(Principal::Drain, &settings).await;
+    let filing = Ingest::new(drain.clone(), "");
     let run = || {
         reconcile(
-            &storage,
+            &drain,
             ("lambda", "primary:587"),
             &domains,
             &filing,
@@ -244,7 +262,10 @@ async fn reconciled_record_is_replaced_by_the_late_event() {
     let again = run().await.unwrap();
     assert_eq!(again.reconciled, 0);
     // The late event gives the exact envelope (bob and the Bcc'd erin).
-    let report = Ingest::new(storage.clone(), "").handle(ev).await.unwrap();
+    let report = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
     assert_eq!((report.indexed, report.upgraded), (0, 1));
     let recs = all(&storage).await;
     assert_eq!(recs.len(), 1);
@@ -270,7 +291,9 @@ async fn the_sweep_goes_through_the_bucket_a_page_at_a_time_and_again_a_day_late
         .await;
     }
     let domains = vec!["example.test".to_string()];
-    let filing = Ingest::new(storage.clone(), "");
+    // The reconciler runs in the drain function.
+    let drain = moto.storage_as(Principal::Drain, &settings).await;
+    let filing = Ingest::new(drain.clone(), "");
     let bounds = Bounds {
         page: 2,
         pages: 1,
@@ -278,7 +301,7 @@ async fn the_sweep_goes_through_the_bucket_a_page_at_a_time_and_again_a_day_late
     };
     let run = |at: chrono::DateTime<Utc>| {
         reconcile_within(
-            &storage,
+            &drain,
             ("lambda", "primary:587"),
             &domains,
             &filing,
@@ -338,7 +361,7 @@ async fn two_rules_events_at_once_make_one_record_with_both_recipient_sets() {
             rcpts.iter().map(|r| serde_json::json!(r)).collect();
         e
     };
-    let ingest = Ingest::new(storage.clone(), "");
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "");
     let (a, b) = tokio::join!(
         ingest.handle(with(&["bob@example.test", "carol@example.test"])),
         ingest.handle(with(&["erin@example.test", "Bob@example.test"]))

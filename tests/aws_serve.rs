@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::aws::{Moto, child_env};
+use common::aws::{Moto, child_env_as};
+use common::iam::Principal;
 use common::{Postfix, Rng, Standby, send_one, tokens_at, wait_for};
 use serde_json::Value;
 use standby::config::Config;
@@ -54,7 +55,7 @@ fn node(moto: &Moto, name: &str, node: &str, primary_port: u16, env: &[(&str, &s
     let top = format!(
         "backend = \"aws\"\nbucket = \"{name}\"\ntable = \"{name}\"\nnode_id = \"{node}\"\n"
     );
-    let aws = child_env(moto);
+    let aws = child_env_as(moto, Principal::Serve);
     let mut all: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(env);
     Standby::start_with_env(primary_port, &top, &all)
@@ -444,7 +445,7 @@ impl Clock for Later {
 async fn the_drain_function_delivers_what_a_node_received_and_the_reconciler_leaves_serve_objects_alone()
  {
     let moto = Moto::start();
-    let (clients, _, storage) = moto.storage("mixed").await;
+    let (clients, settings, _) = moto.storage("mixed").await;
     let pf = Postfix::primary();
     let mx20 = node(
         &moto,
@@ -483,7 +484,12 @@ async fn the_drain_function_delivers_what_a_node_received_and_the_reconciler_lea
     .map(|(k, v)| (k.to_string(), v));
     let config = Config::from_lambda_env(env).unwrap();
     let relay = SmtpRelay::from_config(&config).unwrap();
-    let f = DrainFunction::new(config, storage.clone(), relay).with_clock(Arc::new(Later));
+    let f = DrainFunction::new(
+        config,
+        moto.storage_as(Principal::Drain, &settings).await,
+        relay,
+    )
+    .with_clock(Arc::new(Later));
     let deadline = Some(Instant::now() + Duration::from_secs(120));
     let sum = f.handle(DrainRequest::default(), deadline).await.unwrap();
     assert_eq!(

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::aws::{Moto, child_env};
+use common::aws::{Moto, child_env_as};
+use common::iam::Principal;
 use common::*;
 use serde_json::Value;
 
@@ -198,7 +199,7 @@ async fn two_drains(
     let pf = Postfix::primary();
     let top =
         format!("backend = \"aws\"\nbucket = \"{name}\"\ntable = \"{name}\"\nnode_id = \"mx20\"\n");
-    let aws = child_env(moto);
+    let aws = child_env_as(moto, Principal::Serve);
     let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("STANDBY_HEALTH_UP_AFTER", "100000"));
     env.extend(SHORT_LEASES);

@@ -7,8 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::aws::{Moto, child_env, cli_config, require_venv_tool, standby_cli};
+use common::aws::{Moto, child_env, child_env_as, cli_config, require_venv_tool, standby_cli};
 use common::dns::Dns;
+use common::iam::Principal;
 use common::{FakePrimary, FakeReply, STANDBY, Standby, free_port, repo};
 use serde_json::Value;
 
@@ -193,7 +194,7 @@ fn aws_setup(moto: &Moto, dir: &Path, flags: &[&str]) -> std::path::PathBuf {
 
 /// The moto environment, with the primary at `port`.
 fn moto_env(moto: &Moto, port: u16) -> Vec<(String, String)> {
-    let mut env = child_env(moto);
+    let mut env = child_env_as(moto, Principal::Operator);
     env.push((
         "STANDBY_PRIMARY_ADDRESS".into(),
         format!("127.0.0.1:{port}"),
@@ -261,7 +262,7 @@ fn aws_setup_good_and_broken() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = aws_setup(&moto, dir.path(), &["--no-scan"]);
-    let (code, report) = doctor(&config, &dns, &child_env(&moto));
+    let (code, report) = doctor(&config, &dns, &child_env_as(&moto, Principal::Operator));
     assert_eq!(verdict(&report, "receipt rules"), "warn", "{report:#}");
     // The primary in this config is a closed port: that fails, and nothing else does.
     assert_eq!(code, 1);
@@ -272,7 +273,7 @@ fn aws_setup_good_and_broken() {
         ("example.test", 10, "mx1.example.test"),
         ("example.test", 20, "backup.example.test"),
     ]);
-    let (_, report) = doctor(&config, &wrong, &child_env(&moto));
+    let (_, report) = doctor(&config, &wrong, &child_env_as(&moto, Principal::Operator));
     assert_eq!(verdict(&report, "mx example.test"), "fail");
     assert!(
         report["checks"][0]["detail"]

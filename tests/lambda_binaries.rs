@@ -10,8 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::aws::{
-    Moto, child_env, cli_config, require_venv_tool, ses_event, ses_message_id, ses_put, standby_cli,
+    Moto, child_env_as, cli_config, require_venv_tool, ses_event, ses_message_id, ses_put,
+    standby_cli,
 };
+use common::iam::Principal;
 use common::{Postfix, free_port, repo, wait_for};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_standby-ingest");
@@ -115,29 +117,33 @@ async fn binaries_run_under_the_lambda_emulator() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
 
-    let mut env = child_env(&moto);
-    env.extend(
-        [
-            ("STANDBY_BUCKET", "binaries".to_string()),
-            ("STANDBY_TABLE", "binaries".to_string()),
-            ("STANDBY_PRIMARY_ADDRESS", format!("127.0.0.1:{}", pf.port)),
-            ("STANDBY_PRIMARY_TLS", "none".to_string()),
-            ("STANDBY_HEALTH_UP_AFTER", "1".to_string()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
+    // Each function signs as itself: its requests are checked against its policy.
+    let env_as = |principal| {
+        let mut env = child_env_as(&moto, principal);
+        env.extend(
+            [
+                ("STANDBY_BUCKET", "binaries".to_string()),
+                ("STANDBY_TABLE", "binaries".to_string()),
+                ("STANDBY_PRIMARY_ADDRESS", format!("127.0.0.1:{}", pf.port)),
+                ("STANDBY_PRIMARY_TLS", "none".to_string()),
+                ("STANDBY_HEALTH_UP_AFTER", "1".to_string()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        env
+    };
     procs.0.push(function(
         INGEST,
         "standby-ingest",
         port,
-        &env,
+        &env_as(Principal::Ingest),
         &dir.path().join("ingest.log"),
     ));
     procs.0.push(function(
         DRAIN,
         "standby-drain",
         port,
-        &env,
+        &env_as(Principal::Drain),
         &dir.path().join("drain.log"),
     ));
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::Postfix;
 use common::aws::{Moto, ses_put};
+use common::iam::Principal;
 use standby::config::Config;
 use standby::lambda::drain::{DrainFunction, DrainRequest};
 use standby::model::{MessageId, Record, Status, Summary};
@@ -142,7 +143,11 @@ async fn an_idle_run_makes_the_same_requests_at_200_and_2000_delivered() {
     let (clients, settings, storage) = moto.storage("idle-delivered").await;
     let pf = Postfix::primary();
     pf.start();
-    let f = function(&storage, "idle-delivered", pf.port);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &settings).await,
+        "idle-delivered",
+        pf.port,
+    );
     let mut idle = Vec::new();
     for (n, more) in [(200, 200), (2000, 1800)] {
         seed(&clients, &settings, &storage, more, Status::Delivered).await;
@@ -197,7 +202,11 @@ async fn an_idle_run_in_an_outage_grows_only_with_the_held_partition() {
     let moto = Moto::start_logged(&log.0);
     let (clients, settings, storage) = moto.storage("idle-held").await;
     // Nothing listens there: the primary is down.
-    let f = function(&storage, "idle-held", common::free_port());
+    let f = function(
+        &moto.storage_as(Principal::Drain, &settings).await,
+        "idle-held",
+        common::free_port(),
+    );
     let mut idle = Vec::new();
     for (n, more) in [(200, 200), (2000, 1800)] {
         seed(&clients, &settings, &storage, more, Status::Held).await;
@@ -234,10 +243,14 @@ async fn one_message_received_and_drained() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log(dir.path().join("requests.jsonl"));
     let moto = Moto::start_logged(&log.0);
-    let (clients, settings, storage) = moto.storage("one-message").await;
+    let (clients, settings, _) = moto.storage("one-message").await;
     let pf = Postfix::primary();
     pf.start();
-    let f = function(&storage, "one-message", pf.port);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &settings).await,
+        "one-message",
+        pf.port,
+    );
     run(&f).await;
     // The test's own PutObject stands for SES's S3 action: not the standby's request.
     let mark = log.mark();
@@ -247,7 +260,7 @@ async fn one_message_received_and_drained() {
     ses_put(&clients, &settings, &id, raw.as_bytes()).await;
     let after_put = log.mark();
     assert_eq!(after_put, mark + 1);
-    standby::lambda::ingest::Ingest::new(storage.clone(), "")
+    standby::lambda::ingest::Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
         .handle(ev)
         .await
         .expect("ingest");
@@ -273,10 +286,13 @@ async fn one_message_received_and_drained() {
         ev["Records"][0]["ses"]["mail"]["messageId"] = serde_json::json!(id);
         let raw = common::fixture("ses/message.eml", &format!("tok-batch{i}"));
         ses_put(&clients, &settings, &id, raw.as_bytes()).await;
-        standby::lambda::ingest::Ingest::new(storage.clone(), "")
-            .handle(ev)
-            .await
-            .expect("ingest");
+        standby::lambda::ingest::Ingest::new(
+            moto.storage_as(Principal::Ingest, &settings).await,
+            "",
+        )
+        .handle(ev)
+        .await
+        .expect("ingest");
     }
     let mark = log.mark();
     let s = run(&f).await;

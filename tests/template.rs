@@ -7,46 +7,13 @@
 //! rule stores to S3 before it invokes ingest with scanning on, the rules' recipients come
 //! from the parameters, and the drain's environment is a configuration the code accepts.
 
+mod common;
+
 use std::collections::BTreeSet;
 
+use common::template::template;
 use serde_json::{Value, json};
 use standby::backend::aws::schema;
-
-/// The template as JSON, short-form intrinsics (`!Ref x`) turned into their long form
-/// (`{"Ref": "x"}`, `{"Fn::Sub": ...}`).
-fn template() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/infra/template.yaml"))
-        .expect("read infra/template.yaml");
-    let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("template is YAML");
-    to_json(yaml)
-}
-
-fn to_json(v: serde_norway::Value) -> Value {
-    use serde_norway::Value as Y;
-    match v {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(b),
-        Y::Number(n) => serde_json::to_value(n).expect("a number"),
-        Y::String(s) => Value::String(s),
-        Y::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
-        Y::Mapping(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| {
-                    let k = k.as_str().expect("string keys").to_string();
-                    (k, to_json(v))
-                })
-                .collect(),
-        ),
-        Y::Tagged(t) => {
-            let name = t.tag.to_string().trim_start_matches('!').to_string();
-            let key = match name.as_str() {
-                "Ref" | "Condition" => name,
-                _ => format!("Fn::{name}"),
-            };
-            json!({ key: to_json(t.value) })
-        }
-    }
-}
 
 fn resources_of(t: &Value, kind: &str) -> Vec<(String, Value)> {
     t["Resources"]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use standby::backend::aws::{AwsClients, AwsSettings};
 use standby::ports::Storage;
 
+use super::iam::Principal;
 use super::{free_port, wait_for};
 
 pub const REGION: &str = "us-east-1";
@@ -34,10 +35,25 @@ pub fn drain_env(name: &str, primary_port: u16, extra: &[(&str, &str)]) -> Vec<(
     .collect()
 }
 
-/// Environment for child processes (the `standby` CLI, the Lambda binaries).
+/// Environment for child processes (the `standby` CLI, the Lambda binaries), with the
+/// tests' own key: requests not checked against a policy.
 pub fn child_env(moto: &Moto) -> Vec<(String, String)> {
+    env_with_key(moto, SETUP_KEY)
+}
+
+/// [`child_env`] for a process acting as `principal`: its requests are checked against
+/// the principal's policy in infra/template.yaml when the moto server stops
+/// (tests/common/iam.rs).
+pub fn child_env_as(moto: &Moto, principal: Principal) -> Vec<(String, String)> {
+    env_with_key(moto, principal.key())
+}
+
+/// The access key of the tests' own requests (creating buckets, seeding, looking).
+const SETUP_KEY: &str = "testing";
+
+fn env_with_key(moto: &Moto, key: &str) -> Vec<(String, String)> {
     [
-        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_ACCESS_KEY_ID", key),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("AWS_REGION", REGION),
         ("AWS_EC2_METADATA_DISABLED", "true"),
@@ -71,25 +87,34 @@ pub fn require_venv_tool(name: &str) -> PathBuf {
     bin
 }
 
-/// A moto server on a free loopback port, killed on drop.
+/// A moto server on a free loopback port, killed on drop. Every request it answers is
+/// logged, and on drop the requests each [`Principal`] made are checked against its
+/// policy in infra/template.yaml (tests/common/iam.rs): a call the template does not
+/// allow fails the test that made it.
 pub struct Moto {
     child: Child,
     pub url: String,
     pub port: u16,
+    log: Option<PathBuf>,
+    _log_dir: Option<tempfile::TempDir>,
 }
 
 impl Moto {
     pub fn start() -> Moto {
-        Self::start_with(&[])
+        let dir = tempfile::tempdir().expect("a directory for moto's request log");
+        let log = dir.path().join("requests.jsonl");
+        let mut moto = Self::start_with(&log);
+        moto._log_dir = Some(dir);
+        moto
     }
 
     /// [`Moto::start`], appending one JSON line per request to `log` (see
     /// `scripts/moto-server`).
     pub fn start_logged(log: &std::path::Path) -> Moto {
-        Self::start_with(&["--log", log.to_str().expect("a UTF-8 path")])
+        Self::start_with(log)
     }
 
-    fn start_with(extra: &[&str]) -> Moto {
+    fn start_with(log: &std::path::Path) -> Moto {
         require_venv_tool("moto_server");
         let python = require_venv_tool("python");
         let port = free_port();
@@ -97,7 +122,8 @@ impl Moto {
         let child = Command::new(python)
             .arg(super::repo().join("scripts/moto-server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .args(extra)
+            .arg("--log")
+            .arg(log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +132,13 @@ impl Moto {
         wait_for("moto server", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Moto { child, url, port }
+        Moto {
+            child,
+            url,
+            port,
+            log: Some(log.to_path_buf()),
+            _log_dir: None,
+        }
     }
 
     /// moto's own `moto_server`, which serves requests on threads: what real concurrency
@@ -125,7 +157,13 @@ impl Moto {
         wait_for("moto server", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Moto { child, url, port }
+        Moto {
+            child,
+            url,
+            port,
+            log: None,
+            _log_dir: None,
+        }
     }
 
     /// Bucket and table names for one test (`name` must be a valid bucket name).
@@ -141,15 +179,23 @@ impl Moto {
         }
     }
 
+    /// Clients with the tests' own key (requests not checked against a policy).
     pub async fn clients(&self) -> AwsClients {
-        let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.url)
-            .credentials_provider(creds)
-            .load()
-            .await;
-        AwsClients::from_sdk(sdk)
+        self.clients_with_key(SETUP_KEY).await
+    }
+
+    /// Clients signing as `principal`, whose requests are checked against its policy.
+    pub async fn clients_as(&self, principal: Principal) -> AwsClients {
+        self.clients_with_key(principal.key()).await
+    }
+
+    /// The storage on `settings` (bucket and table already made) as `principal` sees it.
+    pub async fn storage_as(&self, principal: Principal, settings: &AwsSettings) -> Storage {
+        Storage::aws(&self.clients_as(principal).await, settings)
+    }
+
+    async fn clients_with_key(&self, key: &str) -> AwsClients {
+        clients_at(&self.url, key).await
     }
 
     /// Bucket and table created, and the storage on them.
@@ -168,7 +214,25 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every request was answered (and logged) before the test let go of the server.
+        if let Some(log) = &self.log
+            && !std::thread::panicking()
+        {
+            super::iam::check(log);
+        }
     }
+}
+
+/// Clients for the moto server at `url`, signing with the access key `key`.
+async fn clients_at(url: &str, key: &str) -> AwsClients {
+    let creds = aws_sdk_s3::config::Credentials::new(key, "testing", None, None, "tests");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(url)
+        .credentials_provider(creds)
+        .load()
+        .await;
+    AwsClients::from_sdk(sdk)
 }
 
 /// Put a raw message where an SES receipt rule's S3 action would.
@@ -205,18 +269,24 @@ pub fn cli_config(dir: &std::path::Path, name: &str, primary_port: u16) -> PathB
     path
 }
 
-/// Run `standby` with the moto environment and `extra` variables.
+/// Run `standby` with the moto environment and `extra` variables, as the operator
+/// (OperatorPolicy), except `aws-init`: making the bucket and table is the
+/// administrator's (or CloudFormation's) part, run with the tests' own key.
 pub fn standby_cli(
     moto: &Moto,
     config: &std::path::Path,
     args: &[&str],
     extra: &[(&str, &str)],
 ) -> std::process::Output {
+    let env = match args.first() {
+        Some(&"aws-init") => child_env(moto),
+        _ => child_env_as(moto, Principal::Operator),
+    };
     Command::new(super::STANDBY)
         .arg("--config")
         .arg(config)
         .args(args)
-        .envs(child_env(moto))
+        .envs(env)
         .envs(extra.iter().copied())
         .output()
         .expect("run standby")
@@ -237,12 +307,11 @@ pub fn ses_message_id(ev: &serde_json::Value) -> String {
 }
 
 /// Receive a message the SES way: `ses/message.eml` with `token` put where the receipt
-/// rule's S3 action would, then the ingest handler run on the event fixture `name`.
-/// Returns SES's message id and the stored bytes.
+/// rule's S3 action would, then the ingest handler, as the ingest function, run on the
+/// event fixture `name`. Returns SES's message id and the stored bytes.
 pub async fn ses_receive(
     clients: &AwsClients,
     s: &AwsSettings,
-    storage: &Storage,
     name: &str,
     token: &str,
 ) -> (String, String) {
@@ -250,7 +319,12 @@ pub async fn ses_receive(
     let id = ses_message_id(&ev);
     let raw = super::fixture("ses/message.eml", token);
     ses_put(clients, s, &id, raw.as_bytes()).await;
-    standby::lambda::ingest::Ingest::new(storage.clone(), "")
+    let url = s
+        .endpoint_url
+        .as_deref()
+        .expect("settings of a moto server");
+    let ingest = Storage::aws(&clients_at(url, Principal::Ingest.key()).await, s);
+    standby::lambda::ingest::Ingest::new(ingest, "")
         .handle(ev)
         .await
         .expect("ingest the fixture");

@@ -8,6 +8,8 @@
 
 pub mod aws;
 pub mod dns;
+pub mod iam;
+pub mod template;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
