@@ -13,16 +13,21 @@ use standby::config::LockMode;
 use standby::config::{ConfidentialRule, RetentionPolicy};
 use standby::config::{Journal, JournalAllow};
 use standby::lambda::ingest::Ingest;
-use standby::model::Status;
+use standby::model::{RcptStatus, Status};
 use standby::ports::Storage;
 
 const JOURNAL_TO: &str = "journal+bob=example.test@archive.example.test";
 
 fn journal_event(ses_id: &str, rcpt: &str) -> serde_json::Value {
+    event_to(ses_id, &[rcpt])
+}
+
+/// The SES event of `ses_id` with the envelope recipients `rcpts`.
+fn event_to(ses_id: &str, rcpts: &[&str]) -> serde_json::Value {
     let mut ev = ses_event("normal.json");
     let ses = &mut ev["Records"][0]["ses"];
     ses["mail"]["messageId"] = ses_id.into();
-    ses["receipt"]["recipients"] = serde_json::json!([rcpt]);
+    ses["receipt"]["recipients"] = serde_json::json!(rcpts);
     ev
 }
 
@@ -287,7 +292,44 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
         .list(&standby::ports::ListQuery::default())
         .await
         .unwrap();
+    // One envelope to a journal address and to a user, from outside: the journal
+    // recipient is refused, the user's copy is ordinary held mail.
+    ses_put(&clients, &settings, "jref-mixed-005", planted.as_bytes()).await;
+    let ev = event_to("jref-mixed-005", &[JOURNAL_TO, "bob@example.test"]);
+    assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1);
+    let recs = storage
+        .index
+        .list(&standby::ports::ListQuery::default())
+        .await
+        .unwrap();
+    let mixed = recs
+        .iter()
+        .find(|r| r.blob.as_deref() == Some("jref-mixed-005"))
+        .unwrap();
+    assert_eq!(mixed.status, Status::Held, "{mixed:?}");
+    assert!(
+        mixed.bounce.is_none() && mixed.journal.is_none(),
+        "{mixed:?}"
+    );
+    let state: Vec<(&str, RcptStatus, bool)> = mixed
+        .rcpts
+        .iter()
+        .map(|r| (r.address.as_str(), r.status, r.bounced))
+        .collect();
+    assert_eq!(
+        state,
+        [
+            (JOURNAL_TO, RcptStatus::Failed, true),
+            ("bob@example.test", RcptStatus::Pending, false)
+        ]
+    );
     let audit = storage.audit.entries().await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.id == mixed.id && e.action == "journal-refused"),
+        "{audit:?}"
+    );
     for (ses_id, _, client) in cases {
         let rec = recs
             .iter()

@@ -17,10 +17,11 @@
 //!
 //! A message to a journal address is filed as a journal copy only when the client SES
 //! received it from (its `Received:` field, see [`crate::journal::ses_client_ip`]) is in
-//! `[journal] allow` (`STANDBY_JOURNAL_ALLOW`, the template's `JournalAllow`); anything
-//! else is indexed as failed (never drained, never archived, no DSN) with a
-//! `journal-refused` entry in the audit log, since a copy planted there would be kept for
-//! years and delivered by a later `standby replay`.
+//! `[journal] allow` (`STANDBY_JOURNAL_ALLOW`, the template's `JournalAllow`); from
+//! anywhere else its journal recipients fail (never drained, never archived, no DSN) with
+//! a `journal-refused` entry in the audit log, since a copy planted there would be kept
+//! for years and delivered by a later `standby replay`. The envelope's other recipients,
+//! if any, are ordinary mail (`standby serve` refuses only the journal RCPT).
 //!
 //! A missing object, an object that is not a message, or a storage failure is an error:
 //! Lambda retries the event (and sends it to the on-failure destination after the last
@@ -181,10 +182,15 @@ impl Ingest {
             rec.origin.ip = client.map(|ip| ip.to_string()).unwrap_or_default();
             if client.is_some_and(|ip| self.journal_allow.permits(ip)) {
                 self.journal.file(rec, head, || Some(bytes.to_vec()));
+                false
             } else {
-                refused = Some(refuse_journal_copy(rec, client));
+                refused = Some(refuse_journal_copy(rec, client, &self.journal));
+                // The envelope's other recipients, if any, are ordinary mail.
+                match rec.verdicts.clone() {
+                    Some(v) if rec.status != Status::Failed => quarantine_if_infected(rec, &v),
+                    _ => false,
+                }
             }
-            false
         } else {
             match rec.verdicts.clone() {
                 Some(v) => quarantine_if_infected(rec, &v),
@@ -468,19 +474,35 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
     Some(m)
 }
 
-/// A message to a journal address from a client not allowed to send journal copies: kept
-/// for the operator as failed, with no DSN; returns the reason.
-fn refuse_journal_copy(rec: &mut Record, client: Option<std::net::IpAddr>) -> String {
+/// A message to a journal address from a client not allowed to send journal copies: its
+/// journal recipients fail, with no DSN (what `standby serve` answers such a RCPT: 550
+/// 5.7.1); returns the reason. When the envelope names only journal addresses (or the
+/// recipients were guessed from a journal report's headers) the record is kept for the
+/// operator as failed. Other recipients in the same envelope (SES cannot refuse some
+/// recipients of a transaction, as `standby serve` does) stay ordinary held mail: a
+/// sender who also wrote to a journal address does not lose the rest of the message.
+fn refuse_journal_copy(
+    rec: &mut Record,
+    client: Option<std::net::IpAddr>,
+    journal: &Journal,
+) -> String {
     let why = match client {
         Some(ip) => format!("journal copy from {ip}, which is not in [journal] allow"),
         None => "journal copy without SES's Received: field naming the client".to_string(),
     };
+    let only_journal = rec.rcpts.iter().all(|r| journal.matches(&r.address));
     for r in &mut rec.rcpts {
-        r.status = RcptStatus::Failed;
-        r.reply = Some("550 5.7.1 journal copies are accepted from the primary only".into());
+        if only_journal || journal.matches(&r.address) {
+            r.status = RcptStatus::Failed;
+            r.reply = Some("550 5.7.1 journal copies are accepted from the primary only".into());
+            r.bounced = true;
+        }
     }
-    rec.reason = Some(why.clone());
-    rec.bounce = Some(Bounce::Suppressed { why: why.clone() });
+    rec.bounce_marks = true;
+    if only_journal {
+        rec.reason = Some(why.clone());
+        rec.bounce = Some(Bounce::Suppressed { why: why.clone() });
+    }
     rec.settle();
     why
 }
