@@ -287,11 +287,6 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
         let ev = journal_event(ses_id, JOURNAL_TO);
         assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1, "{ses_id}");
     }
-    let recs = storage
-        .index
-        .list(&standby::ports::ListQuery::default())
-        .await
-        .unwrap();
     // One envelope to a journal address and to a user, from outside: the journal
     // recipient is refused, the user's copy is ordinary held mail.
     ses_put(&clients, &settings, "jref-mixed-005", planted.as_bytes()).await;
