@@ -426,3 +426,48 @@ fn drain_remote_invokes_once_and_says_when_the_function_is_busy() {
         "one Invoke, no retry"
     );
 }
+
+/// `standby drain` run by the operator on the AWS store: a permanent refusal queues the
+/// bounce as a new object (create-only, If-None-Match), which OperatorPolicy must allow
+/// (the moto server's policy check fails this test otherwise).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_in_an_operators_drain_queues_its_bounce() {
+    use common::{FakePrimary, FakeReply};
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (clients, settings, storage) = moto.storage("opbounce").await;
+    let fake = FakePrimary::start(vec![FakeReply::Replies {
+        mail: "250 2.1.0 ok\r\n",
+        rcpt: "550 5.1.1 no such user\r\n",
+        data_end: "250 2.0.0 ok\r\n",
+    }]);
+    let cfg = cli_config(dir.path(), "opbounce", fake.port);
+    ses_receive(&clients, &settings, "normal.json", "tok-opbounce").await;
+    let report = json(&standby_cli(
+        &moto,
+        &cfg,
+        &["drain", "--force", "--json"],
+        &[],
+    ));
+    // The message, then its bounce (to an external sender, relayed through the same
+    // primary, which refuses that too; a bounce of a bounce is never sent).
+    assert_eq!(report["failed"], 2, "{report}");
+    let all = storage
+        .index
+        .list(&standby::ports::ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "the message and its bounce: {all:?}");
+    let dsn = all
+        .iter()
+        .find(|r| r.mail_from.is_empty())
+        .expect("a bounce, from <>");
+    let stored = clients
+        .s3
+        .head_object()
+        .bucket("opbounce")
+        .key(format!("incoming/{}", dsn.blob_key()))
+        .send()
+        .await;
+    assert!(stored.is_ok(), "the bounce's object: {stored:?}");
+}

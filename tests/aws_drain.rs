@@ -695,6 +695,7 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
     let pf = Postfix::primary();
     pf.start();
     let (held_key, _) = ses_receive(&clients, &s, "normal.json", "tok-hold").await;
+    let operator = moto.storage_as(Principal::Operator, &s).await;
     let place_hold = async |key: &str| {
         let recs = storage.index.list(&ListQuery::default()).await.unwrap();
         let mut rec = recs.into_iter().find(|r| r.blob_key() == key).unwrap();
@@ -702,10 +703,10 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
             at: Utc::now(),
             reason: "litigation".into(),
         });
-        storage.index.update(&rec, Utc::now()).await.unwrap();
+        operator.index.update(&rec, Utc::now()).await.unwrap();
         // What `standby hold --legal` does after the record.
-        storage.blobs.set_legal_hold(key, true).await.unwrap();
-        standby::retention::mark(&storage, &rec).await.unwrap();
+        operator.blobs.set_legal_hold(key, true).await.unwrap();
+        standby::retention::mark(&operator, &rec).await.unwrap();
     };
     place_hold(&held_key).await;
     assert_eq!(
@@ -742,7 +743,10 @@ async fn a_legal_hold_keeps_its_mark_whatever_the_drain_delivers() {
         (Status::Delivered, false)
     );
     place_hold(&raced_key).await;
-    standby::retention::mark(&storage, &stale).await.unwrap();
+    // The drain's late tagging.
+    standby::retention::mark(&moto.storage_as(Principal::Drain, &s).await, &stale)
+        .await
+        .unwrap();
     assert_eq!(
         object_tags(&clients, "hold", &raced_key).await,
         state("legal-hold"),

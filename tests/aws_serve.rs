@@ -510,3 +510,56 @@ async fn the_drain_function_delivers_what_a_node_received_and_the_reconciler_lea
     );
     assert!(keys.iter().all(|k| k.starts_with("serve/")), "{keys:?}");
 }
+
+/// A node archives a journal copy from the primary in the Object Lock bucket, as its
+/// ServeNodePolicy allows: the copy is made only when `journal/<key>` is absent, and
+/// without `s3:ListBucket` on the archive that check answers 403, not 404 (the moto
+/// server's policy check, tests/common/iam.rs, fails this test then).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_archives_a_journal_copy_under_its_policy() {
+    let moto = Moto::start();
+    let (clients, _, _) = moto.storage("nodejournal").await;
+    clients
+        .s3
+        .create_bucket()
+        .bucket("nodejournal-vault")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create the Object Lock bucket");
+    let pf = Postfix::primary();
+    let sb = node(
+        &moto,
+        "nodejournal",
+        "mx20",
+        pf.port,
+        &[
+            ("STANDBY_ARCHIVE_BUCKET", "nodejournal-vault"),
+            ("STANDBY_JOURNAL_ADDRESSES", "journal@example.test"),
+            ("STANDBY_HEALTH_UP_AFTER", "100000"),
+        ],
+    );
+    // From loopback, which `[journal] allow` takes by default.
+    sb.send("journal@example.test", &["--body", "a journal copy"]);
+    let archived = || async {
+        clients
+            .s3
+            .list_objects_v2()
+            .bucket("nodejournal-vault")
+            .prefix("journal/")
+            .send()
+            .await
+            .map(|o| o.contents().len())
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while archived().await == 0 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        archived().await,
+        1,
+        "the journal copy in the archive bucket"
+    );
+    assert_eq!(sb.counts()["journal"], 1);
+}

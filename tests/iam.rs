@@ -239,3 +239,39 @@ fn the_tests_own_requests_are_not_checked_and_unknown_ones_are_refused() {
     )]);
     assert_eq!(denied(&template(), &odd).len(), 1);
 }
+
+#[test]
+fn requests_the_log_did_not_understand_are_refused_not_passed() {
+    // An item write whose partition key the log lost would pass every ForAllValues
+    // condition (IAM: true for a request without the key); it is refused instead.
+    let lost = log(&[ddb(Principal::Drain, "UpdateItem", "index", &[])]);
+    assert_eq!(denied(&template(), &lost).len(), 1);
+    let mut partly = log(&[ddb(Principal::Drain, "BatchWriteItem", "", &["msg#1"])]);
+    partly[3]["context"]["leading_keys"] = json!(["msg#1", null]);
+    partly[3]["context"]["tables"] = json!(["index"]);
+    assert_eq!(denied(&template(), &partly).len(), 1);
+    // A key that is neither the tests' own nor a principal's, and an unparsed line.
+    let stranger = log(&[
+        json!({"key": "AKIDEXAMPLE", "service": "s3", "op": "GetObject",
+                                "resource": "mail/incoming/x", "status": 200}),
+    ]);
+    assert_eq!(denied(&template(), &stranger).len(), 1);
+    let unparsed = log(&[
+        json!({"key": "testing", "service": "", "op": "unparsed: boom",
+                                "resource": "", "status": 200}),
+    ]);
+    assert_eq!(denied(&template(), &unparsed).len(), 1);
+    // A versioned tag read is s3:GetObjectVersionTagging, which no policy grants.
+    let version_tags = log(&[s3(
+        Principal::Drain,
+        "GetObjectTagging",
+        "mail/incoming/x",
+        200,
+        json!({"version": true}),
+    )]);
+    let refused = denied(&template(), &version_tags);
+    assert!(
+        refused.len() == 1 && refused[0].contains("s3:GetObjectVersionTagging"),
+        "{refused:?}"
+    );
+}

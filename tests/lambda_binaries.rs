@@ -336,3 +336,67 @@ fn functions_open_their_connections_during_init() {
         );
     }
 }
+
+/// The drain function reads the primary's password from Secrets Manager during init,
+/// signing as itself: moto's policy check (tests/common/iam.rs) evaluates that
+/// GetSecretValue against the DrainFunction's policy when the server stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_reads_its_password_secret_at_init_as_itself() {
+    let moto = Moto::start();
+    let (clients, _, _) = moto.storage("secretinit").await;
+    let arn = aws_sdk_secretsmanager::Client::new(&clients.sdk)
+        .create_secret()
+        .name("standby/primary")
+        .secret_string(r#"{"password":"s3cret"}"#)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    let mut env = child_env_as(&moto, Principal::Drain);
+    env.extend(
+        [
+            ("STANDBY_BUCKET", "secretinit"),
+            ("STANDBY_TABLE", "secretinit"),
+            ("STANDBY_DOMAINS", "example.test"),
+            ("STANDBY_PRIMARY_ADDRESS", "127.0.0.1:25"),
+            ("STANDBY_PRIMARY_TLS", "none"),
+            ("STANDBY_PRIMARY_ALLOW_PLAINTEXT_AUTH", "true"),
+            ("STANDBY_PRIMARY_AUTH_USER", "standby"),
+            (
+                "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
+                "STANDBY_PRIMARY_SECRET",
+            ),
+            ("STANDBY_PRIMARY_SECRET", arn.as_str()),
+            ("STANDBY_LOG", "warn"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A runtime API nobody listens on: only the init runs.
+    let mut child = function(
+        DRAIN,
+        "secretinit",
+        free_port(),
+        &env,
+        &dir.path().join("log"),
+    );
+    let read = || {
+        moto.requests().iter().any(|l| {
+            l["key"] == Principal::Drain.key() && l["op"] == "GetSecretValue" && l["status"] == 200
+        })
+    };
+    let started = std::time::Instant::now();
+    while !read() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        read(),
+        "no GetSecretValue by the drain at init: {:?}\n{}",
+        moto.requests(),
+        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+    );
+}

@@ -304,6 +304,15 @@ async fn one_message_received_and_drained() {
         "{}",
         show("drain of a batch", &batch)
     );
+    // One conditional write per message before its write-back: the claim. A lease
+    // claimed moments ago is not renewed again before the send (src/drain.rs
+    // `still_ours`); the keeper's renewals come a third of a lease later.
+    let updates = batch.get("dynamodb UpdateItem").copied().unwrap_or(0);
+    assert!(
+        updates <= BATCH as u64 + 2,
+        "{updates} UpdateItem for {BATCH} messages: {}",
+        show("drain of a batch", &batch)
+    );
     write_figures(&serde_json::json!({
         "ingest_one_message": ingest,
         "drain_run_one_message": drain,

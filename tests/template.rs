@@ -800,25 +800,53 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
 /// The rule set name parameter takes exactly what SES takes (CreateReceiptRuleSet: ASCII
 /// letters, digits, underscores and dashes, starting and ending with a letter or digit,
 /// at most 64 characters), so a bad name fails at the parameter, not half-way through a
-/// deploy. Checked with Python's `re`, which reads this pattern as CloudFormation does.
+/// deploy.
 #[test]
 fn the_rule_set_name_pattern_is_ses_s() {
-    let t = template();
-    let pattern = t["Parameters"]["RuleSetName"]["AllowedPattern"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let long = "a".repeat(64);
     let too_long = "a".repeat(65);
-    let good = ["standby-mx", "a", "A_1-b", long.as_str()];
-    let bad = ["a.b", "-x", "x-", "_x", "x_", "", "a b", too_long.as_str()];
+    accepts_exactly(
+        "RuleSetName",
+        &["standby-mx", "a", "A_1-b", long.as_str()],
+        &["a.b", "-x", "x-", "_x", "x_", "", "a b", too_long.as_str()],
+    );
+}
+
+/// The secret's ARN must be complete (the name and the six characters Secrets Manager
+/// appends): the functions' policies name it as given, and IAM matches a partial ARN
+/// against no secret, so GetSecretValue would be denied on the first delivery.
+#[test]
+fn the_secret_parameter_takes_complete_arns_only() {
+    accepts_exactly(
+        "PrimarySecretArn",
+        &[
+            "",
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:standby/primary-AbC123",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:111122223333:secret:pw-a1b2c3",
+        ],
+        &[
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:standby/primary",
+            "arn:aws:secretsmanager:eu-west-1:1:secret:pw-AbC123",
+            "standby/primary",
+        ],
+    );
+}
+
+/// Parameter `name`'s AllowedPattern accepts every one of `good` and none of `bad`,
+/// checked with Python's `re`, which reads the pattern as CloudFormation does.
+fn accepts_exactly(name: &str, good: &[&str], bad: &[&str]) {
+    let t = template();
+    let pattern = t["Parameters"][name]["AllowedPattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no AllowedPattern"))
+        .to_string();
     let out = std::process::Command::new("python3")
         .args([
             "-c",
             "import re, sys, json; p = sys.argv[1]; \
              print(json.dumps([bool(re.fullmatch(p, n)) for n in json.loads(sys.argv[2])]))",
             &pattern,
-            &serde_json::to_string(&[good.as_slice(), bad.as_slice()].concat()).unwrap(),
+            &serde_json::to_string(&[good, bad].concat()).unwrap(),
         ])
         .output()
         .expect("python3 (apt-get install -y python3)");
@@ -828,11 +856,14 @@ fn the_rule_set_name_pattern_is_ses_s() {
         .map(|_| true)
         .chain(bad.iter().map(|_| false))
         .collect();
-    assert_eq!(got, want, "{pattern}: {good:?} accepted, {bad:?} refused");
+    assert_eq!(
+        got, want,
+        "{name} {pattern}: {good:?} accepted, {bad:?} refused"
+    );
 }
 
 /// The audit log is append-only for everything the stack runs: every statement that lets a
-/// function or a `standby serve` node write to the table names the partition keys it may
+/// function, a `standby serve` node or an operator write to the table names the partition keys it may
 /// write (`dynamodb:LeadingKeys`), and audit entries (`audit#...`) may only be put (the
 /// code puts them with `attribute_not_exists(pk)`), never updated, deleted or batch
 /// written.
@@ -861,12 +892,14 @@ fn audit_entries_can_only_be_appended() {
         }
         policies.push((function, all));
     }
-    let mut node = Vec::new();
-    flatten(
-        &r["ServeNodePolicy"]["Properties"]["PolicyDocument"]["Statement"],
-        &mut node,
-    );
-    policies.push(("ServeNodePolicy", node));
+    for managed in ["ServeNodePolicy", "OperatorPolicy"] {
+        let mut statements = Vec::new();
+        flatten(
+            &r[managed]["Properties"]["PolicyDocument"]["Statement"],
+            &mut statements,
+        );
+        policies.push((managed, statements));
+    }
     let writes = [
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use standby::backend::aws::{AwsClients, AwsSettings};
 use standby::ports::Storage;
 
-use super::iam::Principal;
+use super::iam::{Principal, SETUP_KEY};
 use super::{free_port, wait_for};
 
 pub const REGION: &str = "us-east-1";
@@ -47,9 +47,6 @@ pub fn child_env(moto: &Moto) -> Vec<(String, String)> {
 pub fn child_env_as(moto: &Moto, principal: Principal) -> Vec<(String, String)> {
     env_with_key(moto, principal.key())
 }
-
-/// The access key of the tests' own requests (creating buckets, seeding, looking).
-const SETUP_KEY: &str = "testing";
 
 fn env_with_key(moto: &Moto, key: &str) -> Vec<(String, String)> {
     [
@@ -163,6 +160,15 @@ impl Moto {
             port,
             log: None,
             _log_dir: None,
+        }
+    }
+
+    /// The requests this server has answered so far, as its log has them (empty for
+    /// [`Moto::start_threaded`], which keeps no log).
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        match &self.log {
+            Some(log) if log.exists() => super::iam::read_log(log),
+            _ => Vec::new(),
         }
     }
 

@@ -28,6 +28,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+/// The access key of the tests' own requests (making buckets, seeding, looking), which
+/// no policy covers.
+pub const SETUP_KEY: &str = "testing";
+
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
 
@@ -356,12 +360,12 @@ pub fn needs(line: &Value) -> Vec<Need> {
             let bucket = resource.split('/').next().unwrap_or_default();
             let bucket_arn = format!("arn:aws:s3:::{bucket}");
             let object_arn = format!("arn:aws:s3:::{resource}");
-            let versioned = |a: &str| {
-                if flag("version") {
-                    format!("{a}Version")
-                } else {
-                    a.to_string()
-                }
+            // The action for a request naming a version: s3:GetObjectVersion,
+            // s3:GetObjectVersionTagging, s3:DeleteObjectVersion, ...
+            let versioned = |a: &str| match (flag("version"), a.strip_suffix("Tagging")) {
+                (false, _) => a.to_string(),
+                (true, Some(verb)) => format!("{verb}VersionTagging"),
+                (true, None) => format!("{a}Version"),
             };
             let prefix: Vec<(&str, Vec<String>)> = ctx["prefix"]
                 .as_str()
@@ -441,6 +445,25 @@ pub fn needs(line: &Value) -> Vec<Need> {
         }
         "dynamodb" => {
             let keys: Vec<String> = strings_or_empty(&ctx["leading_keys"]);
+            // DynamoDB evaluates dynamodb:LeadingKeys for every item request; a logged one
+            // without them was not understood, and ForAllValues would let it pass.
+            let item_ops = [
+                "GetItem",
+                "PutItem",
+                "UpdateItem",
+                "DeleteItem",
+                "BatchWriteItem",
+            ];
+            let count = |v: &Value| v.as_array().map_or(0, Vec::len);
+            if item_ops.contains(&op)
+                && (keys.is_empty() || count(&ctx["leading_keys"]) != keys.len())
+            {
+                return vec![need(
+                    &format!("DynamoDB {op} without its partition keys in the log"),
+                    resource.to_string(),
+                    &[],
+                )];
+            }
             let lk = [("dynamodb:LeadingKeys", keys)];
             let table_arn = |t: &str| {
                 let t = t.split(' ').next().unwrap_or_default();
@@ -505,6 +528,16 @@ fn strings_or_empty(v: &Value) -> Vec<String> {
 pub fn denied(template: &Value, lines: &[Value]) -> Vec<String> {
     let names = Names::from_log(lines);
     let mut out = Vec::new();
+    // Every request is someone's: the tests' own or a principal's, and understood.
+    for l in lines {
+        let key = l["key"].as_str().unwrap_or_default();
+        let op = l["op"].as_str().unwrap_or_default();
+        if key != SETUP_KEY && Principal::by_key(key).is_none() {
+            out.push(format!("a request signed with an unknown key {key:?}: {l}"));
+        } else if op.starts_with("unparsed") {
+            out.push(format!("a request the log could not describe: {l}"));
+        }
+    }
     for p in Principal::ALL {
         let statements = p.statements(template);
         for l in lines.iter().filter(|l| l["key"] == p.key()) {
@@ -533,7 +566,12 @@ pub fn denied(template: &Value, lines: &[Value]) -> Vec<String> {
 /// moto's request log at `path`, as JSON lines.
 pub fn read_log(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            panic!(
+                "moto's request log {}: {e} (scripts/moto-server --log writes it on the first request)",
+                path.display()
+            )
+        })
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line in moto's request log"))
         .collect()
