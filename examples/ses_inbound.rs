@@ -134,8 +134,8 @@ impl Index for SesInbound {
     ) -> Result<(), StoreError> {
         self.index.set_verdicts(id, verdicts, now).await
     }
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
-        self.index.delete(rec).await
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.index.delete(rec, now).await
     }
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         self.index.load_health(node).await

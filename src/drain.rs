@@ -620,12 +620,11 @@ impl Drainer {
     /// A lease of this claim with two thirds of it or more still to run (the claim was
     /// moments ago, as for most of a batch sent at the primary's pace) is not renewed:
     /// while it runs no other drain can claim the message and no operator command can
-    /// change it (each is conditional on no live lease), and the [`Keeper`] started with
-    /// its end renews it a third of a lease from now, so the lease still has a third to
-    /// run then, and the final dot waits for a lease known to be ours in any case. That
-    /// saves a conditional write per message (on AWS, one DynamoDB write with its two
-    /// index entries per message). Left out, in that window only: noticing a purge or
-    /// retention delete of the record before sending (the write-back then finds no record).
+    /// change or delete it (each is conditional on no live lease, `Index::update` and
+    /// `Index::delete`), the [`Keeper`] started with its end renews it once two thirds are
+    /// left, and the final dot waits for a lease known to be ours in any case. That saves
+    /// a conditional write per message (on AWS, one DynamoDB write with its two index
+    /// entries).
     async fn still_ours(
         &self,
         rec: &mut Record,
@@ -897,7 +896,7 @@ impl Drainer {
                         continue;
                     }
                     Kept::LostAfterDot => {
-                        tracing::error!(id = %rec.id, "lease lost after the final dot (renewals failed for a whole lease); the write-back will be refused and the message may be delivered twice");
+                        tracing::error!(id = %rec.id, "lease lost after the final dot (renewals failed until it ran out); the write-back will be refused and the message may be delivered twice");
                     }
                 }
                 // No reply to the final dot, or one that is neither 250 nor a refusal: the
@@ -1051,7 +1050,7 @@ enum Kept {
     Held,
     /// Lost before the final dot: the dot was not written, the transaction is aborted.
     LostBeforeDot,
-    /// Lost after the final dot was written (renewals failed for a whole lease while
+    /// Lost after the final dot was written (renewals failed until the lease ran out while
     /// waiting for the reply): the outcome may be delivered by another claim too.
     LostAfterDot,
 }
@@ -1078,8 +1077,9 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Start renewing `owner`'s lease on `id`, which the caller just renewed to `until`
-    /// (a whole `lease` from before that renewal).
+    /// Start renewing `owner`'s lease on `id`, which runs until `until` (the caller just
+    /// renewed it to a whole `lease`, or claimed it moments ago): first once two thirds of
+    /// a lease are left, then every third of a lease.
     pub fn start(
         index: Arc<dyn Index>,
         clock: Arc<dyn Clock>,
@@ -1099,10 +1099,19 @@ impl Keeper {
             .to_std()
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_millis(10));
+        // A lease with less than a whole lease left (not renewed before the send, see
+        // `Drainer::still_ours`) is renewed sooner, so every renewal still finds two thirds
+        // of a lease to run.
+        let first = (until - clock.now() - lease * 2 / 3)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(every);
         let (st, owner, c) = (state.clone(), owner.to_string(), clock.clone());
         let task = tokio::spawn(async move {
+            let mut wait = first;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(wait).await;
+                wait = every;
                 let until = c.now() + lease;
                 match index.renew(id, &owner, until).await {
                     Ok(true) => st.until_ms.store(until.timestamp_millis(), SeqCst),
@@ -2125,6 +2134,40 @@ mod tests {
         assert_eq!(rec.lease.as_ref().unwrap().until, renewed);
         // Not this claim's: refused by the index, not sent.
         assert_eq!(d.still_ours(&mut rec, "another").await.unwrap(), None);
+    }
+
+    /// A keeper given a lease with less than two thirds of a lease left (one not renewed
+    /// before the send) renews it at once, not a third of a lease later.
+    #[tokio::test]
+    async fn the_keeper_renews_a_lease_left_short_at_once() {
+        let storage = Storage::memory();
+        hold(&storage, &["a@x.test"]).await;
+        let d = drainer(&storage, ScriptedRelay::default());
+        let owner = Drainer::token();
+        let rec = d.claim(&owner).await.unwrap().remove(0);
+        let claimed = rec.lease.clone().unwrap().until;
+        let lease = chrono::Duration::seconds(6);
+        let keeper = Keeper::start(
+            storage.index.clone(),
+            Arc::new(SystemClock),
+            rec.id,
+            &owner,
+            lease,
+            Utc::now() + chrono::Duration::seconds(3),
+        );
+        let stored = async || storage.index.get(rec.id).await.unwrap().unwrap().lease;
+        let start = std::time::Instant::now();
+        while stored().await.is_some_and(|l| l.until == claimed)
+            && start.elapsed() < Duration::from_secs(1)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let renewed = stored().await.expect("still leased").until;
+        assert_ne!(
+            renewed, claimed,
+            "not renewed within a second (a third of the lease is 2 s)"
+        );
+        assert_eq!(keeper.stop(), Kept::Held);
     }
 
     /// The keeper trusts the lease end it is given (the renewal's, computed before the

@@ -100,9 +100,16 @@ pub async fn settle(
         return Ok(());
     }
     // What is still to decide: failed recipients no decision covered. A record bounced
-    // before recipients carried the mark counts as decided for all its failed ones.
+    // before recipients carried the mark counts as decided for all its failed ones; one
+    // whose recipients carry marks is decided when none is left open, bounced or not (a
+    // refused journal recipient is decided at intake: no DSN naming nobody).
     let open = |r: &Recipient| r.status == RcptStatus::Failed && !r.bounced;
-    if rec.bounce.is_some() && (!rec.bounce_marks || !rec.rcpts.iter().any(open)) {
+    let decided = if rec.bounce_marks {
+        !rec.rcpts.iter().any(open)
+    } else {
+        rec.bounce.is_some()
+    };
+    if decided {
         return Ok(());
     }
     if settings.enabled
@@ -572,6 +579,29 @@ mod tests {
         assert_eq!(
             storage.index.list(&Default::default()).await.unwrap().len(),
             before + 1
+        );
+    }
+
+    /// Recipients carrying marks, none left open: nothing to report, whether or not an
+    /// earlier decision set `bounce` (a refused journal recipient beside a delivered one).
+    #[tokio::test]
+    async fn no_dsn_when_every_failed_recipient_is_decided() {
+        let storage = Storage::memory();
+        let mut rec = failed("alice@sender.test", v("PASS", None, None));
+        rec.rcpts[1].bounced = true;
+        rec.bounce_marks = true;
+        assert_eq!(rec.status, Status::Failed);
+        settle(&storage, &mut rec, &settings(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(rec.bounce, None);
+        assert!(
+            storage
+                .index
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

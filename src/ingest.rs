@@ -320,7 +320,7 @@ impl Incoming {
                 let (flushed, synced) = tokio::join!(writer.commit(), storage.index.sync());
                 if let Err(e) = flushed {
                     // Not durable, so not acknowledged: no row may point at it.
-                    if let Err(d) = storage.index.delete(&rec).await {
+                    if let Err(d) = storage.index.delete(&rec, Utc::now()).await {
                         tracing::warn!(%id, error = %d, "cannot remove the row of a message whose flush failed (the next start removes it)");
                     }
                     return Err(e);
@@ -655,8 +655,8 @@ mod tests {
         ) -> Result<(), StoreError> {
             self.0.set_verdicts(id, v, now).await
         }
-        async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
-            self.0.delete(rec).await
+        async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
+            self.0.delete(rec, now).await
         }
         async fn load_health(
             &self,

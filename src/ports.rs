@@ -409,15 +409,17 @@ pub trait Index: Send + Sync + 'static {
         verdicts: &Verdicts,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Remove a record as it was read: only if the stored version is still `rec.version`
-    /// and the stored record is not under legal hold (checked in the delete's own
-    /// condition, so a hold placed after the read is never ignored). `Ok(false)` when there
-    /// was none.
+    /// Remove a record as it was read: only if the stored version is still `rec.version`,
+    /// the stored record is not under legal hold and no drain holds a lease on it that
+    /// runs past `now` (all checked in the delete's own condition, so a hold placed or a
+    /// claim made after the read is never ignored: a message a drain is sending is not
+    /// deleted under it). `Ok(false)` when there was none.
     ///
     /// # Errors
     /// [`StoreError::LegalHold`] when the stored record is under legal hold;
-    /// [`StoreError::Changed`] when it was written since it was read.
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError>;
+    /// [`StoreError::Leased`] when a drain holds it; [`StoreError::Changed`] when it was
+    /// written since it was read.
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// The health record `node` saved, if any.
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError>;
     /// Store `h` as the record of `h.node`, replacing only that node's record: nodes

@@ -210,7 +210,7 @@ pub async fn check_unpublished(
         }
         tracing::warn!(%id, indexed = row.is_some(), "message left incomplete by a crash (never acknowledged): removed");
         if let Some(rec) = &row {
-            storage.index.delete(rec).await?;
+            storage.index.delete(rec, chrono::Utc::now()).await?;
         }
         storage.blobs.delete(&key).await?;
         out.removed += 1;

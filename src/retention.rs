@@ -278,8 +278,8 @@ pub async fn run(
                 // Placed or changed since this page was read: the hold wins, and a changed
                 // record is judged again by the next run.
                 Err(StoreError::LegalHold(_)) => report.held_back += 1,
-                Err(StoreError::Changed(id)) => {
-                    tracing::info!(%id, "changed since it was read; left for the next retention run");
+                Err(StoreError::Changed(id) | StoreError::Leased(id)) => {
+                    tracing::info!(%id, "changed since it was read or being sent; left for the next retention run");
                     report.changed += 1;
                 }
                 Err(e) => return Err(e),
@@ -363,9 +363,9 @@ pub async fn delete(
     // Row first (the local index leaves a tombstone with it), then the bytes: a crash
     // in between leaves a file the next start knows to delete, never a row without its
     // message. The row goes only if it is still the one the decision was made on.
-    match storage.index.delete(rec).await {
+    match storage.index.delete(rec, now).await {
         Ok(_) => {}
-        Err(e @ (StoreError::LegalHold(_) | StoreError::Changed(_))) => {
+        Err(e @ (StoreError::LegalHold(_) | StoreError::Changed(_) | StoreError::Leased(_))) => {
             let why = format!("{reason}: not deleted, {e}");
             storage
                 .audit

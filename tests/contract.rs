@@ -285,8 +285,10 @@ async fn index_contract(index: Arc<dyn Index>) {
             .any(|r| r.id == future.id)
     );
 
-    assert!(index.delete(&new).await.unwrap());
-    assert!(!index.delete(&new).await.unwrap());
+    // Leased by the sweep's claim just above: deleted once that lease has ended.
+    let later = Utc::now() + Duration::minutes(5);
+    assert!(index.delete(&new, later).await.unwrap());
+    assert!(!index.delete(&new, later).await.unwrap());
     assert!(index.get(new.id).await.unwrap().is_none());
     assert!(matches!(
         index.update(&new, Utc::now()).await,
@@ -499,7 +501,7 @@ async fn search_contract(index: Arc<dyn Index>) {
         find(q(|q| q.subject = Some("renamed".into()))).await,
         [a.id]
     );
-    assert!(index.delete(&b).await.unwrap());
+    assert!(index.delete(&b, Utc::now()).await.unwrap());
     assert!(find(q(|q| q.rcpt = Some("carol@example.test".into()))).await == [c.id]);
     assert!(
         find(q(|q| q.subject = Some("undeliverable".into())))
@@ -877,12 +879,12 @@ async fn version_contract(index: Arc<dyn Index>) {
     });
     index.update(&hold, Utc::now()).await.unwrap();
     assert!(matches!(
-        index.delete(&retention_read).await,
+        index.delete(&retention_read, Utc::now()).await,
         Err(StoreError::LegalHold(_))
     ));
     let under_hold = read(rec.id).await;
     assert!(matches!(
-        index.delete(&under_hold).await,
+        index.delete(&under_hold, Utc::now()).await,
         Err(StoreError::LegalHold(_))
     ));
     // Lifted: a delete from a read before the lift is stale, one after it goes.
@@ -890,13 +892,33 @@ async fn version_contract(index: Arc<dyn Index>) {
     lifted.legal_hold = None;
     index.update(&lifted, Utc::now()).await.unwrap();
     assert!(matches!(
-        index.delete(&under_hold).await,
+        index.delete(&under_hold, Utc::now()).await,
         Err(StoreError::Changed(_))
     ));
     assert!(index.get(rec.id).await.unwrap().is_some());
     let fresh = read(rec.id).await;
-    assert!(index.delete(&fresh).await.unwrap());
-    assert!(!index.delete(&fresh).await.unwrap());
+    assert!(index.delete(&fresh, Utc::now()).await.unwrap());
+    assert!(!index.delete(&fresh, Utc::now()).await.unwrap());
+
+    // A purge read the record, then a drain claimed it (a claim keeps the version): the
+    // delete waits for the lease, in its own condition, so the message is never deleted
+    // under a drain that is sending it; once the lease has ended it goes.
+    let sending = record(100);
+    assert!(index.insert(&sending).await.unwrap());
+    let purge_read = read(sending.id).await;
+    let claimed = index.claim(&claim("drain-w", 100)).await.unwrap();
+    assert!(claimed.iter().any(|r| r.id == sending.id));
+    assert!(matches!(
+        index.delete(&purge_read, Utc::now()).await,
+        Err(StoreError::Leased(_))
+    ));
+    assert!(index.get(sending.id).await.unwrap().is_some());
+    assert!(
+        index
+            .delete(&purge_read, Utc::now() + Duration::minutes(5))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -986,5 +1008,5 @@ async fn dynamo_items_without_versions_keep_working() {
     ));
     let v1 = storage.index.get(r.id).await.unwrap().unwrap();
     assert_eq!((v1.status, v1.version), (Status::Paused, 1));
-    assert!(storage.index.delete(&v1).await.unwrap());
+    assert!(storage.index.delete(&v1, Utc::now()).await.unwrap());
 }

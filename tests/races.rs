@@ -148,7 +148,7 @@ impl Index for Spy {
     ) -> Result<(), StoreError> {
         self.inner.set_verdicts(id, v, now).await
     }
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let hook = self.before_delete.lock().unwrap().take();
         if let Some(hook) = hook {
             // The hook's change goes in through the index itself, as another process's
@@ -156,7 +156,7 @@ impl Index for Spy {
             let changed = hook();
             self.inner.update(&changed, Utc::now()).await?;
         }
-        self.inner.delete(rec).await
+        self.inner.delete(rec, now).await
     }
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         self.inner.load_health(node).await

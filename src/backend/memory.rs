@@ -266,13 +266,16 @@ impl Index for MemIndex {
         cur.version += 1;
         Ok(())
     }
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let mut s = self.state.lock().unwrap();
         let Some(cur) = s.records.get(&rec.id) else {
             return Ok(false);
         };
         if cur.legal_hold.is_some() {
             return Err(StoreError::LegalHold(rec.id));
+        }
+        if cur.lease.as_ref().is_some_and(|l| l.until > now) {
+            return Err(StoreError::Leased(rec.id));
         }
         if cur.version != rec.version {
             return Err(StoreError::Changed(rec.id));

@@ -122,7 +122,7 @@ impl Storage {
         for rec in index.newest_held(chrono::Duration::seconds(60))? {
             if !blobs.has(rec.id) && rec.blob.is_none() {
                 tracing::warn!(id = %rec.id, "row without its message after a crash (never acknowledged): removed");
-                crate::ports::Index::delete(&index, &rec).await?;
+                crate::ports::Index::delete(&index, &rec, chrono::Utc::now()).await?;
                 dropped += 1;
             }
         }

@@ -1047,8 +1047,9 @@ impl Index for SqliteIndex {
             .unwrap_or_else(|| Err(worker_failed("verdict worker stopped".into())))
     }
 
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let (id, version) = (rec.id, stored_version(rec.version));
+        let now_ms = now.timestamp_millis();
         self.with(move |c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1058,8 +1059,9 @@ impl Index for SqliteIndex {
             let n = tx
                 .execute(
                     "DELETE FROM messages WHERE id = ?1 AND version = ?2
-                     AND json_extract(record, '$.legal_hold') IS NULL",
-                    params![id.to_string(), version],
+                     AND json_extract(record, '$.legal_hold') IS NULL
+                     AND (lease_until IS NULL OR lease_until <= ?3)",
+                    params![id.to_string(), version, now_ms],
                 )
                 .map_err(db_err)?;
             let out = if n == 1 {
@@ -1068,9 +1070,9 @@ impl Index for SqliteIndex {
                 tombstone(&tx, id)?;
                 Ok(true)
             } else {
-                let cur: Option<(i64, Option<String>)> = tx
+                let cur: Option<(Option<String>, Option<i64>)> = tx
                     .query_row(
-                        "SELECT version, json_extract(record, '$.legal_hold')
+                        "SELECT json_extract(record, '$.legal_hold'), lease_until
                          FROM messages WHERE id = ?1",
                         [id.to_string()],
                         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1079,7 +1081,8 @@ impl Index for SqliteIndex {
                     .map_err(db_err)?;
                 match cur {
                     None => Ok(false),
-                    Some((_, Some(_))) => Err(StoreError::LegalHold(id)),
+                    Some((Some(_), _)) => Err(StoreError::LegalHold(id)),
+                    Some((_, Some(until))) if until > now_ms => Err(StoreError::Leased(id)),
                     Some(_) => Err(StoreError::Changed(id)),
                 }
             };
@@ -1196,13 +1199,13 @@ mod tests {
             reason: "case 7".into(),
         });
         index.update(&held, now).await.unwrap();
-        assert!(index.delete(&rec).await.is_err());
+        assert!(index.delete(&rec, Utc::now()).await.is_err());
         assert!(index.tombstones().unwrap().is_empty());
         let mut lifted = index.get(rec.id).await.unwrap().unwrap();
         lifted.legal_hold = None;
         index.update(&lifted, now).await.unwrap();
         let rec = index.get(rec.id).await.unwrap().unwrap();
-        assert!(index.delete(&rec).await.unwrap());
+        assert!(index.delete(&rec, Utc::now()).await.unwrap());
         let tombs = index.tombstones().unwrap();
         assert_eq!(tombs, [rec.id].into_iter().collect());
         index.clear_tombstones(&tombs).unwrap();

@@ -173,8 +173,12 @@ impl Ingest {
         key: &str,
         guessed: bool,
     ) -> Result<bool, StoreError> {
-        let journal_copy = rec.rcpts.iter().any(|r| self.journal.matches(&r.address))
-            || (guessed && self.journal.is_enabled() && crate::journal::is_report(head));
+        // Recipients guessed from a journal report's headers are the report's, not users
+        // who were written to: such a record is a journal copy as a whole.
+        let guessed_report =
+            guessed && self.journal.is_enabled() && crate::journal::is_report(head);
+        let journal_copy =
+            rec.rcpts.iter().any(|r| self.journal.matches(&r.address)) || guessed_report;
         let mut refused = None;
         let quarantined = if journal_copy {
             // A journal copy is archived whatever its verdicts: it is never drained.
@@ -184,7 +188,12 @@ impl Ingest {
                 self.journal.file(rec, head, || Some(bytes.to_vec()));
                 false
             } else {
-                refused = Some(refuse_journal_copy(rec, client, &self.journal));
+                refused = Some(refuse_journal_copy(
+                    rec,
+                    client,
+                    &self.journal,
+                    guessed_report,
+                ));
                 // The envelope's other recipients, if any, are ordinary mail.
                 match rec.verdicts.clone() {
                     Some(v) if rec.status != Status::Failed => quarantine_if_infected(rec, &v),
@@ -476,32 +485,35 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
 
 /// A message to a journal address from a client not allowed to send journal copies: its
 /// journal recipients fail, with no DSN (what `standby serve` answers such a RCPT: 550
-/// 5.7.1); returns the reason. When the envelope names only journal addresses (or the
-/// recipients were guessed from a journal report's headers) the record is kept for the
-/// operator as failed. Other recipients in the same envelope (SES cannot refuse some
-/// recipients of a transaction, as `standby serve` does) stay ordinary held mail: a
-/// sender who also wrote to a journal address does not lose the rest of the message.
+/// 5.7.1); returns the reason. When the envelope names only journal addresses, or
+/// `guessed_report` says the recipients were guessed from a journal report's headers, the
+/// record is kept for the operator as failed. Other recipients in the same envelope (SES
+/// cannot refuse some recipients of a transaction, as `standby serve` does) stay ordinary
+/// held mail: a sender who also wrote to a journal address does not lose the rest of the
+/// message. The refused recipients are decided (marked, the bounce suppressed), so a
+/// later refusal of another recipient gets a DSN of its own that names only it.
 fn refuse_journal_copy(
     rec: &mut Record,
     client: Option<std::net::IpAddr>,
     journal: &Journal,
+    guessed_report: bool,
 ) -> String {
     let why = match client {
         Some(ip) => format!("journal copy from {ip}, which is not in [journal] allow"),
         None => "journal copy without SES's Received: field naming the client".to_string(),
     };
-    let only_journal = rec.rcpts.iter().all(|r| journal.matches(&r.address));
+    let whole = guessed_report || rec.rcpts.iter().all(|r| journal.matches(&r.address));
     for r in &mut rec.rcpts {
-        if only_journal || journal.matches(&r.address) {
+        if whole || journal.matches(&r.address) {
             r.status = RcptStatus::Failed;
             r.reply = Some("550 5.7.1 journal copies are accepted from the primary only".into());
             r.bounced = true;
         }
     }
     rec.bounce_marks = true;
-    if only_journal {
+    rec.bounce = Some(Bounce::Suppressed { why: why.clone() });
+    if whole {
         rec.reason = Some(why.clone());
-        rec.bounce = Some(Bounce::Suppressed { why: why.clone() });
     }
     rec.settle();
     why
@@ -550,6 +562,48 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal report from a client outside `[journal] allow` whose recipients the
+    /// reconciler guessed from its To/Cc: those users were never in the envelope, so the
+    /// whole record is refused; with the exact envelope (a user beside the journal
+    /// address) the user's copy stays held.
+    #[tokio::test]
+    async fn a_refused_report_reaches_none_of_the_users_its_headers_name() {
+        let ingest = Ingest::new(Storage::memory(), "").with_journal(
+            Journal::new(
+                &["journal@archive.example.test".to_string()],
+                &["example.test".to_string()],
+            ),
+            JournalAllow::new(vec!["192.0.2.10/32".parse().unwrap()]),
+        );
+        let head = b"Received: from mx.elsewhere.test (mx.elsewhere.test [203.0.113.9])\r\n \
+            by inbound-smtp.us-east-1.amazonaws.com with SMTP id r1;\r\n \
+            Sat, 28 Nov 2026 09:30:01 +0000 (UTC)\r\n\
+            X-MS-Journal-Report:\r\nTo: bob@example.test\r\nSubject: report\r\n\r\n";
+        let mut guessed = rec(&["bob@example.test"], Intake::Reconciled);
+        ingest
+            .file(&mut guessed, head, head, "k1", true)
+            .await
+            .unwrap();
+        assert_eq!(guessed.status, Status::Failed, "{guessed:?}");
+        assert!(
+            guessed
+                .rcpts
+                .iter()
+                .all(|r| r.status == RcptStatus::Failed && r.bounced)
+        );
+        let mut exact = rec(
+            &["journal@archive.example.test", "bob@example.test"],
+            Intake::Ses,
+        );
+        ingest
+            .file(&mut exact, head, head, "k2", false)
+            .await
+            .unwrap();
+        assert_eq!(exact.status, Status::Held, "{exact:?}");
+        assert_eq!(exact.rcpts[1].status, RcptStatus::Pending);
+        assert!(matches!(exact.bounce, Some(Bounce::Suppressed { .. })));
+    }
 
     fn rec(rcpts: &[&str], intake: Intake) -> Record {
         let now = Utc::now();

@@ -755,7 +755,7 @@ impl Index for DynamoIndex {
         Err(StoreError::Leased(id))
     }
 
-    async fn delete(&self, rec: &Record) -> Result<bool, StoreError> {
+    async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let id = rec.id;
         let (version_cond, version) = version_is(rec.version);
         let res = self
@@ -763,12 +763,14 @@ impl Index for DynamoIndex {
             .delete_item()
             .table_name(&self.table)
             .key(PK, pk(id))
-            // The legal hold is checked in the delete's own condition: a hold placed
-            // after the record was read is never ignored.
+            // The legal hold and the lease are checked in the delete's own condition: a
+            // hold placed or a claim made after the record was read is never ignored.
             .condition_expression(format!(
-                "attribute_not_exists(pk) OR ({version_cond} AND attribute_not_exists({LEGAL_HOLD}))"
+                "attribute_not_exists(pk) OR ({version_cond} AND attribute_not_exists({LEGAL_HOLD}) \
+                 AND (attribute_not_exists(lease_until) OR lease_until <= :now))"
             ))
             .expression_attribute_values(":ver", version)
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
@@ -778,6 +780,9 @@ impl Index for DynamoIndex {
                 return match self.get(id).await? {
                     None => Ok(false),
                     Some(cur) if cur.legal_hold.is_some() => Err(StoreError::LegalHold(id)),
+                    Some(cur) if cur.lease.as_ref().is_some_and(|l| l.until > now) => {
+                        Err(StoreError::Leased(id))
+                    }
                     Some(_) => Err(StoreError::Changed(id)),
                 };
             }
