@@ -319,3 +319,34 @@ async fn one_message_received_and_drained() {
         "drain_run_32_messages": batch,
     }));
 }
+
+/// The primary is up, and 300 held messages are deferred (not due for an hour): a run
+/// claims nothing and tries no write on any of them. The claim's query asks DynamoDB
+/// for due, unleased messages only (a filter on the `by_status` page), so none comes
+/// back as a candidate for a conditional claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_messages_are_not_candidates_for_a_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log(dir.path().join("requests.jsonl"));
+    let moto = Moto::start_logged(&log.0);
+    let (clients, settings, storage) = moto.storage("deferred").await;
+    let pf = Postfix::primary();
+    pf.start();
+    seed(&clients, &settings, &storage, 300, Status::Held).await;
+    let f = function(
+        &moto.storage_as(Principal::Drain, &settings).await,
+        "deferred",
+        pf.port,
+    );
+    run(&f).await; // the probe sees the primary up
+    let mark = log.mark();
+    let s = run(&f).await;
+    assert_eq!(
+        (s.primary.as_str(), s.delivered, s.held),
+        ("up", 0, 300),
+        "{s:?}"
+    );
+    let c = log.since(mark);
+    eprintln!("{}", show("a run with 300 deferred held messages", &c));
+    assert_eq!(c.get("dynamodb UpdateItem"), None, "{}", show("run", &c));
+}

@@ -395,6 +395,63 @@ impl DynamoIndex {
         }
     }
 
+    /// One page of claim candidates: held messages, oldest first, that are due and not
+    /// leased, as DynamoDB's filter finds them (the page's items are read, and billed,
+    /// before the filter; only the ids of those that pass come back). The decision is the
+    /// conditional [`Self::lease_one`] on the base table, since the index is eventually
+    /// consistent.
+    async fn claim_candidates(
+        &self,
+        req: &ClaimRequest,
+        start: Option<Item>,
+    ) -> Result<(Vec<MessageId>, Option<Item>), StoreError> {
+        let mut filter =
+            String::from("(attribute_not_exists(lease_until) OR lease_until <= :free)");
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .expression_attribute_names("#s", GSI_PK)
+            .expression_attribute_values(":s", s(Status::Held.as_str()))
+            .expression_attribute_values(":free", n(req.expired_by().timestamp_millis()))
+            .projection_expression("#pk")
+            .expression_attribute_names("#pk", PK)
+            .scan_index_forward(true)
+            .set_exclusive_start_key(start)
+            .limit(100);
+        q = match req.received_before {
+            Some(b) => q
+                .key_condition_expression("#s = :s AND #r < :k")
+                .expression_attribute_names("#r", GSI_SK)
+                .expression_attribute_values(":k", s(recv_key(b, ""))),
+            None => {
+                filter.push_str(" AND (attribute_not_exists(due) OR due <= :now)");
+                q.key_condition_expression("#s = :s")
+                    .expression_attribute_values(":now", n(req.now.timestamp_millis()))
+            }
+        };
+        let out = q
+            .filter_expression(filter)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "Query (claim)", e))?;
+        let next = out.last_evaluated_key().cloned();
+        let ids = out
+            .items()
+            .iter()
+            .filter_map(|i| {
+                i.get(PK)?
+                    .as_s()
+                    .ok()?
+                    .strip_prefix(MESSAGE_PREFIX)?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        Ok((ids, next))
+    }
+
     /// Try to lease one candidate; `None` when another worker won it or it changed.
     async fn lease_one(
         &self,
@@ -624,24 +681,12 @@ impl Index for DynamoIndex {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Record>, StoreError> {
-        let range = match req.received_before {
-            Some(b) => KeyRange::Before(recv_key(b, "")),
-            None => KeyRange::All,
-        };
         let mut out = Vec::new();
         let mut start = None;
         loop {
-            let (items, next) = self
-                .query_status(Status::Held, range.clone(), Some(100), start)
-                .await?;
-            for item in &items {
-                let rec = from_item(item)?;
-                let free = rec.lease.as_ref().is_none_or(|l| l.until <= req.now);
-                let due = req.received_before.is_some() || rec.next_attempt_at <= req.now;
-                if !(free && due) {
-                    continue;
-                }
-                if let Some(claimed) = self.lease_one(rec.id, req).await? {
+            let (ids, next) = self.claim_candidates(req, start).await?;
+            for id in ids {
+                if let Some(claimed) = self.lease_one(id, req).await? {
                     out.push(claimed);
                     if out.len() >= req.limit {
                         return Ok(out);
