@@ -1027,3 +1027,46 @@ fn journal_copies_above_36_kb_move_to_glacier_ir() {
     assert_eq!(cold["Transitions"][0]["StorageClass"], "GLACIER_IR");
     assert_eq!(t["Parameters"]["JournalDays"]["Default"], json!(2555));
 }
+
+/// Alarms that arrive: CloudWatch cannot publish to a topic under the AWS managed key
+/// `alias/aws/sns` (every alarm action failed), so the topic has no KMS key (a skip with
+/// its reason for checkov); the probe alarm fires when 4 of 5 one-minute periods saw a
+/// failed probe (one run a minute, each probe bounded by `[health] timeout_secs`), where
+/// a sum of 5 in one 5-minute period missed a late run.
+#[test]
+fn alarms_can_reach_the_topic_and_fire_in_an_outage() {
+    let t = template();
+    let r = &t["Resources"];
+    let topic = &r["AlarmTopic"];
+    assert!(
+        topic["Properties"].get("KmsMasterKeyId").is_none(),
+        "CloudWatch cannot use the key of {}",
+        topic["Properties"]
+    );
+    assert!(
+        topic["Metadata"]["checkov"]["skip"]
+            .to_string()
+            .contains("CKV_AWS_26"),
+        "{topic}"
+    );
+    let p = &r["ProbeFailureAlarm"]["Properties"];
+    assert_eq!(
+        (
+            p["Period"].clone(),
+            p["EvaluationPeriods"].clone(),
+            p["DatapointsToAlarm"].clone(),
+            p["Threshold"].clone()
+        ),
+        (json!(60), json!(5), json!(4), json!(1))
+    );
+    // Every alarm notifies the topic.
+    for (name, res) in r.as_object().unwrap() {
+        if res["Type"] == "AWS::CloudWatch::Alarm" {
+            assert_eq!(
+                res["Properties"]["AlarmActions"],
+                json!([{ "Ref": "AlarmTopic" }]),
+                "{name}"
+            );
+        }
+    }
+}
