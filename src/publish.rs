@@ -210,7 +210,11 @@ pub async fn check_unpublished(
         }
         tracing::warn!(%id, indexed = row.is_some(), "message left incomplete by a crash (never acknowledged): removed");
         if let Some(rec) = &row {
-            storage.index.delete(rec, chrono::Utc::now()).await?;
+            // Never acknowledged, and no drain can send it: whatever lease it carries.
+            storage
+                .index
+                .delete(rec, chrono::DateTime::<chrono::Utc>::MAX_UTC)
+                .await?;
         }
         storage.blobs.delete(&key).await?;
         out.removed += 1;

@@ -188,11 +188,16 @@ fn a_crash_leaves_staged_messages_that_the_start_publishes_or_removes() {
     let mut bytes = std::fs::read(&garbled_file).unwrap();
     bytes[0] ^= 0x20;
     std::fs::write(&garbled_file, bytes).unwrap();
+    // The rows left to remove carry a live lease of a drain that died with the process:
+    // a row without its message is removed whatever lease it has (no drain can send it).
+    let lease_until = (chrono::Utc::now() + chrono::Duration::minutes(10)).timestamp_millis();
     sql(
         &sb,
         &format!(
             "DELETE FROM messages WHERE id IN ('{unindexed}', '{purged}', '{legacy}');
-             INSERT INTO tombstones (id, deleted_at) VALUES ('{purged}', 0);"
+             INSERT INTO tombstones (id, deleted_at) VALUES ('{purged}', 0);
+             UPDATE messages SET lease_owner = 'crashed', lease_until = {lease_until}
+             WHERE id IN ('{torn}', '{vanished}', '{garbled}');"
         ),
     );
     sb.spawn();

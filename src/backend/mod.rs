@@ -122,7 +122,10 @@ impl Storage {
         for rec in index.newest_held(chrono::Duration::seconds(60))? {
             if !blobs.has(rec.id) && rec.blob.is_none() {
                 tracing::warn!(id = %rec.id, "row without its message after a crash (never acknowledged): removed");
-                crate::ports::Index::delete(&index, &rec, chrono::Utc::now()).await?;
+                // Whatever lease a crashed process left on it: a row without its message
+                // is nothing any drain can send.
+                crate::ports::Index::delete(&index, &rec, chrono::DateTime::<chrono::Utc>::MAX_UTC)
+                    .await?;
                 dropped += 1;
             }
         }
