@@ -320,7 +320,8 @@ impl Incoming {
                 let (flushed, synced) = tokio::join!(writer.commit(), storage.index.sync());
                 if let Err(e) = flushed {
                     // Not durable, so not acknowledged: no row may point at it.
-                    if let Err(d) = storage.index.delete(&rec, Utc::now()).await {
+                    // Whatever lease a drain took meanwhile: never acknowledged.
+                    if let Err(d) = storage.index.delete(&rec, DateTime::<Utc>::MAX_UTC).await {
                         tracing::warn!(%id, error = %d, "cannot remove the row of a message whose flush failed (the next start removes it)");
                     }
                     return Err(e);

@@ -269,7 +269,9 @@ pub async fn run(
                 report.held_back += 1;
                 continue;
             }
-            match delete(storage, &d.rec, "retention", &d.rule, now).await {
+            // Retention deletes no held message, so no leased one but in a race (the
+            // delete's condition settles it).
+            match delete(storage, &d.rec, "retention", &d.rule, now, now).await {
                 Ok(Deleted::Whole) => report.deleted += 1,
                 Ok(Deleted::BytesLeft) => {
                     report.deleted += 1;
@@ -338,20 +340,23 @@ pub async fn mark(storage: &Storage, rec: &Record) -> Result<Disposal, StoreErro
 }
 
 /// Audit, then delete a message's record and blob, as `rec` was read: the record goes
-/// only if it is unchanged since (its version) and not under legal hold, both checked in
-/// the delete's own condition, so a legal hold placed or a `retry` made after the read
-/// wins. The record goes first: a refused delete leaves the bytes where they were. A
+/// only if it is unchanged since (its version), not under legal hold and not leased by a
+/// drain past `leases_ended_by` (its lease counts as ended only then: `now` less the
+/// clock skew the drains allow), all checked in the delete's own condition, so a legal
+/// hold placed, a `retry` made or a claim taken after the read wins. The record goes first: a refused delete leaves the bytes where they were. A
 /// refused delete is audited as `delete-cancelled` (the `delete` line before it did not
 /// happen); the next run decides again on the record as it is then.
 ///
 /// # Errors
-/// [`StoreError::LegalHold`] (read or stored under legal hold), [`StoreError::Changed`].
+/// [`StoreError::LegalHold`] (read or stored under legal hold), [`StoreError::Leased`],
+/// [`StoreError::Changed`].
 pub async fn delete(
     storage: &Storage,
     rec: &Record,
     by: &str,
     reason: &str,
     now: DateTime<Utc>,
+    leases_ended_by: DateTime<Utc>,
 ) -> Result<Deleted, StoreError> {
     if rec.legal_hold.is_some() {
         return Err(StoreError::LegalHold(rec.id));
@@ -363,7 +368,7 @@ pub async fn delete(
     // Row first (the local index leaves a tombstone with it), then the bytes: a crash
     // in between leaves a file the next start knows to delete, never a row without its
     // message. The row goes only if it is still the one the decision was made on.
-    match storage.index.delete(rec, now).await {
+    match storage.index.delete(rec, leases_ended_by).await {
         Ok(_) => {}
         Err(e @ (StoreError::LegalHold(_) | StoreError::Changed(_) | StoreError::Leased(_))) => {
             let why = format!("{reason}: not deleted, {e}");
@@ -576,7 +581,15 @@ mod tests {
         assert_eq!(audit.len(), 1);
         assert_eq!((audit[0].id, audit[0].action.as_str()), (old.id, "delete"));
         assert!(matches!(
-            delete(&storage, &held, "operator:root", "purge", Utc::now()).await,
+            delete(
+                &storage,
+                &held,
+                "operator:root",
+                "purge",
+                Utc::now(),
+                Utc::now()
+            )
+            .await,
             Err(StoreError::LegalHold(_))
         ));
     }
@@ -593,7 +606,15 @@ mod tests {
             storage.blobs = Arc::new(faulty);
             let old = rec(Status::Delivered, 40, "bob@example.test");
             storage.index.insert(&old).await.unwrap();
-            let done = delete(&storage, &old, "retention", "policy", Utc::now()).await;
+            let done = delete(
+                &storage,
+                &old,
+                "retention",
+                "policy",
+                Utc::now(),
+                Utc::now(),
+            )
+            .await;
             let want = if ok {
                 Deleted::Whole
             } else {

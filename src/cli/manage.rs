@@ -174,13 +174,17 @@ pub(super) async fn retry(
 }
 
 /// Delete messages for good, each audited first; a message under legal hold is refused.
-pub(super) async fn purge(storage: &Storage, ids: &[MessageId]) -> Result<(), CliError> {
+pub(super) async fn purge(
+    storage: &Storage,
+    skew: chrono::Duration,
+    ids: &[MessageId],
+) -> Result<(), CliError> {
     let by = operator();
     report(ids, "purged", async |id| {
         let rec = fetch(storage, id).await?;
-        match crate::retention::delete(storage, &rec, &by, "standby purge", chrono::Utc::now())
-            .await
-        {
+        let now = chrono::Utc::now();
+        // A drain's lease counts as ended only `skew` after its end by our clock.
+        match crate::retention::delete(storage, &rec, &by, "standby purge", now, now - skew).await {
             Ok(crate::retention::Deleted::Whole) => Ok(()),
             // The record is gone, but not the bytes: the operator must hear of it.
             Ok(crate::retention::Deleted::BytesLeft) => Err(format!(

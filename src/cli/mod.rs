@@ -503,7 +503,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
                     "purge deletes messages for good; add --yes to confirm".into(),
                 ));
             }
-            manage::purge(&storage, &parse_ids(&ids)?).await
+            manage::purge(&storage, skew, &parse_ids(&ids)?).await
         }
     }
 }

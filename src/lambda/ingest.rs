@@ -451,6 +451,8 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
             {
                 r.status = n.status;
                 r.reply = n.reply.clone();
+                // Decided at intake (a refused journal recipient): no DSN for it.
+                r.bounced = n.bounced;
             }
         }
         if old.status == Status::Failed
@@ -477,6 +479,11 @@ pub fn merged(old: &Record, new: &Record, now: DateTime<Utc>) -> Option<Record> 
     }
     if new.reason.as_deref() == Some("virus") {
         m.reason = new.reason.clone();
+    }
+    // A recipient the event decided at intake carries its mark; the record's marks count
+    // from now on (dsn::settle reports only failed recipients without one).
+    if m.rcpts.iter().any(|r| r.bounced) {
+        m.bounce_marks = true;
     }
     m.settle();
     m.updated_at = now;
@@ -721,6 +728,14 @@ mod tests {
             (m.status, m.reason.as_deref()),
             (Status::Failed, Some("virus"))
         );
+        // A recipient the event refused at intake (a journal address from outside) is
+        // decided there: marked, so no DSN names it; the other stays due.
+        let mut refused_journal = rec(&["bob@example.test", "carol@example.test"], Intake::Ses);
+        refused_journal.rcpts[1].status = RcptStatus::Failed;
+        refused_journal.rcpts[1].bounced = true;
+        let m = merged(&guess, &refused_journal, now).unwrap();
+        assert!(m.rcpts[1].bounced && m.bounce_marks, "{m:?}");
+        assert_eq!(m.status, Status::Held);
     }
 
     #[test]

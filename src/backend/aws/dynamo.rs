@@ -437,18 +437,16 @@ impl DynamoIndex {
             .await
             .map_err(|e| classify(BACKEND, "Query (claim)", e))?;
         let next = out.last_evaluated_key().cloned();
-        let ids = out
-            .items()
-            .iter()
-            .filter_map(|i| {
-                i.get(PK)?
-                    .as_s()
-                    .ok()?
-                    .strip_prefix(MESSAGE_PREFIX)?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let mut ids = Vec::new();
+        for item in out.items() {
+            let pk = item.get(PK).and_then(|v| v.as_s().ok());
+            match pk.and_then(|k| k.strip_prefix(MESSAGE_PREFIX)?.parse().ok()) {
+                Some(id) => ids.push(id),
+                None => {
+                    tracing::warn!(pk = ?pk, "a held item whose key is no message id: not claimed")
+                }
+            }
+        }
         Ok((ids, next))
     }
 
