@@ -285,19 +285,11 @@ async fn primary_password_from_a_secrets_manager_arn() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let (clients, settings, _) = moto.storage("secret").await;
-    let sm = aws_sdk_secretsmanager::Client::new(&clients.sdk);
-    let arn = sm
-        .create_secret()
-        .name("standby/primary")
-        .secret_string(format!(
-            r#"{{"username":"{FAKE_USER}","password":"{FAKE_PASS}"}}"#
-        ))
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    let arn = common::aws::primary_secret(
+        &clients,
+        &format!(r#"{{"username":"{FAKE_USER}","password":"{FAKE_PASS}"}}"#),
+    )
+    .await;
     assert_eq!(
         standby::backend::aws::secrets::resolve(&clients.sdk, &arn)
             .await

@@ -1010,17 +1010,22 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
         .unwrap();
     // A queue that does not exist (deleted, or not yet allowed): the run delivers anyway.
     let gone = url.replace("/poison", "/no-such-queue");
-    let f = function(
-        &moto.storage_as(Principal::Drain, &s).await,
-        "poison",
-        pf.port,
-        Arc::new(Shifted::default()),
-    )
-    .with_failed_events(Arc::new(SqsFailedEvents::new(
-        &moto.clients_as(Principal::Drain).await.sdk,
-        &gone,
-        Duration::from_secs(1),
-    )));
+    // The drain function reading the failure queue at `url`, a message coming back
+    // `visible` after it was received.
+    let drain_with_queue = async |url: &str, visible: Duration| {
+        function(
+            &moto.storage_as(Principal::Drain, &s).await,
+            "poison",
+            pf.port,
+            Arc::new(Shifted::default()),
+        )
+        .with_failed_events(Arc::new(SqsFailedEvents::new(
+            &moto.clients_as(Principal::Drain).await.sdk,
+            url,
+            visible,
+        )))
+    };
+    let f = drain_with_queue(&gone, Duration::from_secs(1)).await;
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.reingested, sum.delivered), (0, 1), "{sum:?}");
     assert_eq!(delivered_to(&pf, 1), ["bob@example.test"]);
@@ -1038,17 +1043,7 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
         .send()
         .await
         .unwrap();
-    let f = function(
-        &moto.storage_as(Principal::Drain, &s).await,
-        "poison",
-        pf.port,
-        Arc::new(Shifted::default()),
-    )
-    .with_failed_events(Arc::new(SqsFailedEvents::new(
-        &moto.clients_as(Principal::Drain).await.sdk,
-        &url,
-        Duration::ZERO,
-    )));
+    let f = drain_with_queue(&url, Duration::ZERO).await;
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!((sum.reingested, sum.delivered), (0, 0), "{sum:?}");
     let left = sqs.receive_message().queue_url(&url).send().await.unwrap();

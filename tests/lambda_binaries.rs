@@ -344,16 +344,7 @@ fn functions_open_their_connections_during_init() {
 async fn the_drain_reads_its_password_secret_at_init_as_itself() {
     let moto = Moto::start();
     let (clients, _, _) = moto.storage("secretinit").await;
-    let arn = aws_sdk_secretsmanager::Client::new(&clients.sdk)
-        .create_secret()
-        .name("standby/primary")
-        .secret_string(r#"{"password":"s3cret"}"#)
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    let arn = common::aws::primary_secret(&clients, r#"{"password":"s3cret"}"#).await;
     let mut env = child_env_as(&moto, Principal::Drain);
     env.extend(
         [

@@ -241,6 +241,20 @@ async fn clients_at(url: &str, key: &str) -> AwsClients {
     AwsClients::from_sdk(sdk)
 }
 
+/// A Secrets Manager secret `standby/primary` holding `value`; its ARN.
+pub async fn primary_secret(clients: &AwsClients, value: &str) -> String {
+    aws_sdk_secretsmanager::Client::new(&clients.sdk)
+        .create_secret()
+        .name("standby/primary")
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create the secret in moto")
+        .arn()
+        .expect("a secret's ARN")
+        .to_string()
+}
+
 /// Put a raw message where an SES receipt rule's S3 action would.
 pub async fn ses_put(clients: &AwsClients, s: &AwsSettings, ses_id: &str, raw: &[u8]) {
     clients
