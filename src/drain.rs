@@ -633,7 +633,7 @@ impl Drainer {
         let now = self.clock.now();
         if let Some(lease) = &rec.lease
             && lease.owner == owner
-            && lease.until - now >= self.lease() * 2 / 3
+            && lease.until - now >= renew_below(self.lease())
         {
             return Ok(Some(lease.until));
         }
@@ -1067,6 +1067,13 @@ struct KeeperState {
     refused: std::sync::atomic::AtomicBool,
 }
 
+/// How much of a lease may be left before it is renewed: two thirds. The drain sends on a
+/// claim's lease without renewing it while at least this much is left, and a [`Keeper`]
+/// renews at this point and then every third of a lease.
+fn renew_below(lease: chrono::Duration) -> chrono::Duration {
+    lease * 2 / 3
+}
+
 /// Keeps one message's lease while its transaction runs: renews it every `lease / 3`
 /// (conditional on the claim's token) until stopped, and guards the body so the final
 /// dot is written only while the lease is ours.
@@ -1102,7 +1109,7 @@ impl Keeper {
         // A lease with less than a whole lease left (not renewed before the send, see
         // `Drainer::still_ours`) is renewed sooner, so every renewal still finds two thirds
         // of a lease to run.
-        let first = (until - clock.now() - lease * 2 / 3)
+        let first = (until - clock.now() - renew_below(lease))
             .to_std()
             .unwrap_or(Duration::ZERO)
             .min(every);

@@ -266,23 +266,10 @@ impl DynamoIndex {
             .set_exclusive_start_key(start)
             .set_limit(limit);
         q = q.expression_attribute_names("#s", part);
-        q = match range {
-            KeyRange::All => q.key_condition_expression("#s = :s"),
-            KeyRange::Before(k) => q
-                .key_condition_expression("#s = :s AND #r < :k")
-                .expression_attribute_names("#r", GSI_SK)
-                .expression_attribute_values(":k", s(k)),
-            KeyRange::After(k) => q
-                .key_condition_expression("#s = :s AND #r >= :k")
-                .expression_attribute_names("#r", GSI_SK)
-                .expression_attribute_values(":k", s(k)),
-            KeyRange::Between(lo, hi) => q
-                .key_condition_expression("#s = :s AND #r BETWEEN :lo AND :hi")
-                .expression_attribute_names("#r", GSI_SK)
-                .expression_attribute_values(":lo", s(lo))
-                .expression_attribute_values(":hi", s(hi)),
-        };
-        let out = q.send().await.map_err(|e| classify(BACKEND, "Query", e))?;
+        let out = within(q, range)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "Query", e))?;
         let next = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), next))
     }
@@ -420,18 +407,15 @@ impl DynamoIndex {
             .scan_index_forward(true)
             .set_exclusive_start_key(start)
             .limit(100);
-        q = match req.received_before {
-            Some(b) => q
-                .key_condition_expression("#s = :s AND #r < :k")
-                .expression_attribute_names("#r", GSI_SK)
-                .expression_attribute_values(":k", s(recv_key(b, ""))),
+        let range = match req.received_before {
+            Some(b) => KeyRange::Before(recv_key(b, "")),
             None => {
                 filter.push_str(" AND (attribute_not_exists(due) OR due <= :now)");
-                q.key_condition_expression("#s = :s")
-                    .expression_attribute_values(":now", n(req.now.timestamp_millis()))
+                q = q.expression_attribute_values(":now", n(req.now.timestamp_millis()));
+                KeyRange::All
             }
         };
-        let out = q
+        let out = within(q, range)
             .filter_expression(filter)
             .send()
             .await
@@ -917,4 +901,28 @@ fn health_of(item: &Item) -> Result<HealthRecord, StoreError> {
         .and_then(|v| v.as_s().ok())
         .ok_or_else(|| corrupt(item, "health item without `record`"))?;
     serde_json::from_str(json).map_err(|e| corrupt(item, e.to_string()))
+}
+
+/// `q` (a Query on an index whose partition condition is `#s = :s`) limited to `range`
+/// of the index's sort key, `recv`.
+fn within(
+    q: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    range: KeyRange,
+) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+    match range {
+        KeyRange::All => q.key_condition_expression("#s = :s"),
+        KeyRange::Before(k) => q
+            .key_condition_expression("#s = :s AND #r < :k")
+            .expression_attribute_names("#r", GSI_SK)
+            .expression_attribute_values(":k", s(k)),
+        KeyRange::After(k) => q
+            .key_condition_expression("#s = :s AND #r >= :k")
+            .expression_attribute_names("#r", GSI_SK)
+            .expression_attribute_values(":k", s(k)),
+        KeyRange::Between(lo, hi) => q
+            .key_condition_expression("#s = :s AND #r BETWEEN :lo AND :hi")
+            .expression_attribute_names("#r", GSI_SK)
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi)),
+    }
 }
