@@ -175,6 +175,81 @@ pub struct Config {
     pub retention: RetentionPolicy,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub users: UsersConfig,
+    #[serde(default)]
+    pub web: WebConfig,
+}
+
+/// The emergency inbox's users (`[users]`, see [`crate::users`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    /// The Dovecot passwd-file (local backend; on AWS the bucket's `users/passwd`).
+    /// Relative to the working directory, like `recipients`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Added to user names without a domain (`alice` -> `alice@<default_domain>`).
+    #[serde(default)]
+    pub default_domain: Option<String>,
+    /// CSV file (`address,alias`) of other addresses a user may read (local backend; on
+    /// AWS the bucket's `users/aliases.csv`).
+    #[serde(default)]
+    pub aliases: Option<PathBuf>,
+    /// How many days of delivered mail and journal copies still kept a user sees besides
+    /// the held mail.
+    #[serde(default = "default_history_days", deserialize_with = "lenient")]
+    pub history_days: u32,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        UsersConfig {
+            file: None,
+            default_domain: None,
+            aliases: None,
+            history_days: default_history_days(),
+        }
+    }
+}
+
+fn default_history_days() -> u32 {
+    30
+}
+
+/// The emergency inbox's web app (`[web]`, see [`crate::web`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where `standby serve` serves it (HTTPS when `[tls]` has a certificate); unset:
+    /// not served.
+    #[serde(default)]
+    pub listen: Option<ListenAddrs>,
+    /// The address users reach it at (`https://standby.example.com`), for links.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The variable holding the key that signs sessions (at least 32 bytes); unset in
+    /// `serve`: a random key made at start, so sessions end with a restart.
+    #[serde(default)]
+    pub session_key_env: Option<String>,
+    /// How long a login lasts.
+    #[serde(default = "default_session_hours", deserialize_with = "lenient")]
+    pub session_hours: u32,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: None,
+            public_url: None,
+            session_key_env: None,
+            session_hours: default_session_hours(),
+        }
+    }
+}
+
+fn default_session_hours() -> u32 {
+    12
 }
 
 /// Metrics (`[metrics]`).

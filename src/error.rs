@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The message is under legal hold: nothing may delete it.
     #[error("message {0} is under legal hold; `standby release --legal {0}` first")]
     LegalHold(MessageId),
+    /// A file written whole (the users' passwd-file) was changed by someone else since
+    /// it was read: nothing was written; read it again and apply the change again.
+    #[error("{0} changed since it was read; nothing was written, try again")]
+    FileChanged(String),
 }
 
 impl StoreError {
@@ -85,7 +89,10 @@ impl StoreError {
                     | std::io::ErrorKind::StorageFull
             ),
             StoreError::Backend { transient, .. } => *transient,
-            StoreError::Leased(_) | StoreError::Changed(_) | StoreError::HealthChanged(_) => true,
+            StoreError::Leased(_)
+            | StoreError::Changed(_)
+            | StoreError::HealthChanged(_)
+            | StoreError::FileChanged(_) => true,
             StoreError::NotFound(_)
             | StoreError::MissingBlob(_)
             | StoreError::Corrupt { .. }

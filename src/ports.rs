@@ -213,6 +213,46 @@ pub struct ListQuery {
     pub rcpt: Option<String>,
     /// Only messages whose subject contains this text (case-insensitive).
     pub subject: Option<String>,
+    /// Only messages whose sender, the header `From` or the envelope sender, contains
+    /// this text (case-insensitive): what a user searching their inbox means by sender.
+    pub sender: Option<String>,
+    /// Only what one user's mailbox shows (see [`MailboxFilter`]).
+    pub mailbox: Option<MailboxFilter>,
+    /// Newest first (received time, then id, both descending); `after` is then the
+    /// last record of the previous page in this order, so the next page is older.
+    pub newest_first: bool,
+}
+
+/// What a user's emergency inbox lists (`crate::mailbox`): messages with a recipient among
+/// `addresses` or one of them with a `+tag` after the local part, that are held or
+/// paused, or delivered or journal copies received at or after `kept_since`. Failed mail
+/// (bounced to its sender) is not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxFilter {
+    /// Lower case.
+    pub addresses: Vec<String>,
+    pub kept_since: DateTime<Utc>,
+}
+
+impl MailboxFilter {
+    /// Whether mail to `rcpt` is mail to one of the addresses (exactly, or with a tag).
+    pub fn addressed(&self, rcpt: &str) -> bool {
+        let rcpt = rcpt.to_lowercase();
+        let untagged = crate::users::untag(&rcpt);
+        self.addresses
+            .iter()
+            .any(|a| *a == rcpt || untagged.as_deref() == Some(a.as_str()))
+    }
+
+    /// Whether `r` is in the mailbox.
+    pub fn shows(&self, r: &Record) -> bool {
+        let kept = match r.status {
+            Status::Held | Status::Paused => true,
+            Status::Delivered | Status::Journal => r.received_at >= self.kept_since,
+            Status::Failed => false,
+        };
+        kept && r.rcpts.iter().any(|x| self.addressed(&x.address))
+    }
 }
 
 impl ListQuery {
@@ -235,7 +275,25 @@ impl ListQuery {
                 .as_deref()
                 .is_some_and(|s| s.to_lowercase().contains(&want.to_lowercase()))
         });
-        class && status && from && rcpt && subject
+        let sender = self.sender.as_deref().is_none_or(|want| {
+            let want = want.to_lowercase();
+            r.mail_from.to_lowercase().contains(&want)
+                || r.summary
+                    .from
+                    .as_deref()
+                    .is_some_and(|f| f.to_lowercase().contains(&want))
+        });
+        let mailbox = self.mailbox.as_ref().is_none_or(|m| m.shows(r));
+        class && status && from && rcpt && subject && sender && mailbox
+    }
+
+    /// Whether `c` comes after `after` in this listing's order.
+    pub fn beyond(&self, c: Cursor, after: Cursor) -> bool {
+        if self.newest_first {
+            c < after
+        } else {
+            c > after
+        }
     }
 }
 
@@ -648,4 +706,34 @@ pub trait FailedEvents: Send + Sync {
     async fn take(&self, max: usize) -> Result<Vec<FailedEvent>, StoreError>;
     /// The event was ingested: remove it.
     async fn done(&self, handle: &str) -> Result<(), StoreError>;
+}
+
+/// A whole file read with the version a conditional write names (the users' passwd-file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub bytes: Vec<u8>,
+    /// Opaque: a content hash locally, the ETag on S3.
+    pub version: String,
+}
+
+/// The emergency inbox's users (`[users]`): the passwd-file and the aliases, where the
+/// backend keeps them (a local file; the S3 object `users/passwd`), read by the web app
+/// and written by `standby user`.
+#[async_trait]
+pub trait UserFiles: Send + Sync + 'static {
+    /// Where the passwd-file is, for messages (`/etc/standby/users.passwd`,
+    /// `s3://bucket/users/passwd`).
+    fn passwd_name(&self) -> String;
+    /// Where the aliases are, for messages; `None` when none are configured.
+    fn aliases_name(&self) -> Option<String>;
+    /// The passwd-file; `None` when there is none yet.
+    async fn read_passwd(&self) -> Result<Option<Versioned>, StoreError>;
+    /// The aliases file; `None` when none is configured or it does not exist.
+    async fn read_aliases(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replace the passwd-file with `bytes` (durably, all or nothing), only if it is
+    /// still at `version` (`None`: only if there is none).
+    ///
+    /// # Errors
+    /// [`StoreError::FileChanged`] when it was written since it was read.
+    async fn write_passwd(&self, bytes: &[u8], version: Option<&str>) -> Result<(), StoreError>;
 }

@@ -11,7 +11,7 @@ use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::model::HealthRecord;
 use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary, Verdicts};
-use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery};
+use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery, MailboxFilter};
 use tokio::io::AsyncReadExt;
 
 fn record(age_secs: i64) -> Record {
@@ -510,6 +510,98 @@ async fn search_contract(index: Arc<dyn Index>) {
     );
 }
 
+/// A user's mailbox: their address, its tagged forms and their aliases; held and paused
+/// mail always, delivered and journal copies since `kept_since`, failed never; newest
+/// first, page by page; the sender search in the header `From` and the envelope.
+async fn mailbox_contract(index: Arc<dyn Index>) {
+    let mk = |age: i64, rcpts: &[&str], status: Status, from: &str| {
+        let mut r = record(age);
+        r.rcpts = rcpts.iter().map(|a| Recipient::pending(*a)).collect();
+        r.status = status;
+        r.summary.from = Some(from.into());
+        r
+    };
+    let day = 86_400;
+    let recs = [
+        mk(
+            90 * day,
+            &["alice@example.test"],
+            Status::Held,
+            "Old Friend <f@x.org>",
+        ),
+        mk(80 * day, &["alice@example.test"], Status::Delivered, "x"),
+        mk(
+            70 * day,
+            &["Alice+News@Example.TEST"],
+            Status::Paused,
+            "News <n@y.org>",
+        ),
+        mk(
+            60,
+            &["bob@example.test", "SALES@example.test"],
+            Status::Journal,
+            "Buyer <b@z.org>",
+        ),
+        mk(50, &["alice@example.test"], Status::Failed, "x"),
+        mk(
+            40,
+            &["alicex@example.test", "alice@example.org"],
+            Status::Held,
+            "x",
+        ),
+        mk(30, &["alice+@example.test"], Status::Delivered, "x"),
+        mk(20, &["bob@example.test"], Status::Held, "x"),
+        mk(
+            10,
+            &["alice@example.test", "sales@example.test"],
+            Status::Held,
+            "Both <q@x.org>",
+        ),
+    ];
+    for r in &recs {
+        assert!(index.insert(r).await.unwrap());
+    }
+    let mailbox = MailboxFilter {
+        addresses: vec!["alice@example.test".into(), "sales@example.test".into()],
+        kept_since: Utc::now() - Duration::days(30),
+    };
+    let mut q = ListQuery {
+        mailbox: Some(mailbox),
+        newest_first: true,
+        limit: Some(2),
+        ..ListQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = index.list(&q).await.unwrap();
+        seen.extend(page.iter().map(|r| r.id));
+        if page.len() < 2 {
+            break;
+        }
+        q.after = page.last().map(Cursor::from);
+    }
+    // `alice+@` (an empty tag) is alice's, as Dovecot delivers it; `alicex@` and
+    // `alice@example.org` are not.
+    let want: Vec<MessageId> = [8, 6, 3, 2, 0].iter().map(|&i| recs[i].id).collect();
+    assert_eq!(seen, want, "newest first, each once, only the user's");
+    q.after = None;
+    q.limit = None;
+    q.sender = Some("FRIEND".into());
+    let got: Vec<MessageId> = index.list(&q).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(got, [recs[0].id]);
+    q.sender = Some("f@x.org".into());
+    q.mailbox = None;
+    q.newest_first = false;
+    let got: Vec<MessageId> = index.list(&q).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(
+        got,
+        [recs[0].id],
+        "the envelope sender is a@example.org, the header f@x.org"
+    );
+    q.sender = Some("a@example.org".into());
+    assert_eq!(index.list(&q).await.unwrap().len(), recs.len());
+}
+
 async fn blob_contract(blobs: Arc<dyn BlobStore>) {
     let id = MessageId::new(Utc::now());
     let key = id.to_string();
@@ -581,6 +673,7 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
 async fn memory_adapters_keep_the_contract() {
     index_contract(Arc::new(MemIndex::default())).await;
     search_contract(Arc::new(MemIndex::default())).await;
+    mailbox_contract(Arc::new(MemIndex::default())).await;
     blob_contract(Arc::new(MemBlobStore::default())).await;
 }
 
@@ -590,6 +683,8 @@ async fn local_adapters_keep_the_contract() {
     index_contract(Arc::new(SqliteIndex::open(dir.path()).unwrap())).await;
     let other = tempfile::tempdir().unwrap();
     search_contract(Arc::new(SqliteIndex::open(other.path()).unwrap())).await;
+    let third = tempfile::tempdir().unwrap();
+    mailbox_contract(Arc::new(SqliteIndex::open(third.path()).unwrap())).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
     let left = fs.recover(|_| Ok(false), |_| false).unwrap();
@@ -619,6 +714,8 @@ async fn aws_adapters_keep_the_contract() {
     index_contract(storage.index.clone()).await;
     let (_, _, other) = moto.storage("search").await;
     search_contract(other.index.clone()).await;
+    let (_, _, third) = moto.storage("mailbox").await;
+    mailbox_contract(third.index.clone()).await;
     blob_contract(storage.blobs.clone()).await;
 }
 

@@ -168,12 +168,15 @@ impl Index for MemIndex {
             .records
             .values()
             .filter(|r| q.matches(r))
-            .filter(|r| q.after.is_none_or(|a| Cursor::from(*r) > a))
+            .filter(|r| q.after.is_none_or(|a| q.beyond(Cursor::from(*r), a)))
             .filter(|r| q.since.is_none_or(|t| r.received_at >= t))
             .filter(|r| q.until.is_none_or(|t| r.received_at < t))
             .cloned()
             .collect();
         recs.sort_by_key(|r| Cursor::from(r));
+        if q.newest_first {
+            recs.reverse();
+        }
         recs.truncate(q.limit.unwrap_or(usize::MAX));
         Ok(recs)
     }

@@ -10,6 +10,8 @@
 //! PutItem cannot be batched), so the AWS adapters write directly.
 //! - [`audit::FsAuditLog`] (a JSONL file) and [`aws::DynamoAuditLog`] (items in the index
 //!   table): the audit log of deletions and legal holds.
+//! - [`users_file::LocalUserFiles`] (`[users] file`) and [`aws::S3UserFiles`] (the
+//!   bucket's `users/passwd`): the emergency inbox's users.
 //! - [`memory`]: in-memory twins for unit tests.
 
 pub mod audit;
@@ -19,6 +21,7 @@ pub mod group;
 pub mod memory;
 pub mod spool_file;
 pub mod sqlite;
+pub mod users_file;
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
 pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
+pub use users_file::LocalUserFiles;
 
 /// What opening the storage for `standby serve` found and holds.
 #[derive(Debug, Default)]
@@ -58,6 +62,24 @@ fn orphan_entry(id: MessageId, now: chrono::DateTime<chrono::Utc>) -> AuditEntry
             .into(),
         status: Status::Held,
         received_at: id.received_at(),
+    }
+}
+
+/// Where the emergency inbox's users are, by backend: the bucket's `users/passwd` on AWS,
+/// `[users] file` locally (`None` when it is not set: no users, no inbox).
+pub async fn user_files(config: &Config) -> Option<Arc<dyn crate::ports::UserFiles>> {
+    match config.aws_settings() {
+        Some(settings) => {
+            let clients = aws::AwsClients::connect(&settings).await;
+            Some(Arc::new(clients.user_files(&settings)))
+        }
+        None => {
+            let file = config.users.file.clone()?;
+            Some(Arc::new(LocalUserFiles::new(
+                file,
+                config.users.aliases.clone(),
+            )))
+        }
     }
 }
 

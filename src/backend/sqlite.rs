@@ -538,8 +538,51 @@ fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
         // the trigram index from answering).
         args.push(Value::Text(format!("%{subject}%")));
     }
+    if let Some(sender) = &q.sender {
+        conds.push(
+            "(instr(lower(json_extract(m.record, '$.mail_from')), ?) > 0 \
+             OR instr(lower(json_extract(m.record, '$.summary.from')), ?) > 0)",
+        );
+        let sender = sender.to_ascii_lowercase();
+        args.push(Value::Text(sender.clone()));
+        args.push(Value::Text(sender));
+    }
+    let mailbox_cond;
+    if let Some(mb) = &q.mailbox {
+        // Each address, and its tagged forms: `local+` <= rcpt < `local,` (`,` follows
+        // `+`) ending in `@domain`; all answered by message_rcpts' key.
+        let mut ors: Vec<&str> = Vec::new();
+        for a in &mb.addresses {
+            ors.push("r2.rcpt = ?");
+            args.push(Value::Text(a.clone()));
+            if let Some((local, domain)) = a.rsplit_once('@') {
+                ors.push("(r2.rcpt >= ? AND r2.rcpt < ? AND substr(r2.rcpt, ?) = ?)");
+                args.push(Value::Text(format!("{local}+")));
+                args.push(Value::Text(format!("{local},")));
+                args.push(Value::Integer(-(domain.len() as i64 + 1)));
+                args.push(Value::Text(format!("@{domain}")));
+            }
+        }
+        if ors.is_empty() {
+            ors.push("0");
+        }
+        mailbox_cond = format!(
+            "m.id IN (SELECT r2.id FROM message_rcpts AS r2 WHERE {}) \
+             AND (m.status IN ('held', 'paused') \
+                  OR (m.status IN ('delivered', 'journal') AND m.received_at >= ?))",
+            ors.join(" OR ")
+        );
+        conds.push(&mailbox_cond);
+        args.push(Value::Integer(ms(mb.kept_since)));
+    }
+    let (cmp, dir) = if q.newest_first {
+        ("<", " DESC")
+    } else {
+        (">", "")
+    };
+    let after_cond = format!("({{t}}.received_at, {{t}}.id) {cmp} (?, ?)");
     let ranges = [
-        (q.after.is_some(), "({t}.received_at, {t}.id) > (?, ?)"),
+        (q.after.is_some(), after_cond.as_str()),
         (q.since.is_some(), "{t}.received_at >= ?"),
         (q.until.is_some(), "{t}.received_at < ?"),
     ];
@@ -576,7 +619,10 @@ fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
         .collect::<Vec<_>>()
         .join(", ");
     (
-        format!("SELECT {cols} FROM {from} {filter} ORDER BY {t}.received_at, {t}.id LIMIT ?"),
+        format!(
+            "SELECT {cols} FROM {from} {filter} \
+             ORDER BY {t}.received_at{dir}, {t}.id{dir} LIMIT ?"
+        ),
         args,
     )
 }

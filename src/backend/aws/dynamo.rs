@@ -71,6 +71,8 @@ fn recv_key(at: DateTime<Utc>, id: &str) -> String {
 enum KeyRange {
     All,
     Before(String),
+    /// Inclusive.
+    UpTo(String),
     After(String),
     /// Inclusive at both ends.
     Between(String, String),
@@ -79,25 +81,38 @@ enum KeyRange {
 impl KeyRange {
     /// The keys a listing reads: after the cursor or from `since`, whichever is later,
     /// and before `until`. The cursor's own key is in the range; the caller skips it.
+    /// Newest first, the cursor is the upper end instead.
     fn of(q: &ListQuery) -> KeyRange {
-        let lo = [
-            q.after.map(|c| recv_key(c.received_at, &c.id.to_string())),
-            q.since.map(|t| recv_key(t, "")),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        let cursor = q.after.map(|c| recv_key(c.received_at, &c.id.to_string()));
+        let since = q.since.map(|t| recv_key(t, ""));
         // `~` sorts after every character of an id, and `until` itself is excluded.
-        let hi = q
+        let until = q
             .until
             .map(|t| recv_key(t - chrono::Duration::milliseconds(1), "~"));
+        let (lo, hi) = if q.newest_first {
+            (since, [cursor, until].into_iter().flatten().min())
+        } else {
+            ([cursor, since].into_iter().flatten().max(), until)
+        };
         match (lo, hi) {
             (None, None) => KeyRange::All,
             (Some(lo), None) => KeyRange::After(lo),
-            (None, Some(hi)) => KeyRange::Before(hi),
+            (None, Some(hi)) => KeyRange::UpTo(hi),
             (Some(lo), Some(hi)) => KeyRange::Between(lo, hi),
         }
     }
+}
+
+/// Records merged from several partitions, in `q`'s order, at most `q.limit`.
+fn ordered(mut out: Vec<Record>, q: &ListQuery) -> Vec<Record> {
+    out.sort_by_key(|r| Cursor::from(r));
+    if q.newest_first {
+        out.reverse();
+    }
+    if let Some(l) = q.limit {
+        out.truncate(l);
+    }
+    out
 }
 
 fn from_ms(v: i64) -> DateTime<Utc> {
@@ -243,8 +258,9 @@ impl DynamoIndex {
         range: KeyRange,
         limit: Option<i32>,
         start: Option<Item>,
+        forward: bool,
     ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
-        self.query_index((GSI, GSI_PK, status.as_str()), range, limit, start)
+        self.query_index((GSI, GSI_PK, status.as_str()), range, limit, start, forward)
             .await
     }
 
@@ -255,6 +271,7 @@ impl DynamoIndex {
         range: KeyRange,
         limit: Option<i32>,
         start: Option<Item>,
+        forward: bool,
     ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
         let mut q = self
             .client
@@ -262,7 +279,7 @@ impl DynamoIndex {
             .table_name(&self.table)
             .index_name(index)
             .expression_attribute_values(":s", s(value))
-            .scan_index_forward(true)
+            .scan_index_forward(forward)
             .set_exclusive_start_key(start)
             .set_limit(limit);
         q = q.expression_attribute_names("#s", part);
@@ -281,7 +298,11 @@ impl DynamoIndex {
         let range = KeyRange::of(q);
         loop {
             // One more than wanted: the cursor's own record may come first.
-            let filtered = q.from.is_some() || q.rcpt.is_some() || q.subject.is_some();
+            let filtered = q.from.is_some()
+                || q.rcpt.is_some()
+                || q.subject.is_some()
+                || q.sender.is_some()
+                || q.mailbox.is_some();
             let want = match limit {
                 // Matches may be sparse: read full pages.
                 Some(_) if filtered => Some(500),
@@ -289,11 +310,11 @@ impl DynamoIndex {
                 None => None,
             };
             let (items, next) = self
-                .query_status(status, range.clone(), want, start)
+                .query_status(status, range.clone(), want, start, !q.newest_first)
                 .await?;
             for item in &items {
                 let rec = from_item(item)?;
-                if q.after.is_none_or(|a| Cursor::from(&rec) > a)
+                if q.after.is_none_or(|a| q.beyond(Cursor::from(&rec), a))
                     && q.matches(&rec)
                     && out.len() < limit.unwrap_or(usize::MAX)
                 {
@@ -320,7 +341,7 @@ impl DynamoIndex {
         let (range, mut start) = (KeyRange::of(q), None);
         loop {
             let (items, next) = self
-                .query_index(index, range.clone(), Some(100), start)
+                .query_index(index, range.clone(), Some(100), start, !q.newest_first)
                 .await?;
             for item in &items {
                 let rec = if keys_only {
@@ -335,7 +356,7 @@ impl DynamoIndex {
                 } else {
                     from_item(item)?
                 };
-                if q.after.is_none_or(|a| Cursor::from(&rec) > a) && q.matches(&rec) {
+                if q.after.is_none_or(|a| q.beyond(Cursor::from(&rec), a)) && q.matches(&rec) {
                     out.push(rec);
                     if out.len() >= limit {
                         return Ok(out);
@@ -585,6 +606,23 @@ impl Index for DynamoIndex {
             let key = rcpt.to_lowercase();
             return self.list_index((RCPT_GSI, RCPT_ATTR, &key), q, true).await;
         }
+        if let Some(mb) = &q.mailbox {
+            // One recipient partition per address (a tagged address is its own
+            // partition, so `user+tag@` mail is found through its untagged item, see
+            // `search`), merged in list order, each message once.
+            let mut out: Vec<Record> = Vec::new();
+            for key in search::mailbox_keys(mb) {
+                for rec in self
+                    .list_index((RCPT_GSI, RCPT_ATTR, &key), q, true)
+                    .await?
+                {
+                    if !out.iter().any(|r| r.id == rec.id) {
+                        out.push(rec);
+                    }
+                }
+            }
+            return Ok(ordered(out, q));
+        }
         let statuses: Vec<Status> = match q.status {
             Some(s) => vec![s],
             None => Status::ALL
@@ -596,11 +634,7 @@ impl Index for DynamoIndex {
         for st in statuses {
             out.extend(self.list_status(st, q).await?);
         }
-        out.sort_by_key(|r| Cursor::from(r));
-        if let Some(l) = q.limit {
-            out.truncate(l);
-        }
-        Ok(out)
+        Ok(ordered(out, q))
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -881,7 +915,13 @@ impl Index for DynamoIndex {
         let (mut out, mut start) = (Vec::new(), None);
         loop {
             let (items, next) = self
-                .query_index((GSI, GSI_PK, HEALTH_STATUS), KeyRange::All, None, start)
+                .query_index(
+                    (GSI, GSI_PK, HEALTH_STATUS),
+                    KeyRange::All,
+                    None,
+                    start,
+                    true,
+                )
                 .await?;
             for item in &items {
                 out.push(health_of(item)?);
@@ -913,6 +953,10 @@ fn within(
         KeyRange::All => q.key_condition_expression("#s = :s"),
         KeyRange::Before(k) => q
             .key_condition_expression("#s = :s AND #r < :k")
+            .expression_attribute_names("#r", GSI_SK)
+            .expression_attribute_values(":k", s(k)),
+        KeyRange::UpTo(k) => q
+            .key_condition_expression("#s = :s AND #r <= :k")
             .expression_attribute_names("#r", GSI_SK)
             .expression_attribute_values(":k", s(k)),
         KeyRange::After(k) => q

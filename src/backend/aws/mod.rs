@@ -30,6 +30,7 @@ pub mod schema;
 mod search;
 pub mod secrets;
 pub mod sqs;
+mod users;
 
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ pub use audit::DynamoAuditLog;
 pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
 pub use s3::{DELIVERED_TAG, S3BlobStore};
+pub use users::{ALIASES_KEY, PASSWD_KEY, S3UserFiles};
 
 pub use crate::config::{ArchiveSettings, AwsSettings};
 
@@ -122,6 +124,11 @@ impl AwsClients {
     pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
         S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
             .with_archive(settings.archive.clone())
+    }
+
+    /// The users' files in the bucket (`users/passwd`, `users/aliases.csv`).
+    pub fn user_files(&self, settings: &AwsSettings) -> S3UserFiles {
+        S3UserFiles::new(self.s3.clone(), &settings.bucket)
     }
 
     pub fn audit_log(&self, settings: &AwsSettings) -> DynamoAuditLog {

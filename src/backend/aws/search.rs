@@ -33,9 +33,22 @@ pub(super) fn sender_key(mail_from: &str) -> String {
     }
 }
 
-/// A record's recipient addresses, lower case, each once.
+/// A record's recipient addresses, lower case, each once, and the untagged form of each
+/// tagged one (`user@` for `user+tag@`): a user's mailbox reads their own partition
+/// only, and finds their tagged mail there ([`mailbox_keys`]). `--rcpt` still lists
+/// only exact matches (the listing checks each record it reads).
 pub(super) fn addresses(rec: &Record) -> BTreeSet<String> {
-    rec.rcpts.iter().map(|r| r.address.to_lowercase()).collect()
+    let mut set: BTreeSet<String> = rec.rcpts.iter().map(|r| r.address.to_lowercase()).collect();
+    let untagged: Vec<String> = set.iter().filter_map(|a| crate::users::untag(a)).collect();
+    set.extend(untagged);
+    set
+}
+
+/// The recipient partitions holding a mailbox's mail: one per address.
+pub(super) fn mailbox_keys(mb: &crate::ports::MailboxFilter) -> Vec<String> {
+    let mut keys: Vec<String> = mb.addresses.iter().map(|a| a.to_lowercase()).collect();
+    keys.dedup();
+    keys
 }
 
 fn rcpt_pk(id: MessageId, address: &str) -> String {
