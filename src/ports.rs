@@ -493,20 +493,27 @@ pub trait Index: Send + Sync + 'static {
     async fn list_health(&self) -> Result<Vec<HealthRecord>, StoreError>;
 }
 
-/// One line of the audit log: a deletion, a legal hold or its release.
+/// One line of the audit log: a deletion, a legal hold or its release; a login to the
+/// emergency inbox, a failed one, a logout.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
-    /// `delete`, `legal-hold`, `legal-release`.
+    /// `delete`, `legal-hold`, `legal-release`, `orphan`; `login`, `login-failed`,
+    /// `logout`.
     pub action: String,
-    pub id: MessageId,
-    /// Who: `retention` (the policy job) or `operator:<user>`.
+    /// The message; `None` for a session event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<MessageId>,
+    /// Who: `retention` (the policy job), `operator:<user>`, `web:<address>`.
     pub by: String,
-    /// The rule or reason: `journal_days = 2555`, `confidential rule hr`, `--reason` text.
+    /// The rule or reason: `journal_days = 2555`, `confidential rule hr`, `--reason` text;
+    /// for a session event where it came from (`from 192.0.2.7`).
     pub reason: String,
-    /// The message's status and receipt time when it happened.
-    pub status: Status,
-    pub received_at: DateTime<Utc>,
+    /// The message's status and receipt time when it happened (message events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 impl AuditEntry {
@@ -515,11 +522,24 @@ impl AuditEntry {
         AuditEntry {
             at: now,
             action: action.into(),
-            id: rec.id,
+            id: Some(rec.id),
             by: by.into(),
             reason: reason.into(),
-            status: rec.status,
-            received_at: rec.received_at,
+            status: Some(rec.status),
+            received_at: Some(rec.received_at),
+        }
+    }
+
+    /// A session event (`login`, `login-failed`, `logout`) of `who` at `now`.
+    pub fn session(action: &str, who: &str, reason: &str, now: DateTime<Utc>) -> Self {
+        AuditEntry {
+            at: now,
+            action: action.into(),
+            id: None,
+            by: who.into(),
+            reason: reason.into(),
+            status: None,
+            received_at: None,
         }
     }
 }
@@ -736,4 +756,21 @@ pub trait UserFiles: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::FileChanged`] when it was written since it was read.
     async fn write_passwd(&self, bytes: &[u8], version: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// Login attempts counted per key (`ip:192.0.2.7`, `user:alice@example.com`) in a
+/// window that starts at the first attempt, shared by everything that serves the inbox:
+/// one `serve` process keeps them in memory, the web function's instances in the table.
+#[async_trait]
+pub trait LoginLimits: Send + Sync + 'static {
+    /// Count one attempt for `key` at `now`. `Ok(None)`: allowed (fewer than `max`
+    /// attempts counted in the running `window`, this one included); `Ok(Some(wait))`:
+    /// refused until the window ends in `wait` (the attempt is not counted).
+    async fn attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+        max: u32,
+    ) -> Result<Option<chrono::Duration>, StoreError>;
 }

@@ -48,6 +48,8 @@ pub enum ServeError {
     Bind(#[from] crate::config::BindError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("users: {0}")]
+    Users(#[from] crate::users::UsersError),
 }
 
 /// The SPF lookups `[dsn]` asks for (`spf`, `nameserver`, `spf_timeout_secs` per
@@ -287,6 +289,7 @@ pub async fn serve(
         drain_settings_with(&config, verifier),
     );
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
+    let web = start_web(&config, &storage, clock.clone(), stop_rx.clone()).await?;
     tokio::spawn(
         reload::Reloader {
             load: Box::new(load),
@@ -294,6 +297,7 @@ pub async fn serve(
             started: config.clone(),
             server: server.clone(),
             retention: retention_tx,
+            web,
         }
         .run(hangups),
     );
@@ -334,6 +338,77 @@ pub async fn serve(
     tracing::info!("standby stopped");
     drop(started.lock);
     Ok(())
+}
+
+/// Start the emergency inbox on `[web] listen`, if set: its users from `[users]` (the
+/// bucket's `users/passwd` on AWS), HTTPS with the `[tls]` certificate when there is one.
+async fn start_web(
+    config: &Config,
+    storage: &Storage,
+    clock: Arc<dyn Clock>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<reload::WebReload>, ServeError> {
+    let Some(listen) = &config.web.listen else {
+        return Ok(None);
+    };
+    let files = crate::backend::user_files(config).await.ok_or_else(|| {
+        ConfigError::Invalid {
+            path: "[web] listen".into(),
+            message: "the emergency inbox needs its users: set [users] file = \"users.passwd\" \
+                      (a Dovecot passwd-file; `standby user add` writes it)"
+                .into(),
+        }
+    })?;
+    // SIGHUP reloads at once; other processes' edits (`standby user add`, another
+    // node's) are read within a minute anyway.
+    let users = Arc::new(
+        crate::users::Users::load(
+            files,
+            config.users.default_domain.clone(),
+            Some(Duration::from_secs(60)),
+        )
+        .await?,
+    );
+    let key = match &config.web.session_key_env {
+        Some(var) => {
+            let secret = std::env::var(var).map_err(|_| ConfigError::Env {
+                var: var.clone(),
+                message: "[web] session_key_env names it, but it is not set".into(),
+            })?;
+            crate::web::SessionKey::from_secret(secret.as_bytes()).map_err(|e| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    message: e.to_string(),
+                }
+            })?
+        }
+        None => crate::web::SessionKey::random(),
+    };
+    let acceptor = tls_acceptor(config)?;
+    let secure = acceptor.is_some();
+    let tls = acceptor.map(|a| Arc::new(arc_swap::ArcSwapOption::from_pointee(a)));
+    let web = Arc::new(crate::web::Web {
+        storage: storage.clone(),
+        users: users.clone(),
+        limits: Arc::new(crate::backend::MemLoginLimits::default()),
+        key,
+        clock,
+        settings: crate::web::WebSettings::of(config, secure),
+    });
+    let listeners = server::listeners(listen)?;
+    tracing::info!(
+        listen = %server::local_addrs(&listeners),
+        https = secure,
+        users = users.directory().await.len(),
+        "emergency inbox serving"
+    );
+    tokio::spawn(crate::web::server::run(
+        listeners,
+        crate::web::router(web),
+        tls.clone(),
+        stop,
+    ));
+    Ok(Some(reload::WebReload { users, tls }))
 }
 
 /// Where received mail goes, for the start line.

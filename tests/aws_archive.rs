@@ -216,7 +216,7 @@ async fn journal_copies_are_archived_under_object_lock_and_retention_is_audited(
     assert_eq!(audit.len(), 1);
     assert_eq!(
         (audit[0].id, audit[0].reason.as_str()),
-        (hr.id, "confidential rule hr")
+        (Some(hr.id), "confidential rule hr")
     );
     assert!(
         clients
@@ -328,7 +328,7 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
     assert!(
         audit
             .iter()
-            .any(|e| e.id == mixed.id && e.action == "journal-refused"),
+            .any(|e| e.id == Some(mixed.id) && e.action == "journal-refused"),
         "{audit:?}"
     );
     for (ses_id, _, client) in cases {
@@ -347,7 +347,7 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
         if client == Some("allowed") {
             assert_eq!(rec.status, Status::Journal, "{ses_id}");
             assert!(archived, "{ses_id}: the allowed copy is archived");
-            assert!(!audit.iter().any(|e| e.id == rec.id));
+            assert!(!audit.iter().any(|e| e.id == Some(rec.id)));
             continue;
         }
         assert_eq!(rec.status, Status::Failed, "{ses_id}");
@@ -359,7 +359,7 @@ async fn journal_copies_from_elsewhere_are_refused_and_audited() {
         );
         let entry = audit
             .iter()
-            .find(|e| e.id == rec.id)
+            .find(|e| e.id == Some(rec.id))
             .unwrap_or_else(|| panic!("{ses_id}: no audit entry in {audit:?}"));
         assert_eq!(entry.action, "journal-refused");
         match client {

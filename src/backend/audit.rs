@@ -37,7 +37,7 @@ impl FsAuditLog {
 impl AuditLog for FsAuditLog {
     async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
-            id: entry.id.to_string(),
+            id: entry.id.map(|i| i.to_string()).unwrap_or_else(|| entry.action.clone()),
             detail: e.to_string(),
         })?;
         line.push(b'\n');
@@ -138,11 +138,11 @@ mod tests {
         AuditEntry {
             at: now,
             action: "delete".into(),
-            id: MessageId::new(now),
+            id: Some(MessageId::new(now)),
             by: "retention".into(),
             reason: format!("rule {n}"),
-            status: Status::Delivered,
-            received_at: now,
+            status: Some(Status::Delivered),
+            received_at: Some(now),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod aws;
 pub mod fs;
 pub mod group;
+pub mod limits;
 pub mod memory;
 pub mod spool_file;
 pub mod sqlite;
@@ -32,6 +33,7 @@ use crate::ports::{AuditEntry, AuditLog, Storage};
 
 pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
+pub use limits::MemLoginLimits;
 pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
 pub use sqlite::SqliteIndex;
 pub use users_file::LocalUserFiles;
@@ -55,13 +57,13 @@ fn orphan_entry(id: MessageId, now: chrono::DateTime<chrono::Utc>) -> AuditEntry
     AuditEntry {
         at: now,
         action: "orphan".into(),
-        id,
+        id: Some(id),
         by: "serve".into(),
         reason: "message file without an index record moved to orphans/ \
                  (`standby reindex` indexes it again)"
             .into(),
-        status: Status::Held,
-        received_at: id.received_at(),
+        status: Some(Status::Held),
+        received_at: Some(id.received_at()),
     }
 }
 

@@ -331,8 +331,8 @@ pub(super) async fn audit(storage: &Storage, json: bool) -> Result<(), CliError>
             "{}  {:<13}  {}  {:<9}  by {}: {}",
             time(e.at),
             e.action,
-            e.id,
-            e.status.as_str(),
+            e.id.map_or_else(|| "-".repeat(26), |i| i.to_string()),
+            e.status.map_or("-", |s| s.as_str()),
             field(&e.by),
             field(&e.reason)
         );

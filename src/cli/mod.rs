@@ -13,6 +13,7 @@ mod owner;
 mod recover;
 mod reindex;
 mod time;
+mod users;
 
 use std::path::PathBuf;
 
@@ -223,6 +224,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The emergency inbox's users: `user add ADDRESS`, `user list`, `user remove ADDRESS`.
+    User {
+        #[command(subcommand)]
+        action: users::UserAction,
+    },
     /// Rebuild the local spool's index from its message files and their envelopes
     /// (messages/ and orphans/), after the index was lost or corrupted; `standby serve`
     /// must be stopped. Rebuilt messages are paused unless --held.
@@ -387,13 +393,20 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
     if let Command::Reindex { held, json } = cli.command {
         return reindex::reindex(&config, held, json).await;
     }
+    if let Command::User { action } = cli.command {
+        return users::run(&config, action).await;
+    }
     let storage = Storage::open(&config).await?;
     // Operator changes count a drain's lease as ended only this long after its end.
     let skew =
         chrono::Duration::seconds(i64::try_from(config.drain.clock_skew_secs).unwrap_or(i64::MAX));
     let cli_hold = matches!(cli.command, Command::Hold { .. });
     match cli.command {
-        Command::Serve | Command::AwsInit | Command::Doctor { .. } | Command::Reindex { .. } => {
+        Command::Serve
+        | Command::AwsInit
+        | Command::Doctor { .. }
+        | Command::Reindex { .. }
+        | Command::User { .. } => {
             unreachable!("handled above")
         }
         Command::Status { json } => inspect::status(&config, &storage, json).await,

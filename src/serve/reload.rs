@@ -50,6 +50,15 @@ pub(super) struct Reloader {
     pub started: Config,
     pub server: Shared,
     pub retention: watch::Sender<RetentionPolicy>,
+    /// The emergency inbox's users and TLS acceptor, when `[web] listen` is set.
+    pub web: Option<WebReload>,
+}
+
+/// What a SIGHUP reloads for the web app: the users file (and aliases), and the
+/// certificate it serves HTTPS with.
+pub(super) struct WebReload {
+    pub users: Arc<crate::users::Users>,
+    pub tls: Option<Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>>,
 }
 
 impl Reloader {
@@ -60,7 +69,25 @@ impl Reloader {
             tracing::info!("SIGHUP: reloading the configuration");
             let r = this.clone();
             match tokio::task::spawn_blocking(move || r.next()).await {
-                Ok(Ok((config, next))) => this.apply(config, next),
+                Ok(Ok((config, next))) => {
+                    if let (Some(web), Some(tls)) =
+                        (&this.web, next.tls.as_ref().map(|t| Arc::new(t.clone())))
+                    {
+                        if let Some(slot) = &web.tls {
+                            slot.store(Some(tls));
+                        }
+                    }
+                    this.apply(config, next);
+                    if let Some(web) = &this.web {
+                        match web.users.reload().await {
+                            Ok(n) => tracing::info!(users = n, "reloaded: users"),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "users not reloaded; keeping the ones loaded"
+                            ),
+                        }
+                    }
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "reload failed; keeping the running settings");
                 }
@@ -117,6 +144,7 @@ fn needs_restart(started: &Config, new: &Config) -> bool {
     same.journal = started.journal.clone();
     same.retention = started.retention.clone();
     same.keep_delivered_days = started.keep_delivered_days;
+    same.users = started.users.clone();
     format!("{same:?}") != format!("{started:?}")
 }
 

@@ -201,6 +201,78 @@ impl Directory {
     }
 }
 
+/// The directory a running web app logs users in with: loaded at start, replaced by
+/// [`Users::reload`] (SIGHUP in `serve`), and read again once it is `max_age` old where
+/// several processes share the files and nobody sends a signal (the web function).
+/// A reload that fails keeps the directory in use.
+pub struct Users {
+    files: std::sync::Arc<dyn UserFiles>,
+    default_domain: Option<String>,
+    current: arc_swap::ArcSwap<Directory>,
+    loaded: std::sync::Mutex<std::time::Instant>,
+    max_age: Option<std::time::Duration>,
+}
+
+impl Users {
+    /// Load the directory now, logging each skipped line.
+    ///
+    /// # Errors
+    /// The files cannot be read, or the aliases file's header is wrong.
+    pub async fn load(
+        files: std::sync::Arc<dyn UserFiles>,
+        default_domain: Option<String>,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Users, UsersError> {
+        let dir = Directory::load(files.as_ref(), default_domain.as_deref()).await?;
+        log_loaded(&dir, files.as_ref());
+        Ok(Users {
+            files,
+            default_domain,
+            current: arc_swap::ArcSwap::from_pointee(dir),
+            loaded: std::sync::Mutex::new(std::time::Instant::now()),
+            max_age,
+        })
+    }
+
+    /// Read the files again and use what they say from now on.
+    ///
+    /// # Errors
+    /// As [`Users::load`]; the directory in use is kept.
+    pub async fn reload(&self) -> Result<usize, UsersError> {
+        let dir = Directory::load(self.files.as_ref(), self.default_domain.as_deref()).await?;
+        log_loaded(&dir, self.files.as_ref());
+        let n = dir.len();
+        self.current.store(std::sync::Arc::new(dir));
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        Ok(n)
+    }
+
+    /// The directory in use (read again first when it is `max_age` old).
+    pub async fn directory(&self) -> std::sync::Arc<Directory> {
+        let stale = self.max_age.is_some_and(|age| {
+            self.loaded
+                .lock()
+                .map(|t| t.elapsed() >= age)
+                .unwrap_or(true)
+        });
+        if stale {
+            if let Err(e) = self.reload().await {
+                tracing::error!(error = %e, "cannot read the users again; keeping the ones loaded");
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) =
+                    std::time::Instant::now();
+            }
+        }
+        self.current.load_full()
+    }
+}
+
+fn log_loaded(dir: &Directory, files: &dyn UserFiles) {
+    for w in dir.warnings() {
+        tracing::warn!("users: {w}");
+    }
+    tracing::info!(users = dir.len(), file = %files.passwd_name(), "users loaded");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

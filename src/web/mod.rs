@@ -1,1 +1,128 @@
-//! The emergency inbox web app.
+//! The emergency inbox: users read the mail held for them in a browser while their
+//! primary mail server is down.
+//!
+//! One axum [`Router`] ([`router`]) over the storage ports, hosted twice: by `standby
+//! serve` on `[web] listen` ([`server`]), and by the `standby-web` Lambda function behind
+//! a function URL. It keeps no state of its own: sessions are signed cookies
+//! ([`session`]), login attempts are counted through the [`LoginLimits`] port, logins
+//! are written to the audit log, and what a user may see is decided by
+//! [`crate::mailbox`] on every request. The login is the standby's own users file
+//! ([`crate::users`]), never the failed primary's directory.
+
+mod handlers;
+pub mod pages;
+pub mod render;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::ports::{Clock, LoginLimits, Storage};
+use crate::users::Users;
+
+pub use session::SessionKey;
+
+/// What every request handler shares.
+pub struct Web {
+    pub storage: Storage,
+    pub users: Arc<Users>,
+    pub limits: Arc<dyn LoginLimits>,
+    pub key: SessionKey,
+    pub clock: Arc<dyn Clock>,
+    pub settings: WebSettings,
+}
+
+/// The web app's settings.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// Cookies `Secure` and HSTS sent: the app is reached over HTTPS.
+    pub secure: bool,
+    /// How long a login lasts.
+    pub session: chrono::Duration,
+    /// `[users] history_days`.
+    pub history_days: u32,
+    /// Messages per page.
+    pub page_size: usize,
+    /// Login attempts allowed per client address and per user name in `attempt_window`.
+    pub attempts: u32,
+    pub attempt_window: chrono::Duration,
+}
+
+impl WebSettings {
+    /// The settings `config` asks for; `secure` when served over TLS.
+    pub fn of(config: &crate::config::Config, secure: bool) -> Self {
+        WebSettings {
+            secure,
+            session: chrono::Duration::hours(i64::from(config.web.session_hours.max(1))),
+            history_days: config.users.history_days,
+            page_size: 50,
+            attempts: 5,
+            attempt_window: chrono::Duration::seconds(60),
+        }
+    }
+}
+
+/// The client's address, set by whatever hosts the router (the connection's peer in
+/// `serve`, the function URL's `sourceIp` in Lambda); login limits count by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// The pages' Content-Security-Policy: nothing but our own stylesheet, frames of our
+/// own message bodies, forms to ourselves.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+    frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The emergency inbox's routes, with security headers on every response.
+pub fn router(web: Arc<Web>) -> Router {
+    let secure = web.settings.secure;
+    let mut app = Router::new()
+        .route("/", get(handlers::inbox))
+        .route("/junk", get(handlers::junk))
+        .route("/login", get(handlers::login_form).post(handlers::login))
+        .route("/logout", post(handlers::logout))
+        .route("/m/{id}", get(handlers::message))
+        .route("/m/{id}/body", get(handlers::body))
+        .route("/m/{id}/raw", get(handlers::raw))
+        .route("/m/{id}/att/{n}", get(handlers::attachment))
+        .route("/static/style.css", get(handlers::css))
+        .fallback(handlers::not_found)
+        .with_state(web)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ));
+    if secure {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ));
+    }
+    app
+}

@@ -1,0 +1,71 @@
+//! Login rate limits kept in the process's memory: the adapter for one `standby serve`,
+//! which is the only process answering its logins (a restart forgets the counts, and
+//! ends every session too).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::error::StoreError;
+use crate::ports::LoginLimits;
+
+/// Windows by key; ended ones are dropped as the map grows.
+#[derive(Debug, Default)]
+pub struct MemLoginLimits {
+    windows: Mutex<HashMap<String, (DateTime<Utc>, u32)>>,
+}
+
+/// Past this many keys, ended windows are swept before a new one is added (an attacker
+/// cycling names or addresses cannot grow the map without bound between sweeps).
+const SWEEP_AT: usize = 10_000;
+
+#[async_trait]
+impl LoginLimits for MemLoginLimits {
+    async fn attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+        max: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= SWEEP_AT && !w.contains_key(key) {
+            w.retain(|_, (start, _)| *start + window > now);
+        }
+        let entry = w.entry(key.to_string()).or_insert((now, 0));
+        if entry.0 + window <= now {
+            *entry = (now, 0);
+        }
+        if entry.1 >= max {
+            return Ok(Some(entry.0 + window - now));
+        }
+        entry.1 += 1;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sixth_attempt_in_a_minute_waits_for_the_window() {
+        let l = MemLoginLimits::default();
+        let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let minute = Duration::seconds(60);
+        for i in 0..5 {
+            let at = t0 + Duration::seconds(i);
+            assert_eq!(l.attempt("ip:a", at, minute, 5).await.unwrap(), None);
+        }
+        let at = t0 + Duration::seconds(20);
+        assert_eq!(
+            l.attempt("ip:a", at, minute, 5).await.unwrap(),
+            Some(Duration::seconds(40))
+        );
+        assert_eq!(l.attempt("ip:b", at, minute, 5).await.unwrap(), None);
+        let later = t0 + minute;
+        assert_eq!(l.attempt("ip:a", later, minute, 5).await.unwrap(), None);
+    }
+}
