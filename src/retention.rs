@@ -579,7 +579,10 @@ mod tests {
         assert!(storage.index.get(held.id).await.unwrap().is_some());
         let audit = storage.audit.entries().await.unwrap();
         assert_eq!(audit.len(), 1);
-        assert_eq!((audit[0].id, audit[0].action.as_str()), (Some(old.id), "delete"));
+        assert_eq!(
+            (audit[0].id, audit[0].action.as_str()),
+            (Some(old.id), "delete")
+        );
         assert!(matches!(
             delete(
                 &storage,

@@ -351,14 +351,14 @@ async fn start_web(
     let Some(listen) = &config.web.listen else {
         return Ok(None);
     };
-    let files = crate::backend::user_files(config).await.ok_or_else(|| {
-        ConfigError::Invalid {
+    let files = crate::backend::user_files(config)
+        .await
+        .ok_or_else(|| ConfigError::Invalid {
             path: "[web] listen".into(),
             message: "the emergency inbox needs its users: set [users] file = \"users.passwd\" \
                       (a Dovecot passwd-file; `standby user add` writes it)"
                 .into(),
-        }
-    })?;
+        })?;
     // SIGHUP reloads at once; other processes' edits (`standby user add`, another
     // node's) are read within a minute anyway.
     let users = Arc::new(

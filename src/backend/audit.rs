@@ -37,7 +37,10 @@ impl FsAuditLog {
 impl AuditLog for FsAuditLog {
     async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
-            id: entry.id.map(|i| i.to_string()).unwrap_or_else(|| entry.action.clone()),
+            id: entry
+                .id
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| entry.action.clone()),
             detail: e.to_string(),
         })?;
         line.push(b'\n');

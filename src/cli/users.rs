@@ -56,7 +56,9 @@ fn password(from_stdin: bool) -> Result<String, CliError> {
         let first = rpassword::prompt_password("Password: ")?;
         let again = rpassword::prompt_password("Again: ")?;
         if first != again {
-            return Err(CliError::Usage("the passwords differ; nothing changed".into()));
+            return Err(CliError::Usage(
+                "the passwords differ; nothing changed".into(),
+            ));
         }
         first
     } else {
@@ -65,7 +67,9 @@ fn password(from_stdin: bool) -> Result<String, CliError> {
         ));
     };
     if pw.is_empty() {
-        return Err(CliError::Usage("the password is empty; nothing changed".into()));
+        return Err(CliError::Usage(
+            "the password is empty; nothing changed".into(),
+        ));
     }
     Ok(pw)
 }

@@ -70,12 +70,11 @@ impl Reloader {
             let r = this.clone();
             match tokio::task::spawn_blocking(move || r.next()).await {
                 Ok(Ok((config, next))) => {
-                    if let (Some(web), Some(tls)) =
-                        (&this.web, next.tls.as_ref().map(|t| Arc::new(t.clone())))
-                    {
-                        if let Some(slot) = &web.tls {
-                            slot.store(Some(tls));
-                        }
+                    if let (Some(slot), Some(tls)) = (
+                        this.web.as_ref().and_then(|w| w.tls.as_ref()),
+                        next.tls.as_ref().map(|t| Arc::new(t.clone())),
+                    ) {
+                        slot.store(Some(tls));
                     }
                     this.apply(config, next);
                     if let Some(web) = &this.web {

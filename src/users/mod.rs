@@ -255,12 +255,9 @@ impl Users {
                 .map(|t| t.elapsed() >= age)
                 .unwrap_or(true)
         });
-        if stale {
-            if let Err(e) = self.reload().await {
-                tracing::error!(error = %e, "cannot read the users again; keeping the ones loaded");
-                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) =
-                    std::time::Instant::now();
-            }
+        if stale && let Err(e) = self.reload().await {
+            tracing::error!(error = %e, "cannot read the users again; keeping the ones loaded");
+            *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         }
         self.current.load_full()
     }

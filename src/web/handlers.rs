@@ -103,8 +103,10 @@ pub(super) async fn login_form(State(web): Shared, headers: HeaderMap) -> Respon
     }
     let (nonce, token) = web.key.login_nonce();
     let mut resp = page(StatusCode::OK, pages::login(&token, None));
-    resp.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&web, LOGIN_COOKIE, &nonce, 3600));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&web, LOGIN_COOKIE, &nonce, 3600),
+    );
     resp
 }
 
@@ -140,7 +142,10 @@ pub(super) async fn login(
         return forbidden();
     }
     let token = form.csrf.clone();
-    let ip = ip.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(a))| a.to_string());
+    let ip = ip.map_or_else(
+        || "unknown".to_string(),
+        |Extension(ClientIp(a))| a.to_string(),
+    );
     let dir = web.users.directory().await;
     let name = dir
         .address_of(&form.username)
@@ -148,7 +153,11 @@ pub(super) async fn login(
     let now = web.clock.now();
     let s = &web.settings;
     for key in [format!("ip:{ip}"), format!("user:{name}")] {
-        match web.limits.attempt(&key, now, s.attempt_window, s.attempts).await {
+        match web
+            .limits
+            .attempt(&key, now, s.attempt_window, s.attempts)
+            .await
+        {
             Ok(None) => {}
             Ok(Some(wait)) => return too_many(wait),
             Err(e) => return server_error(&e),
@@ -176,7 +185,10 @@ pub(super) async fn login(
     if let Err(e) = web.storage.audit.append(&entry).await {
         return server_error(&e);
     }
-    tracing::info!(user = crate::model::redact(&account.address), "emergency inbox: login");
+    tracing::info!(
+        user = crate::model::redact(&account.address),
+        "emergency inbox: login"
+    );
     let expires = now + s.session;
     let value = web.key.issue(&account, expires.timestamp());
     let mut resp = Redirect::to("/").into_response();
@@ -234,7 +246,10 @@ pub(super) async fn logout(
     if !session.csrf_ok(&token) {
         return forbidden();
     }
-    let ip = ip.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(a))| a.to_string());
+    let ip = ip.map_or_else(
+        || "unknown".to_string(),
+        |Extension(ClientIp(a))| a.to_string(),
+    );
     let entry = AuditEntry::session(
         "logout",
         &format!("web:{}", account.address),
@@ -446,9 +461,15 @@ pub(super) async fn body(
         .unwrap_or_else(|_| HeaderValue::from_static("sandbox; default-src 'none'"));
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
             (header::CONTENT_SECURITY_POLICY, csp),
-            (header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")),
+            (
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("SAMEORIGIN"),
+            ),
         ],
         doc,
     )
@@ -490,19 +511,25 @@ fn safe_type(ct: &str) -> HeaderValue {
     let ok = ct.split_once('/').is_some_and(|(t, s)| {
         let token = |x: &str| {
             !x.is_empty()
-                && x
-                    .bytes()
+                && x.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
         };
         token(t) && token(s)
     });
     let lower = ct.to_ascii_lowercase();
     // Never something a browser would render inline as a page of ours.
-    let active = ["text/html", "application/xhtml", "image/svg", "text/xml", "application/xml"]
-        .iter()
-        .any(|p| lower.starts_with(p));
+    let active = [
+        "text/html",
+        "application/xhtml",
+        "image/svg",
+        "text/xml",
+        "application/xml",
+    ]
+    .iter()
+    .any(|p| lower.starts_with(p));
     if ok && !active {
-        HeaderValue::from_str(&lower).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+        HeaderValue::from_str(&lower)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"))
     } else {
         HeaderValue::from_static("application/octet-stream")
     }
@@ -556,8 +583,14 @@ pub(super) async fn raw(
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("message/rfc822")),
-            (header::CONTENT_DISPOSITION, disposition(&format!("{}.eml", rec.id))),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("message/rfc822"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                disposition(&format!("{}.eml", rec.id)),
+            ),
         ],
         body,
     )
@@ -579,7 +612,8 @@ mod tests {
         assert_eq!(safe_type("image/svg+xml"), "application/octet-stream");
         assert_eq!(safe_type("bad type/x\r\n"), "application/octet-stream");
         assert_eq!(
-            cursor_of("1700000000000-01HZZZZZZZZZZZZZZZZZZZZZZZ").map(|c| c.received_at.timestamp()),
+            cursor_of("1700000000000-01HZZZZZZZZZZZZZZZZZZZZZZZ")
+                .map(|c| c.received_at.timestamp()),
             Some(1_700_000_000)
         );
         assert!(cursor_of("x-y").is_none());

@@ -183,7 +183,11 @@ pub fn message(p: &MessagePage<'_>) -> Markup {
 
 /// A page for an error (404, 429...).
 pub fn error(title: &str, text: &str) -> Markup {
-    layout(title, None, html! { h1 { (title) } p { (text) } p { a href="/" { "Inbox" } } })
+    layout(
+        title,
+        None,
+        html! { h1 { (title) } p { (text) } p { a href="/" { "Inbox" } } },
+    )
 }
 
 /// The stylesheet.

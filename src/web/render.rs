@@ -127,7 +127,7 @@ pub fn show(bytes: &[u8]) -> Shown {
         date: msg.date().map(|d| d.to_rfc822()).unwrap_or_default(),
         text: msg.body_text(0).map(|t| t.into_owned()),
         html: html.is_some(),
-        remote_images: html.is_some_and(|h| has_remote_images(h)),
+        remote_images: html.is_some_and(has_remote_images),
         attachments,
     }
 }
@@ -188,7 +188,11 @@ pub fn attachment(bytes: &[u8], index: u32) -> Option<(String, String, Vec<u8>)>
 
 /// The Content-Security-Policy of the HTML body's document.
 pub fn body_csp(images: bool) -> String {
-    let img = if images { "data: https: http:" } else { "data:" };
+    let img = if images {
+        "data: https: http:"
+    } else {
+        "data:"
+    };
     format!(
         "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; \
          img-src {img}; style-src 'unsafe-inline'; font-src data:; \
@@ -215,12 +219,24 @@ mod tests {
         assert!(shown.html && shown.remote_images);
         assert_eq!(shown.from, "Mallory <m@evil.test>");
         let doc = html_document(HOSTILE.as_bytes(), false).unwrap();
-        for bad in ["<script", "onclick", "onerror", "javascript:", "<svg", "<iframe", "<form", "canary.test"] {
+        for bad in [
+            "<script",
+            "onclick",
+            "onerror",
+            "javascript:",
+            "<svg",
+            "<iframe",
+            "<form",
+            "canary.test",
+        ] {
             assert!(!doc.contains(bad), "{bad} in {doc}");
         }
         assert!(doc.contains("Hi") && doc.contains("click"));
         let doc = html_document(HOSTILE.as_bytes(), true).unwrap();
-        assert!(doc.contains("src=\"http://canary.test/pixel.gif\""), "{doc}");
+        assert!(
+            doc.contains("src=\"http://canary.test/pixel.gif\""),
+            "{doc}"
+        );
         assert!(!doc.contains("onerror") && !doc.contains("<iframe"));
         assert!(body_csp(false).contains("img-src data:;"));
     }

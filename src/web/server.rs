@@ -33,7 +33,8 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = Vec::new();
     for listener in listeners {
-        let (router, tls, limit, mut stop) = (router.clone(), tls.clone(), limit.clone(), stop.clone());
+        let (router, tls, limit, mut stop) =
+            (router.clone(), tls.clone(), limit.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -61,10 +62,11 @@ pub async fn run(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let ip = ClientIp(peer.ip());
-                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(ip);
-                        router.clone().oneshot(req)
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                            req.extensions_mut().insert(ip);
+                            router.clone().oneshot(req)
+                        });
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(30));

@@ -163,11 +163,17 @@ mod tests {
     fn a_session_holds_only_for_its_key_user_password_and_time() {
         let key = SessionKey::from_secret(&[7; 40]).unwrap();
         let v = key.issue(&account(1), 1000);
-        assert_eq!(SessionKey::claimed(&v).as_deref(), Some("alice@example.test"));
+        assert_eq!(
+            SessionKey::claimed(&v).as_deref(),
+            Some("alice@example.test")
+        );
         let s = key.check(&v, &account(1), 999).unwrap();
         assert!(s.csrf_ok(&s.csrf) && !s.csrf_ok("x"));
         assert!(key.check(&v, &account(1), 1000).is_none(), "expired");
-        assert!(key.check(&v, &account(2), 999).is_none(), "password changed");
+        assert!(
+            key.check(&v, &account(2), 999).is_none(),
+            "password changed"
+        );
         let other = SessionKey::random();
         assert!(other.check(&v, &account(1), 999).is_none(), "other key");
         let bob = Account {

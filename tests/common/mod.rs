@@ -10,6 +10,7 @@ pub mod aws;
 pub mod dns;
 pub mod iam;
 pub mod template;
+pub mod web;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

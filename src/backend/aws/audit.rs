@@ -36,7 +36,10 @@ impl DynamoAuditLog {
 impl AuditLog for DynamoAuditLog {
     async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt {
-            id: entry.id.map(|i| i.to_string()).unwrap_or_else(|| entry.action.clone()),
+            id: entry
+                .id
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| entry.action.clone()),
             detail: e.to_string(),
         })?;
         let key = ulid::Ulid::new().to_string();
