@@ -40,13 +40,17 @@ impl Journal {
             .filter_map(|a| self.extension(a))
             .filter_map(|ext| decode(&ext))
             .collect();
-        let report = is_report(head)
-            .then(whole)
-            .flatten()
-            .and_then(|raw| report_envelope(&raw));
+        let raw = is_report(head).then(whole).flatten();
+        let report = raw.as_deref().and_then(report_envelope);
         let source = if let Some((sender, rcpts)) = report {
             originals = rcpts;
             rec.mail_from = sender;
+            // Listed as the message it reports (its sender, subject, date), not as
+            // "Journal report" from the journaling agent: what users and `standby list`
+            // look for.
+            if let Some(original) = raw.as_deref().and_then(report_original) {
+                rec.summary = crate::summary::parse(crate::summary::head(&original));
+            }
             RcptSource::Report
         } else if originals.is_empty() {
             originals = header_rcpts(head);

@@ -39,6 +39,9 @@ pub struct Search {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// Index reads a page may take (each one page of records plus one).
+const MAX_BATCHES: usize = 20;
+
 /// One page of a folder, newest first.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -76,6 +79,7 @@ impl View<'_> {
     pub fn filter(&self) -> MailboxFilter {
         MailboxFilter {
             addresses: self.account.addresses(),
+            excluded: self.account.excluded.clone(),
             kept_since: self.now - Duration::days(i64::from(self.history_days)),
         }
     }
@@ -109,7 +113,10 @@ impl View<'_> {
             ..ListQuery::default()
         };
         let mut messages = Vec::with_capacity(batch);
-        loop {
+        // Mail the folder does not show (a flood of junk in the inbox) is read past a
+        // bounded number of batches per page at most: then the page is shorter, and the
+        // next one continues after the last record read.
+        for _ in 0..MAX_BATCHES {
             let got = index.list(&q).await?;
             let short = got.len() < batch;
             q.after = got.last().map(Cursor::from);
@@ -117,17 +124,21 @@ impl View<'_> {
                 got.into_iter()
                     .filter(|r| !is_virus(r) && (is_junk(r) == (folder == Folder::Junk))),
             );
-            if messages.len() > size || short {
-                break;
+            if messages.len() > size {
+                messages.truncate(size);
+                let next = messages.last().map(Cursor::from);
+                return Ok(Page { messages, next });
+            }
+            if short {
+                return Ok(Page {
+                    messages,
+                    next: None,
+                });
             }
         }
-        let next = (messages.len() > size).then(|| {
-            messages.truncate(size);
-            messages.last().map(Cursor::from)
-        });
         Ok(Page {
             messages,
-            next: next.flatten(),
+            next: q.after,
         })
     }
 
@@ -152,6 +163,7 @@ mod tests {
         Account {
             address: "alice@example.test".into(),
             aliases: vec!["sales@example.test".into()],
+            excluded: vec![],
             stamp: [0; 32],
         }
     }

@@ -224,13 +224,17 @@ pub struct ListQuery {
 }
 
 /// What a user's emergency inbox lists (`crate::mailbox`): messages with a recipient among
-/// `addresses` or one of them with a `+tag` after the local part, that are held or
+/// `addresses` or one of them with a `+tag` after the local part (not among `excluded`;
+/// an address with a `+` of its own has no tagged forms), that are held or
 /// paused, or delivered or journal copies received at or after `kept_since`. Failed mail
 /// (bounced to its sender) is not listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxFilter {
     /// Lower case.
     pub addresses: Vec<String>,
+    /// Lower case: addresses that are not this mailbox's even though they look like a
+    /// tagged form of one of `addresses` (someone else's own address or alias).
+    pub excluded: Vec<String>,
     pub kept_since: DateTime<Utc>,
 }
 
@@ -238,6 +242,9 @@ impl MailboxFilter {
     /// Whether mail to `rcpt` is mail to one of the addresses (exactly, or with a tag).
     pub fn addressed(&self, rcpt: &str) -> bool {
         let rcpt = rcpt.to_lowercase();
+        if self.excluded.contains(&rcpt) {
+            return false;
+        }
         let untagged = crate::users::untag(&rcpt);
         self.addresses
             .iter()

@@ -361,14 +361,21 @@ async fn start_web(
         })?;
     // SIGHUP reloads at once; other processes' edits (`standby user add`, another
     // node's) are read within a minute anyway.
-    let users = Arc::new(
-        crate::users::Users::load(
-            files,
-            config.users.default_domain.clone(),
-            Some(Duration::from_secs(60)),
-        )
-        .await?,
+    let (domain, age) = (
+        config.users.default_domain.clone(),
+        Some(Duration::from_secs(60)),
     );
+    // The users' files unreadable right now (permissions, S3 throttling) must not keep
+    // the mail listener from starting: nobody can log in until they are read (tried
+    // again every minute and on SIGHUP).
+    let users = match crate::users::Users::load(files.clone(), domain.clone(), age).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the users; the inbox lets nobody in until they can be read");
+            crate::users::Users::empty(files, domain, age)
+        }
+    };
+    let users = Arc::new(users);
     let key = match &config.web.session_key_env {
         Some(var) => {
             let secret = std::env::var(var).map_err(|_| ConfigError::Env {
@@ -389,6 +396,7 @@ async fn start_web(
     let tls = acceptor.map(|a| Arc::new(arc_swap::ArcSwapOption::from_pointee(a)));
     let web = Arc::new(crate::web::Web {
         storage: storage.clone(),
+        checks: crate::web::check_slots(),
         users: users.clone(),
         limits: Arc::new(crate::backend::MemLoginLimits::default()),
         key,

@@ -11,7 +11,9 @@ use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::model::HealthRecord;
 use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary, Verdicts};
-use standby::ports::{BlobStore, ClaimRequest, Cursor, Index, ListQuery, MailboxFilter};
+use standby::ports::{
+    BlobStore, ClaimRequest, Cursor, Index, ListQuery, LoginLimits, MailboxFilter,
+};
 use tokio::io::AsyncReadExt;
 
 fn record(age_secs: i64) -> Record {
@@ -557,12 +559,15 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
             Status::Held,
             "Both <q@x.org>",
         ),
+        mk(5, &["sales+eu@example.test"], Status::Held, "x"),
     ];
     for r in &recs {
         assert!(index.insert(r).await.unwrap());
     }
     let mailbox = MailboxFilter {
         addresses: vec!["alice@example.test".into(), "sales@example.test".into()],
+        // Someone else's own alias, though it looks like a tag of sales@.
+        excluded: vec!["sales+eu@example.test".into()],
         kept_since: Utc::now() - Duration::days(30),
     };
     let mut q = ListQuery {
@@ -600,6 +605,81 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
     );
     q.sender = Some("a@example.org".into());
     assert_eq!(index.list(&q).await.unwrap().len(), recs.len());
+    // A window that ends before it starts holds nothing (DynamoDB refuses such a range).
+    q.since = Some(Utc::now());
+    q.until = Some(Utc::now() - Duration::days(1));
+    assert!(index.list(&q).await.unwrap().is_empty());
+    q.newest_first = true;
+    q.mailbox = Some(MailboxFilter {
+        addresses: vec!["alice@example.test".into()],
+        excluded: vec![],
+        kept_since: Utc::now() - Duration::days(30),
+    });
+    assert!(index.list(&q).await.unwrap().is_empty());
+}
+
+/// Login limits: `max` attempts per key in a window that starts at the first; the next
+/// one waits for the window's end; other keys are not affected; a new window after.
+async fn limits_contract(limits: Arc<dyn LoginLimits>) {
+    let t0 = Utc::now();
+    let minute = Duration::seconds(60);
+    for i in 0..5 {
+        let at = t0 + Duration::seconds(i);
+        assert_eq!(
+            limits.attempt("ip:192.0.2.1", at, minute, 5).await.unwrap(),
+            None
+        );
+    }
+    let wait = limits
+        .attempt("ip:192.0.2.1", t0 + Duration::seconds(20), minute, 5)
+        .await
+        .unwrap()
+        .expect("the sixth attempt waits");
+    assert!(
+        (Duration::seconds(39)..=Duration::seconds(41)).contains(&wait),
+        "{wait}"
+    );
+    assert_eq!(
+        limits
+            .attempt(
+                "user:alice@example.test",
+                t0 + Duration::seconds(20),
+                minute,
+                5
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        limits
+            .attempt("ip:192.0.2.1", t0 + minute, minute, 5)
+            .await
+            .unwrap(),
+        None,
+        "a new window"
+    );
+    // Attempts at once never count more than `max` in a window.
+    let allowed = futures_allowed(limits.clone(), t0 + Duration::seconds(200)).await;
+    assert_eq!(allowed, 5);
+}
+
+async fn futures_allowed(limits: Arc<dyn LoginLimits>, at: chrono::DateTime<Utc>) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let l = limits.clone();
+        tasks.push(tokio::spawn(async move {
+            l.attempt("ip:198.51.100.9", at, Duration::seconds(60), 5)
+                .await
+                .unwrap()
+                .is_none()
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.unwrap());
+    }
+    n
 }
 
 async fn blob_contract(blobs: Arc<dyn BlobStore>) {
@@ -674,6 +754,7 @@ async fn memory_adapters_keep_the_contract() {
     index_contract(Arc::new(MemIndex::default())).await;
     search_contract(Arc::new(MemIndex::default())).await;
     mailbox_contract(Arc::new(MemIndex::default())).await;
+    limits_contract(Arc::new(standby::backend::MemLoginLimits::default())).await;
     blob_contract(Arc::new(MemBlobStore::default())).await;
 }
 
@@ -710,12 +791,13 @@ async fn sqlite_index_survives_reopen() {
 #[tokio::test]
 async fn aws_adapters_keep_the_contract() {
     let moto = common::aws::Moto::start();
-    let (_, _, storage) = moto.storage("contract").await;
+    let (clients, settings, storage) = moto.storage("contract").await;
     index_contract(storage.index.clone()).await;
     let (_, _, other) = moto.storage("search").await;
     search_contract(other.index.clone()).await;
     let (_, _, third) = moto.storage("mailbox").await;
     mailbox_contract(third.index.clone()).await;
+    limits_contract(Arc::new(clients.login_limits(&settings))).await;
     blob_contract(storage.blobs.clone()).await;
 }
 

@@ -362,3 +362,62 @@ fn user_commands_edit_the_file_and_serve_picks_it_up() {
         .cli(&["user", "add", "not an address", "--password-stdin"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_journal_report_shows_its_recipients_only_the_original_message() {
+    // Bob and Dave both received it (Dave as Bcc); the report's envelope part names
+    // every recipient, Bcc and expanded lists included: nobody sees that part.
+    let inbox = Inbox::start(
+        &[("bob", "bob pw"), ("dave", "dave pw")],
+        "\n[journal]\naddresses = [\"journal@standby.example.test\"]\n",
+    );
+    let report =
+        std::fs::read_to_string(common::repo().join("tests/fixtures/exchange-journal-report.eml"))
+            .unwrap();
+    let (ok, t) = common::swaks(
+        inbox.standby.port,
+        &[
+            "--from",
+            "exchange@example.test",
+            "--to",
+            "journal@standby.example.test",
+            "--data",
+            common::repo()
+                .join("tests/fixtures/exchange-journal-report.eml")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(ok, "{t}");
+    assert!(report.contains("Bcc: dave@example.test"));
+    let id = inbox.id_of("Board minutes");
+    for (user, pw, ip) in [
+        ("bob", "bob pw", "127.0.5.1"),
+        ("dave", "dave pw", "127.0.5.2"),
+    ] {
+        let c = inbox.client(ip);
+        assert_eq!(c.login(user, pw).status, 303);
+        assert_eq!(subjects(&c.get("/")), ["Board minutes"], "{user}");
+        for suffix in ["", "/raw"] {
+            let r = c.get(&format!("/m/{id}{suffix}"));
+            assert_eq!(r.status, 200);
+            let text = r.text();
+            assert!(text.contains("Minutes."), "{user}{suffix}: {text}");
+            // Dave's own address is on his pages (he is logged in as him); to Bob it is
+            // someone else's Bcc.
+            let others = if user == "bob" { "dave@" } else { "bob's Bcc" };
+            for hidden in [
+                "Bcc",
+                others,
+                "carl@",
+                "Journal report",
+                "X-MS-Journal-Report",
+            ] {
+                assert!(
+                    !text.contains(hidden),
+                    "{user}{suffix} shows {hidden}: {text}"
+                );
+            }
+        }
+    }
+}

@@ -332,10 +332,7 @@ async fn hostile_html_runs_no_script_and_loads_nothing_until_images_are_allowed(
         state
     };
     let state = frame_state(&c).await;
-    assert_eq!(
-        state,
-        serde_json::json!(["complete", "undefined", true])
-    );
+    assert_eq!(state, serde_json::json!(["complete", "undefined", true]));
     assert_eq!(
         *hits.lock().unwrap(),
         Vec::<String>::new(),

@@ -14,7 +14,15 @@ use crate::ports::LoginLimits;
 /// Windows by key; ended ones are dropped as the map grows.
 #[derive(Debug, Default)]
 pub struct MemLoginLimits {
-    windows: Mutex<HashMap<String, (DateTime<Utc>, u32)>>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    by_key: HashMap<String, (DateTime<Utc>, u32)>,
+    /// The size at which ended windows are swept next: twice what a sweep left (at
+    /// least [`SWEEP_AT`]), so sweeping stays linear in the keys added.
+    sweep_at: usize,
 }
 
 /// Past this many keys, ended windows are swept before a new one is added (an attacker
@@ -30,11 +38,13 @@ impl LoginLimits for MemLoginLimits {
         window: Duration,
         max: u32,
     ) -> Result<Option<Duration>, StoreError> {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len() >= SWEEP_AT && !w.contains_key(key) {
-            w.retain(|_, (start, _)| *start + window > now);
+        let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
+        if w.by_key.len() >= w.sweep_at.max(SWEEP_AT) && !w.by_key.contains_key(key) {
+            w.by_key.retain(|_, (start, _)| *start + window > now);
+            w.sweep_at = (2 * w.by_key.len()).max(SWEEP_AT);
         }
-        let entry = w.entry(key.to_string()).or_insert((now, 0));
+        let entry = w.by_key.entry(key.to_string()).or_insert((now, 0));
         if entry.0 + window <= now {
             *entry = (now, 0);
         }

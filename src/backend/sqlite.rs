@@ -555,19 +555,36 @@ fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
         for a in &mb.addresses {
             ors.push("r2.rcpt = ?");
             args.push(Value::Text(a.clone()));
-            if let Some((local, domain)) = a.rsplit_once('@') {
-                ors.push("(r2.rcpt >= ? AND r2.rcpt < ? AND substr(r2.rcpt, ?) = ?)");
-                args.push(Value::Text(format!("{local}+")));
-                args.push(Value::Text(format!("{local},")));
-                args.push(Value::Integer(-(domain.len() as i64 + 1)));
-                args.push(Value::Text(format!("@{domain}")));
+            // An address with a `+` of its own has no tagged forms (the tag starts at
+            // the first `+`, as `MailboxFilter::addressed` reads it).
+            match a.rsplit_once('@') {
+                Some((local, domain)) if !local.contains('+') => {
+                    ors.push("(r2.rcpt >= ? AND r2.rcpt < ? AND substr(r2.rcpt, ?) = ?)");
+                    args.push(Value::Text(format!("{local}+")));
+                    args.push(Value::Text(format!("{local},")));
+                    // substr() counts characters, not bytes.
+                    args.push(Value::Integer(-(domain.chars().count() as i64 + 1)));
+                    args.push(Value::Text(format!("@{domain}")));
+                }
+                _ => {}
             }
         }
         if ors.is_empty() {
             ors.push("0");
         }
+        let excluded = if mb.excluded.is_empty() {
+            String::new()
+        } else {
+            for e in &mb.excluded {
+                args.push(Value::Text(e.clone()));
+            }
+            format!(
+                " AND r2.rcpt NOT IN ({})",
+                vec!["?"; mb.excluded.len()].join(", ")
+            )
+        };
         mailbox_cond = format!(
-            "m.id IN (SELECT r2.id FROM message_rcpts AS r2 WHERE {}) \
+            "m.id IN (SELECT r2.id FROM message_rcpts AS r2 WHERE ({}){excluded}) \
              AND (m.status IN ('held', 'paused') \
                   OR (m.status IN ('delivered', 'journal') AND m.received_at >= ?))",
             ors.join(" OR ")

@@ -46,6 +46,10 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 
 /// The whole write, blocking (see the module docs).
 fn replace(path: &Path, bytes: &[u8], version: Option<&str>) -> Result<(), StoreError> {
+    // A symlinked file (into a Dovecot configuration directory, say) is written where
+    // the link points, and stays a link.
+    let resolved = std::fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -78,18 +78,15 @@ fn password(from_stdin: bool) -> Result<String, CliError> {
 /// was read; read and apply again when someone did (a few times).
 async fn edit_passwd(
     files: &dyn UserFiles,
-    mut edit: impl FnMut(&str) -> Result<String, CliError>,
+    mut edit: impl FnMut(&[u8]) -> Result<Vec<u8>, CliError>,
 ) -> Result<(), CliError> {
     let mut tries = 0;
     loop {
         let current = files.read_passwd().await?;
-        let text = current
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(&v.bytes).into_owned())
-            .unwrap_or_default();
-        let new = edit(&text)?;
+        let text = current.as_ref().map(|v| v.bytes.as_slice()).unwrap_or(b"");
+        let new = edit(text)?;
         match files
-            .write_passwd(new.as_bytes(), current.as_ref().map(|v| v.version.as_str()))
+            .write_passwd(&new, current.as_ref().map(|v| v.version.as_str()))
             .await
         {
             Err(StoreError::FileChanged(_)) if tries < 4 => tries += 1,
@@ -128,7 +125,7 @@ pub async fn run(config: &Config, action: UserAction) -> Result<(), CliError> {
             .map_err(|e| CliError::Usage(format!("hashing the password: {e}")))?;
             let mut existed = false;
             edit_passwd(files.as_ref(), |text| {
-                let (entries, _) = passwd::parse(text, domain);
+                let (entries, _) = passwd::parse(&String::from_utf8_lossy(text), domain);
                 existed = entries.iter().any(|e| e.address == address);
                 Ok(passwd::set_password(text, &address, &hash, domain))
             })

@@ -5,6 +5,7 @@
 //! - [`drain`]: `standby-drain`, invoked every minute by the schedule.
 //! - [`reconcile`]: objects without records, run by the drain.
 //! - [`ses`]: the lenient SES event.
+//! - [`web`]: `standby-web`, the emergency inbox behind a function URL.
 //!
 //! Both functions read only environment variables, with the same names as every other
 //! entry point ([`Config::from_lambda_env`]): `STANDBY_BUCKET`, `STANDBY_TABLE`,
@@ -20,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod reconcile;
 pub mod ses;
+pub mod web;
 
 use std::time::{Duration, Instant};
 

@@ -143,7 +143,6 @@ fn needs_restart(started: &Config, new: &Config) -> bool {
     same.journal = started.journal.clone();
     same.retention = started.retention.clone();
     same.keep_delivered_days = started.keep_delivered_days;
-    same.users = started.users.clone();
     format!("{same:?}") != format!("{started:?}")
 }
 

@@ -51,6 +51,9 @@ pub struct Account {
     pub address: String,
     /// Lower case, without `address`.
     pub aliases: Vec<String>,
+    /// Addresses that look like a tagged form of one of this user's (`sales+eu@` for
+    /// `sales@`) but are someone else's own address or alias: not this user's mail.
+    pub excluded: Vec<String>,
     /// Changes when the password does (a digest of the stored hash), so a session made
     /// before a password change or a removal ends with it.
     pub stamp: [u8; 32],
@@ -68,6 +71,9 @@ impl Account {
     /// them with a `+tag` after the local part.
     pub fn reads(&self, rcpt: &str) -> bool {
         let rcpt = rcpt.to_lowercase();
+        if self.excluded.contains(&rcpt) {
+            return false;
+        }
         let untagged = untag(&rcpt);
         self.addresses()
             .iter()
@@ -116,6 +122,8 @@ impl Directory {
         let default_domain = default_domain
             .map(|d| d.trim_end_matches('.').to_lowercase())
             .filter(|d| !d.is_empty());
+        // A byte order mark (an editor's) is not part of the first user's name.
+        let passwd = passwd.strip_prefix("\u{feff}".as_bytes()).unwrap_or(passwd);
         let text = String::from_utf8_lossy(passwd);
         let (entries, skipped) = passwd::parse(&text, default_domain.as_deref());
         let mut warnings: Vec<String> = skipped
@@ -167,13 +175,31 @@ impl Directory {
     /// The account of `address` (lower case), if that user exists.
     pub fn account(&self, address: &str) -> Option<Account> {
         let hash = self.users.get(address)?;
+        let aliases: Vec<String> = self
+            .aliases
+            .get(address)
+            .map(|a| a.iter().filter(|x| *x != address).cloned().collect())
+            .unwrap_or_default();
+        let own: Vec<String> = std::iter::once(address.to_string())
+            .chain(aliases.iter().cloned())
+            .collect();
+        // Every other explicit address (users, and aliases not this user's) that a tag
+        // rule would hand to this user.
+        let others = self
+            .users
+            .keys()
+            .chain(self.aliases.values().flatten())
+            .filter(|a| !own.contains(a));
+        let mut excluded: Vec<String> = others
+            .filter(|a| untag(a).is_some_and(|u| own.contains(&u)))
+            .cloned()
+            .collect();
+        excluded.sort();
+        excluded.dedup();
         Some(Account {
             address: address.to_string(),
-            aliases: self
-                .aliases
-                .get(address)
-                .map(|a| a.iter().filter(|x| *x != address).cloned().collect())
-                .unwrap_or_default(),
+            aliases,
+            excluded,
             stamp: Sha256::digest(hash.field().as_bytes()).into(),
         })
     }
@@ -211,6 +237,10 @@ pub struct Users {
     current: arc_swap::ArcSwap<Directory>,
     loaded: std::sync::Mutex<std::time::Instant>,
     max_age: Option<std::time::Duration>,
+    /// One reload at a time; requests that find one running use the directory in use.
+    reloading: tokio::sync::Mutex<()>,
+    /// The warnings last logged: the same ones are not logged again at every reload.
+    warned: std::sync::Mutex<Vec<String>>,
 }
 
 impl Users {
@@ -223,15 +253,31 @@ impl Users {
         default_domain: Option<String>,
         max_age: Option<std::time::Duration>,
     ) -> Result<Users, UsersError> {
-        let dir = Directory::load(files.as_ref(), default_domain.as_deref()).await?;
-        log_loaded(&dir, files.as_ref());
-        Ok(Users {
+        let users = Self::empty(files, default_domain, max_age);
+        users.reload().await?;
+        Ok(users)
+    }
+
+    /// No users yet, read at the first [`Users::directory`] (and at each `max_age` after
+    /// that): for a start that must not fail because the users' files cannot be read
+    /// right now (the mail listener comes first).
+    pub fn empty(
+        files: std::sync::Arc<dyn UserFiles>,
+        default_domain: Option<String>,
+        max_age: Option<std::time::Duration>,
+    ) -> Users {
+        let long_ago = std::time::Instant::now()
+            .checked_sub(max_age.unwrap_or_default())
+            .unwrap_or_else(std::time::Instant::now);
+        Users {
             files,
             default_domain,
-            current: arc_swap::ArcSwap::from_pointee(dir),
-            loaded: std::sync::Mutex::new(std::time::Instant::now()),
+            current: arc_swap::ArcSwap::from_pointee(Directory::default()),
+            loaded: std::sync::Mutex::new(long_ago),
             max_age,
-        })
+            reloading: tokio::sync::Mutex::new(()),
+            warned: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Read the files again and use what they say from now on.
@@ -239,15 +285,32 @@ impl Users {
     /// # Errors
     /// As [`Users::load`]; the directory in use is kept.
     pub async fn reload(&self) -> Result<usize, UsersError> {
-        let dir = Directory::load(self.files.as_ref(), self.default_domain.as_deref()).await?;
-        log_loaded(&dir, self.files.as_ref());
-        let n = dir.len();
-        self.current.store(std::sync::Arc::new(dir));
+        let _one = self.reloading.lock().await;
+        self.reload_locked().await
+    }
+
+    async fn reload_locked(&self) -> Result<usize, UsersError> {
+        // Whatever the outcome, the next automatic try is `max_age` from now.
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        let dir = Directory::load(self.files.as_ref(), self.default_domain.as_deref()).await?;
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if *warned != dir.warnings {
+            for w in dir.warnings() {
+                tracing::warn!("users: {w}");
+            }
+            warned.clone_from(&dir.warnings);
+        }
+        drop(warned);
+        let n = dir.len();
+        if n != self.current.load().len() {
+            tracing::info!(users = n, file = %self.files.passwd_name(), "users loaded");
+        }
+        self.current.store(std::sync::Arc::new(dir));
         Ok(n)
     }
 
-    /// The directory in use (read again first when it is `max_age` old).
+    /// The directory in use (read again first when it is `max_age` old, unless another
+    /// request is reading it right now).
     pub async fn directory(&self) -> std::sync::Arc<Directory> {
         let stale = self.max_age.is_some_and(|age| {
             self.loaded
@@ -255,19 +318,14 @@ impl Users {
                 .map(|t| t.elapsed() >= age)
                 .unwrap_or(true)
         });
-        if stale && let Err(e) = self.reload().await {
-            tracing::error!(error = %e, "cannot read the users again; keeping the ones loaded");
-            *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        if stale
+            && let Ok(_one) = self.reloading.try_lock()
+            && let Err(e) = self.reload_locked().await
+        {
+            tracing::error!(error = %e, "cannot read the users; keeping the ones loaded");
         }
         self.current.load_full()
     }
-}
-
-fn log_loaded(dir: &Directory, files: &dyn UserFiles) {
-    for w in dir.warnings() {
-        tracing::warn!("users: {w}");
-    }
-    tracing::info!(users = dir.len(), file = %files.passwd_name(), "users loaded");
 }
 
 #[cfg(test)]
@@ -323,5 +381,33 @@ mod tests {
         ] {
             assert!(!a.reads(no), "{no}");
         }
+    }
+
+    #[test]
+    fn an_explicit_address_wins_over_a_tag_and_disabled_lines_are_skipped() {
+        let h = Hash::argon2id("pw").field();
+        let passwd = format!(
+            "\u{feff}alice:{h}\nbob:{h}\ncarol:{h}::::::nologin\ndave:{h}::::::allow_nets=10.0.0.0/8\n"
+        );
+        let d = Directory::parse(
+            "users.passwd",
+            passwd.as_bytes(),
+            Some((
+                "aliases.csv",
+                b"address,alias\nalice,sales@example.test\nbob,sales+eu@example.test\n",
+            )),
+            Some("example.test"),
+        )
+        .unwrap();
+        assert_eq!(d.len(), 2, "{:?}", d.warnings());
+        assert!(d.warnings()[0].contains(":3: carol@example.test: has `nologin`"));
+        assert!(d.warnings()[1].contains(":4: dave@example.test: has `allow_nets`"));
+        let alice = d.account("alice@example.test").unwrap();
+        let bob = d.account("bob@example.test").unwrap();
+        assert_eq!(alice.excluded, ["sales+eu@example.test"]);
+        assert!(!alice.reads("sales+eu@example.test") && bob.reads("sales+eu@example.test"));
+        assert!(alice.reads("sales+us@example.test"));
+        // bob's own address with a `+` has no tagged forms.
+        assert!(!bob.reads("sales+eu+x@example.test"));
     }
 }

@@ -9,6 +9,17 @@
 
 use super::hash::Hash;
 
+/// Extra fields that disable a login or restrict where from (not supported here).
+const DISABLING: [&str; 7] = [
+    "nologin",
+    "fail",
+    "deny",
+    "allow_nets",
+    "allow_real_nets",
+    "noauthenticate",
+    "nopassword",
+];
+
 /// One user that can log in.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -77,6 +88,19 @@ pub fn parse(text: &str, default_domain: Option<&str>) -> (Vec<Entry>, Vec<Skipp
             });
             continue;
         }
+        // Dovecot's extra fields (the eighth field on) that disable or restrict a user:
+        // honouring none of them here would let a disabled account in.
+        let extras = line.splitn(8, ':').nth(7).unwrap_or("");
+        if let Some(flag) = extras.split_whitespace().find_map(|f| {
+            let key = f.split('=').next().unwrap_or(f).to_ascii_lowercase();
+            DISABLING.contains(&key.as_str()).then_some(key)
+        }) {
+            skipped.push(Skipped {
+                line: n,
+                message: format!("{address}: has `{flag}`; this user cannot log in here"),
+            });
+            continue;
+        }
         match Hash::parse(password) {
             Ok(hash) => entries.push(Entry {
                 address,
@@ -94,69 +118,73 @@ pub fn parse(text: &str, default_domain: Option<&str>) -> (Vec<Entry>, Vec<Skipp
 
 /// `text` with `address`'s password set to `hash`: its line's second field replaced
 /// (every other field kept), or a new line `address:hash` at the end. Every other line
-/// is kept as it was.
+/// is kept byte for byte (the file may hold Latin-1 in a gecos field).
 pub fn set_password(
-    text: &str,
+    text: &[u8],
     address: &str,
     hash: &Hash,
     default_domain: Option<&str>,
-) -> String {
-    let mut out = String::with_capacity(text.len() + 128);
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 128);
     let mut done = false;
-    for line in text.split_inclusive('\n') {
+    for line in text.split_inclusive(|&b| b == b'\n') {
         if !done && names(line, address, default_domain) {
             let (body, end) = split_end(line);
-            let mut fields: Vec<&str> = body.split(':').collect();
+            let mut fields: Vec<&[u8]> = body.split(|&b| b == b':').collect();
             let field = hash.field();
             if fields.len() < 2 {
-                fields.push(&field);
+                fields.push(field.as_bytes());
             } else {
-                fields[1] = &field;
+                fields[1] = field.as_bytes();
             }
-            out.push_str(&fields.join(":"));
-            out.push_str(end);
+            out.extend_from_slice(&fields.join(&b':'));
+            out.extend_from_slice(end);
             done = true;
         } else {
-            out.push_str(line);
+            out.extend_from_slice(line);
         }
     }
     if !done {
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
         }
-        out.push_str(&format!("{address}:{}\n", hash.field()));
+        out.extend_from_slice(format!("{address}:{}\n", hash.field()).as_bytes());
     }
     out
 }
 
 /// `text` without `address`'s lines, and whether there were any.
-pub fn remove(text: &str, address: &str, default_domain: Option<&str>) -> (String, bool) {
-    let mut out = String::with_capacity(text.len());
+pub fn remove(text: &[u8], address: &str, default_domain: Option<&str>) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(text.len());
     let mut found = false;
-    for line in text.split_inclusive('\n') {
+    for line in text.split_inclusive(|&b| b == b'\n') {
         if names(line, address, default_domain) {
             found = true;
         } else {
-            out.push_str(line);
+            out.extend_from_slice(line);
         }
     }
     (out, found)
 }
 
 /// Whether `line` is a user line for `address`.
-fn names(line: &str, address: &str, default_domain: Option<&str>) -> bool {
-    let t = line.trim();
+fn names(line: &[u8], address: &str, default_domain: Option<&str>) -> bool {
+    let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+    let name = String::from_utf8_lossy(name);
+    let t = name.trim();
     if t.is_empty() || t.starts_with('#') {
         return false;
     }
-    let name = line.split(':').next().unwrap_or("");
-    address_of(name, default_domain).is_some_and(|a| a == address)
+    address_of(&name, default_domain).is_some_and(|a| a == address)
 }
 
 /// A line and its line end.
-fn split_end(line: &str) -> (&str, &str) {
-    let body = line.trim_end_matches(['\r', '\n']);
-    (body, &line[body.len()..])
+fn split_end(line: &[u8]) -> (&[u8], &[u8]) {
+    let mut n = line.len();
+    while n > 0 && matches!(line[n - 1], b'\r' | b'\n') {
+        n -= 1;
+    }
+    line.split_at(n)
 }
 
 #[cfg(test)]
@@ -207,7 +235,13 @@ mod tests {
             "# keep me\nalice@example.test:{SHA512}:1000:1000::/home/alice\r\nbob@example.test:{SHA512}"
         );
         let h = Hash::argon2id("new");
-        let out = set_password(&text, "alice@example.test", &h, None);
+        let out = String::from_utf8(set_password(
+            text.as_bytes(),
+            "alice@example.test",
+            &h,
+            None,
+        ))
+        .unwrap();
         let alice = out.lines().nth(1).unwrap();
         assert_eq!(
             alice,
@@ -215,17 +249,26 @@ mod tests {
         );
         assert!(out.contains("/home/alice\r\n"), "the line end is kept");
         assert!(out.starts_with("# keep me\n") && out.ends_with(SHA512));
-        let out = set_password(&out, "new@example.test", &h, None);
+        let out =
+            String::from_utf8(set_password(out.as_bytes(), "new@example.test", &h, None)).unwrap();
         assert!(out.ends_with(&format!("{SHA512}\nnew@example.test:{}\n", h.field())));
         let (users, skipped) = parse(&out, None);
         assert_eq!(users.len(), 3, "{skipped:?}");
-        let (out, found) = remove(&out, "bob@example.test", None);
+        let (out, found) = remove(out.as_bytes(), "bob@example.test", None);
         assert!(found);
-        assert!(!out.contains("bob@"));
+        assert!(!String::from_utf8_lossy(&out).contains("bob@"));
         assert!(!remove(&out, "bob@example.test", None).1);
         // A bare name in the file is the same user as its address.
-        let (out, found) = remove("bob:x\ncarol:y\n", "bob@example.test", Some("example.test"));
+        let (out, found) = remove(
+            b"bob:x\ncarol:y\n",
+            "bob@example.test",
+            Some("example.test"),
+        );
         assert!(found);
-        assert_eq!(out, "carol:y\n");
+        assert_eq!(out, b"carol:y\n");
+        // Bytes that are not UTF-8 in another user's line are kept as they are.
+        let latin1 = b"carol:{PLAIN}x:1:1:Jos\xe9:/home/carol\n";
+        let out = set_password(latin1, "dave@example.test", &h, Some("example.test"));
+        assert!(out.starts_with(latin1));
     }
 }

@@ -34,18 +34,36 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// A cookie's name: with the `__Host-` prefix over HTTPS, so the browser takes it only
+/// from this host, set Secure on the whole site (a sibling subdomain cannot plant one).
+fn cookie_name(web: &Web, name: &str) -> String {
+    if web.settings.secure {
+        format!("__Host-{name}")
+    } else {
+        name.to_string()
+    }
+}
+
 /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, whole site; Secure over HTTPS;
-/// `max_age` 0 removes it.
-fn set_cookie(web: &Web, name: &str, value: &str, max_age: i64) -> HeaderValue {
+/// `max_age` 0 removes it, `None` makes it end with the browser (the session: on a
+/// borrowed computer on the bad day, closing the browser logs out; the signed expiry
+/// still applies).
+fn set_cookie(web: &Web, name: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
     let secure = if web.settings.secure { "; Secure" } else { "" };
-    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let age = max_age
+        .map(|a| format!("; Max-Age={a}"))
+        .unwrap_or_default();
+    let v = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}",
+        cookie_name(web, name)
+    );
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The logged-in user and their session, or the way to the login page.
 async fn authed(web: &Web, headers: &HeaderMap) -> Result<(Account, Session), Response> {
     let to_login = || Redirect::to("/login").into_response();
-    let value = cookie(headers, SESSION_COOKIE).ok_or_else(to_login)?;
+    let value = cookie(headers, &cookie_name(web, SESSION_COOKIE)).ok_or_else(to_login)?;
     let claimed = SessionKey::claimed(value).ok_or_else(to_login)?;
     let account = web
         .users
@@ -105,7 +123,7 @@ pub(super) async fn login_form(State(web): Shared, headers: HeaderMap) -> Respon
     let mut resp = page(StatusCode::OK, pages::login(&token, None));
     resp.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&web, LOGIN_COOKIE, &nonce, 3600),
+        set_cookie(&web, LOGIN_COOKIE, &nonce, Some(3600)),
     );
     resp
 }
@@ -119,6 +137,12 @@ pub(super) struct LoginForm {
     #[serde(default)]
     csrf: String,
 }
+
+/// The longest user name (an address is at most 254 bytes) and password accepted.
+const MAX_NAME: usize = 254;
+const MAX_PASSWORD: usize = 1024;
+/// A failed login answers no sooner than this after it arrived.
+const FAILED_LOGIN_TIME: std::time::Duration = std::time::Duration::from_millis(600);
 
 /// What the audit log keeps of a typed name: printable, at most 100 characters.
 fn clip(s: &str) -> String {
@@ -135,17 +159,23 @@ pub(super) async fn login(
     let Ok(Form(form)) = form else {
         return forbidden();
     };
-    let Some(nonce) = cookie(&headers, LOGIN_COOKIE) else {
+    let Some(nonce) = cookie(&headers, &cookie_name(&web, LOGIN_COOKIE)) else {
         return forbidden();
     };
     if !web.key.login_token_ok(nonce, &form.csrf) {
         return forbidden();
     }
     let token = form.csrf.clone();
-    let ip = ip.map_or_else(
-        || "unknown".to_string(),
-        |Extension(ClientIp(a))| a.to_string(),
-    );
+    let started = tokio::time::Instant::now();
+    // An address is at most 254 bytes; no password needs more than 1 KiB, and a longer
+    // one would only make the hash check expensive (SHA-crypt's cost grows with it).
+    if form.username.len() > MAX_NAME || form.password.len() > MAX_PASSWORD {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            pages::login(&token, Some("Wrong address or password.")),
+        );
+    }
+    let ip = ip.map_or_else(|| "unknown".to_string(), |Extension(ip)| ip.limit_key());
     let dir = web.users.directory().await;
     let name = dir
         .address_of(&form.username)
@@ -159,12 +189,24 @@ pub(super) async fn login(
             .await
         {
             Ok(None) => {}
-            Ok(Some(wait)) => return too_many(wait),
+            Ok(Some(wait)) => {
+                tracing::warn!(
+                    limit = key.split(':').next().unwrap_or(""),
+                    "emergency inbox: login refused, too many attempts"
+                );
+                return too_many(wait);
+            }
             Err(e) => return server_error(&e),
         }
     }
     let (typed, password) = (form.username.clone(), form.password.clone());
+    // Hash checks take tens of milliseconds of CPU each: a few at a time, so a flood of
+    // logins queues instead of taking every core (and the SMTP listener with them).
+    let Ok(slot) = web.checks.acquire().await else {
+        return server_error(&"shutting down");
+    };
     let verified = tokio::task::spawn_blocking(move || dir.verify(&typed, &password)).await;
+    drop(slot);
     let account = match verified {
         Ok(a) => a,
         Err(e) => return server_error(&e),
@@ -176,6 +218,9 @@ pub(super) async fn login(
             return server_error(&e);
         }
         tracing::info!("emergency inbox: failed login");
+        // Every failed login takes as long, whatever the user's hash scheme and cost, or
+        // whether the user exists: the time tells nothing.
+        tokio::time::sleep_until(started + FAILED_LOGIN_TIME).await;
         return page(
             StatusCode::UNAUTHORIZED,
             pages::login(&token, Some("Wrong address or password.")),
@@ -195,9 +240,12 @@ pub(super) async fn login(
     let h = resp.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(&web, SESSION_COOKIE, &value, s.session.num_seconds()),
+        set_cookie(&web, SESSION_COOKIE, &value, None),
     );
-    h.append(header::SET_COOKIE, set_cookie(&web, LOGIN_COOKIE, "", 0));
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&web, LOGIN_COOKIE, "", Some(0)),
+    );
     resp
 }
 
@@ -260,8 +308,10 @@ pub(super) async fn logout(
         return server_error(&e);
     }
     let mut resp = Redirect::to("/login").into_response();
-    resp.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&web, SESSION_COOKIE, "", 0));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&web, SESSION_COOKIE, "", Some(0)),
+    );
     resp
 }
 
@@ -394,12 +444,29 @@ async fn own_message(
     }
 }
 
+/// The bytes a user may see of `rec`: the stored message, except for an Exchange journal
+/// report, whose envelope part lists every recipient (Bcc and expanded lists
+/// included): only the original message attached to it.
 async fn bytes_of(web: &Web, rec: &Record) -> Result<Vec<u8>, Response> {
-    match web.storage.blobs.read_all(&rec.blob_key()).await {
-        Ok((b, _)) => Ok(b),
-        Err(crate::error::StoreError::MissingBlob(_)) => Err(not_found_page()),
-        Err(e) => Err(server_error(&e)),
+    let bytes = match web.storage.blobs.read_all(&rec.blob_key()).await {
+        Ok((b, _)) => b,
+        Err(crate::error::StoreError::MissingBlob(_)) => return Err(not_found_page()),
+        Err(e) => return Err(server_error(&e)),
+    };
+    if is_report(rec) {
+        return tokio::task::spawn_blocking(move || crate::journal::report_original(&bytes))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(not_found_page);
     }
+    Ok(bytes)
+}
+
+fn is_report(rec: &Record) -> bool {
+    rec.journal
+        .as_ref()
+        .is_some_and(|j| j.source == crate::model::RcptSource::Report)
 }
 
 #[derive(Deserialize, Default)]
@@ -574,13 +641,19 @@ pub(super) async fn raw(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let reader = match web.storage.blobs.open(&rec.blob_key()).await {
-        Ok(r) => r,
-        Err(crate::error::StoreError::MissingBlob(_)) => return not_found_page(),
-        Err(e) => return server_error(&e),
+    let body = if is_report(&rec) {
+        match bytes_of(&web, &rec).await {
+            Ok(b) => Body::from(b),
+            Err(r) => return r,
+        }
+    } else {
+        match web.storage.blobs.open(&rec.blob_key()).await {
+            // Streamed: a message may be 40 MB.
+            Ok(r) => Body::from_stream(tokio_util::io::ReaderStream::new(r)),
+            Err(crate::error::StoreError::MissingBlob(_)) => return not_found_page(),
+            Err(e) => return server_error(&e),
+        }
     };
-    // Streamed: a message may be 40 MB.
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
     (
         [
             (

@@ -30,6 +30,8 @@ pub use session::SessionKey;
 /// What every request handler shares.
 pub struct Web {
     pub storage: Storage,
+    /// Password checks running at once (see [`check_slots`]).
+    pub checks: tokio::sync::Semaphore,
     pub users: Arc<Users>,
     pub limits: Arc<dyn LoginLimits>,
     pub key: SessionKey,
@@ -72,6 +74,30 @@ impl WebSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub std::net::IpAddr);
 
+impl ClientIp {
+    /// The login limits' key for this client: the IPv4 address, or the IPv6 /64 (one
+    /// host usually has a whole /64 to rotate through).
+    pub fn limit_key(&self) -> String {
+        match self.0 {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = a.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+        }
+    }
+}
+
+/// Password checks at once: about one per core (each is tens of ms of CPU and, for
+/// Argon2, tens of MiB).
+pub fn check_slots() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores.max(2))
+}
+
 /// The pages' Content-Security-Policy: nothing but our own stylesheet, frames of our
 /// own message bodies, forms to ourselves.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
@@ -93,6 +119,12 @@ pub fn router(web: Arc<Web>) -> Router {
         .fallback(handlers::not_found)
         .with_state(web)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        // A request (its body included) that takes longer is answered 408: a client
+        // sending a byte every few seconds cannot hold a connection slot for long.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(30),
+        ))
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,

@@ -67,7 +67,9 @@ fn attachment_name(part: &mail_parser::MessagePart<'_>, index: u32) -> String {
         .next()
         .unwrap_or("")
         .chars()
-        .filter(|c| !c.is_control())
+        // Control characters, and the bidirectional and zero-width format characters
+        // that make `invoice<U+202E>gpj.exe` read as `invoiceexe.jpg`.
+        .filter(|c| !c.is_control() && !is_format(*c))
         .collect::<String>()
         .trim()
         .trim_start_matches('.')
@@ -77,6 +79,11 @@ fn attachment_name(part: &mail_parser::MessagePart<'_>, index: u32) -> String {
     } else {
         clean
     }
+}
+
+/// Unicode format characters (category Cf) a file name can hide its extension with.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}')
 }
 
 fn content_type(part: &mail_parser::MessagePart<'_>) -> String {
@@ -149,6 +156,8 @@ fn sanitizer(
 ) -> ammonia::Builder<'static> {
     let mut b = ammonia::Builder::default();
     b.url_relative(ammonia::UrlRelative::Deny)
+        // Links that open a web page or write a mail; nothing that starts an app.
+        .url_schemes(["http", "https", "mailto"].into_iter().collect())
         .add_generic_attributes(["style"])
         .set_tag_attribute_value("a", "target", "_blank")
         .link_rel(Some("noopener noreferrer"))
@@ -257,5 +266,10 @@ mod tests {
         assert_eq!((name.as_str(), ct.as_str()), ("x.pdf", "application/pdf"));
         assert_eq!(bytes, b"%PDF-1.4\n");
         assert!(attachment(msg.as_bytes(), 1).is_none());
+        let hidden = msg.replace("../../etc/x.pdf", "invoice\u{202e}fdp.exe");
+        assert_eq!(
+            show(hidden.as_bytes()).attachments[0].name,
+            "invoicefdp.exe"
+        );
     }
 }

@@ -19,8 +19,47 @@ use tower::ServiceExt;
 
 use super::ClientIp;
 
-/// At most this many connections at once.
+/// At most this many connections at once, this many from one client address, and each
+/// for at most this long (a download of a 40 MB message fits many times over).
 const MAX_CONNECTIONS: usize = 512;
+const MAX_PER_IP: usize = 32;
+const MAX_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Open connections by client address; a [`PerIp`] guard counts one.
+#[derive(Default)]
+struct Clients(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct PerIp {
+    clients: Arc<Clients>,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIp> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut m = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Serve `router` on `listeners` until `stop` turns true. `tls`: the acceptor to use for
 /// each new connection (replaced on SIGHUP), `None` for plain HTTP.
@@ -31,10 +70,12 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(Clients::default());
     let mut tasks = Vec::new();
     for listener in listeners {
         let (router, tls, limit, mut stop) =
             (router.clone(), tls.clone(), limit.clone(), stop.clone());
+        let clients = clients.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -49,9 +90,11 @@ pub async fn run(
                         continue;
                     }
                 };
+                // Full, or this client has enough open: close at once rather than queue.
+                let Some(per_ip) = clients.admit(peer.ip()) else {
+                    continue;
+                };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    // Full: close at once rather than queue.
-                    drop(stream);
                     continue;
                 };
                 let router = router.clone();
@@ -60,7 +103,7 @@ pub async fn run(
                     continue;
                 }
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, per_ip);
                     let ip = ClientIp(peer.ip());
                     let svc =
                         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -70,22 +113,28 @@ pub async fn run(
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(30));
-                    let served = match acceptor {
-                        Some(acceptor) => {
-                            let hs = tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            )
-                            .await;
-                            match hs {
-                                Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), svc).await,
-                                _ => return,
+                    let served = async move {
+                        match acceptor {
+                            Some(acceptor) => {
+                                let hs = tokio::time::timeout(
+                                    Duration::from_secs(10),
+                                    acceptor.accept(stream),
+                                )
+                                .await;
+                                match hs {
+                                    Ok(Ok(tls)) => {
+                                        http.serve_connection(TokioIo::new(tls), svc).await
+                                    }
+                                    _ => Ok(()),
+                                }
                             }
+                            None => http.serve_connection(TokioIo::new(stream), svc).await,
                         }
-                        None => http.serve_connection(TokioIo::new(stream), svc).await,
                     };
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "web: connection ended");
+                    match tokio::time::timeout(MAX_LIFETIME, served).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "web: connection ended"),
+                        Err(_) => tracing::debug!("web: connection closed after its lifetime"),
+                        Ok(Ok(())) => {}
                     }
                 });
             }

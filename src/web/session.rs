@@ -155,6 +155,7 @@ mod tests {
         Account {
             address: "alice@example.test".into(),
             aliases: vec![],
+            excluded: vec![],
             stamp: [stamp; 32],
         }
     }

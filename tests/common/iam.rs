@@ -46,14 +46,17 @@ pub enum Principal {
     Serve,
     /// The `standby` command with the standby.toml `scripts/deploy` writes: OperatorPolicy.
     Operator,
+    /// `standby-web`: the WebFunction's inline policies.
+    Web,
 }
 
 impl Principal {
-    pub const ALL: [Principal; 4] = [
+    pub const ALL: [Principal; 5] = [
         Principal::Ingest,
         Principal::Drain,
         Principal::Serve,
         Principal::Operator,
+        Principal::Web,
     ];
 
     /// The access key id this principal signs with in the tests.
@@ -63,6 +66,7 @@ impl Principal {
             Principal::Drain => "role-drain-function",
             Principal::Serve => "role-serve-node",
             Principal::Operator => "role-operator",
+            Principal::Web => "role-web-function",
         }
     }
 
@@ -77,6 +81,7 @@ impl Principal {
             Principal::Drain => "DrainFunction",
             Principal::Serve => "ServeNodePolicy",
             Principal::Operator => "OperatorPolicy",
+            Principal::Web => "WebFunction",
         }
     }
 
@@ -182,7 +187,7 @@ impl Names {
             // One queue, one secret, one function, one topic per stack; the tests name
             // theirs freely.
             "IngestFailures.Arn" => vec![format!("arn:aws:sqs:{REGION}:{ACCOUNT}:*")],
-            "PrimarySecretArn" => vec![format!(
+            "PrimarySecretArn" | "WebSessionKey" => vec![format!(
                 "arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:*"
             )],
             "DrainFunction.Arn" | "DrainFunction" => {

@@ -79,6 +79,11 @@ enum KeyRange {
 }
 
 impl KeyRange {
+    /// A range no key is in (`since` at or after `until`, a cursor outside the window):
+    /// DynamoDB refuses a BETWEEN whose ends are the wrong way round.
+    fn is_empty(&self) -> bool {
+        matches!(self, KeyRange::Between(lo, hi) if lo > hi)
+    }
     /// The keys a listing reads: after the cursor or from `since`, whichever is later,
     /// and before `until`. The cursor's own key is in the range; the caller skips it.
     /// Newest first, the cursor is the upper end instead.
@@ -207,7 +212,7 @@ fn version_is(version: u64) -> (&'static str, AttributeValue) {
     (cond, n(i64::try_from(version).unwrap_or(i64::MAX)))
 }
 
-fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+pub(super) fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
     e: &aws_smithy_runtime_api::client::result::SdkError<
         E,
         aws_smithy_runtime_api::client::orchestrator::HttpResponse,
@@ -296,6 +301,9 @@ impl DynamoIndex {
         let (limit, mut out) = (q.limit, Vec::new());
         let mut start = None;
         let range = KeyRange::of(q);
+        if range.is_empty() {
+            return Ok(out);
+        }
         loop {
             // One more than wanted: the cursor's own record may come first.
             let filtered = q.from.is_some()
@@ -339,6 +347,9 @@ impl DynamoIndex {
     ) -> Result<Vec<Record>, StoreError> {
         let (limit, mut out) = (q.limit.unwrap_or(usize::MAX), Vec::new());
         let (range, mut start) = (KeyRange::of(q), None);
+        if range.is_empty() {
+            return Ok(out);
+        }
         loop {
             let (items, next) = self
                 .query_index(index, range.clone(), Some(100), start, !q.newest_first)
@@ -968,5 +979,32 @@ fn within(
             .expression_attribute_names("#r", GSI_SK)
             .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// moto answers a BETWEEN with its ends the wrong way round with nothing; DynamoDB
+    /// refuses it (ValidationException), so such a range must never be sent.
+    #[test]
+    fn a_window_that_ends_before_it_starts_is_empty() {
+        let now = Utc::now();
+        let mut q = ListQuery {
+            since: Some(now),
+            until: Some(now - chrono::Duration::days(1)),
+            ..ListQuery::default()
+        };
+        assert!(KeyRange::of(&q).is_empty());
+        q.until = Some(now + chrono::Duration::days(1));
+        assert!(!KeyRange::of(&q).is_empty());
+        // Newest first, the cursor is the upper end: one older than `since` is past it.
+        q.newest_first = true;
+        q.after = Some(Cursor {
+            received_at: now - chrono::Duration::days(2),
+            id: crate::model::MessageId::new(now - chrono::Duration::days(2)),
+        });
+        assert!(KeyRange::of(&q).is_empty());
     }
 }

@@ -24,6 +24,7 @@ pub mod archive;
 mod audit;
 mod dynamo;
 mod errors;
+pub mod limits;
 pub mod provision;
 mod s3;
 pub mod schema;
@@ -41,6 +42,7 @@ use aws_config::{BehaviorVersion, Region};
 pub use audit::DynamoAuditLog;
 pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
+pub use limits::DynamoLoginLimits;
 pub use s3::{DELIVERED_TAG, S3BlobStore};
 pub use users::{ALIASES_KEY, PASSWD_KEY, S3UserFiles};
 
@@ -124,6 +126,11 @@ impl AwsClients {
     pub fn blob_store(&self, settings: &AwsSettings) -> S3BlobStore {
         S3BlobStore::new(self.s3.clone(), &settings.bucket, &settings.prefix)
             .with_archive(settings.archive.clone())
+    }
+
+    /// Login limits shared by every instance of the web function (items in the table).
+    pub fn login_limits(&self, settings: &AwsSettings) -> DynamoLoginLimits {
+        DynamoLoginLimits::new(self.dynamodb.clone(), &settings.table)
     }
 
     /// The users' files in the bucket (`users/passwd`, `users/aliases.csv`).

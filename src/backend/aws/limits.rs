@@ -1,0 +1,134 @@
+//! Login rate limits in the index table, shared by every instance of the web function
+//! (each Lambda instance is its own process: a count kept in memory would let an
+//! attacker spread attempts over instances).
+//!
+//! One item per key, `limit#<key>`, with the window's start and the count so far, and a
+//! TTL so DynamoDB removes it afterwards. An attempt is one conditional write: count one
+//! more in a running window that has room, else start a new window if the old one
+//! ended; when both conditions fail the window is full, and its start (read strongly
+//! consistent) says how long to wait. Two attempts at once can each start a window, and
+//! then one of them counts in the other's: never more than `max` per window.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Duration, Utc};
+
+use super::dynamo::is_condition_failed;
+use super::errors::classify;
+use super::schema::{PK, TTL_ATTRIBUTE};
+use crate::error::StoreError;
+use crate::ports::LoginLimits;
+
+const BACKEND: &str = "dynamodb";
+/// The key prefix of limit items (the web function's policy allows writes to these).
+pub const LIMIT_PREFIX: &str = "limit#";
+
+/// Login limits as items of the index table.
+#[derive(Debug, Clone)]
+pub struct DynamoLoginLimits {
+    client: Client,
+    table: String,
+}
+
+impl DynamoLoginLimits {
+    pub fn new(client: Client, table: &str) -> Self {
+        DynamoLoginLimits {
+            client,
+            table: table.to_string(),
+        }
+    }
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+#[async_trait]
+impl LoginLimits for DynamoLoginLimits {
+    async fn attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+        max: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let pk = AttributeValue::S(format!("{LIMIT_PREFIX}{key}"));
+        let now_ms = now.timestamp_millis();
+        let open_since = now_ms - window.num_milliseconds();
+        // The item outlives its window by a day (TTL deletion is lazy anyway).
+        let ttl = (now + window + Duration::days(1)).timestamp();
+        // A write that lost a race to another instance's is tried again (a few times):
+        // the window it found may have room after all.
+        for _ in 0..4 {
+            let counted = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pk.clone())
+                .update_expression("SET #c = #c + :one")
+                .condition_expression("attribute_exists(#pk) AND #s > :open AND #c < :max")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#c", "attempts")
+                .expression_attribute_names("#s", "window_start")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":open", n(open_since))
+                .expression_attribute_values(":max", n(i64::from(max)))
+                .send()
+                .await;
+            match counted {
+                Ok(_) => return Ok(None),
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(classify(BACKEND, "UpdateItem (login limit)", e)),
+            }
+            let started = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, pk.clone())
+                .item("window_start", n(now_ms))
+                .item("attempts", n(1))
+                .item(TTL_ATTRIBUTE, n(ttl))
+                .condition_expression("attribute_not_exists(#pk) OR #s <= :open")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#s", "window_start")
+                .expression_attribute_values(":open", n(open_since))
+                .send()
+                .await;
+            match started {
+                Ok(_) if max > 0 => return Ok(None),
+                Ok(_) => {}
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(classify(BACKEND, "PutItem (login limit)", e)),
+            }
+            let item = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key(PK, pk.clone())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "GetItem (login limit)", e))?;
+            let field = |name: &str| {
+                item.item()
+                    .and_then(|i| i.get(name))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+            };
+            let (start, count) = (field("window_start"), field("attempts"));
+            let full =
+                start.is_some_and(|s| s > open_since) && count.is_some_and(|c| c >= i64::from(max));
+            if full {
+                let ends = start.unwrap_or(now_ms) + window.num_milliseconds();
+                return Ok(Some(Duration::milliseconds((ends - now_ms).max(1000))));
+            }
+        }
+        Err(StoreError::Backend {
+            backend: BACKEND,
+            detail: format!("login limit {key}: too much contention"),
+            transient: true,
+            source: None,
+        })
+    }
+}
