@@ -342,6 +342,7 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
     for (group, function) in [
         ("IngestLogs", "IngestFunction"),
         ("DrainLogs", "DrainFunction"),
+        ("WebLogs", "WebFunction"),
     ] {
         let g = &f[group]["Properties"];
         assert_eq!(
@@ -1069,4 +1070,76 @@ fn alarms_can_reach_the_topic_and_fire_in_an_outage() {
             );
         }
     }
+}
+
+/// The emergency inbox's function: read-only on mail and users, writes only audit and
+/// login-limit items; a public function URL that streams (a buffered URL stops at 6 MB,
+/// messages are up to 40 MB), invocable only through that URL; its environment is a
+/// configuration the web function accepts.
+#[test]
+fn the_web_function_reads_mail_streams_it_and_writes_only_audit_and_limits() {
+    let t = template();
+    let f = &t["Resources"];
+    assert_eq!(
+        policy_actions(&f["WebFunction"]),
+        set(&[
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+            "s3:GetObject",
+            "s3:ListBucket",
+            "secretsmanager:GetSecretValue",
+        ])
+    );
+    let statements = f["WebFunction"]["Properties"]["Policies"][0]["Statement"]
+        .as_array()
+        .unwrap();
+    for s in statements {
+        let actions = s["Action"].to_string();
+        if actions.contains("PutItem") || actions.contains("UpdateItem") {
+            let keys = &s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
+            assert!(
+                keys == &json!(["audit#*"]) || keys == &json!(["limit#*"]),
+                "{s}"
+            );
+        }
+    }
+    assert_eq!(standby::backend::aws::limits::LIMIT_PREFIX, "limit#");
+    let url = &f["WebFunctionUrl"]["Properties"];
+    assert_eq!(url["InvokeMode"], "RESPONSE_STREAM");
+    assert_eq!(url["AuthType"], "NONE");
+    let permissions: Vec<(&Value, &Value)> = ["WebUrlPermission", "WebInvokePermission"]
+        .iter()
+        .map(|p| (&f[p]["Properties"]["Action"], &f[p]["Properties"]))
+        .collect();
+    assert_eq!(permissions[0].0, "lambda:InvokeFunctionUrl");
+    assert_eq!(permissions[0].1["FunctionUrlAuthType"], "NONE");
+    assert_eq!(permissions[1].0, "lambda:InvokeFunction");
+    assert_eq!(permissions[1].1["InvokedViaFunctionUrl"], true);
+    assert_eq!(
+        t["Outputs"]["WebUrl"]["Value"],
+        json!({ "Fn::GetAtt": "WebFunctionUrl.FunctionUrl" })
+    );
+    // Its variables are settings (or the one its session_key_env names).
+    let vars = f["WebFunction"]["Properties"]["Environment"]["Variables"]
+        .as_object()
+        .unwrap();
+    let env: Vec<(String, String)> = vars
+        .iter()        .map(|(k, v)| {
+            // What a parameter reference (`!Ref RetentionDays`) stands for.
+            let placeholder = if k.ends_with("_DAYS") { "30" } else { "example.test" };
+            (k.clone(), v.as_str().unwrap_or(placeholder).to_string())
+        })
+        .collect();
+    let config = standby::config::Config::from_parts(
+        std::path::Path::new("(template)"),
+        "backend = \"aws\"\nhostname = \"w.invalid\"\n[primary]\naddress = \"x.invalid\"\n",
+        env,
+    )
+    .expect("the web function's environment is a configuration");
+    assert_eq!(
+        config.web.session_key_env.as_deref(),
+        Some("STANDBY_WEB_SESSION_SECRET")
+    );
 }

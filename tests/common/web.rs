@@ -178,6 +178,18 @@ impl Resp {
 }
 
 impl Client {
+    /// A client of the app at `base` (`http://host:port` and any path prefix).
+    pub fn new(base: &str, ip: &str) -> Client {
+        Client {
+            base: base.to_string(),
+            jar: tempfile::NamedTempFile::new()
+                .unwrap()
+                .into_temp_path()
+                .to_path_buf(),
+            ip: ip.to_string(),
+        }
+    }
+
     fn run(&self, path: &str, args: &[&str]) -> Resp {
         require("curl", "curl");
         let dir = tempfile::tempdir().unwrap();
