@@ -1126,9 +1126,14 @@ fn the_web_function_reads_mail_streams_it_and_writes_only_audit_and_limits() {
         .as_object()
         .unwrap();
     let env: Vec<(String, String)> = vars
-        .iter()        .map(|(k, v)| {
+        .iter()
+        .map(|(k, v)| {
             // What a parameter reference (`!Ref RetentionDays`) stands for.
-            let placeholder = if k.ends_with("_DAYS") { "30" } else { "example.test" };
+            let placeholder = if k.ends_with("_DAYS") {
+                "30"
+            } else {
+                "example.test"
+            };
             (k.clone(), v.as_str().unwrap_or(placeholder).to_string())
         })
         .collect();
