@@ -6,63 +6,18 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::aws::{
-    Moto, child_env_as, cli_config, require_venv_tool, ses_event, ses_message_id, ses_put,
-    standby_cli,
+    Moto, child_env_as, cli_config, ses_event, ses_message_id, ses_put, standby_cli,
 };
 use common::iam::Principal;
+use common::lambda::{Procs, function, path_with_venv, watch};
 use common::{Postfix, free_port, repo, wait_for};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_standby-ingest");
 const DRAIN: &str = env!("CARGO_BIN_EXE_standby-drain");
-
-/// Processes killed on drop.
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn path_with_venv() -> String {
-    let bin = require_venv_tool("cargo-lambda");
-    format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
-/// Start a Lambda binary against the emulator's runtime API under `name`.
-fn function(
-    bin: &str,
-    name: &str,
-    port: u16,
-    env: &[(String, String)],
-    log: &std::path::Path,
-) -> Child {
-    Command::new(bin)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt/{name}"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", name)
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Lambda binary")
-}
 
 fn invoke(port: u16, name: &str, data_file: &std::path::Path) -> std::process::Output {
     Command::new("cargo")
@@ -93,29 +48,7 @@ async fn binaries_run_under_the_lambda_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new("cargo")
-            .current_dir(repo())
-            .env("PATH", path_with_venv())
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "--timeout",
-                "300",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("watch.log")).unwrap())
-            .spawn()
-            .expect("start cargo lambda watch"),
-    );
-    wait_for("the Lambda emulator", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    procs.0.push(watch(port, &dir.path().join("watch.log")));
 
     // Each function signs as itself: its requests are checked against its policy.
     let env_as = |principal| {

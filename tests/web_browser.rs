@@ -105,26 +105,31 @@ fn screenshot_dir(tmp: &Path) -> PathBuf {
     }
 }
 
-async fn log_in(c: &Client, inbox: &Inbox) {
-    c.goto(&inbox.url("/login")).await.unwrap();
-    c.find(Locator::Css("input[name=username]"))
+/// Click the element `css` finds.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
         .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys(ALICE.1)
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
         .click()
         .await
         .unwrap();
+}
+
+/// Type `text` into the element `css` finds.
+async fn type_in(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn log_in(c: &Client, inbox: &Inbox) {
+    c.goto(&inbox.url("/login")).await.unwrap();
+    type_in(c, "input[name=username]", "alice").await;
+    type_in(c, "input[name=password]", ALICE.1).await;
+    click(c, "form.login button").await;
     c.wait()
         .for_element(Locator::Css("ul.messages"))
         .await
@@ -202,18 +207,8 @@ async fn a_user_reads_searches_downloads_and_logs_out_in_chromium() {
     );
     std::fs::write(shots.join("inbox.png"), c.screenshot().await.unwrap()).unwrap();
     // Search by subject.
-    c.find(Locator::Css("input[name=subject]"))
-        .await
-        .unwrap()
-        .send_keys("quarterly")
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&c, "input[name=subject]", "quarterly").await;
+    click(&c, "form.search button").await;
     let mut found = Vec::new();
     for _ in 0..100 {
         found = subjects(&c).await;
@@ -224,12 +219,7 @@ async fn a_user_reads_searches_downloads_and_logs_out_in_chromium() {
     }
     assert_eq!(found, ["Quarterly report"]);
     // Open it.
-    c.find(Locator::Css("ul.messages a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "ul.messages a").await;
     let body = c
         .wait()
         .for_element(Locator::Css("pre.body"))
@@ -243,24 +233,14 @@ async fn a_user_reads_searches_downloads_and_logs_out_in_chromium() {
     );
     std::fs::write(shots.join("message.png"), c.screenshot().await.unwrap()).unwrap();
     // Download the attachment: the same bytes.
-    c.find(Locator::Css("ul.attachments a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "ul.attachments a").await;
     let file = downloads.join("figures.bin");
     common::wait_for("the download", Duration::from_secs(20), || {
         std::fs::metadata(&file).is_ok_and(|m| m.len() == attachment.len() as u64)
     });
     assert_eq!(std::fs::read(&file).unwrap(), attachment);
     // Log out: back at the login page, and the inbox is closed.
-    c.find(Locator::Css("nav form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "nav form button").await;
     c.wait()
         .for_element(Locator::Css("form.login"))
         .await
@@ -363,12 +343,7 @@ async fn hostile_html_runs_no_script_and_loads_nothing_until_images_are_allowed(
     // The user allows images for this message: the image (and the CSS background, an
     // image too) load, and still no script, frame, object or form reaches out.
     c.goto(&inbox.url(&format!("/m/{id}"))).await.unwrap();
-    c.find(Locator::Css("p.images a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "p.images a").await;
     c.wait()
         .for_element(Locator::Css("iframe.body"))
         .await

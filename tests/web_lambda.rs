@@ -6,46 +6,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::aws::{Moto, child_env_as, cli_config, require_venv_tool, ses_receive, standby_cli};
+use common::aws::{Moto, child_env_as, cli_config, ses_receive, standby_cli};
+use common::free_port;
 use common::iam::Principal;
-use common::web::Client;
-use common::{free_port, repo, wait_for};
+use common::lambda::{Procs, function, watch};
+use common::web::{Client, add_user_with};
 
 const WEB: &str = env!("CARGO_BIN_EXE_standby-web");
-
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn user_add(moto: &Moto, config: &std::path::Path, address: &str, password: &str) {
-    use std::io::Write;
-    let mut child = Command::new(common::STANDBY)
-        .arg("--config")
-        .arg(config)
-        .args(["user", "add", address, "--password-stdin"])
-        .envs(child_env_as(moto, Principal::Operator))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_web_function_serves_the_inbox_over_a_function_url() {
@@ -62,8 +31,9 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
         ),
     )
     .unwrap();
-    user_add(&moto, &cfg, "bob", "bob's password");
-    user_add(&moto, &cfg, "carol@example.test", "carol's password");
+    let operator = child_env_as(&moto, Principal::Operator);
+    add_user_with(&cfg, &operator, "bob", "bob's password");
+    add_user_with(&cfg, &operator, "carol@example.test", "carol's password");
     let listed = standby_cli(&moto, &cfg, &["user", "list"], &[]);
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout),
@@ -100,34 +70,7 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
         .to_string();
 
     let port = free_port();
-    let cargo_lambda = require_venv_tool("cargo-lambda");
-    let path = format!(
-        "{}:{}",
-        cargo_lambda.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new("cargo")
-            .current_dir(repo())
-            .env("PATH", &path)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("watch.log")).unwrap())
-            .spawn()
-            .expect("start cargo lambda watch"),
-    );
-    wait_for("the Lambda emulator", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut procs = Procs(vec![watch(port, &dir.path().join("watch.log"))]);
     let mut env = child_env_as(&moto, Principal::Web);
     env.extend(
         [
@@ -143,23 +86,7 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
         .map(|(k, v)| (k.to_string(), v)),
     );
     let log = dir.path().join("web.log");
-    procs.0.push(
-        Command::new(WEB)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt/standby-web"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "standby-web")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .envs(env)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start standby-web"),
-    );
+    procs.0.push(function(WEB, "standby-web", port, &env, &log));
     let base = format!("http://127.0.0.1:{port}/lambda-url/standby-web");
     let bob = Client::new(&base, "127.0.0.1");
     let mut form = bob.get("/login");

@@ -9,6 +9,7 @@
 pub mod aws;
 pub mod dns;
 pub mod iam;
+pub mod lambda;
 pub mod template;
 pub mod web;
 

@@ -120,10 +120,17 @@ impl Inbox {
 
 /// `standby user add ADDRESS --password-stdin`, which must succeed.
 pub fn add_user(standby: &Standby, address: &str, password: &str) {
+    add_user_with(&standby.config, &[], address, password);
+}
+
+/// `standby --config CONFIG user add ADDRESS --password-stdin` with `env` (the AWS
+/// principal's), which must succeed.
+pub fn add_user_with(config: &Path, env: &[(String, String)], address: &str, password: &str) {
     use std::io::Write;
     let mut child = Command::new(super::STANDBY)
         .args(["user", "add", address, "--password-stdin", "--config"])
-        .arg(&standby.config)
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
