@@ -41,6 +41,7 @@ impl Journal {
             .filter_map(|ext| decode(&ext))
             .collect();
         let raw = is_report(head).then(whole).flatten();
+        let mut echo = false;
         let report = raw.as_deref().and_then(report_envelope);
         let source = if let Some((sender, rcpts)) = report {
             originals = rcpts;
@@ -49,7 +50,11 @@ impl Journal {
             // "Journal report" from the journaling agent: what users and `standby list`
             // look for.
             if let Some(original) = raw.as_deref().and_then(report_original) {
-                rec.summary = crate::summary::parse(crate::summary::head(&original));
+                let original_head = crate::summary::head(&original);
+                rec.summary = crate::summary::parse(original_head);
+                // A replay's copy journaled again arrives inside a new report, whose
+                // outer head has no replay header: the original's says it is an echo.
+                echo = crate::replay::is_echo(original_head);
             }
             RcptSource::Report
         } else if originals.is_empty() {
@@ -70,7 +75,7 @@ impl Journal {
         rec.journal = Some(JournalCopy {
             to: envelope,
             source,
-            replayed: crate::replay::is_echo(head),
+            replayed: echo || crate::replay::is_echo(head),
         });
     }
 }
@@ -250,6 +255,20 @@ Cc: carol@EXAMPLE.test, bob@example.test\r\nSubject: s\r\n\r\n";
         );
         assert_eq!(r.mail_from, "alice@example.org");
         assert_eq!(r.journal.as_ref().unwrap().source, RcptSource::Report);
+        // Listed as the original: its subject, not the report's.
+        assert_eq!(r.summary.subject.as_deref(), Some("Board minutes"));
+        assert!(!r.journal.as_ref().unwrap().replayed);
+        // A replayed original journaled again inside a new report is an echo.
+        let text = String::from_utf8_lossy(REPORT).into_owned();
+        let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        let text = text.replace(
+            "From: alice@example.org",
+            &format!("X-Standby-Replay: run-1{eol}From: alice@example.org"),
+        );
+        assert!(text.contains("X-Standby-Replay"), "the fixture changed");
+        let mut echo = rec(&["journal@standby.example.test"]);
+        j.file(&mut echo, head, || Some(text.clone().into_bytes()));
+        assert!(echo.journal.as_ref().unwrap().replayed);
         let original = report_original(REPORT).unwrap();
         assert!(original.starts_with(b"From: alice@example.org\r\n"));
         assert!(original.ends_with(b"Minutes.\r\n") || original.ends_with(b"Minutes."));

@@ -765,19 +765,27 @@ pub trait UserFiles: Send + Sync + 'static {
     async fn write_passwd(&self, bytes: &[u8], version: Option<&str>) -> Result<(), StoreError>;
 }
 
-/// Login attempts counted per key (`ip:192.0.2.7`, `user:alice@example.com`) in a
-/// window that starts at the first attempt, shared by everything that serves the inbox:
-/// one `serve` process keeps them in memory, the web function's instances in the table.
+/// Failed logins counted per key (`ip:192.0.2.7`, `user:alice@example.com`) in a window
+/// that starts at the first, shared by everything that serves the inbox: one `serve`
+/// process keeps them in memory, the web function's instances in the table. Only
+/// failures count, so a team behind one address can all log in; a key with `max`
+/// failures in the running window is refused until the window ends.
 #[async_trait]
 pub trait LoginLimits: Send + Sync + 'static {
-    /// Count one attempt for `key` at `now`. `Ok(None)`: allowed (fewer than `max`
-    /// attempts counted in the running `window`, this one included); `Ok(Some(wait))`:
-    /// refused until the window ends in `wait` (the attempt is not counted).
-    async fn attempt(
+    /// `Some(wait)` when `key` has `max` failures counted in the window running at `now`
+    /// (refused until it ends, in `wait`); `None` when it may try.
+    async fn blocked(
         &self,
         key: &str,
         now: DateTime<Utc>,
         window: chrono::Duration,
         max: u32,
     ) -> Result<Option<chrono::Duration>, StoreError>;
+    /// Count one failure for `key` at `now` (a new window starts when none is running).
+    async fn failed(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<(), StoreError>;
 }

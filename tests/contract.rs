@@ -618,20 +618,24 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
     assert!(index.list(&q).await.unwrap().is_empty());
 }
 
-/// Login limits: `max` attempts per key in a window that starts at the first; the next
-/// one waits for the window's end; other keys are not affected; a new window after.
+/// Login limits: after `max` failures for a key in a window (started by the first), the
+/// key is refused until the window ends; other keys are not affected; a new window after;
+/// failures counted at once by several processes are all counted.
 async fn limits_contract(limits: Arc<dyn LoginLimits>) {
     let t0 = Utc::now();
     let minute = Duration::seconds(60);
+    let ip = "ip:192.0.2.1";
     for i in 0..5 {
         let at = t0 + Duration::seconds(i);
         assert_eq!(
-            limits.attempt("ip:192.0.2.1", at, minute, 5).await.unwrap(),
-            None
+            limits.blocked(ip, at, minute, 5).await.unwrap(),
+            None,
+            "{i}"
         );
+        limits.failed(ip, at, minute).await.unwrap();
     }
     let wait = limits
-        .attempt("ip:192.0.2.1", t0 + Duration::seconds(20), minute, 5)
+        .blocked(ip, t0 + Duration::seconds(20), minute, 5)
         .await
         .unwrap()
         .expect("the sixth attempt waits");
@@ -639,47 +643,36 @@ async fn limits_contract(limits: Arc<dyn LoginLimits>) {
         (Duration::seconds(39)..=Duration::seconds(41)).contains(&wait),
         "{wait}"
     );
+    let other = "user:alice@example.test";
+    assert_eq!(limits.blocked(other, t0, minute, 5).await.unwrap(), None);
     assert_eq!(
-        limits
-            .attempt(
-                "user:alice@example.test",
-                t0 + Duration::seconds(20),
-                minute,
-                5
-            )
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        limits
-            .attempt("ip:192.0.2.1", t0 + minute, minute, 5)
-            .await
-            .unwrap(),
+        limits.blocked(ip, t0 + minute, minute, 5).await.unwrap(),
         None,
-        "a new window"
+        "the window ended"
     );
-    // Attempts at once never count more than `max` in a window.
-    let allowed = futures_allowed(limits.clone(), t0 + Duration::seconds(200)).await;
-    assert_eq!(allowed, 5);
-}
-
-async fn futures_allowed(limits: Arc<dyn LoginLimits>, at: chrono::DateTime<Utc>) -> usize {
+    limits.failed(ip, t0 + minute, minute).await.unwrap();
+    assert_eq!(
+        limits.blocked(ip, t0 + minute, minute, 1).await.unwrap(),
+        Some(minute),
+        "a new window, one failure in it"
+    );
+    // Twelve failures at once: every one counted.
+    let at = t0 + Duration::seconds(200);
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let l = limits.clone();
         tasks.push(tokio::spawn(async move {
-            l.attempt("ip:198.51.100.9", at, Duration::seconds(60), 5)
+            l.failed("ip:198.51.100.9", at, Duration::seconds(60))
                 .await
                 .unwrap()
-                .is_none()
         }));
     }
-    let mut n = 0;
     for t in tasks {
-        n += usize::from(t.await.unwrap());
+        t.await.unwrap();
     }
-    n
+    let key = "ip:198.51.100.9";
+    assert!(limits.blocked(key, at, minute, 12).await.unwrap().is_some());
+    assert!(limits.blocked(key, at, minute, 13).await.unwrap().is_none());
 }
 
 async fn blob_contract(blobs: Arc<dyn BlobStore>) {

@@ -31,13 +31,25 @@ const SWEEP_AT: usize = 10_000;
 
 #[async_trait]
 impl LoginLimits for MemLoginLimits {
-    async fn attempt(
+    async fn blocked(
         &self,
         key: &str,
         now: DateTime<Utc>,
         window: Duration,
         max: u32,
     ) -> Result<Option<Duration>, StoreError> {
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(w.by_key.get(key).and_then(|(start, n)| {
+            (*start + window > now && *n >= max).then(|| *start + window - now)
+        }))
+    }
+
+    async fn failed(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Result<(), StoreError> {
         let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut *guard;
         if w.by_key.len() >= w.sweep_at.max(SWEEP_AT) && !w.by_key.contains_key(key) {
@@ -48,11 +60,8 @@ impl LoginLimits for MemLoginLimits {
         if entry.0 + window <= now {
             *entry = (now, 0);
         }
-        if entry.1 >= max {
-            return Ok(Some(entry.0 + window - now));
-        }
         entry.1 += 1;
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -61,21 +70,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_sixth_attempt_in_a_minute_waits_for_the_window() {
+    async fn the_sixth_attempt_after_five_failures_waits_for_the_window() {
         let l = MemLoginLimits::default();
         let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
         let minute = Duration::seconds(60);
         for i in 0..5 {
             let at = t0 + Duration::seconds(i);
-            assert_eq!(l.attempt("ip:a", at, minute, 5).await.unwrap(), None);
+            assert_eq!(l.blocked("ip:a", at, minute, 5).await.unwrap(), None);
+            l.failed("ip:a", at, minute).await.unwrap();
         }
         let at = t0 + Duration::seconds(20);
         assert_eq!(
-            l.attempt("ip:a", at, minute, 5).await.unwrap(),
+            l.blocked("ip:a", at, minute, 5).await.unwrap(),
             Some(Duration::seconds(40))
         );
-        assert_eq!(l.attempt("ip:b", at, minute, 5).await.unwrap(), None);
-        let later = t0 + minute;
-        assert_eq!(l.attempt("ip:a", later, minute, 5).await.unwrap(), None);
+        assert_eq!(l.blocked("ip:b", at, minute, 5).await.unwrap(), None);
+        assert_eq!(
+            l.blocked("ip:a", t0 + minute, minute, 5).await.unwrap(),
+            None
+        );
     }
 }

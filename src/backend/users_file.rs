@@ -48,7 +48,14 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 fn replace(path: &Path, bytes: &[u8], version: Option<&str>) -> Result<(), StoreError> {
     // A symlinked file (into a Dovecot configuration directory, say) is written where
     // the link points, and stays a link.
-    let resolved = std::fs::canonicalize(path).ok();
+    // A link to a file not made yet: written where it points, too.
+    let resolved = std::fs::canonicalize(path).ok().or_else(|| {
+        let target = std::fs::read_link(path).ok()?;
+        Some(match path.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        })
+    });
     let path = resolved.as_deref().unwrap_or(path);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -180,5 +187,35 @@ mod tests {
             .filter(|n| n.contains(".tmp."))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_file_is_written_where_the_link_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("dovecot-users");
+        let link = dir.path().join("users.passwd");
+        std::os::unix::fs::symlink("dovecot-users", &link).unwrap();
+        let files = LocalUserFiles::new(link.clone(), None);
+        // The target does not exist yet.
+        files.write_passwd(b"a:1\n", None).await.unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"a:1\n");
+        let v = files.read_passwd().await.unwrap().unwrap();
+        files
+            .write_passwd(b"b:2\n", Some(&v.version))
+            .await
+            .unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"b:2\n");
     }
 }

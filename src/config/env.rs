@@ -251,7 +251,13 @@ mod tests {
         assert_eq!(names.path("STANDBY_PRIMARY"), None);
         assert_eq!(names.path("STANDBY_METRICS"), None);
         let env: Vec<_> = names.env_keys().map(|(v, _)| v).collect();
-        assert_eq!(env, ["STANDBY_PRIMARY_AUTH_PASSWORD_ENV"]);
+        assert_eq!(
+            env,
+            [
+                "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
+                "STANDBY_WEB_SESSION_KEY_ENV"
+            ]
+        );
     }
 
     #[test]

@@ -58,7 +58,12 @@ pub fn address_of(name: &str, default_domain: Option<&str>) -> Option<String> {
 
 /// The users of a passwd-file's text, and the lines skipped.
 pub fn parse(text: &str, default_domain: Option<&str>) -> (Vec<Entry>, Vec<Skipped>) {
+    // An editor's byte order mark is not part of the first user's name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut entries: Vec<Entry> = Vec::new();
+    // Every name read, skipped lines included: Dovecot keeps the first line of a name, so
+    // a later line never stands in for a disabled or unreadable first one.
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut skipped = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -81,13 +86,14 @@ pub fn parse(text: &str, default_domain: Option<&str>) -> (Vec<Entry>, Vec<Skipp
             skipped.push(Skipped { line: n, message });
             continue;
         };
-        if let Some(first) = entries.iter().find(|e| e.address == address) {
+        if let Some(first) = seen.get(&address) {
             skipped.push(Skipped {
                 line: n,
-                message: format!("{address} is already on line {}", first.line),
+                message: format!("{address} is already on line {first}"),
             });
             continue;
         }
+        seen.insert(address.clone(), n);
         // Dovecot's extra fields (the eighth field on) that disable or restrict a user:
         // honouring none of them here would let a disabled account in.
         let extras = line.splitn(8, ':').nth(7).unwrap_or("");
@@ -170,6 +176,7 @@ pub fn remove(text: &[u8], address: &str, default_domain: Option<&str>) -> (Vec<
 /// Whether `line` is a user line for `address`.
 fn names(line: &[u8], address: &str, default_domain: Option<&str>) -> bool {
     let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+    let name = name.strip_prefix("\u{feff}".as_bytes()).unwrap_or(name);
     let name = String::from_utf8_lossy(name);
     let t = name.trim();
     if t.is_empty() || t.starts_with('#') {
@@ -266,6 +273,26 @@ mod tests {
         );
         assert!(found);
         assert_eq!(out, b"carol:y\n");
+        // A byte order mark before the first name: that line is still the user's.
+        let (out, found) = remove(
+            "\u{feff}bob:x\ncarol:y\n".as_bytes(),
+            "bob@example.test",
+            Some("example.test"),
+        );
+        assert!(found);
+        assert_eq!(out, b"carol:y\n");
+        let (users, _) = parse(&format!("\u{feff}bob:{SHA512}\n"), Some("example.test"));
+        assert_eq!(users[0].address, "bob@example.test");
+        // A disabled first line is not replaced by a later one of the same name.
+        let (users, skipped) = parse(
+            &format!("bob:{SHA512}::::::nologin\nbob:{SHA512}\n"),
+            Some("example.test"),
+        );
+        assert!(users.is_empty());
+        assert!(
+            skipped[1].message.contains("already on line 1"),
+            "{skipped:?}"
+        );
         // Bytes that are not UTF-8 in another user's line are kept as they are.
         let latin1 = b"carol:{PLAIN}x:1:1:Jos\xe9:/home/carol\n";
         let out = set_password(latin1, "dave@example.test", &h, Some("example.test"));

@@ -182,17 +182,18 @@ pub(super) async fn login(
         .unwrap_or_else(|| clip(&form.username).to_lowercase());
     let now = web.clock.now();
     let s = &web.settings;
-    for key in [format!("ip:{ip}"), format!("user:{name}")] {
+    let keys = [format!("ip:{ip}"), format!("user:{name}")];
+    for key in &keys {
         match web
             .limits
-            .attempt(&key, now, s.attempt_window, s.attempts)
+            .blocked(key, now, s.attempt_window, s.attempts)
             .await
         {
             Ok(None) => {}
             Ok(Some(wait)) => {
                 tracing::warn!(
                     limit = key.split(':').next().unwrap_or(""),
-                    "emergency inbox: login refused, too many attempts"
+                    "emergency inbox: login refused, too many failed attempts"
                 );
                 return too_many(wait);
             }
@@ -201,18 +202,27 @@ pub(super) async fn login(
     }
     let (typed, password) = (form.username.clone(), form.password.clone());
     // Hash checks take tens of milliseconds of CPU each: a few at a time, so a flood of
-    // logins queues instead of taking every core (and the SMTP listener with them).
-    let Ok(slot) = web.checks.acquire().await else {
+    // logins queues instead of taking every core (and the SMTP listener with them). The
+    // slot goes with the check, which runs to its end even when the client has gone.
+    let Ok(slot) = web.checks.clone().acquire_owned().await else {
         return server_error(&"shutting down");
     };
-    let verified = tokio::task::spawn_blocking(move || dir.verify(&typed, &password)).await;
-    drop(slot);
+    let verified = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        dir.verify(&typed, &password)
+    })
+    .await;
     let account = match verified {
         Ok(a) => a,
         Err(e) => return server_error(&e),
     };
     let from = format!("from {ip}");
     let Some(account) = account else {
+        for key in &keys {
+            if let Err(e) = web.limits.failed(key, now, s.attempt_window).await {
+                return server_error(&e);
+            }
+        }
         let entry = AuditEntry::session("login-failed", &format!("web:{name}"), &from, now);
         if let Err(e) = web.storage.audit.append(&entry).await {
             return server_error(&e);

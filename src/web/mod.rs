@@ -31,7 +31,7 @@ pub use session::SessionKey;
 pub struct Web {
     pub storage: Storage,
     /// Password checks running at once (see [`check_slots`]).
-    pub checks: tokio::sync::Semaphore,
+    pub checks: Arc<tokio::sync::Semaphore>,
     pub users: Arc<Users>,
     pub limits: Arc<dyn LoginLimits>,
     pub key: SessionKey,
@@ -50,7 +50,8 @@ pub struct WebSettings {
     pub history_days: u32,
     /// Messages per page.
     pub page_size: usize,
-    /// Login attempts allowed per client address and per user name in `attempt_window`.
+    /// Failed logins allowed per client address and per user name in `attempt_window`;
+    /// the next attempt is refused until the window ends.
     pub attempts: u32,
     pub attempt_window: chrono::Duration,
 }
@@ -91,11 +92,11 @@ impl ClientIp {
     }
 }
 
-/// Password checks at once: about one per core (each is tens of ms of CPU and, for
-/// Argon2, tens of MiB).
-pub fn check_slots() -> tokio::sync::Semaphore {
+/// Password checks at once: half the cores, at least one (each check is tens of ms of
+/// CPU and, for Argon2, tens of MiB), so logins never take the whole machine.
+pub fn check_slots() -> Arc<tokio::sync::Semaphore> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    tokio::sync::Semaphore::new(cores.max(2))
+    Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1)))
 }
 
 /// The pages' Content-Security-Policy: nothing but our own stylesheet, frames of our
@@ -119,11 +120,12 @@ pub fn router(web: Arc<Web>) -> Router {
         .fallback(handlers::not_found)
         .with_state(web)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
-        // A request (its body included) that takes longer is answered 408: a client
-        // sending a byte every few seconds cannot hold a connection slot for long.
+        // A request (its body included) not answered within 25 s gets 503 (not 408,
+        // which browsers send again by themselves): a client sending a byte every few
+        // seconds cannot hold a connection slot for long, a stalled store not a worker.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            std::time::Duration::from_secs(30),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            std::time::Duration::from_secs(25),
         ))
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(SetResponseHeaderLayer::if_not_present(

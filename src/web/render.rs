@@ -83,7 +83,16 @@ fn attachment_name(part: &mail_parser::MessagePart<'_>, index: u32) -> String {
 
 /// Unicode format characters (category Cf) a file name can hide its extension with.
 fn is_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}')
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 fn content_type(part: &mail_parser::MessagePart<'_>) -> String {

@@ -27,17 +27,19 @@ const MAX_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// Open connections by client address; a [`PerIp`] guard counts one.
 #[derive(Default)]
-struct Clients(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+struct Clients(std::sync::Mutex<std::collections::HashMap<String, usize>>);
 
+/// One open connection of a client (its address; an IPv6 /64 counts as one client).
 struct PerIp {
     clients: Arc<Clients>,
-    ip: std::net::IpAddr,
+    ip: String,
 }
 
 impl Clients {
     fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIp> {
+        let ip = ClientIp(ip).limit_key();
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(ip.clone()).or_insert(0);
         if *n >= MAX_PER_IP {
             return None;
         }

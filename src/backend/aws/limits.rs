@@ -2,12 +2,11 @@
 //! (each Lambda instance is its own process: a count kept in memory would let an
 //! attacker spread attempts over instances).
 //!
-//! One item per key, `limit#<key>`, with the window's start and the count so far, and a
-//! TTL so DynamoDB removes it afterwards. An attempt is one conditional write: count one
-//! more in a running window that has room, else start a new window if the old one
-//! ended; when both conditions fail the window is full, and its start (read strongly
-//! consistent) says how long to wait. Two attempts at once can each start a window, and
-//! then one of them counts in the other's: never more than `max` per window.
+//! One item per key, `limit#<key>`, with the window's start and the failures so far, and
+//! a TTL so DynamoDB removes it afterwards. Whether a key may try is one strongly
+//! consistent read; a failure is one conditional write: one more in the running window,
+//! else a new window once the old one ended (two instances counting at once both count:
+//! the losing write is tried again).
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -44,40 +43,76 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+impl DynamoLoginLimits {
+    /// The window item of `key`: its start (ms) and failures, read strongly consistent.
+    async fn window(&self, key: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(format!("{LIMIT_PREFIX}{key}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "GetItem (login limit)", e))?;
+        let field = |name: &str| {
+            item.item()
+                .and_then(|i| i.get(name))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        Ok(field("window_start").map(|s| (s, field("attempts").unwrap_or(0))))
+    }
+}
+
 #[async_trait]
 impl LoginLimits for DynamoLoginLimits {
-    async fn attempt(
+    async fn blocked(
         &self,
         key: &str,
         now: DateTime<Utc>,
         window: Duration,
         max: u32,
     ) -> Result<Option<Duration>, StoreError> {
+        let now_ms = now.timestamp_millis();
+        Ok(self.window(key).await?.and_then(|(start, n)| {
+            let ends = start + window.num_milliseconds();
+            (ends > now_ms && n >= i64::from(max)).then(|| Duration::milliseconds(ends - now_ms))
+        }))
+    }
+
+    async fn failed(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Result<(), StoreError> {
         let pk = AttributeValue::S(format!("{LIMIT_PREFIX}{key}"));
         let now_ms = now.timestamp_millis();
         let open_since = now_ms - window.num_milliseconds();
         // The item outlives its window by a day (TTL deletion is lazy anyway).
         let ttl = (now + window + Duration::days(1)).timestamp();
-        // A write that lost a race to another instance's is tried again (a few times):
-        // the window it found may have room after all.
+        // One more in the running window, else a new window: each a conditional write,
+        // so two instances counting at once both count. A write that lost a race is
+        // tried again (a few times).
         for _ in 0..4 {
             let counted = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .key(PK, pk.clone())
-                .update_expression("SET #c = #c + :one")
-                .condition_expression("attribute_exists(#pk) AND #s > :open AND #c < :max")
+                .update_expression("SET #c = if_not_exists(#c, :zero) + :one")
+                .condition_expression("attribute_exists(#pk) AND #s > :open")
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#c", "attempts")
                 .expression_attribute_names("#s", "window_start")
                 .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":open", n(open_since))
-                .expression_attribute_values(":max", n(i64::from(max)))
                 .send()
                 .await;
             match counted {
-                Ok(_) => return Ok(None),
+                Ok(_) => return Ok(()),
                 Err(e) if is_condition_failed(&e) => {}
                 Err(e) => return Err(classify(BACKEND, "UpdateItem (login limit)", e)),
             }
@@ -96,32 +131,9 @@ impl LoginLimits for DynamoLoginLimits {
                 .send()
                 .await;
             match started {
-                Ok(_) if max > 0 => return Ok(None),
-                Ok(_) => {}
+                Ok(_) => return Ok(()),
                 Err(e) if is_condition_failed(&e) => {}
                 Err(e) => return Err(classify(BACKEND, "PutItem (login limit)", e)),
-            }
-            let item = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key(PK, pk.clone())
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, "GetItem (login limit)", e))?;
-            let field = |name: &str| {
-                item.item()
-                    .and_then(|i| i.get(name))
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|v| v.parse::<i64>().ok())
-            };
-            let (start, count) = (field("window_start"), field("attempts"));
-            let full =
-                start.is_some_and(|s| s > open_since) && count.is_some_and(|c| c >= i64::from(max));
-            if full {
-                let ends = start.unwrap_or(now_ms) + window.num_milliseconds();
-                return Ok(Some(Duration::milliseconds((ends - now_ms).max(1000))));
             }
         }
         Err(StoreError::Backend {
