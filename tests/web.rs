@@ -424,3 +424,60 @@ fn a_journal_report_shows_its_recipients_only_the_original_message() {
         }
     }
 }
+
+#[test]
+fn over_https_the_cookies_are_host_only_and_secure() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = common::make_pki(pki_dir.path());
+    let inbox = Inbox::start(
+        &[ALICE],
+        &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    );
+    let c = common::web::Client::new(
+        &format!("https://127.0.0.1:{}", inbox.web_port),
+        "127.0.6.1",
+    )
+    .with_ca(&pki.ca);
+    let form = c.get("/login");
+    assert_eq!(form.status, 200);
+    let cookie = form.header("set-cookie").unwrap().to_string();
+    assert!(cookie.starts_with("__Host-standby_login="), "{cookie}");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(form.header("strict-transport-security").is_some());
+    let r = c.post(
+        "/login",
+        &[
+            ("username", ALICE.0),
+            ("password", ALICE.1),
+            ("csrf", &form.csrf()),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let session: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        session
+            .iter()
+            .any(|v| v.starts_with("__Host-standby_session=")
+                && v.contains("; Secure")
+                && v.contains("HttpOnly")
+                && v.contains("SameSite=Strict")
+                && !v.contains("Max-Age")),
+        "{session:?}"
+    );
+    assert_eq!(c.get("/").status, 200);
+    // Plain HTTP on the same port is no way in.
+    let plain = inbox.client("127.0.6.2");
+    assert!(std::panic::catch_unwind(|| plain.get("/login")).map_or(true, |r| r.status != 200));
+}

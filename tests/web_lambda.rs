@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::aws::{Moto, child_env_as, cli_config, ses_receive, standby_cli};
+use common::aws::{Moto, child_env_as, cli_config, ses_event, ses_put, ses_receive, standby_cli};
 use common::free_port;
 use common::iam::Principal;
 use common::lambda::{Procs, function, watch};
@@ -57,6 +57,22 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
     let recs = storage.index.list(&Default::default()).await.unwrap();
     assert_eq!(recs.len(), 1);
     let id = recs[0].id.to_string();
+    // And one SES judged spam: held like any other, listed under Junk.
+    let mut ev = ses_event("normal.json");
+    let spam_id = "spam0000000000000000000000000000000000000";
+    ev["Records"][0]["ses"]["mail"]["messageId"] = spam_id.into();
+    ev["Records"][0]["ses"]["receipt"]["spamVerdict"]["status"] = "FAIL".into();
+    let spam = common::fixture("ses/message.eml", "tok-spam")
+        .replace("Subject: Quarterly figures", "Subject: Cheap pills");
+    ses_put(&clients, &settings, spam_id, spam.as_bytes()).await;
+    standby::lambda::ingest::Ingest::new(moto.storage_as(Principal::Ingest, &settings).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.index.list(&Default::default()).await.unwrap().len(),
+        2
+    );
     // The session key, in Secrets Manager as the template makes it.
     let secret = aws_sdk_secretsmanager::Client::new(&clients.sdk)
         .create_secret()
@@ -126,6 +142,13 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
         "{}",
         inbox.text()
     );
+    assert!(
+        !inbox.text().contains("Cheap pills"),
+        "spam stays out of the inbox"
+    );
+    let junk = bob.get("/junk");
+    assert!(junk.text().contains("Cheap pills"), "{}", junk.text());
+    assert!(!junk.text().contains("Quarterly figures"));
     let page = bob.get(&format!("/m/{id}"));
     assert_eq!(page.status, 200, "{}", page.text());
     let raw_got = bob.get(&format!("/m/{id}/raw"));

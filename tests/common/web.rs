@@ -65,14 +65,7 @@ impl Inbox {
     /// A browser-like client with its own cookie jar, connecting from `ip` (any
     /// 127.0.0.0/8 address: each is its own client for the login limits).
     pub fn client(&self, ip: &str) -> Client {
-        Client {
-            base: self.url(""),
-            jar: tempfile::NamedTempFile::new()
-                .unwrap()
-                .into_temp_path()
-                .to_path_buf(),
-            ip: ip.to_string(),
-        }
+        Client::new(&self.url(""), ip)
     }
 
     /// Send a raw message (headers and body, `\n` line ends) to `to`; returns nothing
@@ -150,6 +143,8 @@ pub struct Client {
     base: String,
     jar: PathBuf,
     ip: String,
+    /// The CA an HTTPS server's certificate must chain to.
+    ca: Option<PathBuf>,
 }
 
 /// One response.
@@ -194,7 +189,14 @@ impl Client {
                 .into_temp_path()
                 .to_path_buf(),
             ip: ip.to_string(),
+            ca: None,
         }
+    }
+
+    /// Trust `ca` (and only it) for HTTPS.
+    pub fn with_ca(mut self, ca: &Path) -> Client {
+        self.ca = Some(ca.to_path_buf());
+        self
     }
 
     fn run(&self, path: &str, args: &[&str]) -> Resp {
@@ -219,6 +221,11 @@ impl Client {
             .arg("-D")
             .arg(&headers)
             .args(["-w", "%{http_code}"])
+            .args(
+                self.ca
+                    .iter()
+                    .flat_map(|ca| [std::ffi::OsStr::new("--cacert"), ca.as_os_str()]),
+            )
             .args(args)
             .arg(format!("{}{path}", self.base))
             .output()
