@@ -16,8 +16,8 @@
 //! 2. **Config** ([`config`]): TOML + `STANDBY_*` environment overrides, and the settings
 //!    types every layer below reads (retention policy, journal addresses, AWS settings).
 //! 3. **Ports** ([`ports`]): `BlobStore`, `Index`, `AuditLog`, `Relay`, `Probe`, `Clock`,
-//!    `SenderCheck`, `Inbound` (what the listener hands messages to), and `Storage`, the
-//!    bundle of storage ports one backend provides.
+//!    `SenderCheck`, `Inbound` (what the listener hands messages to), `UserFiles`,
+//!    `LoginLimits`, and `Storage`, the bundle of storage ports one backend provides.
 //! 4. **Domain**: written once against the ports; imports the model, config, ports and
 //!    other domain modules, never an adapter or an entry point.
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
@@ -29,6 +29,8 @@
 //!    - [`health`]: probing the primary with hysteresis.
 //!    - [`journal`], [`replay`], [`export`], [`retention`]: recovery and retention.
 //!    - [`summary`]: the listing summary parsed with `mail-parser`.
+//!    - [`users`]: the emergency inbox's users (a Dovecot passwd-file, aliases), behind
+//!      the `UserFiles` port; [`mailbox`]: what one user sees.
 //! 5. **Adapters**: implement the ports for one technology; import the model, config and
 //!    ports, never a domain module.
 //!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, the audit
@@ -40,7 +42,8 @@
 //! 6. **Entry points** (wiring: build adapters, hand them to the domain):
 //!    - [`serve`]: `standby serve`: listener plus the health and drain loop.
 //!    - [`cli`]: the `standby` operator command; [`doctor`]: its setup checks.
-//!    - [`lambda`]: the `standby-ingest` and `standby-drain` handlers (AWS).
+//!    - [`lambda`]: the `standby-ingest`, `standby-drain` and `standby-web` handlers (AWS).
+//!    - [`web`]: the emergency inbox's HTTP app (axum), hosted by `serve` and `standby-web`.
 
 pub mod backend;
 pub mod cli;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod address;
-pub use address::{Address, AddressError};
+pub use address::{Address, AddressError, untag};
 
 /// Time-sortable message identifier (a ULID): sorting ids sorts by arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

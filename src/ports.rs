@@ -245,7 +245,7 @@ impl MailboxFilter {
         if self.excluded.contains(&rcpt) {
             return false;
         }
-        let untagged = crate::users::untag(&rcpt);
+        let untagged = crate::model::untag(&rcpt);
         self.addresses
             .iter()
             .any(|a| *a == rcpt || untagged.as_deref() == Some(a.as_str()))

@@ -16,9 +16,9 @@ fn layer(module: &str) -> Option<Layer> {
         "config" => Layer::Config,
         "ports" => Layer::Ports,
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
-        | "export" | "summary" | "publish" => Layer::Domain,
+        | "export" | "summary" | "publish" | "users" | "mailbox" => Layer::Domain,
         "backend" | "smtp" | "dns" => Layer::Adapter,
-        "serve" | "cli" | "lambda" | "doctor" => Layer::Entry,
+        "serve" | "cli" | "lambda" | "doctor" | "web" => Layer::Entry,
         _ => return None,
     })
 }

@@ -173,6 +173,15 @@ impl fmt::Display for Address {
     }
 }
 
+/// `user@domain` for `user+tag@domain` (the tag starts at the first `+`); `None` when
+/// there is no tag. Mail to a tagged address is the untagged address's (a user reads
+/// their `+tag` mail, and the index keeps tagged recipients under both).
+pub fn untag(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (base, _) = local.split_once('+')?;
+    (!base.is_empty()).then(|| format!("{base}@{domain}"))
+}
+
 /// The RFC 5321 form of a stored (decoded) reverse-path: `""` for the null sender,
 /// `None` when the text is no address at all (a record written before addresses were
 /// checked), which is then never put on the wire.

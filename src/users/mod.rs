@@ -81,12 +81,7 @@ impl Account {
     }
 }
 
-/// `user@domain` for `user+tag@domain`; `None` when there is no tag.
-pub fn untag(address: &str) -> Option<String> {
-    let (local, domain) = address.rsplit_once('@')?;
-    let (base, _) = local.split_once('+')?;
-    (!base.is_empty()).then(|| format!("{base}@{domain}"))
-}
+pub use crate::model::untag;
 
 impl Directory {
     /// Read the passwd-file and the aliases from `files`. A missing passwd-file is an

@@ -888,7 +888,7 @@ pub struct TestPki {
 
 pub fn make_pki(dir: &Path) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        // Names of their own: rcgen gives both the same default name, and a leaf whose
+    // Names of their own: rcgen gives both the same default name, and a leaf whose
     // subject is its issuer's reads as self-signed to OpenSSL (curl).
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -899,7 +899,7 @@ pub fn make_pki(dir: &Path) -> TestPki {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params =
+    let mut leaf_params =
         CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     leaf_params
         .distinguished_name

@@ -39,7 +39,7 @@ pub(super) fn sender_key(mail_from: &str) -> String {
 /// only exact matches (the listing checks each record it reads).
 pub(super) fn addresses(rec: &Record) -> BTreeSet<String> {
     let mut set: BTreeSet<String> = rec.rcpts.iter().map(|r| r.address.to_lowercase()).collect();
-    let untagged: Vec<String> = set.iter().filter_map(|a| crate::users::untag(a)).collect();
+    let untagged: Vec<String> = set.iter().filter_map(|a| crate::model::untag(a)).collect();
     set.extend(untagged);
     set
 }
