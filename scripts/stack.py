@@ -207,6 +207,9 @@ def cmd_after_deploy(a):
     if out.get("AlarmTopic"):
         # `standby doctor` checks the topic has a confirmed subscription.
         tables += f'\n[metrics]\nalarm_topic = {q(out["AlarmTopic"])}\n'
+    # `standby user add bob` means bob@<first domain>, as the web function reads it.
+    if domains:
+        tables += f'\n[users]\ndefault_domain = {q(domains[0])}\n'
     config = config.replace("\n[primary]\n", f"{top}\n[primary]\n", 1) + tables
     if os.path.exists(a.config_out) and open(a.config_out).read() != config:
         if not confirm(f"{a.config_out} exists; replace it?", a.yes):
@@ -215,6 +218,8 @@ def cmd_after_deploy(a):
     with open(a.config_out, "w") as f:
         f.write(config)
     print(f"== wrote {a.config_out} (drain function: {out['DrainFunctionName']})")
+    if out.get("WebUrl"):
+        print(f"== emergency inbox: {out['WebUrl']} (add users with `standby user add ADDRESS`)")
 
 
 def read_mx(route53, zone, name):
