@@ -122,6 +122,7 @@ fn main() {
                 audit: Arc::new(FsAuditLog::new(dir_path)),
             },
             checks: standby::web::check_slots(),
+            slowest_check: Default::default(),
             users: Arc::new(users),
             limits: Arc::new(MemLoginLimits::default()),
             key,

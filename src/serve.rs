@@ -397,6 +397,7 @@ async fn start_web(
     let web = Arc::new(crate::web::Web {
         storage: storage.clone(),
         checks: crate::web::check_slots(),
+        slowest_check: Default::default(),
         users: users.clone(),
         limits: Arc::new(crate::backend::MemLoginLimits::default()),
         key,

@@ -269,7 +269,7 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     assert!(said.contains("SES identity example.org: Success"), "{said}");
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.contains("backend = \"aws\""), "{written}");
-        assert!(written.contains("bucket = \"standby-mail\""), "{written}");
+    assert!(written.contains("bucket = \"standby-mail\""), "{written}");
     // `standby user add bob` names bob@ the first domain, as the web function does.
     assert!(
         written.contains("[users]\ndefault_domain = \"example.test\""),

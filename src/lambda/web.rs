@@ -71,6 +71,7 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
     Ok(Arc::new(Web {
         storage: Storage::aws(&clients, &settings),
         checks: crate::web::check_slots(),
+        slowest_check: Default::default(),
         users: Arc::new(users),
         limits: Arc::new(clients.login_limits(&settings)),
         key,

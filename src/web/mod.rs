@@ -32,6 +32,8 @@ pub struct Web {
     pub storage: Storage,
     /// Password checks running at once (see [`check_slots`]).
     pub checks: Arc<tokio::sync::Semaphore>,
+    /// The slowest password check so far (ms): a failed login answers no sooner.
+    pub slowest_check: Arc<std::sync::atomic::AtomicU64>,
     pub users: Arc<Users>,
     pub limits: Arc<dyn LoginLimits>,
     pub key: SessionKey,
