@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::error::StoreError;
 use crate::model::{MessageId, Record};
-use crate::ports::{Cursor, Index, ListQuery, MailboxFilter};
+use crate::ports::{BlobStore, Cursor, Index, ListQuery, MailboxFilter};
 use crate::users::Account;
 
 /// Which list.
@@ -37,6 +37,36 @@ pub struct Search {
     pub since: Option<DateTime<Utc>>,
     /// Received before.
     pub until: Option<DateTime<Utc>>,
+}
+
+/// Whether a user sees only part of `rec`'s stored bytes: an Exchange journal report,
+/// whose envelope part names every recipient (Bcc and expanded lists included), is shown
+/// as the original message attached to it.
+pub fn shows_original(rec: &Record) -> bool {
+    rec.journal
+        .as_ref()
+        .is_some_and(|j| j.source == crate::model::RcptSource::Report)
+}
+
+/// The bytes a user may see of `rec` (for every way of reading it: the web pages and
+/// downloads, and whatever else serves a mailbox): the stored message, or for a journal
+/// report only its original ([`shows_original`]). `None` when the bytes are gone or the
+/// report holds no original.
+pub async fn content(blobs: &dyn BlobStore, rec: &Record) -> Result<Option<Vec<u8>>, StoreError> {
+    let bytes = match blobs.read_all(&rec.blob_key()).await {
+        Ok((b, _)) => b,
+        Err(StoreError::MissingBlob(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !shows_original(rec) {
+        return Ok(Some(bytes));
+    }
+    Ok(
+        tokio::task::spawn_blocking(move || crate::journal::report_original(&bytes))
+            .await
+            .ok()
+            .flatten(),
+    )
 }
 
 /// Index reads a page may take (each one page of records plus one).

@@ -48,8 +48,6 @@ pub enum ServeError {
     Bind(#[from] crate::config::BindError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(#[source] std::io::Error),
-    #[error("users: {0}")]
-    Users(#[from] crate::users::UsersError),
 }
 
 /// The SPF lookups `[dsn]` asks for (`spf`, `nameserver`, `spf_timeout_secs` per

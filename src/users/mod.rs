@@ -69,15 +69,14 @@ impl Account {
 
     /// Whether mail to `rcpt` is this user's: one of [`Account::addresses`], or one of
     /// them with a `+tag` after the local part.
+    /// The rule is the store's ([`MailboxFilter::addressed`]): one rule, in one place.
     pub fn reads(&self, rcpt: &str) -> bool {
-        let rcpt = rcpt.to_lowercase();
-        if self.excluded.contains(&rcpt) {
-            return false;
+        crate::ports::MailboxFilter {
+            addresses: self.addresses(),
+            excluded: self.excluded.clone(),
+            kept_since: chrono::DateTime::<chrono::Utc>::MIN_UTC,
         }
-        let untagged = untag(&rcpt);
-        self.addresses()
-            .iter()
-            .any(|a| *a == rcpt || untagged.as_deref() == Some(a.as_str()))
+        .addressed(rcpt)
     }
 }
 

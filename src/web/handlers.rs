@@ -464,29 +464,14 @@ async fn own_message(
     }
 }
 
-/// The bytes a user may see of `rec`: the stored message, except for an Exchange journal
-/// report, whose envelope part lists every recipient (Bcc and expanded lists
-/// included): only the original message attached to it.
+/// The bytes the user may see of `rec` ([`crate::mailbox::content`]), or the page to
+/// answer instead.
 async fn bytes_of(web: &Web, rec: &Record) -> Result<Vec<u8>, Response> {
-    let bytes = match web.storage.blobs.read_all(&rec.blob_key()).await {
-        Ok((b, _)) => b,
-        Err(crate::error::StoreError::MissingBlob(_)) => return Err(not_found_page()),
-        Err(e) => return Err(server_error(&e)),
-    };
-    if is_report(rec) {
-        return tokio::task::spawn_blocking(move || crate::journal::report_original(&bytes))
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(not_found_page);
+    match crate::mailbox::content(web.storage.blobs.as_ref(), rec).await {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(not_found_page()),
+        Err(e) => Err(server_error(&e)),
     }
-    Ok(bytes)
-}
-
-fn is_report(rec: &Record) -> bool {
-    rec.journal
-        .as_ref()
-        .is_some_and(|j| j.source == crate::model::RcptSource::Report)
 }
 
 #[derive(Deserialize, Default)]
@@ -661,7 +646,7 @@ pub(super) async fn raw(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let body = if is_report(&rec) {
+    let body = if crate::mailbox::shows_original(&rec) {
         match bytes_of(&web, &rec).await {
             Ok(b) => Body::from(b),
             Err(r) => return r,

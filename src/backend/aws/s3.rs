@@ -134,6 +134,21 @@ impl S3BlobStore {
     }
 }
 
+/// A GetObject's whole body (`key` names it in the error).
+pub(super) async fn body_bytes(body: ByteStream, key: &str) -> Result<Vec<u8>, StoreError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: BACKEND,
+            detail: format!("GetObject {key}: reading the body: {e}"),
+            transient: true,
+            source: Some(Box::new(e)),
+        })?
+        .into_bytes()
+        .to_vec())
+}
+
 /// S3 times to chrono, truncated to whole seconds.
 fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> DateTime<Utc> {
     Utc.timestamp_opt(t.secs(), 0).single().unwrap_or_default()
@@ -294,18 +309,7 @@ impl BlobStore for S3BlobStore {
     async fn read_all(&self, key: &str) -> Result<(Vec<u8>, BlobInfo), StoreError> {
         let out = self.get(key).await?;
         let stored_at = out.last_modified().map(to_chrono).unwrap_or_default();
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Backend {
-                backend: BACKEND,
-                detail: format!("GetObject {key}: reading the body: {e}"),
-                transient: true,
-                source: Some(Box::new(e)),
-            })?
-            .into_bytes()
-            .to_vec();
+        let bytes = body_bytes(out.body, key).await?;
         let info = BlobInfo {
             key: key.to_string(),
             stored_at,

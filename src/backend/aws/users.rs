@@ -57,18 +57,7 @@ impl S3UserFiles {
             }
         };
         let etag = out.e_tag().unwrap_or_default().to_string();
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Backend {
-                backend: BACKEND,
-                detail: format!("GetObject {key}: {e}"),
-                transient: true,
-                source: Some(Box::new(e)),
-            })?
-            .into_bytes()
-            .to_vec();
+        let bytes = super::s3::body_bytes(out.body, key).await?;
         Ok(Some((bytes, etag)))
     }
 }
