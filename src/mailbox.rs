@@ -288,4 +288,51 @@ mod tests {
             assert_eq!(seen, [0, 2, 5, 7].contains(&i), "{i}");
         }
     }
+
+    /// A flood of junk in front of the inbox's mail costs a bounded read per page: a
+    /// short page with a cursor, and the next pages reach the mail behind it.
+    #[tokio::test]
+    async fn a_page_stops_reading_past_hidden_mail_and_goes_on_from_there() {
+        let index = MemIndex::default();
+        let now = DateTime::from_timestamp(1_700_000_000 + 86_400, 0).unwrap();
+        let mine = rec(0, "alice@example.test", Status::Held, "behind the flood");
+        crate::ports::Index::insert(&index, &mine).await.unwrap();
+        // More than a page reads at most (MAX_BATCHES batches of size + 1 = 3).
+        for n in 1..=100 {
+            let mut junk = rec(n, "alice@example.test", Status::Held, "spam");
+            junk.verdicts = Some(Verdicts {
+                spam: Some("FAIL".into()),
+                ..Verdicts::default()
+            });
+            crate::ports::Index::insert(&index, &junk).await.unwrap();
+        }
+        let a = account();
+        let view = View {
+            account: &a,
+            history_days: 30,
+            now,
+        };
+        let first = view
+            .page(&index, Folder::Inbox, &Search::default(), None, 2)
+            .await
+            .unwrap();
+        assert!(first.messages.is_empty());
+        assert!(first.next.is_some(), "a cursor to go on from");
+        let mut next = first.next;
+        let mut pages = 1;
+        let found = loop {
+            let p = view
+                .page(&index, Folder::Inbox, &Search::default(), next, 2)
+                .await
+                .unwrap();
+            pages += 1;
+            if !p.messages.is_empty() || p.next.is_none() {
+                break p.messages;
+            }
+            next = p.next;
+        };
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, mine.id);
+        assert!(pages > 1);
+    }
 }
