@@ -28,6 +28,7 @@ fn policy() -> Policy {
         journal: Default::default(),
         journal_allow: Default::default(),
         postmaster: Some("postmaster@example.test".into()),
+        submission: None,
     }
 }
 

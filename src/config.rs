@@ -179,6 +179,135 @@ pub struct Config {
     pub users: UsersConfig,
     #[serde(default)]
     pub web: WebConfig,
+    #[serde(default)]
+    pub submission: SubmissionConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// The submission listener for users' own mail clients (`[submission]`, see
+/// `crate::submission`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmissionConfig {
+    /// With STARTTLS (port 587); unset: not served.
+    #[serde(default)]
+    pub listen: Option<ListenAddrs>,
+    /// Implicit TLS (port 465); needs `[tls]`.
+    #[serde(default)]
+    pub listen_tls: Option<ListenAddrs>,
+    /// AUTH without TLS: for loopback tests only.
+    #[serde(default, deserialize_with = "lenient")]
+    pub allow_plaintext_auth: bool,
+    /// Messages a user may send an hour (past it: 451 4.7.1).
+    #[serde(default = "default_rate_per_hour", deserialize_with = "lenient")]
+    pub rate_per_hour: u32,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        SubmissionConfig {
+            listen: None,
+            listen_tls: None,
+            allow_plaintext_auth: false,
+            rate_per_hour: default_rate_per_hour(),
+        }
+    }
+}
+
+fn default_rate_per_hour() -> u32 {
+    200
+}
+
+/// How mail users send to outside recipients leaves (`[outbound]`, see
+/// `crate::outbound`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// `ses`, `relay` or `direct`; default: `ses` on the AWS backend, `relay` when
+    /// `relay` is set, else `direct` ([`Config::outbound_mode`]).
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub mode: Option<OutboundMode>,
+    /// The smarthost, `host:port`.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// Its login, when it wants one (the password in `relay_password_env`).
+    #[serde(default)]
+    pub relay_user: Option<String>,
+    #[serde(default)]
+    pub relay_password_env: Option<String>,
+    /// `required` (default: verify the certificate), `opportunistic` or `none`.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub relay_tls: Option<TlsMode>,
+    /// CA bundle for the smarthost's certificate (default: the system's).
+    #[serde(default)]
+    pub relay_ca_file: Option<PathBuf>,
+    /// AUTH without TLS to the smarthost (a relay on a trusted network only).
+    #[serde(default, deserialize_with = "lenient")]
+    pub relay_allow_plaintext_auth: bool,
+    /// The DKIM selector and RSA key (PEM, PKCS#1 or PKCS#8) mail to outside recipients
+    /// is signed with (`relay` and `direct`), for every domain in `domains`.
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
+    #[serde(default)]
+    pub dkim_key: Option<PathBuf>,
+    /// Per-domain keys (`[[outbound.dkim]]`: `domain`, `selector`, `key`), instead of
+    /// the shared one for their domain; an Ed25519 key signs besides the RSA one. In the
+    /// environment, the same as JSON.
+    #[serde(default, deserialize_with = "dkim_keys")]
+    pub dkim: Vec<DkimKeyConfig>,
+    /// Where the copy of what a user sent goes at the primary: `{local}+sent@{domain}`
+    /// (the sender's own parts); unset: the sender's address itself.
+    #[serde(default)]
+    pub sent_copy: Option<String>,
+}
+
+/// `[outbound] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundMode {
+    Ses,
+    Relay,
+    Direct,
+}
+
+impl FromStr for OutboundMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ses" => Ok(OutboundMode::Ses),
+            "relay" => Ok(OutboundMode::Relay),
+            "direct" => Ok(OutboundMode::Direct),
+            _ => Err(format!("unknown outbound mode `{s}` (ses, relay, direct)")),
+        }
+    }
+}
+
+/// One `[[outbound.dkim]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+}
+
+fn dkim_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DkimKeyConfig>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Native(Vec<DkimKeyConfig>),
+        Json(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Native(v) => Ok(v),
+        Either::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Either::Json(s) => serde_json::from_str(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "DKIM keys as JSON ([{{\"domain\": ..., \"selector\": ..., \"key\": ...}}]): {e}"
+            ))
+        }),
+    }
 }
 
 /// The emergency inbox's users (`[users]`, see [`crate::users`]).
@@ -1322,7 +1451,59 @@ impl Config {
                 "primary.address is empty (STANDBY_PRIMARY_ADDRESS)".into(),
             ));
         }
+        self.validate_sending().map_err(invalid)
+    }
+
+    /// `[submission]` and `[outbound]`: what sending needs is there.
+    fn validate_sending(&self) -> Result<(), String> {
+        let s = &self.submission;
+        if s.listen_tls.is_some() && self.tls.cert.is_none() {
+            return Err(
+                "[submission] listen_tls needs a certificate: set [tls] cert and key".into(),
+            );
+        }
+        if (s.listen.is_some() || s.listen_tls.is_some())
+            && self.users.file.is_none()
+            && self.backend == BackendKind::Local
+        {
+            return Err(
+                "[submission] needs its users: set [users] file = \"users.passwd\" (a \
+                        Dovecot passwd-file; `standby user add` writes it)"
+                    .into(),
+            );
+        }
+        let o = &self.outbound;
+        if self.outbound_mode() == OutboundMode::Relay && o.relay.is_none() {
+            return Err(
+                "[outbound] mode = \"relay\" needs relay = \"host:port\" (STANDBY_OUTBOUND_RELAY)"
+                    .into(),
+            );
+        }
+        if o.relay_user.is_some() != o.relay_password_env.is_some() {
+            return Err("[outbound] relay_user and relay_password_env must be set together".into());
+        }
+        if o.dkim_selector.is_some() != o.dkim_key.is_some() {
+            return Err("[outbound] dkim_selector and dkim_key must be set together".into());
+        }
+        if let Some(t) = &o.sent_copy
+            && (!t.contains('@') || t.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "[outbound] sent_copy `{t}` is not an address template like \"{{local}}+sent@{{domain}}\""
+            ));
+        }
         Ok(())
+    }
+
+    /// `[outbound] mode`, or its default: `ses` on the AWS backend, `relay` when a
+    /// relay is set, else `direct`.
+    pub fn outbound_mode(&self) -> OutboundMode {
+        let o = &self.outbound;
+        o.mode.unwrap_or(match (self.backend, &o.relay) {
+            (BackendKind::Aws, _) => OutboundMode::Ses,
+            (_, Some(_)) => OutboundMode::Relay,
+            _ => OutboundMode::Direct,
+        })
     }
 
     /// This node's name (`node_id`): set, or the machine's host name, else `hostname`.

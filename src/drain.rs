@@ -211,7 +211,7 @@ pub fn apply(
         }
         // Some recipients may be delivered; the message as a whole is deferred. (A
         // journal copy is never claimed.)
-        Status::Held | Status::Paused | Status::Journal => Outcome::Deferred,
+        Status::Held | Status::Paused | Status::Journal | Status::Outbound => Outcome::Deferred,
     }
 }
 
@@ -592,6 +592,7 @@ impl Drainer {
                     owner: owner.clone(),
                     lease_until: now + self.lease(),
                     limit: 100,
+                    status: Status::Held,
                     received_before: Some(cutoff),
                     skew: self.skew(),
                 })
@@ -787,6 +788,7 @@ impl Drainer {
                 owner: owner.to_string(),
                 lease_until: now + self.lease(),
                 limit: CLAIM_BATCH,
+                status: Status::Held,
                 received_before: None,
                 skew: self.skew(),
             })
@@ -1045,7 +1047,7 @@ impl Claims {
 
 /// What became of a lease while its message was being sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kept {
+pub enum Kept {
     /// Ours throughout.
     Held,
     /// Lost before the final dot: the dot was not written, the transaction is aborted.
@@ -1154,7 +1156,7 @@ impl Keeper {
     }
 
     /// Stop renewing; what became of the lease.
-    fn stop(self) -> Kept {
+    pub fn stop(self) -> Kept {
         use std::sync::atomic::Ordering::SeqCst;
         self.task.abort();
         let held = self.ours();
@@ -1405,7 +1407,7 @@ fn defer_refusals_after_trip(rec: &mut Record, tried: &[usize], now: DateTime<Ut
 }
 
 /// The next attempt after [`backoff`] for the attempts made so far.
-fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
+pub fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
     let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
     rec.next_attempt_at = now + delay;
 }
@@ -1413,7 +1415,7 @@ fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
 /// Write an attempt's outcome back under the claim's lease, trying a transient storage
 /// error again a few times (the primary has answered: a write-back given up is a
 /// message sent again once the lease runs out).
-async fn write_back(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
+pub async fn write_back(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
     retry_transient(WRITE_BACK_TRIES, "write-back", || {
         index.complete(rec, owner)
     })
@@ -1425,7 +1427,7 @@ const WRITE_BACK_TRIES: u32 = 4;
 
 /// Give a claimed record back untouched. A lease that ran out and was taken by another
 /// worker meanwhile is that worker's now: nothing to give back.
-async fn release(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
+pub async fn release(index: &dyn Index, rec: &Record, owner: &str) -> Result<(), StoreError> {
     match index.complete(rec, owner).await {
         Err(StoreError::Leased(_) | StoreError::Changed(_) | StoreError::NotFound(_)) => Ok(()),
         other => other,
@@ -1615,6 +1617,7 @@ mod tests {
                 rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
                 origin: Origin::default(),
                 journal: false,
+                sent: None,
             })
             .await
             .unwrap();

@@ -53,6 +53,11 @@ pub fn suppression(rec: &Record, settings: &DsnSettings) -> Option<String> {
     if rec.mail_from.is_empty() {
         return Some("null sender: a bounce never gets a bounce".into());
     }
+    // Sent by one of our users, who logged in to send it: the bounce goes to them (into
+    // their emergency inbox, then their mailbox), never to a forged sender.
+    if submitted(rec) {
+        return None;
+    }
     if !settings.enabled {
         return Some("DSNs are off in the config ([dsn] enabled = false)".into());
     }
@@ -74,6 +79,11 @@ pub fn suppression(rec: &Record, settings: &DsnSettings) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether `rec` is mail a logged-in user sent (its sender is theirs).
+fn submitted(rec: &Record) -> bool {
+    rec.intake == Intake::Submission && rec.origin.user.is_some()
 }
 
 /// The id of the DSN for `orig`: the same every time, so queueing it is idempotent.
@@ -113,6 +123,7 @@ pub async fn settle(
         return Ok(());
     }
     if settings.enabled
+        && !submitted(rec)
         && !rec.mail_from.is_empty()
         && let Some(verifier) = &settings.sender
         && let Some(v) = verifier.check_now(rec).await

@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The message is under legal hold: nothing may delete it.
     #[error("message {0} is under legal hold; `standby release --legal {0}` first")]
     LegalHold(MessageId),
+    /// A submitted message refused on what it says (its `From` not the user's): the
+    /// SMTP reply to give, code and text.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A file written whole (the users' passwd-file) was changed by someone else since
     /// it was read: nothing was written; read it again and apply the change again.
     #[error("{0} changed since it was read; nothing was written, try again")]
@@ -96,7 +100,8 @@ impl StoreError {
             StoreError::NotFound(_)
             | StoreError::MissingBlob(_)
             | StoreError::Corrupt { .. }
-            | StoreError::LegalHold(_) => false,
+            | StoreError::LegalHold(_)
+            | StoreError::Refused(_) => false,
         }
     }
 }

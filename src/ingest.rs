@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Journal;
 use crate::config::RetentionPolicy;
 use crate::error::StoreError;
-use crate::model::{Envelope, MessageId, Origin, Record, Status, Verdicts, redact};
+use crate::model::{Envelope, MessageId, Origin, Record, SentPart, Status, Verdicts, redact};
 use crate::ports::Storage;
 use crate::ports::{Accepting, BlobWriter, Clock, Inbound};
 use crate::publish::Publisher;
@@ -125,6 +125,9 @@ pub struct Stamp {
     /// Sent to a journal address.
     #[serde(default)]
     pub journal: bool,
+    /// Sent by one of our users: which part (absent for received mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<SentPart>,
     /// The stored bytes' size and SHA-256 (hex), written at commit, after the last byte:
     /// a start after a crash indexes a message without a row again only when its bytes
     /// match them (see [`crate::publish::check_unpublished`]). Absent from older
@@ -144,6 +147,7 @@ impl Stamp {
             rcpts: env.rcpts.clone(),
             origin: env.origin.clone(),
             journal: env.journal,
+            sent: env.sent,
             size: None,
             sha256: None,
         }
@@ -187,6 +191,9 @@ pub fn rebuild(
     };
     if stamp.journal {
         journal.file(&mut rec, head.bytes(), || Some(bytes.to_vec()));
+    }
+    if let Some(part) = stamp.sent {
+        (rec.status, rec.intake) = part.start();
     }
     retention.classify(&mut rec, head.bytes());
     rec
@@ -270,6 +277,7 @@ impl Incoming {
         }
         let key = blob.clone().unwrap_or_else(|| id.to_string());
         let is_journal = env.journal;
+        let sent = env.sent;
         let mut rec = Record {
             origin: env.origin,
             blob,
@@ -296,10 +304,14 @@ impl Incoming {
                 archive_journal_copy(&storage, &retention, &rec, &key, &bytes).await?;
             }
         }
+        if let Some(part) = sent {
+            (rec.status, rec.intake) = part.start();
+        }
         retention.classify(&mut rec, head.bytes());
-        // A journal copy is never bounced: no sender check for it.
+        // A journal copy is never bounced: no sender check for it; nor is what our own
+        // users sent (they logged in: their DSNs always go to them).
         let check = checks
-            .filter(|_| rec.status != Status::Journal)
+            .filter(|_| rec.status != Status::Journal && sent.is_none())
             .and_then(|c| Some((c, Job::of(&rec)?)));
         if check.is_some() {
             rec.verdicts = Some(Verdicts::pending());
@@ -442,7 +454,13 @@ pub async fn archive_journal_copy(
 /// Our trace header (RFC 5321 §4.4), folded, with CRLF line ends.
 fn received_header(host: &str, id: MessageId, env: &Envelope, at: DateTime<Utc>) -> String {
     let helo = sanitize(&env.origin.helo);
-    let with = if env.origin.tls { "ESMTPS" } else { "ESMTP" };
+    // RFC 3848: A for a client that logged in, S for TLS.
+    let with = match (env.origin.user.is_some(), env.origin.tls) {
+        (true, true) => "ESMTPSA",
+        (true, false) => "ESMTPA",
+        (false, true) => "ESMTPS",
+        (false, false) => "ESMTP",
+    };
     let for_clause = match env.rcpts.as_slice() {
         // The RFC 5321 form, as on the wire: `for <"john doe"@example.test>`.
         [one] => {
@@ -480,8 +498,10 @@ mod tests {
                 ip: "192.0.2.1".into(),
                 helo: "mx.example.org\r\nX-Evil: 1".into(),
                 tls: false,
+                user: None,
             },
             journal: false,
+            sent: None,
         }
     }
 

@@ -17,7 +17,8 @@
 //!    types every layer below reads (retention policy, journal addresses, AWS settings).
 //! 3. **Ports** ([`ports`]): `BlobStore`, `Index`, `AuditLog`, `Relay`, `Probe`, `Clock`,
 //!    `SenderCheck`, `Inbound` (what the listener hands messages to), `UserFiles`,
-//!    `LoginLimits`, and `Storage`, the bundle of storage ports one backend provides.
+//!    `LoginLimits`, `Outbound` (how users' mail leaves), `SubmitGate` (the submission
+//!    listener's logins), and `Storage`, the bundle of storage ports one backend provides.
 //! 4. **Domain**: written once against the ports; imports the model, config, ports and
 //!    other domain modules, never an adapter or an entry point.
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
@@ -31,13 +32,16 @@
 //!    - [`summary`]: the listing summary parsed with `mail-parser`.
 //!    - [`users`]: the emergency inbox's users (a Dovecot passwd-file, aliases), behind
 //!      the `UserFiles` port; [`mailbox`]: what one user sees.
+//!    - [`outbound`]: what users send during the outage (stored per part, the outbound
+//!      queue, DKIM); [`submission`]: the submission listener's logins and messages.
 //! 5. **Adapters**: implement the ports for one technology; import the model, config and
 //!    ports, never a domain module.
 //!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, the audit
 //!      logs, in-memory twins, group commit; and the constructors of `Storage`.
 //!    - [`smtp`]: the listener (session state machine, DATA decoder, TLS), feeding an
 //!      `Inbound`; the client (`SmtpRelay`, the `Relay` and `Probe` adapter); the SPF
-//!      check (`SpfCheck`, the `SenderCheck` adapter).
+//!      check (`SpfCheck`, the `SenderCheck` adapter); `SmtpOutbound` (the `Outbound`
+//!      adapter: a smarthost, or direct MX delivery).
 //!    - [`dns`]: the resolvers (MX checks, SPF lookups).
 //! 6. **Entry points** (wiring: build adapters, hand them to the domain):
 //!    - [`serve`]: `standby serve`: listener plus the health and drain loop.
@@ -60,6 +64,7 @@ pub mod journal;
 pub mod lambda;
 pub mod mailbox;
 pub mod model;
+pub mod outbound;
 pub mod ports;
 pub mod publish;
 pub mod replay;
@@ -67,6 +72,7 @@ pub mod retention;
 pub mod sender;
 pub mod serve;
 pub mod smtp;
+pub mod submission;
 pub mod summary;
 pub mod users;
 pub mod web;

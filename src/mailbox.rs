@@ -24,6 +24,21 @@ pub enum Folder {
     #[default]
     Inbox,
     Junk,
+    /// Copies of what the user sent during the outage (on their way to their mailbox).
+    Sent,
+}
+
+impl Folder {
+    /// The folder `r` is listed in.
+    pub fn of(r: &Record) -> Folder {
+        if r.intake == crate::model::Intake::Sent {
+            Folder::Sent
+        } else if is_junk(r) {
+            Folder::Junk
+        } else {
+            Folder::Inbox
+        }
+    }
 }
 
 /// A search in the mailbox; every field narrows it.
@@ -152,7 +167,7 @@ impl View<'_> {
             q.after = got.last().map(Cursor::from);
             messages.extend(
                 got.into_iter()
-                    .filter(|r| !is_virus(r) && (is_junk(r) == (folder == Folder::Junk))),
+                    .filter(|r| !is_virus(r) && Folder::of(r) == folder),
             );
             if messages.len() > size {
                 messages.truncate(size);

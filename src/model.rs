@@ -93,15 +93,19 @@ pub enum Status {
     /// A journal copy sent by the primary (see [`crate::journal`]): archived, never
     /// drained; `standby replay` delivers it again on request.
     Journal,
+    /// Sent by a user during the outage to recipients outside our domains: the outbound
+    /// queue (the `outbound` module) delivers it, never the drain to the primary.
+    Outbound,
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Held,
         Status::Paused,
         Status::Delivered,
         Status::Failed,
         Status::Journal,
+        Status::Outbound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +115,7 @@ impl Status {
             Status::Delivered => "delivered",
             Status::Failed => "failed",
             Status::Journal => "journal",
+            Status::Outbound => "outbound",
         }
     }
 }
@@ -128,7 +133,7 @@ impl FromStr for Status {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown status `{s}` (held, paused, delivered, failed, journal)")
+                format!("unknown status `{s}` (held, paused, delivered, failed, journal, outbound)")
             })
     }
 }
@@ -200,6 +205,9 @@ pub struct Origin {
     pub ip: String,
     pub helo: String,
     pub tls: bool,
+    /// The user who logged in to send it (submission and the emergency inbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// How a message came in.
@@ -218,6 +226,12 @@ pub enum Intake {
     /// A delivery status notification we generated for a message that failed (see
     /// [`crate::dsn`]); its sender is `<>`, so it never causes another.
     Dsn,
+    /// Sent by one of our users (the submission listener, the emergency inbox): to our
+    /// own recipients (held for the primary) or to outside ones (status `outbound`).
+    Submission,
+    /// The copy of what a user sent, for their own mailbox at the primary (with
+    /// `X-Standby-Sent: yes`; see the `outbound` module).
+    Sent,
 }
 
 impl Intake {
@@ -227,6 +241,8 @@ impl Intake {
             Intake::Ses => "ses",
             Intake::Reconciled => "reconciled",
             Intake::Dsn => "dsn",
+            Intake::Submission => "submission",
+            Intake::Sent => "sent",
         }
     }
 }
@@ -483,8 +499,8 @@ impl Record {
         let any_pending = self.rcpts.iter().any(|r| r.status == RcptStatus::Pending);
         let any_failed = self.rcpts.iter().any(|r| r.status == RcptStatus::Failed);
         self.status = if any_pending {
-            if self.status == Status::Paused {
-                Status::Paused
+            if matches!(self.status, Status::Paused | Status::Outbound) {
+                self.status
             } else {
                 Status::Held
             }
@@ -504,6 +520,9 @@ pub struct Counts {
     pub delivered: u64,
     pub failed: u64,
     pub journal: u64,
+    /// Sent by users to outside recipients and not yet delivered there.
+    #[serde(default)]
+    pub outbound: u64,
 }
 
 impl Counts {
@@ -514,6 +533,7 @@ impl Counts {
             Status::Delivered => self.delivered += n,
             Status::Failed => self.failed += n,
             Status::Journal => self.journal += n,
+            Status::Outbound => self.outbound += n,
         }
     }
 }
@@ -562,13 +582,40 @@ pub fn redact_text(text: &str) -> String {
 // ---- A message being received (see `crate::ingest`) ----
 
 /// The envelope of a message being received.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Envelope {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub origin: Origin,
     /// Sent to journal addresses: filed as a journal copy, never drained.
     pub journal: bool,
+    /// Sent by one of our users: which part of what they sent this record is.
+    pub sent: Option<SentPart>,
+}
+
+/// A message a user sent is stored as up to three records, one per way it goes (see the
+/// `outbound` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SentPart {
+    /// To recipients in our domains: held for the primary like received mail (and in
+    /// their emergency inbox meanwhile).
+    Local,
+    /// To outside recipients: status `outbound`, for the outbound queue.
+    Outbound,
+    /// The sender's own copy, for their mailbox at the primary.
+    Copy,
+}
+
+impl SentPart {
+    /// The status and intake a new record of this part starts with.
+    pub fn start(self) -> (Status, Intake) {
+        match self {
+            SentPart::Local => (Status::Held, Intake::Submission),
+            SentPart::Outbound => (Status::Outbound, Intake::Submission),
+            SentPart::Copy => (Status::Held, Intake::Sent),
+        }
+    }
 }
 
 // ---- Journal copies (see `crate::journal`) ----

@@ -256,7 +256,8 @@ impl MailboxFilter {
         let kept = match r.status {
             Status::Held | Status::Paused => true,
             Status::Delivered | Status::Journal => r.received_at >= self.kept_since,
-            Status::Failed => false,
+            // Outside recipients only: never anyone's mailbox here.
+            Status::Failed | Status::Outbound => false,
         };
         kept && r.rcpts.iter().any(|x| self.addressed(&x.address))
     }
@@ -356,6 +357,52 @@ impl From<&Record> for Cursor {
     }
 }
 
+/// A user logged in to send mail (the submission listener, the emergency inbox): their
+/// address and what they may send as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Lower case.
+    pub address: String,
+    /// Every address they may send as (their own first, then their aliases), lower case.
+    pub addresses: Vec<String>,
+    /// Tagged forms of those that are someone else's (see [`MailboxFilter::excluded`]).
+    pub excluded: Vec<String>,
+}
+
+impl Identity {
+    /// Whether this user may send as `address`: one of theirs, or one of theirs with a
+    /// `+tag` (the rule of whose mail they read, [`MailboxFilter::addressed`]).
+    pub fn may_send_as(&self, address: &str) -> bool {
+        MailboxFilter {
+            addresses: self.addresses.clone(),
+            excluded: self.excluded.clone(),
+            kept_since: DateTime::<Utc>::MIN_UTC,
+        }
+        .addressed(address)
+    }
+}
+
+/// How a login went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    Ok(Identity),
+    /// Wrong name or password (the same answer for both).
+    Failed,
+    /// Too many failed attempts from this client or for this name; try after this long.
+    Blocked(std::time::Duration),
+    /// The check could not be made (storage trouble); try later.
+    Unavailable(String),
+}
+
+/// What the submission listener asks before it takes mail from a user.
+#[async_trait]
+pub trait SubmitGate: Send + Sync + 'static {
+    /// Check a login from `client` (rate limited, audited).
+    async fn login(&self, name: &str, password: &str, client: std::net::IpAddr) -> Login;
+    /// Whether `user` has sent as many messages as the hour allows.
+    fn over_rate(&self, user: &str) -> bool;
+}
+
 /// A drain worker asks for work.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
@@ -365,6 +412,9 @@ pub struct ClaimRequest {
     pub owner: String,
     pub lease_until: DateTime<Utc>,
     pub limit: usize,
+    /// Which queue: `held` (the drain to the primary) or `outbound` (mail users sent to
+    /// outside recipients, the `outbound` module).
+    pub status: Status,
     /// Claim held messages received before this time, whether due or not (expiry).
     /// When `None`, claim held messages whose `next_attempt_at <= now`.
     pub received_before: Option<DateTime<Utc>>,
@@ -415,6 +465,7 @@ pub trait Index: Send + Sync + 'static {
             Status::Delivered => c.delivered,
             Status::Failed => c.failed,
             Status::Journal => c.journal,
+            Status::Outbound => c.outbound,
         })
     }
     /// [`Index::count`], counting no further than `limit`: an index that counts by
@@ -691,6 +742,17 @@ pub trait RelaySession: Send {
     ) -> Result<Transaction, RelayError>;
     /// Say QUIT and close; errors are ignored.
     async fn quit(self: Box<Self>);
+}
+
+/// Delivers mail users sent to outside recipients (the `outbound` module): a smarthost,
+/// direct MX delivery, or SES.
+#[async_trait]
+pub trait Outbound: Send + Sync + 'static {
+    /// Deliver `message` (whole, signed as it should go out) from `mail_from` to each of
+    /// `rcpts`. One reply per recipient, in the order given: 2xx delivered, 4xx to try
+    /// again later, 5xx failed for good. Trouble reaching anyone is a 4xx for each
+    /// recipient it concerns.
+    async fn send(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<Reply>;
 }
 
 /// Checks whether the primary answers SMTP (banner, EHLO, QUIT).

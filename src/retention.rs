@@ -101,7 +101,7 @@ impl RetentionPolicy {
             Status::Delivered => self.delivered_days.map(|d| (d, "delivered_days")),
             Status::Failed => self.failed_days.map(|d| (d, "failed_days")),
             Status::Journal => self.journal_days.map(|d| (d, "journal_days")),
-            Status::Held | Status::Paused => return None,
+            Status::Held | Status::Paused | Status::Outbound => return None,
         }
         .map(|(d, k)| (d, format!("{k} = {d}")));
         let rule = rec
@@ -132,7 +132,7 @@ impl RetentionPolicy {
             Status::Delivered => self.delivered_days,
             Status::Failed => self.failed_days,
             Status::Journal => self.journal_days,
-            Status::Held | Status::Paused => return None,
+            Status::Held | Status::Paused | Status::Outbound => return None,
         };
         let rules = self.confidential.iter().map(|r| r.keep_days).min();
         match (class, rules) {

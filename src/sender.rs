@@ -323,6 +323,7 @@ mod tests {
             ip: "192.0.2.1".into(),
             helo: "mx.sender.test".into(),
             tls: false,
+            user: None,
         };
         rec.verdicts = Some(Verdicts::pending());
         rec
@@ -398,6 +399,7 @@ mod tests {
                 owner: "drain-1".into(),
                 lease_until: now + chrono::Duration::seconds(60),
                 limit: 1,
+                status: crate::model::Status::Held,
                 received_before: None,
                 skew: chrono::Duration::zero(),
             })

@@ -132,9 +132,11 @@ pub fn smtp_server(
             journal: config.journal(),
             journal_allow: journal_allow(config),
             postmaster: Policy::postmaster_of(&config.domains),
+            submission: None,
         },
         spool,
         tls,
+        implicit_tls: false,
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
         limits: ListenerLimits {
@@ -287,7 +289,26 @@ pub async fn serve(
         drain_settings_with(&config, verifier),
     );
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
-    let web = start_web(&config, &storage, clock.clone(), stop_rx.clone()).await?;
+    let login_limits: Arc<dyn crate::ports::LoginLimits> =
+        Arc::new(crate::backend::MemLoginLimits::default());
+    let web = start_web(
+        &config,
+        &storage,
+        clock.clone(),
+        login_limits.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    start_sending(
+        &config,
+        &storage,
+        spool(&config),
+        clock.clone(),
+        login_limits,
+        web.as_ref().map(|w| w.users.clone()),
+        stop_rx.clone(),
+    )
+    .await?;
     tokio::spawn(
         reload::Reloader {
             load: Box::new(load),
@@ -344,36 +365,13 @@ async fn start_web(
     config: &Config,
     storage: &Storage,
     clock: Arc<dyn Clock>,
+    limits: Arc<dyn crate::ports::LoginLimits>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<reload::WebReload>, ServeError> {
     let Some(listen) = &config.web.listen else {
         return Ok(None);
     };
-    let files = crate::backend::user_files(config)
-        .await
-        .ok_or_else(|| ConfigError::Invalid {
-            path: "[web] listen".into(),
-            message: "the emergency inbox needs its users: set [users] file = \"users.passwd\" \
-                      (a Dovecot passwd-file; `standby user add` writes it)"
-                .into(),
-        })?;
-    // SIGHUP reloads at once; other processes' edits (`standby user add`, another
-    // node's) are read within a minute anyway.
-    let (domain, age) = (
-        config.users.default_domain.clone(),
-        Some(Duration::from_secs(60)),
-    );
-    // The users' files unreadable right now (permissions, S3 throttling) must not keep
-    // the mail listener from starting: nobody can log in until they are read (tried
-    // again every minute and on SIGHUP).
-    let users = match crate::users::Users::load(files.clone(), domain.clone(), age).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the users; the inbox lets nobody in until they can be read");
-            crate::users::Users::empty(files, domain, age)
-        }
-    };
-    let users = Arc::new(users);
+    let users = load_users(config, "[web] listen").await?;
     let key = match &config.web.session_key_env {
         Some(var) => {
             let secret = std::env::var(var).map_err(|_| ConfigError::Env {
@@ -397,7 +395,7 @@ async fn start_web(
         checks: crate::web::check_slots(),
         slowest_check: Default::default(),
         users: users.clone(),
-        limits: Arc::new(crate::backend::MemLoginLimits::default()),
+        limits,
         key,
         clock,
         settings: crate::web::WebSettings::of(config, secure),
@@ -416,6 +414,170 @@ async fn start_web(
         stop,
     ));
     Ok(Some(reload::WebReload { users, tls }))
+}
+
+/// The users of the emergency inbox and the submission listener (`what` needs them).
+async fn load_users(config: &Config, what: &str) -> Result<Arc<crate::users::Users>, ServeError> {
+    let files = crate::backend::user_files(config)
+        .await
+        .ok_or_else(|| ConfigError::Invalid {
+            path: what.into(),
+            message: "logins need their users: set [users] file = \"users.passwd\" \
+                      (a Dovecot passwd-file; `standby user add` writes it)"
+                .into(),
+        })?;
+    // SIGHUP reloads at once; other processes' edits (`standby user add`, another
+    // node's) are read within a minute anyway.
+    let (domain, age) = (
+        config.users.default_domain.clone(),
+        Some(Duration::from_secs(60)),
+    );
+    // The users' files unreadable right now (permissions, S3 throttling) must not keep
+    // the mail listener from starting: nobody can log in until they are read (tried
+    // again every minute and on SIGHUP).
+    let users = match crate::users::Users::load(files.clone(), domain.clone(), age).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the users; nobody can log in until they can be read");
+            crate::users::Users::empty(files, domain, age)
+        }
+    };
+    Ok(Arc::new(users))
+}
+
+/// Start sending, when `[submission]` has a listener: the listeners (587 with STARTTLS,
+/// 465 with implicit TLS) and the outbound queue (`[outbound] relay`).
+async fn start_sending(
+    config: &Config,
+    storage: &Storage,
+    spool: Arc<dyn Inbound>,
+    clock: Arc<dyn Clock>,
+    limits: Arc<dyn crate::ports::LoginLimits>,
+    users: Option<Arc<crate::users::Users>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let sub = &config.submission;
+    if sub.listen.is_none() && sub.listen_tls.is_none() {
+        return Ok(());
+    }
+    let users = match users {
+        Some(u) => u,
+        None => load_users(config, "[submission] listen").await?,
+    };
+    let sending = crate::outbound::Sending::new(
+        storage.clone(),
+        spool,
+        clock.clone(),
+        &config.domains,
+        config.outbound.sent_copy.clone(),
+    );
+    let queued = sending.queued();
+    let outside = start_outbound(config, storage, clock.clone(), queued, stop.clone())?;
+    let gate = Arc::new(crate::submission::Gate::new(
+        users.clone(),
+        limits,
+        storage.audit.clone(),
+        clock,
+        sub.rate_per_hour,
+    ));
+    let inbound: Arc<dyn Inbound> = Arc::new(crate::submission::Submissions {
+        sending,
+        users,
+        gate: gate.clone(),
+    });
+    let tls = tls_acceptor(config)?;
+    for (listen, implicit) in [(&sub.listen, false), (&sub.listen_tls, true)] {
+        let Some(listen) = listen else { continue };
+        let mut server = smtp_server(config, inbound.clone(), tls.clone())?;
+        server.implicit_tls = implicit;
+        server.policy.submission = Some(crate::smtp::session::SubmissionPolicy {
+            allow_plaintext_auth: sub.allow_plaintext_auth,
+            gate: gate.clone(),
+            outside,
+        });
+        let listeners = server::listeners(listen)?;
+        tracing::info!(
+            listen = %server::local_addrs(&listeners),
+            implicit_tls = implicit,
+            outside,
+            "submission serving"
+        );
+        let mut stop = stop.clone();
+        tokio::spawn(server::run(listeners, server.shared(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    Ok(())
+}
+
+/// The outbound queue for `[outbound]`, run at once when mail for outside recipients is
+/// stored (`queued`) and every 30 seconds; whether outside recipients can be served.
+fn start_outbound(
+    config: &Config,
+    storage: &Storage,
+    clock: Arc<dyn Clock>,
+    queued: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, ServeError> {
+    let mode = config.outbound_mode();
+    let out: Arc<dyn crate::ports::Outbound> = match mode {
+        crate::config::OutboundMode::Relay => match SmtpRelay::smarthost(config)? {
+            Some(relay) => Arc::new(crate::smtp::outbound::SmtpOutbound::relay(relay)),
+            None => return Ok(false),
+        },
+        other => {
+            tracing::warn!(
+                mode = ?other,
+                "[outbound] mode is not available in `standby serve` yet; set [outbound] relay \
+                 = \"host:port\" (a smarthost). Mail to outside recipients is refused at RCPT"
+            );
+            return Ok(false);
+        }
+    };
+    let dkim = crate::outbound::dkim::DkimKeys::load(config)
+        .map_err(|e| ConfigError::Invalid {
+            path: "[outbound] dkim".into(),
+            message: e.to_string(),
+        })?
+        .map(Arc::new);
+    if dkim.is_none() {
+        tracing::warn!(
+            "no DKIM key ([outbound] dkim_selector, dkim_key): mail to outside recipients goes out unsigned and may fail DMARC"
+        );
+    }
+    let d = drain_settings(config);
+    let queue = crate::outbound::queue::OutboundQueue::new(
+        storage.clone(),
+        out,
+        clock,
+        dkim,
+        crate::outbound::queue::QueueSettings {
+            lease: d.lease,
+            clock_skew: d.clock_skew,
+            hold_days: d.hold_days,
+            dsn: d.dsn,
+        },
+    );
+    tokio::spawn(async move {
+        loop {
+            match queue.run(Some(&stop)).await {
+                Ok(r) if r != crate::outbound::queue::QueueReport::default() => tracing::info!(
+                    delivered = r.delivered,
+                    deferred = r.deferred,
+                    failed = r.failed,
+                    "outbound run"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "outbound run failed"),
+            }
+            tokio::select! {
+                () = queued.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    Ok(true)
 }
 
 /// Where received mail goes, for the start line.

@@ -912,6 +912,7 @@ async fn an_event_that_failed_on_a_lease_is_ingested_from_the_failure_queue() {
             owner: "another-drain".into(),
             lease_until: now + chrono::Duration::seconds(3),
             limit: 10,
+            status: standby::model::Status::Held,
             received_before: None,
             skew: chrono::Duration::zero(),
         })

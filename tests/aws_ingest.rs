@@ -162,6 +162,7 @@ async fn virus_fail_is_quarantined_and_never_drained() {
             owner: "t".into(),
             lease_until: Utc::now() + Duration::days(2),
             limit: 10,
+            status: standby::model::Status::Held,
             received_before: None,
             skew: Duration::zero(),
         })

@@ -166,6 +166,7 @@ async fn double_claims(moto: &Moto, n: usize) -> usize {
             owner: owner.into(),
             lease_until: Utc::now() + chrono::Duration::seconds(60),
             limit: 1,
+            status: standby::model::Status::Held,
             received_before: None,
             skew: chrono::Duration::zero(),
         };

@@ -56,6 +56,7 @@ fn claim(owner: &str, limit: usize) -> ClaimRequest {
         owner: owner.into(),
         lease_until: now + Duration::seconds(60),
         limit,
+        status: standby::model::Status::Held,
         received_before: None,
         skew: Duration::zero(),
     }

@@ -52,6 +52,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
                     rcpts: vec!["bob@example.test".into()],
                     origin: Origin::default(),
                     journal: false,
+                    sent: None,
                 })
                 .await
                 .unwrap();
@@ -141,6 +142,7 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
             rcpts: vec!["bob@example.test".into()],
             origin: Origin::default(),
             journal: false,
+            sent: None,
         })
         .await
         .unwrap();

@@ -16,7 +16,9 @@ fn layer(module: &str) -> Option<Layer> {
         "config" => Layer::Config,
         "ports" => Layer::Ports,
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
-        | "export" | "summary" | "publish" | "users" | "mailbox" => Layer::Domain,
+        | "export" | "summary" | "publish" | "users" | "mailbox" | "outbound" | "submission" => {
+            Layer::Domain
+        }
         "backend" | "smtp" | "dns" => Layer::Adapter,
         "serve" | "cli" | "lambda" | "doctor" | "web" => Layer::Entry,
         _ => return None,

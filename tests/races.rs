@@ -222,6 +222,7 @@ async fn receive(storage: &Storage, subject: &str) -> MessageId {
             rcpts: vec!["bob@example.test".into()],
             origin: Origin::default(),
             journal: false,
+            sent: None,
         })
         .await
         .unwrap();
@@ -397,6 +398,7 @@ async fn a_lease_lost_mid_transaction_aborts_before_the_final_dot() {
                 owner: "other".into(),
                 lease_until: later + chrono::Duration::seconds(60),
                 limit: 10,
+                status: standby::model::Status::Held,
                 received_before: None,
                 skew: chrono::Duration::zero(),
             })

@@ -201,7 +201,7 @@ impl Index for MemIndex {
             if out.len() >= req.limit {
                 break;
             }
-            let eligible = rec.status == Status::Held
+            let eligible = rec.status == req.status
                 && lease_free(rec, req.expired_by())
                 && match req.received_before {
                     Some(b) => rec.received_at < b,

@@ -1092,20 +1092,22 @@ impl Index for SqliteIndex {
                 let (sql, p): (String, [i64; 2]) = match req.received_before {
                     Some(before) => (
                         format!(
-                            "SELECT {COLS} FROM messages WHERE status = 'held'
+                            "SELECT {COLS} FROM messages WHERE status = '{}'
                              AND received_at < ?1
                              AND (lease_until IS NULL OR lease_until <= ?2)
                              ORDER BY received_at, id LIMIT {}",
+                            req.status.as_str(),
                             req.limit
                         ),
                         [ms(before), ms(req.expired_by())],
                     ),
                     None => (
                         format!(
-                            "SELECT {COLS} FROM messages WHERE status = 'held'
+                            "SELECT {COLS} FROM messages WHERE status = '{}'
                              AND next_attempt_at <= ?1
                              AND (lease_until IS NULL OR lease_until <= ?2)
                              ORDER BY received_at, id LIMIT {}",
+                            req.status.as_str(),
                             req.limit
                         ),
                         [now, ms(req.expired_by())],

@@ -247,6 +247,14 @@ mod tests {
             Some(&["metrics", "stack"][..])
         );
         assert_eq!(names.path("STANDBY_TLS_CERT"), Some(&["tls", "cert"][..]));
+        assert_eq!(
+            names.path("STANDBY_SUBMISSION_RATE_PER_HOUR"),
+            Some(&["submission", "rate_per_hour"][..])
+        );
+        assert_eq!(
+            names.path("STANDBY_OUTBOUND_DKIM"),
+            Some(&["outbound", "dkim"][..])
+        );
         // A section is not a setting.
         assert_eq!(names.path("STANDBY_PRIMARY"), None);
         assert_eq!(names.path("STANDBY_METRICS"), None);
@@ -255,7 +263,8 @@ mod tests {
             env,
             [
                 "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
-                "STANDBY_WEB_SESSION_KEY_ENV"
+                "STANDBY_WEB_SESSION_KEY_ENV",
+                "STANDBY_OUTBOUND_RELAY_PASSWORD_ENV"
             ]
         );
     }

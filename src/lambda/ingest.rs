@@ -292,6 +292,7 @@ impl Ingest {
                 ip: String::new(),
                 helo: "amazonses.com".into(),
                 tls: false,
+                user: None,
             },
             blob: Some(key.to_string()),
             intake: Intake::Ses,

@@ -92,6 +92,8 @@ pub enum RelaySetupError {
     Tls(#[from] super::tls::TlsError),
     #[error("primary.auth_password_env names `{0}`, but that environment variable is not set")]
     MissingPassword(String),
+    #[error("[outbound] relay_password_env names `{0}`, but that environment variable is not set")]
+    MissingRelayPassword(String),
 }
 
 impl SmtpRelay {
@@ -131,6 +133,50 @@ impl SmtpRelay {
             own: config.listen.iter().copied().collect(),
             deadline: None,
         })
+    }
+
+    /// The smarthost of `[outbound] relay` (the `relay` mode of sending): STARTTLS per
+    /// `relay_tls` (default `required`, verified against `relay_ca_file` or the system's
+    /// roots), AUTH when `relay_user` is set (the password from `relay_password_env`).
+    /// `None` when no relay is set.
+    ///
+    /// # Errors
+    /// The CA file cannot be used; the password's variable is not set.
+    pub fn smarthost(config: &Config) -> Result<Option<Self>, RelaySetupError> {
+        let o = &config.outbound;
+        let Some(addr) = &o.relay else {
+            return Ok(None);
+        };
+        let credentials = match (&o.relay_user, &o.relay_password_env) {
+            (Some(user), Some(var)) => Some((
+                user.clone(),
+                std::env::var(var)
+                    .map_err(|_| RelaySetupError::MissingRelayPassword(var.clone()))?,
+            )),
+            _ => None,
+        };
+        let tls_mode = o.relay_tls.unwrap_or(TlsMode::Required);
+        Ok(Some(SmtpRelay {
+            addr: addr.clone(),
+            helo: config.hostname.clone(),
+            tls_mode,
+            tls: ClientTls::new(true, o.relay_ca_file.as_deref())?,
+            server_name: None,
+            credentials,
+            allow_plaintext_auth: o.relay_allow_plaintext_auth,
+            timeouts: config.primary.timeouts(),
+            probe_timeouts: StageTimeouts::all(Duration::from_secs(
+                config.health.timeout_secs.max(1),
+            )),
+            probe_auth: true,
+            own: config
+                .listen
+                .iter()
+                .chain(config.submission.listen.iter().flat_map(|l| l.iter()))
+                .copied()
+                .collect(),
+            deadline: None,
+        }))
     }
 
     /// The same relay, waiting for no reply past `deadline` (a Lambda invocation's end):

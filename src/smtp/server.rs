@@ -55,6 +55,9 @@ pub struct Server {
     pub policy: Policy,
     pub spool: Arc<dyn Inbound>,
     pub tls: Option<TlsAcceptor>,
+    /// Implicit TLS (the submission listener's `listen_tls`, port 465): the handshake
+    /// comes before the greeting.
+    pub implicit_tls: bool,
     pub max_connections: usize,
     pub command_timeout: Duration,
     pub limits: Limits,
@@ -435,6 +438,15 @@ async fn serve_connection_under(
         session_end: Instant::now() + server.limits.session_timeout,
     };
     let mut session = Session::new(&server.policy, false).with_client(peer.ip());
+    if server.implicit_tls {
+        let Some(acceptor) = server.tls.clone() else {
+            return Ok(());
+        };
+        if !handshake(&mut conn, &acceptor).await {
+            return Ok(());
+        }
+        session.tls_started();
+    }
     conn.say(&session.greeting(), "", None);
     conn.flush().await?;
     let mut discarding = false;
@@ -484,6 +496,24 @@ async fn serve_connection_under(
         conn.say(&step.reply, session.helo(), step.about.as_deref());
         match step.next {
             Next::Command => {}
+            Next::Authenticate => {
+                conn.flush().await?;
+                let login = match (session.take_login(), &server.policy.submission) {
+                    (Some((name, password)), Some(sub)) => {
+                        sub.gate.login(&name, &password, peer.ip()).await
+                    }
+                    _ => crate::ports::Login::Failed,
+                };
+                let done = session.logged_in(login);
+                conn.say(&done.reply, session.helo(), None);
+                if done.next == Next::Close {
+                    conn.flush().await?;
+                    let _ = conn.io.shutdown().await;
+                    return Ok(());
+                }
+                line_due = Instant::now() + conn.wait();
+                line_start = Instant::now();
+            }
             Next::Close => {
                 conn.flush().await?;
                 let _ = conn.io.shutdown().await;
@@ -507,27 +537,35 @@ async fn serve_connection_under(
                 let Some(acceptor) = server.tls.clone() else {
                     return Ok(());
                 };
-                let plain = std::mem::replace(
-                    &mut conn.io,
-                    Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
-                );
-                let until = (Instant::now() + conn.wait()).min(conn.session_end);
-                let handshake = tokio::time::timeout_at(until, acceptor.accept(plain)).await;
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        conn.io = Box::new(tls);
-                        session.tls_started();
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return Ok(());
-                    }
-                    Err(_) => return Ok(()),
+                if !handshake(&mut conn, &acceptor).await {
+                    return Ok(());
                 }
+                session.tls_started();
                 line_due = Instant::now() + conn.wait();
                 line_start = Instant::now();
             }
         }
+    }
+}
+
+/// Replace the connection's plain stream with TLS; `false` when the handshake failed or
+/// timed out (the connection is then unusable).
+async fn handshake(conn: &mut Conn, acceptor: &TlsAcceptor) -> bool {
+    let plain = std::mem::replace(
+        &mut conn.io,
+        Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
+    );
+    let until = (Instant::now() + conn.wait()).min(conn.session_end);
+    match tokio::time::timeout_at(until, acceptor.accept(plain)).await {
+        Ok(Ok(tls)) => {
+            conn.io = Box::new(tls);
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -556,8 +594,10 @@ async fn receive_data(
             ip: peer.ip().to_string(),
             helo: session.helo().to_string(),
             tls: session.tls(),
+            user: session.user().map(|u| u.address.clone()),
         },
         journal: session.is_journal(),
+        sent: None,
     };
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
@@ -641,6 +681,7 @@ async fn receive_data(
     };
     Ok(Some(match incoming.commit().await {
         Ok(rec) => DataOutcome::Stored(rec.id),
+        Err(crate::error::StoreError::Refused(reply)) => DataOutcome::Refused(reply),
         Err(e) => {
             tracing::error!(error = %e, "spool commit failed; answering 451");
             DataOutcome::StorageFailed
@@ -709,6 +750,7 @@ mod tests {
                 journal: crate::config::Journal::new(&[], &[]),
                 journal_allow: Default::default(),
                 postmaster: None,
+                submission: None,
             },
             spool: Arc::new(Spool::new(
                 Storage::memory(),
@@ -716,6 +758,7 @@ mod tests {
                 "standby.test",
             )),
             tls: None,
+            implicit_tls: false,
             max_connections: 10,
             command_timeout: Duration::from_secs(5),
             limits: Limits::default(),

@@ -23,10 +23,12 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use smtp_proto::{Error as ProtoError, MAIL_SMTPUTF8, Request};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_SMTPUTF8, Request};
 
+use super::auth;
 use crate::config::JournalAllow;
 use crate::model::{Address, MessageId, address::is_control};
+use crate::ports::{Identity, Login, SubmitGate};
 
 /// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4 says 512; extensions
 /// make lines longer, so allow what Postfix allows).
@@ -39,6 +41,8 @@ const MAX_ERRORS: u32 = 20;
 const MAX_JUNK: u32 = 100;
 /// `Received:` headers a message may carry (Postfix: `hopcount_limit`); more is a loop.
 pub const MAX_HOPS: usize = 50;
+/// Failed logins a submission session may make before it is closed.
+const MAX_FAILED_LOGINS: u32 = 3;
 
 /// What the session needs to know; shared by all connections.
 #[derive(Debug, Clone)]
@@ -60,6 +64,28 @@ pub struct Policy {
     pub journal_allow: JournalAllow,
     /// Where `RCPT TO:<Postmaster>` goes: `postmaster@` the first configured domain.
     pub postmaster: Option<String>,
+    /// The submission listener's (`[submission]`): clients log in and send as
+    /// themselves, to anyone. `None` on the MX listener.
+    pub submission: Option<SubmissionPolicy>,
+}
+
+/// What a submission session needs besides the listener's [`Policy`].
+#[derive(Clone)]
+pub struct SubmissionPolicy {
+    /// `[submission] allow_plaintext_auth`: AUTH without TLS (loopback tests only).
+    pub allow_plaintext_auth: bool,
+    pub gate: std::sync::Arc<dyn SubmitGate>,
+    /// Mail to outside recipients has a way out (`[outbound]`); without one, RCPT to
+    /// them is refused at once rather than queued for nothing.
+    pub outside: bool,
+}
+
+impl std::fmt::Debug for SubmissionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmissionPolicy")
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -78,6 +104,9 @@ pub enum Next {
     Data,
     /// Start the TLS handshake (the reply was 220).
     StartTls,
+    /// Check the login the client sent ([`Session::take_login`]) and hand the result to
+    /// [`Session::logged_in`]; the reply is empty.
+    Authenticate,
     /// Close the connection.
     Close,
 }
@@ -93,6 +122,8 @@ pub enum DataOutcome {
     TooManyHops,
     /// The spool failed; nothing was acknowledged.
     StorageFailed,
+    /// Refused on its content (a submitted message's `From` not the user's): this reply.
+    Refused(String),
 }
 
 /// One reply and the step after it.
@@ -131,11 +162,37 @@ pub struct Session<'p> {
     client: Option<IpAddr>,
     /// The spool is short of space: MAIL gets 452 4.3.1 (set by the listener).
     storage_low: bool,
+    /// Submission: who logged in.
+    user: Option<Identity>,
+    /// Submission: an AUTH exchange waiting for the client's next line.
+    sasl: Option<Sasl>,
+    /// Submission: the name and password to check ([`Next::Authenticate`]).
+    login: Option<(String, String)>,
+    failed_logins: u32,
+}
+
+/// Where an AUTH exchange stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sasl {
+    /// PLAIN without an initial response: the response comes next.
+    Plain,
+    /// LOGIN: the name comes next.
+    LoginName,
+    /// LOGIN: the password comes next.
+    LoginPassword(String),
 }
 
 /// A single-line reply with an enhanced status code.
 pub fn reply(code: u16, esc: &str, text: &str) -> String {
     format!("{code} {esc} {text}\r\n")
+}
+
+fn step_raw(reply: &str) -> Step {
+    Step {
+        reply: reply.to_string(),
+        next: Next::Command,
+        about: None,
+    }
 }
 
 fn step(code: u16, esc: &str, text: &str) -> Step {
@@ -161,6 +218,141 @@ impl<'p> Session<'p> {
             junk: 0,
             client: None,
             storage_low: false,
+            user: None,
+            sasl: None,
+            login: None,
+            failed_logins: 0,
+        }
+    }
+
+    /// Submission: the user who logged in.
+    pub fn user(&self) -> Option<&Identity> {
+        self.user.as_ref()
+    }
+
+    /// The name and password of [`Next::Authenticate`] (once).
+    pub fn take_login(&mut self) -> Option<(String, String)> {
+        self.login.take()
+    }
+
+    /// The login checked: 235, or 535 (the connection closed after
+    /// [`MAX_FAILED_LOGINS`]), or 454 when it could not be checked now.
+    pub fn logged_in(&mut self, login: Login) -> Step {
+        match login {
+            Login::Ok(identity) => {
+                let s = step(235, "2.7.0", "Authentication successful");
+                self.user = Some(identity);
+                s
+            }
+            Login::Failed => {
+                self.failed_logins += 1;
+                let mut s = self.error(step(535, "5.7.8", "Authentication credentials invalid"));
+                if self.failed_logins >= MAX_FAILED_LOGINS && s.next != Next::Close {
+                    s.reply.push_str(&reply(
+                        421,
+                        "4.7.0",
+                        "Too many failed logins, closing connection",
+                    ));
+                    s.next = Next::Close;
+                }
+                s
+            }
+            Login::Blocked(wait) => {
+                let text = format!(
+                    "Too many failed logins, try again in {} seconds",
+                    wait.as_secs().max(1)
+                );
+                Step {
+                    reply: reply(454, "4.7.0", &text),
+                    next: Next::Close,
+                    about: None,
+                }
+            }
+            Login::Unavailable(_) => step(454, "4.7.0", "Temporary authentication failure"),
+        }
+    }
+
+    /// One line of an AUTH exchange (see [`Sasl`]).
+    fn sasl_line(&mut self, state: Sasl, line: &[u8]) -> Step {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text == "*" {
+            return self.error(step(501, "5.7.0", "Authentication cancelled"));
+        }
+        let bad = |e: auth::SaslError| step(501, "5.5.2", &format!("Invalid AUTH response: {e}"));
+        match state {
+            Sasl::Plain => match auth::plain(text) {
+                Ok(creds) => self.check(creds),
+                Err(e) => self.error(bad(e)),
+            },
+            Sasl::LoginName => match auth::login_part(text) {
+                Ok(name) => {
+                    self.sasl = Some(Sasl::LoginPassword(name));
+                    step_raw(&format!("334 {}\r\n", auth::PASSWORD))
+                }
+                Err(e) => self.error(bad(e)),
+            },
+            Sasl::LoginPassword(name) => match auth::login_part(text) {
+                Ok(pass) => self.check((name, pass)),
+                Err(e) => self.error(bad(e)),
+            },
+        }
+    }
+
+    fn check(&mut self, creds: (String, String)) -> Step {
+        self.login = Some(creds);
+        Step {
+            reply: String::new(),
+            next: Next::Authenticate,
+            about: None,
+        }
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str) -> Step {
+        let Some(sub) = &self.policy.submission else {
+            return self.error(step(
+                502,
+                "5.5.1",
+                "Error: authentication not enabled (this is an MX)",
+            ));
+        };
+        if self.helo.is_none() {
+            return self.error(step(503, "5.5.1", "Error: send EHLO first"));
+        }
+        if self.user.is_some() {
+            return self.error(step(503, "5.5.1", "Error: already authenticated"));
+        }
+        if self.mail_from.is_some() {
+            return self.error(step(
+                503,
+                "5.5.1",
+                "Error: AUTH not allowed during a mail transaction",
+            ));
+        }
+        if !self.tls && !sub.allow_plaintext_auth {
+            return self.error(step(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism (STARTTLS first)",
+            ));
+        }
+        let initial = initial.trim();
+        match mechanism {
+            AUTH_PLAIN if initial.is_empty() => {
+                self.sasl = Some(Sasl::Plain);
+                step_raw("334 \r\n")
+            }
+            AUTH_PLAIN => self.sasl_line(Sasl::Plain, initial.as_bytes()),
+            AUTH_LOGIN if initial.is_empty() => {
+                self.sasl = Some(Sasl::LoginName);
+                step_raw(&format!("334 {}\r\n", auth::USERNAME))
+            }
+            AUTH_LOGIN => self.sasl_line(Sasl::LoginName, initial.as_bytes()),
+            _ => self.error(step(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type (PLAIN and LOGIN are offered)",
+            )),
         }
     }
 
@@ -240,6 +432,9 @@ impl<'p> Session<'p> {
 
     /// Handle one command line (ending in LF).
     pub fn handle(&mut self, line: &[u8]) -> Step {
+        if let Some(state) = self.sasl.take() {
+            return self.sasl_line(state, line);
+        }
         if let Some((verb, problem)) = bad_path(line) {
             let (esc, what) = match verb {
                 Verb::Mail => ("5.1.7", "sender"),
@@ -316,6 +511,12 @@ impl<'p> Session<'p> {
                 if p.tls_available && !self.tls {
                     r.push_str("250-STARTTLS\r\n");
                 }
+                if let Some(sub) = &p.submission
+                    && self.user.is_none()
+                    && (self.tls || sub.allow_plaintext_auth)
+                {
+                    r.push_str("250-AUTH PLAIN LOGIN\r\n");
+                }
                 r.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n");
                 Step {
                     reply: r,
@@ -348,6 +549,27 @@ impl<'p> Session<'p> {
                 }
                 if self.storage_low {
                     return step(452, "4.3.1", "Insufficient system storage").about(&from.address);
+                }
+                if let Some(sub) = &self.policy.submission {
+                    let Some(user) = &self.user else {
+                        let s = step(530, "5.7.0", "Authentication required");
+                        return self.error(s.about(&from.address));
+                    };
+                    if from.address.is_empty() || !user.may_send_as(&from.address) {
+                        let text = format!(
+                            "Sender address rejected: not owned by user {}",
+                            user.address
+                        );
+                        return self.error(step(553, "5.7.1", &text).about(&from.address));
+                    }
+                    if sub.gate.over_rate(&user.address) {
+                        return step(
+                            451,
+                            "4.7.1",
+                            "Too many messages from this user in the last hour, try again later",
+                        )
+                        .about(&from.address);
+                    }
                 }
                 let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
                 let sender = if from.address.is_empty() {
@@ -410,7 +632,8 @@ impl<'p> Session<'p> {
                         }
                     }
                 };
-                let journal = self.policy.journal.matches(&addr.decoded());
+                let journal = self.policy.submission.is_none()
+                    && self.policy.journal.matches(&addr.decoded());
                 if journal
                     && !self
                         .client
@@ -490,11 +713,10 @@ impl<'p> Session<'p> {
                     }
                 }
             }
-            Request::Auth { .. } => self.error(step(
-                502,
-                "5.5.1",
-                "Error: authentication not enabled (this is an MX)",
-            )),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             _ => self.error(step(502, "5.5.1", "Error: command not implemented")),
         }
     }
@@ -512,7 +734,29 @@ impl<'p> Session<'p> {
         // `%` and `!` in the local part are old routing syntaxes a naive primary could
         // honour to relay elsewhere; Postfix refuses them the same way.
         let routed = local.contains(['%', '!', '@', ':']);
-        if routed || !self.policy.domains.contains(&domain) {
+        let ours = self.policy.domains.contains(&domain);
+        if let Some(sub) = &self.policy.submission
+            && !ours
+        {
+            if !sub.outside {
+                return Err(step(
+                    550,
+                    "5.7.1",
+                    "Sending to outside recipients is not set up on this standby",
+                ));
+            }
+            // A logged-in user sends anywhere, but never by routing syntax or to an
+            // address literal (which would aim the outbound queue at any host).
+            if routed || domain.starts_with('[') {
+                return Err(step(
+                    550,
+                    "5.7.1",
+                    "Routing syntax and address literals are not accepted",
+                ));
+            }
+            return Ok(format!("{local}@{}", address.domain()));
+        }
+        if routed || !ours {
             return Err(step(550, "5.7.1", "Relay access denied"));
         }
         let addr = format!("{local}@{domain}");
@@ -548,6 +792,7 @@ impl<'p> Session<'p> {
                 "4.3.0",
                 "Error: queue file write error, try again later",
             ),
+            DataOutcome::Refused(reply) => step_raw(&reply),
         };
         s.about(&sender)
     }
@@ -660,6 +905,7 @@ mod tests {
             ),
             journal_allow: JournalAllow::loopback_and([]),
             postmaster: Some("postmaster@example.test".into()),
+            submission: None,
         }
     }
 

@@ -379,6 +379,14 @@ pub(super) async fn junk(
     list(web, headers, p, Folder::Junk).await
 }
 
+pub(super) async fn sent(
+    State(web): Shared,
+    headers: HeaderMap,
+    Query(p): Query<ListParams>,
+) -> Response {
+    list(web, headers, p, Folder::Sent).await
+}
+
 async fn list(web: Arc<Web>, headers: HeaderMap, p: ListParams, folder: Folder) -> Response {
     let (account, session) = match authed(&web, &headers).await {
         Ok(a) => a,
@@ -413,6 +421,7 @@ async fn list(web: Arc<Web>, headers: HeaderMap, p: ListParams, folder: Folder) 
     let base = match folder {
         Folder::Inbox => "/",
         Folder::Junk => "/junk",
+        Folder::Sent => "/sent",
     };
     let older = got.next.map(|c| {
         let q = serde_urlencoded::to_string([

@@ -112,6 +112,7 @@ pub fn router(web: Arc<Web>) -> Router {
     let mut app = Router::new()
         .route("/", get(handlers::inbox))
         .route("/junk", get(handlers::junk))
+        .route("/sent", get(handlers::sent))
         .route("/login", get(handlers::login_form).post(handlers::login))
         .route("/logout", post(handlers::logout))
         .route("/m/{id}", get(handlers::message))

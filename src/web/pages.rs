@@ -29,6 +29,8 @@ fn layout(title: &str, user: Option<(&str, &str)>, body: Markup) -> Markup {
                         nav {
                             a href="/" { "Inbox" }
                             a href="/junk" { "Junk" }
+                            " "
+                            a href="/sent" { "Sent" }
                             span.user { (address) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);
@@ -68,6 +70,7 @@ fn when(t: DateTime<Utc>) -> String {
 fn status_label(s: Status) -> &'static str {
     match s {
         Status::Held | Status::Paused => "held",
+        Status::Outbound => "sending",
         Status::Delivered => "delivered",
         Status::Journal => "copy",
         Status::Failed => "failed",
@@ -91,6 +94,7 @@ pub fn list(p: &ListPage<'_>) -> Markup {
     let (title, action) = match p.folder {
         Folder::Inbox => ("Inbox", "/"),
         Folder::Junk => ("Junk", "/junk"),
+        Folder::Sent => ("Sent", "/sent"),
     };
     let searching = p.search != &Search::default();
     layout(

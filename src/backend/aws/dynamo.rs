@@ -432,7 +432,7 @@ impl DynamoIndex {
             .table_name(&self.table)
             .index_name(GSI)
             .expression_attribute_names("#s", GSI_PK)
-            .expression_attribute_values(":s", s(Status::Held.as_str()))
+            .expression_attribute_values(":s", s(req.status.as_str()))
             .expression_attribute_values(":free", n(req.expired_by().timestamp_millis()))
             .projection_expression("#pk")
             .expression_attribute_names("#pk", PK)
@@ -485,7 +485,7 @@ impl DynamoIndex {
         let mut values = vec![
             (":o", s(req.owner.clone())),
             (":u", n(req.lease_until.timestamp_millis())),
-            (":held", s(Status::Held.as_str())),
+            (":held", s(req.status.as_str())),
             (":free", n(req.expired_by().timestamp_millis())),
         ];
         if req.received_before.is_none() {

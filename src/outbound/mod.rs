@@ -1,0 +1,321 @@
+//! Sending during the outage: what a user sends, and where each part of it goes.
+//!
+//! A message a logged-in user sends (the submission listener, the emergency inbox) is
+//! stored as up to three records, each a normal one with its own blob, so every later
+//! step is the machinery the rest of the standby already trusts:
+//! - **to our own domains** ([`SentPart::Local`]): held like received mail, so it is in
+//!   those users' emergency inbox now and reaches the primary with the rest later;
+//! - **to outside recipients** ([`SentPart::Outbound`]): status `outbound`, delivered by
+//!   the outbound queue ([`queue`]) through the [`Outbound`](crate::ports::Outbound)
+//!   port (a smarthost, direct MX delivery, SES), DKIM-signed ([`dkim`]), each recipient
+//!   retried with the drain's backoff and bounced to the sender when it fails for good;
+//! - **the sender's copy** ([`SentPart::Copy`]): held for the sender's own address (or
+//!   `[outbound] sent_copy`), with `X-Standby-Sent: yes` on top, so once the primary is
+//!   back the drain delivers what they sent into their mailbox, once, like any held mail.
+//!
+//! The user may send only as themselves: every address in `From` (and `Sender`, when
+//! there is one) must be one they may send as ([`Identity::may_send_as`]), or the
+//! message is refused with 553 5.7.1. A message without `Date` or `Message-ID` gets them
+//! (RFC 6409 §8), the id on the user's domain.
+//!
+//! The parts are stored one after the other; should one fail, those already stored are
+//! removed again and the client told to try later, so a retry never leaves two copies.
+
+pub mod dkim;
+pub mod queue;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::model::{Envelope, Origin, Record, SentPart, redact};
+use crate::ports::{AuditEntry, Clock, Identity, Inbound, Storage};
+
+/// The header that marks the sender's own copy.
+pub const SENT_HEADER: &str = "X-Standby-Sent: yes\r\n";
+
+/// Stores what users send (see the module docs).
+#[derive(Clone)]
+pub struct Sending {
+    storage: Storage,
+    spool: Arc<dyn Inbound>,
+    clock: Arc<dyn Clock>,
+    /// Lower case: recipients here are ours.
+    domains: Arc<HashSet<String>>,
+    /// `[outbound] sent_copy`: `{local}+sent@{domain}`.
+    sent_copy: Option<String>,
+    /// Told when mail for outside recipients was stored (the outbound queue waits on it).
+    queued: Arc<tokio::sync::Notify>,
+}
+
+/// One message as a user hands it over.
+#[derive(Debug, Clone)]
+pub struct Submitted<'a> {
+    pub user: &'a Identity,
+    pub mail_from: &'a str,
+    pub rcpts: &'a [String],
+    pub message: &'a [u8],
+    /// Where it came from (`user` set to the login).
+    pub origin: Origin,
+    /// `smtp` or `web`, for the audit log.
+    pub via: &'a str,
+}
+
+impl Sending {
+    pub fn new(
+        storage: Storage,
+        spool: Arc<dyn Inbound>,
+        clock: Arc<dyn Clock>,
+        domains: &[String],
+        sent_copy: Option<String>,
+    ) -> Self {
+        Sending {
+            storage,
+            spool,
+            clock,
+            domains: Arc::new(domains.iter().map(|d| d.to_ascii_lowercase()).collect()),
+            sent_copy,
+            queued: Arc::default(),
+        }
+    }
+
+    /// Notified each time mail for outside recipients is stored.
+    pub fn queued(&self) -> Arc<tokio::sync::Notify> {
+        self.queued.clone()
+    }
+
+    /// Whether `rcpt` is in one of our domains.
+    pub fn is_ours(&self, rcpt: &str) -> bool {
+        rcpt.rsplit_once('@')
+            .is_some_and(|(_, d)| self.domains.contains(&d.to_ascii_lowercase()))
+    }
+
+    /// Where the sender's copy goes for `user`.
+    pub fn copy_address(&self, user: &str) -> String {
+        let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
+        match &self.sent_copy {
+            Some(t) => t.replace("{local}", local).replace("{domain}", domain),
+            None => user.to_string(),
+        }
+    }
+
+    /// Check and store one message a user sent; returns its records (local, outbound,
+    /// copy, those that apply).
+    ///
+    /// # Errors
+    /// [`StoreError::Refused`] with the SMTP reply when the message is not the user's to
+    /// send; storage errors (nothing is kept then).
+    pub async fn submit(&self, s: Submitted<'_>) -> Result<Vec<Record>, StoreError> {
+        check_senders(s.user, s.message)?;
+        let now = self.clock.now();
+        let message = complete(s.message, &s.user.address, now);
+        let (local, outside): (Vec<String>, Vec<String>) =
+            s.rcpts.iter().cloned().partition(|r| self.is_ours(r));
+        let mut parts: Vec<(SentPart, Vec<String>)> = Vec::new();
+        if !local.is_empty() {
+            parts.push((SentPart::Local, local.clone()));
+        }
+        if !outside.is_empty() {
+            parts.push((SentPart::Outbound, outside.clone()));
+        }
+        parts.push((SentPart::Copy, vec![self.copy_address(&s.user.address)]));
+        let mut stored: Vec<Record> = Vec::new();
+        for (part, rcpts) in parts {
+            let env = Envelope {
+                mail_from: s.mail_from.to_string(),
+                rcpts,
+                origin: s.origin.clone(),
+                journal: false,
+                sent: Some(part),
+            };
+            match self.store(env, part, &message).await {
+                Ok(rec) => stored.push(rec),
+                Err(e) => {
+                    self.undo(&stored).await;
+                    return Err(e);
+                }
+            }
+        }
+        if !outside.is_empty() {
+            self.queued.notify_one();
+        }
+        let entry = AuditEntry::of(
+            &stored[0],
+            "sent",
+            &format!("{}:{}", s.via, s.user.address),
+            &format!(
+                "{} recipients: {} in our domains, {} outside",
+                s.rcpts.len(),
+                local.len(),
+                outside.len()
+            ),
+            now,
+        );
+        if let Err(e) = self.storage.audit.append(&entry).await {
+            // Sent it is (the records are durable); the audit line is what is missing.
+            tracing::error!(id = %stored[0].id, error = %e, "could not write the audit entry of a sent message");
+        }
+        tracing::info!(
+            id = %stored[0].id,
+            user = redact(&s.user.address),
+            rcpts = s.rcpts.len(),
+            outside = outside.len(),
+            via = s.via,
+            "message sent by a user"
+        );
+        Ok(stored)
+    }
+
+    async fn store(
+        &self,
+        env: Envelope,
+        part: SentPart,
+        message: &[u8],
+    ) -> Result<Record, StoreError> {
+        let mut incoming = self.spool.begin(env).await?;
+        let mut wrote = Ok(());
+        if part == SentPart::Copy {
+            wrote = incoming.write(SENT_HEADER.as_bytes()).await;
+        }
+        if wrote.is_ok() {
+            wrote = incoming.write(message).await;
+        }
+        if let Err(e) = wrote {
+            incoming.abort().await;
+            return Err(e);
+        }
+        incoming.commit().await
+    }
+
+    /// Remove the parts already stored of a message that could not be stored whole.
+    async fn undo(&self, stored: &[Record]) {
+        for rec in stored {
+            let now = self.clock.now();
+            let gone = match self.storage.index.delete(rec, now).await {
+                Ok(_) => self.storage.blobs.delete(&rec.blob_key()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = gone {
+                tracing::error!(id = %rec.id, error = %e, "could not remove a part of a message that was not accepted; it may be sent although the client was told to try again");
+            }
+        }
+    }
+}
+
+/// Refuse a message whose `From` or `Sender` names anyone the user may not send as.
+fn check_senders(user: &Identity, message: &[u8]) -> Result<(), StoreError> {
+    let parsed = mail_parser::MessageParser::new()
+        .parse_headers(message)
+        .ok_or_else(|| refused("5.6.0", "Message has no header"))?;
+    let from = addresses(parsed.from());
+    if from.is_empty() {
+        return Err(refused(
+            "5.6.0",
+            "Message has no From header with an address",
+        ));
+    }
+    let sender = addresses(parsed.sender());
+    for a in from.iter().chain(sender.iter()) {
+        if !user.may_send_as(a) {
+            return Err(refused(
+                "5.7.1",
+                &format!("From or Sender header not owned by user {}", user.address),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<String> {
+    a.map(|a| {
+        a.iter()
+            .map(|x| x.address().unwrap_or_default().to_lowercase())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn refused(esc: &str, text: &str) -> StoreError {
+    StoreError::Refused(format!("553 {esc} {text}\r\n"))
+}
+
+/// The message with `Date` and `Message-ID` added when it has none.
+fn complete(message: &[u8], user: &str, now: DateTime<Utc>) -> Vec<u8> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message);
+    let has = |name: &str| {
+        parsed.as_ref().is_some_and(|m| {
+            m.headers()
+                .iter()
+                .any(|h| h.name().eq_ignore_ascii_case(name))
+        })
+    };
+    let mut head = String::new();
+    if !has("Message-ID") {
+        let domain = user.rsplit_once('@').map_or("localhost", |(_, d)| d);
+        head.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            ulid::Ulid::new(),
+            domain
+        ));
+    }
+    if !has("Date") {
+        head.push_str(&format!("Date: {}\r\n", now.to_rfc2822()));
+    }
+    let mut out = Vec::with_capacity(head.len() + message.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            address: "alice@example.test".into(),
+            addresses: vec!["alice@example.test".into(), "sales@example.test".into()],
+            excluded: vec![],
+        }
+    }
+
+    #[test]
+    fn only_the_users_own_addresses_in_from_and_sender() {
+        let ok = b"From: Alice <alice@example.test>\r\nSubject: x\r\n\r\nhi\r\n";
+        assert!(check_senders(&alice(), ok).is_ok());
+        let alias = b"From: sales@example.test\r\n\r\nhi\r\n";
+        assert!(check_senders(&alice(), alias).is_ok());
+        let tagged = b"From: alice+x@example.test\r\n\r\nhi\r\n";
+        assert!(check_senders(&alice(), tagged).is_ok());
+        for bad in [
+            &b"From: ceo@example.test\r\n\r\nhi\r\n"[..],
+            b"From: alice@example.test, ceo@example.test\r\n\r\nhi\r\n",
+            b"From: alice@example.test\r\nSender: ceo@example.test\r\n\r\nhi\r\n",
+            b"Subject: no from\r\n\r\nhi\r\n",
+            b"From: undisclosed-recipients:;\r\n\r\nhi\r\n",
+        ] {
+            match check_senders(&alice(), bad) {
+                Err(StoreError::Refused(r)) => assert!(r.starts_with("553 5."), "{r}"),
+                other => panic!("{other:?} for {}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+
+    #[test]
+    fn date_and_message_id_are_added_when_missing() {
+        let now = Utc::now();
+        let out = complete(
+            b"From: alice@example.test\r\n\r\nhi\r\n",
+            "alice@example.test",
+            now,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Message-ID: <"), "{text}");
+        assert!(text.contains("@example.test>\r\nDate: "), "{text}");
+        let full =
+            b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <a@b>\r\nFrom: a@b\r\n\r\nx\r\n";
+        assert_eq!(complete(full, "alice@example.test", now), full.to_vec());
+    }
+}

@@ -1,0 +1,266 @@
+//! The submission listener's side of the domain: who may log in, how much they may send,
+//! and what happens to a message once it is received.
+//!
+//! [`Gate`] checks logins against `[users]` (the same passwd-file as the emergency inbox,
+//! so a login never depends on the failed primary), with the inbox's limits on failed
+//! attempts per client and per name, every login and failure in the audit log, and
+//! counts each user's messages over the last hour (`[submission] rate_per_hour`).
+//! [`Submissions`] is the [`Inbound`] the listener streams a message into: it keeps the
+//! message (at most the listener's size limit) until the final dot, then hands it to
+//! [`Sending::submit`], which checks the `From` and stores its parts.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::StoreError;
+use crate::model::{Envelope, MessageId, Record};
+use crate::outbound::{Sending, Submitted};
+use crate::ports::{
+    Accepting, AuditEntry, AuditLog, Clock, Identity, Inbound, Login, LoginLimits, SubmitGate,
+};
+use crate::users::{Account, Users};
+
+/// Failed logins allowed per client address and per name in [`ATTEMPT_WINDOW`] (the
+/// emergency inbox's figures).
+const ATTEMPTS: u32 = 5;
+const ATTEMPT_WINDOW: chrono::Duration = chrono::Duration::seconds(60);
+/// A failed login is answered no sooner than this (the inbox's floor).
+const FAILED_LOGIN_TIME: Duration = Duration::from_millis(600);
+/// Longest name and password checked.
+const MAX_NAME: usize = 254;
+const MAX_PASSWORD: usize = 1024;
+
+/// What a user may do with the identity of an account.
+pub fn identity(account: &Account) -> Identity {
+    Identity {
+        address: account.address.clone(),
+        addresses: account.addresses(),
+        excluded: account.excluded.clone(),
+    }
+}
+
+/// Logins and the hourly rate (see the module docs).
+pub struct Gate {
+    users: Arc<Users>,
+    limits: Arc<dyn LoginLimits>,
+    audit: Arc<dyn AuditLog>,
+    clock: Arc<dyn Clock>,
+    /// Hash checks at once (each takes tens of milliseconds of CPU).
+    checks: Arc<tokio::sync::Semaphore>,
+    rate_per_hour: u32,
+    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Gate {
+    pub fn new(
+        users: Arc<Users>,
+        limits: Arc<dyn LoginLimits>,
+        audit: Arc<dyn AuditLog>,
+        clock: Arc<dyn Clock>,
+        rate_per_hour: u32,
+    ) -> Self {
+        Gate {
+            users,
+            limits,
+            audit,
+            clock,
+            checks: Arc::new(tokio::sync::Semaphore::new(2)),
+            rate_per_hour,
+            sent: Mutex::default(),
+        }
+    }
+
+    /// Count one message `user` sent now.
+    pub fn note_sent(&self, user: &str) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let q = sent.entry(user.to_string()).or_default();
+        q.push_back(Instant::now());
+        trim(q);
+    }
+
+    async fn audit(&self, action: &str, who: &str, ip: IpAddr) {
+        let entry = AuditEntry::session(
+            action,
+            &format!("smtp:{who}"),
+            &format!("from {ip}"),
+            self.clock.now(),
+        );
+        if let Err(e) = self.audit.append(&entry).await {
+            tracing::error!(error = %e, "cannot write the audit entry of a submission login");
+        }
+    }
+}
+
+fn trim(q: &mut VecDeque<Instant>) {
+    while q
+        .front()
+        .is_some_and(|t| t.elapsed() >= Duration::from_secs(3600))
+    {
+        q.pop_front();
+    }
+}
+
+/// The key the per-client limit counts by (an IPv6 /64, as the inbox's).
+fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(ip.to_string(), |v4| v4.to_string()),
+        v4 => v4.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl SubmitGate for Gate {
+    async fn login(&self, name: &str, password: &str, client: IpAddr) -> Login {
+        let started = tokio::time::Instant::now();
+        let dir = self.users.directory().await;
+        let clipped: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+        let address = dir
+            .address_of(name)
+            .unwrap_or_else(|| clipped.to_lowercase());
+        let now = self.clock.now();
+        let keys = [
+            format!("ip:{}", client_key(client)),
+            format!("user:{address}"),
+        ];
+        for key in &keys {
+            match self
+                .limits
+                .blocked(key, now, ATTEMPT_WINDOW, ATTEMPTS)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    tracing::warn!(
+                        limit = key.split(':').next().unwrap_or(""),
+                        "submission: login refused, too many failed attempts"
+                    );
+                    return Login::Blocked(wait.to_std().unwrap_or(Duration::from_secs(60)));
+                }
+                Err(e) => return Login::Unavailable(e.to_string()),
+            }
+        }
+        let account = if name.len() > MAX_NAME || password.len() > MAX_PASSWORD {
+            None
+        } else {
+            let Ok(slot) = self.checks.clone().acquire_owned().await else {
+                return Login::Unavailable("shutting down".into());
+            };
+            let (typed, password) = (name.to_string(), password.to_string());
+            let checked = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                dir.verify(&typed, &password)
+            })
+            .await;
+            match checked {
+                Ok(a) => a,
+                Err(e) => return Login::Unavailable(e.to_string()),
+            }
+        };
+        let Some(account) = account else {
+            for key in &keys {
+                if let Err(e) = self.limits.failed(key, now, ATTEMPT_WINDOW).await {
+                    return Login::Unavailable(e.to_string());
+                }
+            }
+            self.audit("login-failed", &address, client).await;
+            tracing::info!("submission: failed login");
+            tokio::time::sleep_until(started + FAILED_LOGIN_TIME).await;
+            return Login::Failed;
+        };
+        self.audit("login", &account.address, client).await;
+        tracing::info!(
+            user = crate::model::redact(&account.address),
+            "submission: login"
+        );
+        Login::Ok(identity(&account))
+    }
+
+    fn over_rate(&self, user: &str) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = sent.get_mut(user) else {
+            return self.rate_per_hour == 0;
+        };
+        trim(q);
+        q.len() >= self.rate_per_hour as usize
+    }
+}
+
+/// The [`Inbound`] of the submission listener (see the module docs).
+#[derive(Clone)]
+pub struct Submissions {
+    pub sending: Sending,
+    pub users: Arc<Users>,
+    pub gate: Arc<Gate>,
+}
+
+#[async_trait::async_trait]
+impl Inbound for Submissions {
+    async fn begin(&self, env: Envelope) -> Result<Box<dyn Accepting>, StoreError> {
+        Ok(Box::new(Message {
+            id: MessageId::new(chrono::Utc::now()),
+            env,
+            bytes: Vec::new(),
+            to: self.clone(),
+        }))
+    }
+}
+
+/// A message being received on the submission listener.
+struct Message {
+    /// Only for the listener's log before the message is stored.
+    id: MessageId,
+    env: Envelope,
+    bytes: Vec<u8>,
+    to: Submissions,
+}
+
+#[async_trait::async_trait]
+impl Accepting for Message {
+    fn id(&self) -> MessageId {
+        self.id
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<Record, StoreError> {
+        let Message { env, bytes, to, .. } = *self;
+        let user = env.origin.user.clone().unwrap_or_default();
+        // Looked up again: a user removed since the login sends nothing more.
+        let account = to
+            .users
+            .directory()
+            .await
+            .account(&user)
+            .ok_or_else(|| StoreError::Refused("535 5.7.8 User no longer exists\r\n".into()))?;
+        let identity = identity(&account);
+        let stored = to
+            .sending
+            .submit(Submitted {
+                user: &identity,
+                mail_from: &env.mail_from,
+                rcpts: &env.rcpts,
+                message: &bytes,
+                origin: env.origin.clone(),
+                via: "smtp",
+            })
+            .await?;
+        to.gate.note_sent(&identity.address);
+        stored
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Refused("451 4.3.0 nothing stored\r\n".into()))
+    }
+
+    async fn abort(self: Box<Self>) {}
+}

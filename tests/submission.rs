@@ -1,0 +1,407 @@
+//! Sending during the outage, with real parts: swaks logs in to the submission listener
+//! over STARTTLS; a real Postfix stands for the internet's relay (STARTTLS with a
+//! certificate the standby verifies), another for the primary; dkimpy, not mail-auth,
+//! checks the DKIM signature against the public key.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::web::{Client, add_user};
+use common::{Postfix, Standby, TestPki, free_port, make_pki, repo, require, swaks, wait_for};
+
+/// An RSA key pair for DKIM (openssl), as PEM files in `dir`: (private, public).
+fn dkim_key(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    require("openssl", "openssl");
+    let key = dir.join("dkim.key");
+    let public = dir.join("dkim.pub");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    (key, public)
+}
+
+/// The internet: a Postfix taking mail for outside.test over STARTTLS.
+fn outside_relay(pki: &TestPki) -> Postfix {
+    Postfix::primary_with(&[
+        "--domain",
+        "outside.test",
+        "--tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--tls-key",
+        pki.key.to_str().unwrap(),
+    ])
+}
+
+struct Setup {
+    standby: Standby,
+    submission: u16,
+    web: u16,
+    relay: Postfix,
+    primary: Postfix,
+    dkim_public: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    _pki_dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A browser-like client of the emergency inbox (HTTPS with the test CA).
+    fn inbox(&self, ip: &str) -> Client {
+        Client::new(&format!("https://127.0.0.1:{}", self.web), ip).with_ca(&self.ca)
+    }
+}
+
+/// A standby with a submission listener (plain-text port, STARTTLS), users alice and
+/// bob, the outside relay as smarthost, and a primary that is down.
+fn setup(extra_outbound: &str, rate: u32) -> Setup {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let (key, public) = dkim_key(pki_dir.path());
+    let relay = outside_relay(&pki);
+    relay.start();
+    let primary = Postfix::primary();
+    let (submission, web) = (free_port(), free_port());
+    let extra = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key_pem}\"\n\
+         [users]\nfile = \"{{dir}}/users.passwd\"\n\
+         [web]\nlisten = \"127.0.0.1:{web}\"\n\
+         [submission]\nlisten = \"127.0.0.1:{submission}\"\nrate_per_hour = {rate}\n\
+         [outbound]\nrelay = \"127.0.0.1:{relay_port}\"\nrelay_ca_file = \"{ca}\"\n\
+         dkim_selector = \"sel1\"\ndkim_key = \"{dkim}\"\n{extra_outbound}\n",
+        cert = pki.cert.display(),
+        key_pem = pki.key.display(),
+        relay_port = relay.port,
+        ca = pki.ca.display(),
+        dkim = key.display(),
+    );
+    let mut standby = Standby::configure(primary.port, &extra, &[]);
+    let dir = standby.dir.path().display().to_string();
+    let text = std::fs::read_to_string(&standby.config).unwrap();
+    std::fs::write(&standby.config, text.replace("{dir}", &dir)).unwrap();
+    add_user(&standby, "alice@example.test", "alice-pw");
+    add_user(&standby, "bob@example.test", "bob-pw");
+    standby.spawn();
+    for port in [submission, web] {
+        wait_for("the standby to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    Setup {
+        standby,
+        submission,
+        web,
+        relay,
+        primary,
+        dkim_public: public,
+        ca: pki.ca.clone(),
+        _pki_dir: pki_dir,
+    }
+}
+
+/// swaks as alice over STARTTLS, with more arguments.
+fn send_as(s: &Setup, user: &str, password: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec![
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+    ];
+    all.extend_from_slice(args);
+    swaks(s.submission, &all)
+}
+
+fn header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = message.split("\r\n\r\n").next().unwrap_or_default();
+    let head = head.split("\n\n").next().unwrap_or_default();
+    head.lines()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+fn with_token<'a>(messages: &'a [String], token: &str) -> Vec<&'a String> {
+    messages.iter().filter(|m| m.contains(token)).collect()
+}
+
+fn texts(pf: &Postfix) -> Vec<String> {
+    pf.delivered()
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_user_sends_out_signed_and_their_mail_reaches_the_primary_once_it_is_back() {
+    let s = setup("sent_copy = \"{local}+sent@{domain}\"", 200);
+    let token = "sub-token-41f3";
+    let attachment = s.standby.dir.path().join("report.bin");
+    let blob: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&attachment, &blob).unwrap();
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test,bob@example.test",
+            "--header",
+            &format!("Subject: {token}"),
+            "--attach",
+            attachment.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("235 2.7.0"), "{t}");
+
+    // Outside: delivered through the relay, DKIM-signed for example.test, verified by
+    // dkimpy with the public key.
+    wait_for(
+        "the outside relay to get it",
+        Duration::from_secs(60),
+        || !with_token(&texts(&s.relay), token).is_empty(),
+    );
+    let out = texts(&s.relay);
+    let out = with_token(&out, token);
+    assert_eq!(out.len(), 1, "delivered once outside");
+    let msg = out[0];
+    assert!(
+        header(msg, "DKIM-Signature")[0].contains("d=example.test"),
+        "{msg}"
+    );
+    assert!(
+        header(msg, "X-Standby-Sent").is_empty(),
+        "the sent mark stays home"
+    );
+    assert_eq!(header(msg, "Delivered-To"), ["friend@outside.test"]);
+    let file = s.standby.dir.path().join("outside.eml");
+    std::fs::write(&file, msg.as_bytes()).unwrap();
+    let v = Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/support/dkim_verify.py"))
+        .arg(&file)
+        .args(["sel1", "example.test"])
+        .arg(&s.dkim_public)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // The attachment arrived byte for byte.
+    let parsed = mail_parser::MessageParser::new()
+        .parse(msg.as_bytes())
+        .unwrap();
+    let att = parsed.attachments().next().expect("an attachment");
+    assert_eq!(att.contents(), &blob[..]);
+
+    // Bob's copy is in his emergency inbox now (the primary is down).
+    let bob = s.inbox("127.0.0.7");
+    assert_eq!(bob.login("bob@example.test", "bob-pw").status, 303);
+    assert!(bob.get("/").text().contains(token), "in bob's inbox");
+    // Alice's copy is not in her inbox (it is a copy of what she sent).
+    let alice = s.inbox("127.0.0.8");
+    assert_eq!(alice.login("alice@example.test", "alice-pw").status, 303);
+    assert!(
+        !alice.get("/").text().contains(token),
+        "not in alice's inbox"
+    );
+
+    // The primary comes back: bob's copy and alice's sent copy, each once.
+    s.primary.start();
+    wait_for(
+        "both copies at the primary",
+        Duration::from_secs(60),
+        || with_token(&texts(&s.primary), token).len() >= 2,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let home = texts(&s.primary);
+    let home = with_token(&home, token);
+    let to = |addr: &str| {
+        home.iter()
+            .filter(|m| header(m, "Delivered-To") == [addr])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(to("bob@example.test").len(), 1, "bob's copy once");
+    let copies = to("alice+sent@example.test");
+    assert_eq!(copies.len(), 1, "alice's sent copy once");
+    assert_eq!(header(copies[0], "X-Standby-Sent"), ["yes"]);
+    assert!(header(to("bob@example.test")[0], "X-Standby-Sent").is_empty());
+    assert_eq!(home.len(), 2, "nothing else: {home:?}");
+    assert!(
+        s.relay.delivered().len() == 1,
+        "the outside copy is not sent again"
+    );
+
+    // Audited: who sent, how many recipients.
+    let audit = std::fs::read_to_string(s.standby.dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"action\":\"sent\"") && audit.contains("smtp:alice@example.test"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn only_logged_in_users_send_and_only_as_themselves() {
+    let s = setup("", 3);
+    // No AUTH: 530 at MAIL.
+    let (ok, t) = swaks(
+        s.submission,
+        &[
+            "--tls",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test",
+        ],
+    );
+    assert!(!ok && t.contains("530 5.7.0"), "{t}");
+    // AUTH before TLS: not offered, and refused when tried anyway.
+    let mut c = common::connect(s.submission);
+    let banner = common::replies(&mut c, 1);
+    assert!(banner.starts_with("220"), "{banner}");
+    c.write_all(b"EHLO client.test\r\n").unwrap();
+    let ehlo = common::replies(&mut c, 1);
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    c.write_all(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1wdw==\r\n")
+        .unwrap();
+    let r = common::replies(&mut c, 1);
+    assert!(r.starts_with("538 5.7.11"), "{r}");
+    // A wrong password: 535.
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "wrong",
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test",
+        ],
+    );
+    assert!(!ok && t.contains("535 5.7.8"), "{t}");
+    // Someone else's address in MAIL FROM: 553.
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        &["--from", "bob@example.test", "--to", "friend@outside.test"],
+    );
+    assert!(!ok && t.contains("553 5.7.1"), "{t}");
+    // Someone else's address in the From header: 553 after the data, nothing sent.
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test",
+            "--header",
+            "From: The CEO <ceo@example.test>",
+        ],
+    );
+    assert!(!ok && t.contains("553 5.7.1"), "{t}");
+    // The rate: three messages an hour, the fourth gets 451 4.7.1.
+    for i in 0..3 {
+        let (ok, t) = send_as(
+            &s,
+            "alice@example.test",
+            "alice-pw",
+            &[
+                "--from",
+                "alice@example.test",
+                "--to",
+                "bob@example.test",
+                "--header",
+                &format!("Subject: rate {i}"),
+            ],
+        );
+        assert!(ok, "message {i}: {t}");
+    }
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        &["--from", "alice@example.test", "--to", "bob@example.test"],
+    );
+    assert!(!ok && t.contains("451 4.7.1"), "{t}");
+    // Bob's quota is his own.
+    let (ok, t) = send_as(
+        &s,
+        "bob@example.test",
+        "bob-pw",
+        &["--from", "bob@example.test", "--to", "alice@example.test"],
+    );
+    assert!(ok, "{t}");
+    // Nothing of the refused ones went out.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.relay.delivered().is_empty());
+}
+
+#[test]
+fn a_refusal_at_the_relay_bounces_into_the_senders_emergency_inbox() {
+    let s = setup("", 200);
+    s.relay
+        .rcpt_replies(&[("nobody@outside.test", "550 5.1.1 no such user here")]);
+    s.relay.stop();
+    s.relay.start();
+    let token = "bounce-token-8d2";
+    let (ok, t) = send_as(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            "nobody@outside.test",
+            "--header",
+            &format!("Subject: {token}"),
+        ],
+    );
+    assert!(ok, "{t}");
+    let alice = s.inbox("127.0.0.9");
+    assert_eq!(alice.login("alice@example.test", "alice-pw").status, 303);
+    wait_for("the DSN in alice's inbox", Duration::from_secs(60), || {
+        let page = alice.get("/").text();
+        page.contains("Undelivered")
+            || page.contains("failure notice")
+            || page.contains("Delivery Status")
+    });
+    let failed = s.standby.list("failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].to_string().contains("550 5.1.1"), "{}", failed[0]);
+    assert!(s.relay.delivered().is_empty());
+}
