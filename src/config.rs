@@ -256,6 +256,10 @@ pub struct OutboundConfig {
     /// environment, the same as JSON.
     #[serde(default, deserialize_with = "dkim_keys")]
     pub dkim: Vec<DkimKeyConfig>,
+    /// The DNS server the `direct` mode looks MX records up at, `IP:port`; the system's
+    /// resolvers when unset.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub nameserver: Option<SocketAddr>,
     /// Where the copy of what a user sent goes at the primary: `{local}+sent@{domain}`
     /// (the sender's own parts); unset: the sender's address itself.
     #[serde(default)]

@@ -1365,7 +1365,7 @@ struct WorkerReport {
 /// the refusal as its last reply, and the message is held, so a later attempt refuses
 /// them again and decides the bounce then. (A failed message is never claimed again: left
 /// failed without its bounce decided, its sender would never hear of it.)
-fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
+pub fn defer_refused(rec: &mut Record, now: DateTime<Utc>) {
     // Failures an earlier bounce reported stay failed (never sent again, never reported
     // twice), and so does that bounce.
     for r in &mut rec.rcpts {

@@ -193,7 +193,7 @@ pub fn rebuild(
         journal.file(&mut rec, head.bytes(), || Some(bytes.to_vec()));
     }
     if let Some(part) = stamp.sent {
-        (rec.status, rec.intake) = part.start();
+        part.apply(&mut rec);
     }
     retention.classify(&mut rec, head.bytes());
     rec
@@ -305,7 +305,7 @@ impl Incoming {
             }
         }
         if let Some(part) = sent {
-            (rec.status, rec.intake) = part.start();
+            part.apply(&mut rec);
         }
         retention.classify(&mut rec, head.bytes());
         // A journal copy is never bounced: no sender check for it; nor is what our own

@@ -384,6 +384,10 @@ pub struct Record {
     /// [`crate::retention`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidential: Option<String>,
+    /// Sent by one of our users: which part of what they sent (the outside recipients'
+    /// part is never the primary's to deliver, whatever its status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<SentPart>,
     /// The record's version as read from the index: every change of the record (a
     /// drain's write-back, an operator's change, a verdict, a legal hold) is written only
     /// if the stored version is still this one, and stores the next (compare-and-set), so
@@ -463,6 +467,7 @@ impl Record {
             replays: Vec::new(),
             legal_hold: None,
             confidential: None,
+            sent: None,
             version: 0,
         }
     }
@@ -481,6 +486,16 @@ impl Record {
     /// Where the raw bytes are in the blob store.
     pub fn blob_key(&self) -> String {
         self.blob.clone().unwrap_or_else(|| self.id.to_string())
+    }
+
+    /// The status that makes this message due again: `outbound` for the outside
+    /// recipients' part of what a user sent (never the primary's to deliver), else `held`.
+    pub fn queue_status(&self) -> Status {
+        if self.sent == Some(SentPart::Outbound) {
+            Status::Outbound
+        } else {
+            Status::Held
+        }
     }
 
     /// Recipients still waiting for delivery.
@@ -608,6 +623,12 @@ pub enum SentPart {
 }
 
 impl SentPart {
+    /// Apply this part to a new record: its status, intake and mark.
+    pub fn apply(self, rec: &mut Record) {
+        (rec.status, rec.intake) = self.start();
+        rec.sent = Some(self);
+    }
+
     /// The status and intake a new record of this part starts with.
     pub fn start(self) -> (Status, Intake) {
         match self {
@@ -862,6 +883,7 @@ mod tests {
             replays: Vec::new(),
             legal_hold: None,
             confidential: None,
+            sent: None,
             bounce: None,
             bounce_marks: false,
             version: 0,

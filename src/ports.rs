@@ -399,8 +399,10 @@ pub enum Login {
 pub trait SubmitGate: Send + Sync + 'static {
     /// Check a login from `client` (rate limited, audited).
     async fn login(&self, name: &str, password: &str, client: std::net::IpAddr) -> Login;
-    /// Whether `user` has sent as many messages as the hour allows.
-    fn over_rate(&self, user: &str) -> bool;
+    /// Count one more message from `user` (a MAIL command accepted) if the hour still
+    /// allows one: `false` when it does not. Counted before the message is received, so
+    /// parallel sessions cannot all pass the check at once.
+    fn take_send(&self, user: &str) -> bool;
 }
 
 /// A drain worker asks for work.
@@ -751,9 +753,19 @@ pub trait Outbound: Send + Sync + 'static {
     /// Deliver `message` (whole, signed as it should go out) from `mail_from` to each of
     /// `rcpts`. One reply per recipient, in the order given: 2xx delivered, 4xx to try
     /// again later, 5xx failed for good. Trouble reaching anyone is a 4xx for each
-    /// recipient it concerns.
-    async fn send(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<Reply>;
+    /// recipient it concerns. Every body sent goes through `guard` (which ends it with an
+    /// error, before the final dot, once the queue's lease on the message is lost).
+    async fn send(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        guard: &Guard<'_>,
+    ) -> Vec<Reply>;
 }
+
+/// Wraps each message body an [`Outbound`] sends (see [`Outbound::send`]).
+pub type Guard<'a> = dyn Fn(BlobReader) -> BlobReader + Send + Sync + 'a;
 
 /// Checks whether the primary answers SMTP (banner, EHLO, QUIT).
 #[async_trait]

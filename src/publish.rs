@@ -197,7 +197,7 @@ pub async fn check_unpublished(
                     });
                 if let (Some(stamp), Some(bytes)) = (stamp, &bytes) {
                     let mut rec = crate::ingest::rebuild(&stamp, bytes, journal, retention);
-                    if paused && rec.status == Status::Held {
+                    if paused && matches!(rec.status, Status::Held | Status::Outbound) {
                         rec.status = Status::Paused;
                     }
                     storage.index.insert(&rec).await?;

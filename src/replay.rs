@@ -130,6 +130,10 @@ async fn each_in_window(
 /// What a run sends of `rec`; `None` when it has nothing to send (`done` is set when
 /// this run already sent it all).
 fn candidate(rec: Record, req: &ReplayRequest, done: &mut usize) -> Option<Candidate> {
+    // What a user sent to outside recipients went out to them, never to the primary.
+    if rec.sent == Some(crate::model::SentPart::Outbound) {
+        return None;
+    }
     let sent: Vec<&String> = rec
         .replays
         .iter()

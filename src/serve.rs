@@ -299,7 +299,7 @@ pub async fn serve(
         stop_rx.clone(),
     )
     .await?;
-    start_sending(
+    let submission = start_sending(
         &config,
         &storage,
         spool(&config),
@@ -315,6 +315,7 @@ pub async fn serve(
             spool: Box::new(spool),
             started: config.clone(),
             server: server.clone(),
+            submission,
             retention: retention_tx,
             web,
         }
@@ -455,10 +456,14 @@ async fn start_sending(
     limits: Arc<dyn crate::ports::LoginLimits>,
     users: Option<Arc<crate::users::Users>>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ServeError> {
+) -> Result<Vec<server::Shared>, ServeError> {
     let sub = &config.submission;
     if sub.listen.is_none() && sub.listen_tls.is_none() {
-        return Ok(());
+        // No listener now, but maybe mail sent before to deliver still.
+        if config.outbound.relay.is_some() || config.outbound.mode.is_some() {
+            start_outbound(config, storage, clock, Arc::default(), stop)?;
+        }
+        return Ok(Vec::new());
     }
     let users = match users {
         Some(u) => u,
@@ -486,6 +491,7 @@ async fn start_sending(
         gate: gate.clone(),
     });
     let tls = tls_acceptor(config)?;
+    let mut shared = Vec::new();
     for (listen, implicit) in [(&sub.listen, false), (&sub.listen_tls, true)] {
         let Some(listen) = listen else { continue };
         let mut server = smtp_server(config, inbound.clone(), tls.clone())?;
@@ -503,11 +509,13 @@ async fn start_sending(
             "submission serving"
         );
         let mut stop = stop.clone();
-        tokio::spawn(server::run(listeners, server.shared(), async move {
+        let current = server.shared();
+        shared.push(current.clone());
+        tokio::spawn(server::run(listeners, current, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// The outbound queue for `[outbound]`, run at once when mail for outside recipients is
@@ -525,11 +533,23 @@ fn start_outbound(
             Some(relay) => Arc::new(crate::smtp::outbound::SmtpOutbound::relay(relay)),
             None => return Ok(false),
         },
-        other => {
+        crate::config::OutboundMode::Direct => {
+            let resolver = crate::dns::resolver(config.outbound.nameserver, true).map_err(|e| {
+                ConfigError::Invalid {
+                    path: "[outbound] nameserver".into(),
+                    message: e,
+                }
+            })?;
+            Arc::new(crate::smtp::outbound::SmtpDirect::new(
+                SmtpRelay::for_mx(config)?,
+                resolver,
+            ))
+        }
+        crate::config::OutboundMode::Ses => {
             tracing::warn!(
-                mode = ?other,
-                "[outbound] mode is not available in `standby serve` yet; set [outbound] relay \
-                 = \"host:port\" (a smarthost). Mail to outside recipients is refused at RCPT"
+                "[outbound] mode = \"ses\" is not available in `standby serve` yet; set \
+                 [outbound] relay = \"host:port\" (a smarthost) or mode = \"direct\". Mail to \
+                 outside recipients is refused at RCPT"
             );
             return Ok(false);
         }

@@ -51,6 +51,9 @@ pub struct Gate {
     checks: Arc<tokio::sync::Semaphore>,
     rate_per_hour: u32,
     sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Logins being checked now, per limit key: counted as failures until they end, so
+    /// parallel attempts cannot all pass the limit before any failure is recorded.
+    checking: Mutex<HashMap<String, u32>>,
 }
 
 impl Gate {
@@ -69,15 +72,8 @@ impl Gate {
             checks: Arc::new(tokio::sync::Semaphore::new(2)),
             rate_per_hour,
             sent: Mutex::default(),
+            checking: Mutex::default(),
         }
-    }
-
-    /// Count one message `user` sent now.
-    pub fn note_sent(&self, user: &str) {
-        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let q = sent.entry(user.to_string()).or_default();
-        q.push_back(Instant::now());
-        trim(q);
     }
 
     async fn audit(&self, action: &str, who: &str, ip: IpAddr) {
@@ -99,6 +95,59 @@ fn trim(q: &mut VecDeque<Instant>) {
         .is_some_and(|t| t.elapsed() >= Duration::from_secs(3600))
     {
         q.pop_front();
+    }
+}
+
+/// Logins in progress under some limit keys, until dropped.
+struct Checking<'a> {
+    map: &'a Mutex<HashMap<String, u32>>,
+    keys: Vec<String>,
+    /// What was in progress under each key before this one.
+    before: Vec<u32>,
+}
+
+impl<'a> Checking<'a> {
+    /// Count one login under each of `keys`; `None` when one of them has as many in
+    /// progress as failures are allowed.
+    fn start(map: &'a Mutex<HashMap<String, u32>>, keys: &[String]) -> Option<Checking<'a>> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let before: Vec<u32> = keys
+            .iter()
+            .map(|k| m.get(k).copied().unwrap_or(0))
+            .collect();
+        if before.iter().any(|n| *n >= ATTEMPTS) {
+            return None;
+        }
+        for k in keys {
+            *m.entry(k.clone()).or_default() += 1;
+        }
+        Some(Checking {
+            map,
+            keys: keys.to_vec(),
+            before,
+        })
+    }
+
+    /// Other logins in progress under `key` when this one started.
+    fn others(&self, key: &str) -> u32 {
+        self.keys
+            .iter()
+            .position(|k| k == key)
+            .map_or(0, |i| self.before[i])
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = m.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
     }
 }
 
@@ -130,10 +179,20 @@ impl SubmitGate for Gate {
             format!("ip:{}", client_key(client)),
             format!("user:{address}"),
         ];
+        let Some(checking) = Checking::start(&self.checking, &keys) else {
+            tracing::warn!("submission: login refused, too many attempts at once");
+            return Login::Blocked(Duration::from_secs(60));
+        };
         for key in &keys {
+            let busy = checking.others(key);
             match self
                 .limits
-                .blocked(key, now, ATTEMPT_WINDOW, ATTEMPTS)
+                .blocked(
+                    key,
+                    now,
+                    ATTEMPT_WINDOW,
+                    ATTEMPTS.saturating_sub(busy).max(1),
+                )
                 .await
             {
                 Ok(None) => {}
@@ -183,13 +242,15 @@ impl SubmitGate for Gate {
         Login::Ok(identity(&account))
     }
 
-    fn over_rate(&self, user: &str) -> bool {
+    fn take_send(&self, user: &str) -> bool {
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(q) = sent.get_mut(user) else {
-            return self.rate_per_hour == 0;
-        };
+        let q = sent.entry(user.to_string()).or_default();
         trim(q);
-        q.len() >= self.rate_per_hour as usize
+        if q.len() >= self.rate_per_hour as usize {
+            return false;
+        }
+        q.push_back(Instant::now());
+        true
     }
 }
 
@@ -255,7 +316,6 @@ impl Accepting for Message {
                 via: "smtp",
             })
             .await?;
-        to.gate.note_sent(&identity.address);
         stored
             .into_iter()
             .next()

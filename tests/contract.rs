@@ -45,6 +45,7 @@ fn record(age_secs: i64) -> Record {
         replays: Vec::new(),
         legal_hold: None,
         confidential: None,
+        sent: None,
         version: 0,
     }
 }

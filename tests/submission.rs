@@ -333,8 +333,9 @@ fn only_logged_in_users_send_and_only_as_themselves() {
         ],
     );
     assert!(!ok && t.contains("553 5.7.1"), "{t}");
-    // The rate: three messages an hour, the fourth gets 451 4.7.1.
-    for i in 0..3 {
+    // The rate: three messages an hour, counted at MAIL (the refused From above was
+    // one), so two more go and the next gets 451 4.7.1.
+    for i in 0..2 {
         let (ok, t) = send_as(
             &s,
             "alice@example.test",
@@ -404,4 +405,132 @@ fn a_refusal_at_the_relay_bounces_into_the_senders_emergency_inbox() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].to_string().contains("550 5.1.1"), "{}", failed[0]);
     assert!(s.relay.delivered().is_empty());
+}
+
+#[test]
+fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_exist() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let (key, public) = dkim_key(pki_dir.path());
+    // The recipient domain's MX hosts: the preferred one does not answer (nothing
+    // listens at 127.0.0.62:25), the second is a real Postfix on port 25 at an address
+    // of its own (Postfix listens only on an address an interface has).
+    require("ip", "iproute2");
+    let added = Command::new("ip")
+        .args(["addr", "replace", "127.0.0.61/32", "dev", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mx = Postfix::at(
+        "127.0.0.61",
+        25,
+        &[
+            "--domain",
+            "outside.test",
+            "--tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--tls-key",
+            pki.key.to_str().unwrap(),
+        ],
+    );
+    mx.start();
+    let dns = common::dns::Dns::start_full(
+        &[
+            ("outside.test", 10, "mx1.outside.test"),
+            ("outside.test", 20, "mx2.outside.test"),
+        ],
+        &[],
+        &[
+            ("mx1.outside.test", "127.0.0.62"),
+            ("mx2.outside.test", "127.0.0.61"),
+        ],
+    );
+    let (submission, web) = (free_port(), free_port());
+    let extra = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key_pem}\"\n\
+         [users]\nfile = \"{{dir}}/users.passwd\"\n\
+         [web]\nlisten = \"127.0.0.1:{web}\"\n\
+         [submission]\nlisten = \"127.0.0.1:{submission}\"\n\
+         [outbound]\nmode = \"direct\"\nnameserver = \"{ns}\"\n\
+         dkim_selector = \"sel1\"\ndkim_key = \"{dkim}\"\n",
+        cert = pki.cert.display(),
+        key_pem = pki.key.display(),
+        ns = dns.addr(),
+        dkim = key.display(),
+    );
+    let mut standby = Standby::configure(1, &extra, &[]);
+    let dir = standby.dir.path().display().to_string();
+    let text = std::fs::read_to_string(&standby.config).unwrap();
+    std::fs::write(&standby.config, text.replace("{dir}", &dir)).unwrap();
+    add_user(&standby, "alice@example.test", "alice-pw");
+    standby.spawn();
+    for port in [submission, web] {
+        wait_for("the standby to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    let token = "direct-token-5a1";
+    let (ok, t) = swaks(
+        submission,
+        &[
+            "--tls",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice@example.test",
+            "--auth-password",
+            "alice-pw",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test,ghost@nosuch.outside.test",
+            "--header",
+            &format!("Subject: {token}"),
+        ],
+    );
+    assert!(ok, "{t}");
+    wait_for("the MX to get it", Duration::from_secs(60), || {
+        !with_token(&texts(&mx), token).is_empty()
+    });
+    let got = texts(&mx);
+    let got = with_token(&got, token);
+    assert_eq!(got.len(), 1);
+    assert_eq!(header(got[0], "Delivered-To"), ["friend@outside.test"]);
+    let file = standby.dir.path().join("direct.eml");
+    std::fs::write(&file, got[0].as_bytes()).unwrap();
+    let v = Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/support/dkim_verify.py"))
+        .arg(&file)
+        .args(["sel1", "example.test"])
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // It went over STARTTLS (Postfix notes the TLS connection).
+    assert!(
+        mx.maillog().contains("TLS connection established from"),
+        "{}",
+        mx.maillog()
+    );
+    // The domain that does not exist: failed at once (550 5.1.2), a DSN to alice.
+    let inbox = Client::new(&format!("https://127.0.0.1:{web}"), "127.0.0.10").with_ca(&pki.ca);
+    assert_eq!(inbox.login("alice@example.test", "alice-pw").status, 303);
+    wait_for("the DSN in alice's inbox", Duration::from_secs(60), || {
+        inbox.get("/").text().contains("Undelivered")
+    });
+    let all = standby.list("outbound");
+    assert!(all.is_empty(), "nothing left to send: {all:?}");
+    let failed = standby.list("failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let rec = failed[0].to_string();
+    assert!(rec.contains("550 5.1.2"), "{rec}");
+    assert!(rec.contains("friend@outside.test"), "{rec}");
 }

@@ -226,6 +226,9 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
         "messages  held {}  paused {}  delivered {}  failed {}",
         c.held, c.paused, c.delivered, c.failed
     )?;
+    if c.outbound > 0 {
+        writeln!(out, "sending   {} to outside recipients", c.outbound)?;
+    }
     if let Some(t) = view.oldest_held {
         writeln!(out, "oldest    held since {} ({})", time(t), ago(t))?;
     }

@@ -113,16 +113,20 @@ pub(super) async fn hold(
     all: bool,
 ) -> Result<(), CliError> {
     let ids = if all {
-        with_status(storage, Status::Held).await?
+        let mut ids = with_status(storage, Status::Held).await?;
+        ids.extend(with_status(storage, Status::Outbound).await?);
+        ids
     } else {
         ids.to_vec()
     };
     each(storage, skew, &ids, "paused", |rec| match rec.status {
-        Status::Held => {
+        Status::Held | Status::Outbound => {
             rec.status = Status::Paused;
             Ok(())
         }
-        other => Err(format!("is {other}; only held messages can be paused")),
+        other => Err(format!(
+            "is {other}; only held (or outbound) messages can be paused"
+        )),
     })
     .await
 }
@@ -140,7 +144,7 @@ pub(super) async fn release(
     };
     each(storage, skew, &ids, "released", |rec| match rec.status {
         Status::Paused => {
-            rec.status = Status::Held;
+            rec.status = rec.queue_status();
             rec.next_attempt_at = chrono::Utc::now();
             Ok(())
         }
@@ -165,7 +169,7 @@ pub(super) async fn retry(
         {
             r.status = RcptStatus::Pending;
         }
-        rec.status = Status::Held;
+        rec.status = rec.queue_status();
         rec.reason = None;
         rec.next_attempt_at = chrono::Utc::now();
         Ok(())

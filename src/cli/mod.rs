@@ -49,6 +49,8 @@ pub enum StatusFilter {
     Delivered,
     Failed,
     Journal,
+    /// Sent by users to outside recipients, not yet delivered there.
+    Outbound,
     All,
 }
 
@@ -60,6 +62,7 @@ impl StatusFilter {
             StatusFilter::Delivered => Some(Status::Delivered),
             StatusFilter::Failed => Some(Status::Failed),
             StatusFilter::Journal => Some(Status::Journal),
+            StatusFilter::Outbound => Some(Status::Outbound),
             StatusFilter::All => None,
         }
     }

@@ -129,7 +129,9 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
             continue;
         }
         let mut rec = rebuild(&stamp, &bytes, &journal, &retention);
-        if rec.status == Status::Held && !held {
+        // What a user sent to outside recipients may have gone out already: like held
+        // mail, paused until the operator releases it (back to `outbound`).
+        if matches!(rec.status, Status::Held | Status::Outbound) && !held {
             rec.status = Status::Paused;
         }
         index.insert(&rec).await?;

@@ -113,14 +113,17 @@ impl Sending {
         let message = complete(s.message, &s.user.address, now);
         let (local, outside): (Vec<String>, Vec<String>) =
             s.rcpts.iter().cloned().partition(|r| self.is_ours(r));
-        let mut parts: Vec<(SentPart, Vec<String>)> = Vec::new();
+        // The sender's copy first and the outside part last: the outbound queue may take
+        // a part the moment it is stored, and a part that goes out cannot be taken back
+        // should a later one fail (the held ones wait for the primary, and are removed).
+        let mut parts: Vec<(SentPart, Vec<String>)> =
+            vec![(SentPart::Copy, vec![self.copy_address(&s.user.address)])];
         if !local.is_empty() {
             parts.push((SentPart::Local, local.clone()));
         }
         if !outside.is_empty() {
             parts.push((SentPart::Outbound, outside.clone()));
         }
-        parts.push((SentPart::Copy, vec![self.copy_address(&s.user.address)]));
         let mut stored: Vec<Record> = Vec::new();
         for (part, rcpts) in parts {
             let env = Envelope {
@@ -204,20 +207,47 @@ impl Sending {
     }
 }
 
-/// Refuse a message whose `From` or `Sender` names anyone the user may not send as.
+/// The header fields that say who a message is from, every one checked.
+const SENDER_FIELDS: [&str; 4] = ["From", "Sender", "Resent-From", "Resent-Sender"];
+
+/// Refuse a message whose `From`, `Sender` (or `Resent-` ones) names anyone the user may
+/// not send as: every occurrence of each field, so a second `From` (which readers
+/// may show and the parser's single-value accessors skip) cannot name someone else;
+/// exactly one `From` and at most one `Sender` (RFC 5322 §3.6).
 fn check_senders(user: &Identity, message: &[u8]) -> Result<(), StoreError> {
     let parsed = mail_parser::MessageParser::new()
         .parse_headers(message)
         .ok_or_else(|| refused("5.6.0", "Message has no header"))?;
-    let from = addresses(parsed.from());
-    if from.is_empty() {
+    let count = |name: &str| {
+        parsed
+            .headers()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .count()
+    };
+    if count("From") != 1 || count("Sender") > 1 {
         return Err(refused(
             "5.6.0",
-            "Message has no From header with an address",
+            "Message must have exactly one From header and at most one Sender",
         ));
     }
-    let sender = addresses(parsed.sender());
-    for a in from.iter().chain(sender.iter()) {
+    let mut named: Vec<String> = Vec::new();
+    for h in parsed.headers() {
+        if SENDER_FIELDS
+            .iter()
+            .any(|f| h.name().eq_ignore_ascii_case(f))
+        {
+            let found = addresses(h.value().as_address());
+            if found.is_empty() {
+                return Err(refused(
+                    "5.6.0",
+                    &format!("{} header without an address", h.name()),
+                ));
+            }
+            named.extend(found);
+        }
+    }
+    for a in &named {
         if !user.may_send_as(a) {
             return Err(refused(
                 "5.7.1",
@@ -241,8 +271,46 @@ fn refused(esc: &str, text: &str) -> StoreError {
     StoreError::Refused(format!("553 {esc} {text}\r\n"))
 }
 
+/// `message` without any `X-Standby-Sent` field of its own: only the standby marks a
+/// sent copy (a client's forged mark would have a colleague's mail filed as sent).
+fn unmarked(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let name = SENT_HEADER.split(':').next().unwrap_or_default().as_bytes();
+    let is_mark = |line: &[u8]| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()..].trim_ascii_start().first() == Some(&b':')
+    };
+    let mut out = Vec::with_capacity(message.len());
+    let mut rest = message;
+    let mut dropping = false;
+    let mut changed = false;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(end);
+        if line == b"\r\n" || line == b"\n" {
+            out.extend_from_slice(rest);
+            break;
+        }
+        let folded = matches!(line.first(), Some(b' ' | b'\t'));
+        dropping = if folded { dropping } else { is_mark(line) };
+        if dropping {
+            changed = true;
+        } else {
+            out.extend_from_slice(line);
+        }
+        rest = tail;
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(message)
+    }
+}
+
 /// The message with `Date` and `Message-ID` added when it has none.
 fn complete(message: &[u8], user: &str, now: DateTime<Utc>) -> Vec<u8> {
+    let message = unmarked(message);
+    let message = message.as_ref();
     let parsed = mail_parser::MessageParser::new().parse_headers(message);
     let has = |name: &str| {
         parsed.as_ref().is_some_and(|m| {
@@ -295,12 +363,29 @@ mod tests {
             b"From: alice@example.test\r\nSender: ceo@example.test\r\n\r\nhi\r\n",
             b"Subject: no from\r\n\r\nhi\r\n",
             b"From: undisclosed-recipients:;\r\n\r\nhi\r\n",
+            b"From: CEO <ceo@example.test>\r\nFrom: alice@example.test\r\n\r\nhi\r\n",
+            b"From: alice@example.test\r\nFrom: alice@example.test\r\n\r\nhi\r\n",
+            b"From: alice@example.test\r\nResent-From: ceo@example.test\r\n\r\nhi\r\n",
+            b"From: alice@example.test\r\nSender: alice@example.test\r\nSender: ceo@example.test\r\n\r\nhi\r\n",
+            b"From: =?utf-8?q?x?= <ceo@example.test>\r\n\r\nhi\r\n",
+            b"From: alice@example.test\r\n\tceo@example.test\r\n\r\nhi\r\n",
         ] {
             match check_senders(&alice(), bad) {
                 Err(StoreError::Refused(r)) => assert!(r.starts_with("553 5."), "{r}"),
                 other => panic!("{other:?} for {}", String::from_utf8_lossy(bad)),
             }
         }
+    }
+
+    #[test]
+    fn a_clients_own_sent_mark_is_dropped() {
+        let m = b"From: a@b\r\nX-Standby-Sent: yes\r\nx-standby-sent : no\r\n\tfolded\r\nSubject: s\r\n\r\nX-Standby-Sent: body\r\n";
+        assert_eq!(
+            unmarked(m).as_ref(),
+            b"From: a@b\r\nSubject: s\r\n\r\nX-Standby-Sent: body\r\n"
+        );
+        let clean = b"From: a@b\r\nX-Standby-Sentinel: 1\r\n\r\nx\r\n";
+        assert_eq!(unmarked(clean).as_ref(), clean);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::dkim::DkimKeys;
-use crate::drain::{Keeper, Kept, expire, release, retry_later, write_back};
+use crate::drain::{Keeper, Kept, defer_refused, expire, release, retry_later, write_back};
 use crate::dsn::{self, DsnSettings};
 use crate::error::StoreError;
 use crate::model::{Lease, RcptStatus, Record, Status, redact};
@@ -201,7 +201,11 @@ impl OutboundQueue {
             self.lease(),
             until,
         );
-        let replies = self.out.send(&rec.mail_from, &rcpts, &message).await;
+        let guard = |body| keeper.guard(body);
+        let replies = self
+            .out
+            .send(&rec.mail_from, &rcpts, &message, &guard)
+            .await;
         if let Kept::LostBeforeDot | Kept::LostAfterDot = keeper.stop() {
             tracing::error!(id = %rec.id, "outbound: lease lost while sending; the write-back will be refused and the message may go out twice");
         }
@@ -251,7 +255,12 @@ impl OutboundQueue {
                 .iter()
                 .find(|r| r.status == RcptStatus::Failed)
                 .and_then(|r| r.reply.clone());
-            dsn::settle(&self.storage, &mut rec, &self.settings.dsn, now).await?;
+            if let Err(e) = dsn::settle(&self.storage, &mut rec, &self.settings.dsn, now).await {
+                // What was delivered is still written back (never sent again); the
+                // refused recipients wait, and are tried and bounced on a later attempt.
+                tracing::warn!(id = %rec.id, error = %e, "outbound: could not queue the DSN; the refused recipients are tried again");
+                defer_refused(&mut rec, now);
+            }
         }
         match write_back(self.storage.index.as_ref(), &rec, owner).await {
             Ok(()) => {}

@@ -49,6 +49,9 @@ pub(super) struct Reloader {
     /// The configuration serve started with: what a reload does not change.
     pub started: Config,
     pub server: Shared,
+    /// The submission listeners (`[submission]`): their certificate and recipients list
+    /// follow the MX listener's.
+    pub submission: Vec<Shared>,
     pub retention: watch::Sender<RetentionPolicy>,
     /// The emergency inbox's users and TLS acceptor, when `[web] listen` is set.
     pub web: Option<WebReload>,
@@ -122,6 +125,13 @@ impl Reloader {
             );
         }
         let recipients = next.policy.recipients.as_ref().map(|r| r.len());
+        for sub in &self.submission {
+            let mut s = Server::clone(&sub.load());
+            s.tls = next.tls.clone();
+            s.policy.tls_available = next.policy.tls_available;
+            s.policy.recipients = next.policy.recipients.clone();
+            sub.store(Arc::new(s));
+        }
         self.server.store(Arc::new(next));
         self.retention.send_replace(config.retention());
         let cert = config.tls.cert.as_deref().map(Path::display);

@@ -179,6 +179,52 @@ impl SmtpRelay {
         }))
     }
 
+    /// A session with `addr`, an address of `host`, a recipient domain's MX host (the
+    /// `direct` mode of sending): STARTTLS when offered, encrypted even when the
+    /// certificate (checked for `host`) does not verify and plain text when the
+    /// handshake fails (as Postfix's `may`), no AUTH; the same loop checks as for the
+    /// primary.
+    pub fn mx(&self, host: &str, addr: SocketAddr) -> SmtpRelay {
+        SmtpRelay {
+            addr: addr.to_string(),
+            tls_mode: TlsMode::Opportunistic,
+            server_name: Some(host.trim_end_matches('.').to_string()),
+            credentials: None,
+            allow_plaintext_auth: false,
+            ..self.clone()
+        }
+    }
+
+    /// The settings of `config` for sessions with recipients' MX hosts (see
+    /// [`SmtpRelay::mx`]): our hostname, the `[primary]` stage timeouts, the system's
+    /// roots to verify against (a failure only noted).
+    ///
+    /// # Errors
+    /// The system's roots cannot be read.
+    pub fn for_mx(config: &Config) -> Result<SmtpRelay, RelaySetupError> {
+        Ok(SmtpRelay {
+            addr: String::new(),
+            helo: config.hostname.clone(),
+            tls_mode: TlsMode::Opportunistic,
+            tls: ClientTls::new(true, None)?,
+            server_name: None,
+            credentials: None,
+            allow_plaintext_auth: false,
+            timeouts: config.primary.timeouts(),
+            probe_timeouts: StageTimeouts::all(Duration::from_secs(
+                config.health.timeout_secs.max(1),
+            )),
+            probe_auth: false,
+            own: config
+                .listen
+                .iter()
+                .chain(config.submission.listen.iter().flat_map(|l| l.iter()))
+                .copied()
+                .collect(),
+            deadline: None,
+        })
+    }
+
     /// The same relay, waiting for no reply past `deadline` (a Lambda invocation's end):
     /// a stage timeout longer than what is left is cut short.
     pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {

@@ -1,7 +1,12 @@
-//! `SmtpOutbound`: the [`Outbound`] adapter for the `relay` mode of sending: every
-//! message to the smarthost of `[outbound] relay` (STARTTLS, AUTH), one transaction per
-//! message with all its outside recipients, through the same client that talks to the
-//! primary ([`SmtpRelay`], with its defences against a hostile peer).
+//! The [`Outbound`] adapters that speak SMTP, through the same client that talks to the
+//! primary ([`SmtpRelay`], with its defences against a hostile peer):
+//! - [`SmtpOutbound`], the `relay` mode: every message to the smarthost of `[outbound]
+//!   relay` (STARTTLS, AUTH), one transaction with all its outside recipients;
+//! - [`SmtpDirect`], the `direct` mode: each recipient domain's MX hosts (hickory), in
+//!   preference order, the domain itself when it has no MX (RFC 5321 §5.1), nothing for a
+//!   null MX (RFC 7505: 556 5.1.10) or a domain that does not exist (550 5.1.2);
+//!   STARTTLS when offered (as Postfix's `may`); one transaction per domain, and the
+//!   session kept a little while for the next message to the same domain.
 //!
 //! The smarthost's replies become one reply per recipient: a refused MAIL is every
 //! recipient's reply, an accepted RCPT takes the reply to the final dot. Anything that
@@ -9,10 +14,16 @@
 //! every recipient: the message is tried again, never failed, for trouble that is not
 //! its own.
 
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
 
 use super::client::SmtpRelay;
-use crate::ports::{Outbound, Relay, Reply, Transaction};
+use crate::error::RelayError;
+use crate::ports::{BlobReader, Guard, Outbound, Relay, RelaySession, Reply, Transaction};
 
 /// Sends through one smarthost.
 pub struct SmtpOutbound {
@@ -26,6 +37,16 @@ impl SmtpOutbound {
 
     pub fn address(&self) -> &str {
         self.relay.address()
+    }
+}
+
+/// The replies for a transaction the client would not start because of the message
+/// itself (a UTF-8 address to a host without SMTPUTF8): failed, not tried again for
+/// days; `None` for trouble that is not the message's.
+fn failed(e: &RelayError, n: usize) -> Option<Vec<Reply>> {
+    match e {
+        RelayError::Unsendable(why) => Some(vec![Reply::new(553, format!("5.6.7 {why}")); n]),
+        _ => None,
     }
 }
 
@@ -59,7 +80,13 @@ pub fn per_recipient(tx: &Transaction, n: usize) -> Vec<Reply> {
 
 #[async_trait]
 impl Outbound for SmtpOutbound {
-    async fn send(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<Reply> {
+    async fn send(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        guard: &Guard<'_>,
+    ) -> Vec<Reply> {
         let trouble = |e: &dyn std::fmt::Display| {
             vec![Reply::new(451, format!("4.4.1 relay {}: {e}", self.relay.address())); rcpts.len()]
         };
@@ -70,16 +97,219 @@ impl Outbound for SmtpOutbound {
                 return trouble(&e);
             }
         };
-        let body: crate::ports::BlobReader = Box::new(std::io::Cursor::new(message.to_vec()));
+        let body = guard(Box::new(std::io::Cursor::new(message.to_vec())));
         let result = session.send(mail_from, rcpts, body).await;
         session.quit().await;
         match result {
             Ok(tx) => per_recipient(&tx, rcpts.len()),
-            Err(e) => {
+            Err(e) => failed(&e, rcpts.len()).unwrap_or_else(|| {
                 tracing::warn!(relay = self.relay.address(), error = %e, "outbound: transaction with the relay failed");
                 trouble(&e)
+            }),
+        }
+    }
+}
+
+/// How long an idle session with a domain's MX is kept for the next message.
+const IDLE: Duration = Duration::from_secs(20);
+/// Idle sessions kept at most.
+const MAX_IDLE: usize = 32;
+
+/// Sends to each recipient domain's MX hosts (see the module docs).
+pub struct SmtpDirect {
+    /// Hostname, timeouts, TLS roots and loop checks; [`SmtpRelay::mx`] per host.
+    base: SmtpRelay,
+    resolver: TokioResolver,
+    port: u16,
+    idle: tokio::sync::Mutex<HashMap<String, Parked>>,
+}
+
+/// A session kept for the next message to its domain, and since when.
+type Parked = (Box<dyn RelaySession>, Instant);
+
+/// Whether a session may carry another transaction after `tx`.
+fn reusable(tx: &Transaction) -> bool {
+    !tx.ambiguous && tx.mail.code != 421 && tx.data.as_ref().is_none_or(|d| d.code != 421)
+}
+
+impl SmtpDirect {
+    /// MX delivery on port 25 with `base`'s settings ([`SmtpRelay::for_mx`]).
+    pub fn new(base: SmtpRelay, resolver: TokioResolver) -> Self {
+        SmtpDirect {
+            base,
+            resolver,
+            port: 25,
+            idle: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The hosts to try for `domain`, best first, or the reply every recipient gets.
+    async fn hosts(&self, domain: &str) -> Result<Vec<String>, Reply> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut records: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
+                    .collect();
+                let null = |h: &str| h.trim_end_matches('.').is_empty();
+                if records.iter().any(|(_, h)| null(h)) {
+                    return Err(Reply::new(
+                        556,
+                        format!("5.1.10 {domain} accepts no mail (null MX)"),
+                    ));
+                }
+                if records.is_empty() {
+                    return Ok(vec![domain.to_string()]);
+                }
+                records.sort();
+                Ok(records.into_iter().map(|(_, h)| h).collect())
+            }
+            Err(e) if e.is_nx_domain() => Err(Reply::new(
+                550,
+                format!("5.1.2 the domain {domain} does not exist"),
+            )),
+            // No MX: the domain itself is the mail host (RFC 5321 §5.1).
+            Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]),
+            Err(e) => Err(Reply::new(
+                451,
+                format!("4.4.3 DNS lookup for {domain} failed: {e}"),
+            )),
+        }
+    }
+
+    /// Keep `session` for the next message to `domain`.
+    async fn park(&self, domain: &str, session: Box<dyn RelaySession>) {
+        let mut idle = self.idle.lock().await;
+        idle.retain(|_, (_, at)| at.elapsed() < IDLE);
+        if idle.len() < MAX_IDLE {
+            idle.insert(domain.to_string(), (session, Instant::now()));
+        }
+    }
+
+    async fn send_domain(
+        &self,
+        domain: &str,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        guard: &Guard<'_>,
+    ) -> Vec<Reply> {
+        let n = rcpts.len();
+        let body = || -> BlobReader { guard(Box::new(std::io::Cursor::new(message.to_vec()))) };
+        let parked = self.idle.lock().await.remove(domain);
+        if let Some((mut s, at)) = parked
+            && at.elapsed() < IDLE
+        {
+            // A session the host has closed meanwhile fails before the final dot (an
+            // `Err`): the message then goes on a new one.
+            match s.send(mail_from, rcpts, body()).await {
+                Ok(tx) => {
+                    if reusable(&tx) {
+                        self.park(domain, s).await;
+                    }
+                    return per_recipient(&tx, n);
+                }
+                Err(e) => {
+                    if let Some(replies) = failed(&e, n) {
+                        return replies;
+                    }
+                }
             }
         }
+        let hosts = match self.hosts(domain).await {
+            Ok(h) => h,
+            Err(reply) => return vec![reply; n],
+        };
+        let mut last = String::new();
+        for host in hosts {
+            let ips: Vec<std::net::IpAddr> = match self.resolver.lookup_ip(host.as_str()).await {
+                Ok(l) => l.iter().collect(),
+                Err(e) => {
+                    tracing::info!(domain, host = %host, error = %e, "outbound: MX host has no address; trying the next");
+                    last = format!("{host}: {e}");
+                    continue;
+                }
+            };
+            for ip in ips {
+                let relay = self
+                    .base
+                    .mx(&host, std::net::SocketAddr::new(ip, self.port));
+                match relay.connect().await {
+                    Ok(mut s) => {
+                        return match s.send(mail_from, rcpts, body()).await {
+                            Ok(tx) => {
+                                if reusable(&tx) {
+                                    self.park(domain, s).await;
+                                }
+                                per_recipient(&tx, n)
+                            }
+                            Err(e) => {
+                                tracing::warn!(domain, host = %host, error = %e, "outbound: transaction failed");
+                                vec![Reply::new(451, format!("4.4.2 {host}: {e}")); n]
+                            }
+                        };
+                    }
+                    Err(RelayError::Loop(why)) => {
+                        return vec![
+                            Reply::new(
+                                554,
+                                format!("5.4.6 mail for {domain} would loop back: {why}")
+                            );
+                            n
+                        ];
+                    }
+                    Err(e) => {
+                        tracing::info!(domain, host = %host, %ip, error = %e, "outbound: MX host not reachable; trying the next");
+                        last = format!("{host} ({ip}): {e}");
+                    }
+                }
+            }
+        }
+        vec![
+            Reply::new(
+                451,
+                format!("4.4.1 no mail host of {domain} answered ({last})")
+            );
+            n
+        ]
+    }
+}
+
+#[async_trait]
+impl Outbound for SmtpDirect {
+    async fn send(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        guard: &Guard<'_>,
+    ) -> Vec<Reply> {
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in rcpts.iter().enumerate() {
+            let domain = r
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            by_domain.entry(domain).or_default().push(i);
+        }
+        let mut replies = vec![Reply::new(451, "4.3.0 not tried"); rcpts.len()];
+        for (domain, idx) in by_domain {
+            let these: Vec<String> = idx.iter().map(|&i| rcpts[i].clone()).collect();
+            let got = self
+                .send_domain(&domain, mail_from, &these, message, guard)
+                .await;
+            for (k, &i) in idx.iter().enumerate() {
+                if let Some(r) = got.get(k) {
+                    replies[i] = r.clone();
+                }
+            }
+        }
+        replies
     }
 }
 

@@ -329,7 +329,7 @@ impl<'p> Session<'p> {
                 "Error: AUTH not allowed during a mail transaction",
             ));
         }
-        if !self.tls && !sub.allow_plaintext_auth {
+        if !self.auth_allowed(sub) {
             return self.error(step(
                 538,
                 "5.7.11",
@@ -401,7 +401,17 @@ impl<'p> Session<'p> {
     pub fn tls_started(&mut self) {
         self.tls = true;
         self.helo = None;
+        // A login made before TLS is forgotten with the rest (RFC 3207 §4.2).
+        self.user = None;
+        self.sasl = None;
+        self.login = None;
         self.reset();
+    }
+
+    /// Whether AUTH may be offered and used now: after TLS, or without it where
+    /// `allow_plaintext_auth` says so, and then only to a loopback client.
+    fn auth_allowed(&self, sub: &SubmissionPolicy) -> bool {
+        self.tls || (sub.allow_plaintext_auth && self.client.is_some_and(|ip| ip.is_loopback()))
     }
 
     /// Count a client error; too many and the connection is closed.
@@ -427,6 +437,8 @@ impl<'p> Session<'p> {
 
     /// A command line longer than [`MAX_COMMAND_LINE`] arrived (and was discarded).
     pub fn line_too_long(&mut self) -> Step {
+        // An AUTH exchange ends with it.
+        self.sasl = None;
         self.error(step(500, "5.5.2", "Error: line too long"))
     }
 
@@ -513,7 +525,7 @@ impl<'p> Session<'p> {
                 }
                 if let Some(sub) = &p.submission
                     && self.user.is_none()
-                    && (self.tls || sub.allow_plaintext_auth)
+                    && self.auth_allowed(sub)
                 {
                     r.push_str("250-AUTH PLAIN LOGIN\r\n");
                 }
@@ -562,7 +574,7 @@ impl<'p> Session<'p> {
                         );
                         return self.error(step(553, "5.7.1", &text).about(&from.address));
                     }
-                    if sub.gate.over_rate(&user.address) {
+                    if !sub.gate.take_send(&user.address) {
                         return step(
                             451,
                             "4.7.1",
@@ -752,6 +764,19 @@ impl<'p> Session<'p> {
                     550,
                     "5.7.1",
                     "Routing syntax and address literals are not accepted",
+                ));
+            }
+            // A name the outbound path could only resolve locally (`localhost`, a bare
+            // host name) or that reads as an address is no recipient domain.
+            let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+            let numeric = labels
+                .last()
+                .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+            if labels.len() < 2 || numeric || labels.iter().any(|l| l.is_empty()) {
+                return Err(step(
+                    550,
+                    "5.1.2",
+                    "Recipient domain is not a public domain name",
                 ));
             }
             return Ok(format!("{local}@{}", address.domain()));

@@ -19,6 +19,15 @@ impl Dns {
 
     /// Serve MX records and `txt` = (name, text) records (SPF policies).
     pub fn start_with(mx: &[(&str, u16, &str)], txt: &[(&str, &str)]) -> Dns {
+        Self::start_full(mx, txt, &[])
+    }
+
+    /// Serve MX, TXT and `hosts` = (name, IPv4 address) records.
+    pub fn start_full(
+        mx: &[(&str, u16, &str)],
+        txt: &[(&str, &str)],
+        hosts: &[(&str, &str)],
+    ) -> Dns {
         require("dnsmasq", "dnsmasq-base");
         let port = free_port();
         let mut cmd = Command::new("dnsmasq");
@@ -44,6 +53,9 @@ impl Dns {
                 "dnsmasq splits TXT text at commas: {text}"
             );
             cmd.arg(format!("--txt-record={name},{text}"));
+        }
+        for (name, ip) in hosts {
+            cmd.arg(format!("--host-record={name},{ip}"));
         }
         // Authoritative for the names it was given: a type it has no record of gets an
         // empty answer (NODATA), as from a real zone, instead of REFUSED.

@@ -114,6 +114,8 @@ pub fn replies(s: &mut TcpStream, n: usize) -> String {
 pub struct Postfix {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The loopback address it listens on (127.0.0.1 unless made with [`Postfix::at`]).
+    pub ip: String,
 }
 
 fn script(args: &[&str]) -> Output {
@@ -137,13 +139,18 @@ impl Postfix {
 
     /// A primary with extra `scripts/postfix-instance init` options.
     pub fn primary_with(extra: &[&str]) -> Postfix {
+        Self::at("127.0.0.1", free_port(), extra)
+    }
+
+    /// A primary listening on `ip:port` (an MX host on port 25 at its own loopback
+    /// address, say), with extra `init` options.
+    pub fn at(ip: &str, port: u16, extra: &[&str]) -> Postfix {
         require("postfix", "postfix");
         let dir = tempfile::Builder::new()
             .prefix("standby-pf-")
             .tempdir_in(std::env::temp_dir())
             .unwrap();
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("{ip}:{port}");
         script(
             &[
                 "init",
@@ -157,7 +164,11 @@ impl Postfix {
             .chain(extra.iter().copied())
             .collect::<Vec<_>>(),
         );
-        Postfix { dir, port }
+        Postfix {
+            dir,
+            port,
+            ip: ip.to_string(),
+        }
     }
 
     /// Answer chosen recipients with fixed replies, e.g. `("temp@example.test", "450 4.2.0 busy")`.
@@ -183,13 +194,17 @@ impl Postfix {
 
     pub fn start(&self) {
         script(&["start", self.dir.path().to_str().unwrap()]);
-        wait_listening(self.port, Duration::from_secs(20));
+        wait_for(
+            &format!("postfix on {}:{}", self.ip, self.port),
+            Duration::from_secs(20),
+            || TcpStream::connect((self.ip.as_str(), self.port)).is_ok(),
+        );
     }
 
     pub fn stop(&self) {
         script(&["stop", self.dir.path().to_str().unwrap()]);
         wait_for("postfix to stop listening", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            TcpStream::connect((self.ip.as_str(), self.port)).is_err()
         });
     }
 
