@@ -125,6 +125,7 @@ fn main() {
             slowest_check: Default::default(),
             users: Arc::new(users),
             limits: Arc::new(MemLoginLimits::default()),
+            sending: None,
             key,
             clock,
             settings: WebSettings::of(&config, false),

@@ -291,24 +291,53 @@ pub async fn serve(
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
     let login_limits: Arc<dyn crate::ports::LoginLimits> =
         Arc::new(crate::backend::MemLoginLimits::default());
+    // What users send, from the emergency inbox and the submission listener alike.
+    let sub = &config.submission;
+    let sends = config.web.listen.is_some() || sub.listen.is_some() || sub.listen_tls.is_some();
+    let sending = if sends || config.outbound.relay.is_some() || config.outbound.mode.is_some() {
+        let sending = crate::outbound::Sending::new(
+            storage.clone(),
+            spool(&config),
+            clock.clone(),
+            &config.domains,
+            config.outbound.sent_copy.clone(),
+        )
+        .with_rate(sub.rate_per_hour);
+        let outside = start_outbound(
+            &config,
+            &storage,
+            clock.clone(),
+            sending.queued(),
+            stop_rx.clone(),
+        )?;
+        Some(sending.with_outside(outside))
+    } else {
+        None
+    };
     let web = start_web(
         &config,
         &storage,
         clock.clone(),
         login_limits.clone(),
+        sending.clone(),
         stop_rx.clone(),
     )
     .await?;
-    let submission = start_sending(
-        &config,
-        &storage,
-        spool(&config),
-        clock.clone(),
-        login_limits,
-        web.as_ref().map(|w| w.users.clone()),
-        stop_rx.clone(),
-    )
-    .await?;
+    let submission = match &sending {
+        Some(sending) => {
+            start_submission(
+                &config,
+                &storage,
+                clock.clone(),
+                login_limits,
+                web.as_ref().map(|w| w.users.clone()),
+                sending.clone(),
+                stop_rx.clone(),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
     tokio::spawn(
         reload::Reloader {
             load: Box::new(load),
@@ -367,6 +396,7 @@ async fn start_web(
     storage: &Storage,
     clock: Arc<dyn Clock>,
     limits: Arc<dyn crate::ports::LoginLimits>,
+    sending: Option<crate::outbound::Sending>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<reload::WebReload>, ServeError> {
     let Some(listen) = &config.web.listen else {
@@ -397,6 +427,7 @@ async fn start_web(
         slowest_check: Default::default(),
         users: users.clone(),
         limits,
+        sending,
         key,
         clock,
         settings: crate::web::WebSettings::of(config, secure),
@@ -446,44 +477,31 @@ async fn load_users(config: &Config, what: &str) -> Result<Arc<crate::users::Use
     Ok(Arc::new(users))
 }
 
-/// Start sending, when `[submission]` has a listener: the listeners (587 with STARTTLS,
-/// 465 with implicit TLS) and the outbound queue (`[outbound] relay`).
-async fn start_sending(
+/// The submission listeners of `[submission]` (587 with STARTTLS, 465 with implicit TLS).
+async fn start_submission(
     config: &Config,
     storage: &Storage,
-    spool: Arc<dyn Inbound>,
     clock: Arc<dyn Clock>,
     limits: Arc<dyn crate::ports::LoginLimits>,
     users: Option<Arc<crate::users::Users>>,
+    sending: crate::outbound::Sending,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<server::Shared>, ServeError> {
     let sub = &config.submission;
     if sub.listen.is_none() && sub.listen_tls.is_none() {
-        // No listener now, but maybe mail sent before to deliver still.
-        if config.outbound.relay.is_some() || config.outbound.mode.is_some() {
-            start_outbound(config, storage, clock, Arc::default(), stop)?;
-        }
         return Ok(Vec::new());
     }
     let users = match users {
         Some(u) => u,
         None => load_users(config, "[submission] listen").await?,
     };
-    let sending = crate::outbound::Sending::new(
-        storage.clone(),
-        spool,
-        clock.clone(),
-        &config.domains,
-        config.outbound.sent_copy.clone(),
-    );
-    let queued = sending.queued();
-    let outside = start_outbound(config, storage, clock.clone(), queued, stop.clone())?;
+    let outside = sending.outside();
     let gate = Arc::new(crate::submission::Gate::new(
         users.clone(),
         limits,
         storage.audit.clone(),
         clock,
-        sub.rate_per_hour,
+        sending.rate(),
     ));
     let inbound: Arc<dyn Inbound> = Arc::new(crate::submission::Submissions {
         sending,

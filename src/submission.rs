@@ -9,10 +9,10 @@
 //! message (at most the listener's size limit) until the final dot, then hands it to
 //! [`Sending::submit`], which checks the `From` and stores its parts.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::StoreError;
 use crate::model::{Envelope, MessageId, Record};
@@ -49,8 +49,7 @@ pub struct Gate {
     clock: Arc<dyn Clock>,
     /// Hash checks at once (each takes tens of milliseconds of CPU).
     checks: Arc<tokio::sync::Semaphore>,
-    rate_per_hour: u32,
-    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    rate: Arc<crate::outbound::SendRate>,
     /// Logins being checked now, per limit key: counted as failures until they end, so
     /// parallel attempts cannot all pass the limit before any failure is recorded.
     checking: Mutex<HashMap<String, u32>>,
@@ -62,7 +61,7 @@ impl Gate {
         limits: Arc<dyn LoginLimits>,
         audit: Arc<dyn AuditLog>,
         clock: Arc<dyn Clock>,
-        rate_per_hour: u32,
+        rate: Arc<crate::outbound::SendRate>,
     ) -> Self {
         Gate {
             users,
@@ -70,8 +69,7 @@ impl Gate {
             audit,
             clock,
             checks: Arc::new(tokio::sync::Semaphore::new(2)),
-            rate_per_hour,
-            sent: Mutex::default(),
+            rate,
             checking: Mutex::default(),
         }
     }
@@ -86,15 +84,6 @@ impl Gate {
         if let Err(e) = self.audit.append(&entry).await {
             tracing::error!(error = %e, "cannot write the audit entry of a submission login");
         }
-    }
-}
-
-fn trim(q: &mut VecDeque<Instant>) {
-    while q
-        .front()
-        .is_some_and(|t| t.elapsed() >= Duration::from_secs(3600))
-    {
-        q.pop_front();
     }
 }
 
@@ -243,14 +232,7 @@ impl SubmitGate for Gate {
     }
 
     fn take_send(&self, user: &str) -> bool {
-        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let q = sent.entry(user.to_string()).or_default();
-        trim(q);
-        if q.len() >= self.rate_per_hour as usize {
-            return false;
-        }
-        q.push_back(Instant::now());
-        true
+        self.rate.take(user)
     }
 }
 

@@ -364,3 +364,163 @@ async fn hostile_html_runs_no_script_and_loads_nothing_until_images_are_allowed(
     }
     c.close().await.unwrap();
 }
+
+/// The messages in a Postfix's Maildir, as text.
+fn maildir(pf: &common::Postfix) -> Vec<String> {
+    pf.delivered()
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
+/// Wait for the page at `path` (after a form was sent) to show `css`.
+async fn landed(c: &Client, css: &str) {
+    c.wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
+#[tokio::test]
+async fn a_user_replies_forwards_and_writes_with_attachments_in_chromium() {
+    // The internet: a Postfix taking mail for outside.test, the standby's smarthost.
+    let relay = common::Postfix::primary_with(&["--domain", "outside.test"]);
+    relay.start();
+    let outbound = format!(
+        "[outbound]\nrelay = \"127.0.0.1:{}\"\nrelay_tls = \"none\"\n",
+        relay.port
+    );
+    let inbox = Inbox::start(&[ALICE], &outbound);
+    inbox.send_raw(
+        ALICE.0,
+        "From: Bob <bob@outside.test>\nTo: alice@example.test\nSubject: Contract draft\n\
+         Message-ID: <contract-1@outside.test>\nDate: Thu, 03 Dec 2026 09:00:00 +0000\n\n\
+         Please look at the contract.\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let downloads = tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let upload = tmp.path().join("signed contract.pdf");
+    let attachment: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    std::fs::write(&upload, &attachment).unwrap();
+    let drv = driver();
+    let c = browser(&drv, &downloads).await;
+    log_in(&c, &inbox).await;
+
+    // Reply, with an attachment.
+    click(&c, "ul.messages a").await;
+    landed(&c, "p.actions").await;
+    click(&c, "p.actions a[href*='mode=reply']").await;
+    landed(&c, "form.compose").await;
+    let to = c
+        .find(Locator::Css("input[name=to]"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(to.as_deref(), Some("bob@outside.test"));
+    type_in(&c, "textarea[name=body]", "Signed, see attached.").await;
+    type_in(&c, "input[name=attachment]", upload.to_str().unwrap()).await;
+    std::fs::write(
+        screenshot_dir(tmp.path()).join("reply.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    click(&c, "form.compose button").await;
+    landed(&c, "ul.messages").await;
+    assert_eq!(subjects(&c).await, ["Re: Contract draft"], "in Sent");
+    common::wait_for("the reply at the relay", Duration::from_secs(60), || {
+        maildir(&relay)
+            .iter()
+            .any(|m| m.contains("Re: Contract draft"))
+    });
+    let got = maildir(&relay);
+    let reply = got
+        .iter()
+        .find(|m| m.contains("Re: Contract draft"))
+        .unwrap();
+    assert!(
+        reply.contains("In-Reply-To: <contract-1@outside.test>"),
+        "{reply}"
+    );
+    assert!(reply.contains("> Please look at the contract."), "{reply}");
+    let parsed = mail_parser::MessageParser::new()
+        .parse(reply.as_bytes())
+        .unwrap();
+    let att = parsed.attachments().next().expect("the attachment");
+    assert_eq!(
+        mail_parser::MimeHeaders::attachment_name(att),
+        Some("signed contract.pdf")
+    );
+    assert_eq!(att.contents(), &attachment[..], "byte-identical");
+
+    // Forward: the original goes along whole.
+    c.goto(&inbox.url("/")).await.unwrap();
+    click(&c, "ul.messages a").await;
+    landed(&c, "p.actions").await;
+    click(&c, "p.actions a[href*='mode=forward']").await;
+    landed(&c, "form.compose").await;
+    type_in(&c, "input[name=to]", "carol@outside.test").await;
+    click(&c, "form.compose button").await;
+    landed(&c, "ul.messages").await;
+    common::wait_for("the forward at the relay", Duration::from_secs(60), || {
+        maildir(&relay)
+            .iter()
+            .any(|m| m.contains("Fwd: Contract draft"))
+    });
+    let got = maildir(&relay);
+    let fwd = got
+        .iter()
+        .find(|m| m.contains("Fwd: Contract draft"))
+        .unwrap();
+    let parsed = mail_parser::MessageParser::new()
+        .parse(fwd.as_bytes())
+        .unwrap();
+    let inner = parsed
+        .attachments()
+        .find_map(|a| a.message())
+        .expect("the original attached");
+    assert_eq!(inner.message_id(), Some("contract-1@outside.test"));
+    assert!(
+        inner
+            .body_text(0)
+            .unwrap()
+            .contains("Please look at the contract."),
+        "the original's text"
+    );
+
+    // A new message, with an attachment.
+    click(&c, "nav a[href='/compose']").await;
+    landed(&c, "form.compose").await;
+    type_in(&c, "input[name=to]", "dave@outside.test").await;
+    type_in(&c, "input[name=subject]", "Fresh start").await;
+    type_in(&c, "textarea[name=body]", "Hello Dave.").await;
+    type_in(&c, "input[name=attachment]", upload.to_str().unwrap()).await;
+    click(&c, "form.compose button").await;
+    landed(&c, "ul.messages").await;
+    common::wait_for(
+        "the new message at the relay",
+        Duration::from_secs(60),
+        || maildir(&relay).iter().any(|m| m.contains("Fresh start")),
+    );
+    let got = maildir(&relay);
+    let new = got.iter().find(|m| m.contains("Fresh start")).unwrap();
+    let parsed = mail_parser::MessageParser::new()
+        .parse(new.as_bytes())
+        .unwrap();
+    assert_eq!(
+        parsed.attachments().next().unwrap().contents(),
+        &attachment[..]
+    );
+    assert!(new.contains("Delivered-To: dave@outside.test"), "{new}");
+    // Someone else's address as From is refused, and nothing goes out.
+    c.goto(&inbox.url("/compose")).await.unwrap();
+    landed(&c, "form.compose").await;
+    let from = c
+        .find_all(Locator::Css("select[name=from] option"))
+        .await
+        .unwrap();
+    assert_eq!(from.len(), 1, "alice may send as herself only");
+    c.close().await.unwrap();
+}

@@ -21,6 +21,7 @@
 //! The parts are stored one after the other; should one fail, those already stored are
 //! removed again and the client told to try later, so a retry never leaves two copies.
 
+pub mod compose;
 pub mod dkim;
 pub mod queue;
 
@@ -36,6 +37,43 @@ use crate::ports::{AuditEntry, Clock, Identity, Inbound, Storage};
 /// The header that marks the sender's own copy.
 pub const SENT_HEADER: &str = "X-Standby-Sent: yes\r\n";
 
+/// Messages per user over the last hour (`[submission] rate_per_hour`), for every way
+/// of sending (the submission listener, the emergency inbox). In memory: each `serve`
+/// node and each start counts anew.
+#[derive(Debug)]
+pub struct SendRate {
+    per_hour: u32,
+    sent: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    >,
+}
+
+impl SendRate {
+    pub fn new(per_hour: u32) -> Self {
+        SendRate {
+            per_hour,
+            sent: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Count one more message from `user` if the hour still allows one: `false` when
+    /// it does not. Counted before the message is received, so parallel sessions cannot
+    /// all pass the check at once.
+    pub fn take(&self, user: &str) -> bool {
+        let hour = std::time::Duration::from_secs(3600);
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let q = sent.entry(user.to_string()).or_default();
+        while q.front().is_some_and(|t| t.elapsed() >= hour) {
+            q.pop_front();
+        }
+        if q.len() >= self.per_hour as usize {
+            return false;
+        }
+        q.push_back(std::time::Instant::now());
+        true
+    }
+}
+
 /// Stores what users send (see the module docs).
 #[derive(Clone)]
 pub struct Sending {
@@ -48,6 +86,9 @@ pub struct Sending {
     sent_copy: Option<String>,
     /// Told when mail for outside recipients was stored (the outbound queue waits on it).
     queued: Arc<tokio::sync::Notify>,
+    rate: Arc<SendRate>,
+    /// Mail to outside recipients has a way out (see `[outbound]`).
+    outside: bool,
 }
 
 /// One message as a user hands it over.
@@ -78,7 +119,31 @@ impl Sending {
             domains: Arc::new(domains.iter().map(|d| d.to_ascii_lowercase()).collect()),
             sent_copy,
             queued: Arc::default(),
+            rate: Arc::new(SendRate::new(200)),
+            outside: true,
         }
+    }
+
+    /// Each user may send `per_hour` messages an hour.
+    pub fn with_rate(mut self, per_hour: u32) -> Self {
+        self.rate = Arc::new(SendRate::new(per_hour));
+        self
+    }
+
+    /// Whether mail to outside recipients can go out; when not, a message to one is
+    /// refused.
+    pub fn with_outside(mut self, outside: bool) -> Self {
+        self.outside = outside;
+        self
+    }
+
+    pub fn outside(&self) -> bool {
+        self.outside
+    }
+
+    /// The hourly count users' messages are held to.
+    pub fn rate(&self) -> Arc<SendRate> {
+        self.rate.clone()
     }
 
     /// Notified each time mail for outside recipients is stored.
@@ -113,6 +178,11 @@ impl Sending {
         let message = complete(s.message, &s.user.address, now);
         let (local, outside): (Vec<String>, Vec<String>) =
             s.rcpts.iter().cloned().partition(|r| self.is_ours(r));
+        if !outside.is_empty() && !self.outside {
+            return Err(StoreError::Refused(
+                "550 5.7.1 Sending to outside recipients is not set up on this standby\r\n".into(),
+            ));
+        }
         // The sender's copy first and the outside part last: the outbound queue may take
         // a part the moment it is stored, and a part that goes out cannot be taken back
         // should a later one fail (the held ones wait for the primary, and are removed).

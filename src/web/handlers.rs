@@ -61,7 +61,7 @@ fn set_cookie(web: &Web, name: &str, value: &str, max_age: Option<i64>) -> Heade
 }
 
 /// The logged-in user and their session, or the way to the login page.
-async fn authed(web: &Web, headers: &HeaderMap) -> Result<(Account, Session), Response> {
+pub(super) async fn authed(web: &Web, headers: &HeaderMap) -> Result<(Account, Session), Response> {
     let to_login = || Redirect::to("/login").into_response();
     let value = cookie(headers, &cookie_name(web, SESSION_COOKIE)).ok_or_else(to_login)?;
     let claimed = SessionKey::claimed(value).ok_or_else(to_login)?;
@@ -78,18 +78,18 @@ async fn authed(web: &Web, headers: &HeaderMap) -> Result<(Account, Session), Re
     Ok((account, session))
 }
 
-fn page(status: StatusCode, markup: maud::Markup) -> Response {
+pub(super) fn page(status: StatusCode, markup: maud::Markup) -> Response {
     (status, markup).into_response()
 }
 
-fn not_found_page() -> Response {
+pub(super) fn not_found_page() -> Response {
     page(
         StatusCode::NOT_FOUND,
         pages::error("Not found", "There is no such message here."),
     )
 }
 
-fn server_error(e: &dyn std::fmt::Display) -> Response {
+pub(super) fn server_error(e: &dyn std::fmt::Display) -> Response {
     tracing::error!(error = %e, "web request failed");
     page(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -269,7 +269,7 @@ pub(super) async fn login(
     resp
 }
 
-fn forbidden() -> Response {
+pub(super) fn forbidden() -> Response {
     page(
         StatusCode::FORBIDDEN,
         pages::error(
@@ -452,7 +452,7 @@ async fn list(web: Arc<Web>, headers: HeaderMap, p: ListParams, folder: Folder) 
 }
 
 /// The user's record `id` and its bytes, or the response to give instead.
-async fn own_message(
+pub(super) async fn own_message(
     web: &Web,
     headers: &HeaderMap,
     id: &str,
@@ -475,7 +475,7 @@ async fn own_message(
 
 /// The bytes the user may see of `rec` ([`crate::mailbox::content`]), or the page to
 /// answer instead.
-async fn bytes_of(web: &Web, rec: &Record) -> Result<Vec<u8>, Response> {
+pub(super) async fn bytes_of(web: &Web, rec: &Record) -> Result<Vec<u8>, Response> {
     match crate::mailbox::content(web.storage.blobs.as_ref(), rec).await {
         Ok(Some(b)) => Ok(b),
         Ok(None) => Err(not_found_page()),

@@ -9,6 +9,7 @@
 //! [`crate::mailbox`] on every request. The login is the standby's own users file
 //! ([`crate::users`]), never the failed primary's directory.
 
+mod compose;
 mod handlers;
 pub mod pages;
 pub mod render;
@@ -36,6 +37,8 @@ pub struct Web {
     pub slowest_check: Arc<std::sync::atomic::AtomicU64>,
     pub users: Arc<Users>,
     pub limits: Arc<dyn LoginLimits>,
+    /// Where what users write goes (`None`: the inbox only reads).
+    pub sending: Option<crate::outbound::Sending>,
     pub key: SessionKey,
     pub clock: Arc<dyn Clock>,
     pub settings: WebSettings,
@@ -56,6 +59,11 @@ pub struct WebSettings {
     /// the next attempt is refused until the window ends.
     pub attempts: u32,
     pub attempt_window: chrono::Duration,
+    /// The largest message a user may send (`max_message_size`): the compose form's body
+    /// limit.
+    pub max_message_size: usize,
+    /// Recipients a message may have (`max_recipients`).
+    pub max_recipients: usize,
 }
 
 impl WebSettings {
@@ -68,6 +76,8 @@ impl WebSettings {
             page_size: 50,
             attempts: 5,
             attempt_window: chrono::Duration::seconds(60),
+            max_message_size: usize::try_from(config.max_message_size).unwrap_or(usize::MAX),
+            max_recipients: config.max_recipients,
         }
     }
 }
@@ -109,7 +119,18 @@ const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
 /// The emergency inbox's routes, with security headers on every response.
 pub fn router(web: Arc<Web>) -> Router {
     let secure = web.settings.secure;
-    let mut app = Router::new()
+    // Writing a message: its own body limit (attachments, up to the largest message a
+    // user may send; multipart's framing on top) and a longer time for the upload.
+    let upload = web.settings.max_message_size.saturating_add(1024 * 1024);
+    let compose = Router::new()
+        .route("/compose", get(compose::form).post(compose::send))
+        .layer(axum::extract::DefaultBodyLimit::max(upload))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(upload))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            std::time::Duration::from_secs(300),
+        ));
+    let reading = Router::new()
         .route("/", get(handlers::inbox))
         .route("/junk", get(handlers::junk))
         .route("/sent", get(handlers::sent))
@@ -121,7 +142,6 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/m/{id}/att/{n}", get(handlers::attachment))
         .route("/static/style.css", get(handlers::css))
         .fallback(handlers::not_found)
-        .with_state(web)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         // A request (its body included) not answered within 25 s gets 503 (not 408,
         // which browsers send again by themselves): a client sending a byte every few
@@ -129,7 +149,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             std::time::Duration::from_secs(25),
-        ))
+        ));
+    let mut app = reading
+        .merge(compose)
+        .with_state(web)
         .layer(tower_http::compression::CompressionLayer::new());
     // Defaults a handler may set otherwise (the message body's own CSP and framing).
     let defaults = [

@@ -27,6 +27,8 @@ fn layout(title: &str, user: Option<(&str, &str)>, body: Markup) -> Markup {
                     strong { "Emergency inbox" }
                     @if let Some((address, csrf)) = user {
                         nav {
+                            a href="/compose" { "Write" }
+                            " "
                             a href="/" { "Inbox" }
                             a href="/junk" { "Junk" }
                             " "
@@ -162,6 +164,12 @@ pub fn message(p: &MessagePage<'_>) -> Markup {
                     dt { "Received" } dd { (when(p.record.received_at)) " (" (status_label(p.record.status)) ")" }
                 }
                 p.actions {
+                    a href={ "/compose?re=" (id) "&mode=reply" } { "Reply" }
+                    " "
+                    a href={ "/compose?re=" (id) "&mode=all" } { "Reply all" }
+                    " "
+                    a href={ "/compose?re=" (id) "&mode=forward" } { "Forward" }
+                    " "
                     a href={ "/m/" (id) "/raw" } download { "Download .eml" }
                 }
                 @if !s.attachments.is_empty() {
@@ -180,6 +188,67 @@ pub fn message(p: &MessagePage<'_>) -> Markup {
                 } @else if let Some(text) = &s.text {
                     pre.body { (text) }
                 }
+            }
+        },
+    )
+}
+
+/// The compose form's values.
+pub struct ComposePage<'a> {
+    pub address: &'a str,
+    pub csrf: &'a str,
+    /// The addresses the user may send as (their own first).
+    pub from: &'a [String],
+    pub chosen_from: &'a str,
+    pub to: &'a str,
+    pub cc: &'a str,
+    pub bcc: &'a str,
+    pub subject: &'a str,
+    pub body: &'a str,
+    /// The message answered or forwarded: its id and the mode.
+    pub re: Option<(String, &'a str)>,
+    pub error: Option<&'a str>,
+    /// Outside recipients cannot be reached (no `[outbound]` way out).
+    pub internal_only: bool,
+}
+
+/// Writing a message (new, reply, forward).
+pub fn compose(p: &ComposePage<'_>) -> Markup {
+    let title = match p.re.as_ref().map(|(_, m)| *m) {
+        Some("forward") => "Forward",
+        Some(_) => "Reply",
+        None => "New message",
+    };
+    layout(
+        title,
+        Some((p.address, p.csrf)),
+        html! {
+            h1 { (title) }
+            @if let Some(e) = p.error { p.error role="alert" { (e) } }
+            @if p.internal_only { p.note { "Only colleagues can be reached from here: sending to outside addresses is not set up." } }
+            form.compose method="post" action="/compose" enctype="multipart/form-data" {
+                input type="hidden" name="csrf" value=(p.csrf);
+                @if let Some((id, mode)) = &p.re {
+                    input type="hidden" name="re" value=(id);
+                    input type="hidden" name="mode" value=(mode);
+                }
+                label { "From"
+                    select name="from" {
+                        @for a in p.from {
+                            option value=(a) selected[a == p.chosen_from] { (a) }
+                        }
+                    }
+                }
+                label { "To" input type="text" name="to" value=(p.to) autocapitalize="none"; }
+                label { "Cc" input type="text" name="cc" value=(p.cc) autocapitalize="none"; }
+                label { "Bcc" input type="text" name="bcc" value=(p.bcc) autocapitalize="none"; }
+                label { "Subject" input type="text" name="subject" value=(p.subject); }
+                label { "Message" textarea name="body" rows="14" { (p.body) } }
+                label { "Attachments" input type="file" name="attachment" multiple; }
+                @if matches!(p.re.as_ref().map(|(_, m)| *m), Some("forward")) {
+                    p.note { "The original message is attached as it is." }
+                }
+                button type="submit" { "Send" }
             }
         },
     )

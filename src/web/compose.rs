@@ -1,0 +1,311 @@
+//! Writing in the emergency inbox: the compose form (new, reply, reply all, forward) and
+//! sending it. The message is built by [`crate::outbound::compose`] and stored by
+//! [`crate::outbound::Sending::submit`], exactly as the submission listener's: the same
+//! checks on who it is from, the same parts (colleagues' copy held, outside recipients'
+//! queued, the sender's own copy for their mailbox), the same hourly count.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Multipart, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::handlers::{
+    authed, bytes_of, forbidden, not_found_page, own_message, page, server_error,
+};
+use super::{ClientIp, Web, pages};
+use crate::error::StoreError;
+use crate::model::Origin;
+use crate::outbound::Submitted;
+use crate::outbound::compose::{Attachment, Draft, Mode, Original, Prefill, address_list, prefill};
+use crate::submission::identity;
+use crate::users::Account;
+
+type Shared = State<Arc<Web>>;
+
+#[derive(Deserialize, Default)]
+pub(super) struct ComposeParams {
+    /// The message answered or forwarded.
+    #[serde(default)]
+    re: String,
+    #[serde(default)]
+    mode: String,
+}
+
+/// What the form shows.
+#[derive(Default)]
+struct Form {
+    from: String,
+    to: String,
+    cc: String,
+    bcc: String,
+    subject: String,
+    body: String,
+    re: String,
+    mode: String,
+    csrf: String,
+    attachments: Vec<Attachment>,
+}
+
+fn not_set_up() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        pages::error(
+            "Sending is not set up",
+            "This emergency inbox can show your mail but not send any.",
+        ),
+    )
+}
+
+/// The original of a reply or forward, when `re` names one of the user's messages.
+async fn original(web: &Web, headers: &HeaderMap, re: &str) -> Result<Option<Original>, Response> {
+    if re.is_empty() {
+        return Ok(None);
+    }
+    let (_, _, rec) = own_message(web, headers, re).await?;
+    let bytes = bytes_of(web, &rec).await?;
+    Ok(Some(
+        tokio::task::spawn_blocking(move || Original::read(bytes))
+            .await
+            .map_err(|e| server_error(&e))?,
+    ))
+}
+
+fn show(web: &Web, account: &Account, csrf: &str, f: &Form, error: Option<&str>) -> Response {
+    let from = account.addresses();
+    let re = (!f.re.is_empty()).then(|| {
+        (
+            f.re.clone(),
+            Mode::parse(&f.mode).map_or("reply", Mode::as_str),
+        )
+    });
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    page(
+        status,
+        pages::compose(&pages::ComposePage {
+            address: &account.address,
+            csrf,
+            from: &from,
+            chosen_from: if f.from.is_empty() {
+                &account.address
+            } else {
+                &f.from
+            },
+            to: &f.to,
+            cc: &f.cc,
+            bcc: &f.bcc,
+            subject: &f.subject,
+            body: &f.body,
+            re,
+            error,
+            internal_only: !web.sending.as_ref().is_some_and(|s| s.outside()),
+        }),
+    )
+}
+
+pub(super) async fn form(
+    State(web): Shared,
+    headers: HeaderMap,
+    Query(q): Query<ComposeParams>,
+) -> Response {
+    let (account, session) = match authed(&web, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if web.sending.is_none() {
+        return not_set_up();
+    }
+    let mode = Mode::parse(&q.mode).unwrap_or(Mode::Reply);
+    let filled = match original(&web, &headers, &q.re).await {
+        Ok(Some(orig)) => prefill(&orig, mode, &identity(&account)),
+        Ok(None) => Prefill::default(),
+        Err(r) => return r,
+    };
+    let f = Form {
+        to: filled.to,
+        cc: filled.cc,
+        subject: filled.subject,
+        body: filled.body,
+        re: q.re.clone(),
+        mode: mode.as_str().into(),
+        ..Form::default()
+    };
+    show(&web, &account, &session.csrf, &f, None)
+}
+
+/// A file name as the browser sent it, without a path or control characters.
+fn file_name(typed: &str) -> String {
+    let base = typed.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    if clean.trim().is_empty() {
+        "attachment".into()
+    } else {
+        clean
+    }
+}
+
+/// Read the multipart form; `Err` when it is not one (or too big).
+async fn read_form(mut mp: Multipart) -> Result<Form, String> {
+    let mut f = Form::default();
+    while let Some(field) = mp.next_field().await.map_err(|e| e.body_text())? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "attachment" {
+            let typed = field.file_name().unwrap_or_default().to_string();
+            let content_type = field
+                .content_type()
+                .filter(|c| c.contains('/') && !c.contains(['\r', '\n']))
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let bytes = field.bytes().await.map_err(|e| e.body_text())?;
+            if typed.is_empty() && bytes.is_empty() {
+                continue; // the file input left empty
+            }
+            f.attachments.push(Attachment {
+                name: file_name(&typed),
+                content_type,
+                bytes: bytes.to_vec(),
+            });
+            continue;
+        }
+        let text = field.text().await.map_err(|e| e.body_text())?;
+        match name.as_str() {
+            "from" => f.from = text,
+            "to" => f.to = text,
+            "cc" => f.cc = text,
+            "bcc" => f.bcc = text,
+            "subject" => f.subject = text.replace(['\r', '\n'], " "),
+            "body" => f.body = text,
+            "re" => f.re = text,
+            "mode" => f.mode = text,
+            "csrf" => f.csrf = text,
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+pub(super) async fn send(
+    State(web): Shared,
+    ip: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let (account, session) = match authed(&web, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(sending) = web.sending.clone() else {
+        return not_set_up();
+    };
+    let Ok(mp) = mp else {
+        return forbidden();
+    };
+    let f = match read_form(mp).await {
+        Ok(f) => f,
+        Err(why) => {
+            return page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                pages::error("Not sent", &format!("The message could not be read: {why}")),
+            );
+        }
+    };
+    if !session.csrf_ok(&f.csrf) {
+        return forbidden();
+    }
+    let user = identity(&account);
+    let lists = (
+        address_list(&f.to),
+        address_list(&f.cc),
+        address_list(&f.bcc),
+    );
+    let (to, cc, bcc) = match lists {
+        (Ok(to), Ok(cc), Ok(bcc)) => (to, cc, bcc),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return show(&web, &account, &session.csrf, &f, Some(&e.to_string()));
+        }
+    };
+    let answers = match Mode::parse(&f.mode) {
+        Some(mode) if !f.re.is_empty() => match original(&web, &headers, &f.re).await {
+            Ok(Some(o)) => Some((mode, o)),
+            Ok(None) => None,
+            Err(_) => return not_found_page(),
+        },
+        _ => None,
+    };
+    let draft = Draft {
+        from: if f.from.is_empty() {
+            account.address.clone()
+        } else {
+            f.from.to_lowercase()
+        },
+        to,
+        cc,
+        bcc,
+        subject: f.subject.clone(),
+        body: f.body.clone(),
+        attachments: f.attachments.clone(),
+        answers,
+    };
+    if let Err(e) = draft.check(&user, web.settings.max_recipients) {
+        return show(&web, &account, &session.csrf, &f, Some(&e.to_string()));
+    }
+    if !sending.rate().take(&user.address) {
+        return show(
+            &web,
+            &account,
+            &session.csrf,
+            &f,
+            Some("You have sent as many messages as an hour allows; try again later."),
+        );
+    }
+    let now = web.clock.now();
+    let bytes = match draft.build(now) {
+        Ok(b) => b,
+        Err(e) => return server_error(&e),
+    };
+    if bytes.len() > web.settings.max_message_size {
+        return show(
+            &web,
+            &account,
+            &session.csrf,
+            &f,
+            Some("The message is too large."),
+        );
+    }
+    let ip = ip.map_or_else(String::new, |Extension(ClientIp(a))| a.to_string());
+    let sent = sending
+        .submit(Submitted {
+            user: &user,
+            mail_from: &draft.from,
+            rcpts: &draft.recipients(),
+            message: &bytes,
+            origin: Origin {
+                ip,
+                helo: "emergency-inbox".into(),
+                tls: web.settings.secure,
+                user: Some(user.address.clone()),
+            },
+            via: "web",
+        })
+        .await;
+    match sent {
+        Ok(_) => Redirect::to("/sent").into_response(),
+        Err(StoreError::Refused(reply)) => {
+            let text = reply.trim_end().to_string();
+            show(
+                &web,
+                &account,
+                &session.csrf,
+                &f,
+                Some(&format!("Not sent: {text}")),
+            )
+        }
+        Err(e) => server_error(&e),
+    }
+}
