@@ -411,3 +411,121 @@ fn the_alarm_topic_needs_a_confirmed_subscription() {
         "{report:#}"
     );
 }
+
+/// An RSA key for DKIM (2048 bits: ring signs with nothing smaller): (key file, the
+/// `p=` value).
+fn dkim_key(dir: &Path) -> (std::path::PathBuf, String) {
+    common::require("openssl", "openssl");
+    let key = dir.join("dkim.key");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    use base64::Engine;
+    (
+        key,
+        base64::engine::general_purpose::STANDARD.encode(&out.stdout),
+    )
+}
+
+#[test]
+fn sending_checks_spf_dkim_and_the_smarthost() {
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, p) = dkim_key(dir.path());
+    let standby = Standby::configure(
+        primary.port,
+        &format!(
+            "[outbound]\nmode = \"direct\"\ndkim_selector = \"sel1\"\ndkim_key = \"{}\"\n",
+            key.display()
+        ),
+        &[],
+    );
+    let good_txt = [
+        ("example.test", "v=spf1 a:standby.example.test -all"),
+        (
+            "sel1._domainkey.example.test",
+            &*format!("v=DKIM1; k=rsa; p={p}"),
+        ),
+    ];
+    let hosts = [("standby.example.test", "127.0.0.1")];
+    let good = Dns::start_full(GOOD_LOCAL, &good_txt, &hosts);
+    let (_, report) = doctor(&standby.config, &good, &[]);
+    assert_eq!(verdict(&report, "spf example.test"), "pass", "{report:#}");
+    assert_eq!(
+        verdict(&report, "dkim sel1._domainkey.example.test"),
+        "pass",
+        "{report:#}"
+    );
+
+    // SPF that does not allow this host; a DKIM record with another key.
+    let (_, wrong_p) = {
+        let d2 = tempfile::tempdir().unwrap();
+        let k = dkim_key(d2.path());
+        (d2, k.1)
+    };
+    let bad_txt = [
+        ("example.test", "v=spf1 ip4:192.0.2.1 -all"),
+        (
+            "sel1._domainkey.example.test",
+            &*format!("v=DKIM1; k=rsa; p={wrong_p}"),
+        ),
+    ];
+    let bad = Dns::start_full(GOOD_LOCAL, &bad_txt, &hosts);
+    let (code, report) = doctor(&standby.config, &bad, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "spf example.test"), "fail", "{report:#}");
+    assert_eq!(
+        verdict(&report, "dkim sel1._domainkey.example.test"),
+        "fail",
+        "{report:#}"
+    );
+    // Not published at all.
+    let none = Dns::start_full(GOOD_LOCAL, &good_txt[..1], &hosts);
+    let (_, report) = doctor(&standby.config, &none, &[]);
+    assert_eq!(
+        verdict(&report, "dkim sel1._domainkey.example.test"),
+        "fail",
+        "{report:#}"
+    );
+
+    // A smarthost: its login is checked (a relay that answers, then one that does not).
+    let relay = FakePrimary::start(vec![FakeReply::Healthy; 8]);
+    let env = [
+        ("STANDBY_OUTBOUND_MODE".to_string(), "relay".to_string()),
+        (
+            "STANDBY_OUTBOUND_RELAY".to_string(),
+            format!("127.0.0.1:{}", relay.port),
+        ),
+        ("STANDBY_OUTBOUND_RELAY_TLS".to_string(), "none".to_string()),
+    ];
+    let (_, report) = doctor(&standby.config, &good, &env);
+    assert_eq!(verdict(&report, "outbound relay"), "pass", "{report:#}");
+    assert_eq!(verdict(&report, "spf example.test"), "warn", "{report:#}");
+    let dead = [
+        ("STANDBY_OUTBOUND_MODE".to_string(), "relay".to_string()),
+        (
+            "STANDBY_OUTBOUND_RELAY".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("STANDBY_OUTBOUND_RELAY_TLS".to_string(), "none".to_string()),
+    ];
+    let (code, report) = doctor(&standby.config, &good, &dead);
+    assert_eq!(code, 1);
+    assert_eq!(verdict(&report, "outbound relay"), "fail", "{report:#}");
+}

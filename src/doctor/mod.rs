@@ -8,12 +8,14 @@
 //! one failing does not hide the others.
 //!
 //! One file per area: [`dns`] (MX records), [`aws`] (SES identity and receipt rules,
-//! bucket, table), [`local`] (the spool), [`primary`] (login and health state).
+//! bucket, table), [`local`] (the spool), [`primary`] (login and health state),
+//! [`sending`] (SPF, DKIM and the smarthost of what users send).
 
 pub mod aws;
 pub mod dns;
 pub mod local;
 pub mod primary;
+pub mod sending;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -169,5 +171,8 @@ pub async fn run(config: &Config, storage: Result<&Storage, &str>, opts: &Option
     }
     checks.push(primary::login(config).await);
     checks.push(primary::health(config, storage).await);
+    if sending::applies(config) {
+        checks.extend(sending::checks(config, opts.nameserver).await);
+    }
     Report::new(checks)
 }

@@ -54,9 +54,30 @@ impl Signer {
     }
 }
 
+/// One signing key of a domain.
+struct Keyed {
+    selector: String,
+    /// The public key as DNS publishes it (`p=`, decoded): RSA as PKCS#1, Ed25519 raw.
+    public: Vec<u8>,
+    signer: Signer,
+}
+
+/// What must be published for one key: at `<selector>._domainkey.<domain>`, `k=` and
+/// the public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub domain: String,
+    pub selector: String,
+    /// `rsa` or `ed25519`.
+    pub kind: &'static str,
+    /// RSA: PKCS#1 DER (a `p=` in SubjectPublicKeyInfo form ends with it); Ed25519: the
+    /// 32 raw bytes.
+    pub public: Vec<u8>,
+}
+
 /// The signing keys, by domain (lower case).
 pub struct DkimKeys {
-    by_domain: HashMap<String, Vec<Signer>>,
+    by_domain: HashMap<String, Vec<Keyed>>,
 }
 
 impl std::fmt::Debug for DkimKeys {
@@ -69,21 +90,23 @@ impl std::fmt::Debug for DkimKeys {
     }
 }
 
-fn signer(domain: &str, selector: &str, path: &Path) -> Result<Signer, DkimError> {
+fn signer(domain: &str, selector: &str, path: &Path) -> Result<Keyed, DkimError> {
     let err = |message: String| DkimError {
         path: path.to_path_buf(),
         message,
     };
     let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let build_rsa = |key: RsaKey<Sha256>| {
-        Signer::Rsa(
+    let build_rsa = |key: RsaKey<Sha256>| Keyed {
+        selector: selector.to_string(),
+        public: key.public_key(),
+        signer: Signer::Rsa(
             DkimSigner::from_key(key)
                 .domain(domain)
                 .selector(selector)
                 .headers(SIGNED)
                 .header_canonicalization(Canonicalization::Relaxed)
                 .body_canonicalization(Canonicalization::Relaxed),
-        )
+        ),
     };
     // PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE KEY`, RSA or Ed25519 as
     // `openssl genpkey -algorithm ed25519` writes it).
@@ -94,16 +117,23 @@ fn signer(domain: &str, selector: &str, path: &Path) -> Result<Signer, DkimError
     if let Ok(key) = RsaKey::<Sha256>::from_key_der(der.clone_key()) {
         return Ok(build_rsa(key));
     }
-    let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der())
-        .map_err(|e| err(format!("neither an RSA nor an Ed25519 key: {e}")))?;
-    Ok(Signer::Ed25519(
-        DkimSigner::from_key(key)
-            .domain(domain)
-            .selector(selector)
-            .headers(SIGNED)
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed),
-    ))
+    let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der()).map_err(|e| {
+        err(format!(
+            "neither an RSA key of 2048 bits or more nor an Ed25519 key: {e}"
+        ))
+    })?;
+    Ok(Keyed {
+        selector: selector.to_string(),
+        public: key.public_key(),
+        signer: Signer::Ed25519(
+            DkimSigner::from_key(key)
+                .domain(domain)
+                .selector(selector)
+                .headers(SIGNED)
+                .header_canonicalization(Canonicalization::Relaxed)
+                .body_canonicalization(Canonicalization::Relaxed),
+        ),
+    })
 }
 
 impl DkimKeys {
@@ -114,7 +144,7 @@ impl DkimKeys {
     /// keys are Ed25519 only.
     pub fn load(config: &Config) -> Result<Option<DkimKeys>, DkimError> {
         let o = &config.outbound;
-        let mut by_domain: HashMap<String, Vec<Signer>> = HashMap::new();
+        let mut by_domain: HashMap<String, Vec<Keyed>> = HashMap::new();
         for k in &o.dkim {
             let d = k.domain.to_ascii_lowercase();
             let s = signer(&d, &k.selector, &k.key)?;
@@ -129,7 +159,7 @@ impl DkimKeys {
             }
         }
         for (d, signers) in &mut by_domain {
-            if !signers.iter().any(|s| matches!(s, Signer::Rsa(_))) {
+            if !signers.iter().any(|s| matches!(s.signer, Signer::Rsa(_))) {
                 return Err(DkimError {
                     path: o
                         .dkim
@@ -143,9 +173,30 @@ impl DkimKeys {
                 });
             }
             // RSA first: the signature most receivers check comes on top.
-            signers.sort_by_key(|s| matches!(s, Signer::Ed25519(_)));
+            signers.sort_by_key(|s| matches!(s.signer, Signer::Ed25519(_)));
         }
         Ok((!by_domain.is_empty()).then_some(DkimKeys { by_domain }))
+    }
+
+    /// Every key and where it must be published, by domain then selector.
+    pub fn published(&self) -> Vec<Published> {
+        let mut out: Vec<Published> = self
+            .by_domain
+            .iter()
+            .flat_map(|(d, keys)| {
+                keys.iter().map(move |k| Published {
+                    domain: d.clone(),
+                    selector: k.selector.clone(),
+                    kind: match k.signer {
+                        Signer::Rsa(_) => "rsa",
+                        Signer::Ed25519(_) => "ed25519",
+                    },
+                    public: k.public.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.domain, &a.selector).cmp(&(&b.domain, &b.selector)));
+        out
     }
 
     /// Whether mail from `domain` is signed.
@@ -166,7 +217,7 @@ impl DkimKeys {
         };
         let mut head = String::new();
         for s in signers {
-            match s.sign(message) {
+            match s.signer.sign(message) {
                 Ok(h) => head.push_str(&h),
                 Err(e) => {
                     tracing::error!(domain = %domain, error = %e, "DKIM signing failed: sent without this signature");

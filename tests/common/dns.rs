@@ -52,7 +52,14 @@ impl Dns {
                 !text.contains(','),
                 "dnsmasq splits TXT text at commas: {text}"
             );
-            cmd.arg(format!("--txt-record={name},{text}"));
+            // One DNS string holds 255 bytes; dnsmasq makes one per comma-separated part
+            // (a 2048-bit DKIM key needs two), and readers join them.
+            let parts: Vec<String> = text
+                .as_bytes()
+                .chunks(255)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            cmd.arg(format!("--txt-record={name},{}", parts.join(",")));
         }
         for (name, ip) in hosts {
             cmd.arg(format!("--host-record={name},{ip}"));
