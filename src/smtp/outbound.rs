@@ -50,6 +50,23 @@ fn failed(e: &RelayError, n: usize) -> Option<Vec<Reply>> {
     }
 }
 
+/// A smarthost's refusal of *us* (`530`, or a `5.7.x` policy code: not logged in, not
+/// allowed to relay) is its configuration's problem, not the message's: tried again (and
+/// logged) rather than failed and bounced, so a wrong relay password does not bounce a
+/// whole outage's mail. `standby doctor` checks the login.
+fn ours_to_fix(r: Reply, relay: &str) -> Reply {
+    let policy =
+        r.code == 530 || (r.is_permanent() && r.enhanced().is_some_and(|e| e.starts_with("5.7.")));
+    if !policy {
+        return r;
+    }
+    tracing::error!(relay, reply = %r, "outbound: the smarthost refuses to relay for this standby; check [outbound] relay_user and the smarthost's relay permissions");
+    Reply::new(
+        451,
+        format!("4.7.0 the smarthost refused to relay ({r}); tried again"),
+    )
+}
+
 /// One reply per recipient from a transaction's replies.
 pub fn per_recipient(tx: &Transaction, n: usize) -> Vec<Reply> {
     if !tx.mail.is_positive() {
@@ -101,7 +118,10 @@ impl Outbound for SmtpOutbound {
         let result = session.send(mail_from, rcpts, body).await;
         session.quit().await;
         match result {
-            Ok(tx) => per_recipient(&tx, rcpts.len()),
+            Ok(tx) => per_recipient(&tx, rcpts.len())
+                .into_iter()
+                .map(|r| ours_to_fix(r, self.relay.address()))
+                .collect(),
             Err(e) => failed(&e, rcpts.len()).unwrap_or_else(|| {
                 tracing::warn!(relay = self.relay.address(), error = %e, "outbound: transaction with the relay failed");
                 trouble(&e)
@@ -360,5 +380,11 @@ mod tests {
             codes(per_recipient(&tx(250, &[550], None, false), 2)),
             [550, 451]
         );
+        // The smarthost refusing us is tried again; refusing a recipient is not.
+        let r = |code, text: &str| ours_to_fix(Reply::new(code, text), "relay").code;
+        assert_eq!(r(530, "5.7.0 Authentication required"), 451);
+        assert_eq!(r(554, "5.7.1 Relay access denied"), 451);
+        assert_eq!(r(550, "5.1.1 No such user"), 550);
+        assert_eq!(r(250, "2.0.0 Ok"), 250);
     }
 }
