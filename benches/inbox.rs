@@ -126,6 +126,7 @@ fn main() {
             users: Arc::new(users),
             limits: Arc::new(MemLoginLimits::default()),
             sending: None,
+            in_flight: Arc::default(),
             key,
             clock,
             settings: WebSettings::of(&config, false),

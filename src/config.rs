@@ -260,6 +260,11 @@ pub struct OutboundConfig {
     /// resolvers when unset.
     #[serde(default, deserialize_with = "lenient_opt")]
     pub nameserver: Option<SocketAddr>,
+    /// `direct` mode may connect to MX hosts at loopback, private, link-local or
+    /// unique-local addresses (a test network); off, a recipient domain whose MX points
+    /// there (at the primary, say) is not reachable through the standby.
+    #[serde(default, deserialize_with = "lenient")]
+    pub direct_allow_private: bool,
     /// Where the copy of what a user sent goes at the primary: `{local}+sent@{domain}`
     /// (the sender's own parts); unset: the sender's address itself.
     #[serde(default)]

@@ -829,6 +829,14 @@ impl Drainer {
                 batch.into_iter().map(|r| (r, owner.clone())).collect()
             };
             for (mut rec, owner) in batch {
+                // Never the primary's, whatever its status says (a second guard: `settle`
+                // keeps such a record `outbound`).
+                if rec.sent == Some(crate::model::SentPart::Outbound) {
+                    tracing::error!(id = %rec.id, "an outside recipients' part of a user's message was held; not sending it to the primary");
+                    release(index.as_ref(), &rec, &owner).await?;
+                    claims.done(rec.id);
+                    continue;
+                }
                 if opts.should_stop() || w.stopped.is_some() || breaker.tripped().is_some() {
                     tracing::debug!(id = %rec.id, "releasing claim");
                     release(index.as_ref(), &rec, &owner).await?;

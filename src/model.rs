@@ -514,10 +514,12 @@ impl Record {
         let any_pending = self.rcpts.iter().any(|r| r.status == RcptStatus::Pending);
         let any_failed = self.rcpts.iter().any(|r| r.status == RcptStatus::Failed);
         self.status = if any_pending {
-            if matches!(self.status, Status::Paused | Status::Outbound) {
-                self.status
+            if self.status == Status::Paused {
+                Status::Paused
             } else {
-                Status::Held
+                // `outbound` for what a user sent to outside recipients, whatever it was
+                // (a failed one put back to pending), so it never becomes the drain's.
+                self.queue_status()
             }
         } else if any_failed {
             Status::Failed

@@ -291,9 +291,11 @@ pub async fn serve(
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
     let login_limits: Arc<dyn crate::ports::LoginLimits> =
         Arc::new(crate::backend::MemLoginLimits::default());
+    let in_flight = Arc::new(crate::submission::InFlight::default());
     // What users send, from the emergency inbox and the submission listener alike.
     let sub = &config.submission;
     let sends = config.web.listen.is_some() || sub.listen.is_some() || sub.listen_tls.is_some();
+    let mut outbound_queue = None;
     let sending = if sends || config.outbound.relay.is_some() || config.outbound.mode.is_some() {
         let sending = crate::outbound::Sending::new(
             storage.clone(),
@@ -303,13 +305,19 @@ pub async fn serve(
             config.outbound.sent_copy.clone(),
         )
         .with_rate(sub.rate_per_hour);
-        let outside = start_outbound(
-            &config,
-            &storage,
-            clock.clone(),
-            sending.queued(),
-            stop_rx.clone(),
-        )?;
+        // Outside recipients only where the administrator chose a way out: an inbox
+        // that was set up to read must not start sending to the internet.
+        let chosen = config.outbound.relay.is_some() || config.outbound.mode.is_some();
+        if chosen {
+            outbound_queue = start_outbound(
+                &config,
+                &storage,
+                clock.clone(),
+                sending.queued(),
+                stop_rx.clone(),
+            )?;
+        }
+        let outside = outbound_queue.is_some();
         Some(sending.with_outside(outside))
     } else {
         None
@@ -319,6 +327,7 @@ pub async fn serve(
         &storage,
         clock.clone(),
         login_limits.clone(),
+        in_flight.clone(),
         sending.clone(),
         stop_rx.clone(),
     )
@@ -330,6 +339,7 @@ pub async fn serve(
                 &storage,
                 clock.clone(),
                 login_limits,
+                in_flight,
                 web.as_ref().map(|w| w.users.clone()),
                 sending.clone(),
                 stop_rx.clone(),
@@ -372,6 +382,15 @@ pub async fn serve(
     {
         tracing::warn!("drain did not stop within 15 s; its leases expire by themselves");
     }
+    if let Some(queue) = outbound_queue
+        && tokio::time::timeout(Duration::from_secs(15), queue)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "the outbound queue did not stop within 15 s; its leases expire by themselves"
+        );
+    }
     if let Some(worker) = checks_worker {
         // It gives checks in flight two seconds; what is left stays pending.
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
@@ -396,6 +415,7 @@ async fn start_web(
     storage: &Storage,
     clock: Arc<dyn Clock>,
     limits: Arc<dyn crate::ports::LoginLimits>,
+    in_flight: Arc<crate::submission::InFlight>,
     sending: Option<crate::outbound::Sending>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<reload::WebReload>, ServeError> {
@@ -427,6 +447,7 @@ async fn start_web(
         slowest_check: Default::default(),
         users: users.clone(),
         limits,
+        in_flight,
         sending,
         key,
         clock,
@@ -478,11 +499,13 @@ async fn load_users(config: &Config, what: &str) -> Result<Arc<crate::users::Use
 }
 
 /// The submission listeners of `[submission]` (587 with STARTTLS, 465 with implicit TLS).
+#[allow(clippy::too_many_arguments)]
 async fn start_submission(
     config: &Config,
     storage: &Storage,
     clock: Arc<dyn Clock>,
     limits: Arc<dyn crate::ports::LoginLimits>,
+    in_flight: Arc<crate::submission::InFlight>,
     users: Option<Arc<crate::users::Users>>,
     sending: crate::outbound::Sending,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -502,6 +525,7 @@ async fn start_submission(
         storage.audit.clone(),
         clock,
         sending.rate(),
+        in_flight,
     ));
     let inbound: Arc<dyn Inbound> = Arc::new(crate::submission::Submissions {
         sending,
@@ -544,12 +568,12 @@ fn start_outbound(
     clock: Arc<dyn Clock>,
     queued: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<bool, ServeError> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
     let mode = config.outbound_mode();
     let out: Arc<dyn crate::ports::Outbound> = match mode {
         crate::config::OutboundMode::Relay => match SmtpRelay::smarthost(config)? {
             Some(relay) => Arc::new(crate::smtp::outbound::SmtpOutbound::relay(relay)),
-            None => return Ok(false),
+            None => return Ok(None),
         },
         crate::config::OutboundMode::Direct => {
             let resolver = crate::dns::resolver(config.outbound.nameserver, true).map_err(|e| {
@@ -561,6 +585,7 @@ fn start_outbound(
             Arc::new(crate::smtp::outbound::SmtpDirect::new(
                 SmtpRelay::for_mx(config)?,
                 resolver,
+                config.outbound.direct_allow_private,
             ))
         }
         crate::config::OutboundMode::Ses => {
@@ -569,7 +594,7 @@ fn start_outbound(
                  [outbound] relay = \"host:port\" (a smarthost) or mode = \"direct\". Mail to \
                  outside recipients is refused at RCPT"
             );
-            return Ok(false);
+            return Ok(None);
         }
     };
     let dkim = crate::outbound::dkim::DkimKeys::load(config)
@@ -578,10 +603,22 @@ fn start_outbound(
             message: e.to_string(),
         })?
         .map(Arc::new);
-    if dkim.is_none() {
-        tracing::warn!(
-            "no DKIM key ([outbound] dkim_selector, dkim_key): mail to outside recipients goes out unsigned and may fail DMARC"
-        );
+    match (&dkim, mode) {
+        // Straight to the recipients' servers unsigned: most would file it as spam or
+        // refuse it, and the domain's reputation pays. Not started.
+        (None, crate::config::OutboundMode::Direct) => {
+            tracing::error!(
+                "[outbound] mode = \"direct\" needs a DKIM key ([outbound] dkim_selector and \
+                 dkim_key, published under each domain); mail to outside recipients is refused \
+                 until there is one"
+            );
+            return Ok(None);
+        }
+        (None, _) => tracing::warn!(
+            "no DKIM key ([outbound] dkim_selector, dkim_key): mail to outside recipients goes \
+             out unsigned unless the smarthost signs it, and may fail DMARC"
+        ),
+        _ => {}
     }
     let d = drain_settings(config);
     let queue = crate::outbound::queue::OutboundQueue::new(
@@ -596,7 +633,7 @@ fn start_outbound(
             dsn: d.dsn,
         },
     );
-    tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         loop {
             match queue.run(Some(&stop)).await {
                 Ok(r) if r != crate::outbound::queue::QueueReport::default() => tracing::info!(
@@ -614,8 +651,7 @@ fn start_outbound(
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
-    });
-    Ok(true)
+    })))
 }
 
 /// Where received mail goes, for the start line.

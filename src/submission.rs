@@ -50,9 +50,22 @@ pub struct Gate {
     /// Hash checks at once (each takes tens of milliseconds of CPU).
     checks: Arc<tokio::sync::Semaphore>,
     rate: Arc<crate::outbound::SendRate>,
-    /// Logins being checked now, per limit key: counted as failures until they end, so
-    /// parallel attempts cannot all pass the limit before any failure is recorded.
-    checking: Mutex<HashMap<String, u32>>,
+    /// Logins being checked now (shared with the emergency inbox's).
+    in_flight: Arc<InFlight>,
+}
+
+/// Logins being checked now, per limit key (`ip:...`, `user:...`): counted as failures
+/// until they end, so parallel attempts cannot all pass the limit before any failure is
+/// recorded. One per process, shared by every way of logging in.
+#[derive(Debug, Default)]
+pub struct InFlight(Mutex<HashMap<String, u32>>);
+
+impl InFlight {
+    /// Count one login under each of `keys` while the guard lives; `None` when one of
+    /// them has `max` in progress already.
+    pub fn start(&self, keys: &[String], max: u32) -> Option<Checking<'_>> {
+        Checking::start(&self.0, keys, max)
+    }
 }
 
 impl Gate {
@@ -62,6 +75,7 @@ impl Gate {
         audit: Arc<dyn AuditLog>,
         clock: Arc<dyn Clock>,
         rate: Arc<crate::outbound::SendRate>,
+        in_flight: Arc<InFlight>,
     ) -> Self {
         Gate {
             users,
@@ -70,7 +84,7 @@ impl Gate {
             clock,
             checks: Arc::new(tokio::sync::Semaphore::new(2)),
             rate,
-            checking: Mutex::default(),
+            in_flight,
         }
     }
 
@@ -88,7 +102,7 @@ impl Gate {
 }
 
 /// Logins in progress under some limit keys, until dropped.
-struct Checking<'a> {
+pub struct Checking<'a> {
     map: &'a Mutex<HashMap<String, u32>>,
     keys: Vec<String>,
     /// What was in progress under each key before this one.
@@ -98,13 +112,17 @@ struct Checking<'a> {
 impl<'a> Checking<'a> {
     /// Count one login under each of `keys`; `None` when one of them has as many in
     /// progress as failures are allowed.
-    fn start(map: &'a Mutex<HashMap<String, u32>>, keys: &[String]) -> Option<Checking<'a>> {
+    fn start(
+        map: &'a Mutex<HashMap<String, u32>>,
+        keys: &[String],
+        max: u32,
+    ) -> Option<Checking<'a>> {
         let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
         let before: Vec<u32> = keys
             .iter()
             .map(|k| m.get(k).copied().unwrap_or(0))
             .collect();
-        if before.iter().any(|n| *n >= ATTEMPTS) {
+        if before.iter().any(|n| *n >= max) {
             return None;
         }
         for k in keys {
@@ -118,7 +136,7 @@ impl<'a> Checking<'a> {
     }
 
     /// Other logins in progress under `key` when this one started.
-    fn others(&self, key: &str) -> u32 {
+    pub fn others(&self, key: &str) -> u32 {
         self.keys
             .iter()
             .position(|k| k == key)
@@ -168,7 +186,7 @@ impl SubmitGate for Gate {
             format!("ip:{}", client_key(client)),
             format!("user:{address}"),
         ];
-        let Some(checking) = Checking::start(&self.checking, &keys) else {
+        let Some(checking) = self.in_flight.start(&keys, ATTEMPTS) else {
             tracing::warn!("submission: login refused, too many attempts at once");
             return Login::Blocked(Duration::from_secs(60));
         };

@@ -455,7 +455,7 @@ fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_
          [users]\nfile = \"{{dir}}/users.passwd\"\n\
          [web]\nlisten = \"127.0.0.1:{web}\"\n\
          [submission]\nlisten = \"127.0.0.1:{submission}\"\n\
-         [outbound]\nmode = \"direct\"\nnameserver = \"{ns}\"\n\
+         [outbound]\nmode = \"direct\"\nnameserver = \"{ns}\"\ndirect_allow_private = true\n\
          dkim_selector = \"sel1\"\ndkim_key = \"{dkim}\"\n",
         cert = pki.cert.display(),
         key_pem = pki.key.display(),

@@ -80,7 +80,14 @@ async fn relay_login(config: &Config) -> Check {
     }
 }
 
-/// The SPF record of `domain`, as text (`None`: there is none).
+/// Whether a TXT record is an SPF record (`v=spf1` alone or followed by a space).
+fn is_spf(t: &str) -> bool {
+    let l = t.trim_start().to_ascii_lowercase();
+    l == "v=spf1" || l.starts_with("v=spf1 ")
+}
+
+/// The SPF record of `domain`, as text (`None`: there is none; several are joined by a
+/// newline, which [`spf`] reports as the error receivers see).
 async fn spf_record(resolver: &TokioResolver, domain: &str) -> Result<Option<String>, String> {
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
     match resolver.txt_lookup(fqdn.as_str()).await {
@@ -96,7 +103,8 @@ async fn spf_record(resolver: &TokioResolver, domain: &str) -> Result<Option<Str
                 ),
                 _ => None,
             })
-            .find(|t| t.to_ascii_lowercase().starts_with("v=spf1"))),
+            .filter(|t| is_spf(t))
+            .reduce(|a, b| format!("{a}\n{b}"))),
         Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
         Err(e) => Err(e.to_string()),
     }
@@ -132,6 +140,16 @@ async fn spf(
             );
         }
     };
+    if record.contains('\n') {
+        return Check::fail(
+            name,
+            format!(
+                "several SPF records ({}): receivers answer permerror, as if none",
+                record.replace('\n', " | ")
+            ),
+            format!("merge them into one TXT record for {domain}"),
+        );
+    }
     match mode {
         OutboundMode::Ses
             if record
@@ -202,19 +220,84 @@ async fn direct_spf(
     }
 }
 
-fn der_b64(record: &str) -> Option<Vec<u8>> {
-    let p = record
-        .split(';')
-        .map(str::trim)
-        .find_map(|t| t.strip_prefix("p="))?;
-    let p: String = p.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(p).ok()
+/// The value of tag `name` in a DKIM key record (`k=rsa; p=...`), spaces removed.
+fn tag(record: &str, name: &str) -> Option<String> {
+    record.split(';').find_map(|t| {
+        let (k, v) = t.split_once('=')?;
+        (k.trim() == name).then(|| v.chars().filter(|c| !c.is_whitespace()).collect())
+    })
 }
 
-/// Whether the published `p=` is the configured key (an RSA `p=` may be the PKCS#1 key
-/// or a SubjectPublicKeyInfo ending with it).
-fn matches(key: &Published, published: &[u8]) -> bool {
-    !published.is_empty() && (published == key.public || published.ends_with(&key.public))
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 128 {
+        return vec![n as u8];
+    }
+    let bytes: Vec<u8> = n
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+/// An RSA public key (PKCS#1) as a SubjectPublicKeyInfo: the form every DKIM verifier
+/// reads (OpenDKIM and older libraries read no other).
+fn spki(pkcs1: &[u8]) -> Vec<u8> {
+    const ALGORITHM: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut bits = vec![0x03];
+    bits.extend(der_len(pkcs1.len() + 1));
+    bits.push(0);
+    bits.extend_from_slice(pkcs1);
+    let mut out = vec![0x30];
+    out.extend(der_len(ALGORITHM.len() + bits.len()));
+    out.extend_from_slice(&ALGORITHM);
+    out.extend(bits);
+    out
+}
+
+/// What the DNS should hold for `key`: `k=` and `p=`.
+fn wanted(key: &Published) -> String {
+    let public = if key.kind == "rsa" {
+        spki(&key.public)
+    } else {
+        key.public.clone()
+    };
+    format!(
+        "v=DKIM1; k={}; p={}",
+        key.kind,
+        base64::engine::general_purpose::STANDARD.encode(public)
+    )
+}
+
+/// How the published record compares with `key`: `Ok(None)` the same, `Ok(Some(why))`
+/// the same key in a form some receivers cannot read, `Err(why)` not the key.
+fn compare(key: &Published, record: &str) -> Result<Option<String>, String> {
+    let k = tag(record, "k").unwrap_or_else(|| "rsa".into());
+    if !k.eq_ignore_ascii_case(key.kind) {
+        return Err(format!("k={k}, the configured key is {}", key.kind));
+    }
+    let p = tag(record, "p").ok_or("no p= tag")?;
+    let published = base64::engine::general_purpose::STANDARD
+        .decode(&p)
+        .map_err(|_| "p= is not base64".to_string())?;
+    if published.is_empty() {
+        return Err("p= is empty: the key is revoked".into());
+    }
+    match key.kind {
+        "rsa" if published == spki(&key.public) => Ok(None),
+        "rsa" if published == key.public => Ok(Some(
+            "published as a bare PKCS#1 key: OpenDKIM and older verifiers read only the \
+             SubjectPublicKeyInfo form"
+                .into(),
+        )),
+        "ed25519" if published == key.public => Ok(None),
+        _ => Err("the published key is not the configured one".into()),
+    }
 }
 
 async fn dkim(config: &Config, resolver: &TokioResolver) -> Vec<Check> {
@@ -253,7 +336,7 @@ async fn dkim(config: &Config, resolver: &TokioResolver) -> Vec<Check> {
                     ),
                     _ => None,
                 })
-                .next(),
+                .find(|t| t.contains("p=")),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => None,
             Err(e) => {
                 out.push(Check::fail(
@@ -264,23 +347,17 @@ async fn dkim(config: &Config, resolver: &TokioResolver) -> Vec<Check> {
                 continue;
             }
         };
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&key.public);
-        let fix = format!("publish `{fqdn} TXT \"v=DKIM1; k={}; p={b64}\"`", key.kind);
+        let fix = format!("publish `{fqdn} TXT \"{}\"`", wanted(&key));
         out.push(match record {
             None => Check::fail(
                 name,
                 "not published: receivers cannot verify the signature",
                 fix,
             ),
-            Some(r) => match der_b64(&r) {
-                Some(p) if matches(&key, &p) => {
-                    Check::pass(name, format!("{} key published", key.kind))
-                }
-                _ => Check::fail(
-                    name,
-                    "the published key is not the configured one: every signature fails",
-                    fix,
-                ),
+            Some(r) => match compare(&key, &r) {
+                Ok(None) => Check::pass(name, format!("{} key published", key.kind)),
+                Ok(Some(why)) => Check::warn(name, why, fix),
+                Err(why) => Check::fail(name, format!("{why}: every signature fails"), fix),
             },
         });
     }

@@ -74,6 +74,7 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
         slowest_check: Default::default(),
         users: Arc::new(users),
         limits: Arc::new(clients.login_limits(&settings)),
+        in_flight: Arc::default(),
         // Sending from the function (SES) is not built yet: the inbox only reads there.
         sending: None,
         key,

@@ -212,6 +212,20 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Whether `domain` can be a recipient domain on the internet: at least two labels, none
+/// empty, the last not numeric (so no address literal, IP address, `localhost` or bare
+/// host name that only a local resolver would answer).
+pub fn is_public_domain(domain: &str) -> bool {
+    if domain.starts_with('[') {
+        return false;
+    }
+    let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+    let numeric = labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    labels.len() >= 2 && !numeric && labels.iter().all(|l| !l.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

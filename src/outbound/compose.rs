@@ -17,6 +17,20 @@ use crate::ports::Identity;
 
 /// Longest text quoted in a reply.
 const QUOTE_LIMIT: usize = 64 * 1024;
+/// Message ids a reply's `References` keeps (the newest).
+const MAX_REFERENCES: usize = 20;
+
+/// A message id from the original as a reply may carry it: printable ASCII, no space or
+/// angle bracket, at most 250 bytes; anything else (a CR a sender slipped in to add a
+/// header to the reply) is dropped.
+fn clean_id(id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 250
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>');
+    ok.then(|| id.to_string())
+}
 
 /// How a message relates to one it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +95,12 @@ impl Original {
             };
         };
         let ids = |v: &mail_parser::HeaderValue<'_>| -> Vec<String> {
-            v.as_text_list()
-                .map(|l| l.iter().map(|s| s.to_string()).collect())
-                .unwrap_or_default()
+            let all: Vec<String> = v
+                .as_text_list()
+                .map(|l| l.iter().filter_map(|s| clean_id(s)).collect())
+                .unwrap_or_default();
+            let skip = all.len().saturating_sub(MAX_REFERENCES);
+            all.into_iter().skip(skip).collect()
         };
         let mut text = m.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
         if text.len() > QUOTE_LIMIT {
@@ -94,7 +111,7 @@ impl Original {
             text.truncate(cut);
         }
         Original {
-            message_id: m.message_id().map(str::to_string),
+            message_id: m.message_id().and_then(clean_id),
             references: ids(m.references()),
             from: addrs(m.from()),
             reply_to: addrs(m.reply_to()),
@@ -361,6 +378,14 @@ mod tests {
             draft.recipients(),
             ["bob@outside.test", "boss@example.test"]
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_not_carried_into_a_reply() {
+        let evil = b"From: x@outside.test\r\nSubject: s\r\nMessage-ID: <a\rReply-To: evil@x>\r\nReferences: <ok@x> <b\x0bc@x>\r\n\r\nhi\r\n";
+        let o = Original::read(evil.to_vec());
+        assert_eq!(o.message_id, None);
+        assert_eq!(o.references, ["ok@x"]);
     }
 
     #[test]

@@ -178,6 +178,15 @@ impl Sending {
         let message = complete(s.message, &s.user.address, now);
         let (local, outside): (Vec<String>, Vec<String>) =
             s.rcpts.iter().cloned().partition(|r| self.is_ours(r));
+        if let Some(bad) = outside.iter().find(|r| {
+            let domain = r.rsplit_once('@').map_or("", |(_, d)| d);
+            !crate::model::address::is_public_domain(domain) || r.rsplit_once('@').is_none()
+        }) {
+            return Err(StoreError::Refused(format!(
+                "550 5.1.2 Recipient domain of {} is not a public domain name\r\n",
+                crate::model::redact(bad)
+            )));
+        }
         if !outside.is_empty() && !self.outside {
             return Err(StoreError::Refused(
                 "550 5.7.1 Sending to outside recipients is not set up on this standby\r\n".into(),
@@ -195,7 +204,15 @@ impl Sending {
             parts.push((SentPart::Outbound, outside.clone()));
         }
         let mut stored: Vec<Record> = Vec::new();
+        // Blind copies stay blind: the field some clients leave in what they submit is
+        // removed from what the recipients get (the sender's own copy keeps it).
+        let unblind = without_fields(&message, &["Bcc", "Resent-Bcc"]);
         for (part, rcpts) in parts {
+            let bytes: &[u8] = if part == SentPart::Copy {
+                &message
+            } else {
+                &unblind
+            };
             let env = Envelope {
                 mail_from: s.mail_from.to_string(),
                 rcpts,
@@ -203,7 +220,7 @@ impl Sending {
                 journal: false,
                 sent: Some(part),
             };
-            match self.store(env, part, &message).await {
+            match self.store(env, part, bytes).await {
                 Ok(rec) => stored.push(rec),
                 Err(e) => {
                     self.undo(&stored).await;
@@ -344,11 +361,21 @@ fn refused(esc: &str, text: &str) -> StoreError {
 /// `message` without any `X-Standby-Sent` field of its own: only the standby marks a
 /// sent copy (a client's forged mark would have a colleague's mail filed as sent).
 fn unmarked(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let name = SENT_HEADER.split(':').next().unwrap_or_default().as_bytes();
+    without_fields(
+        message,
+        &[SENT_HEADER.split(':').next().unwrap_or_default()],
+    )
+}
+
+/// `message` without the header fields named `names` (folded lines included).
+fn without_fields<'m>(message: &'m [u8], names: &[&str]) -> std::borrow::Cow<'m, [u8]> {
     let is_mark = |line: &[u8]| {
-        line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()..].trim_ascii_start().first() == Some(&b':')
+        names.iter().any(|name| {
+            let name = name.as_bytes();
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()..].trim_ascii_start().first() == Some(&b':')
+        })
     };
     let mut out = Vec::with_capacity(message.len());
     let mut rest = message;
@@ -456,6 +483,11 @@ mod tests {
         );
         let clean = b"From: a@b\r\nX-Standby-Sentinel: 1\r\n\r\nx\r\n";
         assert_eq!(unmarked(clean).as_ref(), clean);
+        let bcc = b"From: a@b\r\nBcc: boss@x,\r\n other@y\r\nTo: c@d\r\n\r\nBcc: body\r\n";
+        assert_eq!(
+            without_fields(bcc, &["Bcc", "Resent-Bcc"]).as_ref(),
+            b"From: a@b\r\nTo: c@d\r\n\r\nBcc: body\r\n"
+        );
     }
 
     #[test]

@@ -130,6 +130,36 @@ impl Outbound for SmtpOutbound {
     }
 }
 
+/// Addresses tried per recipient domain and message (Postfix: `smtp_mx_address_limit`):
+/// a domain with many MX hosts that do not answer holds the queue no longer than this.
+const MAX_ADDRESSES: usize = 5;
+
+/// Whether `ip` is not on the internet: loopback, private, link-local, unique-local,
+/// shared (CGNAT), documentation, unspecified or broadcast.
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(v4.into()))
+        }
+    }
+}
+
 /// How long an idle session with a domain's MX is kept for the next message.
 const IDLE: Duration = Duration::from_secs(20);
 /// Idle sessions kept at most.
@@ -141,6 +171,8 @@ pub struct SmtpDirect {
     base: SmtpRelay,
     resolver: TokioResolver,
     port: u16,
+    /// `[outbound] direct_allow_private`.
+    allow_private: bool,
     idle: tokio::sync::Mutex<HashMap<String, Parked>>,
 }
 
@@ -154,11 +186,12 @@ fn reusable(tx: &Transaction) -> bool {
 
 impl SmtpDirect {
     /// MX delivery on port 25 with `base`'s settings ([`SmtpRelay::for_mx`]).
-    pub fn new(base: SmtpRelay, resolver: TokioResolver) -> Self {
+    pub fn new(base: SmtpRelay, resolver: TokioResolver, allow_private: bool) -> Self {
         SmtpDirect {
             base,
             resolver,
             port: 25,
+            allow_private,
             idle: tokio::sync::Mutex::default(),
         }
     }
@@ -184,7 +217,7 @@ impl SmtpDirect {
                     ));
                 }
                 if records.is_empty() {
-                    return Ok(vec![domain.to_string()]);
+                    return Ok(vec![format!("{}.", domain.trim_end_matches('.'))]);
                 }
                 records.sort();
                 Ok(records.into_iter().map(|(_, h)| h).collect())
@@ -194,7 +227,7 @@ impl SmtpDirect {
                 format!("5.1.2 the domain {domain} does not exist"),
             )),
             // No MX: the domain itself is the mail host (RFC 5321 §5.1).
-            Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]),
+            Err(e) if e.is_no_records_found() => Ok(vec![fqdn]),
             Err(e) => Err(Reply::new(
                 451,
                 format!("4.4.3 DNS lookup for {domain} failed: {e}"),
@@ -246,9 +279,23 @@ impl SmtpDirect {
             Err(reply) => return vec![reply; n],
         };
         let mut last = String::new();
+        let mut tried = 0;
         for host in hosts {
-            let ips: Vec<std::net::IpAddr> = match self.resolver.lookup_ip(host.as_str()).await {
-                Ok(l) => l.iter().collect(),
+            if tried >= MAX_ADDRESSES {
+                break;
+            }
+            let name = format!("{}.", host.trim_end_matches('.'));
+            let ips: Vec<std::net::IpAddr> = match self.resolver.lookup_ip(name.as_str()).await {
+                Ok(l) => l
+                    .iter()
+                    .filter(|ip| {
+                        let ok = self.allow_private || !is_private(*ip);
+                        if !ok {
+                            tracing::warn!(domain, host = %host, %ip, "outbound: MX host at a private address; not used");
+                        }
+                        ok
+                    })
+                    .collect(),
                 Err(e) => {
                     tracing::info!(domain, host = %host, error = %e, "outbound: MX host has no address; trying the next");
                     last = format!("{host}: {e}");
@@ -256,6 +303,10 @@ impl SmtpDirect {
                 }
             };
             for ip in ips {
+                if tried >= MAX_ADDRESSES {
+                    break;
+                }
+                tried += 1;
                 let relay = self
                     .base
                     .mx(&host, std::net::SocketAddr::new(ip, self.port));
@@ -274,11 +325,15 @@ impl SmtpDirect {
                             }
                         };
                     }
+                    // This standby is (one of) the domain's MX: its better ones are down,
+                    // or the domain is ours and missing from `domains`. Tried again later,
+                    // as RFC 5321 §5.1 asks, and logged for the administrator.
                     Err(RelayError::Loop(why)) => {
+                        tracing::error!(domain, host = %host, "outbound: the domain's MX is this standby; add it to `domains` if it is ours");
                         return vec![
                             Reply::new(
-                                554,
-                                format!("5.4.6 mail for {domain} would loop back: {why}")
+                                451,
+                                format!("4.4.6 mail for {domain} would loop back: {why}")
                             );
                             n
                         ];

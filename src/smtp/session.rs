@@ -768,11 +768,7 @@ impl<'p> Session<'p> {
             }
             // A name the outbound path could only resolve locally (`localhost`, a bare
             // host name) or that reads as an address is no recipient domain.
-            let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
-            let numeric = labels
-                .last()
-                .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
-            if labels.len() < 2 || numeric || labels.iter().any(|l| l.is_empty()) {
+            if !crate::model::address::is_public_domain(&domain) {
                 return Err(step(
                     550,
                     "5.1.2",

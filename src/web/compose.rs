@@ -206,7 +206,7 @@ pub(super) async fn send(
     let Ok(mp) = mp else {
         return forbidden();
     };
-    let f = match read_form(mp).await {
+    let mut f = match read_form(mp).await {
         Ok(f) => f,
         Err(why) => {
             return page(
@@ -249,20 +249,11 @@ pub(super) async fn send(
         bcc,
         subject: f.subject.clone(),
         body: f.body.clone(),
-        attachments: f.attachments.clone(),
+        attachments: std::mem::take(&mut f.attachments),
         answers,
     };
     if let Err(e) = draft.check(&user, web.settings.max_recipients) {
         return show(&web, &account, &session.csrf, &f, Some(&e.to_string()));
-    }
-    if !sending.rate().take(&user.address) {
-        return show(
-            &web,
-            &account,
-            &session.csrf,
-            &f,
-            Some("You have sent as many messages as an hour allows; try again later."),
-        );
     }
     let now = web.clock.now();
     let bytes = match draft.build(now) {
@@ -278,22 +269,44 @@ pub(super) async fn send(
             Some("The message is too large."),
         );
     }
+    if !sending.rate().take(&user.address) {
+        return show(
+            &web,
+            &account,
+            &session.csrf,
+            &f,
+            Some("You have sent as many messages as an hour allows; try again later."),
+        );
+    }
     let ip = ip.map_or_else(String::new, |Extension(ClientIp(a))| a.to_string());
-    let sent = sending
-        .submit(Submitted {
-            user: &user,
-            mail_from: &draft.from,
-            rcpts: &draft.recipients(),
-            message: &bytes,
-            origin: Origin {
-                ip,
-                helo: "emergency-inbox".into(),
-                tls: web.settings.secure,
-                user: Some(user.address.clone()),
-            },
-            via: "web",
-        })
-        .await;
+    let origin = Origin {
+        ip,
+        helo: "emergency-inbox".into(),
+        tls: web.settings.secure,
+        user: Some(user.address.clone()),
+    };
+    let rcpts = draft.recipients();
+    let from = draft.from;
+    drop(draft.attachments); // in `bytes` now
+    // Stored in a task of its own: a browser that goes away (or the request's timeout)
+    // cancels the request, never a message half stored.
+    let task = tokio::spawn(async move {
+        sending
+            .submit(Submitted {
+                user: &user,
+                mail_from: &from,
+                rcpts: &rcpts,
+                message: &bytes,
+                origin,
+                via: "web",
+            })
+            .await
+            .map(|_| ())
+    });
+    let sent = match task.await {
+        Ok(r) => r,
+        Err(e) => return server_error(&e),
+    };
     match sent {
         Ok(_) => Redirect::to("/sent").into_response(),
         Err(StoreError::Refused(reply)) => {

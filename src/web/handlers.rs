@@ -183,10 +183,22 @@ pub(super) async fn login(
     let now = web.clock.now();
     let s = &web.settings;
     let keys = [format!("ip:{ip}"), format!("user:{name}")];
+    // Logins still being checked count too: parallel attempts cannot all pass the limit
+    // before the first failure is recorded.
+    let Some(checking) = web.in_flight.start(&keys, s.attempts) else {
+        tracing::warn!("emergency inbox: login refused, too many attempts at once");
+        return too_many(s.attempt_window);
+    };
     for key in &keys {
+        let busy = checking.others(key);
         match web
             .limits
-            .blocked(key, now, s.attempt_window, s.attempts)
+            .blocked(
+                key,
+                now,
+                s.attempt_window,
+                s.attempts.saturating_sub(busy).max(1),
+            )
             .await
         {
             Ok(None) => {}

@@ -37,6 +37,8 @@ pub struct Web {
     pub slowest_check: Arc<std::sync::atomic::AtomicU64>,
     pub users: Arc<Users>,
     pub limits: Arc<dyn LoginLimits>,
+    /// Logins being checked now (see [`crate::submission::InFlight`]).
+    pub in_flight: Arc<crate::submission::InFlight>,
     /// Where what users write goes (`None`: the inbox only reads).
     pub sending: Option<crate::outbound::Sending>,
     pub key: SessionKey,
