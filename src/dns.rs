@@ -38,3 +38,52 @@ pub fn resolver(nameserver: Option<SocketAddr>, cache: bool) -> Result<TokioReso
     }
     builder.build().map_err(|e| e.to_string())
 }
+
+/// The MX records of `fqdn` (a name ending in a dot), as (preference, exchange).
+///
+/// # Errors
+/// The resolver's error, NODATA and NXDOMAIN included (`is_no_records_found`,
+/// `is_nx_domain`): what they mean is the caller's to say.
+pub async fn mx(
+    resolver: &TokioResolver,
+    fqdn: &str,
+) -> Result<Vec<(u16, String)>, hickory_resolver::net::NetError> {
+    let lookup = resolver.mx_lookup(fqdn).await?;
+    Ok(lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_resolver::proto::rr::RData::MX(mx) => {
+                Some((mx.preference, mx.exchange.to_ascii()))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The TXT records at `fqdn`, each one's strings joined; none when there are none.
+///
+/// # Errors
+/// The resolver's error, other than NODATA and NXDOMAIN.
+pub async fn txt(
+    resolver: &TokioResolver,
+    fqdn: &str,
+) -> Result<Vec<String>, hickory_resolver::net::NetError> {
+    match resolver.txt_lookup(fqdn).await {
+        Ok(l) => Ok(l
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}

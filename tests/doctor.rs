@@ -412,42 +412,11 @@ fn the_alarm_topic_needs_a_confirmed_subscription() {
     );
 }
 
-/// An RSA key for DKIM (2048 bits: ring signs with nothing smaller): (key file, the
-/// `p=` value).
-fn dkim_key(dir: &Path) -> (std::path::PathBuf, String) {
-    common::require("openssl", "openssl");
-    let key = dir.join("dkim.key");
-    let out = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    use base64::Engine;
-    (
-        key,
-        base64::engine::general_purpose::STANDARD.encode(&out.stdout),
-    )
-}
-
 #[test]
 fn sending_checks_spf_dkim_and_the_smarthost() {
     let primary = FakePrimary::start(vec![FakeReply::Healthy; 64]);
     let dir = tempfile::tempdir().unwrap();
-    let (key, p) = dkim_key(dir.path());
+    let common::DkimKey { key, p, .. } = common::dkim_key(dir.path());
     let standby = Standby::configure(
         primary.port,
         &format!(
@@ -474,11 +443,9 @@ fn sending_checks_spf_dkim_and_the_smarthost() {
     );
 
     // SPF that does not allow this host; a DKIM record with another key.
-    let (_, wrong_p) = {
-        let d2 = tempfile::tempdir().unwrap();
-        let k = dkim_key(d2.path());
-        (d2, k.1)
-    };
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let wrong_p = common::dkim_key(&other).p;
     let bad_txt = [
         ("example.test", "v=spf1 ip4:192.0.2.1 -all"),
         (

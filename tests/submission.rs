@@ -9,41 +9,11 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::web::{Client, add_user};
 use common::{Postfix, Standby, TestPki, free_port, make_pki, repo, require, swaks, wait_for};
-
-/// An RSA key pair for DKIM (openssl), as PEM files in `dir`: (private, public).
-fn dkim_key(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    require("openssl", "openssl");
-    let key = dir.join("dkim.key");
-    let public = dir.join("dkim.pub");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
-    let ok = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&public)
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
-    (key, public)
-}
 
 /// The internet: a Postfix taking mail for outside.test over STARTTLS.
 fn outside_relay(pki: &TestPki) -> Postfix {
@@ -80,7 +50,11 @@ impl Setup {
 fn setup(extra_outbound: &str, rate: u32) -> Setup {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = make_pki(pki_dir.path());
-    let (key, public) = dkim_key(pki_dir.path());
+    let common::DkimKey {
+        key,
+        public_pem: public,
+        ..
+    } = common::dkim_key(pki_dir.path());
     let relay = outside_relay(&pki);
     relay.start();
     let primary = Postfix::primary();
@@ -411,7 +385,11 @@ fn a_refusal_at_the_relay_bounces_into_the_senders_emergency_inbox() {
 fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_exist() {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = make_pki(pki_dir.path());
-    let (key, public) = dkim_key(pki_dir.path());
+    let common::DkimKey {
+        key,
+        public_pem: public,
+        ..
+    } = common::dkim_key(pki_dir.path());
     // The recipient domain's MX hosts: the preferred one does not answer (nothing
     // listens at 127.0.0.62:25), the second is a real Postfix on port 25 at an address
     // of its own (Postfix listens only on an address an interface has).

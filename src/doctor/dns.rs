@@ -8,8 +8,6 @@
 
 use std::net::SocketAddr;
 
-use hickory_resolver::proto::rr::RData;
-
 use super::Check;
 use crate::config::{BackendKind, Config};
 
@@ -104,18 +102,8 @@ pub async fn check_domains(
     let mut out = Vec::new();
     for domain in &config.domains {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        let check = match resolver.mx_lookup(fqdn.as_str()).await {
-            Ok(lookup) => {
-                let records: Vec<(u16, String)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                        _ => None,
-                    })
-                    .collect();
-                judge(domain, &records, standby)
-            }
+        let check = match crate::dns::mx(&resolver, fqdn.as_str()).await {
+            Ok(records) => judge(domain, &records, standby),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => judge(domain, &[], standby),
             Err(e) => Check::fail(
                 format!("mx {domain}"),

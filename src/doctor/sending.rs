@@ -90,24 +90,13 @@ fn is_spf(t: &str) -> bool {
 /// newline, which [`spf`] reports as the error receivers see).
 async fn spf_record(resolver: &TokioResolver, domain: &str) -> Result<Option<String>, String> {
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
-    match resolver.txt_lookup(fqdn.as_str()).await {
-        Ok(l) => Ok(l
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                hickory_resolver::proto::rr::RData::TXT(t) => Some(
-                    t.txt_data
-                        .iter()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .filter(|t| is_spf(t))
-            .reduce(|a, b| format!("{a}\n{b}"))),
-        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
+    let records = crate::dns::txt(resolver, &fqdn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(records
+        .into_iter()
+        .filter(|t| is_spf(t))
+        .reduce(|a, b| format!("{a}\n{b}")))
 }
 
 async fn spf(
@@ -323,21 +312,8 @@ async fn dkim(config: &Config, resolver: &TokioResolver) -> Vec<Check> {
     for key in keys.published() {
         let name = format!("dkim {}._domainkey.{}", key.selector, key.domain);
         let fqdn = format!("{}._domainkey.{}.", key.selector, key.domain);
-        let record = match resolver.txt_lookup(fqdn.as_str()).await {
-            Ok(l) => l
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    hickory_resolver::proto::rr::RData::TXT(t) => Some(
-                        t.txt_data
-                            .iter()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .find(|t| t.contains("p=")),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => None,
+        let record = match crate::dns::txt(resolver, &fqdn).await {
+            Ok(records) => records.into_iter().find(|t| t.contains("p=")),
             Err(e) => {
                 out.push(Check::fail(
                     name,

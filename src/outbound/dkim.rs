@@ -90,6 +90,20 @@ impl std::fmt::Debug for DkimKeys {
     }
 }
 
+/// The signer of `key` for `domain` and `selector`, with this module's settings.
+fn builder<T: mail_auth::common::crypto::SigningKey>(
+    key: T,
+    domain: &str,
+    selector: &str,
+) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED)
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
 fn signer(domain: &str, selector: &str, path: &Path) -> Result<Keyed, DkimError> {
     let err = |message: String| DkimError {
         path: path.to_path_buf(),
@@ -99,14 +113,7 @@ fn signer(domain: &str, selector: &str, path: &Path) -> Result<Keyed, DkimError>
     let build_rsa = |key: RsaKey<Sha256>| Keyed {
         selector: selector.to_string(),
         public: key.public_key(),
-        signer: Signer::Rsa(
-            DkimSigner::from_key(key)
-                .domain(domain)
-                .selector(selector)
-                .headers(SIGNED)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
-        ),
+        signer: Signer::Rsa(builder(key, domain, selector)),
     };
     // PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE KEY`, RSA or Ed25519 as
     // `openssl genpkey -algorithm ed25519` writes it).
@@ -125,14 +132,7 @@ fn signer(domain: &str, selector: &str, path: &Path) -> Result<Keyed, DkimError>
     Ok(Keyed {
         selector: selector.to_string(),
         public: key.public_key(),
-        signer: Signer::Ed25519(
-            DkimSigner::from_key(key)
-                .domain(domain)
-                .selector(selector)
-                .headers(SIGNED)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
-        ),
+        signer: Signer::Ed25519(builder(key, domain, selector)),
     })
 }
 

@@ -155,27 +155,14 @@ impl SmtpRelay {
             )),
             _ => None,
         };
-        let tls_mode = o.relay_tls.unwrap_or(TlsMode::Required);
         Ok(Some(SmtpRelay {
             addr: addr.clone(),
-            helo: config.hostname.clone(),
-            tls_mode,
+            tls_mode: o.relay_tls.unwrap_or(TlsMode::Required),
             tls: ClientTls::new(true, o.relay_ca_file.as_deref())?,
-            server_name: None,
             credentials,
             allow_plaintext_auth: o.relay_allow_plaintext_auth,
-            timeouts: config.primary.timeouts(),
-            probe_timeouts: StageTimeouts::all(Duration::from_secs(
-                config.health.timeout_secs.max(1),
-            )),
             probe_auth: true,
-            own: config
-                .listen
-                .iter()
-                .chain(config.submission.listen.iter().flat_map(|l| l.iter()))
-                .copied()
-                .collect(),
-            deadline: None,
+            ..Self::for_mx(config)?
         }))
     }
 

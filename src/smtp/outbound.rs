@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::RData;
 
 use super::client::SmtpRelay;
 use crate::error::RelayError;
@@ -199,16 +198,8 @@ impl SmtpDirect {
     /// The hosts to try for `domain`, best first, or the reply every recipient gets.
     async fn hosts(&self, domain: &str) -> Result<Vec<String>, Reply> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        match self.resolver.mx_lookup(fqdn.as_str()).await {
-            Ok(lookup) => {
-                let mut records: Vec<(u16, String)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                        _ => None,
-                    })
-                    .collect();
+        match crate::dns::mx(&self.resolver, fqdn.as_str()).await {
+            Ok(mut records) => {
                 let null = |h: &str| h.trim_end_matches('.').is_empty();
                 if records.iter().any(|(_, h)| null(h)) {
                     return Err(Reply::new(

@@ -894,6 +894,61 @@ pub fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// An RSA key pair for DKIM made by openssl (2048 bits: ring signs with nothing
+/// smaller): the private key, the public key (PEM) and its `p=` value (base64 of the
+/// SubjectPublicKeyInfo DER).
+pub struct DkimKey {
+    pub key: PathBuf,
+    pub public_pem: PathBuf,
+    pub p: String,
+}
+
+pub fn dkim_key(dir: &Path) -> DkimKey {
+    use base64::Engine;
+    require("openssl", "openssl");
+    let key = dir.join("dkim.key");
+    let public_pem = dir.join("dkim.pub");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(&[
+        "genpkey".as_ref(),
+        "-algorithm".as_ref(),
+        "RSA".as_ref(),
+        "-pkeyopt".as_ref(),
+        "rsa_keygen_bits:2048".as_ref(),
+        "-out".as_ref(),
+        key.as_os_str(),
+    ]);
+    run(&[
+        "pkey".as_ref(),
+        "-pubout".as_ref(),
+        "-in".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        public_pem.as_os_str(),
+    ]);
+    let der = run(&[
+        "pkey".as_ref(),
+        "-pubout".as_ref(),
+        "-outform".as_ref(),
+        "DER".as_ref(),
+        "-in".as_ref(),
+        key.as_os_str(),
+    ]);
+    DkimKey {
+        key,
+        public_pem,
+        p: base64::engine::general_purpose::STANDARD.encode(der),
+    }
+}
+
 /// Certificates for TLS tests: a CA and a server certificate for 127.0.0.1/localhost.
 pub struct TestPki {
     pub ca: PathBuf,
