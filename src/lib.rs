@@ -36,7 +36,7 @@
 //!      queue, DKIM); [`submission`]: the submission listener's logins and messages.
 //! 5. **Adapters**: implement the ports for one technology; import the model, config and
 //!    ports, never a domain module.
-//!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, the audit
+//!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, `SesOutbound`, the audit
 //!      logs, in-memory twins, group commit; and the constructors of `Storage`.
 //!    - [`smtp`]: the listener (session state machine, DATA decoder, TLS), feeding an
 //!      `Inbound`; the client (`SmtpRelay`, the `Relay` and `Probe` adapter); the SPF

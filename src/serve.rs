@@ -315,7 +315,8 @@ pub async fn serve(
                 clock.clone(),
                 sending.queued(),
                 stop_rx.clone(),
-            )?;
+            )
+            .await?;
         }
         let outside = outbound_queue.is_some();
         Some(sending.with_outside(outside))
@@ -562,7 +563,7 @@ async fn start_submission(
 
 /// The outbound queue for `[outbound]`, run at once when mail for outside recipients is
 /// stored (`queued`) and every 30 seconds; whether outside recipients can be served.
-fn start_outbound(
+async fn start_outbound(
     config: &Config,
     storage: &Storage,
     clock: Arc<dyn Clock>,
@@ -588,13 +589,21 @@ fn start_outbound(
                 config.outbound.direct_allow_private,
             ))
         }
+        // SES signs with the domain's Easy DKIM: no key of ours.
         crate::config::OutboundMode::Ses => {
-            tracing::warn!(
-                "[outbound] mode = \"ses\" is not available in `standby serve` yet; set \
-                 [outbound] relay = \"host:port\" (a smarthost) or mode = \"direct\". Mail to \
-                 outside recipients is refused at RCPT"
-            );
-            return Ok(None);
+            let sdk = match config.aws_settings() {
+                Some(settings) => {
+                    crate::backend::aws::AwsClients::connect(&settings)
+                        .await
+                        .sdk
+                }
+                None => {
+                    aws_config::defaults(aws_config::BehaviorVersion::latest())
+                        .load()
+                        .await
+                }
+            };
+            Arc::new(crate::backend::aws::SesOutbound::new(&sdk))
         }
     };
     let dkim = crate::outbound::dkim::DkimKeys::load(config)
@@ -602,7 +611,8 @@ fn start_outbound(
             path: "[outbound] dkim".into(),
             message: e.to_string(),
         })?
-        .map(Arc::new);
+        .map(Arc::new)
+        .filter(|_| mode != crate::config::OutboundMode::Ses);
     match (&dkim, mode) {
         // Straight to the recipients' servers unsigned: most would file it as spam or
         // refuse it, and the domain's reputation pays. Not started.
@@ -614,6 +624,7 @@ fn start_outbound(
             );
             return Ok(None);
         }
+        (None, crate::config::OutboundMode::Ses) => {}
         (None, _) => tracing::warn!(
             "no DKIM key ([outbound] dkim_selector, dkim_key): mail to outside recipients goes \
              out unsigned unless the smarthost signs it, and may fail DMARC"

@@ -512,3 +512,118 @@ fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_
     assert!(rec.contains("550 5.1.2"), "{rec}");
     assert!(rec.contains("friend@outside.test"), "{rec}");
 }
+
+/// The raw messages moto's SES has "sent" (its model data: `ses.RawMessage`).
+fn ses_sent(moto: &common::aws::Moto) -> Vec<serde_json::Value> {
+    // Under the tests' own key (as the setup's requests): the request log checks every
+    // other request against the template's policies.
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/moto/aws4_request",
+            &format!("{}/moto-api/data.json", moto.url),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "moto data.json");
+    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    data["ses"]["RawMessage"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ses_mode_sends_through_sesv2_with_raw_content() {
+    let moto = common::aws::Moto::start();
+    // SES sends only from a verified identity: the domain, as the template makes it.
+    let clients = moto.clients().await;
+    aws_sdk_ses::Client::new(&clients.sdk)
+        .verify_domain_identity()
+        .domain("example.test")
+        .send()
+        .await
+        .unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let submission = free_port();
+    let extra = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         [users]\nfile = \"{{dir}}/users.passwd\"\n\
+         [submission]\nlisten = \"127.0.0.1:{submission}\"\n\
+         [outbound]\nmode = \"ses\"\n",
+        cert = pki.cert.display(),
+        key = pki.key.display(),
+    );
+    // As a serve node: every request checked against ServeNodePolicy when moto stops.
+    let env = common::aws::child_env_as(&moto, common::iam::Principal::Serve);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut standby = Standby::configure(1, &extra, &env);
+    let dir = standby.dir.path().display().to_string();
+    let text = std::fs::read_to_string(&standby.config).unwrap();
+    std::fs::write(&standby.config, text.replace("{dir}", &dir)).unwrap();
+    add_user(&standby, "alice@example.test", "alice-pw");
+    standby.spawn();
+    wait_for("the standby to listen", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", submission)).is_ok()
+    });
+    let token = "ses-token-77c";
+    let (ok, t) = tokio::task::spawn_blocking(move || {
+        swaks(
+            submission,
+            &[
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice@example.test",
+                "--auth-password",
+                "alice-pw",
+                "--from",
+                "alice@example.test",
+                "--to",
+                "friend@outside.test",
+                "--header",
+                &format!("Subject: {token}"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{t}");
+    let moto_ref = &moto;
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        sent = ses_sent(moto_ref);
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent.len(), 1, "one SES send: {sent:?}\n{}", standby.log());
+    let m = &sent[0];
+    assert_eq!(m["source"], "alice@example.test", "{m}");
+    // moto adds the header's To to the envelope's destinations: each one is ours.
+    let dests = m["destinations"].as_array().unwrap();
+    assert!(
+        !dests.is_empty() && dests.iter().all(|d| d == "friend@outside.test"),
+        "{m}"
+    );
+    let raw = m["raw_data"].as_str().unwrap();
+    assert!(raw.contains(&format!("Subject: {token}")), "{raw}");
+    assert!(
+        !raw.contains("DKIM-Signature"),
+        "SES signs, not the standby: {raw}"
+    );
+    assert!(!raw.contains("X-Standby-Sent"), "{raw}");
+    let outbound = standby.list("outbound");
+    assert!(outbound.is_empty(), "{outbound:?}");
+    let delivered = standby.list("delivered");
+    assert!(
+        delivered
+            .iter()
+            .any(|r| r["rcpt_to"] == serde_json::json!(["friend@outside.test"])),
+        "{delivered:?}"
+    );
+}

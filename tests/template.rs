@@ -772,9 +772,20 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
             "s3:PutObject",
             "s3:PutObjectRetention",
             "s3:PutObjectTagging",
+            // What users send, [outbound] mode = "ses" (tests/submission.rs).
+            "ses:SendEmail",
         ])
     );
     let statements = doc["Statement"].as_array().unwrap();
+    // Sending only from the first domain's identity.
+    let send = statements
+        .iter()
+        .find(|st| st["Action"] == "ses:SendEmail")
+        .expect("a SendEmail statement");
+    assert_eq!(
+        send["Resource"]["Fn::Sub"][0],
+        "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/${Domain}"
+    );
     // Received mail goes under the code's serve prefix, create-only, never under the SES
     // prefix (where the reconciler would take it for SES's).
     let put = statements

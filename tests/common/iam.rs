@@ -194,6 +194,8 @@ impl Names {
                 vec![format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:*")]
             }
             "AlarmTopic" => vec![format!("arn:aws:sns:{REGION}:{ACCOUNT}:*")],
+            // The standby's domains: the tests' is example.test.
+            "DomainNames" => vec!["example.test".into()],
             "AWS::Partition" => vec!["aws".into()],
             "AWS::Region" => vec![REGION.into()],
             "AWS::AccountId" => vec![ACCOUNT.into()],
@@ -506,6 +508,11 @@ pub fn needs(line: &Value) -> Vec<Need> {
             };
             vec![need(&format!("secretsmanager:{op}"), arn, &[])]
         }
+        "ses" if op == "SendEmail" => vec![need(
+            "ses:SendEmail",
+            format!("arn:aws:ses:{REGION}:{ACCOUNT}:identity/{resource}"),
+            &[],
+        )],
         "lambda" => vec![need(
             "lambda:InvokeFunction",
             format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{resource}"),

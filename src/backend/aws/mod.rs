@@ -30,6 +30,7 @@ mod s3;
 pub mod schema;
 mod search;
 pub mod secrets;
+mod ses_send;
 pub mod sqs;
 mod users;
 
@@ -44,6 +45,7 @@ pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
 pub use limits::DynamoLoginLimits;
 pub use s3::{DELIVERED_TAG, S3BlobStore};
+pub use ses_send::SesOutbound;
 pub use users::{ALIASES_KEY, PASSWD_KEY, S3UserFiles};
 
 pub use crate::config::{ArchiveSettings, AwsSettings};
