@@ -774,13 +774,14 @@ fn a_serve_node_may_store_only_new_objects_under_its_own_prefix() {
             "s3:PutObjectTagging",
             // What users send, [outbound] mode = "ses" (tests/submission.rs).
             "ses:SendEmail",
+            "ses:SendRawEmail",
         ])
     );
     let statements = doc["Statement"].as_array().unwrap();
     // Sending only from the first domain's identity.
     let send = statements
         .iter()
-        .find(|st| st["Action"] == "ses:SendEmail")
+        .find(|st| st["Sid"] == "SendUsersMail")
         .expect("a SendEmail statement");
     assert_eq!(
         send["Resource"]["Fn::Sub"][0],

@@ -145,16 +145,41 @@ pub fn is_private(ip: std::net::IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
+                || v4.is_multicast()
                 || o[0] == 0
+                || o[0] >= 240
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
         }
         std::net::IpAddr::V6(v6) => {
             let s = v6.segments();
+            // An IPv4 address inside (mapped, NAT64 64:ff9b::/96, 6to4 2002::/16) is
+            // judged as that address.
+            let embedded = if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                Some(std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ))
+            } else if s[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                ))
+            } else {
+                v6.to_ipv4_mapped()
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(v4.into()))
+                || (s[0] & 0xffc0) == 0xfec0
+                || embedded.is_some_and(|v4| is_private(v4.into()))
         }
     }
 }
@@ -426,6 +451,37 @@ mod tests {
             codes(per_recipient(&tx(250, &[550], None, false), 2)),
             [550, 451]
         );
+        // Addresses that are not on the internet, however they are written.
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.0.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "224.0.0.1",
+            "192.0.0.8",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "ff02::1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "2001:4860::8888",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
         // The smarthost refusing us is tried again; refusing a recipient is not.
         let r = |code, text: &str| ours_to_fix(Reply::new(code, text), "relay").code;
         assert_eq!(r(530, "5.7.0 Authentication required"), 451);

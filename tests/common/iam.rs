@@ -508,11 +508,17 @@ pub fn needs(line: &Value) -> Vec<Need> {
             };
             vec![need(&format!("secretsmanager:{op}"), arn, &[])]
         }
-        "ses" if op == "SendEmail" => vec![need(
-            "ses:SendEmail",
-            format!("arn:aws:ses:{REGION}:{ACCOUNT}:identity/{resource}"),
-            &[],
-        )],
+        // SESv2 SendEmail with raw content is authorised as both actions.
+        "ses" if op == "SendEmail" => ["ses:SendEmail", "ses:SendRawEmail"]
+            .iter()
+            .map(|a| {
+                need(
+                    a,
+                    format!("arn:aws:ses:{REGION}:{ACCOUNT}:identity/{resource}"),
+                    &[],
+                )
+            })
+            .collect(),
         "lambda" => vec![need(
             "lambda:InvokeFunction",
             format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{resource}"),

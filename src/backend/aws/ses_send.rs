@@ -16,7 +16,6 @@ use aws_sdk_sesv2::types::{Destination, EmailContent, RawMessage};
 use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::io::AsyncReadExt;
 
-use super::errors::is_transient_code;
 use crate::ports::{BlobReader, Guard, Outbound, Reply};
 
 /// Sends through SES (see the module docs).
@@ -25,20 +24,33 @@ pub struct SesOutbound {
 }
 
 impl SesOutbound {
+    /// One attempt per call: the outbound queue tries again itself, and an SDK retry of
+    /// a send whose answer was lost would send the message twice.
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let conf = aws_sdk_sesv2::config::Builder::from(sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
         SesOutbound {
-            client: aws_sdk_sesv2::Client::new(sdk),
+            client: aws_sdk_sesv2::Client::from_conf(conf),
         }
     }
 }
 
-/// The reply every recipient gets for an SES error code.
+/// Recipients per `SendEmail` call (SES's limit).
+const MAX_DESTINATIONS: usize = 50;
+
+/// The reply every recipient gets for an SES error code. An identity that is not
+/// verified (yet) answers `MessageRejected` too: that is the administrator's to fix, and
+/// tried again; a message refused on what it is fails; a suspended account fails.
 fn reply_for(code: &str, text: &str) -> Reply {
-    let permanent = matches!(code, "MessageRejected" | "BadRequestException");
-    if permanent && !is_transient_code(code) {
-        Reply::new(554, format!("5.6.0 SES {code}: {text}"))
-    } else {
-        Reply::new(451, format!("4.4.0 SES {code}: {text}"))
+    let unverified = text.to_ascii_lowercase().contains("not verified");
+    match code {
+        "MessageRejected" if unverified => Reply::new(451, format!("4.7.0 SES {code}: {text}")),
+        "MessageRejected" | "BadRequestException" => {
+            Reply::new(554, format!("5.6.0 SES {code}: {text}"))
+        }
+        "AccountSuspendedException" => Reply::new(554, format!("5.7.0 SES {code}: {text}")),
+        _ => Reply::new(451, format!("4.4.0 SES {code}: {text}")),
     }
 }
 
@@ -59,7 +71,23 @@ impl Outbound for SesOutbound {
         if let Err(e) = body.read_to_end(&mut bytes).await {
             return vec![Reply::new(451, format!("4.3.0 not sent: {e}")); n];
         }
-        let raw = match RawMessage::builder().data(Blob::new(bytes)).build() {
+        // SES takes 50 destinations a call: more go in more calls, each batch answered
+        // on its own.
+        let mut replies = Vec::with_capacity(n);
+        for batch in rcpts.chunks(MAX_DESTINATIONS) {
+            replies.extend(self.send_batch(mail_from, batch, &bytes).await);
+        }
+        replies
+    }
+}
+
+impl SesOutbound {
+    async fn send_batch(&self, mail_from: &str, rcpts: &[String], bytes: &[u8]) -> Vec<Reply> {
+        let n = rcpts.len();
+        let raw = match RawMessage::builder()
+            .data(Blob::new(bytes.to_vec()))
+            .build()
+        {
             Ok(r) => r,
             Err(e) => return vec![Reply::new(451, format!("4.3.0 not sent: {e}")); n],
         };
@@ -108,5 +136,10 @@ mod tests {
             reply_for("MailFromDomainNotVerifiedException", "x").code,
             451
         );
+        assert_eq!(
+            reply_for("MessageRejected", "Email address is not verified.").code,
+            451
+        );
+        assert_eq!(reply_for("AccountSuspendedException", "x").code, 554);
     }
 }
