@@ -1053,3 +1053,105 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
         "the hopeless event left the queue"
     );
 }
+
+/// What a user sent through a `serve` node to an outside recipient goes out at the drain
+/// function's next run, through SES, whatever the primary's state: no node needs to
+/// stay up for it. Every request is the drain function's, checked against its policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_function_sends_what_users_sent_to_outside_recipients_through_ses() {
+    let moto = Moto::start();
+    let (clients, s, _) = moto.storage("outb").await;
+    aws_sdk_ses::Client::new(&clients.sdk)
+        .verify_domain_identity()
+        .domain("example.test")
+        .send()
+        .await
+        .unwrap();
+    // A serve node stored the message (its parts under serve/).
+    let node = Storage::aws_serve(&clients, &s);
+    let spool: Arc<dyn standby::ports::Inbound> = Arc::new(standby::ingest::Spool::new(
+        node.clone(),
+        Arc::new(standby::ports::SystemClock),
+        "standby.example.test",
+    ));
+    let sending = standby::outbound::Sending::new(
+        node.clone(),
+        spool,
+        Arc::new(standby::ports::SystemClock),
+        &["example.test".to_string()],
+        None,
+    );
+    let alice = standby::ports::Identity {
+        address: "alice@example.test".into(),
+        addresses: vec!["alice@example.test".into()],
+        excluded: vec![],
+    };
+    let token = "drain-outbound-4e1";
+    let message = format!(
+        "From: alice@example.test\r\nTo: friend@outside.test\r\nSubject: {token}\r\n\r\nhello\r\n"
+    );
+    sending
+        .submit(standby::outbound::Submitted {
+            user: &alice,
+            mail_from: "alice@example.test",
+            rcpts: &["friend@outside.test".to_string()],
+            message: message.as_bytes(),
+            origin: standby::model::Origin {
+                user: Some("alice@example.test".into()),
+                ..Default::default()
+            },
+            via: "smtp",
+        })
+        .await
+        .unwrap();
+    let pf = Postfix::primary(); // never started: the primary is down
+    let storage = moto.storage_as(Principal::Drain, &s).await;
+    let env = common::aws::drain_env("outb", pf.port, &[("STANDBY_OUTBOUND_MODE", "ses")]);
+    let config = Config::from_lambda_env(env).unwrap();
+    let queue = standby::lambda::outbound_queue(
+        &config,
+        &storage,
+        &moto.clients_as(Principal::Drain).await,
+    )
+    .expect("a queue in ses mode");
+    let f = function_with(
+        &storage,
+        "outb",
+        pf.port,
+        Arc::new(Shifted::default()),
+        &[("STANDBY_OUTBOUND_MODE", "ses")],
+    )
+    .with_outbound(queue);
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.primary, "down", "{sum:?}");
+    assert_eq!(sum.sent_outside, 1, "{sum:?}");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/moto/aws4_request",
+            &format!("{}/moto-api/data.json", moto.url),
+        ])
+        .output()
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = data["ses"]["RawMessage"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0]["raw_data"].as_str().unwrap().contains(token));
+    // The held parts (the sender's copy) wait for the primary; nothing outbound is left.
+    let left = storage
+        .index
+        .list(&ListQuery {
+            status: Some(Status::Outbound),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // A second run sends nothing again.
+    let again = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(again.sent_outside, 0);
+}

@@ -218,6 +218,9 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
             "s3:PutObjectRetention",
             "s3:PutObjectTagging",
             "secretsmanager:GetSecretValue",
+            // What users sent, with sending on (tests/aws_drain.rs).
+            "ses:SendEmail",
+            "ses:SendRawEmail",
             "sqs:DeleteMessage",
             "sqs:ReceiveMessage",
         ])
@@ -292,13 +295,34 @@ fn each_function_may_do_what_its_code_does_and_no_more() {
                 assert!(!actions.contains(forbidden), "{name} must not {forbidden}");
             }
         }
+        // The drain sends what users sent (SESv2, raw), from the first domain's
+        // identity only; nothing else sends, and nothing is a wildcard.
+        let sends = |a: &&String| a.starts_with("ses:");
+        let allowed: &[&str] = if name == "drain" {
+            &["ses:SendEmail", "ses:SendRawEmail"]
+        } else {
+            &[]
+        };
         assert!(
-            !actions
+            actions
                 .iter()
-                .any(|a| a.starts_with("ses:") || a.contains('*')),
-            "{name}: no sending, no wildcards: {actions:?}"
+                .filter(sends)
+                .all(|a| allowed.contains(&a.as_str()))
+                && !actions.iter().any(|a| a.contains('*')),
+            "{name}: no other sending, no wildcards: {actions:?}"
         );
     }
+    let send = f["DrainFunction"]["Properties"]["Policies"][0]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["Sid"] == "SendUsersMail")
+        .expect("the drain's SendUsersMail statement")
+        .clone();
+    assert_eq!(
+        send["Resource"]["Fn::Sub"][0],
+        "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/${Domain}"
+    );
     // Object permissions are scoped to the prefix the functions are told to use.
     let prefix = t["Globals"]["Function"]["Environment"]["Variables"]["STANDBY_PREFIX"]
         .as_str()
@@ -588,6 +612,12 @@ fn the_drain_environment_is_a_configuration_the_code_accepts() {
                         if o.contains_key("Fn::If") && o["Fn::If"][0] == "HasJournal" =>
                     {
                         o["Fn::If"][2].as_str().unwrap().to_string()
+                    }
+                    // `!If [Sending, ses, ""]`: with sending on (the code must accept it).
+                    (_, Value::Object(o))
+                        if o.contains_key("Fn::If") && o["Fn::If"][0] == "Sending" =>
+                    {
+                        o["Fn::If"][1].as_str().unwrap().to_string()
                     }
                     (_, Value::Object(o)) if o.contains_key("Fn::If") => {
                         let branches = &o["Fn::If"];

@@ -84,6 +84,9 @@ pub struct DrainSummary {
     /// Of the deferred: no reply to the final dot (the primary may have them).
     #[serde(default)]
     pub ambiguous: u64,
+    /// Messages users sent that went out to outside recipients in this run (SES).
+    #[serde(default)]
+    pub sent_outside: u64,
     pub reconciled: u64,
     /// Objects (or list requests) the reconciler's sweep failed on in this run: logged,
     /// skipped, tried again by the next sweep.
@@ -126,6 +129,9 @@ pub struct DrainFunction {
     relay: Arc<SmtpRelay>,
     clock: Arc<dyn Clock>,
     failed: Option<Arc<dyn FailedEvents>>,
+    /// What users sent to outside recipients (`[outbound] mode = "ses"`), sent by every
+    /// run whatever the primary's state, so no `serve` node needs to stay up for it.
+    outbound: Option<crate::outbound::queue::OutboundQueue>,
 }
 
 impl DrainFunction {
@@ -141,7 +147,41 @@ impl DrainFunction {
             relay: Arc::new(relay),
             clock: Arc::new(SystemClock),
             failed: None,
+            outbound: None,
         }
+    }
+
+    /// Send what users sent to outside recipients at each run, through `queue`.
+    pub fn with_outbound(mut self, queue: crate::outbound::queue::OutboundQueue) -> Self {
+        self.outbound = Some(queue);
+        self
+    }
+
+    /// Run the outbound queue until nothing is due or the invocation nears its end (the
+    /// claims it holds then are given back). How many messages went out.
+    async fn send_outside(&self, deadline: Option<Instant>) -> u64 {
+        let Some(queue) = &self.outbound else {
+            return 0;
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let timer = deadline.map(|d| {
+            let at = d.checked_sub(SAFETY_MARGIN).unwrap_or(d);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                let _ = tx.send(true);
+            })
+        });
+        let sent = match queue.run(Some(&rx)).await {
+            Ok(r) => r.delivered,
+            Err(e) => {
+                tracing::error!(error = %e, "outbound run failed");
+                0
+            }
+        };
+        if let Some(t) = timer {
+            t.abort();
+        }
+        sent
     }
 
     /// Ingest the events the ingest function gave up on, from `queue`, at each run.
@@ -362,6 +402,7 @@ impl DrainFunction {
         } else {
             summary.failed = drainer.expire_old().await?;
         }
+        summary.sent_outside = self.send_outside(deadline).await;
         summary.retention_deleted = self.retention(&node, &address).await?;
         summary.held = index.count_at_most(Status::Held, HELD_COUNT_LIMIT).await?;
         summary.oldest_held_secs = index

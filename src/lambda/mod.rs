@@ -115,7 +115,12 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
         .ingest_failures_queue
         .clone()
         .filter(|q| !q.is_empty());
-    let function = drain::DrainFunction::new(config, Storage::aws(&clients, &settings), relay);
+    let storage = Storage::aws(&clients, &settings);
+    let outbound = outbound_queue(&config, &storage, &clients);
+    let mut function = drain::DrainFunction::new(config, storage, relay);
+    if let Some(q) = outbound {
+        function = function.with_outbound(q);
+    }
     Ok(match queue {
         // Hidden for 5 minutes once taken: longer than a run (the function's timeout).
         Some(url) => function.with_failed_events(std::sync::Arc::new(SqsFailedEvents::new(
@@ -125,6 +130,32 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
         ))),
         None => function,
     })
+}
+
+/// The outbound queue a drain function runs when `[outbound] mode = "ses"` (the template
+/// sets it with sending enabled): what users sent through `serve` goes out even when no
+/// node is up.
+pub fn outbound_queue(
+    config: &Config,
+    storage: &Storage,
+    clients: &AwsClients,
+) -> Option<crate::outbound::queue::OutboundQueue> {
+    if config.outbound.mode != Some(crate::config::OutboundMode::Ses) {
+        return None;
+    }
+    let d = crate::serve::drain_settings(config);
+    Some(crate::outbound::queue::OutboundQueue::new(
+        storage.clone(),
+        std::sync::Arc::new(crate::backend::aws::SesOutbound::new(&clients.sdk)),
+        std::sync::Arc::new(crate::ports::SystemClock),
+        None,
+        crate::outbound::queue::QueueSettings {
+            lease: d.lease,
+            clock_skew: d.clock_skew,
+            hold_days: d.hold_days,
+            dsn: d.dsn,
+        },
+    ))
 }
 
 /// The relay for a drain (or a check) run from the operator's machine: the password
