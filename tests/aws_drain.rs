@@ -1125,20 +1125,7 @@ async fn the_drain_function_sends_what_users_sent_to_outside_recipients_through_
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.primary, "down", "{sum:?}");
     assert_eq!(sum.sent_outside, 1, "{sum:?}");
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-H",
-            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/moto/aws4_request",
-            &format!("{}/moto-api/data.json", moto.url),
-        ])
-        .output()
-        .unwrap();
-    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sent = data["ses"]["RawMessage"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let sent = moto.ses_sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0]["raw_data"].as_str().unwrap().contains(token));
     // The held parts (the sender's copy) wait for the primary; nothing outbound is left.

@@ -513,27 +513,6 @@ fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_
     assert!(rec.contains("friend@outside.test"), "{rec}");
 }
 
-/// The raw messages moto's SES has "sent" (its model data: `ses.RawMessage`).
-fn ses_sent(moto: &common::aws::Moto) -> Vec<serde_json::Value> {
-    // Under the tests' own key (as the setup's requests): the request log checks every
-    // other request against the template's policies.
-    let out = Command::new("curl")
-        .args([
-            "-sf",
-            "-H",
-            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/moto/aws4_request",
-            &format!("{}/moto-api/data.json", moto.url),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "moto data.json");
-    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    data["ses"]["RawMessage"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ses_mode_sends_through_sesv2_with_raw_content() {
     let moto = common::aws::Moto::start();
@@ -595,7 +574,7 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
     let moto_ref = &moto;
     let mut sent = Vec::new();
     for _ in 0..200 {
-        sent = ses_sent(moto_ref);
+        sent = moto_ref.ses_sent();
         if !sent.is_empty() {
             break;
         }

@@ -172,6 +172,30 @@ impl Moto {
         }
     }
 
+    /// The raw messages this server's SES has "sent" (moto's model data,
+    /// `ses.RawMessage`: `source`, `destinations`, `raw_data`). Asked under the tests'
+    /// own key, as the setup's requests are: the request log checks every other one
+    /// against the template's policies.
+    pub fn ses_sent(&self) -> Vec<serde_json::Value> {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                &format!(
+                    "Authorization: AWS4-HMAC-SHA256 Credential={SETUP_KEY}/20260101/{REGION}/moto/aws4_request"
+                ),
+                &format!("{}/moto-api/data.json", self.url),
+            ])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "moto's data.json");
+        let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        data["ses"]["RawMessage"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Bucket and table names for one test (`name` must be a valid bucket name).
     pub fn settings(&self, name: &str) -> AwsSettings {
         AwsSettings {
