@@ -140,6 +140,41 @@ pub fn apply(
     result: &Result<Transaction, RelayError>,
     now: DateTime<Utc>,
 ) -> Outcome {
+    let pending = rec.pending().count();
+    let replies: Vec<Reply> = match result {
+        Err(e) => {
+            let reply = Reply::new(if e.is_transient() { 451 } else { 554 }, e.to_string());
+            vec![reply; pending]
+        }
+        Ok(tx) if tx.mail.code != 250 => vec![not_positive(&tx.mail, "MAIL", "250"); pending],
+        Ok(tx) => (0..pending)
+            .map(|n| {
+                let rcpt_reply = tx
+                    .rcpts
+                    .get(n)
+                    .cloned()
+                    .unwrap_or_else(|| Reply::new(451, "no reply to RCPT from the primary"));
+                if !matches!(rcpt_reply.code, 250 | 251) {
+                    return not_positive(&rcpt_reply, "RCPT", "250 or 251");
+                }
+                // Accepted at RCPT: the reply after the final dot decides, and only a
+                // 250 there is a delivery (a 221 or 252 may mean anything).
+                match &tx.data {
+                    Some(d) if d.code == 250 || d.code >= 400 => d.clone(),
+                    Some(d) => odd_final_reply(d),
+                    None => Reply::new(451, "message data not accepted by the primary"),
+                }
+            })
+            .collect(),
+    };
+    record_replies(rec, &replies, now)
+}
+
+/// Record one reply per pending recipient, in order (2xx delivered, 5xx failed, else
+/// still pending; a missing reply is a try-again), count the attempt, settle the status,
+/// schedule the next attempt by [`backoff`] and set the reason of a failure. The drain's
+/// and the outbound queue's one way of judging an attempt.
+pub fn record_replies(rec: &mut Record, replies: &[Reply], now: DateTime<Utc>) -> Outcome {
     let pending: Vec<usize> = rec
         .rcpts
         .iter()
@@ -147,9 +182,12 @@ pub fn apply(
         .filter(|(_, r)| r.status == RcptStatus::Pending)
         .map(|(i, _)| i)
         .collect();
-    let set = |rec: &mut Record, i: usize, reply: &Reply| {
+    for (n, &i) in pending.iter().enumerate() {
+        let reply = replies
+            .get(n)
+            .cloned()
+            .unwrap_or_else(|| Reply::new(451, "4.3.0 no reply for this recipient"));
         let r = &mut rec.rcpts[i];
-        r.reply = Some(reply.to_string());
         r.status = if reply.is_positive() {
             RcptStatus::Delivered
         } else if reply.is_permanent() {
@@ -157,41 +195,7 @@ pub fn apply(
         } else {
             RcptStatus::Pending
         };
-    };
-    match result {
-        Err(e) => {
-            let reply = Reply::new(if e.is_transient() { 451 } else { 554 }, e.to_string());
-            for &i in &pending {
-                set(rec, i, &reply);
-            }
-        }
-        Ok(tx) if tx.mail.code != 250 => {
-            let reply = not_positive(&tx.mail, "MAIL", "250");
-            for &i in &pending {
-                set(rec, i, &reply);
-            }
-        }
-        Ok(tx) => {
-            for (n, &i) in pending.iter().enumerate() {
-                let rcpt_reply = tx
-                    .rcpts
-                    .get(n)
-                    .cloned()
-                    .unwrap_or_else(|| Reply::new(451, "no reply to RCPT from the primary"));
-                if !matches!(rcpt_reply.code, 250 | 251) {
-                    set(rec, i, &not_positive(&rcpt_reply, "RCPT", "250 or 251"));
-                    continue;
-                }
-                // Accepted at RCPT: the reply after the final dot decides, and only a 250
-                // there is a delivery (a 221 or 252 may mean anything).
-                let final_reply = match &tx.data {
-                    Some(d) if d.code == 250 || d.code >= 400 => d.clone(),
-                    Some(d) => odd_final_reply(d),
-                    None => Reply::new(451, "message data not accepted by the primary"),
-                };
-                set(rec, i, &final_reply);
-            }
-        }
+        r.reply = Some(reply.to_string());
     }
     rec.attempts += 1;
     rec.updated_at = now;
@@ -1415,7 +1419,7 @@ fn defer_refusals_after_trip(rec: &mut Record, tried: &[usize], now: DateTime<Ut
 }
 
 /// The next attempt after [`backoff`] for the attempts made so far.
-pub fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
+fn retry_later(rec: &mut Record, now: DateTime<Utc>) {
     let delay = chrono::Duration::from_std(backoff(rec.attempts)).unwrap_or_default();
     rec.next_attempt_at = now + delay;
 }

@@ -199,11 +199,6 @@ impl DkimKeys {
         out
     }
 
-    /// Whether mail from `domain` is signed.
-    pub fn signs(&self, domain: &str) -> bool {
-        self.by_domain.contains_key(&domain.to_ascii_lowercase())
-    }
-
     /// `message` with its signatures on top; unchanged (logged) when its `From` domain
     /// has no key or signing fails.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
@@ -232,7 +227,7 @@ impl DkimKeys {
 }
 
 /// The domain of the first `From` address, lower case.
-pub fn from_domain(message: &[u8]) -> Option<String> {
+fn from_domain(message: &[u8]) -> Option<String> {
     let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
     let addr = parsed.from()?.first()?.address()?.to_string();
     addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())

@@ -18,7 +18,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::dkim::DkimKeys;
-use crate::drain::{Keeper, Kept, defer_refused, expire, release, retry_later, write_back};
+use crate::drain::{
+    Keeper, Kept, Outcome, defer_refused, expire, record_replies, release, write_back,
+};
 use crate::dsn::{self, DsnSettings};
 use crate::error::StoreError;
 use crate::model::{Lease, RcptStatus, Record, Status, redact};
@@ -220,47 +222,13 @@ impl OutboundQueue {
         replies: &[Reply],
     ) -> Result<Option<Status>, StoreError> {
         let now = self.clock.now();
-        let pending: Vec<usize> = rec
-            .rcpts
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.status == RcptStatus::Pending)
-            .map(|(i, _)| i)
-            .collect();
-        for (n, i) in pending.iter().enumerate() {
-            // A reply missing for a recipient (an adapter's bug) is a try-again.
-            let reply = replies
-                .get(n)
-                .cloned()
-                .unwrap_or_else(|| Reply::new(451, "4.3.0 no reply for this recipient"));
-            let r = &mut rec.rcpts[*i];
-            r.status = if reply.is_positive() {
-                RcptStatus::Delivered
-            } else if reply.is_permanent() {
-                RcptStatus::Failed
-            } else {
-                RcptStatus::Pending
-            };
-            r.reply = Some(reply.to_string());
-        }
-        rec.attempts += 1;
-        rec.updated_at = now;
-        rec.settle();
-        if rec.pending().count() > 0 {
-            retry_later(&mut rec, now);
-        }
-        if rec.status == Status::Failed {
-            rec.reason = rec
-                .rcpts
-                .iter()
-                .find(|r| r.status == RcptStatus::Failed)
-                .and_then(|r| r.reply.clone());
-            if let Err(e) = dsn::settle(&self.storage, &mut rec, &self.settings.dsn, now).await {
-                // What was delivered is still written back (never sent again); the
-                // refused recipients wait, and are tried and bounced on a later attempt.
-                tracing::warn!(id = %rec.id, error = %e, "outbound: could not queue the DSN; the refused recipients are tried again");
-                defer_refused(&mut rec, now);
-            }
+        if record_replies(&mut rec, replies, now) == Outcome::Failed
+            && let Err(e) = dsn::settle(&self.storage, &mut rec, &self.settings.dsn, now).await
+        {
+            // What was delivered is still written back (never sent again); the refused
+            // recipients wait, and are tried and bounced on a later attempt.
+            tracing::warn!(id = %rec.id, error = %e, "outbound: could not queue the DSN; the refused recipients are tried again");
+            defer_refused(&mut rec, now);
         }
         match write_back(self.storage.index.as_ref(), &rec, owner).await {
             Ok(()) => {}

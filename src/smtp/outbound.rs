@@ -33,10 +33,6 @@ impl SmtpOutbound {
     pub fn relay(relay: SmtpRelay) -> Self {
         SmtpOutbound { relay }
     }
-
-    pub fn address(&self) -> &str {
-        self.relay.address()
-    }
 }
 
 /// The replies for a transaction the client would not start because of the message
