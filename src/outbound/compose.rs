@@ -386,6 +386,12 @@ mod tests {
         let o = Original::read(evil.to_vec());
         assert_eq!(o.message_id, None);
         assert_eq!(o.references, ["ok@x"]);
+        // Whatever the parser hands over, only printable ids without space or brackets.
+        assert_eq!(clean_id("a\rReply-To: evil@x"), None);
+        assert_eq!(clean_id("a b@x"), None);
+        assert_eq!(clean_id("a>b@x"), None);
+        assert_eq!(clean_id(&"x".repeat(251)), None);
+        assert_eq!(clean_id("ok@x").as_deref(), Some("ok@x"));
     }
 
     #[test]
