@@ -126,6 +126,7 @@ fn main() {
             users: Arc::new(users),
             limits: Arc::new(MemLoginLimits::default()),
             sending: None,
+            uploads: None,
             in_flight: Arc::default(),
             key,
             clock,

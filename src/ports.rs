@@ -863,3 +863,27 @@ pub trait LoginLimits: Send + Sync + 'static {
         window: chrono::Duration,
     ) -> Result<(), StoreError>;
 }
+
+/// Attachments a browser uploads straight into the store, by a presigned PUT, where the
+/// web app's host cannot carry them: a Lambda function URL takes at most 6 MB a request
+/// (`standby-web`). Keys are made by the web app (`uploads/<user's hash>/<ulid>`), never
+/// taken from the browser, so a user can name only their own uploads.
+#[async_trait]
+pub trait Uploads: Send + Sync + 'static {
+    /// Where the browser sends the bytes (`scheme://host[:port]`), for the page's
+    /// Content-Security-Policy.
+    fn origin(&self) -> String;
+    /// A URL the browser may PUT one file of exactly `size` bytes to under `key`
+    /// within `expires`.
+    async fn presign_put(
+        &self,
+        key: &str,
+        size: u64,
+        expires: std::time::Duration,
+    ) -> Result<String, StoreError>;
+    /// The bytes uploaded under `key` (`None`: nothing there, or past `max` bytes, which
+    /// is then removed).
+    async fn read(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Remove what was uploaded under `key` (once it is in a stored message).
+    async fn remove(&self, key: &str) -> Result<(), StoreError>;
+}

@@ -450,6 +450,8 @@ async fn start_web(
         limits,
         in_flight,
         sending,
+        // Attachments come in the form: no host limit stands between browser and app.
+        uploads: None,
         key,
         clock,
         settings: crate::web::WebSettings::of(config, secure),

@@ -1119,30 +1119,74 @@ fn alarms_can_reach_the_topic_and_fire_in_an_outage() {
 /// messages are up to 40 MB), invocable only through that URL; its environment is a
 /// configuration the web function accepts.
 #[test]
-fn the_web_function_reads_mail_streams_it_and_writes_only_audit_and_limits() {
+fn the_web_function_reads_mail_stores_what_users_send_and_writes_nothing_else() {
     let t = template();
     let f = &t["Resources"];
     assert_eq!(
         policy_actions(&f["WebFunction"]),
         set(&[
+            "dynamodb:BatchWriteItem",
+            "dynamodb:DeleteItem",
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:Query",
             "dynamodb:UpdateItem",
+            "s3:DeleteObject",
             "s3:GetObject",
             "s3:ListBucket",
+            "s3:PutObject",
             "secretsmanager:GetSecretValue",
+            "ses:SendEmail",
+            "ses:SendRawEmail",
         ])
     );
     let statements = f["WebFunction"]["Properties"]["Policies"][0]["Statement"]
         .as_array()
         .unwrap();
-    for s in statements {
+    // The sending statement is there only with sending enabled.
+    let statements: Vec<&Value> = statements
+        .iter()
+        .map(|s| match s.get("Fn::If") {
+            Some(arms) => {
+                assert_eq!(arms[0], "Sending", "{s}");
+                assert_eq!(arms[2], json!({ "Ref": "AWS::NoValue" }));
+                &arms[1]
+            }
+            None => s,
+        })
+        .collect();
+    for s in &statements {
         let actions = s["Action"].to_string();
+        let keys = &s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
+        // Messages (what users send), audit entries, login limits: never health items.
         if actions.contains("PutItem") || actions.contains("UpdateItem") {
-            let keys = &s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
             assert!(
-                keys == &json!(["audit#*"]) || keys == &json!(["limit#*"]),
+                [json!(["audit#*"]), json!(["limit#*"]), json!(["msg#*"])].contains(keys),
+                "{s}"
+            );
+        }
+        if actions.contains("BatchWriteItem") || actions.contains("DeleteItem") {
+            assert_eq!(keys, &json!(["msg#*", "rcpt#*"]), "{s}");
+        }
+        let resource = s["Resource"].to_string();
+        // Create-only where messages are; the uploads are the page's own.
+        if actions.contains("s3:PutObject") && resource.contains("/serve/") {
+            assert_eq!(
+                s["Condition"]["Null"]["s3:if-none-match"], "false",
+                "{s}"
+            );
+        }
+        if actions.contains("s3:PutObject") || actions.contains("s3:DeleteObject") {
+            assert!(
+                resource.contains("/serve/*") || resource.contains("/uploads/*"),
+                "{s}"
+            );
+            assert!(!resource.contains("incoming/"), "{s}");
+        }
+        if actions.contains("ses:") {
+            assert_eq!(
+                s["Resource"]["Fn::Sub"][1]["Domain"],
+                json!({ "Fn::Select": [0, { "Ref": "DomainNames" }] }),
                 "{s}"
             );
         }
@@ -1173,6 +1217,8 @@ fn the_web_function_reads_mail_streams_it_and_writes_only_audit_and_limits() {
             // What a parameter reference (`!Ref RetentionDays`) stands for.
             let placeholder = if k.ends_with("_DAYS") {
                 "30"
+            } else if k == "STANDBY_OUTBOUND_MODE" {
+                "ses"
             } else {
                 "example.test"
             };
@@ -1189,4 +1235,23 @@ fn the_web_function_reads_mail_streams_it_and_writes_only_audit_and_limits() {
         config.web.session_key_env.as_deref(),
         Some("STANDBY_WEB_SESSION_SECRET")
     );
+    assert_eq!(
+        vars["STANDBY_OUTBOUND_MODE"],
+        json!({ "Fn::If": ["Sending", "ses", ""] })
+    );
+    assert_eq!(
+        config.outbound.mode,
+        Some(standby::config::OutboundMode::Ses)
+    );
+    // The page PUTs attachments from the function URL's origin; what a closed tab
+    // left under uploads/ expires.
+    let bucket = &f["MailBucket"]["Properties"];
+    let cors = &bucket["CorsConfiguration"]["CorsRules"][0];
+    assert_eq!(cors["AllowedMethods"], json!(["PUT"]));
+    let rules = bucket["LifecycleConfiguration"]["Rules"].as_array().unwrap();
+    let uploads = rules
+        .iter()
+        .find(|r| r["Prefix"] == "uploads/")
+        .expect("a lifecycle rule for uploads/");
+    assert_eq!(uploads["ExpirationInDays"], 1);
 }

@@ -9,68 +9,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::browser::{browser, click, driver, landed, type_in};
 use common::web::Inbox;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 
 const ALICE: (&str, &str) = ("alice@example.test", "correct horse battery");
-
-/// chromium-driver on a free port, killed on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn driver() -> Driver {
-    common::require("chromium", "chromium");
-    common::require("chromedriver", "chromium-driver");
-    let port = common::free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    common::wait_for("chromedriver", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Driver { child, port }
-}
-
-async fn browser(driver: &Driver, downloads: &Path) -> Client {
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1100,800"],
-            "prefs": {
-                "download.default_directory": downloads.display().to_string(),
-                "download.prompt_for_download": false,
-                "download.directory_upgrade": true,
-                "safebrowsing.enabled": false
-            }
-        }
-    });
-    let serde_json::Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a chromium session")
-}
 
 /// An HTTP listener that records every request's path and answers 404: where the
 /// hostile mail's remote images and scripts would phone home.
@@ -103,26 +49,6 @@ fn screenshot_dir(tmp: &Path) -> PathBuf {
     } else {
         tmp.to_path_buf()
     }
-}
-
-/// Click the element `css` finds.
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-/// Type `text` into the element `css` finds.
-async fn type_in(c: &Client, css: &str, text: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .send_keys(text)
-        .await
-        .unwrap();
 }
 
 async fn log_in(c: &Client, inbox: &Inbox) {
@@ -371,14 +297,6 @@ fn maildir(pf: &common::Postfix) -> Vec<String> {
         .into_iter()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .collect()
-}
-
-/// Wait for the page at `path` (after a form was sent) to show `css`.
-async fn landed(c: &Client, css: &str) {
-    c.wait()
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
 }
 
 #[tokio::test]

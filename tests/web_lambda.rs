@@ -183,3 +183,270 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
     );
     assert!(!text.contains("bob@example.test"), "{text}");
 }
+
+/// Serve `http://127.0.0.1:{upstream}{prefix}` at the root of a port of its own, as a
+/// function URL serves the function at its root (`cargo lambda watch` puts every
+/// function under `/lambda-url/<name>`, and the pages' links start at `/`).
+fn root_proxy(upstream: u16, prefix: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<axum::body::Body>();
+            let app = axum::Router::new().fallback(move |mut req: axum::extract::Request| {
+                let client = client.clone();
+                async move {
+                    use axum::response::IntoResponse;
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    *req.uri_mut() = format!("http://127.0.0.1:{upstream}{prefix}{pq}")
+                        .parse()
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(r) => r.map(axum::body::Body::new).into_response(),
+                        Err(e) => {
+                            (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response()
+                        }
+                    }
+                }
+            });
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    port
+}
+
+/// The web function's environment for bucket and table `name`, signing as its role.
+fn web_env(moto: &Moto, name: &str, secret: String) -> Vec<(String, String)> {
+    let mut env = child_env_as(moto, Principal::Web);
+    env.extend(
+        [
+            ("STANDBY_BUCKET", name.to_string()),
+            ("STANDBY_TABLE", name.to_string()),
+            ("STANDBY_USERS_DEFAULT_DOMAIN", "example.test".to_string()),
+            (
+                "STANDBY_WEB_SESSION_KEY_ENV",
+                "STANDBY_WEB_SESSION_SECRET".to_string(),
+            ),
+            ("STANDBY_WEB_SESSION_SECRET", secret),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3() {
+    use common::browser::{browser, click, driver, landed, type_in};
+    use fantoccini::Locator;
+    let log_dir = tempfile::tempdir().unwrap();
+    let requests = log_dir.path().join("requests.jsonl");
+    let moto = Moto::start_logged(&requests);
+    let (clients, settings, storage) = moto.storage("websend").await;
+    // SES sends only from a verified identity: the domain, as the template makes it.
+    aws_sdk_ses::Client::new(&clients.sdk)
+        .verify_domain_identity()
+        .domain("example.test")
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cli_config(dir.path(), "websend", 1);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "[primary]",
+            "[users]\ndefault_domain = \"example.test\"\n[primary]",
+        ),
+    )
+    .unwrap();
+    let operator = child_env_as(&moto, Principal::Operator);
+    add_user_with(&cfg, &operator, "alice", "alice's password");
+    add_user_with(&cfg, &operator, "bob", "bob's password");
+    let secret = aws_sdk_secretsmanager::Client::new(&clients.sdk)
+        .create_secret()
+        .name("standby/web-session")
+        .secret_string("s".repeat(64))
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+
+    let port = free_port();
+    let mut procs = Procs(vec![watch(port, &dir.path().join("watch.log"))]);
+    let mut env = web_env(&moto, "websend", secret);
+    env.extend(
+        [
+            ("STANDBY_DOMAINS", "example.test"),
+            ("STANDBY_OUTBOUND_MODE", "ses"),
+            ("STANDBY_HOSTNAME", "example.test"),
+            ("STANDBY_DSN_REPORTING_MTA", "example.test"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let log = dir.path().join("web.log");
+    procs.0.push(function(WEB, "standby-web", port, &env, &log));
+    let proxy = root_proxy(port, "/lambda-url/standby-web");
+    let origin = format!("http://localhost:{proxy}");
+
+    // The browser PUTs to the bucket from the function URL's origin: the template's
+    // CORS rule, with this test's origin for the function URL's.
+    let template = common::template::template();
+    let rule =
+        &template["Resources"]["MailBucket"]["Properties"]["CorsConfiguration"]["CorsRules"][0];
+    assert_eq!(rule["AllowedMethods"], serde_json::json!(["PUT"]));
+    assert!(
+        rule["AllowedOrigins"][0]["Fn::Sub"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("https://*.lambda-url.")),
+        "{rule}"
+    );
+    let headers: Vec<String> = rule["AllowedHeaders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    clients
+        .s3
+        .put_bucket_cors()
+        .bucket("websend")
+        .cors_configuration(
+            aws_sdk_s3::types::CorsConfiguration::builder()
+                .cors_rules(
+                    aws_sdk_s3::types::CorsRule::builder()
+                        .allowed_methods("PUT")
+                        .allowed_origins(&origin)
+                        .set_allowed_headers(Some(headers))
+                        .max_age_seconds(600)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // Larger than a function URL takes in one request (6 MB), every byte value.
+    let tmp = tempfile::tempdir().unwrap();
+    let upload = tmp.path().join("site plan.pdf");
+    let attachment: Vec<u8> = (0..7_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&upload, &attachment).unwrap();
+    let downloads = tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let drv = driver();
+    let c = browser(&drv, &downloads).await;
+    let url = |p: &str| format!("{origin}{p}");
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", proxy)).is_ok()
+            && common::web::Client::new(&url(""), "127.0.0.1")
+                .get("/login")
+                .status
+                == 200
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(up, "the web function answers");
+    c.goto(&url("/login")).await.unwrap();
+    type_in(&c, "input[name=username]", "alice").await;
+    type_in(&c, "input[name=password]", "alice's password").await;
+    click(&c, "form.login button").await;
+    landed(&c, "nav a[href='/compose']").await;
+    click(&c, "nav a[href='/compose']").await;
+    landed(&c, "form.compose[data-uploads]").await;
+    type_in(&c, "input[name=to]", "dave@outside.test, bob@example.test").await;
+    type_in(&c, "input[name=subject]", "Site plan").await;
+    type_in(&c, "textarea[name=body]", "The plan, as promised.").await;
+    type_in(&c, "input[name=attachment]", upload.to_str().unwrap()).await;
+    click(&c, "form.compose button").await;
+    c.wait()
+        .at_most(Duration::from_secs(120))
+        .for_element(Locator::Css("ul.messages"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the Sent list after sending: {e}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    let listed = c.find(Locator::Css("ul.messages")).await.unwrap();
+    assert!(listed.text().await.unwrap().contains("Site plan"));
+    c.close().await.unwrap();
+
+    // Sent through SES by the function itself, within the request.
+    let sent = moto.ses_sent();
+    assert_eq!(sent.len(), 1, "one SES send");
+    let raw = sent[0]["raw_data"].as_str().unwrap();
+    let parsed = mail_parser::MessageParser::new()
+        .parse(raw.as_bytes())
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Site plan"));
+    let att = parsed.attachments().next().expect("the attachment");
+    assert_eq!(
+        mail_parser::MimeHeaders::attachment_name(att),
+        Some("site plan.pdf")
+    );
+    assert_eq!(att.contents(), &attachment[..], "byte-identical");
+    // (moto adds the header's To and Cc to the destinations it records: the envelope
+    // is checked on the records below.)
+    // The attachment went to S3 by the presigned PUT (signed as the web function's
+    // role), not through the function URL, and was removed once in the message.
+    let lines = std::fs::read_to_string(&requests).unwrap();
+    let web_key = Principal::Web.key();
+    let put = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["op"] == "PutObject"
+                && l["key"] == web_key
+                && l["resource"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("websend/uploads/"))
+        });
+    assert!(put.is_some_and(|l| l["status"] == 200), "{lines}");
+    let left = clients
+        .s3
+        .list_objects_v2()
+        .bucket("websend")
+        .prefix("uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.key_count(), Some(0), "uploads removed");
+    // Bob's copy is held for him, alice's own copy for her mailbox; the outside part
+    // delivered. Each stored under serve/.
+    let recs = storage.index.list(&Default::default()).await.unwrap();
+    let of = |rcpt: &str| {
+        recs.iter()
+            .find(|r| r.rcpts.iter().any(|x| x.address == rcpt))
+            .unwrap_or_else(|| panic!("a record for {rcpt}: {recs:?}"))
+    };
+    assert_eq!(of("bob@example.test").status, standby::model::Status::Held);
+    assert_eq!(
+        of("alice@example.test").status,
+        standby::model::Status::Held
+    );
+    let out = of("dave@outside.test");
+    assert_eq!(out.status, standby::model::Status::Delivered);
+    assert_eq!(out.rcpts.len(), 1, "only the outside recipient goes out");
+    assert!(recs.iter().all(|r| r.blob_key().starts_with("serve/")));
+    let audit = storage.audit.entries().await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "sent"), "{audit:?}");
+    let _ = settings;
+}

@@ -45,6 +45,8 @@ pub enum SetupError {
     Relay(#[from] crate::smtp::client::RelaySetupError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Store(#[from] crate::error::StoreError),
 }
 
 /// JSON logs for CloudWatch; level from `STANDBY_LOG` (default `info`).

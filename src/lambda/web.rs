@@ -8,12 +8,19 @@
 //! names the variable that holds it, or the ARN of the Secrets Manager secret that does
 //! (the template makes one). The function URL streams responses (`RESPONSE_STREAM`), so a
 //! 40 MB raw message is not held to a buffered URL's 6 MB.
+//!
+//! Users send from here too ([`crate::outbound::Sending`]): what they write is stored
+//! under `serve/` like any message the standby accepts itself, and with
+//! `STANDBY_OUTBOUND_MODE=ses` the outbound queue runs right after the message is
+//! stored, within the request (a function does no work between requests; what is left,
+//! the drain function's next run sends). A request to a function URL carries at most
+//! 6 MB, so attachments go to S3 first by a presigned PUT ([`S3Uploads`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{SetupError, WARM_WITHIN, aws_settings};
-use crate::backend::aws::{AwsClients, secrets};
+use crate::backend::aws::{AwsClients, S3Uploads, secrets};
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::ports::{Storage, SystemClock};
@@ -68,19 +75,54 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
     );
     // Served over the function URL's HTTPS.
     let secure = true;
+    // What users write is stored like what `serve` accepts itself: under serve/.
+    let storage = Storage::aws_serve(&clients, &settings);
+    let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
+    let sending = sending(&config, &storage, &clients, clock.clone());
+    let uploads = S3Uploads::new(clients.s3.clone(), &settings.bucket).await?;
     Ok(Arc::new(Web {
-        storage: Storage::aws(&clients, &settings),
+        storage,
         checks: crate::web::check_slots(),
         slowest_check: Default::default(),
         users: Arc::new(users),
         limits: Arc::new(clients.login_limits(&settings)),
         in_flight: Arc::default(),
-        // Sending from the function (SES) is not built yet: the inbox only reads there.
-        sending: None,
+        sending: Some(sending),
+        uploads: Some(Arc::new(uploads)),
         key,
-        clock: Arc::new(SystemClock),
+        clock,
         settings: WebSettings::of(&config, secure),
     }))
+}
+
+/// How long a send waits for the outbound queue before answering: SES takes well under
+/// a second a message; what is left, the drain function's next run sends.
+const DELIVER_WITHIN: Duration = Duration::from_secs(20);
+
+/// What users send: to colleagues always (held with the rest of their mail), to
+/// outside recipients when `STANDBY_OUTBOUND_MODE=ses` (the template sets it with
+/// sending enabled), sent through SES within the request.
+fn sending(
+    config: &Config,
+    storage: &Storage,
+    clients: &AwsClients,
+    clock: Arc<dyn crate::ports::Clock>,
+) -> crate::outbound::Sending {
+    let spool = crate::ingest::Spool::new(storage.clone(), clock.clone(), config.hostname.clone());
+    let sending = crate::outbound::Sending::new(
+        storage.clone(),
+        Arc::new(spool),
+        clock,
+        &config.domains,
+        config.outbound.sent_copy.clone(),
+    )
+    .with_rate(config.submission.rate_per_hour);
+    match super::outbound_queue(config, storage, clients) {
+        Some(queue) => sending
+            .with_outside(true)
+            .with_deliver_now(queue, DELIVER_WITHIN),
+        None => sending.with_outside(false),
+    }
 }
 
 /// The client's address the function URL saw (`requestContext.http.sourceIp`).

@@ -89,6 +89,9 @@ pub struct Sending {
     rate: Arc<SendRate>,
     /// Mail to outside recipients has a way out (see `[outbound]`).
     outside: bool,
+    /// Where no queue runs in the background (the web function, frozen between
+    /// requests): the queue run right after storing, for at most this long.
+    deliver_now: Option<(queue::OutboundQueue, std::time::Duration)>,
 }
 
 /// One message as a user hands it over.
@@ -121,7 +124,20 @@ impl Sending {
             queued: Arc::default(),
             rate: Arc::new(SendRate::new(200)),
             outside: true,
+            deliver_now: None,
         }
+    }
+
+    /// Run `queue` right after each message with outside recipients is stored, for at
+    /// most `within` (what it leaves, the next run takes: the drain function's, every
+    /// minute). For hosts with no background work between requests.
+    pub fn with_deliver_now(
+        mut self,
+        queue: queue::OutboundQueue,
+        within: std::time::Duration,
+    ) -> Self {
+        self.deliver_now = Some((queue, within));
+        self
     }
 
     /// Each user may send `per_hour` messages an hour.
@@ -231,6 +247,24 @@ impl Sending {
         if !outside.is_empty() {
             self.queued.notify_one();
         }
+        self.audit_sent(&s, &stored, local.len(), outside.len(), now)
+            .await;
+        if !outside.is_empty()
+            && let Some((queue, within)) = &self.deliver_now
+        {
+            run_for(queue, *within).await;
+        }
+        Ok(stored)
+    }
+
+    async fn audit_sent(
+        &self,
+        s: &Submitted<'_>,
+        stored: &[Record],
+        local: usize,
+        outside: usize,
+        now: DateTime<Utc>,
+    ) {
         let entry = AuditEntry::of(
             &stored[0],
             "sent",
@@ -238,8 +272,8 @@ impl Sending {
             &format!(
                 "{} recipients: {} in our domains, {} outside",
                 s.rcpts.len(),
-                local.len(),
-                outside.len()
+                local,
+                outside
             ),
             now,
         );
@@ -251,11 +285,10 @@ impl Sending {
             id = %stored[0].id,
             user = redact(&s.user.address),
             rcpts = s.rcpts.len(),
-            outside = outside.len(),
+            outside,
             via = s.via,
             "message sent by a user"
         );
-        Ok(stored)
     }
 
     async fn store(
@@ -291,6 +324,30 @@ impl Sending {
                 tracing::error!(id = %rec.id, error = %e, "could not remove a part of a message that was not accepted; it may be sent although the client was told to try again");
             }
         }
+    }
+}
+
+/// One run of `queue`, stopped (what it holds given back) after `within`.
+async fn run_for(queue: &queue::OutboundQueue, within: std::time::Duration) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = queue.run(Some(&stop));
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        () = tokio::time::sleep(within) => {
+            let _ = stop_tx.send(true);
+            run.await
+        }
+    };
+    match result {
+        Ok(r) => tracing::info!(
+            delivered = r.delivered,
+            deferred = r.deferred,
+            failed = r.failed,
+            "outbound run after a send"
+        ),
+        // Stored it is: the next run (the drain function's) sends it.
+        Err(e) => tracing::error!(error = %e, "outbound run after a send failed"),
     }
 }
 

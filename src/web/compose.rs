@@ -47,6 +47,32 @@ struct Form {
     mode: String,
     csrf: String,
     attachments: Vec<Attachment>,
+    /// Attachments the browser uploaded to the store itself ([`Web::uploads`]).
+    uploaded: Vec<Uploaded>,
+    /// Files came in the form (a form shown again cannot keep them).
+    had_files: bool,
+}
+
+/// One attachment uploaded by the browser: the `upload` field's JSON.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+struct Uploaded {
+    /// A ULID the app chose ([`upload`]); the key is made from it and the user.
+    id: String,
+    name: String,
+    #[serde(rename = "type")]
+    content_type: String,
+}
+
+/// How long a presigned upload URL lives.
+const UPLOAD_URL_LIFE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The store key of `user`'s upload `id`: under a hash of the user, so one user can
+/// never name another's upload (the id alone is not a secret: it is in the page).
+fn upload_key(user: &str, id: &str) -> Option<String> {
+    use sha2::Digest;
+    let id: ulid::Ulid = id.parse().ok()?;
+    let hash = hex::encode(sha2::Sha256::digest(user.to_lowercase().as_bytes()));
+    Some(format!("uploads/{}/{id}", &hash[..32]))
 }
 
 fn not_set_up() -> Response {
@@ -75,6 +101,11 @@ async fn original(web: &Web, headers: &HeaderMap, re: &str) -> Result<Option<Ori
 
 fn show(web: &Web, account: &Account, csrf: &str, f: &Form, error: Option<&str>) -> Response {
     let from = account.addresses();
+    let uploaded: Vec<(String, String)> = f
+        .uploaded
+        .iter()
+        .map(|u| (serde_json::to_string(u).unwrap_or_default(), u.name.clone()))
+        .collect();
     let re = (!f.re.is_empty()).then(|| {
         (
             f.re.clone(),
@@ -86,7 +117,7 @@ fn show(web: &Web, account: &Account, csrf: &str, f: &Form, error: Option<&str>)
     } else {
         StatusCode::OK
     };
-    page(
+    let mut response = page(
         status,
         pages::compose(&pages::ComposePage {
             address: &account.address,
@@ -105,8 +136,24 @@ fn show(web: &Web, account: &Account, csrf: &str, f: &Form, error: Option<&str>)
             re,
             error,
             internal_only: !web.sending.as_ref().is_some_and(|s| s.outside()),
+            uploads: web.uploads.is_some(),
+            uploaded: &uploaded,
+            attachments_dropped: error.is_some() && f.had_files,
         }),
-    )
+    );
+    // The page's script may send files to the store's origin, and only there.
+    if let Some(up) = &web.uploads
+        && let Ok(csp) = axum::http::HeaderValue::from_str(&format!(
+            "{}; connect-src 'self' {}",
+            super::PAGE_CSP,
+            up.origin()
+        ))
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
 }
 
 pub(super) async fn form(
@@ -150,6 +197,18 @@ fn file_name(typed: &str) -> String {
     }
 }
 
+/// A content type as the browser sent it, or `application/octet-stream`.
+fn content_type(typed: Option<&str>) -> String {
+    typed
+        .filter(|c| {
+            c.contains('/')
+                && c.len() <= 200
+                && c.chars().all(|ch| ch.is_ascii_graphic() || ch == ' ')
+        })
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
 /// Read the multipart form; `Err` when it is not one (or too big).
 async fn read_form(mut mp: Multipart) -> Result<Form, String> {
     let mut f = Form::default();
@@ -157,11 +216,7 @@ async fn read_form(mut mp: Multipart) -> Result<Form, String> {
         let name = field.name().unwrap_or_default().to_string();
         if name == "attachment" {
             let typed = field.file_name().unwrap_or_default().to_string();
-            let content_type = field
-                .content_type()
-                .filter(|c| c.contains('/') && !c.contains(['\r', '\n']))
-                .unwrap_or("application/octet-stream")
-                .to_string();
+            let content_type = content_type(field.content_type());
             let bytes = field.bytes().await.map_err(|e| e.body_text())?;
             if typed.is_empty() && bytes.is_empty() {
                 continue; // the file input left empty
@@ -175,6 +230,10 @@ async fn read_form(mut mp: Multipart) -> Result<Form, String> {
         }
         let text = field.text().await.map_err(|e| e.body_text())?;
         match name.as_str() {
+            "upload" => f.uploaded.push(
+                serde_json::from_str(&text)
+                    .map_err(|_| "an attachment's upload field is not valid")?,
+            ),
             "from" => f.from = text,
             "to" => f.to = text,
             "cc" => f.cc = text,
@@ -218,6 +277,7 @@ pub(super) async fn send(
     if !session.csrf_ok(&f.csrf) {
         return forbidden();
     }
+    f.had_files = !f.attachments.is_empty();
     let user = identity(&account);
     let lists = (
         address_list(&f.to),
@@ -238,6 +298,43 @@ pub(super) async fn send(
         },
         _ => None,
     };
+    let mut attachments = std::mem::take(&mut f.attachments);
+    let mut upload_keys = Vec::new();
+    if !f.uploaded.is_empty() {
+        let Some(store) = web.uploads.clone() else {
+            return forbidden();
+        };
+        let mut room = web.settings.max_message_size;
+        for u in &f.uploaded {
+            let Some(key) = upload_key(&account.address, &u.id) else {
+                return forbidden();
+            };
+            match store.read(&key, room as u64).await {
+                Ok(Some(bytes)) => {
+                    room = room.saturating_sub(bytes.len());
+                    attachments.push(Attachment {
+                        name: file_name(&u.name),
+                        content_type: content_type(Some(&u.content_type)),
+                        bytes,
+                    });
+                    upload_keys.push(key);
+                }
+                Ok(None) => {
+                    f.uploaded.clear();
+                    return show(
+                        &web,
+                        &account,
+                        &session.csrf,
+                        &f,
+                        Some(
+                            "An attachment did not arrive, or the message is too large with it: please choose your attachments again.",
+                        ),
+                    );
+                }
+                Err(e) => return server_error(&e),
+            }
+        }
+    }
     let draft = Draft {
         from: if f.from.is_empty() {
             account.address.clone()
@@ -249,7 +346,7 @@ pub(super) async fn send(
         bcc,
         subject: f.subject.clone(),
         body: f.body.clone(),
-        attachments: std::mem::take(&mut f.attachments),
+        attachments,
         answers,
     };
     if let Err(e) = draft.check(&user, web.settings.max_recipients) {
@@ -308,7 +405,18 @@ pub(super) async fn send(
         Err(e) => return server_error(&e),
     };
     match sent {
-        Ok(_) => Redirect::to("/sent").into_response(),
+        Ok(_) => {
+            if let Some(store) = &web.uploads {
+                for key in &upload_keys {
+                    // In the stored message now; what is left expires with the bucket's
+                    // lifecycle rule.
+                    if let Err(e) = store.remove(key).await {
+                        tracing::warn!(error = %e, "could not remove an uploaded attachment");
+                    }
+                }
+            }
+            Redirect::to("/sent").into_response()
+        }
         Err(StoreError::Refused(reply)) => {
             let text = reply.trim_end().to_string();
             show(
@@ -319,6 +427,53 @@ pub(super) async fn send(
                 Some(&format!("Not sent: {text}")),
             )
         }
+        Err(e) => server_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct UploadAsk {
+    csrf: String,
+    size: u64,
+}
+
+/// `POST /compose/upload`: a URL the browser may PUT one attachment of `size` bytes to,
+/// and its id for the form (JSON `{"url": ..., "id": ...}`).
+pub(super) async fn upload(
+    State(web): Shared,
+    headers: HeaderMap,
+    form: Result<axum::Form<UploadAsk>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (account, session) = match authed(&web, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (Some(_), Some(store)) = (&web.sending, &web.uploads) else {
+        return not_set_up();
+    };
+    let Ok(axum::Form(ask)) = form else {
+        return forbidden();
+    };
+    if !session.csrf_ok(&ask.csrf) {
+        return forbidden();
+    }
+    if ask.size > web.settings.max_message_size as u64 {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the file is larger than a message may be",
+        )
+            .into_response();
+    }
+    let id = ulid::Ulid::new().to_string();
+    let Some(key) = upload_key(&account.address, &id) else {
+        return server_error(&"a new upload id did not parse");
+    };
+    match store.presign_put(&key, ask.size, UPLOAD_URL_LIFE).await {
+        Ok(url) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "url": url, "id": id }).to_string(),
+        )
+            .into_response(),
         Err(e) => server_error(&e),
     }
 }

@@ -115,6 +115,17 @@ pub(super) async fn css() -> Response {
         .into_response()
 }
 
+pub(super) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        pages::COMPOSE_JS,
+    )
+        .into_response()
+}
+
 pub(super) async fn login_form(State(web): Shared, headers: HeaderMap) -> Response {
     if authed(&web, &headers).await.is_ok() {
         return Redirect::to("/").into_response();

@@ -41,6 +41,9 @@ pub struct Web {
     pub in_flight: Arc<crate::submission::InFlight>,
     /// Where what users write goes (`None`: the inbox only reads).
     pub sending: Option<crate::outbound::Sending>,
+    /// Where the browser uploads attachments itself (the web function: a function URL
+    /// carries at most 6 MB a request); `None`: they come in the form.
+    pub uploads: Option<Arc<dyn crate::ports::Uploads>>,
     pub key: SessionKey,
     pub clock: Arc<dyn Clock>,
     pub settings: WebSettings,
@@ -116,7 +119,8 @@ pub fn check_slots() -> Arc<tokio::sync::Semaphore> {
 /// The pages' Content-Security-Policy: nothing but our own stylesheet, frames of our
 /// own message bodies, forms to ourselves.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-    frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+    script-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; \
+    frame-ancestors 'none'";
 
 /// The emergency inbox's routes, with security headers on every response.
 pub fn router(web: Arc<Web>) -> Router {
@@ -126,6 +130,7 @@ pub fn router(web: Arc<Web>) -> Router {
     let upload = web.settings.max_message_size.saturating_add(1024 * 1024);
     let compose = Router::new()
         .route("/compose", get(compose::form).post(compose::send))
+        .route("/compose/upload", post(compose::upload))
         .layer(axum::extract::DefaultBodyLimit::max(upload))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(upload))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -143,6 +148,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/m/{id}/raw", get(handlers::raw))
         .route("/m/{id}/att/{n}", get(handlers::attachment))
         .route("/static/style.css", get(handlers::css))
+        .route("/static/compose.js", get(handlers::script))
         .fallback(handlers::not_found)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         // A request (its body included) not answered within 25 s gets 503 (not 408,

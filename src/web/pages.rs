@@ -210,6 +210,13 @@ pub struct ComposePage<'a> {
     pub error: Option<&'a str>,
     /// Outside recipients cannot be reached (no `[outbound]` way out).
     pub internal_only: bool,
+    /// The browser uploads attachments to the store itself ([`COMPOSE_JS`]).
+    pub uploads: bool,
+    /// Attachments uploaded already (a form shown again after an error): each one's
+    /// hidden field value and its file name.
+    pub uploaded: &'a [(String, String)],
+    /// Attachments sent in the form are gone (a form shown again after an error).
+    pub attachments_dropped: bool,
 }
 
 /// Writing a message (new, reply, forward).
@@ -226,8 +233,12 @@ pub fn compose(p: &ComposePage<'_>) -> Markup {
             h1 { (title) }
             @if let Some(e) = p.error { p.error role="alert" { (e) } }
             @if p.internal_only { p.note { "Only colleagues can be reached from here: sending to outside addresses is not set up." } }
-            form.compose method="post" action="/compose" enctype="multipart/form-data" {
+            form.compose method="post" action="/compose" enctype="multipart/form-data"
+                data-uploads=[p.uploads.then_some("1")] {
                 input type="hidden" name="csrf" value=(p.csrf);
+                @for (value, _) in p.uploaded {
+                    input type="hidden" name="upload" value=(value);
+                }
                 @if let Some((id, mode)) = &p.re {
                     input type="hidden" name="re" value=(id);
                     input type="hidden" name="mode" value=(mode);
@@ -244,7 +255,22 @@ pub fn compose(p: &ComposePage<'_>) -> Markup {
                 label { "Bcc" input type="text" name="bcc" value=(p.bcc) autocapitalize="none"; }
                 label { "Subject" input type="text" name="subject" value=(p.subject); }
                 label { "Message" textarea name="body" rows="14" { (p.body) } }
+                @if !p.uploaded.is_empty() {
+                    p.note { "Attached: "
+                        @for (i, (_, name)) in p.uploaded.iter().enumerate() {
+                            @if i > 0 { ", " } (name)
+                        }
+                    }
+                }
+                @if p.attachments_dropped {
+                    p.note { "Please choose your attachments again." }
+                }
                 label { "Attachments" input type="file" name="attachment" multiple; }
+                @if p.uploads {
+                    script src="/static/compose.js" defer {}
+                    noscript { p.note { "Without JavaScript, attachments are limited to 6 MB together." } }
+                    p.upload-status.note role="status" aria-live="polite" {}
+                }
                 @if matches!(p.re.as_ref().map(|(_, m)| *m), Some("forward")) {
                     p.note { "The original message is attached as it is." }
                 }
@@ -262,6 +288,58 @@ pub fn error(title: &str, text: &str) -> Markup {
         html! { h1 { (title) } p { (text) } p { a href="/" { "Inbox" } } },
     )
 }
+
+/// The compose form's script where the browser uploads attachments itself (the web
+/// function): each chosen file is PUT to a URL the app presigns (`POST
+/// /compose/upload`), the form then carries only the uploads' ids. Without it (or
+/// without JavaScript) files go in the form, as everywhere else.
+pub const COMPOSE_JS: &str = r#""use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.querySelector("form.compose[data-uploads]");
+  if (!form) return;
+  const input = form.querySelector("input[name=attachment]");
+  const status = form.querySelector(".upload-status");
+  const button = form.querySelector("button[type=submit]");
+  let busy = false;
+  form.addEventListener("submit", async (ev) => {
+    if (!input || input.files.length === 0) return;
+    ev.preventDefault();
+    if (busy) return;
+    busy = true;
+    button.disabled = true;
+    const added = [];
+    try {
+      const csrf = form.querySelector("input[name=csrf]").value;
+      for (const f of Array.from(input.files)) {
+        status.textContent = "Uploading " + f.name + "…";
+        const type = f.type || "application/octet-stream";
+        const asked = await fetch("/compose/upload", {
+          method: "POST",
+          body: new URLSearchParams({ csrf: csrf, size: String(f.size) }),
+        });
+        if (!asked.ok) throw new Error(await asked.text());
+        const slot = await asked.json();
+        const put = await fetch(slot.url, { method: "PUT", body: f });
+        if (!put.ok) throw new Error("the upload of " + f.name + " failed (" + put.status + ")");
+        const field = document.createElement("input");
+        field.type = "hidden";
+        field.name = "upload";
+        field.value = JSON.stringify({ id: slot.id, name: f.name, type: type });
+        form.appendChild(field);
+        added.push(field);
+      }
+      input.value = "";
+      status.textContent = "Sending…";
+      form.submit();
+    } catch (e) {
+      added.forEach((f) => f.remove());
+      status.textContent = "Not sent: " + e.message;
+      button.disabled = false;
+      busy = false;
+    }
+  });
+});
+"#;
 
 /// The stylesheet.
 pub const CSS: &str = "

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod browser;
 pub mod dns;
 pub mod iam;
 pub mod lambda;

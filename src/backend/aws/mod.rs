@@ -32,6 +32,7 @@ mod search;
 pub mod secrets;
 mod ses_send;
 pub mod sqs;
+mod uploads;
 mod users;
 
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub use errors::{classify, is_transient_code};
 pub use limits::DynamoLoginLimits;
 pub use s3::{DELIVERED_TAG, S3BlobStore};
 pub use ses_send::SesOutbound;
+pub use uploads::S3Uploads;
 pub use users::{ALIASES_KEY, PASSWD_KEY, S3UserFiles};
 
 pub use crate::config::{ArchiveSettings, AwsSettings};
