@@ -496,3 +496,54 @@ fn sending_checks_spf_dkim_and_the_smarthost() {
     assert_eq!(code, 1);
     assert_eq!(verdict(&report, "outbound relay"), "fail", "{report:#}");
 }
+
+/// With SES as the way out, the doctor asks SES (SESv2 GetAccount) whether the account
+/// may send to anyone: in the sandbox only verified addresses get mail, paused it sends
+/// nothing, and either fails the check that names it.
+#[test]
+fn ses_sending_fails_in_the_sandbox_and_when_paused() {
+    let dns = Dns::start(GOOD_AWS);
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = aws_setup(&moto, dir.path(), &[]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[outbound]\nmode = \"ses\"\n")).unwrap();
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 8]);
+    let env = moto_env(&moto, primary.port);
+    let detail = |report: &Value| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "ses sending")
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+
+    // A new account: in the sandbox.
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "ses sending"), "fail", "{report:#}");
+    assert!(detail(&report).contains("SES sandbox"), "{report:#}");
+
+    moto.set_ses_account(serde_json::json!({
+        "ProductionAccessEnabled": true,
+        "SendQuota": {"Max24HourSend": 50000.0, "MaxSendRate": 14.0, "SentLast24Hours": 3.0}
+    }));
+    let (_, report) = doctor(&config, &dns, &env);
+    assert_eq!(verdict(&report, "ses sending"), "pass", "{report:#}");
+    assert!(
+        detail(&report).contains("50000 messages a day"),
+        "{report:#}"
+    );
+
+    moto.set_ses_account(serde_json::json!({
+        "SendingEnabled": false,
+        "EnforcementStatus": "SHUTDOWN"
+    }));
+    let (code, report) = doctor(&config, &dns, &env);
+    assert_eq!(code, 1);
+    assert_eq!(verdict(&report, "ses sending"), "fail", "{report:#}");
+    assert!(detail(&report).contains("paused"), "{report:#}");
+    assert!(detail(&report).contains("SHUTDOWN"), "{report:#}");
+}

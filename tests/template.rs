@@ -1171,10 +1171,7 @@ fn the_web_function_reads_mail_stores_what_users_send_and_writes_nothing_else() 
         let resource = s["Resource"].to_string();
         // Create-only where messages are; the uploads are the page's own.
         if actions.contains("s3:PutObject") && resource.contains("/serve/") {
-            assert_eq!(
-                s["Condition"]["Null"]["s3:if-none-match"], "false",
-                "{s}"
-            );
+            assert_eq!(s["Condition"]["Null"]["s3:if-none-match"], "false", "{s}");
         }
         if actions.contains("s3:PutObject") || actions.contains("s3:DeleteObject") {
             assert!(
@@ -1248,7 +1245,9 @@ fn the_web_function_reads_mail_stores_what_users_send_and_writes_nothing_else() 
     let bucket = &f["MailBucket"]["Properties"];
     let cors = &bucket["CorsConfiguration"]["CorsRules"][0];
     assert_eq!(cors["AllowedMethods"], json!(["PUT"]));
-    let rules = bucket["LifecycleConfiguration"]["Rules"].as_array().unwrap();
+    let rules = bucket["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .unwrap();
     let uploads = rules
         .iter()
         .find(|r| r["Prefix"] == "uploads/")

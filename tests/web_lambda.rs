@@ -291,11 +291,21 @@ async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3
             ("STANDBY_OUTBOUND_MODE", "ses"),
             ("STANDBY_HOSTNAME", "example.test"),
             ("STANDBY_DSN_REPORTING_MTA", "example.test"),
+            ("STANDBY_SUBMISSION_RATE_PER_HOUR", "2"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
+    // Two instances of the function, as Lambda runs them side by side: the hourly
+    // count must hold across both.
     let log = dir.path().join("web.log");
     procs.0.push(function(WEB, "standby-web", port, &env, &log));
+    procs.0.push(function(
+        WEB,
+        "standby-web",
+        port,
+        &env,
+        &dir.path().join("web2.log"),
+    ));
     let proxy = root_proxy(port, "/lambda-url/standby-web");
     let origin = format!("http://localhost:{proxy}");
 
@@ -387,7 +397,50 @@ async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3
         });
     let listed = c.find(Locator::Css("ul.messages")).await.unwrap();
     assert!(listed.text().await.unwrap().contains("Site plan"));
+    // Two an hour: the second goes, the third is refused, whichever instance takes it.
+    for (n, subject) in ["Second", "Third"].into_iter().enumerate() {
+        c.goto(&url("/compose")).await.unwrap();
+        landed(&c, "form.compose").await;
+        type_in(&c, "input[name=to]", "bob@example.test").await;
+        type_in(&c, "input[name=subject]", subject).await;
+        click(&c, "form.compose button").await;
+        if n == 0 {
+            landed(&c, "ul.messages").await;
+        } else {
+            landed(&c, "p.error").await;
+            let error = c.find(Locator::Css("p.error")).await.unwrap();
+            assert!(
+                error
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains("as many messages as an hour allows"),
+                "the third message refused"
+            );
+        }
+    }
     c.close().await.unwrap();
+    let count = clients
+        .dynamodb
+        .get_item()
+        .table_name("websend")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("limit#send:alice@example.test".into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        count
+            .item()
+            .and_then(|i| i.get("attempts"))
+            .and_then(|v| v.as_n().ok())
+            .map(String::as_str),
+        Some("3"),
+        "counted in the table, where every instance counts"
+    );
 
     // Sent through SES by the function itself, within the request.
     let sent = moto.ses_sent();

@@ -58,7 +58,62 @@ impl Context {
         if let Some(topic) = &config.metrics.alarm_topic {
             out.push(self.alarm_subscription(topic, &config.domains).await);
         }
+        if config.outbound_mode() == crate::config::OutboundMode::Ses
+            && super::sending::applies(config)
+        {
+            out.push(self.ses_sending().await);
+        }
         out
+    }
+
+    /// Whether SES will send what users write: an account still in the SES sandbox
+    /// sends only to verified addresses (and 200 a day), so nearly every message to an
+    /// outside recipient fails; one whose sending is paused sends nothing.
+    async fn ses_sending(&self) -> Check {
+        let name = "ses sending";
+        let account = match aws_sdk_sesv2::Client::new(&self.clients.sdk)
+            .get_account()
+            .send()
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                return Check::fail(
+                    name,
+                    err(&e),
+                    "check the AWS credentials and region, and that they may ses:GetAccount",
+                );
+            }
+        };
+        let quota = account.send_quota().map_or(String::new(), |q| {
+            format!(
+                ", {} messages a day, {} a second",
+                q.max24_hour_send(),
+                q.max_send_rate()
+            )
+        });
+        if !account.sending_enabled() {
+            return Check::fail(
+                name,
+                format!(
+                    "sending is paused for this account in {} (enforcement status {})",
+                    self.region,
+                    account.enforcement_status().unwrap_or("unknown")
+                ),
+                "see the SES console's reputation page; `aws sesv2 put-account-sending-attributes                  --sending-enabled` once the cause is fixed",
+            );
+        }
+        if !account.production_access_enabled() {
+            return Check::fail(
+                name,
+                format!(
+                    "the account is in the SES sandbox in {}: it sends only to verified addresses{quota}",
+                    self.region
+                ),
+                "request production access (SES console, Account dashboard, or `aws sesv2                  put-account-details --production-access-enabled ...`) before users need to send",
+            );
+        }
+        Check::pass(name, format!("production access in {}{quota}", self.region))
     }
 
     /// The stack's alarms reach someone only through a confirmed subscription of its

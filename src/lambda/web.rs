@@ -78,14 +78,15 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
     // What users write is stored like what `serve` accepts itself: under serve/.
     let storage = Storage::aws_serve(&clients, &settings);
     let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
-    let sending = sending(&config, &storage, &clients, clock.clone());
+    let limits: Arc<dyn crate::ports::LoginLimits> = Arc::new(clients.login_limits(&settings));
+    let sending = sending(&config, &storage, &clients, clock.clone(), limits.clone());
     let uploads = S3Uploads::new(clients.s3.clone(), &settings.bucket).await?;
     Ok(Arc::new(Web {
         storage,
         checks: crate::web::check_slots(),
         slowest_check: Default::default(),
         users: Arc::new(users),
-        limits: Arc::new(clients.login_limits(&settings)),
+        limits,
         in_flight: Arc::default(),
         sending: Some(sending),
         uploads: Some(Arc::new(uploads)),
@@ -107,6 +108,7 @@ fn sending(
     storage: &Storage,
     clients: &AwsClients,
     clock: Arc<dyn crate::ports::Clock>,
+    limits: Arc<dyn crate::ports::LoginLimits>,
 ) -> crate::outbound::Sending {
     let spool = crate::ingest::Spool::new(storage.clone(), clock.clone(), config.hostname.clone());
     let sending = crate::outbound::Sending::new(
@@ -116,7 +118,9 @@ fn sending(
         &config.domains,
         config.outbound.sent_copy.clone(),
     )
-    .with_rate(config.submission.rate_per_hour);
+    .with_rate(config.submission.rate_per_hour)
+    // Each instance is a process of its own: the hourly count is kept in the table.
+    .with_shared_rate(limits);
     match super::outbound_queue(config, storage, clients) {
         Some(queue) => sending
             .with_outside(true)

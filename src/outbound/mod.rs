@@ -49,6 +49,11 @@ pub struct SendRate {
 }
 
 impl SendRate {
+    /// Messages a user may send an hour.
+    pub fn per_hour(&self) -> u32 {
+        self.per_hour
+    }
+
     pub fn new(per_hour: u32) -> Self {
         SendRate {
             per_hour,
@@ -92,6 +97,9 @@ pub struct Sending {
     /// Where no queue runs in the background (the web function, frozen between
     /// requests): the queue run right after storing, for at most this long.
     deliver_now: Option<(queue::OutboundQueue, std::time::Duration)>,
+    /// Where the hourly count is kept when several processes serve one user (the web
+    /// function's instances): counted there instead of in [`SendRate`]'s memory.
+    shared_rate: Option<Arc<dyn crate::ports::LoginLimits>>,
 }
 
 /// One message as a user hands it over.
@@ -125,7 +133,36 @@ impl Sending {
             rate: Arc::new(SendRate::new(200)),
             outside: true,
             deliver_now: None,
+            shared_rate: None,
         }
+    }
+
+    /// Count each user's messages in `limits` (items every instance reads), not in
+    /// this process's memory.
+    pub fn with_shared_rate(mut self, limits: Arc<dyn crate::ports::LoginLimits>) -> Self {
+        self.shared_rate = Some(limits);
+        self
+    }
+
+    /// Count one more message from `user`: `false` when the hour allows no more.
+    /// With a shared count the message is counted first and the count read back, so
+    /// instances counting at once can only refuse too early, never let one too many
+    /// through.
+    ///
+    /// # Errors
+    /// The shared count cannot be read or written.
+    pub async fn may_send(&self, user: &str) -> Result<bool, StoreError> {
+        let Some(limits) = &self.shared_rate else {
+            return Ok(self.rate.take(user));
+        };
+        let key = format!("send:{}", user.to_lowercase());
+        let now = self.clock.now();
+        let hour = chrono::Duration::hours(1);
+        limits.failed(&key, now, hour).await?;
+        let over = limits
+            .blocked(&key, now, hour, self.rate.per_hour().saturating_add(1))
+            .await?;
+        Ok(over.is_none())
     }
 
     /// Run `queue` right after each message with outside recipients is stored, for at

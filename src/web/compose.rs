@@ -141,10 +141,11 @@ fn show(web: &Web, account: &Account, csrf: &str, f: &Form, error: Option<&str>)
             attachments_dropped: error.is_some() && f.had_files,
         }),
     );
-    // The page's script may send files to the store's origin, and only there.
+    // Only this page runs a script (ours, `/static/compose.js`), and it may send files
+    // to the store's origin and nowhere else.
     if let Some(up) = &web.uploads
         && let Ok(csp) = axum::http::HeaderValue::from_str(&format!(
-            "{}; connect-src 'self' {}",
+            "{}; script-src 'self'; connect-src 'self' {}",
             super::PAGE_CSP,
             up.origin()
         ))
@@ -194,6 +195,18 @@ fn file_name(typed: &str) -> String {
         "attachment".into()
     } else {
         clean
+    }
+}
+
+/// Remove uploaded attachments (what cannot be removed now expires with the bucket's
+/// lifecycle rule).
+async fn remove_uploads(web: &Web, keys: &[String]) {
+    if let Some(store) = &web.uploads {
+        for key in keys {
+            if let Err(e) = store.remove(key).await {
+                tracing::warn!(error = %e, "could not remove an uploaded attachment");
+            }
+        }
     }
 }
 
@@ -358,15 +371,23 @@ pub(super) async fn send(
         Err(e) => return server_error(&e),
     };
     if bytes.len() > web.settings.max_message_size {
+        // Encoded, the attachments take a third more: the user chooses fewer or smaller
+        // ones, so those uploaded are of no more use.
+        remove_uploads(&web, &upload_keys).await;
+        f.uploaded.clear();
         return show(
             &web,
             &account,
             &session.csrf,
             &f,
-            Some("The message is too large."),
+            Some("The message is too large: please choose fewer or smaller attachments."),
         );
     }
-    if !sending.rate().take(&user.address) {
+    let allowed = match sending.may_send(&user.address).await {
+        Ok(a) => a,
+        Err(e) => return server_error(&e),
+    };
+    if !allowed {
         return show(
             &web,
             &account,
@@ -406,15 +427,8 @@ pub(super) async fn send(
     };
     match sent {
         Ok(_) => {
-            if let Some(store) = &web.uploads {
-                for key in &upload_keys {
-                    // In the stored message now; what is left expires with the bucket's
-                    // lifecycle rule.
-                    if let Err(e) = store.remove(key).await {
-                        tracing::warn!(error = %e, "could not remove an uploaded attachment");
-                    }
-                }
-            }
+            // In the stored message now.
+            remove_uploads(&web, &upload_keys).await;
             Redirect::to("/sent").into_response()
         }
         Err(StoreError::Refused(reply)) => {
@@ -457,7 +471,8 @@ pub(super) async fn upload(
     if !session.csrf_ok(&ask.csrf) {
         return forbidden();
     }
-    if ask.size > web.settings.max_message_size as u64 {
+    // Base64 in the message: a file takes a third more than its size.
+    if ask.size.saturating_mul(4) / 3 > web.settings.max_message_size as u64 {
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
             "the file is larger than a message may be",

@@ -630,7 +630,9 @@ fn safe_type(ct: &str) -> HeaderValue {
         "application/xml",
     ]
     .iter()
-    .any(|p| lower.starts_with(p));
+    .any(|p| lower.starts_with(p))
+        // Nor a script a page could load (`text/javascript`, `application/ecmascript`...).
+        || lower.contains("script");
     if ok && !active {
         HeaderValue::from_str(&lower)
             .unwrap_or(HeaderValue::from_static("application/octet-stream"))
@@ -720,6 +722,11 @@ mod tests {
         assert_eq!(safe_type("application/PDF"), "application/pdf");
         assert_eq!(safe_type("text/html"), "application/octet-stream");
         assert_eq!(safe_type("image/svg+xml"), "application/octet-stream");
+        assert_eq!(safe_type("text/javascript"), "application/octet-stream");
+        assert_eq!(
+            safe_type("Application/ECMAScript"),
+            "application/octet-stream"
+        );
         assert_eq!(safe_type("bad type/x\r\n"), "application/octet-stream");
         assert_eq!(
             cursor_of("1700000000000-01HZZZZZZZZZZZZZZZZZZZZZZZ")

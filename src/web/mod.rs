@@ -119,8 +119,7 @@ pub fn check_slots() -> Arc<tokio::sync::Semaphore> {
 /// The pages' Content-Security-Policy: nothing but our own stylesheet, frames of our
 /// own message bodies, forms to ourselves.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-    script-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; \
-    frame-ancestors 'none'";
+    frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The emergency inbox's routes, with security headers on every response.
 pub fn router(web: Arc<Web>) -> Router {

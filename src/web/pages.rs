@@ -301,11 +301,23 @@ document.addEventListener("DOMContentLoaded", () => {
   const status = form.querySelector(".upload-status");
   const button = form.querySelector("button[type=submit]");
   let busy = false;
+  // A page restored from the browser's cache takes a new send.
+  window.addEventListener("pageshow", () => {
+    busy = false;
+    button.disabled = false;
+  });
   form.addEventListener("submit", async (ev) => {
-    if (!input || input.files.length === 0) return;
-    ev.preventDefault();
-    if (busy) return;
+    // Once: a second click while the first is on its way would send it twice.
+    if (busy) {
+      ev.preventDefault();
+      return;
+    }
     busy = true;
+    if (!input || input.files.length === 0) {
+      status.textContent = "Sending\u2026";
+      return;
+    }
+    ev.preventDefault();
     button.disabled = true;
     const added = [];
     try {

@@ -196,6 +196,27 @@ impl Moto {
             .unwrap_or_default()
     }
 
+    /// Set fields of the SES account SESv2 GetAccount reports (`scripts/moto-server`'s
+    /// stand-in: moto has none), e.g. `{"ProductionAccessEnabled": true}`.
+    pub fn set_ses_account(&self, fields: serde_json::Value) {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                "-H",
+                &format!(
+                    "Authorization: AWS4-HMAC-SHA256 Credential={SETUP_KEY}/20260101/{REGION}/moto/aws4_request"
+                ),
+                "--data-binary",
+                &fields.to_string(),
+                &format!("{}/_standby/ses-account", self.url),
+            ])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "set the SES account");
+    }
+
     /// Bucket and table names for one test (`name` must be a valid bucket name).
     pub fn settings(&self, name: &str) -> AwsSettings {
         AwsSettings {
