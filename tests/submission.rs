@@ -606,3 +606,116 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
         "{delivered:?}"
     );
 }
+
+/// The smarthost's login: `relay_user` and the password from the variable
+/// `relay_password_env` names, AUTH LOGIN as the smarthost offers it; a wrong password
+/// keeps the message queued (a refusal of *us*, not of the recipient: no bounce).
+#[test]
+fn the_smarthost_login_is_used_and_a_wrong_one_bounces_nothing() {
+    for (password, accepted) in [(common::FAKE_PASS, true), ("wrong", false)] {
+        let smarthost = common::FakePrimary::start(vec![common::FakeReply::Submission(
+            common::FakeAuth::Login,
+        )]);
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki = make_pki(pki_dir.path());
+        let submission = free_port();
+        let extra = format!(
+            "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [users]\nfile = \"{{dir}}/users.passwd\"\n\
+             [submission]\nlisten = \"127.0.0.1:{submission}\"\n\
+             [outbound]\nrelay = \"127.0.0.1:{port}\"\nrelay_tls = \"none\"\n\
+             relay_allow_plaintext_auth = true\nrelay_user = \"{user}\"\n\
+             relay_password_env = \"RELAY_PW\"\n",
+            cert = pki.cert.display(),
+            key = pki.key.display(),
+            port = smarthost.port,
+            user = common::FAKE_USER,
+        );
+        let mut standby = Standby::configure(1, &extra, &[("RELAY_PW", password)]);
+        let dir = standby.dir.path().display().to_string();
+        let text = std::fs::read_to_string(&standby.config).unwrap();
+        std::fs::write(&standby.config, text.replace("{dir}", &dir)).unwrap();
+        add_user(&standby, "alice@example.test", "alice-pw");
+        standby.spawn();
+        wait_for("the standby to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", submission)).is_ok()
+        });
+        let (ok, t) = swaks(
+            submission,
+            &[
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice@example.test",
+                "--auth-password",
+                "alice-pw",
+                "--from",
+                "alice@example.test",
+                "--to",
+                "friend@outside.test",
+                "--header",
+                "Subject: through the smarthost",
+            ],
+        );
+        assert!(ok, "{t}");
+        let log = smarthost.log.clone();
+        wait_for("a login at the smarthost", Duration::from_secs(30), || {
+            log.lock().unwrap().iter().any(|l| l.starts_with("AUTH"))
+        });
+        if accepted {
+            wait_for(
+                "the message at the smarthost",
+                Duration::from_secs(30),
+                || {
+                    log.lock()
+                        .unwrap()
+                        .iter()
+                        .any(|l| l.starts_with("DATA") && l.contains("through the smarthost"))
+                },
+            );
+            let lines = log.lock().unwrap().clone();
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with("AUTH") && l.ends_with("true")),
+                "{lines:?}"
+            );
+            assert!(
+                lines.contains(&"RCPT TO:<friend@outside.test>".to_string()),
+                "{lines:?}"
+            );
+            wait_for("delivered", Duration::from_secs(30), || {
+                standby.list("outbound").is_empty()
+            });
+        } else {
+            // Refused at AUTH: the attempt is recorded as ours to fix, nothing sent, the
+            // message waits for a fixed login.
+            let queued = standby.list("outbound");
+            let id = queued
+                .first()
+                .unwrap_or_else(|| panic!("still queued: {:?}", standby.list("failed")))["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            wait_for("the attempt recorded", Duration::from_secs(30), || {
+                standby.json(&["show", &id, "--json"])["attempts"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+            });
+            let rec = standby.json(&["show", &id, "--json"]);
+            assert!(rec.to_string().contains("535"), "{rec}");
+            let lines = log.lock().unwrap().clone();
+            assert!(!lines.iter().any(|l| l.starts_with("DATA")), "{lines:?}");
+            assert_eq!(standby.list("outbound").len(), 1);
+            assert!(
+                standby.list("failed").is_empty(),
+                "no bounce for our own login"
+            );
+        }
+        assert!(
+            !standby.log().contains(password),
+            "the password never in the log"
+        );
+    }
+}
