@@ -599,10 +599,17 @@ async fn start_outbound(
                         .await
                         .sdk
                 }
+                // The local backend sending through SES: the standard chain, with the
+                // config's `region` and `endpoint_url` when set.
                 None => {
-                    aws_config::defaults(aws_config::BehaviorVersion::latest())
-                        .load()
-                        .await
+                    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                    if let Some(region) = &config.region {
+                        loader = loader.region(aws_config::Region::new(region.clone()));
+                    }
+                    if let Some(url) = &config.endpoint_url {
+                        loader = loader.endpoint_url(url.clone());
+                    }
+                    loader.load().await
                 }
             };
             Arc::new(crate::backend::aws::SesOutbound::new(&sdk))

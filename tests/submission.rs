@@ -536,12 +536,28 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
         key = pki.key.display(),
     );
     // As a serve node: every request checked against ServeNodePolicy when moto stops.
+    // SES's endpoint and region from the config, not the environment (the local
+    // backend's only AWS client).
     let env = common::aws::child_env_as(&moto, common::iam::Principal::Serve);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL" && k != "AWS_REGION")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut standby = Standby::configure(1, &extra, &env);
     let dir = standby.dir.path().display().to_string();
     let text = std::fs::read_to_string(&standby.config).unwrap();
-    std::fs::write(&standby.config, text.replace("{dir}", &dir)).unwrap();
+    std::fs::write(
+        &standby.config,
+        text.replace("{dir}", &dir).replace(
+            "hostname = ",
+            &format!(
+                "endpoint_url = \"{}\"\nregion = \"us-east-1\"\nhostname = ",
+                moto.url
+            ),
+        ),
+    )
+    .unwrap();
     add_user(&standby, "alice@example.test", "alice-pw");
     standby.spawn();
     wait_for("the standby to listen", Duration::from_secs(20), || {
