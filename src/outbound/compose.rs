@@ -231,10 +231,37 @@ pub enum DraftError {
     TooMany(usize),
 }
 
-/// The addresses in a typed list (`a@x, b@y; c@z`), checked.
+/// `typed` cut at each `,`, `;` or line end outside a quoted string or `<...>`, so a
+/// display name with a comma (`"Smith, John" <john@x>`) or a quoted local part stays
+/// whole.
+fn split_list(typed: &str) -> Vec<&str> {
+    let (mut parts, mut start) = (Vec::new(), 0);
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    for (i, c) in typed.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' | ';' | '\n' if !quoted && !angle => {
+                parts.push(&typed[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&typed[start..]);
+    parts
+}
+
+/// The addresses in a typed list (`a@x, b@y; c@z`, `"Smith, John" <john@x>`), checked.
 pub fn address_list(typed: &str) -> Result<Vec<String>, DraftError> {
-    typed
-        .split([',', ';', '\n'])
+    split_list(typed)
+        .into_iter()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -423,6 +450,12 @@ mod tests {
             address_list("a@x.test, nope"),
             Err(DraftError::BadAddress(_))
         ));
+        // A comma or `<` in a quoted display name, a quoted local part with a comma.
+        assert_eq!(
+            address_list("\"Smith, John\" <john@x.test>, \"a<b\" <c@y.test>;\n\"d, e\"@z.test")
+                .unwrap(),
+            ["john@x.test", "c@y.test", "\"d, e\"@z.test"]
+        );
         let d = Draft {
             from: "ceo@example.test".into(),
             to: vec!["a@x.test".into()],
