@@ -501,5 +501,65 @@ async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3
     assert!(recs.iter().all(|r| r.blob_key().starts_with("serve/")));
     let audit = storage.audit.entries().await.unwrap();
     assert!(audit.iter().any(|e| e.action == "sent"), "{audit:?}");
-    let _ = settings;
+
+    // The primary is back: the drain function delivers the held parts, the sender's
+    // copy (marked) into alice's mailbox and the colleague's into bob's, each once.
+    let pf = common::Postfix::primary();
+    pf.start();
+    let drain_storage = moto.storage_as(Principal::Drain, &settings).await;
+    let config =
+        standby::config::Config::from_lambda_env(common::aws::drain_env("websend", pf.port, &[]))
+            .unwrap();
+    let relay = standby::smtp::SmtpRelay::from_config(&config).unwrap();
+    let f = standby::lambda::drain::DrainFunction::new(config, drain_storage, relay);
+    let deadline = Some(std::time::Instant::now() + Duration::from_secs(120));
+    let sum = f
+        .handle(standby::lambda::drain::DrainRequest::default(), deadline)
+        .await
+        .unwrap();
+    assert_eq!(sum.primary, "up", "{sum:?}");
+    let again = f
+        .handle(standby::lambda::drain::DrainRequest::default(), deadline)
+        .await
+        .unwrap();
+    assert_eq!(again.delivered, 0, "{again:?}");
+    let mailbox: Vec<String> = pf
+        .delivered()
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect();
+    let to = |who: &str, subject: &str| {
+        mailbox
+            .iter()
+            .filter(|m| {
+                m.contains(&format!("Delivered-To: {who}"))
+                    && m.contains(&format!("Subject: {subject}"))
+            })
+            .count()
+    };
+    assert_eq!(
+        to("alice@example.test", "Site plan"),
+        1,
+        "the sender's copy, once"
+    );
+    assert_eq!(
+        to("bob@example.test", "Site plan"),
+        1,
+        "the colleague's, once"
+    );
+    assert_eq!(to("bob@example.test", "Second"), 1);
+    assert_eq!(to("bob@example.test", "Third"), 0, "refused, never stored");
+    let copy = mailbox
+        .iter()
+        .find(|m| m.contains("Delivered-To: alice@example.test") && m.contains("Site plan"))
+        .unwrap();
+    assert!(
+        copy.contains("X-Standby-Sent: yes"),
+        "marked for a Sent rule"
+    );
+    assert!(
+        !mailbox
+            .iter()
+            .any(|m| m.contains("Delivered-To: dave@outside.test"))
+    );
 }
