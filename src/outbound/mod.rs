@@ -353,12 +353,14 @@ impl Sending {
     async fn undo(&self, stored: &[Record]) {
         for rec in stored {
             let now = self.clock.now();
-            let gone = match self.storage.index.delete(rec, now).await {
-                Ok(_) => self.storage.blobs.delete(&rec.blob_key()).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = gone {
+            if let Err(e) = self.storage.index.delete(rec, now).await {
                 tracing::error!(id = %rec.id, error = %e, "could not remove a part of a message that was not accepted; it may be sent although the client was told to try again");
+                continue;
+            }
+            // Its record is gone, so nothing sends it; only the bytes may stay (the web
+            // function may not delete old versions: the bucket's lifecycle rule does).
+            if let Err(e) = self.storage.blobs.delete(&rec.blob_key()).await {
+                tracing::warn!(id = %rec.id, error = %e, "could not remove the bytes of a part of a message that was not accepted (never sent: its record is gone)");
             }
         }
     }
