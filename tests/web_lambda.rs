@@ -21,19 +21,15 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
     let moto = Moto::start();
     let (clients, settings, storage) = moto.storage("webfn").await;
     let dir = tempfile::tempdir().unwrap();
-    // The operator adds users: the bucket's users/passwd.
-    let cfg = cli_config(dir.path(), "webfn", 1);
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg).unwrap().replace(
-            "[primary]",
-            "[users]\ndefault_domain = \"example.test\"\n[primary]",
-        ),
-    )
-    .unwrap();
-    let operator = child_env_as(&moto, Principal::Operator);
-    add_user_with(&cfg, &operator, "bob", "bob's password");
-    add_user_with(&cfg, &operator, "carol@example.test", "carol's password");
+    let cfg = add_users(
+        &moto,
+        dir.path(),
+        "webfn",
+        &[
+            ("bob", "bob's password"),
+            ("carol@example.test", "carol's password"),
+        ],
+    );
     let listed = standby_cli(&moto, &cfg, &["user", "list"], &[]);
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout),
@@ -73,34 +69,11 @@ async fn the_web_function_serves_the_inbox_over_a_function_url() {
         storage.index.list(&Default::default()).await.unwrap().len(),
         2
     );
-    // The session key, in Secrets Manager as the template makes it.
-    let secret = aws_sdk_secretsmanager::Client::new(&clients.sdk)
-        .create_secret()
-        .name("standby/web-session")
-        .secret_string("k".repeat(64))
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    let secret = session_secret(&clients).await;
 
     let port = free_port();
     let mut procs = Procs(vec![watch(port, &dir.path().join("watch.log"))]);
-    let mut env = child_env_as(&moto, Principal::Web);
-    env.extend(
-        [
-            ("STANDBY_BUCKET", "webfn".to_string()),
-            ("STANDBY_TABLE", "webfn".to_string()),
-            ("STANDBY_USERS_DEFAULT_DOMAIN", "example.test".to_string()),
-            (
-                "STANDBY_WEB_SESSION_KEY_ENV",
-                "STANDBY_WEB_SESSION_SECRET".to_string(),
-            ),
-            ("STANDBY_WEB_SESSION_SECRET", secret),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
+    let env = web_env(&moto, "webfn", secret);
     let log = dir.path().join("web.log");
     procs.0.push(function(WEB, "standby-web", port, &env, &log));
     let base = format!("http://127.0.0.1:{port}/lambda-url/standby-web");
@@ -224,6 +197,44 @@ fn root_proxy(upstream: u16, prefix: &'static str) -> u16 {
     port
 }
 
+/// The operator adds `users` (name, password) to the bucket's users/passwd with
+/// `standby user add`; returns the operator's config.
+fn add_users(
+    moto: &Moto,
+    dir: &std::path::Path,
+    name: &str,
+    users: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let cfg = cli_config(dir, name, 1);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "[primary]",
+            "[users]\ndefault_domain = \"example.test\"\n[primary]",
+        ),
+    )
+    .unwrap();
+    let operator = child_env_as(moto, Principal::Operator);
+    for (user, password) in users {
+        add_user_with(&cfg, &operator, user, password);
+    }
+    cfg
+}
+
+/// The session key, in Secrets Manager as the template makes it: its ARN.
+async fn session_secret(clients: &standby::backend::aws::AwsClients) -> String {
+    aws_sdk_secretsmanager::Client::new(&clients.sdk)
+        .create_secret()
+        .name("standby/web-session")
+        .secret_string("k".repeat(64))
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string()
+}
+
 /// The web function's environment for bucket and table `name`, signing as its role.
 fn web_env(moto: &Moto, name: &str, secret: String) -> Vec<(String, String)> {
     let mut env = child_env_as(moto, Principal::Web);
@@ -259,28 +270,13 @@ async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = cli_config(dir.path(), "websend", 1);
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg).unwrap().replace(
-            "[primary]",
-            "[users]\ndefault_domain = \"example.test\"\n[primary]",
-        ),
-    )
-    .unwrap();
-    let operator = child_env_as(&moto, Principal::Operator);
-    add_user_with(&cfg, &operator, "alice", "alice's password");
-    add_user_with(&cfg, &operator, "bob", "bob's password");
-    let secret = aws_sdk_secretsmanager::Client::new(&clients.sdk)
-        .create_secret()
-        .name("standby/web-session")
-        .secret_string("s".repeat(64))
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    add_users(
+        &moto,
+        dir.path(),
+        "websend",
+        &[("alice", "alice's password"), ("bob", "bob's password")],
+    );
+    let secret = session_secret(&clients).await;
 
     let port = free_port();
     let mut procs = Procs(vec![watch(port, &dir.path().join("watch.log"))]);

@@ -134,6 +134,25 @@ impl S3BlobStore {
     }
 }
 
+/// `key` in `bucket`, or `None` when there is none (a 404: callers with `s3:ListBucket`;
+/// without it S3 answers 403, an error here).
+pub(super) async fn get_if_any(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StoreError> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => Ok(Some(o)),
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status == Some(404) {
+                return Ok(None);
+            }
+            Err(classify(BACKEND, "GetObject", e))
+        }
+    }
+}
+
 /// A GetObject's whole body (`key` names it in the error).
 pub(super) async fn body_bytes(body: ByteStream, key: &str) -> Result<Vec<u8>, StoreError> {
     Ok(body

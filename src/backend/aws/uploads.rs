@@ -82,22 +82,8 @@ impl Uploads for S3Uploads {
     }
 
     async fn read(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status == Some(404) {
-                    return Ok(None);
-                }
-                return Err(classify(BACKEND, "GetObject", e));
-            }
+        let Some(out) = super::s3::get_if_any(&self.client, &self.bucket, key).await? else {
+            return Ok(None);
         };
         let size = out.content_length().and_then(|n| u64::try_from(n).ok());
         if size.is_none_or(|n| n > max) {

@@ -39,22 +39,8 @@ impl S3UserFiles {
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status == Some(404) {
-                    return Ok(None);
-                }
-                return Err(classify(BACKEND, "GetObject", e));
-            }
+        let Some(out) = super::s3::get_if_any(&self.client, &self.bucket, key).await? else {
+            return Ok(None);
         };
         let etag = out.e_tag().unwrap_or_default().to_string();
         let bytes = super::s3::body_bytes(out.body, key).await?;
