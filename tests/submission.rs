@@ -578,7 +578,7 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
                 "--from",
                 "alice@example.test",
                 "--to",
-                "friend@outside.test",
+                "friend@outside.test,\"best friend\"@outside.test",
                 "--header",
                 &format!("Subject: {token}"),
             ],
@@ -599,10 +599,14 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
     assert_eq!(sent.len(), 1, "one SES send: {sent:?}\n{}", standby.log());
     let m = &sent[0];
     assert_eq!(m["source"], "alice@example.test", "{m}");
-    // moto adds the header's To to the envelope's destinations: each one is ours.
+    // moto adds the header's To to the envelope's destinations: each one is ours. A
+    // quoted local part goes to SES quoted again (one address, not `best friend@...`).
     let dests = m["destinations"].as_array().unwrap();
     assert!(
-        !dests.is_empty() && dests.iter().all(|d| d == "friend@outside.test"),
+        dests.iter().any(|d| d == "\"best friend\"@outside.test")
+            && dests
+                .iter()
+                .all(|d| d == "friend@outside.test" || d == "\"best friend\"@outside.test"),
         "{m}"
     );
     let raw = m["raw_data"].as_str().unwrap();
@@ -616,9 +620,8 @@ async fn ses_mode_sends_through_sesv2_with_raw_content() {
     assert!(outbound.is_empty(), "{outbound:?}");
     let delivered = standby.list("delivered");
     assert!(
-        delivered
-            .iter()
-            .any(|r| r["rcpt_to"] == serde_json::json!(["friend@outside.test"])),
+        delivered.iter().any(|r| r["rcpt_to"]
+            == serde_json::json!(["friend@outside.test", "best friend@outside.test"])),
         "{delivered:?}"
     );
 }

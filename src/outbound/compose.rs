@@ -233,8 +233,9 @@ pub enum DraftError {
 
 /// `typed` cut at each `,`, `;` or line end outside a quoted string or `<...>`, so a
 /// display name with a comma (`"Smith, John" <john@x>`) or a quoted local part stays
-/// whole.
-fn split_list(typed: &str) -> Vec<&str> {
+/// whole; `None` when a quote or `<` is left open (a typo that would otherwise merge
+/// the rest of the list into one address).
+fn split_list(typed: &str) -> Option<Vec<&str>> {
     let (mut parts, mut start) = (Vec::new(), 0);
     let (mut quoted, mut angle, mut escaped) = (false, false, false);
     for (i, c) in typed.char_indices() {
@@ -245,8 +246,18 @@ fn split_list(typed: &str) -> Vec<&str> {
         match c {
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
+            '<' if !quoted => {
+                if angle {
+                    return None;
+                }
+                angle = true;
+            }
+            '>' if !quoted => {
+                if !angle {
+                    return None;
+                }
+                angle = false;
+            }
             ',' | ';' | '\n' if !quoted && !angle => {
                 parts.push(&typed[start..i]);
                 start = i + 1;
@@ -254,24 +265,55 @@ fn split_list(typed: &str) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted || angle {
+        return None;
+    }
     parts.push(&typed[start..]);
-    parts
+    Some(parts)
 }
 
-/// The addresses in a typed list (`a@x, b@y; c@z`, `"Smith, John" <john@x>`), checked.
+/// The address of one entry: what is inside its `<...>` (outside quotes; nothing may
+/// follow it), else the whole entry.
+fn addr_spec(entry: &str) -> Option<&str> {
+    let (mut quoted, mut escaped, mut open) = (false, false, None);
+    for (i, c) in entry.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => open = Some(i),
+            '>' if !quoted => {
+                let from = open?;
+                return entry[i + 1..]
+                    .trim()
+                    .is_empty()
+                    .then(|| entry[from + 1..i].trim());
+            }
+            _ => {}
+        }
+    }
+    open.is_none().then_some(entry)
+}
+
+/// The addresses in a typed list (`a@x, b@y; c@z`, `"Smith, John" <john@x>`,
+/// `"john doe"@x`), each parsed as an RFC 5321 address (a quoted local part decoded,
+/// as the listener stores one), checked: an entry that is not exactly one address is
+/// an error naming it, never a guess.
 pub fn address_list(typed: &str) -> Result<Vec<String>, DraftError> {
+    let bad = |s: &str| DraftError::BadAddress(s.to_string());
     split_list(typed)
+        .ok_or_else(|| bad(typed.trim()))?
         .into_iter()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let bare = s
-                .rsplit_once('<')
-                .map_or(s, |(_, r)| r.trim_end_matches('>'))
-                .trim();
-            Address::from_decoded(bare)
+            let spec = addr_spec(s).ok_or_else(|| bad(s))?;
+            Address::parse(spec)
                 .map(|a| a.decoded())
-                .map_err(|_| DraftError::BadAddress(s.to_string()))
+                .map_err(|_| bad(s))
         })
         .collect()
 }
@@ -450,12 +492,30 @@ mod tests {
             address_list("a@x.test, nope"),
             Err(DraftError::BadAddress(_))
         ));
-        // A comma or `<` in a quoted display name, a quoted local part with a comma.
+        // A comma or `<` in a quoted display name, a quoted local part with a comma
+        // (decoded, as the listener stores one; quoted again on the wire).
         assert_eq!(
             address_list("\"Smith, John\" <john@x.test>, \"a<b\" <c@y.test>;\n\"d, e\"@z.test")
                 .unwrap(),
-            ["john@x.test", "c@y.test", "\"d, e\"@z.test"]
+            ["john@x.test", "c@y.test", "d, e@z.test"]
         );
+        // A typo is an error naming it, never a merged or different recipient.
+        for typo in [
+            "<john@x.test, bob@y.test",
+            "\"Smith, John <john@x.test>, bob@y.test",
+            "a@x.test b@y.test",
+            "team: a@x.test, b@y.test;",
+            "john@x.test>",
+            "<a@x.test> b@y.test",
+            "\"a<b\"@x.test, <c@y.test",
+        ] {
+            assert!(
+                matches!(address_list(typo), Err(DraftError::BadAddress(_))),
+                "{typo}: {:?}",
+                address_list(typo)
+            );
+        }
+
         let d = Draft {
             from: "ceo@example.test".into(),
             to: vec!["a@x.test".into()],

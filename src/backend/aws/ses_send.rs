@@ -91,13 +91,19 @@ impl SesOutbound {
             Ok(r) => r,
             Err(e) => return vec![Reply::new(451, format!("4.3.0 not sent: {e}")); n],
         };
+        // In RFC 5321 form: a decoded quoted local part (`d, e@x`) quoted again, so SES
+        // reads one address, the one the user gave.
+        let wire = |a: &str| {
+            crate::model::address::Address::from_decoded(a)
+                .map_or_else(|_| a.to_string(), |a| a.to_smtp())
+        };
         let sent = self
             .client
             .send_email()
-            .from_email_address(mail_from)
+            .from_email_address(wire(mail_from))
             .destination(
                 Destination::builder()
-                    .set_to_addresses(Some(rcpts.to_vec()))
+                    .set_to_addresses(Some(rcpts.iter().map(|r| wire(r)).collect()))
                     .build(),
             )
             .content(EmailContent::builder().raw(raw).build())
