@@ -855,13 +855,15 @@ pub trait LoginLimits: Send + Sync + 'static {
         window: chrono::Duration,
         max: u32,
     ) -> Result<Option<chrono::Duration>, StoreError>;
-    /// Count one failure for `key` at `now` (a new window starts when none is running).
+    /// Count one failure for `key` at `now` (a new window starts when none is running);
+    /// returns the count in the window it was counted in, itself included (what the
+    /// write itself returned: instances counting at once each get their own number).
     async fn failed(
         &self,
         key: &str,
         now: DateTime<Utc>,
         window: chrono::Duration,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u32, StoreError>;
 }
 
 /// Attachments a browser uploads straight into the store, by a presigned PUT, where the

@@ -622,7 +622,8 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
 
 /// Login limits: after `max` failures for a key in a window (started by the first), the
 /// key is refused until the window ends; other keys are not affected; a new window after;
-/// failures counted at once by several processes are all counted.
+/// failures counted at once by several processes are all counted, each write returning
+/// its own count.
 async fn limits_contract(limits: Arc<dyn LoginLimits>) {
     let t0 = Utc::now();
     let minute = Duration::seconds(60);
@@ -652,7 +653,11 @@ async fn limits_contract(limits: Arc<dyn LoginLimits>) {
         None,
         "the window ended"
     );
-    limits.failed(ip, t0 + minute, minute).await.unwrap();
+    assert_eq!(
+        limits.failed(ip, t0 + minute, minute).await.unwrap(),
+        1,
+        "the first of a new window"
+    );
     assert_eq!(
         limits.blocked(ip, t0 + minute, minute, 1).await.unwrap(),
         Some(minute),
@@ -669,9 +674,14 @@ async fn limits_contract(limits: Arc<dyn LoginLimits>) {
                 .unwrap()
         }));
     }
+    // Each write returns its own count: the twelve numbers 1 to 12, once each (what
+    // the send limit judges a message by).
+    let mut counts = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        counts.push(t.await.unwrap());
     }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=12).collect::<Vec<u32>>());
     let key = "ip:198.51.100.9";
     assert!(limits.blocked(key, at, minute, 12).await.unwrap().is_some());
     assert!(limits.blocked(key, at, minute, 13).await.unwrap().is_none());

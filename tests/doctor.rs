@@ -506,10 +506,13 @@ fn ses_sending_fails_in_the_sandbox_and_when_paused() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = aws_setup(&moto, dir.path(), &[]);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[outbound]\nmode = \"ses\"\n")).unwrap();
     let primary = FakePrimary::start(vec![FakeReply::Healthy; 8]);
     let env = moto_env(&moto, primary.port);
+    // Not sending through SES in this config: the sandbox is worth a warning only.
+    let (_, report) = doctor(&config, &dns, &env);
+    assert_eq!(verdict(&report, "ses sending"), "warn", "{report:#}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[outbound]\nmode = \"ses\"\n")).unwrap();
     let detail = |report: &Value| {
         report["checks"]
             .as_array()
@@ -536,6 +539,10 @@ fn ses_sending_fails_in_the_sandbox_and_when_paused() {
         detail(&report).contains("50000 messages a day"),
         "{report:#}"
     );
+    moto.set_ses_account(serde_json::json!({"EnforcementStatus": "PROBATION"}));
+    let (_, report) = doctor(&config, &dns, &env);
+    assert_eq!(verdict(&report, "ses sending"), "warn", "{report:#}");
+    assert!(detail(&report).contains("probation"), "{report:#}");
 
     moto.set_ses_account(serde_json::json!({
         "SendingEnabled": false,

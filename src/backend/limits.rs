@@ -19,7 +19,8 @@ pub struct MemLoginLimits {
 
 #[derive(Debug, Default)]
 struct Windows {
-    by_key: HashMap<String, (DateTime<Utc>, u32)>,
+    /// Start, count and length of each key's window.
+    by_key: HashMap<String, (DateTime<Utc>, u32, Duration)>,
     /// The size at which ended windows are swept next: twice what a sweep left (at
     /// least [`SWEEP_AT`]), so sweeping stays linear in the keys added.
     sweep_at: usize,
@@ -39,7 +40,7 @@ impl LoginLimits for MemLoginLimits {
         max: u32,
     ) -> Result<Option<Duration>, StoreError> {
         let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(w.by_key.get(key).and_then(|(start, n)| {
+        Ok(w.by_key.get(key).and_then(|(start, n, _)| {
             (*start + window > now && *n >= max).then(|| *start + window - now)
         }))
     }
@@ -49,19 +50,21 @@ impl LoginLimits for MemLoginLimits {
         key: &str,
         now: DateTime<Utc>,
         window: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u32, StoreError> {
         let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut *guard;
         if w.by_key.len() >= w.sweep_at.max(SWEEP_AT) && !w.by_key.contains_key(key) {
-            w.by_key.retain(|_, (start, _)| *start + window > now);
+            // Each by its own window (a send count's hour outlives a login's minute).
+            w.by_key
+                .retain(|_, (start, _, length)| *start + *length > now);
             w.sweep_at = (2 * w.by_key.len()).max(SWEEP_AT);
         }
-        let entry = w.by_key.entry(key.to_string()).or_insert((now, 0));
+        let entry = w.by_key.entry(key.to_string()).or_insert((now, 0, window));
         if entry.0 + window <= now {
-            *entry = (now, 0);
+            *entry = (now, 0, window);
         }
         entry.1 += 1;
-        Ok(())
+        Ok(entry.1)
     }
 }
 
@@ -89,5 +92,22 @@ mod tests {
             l.blocked("ip:a", t0 + minute, minute, 5).await.unwrap(),
             None
         );
+    }
+
+    /// Each count is returned by the write that made it, and a sweep drops a window by
+    /// its own length: an hour's send count outlives the logins' minute windows.
+    #[tokio::test]
+    async fn counts_are_returned_and_kept_for_their_own_window() {
+        let l = MemLoginLimits::default();
+        let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let (minute, hour) = (Duration::seconds(60), Duration::hours(1));
+        assert_eq!(l.failed("send:a", t0, hour).await.unwrap(), 1);
+        assert_eq!(l.failed("send:a", t0, hour).await.unwrap(), 2);
+        let later = t0 + Duration::minutes(5);
+        for i in 0..SWEEP_AT + 1 {
+            l.failed(&format!("ip:{i}"), later, minute).await.unwrap();
+        }
+        assert_eq!(l.failed("send:a", later, hour).await.unwrap(), 3);
+        assert_eq!(l.failed("send:a", t0 + hour, hour).await.unwrap(), 1);
     }
 }

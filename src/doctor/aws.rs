@@ -58,19 +58,33 @@ impl Context {
         if let Some(topic) = &config.metrics.alarm_topic {
             out.push(self.alarm_subscription(topic, &config.domains).await);
         }
-        if config.outbound_mode() == crate::config::OutboundMode::Ses
-            && super::sending::applies(config)
-        {
-            out.push(self.ses_sending().await);
-        }
+        // On AWS SES is the way out (the template's EnableSending): whether it can send
+        // is always worth knowing, and fails the doctor when this config sends through it.
+        let sends = config.outbound_mode() == crate::config::OutboundMode::Ses
+            && config.outbound.mode.is_some();
+        out.push(self.ses_sending(sends).await);
         out
     }
 
     /// Whether SES will send what users write: an account still in the SES sandbox
     /// sends only to verified addresses (and 200 a day), so nearly every message to an
     /// outside recipient fails; one whose sending is paused sends nothing.
-    async fn ses_sending(&self) -> Check {
+    async fn ses_sending(&self, sends: bool) -> Check {
         let name = "ses sending";
+        // Not sending through SES here (no `[outbound] mode = "ses"`): worth a warning.
+        let fail = |detail: String, fix: &str| {
+            if sends {
+                Check::fail(name, detail, fix)
+            } else {
+                Check::warn(
+                    name,
+                    format!(
+                        "{detail} (matters once users send through SES: [outbound] mode = \"ses\", the template's EnableSending)"
+                    ),
+                    fix,
+                )
+            }
+        };
         let account = match aws_sdk_sesv2::Client::new(&self.clients.sdk)
             .get_account()
             .send()
@@ -78,8 +92,7 @@ impl Context {
         {
             Ok(a) => a,
             Err(e) => {
-                return Check::fail(
-                    name,
+                return fail(
                     err(&e),
                     "check the AWS credentials and region, and that they may ses:GetAccount",
                 );
@@ -93,24 +106,36 @@ impl Context {
             )
         });
         if !account.sending_enabled() {
-            return Check::fail(
-                name,
+            return fail(
                 format!(
                     "sending is paused for this account in {} (enforcement status {})",
                     self.region,
                     account.enforcement_status().unwrap_or("unknown")
                 ),
-                "see the SES console's reputation page; `aws sesv2 put-account-sending-attributes                  --sending-enabled` once the cause is fixed",
+                "see the SES console's reputation dashboard: a pause AWS imposed is lifted by AWS \
+                 once the cause is fixed (reply to its notice); one you set, by `aws sesv2 \
+                 put-account-sending-attributes --sending-enabled`",
             );
         }
         if !account.production_access_enabled() {
-            return Check::fail(
-                name,
+            return fail(
                 format!(
                     "the account is in the SES sandbox in {}: it sends only to verified addresses{quota}",
                     self.region
                 ),
-                "request production access (SES console, Account dashboard, or `aws sesv2                  put-account-details --production-access-enabled ...`) before users need to send",
+                "request production access (SES console, Account dashboard, or `aws sesv2 \
+                 put-account-details --production-access-enabled ...`) before users need to send",
+            );
+        }
+        // Sending, but under review for bounces or complaints: one more step to a pause.
+        if account.enforcement_status() == Some("PROBATION") {
+            return Check::warn(
+                name,
+                format!(
+                    "on probation in {} (bounce or complaint rate){quota}",
+                    self.region
+                ),
+                "see the SES console's reputation dashboard before the account is paused",
             );
         }
         Check::pass(name, format!("production access in {}{quota}", self.region))

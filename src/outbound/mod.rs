@@ -145,9 +145,9 @@ impl Sending {
     }
 
     /// Count one more message from `user`: `false` when the hour allows no more.
-    /// With a shared count the message is counted first and the count read back, so
-    /// instances counting at once can only refuse too early, never let one too many
-    /// through.
+    /// With a shared count the message is counted and judged by the count its own
+    /// write returned, so instances counting at once (or across the hour's end) never
+    /// let one too many through.
     ///
     /// # Errors
     /// The shared count cannot be read or written.
@@ -158,11 +158,8 @@ impl Sending {
         let key = format!("send:{}", user.to_lowercase());
         let now = self.clock.now();
         let hour = chrono::Duration::hours(1);
-        limits.failed(&key, now, hour).await?;
-        let over = limits
-            .blocked(&key, now, hour, self.rate.per_hour().saturating_add(1))
-            .await?;
-        Ok(over.is_none())
+        let count = limits.failed(&key, now, hour).await?;
+        Ok(count <= self.rate.per_hour())
     }
 
     /// Run `queue` right after each message with outside recipients is stored, for at

@@ -302,7 +302,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const button = form.querySelector("button[type=submit]");
   let busy = false;
   // A page restored from the browser's cache takes a new send.
-  window.addEventListener("pageshow", () => {
+  window.addEventListener("pageshow", (ev) => {
+    if (!ev.persisted) return;
     busy = false;
     button.disabled = false;
   });
@@ -314,7 +315,12 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     busy = true;
     if (!input || input.files.length === 0) {
+      // The browser sends the form: a second click within a few seconds is the same
+      // message; after that (a send stopped with Esc), Send works again.
       status.textContent = "Sending\u2026";
+      setTimeout(() => {
+        busy = false;
+      }, 5000);
       return;
     }
     ev.preventDefault();

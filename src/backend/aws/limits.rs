@@ -86,7 +86,7 @@ impl LoginLimits for DynamoLoginLimits {
         key: &str,
         now: DateTime<Utc>,
         window: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u32, StoreError> {
         let pk = AttributeValue::S(format!("{LIMIT_PREFIX}{key}"));
         let now_ms = now.timestamp_millis();
         let open_since = now_ms - window.num_milliseconds();
@@ -109,10 +109,19 @@ impl LoginLimits for DynamoLoginLimits {
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":open", n(open_since))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
                 .send()
                 .await;
             match counted {
-                Ok(_) => return Ok(()),
+                Ok(out) => {
+                    let count = out
+                        .attributes()
+                        .and_then(|a| a.get("attempts"))
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(u32::MAX);
+                    return Ok(count);
+                }
                 Err(e) if is_condition_failed(&e) => {}
                 Err(e) => return Err(classify(BACKEND, "UpdateItem (login limit)", e)),
             }
@@ -131,7 +140,7 @@ impl LoginLimits for DynamoLoginLimits {
                 .send()
                 .await;
             match started {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(1),
                 Err(e) if is_condition_failed(&e) => {}
                 Err(e) => return Err(classify(BACKEND, "PutItem (login limit)", e)),
             }
