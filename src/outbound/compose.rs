@@ -231,41 +231,41 @@ pub enum DraftError {
     TooMany(usize),
 }
 
+/// The characters of `text` outside quoted strings (RFC 5322 `"..."` with `\`
+/// escapes), with their byte offsets; `None` when a quoted string is left open.
+fn unquoted(text: &str) -> Option<Vec<(usize, char)>> {
+    let (mut out, mut quoted, mut escaped) = (Vec::new(), false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ if !quoted => out.push((i, c)),
+            _ => {}
+        }
+    }
+    (!quoted).then_some(out)
+}
+
 /// `typed` cut at each `,`, `;` or line end outside a quoted string or `<...>`, so a
 /// display name with a comma (`"Smith, John" <john@x>`) or a quoted local part stays
 /// whole; `None` when a quote or `<` is left open (a typo that would otherwise merge
 /// the rest of the list into one address).
 fn split_list(typed: &str) -> Option<Vec<&str>> {
-    let (mut parts, mut start) = (Vec::new(), 0);
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    for (i, c) in typed.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
+    let (mut parts, mut start, mut angle) = (Vec::new(), 0, false);
+    for (i, c) in unquoted(typed)? {
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => {
-                if angle {
-                    return None;
-                }
-                angle = true;
-            }
-            '>' if !quoted => {
-                if !angle {
-                    return None;
-                }
-                angle = false;
-            }
-            ',' | ';' | '\n' if !quoted && !angle => {
+            '<' if angle => return None,
+            '>' if !angle => return None,
+            '<' | '>' => angle = !angle,
+            ',' | ';' | '\n' if !angle => {
                 parts.push(&typed[start..i]);
                 start = i + 1;
             }
             _ => {}
         }
     }
-    if quoted || angle {
+    if angle {
         return None;
     }
     parts.push(&typed[start..]);
@@ -275,17 +275,11 @@ fn split_list(typed: &str) -> Option<Vec<&str>> {
 /// The address of one entry: what is inside its `<...>` (outside quotes; nothing may
 /// follow it), else the whole entry.
 fn addr_spec(entry: &str) -> Option<&str> {
-    let (mut quoted, mut escaped, mut open) = (false, false, None);
-    for (i, c) in entry.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
+    let mut open = None;
+    for (i, c) in unquoted(entry)? {
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => open = Some(i),
-            '>' if !quoted => {
+            '<' => open = Some(i),
+            '>' => {
                 let from = open?;
                 return entry[i + 1..]
                     .trim()
