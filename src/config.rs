@@ -647,6 +647,14 @@ pub struct DrainConfig {
     /// Messages per second at most; 0 means no limit.
     #[serde(default, deserialize_with = "lenient")]
     pub rate_per_sec: u32,
+    /// Gradual redelivery: once the primary is back, start at this many messages a
+    /// second and double every `ramp_step_secs` up to `rate_per_sec`, so a recovering
+    /// primary is not flooded. Unset: no ramp. `standby drain --force` skips it.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub ramp_start_per_sec: Option<u32>,
+    /// How long each step of the ramp lasts.
+    #[serde(default = "default_ramp_step", deserialize_with = "lenient")]
+    pub ramp_step_secs: u64,
     /// How long a claim on a message lasts; a crashed worker's messages return after it.
     #[serde(default = "default_lease", deserialize_with = "lenient")]
     pub lease_secs: u64,
@@ -667,11 +675,17 @@ impl Default for DrainConfig {
         DrainConfig {
             concurrency: default_concurrency(),
             rate_per_sec: 0,
+            ramp_start_per_sec: None,
+            ramp_step_secs: default_ramp_step(),
             lease_secs: default_lease(),
             clock_skew_secs: default_clock_skew(),
             breaker_5xx: default_breaker_5xx(),
         }
     }
+}
+
+fn default_ramp_step() -> u64 {
+    60
 }
 
 /// Bounces (RFC 3464 DSNs) for held mail that fails: sent only to authenticated senders,

@@ -77,10 +77,37 @@ pub struct DrainSettings {
     pub hold_days: u32,
     /// Messages per second at most; 0 for no limit.
     pub rate_per_sec: u32,
+    /// Gradual redelivery once the primary is back (see [`Ramp`]); `None`: none.
+    pub ramp: Option<Ramp>,
     /// Bounces for messages that fail here (see [`crate::dsn`]).
     pub dsn: DsnSettings,
     /// Messages in a row refused with 5xx that stop the run and halt draining; 0: off.
     pub breaker_5xx: u32,
+}
+
+/// Gradual redelivery: `start` messages a second when the primary came back, doubled
+/// every `step`, up to the drain's `rate_per_sec` (no cap when that is 0), so a primary
+/// that just recovered is not flooded with the whole backlog at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ramp {
+    pub start: u32,
+    pub step: Duration,
+}
+
+impl Ramp {
+    /// Messages a second allowed `elapsed` after the primary came back, under `cap`
+    /// (0: none); `None` once the ramp has reached it (no ramp limit left).
+    pub fn rate(&self, elapsed: Duration, cap: u32) -> Option<f64> {
+        let steps = elapsed.as_secs_f64() / self.step.as_secs_f64().max(0.001);
+        // Past 2^30 the ramp is over whatever the cap.
+        let doubled = f64::from(self.start.max(1)) * 2f64.powi(steps.floor().min(30.0) as i32);
+        match cap {
+            0 if steps >= 30.0 => None,
+            0 => Some(doubled),
+            cap if doubled >= f64::from(cap) => None,
+            _ => Some(doubled),
+        }
+    }
 }
 
 /// The result of one attempt on one message.
@@ -102,8 +129,11 @@ pub struct RunOptions {
     /// Stop between messages once this turns true (shutdown); unsent claims are released.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     pub progress: Option<Progress>,
-    /// An operator's `--force`: no circuit breaker in this run.
+    /// An operator's `--force`: no circuit breaker in this run, and no ramp.
     pub force: bool,
+    /// When the primary came back (its health turned `up`): the ramp counts from here.
+    /// `None`: no ramp in this run.
+    pub back_since: Option<DateTime<Utc>>,
 }
 
 impl RunOptions {
@@ -766,11 +796,21 @@ impl Drainer {
         Ok(report)
     }
 
-    async fn pace(&self) {
-        if self.settings.rate_per_sec == 0 {
-            return;
-        }
-        let step = Duration::from_secs_f64(1.0 / f64::from(self.settings.rate_per_sec));
+    async fn pace(&self, opts: &RunOptions) {
+        let cap = self.settings.rate_per_sec;
+        let ramped = match (self.settings.ramp, opts.back_since, opts.force) {
+            (Some(ramp), Some(since), false) => {
+                let elapsed = (self.clock.now() - since).to_std().unwrap_or_default();
+                ramp.rate(elapsed, cap)
+            }
+            _ => None,
+        };
+        let rate = match (ramped, cap) {
+            (Some(r), _) => r,
+            (None, 0) => return,
+            (None, cap) => f64::from(cap),
+        };
+        let step = Duration::from_secs_f64(1.0 / rate);
         let slot = {
             let mut next = self.pace.lock().await;
             let now = Instant::now();
@@ -867,7 +907,7 @@ impl Drainer {
                 let Some(s) = session.as_mut() else {
                     continue; // connected just above
                 };
-                self.pace().await;
+                self.pace(&opts).await;
                 let Some(until) = self.still_ours(&mut rec, &owner).await? else {
                     tracing::warn!(id = %rec.id, "lease ran out before the attempt and another worker took the message; not sending it");
                     claims.done(rec.id);
@@ -1460,6 +1500,24 @@ mod tests {
     /// A bounce that could not be decided puts back only the failures no earlier bounce
     /// reported: those stay failed (never sent again, never reported twice), with that
     /// bounce, so the follow-up DSN is still due for the new failure.
+    /// The ramp doubles every step up to the cap, then gives way to it; with no cap it
+    /// keeps doubling.
+    #[test]
+    fn the_ramp_doubles_every_step_up_to_the_cap() {
+        let ramp = Ramp {
+            start: 2,
+            step: Duration::from_secs(10),
+        };
+        let at = |s: u64| ramp.rate(Duration::from_secs(s), 8);
+        assert_eq!(at(0), Some(2.0));
+        assert_eq!(at(9), Some(2.0));
+        assert_eq!(at(10), Some(4.0));
+        assert_eq!(at(19), Some(4.0));
+        assert_eq!(at(20), None, "8 a second: the cap's own pace from here");
+        assert_eq!(ramp.rate(Duration::from_secs(50), 0), Some(64.0));
+        assert_eq!(ramp.rate(Duration::from_secs(400), 0), None);
+    }
+
     #[test]
     fn an_undecided_bounce_keeps_what_an_earlier_one_reported() {
         let now = Utc::now();
@@ -1612,6 +1670,7 @@ mod tests {
             clock_skew: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
+            ramp: None,
             breaker_5xx: 20,
             dsn: DsnSettings {
                 enabled: true,

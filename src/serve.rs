@@ -93,6 +93,13 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
         clock_skew: Duration::from_secs(config.drain.clock_skew_secs),
         hold_days: config.hold_days,
         rate_per_sec: config.drain.rate_per_sec,
+        ramp: config
+            .drain
+            .ramp_start_per_sec
+            .map(|start| crate::drain::Ramp {
+                start,
+                step: Duration::from_secs(config.drain.ramp_step_secs.max(1)),
+            }),
         breaker_5xx: config.drain.breaker_5xx,
         dsn: DsnSettings {
             enabled: config.dsn.enabled,
@@ -740,6 +747,8 @@ async fn health_loop(mut l: HealthLoop) {
         }
         let opts = RunOptions {
             stop: Some(l.stop.clone()),
+            // The ramp counts from the primary's return.
+            back_since: rec.since,
             ..Default::default()
         };
         match l.drainer.run(opts).await {

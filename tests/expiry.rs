@@ -112,6 +112,7 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
             clock_skew: Duration::from_secs(60),
             hold_days: 30,
             rate_per_sec: 0,
+            ramp: None,
             breaker_5xx: 20,
             dsn: DsnSettings {
                 enabled: true,

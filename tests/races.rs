@@ -204,6 +204,7 @@ fn drainer(storage: &Storage, primary: &GatedPrimary, lease: Duration) -> Draine
             clock_skew: Duration::ZERO,
             hold_days: 30,
             rate_per_sec: 0,
+            ramp: None,
             breaker_5xx: 20,
             dsn: DsnSettings {
                 enabled: false,

@@ -89,10 +89,22 @@ pub(super) async fn drain(
             b.set_message(format!("{outcome:?}").to_lowercase());
         }) as Progress
     });
+    // Without --force, the ramp counts from the primary's return as this node saw it
+    // (from now when it has not seen it come back).
+    let back_since = if force {
+        None
+    } else {
+        let h = crate::health::load_for(index, &key.0, &key.1).await?;
+        Some(match (h.state, h.since) {
+            (crate::model::PrimaryState::Up, Some(since)) => since,
+            _ => chrono::Utc::now(),
+        })
+    };
     let report = drainer
         .run(RunOptions {
             progress,
             force,
+            back_since,
             ..Default::default()
         })
         .await

@@ -382,6 +382,7 @@ impl DrainFunction {
                     tokio::time::Instant::from_std(d.checked_sub(keep).unwrap_or(d))
                 }),
                 force: req.force,
+                back_since: (h.state == PrimaryState::Up).then_some(h.since).flatten(),
                 ..Default::default()
             };
             let report = drainer.run(opts).await.map_err(|e| match e {

@@ -818,9 +818,14 @@ fn replies_as(
                 body.push_str(&line);
                 line.clear();
             }
+            // When the message arrived (ms since the epoch): the ramp test reads it.
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
             log.lock()
                 .unwrap()
-                .push(format!("DATA {} bytes", body.len()));
+                .push(format!("DATA {} bytes at {at}", body.len()));
             Say::Reply(data_end.as_bytes())
         }
         c if c.starts_with("QUIT") => Say::Last(b"221 2.0.0 bye\r\n"),
@@ -839,7 +844,13 @@ pub struct FakePrimary {
 
 impl FakePrimary {
     pub fn start(script: Vec<FakeReply>) -> FakePrimary {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, script)
+    }
+
+    /// [`FakePrimary::start`] on `port` (0: any free one), e.g. a primary that comes back
+    /// where the standby was told it is.
+    pub fn start_on(port: u16, script: Vec<FakeReply>) -> FakePrimary {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
