@@ -1142,3 +1142,85 @@ async fn the_drain_function_sends_what_users_sent_to_outside_recipients_through_
     let again = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(again.sent_outside, 0);
 }
+
+/// Arrival times (ms since the epoch) the fake primary recorded.
+fn arrivals(primary: &common::FakePrimary) -> Vec<u128> {
+    let mut at: Vec<u128> = primary
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("DATA ")?.rsplit_once(" at ")?.1.parse().ok())
+        .collect();
+    at.sort_unstable();
+    at
+}
+
+/// `n` held messages, the SES way, each its own (ids `<tag>0000...<i>`).
+async fn receive_many(moto: &Moto, s: &standby::config::AwsSettings, tag: &str, n: usize) {
+    let clients = moto.clients().await;
+    for i in 0..n {
+        let mut ev = ses_event("normal.json");
+        let id = format!("{tag}{i:0>36}");
+        ev["Records"][0]["ses"]["mail"]["messageId"] = id.clone().into();
+        let raw = common::fixture("ses/message.eml", &format!("{tag}-{i}"));
+        ses_put(&clients, s, &id, raw.as_bytes()).await;
+        Ingest::new(moto.storage_as(Principal::Ingest, s).await, "")
+            .handle(ev)
+            .await
+            .unwrap();
+    }
+}
+
+/// The drain function ramps too, counting from the primary's return across its runs
+/// (invocations); a forced run does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() {
+    let moto = Moto::start();
+    let (_, s, storage) = moto.storage("ramp").await;
+    let primary = common::FakePrimary::start(vec![common::FakeReply::Replies {
+        mail: "250 2.1.0 ok\r\n",
+        rcpt: "250 2.1.5 ok\r\n",
+        data_end: "250 2.0.0 queued\r\n",
+    }]);
+    let ramp = [
+        ("STANDBY_DRAIN_RATE_PER_SEC", "8"),
+        ("STANDBY_DRAIN_RAMP_START_PER_SEC", "2"),
+        ("STANDBY_DRAIN_RAMP_STEP_SECS", "60"),
+    ];
+    let drain_storage = moto.storage_as(Principal::Drain, &s).await;
+    let f = function_with(
+        &drain_storage,
+        "ramp",
+        primary.port,
+        Arc::new(Shifted::default()),
+        &ramp,
+    );
+    // Forced: the operator's own pace, `rate_per_sec`.
+    receive_many(&moto, &s, "forced", 10).await;
+    let forced = DrainRequest {
+        force: true,
+        ..Default::default()
+    };
+    let sum = f.handle(forced, deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 10, "{sum:?}");
+    let at = arrivals(&primary);
+    let span = at[9] - at[0];
+    assert!(
+        span < 2500,
+        "10 at 8 a second take about 1.1 s (2 a second: 4.5 s), not {span} ms"
+    );
+    // On its own: 2 a second in the ramp's first minute, which began when the primary
+    // came back (the first run's probe), not with this run.
+    receive_many(&moto, &s, "ramped", 6).await;
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 6, "{sum:?}");
+    let at = arrivals(&primary);
+    let ramped = &at[10..];
+    let span = ramped[5] - ramped[0];
+    assert!(
+        span >= 2300,
+        "6 at 2 a second take about 2.5 s, not {span} ms"
+    );
+    assert_eq!(storage.index.count(Status::Held).await.unwrap(), 0);
+}
