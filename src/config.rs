@@ -1441,6 +1441,23 @@ impl Config {
         if self.drain.concurrency == 0 {
             return Err(invalid("drain.concurrency must be at least 1".into()));
         }
+        if self.drain.ramp_start_per_sec == Some(0) || self.drain.ramp_step_secs == 0 {
+            return Err(invalid(
+                "[drain] ramp_start_per_sec and ramp_step_secs must be at least 1 (leave \
+                 ramp_start_per_sec unset for no ramp)"
+                    .into(),
+            ));
+        }
+        if let Some(start) = self.drain.ramp_start_per_sec
+            && self.drain.rate_per_sec != 0
+            && start >= self.drain.rate_per_sec
+        {
+            return Err(invalid(format!(
+                "[drain] ramp_start_per_sec ({start}) must be below rate_per_sec ({}), where \
+                 the ramp ends",
+                self.drain.rate_per_sec
+            )));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid(
                 "tls.cert and tls.key must be set together (or neither)".into(),
@@ -1718,6 +1735,33 @@ mod tests {
         assert_eq!(c.health.up_after, 3);
         assert_eq!(c.listen.to_string(), "127.0.0.1:2525");
         assert_eq!(c.metrics.stack, None);
+    }
+
+    /// A ramp that cannot ramp is a config error naming the keys, not a silent guess.
+    #[test]
+    fn a_ramp_must_start_below_its_cap_and_take_steps() {
+        let ramp = |vars: &[(&str, &str)]| Config::from_parts(Path::new("t.toml"), MIN, env(vars));
+        let ok = ramp(&[
+            ("STANDBY_DRAIN_RATE_PER_SEC", "50"),
+            ("STANDBY_DRAIN_RAMP_START_PER_SEC", "5"),
+        ])
+        .unwrap();
+        assert_eq!(ok.drain.ramp_start_per_sec, Some(5));
+        assert_eq!(ok.drain.ramp_step_secs, 60);
+        for bad in [
+            &[("STANDBY_DRAIN_RAMP_START_PER_SEC", "0")][..],
+            &[
+                ("STANDBY_DRAIN_RAMP_START_PER_SEC", "5"),
+                ("STANDBY_DRAIN_RAMP_STEP_SECS", "0"),
+            ],
+            &[
+                ("STANDBY_DRAIN_RATE_PER_SEC", "5"),
+                ("STANDBY_DRAIN_RAMP_START_PER_SEC", "5"),
+            ],
+        ] {
+            let e = ramp(bad).unwrap_err().to_string();
+            assert!(e.contains("ramp_start_per_sec"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -796,7 +796,8 @@ impl Drainer {
         Ok(report)
     }
 
-    async fn pace(&self, opts: &RunOptions) {
+    /// Wait for this worker's slot under the rate; `false` when a stop came first.
+    async fn pace(&self, opts: &RunOptions) -> bool {
         let cap = self.settings.rate_per_sec;
         let ramped = match (self.settings.ramp, opts.back_since, opts.force) {
             (Some(ramp), Some(since), false) => {
@@ -807,7 +808,7 @@ impl Drainer {
         };
         let rate = match (ramped, cap) {
             (Some(r), _) => r,
-            (None, 0) => return,
+            (None, 0) => return true,
             (None, cap) => f64::from(cap),
         };
         let step = Duration::from_secs_f64(1.0 / rate);
@@ -818,7 +819,22 @@ impl Drainer {
             *next = slot + step;
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        // A slot past the run's deadline is never reached: the message waits for the
+        // next run (on Lambda, the time kept for the last reply is not slept away).
+        if opts.deadline.is_some_and(|d| slot >= d) {
+            return false;
+        }
+        let sleep = tokio::time::sleep_until(slot);
+        match opts.stop.clone() {
+            Some(mut stop) => tokio::select! {
+                () = sleep => true,
+                _ = stop.wait_for(|s| *s) => false,
+            },
+            None => {
+                sleep.await;
+                true
+            }
+        }
     }
 
     /// Lease up to a batch of due messages for `owner`.
@@ -907,7 +923,13 @@ impl Drainer {
                 let Some(s) = session.as_mut() else {
                     continue; // connected just above
                 };
-                self.pace(&opts).await;
+                // A slow pace (the ramp's first steps) may hold a worker for a while:
+                // a stop, the deadline or a tripped breaker meanwhile sends nothing more.
+                if !self.pace(&opts).await || opts.should_stop() || breaker.tripped().is_some() {
+                    release(index.as_ref(), &rec, &owner).await?;
+                    claims.done(rec.id);
+                    continue;
+                }
                 let Some(until) = self.still_ours(&mut rec, &owner).await? else {
                     tracing::warn!(id = %rec.id, "lease ran out before the attempt and another worker took the message; not sending it");
                     claims.done(rec.id);
@@ -1497,9 +1519,6 @@ mod tests {
     use std::sync::Mutex as StdMutex;
     use tokio::io::AsyncReadExt;
 
-    /// A bounce that could not be decided puts back only the failures no earlier bounce
-    /// reported: those stay failed (never sent again, never reported twice), with that
-    /// bounce, so the follow-up DSN is still due for the new failure.
     /// The ramp doubles every step up to the cap, then gives way to it; with no cap it
     /// keeps doubling.
     #[test]
@@ -1518,6 +1537,9 @@ mod tests {
         assert_eq!(ramp.rate(Duration::from_secs(400), 0), None);
     }
 
+    /// A bounce that could not be decided puts back only the failures no earlier bounce
+    /// reported: those stay failed (never sent again, never reported twice), with that
+    /// bounce, so the follow-up DSN is still due for the new failure.
     #[test]
     fn an_undecided_bounce_keeps_what_an_earlier_one_reported() {
         let now = Utc::now();

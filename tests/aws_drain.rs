@@ -1189,13 +1189,8 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
         ("STANDBY_DRAIN_RAMP_STEP_SECS", "60"),
     ];
     let drain_storage = moto.storage_as(Principal::Drain, &s).await;
-    let f = function_with(
-        &drain_storage,
-        "ramp",
-        primary.port,
-        Arc::new(Shifted::default()),
-        &ramp,
-    );
+    let clock = Arc::new(Shifted::default());
+    let f = function_with(&drain_storage, "ramp", primary.port, clock.clone(), &ramp);
     // Forced: the operator's own pace, `rate_per_sec`.
     receive_many(&moto, &s, "forced", 10).await;
     let forced = DrainRequest {
@@ -1207,8 +1202,8 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     let at = arrivals(&primary);
     let span = at[9] - at[0];
     assert!(
-        span < 2500,
-        "10 at 8 a second take about 1.1 s (2 a second: 4.5 s), not {span} ms"
+        span < 2000,
+        "10 at 8 a second take about 1.1 s (4 a second: 2.25 s), not {span} ms"
     );
     // On its own: 2 a second in the ramp's first minute, which began when the primary
     // came back (the first run's probe), not with this run.
@@ -1221,6 +1216,19 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     assert!(
         span >= 2300,
         "6 at 2 a second take about 2.5 s, not {span} ms"
+    );
+    // A minute after the primary came back (by the function's clock): the next step,
+    // 4 a second, in a later run.
+    clock.advance(chrono::Duration::seconds(61));
+    receive_many(&moto, &s, "stepped", 6).await;
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.delivered, 6, "{sum:?}");
+    let at = arrivals(&primary);
+    let stepped = &at[16..];
+    let span = stepped[5] - stepped[0];
+    assert!(
+        (1100..2300).contains(&span),
+        "6 at 4 a second take about 1.25 s (2 a second: 2.5 s, 8: 0.6 s), not {span} ms"
     );
     assert_eq!(storage.index.count(Status::Held).await.unwrap(), 0);
 }

@@ -89,16 +89,16 @@ pub(super) async fn drain(
             b.set_message(format!("{outcome:?}").to_lowercase());
         }) as Progress
     });
-    // Without --force, the ramp counts from the primary's return as this node saw it
-    // (from now when it has not seen it come back).
+    // Without --force, the ramp counts from the primary's return as this node recorded
+    // it (`serve` on this host); a node that records no health (an operator's laptop)
+    // drains at `rate_per_sec`, as the drain function does without a record.
     let back_since = if force {
         None
     } else {
         let h = crate::health::load_for(index, &key.0, &key.1).await?;
-        Some(match (h.state, h.since) {
-            (crate::model::PrimaryState::Up, Some(since)) => since,
-            _ => chrono::Utc::now(),
-        })
+        (h.state == crate::model::PrimaryState::Up)
+            .then_some(h.since)
+            .flatten()
     };
     let report = drainer
         .run(RunOptions {
