@@ -1519,6 +1519,43 @@ mod tests {
     use std::sync::Mutex as StdMutex;
     use tokio::io::AsyncReadExt;
 
+    /// A worker waiting for its slot under a slow rate stops with the run: at once on a
+    /// stop signal, and without waiting for a slot past the run's deadline.
+    #[tokio::test]
+    async fn a_stop_or_the_deadline_ends_the_wait_for_a_slot() {
+        let mut s = settings();
+        s.rate_per_sec = 1;
+        let d = Drainer::new(
+            Storage::memory(),
+            Arc::new(ScriptedRelay::default()),
+            Arc::new(SystemClock),
+            s,
+        );
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let opts = RunOptions {
+            stop: Some(rx),
+            ..Default::default()
+        };
+        assert!(d.pace(&opts).await, "the first slot is now");
+        let started = Instant::now();
+        let waiting = d.pace(&opts);
+        tokio::pin!(waiting);
+        tokio::select! {
+            _ = &mut waiting => panic!("the next slot is a second away"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        tx.send(true).unwrap();
+        assert!(!waiting.await, "stopped, not sent");
+        assert!(started.elapsed() < Duration::from_millis(600));
+        let soon = RunOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(200)),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        assert!(!d.pace(&soon).await, "the slot is past the deadline");
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
     /// The ramp doubles every step up to the cap, then gives way to it; with no cap it
     /// keeps doubling.
     #[test]
