@@ -1143,19 +1143,6 @@ async fn the_drain_function_sends_what_users_sent_to_outside_recipients_through_
     assert_eq!(again.sent_outside, 0);
 }
 
-/// Arrival times (ms since the epoch) the fake primary recorded.
-fn arrivals(primary: &common::FakePrimary) -> Vec<u128> {
-    let mut at: Vec<u128> = primary
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.strip_prefix("DATA ")?.rsplit_once(" at ")?.1.parse().ok())
-        .collect();
-    at.sort_unstable();
-    at
-}
-
 /// `n` held messages, the SES way, each its own (ids `<tag>0000...<i>`).
 async fn receive_many(moto: &Moto, s: &standby::config::AwsSettings, tag: &str, n: usize) {
     let clients = moto.clients().await;
@@ -1199,7 +1186,7 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     };
     let sum = f.handle(forced, deadline()).await.unwrap();
     assert_eq!(sum.delivered, 10, "{sum:?}");
-    let at = arrivals(&primary);
+    let at = primary.arrivals();
     let span = at[9] - at[0];
     assert!(
         span < 2000,
@@ -1210,7 +1197,7 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     receive_many(&moto, &s, "ramped", 6).await;
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.delivered, 6, "{sum:?}");
-    let at = arrivals(&primary);
+    let at = primary.arrivals();
     let ramped = &at[10..];
     let span = ramped[5] - ramped[0];
     assert!(
@@ -1223,7 +1210,7 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     receive_many(&moto, &s, "stepped", 6).await;
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(sum.delivered, 6, "{sum:?}");
-    let at = arrivals(&primary);
+    let at = primary.arrivals();
     let stepped = &at[16..];
     let span = stepped[5] - stepped[0];
     assert!(

@@ -1,7 +1,7 @@
 //! Gradual redelivery: a primary that comes back after an outage gets the backlog at
 //! `[drain] ramp_start_per_sec`, doubled every `ramp_step_secs` up to `rate_per_sec`,
-//! not all at once, however many workers drain at once. The primary records when each message arrives; the curve is read
-//! from those times.
+//! not all at once, however many workers drain at once. The primary records when each
+//! message arrives; the curve is read from those times.
 
 mod common;
 
@@ -9,17 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{FakePrimary, FakeReply, Standby, free_port, require, wait_for};
-
-/// Arrival times (ms since the epoch) of the messages the primary took.
-fn arrivals(primary: &FakePrimary) -> Vec<u128> {
-    primary
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.strip_prefix("DATA ")?.rsplit_once(" at ")?.1.parse().ok())
-        .collect()
-}
 
 #[test]
 fn a_primary_that_comes_back_gets_the_backlog_on_the_ramp() {
@@ -52,10 +41,9 @@ fn a_primary_that_comes_back_gets_the_backlog_on_the_ramp() {
     wait_for(
         "the backlog at the primary",
         Duration::from_secs(60),
-        || arrivals(&primary).len() >= n as usize,
+        || primary.arrivals().len() >= n as usize,
     );
-    let mut at = arrivals(&primary);
-    at.sort_unstable();
+    let at = primary.arrivals();
     let first = at[0];
     let within = |from: u128, to: u128| {
         at.iter()

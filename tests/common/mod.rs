@@ -847,6 +847,20 @@ impl FakePrimary {
         Self::start_on(0, script)
     }
 
+    /// When each message arrived (ms since the epoch, in order): a primary that records
+    /// arrival times, for the pace of a drain.
+    pub fn arrivals(&self) -> Vec<u128> {
+        let mut at: Vec<u128> = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix("DATA ")?.rsplit_once(" at ")?.1.parse().ok())
+            .collect();
+        at.sort_unstable();
+        at
+    }
+
     /// [`FakePrimary::start`] on `port` (0: any free one), e.g. a primary that comes back
     /// where the standby was told it is.
     pub fn start_on(port: u16, script: Vec<FakeReply>) -> FakePrimary {
