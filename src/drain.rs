@@ -925,7 +925,7 @@ impl Drainer {
                 };
                 // A slow pace (the ramp's first steps) may hold a worker for a while:
                 // a stop, the deadline or a tripped breaker meanwhile sends nothing more.
-                if !self.pace(&opts).await || opts.should_stop() || breaker.tripped().is_some() {
+                if !self.pace(&opts).await || breaker.tripped().is_some() {
                     release(index.as_ref(), &rec, &owner).await?;
                     claims.done(rec.id);
                     continue;

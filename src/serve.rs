@@ -600,25 +600,13 @@ async fn start_outbound(
         }
         // SES signs with the domain's Easy DKIM: no key of ours.
         crate::config::OutboundMode::Ses => {
-            let sdk = match config.aws_settings() {
-                Some(settings) => {
-                    crate::backend::aws::AwsClients::connect(&settings)
-                        .await
-                        .sdk
-                }
-                // The local backend sending through SES: the standard chain, with the
-                // config's `region` and `endpoint_url` when set.
-                None => {
-                    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                    if let Some(region) = &config.region {
-                        loader = loader.region(aws_config::Region::new(region.clone()));
-                    }
-                    if let Some(url) = &config.endpoint_url {
-                        loader = loader.endpoint_url(url.clone());
-                    }
-                    loader.load().await
-                }
-            };
+            // On either backend: the standard chain, with the config's `region` and
+            // `endpoint_url` when set.
+            let sdk = crate::backend::aws::sdk_config(
+                config.region.as_deref(),
+                config.endpoint_url.as_deref(),
+            )
+            .await;
             Arc::new(crate::backend::aws::SesOutbound::new(&sdk))
         }
     };
@@ -647,18 +635,12 @@ async fn start_outbound(
         ),
         _ => {}
     }
-    let d = drain_settings(config);
     let queue = crate::outbound::queue::OutboundQueue::new(
         storage.clone(),
         out,
         clock,
         dkim,
-        crate::outbound::queue::QueueSettings {
-            lease: d.lease,
-            clock_skew: d.clock_skew,
-            hold_days: d.hold_days,
-            dsn: d.dsn,
-        },
+        (&drain_settings(config)).into(),
     );
     Ok(Some(tokio::spawn(async move {
         loop {

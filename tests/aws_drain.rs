@@ -1061,12 +1061,7 @@ async fn a_broken_failure_queue_never_stops_delivery_and_hopeless_events_leave_i
 async fn the_drain_function_sends_what_users_sent_to_outside_recipients_through_ses() {
     let moto = Moto::start();
     let (clients, s, _) = moto.storage("outb").await;
-    aws_sdk_ses::Client::new(&clients.sdk)
-        .verify_domain_identity()
-        .domain("example.test")
-        .send()
-        .await
-        .unwrap();
+    moto.verify_ses_domain("example.test").await;
     // A serve node stored the message (its parts under serve/).
     let node = Storage::aws_serve(&clients, &s);
     let spool: Arc<dyn standby::ports::Inbound> = Arc::new(standby::ingest::Spool::new(

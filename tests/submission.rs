@@ -516,14 +516,7 @@ fn direct_mode_delivers_to_the_recipients_mx_and_bounces_a_domain_that_does_not_
 #[tokio::test(flavor = "multi_thread")]
 async fn ses_mode_sends_through_sesv2_with_raw_content() {
     let moto = common::aws::Moto::start();
-    // SES sends only from a verified identity: the domain, as the template makes it.
-    let clients = moto.clients().await;
-    aws_sdk_ses::Client::new(&clients.sdk)
-        .verify_domain_identity()
-        .domain("example.test")
-        .send()
-        .await
-        .unwrap();
+    moto.verify_ses_domain("example.test").await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = make_pki(pki_dir.path());
     let submission = free_port();

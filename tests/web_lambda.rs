@@ -262,13 +262,7 @@ async fn users_send_from_the_web_function_through_ses_with_attachments_put_to_s3
     let requests = log_dir.path().join("requests.jsonl");
     let moto = Moto::start_logged(&requests);
     let (clients, settings, storage) = moto.storage("websend").await;
-    // SES sends only from a verified identity: the domain, as the template makes it.
-    aws_sdk_ses::Client::new(&clients.sdk)
-        .verify_domain_identity()
-        .domain("example.test")
-        .send()
-        .await
-        .unwrap();
+    moto.verify_ses_domain("example.test").await;
     let dir = tempfile::tempdir().unwrap();
     add_users(
         &moto,

@@ -163,25 +163,20 @@ impl DrainFunction {
         let Some(queue) = &self.outbound else {
             return 0;
         };
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let timer = deadline.map(|d| {
-            let at = d.checked_sub(SAFETY_MARGIN).unwrap_or(d);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-                let _ = tx.send(true);
-            })
-        });
-        let sent = match queue.run(Some(&rx)).await {
+        let run = match deadline {
+            Some(d) => {
+                let at = d.checked_sub(SAFETY_MARGIN).unwrap_or(d);
+                queue.run_until(tokio::time::Instant::from_std(at)).await
+            }
+            None => queue.run(None).await,
+        };
+        match run {
             Ok(r) => r.delivered,
             Err(e) => {
                 tracing::error!(error = %e, "outbound run failed");
                 0
             }
-        };
-        if let Some(t) = timer {
-            t.abort();
         }
-        sent
     }
 
     /// Ingest the events the ingest function gave up on, from `queue`, at each run.

@@ -145,18 +145,12 @@ pub fn outbound_queue(
     if config.outbound.mode != Some(crate::config::OutboundMode::Ses) {
         return None;
     }
-    let d = crate::serve::drain_settings(config);
     Some(crate::outbound::queue::OutboundQueue::new(
         storage.clone(),
         std::sync::Arc::new(crate::backend::aws::SesOutbound::new(&clients.sdk)),
         std::sync::Arc::new(crate::ports::SystemClock),
         None,
-        crate::outbound::queue::QueueSettings {
-            lease: d.lease,
-            clock_skew: d.clock_skew,
-            hold_days: d.hold_days,
-            dsn: d.dsn,
-        },
+        (&crate::serve::drain_settings(config)).into(),
     ))
 }
 

@@ -365,17 +365,7 @@ impl Sending {
 
 /// One run of `queue`, stopped (what it holds given back) after `within`.
 async fn run_for(queue: &queue::OutboundQueue, within: std::time::Duration) {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = queue.run(Some(&stop));
-    tokio::pin!(run);
-    let result = tokio::select! {
-        r = &mut run => r,
-        () = tokio::time::sleep(within) => {
-            let _ = stop_tx.send(true);
-            run.await
-        }
-    };
-    match result {
+    match queue.run_until(tokio::time::Instant::now() + within).await {
         Ok(r) => tracing::info!(
             delivered = r.delivered,
             deferred = r.deferred,

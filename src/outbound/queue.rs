@@ -38,6 +38,18 @@ pub struct QueueSettings {
     pub dsn: DsnSettings,
 }
 
+impl From<&crate::drain::DrainSettings> for QueueSettings {
+    /// The drain's leases, clock skew, hold time and bounces.
+    fn from(d: &crate::drain::DrainSettings) -> Self {
+        QueueSettings {
+            lease: d.lease,
+            clock_skew: d.clock_skew,
+            hold_days: d.hold_days,
+            dsn: d.dsn.clone(),
+        }
+    }
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueReport {
@@ -127,6 +139,25 @@ impl OutboundQueue {
                     Some(_) => report.deferred += 1,
                     None => {}
                 }
+            }
+        }
+    }
+
+    /// [`OutboundQueue::run`] that stops at `until` (the claims it holds then are
+    /// given back; a message going out is finished): for hosts that stop working at a
+    /// known instant (a Lambda invocation's end, a request's answer).
+    ///
+    /// # Errors
+    /// As [`OutboundQueue::run`].
+    pub async fn run_until(&self, until: tokio::time::Instant) -> Result<QueueReport, StoreError> {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let run = self.run(Some(&stop));
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            () = tokio::time::sleep_until(until) => {
+                let _ = stop_tx.send(true);
+                run.await
             }
         }
     }

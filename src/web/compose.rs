@@ -68,11 +68,10 @@ const UPLOAD_URL_LIFE: std::time::Duration = std::time::Duration::from_secs(15 *
 
 /// The store key of `user`'s upload `id`: under a hash of the user, so one user can
 /// never name another's upload (the id alone is not a secret: it is in the page).
-fn upload_key(user: &str, id: &str) -> Option<String> {
+fn upload_key(user: &str, id: ulid::Ulid) -> String {
     use sha2::Digest;
-    let id: ulid::Ulid = id.parse().ok()?;
     let hash = hex::encode(sha2::Sha256::digest(user.to_lowercase().as_bytes()));
-    Some(format!("uploads/{}/{id}", &hash[..32]))
+    format!("uploads/{}/{id}", &hash[..32])
 }
 
 fn not_set_up() -> Response {
@@ -319,9 +318,10 @@ pub(super) async fn send(
         };
         let mut room = web.settings.max_message_size;
         for u in &f.uploaded {
-            let Some(key) = upload_key(&account.address, &u.id) else {
+            let Ok(id) = u.id.parse() else {
                 return forbidden();
             };
+            let key = upload_key(&account.address, id);
             match store.read(&key, room as u64).await {
                 Ok(Some(bytes)) => {
                     room = room.saturating_sub(bytes.len());
@@ -479,14 +479,12 @@ pub(super) async fn upload(
         )
             .into_response();
     }
-    let id = ulid::Ulid::new().to_string();
-    let Some(key) = upload_key(&account.address, &id) else {
-        return server_error(&"a new upload id did not parse");
-    };
+    let id = ulid::Ulid::new();
+    let key = upload_key(&account.address, id);
     match store.presign_put(&key, ask.size, UPLOAD_URL_LIFE).await {
         Ok(url) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "url": url, "id": id }).to_string(),
+            serde_json::json!({ "url": url, "id": id.to_string() }).to_string(),
         )
             .into_response(),
         Err(e) => server_error(&e),

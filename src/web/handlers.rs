@@ -104,26 +104,24 @@ pub(super) async fn not_found() -> Response {
     not_found_page()
 }
 
-pub(super) async fn css() -> Response {
+/// One of the app's own static files, cached for an hour.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        pages::CSS,
+        body,
     )
         .into_response()
 }
 
+pub(super) async fn css() -> Response {
+    asset("text/css; charset=utf-8", pages::CSS)
+}
+
 pub(super) async fn script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        pages::COMPOSE_JS,
-    )
-        .into_response()
+    asset("text/javascript; charset=utf-8", pages::COMPOSE_JS)
 }
 
 pub(super) async fn login_form(State(web): Shared, headers: HeaderMap) -> Response {

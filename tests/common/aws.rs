@@ -196,6 +196,17 @@ impl Moto {
             .unwrap_or_default()
     }
 
+    /// Make `domain` a verified SES identity, as the template makes the first domain's:
+    /// SES sends only from one.
+    pub async fn verify_ses_domain(&self, domain: &str) {
+        aws_sdk_ses::Client::new(&self.clients().await.sdk)
+            .verify_domain_identity()
+            .domain(domain)
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// Set fields of the SES account SESv2 GetAccount reports (`scripts/moto-server`'s
     /// stand-in: moto has none), e.g. `{"ProductionAccessEnabled": true}`.
     pub fn set_ses_account(&self, fields: serde_json::Value) {

@@ -60,28 +60,37 @@ pub struct AwsClients {
     pub sdk: aws_config::SdkConfig,
 }
 
+/// The shared SDK configuration: the standard chain (environment, profile, instance or
+/// Lambda role), 3 attempts with backoff, bounded connect and attempt times, and the
+/// config's `region` and `endpoint_url` when set.
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(100)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        );
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_string()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
 impl AwsClients {
     /// Load the shared SDK configuration (standard chain) and build the clients.
     pub async fn connect(settings: &AwsSettings) -> AwsClients {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(Duration::from_millis(100)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(30))
-                    .build(),
-            );
-        if let Some(region) = &settings.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        Self::from_sdk(loader.load().await)
+        Self::from_sdk(
+            sdk_config(settings.region.as_deref(), settings.endpoint_url.as_deref()).await,
+        )
     }
 
     /// Clients from an SDK configuration built elsewhere (tests give static credentials).
