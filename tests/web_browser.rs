@@ -62,14 +62,19 @@ async fn log_in(c: &Client, inbox: &Inbox) {
         .expect("the inbox after logging in");
 }
 
+/// The subjects listed on the page now; none while the page is being replaced (a form
+/// just sent: the elements found may go stale before they are read), so a caller
+/// polling for a result simply asks again.
 async fn subjects(c: &Client) -> Vec<String> {
     let mut out = Vec::new();
-    for e in c
-        .find_all(Locator::Css("ul.messages .subject"))
-        .await
-        .unwrap()
-    {
-        out.push(e.text().await.unwrap());
+    let Ok(found) = c.find_all(Locator::Css("ul.messages .subject")).await else {
+        return out;
+    };
+    for e in found {
+        match e.text().await {
+            Ok(t) => out.push(t),
+            Err(_) => return Vec::new(),
+        }
     }
     out
 }
