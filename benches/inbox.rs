@@ -118,6 +118,7 @@ fn main() {
         let web = Arc::new(Web {
             storage: Storage {
                 blobs: Arc::new(blobs),
+                events: Arc::new(index.clone()),
                 index: Arc::new(index),
                 audit: Arc::new(FsAuditLog::new(dir_path)),
             },

@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             index: storage.index.clone(),
         }),
         audit: storage.audit.clone(),
+        events: storage.events.clone(),
     };
     let server = smtp_server(
         &config,

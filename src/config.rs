@@ -15,9 +15,11 @@
 //! keys are errors, because a misspelt `max_mesage_size` silently ignored is a limit not
 //! enforced.
 
+mod continuity;
 mod env;
 mod listen;
 
+pub use continuity::{AlertsConfig, ContinuityConfig};
 pub use env::Names as EnvNames;
 pub use listen::{BindError, ListenAddrs};
 
@@ -183,6 +185,10 @@ pub struct Config {
     pub submission: SubmissionConfig,
     #[serde(default)]
     pub outbound: OutboundConfig,
+    #[serde(default)]
+    pub continuity: ContinuityConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The submission listener for users' own mail clients (`[submission]`, see
@@ -1441,6 +1447,15 @@ impl Config {
         if self.drain.concurrency == 0 {
             return Err(invalid("drain.concurrency must be at least 1".into()));
         }
+        self.alerts.check(&self.continuity).map_err(invalid)?;
+        let way_out = self.outbound.relay.is_some() || self.outbound.mode.is_some();
+        if !self.alerts.email.is_empty() && !way_out {
+            return Err(invalid(
+                "[alerts] email needs a way out that is not the primary: [outbound] relay or \
+                 mode (STANDBY_OUTBOUND_MODE)"
+                    .into(),
+            ));
+        }
         if self.drain.ramp_start_per_sec == Some(0) || self.drain.ramp_step_secs == 0 {
             return Err(invalid(
                 "[drain] ramp_start_per_sec and ramp_step_secs must be at least 1 (leave \
@@ -1544,6 +1559,18 @@ impl Config {
             (_, Some(_)) => OutboundMode::Relay,
             _ => OutboundMode::Direct,
         })
+    }
+
+    /// Where the messages are, for `status`: the spool directory, or the bucket's
+    /// receipt-rule prefix and the table.
+    pub fn store_description(&self) -> String {
+        match self.aws_settings() {
+            Some(a) => format!(
+                "s3://{}/{} + dynamodb table {}",
+                a.bucket, a.prefix, a.table
+            ),
+            None => self.data_dir().display().to_string(),
+        }
     }
 
     /// This node's name (`node_id`): set, or the machine's host name, else `hostname`.

@@ -106,6 +106,24 @@ impl StoreError {
     }
 }
 
+/// An alert or notice could not be sent on one channel.
+#[derive(Debug, thiserror::Error)]
+#[error("{channel}: {detail}")]
+pub struct NotifyError {
+    /// `webhook`, `heartbeat`, `email`, `sns`, `sms`.
+    pub channel: &'static str,
+    pub detail: String,
+}
+
+impl NotifyError {
+    pub fn new(channel: &'static str, detail: impl Into<String>) -> Self {
+        NotifyError {
+            channel,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Talking to the primary failed below the level of a per-command SMTP reply.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

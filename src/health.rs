@@ -37,6 +37,7 @@ impl HealthRecord {
             consecutive_ok: 0,
             consecutive_fail: 0,
             last_drain: None,
+            last_delivered: None,
             probes_ok: 0,
             probes_failed: 0,
             reconciled_until: None,
@@ -225,6 +226,9 @@ pub async fn record_drain(
             at,
             report: report.clone(),
         });
+        if report.delivered > 0 {
+            rec.last_delivered = Some(at);
+        }
         if report.breaker == Some(Breaker::Refusals5xx) {
             rec.halted = Some(Halt {
                 at,

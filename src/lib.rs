@@ -52,6 +52,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod continuity;
 pub mod dns;
 pub mod doctor;
 pub mod drain;
@@ -72,6 +73,7 @@ pub mod retention;
 pub mod sender;
 pub mod serve;
 pub mod smtp;
+pub mod status;
 pub mod submission;
 pub mod summary;
 pub mod users;

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod address;
+pub mod continuity;
 pub use address::{Address, AddressError, untag};
 
 /// Time-sortable message identifier (a ULID): sorting ids sorts by arrival.
@@ -670,9 +671,10 @@ pub struct JournalCopy {
 // ---- The primary's health (see `crate::health`) ----
 
 /// What the standby believes about the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrimaryState {
+    #[default]
     Unknown,
     Up,
     Down,
@@ -724,6 +726,10 @@ pub struct HealthRecord {
     pub consecutive_fail: u32,
     #[serde(default)]
     pub last_drain: Option<LastDrain>,
+    /// When a drain run last delivered something (a continuity event starts when held
+    /// mail ages with nothing delivered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered: Option<DateTime<Utc>>,
     /// Probes answered and failed since this record began (for alarms and `status`).
     #[serde(default)]
     pub probes_ok: u64,

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
-use crate::error::{RelayError, StoreError};
+use crate::error::{NotifyError, RelayError, StoreError};
+use crate::model::continuity::Continuity;
 use crate::model::{
     Class, Counts, Disposal, Envelope, HealthRecord, MessageId, Record, Status, Verdicts,
 };
@@ -23,6 +24,8 @@ pub struct Storage {
     pub index: Arc<dyn Index>,
     /// Deletions and legal holds, append-only.
     pub audit: Arc<dyn AuditLog>,
+    /// Continuity events and one-time marks (see [`crate::continuity`]).
+    pub events: Arc<dyn EventStore>,
 }
 
 /// Where the SMTP listener puts what it accepts (implemented by `ingest::Spool`): the
@@ -614,6 +617,50 @@ pub trait AuditLog: Send + Sync + 'static {
 }
 
 /// Where time comes from, so tests can move it.
+/// The continuity record (one per store, see [`crate::model::continuity`]) and one-time
+/// marks: a notice sent for an event and user, a login link used.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// The stored record (an empty one, version 0, when there is none yet).
+    async fn load(&self) -> Result<Continuity, StoreError>;
+    /// Save over the version read (`c.version`), bumping it; another save in between
+    /// gives [`StoreError::FileChanged`] and writes nothing.
+    async fn save(&self, c: &Continuity) -> Result<(), StoreError>;
+    /// Set the mark `key` if it is not set: `true` the first time only, under any
+    /// concurrency. Kept at least until `keep_until`.
+    async fn mark_once(&self, key: &str, keep_until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Clear a mark (a notice whose sending failed, to be sent again).
+    async fn unmark(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// HTTP out of band: the alert webhook and the heartbeat (see [`crate::continuity`]).
+#[async_trait]
+pub trait Http: Send + Sync + 'static {
+    /// POST `body` with `headers`; a status other than 2xx is an error.
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<(), NotifyError>;
+    /// GET `url`; a status other than 2xx is an error.
+    async fn get(&self, url: &str) -> Result<(), NotifyError>;
+}
+
+/// Plain-text mail to addresses outside the domains that are down (alerts, notices),
+/// through the outbound path.
+#[async_trait]
+pub trait Mailer: Send + Sync + 'static {
+    async fn mail(&self, to: &[String], subject: &str, text: &str) -> Result<(), NotifyError>;
+}
+
+/// Amazon SNS: a topic's subscribers (e-mail, SMS) and text messages to one phone.
+#[async_trait]
+pub trait Sns: Send + Sync + 'static {
+    async fn publish(&self, topic: &str, subject: &str, text: &str) -> Result<(), NotifyError>;
+    async fn sms(&self, phone: &str, text: &str) -> Result<(), NotifyError>;
+}
+
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }

@@ -330,6 +330,7 @@ pub async fn serve(
     } else {
         None
     };
+    let key = session_key(&config)?;
     let web = start_web(
         &config,
         &storage,
@@ -337,7 +338,32 @@ pub async fn serve(
         login_limits.clone(),
         in_flight.clone(),
         sending.clone(),
+        key.clone(),
         stop_rx.clone(),
+    )
+    .await?;
+    // Alerts and notices by mail go out the outbound path, never through the primary.
+    let mailer = match (&sending, &outbound_queue, config.domains.first()) {
+        (Some(sending), Some(_), Some(domain)) => {
+            Some(Arc::new(crate::outbound::mailer::SystemMailer {
+                sending: sending.clone(),
+                from: format!("standby@{domain}"),
+                hostname: config.hostname.clone(),
+            }) as Arc<dyn crate::ports::Mailer>)
+        }
+        _ => None,
+    };
+    let continuity = crate::backend::notify::runner(
+        &config,
+        crate::backend::notify::Parts {
+            storage: storage.clone(),
+            clock: clock.clone(),
+            mailer,
+            key: Some(key),
+            sdk: None,
+            store: config.store_description(),
+            webhook_secret: None,
+        },
     )
     .await?;
     let submission = match &sending {
@@ -377,6 +403,7 @@ pub async fn serve(
         hysteresis: hysteresis(&config),
         retention,
         node: config.node_id(),
+        continuity,
         stop: stop_rx,
     }));
     server::run(listeners, server, shutdown).await;
@@ -418,6 +445,7 @@ pub async fn serve(
 
 /// Start the emergency inbox on `[web] listen`, if set: its users from `[users]` (the
 /// bucket's `users/passwd` on AWS), HTTPS with the `[tls]` certificate when there is one.
+#[allow(clippy::too_many_arguments)]
 async fn start_web(
     config: &Config,
     storage: &Storage,
@@ -425,27 +453,13 @@ async fn start_web(
     limits: Arc<dyn crate::ports::LoginLimits>,
     in_flight: Arc<crate::submission::InFlight>,
     sending: Option<crate::outbound::Sending>,
+    key: crate::web::SessionKey,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<reload::WebReload>, ServeError> {
     let Some(listen) = &config.web.listen else {
         return Ok(None);
     };
     let users = load_users(config, "[web] listen").await?;
-    let key = match &config.web.session_key_env {
-        Some(var) => {
-            let secret = std::env::var(var).map_err(|_| ConfigError::Env {
-                var: var.clone(),
-                message: "[web] session_key_env names it, but it is not set".into(),
-            })?;
-            crate::web::SessionKey::from_secret(secret.as_bytes()).map_err(|e| {
-                ConfigError::Env {
-                    var: var.clone(),
-                    message: e.to_string(),
-                }
-            })?
-        }
-        None => crate::web::SessionKey::random(),
-    };
     let acceptor = tls_acceptor(config)?;
     let secure = acceptor.is_some();
     let tls = acceptor.map(|a| Arc::new(arc_swap::ArcSwapOption::from_pointee(a)));
@@ -477,6 +491,26 @@ async fn start_web(
         stop,
     ));
     Ok(Some(reload::WebReload { users, tls }))
+}
+
+/// The key the emergency inbox signs sessions and the notices' login links with:
+/// `[web] session_key_env`'s, else a random one (sessions end with a restart).
+fn session_key(config: &Config) -> Result<crate::web::SessionKey, ServeError> {
+    Ok(match &config.web.session_key_env {
+        Some(var) => {
+            let secret = std::env::var(var).map_err(|_| ConfigError::Env {
+                var: var.clone(),
+                message: "[web] session_key_env names it, but it is not set".into(),
+            })?;
+            crate::web::SessionKey::from_secret(secret.as_bytes()).map_err(|e| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    message: e.to_string(),
+                }
+            })?
+        }
+        None => crate::web::SessionKey::random(),
+    })
 }
 
 /// The users of the emergency inbox and the submission listener (`what` needs them).
@@ -687,6 +721,8 @@ struct HealthLoop {
     retention: tokio::sync::watch::Receiver<crate::config::RetentionPolicy>,
     /// This node's name: its health record's key in a shared index.
     node: String,
+    /// Continuity events, after each probe and drain.
+    continuity: crate::continuity::runner::Runner,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -725,6 +761,7 @@ async fn health_loop(mut l: HealthLoop) {
             if let Err(e) = l.drainer.expire_old().await {
                 tracing::error!(error = %e, "expiring old messages failed");
             }
+            continuity_tick(&l.continuity, None).await;
             continue;
         }
         let opts = RunOptions {
@@ -733,7 +770,13 @@ async fn health_loop(mut l: HealthLoop) {
             back_since: rec.since,
             ..Default::default()
         };
-        match l.drainer.run(opts).await {
+        let run = l.drainer.run(opts).await;
+        let drain_error = match &run {
+            Err(e) => Some(e.to_string()),
+            Ok(r) if r.breaker == Some(crate::model::Breaker::Mail4xx) => r.stopped.clone(),
+            Ok(_) => None,
+        };
+        match run {
             Ok(r) if r.eventful() => {
                 tracing::info!(
                     delivered = r.delivered,
@@ -749,8 +792,30 @@ async fn health_loop(mut l: HealthLoop) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "drain failed"),
         }
+        continuity_tick(&l.continuity, drain_error).await;
         if *l.stop.borrow() {
             return;
         }
+    }
+}
+
+/// One step of the continuity loop; its failures are logged and the next probe tries
+/// again.
+async fn continuity_tick(r: &crate::continuity::runner::Runner, drain_error: Option<String>) {
+    match r.tick(drain_error).await {
+        Ok(report) if report.alerts_failed > 0 || report.notices_failed > 0 => tracing::warn!(
+            alerts_sent = report.alerts_sent,
+            alerts_failed = report.alerts_failed,
+            notices_sent = report.notices_sent,
+            notices_failed = report.notices_failed,
+            "continuity: some alerts or notices not sent yet"
+        ),
+        Ok(report) if report.alerts_sent > 0 || report.notices_sent > 0 => tracing::info!(
+            alerts_sent = report.alerts_sent,
+            notices_sent = report.notices_sent,
+            "continuity: alerts and notices sent"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "continuity check failed"),
     }
 }

@@ -33,9 +33,11 @@ impl Relay for Untouchable {
 #[tokio::test]
 async fn held_mail_older_than_hold_days_fails_as_expired() {
     let dir = tempfile::tempdir().unwrap();
+    let index = SqliteIndex::open(dir.path()).unwrap();
     let storage = Storage {
         blobs: Arc::new(FsBlobStore::open(dir.path()).unwrap()),
-        index: Arc::new(SqliteIndex::open(dir.path()).unwrap()),
+        events: Arc::new(index.clone()),
+        index: Arc::new(index),
         audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
     };
     let now = Utc::now();
@@ -126,9 +128,11 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
 #[tokio::test]
 async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
     let dir = tempfile::tempdir().unwrap();
+    let index = SqliteIndex::open(dir.path()).unwrap();
     let storage = Storage {
         blobs: Arc::new(FsBlobStore::open(dir.path()).unwrap()),
-        index: Arc::new(SqliteIndex::open(dir.path()).unwrap()),
+        events: Arc::new(index.clone()),
+        index: Arc::new(index),
         audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
     };
     let now = Utc::now();

@@ -189,6 +189,7 @@ fn storage(index: Arc<dyn Index>) -> (Storage, Arc<Spy>) {
         blobs: Arc::new(MemBlobStore::default()),
         index: spy.clone(),
         audit: Arc::new(MemAuditLog::default()),
+        events: Arc::new(standby::backend::MemEventStore::default()),
     };
     (storage, spy)
 }

@@ -12,10 +12,11 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::HealthRecord;
+use crate::model::continuity::Continuity;
 use crate::model::{Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{
-    AuditEntry, AuditLog, BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor, Index,
-    ListQuery,
+    AuditEntry, AuditLog, BlobInfo, BlobReader, BlobStore, BlobWriter, ClaimRequest, Cursor,
+    EventStore, Index, ListQuery,
 };
 
 type BlobMap = Arc<Mutex<HashMap<String, (Arc<Vec<u8>>, DateTime<Utc>)>>>;
@@ -326,6 +327,48 @@ impl AuditLog for MemAuditLog {
     }
     async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(self.entries.lock().unwrap().clone())
+    }
+}
+
+/// The continuity record and marks in memory.
+#[derive(Clone, Default)]
+pub struct MemEventStore {
+    state: Arc<Mutex<MemEvents>>,
+}
+
+#[derive(Default)]
+struct MemEvents {
+    record: Continuity,
+    marks: HashMap<String, DateTime<Utc>>,
+}
+
+#[async_trait]
+impl EventStore for MemEventStore {
+    async fn load(&self) -> Result<Continuity, StoreError> {
+        Ok(self.state.lock().unwrap().record.clone())
+    }
+    async fn save(&self, c: &Continuity) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap();
+        if state.record.version != c.version {
+            return Err(StoreError::FileChanged("the continuity record".into()));
+        }
+        state.record = Continuity {
+            version: c.version + 1,
+            ..c.clone()
+        };
+        Ok(())
+    }
+    async fn mark_once(&self, key: &str, keep_until: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut state = self.state.lock().unwrap();
+        if state.marks.contains_key(key) {
+            return Ok(false);
+        }
+        state.marks.insert(key.to_string(), keep_until);
+        Ok(true)
+    }
+    async fn unmark(&self, key: &str) -> Result<(), StoreError> {
+        self.state.lock().unwrap().marks.remove(key);
+        Ok(())
     }
 }
 

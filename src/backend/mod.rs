@@ -18,8 +18,10 @@ pub mod audit;
 pub mod aws;
 pub mod fs;
 pub mod group;
+pub mod http;
 pub mod limits;
 pub mod memory;
+pub mod notify;
 pub mod spool_file;
 pub mod sqlite;
 pub mod users_file;
@@ -34,7 +36,7 @@ use crate::ports::{AuditEntry, AuditLog, Storage};
 pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
 pub use limits::MemLoginLimits;
-pub use memory::{MemAuditLog, MemBlobStore, MemIndex};
+pub use memory::{MemAuditLog, MemBlobStore, MemEventStore, MemIndex};
 pub use sqlite::SqliteIndex;
 pub use users_file::LocalUserFiles;
 
@@ -114,6 +116,7 @@ impl Storage {
             ),
             index: Arc::new(clients.index(settings)),
             audit: Arc::new(clients.audit_log(settings)),
+            events: Arc::new(clients.events(settings)),
         }
     }
 
@@ -167,6 +170,7 @@ impl Storage {
         Ok((
             Storage {
                 blobs: Arc::new(blobs),
+                events: Arc::new(index.clone()),
                 index: Arc::new(index),
                 audit: Arc::new(audit),
             },
@@ -201,6 +205,7 @@ impl Storage {
         let index = SqliteIndex::open(dir)?;
         Ok(Storage {
             blobs: Arc::new(blobs),
+            events: Arc::new(index.clone()),
             index: Arc::new(index),
             audit: Arc::new(FsAuditLog::new(dir)),
         })
@@ -224,6 +229,7 @@ impl Storage {
             blobs: Arc::new(clients.blob_store(settings)),
             index: Arc::new(clients.index(settings)),
             audit: Arc::new(clients.audit_log(settings)),
+            events: Arc::new(clients.events(settings)),
         }
     }
 
@@ -233,6 +239,7 @@ impl Storage {
             blobs: Arc::new(MemBlobStore::default()),
             index: Arc::new(MemIndex::default()),
             audit: Arc::new(MemAuditLog::default()),
+            events: Arc::new(MemEventStore::default()),
         }
     }
 }

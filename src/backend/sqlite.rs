@@ -49,6 +49,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::group::Group;
 use crate::error::StoreError;
+
+mod events;
 use crate::model::HealthRecord;
 use crate::model::{Class, Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{ClaimRequest, Index, ListQuery, MailboxFilter};
@@ -801,6 +803,7 @@ impl SqliteIndex {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(events::SCHEMA).map_err(db_err)?;
         migrate_versions(&conn)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

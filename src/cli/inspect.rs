@@ -9,39 +9,9 @@ use tokio::io::AsyncWriteExt;
 use super::CliError;
 use super::output::{Human, address, field};
 use crate::config::Config;
-use crate::health;
-use crate::model::{Bounce, Counts, Intake, MessageId, Record, Status};
-use crate::model::{LastDrain, PrimaryState, ProbeResult};
+use crate::model::{Bounce, Intake, MessageId, Record, Status};
 use crate::ports::Storage;
 use crate::ports::{ListQuery, Pages};
-
-#[derive(Serialize)]
-struct PrimaryView {
-    /// The node whose probes these are (`node_id`).
-    node: String,
-    address: String,
-    state: PrimaryState,
-    since: Option<DateTime<Utc>>,
-    last_probe: Option<ProbeResult>,
-    last_drain: Option<LastDrain>,
-    probes_ok: u64,
-    probes_failed: u64,
-    /// Draining halted by the circuit breaker until `standby drain --force`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    halted: Option<crate::model::Halt>,
-}
-
-#[derive(Serialize)]
-struct StatusView {
-    /// Where the messages are: the spool directory or the bucket and table.
-    store: String,
-    /// This node's view, or the freshest other node's (see `health::view`).
-    primary: PrimaryView,
-    /// Every node that probes the primary and shares this index, by node.
-    nodes: Vec<PrimaryView>,
-    counts: Counts,
-    oldest_held: Option<DateTime<Utc>>,
-}
 
 /// One line of `standby list --json`.
 #[derive(Serialize)]
@@ -105,45 +75,14 @@ fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-impl From<crate::model::HealthRecord> for PrimaryView {
-    fn from(h: crate::model::HealthRecord) -> Self {
-        PrimaryView {
-            node: h.node,
-            address: h.address,
-            state: h.state,
-            since: h.since,
-            last_probe: h.last_probe,
-            last_drain: h.last_drain,
-            probes_ok: h.probes_ok,
-            probes_failed: h.probes_failed,
-            halted: h.halted,
-        }
-    }
-}
-
 pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Result<(), CliError> {
-    let address = config.primary_addr();
-    let index = storage.index.as_ref();
-    let health = health::view(index, &config.node_id(), &address).await?;
-    let store = match config.aws_settings() {
-        Some(a) => format!(
-            "s3://{}/{} + dynamodb table {}",
-            a.bucket, a.prefix, a.table
-        ),
-        None => config.data_dir().display().to_string(),
-    };
-    let view = StatusView {
-        store,
-        primary: health.into(),
-        nodes: index
-            .list_health()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-        counts: index.counts().await?,
-        oldest_held: index.oldest(Status::Held).await?,
-    };
+    let view = crate::status::gather(
+        storage,
+        &config.node_id(),
+        &config.primary_addr(),
+        config.store_description(),
+    )
+    .await?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &view).map_err(std::io::Error::from)?;
@@ -231,6 +170,16 @@ pub(super) async fn status(config: &Config, storage: &Storage, json: bool) -> Re
     }
     if let Some(t) = view.oldest_held {
         writeln!(out, "oldest    held since {} ({})", time(t), ago(t))?;
+    }
+    if let Some(ev) = &view.continuity {
+        writeln!(
+            out,
+            "event     continuity event {} since {} ({}): {}",
+            ev.id,
+            time(ev.started_at),
+            ago(ev.started_at),
+            field(&ev.reason)
+        )?;
     }
     Ok(())
 }

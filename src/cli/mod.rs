@@ -4,6 +4,7 @@
 //! not answering. `--json` output shapes are documented in the README and stay stable.
 
 mod aws;
+mod continuity;
 mod doctor;
 mod drain;
 mod inspect;
@@ -242,6 +243,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continuity events: `continuity status`, `start`, `end`, `extend --hours N`.
+    Continuity {
+        #[command(subcommand)]
+        action: continuity::ContinuityAction,
+    },
     /// Delete messages from the spool for good.
     Purge {
         #[arg(required = true)]
@@ -464,6 +470,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
             manage::legal(&storage, skew, &parse_ids(&ids)?, &sel, cli_hold, &reason).await
         }
         Command::Audit { json } => inspect::audit(&storage, json).await,
+        Command::Continuity { action } => continuity::run(&config, &storage, action).await,
         Command::Retention { dry_run, at, json } => {
             let policy = config.retention();
             manage::retention(

@@ -81,6 +81,7 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
         blobs: std::sync::Arc::new(blobs.clone()),
         index: std::sync::Arc::new(index.clone()),
         audit: std::sync::Arc::new(crate::backend::FsAuditLog::new(dir)),
+        events: std::sync::Arc::new(index.clone()),
     };
     let unpublished = recovered
         .unpublished

@@ -264,7 +264,8 @@ mod tests {
             [
                 "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
                 "STANDBY_WEB_SESSION_KEY_ENV",
-                "STANDBY_OUTBOUND_RELAY_PASSWORD_ENV"
+                "STANDBY_OUTBOUND_RELAY_PASSWORD_ENV",
+                "STANDBY_ALERTS_WEBHOOK_SECRET_ENV"
             ]
         );
     }

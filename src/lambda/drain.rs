@@ -115,6 +115,14 @@ pub struct DrainSummary {
     /// Messages the retention policy deleted in this invocation.
     #[serde(default)]
     pub retention_deleted: u64,
+    /// The continuity event under way after this run, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuity: Option<String>,
+    /// Continuity alerts (per channel) and users' notices sent by this run.
+    #[serde(default)]
+    pub alerts_sent: u64,
+    #[serde(default)]
+    pub notices_sent: u64,
 }
 
 /// Most failed ingest events one run takes from the queue.
@@ -132,6 +140,8 @@ pub struct DrainFunction {
     /// What users sent to outside recipients (`[outbound] mode = "ses"`), sent by every
     /// run whatever the primary's state, so no `serve` node needs to stay up for it.
     outbound: Option<crate::outbound::queue::OutboundQueue>,
+    /// Continuity events, after each probe and drain (as `standby serve`'s loop does).
+    continuity: Option<crate::continuity::runner::Runner>,
 }
 
 impl DrainFunction {
@@ -148,12 +158,19 @@ impl DrainFunction {
             clock: Arc::new(SystemClock),
             failed: None,
             outbound: None,
+            continuity: None,
         }
     }
 
     /// Send what users sent to outside recipients at each run, through `queue`.
     pub fn with_outbound(mut self, queue: crate::outbound::queue::OutboundQueue) -> Self {
         self.outbound = Some(queue);
+        self
+    }
+
+    /// Run the continuity loop's step at each run, with `runner`.
+    pub fn with_continuity(mut self, runner: crate::continuity::runner::Runner) -> Self {
+        self.continuity = Some(runner);
         self
     }
 
@@ -350,6 +367,8 @@ impl DrainFunction {
         summary.probe_failed = h.last_probe.as_ref().is_some_and(|p| !p.ok);
         summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // A run the primary refused at MAIL with 4xx (it cannot take mail now).
+        let mut drain_error = None;
         if let Some(left) = left.filter(|l| *l <= SAFETY_MARGIN) {
             let why = format!(
                 "the invocation ends in {} s, less than the {} s kept in reserve: nothing was \
@@ -390,6 +409,9 @@ impl DrainFunction {
                 },
             })?;
             health::record_drain(index, (&node, &address), &report, self.clock.now()).await?;
+            if report.breaker == Some(crate::model::Breaker::Mail4xx) {
+                drain_error = report.stopped.clone();
+            }
             summary.delivered = report.delivered;
             summary.deferred = report.deferred;
             summary.failed = report.failed;
@@ -397,6 +419,24 @@ impl DrainFunction {
             summary.stopped = report.stopped;
         } else {
             summary.failed = drainer.expire_old().await?;
+        }
+        // Before the outbound run, so the alerts and notices it queues go out with it.
+        if let Some(runner) = &self.continuity {
+            match runner.tick(drain_error).await {
+                Ok(r) => {
+                    summary.alerts_sent = r.alerts_sent as u64;
+                    summary.notices_sent = r.notices_sent as u64;
+                    if r.alerts_failed > 0 || r.notices_failed > 0 {
+                        tracing::warn!(
+                            alerts_failed = r.alerts_failed,
+                            notices_failed = r.notices_failed,
+                            "continuity: some alerts or notices not sent yet"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "continuity check failed"),
+            }
+            summary.continuity = self.storage.events.load().await?.current.map(|e| e.id);
         }
         summary.sent_outside = self.send_outside(deadline).await;
         summary.retention_deleted = self.retention(&node, &address).await?;

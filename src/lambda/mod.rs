@@ -23,6 +23,7 @@ pub mod reconcile;
 pub mod ses;
 pub mod web;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::aws::sqs::SqsFailedEvents;
@@ -119,7 +120,9 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
         .filter(|q| !q.is_empty());
     let storage = Storage::aws(&clients, &settings);
     let outbound = outbound_queue(&config, &storage, &clients);
-    let mut function = drain::DrainFunction::new(config, storage, relay);
+    let continuity = continuity_runner(&config, &storage, &clients, outbound.is_some()).await?;
+    let mut function =
+        drain::DrainFunction::new(config, storage, relay).with_continuity(continuity);
     if let Some(q) = outbound {
         function = function.with_outbound(q);
     }
@@ -132,6 +135,71 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
         ))),
         None => function,
     })
+}
+
+/// The drain function's continuity loop: alerts by mail and users' notices go out
+/// through SES (the outbound queue the same run sends), when sending is on; the login
+/// links are signed with the web function's session key, when the function has it.
+async fn continuity_runner(
+    config: &Config,
+    storage: &Storage,
+    clients: &AwsClients,
+    sends: bool,
+) -> Result<crate::continuity::runner::Runner, SetupError> {
+    let clock: Arc<dyn crate::ports::Clock> = Arc::new(crate::ports::SystemClock);
+    let mailer = match (sends, config.domains.first()) {
+        (true, Some(domain)) => {
+            let spool =
+                crate::ingest::Spool::new(storage.clone(), clock.clone(), config.hostname.clone());
+            let sending = crate::outbound::Sending::new(
+                storage.clone(),
+                Arc::new(spool),
+                clock.clone(),
+                &config.domains,
+                None,
+            )
+            .with_outside(true);
+            Some(Arc::new(crate::outbound::mailer::SystemMailer {
+                sending,
+                from: format!("standby@{domain}"),
+                hostname: config.hostname.clone(),
+            }) as Arc<dyn crate::ports::Mailer>)
+        }
+        _ => None,
+    };
+    let key = match &config.web.session_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(value) => {
+                let secret = secrets::resolve(&clients.sdk, &value).await?;
+                crate::web::SessionKey::from_secret(secret.as_bytes()).ok()
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let webhook_secret = match &config.alerts.webhook_secret_env {
+        Some(var) => {
+            let value = std::env::var(var).map_err(|_| ConfigError::Env {
+                var: var.clone(),
+                message: "STANDBY_ALERTS_WEBHOOK_SECRET_ENV names it, but it is not set".into(),
+            })?;
+            Some(secrets::resolve(&clients.sdk, &value).await?.into_bytes())
+        }
+        None => None,
+    };
+    Ok(crate::backend::notify::runner(
+        config,
+        crate::backend::notify::Parts {
+            storage: storage.clone(),
+            clock,
+            mailer,
+            key,
+            sdk: Some(clients.sdk.clone()),
+            store: config.store_description(),
+            webhook_secret,
+        },
+    )
+    .await?)
 }
 
 /// The outbound queue a drain function runs when `[outbound] mode = "ses"` (the template

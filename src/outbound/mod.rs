@@ -23,6 +23,7 @@
 
 pub mod compose;
 pub mod dkim;
+pub mod mailer;
 pub mod queue;
 
 use std::collections::HashSet;
@@ -344,6 +345,45 @@ impl Sending {
             return Err(e);
         }
         incoming.commit().await
+    }
+
+    /// Mail from the standby itself (continuity alerts and notices) to outside
+    /// addresses: stored for the outbound queue like a user's mail to outside recipients,
+    /// from `mail_from` (an address of ours SES and DMARC accept), no copy kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Refused`] when outside recipients have no way out here, or a
+    /// recipient is in our own domains; storage errors.
+    pub async fn send_system(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Result<Record, StoreError> {
+        if !self.outside {
+            return Err(StoreError::Refused(
+                "no way out for mail to outside addresses ([outbound] is not set up)".into(),
+            ));
+        }
+        if let Some(ours) = rcpts.iter().find(|r| self.is_ours(r)) {
+            return Err(StoreError::Refused(format!(
+                "{} is in a domain this standby holds mail for",
+                redact(ours)
+            )));
+        }
+        let env = Envelope {
+            mail_from: mail_from.to_string(),
+            rcpts: rcpts.to_vec(),
+            origin: crate::model::Origin::default(),
+            journal: false,
+            sent: Some(SentPart::Outbound),
+        };
+        let rec = self.store(env, SentPart::Outbound, message).await?;
+        self.queued.notify_one();
+        if let Some((queue, within)) = &self.deliver_now {
+            run_for(queue, *within).await;
+        }
+        Ok(rec)
     }
 
     /// Remove the parts already stored of a message that could not be stored whole.

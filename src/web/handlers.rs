@@ -290,6 +290,135 @@ pub(super) async fn login(
     resp
 }
 
+#[derive(Deserialize)]
+pub(super) struct LinkQuery {
+    #[serde(default)]
+    t: String,
+}
+
+/// The longest link token taken (an address, an event id, the nonce and the MAC).
+const MAX_LINK: usize = 1024;
+
+fn link_refused(why: &str) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        pages::error(
+            "Link not valid",
+            &format!(
+                "{why} Log in with your address and password, or ask your administrator for a new link."
+            ),
+        ),
+    )
+}
+
+/// `GET /login/link?t=`: a continuity notice's one-time link. Checked (signature,
+/// expiry), then a page whose button logs in: fetching the link uses nothing up.
+pub(super) async fn link_form(
+    State(web): Shared,
+    axum::extract::Query(q): axum::extract::Query<LinkQuery>,
+) -> Response {
+    if q.t.len() > MAX_LINK {
+        return link_refused("This link is not one of ours.");
+    }
+    let Some(link) = web.key.check_link(&q.t, web.clock.now().timestamp()) else {
+        return link_refused("This link is not valid or has expired.");
+    };
+    let (nonce, csrf) = web.key.login_nonce();
+    let mut resp = page(
+        StatusCode::OK,
+        pages::login_link(&q.t, &csrf, &link.address),
+    );
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&web, LOGIN_COOKIE, &nonce, Some(3600)),
+    );
+    resp
+}
+
+#[derive(Deserialize)]
+pub(super) struct LinkForm {
+    #[serde(default)]
+    t: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /login/link`: log in with a one-time link, once. The link's nonce is marked
+/// used in the store (a conditional write), so a second use, from any instance, is
+/// refused; a user removed meanwhile gets no session.
+pub(super) async fn link_login(
+    State(web): Shared,
+    ip: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+    form: Result<Form<LinkForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forbidden();
+    };
+    let Some(nonce) = cookie(&headers, &cookie_name(&web, LOGIN_COOKIE)) else {
+        return forbidden();
+    };
+    if !web.key.login_token_ok(nonce, &form.csrf) || form.t.len() > MAX_LINK {
+        return forbidden();
+    }
+    let now = web.clock.now();
+    let Some(link) = web.key.check_link(&form.t, now.timestamp()) else {
+        return link_refused("This link is not valid or has expired.");
+    };
+    let from = format!(
+        "from {}",
+        ip.map_or_else(|| "unknown".to_string(), |Extension(ip)| ip.limit_key())
+    );
+    let Some(account) = web.users.directory().await.account(&link.address) else {
+        return link_refused("There is no emergency inbox account for this address.");
+    };
+    let keep = chrono::DateTime::from_timestamp(link.expires, 0).unwrap_or(now)
+        + chrono::Duration::days(1);
+    match web
+        .storage
+        .events
+        .mark_once(&format!("link#{}", link.nonce), keep)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let entry = AuditEntry::session(
+                "login-link-reused",
+                &format!("web:{}", account.address),
+                &from,
+                now,
+            );
+            if let Err(e) = web.storage.audit.append(&entry).await {
+                return server_error(&e);
+            }
+            return link_refused("This link was used already: each link logs in once.");
+        }
+        Err(e) => return server_error(&e),
+    }
+    let reason = format!("{from}, one-time link of event {}", link.event);
+    let entry = AuditEntry::session("login", &format!("web:{}", account.address), &reason, now);
+    if let Err(e) = web.storage.audit.append(&entry).await {
+        return server_error(&e);
+    }
+    tracing::info!(
+        user = crate::model::redact(&account.address),
+        "emergency inbox: login with a one-time link"
+    );
+    let expires = now + web.settings.session;
+    let value = web.key.issue(&account, expires.timestamp());
+    let mut resp = Redirect::to("/").into_response();
+    let h = resp.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&web, SESSION_COOKIE, &value, None),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&web, LOGIN_COOKIE, "", Some(0)),
+    );
+    resp
+}
+
 pub(super) fn forbidden() -> Response {
     page(
         StatusCode::FORBIDDEN,

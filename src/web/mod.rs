@@ -141,6 +141,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/junk", get(handlers::junk))
         .route("/sent", get(handlers::sent))
         .route("/login", get(handlers::login_form).post(handlers::login))
+        .route(
+            "/login/link",
+            get(handlers::link_form).post(handlers::link_login),
+        )
         .route("/logout", post(handlers::logout))
         .route("/m/{id}", get(handlers::message))
         .route("/m/{id}/body", get(handlers::body))

@@ -65,6 +65,24 @@ pub fn login(token: &str, error: Option<&str>) -> Markup {
     )
 }
 
+/// A one-time login link's page: the link is used only when the button is pressed, so a
+/// mail scanner that fetches the link does not use it up.
+pub fn login_link(token: &str, csrf: &str, address: &str) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            p.note { "Your mail server is unavailable. Mail sent to you is kept here until it is back." }
+            form.login method="post" action="/login/link" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="t" value=(token);
+                p { "Log in as " strong { (address) } " with this one-time link?" }
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
 fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }

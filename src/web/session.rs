@@ -116,6 +116,59 @@ impl SessionKey {
         })
     }
 
+    /// A one-time login link's token for `address` (a continuity notice), valid until
+    /// `expires` (Unix seconds): the address, the event, the expiry and a random nonce,
+    /// signed. Single use is the caller's: it marks the nonce used (see [`Link::nonce`]).
+    pub fn issue_link(&self, address: &str, event: &str, expires: i64) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let mac = self.link_mac(address, event, expires, &nonce);
+        format!(
+            "{}.{}.{expires}.{}.{}",
+            B64.encode(address.as_bytes()),
+            B64.encode(event.as_bytes()),
+            B64.encode(nonce),
+            B64.encode(mac)
+        )
+    }
+
+    fn link_mac(&self, address: &str, event: &str, expires: i64, nonce: &[u8]) -> [u8; 32] {
+        self.mac(&[
+            b"login-link",
+            address.as_bytes(),
+            event.as_bytes(),
+            &expires.to_be_bytes(),
+            nonce,
+        ])
+    }
+
+    /// The link in `token` if this key signed it and it has not expired at `now`.
+    pub fn check_link(&self, token: &str, now: i64) -> Option<Link> {
+        let mut parts = token.split('.');
+        let (addr, event, expires, nonce, mac) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if parts.next().is_some() {
+            return None;
+        }
+        let address = String::from_utf8(B64.decode(addr).ok()?).ok()?;
+        let event = String::from_utf8(B64.decode(event).ok()?).ok()?;
+        let expires: i64 = expires.parse().ok()?;
+        let nonce_raw = B64.decode(nonce).ok()?;
+        let mac = B64.decode(mac).ok()?;
+        let want = self.link_mac(&address, &event, expires, &nonce_raw);
+        let ok: bool = want.ct_eq(mac.as_slice()).into();
+        (ok && now < expires).then(|| Link {
+            address,
+            event,
+            expires,
+            nonce: nonce.to_string(),
+        })
+    }
+
     /// A login form's nonce (the cookie) and its CSRF token (the form field).
     pub fn login_nonce(&self) -> (String, String) {
         let nonce: [u8; 16] = rand::random();
@@ -131,6 +184,17 @@ impl SessionKey {
         let want = B64.encode(self.mac(&[b"login-csrf", &raw]));
         want.as_bytes().ct_eq(token.as_bytes()).into()
     }
+}
+
+/// A checked one-time login link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub address: String,
+    pub event: String,
+    /// Unix seconds.
+    pub expires: i64,
+    /// Marked used at the first login, so a second is refused.
+    pub nonce: String,
 }
 
 /// A checked session.
@@ -158,6 +222,28 @@ mod tests {
             excluded: vec![],
             stamp: [stamp; 32],
         }
+    }
+
+    #[test]
+    fn login_links_are_signed_and_expire() {
+        let key = SessionKey::from_secret(&[7; 40]).unwrap();
+        let t = key.issue_link("alice@example.test", "01EVENT", 1000);
+        let link = key.check_link(&t, 999).unwrap();
+        assert_eq!(link.address, "alice@example.test");
+        assert_eq!(link.event, "01EVENT");
+        assert!(key.check_link(&t, 1000).is_none(), "expired");
+        assert!(
+            SessionKey::random().check_link(&t, 1).is_none(),
+            "another key"
+        );
+        // Another address with the same signature.
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let bob = B64.encode("bob@example.test");
+        parts[0] = &bob;
+        assert!(key.check_link(&parts.join("."), 1).is_none());
+        let later = t.replace(".1000.", ".2000.");
+        assert!(key.check_link(&later, 1500).is_none(), "expiry moved");
+        assert_ne!(key.issue_link("alice@example.test", "01EVENT", 1000), t);
     }
 
     #[test]

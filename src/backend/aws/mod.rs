@@ -24,6 +24,7 @@ pub mod archive;
 mod audit;
 mod dynamo;
 mod errors;
+mod events;
 pub mod limits;
 pub mod provision;
 mod s3;
@@ -31,6 +32,7 @@ pub mod schema;
 mod search;
 pub mod secrets;
 mod ses_send;
+mod sns;
 pub mod sqs;
 mod uploads;
 mod users;
@@ -44,9 +46,11 @@ use aws_config::{BehaviorVersion, Region};
 pub use audit::DynamoAuditLog;
 pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
+pub use events::DynamoEvents;
 pub use limits::DynamoLoginLimits;
 pub use s3::{DELIVERED_TAG, S3BlobStore};
 pub use ses_send::SesOutbound;
+pub use sns::SnsNotifier;
 pub use uploads::S3Uploads;
 pub use users::{ALIASES_KEY, PASSWD_KEY, S3UserFiles};
 
@@ -153,6 +157,10 @@ impl AwsClients {
 
     pub fn audit_log(&self, settings: &AwsSettings) -> DynamoAuditLog {
         DynamoAuditLog::new(self.dynamodb.clone(), &settings.table)
+    }
+
+    pub fn events(&self, settings: &AwsSettings) -> DynamoEvents {
+        DynamoEvents::new(self.dynamodb.clone(), &settings.table)
     }
 
     pub fn index(&self, settings: &AwsSettings) -> DynamoIndex {

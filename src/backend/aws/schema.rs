@@ -13,6 +13,8 @@
 //! | health | `health#<node>` | `status` = `health`, `recv` = the node, `record` (JSON: probe state, consecutive counts, last drain, reconcile watermark); one per node (`node_id`: each `standby serve`, the drain function) |
 //! | recipient | `rcpt#<id>#<address>` | `rcpt` (address, lower case), `recv`; one per address of a message, kept by the index's writes |
 //! | audit entry | `audit#<ulid>` | `status` = `audit`, `recv` (`<ms>#<ulid>`), `record` (JSON); never updated or deleted |
+//! | continuity | `continuity` | `record` (JSON: the event under way, history, alerts owed), `cver` (its version) |
+//! | mark | `mark#<key>` | `expires_at`; a notice sent for an event and user, a login link used |
 //!
 //! Message items also carry `sender` (lower-case envelope sender, `<>` for none).
 //!
@@ -51,6 +53,11 @@ pub const RCPT_PREFIX: &str = "rcpt#";
 /// Audit entries: `pk = audit#<ulid>`, in the status index under this partition.
 pub const AUDIT_PREFIX: &str = "audit#";
 pub const AUDIT_STATUS: &str = "audit";
+
+/// The continuity record: one item (see `DynamoEvents`).
+pub const CONTINUITY_KEY: &str = "continuity";
+/// One-time marks: `pk = mark#<key>`, with a TTL.
+pub const MARK_PREFIX: &str = "mark#";
 
 /// Key schema of the table.
 pub fn key_schema() -> Vec<KeySchemaElement> {

@@ -1,0 +1,86 @@
+//! What `standby status --json` shows, gathered once for every reader: the CLI, the
+//! alerts (whose webhook body is this plus `"event"`), the console and `/metrics`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::StoreError;
+use crate::health;
+use crate::model::continuity::Event;
+use crate::model::{Counts, Halt, HealthRecord, LastDrain, PrimaryState, ProbeResult, Status};
+use crate::ports::Storage;
+
+/// One node's view of the primary.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrimaryView {
+    /// The node whose probes these are (`node_id`).
+    pub node: String,
+    pub address: String,
+    pub state: PrimaryState,
+    pub since: Option<DateTime<Utc>>,
+    pub last_probe: Option<ProbeResult>,
+    pub last_drain: Option<LastDrain>,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    /// Draining halted by the circuit breaker until `standby drain --force`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<Halt>,
+}
+
+impl From<HealthRecord> for PrimaryView {
+    fn from(h: HealthRecord) -> Self {
+        PrimaryView {
+            node: h.node,
+            address: h.address,
+            state: h.state,
+            since: h.since,
+            last_probe: h.last_probe,
+            last_drain: h.last_drain,
+            probes_ok: h.probes_ok,
+            probes_failed: h.probes_failed,
+            halted: h.halted,
+        }
+    }
+}
+
+/// The standby at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Where the messages are: the spool directory or the bucket and table.
+    pub store: String,
+    /// This node's view, or the freshest other node's (see `health::view`).
+    pub primary: PrimaryView,
+    /// Every node that probes the primary and shares this index, by node.
+    pub nodes: Vec<PrimaryView>,
+    pub counts: Counts,
+    pub oldest_held: Option<DateTime<Utc>>,
+    /// The continuity event under way, if any.
+    pub continuity: Option<Event>,
+}
+
+/// Gather the view: `node`'s record of the primary at `address`, `store` described.
+///
+/// # Errors
+/// Storage errors.
+pub async fn gather(
+    storage: &Storage,
+    node: &str,
+    address: &str,
+    store: String,
+) -> Result<StatusView, StoreError> {
+    let index = storage.index.as_ref();
+    let health = health::view(index, node, address).await?;
+    Ok(StatusView {
+        store,
+        primary: health.into(),
+        nodes: index
+            .list_health()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        counts: index.counts().await?,
+        oldest_held: index.oldest(Status::Held).await?,
+        continuity: storage.events.load().await?.current,
+    })
+}
