@@ -823,6 +823,25 @@ fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     Ok(out)
 }
 
+/// A list of mail addresses (`[alerts] email`): a TOML array or comma-separated text,
+/// each parsed as an RFC 5321 address (what goes into RCPT TO).
+pub(crate) fn mail_address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let mut out = Vec::new();
+    for a in list_or_text(d)? {
+        let a = a.trim();
+        if a.is_empty() {
+            continue;
+        }
+        let parsed = crate::model::Address::parse(a).map_err(|e| {
+            D::Error::custom(format!(
+                "`{a}` is not a mail address (like admin@example.org): {e}"
+            ))
+        })?;
+        out.push(parsed.decoded());
+    }
+    Ok(out)
+}
+
 /// One confidential rule (`[[retention.confidential]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1214,3 +1214,129 @@ async fn the_drain_function_ramps_from_the_primarys_return_and_force_skips_it() 
     );
     assert_eq!(storage.index.count(Status::Held).await.unwrap(), 0);
 }
+
+/// The continuity loop runs in the drain function as in `standby serve`: the primary
+/// down for `start_after_secs` (by the function's clock, across invocations) starts an
+/// event, alerted to the alarm topic, and each user with held mail and a phone gets an
+/// SMS with a one-time link; the primary back and the backlog delivered, the event ends
+/// after `end_after_secs`, alerted once. Every request is checked against the drain
+/// function's policy in the template.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_function_runs_continuity_events_with_sns_alerts_and_sms() {
+    let moto = Moto::start();
+    let (clients, s, storage) = moto.storage("continuity").await;
+    let topic = aws_sdk_sns::Client::new(&clients.sdk)
+        .create_topic()
+        .name("standby-alarms")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let alternates = dir.path().join("alternates.csv");
+    std::fs::write(
+        &alternates,
+        "address,alternate_email,phone\nbob@example.test,,+15551234567\ncarol@example.test,,+15557654321\n",
+    )
+    .unwrap();
+    let port = common::free_port();
+    let alternates = alternates.display().to_string();
+    let env = [
+        ("STANDBY_CONTINUITY_START_AFTER_SECS", "300"),
+        ("STANDBY_CONTINUITY_END_AFTER_SECS", "300"),
+        ("STANDBY_CONTINUITY_ALTERNATES", alternates.as_str()),
+        ("STANDBY_ALERTS_SNS_TOPIC", topic.as_str()),
+        ("STANDBY_WEB_PUBLIC_URL", "https://inbox.example.test/"),
+    ];
+    let config = Config::from_lambda_env(common::aws::drain_env("continuity", port, &env)).unwrap();
+    let drain_clients = moto.clients_as(Principal::Drain).await;
+    let drain_storage = moto.storage_as(Principal::Drain, &s).await;
+    let clock = Arc::new(Shifted::default());
+    let mut runner =
+        standby::lambda::continuity_runner(&config, &drain_storage, &drain_clients, false)
+            .await
+            .unwrap();
+    runner.clock = clock.clone();
+    let f = function_with(&drain_storage, "continuity", port, clock.clone(), &env)
+        .with_continuity(runner);
+    // Mail received now (the fixture's is days old: held that long with nothing
+    // delivered would start an event at once, rightly).
+    let mut ev = ses_event("normal.json");
+    let id = format!("held{:0>36}", 0);
+    ev["Records"][0]["ses"]["mail"]["messageId"] = id.clone().into();
+    ev["Records"][0]["ses"]["mail"]["timestamp"] = Utc::now().to_rfc3339().into();
+    ev["Records"][0]["ses"]["receipt"]["timestamp"] = Utc::now().to_rfc3339().into();
+    let raw = common::fixture("ses/message.eml", "held-0");
+    ses_put(&moto.clients().await, &s, &id, raw.as_bytes()).await;
+    Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "")
+        .handle(ev)
+        .await
+        .unwrap();
+    // The primary is down: the first run sees it, and nothing starts yet.
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.primary, "down", "{sum:?}");
+    assert_eq!(sum.continuity, None);
+    assert!(moto.sns_published().is_empty());
+    // Five minutes on (the function's clock): the event starts.
+    clock.advance(chrono::Duration::seconds(301));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    let event = sum.continuity.clone().expect("an event under way");
+    let published = moto.sns_published();
+    let alerts: Vec<_> = published
+        .iter()
+        .filter(|p| p["topic"] == topic.as_str())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{published:?}");
+    assert!(
+        alerts[0]["subject"].as_str().unwrap().contains("started"),
+        "{published:?}"
+    );
+    assert!(alerts[0]["message"].as_str().unwrap().contains(&event));
+    // bob has held mail and a phone; carol has no held mail.
+    let sms: Vec<_> = published
+        .iter()
+        .filter(|p| p["phone"].is_string())
+        .collect();
+    assert_eq!(sms.len(), 1, "{published:?}");
+    assert_eq!(sms[0]["phone"], "+15551234567");
+    assert!(
+        sms[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https://inbox.example.test/login/link?t="),
+        "{sms:?}"
+    );
+    // Another run: nothing sent again.
+    f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(moto.sns_published().len(), 2);
+    // The primary comes back: the backlog goes, and five quiet minutes end the event.
+    let _primary = common::FakePrimary::start_on(
+        port,
+        vec![common::FakeReply::Replies {
+            mail: "250 2.1.0 ok\r\n",
+            rcpt: "250 2.1.5 ok\r\n",
+            data_end: "250 2.0.0 queued\r\n",
+        }],
+    );
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!((sum.primary.as_str(), sum.delivered), ("up", 1), "{sum:?}");
+    assert_eq!(sum.continuity.as_deref(), Some(event.as_str()));
+    clock.advance(chrono::Duration::seconds(301));
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(sum.continuity, None, "{sum:?}");
+    f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    let published = moto.sns_published();
+    let subjects: Vec<&str> = published
+        .iter()
+        .filter(|p| p["topic"] == topic.as_str())
+        .map(|p| p["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects.len(), 2, "{published:?}");
+    assert!(subjects[1].contains("ended"), "{subjects:?}");
+    let record = storage.events.load().await.unwrap();
+    assert_eq!(record.history[0].id, event);
+    assert_eq!(record.history[0].notified, ["bob@example.test"]);
+    assert!(record.pending.is_empty(), "{record:?}");
+}

@@ -10,9 +10,10 @@ use chrono::{Duration, Utc};
 use standby::backend::{FsBlobStore, MemBlobStore, MemIndex, SqliteIndex};
 use standby::error::StoreError;
 use standby::model::HealthRecord;
+use standby::model::continuity::Continuity;
 use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary, Verdicts};
 use standby::ports::{
-    BlobStore, ClaimRequest, Cursor, Index, ListQuery, LoginLimits, MailboxFilter,
+    BlobStore, ClaimRequest, Cursor, EventStore, Index, ListQuery, LoginLimits, MailboxFilter,
 };
 use tokio::io::AsyncReadExt;
 
@@ -754,8 +755,75 @@ async fn blob_contract(blobs: Arc<dyn BlobStore>) {
     assert!(blobs.list().await.unwrap().is_empty());
 }
 
+/// The continuity record saves only over the version read, and a mark is set once,
+/// whoever tries at the same time.
+async fn events_contract(events: Arc<dyn EventStore>) {
+    let fresh = events.load().await.unwrap();
+    assert_eq!(fresh, Continuity::default());
+    let mut c = fresh.clone();
+    c.breaker_alerted = Some(Utc::now());
+    events.save(&c).await.unwrap();
+    let stored = events.load().await.unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.breaker_alerted, c.breaker_alerted);
+    // A second writer that read version 0 writes nothing.
+    let mut late = fresh.clone();
+    late.drain_errors_alerted = Some(Utc::now());
+    assert!(matches!(
+        events.save(&late).await,
+        Err(StoreError::FileChanged(_))
+    ));
+    assert_eq!(events.load().await.unwrap(), stored);
+    let mut next = stored.clone();
+    next.notices_checked = Some(Utc::now());
+    events.save(&next).await.unwrap();
+    assert!(matches!(
+        events.save(&stored).await,
+        Err(StoreError::FileChanged(_))
+    ));
+    assert_eq!(events.load().await.unwrap().version, 2);
+    // Marks: set once among many at the same time, cleared, set again.
+    let keep = Utc::now() + Duration::days(1);
+    let tries = (0..8).map(|_| {
+        let events = events.clone();
+        tokio::spawn(async move {
+            events
+                .mark_once("notice#e1#start#a@example.test", keep)
+                .await
+        })
+    });
+    let mut won = 0;
+    for t in tries {
+        won += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(won, 1);
+    assert!(
+        events
+            .mark_once("notice#e1#end#a@example.test", keep)
+            .await
+            .unwrap()
+    );
+    events
+        .unmark("notice#e1#start#a@example.test")
+        .await
+        .unwrap();
+    assert!(
+        events
+            .mark_once("notice#e1#start#a@example.test", keep)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !events
+            .mark_once("notice#e1#end#a@example.test", keep)
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn memory_adapters_keep_the_contract() {
+    events_contract(Arc::new(standby::backend::MemEventStore::default())).await;
     index_contract(Arc::new(MemIndex::default())).await;
     search_contract(Arc::new(MemIndex::default())).await;
     mailbox_contract(Arc::new(MemIndex::default())).await;
@@ -771,6 +839,8 @@ async fn local_adapters_keep_the_contract() {
     search_contract(Arc::new(SqliteIndex::open(other.path()).unwrap())).await;
     let third = tempfile::tempdir().unwrap();
     mailbox_contract(Arc::new(SqliteIndex::open(third.path()).unwrap())).await;
+    let fourth = tempfile::tempdir().unwrap();
+    events_contract(Arc::new(SqliteIndex::open(fourth.path()).unwrap())).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
     let left = fs.recover(|_| Ok(false), |_| false).unwrap();
@@ -804,6 +874,7 @@ async fn aws_adapters_keep_the_contract() {
     mailbox_contract(third.index.clone()).await;
     limits_contract(Arc::new(clients.login_limits(&settings))).await;
     blob_contract(storage.blobs.clone()).await;
+    events_contract(storage.events.clone()).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{address_list, lenient, lenient_opt};
+use super::{lenient, lenient_opt, mail_address_list};
 
 /// When an event starts and ends by itself, and the users' notices (`[continuity]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +64,7 @@ pub struct AlertsConfig {
     #[serde(default)]
     pub webhook_secret_env: Option<String>,
     /// External addresses that get each alert by mail (through the outbound path).
-    #[serde(default, deserialize_with = "address_list")]
+    #[serde(default, deserialize_with = "mail_address_list")]
     pub email: Vec<String>,
     /// An SNS topic ARN each alert is published to (on AWS, the stack's alarm topic).
     #[serde(default)]

@@ -140,7 +140,7 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
 /// The drain function's continuity loop: alerts by mail and users' notices go out
 /// through SES (the outbound queue the same run sends), when sending is on; the login
 /// links are signed with the web function's session key, when the function has it.
-async fn continuity_runner(
+pub async fn continuity_runner(
     config: &Config,
     storage: &Storage,
     clients: &AwsClients,

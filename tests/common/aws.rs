@@ -228,6 +228,24 @@ impl Moto {
         assert!(out.status.success(), "set the SES account");
     }
 
+    /// What SNS was asked to publish: `{topic, subject, message}` for a topic,
+    /// `{phone, message}` for an SMS (scripts/moto-server reads them from moto).
+    pub fn sns_published(&self) -> Vec<serde_json::Value> {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                &format!(
+                    "Authorization: AWS4-HMAC-SHA256 Credential={SETUP_KEY}/20260101/{REGION}/moto/aws4_request"
+                ),
+                &format!("{}/_standby/sns-published", self.url),
+            ])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "read SNS's publishes from moto");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Bucket and table names for one test (`name` must be a valid bucket name).
     pub fn settings(&self, name: &str) -> AwsSettings {
         AwsSettings {
