@@ -1468,6 +1468,15 @@ impl Config {
         }
         self.alerts.check(&self.continuity).map_err(invalid)?;
         let way_out = self.outbound.relay.is_some() || self.outbound.mode.is_some();
+        if let Some(own) = self.alerts.email.iter().find(|a| {
+            let domain = a.rsplit_once('@').map_or("", |(_, d)| d);
+            self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        }) {
+            return Err(invalid(format!(
+                "[alerts] email `{own}` is in a domain this standby holds mail for: during an \
+                 outage it would not arrive; give an address elsewhere"
+            )));
+        }
         if !self.alerts.email.is_empty() && !way_out {
             return Err(invalid(
                 "[alerts] email needs a way out that is not the primary: [outbound] relay or \

@@ -616,7 +616,6 @@ pub trait AuditLog: Send + Sync + 'static {
     async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// Where time comes from, so tests can move it.
 /// The continuity record (one per store, see [`crate::model::continuity`]) and one-time
 /// marks: a notice sent for an event and user, a login link used.
 #[async_trait]
@@ -627,8 +626,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// gives [`StoreError::FileChanged`] and writes nothing.
     async fn save(&self, c: &Continuity) -> Result<(), StoreError>;
     /// Set the mark `key` if it is not set: `true` the first time only, under any
-    /// concurrency. Kept at least until `keep_until`.
+    /// concurrency. It holds until `keep_until`; after that it counts as not set (a
+    /// store may remove it any time later).
     async fn mark_once(&self, key: &str, keep_until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Whether the mark `key` is set (and not past its time).
+    async fn marked(&self, key: &str) -> Result<bool, StoreError>;
     /// Clear a mark (a notice whose sending failed, to be sent again).
     async fn unmark(&self, key: &str) -> Result<(), StoreError>;
 }
@@ -661,6 +663,7 @@ pub trait Sns: Send + Sync + 'static {
     async fn sms(&self, phone: &str, text: &str) -> Result<(), NotifyError>;
 }
 
+/// Where time comes from, so tests can move it.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }

@@ -363,6 +363,7 @@ pub async fn serve(
             sdk: None,
             store: config.store_description(),
             webhook_secret: None,
+            decide_only: false,
         },
     )
     .await?;

@@ -761,11 +761,11 @@ async fn events_contract(events: Arc<dyn EventStore>) {
     let fresh = events.load().await.unwrap();
     assert_eq!(fresh, Continuity::default());
     let mut c = fresh.clone();
-    c.breaker_alerted = Some(Utc::now());
+    c.notices_checked = Some(Utc::now());
     events.save(&c).await.unwrap();
     let stored = events.load().await.unwrap();
     assert_eq!(stored.version, 1);
-    assert_eq!(stored.breaker_alerted, c.breaker_alerted);
+    assert_eq!(stored.notices_checked, c.notices_checked);
     // A second writer that read version 0 writes nothing.
     let mut late = fresh.clone();
     late.drain_errors_alerted = Some(Utc::now());
@@ -775,7 +775,7 @@ async fn events_contract(events: Arc<dyn EventStore>) {
     ));
     assert_eq!(events.load().await.unwrap(), stored);
     let mut next = stored.clone();
-    next.notices_checked = Some(Utc::now());
+    next.drain_errors_alerted = Some(Utc::now());
     events.save(&next).await.unwrap();
     assert!(matches!(
         events.save(&stored).await,
@@ -819,6 +819,14 @@ async fn events_contract(events: Arc<dyn EventStore>) {
             .await
             .unwrap()
     );
+    assert!(events.marked("notice#e1#end#a@example.test").await.unwrap());
+    assert!(!events.marked("notice#e2#end#a@example.test").await.unwrap());
+    // A mark past its time counts as not set, whether or not the store removed it yet.
+    let past = Utc::now() - Duration::seconds(5);
+    assert!(events.mark_once("sending#e1#a", past).await.unwrap());
+    assert!(!events.marked("sending#e1#a").await.unwrap());
+    assert!(events.mark_once("sending#e1#a", keep).await.unwrap());
+    assert!(events.marked("sending#e1#a").await.unwrap());
 }
 
 #[tokio::test]

@@ -360,11 +360,22 @@ impl EventStore for MemEventStore {
     }
     async fn mark_once(&self, key: &str, keep_until: DateTime<Utc>) -> Result<bool, StoreError> {
         let mut state = self.state.lock().unwrap();
-        if state.marks.contains_key(key) {
+        let now = Utc::now();
+        if state.marks.get(key).is_some_and(|until| *until > now) {
             return Ok(false);
         }
         state.marks.insert(key.to_string(), keep_until);
         Ok(true)
+    }
+    async fn marked(&self, key: &str) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .marks
+            .get(key)
+            .is_some_and(|until| *until > now))
     }
     async fn unmark(&self, key: &str) -> Result<(), StoreError> {
         self.state.lock().unwrap().marks.remove(key);

@@ -31,6 +31,10 @@ pub struct Parts {
     /// The webhook's signing key, resolved by the caller (the drain function's may be a
     /// Secrets Manager ARN); `None`: `[alerts] webhook_secret_env`'s variable's value.
     pub webhook_secret: Option<Vec<u8>>,
+    /// Only to decide (an operator's `standby continuity`): no channel, no notices, so
+    /// nothing the operator's shell lacks (the webhook's key, the alternates file) is
+    /// needed; the nodes that run the loop send what the change owes.
+    pub decide_only: bool,
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
@@ -47,9 +51,34 @@ fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
 /// template bad (naming file and line).
 pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
     let a = &config.alerts;
+    if p.decide_only {
+        return Ok(Runner {
+            storage: p.storage,
+            clock: p.clock,
+            node: config.node_id(),
+            address: config.primary_addr(),
+            store: p.store,
+            rules: Rules::of(&config.continuity, a),
+            channels: alerts::channels(a),
+            alerter: Alerter::default(),
+            notices: None,
+            heartbeat: None,
+        });
+    }
+    let list = match &config.continuity.alternates {
+        Some(path) => Some(
+            alternates::load(path, &config.domains)
+                .map_err(|e| invalid("[continuity] alternates", e))?,
+        ),
+        None => None,
+    };
+    // SNS only where it is used: the topic, or a user with a phone.
+    let phones = list
+        .as_ref()
+        .is_some_and(|l| l.values().any(|a| a.phone.is_some()));
     let sdk = match p.sdk {
         Some(sdk) => Some(sdk),
-        None if a.sns_topic.is_some() || config.continuity.alternates.is_some() => Some(
+        None if a.sns_topic.is_some() || phones => Some(
             crate::backend::aws::sdk_config(
                 config.region.as_deref(),
                 config.endpoint_url.as_deref(),
@@ -80,6 +109,12 @@ pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
                 ),
                 (None, None) => None,
             };
+            if secret.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    "[alerts] webhook_secret_env",
+                    "the webhook's key is empty: the signature would prove nothing",
+                ));
+            }
             Some(Webhook {
                 http: http.clone(),
                 url: url.clone(),
@@ -108,18 +143,27 @@ pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
         },
         console,
     };
-    let notices = match &config.continuity.alternates {
-        Some(path) => {
-            let list = alternates::load(path, &config.domains)
-                .map_err(|e| invalid("[continuity] alternates", e))?;
+    let notices = match list {
+        Some(list) => {
             let templates = Templates::load(config.continuity.templates.as_deref())
                 .map_err(|e| invalid("[continuity] templates", e))?;
+            match (&config.web.public_url, &p.key) {
+                (None, _) => tracing::warn!(
+                    "[continuity] alternates without [web] public_url: users' notices cannot \
+                     say where the emergency inbox is"
+                ),
+                (Some(_), None) => tracing::warn!(
+                    "no session key here ([web] session_key_env): users' notices carry the \
+                     emergency inbox's address but no one-time login link"
+                ),
+                _ => {}
+            }
             Some(Notices {
                 alternates: list,
                 templates,
                 mailer: p.mailer.clone(),
                 sms: sns.clone(),
-                key: p.key.clone().unwrap_or_else(SessionKey::random),
+                key: p.key.clone(),
                 inbox_url: config.web.public_url.clone(),
             })
         }

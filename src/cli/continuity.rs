@@ -75,6 +75,7 @@ pub(super) async fn run(
             sdk: None,
             store: config.store_description(),
             webhook_secret: None,
+            decide_only: true,
         },
     )
     .await?;
@@ -212,8 +213,8 @@ fn describe(out: &mut impl Write, label: &str, ev: &Event) -> std::io::Result<()
         )?,
     }
     writeln!(out, "       {}", ev.reason)?;
-    if !ev.notified.is_empty() {
-        writeln!(out, "       {} users told", ev.notified.len())?;
+    if ev.told > 0 {
+        writeln!(out, "       {} users told", ev.told)?;
     }
     Ok(())
 }

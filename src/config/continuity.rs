@@ -135,8 +135,24 @@ impl AlertsConfig {
                 "[continuity] start_after_secs and end_after_secs must be at least 1".into(),
             );
         }
-        if continuity.max_hours == 0 {
-            return Err("[continuity] max_hours must be at least 1".into());
+        if continuity.max_hours == 0 || continuity.max_hours > 24 * 366 {
+            return Err("[continuity] max_hours must be 1 to 8784 (a year)".into());
+        }
+        let month = 31 * 86_400;
+        if [
+            continuity.start_after_secs,
+            continuity.end_after_secs,
+            self.repeat_secs,
+            self.heartbeat_secs,
+        ]
+        .iter()
+        .any(|&s| s > month)
+        {
+            return Err(
+                "[continuity] start_after_secs, end_after_secs and [alerts] repeat_secs, \
+                 heartbeat_secs are at most 2678400 (31 days)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -65,6 +65,15 @@ pub fn channels(a: &AlertsConfig) -> Vec<Channel> {
 }
 
 impl Alerter {
+    /// Whether this node has a way to send on `channel`.
+    pub fn can(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Webhook => self.webhook.is_some(),
+            Channel::Email => self.email.is_some(),
+            Channel::Sns => self.sns.is_some(),
+        }
+    }
+
     /// Send `alert` on `channel`.
     ///
     /// # Errors

@@ -64,13 +64,20 @@ fn secs(s: u64) -> Duration {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub now: DateTime<Utc>,
-    /// The primary as this node sees it, and since when.
+    /// The node deciding.
+    pub node: String,
+    /// The primary as the nodes see it (`up` when any node that probed recently sees it
+    /// up: mail reaches it from there), and since when.
     pub primary: PrimaryState,
     pub since: Option<DateTime<Utc>>,
-    /// Draining halted by the circuit breaker: when, and why.
+    /// Draining halted by the circuit breaker on this node: when, and why.
     pub halted: Option<(DateTime<Utc>, String)>,
+    /// Held messages (counted up to a bound).
     pub held: u64,
-    pub oldest_held: Option<DateTime<Utc>>,
+    /// The oldest held message that is due for delivery (never tried, or its retry
+    /// time come): one waiting out a 4xx backoff while others are delivered is no
+    /// outage.
+    pub oldest_due: Option<DateTime<Utc>>,
     /// A held message is due for delivery now.
     pub due: bool,
     /// When any node last delivered something.
@@ -94,9 +101,12 @@ pub enum Change {
 pub fn step(c: &mut Continuity, f: &Facts, r: &Rules, channels: &[Channel]) -> Vec<Change> {
     let mut changes = Vec::new();
     let now = f.now;
+    // After an event ended (an operator's end during an outage included), only an
+    // outage that began since starts another: not the same one again.
+    let last_end = c.history.first().and_then(|e| e.ended_at);
     match &mut c.current {
         None => {
-            if let Some(reason) = outage(f, r) {
+            if let Some(reason) = outage(f, r, last_end) {
                 start(c, now, AUTO, &reason, r, channels);
                 changes.push(Change::Started(reason));
             }
@@ -144,9 +154,9 @@ pub fn step(c: &mut Continuity, f: &Facts, r: &Rules, channels: &[Channel]) -> V
         }
     }
     if let Some((at, why)) = &f.halted
-        && c.breaker_alerted != Some(*at)
+        && c.breakers_alerted.get(&f.node) != Some(at)
     {
-        c.breaker_alerted = Some(*at);
+        c.breakers_alerted.insert(f.node.clone(), *at);
         let event = c.current.as_ref().map(|e| e.id.clone());
         owe(c, AlertKind::Breaker, event, now, why.clone(), channels);
         changes.push(Change::Alerted(AlertKind::Breaker));
@@ -162,12 +172,15 @@ pub fn step(c: &mut Continuity, f: &Facts, r: &Rules, channels: &[Channel]) -> V
     changes
 }
 
-/// Why an event should start now, if it should.
-fn outage(f: &Facts, r: &Rules) -> Option<String> {
+/// Why an event should start now, if it should: evidence of an outage that began
+/// after `last_end`.
+fn outage(f: &Facts, r: &Rules, last_end: Option<DateTime<Utc>>) -> Option<String> {
     let window = f.now - r.start_after;
+    let after_end = |t: DateTime<Utc>| last_end.is_none_or(|end| t > end);
     if f.primary == PrimaryState::Down
         && let Some(since) = f.since
         && since <= window
+        && after_end(since)
     {
         return Some(format!(
             "the primary has been down since {}",
@@ -175,13 +188,13 @@ fn outage(f: &Facts, r: &Rules) -> Option<String> {
         ));
     }
     let idle = f.last_delivered.is_none_or(|d| d <= window);
-    if f.held > 0
-        && idle
-        && let Some(oldest) = f.oldest_held
+    if idle
+        && let Some(oldest) = f.oldest_due
         && oldest <= window
+        && after_end(oldest)
     {
         return Some(format!(
-            "{} held messages, the oldest since {}, and nothing delivered in {} minutes",
+            "{} held messages, the oldest due since {}, and nothing delivered in {} minutes",
             f.held,
             oldest.format("%Y-%m-%d %H:%M:%S UTC"),
             r.start_after.num_minutes()
@@ -209,7 +222,7 @@ pub fn start(
         cap_alerted: false,
         quiet_since: None,
         alerted_at: now,
-        notified: Vec::new(),
+        told: 0,
         end_notices_done: false,
         ended_at: None,
         ended_by: None,
@@ -233,8 +246,8 @@ pub fn end(c: &mut Continuity, now: DateTime<Utc>, by: &str, channels: &[Channel
     };
     ev.ended_at = Some(now);
     ev.ended_by = Some(by.to_string());
-    // Nobody was told it started: nobody needs telling it ended.
-    ev.end_notices_done = ev.notified.is_empty();
+    // Who was told it started is in the store's marks: the notices' step reads them.
+    ev.end_notices_done = false;
     let id = ev.id.clone();
     c.history.insert(0, ev);
     c.history.truncate(HISTORY);
@@ -242,12 +255,13 @@ pub fn end(c: &mut Continuity, now: DateTime<Utc>, by: &str, channels: &[Channel
     true
 }
 
-/// Move the cap of the event under way `hours` later; `false` when there is none.
-pub fn extend(c: &mut Continuity, hours: u32) -> bool {
+/// Move the cap of the event under way `hours` later (from now, when it has passed);
+/// `false` when there is none.
+pub fn extend(c: &mut Continuity, now: DateTime<Utc>, hours: u32) -> bool {
     let Some(ev) = c.current.as_mut() else {
         return false;
     };
-    ev.cap_at += Duration::hours(i64::from(hours));
+    ev.cap_at = ev.cap_at.max(now) + Duration::hours(i64::from(hours));
     ev.cap_alerted = false;
     ev.extensions.push(hours);
     true
@@ -342,7 +356,7 @@ mod tests {
         let (mut c, r) = (Continuity::default(), rules());
         let mut f = facts(1000, PrimaryState::Up, 0);
         f.held = 3;
-        f.oldest_held = Some(t(100));
+        f.oldest_due = Some(t(100));
         // Greylisting: mail arrives while the primary is up and is delivered.
         f.last_delivered = Some(t(950));
         assert!(step(&mut c, &f, &r, CH).is_empty());
@@ -352,10 +366,12 @@ mod tests {
             matches!(&ch[..], [Change::Started(why)] if why.contains("3 held")),
             "{ch:?}"
         );
-        // Young held mail alone starts nothing.
+        // Young held mail alone starts nothing, nor mail waiting out a retry (not due).
         let mut c = Continuity::default();
-        f.oldest_held = Some(t(500));
+        f.oldest_due = Some(t(500));
         f.last_delivered = None;
+        assert!(step(&mut c, &f, &r, CH).is_empty());
+        f.oldest_due = None;
         assert!(step(&mut c, &f, &r, CH).is_empty());
     }
 
@@ -375,10 +391,10 @@ mod tests {
             [Change::Alerted(AlertKind::Cap)]
         );
         assert_eq!(step(&mut c, &down(600 + 7300), &r, CH), []);
-        assert!(extend(&mut c, 1));
+        assert!(extend(&mut c, t(600 + 7300), 1));
         assert_eq!(step(&mut c, &down(600 + 7300), &r, CH), []);
         assert_eq!(
-            step(&mut c, &down(600 + 10800), &r, CH),
+            step(&mut c, &down(600 + 11500), &r, CH),
             [Change::Alerted(AlertKind::Cap)]
         );
         assert!(c.current.is_some(), "the cap alerts and keeps going");
@@ -398,9 +414,22 @@ mod tests {
     }
 
     #[test]
+    fn an_event_ended_during_an_outage_does_not_start_again_for_the_same_outage() {
+        let (mut c, r) = (Continuity::default(), rules());
+        step(&mut c, &facts(600, PrimaryState::Down, 0), &r, CH);
+        assert!(end(&mut c, t(700), "operator:root", CH));
+        assert!(step(&mut c, &facts(800, PrimaryState::Down, 0), &r, CH).is_empty());
+        // Up, then down again: a new outage.
+        assert!(step(&mut c, &facts(900, PrimaryState::Up, 850), &r, CH).is_empty());
+        let ch = step(&mut c, &facts(1600, PrimaryState::Down, 950), &r, CH);
+        assert!(matches!(ch[..], [Change::Started(_)]), "{ch:?}");
+    }
+
+    #[test]
     fn breaker_and_drain_errors_alert_once_per_halt_and_repeat() {
         let (mut c, r) = (Continuity::default(), rules());
         let mut f = facts(0, PrimaryState::Up, 0);
+        f.node = "a".into();
         f.halted = Some((t(0), "5 refusals in a row".into()));
         assert_eq!(
             step(&mut c, &f, &r, CH),
@@ -408,6 +437,16 @@ mod tests {
         );
         f.now = t(10);
         assert!(step(&mut c, &f, &r, CH).is_empty());
+        // Another node halted at another time: its own alert, once; then neither again.
+        let mut g = f.clone();
+        g.node = "b".into();
+        g.halted = Some((t(5), "5 refusals in a row".into()));
+        assert_eq!(
+            step(&mut c, &g, &r, CH),
+            [Change::Alerted(AlertKind::Breaker)]
+        );
+        assert!(step(&mut c, &f, &r, CH).is_empty());
+        assert!(step(&mut c, &g, &r, CH).is_empty());
         f.halted = None;
         f.drain_error = Some("index unavailable".into());
         assert_eq!(

@@ -152,12 +152,33 @@ fn check(text: &str) -> Result<(), (usize, String)> {
     Ok(())
 }
 
-/// `text` with each `{name}` replaced by its value.
+/// `text` with each `{name}` replaced by its value, in one pass: a value that contains
+/// a placeholder's name is not expanded again.
 pub fn render(text: &str, values: &[(&str, &str)]) -> String {
-    let mut out = text.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{name}}}"), value);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let known = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v, close))
+        });
+        match known {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -181,6 +202,10 @@ mod tests {
         assert_eq!(
             render(&t.end.body, &[("address", "a@example.test")]),
             "All good, a@example.test.\n"
+        );
+        assert_eq!(
+            render("{a} {b} {c} {", &[("a", "{b}"), ("b", "x")]),
+            "{b} x {c} {"
         );
         std::fs::write(
             dir.path().join("start.txt"),

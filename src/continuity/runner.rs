@@ -1,36 +1,56 @@
 //! The continuity loop's one step, [`Runner::tick`], run by every node after its probe
 //! (each `standby serve`, the drain function): gather the facts, decide ([`super::step`])
-//! and save conditionally, then send the alerts owed and the users' notices.
+//! and save conditionally, then send the alerts owed and the users' notices, within a
+//! time budget so a hanging webhook never holds up probing and draining.
 //!
 //! Alerts owed are sent under a lease kept in the record: a node takes the alerts nobody
-//! holds (a conditional save), sends them, and strikes off each channel that took it.
-//! Two nodes never send the same alert at once, and a node that dies sending leaves it to
-//! the next after [`ALERT_LEASE`]: at least once, never lost.
+//! holds (a conditional save) on the channels it can send, sends them, and strikes off
+//! each channel that took it. Two nodes never send the same alert at once, and a node
+//! that dies sending leaves it to the next after [`ALERT_LEASE`]: at least once, never
+//! lost.
+//!
+//! Each user's notice is two marks in the store: `sending#…` (ten minutes) while it is
+//! being sent, `notice#…` (sixty days) once it was. A node that dies between the two
+//! leaves only the short one, so the notice is sent again after it lapses; a notice that
+//! went out is never sent twice.
 
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
+use tokio::time::Instant;
 
 use super::alerts::Alerter;
 use super::alternates::{Alternate, Alternates};
 use super::notices::{Templates, render};
 use super::{Change, Facts, Rules, end, extend, start, step};
 use crate::error::{NotifyError, StoreError};
-use crate::health;
-use crate::model::Status;
 use crate::model::continuity::{AlertKind, Channel, Continuity, Event};
+use crate::model::{PrimaryState, Status};
 use crate::ports::{AuditEntry, Clock, Http, ListQuery, Mailer, Sns, Storage};
 use crate::status::StatusView;
 use crate::web::SessionKey;
 
 /// How long a node may take to send the alerts it took.
 pub const ALERT_LEASE: i64 = 120;
+/// Most alerts one tick takes.
+const ALERTS_PER_TICK: usize = 10;
 /// An alert no channel took within this long is given up (logged).
 const ALERT_GIVE_UP_HOURS: i64 = 24;
 /// How long a one-time login link works.
 pub const LINK_HOURS: i64 = 24;
 /// Held messages looked at to tell whether one is due.
 const DUE_SCAN: usize = 500;
+/// Held messages counted (for the alerts' text): more only says "at least".
+const HELD_COUNT: u64 = 10_000;
+/// A node's probe older than this does not count in the nodes' view of the primary.
+const FRESH_PROBE_SECS: i64 = 600;
+/// A notice being sent: how long before another node may try it again.
+const SENDING_SECS: i64 = 600;
+/// How long a sent notice's mark is kept.
+const NOTICE_DAYS: i64 = 60;
+/// What a tick may spend sending, by default.
+pub const TICK_BUDGET: StdDuration = StdDuration::from_secs(60);
 
 /// The users' notices: who, what text, how.
 #[derive(Clone)]
@@ -39,8 +59,9 @@ pub struct Notices {
     pub templates: Templates,
     pub mailer: Option<Arc<dyn Mailer>>,
     pub sms: Option<Arc<dyn Sns>>,
-    /// Signs the login links (the emergency inbox's session key).
-    pub key: SessionKey,
+    /// Signs the login links (the emergency inbox's session key); `None`: notices carry
+    /// the inbox's address only.
+    pub key: Option<SessionKey>,
     /// The emergency inbox (`[web] public_url`).
     pub inbox_url: Option<String>,
 }
@@ -68,8 +89,7 @@ pub struct Runner {
     pub rules: Rules,
     /// The channels alerts are owed on (`[alerts]`).
     pub channels: Vec<Channel>,
-    /// How this node sends them (`None`: it only decides; the nodes that run the loop
-    /// send, as `standby continuity` leaves them to).
+    /// How this node sends them (a channel it has no way for is left to other nodes).
     pub alerter: Alerter,
     pub notices: Option<Notices>,
     pub heartbeat: Option<Heartbeat>,
@@ -92,10 +112,26 @@ impl Runner {
     pub async fn facts(&self, drain_error: Option<String>) -> Result<Facts, StoreError> {
         let index = self.storage.index.as_ref();
         let now = self.clock.now();
-        let h = health::view(index, &self.node, &self.address).await?;
+        let own = crate::health::view(index, &self.node, &self.address).await?;
         let nodes = index.list_health().await?;
-        let held = index.count(Status::Held).await?;
-        let due = held > 0 && {
+        // Up when any node that probed lately sees it up: the mail reaches it from there.
+        let fresh = |p: &Option<crate::model::ProbeResult>| {
+            p.as_ref()
+                .is_some_and(|p| now - p.at < Duration::seconds(FRESH_PROBE_SECS))
+        };
+        let up = nodes
+            .iter()
+            .filter(|n| n.address == self.address && fresh(&n.last_probe))
+            .filter(|n| n.state == PrimaryState::Up)
+            .max_by_key(|n| n.since);
+        let (primary, since) = match (own.state, up) {
+            (PrimaryState::Up, _) => (PrimaryState::Up, own.since),
+            (_, Some(n)) => (PrimaryState::Up, n.since),
+            (state, None) => (state, own.since),
+        };
+        let held = index.count_at_most(Status::Held, HELD_COUNT).await?;
+        let (mut due, mut oldest_due) = (false, None);
+        if held > 0 {
             let page = index
                 .list(&ListQuery {
                     status: Some(Status::Held),
@@ -103,15 +139,22 @@ impl Runner {
                     ..ListQuery::default()
                 })
                 .await?;
-            page.len() >= DUE_SCAN || page.iter().any(|r| r.next_attempt_at <= now)
-        };
+            oldest_due = page
+                .iter()
+                .filter(|r| r.next_attempt_at <= now)
+                .map(|r| r.received_at)
+                .min();
+            // More held than looked at, none of them due: some of the rest may be.
+            due = oldest_due.is_some() || page.len() >= DUE_SCAN;
+        }
         Ok(Facts {
             now,
-            primary: h.state,
-            since: h.since,
-            halted: h.halted.map(|x| (x.at, x.reason)),
+            node: self.node.clone(),
+            primary,
+            since,
+            halted: own.halted.map(|x| (x.at, x.reason)),
             held,
-            oldest_held: index.oldest(Status::Held).await?,
+            oldest_due,
             due,
             last_delivered: nodes.iter().filter_map(|n| n.last_delivered).max(),
             drain_error,
@@ -154,11 +197,25 @@ impl Runner {
         Err(last.unwrap_or_else(|| StoreError::FileChanged("the continuity record".into())))
     }
 
-    /// Decide, save, send what is owed.
+    /// Decide, save, send what is owed within [`TICK_BUDGET`].
     ///
     /// # Errors
     /// Storage errors deciding (sending failures stay owed and are counted).
     pub async fn tick(&self, drain_error: Option<String>) -> Result<TickReport, StoreError> {
+        self.tick_within(drain_error, TICK_BUDGET).await
+    }
+
+    /// [`Runner::tick`], sending for at most `budget` (the drain function's invocation
+    /// has an end); what is left is sent by the next tick.
+    ///
+    /// # Errors
+    /// As [`Runner::tick`].
+    pub async fn tick_within(
+        &self,
+        drain_error: Option<String>,
+        budget: StdDuration,
+    ) -> Result<TickReport, StoreError> {
+        let until = Instant::now() + budget;
         let facts = self.facts(drain_error).await?;
         let channels = self.channels.clone();
         let (changes, c) = self
@@ -191,8 +248,8 @@ impl Runner {
             changes,
             ..TickReport::default()
         };
-        self.deliver(&mut report).await?;
-        self.notify(&mut report).await?;
+        self.deliver(&mut report, until).await?;
+        self.notify(&mut report, until).await?;
         self.beat().await;
         Ok(report)
     }
@@ -207,15 +264,8 @@ impl Runner {
         let every = i64::try_from(h.every.max(1)).unwrap_or(i64::MAX);
         let window = now.timestamp().div_euclid(every);
         let mark = format!("heartbeat#{}#{window}", self.node);
-        match self
-            .storage
-            .events
-            .mark_once(
-                &mark,
-                now + Duration::seconds(every.saturating_mul(2).min(86_400 * 7)),
-            )
-            .await
-        {
+        let keep = now + Duration::seconds(every.saturating_mul(2).min(86_400 * 7));
+        match self.storage.events.mark_once(&mark, keep).await {
             Ok(true) => {
                 if let Err(e) = h.http.get(&h.url).await {
                     tracing::warn!(error = %e, "heartbeat not delivered");
@@ -234,11 +284,11 @@ impl Runner {
         }
     }
 
-    /// An operator starts an event; `None` when one is under way already (returned as
-    /// the error's event).
+    /// An operator starts an event: `Ok(Err(event))` when one is under way already.
+    /// Its alerts and notices go out at the next tick of a node that runs the loop.
     ///
     /// # Errors
-    /// Storage errors; `Ok(Err(event))` when one is under way.
+    /// Storage errors.
     pub async fn start(&self, by: &str, reason: &str) -> Result<Result<Event, Event>, StoreError> {
         let now = self.clock.now();
         let channels = self.channels.clone();
@@ -251,7 +301,7 @@ impl Runner {
                 }
             })
             .await?;
-        let out = match out {
+        Ok(match out {
             Ok(()) => {
                 let ev = c.current.clone().expect("just started");
                 self.audit(
@@ -263,8 +313,7 @@ impl Runner {
                 Ok(ev)
             }
             Err(ev) => Err(ev),
-        };
-        Ok(out)
+        })
     }
 
     /// An operator ends the event under way; `None` when there is none.
@@ -296,9 +345,10 @@ impl Runner {
     /// # Errors
     /// Storage errors.
     pub async fn extend(&self, hours: u32, by: &str) -> Result<Option<Event>, StoreError> {
+        let now = self.clock.now();
         let (done, c) = self
             .update(|c| {
-                let e = extend(c, hours);
+                let e = extend(c, now, hours);
                 (e, e)
             })
             .await?;
@@ -321,16 +371,21 @@ impl Runner {
         Ok(ev)
     }
 
-    /// Send the alerts owed that no other node is sending.
-    async fn deliver(&self, report: &mut TickReport) -> Result<(), StoreError> {
+    /// Send the alerts owed that no other node is sending, on the channels this node
+    /// has, until `until`.
+    async fn deliver(&self, report: &mut TickReport, until: Instant) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let until = now + Duration::seconds(ALERT_LEASE);
+        let lease = now + Duration::seconds(ALERT_LEASE);
+        let mine = |ch: &Channel| self.alerter.can(*ch);
         let (taken, _) = self
             .update(|c| {
                 let mut taken = Vec::new();
                 for p in &mut c.pending {
-                    if p.lease_until.is_none_or(|t| t <= now) {
-                        p.lease_until = Some(until);
+                    if taken.len() < ALERTS_PER_TICK
+                        && p.lease_until.is_none_or(|t| t <= now)
+                        && p.channels.iter().any(mine)
+                    {
+                        p.lease_until = Some(lease);
                         taken.push(p.clone());
                     }
                 }
@@ -345,39 +400,44 @@ impl Runner {
         let mut results = Vec::new();
         for alert in &taken {
             let mut done = Vec::new();
-            for ch in &alert.channels {
+            let mut failed = false;
+            for ch in alert.channels.iter().filter(|c| mine(c)) {
+                if Instant::now() >= until {
+                    break;
+                }
                 match self.alerter.send(*ch, alert, &status).await {
                     Ok(()) => {
                         report.alerts_sent += 1;
                         done.push(*ch);
                     }
                     Err(e) => {
+                        failed = true;
                         report.alerts_failed += 1;
                         tracing::error!(alert = %alert.kind, error = %e, "continuity alert not sent; tried again at the next check");
                     }
                 }
             }
-            results.push((alert.kind, alert.at, alert.event.clone(), done));
+            results.push((alert.kind, alert.at, alert.event.clone(), done, failed));
         }
         let give_up = now - Duration::hours(ALERT_GIVE_UP_HOURS);
         self.update(|c| {
-            for (kind, at, event, done) in &results {
+            for (kind, at, event, done, failed) in &results {
                 if let Some(p) = c
                     .pending
                     .iter_mut()
                     .find(|p| p.kind == *kind && p.at == *at && p.event == *event)
                 {
                     p.channels.retain(|ch| !done.contains(ch));
-                    if !p.channels.is_empty() {
+                    p.lease_until = None;
+                    if *failed {
                         p.attempts += 1;
-                        p.lease_until = None;
                     }
                 }
             }
             c.pending.retain(|p| {
                 let keep = !p.channels.is_empty() && p.at > give_up;
                 if !keep && !p.channels.is_empty() {
-                    tracing::error!(alert = %p.kind, attempts = p.attempts, "continuity alert given up after a day of failures");
+                    tracing::error!(alert = %p.kind, attempts = p.attempts, "continuity alert given up after a day without a way to send it");
                 }
                 keep
             });
@@ -389,7 +449,7 @@ impl Runner {
 
     /// Tell the users: at the start, and again each repeat for those whose mail arrived
     /// since; at the end, those told at the start.
-    async fn notify(&self, report: &mut TickReport) -> Result<(), StoreError> {
+    async fn notify(&self, report: &mut TickReport, until: Instant) -> Result<(), StoreError> {
         let Some(n) = &self.notices else {
             return Ok(());
         };
@@ -399,40 +459,57 @@ impl Runner {
             && c.notices_checked
                 .is_none_or(|t| now - t >= self.rules.repeat)
         {
-            let mut told = Vec::new();
-            let mut failed = false;
+            let (mut told, mut complete) = (0u64, true);
             for alt in n.alternates.values() {
-                if ev.notified.contains(&alt.address) || !self.has_held(&alt.address).await? {
+                if Instant::now() >= until {
+                    complete = false;
+                    break;
+                }
+                if self
+                    .storage
+                    .events
+                    .marked(&sent_mark(ev, "start", alt))
+                    .await?
+                    || !self.has_held(&alt.address).await?
+                {
                     continue;
                 }
-                match self.notice(n, ev, alt, true).await {
-                    Ok(sent) => {
-                        report.notices_sent += usize::from(sent);
-                        told.push(alt.address.clone());
+                match self.notice(n, ev, alt, true).await? {
+                    Sent::Now => {
+                        report.notices_sent += 1;
+                        told += 1;
                     }
-                    Err(e) => {
-                        failed = true;
+                    Sent::Elsewhere => complete = false,
+                    Sent::Failed(e) => {
+                        complete = false;
                         report.notices_failed += 1;
                         tracing::error!(error = %e, "continuity notice not sent; tried again at the next check");
                     }
                 }
             }
-            let id = ev.id.clone();
-            self.update(|c| {
-                let Some(cur) = c.current.as_mut().filter(|e| e.id == id) else {
-                    return ((), false);
-                };
-                for a in &told {
-                    if !cur.notified.contains(a) {
-                        cur.notified.push(a.clone());
+            if told > 0 || complete {
+                let id = ev.id.clone();
+                self.update(|c| {
+                    let ev = c
+                        .current
+                        .iter_mut()
+                        .chain(c.history.iter_mut())
+                        .find(|e| e.id == id);
+                    let Some(ev) = ev else {
+                        return ((), false);
+                    };
+                    ev.told += told;
+                    // Ended meanwhile: those just told are told of the end too.
+                    if ev.ended_at.is_some() && told > 0 {
+                        ev.end_notices_done = false;
                     }
-                }
-                if !failed {
-                    c.notices_checked = Some(now);
-                }
-                ((), true)
-            })
-            .await?;
+                    if complete && c.current.as_ref().is_some_and(|e| e.id == id) {
+                        c.notices_checked = Some(now);
+                    }
+                    ((), true)
+                })
+                .await?;
+            }
         }
         let ended: Vec<Event> = c
             .history
@@ -442,24 +519,32 @@ impl Runner {
             .cloned()
             .collect();
         for ev in ended {
-            let mut failed = false;
-            for address in &ev.notified {
-                let Some(alt) = n.alternates.get(address) else {
+            let mut complete = true;
+            for alt in n.alternates.values() {
+                if Instant::now() >= until {
+                    complete = false;
+                    break;
+                }
+                let events = &self.storage.events;
+                if !events.marked(&sent_mark(&ev, "start", alt)).await?
+                    || events.marked(&sent_mark(&ev, "end", alt)).await?
+                {
                     continue;
-                };
-                match self.notice(n, &ev, alt, false).await {
-                    Ok(sent) => report.notices_sent += usize::from(sent),
-                    Err(e) => {
-                        failed = true;
+                }
+                match self.notice(n, &ev, alt, false).await? {
+                    Sent::Now => report.notices_sent += 1,
+                    Sent::Elsewhere => complete = false,
+                    Sent::Failed(e) => {
+                        complete = false;
                         report.notices_failed += 1;
                         tracing::error!(error = %e, "continuity end notice not sent; tried again at the next check");
                     }
                 }
             }
-            if !failed {
+            if complete {
                 self.update(|c| {
                     let ev = c.history.iter_mut().find(|e| e.id == ev.id);
-                    let changed = ev.is_some();
+                    let changed = ev.as_ref().is_some_and(|e| !e.end_notices_done);
                     if let Some(ev) = ev {
                         ev.end_notices_done = true;
                     }
@@ -485,38 +570,64 @@ impl Runner {
         Ok(!page.is_empty())
     }
 
-    /// Send one user's notice once: `Ok(false)` when it was sent before.
+    /// Send one user's notice unless another node is sending it.
     async fn notice(
         &self,
         n: &Notices,
         ev: &Event,
         alt: &Alternate,
         starting: bool,
-    ) -> Result<bool, NotifyError> {
+    ) -> Result<Sent, StoreError> {
         let now = self.clock.now();
         let kind = if starting { "start" } else { "end" };
-        let mark = format!("notice#{}#{kind}#{}", ev.id, alt.address);
-        let keep = now + Duration::days(60);
-        match self.storage.events.mark_once(&mark, keep).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(false),
-            Err(e) => return Err(NotifyError::new("notice", e.to_string())),
+        let sending = format!("sending#{}#{kind}#{}", ev.id, alt.address);
+        let events = &self.storage.events;
+        if !events
+            .mark_once(&sending, now + Duration::seconds(SENDING_SECS))
+            .await?
+        {
+            return Ok(Sent::Elsewhere);
         }
+        match self.send_notice(n, ev, alt, starting).await {
+            Ok(()) => {
+                let keep = now + Duration::days(NOTICE_DAYS);
+                events.mark_once(&sent_mark(ev, kind, alt), keep).await?;
+                Ok(Sent::Now)
+            }
+            Err(e) => {
+                // Nothing reached the user: the next check tries again.
+                events.unmark(&sending).await?;
+                Ok(Sent::Failed(e))
+            }
+        }
+    }
+
+    async fn send_notice(
+        &self,
+        n: &Notices,
+        ev: &Event,
+        alt: &Alternate,
+        starting: bool,
+    ) -> Result<(), NotifyError> {
+        let now = self.clock.now();
         let expires = now + Duration::hours(LINK_HOURS);
-        let link = match &n.inbox_url {
-            Some(url) => format!(
+        let link = match (&n.inbox_url, &n.key) {
+            (Some(url), Some(key)) => format!(
                 "{}/login/link?t={}",
                 url.trim_end_matches('/'),
-                n.key.issue_link(&alt.address, &ev.id, expires.timestamp())
+                key.issue_link(&alt.address, &ev.id, expires.timestamp())
             ),
-            None => "(ask your administrator for the emergency inbox's address)".into(),
+            (Some(url), None) => format!("{} (log in with your address and password)", url),
+            (None, _) => "(ask your administrator for the emergency inbox's address)".into(),
         };
+        let started = fmt(ev.started_at);
+        let expires = fmt(expires);
         let values = [
             ("address", alt.address.as_str()),
             ("inbox_url", n.inbox_url.as_deref().unwrap_or("")),
             ("login_link", link.as_str()),
-            ("started_at", &fmt(ev.started_at)),
-            ("expires_at", &fmt(expires)),
+            ("started_at", started.as_str()),
+            ("expires_at", expires.as_str()),
         ];
         let t = if starting {
             &n.templates.start
@@ -549,14 +660,23 @@ impl Runner {
             for e in errors {
                 tracing::warn!(error = %e, "one way of a continuity notice failed; the other reached the user");
             }
-            return Ok(true);
-        }
-        // Nothing reached the user: clear the mark so the next check tries again.
-        if let Err(e) = self.storage.events.unmark(&mark).await {
-            tracing::error!(error = %e, "could not clear a failed notice's mark; it is not sent again");
+            return Ok(());
         }
         Err(errors.remove(0))
     }
+}
+
+/// What became of one notice.
+enum Sent {
+    Now,
+    /// Another node is sending it (or died sending it less than ten minutes ago).
+    Elsewhere,
+    Failed(NotifyError),
+}
+
+/// The mark of a notice that went out.
+fn sent_mark(ev: &Event, kind: &str, alt: &Alternate) -> String {
+    format!("notice#{}#{kind}#{}", ev.id, alt.address)
 }
 
 fn fmt(t: DateTime<Utc>) -> String {

@@ -174,6 +174,39 @@ impl DrainFunction {
         self
     }
 
+    /// The continuity loop's step, sending for at most a third of what is left of the
+    /// invocation (and never past [`SAFETY_MARGIN`] before its end); alerts and notices
+    /// sent, when it ran.
+    async fn continuity_tick(
+        &self,
+        drain_error: Option<String>,
+        deadline: Option<Instant>,
+    ) -> Option<(u64, u64)> {
+        let runner = self.continuity.as_ref()?;
+        let budget = deadline.map_or(crate::continuity::runner::TICK_BUDGET, |d| {
+            (d.saturating_duration_since(Instant::now())
+                .saturating_sub(SAFETY_MARGIN)
+                / 3)
+            .min(crate::continuity::runner::TICK_BUDGET)
+        });
+        match runner.tick_within(drain_error, budget).await {
+            Ok(r) => {
+                if r.alerts_failed > 0 || r.notices_failed > 0 {
+                    tracing::warn!(
+                        alerts_failed = r.alerts_failed,
+                        notices_failed = r.notices_failed,
+                        "continuity: some alerts or notices not sent yet"
+                    );
+                }
+                Some((r.alerts_sent as u64, r.notices_sent as u64))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "continuity check failed");
+                None
+            }
+        }
+    }
+
     /// Run the outbound queue until nothing is due or the invocation nears its end (the
     /// claims it holds then are given back). How many messages went out.
     async fn send_outside(&self, deadline: Option<Instant>) -> u64 {
@@ -399,7 +432,7 @@ impl DrainFunction {
                 back_since: (h.state == PrimaryState::Up).then_some(h.since).flatten(),
                 ..Default::default()
             };
-            let report = drainer.run(opts).await.map_err(|e| match e {
+            let run = drainer.run(opts).await.map_err(|e| match e {
                 DrainError::Store(e) => e,
                 DrainError::WorkerPanicked(why) => StoreError::Backend {
                     backend: "drain",
@@ -407,7 +440,16 @@ impl DrainFunction {
                     transient: false,
                     source: None,
                 },
-            })?;
+            });
+            let report = match run {
+                Ok(r) => r,
+                Err(e) => {
+                    // The run failed: the administrators hear of it, then the invocation
+                    // fails as before (the function's error metric).
+                    self.continuity_tick(Some(e.to_string()), deadline).await;
+                    return Err(e);
+                }
+            };
             health::record_drain(index, (&node, &address), &report, self.clock.now()).await?;
             if report.breaker == Some(crate::model::Breaker::Mail4xx) {
                 drain_error = report.stopped.clone();
@@ -421,21 +463,11 @@ impl DrainFunction {
             summary.failed = drainer.expire_old().await?;
         }
         // Before the outbound run, so the alerts and notices it queues go out with it.
-        if let Some(runner) = &self.continuity {
-            match runner.tick(drain_error).await {
-                Ok(r) => {
-                    summary.alerts_sent = r.alerts_sent as u64;
-                    summary.notices_sent = r.notices_sent as u64;
-                    if r.alerts_failed > 0 || r.notices_failed > 0 {
-                        tracing::warn!(
-                            alerts_failed = r.alerts_failed,
-                            notices_failed = r.notices_failed,
-                            "continuity: some alerts or notices not sent yet"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "continuity check failed"),
-            }
+        if let Some((sent, told)) = self.continuity_tick(drain_error, deadline).await {
+            summary.alerts_sent = sent;
+            summary.notices_sent = told;
+        }
+        if self.continuity.is_some() {
             summary.continuity = self.storage.events.load().await?.current.map(|e| e.id);
         }
         summary.sent_outside = self.send_outside(deadline).await;

@@ -167,14 +167,24 @@ pub async fn continuity_runner(
         }
         _ => None,
     };
+    // Named but missing or short is a setup error: links signed with another key would
+    // all be refused by the web function.
     let key = match &config.web.session_key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(value) => {
-                let secret = secrets::resolve(&clients.sdk, &value).await?;
-                crate::web::SessionKey::from_secret(secret.as_bytes()).ok()
-            }
-            Err(_) => None,
-        },
+        Some(var) => {
+            let value = std::env::var(var).map_err(|_| ConfigError::Env {
+                var: var.clone(),
+                message: "STANDBY_WEB_SESSION_KEY_ENV names it, but it is not set".into(),
+            })?;
+            let secret = secrets::resolve(&clients.sdk, &value).await?;
+            Some(
+                crate::web::SessionKey::from_secret(secret.as_bytes()).map_err(|e| {
+                    ConfigError::Env {
+                        var: var.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+            )
+        }
         None => None,
     };
     let webhook_secret = match &config.alerts.webhook_secret_env {
@@ -197,6 +207,7 @@ pub async fn continuity_runner(
             sdk: Some(clients.sdk.clone()),
             store: config.store_description(),
             webhook_secret,
+            decide_only: false,
         },
     )
     .await?)

@@ -10,6 +10,8 @@
 //! each channel's delivery is struck off afterwards. A crash between the two sends the
 //! alert again (at least once), never not at all.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -28,9 +30,10 @@ pub struct Continuity {
     /// Alerts owed, oldest first.
     #[serde(default)]
     pub pending: Vec<PendingAlert>,
-    /// The circuit-breaker halt last alerted (its time), so one halt alerts once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker_alerted: Option<DateTime<Utc>>,
+    /// The circuit-breaker halts alerted, by node (each node's halt has its own time),
+    /// so one halt alerts once however many nodes see it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers_alerted: BTreeMap<String, DateTime<Utc>>,
     /// When drain errors were last alerted (at most one such alert per repeat interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_errors_alerted: Option<DateTime<Utc>>,
@@ -63,9 +66,10 @@ pub struct Event {
     pub quiet_since: Option<DateTime<Utc>>,
     /// When the last alert for this event was raised (the repeat counts from here).
     pub alerted_at: DateTime<Utc>,
-    /// Users told at the start (their addresses), told again at the end.
+    /// How many users were told (each user's notice is a mark in the store, not a list
+    /// here: the record stays small however many users there are).
     #[serde(default)]
-    pub notified: Vec<String>,
+    pub told: u64,
     /// End notices all sent (ended events).
     #[serde(default)]
     pub end_notices_done: bool,

@@ -365,10 +365,21 @@ pub(super) async fn link_login(
     let Some(link) = web.key.check_link(&form.t, now.timestamp()) else {
         return link_refused("This link is not valid or has expired.");
     };
-    let from = format!(
-        "from {}",
-        ip.map_or_else(|| "unknown".to_string(), |Extension(ip)| ip.limit_key())
-    );
+    let ip = ip.map_or_else(|| "unknown".to_string(), |Extension(ip)| ip.limit_key());
+    let from = format!("from {ip}");
+    // A used link tried again counts as a failed login of its address: the same limit
+    // stops anyone replaying links (and filling the audit log).
+    let s = &web.settings;
+    let limit = format!("ip:{ip}");
+    match web
+        .limits
+        .blocked(&limit, now, s.attempt_window, s.attempts)
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(wait)) => return too_many(wait),
+        Err(e) => return server_error(&e),
+    }
     let Some(account) = web.users.directory().await.account(&link.address) else {
         return link_refused("There is no emergency inbox account for this address.");
     };
@@ -382,6 +393,9 @@ pub(super) async fn link_login(
     {
         Ok(true) => {}
         Ok(false) => {
+            if let Err(e) = web.limits.failed(&limit, now, s.attempt_window).await {
+                return server_error(&e);
+            }
             let entry = AuditEntry::session(
                 "login-link-reused",
                 &format!("web:{}", account.address),

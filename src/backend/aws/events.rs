@@ -4,7 +4,8 @@
 //! every save is a `PutItem` conditional on the version read: two drain invocations or a
 //! drain and a `standby serve` node that see the outage at once start one event. A mark
 //! is an item `mark#<key>` put with `attribute_not_exists(pk)`, so exactly one caller
-//! sets it; it carries a TTL (`expires_at`) and DynamoDB removes it afterwards.
+//! sets it; it carries a TTL (`expires_at`), counts as not set once past it, and
+//! DynamoDB removes it some time afterwards.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -110,7 +111,14 @@ impl EventStore for DynamoEvents {
                 TTL_ATTRIBUTE,
                 AttributeValue::N(keep_until.timestamp().max(0).to_string()),
             )
-            .condition_expression("attribute_not_exists(pk)")
+            // DynamoDB removes an item past its TTL only within a few days: one past
+            // its time counts as not set.
+            .condition_expression("attribute_not_exists(pk) OR #t <= :now")
+            .expression_attribute_names("#t", TTL_ATTRIBUTE)
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(Utc::now().timestamp().to_string()),
+            )
             .send()
             .await;
         match out {
@@ -118,6 +126,24 @@ impl EventStore for DynamoEvents {
             Err(e) if changed(&e) => Ok(false),
             Err(e) => Err(classify(BACKEND, "PutItem (mark)", e)),
         }
+    }
+
+    async fn marked(&self, key: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(format!("{MARK_PREFIX}{key}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, "GetItem (mark)", e))?;
+        let until = out
+            .item()
+            .and_then(|i| i.get(TTL_ATTRIBUTE))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok());
+        Ok(until.is_some_and(|u| u > Utc::now().timestamp()))
     }
 
     async fn unmark(&self, key: &str) -> Result<(), StoreError> {

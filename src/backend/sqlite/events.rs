@@ -87,7 +87,7 @@ impl EventStore for SqliteIndex {
         self.with(move |c| {
             let now = ms(Utc::now());
             // Marks past their time go first, so the table does not grow for ever.
-            c.execute("DELETE FROM marks WHERE keep_until < ?1", [now])
+            c.execute("DELETE FROM marks WHERE keep_until <= ?1", [now])
                 .map_err(db_err)?;
             let n = c
                 .execute(
@@ -97,6 +97,20 @@ impl EventStore for SqliteIndex {
                 )
                 .map_err(db_err)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn marked(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.with(move |c| {
+            let until: Option<i64> = c
+                .query_row("SELECT keep_until FROM marks WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db_err)?;
+            Ok(until.is_some_and(|u| u > ms(Utc::now())))
         })
         .await
     }
