@@ -409,6 +409,11 @@ pub struct MetricsConfig {
     /// confirmed subscription.
     #[serde(default)]
     pub alarm_topic: Option<String>,
+    /// Where `standby serve` serves `/metrics` (Prometheus) on its own, over plain HTTP
+    /// (a loopback or private address for the scraper); the emergency inbox's listener
+    /// serves it too.
+    #[serde(default)]
+    pub listen: Option<ListenAddrs>,
 }
 
 /// Where `standby serve` on the AWS backend stores the messages it receives: its own

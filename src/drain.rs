@@ -950,6 +950,7 @@ impl Drainer {
                 // opening the message leaves it clean, one while reading the body leaves
                 // it inside DATA.
                 let mut sent = false;
+                let attempt = std::time::Instant::now();
                 let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
                         sent = true;
@@ -1042,11 +1043,21 @@ impl Drainer {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                match outcome {
-                    Outcome::Delivered => w.delivered += 1,
-                    Outcome::Deferred => w.deferred += 1,
-                    Outcome::Failed => w.failed += 1,
-                }
+                let result_name = match outcome {
+                    Outcome::Delivered => {
+                        w.delivered += 1;
+                        "delivered"
+                    }
+                    Outcome::Deferred => {
+                        w.deferred += 1;
+                        "deferred"
+                    }
+                    Outcome::Failed => {
+                        w.failed += 1;
+                        "failed"
+                    }
+                };
+                crate::metrics::delivery(result_name, attempt.elapsed().as_secs_f64());
                 log_attempt(&rec, &tried);
                 if let Some(p) = &opts.progress {
                     p(rec.id, outcome);

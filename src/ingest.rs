@@ -96,6 +96,7 @@ impl Spool {
             return Err(e);
         }
         Ok(Incoming {
+            started: std::time::Instant::now(),
             id,
             env,
             received_at,
@@ -201,6 +202,8 @@ pub fn rebuild(
 
 /// A message being received; see the module docs.
 pub struct Incoming {
+    /// When the first byte could come (for `standby_receive_seconds`).
+    started: std::time::Instant,
     id: MessageId,
     env: Envelope,
     received_at: DateTime<Utc>,
@@ -238,6 +241,7 @@ impl Incoming {
     /// only when it is certain no record points at it (see [`settle_failed_insert`]).
     pub async fn commit(self) -> Result<Record, StoreError> {
         let Incoming {
+            started,
             id,
             env,
             received_at,
@@ -360,6 +364,7 @@ impl Incoming {
             status = %rec.status,
             "message stored"
         );
+        crate::metrics::received(started.elapsed().as_secs_f64());
         Ok(rec)
     }
 

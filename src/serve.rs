@@ -395,6 +395,7 @@ pub async fn serve(
         }
         .run(hangups),
     );
+    start_metrics(&config, &storage, stop_rx.clone())?;
     let health = tokio::spawn(health_loop(HealthLoop {
         relay,
         storage,
@@ -492,6 +493,59 @@ async fn start_web(
         stop,
     ));
     Ok(Some(reload::WebReload { users, tls }))
+}
+
+/// `/metrics` on `[metrics] listen`, if set (plain HTTP: a scraper's own network).
+fn start_metrics(
+    config: &Config,
+    storage: &Storage,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let Some(listen) = &config.metrics.listen else {
+        return Ok(());
+    };
+    let (storage, node, primary, store) = (
+        storage.clone(),
+        config.node_id(),
+        config.primary_addr(),
+        config.store_description(),
+    );
+    let scrape = move || {
+        let (storage, node, primary, store) = (
+            storage.clone(),
+            node.clone(),
+            primary.clone(),
+            store.clone(),
+        );
+        async move {
+            match crate::metrics::scrape(&storage, &node, &primary, store).await {
+                Ok(text) => (
+                    axum::http::StatusCode::OK,
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics: the store did not answer");
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; charset=utf-8",
+                        )],
+                        "the store did not answer\n".to_string(),
+                    )
+                }
+            }
+        }
+    };
+    let router = axum::Router::new().route("/metrics", axum::routing::get(scrape));
+    let listeners = server::listeners(listen)?;
+    tracing::info!(listen = %server::local_addrs(&listeners), "metrics serving");
+    tokio::spawn(crate::web::server::run(listeners, router, None, stop));
+    Ok(())
 }
 
 /// The key the emergency inbox signs sessions and the notices' login links with:

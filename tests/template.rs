@@ -1285,3 +1285,54 @@ fn the_web_function_reads_mail_stores_what_users_send_and_writes_nothing_else() 
         .expect("a lifecycle rule for uploads/");
     assert_eq!(uploads["ExpirationInDays"], 1);
 }
+
+/// The CloudWatch dashboard draws what the drain writes: its metric widgets only
+/// declared metrics, its log widgets only fields of the drain's EMF object.
+#[test]
+fn the_cloudwatch_dashboard_draws_what_the_drain_writes() {
+    let t = template();
+    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("a DashboardBody with !Sub");
+    let body = body
+        .replace("${AWS::Region}", "eu-west-1")
+        .replace("${AWS::StackName}", "standby-prod")
+        .replace("${DrainLogs}", "/aws/lambda/standby-drain")
+        .replace("${DrainFunction}", "standby-drain");
+    let d: Value = serde_json::from_str(&body).expect("the dashboard body is JSON");
+    let declared = standby::lambda::metrics::declared();
+    let summary = standby::lambda::drain::DrainSummary::default();
+    let emf = standby::lambda::metrics::emf(&summary, "s", chrono::Utc::now());
+    let widgets = d["widgets"].as_array().unwrap();
+    assert!(widgets.len() >= 6);
+    for w in widgets {
+        let p = &w["properties"];
+        match w["type"].as_str().unwrap() {
+            "metric" => {
+                for m in p["metrics"].as_array().unwrap() {
+                    let (ns, name) = (m[0].as_str().unwrap(), m[1].as_str().unwrap());
+                    match ns {
+                        "StandbyMx" => assert!(declared.contains(&name.to_string()), "{name}"),
+                        "AWS/Lambda" => {}
+                        other => panic!("a metric of {other}"),
+                    }
+                }
+            }
+            "log" => {
+                let q = p["query"].as_str().unwrap();
+                for field in q
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+                    // Keywords (SOURCE) are in capitals; fields in CamelCase.
+                    .filter(|w| w.chars().any(|c| c.is_ascii_lowercase()))
+                {
+                    assert!(
+                        emf.get(field).is_some(),
+                        "{q}: {field} is not in the drain's output"
+                    );
+                }
+            }
+            other => panic!("a widget of type {other}"),
+        }
+    }
+}

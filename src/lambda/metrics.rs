@@ -37,6 +37,11 @@ pub fn emf(summary: &DrainSummary, stack: &str, at: DateTime<Utc>) -> Value {
         ("Failed", summary.failed),
         ("Reconciled", summary.reconciled),
         ("ReconcileErrors", summary.reconcile_errors),
+        // The figures of /metrics, for the CloudWatch dashboard's log widgets (free).
+        ("PrimaryUp", u64::from(summary.primary == "up")),
+        ("ContinuityActive", u64::from(summary.continuity.is_some())),
+        ("AlertsSent", summary.alerts_sent),
+        ("NoticesSent", summary.notices_sent),
     ];
     let mut out = json!({
         "_aws": {

@@ -701,6 +701,7 @@ fn log_refusals(reply: &str, peer: SocketAddr, helo: &str, about: Option<&str>) 
         if code < 400 || line.as_bytes().get(3) == Some(&b'-') {
             continue;
         }
+        crate::metrics::refused(code);
         let rest = line.get(4..).unwrap_or_default();
         let (enhanced, text) = match rest.split_once(' ') {
             Some((e, t)) if crate::ports::is_enhanced_code(e) => (e, t),

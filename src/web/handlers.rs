@@ -433,6 +433,31 @@ pub(super) async fn link_login(
     resp
 }
 
+/// `GET /metrics`: Prometheus's text format (see [`crate::metrics`]); no login, no
+/// address or message in it, only counts.
+pub(super) async fn metrics(State(web): Shared) -> Response {
+    let s = &web.settings;
+    match crate::metrics::scrape(&web.storage, &s.node, &s.primary, s.store.clone()).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: the store did not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store did not answer\n",
+            )
+                .into_response()
+        }
+    }
+}
+
 pub(super) fn forbidden() -> Response {
     page(
         StatusCode::FORBIDDEN,

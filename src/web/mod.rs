@@ -69,6 +69,10 @@ pub struct WebSettings {
     pub max_message_size: usize,
     /// Recipients a message may have (`max_recipients`).
     pub max_recipients: usize,
+    /// This node, the primary and the store, for `/metrics` (the status view).
+    pub node: String,
+    pub primary: String,
+    pub store: String,
 }
 
 impl WebSettings {
@@ -83,6 +87,9 @@ impl WebSettings {
             attempt_window: chrono::Duration::seconds(60),
             max_message_size: usize::try_from(config.max_message_size).unwrap_or(usize::MAX),
             max_recipients: config.max_recipients,
+            node: config.node_id(),
+            primary: config.primary_addr(),
+            store: config.store_description(),
         }
     }
 }
@@ -150,6 +157,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/m/{id}/body", get(handlers::body))
         .route("/m/{id}/raw", get(handlers::raw))
         .route("/m/{id}/att/{n}", get(handlers::attachment))
+        .route("/metrics", get(handlers::metrics))
         .route("/static/style.css", get(handlers::css))
         .route("/static/compose.js", get(handlers::script))
         .fallback(handlers::not_found)
