@@ -132,6 +132,7 @@ fn main() {
             key,
             clock,
             settings: WebSettings::of(&config, false),
+            drain_now: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

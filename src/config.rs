@@ -344,6 +344,10 @@ pub struct UsersConfig {
     /// the held mail.
     #[serde(default = "default_history_days", deserialize_with = "lenient")]
     pub history_days: u32,
+    /// Users (their addresses) who may use the operator console (`/console`) as well as
+    /// their own inbox.
+    #[serde(default, deserialize_with = "mail_address_list")]
+    pub admins: Vec<String>,
 }
 
 impl Default for UsersConfig {
@@ -353,6 +357,7 @@ impl Default for UsersConfig {
             default_domain: None,
             aliases: None,
             history_days: default_history_days(),
+            admins: Vec::new(),
         }
     }
 }
@@ -414,6 +419,10 @@ pub struct MetricsConfig {
     /// serves it too.
     #[serde(default)]
     pub listen: Option<ListenAddrs>,
+    /// The variable holding the bearer token the emergency inbox's `/metrics` asks for
+    /// (`Authorization: Bearer <token>`); unset: the inbox serves no `/metrics`.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 /// Where `standby serve` on the AWS backend stores the messages it receives: its own

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::{
-    Breaker, DrainReport, Halt, HealthRecord, LastDrain, PrimaryState, ProbeResult,
+    Breaker, DrainReport, HEALTH_HISTORY, Halt, HealthRecord, LastDrain, PrimaryState, ProbeResult,
+    StateChange,
 };
 use crate::ports::{Clock, Index, Probe};
 
@@ -37,6 +38,7 @@ impl HealthRecord {
             consecutive_ok: 0,
             consecutive_fail: 0,
             last_drain: None,
+            history: Vec::new(),
             last_delivered: None,
             probes_ok: 0,
             probes_failed: 0,
@@ -71,6 +73,11 @@ impl HealthRecord {
         (next != self.state).then(|| {
             self.state = next;
             self.since = Some(at);
+            self.history.push(StateChange { at, state: next });
+            if self.history.len() > HEALTH_HISTORY {
+                let extra = self.history.len() - HEALTH_HISTORY;
+                self.history.drain(..extra);
+            }
             next
         })
     }

@@ -64,6 +64,7 @@ pub mod ingest;
 pub mod journal;
 pub mod lambda;
 pub mod mailbox;
+pub mod manage;
 pub mod metrics;
 pub mod model;
 pub mod outbound;

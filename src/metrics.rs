@@ -1,5 +1,7 @@
-//! Prometheus metrics: `/metrics` in the text exposition format, on the emergency
-//! inbox's listener and on `[metrics] listen`.
+//! Prometheus metrics: `/metrics` in the text exposition format, on `[metrics] listen`
+//! (a scraper's own network), and on the emergency inbox's listener only with the bearer
+//! token `[metrics] token_env` names (the inbox faces the internet: counts and the
+//! primary's state are not for everyone, and each scrape reads the store).
 //!
 //! Two kinds of figure, so each is exact where it can be:
 //! - **counters and histograms** of what this process did, recorded where it happens
@@ -154,7 +156,15 @@ pub fn render(view: &StatusView) -> String {
     h.render()
 }
 
-/// The exposition for a store, or the error to answer 503 with.
+/// How long a gathered status view serves scrapes: counting every status is a scan of
+/// the index (on DynamoDB, read units), and Prometheus scrapes every 15 s by default.
+pub const VIEW_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+static LAST_VIEW: std::sync::Mutex<Option<(std::time::Instant, StatusView)>> =
+    std::sync::Mutex::new(None);
+
+/// The exposition for a store, or the error to answer 503 with: the gauges from a
+/// status view at most [`VIEW_TTL`] old, the counters as they are.
 ///
 /// # Errors
 /// Storage errors gathering the view.
@@ -164,6 +174,22 @@ pub async fn scrape(
     address: &str,
     store: String,
 ) -> Result<String, StoreError> {
-    let view = crate::status::gather(storage, node, address, store).await?;
+    let cached = LAST_VIEW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .filter(|(at, v)| at.elapsed() < VIEW_TTL && v.store == store)
+        .map(|(_, v)| v.clone());
+    let view = match cached {
+        Some(v) => v,
+        None => {
+            let v = crate::status::gather(storage, node, address, store).await?;
+            *LAST_VIEW
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((std::time::Instant::now(), v.clone()));
+            v
+        }
+    };
     Ok(render(&view))
 }

@@ -726,6 +726,10 @@ pub struct HealthRecord {
     pub consecutive_fail: u32,
     #[serde(default)]
     pub last_drain: Option<LastDrain>,
+    /// The state's changes, oldest first (at most [`HEALTH_HISTORY`]): the console's
+    /// chart of the primary's health over time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StateChange>,
     /// When a drain run last delivered something (a continuity event starts when held
     /// mail ages with nothing delivered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -778,6 +782,16 @@ pub struct Sweep {
     /// Sweeps in a row that ended with objects failing (the watermark held back).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub frozen: u32,
+}
+
+/// How many state changes a health record keeps.
+pub const HEALTH_HISTORY: usize = 200;
+
+/// The primary's state changed to `state` at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub at: DateTime<Utc>,
+    pub state: PrimaryState,
 }
 
 /// Why and since when draining is halted (see [`HealthRecord::halted`]).

@@ -331,6 +331,7 @@ pub async fn serve(
         None
     };
     let key = session_key(&config)?;
+    let drain_now = Arc::new(tokio::sync::Notify::new());
     let web = start_web(
         &config,
         &storage,
@@ -339,6 +340,7 @@ pub async fn serve(
         in_flight.clone(),
         sending.clone(),
         key.clone(),
+        drain_now.clone(),
         stop_rx.clone(),
     )
     .await?;
@@ -406,6 +408,7 @@ pub async fn serve(
         retention,
         node: config.node_id(),
         continuity,
+        drain_now,
         stop: stop_rx,
     }));
     server::run(listeners, server, shutdown).await;
@@ -456,6 +459,7 @@ async fn start_web(
     in_flight: Arc<crate::submission::InFlight>,
     sending: Option<crate::outbound::Sending>,
     key: crate::web::SessionKey,
+    drain_now: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<reload::WebReload>, ServeError> {
     let Some(listen) = &config.web.listen else {
@@ -478,6 +482,7 @@ async fn start_web(
         key,
         clock,
         settings: crate::web::WebSettings::of(config, secure),
+        drain_now: Some(drain_now),
     });
     let listeners = server::listeners(listen)?;
     tracing::info!(
@@ -778,6 +783,8 @@ struct HealthLoop {
     node: String,
     /// Continuity events, after each probe and drain.
     continuity: crate::continuity::runner::Runner,
+    /// The console asked for a drain (see [`crate::continuity::DRAIN_NOW`]).
+    drain_now: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -791,6 +798,7 @@ async fn health_loop(mut l: HealthLoop) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = l.drain_now.notified() => {}
             _ = l.stop.changed() => return,
         }
         let policy = l.retention.borrow().clone();
@@ -811,8 +819,11 @@ async fn health_loop(mut l: HealthLoop) {
                 continue;
             }
         };
+        // Asked from the console: a probe that answered is enough, once.
+        let asked = rec.last_probe.as_ref().is_some_and(|p| p.ok)
+            && crate::continuity::take_drain_request(l.storage.events.as_ref()).await;
         // Halted by the circuit breaker: only an operator's `standby drain --force` resumes.
-        if rec.state != PrimaryState::Up || rec.halted.is_some() {
+        if (rec.state != PrimaryState::Up && !asked) || rec.halted.is_some() {
             if let Err(e) = l.drainer.expire_old().await {
                 tracing::error!(error = %e, "expiring old messages failed");
             }

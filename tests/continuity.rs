@@ -223,7 +223,12 @@ async fn an_outage_starts_an_event_tells_everyone_out_of_band_and_ends_by_itself
     c.goto(&link).await.unwrap();
     landed(&c, "form.login button").await;
     click(&c, "form.login button").await;
-    landed(&c, "main").await;
+    // The refusal page replaces the link's page: wait for its heading, not for any
+    // `main` (the old page has one too until the answer arrives).
+    c.wait()
+        .for_element(Locator::XPath("//h1[contains(., 'Link not valid')]"))
+        .await
+        .expect("the refusal page");
     let again = c.source().await.unwrap();
     assert!(again.contains("used already"), "{again}");
     assert!(!again.contains("quarterly figures"));

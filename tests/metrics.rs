@@ -13,9 +13,15 @@ use std::time::Duration;
 
 use common::{Standby, free_port, require, swaks, wait_for};
 
+const TOKEN: &str = "a scraper's token, 16 bytes or more";
+
 fn get(url: &str) -> String {
+    get_with(url, "X-None: 1")
+}
+
+fn get_with(url: &str, header: &str) -> String {
     let out = Command::new("curl")
-        .args(["-sf", "--max-time", "10", url])
+        .args(["-sf", "--max-time", "10", "-H", header, url])
         .output()
         .expect("run curl");
     assert!(out.status.success(), "GET {url}: {out:?}");
@@ -56,13 +62,31 @@ fn families(text: &str) -> BTreeSet<String> {
 #[test]
 fn metrics_are_prometheus_text_and_agree_with_status() {
     require("promtool", "prometheus");
-    let metrics = free_port();
-    // The emergency inbox (its users file), the primary down (port 1).
-    let inbox = common::web::Inbox::start(
-        &[],
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    let (metrics, web) = (free_port(), free_port());
+    // The emergency inbox (its users file) asks for a token; the primary is down (port 1).
+    let mut sb = Standby::configure(
+        1,
+        &format!(
+            "[users]\nfile = \"{{dir}}/users.passwd\"\n[web]\nlisten = \"127.0.0.1:{web}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\ntoken_env = \"METRICS_TOKEN\"\n"
+        ),
+        &[("METRICS_TOKEN", TOKEN)],
     );
-    let (sb, web) = (&inbox.standby, inbox.web_port);
+    let dir = sb.dir.path().display().to_string();
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(&sb.config, text.replace("{dir}", &dir)).unwrap();
+    common::web::add_user(&sb, "alice@example.test", "alice-pw");
+    sb.spawn();
+    wait_for("the inbox", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", web)).is_ok()
+    });
+    // Without the token, nothing.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{web}/metrics"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
     for i in 0..3 {
         let (ok, t) = swaks(
             sb.port,
@@ -82,7 +106,10 @@ fn metrics_are_prometheus_text_and_agree_with_status() {
     wait_for("the primary seen down", Duration::from_secs(20), || {
         sb.json(&["status", "--json"])["primary"]["state"] == "down"
     });
-    let text = get(&format!("http://127.0.0.1:{web}/metrics"));
+    let text = get_with(
+        &format!("http://127.0.0.1:{web}/metrics"),
+        &format!("Authorization: Bearer {TOKEN}"),
+    );
     let check = promtool(&["check", "metrics"], text.as_bytes());
     assert!(
         check.status.success(),
@@ -168,10 +195,14 @@ fn deliveries_are_counted_by_result() {
     );
     let (ok, t) = swaks(sb.port, &["--to", "bob@example.test"]);
     assert!(ok, "{t}");
-    wait_for("the delivery", Duration::from_secs(30), || {
-        sb.counts()["delivered"] == 1
+    // The counter moves just after the write-back: wait for it, not for the store.
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    wait_for("the delivery counted", Duration::from_secs(30), || {
+        get(&url).contains("standby_deliveries_total{result=\"delivered\"} 1")
     });
-    let text = get(&format!("http://127.0.0.1:{metrics}/metrics"));
+    // The gauges are at most VIEW_TTL old.
+    std::thread::sleep(standby::metrics::VIEW_TTL);
+    let text = get(&url);
     assert!(
         promtool(&["check", "metrics"], text.as_bytes())
             .status

@@ -1247,6 +1247,10 @@ fn the_web_function_reads_mail_stores_what_users_send_and_writes_nothing_else() 
                 "30"
             } else if k == "STANDBY_OUTBOUND_MODE" {
                 "ses"
+            } else if k == "STANDBY_USERS_ADMINS" {
+                "admin@example.test"
+            } else if k == "STANDBY_PRIMARY_ADDRESS" {
+                "mail.example.test:25"
             } else {
                 "example.test"
             };

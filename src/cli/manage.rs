@@ -5,15 +5,11 @@
 //! changed (the drain's result would overwrite the change); try again shortly. A lease
 //! counts as ended only `[drain] clock_skew_secs` after its end by this host's clock.
 //!
-//! Every change is compare-and-set on the record's version: the record is read, the
-//! change decided on what was read, and written only if nobody (a drain's write-back,
-//! the sender check, another operator) wrote it in between. When someone did, the change
-//! is decided again on the record as it is now (a message delivered meanwhile is no
-//! longer paused or retried), a few times at most.
+//! The changes themselves are [`crate::manage`]'s, shared with the operator console.
 
 use super::CliError;
-use crate::error::StoreError;
-use crate::model::{MessageId, RcptStatus, Record, Status};
+use crate::manage;
+use crate::model::{MessageId, Status};
 use crate::ports::Storage;
 use crate::ports::{ListQuery, Pages};
 
@@ -37,60 +33,6 @@ async fn report(
         return Err(CliError::Partial(bad));
     }
     Ok(())
-}
-
-/// One message's record, or why not (for [`report`]'s line).
-async fn fetch(storage: &Storage, id: MessageId) -> Result<Record, String> {
-    storage
-        .index
-        .get(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| StoreError::NotFound(id).to_string())
-}
-
-/// How many times a change is decided again when the record changed under it.
-const TRIES: usize = 3;
-
-/// Read a record, decide and write `change` compare-and-set on its version; decided
-/// again on a fresh read when the record changed in between. `change` answers whether
-/// there is anything to write; `Err(reason)` from it skips the message.
-pub(super) async fn change_one(
-    storage: &Storage,
-    id: MessageId,
-    skew: chrono::Duration,
-    mut change: impl AsyncFnMut(&mut Record, chrono::DateTime<chrono::Utc>) -> Result<bool, String>,
-) -> Result<(), String> {
-    let mut last = String::new();
-    for _ in 0..TRIES {
-        let mut rec = fetch(storage, id).await?;
-        let now = chrono::Utc::now();
-        if !change(&mut rec, now).await? {
-            return Ok(());
-        }
-        rec.updated_at = now;
-        // A lease counts as ended only `skew` after its end by our clock.
-        match storage.index.update(&rec, now - skew).await {
-            Ok(()) => return Ok(()),
-            Err(e @ StoreError::Changed(_)) => last = e.to_string(),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Err(last)
-}
-
-/// Apply `change` to each message; `Err(reason)` from `change` skips it.
-async fn each(
-    storage: &Storage,
-    skew: chrono::Duration,
-    ids: &[MessageId],
-    verb: &str,
-    change: impl Fn(&mut Record) -> Result<(), String>,
-) -> Result<(), CliError> {
-    report(ids, verb, async |id| {
-        change_one(storage, id, skew, async |rec, _| change(rec).map(|()| true)).await
-    })
-    .await
 }
 
 async fn with_status(storage: &Storage, status: Status) -> Result<Vec<MessageId>, CliError> {
@@ -119,14 +61,8 @@ pub(super) async fn hold(
     } else {
         ids.to_vec()
     };
-    each(storage, skew, &ids, "paused", |rec| match rec.status {
-        Status::Held | Status::Outbound => {
-            rec.status = Status::Paused;
-            Ok(())
-        }
-        other => Err(format!(
-            "is {other}; only held (or outbound) messages can be paused"
-        )),
+    report(&ids, "paused", async |id| {
+        manage::hold(storage, id, skew).await
     })
     .await
 }
@@ -142,13 +78,8 @@ pub(super) async fn release(
     } else {
         ids.to_vec()
     };
-    each(storage, skew, &ids, "released", |rec| match rec.status {
-        Status::Paused => {
-            rec.status = rec.queue_status();
-            rec.next_attempt_at = chrono::Utc::now();
-            Ok(())
-        }
-        other => Err(format!("is {other}; only paused messages can be released")),
+    report(&ids, "released", async |id| {
+        manage::release(storage, id, skew).await
     })
     .await
 }
@@ -158,21 +89,8 @@ pub(super) async fn retry(
     skew: chrono::Duration,
     ids: &[MessageId],
 ) -> Result<(), CliError> {
-    each(storage, skew, ids, "queued for delivery now", |rec| {
-        if rec.status == Status::Delivered {
-            return Err("is already delivered".into());
-        }
-        for r in rec
-            .rcpts
-            .iter_mut()
-            .filter(|r| r.status == RcptStatus::Failed)
-        {
-            r.status = RcptStatus::Pending;
-        }
-        rec.status = rec.queue_status();
-        rec.reason = None;
-        rec.next_attempt_at = chrono::Utc::now();
-        Ok(())
+    report(ids, "queued for delivery now", async |id| {
+        manage::retry(storage, id, skew).await
     })
     .await
 }
@@ -185,20 +103,7 @@ pub(super) async fn purge(
 ) -> Result<(), CliError> {
     let by = operator();
     report(ids, "purged", async |id| {
-        let rec = fetch(storage, id).await?;
-        let now = chrono::Utc::now();
-        // A drain's lease counts as ended only `skew` after its end by our clock.
-        match crate::retention::delete(storage, &rec, &by, "standby purge", now, now - skew).await {
-            Ok(crate::retention::Deleted::Whole) => Ok(()),
-            // The record is gone, but not the bytes: the operator must hear of it.
-            Ok(crate::retention::Deleted::BytesLeft) => Err(format!(
-                "record deleted, but the stored message `{}` was not (audited as \
-                 delete-incomplete): a local spool removes it at its next start, on S3 \
-                 delete the object by hand",
-                rec.blob_key()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
+        manage::purge(storage, id, skew, &by, "standby purge").await
     })
     .await
 }
@@ -253,7 +158,7 @@ pub(super) async fn legal(
     };
     report(&ids, verb, async |id| {
         let (mut current, mut audited) = (None, false);
-        change_one(storage, id, skew, async |rec, now| {
+        manage::change_one(storage, id, skew, async |rec, now| {
             if rec.legal_hold.is_some() == hold {
                 // Already so: nothing to change or audit; the stored bytes are marked
                 // again below (an earlier run may have failed after the record).

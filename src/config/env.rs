@@ -263,6 +263,7 @@ mod tests {
             env,
             [
                 "STANDBY_PRIMARY_AUTH_PASSWORD_ENV",
+                "STANDBY_METRICS_TOKEN_ENV",
                 "STANDBY_WEB_SESSION_KEY_ENV",
                 "STANDBY_OUTBOUND_RELAY_PASSWORD_ENV",
                 "STANDBY_ALERTS_WEBHOOK_SECRET_ENV"

@@ -32,6 +32,29 @@ use crate::model::continuity::{
     AUTO, AlertKind, Channel, Continuity, Event, HISTORY, PendingAlert,
 };
 
+/// The mark the console sets to ask for a drain now: the next loop (a `serve` node at
+/// once, the drain function at its next run) probes and, if the primary answers,
+/// delivers without waiting for `up_after` good probes.
+pub const DRAIN_NOW: &str = "drain-now";
+
+/// Take the console's drain request, if there is one (one drain per ask); a store that
+/// does not answer counts as no request.
+pub async fn take_drain_request(events: &dyn crate::ports::EventStore) -> bool {
+    match events.marked(DRAIN_NOW).await {
+        Ok(true) => {
+            if let Err(e) = events.unmark(DRAIN_NOW).await {
+                tracing::warn!(error = %e, "could not take the console's drain request");
+            }
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the console's drain request");
+            false
+        }
+    }
+}
+
 /// The lifecycle's thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -74,11 +97,9 @@ pub struct Facts {
     pub halted: Option<(DateTime<Utc>, String)>,
     /// Held messages (counted up to a bound).
     pub held: u64,
-    /// The oldest held message that is due for delivery (never tried, or its retry
-    /// time come): one waiting out a 4xx backoff while others are delivered is no
-    /// outage.
-    pub oldest_due: Option<DateTime<Utc>>,
-    /// A held message is due for delivery now.
+    /// The oldest held message.
+    pub oldest_held: Option<DateTime<Utc>>,
+    /// A held message is due for delivery now (never tried, or its retry time come).
     pub due: bool,
     /// When any node last delivered something.
     pub last_delivered: Option<DateTime<Utc>>,
@@ -112,7 +133,11 @@ pub fn step(c: &mut Continuity, f: &Facts, r: &Rules, channels: &[Channel]) -> V
             }
         }
         Some(ev) => {
-            let quiet = f.primary == PrimaryState::Up && !f.due;
+            // Up, nothing due, and either nothing held or the primary taking mail: a
+            // primary that defers everything (its content filter down) keeps the
+            // messages in backoff, not due, but is no recovered primary.
+            let taking = f.held == 0 || f.last_delivered.is_some_and(|d| now - d < r.end_after);
+            let quiet = f.primary == PrimaryState::Up && !f.due && taking;
             match (quiet, ev.quiet_since) {
                 (true, None) => {
                     ev.quiet_since = Some(now);
@@ -187,14 +212,19 @@ fn outage(f: &Facts, r: &Rules, last_end: Option<DateTime<Utc>>) -> Option<Strin
             since.format("%Y-%m-%d %H:%M:%S UTC")
         ));
     }
+    // Held mail that waited the window with nothing delivered: a primary that answers
+    // probes but takes no mail (it defers everything). After an event ended, only once
+    // something was delivered since: a message stuck in backoff (a full mailbox) does not
+    // start event after event.
     let idle = f.last_delivered.is_none_or(|d| d <= window);
+    let delivered_since_end = last_end.is_none_or(|end| f.last_delivered.is_some_and(|d| d > end));
     if idle
-        && let Some(oldest) = f.oldest_due
+        && delivered_since_end
+        && let Some(oldest) = f.oldest_held
         && oldest <= window
-        && after_end(oldest)
     {
         return Some(format!(
-            "{} held messages, the oldest due since {}, and nothing delivered in {} minutes",
+            "{} held messages, the oldest since {}, and nothing delivered in {} minutes",
             f.held,
             oldest.format("%Y-%m-%d %H:%M:%S UTC"),
             r.start_after.num_minutes()
@@ -356,7 +386,7 @@ mod tests {
         let (mut c, r) = (Continuity::default(), rules());
         let mut f = facts(1000, PrimaryState::Up, 0);
         f.held = 3;
-        f.oldest_due = Some(t(100));
+        f.oldest_held = Some(t(100));
         // Greylisting: mail arrives while the primary is up and is delivered.
         f.last_delivered = Some(t(950));
         assert!(step(&mut c, &f, &r, CH).is_empty());
@@ -366,13 +396,40 @@ mod tests {
             matches!(&ch[..], [Change::Started(why)] if why.contains("3 held")),
             "{ch:?}"
         );
-        // Young held mail alone starts nothing, nor mail waiting out a retry (not due).
+        // Young held mail alone starts nothing.
         let mut c = Continuity::default();
-        f.oldest_due = Some(t(500));
+        f.oldest_held = Some(t(500));
         f.last_delivered = None;
         assert!(step(&mut c, &f, &r, CH).is_empty());
-        f.oldest_due = None;
+    }
+
+    #[test]
+    fn a_primary_that_defers_everything_is_no_recovered_primary() {
+        let (mut c, r) = (Continuity::default(), rules());
+        // Up, every held message in backoff (not due), nothing delivered: started,
+        // and not quiet.
+        let mut f = facts(1000, PrimaryState::Up, 0);
+        (f.held, f.oldest_held, f.due) = (5, Some(t(100)), false);
+        assert!(matches!(step(&mut c, &f, &r, CH)[..], [Change::Started(_)]));
+        for s in [1100, 2500, 4500] {
+            f.now = t(s);
+            assert!(step(&mut c, &f, &r, CH).is_empty(), "at {s}");
+        }
+        assert!(c.current.as_ref().unwrap().quiet_since.is_none());
+        // It takes mail again: quiet, then ended after end_after.
+        f.last_delivered = Some(t(4540));
+        f.held = 1;
+        f.now = t(4550);
+        assert_eq!(step(&mut c, &f, &r, CH), [Change::Noted]);
+        f.now = t(4550 + 900);
+        f.last_delivered = Some(t(5300));
+        assert_eq!(step(&mut c, &f, &r, CH), [Change::Ended]);
+        // The one message left in backoff starts nothing again, until a delivery.
+        f.now = t(9000);
         assert!(step(&mut c, &f, &r, CH).is_empty());
+        f.last_delivered = Some(t(9100));
+        f.now = t(9100 + 700);
+        assert!(matches!(step(&mut c, &f, &r, CH)[..], [Change::Started(_)]));
     }
 
     #[test]

@@ -130,8 +130,9 @@ impl Runner {
             (state, None) => (state, own.since),
         };
         let held = index.count_at_most(Status::Held, HELD_COUNT).await?;
-        let (mut due, mut oldest_due) = (false, None);
-        if held > 0 {
+        // Due: among the oldest held, one whose retry time has come (or never tried).
+        // Newer mail is due at once, and the drain that runs before this takes it.
+        let due = held > 0 && {
             let page = index
                 .list(&ListQuery {
                     status: Some(Status::Held),
@@ -139,14 +140,8 @@ impl Runner {
                     ..ListQuery::default()
                 })
                 .await?;
-            oldest_due = page
-                .iter()
-                .filter(|r| r.next_attempt_at <= now)
-                .map(|r| r.received_at)
-                .min();
-            // More held than looked at, none of them due: some of the rest may be.
-            due = oldest_due.is_some() || page.len() >= DUE_SCAN;
-        }
+            page.iter().any(|r| r.next_attempt_at <= now)
+        };
         Ok(Facts {
             now,
             node: self.node.clone(),
@@ -154,7 +149,7 @@ impl Runner {
             since,
             halted: own.halted.map(|x| (x.at, x.reason)),
             held,
-            oldest_due,
+            oldest_held: index.oldest(Status::Held).await?,
             due,
             last_delivered: nodes.iter().filter_map(|n| n.last_delivered).max(),
             drain_error,
@@ -564,6 +559,8 @@ impl Runner {
                 status: Some(Status::Held),
                 rcpt: Some(address.to_string()),
                 limit: Some(1),
+                // Held mail is recent: from the newest, one item answers.
+                newest_first: true,
                 ..ListQuery::default()
             })
             .await?;

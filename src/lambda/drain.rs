@@ -142,6 +142,8 @@ pub struct DrainFunction {
     outbound: Option<crate::outbound::queue::OutboundQueue>,
     /// Continuity events, after each probe and drain (as `standby serve`'s loop does).
     continuity: Option<crate::continuity::runner::Runner>,
+    /// Why the continuity loop could not be set up (logged at every run).
+    continuity_error: Option<String>,
 }
 
 impl DrainFunction {
@@ -159,12 +161,26 @@ impl DrainFunction {
             failed: None,
             outbound: None,
             continuity: None,
+            continuity_error: None,
         }
     }
 
     /// Send what users sent to outside recipients at each run, through `queue`.
     pub fn with_outbound(mut self, queue: crate::outbound::queue::OutboundQueue) -> Self {
         self.outbound = Some(queue);
+        self
+    }
+
+    /// Whether the console asked for a drain and this run's probe answered. Not past
+    /// the circuit breaker: that branch comes first.
+    async fn asked_to_drain(&self, h: &crate::model::HealthRecord) -> bool {
+        h.last_probe.as_ref().is_some_and(|p| p.ok)
+            && crate::continuity::take_drain_request(self.storage.events.as_ref()).await
+    }
+
+    /// The continuity loop could not be set up: say so at every run.
+    pub fn with_continuity_error(mut self, why: String) -> Self {
+        self.continuity_error = Some(why);
         self
     }
 
@@ -182,6 +198,9 @@ impl DrainFunction {
         drain_error: Option<String>,
         deadline: Option<Instant>,
     ) -> Option<(u64, u64)> {
+        if let Some(why) = &self.continuity_error {
+            tracing::error!(error = %why, "continuity events are off: their setup failed");
+        }
         let runner = self.continuity.as_ref()?;
         let budget = deadline.map_or(crate::continuity::runner::TICK_BUDGET, |d| {
             (d.saturating_duration_since(Instant::now())
@@ -398,7 +417,11 @@ impl DrainFunction {
         .await?;
         summary.primary = h.state.to_string();
         summary.probe_failed = h.last_probe.as_ref().is_some_and(|p| !p.ok);
-        summary.probe = h.last_probe.map(|p| p.detail).unwrap_or_default();
+        summary.probe = h
+            .last_probe
+            .as_ref()
+            .map(|p| p.detail.clone())
+            .unwrap_or_default();
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // A run the primary refused at MAIL with 4xx (it cannot take mail now).
         let mut drain_error = None;
@@ -418,7 +441,7 @@ impl DrainFunction {
                 halt.reason
             ));
             summary.failed = drainer.expire_old().await?;
-        } else if h.state == PrimaryState::Up || req.force {
+        } else if h.state == PrimaryState::Up || req.force || self.asked_to_drain(&h).await {
             if req.force {
                 health::resume(index, (&node, &address)).await?;
             }
@@ -447,6 +470,9 @@ impl DrainFunction {
                     // The run failed: the administrators hear of it, then the invocation
                     // fails as before (the function's error metric).
                     self.continuity_tick(Some(e.to_string()), deadline).await;
+                    // The alert mail it queued goes out now (SES), not at a later run
+                    // that may fail the same way.
+                    self.send_outside(deadline).await;
                     return Err(e);
                 }
             };

@@ -120,9 +120,18 @@ pub async fn drain_from_env() -> Result<drain::DrainFunction, SetupError> {
         .filter(|q| !q.is_empty());
     let storage = Storage::aws(&clients, &settings);
     let outbound = outbound_queue(&config, &storage, &clients);
-    let continuity = continuity_runner(&config, &storage, &clients, outbound.is_some()).await?;
-    let mut function =
-        drain::DrainFunction::new(config, storage, relay).with_continuity(continuity);
+    // A continuity setting that does not work (a missing key, a bad alternates file) must
+    // not stop the drain: held mail is delivered, and each run logs why there are no
+    // alerts (the function's error log, and its alarm, say so).
+    let continuity = continuity_runner(&config, &storage, &clients, outbound.is_some()).await;
+    let mut function = drain::DrainFunction::new(config, storage, relay);
+    match continuity {
+        Ok(runner) => function = function.with_continuity(runner),
+        Err(e) => {
+            tracing::error!(error = %e, "continuity events are off: their setup failed; held mail is still delivered");
+            function = function.with_continuity_error(e.to_string());
+        }
+    }
     if let Some(q) = outbound {
         function = function.with_outbound(q);
     }

@@ -93,6 +93,7 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
         key,
         clock,
         settings: WebSettings::of(&config, secure),
+        drain_now: None,
     }))
 }
 

@@ -433,10 +433,27 @@ pub(super) async fn link_login(
     resp
 }
 
-/// `GET /metrics`: Prometheus's text format (see [`crate::metrics`]); no login, no
-/// address or message in it, only counts.
-pub(super) async fn metrics(State(web): Shared) -> Response {
+/// `GET /metrics`: Prometheus's text format (see [`crate::metrics`]), only with the
+/// bearer token `[metrics] token_env` names; without one configured, not here (404).
+pub(super) async fn metrics(State(web): Shared, headers: HeaderMap) -> Response {
     let s = &web.settings;
+    let Some(token) = &s.metrics_token else {
+        return not_found().await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is needed\n",
+        )
+            .into_response();
+    }
     match crate::metrics::scrape(&web.storage, &s.node, &s.primary, s.store.clone()).await {
         Ok(text) => (
             StatusCode::OK,

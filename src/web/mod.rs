@@ -10,6 +10,7 @@
 //! ([`crate::users`]), never the failed primary's directory.
 
 mod compose;
+mod console;
 mod handlers;
 pub mod pages;
 pub mod render;
@@ -47,6 +48,10 @@ pub struct Web {
     pub key: SessionKey,
     pub clock: Arc<dyn Clock>,
     pub settings: WebSettings,
+    /// Wakes this process's drain loop when the console asks for a drain (`standby
+    /// serve`); `None`: the request waits in the store for the next run (the drain
+    /// function).
+    pub drain_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The web app's settings.
@@ -73,6 +78,13 @@ pub struct WebSettings {
     pub node: String,
     pub primary: String,
     pub store: String,
+    /// `[users] admins`: who may use the console.
+    pub admins: Vec<String>,
+    /// `[drain] clock_skew_secs`, for the console's changes (as the CLI's).
+    pub skew: chrono::Duration,
+    /// The bearer token `/metrics` asks for (`[metrics] token_env`'s value); `None`: no
+    /// `/metrics` here.
+    pub metrics_token: Option<String>,
 }
 
 impl WebSettings {
@@ -90,6 +102,16 @@ impl WebSettings {
             node: config.node_id(),
             primary: config.primary_addr(),
             store: config.store_description(),
+            admins: config.users.admins.clone(),
+            metrics_token: config
+                .metrics
+                .token_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|t| t.len() >= 16),
+            skew: chrono::Duration::seconds(
+                i64::try_from(config.drain.clock_skew_secs).unwrap_or(i64::MAX / 1000),
+            ),
         }
     }
 }
@@ -158,6 +180,18 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/m/{id}/raw", get(handlers::raw))
         .route("/m/{id}/att/{n}", get(handlers::attachment))
         .route("/metrics", get(handlers::metrics))
+        .route("/console", get(console::status))
+        .route("/console/queue", get(console::queue))
+        .route("/console/m/{id}", get(console::message))
+        .route(
+            "/console/m/{id}/purge",
+            get(console::purge_form).post(console::purge),
+        )
+        .route("/console/m/{id}/{action}", post(console::act))
+        .route("/console/drain", post(console::drain))
+        .route("/console/events", get(console::events))
+        .route("/console/audit", get(console::audit))
+        .route("/console/{*rest}", axum::routing::any(console::other))
         .route("/static/style.css", get(handlers::css))
         .route("/static/compose.js", get(handlers::script))
         .fallback(handlers::not_found)

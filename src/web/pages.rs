@@ -11,7 +11,7 @@ use crate::mailbox::{Folder, Search};
 use crate::model::{Record, Status};
 
 /// The frame of every page.
-fn layout(title: &str, user: Option<(&str, &str)>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, user: Option<(&str, &str)>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -83,11 +83,11 @@ pub fn login_link(token: &str, csrf: &str, address: &str) -> Markup {
     )
 }
 
-fn when(t: DateTime<Utc>) -> String {
+pub(super) fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-fn status_label(s: Status) -> &'static str {
+pub(super) fn status_label(s: Status) -> &'static str {
     match s {
         Status::Held | Status::Paused => "held",
         Status::Outbound => "sending",
@@ -407,4 +407,14 @@ dt{color:#555}dd{margin:0;overflow-wrap:anywhere}
 pre.body{white-space:pre-wrap;overflow-wrap:anywhere;background:#fff;border:1px solid #ddd;padding:1em}
 iframe.body{width:100%;height:70vh;border:1px solid #ddd;background:#fff}
 .images{background:#fff4d6;padding:.4em .6em}
+nav.console{display:flex;gap:1em;align-items:center;margin:.5em 0}
+nav.console form{margin-left:auto}
+table{border-collapse:collapse;margin:.6em 0}
+th,td{text-align:left;padding:.3em .8em;border-bottom:1px solid #ddd;vertical-align:top}
+form.inline{display:inline;margin:0 .2em 0 0}
+.state-up{color:#2e7d32}.state-down{color:#c62828}
+p.event{background:#fff4d6;padding:.4em .6em}
+button.danger{background:#c62828;color:#fff;border:0;padding:.4em .8em}
+figure.chart{margin:.6em 0}figure.chart figcaption{font-size:.85em;color:#555}
+dl.record{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em}
 ";
