@@ -366,6 +366,7 @@ pub async fn serve(
             store: config.store_description(),
             webhook_secret: None,
             decide_only: false,
+            alternates_text: None,
         },
     )
     .await?;

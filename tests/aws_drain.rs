@@ -1234,19 +1234,24 @@ async fn the_drain_function_runs_continuity_events_with_sns_alerts_and_sms() {
         .topic_arn()
         .unwrap()
         .to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let alternates = dir.path().join("alternates.csv");
-    std::fs::write(
-        &alternates,
-        "address,alternate_email,phone\nbob@example.test,,+15551234567\ncarol@example.test,,+15557654321\n",
-    )
-    .unwrap();
+    // The alternates, where the function reads them: the bucket's users/alternates.csv.
+    clients
+        .s3
+        .put_object()
+        .bucket(&s.bucket)
+        .key("users/alternates.csv")
+        .body(
+            b"address,alternate_email,phone\nbob@example.test,,+15551234567\ncarol@example.test,,+15557654321\n"
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
     let port = common::free_port();
-    let alternates = alternates.display().to_string();
     let env = [
         ("STANDBY_CONTINUITY_START_AFTER_SECS", "300"),
         ("STANDBY_CONTINUITY_END_AFTER_SECS", "300"),
-        ("STANDBY_CONTINUITY_ALTERNATES", alternates.as_str()),
         ("STANDBY_ALERTS_SNS_TOPIC", topic.as_str()),
         ("STANDBY_WEB_PUBLIC_URL", "https://inbox.example.test/"),
     ];

@@ -31,6 +31,9 @@ pub struct Parts {
     /// The webhook's signing key, resolved by the caller (the drain function's may be a
     /// Secrets Manager ARN); `None`: `[alerts] webhook_secret_env`'s variable's value.
     pub webhook_secret: Option<Vec<u8>>,
+    /// The alternates' text where they are not a file of `[continuity] alternates` (the
+    /// bucket's `users/alternates.csv` on AWS): its name for errors, its bytes.
+    pub alternates_text: Option<(String, Vec<u8>)>,
     /// Only to decide (an operator's `standby continuity`): no channel, no notices, so
     /// nothing the operator's shell lacks (the webhook's key, the alternates file) is
     /// needed; the nodes that run the loop send what the change owes.
@@ -65,12 +68,15 @@ pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
             heartbeat: None,
         });
     }
-    let list = match &config.continuity.alternates {
-        Some(path) => Some(
+    let list = match (&config.continuity.alternates, &p.alternates_text) {
+        (Some(path), _) => Some(
             alternates::load(path, &config.domains)
                 .map_err(|e| invalid("[continuity] alternates", e))?,
         ),
-        None => None,
+        (None, Some((name, text))) => Some(alternates::parse(text, &config.domains).map_err(
+            |(line, e)| invalid("[continuity] alternates", format!("{name}:{line}: {e}")),
+        )?),
+        (None, None) => None,
     };
     // SNS only where it is used: the topic, or a user with a phone.
     let phones = list

@@ -76,6 +76,7 @@ pub(super) async fn run(
             store: config.store_description(),
             webhook_secret: None,
             decide_only: true,
+            alternates_text: None,
         },
     )
     .await?;

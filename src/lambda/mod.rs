@@ -206,6 +206,11 @@ pub async fn continuity_runner(
         }
         None => None,
     };
+    // The alternates: a file named in the environment (tests), else the bucket's.
+    let alternates_text = match (&config.continuity.alternates, config.aws_settings()) {
+        (None, Some(settings)) => clients.user_files(&settings).read_alternates().await?,
+        _ => None,
+    };
     Ok(crate::backend::notify::runner(
         config,
         crate::backend::notify::Parts {
@@ -217,6 +222,7 @@ pub async fn continuity_runner(
             store: config.store_description(),
             webhook_secret,
             decide_only: false,
+            alternates_text,
         },
     )
     .await?)

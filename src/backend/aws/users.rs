@@ -23,6 +23,10 @@ pub const PASSWD_KEY: &str = "users/passwd";
 /// The aliases' object key.
 pub const ALIASES_KEY: &str = "users/aliases.csv";
 
+/// The continuity notices' alternates (`address,alternate_email,phone`) on AWS, where a
+/// function has no file of the administrator's to read.
+pub const ALTERNATES_KEY: &str = "users/alternates.csv";
+
 /// `users/passwd` and `users/aliases.csv` in the bucket.
 #[derive(Debug, Clone)]
 pub struct S3UserFiles {
@@ -36,6 +40,15 @@ impl S3UserFiles {
             client,
             bucket: bucket.to_string(),
         }
+    }
+
+    /// `users/alternates.csv` (its name, its bytes); `None` when there is none.
+    ///
+    /// # Errors
+    /// Storage errors (a missing object is `None`).
+    pub async fn read_alternates(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let name = format!("s3://{}/{ALTERNATES_KEY}", self.bucket);
+        Ok(self.get(ALTERNATES_KEY).await?.map(|(b, _)| (name, b)))
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
