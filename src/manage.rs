@@ -123,6 +123,12 @@ pub async fn retry(storage: &Storage, id: MessageId, skew: Duration) -> Result<(
         if rec.status == Status::Delivered {
             return Err("is already delivered".into());
         }
+        if rec.status == Status::Journal {
+            return Err(
+                "is a journal copy (an archive, never delivered); `standby replay` sends those"
+                    .into(),
+            );
+        }
         for r in rec
             .rcpts
             .iter_mut()

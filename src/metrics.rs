@@ -156,15 +156,8 @@ pub fn render(view: &StatusView) -> String {
     h.render()
 }
 
-/// How long a gathered status view serves scrapes: counting every status is a scan of
-/// the index (on DynamoDB, read units), and Prometheus scrapes every 15 s by default.
-pub const VIEW_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-static LAST_VIEW: std::sync::Mutex<Option<(std::time::Instant, StatusView)>> =
-    std::sync::Mutex::new(None);
-
 /// The exposition for a store, or the error to answer 503 with: the gauges from a
-/// status view at most [`VIEW_TTL`] old, the counters as they are.
+/// status view at most [`crate::status::VIEW_TTL`] old, the counters as they are.
 ///
 /// # Errors
 /// Storage errors gathering the view.
@@ -174,22 +167,6 @@ pub async fn scrape(
     address: &str,
     store: String,
 ) -> Result<String, StoreError> {
-    let cached = LAST_VIEW
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-        .filter(|(at, v)| at.elapsed() < VIEW_TTL && v.store == store)
-        .map(|(_, v)| v.clone());
-    let view = match cached {
-        Some(v) => v,
-        None => {
-            let v = crate::status::gather(storage, node, address, store).await?;
-            *LAST_VIEW
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((std::time::Instant::now(), v.clone()));
-            v
-        }
-    };
+    let view = crate::status::gather_cached(storage, node, address, store).await?;
     Ok(render(&view))
 }

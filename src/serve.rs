@@ -834,7 +834,12 @@ async fn health_loop(mut l: HealthLoop) {
         let opts = RunOptions {
             stop: Some(l.stop.clone()),
             // The ramp counts from the primary's return.
-            back_since: rec.since,
+            // Asked for before the health turned up: the primary is back as of now.
+            back_since: if rec.state == PrimaryState::Up {
+                rec.since
+            } else {
+                Some(l.clock.now())
+            },
             ..Default::default()
         };
         let run = l.drainer.run(opts).await;

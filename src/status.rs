@@ -84,3 +84,37 @@ pub async fn gather(
         continuity: storage.events.load().await?.current,
     })
 }
+
+/// How long a gathered view serves again ([`gather_cached`]): counting every status is a
+/// scan of the index (on DynamoDB, read units), and scrapes and console pages come often.
+pub const VIEW_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Cached = Option<(std::time::Instant, (String, String, String), StatusView)>;
+static LAST: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+
+/// [`gather`], served from the last view of the same node, primary and store when it is
+/// at most [`VIEW_TTL`] old.
+///
+/// # Errors
+/// Storage errors.
+pub async fn gather_cached(
+    storage: &Storage,
+    node: &str,
+    address: &str,
+    store: String,
+) -> Result<StatusView, StoreError> {
+    let key = (node.to_string(), address.to_string(), store.clone());
+    let lock = || {
+        LAST.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some((_, _, v)) = lock()
+        .as_ref()
+        .filter(|(at, k, _)| at.elapsed() < VIEW_TTL && *k == key)
+    {
+        return Ok(v.clone());
+    }
+    let v = gather(storage, node, address, store).await?;
+    *lock() = Some((std::time::Instant::now(), key, v.clone()));
+    Ok(v)
+}

@@ -180,6 +180,11 @@ async fn an_admin_changes_the_queue_as_the_cli_would_and_nobody_else_can() {
     landed(&c, "table.queue").await;
     act(&c, &hold, "hold", "paused").await;
     assert_eq!(status_of(&sb, "to hold"), "paused");
+    // Paused messages are listed under their status.
+    c.goto(&format!("http://127.0.0.1:{web}/console/queue?status=paused"))
+        .await
+        .unwrap();
+    landed(&c, "table.queue").await;
     act(&c, &hold, "release", "released").await;
     assert_eq!(status_of(&sb, "to hold"), "held");
     // Retry: what `standby retry` does to the same kind of message.

@@ -201,7 +201,7 @@ fn deliveries_are_counted_by_result() {
         get(&url).contains("standby_deliveries_total{result=\"delivered\"} 1")
     });
     // The gauges are at most VIEW_TTL old.
-    std::thread::sleep(standby::metrics::VIEW_TTL);
+    std::thread::sleep(standby::status::VIEW_TTL);
     let text = get(&url);
     assert!(
         promtool(&["check", "metrics"], text.as_bytes())

@@ -99,6 +99,8 @@ pub struct Facts {
     pub held: u64,
     /// The oldest held message.
     pub oldest_held: Option<DateTime<Utc>>,
+    /// Held messages older than `start_after` (among the oldest few hundred).
+    pub held_old: u64,
     /// A held message is due for delivery now (never tried, or its retry time come).
     pub due: bool,
     /// When any node last delivered something.
@@ -133,10 +135,11 @@ pub fn step(c: &mut Continuity, f: &Facts, r: &Rules, channels: &[Channel]) -> V
             }
         }
         Some(ev) => {
-            // Up, nothing due, and either nothing held or the primary taking mail: a
-            // primary that defers everything (its content filter down) keeps the
-            // messages in backoff, not due, but is no recovered primary.
-            let taking = f.held == 0 || f.last_delivered.is_some_and(|d| now - d < r.end_after);
+            // Up, nothing due, and either nothing held or the primary took mail since
+            // the event began: a primary that defers everything (its content filter
+            // down) keeps the messages in backoff, not due, but is no recovered
+            // primary; one that took the backlog and defers one full mailbox is.
+            let taking = f.held == 0 || f.last_delivered.is_some_and(|d| d >= ev.started_at);
             let quiet = f.primary == PrimaryState::Up && !f.due && taking;
             match (quiet, ev.quiet_since) {
                 (true, None) => {
@@ -218,8 +221,11 @@ fn outage(f: &Facts, r: &Rules, last_end: Option<DateTime<Utc>>) -> Option<Strin
     // start event after event.
     let idle = f.last_delivered.is_none_or(|d| d <= window);
     let delivered_since_end = last_end.is_none_or(|end| f.last_delivered.is_some_and(|d| d > end));
+    // And more than one message waiting: one message stuck in backoff (a full
+    // mailbox) at a primary with no other traffic is no outage.
     if idle
         && delivered_since_end
+        && f.held_old >= 2
         && let Some(oldest) = f.oldest_held
         && oldest <= window
     {
@@ -385,7 +391,7 @@ mod tests {
     fn held_mail_starts_an_event_only_when_nothing_was_delivered() {
         let (mut c, r) = (Continuity::default(), rules());
         let mut f = facts(1000, PrimaryState::Up, 0);
-        f.held = 3;
+        (f.held, f.held_old) = (3, 3);
         f.oldest_held = Some(t(100));
         // Greylisting: mail arrives while the primary is up and is delivered.
         f.last_delivered = Some(t(950));
@@ -409,26 +415,29 @@ mod tests {
         // Up, every held message in backoff (not due), nothing delivered: started,
         // and not quiet.
         let mut f = facts(1000, PrimaryState::Up, 0);
-        (f.held, f.oldest_held, f.due) = (5, Some(t(100)), false);
+        (f.held, f.held_old, f.oldest_held, f.due) = (5, 5, Some(t(100)), false);
         assert!(matches!(step(&mut c, &f, &r, CH)[..], [Change::Started(_)]));
         for s in [1100, 2500, 4500] {
             f.now = t(s);
             assert!(step(&mut c, &f, &r, CH).is_empty(), "at {s}");
         }
         assert!(c.current.as_ref().unwrap().quiet_since.is_none());
-        // It takes mail again: quiet, then ended after end_after.
+        // It takes the backlog again; one full mailbox stays in backoff: quiet, and
+        // ended after end_after without any more traffic.
         f.last_delivered = Some(t(4540));
-        f.held = 1;
+        (f.held, f.held_old) = (1, 1);
         f.now = t(4550);
         assert_eq!(step(&mut c, &f, &r, CH), [Change::Noted]);
         f.now = t(4550 + 900);
-        f.last_delivered = Some(t(5300));
         assert_eq!(step(&mut c, &f, &r, CH), [Change::Ended]);
-        // The one message left in backoff starts nothing again, until a delivery.
+        // That one message starts nothing, with or without a delivery since.
         f.now = t(9000);
         assert!(step(&mut c, &f, &r, CH).is_empty());
         f.last_delivered = Some(t(9100));
         f.now = t(9100 + 700);
+        assert!(step(&mut c, &f, &r, CH).is_empty());
+        // Several waiting, after a delivery since the end: a new outage.
+        f.held_old = 4;
         assert!(matches!(step(&mut c, &f, &r, CH)[..], [Change::Started(_)]));
     }
 

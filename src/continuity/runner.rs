@@ -132,7 +132,8 @@ impl Runner {
         let held = index.count_at_most(Status::Held, HELD_COUNT).await?;
         // Due: among the oldest held, one whose retry time has come (or never tried).
         // Newer mail is due at once, and the drain that runs before this takes it.
-        let due = held > 0 && {
+        let (mut due, mut held_old) = (false, 0);
+        if held > 0 {
             let page = index
                 .list(&ListQuery {
                     status: Some(Status::Held),
@@ -140,8 +141,10 @@ impl Runner {
                     ..ListQuery::default()
                 })
                 .await?;
-            page.iter().any(|r| r.next_attempt_at <= now)
-        };
+            due = page.iter().any(|r| r.next_attempt_at <= now);
+            let window = now - self.rules.start_after;
+            held_old = page.iter().filter(|r| r.received_at <= window).count() as u64;
+        }
         Ok(Facts {
             now,
             node: self.node.clone(),
@@ -150,6 +153,7 @@ impl Runner {
             halted: own.halted.map(|x| (x.at, x.reason)),
             held,
             oldest_held: index.oldest(Status::Held).await?,
+            held_old,
             due,
             last_delivered: nodes.iter().filter_map(|n| n.last_delivered).max(),
             drain_error,

@@ -441,7 +441,10 @@ impl DrainFunction {
                 halt.reason
             ));
             summary.failed = drainer.expire_old().await?;
-        } else if h.state == PrimaryState::Up || req.force || self.asked_to_drain(&h).await {
+        } else if let Some(asked) = (h.state == PrimaryState::Up || req.force)
+            .then_some(false)
+            .or(self.asked_to_drain(&h).await.then_some(true))
+        {
             if req.force {
                 health::resume(index, (&node, &address)).await?;
             }
@@ -452,7 +455,13 @@ impl DrainFunction {
                     tokio::time::Instant::from_std(d.checked_sub(keep).unwrap_or(d))
                 }),
                 force: req.force,
-                back_since: (h.state == PrimaryState::Up).then_some(h.since).flatten(),
+                // Asked for from the console before the health turned up: the ramp
+                // counts from now.
+                back_since: if asked {
+                    Some(self.clock.now())
+                } else {
+                    (h.state == PrimaryState::Up).then_some(h.since).flatten()
+                },
                 ..Default::default()
             };
             let run = drainer.run(opts).await.map_err(|e| match e {
@@ -503,6 +512,16 @@ impl DrainFunction {
             .oldest(Status::Held)
             .await?
             .map(|t| (self.clock.now() - t).num_seconds().max(0).unsigned_abs());
+        if let Some(why) = &self.continuity_error {
+            // Everything else was done; the run fails so the function's error alarm
+            // tells the administrators that no alert would.
+            return Err(StoreError::Backend {
+                backend: "continuity",
+                detail: format!("continuity events are off, their setup failed: {why}"),
+                transient: false,
+                source: None,
+            });
+        }
         tracing::info!(
             delivered = summary.delivered,
             deferred = summary.deferred,

@@ -92,7 +92,10 @@ pub async fn web_from_env() -> Result<Arc<Web>, SetupError> {
         uploads: Some(Arc::new(uploads)),
         key,
         clock,
-        settings: WebSettings::of(&config, secure),
+        settings: WebSettings {
+            purge_only_under: Some(crate::config::SERVE_PREFIX.into()),
+            ..WebSettings::of(&config, secure)
+        },
         drain_now: None,
     }))
 }

@@ -61,6 +61,23 @@ async fn admin(web: &Web, headers: &HeaderMap) -> Result<(Account, Session), Res
     }
 }
 
+/// The admin posting a console form with its CSRF token, or the response for anyone or
+/// anything else.
+async fn admin_post(
+    web: &Web,
+    headers: &HeaderMap,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Result<(Account, ActionForm), Response> {
+    let (account, session) = admin(web, headers).await?;
+    let Ok(Form(form)) = form else {
+        return Err(forbidden());
+    };
+    if !session.csrf_ok(&form.csrf) {
+        return Err(forbidden());
+    }
+    Ok((account, form))
+}
+
 fn nav(csrf: &str) -> Markup {
     html! {
         nav.console {
@@ -86,7 +103,7 @@ fn console_page(title: &str, csrf: &str, body: Markup) -> Response {
 
 async fn view(web: &Web) -> Result<StatusView, Response> {
     let s = &web.settings;
-    crate::status::gather(&web.storage, &s.node, &s.primary, s.store.clone())
+    crate::status::gather_cached(&web.storage, &s.node, &s.primary, s.store.clone())
         .await
         .map_err(|e| server_error(&e))
 }
@@ -139,7 +156,7 @@ pub(super) async fn status(
             p { "Primary " strong { (p.address) } " is " strong class={"state-" (p.state)} { (p.state) }
                 @if let Some(s) = p.since { " since " (when(s)) } }
             @if let Some(h) = &p.halted { p.error { "Draining halted since " (when(h.at)) ": " (h.reason) } }
-            (chart(&history, p.state, now))
+            (chart(&history, p.state, p.since, now))
             table.counts {
                 tr { th { "held" } th { "paused" } th { "delivered" } th { "failed" } th { "journal" } th { "sending" } }
                 tr { td id="held" { (c.held) } td id="paused" { (c.paused) } td id="delivered" { (c.delivered) } td id="failed" { (c.failed) } td { (c.journal) } td { (c.outbound) } }
@@ -160,7 +177,12 @@ pub(super) async fn status(
 
 /// The primary's state over the last [`CHART_HOURS`] as an SVG bar: green while up,
 /// red while down, grey unknown; hour ticks below.
-fn chart(history: &[StateChange], current: PrimaryState, now: DateTime<Utc>) -> Markup {
+fn chart(
+    history: &[StateChange],
+    current: PrimaryState,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Markup {
     let (w, h) = (720.0_f64, 40.0_f64);
     let start = now - Duration::hours(CHART_HOURS);
     let span = (now - start).num_seconds() as f64;
@@ -173,11 +195,21 @@ fn chart(history: &[StateChange], current: PrimaryState, now: DateTime<Utc>) -> 
         .rev()
         .find(|c| c.at <= start)
         .map(|c| c.state)
-        .unwrap_or(if history.iter().all(|c| c.at <= start) {
-            current
-        } else {
-            PrimaryState::Unknown
-        });
+        .unwrap_or(
+            if history.iter().all(|c| c.at <= start) && since.is_none_or(|s| s <= start) {
+                current
+            } else {
+                PrimaryState::Unknown
+            },
+        );
+    // A record from before the history was kept: the current state from `since` on.
+    let history: Vec<StateChange> = match (history.is_empty(), since) {
+        (true, Some(s)) if s > start => vec![StateChange {
+            at: s,
+            state: current,
+        }],
+        _ => history.to_vec(),
+    };
     let mut segments = Vec::new();
     let mut from = start;
     for c in history.iter().filter(|c| c.at > start && c.at <= now) {
@@ -251,8 +283,14 @@ pub(super) async fn queue(
         Ok(a) => a,
         Err(r) => return r,
     };
+    // The queue is what is held: other statuses (the delivered archive) when asked for.
+    let status = if q.status.is_empty() {
+        "held"
+    } else {
+        q.status.as_str()
+    };
     let query = ListQuery {
-        status: status_of(&q.status),
+        status: status_of(status),
         rcpt: some(&q.rcpt),
         from: some(&q.from),
         subject: some(&q.subject),
@@ -268,8 +306,8 @@ pub(super) async fn queue(
         (notice(&Notice { done: q.done.clone(), error: q.error.clone() }))
         form.search method="get" action="/console/queue" {
             label { "Status" select name="status" {
-                @for s in ["", "held", "paused", "failed", "delivered", "journal", "outbound"] {
-                    option value=(s) selected[q.status == s] { @if s.is_empty() { "any" } @else { (s) } }
+                @for s in ["held", "paused", "failed", "outbound", "delivered", "journal", "any"] {
+                    option value=(s) selected[status == s] { (s) }
                 }
             } }
             label { "Recipient" input type="search" name="rcpt" value=(q.rcpt); }
@@ -368,16 +406,10 @@ pub(super) async fn act(
     Path((id, action)): Path<(String, String)>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
-    let (account, session) = match admin(&web, &headers).await {
+    let (account, _) = match admin_post(&web, &headers, form).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Ok(Form(form)) = form else {
-        return forbidden();
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
     let Ok(id) = id.parse::<MessageId>() else {
         return super::handlers::not_found_page();
     };
@@ -394,6 +426,17 @@ pub(super) async fn act(
         ),
         _ => return super::handlers::not_found_page(),
     };
+    if result.is_ok() {
+        let entry = AuditEntry::session(
+            &format!("console-{action}"),
+            &format!("console:{}", account.address),
+            &format!("message {id}"),
+            web.clock.now(),
+        );
+        if let Err(e) = web.storage.audit.append(&entry).await {
+            tracing::error!(error = %e, "could not write the audit entry of a console change");
+        }
+    }
     tracing::info!(%id, action = action.as_str(), ok = result.is_ok(), user = crate::model::redact(&account.address), "console change");
     back(
         result
@@ -434,21 +477,26 @@ pub(super) async fn purge(
     Path(id): Path<String>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
-    let (account, session) = match admin(&web, &headers).await {
+    let (account, form) = match admin_post(&web, &headers, form).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Ok(Form(form)) = form else {
-        return forbidden();
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
     let Ok(id) = id.parse::<MessageId>() else {
         return super::handlers::not_found_page();
     };
     if form.confirm != "yes" {
         return Redirect::to(&format!("/console/m/{id}/purge")).into_response();
+    }
+    if let Some(prefix) = &web.settings.purge_only_under {
+        match web.storage.index.get(id).await {
+            Ok(Some(rec)) if !rec.blob_key().starts_with(prefix.as_str()) => {
+                return back(Err(format!(
+                    "{id}: this host may not delete mail SES stored (its policy); use `standby purge {id}`"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return server_error(&e),
+        }
     }
     let by = format!("console:{}", account.address);
     let result =
@@ -467,16 +515,10 @@ pub(super) async fn drain(
     headers: HeaderMap,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
-    let (account, session) = match admin(&web, &headers).await {
+    let (account, _) = match admin_post(&web, &headers, form).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Ok(Form(form)) = form else {
-        return forbidden();
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
     let now = web.clock.now();
     let asked = web
         .storage

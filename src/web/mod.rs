@@ -82,6 +82,9 @@ pub struct WebSettings {
     pub admins: Vec<String>,
     /// `[drain] clock_skew_secs`, for the console's changes (as the CLI's).
     pub skew: chrono::Duration,
+    /// Where the console may purge (the web function: only what users sent, under
+    /// `serve/`; its policy may not delete SES's objects); `None`: anywhere.
+    pub purge_only_under: Option<String>,
     /// The bearer token `/metrics` asks for (`[metrics] token_env`'s value); `None`: no
     /// `/metrics` here.
     pub metrics_token: Option<String>,
@@ -103,6 +106,7 @@ impl WebSettings {
             primary: config.primary_addr(),
             store: config.store_description(),
             admins: config.users.admins.clone(),
+            purge_only_under: None,
             metrics_token: config
                 .metrics
                 .token_env
@@ -187,8 +191,12 @@ pub fn router(web: Arc<Web>) -> Router {
             "/console/m/{id}/purge",
             get(console::purge_form).post(console::purge),
         )
-        .route("/console/m/{id}/{action}", post(console::act))
-        .route("/console/drain", post(console::drain))
+        .route(
+            "/console/m/{id}/{action}",
+            get(console::other).post(console::act),
+        )
+        .route("/console/drain", get(console::other).post(console::drain))
+        .route("/console/", axum::routing::any(console::other))
         .route("/console/events", get(console::events))
         .route("/console/audit", get(console::audit))
         .route("/console/{*rest}", axum::routing::any(console::other))
