@@ -70,12 +70,7 @@ async fn an_admin_changes_the_queue_as_the_cli_would_and_nobody_else_can() {
         ],
     );
     let dir = sb.dir.path().to_path_buf();
-    let text = std::fs::read_to_string(&sb.config).unwrap();
-    std::fs::write(
-        &sb.config,
-        text.replace("{dir}", &dir.display().to_string()),
-    )
-    .unwrap();
+    sb.fill_dir();
     add_user(&sb, "alice@example.test", "alice-pw");
     add_user(&sb, "bob@example.test", "bob-pw");
     sb.spawn();
@@ -181,9 +176,11 @@ async fn an_admin_changes_the_queue_as_the_cli_would_and_nobody_else_can() {
     act(&c, &hold, "hold", "paused").await;
     assert_eq!(status_of(&sb, "to hold"), "paused");
     // Paused messages are listed under their status.
-    c.goto(&format!("http://127.0.0.1:{web}/console/queue?status=paused"))
-        .await
-        .unwrap();
+    c.goto(&format!(
+        "http://127.0.0.1:{web}/console/queue?status=paused"
+    ))
+    .await
+    .unwrap();
     landed(&c, "table.queue").await;
     act(&c, &hold, "release", "released").await;
     assert_eq!(status_of(&sb, "to hold"), "held");

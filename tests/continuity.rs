@@ -137,12 +137,7 @@ async fn an_outage_starts_an_event_tells_everyone_out_of_band_and_ends_by_itself
     );
     let mut standby = Standby::configure(primary_port, &extra, &[("HOOK_KEY", SECRET)]);
     let dir = standby.dir.path().to_path_buf();
-    let text = std::fs::read_to_string(&standby.config).unwrap();
-    std::fs::write(
-        &standby.config,
-        text.replace("{dir}", &dir.display().to_string()),
-    )
-    .unwrap();
+    standby.fill_dir();
     std::fs::write(
         dir.join("alternates.csv"),
         "address,alternate_email,phone\n\

@@ -72,9 +72,7 @@ fn metrics_are_prometheus_text_and_agree_with_status() {
         ),
         &[("METRICS_TOKEN", TOKEN)],
     );
-    let dir = sb.dir.path().display().to_string();
-    let text = std::fs::read_to_string(&sb.config).unwrap();
-    std::fs::write(&sb.config, text.replace("{dir}", &dir)).unwrap();
+    sb.fill_dir();
     common::web::add_user(&sb, "alice@example.test", "alice-pw");
     sb.spawn();
     wait_for("the inbox", Duration::from_secs(20), || {

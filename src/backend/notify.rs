@@ -54,19 +54,20 @@ fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
 /// template bad (naming file and line).
 pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
     let a = &config.alerts;
+    let base = Runner {
+        storage: p.storage.clone(),
+        clock: p.clock.clone(),
+        node: config.node_id(),
+        address: config.primary_addr(),
+        store: p.store.clone(),
+        rules: Rules::of(&config.continuity, a),
+        channels: alerts::channels(a),
+        alerter: Alerter::default(),
+        notices: None,
+        heartbeat: None,
+    };
     if p.decide_only {
-        return Ok(Runner {
-            storage: p.storage,
-            clock: p.clock,
-            node: config.node_id(),
-            address: config.primary_addr(),
-            store: p.store,
-            rules: Rules::of(&config.continuity, a),
-            channels: alerts::channels(a),
-            alerter: Alerter::default(),
-            notices: None,
-            heartbeat: None,
-        });
+        return Ok(base);
     }
     let list = match (&config.continuity.alternates, &p.alternates_text) {
         (Some(path), _) => Some(
@@ -176,13 +177,6 @@ pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
         None => None,
     };
     Ok(Runner {
-        storage: p.storage,
-        clock: p.clock,
-        node: config.node_id(),
-        address: config.primary_addr(),
-        store: p.store,
-        rules: Rules::of(&config.continuity, a),
-        channels: alerts::channels(a),
         alerter,
         notices,
         heartbeat: a.heartbeat_url.clone().map(|url| Heartbeat {
@@ -190,5 +184,6 @@ pub async fn runner(config: &Config, p: Parts) -> Result<Runner, ConfigError> {
             url,
             every: a.heartbeat_secs,
         }),
+        ..base
     })
 }

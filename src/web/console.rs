@@ -348,18 +348,29 @@ fn actions(r: &Record, csrf: &str) -> Markup {
     }
 }
 
+/// The admin and the message id of a console URL, or the response for anyone or
+/// anything else (404 for an id that is none).
+async fn admin_and_id(
+    web: &Web,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Account, Session, MessageId), Response> {
+    let (account, session) = admin(web, headers).await?;
+    let id = id
+        .parse::<MessageId>()
+        .map_err(|_| super::handlers::not_found_page())?;
+    Ok((account, session, id))
+}
+
 /// `GET /console/m/{id}`: one message's record (no body: that is its recipients').
 pub(super) async fn message(
     State(web): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (_, session) = match admin(&web, &headers).await {
+    let (_, session, id) = match admin_and_id(&web, &headers, &id).await {
         Ok(a) => a,
         Err(r) => return r,
-    };
-    let Ok(id) = id.parse::<MessageId>() else {
-        return super::handlers::not_found_page();
     };
     let rec = match web.storage.index.get(id).await {
         Ok(Some(r)) => r,
@@ -451,12 +462,9 @@ pub(super) async fn purge_form(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (_, session) = match admin(&web, &headers).await {
+    let (_, session, id) = match admin_and_id(&web, &headers, &id).await {
         Ok(a) => a,
         Err(r) => return r,
-    };
-    let Ok(id) = id.parse::<MessageId>() else {
-        return super::handlers::not_found_page();
     };
     let body = html! {
         p.error { "Delete message " (id) " for good? Its record and its stored bytes go; this cannot be undone (a legal hold refuses it)." }

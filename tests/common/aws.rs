@@ -177,19 +177,7 @@ impl Moto {
     /// own key, as the setup's requests are: the request log checks every other one
     /// against the template's policies.
     pub fn ses_sent(&self) -> Vec<serde_json::Value> {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sf",
-                "-H",
-                &format!(
-                    "Authorization: AWS4-HMAC-SHA256 Credential={SETUP_KEY}/20260101/{REGION}/moto/aws4_request"
-                ),
-                &format!("{}/moto-api/data.json", self.url),
-            ])
-            .output()
-            .expect("run curl");
-        assert!(out.status.success(), "moto's data.json");
-        let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let data = self.get_json("/moto-api/data.json");
         data["ses"]["RawMessage"]
             .as_array()
             .cloned()
@@ -231,6 +219,12 @@ impl Moto {
     /// What SNS was asked to publish: `{topic, subject, message}` for a topic,
     /// `{phone, message}` for an SMS (scripts/moto-server reads them from moto).
     pub fn sns_published(&self) -> Vec<serde_json::Value> {
+        serde_json::from_value(self.get_json("/_standby/sns-published")).unwrap()
+    }
+
+    /// GET `path` of the moto server as the tests' own key (not checked against a
+    /// policy), as JSON.
+    fn get_json(&self, path: &str) -> serde_json::Value {
         let out = std::process::Command::new("curl")
             .args([
                 "-sf",
@@ -238,11 +232,11 @@ impl Moto {
                 &format!(
                     "Authorization: AWS4-HMAC-SHA256 Credential={SETUP_KEY}/20260101/{REGION}/moto/aws4_request"
                 ),
-                &format!("{}/_standby/sns-published", self.url),
+                &format!("{}{path}", self.url),
             ])
             .output()
             .expect("run curl");
-        assert!(out.status.success(), "read SNS's publishes from moto");
+        assert!(out.status.success(), "GET {path} of moto");
         serde_json::from_slice(&out.stdout).unwrap()
     }
 

@@ -357,6 +357,13 @@ impl Standby {
         }
     }
 
+    /// Replace `{dir}` in the config with the test's directory (for files beside it).
+    pub fn fill_dir(&self) {
+        let dir = self.dir.path().display().to_string();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, text.replace("{dir}", &dir)).unwrap();
+    }
+
     /// (Re)start the process on the same config and data.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
