@@ -614,6 +614,14 @@ pub trait AuditLog: Send + Sync + 'static {
     async fn append(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Every entry, oldest first.
     async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The newest `max` entries, newest first (the console's page): an adapter that can
+    /// read from the end does, instead of reading everything.
+    async fn recent(&self, max: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut all = self.entries().await?;
+        all.reverse();
+        all.truncate(max);
+        Ok(all)
+    }
 }
 
 /// The continuity record (one per store, see [`crate::model::continuity`]) and one-time

@@ -13,7 +13,8 @@ use standby::model::HealthRecord;
 use standby::model::continuity::Continuity;
 use standby::model::{Class, MessageId, Origin, Recipient, Record, Status, Summary, Verdicts};
 use standby::ports::{
-    BlobStore, ClaimRequest, Cursor, EventStore, Index, ListQuery, LoginLimits, MailboxFilter,
+    AuditEntry, AuditLog, BlobStore, ClaimRequest, Cursor, EventStore, Index, ListQuery,
+    LoginLimits, MailboxFilter,
 };
 use tokio::io::AsyncReadExt;
 
@@ -829,8 +830,25 @@ async fn events_contract(events: Arc<dyn EventStore>) {
     assert!(events.marked("sending#e1#a").await.unwrap());
 }
 
+/// The audit log keeps entries in order, and its newest page reads from the end.
+async fn audit_contract(audit: Arc<dyn AuditLog>) {
+    let t0 = Utc::now() - Duration::seconds(100);
+    for i in 0..5 {
+        let e = AuditEntry::session("login", &format!("web:u{i}"), "", t0 + Duration::seconds(i));
+        audit.append(&e).await.unwrap();
+    }
+    let all = audit.entries().await.unwrap();
+    let by: Vec<&str> = all.iter().map(|e| e.by.as_str()).collect();
+    assert_eq!(by, ["web:u0", "web:u1", "web:u2", "web:u3", "web:u4"]);
+    let recent = audit.recent(2).await.unwrap();
+    let by: Vec<&str> = recent.iter().map(|e| e.by.as_str()).collect();
+    assert_eq!(by, ["web:u4", "web:u3"]);
+    assert_eq!(audit.recent(10).await.unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn memory_adapters_keep_the_contract() {
+    audit_contract(Arc::new(standby::backend::MemAuditLog::default())).await;
     events_contract(Arc::new(standby::backend::MemEventStore::default())).await;
     index_contract(Arc::new(MemIndex::default())).await;
     search_contract(Arc::new(MemIndex::default())).await;
@@ -849,6 +867,7 @@ async fn local_adapters_keep_the_contract() {
     mailbox_contract(Arc::new(SqliteIndex::open(third.path()).unwrap())).await;
     let fourth = tempfile::tempdir().unwrap();
     events_contract(Arc::new(SqliteIndex::open(fourth.path()).unwrap())).await;
+    audit_contract(Arc::new(standby::backend::FsAuditLog::new(fourth.path()))).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
     let left = fs.recover(|_| Ok(false), |_| false).unwrap();
@@ -883,6 +902,7 @@ async fn aws_adapters_keep_the_contract() {
     limits_contract(Arc::new(clients.login_limits(&settings))).await;
     blob_contract(storage.blobs.clone()).await;
     events_contract(storage.events.clone()).await;
+    audit_contract(storage.audit.clone()).await;
 }
 
 #[tokio::test]

@@ -596,14 +596,14 @@ pub(super) async fn audit(State(web): Shared, headers: HeaderMap) -> Response {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let entries = match web.storage.audit.entries().await {
+    let entries = match web.storage.audit.recent(AUDIT_PAGE).await {
         Ok(e) => e,
         Err(e) => return server_error(&e),
     };
     let body = html! {
         table.audit {
             tr { th { "when" } th { "what" } th { "message" } th { "by" } th { "why" } }
-            @for e in entries.iter().rev().take(AUDIT_PAGE) {
+            @for e in &entries {
                 tr {
                     td { (when(e.at)) }
                     td { (e.action) }

@@ -30,6 +30,53 @@ impl DynamoAuditLog {
             table: table.into(),
         }
     }
+
+    /// The entries in time order (`forward`) or newest first, all or at most `max`.
+    async fn read(&self, forward: bool, max: Option<usize>) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let left = max.map(|m| m.saturating_sub(out.len()));
+            if left == Some(0) {
+                return Ok(out);
+            }
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", GSI_PK)
+                .expression_attribute_values(":s", AttributeValue::S(AUDIT_STATUS.into()))
+                .scan_index_forward(forward)
+                .set_limit(left.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "Query (audit)", e))?;
+            for item in page.items() {
+                let json = item
+                    .get("record")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                out.push(serde_json::from_str(json).map_err(|e| {
+                    StoreError::Corrupt {
+                        id: item
+                            .get(PK)
+                            .and_then(|v| v.as_s().ok())
+                            .cloned()
+                            .unwrap_or_default(),
+                        detail: e.to_string(),
+                    }
+                })?);
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(out);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -59,42 +106,11 @@ impl AuditLog for DynamoAuditLog {
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(GSI)
-                .key_condition_expression("#s = :s")
-                .expression_attribute_names("#s", GSI_PK)
-                .expression_attribute_values(":s", AttributeValue::S(AUDIT_STATUS.into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, "Query (audit)", e))?;
-            for item in page.items() {
-                let json = item
-                    .get("record")
-                    .and_then(|v| v.as_s().ok())
-                    .map(String::as_str)
-                    .unwrap_or_default();
-                out.push(serde_json::from_str(json).map_err(|e| {
-                    StoreError::Corrupt {
-                        id: item
-                            .get(PK)
-                            .and_then(|v| v.as_s().ok())
-                            .cloned()
-                            .unwrap_or_default(),
-                        detail: e.to_string(),
-                    }
-                })?);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(out);
-            }
-        }
+        self.read(true, None).await
+    }
+
+    /// One Query from the end, `max` items: the console's page costs what it shows.
+    async fn recent(&self, max: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(false, Some(max)).await
     }
 }
