@@ -296,3 +296,39 @@ async fn an_outage_starts_an_event_tells_everyone_out_of_band_and_ends_by_itself
     );
     assert!(audit.contains("one-time link"), "{audit}");
 }
+
+/// A bad row of the alternates file stops `standby serve` at its start, naming the file
+/// and the line: a notice that would silently go nowhere is found out now, not in the
+/// outage.
+#[test]
+fn a_bad_alternates_row_stops_the_start_naming_file_and_line() {
+    let mut sb = Standby::configure(
+        free_port(),
+        "[continuity]\nalternates = \"{dir}/alternates.csv\"\n",
+        &[],
+    );
+    sb.fill_dir();
+    std::fs::write(
+        sb.dir.path().join("alternates.csv"),
+        "address,alternate_email,phone\n# the team\n\nalice@example.test,alice@home.example,\nbob@example.test,bob@home.example,5551234\n",
+    )
+    .unwrap();
+    // It must stop by itself; were it to serve, the wait below would end it.
+    let log_path = sb.dir.path().join("serve.err");
+    let mut child = sb.cli_spawn(&["serve"], "info", &log_path);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("standby serve started with a bad alternates file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("alternates.csv:5:"), "{log}");
+    assert!(log.contains("E.164"), "{log}");
+}
