@@ -18,7 +18,10 @@
 //! 3. **Ports** ([`ports`]): `BlobStore`, `Index`, `AuditLog`, `Relay`, `Probe`, `Clock`,
 //!    `SenderCheck`, `Inbound` (what the listener hands messages to), `UserFiles`,
 //!    `LoginLimits`, `Outbound` (how users' mail leaves), `SubmitGate` (the submission
-//!    listener's logins), and `Storage`, the bundle of storage ports one backend provides.
+//!    listener's logins), `EventStore` (the continuity record and one-time marks), `Http`,
+//!    `Mailer`, `Sns` (alerts and notices out of band), and `Storage`, the bundle of
+//!    storage ports one backend provides. Beside them, [`metrics`]: the counters and
+//!    histograms any layer records (it imports nothing of ours).
 //! 4. **Domain**: written once against the ports; imports the model, config, ports and
 //!    other domain modules, never an adapter or an entry point.
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
@@ -34,6 +37,9 @@
 //!      the `UserFiles` port; [`mailbox`]: what one user sees.
 //!    - [`outbound`]: what users send during the outage (stored per part, the outbound
 //!      queue, DKIM); [`submission`]: the submission listener's logins and messages.
+//!    - [`continuity`]: continuity events (the lifecycle, alerts, users' notices);
+//!      [`status`]: the status view (`status --json`, the alerts' body, `/metrics`);
+//!      [`manage`]: operator changes to a message (the CLI and the console).
 //! 5. **Adapters**: implement the ports for one technology; import the model, config and
 //!    ports, never a domain module.
 //!    - [`backend`]: `FsBlobStore`, `SqliteIndex`, `S3BlobStore`, `DynamoIndex`, `SesOutbound`, the audit

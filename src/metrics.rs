@@ -15,15 +15,13 @@
 //!   `standby_oldest_held_seconds`, `standby_primary_up`, `standby_continuity_active`.
 //!
 //! The recorder is `metrics-exporter-prometheus`'s, installed once per process; the
-//! histograms get fixed buckets so they are Prometheus histograms, not summaries.
+//! histograms get fixed buckets so they are Prometheus histograms, not summaries. This
+//! module only records (any layer may: it imports nothing of ours); the exposition with
+//! the store's gauges is [`crate::status::exposition`].
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::error::StoreError;
-use crate::model::PrimaryState;
-use crate::status::StatusView;
 
 pub const RECEIVED: &str = "standby_received_total";
 pub const RECEIVE_SECONDS: &str = "standby_receive_seconds";
@@ -127,46 +125,4 @@ pub fn refused(code: u16) {
     if handle().is_some() {
         metrics::counter!(REFUSALS, "code" => code.to_string()).increment(1);
     }
-}
-
-/// The exposition text: the gauges set from `view` (the figures of `standby status
-/// --json`), then everything rendered.
-pub fn render(view: &StatusView) -> String {
-    let Some(h) = handle() else {
-        return String::new();
-    };
-    let c = &view.counts;
-    for (status, n) in [
-        ("held", c.held),
-        ("paused", c.paused),
-        ("delivered", c.delivered),
-        ("failed", c.failed),
-        ("journal", c.journal),
-        ("outbound", c.outbound),
-    ] {
-        metrics::gauge!(MESSAGES, "status" => status).set(n as f64);
-    }
-    let oldest = view.oldest_held.map_or(0.0, |t| {
-        (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
-    });
-    metrics::gauge!(OLDEST_HELD).set(oldest);
-    let up = f64::from(u8::from(view.primary.state == PrimaryState::Up));
-    metrics::gauge!(PRIMARY_UP).set(up);
-    metrics::gauge!(CONTINUITY_ACTIVE).set(f64::from(u8::from(view.continuity.is_some())));
-    h.render()
-}
-
-/// The exposition for a store, or the error to answer 503 with: the gauges from a
-/// status view at most [`crate::status::VIEW_TTL`] old, the counters as they are.
-///
-/// # Errors
-/// Storage errors gathering the view.
-pub async fn scrape(
-    storage: &crate::ports::Storage,
-    node: &str,
-    address: &str,
-    store: String,
-) -> Result<String, StoreError> {
-    let view = crate::status::gather_cached(storage, node, address, store).await?;
-    Ok(render(&view))
 }

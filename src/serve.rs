@@ -9,6 +9,7 @@
 //! the TLS certificate and key, the recipients file and the `[journal]` and
 //! `[retention]` rules (see [`reload`]).
 
+pub mod continuity;
 mod reload;
 
 use std::sync::Arc;
@@ -355,9 +356,9 @@ pub async fn serve(
         }
         _ => None,
     };
-    let continuity = crate::backend::notify::runner(
+    let continuity = crate::serve::continuity::runner(
         &config,
-        crate::backend::notify::Parts {
+        crate::serve::continuity::Parts {
             storage: storage.clone(),
             clock: clock.clone(),
             mailer,
@@ -524,7 +525,7 @@ fn start_metrics(
             store.clone(),
         );
         async move {
-            match crate::metrics::scrape(&storage, &node, &primary, store).await {
+            match crate::status::exposition(&storage, &node, &primary, store).await {
                 Ok(text) => (
                     axum::http::StatusCode::OK,
                     [(

@@ -118,3 +118,46 @@ pub async fn gather_cached(
     *lock() = Some((std::time::Instant::now(), key, v.clone()));
     Ok(v)
 }
+
+/// The exposition text: the gauges set from `view` (the figures of `standby status
+/// --json`), then everything rendered.
+pub fn render_metrics(view: &StatusView) -> String {
+    use crate::metrics::{CONTINUITY_ACTIVE, MESSAGES, OLDEST_HELD, PRIMARY_UP};
+    let Some(h) = crate::metrics::handle() else {
+        return String::new();
+    };
+    let c = &view.counts;
+    for (status, n) in [
+        ("held", c.held),
+        ("paused", c.paused),
+        ("delivered", c.delivered),
+        ("failed", c.failed),
+        ("journal", c.journal),
+        ("outbound", c.outbound),
+    ] {
+        metrics::gauge!(MESSAGES, "status" => status).set(n as f64);
+    }
+    let oldest = view.oldest_held.map_or(0.0, |t| {
+        (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    metrics::gauge!(OLDEST_HELD).set(oldest);
+    let up = f64::from(u8::from(view.primary.state == PrimaryState::Up));
+    metrics::gauge!(PRIMARY_UP).set(up);
+    metrics::gauge!(CONTINUITY_ACTIVE).set(f64::from(u8::from(view.continuity.is_some())));
+    h.render()
+}
+
+/// The exposition for a store, or the error to answer 503 with: the gauges from a
+/// status view at most [`VIEW_TTL`] old, the counters as they are.
+///
+/// # Errors
+/// Storage errors gathering the view.
+pub async fn exposition(
+    storage: &Storage,
+    node: &str,
+    address: &str,
+    store: String,
+) -> Result<String, StoreError> {
+    let view = gather_cached(storage, node, address, store).await?;
+    Ok(render_metrics(&view))
+}

@@ -302,7 +302,7 @@ async fn an_outage_starts_an_event_tells_everyone_out_of_band_and_ends_by_itself
 /// outage.
 #[test]
 fn a_bad_alternates_row_stops_the_start_naming_file_and_line() {
-    let mut sb = Standby::configure(
+    let sb = Standby::configure(
         free_port(),
         "[continuity]\nalternates = \"{dir}/alternates.csv\"\n",
         &[],

@@ -16,9 +16,10 @@ fn layer(module: &str) -> Option<Layer> {
         "config" => Layer::Config,
         "ports" => Layer::Ports,
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
-        | "export" | "summary" | "publish" | "users" | "mailbox" | "outbound" | "submission" => {
-            Layer::Domain
-        }
+        | "export" | "summary" | "publish" | "users" | "mailbox" | "outbound" | "submission"
+        | "continuity" | "manage" | "status" => Layer::Domain,
+        // Records counters and histograms; imports nothing of ours, so any layer may.
+        "metrics" => Layer::Ports,
         "backend" | "smtp" | "dns" => Layer::Adapter,
         "serve" | "cli" | "lambda" | "doctor" | "web" => Layer::Entry,
         _ => return None,

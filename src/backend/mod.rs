@@ -21,7 +21,6 @@ pub mod group;
 pub mod http;
 pub mod limits;
 pub mod memory;
-pub mod notify;
 pub mod spool_file;
 pub mod sqlite;
 pub mod users_file;

@@ -65,9 +65,9 @@ pub(super) async fn run(
     storage: &Storage,
     action: ContinuityAction,
 ) -> Result<(), CliError> {
-    let runner = crate::backend::notify::runner(
+    let runner = crate::serve::continuity::runner(
         config,
-        crate::backend::notify::Parts {
+        crate::serve::continuity::Parts {
             storage: storage.clone(),
             clock: std::sync::Arc::new(SystemClock),
             mailer: None,

@@ -29,7 +29,7 @@ use crate::model::continuity::{AlertKind, Channel, Continuity, Event};
 use crate::model::{PrimaryState, Status};
 use crate::ports::{AuditEntry, Clock, Http, ListQuery, Mailer, Sns, Storage};
 use crate::status::StatusView;
-use crate::web::SessionKey;
+use crate::users::session::SessionKey;
 
 /// How long a node may take to send the alerts it took.
 pub const ALERT_LEASE: i64 = 120;

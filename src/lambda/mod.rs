@@ -211,9 +211,9 @@ pub async fn continuity_runner(
         (None, Some(settings)) => clients.user_files(&settings).read_alternates().await?,
         _ => None,
     };
-    Ok(crate::backend::notify::runner(
+    Ok(crate::serve::continuity::runner(
         config,
-        crate::backend::notify::Parts {
+        crate::serve::continuity::Parts {
             storage: storage.clone(),
             clock,
             mailer,

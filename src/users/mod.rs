@@ -13,6 +13,7 @@
 pub mod aliases;
 pub mod hash;
 pub mod passwd;
+pub mod session;
 
 use std::collections::HashMap;
 

@@ -457,7 +457,7 @@ pub(super) async fn metrics(State(web): Shared, headers: HeaderMap) -> Response 
         )
             .into_response();
     }
-    match crate::metrics::scrape(&web.storage, &s.node, &s.primary, s.store.clone()).await {
+    match crate::status::exposition(&web.storage, &s.node, &s.primary, s.store.clone()).await {
         Ok(text) => (
             StatusCode::OK,
             [(

@@ -15,7 +15,8 @@ mod handlers;
 pub mod pages;
 pub mod render;
 pub mod server;
-pub mod session;
+/// Sessions and signed links live with the users (the continuity notices sign links too).
+pub use crate::users::session;
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! Wiring for the continuity loop: the [`Runner`] a config asks for, with the adapters
+//! Wiring for the continuity loop (for `serve`, the drain function and `standby
+//! continuity`): the [`Runner`] a config asks for, with the adapters
 //! for its channels (the webhook and heartbeat over HTTP, SNS, mail through the outbound
 //! path the caller has).
 
@@ -13,7 +14,7 @@ use crate::continuity::notices::Templates;
 use crate::continuity::runner::{Heartbeat, Notices, Runner};
 use crate::error::ConfigError;
 use crate::ports::{Clock, Mailer, Sns, Storage};
-use crate::web::SessionKey;
+use crate::users::session::SessionKey;
 
 /// What the caller has for the runner.
 pub struct Parts {
