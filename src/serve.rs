@@ -822,7 +822,8 @@ async fn health_loop(mut l: HealthLoop) {
             }
         };
         // Asked from the console: a probe that answered is enough, once.
-        let asked = rec.last_probe.as_ref().is_some_and(|p| p.ok)
+        let asked = rec.state != PrimaryState::Up
+            && rec.last_probe.as_ref().is_some_and(|p| p.ok)
             && crate::continuity::take_drain_request(l.storage.events.as_ref()).await;
         // Halted by the circuit breaker: only an operator's `standby drain --force` resumes.
         if (rec.state != PrimaryState::Up && !asked) || rec.halted.is_some() {
