@@ -275,19 +275,7 @@ pub(super) async fn login(
         user = crate::model::redact(&account.address),
         "emergency inbox: login"
     );
-    let expires = now + s.session;
-    let value = web.key.issue(&account, expires.timestamp());
-    let mut resp = Redirect::to("/").into_response();
-    let h = resp.headers_mut();
-    h.append(
-        header::SET_COOKIE,
-        set_cookie(&web, SESSION_COOKIE, &value, None),
-    );
-    h.append(
-        header::SET_COOKIE,
-        set_cookie(&web, LOGIN_COOKIE, "", Some(0)),
-    );
-    resp
+    logged_in(&web, &account, now)
 }
 
 #[derive(Deserialize)]
@@ -418,17 +406,23 @@ pub(super) async fn link_login(
         user = crate::model::redact(&account.address),
         "emergency inbox: login with a one-time link"
     );
+    logged_in(&web, &account, now)
+}
+
+/// The answer to a login that succeeded (by password or one-time link): the session
+/// cookie set, the login form's nonce cleared, on to the inbox.
+fn logged_in(web: &Web, account: &Account, now: chrono::DateTime<chrono::Utc>) -> Response {
     let expires = now + web.settings.session;
-    let value = web.key.issue(&account, expires.timestamp());
+    let value = web.key.issue(account, expires.timestamp());
     let mut resp = Redirect::to("/").into_response();
     let h = resp.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(&web, SESSION_COOKIE, &value, None),
+        set_cookie(web, SESSION_COOKIE, &value, None),
     );
     h.append(
         header::SET_COOKIE,
-        set_cookie(&web, LOGIN_COOKIE, "", Some(0)),
+        set_cookie(web, LOGIN_COOKIE, "", Some(0)),
     );
     resp
 }
