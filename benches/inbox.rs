@@ -119,6 +119,7 @@ fn main() {
             storage: Storage {
                 blobs: Arc::new(blobs),
                 events: Arc::new(index.clone()),
+                mailboxes: Some(Arc::new(index.clone())),
                 index: Arc::new(index),
                 audit: Arc::new(FsAuditLog::new(dir_path)),
             },

@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         audit: storage.audit.clone(),
         events: storage.events.clone(),
+        mailboxes: storage.mailboxes.clone(),
     };
     let server = smtp_server(
         &config,

@@ -184,6 +184,10 @@ pub struct Config {
     #[serde(default)]
     pub submission: SubmissionConfig,
     #[serde(default)]
+    pub imap: ImapConfig,
+    #[serde(default)]
+    pub pop3: Pop3Config,
+    #[serde(default)]
     pub outbound: OutboundConfig,
     #[serde(default)]
     pub continuity: ContinuityConfig,
@@ -223,6 +227,37 @@ impl Default for SubmissionConfig {
 
 fn default_rate_per_hour() -> u32 {
     200
+}
+
+/// The emergency mailbox over IMAP (`[imap]`): users read the held mail in their own
+/// mail clients (see `crate::imap`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// With STARTTLS (port 143); unset: not served.
+    #[serde(default)]
+    pub listen: Option<ListenAddrs>,
+    /// Implicit TLS (port 993); needs `[tls]`.
+    #[serde(default)]
+    pub listen_tls: Option<ListenAddrs>,
+    /// LOGIN without TLS: for loopback tests only.
+    #[serde(default, deserialize_with = "lenient")]
+    pub allow_plaintext_auth: bool,
+}
+
+/// The emergency mailbox over POP3 (`[pop3]`, see `crate::pop3`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pop3Config {
+    /// With STLS (port 110); unset: not served.
+    #[serde(default)]
+    pub listen: Option<ListenAddrs>,
+    /// Implicit TLS (port 995); needs `[tls]`.
+    #[serde(default)]
+    pub listen_tls: Option<ListenAddrs>,
+    /// USER/PASS without TLS: for loopback tests only.
+    #[serde(default, deserialize_with = "lenient")]
+    pub allow_plaintext_auth: bool,
 }
 
 /// How mail users send to outside recipients leaves (`[outbound]`, see
@@ -1548,7 +1583,39 @@ impl Config {
                 "primary.address is empty (STANDBY_PRIMARY_ADDRESS)".into(),
             ));
         }
-        self.validate_sending().map_err(invalid)
+        self.validate_sending().map_err(invalid)?;
+        self.validate_mail_access().map_err(invalid)
+    }
+
+    /// `[imap]` and `[pop3]`: a certificate for the TLS listeners, the users, a store
+    /// that keeps mailboxes.
+    fn validate_mail_access(&self) -> Result<(), String> {
+        for (name, listen, listen_tls) in [
+            ("imap", &self.imap.listen, &self.imap.listen_tls),
+            ("pop3", &self.pop3.listen, &self.pop3.listen_tls),
+        ] {
+            if listen.is_none() && listen_tls.is_none() {
+                continue;
+            }
+            if listen_tls.is_some() && self.tls.cert.is_none() {
+                return Err(format!(
+                    "[{name}] listen_tls needs a certificate: set [tls] cert and key"
+                ));
+            }
+            if self.users.file.is_none() && self.backend == BackendKind::Local {
+                return Err(format!(
+                    "[{name}] needs its users: set [users] file = \"users.passwd\" (a \
+                     Dovecot passwd-file; `standby user add` writes it)"
+                ));
+            }
+            if self.backend == BackendKind::Aws {
+                return Err(format!(
+                    "[{name}] is served from the local spool only so far: on backend = \"aws\" \
+                     users read their mail in the emergency inbox ([web])"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[submission]` and `[outbound]`: what sending needs is there.

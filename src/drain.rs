@@ -1356,7 +1356,8 @@ impl BodyWatch for LeaseWatch {
     }
 }
 
-/// `body` checked against the size and SHA-256 its record was made with, as it is sent:
+/// `body` checked against the size and digest its record was made with, as it is sent
+/// (the XXH3-128 where the record has one, else the SHA-256):
 /// bytes that are not what was acknowledged (a spool file a power cut left with its
 /// footer but not all its data, read before the start-up check; a damaged disk or
 /// object) end with an error instead of their end, so the client never writes the final
@@ -1370,14 +1371,24 @@ pub fn verified(body: BlobReader, rec: &Record) -> BlobReader {
     if rec.sha256.is_empty() || matches!(rec.intake, Intake::Ses | Intake::Reconciled) {
         return body;
     }
+    let (hasher, want) = match &rec.xxh3 {
+        Some(x) => (Hasher::Xxh3(Box::default()), x.clone()),
+        None => (Hasher::Sha256(Default::default()), rec.sha256.clone()),
+    };
     watched(
         body,
         DigestWatch {
-            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            hasher,
             size: 0,
-            want: (rec.size, rec.sha256.clone()),
+            want: (rec.size, want),
         },
     )
+}
+
+/// The digest a [`DigestWatch`] takes.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
 }
 
 /// Mismatched bodies in a row after which a worker stops (see `worker`).
@@ -1396,25 +1407,34 @@ pub struct BodyMismatch(String);
 
 /// Hashes the body as it passes and compares at its end (see [`verified`]).
 struct DigestWatch {
-    hasher: sha2::Sha256,
+    hasher: Hasher,
     size: u64,
     want: (u64, String),
 }
 
 impl BodyWatch for DigestWatch {
     fn data(&mut self, bytes: &[u8]) {
-        sha2::Digest::update(&mut self.hasher, bytes);
+        match &mut self.hasher {
+            Hasher::Sha256(h) => sha2::Digest::update(h, bytes),
+            Hasher::Xxh3(h) => h.update(bytes),
+        }
         self.size += bytes.len() as u64;
     }
 
     fn end(&mut self) -> std::io::Result<()> {
-        let sha = hex::encode(sha2::Digest::finalize(std::mem::take(&mut self.hasher)));
+        let (name, got) = match &mut self.hasher {
+            Hasher::Sha256(h) => (
+                "SHA-256",
+                hex::encode(sha2::Digest::finalize(std::mem::take(h))),
+            ),
+            Hasher::Xxh3(h) => ("XXH3-128", format!("{:032x}", h.digest128())),
+        };
         let (size, want) = &self.want;
-        if self.size == *size && &sha == want {
+        if self.size == *size && &got == want {
             return Ok(());
         }
         let why = format!(
-            "{} bytes with SHA-256 {sha}, the record says {size} bytes with {want}",
+            "{} bytes with {name} {got}, the record says {size} bytes with {want}",
             self.size
         );
         Err(std::io::Error::new(
@@ -1773,17 +1793,25 @@ mod tests {
     async fn bytes_that_are_not_the_records_are_never_sent_and_the_worker_goes_on() {
         let storage = Storage::memory();
         // The bad one first in line (claims go oldest first).
+        // Checked against the XXH3-128 taken at receipt, and a record from before it
+        // (none) against its SHA-256.
         let bad = hold(&storage, &["a@x.test"]).await;
+        let old = hold(&storage, &["c@x.test"]).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let good = hold(&storage, &["b@x.test"]).await;
         let mut rec = storage.index.get(bad).await.unwrap().unwrap();
+        assert!(rec.xxh3.is_some(), "taken at receipt");
+        rec.xxh3 = Some("0".repeat(32));
+        storage.index.update(&rec, Utc::now()).await.unwrap();
+        let mut rec = storage.index.get(old).await.unwrap().unwrap();
+        rec.xxh3 = None;
         rec.sha256 = "0".repeat(64);
         storage.index.update(&rec, Utc::now()).await.unwrap();
         let relay = ScriptedRelay::default();
         let delivered = relay.delivered.clone();
         let d = drainer(&storage, relay);
         let r = d.run(RunOptions::default()).await.unwrap();
-        assert_eq!((r.delivered, r.deferred), (1, 1), "{r:?}");
+        assert_eq!((r.delivered, r.deferred), (1, 2), "{r:?}");
         let got = delivered.lock().unwrap().clone();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, ["b@x.test"]);
@@ -1806,6 +1834,7 @@ mod tests {
         let ses = hold(&storage, &["s@x.test"]).await;
         let mut rec = storage.index.get(ses).await.unwrap().unwrap();
         rec.sha256 = "0".repeat(64);
+        rec.xxh3 = Some("0".repeat(32));
         rec.intake = Intake::Ses;
         storage.index.update(&rec, Utc::now()).await.unwrap();
         let d = drainer(&storage, ScriptedRelay::default());
@@ -1816,7 +1845,7 @@ mod tests {
         for _ in 0..MISMATCH_STOP {
             let bad = hold(&storage, &["a@x.test"]).await;
             let mut rec = storage.index.get(bad).await.unwrap().unwrap();
-            rec.sha256 = "0".repeat(64);
+            rec.xxh3 = Some("0".repeat(32));
             storage.index.update(&rec, Utc::now()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

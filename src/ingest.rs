@@ -35,6 +35,8 @@ pub struct Spool {
     retention: Arc<RetentionPolicy>,
     checks: Option<SenderChecks>,
     publisher: Arc<Publisher>,
+    /// Counts messages stored: IMAP's IDLE wakes on a change (see [`Spool::with_new_mail`]).
+    new_mail: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl Spool {
@@ -47,7 +49,14 @@ impl Spool {
             journal: Arc::default(),
             retention: Arc::default(),
             checks: None,
+            new_mail: None,
         }
+    }
+
+    /// Count each message stored in `counter`, after its commit.
+    pub fn with_new_mail(mut self, counter: Arc<tokio::sync::watch::Sender<u64>>) -> Self {
+        self.new_mail = Some(counter);
+        self
     }
 
     /// Share `publisher` (one per process, so a graceful stop flushes every spool's).
@@ -91,6 +100,8 @@ impl Spool {
         let header = received_header(&self.hostname, id, &env, received_at);
         let mut hasher = Sha256::new();
         hasher.update(header.as_bytes());
+        let mut xxh3 = Box::new(xxhash_rust::xxh3::Xxh3::new());
+        xxh3.update(header.as_bytes());
         if let Err(e) = writer.write(header.as_bytes()).await {
             writer.abort().await;
             return Err(e);
@@ -102,6 +113,7 @@ impl Spool {
             received_at,
             writer,
             hasher,
+            xxh3,
             size: header.len() as u64,
             head: HeadCapture::default(),
             storage: self.storage.clone(),
@@ -109,6 +121,7 @@ impl Spool {
             retention: self.retention.clone(),
             checks: self.checks.clone(),
             publisher: self.publisher.clone(),
+            new_mail: self.new_mail.clone(),
         })
     }
 }
@@ -181,6 +194,7 @@ pub fn rebuild(
     head.feed(bytes);
     let mut rec = Record {
         origin: stamp.origin.clone(),
+        xxh3: Some(crate::model::xxh3_hex(bytes)),
         ..Record::held(
             stamp.id,
             stamp.mail_from.clone(),
@@ -209,6 +223,8 @@ pub struct Incoming {
     received_at: DateTime<Utc>,
     writer: Box<dyn BlobWriter>,
     hasher: Sha256,
+    /// The drain's cheaper check of the same bytes ([`Record::xxh3`]).
+    xxh3: Box<xxhash_rust::xxh3::Xxh3>,
     size: u64,
     head: HeadCapture,
     storage: Storage,
@@ -216,6 +232,7 @@ pub struct Incoming {
     retention: Arc<RetentionPolicy>,
     checks: Option<SenderChecks>,
     publisher: Arc<Publisher>,
+    new_mail: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl Incoming {
@@ -226,6 +243,7 @@ impl Incoming {
     /// Append message bytes (already dot-unstuffed, CRLF line ends).
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(chunk);
+        self.xxh3.update(chunk);
         self.head.feed(chunk);
         self.size += chunk.len() as u64;
         self.writer.write(chunk).await
@@ -247,6 +265,7 @@ impl Incoming {
             received_at,
             writer,
             hasher,
+            xxh3,
             size,
             head,
             storage,
@@ -254,6 +273,7 @@ impl Incoming {
             retention,
             checks,
             publisher,
+            new_mail,
         } = self;
         let blob = writer.key();
         let sha256 = hex::encode(hasher.finalize());
@@ -285,6 +305,7 @@ impl Incoming {
         let mut rec = Record {
             origin: env.origin,
             blob,
+            xxh3: Some(format!("{:032x}", xxh3.digest128())),
             ..Record::held(
                 id,
                 env.mail_from,
@@ -351,6 +372,9 @@ impl Incoming {
             }
         }
         publisher.submit(key);
+        if let Some(counter) = &new_mail {
+            counter.send_modify(|n| *n += 1);
+        }
         if let Some((checks, job)) = check {
             checks.submit(job);
         }

@@ -11,6 +11,8 @@
 //! ([`message`] returns `None` for both), so an id guessed or copied from someone else's
 //! link tells nothing.
 
+pub mod uids;
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::error::StoreError;

@@ -26,6 +26,9 @@ pub struct Storage {
     pub audit: Arc<dyn AuditLog>,
     /// Continuity events and one-time marks (see [`crate::continuity`]).
     pub events: Arc<dyn EventStore>,
+    /// Each user's UIDs and flags for IMAP and POP3; `None` where the store keeps none
+    /// (S3 + DynamoDB: IMAP and POP3 are served from the local spool only, so far).
+    pub mailboxes: Option<Arc<dyn Mailboxes>>,
 }
 
 /// Where the SMTP listener puts what it accepts (implemented by `ingest::Spool`): the
@@ -922,6 +925,29 @@ pub trait LoginLimits: Send + Sync + 'static {
         now: DateTime<Utc>,
         window: chrono::Duration,
     ) -> Result<u32, StoreError>;
+}
+
+/// Each user's UIDs and flags (see [`crate::model::mailbox`]): what IMAP and POP3 clients
+/// remember of the held mail, kept beside the index (a file of its own on the local
+/// spool). A user's mailbox is made at its first use, with a UIDVALIDITY of its own.
+#[async_trait]
+pub trait Mailboxes: Send + Sync + 'static {
+    /// `user`'s mailbox as stored (made now, empty, if it is new).
+    async fn load(&self, user: &str) -> Result<crate::model::mailbox::MailboxState, StoreError>;
+    /// Give each of `ids` without a UID in `user`'s mailbox the next UID, in the order
+    /// given, in one step (two sessions assigning at once never share a UID nor give one
+    /// message two); returns the mailbox after it.
+    async fn assign(
+        &self,
+        user: &str,
+        ids: &[MessageId],
+    ) -> Result<crate::model::mailbox::MailboxState, StoreError>;
+    /// Set the flags of the UIDs given (unknown UIDs are skipped).
+    async fn set_flags(
+        &self,
+        user: &str,
+        flags: &[(u32, crate::model::mailbox::Flags)],
+    ) -> Result<(), StoreError>;
 }
 
 /// Attachments a browser uploads straight into the store, by a presigned PUT, where the

@@ -10,6 +10,7 @@
 //! `[retention]` rules (see [`reload`]).
 
 pub mod continuity;
+pub mod mail_access;
 mod reload;
 
 use std::sync::Arc;
@@ -266,12 +267,16 @@ pub async fn serve(
         }
         None => (None, None),
     };
+    // Messages this process stored, counted: IMAP's IDLE wakes on them.
+    let (new_mail_tx, new_mail) = tokio::sync::watch::channel(0u64);
+    let new_mail_tx = Arc::new(new_mail_tx);
     let spool = {
         let (storage, clock, hostname) = (storage.clone(), clock.clone(), config.hostname.clone());
         let publisher = publisher.clone();
         move |c: &Config| -> Arc<dyn Inbound> {
             let mut spool = Spool::new(storage.clone(), clock.clone(), hostname.clone())
                 .with_publisher(publisher.clone())
+                .with_new_mail(new_mail_tx.clone())
                 .with_journal(c.journal())
                 .with_retention(c.retention());
             if let Some(checks) = &checks {
@@ -371,6 +376,29 @@ pub async fn serve(
         },
     )
     .await?;
+    if mail_access::wanted(&config) {
+        let users = match &web {
+            Some(w) => w.users.clone(),
+            None => load_users(&config, "[imap] or [pop3] listen").await?,
+        };
+        let logins = Arc::new(crate::users::login::Logins::new(
+            users,
+            login_limits.clone(),
+            storage.audit.clone(),
+            clock.clone(),
+            in_flight.clone(),
+        ));
+        mail_access::start(
+            &config,
+            mail_access::Parts {
+                storage: storage.clone(),
+                clock: clock.clone(),
+                logins,
+                new_mail,
+                stop: stop_rx.clone(),
+            },
+        )?;
+    }
     let submission = match &sending {
         Some(sending) => {
             start_submission(
@@ -625,14 +653,14 @@ async fn start_submission(
         None => load_users(config, "[submission] listen").await?,
     };
     let outside = sending.outside();
-    let gate = Arc::new(crate::submission::Gate::new(
+    let logins = Arc::new(crate::users::login::Logins::new(
         users.clone(),
         limits,
         storage.audit.clone(),
         clock,
-        sending.rate(),
         in_flight,
     ));
+    let gate = Arc::new(crate::submission::Gate::new(logins, sending.rate()));
     let inbound: Arc<dyn Inbound> = Arc::new(crate::submission::Submissions {
         sending,
         users,

@@ -28,6 +28,7 @@ fn record(age_secs: i64) -> Record {
         received_at: at,
         size: 10,
         sha256: "00".into(),
+        xxh3: Some("0123456789abcdef0123456789abcdef".into()),
         summary: Summary {
             subject: Some("s".into()),
             ..Default::default()

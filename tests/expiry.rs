@@ -39,6 +39,7 @@ async fn held_mail_older_than_hold_days_fails_as_expired() {
         events: Arc::new(index.clone()),
         index: Arc::new(index),
         audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
+        mailboxes: None,
     };
     let now = Utc::now();
     let receive = |days_ago: i64| {
@@ -134,6 +135,7 @@ async fn an_authenticated_sender_of_expired_mail_gets_one_dsn() {
         events: Arc::new(index.clone()),
         index: Arc::new(index),
         audit: Arc::new(standby::backend::FsAuditLog::new(dir.path())),
+        mailboxes: None,
     };
     let now = Utc::now();
     let spool = Spool::new(

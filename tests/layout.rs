@@ -21,7 +21,7 @@ fn layer(module: &str) -> Option<Layer> {
         // Records counters and histograms; imports nothing of ours, so any layer may.
         "metrics" => Layer::Ports,
         "backend" | "smtp" | "dns" => Layer::Adapter,
-        "serve" | "cli" | "lambda" | "doctor" | "web" => Layer::Entry,
+        "serve" | "cli" | "lambda" | "doctor" | "web" | "imap" | "pop3" => Layer::Entry,
         _ => return None,
     })
 }

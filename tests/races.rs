@@ -190,6 +190,7 @@ fn storage(index: Arc<dyn Index>) -> (Storage, Arc<Spy>) {
         index: spy.clone(),
         audit: Arc::new(MemAuditLog::default()),
         events: Arc::new(standby::backend::MemEventStore::default()),
+        mailboxes: None,
     };
     (storage, spy)
 }

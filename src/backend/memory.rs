@@ -475,3 +475,69 @@ impl BlobStore for FaultyBlobs {
         Ok(true)
     }
 }
+
+/// Each user's UIDs and flags in memory.
+#[derive(Clone, Default)]
+pub struct MemMailboxes {
+    state: Arc<Mutex<HashMap<String, crate::model::mailbox::MailboxState>>>,
+}
+
+impl MemMailboxes {
+    fn with<T>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&mut crate::model::mailbox::MailboxState) -> T,
+    ) -> T {
+        let mut all = self.state.lock().unwrap();
+        let state =
+            all.entry(user.to_string())
+                .or_insert_with(|| crate::model::mailbox::MailboxState {
+                    validity: u32::try_from(Utc::now().timestamp()).unwrap_or(1),
+                    next_uid: 1,
+                    entries: Vec::new(),
+                });
+        f(state)
+    }
+}
+
+#[async_trait]
+impl crate::ports::Mailboxes for MemMailboxes {
+    async fn load(&self, user: &str) -> Result<crate::model::mailbox::MailboxState, StoreError> {
+        Ok(self.with(user, |s| s.clone()))
+    }
+
+    async fn assign(
+        &self,
+        user: &str,
+        ids: &[MessageId],
+    ) -> Result<crate::model::mailbox::MailboxState, StoreError> {
+        Ok(self.with(user, |s| {
+            for id in ids {
+                if !s.entries.iter().any(|e| e.id == *id) {
+                    s.entries.push(crate::model::mailbox::UidEntry {
+                        uid: s.next_uid,
+                        id: *id,
+                        flags: crate::model::mailbox::Flags::default(),
+                    });
+                    s.next_uid += 1;
+                }
+            }
+            s.clone()
+        }))
+    }
+
+    async fn set_flags(
+        &self,
+        user: &str,
+        flags: &[(u32, crate::model::mailbox::Flags)],
+    ) -> Result<(), StoreError> {
+        self.with(user, |s| {
+            for (uid, f) in flags {
+                if let Some(e) = s.entries.iter_mut().find(|e| e.uid == *uid) {
+                    e.flags = *f;
+                }
+            }
+        });
+        Ok(())
+    }
+}

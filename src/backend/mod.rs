@@ -35,7 +35,7 @@ use crate::ports::{AuditEntry, AuditLog, Storage};
 pub use audit::FsAuditLog;
 pub use fs::FsBlobStore;
 pub use limits::MemLoginLimits;
-pub use memory::{MemAuditLog, MemBlobStore, MemEventStore, MemIndex};
+pub use memory::{MemAuditLog, MemBlobStore, MemEventStore, MemIndex, MemMailboxes};
 pub use sqlite::SqliteIndex;
 pub use users_file::LocalUserFiles;
 
@@ -116,6 +116,7 @@ impl Storage {
             index: Arc::new(clients.index(settings)),
             audit: Arc::new(clients.audit_log(settings)),
             events: Arc::new(clients.events(settings)),
+            mailboxes: None,
         }
     }
 
@@ -170,6 +171,7 @@ impl Storage {
             Storage {
                 blobs: Arc::new(blobs),
                 events: Arc::new(index.clone()),
+                mailboxes: Some(Arc::new(index.clone())),
                 index: Arc::new(index),
                 audit: Arc::new(audit),
             },
@@ -205,6 +207,7 @@ impl Storage {
         Ok(Storage {
             blobs: Arc::new(blobs),
             events: Arc::new(index.clone()),
+            mailboxes: Some(Arc::new(index.clone())),
             index: Arc::new(index),
             audit: Arc::new(FsAuditLog::new(dir)),
         })
@@ -229,6 +232,7 @@ impl Storage {
             index: Arc::new(clients.index(settings)),
             audit: Arc::new(clients.audit_log(settings)),
             events: Arc::new(clients.events(settings)),
+            mailboxes: None,
         }
     }
 
@@ -239,6 +243,7 @@ impl Storage {
             index: Arc::new(MemIndex::default()),
             audit: Arc::new(MemAuditLog::default()),
             events: Arc::new(MemEventStore::default()),
+            mailboxes: Some(Arc::new(MemMailboxes::default())),
         }
     }
 }

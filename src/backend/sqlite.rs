@@ -51,6 +51,7 @@ use super::group::Group;
 use crate::error::StoreError;
 
 mod events;
+mod mailboxes;
 use crate::model::HealthRecord;
 use crate::model::{Class, Counts, Lease, MessageId, Record, Status, Verdicts};
 use crate::ports::{ClaimRequest, Index, ListQuery, MailboxFilter};
@@ -369,13 +370,15 @@ fn write_if(
     rec: &Record,
     allowed: impl FnOnce(&Option<String>, Option<i64>) -> bool,
 ) -> Result<Result<(), StoreError>, StoreError> {
+    // Cached statements: the drain writes back every message it sends through here.
     let lease: Option<(Option<String>, Option<i64>, i64)> = tx
-        .query_row(
-            "SELECT lease_owner, lease_until, version FROM messages WHERE id = ?1",
-            [rec.id.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
+        .prepare_cached("SELECT lease_owner, lease_until, version FROM messages WHERE id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([rec.id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
         .map_err(db_err)?;
     match lease {
         None => Ok(Err(StoreError::NotFound(rec.id))),
@@ -804,6 +807,7 @@ impl SqliteIndex {
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.execute_batch(events::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(mailboxes::SCHEMA).map_err(db_err)?;
         migrate_versions(&conn)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -945,17 +949,20 @@ fn write_record(tx: &rusqlite::Transaction<'_>, rec: &Record) -> Result<usize, S
         version: rec.version + 1,
         ..rec.clone()
     };
-    tx.execute(
+    let json = record_json(&next)?;
+    tx.prepare_cached(
         "UPDATE messages SET status = ?2, next_attempt_at = ?3, lease_owner = NULL,
                 lease_until = NULL, record = ?4, version = ?5 WHERE id = ?1",
-        params![
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
             rec.id.to_string(),
             rec.status.as_str(),
             ms(rec.next_attempt_at),
-            record_json(&next)?,
+            json,
             stored_version(next.version),
-        ],
-    )
+        ])
+    })
     .map_err(db_err)
 }
 

@@ -82,6 +82,7 @@ pub(super) async fn reindex(config: &Config, held: bool, json: bool) -> Result<(
         index: std::sync::Arc::new(index.clone()),
         audit: std::sync::Arc::new(crate::backend::FsAuditLog::new(dir)),
         events: std::sync::Arc::new(index.clone()),
+        mailboxes: Some(std::sync::Arc::new(index.clone())),
     };
     let unpublished = recovered
         .unpublished

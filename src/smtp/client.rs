@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::data::dot_stuff;
+use super::data::{dot_stuff, needs_stuffing};
 use super::server::Io;
 use super::tls::{CertPolicy, ClientTls};
 use crate::config::{Config, StageTimeouts, TlsMode};
@@ -773,9 +773,15 @@ impl SmtpSession {
             if n == 0 {
                 break;
             }
-            out.clear();
-            dot_stuff(&chunk[..n], &mut at_line_start, &mut out);
-            self.write(&out, "message data", block).await?;
+            let data = &chunk[..n];
+            if needs_stuffing(data, at_line_start) {
+                out.clear();
+                dot_stuff(data, &mut at_line_start, &mut out);
+                self.write(&out, "message data", block).await?;
+            } else {
+                at_line_start = data.last() == Some(&b'\n');
+                self.write(data, "message data", block).await?;
+            }
         }
         (self.chunk, self.stuffed) = (chunk, out);
         Ok(if at_line_start {

@@ -174,6 +174,13 @@ impl HopCounter {
     }
 }
 
+/// Whether [`dot_stuff`] would change `chunk`: a line in it starts with a dot. Most
+/// messages have no such line, and the drain then sends its chunks as they are, without
+/// a copy.
+pub fn needs_stuffing(chunk: &[u8], at_line_start: bool) -> bool {
+    (at_line_start && chunk.first() == Some(&b'.')) || memchr::memmem::find(chunk, b"\n.").is_some()
+}
+
 /// Dot-stuff a message for sending (RFC 5321 §4.5.2). The caller tracks whether the
 /// previous chunk ended a line (`at_line_start`), since messages are sent in chunks.
 pub fn dot_stuff(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
@@ -298,6 +305,19 @@ mod tests {
                 proptest::prop_assert_eq!(a, b);
             }
             proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn needs_stuffing_says_whether_dot_stuff_changes_the_chunk(
+            msg in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..60),
+            start: bool,
+        ) {
+            let mut out = Vec::new();
+            let mut at = start;
+            dot_stuff(&msg, &mut at, &mut out);
+            proptest::prop_assert_eq!(needs_stuffing(&msg, start), out != msg);
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub mod aliases;
 pub mod hash;
+pub mod login;
 pub mod passwd;
 pub mod session;
 

@@ -1,0 +1,179 @@
+//! Each user's UIDs and flags in the spool's index database: a row per user in
+//! `mailboxes` (UIDVALIDITY and the next UID) and a row per message given a UID in
+//! `mailbox_uids`, whose unique `(user, id)` keeps a message to one UID. Assigning runs
+//! in one immediate transaction, so sessions on the same spool never hand out a UID twice.
+
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+
+use super::{SqliteIndex, commit_err, db_err};
+use crate::error::StoreError;
+use crate::model::MessageId;
+use crate::model::mailbox::{Flags, MailboxState, UidEntry};
+use crate::ports::Mailboxes;
+
+/// The tables, created with the rest of the schema.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mailboxes (
+    user TEXT PRIMARY KEY,
+    validity INTEGER NOT NULL,
+    next_uid INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mailbox_uids (
+    user TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, uid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS mailbox_uids_by_id ON mailbox_uids (user, id);
+";
+
+/// A new mailbox's UIDVALIDITY: the time in seconds (RFC 3501 suggests a time), so a
+/// mailbox made again after its state was lost gets a greater one and clients start over.
+fn new_validity() -> u32 {
+    let secs = chrono::Utc::now().timestamp();
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+}
+
+fn read(tx: &rusqlite::Transaction<'_>, user: &str) -> Result<MailboxState, StoreError> {
+    let head: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT validity, next_uid FROM mailboxes WHERE user = ?1")
+        .and_then(|mut s| {
+            s.query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db_err)?;
+    let (validity, next_uid) = match head {
+        Some(h) => h,
+        None => {
+            let v = i64::from(new_validity());
+            tx.execute(
+                "INSERT INTO mailboxes (user, validity, next_uid) VALUES (?1, ?2, 1)",
+                rusqlite::params![user, v],
+            )
+            .map_err(db_err)?;
+            (v, 1)
+        }
+    };
+    let mut stmt = tx
+        .prepare_cached("SELECT uid, id, flags FROM mailbox_uids WHERE user = ?1 ORDER BY uid")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([user], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (uid, id, flags) = row.map_err(db_err)?;
+        let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt {
+            id: format!("mailbox of {}", crate::model::redact(user)),
+            detail: format!("`{id}` is no message id"),
+        })?;
+        entries.push(UidEntry {
+            uid: u32::try_from(uid).unwrap_or(u32::MAX),
+            id,
+            flags: Flags(u8::try_from(flags & 0xff).unwrap_or(0)),
+        });
+    }
+    Ok(MailboxState {
+        validity: u32::try_from(validity).unwrap_or(1),
+        next_uid: u32::try_from(next_uid).unwrap_or(u32::MAX),
+        entries,
+    })
+}
+
+#[async_trait]
+impl Mailboxes for SqliteIndex {
+    async fn load(&self, user: &str) -> Result<MailboxState, StoreError> {
+        let user = user.to_string();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let state = read(&tx, &user)?;
+            tx.commit().map_err(commit_err)?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn assign(&self, user: &str, ids: &[MessageId]) -> Result<MailboxState, StoreError> {
+        let (user, ids) = (user.to_string(), ids.to_vec());
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut state = read(&tx, &user)?;
+            let known: std::collections::HashSet<MessageId> =
+                state.entries.iter().map(|e| e.id).collect();
+            let mut next = state.next_uid;
+            let mut added = std::collections::HashSet::new();
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, 0)",
+                    )
+                    .map_err(db_err)?;
+                for id in ids {
+                    if known.contains(&id) || !added.insert(id) {
+                        continue;
+                    }
+                    if next == u32::MAX {
+                        return Err(StoreError::Corrupt {
+                            id: format!("mailbox of {}", crate::model::redact(&user)),
+                            detail: "no UIDs left".into(),
+                        });
+                    }
+                    insert
+                        .execute(rusqlite::params![user, i64::from(next), id.to_string()])
+                        .map_err(db_err)?;
+                    state.entries.push(UidEntry {
+                        uid: next,
+                        id,
+                        flags: Flags::default(),
+                    });
+                    next += 1;
+                }
+            }
+            if next != state.next_uid {
+                tx.execute(
+                    "UPDATE mailboxes SET next_uid = ?2 WHERE user = ?1",
+                    rusqlite::params![user, i64::from(next)],
+                )
+                .map_err(db_err)?;
+                state.next_uid = next;
+            }
+            tx.commit().map_err(commit_err)?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn set_flags(&self, user: &str, flags: &[(u32, Flags)]) -> Result<(), StoreError> {
+        let (user, flags) = (user.to_string(), flags.to_vec());
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE mailbox_uids SET flags = ?3 WHERE user = ?1 AND uid = ?2",
+                    )
+                    .map_err(db_err)?;
+                for (uid, f) in &flags {
+                    stmt.execute(rusqlite::params![user, i64::from(*uid), i64::from(f.0)])
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(commit_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,1257 @@
+//! One IMAP connection: its states (RFC 3501 §3), the commands of each, and IDLE.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::ResponseCodec;
+use imap_codec::encode::Encoder;
+use imap_next::imap_types::IntoStatic;
+use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_next::imap_types::command::{Command, CommandBody};
+use imap_next::imap_types::core::{Atom, IString, NString, QuotedChar, Tag, Vec1};
+use imap_next::imap_types::datetime::DateTime;
+use imap_next::imap_types::extensions::namespace::Namespace;
+use imap_next::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_next::imap_types::flag::{
+    Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType,
+};
+use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_next::imap_types::response::{
+    Capability, Code, CodeOther, CommandContinuationRequest, Data, Greeting, Response, Status,
+};
+use imap_next::imap_types::search::SearchKey;
+use imap_next::imap_types::sequence::SequenceSet;
+use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
+use imap_next::server::{Event, Options, Server};
+use imap_next::types::CommandAuthenticate;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::driver::{Conn, DriveError};
+use super::search::{self, Candidate, Largest};
+use super::{Imap, mime};
+use crate::error::StoreError;
+use crate::mailbox::uids::{Message, snapshot};
+use crate::mailbox::{View, shows_original};
+use crate::model::mailbox::Flags;
+use crate::users::Account;
+use crate::users::login::Outcome;
+
+/// Silence before a session that has not logged in is closed.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Silence before a logged-in session is closed (RFC 3501 §5.4: at least 30 minutes).
+const AUTOLOGOUT: Duration = Duration::from_secs(31 * 60);
+/// Bytes a streamed literal is copied in.
+const CHUNK: usize = 64 * 1024;
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.crlf_relaxed = true;
+    // No APPEND: nothing a client sends needs a large literal (imap-next's default
+    // would let anyone, before login, park 25 MiB per connection).
+    o.max_literal_size = 64 * 1024;
+    o.max_command_size = 128 * 1024;
+    o
+}
+
+fn greeting() -> Greeting<'static> {
+    Greeting::ok(None, "standby-mx IMAP ready").expect("static text")
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+fn ok(tag: &Tag<'static>, code: Option<Code<'static>>, text: &'static str) -> Status<'static> {
+    Status::ok(Some(tag.clone()), code, text).expect("static text")
+}
+
+fn no(tag: &Tag<'static>, code: Option<Code<'static>>, text: &'static str) -> Status<'static> {
+    Status::no(Some(tag.clone()), code, text).expect("static text")
+}
+
+fn bad(tag: &Tag<'static>, text: &'static str) -> Status<'static> {
+    Status::bad(Some(tag.clone()), None, text).expect("static text")
+}
+
+fn code(name: &'static str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(name.as_bytes()))
+}
+
+/// The tag of a command imap-codec could not parse (an unknown command lands there).
+fn tag_of(discarded: &[u8]) -> Option<Tag<'static>> {
+    let end = discarded
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    Tag::try_from(String::from_utf8(discarded[..end].to_vec()).ok()?).ok()
+}
+
+fn system_flags() -> Vec<Flag<'static>> {
+    vec![
+        Flag::Answered,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Seen,
+        Flag::Draft,
+    ]
+}
+
+fn flag_bits(flags: &[Flag<'_>]) -> Flags {
+    flags.iter().fold(Flags::default(), |acc, f| match f {
+        Flag::Seen => acc.with(Flags::SEEN),
+        Flag::Answered => acc.with(Flags::ANSWERED),
+        Flag::Flagged => acc.with(Flags::FLAGGED),
+        Flag::Deleted => acc.with(Flags::DELETED),
+        Flag::Draft => acc.with(Flags::DRAFT),
+        _ => acc,
+    })
+}
+
+fn flag_list(f: Flags) -> Vec<FlagFetch<'static>> {
+    [
+        (Flags::SEEN, Flag::Seen),
+        (Flags::ANSWERED, Flag::Answered),
+        (Flags::FLAGGED, Flag::Flagged),
+        (Flags::DELETED, Flag::Deleted),
+        (Flags::DRAFT, Flag::Draft),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| f.has(*bit))
+    .map(|(_, flag)| FlagFetch::from(flag))
+    .collect()
+}
+
+fn internal_date(rec: &crate::model::Record) -> Option<DateTime> {
+    let at = chrono::DateTime::from_timestamp(rec.received_at.timestamp(), 0)?;
+    DateTime::try_from(at.fixed_offset()).ok()
+}
+
+/// The mailbox a logged-in session has selected.
+struct Selected {
+    read_only: bool,
+    next_uid: u32,
+    msgs: Vec<Message>,
+}
+
+impl Selected {
+    fn largest(&self) -> Largest {
+        Largest {
+            seq: u32::try_from(self.msgs.len()).unwrap_or(u32::MAX),
+            uid: self.msgs.last().map_or(0, |m| m.uid),
+        }
+    }
+
+    /// Indices of the messages `set` names, by UID or by sequence number.
+    fn pick(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+        let largest = self.largest();
+        (0..self.msgs.len())
+            .filter(|&i| {
+                if uid {
+                    search::in_set(set, self.msgs[i].uid, largest.uid)
+                } else {
+                    search::in_set(set, u32::try_from(i + 1).unwrap_or(u32::MAX), largest.seq)
+                }
+            })
+            .collect()
+    }
+}
+
+enum End {
+    Closed,
+    StartTls,
+}
+
+struct Session {
+    imap: Arc<Imap>,
+    peer: IpAddr,
+    tls: bool,
+    account: Option<Account>,
+    selected: Option<Selected>,
+    idle_tag: Option<Tag<'static>>,
+    auth_tag: Option<Tag<'static>>,
+    seen_mail: u64,
+}
+
+/// A connection on the plain listener (STARTTLS offered when `[tls]` is set).
+pub async fn serve_plain(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
+    let mut s = Session::new(imap.clone(), peer, false);
+    let conn = Conn::new(tcp);
+    match s.run(conn, Server::new(options(), greeting())).await {
+        Ok((End::StartTls, conn)) => {
+            let Some(acceptor) = imap.tls.clone() else {
+                return;
+            };
+            let tcp = conn.into_inner();
+            let tls = match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "imap: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut server = Server::new(options(), greeting());
+            // No greeting after STARTTLS: take the one a new server queues and drop it.
+            discard_greeting(&mut server);
+            s.tls = true;
+            if let Err(e) = s.run(Conn::new(tls), server).await {
+                tracing::debug!(error = %e, "imap: session ended");
+            }
+        }
+        Ok((End::Closed, _)) => {}
+        Err(e) => tracing::debug!(error = %e, "imap: session ended"),
+    }
+}
+
+/// A connection on the implicit-TLS listener.
+pub async fn serve_tls(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
+    let Some(acceptor) = imap.tls.clone() else {
+        return;
+    };
+    let tls = match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "imap: TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut s = Session::new(imap, peer, true);
+    if let Err(e) = s
+        .run(Conn::new(tls), Server::new(options(), greeting()))
+        .await
+    {
+        tracing::debug!(error = %e, "imap: session ended");
+    }
+}
+
+fn discard_greeting(server: &mut Server) {
+    use imap_next::{Interrupt, Io, State};
+    if let Err(Interrupt::Io(Io::Output(_))) = State::next(server) {
+        let _ = State::next(server);
+    }
+}
+
+impl Session {
+    fn new(imap: Arc<Imap>, peer: IpAddr, tls: bool) -> Self {
+        let seen_mail = *imap.new_mail.borrow();
+        Session {
+            imap,
+            peer,
+            tls,
+            account: None,
+            selected: None,
+            idle_tag: None,
+            auth_tag: None,
+            seen_mail,
+        }
+    }
+
+    fn capabilities(&self) -> Vec1<Capability<'static>> {
+        let mut caps = vec![Capability::Imap4Rev1];
+        if self.account.is_none() {
+            if !self.tls && self.imap.tls.is_some() {
+                caps.push(Capability::StartTls);
+            }
+            if self.tls || self.imap.allow_plaintext_auth {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        caps.extend([
+            Capability::Idle,
+            Capability::UidPlus,
+            Capability::Enable,
+            Capability::Id,
+            Capability::Namespace,
+            Capability::Unselect,
+        ]);
+        Vec1::try_from(caps).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
+    }
+
+    fn may_log_in(&self) -> bool {
+        self.tls || self.imap.allow_plaintext_auth
+    }
+
+    fn view<'a>(&self, account: &'a Account) -> View<'a> {
+        View {
+            account,
+            history_days: self.imap.history_days,
+            now: self.imap.clock.now(),
+        }
+    }
+
+    async fn run<S>(
+        &mut self,
+        mut conn: Conn<S>,
+        mut server: Server,
+    ) -> Result<(End, Conn<S>), DriveError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut new_mail = self.imap.new_mail.clone();
+        loop {
+            let limit = if self.account.is_some() {
+                AUTOLOGOUT
+            } else {
+                LOGIN_TIMEOUT
+            };
+            let idling = self.idle_tag.is_some();
+            let event = tokio::select! {
+                ev = tokio::time::timeout(limit, conn.next_event(&mut server)) => match ev {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        server.enqueue_status(
+                            Status::bye(None, "Autologout; idle for too long").expect("static text"),
+                        );
+                        let _ = conn.flush(&mut server).await;
+                        return Ok((End::Closed, conn));
+                    }
+                },
+                _ = new_mail.changed(), if idling => {
+                    self.refresh(&mut server).await;
+                    continue;
+                }
+                _ = tokio::time::sleep(self.imap.poll), if idling => {
+                    self.refresh(&mut server).await;
+                    continue;
+                }
+            };
+            let event = match event {
+                Ok(ev) => ev,
+                Err(DriveError::State(imap_next::server::Error::LiteralTooLong { .. })) => continue,
+                Err(DriveError::State(
+                    imap_next::server::Error::MalformedMessage { discarded_bytes }
+                    | imap_next::server::Error::CommandTooLong { discarded_bytes }
+                    | imap_next::server::Error::ExpectedCrlfGotLf { discarded_bytes },
+                )) => {
+                    let status = match tag_of(discarded_bytes.declassify()) {
+                        Some(tag) => bad(&tag, "Unknown command or syntax error"),
+                        None => Status::bad(None, None, "Syntax error").expect("static text"),
+                    };
+                    server.enqueue_status(status);
+                    continue;
+                }
+                Err(DriveError::Closed) => return Ok((End::Closed, conn)),
+                Err(e) => return Err(e),
+            };
+            match event {
+                Event::GreetingSent { .. } | Event::ResponseSent { .. } => {}
+                Event::IdleCommandReceived { tag } => {
+                    if self.account.is_none() {
+                        let _ = server.idle_reject(no(&tag, None, "Log in first"));
+                    } else {
+                        let go =
+                            CommandContinuationRequest::basic(None, "idling").expect("static text");
+                        let _ = server.idle_accept(go);
+                        self.idle_tag = Some(tag);
+                        // What arrived since the last look is reported at once.
+                        self.refresh(&mut server).await;
+                    }
+                }
+                Event::IdleDoneReceived => {
+                    if let Some(tag) = self.idle_tag.take() {
+                        server.enqueue_status(ok(&tag, None, "IDLE terminated"));
+                    }
+                }
+                Event::CommandAuthenticateReceived {
+                    command_authenticate:
+                        CommandAuthenticate {
+                            tag,
+                            mechanism,
+                            initial_response,
+                        },
+                } => {
+                    let status = if self.account.is_some() {
+                        Some(bad(&tag, "Already logged in"))
+                    } else if mechanism != AuthMechanism::Plain {
+                        Some(no(&tag, None, "Only AUTHENTICATE PLAIN"))
+                    } else if !self.may_log_in() {
+                        Some(no(
+                            &tag,
+                            Some(code("PRIVACYREQUIRED")),
+                            "STARTTLS first: no passwords in plain text",
+                        ))
+                    } else if let Some(ir) = initial_response {
+                        Some(self.plain(&tag, ir.declassify()).await)
+                    } else {
+                        let _ = server
+                            .authenticate_continue(CommandContinuationRequest::base64(Vec::new()));
+                        self.auth_tag = Some(tag);
+                        None
+                    };
+                    if let Some(status) = status {
+                        let _ = server.authenticate_finish(status);
+                    }
+                }
+                Event::AuthenticateDataReceived { authenticate_data } => {
+                    let Some(tag) = self.auth_tag.take() else {
+                        continue;
+                    };
+                    let status = match authenticate_data {
+                        AuthenticateData::Continue(data) => {
+                            self.plain(&tag, data.declassify()).await
+                        }
+                        AuthenticateData::Cancel => bad(&tag, "AUTHENTICATE cancelled"),
+                    };
+                    let _ = server.authenticate_finish(status);
+                }
+                Event::CommandReceived { command } => {
+                    if let Some(end) = self.command(&mut conn, &mut server, command).await? {
+                        return Ok((end, conn));
+                    }
+                }
+            }
+        }
+    }
+
+    /// AUTHENTICATE PLAIN's `authzid NUL authcid NUL password`.
+    async fn plain(&mut self, tag: &Tag<'static>, data: &[u8]) -> Status<'static> {
+        let mut parts = data.split(|&b| b == 0);
+        let (authz, user, pass) = (parts.next(), parts.next(), parts.next());
+        let (Some(authz), Some(user), Some(pass), None) = (authz, user, pass, parts.next()) else {
+            return bad(tag, "Malformed PLAIN response");
+        };
+        if !authz.is_empty() && authz != user {
+            return no(
+                tag,
+                Some(code("AUTHORIZATIONFAILED")),
+                "No logging in as someone else",
+            );
+        }
+        let (user, pass) = (String::from_utf8_lossy(user), String::from_utf8_lossy(pass));
+        self.login(tag, &user, &pass).await
+    }
+
+    async fn login(&mut self, tag: &Tag<'static>, name: &str, password: &str) -> Status<'static> {
+        match self
+            .imap
+            .logins
+            .login("imap", name, password, self.peer)
+            .await
+        {
+            Outcome::Ok(account) => {
+                self.account = Some(account);
+                ok(
+                    tag,
+                    Some(Code::Capability(self.capabilities())),
+                    "Logged in",
+                )
+            }
+            Outcome::Failed => no(
+                tag,
+                Some(code("AUTHENTICATIONFAILED")),
+                "Wrong address or password",
+            ),
+            Outcome::Blocked(_) => no(
+                tag,
+                Some(code("UNAVAILABLE")),
+                "Too many failed logins; try again in a minute",
+            ),
+            Outcome::Unavailable(why) => {
+                tracing::error!(error = %why, "imap: login check failed");
+                no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "Logins are unavailable right now",
+                )
+            }
+        }
+    }
+
+    /// Look at the mailbox again while selected: report what left it (EXPUNGE) and
+    /// what arrived (EXISTS).
+    async fn refresh(&mut self, server: &mut Server) {
+        self.seen_mail = *self.imap.new_mail.borrow();
+        let (Some(account), Some(sel)) = (self.account.clone(), self.selected.as_mut()) else {
+            return;
+        };
+        let view = View {
+            account: &account,
+            history_days: self.imap.history_days,
+            now: self.imap.clock.now(),
+        };
+        let mailboxes = match &self.imap.storage.mailboxes {
+            Some(m) => m.clone(),
+            None => return,
+        };
+        let snap = match snapshot(&view, self.imap.storage.index.as_ref(), mailboxes.as_ref()).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "imap: cannot look at the mailbox");
+                return;
+            }
+        };
+        let present: std::collections::HashSet<u32> = snap.messages.iter().map(|m| m.uid).collect();
+        for i in (0..sel.msgs.len()).rev() {
+            if !present.contains(&sel.msgs[i].uid) {
+                sel.msgs.remove(i);
+                server.enqueue_data(Data::Expunge(nz(u32::try_from(i + 1).unwrap_or(u32::MAX))));
+            }
+        }
+        let last = sel.msgs.last().map_or(0, |m| m.uid);
+        let before = sel.msgs.len();
+        sel.msgs
+            .extend(snap.messages.into_iter().filter(|m| m.uid > last));
+        sel.next_uid = snap.next_uid;
+        if sel.msgs.len() != before {
+            server.enqueue_data(Data::Exists(
+                u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX),
+            ));
+        }
+    }
+
+    async fn open(&self) -> Result<crate::mailbox::uids::Snapshot, StoreError> {
+        let account =
+            self.account
+                .as_ref()
+                .ok_or(StoreError::Changed(crate::model::MessageId::new(
+                    chrono::Utc::now(),
+                )))?;
+        let mailboxes = self
+            .imap
+            .storage
+            .mailboxes
+            .clone()
+            .ok_or_else(|| StoreError::Backend {
+                backend: "mailboxes",
+                detail: "this store keeps no IMAP mailboxes".into(),
+                transient: false,
+                source: None,
+            })?;
+        snapshot(
+            &self.view(account),
+            self.imap.storage.index.as_ref(),
+            mailboxes.as_ref(),
+        )
+        .await
+    }
+
+    async fn save_flags(&self, changes: &[(u32, Flags)]) -> Result<(), StoreError> {
+        let (Some(account), Some(m)) = (&self.account, &self.imap.storage.mailboxes) else {
+            return Ok(());
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        m.set_flags(&account.address, changes).await
+    }
+
+    async fn select(
+        &mut self,
+        server: &mut Server,
+        tag: &Tag<'static>,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+    ) {
+        self.selected = None;
+        if *mailbox != Mailbox::Inbox {
+            server.enqueue_status(no(tag, Some(code("NONEXISTENT")), "Only INBOX here"));
+            return;
+        }
+        let snap = match self.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "imap: the store did not answer");
+                server.enqueue_status(no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "The store did not answer; try again",
+                ));
+                return;
+            }
+        };
+        server.enqueue_data(Data::Flags(system_flags()));
+        let perm: Vec<FlagPerm> = if read_only {
+            vec![]
+        } else {
+            system_flags().into_iter().map(FlagPerm::from).collect()
+        };
+        server.enqueue_status(
+            Status::ok(
+                None,
+                Some(Code::PermanentFlags(perm)),
+                "Flags kept per user",
+            )
+            .expect("static text"),
+        );
+        server.enqueue_data(Data::Exists(
+            u32::try_from(snap.messages.len()).unwrap_or(u32::MAX),
+        ));
+        server.enqueue_data(Data::Recent(0));
+        server.enqueue_status(
+            Status::ok(
+                None,
+                Some(Code::UidValidity(nz(snap.validity))),
+                "UIDs valid",
+            )
+            .expect("static text"),
+        );
+        server.enqueue_status(
+            Status::ok(
+                None,
+                Some(Code::UidNext(nz(snap.next_uid))),
+                "Predicted next UID",
+            )
+            .expect("static text"),
+        );
+        self.seen_mail = *self.imap.new_mail.borrow();
+        self.selected = Some(Selected {
+            read_only,
+            next_uid: snap.next_uid,
+            msgs: snap.messages,
+        });
+        server.enqueue_status(if read_only {
+            ok(tag, Some(Code::ReadOnly), "EXAMINE completed")
+        } else {
+            ok(tag, Some(Code::ReadWrite), "SELECT completed")
+        });
+    }
+
+    /// The bytes a user sees of a message (`None`: gone from the store meanwhile).
+    async fn content(&self, m: &Message) -> Result<Option<Vec<u8>>, StoreError> {
+        crate::mailbox::content(self.imap.storage.blobs.as_ref(), &m.rec).await
+    }
+
+    async fn fetch<S>(
+        &mut self,
+        conn: &mut Conn<S>,
+        server: &mut Server,
+        set: &SequenceSet,
+        names: &[MessageDataItemName<'static>],
+        uid: bool,
+    ) -> Result<Result<(), StoreError>, DriveError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(sel) = &self.selected else {
+            return Ok(Ok(()));
+        };
+        let picked = sel.pick(set, uid);
+        let read_only = sel.read_only;
+        let whole = |n: &MessageDataItemName<'_>| {
+            matches!(
+                n,
+                MessageDataItemName::BodyExt {
+                    section: None,
+                    partial: None,
+                    ..
+                }
+            )
+        };
+        let needs_bytes = names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::Envelope
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Body
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let mut changes = Vec::new();
+        for i in picked {
+            let Some(sel) = &self.selected else { break };
+            let m = sel.msgs[i].clone();
+            let seq = nz(u32::try_from(i + 1).unwrap_or(u32::MAX));
+            let sets_seen = !read_only
+                && !m.flags.has(Flags::SEEN)
+                && names.iter().any(|n| match n {
+                    MessageDataItemName::BodyExt { peek, .. } => !peek,
+                    MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
+                    _ => false,
+                });
+            let flags = if sets_seen {
+                changes.push((m.uid, m.flags.with(Flags::SEEN)));
+                m.flags.with(Flags::SEEN)
+            } else {
+                m.flags
+            };
+            if let Some(sel) = self.selected.as_mut() {
+                sel.msgs[i].flags = flags;
+            }
+            // A whole message is streamed from the store, never built in memory.
+            let streamed = names.iter().any(whole) && !shows_original(&m.rec);
+            let bytes = if needs_bytes
+                && (!streamed || names.iter().any(|n| !whole(n) && needs_bytes_for(n)))
+            {
+                match self.content(&m).await {
+                    Ok(b) => b,
+                    Err(e) => return Ok(Err(e)),
+                }
+            } else {
+                None
+            };
+            let size = match &bytes {
+                Some(b) if shows_original(&m.rec) => u32::try_from(b.len()).unwrap_or(u32::MAX),
+                _ if shows_original(&m.rec) => match self.content(&m).await {
+                    Ok(b) => u32::try_from(b.map_or(0, |b| b.len())).unwrap_or(u32::MAX),
+                    Err(e) => return Ok(Err(e)),
+                },
+                _ => u32::try_from(m.rec.size).unwrap_or(u32::MAX),
+            };
+            let mut items = Vec::new();
+            if uid && !names.contains(&MessageDataItemName::Uid) {
+                items.push(MessageDataItem::Uid(nz(m.uid)));
+            }
+            let parsed = bytes
+                .as_deref()
+                .and_then(|b| mail_parser::MessageParser::default().parse(b));
+            let raw = bytes.as_deref().unwrap_or_default();
+            let mut want_flags = sets_seen;
+            for name in names {
+                match name {
+                    MessageDataItemName::Uid => items.push(MessageDataItem::Uid(nz(m.uid))),
+                    MessageDataItemName::Flags => want_flags = true,
+                    MessageDataItemName::Rfc822Size => {
+                        items.push(MessageDataItem::Rfc822Size(size))
+                    }
+                    MessageDataItemName::InternalDate => {
+                        if let Some(d) = internal_date(&m.rec) {
+                            items.push(MessageDataItem::InternalDate(d));
+                        }
+                    }
+                    MessageDataItemName::Envelope => {
+                        if let Some(p) = &parsed {
+                            items.push(MessageDataItem::Envelope(mime::envelope(p)));
+                        }
+                    }
+                    MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
+                        if let Some(p) = &parsed {
+                            let ext = matches!(name, MessageDataItemName::BodyStructure);
+                            let bs = mime::body_structure(p, 0, raw, ext);
+                            items.push(if ext {
+                                MessageDataItem::BodyStructure(bs)
+                            } else {
+                                MessageDataItem::Body(bs)
+                            });
+                        }
+                    }
+                    n if whole(n) && streamed => {}
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        let bytes = match (&parsed, section) {
+                            (_, None) => Some(raw.to_vec()),
+                            (Some(p), Some(s)) => mime::section_bytes(p, raw, Some(s)),
+                            (None, Some(_)) => None,
+                        }
+                        .unwrap_or_default();
+                        let (origin, bytes) = match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(bytes.len());
+                                let e = s.saturating_add(len.get() as usize).min(bytes.len());
+                                (Some(*start), bytes[s..e].to_vec())
+                            }
+                            None => (None, bytes),
+                        };
+                        items.push(MessageDataItem::BodyExt {
+                            section: section.clone().map(IntoStatic::into_static),
+                            origin,
+                            data: mime::nstring_literal(bytes),
+                        });
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        items.push(MessageDataItem::Rfc822(mime::nstring_literal(raw.to_vec())));
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        let b = parsed
+                            .as_ref()
+                            .and_then(|p| mime::section_bytes(p, raw, Some(&Section::Header(None))))
+                            .unwrap_or_default();
+                        items.push(MessageDataItem::Rfc822Header(mime::nstring_literal(b)));
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        let b = parsed
+                            .as_ref()
+                            .and_then(|p| mime::section_bytes(p, raw, Some(&Section::Text(None))))
+                            .unwrap_or_default();
+                        items.push(MessageDataItem::Rfc822Text(mime::nstring_literal(b)));
+                    }
+                    _ => {}
+                }
+            }
+            if want_flags {
+                items.push(MessageDataItem::Flags(flag_list(flags)));
+            }
+            if streamed {
+                if let Err(e) = self.stream(conn, server, seq, items, &m).await? {
+                    return Ok(Err(e));
+                }
+            } else if let Ok(items) = Vec1::try_from(items) {
+                server.enqueue_data(Data::Fetch { seq, items });
+            }
+        }
+        Ok(self.save_flags(&changes).await)
+    }
+
+    /// `* n FETCH (... BODY[] {size}` then the message from the store in chunks: the
+    /// other items encoded by imap-codec, the literal spliced in.
+    async fn stream<S>(
+        &self,
+        conn: &mut Conn<S>,
+        server: &mut Server,
+        seq: NonZeroU32,
+        items: Vec<MessageDataItem<'static>>,
+        m: &Message,
+    ) -> Result<Result<(), StoreError>, DriveError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut body = match self.imap.storage.blobs.open(&m.rec.blob_key()).await {
+            Ok(b) => b,
+            Err(StoreError::MissingBlob(_)) => {
+                // Gone meanwhile (purged): the items without the body.
+                if let Ok(items) = Vec1::try_from(items) {
+                    server.enqueue_data(Data::Fetch { seq, items });
+                }
+                return Ok(Ok(()));
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        let size = m.rec.size;
+        let mut head = match Vec1::try_from(items) {
+            Ok(items) => {
+                let data = Data::Fetch { seq, items };
+                let mut b = ResponseCodec::default()
+                    .encode(&Response::Data(data))
+                    .dump();
+                b.truncate(b.len().saturating_sub(3)); // ")\r\n"
+                b.push(b' ');
+                b
+            }
+            Err(_) => format!("* {seq} FETCH (").into_bytes(),
+        };
+        head.extend_from_slice(format!("BODY[] {{{size}}}\r\n").as_bytes());
+        conn.write_raw(server, &head).await?;
+        let mut sent: u64 = 0;
+        let mut buf = vec![0u8; CHUNK];
+        while sent < size {
+            let want = usize::try_from((size - sent).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let n = body.read(&mut buf[..want]).await.map_err(DriveError::Io)?;
+            if n == 0 {
+                // The stored bytes end before their record's size: the literal cannot
+                // be finished, and the connection cannot go on.
+                tracing::error!(id = %m.rec.id, "imap: stored message shorter than its record");
+                return Err(DriveError::Closed);
+            }
+            conn.write_raw(server, &buf[..n]).await?;
+            sent += n as u64;
+        }
+        conn.write_raw(server, b")\r\n").await?;
+        conn.flush_raw().await?;
+        Ok(Ok(()))
+    }
+
+    async fn search(
+        &self,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+    ) -> Result<Vec<NonZeroU32>, StoreError> {
+        let Some(sel) = &self.selected else {
+            return Ok(vec![]);
+        };
+        let largest = sel.largest();
+        let bytes_too = search::needs_content(criteria);
+        let mut hits = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let bytes = if bytes_too || shows_original(&m.rec) {
+                self.content(m).await?
+            } else {
+                None
+            };
+            let parsed = bytes
+                .as_deref()
+                .and_then(|b| mail_parser::MessageParser::default().parse(b));
+            let size = match (&bytes, shows_original(&m.rec)) {
+                (Some(b), true) => u32::try_from(b.len()).unwrap_or(u32::MAX),
+                _ => u32::try_from(m.rec.size).unwrap_or(u32::MAX),
+            };
+            let c = Candidate {
+                seq,
+                uid: m.uid,
+                flags: m.flags,
+                rec: &m.rec,
+                raw: bytes.as_deref(),
+                parsed: parsed.as_ref(),
+                size,
+            };
+            if criteria.iter().all(|k| search::matches(k, &c, largest)) {
+                hits.push(nz(if uid { m.uid } else { seq }));
+            }
+        }
+        Ok(hits)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &mut self,
+        server: &mut Server,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) -> Status<'static> {
+        let Some(sel) = self.selected.as_mut() else {
+            return bad(tag, "Select a mailbox first");
+        };
+        if sel.read_only {
+            return no(tag, Some(Code::ReadOnly), "The mailbox is open read-only");
+        }
+        let given = flag_bits(flags);
+        let mut changes = Vec::new();
+        for i in sel.pick(set, uid) {
+            let m = &mut sel.msgs[i];
+            let new = match kind {
+                StoreType::Replace => Flags(given.0 | (m.flags.0 & !Flags::CLIENT.0)),
+                StoreType::Add => m.flags.with(given),
+                StoreType::Remove => m.flags.without(given),
+            };
+            if new != m.flags {
+                changes.push((m.uid, new));
+                m.flags = new;
+            }
+            if response == StoreResponse::Answer {
+                let mut items = vec![];
+                if uid {
+                    items.push(MessageDataItem::Uid(nz(m.uid)));
+                }
+                items.push(MessageDataItem::Flags(flag_list(new)));
+                if let Ok(items) = Vec1::try_from(items) {
+                    server.enqueue_data(Data::Fetch {
+                        seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)),
+                        items,
+                    });
+                }
+            }
+        }
+        match self.save_flags(&changes).await {
+            Ok(()) => ok(tag, None, "STORE completed"),
+            Err(e) => {
+                tracing::error!(error = %e, "imap: cannot keep the flags");
+                no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "The flags could not be kept; try again",
+                )
+            }
+        }
+    }
+
+    /// EXPUNGE, UID EXPUNGE (`only`) and CLOSE (`report` false): messages marked
+    /// \Deleted leave this user's view (hidden, never deleted).
+    async fn expunge(
+        &mut self,
+        server: &mut Server,
+        tag: &Tag<'static>,
+        only: Option<&SequenceSet>,
+        report: bool,
+    ) -> Status<'static> {
+        let Some(sel) = self.selected.as_mut() else {
+            return bad(tag, "Select a mailbox first");
+        };
+        if sel.read_only {
+            return if report {
+                no(tag, Some(Code::ReadOnly), "The mailbox is open read-only")
+            } else {
+                ok(tag, None, "CLOSE completed")
+            };
+        }
+        let largest = sel.largest().uid;
+        let gone: Vec<usize> = (0..sel.msgs.len())
+            .filter(|&i| {
+                let m = &sel.msgs[i];
+                m.flags.has(Flags::DELETED)
+                    && only.is_none_or(|set| search::in_set(set, m.uid, largest))
+            })
+            .collect();
+        let changes: Vec<(u32, Flags)> = gone
+            .iter()
+            .map(|&i| (sel.msgs[i].uid, sel.msgs[i].flags.with(Flags::HIDDEN)))
+            .collect();
+        if let Err(e) = self.save_flags(&changes).await {
+            tracing::error!(error = %e, "imap: cannot keep the expunge");
+            return no(tag, Some(code("UNAVAILABLE")), "Nothing removed; try again");
+        }
+        let Some(sel) = self.selected.as_mut() else {
+            return bad(tag, "Select a mailbox first");
+        };
+        for &i in gone.iter().rev() {
+            sel.msgs.remove(i);
+            if report {
+                server.enqueue_data(Data::Expunge(nz(u32::try_from(i + 1).unwrap_or(u32::MAX))));
+            }
+        }
+        ok(tag, None, "Removed from your view; the held mail is kept")
+    }
+
+    /// One command; `Some` when the connection ends (LOGOUT) or turns to TLS.
+    async fn command<S>(
+        &mut self,
+        conn: &mut Conn<S>,
+        server: &mut Server,
+        command: Command<'static>,
+    ) -> Result<Option<End>, DriveError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Command { tag, body } = command;
+        let unavailable = |tag: &Tag<'static>, e: &StoreError| {
+            tracing::error!(error = %e, "imap: the store did not answer");
+            no(
+                tag,
+                Some(code("UNAVAILABLE")),
+                "The store did not answer; try again",
+            )
+        };
+        match body {
+            CommandBody::Capability => {
+                server.enqueue_data(Data::Capability(self.capabilities()));
+                server.enqueue_status(ok(&tag, None, "CAPABILITY completed"));
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.refresh(server).await;
+                server.enqueue_status(ok(&tag, None, "NOOP completed"));
+            }
+            CommandBody::Logout => {
+                server.enqueue_status(Status::bye(None, "Logging out").expect("static text"));
+                server.enqueue_status(ok(&tag, None, "LOGOUT completed"));
+                conn.flush(server).await?;
+                return Ok(Some(End::Closed));
+            }
+            CommandBody::StartTLS => {
+                if self.tls || self.imap.tls.is_none() || self.account.is_some() {
+                    server.enqueue_status(bad(&tag, "STARTTLS not available"));
+                } else {
+                    server.enqueue_status(ok(&tag, None, "Begin TLS negotiation now"));
+                    conn.flush(server).await?;
+                    return Ok(Some(End::StartTls));
+                }
+            }
+            CommandBody::Login { username, password } => {
+                if self.account.is_some() {
+                    server.enqueue_status(bad(&tag, "Already logged in"));
+                } else if !self.may_log_in() {
+                    server.enqueue_status(no(
+                        &tag,
+                        Some(code("PRIVACYREQUIRED")),
+                        "STARTTLS first: no passwords in plain text",
+                    ));
+                } else {
+                    let name = String::from_utf8_lossy(username.as_ref()).into_owned();
+                    let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                    let status = self.login(&tag, &name, &pass).await;
+                    server.enqueue_status(status);
+                }
+            }
+            CommandBody::Id { .. } => {
+                server.enqueue_data(Data::Id {
+                    parameters: Some(vec![(
+                        IString::try_from("name").expect("static"),
+                        NString::try_from("standby-mx").expect("static"),
+                    )]),
+                });
+                server.enqueue_status(ok(&tag, None, "ID completed"));
+            }
+            _ if self.account.is_none() => {
+                server.enqueue_status(bad(&tag, "Log in first"));
+            }
+            CommandBody::Enable { .. } => {
+                server.enqueue_data(Data::Enabled {
+                    capabilities: vec![],
+                });
+                server.enqueue_status(ok(&tag, None, "ENABLE completed"));
+            }
+            CommandBody::Namespace => {
+                server.enqueue_data(Data::Namespace {
+                    personal: vec![Namespace::new(
+                        IString::try_from("").expect("static"),
+                        Some(QuotedChar::try_from('/').expect("static")),
+                    )],
+                    other: vec![],
+                    shared: vec![],
+                });
+                server.enqueue_status(ok(&tag, None, "NAMESPACE completed"));
+            }
+            CommandBody::List {
+                mailbox_wildcard, ..
+            }
+            | CommandBody::Lsub {
+                mailbox_wildcard, ..
+            } => {
+                let pattern: Vec<u8> = match &mailbox_wildcard {
+                    ListMailbox::Token(t) => t.as_ref().to_vec(),
+                    ListMailbox::String(s) => s.as_ref().to_vec(),
+                };
+                let delimiter = Some(QuotedChar::try_from('/').expect("static"));
+                if pattern.is_empty() {
+                    server.enqueue_data(Data::List {
+                        items: vec![FlagNameAttribute::Noselect],
+                        delimiter,
+                        mailbox: Mailbox::try_from("").expect("static"),
+                    });
+                } else if wildcard_matches(&pattern, b"INBOX") {
+                    server.enqueue_data(Data::List {
+                        items: vec![FlagNameAttribute::from(
+                            Atom::try_from("HasNoChildren").expect("static"),
+                        )],
+                        delimiter,
+                        mailbox: Mailbox::Inbox,
+                    });
+                }
+                server.enqueue_status(ok(&tag, None, "LIST completed"));
+            }
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => {
+                if mailbox != Mailbox::Inbox {
+                    server.enqueue_status(no(&tag, Some(code("NONEXISTENT")), "Only INBOX here"));
+                    return Ok(None);
+                }
+                let snap = match self.open().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        server.enqueue_status(unavailable(&tag, &e));
+                        return Ok(None);
+                    }
+                };
+                let count = u32::try_from(snap.messages.len()).unwrap_or(u32::MAX);
+                let unseen = snap
+                    .messages
+                    .iter()
+                    .filter(|m| !m.flags.has(Flags::SEEN))
+                    .count();
+                let items: Vec<StatusDataItem> = item_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        StatusDataItemName::Messages => Some(StatusDataItem::Messages(count)),
+                        StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
+                        StatusDataItemName::UidNext => {
+                            Some(StatusDataItem::UidNext(nz(snap.next_uid)))
+                        }
+                        StatusDataItemName::UidValidity => {
+                            Some(StatusDataItem::UidValidity(nz(snap.validity)))
+                        }
+                        StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(
+                            u32::try_from(unseen).unwrap_or(u32::MAX),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                server.enqueue_data(Data::Status {
+                    mailbox: Mailbox::Inbox,
+                    items: items.into(),
+                });
+                server.enqueue_status(ok(&tag, None, "STATUS completed"));
+            }
+            CommandBody::Select { mailbox, .. } => self.select(server, &tag, &mailbox, false).await,
+            CommandBody::Examine { mailbox, .. } => self.select(server, &tag, &mailbox, true).await,
+            _ if self.selected.is_none() => {
+                server.enqueue_status(bad(&tag, "Select a mailbox first"));
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                let names = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => m
+                        .expand()
+                        .into_iter()
+                        .map(IntoStatic::into_static)
+                        .collect::<Vec<_>>(),
+                    MacroOrMessageDataItemNames::MessageDataItemNames(n) => n,
+                };
+                match self.fetch(conn, server, &sequence_set, &names, uid).await {
+                    Ok(Ok(())) => server.enqueue_status(ok(&tag, None, "FETCH completed")),
+                    Ok(Err(e)) => server.enqueue_status(unavailable(&tag, &e)),
+                    Err(e) => return Err(e),
+                };
+            }
+            CommandBody::Search { criteria, uid, .. } => {
+                match self.search(criteria.as_ref(), uid).await {
+                    Ok(hits) => {
+                        server.enqueue_data(Data::Search(hits));
+                        server.enqueue_status(ok(&tag, None, "SEARCH completed"));
+                    }
+                    Err(e) => {
+                        server.enqueue_status(unavailable(&tag, &e));
+                    }
+                }
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                let status = self
+                    .store(server, &tag, &sequence_set, kind, response, &flags, uid)
+                    .await;
+                server.enqueue_status(status);
+            }
+            CommandBody::Expunge => {
+                let status = self.expunge(server, &tag, None, true).await;
+                server.enqueue_status(status);
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                let status = self.expunge(server, &tag, Some(&sequence_set), true).await;
+                server.enqueue_status(status);
+            }
+            CommandBody::Close => {
+                let status = self.expunge(server, &tag, None, false).await;
+                self.selected = None;
+                server.enqueue_status(status);
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                server.enqueue_status(ok(&tag, None, "UNSELECT completed"));
+            }
+            _ => {
+                server.enqueue_status(bad(&tag, "Command not supported"));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether fetching `n` needs the message's bytes when a whole `BODY[]` is streamed.
+fn needs_bytes_for(n: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        n,
+        MessageDataItemName::Envelope
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Body
+            | MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Header
+            | MessageDataItemName::Rfc822Text
+    )
+}
+
+/// Whether a LIST pattern (`*` and `%` wildcards) matches `name`, case-insensitively for
+/// INBOX.
+fn wildcard_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*' | b'%', rest)) => (0..=name.len()).any(|i| wildcard_matches(rest, &name[i..])),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, name)| n.eq_ignore_ascii_case(c) && wildcard_matches(rest, name)),
+    }
+}

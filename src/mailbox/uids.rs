@@ -1,0 +1,174 @@
+//! A user's mailbox as IMAP and POP3 clients see it: the inbox of [`View`] numbered with
+//! the UIDs kept by the [`Mailboxes`] port, with the user's flags.
+//!
+//! Each look at the mailbox lists the whole inbox from the index (oldest first), gives
+//! the messages that entered it since the last look their UIDs (in that order: a message
+//! a late recipient merge adds later gets a later UID), and leaves out what the user
+//! removed (hidden) and what left the view (delivered mail past `history_days`,
+//! purged messages). Nothing here changes a message itself.
+
+use std::collections::HashMap;
+
+use crate::error::StoreError;
+use crate::mailbox::{Folder, View, is_virus};
+use crate::model::Record;
+use crate::model::mailbox::Flags;
+use crate::ports::{Index, ListQuery, Mailboxes};
+
+/// Index reads per page while listing a mailbox.
+const PAGE: usize = 1000;
+
+/// One message of a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub uid: u32,
+    pub flags: Flags,
+    pub rec: Record,
+}
+
+/// The mailbox at one moment: UIDVALIDITY, the next UID and the messages by UID.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub validity: u32,
+    pub next_uid: u32,
+    pub messages: Vec<Message>,
+}
+
+/// Every message of `view`'s inbox, oldest first.
+async fn inbox(view: &View<'_>, index: &dyn Index) -> Result<Vec<Record>, StoreError> {
+    let mut q = ListQuery {
+        mailbox: Some(view.filter()),
+        limit: Some(PAGE),
+        ..ListQuery::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let got = index.list(&q).await?;
+        let short = got.len() < PAGE;
+        q.after = got.last().map(crate::ports::Cursor::from);
+        out.extend(
+            got.into_iter()
+                .filter(|r| !is_virus(r) && Folder::of(r) == Folder::Inbox),
+        );
+        if short {
+            return Ok(out);
+        }
+    }
+}
+
+/// `view`'s mailbox now, new messages given their UIDs (see the module docs).
+pub async fn snapshot(
+    view: &View<'_>,
+    index: &dyn Index,
+    mailboxes: &dyn Mailboxes,
+) -> Result<Snapshot, StoreError> {
+    let user = &view.account.address;
+    let records = inbox(view, index).await?;
+    let mut state = mailboxes.load(user).await?;
+    let known: std::collections::HashSet<_> = state.entries.iter().map(|e| e.id).collect();
+    let new: Vec<_> = records
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| !known.contains(id))
+        .collect();
+    if !new.is_empty() {
+        state = mailboxes.assign(user, &new).await?;
+    }
+    let mut by_id: HashMap<_, Record> = records.into_iter().map(|r| (r.id, r)).collect();
+    let messages = state
+        .entries
+        .iter()
+        .filter(|e| !e.flags.has(Flags::HIDDEN))
+        .filter_map(|e| {
+            by_id.remove(&e.id).map(|rec| Message {
+                uid: e.uid,
+                flags: e.flags,
+                rec,
+            })
+        })
+        .collect();
+    Ok(Snapshot {
+        validity: state.validity,
+        next_uid: state.next_uid,
+        messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{MemIndex, MemMailboxes};
+    use crate::model::{MessageId, Status};
+    use crate::users::Account;
+    use chrono::{DateTime, Duration};
+
+    fn rec(n: i64, rcpt: &str) -> Record {
+        let at = DateTime::from_timestamp(1_700_000_000 + n * 60, 0).unwrap();
+        Record::held(
+            MessageId::new(at),
+            "sender@example.org".into(),
+            vec![rcpt.into()],
+            at,
+            (10, String::new()),
+            crate::model::Summary::default(),
+        )
+    }
+
+    /// UIDs follow arrival in the view, not the received time; hidden and departed
+    /// messages leave the snapshot and their UIDs are never given again.
+    #[tokio::test]
+    async fn uids_are_given_once_in_the_order_messages_enter_the_view() {
+        let index = MemIndex::default();
+        let boxes = MemMailboxes::default();
+        let alice = Account {
+            address: "alice@example.test".into(),
+            aliases: vec![],
+            excluded: vec![],
+            stamp: [0; 32],
+        };
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::days(1);
+        let view = View {
+            account: &alice,
+            history_days: 30,
+            now,
+        };
+        let (a, b) = (rec(2, "alice@example.test"), rec(3, "alice@example.test"));
+        for r in [&a, &b, &rec(4, "bob@example.test")] {
+            index.insert(r).await.unwrap();
+        }
+        let s = snapshot(&view, &index, &boxes).await.unwrap();
+        assert_eq!(
+            s.messages
+                .iter()
+                .map(|m| (m.uid, m.rec.id))
+                .collect::<Vec<_>>(),
+            [(1, a.id), (2, b.id)]
+        );
+        // An older message enters the view later (a late merge): the next UID, not one
+        // before the others.
+        let late = rec(1, "alice@example.test");
+        index.insert(&late).await.unwrap();
+        let s = snapshot(&view, &index, &boxes).await.unwrap();
+        assert_eq!(
+            s.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(s.messages[2].rec.id, late.id);
+        assert_eq!(s.next_uid, 4);
+        // Hidden by the user, and failed (left the view): gone, UIDs not reused.
+        boxes
+            .set_flags(&alice.address, &[(1, Flags::HIDDEN)])
+            .await
+            .unwrap();
+        let mut failed = index.get(b.id).await.unwrap().unwrap();
+        failed.status = Status::Failed;
+        index.update(&failed, now).await.unwrap();
+        let again = snapshot(&view, &index, &boxes).await.unwrap();
+        assert_eq!(
+            again.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(again.validity, s.validity);
+        assert_eq!(again.next_uid, 4);
+    }
+}

@@ -1,0 +1,391 @@
+//! The emergency mailbox in the users' own mail clients, with real clients: Python's
+//! imaplib (search, partial fetches, IDLE, STORE/EXPUNGE, refusals), isync's mbsync
+//! (a whole sync into a Maildir, flags back), fetchmail over POP3 with STLS (keep mode,
+//! UIDL), against `standby serve` on the local spool with a down primary.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::web::add_user;
+use common::{Standby, TestPki, free_port, make_pki, repo, require, swaks, wait_for};
+
+struct Setup {
+    standby: Standby,
+    imap: u16,
+    imaps: u16,
+    pop3: u16,
+    pki: TestPki,
+    _pki_dir: tempfile::TempDir,
+}
+
+/// A standby (its primary down) with IMAP and POP3 on STARTTLS and implicit-TLS ports,
+/// users alice and bob, and mail for both: a message with dotted lines, a multipart one,
+/// one from carol with a word to search for.
+fn setup() -> Setup {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let (imap, imaps, pop3, pop3s) = (free_port(), free_port(), free_port(), free_port());
+    let extra = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         [users]\nfile = \"{{dir}}/users.passwd\"\n\
+         [imap]\nlisten = \"127.0.0.1:{imap}\"\nlisten_tls = \"127.0.0.1:{imaps}\"\n\
+         [pop3]\nlisten = \"127.0.0.1:{pop3}\"\nlisten_tls = \"127.0.0.1:{pop3s}\"\n",
+        cert = pki.cert.display(),
+        key = pki.key.display(),
+    );
+    // Nothing listens on the primary's port: it is down, and everything stays held.
+    let mut standby = Standby::configure(free_port(), &extra, &[]);
+    standby.fill_dir();
+    add_user(&standby, "alice@example.test", "alice-pw");
+    add_user(&standby, "bob@example.test", "bob-pw");
+    standby.spawn();
+    for port in [standby.port, imap, imaps, pop3, pop3s] {
+        wait_for("the standby to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    let send = |to: &str, from: &str, header: &str, body: &str| {
+        let (ok, out) = swaks(
+            standby.port,
+            &[
+                "--to",
+                to,
+                "--from",
+                from,
+                "--add-header",
+                header,
+                "--body",
+                body,
+            ],
+        );
+        assert!(ok, "{out}");
+    };
+    send(
+        "alice@example.test",
+        "carol@example.org",
+        "Subject: from carol",
+        "the needle-in-the-body is here\n.leading dot\n..two dots\n",
+    );
+    send(
+        "alice@example.test",
+        "dan@example.org",
+        "Subject: dotted",
+        ".\n.only dots\n",
+    );
+    let (ok, out) = swaks(
+        standby.port,
+        &[
+            "--to",
+            "alice@example.test",
+            "--from",
+            "erin@example.org",
+            "--attach",
+            "@/etc/hostname",
+            "--body",
+            "see the attachment",
+        ],
+    );
+    assert!(ok, "{out}");
+    send(
+        "bob@example.test",
+        "carol@example.org",
+        "Subject: for bob",
+        "bob only",
+    );
+    Setup {
+        standby,
+        imap,
+        imaps,
+        pop3,
+        pki,
+        _pki_dir: pki_dir,
+    }
+}
+
+/// The stored copies of `user`'s messages (`standby export --format eml`), by content.
+fn stored(s: &Setup, user: &str) -> Vec<Vec<u8>> {
+    let out = s.standby.dir.path().join(format!("export-{user}"));
+    let o = s
+        .standby
+        .cli(&["export", "--format", "eml", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut all: Vec<Vec<u8>> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .filter(|b| {
+            let head = String::from_utf8_lossy(b).to_lowercase();
+            head.contains(&format!("for <{user}>"))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Where mbsync's one `X-TUID: ...\n` line is, if any.
+fn memchr_tuid(text: &[u8]) -> Option<(usize, usize)> {
+    let start = text.windows(8).position(|w| w == b"\nX-TUID:")? + 1;
+    let end = text[start..].iter().position(|&c| c == b'\n')? + start + 1;
+    Some((start, end))
+}
+
+/// `messages` with CRLF line ends turned into LF, sorted.
+fn lf(messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = messages
+        .into_iter()
+        .map(|b| {
+            let mut out = Vec::with_capacity(b.len());
+            for (i, &c) in b.iter().enumerate() {
+                if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["cur", "new"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(dir.join(d)).ok())
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn imaplib_searches_fetches_idles_and_hides() {
+    require("python3", "python3");
+    let s = setup();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/support/imap_check.py"))
+        .args([
+            &s.imap.to_string(),
+            &s.imaps.to_string(),
+            s.pki.ca.to_str().unwrap(),
+            "alice@example.test",
+            "alice-pw",
+            &s.standby.port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "imaplib checks failed:\n{text}");
+    // Hidden from alice only: the held message itself is still there.
+    assert!(
+        s.standby
+            .list("held")
+            .iter()
+            .any(|m| m["mail_from"] == "carol@example.org"),
+        "EXPUNGE deleted held mail"
+    );
+    // Bob still sees his own message, and none of alice's.
+    let bob = Command::new("python3")
+        .args([
+            "-c",
+            "import imaplib,ssl,sys\n\
+             c=ssl.create_default_context(cafile=sys.argv[2]); c.check_hostname=False\n\
+             m=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=c)\n\
+             m.login('bob@example.test','bob-pw'); print(m.select('INBOX')[1][0].decode())",
+            &s.imaps.to_string(),
+            s.pki.ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&bob.stdout).trim(), "1");
+}
+
+#[test]
+fn mbsync_syncs_the_inbox_byte_for_byte_and_flags_back() {
+    require("mbsync", "isync");
+    let s = setup();
+    let local = s.standby.dir.path().join("Mail");
+    std::fs::create_dir_all(&local).unwrap();
+    let rc = s.standby.dir.path().join("mbsyncrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount standby\nHost localhost\nPort {port}\nUser alice@example.test\n\
+             Pass alice-pw\nSSLType IMAPS\nCertificateFile {ca}\n\n\
+             IMAPStore remote\nAccount standby\n\n\
+             MaildirStore local\nPath {local}/\nInbox {local}/INBOX\n\n\
+             Channel inbox\nFar :remote:\nNear :local:\nPatterns INBOX\n\
+             Create Near\nSync All\nExpunge None\nSyncState *\n",
+            port = s.imaps,
+            ca = s.pki.ca.display(),
+            local = local.display(),
+        ),
+    )
+    .unwrap();
+    let mbsync = || {
+        let out = Command::new("mbsync")
+            .args(["-c", rc.to_str().unwrap(), "-a"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mbsync: {text}");
+        text
+    };
+    println!("{}", mbsync());
+    let inbox = local.join("INBOX");
+    let files = files_in(&inbox);
+    // mbsync adds its tracking header `X-TUID:` to what it writes (isync's own, to find
+    // a message again after an interrupted sync): taken out, nothing else.
+    let mut got: Vec<Vec<u8>> = files
+        .iter()
+        .map(|p| {
+            let text = std::fs::read(p).unwrap();
+            let at = memchr_tuid(&text);
+            match at {
+                Some((a, b)) => [&text[..a], &text[b..]].concat(),
+                None => text,
+            }
+        })
+        .collect();
+    got.sort();
+    // mbsync writes Maildir files with LF line ends (the local convention): the stored
+    // copies compared with the same line ends, every other byte the same.
+    let want = lf(stored(&s, "alice@example.test"));
+    assert_eq!(want.len(), 3, "alice's three messages stored");
+    assert_eq!(got.len(), want.len(), "mbsync fetched {files:?}");
+    assert!(
+        got == want,
+        "the synced messages differ from the stored copies:\n{}\n----\n{}",
+        String::from_utf8_lossy(&got[0]),
+        String::from_utf8_lossy(&want[0])
+    );
+    // Flags set locally (seen and flagged, Maildir "SF") go back to the standby.
+    let first = &files[0];
+    let name = first.file_name().unwrap().to_str().unwrap();
+    let base = name.split(":2,").next().unwrap();
+    std::fs::rename(first, inbox.join("cur").join(format!("{base}:2,FS"))).unwrap();
+    println!("{}", mbsync());
+    // ... and survive a restart.
+    let mut standby = s.standby;
+    standby.terminate();
+    standby.spawn();
+    wait_for("imaps again", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", s.imaps)).is_ok()
+    });
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import imaplib,ssl,sys\n\
+             c=ssl.create_default_context(cafile=sys.argv[2]); c.check_hostname=False\n\
+             m=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=c)\n\
+             m.login('alice@example.test','alice-pw'); m.select('INBOX', readonly=True)\n\
+             print(m.search(None,'FLAGGED','SEEN')[1][0].decode())",
+            &s.imaps.to_string(),
+            s.pki.ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .count(),
+        1,
+        "one message seen and flagged after the restart: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fetchmail_over_stls_keeps_and_fetches_nothing_twice() {
+    require("fetchmail", "fetchmail");
+    let s = setup();
+    let dir = s.standby.dir.path();
+    let got = dir.join("fetched");
+    std::fs::create_dir_all(&got).unwrap();
+    let mda = dir.join("mda.py");
+    std::fs::write(
+        &mda,
+        format!(
+            "import sys, time, os\n\
+             data = sys.stdin.buffer.read()\n\
+             open(os.path.join('{}', str(time.time_ns())), 'wb').write(data)\n",
+            got.display()
+        ),
+    )
+    .unwrap();
+    let rc = dir.join("fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set no syslog\nset invisible\n\
+             poll localhost port {port} protocol pop3 uidl\n\
+             user 'alice@example.test' password 'alice-pw' is root here\n\
+             sslproto 'TLS1.2+' sslcertck sslcertfile '{ca}'\n\
+             keep no rewrite mda 'python3 {mda}'\n",
+            port = s.pop3,
+            ca = s.pki.ca.display(),
+            mda = mda.display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let fetch = || {
+        let out = Command::new("fetchmail")
+            .args(["-f", rc.to_str().unwrap(), "--idfile"])
+            .arg(dir.join("fetchids"))
+            .args(["-v", "--nodetach"])
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // 0: mail fetched; 1: no mail.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "fetchmail: {text}"
+        );
+        text
+    };
+    let first = fetch();
+    println!("{first}");
+    assert!(
+        first.contains("STLS"),
+        "fetchmail did not use STLS:\n{first}"
+    );
+    let mut got_msgs: Vec<Vec<u8>> = std::fs::read_dir(&got)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    got_msgs.sort();
+    // fetchmail hands its MDA lines ending in LF (the local convention): the stored
+    // copies, compared with the same line ends.
+    let want = lf(stored(&s, "alice@example.test"));
+    assert_eq!(got_msgs.len(), 3, "fetched {}", got_msgs.len());
+    assert!(
+        got_msgs == want,
+        "fetched messages differ from the stored copies"
+    );
+    // Keep mode: the second run fetches nothing (UIDL is stable).
+    let second = fetch();
+    println!("{second}");
+    assert_eq!(std::fs::read_dir(&got).unwrap().count(), 3, "{second}");
+}
