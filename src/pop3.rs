@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::error::StoreError;
 use crate::mailbox::uids::{Message, snapshot};
 use crate::mailbox::{View, shows_original};
-use crate::model::mailbox::Flags;
+use crate::model::mailbox::{FlagChange, Flags};
 use crate::ports::{Clock, Storage};
 use crate::smtp::data::dot_stuff;
 use crate::users::Account;
@@ -30,6 +30,10 @@ use crate::users::login::{Logins, Outcome};
 const MAX_LINE: usize = 255;
 /// Silence before the server closes the connection (RFC 1939 §3: at least 10 minutes).
 const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a connection may stay without logging in (and the TLS handshake's limit).
+const LOGIN_WITHIN: Duration = Duration::from_secs(120);
+/// How long a client may leave a message it asked for unread.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 const CHUNK: usize = 64 * 1024;
 
 /// What every POP3 session shares.
@@ -77,11 +81,11 @@ pub async fn serve_plain(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
             let Some(acceptor) = pop.tls.clone() else {
                 return;
             };
-            let tls = match tokio::time::timeout(AUTOLOGOUT, acceptor.accept(io.into_inner())).await
-            {
-                Ok(Ok(t)) => t,
-                _ => return,
-            };
+            let tls =
+                match tokio::time::timeout(LOGIN_WITHIN, acceptor.accept(io.into_inner())).await {
+                    Ok(Ok(t)) => t,
+                    _ => return,
+                };
             s.tls = true;
             let mut io = BufReader::new(tls);
             if let Err(e) = s.run(&mut io, false).await {
@@ -98,7 +102,7 @@ pub async fn serve_tls(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
     let Some(acceptor) = pop.tls.clone() else {
         return;
     };
-    let Ok(Ok(tls)) = tokio::time::timeout(AUTOLOGOUT, acceptor.accept(tcp)).await else {
+    let Ok(Ok(tls)) = tokio::time::timeout(LOGIN_WITHIN, acceptor.accept(tcp)).await else {
         return;
     };
     let mut s = Session::new(pop, peer, true);
@@ -148,10 +152,16 @@ impl Session {
                 .await?;
         }
         let mut line = Vec::new();
+        let opened = tokio::time::Instant::now();
         loop {
             line.clear();
-            let read = tokio::time::timeout(
-                AUTOLOGOUT,
+            let deadline = if self.maildrop.is_some() {
+                tokio::time::Instant::now() + AUTOLOGOUT
+            } else {
+                opened + LOGIN_WITHIN
+            };
+            let read = tokio::time::timeout_at(
+                deadline,
                 (&mut *io)
                     .take(MAX_LINE as u64 + 1)
                     .read_until(b'\n', &mut line),
@@ -414,26 +424,30 @@ impl Session {
         else {
             return "+OK bye\r\n".into();
         };
-        let changes: Vec<(u32, Flags)> = d
+        let changes: Vec<FlagChange> = d
             .msgs
             .iter()
             .enumerate()
             .filter(|(i, _)| d.deleted[*i] || d.read[*i])
             .map(|(i, m)| {
-                let mut f = m.flags;
+                let mut set = Flags::default();
                 if d.read[i] {
-                    f = f.with(Flags::SEEN);
+                    set = set.with(Flags::SEEN);
                 }
                 if d.deleted[i] {
-                    f = f.with(Flags::HIDDEN);
+                    set = set.with(Flags::HIDDEN);
                 }
-                (m.uid, f)
+                FlagChange {
+                    uid: m.uid,
+                    set,
+                    clear: Flags::default(),
+                }
             })
             .collect();
         if changes.is_empty() {
             return "+OK bye\r\n".into();
         }
-        match mailboxes.set_flags(&account.address, &changes).await {
+        match mailboxes.change_flags(&account.address, &changes).await {
             Ok(()) => "+OK bye\r\n".into(),
             Err(e) => {
                 tracing::error!(error = %e, "pop3: cannot keep the deletions");
@@ -471,7 +485,7 @@ impl Session {
             for chunk in part.chunks(CHUNK) {
                 out.clear();
                 dot_stuff(chunk, &mut at_start, &mut out);
-                w.write_all(&out).await?;
+                timed(w.write_all(&out)).await?;
             }
         } else {
             let mut body = match blobs.open(&m.rec.blob_key()).await {
@@ -492,7 +506,7 @@ impl Session {
                 }
                 out.clear();
                 dot_stuff(&buf[..n], &mut at_start, &mut out);
-                w.write_all(&out).await?;
+                timed(w.write_all(&out)).await?;
             }
         }
         w.write_all(if at_start { b".\r\n" } else { b"\r\n.\r\n" })
@@ -500,6 +514,15 @@ impl Session {
         w.flush().await?;
         Ok(true)
     }
+}
+
+/// A write the client must take within [`WRITE_TIMEOUT`].
+async fn timed(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))?
 }
 
 /// The header and the first `n` lines of the body (TOP).

@@ -942,11 +942,12 @@ pub trait Mailboxes: Send + Sync + 'static {
         user: &str,
         ids: &[MessageId],
     ) -> Result<crate::model::mailbox::MailboxState, StoreError>;
-    /// Set the flags of the UIDs given (unknown UIDs are skipped).
-    async fn set_flags(
+    /// Change the flags of the UIDs given, each against what is stored then (unknown
+    /// UIDs are skipped).
+    async fn change_flags(
         &self,
         user: &str,
-        flags: &[(u32, crate::model::mailbox::Flags)],
+        changes: &[crate::model::mailbox::FlagChange],
     ) -> Result<(), StoreError>;
 }
 

@@ -847,8 +847,111 @@ async fn audit_contract(audit: Arc<dyn AuditLog>) {
     assert_eq!(audit.recent(10).await.unwrap().len(), 5);
 }
 
+/// Each user's UIDs and flags (IMAP, POP3): one UID per message, never given twice, in
+/// the order asked, per user, kept with the flags.
+async fn uids_contract(boxes: Arc<dyn standby::ports::Mailboxes>) {
+    use standby::model::mailbox::Flags;
+    let fresh = boxes.load("alice@example.test").await.unwrap();
+    assert!(fresh.validity > 0);
+    assert_eq!((fresh.next_uid, fresh.entries.len()), (1, 0));
+    assert_eq!(
+        boxes.load("alice@example.test").await.unwrap().validity,
+        fresh.validity,
+        "UIDVALIDITY stays"
+    );
+    let ids: Vec<MessageId> = (0..4)
+        .map(|i| MessageId::new(Utc::now() - Duration::seconds(100 - i)))
+        .collect();
+    let s = boxes
+        .assign("alice@example.test", &[ids[1], ids[0], ids[1]])
+        .await
+        .unwrap();
+    let uids = |s: &standby::model::mailbox::MailboxState| {
+        s.entries.iter().map(|e| (e.uid, e.id)).collect::<Vec<_>>()
+    };
+    assert_eq!(uids(&s), [(1, ids[1]), (2, ids[0])]);
+    let s = boxes
+        .assign("alice@example.test", &[ids[0], ids[2], ids[1]])
+        .await
+        .unwrap();
+    assert_eq!(uids(&s), [(1, ids[1]), (2, ids[0]), (3, ids[2])]);
+    assert_eq!(s.next_uid, 4);
+    let change =
+        |uid, set: Flags, clear: Flags| standby::model::mailbox::FlagChange { uid, set, clear };
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[
+                change(2, Flags::SEEN.with(Flags::FLAGGED), Flags::default()),
+                change(99, Flags::SEEN, Flags::default()),
+            ],
+        )
+        .await
+        .unwrap();
+    // Two sessions' changes to different flags of one message both stay; a hidden
+    // message stays hidden whatever a change clears.
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[change(3, Flags::DELETED, Flags::default())],
+        )
+        .await
+        .unwrap();
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[change(3, Flags::ANSWERED.with(Flags::HIDDEN), Flags::SEEN)],
+        )
+        .await
+        .unwrap();
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[change(3, Flags::default(), Flags(0xff))],
+        )
+        .await
+        .unwrap();
+    let third = boxes.load("alice@example.test").await.unwrap().entries[2].flags;
+    assert_eq!(third, Flags::HIDDEN);
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[change(3, Flags::DELETED, Flags::default())],
+        )
+        .await
+        .unwrap();
+    let s = boxes.load("alice@example.test").await.unwrap();
+    assert_eq!(s.entries[1].flags, Flags::SEEN.with(Flags::FLAGGED));
+    assert_eq!(s.entries[2].flags, Flags::HIDDEN.with(Flags::DELETED));
+    assert_eq!(s.entries[0].flags, Flags::default());
+    // Another user's mailbox is their own.
+    let bob = boxes.assign("bob@example.test", &[ids[2]]).await.unwrap();
+    assert_eq!(uids(&bob), [(1, ids[2])]);
+    // Two sessions assigning at once: no message gets two UIDs, no UID two messages.
+    let (both, one) = ([ids[3], ids[2]], [ids[3]]);
+    let (a, b) = tokio::join!(
+        boxes.assign("alice@example.test", &both),
+        boxes.assign("alice@example.test", &one)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let s = boxes.load("alice@example.test").await.unwrap();
+    assert_eq!(uids(&s).len(), 4, "{s:?}");
+    assert_eq!(
+        s.entries[3],
+        standby::model::mailbox::UidEntry {
+            uid: 4,
+            id: ids[3],
+            flags: Flags::default()
+        }
+    );
+    for seen in [a, b] {
+        assert!(seen.entries.iter().all(|e| s.entries.contains(e)));
+    }
+}
+
 #[tokio::test]
 async fn memory_adapters_keep_the_contract() {
+    uids_contract(Arc::new(standby::backend::MemMailboxes::default())).await;
     audit_contract(Arc::new(standby::backend::MemAuditLog::default())).await;
     events_contract(Arc::new(standby::backend::MemEventStore::default())).await;
     index_contract(Arc::new(MemIndex::default())).await;
@@ -868,6 +971,15 @@ async fn local_adapters_keep_the_contract() {
     mailbox_contract(Arc::new(SqliteIndex::open(third.path()).unwrap())).await;
     let fourth = tempfile::tempdir().unwrap();
     events_contract(Arc::new(SqliteIndex::open(fourth.path()).unwrap())).await;
+    uids_contract(Arc::new(SqliteIndex::open(fourth.path()).unwrap())).await;
+    // Kept across a reopen (a restart): the same UIDVALIDITY, UIDs and flags.
+    let before = standby::ports::Mailboxes::load(
+        &SqliteIndex::open(fourth.path()).unwrap(),
+        "alice@example.test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(before.entries.len(), 4);
     audit_contract(Arc::new(standby::backend::FsAuditLog::new(fourth.path()))).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;

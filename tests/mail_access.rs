@@ -1,7 +1,8 @@
 //! The emergency mailbox in the users' own mail clients, with real clients: Python's
 //! imaplib (search, partial fetches, IDLE, STORE/EXPUNGE, refusals), isync's mbsync
 //! (a whole sync into a Maildir, flags back), fetchmail over POP3 with STLS (keep mode,
-//! UIDL), against `standby serve` on the local spool with a down primary.
+//! UIDL), neomutt in tmux (the index shows the subjects), against `standby serve` on the
+//! local spool with a down primary.
 
 #![allow(clippy::unwrap_used)]
 
@@ -31,8 +32,10 @@ fn setup() -> Setup {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = make_pki(pki_dir.path());
     let (imap, imaps, pop3, pop3s) = (free_port(), free_port(), free_port(), free_port());
+    // Three connections per client address (IMAP and POP3 together; the SMTP listener
+    // has its own count).
     let extra = format!(
-        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+        "max_connections_per_ip = 3\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
          [users]\nfile = \"{{dir}}/users.passwd\"\n\
          [imap]\nlisten = \"127.0.0.1:{imap}\"\nlisten_tls = \"127.0.0.1:{imaps}\"\n\
          [pop3]\nlisten = \"127.0.0.1:{pop3}\"\nlisten_tls = \"127.0.0.1:{pop3s}\"\n",
@@ -54,14 +57,7 @@ fn setup() -> Setup {
         let (ok, out) = swaks(
             standby.port,
             &[
-                "--to",
-                to,
-                "--from",
-                from,
-                "--add-header",
-                header,
-                "--body",
-                body,
+                "--to", to, "--from", from, "--header", header, "--body", body,
             ],
         );
         assert!(ok, "{out}");
@@ -208,6 +204,36 @@ fn imaplib_searches_fetches_idles_and_hides() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&bob.stdout).trim(), "1");
+}
+
+/// Connections past `max_connections_per_ip` (IMAP and POP3 together) are closed at
+/// once, before a greeting.
+#[test]
+fn connections_past_the_per_address_limit_are_closed() {
+    use std::io::{BufRead, BufReader};
+    let s = setup();
+    let greeted = |port: u16| {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(c.try_clone().unwrap()).read_line(&mut line);
+        (c, line)
+    };
+    let mut open = Vec::new();
+    for port in [s.imap, s.pop3, s.imap] {
+        let (c, line) = greeted(port);
+        assert!(
+            line.starts_with("* OK") || line.starts_with("+OK"),
+            "{line:?}"
+        );
+        open.push(c);
+    }
+    let (_c, line) = greeted(s.pop3);
+    assert_eq!(line, "", "a fourth connection from one address is closed");
+    drop(open);
+    wait_for("a slot again", Duration::from_secs(10), || {
+        greeted(s.imap).1.starts_with("* OK")
+    });
 }
 
 #[test]
@@ -388,4 +414,71 @@ fn fetchmail_over_stls_keeps_and_fetches_nothing_twice() {
     let second = fetch();
     println!("{second}");
     assert_eq!(std::fs::read_dir(&got).unwrap().count(), 3, "{second}");
+}
+
+/// neomutt, in a tmux pane, opens alice's INBOX over IMAPS (the test CA trusted) and lists
+/// her messages' subjects; the pane is printed.
+#[test]
+fn neomutt_in_tmux_shows_the_subjects() {
+    require("neomutt", "neomutt");
+    require("tmux", "tmux");
+    let s = setup();
+    let dir = s.standby.dir.path();
+    let rc = dir.join("muttrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set folder = \"imaps://localhost:{port}/\"\n\
+             set spoolfile = \"+INBOX\"\n\
+             set imap_user = \"alice@example.test\"\n\
+             set imap_pass = \"alice-pw\"\n\
+             set ssl_ca_certificates_file = \"{ca}\"\n\
+             set certificate_file = \"{dir}/certs\"\n\
+             set header_cache = \"\"\n\
+             set message_cachedir = \"\"\n\
+             set mail_check_stats = no\n\
+             set imap_check_subscribed = no\n\
+             set sort = date\n",
+            port = s.imaps,
+            ca = s.pki.ca.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let session = format!("standby-neomutt-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .env("HOME", dir)
+            .output()
+            .unwrap()
+    };
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &format!("TERM=xterm neomutt -n -F {}", rc.display()),
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let mut pane = String::new();
+    let found = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        ["from carol", "dotted"].iter().all(|s| pane.contains(s))
+    });
+    let _ = tmux(&["kill-server"]);
+    println!("neomutt's pane:\n{pane}");
+    assert!(found, "neomutt did not list the subjects:\n{pane}");
+    assert!(!pane.contains("for bob"), "bob's message listed for alice");
 }

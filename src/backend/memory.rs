@@ -526,15 +526,15 @@ impl crate::ports::Mailboxes for MemMailboxes {
         }))
     }
 
-    async fn set_flags(
+    async fn change_flags(
         &self,
         user: &str,
-        flags: &[(u32, crate::model::mailbox::Flags)],
+        changes: &[crate::model::mailbox::FlagChange],
     ) -> Result<(), StoreError> {
         self.with(user, |s| {
-            for (uid, f) in flags {
-                if let Some(e) = s.entries.iter_mut().find(|e| e.uid == *uid) {
-                    e.flags = *f;
+            for ch in changes {
+                if let Some(e) = s.entries.iter_mut().find(|e| e.uid == ch.uid) {
+                    e.flags = ch.apply(e.flags);
                 }
             }
         });

@@ -16,6 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 
 /// Output held before it is written out.
 const OUT_MAX: usize = 256 * 1024;
+/// How long a client may leave output unread before the connection is dropped (one that
+/// asks for a large message and stops reading holds nothing of ours for longer).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +100,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     async fn write_out(&mut self, server: &mut Server) -> Result<(), DriveError> {
         while self.out_pos < self.out.len() {
-            self.io_step(server, false).await?;
+            tokio::time::timeout(WRITE_TIMEOUT, self.io_step(server, false))
+                .await
+                .map_err(|_| DriveError::Closed)??;
         }
         Ok(())
     }
@@ -116,6 +121,13 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     if self.out.len() - self.out_pos > OUT_MAX {
                         self.write_out(server).await?;
                     }
+                }
+                // Reading and writing at once: a client that neither reads what is
+                // owed it nor writes is dropped after the write timeout.
+                Err(Interrupt::Io(Io::NeedMoreInput)) if self.out_pos < self.out.len() => {
+                    tokio::time::timeout(WRITE_TIMEOUT, self.io_step(server, true))
+                        .await
+                        .map_err(|_| DriveError::Closed)??;
                 }
                 Err(Interrupt::Io(Io::NeedMoreInput)) => self.io_step(server, true).await?,
             }
@@ -139,13 +151,17 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Raw protocol bytes after everything queued (a streamed literal).
     pub async fn write_raw(&mut self, server: &mut Server, bytes: &[u8]) -> Result<(), DriveError> {
         self.flush(server).await?;
-        self.w.write_all(bytes).await?;
+        tokio::time::timeout(WRITE_TIMEOUT, self.w.write_all(bytes))
+            .await
+            .map_err(|_| DriveError::Closed)??;
         Ok(())
     }
 
     /// Write out what [`Conn::write_raw`] left in the stream's buffers.
     pub async fn flush_raw(&mut self) -> Result<(), DriveError> {
-        self.w.flush().await?;
+        tokio::time::timeout(WRITE_TIMEOUT, self.w.flush())
+            .await
+            .map_err(|_| DriveError::Closed)??;
         Ok(())
     }
 }

@@ -159,20 +159,37 @@ fn params(part: &MessagePart<'_>) -> Vec<(IString<'static>, IString<'static>)> {
         .unwrap_or_default()
 }
 
-/// BODYSTRUCTURE (`ext = true`) or BODY (`ext = false`) for part `id` of `msg`; `raw` is the
-/// outermost raw message.
-pub fn body_structure(msg: &Message<'_>, id: u32, raw: &[u8], ext: bool) -> BodyStructure<'static> {
+/// Multipart and message/rfc822 levels described; deeper parts are described as leaves
+/// (the description recurses, and a message of a few kilobytes can nest thousands of
+/// levels: without a bound it would take the process's stack).
+const MAX_DEPTH: usize = 16;
+
+/// BODYSTRUCTURE (`ext = true`) or BODY (`ext = false`) of `msg`; `raw` is its bytes.
+pub fn body_structure(msg: &Message<'_>, raw: &[u8], ext: bool) -> BodyStructure<'static> {
+    structure(msg, 0, raw, ext, 0)
+}
+
+/// The structure of part `id` of `msg` (`raw` the outermost message), `depth` levels in.
+fn structure(
+    msg: &Message<'_>,
+    id: u32,
+    raw: &[u8],
+    ext: bool,
+    depth: usize,
+) -> BodyStructure<'static> {
     let part = &msg.parts[id as usize];
+    let deep = depth >= MAX_DEPTH;
     let ct = part.content_type();
     let ctype = ct.map(|c| c.ctype().to_ascii_uppercase());
     let subtype = ct.and_then(|c| c.subtype()).map(|s| s.to_ascii_uppercase());
 
     // An empty multipart cannot be expressed: it is described as a leaf.
     if let PartType::Multipart(children) = &part.body
+        && !deep
         && let Ok(bodies) = Vec1::try_from(
             children
                 .iter()
-                .map(|c| body_structure(msg, *c, raw, ext))
+                .map(|c| structure(msg, *c, raw, ext, depth + 1))
                 .collect::<Vec<_>>(),
         )
     {
@@ -209,9 +226,9 @@ pub fn body_structure(msg: &Message<'_>, id: u32, raw: &[u8], ext: bool) -> Body
         size: body_bytes.len() as u32,
     };
     let specific = match (&part.body, ctype.as_str()) {
-        (PartType::Message(nested), _) => SpecificFields::Message {
+        (PartType::Message(nested), _) if !deep => SpecificFields::Message {
             envelope: Box::new(envelope(nested)),
-            body_structure: Box::new(body_structure(nested, 0, raw, ext)),
+            body_structure: Box::new(structure(nested, 0, raw, ext, depth + 1)),
             number_of_lines: count_lines(body_bytes),
         },
         (_, "TEXT") => SpecificFields::Text {
@@ -343,5 +360,36 @@ pub fn section_bytes(
             let (h, b, _) = message_at(p.as_ref().map(|p| p.0.as_ref()))?;
             Some(header_fields(&slice(h, b), &names(fields), true))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A message nesting thousands of multiparts (a few kilobytes, from anyone) is
+    /// described to a bounded depth, without taking the stack.
+    #[test]
+    fn deeply_nested_parts_are_described_to_a_bounded_depth() {
+        let levels = 5000;
+        let mut m = String::from("Subject: deep\r\nMIME-Version: 1.0\r\n");
+        for i in 0..levels {
+            m.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+            ));
+        }
+        m.push_str("Content-Type: text/plain\r\n\r\nhi\r\n");
+        let raw = m.into_bytes();
+        // On a small stack, as a runtime worker's (the parse is mail-parser's, iterative).
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let parsed = mail_parser::MessageParser::default()
+                    .parse(&raw[..])
+                    .unwrap();
+                let bs = super::body_structure(&parsed, &raw, true);
+                format!("{bs:?}").matches("Multi {").count()
+            })
+            .unwrap();
+        let multis = handle.join().expect("no stack overflow");
+        assert!(multis <= super::MAX_DEPTH, "{multis}");
     }
 }

@@ -69,6 +69,20 @@ pub fn needs_content(keys: &[SearchKey<'_>]) -> bool {
     })
 }
 
+/// Whether any of `keys` compares sizes (LARGER, SMALLER).
+pub fn needs_size(keys: &[SearchKey<'_>]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::And(ks) => needs_size(ks.as_ref()),
+        SearchKey::Or(a, b) => {
+            needs_size(std::slice::from_ref(a.as_ref()))
+                || needs_size(std::slice::from_ref(b.as_ref()))
+        }
+        SearchKey::Not(k) => needs_size(std::slice::from_ref(k.as_ref())),
+        SearchKey::Larger(_) | SearchKey::Smaller(_) => true,
+        _ => false,
+    })
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty()
         || memchr::memmem::find(&hay.to_ascii_lowercase(), &needle.to_ascii_lowercase()).is_some()

@@ -37,12 +37,15 @@ use super::{Imap, mime};
 use crate::error::StoreError;
 use crate::mailbox::uids::{Message, snapshot};
 use crate::mailbox::{View, shows_original};
-use crate::model::mailbox::Flags;
+use crate::model::mailbox::{FlagChange, Flags};
 use crate::users::Account;
 use crate::users::login::Outcome;
 
-/// Silence before a session that has not logged in is closed.
+/// Silence before a session that has not logged in is closed (and the TLS handshake's
+/// limit).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may stay without logging in, whatever it sends.
+const LOGIN_WITHIN: Duration = Duration::from_secs(120);
 /// Silence before a logged-in session is closed (RFC 3501 §5.4: at least 30 minutes).
 const AUTOLOGOUT: Duration = Duration::from_secs(31 * 60);
 /// Bytes a streamed literal is copied in.
@@ -295,15 +298,19 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut new_mail = self.imap.new_mail.clone();
+        let opened = tokio::time::Instant::now();
+        let mut last_command = opened;
         loop {
-            let limit = if self.account.is_some() {
-                AUTOLOGOUT
+            // Counted from the client's last command (IDLE's own looks at the store do
+            // not count), and before login from the connection's start too.
+            let deadline = if self.account.is_some() {
+                last_command + AUTOLOGOUT
             } else {
-                LOGIN_TIMEOUT
+                (last_command + LOGIN_TIMEOUT).min(opened + LOGIN_WITHIN)
             };
             let idling = self.idle_tag.is_some();
             let event = tokio::select! {
-                ev = tokio::time::timeout(limit, conn.next_event(&mut server)) => match ev {
+                ev = tokio::time::timeout_at(deadline, conn.next_event(&mut server)) => match ev {
                     Ok(ev) => ev,
                     Err(_) => {
                         server.enqueue_status(
@@ -340,6 +347,12 @@ impl Session {
                 Err(DriveError::Closed) => return Ok((End::Closed, conn)),
                 Err(e) => return Err(e),
             };
+            if !matches!(
+                event,
+                Event::GreetingSent { .. } | Event::ResponseSent { .. }
+            ) {
+                last_command = tokio::time::Instant::now();
+            }
             match event {
                 Event::GreetingSent { .. } | Event::ResponseSent { .. } => {}
                 Event::IdleCommandReceived { tag } => {
@@ -488,11 +501,30 @@ impl Session {
                 return;
             }
         };
-        let present: std::collections::HashSet<u32> = snap.messages.iter().map(|m| m.uid).collect();
+        let present: std::collections::HashMap<u32, Flags> =
+            snap.messages.iter().map(|m| (m.uid, m.flags)).collect();
         for i in (0..sel.msgs.len()).rev() {
-            if !present.contains(&sel.msgs[i].uid) {
-                sel.msgs.remove(i);
-                server.enqueue_data(Data::Expunge(nz(u32::try_from(i + 1).unwrap_or(u32::MAX))));
+            match present.get(&sel.msgs[i].uid) {
+                None => {
+                    sel.msgs.remove(i);
+                    server
+                        .enqueue_data(Data::Expunge(nz(u32::try_from(i + 1).unwrap_or(u32::MAX))));
+                }
+                // Another session (or a POP3 client) changed them: told, as RFC 3501
+                // §7.4.2 allows outside a FETCH.
+                Some(&f) if f != sel.msgs[i].flags => {
+                    sel.msgs[i].flags = f;
+                    if let Ok(items) = Vec1::try_from(vec![
+                        MessageDataItem::Uid(nz(sel.msgs[i].uid)),
+                        MessageDataItem::Flags(flag_list(f)),
+                    ]) {
+                        server.enqueue_data(Data::Fetch {
+                            seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)),
+                            items,
+                        });
+                    }
+                }
+                Some(_) => {}
             }
         }
         let last = sel.msgs.last().map_or(0, |m| m.uid);
@@ -533,14 +565,14 @@ impl Session {
         .await
     }
 
-    async fn save_flags(&self, changes: &[(u32, Flags)]) -> Result<(), StoreError> {
+    async fn save_flags(&self, changes: &[FlagChange]) -> Result<(), StoreError> {
         let (Some(account), Some(m)) = (&self.account, &self.imap.storage.mailboxes) else {
             return Ok(());
         };
         if changes.is_empty() {
             return Ok(());
         }
-        m.set_flags(&account.address, changes).await
+        m.change_flags(&account.address, changes).await
     }
 
     async fn select(
@@ -670,7 +702,11 @@ impl Session {
                     _ => false,
                 });
             let flags = if sets_seen {
-                changes.push((m.uid, m.flags.with(Flags::SEEN)));
+                changes.push(FlagChange {
+                    uid: m.uid,
+                    set: Flags::SEEN,
+                    clear: Flags::default(),
+                });
                 m.flags.with(Flags::SEEN)
             } else {
                 m.flags
@@ -691,6 +727,7 @@ impl Session {
                 None
             };
             let size = match &bytes {
+                _ if !names.contains(&MessageDataItemName::Rfc822Size) => 0,
                 Some(b) if shows_original(&m.rec) => u32::try_from(b.len()).unwrap_or(u32::MAX),
                 _ if shows_original(&m.rec) => match self.content(&m).await {
                     Ok(b) => u32::try_from(b.map_or(0, |b| b.len())).unwrap_or(u32::MAX),
@@ -727,7 +764,7 @@ impl Session {
                     MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
                         if let Some(p) = &parsed {
                             let ext = matches!(name, MessageDataItemName::BodyStructure);
-                            let bs = mime::body_structure(p, 0, raw, ext);
+                            let bs = mime::body_structure(p, raw, ext);
                             items.push(if ext {
                                 MessageDataItem::BodyStructure(bs)
                             } else {
@@ -788,6 +825,11 @@ impl Session {
                 }
             } else if let Ok(items) = Vec1::try_from(items) {
                 server.enqueue_data(Data::Fetch { seq, items });
+                // Written out before the next message is read: a FETCH of many large
+                // messages holds one at a time.
+                if bytes.is_some() {
+                    conn.flush(server).await?;
+                }
             }
         }
         Ok(self.save_flags(&changes).await)
@@ -843,7 +885,15 @@ impl Session {
                 tracing::error!(id = %m.rec.id, "imap: stored message shorter than its record");
                 return Err(DriveError::Closed);
             }
-            conn.write_raw(server, &buf[..n]).await?;
+            // IMAP4rev1 literals carry no NUL: replaced, as in the other responses.
+            let chunk = &mut buf[..n];
+            if memchr::memchr(0, chunk).is_some() {
+                chunk
+                    .iter_mut()
+                    .filter(|b| **b == 0)
+                    .for_each(|b| *b = 0x80);
+            }
+            conn.write_raw(server, chunk).await?;
             sent += n as u64;
         }
         conn.write_raw(server, b")\r\n").await?;
@@ -861,10 +911,12 @@ impl Session {
         };
         let largest = sel.largest();
         let bytes_too = search::needs_content(criteria);
+        // A journal report's size is its original's: read only when a key asks for sizes.
+        let sizes_too = search::needs_size(criteria);
         let mut hits = Vec::new();
         for (i, m) in sel.msgs.iter().enumerate() {
             let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let bytes = if bytes_too || shows_original(&m.rec) {
+            let bytes = if bytes_too || (sizes_too && shows_original(&m.rec)) {
                 self.content(m).await?
             } else {
                 None
@@ -913,13 +965,19 @@ impl Session {
         let mut changes = Vec::new();
         for i in sel.pick(set, uid) {
             let m = &mut sel.msgs[i];
-            let new = match kind {
-                StoreType::Replace => Flags(given.0 | (m.flags.0 & !Flags::CLIENT.0)),
-                StoreType::Add => m.flags.with(given),
-                StoreType::Remove => m.flags.without(given),
+            let (set, clear) = match kind {
+                StoreType::Replace => (given, Flags(Flags::CLIENT.0 & !given.0)),
+                StoreType::Add => (given, Flags::default()),
+                StoreType::Remove => (Flags::default(), given),
             };
+            let change = FlagChange {
+                uid: m.uid,
+                set,
+                clear,
+            };
+            let new = change.apply(m.flags);
             if new != m.flags {
-                changes.push((m.uid, new));
+                changes.push(change);
                 m.flags = new;
             }
             if response == StoreResponse::Answer {
@@ -976,9 +1034,13 @@ impl Session {
                     && only.is_none_or(|set| search::in_set(set, m.uid, largest))
             })
             .collect();
-        let changes: Vec<(u32, Flags)> = gone
+        let changes: Vec<FlagChange> = gone
             .iter()
-            .map(|&i| (sel.msgs[i].uid, sel.msgs[i].flags.with(Flags::HIDDEN)))
+            .map(|&i| FlagChange {
+                uid: sel.msgs[i].uid,
+                set: Flags::HIDDEN,
+                clear: Flags::default(),
+            })
             .collect();
         if let Err(e) = self.save_flags(&changes).await {
             tracing::error!(error = %e, "imap: cannot keep the expunge");
@@ -1244,14 +1306,66 @@ fn needs_bytes_for(n: &MessageDataItemName<'_>) -> bool {
     )
 }
 
-/// Whether a LIST pattern (`*` and `%` wildcards) matches `name`, case-insensitively for
-/// INBOX.
+/// Whether a LIST pattern (`*` and `%` wildcards) matches `name`, case-insensitively (the
+/// only name is INBOX). Linear in the pattern: a run of wildcards is one, and the match
+/// is the classic greedy one with a single backtrack point, so a pattern of a thousand
+/// stars costs a thousand steps, not an exponential search.
 fn wildcard_matches(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*' | b'%', rest)) => (0..=name.len()).any(|i| wildcard_matches(rest, &name[i..])),
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, name)| n.eq_ignore_ascii_case(c) && wildcard_matches(rest, name)),
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*' | b'%') => {
+                while matches!(pattern.get(p), Some(b'*' | b'%')) {
+                    p += 1;
+                }
+                star = Some((p, n));
+            }
+            Some(c) if c.eq_ignore_ascii_case(&name[n]) => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..]
+        .iter()
+        .all(|c| matches!(c, b'*' | b'%'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard_matches;
+
+    #[test]
+    fn list_patterns_match_inbox_and_take_linear_time() {
+        for (p, m) in [
+            ("*", true),
+            ("%", true),
+            ("INBOX", true),
+            ("inbox", true),
+            ("IN*", true),
+            ("*X", true),
+            ("I%B%X", true),
+            ("*Z", false),
+            ("INBOX2", false),
+            ("", false),
+            ("Sent", false),
+        ] {
+            assert_eq!(wildcard_matches(p.as_bytes(), b"INBOX"), m, "{p}");
+        }
+        // Thousands of wildcards that never match: answered at once.
+        let mut hostile = "*".repeat(5000);
+        hostile.push('q');
+        let t = std::time::Instant::now();
+        assert!(!wildcard_matches(hostile.as_bytes(), b"INBOX"));
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
     }
 }

@@ -157,7 +157,14 @@ mod tests {
         assert_eq!(s.next_uid, 4);
         // Hidden by the user, and failed (left the view): gone, UIDs not reused.
         boxes
-            .set_flags(&alice.address, &[(1, Flags::HIDDEN)])
+            .change_flags(
+                &alice.address,
+                &[crate::model::mailbox::FlagChange {
+                    uid: 1,
+                    set: Flags::HIDDEN,
+                    clear: Flags::default(),
+                }],
+            )
             .await
             .unwrap();
         let mut failed = index.get(b.id).await.unwrap().unwrap();

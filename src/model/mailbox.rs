@@ -44,6 +44,23 @@ impl Flags {
     }
 }
 
+/// A change to one message's flags: bits to set and bits to clear, applied to what is
+/// stored at the time (two sessions changing different flags of one message both keep
+/// theirs). [`Flags::HIDDEN`] is never cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagChange {
+    pub uid: u32,
+    pub set: Flags,
+    pub clear: Flags,
+}
+
+impl FlagChange {
+    /// `flags` with this change made.
+    pub fn apply(&self, flags: Flags) -> Flags {
+        Flags((flags.0 & !(self.clear.0 & Flags::CLIENT.0)) | self.set.0)
+    }
+}
+
 /// One message of a user's mailbox: its UID, the message and the user's flags on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UidEntry {

@@ -39,8 +39,59 @@ pub fn wanted(config: &Config) -> bool {
     .any(|l| l.is_some())
 }
 
+/// Connections IMAP and POP3 take together, in all and per client address (the SMTP
+/// listener's `max_connections` and `max_connections_per_ip`): past them a connection is
+/// closed at once, so a flood of idle connections cannot take memory or descriptors.
+#[derive(Clone)]
+struct Limits {
+    all: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+}
+
+/// One connection counted, until dropped.
+struct Counted {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn take(&self, ip: IpAddr) -> Option<Counted> {
+        let slot = self.all.clone().try_acquire_owned().ok()?;
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            _slot: slot,
+            ip,
+            per_ip: self.per_ip.clone(),
+        })
+    }
+}
+
 /// Start the listeners `[imap]` and `[pop3]` name.
 pub fn start(config: &Config, parts: Parts) -> Result<(), ServeError> {
+    let limits = Limits {
+        all: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
+        per_ip: Arc::default(),
+        max_per_ip: config.max_connections_per_ip.max(1),
+    };
     let tls = super::tls_acceptor(config)?;
     let imap = Arc::new(crate::imap::Imap {
         storage: parts.storage.clone(),
@@ -61,24 +112,34 @@ pub fn start(config: &Config, parts: Parts) -> Result<(), ServeError> {
         allow_plaintext_auth: config.pop3.allow_plaintext_auth,
     });
     let i = imap.clone();
-    listen(&config.imap.listen, "imap", &parts.stop, move |t, p| {
-        crate::imap::session::serve_plain(i.clone(), t, p)
-    })?;
+    listen(
+        &config.imap.listen,
+        "imap",
+        &parts.stop,
+        &limits,
+        move |t, p| crate::imap::session::serve_plain(i.clone(), t, p),
+    )?;
     let i = imap;
     listen(
         &config.imap.listen_tls,
         "imaps",
         &parts.stop,
+        &limits,
         move |t, p| crate::imap::session::serve_tls(i.clone(), t, p),
     )?;
     let p3 = pop.clone();
-    listen(&config.pop3.listen, "pop3", &parts.stop, move |t, p| {
-        crate::pop3::serve_plain(p3.clone(), t, p)
-    })?;
+    listen(
+        &config.pop3.listen,
+        "pop3",
+        &parts.stop,
+        &limits,
+        move |t, p| crate::pop3::serve_plain(p3.clone(), t, p),
+    )?;
     listen(
         &config.pop3.listen_tls,
         "pop3s",
         &parts.stop,
+        &limits,
         move |t, p| crate::pop3::serve_tls(pop.clone(), t, p),
     )?;
     Ok(())
@@ -89,6 +150,7 @@ fn listen<F, Fut>(
     addrs: &Option<ListenAddrs>,
     what: &'static str,
     stop: &tokio::sync::watch::Receiver<bool>,
+    limits: &Limits,
     session: F,
 ) -> Result<(), ServeError>
 where
@@ -101,13 +163,17 @@ where
     let listeners = server::listeners(addrs)?;
     tracing::info!(listen = %server::local_addrs(&listeners), what, "serving");
     for l in listeners {
-        tokio::spawn(accept(l, stop.clone(), session.clone()));
+        tokio::spawn(accept(l, stop.clone(), limits.clone(), session.clone()));
     }
     Ok(())
 }
 
-async fn accept<F, Fut>(l: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>, session: F)
-where
+async fn accept<F, Fut>(
+    l: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+    session: F,
+) where
     F: Fn(TcpStream, IpAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -115,8 +181,16 @@ where
         tokio::select! {
             r = l.accept() => match r {
                 Ok((tcp, peer)) => {
+                    let Some(counted) = limits.take(peer.ip()) else {
+                        tracing::warn!("too many connections; one closed");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(session(tcp, peer.ip()));
+                    let run = session(tcp, peer.ip());
+                    tokio::spawn(async move {
+                        run.await;
+                        drop(counted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

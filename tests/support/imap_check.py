@@ -100,9 +100,23 @@ while True:
         check(b"OK" in line, f"IDLE ended {line!r}")
         break
 
-# STORE \Deleted + EXPUNGE hides the message from this user's view.
+# A second session of the same user: flags one sets are told to the other at NOOP, and
+# a change the other makes later from its stale copy does not undo them.
+m2 = imaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=ctx)
+m2.login(user, password)
+m2.select("INBOX")
 typ, data = m.select("INBOX")
 before = int(data[0])
+m.store(carol[0], "+FLAGS", "(\\Flagged)")
+typ, data = m2.noop()
+told = m2.untagged_responses.get("FETCH", [])
+check(any(b"\\Flagged" in x for x in told), f"the other session told of \\Flagged: {told}")
+m2.store(carol[0], "+FLAGS", "(\\Answered)")
+m.noop()
+typ, data = m.fetch(carol[0], "(FLAGS)")
+check(b"\\Flagged" in data[0] and b"\\Answered" in data[0], f"both sessions' flags kept: {data}")
+
+# STORE \Deleted + EXPUNGE hides the message from this user's view.
 typ, data = m.store(carol[0], "+FLAGS", "(\\Deleted)")
 check(typ == "OK", f"STORE +FLAGS \\Deleted: {data}")
 typ, data = m.expunge()
@@ -111,6 +125,14 @@ typ, data = m.select("INBOX")
 check(int(data[0]) == before - 1, f"one fewer after EXPUNGE: {data}")
 typ, data = m.search(None, "FROM", "carol@example.org")
 check(data[0] == b"", f"carol's message gone from the view: {data}")
+# The other session, still showing it, reads it (setting \\Seen): it stays hidden.
+m2.fetch(carol[0], "(BODY[]<0.1>)")
+m2.logout()
+m3 = imaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=ctx)
+m3.login(user, password)
+typ, data = m3.select("INBOX")
+check(int(data[0]) == before - 1, f"still hidden after the other session's read: {data}")
+m3.logout()
 m.logout()
 
 # Implicit TLS works too.

@@ -9,7 +9,7 @@ use rusqlite::OptionalExtension;
 use super::{SqliteIndex, commit_err, db_err};
 use crate::error::StoreError;
 use crate::model::MessageId;
-use crate::model::mailbox::{Flags, MailboxState, UidEntry};
+use crate::model::mailbox::{FlagChange, Flags, MailboxState, UidEntry};
 use crate::ports::Mailboxes;
 
 /// The tables, created with the rest of the schema.
@@ -155,21 +155,30 @@ impl Mailboxes for SqliteIndex {
         .await
     }
 
-    async fn set_flags(&self, user: &str, flags: &[(u32, Flags)]) -> Result<(), StoreError> {
-        let (user, flags) = (user.to_string(), flags.to_vec());
+    async fn change_flags(&self, user: &str, changes: &[FlagChange]) -> Result<(), StoreError> {
+        let (user, changes) = (user.to_string(), changes.to_vec());
         self.with(move |c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             {
+                // Against the stored flags, in the statement: a change another session
+                // made meanwhile to other flags stays.
                 let mut stmt = tx
                     .prepare_cached(
-                        "UPDATE mailbox_uids SET flags = ?3 WHERE user = ?1 AND uid = ?2",
+                        "UPDATE mailbox_uids SET flags = (flags & ~?3) | ?4 \
+                         WHERE user = ?1 AND uid = ?2",
                     )
                     .map_err(db_err)?;
-                for (uid, f) in &flags {
-                    stmt.execute(rusqlite::params![user, i64::from(*uid), i64::from(f.0)])
-                        .map_err(db_err)?;
+                for ch in &changes {
+                    let clear = ch.clear.0 & Flags::CLIENT.0;
+                    stmt.execute(rusqlite::params![
+                        user,
+                        i64::from(ch.uid),
+                        i64::from(clear),
+                        i64::from(ch.set.0)
+                    ])
+                    .map_err(db_err)?;
                 }
             }
             tx.commit().map_err(commit_err)
