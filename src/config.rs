@@ -184,9 +184,9 @@ pub struct Config {
     #[serde(default)]
     pub submission: SubmissionConfig,
     #[serde(default)]
-    pub imap: ImapConfig,
+    pub imap: MailAccessConfig,
     #[serde(default)]
-    pub pop3: Pop3Config,
+    pub pop3: MailAccessConfig,
     #[serde(default)]
     pub outbound: OutboundConfig,
     #[serde(default)]
@@ -229,33 +229,18 @@ fn default_rate_per_hour() -> u32 {
     200
 }
 
-/// The emergency mailbox over IMAP (`[imap]`): users read the held mail in their own
-/// mail clients (see `crate::imap`).
+/// The emergency mailbox in users' own mail clients: `[imap]` (ports 143 with STARTTLS,
+/// 993) and `[pop3]` (110 with STLS, 995), see `crate::imap` and `crate::pop3`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImapConfig {
-    /// With STARTTLS (port 143); unset: not served.
+pub struct MailAccessConfig {
+    /// With STARTTLS (STLS); unset: not served.
     #[serde(default)]
     pub listen: Option<ListenAddrs>,
-    /// Implicit TLS (port 993); needs `[tls]`.
+    /// Implicit TLS; needs `[tls]`.
     #[serde(default)]
     pub listen_tls: Option<ListenAddrs>,
-    /// LOGIN without TLS: for loopback tests only.
-    #[serde(default, deserialize_with = "lenient")]
-    pub allow_plaintext_auth: bool,
-}
-
-/// The emergency mailbox over POP3 (`[pop3]`, see `crate::pop3`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pop3Config {
-    /// With STLS (port 110); unset: not served.
-    #[serde(default)]
-    pub listen: Option<ListenAddrs>,
-    /// Implicit TLS (port 995); needs `[tls]`.
-    #[serde(default)]
-    pub listen_tls: Option<ListenAddrs>,
-    /// USER/PASS without TLS: for loopback tests only.
+    /// Passwords without TLS: for loopback tests only.
     #[serde(default, deserialize_with = "lenient")]
     pub allow_plaintext_auth: bool,
 }

@@ -123,6 +123,32 @@ fn stored(s: &Setup, user: &str) -> Vec<Vec<u8>> {
     all
 }
 
+/// What a client printed, stdout then stderr.
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Python's imaplib logged in as `user` over IMAPS on `port` (`m` the connection); what
+/// `body` prints.
+fn imaps_python(port: u16, ca: &Path, user: &str, password: &str, body: &str) -> String {
+    let script = format!(
+        "import imaplib,ssl,sys\n\
+         c=ssl.create_default_context(cafile=sys.argv[2]); c.check_hostname=False\n\
+         m=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=c)\n\
+         m.login('{user}','{password}')\n{body}"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script, &port.to_string(), ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Where mbsync's one `X-TUID: ...\n` line is, if any.
 fn memchr_tuid(text: &[u8]) -> Option<(usize, usize)> {
     let start = text.windows(8).position(|w| w == b"\nX-TUID:")? + 1;
@@ -175,11 +201,7 @@ fn imaplib_searches_fetches_idles_and_hides() {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text_of(&out);
     println!("{text}");
     assert!(out.status.success(), "imaplib checks failed:\n{text}");
     // Hidden from alice only: the held message itself is still there.
@@ -191,19 +213,14 @@ fn imaplib_searches_fetches_idles_and_hides() {
         "EXPUNGE deleted held mail"
     );
     // Bob still sees his own message, and none of alice's.
-    let bob = Command::new("python3")
-        .args([
-            "-c",
-            "import imaplib,ssl,sys\n\
-             c=ssl.create_default_context(cafile=sys.argv[2]); c.check_hostname=False\n\
-             m=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=c)\n\
-             m.login('bob@example.test','bob-pw'); print(m.select('INBOX')[1][0].decode())",
-            &s.imaps.to_string(),
-            s.pki.ca.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&bob.stdout).trim(), "1");
+    let bob = imaps_python(
+        s.imaps,
+        &s.pki.ca,
+        "bob@example.test",
+        "bob-pw",
+        "print(m.select('INBOX')[1][0].decode())",
+    );
+    assert_eq!(bob.trim(), "1");
 }
 
 /// Connections past `max_connections_per_ip` (IMAP and POP3 together) are closed at
@@ -263,11 +280,7 @@ fn mbsync_syncs_the_inbox_byte_for_byte_and_flags_back() {
             .args(["-c", rc.to_str().unwrap(), "-a"])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = text_of(&out);
         assert!(out.status.success(), "mbsync: {text}");
         text
     };
@@ -312,27 +325,18 @@ fn mbsync_syncs_the_inbox_byte_for_byte_and_flags_back() {
     wait_for("imaps again", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", s.imaps)).is_ok()
     });
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import imaplib,ssl,sys\n\
-             c=ssl.create_default_context(cafile=sys.argv[2]); c.check_hostname=False\n\
-             m=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=c)\n\
-             m.login('alice@example.test','alice-pw'); m.select('INBOX', readonly=True)\n\
-             print(m.search(None,'FLAGGED','SEEN')[1][0].decode())",
-            &s.imaps.to_string(),
-            s.pki.ca.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let flagged = imaps_python(
+        s.imaps,
+        &s.pki.ca,
+        "alice@example.test",
+        "alice-pw",
+        "m.select('INBOX', readonly=True)\n\
+         print(m.search(None,'FLAGGED','SEEN')[1][0].decode())",
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .count(),
+        flagged.split_whitespace().count(),
         1,
-        "one message seen and flagged after the restart: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "one message seen and flagged after the restart: {flagged}"
     );
 }
 
@@ -379,11 +383,7 @@ fn fetchmail_over_stls_keeps_and_fetches_nothing_twice() {
             .env("HOME", dir)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = text_of(&out);
         // 0: mail fetched; 1: no mail.
         assert!(
             matches!(out.status.code(), Some(0 | 1)),

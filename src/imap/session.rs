@@ -185,17 +185,8 @@ pub async fn serve_plain(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
     let conn = Conn::new(tcp);
     match s.run(conn, Server::new(options(), greeting())).await {
         Ok((End::StartTls, conn)) => {
-            let Some(acceptor) = imap.tls.clone() else {
+            let Some(tls) = handshake(&imap, conn.into_inner()).await else {
                 return;
-            };
-            let tcp = conn.into_inner();
-            let tls = match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!(error = %e, "imap: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
             };
             let mut server = Server::new(options(), greeting());
             // No greeting after STARTTLS: take the one a new server queues and drop it.
@@ -212,16 +203,8 @@ pub async fn serve_plain(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
 
 /// A connection on the implicit-TLS listener.
 pub async fn serve_tls(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
-    let Some(acceptor) = imap.tls.clone() else {
+    let Some(tls) = handshake(&imap, tcp).await else {
         return;
-    };
-    let tls = match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            tracing::info!(error = %e, "imap: TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
     };
     let mut s = Session::new(imap, peer, true);
     if let Err(e) = s
@@ -229,6 +212,22 @@ pub async fn serve_tls(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
         .await
     {
         tracing::debug!(error = %e, "imap: session ended");
+    }
+}
+
+/// The server side of a TLS handshake, within [`LOGIN_TIMEOUT`]; `None`: failed (logged).
+async fn handshake(
+    imap: &Imap,
+    tcp: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = imap.tls.clone()?;
+    match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "imap: TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -677,18 +676,7 @@ impl Session {
                 }
             )
         };
-        let needs_bytes = names.iter().any(|n| {
-            matches!(
-                n,
-                MessageDataItemName::Envelope
-                    | MessageDataItemName::BodyStructure
-                    | MessageDataItemName::Body
-                    | MessageDataItemName::BodyExt { .. }
-                    | MessageDataItemName::Rfc822
-                    | MessageDataItemName::Rfc822Header
-                    | MessageDataItemName::Rfc822Text
-            )
-        });
+        let needs_bytes = names.iter().any(needs_bytes_for);
         let mut changes = Vec::new();
         for i in picked {
             let Some(sel) = &self.selected else { break };
@@ -1292,7 +1280,7 @@ impl Session {
     }
 }
 
-/// Whether fetching `n` needs the message's bytes when a whole `BODY[]` is streamed.
+/// Whether fetching `n` needs the message's bytes.
 fn needs_bytes_for(n: &MessageDataItemName<'_>) -> bool {
     matches!(
         n,
