@@ -164,6 +164,8 @@ fn main() {
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = listener.accept().await.unwrap();
+                // As `standby serve`'s listeners do.
+                tcp.set_nodelay(true).unwrap();
                 tokio::spawn(standby::imap::session::serve_plain(
                     imap.clone(),
                     tcp,

@@ -861,30 +861,45 @@ impl Session {
             Err(_) => format!("* {seq} FETCH (").into_bytes(),
         };
         head.extend_from_slice(format!("BODY[] {{{size}}}\r\n").as_bytes());
-        conn.write_raw(server, &head).await?;
+        // Written in pieces of about CHUNK, the head with the first and the closing
+        // parenthesis with the last: a small message goes out in one write (separate small
+        // writes meet the client's delayed ACK).
+        let mut out = head;
         let mut sent: u64 = 0;
         let mut buf = vec![0u8; CHUNK];
-        while sent < size {
-            let want = usize::try_from((size - sent).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let n = body.read(&mut buf[..want]).await.map_err(DriveError::Io)?;
-            if n == 0 {
-                // The stored bytes end before their record's size: the literal cannot
-                // be finished, and the connection cannot go on.
-                tracing::error!(id = %m.rec.id, "imap: stored message shorter than its record");
-                return Err(DriveError::Closed);
+        loop {
+            if sent < size {
+                let want = usize::try_from((size - sent).min(CHUNK as u64)).unwrap_or(CHUNK);
+                let n = body.read(&mut buf[..want]).await.map_err(DriveError::Io)?;
+                if n == 0 {
+                    // The stored bytes end before their record's size: the literal cannot
+                    // be finished, and the connection cannot go on.
+                    tracing::error!(id = %m.rec.id, "imap: stored message shorter than its record");
+                    return Err(DriveError::Closed);
+                }
+                // IMAP4rev1 literals carry no NUL: replaced, as in the other responses.
+                let chunk = &mut buf[..n];
+                if memchr::memchr(0, chunk).is_some() {
+                    chunk
+                        .iter_mut()
+                        .filter(|b| **b == 0)
+                        .for_each(|b| *b = 0x80);
+                }
+                out.extend_from_slice(chunk);
+                sent += n as u64;
             }
-            // IMAP4rev1 literals carry no NUL: replaced, as in the other responses.
-            let chunk = &mut buf[..n];
-            if memchr::memchr(0, chunk).is_some() {
-                chunk
-                    .iter_mut()
-                    .filter(|b| **b == 0)
-                    .for_each(|b| *b = 0x80);
+            let last = sent >= size;
+            if last {
+                out.extend_from_slice(b")\r\n");
             }
-            conn.write_raw(server, chunk).await?;
-            sent += n as u64;
+            if last || out.len() >= CHUNK {
+                conn.write_raw(server, &out).await?;
+                out.clear();
+            }
+            if last {
+                break;
+            }
         }
-        conn.write_raw(server, b")\r\n").await?;
         conn.flush_raw().await?;
         Ok(Ok(()))
     }

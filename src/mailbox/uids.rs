@@ -23,7 +23,8 @@ const PAGE: usize = 1000;
 pub struct Message {
     pub uid: u32,
     pub flags: Flags,
-    pub rec: Record,
+    /// Shared: a session hands messages around (a FETCH of 10,000) without copying them.
+    pub rec: std::sync::Arc<Record>,
 }
 
 /// The mailbox at one moment: UIDVALIDITY, the next UID and the messages by UID.
@@ -83,7 +84,7 @@ pub async fn snapshot(
             by_id.remove(&e.id).map(|rec| Message {
                 uid: e.uid,
                 flags: e.flags,
-                rec,
+                rec: std::sync::Arc::new(rec),
             })
         })
         .collect();
