@@ -1427,7 +1427,7 @@ impl BodyWatch for DigestWatch {
                 "SHA-256",
                 hex::encode(sha2::Digest::finalize(std::mem::take(h))),
             ),
-            Hasher::Xxh3(h) => ("XXH3-128", format!("{:032x}", h.digest128())),
+            Hasher::Xxh3(h) => ("XXH3-128", crate::model::xxh3_text(h.digest128())),
         };
         let (size, want) = &self.want;
         if self.size == *size && &got == want {

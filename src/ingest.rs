@@ -305,7 +305,7 @@ impl Incoming {
         let mut rec = Record {
             origin: env.origin,
             blob,
-            xxh3: Some(format!("{:032x}", xxh3.digest128())),
+            xxh3: Some(crate::model::xxh3_text(xxh3.digest128())),
             ..Record::held(
                 id,
                 env.mail_from,

@@ -440,7 +440,13 @@ pub struct Replayed {
 
 /// The hex XXH3-128 of `bytes`, as [`Record::xxh3`] holds it.
 pub fn xxh3_hex(bytes: &[u8]) -> String {
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+    xxh3_text(xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+/// An XXH3-128 digest as [`Record::xxh3`] holds it (32 hex digits), however it was taken
+/// (at once, or streamed as the bytes pass).
+pub fn xxh3_text(digest: u128) -> String {
+    format!("{digest:032x}")
 }
 
 impl Record {

@@ -380,23 +380,12 @@ impl Session {
     }
 
     async fn open(&self, account: &Account) -> Result<Maildrop, StoreError> {
-        let mailboxes = self
-            .pop
-            .storage
-            .mailboxes
-            .clone()
-            .ok_or_else(|| StoreError::Backend {
-                backend: "mailboxes",
-                detail: "this store keeps no mailboxes".into(),
-                transient: false,
-                source: None,
-            })?;
         let view = View {
             account,
             history_days: self.pop.history_days,
             now: self.pop.clock.now(),
         };
-        let snap = snapshot(&view, self.pop.storage.index.as_ref(), mailboxes.as_ref()).await?;
+        let snap = snapshot(&view, &self.pop.storage).await?;
         let mut sizes = Vec::with_capacity(snap.messages.len());
         for m in &snap.messages {
             sizes.push(if shows_original(&m.rec) {

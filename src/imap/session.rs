@@ -488,12 +488,7 @@ impl Session {
             history_days: self.imap.history_days,
             now: self.imap.clock.now(),
         };
-        let mailboxes = match &self.imap.storage.mailboxes {
-            Some(m) => m.clone(),
-            None => return,
-        };
-        let snap = match snapshot(&view, self.imap.storage.index.as_ref(), mailboxes.as_ref()).await
-        {
+        let snap = match snapshot(&view, &self.imap.storage).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "imap: cannot look at the mailbox");
@@ -538,30 +533,8 @@ impl Session {
         }
     }
 
-    async fn open(&self) -> Result<crate::mailbox::uids::Snapshot, StoreError> {
-        let account =
-            self.account
-                .as_ref()
-                .ok_or(StoreError::Changed(crate::model::MessageId::new(
-                    chrono::Utc::now(),
-                )))?;
-        let mailboxes = self
-            .imap
-            .storage
-            .mailboxes
-            .clone()
-            .ok_or_else(|| StoreError::Backend {
-                backend: "mailboxes",
-                detail: "this store keeps no IMAP mailboxes".into(),
-                transient: false,
-                source: None,
-            })?;
-        snapshot(
-            &self.view(account),
-            self.imap.storage.index.as_ref(),
-            mailboxes.as_ref(),
-        )
-        .await
+    async fn open(&self, account: &Account) -> Result<crate::mailbox::uids::Snapshot, StoreError> {
+        snapshot(&self.view(account), &self.imap.storage).await
     }
 
     async fn save_flags(&self, changes: &[FlagChange]) -> Result<(), StoreError> {
@@ -586,7 +559,11 @@ impl Session {
             server.enqueue_status(no(tag, Some(code("NONEXISTENT")), "Only INBOX here"));
             return;
         }
-        let snap = match self.open().await {
+        let Some(account) = self.account.clone() else {
+            server.enqueue_status(bad(tag, "Log in first"));
+            return;
+        };
+        let snap = match self.open(&account).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "imap: the store did not answer");
@@ -1185,7 +1162,11 @@ impl Session {
                     server.enqueue_status(no(&tag, Some(code("NONEXISTENT")), "Only INBOX here"));
                     return Ok(None);
                 }
-                let snap = match self.open().await {
+                let Some(account) = self.account.clone() else {
+                    server.enqueue_status(bad(&tag, "Log in first"));
+                    return Ok(None);
+                };
+                let snap = match self.open(&account).await {
                     Ok(s) => s,
                     Err(e) => {
                         server.enqueue_status(unavailable(&tag, &e));

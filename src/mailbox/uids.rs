@@ -13,7 +13,7 @@ use crate::error::StoreError;
 use crate::mailbox::{Folder, View, is_virus};
 use crate::model::Record;
 use crate::model::mailbox::Flags;
-use crate::ports::{Index, ListQuery, Mailboxes};
+use crate::ports::{Index, ListQuery, Mailboxes, Storage};
 
 /// Index reads per page while listing a mailbox.
 const PAGE: usize = 1000;
@@ -57,14 +57,21 @@ async fn inbox(view: &View<'_>, index: &dyn Index) -> Result<Vec<Record>, StoreE
     }
 }
 
-/// `view`'s mailbox now, new messages given their UIDs (see the module docs).
-pub async fn snapshot(
-    view: &View<'_>,
-    index: &dyn Index,
-    mailboxes: &dyn Mailboxes,
-) -> Result<Snapshot, StoreError> {
+/// `view`'s mailbox in `storage` now, new messages given their UIDs (see the module
+/// docs); an error where the store keeps no mailboxes.
+pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, StoreError> {
+    let mailboxes: &dyn Mailboxes =
+        storage
+            .mailboxes
+            .as_deref()
+            .ok_or_else(|| StoreError::Backend {
+                backend: "mailboxes",
+                detail: "this store keeps no IMAP or POP3 mailboxes".into(),
+                transient: false,
+                source: None,
+            })?;
     let user = &view.account.address;
-    let records = inbox(view, index).await?;
+    let records = inbox(view, storage.index.as_ref()).await?;
     let mut state = mailboxes.load(user).await?;
     let known: std::collections::HashSet<_> = state.entries.iter().map(|e| e.id).collect();
     let new: Vec<_> = records
@@ -98,7 +105,6 @@ pub async fn snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{MemIndex, MemMailboxes};
     use crate::model::{MessageId, Status};
     use crate::users::Account;
     use chrono::{DateTime, Duration};
@@ -119,8 +125,11 @@ mod tests {
     /// messages leave the snapshot and their UIDs are never given again.
     #[tokio::test]
     async fn uids_are_given_once_in_the_order_messages_enter_the_view() {
-        let index = MemIndex::default();
-        let boxes = MemMailboxes::default();
+        let storage = Storage::memory();
+        let (index, boxes) = (
+            storage.index.clone(),
+            storage.mailboxes.clone().expect("kept in memory"),
+        );
         let alice = Account {
             address: "alice@example.test".into(),
             aliases: vec![],
@@ -137,7 +146,7 @@ mod tests {
         for r in [&a, &b, &rec(4, "bob@example.test")] {
             index.insert(r).await.unwrap();
         }
-        let s = snapshot(&view, &index, &boxes).await.unwrap();
+        let s = snapshot(&view, &storage).await.unwrap();
         assert_eq!(
             s.messages
                 .iter()
@@ -149,7 +158,7 @@ mod tests {
         // before the others.
         let late = rec(1, "alice@example.test");
         index.insert(&late).await.unwrap();
-        let s = snapshot(&view, &index, &boxes).await.unwrap();
+        let s = snapshot(&view, &storage).await.unwrap();
         assert_eq!(
             s.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
             [1, 2, 3]
@@ -171,7 +180,7 @@ mod tests {
         let mut failed = index.get(b.id).await.unwrap().unwrap();
         failed.status = Status::Failed;
         index.update(&failed, now).await.unwrap();
-        let again = snapshot(&view, &index, &boxes).await.unwrap();
+        let again = snapshot(&view, &storage).await.unwrap();
         assert_eq!(
             again.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
             [3]
