@@ -188,164 +188,193 @@ impl Session {
             let (cmd, rest) = text.split_once(' ').unwrap_or((text, ""));
             let cmd = cmd.to_ascii_uppercase();
             let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
-            let w = io.get_mut();
-            match (cmd.as_str(), self.maildrop.is_some()) {
-                ("CAPA", _) => {
-                    let mut caps = String::from(
-                        "+OK capabilities follow\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n",
-                    );
-                    if self.maildrop.is_none() {
-                        if !self.tls && self.pop.tls.is_some() {
-                            caps.push_str("STLS\r\n");
-                        }
-                        if self.may_log_in() {
-                            caps.push_str("USER\r\n");
-                        }
+            // Each command, its answer included, within the write timeout: a client that
+            // stops reading what it asked for cannot hold the connection (and its slot).
+            let done =
+                tokio::time::timeout(WRITE_TIMEOUT, self.command(io, &cmd, rest, &args)).await;
+            match done {
+                Ok(Ok(Some(end))) => return Ok(end),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One command and its answer; `Some` when the connection ends or turns to TLS.
+    async fn command<S>(
+        &mut self,
+        io: &mut BufReader<S>,
+        cmd: &str,
+        rest: &str,
+        args: &[&str],
+    ) -> std::io::Result<Option<End>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let w = io.get_mut();
+        match (cmd, self.maildrop.is_some()) {
+            ("CAPA", _) => {
+                let mut caps = String::from(
+                    "+OK capabilities follow\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n",
+                );
+                if self.maildrop.is_none() {
+                    if !self.tls && self.pop.tls.is_some() {
+                        caps.push_str("STLS\r\n");
                     }
-                    caps.push_str("IMPLEMENTATION standby-mx\r\n.\r\n");
-                    w.write_all(caps.as_bytes()).await?;
+                    if self.may_log_in() {
+                        caps.push_str("USER\r\n");
+                    }
                 }
-                ("QUIT", false) => {
-                    w.write_all(b"+OK bye\r\n").await?;
-                    return Ok(End::Closed);
-                }
-                ("QUIT", true) => {
-                    let reply = self.update().await;
-                    io.get_mut().write_all(reply.as_bytes()).await?;
-                    return Ok(End::Closed);
-                }
-                ("STLS", false) => {
-                    if self.tls || self.pop.tls.is_none() || self.user.is_some() {
-                        w.write_all(b"-ERR STLS not available\r\n").await?;
-                    } else {
-                        // Whatever the client sent after STLS in plain text would be
-                        // taken as sent over TLS: refused, the connection dropped.
-                        if !io.buffer().is_empty() {
-                            io.get_mut()
-                                .write_all(b"-ERR nothing may follow STLS before the handshake\r\n")
-                                .await?;
-                            return Ok(End::Closed);
-                        }
+                caps.push_str("IMPLEMENTATION standby-mx\r\n.\r\n");
+                w.write_all(caps.as_bytes()).await?;
+            }
+            ("QUIT", false) => {
+                w.write_all(b"+OK bye\r\n").await?;
+                return Ok(Some(End::Closed));
+            }
+            ("QUIT", true) => {
+                let reply = self.update().await;
+                io.get_mut().write_all(reply.as_bytes()).await?;
+                return Ok(Some(End::Closed));
+            }
+            ("STLS", false) => {
+                if self.tls || self.pop.tls.is_none() || self.user.is_some() {
+                    w.write_all(b"-ERR STLS not available\r\n").await?;
+                } else {
+                    // Whatever the client sent after STLS in plain text would be
+                    // taken as sent over TLS: refused, the connection dropped.
+                    if !io.buffer().is_empty() {
                         io.get_mut()
-                            .write_all(b"+OK begin TLS negotiation\r\n")
+                            .write_all(b"-ERR nothing may follow STLS before the handshake\r\n")
                             .await?;
-                        return Ok(End::Stls);
+                        return Ok(Some(End::Closed));
                     }
-                }
-                ("USER", false) => {
-                    if !self.may_log_in() {
-                        w.write_all(b"-ERR [SYS/PERM] STLS first: no passwords in plain text\r\n")
-                            .await?;
-                    } else if let Some(name) = args.first() {
-                        self.user = Some((*name).to_string());
-                        w.write_all(b"+OK send PASS\r\n").await?;
-                    } else {
-                        w.write_all(b"-ERR USER needs a name\r\n").await?;
-                    }
-                }
-                ("PASS", false) => {
-                    let Some(name) = self.user.take() else {
-                        w.write_all(b"-ERR USER first\r\n").await?;
-                        continue;
-                    };
-                    // The password is the rest of the line, spaces included.
-                    let reply = self.login(&name, rest).await;
-                    io.get_mut().write_all(reply.as_bytes()).await?;
-                }
-                ("NOOP", true) => w.write_all(b"+OK\r\n").await?,
-                ("STAT", true) => {
-                    let d = self.maildrop.as_ref().expect("in a transaction");
-                    let (count, size) = (0..d.msgs.len())
-                        .filter(|&i| !d.deleted[i])
-                        .fold((0, 0), |(c, s), i| (c + 1, s + d.sizes[i]));
-                    w.write_all(format!("+OK {count} {size}\r\n").as_bytes())
+                    io.get_mut()
+                        .write_all(b"+OK begin TLS negotiation\r\n")
                         .await?;
+                    return Ok(Some(End::Stls));
                 }
-                ("LIST" | "UIDL", true) => {
-                    let d = self.maildrop.as_ref().expect("in a transaction");
-                    let item = |i: usize| {
-                        if cmd == "LIST" {
-                            format!("{} {}", i + 1, d.sizes[i])
-                        } else {
-                            format!("{} {}.{}", i + 1, d.validity, d.msgs[i].uid)
-                        }
-                    };
-                    if args.is_empty() {
-                        let mut out = String::from("+OK\r\n");
-                        for i in (0..d.msgs.len()).filter(|&i| !d.deleted[i]) {
-                            out.push_str(&item(i));
-                            out.push_str("\r\n");
-                        }
-                        out.push_str(".\r\n");
-                        w.write_all(out.as_bytes()).await?;
+            }
+            ("USER", false) => {
+                if !self.may_log_in() {
+                    w.write_all(b"-ERR [SYS/PERM] STLS first: no passwords in plain text\r\n")
+                        .await?;
+                } else if let Some(name) = args.first() {
+                    self.user = Some((*name).to_string());
+                    w.write_all(b"+OK send PASS\r\n").await?;
+                } else {
+                    w.write_all(b"-ERR USER needs a name\r\n").await?;
+                }
+            }
+            ("PASS", false) => {
+                let Some(name) = self.user.take() else {
+                    w.write_all(b"-ERR USER first\r\n").await?;
+                    return Ok(None);
+                };
+                // The password is the rest of the line, spaces included.
+                let reply = self.login(&name, rest).await;
+                io.get_mut().write_all(reply.as_bytes()).await?;
+            }
+            ("NOOP", true) => w.write_all(b"+OK\r\n").await?,
+            ("STAT", true) => {
+                let d = self.maildrop.as_ref().expect("in a transaction");
+                let (count, size) = (0..d.msgs.len())
+                    .filter(|&i| !d.deleted[i])
+                    .fold((0, 0), |(c, s), i| (c + 1, s + d.sizes[i]));
+                w.write_all(format!("+OK {count} {size}\r\n").as_bytes())
+                    .await?;
+            }
+            ("LIST" | "UIDL", true) => {
+                let d = self.maildrop.as_ref().expect("in a transaction");
+                let item = |i: usize| {
+                    if cmd == "LIST" {
+                        format!("{} {}", i + 1, d.sizes[i])
                     } else {
-                        match number(d, args.first().copied()) {
-                            Ok(i) => {
-                                w.write_all(format!("+OK {}\r\n", item(i)).as_bytes())
-                                    .await?
-                            }
-                            Err(e) => w.write_all(format!("{e}\r\n").as_bytes()).await?,
-                        }
+                        format!("{} {}.{}", i + 1, d.validity, d.msgs[i].uid)
                     }
-                }
-                ("RETR" | "TOP", true) => {
-                    let d = self.maildrop.as_ref().expect("in a transaction");
-                    let i = match number(d, args.first().copied()) {
-                        Ok(i) => i,
-                        Err(e) => {
-                            w.write_all(format!("{e}\r\n").as_bytes()).await?;
-                            continue;
-                        }
-                    };
-                    let lines = if cmd == "TOP" {
-                        match args.get(1).and_then(|a| a.parse::<usize>().ok()) {
-                            Some(n) => Some(n),
-                            None => {
-                                w.write_all(b"-ERR TOP needs a line count\r\n").await?;
-                                continue;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    let m = d.msgs[i].clone();
-                    let size = d.sizes[i];
-                    match self.send(io.get_mut(), &m, size, lines).await {
-                        Ok(true) => {
-                            if lines.is_none()
-                                && let Some(d) = self.maildrop.as_mut()
-                            {
-                                d.read[i] = true;
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(SendError::Io(e)) => return Err(e),
-                        Err(SendError::Store(e)) => {
-                            tracing::error!(error = %e, "pop3: the store did not answer");
-                            return Ok(End::Closed);
-                        }
+                };
+                if args.is_empty() {
+                    let mut out = String::from("+OK\r\n");
+                    for i in (0..d.msgs.len()).filter(|&i| !d.deleted[i]) {
+                        out.push_str(&item(i));
+                        out.push_str("\r\n");
                     }
-                }
-                ("DELE", true) => {
-                    let d = self.maildrop.as_mut().expect("in a transaction");
+                    out.push_str(".\r\n");
+                    w.write_all(out.as_bytes()).await?;
+                } else {
                     match number(d, args.first().copied()) {
                         Ok(i) => {
-                            d.deleted[i] = true;
-                            w.write_all(b"+OK marked; removed from your view at QUIT\r\n")
-                                .await?;
+                            w.write_all(format!("+OK {}\r\n", item(i)).as_bytes())
+                                .await?
                         }
                         Err(e) => w.write_all(format!("{e}\r\n").as_bytes()).await?,
                     }
                 }
-                ("RSET", true) => {
-                    let d = self.maildrop.as_mut().expect("in a transaction");
-                    d.deleted.iter_mut().for_each(|x| *x = false);
-                    w.write_all(b"+OK\r\n").await?;
-                }
-                (_, false) => w.write_all(b"-ERR log in first\r\n").await?,
-                (_, true) => w.write_all(b"-ERR unknown command\r\n").await?,
             }
+            ("RETR" | "TOP", true) => {
+                let d = self.maildrop.as_ref().expect("in a transaction");
+                let i = match number(d, args.first().copied()) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        w.write_all(format!("{e}\r\n").as_bytes()).await?;
+                        return Ok(None);
+                    }
+                };
+                let lines = if cmd == "TOP" {
+                    match args.get(1).and_then(|a| a.parse::<usize>().ok()) {
+                        Some(n) => Some(n),
+                        None => {
+                            w.write_all(b"-ERR TOP needs a line count\r\n").await?;
+                            return Ok(None);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let m = d.msgs[i].clone();
+                let size = d.sizes[i];
+                match self.send(io.get_mut(), &m, size, lines).await {
+                    Ok(true) => {
+                        if lines.is_none()
+                            && let Some(d) = self.maildrop.as_mut()
+                        {
+                            d.read[i] = true;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(SendError::Io(e)) => return Err(e),
+                    Err(SendError::Store(e)) => {
+                        tracing::error!(error = %e, "pop3: the store did not answer");
+                        return Ok(Some(End::Closed));
+                    }
+                }
+            }
+            ("DELE", true) => {
+                let d = self.maildrop.as_mut().expect("in a transaction");
+                match number(d, args.first().copied()) {
+                    Ok(i) => {
+                        d.deleted[i] = true;
+                        w.write_all(b"+OK marked; removed from your view at QUIT\r\n")
+                            .await?;
+                    }
+                    Err(e) => w.write_all(format!("{e}\r\n").as_bytes()).await?,
+                }
+            }
+            ("RSET", true) => {
+                let d = self.maildrop.as_mut().expect("in a transaction");
+                d.deleted.iter_mut().for_each(|x| *x = false);
+                w.write_all(b"+OK\r\n").await?;
+            }
+            (_, false) => w.write_all(b"-ERR log in first\r\n").await?,
+            (_, true) => w.write_all(b"-ERR unknown command\r\n").await?,
         }
+        Ok(None)
     }
 
     async fn login(&mut self, name: &str, password: &str) -> String {

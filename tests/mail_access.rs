@@ -43,7 +43,9 @@ fn setup() -> Setup {
         key = pki.key.display(),
     );
     // Nothing listens on the primary's port: it is down, and everything stays held.
-    let mut standby = Standby::configure(free_port(), &extra, &[]);
+    // Two malloc arenas: the peak-memory test measures what a fetch holds, not how many
+    // per-thread arenas glibc opened on a loaded machine (each keeps what it freed).
+    let mut standby = Standby::configure(free_port(), &extra, &[("MALLOC_ARENA_MAX", "2")]);
     standby.fill_dir();
     add_user(&standby, "alice@example.test", "alice-pw");
     add_user(&standby, "bob@example.test", "bob-pw");

@@ -955,11 +955,11 @@ impl Session {
                 set,
                 clear,
             };
+            // Kept even when this session's copy says it changes nothing: another
+            // session may have changed the stored flags meanwhile.
             let new = change.apply(m.flags);
-            if new != m.flags {
-                changes.push(change);
-                m.flags = new;
-            }
+            changes.push(change);
+            m.flags = new;
             if response == StoreResponse::Answer {
                 let mut items = vec![];
                 if uid {
