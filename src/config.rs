@@ -1593,12 +1593,6 @@ impl Config {
                      Dovecot passwd-file; `standby user add` writes it)"
                 ));
             }
-            if self.backend == BackendKind::Aws {
-                return Err(format!(
-                    "[{name}] is served from the local spool only so far: on backend = \"aws\" \
-                     users read their mail in the emergency inbox ([web])"
-                ));
-            }
         }
         Ok(())
     }

@@ -43,6 +43,16 @@ impl MessageId {
     }
 
     /// The receipt time the id carries (to the millisecond).
+    /// The id's 16 bytes (a ULID's binary form), for compact stored lists.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    /// The id whose bytes [`MessageId::to_bytes`] gave.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        MessageId(ulid::Ulid::from_bytes(bytes))
+    }
+
     pub fn received_at(&self) -> DateTime<Utc> {
         let ms = i64::try_from(self.0.timestamp_ms()).unwrap_or(0);
         DateTime::from_timestamp_millis(ms).unwrap_or_default()

@@ -26,8 +26,8 @@ pub struct Storage {
     pub audit: Arc<dyn AuditLog>,
     /// Continuity events and one-time marks (see [`crate::continuity`]).
     pub events: Arc<dyn EventStore>,
-    /// Each user's UIDs and flags for IMAP and POP3; `None` where the store keeps none
-    /// (S3 + DynamoDB: IMAP and POP3 are served from the local spool only, so far).
+    /// Each user's UIDs and flags for IMAP and POP3; `None` where nothing serves them
+    /// (the Lambda functions' storage, the operator's commands on AWS).
     pub mailboxes: Option<Arc<dyn Mailboxes>>,
 }
 

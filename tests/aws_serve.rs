@@ -563,3 +563,59 @@ async fn a_node_archives_a_journal_copy_under_its_policy() {
     );
     assert_eq!(sb.counts()["journal"], 1);
 }
+
+/// IMAP and POP3 from two nodes on the shared store (issue 22): one mailbox per user in
+/// the table, so both nodes give a message the same UID, a flag set at one is seen at the
+/// other, IDLE at a node reports the mail it takes at once and the other node's at its
+/// next poll, and POP3's UIDL is the same at both (tests/support/imap_nodes.py).
+#[tokio::test(flavor = "multi_thread")]
+async fn imap_and_pop3_at_two_nodes_share_uids_flags_and_new_mail() {
+    common::require("python3", "python3");
+    let moto = Moto::start();
+    moto.storage("mailaccess").await;
+    let dir = tempfile::tempdir().unwrap();
+    let operator_config = common::aws::cli_config(dir.path(), "mailaccess", 1);
+    let operator = child_env_as(&moto, Principal::Operator);
+    common::web::add_user_with(&operator_config, &operator, "bob@example.test", "bob-pw");
+    let down = common::free_port(); // the primary: nothing listens, all mail stays held
+    let start = |name: &str| {
+        let (imap, pop3) = (common::free_port(), common::free_port());
+        let extra = format!(
+            "backend = \"aws\"\nbucket = \"mailaccess\"\ntable = \"mailaccess\"\n\
+             node_id = \"{name}\"\n\
+             [imap]\nlisten = \"127.0.0.1:{imap}\"\nallow_plaintext_auth = true\n\
+             [pop3]\nlisten = \"127.0.0.1:{pop3}\"\nallow_plaintext_auth = true\n"
+        );
+        let aws = child_env_as(&moto, Principal::Serve);
+        let env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let sb = Standby::start_with_env(down, &extra, &env);
+        for port in [sb.port, imap, pop3] {
+            wait_for("the node to listen", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+        (sb, imap, pop3)
+    };
+    let (a, a_imap, a_pop3) = start("mx20");
+    let (b, b_imap, b_pop3) = start("mx30");
+    let out = std::process::Command::new("python3")
+        .arg(common::repo().join("tests/support/imap_nodes.py"))
+        .args(
+            [a_imap, a_pop3, a.port, b_imap, b_pop3, b.port]
+                .iter()
+                .map(ToString::to_string),
+        )
+        .args(["bob@example.test", "bob-pw"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "IMAP/POP3 at two nodes:\n{text}");
+    // Hidden from bob's view only: the held message is still held.
+    let held = a.list("held");
+    assert_eq!(held.len(), 3, "EXPUNGE deleted held mail: {held:?}");
+}

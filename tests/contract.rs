@@ -991,6 +991,87 @@ async fn local_adapters_keep_the_contract() {
     );
 }
 
+/// The DynamoDB mailboxes, as a `serve` node signs (ServeNodePolicy): the contract, then
+/// what only several items and several nodes show: a mailbox past one chunk item, a node
+/// that kept an old copy seeing another node's change, two nodes assigning at once.
+#[tokio::test]
+async fn dynamo_mailboxes_keep_the_contract_across_nodes() {
+    use standby::model::mailbox::{FlagChange, Flags};
+    let moto = common::aws::Moto::start();
+    let (_, settings, _) = moto.storage("uids").await;
+    let node = || async {
+        let clients = moto.clients_as(common::iam::Principal::Serve).await;
+        standby::ports::Storage::aws_serve(&clients, &settings)
+            .mailboxes
+            .expect("a serve node keeps mailboxes")
+    };
+    uids_contract(node().await).await;
+    let (a, b) = (node().await, node().await);
+    // Restarted (a new node, nothing cached): the same UIDVALIDITY, UIDs and flags.
+    let kept = a.load("alice@example.test").await.unwrap();
+    assert_eq!(kept.entries.len(), 4);
+    assert_eq!(kept.entries[2].flags, Flags::HIDDEN.with(Flags::DELETED));
+    // Past one chunk item (4,096 entries): 4,100 more, then a change in the second chunk.
+    let base = Utc::now() - Duration::days(2);
+    let many: Vec<MessageId> = (0..4100)
+        .map(|i| MessageId::new(base + Duration::milliseconds(i)))
+        .collect();
+    let big = a.assign("carol@example.test", &many).await.unwrap();
+    assert_eq!(big.entries.len(), 4100);
+    assert_eq!(big.entries[4099].uid, 4100);
+    b.change_flags(
+        "carol@example.test",
+        &[
+            FlagChange {
+                uid: 4099,
+                set: Flags::SEEN,
+                clear: Flags::default(),
+            },
+            FlagChange {
+                uid: 2,
+                set: Flags::FLAGGED,
+                clear: Flags::default(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    // `a` kept its own copy from the assign: it sees `b`'s change all the same.
+    let seen = a.load("carol@example.test").await.unwrap();
+    assert_eq!(seen.entries[4098].flags, Flags::SEEN);
+    assert_eq!(seen.entries[1].flags, Flags::FLAGGED);
+    assert_eq!(
+        seen.entries
+            .iter()
+            .map(|e| (e.uid, e.id))
+            .collect::<Vec<_>>(),
+        many.iter()
+            .enumerate()
+            .map(|(i, id)| (u32::try_from(i).unwrap() + 1, *id))
+            .collect::<Vec<_>>()
+    );
+    // Two nodes assigning the same new messages at once: each gets one UID.
+    let late: Vec<MessageId> = (0..50)
+        .map(|i| MessageId::new(base + Duration::seconds(100 + i)))
+        .collect();
+    let (x, y) = tokio::join!(
+        a.assign("carol@example.test", &late[..30]),
+        b.assign("carol@example.test", &late[10..])
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let all = node().await.load("carol@example.test").await.unwrap();
+    assert_eq!(all.entries.len(), 4150);
+    assert_eq!(all.next_uid, 4151);
+    let mut ids: Vec<_> = all.entries.iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4150, "no message has two UIDs");
+    assert!(all.entries.windows(2).all(|w| w[0].uid < w[1].uid));
+    for seen in [x, y] {
+        assert!(seen.entries.iter().all(|e| all.entries.contains(e)));
+    }
+}
+
 #[tokio::test]
 async fn sqlite_index_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -489,13 +489,11 @@ impl MemMailboxes {
         f: impl FnOnce(&mut crate::model::mailbox::MailboxState) -> T,
     ) -> T {
         let mut all = self.state.lock().unwrap();
-        let state =
-            all.entry(user.to_string())
-                .or_insert_with(|| crate::model::mailbox::MailboxState {
-                    validity: u32::try_from(Utc::now().timestamp()).unwrap_or(1),
-                    next_uid: 1,
-                    entries: Vec::new(),
-                });
+        let state = all.entry(user.to_string()).or_insert_with(|| {
+            crate::model::mailbox::MailboxState::new(
+                u32::try_from(Utc::now().timestamp()).unwrap_or(1),
+            )
+        });
         f(state)
     }
 }
@@ -511,19 +509,13 @@ impl crate::ports::Mailboxes for MemMailboxes {
         user: &str,
         ids: &[MessageId],
     ) -> Result<crate::model::mailbox::MailboxState, StoreError> {
-        Ok(self.with(user, |s| {
-            for id in ids {
-                if !s.entries.iter().any(|e| e.id == *id) {
-                    s.entries.push(crate::model::mailbox::UidEntry {
-                        uid: s.next_uid,
-                        id: *id,
-                        flags: crate::model::mailbox::Flags::default(),
-                    });
-                    s.next_uid += 1;
-                }
-            }
-            s.clone()
-        }))
+        self.with(user, |s| {
+            s.add(ids).map_err(|e| StoreError::Corrupt {
+                id: format!("mailbox of {}", crate::model::redact(user)),
+                detail: e.to_string(),
+            })?;
+            Ok(s.clone())
+        })
     }
 
     async fn change_flags(
@@ -531,13 +523,7 @@ impl crate::ports::Mailboxes for MemMailboxes {
         user: &str,
         changes: &[crate::model::mailbox::FlagChange],
     ) -> Result<(), StoreError> {
-        self.with(user, |s| {
-            for ch in changes {
-                if let Some(e) = s.entries.iter_mut().find(|e| e.uid == ch.uid) {
-                    e.flags = ch.apply(e.flags);
-                }
-            }
-        });
+        self.with(user, |s| s.change(changes));
         Ok(())
     }
 }

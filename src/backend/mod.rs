@@ -116,7 +116,7 @@ impl Storage {
             index: Arc::new(clients.index(settings)),
             audit: Arc::new(clients.audit_log(settings)),
             events: Arc::new(clients.events(settings)),
-            mailboxes: None,
+            mailboxes: Some(Arc::new(clients.mailboxes(settings))),
         }
     }
 

@@ -78,6 +78,62 @@ pub struct MailboxState {
     pub entries: Vec<UidEntry>,
 }
 
+/// No UID is left to give in a mailbox (4,294,967,294 were given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no UIDs left")]
+pub struct NoUidsLeft;
+
+impl MailboxState {
+    /// A new, empty mailbox whose UIDVALIDITY is `validity` (at least 1).
+    pub fn new(validity: u32) -> Self {
+        MailboxState {
+            validity: validity.max(1),
+            next_uid: 1,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Give each of `ids` not in the mailbox the next UID, in the order given (an id
+    /// given twice gets one); how many were added.
+    pub fn add(&mut self, ids: &[MessageId]) -> Result<usize, NoUidsLeft> {
+        let mut known: std::collections::HashSet<MessageId> =
+            self.entries.iter().map(|e| e.id).collect();
+        let before = self.entries.len();
+        for id in ids {
+            if !known.insert(*id) {
+                continue;
+            }
+            if self.next_uid == u32::MAX {
+                return Err(NoUidsLeft);
+            }
+            self.entries.push(UidEntry {
+                uid: self.next_uid,
+                id: *id,
+                flags: Flags::default(),
+            });
+            self.next_uid += 1;
+        }
+        Ok(self.entries.len() - before)
+    }
+
+    /// Make `changes` (entries are in UID order; unknown UIDs are skipped); the
+    /// positions of the entries whose flags changed.
+    pub fn change(&mut self, changes: &[FlagChange]) -> Vec<usize> {
+        let mut changed = Vec::new();
+        for ch in changes {
+            if let Ok(i) = self.entries.binary_search_by_key(&ch.uid, |e| e.uid) {
+                let e = &mut self.entries[i];
+                let flags = ch.apply(e.flags);
+                if flags != e.flags {
+                    e.flags = flags;
+                    changed.push(i);
+                }
+            }
+        }
+        changed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +144,32 @@ mod tests {
         assert!(f.has(Flags::SEEN) && f.has(Flags::DELETED) && !f.has(Flags::FLAGGED));
         assert_eq!(f.without(Flags::SEEN), Flags::DELETED);
         assert!(!Flags::CLIENT.has(Flags::HIDDEN));
+    }
+
+    #[test]
+    fn a_state_adds_each_id_once_and_changes_known_uids_only() {
+        let ids: Vec<MessageId> = (0..3)
+            .map(|i| {
+                MessageId::new(chrono::DateTime::from_timestamp(1_700_000_000 + i, 0).unwrap())
+            })
+            .collect();
+        let mut s = MailboxState::new(0);
+        assert_eq!(s.validity, 1);
+        assert_eq!(s.add(&[ids[1], ids[0], ids[1]]), Ok(2));
+        assert_eq!(s.add(&[ids[0], ids[2]]), Ok(1));
+        let uids: Vec<_> = s.entries.iter().map(|e| (e.uid, e.id)).collect();
+        assert_eq!(uids, [(1, ids[1]), (2, ids[0]), (3, ids[2])]);
+        let ch = |uid, set| FlagChange {
+            uid,
+            set,
+            clear: Flags::default(),
+        };
+        assert_eq!(s.change(&[ch(2, Flags::SEEN), ch(9, Flags::SEEN)]), [1]);
+        assert_eq!(s.change(&[ch(2, Flags::SEEN)]), Vec::<usize>::new());
+        s.next_uid = u32::MAX;
+        assert_eq!(
+            s.add(&[MessageId::new(chrono::Utc::now())]),
+            Err(NoUidsLeft)
+        );
     }
 }

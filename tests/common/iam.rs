@@ -471,7 +471,6 @@ pub fn needs(line: &Value) -> Vec<Need> {
                     &[],
                 )];
             }
-            let lk = [("dynamodb:LeadingKeys", keys)];
             let table_arn = |t: &str| {
                 let t = t.split(' ').next().unwrap_or_default();
                 match t.split_once('/') {
@@ -481,6 +480,38 @@ pub fn needs(line: &Value) -> Vec<Need> {
                     None => format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{t}"),
                 }
             };
+            // A transaction: each of its actions as the item operation it is, on its item.
+            if op == "TransactWriteItems" || op == "TransactGetItems" {
+                let parts = ctx["transact"].as_array().cloned().unwrap_or_default();
+                if parts.is_empty() {
+                    return vec![need(
+                        &format!("DynamoDB {op} without its actions in the log"),
+                        resource.to_string(),
+                        &[],
+                    )];
+                }
+                return parts
+                    .iter()
+                    .map(|p| {
+                        let action = p["op"].as_str().unwrap_or("unknown");
+                        match (p["table"].as_str(), p["key"].as_str()) {
+                            (Some(table), Some(key)) => need(
+                                &format!("dynamodb:{action}"),
+                                table_arn(table),
+                                &[("dynamodb:LeadingKeys", vec![key.to_string()])],
+                            ),
+                            _ => need(
+                                &format!(
+                                    "DynamoDB {op} action {action} without its key in the log"
+                                ),
+                                resource.to_string(),
+                                &[],
+                            ),
+                        }
+                    })
+                    .collect();
+            }
+            let lk = [("dynamodb:LeadingKeys", keys)];
             let tables = if op == "BatchWriteItem" {
                 strings_or_empty(&ctx["tables"])
             } else {

@@ -26,6 +26,7 @@ mod dynamo;
 mod errors;
 mod events;
 pub mod limits;
+mod mailboxes;
 pub mod provision;
 mod s3;
 pub mod schema;
@@ -48,6 +49,7 @@ pub use dynamo::DynamoIndex;
 pub use errors::{classify, is_transient_code};
 pub use events::DynamoEvents;
 pub use limits::DynamoLoginLimits;
+pub use mailboxes::{DynamoMailboxes, MAILBOX_PREFIX};
 pub use s3::{DELIVERED_TAG, S3BlobStore};
 pub use ses_send::SesOutbound;
 pub use sns::SnsNotifier;
@@ -161,6 +163,10 @@ impl AwsClients {
 
     pub fn events(&self, settings: &AwsSettings) -> DynamoEvents {
         DynamoEvents::new(self.dynamodb.clone(), &settings.table)
+    }
+
+    pub fn mailboxes(&self, settings: &AwsSettings) -> DynamoMailboxes {
+        DynamoMailboxes::new(self.dynamodb.clone(), &settings.table)
     }
 
     pub fn index(&self, settings: &AwsSettings) -> DynamoIndex {
