@@ -934,9 +934,11 @@ pub trait LoginLimits: Send + Sync + 'static {
 pub trait Mailboxes: Send + Sync + 'static {
     /// `user`'s mailbox as stored (made now, empty, if it is new).
     async fn load(&self, user: &str) -> Result<crate::model::mailbox::MailboxState, StoreError>;
-    /// Give each of `ids` without a UID in `user`'s mailbox the next UID, in the order
-    /// given, in one step (two sessions assigning at once never share a UID nor give one
-    /// message two); returns the mailbox after it.
+    /// Give each of `ids` that needs one the next UID, in the order given: those without
+    /// a UID, and those whose entry is [`Flags::GONE`](crate::model::mailbox::Flags::GONE)
+    /// (left the view, came back; not hidden by the user), which move to the new UID
+    /// with their flags, the old one never shown again. Two sessions assigning at once
+    /// never share a UID nor give one message two. Returns the mailbox after it.
     async fn assign(
         &self,
         user: &str,

@@ -947,6 +947,42 @@ async fn uids_contract(boxes: Arc<dyn standby::ports::Mailboxes>) {
     for seen in [a, b] {
         assert!(seen.entries.iter().all(|e| s.entries.contains(e)));
     }
+    // A message that left the view (marked gone) and came back: a new UID with the
+    // user's flags; its old UID never shown again. One hidden while gone stays hidden.
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[
+                change(2, Flags::GONE, Flags::default()),
+                change(3, Flags::GONE, Flags::default()),
+            ],
+        )
+        .await
+        .unwrap();
+    let back = boxes
+        .assign("alice@example.test", &[ids[0], ids[2], ids[0]])
+        .await
+        .unwrap();
+    let shown = |s: &standby::model::mailbox::MailboxState| {
+        s.entries
+            .iter()
+            .filter(|e| !e.flags.has(Flags::HIDDEN))
+            .map(|e| (e.uid, e.id, e.flags))
+            .collect::<Vec<_>>()
+    };
+    let want = [
+        (1, ids[1], Flags::default()),
+        (4, ids[3], Flags::default()),
+        (5, ids[0], Flags::SEEN.with(Flags::FLAGGED)),
+    ];
+    assert_eq!(shown(&back), want);
+    assert_eq!(back.next_uid, 6);
+    let again = boxes.assign("alice@example.test", &[ids[0]]).await.unwrap();
+    assert_eq!((shown(&again), again.next_uid), (want.to_vec(), 6));
+    assert_eq!(
+        shown(&boxes.load("alice@example.test").await.unwrap()),
+        want
+    );
 }
 
 #[tokio::test]
@@ -979,7 +1015,7 @@ async fn local_adapters_keep_the_contract() {
     )
     .await
     .unwrap();
-    assert_eq!(before.entries.len(), 4);
+    assert_eq!((before.entries.len(), before.next_uid), (4, 6));
     audit_contract(Arc::new(standby::backend::FsAuditLog::new(fourth.path()))).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;
@@ -991,65 +1027,90 @@ async fn local_adapters_keep_the_contract() {
     );
 }
 
-/// The DynamoDB mailboxes, as a `serve` node signs (ServeNodePolicy): the contract, then
-/// what only several items and several nodes show: a mailbox past one chunk item, a node
-/// that kept an old copy seeing another node's change, two nodes assigning at once.
-#[tokio::test]
-async fn dynamo_mailboxes_keep_the_contract_across_nodes() {
+/// What only several items and several nodes show, on nodes `a` and `b` and a `fresh`
+/// one (nothing kept): a mailbox of `many` messages past one chunk item, a node that kept
+/// an old copy seeing another node's change, messages coming back from several chunks,
+/// two nodes assigning at once.
+async fn mailboxes_across_nodes(
+    a: Arc<dyn standby::ports::Mailboxes>,
+    b: Arc<dyn standby::ports::Mailboxes>,
+    fresh: Arc<dyn standby::ports::Mailboxes>,
+    many: usize,
+) {
     use standby::model::mailbox::{FlagChange, Flags};
-    let moto = common::aws::Moto::start();
-    let (_, settings, _) = moto.storage("uids").await;
-    let node = || async {
-        let clients = moto.clients_as(common::iam::Principal::Serve).await;
-        standby::ports::Storage::aws_serve(&clients, &settings)
-            .mailboxes
-            .expect("a serve node keeps mailboxes")
+    let flag = |uid: usize, set| FlagChange {
+        uid: u32::try_from(uid).unwrap(),
+        set,
+        clear: Flags::default(),
     };
-    uids_contract(node().await).await;
-    let (a, b) = (node().await, node().await);
-    // Restarted (a new node, nothing cached): the same UIDVALIDITY, UIDs and flags.
-    let kept = a.load("alice@example.test").await.unwrap();
-    assert_eq!(kept.entries.len(), 4);
-    assert_eq!(kept.entries[2].flags, Flags::HIDDEN.with(Flags::DELETED));
-    // Past one chunk item (4,096 entries): 4,100 more, then a change in the second chunk.
     let base = Utc::now() - Duration::days(2);
-    let many: Vec<MessageId> = (0..4100)
-        .map(|i| MessageId::new(base + Duration::milliseconds(i)))
+    let ids: Vec<MessageId> = (0..many)
+        .map(|i| MessageId::new(base + Duration::milliseconds(i64::try_from(i).unwrap())))
         .collect();
-    let big = a.assign("carol@example.test", &many).await.unwrap();
-    assert_eq!(big.entries.len(), 4100);
-    assert_eq!(big.entries[4099].uid, 4100);
+    let big = a.assign("carol@example.test", &ids).await.unwrap();
+    assert_eq!(big.entries.len(), many);
+    assert_eq!(big.entries[many - 1].uid as usize, many);
     b.change_flags(
         "carol@example.test",
-        &[
-            FlagChange {
-                uid: 4099,
-                set: Flags::SEEN,
-                clear: Flags::default(),
-            },
-            FlagChange {
-                uid: 2,
-                set: Flags::FLAGGED,
-                clear: Flags::default(),
-            },
-        ],
+        &[flag(many - 1, Flags::SEEN), flag(2, Flags::FLAGGED)],
     )
     .await
     .unwrap();
     // `a` kept its own copy from the assign: it sees `b`'s change all the same.
     let seen = a.load("carol@example.test").await.unwrap();
-    assert_eq!(seen.entries[4098].flags, Flags::SEEN);
+    assert_eq!(seen.entries[many - 2].flags, Flags::SEEN);
     assert_eq!(seen.entries[1].flags, Flags::FLAGGED);
     assert_eq!(
         seen.entries
             .iter()
-            .map(|e| (e.uid, e.id))
+            .map(|e| (e.uid as usize, e.id))
             .collect::<Vec<_>>(),
-        many.iter()
+        ids.iter()
             .enumerate()
-            .map(|(i, id)| (u32::try_from(i).unwrap() + 1, *id))
+            .map(|(i, id)| (i + 1, *id))
             .collect::<Vec<_>>()
     );
+    // Messages from all over the mailbox leave the view and come back: each a new UID
+    // after every other, with its flags; the old UIDs never shown again.
+    let back: Vec<usize> = (0..many).step_by(many / 9).collect();
+    b.change_flags(
+        "carol@example.test",
+        &back
+            .iter()
+            .map(|&i| flag(i + 1, Flags::GONE))
+            .chain([flag(back[0] + 1, Flags::ANSWERED)])
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let ids_back: Vec<MessageId> = back.iter().map(|&i| ids[i]).collect();
+    let after = a.assign("carol@example.test", &ids_back).await.unwrap();
+    let shown = |s: &standby::model::mailbox::MailboxState| {
+        s.entries
+            .iter()
+            .filter(|e| !e.flags.has(Flags::HIDDEN))
+            .map(|e| (e.uid as usize, e.id))
+            .collect::<Vec<_>>()
+    };
+    let mut want: Vec<(usize, MessageId)> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !back.contains(i))
+        .map(|(i, id)| (i + 1, *id))
+        .collect();
+    want.extend(
+        ids_back
+            .iter()
+            .enumerate()
+            .map(|(j, id)| (many + 1 + j, *id)),
+    );
+    assert_eq!(shown(&after), want);
+    let first = after
+        .entries
+        .iter()
+        .find(|e| e.id == ids[back[0]] && !e.flags.has(Flags::HIDDEN))
+        .map(|e| e.flags);
+    assert_eq!(first, Some(Flags::ANSWERED), "its flags came back with it");
     // Two nodes assigning the same new messages at once: each gets one UID.
     let late: Vec<MessageId> = (0..50)
         .map(|i| MessageId::new(base + Duration::seconds(100 + i)))
@@ -1059,17 +1120,60 @@ async fn dynamo_mailboxes_keep_the_contract_across_nodes() {
         b.assign("carol@example.test", &late[10..])
     );
     let (x, y) = (x.unwrap(), y.unwrap());
-    let all = node().await.load("carol@example.test").await.unwrap();
-    assert_eq!(all.entries.len(), 4150);
-    assert_eq!(all.next_uid, 4151);
-    let mut ids: Vec<_> = all.entries.iter().map(|e| e.id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 4150, "no message has two UIDs");
+    let all = fresh.load("carol@example.test").await.unwrap();
+    let visible = shown(&all);
+    assert_eq!(visible.len(), many + 50);
+    assert_eq!(all.next_uid as usize, many + back.len() + 51);
+    let mut distinct: Vec<_> = visible.iter().map(|(_, id)| *id).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), many + 50, "no message has two UIDs");
     assert!(all.entries.windows(2).all(|w| w[0].uid < w[1].uid));
     for seen in [x, y] {
         assert!(seen.entries.iter().all(|e| all.entries.contains(e)));
     }
+}
+
+/// The DynamoDB mailboxes, as a `serve` node signs (ServeNodePolicy): the contract and
+/// [`mailboxes_across_nodes`] past one 4,096-entry chunk.
+#[tokio::test]
+async fn dynamo_mailboxes_keep_the_contract_across_nodes() {
+    use standby::model::mailbox::Flags;
+    let moto = common::aws::Moto::start();
+    let (_, settings, _) = moto.storage("uids").await;
+    let node = || async {
+        let clients = moto.clients_as(common::iam::Principal::Serve).await;
+        standby::ports::Storage::aws_serve(&clients, &settings)
+            .mailboxes
+            .expect("a serve node keeps mailboxes")
+    };
+    uids_contract(node().await).await;
+    // Restarted (a new node, nothing cached): the same UIDVALIDITY, UIDs and flags.
+    let kept = node().await.load("alice@example.test").await.unwrap();
+    assert_eq!((kept.entries.len(), kept.next_uid), (5, 6));
+    assert!(
+        kept.entries[2]
+            .flags
+            .has(Flags::HIDDEN.with(Flags::DELETED))
+    );
+    mailboxes_across_nodes(node().await, node().await, node().await, 4100).await;
+}
+
+/// The same with chunks of 4 entries and 4 of them to a transaction: reads of several
+/// transactions, assignments in many pieces, returns from many chunks.
+#[tokio::test]
+async fn dynamo_mailboxes_in_small_chunks_keep_the_contract() {
+    let moto = common::aws::Moto::start();
+    let (_, settings, _) = moto.storage("smalluids").await;
+    let node = || async {
+        let clients = moto.clients_as(common::iam::Principal::Serve).await;
+        Arc::new(
+            standby::backend::aws::DynamoMailboxes::new(clients.dynamodb.clone(), &settings.table)
+                .with_limits(4, 4),
+        ) as Arc<dyn standby::ports::Mailboxes>
+    };
+    uids_contract(node().await).await;
+    mailboxes_across_nodes(node().await, node().await, node().await, 100).await;
 }
 
 #[tokio::test]

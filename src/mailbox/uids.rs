@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::error::StoreError;
 use crate::mailbox::{Folder, View, is_virus};
 use crate::model::Record;
-use crate::model::mailbox::Flags;
+use crate::model::mailbox::{FlagChange, Flags, MailboxState};
 use crate::ports::{Index, ListQuery, Mailboxes, Storage};
 
 /// Index reads per page while listing a mailbox.
@@ -73,11 +73,38 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
     let user = &view.account.address;
     let records = inbox(view, storage.index.as_ref()).await?;
     let mut state = mailboxes.load(user).await?;
-    let known: std::collections::HashSet<_> = state.entries.iter().map(|e| e.id).collect();
+    let listed: std::collections::HashSet<_> = records.iter().map(|r| r.id).collect();
+    // What left the view since the last look is marked gone, so that it gets a new UID
+    // should it come back (`standby retry` of a failed message, an alias given back).
+    // Each is read again first: a listing from an eventually consistent index (AWS) can
+    // miss a message that is still there.
+    let mut gone = Vec::new();
+    for e in &state.entries {
+        if e.flags.has(Flags::HIDDEN) || e.flags.has(Flags::GONE) || listed.contains(&e.id) {
+            continue;
+        }
+        let still = storage
+            .index
+            .get(e.id)
+            .await?
+            .is_some_and(|r| view.shows(&r) && Folder::of(&r) == Folder::Inbox);
+        if !still {
+            gone.push(FlagChange {
+                uid: e.uid,
+                set: Flags::GONE,
+                clear: Flags::default(),
+            });
+        }
+    }
+    if !gone.is_empty() {
+        mailboxes.change_flags(user, &gone).await?;
+        state.change(&gone);
+    }
+    let current = state.current();
     let new: Vec<_> = records
         .iter()
         .map(|r| r.id)
-        .filter(|id| !known.contains(id))
+        .filter(|id| MailboxState::needs_uid(current.get(id).copied()))
         .collect();
     if !new.is_empty() {
         state = mailboxes.assign(user, &new).await?;
@@ -177,6 +204,17 @@ mod tests {
             )
             .await
             .unwrap();
+        boxes
+            .change_flags(
+                &alice.address,
+                &[crate::model::mailbox::FlagChange {
+                    uid: 2,
+                    set: Flags::SEEN,
+                    clear: Flags::default(),
+                }],
+            )
+            .await
+            .unwrap();
         let mut failed = index.get(b.id).await.unwrap().unwrap();
         failed.status = Status::Failed;
         index.update(&failed, now).await.unwrap();
@@ -187,5 +225,21 @@ mod tests {
         );
         assert_eq!(again.validity, s.validity);
         assert_eq!(again.next_uid, 4);
+        // Retried, back in the view: a new UID (clients saw UID 2 go), the user's \Seen
+        // kept; the hidden one stays hidden; the next look changes nothing.
+        let mut back = index.get(b.id).await.unwrap().unwrap();
+        back.status = Status::Held;
+        index.update(&back, now).await.unwrap();
+        for _ in 0..2 {
+            let s = snapshot(&view, &storage).await.unwrap();
+            assert_eq!(
+                s.messages
+                    .iter()
+                    .map(|m| (m.uid, m.rec.id, m.flags))
+                    .collect::<Vec<_>>(),
+                [(3, late.id, Flags::default()), (4, b.id, Flags::SEEN)]
+            );
+            assert_eq!(s.next_uid, 5);
+        }
     }
 }

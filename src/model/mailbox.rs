@@ -24,6 +24,14 @@ impl Flags {
     pub const FLAGGED: Flags = Flags(4);
     pub const DELETED: Flags = Flags(8);
     pub const DRAFT: Flags = Flags(16);
+    /// An entry given up for a new UID: the message left the view and came back, and
+    /// clients that saw it leave must see it come back as a new message (set with
+    /// [`Flags::HIDDEN`]; only where the store keeps the old entry).
+    pub const RETIRED: Flags = Flags(32);
+    /// The message left the user's view (delivered past the history kept, failed, an
+    /// address no longer theirs) without the user removing it; should it come back it
+    /// gets a new UID ([`MailboxState::add`]).
+    pub const GONE: Flags = Flags(64);
     /// Removed from this user's view; the message itself is untouched.
     pub const HIDDEN: Flags = Flags(128);
     /// The flags a client may set (all but [`Flags::HIDDEN`]).
@@ -93,27 +101,54 @@ impl MailboxState {
         }
     }
 
-    /// Give each of `ids` not in the mailbox the next UID, in the order given (an id
-    /// given twice gets one); how many were added.
+    /// Whether a message whose current flags are `flags` (`None`: no entry) needs a
+    /// UID: it has none, or it left the view and came back ([`Flags::GONE`], not hidden
+    /// by the user meanwhile).
+    pub fn needs_uid(flags: Option<Flags>) -> bool {
+        flags.is_none_or(|f| f.has(Flags::GONE) && !f.has(Flags::HIDDEN))
+    }
+
+    /// Each message's current flags (its entry's, retired ones aside), by id.
+    pub fn current(&self) -> std::collections::HashMap<MessageId, Flags> {
+        self.entries
+            .iter()
+            .filter(|e| !e.flags.has(Flags::RETIRED))
+            .map(|e| (e.id, e.flags))
+            .collect()
+    }
+
+    /// Give each of `ids` that [needs one](Self::needs_uid) the next UID, in the order
+    /// given (an id given twice gets one); how many were given. A message that came
+    /// back keeps the user's flags under its new UID; its old entry stays, retired
+    /// (hidden), so the old UID is never shown again.
     pub fn add(&mut self, ids: &[MessageId]) -> Result<usize, NoUidsLeft> {
-        let mut known: std::collections::HashSet<MessageId> =
-            self.entries.iter().map(|e| e.id).collect();
-        let before = self.entries.len();
+        let mut current = self.current();
+        let mut given = 0;
         for id in ids {
-            if !known.insert(*id) {
+            let was = current.get(id).copied();
+            if !Self::needs_uid(was) {
                 continue;
             }
             if self.next_uid == u32::MAX {
                 return Err(NoUidsLeft);
             }
+            let mut flags = Flags::default();
+            if let Some(old) = was {
+                for e in self.entries.iter_mut().filter(|e| e.id == *id) {
+                    e.flags = e.flags.with(Flags::RETIRED).with(Flags::HIDDEN);
+                }
+                flags = Flags(old.0 & Flags::CLIENT.0);
+            }
             self.entries.push(UidEntry {
                 uid: self.next_uid,
                 id: *id,
-                flags: Flags::default(),
+                flags,
             });
+            current.insert(*id, flags);
             self.next_uid += 1;
+            given += 1;
         }
-        Ok(self.entries.len() - before)
+        Ok(given)
     }
 
     /// Make `changes` (entries are in UID order; unknown UIDs are skipped); the
@@ -166,6 +201,21 @@ mod tests {
         };
         assert_eq!(s.change(&[ch(2, Flags::SEEN), ch(9, Flags::SEEN)]), [1]);
         assert_eq!(s.change(&[ch(2, Flags::SEEN)]), Vec::<usize>::new());
+        // Left the view and came back: a new UID, the user's flags kept; hidden by the
+        // user while gone: stays hidden.
+        s.change(&[ch(2, Flags::GONE), ch(3, Flags::GONE), ch(3, Flags::HIDDEN)]);
+        assert_eq!(s.add(&[ids[0], ids[2], ids[1]]), Ok(1));
+        let shown: Vec<_> = s
+            .entries
+            .iter()
+            .filter(|e| !e.flags.has(Flags::HIDDEN))
+            .map(|e| (e.uid, e.id, e.flags))
+            .collect();
+        assert_eq!(
+            shown,
+            [(1, ids[1], Flags::default()), (4, ids[0], Flags::SEEN)]
+        );
+        assert_eq!(s.add(&[ids[0]]), Ok(0));
         s.next_uid = u32::MAX;
         assert_eq!(
             s.add(&[MessageId::new(chrono::Utc::now())]),

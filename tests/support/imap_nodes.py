@@ -53,8 +53,8 @@ def uids(m):
     return out
 
 
-def idle_until_exists(m, tag, timeout):
-    """IDLE until an EXISTS comes (seconds after `act()` runs) or `timeout`."""
+def start_idle(m, tag):
+    """IDLE, up to the server's continuation."""
     m.send(f"{tag} IDLE\r\n".encode())
     line = m.readline()
     check(line.startswith(b"+"), f"IDLE continuation {line!r}")
@@ -62,6 +62,7 @@ def idle_until_exists(m, tag, timeout):
 
 
 def wait_exists(m, since, timeout):
+    """The first EXISTS line within `timeout` s, and the seconds since `since`."""
     m.sock.settimeout(timeout)
     while True:
         line = m.readline()
@@ -96,13 +97,13 @@ check(list(at_b) == [1] and "\\Seen" in at_b[1], f"B: the same UID, with A's \\S
 mb.logout()
 
 # IDLE at A: mail A takes is reported at once, mail B takes at the next poll.
-idle_until_exists(ma, "I1", 5)
+start_idle(ma, "I1")
 sent = time.time()
 send(a_smtp, "second-at-a")
 line, took = wait_exists(ma, sent, 10)
 check(took < 1.5, f"A's own mail reported in {took:.2f} s: {line!r}")
 end_idle(ma, "I1")
-idle_until_exists(ma, "I2", 5)
+start_idle(ma, "I2")
 sent = time.time()
 send(b_smtp, "third-at-b")
 line, took = wait_exists(ma, sent, 40)

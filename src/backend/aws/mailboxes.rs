@@ -6,23 +6,30 @@
 //! could be handed out twice. Instead a mailbox is a few items read and written as a
 //! whole, always strongly consistent:
 //!
-//! - the head, `pk = mbox#h#<user>`: UIDVALIDITY, the next UID, how many chunks, and a
-//!   version `ver` that every write raises;
+//! - the head, `pk = mbox#h#<user>`: UIDVALIDITY, the next UID, a version `ver` that
+//!   every write raises, and each chunk's version `cv` (the `ver` that last wrote it);
 //! - chunks, `pk = mbox#c<k>#<user>`: the entries in UID order, [`PER_CHUNK`] to an item,
 //!   as 21 bytes each (UID, message id, flags) in one binary attribute (10,000 messages
-//!   are three items of at most 86 KB; an item may hold 400 KB).
+//!   are three items of at most 86 KB; an item may hold 400 KB). Entries are only ever
+//!   appended or changed in place, so an entry stays in its chunk.
 //!
 //! Every change is one `TransactWriteItems`: the head's update, conditional on the
-//! version read, with the chunks that changed. Two nodes (or sessions) assigning at once
+//! version read, with the chunks that changed. Two nodes (or sessions) writing at once
 //! cannot both win; the loser reads again and retries, so no message gets two UIDs and
 //! no UID two messages. Reads are a `TransactGetItems` of the head and the chunks, so a
-//! reader never sees one chunk before a change and another after it; a node keeps the
-//! last mailbox it read per user and reads the chunks again only when the head's version
-//! moved (an IMAP IDLE poll costs one small read).
+//! reader never sees one chunk before a change and another after it. A node keeps the
+//! chunks it read and reads again only those whose version moved: an IMAP IDLE poll of
+//! an unchanged mailbox costs one small read, a new message the last chunk.
 //!
 //! A transaction holds at most 25 items here (DynamoDB allows 100 and 4 MB; moto, the
-//! emulator the tests run on, 25): a read of more than 24 chunks is several, each with
-//! the head, accepted only if every one saw the same version.
+//! emulator the tests run on, 25): a read of more than 20 chunks is several, each with
+//! the head, accepted only if every one saw the same version. DynamoDB cancels a
+//! transaction that meets another on one of its items (and throttles hot items): both
+//! are read again and retried after a short, growing, jittered pause.
+//!
+//! After a point-in-time restore of the table, a head may give again UIDs it gave
+//! before the restore under the same UIDVALIDITY: delete the `mbox#` items then (README,
+//! "On AWS"), and each mailbox is made again with a new UIDVALIDITY (clients resync).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -49,26 +56,32 @@ pub const MAILBOX_PREFIX: &str = "mbox#";
 pub const PER_CHUNK: usize = 4096;
 /// Chunks per transaction besides the head (see the module docs).
 const CHUNKS_PER_TX: usize = 20;
-/// New UIDs given per transaction, so one never carries more than [`CHUNKS_PER_TX`] chunks.
-const ADDS_PER_TX: usize = (CHUNKS_PER_TX - 1) * PER_CHUNK;
 /// Bytes of one stored entry: UID (4, big-endian), message id (16), flags (1).
 const ENTRY: usize = 21;
-// A piece of new UIDs fits one transaction (the last chunk may be all but full when it
-// starts: it spans one more), within DynamoDB's 4 MB a transaction and 400 KB an item.
-const _: () = assert!(ADDS_PER_TX.div_ceil(PER_CHUNK) < CHUNKS_PER_TX);
+/// Tries of a read or write that met another (each a fresh read).
+const ATTEMPTS: u32 = 12;
+
+// A transaction of the default sizes stays within DynamoDB's 4 MB, a chunk within an
+// item's 400 KB.
 const _: () = assert!(PER_CHUNK * ENTRY * CHUNKS_PER_TX < 4 * 1024 * 1024);
 const _: () = assert!(PER_CHUNK * ENTRY < 400 * 1024);
-
-/// Tries of a write that lost to another (each reads the mailbox again first).
-const ATTEMPTS: u32 = 12;
 
 /// UIDs and flags in the DynamoDB index table.
 #[derive(Debug, Clone)]
 pub struct DynamoMailboxes {
     client: Client,
     table: String,
-    /// Per user, the last mailbox read or written here and the head version it had.
-    cache: Arc<Mutex<HashMap<String, (u64, MailboxState)>>>,
+    per_chunk: usize,
+    chunks_per_tx: usize,
+    /// Per user, the head and the chunks last read or written here.
+    cache: Arc<Mutex<HashMap<String, Kept>>>,
+}
+
+/// A mailbox as a node keeps it between looks.
+#[derive(Debug, Clone)]
+struct Kept {
+    head: Head,
+    chunks: Vec<Arc<Vec<UidEntry>>>,
 }
 
 impl DynamoMailboxes {
@@ -76,8 +89,18 @@ impl DynamoMailboxes {
         DynamoMailboxes {
             client,
             table: table.to_string(),
+            per_chunk: PER_CHUNK,
+            chunks_per_tx: CHUNKS_PER_TX,
             cache: Arc::default(),
         }
+    }
+
+    /// Smaller chunks and transactions than the defaults, so a test shows several of
+    /// each with a few messages (`per_chunk` at least 1, `chunks_per_tx` at least 4).
+    pub fn with_limits(mut self, per_chunk: usize, chunks_per_tx: usize) -> Self {
+        self.per_chunk = per_chunk.max(1);
+        self.chunks_per_tx = chunks_per_tx.clamp(4, CHUNKS_PER_TX);
+        self
     }
 }
 
@@ -101,12 +124,13 @@ fn corrupt(user: &str, detail: impl Into<String>) -> StoreError {
 }
 
 /// What the head item says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Head {
     ver: u64,
     validity: u32,
     next_uid: u32,
-    chunks: usize,
+    /// Each chunk's version, by chunk.
+    cv: Vec<u64>,
 }
 
 fn number<T: std::str::FromStr>(
@@ -121,11 +145,23 @@ fn number<T: std::str::FromStr>(
 }
 
 fn head_of(item: &HashMap<String, AttributeValue>, user: &str) -> Result<Head, StoreError> {
+    let cv = match item.get("cv") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_l()
+            .ok()
+            .and_then(|l| {
+                l.iter()
+                    .map(|x| x.as_n().ok().and_then(|x| x.parse().ok()))
+                    .collect::<Option<Vec<u64>>>()
+            })
+            .ok_or_else(|| corrupt(user, "head with an unreadable `cv`"))?,
+    };
     Ok(Head {
         ver: number(item, "ver", user)?,
         validity: number(item, "validity", user)?,
         next_uid: number(item, "next_uid", user)?,
-        chunks: number(item, "chunks", user)?,
+        cv,
     })
 }
 
@@ -160,25 +196,57 @@ fn decode(bytes: &[u8], user: &str) -> Result<Vec<UidEntry>, StoreError> {
         .collect())
 }
 
-/// A write whose condition failed or that met another transaction (both are a
-/// cancelled transaction, the reason per action): read again, retry.
-fn lost_race(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-        aws_sdk_dynamodb::config::http::HttpResponse,
-    >,
+/// Whether a cancelled transaction met another one or a throttled item (read again,
+/// retry), from its reasons, one per action. No reasons, or any other (an item too
+/// large, a validation error), is no race: reported.
+fn retry_reasons(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> bool {
+    !reasons.is_empty()
+        && reasons.iter().all(|r| {
+            matches!(
+                r.code(),
+                None | Some(
+                    "None"
+                        | "ConditionalCheckFailed"
+                        | "TransactionConflict"
+                        | "ThrottlingError"
+                        | "ProvisionedThroughputExceeded"
+                        | "RequestLimitExceeded"
+                )
+            )
+        })
+}
+
+type SdkError<E> =
+    aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>;
+
+/// A write that lost to another (see [`retry_reasons`]).
+fn write_race(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
 ) -> bool {
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
     match e.as_service_error() {
-        // Any other reason (an item too large, a throttled action) is no race: reported.
-        Some(E::TransactionCanceledException(c)) => c.cancellation_reasons().iter().all(|r| {
-            matches!(
-                r.code(),
-                None | Some("None" | "ConditionalCheckFailed" | "TransactionConflict")
-            )
-        }),
+        Some(E::TransactionCanceledException(c)) => retry_reasons(c.cancellation_reasons()),
         _ => false,
     }
+}
+
+/// A read that met a write (DynamoDB cancels a `TransactGetItems` that overlaps a
+/// write on one of its items).
+fn read_race(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError>,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError as E;
+    match e.as_service_error() {
+        Some(E::TransactionCanceledException(c)) => retry_reasons(c.cancellation_reasons()),
+        _ => false,
+    }
+}
+
+/// A short, growing, jittered pause before try `attempt` + 1.
+async fn pause(attempt: u32) {
+    let ms = 10u64 << attempt.min(6);
+    let jitter = rand::random::<u64>() % ms;
+    tokio::time::sleep(Duration::from_millis(ms + jitter)).await;
 }
 
 impl DynamoMailboxes {
@@ -210,7 +278,7 @@ impl DynamoMailboxes {
                 .item("ver", n(0))
                 .item("validity", n(validity))
                 .item("next_uid", n(1))
-                .item("chunks", n(0))
+                .item("cv", AttributeValue::L(Vec::new()))
                 .condition_expression("attribute_not_exists(#pk)")
                 .expression_attribute_names("#pk", PK)
                 .send()
@@ -221,9 +289,10 @@ impl DynamoMailboxes {
                         ver: 0,
                         validity,
                         next_uid: 1,
-                        chunks: 0,
+                        cv: Vec::new(),
                     });
                 }
+                // Another node made it first: read theirs.
                 Err(e) if super::dynamo::is_condition_failed(&e) => {}
                 Err(e) => return Err(classify(BACKEND, "PutItem (mailbox)", e)),
             }
@@ -231,58 +300,75 @@ impl DynamoMailboxes {
         Err(contention(user))
     }
 
-    /// The whole mailbox and the head's version, consistent (see the module docs).
-    async fn read(&self, user: &str) -> Result<(u64, MailboxState), StoreError> {
-        for _ in 0..ATTEMPTS {
+    /// The whole mailbox and its head, consistent (see the module docs).
+    async fn read(&self, user: &str) -> Result<(Head, MailboxState), StoreError> {
+        for attempt in 0..ATTEMPTS {
             let head = self.head(user).await?;
-            if let Some(hit) = self.cached(user, head) {
-                return Ok((head.ver, hit));
+            let kept = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(user)
+                .filter(|k| k.head.validity == head.validity)
+                .cloned();
+            let reusable = |k: usize| {
+                kept.as_ref().and_then(|kept| {
+                    (kept.head.cv.get(k) == head.cv.get(k))
+                        .then(|| kept.chunks.get(k).cloned())
+                        .flatten()
+                })
+            };
+            let wanted: Vec<usize> = (0..head.cv.len())
+                .filter(|&k| reusable(k).is_none())
+                .collect();
+            let Some(mut fetched) = self.fetch(user, &head, &wanted).await? else {
+                pause(attempt).await;
+                continue;
+            };
+            let mut chunks = Vec::with_capacity(head.cv.len());
+            for k in 0..head.cv.len() {
+                match fetched.remove(&k).or_else(|| reusable(k)) {
+                    Some(c) => chunks.push(c),
+                    None => return Err(corrupt(user, format!("chunk {k} missing"))),
+                }
             }
-            if let Some(entries) = self.chunks(user, head).await? {
-                let state = MailboxState {
-                    validity: head.validity,
-                    next_uid: head.next_uid,
-                    entries,
-                };
-                self.remember(user, head.ver, &state);
-                return Ok((head.ver, state));
-            }
+            let state = MailboxState {
+                validity: head.validity,
+                next_uid: head.next_uid,
+                entries: chunks.iter().flat_map(|c| c.iter().cloned()).collect(),
+            };
+            self.remember(
+                user,
+                Kept {
+                    head: head.clone(),
+                    chunks,
+                },
+            );
+            return Ok((head, state));
         }
         Err(contention(user))
     }
 
-    /// The mailbox kept from the last look, if `head` says it has not changed since.
-    fn cached(&self, user: &str, head: Head) -> Option<MailboxState> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache
-            .get(user)
-            .filter(|(v, s)| *v == head.ver && s.validity == head.validity)
-            .map(|(_, s)| MailboxState {
-                next_uid: head.next_uid,
-                ..s.clone()
-            })
-    }
-
-    fn remember(&self, user: &str, ver: u64, state: &MailboxState) {
+    fn remember(&self, user: &str, kept: Kept) {
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.get(user).is_none_or(|(v, _)| *v <= ver) {
-            cache.insert(user.to_string(), (ver, state.clone()));
+        if cache.get(user).is_none_or(|k| k.head.ver <= kept.head.ver) {
+            cache.insert(user.to_string(), kept);
         }
     }
 
-    /// Every entry of the chunks `head` names, or `None` when the mailbox changed
-    /// between the transactions that read them (read again).
-    async fn chunks(&self, user: &str, head: Head) -> Result<Option<Vec<UidEntry>>, StoreError> {
-        let mut entries = Vec::with_capacity(head.chunks * PER_CHUNK);
-        let mut k = 0;
-        while k < head.chunks {
-            let upto = (k + CHUNKS_PER_TX).min(head.chunks);
+    /// The chunks `wanted` of the mailbox whose head is `head`, or `None` when it
+    /// changed meanwhile (read again).
+    async fn fetch(
+        &self,
+        user: &str,
+        head: &Head,
+        wanted: &[usize],
+    ) -> Result<Option<HashMap<usize, Arc<Vec<UidEntry>>>>, StoreError> {
+        let mut out = HashMap::new();
+        for group in wanted.chunks(self.chunks_per_tx) {
             let get = |key| {
                 Get::builder()
                     .table_name(&self.table)
@@ -292,39 +378,49 @@ impl DynamoMailboxes {
                     .map_err(|e| corrupt(user, format!("a read: {e}")))
             };
             let mut items = vec![get(head_key(user))?];
-            for i in k..upto {
-                items.push(get(chunk_key(user, i))?);
+            for &k in group {
+                items.push(get(chunk_key(user, k))?);
             }
-            let out = self
+            let got = match self
                 .client
                 .transact_get_items()
                 .set_transact_items(Some(items))
                 .send()
                 .await
-                .map_err(|e| classify(BACKEND, "TransactGetItems (mailbox)", e))?;
-            let mut got = out.responses().iter().map(|r| r.item());
-            let seen = match got.next().flatten() {
+            {
+                Ok(got) => got,
+                Err(e) if read_race(&e) => return Ok(None),
+                Err(e) => return Err(classify(BACKEND, "TransactGetItems (mailbox)", e)),
+            };
+            let mut items = got.responses().iter().map(|r| r.item());
+            let seen = match items.next().flatten() {
                 Some(item) => head_of(item, user)?,
                 None => return Err(corrupt(user, "the head went missing")),
             };
             if seen.ver != head.ver {
                 return Ok(None);
             }
-            for i in k..upto {
-                let bytes = got
+            for &k in group {
+                let bytes = items
                     .next()
                     .flatten()
                     .and_then(|item| item.get("e"))
                     .and_then(|v| v.as_b().ok())
-                    .ok_or_else(|| corrupt(user, format!("chunk {i} missing")))?;
-                entries.extend(decode(bytes.as_ref(), user)?);
+                    .ok_or_else(|| corrupt(user, format!("chunk {k} missing")))?;
+                out.insert(k, Arc::new(decode(bytes.as_ref(), user)?));
             }
-            k = upto;
         }
-        Ok(Some(entries))
+        Ok(Some(out))
     }
 
-    /// Read the mailbox, let `change` alter it, and write what changed in one
+    /// Entries of chunk `k` of `s`.
+    fn part<'s>(&self, s: &'s MailboxState, k: usize) -> &'s [UidEntry] {
+        let from = (k * self.per_chunk).min(s.entries.len());
+        let to = ((k + 1) * self.per_chunk).min(s.entries.len());
+        &s.entries[from..to]
+    }
+
+    /// Read the mailbox, let `change` alter it, and write the chunks that changed in one
     /// transaction conditional on the version read; retried when another write came
     /// first. `change` returns false when there is nothing to write.
     async fn update(
@@ -333,30 +429,30 @@ impl DynamoMailboxes {
         change: impl Fn(&mut MailboxState) -> Result<bool, StoreError>,
     ) -> Result<MailboxState, StoreError> {
         for attempt in 0..ATTEMPTS {
-            let (ver, before) = self.read(user).await?;
+            let (head, before) = self.read(user).await?;
             let mut after = before.clone();
             if !change(&mut after)? {
                 return Ok(after);
             }
-            let chunks = after.entries.len().div_ceil(PER_CHUNK);
+            let chunks = after.entries.len().div_ceil(self.per_chunk);
             let dirty: BTreeSet<usize> = (0..chunks)
-                .filter(|&k| {
-                    let part = |s: &MailboxState| {
-                        let from = (k * PER_CHUNK).min(s.entries.len());
-                        let to = ((k + 1) * PER_CHUNK).min(s.entries.len());
-                        encode(&s.entries[from..to])
-                    };
-                    part(&before) != part(&after)
-                })
+                .filter(|&k| self.part(&before, k) != self.part(&after, k))
                 .collect();
-            if dirty.len() > CHUNKS_PER_TX {
+            if dirty.len() > self.chunks_per_tx {
                 return Err(corrupt(
                     user,
                     format!(
-                        "one change of {} chunks (at most {CHUNKS_PER_TX})",
-                        dirty.len()
+                        "one change of {} chunks (at most {})",
+                        dirty.len(),
+                        self.chunks_per_tx
                     ),
                 ));
+            }
+            let next = head.ver + 1;
+            let mut cv = head.cv.clone();
+            cv.resize(chunks, next);
+            for &k in &dirty {
+                cv[k] = next;
             }
             let build =
                 |e: aws_sdk_dynamodb::error::BuildError| corrupt(user, format!("a write: {e}"));
@@ -366,20 +462,22 @@ impl DynamoMailboxes {
                         Update::builder()
                             .table_name(&self.table)
                             .key(PK, head_key(user))
-                            .update_expression("SET #v = :next, next_uid = :uid, chunks = :chunks")
+                            .update_expression("SET #v = :next, next_uid = :uid, cv = :cv")
                             .condition_expression("#v = :ver")
                             .expression_attribute_names("#v", "ver")
-                            .expression_attribute_values(":ver", n(ver))
-                            .expression_attribute_values(":next", n(ver + 1))
+                            .expression_attribute_values(":ver", n(head.ver))
+                            .expression_attribute_values(":next", n(next))
                             .expression_attribute_values(":uid", n(after.next_uid))
-                            .expression_attribute_values(":chunks", n(chunks))
+                            .expression_attribute_values(
+                                ":cv",
+                                AttributeValue::L(cv.iter().map(n).collect()),
+                            )
                             .build()
                             .map_err(build)?,
                     )
                     .build(),
             ];
             for &k in &dirty {
-                let to = ((k + 1) * PER_CHUNK).min(after.entries.len());
                 items.push(
                     TransactWriteItem::builder()
                         .put(
@@ -388,9 +486,7 @@ impl DynamoMailboxes {
                                 .item(PK, chunk_key(user, k))
                                 .item(
                                     "e",
-                                    AttributeValue::B(Blob::new(encode(
-                                        &after.entries[k * PER_CHUNK..to],
-                                    ))),
+                                    AttributeValue::B(Blob::new(encode(self.part(&after, k)))),
                                 )
                                 .build()
                                 .map_err(build)?,
@@ -406,19 +502,61 @@ impl DynamoMailboxes {
                 .await
             {
                 Ok(_) => {
-                    self.remember(user, ver + 1, &after);
+                    let chunks = (0..chunks)
+                        .map(|k| Arc::new(self.part(&after, k).to_vec()))
+                        .collect();
+                    let head = Head {
+                        ver: next,
+                        validity: head.validity,
+                        next_uid: after.next_uid,
+                        cv,
+                    };
+                    self.remember(user, Kept { head, chunks });
                     return Ok(after);
                 }
-                Err(e) if lost_race(&e) => {
-                    // Another node or session wrote first: a short, growing, jittered pause.
-                    let ms = 10u64 << attempt.min(6);
-                    let jitter = rand::random::<u64>() % ms;
-                    tokio::time::sleep(Duration::from_millis(ms + jitter)).await;
-                }
+                Err(e) if write_race(&e) => pause(attempt).await,
                 Err(e) => return Err(classify(BACKEND, "TransactWriteItems (mailbox)", e)),
             }
         }
         Err(contention(user))
+    }
+
+    /// `ids` in pieces of which each changes at most `chunks_per_tx` chunks: a message
+    /// that came back changes its old chunk (retired there) besides the new one (see
+    /// [`MailboxState::add`]); in the order given.
+    fn pieces(&self, now: &MailboxState, ids: &[MessageId]) -> Vec<Vec<MessageId>> {
+        let at: HashMap<MessageId, usize> = now
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.flags.has(Flags::RETIRED))
+            .map(|(i, e)| (e.id, i / self.per_chunk))
+            .collect();
+        let current = now.current();
+        let mut pieces: Vec<Vec<MessageId>> = Vec::new();
+        let (mut old, mut count) = (BTreeSet::new(), 0usize);
+        for id in ids {
+            if !MailboxState::needs_uid(current.get(id).copied()) {
+                continue;
+            }
+            let back = at.get(id).copied();
+            // Appending `count` entries spans at most count / per_chunk + 2 chunks.
+            let cost = |old: &BTreeSet<usize>, count: usize| old.len() + count / self.per_chunk + 2;
+            let mut with = old.clone();
+            with.extend(back);
+            if pieces.is_empty() || cost(&with, count + 1) > self.chunks_per_tx {
+                pieces.push(Vec::new());
+                (old, count) = (BTreeSet::new(), 0);
+                old.extend(back);
+            } else {
+                old = with;
+            }
+            count += 1;
+            if let Some(p) = pieces.last_mut() {
+                p.push(*id);
+            }
+        }
+        pieces
     }
 }
 
@@ -441,39 +579,34 @@ impl Mailboxes for DynamoMailboxes {
     }
 
     async fn assign(&self, user: &str, ids: &[MessageId]) -> Result<MailboxState, StoreError> {
-        let mut state = None;
-        // In pieces, so one transaction never carries more than CHUNKS_PER_TX chunks;
-        // each piece is whole on its own (a crash between two leaves the later ones
+        let (_, mut state) = self.read(user).await?;
+        // In pieces (each whole on its own: a crash between two leaves the later ones
         // without UIDs, given at the next look).
-        for piece in ids.chunks(ADDS_PER_TX) {
-            state = Some(
-                self.update(user, |s| {
-                    let added = s.add(piece).map_err(|e| corrupt(user, e.to_string()))?;
+        for piece in self.pieces(&state, ids) {
+            state = self
+                .update(user, |s| {
+                    let added = s.add(&piece).map_err(|e| corrupt(user, e.to_string()))?;
                     Ok(added > 0)
                 })
-                .await?,
-            );
+                .await?;
         }
-        match state {
-            Some(s) => Ok(s),
-            None => self.load(user).await,
-        }
+        Ok(state)
     }
 
     async fn change_flags(&self, user: &str, changes: &[FlagChange]) -> Result<(), StoreError> {
-        // Changes to at most CHUNKS_PER_TX chunks at a time (UIDs are in chunk order).
+        // Changes to at most chunks_per_tx chunks at a time (an entry stays in its chunk).
         let (_, now) = self.read(user).await?;
         let chunk_of = |uid: u32| {
             now.entries
                 .binary_search_by_key(&uid, |e| e.uid)
                 .ok()
-                .map(|i| i / PER_CHUNK)
+                .map(|i| i / self.per_chunk)
         };
         let mut pieces: Vec<Vec<FlagChange>> = Vec::new();
         let mut chunks = BTreeSet::new();
         for ch in changes {
             let Some(k) = chunk_of(ch.uid) else { continue };
-            if !chunks.contains(&k) && chunks.len() == CHUNKS_PER_TX {
+            if !chunks.contains(&k) && chunks.len() == self.chunks_per_tx {
                 chunks.clear();
             }
             if chunks.is_empty() {
@@ -509,5 +642,19 @@ mod tests {
         assert_eq!(bytes.len(), 3 * ENTRY);
         assert_eq!(decode(&bytes, "u@example.test").unwrap(), entries);
         assert!(decode(&bytes[1..], "u@example.test").is_err());
+    }
+
+    #[test]
+    fn only_races_and_throttling_are_retried() {
+        use aws_sdk_dynamodb::types::CancellationReason;
+        let r = |code: &str| CancellationReason::builder().code(code).build();
+        assert!(retry_reasons(&[r("ConditionalCheckFailed"), r("None")]));
+        assert!(retry_reasons(&[
+            r("TransactionConflict"),
+            r("ThrottlingError")
+        ]));
+        assert!(!retry_reasons(&[]));
+        assert!(!retry_reasons(&[r("None"), r("ValidationError")]));
+        assert!(!retry_reasons(&[r("ItemCollectionSizeLimitExceeded")]));
     }
 }

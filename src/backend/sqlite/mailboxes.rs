@@ -109,19 +109,26 @@ impl Mailboxes for SqliteIndex {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let mut state = read(&tx, &user)?;
-            let known: std::collections::HashSet<MessageId> =
-                state.entries.iter().map(|e| e.id).collect();
+            let state = read(&tx, &user)?;
+            let mut current = state.current();
             let mut next = state.next_uid;
-            let mut added = std::collections::HashSet::new();
             {
                 let mut insert = tx
                     .prepare_cached(
                         "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, 0)",
                     )
                     .map_err(db_err)?;
+                // A message that came back moves to a new UID with the user's flags
+                // (the unique (user, id) keeps one row a message: the old UID is gone).
+                let mut renumber = tx
+                    .prepare_cached(
+                        "UPDATE mailbox_uids SET uid = ?2, flags = flags & ?4 \
+                         WHERE user = ?1 AND id = ?3",
+                    )
+                    .map_err(db_err)?;
                 for id in ids {
-                    if known.contains(&id) || !added.insert(id) {
+                    let was = current.get(&id).copied();
+                    if !MailboxState::needs_uid(was) {
                         continue;
                     }
                     if next == u32::MAX {
@@ -130,25 +137,31 @@ impl Mailboxes for SqliteIndex {
                             detail: "no UIDs left".into(),
                         });
                     }
-                    insert
-                        .execute(rusqlite::params![user, i64::from(next), id.to_string()])
-                        .map_err(db_err)?;
-                    state.entries.push(UidEntry {
-                        uid: next,
-                        id,
-                        flags: Flags::default(),
-                    });
+                    let args = rusqlite::params![user, i64::from(next), id.to_string()];
+                    match was {
+                        None => insert.execute(args),
+                        Some(_) => renumber.execute(rusqlite::params![
+                            user,
+                            i64::from(next),
+                            id.to_string(),
+                            i64::from(Flags::CLIENT.0)
+                        ]),
+                    }
+                    .map_err(db_err)?;
+                    current.insert(id, Flags::default());
                     next += 1;
                 }
             }
-            if next != state.next_uid {
-                tx.execute(
-                    "UPDATE mailboxes SET next_uid = ?2 WHERE user = ?1",
-                    rusqlite::params![user, i64::from(next)],
-                )
-                .map_err(db_err)?;
-                state.next_uid = next;
+            if next == state.next_uid {
+                tx.commit().map_err(commit_err)?;
+                return Ok(state);
             }
+            tx.execute(
+                "UPDATE mailboxes SET next_uid = ?2 WHERE user = ?1",
+                rusqlite::params![user, i64::from(next)],
+            )
+            .map_err(db_err)?;
+            let state = read(&tx, &user)?;
             tx.commit().map_err(commit_err)?;
             Ok(state)
         })
