@@ -34,6 +34,9 @@ const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 const LOGIN_WITHIN: Duration = Duration::from_secs(120);
 /// How long a client may leave a message it asked for unread.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest a client may take an answer, on average, beyond [`WRITE_TIMEOUT`]
+/// (bytes a second: 64 kbit/s; a 40 MB message in 81 minutes).
+const MIN_RATE: u64 = 8 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 /// What every POP3 session shares.
@@ -70,6 +73,8 @@ struct Session {
     user: Option<String>,
     account: Option<Account>,
     maildrop: Option<Maildrop>,
+    /// When the connection was accepted: the login window counts from here, across STLS.
+    opened: tokio::time::Instant,
 }
 
 /// A connection on the plain listener (STLS offered when `[tls]` is set).
@@ -81,11 +86,12 @@ pub async fn serve_plain(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
             let Some(acceptor) = pop.tls.clone() else {
                 return;
             };
-            let tls =
-                match tokio::time::timeout(LOGIN_WITHIN, acceptor.accept(io.into_inner())).await {
-                    Ok(Ok(t)) => t,
-                    _ => return,
-                };
+            let within = s.opened + LOGIN_WITHIN;
+            let tls = match tokio::time::timeout_at(within, acceptor.accept(io.into_inner())).await
+            {
+                Ok(Ok(t)) => t,
+                _ => return,
+            };
             s.tls = true;
             let mut io = BufReader::new(tls);
             if let Err(e) = s.run(&mut io, false).await {
@@ -102,14 +108,34 @@ pub async fn serve_tls(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
     let Some(acceptor) = pop.tls.clone() else {
         return;
     };
-    let Ok(Ok(tls)) = tokio::time::timeout(LOGIN_WITHIN, acceptor.accept(tcp)).await else {
+    let opened = tokio::time::Instant::now();
+    let Ok(Ok(tls)) = tokio::time::timeout_at(opened + LOGIN_WITHIN, acceptor.accept(tcp)).await
+    else {
         return;
     };
     let mut s = Session::new(pop, peer, true);
+    s.opened = opened;
     let mut io = BufReader::new(tls);
     if let Err(e) = s.run(&mut io, true).await {
         tracing::debug!(error = %e, "pop3: session ended");
     }
+}
+
+/// What the answer to `cmd` may take beyond [`WRITE_TIMEOUT`]: its size (a message's, a
+/// listing's) at [`MIN_RATE`].
+fn answer_time(maildrop: Option<&Maildrop>, cmd: &str, args: &[&str]) -> Duration {
+    let Some(d) = maildrop else {
+        return Duration::ZERO;
+    };
+    let bytes = match cmd {
+        "RETR" | "TOP" => number(d, args.first().copied())
+            .ok()
+            .and_then(|i| d.sizes.get(i).copied())
+            .unwrap_or(0),
+        "LIST" | "UIDL" => 40 * d.msgs.len() as u64,
+        _ => 0,
+    };
+    Duration::from_secs(bytes / MIN_RATE)
 }
 
 /// `n` as a message number of `d`: 1-based, not deleted.
@@ -135,6 +161,7 @@ impl Session {
             user: None,
             account: None,
             maildrop: None,
+            opened: tokio::time::Instant::now(),
         }
     }
 
@@ -152,7 +179,7 @@ impl Session {
                 .await?;
         }
         let mut line = Vec::new();
-        let opened = tokio::time::Instant::now();
+        let opened = self.opened;
         loop {
             line.clear();
             let deadline = if self.maildrop.is_some() {
@@ -188,10 +215,11 @@ impl Session {
             let (cmd, rest) = text.split_once(' ').unwrap_or((text, ""));
             let cmd = cmd.to_ascii_uppercase();
             let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
-            // Each command, its answer included, within the write timeout: a client that
-            // stops reading what it asked for cannot hold the connection (and its slot).
-            let done =
-                tokio::time::timeout(WRITE_TIMEOUT, self.command(io, &cmd, rest, &args)).await;
+            // Each command, its answer included, within the write timeout and the time
+            // its answer takes at MIN_RATE: a client that stops reading what it asked for
+            // cannot hold the connection (and its slot), a slow one gets its message.
+            let allowed = WRITE_TIMEOUT + answer_time(self.maildrop.as_ref(), &cmd, &args);
+            let done = tokio::time::timeout(allowed, self.command(io, &cmd, rest, &args)).await;
             match done {
                 Ok(Ok(Some(end))) => return Ok(end),
                 Ok(Ok(None)) => {}
@@ -566,6 +594,47 @@ enum SendError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A slow phone gets its 40 MB message (before, every command had 120 s in all); a
+    /// bad number or no maildrop gets the plain write timeout.
+    #[test]
+    fn a_large_message_may_take_its_size_at_the_minimum_rate() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let rec = crate::model::Record::held(
+            crate::model::MessageId::new(at),
+            "a@example.org".into(),
+            vec!["b@example.test".into()],
+            at,
+            (40_000_000, String::new()),
+            crate::model::Summary::default(),
+        );
+        let msg = Message {
+            uid: 1,
+            flags: crate::model::mailbox::Flags::default(),
+            rec: Arc::new(rec),
+        };
+        let d = Maildrop {
+            msgs: vec![msg.clone(), msg],
+            deleted: vec![false, true],
+            read: vec![false, false],
+            sizes: vec![40_000_000, 40_000_000],
+            validity: 1,
+        };
+        let t = |cmd: &str, args: &[&str]| answer_time(Some(&d), cmd, args).as_secs();
+        assert_eq!(t("RETR", &["1"]), 40_000_000 / MIN_RATE);
+        assert!(
+            t("RETR", &["1"]) > 80 * 60,
+            "a 40 MB message over 64 kbit/s"
+        );
+        assert_eq!(t("TOP", &["1", "5"]), t("RETR", &["1"]));
+        for bad in [&["0"][..], &["2"], &["3"], &["x"], &[]] {
+            assert_eq!(t("RETR", bad), 0, "{bad:?}");
+        }
+        assert_eq!(t("STAT", &[]), 0);
+        assert_eq!(answer_time(None, "RETR", &["1"]), Duration::ZERO);
+    }
+
     #[test]
     fn top_takes_the_header_and_n_body_lines() {
         let m = b"Subject: x\r\nFrom: a\r\n\r\none\r\ntwo\r\nthree\r\n";

@@ -19,6 +19,11 @@ const OUT_MAX: usize = 256 * 1024;
 /// How long a client may leave output unread before the connection is dropped (one that
 /// asks for a large message and stops reading holds nothing of ours for longer).
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Beyond [`WRITE_TIMEOUT`], the slowest a client may take what it asked for, on
+/// average over the whole answer (bytes a second: 64 kbit/s, a 40 MB message in 81
+/// minutes). A client that reads a byte now and then cannot keep the connection, and
+/// its slot, for hours.
+const MIN_RATE: u64 = 8 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,8 @@ pub struct Conn<S> {
     out_pos: usize,
     /// Client events decoded while flushing, for the next [`Conn::next_event`].
     pending: VecDeque<Event>,
+    /// The answer being written: when it started and its bytes so far (see [`MIN_RATE`]).
+    answer: Option<(tokio::time::Instant, u64)>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -51,7 +58,25 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             out: Vec::new(),
             out_pos: 0,
             pending: VecDeque::new(),
+            answer: None,
         }
+    }
+
+    /// `n` more bytes of the answer under way (one starts with its first bytes).
+    fn count(&mut self, n: usize) {
+        let (_, bytes) = self
+            .answer
+            .get_or_insert_with(|| (tokio::time::Instant::now(), 0));
+        *bytes += n as u64;
+    }
+
+    /// When the client must have taken the answer so far: [`WRITE_TIMEOUT`] after it
+    /// started, plus its bytes at [`MIN_RATE`].
+    fn deadline(&self) -> tokio::time::Instant {
+        let (since, bytes) = self
+            .answer
+            .unwrap_or_else(|| (tokio::time::Instant::now(), 0));
+        since + WRITE_TIMEOUT + std::time::Duration::from_secs(bytes / MIN_RATE)
     }
 
     /// The stream back (for STARTTLS), after [`Conn::flush`]: whatever the client sent
@@ -100,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     async fn write_out(&mut self, server: &mut Server) -> Result<(), DriveError> {
         while self.out_pos < self.out.len() {
-            tokio::time::timeout(WRITE_TIMEOUT, self.io_step(server, false))
+            tokio::time::timeout_at(self.deadline(), self.io_step(server, false))
                 .await
                 .map_err(|_| DriveError::Closed)??;
         }
@@ -117,6 +142,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 Ok(ev) => return Ok(ev),
                 Err(Interrupt::Error(e)) => return Err(DriveError::State(e)),
                 Err(Interrupt::Io(Io::Output(bytes))) => {
+                    self.count(bytes.len());
                     self.out.extend_from_slice(&bytes);
                     if self.out.len() - self.out_pos > OUT_MAX {
                         self.write_out(server).await?;
@@ -125,11 +151,15 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 // Reading and writing at once: a client that neither reads what is
                 // owed it nor writes is dropped after the write timeout.
                 Err(Interrupt::Io(Io::NeedMoreInput)) if self.out_pos < self.out.len() => {
-                    tokio::time::timeout(WRITE_TIMEOUT, self.io_step(server, true))
+                    tokio::time::timeout_at(self.deadline(), self.io_step(server, true))
                         .await
                         .map_err(|_| DriveError::Closed)??;
                 }
-                Err(Interrupt::Io(Io::NeedMoreInput)) => self.io_step(server, true).await?,
+                // All written: the answer is over, the next starts with its first byte.
+                Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                    self.answer = None;
+                    self.io_step(server, true).await?;
+                }
             }
         }
     }
@@ -141,7 +171,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 Ok(Event::ResponseSent { .. } | Event::GreetingSent { .. }) => {}
                 Ok(ev) => self.pending.push_back(ev),
                 Err(Interrupt::Error(e)) => return Err(DriveError::State(e)),
-                Err(Interrupt::Io(Io::Output(bytes))) => self.out.extend_from_slice(&bytes),
+                Err(Interrupt::Io(Io::Output(bytes))) => {
+                    self.count(bytes.len());
+                    self.out.extend_from_slice(&bytes);
+                }
                 Err(Interrupt::Io(Io::NeedMoreInput)) => break,
             }
         }
@@ -151,7 +184,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Raw protocol bytes after everything queued (a streamed literal).
     pub async fn write_raw(&mut self, server: &mut Server, bytes: &[u8]) -> Result<(), DriveError> {
         self.flush(server).await?;
-        tokio::time::timeout(WRITE_TIMEOUT, self.w.write_all(bytes))
+        self.count(bytes.len());
+        tokio::time::timeout_at(self.deadline(), self.w.write_all(bytes))
             .await
             .map_err(|_| DriveError::Closed)??;
         Ok(())
@@ -159,9 +193,92 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Write out what [`Conn::write_raw`] left in the stream's buffers.
     pub async fn flush_raw(&mut self) -> Result<(), DriveError> {
-        tokio::time::timeout(WRITE_TIMEOUT, self.w.flush())
+        tokio::time::timeout_at(self.deadline(), self.w.flush())
             .await
             .map_err(|_| DriveError::Closed)??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_next::imap_types::response::Greeting;
+    use imap_next::server::Options;
+    use std::time::Duration;
+
+    /// A server whose greeting is already written out to `client`.
+    async fn greeted(
+        client_buf: usize,
+    ) -> (
+        Conn<tokio::io::DuplexStream>,
+        Server,
+        tokio::io::DuplexStream,
+    ) {
+        let (ours, mut theirs) = tokio::io::duplex(client_buf);
+        let mut server = Server::new(Options::default(), Greeting::ok(None, "hi").unwrap());
+        let mut conn = Conn::new(ours);
+        conn.flush(&mut server).await.unwrap();
+        let mut greeting = [0u8; 64];
+        let n = theirs.read(&mut greeting).await.unwrap();
+        assert!(greeting[..n].starts_with(b"* OK"));
+        (conn, server, theirs)
+    }
+
+    /// A client reading `chunk` bytes every `every`, to the end; the bytes it read.
+    fn reader(
+        mut client: tokio::io::DuplexStream,
+        chunk: usize,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; chunk];
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+    }
+
+    /// A 4 MiB answer: taken at 16 KiB/s it is written whole, though it takes four
+    /// minutes; taken at 1 KiB/s (each 64 KiB piece well within the write timeout) the
+    /// connection is dropped once the client falls behind 8 KiB/s after the grace.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_taken_too_slowly_ends_the_connection() {
+        let answer = vec![b'x'; 4 << 20];
+        let (mut conn, mut server, client) = greeted(64 * 1024).await;
+        let fast = reader(client, 8 * 1024, Duration::from_millis(500));
+        let started = tokio::time::Instant::now();
+        for piece in answer.chunks(64 * 1024) {
+            conn.write_raw(&mut server, piece).await.unwrap();
+        }
+        conn.flush_raw().await.unwrap();
+        assert!(started.elapsed() > Duration::from_secs(200));
+        drop(conn);
+        assert_eq!(fast.await.unwrap(), 4 << 20);
+
+        let (mut conn, mut server, client) = greeted(1024).await;
+        let slow = reader(client, 1024, Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        // In the pieces a FETCH writes a message in (each taken within 64 s here).
+        let mut cut = Ok(());
+        for piece in answer.chunks(64 * 1024) {
+            cut = conn.write_raw(&mut server, piece).await;
+            if cut.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(cut, Err(DriveError::Closed)), "{cut:?}");
+        // Each piece is due 120 s after the answer began plus its bytes so far at
+        // 8 KiB/s: the third (192 KiB) by 144 s, when this client has taken about 144
+        // KiB. Before (120 s a piece) it kept the connection for all 4,096 s.
+        let took = started.elapsed().as_secs();
+        assert!((140..=150).contains(&took), "{took} s");
+        drop(conn);
+        assert!(slow.await.unwrap() < 200 * 1024);
     }
 }

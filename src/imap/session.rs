@@ -177,6 +177,9 @@ struct Session {
     idle_tag: Option<Tag<'static>>,
     auth_tag: Option<Tag<'static>>,
     seen_mail: u64,
+    /// When the connection was accepted: the login window counts from here, across
+    /// STARTTLS.
+    opened: tokio::time::Instant,
 }
 
 /// A connection on the plain listener (STARTTLS offered when `[tls]` is set).
@@ -185,7 +188,7 @@ pub async fn serve_plain(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
     let conn = Conn::new(tcp);
     match s.run(conn, Server::new(options(), greeting())).await {
         Ok((End::StartTls, conn)) => {
-            let Some(tls) = handshake(&imap, conn.into_inner()).await else {
+            let Some(tls) = handshake(&imap, conn.into_inner(), s.opened).await else {
                 return;
             };
             let mut server = Server::new(options(), greeting());
@@ -203,10 +206,12 @@ pub async fn serve_plain(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
 
 /// A connection on the implicit-TLS listener.
 pub async fn serve_tls(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
-    let Some(tls) = handshake(&imap, tcp).await else {
+    let opened = tokio::time::Instant::now();
+    let Some(tls) = handshake(&imap, tcp, opened).await else {
         return;
     };
     let mut s = Session::new(imap, peer, true);
+    s.opened = opened;
     if let Err(e) = s
         .run(Conn::new(tls), Server::new(options(), greeting()))
         .await
@@ -215,13 +220,16 @@ pub async fn serve_tls(imap: Arc<Imap>, tcp: TcpStream, peer: IpAddr) {
     }
 }
 
-/// The server side of a TLS handshake, within [`LOGIN_TIMEOUT`]; `None`: failed (logged).
+/// The server side of a TLS handshake, within [`LOGIN_TIMEOUT`] and the login window of
+/// a connection `opened` then; `None`: failed (logged).
 async fn handshake(
     imap: &Imap,
     tcp: TcpStream,
+    opened: tokio::time::Instant,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let acceptor = imap.tls.clone()?;
-    match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp)).await {
+    let deadline = (tokio::time::Instant::now() + LOGIN_TIMEOUT).min(opened + LOGIN_WITHIN);
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
             tracing::info!(error = %e, "imap: TLS handshake failed");
@@ -250,6 +258,7 @@ impl Session {
             idle_tag: None,
             auth_tag: None,
             seen_mail,
+            opened: tokio::time::Instant::now(),
         }
     }
 
@@ -297,8 +306,8 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut new_mail = self.imap.new_mail.clone();
-        let opened = tokio::time::Instant::now();
-        let mut last_command = opened;
+        let opened = self.opened;
+        let mut last_command = tokio::time::Instant::now();
         loop {
             // Counted from the client's last command (IDLE's own looks at the store do
             // not count), and before login from the connection's start too.
