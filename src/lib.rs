@@ -21,7 +21,8 @@
 //!    listener's logins), `EventStore` (the continuity record and one-time marks), `Http`,
 //!    `Mailer`, `Sns` (alerts and notices out of band), and `Storage`, the bundle of
 //!    storage ports one backend provides. Beside them, [`metrics`]: the counters and
-//!    histograms any layer records (it imports nothing of ours).
+//!    histograms any layer records, and [`paced`]: a stream whose writes a client must
+//!    take at a minimum pace (both import nothing of ours).
 //! 4. **Domain**: written once against the ports; imports the model, config, ports and
 //!    other domain modules, never an adapter or an entry point.
 //!    - [`ingest`]: accepting a message: blob first, then index; 250 only after both.
@@ -54,6 +55,8 @@
 //!    - [`cli`]: the `standby` operator command; [`doctor`]: its setup checks.
 //!    - [`lambda`]: the `standby-ingest`, `standby-drain` and `standby-web` handlers (AWS).
 //!    - [`web`]: the emergency inbox's HTTP app (axum), hosted by `serve` and `standby-web`.
+//!    - [`imap`], [`pop3`]: the emergency mailbox in users' own mail clients, hosted by
+//!      `serve`.
 
 pub mod backend;
 pub mod cli;
@@ -75,6 +78,7 @@ pub mod manage;
 pub mod metrics;
 pub mod model;
 pub mod outbound;
+pub mod paced;
 pub mod pop3;
 pub mod ports;
 pub mod publish;

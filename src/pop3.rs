@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::paced::Paced;
 use tokio::net::TcpStream;
 
 use crate::error::StoreError;
@@ -32,11 +34,6 @@ const MAX_LINE: usize = 255;
 const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 /// How long a connection may stay without logging in (and the TLS handshake's limit).
 const LOGIN_WITHIN: Duration = Duration::from_secs(120);
-/// How long a client may leave a message it asked for unread.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The slowest a client may take an answer, on average, beyond [`WRITE_TIMEOUT`]
-/// (bytes a second: 64 kbit/s; a 40 MB message in 81 minutes).
-const MIN_RATE: u64 = 8 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 /// What every POP3 session shares.
@@ -80,20 +77,20 @@ struct Session {
 /// A connection on the plain listener (STLS offered when `[tls]` is set).
 pub async fn serve_plain(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
     let mut s = Session::new(pop.clone(), peer, false);
-    let mut io = BufReader::new(tcp);
+    let mut io = BufReader::new(Paced::new(tcp));
     match s.run(&mut io, true).await {
         Ok(End::Stls) => {
             let Some(acceptor) = pop.tls.clone() else {
                 return;
             };
             let within = s.opened + LOGIN_WITHIN;
-            let tls = match tokio::time::timeout_at(within, acceptor.accept(io.into_inner())).await
-            {
+            let tcp = io.into_inner().into_inner();
+            let tls = match tokio::time::timeout_at(within, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 _ => return,
             };
             s.tls = true;
-            let mut io = BufReader::new(tls);
+            let mut io = BufReader::new(Paced::new(tls));
             if let Err(e) = s.run(&mut io, false).await {
                 tracing::debug!(error = %e, "pop3: session ended");
             }
@@ -115,27 +112,10 @@ pub async fn serve_tls(pop: Arc<Pop3>, tcp: TcpStream, peer: IpAddr) {
     };
     let mut s = Session::new(pop, peer, true);
     s.opened = opened;
-    let mut io = BufReader::new(tls);
+    let mut io = BufReader::new(Paced::new(tls));
     if let Err(e) = s.run(&mut io, true).await {
         tracing::debug!(error = %e, "pop3: session ended");
     }
-}
-
-/// What the answer to `cmd` may take beyond [`WRITE_TIMEOUT`]: its size (a message's, a
-/// listing's) at [`MIN_RATE`].
-fn answer_time(maildrop: Option<&Maildrop>, cmd: &str, args: &[&str]) -> Duration {
-    let Some(d) = maildrop else {
-        return Duration::ZERO;
-    };
-    let bytes = match cmd {
-        "RETR" | "TOP" => number(d, args.first().copied())
-            .ok()
-            .and_then(|i| d.sizes.get(i).copied())
-            .unwrap_or(0),
-        "LIST" | "UIDL" => 40 * d.msgs.len() as u64,
-        _ => 0,
-    };
-    Duration::from_secs(bytes / MIN_RATE)
 }
 
 /// `n` as a message number of `d`: 1-based, not deleted.
@@ -169,7 +149,7 @@ impl Session {
         self.tls || self.pop.allow_plaintext_auth
     }
 
-    async fn run<S>(&mut self, io: &mut BufReader<S>, greet: bool) -> std::io::Result<End>
+    async fn run<S>(&mut self, io: &mut BufReader<Paced<S>>, greet: bool) -> std::io::Result<End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -215,21 +195,11 @@ impl Session {
             let (cmd, rest) = text.split_once(' ').unwrap_or((text, ""));
             let cmd = cmd.to_ascii_uppercase();
             let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
-            // Each command, its answer included, within the write timeout and the time
-            // its answer takes at MIN_RATE: a client that stops reading what it asked for
+            // Each answer paced afresh: a client that stops taking what it asked for
             // cannot hold the connection (and its slot), a slow one gets its message.
-            let allowed = WRITE_TIMEOUT + answer_time(self.maildrop.as_ref(), &cmd, &args);
-            let done = tokio::time::timeout(allowed, self.command(io, &cmd, rest, &args)).await;
-            match done {
-                Ok(Ok(Some(end))) => return Ok(end),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    ));
-                }
+            io.get_mut().reset();
+            if let Some(end) = self.command(io, &cmd, rest, &args).await? {
+                return Ok(end);
             }
         }
     }
@@ -531,7 +501,7 @@ impl Session {
             for chunk in part.chunks(CHUNK) {
                 out.clear();
                 dot_stuff(chunk, &mut at_start, &mut out);
-                timed(w.write_all(&out)).await?;
+                w.write_all(&out).await?;
             }
         } else {
             let mut body = match blobs.open(&m.rec.blob_key()).await {
@@ -552,7 +522,7 @@ impl Session {
                 }
                 out.clear();
                 dot_stuff(&buf[..n], &mut at_start, &mut out);
-                timed(w.write_all(&out)).await?;
+                w.write_all(&out).await?;
             }
         }
         w.write_all(if at_start { b".\r\n" } else { b"\r\n.\r\n" })
@@ -560,15 +530,6 @@ impl Session {
         w.flush().await?;
         Ok(true)
     }
-}
-
-/// A write the client must take within [`WRITE_TIMEOUT`].
-async fn timed(
-    write: impl std::future::Future<Output = std::io::Result<()>>,
-) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, write)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))?
 }
 
 /// The header and the first `n` lines of the body (TOP).
@@ -594,47 +555,6 @@ enum SendError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// A slow phone gets its 40 MB message (before, every command had 120 s in all); a
-    /// bad number or no maildrop gets the plain write timeout.
-    #[test]
-    fn a_large_message_may_take_its_size_at_the_minimum_rate() {
-        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let rec = crate::model::Record::held(
-            crate::model::MessageId::new(at),
-            "a@example.org".into(),
-            vec!["b@example.test".into()],
-            at,
-            (40_000_000, String::new()),
-            crate::model::Summary::default(),
-        );
-        let msg = Message {
-            uid: 1,
-            flags: crate::model::mailbox::Flags::default(),
-            rec: Arc::new(rec),
-        };
-        let d = Maildrop {
-            msgs: vec![msg.clone(), msg],
-            deleted: vec![false, true],
-            read: vec![false, false],
-            sizes: vec![40_000_000, 40_000_000],
-            validity: 1,
-        };
-        let t = |cmd: &str, args: &[&str]| answer_time(Some(&d), cmd, args).as_secs();
-        assert_eq!(t("RETR", &["1"]), 40_000_000 / MIN_RATE);
-        assert!(
-            t("RETR", &["1"]) > 80 * 60,
-            "a 40 MB message over 64 kbit/s"
-        );
-        assert_eq!(t("TOP", &["1", "5"]), t("RETR", &["1"]));
-        for bad in [&["0"][..], &["2"], &["3"], &["x"], &[]] {
-            assert_eq!(t("RETR", bad), 0, "{bad:?}");
-        }
-        assert_eq!(t("STAT", &[]), 0);
-        assert_eq!(answer_time(None, "RETR", &["1"]), Duration::ZERO);
-    }
-
     #[test]
     fn top_takes_the_header_and_n_body_lines() {
         let m = b"Subject: x\r\nFrom: a\r\n\r\none\r\ntwo\r\nthree\r\n";

@@ -983,6 +983,22 @@ async fn uids_contract(boxes: Arc<dyn standby::ports::Mailboxes>) {
         shown(&boxes.load("alice@example.test").await.unwrap()),
         want
     );
+    // A session that still knows it by its old UID removes it: gone from the new one.
+    boxes
+        .change_flags(
+            "alice@example.test",
+            &[change(
+                2,
+                Flags::HIDDEN.with(Flags::DELETED),
+                Flags::default(),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        shown(&boxes.load("alice@example.test").await.unwrap()),
+        want[..2]
+    );
 }
 
 #[tokio::test]
@@ -1015,7 +1031,7 @@ async fn local_adapters_keep_the_contract() {
     )
     .await
     .unwrap();
-    assert_eq!((before.entries.len(), before.next_uid), (4, 6));
+    assert_eq!((before.entries.len(), before.next_uid), (5, 6));
     audit_contract(Arc::new(standby::backend::FsAuditLog::new(fourth.path()))).await;
     let fs = FsBlobStore::open(dir.path()).unwrap();
     blob_contract(Arc::new(fs.clone())).await;

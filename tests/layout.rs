@@ -18,8 +18,9 @@ fn layer(module: &str) -> Option<Layer> {
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
         | "export" | "summary" | "publish" | "users" | "mailbox" | "outbound" | "submission"
         | "continuity" | "manage" | "status" => Layer::Domain,
-        // Records counters and histograms; imports nothing of ours, so any layer may.
-        "metrics" => Layer::Ports,
+        // Counters and histograms, and a paced stream; import nothing of ours, so any
+        // layer may.
+        "metrics" | "paced" => Layer::Ports,
         "backend" | "smtp" | "dns" => Layer::Adapter,
         "serve" | "cli" | "lambda" | "doctor" | "web" | "imap" | "pop3" => Layer::Entry,
         _ => return None,

@@ -118,12 +118,28 @@ impl BlobStore for MemBlobStore {
 struct MemState {
     records: BTreeMap<MessageId, Record>,
     health: BTreeMap<String, HealthRecord>,
+    /// Records listings leave out while `get` still reads them: an eventually
+    /// consistent index (DynamoDB's secondary indexes) that has not caught up.
+    unlisted: std::collections::HashSet<MessageId>,
 }
 
 /// Records in an ordered map (ids sort by arrival, as in the real indexes).
 #[derive(Clone, Default)]
 pub struct MemIndex {
     state: Arc<Mutex<MemState>>,
+}
+
+impl MemIndex {
+    /// Leave `id` out of listings (or, `false`, list it again) while `get` still reads
+    /// it, as an index that has not caught up would (for tests of what reads twice).
+    pub fn set_unlisted(&self, id: MessageId, unlisted: bool) {
+        let mut s = self.state.lock().unwrap();
+        if unlisted {
+            s.unlisted.insert(id);
+        } else {
+            s.unlisted.remove(&id);
+        }
+    }
 }
 
 fn lease_free(rec: &Record, now: DateTime<Utc>) -> bool {
@@ -168,6 +184,7 @@ impl Index for MemIndex {
         let mut recs: Vec<Record> = s
             .records
             .values()
+            .filter(|r| !s.unlisted.contains(&r.id))
             .filter(|r| q.matches(r))
             .filter(|r| q.after.is_none_or(|a| q.beyond(Cursor::from(*r), a)))
             .filter(|r| q.since.is_none_or(|t| r.received_at >= t))

@@ -79,21 +79,19 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
     // Each is read again first: a listing from an eventually consistent index (AWS) can
     // miss a message that is still there.
     let mut gone = Vec::new();
+    let mut records = records;
     for e in &state.entries {
         if e.flags.has(Flags::HIDDEN) || e.flags.has(Flags::GONE) || listed.contains(&e.id) {
             continue;
         }
-        let still = storage
-            .index
-            .get(e.id)
-            .await?
-            .is_some_and(|r| view.shows(&r) && Folder::of(&r) == Folder::Inbox);
-        if !still {
-            gone.push(FlagChange {
+        match storage.index.get(e.id).await? {
+            // Still there (the listing missed it, or it came back meanwhile): shown.
+            Some(r) if view.shows(&r) && Folder::of(&r) == Folder::Inbox => records.push(r),
+            _ => gone.push(FlagChange {
                 uid: e.uid,
                 set: Flags::GONE,
                 clear: Flags::default(),
-            });
+            }),
         }
     }
     if !gone.is_empty() {
@@ -241,5 +239,51 @@ mod tests {
             );
             assert_eq!(s.next_uid, 5);
         }
+    }
+
+    /// A listing that has not caught up (DynamoDB's secondary indexes) misses a message
+    /// still in the view: the reread finds it, and it stays in the snapshot with its UID
+    /// (never reported gone, then back under the same UID).
+    #[tokio::test]
+    async fn a_message_a_listing_misses_stays_with_its_uid() {
+        let index = crate::backend::MemIndex::default();
+        let storage = Storage {
+            index: std::sync::Arc::new(index.clone()),
+            ..Storage::memory()
+        };
+        let alice = Account {
+            address: "alice@example.test".into(),
+            aliases: vec![],
+            excluded: vec![],
+            stamp: [0; 32],
+        };
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::days(1);
+        let view = View {
+            account: &alice,
+            history_days: 30,
+            now,
+        };
+        let (a, b) = (rec(2, "alice@example.test"), rec(3, "alice@example.test"));
+        for r in [&a, &b] {
+            index.insert(r).await.unwrap();
+        }
+        let uids = |s: &Snapshot| {
+            s.messages
+                .iter()
+                .map(|m| (m.uid, m.rec.id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            uids(&snapshot(&view, &storage).await.unwrap()),
+            [(1, a.id), (2, b.id)]
+        );
+        index.set_unlisted(a.id, true);
+        assert_eq!(
+            uids(&snapshot(&view, &storage).await.unwrap()),
+            [(1, a.id), (2, b.id)]
+        );
+        index.set_unlisted(a.id, false);
+        let s = snapshot(&view, &storage).await.unwrap();
+        assert_eq!((uids(&s), s.next_uid), (vec![(1, a.id), (2, b.id)], 3));
     }
 }

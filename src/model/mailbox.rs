@@ -152,16 +152,37 @@ impl MailboxState {
     }
 
     /// Make `changes` (entries are in UID order; unknown UIDs are skipped); the
-    /// positions of the entries whose flags changed.
+    /// positions of the entries whose flags changed. Hiding a message by a UID it has
+    /// since left (it went and came back: the entry is retired) hides it under its
+    /// current one: a stale session's EXPUNGE or DELE is not lost.
     pub fn change(&mut self, changes: &[FlagChange]) -> Vec<usize> {
         let mut changed = Vec::new();
+        let mut set = |entries: &mut Vec<UidEntry>, i: usize, ch: &FlagChange| {
+            let e = &mut entries[i];
+            let flags = ch.apply(e.flags);
+            if flags != e.flags {
+                e.flags = flags;
+                changed.push(i);
+            }
+        };
         for ch in changes {
-            if let Ok(i) = self.entries.binary_search_by_key(&ch.uid, |e| e.uid) {
-                let e = &mut self.entries[i];
-                let flags = ch.apply(e.flags);
-                if flags != e.flags {
-                    e.flags = flags;
-                    changed.push(i);
+            let Ok(i) = self.entries.binary_search_by_key(&ch.uid, |e| e.uid) else {
+                continue;
+            };
+            set(&mut self.entries, i, ch);
+            let (id, flags) = (self.entries[i].id, self.entries[i].flags);
+            if flags.has(Flags::RETIRED) && ch.set.has(Flags::HIDDEN) {
+                let hide = FlagChange {
+                    uid: 0,
+                    set: Flags::HIDDEN,
+                    clear: Flags::default(),
+                };
+                if let Some(j) = self
+                    .entries
+                    .iter()
+                    .position(|x| x.id == id && !x.flags.has(Flags::RETIRED))
+                {
+                    set(&mut self.entries, j, &hide);
                 }
             }
         }

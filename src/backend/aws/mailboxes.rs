@@ -96,9 +96,11 @@ impl DynamoMailboxes {
     }
 
     /// Smaller chunks and transactions than the defaults, so a test shows several of
-    /// each with a few messages (`per_chunk` at least 1, `chunks_per_tx` at least 4).
+    /// each with a few messages (`per_chunk` from 1 to [`PER_CHUNK`], `chunks_per_tx`
+    /// at least 4). A mailbox keeps the chunk size it was made with.
+    #[doc(hidden)]
     pub fn with_limits(mut self, per_chunk: usize, chunks_per_tx: usize) -> Self {
-        self.per_chunk = per_chunk.max(1);
+        self.per_chunk = per_chunk.clamp(1, PER_CHUNK);
         self.chunks_per_tx = chunks_per_tx.clamp(4, CHUNKS_PER_TX);
         self
     }
@@ -131,6 +133,8 @@ struct Head {
     next_uid: u32,
     /// Each chunk's version, by chunk.
     cv: Vec<u64>,
+    /// Entries per chunk, fixed when the mailbox is made (the layout of its items).
+    per: usize,
 }
 
 fn number<T: std::str::FromStr>(
@@ -146,7 +150,7 @@ fn number<T: std::str::FromStr>(
 
 fn head_of(item: &HashMap<String, AttributeValue>, user: &str) -> Result<Head, StoreError> {
     let cv = match item.get("cv") {
-        None => Vec::new(),
+        None => return Err(corrupt(user, "head without chunk versions (`cv`)")),
         Some(v) => v
             .as_l()
             .ok()
@@ -162,6 +166,7 @@ fn head_of(item: &HashMap<String, AttributeValue>, user: &str) -> Result<Head, S
         validity: number(item, "validity", user)?,
         next_uid: number(item, "next_uid", user)?,
         cv,
+        per: number::<usize>(item, "per", user)?.max(1),
     })
 }
 
@@ -218,6 +223,13 @@ fn retry_reasons(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> boo
 
 type SdkError<E> =
     aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>;
+
+/// Entries of chunk `k` of `s`, chunks of `per`.
+fn part(per: usize, s: &MailboxState, k: usize) -> &[UidEntry] {
+    let from = (k * per).min(s.entries.len());
+    let to = ((k + 1) * per).min(s.entries.len());
+    &s.entries[from..to]
+}
 
 /// A write that lost to another (see [`retry_reasons`]).
 fn write_race(
@@ -279,6 +291,7 @@ impl DynamoMailboxes {
                 .item("validity", n(validity))
                 .item("next_uid", n(1))
                 .item("cv", AttributeValue::L(Vec::new()))
+                .item("per", n(self.per_chunk))
                 .condition_expression("attribute_not_exists(#pk)")
                 .expression_attribute_names("#pk", PK)
                 .send()
@@ -290,6 +303,7 @@ impl DynamoMailboxes {
                         validity,
                         next_uid: 1,
                         cv: Vec::new(),
+                        per: self.per_chunk,
                     });
                 }
                 // Another node made it first: read theirs.
@@ -413,13 +427,6 @@ impl DynamoMailboxes {
         Ok(Some(out))
     }
 
-    /// Entries of chunk `k` of `s`.
-    fn part<'s>(&self, s: &'s MailboxState, k: usize) -> &'s [UidEntry] {
-        let from = (k * self.per_chunk).min(s.entries.len());
-        let to = ((k + 1) * self.per_chunk).min(s.entries.len());
-        &s.entries[from..to]
-    }
-
     /// Read the mailbox, let `change` alter it, and write the chunks that changed in one
     /// transaction conditional on the version read; retried when another write came
     /// first. `change` returns false when there is nothing to write.
@@ -434,9 +441,10 @@ impl DynamoMailboxes {
             if !change(&mut after)? {
                 return Ok(after);
             }
-            let chunks = after.entries.len().div_ceil(self.per_chunk);
+            let per = head.per;
+            let chunks = after.entries.len().div_ceil(per);
             let dirty: BTreeSet<usize> = (0..chunks)
-                .filter(|&k| self.part(&before, k) != self.part(&after, k))
+                .filter(|&k| part(per, &before, k) != part(per, &after, k))
                 .collect();
             if dirty.len() > self.chunks_per_tx {
                 return Err(corrupt(
@@ -486,7 +494,7 @@ impl DynamoMailboxes {
                                 .item(PK, chunk_key(user, k))
                                 .item(
                                     "e",
-                                    AttributeValue::B(Blob::new(encode(self.part(&after, k)))),
+                                    AttributeValue::B(Blob::new(encode(part(per, &after, k)))),
                                 )
                                 .build()
                                 .map_err(build)?,
@@ -503,13 +511,14 @@ impl DynamoMailboxes {
             {
                 Ok(_) => {
                     let chunks = (0..chunks)
-                        .map(|k| Arc::new(self.part(&after, k).to_vec()))
+                        .map(|k| Arc::new(part(per, &after, k).to_vec()))
                         .collect();
                     let head = Head {
                         ver: next,
                         validity: head.validity,
                         next_uid: after.next_uid,
                         cv,
+                        per,
                     };
                     self.remember(user, Kept { head, chunks });
                     return Ok(after);
@@ -524,13 +533,13 @@ impl DynamoMailboxes {
     /// `ids` in pieces of which each changes at most `chunks_per_tx` chunks: a message
     /// that came back changes its old chunk (retired there) besides the new one (see
     /// [`MailboxState::add`]); in the order given.
-    fn pieces(&self, now: &MailboxState, ids: &[MessageId]) -> Vec<Vec<MessageId>> {
+    fn pieces(&self, per: usize, now: &MailboxState, ids: &[MessageId]) -> Vec<Vec<MessageId>> {
         let at: HashMap<MessageId, usize> = now
             .entries
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.flags.has(Flags::RETIRED))
-            .map(|(i, e)| (e.id, i / self.per_chunk))
+            .map(|(i, e)| (e.id, i / per))
             .collect();
         let current = now.current();
         let mut pieces: Vec<Vec<MessageId>> = Vec::new();
@@ -540,8 +549,8 @@ impl DynamoMailboxes {
                 continue;
             }
             let back = at.get(id).copied();
-            // Appending `count` entries spans at most count / per_chunk + 2 chunks.
-            let cost = |old: &BTreeSet<usize>, count: usize| old.len() + count / self.per_chunk + 2;
+            // Appending `count` entries spans at most count / per + 2 chunks.
+            let cost = |old: &BTreeSet<usize>, count: usize| old.len() + count / per + 2;
             let mut with = old.clone();
             with.extend(back);
             if pieces.is_empty() || cost(&with, count + 1) > self.chunks_per_tx {
@@ -579,10 +588,10 @@ impl Mailboxes for DynamoMailboxes {
     }
 
     async fn assign(&self, user: &str, ids: &[MessageId]) -> Result<MailboxState, StoreError> {
-        let (_, mut state) = self.read(user).await?;
+        let (head, mut state) = self.read(user).await?;
         // In pieces (each whole on its own: a crash between two leaves the later ones
         // without UIDs, given at the next look).
-        for piece in self.pieces(&state, ids) {
+        for piece in self.pieces(head.per, &state, ids) {
             state = self
                 .update(user, |s| {
                     let added = s.add(&piece).map_err(|e| corrupt(user, e.to_string()))?;
@@ -594,25 +603,43 @@ impl Mailboxes for DynamoMailboxes {
     }
 
     async fn change_flags(&self, user: &str, changes: &[FlagChange]) -> Result<(), StoreError> {
-        // Changes to at most chunks_per_tx chunks at a time (an entry stays in its chunk).
-        let (_, now) = self.read(user).await?;
-        let chunk_of = |uid: u32| {
-            now.entries
-                .binary_search_by_key(&uid, |e| e.uid)
-                .ok()
-                .map(|i| i / self.per_chunk)
+        // Changes to at most chunks_per_tx chunks at a time (an entry stays in its chunk;
+        // hiding by a retired UID also changes the message's current entry).
+        let (head, now) = self.read(user).await?;
+        let per = head.per;
+        let current: HashMap<MessageId, usize> = now
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.flags.has(Flags::RETIRED))
+            .map(|(i, e)| (e.id, i / per))
+            .collect();
+        let chunks_of = |ch: &FlagChange| -> Vec<usize> {
+            let Ok(i) = now.entries.binary_search_by_key(&ch.uid, |e| e.uid) else {
+                return Vec::new();
+            };
+            let e = &now.entries[i];
+            let mut out = vec![i / per];
+            if e.flags.has(Flags::RETIRED) && ch.set.has(Flags::HIDDEN) {
+                out.extend(current.get(&e.id).copied());
+            }
+            out
         };
         let mut pieces: Vec<Vec<FlagChange>> = Vec::new();
         let mut chunks = BTreeSet::new();
         for ch in changes {
-            let Some(k) = chunk_of(ch.uid) else { continue };
-            if !chunks.contains(&k) && chunks.len() == self.chunks_per_tx {
-                chunks.clear();
+            let touched = chunks_of(ch);
+            if touched.is_empty() {
+                continue;
             }
-            if chunks.is_empty() {
+            let mut with = chunks.clone();
+            with.extend(touched.iter().copied());
+            if pieces.is_empty() || with.len() > self.chunks_per_tx {
                 pieces.push(Vec::new());
+                chunks = touched.into_iter().collect();
+            } else {
+                chunks = with;
             }
-            chunks.insert(k);
             if let Some(p) = pieces.last_mut() {
                 p.push(*ch);
             }

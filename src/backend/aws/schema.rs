@@ -15,7 +15,7 @@
 //! | audit entry | `audit#<ulid>` | `status` = `audit`, `recv` (`<ms>#<ulid>`), `record` (JSON); never updated or deleted |
 //! | continuity | `continuity` | `record` (JSON: the event under way, history, alerts owed), `cver` (its version) |
 //! | mark | `mark#<key>` | `expires_at`; a notice sent for an event and user, a login link used |
-//! | mailbox head | `mbox#h#<user>` | `ver`, `validity`, `next_uid`, `chunks`: a user's IMAP/POP3 mailbox (see `DynamoMailboxes`) |
+//! | mailbox head | `mbox#h#<user>` | `ver`, `validity`, `next_uid`, `cv` (each chunk's version), `per` (entries a chunk): a user's IMAP/POP3 mailbox (see `DynamoMailboxes`) |
 //! | mailbox chunk | `mbox#c<k>#<user>` | `e` (binary: 4,096 entries of UID, message id, flags) |
 //!
 //! Message items also carry `sender` (lower-case envelope sender, `<>` for none).

@@ -1,6 +1,7 @@
 //! Each user's UIDs and flags in the spool's index database: a row per user in
-//! `mailboxes` (UIDVALIDITY and the next UID) and a row per message given a UID in
-//! `mailbox_uids`, whose unique `(user, id)` keeps a message to one UID. Assigning runs
+//! `mailboxes` (UIDVALIDITY and the next UID) and a row per UID given in
+//! `mailbox_uids`, whose unique `(user, id)` over rows not retired keeps a message to one
+//! current UID. Assigning runs
 //! in one immediate transaction, so sessions on the same spool never hand out a UID twice.
 
 use async_trait::async_trait;
@@ -26,7 +27,9 @@ CREATE TABLE IF NOT EXISTS mailbox_uids (
     flags INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user, uid)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS mailbox_uids_by_id ON mailbox_uids (user, id);
+DROP INDEX IF EXISTS mailbox_uids_by_id;
+CREATE UNIQUE INDEX IF NOT EXISTS mailbox_uids_current ON mailbox_uids (user, id)
+    WHERE flags & 32 = 0;
 ";
 
 /// A new mailbox's UIDVALIDITY: the time in seconds (RFC 3501 suggests a time), so a
@@ -118,12 +121,19 @@ impl Mailboxes for SqliteIndex {
                         "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, 0)",
                     )
                     .map_err(db_err)?;
-                // A message that came back moves to a new UID with the user's flags
-                // (the unique (user, id) keeps one row a message: the old UID is gone).
-                let mut renumber = tx
+                // A message that came back: its row retired (hidden, kept so a stale
+                // session's EXPUNGE of the old UID still reaches it), a new row with the
+                // user's flags under the new UID. The unique index over rows not retired
+                // keeps one current row a message.
+                let mut retire = tx
                     .prepare_cached(
-                        "UPDATE mailbox_uids SET uid = ?2, flags = flags & ?4 \
-                         WHERE user = ?1 AND id = ?3",
+                        "UPDATE mailbox_uids SET flags = flags | ?3 \
+                         WHERE user = ?1 AND id = ?2 AND flags & 32 = 0",
+                    )
+                    .map_err(db_err)?;
+                let mut carry = tx
+                    .prepare_cached(
+                        "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, ?4)",
                     )
                     .map_err(db_err)?;
                 for id in ids {
@@ -137,15 +147,24 @@ impl Mailboxes for SqliteIndex {
                             detail: "no UIDs left".into(),
                         });
                     }
-                    let args = rusqlite::params![user, i64::from(next), id.to_string()];
                     match was {
-                        None => insert.execute(args),
-                        Some(_) => renumber.execute(rusqlite::params![
-                            user,
-                            i64::from(next),
-                            id.to_string(),
-                            i64::from(Flags::CLIENT.0)
-                        ]),
+                        None => {
+                            insert.execute(rusqlite::params![user, i64::from(next), id.to_string()])
+                        }
+                        Some(old) => retire
+                            .execute(rusqlite::params![
+                                user,
+                                id.to_string(),
+                                i64::from(Flags::RETIRED.0 | Flags::HIDDEN.0)
+                            ])
+                            .and_then(|_| {
+                                carry.execute(rusqlite::params![
+                                    user,
+                                    i64::from(next),
+                                    id.to_string(),
+                                    i64::from(old.0 & Flags::CLIENT.0)
+                                ])
+                            }),
                     }
                     .map_err(db_err)?;
                     current.insert(id, Flags::default());
@@ -183,6 +202,15 @@ impl Mailboxes for SqliteIndex {
                          WHERE user = ?1 AND uid = ?2",
                     )
                     .map_err(db_err)?;
+                // Removing a message by a UID it has since left (it went and came back
+                // meanwhile) removes it under its new one.
+                let mut follow = tx
+                    .prepare_cached(
+                        "UPDATE mailbox_uids SET flags = flags | ?3 \
+                         WHERE user = ?1 AND flags & 32 = 0 AND id = \
+                         (SELECT id FROM mailbox_uids WHERE user = ?1 AND uid = ?2 AND flags & 32)",
+                    )
+                    .map_err(db_err)?;
                 for ch in &changes {
                     let clear = ch.clear.0 & Flags::CLIENT.0;
                     stmt.execute(rusqlite::params![
@@ -192,6 +220,15 @@ impl Mailboxes for SqliteIndex {
                         i64::from(ch.set.0)
                     ])
                     .map_err(db_err)?;
+                    if ch.set.has(Flags::HIDDEN) {
+                        follow
+                            .execute(rusqlite::params![
+                                user,
+                                i64::from(ch.uid),
+                                i64::from(Flags::HIDDEN.0)
+                            ])
+                            .map_err(db_err)?;
+                    }
                 }
             }
             tx.commit().map_err(commit_err)
