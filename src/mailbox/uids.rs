@@ -17,6 +17,10 @@ use crate::ports::{Index, ListQuery, Mailboxes, Storage};
 
 /// Index reads per page while listing a mailbox.
 const PAGE: usize = 1000;
+/// Messages missing from a listing read again at once (see [`snapshot`]).
+const REREAD_AT_ONCE: usize = 16;
+/// Messages marked gone in one change, at most.
+const MARK_EVERY: usize = 256;
 
 /// One message of a [`Snapshot`].
 #[derive(Debug, Clone)]
@@ -78,25 +82,51 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
     // should it come back (`standby retry` of a failed message, an alias given back).
     // Each is read again first: a listing from an eventually consistent index (AWS) can
     // miss a message that is still there.
-    let mut gone = Vec::new();
     let mut records = records;
-    for e in &state.entries {
-        if e.flags.has(Flags::HIDDEN) || e.flags.has(Flags::GONE) || listed.contains(&e.id) {
-            continue;
+    let missing: Vec<(u32, crate::model::MessageId)> = state
+        .entries
+        .iter()
+        .filter(|e| {
+            !e.flags.has(Flags::HIDDEN) && !e.flags.has(Flags::GONE) && !listed.contains(&e.id)
+        })
+        .map(|e| (e.uid, e.id))
+        .collect();
+    // A few reads at once, and the marks written as they come: many leaving at once (an
+    // alias taken away) costs seconds, not minutes, and what was done stays done.
+    let mut gone = Vec::new();
+    for (n, group) in missing.chunks(REREAD_AT_ONCE).enumerate() {
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, &(uid, id)) in group.iter().enumerate() {
+            let index = storage.index.clone();
+            reads.spawn(async move { (i, uid, index.get(id).await) });
         }
-        match storage.index.get(e.id).await? {
-            // Still there (the listing missed it, or it came back meanwhile): shown.
-            Some(r) if view.shows(&r) && Folder::of(&r) == Folder::Inbox => records.push(r),
-            _ => gone.push(FlagChange {
-                uid: e.uid,
-                set: Flags::GONE,
-                clear: Flags::default(),
-            }),
+        let mut got = Vec::with_capacity(group.len());
+        while let Some(read) = reads.join_next().await {
+            got.push(read.map_err(|e| StoreError::Backend {
+                backend: "index",
+                detail: format!("rereading a mailbox's message: {e}"),
+                transient: true,
+                source: None,
+            })?);
         }
-    }
-    if !gone.is_empty() {
-        mailboxes.change_flags(user, &gone).await?;
-        state.change(&gone);
+        got.sort_by_key(|(i, _, _)| *i);
+        for (_, uid, read) in got {
+            match read? {
+                // Still there (the listing missed it, or it came back meanwhile): shown.
+                Some(r) if view.shows(&r) && Folder::of(&r) == Folder::Inbox => records.push(r),
+                _ => gone.push(FlagChange {
+                    uid,
+                    set: Flags::GONE,
+                    clear: Flags::default(),
+                }),
+            }
+        }
+        let last = (n + 1) * REREAD_AT_ONCE >= missing.len();
+        if !gone.is_empty() && (last || gone.len() >= MARK_EVERY) {
+            mailboxes.change_flags(user, &gone).await?;
+            state.change(&gone);
+            gone.clear();
+        }
     }
     let current = state.current();
     let new: Vec<_> = records
