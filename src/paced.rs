@@ -152,12 +152,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Paced<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// A client reading `chunk` bytes every `every`, to the end; the bytes it read.
-    fn reader(
+    pub(crate) fn reader(
         mut client: DuplexStream,
         chunk: usize,
         every: Duration,

@@ -168,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paced::tests::reader;
     use imap_next::imap_types::response::Greeting;
     use imap_next::server::Options;
     use std::time::Duration;
@@ -188,25 +189,6 @@ mod tests {
         let n = theirs.read(&mut greeting).await.unwrap();
         assert!(greeting[..n].starts_with(b"* OK"));
         (conn, server, theirs)
-    }
-
-    /// A client reading `chunk` bytes every `every`, to the end; the bytes it read.
-    fn reader(
-        mut client: tokio::io::DuplexStream,
-        chunk: usize,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<usize> {
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; chunk];
-            let mut total = 0;
-            loop {
-                tokio::time::sleep(every).await;
-                match client.read(&mut buf).await {
-                    Ok(0) | Err(_) => return total,
-                    Ok(n) => total += n,
-                }
-            }
-        })
     }
 
     /// A 4 MiB answer: taken at 16 KiB/s it is written whole, though it takes four

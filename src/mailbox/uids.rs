@@ -164,6 +164,24 @@ mod tests {
     use crate::users::Account;
     use chrono::{DateTime, Duration};
 
+    fn alice() -> Account {
+        Account {
+            address: "alice@example.test".into(),
+            aliases: vec![],
+            excluded: vec![],
+            stamp: [0; 32],
+        }
+    }
+
+    /// `account`'s view a day after the test messages arrived, 30 days kept.
+    fn view_of(account: &Account) -> View<'_> {
+        View {
+            account,
+            history_days: 30,
+            now: DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::days(1),
+        }
+    }
+
     fn rec(n: i64, rcpt: &str) -> Record {
         let at = DateTime::from_timestamp(1_700_000_000 + n * 60, 0).unwrap();
         Record::held(
@@ -185,18 +203,8 @@ mod tests {
             storage.index.clone(),
             storage.mailboxes.clone().expect("kept in memory"),
         );
-        let alice = Account {
-            address: "alice@example.test".into(),
-            aliases: vec![],
-            excluded: vec![],
-            stamp: [0; 32],
-        };
-        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::days(1);
-        let view = View {
-            account: &alice,
-            history_days: 30,
-            now,
-        };
+        let alice = alice();
+        let view = view_of(&alice);
         let (a, b) = (rec(2, "alice@example.test"), rec(3, "alice@example.test"));
         for r in [&a, &b, &rec(4, "bob@example.test")] {
             index.insert(r).await.unwrap();
@@ -245,7 +253,7 @@ mod tests {
             .unwrap();
         let mut failed = index.get(b.id).await.unwrap().unwrap();
         failed.status = Status::Failed;
-        index.update(&failed, now).await.unwrap();
+        index.update(&failed, view.now).await.unwrap();
         let again = snapshot(&view, &storage).await.unwrap();
         assert_eq!(
             again.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
@@ -257,7 +265,7 @@ mod tests {
         // kept; the hidden one stays hidden; the next look changes nothing.
         let mut back = index.get(b.id).await.unwrap().unwrap();
         back.status = Status::Held;
-        index.update(&back, now).await.unwrap();
+        index.update(&back, view.now).await.unwrap();
         for _ in 0..2 {
             let s = snapshot(&view, &storage).await.unwrap();
             assert_eq!(
@@ -281,18 +289,8 @@ mod tests {
             index: std::sync::Arc::new(index.clone()),
             ..Storage::memory()
         };
-        let alice = Account {
-            address: "alice@example.test".into(),
-            aliases: vec![],
-            excluded: vec![],
-            stamp: [0; 32],
-        };
-        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::days(1);
-        let view = View {
-            account: &alice,
-            history_days: 30,
-            now,
-        };
+        let alice = alice();
+        let view = view_of(&alice);
         let (a, b) = (rec(2, "alice@example.test"), rec(3, "alice@example.test"));
         for r in [&a, &b] {
             index.insert(r).await.unwrap();
