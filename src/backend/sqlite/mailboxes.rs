@@ -112,77 +112,60 @@ impl Mailboxes for SqliteIndex {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let state = read(&tx, &user)?;
-            let mut current = state.current();
-            let mut next = state.next_uid;
+            let before = read(&tx, &user)?;
+            // What changes is the model's (MailboxState::add); here it is written: the
+            // rows of messages that came back retired (hidden, kept so a stale session's
+            // EXPUNGE of the old UID still reaches them: the unique index covers rows not
+            // retired), then the new rows.
+            let mut after = before.clone();
+            after.add(&ids).map_err(|e| StoreError::Corrupt {
+                id: format!("mailbox of {}", crate::model::redact(&user)),
+                detail: e.to_string(),
+            })?;
+            if after.next_uid == before.next_uid {
+                tx.commit().map_err(commit_err)?;
+                return Ok(after);
+            }
             {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, 0)",
-                    )
-                    .map_err(db_err)?;
-                // A message that came back: its row retired (hidden, kept so a stale
-                // session's EXPUNGE of the old UID still reaches it), a new row with the
-                // user's flags under the new UID. The unique index over rows not retired
-                // keeps one current row a message.
                 let mut retire = tx
                     .prepare_cached(
-                        "UPDATE mailbox_uids SET flags = flags | ?3 \
-                         WHERE user = ?1 AND id = ?2 AND flags & 32 = 0",
+                        "UPDATE mailbox_uids SET flags = ?3 WHERE user = ?1 AND uid = ?2",
                     )
                     .map_err(db_err)?;
-                let mut carry = tx
+                for (old, new) in before.entries.iter().zip(&after.entries) {
+                    if old.flags != new.flags {
+                        retire
+                            .execute(rusqlite::params![
+                                user,
+                                i64::from(new.uid),
+                                i64::from(new.flags.0)
+                            ])
+                            .map_err(db_err)?;
+                    }
+                }
+                let mut insert = tx
                     .prepare_cached(
                         "INSERT INTO mailbox_uids (user, uid, id, flags) VALUES (?1, ?2, ?3, ?4)",
                     )
                     .map_err(db_err)?;
-                for id in ids {
-                    let was = current.get(&id).copied();
-                    if !MailboxState::needs_uid(was) {
-                        continue;
-                    }
-                    if next == u32::MAX {
-                        return Err(StoreError::Corrupt {
-                            id: format!("mailbox of {}", crate::model::redact(&user)),
-                            detail: "no UIDs left".into(),
-                        });
-                    }
-                    match was {
-                        None => {
-                            insert.execute(rusqlite::params![user, i64::from(next), id.to_string()])
-                        }
-                        Some(old) => retire
-                            .execute(rusqlite::params![
-                                user,
-                                id.to_string(),
-                                i64::from(Flags::RETIRED.0 | Flags::HIDDEN.0)
-                            ])
-                            .and_then(|_| {
-                                carry.execute(rusqlite::params![
-                                    user,
-                                    i64::from(next),
-                                    id.to_string(),
-                                    i64::from(old.0 & Flags::CLIENT.0)
-                                ])
-                            }),
-                    }
-                    .map_err(db_err)?;
-                    current.insert(id, Flags::default());
-                    next += 1;
+                for e in &after.entries[before.entries.len()..] {
+                    insert
+                        .execute(rusqlite::params![
+                            user,
+                            i64::from(e.uid),
+                            e.id.to_string(),
+                            i64::from(e.flags.0)
+                        ])
+                        .map_err(db_err)?;
                 }
-            }
-            if next == state.next_uid {
-                tx.commit().map_err(commit_err)?;
-                return Ok(state);
             }
             tx.execute(
                 "UPDATE mailboxes SET next_uid = ?2 WHERE user = ?1",
-                rusqlite::params![user, i64::from(next)],
+                rusqlite::params![user, i64::from(after.next_uid)],
             )
             .map_err(db_err)?;
-            let state = read(&tx, &user)?;
             tx.commit().map_err(commit_err)?;
-            Ok(state)
+            Ok(after)
         })
         .await
     }
