@@ -55,6 +55,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         }
     }
 
+    /// A write under way was left for other work (IDLE's look at the store): its wait
+    /// so far counts against the client, the time until it is tried again does not.
+    pub fn pause(&mut self) {
+        self.w.pause();
+    }
+
     /// The stream back (for STARTTLS), after [`Conn::flush`]: whatever the client sent
     /// after the command and the old server state are dropped with it, never executed.
     pub fn into_inner(self) -> S

@@ -328,11 +328,15 @@ impl Session {
                         return Ok((End::Closed, conn));
                     }
                 },
+                // A write under way waits on; the store's time until it is tried again
+                // is ours, not the client's.
                 _ = new_mail.changed(), if idling => {
+                    conn.pause();
                     self.refresh(&mut server).await;
                     continue;
                 }
                 _ = tokio::time::sleep(self.imap.poll), if idling => {
+                    conn.pause();
                     self.refresh(&mut server).await;
                     continue;
                 }

@@ -19,8 +19,6 @@ use crate::ports::{Index, ListQuery, Mailboxes, Storage};
 const PAGE: usize = 1000;
 /// Messages missing from a listing read again at once (see [`snapshot`]).
 const REREAD_AT_ONCE: usize = 16;
-/// Messages marked gone in one change, at most.
-const MARK_EVERY: usize = 256;
 
 /// One message of a [`Snapshot`].
 #[derive(Debug, Clone)]
@@ -91,10 +89,10 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
         })
         .map(|e| (e.uid, e.id))
         .collect();
-    // A few reads at once, and the marks written as they come: many leaving at once (an
-    // alias taken away) costs seconds, not minutes, and what was done stays done.
+    // A few reads at once, and each group's marks written when it is read: many leaving
+    // at once (an alias taken away) costs seconds, not minutes, what was done stays done.
     let mut gone = Vec::new();
-    for (n, group) in missing.chunks(REREAD_AT_ONCE).enumerate() {
+    for group in missing.chunks(REREAD_AT_ONCE) {
         let mut reads = tokio::task::JoinSet::new();
         for (i, &(uid, id)) in group.iter().enumerate() {
             let index = storage.index.clone();
@@ -121,8 +119,8 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
                 }),
             }
         }
-        let last = (n + 1) * REREAD_AT_ONCE >= missing.len();
-        if !gone.is_empty() && (last || gone.len() >= MARK_EVERY) {
+        // Marked at once: a mark written later could be older than a return meanwhile.
+        if !gone.is_empty() {
             mailboxes.change_flags(user, &gone).await?;
             state.change(&gone);
             gone.clear();

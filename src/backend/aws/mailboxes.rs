@@ -166,7 +166,11 @@ fn head_of(item: &HashMap<String, AttributeValue>, user: &str) -> Result<Head, S
         validity: number(item, "validity", user)?,
         next_uid: number(item, "next_uid", user)?,
         cv,
-        per: number::<usize>(item, "per", user)?.max(1),
+        // Heads made before the chunk size was kept have the only size then used.
+        per: match item.get("per") {
+            None => PER_CHUNK,
+            Some(_) => number::<usize>(item, "per", user)?.max(1),
+        },
     })
 }
 
@@ -669,6 +673,30 @@ mod tests {
         assert_eq!(bytes.len(), 3 * ENTRY);
         assert_eq!(decode(&bytes, "u@example.test").unwrap(), entries);
         assert!(decode(&bytes[1..], "u@example.test").is_err());
+    }
+
+    /// A head made before the chunk size was kept reads with the size then used; one
+    /// without chunk versions is refused, never read as an empty mailbox.
+    #[test]
+    fn heads_read_as_written() {
+        let mut item: HashMap<String, AttributeValue> = [
+            ("ver", n(3)),
+            ("validity", n(1_700_000_000)),
+            ("next_uid", n(9)),
+            ("cv", AttributeValue::L(vec![n(3), n(2)])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let head = head_of(&item, "u@example.test").unwrap();
+        assert_eq!(
+            (head.per, head.cv, head.next_uid),
+            (PER_CHUNK, vec![3, 2], 9)
+        );
+        item.insert("per".into(), n(4));
+        assert_eq!(head_of(&item, "u@example.test").unwrap().per, 4);
+        item.remove("cv");
+        assert!(head_of(&item, "u@example.test").is_err());
     }
 
     #[test]
