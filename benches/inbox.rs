@@ -20,24 +20,8 @@ use standby::web::{SessionKey, Web, WebSettings};
 
 const REQUESTS: usize = 300;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn message(i: usize, to: &str) -> Vec<u8> {
-    format!(
-        "From: Sender {i} <sender{i}@example.org>\r\nTo: {to}\r\nSubject: Message number {i}\r\n\
-         Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{i}@example.org>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}",
-        "A line of the message body, as mail has.\r\n".repeat(60)
-    )
-    .into_bytes()
-}
+mod support;
+use support::{arg, message};
 
 fn main() {
     // `cargo test --all-targets` runs bench binaries too, without `--bench`: only build.

@@ -45,41 +45,43 @@ pub fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
     })
 }
 
+/// Whether any of `keys`, AND, OR and NOT looked into, is one `leaf` says yes to.
+fn any_key(keys: &[SearchKey<'_>], leaf: &dyn Fn(&SearchKey<'_>) -> bool) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::And(ks) => any_key(ks.as_ref(), leaf),
+        SearchKey::Or(a, b) => {
+            any_key(std::slice::from_ref(a.as_ref()), leaf)
+                || any_key(std::slice::from_ref(b.as_ref()), leaf)
+        }
+        SearchKey::Not(k) => any_key(std::slice::from_ref(k.as_ref()), leaf),
+        k => leaf(k),
+    })
+}
+
 /// Whether any of `keys` needs the message's bytes.
 pub fn needs_content(keys: &[SearchKey<'_>]) -> bool {
-    keys.iter().any(|k| match k {
-        SearchKey::And(ks) => needs_content(ks.as_ref()),
-        SearchKey::Or(a, b) => {
-            needs_content(std::slice::from_ref(a.as_ref()))
-                || needs_content(std::slice::from_ref(b.as_ref()))
-        }
-        SearchKey::Not(k) => needs_content(std::slice::from_ref(k.as_ref())),
-        SearchKey::Bcc(_)
-        | SearchKey::Body(_)
-        | SearchKey::Cc(_)
-        | SearchKey::From(_)
-        | SearchKey::Header(..)
-        | SearchKey::Subject(_)
-        | SearchKey::Text(_)
-        | SearchKey::To(_)
-        | SearchKey::SentBefore(_)
-        | SearchKey::SentOn(_)
-        | SearchKey::SentSince(_) => true,
-        _ => false,
+    any_key(keys, &|k| {
+        matches!(
+            k,
+            SearchKey::Bcc(_)
+                | SearchKey::Body(_)
+                | SearchKey::Cc(_)
+                | SearchKey::From(_)
+                | SearchKey::Header(..)
+                | SearchKey::Subject(_)
+                | SearchKey::Text(_)
+                | SearchKey::To(_)
+                | SearchKey::SentBefore(_)
+                | SearchKey::SentOn(_)
+                | SearchKey::SentSince(_)
+        )
     })
 }
 
 /// Whether any of `keys` compares sizes (LARGER, SMALLER).
 pub fn needs_size(keys: &[SearchKey<'_>]) -> bool {
-    keys.iter().any(|k| match k {
-        SearchKey::And(ks) => needs_size(ks.as_ref()),
-        SearchKey::Or(a, b) => {
-            needs_size(std::slice::from_ref(a.as_ref()))
-                || needs_size(std::slice::from_ref(b.as_ref()))
-        }
-        SearchKey::Not(k) => needs_size(std::slice::from_ref(k.as_ref())),
-        SearchKey::Larger(_) | SearchKey::Smaller(_) => true,
-        _ => false,
+    any_key(keys, &|k| {
+        matches!(k, SearchKey::Larger(_) | SearchKey::Smaller(_))
     })
 }
 
