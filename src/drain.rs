@@ -799,24 +799,35 @@ impl Drainer {
     /// Wait for this worker's slot under the rate; `false` when a stop came first.
     async fn pace(&self, opts: &RunOptions) -> bool {
         let cap = self.settings.rate_per_sec;
-        let ramped = match (self.settings.ramp, opts.back_since, opts.force) {
-            (Some(ramp), Some(since), false) => {
-                let elapsed = (self.clock.now() - since).to_std().unwrap_or_default();
-                ramp.rate(elapsed, cap)
+        // The rate at the slot's own time, not when a worker asks for it: workers reserve
+        // slots ahead, and a rate read at reservation would stretch each ramp step by
+        // as many slots as there are workers.
+        let rate_at = |ahead: Duration| -> Option<f64> {
+            let ramped = match (self.settings.ramp, opts.back_since, opts.force) {
+                (Some(ramp), Some(since), false) => {
+                    let elapsed = (self.clock.now() - since).to_std().unwrap_or_default();
+                    ramp.rate(elapsed + ahead, cap)
+                }
+                _ => None,
+            };
+            match (ramped, cap) {
+                (Some(r), _) => Some(r),
+                (None, 0) => None,
+                (None, cap) => Some(f64::from(cap)),
             }
-            _ => None,
         };
-        let rate = match (ramped, cap) {
-            (Some(r), _) => r,
-            (None, 0) => return true,
-            (None, cap) => f64::from(cap),
-        };
-        let step = Duration::from_secs_f64(1.0 / rate);
+        // No limit now is no limit later (a ramp that is over stays over).
+        if rate_at(Duration::ZERO).is_none() {
+            return true;
+        }
         let slot = {
             let mut next = self.pace.lock().await;
             let now = Instant::now();
             let slot = (*next).max(now);
-            *next = slot + step;
+            let Some(rate) = rate_at(slot - now) else {
+                return true;
+            };
+            *next = slot + Duration::from_secs_f64(1.0 / rate);
             slot
         };
         // A slot past the run's deadline is never reached: the message waits for the
