@@ -621,6 +621,36 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
         kept_since: Utc::now() - Duration::days(30),
     });
     assert!(index.list(&q).await.unwrap().is_empty());
+
+    // A mailbox larger than one read of an index (DynamoDB reads a recipient partition
+    // a hundred keys at a time and the records a few at once): unpaged, all of it in
+    // order; by recipient with a limit, the first ones.
+    let many: Vec<Record> = (0..230)
+        .map(|i| mk(100_000 - i * 7, &["carol@example.test"], Status::Held, "x"))
+        .collect();
+    for r in &many {
+        assert!(index.insert(r).await.unwrap());
+    }
+    let want: Vec<MessageId> = many.iter().map(|r| r.id).collect();
+    let q = ListQuery {
+        mailbox: Some(MailboxFilter {
+            addresses: vec!["carol@example.test".into()],
+            excluded: vec![],
+            kept_since: Utc::now() - Duration::days(30),
+        }),
+        ..ListQuery::default()
+    };
+    let got: Vec<MessageId> = index.list(&q).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(got.len(), want.len(), "a whole mailbox");
+    assert!(got == want, "a whole mailbox, oldest first, each once");
+    let q = ListQuery {
+        rcpt: Some("carol@example.test".into()),
+        limit: Some(150),
+        ..ListQuery::default()
+    };
+    let got: Vec<MessageId> = index.list(&q).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(got.len(), 150, "a limit of 150");
+    assert!(got == want[..150], "the first 150 to carol, in order");
 }
 
 /// Login limits: after `max` failures for a key in a window (started by the first), the
