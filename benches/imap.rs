@@ -2,7 +2,8 @@
 //! the IMAP listener served in-process over real TCP on loopback, one logged-in client.
 //! Prints the time of `SELECT INBOX` plus `UID FETCH 1:* (UID FLAGS RFC822.SIZE)` (the
 //! first time, when the UIDs are given, then p50 and p95 of 30; target <= 200 ms), and
-//! of `UID FETCH n BODY.PEEK[]` of one message.
+//! of `NOOP` (a selected session's look between whole ones) and of `UID FETCH n
+//! BODY.PEEK[]` of one message.
 //!
 //!     cargo bench --bench imap [-- --mine N --held N]
 
@@ -143,6 +144,7 @@ fn main() {
             allow_plaintext_auth: true,
             new_mail,
             poll: Duration::from_secs(15),
+            whole_look: Duration::from_secs(300),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -181,6 +183,13 @@ fn main() {
             .await;
             times.push(t.elapsed());
         }
+        // A selected session's look between whole ones (as IDLE's poll makes).
+        let mut noop = Vec::new();
+        for r in 0..ROUNDS {
+            let t = Instant::now();
+            command(&mut io, &format!("n{r}"), "NOOP").await;
+            noop.push(t.elapsed());
+        }
         let mut body = Vec::new();
         for r in 0..ROUNDS {
             let t = Instant::now();
@@ -195,10 +204,11 @@ fn main() {
         println!(
             "imap: {mine} messages ({held} held): SELECT + UID FETCH 1:* (UID FLAGS RFC822.SIZE) \
              first {:.1} ms (UIDs given), then p50 {:.1} ms p95 {:.1} ms ({bytes} bytes); \
-             UID FETCH n BODY.PEEK[] p50 {:.2} ms p95 {:.2} ms",
+             NOOP p50 {:.2} ms; UID FETCH n BODY.PEEK[] p50 {:.2} ms p95 {:.2} ms",
             first.as_secs_f64() * 1000.0,
             pct(&mut times, 0.5),
             pct(&mut times, 0.95),
+            pct(&mut noop, 0.5),
             pct(&mut body, 0.5),
             pct(&mut body, 0.95),
         );

@@ -37,4 +37,7 @@ pub struct Imap {
     pub new_mail: tokio::sync::watch::Receiver<u64>,
     /// How often an idling session looks at the store for mail other nodes accepted.
     pub poll: Duration,
+    /// How often a selected session lists the whole mailbox again (see
+    /// `session::refresh`); between, its looks list only the last minutes' mail.
+    pub whole_look: Duration,
 }

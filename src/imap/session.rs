@@ -1,5 +1,6 @@
 //! One IMAP connection: its states (RFC 3501 §3), the commands of each, and IDLE.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use super::driver::{Conn, DriveError};
 use super::search::{self, Candidate, Largest};
 use super::{Imap, mime};
 use crate::error::StoreError;
-use crate::mailbox::uids::{Message, snapshot};
+use crate::mailbox::uids::{Message, recent, snapshot};
 use crate::mailbox::{View, shows_original};
 use crate::model::mailbox::{FlagChange, Flags};
 use crate::users::Account;
@@ -134,10 +135,18 @@ fn internal_date(rec: &crate::model::Record) -> Option<DateTime> {
 }
 
 /// The mailbox a logged-in session has selected.
+/// How far a look between whole ones reaches back before the last look started: mail
+/// another node (or SES) received is listed by the time it was received, by that
+/// machine's clock, and DynamoDB's recipient index shows it a moment later.
+const LOOK_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 struct Selected {
     read_only: bool,
     next_uid: u32,
     msgs: Vec<Message>,
+    /// When the last look started, and the last whole one.
+    looked_at: chrono::DateTime<chrono::Utc>,
+    whole_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Selected {
@@ -489,27 +498,45 @@ impl Session {
         }
     }
 
-    /// Look at the mailbox again while selected: report what left it (EXPUNGE) and
-    /// what arrived (EXISTS).
+    /// Look at the mailbox again while selected: report what left it (EXPUNGE), flags
+    /// other sessions changed, and what arrived (EXISTS). A whole look every
+    /// [`Imap::whole_look`](super::Imap); between, only the mail received since the last
+    /// look (less [`LOOK_OVERLAP`]), so an idle session's poll of a large mailbox on AWS
+    /// does not read every message.
     async fn refresh(&mut self, server: &mut Server) {
         self.seen_mail = *self.imap.new_mail.borrow();
         let (Some(account), Some(sel)) = (self.account.clone(), self.selected.as_mut()) else {
             return;
         };
+        let now = self.imap.clock.now();
         let view = View {
             account: &account,
             history_days: self.imap.history_days,
-            now: self.imap.clock.now(),
+            now,
         };
-        let snap = match snapshot(&view, &self.imap.storage).await {
-            Ok(s) => s,
+        let whole = chrono::TimeDelta::from_std(self.imap.whole_look)
+            .is_ok_and(|every| now - sel.whole_at >= every);
+        let look = if whole {
+            snapshot(&view, &self.imap.storage).await.map(|snap| {
+                let shown = snap.messages.iter().map(|m| (m.uid, m.flags)).collect();
+                (shown, snap.messages, snap.next_uid)
+            })
+        } else {
+            recent(&view, &self.imap.storage, sel.looked_at - LOOK_OVERLAP)
+                .await
+                .map(|r| (r.shown, r.messages, r.next_uid))
+        };
+        let (present, arrived, next_uid): (HashMap<u32, Flags>, Vec<Message>, u32) = match look {
+            Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "imap: cannot look at the mailbox");
                 return;
             }
         };
-        let present: std::collections::HashMap<u32, Flags> =
-            snap.messages.iter().map(|m| (m.uid, m.flags)).collect();
+        sel.looked_at = now;
+        if whole {
+            sel.whole_at = now;
+        }
         for i in (0..sel.msgs.len()).rev() {
             match present.get(&sel.msgs[i].uid) {
                 None => {
@@ -537,8 +564,8 @@ impl Session {
         let last = sel.msgs.last().map_or(0, |m| m.uid);
         let before = sel.msgs.len();
         sel.msgs
-            .extend(snap.messages.into_iter().filter(|m| m.uid > last));
-        sel.next_uid = snap.next_uid;
+            .extend(arrived.into_iter().filter(|m| m.uid > last));
+        sel.next_uid = next_uid;
         if sel.msgs.len() != before {
             server.enqueue_data(Data::Exists(
                 u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX),
@@ -576,6 +603,7 @@ impl Session {
             server.enqueue_status(bad(tag, "Log in first"));
             return;
         };
+        let at = self.imap.clock.now();
         let snap = match self.open(&account).await {
             Ok(s) => s,
             Err(e) => {
@@ -627,6 +655,8 @@ impl Session {
             read_only,
             next_uid: snap.next_uid,
             msgs: snap.messages,
+            looked_at: at,
+            whole_at: at,
         });
         server.enqueue_status(if read_only {
             ok(tag, Some(Code::ReadOnly), "EXAMINE completed")
@@ -1340,6 +1370,162 @@ fn wildcard_matches(pattern: &[u8], name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::wildcard_matches;
+    use crate::imap::Imap;
+    use crate::model::{MessageId, Record, Summary};
+    use crate::ports::{Clock, Storage, SystemClock};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+
+    /// An IMAP listener on loopback over `storage`, alice's password `pw`.
+    async fn listener(
+        storage: Storage,
+        dir: &std::path::Path,
+        poll: Duration,
+        whole_look: Duration,
+    ) -> u16 {
+        use crate::backend::{LocalUserFiles, MemLoginLimits};
+        use crate::ports::UserFiles;
+        let files = Arc::new(LocalUserFiles::new(dir.join("users.passwd"), None));
+        let line = format!(
+            "alice@example.test:{}\n",
+            crate::users::Hash::argon2id("pw").field()
+        );
+        files.write_passwd(line.as_bytes(), None).await.unwrap();
+        let users = Arc::new(crate::users::Users::load(files, None, None).await.unwrap());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let logins = Arc::new(crate::users::login::Logins::new(
+            users,
+            Arc::new(MemLoginLimits::default()),
+            storage.audit.clone(),
+            clock.clone(),
+            Arc::default(),
+        ));
+        let (tx, new_mail) = tokio::sync::watch::channel(0);
+        // Kept for the test's length: a closed channel would wake IDLE at every turn.
+        std::mem::forget(tx);
+        let imap = Arc::new(Imap {
+            storage,
+            logins,
+            clock,
+            history_days: 30,
+            tls: None,
+            allow_plaintext_auth: true,
+            new_mail,
+            poll,
+            whole_look,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                tokio::spawn(super::serve_plain(imap.clone(), tcp, peer.ip()));
+            }
+        });
+        port
+    }
+
+    /// Reads lines until one starts with `want`; every line read, and how long it took.
+    async fn until(io: &mut BufReader<TcpStream>, want: &str, within: Duration) -> Vec<String> {
+        let t = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let mut line = String::new();
+            let left = within.saturating_sub(t.elapsed());
+            match tokio::time::timeout(left, io.read_line(&mut line)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                other => panic!("no {want:?} within {within:?} ({other:?}); read {seen:?}"),
+            }
+            let done = line.starts_with(want);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    async fn session(port: u16) -> BufReader<TcpStream> {
+        let mut io = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        until(&mut io, "* OK", Duration::from_secs(5)).await;
+        io.get_mut()
+            .write_all(b"a LOGIN alice@example.test pw\r\n")
+            .await
+            .unwrap();
+        until(&mut io, "a OK", Duration::from_secs(30)).await;
+        io.get_mut().write_all(b"s SELECT INBOX\r\n").await.unwrap();
+        until(&mut io, "s OK", Duration::from_secs(5)).await;
+        io
+    }
+
+    fn to_alice(age: chrono::Duration) -> Record {
+        let at = chrono::Utc::now() - age;
+        Record::held(
+            MessageId::new(at),
+            "sender@example.org".into(),
+            vec!["alice@example.test".into()],
+            at,
+            (10, String::new()),
+            Summary::default(),
+        )
+    }
+
+    /// Between whole looks an idling session lists only the last minutes' mail: a new
+    /// message shows at the next poll, another session's EXPUNGE and flags too (they
+    /// come from the mailbox's entries, not the listing); a message entering the view
+    /// with a received time hours old (a late recipient merge, `standby retry`) shows
+    /// at the next whole look, not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_sees_new_mail_at_each_poll_and_late_entries_at_the_whole_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::memory();
+        let index = storage.index.clone();
+        let whole = Duration::from_secs(4);
+        let port = listener(storage, dir.path(), Duration::from_millis(200), whole).await;
+        let (first, second) = (
+            to_alice(chrono::Duration::minutes(1)),
+            to_alice(chrono::Duration::seconds(30)),
+        );
+        index.insert(&first).await.unwrap();
+        index.insert(&second).await.unwrap();
+        let mut idle = session(port).await;
+        let selected = Instant::now();
+        idle.get_mut().write_all(b"i IDLE\r\n").await.unwrap();
+        until(&mut idle, "+ ", Duration::from_secs(5)).await;
+
+        index
+            .insert(&to_alice(chrono::Duration::zero()))
+            .await
+            .unwrap();
+        until(&mut idle, "* 3 EXISTS", Duration::from_secs(2)).await;
+
+        let mut other = session(port).await;
+        other
+            .get_mut()
+            .write_all(b"f UID STORE 2 +FLAGS (\\Flagged)\r\ne UID STORE 1 +FLAGS (\\Deleted)\r\nx EXPUNGE\r\n")
+            .await
+            .unwrap();
+        until(&mut other, "x OK", Duration::from_secs(5)).await;
+        let told = until(&mut idle, "* 1 EXPUNGE", Duration::from_secs(2)).await;
+        assert!(
+            told.iter()
+                .any(|l| l.starts_with("* 2 FETCH") && l.contains("\\Flagged")),
+            "the other session's flag: {told:?}"
+        );
+
+        let late = to_alice(chrono::Duration::hours(3));
+        index.insert(&late).await.unwrap();
+        let inserted = Instant::now();
+        until(&mut idle, "* 3 EXISTS", whole + Duration::from_secs(3)).await;
+        let shown = Instant::now();
+        assert!(
+            shown.duration_since(selected) >= whole,
+            "shown {:?} after the whole look that started the session, {:?} after it was \
+             inserted: a look between whole ones listed it",
+            shown.duration_since(selected),
+            shown.duration_since(inserted)
+        );
+    }
 
     #[test]
     fn list_patterns_match_inbox_and_take_linear_time() {

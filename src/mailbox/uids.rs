@@ -1,13 +1,17 @@
 //! A user's mailbox as IMAP and POP3 clients see it: the inbox of [`View`] numbered with
 //! the UIDs kept by the [`Mailboxes`] port, with the user's flags.
 //!
-//! Each look at the mailbox lists the whole inbox from the index (oldest first), gives
-//! the messages that entered it since the last look their UIDs (in that order: a message
-//! a late recipient merge adds later gets a later UID), and leaves out what the user
-//! removed (hidden) and what left the view (delivered mail past `history_days`,
-//! purged messages). Nothing here changes a message itself.
+//! A whole look at the mailbox ([`snapshot`]) lists the whole inbox from the index
+//! (oldest first), gives the messages that entered it since the last look their UIDs (in
+//! that order: a message a late recipient merge adds later gets a later UID), and leaves
+//! out what the user removed (hidden) and what left the view (delivered mail past
+//! `history_days`, purged messages). A selected IMAP session looks between whole looks
+//! with [`recent`], which lists only the last minutes' mail. Nothing here changes a
+//! message itself.
 
 use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::mailbox::{Folder, View, is_virus};
@@ -35,12 +39,18 @@ pub struct Snapshot {
     pub messages: Vec<Message>,
 }
 
-/// Every message of `view`'s inbox, oldest first: one listing, not pages (each page
-/// of a SQLite listing gathers the user's recipient rows again: ten pages of a thousand
-/// took twice as long as one listing of ten thousand, `cargo bench --bench imap`).
-async fn inbox(view: &View<'_>, index: &dyn Index) -> Result<Vec<Record>, StoreError> {
+/// Every message of `view`'s inbox received since `since` (all of it without), oldest
+/// first: one listing, not pages (each page of a SQLite listing gathers the user's
+/// recipient rows again: ten pages of a thousand took twice as long as one listing of
+/// ten thousand, `cargo bench --bench imap`).
+async fn inbox(
+    view: &View<'_>,
+    index: &dyn Index,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<Record>, StoreError> {
     let q = ListQuery {
         mailbox: Some(view.filter()),
+        since,
         ..ListQuery::default()
     };
     Ok(index
@@ -51,21 +61,60 @@ async fn inbox(view: &View<'_>, index: &dyn Index) -> Result<Vec<Record>, StoreE
         .collect())
 }
 
+fn mailboxes_of(storage: &Storage) -> Result<&dyn Mailboxes, StoreError> {
+    storage
+        .mailboxes
+        .as_deref()
+        .ok_or_else(|| StoreError::Backend {
+            backend: "mailboxes",
+            detail: "this store keeps no IMAP or POP3 mailboxes".into(),
+            transient: false,
+            source: None,
+        })
+}
+
+/// `state` with UIDs given to the messages of `records` that need one.
+async fn give_uids(
+    mailboxes: &dyn Mailboxes,
+    user: &str,
+    state: MailboxState,
+    records: &[Record],
+) -> Result<MailboxState, StoreError> {
+    let current = state.current();
+    let new: Vec<_> = records
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| MailboxState::needs_uid(current.get(id).copied()))
+        .collect();
+    if new.is_empty() {
+        return Ok(state);
+    }
+    mailboxes.assign(user, &new).await
+}
+
+/// The messages of `records` `state` shows, by UID.
+fn numbered(state: &MailboxState, records: Vec<Record>) -> Vec<Message> {
+    let mut by_id: HashMap<_, Record> = records.into_iter().map(|r| (r.id, r)).collect();
+    state
+        .entries
+        .iter()
+        .filter(|e| !e.flags.has(Flags::HIDDEN))
+        .filter_map(|e| {
+            by_id.remove(&e.id).map(|rec| Message {
+                uid: e.uid,
+                flags: e.flags,
+                rec: std::sync::Arc::new(rec),
+            })
+        })
+        .collect()
+}
+
 /// `view`'s mailbox in `storage` now, new messages given their UIDs (see the module
 /// docs); an error where the store keeps no mailboxes.
 pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, StoreError> {
-    let mailboxes: &dyn Mailboxes =
-        storage
-            .mailboxes
-            .as_deref()
-            .ok_or_else(|| StoreError::Backend {
-                backend: "mailboxes",
-                detail: "this store keeps no IMAP or POP3 mailboxes".into(),
-                transient: false,
-                source: None,
-            })?;
+    let mailboxes = mailboxes_of(storage)?;
     let user = &view.account.address;
-    let records = inbox(view, storage.index.as_ref()).await?;
+    let records = inbox(view, storage.index.as_ref(), None).await?;
     let mut state = mailboxes.load(user).await?;
     let listed: std::collections::HashSet<_> = records.iter().map(|r| r.id).collect();
     // What left the view since the last look is marked gone, so that it gets a new UID
@@ -118,32 +167,52 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
             gone.clear();
         }
     }
-    let current = state.current();
-    let new: Vec<_> = records
-        .iter()
-        .map(|r| r.id)
-        .filter(|id| MailboxState::needs_uid(current.get(id).copied()))
-        .collect();
-    if !new.is_empty() {
-        state = mailboxes.assign(user, &new).await?;
-    }
-    let mut by_id: HashMap<_, Record> = records.into_iter().map(|r| (r.id, r)).collect();
-    let messages = state
-        .entries
-        .iter()
-        .filter(|e| !e.flags.has(Flags::HIDDEN))
-        .filter_map(|e| {
-            by_id.remove(&e.id).map(|rec| Message {
-                uid: e.uid,
-                flags: e.flags,
-                rec: std::sync::Arc::new(rec),
-            })
-        })
-        .collect();
+    let state = give_uids(mailboxes, user, state, &records).await?;
     Ok(Snapshot {
         validity: state.validity,
         next_uid: state.next_uid,
-        messages,
+        messages: numbered(&state, records),
+    })
+}
+
+/// What a selected session needs between two whole looks ([`snapshot`]): the flags of
+/// every message the mailbox still shows, and the messages received since `since`, new
+/// ones given their UIDs. A whole look lists every message (on AWS, a strongly consistent
+/// read of each); this lists the last minutes. What enters the view with an older
+/// received time (a late recipient merge, `standby retry`) or leaves it waits for the
+/// next whole look.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    pub validity: u32,
+    pub next_uid: u32,
+    /// Every message not hidden nor gone, by UID, with its flags.
+    pub shown: HashMap<u32, Flags>,
+    /// The messages received since `since`, by UID.
+    pub messages: Vec<Message>,
+}
+
+/// `view`'s mailbox as [`Recent`] describes; an error where the store keeps no mailboxes.
+pub async fn recent(
+    view: &View<'_>,
+    storage: &Storage,
+    since: DateTime<Utc>,
+) -> Result<Recent, StoreError> {
+    let mailboxes = mailboxes_of(storage)?;
+    let user = &view.account.address;
+    let records = inbox(view, storage.index.as_ref(), Some(since)).await?;
+    let state = mailboxes.load(user).await?;
+    let state = give_uids(mailboxes, user, state, &records).await?;
+    let shown = state
+        .entries
+        .iter()
+        .filter(|e| !e.flags.has(Flags::HIDDEN) && !e.flags.has(Flags::GONE))
+        .map(|e| (e.uid, e.flags))
+        .collect();
+    Ok(Recent {
+        validity: state.validity,
+        next_uid: state.next_uid,
+        shown,
+        messages: numbered(&state, records),
     })
 }
 

@@ -17,6 +17,9 @@ use crate::users::login::Logins;
 
 /// How often an idling IMAP session looks at the store for mail other nodes accepted.
 const POLL: Duration = Duration::from_secs(15);
+/// How often a selected IMAP session lists the whole mailbox: what enters the view with an
+/// older received time (a late recipient merge, `standby retry`) shows within this.
+const WHOLE_LOOK: Duration = Duration::from_secs(300);
 
 /// What both need.
 pub struct Parts {
@@ -102,6 +105,7 @@ pub fn start(config: &Config, parts: Parts) -> Result<(), ServeError> {
         allow_plaintext_auth: config.imap.allow_plaintext_auth,
         new_mail: parts.new_mail.clone(),
         poll: POLL,
+        whole_look: WHOLE_LOOK,
     });
     let pop = Arc::new(crate::pop3::Pop3 {
         storage: parts.storage,
