@@ -847,6 +847,25 @@ pub trait SenderCheck: Send + Sync + 'static {
     async fn spf(&self, ip: std::net::IpAddr, helo: &str, mail_from: &str) -> String;
 }
 
+/// A DNS blocklist's entry for a client address (RFC 5782).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The list's zone, as configured.
+    pub zone: String,
+    /// The list's TXT reason, printable ASCII on one line; none when it gives none.
+    pub reason: Option<String>,
+}
+
+/// Whether a connecting client is on a blocklist (`[filter] dnsbl`, see
+/// `crate::smtp::dnsbl`). Callers bound the time a check may take.
+#[async_trait]
+pub trait ClientCheck: Send + Sync + 'static {
+    /// The first configured list naming `ip`; `Ok(None)` when every list answered and
+    /// none does; `Err` (why, for the log) when some list did not answer and none that
+    /// did names it: the client is let in unfiltered.
+    async fn listed(&self, ip: std::net::IpAddr) -> Result<Option<Listing>, String>;
+}
+
 /// One event the ingest function gave up on (Lambda's on-failure destination holds it).
 #[derive(Debug, Clone)]
 pub struct FailedEvent {

@@ -148,6 +148,7 @@ pub fn smtp_server(
         implicit_tls: false,
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
+        client_check: client_check(config)?,
         limits: ListenerLimits {
             session_timeout: Duration::from_secs(config.session_timeout_secs.max(1)),
             min_data_rate: config.min_data_rate_bytes_per_sec,
@@ -157,6 +158,23 @@ pub fn smtp_server(
                 .then(|| (config.data_dir().to_path_buf(), config.min_free_bytes)),
         },
     })
+}
+
+/// `[filter] dnsbl`'s lookups, when lists are configured.
+fn client_check(config: &Config) -> Result<Option<crate::smtp::server::Blocklists>, ConfigError> {
+    if config.filter.dnsbl.is_empty() {
+        return Ok(None);
+    }
+    let check =
+        crate::smtp::dnsbl::DnsblCheck::new(config.filter.dnsbl.clone(), config.filter.nameserver)
+            .map_err(|e| ConfigError::Invalid {
+                path: "/etc/resolv.conf".into(),
+                message: format!("{e} (set [filter] nameserver)"),
+            })?;
+    Ok(Some((
+        Arc::new(check),
+        Duration::from_secs(config.filter.dnsbl_timeout_secs.max(1)),
+    )))
 }
 
 /// Where journal copies may come from: `[journal] allow`, else loopback and the
@@ -672,6 +690,7 @@ async fn start_submission(
         let Some(listen) = listen else { continue };
         let mut server = smtp_server(config, inbound.clone(), tls.clone())?;
         server.implicit_tls = implicit;
+        server.client_check = None;
         server.policy.submission = Some(crate::smtp::session::SubmissionPolicy {
             allow_plaintext_auth: sub.allow_plaintext_auth,
             gate: gate.clone(),

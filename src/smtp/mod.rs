@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod client;
 pub mod data;
+pub mod dnsbl;
 pub mod outbound;
 pub mod server;
 pub mod session;

@@ -41,7 +41,7 @@ use super::data::{DataDecoder, HopCounter};
 use super::session::{DataOutcome, MAX_COMMAND_LINE, MAX_HOPS, Next, Policy, Session, reply};
 use crate::config::{BindError, ListenAddrs};
 use crate::model::{Envelope, Origin, redact};
-use crate::ports::Inbound;
+use crate::ports::{ClientCheck, Inbound, Listing};
 
 /// Any byte stream a session can run over (TCP, TLS over TCP, an in-memory pipe in tests).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -61,7 +61,13 @@ pub struct Server {
     pub max_connections: usize,
     pub command_timeout: Duration,
     pub limits: Limits,
+    /// `[filter] dnsbl` on the MX listener: the blocklists a client is looked up in at
+    /// connect, and how long the lookups may take together (see `crate::smtp::dnsbl`).
+    pub client_check: Option<Blocklists>,
 }
+
+/// The blocklists a client is looked up in, and how long the lookups may take together.
+pub type Blocklists = (Arc<dyn ClientCheck>, Duration);
 
 /// The listener's defences against clients that hold slots (see the module docs).
 #[derive(Debug, Clone)]
@@ -411,6 +417,82 @@ impl Conn {
     }
 }
 
+/// The blocklist entry that keeps `ip` out, if any: on the MX listener only (users log
+/// in on the submission listener, often from addresses policy lists name), never for
+/// the clients journal copies come from; a list that does not answer in time lets the
+/// client in (logged: the session is unfiltered).
+async fn blocklisted(server: &Server, ip: IpAddr) -> Option<Listing> {
+    let (check, limit) = server.client_check.as_ref()?;
+    if server.policy.submission.is_some() || server.policy.journal_allow.permits(ip) {
+        return None;
+    }
+    match tokio::time::timeout(*limit, check.listed(ip)).await {
+        Ok(Ok(listing)) => listing,
+        Ok(Err(why)) => {
+            tracing::warn!(client = %ip, error = %why, "dnsbl: no answer; client let in unfiltered");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(client = %ip, "dnsbl: no answer in time; client let in unfiltered");
+            None
+        }
+    }
+}
+
+/// Commands a refused client may send, each answered 503, before the connection is
+/// closed without its QUIT.
+const REFUSED_COMMANDS: usize = 10;
+
+/// RFC 5321 §3.1: a server that will not serve a client says 554 instead of 220, then
+/// waits for QUIT, answering anything else 503.
+async fn refuse_listed(
+    conn: &mut Conn,
+    hostname: &str,
+    ip: IpAddr,
+    listing: &Listing,
+) -> std::io::Result<()> {
+    let reason = listing
+        .reason
+        .as_deref()
+        .map_or(String::new(), |r| format!("; {r}"));
+    tracing::info!(client = %ip, zone = %listing.zone, "dnsbl: client listed; refused at connect");
+    conn.say(
+        &format!(
+            "554 5.7.1 {hostname} Service unavailable; client [{ip}] blocked using {}{reason}\r\n",
+            listing.zone
+        ),
+        "",
+        None,
+    );
+    conn.flush().await?;
+    for _ in 0..REFUSED_COMMANDS {
+        let due = Instant::now() + conn.wait();
+        loop {
+            if let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
+                let quit = line
+                    .get(..4)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"QUIT"));
+                if quit {
+                    conn.say(&format!("221 2.0.0 {hostname} Bye\r\n"), "", None);
+                    return conn.flush().await;
+                }
+                conn.say("503 5.5.1 Error: no service; send QUIT\r\n", "", None);
+                conn.flush().await?;
+                break;
+            }
+            if conn.inbuf.len() > MAX_COMMAND_LINE {
+                return Ok(());
+            }
+            match conn.read_more(due).await? {
+                Read::Data => {}
+                Read::Eof | Read::TimedOut => return Ok(()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Run one SMTP session over `io` until QUIT, EOF, timeout or error.
 pub async fn serve_connection(
     server: &Server,
@@ -446,6 +528,9 @@ async fn serve_connection_under(
             return Ok(());
         }
         session.tls_started();
+    }
+    if let Some(listing) = blocklisted(server, peer.ip()).await {
+        return refuse_listed(&mut conn, &server.policy.hostname, peer.ip(), &listing).await;
     }
     conn.say(&session.greeting(), "", None);
     conn.flush().await?;
@@ -739,6 +824,61 @@ mod tests {
         }
     }
 
+    /// Lists every client.
+    struct ListsAll;
+
+    #[async_trait::async_trait]
+    impl crate::ports::ClientCheck for ListsAll {
+        async fn listed(&self, _: IpAddr) -> Result<Option<Listing>, String> {
+            Ok(Some(Listing {
+                zone: "all.test".into(),
+                reason: None,
+            }))
+        }
+    }
+
+    struct NoLogins;
+
+    #[async_trait::async_trait]
+    impl crate::ports::SubmitGate for NoLogins {
+        async fn login(&self, _: &str, _: &str, _: IpAddr) -> crate::ports::Login {
+            crate::ports::Login::Failed
+        }
+        fn take_send(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    /// Blocklists keep clients off the MX listener only: never users of the submission
+    /// listener (they send from addresses policy lists name), never the clients journal
+    /// copies come from.
+    #[tokio::test]
+    async fn blocklists_apply_to_the_mx_listener_only() {
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut mx = server();
+        mx.client_check = Some((Arc::new(ListsAll), Duration::from_secs(1)));
+        assert!(blocklisted(&mx, client).await.is_some());
+        let mut journal = server();
+        journal.client_check = mx.client_check.clone();
+        journal.policy.journal_allow =
+            crate::config::JournalAllow::new(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert!(
+            blocklisted(&journal, client).await.is_none(),
+            "journal source"
+        );
+        let mut submission = server();
+        submission.client_check = mx.client_check.clone();
+        submission.policy.submission = Some(super::super::session::SubmissionPolicy {
+            allow_plaintext_auth: false,
+            gate: Arc::new(NoLogins),
+            outside: false,
+        });
+        assert!(
+            blocklisted(&submission, client).await.is_none(),
+            "submission"
+        );
+    }
+
     fn server() -> Server {
         Server {
             policy: Policy {
@@ -763,6 +903,7 @@ mod tests {
             max_connections: 10,
             command_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            client_check: None,
         }
     }
 

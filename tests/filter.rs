@@ -1,0 +1,139 @@
+//! Filtering at the MX listener (`[filter]`): a client on a DNS blocklist is answered
+//! 554 at connect with the list's reason and kept out; a client no list names, one only
+//! a list's error answer names, and any client while the lists do not answer are let in
+//! (an unreachable filter never costs mail). Real dnsmasq serving the list zones, real
+//! clients from several loopback addresses.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::dns::{DeadDns, Dns};
+use common::*;
+
+/// A TCP connection to the standby from `from` (a loopback address other than
+/// 127.0.0.1, as a client elsewhere would be).
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sock.connect(&remote.into()).unwrap();
+    let tcp: TcpStream = sock.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp
+}
+
+fn line(r: &mut BufReader<TcpStream>) -> String {
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    l
+}
+
+fn send_from(sb: &Standby, from: &str) -> (bool, String) {
+    swaks(
+        sb.port,
+        &[
+            "--local-interface",
+            from,
+            "--from",
+            "sender@example.org",
+            "--to",
+            "carol@example.test",
+        ],
+    )
+}
+
+#[test]
+fn a_listed_client_is_refused_at_connect_others_are_let_in() {
+    let pf = Postfix::primary();
+    let dns = Dns::start_full(
+        &[],
+        &[
+            // RFC 5782's test entry, with a reason.
+            (
+                "2.0.0.127.zen.test",
+                "Listed in zen.test; see https://zen.test/q?127.0.0.2",
+            ),
+            // Each zone's own record makes dnsmasq authoritative for it: names it has
+            // no record of are NXDOMAIN (not listed), as from a real list.
+            ("zen.test", "a test list"),
+            ("err.test", "a list that answers errors"),
+        ],
+        &[
+            ("2.0.0.127.zen.test", "127.0.0.2"),
+            // Spamhaus's answer for a refused query: not a listing.
+            ("3.0.0.127.err.test", "127.255.255.254"),
+        ],
+    );
+    let sb = Standby::start_with_env(
+        pf.port,
+        &format!(
+            "[filter]\ndnsbl = [\"zen.test\", \"err.test\"]\nnameserver = \"{}\"\n",
+            dns.addr()
+        ),
+        &[],
+    );
+
+    // Listed: 554 with the reason instead of the greeting, then 503 until QUIT.
+    let (ok, t) = send_from(&sb, "127.0.0.2");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("554 5.7.1")
+            && t.contains("client [127.0.0.2] blocked using zen.test; Listed in zen.test"),
+        "{t}"
+    );
+    let tcp = connect_from("127.0.0.2", sb.port);
+    let mut r = BufReader::new(tcp.try_clone().unwrap());
+    let greeting = line(&mut r);
+    assert!(greeting.starts_with("554 5.7.1 "), "{greeting}");
+    (&tcp).write_all(b"EHLO client.example\r\n").unwrap();
+    let reply = line(&mut r);
+    assert!(reply.starts_with("503 5.5.1"), "{reply}");
+    (&tcp).write_all(b"MAIL FROM:<x@example.org>\r\n").unwrap();
+    let reply = line(&mut r);
+    assert!(reply.starts_with("503 5.5.1"), "{reply}");
+    (&tcp).write_all(b"QUIT\r\n").unwrap();
+    let reply = line(&mut r);
+    assert!(reply.starts_with("221 "), "{reply}");
+    assert_eq!(line(&mut r), "", "closed after QUIT");
+
+    // Not listed anywhere; listed only by a list's error answer: both let in.
+    for from in ["127.0.0.1", "127.0.0.3"] {
+        let (ok, t) = send_from(&sb, from);
+        assert!(ok && t.contains("250 2.0.0"), "{from}: {t}");
+    }
+    assert_eq!(
+        sb.list("held").len(),
+        2,
+        "the two let in are held, nothing else"
+    );
+}
+
+#[test]
+fn lists_that_do_not_answer_let_the_client_in() {
+    let pf = Postfix::primary();
+    let dead = DeadDns::start();
+    let sb = Standby::start_with_env(
+        pf.port,
+        &format!(
+            "[filter]\ndnsbl = [\"zen.test\"]\nnameserver = \"{}\"\ndnsbl_timeout_secs = 2\n",
+            dead.addr()
+        ),
+        &[],
+    );
+    let started = Instant::now();
+    let (ok, t) = send_from(&sb, "127.0.0.2");
+    let took = started.elapsed();
+    assert!(ok && t.contains("250 2.0.0"), "{t}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the greeting waited {took:?} for a list bounded to 2 s"
+    );
+    assert!(
+        sb.log().contains("dnsbl: no answer in time"),
+        "the unfiltered session is logged"
+    );
+}
