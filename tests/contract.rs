@@ -643,6 +643,19 @@ async fn mailbox_contract(index: Arc<dyn Index>) {
     let got: Vec<MessageId> = index.list(&q).await.unwrap().iter().map(|r| r.id).collect();
     assert_eq!(got.len(), want.len(), "a whole mailbox");
     assert!(got == want, "a whole mailbox, oldest first, each once");
+    // Only what was received since a time (an IMAP session's look between whole ones).
+    let since = ListQuery {
+        since: Some(many[200].received_at),
+        ..q.clone()
+    };
+    let got: Vec<MessageId> = index
+        .list(&since)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(got == want[200..], "since the 201st: {} of 30", got.len());
     let q = ListQuery {
         rcpt: Some("carol@example.test".into()),
         limit: Some(150),

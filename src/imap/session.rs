@@ -140,13 +140,20 @@ fn internal_date(rec: &crate::model::Record) -> Option<DateTime> {
 /// machine's clock, and DynamoDB's recipient index shows it a moment later.
 const LOOK_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
+/// `every`, give or take a tenth, at random.
+fn jittered(every: Duration) -> Duration {
+    every.mul_f64(rand::random_range(0.9..1.1))
+}
+
 struct Selected {
     read_only: bool,
     next_uid: u32,
     msgs: Vec<Message>,
-    /// When the last look started, and the last whole one.
+    /// When the last look started (the store's clock: received times are compared).
     looked_at: chrono::DateTime<chrono::Utc>,
-    whole_at: chrono::DateTime<chrono::Utc>,
+    /// When the last whole look was tried (a monotonic clock), and the wait for the next.
+    whole_at: std::time::Instant,
+    whole_every: Duration,
 }
 
 impl Selected {
@@ -514,18 +521,43 @@ impl Session {
             history_days: self.imap.history_days,
             now,
         };
-        let whole = chrono::TimeDelta::from_std(self.imap.whole_look)
-            .is_ok_and(|every| now - sel.whole_at >= every);
-        let look = if whole {
-            snapshot(&view, &self.imap.storage).await.map(|snap| {
+        let last = sel.msgs.last().map_or(0, |m| m.uid);
+        let mut whole = sel.whole_at.elapsed() >= sel.whole_every;
+        let mut look = if whole {
+            None
+        } else {
+            // Never later than now: a clock stepped back must not narrow the window.
+            let since = sel.looked_at.min(now) - LOOK_OVERLAP;
+            match recent(&view, &self.imap.storage, since).await {
+                Ok(r) => {
+                    // A UID above the session's last that this listing did not bring was
+                    // given (by another session, node or POP3 login) to a message received
+                    // before the window: only a whole look finds it, and it must be now,
+                    // before a later UID is shown and the session moves past it.
+                    let listed: std::collections::HashSet<u32> =
+                        r.messages.iter().map(|m| m.uid).collect();
+                    if r.shown.keys().any(|u| *u > last && !listed.contains(u)) {
+                        whole = true;
+                        None
+                    } else {
+                        Some(Ok((r.shown, r.messages, r.next_uid)))
+                    }
+                }
+                Err(e) => Some(Err(e)),
+            }
+        };
+        if whole {
+            // Timed from the attempt, failed or not: a store that cannot answer a whole
+            // look (throttled) is not asked again at every poll. Each session's interval
+            // varies a little, so sessions selected together do not look together.
+            sel.whole_at = std::time::Instant::now();
+            sel.whole_every = jittered(self.imap.whole_look);
+            look = Some(snapshot(&view, &self.imap.storage).await.map(|snap| {
                 let shown = snap.messages.iter().map(|m| (m.uid, m.flags)).collect();
                 (shown, snap.messages, snap.next_uid)
-            })
-        } else {
-            recent(&view, &self.imap.storage, sel.looked_at - LOOK_OVERLAP)
-                .await
-                .map(|r| (r.shown, r.messages, r.next_uid))
-        };
+            }));
+        }
+        let Some(look) = look else { return };
         let (present, arrived, next_uid): (HashMap<u32, Flags>, Vec<Message>, u32) = match look {
             Ok(l) => l,
             Err(e) => {
@@ -534,9 +566,6 @@ impl Session {
             }
         };
         sel.looked_at = now;
-        if whole {
-            sel.whole_at = now;
-        }
         for i in (0..sel.msgs.len()).rev() {
             match present.get(&sel.msgs[i].uid) {
                 None => {
@@ -561,7 +590,6 @@ impl Session {
                 Some(_) => {}
             }
         }
-        let last = sel.msgs.last().map_or(0, |m| m.uid);
         let before = sel.msgs.len();
         sel.msgs
             .extend(arrived.into_iter().filter(|m| m.uid > last));
@@ -604,6 +632,7 @@ impl Session {
             return;
         };
         let at = self.imap.clock.now();
+        let whole_at = std::time::Instant::now();
         let snap = match self.open(&account).await {
             Ok(s) => s,
             Err(e) => {
@@ -656,7 +685,8 @@ impl Session {
             next_uid: snap.next_uid,
             msgs: snap.messages,
             looked_at: at,
-            whole_at: at,
+            whole_at,
+            whole_every: jittered(self.imap.whole_look),
         });
         server.enqueue_status(if read_only {
             ok(tag, Some(Code::ReadOnly), "EXAMINE completed")
@@ -1519,11 +1549,60 @@ mod tests {
         until(&mut idle, "* 3 EXISTS", whole + Duration::from_secs(3)).await;
         let shown = Instant::now();
         assert!(
-            shown.duration_since(selected) >= whole,
+            shown.duration_since(selected) >= whole.mul_f64(0.9),
             "shown {:?} after the whole look that started the session, {:?} after it was \
              inserted: a look between whole ones listed it",
             shown.duration_since(selected),
             shown.duration_since(inserted)
+        );
+    }
+
+    /// A message received long before (a late entry) that another session numbered while
+    /// this one idled: the next look that would show a later UID looks at the whole
+    /// mailbox first, so the session shows it too, in UID order, and never skips it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_entry_another_session_numbered_is_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::memory();
+        let index = storage.index.clone();
+        // No whole look of its own during the test.
+        let whole = Duration::from_secs(600);
+        let port = listener(storage, dir.path(), Duration::from_millis(200), whole).await;
+        index
+            .insert(&to_alice(chrono::Duration::minutes(2)))
+            .await
+            .unwrap();
+        index
+            .insert(&to_alice(chrono::Duration::minutes(1)))
+            .await
+            .unwrap();
+        let mut a = session(port).await;
+        a.get_mut().write_all(b"i IDLE\r\n").await.unwrap();
+        until(&mut a, "+ ", Duration::from_secs(5)).await;
+        // A late entry; another session's SELECT gives it UID 3.
+        index
+            .insert(&to_alice(chrono::Duration::hours(3)))
+            .await
+            .unwrap();
+        let mut b = session(port).await;
+        b.get_mut().write_all(b"l LOGOUT\r\n").await.unwrap();
+        until(&mut b, "l OK", Duration::from_secs(5)).await;
+        // New mail, UID 4: the look that finds it finds UID 3 as well.
+        index
+            .insert(&to_alice(chrono::Duration::zero()))
+            .await
+            .unwrap();
+        until(&mut a, "* 4 EXISTS", Duration::from_secs(3)).await;
+        a.get_mut()
+            .write_all(b"DONE\r\nf UID FETCH 1:* (UID)\r\n")
+            .await
+            .unwrap();
+        let lines = until(&mut a, "f OK", Duration::from_secs(5)).await;
+        let uids: Vec<&String> = lines.iter().filter(|l| l.starts_with("* ")).collect();
+        assert_eq!(uids.len(), 4, "{lines:?}");
+        assert!(
+            uids[2].contains("UID 3") && uids[3].contains("UID 4"),
+            "{lines:?}"
         );
     }
 
