@@ -165,16 +165,16 @@ fn client_check(config: &Config) -> Result<Option<crate::smtp::server::Blocklist
     if config.filter.dnsbl.is_empty() {
         return Ok(None);
     }
-    let check =
-        crate::smtp::dnsbl::DnsblCheck::new(config.filter.dnsbl.clone(), config.filter.nameserver)
-            .map_err(|e| ConfigError::Invalid {
-                path: "/etc/resolv.conf".into(),
-                message: format!("{e} (set [filter] nameserver)"),
-            })?;
-    Ok(Some((
-        Arc::new(check),
-        Duration::from_secs(config.filter.dnsbl_timeout_secs.max(1)),
-    )))
+    let limit = Duration::from_secs(config.filter.dnsbl_timeout_secs.max(1));
+    let zones = config.filter.dnsbl.clone();
+    let check = crate::smtp::dnsbl::DnsblCheck::new(zones, config.filter.nameserver, limit)
+        .map_err(|e| ConfigError::Invalid {
+            path: "/etc/resolv.conf".into(),
+            message: format!("{e} (set [filter] nameserver)"),
+        })?;
+    // The check keeps its own deadline per list; this one only stops a check that would
+    // not.
+    Ok(Some((Arc::new(check), limit + Duration::from_secs(1))))
 }
 
 /// Where journal copies may come from: `[journal] allow`, else loopback and the

@@ -12,9 +12,11 @@
 //! never costs mail.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
 
 use crate::ports::{ClientCheck, Listing};
 
@@ -22,25 +24,42 @@ use crate::ports::{ClientCheck, Listing};
 pub struct DnsblCheck {
     resolver: TokioResolver,
     zones: Vec<String>,
+    /// How long the lookups of one client may take together.
+    limit: Duration,
 }
 
 impl DnsblCheck {
-    /// Look `zones` up through `nameserver`, or the system's resolvers.
+    /// Look `zones` up through `nameserver`, or the system's resolvers, all of a
+    /// client's lookups within `limit`.
     ///
     /// # Errors
     /// The resolver configuration cannot be read.
-    pub fn new(zones: Vec<String>, nameserver: Option<SocketAddr>) -> Result<Self, String> {
+    pub fn new(
+        zones: Vec<String>,
+        nameserver: Option<SocketAddr>,
+        limit: Duration,
+    ) -> Result<Self, String> {
         Ok(DnsblCheck {
             resolver: crate::dns::resolver(nameserver, true)?,
             zones,
+            limit,
         })
     }
 
-    /// `ip`'s entry in `zone`: `Ok(None)` not listed, `Err` no answer.
-    async fn one(&self, ip: IpAddr, zone: &str) -> Result<Option<Listing>, String> {
+    /// `ip`'s entry in `zone` by `deadline`: `Ok(None)` not listed, `Err` no answer (or
+    /// none in time). The reason is a courtesy: a listing whose TXT record does not come
+    /// in time is a listing all the same.
+    async fn one(
+        &self,
+        ip: IpAddr,
+        zone: &str,
+        deadline: Instant,
+    ) -> Result<Option<Listing>, String> {
         let name = query_name(ip, zone);
-        let answers = match self.resolver.ipv4_lookup(name.as_str()).await {
-            Ok(l) => l
+        let lookup = tokio::time::timeout_at(deadline, self.resolver.ipv4_lookup(name.as_str()));
+        let answers = match lookup.await {
+            Err(_) => return Err(format!("{zone}: no answer in time")),
+            Ok(Ok(l)) => l
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
@@ -48,17 +67,19 @@ impl DnsblCheck {
                     _ => None,
                 })
                 .collect::<Vec<_>>(),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
-            Err(e) => return Err(format!("{zone}: {e}")),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
+            Ok(Err(e)) => return Err(format!("{zone}: {e}")),
         };
         match verdict(&answers) {
             Verdict::NotListed => Ok(None),
             Verdict::ListError(a) => Err(format!("{zone} answered {a}: an error of the list's")),
             Verdict::Listed => {
                 // The reason is a courtesy: without one the client is refused all the same.
-                let reason = crate::dns::txt(&self.resolver, &name)
+                let txt = tokio::time::timeout_at(deadline, crate::dns::txt(&self.resolver, &name));
+                let reason = txt
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .and_then(|t| t.into_iter().next())
                     .map(|t| printable(&t))
                     .filter(|t| !t.is_empty());
@@ -78,9 +99,12 @@ impl ClientCheck for DnsblCheck {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        // All lists at once; the first in the configured order that names the client.
+        // All lists at once, each by one deadline (a list that does not answer costs only
+        // its own verdict); the first in the configured order that names the client.
+        let deadline = Instant::now() + self.limit;
         let answers =
-            futures_util::future::join_all(self.zones.iter().map(|z| self.one(ip, z))).await;
+            futures_util::future::join_all(self.zones.iter().map(|z| self.one(ip, z, deadline)))
+                .await;
         let mut unanswered = Vec::new();
         for a in answers {
             match a {
@@ -124,15 +148,18 @@ pub enum Verdict {
     ListError(Ipv4Addr),
 }
 
-/// RFC 5782 §2.1: listed when an answer is in 127.0.0.0/8; Spamhaus's error answers
-/// (127.255.255.0/24) mean the query was refused, not that the client is listed.
+/// RFC 5782 §2.1: listed when an answer is in 127.0.0.0/8. Spamhaus's error answers
+/// (127.255.255.0/24) mean the query was refused, not that the client is listed; and
+/// 127.0.0.1, which RFC 5782 §5 says no list may name, is how lists being shut down or
+/// refusing a resolver have answered every query: taken as a listing, the standby would
+/// refuse all mail with a permanent error while the primary is down.
 pub fn verdict(answers: &[Ipv4Addr]) -> Verdict {
     let mut error = None;
     for a in answers {
-        let [x, y, z, _] = a.octets();
-        match (x, y, z) {
-            (127, 255, 255) => error = Some(*a),
-            (127, _, _) => return Verdict::Listed,
+        let [x, y, z, w] = a.octets();
+        match (x, y, z, w) {
+            (127, 255, 255, _) | (127, 0, 0, 1) => error = Some(*a),
+            (127, _, _, _) => return Verdict::Listed,
             _ => {}
         }
     }
@@ -188,6 +215,10 @@ mod tests {
         assert_eq!(
             verdict(&[ip("127.255.255.254"), ip("127.0.0.4")]),
             Verdict::Listed
+        );
+        assert_eq!(
+            verdict(&[ip("127.0.0.1")]),
+            Verdict::ListError(ip("127.0.0.1"))
         );
         // A wildcard or a hijacking resolver's answer is not a listing.
         assert_eq!(verdict(&[ip("192.0.2.1")]), Verdict::NotListed);

@@ -439,9 +439,11 @@ async fn blocklisted(server: &Server, ip: IpAddr) -> Option<Listing> {
     }
 }
 
-/// Commands a refused client may send, each answered 503, before the connection is
-/// closed without its QUIT.
+/// Commands a refused client may send, each answered 503, and how long it may take
+/// over them, before the connection is closed (421) without its QUIT: a client known
+/// to be bad holds a slot seconds, not the command timeout ten times over.
 const REFUSED_COMMANDS: usize = 10;
+const REFUSED_FOR: Duration = Duration::from_secs(20);
 
 /// RFC 5321 §3.1: a server that will not serve a client says 554 instead of 220, then
 /// waits for QUIT, answering anything else 503.
@@ -451,46 +453,56 @@ async fn refuse_listed(
     ip: IpAddr,
     listing: &Listing,
 ) -> std::io::Result<()> {
-    let reason = listing
-        .reason
-        .as_deref()
-        .map_or(String::new(), |r| format!("; {r}"));
-    tracing::info!(client = %ip, zone = %listing.zone, "dnsbl: client listed; refused at connect");
-    conn.say(
-        &format!(
-            "554 5.7.1 {hostname} Service unavailable; client [{ip}] blocked using {}{reason}\r\n",
-            listing.zone
-        ),
-        "",
-        None,
+    let mut line = format!(
+        "554 5.7.1 {hostname} Service unavailable; client [{ip}] blocked using {}",
+        listing.zone
     );
+    if let Some(r) = &listing.reason {
+        line.push_str("; ");
+        line.push_str(r);
+    }
+    // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF (the reason
+    // is ASCII, so any cut is at a character).
+    line.truncate(510);
+    line.push_str("\r\n");
+    // Logged (with the code, the client and the zone) as every refusal is; the 503s
+    // that may follow are not: a listed bot's pipelined commands are no news.
+    conn.say(&line, "", None);
     conn.flush().await?;
-    for _ in 0..REFUSED_COMMANDS {
-        let due = Instant::now() + conn.wait();
-        loop {
-            if let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
-                let quit = line
-                    .get(..4)
-                    .is_some_and(|v| v.eq_ignore_ascii_case(b"QUIT"));
-                if quit {
-                    conn.say(&format!("221 2.0.0 {hostname} Bye\r\n"), "", None);
-                    return conn.flush().await;
-                }
-                conn.say("503 5.5.1 Error: no service; send QUIT\r\n", "", None);
-                conn.flush().await?;
+    let until = (Instant::now() + REFUSED_FOR).min(conn.session_end);
+    let mut answered = 0;
+    loop {
+        if let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') {
+            let cmd: Vec<u8> = conn.inbuf.drain(..=pos).collect();
+            if cmd
+                .get(..4)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"QUIT"))
+            {
+                conn.out
+                    .extend_from_slice(format!("221 2.0.0 {hostname} Bye\r\n").as_bytes());
+                return conn.flush().await;
+            }
+            answered += 1;
+            if answered > REFUSED_COMMANDS {
                 break;
             }
-            if conn.inbuf.len() > MAX_COMMAND_LINE {
-                return Ok(());
-            }
-            match conn.read_more(due).await? {
-                Read::Data => {}
-                Read::Eof | Read::TimedOut => return Ok(()),
-            }
+            conn.out
+                .extend_from_slice(b"503 5.5.1 Error: no service; send QUIT\r\n");
+            conn.flush().await?;
+            continue;
+        }
+        if conn.inbuf.len() > MAX_COMMAND_LINE {
+            break;
+        }
+        match conn.read_more(until).await? {
+            Read::Data => {}
+            Read::Eof => return Ok(()),
+            Read::TimedOut => break,
         }
     }
-    Ok(())
+    conn.out
+        .extend_from_slice(format!("421 4.7.0 {hostname} Closing connection\r\n").as_bytes());
+    conn.flush().await
 }
 
 /// Run one SMTP session over `io` until QUIT, EOF, timeout or error.

@@ -28,6 +28,17 @@ impl Dns {
         txt: &[(&str, &str)],
         hosts: &[(&str, &str)],
     ) -> Dns {
+        Self::start_forwarding(mx, txt, hosts, &[])
+    }
+
+    /// As [`Dns::start_full`], and `forward` = (domain, `IP:port`): queries for names in
+    /// the domain go to that server (a [`DeadDns`]: a zone whose servers do not answer).
+    pub fn start_forwarding(
+        mx: &[(&str, u16, &str)],
+        txt: &[(&str, &str)],
+        hosts: &[(&str, &str)],
+        forward: &[(&str, String)],
+    ) -> Dns {
         require("dnsmasq", "dnsmasq-base");
         let port = free_port();
         let mut cmd = Command::new("dnsmasq");
@@ -63,6 +74,10 @@ impl Dns {
         }
         for (name, ip) in hosts {
             cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        for (domain, server) in forward {
+            let server = server.replace(':', "#");
+            cmd.arg(format!("--server=/{domain}/{server}"));
         }
         // Authoritative for the names it was given: a type it has no record of gets an
         // empty answer (NODATA), as from a real zone, instead of REFUSED.
