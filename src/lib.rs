@@ -81,6 +81,7 @@ pub mod outbound;
 pub mod paced;
 pub mod pop3;
 pub mod ports;
+pub mod primary_config;
 pub mod publish;
 pub mod replay;
 pub mod retention;

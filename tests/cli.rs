@@ -426,3 +426,51 @@ fn list_and_show_escape_control_characters() {
     let subject = sb.list("held")[0]["subject"].as_str().unwrap().to_string();
     assert!(subject.starts_with("\x1b]0;pwned"), "{subject:?}");
 }
+
+/// `standby primary-config`: one target required (a usage error naming them); the
+/// settings filled in with the addresses given, or the source address toward the
+/// primary when none is; relay control before the exemption, never mynetworks.
+#[test]
+fn primary_config_prints_the_primarys_settings_filled_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
+         [primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let o = run(&["primary-config", "--config", cfg]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--postfix"), "{}", stderr(&o));
+
+    let o = run(&[
+        "primary-config",
+        "--postfix",
+        "--address",
+        "192.0.2.10",
+        "--config",
+        cfg,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("\n192.0.2.10/32 OK\n"), "{out}");
+    assert!(
+        out.contains("skip_addresses = 127.0.0.0/8,::ffff:127.0.0.0/104,::1,192.0.2.10/32\n"),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("mynetworks")), "{out}");
+
+    // No --address: the route to the primary (loopback here) picks it.
+    let o = run(&["primary-config", "--exchange", "--config", cfg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("-RemoteIPRanges 127.0.0.1"), "{out}");
+    let o = run(&["primary-config", "--rspamd", "--config", cfg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("hostname_map = [\"standby.example.test\"];"),
+        "{out}"
+    );
+}

@@ -17,7 +17,7 @@ fn layer(module: &str) -> Option<Layer> {
         "ports" => Layer::Ports,
         "ingest" | "drain" | "health" | "dsn" | "sender" | "journal" | "retention" | "replay"
         | "export" | "summary" | "publish" | "users" | "mailbox" | "outbound" | "submission"
-        | "continuity" | "manage" | "status" => Layer::Domain,
+        | "continuity" | "manage" | "status" | "primary_config" => Layer::Domain,
         // Counters and histograms, and a paced stream; import nothing of ours, so any
         // layer may.
         "metrics" | "paced" => Layer::Ports,

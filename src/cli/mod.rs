@@ -11,6 +11,7 @@ mod inspect;
 mod manage;
 mod output;
 mod owner;
+mod primary;
 mod recover;
 mod reindex;
 mod time;
@@ -243,6 +244,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the settings the primary needs so that mail the standby hands back passes
+    /// its checks (SPF, postscreen, greylisting, spam filters), filled in with this
+    /// standby's name and addresses; never mynetworks.
+    #[command(group(clap::ArgGroup::new("target").required(true)
+        .args(["postfix", "rspamd", "exchange", "mailcow"])))]
+    PrimaryConfig {
+        /// Postfix: postscreen and client access exemptions, policyd-spf skip_addresses.
+        #[arg(long)]
+        postfix: bool,
+        /// rspamd: external_relay, and no greylisting or rate limits for the standby.
+        #[arg(long)]
+        rspamd: bool,
+        /// Exchange: a receive connector for the standby that bypasses anti-spam.
+        #[arg(long)]
+        exchange: bool,
+        /// mailcow: forwarding hosts.
+        #[arg(long)]
+        mailcow: bool,
+        /// An address the primary sees the standby connect from (repeat for several);
+        /// default: the source address toward the primary and the standby's name resolved.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+    },
     /// Continuity events: `continuity status`, `start`, `end`, `extend --hours N`.
     Continuity {
         #[command(subcommand)]
@@ -405,6 +429,23 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
     if let Command::User { action } = cli.command {
         return users::run(&config, action).await;
     }
+    if let Command::PrimaryConfig {
+        postfix,
+        rspamd,
+        exchange,
+        addresses,
+        ..
+    } = cli.command
+    {
+        use crate::primary_config::Target;
+        let target = match (postfix, rspamd, exchange) {
+            (true, _, _) => Target::Postfix,
+            (_, true, _) => Target::Rspamd,
+            (_, _, true) => Target::Exchange,
+            _ => Target::Mailcow,
+        };
+        return primary::print(&config, target, addresses).await;
+    }
     let storage = Storage::open(&config).await?;
     // Operator changes count a drain's lease as ended only this long after its end.
     let skew =
@@ -415,6 +456,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         | Command::AwsInit
         | Command::Doctor { .. }
         | Command::Reindex { .. }
+        | Command::PrimaryConfig { .. }
         | Command::User { .. } => {
             unreachable!("handled above")
         }
