@@ -195,6 +195,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub filter: FilterConfig,
+    #[serde(default)]
+    pub doctor: DoctorConfig,
 }
 
 /// The submission listener for users' own mail clients (`[submission]`, see
@@ -245,6 +247,28 @@ pub struct MailAccessConfig {
     /// Passwords without TLS: for loopback tests only.
     #[serde(default, deserialize_with = "lenient")]
     pub allow_plaintext_auth: bool,
+}
+
+/// What `standby doctor` holds the setup to (`[doctor]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorConfig {
+    /// Days after which the recipients and users files (copies of the primary's lists)
+    /// are reported as stale.
+    #[serde(default = "default_max_list_age", deserialize_with = "lenient")]
+    pub max_list_age_days: u32,
+}
+
+impl Default for DoctorConfig {
+    fn default() -> Self {
+        DoctorConfig {
+            max_list_age_days: default_max_list_age(),
+        }
+    }
+}
+
+fn default_max_list_age() -> u32 {
+    7
 }
 
 /// What `standby serve`'s MX listener checks of a client before it takes mail

@@ -84,21 +84,26 @@ fn postfix(out: &mut String, s: &Standby) {
         "\n# 1. /etc/postfix/standby_clients.cidr (a cidr table needs no postmap):"
     );
     for ip in &s.addresses {
-        let _ = writeln!(out, "{} OK", host_net(ip));
+        // `permit`, not `OK`: postscreen's access lists know only permit, dunno, reject
+        // (and ignore the rest of the list at anything else); smtpd reads it as OK.
+        let _ = writeln!(out, "{} permit", host_net(ip));
     }
     let _ = writeln!(
         out,
-        "\n# 2. main.cf: postscreen lets the standby past its tests (when postscreen runs):\n\
-         postscreen_access_list = permit_mynetworks, cidr:/etc/postfix/standby_clients.cidr\n\
+        "\n# 2. main.cf, when postscreen runs: the standby skips its tests. Put the table\n\
+         #    first in your postscreen_access_list (this is the whole value when you have none):\n\
+         postscreen_access_list = cidr:/etc/postfix/standby_clients.cidr, permit_mynetworks\n\
          \n\
-         # 3. main.cf: the standby skips the client checks (DNSBLs, reverse DNS), and, after\n\
-         #    relay control, the policy checks that follow (SPF, greylisting, rate limits).\n\
-         #    Keep your own restrictions where the comments say:\n\
-         smtpd_client_restrictions = check_client_access cidr:/etc/postfix/standby_clients.cidr, <your client restrictions>\n\
-         smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination, check_client_access cidr:/etc/postfix/standby_clients.cidr, <your policy services, e.g. check_policy_service unix:private/policyd-spf>\n\
+         # 3. main.cf: the standby skips the client checks (DNSBLs, reverse DNS) and, after\n\
+         #    relay control, the policy checks (SPF, greylisting, rate limits). Insert\n\
+         #       check_client_access cidr:/etc/postfix/standby_clients.cidr\n\
+         #    first in smtpd_client_restrictions, and in smtpd_recipient_restrictions right\n\
+         #    after reject_unauth_destination, before any check_policy_service: e.g.\n\
+         smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination, check_client_access cidr:/etc/postfix/standby_clients.cidr, check_policy_service unix:private/policyd-spf\n\
+         #    Never add these addresses to mynetworks.\n\
          \n\
          # 4. /etc/postfix-policyd-spf-python/policyd-spf.conf: no SPF check of mail from the\n\
-         #    standby (the default list is replaced, so it is kept):"
+         #    standby (this replaces the default list, which it keeps; add any of yours):"
     );
     let mut skip = vec![
         "127.0.0.0/8".to_string(),
@@ -118,13 +123,17 @@ fn rspamd(out: &mut String, s: &Standby) {
         out,
         "\n# /etc/rspamd/local.d/external_relay.conf: mail from the standby is judged by the\n\
          # client the standby's Received: header names (its `by` is the standby's name):\n\
+         # (priority 9: after it, the settings below still see the standby's address)\n\
          enabled = true;\n\
          rules {{\n\
          \x20 STANDBY_MX {{\n\
+         \x20   priority = 9;\n\
          \x20   strategy = \"hostname_map\";\n\
-         \x20   hostname_map = [\"{host}\"];\n\
+         \x20   hostname_map = \"${{LOCAL_CONFDIR}}/local.d/maps.d/standby_mx.map\";\n\
          \x20 }}\n\
          }}\n\
+         # /etc/rspamd/local.d/maps.d/standby_mx.map (the value must be `direct`):\n\
+         {host} direct\n\
          # The primary's MTA must pass rspamd the standby's name (Postfix's milter does, from\n\
          # reverse DNS): {host} must resolve to and from the standby's address.",
         host = s.hostname
@@ -154,12 +163,18 @@ fn exchange(out: &mut String, s: &Standby) {
     let ips: Vec<String> = s.addresses.iter().map(ToString::to_string).collect();
     let ranges = ips.join(",");
     let quoted: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+    // An IPv6 connection lands on a connector bound to [::]:25.
+    let bindings = if s.addresses.iter().any(IpAddr::is_ipv6) {
+        "0.0.0.0:25,[::]:25"
+    } else {
+        "0.0.0.0:25"
+    };
     let _ = writeln!(
         out,
         "\n# Exchange Management Shell. A receive connector for the standby alone, anonymous\n\
          # (not ExternalAuthoritative: that would also let the standby relay and send as\n\
          # internal senders), with the anti-spam agents bypassed:\n\
-         New-ReceiveConnector -Name \"From standby-mx\" -TransportRole FrontendTransport -Usage Custom -Bindings 0.0.0.0:25 -RemoteIPRanges {ranges} -PermissionGroups AnonymousUsers\n\
+         New-ReceiveConnector -Name \"From standby-mx\" -TransportRole FrontendTransport -Usage Custom -Bindings {bindings} -RemoteIPRanges {ranges} -PermissionGroups AnonymousUsers\n\
          Get-ReceiveConnector \"From standby-mx\" | Add-ADPermission -User \"NT AUTHORITY\\ANONYMOUS LOGON\" -ExtendedRights ms-Exch-Bypass-Anti-Spam\n\
          # Sender ID and connection filtering look past the standby to the original client:\n\
          Set-TransportConfig -InternalSMTPServers @{{Add={}}}",
@@ -187,44 +202,52 @@ fn mailcow(out: &mut String, s: &Standby) {
 
 /// The route for a drain without fixed addresses: it logs in on the submission port.
 fn submission_route(out: &mut String, target: Target, s: &Standby) {
-    let user = s.auth_user.as_deref().unwrap_or("<a dedicated account>");
+    let user = s
+        .auth_user
+        .as_deref()
+        .unwrap_or("standby-drain@<a domain the primary does not host>");
     let _ = writeln!(
         out,
-        "\n# The drain{} delivers on the submission port with AUTH as {user}: in standby.toml,\n\
-         #   [primary] address = \"<primary>:587\", auth_user = \"{user}\", auth_password_env = \"...\"\n\
-         # The account must be allowed to send with any envelope sender (the original one).",
+        "\n# The drain{} delivers on the submission port with AUTH as {user}: {}\n\
+         # The account must be allowed to send with any envelope sender (the original one), and\n\
+         # the primary must not DKIM-sign or ARC-seal what it sends: it is inbound mail, not the\n\
+         # account's own (use an account in a domain the primary does not sign for).",
         if s.aws {
             " function (AWS Lambda, whose addresses change from run to run)"
         } else {
             ""
+        },
+        if s.aws {
+            "the stack's PrimaryAddress = <primary>:587, PrimaryAuthUser and its password secret."
+        } else {
+            "[primary] address = \"<primary>:587\", auth_user, auth_password_env in standby.toml."
         }
     );
     let how = match target {
-        Target::Postfix => {
-            "# master.cf's submission service: SASL, no postscreen, no SPF policy; and the\n\
-             # account exempt from sender login checks:\n\
-             submission inet n - y - - smtpd\n\
-             \x20 -o syslog_name=postfix/submission\n\
-             \x20 -o smtpd_tls_security_level=encrypt\n\
-             \x20 -o smtpd_sasl_auth_enable=yes\n\
-             \x20 -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n\
-             \x20 -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject\n\
-             # (do not list the account in smtpd_sender_login_maps with reject_sender_login_mismatch)"
-        }
-        Target::Rspamd => {
+        Target::Postfix => format!(
+            "# In master.cf's existing submission service (do not add a second one), the account\n\
+             # must pass the sender checks: e.g. -o smtpd_sender_restrictions=check_sasl_access\n\
+             # hash:/etc/postfix/standby_sasl,reject_sender_login_mismatch with the table line\n\
+             #   {user} OK\n\
+             # (reject_sender_login_mismatch refuses every original sender otherwise), and no\n\
+             # SPF policy there."
+        ),
+        Target::Rspamd => format!(
             "# rspamd: the authenticated strategy reads the original client from the Received:\n\
-             # header of mail that arrived with AUTH (add it beside STANDBY_MX):\n\
-             \x20 STANDBY_MX_AUTH { strategy = \"authenticated\"; user_map = [\"<the account>\"]; }"
-        }
-        Target::Exchange => {
-            "# Exchange: the default Client Frontend connector (587) takes the login; give the\n\
-             # account the right to send as anyone:\n\
-             Get-ReceiveConnector \"Client Frontend*\" | Add-ADPermission -User \"<the account>\" -ExtendedRights ms-Exch-SMTP-Accept-Any-Sender"
-        }
-        Target::Mailcow => {
-            "# mailcow: a mailbox for the drain, with \"Allow to send as *\" in its sender ACL\n\
-             # (Mailbox > Edit > Sender ACL)."
-        }
+             # header of mail that arrived with AUTH (beside STANDBY_MX in external_relay.conf):\n\
+             \x20 STANDBY_MX_AUTH {{ strategy = \"authenticated\"; user_map = [\"{user}\"]; }}\n\
+             # and no DKIM signing for it (local.d/dkim_signing.conf: sign_authenticated = false,\n\
+             # or a settings rule for user \"{user}\" disabling DKIM_SIGNED and ARC_SIGNED)."
+        ),
+        Target::Exchange => format!(
+            "# Exchange: the Client Frontend connector (587) takes the login; give the account\n\
+             # the right to send as anyone:\n\
+             Get-ReceiveConnector \"Client Frontend*\" | Add-ADPermission -User \"{user}\" -ExtendedRights ms-Exch-SMTP-Accept-Any-Sender"
+        ),
+        Target::Mailcow => format!(
+            "# mailcow: a mailbox {user} for the drain, with \"Allow to send as *\" in its sender\n\
+             # ACL (Mailbox > Edit > Sender ACL), and no DKIM key for its domain."
+        ),
     };
     let _ = writeln!(out, "{how}");
 }
@@ -262,14 +285,19 @@ mod tests {
                 .filter(|l| !l.starts_with('#'))
                 .collect::<Vec<_>>()
                 .join("\n");
-            assert!(!settings.contains("mynetworks ="), "{target:?}: {text}");
+            assert!(
+                !settings
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("mynetworks")),
+                "{target:?}: {text}"
+            );
             assert!(
                 !settings.contains("ExternalAuthoritative"),
                 "{target:?}: {text}"
             );
             assert!(!settings.contains("submission inet"), "{target:?}: {text}");
             match target {
-                Target::Rspamd => assert!(settings.contains("\"standby.example.test\"")),
+                Target::Rspamd => assert!(settings.contains("\nstandby.example.test direct\n")),
                 _ => {
                     assert!(settings.contains("192.0.2.10"), "{target:?}: {text}");
                     assert!(settings.contains("2001:db8::10"), "{target:?}: {text}");
@@ -277,7 +305,11 @@ mod tests {
             }
         }
         let postfix = render(Target::Postfix, &s);
-        assert!(postfix.contains("192.0.2.10/32 OK\n2001:db8::10/128 OK\n"));
+        assert!(postfix.contains("192.0.2.10/32 permit\n2001:db8::10/128 permit\n"));
+        // No placeholder in a parameter line: each can be pasted as it is.
+        for l in postfix.lines().filter(|l| l.contains(" = ")) {
+            assert!(!l.contains('<') && !l.starts_with("mynetworks"), "{l}");
+        }
         assert!(postfix.contains(
             "skip_addresses = 127.0.0.0/8,::ffff:127.0.0.0/104,::1,192.0.2.10/32,2001:db8::10/128\n"
         ));
@@ -300,11 +332,12 @@ mod tests {
             ..standby()
         };
         let text = render(Target::Postfix, &s);
-        assert!(text.contains("submission inet n - y - - smtpd"), "{text}");
         assert!(
-            text.contains("auth_user = \"standby-drain@example.test\""),
+            text.contains("with AUTH as standby-drain@example.test"),
             "{text}"
         );
+        assert!(text.contains("PrimaryAuthUser"), "{text}");
+        assert!(text.contains("#   standby-drain@example.test OK"), "{text}");
         assert!(!text.contains("skip_addresses"), "{text}");
     }
 }

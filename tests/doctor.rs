@@ -554,3 +554,62 @@ fn ses_sending_fails_in_the_sandbox_and_when_paused() {
     assert!(detail(&report).contains("paused"), "{report:#}");
     assert!(detail(&report).contains("SHUTDOWN"), "{report:#}");
 }
+
+/// The recipients and users files are copies of the primary's lists: one older than
+/// `[doctor] max_list_age_days` (7 by default) is a warning naming the file and its age,
+/// not a failure; a newer one passes; the limit is the config's.
+#[test]
+fn stale_recipients_and_users_files_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipients = dir.path().join("recipients");
+    let users = dir.path().join("users.passwd");
+    std::fs::write(&recipients, "alice@example.test\n").unwrap();
+    std::fs::write(&users, "").unwrap();
+    let config = dir.path().join("standby.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
+                 data_dir = \"{}\"\nrecipients = \"{}\"\n[primary]\naddress = \"127.0.0.1:{}\"\n\
+                 [users]\nfile = \"{}\"\n{extra}",
+                dir.path().join("data").display(),
+                recipients.display(),
+                free_port(),
+                users.display()
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let dns = Dns::start(GOOD_LOCAL);
+    let (_, report) = doctor(&config, &dns, &[]);
+    assert_eq!(verdict(&report, "recipients file"), "pass", "{report:#}");
+    assert_eq!(verdict(&report, "users file"), "pass", "{report:#}");
+
+    let ten_days = std::time::Duration::from_secs(10 * 86_400);
+    let old = std::time::SystemTime::now() - ten_days;
+    std::fs::File::options()
+        .write(true)
+        .open(&recipients)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (_, report) = doctor(&config, &dns, &[]);
+    assert_eq!(verdict(&report, "recipients file"), "warn", "{report:#}");
+    assert_eq!(verdict(&report, "users file"), "pass", "{report:#}");
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "recipients file")
+        .unwrap();
+    assert!(
+        check["detail"].as_str().unwrap().contains("10 days ago")
+            && check["fix"].as_str().unwrap().contains("in sync"),
+        "{check}"
+    );
+    write("[doctor]\nmax_list_age_days = 30\n");
+    let (_, report) = doctor(&config, &dns, &[]);
+    assert_eq!(verdict(&report, "recipients file"), "pass", "{report:#}");
+}

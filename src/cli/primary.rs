@@ -16,7 +16,9 @@ use crate::primary_config::{Standby, Target, render};
 /// Print the settings for `target`.
 pub async fn print(config: &Config, target: Target, given: Vec<IpAddr>) -> Result<(), CliError> {
     let aws = config.backend == BackendKind::Aws;
-    let addresses = if given.is_empty() {
+    // The drain function's addresses are not the machine's that runs this: on AWS only
+    // what is given (serve nodes with fixed addresses) is exempted.
+    let addresses = if given.is_empty() && !aws {
         found(config).await
     } else {
         given
@@ -42,16 +44,26 @@ pub async fn print(config: &Config, target: Target, given: Vec<IpAddr>) -> Resul
 }
 
 /// The source address toward the primary, then the standby's names resolved; each once.
+/// Loopback only when the primary is on this machine (Debian maps the host name to
+/// 127.0.1.1); never link-local.
 async fn found(config: &Config) -> Vec<IpAddr> {
+    let primary = tokio::net::lookup_host(config.primary_addr())
+        .await
+        .ok()
+        .and_then(|mut a| a.next());
+    let local_primary = primary.is_some_and(|p| p.ip().is_loopback());
     let mut out: Vec<IpAddr> = Vec::new();
     let mut add = |ip: IpAddr| {
-        if !ip.is_unspecified() && !out.contains(&ip) {
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        let usable = !ip.is_unspecified() && !link_local && (local_primary || !ip.is_loopback());
+        if usable && !out.contains(&ip) {
             out.push(ip);
         }
     };
-    if let Ok(mut primary) = tokio::net::lookup_host(config.primary_addr()).await
-        && let Some(primary) = primary.next()
-    {
+    if let Some(primary) = primary {
         let any: std::net::SocketAddr = if primary.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {

@@ -8,11 +8,13 @@
 //! one failing does not hide the others.
 //!
 //! One file per area: [`dns`] (MX records), [`aws`] (SES identity and receipt rules,
-//! bucket, table), [`local`] (the spool), [`primary`] (login and health state),
+//! bucket, table), [`local`] (the spool), [`lists`] (the recipients and users files'
+//! age), [`primary`] (login and health state),
 //! [`sending`] (SPF, DKIM and the smarthost of what users send).
 
 pub mod aws;
 pub mod dns;
+pub mod lists;
 pub mod local;
 pub mod primary;
 pub mod sending;
@@ -169,6 +171,7 @@ pub async fn run(config: &Config, storage: Result<&Storage, &str>, opts: &Option
         Some(ctx) => checks.extend(ctx.checks(config).await),
         None => checks.push(local::spool(config, storage)),
     }
+    checks.extend(lists::checks(config, std::time::SystemTime::now()));
     checks.push(primary::login(config).await);
     checks.push(primary::health(config, storage).await);
     if sending::applies(config) {
