@@ -15,6 +15,18 @@ fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `<dir>/s.toml`: a host name, a domain and a primary on port 25, nothing else.
+fn minimal_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("s.toml");
+    std::fs::write(
+        &cfg,
+        "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
+         [primary]\naddress = \"127.0.0.1:25\"\n",
+    )
+    .unwrap();
+    cfg
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -134,13 +146,7 @@ fn the_config_file_is_found_like_other_daemons_find_theirs() {
 #[test]
 fn one_name_per_setting_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("s.toml");
-    std::fs::write(
-        &cfg,
-        "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
-         [primary]\naddress = \"127.0.0.1:25\"\n",
-    )
-    .unwrap();
+    let cfg = minimal_config(dir.path());
     // The Lambda's old name for the address: an error naming it and the right name.
     for (var, near) in [
         ("STANDBY_PRIMARY", "STANDBY_PRIMARY_ADDRESS"),
@@ -433,13 +439,7 @@ fn list_and_show_escape_control_characters() {
 #[test]
 fn primary_config_prints_the_primarys_settings_filled_in() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("s.toml");
-    std::fs::write(
-        &cfg,
-        "hostname = \"standby.example.test\"\ndomains = [\"example.test\"]\n\
-         [primary]\naddress = \"127.0.0.1:25\"\n",
-    )
-    .unwrap();
+    let cfg = minimal_config(dir.path());
     let cfg = cfg.to_str().unwrap();
     let o = run(&["primary-config", "--config", cfg]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

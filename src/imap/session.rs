@@ -1456,7 +1456,7 @@ mod tests {
         port
     }
 
-    /// Reads lines until one starts with `want`; every line read, and how long it took.
+    /// Reads lines until one starts with `want` (a panic past `within`); every line read.
     async fn until(io: &mut BufReader<TcpStream>, want: &str, within: Duration) -> Vec<String> {
         let t = Instant::now();
         let mut seen = Vec::new();

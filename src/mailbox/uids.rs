@@ -183,7 +183,6 @@ pub async fn snapshot(view: &View<'_>, storage: &Storage) -> Result<Snapshot, St
 /// next whole look.
 #[derive(Debug, Clone)]
 pub struct Recent {
-    pub validity: u32,
     pub next_uid: u32,
     /// Every message not hidden nor gone, by UID, with its flags.
     pub shown: HashMap<u32, Flags>,
@@ -209,7 +208,6 @@ pub async fn recent(
         .map(|e| (e.uid, e.flags))
         .collect();
     Ok(Recent {
-        validity: state.validity,
         next_uid: state.next_uid,
         shown,
         messages: numbered(&state, records),
