@@ -16,6 +16,7 @@ use standby::summary::{self, HeadCapture};
 fn policy() -> Policy {
     Policy {
         hostname: "standby.example.test".into(),
+        authserv_ids: Vec::new(),
         domains: ["example.test".to_string()].into_iter().collect(),
         recipients: Some(
             (0..1000)

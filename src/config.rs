@@ -162,6 +162,12 @@ pub struct Config {
     /// `hostname` for the local one.
     #[serde(default)]
     pub mx_host: Option<String>,
+    /// The name in the `Authentication-Results:` field added on redelivery, and removed
+    /// from what senders send (see `crate::model::auth_results`). Default: `hostname`.
+    /// Several nodes, or a node and the AWS drain, handing mail to one primary: set the
+    /// same value on all of them, the one the primary trusts.
+    #[serde(default)]
+    pub authserv_id: Option<String>,
     #[serde(default)]
     pub tls: ListenerTls,
     pub primary: PrimaryConfig,
@@ -257,12 +263,26 @@ pub struct DoctorConfig {
     /// are reported as stale.
     #[serde(default = "default_max_list_age", deserialize_with = "lenient")]
     pub max_list_age_days: u32,
+    /// Certificate authorities (PEM) trusted besides the system's when the doctor fetches
+    /// MTA-STS policies and checks the listener's certificate (a private or test CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The probe of the primary (opt-in: it sends one real message): the envelope sender,
+    /// a domain whose SPF does not allow the standby's address...
+    #[serde(default)]
+    pub test_sender: Option<String>,
+    /// ...and the recipient at the primary that gets it.
+    #[serde(default)]
+    pub test_recipient: Option<String>,
 }
 
 impl Default for DoctorConfig {
     fn default() -> Self {
         DoctorConfig {
             max_list_age_days: default_max_list_age(),
+            ca_file: None,
+            test_sender: None,
+            test_recipient: None,
         }
     }
 }
@@ -288,6 +308,15 @@ pub struct FilterConfig {
     /// Seconds the blocklist lookups of one connection may take together.
     #[serde(default = "default_dnsbl_timeout", deserialize_with = "lenient")]
     pub dnsbl_timeout_secs: u64,
+    /// rspamd's normal worker (`http://127.0.0.1:11333`): each message the MX listener
+    /// takes is checked there (`/checkv2`) before the 250: refused above rspamd's reject
+    /// score, stored as spam (the Junk view) above its spam score. rspamd down or slow:
+    /// the message is taken and recorded unfiltered.
+    #[serde(default)]
+    pub rspamd_url: Option<String>,
+    /// Seconds the rspamd check of one message may take.
+    #[serde(default = "default_rspamd_timeout", deserialize_with = "lenient")]
+    pub rspamd_timeout_secs: u64,
 }
 
 impl Default for FilterConfig {
@@ -296,8 +325,14 @@ impl Default for FilterConfig {
             dnsbl: Vec::new(),
             nameserver: None,
             dnsbl_timeout_secs: default_dnsbl_timeout(),
+            rspamd_url: None,
+            rspamd_timeout_secs: default_rspamd_timeout(),
         }
     }
+}
+
+fn default_rspamd_timeout() -> u64 {
+    15
 }
 
 fn default_dnsbl_timeout() -> u64 {
@@ -1743,6 +1778,21 @@ impl Config {
             ),
             None => self.data_dir().display().to_string(),
         }
+    }
+
+    /// The authserv-id of the `Authentication-Results:` fields the standby adds.
+    pub fn authserv_id(&self) -> &str {
+        self.authserv_id.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// The authserv-ids whose fields are removed: [`Config::authserv_id`], and
+    /// `hostname` where it differs (a field under this node's own name is as forged).
+    pub fn authserv_ids(&self) -> Vec<String> {
+        let mut ids = vec![self.authserv_id().to_string()];
+        if !self.hostname.eq_ignore_ascii_case(self.authserv_id()) {
+            ids.push(self.hostname.clone());
+        }
+        ids
     }
 
     /// This node's name (`node_id`): set, or the machine's host name, else `hostname`.

@@ -87,3 +87,92 @@ pub async fn txt(
         Err(e) => Err(e),
     }
 }
+
+/// A TLSA answer: whether the resolver vouched for it (the AD bit) and the records as
+/// (usage, selector, matching type, data).
+#[derive(Debug, Clone, Default)]
+pub struct TlsaAnswer {
+    pub authentic: bool,
+    /// The answer carries RRSIG records (asked for with the DNSSEC-OK bit): the zone is
+    /// signed, whether or not the resolver validated it.
+    pub signatures: bool,
+    pub records: Vec<(u8, u8, u8, Vec<u8>)>,
+}
+
+/// The TLSA records at `fqdn`, asked of `nameserver` (else the first system resolver)
+/// with the DNSSEC-OK bit, so that a validating resolver says with the AD bit whether
+/// the answer is secure (RFC 6840 §5.7: it sets AD only when the query asked for DNSSEC).
+/// The standby trusts that resolver's AD bit, as Postfix does with
+/// `smtp_dns_support_level = dnssec`: point it at a local validating resolver.
+///
+/// # Errors
+/// The query failed (no answer, a server failure), as text. NXDOMAIN and NODATA are
+/// no records.
+pub async fn tlsa(nameserver: Option<SocketAddr>, fqdn: &str) -> Result<TlsaAnswer, String> {
+    use hickory_resolver::net::DnsHandle as _;
+    use hickory_resolver::net::client::Client;
+    use hickory_resolver::net::udp::UdpClientStream;
+    use hickory_resolver::net::xfer::FirstAnswer as _;
+    use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+    use hickory_resolver::proto::rr::{Name, RData, RecordType};
+
+    let server = match nameserver {
+        Some(a) => a,
+        None => {
+            let (conf, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("reading the system resolver configuration: {e}"))?;
+            let ns = conf
+                .name_servers()
+                .first()
+                .ok_or("no nameserver in /etc/resolv.conf")?;
+            SocketAddr::new(ns.ip, 53)
+        }
+    };
+    let provider = TokioRuntimeProvider::default();
+    let stream = UdpClientStream::builder(server, provider.clone())
+        .with_timeout(Some(Duration::from_secs(3)))
+        .build();
+    let (client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    let task = tokio::spawn(background);
+    let name = Name::from_ascii(fqdn).map_err(|e| e.to_string())?;
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = true;
+    options.edns_set_dnssec_ok = true;
+    options.recursion_desired = true;
+    let result = client
+        .lookup(Query::query(name, RecordType::TLSA), options)
+        .first_answer()
+        .await;
+    task.abort();
+    let response = result.map_err(|e| e.to_string())?;
+    if response.metadata.truncation {
+        return Err("the answer was truncated (UDP); ask a resolver that answers in full".into());
+    }
+    match response.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Ok(TlsaAnswer::default()),
+        other => return Err(format!("the resolver answered {other}")),
+    }
+    let records = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TLSA(t) => Some((
+                u8::from(t.cert_usage),
+                u8::from(t.selector),
+                u8::from(t.matching),
+                t.cert_data.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let signatures = response
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::RRSIG);
+    Ok(TlsaAnswer {
+        authentic: response.metadata.authentic_data,
+        signatures,
+        records,
+    })
+}

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
+use crate::model::auth_results::StripOurs;
 use crate::model::{
     Breaker, DrainReport, Intake, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
 };
@@ -83,6 +84,12 @@ pub struct DrainSettings {
     pub dsn: DsnSettings,
     /// Messages in a row refused with 5xx that stop the run and halt draining; 0: off.
     pub breaker_5xx: u32,
+    /// The standby's name in the `Authentication-Results:` field it adds on redelivery
+    /// (its `hostname`; see [`crate::model::auth_results`]).
+    pub authserv_id: String,
+    /// The authserv-ids whose fields are removed from the header on the way (ours, and
+    /// this node's host name where it differs).
+    pub strip_authserv_ids: Vec<String>,
 }
 
 /// Gradual redelivery: `start` messages a second when the primary came back, doubled
@@ -966,7 +973,12 @@ impl Drainer {
                     Ok(body) => {
                         sent = true;
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
-                        let body = verified(body, &rec);
+                        let body = stamped(
+                            verified(body, &rec),
+                            &rec,
+                            &self.settings.authserv_id,
+                            &self.settings.strip_authserv_ids,
+                        );
                         s.send(&rec.mail_from, &rcpts, keeper.guard(body)).await
                     }
                     Err(e) => Err(RelayError::Blob(e)),
@@ -1296,6 +1308,81 @@ fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
         watch,
         ended: None,
     })
+}
+
+/// `body` as the primary gets it: the `Authentication-Results:` field for `rec` on top
+/// (see [`crate::model::auth_results`]) and any field in its header carrying one of the
+/// `strip` authserv-ids removed. Outside [`verified`], so the digest is of the stored bytes.
+pub fn stamped(body: BlobReader, rec: &Record, authserv_id: &str, strip: &[String]) -> BlobReader {
+    let top = crate::model::auth_results::header(authserv_id, rec).unwrap_or_default();
+    filtered(body, top.into_bytes(), strip, rec.id)
+}
+
+/// `body` with `top` before it and the `Authentication-Results:` fields of the `strip`
+/// authserv-ids removed from its header (also for [`crate::replay`]).
+pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId) -> BlobReader {
+    Box::new(Stamped {
+        inner: body,
+        strip: StripOurs::new(strip),
+        pending: top,
+        at: 0,
+        chunk: vec![0; 64 * 1024],
+        eof: false,
+        id,
+    })
+}
+
+/// See [`filtered`].
+struct Stamped {
+    inner: BlobReader,
+    strip: StripOurs,
+    /// Filtered bytes not yet handed on, from `at`.
+    pending: Vec<u8>,
+    at: usize,
+    chunk: Vec<u8>,
+    eof: bool,
+    id: MessageId,
+}
+
+impl tokio::io::AsyncRead for Stamped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.at < this.pending.len() {
+                let n = buf.remaining().min(this.pending.len() - this.at);
+                buf.put_slice(&this.pending[this.at..this.at + n]);
+                this.at += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.pending.clear();
+            this.at = 0;
+            let mut read = tokio::io::ReadBuf::new(&mut this.chunk);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        this.eof = true;
+                        this.strip.finish(&mut this.pending);
+                        if this.strip.stripped() > 0 {
+                            tracing::info!(id = %this.id, fields = this.strip.stripped(), "removed Authentication-Results fields carrying our authserv-id before handing the message back");
+                        }
+                    } else {
+                        let (chunk, pending) = (&this.chunk[..n], &mut this.pending);
+                        this.strip.feed(chunk, pending);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// A message body with its [`BodyWatch`]; `end` is asked once, and a body that ended in
@@ -1773,6 +1860,8 @@ mod tests {
             rate_per_sec: 0,
             ramp: None,
             breaker_5xx: 20,
+            authserv_id: "standby.test".into(),
+            strip_authserv_ids: vec!["standby.test".into()],
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),
@@ -1795,6 +1884,52 @@ mod tests {
             .unwrap();
         inc.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
         inc.commit().await.unwrap().id
+    }
+
+    /// The primary gets our `Authentication-Results:` on top and none that a sender (or
+    /// an SES-stored object) carries under our name; the digest check is of the stored
+    /// bytes, so it still passes.
+    #[tokio::test]
+    async fn the_primary_gets_our_verdicts_on_top_and_no_forged_ones() {
+        let storage = Storage::memory();
+        let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
+        let forged = b"Authentication-Results: Standby.Test; spf=pass\r\n\
+            Authentication-Results: other.test; spf=none\r\nSubject: t\r\n\r\n\
+            Authentication-Results: standby.test; body\r\n";
+        let mut ids = Vec::new();
+        for intake in [Intake::Smtp, Intake::Ses] {
+            let mut inc = spool
+                .begin(Envelope {
+                    mail_from: "a@sender.test".into(),
+                    rcpts: vec!["b@x.test".into()],
+                    origin: Origin {
+                        ip: "192.0.2.9".into(),
+                        ..Default::default()
+                    },
+                    journal: false,
+                    sent: None,
+                })
+                .await
+                .unwrap();
+            inc.write(forged).await.unwrap();
+            let id = inc.commit().await.unwrap().id;
+            let mut rec = storage.index.get(id).await.unwrap().unwrap();
+            rec.intake = intake;
+            rec.verdicts = Some(crate::model::Verdicts::spf("FAIL"));
+            storage.index.update(&rec, Utc::now()).await.unwrap();
+            ids.push(id);
+        }
+        let relay = ScriptedRelay::default();
+        let delivered = relay.delivered.clone();
+        let r = run_once(storage.clone(), relay).await;
+        assert_eq!(r.delivered, 2, "{r:?}");
+        for (_, _, body) in delivered.lock().unwrap().iter() {
+            let text = String::from_utf8_lossy(body);
+            let want = "Authentication-Results: standby.test;\r\n\tspf=fail (sender IP is 192.0.2.9) smtp.mailfrom=a@sender.test\r\n";
+            assert!(text.starts_with(want), "{text}");
+            assert!(!text.contains("Standby.Test; spf=pass"), "{text}");
+            assert!(text.contains("\r\nAuthentication-Results: other.test; spf=none\r\nSubject: t\r\n\r\nAuthentication-Results: standby.test; body\r\n"), "{text}");
+        }
     }
 
     /// Bytes that are not what the record was made for (a torn or damaged file) are

@@ -122,6 +122,7 @@ impl Spool {
             checks: self.checks.clone(),
             publisher: self.publisher.clone(),
             new_mail: self.new_mail.clone(),
+            spam: None,
         })
     }
 }
@@ -233,11 +234,19 @@ pub struct Incoming {
     checks: Option<SenderChecks>,
     publisher: Arc<Publisher>,
     new_mail: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    /// The content filter's verdict, kept as [`Verdicts::spam`] (`PASS`, `FAIL`, or
+    /// [`Verdicts::UNFILTERED`]).
+    spam: Option<String>,
 }
 
 impl Incoming {
     pub fn id(&self) -> MessageId {
         self.id
+    }
+
+    /// Record the content filter's verdict on the message (see [`Verdicts::spam`]).
+    pub fn set_spam_verdict(&mut self, verdict: &str) {
+        self.spam = Some(verdict.to_string());
     }
 
     /// Append message bytes (already dot-unstuffed, CRLF line ends).
@@ -274,6 +283,7 @@ impl Incoming {
             checks,
             publisher,
             new_mail,
+            spam,
         } = self;
         let blob = writer.key();
         let sha256 = hex::encode(hasher.finalize());
@@ -335,11 +345,14 @@ impl Incoming {
         retention.classify(&mut rec, head.bytes());
         // A journal copy is never bounced: no sender check for it; nor is what our own
         // users sent (they logged in: their DSNs always go to them).
+        if let Some(spam) = spam {
+            rec.verdicts.get_or_insert_with(Verdicts::default).spam = Some(spam);
+        }
         let check = checks
             .filter(|_| rec.status != Status::Journal && sent.is_none())
             .and_then(|c| Some((c, Job::of(&rec)?)));
         if check.is_some() {
-            rec.verdicts = Some(Verdicts::pending());
+            rec.verdicts.get_or_insert_with(Verdicts::default).spf = Verdicts::pending().spf;
         }
         match writer {
             // The row written, then the message, its envelope and the row flushed at
@@ -409,6 +422,10 @@ impl Inbound for Spool {
 impl Accepting for Incoming {
     fn id(&self) -> MessageId {
         self.id
+    }
+
+    fn set_spam_verdict(&mut self, verdict: &str) {
+        Incoming::set_spam_verdict(self, verdict);
     }
 
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {

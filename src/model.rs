@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod address;
+pub mod auth_results;
 pub mod continuity;
 pub mod mailbox;
 pub use address::{Address, AddressError, untag};
@@ -283,6 +284,10 @@ impl Verdicts {
     /// finished yet (it runs after the 250; see [`Verdicts::spf_pending`]).
     /// Not a pass: until it is replaced, the sender counts as not authenticated.
     pub const PENDING: &'static str = "PENDING";
+
+    /// The spam verdict of a message our listener took while its content filter gave no
+    /// answer (down, slow): taken unfiltered, never held back for it.
+    pub const UNFILTERED: &'static str = "UNFILTERED";
 
     /// Verdicts of a message whose SPF check is still to come.
     pub fn pending() -> Self {

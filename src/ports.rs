@@ -50,6 +50,9 @@ pub trait Accepting: Send {
     async fn commit(self: Box<Self>) -> Result<Record, StoreError>;
     /// Drop the partial message.
     async fn abort(self: Box<Self>);
+    /// Record the content filter's verdict ([`Verdicts::spam`](crate::model::Verdicts)),
+    /// kept with the record at commit. Messages no filter looks at ignore it.
+    fn set_spam_verdict(&mut self, _verdict: &str) {}
 }
 
 /// A stored message body, read as a stream (messages can be 40 MB).
@@ -864,6 +867,43 @@ pub trait ClientCheck: Send + Sync + 'static {
     /// none does; `Err` (why, for the log) when some list did not answer and none that
     /// did names it: the client is let in unfiltered.
     async fn listed(&self, ip: std::net::IpAddr) -> Result<Option<Listing>, String>;
+}
+
+/// What a content filter (rspamd) said of a message (`[filter] rspamd_url`, see
+/// `crate::smtp::rspamd`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentVerdict {
+    /// Above the filter's reject score: refused at DATA, never stored.
+    Reject { reason: String },
+    /// The filter asks to try again later (its `soft reject`): 451, never stored.
+    TryLater { reason: String },
+    /// Spam below the reject score: stored, and shown in the users' Junk view.
+    Spam { score: f64 },
+    /// Not spam.
+    Clean { score: f64 },
+}
+
+/// What the listener tells the content filter about the session, besides the message.
+#[derive(Debug, Clone, Default)]
+pub struct ContentMeta {
+    pub ip: String,
+    pub helo: String,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// The listener's name (rspamd's `Hostname`/`MTA-Name`).
+    pub hostname: String,
+}
+
+/// A content filter the MX listener asks before its 250. Callers bound the time a check
+/// may take, and a filter that fails lets the message in unfiltered: a 250 never waits on
+/// a filter that is down.
+#[async_trait]
+pub trait ContentCheck: Send + Sync + 'static {
+    /// The verdict on `message` (the whole message as it will be stored).
+    ///
+    /// # Errors
+    /// Why the filter gave none (unreachable, an answer it could not read), for the log.
+    async fn check(&self, meta: &ContentMeta, message: Vec<u8>) -> Result<ContentVerdict, String>;
 }
 
 /// One event the ingest function gave up on (Lambda's on-failure destination holds it).

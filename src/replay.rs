@@ -207,6 +207,9 @@ pub struct Replayer {
     storage: Storage,
     relay: Arc<dyn Relay>,
     clock: Arc<dyn Clock>,
+    /// Authserv-ids whose `Authentication-Results:` fields are removed on the way, as the
+    /// drain removes them (an SES-stored copy was never filtered at receipt).
+    strip: Vec<String>,
 }
 
 impl Replayer {
@@ -215,7 +218,14 @@ impl Replayer {
             storage,
             relay,
             clock,
+            strip: Vec::new(),
         }
+    }
+
+    /// Remove the `Authentication-Results:` fields of `authserv_ids` from what is sent.
+    pub fn stripping(mut self, authserv_ids: Vec<String>) -> Self {
+        self.strip = authserv_ids;
+        self
     }
 
     /// Send every candidate over one session (reopened once if it breaks), noting each
@@ -316,6 +326,7 @@ impl Replayer {
                 .map_err(RelayError::Blob)?;
             Box::new(header.chain(stored))
         };
+        let body = crate::drain::filtered(body, Vec::new(), &self.strip, cand.id);
         s.send(&cand.mail_from, &cand.rcpts, body).await
     }
 

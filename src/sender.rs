@@ -67,6 +67,8 @@ pub struct Job {
     pub ip: IpAddr,
     pub helo: String,
     pub mail_from: String,
+    /// The content filter's verdict at receipt, kept when the SPF verdict is written.
+    pub spam: Option<String>,
 }
 
 impl Job {
@@ -81,6 +83,7 @@ impl Job {
             ip: rec.origin.ip.parse().ok()?,
             helo: rec.origin.helo.clone(),
             mail_from: rec.mail_from.clone(),
+            spam: rec.verdicts.as_ref().and_then(|v| v.spam.clone()),
         })
     }
 }
@@ -121,7 +124,11 @@ impl SenderVerifier {
             tracing::info!("SPF lookups answer again");
         }
         tracing::debug!(id = %job.id, spf = %spf, "sender checked");
-        Verdicts::spf(spf)
+        Verdicts {
+            spf: Some(spf),
+            spam: job.spam.clone(),
+            ..Verdicts::default()
+        }
     }
 
     /// For a bounce decision: the verdict of `rec` looked up now if it is still pending

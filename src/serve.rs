@@ -103,6 +103,8 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
                 step: Duration::from_secs(config.drain.ramp_step_secs.max(1)),
             }),
         breaker_5xx: config.drain.breaker_5xx,
+        authserv_id: config.authserv_id().to_string(),
+        strip_authserv_ids: config.authserv_ids(),
         dsn: DsnSettings {
             enabled: config.dsn.enabled,
             reporting_mta: config
@@ -133,6 +135,7 @@ pub fn smtp_server(
     Ok(Server {
         policy: Policy {
             hostname: config.hostname.clone(),
+            authserv_ids: config.authserv_ids(),
             domains: config.domains.iter().cloned().collect(),
             recipients: config.load_recipients()?,
             max_message_size: config.max_message_size,
@@ -149,6 +152,7 @@ pub fn smtp_server(
         max_connections: config.max_connections,
         command_timeout: Duration::from_secs(config.command_timeout_secs.max(1)),
         client_check: client_check(config)?,
+        content_check: content_check(config)?,
         limits: ListenerLimits {
             session_timeout: Duration::from_secs(config.session_timeout_secs.max(1)),
             min_data_rate: config.min_data_rate_bytes_per_sec,
@@ -161,6 +165,22 @@ pub fn smtp_server(
 }
 
 /// `[filter] dnsbl`'s lookups, when lists are configured.
+/// `[filter] rspamd_url`: the content filter of the MX listener.
+fn content_check(
+    config: &Config,
+) -> Result<Option<crate::smtp::server::ContentFilter>, ConfigError> {
+    let Some(url) = &config.filter.rspamd_url else {
+        return Ok(None);
+    };
+    let limit = Duration::from_secs(config.filter.rspamd_timeout_secs.max(1));
+    let rspamd =
+        crate::smtp::rspamd::Rspamd::new(url, limit).map_err(|message| ConfigError::Invalid {
+            path: "[filter] rspamd_url".into(),
+            message,
+        })?;
+    Ok(Some((Arc::new(rspamd), limit)))
+}
+
 fn client_check(config: &Config) -> Result<Option<crate::smtp::server::Blocklists>, ConfigError> {
     if config.filter.dnsbl.is_empty() {
         return Ok(None);
@@ -691,6 +711,7 @@ async fn start_submission(
         let mut server = smtp_server(config, inbound.clone(), tls.clone())?;
         server.implicit_tls = implicit;
         server.client_check = None;
+        server.content_check = None;
         server.policy.submission = Some(crate::smtp::session::SubmissionPolicy {
             allow_plaintext_auth: sub.allow_plaintext_auth,
             gate: gate.clone(),

@@ -290,12 +290,25 @@ fn after_deploy_activates_verifies_and_writes_a_config_doctor_accepts() {
     );
 
     // The operator's config works: doctor passes the SES and storage checks on it.
-    let dns = Dns::start(&[
-        ("example.test", 10, "mx1.example.test"),
-        ("example.test", 20, "inbound-smtp.us-east-1.amazonaws.com"),
-        ("example.org", 10, "mx1.example.org"),
-        ("example.org", 20, "inbound-smtp.us-east-1.amazonaws.com"),
-    ]);
+    // A good setup publishes TLS-RPT (doctor warns without it).
+    let dns = Dns::start_with(
+        &[
+            ("example.test", 10, "mx1.example.test"),
+            ("example.test", 20, "inbound-smtp.us-east-1.amazonaws.com"),
+            ("example.org", 10, "mx1.example.org"),
+            ("example.org", 20, "inbound-smtp.us-east-1.amazonaws.com"),
+        ],
+        &[
+            (
+                "_smtp._tls.example.test",
+                "v=TLSRPTv1; rua=mailto:tls@example.test",
+            ),
+            (
+                "_smtp._tls.example.org",
+                "v=TLSRPTv1; rua=mailto:tls@example.org",
+            ),
+        ],
+    );
     let out = standby_cli(
         &moto,
         &config,

@@ -15,10 +15,16 @@ use serde_json::Value;
 
 /// (exit code, report) of `standby doctor --json`.
 fn doctor(config: &Path, dns: &Dns, env: &[(String, String)]) -> (i32, Value) {
+    doctor_with(config, dns, env, &[])
+}
+
+/// [`doctor`] with more arguments.
+fn doctor_with(config: &Path, dns: &Dns, env: &[(String, String)], args: &[&str]) -> (i32, Value) {
     let out = Command::new(STANDBY)
         .arg("--config")
         .arg(config)
         .args(["doctor", "--json", "--nameserver", &dns.addr()])
+        .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
@@ -61,7 +67,23 @@ const GOOD_LOCAL: &[(&str, u16, &str)] = &[
 #[test]
 fn local_setup_good_and_broken() {
     let primary = FakePrimary::start(vec![FakeReply::Healthy; 64]);
-    let standby = Standby::start(primary.port, "");
+    // A listener with a certificate for its MX name (the doctor reaches it by --connect
+    // and trusts the test CA), so that only what each case breaks fails.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = common::make_pki_for(pki_dir.path(), &["standby.example.test"], false);
+    let standby = Standby::start(
+        primary.port,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[doctor]\nca_file = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display(),
+            pki.ca.display()
+        ),
+    );
+    let connect = format!("127.0.0.1:{}", standby.port);
+    let doctor = |config: &Path, dns: &Dns, env: &[(String, String)]| {
+        doctor_with(config, dns, env, &["--connect", &connect])
+    };
     common::wait_for(
         "the primary to be seen up",
         std::time::Duration::from_secs(20),
@@ -125,7 +147,13 @@ fn local_setup_good_and_broken() {
     let out = Command::new(STANDBY)
         .arg("--config")
         .arg(&standby.config)
-        .args(["doctor", "--nameserver", &missing.addr()])
+        .args([
+            "doctor",
+            "--nameserver",
+            &missing.addr(),
+            "--connect",
+            &connect,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -612,4 +640,251 @@ fn stale_recipients_and_users_files_warn() {
     write("[doctor]\nmax_list_age_days = 30\n");
     let (_, report) = doctor(&config, &dns, &[]);
     assert_eq!(verdict(&report, "recipients file"), "pass", "{report:#}");
+}
+
+/// An HTTPS server for MTA-STS policies (rustls, the test CA's certificate): `policies`
+/// maps a host name to the body it serves at `/.well-known/mta-sts.txt`; anything else
+/// is a 404. Runs until the test process ends.
+fn policy_server(pki: &common::TestPki, policies: Vec<(&'static str, &'static str)>) -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let pem = |p: &Path| std::io::BufReader::new(std::fs::File::open(p).unwrap());
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem(&pki.cert))
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut pem(&pki.key))
+        .unwrap()
+        .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
+            let host = req
+                .lines()
+                .find_map(|l| l.strip_prefix("host: "))
+                .map(|h| h.split(':').next().unwrap_or_default().trim().to_string())
+                .unwrap_or_default();
+            let found = policies.iter().find(|(h, _)| *h == host);
+            let resp = match found {
+                Some((_, body)) if req.starts_with("get /.well-known/mta-sts.txt ") => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string(),
+            };
+            let _ = tls.write_all(resp.as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    port
+}
+
+/// MTA-STS, TLS-RPT, the listener's certificate and DANE, against dnsmasq (the records),
+/// a local HTTPS server with a test CA (the policies) and `standby serve` itself (the
+/// certificate): a standby listed in an `enforce` policy passes, one missing from it fails,
+/// `testing` mode warns, a short `max_age` warns, a domain without TLS-RPT warns, an
+/// expired certificate and a listener without STARTTLS fail, and TLSA records in a zone the
+/// resolver does not vouch for are reported as ignored.
+#[test]
+fn mta_sts_tls_rpt_certificate_and_dane_are_checked_as_senders_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "standby.example.test",
+        "mta-sts.listed.test",
+        "mta-sts.unlisted.test",
+        "mta-sts.testing.test",
+        "mta-sts.short.test",
+        "mta-sts.broken.test",
+    ];
+    for sub in ["good", "expired"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let good = common::make_pki_for(&dir.path().join("good"), &names, false);
+    let expired = common::make_pki_for(&dir.path().join("expired"), &names[..1], true);
+    let https = policy_server(
+        &good,
+        vec![
+            (
+                "mta-sts.listed.test",
+                "version: STSv1\r\nmode: enforce\r\nmx: mx1.listed.test\r\nmx: *.example.test\r\nmax_age: 1209600\r\n",
+            ),
+            (
+                "mta-sts.unlisted.test",
+                "version: STSv1\r\nmode: enforce\r\nmx: mx1.unlisted.test\r\nmax_age: 604800\r\n",
+            ),
+            (
+                "mta-sts.testing.test",
+                "version: STSv1\nmode: testing\nmx: mx1.testing.test\nmax_age: 604800\n",
+            ),
+            (
+                "mta-sts.short.test",
+                "version: STSv1\nmode: enforce\nmx: standby.example.test\nmax_age: 300\n",
+            ),
+        ],
+    );
+    let domains = [
+        "listed.test",
+        "unlisted.test",
+        "testing.test",
+        "short.test",
+        "broken.test",
+        "nosts.test",
+        "badid.test",
+    ];
+    let mut txt: Vec<(String, String)> = Vec::new();
+    let mut hosts = Vec::new();
+    for d in &domains[..5] {
+        txt.push((format!("_mta-sts.{d}"), "v=STSv1; id=20261206".into()));
+        hosts.push((format!("mta-sts.{d}"), "127.0.0.1"));
+    }
+    // An id with hyphens: senders discard the record and keep their cached policy.
+    txt.push((
+        "_mta-sts.badid.test".into(),
+        "v=STSv1; id=2026-12-06".into(),
+    ));
+    txt.push((
+        "_smtp._tls.listed.test".into(),
+        "v=TLSRPTv1; rua=mailto:tls@listed.test".into(),
+    ));
+    hosts.push(("standby.example.test".into(), "127.0.0.1"));
+    let txt_refs: Vec<(&str, &str)> = txt.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let host_refs: Vec<(&str, &str)> = hosts.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+    let mx: Vec<(&str, u16, &str)> = domains
+        .iter()
+        .flat_map(|d| {
+            [
+                (*d, 10, "mx1.example.test"),
+                (*d, 20, "standby.example.test"),
+            ]
+        })
+        .collect();
+    // A TLSA record that matches nothing, in a zone dnsmasq cannot sign.
+    let tlsa = format!("030101{}", "00".repeat(32));
+    let dns = Dns::start_records(
+        &mx,
+        &txt_refs,
+        &host_refs,
+        &[],
+        &[("_25._tcp.standby.example.test", 52, tlsa)],
+    );
+
+    let primary = FakePrimary::start(vec![FakeReply::Healthy; 64]);
+    let tls = |pki: &common::TestPki| {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[doctor]\nca_file = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display(),
+            good.ca.display()
+        )
+    };
+    let joined = domains.join(",");
+    let env = [("STANDBY_DOMAINS", joined.as_str())];
+    let standby = Standby::start_with_env(primary.port, &tls(&good), &env);
+    let run = |sb: &Standby| {
+        let connect = format!("127.0.0.1:{}", sb.port);
+        let https = https.to_string();
+        doctor_with(
+            &sb.config,
+            &dns,
+            &[("STANDBY_DOMAINS".to_string(), domains.join(","))],
+            &["--connect", &connect, "--https-port", &https],
+        )
+    };
+    let (_, report) = run(&standby);
+    let expect = [
+        ("mta-sts listed.test", "pass"),
+        ("mta-sts max_age listed.test", "pass"),
+        ("mta-sts unlisted.test", "fail"),
+        ("mta-sts testing.test", "warn"),
+        ("mta-sts short.test", "pass"),
+        ("mta-sts max_age short.test", "warn"),
+        ("mta-sts broken.test", "fail"),
+        ("mta-sts nosts.test", "pass"),
+        ("mta-sts badid.test", "fail"),
+        ("tls-rpt listed.test", "pass"),
+        ("tls-rpt unlisted.test", "warn"),
+        ("tls standby.example.test", "pass"),
+        ("tls expiry standby.example.test", "pass"),
+        ("dane standby.example.test", "warn"),
+    ];
+    for (name, want) in expect {
+        assert_eq!(verdict(&report, name), want, "{name}: {report:#}");
+    }
+    let detail = |report: &Value, name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        detail(&report, "dane standby.example.test").starts_with("TLSA ignored: zone unsigned"),
+        "{report:#}"
+    );
+    assert!(
+        detail(&report, "mta-sts unlisted.test").contains("enforce mode without the standby"),
+        "{report:#}"
+    );
+    assert!(
+        detail(&report, "mta-sts broken.test").contains("HTTP 404"),
+        "{report:#}"
+    );
+
+    // The same listener with an expired certificate, and one without any.
+    let old = Standby::start_with_env(primary.port, &tls(&expired), &env);
+    let (code, report) = run(&old);
+    assert_eq!(code, 1);
+    assert_eq!(
+        verdict(&report, "tls standby.example.test"),
+        "fail",
+        "{report:#}"
+    );
+    assert_eq!(
+        verdict(&report, "tls expiry standby.example.test"),
+        "fail",
+        "{report:#}"
+    );
+    let plain = Standby::start_with_env(
+        primary.port,
+        &format!("[doctor]\nca_file = \"{}\"\n", good.ca.display()),
+        &env,
+    );
+    let (_, report) = run(&plain);
+    assert_eq!(
+        verdict(&report, "tls standby.example.test"),
+        "fail",
+        "{report:#}"
+    );
+    assert!(
+        detail(&report, "tls standby.example.test").contains("offers no STARTTLS"),
+        "{report:#}"
+    );
 }

@@ -117,6 +117,8 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
             rate_per_sec: 0,
             ramp: None,
             breaker_5xx: 20,
+            authserv_id: "standby.test".into(),
+            strip_authserv_ids: vec!["standby.test".into()],
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),

@@ -199,3 +199,84 @@ fn a_refused_client_is_not_kept_long() {
     let reply = line(&mut r);
     assert!(reply.starts_with("421 4.7.0"), "{reply}");
 }
+
+/// The message body GTUBE's test patterns need: the pattern in a text part of some length.
+fn tube(pattern: char) -> String {
+    format!(
+        "{pattern}JS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\n\
+         This line only makes the text part long enough for the pattern to count.\n"
+    )
+}
+
+/// The id in a swaks transcript's 250.
+fn queued(t: &str) -> String {
+    t.split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no id in {t}"))
+        .to_string()
+}
+
+/// A real rspamd (Debian's) in front of the MX listener (`[filter] rspamd_url`): GTUBE is
+/// refused at DATA with 554 and rspamd's reason, nothing stored; GTUBE's "add header"
+/// variant is stored as spam (the Junk view's verdict); with rspamd stopped the same mail
+/// is taken at once and recorded unfiltered. The submission listener's mail is never
+/// sent to it.
+#[test]
+fn rspamd_refuses_gtube_keeps_spam_for_the_junk_view_and_when_down_lets_mail_in_unfiltered() {
+    let mut rspamd = common::rspamd::Rspamd::start();
+    let primary = FakePrimary::start(vec![FakeReply::Busy421; 64]);
+    let sb = Standby::start(
+        primary.port,
+        &format!(
+            "[filter]\nrspamd_url = \"{}\"\nrspamd_timeout_secs = 20\n",
+            rspamd.url()
+        ),
+    );
+    let send = |body: &str| {
+        swaks(
+            sb.port,
+            &[
+                "--from",
+                "a@example.org",
+                "--to",
+                "bob@example.test",
+                "--body",
+                body,
+            ],
+        )
+    };
+    let (ok, t) = send(&tube('X'));
+    assert!(!ok, "{t}");
+    assert!(t.contains("<** 554 5.7.1 Gtube pattern"), "{t}");
+    assert!(sb.list("held").is_empty(), "nothing stored");
+
+    let (ok, t) = send(&tube('Y'));
+    assert!(ok, "{t}");
+    let spam = queued(&t);
+    assert_eq!(
+        sb.json(&["show", &spam, "--json"])["verdicts"]["spam"],
+        "FAIL",
+        "stored as spam"
+    );
+
+    rspamd.stop();
+    let started = Instant::now();
+    let (ok, t) = send(&tube('X'));
+    assert!(ok, "rspamd down: taken: {t}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not held up by the dead filter: {:?}",
+        started.elapsed()
+    );
+    let unfiltered = queued(&t);
+    assert_eq!(
+        sb.json(&["show", &unfiltered, "--json"])["verdicts"]["spam"],
+        "UNFILTERED"
+    );
+    assert!(
+        sb.log()
+            .contains("content filter: no verdict; message taken unfiltered"),
+        "logged"
+    );
+}

@@ -12,6 +12,7 @@ use standby::smtp::session::{Next, Policy, Session};
 fn policy() -> Policy {
     Policy {
         hostname: "standby.test".into(),
+        authserv_ids: Vec::new(),
         domains: ["example.test".to_string()].into(),
         recipients: None,
         max_message_size: 1000,

@@ -208,6 +208,8 @@ fn drainer(storage: &Storage, primary: &GatedPrimary, lease: Duration) -> Draine
             rate_per_sec: 0,
             ramp: None,
             breaker_5xx: 20,
+            authserv_id: "standby.test".into(),
+            strip_authserv_ids: vec!["standby.test".into()],
             dsn: DsnSettings {
                 enabled: false,
                 reporting_mta: "standby.test".into(),

@@ -161,7 +161,11 @@ fn drain_authenticates_with_plain_and_login() {
             "{log:?}"
         );
         assert!(
-            log.iter().any(|l| l.starts_with("DATA Received: from ")),
+            // Our Authentication-Results on top, then our Received.
+            log.iter().any(
+                |l| l.starts_with("DATA Authentication-Results: standby.example.test")
+                    && l.contains("\nReceived: from ")
+            ),
             "{log:?}"
         );
     }

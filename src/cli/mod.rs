@@ -132,9 +132,16 @@ pub enum Command {
     Doctor {
         #[arg(long)]
         json: bool,
-        /// DNS server for the MX checks, `IP:PORT` (default: the system's resolvers).
+        /// DNS server for the DNS checks, `IP:PORT` (default: the system's resolvers).
         #[arg(long, value_name = "IP:PORT")]
         nameserver: Option<std::net::SocketAddr>,
+        /// Where the standby's public SMTP listener is reached from here, for the STARTTLS
+        /// and certificate checks (default: the MX host, port 25).
+        #[arg(long, value_name = "HOST:PORT")]
+        connect: Option<String>,
+        /// Port of the domains' MTA-STS policy servers (default 443; for test servers).
+        #[arg(long, value_name = "PORT", default_value_t = 443)]
+        https_port: u16,
     },
     /// Create the S3 bucket and DynamoDB table of `backend = "aws"` (for emulators and
     /// first-time setups; the deployment template defines the same resources).
@@ -411,8 +418,19 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
     if let Command::AwsInit = cli.command {
         return aws::init(&config).await;
     }
-    if let Command::Doctor { json, nameserver } = cli.command {
-        return doctor::run(&config, json, nameserver).await;
+    if let Command::Doctor {
+        json,
+        nameserver,
+        connect,
+        https_port,
+    } = cli.command
+    {
+        let opts = crate::doctor::Options {
+            nameserver,
+            connect,
+            https_port,
+        };
+        return doctor::run(&config, json, &opts).await;
     }
     if let Command::Drain {
         remote: Some(function),
@@ -540,7 +558,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
                 run: run_id.unwrap_or_else(|| format!("replay-{}", ulid::Ulid::new())),
             };
             let relay = aws::relay(&config).await?;
-            recover::replay(relay, &storage, req, dry_run, json).await
+            recover::replay(relay, &storage, req, (dry_run, json), config.authserv_ids()).await
         }
         Command::Export {
             format,

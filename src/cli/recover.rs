@@ -29,8 +29,8 @@ pub(super) async fn replay(
     relay: SmtpRelay,
     storage: &Storage,
     req: ReplayRequest,
-    dry_run: bool,
-    json: bool,
+    (dry_run, json): (bool, bool),
+    strip: Vec<String>,
 ) -> Result<(), CliError> {
     let (cands, done) = replay::candidates(storage, &req).await?;
     let mut out = super::output::Human::unless_json(json, std::io::stdout().lock());
@@ -74,7 +74,8 @@ pub(super) async fn replay(
         return Ok(());
     }
     let address = relay.address().to_string();
-    let replayer = Replayer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock));
+    let replayer =
+        Replayer::new(storage.clone(), Arc::new(relay), Arc::new(SystemClock)).stripping(strip);
     let bar = bar(cands.len() as u64, json);
     let progress = |_: &replay::Candidate, o: &ReplayOutcome| {
         if let Some(b) = &bar {

@@ -342,6 +342,14 @@ impl Context {
             if !r.scan_enabled() {
                 warnings.push(format!("rule {rname} does not scan for spam and viruses"));
             }
+            // SES always offers STARTTLS (Amazon's certificate for its inbound endpoint);
+            // `Require` bounces senders that do not use it, which a primary may accept.
+            if r.tls_policy() == Some(&aws_sdk_ses::types::TlsPolicy::Require) {
+                warnings.push(format!(
+                    "rule {rname} has TlsPolicy Require: SES bounces senders that do not \
+                     use TLS, mail the primary may take"
+                ));
+            }
         }
         let enabled: Vec<&ReceiptRule> = ours
             .iter()
@@ -395,13 +403,15 @@ impl Context {
             return Check::warn(
                 name,
                 format!("active set `{set_name}` ({rules}): {}", warnings.join("; ")),
-                "turn on ScanEnabled (the template does)",
+                "turn on ScanEnabled (the template does); keep TlsPolicy Optional \
+                 (ReceiveTlsPolicy) unless your own policy refuses mail without TLS",
             );
         }
         Check::pass(
             name,
             format!(
-                "active set `{set_name}` ({rules}) stores to s3://{}/{} then invokes ingest",
+                "active set `{set_name}` ({rules}) stores to s3://{}/{} then invokes ingest; \
+                 TLS offered (TlsPolicy Optional)",
                 s.bucket, s.prefix
             ),
         )

@@ -7,16 +7,21 @@
 //! warn or fail, with the fix for anything that is not a pass. Checks are independent:
 //! one failing does not hide the others.
 //!
-//! One file per area: [`dns`] (MX records), [`aws`] (SES identity and receipt rules,
-//! bucket, table), [`local`] (the spool), [`lists`] (the recipients and users files'
-//! age), [`primary`] (login and health state),
-//! [`sending`] (SPF, DKIM and the smarthost of what users send).
+//! One file per area: [`dns`] (MX records), [`mta_sts`] (MTA-STS policies and TLS-RPT),
+//! [`certificate`] (the public listener's STARTTLS and certificate, DANE), [`aws`] (SES
+//! identity and receipt rules, bucket, table), [`local`] (the spool), [`lists`] (the
+//! recipients and users files' age), [`primary`] (login and health state), [`probe`]
+//! (a real message through the primary, opt-in), [`sending`] (SPF, DKIM and the
+//! smarthost of what users send).
 
 pub mod aws;
+pub mod certificate;
 pub mod dns;
 pub mod lists;
 pub mod local;
+pub mod mta_sts;
 pub mod primary;
+pub mod probe;
 pub mod sending;
 
 use std::fmt;
@@ -156,6 +161,11 @@ impl Report {
 pub struct Options {
     /// DNS server for the MX checks (`IP:port`); the system resolver when `None`.
     pub nameserver: Option<SocketAddr>,
+    /// Where the standby's public SMTP listener is reached from here (`HOST:PORT`);
+    /// default the MX host on port 25.
+    pub connect: Option<String>,
+    /// Port of the domains' MTA-STS policy servers (443; tests use another; 0 is 443).
+    pub https_port: u16,
 }
 
 /// Run every check that applies to this configuration's backend.
@@ -167,13 +177,70 @@ pub async fn run(config: &Config, storage: Result<&Storage, &str>, opts: &Option
     };
     let standby_mx = dns::standby_host(config, aws.as_ref().map(|a| a.region.as_str()));
     checks.extend(dns::check_domains(config, &standby_mx, opts.nameserver).await);
+    let ca_pem = match &config.doctor.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                checks.push(Check::fail(
+                    "doctor ca_file",
+                    format!("{}: {e}", path.display()),
+                    "fix [doctor] ca_file (a PEM file of trusted CA certificates)",
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let resolver = crate::dns::resolver(opts.nameserver, false);
+    match &resolver {
+        Ok(resolver) => {
+            let fetcher = mta_sts::Fetcher {
+                port: if opts.https_port == 0 {
+                    443
+                } else {
+                    opts.https_port
+                },
+                ca_pem,
+            };
+            checks.extend(mta_sts::checks(&config.domains, &standby_mx, resolver, &fetcher).await);
+        }
+        Err(e) => checks.push(Check::fail(
+            "mta-sts",
+            e.clone(),
+            "fix /etc/resolv.conf or pass --nameserver IP:PORT",
+        )),
+    }
     match &aws {
         Some(ctx) => checks.extend(ctx.checks(config).await),
-        None => checks.push(local::spool(config, storage)),
+        None => {
+            checks.push(local::spool(config, storage));
+            let tls = crate::smtp::tls::ClientTls::new(true, config.doctor.ca_file.as_deref());
+            match (tls, &resolver) {
+                (Ok(tls), Ok(resolver)) => checks.extend(
+                    certificate::checks(
+                        opts.connect.as_deref(),
+                        &standby_mx,
+                        &tls,
+                        resolver,
+                        opts.nameserver,
+                    )
+                    .await,
+                ),
+                (Err(e), _) => checks.push(Check::fail(
+                    format!("tls {standby_mx}"),
+                    e.to_string(),
+                    "fix [doctor] ca_file",
+                )),
+                (_, Err(_)) => {}
+            }
+        }
     }
     checks.extend(lists::checks(config, std::time::SystemTime::now()));
     checks.push(primary::login(config).await);
     checks.push(primary::health(config, storage).await);
+    if let Some(check) = probe::run(config).await {
+        checks.push(check);
+    }
     if sending::applies(config) {
         checks.extend(sending::checks(config, opts.nameserver).await);
     }

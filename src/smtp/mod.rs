@@ -14,6 +14,7 @@ pub mod client;
 pub mod data;
 pub mod dnsbl;
 pub mod outbound;
+pub mod rspamd;
 pub mod server;
 pub mod session;
 pub mod spf;

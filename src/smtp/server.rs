@@ -40,8 +40,10 @@ use tokio_rustls::TlsAcceptor;
 use super::data::{DataDecoder, HopCounter};
 use super::session::{DataOutcome, MAX_COMMAND_LINE, MAX_HOPS, Next, Policy, Session, reply};
 use crate::config::{BindError, ListenAddrs};
+use crate::model::auth_results::StripOurs;
 use crate::model::{Envelope, Origin, redact};
 use crate::ports::{ClientCheck, Inbound, Listing};
+use crate::ports::{ContentCheck, ContentMeta, ContentVerdict};
 
 /// Any byte stream a session can run over (TCP, TLS over TCP, an in-memory pipe in tests).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -64,10 +66,21 @@ pub struct Server {
     /// `[filter] dnsbl` on the MX listener: the blocklists a client is looked up in at
     /// connect, and how long the lookups may take together (see `crate::smtp::dnsbl`).
     pub client_check: Option<Blocklists>,
+    /// `[filter] rspamd_url` on the MX listener: the content filter each message is
+    /// checked with before the 250, and how long a check may take (see
+    /// `crate::smtp::rspamd`).
+    pub content_check: Option<ContentFilter>,
 }
 
 /// The blocklists a client is looked up in, and how long the lookups may take together.
 pub type Blocklists = (Arc<dyn ClientCheck>, Duration);
+
+/// The content filter, and how long one check may take.
+pub type ContentFilter = (Arc<dyn ContentCheck>, Duration);
+
+/// Messages larger than this are not sent to the content filter (taken, recorded
+/// unfiltered): spam is small, and a copy of each message in flight is held in memory.
+const SCAN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The listener's defences against clients that hold slots (see the module docs).
 #[derive(Debug, Clone)]
@@ -696,6 +709,20 @@ async fn receive_data(
         journal: session.is_journal(),
         sent: None,
     };
+    // The MX listener's mail only: users log in on the submission listener, and journal
+    // copies are the primary's own.
+    let filter = server
+        .content_check
+        .as_ref()
+        .filter(|_| server.policy.submission.is_none() && !env.journal);
+    let meta = filter.map(|_| ContentMeta {
+        ip: env.origin.ip.clone(),
+        helo: env.origin.helo.clone(),
+        mail_from: env.mail_from.clone(),
+        rcpts: env.rcpts.clone(),
+        hostname: server.policy.hostname.clone(),
+    });
+    let mut scan: Option<Vec<u8>> = filter.map(|_| Vec::new());
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -708,7 +735,10 @@ async fn receive_data(
     let mut size: u64 = 0;
     let mut decoder = DataDecoder::new();
     let mut hops = HopCounter::default();
+    // RFC 8601 §5: fields claiming to be our own verdicts are the sender's forgeries.
+    let mut strip = StripOurs::new(&server.policy.authserv_ids);
     let mut chunk = Vec::with_capacity(READ_CHUNK);
+    let mut kept = Vec::with_capacity(READ_CHUNK);
     let started = Instant::now();
     let mut received: u64 = 0;
     loop {
@@ -730,8 +760,21 @@ async fn receive_data(
         {
             i.abort().await;
         }
+        kept.clear();
+        strip.feed(&chunk, &mut kept);
+        if end.is_some() {
+            strip.finish(&mut kept);
+        }
+        if let Some(buf) = scan.as_mut() {
+            if buf.len() + kept.len() <= SCAN_LIMIT {
+                buf.extend_from_slice(&kept);
+            } else {
+                tracing::info!(%peer, "message larger than the content filter's limit; taken unfiltered");
+                scan = None;
+            }
+        }
         if let Some(i) = incoming.as_mut()
-            && let Err(e) = i.write(&chunk).await
+            && let Err(e) = i.write(&kept).await
         {
             tracing::error!(error = %e, "spool write failed");
             failed = true;
@@ -764,6 +807,9 @@ async fn receive_data(
             }
         }
     }
+    if strip.stripped() > 0 {
+        tracing::info!(%peer, fields = strip.stripped(), "removed Authentication-Results fields carrying our authserv-id (forged by the sender)");
+    }
     if decoder.bare_line_ends() > 0 {
         tracing::debug!(%peer, bare = decoder.bare_line_ends(), "normalised bare line ends");
     }
@@ -773,9 +819,46 @@ async fn receive_data(
     if hops.count() > MAX_HOPS {
         return Ok(Some(DataOutcome::TooManyHops));
     }
-    let Some(incoming) = incoming.filter(|_| !failed) else {
+    let Some(mut incoming) = incoming.filter(|_| !failed) else {
         return Ok(Some(DataOutcome::StorageFailed));
     };
+    if let (Some((check, limit)), Some(meta)) = (filter, meta) {
+        let verdict = match scan {
+            None => Err("too large to scan".to_string()),
+            Some(bytes) => match tokio::time::timeout(*limit, check.check(&meta, bytes)).await {
+                Ok(v) => v,
+                Err(_) => Err("no answer in time".to_string()),
+            },
+        };
+        match verdict {
+            Ok(ContentVerdict::Reject { reason }) => {
+                incoming.abort().await;
+                tracing::info!(%peer, "content filter: refused as spam");
+                return Ok(Some(DataOutcome::Refused(format!(
+                    "554 5.7.1 {reason}\r\n"
+                ))));
+            }
+            Ok(ContentVerdict::TryLater { reason }) => {
+                incoming.abort().await;
+                tracing::info!(%peer, "content filter: asked to try later");
+                return Ok(Some(DataOutcome::Refused(format!(
+                    "451 4.7.1 {reason}\r\n"
+                ))));
+            }
+            Ok(ContentVerdict::Spam { score }) => {
+                tracing::info!(%peer, score, "content filter: spam; stored for the Junk view");
+                incoming.set_spam_verdict("FAIL");
+            }
+            Ok(ContentVerdict::Clean { score }) => {
+                tracing::debug!(%peer, score, "content filter: clean");
+                incoming.set_spam_verdict("PASS");
+            }
+            Err(why) => {
+                tracing::warn!(%peer, error = %why, "content filter: no verdict; message taken unfiltered");
+                incoming.set_spam_verdict(crate::model::Verdicts::UNFILTERED);
+            }
+        }
+    }
     Ok(Some(match incoming.commit().await {
         Ok(rec) => DataOutcome::Stored(rec.id),
         Err(crate::error::StoreError::Refused(reply)) => DataOutcome::Refused(reply),
@@ -895,6 +978,7 @@ mod tests {
         Server {
             policy: Policy {
                 hostname: "standby.test".into(),
+                authserv_ids: Vec::new(),
                 domains: ["example.test".to_string()].into(),
                 recipients: Some(["bob@example.test".to_string()].into()),
                 max_message_size: 100,
@@ -916,6 +1000,7 @@ mod tests {
             command_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             client_check: None,
+            content_check: None,
         }
     }
 

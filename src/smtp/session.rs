@@ -48,6 +48,9 @@ const MAX_FAILED_LOGINS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub hostname: String,
+    /// `Authentication-Results:` fields carrying one of these authserv-ids are removed
+    /// from what clients send (RFC 8601 §5; see [`crate::model::auth_results`]).
+    pub authserv_ids: Vec<String>,
     /// Lower-case domains we accept mail for.
     pub domains: HashSet<String>,
     /// Lower-case accepted addresses, when a recipients list is configured.
@@ -915,6 +918,7 @@ mod tests {
     fn policy(recipients: Option<&[&str]>) -> Policy {
         Policy {
             hostname: "standby.test".into(),
+            authserv_ids: Vec::new(),
             domains: ["example.test".to_string()].into(),
             recipients: recipients.map(|r| r.iter().map(|s| s.to_string()).collect()),
             max_message_size: 1000,

@@ -39,6 +39,18 @@ impl Dns {
         hosts: &[(&str, &str)],
         forward: &[(&str, String)],
     ) -> Dns {
+        Self::start_records(mx, txt, hosts, forward, &[])
+    }
+
+    /// As [`Dns::start_forwarding`], and `rr` = (name, type number, hex data) records of
+    /// any other type (TLSA is 52).
+    pub fn start_records(
+        mx: &[(&str, u16, &str)],
+        txt: &[(&str, &str)],
+        hosts: &[(&str, &str)],
+        forward: &[(&str, String)],
+        rr: &[(&str, u16, String)],
+    ) -> Dns {
         require("dnsmasq", "dnsmasq-base");
         let port = free_port();
         let mut cmd = Command::new("dnsmasq");
@@ -74,6 +86,9 @@ impl Dns {
         }
         for (name, ip) in hosts {
             cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        for (name, rtype, hex) in rr {
+            cmd.arg(format!("--dns-rr={name},{rtype},{hex}"));
         }
         for (domain, server) in forward {
             let server = server.replace(':', "#");

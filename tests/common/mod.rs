@@ -11,6 +11,7 @@ pub mod browser;
 pub mod dns;
 pub mod iam;
 pub mod lambda;
+pub mod rspamd;
 pub mod template;
 pub mod web;
 
@@ -990,6 +991,12 @@ pub struct TestPki {
 }
 
 pub fn make_pki(dir: &Path) -> TestPki {
+    make_pki_for(dir, &["localhost", "127.0.0.1"], false)
+}
+
+/// A CA and a server certificate for `names` (the first is its common name); with
+/// `expired`, one that ran out in 2021.
+pub fn make_pki_for(dir: &Path, names: &[&str], expired: bool) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     // Names of their own: rcgen gives both the same default name, and a leaf whose
     // subject is its issuer's reads as self-signed to OpenSSL (curl).
@@ -1003,10 +1010,14 @@ pub fn make_pki(dir: &Path) -> TestPki {
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
     let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     leaf_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
+        .push(rcgen::DnType::CommonName, names[0]);
+    if expired {
+        leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let pki = TestPki {
         ca: dir.join("ca.pem"),
