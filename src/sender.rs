@@ -386,6 +386,19 @@ mod tests {
         assert_eq!(spf(recs[2].id).await, Verdicts::PENDING, "never queued");
     }
 
+    /// The content filter's spam verdict, set at receipt, survives the SPF verdict
+    /// written after it.
+    #[tokio::test]
+    async fn the_spf_verdict_keeps_the_spam_verdict() {
+        let (v, _) = verifier(Duration::from_millis(1), Duration::from_secs(5));
+        let mut rec = pending_record();
+        rec.verdicts.get_or_insert_with(Verdicts::default).spam = Some("FAIL".into());
+        let job = Job::of(&rec).unwrap();
+        let verdicts = v.check(&job).await;
+        assert_eq!(verdicts.spam.as_deref(), Some("FAIL"), "{verdicts:?}");
+        assert!(verdicts.spf.is_some());
+    }
+
     #[tokio::test]
     async fn a_slow_lookup_becomes_temperror_and_a_leased_record_is_left_alone() {
         let storage = Storage::memory();

@@ -164,23 +164,26 @@ pub fn smtp_server(
     })
 }
 
-/// `[filter] dnsbl`'s lookups, when lists are configured.
-/// `[filter] rspamd_url`: the content filter of the MX listener.
+/// `[filter] rspamd_url`: the content filter of the MX listener. The wait is clamped
+/// to two minutes: clients give up on the reply to the final dot after ten (RFC 5321
+/// §4.5.3.2.6) and would send the message again.
 fn content_check(
     config: &Config,
 ) -> Result<Option<crate::smtp::server::ContentFilter>, ConfigError> {
     let Some(url) = &config.filter.rspamd_url else {
         return Ok(None);
     };
-    let limit = Duration::from_secs(config.filter.rspamd_timeout_secs.max(1));
-    let rspamd =
-        crate::smtp::rspamd::Rspamd::new(url, limit).map_err(|message| ConfigError::Invalid {
+    let limit = Duration::from_secs(config.filter.rspamd_timeout_secs.clamp(1, 120));
+    let rspamd = crate::smtp::rspamd::Rspamd::new(url, limit, config.filter.nameserver).map_err(
+        |message| ConfigError::Invalid {
             path: "[filter] rspamd_url".into(),
             message,
-        })?;
+        },
+    )?;
     Ok(Some((Arc::new(rspamd), limit)))
 }
 
+/// `[filter] dnsbl`'s lookups, when lists are configured.
 fn client_check(config: &Config) -> Result<Option<crate::smtp::server::Blocklists>, ConfigError> {
     if config.filter.dnsbl.is_empty() {
         return Ok(None);

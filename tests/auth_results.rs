@@ -72,12 +72,7 @@ fn redelivered_mail_carries_one_authentication_results_of_ours_with_the_recorded
         }
         let (ok, t) = swaks(sb.port, &args);
         assert!(ok, "{t}");
-        let id = t
-            .split("queued as ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no id in {t}"))
-            .to_string();
+        let id = queued_id(&t);
         ids.push((token, id));
     }
     for (token, id) in &ids {

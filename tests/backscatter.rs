@@ -62,12 +62,7 @@ fn failed_mail_bounces_once_and_only_to_authenticated_senders() {
             ],
         );
         assert!(ok, "{t}");
-        let id = t
-            .split("queued as ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no id in {t}"))
-            .to_string();
+        let id = queued_id(&t);
         ids.push(id);
     }
     // The SPF check runs after the 250; its verdict lands on the record.

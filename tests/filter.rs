@@ -208,15 +208,6 @@ fn tube(pattern: char) -> String {
     )
 }
 
-/// The id in a swaks transcript's 250.
-fn queued(t: &str) -> String {
-    t.split("queued as ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in {t}"))
-        .to_string()
-}
-
 /// A real rspamd (Debian's) in front of the MX listener (`[filter] rspamd_url`): GTUBE is
 /// refused at DATA with 554 and rspamd's reason, nothing stored; GTUBE's "add header"
 /// variant is stored as spam (the Junk view's verdict); with rspamd stopped the same mail
@@ -253,7 +244,7 @@ fn rspamd_refuses_gtube_keeps_spam_for_the_junk_view_and_when_down_lets_mail_in_
 
     let (ok, t) = send(&tube('Y'));
     assert!(ok, "{t}");
-    let spam = queued(&t);
+    let spam = queued_id(&t);
     assert_eq!(
         sb.json(&["show", &spam, "--json"])["verdicts"]["spam"],
         "FAIL",
@@ -269,7 +260,7 @@ fn rspamd_refuses_gtube_keeps_spam_for_the_junk_view_and_when_down_lets_mail_in_
         "not held up by the dead filter: {:?}",
         started.elapsed()
     );
-    let unfiltered = queued(&t);
+    let unfiltered = queued_id(&t);
     assert_eq!(
         sb.json(&["show", &unfiltered, "--json"])["verdicts"]["spam"],
         "UNFILTERED"

@@ -75,12 +75,7 @@ fn refusals_stored_messages_and_deliveries_are_logged_for_the_operator() {
             "Message-ID: <logs-test-1@example.org>",
         ],
     );
-    let id = t
-        .split("queued as ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in {t}"))
-        .to_string();
+    let id = queued_id(&t);
 
     // The primary comes back; the serve loop delivers.
     pf.start();

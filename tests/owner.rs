@@ -193,11 +193,7 @@ impl Spool {
     fn send(&self, from: &str, to: &str) -> String {
         let (ok, t) = swaks(self.port, &["--from", from, "--to", to]);
         assert!(ok, "{t}");
-        t.split("queued as ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no id in {t}"))
-            .to_string()
+        queued_id(&t)
     }
 
     /// Everything in the data directory that is not the owner's (`find ! -user ! -group`).

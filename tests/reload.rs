@@ -269,13 +269,7 @@ fn recipients_journal_and_retention_rules_reload_and_broken_files_are_ignored() 
     );
     // (Logged before the line above when the file changed more than a reload applies.)
     assert!(!sb.log().contains("take effect when"), "{}", sb.log());
-    let queued = |t: &str| -> String {
-        t.split("queued as ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no id in {t}"))
-            .to_string()
-    };
+    let queued = |t: &str| -> String { queued_id(t) };
     // Filed at receipt under the new confidential rule.
     let id = queued(&sb.send("alice@example.test", &[]));
     let rec = sb.json(&["show", &id, "--json"]);

@@ -29,12 +29,7 @@ fn send_timed(sb: &Standby, from: &str) -> (String, Duration) {
     );
     let took = started.elapsed();
     assert!(ok, "{t}");
-    let id = t
-        .split("queued as ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in {t}"))
-        .to_string();
+    let id = queued_id(&t);
     (id, took)
 }
 

@@ -82,6 +82,43 @@ pub type ContentFilter = (Arc<dyn ContentCheck>, Duration);
 /// unfiltered): spam is small, and a copy of each message in flight is held in memory.
 const SCAN_LIMIT: usize = 4 * 1024 * 1024;
 
+/// All copies held for the content filter at once, at most: past it, a message is
+/// taken unfiltered rather than the process growing with the connections.
+const SCAN_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Bytes held by [`ScanCopy`]s now.
+static SCAN_HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A message's copy for the content filter, counted against [`SCAN_BUDGET`].
+struct ScanCopy(Vec<u8>);
+
+impl ScanCopy {
+    /// Append `bytes`; false (and nothing appended) past [`SCAN_LIMIT`] or the budget.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.0.len() + bytes.len() > SCAN_LIMIT {
+            return false;
+        }
+        if SCAN_HELD.fetch_add(bytes.len(), SeqCst) + bytes.len() > SCAN_BUDGET {
+            SCAN_HELD.fetch_sub(bytes.len(), SeqCst);
+            return false;
+        }
+        self.0.extend_from_slice(bytes);
+        true
+    }
+
+    /// The bytes, released from the budget once the check that takes them is done.
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for ScanCopy {
+    fn drop(&mut self) {
+        SCAN_HELD.fetch_sub(self.0.len(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The listener's defences against clients that hold slots (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -722,7 +759,7 @@ async fn receive_data(
         rcpts: env.rcpts.clone(),
         hostname: server.policy.hostname.clone(),
     });
-    let mut scan: Option<Vec<u8>> = filter.map(|_| Vec::new());
+    let mut scan: Option<ScanCopy> = filter.map(|_| ScanCopy(Vec::new()));
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -765,13 +802,11 @@ async fn receive_data(
         if end.is_some() {
             strip.finish(&mut kept);
         }
-        if let Some(buf) = scan.as_mut() {
-            if buf.len() + kept.len() <= SCAN_LIMIT {
-                buf.extend_from_slice(&kept);
-            } else {
-                tracing::info!(%peer, "message larger than the content filter's limit; taken unfiltered");
-                scan = None;
-            }
+        if let Some(copy) = scan.as_mut()
+            && !copy.push(&kept)
+        {
+            tracing::info!(%peer, "message larger than the content filter's limit (or too many held at once); taken unfiltered");
+            scan = None;
         }
         if let Some(i) = incoming.as_mut()
             && let Err(e) = i.write(&kept).await
@@ -823,12 +858,19 @@ async fn receive_data(
         return Ok(Some(DataOutcome::StorageFailed));
     };
     if let (Some((check, limit)), Some(meta)) = (filter, meta) {
-        let verdict = match scan {
+        let verdict = match scan.as_mut() {
             None => Err("too large to scan".to_string()),
-            Some(bytes) => match tokio::time::timeout(*limit, check.check(&meta, bytes)).await {
-                Ok(v) => v,
-                Err(_) => Err("no answer in time".to_string()),
-            },
+            Some(copy) => {
+                let bytes = copy.take();
+                let held = bytes.len();
+                let v = match tokio::time::timeout(*limit, check.check(&meta, bytes)).await {
+                    Ok(v) => v,
+                    Err(_) => Err("no answer in time".to_string()),
+                };
+                // The copy was the check's; its bytes leave the budget now.
+                SCAN_HELD.fetch_sub(held, std::sync::atomic::Ordering::SeqCst);
+                v
+            }
         };
         match verdict {
             Ok(ContentVerdict::Reject { reason }) => {

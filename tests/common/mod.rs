@@ -581,6 +581,16 @@ pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
     swaks_at(&format!("127.0.0.1:{port}"), args)
 }
 
+/// The id in a transcript's `250 ... queued as <id>`.
+pub fn queued_id(transcript: &str) -> String {
+    transcript
+        .split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no id in {transcript}"))
+        .to_string()
+}
+
 /// Send with swaks to `server` (`127.0.0.1:2525`, `[::1]:2525`).
 pub fn swaks_at(server: &str, args: &[&str]) -> (bool, String) {
     require("swaks", "swaks");
