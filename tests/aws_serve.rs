@@ -243,8 +243,10 @@ async fn large_messages_are_collected_on_disk_not_in_memory() {
         "peak RSS receiving 8 x {size} bytes on S3: {} MiB",
         peak >> 20
     );
+    // The node's own footprint is 60-66 MiB (measured 2026-12-06); eight messages held
+    // in memory would add their 92 MiB on top. 80 MiB is between the two.
     assert!(
-        peak < 64 << 20,
+        peak < 80 << 20,
         "peak RSS {} MiB receiving 8 x 12 MB: messages are held in memory",
         peak >> 20
     );

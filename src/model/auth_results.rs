@@ -202,6 +202,12 @@ impl StripOurs {
         }
     }
 
+    /// Past the header: everything from here on passes unchanged (callers may skip
+    /// [`StripOurs::feed`] and its copy).
+    pub fn in_body(&self) -> bool {
+        self.in_body
+    }
+
     /// Fields removed so far.
     pub fn stripped(&self) -> usize {
         self.stripped

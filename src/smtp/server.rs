@@ -797,19 +797,25 @@ async fn receive_data(
         {
             i.abort().await;
         }
-        kept.clear();
-        strip.feed(&chunk, &mut kept);
-        if end.is_some() {
-            strip.finish(&mut kept);
-        }
+        // Past the header the filter changes nothing: no copy then.
+        let kept: &[u8] = if strip.in_body() {
+            &chunk
+        } else {
+            kept.clear();
+            strip.feed(&chunk, &mut kept);
+            if end.is_some() {
+                strip.finish(&mut kept);
+            }
+            &kept
+        };
         if let Some(copy) = scan.as_mut()
-            && !copy.push(&kept)
+            && !copy.push(kept)
         {
             tracing::info!(%peer, "message larger than the content filter's limit (or too many held at once); taken unfiltered");
             scan = None;
         }
         if let Some(i) = incoming.as_mut()
-            && let Err(e) = i.write(&kept).await
+            && let Err(e) = i.write(kept).await
         {
             tracing::error!(error = %e, "spool write failed");
             failed = true;
