@@ -203,6 +203,25 @@ pub struct Config {
     pub filter: FilterConfig,
     #[serde(default)]
     pub doctor: DoctorConfig,
+    #[serde(default)]
+    pub arc: ArcConfig,
+}
+
+/// An ARC set (RFC 8617) on mail the drain hands back (`[arc]`, see
+/// `crate::outbound::arc`): the primary can then trust the standby's verdicts by its
+/// signing domain (rspamd's `whitelisted_signers`) instead of by address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArcConfig {
+    /// The signing domain (`d=`); its key is published at `<selector>._domainkey.<domain>`.
+    pub domain: Option<String>,
+    pub selector: Option<String>,
+    /// The private key, PEM: RSA (2048 bits or more) or Ed25519.
+    pub key: Option<PathBuf>,
+    /// DNS server for checking an ARC chain a message came with, `IP:port`; the system's
+    /// resolvers when unset.
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub nameserver: Option<SocketAddr>,
 }
 
 /// The submission listener for users' own mail clients (`[submission]`, see
@@ -1688,6 +1707,7 @@ impl Config {
             ));
         }
         self.validate_sending().map_err(invalid)?;
+        self.validate_arc().map_err(invalid)?;
         self.validate_mail_access().map_err(invalid)
     }
 
@@ -1717,6 +1737,32 @@ impl Config {
     }
 
     /// `[submission]` and `[outbound]`: what sending needs is there.
+    fn validate_arc(&self) -> Result<(), String> {
+        let a = &self.arc;
+        match (&a.domain, &a.selector, &a.key) {
+            (None, None, None) => Ok(()),
+            (Some(d), Some(s), Some(_)) => {
+                let name = |x: &str| {
+                    !x.is_empty()
+                        && x.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        })
+                };
+                if !name(d) || !d.contains('.') {
+                    return Err(format!("[arc] domain `{d}` is not a domain name"));
+                }
+                if !name(s) {
+                    return Err(format!("[arc] selector `{s}` is not a DNS label"));
+                }
+                Ok(())
+            }
+            _ => Err("[arc] domain, selector and key must be set together".into()),
+        }
+    }
+
     fn validate_sending(&self) -> Result<(), String> {
         let s = &self.submission;
         if s.listen_tls.is_some() && self.tls.cert.is_none() {

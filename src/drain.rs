@@ -90,6 +90,8 @@ pub struct DrainSettings {
     /// The authserv-ids whose fields are removed from the header on the way (ours, and
     /// this node's host name where it differs).
     pub strip_authserv_ids: Vec<String>,
+    /// Seals each message with an ARC set under the results (`[arc]`); none: no set.
+    pub arc: Option<Arc<dyn crate::ports::ArcSeal>>,
 }
 
 /// Gradual redelivery: `start` messages a second when the primary came back, doubled
@@ -590,6 +592,32 @@ impl Drainer {
         }
     }
 
+    /// What goes on top of `rec` for the primary: its ARC set when `[arc]` is set and
+    /// the message can be sealed (a first read of it, through the same filter as the
+    /// send), then the standby's `Authentication-Results:` field. See [`stamped`].
+    async fn top(&self, rec: &Record) -> Vec<u8> {
+        let authserv_id = &self.settings.authserv_id;
+        let Some(mut methods) = crate::model::auth_results::methods(rec) else {
+            return Vec::new();
+        };
+        let mut top = String::new();
+        if let Some(arc) = &self.settings.arc {
+            match self.storage.blobs.open(&rec.blob_key()).await {
+                Ok(body) => {
+                    let body = filtered_quietly(body, &self.settings.strip_authserv_ids);
+                    if let Some(set) = arc.seal(rec.id, body, authserv_id, &mut methods).await {
+                        top.push_str(&set);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(id = %rec.id, error = %e, "could not read the message to seal it with ARC; it goes on without a set");
+                }
+            }
+        }
+        top.push_str(&crate::model::auth_results::field(authserv_id, &methods));
+        top.into_bytes()
+    }
+
     /// A new lease token for one claim: random, never shared by two claims.
     fn token() -> String {
         format!("drain-{}-{}", std::process::id(), ulid::Ulid::new())
@@ -969,15 +997,16 @@ impl Drainer {
                 // it inside DATA.
                 let mut sent = false;
                 let attempt = std::time::Instant::now();
+                let top = self.top(&rec).await;
                 let result = match self.storage.blobs.open(&rec.blob_key()).await {
                     Ok(body) => {
                         sent = true;
                         let rcpts: Vec<String> = rec.pending().map(|r| r.address.clone()).collect();
-                        let body = stamped(
+                        let body = filtered(
                             verified(body, &rec),
-                            &rec,
-                            &self.settings.authserv_id,
+                            top,
                             &self.settings.strip_authserv_ids,
+                            rec.id,
                         );
                         s.send(&rec.mail_from, &rcpts, keeper.guard(body)).await
                     }
@@ -1328,7 +1357,21 @@ pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId)
         at: 0,
         chunk: vec![0; 64 * 1024],
         eof: false,
-        id,
+        id: Some(id),
+    })
+}
+
+/// [`filtered`] with nothing on top and nothing logged: the bytes below the top as the
+/// primary will get them, for a first read (the ARC seal's).
+fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
+    Box::new(Stamped {
+        inner: body,
+        strip: StripOurs::new(strip),
+        pending: Vec::new(),
+        at: 0,
+        chunk: vec![0; 64 * 1024],
+        eof: false,
+        id: None,
     })
 }
 
@@ -1341,7 +1384,8 @@ struct Stamped {
     at: usize,
     chunk: Vec<u8>,
     eof: bool,
-    id: MessageId,
+    /// For the log line on removed fields; none: not logged.
+    id: Option<MessageId>,
 }
 
 impl tokio::io::AsyncRead for Stamped {
@@ -1371,8 +1415,10 @@ impl tokio::io::AsyncRead for Stamped {
                     if n == 0 {
                         this.eof = true;
                         this.strip.finish(&mut this.pending);
-                        if this.strip.stripped() > 0 {
-                            tracing::info!(id = %this.id, fields = this.strip.stripped(), "removed Authentication-Results fields carrying our authserv-id before handing the message back");
+                        if let Some(id) = this.id
+                            && this.strip.stripped() > 0
+                        {
+                            tracing::info!(id = %id, fields = this.strip.stripped(), "removed Authentication-Results fields carrying our authserv-id before handing the message back");
                         }
                     } else {
                         let (chunk, pending) = (&this.chunk[..n], &mut this.pending);
@@ -1862,6 +1908,7 @@ mod tests {
             breaker_5xx: 20,
             authserv_id: "standby.test".into(),
             strip_authserv_ids: vec!["standby.test".into()],
+            arc: None,
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),

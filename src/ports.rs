@@ -850,6 +850,26 @@ pub trait SenderCheck: Send + Sync + 'static {
     async fn spf(&self, ip: std::net::IpAddr, helo: &str, mail_from: &str) -> String;
 }
 
+/// Seals a message with an ARC set (RFC 8617) when the drain hands it back, so a
+/// primary that trusts the standby's signing domain can use the verdicts of the original
+/// session although the standby is now its client.
+#[async_trait]
+pub trait ArcSeal: Send + Sync + std::fmt::Debug + 'static {
+    /// The three ARC fields (CRLF-terminated) to put on top of `message`, the bytes the
+    /// primary gets below them. `methods` are the standby's `Authentication-Results`
+    /// (see [`crate::model::auth_results::methods`]) under `authserv_id`; the sealer
+    /// adds the `arc=` verdict of the chain the message came with, and the caller puts
+    /// `methods` on top as its field. `None`: not sealed (the reason is logged); the
+    /// message goes on without a set.
+    async fn seal(
+        &self,
+        id: MessageId,
+        message: BlobReader,
+        authserv_id: &str,
+        methods: &mut Vec<String>,
+    ) -> Option<String>;
+}
+
 /// A DNS blocklist's entry for a client address (RFC 5782).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {

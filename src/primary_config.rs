@@ -36,6 +36,8 @@ pub struct Standby {
     pub auth_user: Option<String>,
     /// The drain runs as a Lambda function (`backend = "aws"`): no fixed address.
     pub aws: bool,
+    /// The domain the standby seals redelivered mail with (`[arc] domain`).
+    pub arc_domain: Option<String>,
 }
 
 /// `ip` as a CIDR of one address.
@@ -153,6 +155,24 @@ fn rspamd(out: &mut String, s: &Standby) {
             ips.join(", ")
         );
     }
+    match &s.arc_domain {
+        Some(domain) => {
+            let _ = writeln!(
+                out,
+                "\n# /etc/rspamd/local.d/arc.conf: the standby seals what it hands back with ARC\n\
+                 # ([arc] domain): trust its sets, so the verdicts of the original session count\n\
+                 # (ARC_ALLOW_TRUSTED; DMARC failures the standby's hop caused are forgiven):\n\
+                 whitelisted_signers_map = [\"{domain}\"];"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\n# With [arc] domain, selector and key in standby.toml the standby seals what it\n\
+                 # hands back, and this prints rspamd's arc.conf trusting that domain."
+            );
+        }
+    }
     let _ = writeln!(out, "\n# Then: systemctl reload rspamd");
 }
 
@@ -265,6 +285,7 @@ mod tests {
             ],
             auth_user: None,
             aws: false,
+            arc_domain: None,
         }
     }
 
@@ -323,11 +344,28 @@ mod tests {
         );
     }
 
+    /// With `[arc]` set, rspamd is told to trust the standby's ARC sets by their domain.
+    #[test]
+    fn rspamd_trusts_the_standbys_arc_domain() {
+        let s = Standby {
+            arc_domain: Some("arc.example.test".into()),
+            ..standby()
+        };
+        let text = render(Target::Rspamd, &s);
+        assert!(
+            text.contains("\nwhitelisted_signers_map = [\"arc.example.test\"];\n"),
+            "{text}"
+        );
+        let without = render(Target::Rspamd, &standby());
+        assert!(!without.contains("whitelisted_signers_map ="), "{without}");
+    }
+
     #[test]
     fn a_drain_without_fixed_addresses_gets_the_submission_route() {
         let s = Standby {
             addresses: vec![],
             aws: true,
+            arc_domain: None,
             auth_user: Some("standby-drain@example.test".into()),
             ..standby()
         };

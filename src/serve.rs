@@ -105,6 +105,7 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
         breaker_5xx: config.drain.breaker_5xx,
         authserv_id: config.authserv_id().to_string(),
         strip_authserv_ids: config.authserv_ids(),
+        arc: None,
         dsn: DsnSettings {
             enabled: config.dsn.enabled,
             reporting_mta: config
@@ -116,6 +117,23 @@ fn drain_settings_with(config: &Config, sender: Option<SenderVerifier>) -> Drain
             sender,
         },
     }
+}
+
+/// The ARC sealer `[arc]` configures, if it does.
+///
+/// # Errors
+/// The key cannot be loaded (named in the message), or no resolver can be set up.
+pub fn arc_sealer(config: &Config) -> Result<Option<Arc<dyn crate::ports::ArcSeal>>, ConfigError> {
+    let a = &config.arc;
+    let (Some(domain), Some(selector), Some(key)) = (&a.domain, &a.selector, &a.key) else {
+        return Ok(None);
+    };
+    let sealing = crate::outbound::arc::ArcSealing::load(domain, selector, key, a.nameserver)
+        .map_err(|e| ConfigError::Invalid {
+            path: key.clone(),
+            message: format!("[arc] key: {}", e.message),
+        })?;
+    Ok(Some(Arc::new(sealing)))
 }
 
 /// Hysteresis thresholds from the configuration.
@@ -244,6 +262,8 @@ pub async fn serve(
     // Before anything else: a SIGHUP's default action would end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Signal)?;
+    // A configured ARC key that does not load stops the start before the spool is opened.
+    let arc = arc_sealer(&config)?;
     // `started` holds the spool's lock until serve returns.
     let (storage, started) = Storage::serve(&config).await?;
     let recovered = started.recovered;
@@ -336,12 +356,9 @@ pub async fn serve(
         store = %store_description(&config),
         "standby serving"
     );
-    let drainer = Drainer::new(
-        storage.clone(),
-        relay.clone(),
-        clock.clone(),
-        drain_settings_with(&config, verifier),
-    );
+    let mut settings = drain_settings_with(&config, verifier);
+    settings.arc = arc;
+    let drainer = Drainer::new(storage.clone(), relay.clone(), clock.clone(), settings);
     let (retention_tx, retention) = tokio::sync::watch::channel(config.retention());
     let login_limits: Arc<dyn crate::ports::LoginLimits> =
         Arc::new(crate::backend::MemLoginLimits::default());

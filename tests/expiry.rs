@@ -119,6 +119,7 @@ fn expiring_drainer(storage: &Storage, now: DateTime<Utc>) -> Drainer {
             breaker_5xx: 20,
             authserv_id: "standby.test".into(),
             strip_authserv_ids: vec!["standby.test".into()],
+            arc: None,
             dsn: DsnSettings {
                 enabled: true,
                 reporting_mta: "standby.test".into(),

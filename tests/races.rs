@@ -210,6 +210,7 @@ fn drainer(storage: &Storage, primary: &GatedPrimary, lease: Duration) -> Draine
             breaker_5xx: 20,
             authserv_id: "standby.test".into(),
             strip_authserv_ids: vec!["standby.test".into()],
+            arc: None,
             dsn: DsnSettings {
                 enabled: false,
                 reporting_mta: "standby.test".into(),

@@ -20,7 +20,8 @@ pub(super) async fn drain(
     dry_run: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let settings = drain_settings(config);
+    let mut settings = drain_settings(config);
+    settings.arc = crate::serve::arc_sealer(config)?;
     let relay = Arc::new(relay);
     let drainer = Drainer::new(
         storage.clone(),

@@ -37,6 +37,7 @@ pub async fn print(config: &Config, target: Target, given: Vec<IpAddr>) -> Resul
         addresses,
         auth_user: config.primary.auth_user.clone(),
         aws,
+        arc_domain: config.arc.domain.clone(),
     };
     use std::io::Write;
     std::io::stdout().write_all(render(target, &standby).as_bytes())?;

@@ -34,6 +34,13 @@ const FIELD_CAP: usize = 16 * 1024;
 /// The field the drain puts on top of `rec` when handing it to the primary, ending in
 /// CRLF; `None` for messages the standby made itself (bounces), which no one checked.
 pub fn header(authserv_id: &str, rec: &Record) -> Option<String> {
+    methods(rec).map(|m| field(authserv_id, &m))
+}
+
+/// The results of [`header`] for `rec`, each a `method=result ...` of RFC 8601 on one
+/// line (what an ARC set's `ARC-Authentication-Results:` repeats); `None` as for
+/// [`header`].
+pub fn methods(rec: &Record) -> Option<Vec<String>> {
     let mut methods: Vec<String> = Vec::new();
     match rec.intake {
         Intake::Dsn => return None,
@@ -77,16 +84,37 @@ pub fn header(authserv_id: &str, rec: &Record) -> Option<String> {
         }
         methods.push(m);
     }
+    Some(methods)
+}
+
+/// The `Authentication-Results:` field of `authserv_id` with `methods`, one per line,
+/// ending in CRLF.
+pub fn field(authserv_id: &str, methods: &[String]) -> String {
     let mut out = format!("Authentication-Results: {authserv_id}");
     if methods.is_empty() {
         out.push_str("; none");
     }
-    for m in &methods {
+    for m in methods {
         out.push_str(";\r\n\t");
         out.push_str(m);
     }
     out.push_str("\r\n");
-    Some(out)
+    out
+}
+
+/// The value of [`field`] on one line with single spaces (`id; m1; m2`, or `id; none`):
+/// what an ARC set's `ARC-Authentication-Results:` carries after its `i=`. One line
+/// because the seal signs it as written and a verifier reads it unfolded.
+pub fn one_line(authserv_id: &str, methods: &[String]) -> String {
+    let mut out = String::from(authserv_id);
+    if methods.is_empty() {
+        out.push_str("; none");
+    }
+    for m in methods {
+        out.push_str("; ");
+        out.push_str(m);
+    }
+    out.split_ascii_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// RFC 8601's result keyword for a recorded verdict: ours (`PASS`, `SOFTFAIL`, ...) or

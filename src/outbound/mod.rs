@@ -21,6 +21,7 @@
 //! The parts are stored one after the other; should one fail, those already stored are
 //! removed again and the client told to try later, so a retry never leaves two copies.
 
+pub mod arc;
 pub mod compose;
 pub mod dkim;
 pub mod mailer;
