@@ -1736,7 +1736,7 @@ impl Config {
         Ok(())
     }
 
-    /// `[submission]` and `[outbound]`: what sending needs is there.
+    /// `[arc]`: all three keys or none, a domain name and a selector.
     fn validate_arc(&self) -> Result<(), String> {
         let a = &self.arc;
         match (&a.domain, &a.selector, &a.key) {
@@ -1755,7 +1755,9 @@ impl Config {
                     return Err(format!("[arc] domain `{d}` is not a domain name"));
                 }
                 if !name(s) {
-                    return Err(format!("[arc] selector `{s}` is not a DNS label"));
+                    return Err(format!(
+                        "[arc] selector `{s}` is not a DNS name (letters, digits, `-`, `_`, dots)"
+                    ));
                 }
                 Ok(())
             }
@@ -1763,6 +1765,7 @@ impl Config {
         }
     }
 
+    /// `[submission]` and `[outbound]`: what sending needs is there.
     fn validate_sending(&self) -> Result<(), String> {
         let s = &self.submission;
         if s.listen_tls.is_some() && self.tls.cert.is_none() {

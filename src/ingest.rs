@@ -151,6 +151,11 @@ pub struct Stamp {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The content filter's verdict at receipt ([`Verdicts::spam`]), so a record made
+    /// again from the spool (`standby reindex`, a start after a crash) keeps spam in the
+    /// users' Junk view. Absent from older envelopes and unfiltered intakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam: Option<String>,
 }
 
 impl Stamp {
@@ -165,6 +170,7 @@ impl Stamp {
             sent: env.sent,
             size: None,
             sha256: None,
+            spam: None,
         }
     }
 
@@ -210,6 +216,9 @@ pub fn rebuild(
     }
     if let Some(part) = stamp.sent {
         part.apply(&mut rec);
+    }
+    if let Some(spam) = &stamp.spam {
+        rec.verdicts.get_or_insert_with(Verdicts::default).spam = Some(spam.clone());
     }
     retention.classify(&mut rec, head.bytes());
     rec
@@ -292,6 +301,7 @@ impl Incoming {
             Stamp {
                 size: Some(size),
                 sha256: Some(sha256.clone()),
+                spam: spam.clone(),
                 ..Stamp::of(id, received_at, &env)
             }
             .to_json(),

@@ -156,20 +156,24 @@ fn rspamd(out: &mut String, s: &Standby) {
         );
     }
     match &s.arc_domain {
-        Some(domain) => {
+        // The drain function (AWS) does not seal: only `standby serve` and `standby drain`.
+        Some(domain) if !s.aws => {
             let _ = writeln!(
                 out,
                 "\n# /etc/rspamd/local.d/arc.conf: the standby seals what it hands back with ARC\n\
-                 # ([arc] domain): trust its sets, so the verdicts of the original session count\n\
-                 # (ARC_ALLOW_TRUSTED; DMARC failures the standby's hop caused are forgiven):\n\
+                 # ([arc] domain): trust its sets (ARC_ALLOW_TRUSTED), so its results count; a\n\
+                 # DMARC failure is forgiven only where they say dmarc=pass (mail SES took in).\n\
+                 # ARC_ALLOW_TRUSTED lowers the score of all the standby hands back, spam too:\n\
+                 # filter at the standby as well ([filter] rspamd_url, dnsbl).\n\
                  whitelisted_signers_map = [\"{domain}\"];"
             );
         }
-        None => {
+        _ => {
             let _ = writeln!(
                 out,
-                "\n# With [arc] domain, selector and key in standby.toml the standby seals what it\n\
-                 # hands back, and this prints rspamd's arc.conf trusting that domain."
+                "\n# With [arc] domain, selector and key in standby.toml, `standby serve` and\n\
+                 # `standby drain` seal what they hand back, and this prints rspamd's arc.conf\n\
+                 # trusting that domain (the AWS drain function does not seal)."
             );
         }
     }

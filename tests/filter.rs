@@ -212,12 +212,13 @@ fn tube(pattern: char) -> String {
 /// refused at DATA with 554 and rspamd's reason, nothing stored; GTUBE's "add header"
 /// variant is stored as spam (the Junk view's verdict); with rspamd stopped the same mail
 /// is taken at once and recorded unfiltered. The submission listener's mail is never
-/// sent to it.
+/// sent to it. The verdicts travel with the message in the spool: an index rebuilt by
+/// `standby reindex` still has them.
 #[test]
 fn rspamd_refuses_gtube_keeps_spam_for_the_junk_view_and_when_down_lets_mail_in_unfiltered() {
     let mut rspamd = common::rspamd::Rspamd::start();
     let primary = FakePrimary::start(vec![FakeReply::Busy421; 64]);
-    let sb = Standby::start(
+    let mut sb = Standby::start(
         primary.port,
         &format!(
             "[filter]\nrspamd_url = \"{}\"\nrspamd_timeout_secs = 20\n",
@@ -270,4 +271,20 @@ fn rspamd_refuses_gtube_keeps_spam_for_the_junk_view_and_when_down_lets_mail_in_
             .contains("content filter: no verdict; message taken unfiltered"),
         "logged"
     );
+
+    // The index lost: rebuilt from the spool, with the verdicts.
+    assert!(sb.terminate().success());
+    let data = sb.dir.path().join("data");
+    for f in ["index.db", "index.db-wal", "index.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let report = sb.json(&["reindex", "--json"]);
+    assert_eq!(report["reindexed"], 2, "{report}");
+    for (id, verdict) in [(&spam, "FAIL"), (&unfiltered, "UNFILTERED")] {
+        assert_eq!(
+            sb.json(&["show", id, "--json"])["verdicts"]["spam"],
+            verdict,
+            "{id} after reindex"
+        );
+    }
 }

@@ -59,7 +59,7 @@ pub fn methods(rec: &Record) -> Option<Vec<String>> {
             m.push_str(&format!(" (sender IP is {ip})"));
         }
         if !rec.mail_from.is_empty() {
-            if let Some(from) = pvalue(&rec.mail_from) {
+            if let Some(from) = mailfrom(&rec.mail_from) {
                 m.push_str(&format!(" smtp.mailfrom={from}"));
             }
         } else if is_domain(&rec.origin.helo) {
@@ -134,13 +134,12 @@ fn result(verdict: &str) -> Option<&'static str> {
     })
 }
 
-/// An address as an RFC 8601 `pvalue`: bare when it is a plain `local@domain`, else a
-/// quoted string (so a `;` or `(` in a quoted local part cannot start another result);
-/// `None` when it holds a control character, which no header may carry.
+/// An address as an RFC 8601 `pvalue` when it is a plain `local@domain` (a dot-atom
+/// local part); `None` otherwise. Never quoted: RFC 8601 would keep a `;` inside a quoted
+/// string, but not every reader does (rspamd splits results at every `;`), so a sender
+/// could otherwise add a result of its own (`"x; dmarc=pass y"@attacker.test`) to a
+/// field the primary trusts.
 fn pvalue(addr: &str) -> Option<String> {
-    if addr.chars().any(char::is_control) {
-        return None;
-    }
     let plain = addr.split_once('@').is_some_and(|(local, domain)| {
         !local.is_empty()
             && local.split('.').all(|atom| {
@@ -151,19 +150,16 @@ fn pvalue(addr: &str) -> Option<String> {
             })
             && is_domain(domain)
     });
-    if plain {
-        return Some(addr.to_string());
-    }
-    let mut q = String::with_capacity(addr.len() + 2);
-    q.push('"');
-    for c in addr.chars() {
-        if c == '"' || c == '\\' {
-            q.push('\\');
-        }
-        q.push(c);
-    }
-    q.push('"');
-    Some(q)
+    plain.then(|| addr.to_string())
+}
+
+/// `smtp.mailfrom`: the address as a [`pvalue`], else its domain alone (RFC 8601 §2.7.2
+/// allows either), else nothing.
+fn mailfrom(addr: &str) -> Option<String> {
+    pvalue(addr).or_else(|| {
+        let domain = addr.rsplit_once('@')?.1;
+        is_domain(domain).then(|| domain.to_ascii_lowercase())
+    })
 }
 
 /// Letters, digits, hyphens and dots, with no empty label.
@@ -560,8 +556,22 @@ mod tests {
         let rec = record(Intake::Ses, "\"x;dkim=pass\"@sender.test", Some(ses));
         assert_eq!(
             header(ID, &rec).unwrap(),
-            "Authentication-Results: mx2.example.test;\r\n\tspf=none (sender IP is 192.0.2.7) smtp.mailfrom=\"\\\"x;dkim=pass\\\"@sender.test\";\r\n\tdkim=pass;\r\n\tdmarc=fail header.from=sender.test (p=reject)\r\n"
+            "Authentication-Results: mx2.example.test;\r\n\tspf=none (sender IP is 192.0.2.7) smtp.mailfrom=sender.test;\r\n\tdkim=pass;\r\n\tdmarc=fail header.from=sender.test (p=reject)\r\n"
         );
+        // A quoted local part with a `;` and a result in it: only the domain, so no reader
+        // that splits at every `;` finds a result of the sender's; the same in the ARC
+        // set's one-line form.
+        let rec = record(
+            Intake::Smtp,
+            "\"x; dmarc=pass y\"@Attacker.test",
+            Some(Verdicts::spf("PASS")),
+        );
+        let m = methods(&rec).unwrap();
+        for text in [header(ID, &rec).unwrap(), one_line(ID, &m)] {
+            assert_eq!(text.matches(';').count(), 1, "{text}");
+            assert!(!text.contains("dmarc"), "{text}");
+            assert!(text.contains("smtp.mailfrom=attacker.test"), "{text}");
+        }
         let rec = record(Intake::Smtp, "a@sender.test", Some(Verdicts::pending()));
         assert_eq!(
             header(ID, &rec).unwrap(),

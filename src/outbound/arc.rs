@@ -14,11 +14,14 @@
 //! body is kept, so a 40 MB message costs no more memory than a small one), then again
 //! by the drain as it sends. A message that came with an ARC chain (a mailing list, a
 //! forwarder, Microsoft 365 and Gmail seal what they relay) has the chain checked
-//! first, with the keys in DNS: a valid one is sealed `cv=pass`, an invalid one
-//! `cv=fail`; one that cannot be checked now (DNS not answering), is malformed, or
-//! already ends in `cv=fail` is not sealed at all, since a wrong `cv=fail` would end
-//! the chain for every later reader. The verdict goes into the standby's results as
-//! `arc=`.
+//! first, with the keys in DNS, and only a valid one is sealed on (`cv=pass`). One that
+//! does not validate is left as it came, without a set of ours: the check runs at
+//! redelivery, hours or days after receipt, when a rotated key or an expired signature
+//! could fail a chain that was good when it arrived, and a `cv=fail` of ours would end
+//! it for every later reader (RFC 8617 §5.2); a primary reads the broken chain itself.
+//! Nor is a chain sealed that cannot be checked now (DNS), is malformed, or already has
+//! 50 sets. The verdict goes into the standby's results as `arc=` (none, pass, fail;
+//! left out when it could not be checked).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,8 +50,13 @@ use crate::ports::{ArcSeal, BlobReader};
 pub const HEADER_CAP: usize = 256 * 1024;
 
 /// How long checking the chain a message came with may take (its sealers' keys in
-/// DNS); then the chain counts as not checkable and the message is not sealed.
-const CHAIN_CHECK: Duration = Duration::from_secs(10);
+/// DNS); then the chain counts as not checkable and the message is not sealed. Short,
+/// since the drain's session with the primary waits meanwhile.
+const CHAIN_CHECK: Duration = Duration::from_secs(5);
+
+/// The most ARC sets a chain may have (RFC 8617 §4.2.1): one that has them all cannot
+/// take ours.
+const MAX_SETS: usize = 50;
 
 /// The headers the ARC-Message-Signature covers (those present): what DKIM signs, and
 /// the DKIM signatures themselves.
@@ -174,8 +182,10 @@ enum Skip {
     Read(String),
     LongHeader,
     Unparsable,
-    /// The chain it came with: malformed, already failed, or not checkable now.
+    /// The chain it came with: malformed, failed, full, or not checkable now.
     Chain(&'static str),
+    /// A signed header holds a byte verifiers disagree on (see [`odd_whitespace`]).
+    OddWhitespace,
     Sign(String),
 }
 
@@ -251,15 +261,27 @@ async fn read(
     Ok((head, hashes))
 }
 
-/// The `arc=` result of RFC 8617 §10.1 for a chain check.
-fn arc_result(r: &DkimResult) -> &'static str {
+/// The `arc=` result (RFC 8617 §10.1: none, pass, fail) of a chain check; `None` when
+/// the chain could not be checked (DNS), which is no verdict on it.
+fn arc_result(r: &DkimResult) -> Option<&'static str> {
     match r {
-        DkimResult::Pass => "pass",
-        DkimResult::None => "none",
-        DkimResult::TempError(_) => "temperror",
-        DkimResult::PermError(_) => "permerror",
-        DkimResult::Fail(_) | DkimResult::Neutral(_) => "fail",
+        DkimResult::Pass => Some("pass"),
+        DkimResult::None => Some("none"),
+        DkimResult::TempError(_) => None,
+        DkimResult::PermError(_) | DkimResult::Fail(_) | DkimResult::Neutral(_) => Some("fail"),
     }
+}
+
+/// Whether a header the seal signs holds a vertical tab or form feed: mail-auth's relaxed
+/// canonicalization takes them for whitespace, other verifiers (dkimpy, rspamd) do not,
+/// so a set over such a header would fail at the primary.
+fn odd_whitespace(parsed: &AuthenticatedMessage<'_>) -> bool {
+    parsed.headers.iter().any(|(name, value)| {
+        SIGNED
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            && value.iter().any(|&b| b == 0x0b || b == 0x0c)
+    })
 }
 
 impl ArcSealing {
@@ -271,6 +293,15 @@ impl ArcSealing {
     ) -> Result<String, Skip> {
         let (head, hashes) = read(message).await?;
         let mut parsed = AuthenticatedMessage::parse(&head).ok_or(Skip::Unparsable)?;
+        // Where mail-auth (and Postfix) end the header section (at the first line that is
+        // no header field) must be where we did, or the body hash covers other bytes than
+        // a verifier's.
+        if parsed.body_offset as usize != head.len() {
+            return Err(Skip::Unparsable);
+        }
+        if odd_whitespace(&parsed) {
+            return Err(Skip::OddWhitespace);
+        }
         parsed.body_hashes = hashes.into_iter().map(|(c, a, h)| (c, a, 0, h)).collect();
         let carries_arc = parsed.headers.iter().any(|(name, _)| {
             [
@@ -292,18 +323,20 @@ impl ArcSealing {
                             )),
                         ))
                     });
-            let verdict = arc_result(checked.result());
+            let Some(verdict) = arc_result(checked.result()) else {
+                return Err(Skip::Chain("its ARC chain cannot be checked now (DNS)"));
+            };
             methods.push(format!("arc={verdict}"));
             if checked.sets().is_empty() {
                 return Err(Skip::Chain(
                     "the ARC fields it came with do not form a chain",
                 ));
             }
-            if verdict == "temperror" {
-                return Err(Skip::Chain("its ARC chain cannot be checked now (DNS)"));
+            if verdict != "pass" {
+                return Err(Skip::Chain("its ARC chain does not validate"));
             }
-            if !checked.can_be_sealed() {
-                return Err(Skip::Chain("its ARC chain already ends in cv=fail"));
+            if checked.sets().len() >= MAX_SETS {
+                return Err(Skip::Chain("its ARC chain has the most sets there may be"));
             }
             checked
         } else {
