@@ -60,21 +60,9 @@ const MAX_SETS: usize = 50;
 
 /// The headers the ARC-Message-Signature covers (those present): what DKIM signs, and
 /// the DKIM signatures themselves.
-const SIGNED: [&str; 13] = [
-    "From",
-    "Sender",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "To",
-    "Cc",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "DKIM-Signature",
-];
+fn signed() -> impl Iterator<Item = &'static str> + Clone {
+    super::dkim::SIGNED.into_iter().chain(["DKIM-Signature"])
+}
 
 enum Sealer {
     Rsa(ArcSealer<RsaKey<Sha256>, Done>),
@@ -94,6 +82,20 @@ impl std::fmt::Debug for ArcSealing {
             .field("domain", &self.domain)
             .finish_non_exhaustive()
     }
+}
+
+/// The sealer of `key` for `domain` and `selector`, with this module's settings.
+fn builder<T: mail_auth::common::crypto::SigningKey<Hasher = Sha256>>(
+    key: T,
+    domain: &str,
+    selector: &str,
+) -> ArcSealer<T, Done> {
+    ArcSealer::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(signed())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 impl ArcSealing {
@@ -119,28 +121,14 @@ impl ArcSealing {
             .flatten()
             .ok_or_else(|| err("no private key in PEM format".into()))?;
         let sealer = if let Ok(k) = RsaKey::<Sha256>::from_key_der(der.clone_key()) {
-            Sealer::Rsa(
-                ArcSealer::from_key(k)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(SIGNED)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            )
+            Sealer::Rsa(builder(k, domain, selector))
         } else {
             let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der()).map_err(|e| {
                 err(format!(
                     "neither an RSA key of 2048 bits or more nor an Ed25519 key: {e}"
                 ))
             })?;
-            Sealer::Ed25519(
-                ArcSealer::from_key(k)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(SIGNED)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            )
+            Sealer::Ed25519(builder(k, domain, selector))
         };
         let resolver = crate::dns::resolver(nameserver, true)
             .map_err(|e| err(format!("no resolver for checking ARC chains: {e}")))?;
@@ -277,9 +265,7 @@ fn arc_result(r: &DkimResult) -> Option<&'static str> {
 /// so a set over such a header would fail at the primary.
 fn odd_whitespace(parsed: &AuthenticatedMessage<'_>) -> bool {
     parsed.headers.iter().any(|(name, value)| {
-        SIGNED
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        signed().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
             && value.iter().any(|&b| b == 0x0b || b == 0x0c)
     })
 }

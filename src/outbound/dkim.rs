@@ -16,8 +16,8 @@ use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
 use crate::config::Config;
 
-/// The headers signed (those present).
-const SIGNED: [&str; 12] = [
+/// The headers signed (those present); the ARC seal's too (`super::arc`).
+pub(crate) const SIGNED: [&str; 12] = [
     "From",
     "Sender",
     "Reply-To",
