@@ -19,7 +19,8 @@
 //!    `SenderCheck`, `Inbound` (what the listener hands messages to), `UserFiles`,
 //!    `LoginLimits`, `Outbound` (how users' mail leaves), `SubmitGate` (the submission
 //!    listener's logins), `EventStore` (the continuity record and one-time marks), `Http`,
-//!    `Mailer`, `Sns` (alerts and notices out of band), and `Storage`, the bundle of
+//!    `Mailer`, `Sns` (alerts and notices out of band), `ArcSeal` (the seal on
+//!    redelivered mail), and `Storage`, the bundle of
 //!    storage ports one backend provides. Beside them, [`metrics`]: the counters and
 //!    histograms any layer records, and [`paced`]: a stream whose writes a client must
 //!    take at a minimum pace (both import nothing of ours).
@@ -37,7 +38,7 @@
 //!    - [`users`]: the emergency inbox's users (a Dovecot passwd-file, aliases), behind
 //!      the `UserFiles` port; [`mailbox`]: what one user sees.
 //!    - [`outbound`]: what users send during the outage (stored per part, the outbound
-//!      queue, DKIM); [`submission`]: the submission listener's logins and messages.
+//!      queue, DKIM), and the ARC seal on redelivered mail; [`submission`]: the submission listener's logins and messages.
 //!    - [`continuity`]: continuity events (the lifecycle, alerts, users' notices);
 //!      [`status`]: the status view (`status --json`, the alerts' body, `/metrics`);
 //!      [`manage`]: operator changes to a message (the CLI and the console).

@@ -128,10 +128,17 @@ pub fn arc_sealer(config: &Config) -> Result<Option<Arc<dyn crate::ports::ArcSea
     let (Some(domain), Some(selector), Some(key)) = (&a.domain, &a.selector, &a.key) else {
         return Ok(None);
     };
-    let sealing = crate::outbound::arc::ArcSealing::load(domain, selector, key, a.nameserver)
-        .map_err(|e| ConfigError::Invalid {
-            path: key.clone(),
-            message: format!("[arc] key: {}", e.message),
+    let resolver = crate::dns::resolver(a.nameserver, true).map_err(|e| ConfigError::Invalid {
+        path: "/etc/resolv.conf".into(),
+        message: format!("{e} (set [arc] nameserver)"),
+    })?;
+    let chains = mail_auth::MessageAuthenticator(resolver);
+    let sealing =
+        crate::outbound::arc::ArcSealing::load(domain, selector, key, chains).map_err(|e| {
+            ConfigError::Invalid {
+                path: key.clone(),
+                message: format!("[arc] key: {}", e.message),
+            }
         })?;
     Ok(Some(Arc::new(sealing)))
 }

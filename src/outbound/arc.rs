@@ -23,7 +23,6 @@
 //! 50 sets. The verdict goes into the standby's results as `arc=` (none, pass, fail;
 //! left out when it could not be checked).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,17 +98,17 @@ fn builder<T: mail_auth::common::crypto::SigningKey<Hasher = Sha256>>(
 }
 
 impl ArcSealing {
-    /// The sealer for `domain` and `selector` with the PEM key at `key`; chains are
-    /// checked through `nameserver` (the system's resolvers when `None`).
+    /// The sealer for `domain` and `selector` with the PEM key at `key`; chains a
+    /// message came with are checked with `chains` (its resolver: the entry point makes
+    /// it, from `[arc] nameserver`).
     ///
     /// # Errors
-    /// The key cannot be read or is no RSA key of 2048 bits or more nor an Ed25519 key;
-    /// the resolver cannot be set up.
+    /// The key cannot be read or is no RSA key of 2048 bits or more nor an Ed25519 key.
     pub fn load(
         domain: &str,
         selector: &str,
         key: &Path,
-        nameserver: Option<SocketAddr>,
+        chains: MessageAuthenticator,
     ) -> Result<Self, DkimError> {
         let err = |message: String| DkimError {
             path: key.to_path_buf(),
@@ -130,12 +129,10 @@ impl ArcSealing {
             })?;
             Sealer::Ed25519(builder(k, domain, selector))
         };
-        let resolver = crate::dns::resolver(nameserver, true)
-            .map_err(|e| err(format!("no resolver for checking ARC chains: {e}")))?;
         Ok(ArcSealing {
             sealer,
             domain: domain.to_ascii_lowercase(),
-            auth: MessageAuthenticator(resolver),
+            auth: chains,
         })
     }
 }
