@@ -594,7 +594,9 @@ impl Drainer {
 
     /// What goes on top of `rec` for the primary: its ARC set when `[arc]` is set and
     /// the message can be sealed (a first read of it, through the same filter as the
-    /// send), then the standby's `Authentication-Results:` field. See [`stamped`].
+    /// send), then the standby's `Authentication-Results:` field (see
+    /// [`crate::model::auth_results`]). [`filtered`] puts it on the bytes outside
+    /// [`verified`], so the digest is of the stored bytes.
     async fn top(&self, rec: &Record) -> Vec<u8> {
         let authserv_id = &self.settings.authserv_id;
         let Some(mut methods) = crate::model::auth_results::methods(rec) else {
@@ -1337,14 +1339,6 @@ fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
         watch,
         ended: None,
     })
-}
-
-/// `body` as the primary gets it: the `Authentication-Results:` field for `rec` on top
-/// (see [`crate::model::auth_results`]) and any field in its header carrying one of the
-/// `strip` authserv-ids removed. Outside [`verified`], so the digest is of the stored bytes.
-pub fn stamped(body: BlobReader, rec: &Record, authserv_id: &str, strip: &[String]) -> BlobReader {
-    let top = crate::model::auth_results::header(authserv_id, rec).unwrap_or_default();
-    filtered(body, top.into_bytes(), strip, rec.id)
 }
 
 /// `body` with `top` before it and the `Authentication-Results:` fields of the `strip`

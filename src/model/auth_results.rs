@@ -31,15 +31,10 @@ const LINE_CAP: usize = 8 * 1024;
 /// honest, and buffering it further would let a client make us hold any amount.
 const FIELD_CAP: usize = 16 * 1024;
 
-/// The field the drain puts on top of `rec` when handing it to the primary, ending in
-/// CRLF; `None` for messages the standby made itself (bounces), which no one checked.
-pub fn header(authserv_id: &str, rec: &Record) -> Option<String> {
-    methods(rec).map(|m| field(authserv_id, &m))
-}
-
-/// The results of [`header`] for `rec`, each a `method=result ...` of RFC 8601 on one
-/// line (what an ARC set's `ARC-Authentication-Results:` repeats); `None` as for
-/// [`header`].
+/// The results the drain puts on top of `rec` when handing it to the primary (as
+/// [`field`], and in an ARC set's `ARC-Authentication-Results:` as [`one_line`]), each a
+/// `method=result ...` of RFC 8601; `None` for messages the standby made itself
+/// (bounces), which no one checked.
 pub fn methods(rec: &Record) -> Option<Vec<String>> {
     let mut methods: Vec<String> = Vec::new();
     match rec.intake {
@@ -420,6 +415,11 @@ fn claims(value: &[u8], ids: &[Vec<u8>], complete: bool) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole field for `rec`, as the drain writes it.
+    fn header(authserv_id: &str, rec: &Record) -> Option<String> {
+        methods(rec).map(|m| field(authserv_id, &m))
+    }
     use crate::model::Origin;
 
     fn strip(id: &str, msg: &[u8], step: usize) -> (Vec<u8>, usize) {

@@ -26,6 +26,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -87,35 +88,57 @@ const SCAN_LIMIT: usize = 4 * 1024 * 1024;
 const SCAN_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Bytes held by [`ScanCopy`]s now.
-static SCAN_HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SCAN_HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// A message's copy for the content filter, counted against [`SCAN_BUDGET`].
-struct ScanCopy(Vec<u8>);
+/// Bytes counted in a budget until this is dropped: when the check is done, or when the
+/// session holding them ends or is cancelled mid-check.
+struct Reserved {
+    counter: &'static AtomicUsize,
+    n: usize,
+}
 
-impl ScanCopy {
-    /// Append `bytes`; false (and nothing appended) past [`SCAN_LIMIT`] or the budget.
-    fn push(&mut self, bytes: &[u8]) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.0.len() + bytes.len() > SCAN_LIMIT {
-            return false;
-        }
-        if SCAN_HELD.fetch_add(bytes.len(), SeqCst) + bytes.len() > SCAN_BUDGET {
-            SCAN_HELD.fetch_sub(bytes.len(), SeqCst);
-            return false;
-        }
-        self.0.extend_from_slice(bytes);
-        true
-    }
-
-    /// The bytes, released from the budget once the check that takes them is done.
-    fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.0)
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::SeqCst);
     }
 }
 
-impl Drop for ScanCopy {
-    fn drop(&mut self) {
-        SCAN_HELD.fetch_sub(self.0.len(), std::sync::atomic::Ordering::SeqCst);
+/// A message's copy for the content filter, counted against [`SCAN_BUDGET`].
+struct ScanCopy {
+    bytes: Vec<u8>,
+    reserved: Reserved,
+}
+
+impl ScanCopy {
+    fn new(counter: &'static AtomicUsize) -> Self {
+        ScanCopy {
+            bytes: Vec::new(),
+            reserved: Reserved { counter, n: 0 },
+        }
+    }
+
+    /// Append `bytes`; false (and nothing appended) past [`SCAN_LIMIT`] or the budget.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        if self.bytes.len() + bytes.len() > SCAN_LIMIT {
+            return false;
+        }
+        let counter = self.reserved.counter;
+        if counter.fetch_add(bytes.len(), Ordering::SeqCst) + bytes.len() > SCAN_BUDGET {
+            counter.fetch_sub(bytes.len(), Ordering::SeqCst);
+            return false;
+        }
+        self.reserved.n += bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        true
+    }
+
+    /// The bytes, and their place in the budget, which they keep until it is dropped.
+    fn take(&mut self) -> (Vec<u8>, Reserved) {
+        let counter = self.reserved.counter;
+        (
+            std::mem::take(&mut self.bytes),
+            std::mem::replace(&mut self.reserved, Reserved { counter, n: 0 }),
+        )
     }
 }
 
@@ -759,7 +782,7 @@ async fn receive_data(
         rcpts: env.rcpts.clone(),
         hostname: server.policy.hostname.clone(),
     });
-    let mut scan: Option<ScanCopy> = filter.map(|_| ScanCopy(Vec::new()));
+    let mut scan: Option<ScanCopy> = filter.map(|_| ScanCopy::new(&SCAN_HELD));
     let mut incoming = match server.spool.begin(env).await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -867,15 +890,12 @@ async fn receive_data(
         let verdict = match scan.as_mut() {
             None => Err("too large to scan".to_string()),
             Some(copy) => {
-                let bytes = copy.take();
-                let held = bytes.len();
-                let v = match tokio::time::timeout(*limit, check.check(&meta, bytes)).await {
+                // The copy is the check's; its bytes leave the budget when `_held` goes.
+                let (bytes, _held) = copy.take();
+                match tokio::time::timeout(*limit, check.check(&meta, bytes)).await {
                     Ok(v) => v,
                     Err(_) => Err("no answer in time".to_string()),
-                };
-                // The copy was the check's; its bytes leave the budget now.
-                SCAN_HELD.fetch_sub(held, std::sync::atomic::Ordering::SeqCst);
-                v
+                }
             }
         };
         match verdict {
@@ -952,6 +972,34 @@ mod tests {
     use crate::ports::{Storage, SystemClock};
     use std::io::Write;
     use std::sync::Mutex;
+
+    /// A copy's bytes count in the budget until the check that took them is done, and
+    /// leave it also when that check is cancelled (the session dropped mid-check).
+    #[tokio::test]
+    async fn the_scan_budget_is_given_back_even_by_a_cancelled_check() {
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        let mut copy = ScanCopy::new(&HELD);
+        assert!(copy.push(&[b'x'; 1000]));
+        assert!(copy.push(&[b'y'; 24]));
+        assert_eq!(HELD.load(Ordering::SeqCst), 1024);
+        assert!(!copy.push(&vec![0; SCAN_LIMIT]), "past the message limit");
+        let (bytes, held) = copy.take();
+        assert_eq!((bytes.len(), HELD.load(Ordering::SeqCst)), (1024, 1024));
+        // A check that never ends, dropped: the bytes leave the budget.
+        let check = async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(10), check).await;
+        assert_eq!(HELD.load(Ordering::SeqCst), 0);
+        drop(copy);
+        assert_eq!(HELD.load(Ordering::SeqCst), 0, "nothing given back twice");
+        // Past the budget: refused, nothing counted.
+        let mut big = ScanCopy::new(&HELD);
+        HELD.store(SCAN_BUDGET, Ordering::SeqCst);
+        assert!(!big.push(b"z"));
+        assert_eq!(HELD.load(Ordering::SeqCst), SCAN_BUDGET);
+    }
 
     /// Log output captured in memory.
     #[derive(Clone, Default)]
