@@ -198,11 +198,9 @@ fn aws_init(moto: &Moto, dir: &Path, name: &str) {
         ),
     )
     .unwrap();
-    assert!(
-        standby_cli(moto, &seed, &["aws-init"], &[])
-            .status
-            .success()
-    );
+    let out = standby_cli(moto, &seed, &["aws-init"], &[]);
+    let (said, err) = text(&out);
+    assert!(out.status.success(), "aws-init: {said}{err}");
 }
 
 /// `scripts/stack.py after-deploy` for the stand-in stack, with no terminal to ask.

@@ -115,19 +115,30 @@ impl Moto {
         require_venv_tool("moto_server");
         let python = require_venv_tool("python");
         let port = free_port();
+        // What moto says goes beside its request log, and is printed when a test fails.
+        let errors = log.with_extension("stderr");
+        let stderr = std::fs::File::create(&errors).expect("moto's stderr file");
         // moto's own server, one request at a time (see the script for why).
-        let child = Command::new(python)
+        let mut child = Command::new(python)
             .arg(super::repo().join("scripts/moto-server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .arg("--log")
             .arg(log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start moto_server");
         let url = format!("http://127.0.0.1:{port}");
+        // Ready when our child answers HTTP: a port that merely accepts could be another
+        // listener that took it first (moto then exits with "Address already in use").
         wait_for("moto server", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "moto server on port {port} exited ({status}): {}",
+                    std::fs::read_to_string(&errors).unwrap_or_default()
+                );
+            }
+            answers_ready(port)
         });
         Moto {
             child,
@@ -136,6 +147,16 @@ impl Moto {
             log: Some(log.to_path_buf()),
             _log_dir: None,
         }
+    }
+
+    /// The end of what moto wrote to stderr (its request lines and tracebacks).
+    fn stderr_tail(&self) -> String {
+        let Some(log) = &self.log else {
+            return String::new();
+        };
+        let all = std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// moto's own `moto_server`, which serves requests on threads: what real concurrency
@@ -284,10 +305,32 @@ impl Moto {
     }
 }
 
+/// Whether our moto server answers on `port` (`GET /_standby/ready`, scripts/moto-server).
+fn answers_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = Vec::new();
+    s.write_all(b"GET /_standby/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_ok()
+        && s.read_to_end(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.")
+        && answer.ends_with(b"standby moto-server\n")
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "moto server on port {} said, at the end:\n{}",
+                self.port,
+                self.stderr_tail()
+            );
+        }
         // Every request was answered (and logged) before the test let go of the server.
         if let Some(log) = &self.log
             && !std::thread::panicking()
