@@ -1349,7 +1349,7 @@ pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId)
         strip: StripOurs::new(strip),
         pending: top,
         at: 0,
-        chunk: vec![0; 64 * 1024],
+        chunk: vec![0; HEADER_READ],
         eof: false,
         id: Some(id),
     })
@@ -1363,11 +1363,16 @@ fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
         strip: StripOurs::new(strip),
         pending: Vec::new(),
         at: 0,
-        chunk: vec![0; 64 * 1024],
+        chunk: vec![0; HEADER_READ],
         eof: false,
         id: None,
     })
 }
+
+/// How much of the header [`Stamped`] reads at a time. Past the header it reads into
+/// the caller's buffer; a header is rarely longer, and each byte read through the filter
+/// is copied three times.
+const HEADER_READ: usize = 8 * 1024;
 
 /// See [`filtered`].
 struct Stamped {

@@ -757,38 +757,59 @@ impl SmtpSession {
         cmd
     }
 
-    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`; returns
-    /// what ends it (the final dot, after a CRLF when the body lacks one), still unsent.
-    async fn body(&mut self, mut body: BlobReader) -> Result<&'static [u8], RelayError> {
+    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`, and
+    /// what ends it (the final dot, after a CRLF when the body lacks one) with its last
+    /// block: the write that carries the final dot is the point of no return.
+    ///
+    /// Each block is filled before it goes out: the body arrives in small reads too (the
+    /// fields the drain puts on top, a header piece through its filter), and a write per
+    /// read was a segment and a wake-up of the primary each.
+    async fn body(&mut self, mut body: BlobReader) -> Result<(), RelayError> {
+        const END: &[u8] = b"\r\n.\r\n";
         let mut chunk = std::mem::take(&mut self.chunk);
-        chunk.resize(CHUNK, 0);
+        // Room after a full block for the end of data.
+        chunk.resize(CHUNK + END.len(), 0);
         let mut out = std::mem::take(&mut self.stuffed);
         let mut at_line_start = true;
         let block = self.timeouts.block;
         loop {
-            let n = body
-                .read(&mut chunk)
-                .await
-                .map_err(|e| RelayError::Blob(crate::error::StoreError::io("read", "blob", e)))?;
-            if n == 0 {
-                break;
+            let (mut n, mut eof) = (0, false);
+            while n < CHUNK {
+                let read = body.read(&mut chunk[n..CHUNK]).await.map_err(|e| {
+                    RelayError::Blob(crate::error::StoreError::io("read", "blob", e))
+                })?;
+                if read == 0 {
+                    eof = true;
+                    break;
+                }
+                n += read;
             }
-            let data = &chunk[..n];
-            if needs_stuffing(data, at_line_start) {
+            let stuffed = needs_stuffing(&chunk[..n], at_line_start);
+            if stuffed {
                 out.clear();
-                dot_stuff(data, &mut at_line_start, &mut out);
-                self.write(&out, "message data", block).await?;
-            } else {
-                at_line_start = data.last() == Some(&b'\n');
-                self.write(data, "message data", block).await?;
+                dot_stuff(&chunk[..n], &mut at_line_start, &mut out);
+            } else if n > 0 {
+                at_line_start = chunk[n - 1] == b'\n';
+            }
+            let mut len = if stuffed { out.len() } else { n };
+            if eof {
+                let end = if at_line_start { &END[2..] } else { END };
+                if stuffed {
+                    out.extend_from_slice(end);
+                } else {
+                    chunk[n..n + end.len()].copy_from_slice(end);
+                }
+                len += end.len();
+            }
+            let piece = if stuffed { &out[..len] } else { &chunk[..len] };
+            let stage = if eof { "end of data" } else { "message data" };
+            self.write(piece, stage, block).await?;
+            if eof {
+                break;
             }
         }
         (self.chunk, self.stuffed) = (chunk, out);
-        Ok(if at_line_start {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        })
+        Ok(())
     }
 }
 
@@ -906,10 +927,9 @@ impl RelaySession for SmtpSession {
             self.dirty = true;
             return Ok(tx);
         }
-        let end = self.body(body).await?;
         // The point of no return: once the final dot is out, the primary may have the
         // message, whatever happens to its reply.
-        self.write(end, "end of data", t.block).await?;
+        self.body(body).await?;
         match self.reply("end of data", t.dot).await {
             Ok(r) => tx.data = Some(r),
             Err(e) => {
@@ -939,6 +959,147 @@ impl RelaySession for SmtpSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Relay;
+
+    /// A body handed over in reads of awkward sizes, cycling through `sizes`.
+    struct Dribble {
+        bytes: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl tokio::io::AsyncRead for Dribble {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            let want = this.sizes[this.turn % this.sizes.len()];
+            this.turn += 1;
+            let n = want.min(buf.remaining()).min(this.bytes.len() - this.at);
+            buf.put_slice(&this.bytes[this.at..this.at + n]);
+            this.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What RFC 5321 §4.5.2 puts on the wire for `body`, a byte at a time.
+    fn wire(body: &[u8]) -> Vec<u8> {
+        let (mut out, mut at_line_start) = (Vec::new(), true);
+        for &b in body {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    /// A primary that accepts everything and hands over each message's DATA as received,
+    /// the final dot included.
+    async fn collecting_primary() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"220 primary.test ESMTP\r\n").await.unwrap();
+            let (mut buf, mut data) = (Vec::new(), None::<Vec<u8>>);
+            let mut chunk = vec![0; 8192];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    if let Some(d) = data.as_mut() {
+                        d.append(&mut buf);
+                        // The end as Postfix sees it: a `.` line after any line end
+                        // (a body may end in a bare LF; a stuffed `.` never ends one).
+                        if d.as_slice() == b".\r\n" || d.ends_with(b"\n.\r\n") {
+                            tx.send(data.take().unwrap()).unwrap();
+                            s.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                        }
+                        break;
+                    }
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
+                    let line: Vec<u8> = buf.drain(..end + 2).collect();
+                    let reply: &[u8] = match &line[..4] {
+                        b"EHLO" => b"250-primary.test\r\n250 PIPELINING\r\n",
+                        b"DATA" => {
+                            data = Some(Vec::new());
+                            b"354 go on\r\n"
+                        }
+                        b"QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    s.write_all(reply).await.unwrap();
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Bodies of every length around the block size, with lines that need a dot at and
+    /// across block edges, with and without a last line end, read in odd pieces: on the
+    /// wire each is exactly its stuffed form and one end of data (blocks are filled from
+    /// many reads, and the end goes with the last one).
+    #[tokio::test]
+    async fn the_body_goes_out_stuffed_and_whole_whatever_the_reads() {
+        let (addr, mut received) = collecting_primary().await;
+        let config: crate::config::Config = toml::from_str(&format!(
+            "hostname = \"standby.test\"\n[primary]\naddress = \"{addr}\"\ntls = \"none\"\ntimeout_secs = 10\ndot_timeout_secs = 10\n"
+        ))
+        .unwrap();
+        let relay = SmtpRelay::from_config(&config).unwrap();
+        let mut session = relay.connect().await.unwrap();
+        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(), b".".to_vec(), b"x".to_vec()];
+        for len in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3] {
+            for dot_at in [0, CHUNK - 2, CHUNK - 1, CHUNK, len.saturating_sub(1)] {
+                let mut body = b"a line\r\n".repeat(len / 8 + 1);
+                body.truncate(len);
+                if dot_at > 0 && dot_at < len {
+                    body[dot_at - 1] = b'\n';
+                }
+                if dot_at < len {
+                    body[dot_at] = b'.';
+                }
+                bodies.push(body.clone());
+                body.extend_from_slice(b"\r\n");
+                bodies.push(body);
+            }
+        }
+        for (i, body) in bodies.iter().enumerate() {
+            let reader = Dribble {
+                bytes: body.clone(),
+                at: 0,
+                sizes: vec![1 + i % 5, 4096, 7, CHUNK + 9, 300],
+                turn: i,
+            };
+            let tx = session
+                .send(
+                    "a@example.test",
+                    &["b@example.test".into()],
+                    Box::new(reader),
+                )
+                .await
+                .unwrap();
+            assert_eq!(tx.data.as_ref().map(|r| r.code), Some(250), "body {i}");
+            let got = received.recv().await.unwrap();
+            assert!(got == wire(body), "body {i} of {} bytes", body.len());
+        }
+        session.quit().await;
+    }
 
     #[test]
     fn own_listen_addresses_are_a_loop() {
