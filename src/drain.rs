@@ -1352,6 +1352,7 @@ pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId)
         chunk: vec![0; HEADER_READ],
         eof: false,
         id: Some(id),
+        failed: None,
     })
 }
 
@@ -1366,6 +1367,7 @@ fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
         chunk: vec![0; HEADER_READ],
         eof: false,
         id: None,
+        failed: None,
     })
 }
 
@@ -1385,6 +1387,8 @@ struct Stamped {
     eof: bool,
     /// For the log line on removed fields; none: not logged.
     id: Option<MessageId>,
+    /// The inner reader's error, held for the next read when bytes went out before it.
+    failed: Option<std::io::Error>,
 }
 
 impl Stamped {
@@ -1401,6 +1405,10 @@ impl Stamped {
 }
 
 impl tokio::io::AsyncRead for Stamped {
+    /// Fills as much of `buf` as the inner reader gives without waiting: the fields on
+    /// top, the filtered header and the body after it go out in one block of the
+    /// client's, not as small writes of their own. An error after some bytes were
+    /// handed on this call is returned by the next one.
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -1408,28 +1416,47 @@ impl tokio::io::AsyncRead for Stamped {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        let start = buf.filled().len();
+        // What to answer when the inner reader is not ready or failed: the bytes handed
+        // on so far, if any.
+        let partial =
+            |this: &mut Stamped, buf: &tokio::io::ReadBuf<'_>, r: Poll<std::io::Result<()>>| {
+                if buf.filled().len() == start {
+                    return r;
+                }
+                if let Poll::Ready(Err(e)) = r {
+                    this.failed = Some(e);
+                }
+                Poll::Ready(Ok(()))
+            };
         loop {
             if this.at < this.pending.len() {
                 let n = buf.remaining().min(this.pending.len() - this.at);
                 buf.put_slice(&this.pending[this.at..this.at + n]);
                 this.at += n;
-                return Poll::Ready(Ok(()));
+                if this.at < this.pending.len() || buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
             }
-            if this.eof {
+            if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
             this.pending.clear();
             this.at = 0;
             // Past the header everything passes unchanged: straight into the caller's
             // buffer, without the two copies through `chunk` and `pending`.
-            if this.strip.in_body() && buf.remaining() > 0 {
+            if this.strip.in_body() {
                 let before = buf.filled().len();
                 match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
                     Poll::Ready(Ok(())) if buf.filled().len() == before => {
                         this.end();
                         continue;
                     }
-                    other => return other,
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                    other => return partial(this, buf, other),
                 }
             }
             let mut read = tokio::io::ReadBuf::new(&mut this.chunk);
@@ -1443,7 +1470,7 @@ impl tokio::io::AsyncRead for Stamped {
                         this.strip.feed(chunk, pending);
                     }
                 }
-                other => return other,
+                other => return partial(this, buf, other),
             }
         }
     }
@@ -1955,49 +1982,101 @@ mod tests {
     /// an SES-stored object) carries under our name; the digest check is of the stored
     /// bytes, so it still passes.
     /// The filter's output is the same whatever sizes the stored bytes come in and the
-    /// reader asks for: the header filtered, the body (passed straight through) whole.
+    /// reader asks for, whether the store makes it wait and whether it fails at the end:
+    /// the header filtered (one longer than the filter's reads too, with our field
+    /// across them), the body (passed straight through) whole, and a store's error
+    /// after the last byte reaches the reader instead of the end.
     #[tokio::test]
     async fn the_filter_gives_the_same_bytes_in_any_chunks() {
-        struct Trickle(Vec<u8>, usize, usize);
+        /// Bytes in reads of `step`, every other read not ready when `waits`, and an
+        /// error at `fails` (once; then the rest).
+        struct Trickle {
+            bytes: Vec<u8>,
+            at: usize,
+            step: usize,
+            waits: bool,
+            ready: bool,
+            fails: Option<usize>,
+        }
         impl tokio::io::AsyncRead for Trickle {
             fn poll_read(
                 mut self: std::pin::Pin<&mut Self>,
-                _: &mut std::task::Context<'_>,
+                cx: &mut std::task::Context<'_>,
                 buf: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                let (at, step) = (self.1, self.2);
-                let n = step.min(buf.remaining()).min(self.0.len() - at);
-                buf.put_slice(&self.0[at..at + n]);
-                self.1 += n;
+                let this = &mut *self;
+                let flip = !this.ready;
+                if this.waits && !std::mem::replace(&mut this.ready, flip) {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                let upto = this.fails.unwrap_or(this.bytes.len());
+                if this.at == upto && this.fails.take().is_some() {
+                    // Once: a reader that forgets its error must not end the message.
+                    return std::task::Poll::Ready(Err(std::io::Error::other("store failed")));
+                }
+                let n = this.step.min(buf.remaining()).min(upto - this.at);
+                buf.put_slice(&this.bytes[this.at..this.at + n]);
+                this.at += n;
                 std::task::Poll::Ready(Ok(()))
             }
         }
-        let mut msg = b"Received: from x\r\nAuthentication-Results: standby.test; spf=pass\r\n\
-                        Subject: s\r\n\r\n"
-            .to_vec();
-        let expected_head = b"TOP\r\nReceived: from x\r\nSubject: s\r\n\r\n".to_vec();
-        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        msg.extend_from_slice(&body);
-        let mut expected = expected_head;
-        expected.extend_from_slice(&body);
-        for step in [1, 3, 17, 4096, 70_000, 1 << 20] {
-            for want in [1, 5, 8192, 1 << 20] {
+        let long = format!("X-Long: {}\r\n", "y".repeat(990)).repeat(8);
+        for header_fields in [String::new(), long] {
+            let mut msg = format!(
+                "Received: from x\r\n{header_fields}Authentication-Results: standby.test; \
+                 spf=pass\r\nSubject: s\r\n\r\n"
+            )
+            .into_bytes();
+            let expected_head =
+                format!("TOP\r\nReceived: from x\r\n{header_fields}Subject: s\r\n\r\n");
+            let header = msg.len();
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            msg.extend_from_slice(&body);
+            let mut expected = expected_head.into_bytes();
+            expected.extend_from_slice(&body);
+            for (step, want, waits, fails) in [1, 3, 17, 4096, 70_000, 1 << 20]
+                .into_iter()
+                .flat_map(|step| [1, 5, 8192, 1 << 20].map(|want| (step, want)))
+                .flat_map(|(step, want)| {
+                    [None, Some(header / 2), Some(header), Some(msg.len())]
+                        .into_iter()
+                        .flat_map(move |f| [(step, want, false, f), (step, want, true, f)])
+                })
+            {
                 let mut r = filtered(
-                    Box::new(Trickle(msg.clone(), 0, step)),
+                    Box::new(Trickle {
+                        bytes: msg.clone(),
+                        at: 0,
+                        step,
+                        waits,
+                        ready: false,
+                        fails,
+                    }),
                     b"TOP\r\n".to_vec(),
                     &["standby.test".to_string()],
                     MessageId::new(Utc::now()),
                 );
                 let mut out = Vec::new();
                 let mut buf = vec![0u8; want];
-                loop {
-                    let n = r.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
+                let end = loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        Err(e) => break Err(e),
                     }
-                    out.extend_from_slice(&buf[..n]);
+                };
+                let case = format!(
+                    "header of {} bytes stored in {step}s, read in {want}s, waits {waits}, \
+                     fails at {fails:?}",
+                    header_fields.len()
+                );
+                if fails.is_some_and(|at| at < msg.len()) {
+                    assert!(expected.starts_with(&out), "{case}");
+                } else {
+                    assert!(out == expected, "{case}");
                 }
-                assert!(out == expected, "stored in {step}s, read in {want}s");
+                assert_eq!(end.is_err(), fails.is_some(), "{case}");
             }
         }
     }

@@ -299,6 +299,7 @@ impl SmtpRelay {
             tls: TlsState::Plain,
             chunk: Vec::new(),
             stuffed: Vec::new(),
+            abandoned: false,
         };
         let banner = s.reply("greeting", t.greeting).await?;
         if banner.code != 220 {
@@ -560,6 +561,8 @@ pub struct SmtpSession {
     /// (allocating and zero-filling them per message showed in the drain's profile).
     chunk: Vec<u8>,
     stuffed: Vec<u8>,
+    /// A write failed between the 354 and the end of data: nothing more may be sent.
+    abandoned: bool,
 }
 
 /// Length of the first complete reply in `buf` (all its lines), if there is one.
@@ -757,59 +760,38 @@ impl SmtpSession {
         cmd
     }
 
-    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`, and
-    /// what ends it (the final dot, after a CRLF when the body lacks one) with its last
-    /// block: the write that carries the final dot is the point of no return.
-    ///
-    /// Each block is filled before it goes out: the body arrives in small reads too (the
-    /// fields the drain puts on top, a header piece through its filter), and a write per
-    /// read was a segment and a wake-up of the primary each.
-    async fn body(&mut self, mut body: BlobReader) -> Result<(), RelayError> {
-        const END: &[u8] = b"\r\n.\r\n";
+    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`; returns
+    /// what ends it (the final dot, after a CRLF when the body lacks one), still unsent.
+    async fn body(&mut self, mut body: BlobReader) -> Result<&'static [u8], RelayError> {
         let mut chunk = std::mem::take(&mut self.chunk);
-        // Room after a full block for the end of data.
-        chunk.resize(CHUNK + END.len(), 0);
+        chunk.resize(CHUNK, 0);
         let mut out = std::mem::take(&mut self.stuffed);
         let mut at_line_start = true;
         let block = self.timeouts.block;
         loop {
-            let (mut n, mut eof) = (0, false);
-            while n < CHUNK {
-                let read = body.read(&mut chunk[n..CHUNK]).await.map_err(|e| {
-                    RelayError::Blob(crate::error::StoreError::io("read", "blob", e))
-                })?;
-                if read == 0 {
-                    eof = true;
-                    break;
-                }
-                n += read;
-            }
-            let stuffed = needs_stuffing(&chunk[..n], at_line_start);
-            if stuffed {
-                out.clear();
-                dot_stuff(&chunk[..n], &mut at_line_start, &mut out);
-            } else if n > 0 {
-                at_line_start = chunk[n - 1] == b'\n';
-            }
-            let mut len = if stuffed { out.len() } else { n };
-            if eof {
-                let end = if at_line_start { &END[2..] } else { END };
-                if stuffed {
-                    out.extend_from_slice(end);
-                } else {
-                    chunk[n..n + end.len()].copy_from_slice(end);
-                }
-                len += end.len();
-            }
-            let piece = if stuffed { &out[..len] } else { &chunk[..len] };
-            let stage = if eof { "end of data" } else { "message data" };
-            self.write(piece, stage, block).await?;
-            if eof {
+            let n = body
+                .read(&mut chunk)
+                .await
+                .map_err(|e| RelayError::Blob(crate::error::StoreError::io("read", "blob", e)))?;
+            if n == 0 {
                 break;
+            }
+            let data = &chunk[..n];
+            if needs_stuffing(data, at_line_start) {
+                out.clear();
+                dot_stuff(data, &mut at_line_start, &mut out);
+                self.write(&out, "message data", block).await?;
+            } else {
+                at_line_start = data.last() == Some(&b'\n');
+                self.write(data, "message data", block).await?;
             }
         }
         (self.chunk, self.stuffed) = (chunk, out);
-        Ok(())
+        Ok(if at_line_start {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        })
     }
 }
 
@@ -927,9 +909,17 @@ impl RelaySession for SmtpSession {
             self.dirty = true;
             return Ok(tx);
         }
+        // Until the end of data is out, a failed write leaves a transaction half sent:
+        // nothing more may go out on this connection (a QUIT would be message text, and
+        // over TLS the close would flush a final dot still buffered in the session, after
+        // the drain took the failure for a deferral). See [`SmtpSession::quit`].
+        self.broken = true;
+        self.abandoned = true;
+        let end = self.body(body).await?;
         // The point of no return: once the final dot is out, the primary may have the
         // message, whatever happens to its reply.
-        self.body(body).await?;
+        self.write(end, "end of data", t.block).await?;
+        (self.broken, self.abandoned) = (false, false);
         match self.reply("end of data", t.dot).await {
             Ok(r) => tx.data = Some(r),
             Err(e) => {
@@ -948,6 +938,11 @@ impl RelaySession for SmtpSession {
     }
 
     async fn quit(mut self: Box<Self>) {
+        if self.abandoned {
+            // Dropped as it is: the connection closes without a word, which aborts the
+            // transaction at the primary.
+            return;
+        }
         let t = self.timeouts.other;
         if !self.broken && self.cmd("QUIT\r\n", t).await.is_ok() {
             let _ = self.reply("QUIT", t).await;
@@ -1000,6 +995,85 @@ mod tests {
         }
         out.extend_from_slice(b".\r\n");
         out
+    }
+
+    /// A relay to `addr` in plain text, each block of data written within `block`
+    /// seconds, every other stage's timeout 10 s.
+    async fn relay_to(addr: SocketAddr, block: u64) -> SmtpRelay {
+        let config: crate::config::Config = toml::from_str(&format!(
+            "hostname = \"standby.test\"\n[primary]\naddress = \"{addr}\"\ntls = \"none\"\n\
+             timeout_secs = 10\nblock_timeout_secs = {block}\ndot_timeout_secs = 10\n"
+        ))
+        .unwrap();
+        SmtpRelay::from_config(&config).unwrap()
+    }
+
+    /// A primary that stops reading after its 354 until the client's data write timed
+    /// out, then reads whatever else comes: after a failed write inside DATA the client
+    /// must send nothing more, neither a QUIT (message text there) nor, over TLS, what
+    /// its session still buffers (a final dot). Nothing may follow the bytes it managed
+    /// to write, and the connection ends without an end of data.
+    #[tokio::test]
+    async fn after_a_failed_data_write_nothing_more_goes_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let primary = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"220 primary.test ESMTP\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = vec![0; 4096];
+            while !seen.ends_with(b"DATA\r\n") {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed before DATA");
+                seen.extend_from_slice(&chunk[..n]);
+                if seen.ends_with(b"\r\n") && seen.starts_with(b"EHLO") {
+                    s.write_all(b"250-primary.test\r\n250 PIPELINING\r\n")
+                        .await
+                        .unwrap();
+                    seen.clear();
+                }
+            }
+            s.write_all(b"250 ok\r\n250 ok\r\n354 go on\r\n")
+                .await
+                .unwrap();
+            // Not reading: the client's write of the body stalls and times out (1 s);
+            // then reading again, within what a QUIT would wait (10 s).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+                .await
+                .expect("the client closes the connection")
+                .unwrap();
+            rest
+        });
+        let mut session = relay_to(addr, 1).await.connect().await.unwrap();
+        // More than loopback's socket buffers hold.
+        let body = b"a line\r\n".repeat(8 << 20);
+        let sent = session
+            .send(
+                "a@example.test",
+                &["b@example.test".into()],
+                Box::new(std::io::Cursor::new(body)),
+            )
+            .await;
+        assert!(
+            matches!(
+                sent,
+                Err(RelayError::Timeout {
+                    stage: "message data"
+                })
+            ),
+            "{sent:?}"
+        );
+        session.quit().await;
+        let rest = primary.await.unwrap();
+        assert!(!rest.is_empty(), "some of the body arrived");
+        let tail = &rest[rest.len().saturating_sub(64)..];
+        assert!(
+            !rest.windows(4).any(|w| w == b"QUIT") && !tail.ends_with(b"\r\n.\r\n"),
+            "after the failed write: {:?}",
+            String::from_utf8_lossy(tail)
+        );
     }
 
     /// A primary that accepts everything and hands over each message's DATA as received,
@@ -1057,12 +1131,7 @@ mod tests {
     #[tokio::test]
     async fn the_body_goes_out_stuffed_and_whole_whatever_the_reads() {
         let (addr, mut received) = collecting_primary().await;
-        let config: crate::config::Config = toml::from_str(&format!(
-            "hostname = \"standby.test\"\n[primary]\naddress = \"{addr}\"\ntls = \"none\"\ntimeout_secs = 10\ndot_timeout_secs = 10\n"
-        ))
-        .unwrap();
-        let relay = SmtpRelay::from_config(&config).unwrap();
-        let mut session = relay.connect().await.unwrap();
+        let mut session = relay_to(addr, 10).await.connect().await.unwrap();
         let mut bodies: Vec<Vec<u8>> = vec![Vec::new(), b".".to_vec(), b"x".to_vec()];
         for len in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3] {
             for dot_at in [0, CHUNK - 2, CHUNK - 1, CHUNK, len.saturating_sub(1)] {
