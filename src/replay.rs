@@ -264,6 +264,9 @@ impl Replayer {
                     outcome
                 }
                 Err(RelayError::Blob(e)) => {
+                    // Possibly cut off inside DATA: the session is dropped without a word
+                    // (a QUIT would be message text) and the next message opens a new one.
+                    session = None;
                     ReplayOutcome::Refused(format!("stored copy unreadable: {e}"))
                 }
                 Err(e) => {

@@ -554,7 +554,8 @@ pub struct SmtpSession {
     deadline: Option<Instant>,
     /// A transaction was left half-way; send RSET before the next one.
     dirty: bool,
-    /// The session is in an unknown state (no reply to the final dot): never reused.
+    /// The session is in an unknown state (no reply to the final dot, or a failure inside
+    /// DATA): never reused.
     broken: bool,
     tls: TlsState,
     /// The body's read and dot-stuffed buffers, kept from one message to the next
@@ -898,6 +899,12 @@ impl RelaySession for SmtpSession {
                 )));
             }
         }
+        // Until the end of data is out, a failure leaves a transaction half sent: nothing
+        // more may go out on this connection (a QUIT would be message text, and over TLS
+        // the close would flush a final dot still buffered in the session, after the
+        // drain took the failure for a deferral). See [`SmtpSession::quit`].
+        self.broken = true;
+        self.abandoned = true;
         // The 354 is the last reply owed: anything more is out of step (a reply to the
         // final dot sent ahead of the data, say).
         self.expect_silence("after its 354 to DATA")?;
@@ -905,16 +912,11 @@ impl RelaySession for SmtpSession {
             // A pipelining server said 354 with nobody to deliver to: end the empty
             // message at once; its reply carries no delivery.
             self.write(b".\r\n", "end of data", t.block).await?;
+            (self.broken, self.abandoned) = (false, false);
             self.reply("end of data", t.dot).await?;
             self.dirty = true;
             return Ok(tx);
         }
-        // Until the end of data is out, a failed write leaves a transaction half sent:
-        // nothing more may go out on this connection (a QUIT would be message text, and
-        // over TLS the close would flush a final dot still buffered in the session, after
-        // the drain took the failure for a deferral). See [`SmtpSession::quit`].
-        self.broken = true;
-        self.abandoned = true;
         let end = self.body(body).await?;
         // The point of no return: once the final dot is out, the primary may have the
         // message, whatever happens to its reply.
@@ -1108,13 +1110,14 @@ mod tests {
                         break;
                     };
                     let line: Vec<u8> = buf.drain(..end + 2).collect();
-                    let reply: &[u8] = match &line[..4] {
+                    let reply: &[u8] = match line.get(..4).unwrap_or_default() {
                         b"EHLO" => b"250-primary.test\r\n250 PIPELINING\r\n",
                         b"DATA" => {
                             data = Some(Vec::new());
                             b"354 go on\r\n"
                         }
                         b"QUIT" => b"221 bye\r\n",
+                        _ if line.starts_with(b"RCPT TO:<nobody@") => b"550 5.1.1 no such user\r\n",
                         _ => b"250 ok\r\n",
                     };
                     s.write_all(reply).await.unwrap();
@@ -1126,8 +1129,7 @@ mod tests {
 
     /// Bodies of every length around the block size, with lines that need a dot at and
     /// across block edges, with and without a last line end, read in odd pieces: on the
-    /// wire each is exactly its stuffed form and one end of data (blocks are filled from
-    /// many reads, and the end goes with the last one).
+    /// wire each is exactly its stuffed form and one end of data.
     #[tokio::test]
     async fn the_body_goes_out_stuffed_and_whole_whatever_the_reads() {
         let (addr, mut received) = collecting_primary().await;
@@ -1166,6 +1168,17 @@ mod tests {
             assert_eq!(tx.data.as_ref().map(|r| r.code), Some(250), "body {i}");
             let got = received.recv().await.unwrap();
             assert!(got == wire(body), "body {i} of {} bytes", body.len());
+            if i == 3 {
+                // A 354 with every recipient refused (pipelining): the empty message is
+                // ended at once, and the session goes on.
+                let body = Box::new(std::io::Cursor::new(b"x\r\n".to_vec()));
+                let tx = session
+                    .send("a@example.test", &["nobody@example.test".into()], body)
+                    .await
+                    .unwrap();
+                assert_eq!((tx.rcpts[0].code, tx.data.is_none()), (550, true));
+                assert_eq!(received.recv().await.unwrap(), b".\r\n");
+            }
         }
         session.quit().await;
     }
