@@ -1344,31 +1344,13 @@ fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
 /// `body` with `top` before it and the `Authentication-Results:` fields of the `strip`
 /// authserv-ids removed from its header (also for [`crate::replay`]).
 pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId) -> BlobReader {
-    Box::new(Stamped {
-        inner: body,
-        strip: StripOurs::new(strip),
-        pending: top,
-        at: 0,
-        chunk: vec![0; HEADER_READ],
-        eof: false,
-        id: Some(id),
-        failed: None,
-    })
+    Stamped::boxed(body, top, strip, Some(id))
 }
 
 /// [`filtered`] with nothing on top and nothing logged: the bytes below the top as the
 /// primary will get them, for a first read (the ARC seal's).
 fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
-    Box::new(Stamped {
-        inner: body,
-        strip: StripOurs::new(strip),
-        pending: Vec::new(),
-        at: 0,
-        chunk: vec![0; HEADER_READ],
-        eof: false,
-        id: None,
-        failed: None,
-    })
+    Stamped::boxed(body, Vec::new(), strip, None)
 }
 
 /// How much of the header [`Stamped`] reads at a time. Past the header it reads into
@@ -1392,6 +1374,24 @@ struct Stamped {
 }
 
 impl Stamped {
+    fn boxed(
+        body: BlobReader,
+        top: Vec<u8>,
+        strip: &[String],
+        id: Option<MessageId>,
+    ) -> BlobReader {
+        Box::new(Stamped {
+            inner: body,
+            strip: StripOurs::new(strip),
+            pending: top,
+            at: 0,
+            chunk: vec![0; HEADER_READ],
+            eof: false,
+            id,
+            failed: None,
+        })
+    }
+
     /// The message ended: what the filter still holds goes out, and removals are logged.
     fn end(&mut self) {
         self.eof = true;
@@ -1978,9 +1978,6 @@ mod tests {
         inc.commit().await.unwrap().id
     }
 
-    /// The primary gets our `Authentication-Results:` on top and none that a sender (or
-    /// an SES-stored object) carries under our name; the digest check is of the stored
-    /// bytes, so it still passes.
     /// The filter's output is the same whatever sizes the stored bytes come in and the
     /// reader asks for, whether the store makes it wait and whether it fails at the end:
     /// the header filtered (one longer than the filter's reads too, with our field
@@ -2081,6 +2078,9 @@ mod tests {
         }
     }
 
+    /// The primary gets our `Authentication-Results:` on top and none that a sender (or
+    /// an SES-stored object) carries under our name; the digest check is of the stored
+    /// bytes, so it still passes.
     #[tokio::test]
     async fn the_primary_gets_our_verdicts_on_top_and_no_forged_ones() {
         let storage = Storage::memory();
