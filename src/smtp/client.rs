@@ -562,7 +562,8 @@ pub struct SmtpSession {
     /// (allocating and zero-filling them per message showed in the drain's profile).
     chunk: Vec<u8>,
     stuffed: Vec<u8>,
-    /// A write failed between the 354 and the end of data: nothing more may be sent.
+    /// Set from the 354 until the end of data is written: if it is still set when the
+    /// session ends, something failed inside DATA and nothing more may be sent.
     abandoned: bool,
 }
 
