@@ -24,7 +24,7 @@ use crate::mailbox::uids::{Message, snapshot};
 use crate::mailbox::{View, shows_original};
 use crate::model::mailbox::{FlagChange, Flags};
 use crate::ports::{Clock, Storage};
-use crate::smtp::data::dot_stuff;
+use crate::smtp::data::WireEncoder;
 use crate::users::Account;
 use crate::users::login::{Logins, Outcome};
 
@@ -483,7 +483,7 @@ impl Session {
     ) -> Result<bool, SendError> {
         let blobs = self.pop.storage.blobs.as_ref();
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-        let mut at_start = true;
+        let mut wire = WireEncoder::new();
         if lines.is_some() || shows_original(&m.rec) {
             let Some(bytes) = crate::mailbox::content(blobs, &m.rec).await? else {
                 w.write_all(b"-ERR message no longer held\r\n").await?;
@@ -499,9 +499,7 @@ impl Session {
             };
             w.write_all(head.as_bytes()).await?;
             for chunk in part.chunks(CHUNK) {
-                out.clear();
-                dot_stuff(chunk, &mut at_start, &mut out);
-                w.write_all(&out).await?;
+                w.write_all(wire.encode(chunk, &mut out)).await?;
             }
         } else {
             let mut body = match blobs.open(&m.rec.blob_key()).await {
@@ -520,13 +518,10 @@ impl Session {
                 if n == 0 {
                     break;
                 }
-                out.clear();
-                dot_stuff(&buf[..n], &mut at_start, &mut out);
-                w.write_all(&out).await?;
+                w.write_all(wire.encode(&buf[..n], &mut out)).await?;
             }
         }
-        w.write_all(if at_start { b".\r\n" } else { b"\r\n.\r\n" })
-            .await?;
+        w.write_all(wire.end()).await?;
         w.flush().await?;
         Ok(true)
     }

@@ -1348,3 +1348,61 @@ async fn the_drain_function_runs_continuity_events_with_sns_alerts_and_sms() {
     assert_eq!(record.history[0].told, 1);
     assert!(record.pending.is_empty(), "{record:?}");
 }
+
+/// An SES object holds what the sender sent, bare line ends included, and a sender can
+/// hide a second transaction behind them (`<LF>.<LF>MAIL FROM:...`: SMTP smuggling).
+/// Relayed to a strict primary (Postfix with `smtpd_forbid_bare_newline = yes`, which
+/// refuses a bare `<LF>` and would wait forever for an end of data after one), the
+/// message arrives once, whole, every line end a `<CR><LF>`, and the hidden commands are
+/// lines of its text, delivered to nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_message() {
+    let moto = Moto::start();
+    let (clients, s, _) = moto.storage("bare").await;
+    let pf = Postfix::primary();
+    pf.postconf(&[
+        "smtpd_forbid_bare_newline = yes",
+        "smtpd_forbid_bare_newline_exclusions =",
+    ]);
+    pf.start();
+    let ev = ses_event("normal.json");
+    let id = ses_message_id(&ev);
+    let fixture = common::fixture("ses/message.eml", "tok-bare");
+    // Line ends as a careless or hostile sender wrote them: bare LFs, a bare CR, a
+    // smuggled transaction, and a last line with a bare end.
+    let raw = format!(
+        "{}\n.\nMAIL FROM:<x@evil.example>\nRCPT TO:<carol@example.test>\nDATA\nsmuggled\n.\n\
+         after\r.\rmore\n",
+        fixture.replace("\r\n", "\n").trim_end()
+    );
+    ses_put(&clients, &s, &id, raw.as_bytes()).await;
+    let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "");
+    assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1);
+    let f = function(
+        &moto.storage_as(Principal::Drain, &s).await,
+        "bare",
+        pf.port,
+        Arc::new(Shifted::default()),
+    );
+    let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
+    assert_eq!(
+        (sum.delivered, sum.deferred, sum.failed, sum.held),
+        (1, 0, 0, 0),
+        "{sum:?}\n{}",
+        pf.maillog()
+    );
+    let to = delivered_to(&pf, 1);
+    let log = pf.maillog();
+    assert_eq!(to, ["bob@example.test"], "one copy, to bob only:\n{log}");
+    assert!(!log.contains("bare <LF>"), "{log}");
+    let (_, text) = &copies(&pf)[0];
+    assert!(text.contains("tok-bare"));
+    // Postfix's Maildir files end lines in LF; a bare CR would have stayed in its line.
+    let body = text.split_once("\n\n").map_or(text.as_str(), |(_, b)| b);
+    assert!(
+        body.contains(
+            "\n.\nMAIL FROM:<x@evil.example>\nRCPT TO:<carol@example.test>\nDATA\nsmuggled\n.\nafter\n.\nmore\n"
+        ) && !body.contains('\r'),
+        "the hidden transaction arrives as lines of text:\n{body:?}"
+    );
+}

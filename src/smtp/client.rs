@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::data::{dot_stuff, needs_stuffing};
+use super::data::WireEncoder;
 use super::server::Io;
 use super::tls::{CertPolicy, ClientTls};
 use crate::config::{Config, StageTimeouts, TlsMode};
@@ -762,13 +762,14 @@ impl SmtpSession {
         cmd
     }
 
-    /// Send the message body, dot-stuffed, each block within `block_timeout_secs`; returns
-    /// what ends it (the final dot, after a CRLF when the body lacks one), still unsent.
+    /// Send the message body ([`WireEncoder`]: CRLF line ends, dot-stuffed), each block
+    /// within `block_timeout_secs`; returns what ends it (the final dot, after a line end
+    /// when the body's last one is missing or bare), still unsent.
     async fn body(&mut self, mut body: BlobReader) -> Result<&'static [u8], RelayError> {
         let mut chunk = std::mem::take(&mut self.chunk);
         chunk.resize(CHUNK, 0);
         let mut out = std::mem::take(&mut self.stuffed);
-        let mut at_line_start = true;
+        let mut wire = WireEncoder::new();
         let block = self.timeouts.block;
         loop {
             let n = body
@@ -778,22 +779,11 @@ impl SmtpSession {
             if n == 0 {
                 break;
             }
-            let data = &chunk[..n];
-            if needs_stuffing(data, at_line_start) {
-                out.clear();
-                dot_stuff(data, &mut at_line_start, &mut out);
-                self.write(&out, "message data", block).await?;
-            } else {
-                at_line_start = data.last() == Some(&b'\n');
-                self.write(data, "message data", block).await?;
-            }
+            let data = wire.encode(&chunk[..n], &mut out);
+            self.write(data, "message data", block).await?;
         }
         (self.chunk, self.stuffed) = (chunk, out);
-        Ok(if at_line_start {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        })
+        Ok(wire.end())
     }
 }
 
@@ -983,15 +973,27 @@ mod tests {
         }
     }
 
-    /// What RFC 5321 §4.5.2 puts on the wire for `body`, a byte at a time.
+    /// What RFC 5321 §4.5.2 puts on the wire for `body`, a byte at a time: each line end
+    /// (`<CR><LF>`, a bare `<CR>` or a bare `<LF>`) as `<CR><LF>`, a dot at a line's
+    /// start doubled, a last line end added if missing, then `.<CR><LF>`.
     fn wire(body: &[u8]) -> Vec<u8> {
-        let (mut out, mut at_line_start) = (Vec::new(), true);
-        for &b in body {
+        let (mut out, mut at_line_start, mut i) = (Vec::new(), true, 0);
+        while let Some(&b) = body.get(i) {
             if at_line_start && b == b'.' {
                 out.push(b'.');
             }
-            out.push(b);
-            at_line_start = b == b'\n';
+            at_line_start = b == b'\r' || b == b'\n';
+            if at_line_start {
+                out.extend_from_slice(b"\r\n");
+                i += if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+            } else {
+                out.push(b);
+                i += 1;
+            }
         }
         if !at_line_start {
             out.extend_from_slice(b"\r\n");
@@ -1099,9 +1101,10 @@ mod tests {
                 loop {
                     if let Some(d) = data.as_mut() {
                         d.append(&mut buf);
-                        // The end as Postfix sees it: a `.` line after any line end
-                        // (a body may end in a bare LF; a stuffed `.` never ends one).
-                        if d.as_slice() == b".\r\n" || d.ends_with(b"\n.\r\n") {
+                        // The end as a strict primary sees it: only after a
+                        // `<CR><LF>` (a body whose last line end was bare or missing
+                        // must get one).
+                        if d.as_slice() == b".\r\n" || d.ends_with(b"\r\n.\r\n") {
                             tx.send(data.take().unwrap()).unwrap();
                             s.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
                         }
@@ -1129,8 +1132,9 @@ mod tests {
     }
 
     /// Bodies of every length around the block size, with lines that need a dot at and
-    /// across block edges, with and without a last line end, read in odd pieces: on the
-    /// wire each is exactly its stuffed form and one end of data.
+    /// across block edges, with and without a last line end, with bare line ends, read in
+    /// odd pieces: on the wire each is exactly its stuffed, CRLF form and one end of data
+    /// that a strict primary sees.
     #[tokio::test]
     async fn the_body_goes_out_stuffed_and_whole_whatever_the_reads() {
         let (addr, mut received) = collecting_primary().await;
@@ -1148,6 +1152,18 @@ mod tests {
                 }
                 bodies.push(body.clone());
                 body.extend_from_slice(b"\r\n");
+                bodies.push(body);
+            }
+        }
+        // Bare line ends (stored bytes nobody decoded, an SES object's): at and across
+        // block edges, before a dot, and as the last byte.
+        for at in [CHUNK - 2, CHUNK - 1, CHUNK] {
+            for bare in [b'\r', b'\n'] {
+                let mut body = b"a line\r\n".repeat(CHUNK / 8 + 2);
+                body[at] = bare;
+                body[at + 1] = b'.';
+                bodies.push(body.clone());
+                body.truncate(at + 1);
                 bodies.push(body);
             }
         }

@@ -174,33 +174,131 @@ impl HopCounter {
     }
 }
 
-/// Whether [`dot_stuff`] would change `chunk`: a line in it starts with a dot. Most
-/// messages have no such line, and the drain then sends its chunks as they are, without
-/// a copy.
-pub fn needs_stuffing(chunk: &[u8], at_line_start: bool) -> bool {
-    (at_line_start && chunk.first() == Some(&b'.')) || memchr::memmem::find(chunk, b"\n.").is_some()
+/// The sending side: a message's bytes as they go on the wire, a chunk at a time (DATA
+/// to a primary, RETR and TOP to a POP3 client). Every line end goes out as `<CR><LF>`: a
+/// bare `<LF>` or `<CR>` is normalised as [`DataDecoder`] does on receipt, so a message our
+/// listener took is sent as it is, and one stored as someone else wrote it (an SES object
+/// holds what the sender sent) gets the same lines our listener would have stored. A line
+/// starting with `.` gets another (RFC 5321 §4.5.2). The receiver then sees the end of
+/// data only at [`end`](Self::end): a bare line end followed by `.` can neither end it
+/// early at a lenient receiver (SMTP smuggling) nor leave a strict one waiting for an end
+/// it never sees.
+#[derive(Debug, Clone)]
+pub struct WireEncoder {
+    /// The last byte out ended a line.
+    at_line_start: bool,
+    /// The last byte out was a `<CR>` whose `<LF>` is still to come (from the next chunk,
+    /// or added when the next byte is not one).
+    after_cr: bool,
 }
 
-/// Dot-stuff a message for sending (RFC 5321 §4.5.2). The caller tracks whether the
-/// previous chunk ended a line (`at_line_start`), since messages are sent in chunks.
-pub fn dot_stuff(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-    // A line at a time (memchr finds its end), not a byte at a time: the drain stuffs
-    // every byte it sends, and the per-byte loop was a sixth of its CPU on 100 KB mail.
-    let mut rest = chunk;
-    while let Some(&first) = rest.first() {
-        if *at_line_start && first == b'.' {
-            out.push(b'.');
+impl Default for WireEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WireEncoder {
+    pub fn new() -> Self {
+        WireEncoder {
+            at_line_start: true,
+            after_cr: false,
         }
-        match memchr::memchr(b'\n', rest) {
-            Some(end) => {
-                out.extend_from_slice(&rest[..=end]);
-                rest = &rest[end + 1..];
-                *at_line_start = true;
+    }
+
+    /// `chunk` as it goes on the wire: `chunk` itself when it needs no change (most chunks
+    /// of most messages, sent without a copy), else its encoding, written into `out`.
+    pub fn encode<'a>(&mut self, chunk: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+        let Some(&last) = chunk.last() else {
+            return chunk;
+        };
+        if self.unchanged(chunk) {
+            self.at_line_start = last == b'\n';
+            self.after_cr = last == b'\r';
+            return chunk;
+        }
+        out.clear();
+        self.rewrite(chunk, out);
+        out
+    }
+
+    /// What ends the data after the last chunk: the rest of a line end still open (a last
+    /// line without one gets `<CR><LF>`), then `.<CR><LF>`.
+    pub fn end(&self) -> &'static [u8] {
+        if self.after_cr {
+            b"\n.\r\n"
+        } else if self.at_line_start {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
+    }
+
+    /// Whether [`rewrite`](Self::rewrite) would give `chunk` back unchanged: every line
+    /// end in it a `<CR><LF>` (one split from the last chunk included; a `<CR>` as the
+    /// last byte waits for the next), and no line starting with `.`.
+    fn unchanged(&self, chunk: &[u8]) -> bool {
+        let Some(&first) = chunk.first() else {
+            return true;
+        };
+        if if self.after_cr {
+            first != b'\n'
+        } else {
+            self.at_line_start && first == b'.'
+        } {
+            return false;
+        }
+        memchr::memchr2_iter(b'\r', b'\n', chunk).all(|i| {
+            let next = chunk.get(i + 1);
+            if chunk[i] == b'\r' {
+                next.is_none_or(|&b| b == b'\n')
+            } else {
+                let cr_before = match i {
+                    0 => self.after_cr,
+                    _ => chunk[i - 1] == b'\r',
+                };
+                cr_before && next != Some(&b'.')
             }
-            None => {
-                out.extend_from_slice(rest);
-                *at_line_start = false;
-                rest = &[];
+        })
+    }
+
+    /// Encode `chunk` into `out`, a line end at a time (memchr finds it), not a byte at a
+    /// time: the drain sends every byte of every message through here.
+    fn rewrite(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if self.after_cr {
+                // The `<CR>` that ended the last piece: with this `<LF>` a line end, alone a
+                // bare one, completed.
+                self.after_cr = false;
+                self.at_line_start = true;
+                out.push(b'\n');
+                if first == b'\n' {
+                    rest = &rest[1..];
+                    continue;
+                }
+            }
+            if self.at_line_start && first == b'.' {
+                out.push(b'.');
+            }
+            match memchr::memchr2(b'\r', b'\n', rest) {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..i]);
+                    out.push(b'\r');
+                    if rest[i] == b'\r' {
+                        self.after_cr = true;
+                        self.at_line_start = false;
+                    } else {
+                        out.push(b'\n');
+                        self.at_line_start = true;
+                    }
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    self.at_line_start = false;
+                    rest = &[];
+                }
             }
         }
     }
@@ -258,10 +356,88 @@ mod tests {
             assert!(!msg.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'));
             assert!(!msg.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
             assert!(msg.ends_with(b"bad\r\n"));
-            let mut stuffed = Vec::new();
-            dot_stuff(&msg, &mut true, &mut stuffed);
+            let mut out = Vec::new();
+            let stuffed = WireEncoder::new().encode(&msg, &mut out);
             assert!(!stuffed.windows(5).any(|w| w == b"\r\n.\r\n"), "{trick:?}");
         }
+    }
+
+    /// Stored bytes nobody decoded (an SES object) go out with the same tricks in them:
+    /// each arrives as content, and the data ends only at our terminator.
+    #[test]
+    fn smuggling_sequences_in_stored_bytes_never_end_the_data() {
+        let tricks: [&[u8]; 8] = [
+            b"\n.\n",
+            b"\r.\r",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\n",
+            b"\r\n.\r",
+            b"\r\n.\r\n",
+            b"\n.",
+        ];
+        for trick in tricks {
+            let mut stored = b"a".to_vec();
+            stored.extend_from_slice(trick);
+            stored.extend_from_slice(b"MAIL FROM:<x@evil>\r\nRCPT TO:<y@victim>\r\nDATA\r\nbad\n");
+            for step in [1, 2, 3, 64] {
+                let wire = encode_in(&stored, step);
+                let (msg, end) = decode(&wire, 1);
+                assert_eq!(end, Some(wire.len()), "{trick:?} in reads of {step}");
+                assert_eq!(msg, normalised(&stored), "{trick:?} in reads of {step}");
+            }
+        }
+    }
+
+    /// `stored` through one encoder in chunks of `step`, then the end of data.
+    fn encode_in(stored: &[u8], step: usize) -> Vec<u8> {
+        let (mut enc, mut wire, mut out) = (WireEncoder::new(), Vec::new(), Vec::new());
+        for c in stored.chunks(step) {
+            wire.extend_from_slice(enc.encode(c, &mut out));
+        }
+        wire.extend_from_slice(enc.end());
+        wire
+    }
+
+    /// The message a receiver decodes from `stored` sent as it should be: each `<CR><LF>`,
+    /// bare `<CR>` and bare `<LF>` one line end, written `<CR><LF>`, and a last line
+    /// without one given one.
+    fn normalised(stored: &[u8]) -> Vec<u8> {
+        let (mut n, mut i) = (Vec::new(), 0);
+        while i < stored.len() {
+            match stored[i] {
+                b'\r' if stored.get(i + 1) == Some(&b'\n') => {
+                    n.extend_from_slice(b"\r\n");
+                    i += 2;
+                }
+                b'\r' | b'\n' => {
+                    n.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b => {
+                    n.push(b);
+                    i += 1;
+                }
+            }
+        }
+        if !n.is_empty() && !n.ends_with(b"\r\n") {
+            n.extend_from_slice(b"\r\n");
+        }
+        n
+    }
+
+    /// What RFC 5321 §4.5.2 puts on the wire for `stored`, a line at a time: its
+    /// normalised lines, each starting with `.` given another, then `.<CR><LF>`.
+    fn wire_by_lines(stored: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for line in normalised(stored).split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line);
+        }
+        wire.extend_from_slice(b".\r\n");
+        wire
     }
 
     #[test]
@@ -280,58 +456,59 @@ mod tests {
         }
     }
 
-    /// The byte-at-a-time definition [`dot_stuff`] must match.
-    fn dot_stuff_bytewise(chunk: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-        for &b in chunk {
-            if *at_line_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            *at_line_start = b == b'\n';
-        }
-    }
-
     proptest::proptest! {
         #[test]
-        fn dot_stuff_matches_the_bytewise_definition_in_any_chunks(
-            msg in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..200),
+        fn the_encoder_matches_the_line_definition_in_any_chunks(
+            stored in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..200),
             step in 1usize..20,
         ) {
-            let (mut fast, mut slow) = (Vec::new(), Vec::new());
-            let (mut a, mut b) = (true, true);
-            for c in msg.chunks(step) {
-                dot_stuff(c, &mut a, &mut fast);
-                dot_stuff_bytewise(c, &mut b, &mut slow);
-                proptest::prop_assert_eq!(a, b);
-            }
-            proptest::prop_assert_eq!(fast, slow);
+            let wire = encode_in(&stored, step);
+            proptest::prop_assert_eq!(&wire, &wire_by_lines(&stored));
+            // And a receiver decodes exactly the normalised message, ending exactly there.
+            let (msg, end) = decode(&wire, 7);
+            proptest::prop_assert_eq!(end, Some(wire.len()));
+            proptest::prop_assert_eq!(msg, normalised(&stored));
         }
     }
 
     proptest::proptest! {
         #[test]
-        fn needs_stuffing_says_whether_dot_stuff_changes_the_chunk(
-            msg in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..60),
-            start: bool,
+        fn a_chunk_goes_out_uncopied_only_when_its_encoding_is_itself(
+            before in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..8),
+            chunk in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 1..60),
         ) {
-            let mut out = Vec::new();
-            let mut at = start;
-            dot_stuff(&msg, &mut at, &mut out);
-            proptest::prop_assert_eq!(needs_stuffing(&msg, start), out != msg);
+            let mut enc = WireEncoder::new();
+            enc.encode(&before, &mut Vec::new());
+            let mut rewritten = Vec::new();
+            enc.clone().rewrite(&chunk, &mut rewritten);
+            proptest::prop_assert_eq!(enc.unchanged(&chunk), rewritten == chunk);
+            // Either way the state after it is the same.
+            let mut slow = enc.clone();
+            slow.rewrite(&chunk, &mut Vec::new());
+            enc.encode(&chunk, &mut Vec::new());
+            proptest::prop_assert_eq!(enc.end(), slow.end());
         }
     }
 
     #[test]
-    fn dot_stuff_round_trips() {
+    fn encoding_round_trips() {
         let msg = b".a\r\nb\r\n.\r\n..c\r\n";
-        let mut stuffed = Vec::new();
-        let mut start = true;
-        for c in msg.chunks(3) {
-            dot_stuff(c, &mut start, &mut stuffed);
+        for step in [1, 2, 3, 100] {
+            let wire = encode_in(msg, step);
+            let (back, end) = decode(&wire, 2);
+            assert_eq!(back, msg);
+            assert_eq!(end, Some(wire.len()));
         }
-        stuffed.extend_from_slice(b".\r\n");
-        let (back, end) = decode(&stuffed, 2);
-        assert_eq!(back, msg);
-        assert_eq!(end, Some(stuffed.len()));
+        // An empty message, and ones whose last line end is missing or bare.
+        for (stored, wire) in [
+            (&b""[..], &b".\r\n"[..]),
+            (b"a", b"a\r\n.\r\n"),
+            (b"a\n", b"a\r\n.\r\n"),
+            (b"a\r", b"a\r\n.\r\n"),
+            (b"a\n.", b"a\r\n..\r\n.\r\n"),
+        ] {
+            assert_eq!(encode_in(stored, 1), wire, "{stored:?}");
+            assert_eq!(encode_in(stored, 100), wire, "{stored:?}");
+        }
     }
 }
