@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use crate::dsn::{self, DsnSettings};
 use crate::error::{RelayError, StoreError};
 use crate::model::auth_results::StripOurs;
+use crate::model::lines::WireEncoder;
 use crate::model::{
     Breaker, DrainReport, Intake, Lease, MessageId, RcptStatus, Record, Status, redact, redact_text,
 };
@@ -1343,14 +1344,78 @@ fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
 
 /// `body` with `top` before it and the `Authentication-Results:` fields of the `strip`
 /// authserv-ids removed from its header (also for [`crate::replay`]).
+/// The stored bytes are read as CRLF lines first ([`crlf_lines`]), as the primary will get
+/// them, so a field hidden behind a bare line end is seen and removed.
 pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId) -> BlobReader {
-    Stamped::boxed(body, top, strip, Some(id))
+    Stamped::boxed(crlf_lines(body), top, strip, Some(id))
 }
 
 /// [`filtered`] with nothing on top and nothing logged: the bytes below the top as the
-/// primary will get them, for a first read (the ARC seal's).
+/// primary will get them, for a first read (the ARC seal's: it signs those lines).
 fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
-    Stamped::boxed(body, Vec::new(), strip, None)
+    Stamped::boxed(crlf_lines(body), Vec::new(), strip, None)
+}
+
+/// `body` with every bare `<LF>` and `<CR>` a `<CR><LF>` ([`WireEncoder::lines`]): the
+/// lines the client will send, for whatever reads them as lines before it. Our listener
+/// stored CRLF lines already; an SES object holds what its sender wrote. Reads that need
+/// no change go through without a copy.
+fn crlf_lines(body: BlobReader) -> BlobReader {
+    Box::new(CrlfLines {
+        inner: body,
+        lines: WireEncoder::lines(),
+        pending: Vec::new(),
+        at: 0,
+        ended: false,
+    })
+}
+
+/// See [`crlf_lines`].
+struct CrlfLines {
+    inner: BlobReader,
+    lines: WireEncoder,
+    /// Rewritten bytes not yet handed on, from `at`.
+    pending: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl tokio::io::AsyncRead for CrlfLines {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.at < this.pending.len() {
+                let n = buf.remaining().min(this.pending.len() - this.at);
+                buf.put_slice(&this.pending[this.at..this.at + n]);
+                this.at += n;
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if this.ended || buf.remaining() == 0 {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            // Straight into the caller's buffer; taken back out only to be rewritten.
+            let before = buf.filled().len();
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let got = &buf.filled()[before..];
+            if got.is_empty() {
+                // The end: the `<LF>` of a last bare `<CR>`, if any, then nothing.
+                this.ended = true;
+                this.pending.clear();
+                this.pending.extend_from_slice(this.lines.finish());
+                this.at = 0;
+                continue;
+            }
+            if !this.lines.rewrites(got, &mut this.pending) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            buf.set_filled(before);
+            this.at = 0;
+        }
+    }
 }
 
 /// How much of the header [`Stamped`] reads at a time. Past the header it reads into
@@ -1981,8 +2046,8 @@ mod tests {
     /// The filter's output is the same whatever sizes the stored bytes come in and the
     /// reader asks for, whether the store makes it wait and whether it fails at the end:
     /// the header filtered (one longer than the filter's reads too, with our field
-    /// across them), the body (passed straight through) whole, and a store's error
-    /// after the last byte reaches the reader instead of the end.
+    /// across them), the body whole with CRLF line ends (it holds bare ones), and a
+    /// store's error after the last byte reaches the reader instead of the end.
     #[tokio::test]
     async fn the_filter_gives_the_same_bytes_in_any_chunks() {
         /// Bytes in reads of `step`, every other read not ready when `waits`, and an
@@ -2031,7 +2096,8 @@ mod tests {
             let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
             msg.extend_from_slice(&body);
             let mut expected = expected_head.into_bytes();
-            expected.extend_from_slice(&body);
+            // Bare `<CR>` and `<LF>` in it (bytes 13 and 10) come out as CRLF line ends.
+            expected.extend_from_slice(&crate::model::lines::crlf_lines(&body));
             for (step, want, waits, fails) in [1, 3, 17, 4096, 70_000, 1 << 20]
                 .into_iter()
                 .flat_map(|step| [1, 5, 8192, 1 << 20].map(|want| (step, want)))

@@ -215,6 +215,9 @@ async fn read_head(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreErro
         .read_to_end(&mut buf)
         .await
         .map_err(|e| StoreError::blob_read(&key, e))?;
+    // As the lines the primary gets (an SES object may hold bare line ends): the DSN is
+    // signed over this copy, and sent as CRLF lines.
+    let mut buf = crate::model::lines::crlf_lines(&buf).into_owned();
     let len = summary::head(&buf).len();
     buf.truncate(len);
     Ok(buf)

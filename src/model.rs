@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod address;
 pub mod auth_results;
 pub mod continuity;
+pub mod lines;
 pub mod mailbox;
 pub use address::{Address, AddressError, untag};
 

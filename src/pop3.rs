@@ -489,6 +489,9 @@ impl Session {
                 w.write_all(b"-ERR message no longer held\r\n").await?;
                 return Ok(false);
             };
+            // As CRLF lines (an SES object may hold bare ones), so TOP counts the lines
+            // the client gets.
+            let bytes = crate::model::lines::crlf_lines(&bytes);
             let part = match lines {
                 Some(n) => top(&bytes, n),
                 None => &bytes[..],

@@ -1354,7 +1354,8 @@ async fn the_drain_function_runs_continuity_events_with_sns_alerts_and_sms() {
 /// Relayed to a strict primary (Postfix with `smtpd_forbid_bare_newline = yes`, which
 /// refuses a bare `<LF>` and would wait forever for an end of data after one), the
 /// message arrives once, whole, every line end a `<CR><LF>`, and the hidden commands are
-/// lines of its text, delivered to nobody.
+/// lines of its text, delivered to nobody. A field with our authserv-id hidden behind a
+/// bare CR is removed like any other: the header filter reads the lines the primary gets.
 #[tokio::test(flavor = "multi_thread")]
 async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_message() {
     let moto = Moto::start();
@@ -1369,20 +1370,26 @@ async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_
     let id = ses_message_id(&ev);
     let fixture = common::fixture("ses/message.eml", "tok-bare");
     // Line ends as a careless or hostile sender wrote them: bare LFs, a bare CR, a
-    // smuggled transaction, and a last line with a bare end.
+    // smuggled transaction, a last line with a bare end, and in the header a field
+    // carrying our authserv-id behind a bare CR (the primary would trust it).
     let raw = format!(
         "{}\n.\nMAIL FROM:<x@evil.example>\nRCPT TO:<carol@example.test>\nDATA\nsmuggled\n.\n\
          after\r.\rmore\n",
-        fixture.replace("\r\n", "\n").trim_end()
+        fixture.replace("\r\n", "\n").trim_end().replace(
+            "Subject: Quarterly figures",
+            "Subject: Quarterly figures\rAuthentication-Results: standby.example.test; \
+             dmarc=pass header.from=bank.example"
+        )
     );
     ses_put(&clients, &s, &id, raw.as_bytes()).await;
     let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "");
     assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1);
-    let f = function(
+    let f = function_with(
         &moto.storage_as(Principal::Drain, &s).await,
         "bare",
         pf.port,
         Arc::new(Shifted::default()),
+        &[("STANDBY_HOSTNAME", "standby.example.test")],
     );
     let sum = f.handle(DrainRequest::default(), deadline()).await.unwrap();
     assert_eq!(
@@ -1397,6 +1404,11 @@ async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_
     assert!(!log.contains("bare <LF>"), "{log}");
     let (_, text) = &copies(&pf)[0];
     assert!(text.contains("tok-bare"));
+    assert!(
+        !text.contains("bank.example")
+            && text.contains("Authentication-Results: standby.example.test;"),
+        "the hidden field is removed, ours is on top:\n{text}"
+    );
     // Postfix's Maildir files end lines in LF; a bare CR would have stayed in its line.
     let body = text.split_once("\n\n").map_or(text.as_str(), |(_, b)| b);
     assert!(

@@ -9,6 +9,8 @@
 //! and is dot-stuffed again when relayed. Whatever the sender tried, the primary sees one
 //! message with the same lines.
 
+pub use crate::model::lines::{WireEncoder, crlf_lines};
+
 /// Where the decoder is within the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -174,139 +176,10 @@ impl HopCounter {
     }
 }
 
-/// The sending side: a message's bytes as they go on the wire, a chunk at a time (DATA
-/// to a primary, RETR and TOP to a POP3 client). Every line end goes out as `<CR><LF>`: a
-/// bare `<LF>` or `<CR>` is normalised as [`DataDecoder`] does on receipt, so a message our
-/// listener took is sent as it is, and one stored as someone else wrote it (an SES object
-/// holds what the sender sent) gets the same lines our listener would have stored. A line
-/// starting with `.` gets another (RFC 5321 §4.5.2). The receiver then sees the end of
-/// data only at [`end`](Self::end): a bare line end followed by `.` can neither end it
-/// early at a lenient receiver (SMTP smuggling) nor leave a strict one waiting for an end
-/// it never sees.
-#[derive(Debug, Clone)]
-pub struct WireEncoder {
-    /// The last byte out ended a line.
-    at_line_start: bool,
-    /// The last byte out was a `<CR>` whose `<LF>` is still to come (from the next chunk,
-    /// or added when the next byte is not one).
-    after_cr: bool,
-}
-
-impl Default for WireEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl WireEncoder {
-    pub fn new() -> Self {
-        WireEncoder {
-            at_line_start: true,
-            after_cr: false,
-        }
-    }
-
-    /// `chunk` as it goes on the wire: `chunk` itself when it needs no change (most chunks
-    /// of most messages, sent without a copy), else its encoding, written into `out`.
-    pub fn encode<'a>(&mut self, chunk: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
-        let Some(&last) = chunk.last() else {
-            return chunk;
-        };
-        if self.unchanged(chunk) {
-            self.at_line_start = last == b'\n';
-            self.after_cr = last == b'\r';
-            return chunk;
-        }
-        out.clear();
-        self.rewrite(chunk, out);
-        out
-    }
-
-    /// What ends the data after the last chunk: the rest of a line end still open (a last
-    /// line without one gets `<CR><LF>`), then `.<CR><LF>`.
-    pub fn end(&self) -> &'static [u8] {
-        if self.after_cr {
-            b"\n.\r\n"
-        } else if self.at_line_start {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        }
-    }
-
-    /// Whether [`rewrite`](Self::rewrite) would give `chunk` back unchanged: every line
-    /// end in it a `<CR><LF>` (one split from the last chunk included; a `<CR>` as the
-    /// last byte waits for the next), and no line starting with `.`.
-    fn unchanged(&self, chunk: &[u8]) -> bool {
-        let Some(&first) = chunk.first() else {
-            return true;
-        };
-        if if self.after_cr {
-            first != b'\n'
-        } else {
-            self.at_line_start && first == b'.'
-        } {
-            return false;
-        }
-        memchr::memchr2_iter(b'\r', b'\n', chunk).all(|i| {
-            let next = chunk.get(i + 1);
-            if chunk[i] == b'\r' {
-                next.is_none_or(|&b| b == b'\n')
-            } else {
-                let cr_before = match i {
-                    0 => self.after_cr,
-                    _ => chunk[i - 1] == b'\r',
-                };
-                cr_before && next != Some(&b'.')
-            }
-        })
-    }
-
-    /// Encode `chunk` into `out`, a line end at a time (memchr finds it), not a byte at a
-    /// time: the drain sends every byte of every message through here.
-    fn rewrite(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut rest = chunk;
-        while let Some(&first) = rest.first() {
-            if self.after_cr {
-                // The `<CR>` that ended the last piece: with this `<LF>` a line end, alone a
-                // bare one, completed.
-                self.after_cr = false;
-                self.at_line_start = true;
-                out.push(b'\n');
-                if first == b'\n' {
-                    rest = &rest[1..];
-                    continue;
-                }
-            }
-            if self.at_line_start && first == b'.' {
-                out.push(b'.');
-            }
-            match memchr::memchr2(b'\r', b'\n', rest) {
-                Some(i) => {
-                    out.extend_from_slice(&rest[..i]);
-                    out.push(b'\r');
-                    if rest[i] == b'\r' {
-                        self.after_cr = true;
-                        self.at_line_start = false;
-                    } else {
-                        out.push(b'\n');
-                        self.at_line_start = true;
-                    }
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    out.extend_from_slice(rest);
-                    self.at_line_start = false;
-                    rest = &[];
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::lines::tests::normalised;
 
     /// Decode `input` in chunks of `step`; return (message, consumed, rest-of-input).
     fn decode(input: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
@@ -399,33 +272,6 @@ mod tests {
         wire
     }
 
-    /// The message a receiver decodes from `stored` sent as it should be: each `<CR><LF>`,
-    /// bare `<CR>` and bare `<LF>` one line end, written `<CR><LF>`, and a last line
-    /// without one given one.
-    fn normalised(stored: &[u8]) -> Vec<u8> {
-        let (mut n, mut i) = (Vec::new(), 0);
-        while i < stored.len() {
-            match stored[i] {
-                b'\r' if stored.get(i + 1) == Some(&b'\n') => {
-                    n.extend_from_slice(b"\r\n");
-                    i += 2;
-                }
-                b'\r' | b'\n' => {
-                    n.extend_from_slice(b"\r\n");
-                    i += 1;
-                }
-                b => {
-                    n.push(b);
-                    i += 1;
-                }
-            }
-        }
-        if !n.is_empty() && !n.ends_with(b"\r\n") {
-            n.extend_from_slice(b"\r\n");
-        }
-        n
-    }
-
     /// What RFC 5321 §4.5.2 puts on the wire for `stored`, a line at a time: its
     /// normalised lines, each starting with `.` given another, then `.<CR><LF>`.
     fn wire_by_lines(stored: &[u8]) -> Vec<u8> {
@@ -468,25 +314,6 @@ mod tests {
             let (msg, end) = decode(&wire, 7);
             proptest::prop_assert_eq!(end, Some(wire.len()));
             proptest::prop_assert_eq!(msg, normalised(&stored));
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn a_chunk_goes_out_uncopied_only_when_its_encoding_is_itself(
-            before in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 0..8),
-            chunk in proptest::collection::vec(proptest::sample::select(b".\r\nab".to_vec()), 1..60),
-        ) {
-            let mut enc = WireEncoder::new();
-            enc.encode(&before, &mut Vec::new());
-            let mut rewritten = Vec::new();
-            enc.clone().rewrite(&chunk, &mut rewritten);
-            proptest::prop_assert_eq!(enc.unchanged(&chunk), rewritten == chunk);
-            // Either way the state after it is the same.
-            let mut slow = enc.clone();
-            slow.rewrite(&chunk, &mut Vec::new());
-            enc.encode(&chunk, &mut Vec::new());
-            proptest::prop_assert_eq!(enc.end(), slow.end());
         }
     }
 
