@@ -215,12 +215,9 @@ async fn read_head(storage: &Storage, rec: &Record) -> Result<Vec<u8>, StoreErro
         .read_to_end(&mut buf)
         .await
         .map_err(|e| StoreError::blob_read(&key, e))?;
-    // As the lines the primary gets (an SES object may hold bare line ends): the DSN is
-    // signed over this copy, and sent as CRLF lines.
-    let mut buf = crate::model::lines::crlf_lines(&buf).into_owned();
-    let len = summary::head(&buf).len();
-    buf.truncate(len);
-    Ok(buf)
+    // As the lines the primary got (an SES object may hold bare line ends): the DSN's
+    // part is CRLF lines, as the DSN is stored and sent.
+    Ok(summary::head_lines(&buf).into_owned())
 }
 
 /// Write the DSN's blob; returns its size, hash and key (when not the id, see

@@ -3,8 +3,8 @@
 //!
 //! Streaming: messages are read from the index a page at a time and from the blob store
 //! a chunk (mbox: a line) at a time, so memory does not grow with the export's size.
-//! Each message is written byte for byte as stored (CRLF line ends, our `Received:`
-//! header first). The mbox is mboxrd: a line starting with `From ` (after any number of
+//! Each message is written byte for byte as stored (CRLF line ends and our `Received:`
+//! header first for what our listener took; an SES object as its sender wrote it). The mbox is mboxrd: a line starting with `From ` (after any number of
 //! `>`) gets one more `>`, which readers that know mboxrd take off again.
 //!
 //! Nothing half-written is left under the final name: the mbox is written to

@@ -50,7 +50,7 @@ impl Journal {
             // "Journal report" from the journaling agent: what users and `standby list`
             // look for.
             if let Some(original) = raw.as_deref().and_then(report_original) {
-                let original_head = crate::summary::head(&original);
+                let original_head = &crate::summary::head_lines(&original);
                 rec.summary = crate::summary::parse(original_head);
                 // A replay's copy journaled again arrives inside a new report, whose
                 // outer head has no replay header: the original's says it is an echo.

@@ -9,6 +9,7 @@
 use mail_parser::MessageParser;
 
 use crate::model::Summary;
+use crate::model::lines::crlf_lines;
 
 /// How much of the message's start is kept for the summary.
 pub const HEAD_LIMIT: usize = 64 * 1024;
@@ -76,6 +77,25 @@ pub fn head(raw: &[u8]) -> &[u8] {
     }
 }
 
+/// [`head`] as the lines the primary gets: a stored message's bare line ends (an SES
+/// object holds what its sender wrote) as `<CR><LF>` first ([`crlf_lines`]), so a field
+/// hidden behind a bare `<CR>` is a field here too, and a header ended by bare line ends
+/// ends here. Borrowed when the header has CRLF lines already.
+pub fn head_lines(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match crlf_lines(&raw[..raw.len().min(HEAD_LIMIT)]) {
+        std::borrow::Cow::Borrowed(cut) => std::borrow::Cow::Borrowed(head(cut)),
+        std::borrow::Cow::Owned(mut lines) => {
+            let mut n = head(&lines).len();
+            // Cut at the limit between a line end's `<CR>` and its `<LF>`: not a bare one.
+            if lines[..n].ends_with(b"\r") {
+                n -= 1;
+            }
+            lines.truncate(n);
+            std::borrow::Cow::Owned(lines)
+        }
+    }
+}
+
 /// Whether a header block looks like the start of a mail message: it must parse and
 /// have at least one header field. Used where a stored object could be anything (S3),
 /// never to refuse mail on our own listener.
@@ -125,6 +145,38 @@ mod tests {
     const MSG: &[u8] = b"From: Alice Example <alice@example.org>\r\nTo: bob@example.test\r\n\
 Subject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <abc@example.org>\r\n\
 Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\nSubject: not a header\r\n";
+
+    /// A stored header with bare line ends is read as the primary gets it: a field
+    /// behind a bare CR is a field (here the sender's hidden `From:` shows, as it will at
+    /// the primary), a header ended by bare LFs ends there, and a header cut at the limit
+    /// between a CR and its LF ends in no bare CR.
+    #[test]
+    fn the_head_is_read_as_crlf_lines() {
+        let raw = b"Subject: Invoice\rFrom: CEO <ceo@bank.example>\nTo: b@example.test\n\nbody\n";
+        let lines = head_lines(raw);
+        assert_eq!(
+            &lines[..],
+            b"Subject: Invoice\r\nFrom: CEO <ceo@bank.example>\r\nTo: b@example.test\r\n"
+        );
+        assert_eq!(
+            parse(&lines).from.as_deref(),
+            Some("CEO <ceo@bank.example>")
+        );
+        assert_eq!(parse(&lines).subject.as_deref(), Some("Invoice"));
+        // CRLF lines already: the same bytes, borrowed.
+        assert!(matches!(head_lines(MSG), std::borrow::Cow::Borrowed(h) if h == head(MSG)));
+        // No blank line within the limit, the cut between a line end's CR and LF.
+        let mut long = b"X-Pad: ".to_vec();
+        long.resize(HEAD_LIMIT - 1, b'a');
+        long.extend_from_slice(b"\nTo: b@example.test\n");
+        let cut = head_lines(&long);
+        assert_eq!(
+            cut.len(),
+            HEAD_LIMIT - 1,
+            "the CR of the cut line end dropped"
+        );
+        assert!(!cut.ends_with(b"\r"));
+    }
 
     #[test]
     fn parses_fields_from_streamed_head() {

@@ -1359,7 +1359,7 @@ async fn the_drain_function_runs_continuity_events_with_sns_alerts_and_sms() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_message() {
     let moto = Moto::start();
-    let (clients, s, _) = moto.storage("bare").await;
+    let (clients, s, storage) = moto.storage("bare").await;
     let pf = Postfix::primary();
     pf.postconf(&[
         "smtpd_forbid_bare_newline = yes",
@@ -1384,6 +1384,13 @@ async fn bare_line_ends_in_an_ses_object_reach_a_strict_primary_as_lines_of_one_
     ses_put(&clients, &s, &id, raw.as_bytes()).await;
     let ingest = Ingest::new(moto.storage_as(Principal::Ingest, &s).await, "");
     assert_eq!(ingest.handle(ev).await.unwrap().indexed, 1);
+    // The index reads the header as the primary will: the field behind the bare CR is
+    // not part of the subject.
+    let recs = storage.index.list(&ListQuery::default()).await.unwrap();
+    assert_eq!(
+        recs[0].summary.subject.as_deref(),
+        Some("Quarterly figures")
+    );
     let f = function_with(
         &moto.storage_as(Principal::Drain, &s).await,
         "bare",

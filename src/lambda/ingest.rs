@@ -260,7 +260,9 @@ impl Ingest {
             }
             Err(e) => return Err(store(e)),
         };
-        let head = summary::head(&bytes);
+        // The lines the primary will get: a field behind a bare line end is one.
+        let head = summary::head_lines(&bytes);
+        let head = head.as_ref();
         if let Err(detail) = summary::check_message(head) {
             tracing::error!(ses_id = key, %detail, "raw object is not a message");
             return Err(IngestError::NotAMessage {

@@ -314,7 +314,13 @@ async fn check(
     );
     if !dry_run {
         filing
-            .file(&mut rec, summary::head(&bytes), &bytes, &blob.key, true)
+            .file(
+                &mut rec,
+                &summary::head_lines(&bytes),
+                &bytes,
+                &blob.key,
+                true,
+            )
             .await?;
     }
     report.reconciled += 1;
@@ -343,8 +349,8 @@ pub fn from_headers(
     journal: &Journal,
     now: DateTime<Utc>,
 ) -> Record {
-    let head = summary::head(bytes);
-    let parsed = MessageParser::default().parse_headers(head);
+    let head = summary::head_lines(bytes);
+    let parsed = MessageParser::default().parse_headers(&head);
     let mut mail_from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut verdicts = Verdicts::default();
@@ -418,7 +424,7 @@ pub fn from_headers(
             rcpts,
             stored_at,
             (bytes.len() as u64, hex::encode(Sha256::digest(bytes))),
-            summary::parse(head),
+            summary::parse(&head),
         )
     };
     super::ingest::quarantine_if_infected(&mut rec, &verdicts);
