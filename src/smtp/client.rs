@@ -1005,8 +1005,18 @@ mod tests {
     /// A relay to `addr` in plain text, each block of data written within `block`
     /// seconds, every other stage's timeout 10 s.
     async fn relay_to(addr: SocketAddr, block: u64) -> SmtpRelay {
+        relay_with(addr, block, false).await
+    }
+
+    /// [`relay_to`], with STARTTLS required (any certificate) when `tls`.
+    async fn relay_with(addr: SocketAddr, block: u64, tls: bool) -> SmtpRelay {
+        let tls = if tls {
+            "tls = \"required\"\ntls_verify = false"
+        } else {
+            "tls = \"none\""
+        };
         let config: crate::config::Config = toml::from_str(&format!(
-            "hostname = \"standby.test\"\n[primary]\naddress = \"{addr}\"\ntls = \"none\"\n\
+            "hostname = \"standby.test\"\n[primary]\naddress = \"{addr}\"\n{tls}\n\
              timeout_secs = 10\nblock_timeout_secs = {block}\ndot_timeout_secs = 10\n"
         ))
         .unwrap();
@@ -1020,21 +1030,65 @@ mod tests {
     /// to write, and the connection ends without an end of data.
     #[tokio::test]
     async fn after_a_failed_data_write_nothing_more_goes_out() {
+        nothing_more_after_a_failed_data_write(false).await;
+    }
+
+    /// [`after_a_failed_data_write_nothing_more_goes_out`] over STARTTLS: dropping the
+    /// session neither sends QUIT nor flushes what the TLS layer still holds.
+    #[tokio::test]
+    async fn after_a_failed_data_write_nothing_more_goes_out_over_tls() {
+        nothing_more_after_a_failed_data_write(true).await;
+    }
+
+    /// Plain TCP or, after STARTTLS, TLS.
+    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+    async fn nothing_more_after_a_failed_data_write(tls: bool) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["primary.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            super::super::tls::server_config(&cert_path, &key_path).unwrap(),
+        );
         let primary = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s: Box<dyn Io> = Box::new(s);
             s.write_all(b"220 primary.test ESMTP\r\n").await.unwrap();
             let mut seen = Vec::new();
             let mut chunk = vec![0; 4096];
+            let mut encrypted = false;
             while !seen.ends_with(b"DATA\r\n") {
                 let n = s.read(&mut chunk).await.unwrap();
                 assert!(n > 0, "closed before DATA");
                 seen.extend_from_slice(&chunk[..n]);
-                if seen.ends_with(b"\r\n") && seen.starts_with(b"EHLO") {
-                    s.write_all(b"250-primary.test\r\n250 PIPELINING\r\n")
-                        .await
-                        .unwrap();
+                if !seen.ends_with(b"\r\n") {
+                    continue;
+                }
+                if seen.starts_with(b"EHLO") {
+                    let starttls = if tls && !encrypted {
+                        "250-STARTTLS\r\n"
+                    } else {
+                        ""
+                    };
+                    s.write_all(
+                        format!("250-primary.test\r\n{starttls}250 PIPELINING\r\n").as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                    seen.clear();
+                } else if seen == b"STARTTLS\r\n" {
+                    s.write_all(b"220 2.0.0 go ahead\r\n").await.unwrap();
+                    s = Box::new(acceptor.accept(s).await.unwrap());
+                    encrypted = true;
                     seen.clear();
                 }
             }
@@ -1045,13 +1099,22 @@ mod tests {
             // then reading again, within what a QUIT would wait (10 s).
             tokio::time::sleep(Duration::from_secs(3)).await;
             let mut rest = Vec::new();
-            tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+            let read_all = async {
+                // Until the end, or an error: TLS ended without a close_notify.
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) => return true,
+                        Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                        Err(_) => return false,
+                    }
+                }
+            };
+            let closed = tokio::time::timeout(Duration::from_secs(20), read_all)
                 .await
-                .expect("the client closes the connection")
-                .unwrap();
-            rest
+                .expect("the client closes the connection");
+            (rest, encrypted, closed)
         });
-        let mut session = relay_to(addr, 1).await.connect().await.unwrap();
+        let mut session = relay_with(addr, 1, tls).await.connect().await.unwrap();
         // More than loopback's socket buffers hold.
         let body = b"a line\r\n".repeat(8 << 20);
         let sent = session
@@ -1071,7 +1134,14 @@ mod tests {
             "{sent:?}"
         );
         session.quit().await;
-        let rest = primary.await.unwrap();
+        let (rest, encrypted, closed) = primary.await.unwrap();
+        assert_eq!(encrypted, tls);
+        // Over TLS the session was dropped, not shut down: a shutdown would first flush
+        // what the TLS layer holds (there, a final dot), then send its close_notify.
+        assert!(
+            !(tls && closed),
+            "the client shut TLS down after the failed write"
+        );
         assert!(!rest.is_empty(), "some of the body arrived");
         let tail = &rest[rest.len().saturating_sub(64)..];
         assert!(
