@@ -1344,23 +1344,23 @@ fn watched(body: BlobReader, watch: impl BodyWatch) -> BlobReader {
 
 /// `body` with `top` before it and the `Authentication-Results:` fields of the `strip`
 /// authserv-ids removed from its header (also for [`crate::replay`]).
-/// The stored bytes are read as CRLF lines first ([`crlf_lines`]), as the primary will get
+/// The stored bytes are read as CRLF lines first ([`crlf_reader`]), as the primary will get
 /// them, so a field hidden behind a bare line end is seen and removed.
 pub fn filtered(body: BlobReader, top: Vec<u8>, strip: &[String], id: MessageId) -> BlobReader {
-    Stamped::boxed(crlf_lines(body), top, strip, Some(id))
+    Stamped::boxed(crlf_reader(body), top, strip, Some(id))
 }
 
 /// [`filtered`] with nothing on top and nothing logged: the bytes below the top as the
 /// primary will get them, for a first read (the ARC seal's: it signs those lines).
 fn filtered_quietly(body: BlobReader, strip: &[String]) -> BlobReader {
-    Stamped::boxed(crlf_lines(body), Vec::new(), strip, None)
+    Stamped::boxed(crlf_reader(body), Vec::new(), strip, None)
 }
 
-/// `body` with every bare `<LF>` and `<CR>` a `<CR><LF>` ([`WireEncoder::lines`]): the
+/// `body` read with every bare `<LF>` and `<CR>` a `<CR><LF>` ([`WireEncoder::lines`]): the
 /// lines the client will send, for whatever reads them as lines before it. Our listener
 /// stored CRLF lines already; an SES object holds what its sender wrote. Reads that need
 /// no change go through without a copy.
-fn crlf_lines(body: BlobReader) -> BlobReader {
+fn crlf_reader(body: BlobReader) -> BlobReader {
     Box::new(CrlfLines {
         inner: body,
         lines: WireEncoder::lines(),
@@ -1370,7 +1370,7 @@ fn crlf_lines(body: BlobReader) -> BlobReader {
     })
 }
 
-/// See [`crlf_lines`].
+/// See [`crlf_reader`].
 struct CrlfLines {
     inner: BlobReader,
     lines: WireEncoder,
