@@ -85,7 +85,13 @@ pub fn head_lines(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     match crlf_lines(&raw[..raw.len().min(HEAD_LIMIT)]) {
         std::borrow::Cow::Borrowed(cut) => std::borrow::Cow::Borrowed(head(cut)),
         std::borrow::Cow::Owned(mut lines) => {
-            let mut n = head(&lines).len();
+            // The header's end is looked for in all the lines the raw limit gave (at most
+            // twice as long: each bare line end gains a byte), so one the raw bytes hold
+            // within the limit is not lost to the lengthening.
+            let mut n = match find(&lines, b"\r\n\r\n") {
+                Some(pos) => pos + 2,
+                None => lines.len().min(HEAD_LIMIT),
+            };
             // Cut at the limit between a line end's `<CR>` and its `<LF>`: not a bare one.
             if lines[..n].ends_with(b"\r") {
                 n -= 1;
@@ -176,6 +182,13 @@ Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\nSubject: not a header\r\n";
             "the CR of the cut line end dropped"
         );
         assert!(!cut.ends_with(b"\r"));
+        // A header the raw limit holds whole, longer than it once its line ends are CRLF:
+        // its end, and the fields before it, are kept.
+        let mut grown = b"X: abc\n".repeat(9_000);
+        grown.extend_from_slice(b"From: ceo@bank.example\n\nbody");
+        let whole = head_lines(&grown);
+        assert!(whole.len() > HEAD_LIMIT && whole.ends_with(b"From: ceo@bank.example\r\n"));
+        assert_eq!(parse(&whole).from.as_deref(), Some("ceo@bank.example"));
     }
 
     #[test]

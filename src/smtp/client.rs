@@ -1097,7 +1097,7 @@ mod tests {
                 .unwrap();
             // Not reading: the client's write of the body stalls and times out (1 s);
             // then reading again, within what a QUIT would wait (10 s).
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
             let mut rest = Vec::new();
             let read_all = async {
                 // Until the end, or an error: TLS ended without a close_notify.
