@@ -268,13 +268,15 @@ impl Incoming {
     }
 
     /// Make the message durable: on the local spool, the blob and its envelope written
-    /// out, the index row written, then all three flushed at once; elsewhere the blob
+    /// out, then flushed while the index row is written and flushed; elsewhere the blob
     /// committed, then the row. Only then may the listener answer 250.
     ///
     /// # Errors
     /// Any storage error; the message must then not be acknowledged (the listener answers
-    /// 451 and the client keeps it). A blob committed before an index failure is removed
-    /// only when it is certain no record points at it (see [`settle_failed_insert`]).
+    /// 451 and the client keeps it). On the local spool nothing of it stays (its file is
+    /// removed, and its row if it was written); elsewhere a blob committed before an index
+    /// failure is removed only when it is certain no record points at it (see
+    /// [`settle_failed_insert`]).
     pub async fn commit(self) -> Result<Record, StoreError> {
         let Incoming {
             started,
@@ -365,28 +367,47 @@ impl Incoming {
             rec.verdicts.get_or_insert_with(Verdicts::default).spf = Verdicts::pending().spf;
         }
         match writer {
-            // The row written, then the message, its envelope and the row flushed at
-            // once: the file system folds the flushes into one journal commit where one
-            // after the other would wait for two (see [`crate::publish`]).
+            // The message and its envelope are flushed while the row is written and then
+            // flushed (WAL): the file system folds the flushes into one journal commit
+            // where one after the other would wait for two (see [`crate::publish`]), and
+            // the row's write (which waits for the other sessions' grouped insert, and
+            // now and then for a checkpoint) no longer comes before the file's flush.
+            // Nothing is acknowledged before both are durable; a crash before then
+            // leaves a message in `tmp/` that the next start indexes again only if its
+            // envelope and bytes agree, as any crash before the reply would.
             Some(writer) => {
-                if let Err(e) = storage.index.insert_unsynced(&rec).await
-                    && let Err(e) = settle_failed_insert(&storage, &rec, &key, e).await
-                {
-                    // Not acknowledged: its files go (should the row land after all,
-                    // the next start drops a row without its message).
-                    writer.abort().await;
-                    return Err(e);
-                }
-                let (flushed, synced) = tokio::join!(writer.commit(), storage.index.sync());
-                if let Err(e) = flushed {
-                    // Not durable, so not acknowledged: no row may point at it.
-                    // Whatever lease a drain took meanwhile: never acknowledged.
-                    if let Err(d) = storage.index.delete(&rec, DateTime::<Utc>::MAX_UTC).await {
-                        tracing::warn!(%id, error = %d, "cannot remove the row of a message whose flush failed (the next start removes it)");
+                // The error, and whether a row may be there to remove.
+                let row = async {
+                    if let Err(e) = storage.index.insert_unsynced(&rec).await {
+                        match settle_insert(&storage, &rec, e).await {
+                            Settled::Stored => {}
+                            // A row that may still land from the WAL stays for the next
+                            // start to drop (its message gone).
+                            Settled::Absent(e) | Settled::Unknown(e) => return Err((e, false)),
+                        }
+                    }
+                    storage.index.sync().await.map_err(|e| (e, true))
+                };
+                let (flushed, indexed) = tokio::join!(writer.commit(), row);
+                // Not durable, so not acknowledged: nothing of it may stay, neither a row
+                // (whatever lease a drain took meanwhile) nor its file (which the next
+                // start would index again from its envelope).
+                let failed = match (flushed, indexed) {
+                    (Ok(()), Ok(())) => None,
+                    (Err(e), indexed) => Some((e, !matches!(indexed, Err((_, false))))),
+                    (Ok(()), Err((e, row_written))) => Some((e, row_written)),
+                };
+                if let Some((e, row_written)) = failed {
+                    if row_written
+                        && let Err(d) = storage.index.delete(&rec, DateTime::<Utc>::MAX_UTC).await
+                    {
+                        tracing::warn!(%id, error = %d, "cannot remove the row of a message that was not made durable (the next start removes it)");
+                    }
+                    if let Err(d) = storage.blobs.delete(&key).await {
+                        tracing::warn!(%id, error = %d, "cannot remove the file of a message that was not made durable (the next start checks it)");
                     }
                     return Err(e);
                 }
-                synced?;
             }
             None => {
                 if let Err(e) = storage.index.insert(&rec).await {
@@ -467,18 +488,15 @@ async fn settle_failed_insert(
     key: &str,
     e: StoreError,
 ) -> Result<(), StoreError> {
-    match storage.index.get(rec.id).await {
-        Ok(Some(stored)) if stored.sha256 == rec.sha256 => {
-            tracing::warn!(id = %rec.id, error = %e, "index write reported an error but the record is stored");
-            Ok(())
-        }
-        Ok(None) if !e.is_transient() => {
+    match settle_insert(storage, rec, e).await {
+        Settled::Stored => Ok(()),
+        Settled::Absent(e) => {
             if let Err(d) = storage.blobs.delete(key).await {
                 tracing::warn!(id = %rec.id, error = %d, "cannot remove the blob of a refused message");
             }
             Err(e)
         }
-        _ => {
+        Settled::Unknown(e) => {
             tracing::warn!(
                 id = %rec.id,
                 blob = key,
@@ -488,6 +506,27 @@ async fn settle_failed_insert(
             );
             Err(e)
         }
+    }
+}
+
+/// What became of an insert the index refused or did not answer.
+enum Settled {
+    /// The record is there after all (with these bytes).
+    Stored,
+    /// Certainly absent, and the write will never land.
+    Absent(StoreError),
+    /// It may still land.
+    Unknown(StoreError),
+}
+
+async fn settle_insert(storage: &Storage, rec: &Record, e: StoreError) -> Settled {
+    match storage.index.get(rec.id).await {
+        Ok(Some(stored)) if stored.sha256 == rec.sha256 => {
+            tracing::warn!(id = %rec.id, error = %e, "index write reported an error but the record is stored");
+            Settled::Stored
+        }
+        Ok(None) if !e.is_transient() => Settled::Absent(e),
+        _ => Settled::Unknown(e),
     }
 }
 
@@ -752,9 +791,17 @@ mod tests {
     /// Commit one message into storage whose index fails as `failure` says; the result
     /// and whether the blob is still there.
     async fn commit_with(failure: Failure) -> (Result<Record, StoreError>, bool, MessageId) {
+        commit_into(failure, Storage::memory()).await
+    }
+
+    /// [`commit_with`] on `storage`'s blobs.
+    async fn commit_into(
+        failure: Failure,
+        storage: Storage,
+    ) -> (Result<Record, StoreError>, bool, MessageId) {
         let storage = Storage {
             index: Arc::new(Failing(crate::backend::MemIndex::default(), failure)),
-            ..Storage::memory()
+            ..storage
         };
         let spool = Spool::new(storage.clone(), Arc::new(SystemClock), "standby.test");
         let mut inc = spool.begin(env(&["bob@example.test"])).await.unwrap();
@@ -781,6 +828,33 @@ mod tests {
         let (res, blob, _) = commit_with(Failure::Refused).await;
         assert!(res.is_err(), "no 250");
         assert!(!blob, "certainly never indexed: the blob goes");
+    }
+
+    /// The local spool stages the file and flushes it while the row is written: a row
+    /// that failed, refused or unanswered, leaves no file (it would be indexed again from
+    /// its envelope at the next start, and delivered although the client got 451); one
+    /// that landed despite its error keeps it.
+    #[tokio::test]
+    async fn the_local_spool_keeps_no_file_of_a_message_whose_row_failed() {
+        for (failure, kept) in [
+            (Failure::LandedAnswerLost, true),
+            (Failure::Refused, false),
+            (Failure::NoAnswer, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage {
+                blobs: Arc::new(crate::backend::FsBlobStore::open(dir.path()).unwrap()),
+                ..Storage::memory()
+            };
+            let (res, blob, _) = commit_into(failure, storage).await;
+            assert_eq!(res.is_ok(), kept);
+            assert_eq!(blob, kept, "the file is there: {blob}, should be: {kept}");
+            let files = std::fs::read_dir(dir.path().join("tmp")).unwrap().count()
+                + std::fs::read_dir(dir.path().join("messages"))
+                    .unwrap()
+                    .count();
+            assert_eq!(files, usize::from(kept), "files left in the spool");
+        }
     }
 
     #[tokio::test]

@@ -3,12 +3,12 @@
 //!
 //! [`Incoming::commit`](crate::ingest::Incoming::commit) on the local spool stages the
 //! message and its envelope in `tmp/` (written, not flushed:
-//! [`BlobWriter::stage`](crate::ports::BlobWriter::stage)), writes the row unflushed
-//! ([`Index::insert_unsynced`](crate::ports::Index::insert_unsynced)), then flushes the
-//! files and the index's WAL at once, and the listener answers 250 once all are on disk.
-//! Why at once: on the bench's journaled ext4 a WAL flush after the files' flush was a
-//! second journal commit every session waited for; issued together, the file system
-//! folds them into one.
+//! [`BlobWriter::stage`](crate::ports::BlobWriter::stage)), then flushes the file and
+//! `tmp/` while it writes the row unflushed
+//! ([`Index::insert_unsynced`](crate::ports::Index::insert_unsynced)) and flushes the
+//! index's WAL, and the listener answers 250 once all are on disk. Why at once: on the
+//! bench's journaled ext4 a WAL flush after the files' flush was a second journal commit
+//! every session waited for; issued together, the file system folds them into one.
 //!
 //! The message stays in `tmp/` (readable there) until the publisher renames it into
 //! `messages/` ([`BlobStore::publish`](crate::ports::BlobStore::publish)) in a batch; only

@@ -218,3 +218,151 @@ fn power_cuts_while_receiving_and_draining_lose_nothing_acknowledged() {
          drain can have in flight at each"
     );
 }
+
+/// Send `token` with swaks (a real client); the last reply to the final dot.
+fn dot_reply(port: u16, token: &str) -> String {
+    let body = message(token, 20);
+    let (_, t) = swaks(
+        port,
+        &[
+            "--from",
+            "load@example.org",
+            "--to",
+            "bob@example.test",
+            "--data",
+            &body,
+        ],
+    );
+    // Swaks shows what the client sent as ` -> ` lines and the replies as `<- ` (or
+    // `<** ` for an error): the reply after the lone dot.
+    t.rsplit_once("\n -> .\n")
+        .and_then(|(_, after)| {
+            after
+                .lines()
+                .find(|l| l.starts_with("<"))
+                .map(|l| l.trim_start_matches(['<', '-', '*']).trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no reply to {token}'s final dot:\n{t}"))
+}
+
+/// Every token stored in the spool's index (held), by subject.
+fn stored_tokens(sb: &Standby) -> Vec<String> {
+    let mut tokens: Vec<String> = sb
+        .list("held")
+        .iter()
+        .filter_map(|r| r["subject"].as_str())
+        .filter_map(|s| s.strip_prefix("crash "))
+        .map(str::to_string)
+        .collect();
+    tokens.sort();
+    tokens
+}
+
+/// Spool files of `token`'s message anywhere under `data` (tmp/, messages/, orphans/).
+fn files_of(data: &Path, token: &str) -> usize {
+    ["tmp", "messages", "orphans"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(data.join(d)).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read(e.path()).is_ok_and(|b| {
+                b.windows(token.len() + 4)
+                    .any(|w| w == format!("END-{token}").as_bytes())
+            })
+        })
+        .count()
+}
+
+/// A disk that fails a flush, from a real file system (the lazy one answers EIO while a
+/// marker file exists, see tests/support/lazyfs.py): the message whose file, `tmp/` or
+/// WAL flush failed gets `451 4.3.0` and leaves nothing behind, neither a row nor a
+/// file, also after a restart; a failed flush of a message's own file fails only that
+/// message, a failed flush of `tmp/` or of the WAL (descriptors every session shares,
+/// to which Linux reports a writeback error once) fails every message after it until
+/// `standby serve` restarts.
+#[test]
+fn a_failed_flush_answers_451_and_leaves_nothing_behind() {
+    require("swaks", "swaks");
+    let root = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (root.path().join("disk"), root.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _fs = LazyFs::mount(&backing, &mnt);
+    let fake = FakePrimary::start(vec![FakeReply::Busy421]);
+    let data = mnt.join("data");
+    let mut sb = Standby::configure(
+        fake.port,
+        "",
+        &[
+            ("STANDBY_DATA_DIR", data.to_str().unwrap()),
+            ("STANDBY_HEALTH_UP_AFTER", "100000"),
+        ],
+    );
+    sb.spawn();
+    let fail = |what: &str, on: bool| {
+        let marker = backing.join(format!(".fail-{what}"));
+        if on {
+            std::fs::write(marker, b"").unwrap();
+        } else {
+            std::fs::remove_file(marker).unwrap();
+        }
+    };
+    let accepted = |reply: &str| reply.starts_with("250 ");
+    let refused = |reply: &str| reply.starts_with("451 4.3.0");
+
+    let mut kept = vec!["a"];
+    let mut lost = Vec::new();
+    assert!(accepted(&dot_reply(sb.port, "a")));
+
+    // The message's own file: that message only.
+    fail("spool-flush", true);
+    let r = dot_reply(sb.port, "b");
+    assert!(refused(&r), "a failed flush of the message's file got {r}");
+    lost.push("b");
+    fail("spool-flush", false);
+    assert!(
+        accepted(&dot_reply(sb.port, "c")),
+        "one file's flush error stuck"
+    );
+    kept.push("c");
+
+    // `tmp/` and then the WAL: every later message too, until a restart.
+    for (what, first, then, after) in [("dir-flush", "d", "e", "f"), ("wal-flush", "g", "h", "i")] {
+        fail(what, true);
+        let r = dot_reply(sb.port, first);
+        assert!(refused(&r), "a failed {what} got {r}");
+        fail(what, false);
+        let r = dot_reply(sb.port, then);
+        assert!(
+            refused(&r),
+            "after a failed {what}, a later message got {r}"
+        );
+        lost.extend([first, then]);
+        sb.terminate();
+        sb.spawn();
+        assert!(
+            accepted(&dot_reply(sb.port, after)),
+            "{what}: not accepted after a restart"
+        );
+        kept.push(after);
+    }
+    sb.terminate();
+    sb.spawn();
+    kept.sort();
+    assert_eq!(
+        stored_tokens(&sb),
+        kept,
+        "the index holds exactly the messages that got 250"
+    );
+    for t in &lost {
+        assert_eq!(
+            files_of(&data, t),
+            0,
+            "a file of {t}, refused with 451, is still in the spool"
+        );
+    }
+    for t in &kept {
+        assert_eq!(files_of(&data, t), 1, "{t} is not in the spool once");
+    }
+}

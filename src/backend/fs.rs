@@ -20,9 +20,9 @@
 //! progress or a partial one: readers do not see it.
 //!
 //! # One flush per message
-//! A commit flushes the message's file (`fdatasync(2)`), then `tmp/` (`fsync(2)`: POSIX
-//! makes a new file's name durable only through its directory; ext4, XFS and btrfs commit
-//! it with the file's flush, so this one costs little there). The other sessions
+//! A commit flushes the message's file (`fdatasync(2)`) and, at the same time, `tmp/`
+//! (`fsync(2)`: POSIX makes a new file's name durable only through its directory; one
+//! flush of it for all the commits waiting, see [`TmpFlush`]). The other sessions
 //! committing at that moment do the same, and the file system folds the flushes waiting
 //! together into one journal commit (ext4's jbd2, XFS's log force). The per-file flush is
 //! also what reports *that file's* writeback error (its own error sequence, sampled when
@@ -60,6 +60,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::group::Group;
 use super::spool_file;
 use crate::error::StoreError;
 use crate::model::MessageId;
@@ -179,13 +180,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("fsync", dir, e))
 }
 
-/// A descriptor flushed by every commit, whose first failed flush fails every later
+/// A descriptor flushed for every commit, whose first failed flush fails every later
 /// one: Linux reports a writeback error once per descriptor, so on a descriptor shared by
 /// all sessions the commit after the one that saw an error would see none. A spool whose
-/// directory cannot be flushed answers 451 until `standby serve` restarts.
+/// directory cannot be flushed answers 451 until `standby serve` restarts. Flushes take
+/// turns: of two at once, one could return the error and the other success although it
+/// started before the error was seen.
 pub(crate) struct Sticky {
     file: std::fs::File,
     failed: std::sync::atomic::AtomicBool,
+    turn: std::sync::Mutex<()>,
 }
 
 impl Sticky {
@@ -193,12 +197,14 @@ impl Sticky {
         Sticky {
             file,
             failed: std::sync::atomic::AtomicBool::new(false),
+            turn: std::sync::Mutex::new(()),
         }
     }
 
     /// `fsync(2)`, or the error a flush of this descriptor met before.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
         use std::sync::atomic::Ordering;
+        let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         if self.failed.load(Ordering::SeqCst) {
             return Err(std::io::Error::other(
                 "an earlier flush of this file failed (restart `standby serve` once the disk is sound)",
@@ -255,8 +261,11 @@ pub struct FsBlobStore {
     messages: PathBuf,
     tmp: PathBuf,
     orphans: PathBuf,
-    /// `tmp/` itself, fsynced by each commit so the new files' names are durable there.
+    /// `tmp/` itself, fsynced for the commits (through `tmp_flush`) so the new files'
+    /// names are durable there, and by deletes of files in it.
     tmp_dir: Arc<Sticky>,
+    /// The commits' flushes of `tmp/`, grouped: see [`TmpFlush`].
+    tmp_flush: Arc<TmpFlush>,
     /// Held while publishing and while deleting, so a delete never races a rename.
     publishing: Arc<std::sync::Mutex<()>>,
 }
@@ -281,8 +290,10 @@ impl FsBlobStore {
             private_dir(dir)?;
         }
         let tmp_dir = std::fs::File::open(&tmp).map_err(|e| StoreError::io("open", &tmp, e))?;
+        let tmp_dir = Arc::new(Sticky::new(tmp_dir));
         Ok(FsBlobStore {
-            tmp_dir: Arc::new(Sticky::new(tmp_dir)),
+            tmp_flush: Arc::new(tmp_flush(tmp_dir.clone())),
+            tmp_dir,
             publishing: Arc::default(),
             orphans: data_dir.join("orphans"),
             messages,
@@ -634,7 +645,7 @@ impl BlobStore for FsBlobStore {
             staged: false,
             dest: self.path(id),
             made: false,
-            tmp_dir: self.tmp_dir.clone(),
+            tmp_flush: self.tmp_flush.clone(),
         }))
     }
 
@@ -827,7 +838,31 @@ struct FsBlobWriter {
     dest: PathBuf,
     /// This writer created its file: removed if it fails or is aborted.
     made: bool,
-    tmp_dir: Arc<Sticky>,
+    tmp_flush: Arc<TmpFlush>,
+}
+
+/// Flushes of `tmp/` for the commits waiting, one `fsync(2)` for all of them. A commit
+/// asks for one while its file's own flush runs, not after it: the file's name has been
+/// in `tmp/` since the file was created, before the commit, so any flush of `tmp/` that
+/// starts after the commit asked covers it (a [`Group`] answers only with such a flush).
+/// One after the other, the two waited for two journal commits on ext4: `tmp/` changes
+/// with every other session's new file, so its flush always found a fresh transaction
+/// to commit. The answer is the flush's error (its kind, so a full disk stays transient,
+/// and its text), shared by every commit it served.
+type TmpFlush = Group<(), Result<(), (std::io::ErrorKind, String)>>;
+
+fn tmp_flush(dir: Arc<Sticky>) -> TmpFlush {
+    Group::new(256, move |batch: Vec<()>| {
+        let dir = dir.clone();
+        async move {
+            let res = tokio::task::spawn_blocking(move || {
+                dir.sync().map_err(|e| (e.kind(), e.to_string()))
+            })
+            .await
+            .unwrap_or_else(|e| Err((std::io::ErrorKind::Other, e.to_string())));
+            vec![res; batch.len()]
+        }
+    })
 }
 
 /// Create `path` (0600, never over an existing file).
@@ -985,31 +1020,41 @@ impl BlobWriter for FsBlobWriter {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         // Not staged: written out now.
         self.seal().await?;
-        let (file, tmp, made) = (self.file.take(), self.tmp.clone(), self.made);
-        let (was_staged, dest, dir) = (self.staged, self.dest.clone(), self.tmp_dir.clone());
-        blocking("commit", &self.tmp, move || {
-            // The file's own flush (it reports that file's writeback error), then `tmp/`,
-            // where it was created: POSIX promises a new file's name only with an fsync
-            // of its directory, which the file's flush has committed already on ext4 and
-            // XFS.
-            let flushed = match &file {
-                Some(f) => f
-                    .sync_data()
-                    .map_err(|err| StoreError::io("fdatasync", &tmp, err)),
-                None => Err(StoreError::io(
-                    "fdatasync",
-                    &tmp,
-                    std::io::Error::other("no file was written"),
-                )),
-            }
-            .and_then(|()| {
-                dir.sync()
-                    .map_err(|err| StoreError::io("fsync", tmp.parent().unwrap_or(&tmp), err))
+        let (file, tmp) = (self.file.take(), self.tmp.clone());
+        // The file's own flush (it reports that file's writeback error) and, at the same
+        // time, one of `tmp/`, where it was created (see [`TmpFlush`]): POSIX promises a
+        // new file's name only with an fsync of its directory, which the file's flush
+        // commits anyway on ext4 and XFS.
+        let own = blocking("fdatasync", &self.tmp, move || match &file {
+            Some(f) => f
+                .sync_data()
+                .map_err(|err| StoreError::io("fdatasync", &tmp, err)),
+            None => Err(StoreError::io(
+                "fdatasync",
+                &tmp,
+                std::io::Error::other("no file was written"),
+            )),
+        });
+        let (own, dir) = tokio::join!(own, self.tmp_flush.submit(()));
+        let dir = dir
+            .unwrap_or_else(|| {
+                Err((
+                    std::io::ErrorKind::Other,
+                    "the flush of tmp/ stopped".into(),
+                ))
+            })
+            .map_err(|(kind, text)| {
+                let at = self.tmp.parent().unwrap_or(&self.tmp);
+                StoreError::io("fsync", at, std::io::Error::new(kind, text))
             });
+        let flushed = own.and(dir);
+        if self.staged && flushed.is_ok() {
+            // The publisher moves it.
+            return Ok(());
+        }
+        let (tmp, dest, made) = (self.tmp.clone(), self.dest.clone(), self.made);
+        blocking("commit", &self.tmp, move || {
             let placed = flushed.and_then(|()| {
-                if was_staged {
-                    return Ok(());
-                }
                 std::fs::rename(&tmp, &dest).map_err(|err| StoreError::io("rename", &tmp, err))
             });
             if placed.is_err() {

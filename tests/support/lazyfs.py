@@ -14,6 +14,11 @@ this models lost *data*, not lost directory entries (no file system model here c
 drop a rename; the syscall-order test checks the directory fsyncs instead). Only
 per-file fsync/fdatasync make data survive here (FUSE never receives syncfs(2)).
 
+Flush errors, for the tests of what a failing disk gets: while a file named
+`.fail-spool-flush`, `.fail-wal-flush` or `.fail-dir-flush` exists in BACKING, an
+fsync/fdatasync of a `*.spool` file, of a `*-wal` file, or of any directory answers EIO
+(and makes nothing durable), as a disk whose writeback failed would.
+
 Needs Debian's python3-fusepy (scripts/test installs it).
 """
 
@@ -181,7 +186,13 @@ class LazyFS(Operations):
     def release(self, path, fh):
         return os.close(fh)
 
+    def _fails(self, what):
+        return os.path.exists(os.path.join(self.root, ".fail-" + what))
+
     def fsync(self, path, datasync, fh):
+        if (path.endswith(".spool") and self._fails("spool-flush")) or (
+                path.endswith("-wal") and self._fails("wal-flush")):
+            raise FuseOSError(errno.EIO)
         st = os.fstat(fh)
         p = self.pending.pop(st.st_ino, None)
         # The handle may be read-only: write through one of our own.
@@ -202,6 +213,8 @@ class LazyFS(Operations):
         return 0
 
     def fsyncdir(self, path, datasync, fh):
+        if self._fails("dir-flush"):
+            raise FuseOSError(errno.EIO)
         return 0
 
 
