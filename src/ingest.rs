@@ -381,9 +381,11 @@ impl Incoming {
                     if let Err(e) = storage.index.insert_unsynced(&rec).await {
                         match settle_insert(&storage, &rec, e).await {
                             Settled::Stored => {}
-                            // A row that may still land from the WAL stays for the next
-                            // start to drop (its message gone).
-                            Settled::Absent(e) | Settled::Unknown(e) => return Err((e, false)),
+                            Settled::Absent(e) => return Err((e, false)),
+                            // Perhaps written (removed if it is there now; one that lands
+                            // later from the WAL, the next start drops: its message is
+                            // gone).
+                            Settled::Unknown(e) => return Err((e, true)),
                         }
                     }
                     storage.index.sync().await.map_err(|e| (e, true))
@@ -398,13 +400,11 @@ impl Incoming {
                     (Ok(()), Err((e, row_written))) => Some((e, row_written)),
                 };
                 if let Some((e, row_written)) = failed {
-                    if row_written
-                        && let Err(d) = storage.index.delete(&rec, DateTime::<Utc>::MAX_UTC).await
-                    {
+                    if row_written && let Err(d) = storage.index.discard(&rec).await {
                         tracing::warn!(%id, error = %d, "cannot remove the row of a message that was not made durable (the next start removes it)");
                     }
                     if let Err(d) = storage.blobs.delete(&key).await {
-                        tracing::warn!(%id, error = %d, "cannot remove the file of a message that was not made durable (the next start checks it)");
+                        tracing::warn!(%id, error = %d, "the file of a message that was not made durable may be left (unlinked but not flushed, or not unlinked): the next start checks it");
                     }
                     return Err(e);
                 }

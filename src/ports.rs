@@ -547,6 +547,16 @@ pub trait Index: Send + Sync + 'static {
     /// [`StoreError::Leased`] when a drain holds it; [`StoreError::Changed`] when it was
     /// written since it was read.
     async fn delete(&self, rec: &Record, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Remove the row of a message that was never acknowledged (its file's or its row's
+    /// flush failed, so the client got 451), whatever its version, lease or legal hold
+    /// (a retention rule may have set one at receipt), leaving a tombstone where deletes
+    /// do. It needs no flush of its own, and must not need one: it runs when a flush has
+    /// just failed. A power cut may bring the row back; the start then drops a row whose
+    /// message is nowhere. Returns whether there was a row. Default: [`Index::delete`]
+    /// at the end of time (no lease outlives it).
+    async fn discard(&self, rec: &Record) -> Result<bool, StoreError> {
+        self.delete(rec, DateTime::<Utc>::MAX_UTC).await
+    }
     /// The health record `node` saved, if any.
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError>;
     /// Store `h` as the record of `h.node`, replacing only that node's record: nodes

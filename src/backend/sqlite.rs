@@ -151,6 +151,7 @@ pub struct SqliteIndex {
     completions: Arc<Group<(Record, String), Result<(), StoreError>>>,
     verdicts: Arc<Group<VerdictWrite, Result<(), StoreError>>>,
     renewals: Arc<Group<Renewal, Result<bool, StoreError>>>,
+    discards: Arc<Group<MessageId, Result<bool, StoreError>>>,
 }
 
 /// The WAL file, held open from the index's start: Linux reports a writeback error to
@@ -234,6 +235,22 @@ fn renew_item(
         .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner, ms(*until)]))
         .map(|n| Ok(n == 1))
         .map_err(db_err)
+}
+
+/// Remove a never-acknowledged message's row, whatever its version, lease or hold, with
+/// its tombstone (see [`Index::discard`]).
+fn discard_item(
+    tx: &rusqlite::Transaction<'_>,
+    id: &MessageId,
+) -> Result<Result<bool, StoreError>, StoreError> {
+    let n = tx
+        .prepare_cached("DELETE FROM messages WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute([id.to_string()]))
+        .map_err(db_err)?;
+    if n == 1 {
+        tombstone(tx, *id)?;
+    }
+    Ok(Ok(n == 1))
 }
 
 /// A sender check's result for one record, and the time its lease is judged at.
@@ -828,6 +845,8 @@ impl SqliteIndex {
             verdicts: Arc::new(grouped(conn.clone(), verdict_item, Commit::Lazy)),
             // A renewal need not survive a crash: nobody is left to use the lease.
             renewals: Arc::new(grouped(conn.clone(), renew_item, Commit::Lazy)),
+            // Run when a flush has just failed: one of its own would fail too.
+            discards: Arc::new(grouped(conn.clone(), discard_item, Commit::Lazy)),
             conn,
         })
     }
@@ -1229,6 +1248,13 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn discard(&self, rec: &Record) -> Result<bool, StoreError> {
+        self.discards
+            .submit(rec.id)
+            .await
+            .unwrap_or_else(|| Err(worker_failed("discard worker stopped".into())))
+    }
+
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         let node = node.to_string();
         self.with(move |c| {
@@ -1427,6 +1453,51 @@ mod tests {
         assert_eq!(tombs, [rec.id].into_iter().collect());
         index.clear_tombstones(&tombs).unwrap();
         assert!(index.tombstones().unwrap().is_empty());
+    }
+
+    /// A message that got 451 leaves no row, whatever was set on it meanwhile (a hold a
+    /// retention rule set at receipt, a drain's lease, a newer version), and a tombstone
+    /// for its file; discarding a row that is not there says so.
+    #[tokio::test]
+    async fn a_discard_removes_the_row_whatever_its_hold_lease_or_version() {
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let now = Utc::now();
+        let rec = Record::held(
+            MessageId::new(now),
+            "a@example.org".into(),
+            vec!["b@example.test".into()],
+            now,
+            (1, "00".into()),
+            crate::model::Summary::default(),
+        );
+        index.insert(&rec).await.unwrap();
+        let mut held = index.get(rec.id).await.unwrap().unwrap();
+        held.legal_hold = Some(crate::model::LegalHold {
+            at: now,
+            reason: "rule".into(),
+        });
+        index.update(&held, now).await.unwrap();
+        let claimed = index
+            .claim(&ClaimRequest {
+                owner: "drain".into(),
+                now,
+                lease_until: now + chrono::Duration::minutes(10),
+                limit: 1,
+                status: Status::Held,
+                received_before: None,
+                skew: chrono::Duration::zero(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "leased by a drain");
+        assert!(
+            index.delete(&rec, now).await.is_err(),
+            "a delete is refused"
+        );
+        assert!(index.discard(&rec).await.unwrap());
+        assert_eq!(index.get(rec.id).await.unwrap(), None);
+        assert_eq!(index.tombstones().unwrap(), [rec.id].into_iter().collect());
+        assert!(!index.discard(&rec).await.unwrap());
     }
 
     #[test]
