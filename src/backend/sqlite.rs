@@ -1420,10 +1420,8 @@ mod tests {
         assert!(pages >= 3, "{pages}");
     }
 
-    #[tokio::test]
-    async fn a_delete_leaves_a_tombstone_until_it_is_cleared() {
-        let index = SqliteIndex::open_in_memory().unwrap();
-        let now = Utc::now();
+    /// A held message received at `now`, inserted.
+    async fn one_held(index: &SqliteIndex, now: DateTime<Utc>) -> Record {
         let rec = Record::held(
             MessageId::new(now),
             "a@example.org".into(),
@@ -1433,6 +1431,14 @@ mod tests {
             crate::model::Summary::default(),
         );
         index.insert(&rec).await.unwrap();
+        rec
+    }
+
+    #[tokio::test]
+    async fn a_delete_leaves_a_tombstone_until_it_is_cleared() {
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let now = Utc::now();
+        let rec = one_held(&index, now).await;
         assert!(index.tombstones().unwrap().is_empty());
         // A delete the index refuses (a hold placed after the read) leaves no
         // tombstone: the next start must not unlink the file of a kept message.
@@ -1462,15 +1468,7 @@ mod tests {
     async fn a_discard_removes_the_row_whatever_its_hold_lease_or_version() {
         let index = SqliteIndex::open_in_memory().unwrap();
         let now = Utc::now();
-        let rec = Record::held(
-            MessageId::new(now),
-            "a@example.org".into(),
-            vec!["b@example.test".into()],
-            now,
-            (1, "00".into()),
-            crate::model::Summary::default(),
-        );
-        index.insert(&rec).await.unwrap();
+        let rec = one_held(&index, now).await;
         let mut held = index.get(rec.id).await.unwrap().unwrap();
         held.legal_hold = Some(crate::model::LegalHold {
             at: now,
