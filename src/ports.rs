@@ -552,8 +552,10 @@ pub trait Index: Send + Sync + 'static {
     /// (a retention rule may have set one at receipt), leaving a tombstone where deletes
     /// do. It needs no flush of its own, and must not need one: it runs when a flush has
     /// just failed. A power cut may bring the row back; the start then drops a row whose
-    /// message is nowhere. Returns whether there was a row. Default: [`Index::delete`]
-    /// at the end of time (no lease outlives it).
+    /// message is nowhere. Returns whether there was a row. Only the receive path of a
+    /// store that stages (the local spool: SQLite, and the in-memory index of tests) calls
+    /// it; the default, for the others, is [`Index::delete`] at the end of time (no lease
+    /// outlives it), which a hold or a newer version still refuses.
     async fn discard(&self, rec: &Record) -> Result<bool, StoreError> {
         self.delete(rec, DateTime::<Utc>::MAX_UTC).await
     }

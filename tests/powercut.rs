@@ -48,7 +48,11 @@ fn mounted(mnt: &Path) -> bool {
 }
 
 impl LazyFs {
-    fn mount(backing: &Path, mnt: &Path) -> LazyFs {
+    /// A lazy file system backed by `root/disk`, mounted at `root/mnt`.
+    fn mount_in(root: &Path) -> LazyFs {
+        let (backing, mnt) = (root.join("disk"), root.join("mnt"));
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
         let ok = Command::new(PYTHON)
             .args(["-c", "import fusepy"])
             .status()
@@ -63,8 +67,8 @@ impl LazyFs {
             "/dev/fuse is missing: this test needs FUSE"
         );
         let mut fs = LazyFs {
-            backing: backing.to_path_buf(),
-            mnt: mnt.to_path_buf(),
+            backing,
+            mnt,
             child: None,
         };
         fs.start();
@@ -127,15 +131,12 @@ fn power_cuts_while_receiving_and_draining_lose_nothing_acknowledged() {
     eprintln!("power-cut test: {cuts} cuts, seed {seed} (STANDBYMX_CRASH_SEED replays it)");
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
-    let (backing, mnt) = (root.path().join("disk"), root.path().join("mnt"));
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut fs = LazyFs::mount(&backing, &mnt);
+    let mut fs = LazyFs::mount_in(root.path());
 
     let pf = Postfix::primary();
     pf.start();
     let concurrency = 2u64;
-    let data = mnt.join("data");
+    let data = fs.mnt.join("data");
     let mut sb = Standby::configure(
         pf.port,
         "",
@@ -260,16 +261,14 @@ fn stored_tokens(sb: &Standby) -> Vec<String> {
 
 /// Spool files of `token`'s message anywhere under `data` (tmp/, messages/, orphans/).
 fn files_of(data: &Path, token: &str) -> usize {
+    let end = format!("END-{token}");
     ["tmp", "messages", "orphans"]
         .iter()
         .filter_map(|d| std::fs::read_dir(data.join(d)).ok())
         .flatten()
         .filter_map(Result::ok)
         .filter(|e| {
-            std::fs::read(e.path()).is_ok_and(|b| {
-                b.windows(token.len() + 4)
-                    .any(|w| w == format!("END-{token}").as_bytes())
-            })
+            std::fs::read(e.path()).is_ok_and(|b| b.windows(end.len()).any(|w| w == end.as_bytes()))
         })
         .count()
 }
@@ -285,12 +284,9 @@ fn files_of(data: &Path, token: &str) -> usize {
 fn a_failed_flush_answers_451_and_leaves_nothing_behind() {
     require("swaks", "swaks");
     let root = tempfile::tempdir().unwrap();
-    let (backing, mnt) = (root.path().join("disk"), root.path().join("mnt"));
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let _fs = LazyFs::mount(&backing, &mnt);
+    let fs = LazyFs::mount_in(root.path());
     let fake = FakePrimary::start(vec![FakeReply::Busy421]);
-    let data = mnt.join("data");
+    let data = fs.mnt.join("data");
     let mut sb = Standby::configure(
         fake.port,
         "",
@@ -301,7 +297,7 @@ fn a_failed_flush_answers_451_and_leaves_nothing_behind() {
     );
     sb.spawn();
     let fail = |what: &str, on: bool| {
-        let marker = backing.join(format!(".fail-{what}"));
+        let marker = fs.backing.join(format!(".fail-{what}"));
         if on {
             std::fs::write(marker, b"").unwrap();
         } else {

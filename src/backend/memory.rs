@@ -304,6 +304,9 @@ impl Index for MemIndex {
         s.records.remove(&rec.id);
         Ok(true)
     }
+    async fn discard(&self, rec: &Record) -> Result<bool, StoreError> {
+        Ok(self.state.lock().unwrap().records.remove(&rec.id).is_some())
+    }
     async fn load_health(&self, node: &str) -> Result<Option<HealthRecord>, StoreError> {
         Ok(self.state.lock().unwrap().health.get(node).cloned())
     }
@@ -542,5 +545,29 @@ impl crate::ports::Mailboxes for MemMailboxes {
     ) -> Result<(), StoreError> {
         self.with(user, |s| s.change(changes));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the SQLite index's: a never-acknowledged message's row goes whatever hold or
+    /// version it has (`Index::discard`), where a delete is refused.
+    #[tokio::test]
+    async fn a_discard_removes_the_row_whatever_its_hold_or_version() {
+        let index = MemIndex::default();
+        let now = Utc::now();
+        let rec = crate::backend::one_held(&index, now).await;
+        let mut held = index.get(rec.id).await.unwrap().unwrap();
+        held.legal_hold = Some(crate::model::LegalHold {
+            at: now,
+            reason: "rule".into(),
+        });
+        index.update(&held, now).await.unwrap();
+        assert!(index.delete(&rec, DateTime::<Utc>::MAX_UTC).await.is_err());
+        assert!(index.discard(&rec).await.unwrap());
+        assert_eq!(index.get(rec.id).await.unwrap(), None);
+        assert!(!index.discard(&rec).await.unwrap());
     }
 }

@@ -247,3 +247,21 @@ impl Storage {
         }
     }
 }
+
+/// A held message received at `now`, inserted into `index` (for the indexes' tests).
+#[cfg(test)]
+pub(crate) async fn one_held(
+    index: &dyn crate::ports::Index,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::model::Record {
+    let rec = crate::model::Record::held(
+        MessageId::new(now),
+        "a@example.org".into(),
+        vec!["b@example.test".into()],
+        now,
+        (1, "00".into()),
+        crate::model::Summary::default(),
+    );
+    index.insert(&rec).await.unwrap();
+    rec
+}

@@ -1420,19 +1420,7 @@ mod tests {
         assert!(pages >= 3, "{pages}");
     }
 
-    /// A held message received at `now`, inserted.
-    async fn one_held(index: &SqliteIndex, now: DateTime<Utc>) -> Record {
-        let rec = Record::held(
-            MessageId::new(now),
-            "a@example.org".into(),
-            vec!["b@example.test".into()],
-            now,
-            (1, "00".into()),
-            crate::model::Summary::default(),
-        );
-        index.insert(&rec).await.unwrap();
-        rec
-    }
+    use crate::backend::one_held;
 
     #[tokio::test]
     async fn a_delete_leaves_a_tombstone_until_it_is_cleared() {
